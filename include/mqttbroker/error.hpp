@@ -159,6 +159,7 @@ enum class protocol_errc {
   topic_filter_invalid,
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
+  receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -216,6 +217,7 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
         case protocol_errc::auth_method_missing: return "authentication data without method";
+        case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
       }
       return "unknown protocol error";
     }
@@ -247,6 +249,7 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_name_invalid: return reason_code::topic_name_invalid;
       case protocol_errc::topic_filter_invalid: return reason_code::topic_filter_invalid;
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
+      case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
       default: return reason_code::protocol_error;
     }
   }

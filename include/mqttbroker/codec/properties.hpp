@@ -303,6 +303,10 @@ class properties_view {
     return {};
   }
 
+  /// Views bytes that already passed parse() or came from a builder (a stored message's copy).
+  /// Iteration stays bounded even if they did not; it just stops early.
+  static properties_view from_validated(std::string_view bytes) noexcept { return properties_view(bytes); }
+
   iterator begin() const noexcept {
     const auto* p = reinterpret_cast<const std::uint8_t*>(bytes_.data());
     return iterator(p, p + bytes_.size());

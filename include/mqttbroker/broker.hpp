@@ -1,0 +1,937 @@
+#ifndef MQTTBROKER_BROKER_HPP
+#define MQTTBROKER_BROKER_HPP
+
+#include <mqttbroker/codec/packets.hpp>
+#include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/connection.hpp>
+#include <mqttbroker/error.hpp>
+#include <mqttbroker/hooks/hooks.hpp>
+#include <mqttbroker/locking/none.hpp>
+#include <mqttbroker/locking/shared.hpp>
+#include <mqttbroker/message.hpp>
+#include <mqttbroker/options.hpp>
+#include <mqttbroker/router/retained.hpp>
+#include <mqttbroker/router/subscriptions.hpp>
+#include <mqttbroker/session/state.hpp>
+#include <mqttbroker/storage/memory.hpp>
+#include <mqttbroker/topic/shared.hpp>
+#include <mqttbroker/topic/validate.hpp>
+#include <mqttbroker/transport/tcp.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/dispatch.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/strand.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+/// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
+/// by deriving: `struct my_policies : default_policies { using locking = locking::shared; };`
+struct default_policies {
+  using transport = transport::tcp;
+  using storage = storage::memory;
+  using locking = locking::none;
+  using hooks = hooks::none;
+};
+
+/// Counters a host reads for metrics and tests.
+struct broker_stats {
+  std::uint64_t connections_accepted = 0;
+  std::uint64_t connections_refused = 0;  // over max_connections
+  std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
+  std::uint64_t connect_timeouts = 0;
+  std::uint64_t keep_alive_timeouts = 0;
+  std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
+  std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
+  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
+  std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
+  std::uint64_t sessions_expired = 0;
+  std::size_t connections = 0;
+  std::size_t sessions = 0;
+  std::size_t retained_messages = 0;
+};
+
+template <class Policies = default_policies>
+class broker {
+ public:
+  using policies = Policies;
+  using transport_type = typename Policies::transport;
+  using storage_type = typename Policies::storage;
+  using locking_type = typename Policies::locking;
+  using hooks_type = typename Policies::hooks;
+  using stream_type = typename transport_type::stream_type;
+  using acceptor_type = typename transport_type::acceptor_type;
+  using listen_options = typename transport_type::listen_options;
+  using connection_type = detail::connection<broker>;
+  using clock = std::chrono::steady_clock;
+
+  /// An in-process subscription's handler: gets every matching message.
+  using local_handler = std::function<void(const message_ptr&)>;
+  /// Names an in-process subscription for unsubscribe().
+  enum class local_subscription_id : std::uint64_t {};
+
+  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {})
+      : broker(io.get_executor(), std::move(opts), std::move(hooks)) {}
+  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {})
+      : ex_(std::move(ex)), opts_(std::move(opts)), hooks_(std::move(hooks)), sweep_timer_(ex_) {
+    if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
+      throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
+  }
+  broker(const broker&) = delete;
+  broker& operator=(const broker&) = delete;
+  ~broker() {
+    // Connections refer to the broker; a host must stop it (and run the io_context until the stop
+    // completes) before destroying it. Sessions hold no connection references past that.
+  }
+
+  const broker_options& options() const noexcept { return opts_; }
+  asio::any_io_executor get_executor() const { return ex_; }
+
+  /// Adds a listener; throws std::system_error when the address cannot be bound.
+  void listen(const listen_options& o) {
+    std::error_code ec;
+    listen(o, ec);
+    if (ec) throw std::system_error(ec, "mqttbroker: listen");
+  }
+  void listen(const listen_options& o, std::error_code& ec) {
+    auto a = std::make_unique<acceptor_type>(transport_type::make_acceptor(ex_, o, ec));
+    if (ec) return;
+    acceptors_.push_back(std::move(a));
+    if (started_) accept(*acceptors_.back());
+  }
+  /// The port a listener is bound to (for port 0).
+  std::uint16_t local_port(std::size_t listener = 0) const {
+    std::error_code ec;
+    return acceptors_.at(listener)->local_endpoint(ec).port();
+  }
+
+  /// Starts accepting on every listener.
+  void start() {
+    if (started_) return;
+    started_ = true;
+    stopping_ = false;
+    for (auto& a : acceptors_) accept(*a);
+    arm_sweep();
+  }
+
+  /// Stops: closes the listeners, sends 5.0 clients DISCONNECT (Server shutting down), lets the
+  /// queued bytes go out, closes every connection and completes `token` when all are gone.
+  template <class CompletionToken>
+  auto async_stop(CompletionToken&& token) {
+    return asio::async_initiate<CompletionToken, void(std::error_code)>(
+        [this](auto handler) {
+          asio::post(ex_, [this, h = std::move(handler)]() mutable { do_stop(std::move(h)); });
+        },
+        token);
+  }
+
+  // ---- the in-process API
+
+  /// Publishes from the host. The payload is copied once into a message that every subscriber,
+  /// socket or in-process, shares. Returns the number of subscribers it went to, or an error for
+  /// an invalid topic.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q = codec::qos::at_most_once,
+                      bool retain = false, std::error_code* error = nullptr) {
+    topic::limits lim;
+    lim.max_levels = opts_.max_topic_levels;
+    if (auto ec = topic::validate_topic_name(topic_name, lim)) {
+      if (error) *error = ec;
+      return 0;
+    }
+    auto m = message::make(topic_name, payload, q, retain);
+    return publish_message(std::move(m), nullptr);
+  }
+
+  /// Subscribes the host to `filter`; `handler` runs for each matching message on the thread that
+  /// routes it (one io_context thread with locking::none).
+  local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q = codec::qos::exactly_once) {
+    topic::limits lim;
+    lim.max_levels = opts_.max_topic_levels;
+    if (auto ec = topic::validate_topic_filter(filter, lim)) throw std::system_error(ec, "mqttbroker: subscribe");
+    auto sub = std::make_unique<subscriber>();
+    sub->kind = subscriber_kind::local;
+    sub->handler = std::move(handler);
+    sub->filter = std::string(filter);
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    const auto id = static_cast<local_subscription_id>(++next_local_id_);
+    router::subscription s;
+    s.options.max_qos = q;
+    router_.subscribe(filter, sub.get(), s);
+    local_subs_.emplace(static_cast<std::uint64_t>(id), std::move(sub));
+    return id;
+  }
+
+  /// Ends an in-process subscription; true when it existed.
+  bool unsubscribe(local_subscription_id id) {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    auto it = local_subs_.find(static_cast<std::uint64_t>(id));
+    if (it == local_subs_.end()) return false;
+    router_.unsubscribe(it->second->filter, it->second.get());
+    local_subs_.erase(it);
+    return true;
+  }
+
+  broker_stats stats() const {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    broker_stats s = stats_;
+    s.connections = connections_.size();
+    s.sessions = sessions_.size();
+    s.retained_messages = retained_.size();
+    return s;
+  }
+
+  /// The retained message for a topic, if any.
+  message_ptr retained(std::string_view topic_name) const {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    return retained_.find(topic_name);
+  }
+
+ private:
+  friend connection_type;
+  using mutex_type = typename locking_type::mutex_type;
+
+  enum class subscriber_kind : std::uint8_t { client, local };
+
+  /// What the router stores per subscription: a client's session or an in-process handler.
+  struct subscriber {
+    subscriber_kind kind = subscriber_kind::client;
+    local_handler handler;  // local
+    std::string filter;     // local
+  };
+
+ public:
+  /// A client session as the broker keeps it: the MQTT state plus where it is connected.
+  struct session_record : subscriber {
+    explicit session_record(std::string id, session::limits l) : state(std::move(id), l) {}
+    session::state state;
+    connection_type* conn = nullptr;  // the live connection, if any
+    std::shared_ptr<void> conn_owner;  // keeps `conn` alive while a locked delivery refers to it
+    bool persistent = false;           // survives its connection
+    clock::time_point expires{};       // when persistent and offline
+    std::chrono::seconds expiry{0};
+    std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
+  };
+
+ private:
+  // ---- accepting
+
+  void accept(acceptor_type& a) {
+    auto ex = make_connection_executor();
+    a.async_accept(ex, [this, &a](std::error_code ec, stream_type s) {
+      if (ec) {
+        if (!stopping_ && a.is_open()) accept(a);
+        return;
+      }
+      on_accept(std::move(s));
+      if (!stopping_) accept(a);
+    });
+  }
+
+  asio::any_io_executor make_connection_executor() {
+    if constexpr (locking_type::thread_safe)
+      return asio::make_strand(ex_);
+    else
+      return ex_;
+  }
+
+  void on_accept(stream_type s) {
+    std::shared_ptr<connection_type> c;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      if (connections_.size() >= opts_.max_connections) {
+        ++stats_.connections_refused;
+        std::error_code ignored;
+        s.close(ignored);
+        return;
+      }
+      ++stats_.connections_accepted;
+      transport_type::prepare(s);
+      c = std::make_shared<connection_type>(*this, std::move(s));
+      connections_.insert(c);
+    }
+    asio::dispatch(c->get_executor(), [c] { c->start(); });
+  }
+
+  // ---- packets from a connection (on its executor)
+
+  void handle_packet(connection_type& c, codec::packet& p) {
+    switch (p.index()) {
+      case 0: return on_connect(c, std::get<codec::connect>(p));
+      case 2: return on_publish(c, std::get<codec::publish>(p));
+      case 3: return on_puback(c, std::get<codec::puback>(p));
+      case 4: return on_pubrec(c, std::get<codec::pubrec>(p));
+      case 5: return on_pubrel(c, std::get<codec::pubrel>(p));
+      case 6: return on_pubcomp(c, std::get<codec::pubcomp>(p));
+      case 7: return on_subscribe(c, std::get<codec::subscribe>(p));
+      case 9: return on_unsubscribe(c, std::get<codec::unsubscribe>(p));
+      case 11: return c.send(codec::pingresp{});
+      case 13: return on_disconnect(c, std::get<codec::disconnect>(p));
+      case 14:
+        // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
+        return violation(c, protocol_errc::unexpected_packet);
+      default: return violation(c, protocol_errc::unexpected_packet);
+    }
+  }
+
+  void violation(connection_type& c, std::error_code ec) {
+    c.closing_ = true;  // stop decoding this read
+    c.on_protocol_violation(ec);
+  }
+
+  template <class Error>
+  void refuse_connect(connection_type& c, codec::protocol_version v, Error e) {
+    const std::error_code ec = e;
+    codec::connack ack;
+    if (v == codec::protocol_version::v5) {
+      ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
+    } else {
+      auto rc = to_connack_return_code(ec);
+      if (!rc) return violation(c, ec);
+      ack.code = static_cast<std::uint8_t>(*rc);
+    }
+    c.version_ = v;
+    c.queued_.add(ack, v);
+    c.closing_ = true;
+    c.close(reason_code::unspecified_error, false, false);
+  }
+
+  void refuse_connect_code(connection_type& c, codec::protocol_version v, reason_code rc5, connack_return_code rc3) {
+    codec::connack ack;
+    ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
+    c.version_ = v;
+    c.queued_.add(ack, v);
+    c.closing_ = true;
+    c.close(reason_code::unspecified_error, false, false);
+  }
+
+  void on_connect(connection_type& c, const codec::connect& cp) {
+    const auto v = cp.version;
+    const bool v5 = v == codec::protocol_version::v5;
+    std::string client_id(cp.client_id);
+    bool assigned = false;
+    if (client_id.empty()) {
+      // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
+      // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
+      if (!v5 && !cp.clean_start) return refuse_connect(c, v, protocol_errc::client_identifier_not_valid);
+      client_id = make_client_id();
+      assigned = true;
+    }
+    if (client_id.size() > opts_.max_client_id_length)
+      return refuse_connect(c, v, protocol_errc::client_identifier_not_valid);
+
+    topic::limits lim;
+    lim.max_levels = opts_.max_topic_levels;
+    if (cp.will) {
+      if (auto ec = topic::validate_topic_name(cp.will->topic, lim)) {
+        // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
+        if (v5) return refuse_connect_code(c, v, reason_code::topic_name_invalid, connack_return_code::accepted);
+        return violation(c, ec);
+      }
+    }
+
+    if constexpr (hooks::has_authenticate_v<hooks_type>) {
+      hooks::connect_info info{client_id, cp.username, cp.password, v};
+      switch (hooks_.authenticate(info)) {
+        case hooks::auth_result::accept: break;
+        case hooks::auth_result::bad_credentials:
+          return refuse_connect_code(c, v, reason_code::bad_user_name_or_password,
+                                     connack_return_code::bad_user_name_or_password);
+        case hooks::auth_result::not_authorized:
+          return refuse_connect_code(c, v, reason_code::not_authorized, connack_return_code::not_authorized);
+      }
+    }
+
+    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
+    std::chrono::seconds expiry{0};
+    if (v5) {
+      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval)) expiry = std::chrono::seconds(p->integer);
+    } else if (!cp.clean_start) {
+      expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
+                                                             : opts_.persistent_session_expiry;
+    }
+    if (opts_.persistent_session_expiry.count() != 0 && expiry > opts_.persistent_session_expiry)
+      expiry = opts_.persistent_session_expiry;
+
+    // The will, made now so it costs nothing when it fires.
+    message_ptr will;
+    if (cp.will) {
+      will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
+                           forwardable_properties(cp.will->properties));
+    }
+
+    session_record* rec = nullptr;
+    bool session_present = false;
+    std::shared_ptr<connection_type> old_conn;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = sessions_.find(client_id);
+      if (it != sessions_.end()) {
+        rec = it->second.get();
+        if (rec->conn != nullptr) old_conn = std::static_pointer_cast<connection_type>(rec->conn_owner);
+        if (cp.clean_start) {
+          drop_session_subscriptions(*rec);
+          rec->state.clear_messages();
+          rec->retained_backlog.clear();
+        } else {
+          session_present = true;
+        }
+      } else {
+        auto fresh = std::make_unique<session_record>(client_id, session_limits());
+        rec = fresh.get();
+        sessions_.emplace(client_id, std::move(fresh));
+      }
+      rec->conn = &c;
+      rec->conn_owner = c.shared_from_this();
+      rec->persistent = expiry.count() != 0;
+      rec->expiry = expiry;
+    }
+    // [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer owns the session.
+    if (old_conn) {
+      if constexpr (locking_type::thread_safe)
+        asio::post(old_conn->get_executor(), [old_conn, w = std::move(old_conn)]() mutable { w->taken_over(); });
+      else
+        old_conn->taken_over();
+    }
+
+    std::uint16_t keep_alive = cp.keep_alive;
+    bool server_keep_alive = false;
+    if (opts_.max_keep_alive != 0 && (keep_alive == 0 || keep_alive > opts_.max_keep_alive) && v5) {
+      keep_alive = opts_.max_keep_alive;
+      server_keep_alive = true;
+    }
+    const auto limit = std::chrono::milliseconds(
+        static_cast<std::int64_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
+    c.will_ = std::move(will);
+    c.on_connected(v, client_id, rec, limit);
+
+    codec::connack ack;
+    ack.session_present = session_present;  // [MQTT-3.2.2-2] [MQTT-3.2.2-3]
+    codec::properties_builder props;
+    if (v5) {
+      props.add(codec::property_id::receive_maximum, opts_.receive_maximum);
+      props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
+      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::shared_subscription_available, 0);
+      if (assigned) props.add(codec::property_id::assigned_client_identifier, client_id);
+      if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
+      ack.properties = props.view();
+    }
+    c.send(ack);
+
+    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(client_id);
+
+    // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
+    if (session_present) {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      rec->state.for_each_inflight([&](const session::inflight_entry& e) {
+        if (e.state == session::phase::awaiting_pubcomp) {
+          codec::pubrel rel;
+          rel.packet_id = e.pub.packet_id;
+          c.send(rel);
+        } else {
+          c.send_publish(e.pub);
+        }
+      });
+    }
+    pump(c);
+  }
+
+  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
+  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
+  static std::string forwardable_properties(const codec::properties_view& in) {
+    if (in.empty()) return {};
+    codec::properties_builder b;
+    for (const codec::property& p : in) {
+      if (p.id == codec::property_id::topic_alias || p.id == codec::property_id::subscription_identifier ||
+          p.id == codec::property_id::will_delay_interval)
+        continue;
+      b.add(p);
+    }
+    return std::string(b.view().bytes());
+  }
+
+  void on_publish(connection_type& c, const codec::publish& p) {
+    const bool v5 = c.version() == codec::protocol_version::v5;
+    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
+      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
+      return violation(c, protocol_errc::topic_alias_invalid);
+    }
+    topic::limits lim;
+    lim.max_levels = opts_.max_topic_levels;
+    if (auto ec = topic::validate_topic_name(p.topic, lim)) return violation(c, ec);  // [MQTT-3.3.2-2]
+
+    bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    message_ptr m;
+    if (allowed) {
+      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string());
+      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(c.client_id(), *m);
+    }
+    if (!allowed) {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.publishes_denied;
+    }
+
+    switch (p.qos_level) {
+      case codec::qos::at_most_once:
+        if (allowed) publish_message(std::move(m), c.session());
+        return;
+      case codec::qos::at_least_once: {
+        std::size_t n = allowed ? publish_message(std::move(m), c.session()) : 0;
+        codec::puback ack;
+        ack.packet_id = p.packet_id;
+        if (v5)
+          ack.reason = !allowed  ? reason_code::not_authorized
+                       : n == 0  ? reason_code::no_matching_subscribers
+                                 : reason_code::success;
+        return c.send(ack);
+      }
+      case codec::qos::exactly_once: {
+        session_record* rec = c.session();
+        bool fresh;
+        bool over_limit = false;
+        {
+          std::lock_guard<mutex_type> lk(state_mutex_);
+          fresh = rec->state.on_qos2_publish(p.packet_id);
+          over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
+        }
+        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
+        if (over_limit && v5) return violation(c, protocol_errc::receive_maximum_exceeded);
+        std::size_t n = 0;
+        // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
+        if (fresh && allowed) n = publish_message(std::move(m), rec);
+        codec::pubrec rec_ack;
+        rec_ack.packet_id = p.packet_id;
+        if (v5)
+          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+                           : (fresh && n == 0)      ? reason_code::no_matching_subscribers
+                                                    : reason_code::success;
+        return c.send(rec_ack);
+      }
+    }
+  }
+
+  void on_puback(connection_type& c, const codec::puback& a) {
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      c.session()->state.on_puback(a.packet_id);
+    }
+    pump(c);
+  }
+
+  void on_pubrec(connection_type& c, const codec::pubrec& a) {
+    bool known;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      known = c.session()->state.on_pubrec(a.packet_id);
+    }
+    if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
+      // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      c.session()->state.on_pubcomp(a.packet_id);
+      return;
+    }
+    codec::pubrel rel;
+    rel.packet_id = a.packet_id;
+    if (!known && c.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
+    c.send(rel);
+  }
+
+  void on_pubrel(connection_type& c, const codec::pubrel& r) {
+    bool known;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      known = c.session()->state.on_pubrel(r.packet_id);
+    }
+    // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
+    codec::pubcomp comp;
+    comp.packet_id = r.packet_id;
+    if (!known && c.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
+    c.send(comp);
+  }
+
+  void on_pubcomp(connection_type& c, const codec::pubcomp& a) {
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      c.session()->state.on_pubcomp(a.packet_id);
+    }
+    pump(c);
+  }
+
+  void on_subscribe(connection_type& c, const codec::subscribe& s) {
+    const bool v5 = c.version() == codec::protocol_version::v5;
+    std::uint32_t sub_id = 0;
+    if (v5) {
+      if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
+    }
+    topic::limits lim;
+    lim.max_levels = opts_.max_topic_levels;
+    codec::suback ack;
+    ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
+    ack.reasons.reserve(s.entries.size());
+    struct retained_request {
+      std::string_view filter;
+      codec::qos granted;
+    };
+    std::vector<retained_request> retained_requests;
+    session_record* rec = c.session();
+    for (const codec::subscribe_entry& e : s.entries) {
+      if (topic::validate_topic_filter(e.filter, lim)) {
+        ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
+        continue;
+      }
+      if (e.filter.size() >= 7 && e.filter.compare(0, 7, "$share/") == 0) {
+        // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
+        ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
+        continue;
+      }
+      if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
+        if (!hooks_.authorize_subscribe(c.client_id(), e.filter, e.options.max_qos)) {
+          ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
+          continue;
+        }
+      }
+      bool is_new;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        const bool exists = rec->state.subscriptions().count(std::string(e.filter)) != 0;
+        if (!exists && rec->state.subscriptions().size() >= opts_.max_subscriptions_per_client) {
+          ack.reasons.push_back(v5 ? reason_code::quota_exceeded : reason_code::unspecified_error);
+          continue;
+        }
+        router::subscription sub;
+        sub.options = e.options;
+        sub.identifier = sub_id;
+        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
+        is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
+        rec->state.remember_subscription(e.filter, {e.options, sub_id});
+      }
+      const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
+      ack.reasons.push_back(static_cast<reason_code>(granted));
+      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(c.client_id(), e.filter, granted);
+      const auto rh = e.options.retain_handling;
+      if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new))
+        retained_requests.push_back({e.filter, granted});
+    }
+    c.send(ack);
+    // Retained messages follow the SUBACK, on every subscribe, a repeated one included [MQTT-3.8.4-3].
+    if (!retained_requests.empty()) {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      for (const retained_request& r : retained_requests) {
+        retained_.match(r.filter, [&](const message_ptr& m) {
+          session::outgoing o;
+          o.msg = m;
+          o.qos_level = std::min(m->qos_level(), r.granted);
+          o.retain = true;  // [MQTT-3.3.1-8]
+          if (sub_id != 0) o.subscription_ids.push_back(sub_id);
+          rec->retained_backlog.push_back(std::move(o));
+        });
+      }
+    }
+    pump(c);
+  }
+
+  void on_unsubscribe(connection_type& c, const codec::unsubscribe& u) {
+    codec::unsuback ack;
+    ack.packet_id = u.packet_id;  // [MQTT-3.10.4-4]
+    session_record* rec = c.session();
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      for (std::string_view f : u.filters) {
+        const bool existed = rec->state.forget_subscription(f);
+        if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
+        ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
+      }
+    }
+    c.send(ack);
+  }
+
+  void on_disconnect(connection_type& c, const codec::disconnect& d) {
+    // [MQTT-3.14.4-3] a DISCONNECT discards the will, unless 5.0 asks for it with 0x04.
+    const bool keep_will = d.reason == reason_code::disconnect_with_will_message;
+    if (c.version() == codec::protocol_version::v5) {
+      if (auto p = d.properties.find(codec::property_id::session_expiry_interval)) {
+        session_record* rec = c.session();
+        bool extends_ended_session;
+        {
+          std::lock_guard<mutex_type> lk(state_mutex_);
+          // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
+          extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
+          if (!extends_ended_session) {
+            rec->expiry = std::chrono::seconds(p->integer);
+            rec->persistent = p->integer != 0;
+          }
+        }
+        if (extends_ended_session) return violation(c, protocol_errc::invalid_property_value);
+      }
+    }
+    if (!keep_will) c.will_ = message_ptr();
+    c.close(reason_code::normal_disconnection, false, !keep_will);
+  }
+
+  // ---- routing
+
+  /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local).
+  std::size_t publish_message(message_ptr m, session_record* from) {
+    if constexpr (hooks::has_intercept_v<hooks_type>) {
+      hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
+      if (!m) return 0;
+    }
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++stats_.messages_received;
+    if (m->retain()) {
+      // [MQTT-3.3.1-5] store (or with an empty payload delete [MQTT-3.3.1-10]) the retained message.
+      if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
+        retained_.set(m);
+    }
+    std::size_t n = 0;
+    const subscriber* publisher = from;
+    router_.route(m->topic(), publisher ? &publisher : nullptr, [&](const subscriber* s, const router::delivery& d) {
+      ++n;
+      deliver(const_cast<subscriber*>(s), m, d);
+    });
+    return n;
+  }
+
+  /// Called with state_mutex_ held.
+  void deliver(subscriber* s, const message_ptr& m, const router::delivery& d) {
+    if (s->kind == subscriber_kind::local) {
+      ++stats_.messages_sent;
+      s->handler(m);
+      return;
+    }
+    auto* rec = static_cast<session_record*>(s);
+    session::outgoing o;
+    o.msg = m;
+    o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
+    o.retain = d.retain_as_published && m->retain();      // [MQTT-3.3.1-9] unless Retain As Published
+    for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
+    connection_type* c = rec->conn;
+    if constexpr (!locking_type::thread_safe) {
+      // A client that stopped reading loses QoS 0 messages, not everyone's memory.
+      if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
+          c->backlog_bytes() > opts_.max_queued_bytes) {
+        ++stats_.messages_dropped;
+        return;
+      }
+    }
+    const auto adm = rec->state.offer(o, c != nullptr);
+    if (adm == session::admission::dropped) {
+      ++stats_.messages_dropped;
+      return;
+    }
+    if (adm != session::admission::send) return;
+    ++stats_.messages_sent;
+    send_to(rec, o);
+  }
+
+  /// Hands an admitted PUBLISH to the session's connection, on that connection's executor.
+  void send_to(session_record* rec, const session::outgoing& o) {
+    if constexpr (locking_type::thread_safe) {
+      auto owner = std::static_pointer_cast<connection_type>(rec->conn_owner);
+      asio::post(owner->get_executor(), [owner, o] { owner->send_publish(o); });
+    } else {
+      rec->conn->send_publish(o);
+    }
+  }
+
+  /// Moves queued and retained messages into flight as the window and the socket allow.
+  void pump(connection_type& c) {
+    session_record* rec = c.session();
+    if (rec == nullptr || !c.is_open()) return;
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    while (auto o = rec->state.next_ready()) {
+      ++stats_.messages_sent;
+      c.send_publish(*o);
+    }
+    // Retained messages go out while the socket keeps up and the window has room; the rest wait
+    // for acknowledgements or for the write to drain (on_connection_drained).
+    while (!rec->retained_backlog.empty() && c.backlog_bytes() < write_pacing_bytes) {
+      session::outgoing o = std::move(rec->retained_backlog.front());
+      if (o.qos_level != codec::qos::at_most_once &&
+          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+        break;
+      rec->retained_backlog.pop_front();
+      const auto adm = rec->state.offer(o, true);
+      if (adm == session::admission::send) {
+        ++stats_.messages_sent;
+        c.send_publish(o);
+      }
+    }
+  }
+
+  void on_connection_drained(connection_type& c) { pump(c); }
+
+  void on_connection_closed(connection_type& c, bool graceful) {
+    std::shared_ptr<connection_type> self = c.shared_from_this();
+    message_ptr will = std::move(c.will_);
+    session_record* rec = c.session_;
+    c.session_ = nullptr;
+    const std::string client_id = c.client_id_;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      connections_.erase(self);
+      // A connection that lost its session to a takeover leaves the session alone.
+      if (rec != nullptr && rec->conn == &c) {
+        rec->conn = nullptr;
+        rec->conn_owner.reset();
+        rec->retained_backlog.clear();
+        if (!rec->persistent) {
+          remove_session(*rec);
+        } else {
+          rec->expires = clock::now() + rec->expiry;
+        }
+      }
+      if (stopping_ && connections_.empty()) complete_stop();
+    }
+    if (c.connected_) {
+      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(client_id, graceful);
+    }
+    // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
+    if (will && !graceful && !stopping_) publish_message(std::move(will), nullptr);
+  }
+
+  /// Removes a session and its subscriptions. state_mutex_ held.
+  void remove_session(session_record& rec) {
+    drop_session_subscriptions(rec);
+    sessions_.erase(rec.state.client_id());
+  }
+
+  void drop_session_subscriptions(session_record& rec) {
+    for (const auto& s : rec.state.subscriptions()) router_.unsubscribe(s.first, static_cast<subscriber*>(&rec));
+    rec.state.clear_subscriptions();
+  }
+
+  session::limits session_limits() const noexcept {
+    session::limits l;
+    l.max_inflight = opts_.max_inflight;
+    l.max_queued_messages = opts_.max_queued_messages;
+    l.max_queued_bytes = opts_.max_queued_bytes;
+    l.drop_oldest = opts_.queue_overflow == overflow_policy::drop_oldest;
+    l.queue_qos0_offline = opts_.queue_qos0_offline;
+    return l;
+  }
+
+  std::string make_client_id() {
+    // Unique within this broker's life; the prefix keeps it apart from ids clients choose.
+    return "mqttbroker-" + std::to_string(++next_client_number_);
+  }
+
+  // ---- persistent session expiry
+
+  void arm_sweep() {
+    sweep_timer_.expires_after(std::chrono::seconds(1));
+    sweep_timer_.async_wait([this](std::error_code ec) {
+      if (ec || stopping_) return;
+      sweep_expired_sessions();
+      arm_sweep();
+    });
+  }
+
+  void sweep_expired_sessions() {
+    const auto now = clock::now();
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      session_record& r = *it->second;
+      if (r.conn == nullptr && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
+        drop_session_subscriptions(r);
+        it = sessions_.erase(it);
+        ++stats_.sessions_expired;
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // ---- stopping
+
+  template <class Handler>
+  void do_stop(Handler h) {
+    stopping_ = true;
+    started_ = false;
+    std::error_code ignored;
+    sweep_timer_.cancel();
+    for (auto& a : acceptors_) a->close(ignored);
+    std::vector<std::shared_ptr<connection_type>> conns;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      stop_handler_ = [h = std::move(h)]() mutable { h(std::error_code()); };
+      if (connections_.empty()) {
+        complete_stop();
+        return;
+      }
+      conns.assign(connections_.begin(), connections_.end());
+    }
+    for (auto& c : conns)
+      asio::dispatch(c->get_executor(), [c] { c->close(reason_code::server_shutting_down, true, true); });
+  }
+
+  /// state_mutex_ held.
+  void complete_stop() {
+    if (!stop_handler_) return;
+    auto h = std::move(stop_handler_);
+    stop_handler_ = nullptr;
+    asio::post(ex_, std::move(h));
+  }
+
+  void count_protocol_error() {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++stats_.protocol_errors;
+  }
+  void count_connect_timeout() {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++stats_.connect_timeouts;
+  }
+
+  static constexpr std::size_t write_pacing_bytes = 64 * 1024;
+
+  asio::any_io_executor ex_;
+  broker_options opts_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
+  mutable mutex_type state_mutex_;
+  std::vector<std::unique_ptr<acceptor_type>> acceptors_;
+  std::unordered_set<std::shared_ptr<connection_type>> connections_;
+  std::unordered_map<std::string, std::unique_ptr<session_record>> sessions_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<subscriber>> local_subs_;
+  router::subscription_router<const subscriber*> router_;
+  router::retained_store retained_;
+  asio::steady_timer sweep_timer_;
+  std::function<void()> stop_handler_;
+  broker_stats stats_;
+  std::uint64_t next_local_id_ = 0;
+  std::uint64_t next_client_number_ = 0;
+  bool started_ = false;
+  bool stopping_ = false;
+};
+
+/// The broker for a host that runs its io_context on several threads.
+struct mt_policies : default_policies {
+  using locking = ::mqttbroker::locking::shared;
+};
+using broker_mt = broker<mt_policies>;
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_BROKER_HPP

@@ -1,0 +1,114 @@
+#ifndef MQTTBROKER_MESSAGE_HPP
+#define MQTTBROKER_MESSAGE_HPP
+
+#include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/types.hpp>
+#include <mqttbroker/config.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <string_view>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+class message_ptr;
+
+/// An application message as the broker routes it: immutable once made, reference counted, with
+/// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
+/// the same message, so a payload is stored once however many receive it.
+class message {
+ public:
+  message(const message&) = delete;
+  message& operator=(const message&) = delete;
+
+  /// A new message holding copies of `topic`, `payload` and the encoded 5.0 `properties` that
+  /// travel with it (already validated; Topic Alias and Subscription Identifiers removed).
+  static message_ptr make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
+                          std::string_view properties = {});
+
+  std::string_view topic() const noexcept { return {bytes(), topic_size_}; }
+  std::string_view payload() const noexcept { return {bytes() + topic_size_ + properties_size_, payload_size_}; }
+  codec::properties_view properties() const noexcept {
+    return codec::properties_view::from_validated({bytes() + topic_size_, properties_size_});
+  }
+  codec::qos qos_level() const noexcept { return qos_; }
+  bool retain() const noexcept { return retain_; }
+
+ private:
+  friend class message_ptr;
+  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r) noexcept
+      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r) {}
+
+  const char* bytes() const noexcept { return reinterpret_cast<const char*>(this + 1); }
+  char* bytes() noexcept { return reinterpret_cast<char*>(this + 1); }
+
+  void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() const noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      this->~message();
+      ::operator delete(const_cast<message*>(this));
+    }
+  }
+
+  // Atomic so that a multi-threaded host can share messages across threads; uncontended it is a
+  // single locked add on the delivery path.
+  mutable std::atomic<std::uint32_t> refs_{0};
+  std::uint32_t topic_size_;
+  std::uint32_t properties_size_;
+  std::uint32_t payload_size_;
+  codec::qos qos_;
+  bool retain_;
+};
+
+/// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
+class message_ptr {
+ public:
+  message_ptr() noexcept = default;
+  message_ptr(const message_ptr& o) noexcept : p_(o.p_) {
+    if (p_) p_->add_ref();
+  }
+  message_ptr(message_ptr&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  message_ptr& operator=(message_ptr o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~message_ptr() {
+    if (p_) p_->release();
+  }
+
+  const message* get() const noexcept { return p_; }
+  const message& operator*() const noexcept { return *p_; }
+  const message* operator->() const noexcept { return p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+  /// Owners of this message (for tests and accounting).
+  std::uint32_t use_count() const noexcept { return p_ ? p_->refs_.load(std::memory_order_relaxed) : 0; }
+
+  friend bool operator==(const message_ptr& a, const message_ptr& b) noexcept { return a.p_ == b.p_; }
+  friend bool operator!=(const message_ptr& a, const message_ptr& b) noexcept { return a.p_ != b.p_; }
+
+ private:
+  friend class message;
+  explicit message_ptr(const message* p) noexcept : p_(p) { p_->add_ref(); }
+  const message* p_ = nullptr;
+};
+
+inline message_ptr message::make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
+                                 std::string_view properties) {
+  const std::size_t n = topic.size() + properties.size() + payload.size();
+  void* raw = ::operator new(sizeof(message) + n);
+  auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
+                              static_cast<std::uint32_t>(payload.size()), q, retain);
+  char* out = m->bytes();
+  if (!topic.empty()) std::memcpy(out, topic.data(), topic.size());
+  if (!properties.empty()) std::memcpy(out + topic.size(), properties.data(), properties.size());
+  if (!payload.empty()) std::memcpy(out + topic.size() + properties.size(), payload.data(), payload.size());
+  return message_ptr(m);
+}
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_MESSAGE_HPP

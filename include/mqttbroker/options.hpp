@@ -1,0 +1,58 @@
+#ifndef MQTTBROKER_OPTIONS_HPP
+#define MQTTBROKER_OPTIONS_HPP
+
+#include <mqttbroker/config.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+/// What a session does when its queue of undelivered messages is full.
+enum class overflow_policy : std::uint8_t {
+  drop_new,     // refuse the arriving message (Mosquitto's behaviour); counted
+  drop_oldest,  // make room by dropping the oldest queued message; counted
+};
+
+/// Broker limits. Each default is what a public-facing broker can live with; hosts raise them.
+struct broker_options {
+  /// Connections accepted at once; more are closed right after accept.
+  std::size_t max_connections = 100'000;
+  /// Largest packet accepted from a client, fixed header included (5.0 Maximum Packet Size).
+  std::uint32_t max_packet_size = 1024 * 1024;
+  /// QoS 1 and 2 messages sent to a client and not yet acknowledged (Mosquitto: max_inflight_messages 20).
+  std::uint16_t max_inflight = 32;
+  /// QoS 1 and 2 messages received from a client and not yet released (5.0 Receive Maximum sent to clients).
+  std::uint16_t receive_maximum = 1024;
+  /// Messages waiting per session beyond the in-flight window (Mosquitto: max_queued_messages 1000).
+  std::size_t max_queued_messages = 1000;
+  /// Payload bytes waiting per session; 0 means no byte limit.
+  std::size_t max_queued_bytes = 16 * 1024 * 1024;
+  overflow_policy queue_overflow = overflow_policy::drop_new;
+  /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto: queue_qos0_messages false).
+  bool queue_qos0_offline = false;
+  /// Subscriptions one client may hold.
+  std::size_t max_subscriptions_per_client = 10'000;
+  /// Levels in a topic name or filter.
+  std::size_t max_topic_levels = 128;
+  /// Time from accept to a complete CONNECT.
+  std::chrono::milliseconds connect_timeout{10'000};
+  /// A client that sends nothing for keep_alive * this is disconnected [MQTT-3.1.2-24].
+  double keep_alive_multiplier = 1.5;
+  /// Keep Alive imposed when a client asks for 0 (no limit) or more; 0 leaves the client's value.
+  std::uint16_t max_keep_alive = 0;
+  /// How long a persistent session whose client left is kept (Mosquitto: persistent_client_expiration);
+  /// zero keeps it until the broker stops.
+  std::chrono::seconds persistent_session_expiry{std::chrono::hours(24 * 7)};
+  /// Bytes written to a socket in one gather write before the rest waits for the next one.
+  std::size_t max_write_batch_bytes = 256 * 1024;
+  /// Retained messages kept in all; new topics are refused past it (replacing stays allowed).
+  std::size_t max_retained_messages = 1'000'000;
+  /// Longest client identifier accepted.
+  std::size_t max_client_id_length = 256;
+};
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_OPTIONS_HPP

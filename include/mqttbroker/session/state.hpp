@@ -1,0 +1,264 @@
+#ifndef MQTTBROKER_SESSION_STATE_HPP
+#define MQTTBROKER_SESSION_STATE_HPP
+
+#include <mqttbroker/codec/packets.hpp>
+#include <mqttbroker/codec/types.hpp>
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/message.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace session {
+
+/// One PUBLISH owed to this client. The message is shared with every other receiver.
+struct outgoing {
+  message_ptr msg;
+  codec::qos qos_level = codec::qos::at_most_once;  // min(message QoS, granted QoS)
+  bool retain = false;                              // the RETAIN flag as sent [MQTT-3.3.1-9]
+  bool dup = false;
+  std::uint16_t packet_id = 0;
+  std::vector<std::uint32_t> subscription_ids;      // 5.0; empty costs nothing
+};
+
+/// Where an outgoing QoS 1/2 message stands.
+enum class phase : std::uint8_t {
+  awaiting_puback,   // QoS 1 sent
+  awaiting_pubrec,   // QoS 2 sent
+  awaiting_pubcomp,  // QoS 2: PUBREC received, PUBREL sent
+};
+
+struct inflight_entry {
+  outgoing pub;
+  phase state;
+};
+
+struct limits {
+  std::uint16_t max_inflight = 32;
+  std::size_t max_queued_messages = 1000;
+  std::size_t max_queued_bytes = 0;  // 0: no byte limit
+  bool drop_oldest = false;          // overflow policy: false drops the arriving message
+  bool queue_qos0_offline = false;
+};
+
+/// Counters a host reads for metrics and tests.
+struct counters {
+  std::uint64_t dropped_queue_full = 0;   // refused or evicted by the queue limits
+  std::uint64_t dropped_qos0_offline = 0; // QoS 0 for a client that is away
+};
+
+/// What offer() did with a message.
+enum class admission : std::uint8_t {
+  send,     // send now: the outgoing was given a packet identifier (QoS > 0) and is in flight
+  queued,   // waits for a free slot in the in-flight window, or for the client to come back
+  dropped,  // refused by the limits (counted)
+};
+
+/// The MQTT state of one client's session, without I/O: which QoS 1/2 messages are in flight in
+/// each direction, the queue of messages not yet sent, and the packet identifiers in use. The
+/// broker feeds it packets and acts on what it returns; a session outlives its connections.
+class state {
+ public:
+  explicit state(std::string client_id, limits l = {}) : client_id_(std::move(client_id)), limits_(l) {}
+
+  const std::string& client_id() const noexcept { return client_id_; }
+  const limits& session_limits() const noexcept { return limits_; }
+  void set_limits(const limits& l) noexcept { limits_ = l; }
+  const counters& stats() const noexcept { return counters_; }
+
+  // ---- outgoing (broker to client)
+
+  /// A message for this client. While `online` and the in-flight window has room (and nothing
+  /// waits before it) it is admitted for sending now and `o` gets its packet identifier;
+  /// otherwise it is moved into the queue, or dropped.
+  admission offer(outgoing& o, bool online) {
+    if (o.qos_level == codec::qos::at_most_once) {
+      if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
+      if (!limits_.queue_qos0_offline) {
+        ++counters_.dropped_qos0_offline;
+        return admission::dropped;
+      }
+      return enqueue(std::move(o));
+    }
+    if (online && queue_.empty() && inflight_.size() < limits_.max_inflight) {
+      admit(o);
+      inflight_.push_back({o, first_phase(o.qos_level)});
+      return admission::send;
+    }
+    return enqueue(std::move(o));
+  }
+
+  /// The oldest queued message that may be sent now, admitted into flight, or nothing.
+  /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
+  std::optional<outgoing> next_ready() {
+    if (queue_.empty()) return std::nullopt;
+    if (queue_.front().qos_level != codec::qos::at_most_once && inflight_.size() >= limits_.max_inflight)
+      return std::nullopt;
+    outgoing o = std::move(queue_.front());
+    queue_.pop_front();
+    queued_bytes_ -= o.msg->payload().size();
+    if (o.qos_level != codec::qos::at_most_once) {
+      admit(o);
+      inflight_.push_back({o, first_phase(o.qos_level)});
+    }
+    return o;
+  }
+
+  /// PUBACK: true when it completed a QoS 1 message [MQTT-4.3.2].
+  bool on_puback(std::uint16_t id) noexcept { return complete(id, phase::awaiting_puback); }
+
+  /// PUBREC: true when the identifier is a QoS 2 message awaiting PUBREC or PUBCOMP; the broker
+  /// answers PUBREL either way, a repeated PUBREC included [MQTT-4.3.3].
+  bool on_pubrec(std::uint16_t id) noexcept {
+    inflight_entry* e = find(id);
+    if (e == nullptr || e->state == phase::awaiting_puback) return false;
+    e->state = phase::awaiting_pubcomp;
+    e->pub.msg = message_ptr();  // delivered: from here on only the identifier is kept
+    return true;
+  }
+
+  /// PUBCOMP: true when it completed a QoS 2 message.
+  bool on_pubcomp(std::uint16_t id) noexcept { return complete(id, phase::awaiting_pubcomp); }
+
+  /// On reconnect with the session kept: every message in flight again, in order, as PUBLISH with
+  /// DUP set or as PUBREL [MQTT-4.4.0-1]. `f(const inflight_entry&)`.
+  template <class F>
+  void for_each_inflight(F&& f) {
+    for (inflight_entry& e : inflight_) {
+      if (e.state != phase::awaiting_pubcomp) e.pub.dup = true;
+      f(static_cast<const inflight_entry&>(e));
+    }
+  }
+
+  std::size_t inflight_count() const noexcept { return inflight_.size(); }
+  std::size_t queued_count() const noexcept { return queue_.size(); }
+  std::size_t queued_bytes() const noexcept { return queued_bytes_; }
+
+  /// Forgets every message in flight and queued (clean start, session end).
+  void clear_messages() noexcept {
+    inflight_.clear();
+    queue_.clear();
+    queued_bytes_ = 0;
+    inbound_qos2_.clear();
+  }
+
+  // ---- incoming QoS 2 (client to broker)
+
+  /// A QoS 2 PUBLISH arrived: true when the identifier is new and the message must be routed;
+  /// false for a re-sent PUBLISH before PUBREL, which is acknowledged again but not routed twice
+  /// [MQTT-4.3.3-2] (method B of the specification: the identifier is kept until PUBREL).
+  bool on_qos2_publish(std::uint16_t id) {
+    auto it = std::lower_bound(inbound_qos2_.begin(), inbound_qos2_.end(), id);
+    if (it != inbound_qos2_.end() && *it == id) return false;
+    inbound_qos2_.insert(it, id);
+    return true;
+  }
+  /// PUBREL: releases the identifier; false when it was not held (5.0 answers 0x92 then).
+  bool on_pubrel(std::uint16_t id) noexcept {
+    auto it = std::lower_bound(inbound_qos2_.begin(), inbound_qos2_.end(), id);
+    if (it == inbound_qos2_.end() || *it != id) return false;
+    inbound_qos2_.erase(it);
+    return true;
+  }
+  std::size_t inbound_qos2_count() const noexcept { return inbound_qos2_.size(); }
+
+  // ---- subscriptions, as the session remembers them for removal and persistence
+
+  struct subscription_record {
+    codec::subscribe_options options;
+    std::uint32_t identifier = 0;
+  };
+  /// True when new, false when it replaced one with the same filter.
+  bool remember_subscription(std::string_view filter, const subscription_record& r) {
+    auto [it, inserted] = subscriptions_.try_emplace(std::string(filter), r);
+    if (!inserted) it->second = r;
+    return inserted;
+  }
+  bool forget_subscription(std::string_view filter) { return subscriptions_.erase(std::string(filter)) != 0; }
+  const std::unordered_map<std::string, subscription_record>& subscriptions() const noexcept { return subscriptions_; }
+  void clear_subscriptions() noexcept { subscriptions_.clear(); }
+
+ private:
+  static phase first_phase(codec::qos q) noexcept {
+    return q == codec::qos::at_least_once ? phase::awaiting_puback : phase::awaiting_pubrec;
+  }
+
+  admission enqueue(outgoing&& o) {
+    const std::size_t bytes = o.msg->payload().size();
+    const bool full = queue_.size() >= limits_.max_queued_messages ||
+                      (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes);
+    if (full) {
+      if (!limits_.drop_oldest || queue_.empty()) {
+        ++counters_.dropped_queue_full;
+        return admission::dropped;
+      }
+      while (!queue_.empty() && (queue_.size() >= limits_.max_queued_messages ||
+                                 (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes))) {
+        queued_bytes_ -= queue_.front().msg->payload().size();
+        queue_.pop_front();
+        ++counters_.dropped_queue_full;
+      }
+      if (limits_.max_queued_bytes != 0 && bytes > limits_.max_queued_bytes) {
+        ++counters_.dropped_queue_full;
+        return admission::dropped;
+      }
+    }
+    queued_bytes_ += bytes;
+    queue_.push_back(std::move(o));
+    return admission::queued;
+  }
+
+  /// Gives `o` the next packet identifier not in flight. Identifiers cycle through 1..65535 and
+  /// skip any still in flight after a wrap [MQTT-2.2.1-3]; the window is far below 65535, so
+  /// one is always free.
+  void admit(outgoing& o) {
+    for (;;) {
+      next_id_ = static_cast<std::uint16_t>(next_id_ == 0xFFFF ? 1 : next_id_ + 1);
+      if (find(next_id_) == nullptr) break;
+    }
+    o.packet_id = next_id_;
+    o.dup = false;
+  }
+
+  inflight_entry* find(std::uint16_t id) noexcept {
+    // Acknowledgements mostly come in order, so the front is the usual hit.
+    for (inflight_entry& e : inflight_)
+      if (e.pub.packet_id == id) return &e;
+    return nullptr;
+  }
+
+  bool complete(std::uint16_t id, phase expected) noexcept {
+    for (auto it = inflight_.begin(); it != inflight_.end(); ++it) {
+      if (it->pub.packet_id == id) {
+        if (it->state != expected) return false;
+        inflight_.erase(it);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  std::string client_id_;
+  limits limits_;
+  counters counters_;
+  std::deque<inflight_entry> inflight_;
+  std::deque<outgoing> queue_;
+  std::size_t queued_bytes_ = 0;
+  std::uint16_t next_id_ = 0;
+  std::vector<std::uint16_t> inbound_qos2_;  // sorted
+  std::unordered_map<std::string, subscription_record> subscriptions_;
+};
+
+}  // namespace session
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_SESSION_STATE_HPP

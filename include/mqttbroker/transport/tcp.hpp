@@ -1,0 +1,53 @@
+#ifndef MQTTBROKER_TRANSPORT_TCP_HPP
+#define MQTTBROKER_TRANSPORT_TCP_HPP
+
+#include <mqttbroker/config.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/ip/address.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/socket_base.hpp>
+
+#include <cstdint>
+#include <string>
+#include <system_error>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace transport {
+
+/// Plain TCP: MQTT's own port 1883.
+struct tcp {
+  static constexpr const char* name = "tcp";
+  using stream_type = asio::ip::tcp::socket;
+  using acceptor_type = asio::ip::tcp::acceptor;
+
+  struct listen_options {
+    std::string address = "0.0.0.0";
+    std::uint16_t port = 1883;  // 0 picks a free port (tests)
+    int backlog = asio::socket_base::max_listen_connections;
+  };
+
+  static acceptor_type make_acceptor(const asio::any_io_executor& ex, const listen_options& o, std::error_code& ec) {
+    acceptor_type a(ex);
+    const auto addr = asio::ip::make_address(o.address, ec);
+    if (ec) return a;
+    const asio::ip::tcp::endpoint ep(addr, o.port);
+    if (a.open(ep.protocol(), ec)) return a;
+    // A restarted broker must be able to bind while old connections sit in TIME_WAIT.
+    if (a.set_option(asio::socket_base::reuse_address(true), ec)) return a;
+    if (a.bind(ep, ec)) return a;
+    a.listen(o.backlog, ec);
+    return a;
+  }
+
+  /// Small MQTT packets must not wait for Nagle's algorithm; the broker batches writes itself.
+  static void prepare(stream_type& s) {
+    std::error_code ignored;
+    s.set_option(asio::ip::tcp::no_delay(true), ignored);
+  }
+};
+
+}  // namespace transport
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_TRANSPORT_TCP_HPP
