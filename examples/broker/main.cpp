@@ -1,141 +1,128 @@
-// The standalone server. Until the broker core lands (issue 4) it accepts MQTT connections,
-// decodes every packet with the codec, answers CONNECT and PINGREQ, and closes a connection that
-// sends anything malformed with the reaction the specification requires.
+// mqttbroker: the standalone server. It is a host like any other: it owns main(), the io_context
+// and the threads, and runs mqttbroker::broker on them.
 #include <mqttbroker/mqttbroker.hpp>
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
 #include <fmt/core.h>
 
-#include <array>
 #include <csignal>
 #include <cstdint>
-#include <memory>
+#include <cstdio>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
-
-namespace codec = mqttbroker::codec;
 
 namespace {
 
-int log_level = 2;  // 0 error, 1 warning, 2 info, 3 debug
+enum class level { error, warning, info, debug };
+level log_level = level::info;
 
 template <class... Args>
-void log(int level, fmt::format_string<Args...> f, Args&&... args) {
-  if (level <= log_level) fmt::print(stderr, "{}\n", fmt::format(f, std::forward<Args>(args)...));
+void log(level l, fmt::format_string<Args...> f, Args&&... args) {
+  if (l > log_level) return;
+  static const char* const names[] = {"error", "warning", "info", "debug"};
+  fmt::print(stderr, "[{}] {}\n", names[static_cast<int>(l)], fmt::format(f, std::forward<Args>(args)...));
 }
 
-class connection : public std::enable_shared_from_this<connection> {
- public:
-  explicit connection(asio::ip::tcp::socket s) : socket_(std::move(s)) {}
-
-  void start() { read(); }
-
- private:
-  void read() {
-    socket_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](std::error_code ec, std::size_t n) {
-      if (ec) return;
-      self->on_bytes(n);
-    });
+/// Logs connections and subscriptions at debug level; the broker calls these only because they exist.
+struct logging_hooks {
+  void on_connect(std::string_view client_id) { log(level::debug, "connect {}", client_id); }
+  void on_disconnect(std::string_view client_id, bool graceful) {
+    log(level::debug, "disconnect {}{}", client_id, graceful ? "" : " (ungraceful)");
   }
-
-  void on_bytes(std::size_t n) {
-    std::vector<std::uint8_t> out;
-    bool close = false;
-    auto res = decoder_.feed(buf_.data(), n, [&](codec::packet& p) {
-      const auto v = decoder_.version().value_or(codec::protocol_version::v3_1_1);
-      if (auto* c = std::get_if<codec::connect>(&p)) {
-        log(2, "CONNECT client_id='{}' version={} keep_alive={}", c->client_id, static_cast<int>(c->version),
-            c->keep_alive);
-        codec::encode(codec::connack{}, v, out);
-      } else if (std::holds_alternative<codec::pingreq>(p)) {
-        codec::encode(codec::pingresp{}, v, out);
-      } else if (std::holds_alternative<codec::disconnect>(p)) {
-        close = true;
-        return false;
-      } else {
-        log(3, "{} received", codec::to_string(codec::type_of(p)));
-      }
-      return true;
-    });
-    if (res.ec) {
-      log(1, "closing connection: {}", res.ec.message());
-      reply_to_error(res.ec, out);
-      close = true;
-    }
-    write(std::move(out), close);
+  void on_subscribe(std::string_view client_id, std::string_view filter, mqttbroker::codec::qos q) {
+    log(level::debug, "subscribe {} {} qos {}", client_id, filter, static_cast<int>(q));
   }
-
-  // 5.0 gets a CONNACK or DISCONNECT with the reason code; 3.1.1 a CONNACK return code where it
-  // has one, else a plain close.
-  void reply_to_error(const std::error_code& ec, std::vector<std::uint8_t>& out) {
-    const auto v = decoder_.version();
-    if (!v) {
-      if (auto rc = mqttbroker::to_connack_return_code(ec)) {
-        codec::connack ack;
-        ack.code = static_cast<std::uint8_t>(*rc);
-        codec::encode(ack, codec::protocol_version::v3_1_1, out);
-      }
-    } else if (*v == codec::protocol_version::v5) {
-      codec::disconnect d;
-      d.reason = mqttbroker::to_reason_code(ec);
-      codec::encode(d, *v, out);
-    }
-  }
-
-  void write(std::vector<std::uint8_t> out, bool close) {
-    if (out.empty()) {
-      if (close) return;  // dropping the last reference closes the socket
-      read();
-      return;
-    }
-    auto data = std::make_shared<std::vector<std::uint8_t>>(std::move(out));
-    asio::async_write(socket_, asio::buffer(*data),
-                      [self = shared_from_this(), data, close](std::error_code ec, std::size_t) {
-                        if (!ec && !close) self->read();
-                      });
-  }
-
-  asio::ip::tcp::socket socket_;
-  codec::decoder decoder_;
-  std::array<std::uint8_t, 4096> buf_{};
 };
 
-void accept(asio::ip::tcp::acceptor& acceptor) {
-  acceptor.async_accept([&acceptor](std::error_code ec, asio::ip::tcp::socket s) {
-    if (ec) return;
-    std::make_shared<connection>(std::move(s))->start();
-    accept(acceptor);
+struct st_policies : mqttbroker::default_policies {
+  using hooks = logging_hooks;
+};
+struct mt_policies : mqttbroker::default_policies {
+  using locking = mqttbroker::locking::shared;
+  using hooks = logging_hooks;
+};
+
+template <class Broker>
+int serve(const mqttbroker::broker_options& opts, const std::string& bind, std::uint16_t port, unsigned threads) {
+  asio::io_context io(static_cast<int>(threads));
+  Broker broker(io, opts);
+  typename Broker::listen_options lo;
+  lo.address = bind;
+  lo.port = port;
+  std::error_code ec;
+  broker.listen(lo, ec);
+  if (ec) {
+    log(level::error, "cannot listen on {}:{}: {}", bind, port, ec.message());
+    return 1;
+  }
+  broker.start();
+  log(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
+      MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](std::error_code, int sig) {
+    log(level::info, "signal {}: stopping", sig);
+    broker.async_stop([&](std::error_code) {
+      const auto s = broker.stats();
+      log(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
+          s.connections_accepted, s.messages_received, s.messages_sent, s.messages_dropped);
+      io.stop();
+    });
   });
+
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
+  io.run();
+  for (auto& t : pool) t.join();
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"mqttbroker: an MQTT 3.1.1/5.0 broker"};
+  CLI::App app{"mqttbroker: an MQTT 3.1.1 and 5.0 broker"};
   std::string bind = "0.0.0.0";
   std::uint16_t port = 1883;
+  unsigned threads = 1;
+  std::string level_name = "info";
+  mqttbroker::broker_options opts;
+  unsigned connect_timeout_ms = static_cast<unsigned>(opts.connect_timeout.count());
+  std::uint64_t session_expiry_s = static_cast<std::uint64_t>(opts.persistent_session_expiry.count());
+
   app.add_option("--bind", bind, "address to listen on")->capture_default_str();
   app.add_option("--port", port, "TCP port")->capture_default_str();
-  app.add_option("--log-level", log_level, "0 error, 1 warning, 2 info, 3 debug")->capture_default_str();
+  app.add_option("--threads", threads, "threads running the io_context")->capture_default_str()->check(CLI::Range(1u, 256u));
+  app.add_option("--log-level", level_name, "error, warning, info or debug")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"error", "warning", "info", "debug"}));
+  app.add_option("--max-connections", opts.max_connections, "connections at once")->capture_default_str();
+  app.add_option("--max-packet-size", opts.max_packet_size, "largest packet accepted, bytes")->capture_default_str();
+  app.add_option("--max-inflight", opts.max_inflight, "unacknowledged QoS 1/2 messages per client")->capture_default_str();
+  app.add_option("--max-queued-messages", opts.max_queued_messages, "messages waiting per session")->capture_default_str();
+  app.add_option("--max-queued-bytes", opts.max_queued_bytes, "payload bytes waiting per session (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-subscriptions", opts.max_subscriptions_per_client, "subscriptions per client")->capture_default_str();
+  app.add_option("--max-topic-levels", opts.max_topic_levels, "levels in a topic")->capture_default_str();
+  app.add_option("--connect-timeout-ms", connect_timeout_ms, "time allowed from accept to CONNECT")->capture_default_str();
+  app.add_option("--keep-alive-multiplier", opts.keep_alive_multiplier, "idle limit as a multiple of Keep Alive")
+      ->capture_default_str();
+  app.add_option("--session-expiry", session_expiry_s, "seconds an offline persistent session is kept (0: forever)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  log_level = level_name == "error" ? level::error : level_name == "warning" ? level::warning
+              : level_name == "debug" ? level::debug : level::info;
+  opts.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
+  opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
+
   try {
-    asio::io_context io;
-    asio::ip::tcp::endpoint ep(asio::ip::make_address(bind), port);
-    asio::ip::tcp::acceptor acceptor(io, ep);
-    accept(acceptor);
-    asio::signal_set signals(io, SIGINT, SIGTERM);
-    signals.async_wait([&](std::error_code, int) {
-      log(2, "stopping");
-      acceptor.close();
-      io.stop();
-    });
-    log(2, "mqttbroker listening on {}:{}", bind, acceptor.local_endpoint().port());
-    io.run();
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, bind, port, threads);
+    return serve<mqttbroker::broker<mt_policies>>(opts, bind, port, threads);
   } catch (const std::exception& e) {
-    log(0, "error: {}", e.what());
+    log(level::error, "{}", e.what());
     return 1;
   }
-  return 0;
 }

@@ -71,25 +71,6 @@ using pubrec = basic_ack<packet_type::pubrec>;
 using pubrel = basic_ack<packet_type::pubrel>;
 using pubcomp = basic_ack<packet_type::pubcomp>;
 
-enum class retain_handling_option : std::uint8_t {
-  send = 0,          // send retained messages at subscribe
-  send_if_new = 1,   // only if the subscription did not exist
-  dont_send = 2,
-};
-
-struct subscribe_options {
-  qos max_qos = qos::at_most_once;
-  bool no_local = false;                                   // 5.0
-  bool retain_as_published = false;                        // 5.0
-  retain_handling_option retain_handling = retain_handling_option::send;  // 5.0
-
-  friend bool operator==(const subscribe_options& a, const subscribe_options& b) noexcept {
-    return a.max_qos == b.max_qos && a.no_local == b.no_local && a.retain_as_published == b.retain_as_published &&
-           a.retain_handling == b.retain_handling;
-  }
-  friend bool operator!=(const subscribe_options& a, const subscribe_options& b) noexcept { return !(a == b); }
-};
-
 struct subscribe_entry {
   std::string_view filter;
   subscribe_options options;

@@ -63,6 +63,25 @@ enum class qos : std::uint8_t {
   exactly_once = 2,
 };
 
+enum class retain_handling_option : std::uint8_t {
+  send = 0,          // send retained messages at subscribe
+  send_if_new = 1,   // only if the subscription did not exist
+  dont_send = 2,
+};
+
+struct subscribe_options {
+  qos max_qos = qos::at_most_once;
+  bool no_local = false;                                   // 5.0
+  bool retain_as_published = false;                        // 5.0
+  retain_handling_option retain_handling = retain_handling_option::send;  // 5.0
+
+  friend bool operator==(const subscribe_options& a, const subscribe_options& b) noexcept {
+    return a.max_qos == b.max_qos && a.no_local == b.no_local && a.retain_as_published == b.retain_as_published &&
+           a.retain_handling == b.retain_handling;
+  }
+  friend bool operator!=(const subscribe_options& a, const subscribe_options& b) noexcept { return !(a == b); }
+};
+
 /// Which end of the connection decodes: a server accepts only client-to-server packets.
 enum class role : std::uint8_t { server, client };
 

@@ -32,10 +32,13 @@ struct tcp {
     const auto addr = asio::ip::make_address(o.address, ec);
     if (ec) return a;
     const asio::ip::tcp::endpoint ep(addr, o.port);
-    if (a.open(ep.protocol(), ec)) return a;
+    a.open(ep.protocol(), ec);
+    if (ec) return a;
     // A restarted broker must be able to bind while old connections sit in TIME_WAIT.
-    if (a.set_option(asio::socket_base::reuse_address(true), ec)) return a;
-    if (a.bind(ep, ec)) return a;
+    a.set_option(asio::socket_base::reuse_address(true), ec);
+    if (ec) return a;
+    a.bind(ep, ec);
+    if (ec) return a;
     a.listen(o.backlog, ec);
     return a;
   }

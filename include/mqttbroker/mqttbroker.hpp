@@ -1,0 +1,38 @@
+#ifndef MQTTBROKER_MQTTBROKER_HPP
+#define MQTTBROKER_MQTTBROKER_HPP
+
+// The whole public API, and the source of single_include/mqttbroker/mqttbroker.hpp
+// (scripts/amalgamate.py). Keep one include per public header, lowest layer first (STYLE.md §2);
+// after editing, rerun scripts/amalgamate.py and commit single_include/.
+
+// level 0
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/version.hpp>
+#include <mqttbroker/error.hpp>
+
+// level 1: codec/, topic/ (no Asio)
+#include <mqttbroker/codec.hpp>
+#include <mqttbroker/topic/validate.hpp>
+#include <mqttbroker/topic/shared.hpp>
+#include <mqttbroker/topic/trie.hpp>
+
+// level 2: message.hpp
+#include <mqttbroker/message.hpp>
+
+// level 3: options.hpp, storage/, locking/, hooks/
+#include <mqttbroker/options.hpp>
+#include <mqttbroker/storage/memory.hpp>
+#include <mqttbroker/locking/none.hpp>
+#include <mqttbroker/locking/shared.hpp>
+#include <mqttbroker/hooks/hooks.hpp>
+
+// level 4: session/, router/, transport/
+#include <mqttbroker/session/state.hpp>
+#include <mqttbroker/router/subscriptions.hpp>
+#include <mqttbroker/router/retained.hpp>
+#include <mqttbroker/transport/tcp.hpp>
+
+// level 5: broker_fwd.hpp, broker.hpp
+#include <mqttbroker/broker.hpp>
+
+#endif  // MQTTBROKER_MQTTBROKER_HPP

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Check the include layering of include/mqttbroker (STYLE.md section 2).
+
+For every header under include/mqttbroker:
+  * each `#include <mqttbroker/...>` must point down the layer table below, never up or sideways;
+  * includes of our own headers use <mqttbroker/...>, never quotes (the amalgamator needs that);
+  * Asio stays out of the sans-I/O layers, OpenSSL out of everything but transport TLS;
+  * the include guard is named after the path: codec/decoder.hpp -> MQTTBROKER_CODEC_DECODER_HPP.
+
+Folders that do not exist yet are simply absent. Exit status 0 when clean, 1 on any violation.
+"""
+
+import argparse
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# unit -> (level, units it may include besides itself). A unit is a top-level folder of
+# include/mqttbroker, or a top-level header. A top-level `x.hpp` beside a folder `x/` (an umbrella
+# such as codec.hpp) belongs to unit `x`.
+CORE = {"config", "version", "error", "detail"}
+LAYERS = {
+    # level 0: std only
+    "config": (0, CORE),
+    "version": (0, CORE),
+    "error": (0, CORE),
+    "detail": (0, CORE),
+    # level 1: level 0 only; codec and topic never include each other; no Asio (fuzzed, benched alone)
+    "codec": (1, CORE),
+    "topic": (1, CORE),
+    # level 2: codec properties
+    "message": (2, CORE | {"codec"}),
+    # level 3: levels 0-2; same-level units never include each other
+    "options": (3, CORE | {"codec", "topic", "message"}),
+    "storage": (3, CORE | {"codec", "topic", "message"}),
+    "locking": (3, CORE | {"codec", "topic", "message"}),
+    "hooks": (3, CORE | {"codec", "topic", "message"}),
+    # level 4 (options.hpp holds the limits every level-4 unit is configured with)
+    "session": (4, CORE | {"codec", "topic", "message", "options"}),  # sans-I/O
+    "router": (4, CORE | {"topic", "message", "locking", "options"}),  # no transport, no wire format
+    "transport": (4, CORE),  # Asio + level 0: moves bytes, knows no MQTT
+    # level 5: everything; the only place layers meet
+    "broker": (5, None),
+    "broker_fwd": (5, None),
+    "impl": (5, None),
+    "mqttbroker": (5, None),
+    "connection": (5, None),  # detail/connection.hpp
+}
+# Single headers a unit may include although their unit is off limits: codec/types.hpp holds the
+# vocabulary (qos, retain handling), not the wire format.
+ALLOWED_HEADERS = {"router": {"codec/types.hpp"}}
+# Files whose unit is not their folder's.
+SPECIAL_FILES = {"detail/connection.hpp": "connection"}
+# Units that must not include Asio (directly; level 0 includes nothing but std).
+NO_ASIO = {"config", "version", "error", "detail", "codec", "topic", "message", "session", "broker_fwd"}
+ASIO_INCLUDE = re.compile(r"^(asio\.hpp|asio/|boost/asio)")
+OPENSSL_INCLUDE = re.compile(r"^openssl/")
+
+INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]')
+DIRECTIVE = re.compile(r"^\s*#\s*(\w+)\s*(\S*)")
+
+
+def unit_of(rel):
+    """Unit of a header path relative to include/mqttbroker (posix string), or None."""
+    if rel in SPECIAL_FILES:
+        return SPECIAL_FILES[rel]
+    first = rel.split("/", 1)[0]
+    if "/" not in rel:
+        first = first[: -len(".hpp")] if first.endswith(".hpp") else first
+    return first if first in LAYERS else None
+
+
+def expected_guard(rel):
+    return "MQTTBROKER_" + re.sub(r"[^A-Za-z0-9]", "_", rel).upper()
+
+
+def check_guard(rel, lines):
+    directives = [m for m in (DIRECTIVE.match(line) for line in lines) if m]
+    want = expected_guard(rel)
+    if (len(directives) < 2 or directives[0].group(1) != "ifndef" or directives[1].group(1) != "define"
+            or directives[0].group(2) != want or directives[1].group(2) != want):
+        return [f"include guard should be `#ifndef {want}` / `#define {want}` as the first directives"]
+    return []
+
+
+def check_file(rel, text):
+    errors = []
+    unit = unit_of(rel)
+    if unit is None:
+        return [f"{rel}: not in the layer table of STYLE.md §2 (add it to scripts/check_layers.py)"]
+    level, allowed = LAYERS[unit]
+    lines = text.splitlines()
+    errors += [f"{rel}: {e}" for e in check_guard(rel, lines)]
+    for number, line in enumerate(lines, 1):
+        match = INCLUDE.match(line)
+        if not match:
+            continue
+        quote, target = match.groups()
+        where = f"{rel}:{number}"
+        if quote == '"':
+            errors.append(f'{where}: use #include <mqttbroker/...> instead of "{target}"')
+            continue
+        if ASIO_INCLUDE.match(target) and unit in NO_ASIO:
+            errors.append(f"{where}: <{target}>: no Asio in {unit} (level {level})")
+        if OPENSSL_INCLUDE.match(target) and not (unit == "transport" and "tls" in rel):
+            errors.append(f"{where}: <{target}>: OpenSSL belongs in transport/tls.hpp only")
+        if not target.startswith("mqttbroker/"):
+            continue
+        target_rel = target[len("mqttbroker/"):]
+        target_unit = unit_of(target_rel)
+        if target_unit is None:
+            errors.append(f"{where}: <{target}> is not in the layer table")
+        elif (target_unit != unit and allowed is not None and target_unit not in allowed
+              and target_rel not in ALLOWED_HEADERS.get(unit, ())):
+            target_level = LAYERS[target_unit][0]
+            direction = "up" if target_level > level else ("sideways" if target_level == level else "down")
+            errors.append(f"{where}: {unit} (level {level}) may not include <{target}> "
+                          f"({target_unit}, level {target_level}, {direction})")
+    return errors
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=pathlib.Path, default=ROOT, help="repository root (default: this checkout)")
+    args = parser.parse_args()
+    base = args.root.resolve() / "include" / "mqttbroker"
+    if not base.is_dir():
+        print(f"check_layers.py: {base} not found", file=sys.stderr)
+        return 2
+    headers = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix in (".hpp", ".ipp", ".h"))
+    errors = []
+    for path in headers:
+        errors += check_file(path.relative_to(base).as_posix(), path.read_text(encoding="utf-8"))
+    for error in errors:
+        print(f"include/mqttbroker/{error}")
+    print(f"check_layers.py: {len(headers)} headers, {len(errors)} violations")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The project's one test command (README, .ci/run): installs what is missing, then
+#   1. checks that single_include/ matches include/ (scripts/amalgamate.py --check)
+#   2. build/ci:   Debug, -Werror, everything built, ctest
+#   3. build/asan: AddressSanitizer + UBSan (any report fails), ctest
+#   4. build/fuzz: clang + libFuzzer, fuzz_decoder for FUZZ_SECONDS (default 60)
+# Stops at the first failing step. Env: JOBS (default 2), FUZZ_SECONDS.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+JOBS="${JOBS:-2}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+step() { printf '\n==== %s\n' "$*"; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+step "1/4 single header is up to date (scripts/amalgamate.py --check)"
+python3 scripts/amalgamate.py --check
+
+step "2/4 build/ci: Debug, warnings as errors"
+cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
+  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=ON \
+  -DMQTTBROKER_INSTALL=ON -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
+cmake --build build/ci -j "$JOBS"
+ctest --test-dir build/ci --output-on-failure -j "$JOBS"
+
+step "3/4 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
+  -DMQTTBROKER_SANITIZE=address,undefined -DMQTTBROKER_HEADER_CHECK=OFF \
+  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
+  -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
+cmake --build build/asan -j "$JOBS"
+# The package tests only configure and build other projects; build/ci ran them.
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  ctest --test-dir build/asan --output-on-failure -j "$JOBS" -LE package
+
+step "4/4 build/fuzz: libFuzzer, ${FUZZ_SECONDS} s"
+if [ -f tests/fuzz/decoder_fuzz.cpp ]; then
+  cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
+    -DMQTTBROKER_BUILD_FUZZ=ON -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_EXAMPLES=OFF \
+    -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE=
+  cmake --build build/fuzz -j "$JOBS" --target fuzz_decoder
+  # New inputs go to the first folder (build/); the committed seeds are read only.
+  corpus=(build/fuzz/corpus/decoder)
+  mkdir -p "${corpus[0]}"
+  if [ -d tests/fuzz/corpus/decoder ]; then
+    corpus+=(tests/fuzz/corpus/decoder)
+  elif [ -d tests/fuzz/corpus ]; then
+    corpus+=(tests/fuzz/corpus)
+  fi
+  build/fuzz/tests/fuzz/fuzz_decoder -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+    -artifact_prefix=build/fuzz/ -print_final_stats=1 "${corpus[@]}"
+else
+  echo "tests/fuzz/decoder_fuzz.cpp not present yet: skipped"
+fi
+
+step "all steps passed"

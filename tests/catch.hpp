@@ -1,0 +1,23 @@
+#ifndef MQTTBROKER_TESTS_CATCH_HPP
+#define MQTTBROKER_TESTS_CATCH_HPP
+
+// One spelling for Catch2 v2 (Debian's catch2 2.13) and v3. CMake defines MQTTBROKER_CATCH2_V2 or
+// MQTTBROKER_CATCH2_V3 from the Catch2 it found; without CMake, the header that exists decides.
+#if defined(MQTTBROKER_CATCH2_V3)
+#include <catch2/catch_all.hpp>
+#elif defined(MQTTBROKER_CATCH2_V2)
+#include <catch2/catch.hpp>
+#elif defined(__has_include)
+#if __has_include(<catch2/catch_all.hpp>)
+#define MQTTBROKER_CATCH2_V3 1
+#include <catch2/catch_all.hpp>
+#else
+#define MQTTBROKER_CATCH2_V2 1
+#include <catch2/catch.hpp>
+#endif
+#else
+#define MQTTBROKER_CATCH2_V2 1
+#include <catch2/catch.hpp>
+#endif
+
+#endif  // MQTTBROKER_TESTS_CATCH_HPP

@@ -1,0 +1,82 @@
+# Packaging tests, run by ctest as `cmake -DMODE=consumer|subdir -D... -P cmake_package_test.cmake`.
+#
+#   consumer: cmake --install BUILD_DIR into WORK_DIR/prefix, then configure, build and run
+#             tests/cmake_consumer with find_package(mqttbroker CONFIG REQUIRED) against that prefix.
+#   subdir:   configure, build and run tests/cmake_subdir, which add_subdirectory()s SOURCE_DIR.
+#
+# Inputs: MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR MAKE_PROGRAM CXX_COMPILER CONFIG
+#         PREFIX_PATH ('|'-separated) TOOLCHAIN_FILE EXPECTED_VERSION
+cmake_minimum_required(VERSION 3.16)
+
+foreach(_var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR EXPECTED_VERSION)
+  if(NOT DEFINED ${_var} OR "${${_var}}" STREQUAL "")
+    message(FATAL_ERROR "cmake_package_test.cmake: -D${_var}=... is required")
+  endif()
+endforeach()
+if(NOT CONFIG)
+  set(CONFIG Release)
+endif()
+
+function(run_step what)
+  message(STATUS "[${MODE}] ${what}")
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE _rc)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "[${MODE}] ${what} failed (${_rc})")
+  endif()
+endfunction()
+
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+
+string(REPLACE "|" ";" _prefix_path "${PREFIX_PATH}")
+if(MODE STREQUAL "consumer")
+  set(_project "${SOURCE_DIR}/tests/cmake_consumer")
+  run_step("install into ${WORK_DIR}/prefix"
+    "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix" --config "${CONFIG}")
+  list(INSERT _prefix_path 0 "${WORK_DIR}/prefix")
+elseif(MODE STREQUAL "subdir")
+  set(_project "${SOURCE_DIR}/tests/cmake_subdir")
+else()
+  message(FATAL_ERROR "cmake_package_test.cmake: unknown MODE '${MODE}'")
+endif()
+
+# Settings go through an initial cache file: lists and spaces survive it unharmed.
+set(_init "${WORK_DIR}/init.cmake")
+file(WRITE "${_init}" "")
+foreach(_setting
+    "CMAKE_BUILD_TYPE|${CONFIG}"
+    "CMAKE_CXX_COMPILER|${CXX_COMPILER}"
+    "CMAKE_MAKE_PROGRAM|${MAKE_PROGRAM}"
+    "CMAKE_TOOLCHAIN_FILE|${TOOLCHAIN_FILE}"
+    "MQTTBROKER_ROOT|${SOURCE_DIR}"
+    "MQTTBROKER_EXPECTED_VERSION|${EXPECTED_VERSION}")
+  string(FIND "${_setting}" "|" _bar)
+  string(SUBSTRING "${_setting}" 0 ${_bar} _name)
+  math(EXPR _bar "${_bar} + 1")
+  string(SUBSTRING "${_setting}" ${_bar} -1 _value)
+  if(NOT _value STREQUAL "")
+    file(APPEND "${_init}" "set(${_name} [==[${_value}]==] CACHE STRING \"\")\n")
+  endif()
+endforeach()
+if(_prefix_path)
+  file(APPEND "${_init}" "set(CMAKE_PREFIX_PATH [==[${_prefix_path}]==] CACHE STRING \"\")\n")
+endif()
+
+run_step("configure ${_project}"
+  "${CMAKE_COMMAND}" -S "${_project}" -B "${WORK_DIR}/build" -G "${GENERATOR}" -C "${_init}")
+run_step("build" "${CMAKE_COMMAND}" --build "${WORK_DIR}/build" --config "${CONFIG}")
+
+# Single-config generators put the program in the build folder, multi-config ones in a subfolder.
+set(_program "")
+foreach(_candidate "${WORK_DIR}/build/consumer" "${WORK_DIR}/build/${CONFIG}/consumer"
+                   "${WORK_DIR}/build/consumer.exe" "${WORK_DIR}/build/${CONFIG}/consumer.exe")
+  if(EXISTS "${_candidate}" AND NOT IS_DIRECTORY "${_candidate}")
+    set(_program "${_candidate}")
+    break()
+  endif()
+endforeach()
+if(NOT _program)
+  message(FATAL_ERROR "[${MODE}] built program 'consumer' not found under ${WORK_DIR}/build")
+endif()
+run_step("run ${_program}" "${_program}")
+message(STATUS "[${MODE}] passed")
