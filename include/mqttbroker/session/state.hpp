@@ -146,6 +146,7 @@ class state {
   /// Forgets every message in flight and queued (clean start, session end).
   void clear_messages() noexcept {
     inflight_.clear();
+    std::fill(in_use_.begin(), in_use_.end(), std::uint64_t{0});
     queue_.clear();
     queued_bytes_ = 0;
     inbound_qos2_.clear();
@@ -221,12 +222,30 @@ class state {
   /// skip any still in flight after a wrap [MQTT-2.2.1-3]; the window is far below 65535, so
   /// one is always free.
   void admit(outgoing& o) {
+    // A small window is searched directly; a large one keeps a bitmap (8 KiB, made on first use)
+    // so that finding a free identifier never costs a scan of thousands of entries.
+    const bool use_bitmap = limits_.max_inflight > small_window;
+    if (use_bitmap && in_use_.empty()) {
+      in_use_.assign(65536 / 64, 0);
+      for (const inflight_entry& e : inflight_) mark(e.pub.packet_id, true);
+    }
     for (;;) {
       next_id_ = static_cast<std::uint16_t>(next_id_ == 0xFFFF ? 1 : next_id_ + 1);
-      if (find(next_id_) == nullptr) break;
+      if (use_bitmap ? !marked(next_id_) : find(next_id_) == nullptr) break;
     }
+    if (use_bitmap) mark(next_id_, true);
     o.packet_id = next_id_;
     o.dup = false;
+  }
+
+  bool marked(std::uint16_t id) const noexcept { return (in_use_[id >> 6] >> (id & 63u)) & 1u; }
+  void mark(std::uint16_t id, bool on) noexcept {
+    if (in_use_.empty()) return;
+    const std::uint64_t bit = std::uint64_t{1} << (id & 63u);
+    if (on)
+      in_use_[id >> 6] |= bit;
+    else
+      in_use_[id >> 6] &= ~bit;
   }
 
   inflight_entry* find(std::uint16_t id) noexcept {
@@ -240,6 +259,7 @@ class state {
     for (auto it = inflight_.begin(); it != inflight_.end(); ++it) {
       if (it->pub.packet_id == id) {
         if (it->state != expected) return false;
+        mark(id, false);
         inflight_.erase(it);
         return true;
       }
@@ -254,6 +274,8 @@ class state {
   std::deque<outgoing> queue_;
   std::size_t queued_bytes_ = 0;
   std::uint16_t next_id_ = 0;
+  static constexpr std::uint16_t small_window = 64;
+  std::vector<std::uint64_t> in_use_;  // identifiers in flight, with a window above small_window
   std::vector<std::uint16_t> inbound_qos2_;  // sorted
   std::unordered_map<std::string, subscription_record> subscriptions_;
 };
