@@ -173,7 +173,7 @@ class broker {
     if (auto ec = topic::validate_topic_filter(filter, lim)) throw std::system_error(ec, "mqttbroker: subscribe");
     auto sub = std::make_unique<subscriber>();
     sub->kind = subscriber_kind::local;
-    sub->handler = std::move(handler);
+    sub->handler = std::make_shared<const local_handler>(std::move(handler));
     sub->filter = std::string(filter);
     std::lock_guard<mutex_type> lk(state_mutex_);
     const auto id = static_cast<local_subscription_id>(++next_local_id_);
@@ -218,8 +218,9 @@ class broker {
   /// What the router stores per subscription: a client's session or an in-process handler.
   struct subscriber {
     subscriber_kind kind = subscriber_kind::client;
-    local_handler handler;  // local
-    std::string filter;     // local
+    // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
+    std::shared_ptr<const local_handler> handler;  // local
+    std::string filter;                            // local
   };
 
  public:
@@ -699,30 +700,35 @@ class broker {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    ++stats_.messages_received;
-    if (m->retain()) {
-      // [MQTT-3.3.1-5] store (or with an empty payload delete [MQTT-3.3.1-10]) the retained message.
-      if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
-        retained_.set(m);
-    }
     std::size_t n = 0;
-    const subscriber* publisher = from;
-    router_.route(m->topic(), publisher ? &publisher : nullptr, [&](const subscriber* s, const router::delivery& d) {
-      ++n;
-      deliver(const_cast<subscriber*>(s), m, d);
-    });
+    // In-process handlers run after routing, outside the lock: a handler may publish or
+    // subscribe again without re-entering the router mid-route.
+    std::vector<std::shared_ptr<const local_handler>> local;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.messages_received;
+      if (m->retain()) {
+        // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
+        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
+          retained_.set(m);
+      }
+      const subscriber* publisher = from;
+      router_.route(m->topic(), publisher ? &publisher : nullptr, [&](const subscriber* s, const router::delivery& d) {
+        ++n;
+        if (s->kind == subscriber_kind::local) {
+          ++stats_.messages_sent;
+          local.push_back(s->handler);
+        } else {
+          deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d);
+        }
+      });
+    }
+    for (const auto& h : local) (*h)(m);
     return n;
   }
 
-  /// Called with state_mutex_ held.
-  void deliver(subscriber* s, const message_ptr& m, const router::delivery& d) {
-    if (s->kind == subscriber_kind::local) {
-      ++stats_.messages_sent;
-      s->handler(m);
-      return;
-    }
-    auto* rec = static_cast<session_record*>(s);
+  /// Offers `m` to a client session. state_mutex_ held.
+  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d) {
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)

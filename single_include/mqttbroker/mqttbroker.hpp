@@ -1544,6 +1544,9 @@ inline std::error_code check_first_byte(std::uint8_t first, protocol_version v, 
   if (t == 0 || (t == 15 && v != protocol_version::v5)) return codec_errc::reserved_packet_type;
   const auto type = static_cast<packet_type>(t);
   if (!detail::direction_allowed(type, side)) return protocol_errc::unexpected_packet;
+  // 3.1.1 Table 2.1: DISCONNECT goes from Client to Server only; 5.0 lets the Server send it too.
+  if (type == packet_type::disconnect && side == role::client && v != protocol_version::v5)
+    return protocol_errc::unexpected_packet;
   return detail::check_flags(type, static_cast<std::uint8_t>(first & 0x0Fu));
 }
 
@@ -3396,6 +3399,7 @@ class state {
   /// Forgets every message in flight and queued (clean start, session end).
   void clear_messages() noexcept {
     inflight_.clear();
+    std::fill(in_use_.begin(), in_use_.end(), std::uint64_t{0});
     queue_.clear();
     queued_bytes_ = 0;
     inbound_qos2_.clear();
@@ -3471,12 +3475,30 @@ class state {
   /// skip any still in flight after a wrap [MQTT-2.2.1-3]; the window is far below 65535, so
   /// one is always free.
   void admit(outgoing& o) {
+    // A small window is searched directly; a large one keeps a bitmap (8 KiB, made on first use)
+    // so that finding a free identifier never costs a scan of thousands of entries.
+    const bool use_bitmap = limits_.max_inflight > small_window;
+    if (use_bitmap && in_use_.empty()) {
+      in_use_.assign(65536 / 64, 0);
+      for (const inflight_entry& e : inflight_) mark(e.pub.packet_id, true);
+    }
     for (;;) {
       next_id_ = static_cast<std::uint16_t>(next_id_ == 0xFFFF ? 1 : next_id_ + 1);
-      if (find(next_id_) == nullptr) break;
+      if (use_bitmap ? !marked(next_id_) : find(next_id_) == nullptr) break;
     }
+    if (use_bitmap) mark(next_id_, true);
     o.packet_id = next_id_;
     o.dup = false;
+  }
+
+  bool marked(std::uint16_t id) const noexcept { return (in_use_[id >> 6] >> (id & 63u)) & 1u; }
+  void mark(std::uint16_t id, bool on) noexcept {
+    if (in_use_.empty()) return;
+    const std::uint64_t bit = std::uint64_t{1} << (id & 63u);
+    if (on)
+      in_use_[id >> 6] |= bit;
+    else
+      in_use_[id >> 6] &= ~bit;
   }
 
   inflight_entry* find(std::uint16_t id) noexcept {
@@ -3490,6 +3512,7 @@ class state {
     for (auto it = inflight_.begin(); it != inflight_.end(); ++it) {
       if (it->pub.packet_id == id) {
         if (it->state != expected) return false;
+        mark(id, false);
         inflight_.erase(it);
         return true;
       }
@@ -3504,6 +3527,8 @@ class state {
   std::deque<outgoing> queue_;
   std::size_t queued_bytes_ = 0;
   std::uint16_t next_id_ = 0;
+  static constexpr std::uint16_t small_window = 64;
+  std::vector<std::uint64_t> in_use_;  // identifiers in flight, with a window above small_window
   std::vector<std::uint16_t> inbound_qos2_;  // sorted
   std::unordered_map<std::string, subscription_record> subscriptions_;
 };
@@ -3617,10 +3642,9 @@ struct delivery {
 
 /// The subscriptions of all sessions, and the fan-out of a published Topic Name to them.
 ///
-/// Subscriber is a small copyable handle (a pointer or an integer session id), equality-comparable,
-/// hashable with Hash and ordered by std::less (a total order, pointers included). Filters reach
-/// the router validated (topic::validate_topic_filter or topic::parse_filter); the router rejects
-/// nothing.
+/// Subscriber is a small copyable handle (a pointer or an integer session id), equality-comparable
+/// and hashable with Hash. Filters reach the router validated (topic::validate_topic_filter or
+/// topic::parse_filter); the router rejects nothing.
 ///
 /// route() reports each subscriber at most once per message, however many of its filters match
 /// (`a/#` and `a/+` both match `a/b`): 5.0 section 3.3.4 lets the server send one copy carrying the
@@ -3629,10 +3653,12 @@ struct delivery {
 /// Costs (L levels in a filter or topic, M matching subscriptions, V trie nodes visited; see
 /// topic::subscription_trie for V):
 /// - subscribe, unsubscribe, find: O(L) expected, independent of the number of subscriptions.
-/// - route: O(V + M) to collect; with M > 1, O(M log M) more to sort the matches by subscriber and
-///   merge each subscriber's run; with M == 1 no sort. Callbacks come in ascending Subscriber
-///   order. Heap allocation only while the scratch buffers grow to the largest fan-out seen so far
-///   (scratch_capacity() observes this); none in the steady state.
+/// - route: O(V + M) to collect the matches. M == 1 (the common case) is reported directly. Up to
+///   16 matches are merged by comparing pairs, O(M^2) with a tiny constant; more through a
+///   scratch hash table, O(M) expected. Subscribers are reported in the order of their first
+///   match as the trie finds them: unspecified, but fixed for a given history of subscribes.
+/// - allocation: route() allocates only while its scratch grows to the widest fan-out seen so far
+///   (scratch_capacity() observes this), never in the steady state.
 ///
 /// Shared Subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8) are not handled yet: such a
 /// filter is stored verbatim, so it matches only Topic Names that literally start with `$share/`.
@@ -3641,9 +3667,9 @@ struct delivery {
 /// inner filter, whose values index a vector of groups {members: (Subscriber, subscription),
 /// round-robin cursor}. route() matches that trie too and picks one member per matching group
 /// (each group gets one copy, 5.0 section 4.8.2); the pick is reported through a separate callback
-/// and never merged with the member's own non-shared deliveries, because section 4.8.2 has a client
-/// with both kinds receive two copies, each at its own subscription's QoS [MQTT-4.8.2-3]. No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] that
-/// the caller rejects before it gets here.
+/// and never merged with the member's own non-shared deliveries, because section 4.8.2 has a
+/// client with both kinds receive two copies, each at its own subscription's QoS [MQTT-4.8.2-3].
+/// No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] the caller rejects.
 ///
 /// Not thread-safe: the broker's locking policy guards it. subscribe/unsubscribe need exclusive
 /// access; the route() overload taking a route_scratch is const and may run under a shared lock
@@ -3657,16 +3683,23 @@ class subscription_router {
   /// The reusable buffers of route(). One per thread when routing under a shared lock.
   class route_scratch {
    public:
-    /// Matches and identifiers held without allocating (a diagnostic: steady once warm).
-    std::size_t capacity() const noexcept { return matches_.capacity() + delivery_.identifiers.capacity(); }
+    /// Bytes held for reuse (a diagnostic: unchanged by a route() no wider than those before).
+    std::size_t capacity() const noexcept {
+      return matches_.capacity() * sizeof(match) + table_.capacity() * sizeof(std::uint32_t) +
+             delivery_.identifiers.capacity() * sizeof(std::uint32_t);
+    }
 
    private:
     friend class subscription_router;
+    static constexpr std::uint32_t none = ~std::uint32_t{0};
     struct match {
       Subscriber subscriber;
       const subscription* sub;  // into the trie; valid while the router is not modified
+      std::uint32_t next;       // the subscriber's next match (a chain from its first), or none
+      bool first;               // this is the subscriber's first match
     };
     std::vector<match> matches_;
+    std::vector<std::uint32_t> table_;  // open addressing: subscriber -> 1 + index of its first match
     delivery delivery_;
   };
 
@@ -3704,35 +3737,59 @@ class subscription_router {
   template <class F>
   void route(std::string_view topic, const Subscriber* publisher, route_scratch& scratch, F&& f) const {
     auto& matches = scratch.matches_;
-    matches.clear();  // keeps the capacity: no allocation once the largest fan-out has been seen
+    matches.clear();  // keeps the capacity: no allocation once the widest fan-out has been seen
     trie_.match(topic, [&](const Subscriber& s, const subscription& sub) {
       // [MQTT-3.8.3-3] No Local: not back to the publishing client, through this subscription.
       if (publisher != nullptr && sub.options.no_local && s == *publisher) return;
-      matches.push_back({s, &sub});
+      matches.push_back({s, &sub, route_scratch::none, true});
     });
     if (matches.empty()) return;
-    delivery& d = scratch.delivery_;
     if (matches.size() == 1) {  // the common case: nothing to merge
-      d.clear();
-      add(d, *matches.front().sub);
-      f(static_cast<const Subscriber&>(matches.front().subscriber), static_cast<const delivery&>(d));
+      emit(scratch, 0, f);
       return;
     }
     // Overlapping subscriptions of one subscriber come from different trie nodes, so they are not
-    // adjacent; sorting makes each subscriber's matches one run. std::sort does not allocate.
-    std::sort(matches.begin(), matches.end(),
-              [](const auto& a, const auto& b) { return std::less<Subscriber>{}(a.subscriber, b.subscriber); });
-    for (std::size_t i = 0; i < matches.size();) {
-      d.clear();
-      std::size_t j = i;
-      do {
-        add(d, *matches[j].sub);
-        ++j;
-      } while (j < matches.size() && matches[j].subscriber == matches[i].subscriber);
-      if (d.identifiers.size() > 1) d.identifiers.sort();
-      f(static_cast<const Subscriber&>(matches[i].subscriber), static_cast<const delivery&>(d));
-      i = j;
+    // adjacent. Chain each subscriber's matches from its first one: by pairwise comparison while
+    // few, else through a hash table of first matches (O(M) expected, where sorting would cost
+    // O(M log M) and dominate a wide fan-out).
+    const std::size_t m = matches.size();
+    if (m <= pairwise_max) {
+      for (std::size_t i = 1; i < m; ++i) {
+        for (std::size_t j = 0; j < i; ++j) {
+          if (matches[j].first && matches[j].subscriber == matches[i].subscriber) {
+            link(matches, j, i);
+            break;
+          }
+        }
+      }
+    } else {
+      // Load factor <= 1/2. assign() reuses the capacity; zeroing costs O(M), like the match.
+      unsigned shift = 64;
+      std::size_t cap = 1;
+      while (cap < 2 * m) {
+        cap <<= 1;
+        --shift;
+      }
+      auto& table = scratch.table_;
+      table.assign(cap, 0);
+      for (std::size_t i = 0; i < m; ++i) {
+        // Fibonacci hashing: the top bits of h * 2^64/phi, good even if Hash is the identity.
+        const auto h = static_cast<std::uint64_t>(Hash{}(matches[i].subscriber)) * 0x9E3779B97F4A7C15ull;
+        for (auto k = static_cast<std::size_t>(h >> shift);; k = (k + 1) & (cap - 1)) {
+          if (table[k] == 0) {
+            table[k] = static_cast<std::uint32_t>(i + 1);
+            break;
+          }
+          const std::size_t j = table[k] - 1;
+          if (matches[j].subscriber == matches[i].subscriber) {
+            link(matches, j, i);
+            break;
+          }
+        }
+      }
     }
+    for (std::size_t i = 0; i < m; ++i)
+      if (matches[i].first) emit(scratch, i, f);
   }
 
   /// Calls f(std::string_view filter, const Subscriber&, const subscription&) for every
@@ -3749,13 +3806,36 @@ class subscription_router {
   /// Trie nodes in use: a diagnostic for memory (0 once every subscription is gone).
   size_type node_count() const noexcept { return trie_.node_count(); }
 
-  /// Capacity of route()'s own scratch: unchanged by a route() whose fan-out was seen before.
+  /// Bytes route()'s own scratch holds for reuse: unchanged by a route() no wider than earlier ones.
   std::size_t scratch_capacity() const noexcept { return scratch_.capacity(); }
 
   /// Removes every subscription.
   void clear() noexcept { trie_.clear(); }
 
  private:
+  using match = typename route_scratch::match;
+
+  // Up to this many matches, duplicates are found by comparing pairs: no table to clear.
+  static constexpr std::size_t pairwise_max = 16;
+
+  // Appends match i to the chain of the subscriber whose first match is j.
+  static void link(std::vector<match>& matches, std::size_t j, std::size_t i) noexcept {
+    matches[i].first = false;
+    matches[i].next = matches[j].next;  // order within a chain is irrelevant: identifiers are sorted
+    matches[j].next = static_cast<std::uint32_t>(i);
+  }
+
+  // Merges the chain starting at `first` into one delivery and reports it.
+  template <class F>
+  static void emit(route_scratch& scratch, std::size_t first, F& f) {
+    delivery& d = scratch.delivery_;
+    d.clear();
+    const auto& matches = scratch.matches_;
+    for (std::size_t i = first; i != route_scratch::none; i = matches[i].next) add(d, *matches[i].sub);
+    if (d.identifiers.size() > 1) d.identifiers.sort();
+    f(static_cast<const Subscriber&>(matches[first].subscriber), static_cast<const delivery&>(d));
+  }
+
   static void add(delivery& d, const subscription& sub) {
     // [MQTT-3.3.5-1] (3.1.1), [MQTT-3.3.4-2] (5.0): the maximum QoS of all matching subscriptions.
     if (sub.options.max_qos > d.qos_level) d.qos_level = sub.options.max_qos;
@@ -4539,7 +4619,7 @@ class broker {
     if (auto ec = topic::validate_topic_filter(filter, lim)) throw std::system_error(ec, "mqttbroker: subscribe");
     auto sub = std::make_unique<subscriber>();
     sub->kind = subscriber_kind::local;
-    sub->handler = std::move(handler);
+    sub->handler = std::make_shared<const local_handler>(std::move(handler));
     sub->filter = std::string(filter);
     std::lock_guard<mutex_type> lk(state_mutex_);
     const auto id = static_cast<local_subscription_id>(++next_local_id_);
@@ -4584,8 +4664,9 @@ class broker {
   /// What the router stores per subscription: a client's session or an in-process handler.
   struct subscriber {
     subscriber_kind kind = subscriber_kind::client;
-    local_handler handler;  // local
-    std::string filter;     // local
+    // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
+    std::shared_ptr<const local_handler> handler;  // local
+    std::string filter;                            // local
   };
 
  public:
@@ -5065,30 +5146,35 @@ class broker {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    ++stats_.messages_received;
-    if (m->retain()) {
-      // [MQTT-3.3.1-5] store (or with an empty payload delete [MQTT-3.3.1-10]) the retained message.
-      if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
-        retained_.set(m);
-    }
     std::size_t n = 0;
-    const subscriber* publisher = from;
-    router_.route(m->topic(), publisher ? &publisher : nullptr, [&](const subscriber* s, const router::delivery& d) {
-      ++n;
-      deliver(const_cast<subscriber*>(s), m, d);
-    });
+    // In-process handlers run after routing, outside the lock: a handler may publish or
+    // subscribe again without re-entering the router mid-route.
+    std::vector<std::shared_ptr<const local_handler>> local;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.messages_received;
+      if (m->retain()) {
+        // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
+        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
+          retained_.set(m);
+      }
+      const subscriber* publisher = from;
+      router_.route(m->topic(), publisher ? &publisher : nullptr, [&](const subscriber* s, const router::delivery& d) {
+        ++n;
+        if (s->kind == subscriber_kind::local) {
+          ++stats_.messages_sent;
+          local.push_back(s->handler);
+        } else {
+          deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d);
+        }
+      });
+    }
+    for (const auto& h : local) (*h)(m);
     return n;
   }
 
-  /// Called with state_mutex_ held.
-  void deliver(subscriber* s, const message_ptr& m, const router::delivery& d) {
-    if (s->kind == subscriber_kind::local) {
-      ++stats_.messages_sent;
-      s->handler(m);
-      return;
-    }
-    auto* rec = static_cast<session_record*>(s);
+  /// Offers `m` to a client session. state_mutex_ held.
+  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d) {
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)

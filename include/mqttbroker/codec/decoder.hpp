@@ -320,6 +320,9 @@ inline std::error_code check_first_byte(std::uint8_t first, protocol_version v, 
   if (t == 0 || (t == 15 && v != protocol_version::v5)) return codec_errc::reserved_packet_type;
   const auto type = static_cast<packet_type>(t);
   if (!detail::direction_allowed(type, side)) return protocol_errc::unexpected_packet;
+  // 3.1.1 Table 2.1: DISCONNECT goes from Client to Server only; 5.0 lets the Server send it too.
+  if (type == packet_type::disconnect && side == role::client && v != protocol_version::v5)
+    return protocol_errc::unexpected_packet;
   return detail::check_flags(type, static_cast<std::uint8_t>(first & 0x0Fu));
 }
 

@@ -104,10 +104,9 @@ struct delivery {
 
 /// The subscriptions of all sessions, and the fan-out of a published Topic Name to them.
 ///
-/// Subscriber is a small copyable handle (a pointer or an integer session id), equality-comparable,
-/// hashable with Hash and ordered by std::less (a total order, pointers included). Filters reach
-/// the router validated (topic::validate_topic_filter or topic::parse_filter); the router rejects
-/// nothing.
+/// Subscriber is a small copyable handle (a pointer or an integer session id), equality-comparable
+/// and hashable with Hash. Filters reach the router validated (topic::validate_topic_filter or
+/// topic::parse_filter); the router rejects nothing.
 ///
 /// route() reports each subscriber at most once per message, however many of its filters match
 /// (`a/#` and `a/+` both match `a/b`): 5.0 section 3.3.4 lets the server send one copy carrying the
@@ -116,10 +115,12 @@ struct delivery {
 /// Costs (L levels in a filter or topic, M matching subscriptions, V trie nodes visited; see
 /// topic::subscription_trie for V):
 /// - subscribe, unsubscribe, find: O(L) expected, independent of the number of subscriptions.
-/// - route: O(V + M) to collect; with M > 1, O(M log M) more to sort the matches by subscriber and
-///   merge each subscriber's run; with M == 1 no sort. Callbacks come in ascending Subscriber
-///   order. Heap allocation only while the scratch buffers grow to the largest fan-out seen so far
-///   (scratch_capacity() observes this); none in the steady state.
+/// - route: O(V + M) to collect the matches. M == 1 (the common case) is reported directly. Up to
+///   16 matches are merged by comparing pairs, O(M^2) with a tiny constant; more through a
+///   scratch hash table, O(M) expected. Subscribers are reported in the order of their first
+///   match as the trie finds them: unspecified, but fixed for a given history of subscribes.
+/// - allocation: route() allocates only while its scratch grows to the widest fan-out seen so far
+///   (scratch_capacity() observes this), never in the steady state.
 ///
 /// Shared Subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8) are not handled yet: such a
 /// filter is stored verbatim, so it matches only Topic Names that literally start with `$share/`.
@@ -128,9 +129,9 @@ struct delivery {
 /// inner filter, whose values index a vector of groups {members: (Subscriber, subscription),
 /// round-robin cursor}. route() matches that trie too and picks one member per matching group
 /// (each group gets one copy, 5.0 section 4.8.2); the pick is reported through a separate callback
-/// and never merged with the member's own non-shared deliveries, because section 4.8.2 has a client
-/// with both kinds receive two copies, each at its own subscription's QoS [MQTT-4.8.2-3]. No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] that
-/// the caller rejects before it gets here.
+/// and never merged with the member's own non-shared deliveries, because section 4.8.2 has a
+/// client with both kinds receive two copies, each at its own subscription's QoS [MQTT-4.8.2-3].
+/// No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] the caller rejects.
 ///
 /// Not thread-safe: the broker's locking policy guards it. subscribe/unsubscribe need exclusive
 /// access; the route() overload taking a route_scratch is const and may run under a shared lock
@@ -144,16 +145,23 @@ class subscription_router {
   /// The reusable buffers of route(). One per thread when routing under a shared lock.
   class route_scratch {
    public:
-    /// Matches and identifiers held without allocating (a diagnostic: steady once warm).
-    std::size_t capacity() const noexcept { return matches_.capacity() + delivery_.identifiers.capacity(); }
+    /// Bytes held for reuse (a diagnostic: unchanged by a route() no wider than those before).
+    std::size_t capacity() const noexcept {
+      return matches_.capacity() * sizeof(match) + table_.capacity() * sizeof(std::uint32_t) +
+             delivery_.identifiers.capacity() * sizeof(std::uint32_t);
+    }
 
    private:
     friend class subscription_router;
+    static constexpr std::uint32_t none = ~std::uint32_t{0};
     struct match {
       Subscriber subscriber;
       const subscription* sub;  // into the trie; valid while the router is not modified
+      std::uint32_t next;       // the subscriber's next match (a chain from its first), or none
+      bool first;               // this is the subscriber's first match
     };
     std::vector<match> matches_;
+    std::vector<std::uint32_t> table_;  // open addressing: subscriber -> 1 + index of its first match
     delivery delivery_;
   };
 
@@ -191,35 +199,59 @@ class subscription_router {
   template <class F>
   void route(std::string_view topic, const Subscriber* publisher, route_scratch& scratch, F&& f) const {
     auto& matches = scratch.matches_;
-    matches.clear();  // keeps the capacity: no allocation once the largest fan-out has been seen
+    matches.clear();  // keeps the capacity: no allocation once the widest fan-out has been seen
     trie_.match(topic, [&](const Subscriber& s, const subscription& sub) {
       // [MQTT-3.8.3-3] No Local: not back to the publishing client, through this subscription.
       if (publisher != nullptr && sub.options.no_local && s == *publisher) return;
-      matches.push_back({s, &sub});
+      matches.push_back({s, &sub, route_scratch::none, true});
     });
     if (matches.empty()) return;
-    delivery& d = scratch.delivery_;
     if (matches.size() == 1) {  // the common case: nothing to merge
-      d.clear();
-      add(d, *matches.front().sub);
-      f(static_cast<const Subscriber&>(matches.front().subscriber), static_cast<const delivery&>(d));
+      emit(scratch, 0, f);
       return;
     }
     // Overlapping subscriptions of one subscriber come from different trie nodes, so they are not
-    // adjacent; sorting makes each subscriber's matches one run. std::sort does not allocate.
-    std::sort(matches.begin(), matches.end(),
-              [](const auto& a, const auto& b) { return std::less<Subscriber>{}(a.subscriber, b.subscriber); });
-    for (std::size_t i = 0; i < matches.size();) {
-      d.clear();
-      std::size_t j = i;
-      do {
-        add(d, *matches[j].sub);
-        ++j;
-      } while (j < matches.size() && matches[j].subscriber == matches[i].subscriber);
-      if (d.identifiers.size() > 1) d.identifiers.sort();
-      f(static_cast<const Subscriber&>(matches[i].subscriber), static_cast<const delivery&>(d));
-      i = j;
+    // adjacent. Chain each subscriber's matches from its first one: by pairwise comparison while
+    // few, else through a hash table of first matches (O(M) expected, where sorting would cost
+    // O(M log M) and dominate a wide fan-out).
+    const std::size_t m = matches.size();
+    if (m <= pairwise_max) {
+      for (std::size_t i = 1; i < m; ++i) {
+        for (std::size_t j = 0; j < i; ++j) {
+          if (matches[j].first && matches[j].subscriber == matches[i].subscriber) {
+            link(matches, j, i);
+            break;
+          }
+        }
+      }
+    } else {
+      // Load factor <= 1/2. assign() reuses the capacity; zeroing costs O(M), like the match.
+      unsigned shift = 64;
+      std::size_t cap = 1;
+      while (cap < 2 * m) {
+        cap <<= 1;
+        --shift;
+      }
+      auto& table = scratch.table_;
+      table.assign(cap, 0);
+      for (std::size_t i = 0; i < m; ++i) {
+        // Fibonacci hashing: the top bits of h * 2^64/phi, good even if Hash is the identity.
+        const auto h = static_cast<std::uint64_t>(Hash{}(matches[i].subscriber)) * 0x9E3779B97F4A7C15ull;
+        for (auto k = static_cast<std::size_t>(h >> shift);; k = (k + 1) & (cap - 1)) {
+          if (table[k] == 0) {
+            table[k] = static_cast<std::uint32_t>(i + 1);
+            break;
+          }
+          const std::size_t j = table[k] - 1;
+          if (matches[j].subscriber == matches[i].subscriber) {
+            link(matches, j, i);
+            break;
+          }
+        }
+      }
     }
+    for (std::size_t i = 0; i < m; ++i)
+      if (matches[i].first) emit(scratch, i, f);
   }
 
   /// Calls f(std::string_view filter, const Subscriber&, const subscription&) for every
@@ -236,13 +268,36 @@ class subscription_router {
   /// Trie nodes in use: a diagnostic for memory (0 once every subscription is gone).
   size_type node_count() const noexcept { return trie_.node_count(); }
 
-  /// Capacity of route()'s own scratch: unchanged by a route() whose fan-out was seen before.
+  /// Bytes route()'s own scratch holds for reuse: unchanged by a route() no wider than earlier ones.
   std::size_t scratch_capacity() const noexcept { return scratch_.capacity(); }
 
   /// Removes every subscription.
   void clear() noexcept { trie_.clear(); }
 
  private:
+  using match = typename route_scratch::match;
+
+  // Up to this many matches, duplicates are found by comparing pairs: no table to clear.
+  static constexpr std::size_t pairwise_max = 16;
+
+  // Appends match i to the chain of the subscriber whose first match is j.
+  static void link(std::vector<match>& matches, std::size_t j, std::size_t i) noexcept {
+    matches[i].first = false;
+    matches[i].next = matches[j].next;  // order within a chain is irrelevant: identifiers are sorted
+    matches[j].next = static_cast<std::uint32_t>(i);
+  }
+
+  // Merges the chain starting at `first` into one delivery and reports it.
+  template <class F>
+  static void emit(route_scratch& scratch, std::size_t first, F& f) {
+    delivery& d = scratch.delivery_;
+    d.clear();
+    const auto& matches = scratch.matches_;
+    for (std::size_t i = first; i != route_scratch::none; i = matches[i].next) add(d, *matches[i].sub);
+    if (d.identifiers.size() > 1) d.identifiers.sort();
+    f(static_cast<const Subscriber&>(matches[first].subscriber), static_cast<const delivery&>(d));
+  }
+
   static void add(delivery& d, const subscription& sub) {
     // [MQTT-3.3.5-1] (3.1.1), [MQTT-3.3.4-2] (5.0): the maximum QoS of all matching subscriptions.
     if (sub.options.max_qos > d.qos_level) d.qos_level = sub.options.max_qos;
