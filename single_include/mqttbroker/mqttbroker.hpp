@@ -5178,7 +5178,7 @@ class broker {
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
-    o.retain = d.retain_as_published && m->retain();      // [MQTT-3.3.1-9] unless Retain As Published
+    o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     connection_type* c = rec->conn;
     if constexpr (!locking_type::thread_safe) {
