@@ -96,7 +96,11 @@ class broker {
   broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {})
       : broker(io.get_executor(), std::move(opts), std::move(hooks)) {}
   broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {})
-      : ex_(std::move(ex)), opts_(std::move(opts)), hooks_(std::move(hooks)), sweep_timer_(ex_) {
+      : ex_(std::move(ex)),
+        control_ex_(make_strand_if_threaded(ex_)),
+        opts_(std::move(opts)),
+        hooks_(std::move(hooks)),
+        sweep_timer_(control_ex_) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
   }
@@ -117,7 +121,8 @@ class broker {
     if (ec) throw std::system_error(ec, "mqttbroker: listen");
   }
   void listen(const listen_options& o, std::error_code& ec) {
-    auto a = std::make_unique<acceptor_type>(transport_type::make_acceptor(ex_, o, ec));
+    // Listeners, the expiry sweep and stopping share one strand, so they never race.
+    auto a = std::make_unique<acceptor_type>(transport_type::make_acceptor(control_ex_, o, ec));
     if (ec) return;
     acceptors_.push_back(std::move(a));
     if (started_) accept(*acceptors_.back());
@@ -143,7 +148,7 @@ class broker {
   auto async_stop(CompletionToken&& token) {
     return asio::async_initiate<CompletionToken, void(std::error_code)>(
         [this](auto handler) {
-          asio::post(ex_, [this, h = std::move(handler)]() mutable { do_stop(std::move(h)); });
+          asio::post(control_ex_, [this, h = std::move(handler)]() mutable { do_stop(std::move(h)); });
         },
         token);
   }
@@ -251,11 +256,13 @@ class broker {
     });
   }
 
-  asio::any_io_executor make_connection_executor() {
+  asio::any_io_executor make_connection_executor() { return make_strand_if_threaded(ex_); }
+
+  static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
     if constexpr (locking_type::thread_safe)
-      return asio::make_strand(ex_);
+      return asio::make_strand(ex);
     else
-      return ex_;
+      return ex;
   }
 
   void on_accept(stream_type s) {
@@ -337,6 +344,7 @@ class broker {
       // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
       // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
       if (!v5 && !cp.clean_start) return refuse_connect(c, v, protocol_errc::client_identifier_not_valid);
+      std::lock_guard<mutex_type> lk(state_mutex_);
       client_id = make_client_id();
       assigned = true;
     }
@@ -412,7 +420,10 @@ class broker {
     // [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer owns the session.
     if (old_conn) {
       if constexpr (locking_type::thread_safe)
-        asio::post(old_conn->get_executor(), [old_conn, w = std::move(old_conn)]() mutable { w->taken_over(); });
+      {
+        auto ex = old_conn->get_executor();
+        asio::post(ex, [old_conn] { old_conn->taken_over(); });
+      }
       else
         old_conn->taken_over();
     }
@@ -840,9 +851,12 @@ class broker {
     return l;
   }
 
+  /// A client identifier no session uses. state_mutex_ held.
   std::string make_client_id() {
-    // Unique within this broker's life; the prefix keeps it apart from ids clients choose.
-    return "mqttbroker-" + std::to_string(++next_client_number_);
+    for (;;) {
+      std::string id = "mqttbroker-" + std::to_string(++next_client_number_);
+      if (sessions_.find(id) == sessions_.end()) return id;  // a client may have chosen it already
+    }
   }
 
   // ---- persistent session expiry
@@ -914,6 +928,7 @@ class broker {
   static constexpr std::size_t write_pacing_bytes = 64 * 1024;
 
   asio::any_io_executor ex_;
+  asio::any_io_executor control_ex_;  // a strand with locking::shared
   broker_options opts_;
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   mutable mutex_type state_mutex_;
@@ -927,9 +942,9 @@ class broker {
   std::function<void()> stop_handler_;
   broker_stats stats_;
   std::uint64_t next_local_id_ = 0;
-  std::uint64_t next_client_number_ = 0;
-  bool started_ = false;
-  bool stopping_ = false;
+  std::uint64_t next_client_number_ = 0;  // state_mutex_
+  bool started_ = false;                  // control_ex_
+  std::atomic<bool> stopping_{false};     // read by connections on any thread
 };
 
 /// The broker for a host that runs its io_context on several threads.
