@@ -4685,6 +4685,8 @@ class broker {
     clock::time_point expires{};       // when persistent and offline
     std::chrono::seconds expiry{0};
     std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
+    std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
+    bool pump_scheduled = false;
   };
 
  private:
@@ -4858,6 +4860,9 @@ class broker {
         rec = fresh.get();
         sessions_.emplace(client_id, std::move(fresh));
       }
+      // What was admitted for an earlier connection is in flight and is resent below.
+      rec->outbox.clear();
+      rec->pump_scheduled = false;
       rec->conn = &c;
       rec->conn_owner = c.shared_from_this();
       rec->persistent = expiry.count() != 0;
@@ -5210,11 +5215,19 @@ class broker {
     send_to(rec, o);
   }
 
-  /// Hands an admitted PUBLISH to the session's connection, on that connection's executor.
-  void send_to(session_record* rec, const session::outgoing& o) {
+  /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
+  void send_to(session_record* rec, session::outgoing& o) {
     if constexpr (locking_type::thread_safe) {
-      auto owner = std::static_pointer_cast<connection_type>(rec->conn_owner);
-      asio::post(owner->get_executor(), [owner, o] { owner->send_publish(o); });
+      // Another thread owns the connection: leave the message in the session's outbox and have
+      // the connection's strand pump it. Everything admitted goes out through the outbox, in
+      // admission order, so a message admitted later on the connection's own strand (pump())
+      // can never overtake one admitted earlier here [MQTT-4.6.0-2].
+      rec->outbox.push_back(std::move(o));
+      if (!rec->pump_scheduled) {
+        rec->pump_scheduled = true;
+        auto owner = std::static_pointer_cast<connection_type>(rec->conn_owner);
+        asio::post(owner->get_executor(), [this, owner] { pump(*owner); });
+      }
     } else {
       rec->conn->send_publish(o);
     }
@@ -5225,6 +5238,12 @@ class broker {
     session_record* rec = c.session();
     if (rec == nullptr || !c.is_open()) return;
     std::lock_guard<mutex_type> lk(state_mutex_);
+    if (rec->conn != &c) return;  // taken over since the pump was posted
+    if constexpr (locking_type::thread_safe) {
+      rec->pump_scheduled = false;
+      for (const session::outgoing& o : rec->outbox) c.send_publish(o);
+      rec->outbox.clear();
+    }
     while (auto o = rec->state.next_ready()) {
       ++stats_.messages_sent;
       c.send_publish(*o);
@@ -5232,10 +5251,10 @@ class broker {
     // Retained messages go out while the socket keeps up and the window has room; the rest wait
     // for acknowledgements or for the write to drain (on_connection_drained).
     while (!rec->retained_backlog.empty() && c.backlog_bytes() < write_pacing_bytes) {
-      session::outgoing o = std::move(rec->retained_backlog.front());
-      if (o.qos_level != codec::qos::at_most_once &&
+      if (rec->retained_backlog.front().qos_level != codec::qos::at_most_once &&
           rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
         break;
+      session::outgoing o = std::move(rec->retained_backlog.front());
       rec->retained_backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
       if (adm == session::admission::send) {
@@ -5261,6 +5280,8 @@ class broker {
         rec->conn = nullptr;
         rec->conn_owner.reset();
         rec->retained_backlog.clear();
+        rec->outbox.clear();
+        rec->pump_scheduled = false;
         if (!rec->persistent) {
           remove_session(*rec);
         } else {
