@@ -240,6 +240,7 @@ class broker {
     std::chrono::seconds expiry{0};
     std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
+    std::size_t outbox_bytes = 0;
     bool pump_scheduled = false;
   };
 
@@ -323,7 +324,7 @@ class broker {
       ack.code = static_cast<std::uint8_t>(*rc);
     }
     c.version_ = v;
-    c.queued_.add(ack, v);
+    c.enqueue(ack, v);
     c.closing_ = true;
     c.close(reason_code::unspecified_error, false, false);
   }
@@ -332,7 +333,7 @@ class broker {
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
     c.version_ = v;
-    c.queued_.add(ack, v);
+    c.enqueue(ack, v);
     c.closing_ = true;
     c.close(reason_code::unspecified_error, false, false);
   }
@@ -416,6 +417,7 @@ class broker {
       }
       // What was admitted for an earlier connection is in flight and is resent below.
       rec->outbox.clear();
+      rec->outbox_bytes = 0;
       rec->pump_scheduled = false;
       rec->conn = &c;
       rec->conn_owner = c.shared_from_this();
@@ -751,13 +753,11 @@ class broker {
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     connection_type* c = rec->conn;
-    if constexpr (!locking_type::thread_safe) {
-      // A client that stopped reading loses QoS 0 messages, not everyone's memory.
-      if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
-          c->backlog_bytes() > opts_.max_queued_bytes) {
-        ++stats_.messages_dropped;
-        return;
-      }
+    // A client that stopped reading loses QoS 0 messages, not everyone's memory.
+    if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
+        c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
+      ++stats_.messages_dropped;
+      return;
     }
     const auto adm = rec->state.offer(o, c != nullptr);
     if (adm == session::admission::dropped) {
@@ -769,6 +769,14 @@ class broker {
     send_to(rec, o);
   }
 
+  /// Payload bytes admitted for the connection's strand and not yet taken by it. state_mutex_ held.
+  static std::size_t outbox_bytes(const session_record& rec) noexcept {
+    if constexpr (locking_type::thread_safe)
+      return rec.outbox_bytes;
+    else
+      return 0;
+  }
+
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
   void send_to(session_record* rec, session::outgoing& o) {
     if constexpr (locking_type::thread_safe) {
@@ -776,6 +784,7 @@ class broker {
       // the connection's strand pump it. Everything admitted goes out through the outbox, in
       // admission order, so a message admitted later on the connection's own strand (pump())
       // can never overtake one admitted earlier here [MQTT-4.6.0-2].
+      rec->outbox_bytes += o.msg->payload().size();
       rec->outbox.push_back(std::move(o));
       if (!rec->pump_scheduled) {
         rec->pump_scheduled = true;
@@ -797,6 +806,7 @@ class broker {
       rec->pump_scheduled = false;
       for (const session::outgoing& o : rec->outbox) c.send_publish(o);
       rec->outbox.clear();
+      rec->outbox_bytes = 0;
     }
     while (auto o = rec->state.next_ready()) {
       ++stats_.messages_sent;
@@ -835,6 +845,7 @@ class broker {
         rec->conn_owner.reset();
         rec->retained_backlog.clear();
         rec->outbox.clear();
+        rec->outbox_bytes = 0;
         rec->pump_scheduled = false;
         if (!rec->persistent) {
           remove_session(*rec);

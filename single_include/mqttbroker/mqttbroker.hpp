@@ -4151,6 +4151,7 @@ MQTTBROKER_END_NAMESPACE
 #include <asio/write.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -4259,17 +4260,20 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
         p.properties = props.view();
       }
     }
+    const std::size_t before = queued_.bytes;
     if (!queued_.add_publish(p, version_, o.msg)) return;
+    note_queued(queued_.bytes - before);
     flush();
   }
 
-  /// Bytes queued and not yet handed to the socket (for QoS 0 pacing).
-  std::size_t backlog_bytes() const noexcept { return queued_.bytes; }
+  /// Bytes queued or being written and not yet taken by the socket. Readable from any thread
+  /// (a publisher's, to drop QoS 0 for a client that stopped reading); written only here.
+  std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
 
   template <class Packet>
   void send(const Packet& p) {
     if (closed_) return;
-    queued_.add(p, version_);
+    enqueue(p, version_);
     flush();
   }
 
@@ -4279,7 +4283,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     if (notify && connected_ && version_ == codec::protocol_version::v5) {
       codec::disconnect d;
       d.reason = reason;
-      queued_.add(d, version_);
+      enqueue(d, version_);
     }
     closing_ = true;
     graceful_ = graceful_ || graceful;
@@ -4339,17 +4343,29 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
       if (v == codec::protocol_version::v5) {
         codec::connack ack;
         ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
-        queued_.add(ack, codec::protocol_version::v5);
+        enqueue(ack, codec::protocol_version::v5);
       } else if (auto rc = to_connack_return_code(ec)) {
         codec::connack ack;
         ack.code = static_cast<std::uint8_t>(*rc);
-        queued_.add(ack, codec::protocol_version::v3_1_1);
+        enqueue(ack, codec::protocol_version::v3_1_1);
       }
       close(reason_code::unspecified_error, false, false);
       return;
     }
     // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
     close(to_reason_code(ec), true, false);
+  }
+
+  /// Queues a packet without starting a write (the caller flushes or closes).
+  template <class Packet>
+  void enqueue(const Packet& p, codec::protocol_version v) {
+    const std::size_t before = queued_.bytes;
+    queued_.add(p, v);
+    note_queued(queued_.bytes - before);
+  }
+
+  void note_queued(std::size_t n) noexcept {
+    unsent_.store(unsent_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
 
   void flush() {
@@ -4369,6 +4385,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   void on_written(std::error_code ec) {
     write_in_flight_ = false;
+    unsent_.store(unsent_.load(std::memory_order_relaxed) - writing_.bytes, std::memory_order_relaxed);
     writing_.clear();
     if (closed_) return;
     if (ec) {
@@ -4445,6 +4462,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   write_batch queued_;
   write_batch writing_;
   std::vector<asio::const_buffer> buffers_;
+  std::atomic<std::size_t> unsent_{0};  // queued_.bytes + writing_.bytes
   codec::properties_builder props_scratch_;
   clock::time_point last_packet_{};
   std::chrono::milliseconds keep_alive_limit_{0};
@@ -4686,6 +4704,7 @@ class broker {
     std::chrono::seconds expiry{0};
     std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
+    std::size_t outbox_bytes = 0;
     bool pump_scheduled = false;
   };
 
@@ -4769,7 +4788,7 @@ class broker {
       ack.code = static_cast<std::uint8_t>(*rc);
     }
     c.version_ = v;
-    c.queued_.add(ack, v);
+    c.enqueue(ack, v);
     c.closing_ = true;
     c.close(reason_code::unspecified_error, false, false);
   }
@@ -4778,7 +4797,7 @@ class broker {
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
     c.version_ = v;
-    c.queued_.add(ack, v);
+    c.enqueue(ack, v);
     c.closing_ = true;
     c.close(reason_code::unspecified_error, false, false);
   }
@@ -4862,6 +4881,7 @@ class broker {
       }
       // What was admitted for an earlier connection is in flight and is resent below.
       rec->outbox.clear();
+      rec->outbox_bytes = 0;
       rec->pump_scheduled = false;
       rec->conn = &c;
       rec->conn_owner = c.shared_from_this();
@@ -5197,13 +5217,11 @@ class broker {
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     connection_type* c = rec->conn;
-    if constexpr (!locking_type::thread_safe) {
-      // A client that stopped reading loses QoS 0 messages, not everyone's memory.
-      if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
-          c->backlog_bytes() > opts_.max_queued_bytes) {
-        ++stats_.messages_dropped;
-        return;
-      }
+    // A client that stopped reading loses QoS 0 messages, not everyone's memory.
+    if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
+        c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
+      ++stats_.messages_dropped;
+      return;
     }
     const auto adm = rec->state.offer(o, c != nullptr);
     if (adm == session::admission::dropped) {
@@ -5215,6 +5233,14 @@ class broker {
     send_to(rec, o);
   }
 
+  /// Payload bytes admitted for the connection's strand and not yet taken by it. state_mutex_ held.
+  static std::size_t outbox_bytes(const session_record& rec) noexcept {
+    if constexpr (locking_type::thread_safe)
+      return rec.outbox_bytes;
+    else
+      return 0;
+  }
+
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
   void send_to(session_record* rec, session::outgoing& o) {
     if constexpr (locking_type::thread_safe) {
@@ -5222,6 +5248,7 @@ class broker {
       // the connection's strand pump it. Everything admitted goes out through the outbox, in
       // admission order, so a message admitted later on the connection's own strand (pump())
       // can never overtake one admitted earlier here [MQTT-4.6.0-2].
+      rec->outbox_bytes += o.msg->payload().size();
       rec->outbox.push_back(std::move(o));
       if (!rec->pump_scheduled) {
         rec->pump_scheduled = true;
@@ -5243,6 +5270,7 @@ class broker {
       rec->pump_scheduled = false;
       for (const session::outgoing& o : rec->outbox) c.send_publish(o);
       rec->outbox.clear();
+      rec->outbox_bytes = 0;
     }
     while (auto o = rec->state.next_ready()) {
       ++stats_.messages_sent;
@@ -5281,6 +5309,7 @@ class broker {
         rec->conn_owner.reset();
         rec->retained_backlog.clear();
         rec->outbox.clear();
+        rec->outbox_bytes = 0;
         rec->pump_scheduled = false;
         if (!rec->persistent) {
           remove_session(*rec);

@@ -17,6 +17,7 @@
 #include <asio/write.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -125,17 +126,20 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
         p.properties = props.view();
       }
     }
+    const std::size_t before = queued_.bytes;
     if (!queued_.add_publish(p, version_, o.msg)) return;
+    note_queued(queued_.bytes - before);
     flush();
   }
 
-  /// Bytes queued and not yet handed to the socket (for QoS 0 pacing).
-  std::size_t backlog_bytes() const noexcept { return queued_.bytes; }
+  /// Bytes queued or being written and not yet taken by the socket. Readable from any thread
+  /// (a publisher's, to drop QoS 0 for a client that stopped reading); written only here.
+  std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
 
   template <class Packet>
   void send(const Packet& p) {
     if (closed_) return;
-    queued_.add(p, version_);
+    enqueue(p, version_);
     flush();
   }
 
@@ -145,7 +149,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     if (notify && connected_ && version_ == codec::protocol_version::v5) {
       codec::disconnect d;
       d.reason = reason;
-      queued_.add(d, version_);
+      enqueue(d, version_);
     }
     closing_ = true;
     graceful_ = graceful_ || graceful;
@@ -205,17 +209,29 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
       if (v == codec::protocol_version::v5) {
         codec::connack ack;
         ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
-        queued_.add(ack, codec::protocol_version::v5);
+        enqueue(ack, codec::protocol_version::v5);
       } else if (auto rc = to_connack_return_code(ec)) {
         codec::connack ack;
         ack.code = static_cast<std::uint8_t>(*rc);
-        queued_.add(ack, codec::protocol_version::v3_1_1);
+        enqueue(ack, codec::protocol_version::v3_1_1);
       }
       close(reason_code::unspecified_error, false, false);
       return;
     }
     // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
     close(to_reason_code(ec), true, false);
+  }
+
+  /// Queues a packet without starting a write (the caller flushes or closes).
+  template <class Packet>
+  void enqueue(const Packet& p, codec::protocol_version v) {
+    const std::size_t before = queued_.bytes;
+    queued_.add(p, v);
+    note_queued(queued_.bytes - before);
+  }
+
+  void note_queued(std::size_t n) noexcept {
+    unsent_.store(unsent_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
 
   void flush() {
@@ -235,6 +251,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   void on_written(std::error_code ec) {
     write_in_flight_ = false;
+    unsent_.store(unsent_.load(std::memory_order_relaxed) - writing_.bytes, std::memory_order_relaxed);
     writing_.clear();
     if (closed_) return;
     if (ec) {
@@ -311,6 +328,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   write_batch queued_;
   write_batch writing_;
   std::vector<asio::const_buffer> buffers_;
+  std::atomic<std::size_t> unsent_{0};  // queued_.bytes + writing_.bytes
   codec::properties_builder props_scratch_;
   clock::time_point last_packet_{};
   std::chrono::milliseconds keep_alive_limit_{0};
