@@ -424,17 +424,6 @@ class broker {
       rec->persistent = expiry.count() != 0;
       rec->expiry = expiry;
     }
-    // [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer owns the session.
-    if (old_conn) {
-      if constexpr (locking_type::thread_safe)
-      {
-        auto ex = old_conn->get_executor();
-        asio::post(ex, [old_conn] { old_conn->taken_over(); });
-      }
-      else
-        old_conn->taken_over();
-    }
-
     std::uint16_t keep_alive = cp.keep_alive;
     bool server_keep_alive = false;
     if (opts_.max_keep_alive != 0 && (keep_alive == 0 || keep_alive > opts_.max_keep_alive) && v5) {
@@ -476,6 +465,18 @@ class broker {
       });
     }
     pump(c);
+
+    // [MQTT-3.1.4-2] [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer
+    // owns the session. Only now: its will may match this session, and must follow the CONNACK
+    // [MQTT-3.2.0-1], in this connection's version, after the re-sends above.
+    if (old_conn) {
+      if constexpr (locking_type::thread_safe) {
+        auto ex = old_conn->get_executor();
+        asio::post(ex, [old_conn] { old_conn->taken_over(); });
+      } else {
+        old_conn->taken_over();
+      }
+    }
   }
 
   /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
@@ -963,7 +964,7 @@ class broker {
   asio::any_io_executor control_ex_;  // a strand with locking::shared
   broker_options opts_;
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
-  mutable mutex_type state_mutex_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
   std::unordered_set<std::shared_ptr<connection_type>> connections_;
   std::unordered_map<std::string, std::unique_ptr<session_record>> sessions_;

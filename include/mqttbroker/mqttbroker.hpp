@@ -31,6 +31,7 @@
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/router/retained.hpp>
 #include <mqttbroker/transport/tcp.hpp>
+#include <mqttbroker/transport/memory.hpp>
 
 // level 5: broker_fwd.hpp, broker.hpp
 #include <mqttbroker/broker.hpp>

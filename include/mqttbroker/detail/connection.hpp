@@ -109,7 +109,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   /// Queues a PUBLISH for this client and starts a write if none is in flight.
   void send_publish(const session::outgoing& o) {
-    if (closed_) return;
+    // Closing: a DISCONNECT may be queued, and nothing follows it [MQTT-3.14.4-1]. A QoS 1/2
+    // message stays in flight in the session and is re-sent on reconnect.
+    if (closed_ || closing_) return;
     codec::publish p;
     p.topic = o.msg->topic();
     p.payload = o.msg->payload();
@@ -138,7 +140,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   template <class Packet>
   void send(const Packet& p) {
-    if (closed_) return;
+    if (closed_ || closing_) return;
     enqueue(p, version_);
     flush();
   }
@@ -187,6 +189,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
       finish_close();  // socket error or EOF without DISCONNECT: an ungraceful end
       return;
     }
+    // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
+    // connection has no session any more. The pending write's completion finishes the close.
+    if (closing_) return;
     const auto res = decoder_.feed(read_buffer_.get(), n, [this](codec::packet& p) {
       last_packet_ = clock::now();
       broker_.handle_packet(*this, p);

@@ -1,0 +1,1363 @@
+#include <mqttbroker/broker.hpp>
+
+#include <mqttbroker/codec.hpp>
+#include <mqttbroker/transport/memory.hpp>
+
+#include "catch.hpp"
+
+#include <asio/io_context.hpp>
+#include <asio/write.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+// Deterministic broker tests: the broker and its clients share one io_context over the memory
+// transport, and each step runs ready handlers until none is left (settle()). Nothing waits on a
+// clock, so "nothing arrived" is as exact as "this arrived".
+
+namespace mb = mqttbroker;
+namespace codec = mqttbroker::codec;
+using mb::reason_code;
+using mb::transport::memory;
+using mb::transport::memory_stream;
+using codec::protocol_version;
+using codec::qos;
+
+namespace {
+
+struct mem_policies : mb::default_policies {
+  using transport = mb::transport::memory;
+};
+
+/// A received packet, copied out of the decoder's views.
+struct rx {
+  codec::packet_type type{};
+  std::uint16_t id = 0;
+  std::uint8_t code = 0;  // CONNACK code, acknowledgement or DISCONNECT reason
+  bool session_present = false;
+  std::vector<std::uint8_t> codes;  // SUBACK, UNSUBACK
+  std::string topic, payload;
+  qos qos_level = qos::at_most_once;
+  bool retain = false, dup = false;
+  std::string assigned_client_id;
+};
+
+rx to_rx(const codec::packet& p) {
+  rx r;
+  r.type = codec::type_of(p);
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, codec::connack>) {
+          r.session_present = x.session_present;
+          r.code = x.code;
+          if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
+            r.assigned_client_id = std::string(a->value);
+        } else if constexpr (std::is_same_v<T, codec::publish>) {
+          r.topic = std::string(x.topic);
+          r.payload = std::string(x.payload);
+          r.qos_level = x.qos_level;
+          r.retain = x.retain;
+          r.dup = x.dup;
+          r.id = x.packet_id;
+        } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
+                             std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
+          r.id = x.packet_id;
+          r.code = static_cast<std::uint8_t>(x.reason);
+        } else if constexpr (std::is_same_v<T, codec::suback> || std::is_same_v<T, codec::unsuback>) {
+          r.id = x.packet_id;
+          for (reason_code c : x.reasons) r.codes.push_back(static_cast<std::uint8_t>(c));
+        } else if constexpr (std::is_same_v<T, codec::disconnect>) {
+          r.code = static_cast<std::uint8_t>(x.reason);
+        }
+      },
+      p);
+  return r;
+}
+
+struct will_spec {
+  std::string topic, payload;
+  qos qos_level = qos::at_most_once;
+  bool retain = false;
+};
+
+/// A test client over a memory stream: encodes with the project's codec, decodes what the broker
+/// sends into rx records. Its handlers own its state, so it may go away with operations pending.
+class client {
+ public:
+  client(asio::io_context& io, const std::string& listener, protocol_version v)
+      : s_(std::make_shared<state>(memory::connect(io.get_executor(), listener), v)) {
+    read(s_);
+  }
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+  ~client() { close(); }
+
+  protocol_version version() const { return s_->version; }
+
+  void send_raw(std::string bytes) {
+    s_->out.push_back(std::move(bytes));
+    if (!s_->writing) write_next(s_);
+  }
+  template <class Packet>
+  void send(const Packet& p) {
+    std::string bytes;
+    REQUIRE_FALSE(codec::encode(p, s_->version, bytes));
+    send_raw(std::move(bytes));
+  }
+
+  void connect(const std::string& id, bool clean = true, const std::optional<will_spec>& will = std::nullopt,
+               std::optional<std::string_view> username = std::nullopt) {
+    codec::connect c;
+    c.version = s_->version;
+    c.client_id = id;
+    c.clean_start = clean;
+    if (will) {
+      codec::will_message w;
+      w.topic = will->topic;
+      w.payload = will->payload;
+      w.qos_level = will->qos_level;
+      w.retain = will->retain;
+      c.will = w;
+    }
+    if (username) {
+      c.username = *username;
+      c.password = std::string_view("secret");
+    }
+    codec::properties_builder props;
+    if (session_expiry_) {
+      props.add(codec::property_id::session_expiry_interval, *session_expiry_);
+      c.properties = props.view();
+    }
+    send(c);
+  }
+
+  /// 5.0: the Session Expiry Interval the next connect() asks for (a 5.0 session outlives its
+  /// connection only with one).
+  void set_session_expiry(std::uint32_t seconds) { session_expiry_ = seconds; }
+
+  void subscribe(std::uint16_t id, std::vector<std::pair<std::string, qos>> filters) {
+    codec::subscribe s;
+    s.packet_id = id;
+    for (const auto& f : filters) {
+      codec::subscribe_entry e;
+      e.filter = f.first;
+      e.options.max_qos = f.second;
+      s.entries.push_back(e);
+    }
+    send(s);
+  }
+  void subscribe(std::uint16_t id, const std::string& filter, qos q) { subscribe(id, {{filter, q}}); }
+
+  void unsubscribe(std::uint16_t id, const std::string& filter) {
+    codec::unsubscribe u;
+    u.packet_id = id;
+    u.filters.push_back(filter);
+    send(u);
+  }
+
+  void publish(const std::string& topic, const std::string& payload, qos q = qos::at_most_once, std::uint16_t id = 0,
+               bool retain = false, bool dup = false) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = payload;
+    p.qos_level = q;
+    p.packet_id = id;
+    p.retain = retain;
+    p.dup = dup;
+    send(p);
+  }
+
+  template <class Ack>
+  void ack(std::uint16_t id) {
+    Ack a;
+    a.packet_id = id;
+    send(a);
+  }
+  void puback(std::uint16_t id) { ack<codec::puback>(id); }
+  void pubrec(std::uint16_t id) { ack<codec::pubrec>(id); }
+  void pubrel(std::uint16_t id) { ack<codec::pubrel>(id); }
+  void pubcomp(std::uint16_t id) { ack<codec::pubcomp>(id); }
+  void disconnect() { send(codec::disconnect{}); }
+
+  /// Drops the connection without DISCONNECT.
+  void close() {
+    std::error_code ignored;
+    s_->stream.close(ignored);
+  }
+
+  /// Whether the broker closed the connection (EOF) or it was closed here.
+  bool closed() const { return s_->closed; }
+  std::error_code decode_error() const { return s_->decode_ec; }
+
+  std::size_t pending() const { return s_->inbox.size(); }
+  bool empty() const { return s_->inbox.empty(); }
+
+  /// The oldest packet not yet looked at.
+  rx pop() {
+    REQUIRE_FALSE(s_->inbox.empty());
+    rx r = std::move(s_->inbox.front());
+    s_->inbox.pop_front();
+    return r;
+  }
+  rx pop(codec::packet_type t) {
+    rx r = pop();
+    INFO("expected " << codec::to_string(t) << ", got " << codec::to_string(r.type));
+    REQUIRE(r.type == t);
+    return r;
+  }
+  /// Every PUBLISH received so far (other packets stay).
+  std::vector<rx> publishes() {
+    std::vector<rx> out;
+    std::deque<rx> rest;
+    for (rx& r : s_->inbox) {
+      if (r.type == codec::packet_type::publish)
+        out.push_back(std::move(r));
+      else
+        rest.push_back(std::move(r));
+    }
+    s_->inbox.swap(rest);
+    return out;
+  }
+
+ private:
+  struct state {
+    state(memory_stream s, protocol_version v)
+        : stream(std::move(s)), version(v), decoder(codec::decoder_options{codec::role::client, codec::max_packet_size, v}) {}
+    memory_stream stream;
+    protocol_version version;
+    codec::decoder decoder;
+    std::array<std::uint8_t, 512> buffer{};  // small on purpose: packets arrive split across reads
+    std::deque<std::string> out;
+    bool writing = false;
+    std::deque<rx> inbox;
+    bool closed = false;
+    std::error_code decode_ec;
+  };
+
+  static void read(const std::shared_ptr<state>& s) {
+    s->stream.async_read_some(asio::buffer(s->buffer), [s](std::error_code ec, std::size_t n) {
+      if (ec) {
+        s->closed = true;
+        return;
+      }
+      const auto res = s->decoder.feed(s->buffer.data(), n, [&](codec::packet& p) { s->inbox.push_back(to_rx(p)); });
+      if (res.ec) {
+        s->decode_ec = res.ec;
+        s->closed = true;
+        return;
+      }
+      read(s);
+    });
+  }
+
+  static void write_next(const std::shared_ptr<state>& s) {
+    if (s->out.empty()) {
+      s->writing = false;
+      return;
+    }
+    s->writing = true;
+    asio::async_write(s->stream, asio::buffer(s->out.front()), [s](std::error_code ec, std::size_t) {
+      s->out.pop_front();
+      if (ec) s->out.clear();
+      write_next(s);
+    });
+  }
+
+  std::shared_ptr<state> s_;
+  std::optional<std::uint32_t> session_expiry_;
+};
+
+std::string next_listener_name() {
+  static int n = 0;
+  return "broker-test-" + std::to_string(++n);
+}
+
+/// An io_context, a started broker listening on a memory listener, and its clients.
+template <class Policies = mem_policies>
+class harness {
+ public:
+  using broker_type = mb::broker<Policies>;
+
+  explicit harness(mb::broker_options o = {}, typename Policies::hooks h = {})
+      : broker(io, std::move(o), std::move(h)) {
+    broker.listen(typename Policies::transport::listen_options(listener));
+    broker.start();
+  }
+  harness(const harness&) = delete;
+  harness& operator=(const harness&) = delete;
+  ~harness() {
+    stop();
+    clients_.clear();
+    run_until_idle();  // no FAIL here: a destructor must not throw
+  }
+
+  /// Runs ready handlers until none is left; a bounded loop, so a livelock fails the test.
+  void settle() {
+    if (!run_until_idle()) FAIL("the broker did not settle");
+  }
+
+  /// Stops the broker; true when async_stop completed its handler.
+  bool stop() {
+    if (stopped_) return true;
+    stopped_ = true;
+    bool done = false;
+    broker.async_stop([&done](std::error_code ec) { done = !ec; });
+    run_until_idle();
+    return done;
+  }
+
+  bool run_until_idle() {
+    for (int i = 0; i < 100'000; ++i) {
+      if (io.stopped()) io.restart();
+      if (io.poll() == 0) return true;
+    }
+    return false;
+  }
+
+  client& add(protocol_version v = protocol_version::v3_1_1) {
+    clients_.push_back(std::make_unique<client>(io, listener, v));
+    return *clients_.back();
+  }
+
+  /// A client connected as `id`, its CONNACK (code 0) consumed.
+  client& connected(const std::string& id, bool clean = true, protocol_version v = protocol_version::v3_1_1,
+                    const std::optional<will_spec>& will = std::nullopt) {
+    client& c = add(v);
+    c.connect(id, clean, will);
+    settle();
+    const rx ack = c.pop(codec::packet_type::connack);
+    REQUIRE(ack.code == 0);
+    return c;
+  }
+
+  /// SUBSCRIBE and the SUBACK's return codes.
+  std::vector<std::uint8_t> subscribe(client& c, const std::string& filter, qos q, std::uint16_t id = 1) {
+    c.subscribe(id, filter, q);
+    settle();
+    const rx ack = c.pop(codec::packet_type::suback);
+    CHECK(ack.id == id);  // [MQTT-3.8.4-2]
+    return ack.codes;
+  }
+
+  asio::io_context io;
+  std::string listener = next_listener_name();
+  broker_type broker;
+
+ private:
+  std::vector<std::unique_ptr<client>> clients_;
+  bool stopped_ = false;
+};
+
+constexpr auto CONNACK = codec::packet_type::connack;
+constexpr auto PUBLISH = codec::packet_type::publish;
+constexpr auto PUBACK = codec::packet_type::puback;
+constexpr auto PUBREC = codec::packet_type::pubrec;
+constexpr auto PUBREL = codec::packet_type::pubrel;
+constexpr auto PUBCOMP = codec::packet_type::pubcomp;
+constexpr auto SUBACK = codec::packet_type::suback;
+constexpr auto UNSUBACK = codec::packet_type::unsuback;
+constexpr auto PINGRESP = codec::packet_type::pingresp;
+constexpr auto DISCONNECT = codec::packet_type::disconnect;
+
+}  // namespace
+
+// ---- CONNECT and CONNACK
+
+TEST_CASE("Session Present is 0 for a new or clean session and 1 for a resumed one",
+          "[broker][MQTT-3.2.2-1][MQTT-3.2.2-2][MQTT-3.2.2-3]") {
+  harness<> h;
+  auto connack = [&](bool clean) {
+    client& c = h.add();
+    c.connect("sp", clean);
+    h.settle();
+    rx ack = c.pop(CONNACK);
+    CHECK(ack.code == 0);
+    c.disconnect();
+    h.settle();
+    CHECK(c.closed());
+    return ack.session_present;
+  };
+  CHECK_FALSE(connack(false));  // clean 0, nothing stored [MQTT-3.2.2-3]
+  CHECK(connack(false));        // clean 0, stored [MQTT-3.2.2-2]
+  CHECK_FALSE(connack(true));   // clean 1 [MQTT-3.2.2-1]
+  CHECK_FALSE(connack(false));  // the clean session ended with its connection
+}
+
+TEST_CASE("3.1.1: an empty client identifier needs Clean Session 1", "[broker][MQTT-3.1.3-7][MQTT-3.1.3-8]") {
+  harness<> h;
+  client& refused = h.add();
+  refused.connect("", false);
+  h.settle();
+  const rx ack = refused.pop(CONNACK);
+  CHECK(ack.code == 2);  // Identifier rejected
+  CHECK_FALSE(ack.session_present);
+  CHECK(refused.closed());
+
+  client& accepted = h.add();
+  accepted.connect("", true);
+  h.settle();
+  CHECK(accepted.pop(CONNACK).code == 0);
+  CHECK_FALSE(accepted.closed());
+  accepted.send(codec::pingreq{});
+  h.settle();
+  accepted.pop(PINGRESP);
+}
+
+TEST_CASE("5.0: an empty client identifier gets an Assigned Client Identifier", "[broker][v5][MQTT-3.2.2-16]") {
+  harness<> h;
+  client& c = h.add(protocol_version::v5);
+  c.connect("");
+  h.settle();
+  const rx ack = c.pop(CONNACK);
+  CHECK(ack.code == 0);
+  CHECK_FALSE(ack.assigned_client_id.empty());
+  client& d = h.add(protocol_version::v5);
+  d.connect("");
+  h.settle();
+  const rx ack2 = d.pop(CONNACK);
+  CHECK_FALSE(ack2.assigned_client_id.empty());
+  CHECK(ack2.assigned_client_id != ack.assigned_client_id);
+  CHECK_FALSE(c.closed());  // no takeover between the two
+
+  client& named = h.add(protocol_version::v5);
+  named.connect("has-a-name");
+  h.settle();
+  CHECK(named.pop(CONNACK).assigned_client_id.empty());
+}
+
+TEST_CASE("the first packet from the server on a resumed session is CONNACK, even when the old connection's will matches it",
+          "[broker][MQTT-3.2.0-1][MQTT-3.1.4-2]") {
+  // The old and the new connection's protocol levels: a client may also come back upgraded.
+  const auto versions = GENERATE(std::make_pair(protocol_version::v3_1_1, protocol_version::v3_1_1),
+                                 std::make_pair(protocol_version::v5, protocol_version::v5),
+                                 std::make_pair(protocol_version::v3_1_1, protocol_version::v5));
+  INFO("protocol levels " << static_cast<int>(versions.first) << " then " << static_cast<int>(versions.second));
+  harness<> h;
+  client& first = h.connected("self-will", false, versions.first, will_spec{"self/will", "gone", qos::at_least_once});
+  REQUIRE(h.subscribe(first, "self/#", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  client& second = h.add(versions.second);
+  second.connect("self-will", false);
+  h.settle();
+  CHECK(first.closed());
+  // The will of the taken-over connection reaches the session's new connection once, after the CONNACK.
+  std::vector<codec::packet_type> types;
+  std::vector<rx> wills;
+  while (!second.empty()) {
+    rx r = second.pop();
+    types.push_back(r.type);
+    if (r.type == PUBLISH) wills.push_back(r);
+  }
+  CHECK_FALSE(second.decode_error());  // everything in the new connection's protocol version
+  REQUIRE_FALSE(types.empty());
+  CHECK(types.front() == CONNACK);
+  REQUIRE(wills.size() == 1);
+  CHECK(wills[0].payload == "gone");
+  CHECK_FALSE(wills[0].dup);  // a new message for this connection, not a re-send
+}
+
+// ---- QoS 0, 1, 2
+
+TEST_CASE("QoS 0, 1 and 2 flow end to end with their acknowledgements",
+          "[broker][MQTT-4.3.1-1][MQTT-4.3.2-1][MQTT-4.3.2-2][MQTT-4.3.3-1][MQTT-4.3.3-2]") {
+  harness<> h;
+  client& sub = h.connected("sub");
+  client& pub = h.connected("pub");
+  REQUIRE(h.subscribe(sub, "t/#", qos::exactly_once) == std::vector<std::uint8_t>{2});
+
+  SECTION("QoS 0") {
+    pub.publish("t/0", "zero");
+    h.settle();
+    CHECK(pub.empty());  // no acknowledgement at QoS 0
+    const rx m = sub.pop(PUBLISH);
+    CHECK(m.topic == "t/0");
+    CHECK(m.payload == "zero");
+    CHECK(m.qos_level == qos::at_most_once);
+    CHECK(m.id == 0);
+  }
+  SECTION("QoS 1") {
+    pub.publish("t/1", "one", qos::at_least_once, 7);
+    h.settle();
+    CHECK(pub.pop(PUBACK).id == 7);
+    const rx m = sub.pop(PUBLISH);
+    CHECK(m.qos_level == qos::at_least_once);
+    CHECK(m.id != 0);  // the broker's own identifier [MQTT-2.3.1-1]
+    CHECK_FALSE(m.dup);
+    sub.puback(m.id);
+    h.settle();
+    CHECK(sub.empty());
+    CHECK(pub.empty());
+  }
+  SECTION("QoS 2") {
+    pub.publish("t/2", "two", qos::exactly_once, 9);
+    h.settle();
+    CHECK(pub.pop(PUBREC).id == 9);
+    pub.pubrel(9);
+    h.settle();
+    CHECK(pub.pop(PUBCOMP).id == 9);
+
+    const rx m = sub.pop(PUBLISH);
+    CHECK(m.qos_level == qos::exactly_once);
+    CHECK(m.payload == "two");
+    REQUIRE(m.id != 0);
+    sub.pubrec(m.id);
+    h.settle();
+    CHECK(sub.pop(PUBREL).id == m.id);
+    sub.pubcomp(m.id);
+    h.settle();
+    CHECK(sub.empty());
+  }
+}
+
+TEST_CASE("delivery QoS is the minimum of the published and the granted QoS", "[broker][MQTT-3.8.4-6]") {
+  harness<> h;
+  client& s0 = h.connected("s0");
+  client& s1 = h.connected("s1");
+  client& s2 = h.connected("s2");
+  h.subscribe(s0, "q", qos::at_most_once);
+  h.subscribe(s1, "q", qos::at_least_once);
+  h.subscribe(s2, "q", qos::exactly_once);
+  client& pub = h.connected("pub");
+  const qos levels[] = {qos::at_most_once, qos::at_least_once, qos::exactly_once};
+  std::uint16_t id = 1;
+  for (qos q : levels) {
+    pub.publish("q", "m", q, q == qos::at_most_once ? 0 : id++);
+    if (q == qos::exactly_once) pub.pubrel(static_cast<std::uint16_t>(id - 1));
+  }
+  h.settle();
+  client* subs[] = {&s0, &s1, &s2};
+  for (int granted = 0; granted < 3; ++granted) {
+    std::vector<rx> got = subs[granted]->publishes();
+    REQUIRE(got.size() == 3);
+    for (int sent = 0; sent < 3; ++sent) {
+      INFO("granted " << granted << ", published " << sent);
+      CHECK(static_cast<int>(got[static_cast<std::size_t>(sent)].qos_level) == std::min(granted, sent));
+      CHECK((got[static_cast<std::size_t>(sent)].id == 0) == (std::min(granted, sent) == 0));
+    }
+  }
+}
+
+TEST_CASE("QoS 2: a re-sent PUBLISH before PUBREL is acknowledged again but routed once", "[broker][MQTT-4.3.3-2]") {
+  harness<> h;
+  client& sub = h.connected("sub");
+  h.subscribe(sub, "x", qos::at_most_once);
+  client& pub = h.connected("pub");
+  pub.publish("x", "once", qos::exactly_once, 42);
+  h.settle();
+  CHECK(pub.pop(PUBREC).id == 42);
+  pub.publish("x", "once", qos::exactly_once, 42, false, true);  // DUP=1
+  h.settle();
+  CHECK(pub.pop(PUBREC).id == 42);  // PUBREC again
+  CHECK(sub.publishes().size() == 1);
+
+  pub.pubrel(42);
+  h.settle();
+  CHECK(pub.pop(PUBCOMP).id == 42);
+  pub.pubrel(42);  // repeated PUBREL: PUBCOMP again [MQTT-3.6.4-1]
+  h.settle();
+  CHECK(pub.pop(PUBCOMP).id == 42);
+  CHECK(sub.empty());
+
+  // After PUBCOMP the identifier starts a new publication.
+  pub.publish("x", "again", qos::exactly_once, 42);
+  h.settle();
+  CHECK(pub.pop(PUBREC).id == 42);
+  const auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "again");
+}
+
+TEST_CASE("overlapping subscriptions deliver one copy at the highest QoS", "[broker][MQTT-3.3.5-1]") {
+  harness<> h;
+  client& sub = h.connected("sub");
+  sub.subscribe(1, {{"a/+", qos::at_most_once}, {"a/#", qos::at_least_once}, {"a/b", qos::at_most_once}});
+  h.settle();
+  CHECK(sub.pop(SUBACK).codes == std::vector<std::uint8_t>{0, 1, 0});  // [MQTT-3.8.4-4] [MQTT-3.8.4-5]
+  h.broker.publish("a/b", "one copy", qos::exactly_once);
+  h.settle();
+  const auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].qos_level == qos::at_least_once);
+}
+
+TEST_CASE("an unsubscribed filter stops delivery", "[broker][MQTT-3.10.4-1][MQTT-3.10.4-4]") {
+  harness<> h;
+  client& sub = h.connected("sub");
+  h.subscribe(sub, "u/#", qos::at_most_once);
+  sub.unsubscribe(5, "u/#");
+  h.settle();
+  CHECK(sub.pop(UNSUBACK).id == 5);
+  h.broker.publish("u/x", "gone");
+  h.settle();
+  CHECK(sub.empty());
+}
+
+// ---- retained messages
+
+TEST_CASE("retained messages are stored, replaced, deleted and sent with RETAIN=1 after the SUBACK",
+          "[broker][retain][MQTT-3.3.1-5][MQTT-3.3.1-6][MQTT-3.3.1-8][MQTT-3.3.1-10][MQTT-3.3.1-11]") {
+  harness<> h;
+  client& pub = h.connected("pub");
+  pub.publish("r/a", "first", qos::at_most_once, 0, true);
+  pub.publish("r/a", "second", qos::at_most_once, 0, true);  // replaces [MQTT-3.3.1-7]
+  pub.publish("r/b", "bee", qos::at_most_once, 0, true);
+  h.settle();
+  REQUIRE(h.broker.retained("r/a"));
+  CHECK(h.broker.retained("r/a")->payload() == "second");
+  CHECK(h.broker.stats().retained_messages == 2);
+
+  client& sub = h.connected("sub");
+  sub.subscribe(1, "r/#", qos::at_most_once);
+  h.settle();
+  CHECK(sub.pop().type == SUBACK);  // the SUBACK comes first
+  std::vector<rx> got = sub.publishes();
+  REQUIRE(got.size() == 2);
+  std::vector<std::string> payloads{got[0].payload, got[1].payload};
+  std::sort(payloads.begin(), payloads.end());
+  CHECK(payloads == std::vector<std::string>{"bee", "second"});
+  CHECK(got[0].retain);
+  CHECK(got[1].retain);
+
+  // An empty retained payload deletes the message, and is delivered normally [MQTT-3.3.1-10].
+  pub.publish("r/a", "", qos::at_most_once, 0, true);
+  h.settle();
+  CHECK_FALSE(h.broker.retained("r/a"));
+  got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload.empty());
+  CHECK_FALSE(got[0].retain);  // [MQTT-3.3.1-9]
+
+  client& late = h.connected("late");
+  h.subscribe(late, "r/#", qos::at_most_once);
+  got = late.publishes();
+  REQUIRE(got.size() == 1);  // the empty message was not stored [MQTT-3.3.1-11]
+  CHECK(got[0].topic == "r/b");
+}
+
+TEST_CASE("RETAIN is 0 on messages delivered to existing subscriptions", "[broker][retain][MQTT-3.3.1-9]") {
+  harness<> h;
+  client& sub = h.connected("sub");
+  h.subscribe(sub, "live", qos::at_least_once);
+  client& pub = h.connected("pub");
+  pub.publish("live", "retained but live", qos::at_least_once, 3, true);
+  h.settle();
+  const auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK_FALSE(got[0].retain);
+  CHECK(h.broker.retained("live"));
+}
+
+TEST_CASE("a repeated SUBSCRIBE sends the retained messages again", "[broker][retain][MQTT-3.8.4-3]") {
+  harness<> h;
+  h.broker.publish("rs/t", "kept", qos::at_least_once, true);
+  client& sub = h.connected("sub");
+  h.subscribe(sub, "rs/+", qos::at_least_once);
+  auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].retain);
+  sub.puback(got[0].id);
+  h.subscribe(sub, "rs/+", qos::at_least_once, 2);
+  got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].retain);
+  CHECK(got[0].payload == "kept");
+}
+
+TEST_CASE("a retained message goes out at min(stored QoS, granted QoS)", "[broker][retain][MQTT-3.8.4-6]") {
+  harness<> h;
+  h.broker.publish("rq/two", "2", qos::exactly_once, true);
+  h.broker.publish("rq/zero", "0", qos::at_most_once, true);
+  client& one = h.connected("one");
+  h.subscribe(one, "rq/two", qos::at_least_once);
+  auto got = one.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].qos_level == qos::at_least_once);
+  CHECK(got[0].id != 0);
+  client& two = h.connected("two");
+  h.subscribe(two, "rq/zero", qos::exactly_once);
+  got = two.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].qos_level == qos::at_most_once);
+  CHECK(got[0].retain);
+}
+
+// ---- will
+
+TEST_CASE("the will is published when the connection ends without DISCONNECT", "[broker][will][MQTT-3.1.2-8]") {
+  harness<> h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "wills/#", qos::at_least_once);
+  client& dying = h.connected("dying", true, protocol_version::v3_1_1, will_spec{"wills/dying", "gone", qos::at_least_once});
+  dying.close();
+  h.settle();
+  const auto got = watcher.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].topic == "wills/dying");
+  CHECK(got[0].payload == "gone");
+  CHECK(got[0].qos_level == qos::at_least_once);
+}
+
+TEST_CASE("the will is discarded on DISCONNECT", "[broker][will][MQTT-3.1.2-10][MQTT-3.14.4-3]") {
+  harness<> h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "wills/#", qos::at_least_once);
+  client& polite = h.connected("polite", true, protocol_version::v3_1_1, will_spec{"wills/polite", "gone"});
+  polite.disconnect();
+  h.settle();
+  CHECK(polite.closed());
+  polite.close();
+  h.settle();
+  CHECK(watcher.empty());
+}
+
+TEST_CASE("a retained will is stored when it fires", "[broker][will][retain][MQTT-3.1.2-17]") {
+  harness<> h;
+  client& dying = h.connected("dying", true, protocol_version::v3_1_1, will_spec{"status/dying", "offline", qos::at_most_once, true});
+  dying.close();
+  h.settle();
+  REQUIRE(h.broker.retained("status/dying"));
+  CHECK(h.broker.retained("status/dying")->payload() == "offline");
+}
+
+TEST_CASE("the will is published when the server closes the connection for a protocol error", "[broker][will][MQTT-3.1.2-8]") {
+  harness<> h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "wills/#", qos::at_most_once);
+  client& bad = h.connected("bad", true, protocol_version::v3_1_1, will_spec{"wills/bad", "broke the rules"});
+  bad.publish("wild/+", "wildcards are not allowed in a Topic Name");  // [MQTT-3.3.2-2]
+  h.settle();
+  CHECK(bad.closed());
+  const auto got = watcher.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "broke the rules");
+}
+
+TEST_CASE("5.0: DISCONNECT 0x04 keeps the will, DISCONNECT 0x00 discards it", "[broker][will][v5][MQTT-3.14.4-3]") {
+  harness<> h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "wills/#", qos::at_most_once);
+  client& keeps = h.connected("keeps", true, protocol_version::v5, will_spec{"wills/keeps", "as asked"});
+  client& drops = h.connected("drops", true, protocol_version::v5, will_spec{"wills/drops", "never"});
+  codec::disconnect with_will;
+  with_will.reason = reason_code::disconnect_with_will_message;
+  keeps.send(with_will);
+  drops.disconnect();
+  h.settle();
+  CHECK(keeps.closed());
+  CHECK(drops.closed());
+  const auto got = watcher.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "as asked");
+}
+
+// ---- persistent sessions
+
+TEST_CASE("a persistent session keeps its subscriptions and queues QoS 1 while offline",
+          "[broker][session][MQTT-3.1.2-4][MQTT-3.1.2-5]") {
+  harness<> h;
+  {
+    client& c = h.connected("keeper", false);
+    h.subscribe(c, "p/#", qos::at_least_once);
+    c.disconnect();
+    h.settle();
+  }
+  for (int i = 0; i < 3; ++i) h.broker.publish("p/x", "m" + std::to_string(i), qos::at_least_once);
+  h.broker.publish("p/x", "qos0 is not queued", qos::at_most_once);
+  h.settle();
+  CHECK(h.broker.stats().sessions == 1);
+
+  client& back = h.add();
+  back.connect("keeper", false);
+  h.settle();
+  CHECK(back.pop(CONNACK).session_present);
+  auto got = back.publishes();
+  REQUIRE(got.size() == 3);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(got[static_cast<std::size_t>(i)].payload == "m" + std::to_string(i));
+    back.puback(got[static_cast<std::size_t>(i)].id);
+  }
+  // The subscription is still there.
+  h.broker.publish("p/y", "live", qos::at_least_once);
+  h.settle();
+  got = back.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "live");
+}
+
+TEST_CASE("unacknowledged QoS 1 messages are re-sent with DUP=1, in order, on reconnect",
+          "[broker][session][MQTT-4.4.0-1][MQTT-4.6.0-1][MQTT-3.3.1-1]") {
+  harness<> h;
+  client& c = h.connected("resend", false);
+  h.subscribe(c, "d", qos::at_least_once);
+  for (int i = 0; i < 3; ++i) h.broker.publish("d", std::to_string(i), qos::at_least_once);
+  h.settle();
+  const auto first = c.publishes();
+  REQUIRE(first.size() == 3);
+  c.puback(first[0].id);  // only the first is acknowledged
+  h.settle();
+  c.close();
+  h.settle();
+
+  client& back = h.add();
+  back.connect("resend", false);
+  h.settle();
+  CHECK(back.pop(CONNACK).session_present);
+  const auto again = back.publishes();
+  REQUIRE(again.size() == 2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    CHECK(again[i].dup);
+    CHECK(again[i].id == first[i + 1].id);  // original identifiers
+    CHECK(again[i].payload == first[i + 1].payload);
+  }
+  back.puback(again[0].id);
+  back.puback(again[1].id);
+  h.settle();
+  back.close();
+  h.settle();
+  client& third = h.add();
+  third.connect("resend", false);
+  h.settle();
+  CHECK(third.pop(CONNACK).session_present);
+  CHECK(third.empty());  // nothing left in flight
+}
+
+TEST_CASE("a QoS 2 message waiting for PUBCOMP is resumed with PUBREL on reconnect", "[broker][session][MQTT-4.4.0-1]") {
+  harness<> h;
+  client& c = h.connected("q2", false);
+  h.subscribe(c, "d2", qos::exactly_once);
+  h.broker.publish("d2", "x", qos::exactly_once);
+  h.settle();
+  const rx m = c.pop(PUBLISH);
+  c.pubrec(m.id);
+  h.settle();
+  CHECK(c.pop(PUBREL).id == m.id);
+  c.close();
+  h.settle();
+  client& back = h.add();
+  back.connect("q2", false);
+  h.settle();
+  CHECK(back.pop(CONNACK).session_present);
+  CHECK(back.pop(PUBREL).id == m.id);
+  CHECK(back.empty());
+}
+
+TEST_CASE("Clean Session 1 discards the stored session", "[broker][session][MQTT-3.1.2-6]") {
+  harness<> h;
+  {
+    client& c = h.connected("fresh", false);
+    h.subscribe(c, "f", qos::at_least_once);
+    c.disconnect();
+    h.settle();
+  }
+  h.broker.publish("f", "queued", qos::at_least_once);
+  h.settle();
+  client& clean = h.add();
+  clean.connect("fresh", true);
+  h.settle();
+  CHECK_FALSE(clean.pop(CONNACK).session_present);
+  CHECK(clean.empty());  // the queued message went with the session
+  h.broker.publish("f", "after", qos::at_least_once);
+  h.settle();
+  CHECK(clean.empty());  // and so did the subscription
+}
+
+// ---- takeover
+
+TEST_CASE("a second connection with the same client identifier takes the session over",
+          "[broker][session][MQTT-3.1.4-2]") {
+  harness<> h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "will/#", qos::at_most_once);
+  client& first = h.connected("twin", false, protocol_version::v3_1_1, will_spec{"will/twin", "first gone"});
+  h.subscribe(first, "news", qos::at_least_once);
+
+  client& second = h.add();
+  second.connect("twin", false);
+  h.settle();
+  CHECK(first.closed());
+  const rx ack = second.pop(CONNACK);
+  CHECK(ack.code == 0);
+  CHECK(ack.session_present);
+  // The old connection's end publishes its will, and leaves the session to the new one.
+  const auto wills = watcher.publishes();
+  REQUIRE(wills.size() == 1);
+  CHECK(wills[0].payload == "first gone");
+  CHECK(h.broker.stats().sessions == 2);
+
+  h.broker.publish("news", "for the second", qos::at_least_once);
+  h.settle();
+  const auto got = second.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "for the second");
+  second.puback(got[0].id);
+  h.settle();
+  CHECK_FALSE(second.closed());
+}
+
+TEST_CASE("5.0: the taken-over connection gets DISCONNECT 0x8E", "[broker][v5][session][MQTT-3.1.4-3]") {
+  harness<> h;
+  client& first = h.connected("twin5", true, protocol_version::v5);
+  client& second = h.add(protocol_version::v5);
+  second.connect("twin5");
+  h.settle();
+  CHECK(second.pop(CONNACK).code == 0);
+  const rx d = first.pop(DISCONNECT);
+  CHECK(d.code == static_cast<std::uint8_t>(reason_code::session_taken_over));
+  CHECK(first.closed());
+  CHECK_FALSE(second.closed());
+}
+
+// ---- topics
+
+TEST_CASE("wildcards at the first level do not match $-topics", "[broker][MQTT-4.7.2-1]") {
+  harness<> h;
+  client& all = h.connected("all");
+  all.subscribe(1, {{"#", qos::at_most_once}, {"+/info", qos::at_most_once}});
+  h.settle();
+  all.pop(SUBACK);
+  client& sys = h.connected("sys");
+  h.subscribe(sys, "$SYS/#", qos::at_most_once);
+  CHECK(h.broker.publish("$SYS/info", "uptime") == 1);
+  h.settle();
+  CHECK(all.empty());
+  CHECK(sys.publishes().size() == 1);
+}
+
+TEST_CASE("clients cannot publish to $-topics", "[broker][MQTT-4.7.2-1]") {
+  harness<> h;
+  client& sys = h.connected("sys");
+  h.subscribe(sys, "$SYS/#", qos::at_most_once);
+  client& pub = h.connected("pub");
+  pub.publish("$SYS/fake", "spoof", qos::at_least_once, 1);
+  h.settle();
+  CHECK(pub.pop(PUBACK).id == 1);  // 3.1.1 cannot refuse, but nothing is routed
+  CHECK(sys.empty());
+  CHECK(h.broker.stats().publishes_denied == 1);
+  CHECK_FALSE(pub.closed());
+}
+
+// ---- protocol errors
+
+TEST_CASE("a malformed packet closes only its own connection", "[broker][MQTT-4.8.0-1][MQTT-3.3.1-4]") {
+  harness<> h;
+  client& good = h.connected("good");
+  h.subscribe(good, "ok", qos::at_most_once);
+  client& bad = h.connected("bad");
+  bad.send_raw(std::string("\x36\x05\x00\x01x\x00\x01", 7));  // PUBLISH with QoS 3
+  h.settle();
+  CHECK(bad.closed());
+  CHECK(bad.empty());  // 3.1.1: no DISCONNECT from the server
+  CHECK(h.broker.stats().protocol_errors == 1);
+  h.broker.publish("ok", "still here");
+  h.settle();
+  CHECK(good.publishes().size() == 1);
+  CHECK_FALSE(good.closed());
+}
+
+TEST_CASE("5.0: a malformed packet gets DISCONNECT 0x81 before the close", "[broker][v5][MQTT-4.13.1-1]") {
+  harness<> h;
+  client& other = h.connected("other", true, protocol_version::v5);
+  client& bad = h.connected("bad5", true, protocol_version::v5);
+  bad.send_raw(std::string("\x36\x06\x00\x01x\x00\x01\x00", 8));
+  h.settle();
+  const rx d = bad.pop(DISCONNECT);
+  CHECK(d.code == static_cast<std::uint8_t>(reason_code::malformed_packet));
+  CHECK(bad.closed());
+  other.send(codec::pingreq{});
+  h.settle();
+  other.pop(PINGRESP);
+}
+
+TEST_CASE("packets split into single bytes are decoded all the same", "[broker]") {
+  harness<> h;
+  mb::transport::memory::listen_options slow("broker-test-one-byte-reads", {1, 0});
+  h.broker.listen(slow);
+  client sub(h.io, slow.name, protocol_version::v3_1_1);
+  sub.connect("bytewise");
+  h.settle();
+  CHECK(sub.pop(CONNACK).code == 0);
+  sub.subscribe(1, "b", qos::at_least_once);
+  h.settle();
+  sub.pop(SUBACK);
+  h.broker.publish("b", std::string(3000, 'x'), qos::at_least_once);
+  h.settle();
+  const auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload.size() == 3000);
+}
+
+TEST_CASE("5.0: nothing follows the server's DISCONNECT on a connection", "[broker][v5][MQTT-3.14.4-1]") {
+  harness<> h;
+  client& bad = h.add(protocol_version::v5);
+  bad.set_session_expiry(600);
+  bad.connect("bad5", false);
+  h.settle();
+  REQUIRE(bad.pop(CONNACK).code == 0);
+  h.subscribe(bad, "news", qos::at_least_once);
+  client& pub = h.connected("pub");
+  h.settle();
+  // The malformed packet and another client's PUBLISH reach the broker in the same turn: the
+  // broker has queued DISCONNECT 0x81 and not yet closed when the PUBLISH is routed.
+  bad.send_raw(std::string("\x36\x06\x00\x01x\x00\x01\x00", 8));
+  pub.publish("news", "too late", qos::at_least_once, 1);
+  h.settle();
+  CHECK(bad.closed());
+  CHECK_FALSE(bad.decode_error());
+  REQUIRE_FALSE(bad.empty());
+  CHECK(bad.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::malformed_packet));
+  CHECK(bad.empty());  // [MQTT-3.14.4-1] no packet after DISCONNECT
+
+  // The session is persistent: the message waits for the client's return.
+  client& back = h.add(protocol_version::v5);
+  back.set_session_expiry(600);
+  back.connect("bad5", false);
+  h.settle();
+  CHECK(back.pop(CONNACK).session_present);
+  const auto got = back.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "too late");
+}
+
+TEST_CASE("connections over max_connections are closed at once and counted", "[broker][limits]") {
+  mb::broker_options o;
+  o.max_connections = 1;
+  harness<> h(o);
+  client& in = h.connected("in");
+  client& out = h.add();
+  out.connect("out");
+  h.settle();
+  CHECK(out.closed());
+  CHECK(out.empty());
+  CHECK(h.broker.stats().connections_refused == 1);
+  CHECK_FALSE(in.closed());
+}
+
+// ---- in-process API
+
+TEST_CASE("in-process publish reaches clients and in-process handlers see client messages, one shared message",
+          "[broker][inprocess]") {
+  harness<> h;
+  std::vector<mb::message_ptr> seen_a, seen_b;
+  h.broker.subscribe("share/#", [&](const mb::message_ptr& m) { seen_a.push_back(m); });
+  const auto id_b = h.broker.subscribe("share/+", [&](const mb::message_ptr& m) { seen_b.push_back(m); });
+
+  // Two persistent sessions, offline, each queueing the message.
+  for (const char* name : {"q1", "q2"}) {
+    client& c = h.connected(name, false);
+    h.subscribe(c, "share/#", qos::at_least_once);
+    c.disconnect();
+    h.settle();
+  }
+  client& pub = h.connected("pub");
+  pub.publish("share/x", "one copy", qos::at_least_once, 1);
+  h.settle();
+  REQUIRE(seen_a.size() == 1);
+  REQUIRE(seen_b.size() == 1);
+  CHECK(seen_a[0].get() == seen_b[0].get());
+  CHECK(seen_a[0]->payload() == "one copy");
+  CHECK(seen_a[0].use_count() == 4);  // two handlers' copies and two session queues; no copy per subscriber
+
+  client& back = h.add();
+  back.connect("q1", false);
+  h.settle();
+  back.pop(CONNACK);
+  const auto got = back.publishes();
+  REQUIRE(got.size() == 1);
+  back.puback(got[0].id);
+  h.settle();
+  CHECK(seen_a[0].use_count() == 3);
+
+  // The host publishes to a client.
+  client& live = h.connected("live");
+  h.subscribe(live, "host/+", qos::at_most_once);
+  CHECK(h.broker.publish("host/news", "from the host") == 1);
+  h.settle();
+  const auto news = live.publishes();
+  REQUIRE(news.size() == 1);
+  CHECK(news[0].payload == "from the host");
+
+  CHECK(h.broker.unsubscribe(id_b));
+  CHECK_FALSE(h.broker.unsubscribe(id_b));
+  h.broker.publish("share/y", "only a");
+  h.settle();
+  CHECK(seen_a.size() == 2);
+  CHECK(seen_b.size() == 1);
+  std::error_code ec;
+  CHECK(h.broker.publish("bad/#", "x", qos::at_most_once, false, &ec) == 0);
+  CHECK(ec);
+}
+
+// ---- hooks
+
+namespace {
+
+struct hook_log {
+  std::vector<std::string> connects;
+  std::vector<std::pair<std::string, bool>> disconnects;
+  std::vector<std::string> subscribes;
+};
+
+struct test_hooks {
+  hook_log* log = nullptr;
+
+  mb::hooks::auth_result authenticate(const mb::hooks::connect_info& i) {
+    if (i.username && *i.username == "wrong") return mb::hooks::auth_result::bad_credentials;
+    if (i.client_id == "banned") return mb::hooks::auth_result::not_authorized;
+    return mb::hooks::auth_result::accept;
+  }
+  bool authorize_publish(std::string_view, const mb::message& m) { return m.topic().rfind("secret/", 0) != 0; }
+  bool authorize_subscribe(std::string_view, std::string_view filter, qos) { return filter.rfind("secret/", 0) != 0; }
+  void intercept(std::string_view, mb::message_ptr& m) {
+    if (m->topic() == "drop/me") {
+      m = mb::message_ptr();
+    } else if (m->topic().rfind("rename/", 0) == 0) {
+      m = mb::message::make("renamed/" + std::string(m->topic().substr(7)), m->payload(), m->qos_level(), m->retain());
+    }
+  }
+  void on_connect(std::string_view id) { log->connects.emplace_back(id); }
+  void on_disconnect(std::string_view id, bool graceful) { log->disconnects.emplace_back(std::string(id), graceful); }
+  void on_subscribe(std::string_view id, std::string_view filter, qos) {
+    log->subscribes.push_back(std::string(id) + ":" + std::string(filter));
+  }
+};
+
+struct hooked_policies : mem_policies {
+  using hooks = test_hooks;
+};
+
+struct empty_hooks {};
+struct empty_hooks_policies : mb::default_policies {
+  using hooks = empty_hooks;
+};
+struct empty_hooks_mem_policies : mem_policies {
+  using hooks = empty_hooks;
+};
+
+// An absent hook costs nothing: a hooks struct that defines no members leaves the broker as it is.
+static_assert(sizeof(mb::broker<>) == sizeof(mb::broker<empty_hooks_policies>));
+static_assert(sizeof(mb::broker<mem_policies>) == sizeof(mb::broker<empty_hooks_mem_policies>));
+static_assert(!mb::hooks::has_authenticate_v<empty_hooks> && !mb::hooks::has_intercept_v<empty_hooks> &&
+              !mb::hooks::has_on_connect_v<empty_hooks>);
+static_assert(mb::hooks::has_authenticate_v<test_hooks> && mb::hooks::has_authorize_publish_v<test_hooks> &&
+              mb::hooks::has_authorize_subscribe_v<test_hooks> && mb::hooks::has_intercept_v<test_hooks> &&
+              mb::hooks::has_on_connect_v<test_hooks> && mb::hooks::has_on_disconnect_v<test_hooks> &&
+              mb::hooks::has_on_subscribe_v<test_hooks>);
+
+}  // namespace
+
+TEST_CASE("a broker without hooks is no larger than with an empty hooks struct", "[broker][hooks]") {
+  CHECK(sizeof(mb::broker<>) == sizeof(mb::broker<empty_hooks_policies>));
+  harness<empty_hooks_mem_policies> h;  // and it works
+  client& c = h.connected("plain");
+  h.subscribe(c, "t", qos::at_most_once);
+  h.broker.publish("t", "x");
+  h.settle();
+  CHECK(c.publishes().size() == 1);
+}
+
+TEST_CASE("authenticate refusals map to the CONNACK code of the client's version", "[broker][hooks][MQTT-3.2.2-5]") {
+  hook_log log;
+  harness<hooked_policies> h({}, test_hooks{&log});
+  struct expectation {
+    protocol_version v;
+    const char* id;
+    std::optional<std::string_view> user;
+    std::uint8_t code;
+  };
+  const expectation cases[] = {
+      {protocol_version::v3_1_1, "someone", std::string_view("wrong"), 4},
+      {protocol_version::v3_1_1, "banned", std::nullopt, 5},
+      {protocol_version::v5, "someone", std::string_view("wrong"), 0x86},
+      {protocol_version::v5, "banned", std::nullopt, 0x87},
+  };
+  for (const expectation& e : cases) {
+    client& c = h.add(e.v);
+    c.connect(e.id, true, std::nullopt, e.user);
+    h.settle();
+    const rx ack = c.pop(CONNACK);
+    CHECK(ack.code == e.code);
+    CHECK_FALSE(ack.session_present);  // [MQTT-3.2.2-4]
+    CHECK(c.closed());
+  }
+  CHECK(log.connects.empty());
+  CHECK(h.broker.stats().sessions == 0);
+  h.connected("welcome");
+  CHECK(log.connects == std::vector<std::string>{"welcome"});
+}
+
+TEST_CASE("authorize_publish and authorize_subscribe refuse; intercept renames or drops", "[broker][hooks]") {
+  hook_log log;
+  harness<hooked_policies> h({}, test_hooks{&log});
+  client& sub = h.connected("sub");
+  sub.subscribe(1, {{"secret/#", qos::at_least_once}, {"renamed/#", qos::at_least_once}, {"#", qos::at_least_once}});
+  h.settle();
+  CHECK(sub.pop(SUBACK).codes == std::vector<std::uint8_t>{0x80, 1, 1});
+  CHECK(log.subscribes == std::vector<std::string>{"sub:renamed/#", "sub:#"});
+
+  client& pub = h.connected("pub");
+  pub.publish("secret/plans", "no", qos::at_least_once, 1);
+  pub.publish("drop/me", "no", qos::at_least_once, 2);
+  pub.publish("rename/x", "yes", qos::at_least_once, 3);
+  h.settle();
+  CHECK(pub.pop(PUBACK).id == 1);
+  CHECK(pub.pop(PUBACK).id == 2);
+  CHECK(pub.pop(PUBACK).id == 3);
+  CHECK(h.broker.stats().publishes_denied == 1);
+  const auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].topic == "renamed/x");
+  CHECK(got[0].payload == "yes");
+
+  // 5.0 hears the refusal.
+  client& pub5 = h.connected("pub5", true, protocol_version::v5);
+  pub5.publish("secret/plans", "no", qos::at_least_once, 4);
+  h.settle();
+  const rx ack = pub5.pop(PUBACK);
+  CHECK(ack.code == static_cast<std::uint8_t>(reason_code::not_authorized));
+}
+
+TEST_CASE("connect and disconnect events say whether the end was graceful", "[broker][hooks]") {
+  hook_log log;
+  harness<hooked_policies> h({}, test_hooks{&log});
+  client& a = h.connected("a");
+  client& b = h.connected("b");
+  a.disconnect();
+  b.close();
+  h.settle();
+  CHECK(log.connects == std::vector<std::string>{"a", "b"});
+  REQUIRE(log.disconnects.size() == 2);
+  CHECK(log.disconnects[0] == std::make_pair(std::string("a"), true));
+  CHECK(log.disconnects[1] == std::make_pair(std::string("b"), false));
+}
+
+// ---- flow control and limits
+
+TEST_CASE("no more than max_inflight messages are unacknowledged; the rest follow acknowledgements in order",
+          "[broker][flow][MQTT-4.6.0-1]") {
+  mb::broker_options o;
+  o.max_inflight = 2;
+  harness<> h(o);
+  client& slow = h.connected("slow");
+  h.subscribe(slow, "f", qos::at_least_once);
+  for (int i = 0; i < 5; ++i) h.broker.publish("f", std::to_string(i), qos::at_least_once);
+  h.settle();
+  std::vector<std::string> order;
+  auto take = [&](std::size_t expected) {
+    auto got = slow.publishes();
+    REQUIRE(got.size() == expected);
+    for (const rx& r : got) order.push_back(r.payload);
+    return got;
+  };
+  auto batch = take(2);
+  CHECK(batch[0].id != batch[1].id);
+  slow.puback(batch[0].id);
+  h.settle();
+  auto next = take(1);
+  slow.puback(batch[1].id);
+  slow.puback(next[0].id);
+  h.settle();
+  auto rest = take(2);
+  slow.puback(rest[0].id);
+  slow.puback(rest[1].id);
+  h.settle();
+  take(0);
+  CHECK(order == std::vector<std::string>{"0", "1", "2", "3", "4"});
+}
+
+TEST_CASE("a full session queue drops messages and counts them", "[broker][flow]") {
+  mb::broker_options o;
+  o.max_inflight = 1;
+  o.max_queued_messages = 2;
+  harness<> h(o);
+  client& slow = h.connected("slow");
+  h.subscribe(slow, "f", qos::at_least_once);
+  for (int i = 0; i < 5; ++i) h.broker.publish("f", std::to_string(i), qos::at_least_once);
+  h.settle();
+  CHECK(h.broker.stats().messages_dropped == 2);  // one in flight, two queued, two dropped
+  std::vector<std::string> order;
+  for (int i = 0; i < 3; ++i) {
+    auto got = slow.publishes();
+    REQUIRE(got.size() == 1);
+    order.push_back(got[0].payload);
+    slow.puback(got[0].id);
+    h.settle();
+  }
+  CHECK(slow.publishes().empty());
+  CHECK(order == std::vector<std::string>{"0", "1", "2"});
+}
+
+// ---- stopping
+
+TEST_CASE("async_stop completes and 5.0 clients hear DISCONNECT 0x8B", "[broker][stop]") {
+  harness<> h;
+  client& v5 = h.connected("v5", true, protocol_version::v5);
+  client& v3 = h.connected("v3");
+  CHECK(h.broker.stats().connections == 2);
+  CHECK(h.stop());
+  const rx d = v5.pop(DISCONNECT);
+  CHECK(d.code == static_cast<std::uint8_t>(reason_code::server_shutting_down));
+  CHECK(v5.closed());
+  CHECK(v3.closed());
+  CHECK(v3.empty());
+  CHECK(h.broker.stats().connections == 0);
+  // The listener is closed too.
+  std::error_code ec;
+  memory::connect(h.io.get_executor(), h.listener, ec);
+  CHECK(ec == asio::error::connection_refused);
+}
+
+TEST_CASE("async_stop with no connections completes", "[broker][stop]") {
+  harness<> h;
+  CHECK(h.stop());
+}
+
+// Last in the file: with the bug it reproduces (a null session dereference) it ends the run.
+TEST_CASE("packets still arriving on a taken-over connection are ignored, not applied to the session",
+          "[broker][session][MQTT-3.1.4-2][MQTT-3.1.4-3]") {
+  const protocol_version v = GENERATE(protocol_version::v3_1_1, protocol_version::v5);
+  INFO("protocol level " << static_cast<int>(v));
+  harness<> h;
+  client& first = h.connected("racer", false, v);
+  h.subscribe(first, "r", qos::exactly_once);
+  h.broker.publish("r", "in flight", qos::at_least_once);
+  h.settle();
+  const rx m = first.pop(PUBLISH);
+
+  // The new CONNECT and the old connection's packets reach the broker in the same turn: the
+  // takeover comes first, so what follows on the old connection belongs to a closing connection
+  // whose session has moved (5.0 still has to write DISCONNECT 0x8E before it closes).
+  client& second = h.add(v);
+  h.settle();  // accepted and reading
+  second.connect("racer", false);
+  first.puback(m.id);
+  first.publish("r", "late", qos::exactly_once, 5);
+  first.send(codec::pingreq{});
+  h.settle();
+  CHECK(first.closed());
+  const rx ack = second.pop(CONNACK);
+  CHECK(ack.session_present);
+  // The session's message is still unacknowledged, so the new connection gets it again; the old
+  // connection's late PUBLISH was not routed.
+  const auto got = second.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "in flight");
+  CHECK(got[0].dup);
+  CHECK(got[0].id == m.id);
+  second.puback(m.id);
+  second.send(codec::pingreq{});
+  h.settle();
+  second.pop(PINGRESP);
+  CHECK_FALSE(second.closed());
+}
