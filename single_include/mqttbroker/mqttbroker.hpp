@@ -5809,11 +5809,6 @@ class broker {
     codec::suback ack;
     ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
     ack.reasons.reserve(s.entries.size());
-    struct retained_request {
-      std::string_view filter;
-      codec::qos granted;
-    };
-    std::vector<retained_request> retained_requests;
     session_record* rec = c.session();
     for (const codec::subscribe_entry& e : s.entries) {
       if (topic::validate_topic_filter(e.filter, lim)) {
@@ -5831,7 +5826,6 @@ class broker {
           continue;
         }
       }
-      bool is_new;
       {
         std::lock_guard<mutex_type> lk(state_mutex_);
         const bool exists = rec->state.subscriptions().count(std::string(e.filter)) != 0;
@@ -5843,31 +5837,29 @@ class broker {
         sub.options = e.options;
         sub.identifier = sub_id;
         // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
-        is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
+        const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
         rec->state.remember_subscription(e.filter, {e.options, sub_id});
+        // The retained messages are taken under the same lock that adds the route: a message
+        // published concurrently is then either live or retained for this subscriber, never
+        // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
+        // a repeated one included [MQTT-3.8.4-3].
+        const auto rh = e.options.retain_handling;
+        if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+          retained_.match(e.filter, [&](const message_ptr& m) {
+            session::outgoing o;
+            o.msg = m;
+            o.qos_level = std::min(m->qos_level(), e.options.max_qos);
+            o.retain = true;  // [MQTT-3.3.1-8]
+            if (sub_id != 0) o.subscription_ids.push_back(sub_id);
+            rec->retained_backlog.push_back(std::move(o));
+          });
+        }
       }
       const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
       ack.reasons.push_back(static_cast<reason_code>(granted));
       if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(c.client_id(), e.filter, granted);
-      const auto rh = e.options.retain_handling;
-      if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new))
-        retained_requests.push_back({e.filter, granted});
     }
     c.send(ack);
-    // Retained messages follow the SUBACK, on every subscribe, a repeated one included [MQTT-3.8.4-3].
-    if (!retained_requests.empty()) {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      for (const retained_request& r : retained_requests) {
-        retained_.match(r.filter, [&](const message_ptr& m) {
-          session::outgoing o;
-          o.msg = m;
-          o.qos_level = std::min(m->qos_level(), r.granted);
-          o.retain = true;  // [MQTT-3.3.1-8]
-          if (sub_id != 0) o.subscription_ids.push_back(sub_id);
-          rec->retained_backlog.push_back(std::move(o));
-        });
-      }
-    }
     pump(c);
   }
 

@@ -1,0 +1,807 @@
+"""Integration test harness: the standalone broker as a child process, paho and mosquitto clients,
+and a raw-socket MQTT client for the cases a well-behaved library refuses to produce.
+
+Standard library and paho-mqtt 1.6.1 only. Every wait has a deadline: tests wait for events (10 s
+by default) and never sleep and assume; only absence checks wait a fixed, short time.
+"""
+
+import faulthandler
+import os
+import queue
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+HOST = "127.0.0.1"
+WAIT = 10.0      # how long a test waits for something that must happen
+ABSENT = 1.0     # how long a test waits for something that must not happen
+TEST_DEADLINE = 90  # a test that runs longer dumps its stacks and the process exits
+
+V311 = 4
+V5 = 5
+
+# Packet types (high nibble of the first byte).
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
+
+
+def broker_binary():
+    path = os.environ.get("MQTTBROKER_SERVER")
+    if not path:
+        raise RuntimeError("MQTTBROKER_SERVER is not set (ctest sets it to the mqttbroker executable)")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"broker executable {path} is missing: build the mqttbroker_server target")
+    return path
+
+
+def _die_with_parent():
+    """In the child before exec: SIGKILL when the test process dies, so a test that is killed (its
+    deadline, ctest's TIMEOUT) leaves no broker or client behind. Linux prctl(PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
+    except Exception:
+        pass
+
+
+def raise_fd_limit(wanted):
+    """Raises the soft limit on open files to `wanted` (children inherit it); returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    return soft
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker process
+
+
+class Broker:
+    """The mqttbroker executable on 127.0.0.1 and a port the kernel picks (--port 0); the port is
+    read from its "listening on ADDR:PORT" log line. Its stderr is kept for failure reports."""
+
+    LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+
+    def __init__(self, *args):
+        self.args = [broker_binary(), "--bind", HOST, "--port", "0", *args]
+        threads = os.environ.get("MQTTBROKER_IT_THREADS")  # run a whole module on N threads
+        if threads and "--threads" not in args:
+            self.args += ["--threads", threads]
+        self.lines = []
+        self._lock = threading.Lock()
+        self._port = queue.Queue()
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, errors="replace",
+                                     preexec_fn=_die_with_parent)
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        try:
+            self.port = self._port.get(timeout=WAIT)
+        except queue.Empty:
+            self.kill()
+            raise RuntimeError("broker did not log its port within %.0f s; log:\n%s" % (WAIT, self.log()))
+        if self.port is None:
+            raise RuntimeError("broker exited before listening (%s); log:\n%s" % (self.proc.poll(), self.log()))
+
+    def _read_log(self):
+        told = False
+        for line in self.proc.stderr:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+            if not told:
+                m = self.LISTENING.search(line)
+                if m:
+                    told = True
+                    self._port.put(int(m.group(2)))
+        if not told:
+            self._port.put(None)
+
+    def log(self):
+        with self._lock:
+            return "\n".join(self.lines[-200:])
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        """SIGTERM and wait: returns the exit status, or None when it had to be killed."""
+        if not self.alive():
+            self._close_log()
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        self._close_log()
+        return status
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+        self._close_log()
+
+    def _close_log(self):
+        self._reader.join(timeout=WAIT)  # it ends at the pipe's end of file, after the exit
+        if not self._reader.is_alive():
+            self.proc.stderr.close()
+
+
+class BrokerTestCase(unittest.TestCase):
+    """Each test gets a fresh broker (started with `broker_args`) and a hard deadline. Clients made
+    with paho() and raw() are closed after the test; the broker must still be running then (a
+    crash fails the test) and must stop cleanly on SIGTERM."""
+
+    broker_args = ()
+
+    def setUp(self):
+        self._started_at = time.monotonic()
+        faulthandler.dump_traceback_later(TEST_DEADLINE, exit=True)
+        self.addCleanup(faulthandler.cancel_dump_traceback_later)
+        self.broker = Broker(*self.broker_args)
+        self.port = self.broker.port
+        self._clients = []
+        self.addCleanup(self._finish)
+
+    def _finish(self):
+        sys.stderr.write("[%.2f s] " % (time.monotonic() - self._started_at))
+        for c in reversed(self._clients):
+            try:
+                c.close()
+            except Exception:
+                pass
+        crashed = not self.broker.alive()
+        status = self.broker.stop()
+        if crashed:
+            self.fail("the broker died during the test (status %s); log:\n%s" % (status, self.broker.log()))
+        if status != 0:
+            self.fail("the broker did not stop cleanly on SIGTERM (status %s); log:\n%s" % (status, self.broker.log()))
+
+    def paho(self, client_id="", version=V311, **kw):
+        c = PahoClient(self.port, client_id, version, **kw)
+        self._clients.append(c)
+        return c
+
+    def raw(self, **kw):
+        c = RawClient(self.port, **kw)
+        self._clients.append(c)
+        return c
+
+    def raw_connected(self, client_id, version=V311, **kw):
+        """A raw client that sent CONNECT and got CONNACK 0; returns it and the CONNACK."""
+        c = self.raw()
+        c.send(connect(client_id, version=version, **kw))
+        ack = c.expect(CONNACK)
+        ack = parse_connack(ack, version)
+        self.assertEqual(ack.code, 0, "CONNACK refused %s" % client_id)
+        return c, ack
+
+
+# ---------------------------------------------------------------------------------------------
+# paho
+
+
+class Message:
+    def __init__(self, topic, payload, qos, retain, dup=False, properties=None):
+        self.topic, self.payload, self.qos, self.retain, self.dup = topic, payload, qos, retain, dup
+        self.properties = properties
+
+    def __repr__(self):
+        return "Message(%r, %r, qos=%d, retain=%d)" % (self.topic, self.payload, self.qos, self.retain)
+
+
+class PahoClient:
+    """A paho client on its own network thread; messages land in a thread-safe queue and the
+    acknowledgements the test waits for are events."""
+
+    def __init__(self, port, client_id="", version=V311, clean=True, keepalive=60, will=None,
+                 session_expiry=None, connect_now=True):
+        self.port = port
+        self.version = version
+        self.messages = queue.Queue()
+        self.connacks = queue.Queue()
+        self.subacks = queue.Queue()
+        self.unsubacks = queue.Queue()
+        self.disconnected = threading.Event()
+        self.disconnect_rc = None
+        self.client_id = client_id
+        self.clean = clean
+        self.keepalive = keepalive
+        self.session_expiry = session_expiry
+        self.will = will
+        self._make_client()
+        self._started = False
+        if connect_now:
+            self.connect()
+
+    def _make_client(self):
+        proto = mqtt.MQTTv5 if self.version == V5 else mqtt.MQTTv311
+        if self.version == V5:
+            self.client = mqtt.Client(client_id=self.client_id, protocol=proto, reconnect_on_failure=False)
+        else:
+            self.client = mqtt.Client(client_id=self.client_id, clean_session=self.clean, protocol=proto,
+                                      reconnect_on_failure=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_unsubscribe = self._on_unsubscribe
+        if self.will:
+            self.client.will_set(*self.will)
+
+    # callbacks, on paho's thread
+    def _on_connect(self, client, userdata, flags, rc, properties=None):
+        code = rc.value if hasattr(rc, "value") else rc
+        self.connacks.put((flags.get("session present", 0), code, properties))
+
+    def _on_message(self, client, userdata, msg):
+        self.messages.put(Message(msg.topic, msg.payload, msg.qos, int(msg.retain), bool(msg.dup),
+                                  getattr(msg, "properties", None)))
+
+    def _on_subscribe(self, client, userdata, mid, granted, properties=None):
+        self.subacks.put((mid, [g.value if hasattr(g, "value") else g for g in granted]))
+
+    def _on_unsubscribe(self, client, userdata, mid, *rest):
+        self.unsubacks.put(mid)
+
+    def _on_disconnect(self, client, userdata, rc, properties=None):
+        self.disconnect_rc = rc.value if hasattr(rc, "value") else rc
+        self.disconnected.set()
+
+    def connect(self, expect_code=0):
+        """Connects and waits for CONNACK; returns (session_present, code, properties)."""
+        self.disconnected.clear()
+        if self.version == V5:
+            props = None
+            if self.session_expiry is not None:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry
+            self.client.connect(HOST, self.port, self.keepalive, clean_start=self.clean, properties=props)
+        else:
+            self.client.connect(HOST, self.port, self.keepalive)
+        if not self._started:
+            self.client.loop_start()
+            self._started = True
+        try:
+            ack = self.connacks.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError("no CONNACK within %.0f s" % WAIT)
+        if expect_code is not None and ack[1] != expect_code:
+            raise AssertionError("CONNACK code %r, expected %r" % (ack[1], expect_code))
+        return ack
+
+    def reconnect(self):
+        """After disconnect(): a new connection with the same client id and options (a fresh paho
+        client object: paho leaks a socket pair when one object's loop is started twice)."""
+        self.close()
+        self._make_client()
+        return self.connect()
+
+    def subscribe(self, topic, qos=0, options=None):
+        """Subscribes and waits for SUBACK; returns the granted QoS (or reason code) list."""
+        if options is not None:
+            rc, mid = self.client.subscribe(topic, options=options)
+        else:
+            rc, mid = self.client.subscribe(topic, qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise AssertionError("subscribe failed locally: %s" % rc)
+        try:
+            got_mid, granted = self.subacks.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError("no SUBACK for %r within %.0f s" % (topic, WAIT))
+        assert got_mid == mid, (got_mid, mid)
+        # A barrier: the broker handles one connection's packets in order, so once the UNSUBACK
+        # of a filter nobody uses is back, the SUBSCRIBE has been handled completely (its retained
+        # messages sent), not just acknowledged. Races between SUBSCRIBE and PUBLISH are tested on
+        # purpose elsewhere, not by accident here.
+        rc, mid = self.client.unsubscribe("barrier/" + self.client_id)
+        try:
+            got_mid = self.unsubacks.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError("no UNSUBACK within %.0f s" % WAIT)
+        assert got_mid == mid, (got_mid, mid)
+        return granted
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        """Publishes and, for QoS 1/2, waits for the broker's acknowledgement to complete."""
+        info = self.client.publish(topic, payload, qos, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise AssertionError("publish failed locally: %s" % info.rc)
+        info.wait_for_publish(timeout=WAIT)
+        if not info.is_published():
+            raise AssertionError("publish of %r (QoS %d) not completed within %.0f s" % (topic, qos, WAIT))
+
+    def get(self, timeout=WAIT):
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no message within %.1f s" % timeout)
+
+    def get_n(self, n, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        out = []
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("got %d of %d messages within %.1f s: %r" % (len(out), n, timeout, out))
+            try:
+                out.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                pass
+        return out
+
+    def assert_nothing(self, timeout=ABSENT):
+        """Nothing arrives within `timeout` (an absence check)."""
+        try:
+            m = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return
+        raise AssertionError("unexpected message %r" % (m,))
+
+    def disconnect(self):
+        """A graceful DISCONNECT; waits until paho reports the connection closed."""
+        self.client.disconnect()
+        if not self.disconnected.wait(WAIT):
+            raise AssertionError("paho did not close within %.0f s" % WAIT)
+        self.client.loop_stop()
+        self._started = False
+
+    def close(self):
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+        if self._started:
+            self.client.loop_stop()
+            self._started = False
+
+
+# ---------------------------------------------------------------------------------------------
+# mosquitto_pub / mosquitto_sub
+
+
+class MosquittoSub:
+    """mosquitto_sub in debug mode: waits for its SUBACK, then collects messages printed with
+    -F "MSG| %q %r %t %p" (QoS, retain flag, topic, payload)."""
+
+    def __init__(self, port, topic, qos=0, version=V311, count=1, extra=()):
+        require_mosquitto_clients()
+        vname = "mqttv5" if version == V5 else "mqttv311"
+        self.args = ["mosquitto_sub", "-h", HOST, "-p", str(port), "-V", vname, "-t", topic, "-q", str(qos),
+                     "-C", str(count), "-W", str(int(WAIT) + 5), "-d", "-F", "MSG| %q %r %t %p", *extra]
+        # A pseudo-terminal, so that mosquitto_sub's stdout is line-buffered and its SUBACK line
+        # arrives when it happens (a pipe would hold it in stdio's buffer).
+        master, slave = os.openpty()
+        try:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                                         preexec_fn=_die_with_parent)
+        finally:
+            os.close(slave)
+        self._master = master
+        self.lines = queue.Queue()
+        self.output = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self._wait_line(lambda l: "received SUBACK" in l, "SUBACK")
+
+    def _read(self):
+        pending = b""
+        while True:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                data = b""
+            if not data:
+                break
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                line = line.rstrip(b"\r").decode(errors="replace")
+                self.output.append(line)
+                self.lines.put(line)
+        os.close(self._master)
+        self.lines.put(None)
+
+    def _wait_line(self, pred, what):
+        deadline = time.monotonic() + WAIT
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                line = ""
+            if line is None:
+                raise AssertionError("mosquitto_sub ended before %s:\n%s" % (what, "\n".join(self.output)))
+            if pred(line):
+                return line
+            if left <= 0:
+                raise AssertionError("mosquitto_sub: no %s within %.0f s:\n%s" % (what, WAIT, "\n".join(self.output)))
+
+    def get(self):
+        """The next message as (qos, retain, topic, payload)."""
+        line = self._wait_line(lambda l: l.startswith("MSG| "), "message")
+        _, q, r, topic, payload = line.split(" ", 4)
+        return int(q), int(r), topic, payload
+
+    def close(self):
+        # After its -C count it exits by itself; otherwise (or if it lingers) SIGKILL: a SIGTERM
+        # that lands while it is already disconnecting was once seen to leave it running.
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=WAIT)
+
+
+def require_mosquitto_clients():
+    if not (shutil.which("mosquitto_sub") and shutil.which("mosquitto_pub")):
+        raise unittest.SkipTest("mosquitto_pub/mosquitto_sub not installed (Debian mosquitto-clients)")
+
+
+def mosquitto_pub(port, topic, payload, qos=0, version=V311, retain=False):
+    require_mosquitto_clients()
+    vname = "mqttv5" if version == V5 else "mqttv311"
+    args = ["mosquitto_pub", "-h", HOST, "-p", str(port), "-V", vname, "-t", topic, "-m", payload, "-q", str(qos)]
+    if retain:
+        args.append("-r")
+    r = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=WAIT)
+    if r.returncode != 0:
+        raise AssertionError("mosquitto_pub failed (%d): %s%s" % (r.returncode, r.stdout, r.stderr))
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw MQTT: encoding by hand
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        if n:
+            b |= 0x80
+        out.append(b)
+        if not n:
+            return bytes(out)
+
+
+def utf8(s):
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def packet(first_byte, body=b""):
+    return bytes([first_byte]) + varint(len(body)) + body
+
+
+def props(*pairs):
+    """5.0 properties from (id, encoded value) pairs, with their length prefix."""
+    body = b"".join(bytes([pid]) + value for pid, value in pairs)
+    return varint(len(body)) + body
+
+
+def connect(client_id, version=V311, clean=True, keepalive=60, will=None, properties=b"",
+            protocol_name="MQTT", username=None, password=None, will_properties=b""):
+    """CONNECT. `will` is (topic, payload, qos, retain); `version` is the protocol level byte;
+    5.0 `properties` and `will_properties` are encoded with props()."""
+    flags = 0x02 if clean else 0
+    payload = utf8(client_id)
+    if will:
+        topic, data, qos, retain = will
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        if version == V5:
+            payload += will_properties or props()
+        payload += utf8(topic) + utf8(data)
+    if username is not None:
+        flags |= 0x80
+        payload += utf8(username)
+    if password is not None:
+        flags |= 0x40
+        payload += utf8(password)
+    body = utf8(protocol_name) + bytes([version, flags]) + struct.pack("!H", keepalive)
+    if version == V5:
+        body += properties or props()
+    return packet(0x10, body + payload)
+
+
+def publish(topic, payload, qos=0, retain=False, dup=False, packet_id=None, version=V311, properties=b""):
+    first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    body = utf8(topic)
+    if qos:
+        body += struct.pack("!H", packet_id)
+    if version == V5:
+        body += properties or props()
+    data = payload.encode() if isinstance(payload, str) else payload
+    return packet(first, body + data)
+
+
+def subscribe(packet_id, filters, version=V311):
+    """SUBSCRIBE; `filters` is a list of (filter, options byte)."""
+    body = struct.pack("!H", packet_id)
+    if version == V5:
+        body += props()
+    for f, opts in filters:
+        body += utf8(f) + bytes([opts])
+    return packet(0x82, body)
+
+
+def ack(kind, packet_id):
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (reason code omitted: success in 5.0)."""
+    return packet((kind << 4) | (0x02 if kind == PUBREL else 0), struct.pack("!H", packet_id))
+
+
+def pingreq():
+    return packet(0xC0)
+
+
+def disconnect(version=V311, reason=0):
+    if version == V5 and reason:
+        return packet(0xE0, bytes([reason]) + props())
+    return packet(0xE0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw MQTT: decoding
+
+
+class Packet:
+    def __init__(self, kind, flags, body):
+        self.kind, self.flags, self.body = kind, flags, body
+
+    def __repr__(self):
+        return "Packet(type=%d, flags=0x%x, body=%s)" % (self.kind, self.flags, self.body.hex())
+
+
+class Closed(Exception):
+    pass
+
+
+_PROP_TYPES = {}
+for _ids, _t in (((0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A), "byte"),
+                 ((0x13, 0x21, 0x22, 0x23), "u16"),
+                 ((0x02, 0x11, 0x18, 0x27), "u32"),
+                 ((0x0B,), "varint"),
+                 ((0x03, 0x08, 0x12, 0x15, 0x1A, 0x1C, 0x1F), "str"),
+                 ((0x09, 0x16), "bin"),
+                 ((0x26,), "pair")):
+    for _i in _ids:
+        _PROP_TYPES[_i] = _t
+
+
+def read_varint(b, pos):
+    n, mult = 0, 1
+    while True:
+        byte = b[pos]
+        pos += 1
+        n += (byte & 0x7F) * mult
+        if not byte & 0x80:
+            return n, pos
+        mult *= 128
+
+
+def parse_props(b, pos):
+    """5.0 properties at `pos`: returns ({id: [values]}, position after them)."""
+    length, pos = read_varint(b, pos)
+    end = pos + length
+    out = {}
+    while pos < end:
+        pid = b[pos]
+        pos += 1
+        t = _PROP_TYPES[pid]
+        if t == "byte":
+            v, pos = b[pos], pos + 1
+        elif t == "u16":
+            v, pos = struct.unpack_from("!H", b, pos)[0], pos + 2
+        elif t == "u32":
+            v, pos = struct.unpack_from("!I", b, pos)[0], pos + 4
+        elif t == "varint":
+            v, pos = read_varint(b, pos)
+        elif t in ("str", "bin"):
+            n = struct.unpack_from("!H", b, pos)[0]
+            v, pos = bytes(b[pos + 2:pos + 2 + n]), pos + 2 + n
+            if t == "str":
+                v = v.decode()
+        else:
+            n = struct.unpack_from("!H", b, pos)[0]
+            k = bytes(b[pos + 2:pos + 2 + n]).decode()
+            pos += 2 + n
+            n = struct.unpack_from("!H", b, pos)[0]
+            v, pos = (k, bytes(b[pos + 2:pos + 2 + n]).decode()), pos + 2 + n
+        out.setdefault(pid, []).append(v)
+    return out, end
+
+
+class Connack:
+    def __init__(self, session_present, code, properties):
+        self.session_present, self.code, self.properties = session_present, code, properties
+
+
+def parse_connack(p, version=V311):
+    assert p.kind == CONNACK, p
+    props_ = {}
+    if version == V5 and len(p.body) > 2:
+        props_, _ = parse_props(p.body, 2)
+    return Connack(p.body[0] & 1, p.body[1], props_)
+
+
+class Publish:
+    def __init__(self, topic, payload, qos, retain, dup, packet_id, properties):
+        self.topic, self.payload, self.qos, self.retain = topic, payload, qos, retain
+        self.dup, self.packet_id, self.properties = dup, packet_id, properties
+
+    def __repr__(self):
+        return "Publish(%r, %r, qos=%d, retain=%d, dup=%d, id=%s)" % (
+            self.topic, self.payload, self.qos, self.retain, self.dup, self.packet_id)
+
+
+def parse_publish(p, version=V311):
+    assert p.kind == PUBLISH, p
+    qos = (p.flags >> 1) & 3
+    n = struct.unpack_from("!H", p.body, 0)[0]
+    topic = bytes(p.body[2:2 + n]).decode()
+    pos = 2 + n
+    pid = None
+    if qos:
+        pid = struct.unpack_from("!H", p.body, pos)[0]
+        pos += 2
+    properties = {}
+    if version == V5:
+        properties, pos = parse_props(p.body, pos)
+    return Publish(topic, bytes(p.body[pos:]), qos, p.flags & 1, (p.flags >> 3) & 1, pid, properties)
+
+
+def packet_id_of(p):
+    return struct.unpack_from("!H", p.body, 0)[0]
+
+
+class RawClient:
+    """A TCP connection speaking MQTT bytes the test writes by hand."""
+
+    def __init__(self, port, timeout=WAIT):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.eof = False
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        r, _, _ = select.select([self.sock], [], [], left)
+        if not r:
+            raise TimeoutError
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        if not data:
+            self.eof = True
+            raise Closed
+        self.buf += data
+
+    def _parse(self):
+        """One complete packet from the buffer, or None."""
+        if len(self.buf) < 2:
+            return None
+        n, mult, pos = 0, 1, 1
+        while True:
+            if pos >= len(self.buf):
+                return None
+            byte = self.buf[pos]
+            pos += 1
+            n += (byte & 0x7F) * mult
+            if not byte & 0x80:
+                break
+            mult *= 128
+        if len(self.buf) < pos + n:
+            return None
+        p = Packet(self.buf[0] >> 4, self.buf[0] & 0x0F, bytes(self.buf[pos:pos + n]))
+        del self.buf[:pos + n]
+        return p
+
+    def read(self, timeout=WAIT):
+        """The next packet. Raises TimeoutError, or Closed when the broker closed the connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self._parse()
+            if p is not None:
+                return p
+            if self.eof:
+                raise Closed
+            self._fill(deadline)
+
+    def expect(self, kind, timeout=WAIT):
+        """The next packet, which must be of type `kind`."""
+        try:
+            p = self.read(timeout)
+        except TimeoutError:
+            raise AssertionError("no packet of type %d within %.1f s" % (kind, timeout))
+        except Closed:
+            raise AssertionError("connection closed while waiting for packet type %d" % kind)
+        if p.kind != kind:
+            raise AssertionError("expected packet type %d, got %r" % (kind, p))
+        return p
+
+    def wait_closed(self, timeout=WAIT):
+        """Reads until the broker closes; returns (monotonic time of the close, packets before it).
+        Fails when the connection is still open after `timeout`."""
+        deadline = time.monotonic() + timeout
+        got = []
+        while True:
+            try:
+                got.append(self.read(max(deadline - time.monotonic(), 0)))
+            except Closed:
+                return time.monotonic(), got
+            except TimeoutError:
+                raise AssertionError("connection still open after %.1f s (received %r)" % (timeout, got))
+
+    def assert_open(self, timeout=ABSENT):
+        """Nothing arrives and the connection stays open for `timeout`."""
+        try:
+            p = self.read(timeout)
+        except TimeoutError:
+            return
+        except Closed:
+            raise AssertionError("connection closed unexpectedly")
+        raise AssertionError("unexpected packet %r" % (p,))
+
+    def drop(self):
+        """Closes the socket without DISCONNECT (an ungraceful end for the broker)."""
+        self.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def read_any(clients, timeout):
+    """The next packet from any of `clients`: (client, packet), or (None, None) after `timeout`.
+    Raises Closed when one of them is closed by the broker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for c in clients:
+            p = c._parse()
+            if p is not None:
+                return c, p
+            if c.eof:
+                raise Closed
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, None
+        ready, _, _ = select.select([c.sock for c in clients], [], [], left)
+        for c in clients:
+            if c.sock in ready:
+                try:
+                    c._fill(time.monotonic() + 1)
+                except TimeoutError:
+                    pass
+
+
+def main():
+    unittest.main(verbosity=2)
+
+
+if __name__ == "__main__":
+    sys.exit("harness.py is a module")
