@@ -242,6 +242,10 @@ class broker {
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
     std::size_t outbox_bytes = 0;
     bool pump_scheduled = false;
+    // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
+    message_ptr pending_will;
+    std::uint64_t will_generation = 0;
+    std::unique_ptr<asio::steady_timer> will_timer;
   };
 
  private:
@@ -419,6 +423,10 @@ class broker {
       rec->outbox.clear();
       rec->outbox_bytes = 0;
       rec->pump_scheduled = false;
+      // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
+      rec->pending_will = message_ptr();
+      ++rec->will_generation;
+      if (rec->will_timer) rec->will_timer->cancel();
       rec->conn = &c;
       rec->conn_owner = c.shared_from_this();
       rec->persistent = expiry.count() != 0;
@@ -433,6 +441,11 @@ class broker {
     const auto limit = std::chrono::milliseconds(
         static_cast<std::int64_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
     c.will_ = std::move(will);
+    c.will_delay_ = std::chrono::seconds(0);
+    if (v5 && cp.will) {
+      if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
+        c.will_delay_ = std::chrono::seconds(p->integer);
+    }
     c.on_connected(v, client_id, rec, limit);
 
     codec::connack ack;
@@ -829,9 +842,14 @@ class broker {
     session_record* rec = c.session_;
     c.session_ = nullptr;
     const std::string client_id = c.client_id_;
+    if (graceful || stopping_) will = message_ptr();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       connections_.erase(self);
+      if (c.taken_over_ && c.will_delay_.count() != 0) {
+        // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
+        will = message_ptr();
+      }
       // A connection that lost its session to a takeover leaves the session alone.
       if (rec != nullptr && rec->conn == &c) {
         rec->conn = nullptr;
@@ -841,9 +859,14 @@ class broker {
         rec->outbox_bytes = 0;
         rec->pump_scheduled = false;
         if (!rec->persistent) {
-          remove_session(*rec);
+          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = clock::now() + rec->expiry;
+          if (will && c.will_delay_.count() != 0) {
+            // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
+            // whichever comes first.
+            delay_will(*rec, std::move(will), std::min(c.will_delay_, rec->expiry));
+          }
         }
       }
       if (stopping_ && connections_.empty()) complete_stop();
@@ -852,7 +875,27 @@ class broker {
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(client_id, graceful);
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will && !graceful && !stopping_) publish_message(std::move(will), nullptr);
+    if (will) publish_message(std::move(will), nullptr);
+  }
+
+  /// Holds a will until `delay` passes; a reconnect or the session's end comes first to cancel
+  /// or publish it. state_mutex_ held.
+  void delay_will(session_record& rec, message_ptr will, std::chrono::seconds delay) {
+    rec.pending_will = std::move(will);
+    const std::uint64_t generation = ++rec.will_generation;
+    if (!rec.will_timer) rec.will_timer = std::make_unique<asio::steady_timer>(control_ex_);
+    rec.will_timer->expires_after(delay);
+    rec.will_timer->async_wait([this, id = rec.state.client_id(), generation](std::error_code ec) {
+      if (ec) return;  // cancelled, or the session is gone with its timer
+      message_ptr due;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        auto it = sessions_.find(id);
+        if (it == sessions_.end() || it->second->will_generation != generation) return;
+        due = std::move(it->second->pending_will);
+      }
+      if (due && !stopping_) publish_message(std::move(due), nullptr);
+    });
   }
 
   /// Removes a session and its subscriptions. state_mutex_ held.
@@ -897,10 +940,20 @@ class broker {
 
   void sweep_expired_sessions() {
     const auto now = clock::now();
-    std::lock_guard<mutex_type> lk(state_mutex_);
+    std::vector<message_ptr> due_wills;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      expire_sessions(now, due_wills);
+    }
+    for (auto& w : due_wills) publish_message(std::move(w), nullptr);
+  }
+
+  /// state_mutex_ held.
+  void expire_sessions(clock::time_point now, std::vector<message_ptr>& due_wills) {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       session_record& r = *it->second;
       if (r.conn == nullptr && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
+        if (r.pending_will) due_wills.push_back(std::move(r.pending_will));  // the session ends
         drop_session_subscriptions(r);
         it = sessions_.erase(it);
         ++stats_.sessions_expired;
@@ -923,6 +976,9 @@ class broker {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       stop_handler_ = [h = std::move(h)]() mutable { h(std::error_code()); };
+      // Pending timers would keep the host's io_context busy after the stop.
+      for (auto& entry : sessions_)
+        if (entry.second->will_timer) entry.second->will_timer->cancel();
       if (connections_.empty()) {
         complete_stop();
         return;

@@ -166,6 +166,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   /// The session moved to a new connection: close this one without touching the session.
   void taken_over() {
+    taken_over_ = true;
     session_ = nullptr;
     close(reason_code::session_taken_over, true, false);
   }
@@ -341,6 +342,8 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   std::string client_id_;
   session_record* session_ = nullptr;
   message_ptr will_;  // published if the connection ends without DISCONNECT
+  std::chrono::seconds will_delay_{0};  // 5.0 Will Delay Interval
+  bool taken_over_ = false;
   bool connected_ = false;
   bool write_in_flight_ = false;
   bool closing_ = false;
