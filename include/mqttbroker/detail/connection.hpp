@@ -280,11 +280,13 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   void finish_close() {
     if (closed_) return;
     closed_ = true;
-    std::error_code ignored;
     timer_.cancel();
+    // The broker lets go of the session first: a client that sees the close and reconnects at
+    // once must find a clean session already gone.
+    broker_.on_connection_closed(*this, graceful_);
+    std::error_code ignored;
     stream_.shutdown(asio::socket_base::shutdown_both, ignored);
     stream_.close(ignored);
-    broker_.on_connection_closed(*this, graceful_);
   }
 
   void arm_timer(std::chrono::milliseconds after) {
