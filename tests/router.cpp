@@ -2,6 +2,7 @@
 #include <mqttbroker/router/retained.hpp>
 
 #include "catch.hpp"
+#include "topic_model.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -23,6 +24,11 @@ using mqttbroker::message;
 using mqttbroker::message_ptr;
 
 namespace {
+
+using test_support::brute_match;
+using test_support::rng;
+using test_support::split_levels;
+using test_support::test_seed;
 
 using router_type = router::subscription_router<int>;
 
@@ -82,46 +88,10 @@ std::vector<std::string> matched_topics(const router::retained_store& store, std
 using strings = std::vector<std::string>;
 
 // splitmix64: the same sequence on every standard library (std distributions are not portable).
-struct rng {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  std::size_t below(std::size_t n) { return static_cast<std::size_t>(next() % n); }
-  bool chance(unsigned percent) { return below(100) < percent; }
-};
 
-std::uint64_t test_seed() {
-  if (const char* s = std::getenv("MQTTBROKER_SEED")) return std::strtoull(s, nullptr, 0);
-  return 0x5EED2024ull;
-}
 
-strings split_levels(std::string_view s) {
-  strings out;
-  std::size_t start = 0;
-  for (;;) {
-    const std::size_t slash = s.find('/', start);
-    out.emplace_back(s.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
-    if (slash == std::string_view::npos) return out;
-    start = slash + 1;
-  }
-}
 
 // The matching rules read straight from the specification, level by level.
-bool brute_match(const strings& filter, const strings& name) {
-  // [MQTT-4.7.2-1] a filter starting with a wildcard does not match a name starting with `$`.
-  if (!name.front().empty() && name.front().front() == '$' && (filter.front() == "+" || filter.front() == "#"))
-    return false;
-  for (std::size_t i = 0; i < filter.size(); ++i) {
-    if (filter[i] == "#") return true;  // this level and below, the parent level included
-    if (i >= name.size()) return false;
-    if (filter[i] != "+" && filter[i] != name[i]) return false;
-  }
-  return filter.size() == name.size();
-}
 
 std::string join(const strings& levels) {
   std::string s;

@@ -3,6 +3,7 @@
 #include <mqttbroker/topic/trie.hpp>
 
 #include "catch.hpp"
+#include "topic_model.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -21,6 +22,11 @@ namespace topic = mqttbroker::topic;
 using mqttbroker::protocol_errc;
 
 namespace {
+
+using test_support::brute_match;
+using test_support::rng;
+using test_support::split_levels;
+using test_support::test_seed;
 
 std::string repeat_levels(std::size_t levels) {  // "a/a/.../a"
   std::string s = "a";
@@ -545,47 +551,10 @@ TEST_CASE("overlapping subscriptions are each reported", "[topic][trie]") {
 namespace {
 
 // splitmix64: the same sequence on every standard library (std distributions are not portable).
-struct rng {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  std::size_t below(std::size_t n) { return static_cast<std::size_t>(next() % n); }
-  bool chance(unsigned percent) { return below(100) < percent; }
-};
 
-std::uint64_t test_seed() {
-  if (const char* s = std::getenv("MQTTBROKER_SEED")) return std::strtoull(s, nullptr, 0);
-  return 0x5EED2024ull;
-}
 
-std::vector<std::string> split_levels(std::string_view s) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  for (;;) {
-    const std::size_t slash = s.find('/', start);
-    out.emplace_back(
-        s.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
-    if (slash == std::string_view::npos) return out;
-    start = slash + 1;
-  }
-}
 
 // Straight from the specification's text, level by level.
-bool brute_match(const std::vector<std::string>& filter, const std::vector<std::string>& name) {
-  // [MQTT-4.7.2-1]
-  if (!name.front().empty() && name.front()[0] == '$' && (filter.front() == "+" || filter.front() == "#"))
-    return false;
-  for (std::size_t i = 0; i < filter.size(); ++i) {
-    if (filter[i] == "#") return true;  // matches the rest, including nothing [MQTT-4.7.1-2]
-    if (i >= name.size()) return false;
-    if (filter[i] != "+" && filter[i] != name[i]) return false;
-  }
-  return filter.size() == name.size();
-}
 
 struct diff_config {
   const char* name;

@@ -3033,8 +3033,6 @@ struct broker_options {
   /// How long a persistent session whose client left is kept (Mosquitto: persistent_client_expiration);
   /// zero keeps it until the broker stops.
   std::chrono::seconds persistent_session_expiry{std::chrono::hours(24 * 7)};
-  /// Bytes written to a socket in one gather write before the rest waits for the next one.
-  std::size_t max_write_batch_bytes = 256 * 1024;
   /// Retained messages kept in all; new topics are refused past it (replacing stays allowed).
   std::size_t max_retained_messages = 1'000'000;
   /// Longest client identifier accepted.
