@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   mqttbroker::broker_options opts;
   unsigned connect_timeout_ms = static_cast<unsigned>(opts.connect_timeout.count());
   std::uint64_t session_expiry_s = static_cast<std::uint64_t>(opts.persistent_session_expiry.count());
+  unsigned sys_interval_s = static_cast<unsigned>(opts.sys_interval.count());
 
   app.add_option("--bind", bind, "address to listen on")->capture_default_str();
   app.add_option("--port", port, "TCP port")->capture_default_str();
@@ -111,12 +112,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--session-expiry", session_expiry_s, "seconds an offline persistent session is kept (0: forever)")
       ->capture_default_str();
+  app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   log_level = level_name == "error" ? level::error : level_name == "warning" ? level::warning
               : level_name == "debug" ? level::debug : level::info;
   opts.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
   opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
+  opts.sys_interval = std::chrono::seconds(sys_interval_s);
 
   try {
     if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, bind, port, threads);

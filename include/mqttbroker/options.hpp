@@ -47,6 +47,8 @@ struct broker_options {
   std::chrono::seconds persistent_session_expiry{std::chrono::hours(24 * 7)};
   /// Retained messages kept in all; new topics are refused past it (replacing stays allowed).
   std::size_t max_retained_messages = 1'000'000;
+  /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
+  std::chrono::seconds sys_interval{10};
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };

@@ -3035,6 +3035,8 @@ struct broker_options {
   std::chrono::seconds persistent_session_expiry{std::chrono::hours(24 * 7)};
   /// Retained messages kept in all; new topics are refused past it (replacing stays allowed).
   std::size_t max_retained_messages = 1'000'000;
+  /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
+  std::chrono::seconds sys_interval{10};
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };
@@ -5339,6 +5341,7 @@ class broker {
     if (started_) return;
     started_ = true;
     stopping_ = false;
+    started_at_ = clock::now();
     for (auto& a : acceptors_) accept(*a);
     arm_sweep();
   }
@@ -5920,7 +5923,7 @@ class broker {
   // ---- routing
 
   /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local).
-  std::size_t publish_message(message_ptr m, session_record* from) {
+  std::size_t publish_message(message_ptr m, session_record* from, bool count = true) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
@@ -5931,7 +5934,7 @@ class broker {
     std::vector<std::shared_ptr<const local_handler>> local;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      ++stats_.messages_received;
+      if (count) ++stats_.messages_received;
       if (m->retain()) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
         if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
@@ -6135,8 +6138,33 @@ class broker {
     sweep_timer_.async_wait([this](std::error_code ec) {
       if (ec || stopping_) return;
       sweep_expired_sessions();
+      if (opts_.sys_interval.count() != 0 && ++seconds_since_sys_ >= opts_.sys_interval.count()) {
+        seconds_since_sys_ = 0;
+        publish_sys();
+      }
       arm_sweep();
     });
+  }
+
+  /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
+  /// Only filters that name $SYS see them [MQTT-4.7.2-1].
+  void publish_sys() {
+    const broker_stats st = stats();
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(clock::now() - started_at_).count();
+    const std::pair<const char*, std::string> figures[] = {
+        {"$SYS/broker/version",
+         "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
+             std::to_string(MQTTBROKER_VERSION_PATCH)},
+        {"$SYS/broker/uptime", std::to_string(uptime) + " seconds"},
+        {"$SYS/broker/clients/connected", std::to_string(st.connections)},
+        {"$SYS/broker/clients/total", std::to_string(st.sessions)},
+        {"$SYS/broker/messages/received", std::to_string(st.messages_received)},
+        {"$SYS/broker/messages/sent", std::to_string(st.messages_sent)},
+        {"$SYS/broker/messages/dropped", std::to_string(st.messages_dropped)},
+        {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
+    };
+    for (const auto& f : figures)
+      publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, false);
   }
 
   void sweep_expired_sessions() {
@@ -6226,6 +6254,8 @@ class broker {
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   bool started_ = false;                  // control_ex_
+  clock::time_point started_at_{};        // control_ex_
+  std::int64_t seconds_since_sys_ = 0;    // control_ex_
   std::atomic<bool> stopping_{false};     // read by connections on any thread
 };
 

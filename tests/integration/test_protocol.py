@@ -284,5 +284,26 @@ class Qos2Receiver(h.BrokerTestCase):
         self._duplicate(V5)
 
 
+class SysTopics(h.BrokerTestCase):
+    broker_args = ("--sys-interval", "1")
+
+    def test_broker_publishes_sys_statistics(self):
+        """The broker publishes Mosquitto's $SYS/broker/... figures, retained; a $SYS/# subscriber
+        sees them and a # subscriber does not [MQTT-4.7.2-1]."""
+        hash_sub = self.paho("sys-hash", V311)
+        hash_sub.subscribe("#", 0)
+        sys_sub = self.paho("sys-sys", V5)
+        sys_sub.subscribe("$SYS/broker/clients/connected", 0)
+        m = sys_sub.get()  # within a couple of intervals
+        self.assertEqual(m.topic, "$SYS/broker/clients/connected")
+        self.assertGreaterEqual(int(m.payload), 2)
+        late = self.paho("sys-late", V311)
+        late.subscribe("$SYS/broker/version", 0)
+        m = late.get()
+        self.assertTrue(m.retain)  # a retained figure reaches a new subscriber at once
+        self.assertTrue(m.payload.startswith(b"mqttbroker "))
+        hash_sub.assert_nothing()
+
+
 if __name__ == "__main__":
     h.main()
