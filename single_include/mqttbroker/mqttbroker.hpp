@@ -4966,7 +4966,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   // ---- called by the broker, on this connection's executor
 
   codec::protocol_version version() const noexcept { return version_; }
-  session_record* session() const noexcept { return session_; }
+  session_record* session() const noexcept { return session_.get(); }
   const std::string& client_id() const noexcept { return client_id_; }
   bool is_open() const noexcept { return !closed_; }
 
@@ -5178,12 +5178,12 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   }
 
   /// After CONNACK: the keep-alive timer replaces the CONNECT timeout.
-  void on_connected(codec::protocol_version v, std::string client_id, session_record* s,
+  void on_connected(codec::protocol_version v, std::string client_id, std::shared_ptr<session_record> s,
                     std::chrono::milliseconds keep_alive_limit) {
     connected_ = true;
     version_ = v;
     client_id_ = std::move(client_id);
-    session_ = s;
+    session_ = std::move(s);
     keep_alive_limit_ = keep_alive_limit;
     timer_.cancel();
     if (keep_alive_limit_.count() != 0) arm_timer(keep_alive_limit_);
@@ -5205,7 +5205,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   std::chrono::milliseconds keep_alive_limit_{0};
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::string client_id_;
-  session_record* session_ = nullptr;
+  // Shared with the broker's registry: a record the registry dropped (its session ended, or was
+  // taken over and ended) stays valid here until this connection lets go of it.
+  std::shared_ptr<session_record> session_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::seconds will_delay_{0};  // 5.0 Will Delay Interval
   bool taken_over_ = false;
@@ -5602,14 +5604,14 @@ class broker {
                            forwardable_properties(cp.will->properties));
     }
 
-    session_record* rec = nullptr;
+    std::shared_ptr<session_record> rec;
     bool session_present = false;
     std::shared_ptr<connection_type> old_conn;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       auto it = sessions_.find(client_id);
       if (it != sessions_.end()) {
-        rec = it->second.get();
+        rec = it->second;
         if (rec->conn != nullptr) old_conn = std::static_pointer_cast<connection_type>(rec->conn_owner);
         if (cp.clean_start) {
           drop_session_subscriptions(*rec);
@@ -5619,9 +5621,8 @@ class broker {
           session_present = true;
         }
       } else {
-        auto fresh = std::make_unique<session_record>(client_id, session_limits());
-        rec = fresh.get();
-        sessions_.emplace(client_id, std::move(fresh));
+        rec = std::make_shared<session_record>(client_id, session_limits());
+        sessions_.emplace(client_id, rec);
       }
       // What was admitted for an earlier connection is in flight and is resent below.
       rec->outbox.clear();
@@ -5671,7 +5672,8 @@ class broker {
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      rec->state.for_each_inflight([&](const session::inflight_entry& e) {
+      // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn == &c) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
           rel.packet_id = e.pub.packet_id;
@@ -5847,6 +5849,11 @@ class broker {
       }
       {
         std::lock_guard<mutex_type> lk(state_mutex_);
+        if (rec->conn != &c) {
+          // Taken over by a newer connection on another thread: only the owner may route to it.
+          ack.reasons.push_back(reason_code::unspecified_error);
+          continue;
+        }
         const bool exists = rec->state.subscriptions().count(std::string(e.filter)) != 0;
         if (!exists && rec->state.subscriptions().size() >= opts_.max_subscriptions_per_client) {
           ack.reasons.push_back(v5 ? reason_code::quota_exceeded : reason_code::unspecified_error);
@@ -5888,8 +5895,9 @@ class broker {
     session_record* rec = c.session();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
+      const bool owner = rec->conn == &c;  // see on_subscribe
       for (std::string_view f : u.filters) {
-        const bool existed = rec->state.forget_subscription(f);
+        const bool existed = owner && rec->state.forget_subscription(f);
         if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
       }
@@ -6043,8 +6051,7 @@ class broker {
   void on_connection_closed(connection_type& c, bool graceful) {
     std::shared_ptr<connection_type> self = c.shared_from_this();
     message_ptr will = std::move(c.will_);
-    session_record* rec = c.session_;
-    c.session_ = nullptr;
+    std::shared_ptr<session_record> rec = std::move(c.session_);
     const std::string client_id = c.client_id_;
     if (graceful || stopping_) will = message_ptr();
     {
@@ -6055,7 +6062,7 @@ class broker {
         will = message_ptr();
       }
       // A connection that lost its session to a takeover leaves the session alone.
-      if (rec != nullptr && rec->conn == &c) {
+      if (rec && rec->conn == &c) {
         rec->conn = nullptr;
         rec->conn_owner.reset();
         rec->retained_backlog.clear();
@@ -6244,7 +6251,7 @@ class broker {
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
   std::unordered_set<std::shared_ptr<connection_type>> connections_;
-  std::unordered_map<std::string, std::unique_ptr<session_record>> sessions_;
+  std::unordered_map<std::string, std::shared_ptr<session_record>> sessions_;
   std::unordered_map<std::uint64_t, std::unique_ptr<subscriber>> local_subs_;
   router::subscription_router<const subscriber*> router_;
   router::retained_store retained_;

@@ -103,7 +103,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   // ---- called by the broker, on this connection's executor
 
   codec::protocol_version version() const noexcept { return version_; }
-  session_record* session() const noexcept { return session_; }
+  session_record* session() const noexcept { return session_.get(); }
   const std::string& client_id() const noexcept { return client_id_; }
   bool is_open() const noexcept { return !closed_; }
 
@@ -315,12 +315,12 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   }
 
   /// After CONNACK: the keep-alive timer replaces the CONNECT timeout.
-  void on_connected(codec::protocol_version v, std::string client_id, session_record* s,
+  void on_connected(codec::protocol_version v, std::string client_id, std::shared_ptr<session_record> s,
                     std::chrono::milliseconds keep_alive_limit) {
     connected_ = true;
     version_ = v;
     client_id_ = std::move(client_id);
-    session_ = s;
+    session_ = std::move(s);
     keep_alive_limit_ = keep_alive_limit;
     timer_.cancel();
     if (keep_alive_limit_.count() != 0) arm_timer(keep_alive_limit_);
@@ -342,7 +342,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   std::chrono::milliseconds keep_alive_limit_{0};
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::string client_id_;
-  session_record* session_ = nullptr;
+  // Shared with the broker's registry: a record the registry dropped (its session ended, or was
+  // taken over and ended) stays valid here until this connection lets go of it.
+  std::shared_ptr<session_record> session_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::seconds will_delay_{0};  // 5.0 Will Delay Interval
   bool taken_over_ = false;
