@@ -140,7 +140,7 @@ TEST_CASE("multi-threaded broker survives concurrent connects, takeovers and sub
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       try {
-        for (int i = 0; i < 30; ++i) {
+        for (int i = 0; i < 100; ++i) {
           // Two threads share client ids, so sessions are taken over while in use.
           blocking_client c(f.port());
           if (c.connect("churn-" + std::to_string((t % 2) * 100 + i % 5), i % 2 == 0) != 0) ++failures;
