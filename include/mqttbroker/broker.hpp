@@ -203,6 +203,9 @@ class broker {
   broker_stats stats() const {
     std::lock_guard<mutex_type> lk(state_mutex_);
     broker_stats s = stats_;
+    s.messages_received = hot_.received.load();
+    s.messages_sent = hot_.sent.load();
+    s.messages_dropped = hot_.dropped.load();
     s.connections = connections_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -239,6 +242,9 @@ class broker {
     bool persistent = false;           // survives its connection
     clock::time_point expires{};       // when persistent and offline
     std::chrono::seconds expiry{0};
+    // With locking::shared, publishers holding the state lock shared meet here; every other
+    // change to the session holds the state lock exclusively.
+    MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type mutex;
     std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
     std::size_t outbox_bytes = 0;
@@ -731,35 +737,46 @@ class broker {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
+    if (count) hot_.received.fetch_add(1);
     std::size_t n = 0;
     // In-process handlers run after routing, outside the lock: a handler may publish or
     // subscribe again without re-entering the router mid-route.
     std::vector<std::shared_ptr<const local_handler>> local;
-    {
+    const subscriber* publisher = from;
+    auto on_match = [&](const subscriber* s, const router::delivery& d) {
+      ++n;
+      if (s->kind == subscriber_kind::local) {
+        hot_.sent.fetch_add(1);
+        local.push_back(s->handler);
+      } else {
+        deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d);
+      }
+    };
+    if (m->retain() || !locking_type::thread_safe) {
+      // A retained message is stored and routed in one exclusive section, the one on_subscribe
+      // takes for its route and its retained snapshot: a subscriber gets it once, live or retained.
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (count) ++stats_.messages_received;
       if (m->retain()) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
         if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
           retained_.set(m);
       }
-      const subscriber* publisher = from;
-      router_.route(m->topic(), publisher ? &publisher : nullptr, [&](const subscriber* s, const router::delivery& d) {
-        ++n;
-        if (s->kind == subscriber_kind::local) {
-          ++stats_.messages_sent;
-          local.push_back(s->handler);
-        } else {
-          deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d);
-        }
-      });
+      router_.route(m->topic(), publisher ? &publisher : nullptr, on_match);
+    } else {
+      // Routing only reads the subscriptions: publishers on several threads route at once, each
+      // with its own scratch buffers, and meet only on a receiving session's own lock.
+      static thread_local typename router_type::route_scratch scratch;
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      router_.route(m->topic(), publisher ? &publisher : nullptr, scratch, on_match);
     }
     for (const auto& h : local) (*h)(m);
     return n;
   }
 
-  /// Offers `m` to a client session. state_mutex_ held.
+  /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
+  /// lock serialises publishers that reach the same session from several threads.
   void deliver(session_record* rec, const message_ptr& m, const router::delivery& d) {
+    std::lock_guard<mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
@@ -769,16 +786,16 @@ class broker {
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
-      ++stats_.messages_dropped;
+      hot_.dropped.fetch_add(1);
       return;
     }
     const auto adm = rec->state.offer(o, c != nullptr);
     if (adm == session::admission::dropped) {
-      ++stats_.messages_dropped;
+      hot_.dropped.fetch_add(1);
       return;
     }
     if (adm != session::admission::send) return;
-    ++stats_.messages_sent;
+    hot_.sent.fetch_add(1);
     send_to(rec, o);
   }
 
@@ -822,7 +839,7 @@ class broker {
       rec->outbox_bytes = 0;
     }
     while (auto o = rec->state.next_ready()) {
-      ++stats_.messages_sent;
+      hot_.sent.fetch_add(1);
       c.send_publish(*o);
     }
     // Retained messages go out while the socket keeps up and the window has room; the rest wait
@@ -835,7 +852,7 @@ class broker {
       rec->retained_backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
       if (adm == session::admission::send) {
-        ++stats_.messages_sent;
+        hot_.sent.fetch_add(1);
         c.send_publish(o);
       }
     }
@@ -1048,11 +1065,16 @@ class broker {
   std::unordered_set<std::shared_ptr<connection_type>> connections_;
   std::unordered_map<std::string, std::shared_ptr<session_record>> sessions_;
   std::unordered_map<std::uint64_t, std::unique_ptr<subscriber>> local_subs_;
-  router::subscription_router<const subscriber*> router_;
+  using router_type = router::subscription_router<const subscriber*>;
+  router_type router_;
   router::retained_store retained_;
   asio::steady_timer sweep_timer_;
   std::function<void()> stop_handler_;
-  broker_stats stats_;
+  broker_stats stats_;  // state_mutex_, but for the three counters below
+  /// Counted on the routing path, which may hold the state lock only shared.
+  struct hot_counters {
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{};
+  } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   bool started_ = false;                  // control_ex_
