@@ -395,6 +395,7 @@ class broker {
       expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
                                                              : opts_.persistent_session_expiry;
     }
+    const std::chrono::seconds requested_expiry = expiry;
     if (opts_.persistent_session_expiry.count() != 0 && expiry > opts_.persistent_session_expiry)
       expiry = opts_.persistent_session_expiry;
 
@@ -459,6 +460,9 @@ class broker {
     codec::properties_builder props;
     if (v5) {
       props.add(codec::property_id::receive_maximum, opts_.receive_maximum);
+      // 5.0 §3.2.2.3.2: a server that keeps the session for less than asked says so.
+      if (expiry != requested_expiry)
+        props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
       props.add(codec::property_id::topic_alias_maximum, 0);
       props.add(codec::property_id::shared_subscription_available, 0);

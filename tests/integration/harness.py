@@ -77,7 +77,7 @@ class Broker:
 
     LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.args = [broker_binary(), "--bind", HOST, "--port", "0", *args]
         threads = os.environ.get("MQTTBROKER_IT_THREADS")  # run a whole module on N threads
         if threads and "--threads" not in args:
@@ -87,7 +87,7 @@ class Broker:
         self._port = queue.Queue()
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, errors="replace",
-                                     preexec_fn=_die_with_parent)
+                                     env=dict(os.environ, **env) if env else None, preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
         try:
@@ -145,17 +145,18 @@ class Broker:
 
 
 class BrokerTestCase(unittest.TestCase):
-    """Each test gets a fresh broker (started with `broker_args`) and a hard deadline. Clients made
-    with paho() and raw() are closed after the test; the broker must still be running then (a
-    crash fails the test) and must stop cleanly on SIGTERM."""
+    """Each test gets a fresh broker (started with `broker_args`, its environment plus `broker_env`)
+    and a hard deadline. Clients made with paho() and raw() are closed after the test; the broker
+    must still be running then (a crash fails the test) and must stop cleanly on SIGTERM."""
 
     broker_args = ()
+    broker_env = {}  # added to the broker's environment
 
     def setUp(self):
         self._started_at = time.monotonic()
         faulthandler.dump_traceback_later(TEST_DEADLINE, exit=True)
         self.addCleanup(faulthandler.cancel_dump_traceback_later)
-        self.broker = Broker(*self.broker_args)
+        self.broker = Broker(*self.broker_args, env=self.broker_env)
         self.port = self.broker.port
         self._clients = []
         self.addCleanup(self._finish)
@@ -192,6 +193,125 @@ class BrokerTestCase(unittest.TestCase):
         ack = parse_connack(ack, version)
         self.assertEqual(ack.code, 0, "CONNACK refused %s" % client_id)
         return c, ack
+
+
+# ---------------------------------------------------------------------------------------------
+# The example programs (examples/embed, examples/gateway)
+
+
+def example_binary(variable):
+    """The executable named by environment variable `variable` (ctest sets MQTTBROKER_EMBED and
+    MQTTBROKER_GATEWAY)."""
+    path = os.environ.get(variable)
+    if not path:
+        raise RuntimeError("%s is not set (ctest sets it to the example's executable)" % variable)
+    if not os.access(path, os.X_OK):
+        raise RuntimeError("example executable %s is missing: build the examples" % path)
+    return path
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A 127.0.0.1 port that is free now: the kernel's pick for port 0, released again. Only for
+    programs that take a fixed port; another process may take it first, so callers retry."""
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+class Program:
+    """A program as a child process whose stdout and stderr are one pseudo-terminal (so its stdio
+    is line-buffered and a line arrives when it is printed), collected as lines."""
+
+    def __init__(self, args):
+        self.args = [str(a) for a in args]
+        master, slave = os.openpty()
+        try:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                                         preexec_fn=_die_with_parent)
+        finally:
+            os.close(slave)
+        self._master = master
+        self._lock = threading.Lock()
+        self._new_line = threading.Condition(self._lock)
+        self.lines = []
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        pending = b""
+        while True:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                data = b""
+            if not data:
+                break
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                with self._lock:
+                    self.lines.append(line.rstrip(b"\r").decode(errors="replace"))
+                    self._new_line.notify_all()
+        os.close(self._master)
+        with self._lock:
+            if pending:
+                self.lines.append(pending.decode(errors="replace"))
+            self._ended = True
+            self._new_line.notify_all()
+
+    def wait_line(self, pattern, timeout=WAIT):
+        """The match of regular expression `pattern` in the first output line it matches; fails
+        after `timeout` or when the program's output ends first."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._lock:
+            while True:
+                for line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    why = "its output ended (status %s)" % self.proc.poll() if self._ended else \
+                        "%.0f s passed" % timeout
+                    raise AssertionError("%s: no line matching %r before %s; output:\n%s"
+                                         % (os.path.basename(self.args[0]), pattern, why,
+                                            "\n".join(self.lines[-200:])))
+                self._new_line.wait(left)
+
+    def output(self):
+        with self._lock:
+            return "\n".join(self.lines[-200:])
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def terminate(self, timeout=WAIT):
+        """SIGTERM and wait: returns (exit status, seconds it took), or (None, timeout) when the
+        program had to be killed."""
+        start = time.monotonic()
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None, timeout
+        took = time.monotonic() - start
+        self._reader.join(timeout=WAIT)
+        return status, took
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+        self._reader.join(timeout=WAIT)
 
 
 # ---------------------------------------------------------------------------------------------
