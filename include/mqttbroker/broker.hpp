@@ -323,21 +323,16 @@ class broker {
     c.on_protocol_violation(ec);
   }
 
+  /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
+  /// code for it) by closing.
   template <class Error>
   void refuse_connect(connection_type& c, codec::protocol_version v, Error e) {
     const std::error_code ec = e;
-    codec::connack ack;
-    if (v == codec::protocol_version::v5) {
-      ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
-    } else {
-      auto rc = to_connack_return_code(ec);
-      if (!rc) return violation(c, ec);
-      ack.code = static_cast<std::uint8_t>(*rc);
-    }
-    c.version_ = v;
-    c.enqueue(ack, v);
-    c.closing_ = true;
-    c.close(reason_code::unspecified_error, false, false);
+    if (v == codec::protocol_version::v5)
+      return refuse_connect_code(c, v, to_reason_code(ec), connack_return_code::accepted);
+    auto rc = to_connack_return_code(ec);
+    if (!rc) return violation(c, ec);
+    refuse_connect_code(c, v, reason_code::unspecified_error, *rc);
   }
 
   void refuse_connect_code(connection_type& c, codec::protocol_version v, reason_code rc5, connack_return_code rc3) {

@@ -1800,9 +1800,8 @@ struct size_acc {
     n += 2 + s.size();
   }
   void props(protocol_version v, const properties_view& p) noexcept {
-    if (is_v5_enc(v)) n += p.wire_size();
+    if (v == protocol_version::v5) n += p.wire_size();
   }
-  static constexpr bool is_v5_enc(protocol_version v) noexcept { return v == protocol_version::v5; }
 };
 
 inline void write_props(writer& w, protocol_version v, const properties_view& p) noexcept {
@@ -5528,21 +5527,16 @@ class broker {
     c.on_protocol_violation(ec);
   }
 
+  /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
+  /// code for it) by closing.
   template <class Error>
   void refuse_connect(connection_type& c, codec::protocol_version v, Error e) {
     const std::error_code ec = e;
-    codec::connack ack;
-    if (v == codec::protocol_version::v5) {
-      ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
-    } else {
-      auto rc = to_connack_return_code(ec);
-      if (!rc) return violation(c, ec);
-      ack.code = static_cast<std::uint8_t>(*rc);
-    }
-    c.version_ = v;
-    c.enqueue(ack, v);
-    c.closing_ = true;
-    c.close(reason_code::unspecified_error, false, false);
+    if (v == codec::protocol_version::v5)
+      return refuse_connect_code(c, v, to_reason_code(ec), connack_return_code::accepted);
+    auto rc = to_connack_return_code(ec);
+    if (!rc) return violation(c, ec);
+    refuse_connect_code(c, v, reason_code::unspecified_error, *rc);
   }
 
   void refuse_connect_code(connection_type& c, codec::protocol_version v, reason_code rc5, connack_return_code rc3) {

@@ -32,9 +32,8 @@ struct size_acc {
     n += 2 + s.size();
   }
   void props(protocol_version v, const properties_view& p) noexcept {
-    if (is_v5_enc(v)) n += p.wire_size();
+    if (v == protocol_version::v5) n += p.wire_size();
   }
-  static constexpr bool is_v5_enc(protocol_version v) noexcept { return v == protocol_version::v5; }
 };
 
 inline void write_props(writer& w, protocol_version v, const properties_view& p) noexcept {
