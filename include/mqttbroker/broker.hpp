@@ -5,6 +5,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/connection.hpp>
+#include <mqttbroker/detail/fifo.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/locking/none.hpp>
@@ -69,6 +70,7 @@ struct broker_stats {
   std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
+  std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::size_t connections = 0;
   std::size_t sessions = 0;
   std::size_t retained_messages = 0;
@@ -206,6 +208,7 @@ class broker {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.reader_pauses = hot_.pauses.load();
     s.connections = connections_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -234,7 +237,7 @@ class broker {
 
  public:
   /// A client session as the broker keeps it: the MQTT state plus where it is connected.
-  struct session_record : subscriber {
+  struct session_record : subscriber, std::enable_shared_from_this<session_record> {
     explicit session_record(std::string id, session::limits l) : state(std::move(id), l) {}
     session::state state;
     connection_type* conn = nullptr;  // the live connection, if any
@@ -245,7 +248,7 @@ class broker {
     // With locking::shared, publishers holding the state lock shared meet here; every other
     // change to the session holds the state lock exclusively.
     MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type mutex;
-    std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
+    detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
     std::size_t outbox_bytes = 0;
     bool pump_scheduled = false;
@@ -253,6 +256,10 @@ class broker {
     message_ptr pending_will;
     std::uint64_t will_generation = 0;
     std::unique_ptr<asio::steady_timer> will_timer;
+    // Publisher pacing: connections that stopped reading because this session's client was
+    // behind; resumed when it catches up, leaves, or is found stuck. Under `mutex`.
+    std::vector<std::shared_ptr<connection_type>> paced;
+    std::atomic<bool> has_paced{false};  // read without the lock on every write completion
   };
 
  private:
@@ -535,10 +542,10 @@ class broker {
 
     switch (p.qos_level) {
       case codec::qos::at_most_once:
-        if (allowed) publish_message(std::move(m), c.session());
+        if (allowed) publish_message(std::move(m), c.session(), true, &c);
         return;
       case codec::qos::at_least_once: {
-        std::size_t n = allowed ? publish_message(std::move(m), c.session()) : 0;
+        std::size_t n = allowed ? publish_message(std::move(m), c.session(), true, &c) : 0;
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
@@ -560,7 +567,7 @@ class broker {
         if (over_limit && v5) return violation(c, protocol_errc::receive_maximum_exceeded);
         std::size_t n = 0;
         // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
-        if (fresh && allowed) n = publish_message(std::move(m), rec);
+        if (fresh && allowed) n = publish_message(std::move(m), rec, true, &c);
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
@@ -730,8 +737,9 @@ class broker {
 
   // ---- routing
 
-  /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local).
-  std::size_t publish_message(message_ptr m, session_record* from, bool count = true) {
+  /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
+  /// `reader` the connection it came from, paced when a subscriber is behind.
+  std::size_t publish_message(message_ptr m, session_record* from, bool count = true, connection_type* reader = nullptr) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
@@ -748,7 +756,7 @@ class broker {
         hot_.sent.fetch_add(1);
         local.push_back(s->handler);
       } else {
-        deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d);
+        deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
       }
     };
     if (m->retain() || !locking_type::thread_safe) {
@@ -774,7 +782,7 @@ class broker {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d) {
+  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d, connection_type* reader) {
     std::lock_guard<mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
@@ -793,9 +801,68 @@ class broker {
       hot_.dropped.fetch_add(1);
       return;
     }
-    if (adm != session::admission::send) return;
-    hot_.sent.fetch_add(1);
-    send_to(rec, o);
+    if (adm == session::admission::send) {
+      hot_.sent.fetch_add(1);
+      send_to(rec, o);
+    }
+    if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
+        behind(*rec, *c, reader->read_time_, 1)) {
+      // The reader stops after this packet (see connection::take_input) and waits for this client.
+      reader->pace_target_ = rec->shared_from_this();
+    }
+  }
+
+  /// Whether a connected session's client is more than the pacing thresholds behind (divided by
+  /// `divisor`: 2 for the low-water mark) and still moving. rec->mutex held.
+  bool behind(const session_record& rec, const connection_type& c, clock::time_point now, std::size_t divisor) const {
+    if (!opts_.pace_publishers) return false;
+    const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
+    if (backlog <= opts_.pacing_backlog_bytes / divisor && rec.state.queued_count() <= opts_.pacing_queued_messages / divisor)
+      return false;
+    // A client that has neither read nor sent anything for a while is stuck, not slow: pausing
+    // everyone for it would let one client stall the others.
+    return now - c.last_progress() < opts_.stuck_client_timeout;
+  }
+
+  /// After a packet reached a session that is behind: pauses `reader` on it, unless it caught up
+  /// meanwhile. True when paused. On the reader's executor.
+  bool pause_reader(connection_type& reader) {
+    std::shared_ptr<session_record> target = std::move(reader.pace_target_);
+    std::shared_lock<mutex_type> lk(state_mutex_);
+    std::lock_guard<mutex_type> session_lock(target->mutex);
+    const connection_type* c = target->conn;
+    if (c == nullptr || !behind(*target, *c, reader.read_time_, 1)) return false;
+    reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
+    reader.paused_.store(true, std::memory_order_relaxed);
+    reader.update_deadline();
+    target->paced.push_back(reader.shared_from_this());
+    target->has_paced.store(true, std::memory_order_relaxed);
+    hot_.pauses.fetch_add(1);
+    return true;
+  }
+
+  /// A write to `c` completed or its session's queue moved: resumes the readers paced on it once
+  /// it is half-way back under the thresholds. On c's executor.
+  void on_write_progress(connection_type& c) {
+    session_record* rec = c.session();
+    if (rec == nullptr || !rec->has_paced.load(std::memory_order_relaxed)) return;
+    std::vector<std::shared_ptr<connection_type>> wake;
+    {
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      std::lock_guard<mutex_type> session_lock(rec->mutex);
+      if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
+      wake.swap(rec->paced);
+      rec->has_paced.store(false, std::memory_order_relaxed);
+    }
+    resume_all(wake);
+  }
+
+  static void resume_all(std::vector<std::shared_ptr<connection_type>>& readers) {
+    for (auto& r : readers) {
+      auto ex = r->get_executor();
+      asio::post(ex, [r = std::move(r)] { r->resume(); });
+    }
+    readers.clear();
   }
 
   /// Payload bytes admitted for the connection's strand and not yet taken by it. state_mutex_ held.
@@ -827,6 +894,12 @@ class broker {
 
   /// Moves queued and retained messages into flight as the window and the socket allow.
   void pump(connection_type& c) {
+    typename connection_type::flush_scope batch;  // one write for all it sends
+    fill(c);
+    on_write_progress(c);
+  }
+
+  void fill(connection_type& c) {
     session_record* rec = c.session();
     if (rec == nullptr || !c.is_open()) return;
     std::lock_guard<mutex_type> lk(state_mutex_);
@@ -864,6 +937,7 @@ class broker {
     message_ptr will = std::move(c.will_);
     std::shared_ptr<session_record> rec = std::move(c.session_);
     const std::string client_id = c.client_id_;
+    std::vector<std::shared_ptr<connection_type>> paced;
     if (graceful || stopping_) will = message_ptr();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -874,6 +948,12 @@ class broker {
       }
       // A connection that lost its session to a takeover leaves the session alone.
       if (rec && rec->conn == &c) {
+        {
+          // Readers waiting for this client go on: it is gone, and offline queues have limits.
+          std::lock_guard<mutex_type> session_lock(rec->mutex);
+          paced.swap(rec->paced);
+          rec->has_paced.store(false, std::memory_order_relaxed);
+        }
         rec->conn = nullptr;
         rec->conn_owner.reset();
         rec->retained_backlog.clear();
@@ -893,6 +973,7 @@ class broker {
       }
       if (stopping_ && connections_.empty()) complete_stop();
     }
+    resume_all(paced);
     if (c.connected_) {
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(client_id, graceful);
     }
@@ -949,16 +1030,23 @@ class broker {
     }
   }
 
-  // ---- persistent session expiry
+  // ---- the sweep: connection deadlines, stuck pauses, session expiry, $SYS
+
+  /// Twice a second: connection deadlines (CONNECT timeout, Keep Alive) are met within half a
+  /// second, with one timer for the broker rather than one per connection.
+  static constexpr std::chrono::milliseconds sweep_interval{500};
 
   void arm_sweep() {
-    sweep_timer_.expires_after(std::chrono::seconds(1));
+    sweep_timer_.expires_after(sweep_interval);
     sweep_timer_.async_wait([this](std::error_code ec) {
       if (ec || stopping_) return;
-      sweep_expired_sessions();
-      if (opts_.sys_interval.count() != 0 && ++seconds_since_sys_ >= opts_.sys_interval.count()) {
-        seconds_since_sys_ = 0;
-        publish_sys();
+      sweep_connections();
+      if (++sweep_ticks_ % 2 == 0) {
+        sweep_expired_sessions();
+        if (opts_.sys_interval.count() != 0 && ++seconds_since_sys_ >= opts_.sys_interval.count()) {
+          seconds_since_sys_ = 0;
+          publish_sys();
+        }
       }
       arm_sweep();
     });
@@ -983,6 +1071,27 @@ class broker {
     };
     for (const auto& f : figures)
       publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, false);
+  }
+
+  /// Connections past their CONNECT or Keep Alive deadline check it on their own executor;
+  /// readers paused longer than stuck_client_timeout go on (their subscriber is stuck).
+  void sweep_connections() {
+    const auto now = clock::now();
+    const auto stuck_before = (now - opts_.stuck_client_timeout).time_since_epoch().count();
+    std::vector<std::shared_ptr<connection_type>> due, stuck;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      for (const auto& c : connections_) {
+        if (c->deadline_passed(now)) due.push_back(c);
+        if (c->paused_.load(std::memory_order_relaxed) && c->paused_at_.load(std::memory_order_relaxed) < stuck_before)
+          stuck.push_back(c);
+      }
+    }
+    for (auto& c : due) {
+      auto ex = c->get_executor();
+      asio::post(ex, [c = std::move(c)] { c->check_deadline(); });
+    }
+    resume_all(stuck);
   }
 
   void sweep_expired_sessions() {
@@ -1052,6 +1161,10 @@ class broker {
     std::lock_guard<mutex_type> lk(state_mutex_);
     ++stats_.connect_timeouts;
   }
+  void count_keep_alive_timeout() {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++stats_.keep_alive_timeouts;
+  }
 
   static constexpr std::size_t write_pacing_bytes = 64 * 1024;
 
@@ -1072,13 +1185,14 @@ class broker {
   broker_stats stats_;  // state_mutex_, but for the three counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   bool started_ = false;                  // control_ex_
   clock::time_point started_at_{};        // control_ex_
   std::int64_t seconds_since_sys_ = 0;    // control_ex_
+  std::uint64_t sweep_ticks_ = 0;         // control_ex_
   std::atomic<bool> stopping_{false};     // read by connections on any thread
 };
 

@@ -45,6 +45,19 @@
   }                              \
   }
 
+// AddressSanitizer: GCC says __SANITIZE_ADDRESS__, Clang __has_feature. Memory we cache instead of
+// freeing is poisoned under it, so a use after release is still reported.
+#if defined(__SANITIZE_ADDRESS__)
+#define MQTTBROKER_HAS_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MQTTBROKER_HAS_ASAN 1
+#endif
+#endif
+#ifndef MQTTBROKER_HAS_ASAN
+#define MQTTBROKER_HAS_ASAN 0
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define MQTTBROKER_LIKELY(x) __builtin_expect(!!(x), 1)
 #define MQTTBROKER_UNLIKELY(x) __builtin_expect(!!(x), 0)

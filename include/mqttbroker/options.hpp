@@ -30,6 +30,16 @@ struct broker_options {
   /// Payload bytes waiting per session; 0 means no byte limit.
   std::size_t max_queued_bytes = 16 * 1024 * 1024;
   overflow_policy queue_overflow = overflow_policy::drop_new;
+  /// Publisher pacing: a client whose messages reach a subscriber that is behind (more than
+  /// pacing_backlog_bytes not yet written to it, or more than pacing_queued_messages waiting in
+  /// its session) stops being read until that subscriber has caught up by half. The queue limits
+  /// above then only bite for clients that stop reading: one whose socket and acknowledgements
+  /// have not moved for stuck_client_timeout no longer holds publishers back, and loses QoS 0
+  /// and queue overflow instead (counted in messages_dropped).
+  bool pace_publishers = true;
+  std::size_t pacing_backlog_bytes = 256 * 1024;
+  std::size_t pacing_queued_messages = 256;
+  std::chrono::milliseconds stuck_client_timeout{2'000};
   /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto: queue_qos0_messages false).
   bool queue_qos0_offline = false;
   /// Subscriptions one client may hold.

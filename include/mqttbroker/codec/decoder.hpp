@@ -6,6 +6,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/byte_pool.hpp>
 #include <mqttbroker/error.hpp>
 
 #include <cstddef>
@@ -427,7 +428,7 @@ class decoder {
             if (auto ec = dispatch(body, go, on_packet)) return fail(res, pos, ec);
           } else {
             const std::size_t take = avail < need ? avail : need;
-            partial_.insert(partial_.end(), data + pos, data + pos + take);
+            partial_.append(data + pos, take);
             pos += take;
             if (partial_.size() < header_.remaining_length) break;
             std::error_code ec = dispatch(partial_.data(), go, on_packet);
@@ -495,11 +496,8 @@ class decoder {
     return {};
   }
 
-  void release_partial() noexcept {
-    partial_.clear();
-    // One large packet must not pin its buffer for the life of the connection.
-    if (partial_.capacity() > 4096) std::vector<std::uint8_t>().swap(partial_);
-  }
+  // The block goes back to its pool at once: a connection between packets holds no buffer.
+  void release_partial() noexcept { partial_.reset(); }
 
   result& fail(result& res, std::size_t pos, std::error_code ec) noexcept {
     failed_ = ec;
@@ -513,7 +511,7 @@ class decoder {
   state state_ = state::first_byte;
   unsigned length_bytes_ = 0;
   fixed_header header_;
-  std::vector<std::uint8_t> partial_;
+  ::mqttbroker::detail::pooled_bytes partial_;
   std::error_code failed_;
   packet packet_;
 };

@@ -5,22 +5,23 @@
 #include <mqttbroker/codec/encoder.hpp>
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/byte_pool.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/session/state.hpp>
 
-#include <asio/bind_executor.hpp>
 #include <asio/buffer.hpp>
+#include <asio/error.hpp>
 #include <asio/post.hpp>
 #include <asio/socket_base.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/write.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -29,56 +30,140 @@
 MQTTBROKER_BEGIN_NAMESPACE
 namespace detail {
 
-/// One packet waiting to be written: its encoded header in the connection's header arena, and
-/// for a PUBLISH the message whose payload follows it on the wire.
-struct pending_packet {
-  std::size_t header_offset;
-  std::size_t header_size;
-  message_ptr payload;  // empty for packets without one
+/// Bytes of a batch: a run in the batch's arena, or a payload that stays in its message.
+struct write_segment {
+  std::size_t offset;
+  std::size_t size;
+  message_ptr payload;  // set: the bytes are this message's payload, not the arena's
 };
 
-/// The bytes and messages of a batch of packets, written with one gather write.
+/// A batch of packets written with one gather write. Headers, and payloads small enough that
+/// copying beats another iovec and a reference count, go into the arena back to back, so a burst
+/// of small messages is one buffer; a larger payload is referenced where it is.
 struct write_batch {
-  std::vector<std::uint8_t> headers;
-  std::vector<pending_packet> packets;
+  /// Payloads up to this size are copied next to their header.
+  static constexpr std::size_t inline_payload_limit = 512;
+
+  std::vector<std::uint8_t> arena;
+  std::vector<write_segment> segments;
+  std::vector<asio::const_buffer> iov;  // built when the batch starts writing
   std::size_t bytes = 0;
 
+  bool empty() const noexcept { return segments.empty(); }
+
   void clear() noexcept {
-    headers.clear();
-    packets.clear();
+    arena.clear();
+    segments.clear();
+    iov.clear();
     bytes = 0;
   }
-  bool empty() const noexcept { return packets.empty(); }
 
-  /// Encodes a whole packet into the header arena.
+  /// Encodes a whole packet into the arena.
   template <class Packet>
   void add(const Packet& p, codec::protocol_version v) {
     std::size_t size = 0;
     if (codec::encoded_size(p, v, size)) return;  // our own packets always fit; nothing to send otherwise
-    const std::size_t off = headers.size();
-    headers.resize(off + size);
     std::size_t written = 0;
-    codec::encode(p, v, headers.data() + off, size, written);
-    packets.push_back({off, written, message_ptr()});
-    bytes += written;
+    codec::encode(p, v, extend(size), size, written);
+    bytes += size;
   }
 
-  /// Encodes a PUBLISH's header; the payload stays in the message.
+  /// Encodes a PUBLISH's header, then copies or references its payload.
   bool add_publish(const codec::publish& p, codec::protocol_version v, const message_ptr& m) {
     std::size_t size = 0;
     if (codec::publish_header_size(p, v, size)) return false;
-    const std::size_t off = headers.size();
-    headers.resize(off + size);
+    const std::size_t payload = p.payload.size();
+    const bool inline_payload = payload <= inline_payload_limit;
+    std::uint8_t* out = extend(inline_payload ? size + payload : size);
     std::size_t written = 0;
-    codec::encode_publish_header(p, v, headers.data() + off, size, written);
-    packets.push_back({off, written, m});
-    bytes += written + p.payload.size();
+    codec::encode_publish_header(p, v, out, size, written);
+    if (inline_payload) {
+      if (payload != 0) std::memcpy(out + size, p.payload.data(), payload);
+    } else {
+      segments.push_back({0, payload, m});
+    }
+    bytes += size + payload;
     return true;
+  }
+
+  /// The gather list, in order.
+  void build_iov() {
+    iov.clear();
+    for (const write_segment& s : segments) {
+      if (s.payload)
+        iov.emplace_back(s.payload->payload().data(), s.size);
+      else
+        iov.emplace_back(arena.data() + s.offset, s.size);
+    }
+  }
+
+  /// Keeps a pooled batch from pinning the memory of one large burst.
+  void trim() {
+    constexpr std::size_t keep = 64 * 1024;
+    if (arena.capacity() > keep) std::vector<std::uint8_t>().swap(arena);
+    if (segments.capacity() > keep / sizeof(write_segment)) std::vector<write_segment>().swap(segments);
+    if (iov.capacity() > keep / sizeof(asio::const_buffer)) std::vector<asio::const_buffer>().swap(iov);
+  }
+
+ private:
+  /// `n` more arena bytes, joined to the last arena segment when adjacent.
+  std::uint8_t* extend(std::size_t n) {
+    const std::size_t off = arena.size();
+    arena.resize(off + n);
+    if (!segments.empty() && !segments.back().payload && segments.back().offset + segments.back().size == off)
+      segments.back().size += n;
+    else
+      segments.push_back({off, n, message_ptr()});
+    return arena.data() + off;
   }
 };
 
-/// One client connection: reads and decodes packets, hands them to the broker, and writes what
-/// the broker queues in batches, one gather write at a time. Kept alive by its pending handlers.
+/// Write batches kept per thread between bursts: a connection holds one only while it has
+/// something to send, so an idle connection costs no write memory, and a busy one allocates none.
+class write_batch_pool {
+ public:
+  static std::unique_ptr<write_batch> acquire() {
+    auto& free = local();
+    if (free.items.empty()) return std::make_unique<write_batch>();
+    std::unique_ptr<write_batch> b = std::move(free.items.back());
+    free.items.pop_back();
+    return b;
+  }
+  static void release(std::unique_ptr<write_batch> b) {
+    if (!b) return;
+    b->clear();
+    auto& free = local();
+    if (free.items.size() >= max_cached) return;  // freed here
+    b->trim();
+    free.items.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr std::size_t max_cached = 256;
+  struct cache {
+    std::vector<std::unique_ptr<write_batch>> items;
+  };
+  static cache& local() {
+    static thread_local cache c;
+    return c;
+  }
+};
+
+/// A pointer range as an Asio buffer sequence, so a write can start anywhere in a batch.
+struct const_buffer_range {
+  using value_type = asio::const_buffer;
+  using const_iterator = const asio::const_buffer*;
+  const asio::const_buffer* first;
+  const asio::const_buffer* last;
+  const_iterator begin() const noexcept { return first; }
+  const_iterator end() const noexcept { return last; }
+};
+
+/// One client connection: waits for its socket to be readable, reads into a buffer shared by
+/// the thread's connections, decodes, hands packets to the broker, and writes what the broker
+/// queues in batches. Kept alive by its pending operations. Between packets it holds no read
+/// buffer and no write buffer: only a split packet's bytes, or a paused reader's unread input,
+/// stay with the connection.
 template <class Broker>
 class connection : public std::enable_shared_from_this<connection<Broker>> {
  public:
@@ -89,16 +174,37 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   connection(Broker& b, stream_type s)
       : broker_(b),
         stream_(std::move(s)),
-        timer_(stream_.get_executor()),
         decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}) {}
 
   auto get_executor() { return stream_.get_executor(); }
 
   void start() {
     last_packet_ = clock::now();
-    arm_timer(broker_.options().connect_timeout);
+    note_progress(last_packet_);
+    update_deadline();
     read();
   }
+
+  /// Defers the writes a handler queues to its end, so that everything one read produces (for
+  /// every connection it reaches on this thread) leaves in one write per connection, not the
+  /// first packet alone. Nested scopes flush at the outermost.
+  class flush_scope {
+   public:
+    flush_scope() noexcept { ++pending().depth; }
+    flush_scope(const flush_scope&) = delete;
+    flush_scope& operator=(const flush_scope&) = delete;
+    ~flush_scope() {
+      auto& p = pending();
+      if (--p.depth != 0) return;
+      // A flush may complete synchronously on some transports and queue more: index, not iterate.
+      for (std::size_t i = 0; i < p.connections.size(); ++i) {
+        std::shared_ptr<connection> c = std::move(p.connections[i]);
+        c->flush_deferred_ = false;
+        c->flush();
+      }
+      p.connections.clear();
+    }
+  };
 
   // ---- called by the broker, on this connection's executor
 
@@ -107,7 +213,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   const std::string& client_id() const noexcept { return client_id_; }
   bool is_open() const noexcept { return !closed_; }
 
-  /// Queues a PUBLISH for this client and starts a write if none is in flight.
+  /// Queues a PUBLISH for this client; it goes out with the batch.
   void send_publish(const session::outgoing& o) {
     // Closing: a DISCONNECT may be queued, and nothing follows it [MQTT-3.14.4-1]. A QoS 1/2
     // message stays in flight in the session and is re-sent on reconnect.
@@ -119,30 +225,37 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     p.retain = o.retain;
     p.dup = o.dup;
     p.packet_id = o.packet_id;
-    codec::properties_builder& props = props_scratch_;
     if (version_ == codec::protocol_version::v5) {
       if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+        static thread_local codec::properties_builder props;
         props.clear();
         for (const codec::property& pr : o.msg->properties()) props.add(pr);
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
         p.properties = props.view();
       }
     }
-    const std::size_t before = queued_.bytes;
-    if (!queued_.add_publish(p, version_, o.msg)) return;
-    note_queued(queued_.bytes - before);
-    flush();
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    if (!q.add_publish(p, version_, o.msg)) return;
+    note_queued(q.bytes - before);
+    request_flush();
   }
 
   /// Bytes queued or being written and not yet taken by the socket. Readable from any thread
   /// (a publisher's, to drop QoS 0 for a client that stopped reading); written only here.
   std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
 
+  /// When this client last read something we wrote or sent us bytes (any thread may ask): a
+  /// connection with a backlog and no progress for a while has stopped reading.
+  clock::time_point last_progress() const noexcept {
+    return clock::time_point(clock::duration(last_progress_.load(std::memory_order_relaxed)));
+  }
+
   template <class Packet>
   void send(const Packet& p) {
     if (closed_ || closing_) return;
     enqueue(p, version_);
-    flush();
+    request_flush();
   }
 
   /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
@@ -156,7 +269,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     closing_ = true;
     graceful_ = graceful_ || graceful;
     if (!write_in_flight_) {
-      if (!queued_.empty()) {
+      if (queued_ && !queued_->empty()) {
         flush();
         return;  // the write's completion finishes the close
       }
@@ -174,33 +287,96 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
  private:
   friend Broker;
 
-  void read() {
-    if (closing_ || closed_) return;
-    if (!read_buffer_) read_buffer_ = std::make_unique<std::uint8_t[]>(read_buffer_size);
-    stream_.async_read_some(asio::buffer(read_buffer_.get(), read_buffer_size),
-                            [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
-                              self->on_read(ec, n);
-                            });
+  /// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
+  /// the memory a paused connection holds.
+  static constexpr std::size_t read_chunk = 16 * 1024;
+  /// Reads per readiness before the connection yields to others on its thread.
+  static constexpr int reads_per_wake = 4;
+  /// The most buffers one gather write passes to the socket (Asio's own cap per call is 64).
+  static constexpr std::size_t max_write_buffers = 64;
+
+  struct flush_list {
+    int depth = 0;
+    std::vector<std::shared_ptr<connection>> connections;
+  };
+  static flush_list& pending() {
+    static thread_local flush_list p;
+    return p;
   }
 
-  void on_read(std::error_code ec, std::size_t n) {
+  static std::uint8_t* read_buffer() {
+    // One per thread: connections of a thread read and decode one after another.
+    static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
+    return buf.get();
+  }
+
+  void read() {
+    if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
+    stream_.async_wait(asio::socket_base::wait_read,
+                       [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); });
+  }
+
+  void on_readable(std::error_code ec) {
     if (closed_) return;
     if (ec) {
       closing_ = true;
-      finish_close();  // socket error or EOF without DISCONNECT: an ungraceful end
+      finish_close();  // socket error
       return;
     }
     // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
     // connection has no session any more. The pending write's completion finishes the close.
     if (closing_) return;
-    const auto res = decoder_.feed(read_buffer_.get(), n, [this](codec::packet& p) {
-      last_packet_ = clock::now();
+    flush_scope scope;
+    std::uint8_t* buf = read_buffer();
+    for (int round = 0; round < reads_per_wake; ++round) {
+      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) {
+        closing_ = true;
+        finish_close();  // EOF without DISCONNECT, or a socket error: an ungraceful end
+        return;
+      }
+      if (!take_input(buf, n)) return;
+      if (n < read_chunk) break;  // the socket is drained
+    }
+    read();
+  }
+
+  /// Decodes and handles `n` bytes. False when the connection stopped reading: it is closing,
+  /// or paused, with what it did not decode kept in unread_.
+  bool take_input(const std::uint8_t* data, std::size_t n) {
+    const auto now = clock::now();  // once per read, not per packet
+    note_progress(now);
+    read_time_ = now;
+    const auto res = decoder_.feed(data, n, [this, now](codec::packet& p) {
+      last_packet_ = now;
       broker_.handle_packet(*this, p);
-      return !closing_;
+      return !closing_ && !pace_target_;
     });
     if (res.ec) {
       on_protocol_violation(res.ec);
-      return;
+      return false;
+    }
+    if (closing_ || closed_) return false;
+    if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
+    update_deadline();
+    if (pace_target_) return !broker_.pause_reader(*this);
+    return true;
+  }
+
+  /// Reads again after a pause: first what was read and not decoded, then the socket. Called
+  /// on this connection's executor.
+  void resume() {
+    if (!paused_.load(std::memory_order_relaxed) || closed_) return;
+    paused_.store(false, std::memory_order_relaxed);
+    // The silence was ours, not the client's: Keep Alive counts from now.
+    last_packet_ = clock::now();
+    update_deadline();
+    if (closing_) return;
+    flush_scope scope;
+    if (!unread_.empty()) {
+      pooled_bytes input = std::move(unread_);
+      if (!take_input(input.data(), input.size())) return;
     }
     read();
   }
@@ -228,59 +404,96 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     close(to_reason_code(ec), true, false);
   }
 
+  write_batch& queue() {
+    if (!queued_) queued_ = write_batch_pool::acquire();
+    return *queued_;
+  }
+
   /// Queues a packet without starting a write (the caller flushes or closes).
   template <class Packet>
   void enqueue(const Packet& p, codec::protocol_version v) {
-    const std::size_t before = queued_.bytes;
-    queued_.add(p, v);
-    note_queued(queued_.bytes - before);
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    q.add(p, v);
+    note_queued(q.bytes - before);
   }
 
   void note_queued(std::size_t n) noexcept {
     unsent_.store(unsent_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
 
-  void flush() {
-    if (write_in_flight_ || queued_.empty() || closed_) return;
-    std::swap(queued_, writing_);
-    buffers_.clear();
-    for (const pending_packet& pk : writing_.packets) {
-      buffers_.emplace_back(writing_.headers.data() + pk.header_offset, pk.header_size);
-      if (pk.payload && !pk.payload->payload().empty())
-        buffers_.emplace_back(pk.payload->payload().data(), pk.payload->payload().size());
-    }
-    write_in_flight_ = true;
-    asio::async_write(stream_, buffers_, [self = this->shared_from_this()](std::error_code ec, std::size_t) {
-      self->on_written(ec);
-    });
+  void note_progress(clock::time_point t) noexcept {
+    last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
   }
 
-  void on_written(std::error_code ec) {
+  void request_flush() {
+    auto& p = pending();
+    if (p.depth == 0) return flush();
+    if (flush_deferred_) return;
+    flush_deferred_ = true;
+    p.connections.push_back(this->shared_from_this());
+  }
+
+  void flush() {
+    if (write_in_flight_ || closed_ || !queued_ || queued_->empty()) return;
+    write_batch_pool::release(std::move(writing_));
+    writing_ = std::move(queued_);
+    writing_->build_iov();
+    write_pos_ = 0;
+    write_some();
+  }
+
+  void write_some() {
+    write_in_flight_ = true;
+    const auto& iov = writing_->iov;
+    const std::size_t end = std::min(iov.size(), write_pos_ + max_write_buffers);
+    stream_.async_write_some(const_buffer_range{iov.data() + write_pos_, iov.data() + end},
+                             [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
+                               self->on_written(ec, n);
+                             });
+  }
+
+  void on_written(std::error_code ec, std::size_t n) {
     write_in_flight_ = false;
-    unsent_.store(unsent_.load(std::memory_order_relaxed) - writing_.bytes, std::memory_order_relaxed);
-    writing_.clear();
+    unsent_.store(unsent_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
     if (closed_) return;
     if (ec) {
       closing_ = true;
       finish_close();
       return;
     }
-    if (!queued_.empty()) {
-      flush();
+    note_progress(clock::now());
+    flush_scope scope;
+    auto& iov = writing_->iov;
+    while (n != 0) {
+      asio::const_buffer& b = iov[write_pos_];
+      if (n >= b.size()) {
+        n -= b.size();
+        ++write_pos_;
+      } else {
+        b += n;
+        n = 0;
+      }
+    }
+    if (write_pos_ < iov.size()) {
+      write_some();
+      broker_.on_write_progress(*this);
       return;
     }
+    // The batch is out: its payload references go now, and its buffers back to the pool.
+    write_batch_pool::release(std::move(writing_));
+    broker_.on_write_progress(*this);
+    if (queued_ && !queued_->empty()) return flush();
     broker_.on_connection_drained(*this);
-    if (!queued_.empty()) {
-      flush();
-      return;
-    }
+    if (queued_ && !queued_->empty()) return flush();
+    write_batch_pool::release(std::move(queued_));
     if (closing_) finish_close();
   }
 
   void finish_close() {
     if (closed_) return;
     closed_ = true;
-    timer_.cancel();
+    unread_.reset();
     // The broker lets go of the session first: a client that sees the close and reconnects at
     // once must find a clean session already gone.
     broker_.on_connection_closed(*this, graceful_);
@@ -289,32 +502,46 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     stream_.close(ignored);
   }
 
-  void arm_timer(std::chrono::milliseconds after) {
-    timer_.expires_at(last_packet_ + after);
-    timer_.async_wait([self = this->shared_from_this()](std::error_code ec) {
-      if (!ec) self->on_timer();
-    });
+  // ---- deadlines, checked by the broker's sweep (no timer per connection)
+
+  using deadline_rep = clock::duration::rep;
+  static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
+
+  /// The CONNECT timeout before CONNACK, 1.5 times Keep Alive after; none while paused.
+  void update_deadline() noexcept {
+    deadline_rep d = no_deadline;
+    if (!connected_)
+      d = (accepted_ + broker_.options().connect_timeout).time_since_epoch().count();
+    else if (keep_alive_limit_.count() != 0 && !paused_.load(std::memory_order_relaxed))
+      d = (last_packet_ + keep_alive_limit_).time_since_epoch().count();
+    deadline_.store(d, std::memory_order_relaxed);
   }
 
-  void on_timer() {
-    if (closed_) return;
+  /// Any thread: whether the sweep should have this connection look at its deadline.
+  bool deadline_passed(clock::time_point now) const noexcept {
+    return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
+  }
+
+  /// On this connection's executor, when the sweep saw the deadline pass.
+  void check_deadline() {
+    if (closed_ || closing_) return;
+    const auto now = clock::now();
     if (!connected_) {
+      if (now < accepted_ + broker_.options().connect_timeout) return;
       // No complete CONNECT within the timeout: close without a word.
       broker_.count_connect_timeout();
       close(reason_code::maximum_connect_time, false, false);
       return;
     }
-    if (keep_alive_limit_.count() == 0) return;
-    const auto deadline = last_packet_ + keep_alive_limit_;
-    if (clock::now() >= deadline) {
+    if (keep_alive_limit_.count() == 0 || paused_.load(std::memory_order_relaxed)) return;
+    if (now >= last_packet_ + keep_alive_limit_) {
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
+      broker_.count_keep_alive_timeout();
       close(reason_code::keep_alive_timeout, true, false);
-      return;
     }
-    arm_timer(keep_alive_limit_);
   }
 
-  /// After CONNACK: the keep-alive timer replaces the CONNECT timeout.
+  /// After CONNACK: Keep Alive replaces the CONNECT timeout.
   void on_connected(codec::protocol_version v, std::string client_id, std::shared_ptr<session_record> s,
                     std::chrono::milliseconds keep_alive_limit) {
     connected_ = true;
@@ -322,34 +549,39 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     client_id_ = std::move(client_id);
     session_ = std::move(s);
     keep_alive_limit_ = keep_alive_limit;
-    timer_.cancel();
-    if (keep_alive_limit_.count() != 0) arm_timer(keep_alive_limit_);
+    update_deadline();
   }
-
-  static constexpr std::size_t read_buffer_size = 4 * 1024;
 
   Broker& broker_;
   stream_type stream_;
-  asio::steady_timer timer_;
   codec::decoder decoder_;
-  std::unique_ptr<std::uint8_t[]> read_buffer_;
-  write_batch queued_;
-  write_batch writing_;
-  std::vector<asio::const_buffer> buffers_;
-  std::atomic<std::size_t> unsent_{0};  // queued_.bytes + writing_.bytes
-  codec::properties_builder props_scratch_;
+  std::unique_ptr<write_batch> queued_;   // packets waiting for the write in flight
+  std::unique_ptr<write_batch> writing_;  // the batch being written
+  std::size_t write_pos_ = 0;             // first buffer of writing_->iov not fully written
+  pooled_bytes unread_;                   // read while pausing, not yet decoded
+  std::atomic<std::size_t> unsent_{0};    // bytes in queued_ and writing_ not yet written
+  std::atomic<deadline_rep> last_progress_{0};
+  std::atomic<deadline_rep> deadline_{no_deadline};
+  clock::time_point accepted_ = clock::now();
   clock::time_point last_packet_{};
+  clock::time_point read_time_{};
   std::chrono::milliseconds keep_alive_limit_{0};
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::string client_id_;
   // Shared with the broker's registry: a record the registry dropped (its session ended, or was
   // taken over and ended) stays valid here until this connection lets go of it.
   std::shared_ptr<session_record> session_;
+  // Publisher pacing: a session this connection's messages went to while its client was behind.
+  // The broker sets it while routing; after the packet, the connection pauses on it.
+  std::shared_ptr<session_record> pace_target_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::seconds will_delay_{0};  // 5.0 Will Delay Interval
+  std::atomic<deadline_rep> paused_at_{0};
+  std::atomic<bool> paused_{false};
   bool taken_over_ = false;
   bool connected_ = false;
   bool write_in_flight_ = false;
+  bool flush_deferred_ = false;
   bool closing_ = false;
   bool closed_ = false;
   bool graceful_ = false;  // DISCONNECT received: no will

@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/fifo.hpp>
 #include <mqttbroker/message.hpp>
 
 #include <algorithm>
@@ -270,8 +271,8 @@ class state {
   std::string client_id_;
   limits limits_;
   counters counters_;
-  std::deque<inflight_entry> inflight_;
-  std::deque<outgoing> queue_;
+  detail::fifo<inflight_entry> inflight_;
+  detail::fifo<outgoing> queue_;
   std::size_t queued_bytes_ = 0;
   std::uint16_t next_id_ = 0;
   static constexpr std::uint16_t small_window = 64;

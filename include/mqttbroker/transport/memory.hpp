@@ -331,6 +331,41 @@ class memory_stream {
     return asio::async_initiate<ReadToken, void(std::error_code, std::size_t)>(initiate_read{this}, token, buffers);
   }
 
+  /// Waits until a read would not block (bytes buffered, EOF or an error): void(std::error_code).
+  /// Only wait_read is supported; a stream's writes never wait.
+  template <class WaitToken>
+  auto async_wait(asio::socket_base::wait_type w, WaitToken&& token) {
+    return asio::async_initiate<WaitToken, void(std::error_code)>(initiate_wait{this}, token, w);
+  }
+
+  /// Reads what is buffered without waiting: would_block when nothing is, eof after the peer's
+  /// close or shutdown(send).
+  template <class MutableBufferSequence>
+  std::size_t read_some(const MutableBufferSequence& buffers, std::error_code& ec) {
+    ec = {};
+    if (!pipe_) {
+      ec = make_error(asio::error::bad_descriptor);
+      return 0;
+    }
+    std::lock_guard<std::mutex> lk(pipe_->mutex);
+    detail::memory_pipe_end& me = pipe_->ends[side_];
+    const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
+    if (me.receive_shut) {
+      ec = asio::error::eof;
+      return 0;
+    }
+    if (me.available() != 0) {
+      const std::size_t n = asio::buffer_copy(buffers, asio::buffer(me.inbox.data() + me.head, me.read_limit()));
+      me.consumed(n);
+      return n;
+    }
+    if (peer.closed || peer.send_shut)
+      ec = asio::error::eof;
+    else
+      ec = make_error(asio::error::would_block);
+    return 0;
+  }
+
   /// Writes some bytes (all of them unless max_write_size says otherwise): void(std::error_code, std::size_t).
   template <class ConstBufferSequence, class WriteToken>
   auto async_write_some(const ConstBufferSequence& buffers, WriteToken&& token) {
@@ -391,6 +426,19 @@ class memory_stream {
       self->start_read(std::decay_t<Handler>(std::forward<Handler>(handler)), buffers);
     }
   };
+  struct initiate_wait {
+    memory_stream* self;
+    template <class Handler>
+    void operator()(Handler&& handler, asio::socket_base::wait_type w) const {
+      self->start_wait(std::decay_t<Handler>(std::forward<Handler>(handler)), w);
+    }
+  };
+  /// A wait is a read into no buffer: woken like a read, it takes no bytes.
+  template <class Handler>
+  struct wait_completion {
+    Handler handler;
+    void operator()(std::error_code ec, std::size_t) { handler(ec); }
+  };
   struct initiate_write {
     memory_stream* self;
     template <class Handler, class Buffers>
@@ -425,6 +473,29 @@ class memory_stream {
       }
     }
     op.release()->complete(ec, n);
+  }
+
+  template <class Handler>
+  void start_wait(Handler handler, asio::socket_base::wait_type w) {
+    using completion = wait_completion<Handler>;
+    if (!pipe_) return detail::memory_post(ex_, std::move(handler), make_error(asio::error::bad_descriptor));
+    if (w != asio::socket_base::wait_read)
+      return detail::memory_post(ex_, std::move(handler), make_error(asio::error::operation_not_supported));
+    auto op = std::make_unique<detail::memory_read_op_impl<asio::mutable_buffer, completion>>(
+        asio::mutable_buffer(), completion{std::move(handler)}, ex_);
+    std::error_code ec;
+    {
+      std::lock_guard<std::mutex> lk(pipe_->mutex);
+      detail::memory_pipe_end& me = pipe_->ends[side_];
+      const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
+      if (me.reader != nullptr) {
+        ec = asio::error::already_started;
+      } else if (!(me.receive_shut || me.available() != 0 || peer.closed || peer.send_shut)) {
+        me.reader = op.release();
+        return;
+      }
+    }
+    op.release()->complete(ec, 0);
   }
 
   template <class Handler, class Buffers>

@@ -44,9 +44,12 @@ struct tcp {
   }
 
   /// Small MQTT packets must not wait for Nagle's algorithm; the broker batches writes itself.
+  /// Non-blocking: the broker waits for readability, then reads into a buffer it shares
+  /// between connections, and a read must never block the thread.
   static void prepare(stream_type& s) {
     std::error_code ignored;
     s.set_option(asio::ip::tcp::no_delay(true), ignored);
+    s.non_blocking(true, ignored);
   }
 };
 
