@@ -72,6 +72,19 @@
   }                              \
   }
 
+// AddressSanitizer: GCC says __SANITIZE_ADDRESS__, Clang __has_feature. Memory we cache instead of
+// freeing is poisoned under it, so a use after release is still reported.
+#if defined(__SANITIZE_ADDRESS__)
+#define MQTTBROKER_HAS_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MQTTBROKER_HAS_ASAN 1
+#endif
+#endif
+#ifndef MQTTBROKER_HAS_ASAN
+#define MQTTBROKER_HAS_ASAN 0
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define MQTTBROKER_LIKELY(x) __builtin_expect(!!(x), 1)
 #define MQTTBROKER_UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -1231,6 +1244,188 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_CODEC_PACKETS_HPP
 // end <mqttbroker/codec/packets.hpp>
+// begin <mqttbroker/detail/byte_pool.hpp>
+#ifndef MQTTBROKER_DETAIL_BYTE_POOL_HPP
+#define MQTTBROKER_DETAIL_BYTE_POOL_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#if MQTTBROKER_HAS_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace detail {
+
+/// Per-thread caches of byte blocks in a few fixed sizes, for buffers that come and go with
+/// traffic (a split packet's bytes, a paused reader's unread input). Blocks of one size are
+/// reused instead of returned to malloc, so thousands of connections holding such buffers for
+/// a moment neither fragment the heap nor pay malloc per packet. A block freed on another thread
+/// joins that thread's cache; each cache is bounded, the surplus goes back to the heap.
+class byte_pool {
+ public:
+  static constexpr std::size_t class_count = 4;
+  static constexpr std::size_t class_sizes[class_count] = {256, 1024, 4096, 16384};
+  static constexpr std::size_t cache_bytes_per_class = 256 * 1024;
+
+  /// A block of at least `n` bytes; `capacity` gets its real size (to pass back to release()).
+  static std::uint8_t* acquire(std::size_t n, std::size_t& capacity) {
+    const std::size_t c = class_of(n);
+    if (c == class_count) {
+      capacity = n;
+      return static_cast<std::uint8_t*>(::operator new(n));
+    }
+    capacity = class_sizes[c];
+    cache& k = local();
+    if (node* head = k.heads[c]) {
+#if MQTTBROKER_HAS_ASAN
+      ASAN_UNPOISON_MEMORY_REGION(head, capacity);
+#endif
+      k.heads[c] = head->next;
+      --k.counts[c];
+      return reinterpret_cast<std::uint8_t*>(head);
+    }
+    return static_cast<std::uint8_t*>(::operator new(capacity));
+  }
+
+  static void release(std::uint8_t* p, std::size_t capacity) noexcept {
+    if (p == nullptr) return;
+    const std::size_t c = class_of(capacity);
+    if (c == class_count || class_sizes[c] != capacity) {
+      ::operator delete(p);
+      return;
+    }
+    cache& k = local();
+    if (k.dead || k.counts[c] * capacity >= cache_bytes_per_class) {
+      ::operator delete(p);
+      return;
+    }
+    node* n = new (p) node{k.heads[c]};
+    k.heads[c] = n;
+    ++k.counts[c];
+#if MQTTBROKER_HAS_ASAN
+    // A cached block is not in use: touching it is a use after free.
+    ASAN_POISON_MEMORY_REGION(p, capacity);
+#endif
+  }
+
+ private:
+  struct node {
+    node* next;
+  };
+
+  struct cache {
+    node* heads[class_count] = {};
+    std::size_t counts[class_count] = {};
+    bool dead = false;
+    cache() = default;
+    cache(const cache&) = delete;
+    cache& operator=(const cache&) = delete;
+    ~cache() {
+      dead = true;  // blocks released during later thread-exit destructors go to the heap
+      for (std::size_t c = 0; c < class_count; ++c) {
+        while (node* n = heads[c]) {
+#if MQTTBROKER_HAS_ASAN
+          ASAN_UNPOISON_MEMORY_REGION(n, class_sizes[c]);
+#endif
+          heads[c] = n->next;
+          ::operator delete(n);
+        }
+      }
+    }
+  };
+
+  static std::size_t class_of(std::size_t n) noexcept {
+    for (std::size_t c = 0; c < class_count; ++c)
+      if (n <= class_sizes[c]) return c;
+    return class_count;
+  }
+
+  static cache& local() {
+    static thread_local cache k;
+    return k;
+  }
+};
+
+/// A growable byte buffer whose storage comes from byte_pool and goes back to it when reset, so
+/// an idle owner holds no memory at all.
+class pooled_bytes {
+ public:
+  pooled_bytes() noexcept = default;
+  pooled_bytes(const pooled_bytes&) = delete;
+  pooled_bytes& operator=(const pooled_bytes&) = delete;
+  pooled_bytes(pooled_bytes&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), capacity_(std::exchange(o.capacity_, 0)) {}
+  pooled_bytes& operator=(pooled_bytes&& o) noexcept {
+    if (this != &o) {
+      reset();
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+      capacity_ = std::exchange(o.capacity_, 0);
+    }
+    return *this;
+  }
+  ~pooled_bytes() { reset(); }
+
+  const std::uint8_t* data() const noexcept { return data_; }
+  std::uint8_t* data() noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+
+  /// Appends `n` bytes; the storage grows with what arrives, never ahead of it.
+  void append(const std::uint8_t* p, std::size_t n) {
+    if (n == 0) return;
+    if (size_ + n > capacity_) grow(size_ + n);
+    std::memcpy(data_ + size_, p, n);
+    size_ += n;
+  }
+
+  /// Drops the first `n` bytes.
+  void consume(std::size_t n) noexcept {
+    if (n >= size_) {
+      reset();
+      return;
+    }
+    std::memmove(data_, data_ + n, size_ - n);
+    size_ -= n;
+  }
+
+  /// Empties the buffer and gives its block back.
+  void reset() noexcept {
+    byte_pool::release(data_, capacity_);
+    data_ = nullptr;
+    size_ = 0;
+    capacity_ = 0;
+  }
+
+ private:
+  void grow(std::size_t need) {
+    // Doubling above the largest class keeps a large packet's arrival linear.
+    std::size_t want = need;
+    if (capacity_ >= byte_pool::class_sizes[byte_pool::class_count - 1] && want < capacity_ * 2) want = capacity_ * 2;
+    std::size_t cap = 0;
+    std::uint8_t* p = byte_pool::acquire(want, cap);
+    if (size_ != 0) std::memcpy(p, data_, size_);
+    byte_pool::release(data_, capacity_);
+    data_ = p;
+    capacity_ = cap;
+  }
+
+  std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace detail
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_DETAIL_BYTE_POOL_HPP
+// end <mqttbroker/detail/byte_pool.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -1651,7 +1846,7 @@ class decoder {
             if (auto ec = dispatch(body, go, on_packet)) return fail(res, pos, ec);
           } else {
             const std::size_t take = avail < need ? avail : need;
-            partial_.insert(partial_.end(), data + pos, data + pos + take);
+            partial_.append(data + pos, take);
             pos += take;
             if (partial_.size() < header_.remaining_length) break;
             std::error_code ec = dispatch(partial_.data(), go, on_packet);
@@ -1719,11 +1914,8 @@ class decoder {
     return {};
   }
 
-  void release_partial() noexcept {
-    partial_.clear();
-    // One large packet must not pin its buffer for the life of the connection.
-    if (partial_.capacity() > 4096) std::vector<std::uint8_t>().swap(partial_);
-  }
+  // The block goes back to its pool at once: a connection between packets holds no buffer.
+  void release_partial() noexcept { partial_.reset(); }
 
   result& fail(result& res, std::size_t pos, std::error_code ec) noexcept {
     failed_ = ec;
@@ -1737,7 +1929,7 @@ class decoder {
   state state_ = state::first_byte;
   unsigned length_bytes_ = 0;
   fixed_header header_;
-  std::vector<std::uint8_t> partial_;
+  ::mqttbroker::detail::pooled_bytes partial_;
   std::error_code failed_;
   packet packet_;
 };
@@ -3017,6 +3209,16 @@ struct broker_options {
   /// Payload bytes waiting per session; 0 means no byte limit.
   std::size_t max_queued_bytes = 16 * 1024 * 1024;
   overflow_policy queue_overflow = overflow_policy::drop_new;
+  /// Publisher pacing: a client whose messages reach a subscriber that is behind (more than
+  /// pacing_backlog_bytes not yet written to it, or more than pacing_queued_messages waiting in
+  /// its session) stops being read until that subscriber has caught up by half. The queue limits
+  /// above then only bite for clients that stop reading: one whose socket and acknowledgements
+  /// have not moved for stuck_client_timeout no longer holds publishers back, and loses QoS 0
+  /// and queue overflow instead (counted in messages_dropped).
+  bool pace_publishers = true;
+  std::size_t pacing_backlog_bytes = 256 * 1024;
+  std::size_t pacing_queued_messages = 256;
+  std::chrono::milliseconds stuck_client_timeout{2'000};
   /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto: queue_qos0_messages false).
   bool queue_qos0_offline = false;
   /// Subscriptions one client may hold.
@@ -3257,6 +3459,80 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_SESSION_STATE_HPP
 #define MQTTBROKER_SESSION_STATE_HPP
 
+// begin <mqttbroker/detail/fifo.hpp>
+#ifndef MQTTBROKER_DETAIL_FIFO_HPP
+#define MQTTBROKER_DETAIL_FIFO_HPP
+
+
+#include <cstddef>
+#include <iterator>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace detail {
+
+/// A first-in first-out queue over one vector. Unlike std::deque (which allocates on
+/// construction in libstdc++), an empty fifo holds no memory, and that matters per session when
+/// a broker keeps thousands of idle ones. Popping the front is amortised O(1): the consumed
+/// prefix is dropped once it is half the vector.
+template <class T>
+class fifo {
+ public:
+  using value_type = T;
+  using iterator = typename std::vector<T>::iterator;
+  using const_iterator = typename std::vector<T>::const_iterator;
+
+  bool empty() const noexcept { return head_ == items_.size(); }
+  std::size_t size() const noexcept { return items_.size() - head_; }
+
+  T& front() noexcept { return items_[head_]; }
+  const T& front() const noexcept { return items_[head_]; }
+
+  iterator begin() noexcept { return items_.begin() + static_cast<std::ptrdiff_t>(head_); }
+  iterator end() noexcept { return items_.end(); }
+  const_iterator begin() const noexcept { return items_.begin() + static_cast<std::ptrdiff_t>(head_); }
+  const_iterator end() const noexcept { return items_.end(); }
+
+  void push_back(const T& v) { items_.push_back(v); }
+  void push_back(T&& v) { items_.push_back(std::move(v)); }
+
+  void pop_front() {
+    items_[head_] = T();  // release what the element owns now, not at the next compaction
+    ++head_;
+    if (head_ == items_.size()) {
+      items_.clear();
+      head_ = 0;
+    } else if (head_ >= 32 && head_ * 2 >= items_.size()) {
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+  }
+
+  /// Removes one element anywhere (an acknowledgement out of order); the front is O(1).
+  void erase(iterator it) {
+    if (it == begin()) {
+      pop_front();
+      return;
+    }
+    items_.erase(it);
+  }
+
+  void clear() noexcept {
+    items_.clear();
+    head_ = 0;
+  }
+
+ private:
+  std::vector<T> items_;
+  std::size_t head_ = 0;
+};
+
+}  // namespace detail
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_DETAIL_FIFO_HPP
+// end <mqttbroker/detail/fifo.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -3522,8 +3798,8 @@ class state {
   std::string client_id_;
   limits limits_;
   counters counters_;
-  std::deque<inflight_entry> inflight_;
-  std::deque<outgoing> queue_;
+  detail::fifo<inflight_entry> inflight_;
+  detail::fifo<outgoing> queue_;
   std::size_t queued_bytes_ = 0;
   std::uint16_t next_id_ = 0;
   static constexpr std::uint16_t small_window = 64;
@@ -4120,9 +4396,12 @@ struct tcp {
   }
 
   /// Small MQTT packets must not wait for Nagle's algorithm; the broker batches writes itself.
+  /// Non-blocking: the broker waits for readability, then reads into a buffer it shares
+  /// between connections, and a read must never block the thread.
   static void prepare(stream_type& s) {
     std::error_code ignored;
     s.set_option(asio::ip::tcp::no_delay(true), ignored);
+    s.non_blocking(true, ignored);
   }
 };
 
@@ -4464,6 +4743,41 @@ class memory_stream {
     return asio::async_initiate<ReadToken, void(std::error_code, std::size_t)>(initiate_read{this}, token, buffers);
   }
 
+  /// Waits until a read would not block (bytes buffered, EOF or an error): void(std::error_code).
+  /// Only wait_read is supported; a stream's writes never wait.
+  template <class WaitToken>
+  auto async_wait(asio::socket_base::wait_type w, WaitToken&& token) {
+    return asio::async_initiate<WaitToken, void(std::error_code)>(initiate_wait{this}, token, w);
+  }
+
+  /// Reads what is buffered without waiting: would_block when nothing is, eof after the peer's
+  /// close or shutdown(send).
+  template <class MutableBufferSequence>
+  std::size_t read_some(const MutableBufferSequence& buffers, std::error_code& ec) {
+    ec = {};
+    if (!pipe_) {
+      ec = make_error(asio::error::bad_descriptor);
+      return 0;
+    }
+    std::lock_guard<std::mutex> lk(pipe_->mutex);
+    detail::memory_pipe_end& me = pipe_->ends[side_];
+    const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
+    if (me.receive_shut) {
+      ec = asio::error::eof;
+      return 0;
+    }
+    if (me.available() != 0) {
+      const std::size_t n = asio::buffer_copy(buffers, asio::buffer(me.inbox.data() + me.head, me.read_limit()));
+      me.consumed(n);
+      return n;
+    }
+    if (peer.closed || peer.send_shut)
+      ec = asio::error::eof;
+    else
+      ec = make_error(asio::error::would_block);
+    return 0;
+  }
+
   /// Writes some bytes (all of them unless max_write_size says otherwise): void(std::error_code, std::size_t).
   template <class ConstBufferSequence, class WriteToken>
   auto async_write_some(const ConstBufferSequence& buffers, WriteToken&& token) {
@@ -4524,6 +4838,19 @@ class memory_stream {
       self->start_read(std::decay_t<Handler>(std::forward<Handler>(handler)), buffers);
     }
   };
+  struct initiate_wait {
+    memory_stream* self;
+    template <class Handler>
+    void operator()(Handler&& handler, asio::socket_base::wait_type w) const {
+      self->start_wait(std::decay_t<Handler>(std::forward<Handler>(handler)), w);
+    }
+  };
+  /// A wait is a read into no buffer: woken like a read, it takes no bytes.
+  template <class Handler>
+  struct wait_completion {
+    Handler handler;
+    void operator()(std::error_code ec, std::size_t) { handler(ec); }
+  };
   struct initiate_write {
     memory_stream* self;
     template <class Handler, class Buffers>
@@ -4558,6 +4885,29 @@ class memory_stream {
       }
     }
     op.release()->complete(ec, n);
+  }
+
+  template <class Handler>
+  void start_wait(Handler handler, asio::socket_base::wait_type w) {
+    using completion = wait_completion<Handler>;
+    if (!pipe_) return detail::memory_post(ex_, std::move(handler), make_error(asio::error::bad_descriptor));
+    if (w != asio::socket_base::wait_read)
+      return detail::memory_post(ex_, std::move(handler), make_error(asio::error::operation_not_supported));
+    auto op = std::make_unique<detail::memory_read_op_impl<asio::mutable_buffer, completion>>(
+        asio::mutable_buffer(), completion{std::move(handler)}, ex_);
+    std::error_code ec;
+    {
+      std::lock_guard<std::mutex> lk(pipe_->mutex);
+      detail::memory_pipe_end& me = pipe_->ends[side_];
+      const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
+      if (me.reader != nullptr) {
+        ec = asio::error::already_started;
+      } else if (!(me.receive_shut || me.available() != 0 || peer.closed || peer.send_shut)) {
+        me.reader = op.release();
+        return;
+      }
+    }
+    op.release()->complete(ec, 0);
   }
 
   template <class Handler, class Buffers>
@@ -4871,18 +5221,18 @@ MQTTBROKER_END_NAMESPACE
 #define MQTTBROKER_DETAIL_CONNECTION_HPP
 
 
-#include <asio/bind_executor.hpp>
 #include <asio/buffer.hpp>
+#include <asio/error.hpp>
 #include <asio/post.hpp>
 #include <asio/socket_base.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/write.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -4891,56 +5241,140 @@ MQTTBROKER_END_NAMESPACE
 MQTTBROKER_BEGIN_NAMESPACE
 namespace detail {
 
-/// One packet waiting to be written: its encoded header in the connection's header arena, and
-/// for a PUBLISH the message whose payload follows it on the wire.
-struct pending_packet {
-  std::size_t header_offset;
-  std::size_t header_size;
-  message_ptr payload;  // empty for packets without one
+/// Bytes of a batch: a run in the batch's arena, or a payload that stays in its message.
+struct write_segment {
+  std::size_t offset;
+  std::size_t size;
+  message_ptr payload;  // set: the bytes are this message's payload, not the arena's
 };
 
-/// The bytes and messages of a batch of packets, written with one gather write.
+/// A batch of packets written with one gather write. Headers, and payloads small enough that
+/// copying beats another iovec and a reference count, go into the arena back to back, so a burst
+/// of small messages is one buffer; a larger payload is referenced where it is.
 struct write_batch {
-  std::vector<std::uint8_t> headers;
-  std::vector<pending_packet> packets;
+  /// Payloads up to this size are copied next to their header.
+  static constexpr std::size_t inline_payload_limit = 512;
+
+  std::vector<std::uint8_t> arena;
+  std::vector<write_segment> segments;
+  std::vector<asio::const_buffer> iov;  // built when the batch starts writing
   std::size_t bytes = 0;
 
+  bool empty() const noexcept { return segments.empty(); }
+
   void clear() noexcept {
-    headers.clear();
-    packets.clear();
+    arena.clear();
+    segments.clear();
+    iov.clear();
     bytes = 0;
   }
-  bool empty() const noexcept { return packets.empty(); }
 
-  /// Encodes a whole packet into the header arena.
+  /// Encodes a whole packet into the arena.
   template <class Packet>
   void add(const Packet& p, codec::protocol_version v) {
     std::size_t size = 0;
     if (codec::encoded_size(p, v, size)) return;  // our own packets always fit; nothing to send otherwise
-    const std::size_t off = headers.size();
-    headers.resize(off + size);
     std::size_t written = 0;
-    codec::encode(p, v, headers.data() + off, size, written);
-    packets.push_back({off, written, message_ptr()});
-    bytes += written;
+    codec::encode(p, v, extend(size), size, written);
+    bytes += size;
   }
 
-  /// Encodes a PUBLISH's header; the payload stays in the message.
+  /// Encodes a PUBLISH's header, then copies or references its payload.
   bool add_publish(const codec::publish& p, codec::protocol_version v, const message_ptr& m) {
     std::size_t size = 0;
     if (codec::publish_header_size(p, v, size)) return false;
-    const std::size_t off = headers.size();
-    headers.resize(off + size);
+    const std::size_t payload = p.payload.size();
+    const bool inline_payload = payload <= inline_payload_limit;
+    std::uint8_t* out = extend(inline_payload ? size + payload : size);
     std::size_t written = 0;
-    codec::encode_publish_header(p, v, headers.data() + off, size, written);
-    packets.push_back({off, written, m});
-    bytes += written + p.payload.size();
+    codec::encode_publish_header(p, v, out, size, written);
+    if (inline_payload) {
+      if (payload != 0) std::memcpy(out + size, p.payload.data(), payload);
+    } else {
+      segments.push_back({0, payload, m});
+    }
+    bytes += size + payload;
     return true;
+  }
+
+  /// The gather list, in order.
+  void build_iov() {
+    iov.clear();
+    for (const write_segment& s : segments) {
+      if (s.payload)
+        iov.emplace_back(s.payload->payload().data(), s.size);
+      else
+        iov.emplace_back(arena.data() + s.offset, s.size);
+    }
+  }
+
+  /// Keeps a pooled batch from pinning the memory of one large burst.
+  void trim() {
+    constexpr std::size_t keep = 64 * 1024;
+    if (arena.capacity() > keep) std::vector<std::uint8_t>().swap(arena);
+    if (segments.capacity() > keep / sizeof(write_segment)) std::vector<write_segment>().swap(segments);
+    if (iov.capacity() > keep / sizeof(asio::const_buffer)) std::vector<asio::const_buffer>().swap(iov);
+  }
+
+ private:
+  /// `n` more arena bytes, joined to the last arena segment when adjacent.
+  std::uint8_t* extend(std::size_t n) {
+    const std::size_t off = arena.size();
+    arena.resize(off + n);
+    if (!segments.empty() && !segments.back().payload && segments.back().offset + segments.back().size == off)
+      segments.back().size += n;
+    else
+      segments.push_back({off, n, message_ptr()});
+    return arena.data() + off;
   }
 };
 
-/// One client connection: reads and decodes packets, hands them to the broker, and writes what
-/// the broker queues in batches, one gather write at a time. Kept alive by its pending handlers.
+/// Write batches kept per thread between bursts: a connection holds one only while it has
+/// something to send, so an idle connection costs no write memory, and a busy one allocates none.
+class write_batch_pool {
+ public:
+  static std::unique_ptr<write_batch> acquire() {
+    auto& free = local();
+    if (free.items.empty()) return std::make_unique<write_batch>();
+    std::unique_ptr<write_batch> b = std::move(free.items.back());
+    free.items.pop_back();
+    return b;
+  }
+  static void release(std::unique_ptr<write_batch> b) {
+    if (!b) return;
+    b->clear();
+    auto& free = local();
+    if (free.items.size() >= max_cached) return;  // freed here
+    b->trim();
+    free.items.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr std::size_t max_cached = 256;
+  struct cache {
+    std::vector<std::unique_ptr<write_batch>> items;
+  };
+  static cache& local() {
+    static thread_local cache c;
+    return c;
+  }
+};
+
+/// A pointer range as an Asio buffer sequence, so a write can start anywhere in a batch.
+struct const_buffer_range {
+  using value_type = asio::const_buffer;
+  using const_iterator = const asio::const_buffer*;
+  const asio::const_buffer* first;
+  const asio::const_buffer* last;
+  const_iterator begin() const noexcept { return first; }
+  const_iterator end() const noexcept { return last; }
+};
+
+/// One client connection: waits for its socket to be readable, reads into a buffer shared by
+/// the thread's connections, decodes, hands packets to the broker, and writes what the broker
+/// queues in batches. Kept alive by its pending operations. Between packets it holds no read
+/// buffer and no write buffer: only a split packet's bytes, or a paused reader's unread input,
+/// stay with the connection.
 template <class Broker>
 class connection : public std::enable_shared_from_this<connection<Broker>> {
  public:
@@ -4951,16 +5385,37 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   connection(Broker& b, stream_type s)
       : broker_(b),
         stream_(std::move(s)),
-        timer_(stream_.get_executor()),
         decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}) {}
 
   auto get_executor() { return stream_.get_executor(); }
 
   void start() {
     last_packet_ = clock::now();
-    arm_timer(broker_.options().connect_timeout);
+    note_progress(last_packet_);
+    update_deadline();
     read();
   }
+
+  /// Defers the writes a handler queues to its end, so that everything one read produces (for
+  /// every connection it reaches on this thread) leaves in one write per connection, not the
+  /// first packet alone. Nested scopes flush at the outermost.
+  class flush_scope {
+   public:
+    flush_scope() noexcept { ++pending().depth; }
+    flush_scope(const flush_scope&) = delete;
+    flush_scope& operator=(const flush_scope&) = delete;
+    ~flush_scope() {
+      auto& p = pending();
+      if (--p.depth != 0) return;
+      // A flush may complete synchronously on some transports and queue more: index, not iterate.
+      for (std::size_t i = 0; i < p.connections.size(); ++i) {
+        std::shared_ptr<connection> c = std::move(p.connections[i]);
+        c->flush_deferred_ = false;
+        c->flush();
+      }
+      p.connections.clear();
+    }
+  };
 
   // ---- called by the broker, on this connection's executor
 
@@ -4969,7 +5424,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   const std::string& client_id() const noexcept { return client_id_; }
   bool is_open() const noexcept { return !closed_; }
 
-  /// Queues a PUBLISH for this client and starts a write if none is in flight.
+  /// Queues a PUBLISH for this client; it goes out with the batch.
   void send_publish(const session::outgoing& o) {
     // Closing: a DISCONNECT may be queued, and nothing follows it [MQTT-3.14.4-1]. A QoS 1/2
     // message stays in flight in the session and is re-sent on reconnect.
@@ -4981,30 +5436,37 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     p.retain = o.retain;
     p.dup = o.dup;
     p.packet_id = o.packet_id;
-    codec::properties_builder& props = props_scratch_;
     if (version_ == codec::protocol_version::v5) {
       if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+        static thread_local codec::properties_builder props;
         props.clear();
         for (const codec::property& pr : o.msg->properties()) props.add(pr);
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
         p.properties = props.view();
       }
     }
-    const std::size_t before = queued_.bytes;
-    if (!queued_.add_publish(p, version_, o.msg)) return;
-    note_queued(queued_.bytes - before);
-    flush();
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    if (!q.add_publish(p, version_, o.msg)) return;
+    note_queued(q.bytes - before);
+    request_flush();
   }
 
   /// Bytes queued or being written and not yet taken by the socket. Readable from any thread
   /// (a publisher's, to drop QoS 0 for a client that stopped reading); written only here.
   std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
 
+  /// When this client last read something we wrote or sent us bytes (any thread may ask): a
+  /// connection with a backlog and no progress for a while has stopped reading.
+  clock::time_point last_progress() const noexcept {
+    return clock::time_point(clock::duration(last_progress_.load(std::memory_order_relaxed)));
+  }
+
   template <class Packet>
   void send(const Packet& p) {
     if (closed_ || closing_) return;
     enqueue(p, version_);
-    flush();
+    request_flush();
   }
 
   /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
@@ -5018,7 +5480,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     closing_ = true;
     graceful_ = graceful_ || graceful;
     if (!write_in_flight_) {
-      if (!queued_.empty()) {
+      if (queued_ && !queued_->empty()) {
         flush();
         return;  // the write's completion finishes the close
       }
@@ -5036,33 +5498,96 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
  private:
   friend Broker;
 
-  void read() {
-    if (closing_ || closed_) return;
-    if (!read_buffer_) read_buffer_ = std::make_unique<std::uint8_t[]>(read_buffer_size);
-    stream_.async_read_some(asio::buffer(read_buffer_.get(), read_buffer_size),
-                            [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
-                              self->on_read(ec, n);
-                            });
+  /// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
+  /// the memory a paused connection holds.
+  static constexpr std::size_t read_chunk = 16 * 1024;
+  /// Reads per readiness before the connection yields to others on its thread.
+  static constexpr int reads_per_wake = 4;
+  /// The most buffers one gather write passes to the socket (Asio's own cap per call is 64).
+  static constexpr std::size_t max_write_buffers = 64;
+
+  struct flush_list {
+    int depth = 0;
+    std::vector<std::shared_ptr<connection>> connections;
+  };
+  static flush_list& pending() {
+    static thread_local flush_list p;
+    return p;
   }
 
-  void on_read(std::error_code ec, std::size_t n) {
+  static std::uint8_t* read_buffer() {
+    // One per thread: connections of a thread read and decode one after another.
+    static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
+    return buf.get();
+  }
+
+  void read() {
+    if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
+    stream_.async_wait(asio::socket_base::wait_read,
+                       [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); });
+  }
+
+  void on_readable(std::error_code ec) {
     if (closed_) return;
     if (ec) {
       closing_ = true;
-      finish_close();  // socket error or EOF without DISCONNECT: an ungraceful end
+      finish_close();  // socket error
       return;
     }
     // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
     // connection has no session any more. The pending write's completion finishes the close.
     if (closing_) return;
-    const auto res = decoder_.feed(read_buffer_.get(), n, [this](codec::packet& p) {
-      last_packet_ = clock::now();
+    flush_scope scope;
+    std::uint8_t* buf = read_buffer();
+    for (int round = 0; round < reads_per_wake; ++round) {
+      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) {
+        closing_ = true;
+        finish_close();  // EOF without DISCONNECT, or a socket error: an ungraceful end
+        return;
+      }
+      if (!take_input(buf, n)) return;
+      if (n < read_chunk) break;  // the socket is drained
+    }
+    read();
+  }
+
+  /// Decodes and handles `n` bytes. False when the connection stopped reading: it is closing,
+  /// or paused, with what it did not decode kept in unread_.
+  bool take_input(const std::uint8_t* data, std::size_t n) {
+    const auto now = clock::now();  // once per read, not per packet
+    note_progress(now);
+    read_time_ = now;
+    const auto res = decoder_.feed(data, n, [this, now](codec::packet& p) {
+      last_packet_ = now;
       broker_.handle_packet(*this, p);
-      return !closing_;
+      return !closing_ && !pace_target_;
     });
     if (res.ec) {
       on_protocol_violation(res.ec);
-      return;
+      return false;
+    }
+    if (closing_ || closed_) return false;
+    if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
+    update_deadline();
+    if (pace_target_) return !broker_.pause_reader(*this);
+    return true;
+  }
+
+  /// Reads again after a pause: first what was read and not decoded, then the socket. Called
+  /// on this connection's executor.
+  void resume() {
+    if (!paused_.load(std::memory_order_relaxed) || closed_) return;
+    paused_.store(false, std::memory_order_relaxed);
+    // The silence was ours, not the client's: Keep Alive counts from now.
+    last_packet_ = clock::now();
+    update_deadline();
+    if (closing_) return;
+    flush_scope scope;
+    if (!unread_.empty()) {
+      pooled_bytes input = std::move(unread_);
+      if (!take_input(input.data(), input.size())) return;
     }
     read();
   }
@@ -5090,59 +5615,96 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     close(to_reason_code(ec), true, false);
   }
 
+  write_batch& queue() {
+    if (!queued_) queued_ = write_batch_pool::acquire();
+    return *queued_;
+  }
+
   /// Queues a packet without starting a write (the caller flushes or closes).
   template <class Packet>
   void enqueue(const Packet& p, codec::protocol_version v) {
-    const std::size_t before = queued_.bytes;
-    queued_.add(p, v);
-    note_queued(queued_.bytes - before);
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    q.add(p, v);
+    note_queued(q.bytes - before);
   }
 
   void note_queued(std::size_t n) noexcept {
     unsent_.store(unsent_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
 
-  void flush() {
-    if (write_in_flight_ || queued_.empty() || closed_) return;
-    std::swap(queued_, writing_);
-    buffers_.clear();
-    for (const pending_packet& pk : writing_.packets) {
-      buffers_.emplace_back(writing_.headers.data() + pk.header_offset, pk.header_size);
-      if (pk.payload && !pk.payload->payload().empty())
-        buffers_.emplace_back(pk.payload->payload().data(), pk.payload->payload().size());
-    }
-    write_in_flight_ = true;
-    asio::async_write(stream_, buffers_, [self = this->shared_from_this()](std::error_code ec, std::size_t) {
-      self->on_written(ec);
-    });
+  void note_progress(clock::time_point t) noexcept {
+    last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
   }
 
-  void on_written(std::error_code ec) {
+  void request_flush() {
+    auto& p = pending();
+    if (p.depth == 0) return flush();
+    if (flush_deferred_) return;
+    flush_deferred_ = true;
+    p.connections.push_back(this->shared_from_this());
+  }
+
+  void flush() {
+    if (write_in_flight_ || closed_ || !queued_ || queued_->empty()) return;
+    write_batch_pool::release(std::move(writing_));
+    writing_ = std::move(queued_);
+    writing_->build_iov();
+    write_pos_ = 0;
+    write_some();
+  }
+
+  void write_some() {
+    write_in_flight_ = true;
+    const auto& iov = writing_->iov;
+    const std::size_t end = std::min(iov.size(), write_pos_ + max_write_buffers);
+    stream_.async_write_some(const_buffer_range{iov.data() + write_pos_, iov.data() + end},
+                             [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
+                               self->on_written(ec, n);
+                             });
+  }
+
+  void on_written(std::error_code ec, std::size_t n) {
     write_in_flight_ = false;
-    unsent_.store(unsent_.load(std::memory_order_relaxed) - writing_.bytes, std::memory_order_relaxed);
-    writing_.clear();
+    unsent_.store(unsent_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
     if (closed_) return;
     if (ec) {
       closing_ = true;
       finish_close();
       return;
     }
-    if (!queued_.empty()) {
-      flush();
+    note_progress(clock::now());
+    flush_scope scope;
+    auto& iov = writing_->iov;
+    while (n != 0) {
+      asio::const_buffer& b = iov[write_pos_];
+      if (n >= b.size()) {
+        n -= b.size();
+        ++write_pos_;
+      } else {
+        b += n;
+        n = 0;
+      }
+    }
+    if (write_pos_ < iov.size()) {
+      write_some();
+      broker_.on_write_progress(*this);
       return;
     }
+    // The batch is out: its payload references go now, and its buffers back to the pool.
+    write_batch_pool::release(std::move(writing_));
+    broker_.on_write_progress(*this);
+    if (queued_ && !queued_->empty()) return flush();
     broker_.on_connection_drained(*this);
-    if (!queued_.empty()) {
-      flush();
-      return;
-    }
+    if (queued_ && !queued_->empty()) return flush();
+    write_batch_pool::release(std::move(queued_));
     if (closing_) finish_close();
   }
 
   void finish_close() {
     if (closed_) return;
     closed_ = true;
-    timer_.cancel();
+    unread_.reset();
     // The broker lets go of the session first: a client that sees the close and reconnects at
     // once must find a clean session already gone.
     broker_.on_connection_closed(*this, graceful_);
@@ -5151,32 +5713,46 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     stream_.close(ignored);
   }
 
-  void arm_timer(std::chrono::milliseconds after) {
-    timer_.expires_at(last_packet_ + after);
-    timer_.async_wait([self = this->shared_from_this()](std::error_code ec) {
-      if (!ec) self->on_timer();
-    });
+  // ---- deadlines, checked by the broker's sweep (no timer per connection)
+
+  using deadline_rep = clock::duration::rep;
+  static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
+
+  /// The CONNECT timeout before CONNACK, 1.5 times Keep Alive after; none while paused.
+  void update_deadline() noexcept {
+    deadline_rep d = no_deadline;
+    if (!connected_)
+      d = (accepted_ + broker_.options().connect_timeout).time_since_epoch().count();
+    else if (keep_alive_limit_.count() != 0 && !paused_.load(std::memory_order_relaxed))
+      d = (last_packet_ + keep_alive_limit_).time_since_epoch().count();
+    deadline_.store(d, std::memory_order_relaxed);
   }
 
-  void on_timer() {
-    if (closed_) return;
+  /// Any thread: whether the sweep should have this connection look at its deadline.
+  bool deadline_passed(clock::time_point now) const noexcept {
+    return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
+  }
+
+  /// On this connection's executor, when the sweep saw the deadline pass.
+  void check_deadline() {
+    if (closed_ || closing_) return;
+    const auto now = clock::now();
     if (!connected_) {
+      if (now < accepted_ + broker_.options().connect_timeout) return;
       // No complete CONNECT within the timeout: close without a word.
       broker_.count_connect_timeout();
       close(reason_code::maximum_connect_time, false, false);
       return;
     }
-    if (keep_alive_limit_.count() == 0) return;
-    const auto deadline = last_packet_ + keep_alive_limit_;
-    if (clock::now() >= deadline) {
+    if (keep_alive_limit_.count() == 0 || paused_.load(std::memory_order_relaxed)) return;
+    if (now >= last_packet_ + keep_alive_limit_) {
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
+      broker_.count_keep_alive_timeout();
       close(reason_code::keep_alive_timeout, true, false);
-      return;
     }
-    arm_timer(keep_alive_limit_);
   }
 
-  /// After CONNACK: the keep-alive timer replaces the CONNECT timeout.
+  /// After CONNACK: Keep Alive replaces the CONNECT timeout.
   void on_connected(codec::protocol_version v, std::string client_id, std::shared_ptr<session_record> s,
                     std::chrono::milliseconds keep_alive_limit) {
     connected_ = true;
@@ -5184,34 +5760,39 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     client_id_ = std::move(client_id);
     session_ = std::move(s);
     keep_alive_limit_ = keep_alive_limit;
-    timer_.cancel();
-    if (keep_alive_limit_.count() != 0) arm_timer(keep_alive_limit_);
+    update_deadline();
   }
-
-  static constexpr std::size_t read_buffer_size = 4 * 1024;
 
   Broker& broker_;
   stream_type stream_;
-  asio::steady_timer timer_;
   codec::decoder decoder_;
-  std::unique_ptr<std::uint8_t[]> read_buffer_;
-  write_batch queued_;
-  write_batch writing_;
-  std::vector<asio::const_buffer> buffers_;
-  std::atomic<std::size_t> unsent_{0};  // queued_.bytes + writing_.bytes
-  codec::properties_builder props_scratch_;
+  std::unique_ptr<write_batch> queued_;   // packets waiting for the write in flight
+  std::unique_ptr<write_batch> writing_;  // the batch being written
+  std::size_t write_pos_ = 0;             // first buffer of writing_->iov not fully written
+  pooled_bytes unread_;                   // read while pausing, not yet decoded
+  std::atomic<std::size_t> unsent_{0};    // bytes in queued_ and writing_ not yet written
+  std::atomic<deadline_rep> last_progress_{0};
+  std::atomic<deadline_rep> deadline_{no_deadline};
+  clock::time_point accepted_ = clock::now();
   clock::time_point last_packet_{};
+  clock::time_point read_time_{};
   std::chrono::milliseconds keep_alive_limit_{0};
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::string client_id_;
   // Shared with the broker's registry: a record the registry dropped (its session ended, or was
   // taken over and ended) stays valid here until this connection lets go of it.
   std::shared_ptr<session_record> session_;
+  // Publisher pacing: a session this connection's messages went to while its client was behind.
+  // The broker sets it while routing; after the packet, the connection pauses on it.
+  std::shared_ptr<session_record> pace_target_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::seconds will_delay_{0};  // 5.0 Will Delay Interval
+  std::atomic<deadline_rep> paused_at_{0};
+  std::atomic<bool> paused_{false};
   bool taken_over_ = false;
   bool connected_ = false;
   bool write_in_flight_ = false;
+  bool flush_deferred_ = false;
   bool closing_ = false;
   bool closed_ = false;
   bool graceful_ = false;  // DISCONNECT received: no will
@@ -5273,6 +5854,7 @@ struct broker_stats {
   std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
+  std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::size_t connections = 0;
   std::size_t sessions = 0;
   std::size_t retained_messages = 0;
@@ -5410,6 +5992,7 @@ class broker {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.reader_pauses = hot_.pauses.load();
     s.connections = connections_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -5438,7 +6021,7 @@ class broker {
 
  public:
   /// A client session as the broker keeps it: the MQTT state plus where it is connected.
-  struct session_record : subscriber {
+  struct session_record : subscriber, std::enable_shared_from_this<session_record> {
     explicit session_record(std::string id, session::limits l) : state(std::move(id), l) {}
     session::state state;
     connection_type* conn = nullptr;  // the live connection, if any
@@ -5449,7 +6032,7 @@ class broker {
     // With locking::shared, publishers holding the state lock shared meet here; every other
     // change to the session holds the state lock exclusively.
     MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type mutex;
-    std::deque<session::outgoing> retained_backlog;  // retained messages paced by flow control
+    detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
     std::size_t outbox_bytes = 0;
     bool pump_scheduled = false;
@@ -5457,6 +6040,10 @@ class broker {
     message_ptr pending_will;
     std::uint64_t will_generation = 0;
     std::unique_ptr<asio::steady_timer> will_timer;
+    // Publisher pacing: connections that stopped reading because this session's client was
+    // behind; resumed when it catches up, leaves, or is found stuck. Under `mutex`.
+    std::vector<std::shared_ptr<connection_type>> paced;
+    std::atomic<bool> has_paced{false};  // read without the lock on every write completion
   };
 
  private:
@@ -5739,10 +6326,10 @@ class broker {
 
     switch (p.qos_level) {
       case codec::qos::at_most_once:
-        if (allowed) publish_message(std::move(m), c.session());
+        if (allowed) publish_message(std::move(m), c.session(), true, &c);
         return;
       case codec::qos::at_least_once: {
-        std::size_t n = allowed ? publish_message(std::move(m), c.session()) : 0;
+        std::size_t n = allowed ? publish_message(std::move(m), c.session(), true, &c) : 0;
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
@@ -5764,7 +6351,7 @@ class broker {
         if (over_limit && v5) return violation(c, protocol_errc::receive_maximum_exceeded);
         std::size_t n = 0;
         // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
-        if (fresh && allowed) n = publish_message(std::move(m), rec);
+        if (fresh && allowed) n = publish_message(std::move(m), rec, true, &c);
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
@@ -5934,8 +6521,9 @@ class broker {
 
   // ---- routing
 
-  /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local).
-  std::size_t publish_message(message_ptr m, session_record* from, bool count = true) {
+  /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
+  /// `reader` the connection it came from, paced when a subscriber is behind.
+  std::size_t publish_message(message_ptr m, session_record* from, bool count = true, connection_type* reader = nullptr) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
@@ -5952,7 +6540,7 @@ class broker {
         hot_.sent.fetch_add(1);
         local.push_back(s->handler);
       } else {
-        deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d);
+        deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
       }
     };
     if (m->retain() || !locking_type::thread_safe) {
@@ -5978,7 +6566,7 @@ class broker {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d) {
+  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d, connection_type* reader) {
     std::lock_guard<mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
@@ -5997,9 +6585,68 @@ class broker {
       hot_.dropped.fetch_add(1);
       return;
     }
-    if (adm != session::admission::send) return;
-    hot_.sent.fetch_add(1);
-    send_to(rec, o);
+    if (adm == session::admission::send) {
+      hot_.sent.fetch_add(1);
+      send_to(rec, o);
+    }
+    if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
+        behind(*rec, *c, reader->read_time_, 1)) {
+      // The reader stops after this packet (see connection::take_input) and waits for this client.
+      reader->pace_target_ = rec->shared_from_this();
+    }
+  }
+
+  /// Whether a connected session's client is more than the pacing thresholds behind (divided by
+  /// `divisor`: 2 for the low-water mark) and still moving. rec->mutex held.
+  bool behind(const session_record& rec, const connection_type& c, clock::time_point now, std::size_t divisor) const {
+    if (!opts_.pace_publishers) return false;
+    const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
+    if (backlog <= opts_.pacing_backlog_bytes / divisor && rec.state.queued_count() <= opts_.pacing_queued_messages / divisor)
+      return false;
+    // A client that has neither read nor sent anything for a while is stuck, not slow: pausing
+    // everyone for it would let one client stall the others.
+    return now - c.last_progress() < opts_.stuck_client_timeout;
+  }
+
+  /// After a packet reached a session that is behind: pauses `reader` on it, unless it caught up
+  /// meanwhile. True when paused. On the reader's executor.
+  bool pause_reader(connection_type& reader) {
+    std::shared_ptr<session_record> target = std::move(reader.pace_target_);
+    std::shared_lock<mutex_type> lk(state_mutex_);
+    std::lock_guard<mutex_type> session_lock(target->mutex);
+    const connection_type* c = target->conn;
+    if (c == nullptr || !behind(*target, *c, reader.read_time_, 1)) return false;
+    reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
+    reader.paused_.store(true, std::memory_order_relaxed);
+    reader.update_deadline();
+    target->paced.push_back(reader.shared_from_this());
+    target->has_paced.store(true, std::memory_order_relaxed);
+    hot_.pauses.fetch_add(1);
+    return true;
+  }
+
+  /// A write to `c` completed or its session's queue moved: resumes the readers paced on it once
+  /// it is half-way back under the thresholds. On c's executor.
+  void on_write_progress(connection_type& c) {
+    session_record* rec = c.session();
+    if (rec == nullptr || !rec->has_paced.load(std::memory_order_relaxed)) return;
+    std::vector<std::shared_ptr<connection_type>> wake;
+    {
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      std::lock_guard<mutex_type> session_lock(rec->mutex);
+      if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
+      wake.swap(rec->paced);
+      rec->has_paced.store(false, std::memory_order_relaxed);
+    }
+    resume_all(wake);
+  }
+
+  static void resume_all(std::vector<std::shared_ptr<connection_type>>& readers) {
+    for (auto& r : readers) {
+      auto ex = r->get_executor();
+      asio::post(ex, [r = std::move(r)] { r->resume(); });
+    }
+    readers.clear();
   }
 
   /// Payload bytes admitted for the connection's strand and not yet taken by it. state_mutex_ held.
@@ -6031,6 +6678,12 @@ class broker {
 
   /// Moves queued and retained messages into flight as the window and the socket allow.
   void pump(connection_type& c) {
+    typename connection_type::flush_scope batch;  // one write for all it sends
+    fill(c);
+    on_write_progress(c);
+  }
+
+  void fill(connection_type& c) {
     session_record* rec = c.session();
     if (rec == nullptr || !c.is_open()) return;
     std::lock_guard<mutex_type> lk(state_mutex_);
@@ -6068,6 +6721,7 @@ class broker {
     message_ptr will = std::move(c.will_);
     std::shared_ptr<session_record> rec = std::move(c.session_);
     const std::string client_id = c.client_id_;
+    std::vector<std::shared_ptr<connection_type>> paced;
     if (graceful || stopping_) will = message_ptr();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -6078,6 +6732,12 @@ class broker {
       }
       // A connection that lost its session to a takeover leaves the session alone.
       if (rec && rec->conn == &c) {
+        {
+          // Readers waiting for this client go on: it is gone, and offline queues have limits.
+          std::lock_guard<mutex_type> session_lock(rec->mutex);
+          paced.swap(rec->paced);
+          rec->has_paced.store(false, std::memory_order_relaxed);
+        }
         rec->conn = nullptr;
         rec->conn_owner.reset();
         rec->retained_backlog.clear();
@@ -6097,6 +6757,7 @@ class broker {
       }
       if (stopping_ && connections_.empty()) complete_stop();
     }
+    resume_all(paced);
     if (c.connected_) {
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(client_id, graceful);
     }
@@ -6153,16 +6814,23 @@ class broker {
     }
   }
 
-  // ---- persistent session expiry
+  // ---- the sweep: connection deadlines, stuck pauses, session expiry, $SYS
+
+  /// Twice a second: connection deadlines (CONNECT timeout, Keep Alive) are met within half a
+  /// second, with one timer for the broker rather than one per connection.
+  static constexpr std::chrono::milliseconds sweep_interval{500};
 
   void arm_sweep() {
-    sweep_timer_.expires_after(std::chrono::seconds(1));
+    sweep_timer_.expires_after(sweep_interval);
     sweep_timer_.async_wait([this](std::error_code ec) {
       if (ec || stopping_) return;
-      sweep_expired_sessions();
-      if (opts_.sys_interval.count() != 0 && ++seconds_since_sys_ >= opts_.sys_interval.count()) {
-        seconds_since_sys_ = 0;
-        publish_sys();
+      sweep_connections();
+      if (++sweep_ticks_ % 2 == 0) {
+        sweep_expired_sessions();
+        if (opts_.sys_interval.count() != 0 && ++seconds_since_sys_ >= opts_.sys_interval.count()) {
+          seconds_since_sys_ = 0;
+          publish_sys();
+        }
       }
       arm_sweep();
     });
@@ -6187,6 +6855,27 @@ class broker {
     };
     for (const auto& f : figures)
       publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, false);
+  }
+
+  /// Connections past their CONNECT or Keep Alive deadline check it on their own executor;
+  /// readers paused longer than stuck_client_timeout go on (their subscriber is stuck).
+  void sweep_connections() {
+    const auto now = clock::now();
+    const auto stuck_before = (now - opts_.stuck_client_timeout).time_since_epoch().count();
+    std::vector<std::shared_ptr<connection_type>> due, stuck;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      for (const auto& c : connections_) {
+        if (c->deadline_passed(now)) due.push_back(c);
+        if (c->paused_.load(std::memory_order_relaxed) && c->paused_at_.load(std::memory_order_relaxed) < stuck_before)
+          stuck.push_back(c);
+      }
+    }
+    for (auto& c : due) {
+      auto ex = c->get_executor();
+      asio::post(ex, [c = std::move(c)] { c->check_deadline(); });
+    }
+    resume_all(stuck);
   }
 
   void sweep_expired_sessions() {
@@ -6256,6 +6945,10 @@ class broker {
     std::lock_guard<mutex_type> lk(state_mutex_);
     ++stats_.connect_timeouts;
   }
+  void count_keep_alive_timeout() {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++stats_.keep_alive_timeouts;
+  }
 
   static constexpr std::size_t write_pacing_bytes = 64 * 1024;
 
@@ -6276,13 +6969,14 @@ class broker {
   broker_stats stats_;  // state_mutex_, but for the three counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   bool started_ = false;                  // control_ex_
   clock::time_point started_at_{};        // control_ex_
   std::int64_t seconds_since_sys_ = 0;    // control_ex_
+  std::uint64_t sweep_ticks_ = 0;         // control_ex_
   std::atomic<bool> stopping_{false};     // read by connections on any thread
 };
 
