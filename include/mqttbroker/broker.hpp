@@ -179,7 +179,7 @@ class broker {
     topic::limits lim;
     lim.max_levels = opts_.max_topic_levels;
     if (auto ec = topic::validate_topic_filter(filter, lim)) throw std::system_error(ec, "mqttbroker: subscribe");
-    auto sub = std::make_unique<subscriber>();
+    auto sub = std::make_unique<local_subscriber>();
     sub->kind = subscriber_kind::local;
     sub->handler = std::make_shared<const local_handler>(std::move(handler));
     sub->filter = std::string(filter);
@@ -230,9 +230,11 @@ class broker {
   /// What the router stores per subscription: a client's session or an in-process handler.
   struct subscriber {
     subscriber_kind kind = subscriber_kind::client;
+  };
+  struct local_subscriber : subscriber {
     // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
-    std::shared_ptr<const local_handler> handler;  // local
-    std::string filter;                            // local
+    std::shared_ptr<const local_handler> handler;
+    std::string filter;
   };
 
  public:
@@ -754,7 +756,7 @@ class broker {
       ++n;
       if (s->kind == subscriber_kind::local) {
         hot_.sent.fetch_add(1);
-        local.push_back(s->handler);
+        local.push_back(static_cast<const local_subscriber*>(s)->handler);
       } else {
         deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
       }
@@ -1176,7 +1178,7 @@ class broker {
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
   std::unordered_set<std::shared_ptr<connection_type>> connections_;
   std::unordered_map<std::string, std::shared_ptr<session_record>> sessions_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<subscriber>> local_subs_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
   using router_type = router::subscription_router<const subscriber*>;
   router_type router_;
   router::retained_store retained_;

@@ -397,6 +397,8 @@ class decoder {
       return res;
     }
     std::size_t pos = 0;
+    // Per call, not per decoder: an idle connection's decoder stays a few dozen bytes.
+    packet pk;
     while (pos < size) {
       switch (state_) {
         case state::first_byte: {
@@ -409,7 +411,7 @@ class decoder {
           if (auto ec = on_length_byte(b)) return fail(res, pos, ec);
           if (state_ == state::body && header_.remaining_length == 0) {
             bool go = true;
-            if (auto ec = dispatch(nullptr, go, on_packet)) return fail(res, pos, ec);
+            if (auto ec = dispatch(nullptr, pk, go, on_packet)) return fail(res, pos, ec);
             if (!go) {
               res.consumed = pos;
               return res;
@@ -425,13 +427,13 @@ class decoder {
             // The whole body is here: decode in place, no copy.
             const std::uint8_t* body = data + pos;
             pos += need;
-            if (auto ec = dispatch(body, go, on_packet)) return fail(res, pos, ec);
+            if (auto ec = dispatch(body, pk, go, on_packet)) return fail(res, pos, ec);
           } else {
             const std::size_t take = avail < need ? avail : need;
             partial_.append(data + pos, take);
             pos += take;
             if (partial_.size() < header_.remaining_length) break;
-            std::error_code ec = dispatch(partial_.data(), go, on_packet);
+            std::error_code ec = dispatch(partial_.data(), pk, go, on_packet);
             release_partial();
             if (ec) return fail(res, pos, ec);
           }
@@ -483,14 +485,14 @@ class decoder {
   }
 
   template <class OnPacket>
-  std::error_code dispatch(const std::uint8_t* body, bool& go, OnPacket& on_packet) {
+  std::error_code dispatch(const std::uint8_t* body, packet& out, bool& go, OnPacket& on_packet) {
     state_ = state::first_byte;
-    if (auto ec = decode_body(header_, body, version_.value_or(protocol_version::v3_1_1), packet_)) return ec;
-    if (header_.type == packet_type::connect) version_ = std::get<connect>(packet_).version;
-    if constexpr (std::is_same_v<decltype(on_packet(packet_)), bool>) {
-      go = on_packet(packet_);
+    if (auto ec = decode_body(header_, body, version_.value_or(protocol_version::v3_1_1), out)) return ec;
+    if (header_.type == packet_type::connect) version_ = std::get<connect>(out).version;
+    if constexpr (std::is_same_v<decltype(on_packet(out)), bool>) {
+      go = on_packet(out);
     } else {
-      on_packet(packet_);
+      on_packet(out);
       go = true;
     }
     return {};
@@ -513,7 +515,6 @@ class decoder {
   fixed_header header_;
   ::mqttbroker::detail::pooled_bytes partial_;
   std::error_code failed_;
-  packet packet_;
 };
 
 /// Decodes exactly one whole packet held in `bytes` (tests, tools, the fuzzer).
