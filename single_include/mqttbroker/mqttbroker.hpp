@@ -1815,6 +1815,8 @@ class decoder {
       return res;
     }
     std::size_t pos = 0;
+    // Per call, not per decoder: an idle connection's decoder stays a few dozen bytes.
+    packet pk;
     while (pos < size) {
       switch (state_) {
         case state::first_byte: {
@@ -1827,7 +1829,7 @@ class decoder {
           if (auto ec = on_length_byte(b)) return fail(res, pos, ec);
           if (state_ == state::body && header_.remaining_length == 0) {
             bool go = true;
-            if (auto ec = dispatch(nullptr, go, on_packet)) return fail(res, pos, ec);
+            if (auto ec = dispatch(nullptr, pk, go, on_packet)) return fail(res, pos, ec);
             if (!go) {
               res.consumed = pos;
               return res;
@@ -1843,13 +1845,13 @@ class decoder {
             // The whole body is here: decode in place, no copy.
             const std::uint8_t* body = data + pos;
             pos += need;
-            if (auto ec = dispatch(body, go, on_packet)) return fail(res, pos, ec);
+            if (auto ec = dispatch(body, pk, go, on_packet)) return fail(res, pos, ec);
           } else {
             const std::size_t take = avail < need ? avail : need;
             partial_.append(data + pos, take);
             pos += take;
             if (partial_.size() < header_.remaining_length) break;
-            std::error_code ec = dispatch(partial_.data(), go, on_packet);
+            std::error_code ec = dispatch(partial_.data(), pk, go, on_packet);
             release_partial();
             if (ec) return fail(res, pos, ec);
           }
@@ -1901,14 +1903,14 @@ class decoder {
   }
 
   template <class OnPacket>
-  std::error_code dispatch(const std::uint8_t* body, bool& go, OnPacket& on_packet) {
+  std::error_code dispatch(const std::uint8_t* body, packet& out, bool& go, OnPacket& on_packet) {
     state_ = state::first_byte;
-    if (auto ec = decode_body(header_, body, version_.value_or(protocol_version::v3_1_1), packet_)) return ec;
-    if (header_.type == packet_type::connect) version_ = std::get<connect>(packet_).version;
-    if constexpr (std::is_same_v<decltype(on_packet(packet_)), bool>) {
-      go = on_packet(packet_);
+    if (auto ec = decode_body(header_, body, version_.value_or(protocol_version::v3_1_1), out)) return ec;
+    if (header_.type == packet_type::connect) version_ = std::get<connect>(out).version;
+    if constexpr (std::is_same_v<decltype(on_packet(out)), bool>) {
+      go = on_packet(out);
     } else {
-      on_packet(packet_);
+      on_packet(out);
       go = true;
     }
     return {};
@@ -1931,7 +1933,6 @@ class decoder {
   fixed_header header_;
   ::mqttbroker::detail::pooled_bytes partial_;
   std::error_code failed_;
-  packet packet_;
 };
 
 /// Decodes exactly one whole packet held in `bytes` (tests, tools, the fuzzer).
@@ -5963,7 +5964,7 @@ class broker {
     topic::limits lim;
     lim.max_levels = opts_.max_topic_levels;
     if (auto ec = topic::validate_topic_filter(filter, lim)) throw std::system_error(ec, "mqttbroker: subscribe");
-    auto sub = std::make_unique<subscriber>();
+    auto sub = std::make_unique<local_subscriber>();
     sub->kind = subscriber_kind::local;
     sub->handler = std::make_shared<const local_handler>(std::move(handler));
     sub->filter = std::string(filter);
@@ -6014,9 +6015,11 @@ class broker {
   /// What the router stores per subscription: a client's session or an in-process handler.
   struct subscriber {
     subscriber_kind kind = subscriber_kind::client;
+  };
+  struct local_subscriber : subscriber {
     // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
-    std::shared_ptr<const local_handler> handler;  // local
-    std::string filter;                            // local
+    std::shared_ptr<const local_handler> handler;
+    std::string filter;
   };
 
  public:
@@ -6538,7 +6541,7 @@ class broker {
       ++n;
       if (s->kind == subscriber_kind::local) {
         hot_.sent.fetch_add(1);
-        local.push_back(s->handler);
+        local.push_back(static_cast<const local_subscriber*>(s)->handler);
       } else {
         deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
       }
@@ -6960,7 +6963,7 @@ class broker {
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
   std::unordered_set<std::shared_ptr<connection_type>> connections_;
   std::unordered_map<std::string, std::shared_ptr<session_record>> sessions_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<subscriber>> local_subs_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
   using router_type = router::subscription_router<const subscriber*>;
   router_type router_;
   router::retained_store retained_;
