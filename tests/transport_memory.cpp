@@ -455,3 +455,59 @@ TEST_CASE("two threads stream through one pipe", "[transport][memory]") {
   CHECK_FALSE(write_ec);
   CHECK(received == sent);
 }
+
+TEST_CASE("async_wait(wait_read) completes when bytes or EOF are there; read_some never waits", "[transport][memory]") {
+  asio::io_context io;
+  auto [a, b] = memory::make_pair(io.get_executor(), io.get_executor());
+  std::array<char, 4> buf{};
+  std::error_code ec;
+  CHECK(b.read_some(asio::buffer(buf), ec) == 0);
+  CHECK(ec == asio::error::would_block);
+
+  bool woke = false;
+  std::error_code wait_ec;
+  b.async_wait(asio::socket_base::wait_read, [&](std::error_code e) {
+    woke = true;
+    wait_ec = e;
+  });
+  settle(io);
+  CHECK_FALSE(woke);  // nothing to read yet
+  write_all(io, a, "abcdef");
+  REQUIRE(woke);
+  CHECK_FALSE(wait_ec);
+  CHECK(b.available() == 6);  // the wait took no bytes
+
+  CHECK(b.read_some(asio::buffer(buf), ec) == 4);
+  CHECK_FALSE(ec);
+  CHECK(std::string(buf.data(), 4) == "abcd");
+
+  woke = false;
+  b.async_wait(asio::socket_base::wait_read, [&](std::error_code e) {
+    woke = true;
+    wait_ec = e;
+  });
+  settle(io);
+  CHECK(woke);  // bytes already buffered: ready at once
+  CHECK(b.read_some(asio::buffer(buf), ec) == 2);
+
+  std::error_code ignored;
+  a.close(ignored);
+  CHECK(b.read_some(asio::buffer(buf), ec) == 0);
+  CHECK(ec == asio::error::eof);
+
+  SECTION("a pending wait ends with the peer's close") {
+    auto [c, d] = memory::make_pair(io.get_executor(), io.get_executor());
+    woke = false;
+    d.async_wait(asio::socket_base::wait_read, [&](std::error_code e) {
+      woke = true;
+      wait_ec = e;
+    });
+    settle(io);
+    CHECK_FALSE(woke);
+    c.close(ignored);
+    settle(io);
+    CHECK(woke);
+    CHECK(d.read_some(asio::buffer(buf), ec) == 0);
+    CHECK(ec == asio::error::eof);
+  }
+}
