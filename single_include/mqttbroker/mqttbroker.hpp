@@ -5631,7 +5631,10 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   }
 
   void note_queued(std::size_t n) noexcept {
-    unsent_.store(unsent_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    const std::size_t before = unsent_.load(std::memory_order_relaxed);
+    // Work for a client that had none: it cannot have been stuck while it had nothing to do.
+    if (before == 0) note_progress(clock::now());
+    unsent_.store(before + n, std::memory_order_relaxed);
   }
 
   void note_progress(clock::time_point t) noexcept {
