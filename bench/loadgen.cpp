@@ -21,6 +21,8 @@
 #define ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE 32
 #endif
 
+#include "json_line.hpp"
+
 #include <mqttbroker/codec/decoder.hpp>
 #include <mqttbroker/codec/encoder.hpp>
 
@@ -53,6 +55,8 @@
 #include <vector>
 
 namespace {
+
+using bench::json_line;
 
 namespace codec = mqttbroker::codec;
 using steady = std::chrono::steady_clock;
@@ -303,6 +307,7 @@ struct config {
   unsigned connections = 1000;
   unsigned concurrency = 50;
   unsigned retained = 10000;
+  unsigned subscriptions_per_connection = 0;  // idle: filters each connection subscribes to
   bool json = false;
   unsigned threads = 1;
   int broker_pid = 0;
@@ -343,6 +348,7 @@ struct worker {
   std::string first_error;
   // connect-storm / idle
   std::uint64_t conn_ok = 0, conn_failed = 0, idle_dropped = 0;
+  std::uint64_t subscriptions = 0;  // idle: filters acknowledged by SUBACK
   std::atomic<std::uint64_t> conn_done{0};
   std::uint64_t last_done_ns = 0;
 
@@ -928,8 +934,10 @@ class client {
 
 class conn_lane {
  public:
-  conn_lane(worker& w, run_state& rs, std::atomic<unsigned>& next, unsigned total, bool keep)
-      : w_(w), rs_(rs), next_(next), total_(total), keep_(keep), sock_(w.io), timer_(w.io) {}
+  /// `subs`: filters each kept connection subscribes to after its CONNACK (idle); the attempt
+  /// ends with the SUBACK then, so the broker holds every subscription when its RSS is read.
+  conn_lane(worker& w, run_state& rs, std::atomic<unsigned>& next, unsigned total, bool keep, unsigned subs)
+      : w_(w), rs_(rs), next_(next), total_(total), keep_(keep), subs_(keep ? subs : 0), sock_(w.io), timer_(w.io) {}
 
   void start() { attempt(); }
 
@@ -956,8 +964,9 @@ class conn_lane {
     sock_.close(ignored);
     timer_.expires_after(std::chrono::seconds(10));
     timer_.async_wait([this, g](std::error_code ec) {
-      if (!ec && g == gen_) finish(g, false, "no CONNACK within 10 s");
+      if (!ec && g == gen_) finish(g, false, subs_ == 0 ? "no CONNACK within 10 s" : "no CONNACK and SUBACK within 10 s");
     });
+    index_ = i;
     const int n = std::snprintf(client_id_, sizeof client_id_, "%sc%u", rs_.id_prefix.c_str(), i);
     sock_.async_connect(rs_.endpoint, [this, g, n](std::error_code ec) {
       if (g != gen_) return;
@@ -987,17 +996,44 @@ class conn_lane {
         finish(g, false, "read: " + ec.message());
         return;
       }
-      int code = -1;
+      bool done = false;
+      std::string refused;
       const auto res = dec_.feed(rbuf_.data(), n, [&](codec::packet& p) {
-        if (const auto* a = std::get_if<codec::connack>(&p)) code = a->code;
-        return false;
+        if (const auto* a = std::get_if<codec::connack>(&p)) {
+          if (a->code != 0) {
+            refused = fmt::format("CONNACK code {}", a->code);
+            return false;
+          }
+          // CONNECT -> CONNACK, also when subscriptions follow.
+          w_.lat.record(now_ns() - t0_);
+          if (subs_ == 0) {
+            done = true;
+            return false;
+          }
+          subscribe(g);
+        } else if (const auto* sa = std::get_if<codec::suback>(&p)) {
+          for (auto rc : sa->reasons) {
+            if (static_cast<std::uint8_t>(rc) >= 0x80) {
+              refused = fmt::format("SUBACK code 0x{:02x}", static_cast<unsigned>(rc));
+              return false;
+            }
+          }
+          if (sa->reasons.size() != subs_) {
+            refused = fmt::format("SUBACK with {} codes for {} filters", sa->reasons.size(), subs_);
+            return false;
+          }
+          w_.subscriptions += subs_;
+          done = true;
+          return false;
+        }
+        return true;  // anything else before the CONNACK or SUBACK is ignored
       });
       if (res.ec) {
         finish(g, false, "decode: " + res.ec.message());
-      } else if (code == 0) {
+      } else if (!refused.empty()) {
+        finish(g, false, refused);
+      } else if (done) {
         finish(g, true, "");
-      } else if (code > 0) {
-        finish(g, false, fmt::format("CONNACK code {}", code));
       } else {
         read(g);
       }
@@ -1012,7 +1048,6 @@ class conn_lane {
     std::error_code ec;
     if (ok) {
       ++w_.conn_ok;
-      w_.lat.record(t - t0_);
       if (keep_) {
         kept_.push_back(std::make_unique<tcp::socket>(std::move(sock_)));
         sock_ = tcp::socket(w_.io);
@@ -1032,6 +1067,28 @@ class conn_lane {
     attempt();
   }
 
+  /// Idle with subscriptions: one SUBSCRIBE with `subs_` filters, "idle/<connection>/<j>", distinct
+  /// across the whole run, so each adds its own subscription (and trie leaf) to the broker.
+  void subscribe(unsigned g) {
+    filters_.clear();
+    codec::subscribe sub;
+    sub.packet_id = 1;
+    for (unsigned j = 0; j < subs_; ++j) filters_.push_back(fmt::format("idle/{}/{}", index_, j));
+    for (const auto& f : filters_) {
+      codec::subscribe_entry e;
+      e.filter = f;
+      e.options.max_qos = rs_.q;
+      sub.entries.push_back(e);
+    }
+    // Its own buffer: the CONNECT's write completion may still be queued (its bytes are sent, the
+    // CONNACK proves it), and it must not find its buffer reused.
+    sbuf_.clear();
+    append_packet(sbuf_, sub, rs_.version);
+    asio::async_write(sock_, asio::buffer(sbuf_.data(), sbuf_.size()), [this, g](std::error_code wec, std::size_t) {
+      if (g == gen_ && wec) finish(g, false, "write: " + wec.message());
+    });
+  }
+
   /// An idle connection reads nothing; a completed read means the broker closed it.
   void watch(tcp::socket& s) {
     s.async_read_some(asio::buffer(junk_), [this](std::error_code ec, std::size_t) {
@@ -1047,13 +1104,16 @@ class conn_lane {
   std::atomic<unsigned>& next_;
   unsigned total_;
   bool keep_;
+  unsigned subs_;
+  unsigned index_ = 0;  // of the connection being made
   tcp::socket sock_;
   asio::steady_timer timer_;
   codec::decoder dec_;
   unsigned gen_ = 0;
   std::uint64_t t0_ = 0;
   char client_id_[96] = {};
-  byte_buffer wbuf_;
+  byte_buffer wbuf_, sbuf_;
+  std::vector<std::string> filters_;
   std::array<std::uint8_t, 256> rbuf_{};
   std::array<std::uint8_t, 16> junk_{};
   std::vector<std::unique_ptr<tcp::socket>> kept_;
@@ -1062,49 +1122,6 @@ class conn_lane {
 // ---------------------------------------------------------------------------------------------
 // Results.
 
-class json_line {
- public:
-  json_line& str(const char* k, std::string_view v) {
-    key(k);
-    s_ += '"';
-    for (char c : v) {
-      if (c == '"' || c == '\\') s_ += '\\';
-      s_ += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
-    }
-    s_ += '"';
-    return *this;
-  }
-  json_line& num(const char* k, double v) {
-    key(k);
-    s_ += std::isfinite(v) ? fmt::format("{:.3f}", v) : std::string("null");
-    return *this;
-  }
-  json_line& integer(const char* k, std::uint64_t v) {
-    key(k);
-    s_ += std::to_string(v);
-    return *this;
-  }
-  json_line& integer(const char* k, long v) {
-    key(k);
-    s_ += std::to_string(v);
-    return *this;
-  }
-  json_line& boolean(const char* k, bool v) {
-    key(k);
-    s_ += v ? "true" : "false";
-    return *this;
-  }
-  std::string done() const { return s_ + "}"; }
-
- private:
-  void key(const char* k) {
-    if (s_.size() > 1) s_ += ',';
-    s_ += '"';
-    s_ += k;
-    s_ += "\":";
-  }
-  std::string s_ = "{";
-};
 
 struct window_cpu {
   double self_start = 0, self_end = 0, broker_start = -1, broker_end = -1;
@@ -1484,7 +1501,8 @@ int run_connections(runner& r, json_line& out) {
   std::atomic<unsigned> next{0};
   std::vector<std::unique_ptr<conn_lane>> lanes;
   for (unsigned i = 0; i < lanes_n; ++i)
-    lanes.push_back(std::make_unique<conn_lane>(*r.workers[i % r.workers.size()], rs, next, total, idle));
+    lanes.push_back(std::make_unique<conn_lane>(*r.workers[i % r.workers.size()], rs, next, total, idle,
+                                                cfg.subscriptions_per_connection));
   const std::uint64_t t0 = now_ns();
   for (unsigned i = 0; i < lanes_n; ++i) {
     conn_lane* l = lanes[i].get();
@@ -1513,10 +1531,11 @@ int run_connections(runner& r, json_line& out) {
   r.stop_workers();
 
   histogram lat;
-  std::uint64_t ok = 0, failed_n = 0, dropped = 0, last = t0;
+  std::uint64_t ok = 0, failed_n = 0, dropped = 0, last = t0, subscriptions = 0;
   for (auto& w : r.workers) {
     lat.merge(w->lat);
     ok += w->conn_ok;
+    subscriptions += w->subscriptions;
     failed_n += w->conn_failed;
     dropped += w->idle_dropped;
     last = std::max(last, w->last_done_ns);
@@ -1541,12 +1560,20 @@ int run_connections(runner& r, json_line& out) {
     const double per_conn = rss_before >= 0 && rss_after >= 0 && ok > 0
                                 ? static_cast<double>(rss_after - rss_before) * 1024.0 / static_cast<double>(ok)
                                 : -1;
+    // With subscriptions, per_conn includes them; bench/compare separates the two parts with the
+    // figure of a run without subscriptions.
     out.integer("rss_before_kb", rss_before)
         .integer("rss_after_kb", rss_after)
         .num("rss_per_connection_bytes", per_conn)
+        .integer("subscriptions_per_connection", std::uint64_t{cfg.subscriptions_per_connection})
+        .integer("subscriptions", subscriptions)
         .integer("idle_dropped", dropped);
-    fmt::print(stderr, "idle: {} of {} connected in {:.2f} s ({:.0f}/s); broker RSS {} -> {} KiB: {:.0f} bytes per connection; {} dropped while idle\n",
-               ok, total, elapsed, rate, rss_before, rss_after, per_conn, dropped);
+    fmt::print(stderr, "idle: {} of {} connected in {:.2f} s ({:.0f}/s){}; broker RSS {} -> {} KiB: {:.0f} bytes per connection; {} dropped while idle\n",
+               ok, total, elapsed, rate,
+               cfg.subscriptions_per_connection == 0
+                   ? std::string()
+                   : fmt::format(", {} subscriptions ({} each)", subscriptions, cfg.subscriptions_per_connection),
+               rss_before, rss_after, per_conn, dropped);
   } else {
     fmt::print(stderr, "connect-storm: {} of {} connections ({} in flight) in {:.2f} s: {:.0f} connections/s, {} failed; CONNECT->CONNACK µs p50 {:.0f} p99 {:.0f} max {:.0f}\n",
                ok, total, lanes_n, elapsed, rate, failed_n + missing, us(lat.percentile(50)), us(lat.percentile(99)),
@@ -1594,6 +1621,10 @@ int main(int argc, char** argv) {
   app.add_option("--connections", cfg.connections, "connections (connect-storm, idle)")->capture_default_str();
   app.add_option("--concurrency", cfg.concurrency, "connection attempts in flight")->capture_default_str()->check(CLI::Range(1u, 100000u));
   app.add_option("--retained", cfg.retained, "retained messages stored before the storm (retained-storm)")->capture_default_str();
+  app.add_option("--subscriptions-per-connection", cfg.subscriptions_per_connection,
+                 "idle: distinct topic filters each connection subscribes to after connecting (memory per subscription)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 10000u));
   app.add_option("--threads", cfg.threads, "io_context threads")->capture_default_str()->check(CLI::Range(1u, 64u));
   app.add_option("--broker-pid", cfg.broker_pid, "broker process for RSS and CPU readings from /proc");
   app.add_option("--protocol", cfg.protocol, "MQTT protocol level: 4 (3.1.1) or 5")->capture_default_str()->check(CLI::IsMember({4, 5}));
@@ -1605,6 +1636,10 @@ int main(int argc, char** argv) {
   app.add_option("--label", cfg.label, "free text copied into the JSON result (e.g. the broker's name)");
   app.add_flag("--json", cfg.json, "print one JSON line with the results on stdout");
   CLI11_PARSE(app, argc, argv);
+  if (cfg.subscriptions_per_connection > 0 && cfg.scenario != "idle") {
+    fmt::print(stderr, "loadgen: --subscriptions-per-connection applies to the idle scenario only\n");
+    return 1;
+  }
 
   raise_fd_limit();
   runner r(cfg);

@@ -175,3 +175,57 @@ TEST_CASE("multi-threaded broker survives concurrent connects, takeovers and sub
   c.expect<codec::pingresp>();
   CHECK(failures == 0);
 }
+
+namespace {
+
+/// In-process handlers that publish again from inside a handler (on the same thread), on top of
+/// the outer publish's own handlers: every handler of every level runs once per message.
+template <class Broker>
+void check_nested_local_publishes(Broker& b, unsigned publishers, int per_publisher) {
+  std::atomic<int> outer_a{0}, outer_b{0}, inner{0}, innermost{0};
+  b.subscribe("nest/+/out", [&](const mqttbroker::message_ptr& m) {
+    ++outer_a;
+    // Two levels deep, and with more handlers than the outer publish, so the per-thread list
+    // grows (and may move) while the outer publish is still walking its part of it.
+    const std::string t = std::string(m->topic().substr(0, m->topic().size() - 3)) + "in";
+    b.publish(t, "i");
+  });
+  b.subscribe("nest/+/out", [&](const mqttbroker::message_ptr&) { ++outer_b; });
+  for (int i = 0; i < 8; ++i) {
+    b.subscribe("nest/+/in", [&, i](const mqttbroker::message_ptr& m) {
+      ++inner;
+      if (i == 0) b.publish(std::string(m->topic().substr(0, m->topic().size() - 2)) + "deep", "d");
+    });
+  }
+  b.subscribe("nest/+/deep", [&](const mqttbroker::message_ptr&) { ++innermost; });
+
+  std::vector<std::thread> ts;
+  for (unsigned p = 0; p < publishers; ++p) {
+    ts.emplace_back([&b, p, per_publisher] {
+      const std::string topic = "nest/" + std::to_string(p) + "/out";
+      for (int i = 0; i < per_publisher; ++i) b.publish(topic, "o");
+    });
+  }
+  for (auto& t : ts) t.join();
+  const int total = static_cast<int>(publishers) * per_publisher;
+  CHECK(outer_a == total);
+  CHECK(outer_b == total);
+  CHECK(inner == 8 * total);
+  CHECK(innermost == total);
+  CHECK(b.stats().messages_received == static_cast<std::uint64_t>(3 * total));
+  CHECK(b.stats().messages_sent == static_cast<std::uint64_t>(2 * total + 8 * total + total));
+}
+
+}  // namespace
+
+TEST_CASE("in-process handlers may publish again; nested publishes keep the outer handler list", "[broker_mt][inprocess]") {
+  SECTION("broker<>, one thread") {
+    asio::io_context io(1);
+    mqttbroker::broker<> b(io);
+    check_nested_local_publishes(b, 1, 500);
+  }
+  SECTION("broker_mt, publishers on several threads at once") {
+    mt_fixture f(2);
+    check_nested_local_publishes(f.broker(), 3, 500);
+  }
+}

@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
   unsigned connect_timeout_ms = static_cast<unsigned>(opts.connect_timeout.count());
   std::uint64_t session_expiry_s = static_cast<std::uint64_t>(opts.persistent_session_expiry.count());
   unsigned sys_interval_s = static_cast<unsigned>(opts.sys_interval.count());
+  unsigned stuck_ms = static_cast<unsigned>(opts.stuck_client_timeout.count());
 
   app.add_option("--bind", bind, "address to listen on")->capture_default_str();
   app.add_option("--port", port, "TCP port")->capture_default_str();
@@ -104,6 +105,16 @@ int main(int argc, char** argv) {
   app.add_option("--max-inflight", opts.max_inflight, "unacknowledged QoS 1/2 messages per client")->capture_default_str();
   app.add_option("--max-queued-messages", opts.max_queued_messages, "messages waiting per session")->capture_default_str();
   app.add_option("--max-queued-bytes", opts.max_queued_bytes, "payload bytes waiting per session (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--pace-publishers", opts.pace_publishers,
+                 "stop reading a publisher while a subscriber it feeds is behind (true/false)")
+      ->capture_default_str();
+  app.add_option("--pacing-backlog-bytes", opts.pacing_backlog_bytes, "unwritten bytes that make a subscriber behind")
+      ->capture_default_str();
+  app.add_option("--pacing-queued-messages", opts.pacing_queued_messages,
+                 "waiting messages that make a subscriber behind")
+      ->capture_default_str();
+  app.add_option("--stuck-client-timeout-ms", stuck_ms, "a client behind without progress this long is stuck")
       ->capture_default_str();
   app.add_option("--max-subscriptions", opts.max_subscriptions_per_client, "subscriptions per client")->capture_default_str();
   app.add_option("--max-topic-levels", opts.max_topic_levels, "levels in a topic")->capture_default_str();
@@ -121,6 +132,7 @@ int main(int argc, char** argv) {
   opts.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
   opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
   opts.sys_interval = std::chrono::seconds(sys_interval_s);
+  opts.stuck_client_timeout = std::chrono::milliseconds(stuck_ms);
 
   try {
     if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, bind, port, threads);

@@ -28,6 +28,7 @@
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -48,6 +49,19 @@
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
+
+namespace detail {
+/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type (a policy
+/// written before sessions had a lock type of their own).
+template <class Locking, class = void>
+struct session_mutex_of {
+  using type = typename Locking::mutex_type;
+};
+template <class Locking>
+struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
+  using type = typename Locking::session_mutex_type;
+};
+}  // namespace detail
 
 /// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
 /// by deriving: `struct my_policies : default_policies { using locking = locking::shared; };`
@@ -105,6 +119,10 @@ class broker {
         sweep_timer_(control_ex_) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
+    // Pacing has to start well before the queue limits drop anything.
+    pacing_bytes_ = opts_.pacing_backlog_bytes;
+    if (opts_.max_queued_bytes != 0) pacing_bytes_ = std::min(pacing_bytes_, opts_.max_queued_bytes / 2);
+    pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
   }
   broker(const broker&) = delete;
   broker& operator=(const broker&) = delete;
@@ -203,7 +221,8 @@ class broker {
   }
 
   broker_stats stats() const {
-    std::lock_guard<mutex_type> lk(state_mutex_);
+    // Shared: it only reads, and a host may poll it while publishers route.
+    std::shared_lock<mutex_type> lk(state_mutex_);
     broker_stats s = stats_;
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
@@ -224,6 +243,7 @@ class broker {
  private:
   friend connection_type;
   using mutex_type = typename locking_type::mutex_type;
+  using session_mutex_type = typename detail::session_mutex_of<locking_type>::type;
 
   enum class subscriber_kind : std::uint8_t { client, local };
 
@@ -249,7 +269,7 @@ class broker {
     std::chrono::seconds expiry{0};
     // With locking::shared, publishers holding the state lock shared meet here; every other
     // change to the session holds the state lock exclusively.
-    MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type mutex;
+    MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
     detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
     std::size_t outbox_bytes = 0;
@@ -509,16 +529,20 @@ class broker {
 
   /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
   /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
-  static std::string forwardable_properties(const codec::properties_view& in) {
-    if (in.empty()) return {};
-    codec::properties_builder b;
-    for (const codec::property& p : in) {
-      if (p.id == codec::property_id::topic_alias || p.id == codec::property_id::subscription_identifier ||
-          p.id == codec::property_id::will_delay_interval)
-        continue;
-      b.add(p);
-    }
-    return std::string(b.view().bytes());
+  /// The view is valid until the next call on this thread (the caller copies it into a message).
+  static std::string_view forwardable_properties(const codec::properties_view& in) {
+    auto stays = [](const codec::property& p) {
+      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
+             p.id != codec::property_id::will_delay_interval;
+    };
+    bool all_stay = true;
+    for (const codec::property& p : in) all_stay = all_stay && stays(p);
+    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
+    static thread_local codec::properties_builder b;
+    b.clear();
+    for (const codec::property& p : in)
+      if (stays(p)) b.add(p);
+    return b.view().bytes();
   }
 
   void on_publish(connection_type& c, const codec::publish& p) {
@@ -534,7 +558,7 @@ class broker {
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string());
+      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(c.client_id(), *m);
     }
     if (!allowed) {
@@ -749,14 +773,21 @@ class broker {
     if (count) hot_.received.fetch_add(1);
     std::size_t n = 0;
     // In-process handlers run after routing, outside the lock: a handler may publish or
-    // subscribe again without re-entering the router mid-route.
-    std::vector<std::shared_ptr<const local_handler>> local;
+    // subscribe again without re-entering the router mid-route. Their list is one vector per
+    // thread, kept between publishes so that none allocates: a publish from inside a handler
+    // appends past this call's part and takes its own part off again before it returns.
+    static thread_local std::vector<std::shared_ptr<const local_handler>> local;
+    const std::size_t first = local.size();
+    struct pop_on_exit {
+      std::vector<std::shared_ptr<const local_handler>>& list;
+      std::size_t keep;
+      ~pop_on_exit() { list.resize(keep); }
+    } pop{local, first};
     const subscriber* publisher = from;
     auto on_match = [&](const subscriber* s, const router::delivery& d) {
       ++n;
       if (s->kind == subscriber_kind::local) {
-        hot_.sent.fetch_add(1);
-        local.push_back(static_cast<const local_subscriber*>(s)->handler);
+        local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
       } else {
         deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
       }
@@ -778,14 +809,21 @@ class broker {
       std::shared_lock<mutex_type> lk(state_mutex_);
       router_.route(m->topic(), publisher ? &publisher : nullptr, scratch, on_match);
     }
-    for (const auto& h : local) (*h)(m);
+    const std::size_t end = local.size();
+    if (end != first) hot_.sent.fetch_add(end - first);
+    // By index and through the handler object itself: a nested publish may reallocate the
+    // vector, but the shared_ptr keeps the handler where it is until `pop` runs.
+    for (std::size_t i = first; i < end; ++i) {
+      const local_handler& h = *local[i];
+      h(m);
+    }
     return n;
   }
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
   void deliver(session_record* rec, const message_ptr& m, const router::delivery& d, connection_type* reader) {
-    std::lock_guard<mutex_type> session_lock(rec->mutex);
+    std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
@@ -819,8 +857,7 @@ class broker {
   bool behind(const session_record& rec, const connection_type& c, clock::time_point now, std::size_t divisor) const {
     if (!opts_.pace_publishers) return false;
     const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
-    if (backlog <= opts_.pacing_backlog_bytes / divisor && rec.state.queued_count() <= opts_.pacing_queued_messages / divisor)
-      return false;
+    if (backlog <= pacing_bytes_ / divisor && rec.state.queued_count() <= pacing_messages_ / divisor) return false;
     // A client that has neither read nor sent anything for a while is stuck, not slow: pausing
     // everyone for it would let one client stall the others.
     return now - c.last_progress() < opts_.stuck_client_timeout;
@@ -831,7 +868,7 @@ class broker {
   bool pause_reader(connection_type& reader) {
     std::shared_ptr<session_record> target = std::move(reader.pace_target_);
     std::shared_lock<mutex_type> lk(state_mutex_);
-    std::lock_guard<mutex_type> session_lock(target->mutex);
+    std::lock_guard<session_mutex_type> session_lock(target->mutex);
     const connection_type* c = target->conn;
     if (c == nullptr || !behind(*target, *c, reader.read_time_, 1)) return false;
     reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
@@ -851,7 +888,7 @@ class broker {
     std::vector<std::shared_ptr<connection_type>> wake;
     {
       std::shared_lock<mutex_type> lk(state_mutex_);
-      std::lock_guard<mutex_type> session_lock(rec->mutex);
+      std::lock_guard<session_mutex_type> session_lock(rec->mutex);
       if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
       wake.swap(rec->paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
@@ -952,7 +989,7 @@ class broker {
       if (rec && rec->conn == &c) {
         {
           // Readers waiting for this client go on: it is gone, and offline queues have limits.
-          std::lock_guard<mutex_type> session_lock(rec->mutex);
+          std::lock_guard<session_mutex_type> session_lock(rec->mutex);
           paced.swap(rec->paced);
           rec->has_paced.store(false, std::memory_order_relaxed);
         }
@@ -1173,6 +1210,8 @@ class broker {
   asio::any_io_executor ex_;
   asio::any_io_executor control_ex_;  // a strand with locking::shared
   broker_options opts_;
+  std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits
+  std::size_t pacing_messages_ = 0;
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;

@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/message_pool.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -19,7 +20,8 @@ class message_ptr;
 
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
-/// the same message, so a payload is stored once however many receive it.
+/// the same message, so a payload is stored once however many receive it. The allocation comes
+/// from detail::message_pool, so a steady stream of messages reuses freed blocks.
 class message {
  public:
   message(const message&) = delete;
@@ -40,17 +42,24 @@ class message {
 
  private:
   friend class message_ptr;
-  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r) noexcept
-      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r) {}
+  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block) noexcept
+      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r), block_class_(block) {}
 
   const char* bytes() const noexcept { return reinterpret_cast<const char*>(this + 1); }
   char* bytes() noexcept { return reinterpret_cast<char*>(this + 1); }
 
   void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  std::size_t block_bytes() const noexcept {
+    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_;
+  }
+
   void release() const noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      const std::size_t bytes = block_bytes();
+      const std::uint8_t block = block_class_;
       this->~message();
-      ::operator delete(const_cast<message*>(this));
+      // Into the releasing thread's cache: the acq_rel above orders every earlier use before it.
+      detail::message_pool::deallocate(const_cast<message*>(this), bytes, block);
     }
   }
 
@@ -62,6 +71,7 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
+  std::uint8_t block_class_;  // message_pool size class; fits in the padding, sizeof stays 20
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -99,9 +109,10 @@ class message_ptr {
 inline message_ptr message::make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
                                  std::string_view properties) {
   const std::size_t n = topic.size() + properties.size() + payload.size();
-  void* raw = ::operator new(sizeof(message) + n);
+  std::uint8_t block = 0;
+  void* raw = detail::message_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
-                              static_cast<std::uint32_t>(payload.size()), q, retain);
+                              static_cast<std::uint32_t>(payload.size()), q, retain, block);
   char* out = m->bytes();
   if (!topic.empty()) std::memcpy(out, topic.data(), topic.size());
   if (!properties.empty()) std::memcpy(out + topic.size(), properties.data(), properties.size());

@@ -23,8 +23,10 @@ namespace detail {
 /// joins that thread's cache; each cache is bounded, the surplus goes back to the heap.
 class byte_pool {
  public:
-  static constexpr std::size_t class_count = 4;
-  static constexpr std::size_t class_sizes[class_count] = {256, 1024, 4096, 16384};
+  // 208: an Asio wait operation with a connection's handler is 200 bytes; a block per idle
+  // connection is held all the time, so it must not round up far.
+  static constexpr std::size_t class_count = 6;
+  static constexpr std::size_t class_sizes[class_count] = {128, 208, 320, 1024, 4096, 16384};
   static constexpr std::size_t cache_bytes_per_class = 256 * 1024;
 
   /// A block of at least `n` bytes; `capacity` gets its real size (to pass back to release()).
@@ -45,6 +47,12 @@ class byte_pool {
       return reinterpret_cast<std::uint8_t*>(head);
     }
     return static_cast<std::uint8_t*>(::operator new(capacity));
+  }
+
+  /// What acquire(n) returns as its capacity.
+  static std::size_t capacity_for(std::size_t n) noexcept {
+    const std::size_t c = class_of(n);
+    return c == class_count ? n : class_sizes[c];
   }
 
   static void release(std::uint8_t* p, std::size_t capacity) noexcept {
@@ -103,6 +111,32 @@ class byte_pool {
   static cache& local() {
     static thread_local cache k;
     return k;
+  }
+};
+
+/// An allocator over byte_pool for the memory of asynchronous operations: a connection's wait
+/// and write come and go once per read and per batch, and Asio's own per-thread cache holds only
+/// two, too few when one read reaches many connections.
+template <class T>
+struct pooled_allocator {
+  using value_type = T;
+  pooled_allocator() noexcept = default;
+  template <class U>
+  pooled_allocator(const pooled_allocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    std::size_t capacity = 0;
+    return reinterpret_cast<T*>(byte_pool::acquire(n * sizeof(T), capacity));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    byte_pool::release(reinterpret_cast<std::uint8_t*>(p), byte_pool::capacity_for(n * sizeof(T)));
+  }
+  template <class U>
+  friend bool operator==(const pooled_allocator&, const pooled_allocator<U>&) noexcept {
+    return true;
+  }
+  template <class U>
+  friend bool operator!=(const pooled_allocator&, const pooled_allocator<U>&) noexcept {
+    return false;
   }
 };
 

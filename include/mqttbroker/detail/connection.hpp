@@ -10,6 +10,7 @@
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/session/state.hpp>
 
+#include <asio/bind_allocator.hpp>
 #include <asio/buffer.hpp>
 #include <asio/error.hpp>
 #include <asio/post.hpp>
@@ -313,7 +314,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   void read() {
     if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
     stream_.async_wait(asio::socket_base::wait_read,
-                       [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); });
+                       asio::bind_allocator(pooled_allocator<void>(), [self = this->shared_from_this()](std::error_code ec) {
+                         self->on_readable(ec);
+                       }));
   }
 
   void on_readable(std::error_code ec) {
@@ -451,9 +454,10 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     const auto& iov = writing_->iov;
     const std::size_t end = std::min(iov.size(), write_pos_ + max_write_buffers);
     stream_.async_write_some(const_buffer_range{iov.data() + write_pos_, iov.data() + end},
-                             [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
+                             asio::bind_allocator(pooled_allocator<void>(), [self = this->shared_from_this()](
+                                                                                std::error_code ec, std::size_t n) {
                                self->on_written(ec, n);
-                             });
+                             }));
   }
 
   void on_written(std::error_code ec, std::size_t n) {

@@ -21,6 +21,7 @@ struct none {
     void unlock_shared() noexcept {}
     bool try_lock_shared() noexcept { return true; }
   };
+  using session_mutex_type = mutex_type;
 
   /// A plain integer in the shape of std::atomic for the calls the broker makes.
   template <class T>

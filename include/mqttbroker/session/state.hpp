@@ -5,6 +5,7 @@
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/fifo.hpp>
+#include <mqttbroker/detail/small_vector.hpp>
 #include <mqttbroker/message.hpp>
 
 #include <algorithm>
@@ -28,7 +29,7 @@ struct outgoing {
   bool retain = false;                              // the RETAIN flag as sent [MQTT-3.3.1-9]
   bool dup = false;
   std::uint16_t packet_id = 0;
-  std::vector<std::uint32_t> subscription_ids;      // 5.0; empty costs nothing
+  detail::small_vector<std::uint32_t, 2> subscription_ids;  // 5.0; two fit without allocating
 };
 
 /// Where an outgoing QoS 1/2 message stands.

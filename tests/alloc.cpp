@@ -1,0 +1,652 @@
+// The QoS 0 message path makes no heap allocation per message in steady state. This program
+// replaces the global allocation functions with counting ones and counts what the broker's
+// io_context thread allocates while it routes thousands of messages over loopback TCP. Only that
+// thread counts, and only while armed: the clients, Catch and the set-up allocate freely.
+//
+// Two layers are counted:
+//   - operator new/delete (every variant), replaced here and forwarded to the C heap;
+//   - on glibc without a sanitizer, the malloc family too (malloc, aligned_alloc, ...), because
+//     Asio takes its handler memory from std::aligned_alloc, which operator new never sees.
+// Sanitizers own malloc, so under them only operator new is counted (said at run time).
+//
+// When something allocates, its distinct call stacks are printed with a count each. For file:line,
+// feed the +0x offsets to addr2line, or run the case under gdb with a breakpoint on alloc_test_hit:
+//   gdb -batch -ex 'break alloc_test_hit' -ex run -ex bt --args build/.../mqttbroker_alloc_tests '<case>'
+#include <mqttbroker/broker.hpp>
+
+#include "blocking_client.hpp"
+#include "catch.hpp"
+
+#include <asio.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cerrno>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#if defined(__GLIBC__)
+#include <execinfo.h>
+#include <malloc.h>
+#endif
+
+// Which sanitizer, if any, owns the heap.
+#if MQTTBROKER_HAS_ASAN
+#define ALLOC_TEST_SANITIZER "AddressSanitizer"
+#elif defined(__SANITIZE_THREAD__)
+#define ALLOC_TEST_SANITIZER "ThreadSanitizer"
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ALLOC_TEST_SANITIZER "ThreadSanitizer"
+#elif __has_feature(memory_sanitizer)
+#define ALLOC_TEST_SANITIZER "MemorySanitizer"
+#endif
+#endif
+
+#if defined(__GLIBC__) && !defined(ALLOC_TEST_SANITIZER)
+#define ALLOC_TEST_COUNT_MALLOC 1
+#else
+#define ALLOC_TEST_COUNT_MALLOC 0
+#endif
+
+// ---- counting
+
+namespace {
+
+std::atomic<bool> armed{false};
+std::atomic<std::uint64_t> new_calls{0};     // operator new on the io thread while armed
+std::atomic<std::uint64_t> malloc_calls{0};  // malloc family called directly (not via operator new)
+// Constant-initialised thread_locals of the executable: reading them never allocates.
+thread_local bool counted_thread = false;  // set on the broker's io_context thread
+thread_local bool in_hook = false;         // a backtrace() under way must not count itself
+
+// The distinct call stacks of counted allocations, with how often each was seen. Written only by
+// the io thread while armed, read after it is disarmed.
+constexpr int max_traces = 8;
+constexpr int max_frames = 40;
+struct trace {
+  void* frames[max_frames];
+  int depth;
+  std::uint64_t hits;
+};
+trace traces[max_traces];
+int traces_taken = 0;
+std::uint64_t untraced = 0;  // hits on stacks beyond max_traces
+
+}  // namespace
+
+/// Called for every counted allocation: a breakpoint target (see the top of the file).
+volatile std::size_t last_counted_size = 0;
+extern "C" [[gnu::noinline]] void alloc_test_hit(std::size_t size) { last_counted_size = size; }
+
+namespace {
+
+void note(std::atomic<std::uint64_t>& counter, std::size_t size) noexcept {
+  if (!counted_thread || in_hook || !armed.load(std::memory_order_relaxed)) return;
+  counter.fetch_add(1, std::memory_order_relaxed);
+  in_hook = true;
+#if defined(__GLIBC__)
+  trace t;
+  t.depth = backtrace(t.frames, max_frames);
+  t.hits = 1;
+  bool known = false;
+  for (int i = 0; i < traces_taken && !known; ++i) {
+    known = traces[i].depth == t.depth && std::equal(t.frames, t.frames + t.depth, traces[i].frames);
+    if (known) ++traces[i].hits;
+  }
+  if (!known && traces_taken < max_traces)
+    traces[traces_taken++] = t;
+  else if (!known)
+    ++untraced;
+#endif
+  alloc_test_hit(size);
+  in_hook = false;
+}
+
+void forget_traces() noexcept {
+  traces_taken = 0;
+  untraced = 0;
+}
+
+}  // namespace
+
+#if ALLOC_TEST_COUNT_MALLOC
+// glibc's own entry points: the replacements below count, then hand every call to them, so all
+// memory still comes from and goes back to glibc's allocator.
+extern "C" {
+void* __libc_malloc(std::size_t);
+void* __libc_calloc(std::size_t, std::size_t);
+void* __libc_realloc(void*, std::size_t);
+void* __libc_memalign(std::size_t, std::size_t);
+void* __libc_valloc(std::size_t);
+void* __libc_pvalloc(std::size_t);
+void __libc_free(void*);
+}
+
+namespace {
+void* heap_alloc(std::size_t n) noexcept { return __libc_malloc(n); }
+void* heap_aligned_alloc(std::size_t align, std::size_t n) noexcept { return __libc_memalign(align, n); }
+void heap_free(void* p) noexcept { __libc_free(p); }
+}  // namespace
+
+extern "C" {
+void* malloc(std::size_t n) noexcept {
+  note(malloc_calls, n);
+  return __libc_malloc(n);
+}
+void* calloc(std::size_t count, std::size_t n) noexcept {
+  note(malloc_calls, count * n);
+  return __libc_calloc(count, n);
+}
+void* realloc(void* p, std::size_t n) noexcept {
+  note(malloc_calls, n);
+  return __libc_realloc(p, n);
+}
+void* aligned_alloc(std::size_t align, std::size_t n) noexcept {
+  note(malloc_calls, n);
+  return __libc_memalign(align, n);
+}
+void* memalign(std::size_t align, std::size_t n) noexcept {
+  note(malloc_calls, n);
+  return __libc_memalign(align, n);
+}
+int posix_memalign(void** out, std::size_t align, std::size_t n) noexcept {
+  note(malloc_calls, n);
+  if (align < sizeof(void*) || (align & (align - 1)) != 0) return EINVAL;
+  void* p = __libc_memalign(align, n);
+  if (p == nullptr) return ENOMEM;
+  *out = p;
+  return 0;
+}
+void* valloc(std::size_t n) noexcept {
+  note(malloc_calls, n);
+  return __libc_valloc(n);
+}
+void* pvalloc(std::size_t n) noexcept {
+  note(malloc_calls, n);
+  return __libc_pvalloc(n);
+}
+void free(void* p) noexcept { __libc_free(p); }
+}
+#else
+namespace {
+void* heap_alloc(std::size_t n) noexcept { return std::malloc(n); }
+void* heap_aligned_alloc(std::size_t align, std::size_t n) noexcept {
+  return std::aligned_alloc(align, (n + align - 1) / align * align);  // a multiple of align (C11)
+}
+void heap_free(void* p) noexcept { std::free(p); }
+}  // namespace
+#endif
+
+namespace {
+
+void* counted_new(std::size_t n) {
+  note(new_calls, n);
+  if (void* p = heap_alloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* counted_new(std::size_t n, std::align_val_t a) {
+  note(new_calls, n);
+  const auto align = std::max(static_cast<std::size_t>(a), sizeof(void*));
+  if (void* p = heap_aligned_alloc(align, n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+
+}  // namespace
+
+void* operator new(std::size_t n) { return counted_new(n); }
+void* operator new[](std::size_t n) { return counted_new(n); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted_new(n, a); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted_new(n, a); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return counted_new(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return counted_new(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  try {
+    return counted_new(n, a);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  try {
+    return counted_new(n, a);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void operator delete(void* p) noexcept { heap_free(p); }
+void operator delete[](void* p) noexcept { heap_free(p); }
+void operator delete(void* p, std::size_t) noexcept { heap_free(p); }
+void operator delete[](void* p, std::size_t) noexcept { heap_free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { heap_free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { heap_free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { heap_free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { heap_free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { heap_free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { heap_free(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { heap_free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { heap_free(p); }
+
+// ---- the scenario
+
+namespace {
+
+namespace codec = mqttbroker::codec;
+using test_support::blocking_client;
+using clock_type = std::chrono::steady_clock;
+
+constexpr std::size_t small_payload = 16;
+constexpr std::size_t large_payload = 1024;
+// Messages the publisher may be ahead of the slowest subscriber. It bounds the messages alive in
+// the broker, which is what "steady state" means here: without it a subscriber that falls behind
+// makes the broker queue (and a bounded cache spill) however good the message path is.
+constexpr std::uint64_t window = 64;
+constexpr std::uint64_t chunk = 16;  // messages per write of the publisher
+
+struct subscription {
+  std::string filter;
+  std::uint32_t identifier = 0;  // 5.0 Subscription Identifier; 0 for none
+};
+
+struct scenario {
+  codec::protocol_version version = codec::protocol_version::v3_1_1;
+  std::vector<subscription> subscribers;
+  bool user_properties = false;  // 5.0: every other message carries one
+  std::uint64_t warm_up = 4000;
+  std::uint64_t measured = 20000;
+};
+
+struct outcome {
+  std::uint64_t new_calls = 0;
+  std::uint64_t malloc_calls = 0;
+  std::vector<std::uint64_t> received;
+  std::vector<std::string> errors;
+  std::uint64_t dropped = 0;
+  std::size_t cached_bytes = 0;  // the io thread's message cache after the run
+};
+
+/// What the subscriber threads report to the publisher: messages received so far, per subscriber.
+class progress {
+ public:
+  explicit progress(std::size_t subscribers) : received_(subscribers, 0) {}
+
+  void update(std::size_t subscriber, std::uint64_t received, std::string error) {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      received_[subscriber] = received;
+      if (!error.empty()) errors_.push_back(std::move(error));
+    }
+    cv_.notify_all();
+  }
+  void fail(std::string error) {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      errors_.push_back(std::move(error));
+    }
+    cv_.notify_all();
+  }
+
+  /// Waits until every subscriber has `n` messages; false on an error or at `deadline`.
+  bool wait_all(std::uint64_t n, clock_type::time_point deadline) {
+    std::unique_lock<std::mutex> lk(m_);
+    return cv_.wait_until(lk, deadline, [&] { return !errors_.empty() || slowest() >= n; }) && errors_.empty();
+  }
+
+  std::vector<std::uint64_t> received() {
+    std::lock_guard<std::mutex> lk(m_);
+    return received_;
+  }
+  std::vector<std::string> errors() {
+    std::lock_guard<std::mutex> lk(m_);
+    return errors_;
+  }
+
+ private:
+  std::uint64_t slowest() const { return *std::min_element(received_.begin(), received_.end()); }
+
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<std::uint64_t> received_;
+  std::vector<std::string> errors_;
+};
+
+std::size_t payload_size(std::uint64_t seq) { return seq % 2 == 0 ? small_payload : large_payload; }
+char topic_digit(std::uint64_t seq) { return static_cast<char>('0' + seq % 8); }
+constexpr std::string_view user_key = "trace-context";
+constexpr std::string_view user_value = "00-0123456789abcdef-01";  // longer than any small-string buffer
+
+/// Reads PUBLISH packets until `total` arrived, checking that they come in publishing order with
+/// the right topic, size and sequence number: a drop or a duplicate fails the run.
+void read_publishes(asio::ip::tcp::socket& s, const scenario& sc, std::size_t index, std::uint64_t total,
+                    progress& pr) {
+  codec::decoder d(codec::decoder_options{codec::role::client, codec::max_packet_size, sc.version});
+  std::vector<std::uint8_t> buf(64 * 1024);
+  const std::uint32_t want_id = sc.subscribers[index].identifier;
+  std::uint64_t next = 0;
+  std::string error;
+  while (next < total && error.empty()) {
+    std::error_code ec;
+    const std::size_t n = s.read_some(asio::buffer(buf), ec);
+    if (ec) {
+      error = "subscriber " + std::to_string(index) + ": read: " + ec.message();
+      break;
+    }
+    const auto res = d.feed(buf.data(), n, [&](codec::packet& p) {
+      const auto* pub = std::get_if<codec::publish>(&p);
+      if (pub == nullptr) {
+        error = "subscriber " + std::to_string(index) + ": a packet other than PUBLISH";
+        return false;
+      }
+      std::uint64_t seq = ~std::uint64_t{0};
+      if (pub->payload.size() >= sizeof seq) std::memcpy(&seq, pub->payload.data(), sizeof seq);
+      const std::string topic = std::string("t/") + topic_digit(next);
+      bool ok = seq == next && pub->topic == topic && pub->payload.size() == payload_size(next) &&
+                pub->qos_level == codec::qos::at_most_once;
+      if (ok && sc.version == codec::protocol_version::v5) {
+        const bool has_user = static_cast<bool>(pub->properties.find(codec::property_id::user_property));
+        ok = has_user == (sc.user_properties && next % 2 == 1);
+        auto id = pub->properties.find(codec::property_id::subscription_identifier);
+        ok = ok && (want_id == 0 ? !id : (id && id->integer == want_id));
+      }
+      if (!ok) {
+        error = "subscriber " + std::to_string(index) + ": message " + std::to_string(next) +
+                " wrong or out of order (got sequence " + std::to_string(seq) + ", topic " + std::string(pub->topic) +
+                ", " + std::to_string(pub->payload.size()) + " bytes)";
+        return false;
+      }
+      ++next;
+      return true;
+    });
+    if (res.ec && error.empty()) error = "subscriber " + std::to_string(index) + ": decode: " + res.ec.message();
+    pr.update(index, next, error);
+  }
+}
+
+/// Publishes messages [from, to) in writes of `per_write`, never more than `window` ahead of the
+/// slowest subscriber. False on a subscriber error or at `deadline`.
+bool publish_range(blocking_client& pub, const scenario& sc, std::uint64_t from, std::uint64_t to,
+                   std::uint64_t per_write, progress& pr, clock_type::time_point deadline) {
+  std::string out;
+  std::string payload(large_payload, 'x');
+  codec::properties_builder props;
+  props.add_user_property(user_key, user_value);
+  for (std::uint64_t seq = from; seq < to;) {
+    const std::uint64_t end = std::min(to, seq + per_write);
+    if (end > window && !pr.wait_all(end - window, deadline)) return false;
+    out.clear();
+    for (; seq < end; ++seq) {
+      std::memcpy(&payload[0], &seq, sizeof seq);
+      const std::string topic = std::string("t/") + topic_digit(seq);
+      codec::publish p;
+      p.topic = topic;
+      p.payload = std::string_view(payload).substr(0, payload_size(seq));
+      p.qos_level = codec::qos::at_most_once;
+      if (sc.user_properties && seq % 2 == 1) p.properties = props.view();
+      if (codec::encode(p, sc.version, out)) return false;
+    }
+    std::error_code ec;
+    asio::write(pub.socket(), asio::buffer(out), ec);
+    if (ec) return false;
+  }
+  return true;
+}
+
+/// broker<> on its own io_context thread, the only thread that counts; stopped gracefully on
+/// every way out of a scenario, a throwing one included.
+class broker_host {
+ public:
+  broker_host() : work_(asio::make_work_guard(io_)), broker_(io_, options()) {
+    mqttbroker::broker<>::listen_options lo;
+    lo.address = "127.0.0.1";
+    lo.port = 0;
+    broker_.listen(lo);
+    broker_.start();
+    thread_ = std::thread([this] {
+      counted_thread = true;
+      io_.run();
+      counted_thread = false;
+    });
+  }
+  broker_host(const broker_host&) = delete;
+  broker_host& operator=(const broker_host&) = delete;
+  ~broker_host() {
+    std::atomic<bool> stopped{false};
+    broker_.async_stop([&](std::error_code) { stopped = true; });
+    for (int i = 0; i < 2000 && !stopped; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+
+  std::uint16_t port() const { return broker_.local_port(); }
+
+  /// Runs `f` on the io thread and waits for it: broker<> is single-threaded.
+  template <class F>
+  void on_io_thread(F f) {
+    std::atomic<bool> done{false};
+    asio::post(io_, [&] {
+      f(broker_);
+      done = true;
+    });
+    for (int i = 0; i < 10000 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+
+ private:
+  static mqttbroker::broker_options options() {
+    mqttbroker::broker_options o;
+    // The periodic $SYS report formats strings by design; it is not the message path.
+    o.sys_interval = std::chrono::seconds(0);
+    return o;
+  }
+
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  mqttbroker::broker<> broker_;
+  std::thread thread_;
+};
+
+outcome run(const scenario& sc) {
+  broker_host host;
+  const std::size_t n_subs = sc.subscribers.size();
+  std::vector<std::unique_ptr<blocking_client>> subs;
+  for (std::size_t i = 0; i < n_subs; ++i) {
+    subs.push_back(std::make_unique<blocking_client>(host.port(), sc.version));
+    if (subs.back()->connect("alloc-sub-" + std::to_string(i)) != 0) throw std::runtime_error("CONNECT refused");
+    codec::subscribe s;
+    s.packet_id = 1;
+    s.entries.push_back({sc.subscribers[i].filter, {codec::qos::at_most_once}});
+    codec::properties_builder props;
+    if (sc.subscribers[i].identifier != 0) {
+      props.add(codec::property_id::subscription_identifier, sc.subscribers[i].identifier);
+      s.properties = props.view();
+    }
+    subs.back()->send(s);
+    const auto ack = subs.back()->expect<codec::suback>();
+    if (ack.reasons.size() != 1 || static_cast<std::uint8_t>(ack.reasons[0]) != 0)
+      throw std::runtime_error("SUBSCRIBE refused");
+  }
+  blocking_client publisher(host.port(), sc.version);
+  if (publisher.connect("alloc-pub") != 0) throw std::runtime_error("CONNECT refused");
+
+  const std::uint64_t total = sc.warm_up + sc.measured;
+  progress pr(n_subs);
+  std::vector<std::thread> readers;
+  for (std::size_t i = 0; i < n_subs; ++i)
+    readers.emplace_back([&, i] { read_publishes(subs[i]->socket(), sc, i, total, pr); });
+
+  const auto deadline = clock_type::now() + std::chrono::seconds(120);
+  bool ok = true;
+  // Warm-up: the caches (messages, Asio handlers) and the batch buffers reach their working
+  // size. Whole windows in one write at the end push the batches to their largest.
+  ok = ok && publish_range(publisher, sc, 0, sc.warm_up - 4 * window, chunk, pr, deadline);
+  ok = ok && publish_range(publisher, sc, sc.warm_up - 4 * window, sc.warm_up, window, pr, deadline);
+  ok = ok && pr.wait_all(sc.warm_up, deadline);
+
+  outcome out;
+  if (ok) {
+    forget_traces();
+    armed = true;
+    ok = publish_range(publisher, sc, sc.warm_up, total, chunk, pr, deadline) && pr.wait_all(total, deadline);
+    armed = false;
+  }
+  out.new_calls = new_calls.exchange(0);
+  out.malloc_calls = malloc_calls.exchange(0);
+  if (!ok) pr.fail("timed out or failed before every subscriber had every message");
+
+  // Readers blocked on a broken run are woken by shutting their sockets down.
+  for (auto& s : subs) {
+    std::error_code ignored;
+    if (!ok) s->socket().shutdown(asio::socket_base::shutdown_both, ignored);
+  }
+  for (auto& t : readers) t.join();
+
+  host.on_io_thread([&](mqttbroker::broker<>& b) {
+    out.cached_bytes = mqttbroker::detail::message_pool::cached_bytes();
+    out.dropped = b.stats().messages_dropped;
+  });
+  out.received = pr.received();
+  out.errors = pr.errors();
+  return out;
+}
+
+void report(const char* name, const char* test_name, const scenario& sc, const outcome& o) {
+  std::printf("%s: %llu messages to %zu subscribers measured; io thread made %llu operator new and %llu malloc-family calls%s\n",
+              name, static_cast<unsigned long long>(sc.measured), sc.subscribers.size(),
+              static_cast<unsigned long long>(o.new_calls), static_cast<unsigned long long>(o.malloc_calls),
+              ALLOC_TEST_COUNT_MALLOC ? "" : " (malloc family not counted here)");
+  std::printf("%s: io thread's message cache holds %zu bytes\n", name, o.cached_bytes);
+  if (o.new_calls + o.malloc_calls == 0) return;
+  std::printf("%s: the message path allocated; the distinct call stacks follow on stderr. For file:line:\n"
+              "  addr2line -f -C -i -e <this test> <the +0x offsets>, or\n"
+              "  gdb -batch -ex 'break alloc_test_hit' -ex run -ex bt --args <this test> '%s'\n",
+              name, test_name);
+  std::fflush(stdout);
+#if defined(__GLIBC__)
+  for (int i = 0; i < traces_taken; ++i) {
+    std::fprintf(stderr, "---- %s: call stack %d, %llu allocations\n", name, i + 1,
+                 static_cast<unsigned long long>(traces[i].hits));
+    backtrace_symbols_fd(traces[i].frames, traces[i].depth, 2);
+  }
+  if (untraced != 0)
+    std::fprintf(stderr, "---- %s: %llu allocations on further stacks\n", name, static_cast<unsigned long long>(untraced));
+#endif
+}
+
+void check_delivery(const scenario& sc, const outcome& o) {
+  for (const auto& e : o.errors) UNSCOPED_INFO(e);
+  CHECK(o.errors.empty());
+  CHECK(o.dropped == 0);
+  // Every subscriber counted every message: the counting above measured real traffic.
+  for (std::uint64_t r : o.received) CHECK(r == sc.warm_up + sc.measured);
+}
+
+/// Things the counting must not miss: backtrace() loads its unwinder on first use, which
+/// allocates, so that happens before anything is armed.
+void prime() {
+#if defined(__GLIBC__)
+  void* frames[4];
+  backtrace(frames, 4);
+#endif
+#if defined(ALLOC_TEST_SANITIZER)
+  static bool said = false;
+  if (!std::exchange(said, true))
+    std::printf("alloc tests under %s: only operator new is counted (the sanitizer owns malloc)\n",
+                ALLOC_TEST_SANITIZER);
+#endif
+}
+
+}  // namespace
+
+void* volatile escape = nullptr;
+
+TEST_CASE("alloc: the counting allocator sees the io thread's allocations, and only when armed", "[alloc]") {
+  prime();
+  std::uint64_t seen_new = 0, seen_malloc = 0, seen_other = 0;
+  std::thread t([&] {
+    counted_thread = true;
+    armed = true;
+    auto* p = new std::uint64_t(1);
+    void* q = std::malloc(32);
+    escape = p;  // keeps the new-expression from being optimised away
+    escape = q;
+    armed = false;
+    seen_new = new_calls.exchange(0);
+    seen_malloc = malloc_calls.exchange(0);
+    delete p;
+    std::free(q);
+    counted_thread = false;
+  });
+  t.join();
+  armed = true;
+  std::vector<int> not_counted(100);  // this thread is not the io thread
+  escape = not_counted.data();
+  armed = false;
+  seen_other = new_calls.exchange(0) + malloc_calls.exchange(0);
+  forget_traces();
+  CHECK(seen_new == 1);
+  CHECK(seen_malloc == (ALLOC_TEST_COUNT_MALLOC ? 1u : 0u));
+  CHECK(seen_other == 0);
+}
+
+TEST_CASE("alloc: QoS 0 routing allocates nothing per message in steady state (3.1.1)", "[alloc]") {
+  prime();
+  scenario sc;
+  sc.version = codec::protocol_version::v3_1_1;
+  sc.subscribers = {{"t/#"}, {"t/+"}};
+  const outcome o = run(sc);
+  report("3.1.1", "alloc: QoS 0 routing allocates nothing per message in steady state (3.1.1)", sc, o);
+  check_delivery(sc, o);
+  REQUIRE(o.new_calls == 0);
+  REQUIRE(o.malloc_calls == 0);
+}
+
+TEST_CASE("alloc: QoS 0 routing allocates nothing per message in steady state (5.0)", "[alloc]") {
+  prime();
+  scenario sc;
+  sc.version = codec::protocol_version::v5;
+  sc.subscribers = {{"t/#"}, {"t/+"}};
+  const outcome o = run(sc);
+  report("5.0", "alloc: QoS 0 routing allocates nothing per message in steady state (5.0)", sc, o);
+  check_delivery(sc, o);
+  REQUIRE(o.new_calls == 0);
+  REQUIRE(o.malloc_calls == 0);
+}
+
+TEST_CASE("alloc: QoS 0 routing with 5.0 properties and Subscription Identifiers", "[alloc]") {
+  prime();
+  scenario sc;
+  sc.version = codec::protocol_version::v5;
+  sc.subscribers = {{"t/#", 7}, {"t/+"}};
+  sc.user_properties = true;
+  const outcome o = run(sc);
+  report("5.0 properties", "alloc: QoS 0 routing with 5.0 properties and Subscription Identifiers", sc, o);
+  check_delivery(sc, o);
+  REQUIRE(o.new_calls == 0);
+  REQUIRE(o.malloc_calls == 0);
+}

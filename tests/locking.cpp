@@ -1,0 +1,189 @@
+// The locking policies' own types under real threads: locking::shared's reader-biased state lock
+// and striped counters. Part of mqttbroker_mt_tests, so CI also runs it under ThreadSanitizer,
+// which reports any access the lock fails to order (the guarded data below is plain, not atomic).
+#include <mqttbroker/locking/shared.hpp>
+#include <mqttbroker/locking/none.hpp>
+
+#include "catch.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace mb = mqttbroker;
+using mb::locking::big_reader_mutex;
+
+namespace {
+
+/// Data a big_reader_mutex guards: two plain integers a writer keeps equal.
+struct guarded {
+  big_reader_mutex mutex;
+  std::uint64_t a = 0, b = 0;
+};
+
+/// Runs `n` threads of `body(thread_index)` and joins them.
+template <class Body>
+void run_threads(unsigned n, Body body) {
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < n; ++t) ts.emplace_back([&body, t] { body(t); });
+  for (auto& t : ts) t.join();
+}
+
+}  // namespace
+
+TEST_CASE("big_reader_mutex: writers exclude readers and each other", "[locking][threads]") {
+  guarded g;
+  std::atomic<std::uint64_t> torn{0}, writes{0};
+  constexpr unsigned threads = 4;  // more than the CI machine's cores: holders get preempted
+  constexpr int iterations = 20'000;
+  run_threads(threads, [&](unsigned t) {
+    for (int i = 0; i < iterations; ++i) {
+      if ((i + static_cast<int>(t)) % 16 == 0) {
+        std::lock_guard<big_reader_mutex> lk(g.mutex);
+        if (g.a != g.b) ++torn;
+        ++g.a;
+        ++g.b;
+        ++writes;
+      } else {
+        std::shared_lock<big_reader_mutex> lk(g.mutex);
+        if (g.a != g.b) ++torn;
+      }
+    }
+  });
+  CHECK(torn.load() == 0);
+  CHECK(g.a == writes.load());
+  CHECK(g.b == writes.load());
+}
+
+TEST_CASE("big_reader_mutex: try_lock and try_lock_shared fail while the other side holds it", "[locking]") {
+  big_reader_mutex m;
+  m.lock_shared();
+  CHECK_FALSE(m.try_lock());
+  CHECK(m.try_lock_shared());  // readers share
+  m.unlock_shared();
+  m.unlock_shared();
+  REQUIRE(m.try_lock());
+  CHECK_FALSE(m.try_lock_shared());
+  CHECK_FALSE(m.try_lock());
+  m.unlock();
+  CHECK(m.try_lock_shared());
+  m.unlock_shared();
+
+  // The same from another thread, whose stripe differs from this one's.
+  m.lock();
+  bool got = true;
+  std::thread([&] { got = m.try_lock_shared(); }).join();
+  CHECK_FALSE(got);
+  m.unlock();
+  std::thread([&] {
+    got = m.try_lock_shared();
+    if (got) m.unlock_shared();
+  }).join();
+  CHECK(got);
+}
+
+TEST_CASE("big_reader_mutex: a writer gets in while readers keep coming, and readers behind it follow", "[locking][threads]") {
+  guarded g;
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> reads{0}, torn{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&] {
+      // Back to back, so some reader holds the lock at almost every instant.
+      while (!stop.load(std::memory_order_relaxed)) {
+        std::shared_lock<big_reader_mutex> lk(g.mutex);
+        if (g.a != g.b) ++torn;
+        ++reads;
+      }
+    });
+  }
+  while (reads.load() < 1000) std::this_thread::yield();
+  // A liveness bound, not a timing: a starved writer would wait for as long as readers come, so
+  // the readers stop at the deadline and the writer then finishes, late, and fails the check.
+  std::atomic<bool> writer_done{false};
+  std::thread writer([&] {
+    for (int w = 0; w < 200; ++w) {
+      std::lock_guard<big_reader_mutex> lk(g.mutex);
+      ++g.a;
+      ++g.b;
+    }
+    writer_done = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!writer_done && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const bool writer_got_in = writer_done;
+  // Readers go on after the writers: they are not starved either.
+  bool readers_went_on = false;
+  if (writer_got_in) {
+    const std::uint64_t after_writers = reads.load();
+    while (!readers_went_on && std::chrono::steady_clock::now() < deadline)
+      readers_went_on = reads.load() >= after_writers + 1000;
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  writer.join();
+  CHECK(writer_got_in);
+  CHECK(readers_went_on);
+  CHECK(torn.load() == 0);
+  CHECK(g.a == 200);
+}
+
+TEST_CASE("big_reader_mutex: a reader that waited for a writer sees its writes", "[locking][threads]") {
+  guarded g;
+  std::atomic<bool> reader_started{false};
+  std::uint64_t seen = 0;
+  std::unique_lock<big_reader_mutex> writer(g.mutex);
+  std::thread reader([&] {
+    reader_started = true;
+    std::shared_lock<big_reader_mutex> lk(g.mutex);  // blocks until the writer is done
+    seen = g.a;
+  });
+  while (!reader_started) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the reader reach the lock
+  g.a = 42;
+  g.b = 42;
+  writer.unlock();
+  reader.join();
+  CHECK(seen == 42);
+}
+
+TEST_CASE("striped_counter: additions from many threads all count", "[locking][threads]") {
+  mb::locking::shared::counter_type<std::uint64_t> c;
+  // More threads than exclusive slots, so some share the last stripe and use its atomic add.
+  constexpr unsigned threads = mb::detail::thread_slot::exclusive + 4;
+  constexpr std::uint64_t per_thread = 10'000;
+  std::atomic<unsigned> running{0};
+  run_threads(threads, [&](unsigned) {
+    ++running;
+    while (running.load() < threads) std::this_thread::yield();  // all alive at once
+    for (std::uint64_t i = 0; i < per_thread; ++i) c.fetch_add(1);
+  });
+  CHECK(c.load() == threads * per_thread);
+}
+
+TEST_CASE("thread slots are given back when threads end", "[locking][threads]") {
+  // Many threads one after another: each finds an exclusive slot, as the ones before returned theirs.
+  mb::locking::shared::counter_type<std::uint64_t> c;
+  std::size_t on_shared = 0;
+  for (int t = 0; t < 3 * static_cast<int>(mb::detail::thread_slot::exclusive); ++t) {
+    std::thread([&] {
+      if (mb::detail::thread_slot::index() == mb::detail::thread_slot::shared) ++on_shared;
+      c.fetch_add(2);
+    }).join();
+  }
+  CHECK(on_shared == 0);
+  CHECK(c.load() == 6 * mb::detail::thread_slot::exclusive);
+}
+
+TEST_CASE("locking::none counts with a plain integer and locks nothing", "[locking]") {
+  mb::locking::none::counter_type<std::uint64_t> c;
+  c.fetch_add(3);
+  CHECK(c.load() == 3);
+  static_assert(sizeof(mb::locking::none::counter_type<std::uint64_t>) == sizeof(std::uint64_t));
+  static_assert(std::is_empty_v<mb::locking::none::mutex_type> && std::is_empty_v<mb::locking::none::session_mutex_type>);
+}
