@@ -1269,8 +1269,10 @@ namespace detail {
 /// joins that thread's cache; each cache is bounded, the surplus goes back to the heap.
 class byte_pool {
  public:
-  static constexpr std::size_t class_count = 4;
-  static constexpr std::size_t class_sizes[class_count] = {256, 1024, 4096, 16384};
+  // 208: an Asio wait operation with a connection's handler is 200 bytes; a block per idle
+  // connection is held all the time, so it must not round up far.
+  static constexpr std::size_t class_count = 6;
+  static constexpr std::size_t class_sizes[class_count] = {128, 208, 320, 1024, 4096, 16384};
   static constexpr std::size_t cache_bytes_per_class = 256 * 1024;
 
   /// A block of at least `n` bytes; `capacity` gets its real size (to pass back to release()).
@@ -1291,6 +1293,12 @@ class byte_pool {
       return reinterpret_cast<std::uint8_t*>(head);
     }
     return static_cast<std::uint8_t*>(::operator new(capacity));
+  }
+
+  /// What acquire(n) returns as its capacity.
+  static std::size_t capacity_for(std::size_t n) noexcept {
+    const std::size_t c = class_of(n);
+    return c == class_count ? n : class_sizes[c];
   }
 
   static void release(std::uint8_t* p, std::size_t capacity) noexcept {
@@ -1349,6 +1357,32 @@ class byte_pool {
   static cache& local() {
     static thread_local cache k;
     return k;
+  }
+};
+
+/// An allocator over byte_pool for the memory of asynchronous operations: a connection's wait
+/// and write come and go once per read and per batch, and Asio's own per-thread cache holds only
+/// two, too few when one read reaches many connections.
+template <class T>
+struct pooled_allocator {
+  using value_type = T;
+  pooled_allocator() noexcept = default;
+  template <class U>
+  pooled_allocator(const pooled_allocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    std::size_t capacity = 0;
+    return reinterpret_cast<T*>(byte_pool::acquire(n * sizeof(T), capacity));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    byte_pool::release(reinterpret_cast<std::uint8_t*>(p), byte_pool::capacity_for(n * sizeof(T)));
+  }
+  template <class U>
+  friend bool operator==(const pooled_allocator&, const pooled_allocator<U>&) noexcept {
+    return true;
+  }
+  template <class U>
+  friend bool operator!=(const pooled_allocator&, const pooled_allocator<U>&) noexcept {
+    return false;
   }
 };
 
@@ -3067,6 +3101,180 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_MESSAGE_HPP
 #define MQTTBROKER_MESSAGE_HPP
 
+// begin <mqttbroker/detail/message_pool.hpp>
+#ifndef MQTTBROKER_DETAIL_MESSAGE_POOL_HPP
+#define MQTTBROKER_DETAIL_MESSAGE_POOL_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <new>
+
+#if MQTTBROKER_HAS_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
+/// Bytes of freed message blocks each thread keeps per size class (8 classes, so 1 MiB per thread
+/// by default). 0 turns the cache off: every message goes to operator new/delete, which suits
+/// heap checkers that cannot see into a cache (Valgrind).
+#ifndef MQTTBROKER_MESSAGE_POOL_CLASS_BYTES
+#define MQTTBROKER_MESSAGE_POOL_CLASS_BYTES (128 * 1024)
+#endif
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace detail {
+
+/// The memory of messages: a per-thread cache of freed blocks in power-of-two size classes, so
+/// that the steady state of a message path makes no heap allocation. A block freed on any thread
+/// goes to that thread's cache (messages cross threads with a multi-threaded host), so a thread
+/// that makes messages which other threads release keeps allocating, while those threads' caches
+/// fill up to their bound. Each cache is emptied when its thread exits. Nothing is shared between
+/// threads or brokers.
+class message_pool {
+ public:
+  static constexpr std::size_t min_block = 64;
+  static constexpr std::uint8_t classes = 8;  // 64 B .. 8 KiB
+  static constexpr std::size_t max_block = min_block << (classes - 1);
+  /// The class of blocks that bypass the cache (larger than max_block).
+  static constexpr std::uint8_t unpooled = 0xFF;
+
+  static constexpr std::size_t block_size(std::uint8_t c) noexcept { return min_block << c; }
+
+  /// The smallest class holding `bytes`, or `unpooled`.
+  static constexpr std::uint8_t class_of(std::size_t bytes) noexcept {
+    if (bytes > max_block) return unpooled;
+    std::uint8_t c = 0;
+    while (block_size(c) < bytes) ++c;  // at most 7 steps
+    return c;
+  }
+
+  /// Blocks of class `c` a thread keeps at most.
+  static constexpr std::size_t capacity(std::uint8_t c) noexcept {
+    return static_cast<std::size_t>(MQTTBROKER_MESSAGE_POOL_CLASS_BYTES) / block_size(c);
+  }
+
+  /// At least `bytes` of memory aligned for any fundamental type; `c` receives the class to give
+  /// back to deallocate(). Throws std::bad_alloc like operator new.
+  static void* allocate(std::size_t bytes, std::uint8_t& c) {
+    c = class_of(bytes);
+    if (c == unpooled) return ::operator new(bytes);
+    thread_cache& t = local();
+    if (free_block* b = t.head[c]) {
+      unpoison(b, bytes < sizeof(free_block) ? sizeof(free_block) : bytes);
+      t.head[c] = b->next;
+      --t.count[c];
+      return b;
+    }
+    void* p = ::operator new(block_size(c));
+    // The block's slack past `bytes` stays out of bounds under AddressSanitizer.
+    poison(static_cast<char*>(p) + bytes, block_size(c) - bytes);
+    return p;
+  }
+
+  /// Returns memory from allocate(bytes, c) on any thread.
+  static void deallocate(void* p, std::size_t bytes, std::uint8_t c) noexcept {
+    if (c == unpooled) return release_memory(p, bytes);
+    thread_cache& t = local();
+    if (t.retired || t.count[c] >= capacity(c)) return free_block_memory(p, c);
+    if (!t.reaper_armed) {
+      t.reaper_armed = true;
+      arm_reaper();
+    }
+    auto* b = ::new (p) free_block{t.head[c]};
+    t.head[c] = b;
+    ++t.count[c];
+    // A message used after its release now reads poisoned memory, as it would after delete.
+    poison(p, block_size(c));
+  }
+
+  /// Blocks of class `c` cached on this thread.
+  static std::size_t cached_blocks(std::uint8_t c) noexcept { return local().count[c]; }
+
+  /// Bytes cached on this thread.
+  static std::size_t cached_bytes() noexcept {
+    std::size_t n = 0;
+    for (std::uint8_t c = 0; c < classes; ++c) n += local().count[c] * block_size(c);
+    return n;
+  }
+
+  /// Frees every block cached on this thread.
+  static void trim() noexcept {
+    thread_cache& t = local();
+    for (std::uint8_t c = 0; c < classes; ++c) {
+      while (free_block* b = t.head[c]) {
+        unpoison(b, sizeof(free_block));
+        t.head[c] = b->next;
+        free_block_memory(b, c);
+      }
+      t.count[c] = 0;
+    }
+  }
+
+ private:
+  struct free_block {
+    free_block* next;
+  };
+  static_assert(min_block >= sizeof(free_block), "a cached block holds the list link");
+
+  // Trivially destructible and zero-initialised, so it needs no guard and stays usable while the
+  // thread's other thread_local objects are destroyed (a message released by one of them then
+  // goes straight to operator delete).
+  struct thread_cache {
+    free_block* head[classes];
+    std::size_t count[classes];
+    bool reaper_armed;
+    bool retired;
+  };
+
+  static thread_cache& local() noexcept {
+    static thread_local thread_cache t{};
+    return t;
+  }
+
+  // Its destructor empties the cache when the thread exits (leak checkers and Valgrind then see
+  // every block freed). Registered on the first caching release only, so threads that never
+  // release a message pay nothing.
+  struct reaper {
+    reaper() = default;
+    reaper(const reaper&) = delete;
+    reaper& operator=(const reaper&) = delete;
+    ~reaper() {
+      local().retired = true;
+      trim();
+    }
+  };
+  static void arm_reaper() noexcept {
+    static thread_local reaper r;
+    static_cast<void>(r);
+  }
+
+  static void free_block_memory(void* p, std::uint8_t c) noexcept {
+    unpoison(p, block_size(c));  // ASan must see the whole block as allocated memory being freed
+    release_memory(p, block_size(c));
+  }
+
+  static void release_memory(void* p, [[maybe_unused]] std::size_t n) noexcept {
+#if defined(__cpp_sized_deallocation)
+    ::operator delete(p, n);  // saves the heap a size lookup
+#else
+    ::operator delete(p);  // Clang before 19 leaves sized deallocation off unless asked
+#endif
+  }
+
+#if MQTTBROKER_HAS_ASAN
+  static void poison(void* p, std::size_t n) noexcept { ASAN_POISON_MEMORY_REGION(p, n); }
+  static void unpoison(void* p, std::size_t n) noexcept { ASAN_UNPOISON_MEMORY_REGION(p, n); }
+#else
+  static void poison(void*, std::size_t) noexcept {}
+  static void unpoison(void*, std::size_t) noexcept {}
+#endif
+};
+
+}  // namespace detail
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_DETAIL_MESSAGE_POOL_HPP
+// end <mqttbroker/detail/message_pool.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -3082,7 +3290,8 @@ class message_ptr;
 
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
-/// the same message, so a payload is stored once however many receive it.
+/// the same message, so a payload is stored once however many receive it. The allocation comes
+/// from detail::message_pool, so a steady stream of messages reuses freed blocks.
 class message {
  public:
   message(const message&) = delete;
@@ -3103,17 +3312,24 @@ class message {
 
  private:
   friend class message_ptr;
-  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r) noexcept
-      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r) {}
+  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block) noexcept
+      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r), block_class_(block) {}
 
   const char* bytes() const noexcept { return reinterpret_cast<const char*>(this + 1); }
   char* bytes() noexcept { return reinterpret_cast<char*>(this + 1); }
 
   void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  std::size_t block_bytes() const noexcept {
+    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_;
+  }
+
   void release() const noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      const std::size_t bytes = block_bytes();
+      const std::uint8_t block = block_class_;
       this->~message();
-      ::operator delete(const_cast<message*>(this));
+      // Into the releasing thread's cache: the acq_rel above orders every earlier use before it.
+      detail::message_pool::deallocate(const_cast<message*>(this), bytes, block);
     }
   }
 
@@ -3125,6 +3341,7 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
+  std::uint8_t block_class_;  // message_pool size class; fits in the padding, sizeof stays 20
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -3162,9 +3379,10 @@ class message_ptr {
 inline message_ptr message::make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
                                  std::string_view properties) {
   const std::size_t n = topic.size() + properties.size() + payload.size();
-  void* raw = ::operator new(sizeof(message) + n);
+  std::uint8_t block = 0;
+  void* raw = detail::message_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
-                              static_cast<std::uint32_t>(payload.size()), q, retain);
+                              static_cast<std::uint32_t>(payload.size()), q, retain, block);
   char* out = m->bytes();
   if (!topic.empty()) std::memcpy(out, topic.data(), topic.size());
   if (!properties.empty()) std::memcpy(out + topic.size(), properties.data(), properties.size());
@@ -3290,6 +3508,7 @@ struct none {
     void unlock_shared() noexcept {}
     bool try_lock_shared() noexcept { return true; }
   };
+  using session_mutex_type = mutex_type;
 
   /// A plain integer in the shape of std::atomic for the calls the broker makes.
   template <class T>
@@ -3319,21 +3538,226 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_LOCKING_SHARED_HPP
 #define MQTTBROKER_LOCKING_SHARED_HPP
 
+// begin <mqttbroker/detail/thread_slot.hpp>
+#ifndef MQTTBROKER_DETAIL_THREAD_SLOT_HPP
+#define MQTTBROKER_DETAIL_THREAD_SLOT_HPP
+
 
 #include <atomic>
-#include <shared_mutex>
+#include <cstddef>
+#include <cstdint>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace detail {
+
+/// Bytes kept between data that different threads write. 128, not 64: x86's adjacent-line
+/// prefetcher pulls lines in pairs, and some ARM cores have 128-byte lines.
+inline constexpr std::size_t false_sharing_range = 128;
+
+/// Per-thread slots for striped data (locking::shared's counters and state lock). A thread owns
+/// one of `exclusive` slots while it lives, so it may update its stripe without a locked
+/// instruction; threads beyond that, or one already exiting, share the last slot and must use
+/// read-modify-write operations on it.
+struct thread_slot {
+  static constexpr std::size_t exclusive = 16;
+  static constexpr std::size_t shared = exclusive;  // index of the stripe that threads share
+  static constexpr std::size_t count = exclusive + 1;
+
+  /// This thread's slot; claims one on the first call.
+  static std::size_t index() noexcept {
+    const std::size_t i = current;
+    return i != unassigned ? i : claim();
+  }
+
+ private:
+  static_assert(exclusive <= 32, "the claimed slots are the bits of one 32-bit word");
+  static constexpr std::size_t unassigned = ~std::size_t{0};
+
+  // Trivially destructible: it stays readable while the thread's thread_local objects are
+  // destroyed, when a destructor may still count or lock.
+  static inline thread_local std::size_t current = unassigned;
+
+  static std::atomic<std::uint32_t>& claimed() noexcept {
+    static std::atomic<std::uint32_t> bits{0};
+    return bits;
+  }
+
+  // Gives the slot back when the thread exits, so long-lived hosts that start and end threads do
+  // not run out of slots. The next owner's acquire in claim() sees this thread's last writes.
+  struct releaser {
+    releaser() = default;
+    releaser(const releaser&) = delete;
+    releaser& operator=(const releaser&) = delete;
+    ~releaser() {
+      const std::size_t i = current;
+      current = shared;
+      if (i < exclusive) claimed().fetch_and(~(std::uint32_t{1} << i), std::memory_order_release);
+    }
+  };
+
+  static std::size_t claim() noexcept {
+    auto& bits = claimed();
+    std::uint32_t seen = bits.load(std::memory_order_relaxed);
+    std::size_t i = shared;
+    for (;;) {
+      std::size_t free = 0;
+      while (free < exclusive && (seen & (std::uint32_t{1} << free)) != 0) ++free;
+      if (free == exclusive) break;
+      if (bits.compare_exchange_weak(seen, seen | (std::uint32_t{1} << free), std::memory_order_acquire,
+                                     std::memory_order_relaxed)) {
+        i = free;
+        break;
+      }
+    }
+    current = i;
+    if (i < exclusive) {
+      static thread_local releaser r;
+      static_cast<void>(r);
+    }
+    return i;
+  }
+};
+
+}  // namespace detail
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_DETAIL_THREAD_SLOT_HPP
+// end <mqttbroker/detail/thread_slot.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <thread>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace locking {
 
+/// A reader/writer lock for data read on every message and written rarely (the broker's
+/// subscriptions and sessions). A reader touches only its own thread's stripe and the writer flag,
+/// which stays shared in every reader's cache while no writer comes; a writer raises the flag and
+/// waits for every stripe to drain. std::shared_mutex instead bounces one reader count between
+/// all reading cores, twice per lock. Not recursive, neither shared nor exclusive; meets the
+/// standard's SharedMutex requirements otherwise.
+class big_reader_mutex {
+ public:
+  big_reader_mutex() = default;
+  big_reader_mutex(const big_reader_mutex&) = delete;
+  big_reader_mutex& operator=(const big_reader_mutex&) = delete;
+
+  void lock() {
+    writers_.lock();
+    // The store and the loads in drained() are seq_cst, as are a reader's increment and its look
+    // at the flag (Dekker): either the reader sees the flag, or this writer sees its count.
+    writer_.store(true, std::memory_order_seq_cst);
+    for (unsigned spins = 0; !drained(); ++spins) pause(spins);
+  }
+  bool try_lock() {
+    if (!writers_.try_lock()) return false;
+    writer_.store(true, std::memory_order_seq_cst);
+    if (drained()) return true;
+    unlock();
+    return false;
+  }
+  void unlock() {
+    writer_.store(false, std::memory_order_seq_cst);
+    writers_.unlock();
+  }
+
+  void lock_shared() {
+    const std::size_t i = detail::thread_slot::index();
+    if (enter(i)) return;
+    leave(i);
+    // A writer holds or waits for the lock: queue behind it on the writers' mutex. While this
+    // thread holds that mutex no writer can raise the flag, so the count taken here stands, and
+    // a reader waits for at most the writers queued before it: neither side starves.
+    std::lock_guard<std::mutex> wait_for_writer(writers_);
+    stripes_[i].readers.fetch_add(1, std::memory_order_seq_cst);
+  }
+  bool try_lock_shared() {
+    const std::size_t i = detail::thread_slot::index();
+    if (enter(i)) return true;
+    leave(i);
+    return false;
+  }
+  void unlock_shared() noexcept { leave(detail::thread_slot::index()); }
+
+ private:
+  /// Counts this thread in; true when no writer holds or waits for the lock.
+  bool enter(std::size_t i) noexcept {
+    stripes_[i].readers.fetch_add(1, std::memory_order_seq_cst);
+    return !writer_.load(std::memory_order_seq_cst);
+  }
+
+  /// Counts this thread out. Release: a writer that sees the count drop sees the reads done.
+  void leave(std::size_t i) noexcept {
+    auto& n = stripes_[i].readers;
+    if (i < detail::thread_slot::exclusive)
+      n.store(n.load(std::memory_order_relaxed) - 1, std::memory_order_release);  // only this thread writes it
+    else
+      n.fetch_sub(1, std::memory_order_release);
+  }
+
+  bool drained() const noexcept {
+    for (const stripe& s : stripes_)
+      if (s.readers.load(std::memory_order_seq_cst) != 0) return false;
+    return true;
+  }
+
+  /// A writer waits for readers that are inside a short critical section: spin briefly, then
+  /// give the CPU to them (there may be fewer cores than threads).
+  static void pause(unsigned spins) noexcept {
+    if (spins >= 64) std::this_thread::yield();
+  }
+
+  struct alignas(detail::false_sharing_range) stripe {
+    std::atomic<std::uint32_t> readers{0};
+  };
+  stripe stripes_[detail::thread_slot::count];
+  alignas(detail::false_sharing_range) std::atomic<bool> writer_{false};  // read by every reader
+  std::mutex writers_;                                                 // one writer at a time
+};
+
+/// A statistics counter that threads add to without sharing a cache line: one stripe per thread
+/// slot, summed on load(). Only add and load: the sum is not a single atomic value.
+template <class T>
+class striped_counter {
+ public:
+  striped_counter() = default;
+  striped_counter(const striped_counter&) = delete;
+  striped_counter& operator=(const striped_counter&) = delete;
+
+  void fetch_add(T d, std::memory_order = std::memory_order_relaxed) noexcept {
+    const std::size_t i = detail::thread_slot::index();
+    auto& v = stripes_[i].value;
+    if (i < detail::thread_slot::exclusive)
+      v.store(static_cast<T>(v.load(std::memory_order_relaxed) + d), std::memory_order_relaxed);  // only this thread writes it
+    else
+      v.fetch_add(d, std::memory_order_relaxed);
+  }
+  T load(std::memory_order = std::memory_order_relaxed) const noexcept {
+    T sum{};
+    for (const stripe& s : stripes_) sum = static_cast<T>(sum + s.value.load(std::memory_order_relaxed));
+    return sum;
+  }
+
+ private:
+  struct alignas(detail::false_sharing_range) stripe {
+    std::atomic<T> value{};
+  };
+  stripe stripes_[detail::thread_slot::count];
+};
+
 /// For a host that runs the io_context on several threads: shared state sits behind a
-/// reader/writer lock (subscriptions are read on every publish and written rarely) and each
-/// connection's handlers run on a strand of their own.
+/// reader-biased lock (subscriptions are read on every publish and written rarely), each
+/// connection's handlers run on a strand of their own, and statistics are counted per thread.
 struct shared {
   static constexpr bool thread_safe = true;
-  using mutex_type = std::shared_mutex;
+  using mutex_type = big_reader_mutex;
+  /// One per session: a plain mutex, as a striped one per session would cost kilobytes each.
+  using session_mutex_type = std::mutex;
   template <class T>
-  using counter_type = std::atomic<T>;
+  using counter_type = striped_counter<T>;
 };
 
 }  // namespace locking
@@ -3534,6 +3958,60 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_DETAIL_FIFO_HPP
 // end <mqttbroker/detail/fifo.hpp>
+// begin <mqttbroker/detail/small_vector.hpp>
+#ifndef MQTTBROKER_DETAIL_SMALL_VECTOR_HPP
+#define MQTTBROKER_DETAIL_SMALL_VECTOR_HPP
+
+
+#include <cstddef>
+#include <type_traits>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace detail {
+
+/// A vector of trivially copyable values that keeps up to N of them inline: the usual message
+/// carries no Subscription Identifier or one, and must not allocate per subscriber for it.
+template <class T, std::size_t N>
+class small_vector {
+  static_assert(std::is_trivially_copyable_v<T>, "small_vector holds plain values");
+
+ public:
+  using value_type = T;
+  using const_iterator = const T*;
+
+  bool empty() const noexcept { return size_ == 0; }
+  std::size_t size() const noexcept { return size_; }
+  const T* begin() const noexcept { return size_ <= N ? inline_ : heap_.data(); }
+  const T* end() const noexcept { return begin() + size_; }
+  const T& operator[](std::size_t i) const noexcept { return begin()[i]; }
+
+  void push_back(const T& v) {
+    if (size_ < N) {
+      inline_[size_++] = v;
+      return;
+    }
+    if (size_ == N) heap_.assign(inline_, inline_ + N);  // from here on, all in heap_
+    heap_.push_back(v);
+    ++size_;
+  }
+
+  void clear() noexcept {
+    size_ = 0;
+    heap_.clear();
+  }
+
+ private:
+  T inline_[N] = {};
+  std::size_t size_ = 0;
+  std::vector<T> heap_;
+};
+
+}  // namespace detail
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_DETAIL_SMALL_VECTOR_HPP
+// end <mqttbroker/detail/small_vector.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -3556,7 +4034,7 @@ struct outgoing {
   bool retain = false;                              // the RETAIN flag as sent [MQTT-3.3.1-9]
   bool dup = false;
   std::uint16_t packet_id = 0;
-  std::vector<std::uint32_t> subscription_ids;      // 5.0; empty costs nothing
+  detail::small_vector<std::uint32_t, 2> subscription_ids;  // 5.0; two fit without allocating
 };
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -5222,6 +5700,7 @@ MQTTBROKER_END_NAMESPACE
 #define MQTTBROKER_DETAIL_CONNECTION_HPP
 
 
+#include <asio/bind_allocator.hpp>
 #include <asio/buffer.hpp>
 #include <asio/error.hpp>
 #include <asio/post.hpp>
@@ -5525,7 +6004,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   void read() {
     if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
     stream_.async_wait(asio::socket_base::wait_read,
-                       [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); });
+                       asio::bind_allocator(pooled_allocator<void>(), [self = this->shared_from_this()](std::error_code ec) {
+                         self->on_readable(ec);
+                       }));
   }
 
   void on_readable(std::error_code ec) {
@@ -5663,9 +6144,10 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     const auto& iov = writing_->iov;
     const std::size_t end = std::min(iov.size(), write_pos_ + max_write_buffers);
     stream_.async_write_some(const_buffer_range{iov.data() + write_pos_, iov.data() + end},
-                             [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
+                             asio::bind_allocator(pooled_allocator<void>(), [self = this->shared_from_this()](
+                                                                                std::error_code ec, std::size_t n) {
                                self->on_written(ec, n);
-                             });
+                             }));
   }
 
   void on_written(std::error_code ec, std::size_t n) {
@@ -5816,6 +6298,7 @@ MQTTBROKER_END_NAMESPACE
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -5836,6 +6319,19 @@ MQTTBROKER_END_NAMESPACE
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
+
+namespace detail {
+/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type (a policy
+/// written before sessions had a lock type of their own).
+template <class Locking, class = void>
+struct session_mutex_of {
+  using type = typename Locking::mutex_type;
+};
+template <class Locking>
+struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
+  using type = typename Locking::session_mutex_type;
+};
+}  // namespace detail
 
 /// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
 /// by deriving: `struct my_policies : default_policies { using locking = locking::shared; };`
@@ -5893,6 +6389,10 @@ class broker {
         sweep_timer_(control_ex_) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
+    // Pacing has to start well before the queue limits drop anything.
+    pacing_bytes_ = opts_.pacing_backlog_bytes;
+    if (opts_.max_queued_bytes != 0) pacing_bytes_ = std::min(pacing_bytes_, opts_.max_queued_bytes / 2);
+    pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
   }
   broker(const broker&) = delete;
   broker& operator=(const broker&) = delete;
@@ -5991,7 +6491,8 @@ class broker {
   }
 
   broker_stats stats() const {
-    std::lock_guard<mutex_type> lk(state_mutex_);
+    // Shared: it only reads, and a host may poll it while publishers route.
+    std::shared_lock<mutex_type> lk(state_mutex_);
     broker_stats s = stats_;
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
@@ -6012,6 +6513,7 @@ class broker {
  private:
   friend connection_type;
   using mutex_type = typename locking_type::mutex_type;
+  using session_mutex_type = typename detail::session_mutex_of<locking_type>::type;
 
   enum class subscriber_kind : std::uint8_t { client, local };
 
@@ -6037,7 +6539,7 @@ class broker {
     std::chrono::seconds expiry{0};
     // With locking::shared, publishers holding the state lock shared meet here; every other
     // change to the session holds the state lock exclusively.
-    MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type mutex;
+    MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
     detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
     std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
     std::size_t outbox_bytes = 0;
@@ -6297,16 +6799,20 @@ class broker {
 
   /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
   /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
-  static std::string forwardable_properties(const codec::properties_view& in) {
-    if (in.empty()) return {};
-    codec::properties_builder b;
-    for (const codec::property& p : in) {
-      if (p.id == codec::property_id::topic_alias || p.id == codec::property_id::subscription_identifier ||
-          p.id == codec::property_id::will_delay_interval)
-        continue;
-      b.add(p);
-    }
-    return std::string(b.view().bytes());
+  /// The view is valid until the next call on this thread (the caller copies it into a message).
+  static std::string_view forwardable_properties(const codec::properties_view& in) {
+    auto stays = [](const codec::property& p) {
+      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
+             p.id != codec::property_id::will_delay_interval;
+    };
+    bool all_stay = true;
+    for (const codec::property& p : in) all_stay = all_stay && stays(p);
+    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
+    static thread_local codec::properties_builder b;
+    b.clear();
+    for (const codec::property& p : in)
+      if (stays(p)) b.add(p);
+    return b.view().bytes();
   }
 
   void on_publish(connection_type& c, const codec::publish& p) {
@@ -6322,7 +6828,7 @@ class broker {
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string());
+      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(c.client_id(), *m);
     }
     if (!allowed) {
@@ -6537,14 +7043,21 @@ class broker {
     if (count) hot_.received.fetch_add(1);
     std::size_t n = 0;
     // In-process handlers run after routing, outside the lock: a handler may publish or
-    // subscribe again without re-entering the router mid-route.
-    std::vector<std::shared_ptr<const local_handler>> local;
+    // subscribe again without re-entering the router mid-route. Their list is one vector per
+    // thread, kept between publishes so that none allocates: a publish from inside a handler
+    // appends past this call's part and takes its own part off again before it returns.
+    static thread_local std::vector<std::shared_ptr<const local_handler>> local;
+    const std::size_t first = local.size();
+    struct pop_on_exit {
+      std::vector<std::shared_ptr<const local_handler>>& list;
+      std::size_t keep;
+      ~pop_on_exit() { list.resize(keep); }
+    } pop{local, first};
     const subscriber* publisher = from;
     auto on_match = [&](const subscriber* s, const router::delivery& d) {
       ++n;
       if (s->kind == subscriber_kind::local) {
-        hot_.sent.fetch_add(1);
-        local.push_back(static_cast<const local_subscriber*>(s)->handler);
+        local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
       } else {
         deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
       }
@@ -6566,14 +7079,21 @@ class broker {
       std::shared_lock<mutex_type> lk(state_mutex_);
       router_.route(m->topic(), publisher ? &publisher : nullptr, scratch, on_match);
     }
-    for (const auto& h : local) (*h)(m);
+    const std::size_t end = local.size();
+    if (end != first) hot_.sent.fetch_add(end - first);
+    // By index and through the handler object itself: a nested publish may reallocate the
+    // vector, but the shared_ptr keeps the handler where it is until `pop` runs.
+    for (std::size_t i = first; i < end; ++i) {
+      const local_handler& h = *local[i];
+      h(m);
+    }
     return n;
   }
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
   void deliver(session_record* rec, const message_ptr& m, const router::delivery& d, connection_type* reader) {
-    std::lock_guard<mutex_type> session_lock(rec->mutex);
+    std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
@@ -6607,8 +7127,7 @@ class broker {
   bool behind(const session_record& rec, const connection_type& c, clock::time_point now, std::size_t divisor) const {
     if (!opts_.pace_publishers) return false;
     const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
-    if (backlog <= opts_.pacing_backlog_bytes / divisor && rec.state.queued_count() <= opts_.pacing_queued_messages / divisor)
-      return false;
+    if (backlog <= pacing_bytes_ / divisor && rec.state.queued_count() <= pacing_messages_ / divisor) return false;
     // A client that has neither read nor sent anything for a while is stuck, not slow: pausing
     // everyone for it would let one client stall the others.
     return now - c.last_progress() < opts_.stuck_client_timeout;
@@ -6619,7 +7138,7 @@ class broker {
   bool pause_reader(connection_type& reader) {
     std::shared_ptr<session_record> target = std::move(reader.pace_target_);
     std::shared_lock<mutex_type> lk(state_mutex_);
-    std::lock_guard<mutex_type> session_lock(target->mutex);
+    std::lock_guard<session_mutex_type> session_lock(target->mutex);
     const connection_type* c = target->conn;
     if (c == nullptr || !behind(*target, *c, reader.read_time_, 1)) return false;
     reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
@@ -6639,7 +7158,7 @@ class broker {
     std::vector<std::shared_ptr<connection_type>> wake;
     {
       std::shared_lock<mutex_type> lk(state_mutex_);
-      std::lock_guard<mutex_type> session_lock(rec->mutex);
+      std::lock_guard<session_mutex_type> session_lock(rec->mutex);
       if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
       wake.swap(rec->paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
@@ -6740,7 +7259,7 @@ class broker {
       if (rec && rec->conn == &c) {
         {
           // Readers waiting for this client go on: it is gone, and offline queues have limits.
-          std::lock_guard<mutex_type> session_lock(rec->mutex);
+          std::lock_guard<session_mutex_type> session_lock(rec->mutex);
           paced.swap(rec->paced);
           rec->has_paced.store(false, std::memory_order_relaxed);
         }
@@ -6961,6 +7480,8 @@ class broker {
   asio::any_io_executor ex_;
   asio::any_io_executor control_ex_;  // a strand with locking::shared
   broker_options opts_;
+  std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits
+  std::size_t pacing_messages_ = 0;
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
