@@ -6855,7 +6855,7 @@ class broker {
         bool fresh;
         bool over_limit = false;
         {
-          std::lock_guard<mutex_type> lk(state_mutex_);
+          session_guard lk(*this, *rec);
           fresh = rec->state.on_qos2_publish(p.packet_id);
           over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
         }
@@ -6875,9 +6875,18 @@ class broker {
     }
   }
 
+  /// A session's own traffic (acknowledgements, its queue moving): the state lock shared, so
+  /// publishers on other threads go on routing, and the session's lock, which they take to
+  /// deliver to it. Anything that changes routes or sessions takes the state lock exclusively.
+  struct session_guard {
+    session_guard(broker& b, session_record& r) : state(b.state_mutex_), own(r.mutex) {}
+    std::shared_lock<mutex_type> state;
+    std::lock_guard<session_mutex_type> own;
+  };
+
   void on_puback(connection_type& c, const codec::puback& a) {
     {
-      std::lock_guard<mutex_type> lk(state_mutex_);
+      session_guard lk(*this, *c.session());
       c.session()->state.on_puback(a.packet_id);
     }
     pump(c);
@@ -6886,12 +6895,12 @@ class broker {
   void on_pubrec(connection_type& c, const codec::pubrec& a) {
     bool known;
     {
-      std::lock_guard<mutex_type> lk(state_mutex_);
+      session_guard lk(*this, *c.session());
       known = c.session()->state.on_pubrec(a.packet_id);
     }
     if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
       // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
-      std::lock_guard<mutex_type> lk(state_mutex_);
+      session_guard lk(*this, *c.session());
       c.session()->state.on_pubcomp(a.packet_id);
       return;
     }
@@ -6904,7 +6913,7 @@ class broker {
   void on_pubrel(connection_type& c, const codec::pubrel& r) {
     bool known;
     {
-      std::lock_guard<mutex_type> lk(state_mutex_);
+      session_guard lk(*this, *c.session());
       known = c.session()->state.on_pubrel(r.packet_id);
     }
     // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
@@ -6916,7 +6925,7 @@ class broker {
 
   void on_pubcomp(connection_type& c, const codec::pubcomp& a) {
     {
-      std::lock_guard<mutex_type> lk(state_mutex_);
+      session_guard lk(*this, *c.session());
       c.session()->state.on_pubcomp(a.packet_id);
     }
     pump(c);
@@ -7211,7 +7220,7 @@ class broker {
   void fill(connection_type& c) {
     session_record* rec = c.session();
     if (rec == nullptr || !c.is_open()) return;
-    std::lock_guard<mutex_type> lk(state_mutex_);
+    session_guard lk(*this, *rec);
     if (rec->conn != &c) return;  // taken over since the pump was posted
     if constexpr (locking_type::thread_safe) {
       rec->pump_scheduled = false;
