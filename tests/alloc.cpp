@@ -527,7 +527,7 @@ outcome run(const scenario& sc) {
   for (auto& t : readers) t.join();
 
   host.on_io_thread([&](mqttbroker::broker<>& b) {
-    out.cached_bytes = mqttbroker::detail::message_pool::cached_bytes();
+    out.cached_bytes = mqttbroker::detail::block_pool::cached_bytes();
     out.dropped = b.stats().messages_dropped;
   });
   out.received = pr.received();

@@ -10,14 +10,14 @@
 #include <utility>
 #include <vector>
 
-// Messages and the per-thread cache of their blocks (detail::message_pool). Each pool test starts
+// Messages and the per-thread cache of their blocks (detail::block_pool). Each pool test starts
 // with trim(), so what other tests left cached on this thread does not count.
 
 namespace mb = mqttbroker;
 namespace codec = mqttbroker::codec;
 using mb::message;
 using mb::message_ptr;
-using pool = mb::detail::message_pool;
+using pool = mb::detail::block_pool;
 
 namespace {
 
@@ -47,19 +47,23 @@ TEST_CASE("message: holds topic, properties and payload in one block", "[message
   CHECK(m.use_count() == 2);
 }
 
-TEST_CASE("message pool: size classes are powers of two from 64 B to 8 KiB", "[message][pool]") {
+TEST_CASE("block pool: size classes from 64 B to 32 KiB, each the smallest that fits", "[message][pool]") {
   CHECK(pool::class_of(1) == 0);
   CHECK(pool::class_of(64) == 0);
   CHECK(pool::class_of(65) == 1);
-  CHECK(pool::class_of(1024) == 4);
-  CHECK(pool::class_of(1025) == 5);
-  CHECK(pool::class_of(8192) == 7);
-  CHECK(pool::class_of(8193) == pool::unpooled);
-  CHECK(pool::block_size(7) == pool::max_block);
-  // The bound: 1 MiB per thread by default, spread evenly over the classes.
-  std::size_t total = 0;
-  for (std::uint8_t c = 0; c < pool::classes; ++c) total += pool::capacity(c) * pool::block_size(c);
-  CHECK(total == pool::classes * static_cast<std::size_t>(MQTTBROKER_MESSAGE_POOL_CLASS_BYTES));
+  CHECK(pool::block_size(pool::class_of(200)) == 208);  // an Asio wait operation: no round-up to 256
+  CHECK(pool::block_size(pool::class_of(209)) == 256);
+  CHECK(pool::block_size(pool::class_of(1024)) == 1024);
+  CHECK(pool::block_size(pool::class_of(1025)) == 2048);
+  CHECK(pool::class_of(pool::max_block) == pool::classes - 1);
+  CHECK(pool::class_of(pool::max_block + 1) == pool::unpooled);
+  for (std::uint8_t c = 1; c < pool::classes; ++c) CHECK(pool::block_size(c - 1) < pool::block_size(c));
+  // The bound: MQTTBROKER_BLOCK_POOL_CLASS_BYTES per class, rounded down to whole blocks.
+  const auto per_class = static_cast<std::size_t>(MQTTBROKER_BLOCK_POOL_CLASS_BYTES);
+  for (std::uint8_t c = 0; c < pool::classes; ++c) {
+    CHECK(pool::capacity(c) * pool::block_size(c) <= per_class);
+    CHECK(pool::capacity(c) * pool::block_size(c) + pool::block_size(c) > per_class);
+  }
 }
 
 TEST_CASE("message pool: a freed block is reused by the next message of its class", "[message][pool]") {
@@ -109,9 +113,9 @@ TEST_CASE("message pool: classes keep their own blocks", "[message][pool]") {
 
 TEST_CASE("message pool: messages larger than the largest class bypass the cache", "[message][pool]") {
   pool::trim();
-  REQUIRE(class_for(3, 20000) == pool::unpooled);
-  auto m = make(20000);
-  CHECK(m->payload().size() == 20000);
+  REQUIRE(class_for(3, 40000) == pool::unpooled);
+  auto m = make(40000);
+  CHECK(m->payload().size() == 40000);
   m = message_ptr();
   CHECK(pool::cached_bytes() == 0);
   // Just above the largest class too.
@@ -196,3 +200,27 @@ TEST_CASE("message pool: cached and slack memory is poisoned under AddressSaniti
   CHECK(__asan_address_is_poisoned(base + used));
 }
 #endif
+
+TEST_CASE("pooled bytes grow with what is appended and give their block back when reset", "[pool]") {
+  pool::trim();
+  mb::detail::pooled_bytes b;
+  CHECK(b.empty());
+  std::string expected;
+  std::uint8_t chunk[1000];
+  for (int i = 0; i < 100; ++i) {  // 100,000 bytes: through every class and past the largest
+    for (std::size_t j = 0; j < sizeof chunk; ++j) chunk[j] = static_cast<std::uint8_t>(i + static_cast<int>(j));
+    b.append(chunk, sizeof chunk);
+    expected.append(reinterpret_cast<const char*>(chunk), sizeof chunk);
+  }
+  REQUIRE(b.size() == expected.size());
+  CHECK(std::string(reinterpret_cast<const char*>(b.data()), b.size()) == expected);
+  b.reset();
+  CHECK(b.empty());
+  CHECK(b.data() == nullptr);
+  // Reused: a small buffer after a reset takes a cached block, not the heap.
+  const std::size_t cached = pool::cached_bytes();
+  CHECK(cached > 0);
+  b.append(chunk, sizeof chunk);  // the 1 KiB class, freed when the buffer outgrew it
+  CHECK(pool::cached_bytes() < cached);
+  b.reset();
+}

@@ -4,7 +4,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
-#include <mqttbroker/detail/message_pool.hpp>
+#include <mqttbroker/detail/block_pool.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -21,7 +21,7 @@ class message_ptr;
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
 /// the same message, so a payload is stored once however many receive it. The allocation comes
-/// from detail::message_pool, so a steady stream of messages reuses freed blocks.
+/// from detail::block_pool, so a steady stream of messages reuses freed blocks.
 class message {
  public:
   message(const message&) = delete;
@@ -59,7 +59,7 @@ class message {
       const std::uint8_t block = block_class_;
       this->~message();
       // Into the releasing thread's cache: the acq_rel above orders every earlier use before it.
-      detail::message_pool::deallocate(const_cast<message*>(this), bytes, block);
+      detail::block_pool::deallocate(const_cast<message*>(this), bytes, block);
     }
   }
 
@@ -71,7 +71,7 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
-  std::uint8_t block_class_;  // message_pool size class; fits in the padding, sizeof stays 20
+  std::uint8_t block_class_;  // block_pool size class; fits in the padding, sizeof stays 20
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -110,7 +110,7 @@ inline message_ptr message::make(std::string_view topic, std::string_view payloa
                                  std::string_view properties) {
   const std::size_t n = topic.size() + properties.size() + payload.size();
   std::uint8_t block = 0;
-  void* raw = detail::message_pool::allocate(sizeof(message) + n, block);
+  void* raw = detail::block_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
                               static_cast<std::uint32_t>(payload.size()), q, retain, block);
   char* out = m->bytes();

@@ -6,7 +6,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
-#include <mqttbroker/detail/byte_pool.hpp>
+#include <mqttbroker/detail/block_pool.hpp>
 #include <mqttbroker/error.hpp>
 
 #include <cstddef>
