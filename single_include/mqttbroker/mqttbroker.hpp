@@ -1244,9 +1244,9 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_CODEC_PACKETS_HPP
 // end <mqttbroker/codec/packets.hpp>
-// begin <mqttbroker/detail/byte_pool.hpp>
-#ifndef MQTTBROKER_DETAIL_BYTE_POOL_HPP
-#define MQTTBROKER_DETAIL_BYTE_POOL_HPP
+// begin <mqttbroker/detail/block_pool.hpp>
+#ifndef MQTTBROKER_DETAIL_BLOCK_POOL_HPP
+#define MQTTBROKER_DETAIL_BLOCK_POOL_HPP
 
 
 #include <cstddef>
@@ -1259,110 +1259,171 @@ MQTTBROKER_END_NAMESPACE
 #include <sanitizer/asan_interface.h>
 #endif
 
+/// Bytes of freed blocks each thread keeps per size class (11 classes, so at most 1.4 MiB per
+/// thread by default). 0 turns the cache off: every block goes to operator new/delete, which
+/// suits heap checkers that cannot see into a cache (Valgrind).
+#ifndef MQTTBROKER_BLOCK_POOL_CLASS_BYTES
+#define MQTTBROKER_BLOCK_POOL_CLASS_BYTES (128 * 1024)
+#endif
+
 MQTTBROKER_BEGIN_NAMESPACE
 namespace detail {
 
-/// Per-thread caches of byte blocks in a few fixed sizes, for buffers that come and go with
-/// traffic (a split packet's bytes, a paused reader's unread input). Blocks of one size are
-/// reused instead of returned to malloc, so thousands of connections holding such buffers for
-/// a moment neither fragment the heap nor pay malloc per packet. A block freed on another thread
-/// joins that thread's cache; each cache is bounded, the surplus goes back to the heap.
-class byte_pool {
+/// Memory that comes and goes with traffic: messages, a connection's pending wait and write, a
+/// split packet's bytes. A per-thread cache of freed blocks in a few size classes, so that the
+/// steady state of the message path makes no heap allocation and thousands of connections taking
+/// and returning such blocks do not fragment the heap. A block freed on any thread goes to that
+/// thread's cache (messages cross threads with a multi-threaded host), so a thread that makes
+/// messages which other threads release keeps allocating, while those threads' caches fill up to
+/// their bound. Each cache is emptied when its thread exits. Nothing is shared between threads or
+/// brokers.
+class block_pool {
  public:
-  // 208: an Asio wait operation with a connection's handler is 200 bytes; a block per idle
-  // connection is held all the time, so it must not round up far.
-  static constexpr std::size_t class_count = 6;
-  static constexpr std::size_t class_sizes[class_count] = {128, 208, 320, 1024, 4096, 16384};
-  static constexpr std::size_t cache_bytes_per_class = 256 * 1024;
+  /// Powers of two, and 208: an Asio wait operation with a connection's handler is 200 bytes, and
+  /// every idle connection holds one, so it must not round up to 256.
+  static constexpr std::size_t sizes[] = {64, 128, 208, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  static constexpr std::uint8_t classes = sizeof(sizes) / sizeof(sizes[0]);
+  static constexpr std::size_t min_block = sizes[0];
+  static constexpr std::size_t max_block = sizes[classes - 1];
+  /// The class of blocks that bypass the cache (larger than max_block).
+  static constexpr std::uint8_t unpooled = 0xFF;
 
-  /// A block of at least `n` bytes; `capacity` gets its real size (to pass back to release()).
-  static std::uint8_t* acquire(std::size_t n, std::size_t& capacity) {
-    const std::size_t c = class_of(n);
-    if (c == class_count) {
-      capacity = n;
-      return static_cast<std::uint8_t*>(::operator new(n));
-    }
-    capacity = class_sizes[c];
-    cache& k = local();
-    if (node* head = k.heads[c]) {
-#if MQTTBROKER_HAS_ASAN
-      ASAN_UNPOISON_MEMORY_REGION(head, capacity);
-#endif
-      k.heads[c] = head->next;
-      --k.counts[c];
-      return reinterpret_cast<std::uint8_t*>(head);
-    }
-    return static_cast<std::uint8_t*>(::operator new(capacity));
+  static constexpr std::size_t block_size(std::uint8_t c) noexcept { return sizes[c]; }
+
+  /// The smallest class holding `bytes`, or `unpooled`.
+  static constexpr std::uint8_t class_of(std::size_t bytes) noexcept {
+    if (bytes > max_block) return unpooled;
+    std::uint8_t c = 0;
+    while (block_size(c) < bytes) ++c;  // at most 10 steps
+    return c;
   }
 
-  /// What acquire(n) returns as its capacity.
-  static std::size_t capacity_for(std::size_t n) noexcept {
-    const std::size_t c = class_of(n);
-    return c == class_count ? n : class_sizes[c];
+  /// Blocks of class `c` a thread keeps at most.
+  static constexpr std::size_t capacity(std::uint8_t c) noexcept {
+    return static_cast<std::size_t>(MQTTBROKER_BLOCK_POOL_CLASS_BYTES) / block_size(c);
   }
 
-  static void release(std::uint8_t* p, std::size_t capacity) noexcept {
-    if (p == nullptr) return;
-    const std::size_t c = class_of(capacity);
-    if (c == class_count || class_sizes[c] != capacity) {
-      ::operator delete(p);
-      return;
+  /// At least `bytes` of memory aligned for any fundamental type; `c` receives the class to give
+  /// back to deallocate(). Throws std::bad_alloc like operator new.
+  static void* allocate(std::size_t bytes, std::uint8_t& c) {
+    c = class_of(bytes);
+    if (c == unpooled) return ::operator new(bytes);
+    thread_cache& t = local();
+    if (free_block* b = t.head[c]) {
+      unpoison(b, bytes < sizeof(free_block) ? sizeof(free_block) : bytes);
+      t.head[c] = b->next;
+      --t.count[c];
+      return b;
     }
-    cache& k = local();
-    if (k.dead || k.counts[c] * capacity >= cache_bytes_per_class) {
-      ::operator delete(p);
-      return;
+    void* p = ::operator new(block_size(c));
+    // The block's slack past `bytes` stays out of bounds under AddressSanitizer.
+    poison(static_cast<char*>(p) + bytes, block_size(c) - bytes);
+    return p;
+  }
+
+  /// Returns memory from allocate(bytes, c) on any thread.
+  static void deallocate(void* p, std::size_t bytes, std::uint8_t c) noexcept {
+    if (c == unpooled) return release_memory(p, bytes);
+    thread_cache& t = local();
+    if (t.retired || t.count[c] >= capacity(c)) return free_block_memory(p, c);
+    if (!t.reaper_armed) {
+      t.reaper_armed = true;
+      arm_reaper();
     }
-    node* n = new (p) node{k.heads[c]};
-    k.heads[c] = n;
-    ++k.counts[c];
-#if MQTTBROKER_HAS_ASAN
-    // A cached block is not in use: touching it is a use after free.
-    ASAN_POISON_MEMORY_REGION(p, capacity);
-#endif
+    auto* b = ::new (p) free_block{t.head[c]};
+    t.head[c] = b;
+    ++t.count[c];
+    // A message used after its release now reads poisoned memory, as it would after delete.
+    poison(p, block_size(c));
+  }
+
+  /// Blocks of class `c` cached on this thread.
+  static std::size_t cached_blocks(std::uint8_t c) noexcept { return local().count[c]; }
+
+  /// Bytes cached on this thread.
+  static std::size_t cached_bytes() noexcept {
+    std::size_t n = 0;
+    for (std::uint8_t c = 0; c < classes; ++c) n += local().count[c] * block_size(c);
+    return n;
+  }
+
+  /// Frees every block cached on this thread.
+  static void trim() noexcept {
+    thread_cache& t = local();
+    for (std::uint8_t c = 0; c < classes; ++c) {
+      while (free_block* b = t.head[c]) {
+        unpoison(b, sizeof(free_block));
+        t.head[c] = b->next;
+        free_block_memory(b, c);
+      }
+      t.count[c] = 0;
+    }
   }
 
  private:
-  struct node {
-    node* next;
+  struct free_block {
+    free_block* next;
+  };
+  static_assert(min_block >= sizeof(free_block), "a cached block holds the list link");
+
+  // Trivially destructible and zero-initialised, so it needs no guard and stays usable while the
+  // thread's other thread_local objects are destroyed (a message released by one of them then
+  // goes straight to operator delete).
+  struct thread_cache {
+    free_block* head[classes];
+    std::size_t count[classes];
+    bool reaper_armed;
+    bool retired;
   };
 
-  struct cache {
-    node* heads[class_count] = {};
-    std::size_t counts[class_count] = {};
-    bool dead = false;
-    cache() = default;
-    cache(const cache&) = delete;
-    cache& operator=(const cache&) = delete;
-    ~cache() {
-      dead = true;  // blocks released during later thread-exit destructors go to the heap
-      for (std::size_t c = 0; c < class_count; ++c) {
-        while (node* n = heads[c]) {
-#if MQTTBROKER_HAS_ASAN
-          ASAN_UNPOISON_MEMORY_REGION(n, class_sizes[c]);
-#endif
-          heads[c] = n->next;
-          ::operator delete(n);
-        }
-      }
+  static thread_cache& local() noexcept {
+    static thread_local thread_cache t{};
+    return t;
+  }
+
+  // Its destructor empties the cache when the thread exits (leak checkers and Valgrind then see
+  // every block freed). Registered on the first caching release only, so threads that never
+  // release a message pay nothing.
+  struct reaper {
+    reaper() = default;
+    reaper(const reaper&) = delete;
+    reaper& operator=(const reaper&) = delete;
+    ~reaper() {
+      local().retired = true;
+      trim();
     }
   };
-
-  static std::size_t class_of(std::size_t n) noexcept {
-    for (std::size_t c = 0; c < class_count; ++c)
-      if (n <= class_sizes[c]) return c;
-    return class_count;
+  static void arm_reaper() noexcept {
+    static thread_local reaper r;
+    static_cast<void>(r);
   }
 
-  static cache& local() {
-    static thread_local cache k;
-    return k;
+  static void free_block_memory(void* p, std::uint8_t c) noexcept {
+    unpoison(p, block_size(c));  // ASan must see the whole block as allocated memory being freed
+    release_memory(p, block_size(c));
   }
+
+  static void release_memory(void* p, [[maybe_unused]] std::size_t n) noexcept {
+#if defined(__cpp_sized_deallocation)
+    ::operator delete(p, n);  // saves the heap a size lookup
+#else
+    ::operator delete(p);  // Clang before 19 leaves sized deallocation off unless asked
+#endif
+  }
+
+#if MQTTBROKER_HAS_ASAN
+  static void poison(void* p, std::size_t n) noexcept { ASAN_POISON_MEMORY_REGION(p, n); }
+  static void unpoison(void* p, std::size_t n) noexcept { ASAN_UNPOISON_MEMORY_REGION(p, n); }
+#else
+  static void poison(void*, std::size_t) noexcept {}
+  static void unpoison(void*, std::size_t) noexcept {}
+#endif
 };
 
-/// An allocator over byte_pool for the memory of asynchronous operations: a connection's wait
+
+/// An allocator over block_pool for the memory of asynchronous operations: a connection's wait
 /// and write come and go once per read and per batch, and Asio's own per-thread cache holds only
-/// two, too few when one read reaches many connections.
+/// two blocks, too few when one read reaches many connections.
 template <class T>
 struct pooled_allocator {
   using value_type = T;
@@ -1370,11 +1431,11 @@ struct pooled_allocator {
   template <class U>
   pooled_allocator(const pooled_allocator<U>&) noexcept {}
   T* allocate(std::size_t n) {
-    std::size_t capacity = 0;
-    return reinterpret_cast<T*>(byte_pool::acquire(n * sizeof(T), capacity));
+    std::uint8_t c = 0;
+    return static_cast<T*>(block_pool::allocate(n * sizeof(T), c));
   }
   void deallocate(T* p, std::size_t n) noexcept {
-    byte_pool::release(reinterpret_cast<std::uint8_t*>(p), byte_pool::capacity_for(n * sizeof(T)));
+    block_pool::deallocate(p, n * sizeof(T), block_pool::class_of(n * sizeof(T)));
   }
   template <class U>
   friend bool operator==(const pooled_allocator&, const pooled_allocator<U>&) noexcept {
@@ -1386,8 +1447,8 @@ struct pooled_allocator {
   }
 };
 
-/// A growable byte buffer whose storage comes from byte_pool and goes back to it when reset, so
-/// an idle owner holds no memory at all.
+/// A growable byte buffer in block_pool blocks, given back when reset: an idle owner (a
+/// connection between packets) holds no memory at all.
 class pooled_bytes {
  public:
   pooled_bytes() noexcept = default;
@@ -1419,19 +1480,9 @@ class pooled_bytes {
     size_ += n;
   }
 
-  /// Drops the first `n` bytes.
-  void consume(std::size_t n) noexcept {
-    if (n >= size_) {
-      reset();
-      return;
-    }
-    std::memmove(data_, data_ + n, size_ - n);
-    size_ -= n;
-  }
-
   /// Empties the buffer and gives its block back.
   void reset() noexcept {
-    byte_pool::release(data_, capacity_);
+    reset_storage();
     data_ = nullptr;
     size_ = 0;
     capacity_ = 0;
@@ -1439,15 +1490,21 @@ class pooled_bytes {
 
  private:
   void grow(std::size_t need) {
-    // Doubling above the largest class keeps a large packet's arrival linear.
+    // Doubling past the largest class keeps a large packet's arrival linear; still bounded by
+    // what arrived, never by a length the peer claimed.
     std::size_t want = need;
-    if (capacity_ >= byte_pool::class_sizes[byte_pool::class_count - 1] && want < capacity_ * 2) want = capacity_ * 2;
-    std::size_t cap = 0;
-    std::uint8_t* p = byte_pool::acquire(want, cap);
+    if (need > block_pool::max_block && want < capacity_ * 2) want = capacity_ * 2;
+    const std::uint8_t c = block_pool::class_of(want);
+    const std::size_t cap = c == block_pool::unpooled ? want : block_pool::block_size(c);
+    std::uint8_t got = 0;
+    auto* p = static_cast<std::uint8_t*>(block_pool::allocate(cap, got));
     if (size_ != 0) std::memcpy(p, data_, size_);
-    byte_pool::release(data_, capacity_);
+    reset_storage();
     data_ = p;
     capacity_ = cap;
+  }
+  void reset_storage() noexcept {
+    if (data_ != nullptr) block_pool::deallocate(data_, capacity_, block_pool::class_of(capacity_));
   }
 
   std::uint8_t* data_ = nullptr;
@@ -1458,8 +1515,8 @@ class pooled_bytes {
 }  // namespace detail
 MQTTBROKER_END_NAMESPACE
 
-#endif  // MQTTBROKER_DETAIL_BYTE_POOL_HPP
-// end <mqttbroker/detail/byte_pool.hpp>
+#endif  // MQTTBROKER_DETAIL_BLOCK_POOL_HPP
+// end <mqttbroker/detail/block_pool.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -3101,180 +3158,6 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_MESSAGE_HPP
 #define MQTTBROKER_MESSAGE_HPP
 
-// begin <mqttbroker/detail/message_pool.hpp>
-#ifndef MQTTBROKER_DETAIL_MESSAGE_POOL_HPP
-#define MQTTBROKER_DETAIL_MESSAGE_POOL_HPP
-
-
-#include <cstddef>
-#include <cstdint>
-#include <new>
-
-#if MQTTBROKER_HAS_ASAN
-#include <sanitizer/asan_interface.h>
-#endif
-
-/// Bytes of freed message blocks each thread keeps per size class (8 classes, so 1 MiB per thread
-/// by default). 0 turns the cache off: every message goes to operator new/delete, which suits
-/// heap checkers that cannot see into a cache (Valgrind).
-#ifndef MQTTBROKER_MESSAGE_POOL_CLASS_BYTES
-#define MQTTBROKER_MESSAGE_POOL_CLASS_BYTES (128 * 1024)
-#endif
-
-MQTTBROKER_BEGIN_NAMESPACE
-namespace detail {
-
-/// The memory of messages: a per-thread cache of freed blocks in power-of-two size classes, so
-/// that the steady state of a message path makes no heap allocation. A block freed on any thread
-/// goes to that thread's cache (messages cross threads with a multi-threaded host), so a thread
-/// that makes messages which other threads release keeps allocating, while those threads' caches
-/// fill up to their bound. Each cache is emptied when its thread exits. Nothing is shared between
-/// threads or brokers.
-class message_pool {
- public:
-  static constexpr std::size_t min_block = 64;
-  static constexpr std::uint8_t classes = 8;  // 64 B .. 8 KiB
-  static constexpr std::size_t max_block = min_block << (classes - 1);
-  /// The class of blocks that bypass the cache (larger than max_block).
-  static constexpr std::uint8_t unpooled = 0xFF;
-
-  static constexpr std::size_t block_size(std::uint8_t c) noexcept { return min_block << c; }
-
-  /// The smallest class holding `bytes`, or `unpooled`.
-  static constexpr std::uint8_t class_of(std::size_t bytes) noexcept {
-    if (bytes > max_block) return unpooled;
-    std::uint8_t c = 0;
-    while (block_size(c) < bytes) ++c;  // at most 7 steps
-    return c;
-  }
-
-  /// Blocks of class `c` a thread keeps at most.
-  static constexpr std::size_t capacity(std::uint8_t c) noexcept {
-    return static_cast<std::size_t>(MQTTBROKER_MESSAGE_POOL_CLASS_BYTES) / block_size(c);
-  }
-
-  /// At least `bytes` of memory aligned for any fundamental type; `c` receives the class to give
-  /// back to deallocate(). Throws std::bad_alloc like operator new.
-  static void* allocate(std::size_t bytes, std::uint8_t& c) {
-    c = class_of(bytes);
-    if (c == unpooled) return ::operator new(bytes);
-    thread_cache& t = local();
-    if (free_block* b = t.head[c]) {
-      unpoison(b, bytes < sizeof(free_block) ? sizeof(free_block) : bytes);
-      t.head[c] = b->next;
-      --t.count[c];
-      return b;
-    }
-    void* p = ::operator new(block_size(c));
-    // The block's slack past `bytes` stays out of bounds under AddressSanitizer.
-    poison(static_cast<char*>(p) + bytes, block_size(c) - bytes);
-    return p;
-  }
-
-  /// Returns memory from allocate(bytes, c) on any thread.
-  static void deallocate(void* p, std::size_t bytes, std::uint8_t c) noexcept {
-    if (c == unpooled) return release_memory(p, bytes);
-    thread_cache& t = local();
-    if (t.retired || t.count[c] >= capacity(c)) return free_block_memory(p, c);
-    if (!t.reaper_armed) {
-      t.reaper_armed = true;
-      arm_reaper();
-    }
-    auto* b = ::new (p) free_block{t.head[c]};
-    t.head[c] = b;
-    ++t.count[c];
-    // A message used after its release now reads poisoned memory, as it would after delete.
-    poison(p, block_size(c));
-  }
-
-  /// Blocks of class `c` cached on this thread.
-  static std::size_t cached_blocks(std::uint8_t c) noexcept { return local().count[c]; }
-
-  /// Bytes cached on this thread.
-  static std::size_t cached_bytes() noexcept {
-    std::size_t n = 0;
-    for (std::uint8_t c = 0; c < classes; ++c) n += local().count[c] * block_size(c);
-    return n;
-  }
-
-  /// Frees every block cached on this thread.
-  static void trim() noexcept {
-    thread_cache& t = local();
-    for (std::uint8_t c = 0; c < classes; ++c) {
-      while (free_block* b = t.head[c]) {
-        unpoison(b, sizeof(free_block));
-        t.head[c] = b->next;
-        free_block_memory(b, c);
-      }
-      t.count[c] = 0;
-    }
-  }
-
- private:
-  struct free_block {
-    free_block* next;
-  };
-  static_assert(min_block >= sizeof(free_block), "a cached block holds the list link");
-
-  // Trivially destructible and zero-initialised, so it needs no guard and stays usable while the
-  // thread's other thread_local objects are destroyed (a message released by one of them then
-  // goes straight to operator delete).
-  struct thread_cache {
-    free_block* head[classes];
-    std::size_t count[classes];
-    bool reaper_armed;
-    bool retired;
-  };
-
-  static thread_cache& local() noexcept {
-    static thread_local thread_cache t{};
-    return t;
-  }
-
-  // Its destructor empties the cache when the thread exits (leak checkers and Valgrind then see
-  // every block freed). Registered on the first caching release only, so threads that never
-  // release a message pay nothing.
-  struct reaper {
-    reaper() = default;
-    reaper(const reaper&) = delete;
-    reaper& operator=(const reaper&) = delete;
-    ~reaper() {
-      local().retired = true;
-      trim();
-    }
-  };
-  static void arm_reaper() noexcept {
-    static thread_local reaper r;
-    static_cast<void>(r);
-  }
-
-  static void free_block_memory(void* p, std::uint8_t c) noexcept {
-    unpoison(p, block_size(c));  // ASan must see the whole block as allocated memory being freed
-    release_memory(p, block_size(c));
-  }
-
-  static void release_memory(void* p, [[maybe_unused]] std::size_t n) noexcept {
-#if defined(__cpp_sized_deallocation)
-    ::operator delete(p, n);  // saves the heap a size lookup
-#else
-    ::operator delete(p);  // Clang before 19 leaves sized deallocation off unless asked
-#endif
-  }
-
-#if MQTTBROKER_HAS_ASAN
-  static void poison(void* p, std::size_t n) noexcept { ASAN_POISON_MEMORY_REGION(p, n); }
-  static void unpoison(void* p, std::size_t n) noexcept { ASAN_UNPOISON_MEMORY_REGION(p, n); }
-#else
-  static void poison(void*, std::size_t) noexcept {}
-  static void unpoison(void*, std::size_t) noexcept {}
-#endif
-};
-
-}  // namespace detail
-MQTTBROKER_END_NAMESPACE
-
-#endif  // MQTTBROKER_DETAIL_MESSAGE_POOL_HPP
-// end <mqttbroker/detail/message_pool.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -3291,7 +3174,7 @@ class message_ptr;
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
 /// the same message, so a payload is stored once however many receive it. The allocation comes
-/// from detail::message_pool, so a steady stream of messages reuses freed blocks.
+/// from detail::block_pool, so a steady stream of messages reuses freed blocks.
 class message {
  public:
   message(const message&) = delete;
@@ -3329,7 +3212,7 @@ class message {
       const std::uint8_t block = block_class_;
       this->~message();
       // Into the releasing thread's cache: the acq_rel above orders every earlier use before it.
-      detail::message_pool::deallocate(const_cast<message*>(this), bytes, block);
+      detail::block_pool::deallocate(const_cast<message*>(this), bytes, block);
     }
   }
 
@@ -3341,7 +3224,7 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
-  std::uint8_t block_class_;  // message_pool size class; fits in the padding, sizeof stays 20
+  std::uint8_t block_class_;  // block_pool size class; fits in the padding, sizeof stays 20
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -3380,7 +3263,7 @@ inline message_ptr message::make(std::string_view topic, std::string_view payloa
                                  std::string_view properties) {
   const std::size_t n = topic.size() + properties.size() + payload.size();
   std::uint8_t block = 0;
-  void* raw = detail::message_pool::allocate(sizeof(message) + n, block);
+  void* raw = detail::block_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
                               static_cast<std::uint32_t>(payload.size()), q, retain, block);
   char* out = m->bytes();
@@ -5830,7 +5713,7 @@ class write_batch_pool {
   }
 
  private:
-  static constexpr std::size_t max_cached = 256;
+  static constexpr std::size_t max_cached = 64;  // with trim(): at most 4 MiB of arenas kept per thread
   struct cache {
     std::vector<std::unique_ptr<write_batch>> items;
   };
