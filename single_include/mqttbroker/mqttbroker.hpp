@@ -5924,20 +5924,29 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     const auto now = clock::now();  // once per read, not per packet
     note_progress(now);
     read_time_ = now;
-    const auto res = decoder_.feed(data, n, [this, now](codec::packet& p) {
-      last_packet_ = now;
-      broker_.handle_packet(*this, p);
-      return !closing_ && !pace_target_;
-    });
-    if (res.ec) {
-      on_protocol_violation(res.ec);
-      return false;
+    pooled_bytes held;  // the rest of the input, when a pause did not happen after all
+    for (;;) {
+      const auto res = decoder_.feed(data, n, [this, now](codec::packet& p) {
+        last_packet_ = now;
+        broker_.handle_packet(*this, p);
+        return !closing_ && !pace_target_;
+      });
+      if (res.ec) {
+        on_protocol_violation(res.ec);
+        return false;
+      }
+      if (closing_ || closed_) return false;
+      if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
+      update_deadline();
+      if (!pace_target_) return true;
+      if (broker_.pause_reader(*this)) return false;
+      // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
+      // before anything newer from the socket.
+      if (unread_.empty()) return true;
+      held = std::move(unread_);
+      data = held.data();
+      n = held.size();
     }
-    if (closing_ || closed_) return false;
-    if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
-    update_deadline();
-    if (pace_target_) return !broker_.pause_reader(*this);
-    return true;
   }
 
   /// Reads again after a pause: first what was read and not decoded, then the socket. Called
