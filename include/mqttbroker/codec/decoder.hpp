@@ -16,7 +16,6 @@
 #include <system_error>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace codec {
