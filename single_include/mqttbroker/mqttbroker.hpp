@@ -1525,7 +1525,6 @@ MQTTBROKER_END_NAMESPACE
 #include <system_error>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace codec {
@@ -3899,7 +3898,6 @@ MQTTBROKER_END_NAMESPACE
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -6195,7 +6193,6 @@ MQTTBROKER_END_NAMESPACE
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
