@@ -1407,6 +1407,21 @@ TEST_CASE("a wildcard subscription over tens of thousands of retained messages r
 
 namespace {
 
+/// `n` QoS 1 PUBLISH packets to `topic`, payloads "0" to "n-1", encoded back to back.
+std::string qos1_burst(const std::string& topic, int n) {
+  std::string burst;
+  for (int i = 0; i < n; ++i) {
+    codec::publish p;
+    p.topic = topic;
+    const std::string payload = std::to_string(i);
+    p.payload = payload;
+    p.qos_level = qos::at_least_once;
+    p.packet_id = static_cast<std::uint16_t>(i + 1);
+    REQUIRE_FALSE(codec::encode(p, protocol_version::v3_1_1, burst));  // appends
+  }
+  return burst;
+}
+
 /// A publisher sends `n` QoS 1 messages at once to a subscriber whose in-flight window is small;
 /// the subscriber acknowledges each batch it sees. Returns the payloads in arrival order.
 template <class H>
@@ -1414,17 +1429,7 @@ std::vector<std::string> fast_publisher_slow_subscriber(H& h, int n) {
   client& sub = h.connected("sub");
   h.subscribe(sub, "p/t", qos::at_least_once);
   client& pub = h.connected("pub");
-  std::string burst;
-  for (int i = 0; i < n; ++i) {
-    codec::publish p;
-    p.topic = "p/t";
-    const std::string payload = std::to_string(i);
-    p.payload = payload;
-    p.qos_level = qos::at_least_once;
-    p.packet_id = static_cast<std::uint16_t>(i + 1);
-    REQUIRE_FALSE(codec::encode(p, protocol_version::v3_1_1, burst));  // appends
-  }
-  pub.send_raw(burst);  // one write: the broker reads it all at once
+  pub.send_raw(qos1_burst("p/t", n));  // one write: the broker reads it all at once
   h.settle();
   std::vector<std::string> got;
   for (int round = 0; round < 10 * n && static_cast<int>(got.size()) < n; ++round) {
@@ -1485,17 +1490,7 @@ TEST_CASE("a subscriber that stops reading does not stall a publisher: after stu
   h.subscribe(healthy, "p/t", qos::at_least_once);
   client& pub = h.connected("pub");
   const int n = 200;
-  std::string burst;
-  for (int i = 0; i < n; ++i) {
-    codec::publish p;
-    p.topic = "p/t";
-    const std::string payload = std::to_string(i);
-    p.payload = payload;
-    p.qos_level = qos::at_least_once;
-    p.packet_id = static_cast<std::uint16_t>(i + 1);
-    REQUIRE_FALSE(codec::encode(p, protocol_version::v3_1_1, burst));
-  }
-  pub.send_raw(burst);
+  pub.send_raw(qos1_burst("p/t", n));
   // The healthy subscriber acknowledges everything it gets; the stuck one never does. The
   // sweep (twice a second) resumes a reader paused on the stuck client; the deadline only
   // bounds a failure, the assertions do not depend on timing.

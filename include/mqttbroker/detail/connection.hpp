@@ -451,8 +451,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   void flush() {
     if (write_in_flight_ || closed_ || !queued_ || queued_->empty()) return;
-    write_batch_pool::release(std::move(writing_));
-    writing_ = std::move(queued_);
+    writing_ = std::move(queued_);  // the previous batch went back to the pool when it completed
     writing_->build_iov();
     write_pos_ = 0;
     write_some();
