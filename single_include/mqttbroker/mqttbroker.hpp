@@ -6022,8 +6022,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   void flush() {
     if (write_in_flight_ || closed_ || !queued_ || queued_->empty()) return;
-    write_batch_pool::release(std::move(writing_));
-    writing_ = std::move(queued_);
+    writing_ = std::move(queued_);  // the previous batch went back to the pool when it completed
     writing_->build_iov();
     write_pos_ = 0;
     write_some();
@@ -7035,8 +7034,7 @@ class broker {
   /// meanwhile. True when paused. On the reader's executor.
   bool pause_reader(connection_type& reader) {
     std::shared_ptr<session_record> target = std::move(reader.pace_target_);
-    std::shared_lock<mutex_type> lk(state_mutex_);
-    std::lock_guard<session_mutex_type> session_lock(target->mutex);
+    session_guard lk(*this, *target);
     const connection_type* c = target->conn;
     if (c == nullptr || !behind(*target, *c, reader.read_time_, 1)) return false;
     reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
@@ -7055,8 +7053,7 @@ class broker {
     if (rec == nullptr || !rec->has_paced.load(std::memory_order_relaxed)) return;
     std::vector<std::shared_ptr<connection_type>> wake;
     {
-      std::shared_lock<mutex_type> lk(state_mutex_);
-      std::lock_guard<session_mutex_type> session_lock(rec->mutex);
+      session_guard lk(*this, *rec);
       if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
       wake.swap(rec->paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
