@@ -98,6 +98,7 @@ class broker {
   using locking_type = typename Policies::locking;
   using hooks_type = typename Policies::hooks;
   using stream_type = typename transport_type::stream_type;
+  using stream_executor_type = typename stream_type::executor_type;
   using acceptor_type = typename transport_type::acceptor_type;
   using listen_options = typename transport_type::listen_options;
   using connection_type = detail::connection<broker>;
@@ -112,6 +113,7 @@ class broker {
       : broker(io.get_executor(), std::move(opts), std::move(hooks)) {}
   broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {})
       : ex_(std::move(ex)),
+        stream_ex_(stream_executor_of(ex_)),
         control_ex_(make_strand_if_threaded(ex_)),
         opts_(std::move(opts)),
         hooks_(std::move(hooks)),
@@ -287,8 +289,7 @@ class broker {
   // ---- accepting
 
   void accept(acceptor_type& a) {
-    auto ex = make_connection_executor();
-    a.async_accept(ex, [this, &a](std::error_code ec, stream_type s) {
+    a.async_accept(stream_ex_, [this, &a](std::error_code ec, stream_type s) {
       if (ec) {
         if (!stopping_ && a.is_open()) accept(a);
         return;
@@ -298,7 +299,18 @@ class broker {
     });
   }
 
-  asio::any_io_executor make_connection_executor() { return make_strand_if_threaded(ex_); }
+  /// The executor connections' sockets use, behind the host's: a TCP socket is smaller on the
+  /// io_context's own executor type than on any_io_executor. Throws for an executor of another
+  /// kind of context.
+  static stream_executor_type stream_executor_of(const asio::any_io_executor& ex) {
+    if constexpr (std::is_same_v<stream_executor_type, asio::any_io_executor>) {
+      return ex;
+    } else {
+      if (const auto* e = ex.target<stream_executor_type>()) return *e;
+      if (const auto* s = ex.target<asio::strand<stream_executor_type>>()) return s->get_inner_executor();
+      throw std::invalid_argument("mqttbroker: the transport needs an executor of an asio::io_context");
+    }
+  }
 
   static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
     if constexpr (locking_type::thread_safe)
@@ -1214,6 +1226,7 @@ class broker {
   static constexpr std::size_t write_pacing_bytes = 64 * 1024;
 
   asio::any_io_executor ex_;
+  stream_executor_type stream_ex_;
   asio::any_io_executor control_ex_;  // a strand with locking::shared
   broker_options opts_;
   std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits

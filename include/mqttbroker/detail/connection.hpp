@@ -11,10 +11,12 @@
 #include <mqttbroker/session/state.hpp>
 
 #include <asio/bind_allocator.hpp>
+#include <asio/bind_executor.hpp>
 #include <asio/buffer.hpp>
 #include <asio/error.hpp>
 #include <asio/post.hpp>
 #include <asio/socket_base.hpp>
+#include <asio/strand.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -25,6 +27,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -169,15 +172,25 @@ template <class Broker>
 class connection : public std::enable_shared_from_this<connection<Broker>> {
  public:
   using stream_type = typename Broker::stream_type;
+  using stream_executor = typename stream_type::executor_type;
+  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
+  static constexpr bool on_strand = Broker::locking_type::thread_safe;
+  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
   using clock = std::chrono::steady_clock;
   using session_record = typename Broker::session_record;
 
   connection(Broker& b, stream_type s)
       : broker_(b),
         stream_(std::move(s)),
+        strand_(make_strand_for(stream_)),
         decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}) {}
 
-  auto get_executor() { return stream_.get_executor(); }
+  executor_type get_executor() {
+    if constexpr (on_strand)
+      return strand_;
+    else
+      return stream_.get_executor();
+  }
 
   void start() {
     last_packet_ = clock::now();
@@ -296,6 +309,27 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   /// The most buffers one gather write passes to the socket (Asio's own cap per call is 64).
   static constexpr std::size_t max_write_buffers = 64;
 
+  struct no_strand {};
+  using strand_holder = std::conditional_t<on_strand, asio::strand<stream_executor>, no_strand>;
+
+  static strand_holder make_strand_for(stream_type& s) {
+    if constexpr (on_strand)
+      return asio::make_strand(s.get_executor());
+    else
+      return no_strand{};
+  }
+
+  /// A completion handler for this connection's operations: its memory from the thread's pool,
+  /// and on the connection's strand when there is one.
+  template <class Handler>
+  auto bind_handler(Handler h) {
+    auto pooled = asio::bind_allocator(pooled_allocator<void>(), std::move(h));
+    if constexpr (on_strand)
+      return asio::bind_executor(strand_, std::move(pooled));
+    else
+      return pooled;
+  }
+
   struct flush_list {
     int depth = 0;
     std::vector<std::shared_ptr<connection>> connections;
@@ -313,8 +347,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   void read() {
     if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
-    stream_.async_wait(asio::socket_base::wait_read,
-                       asio::bind_allocator(pooled_allocator<void>(), [self = this->shared_from_this()](std::error_code ec) {
+    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = this->shared_from_this()](std::error_code ec) {
                          self->on_readable(ec);
                        }));
   }
@@ -462,8 +495,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     const auto& iov = writing_->iov;
     const std::size_t end = std::min(iov.size(), write_pos_ + max_write_buffers);
     stream_.async_write_some(const_buffer_range{iov.data() + write_pos_, iov.data() + end},
-                             asio::bind_allocator(pooled_allocator<void>(), [self = this->shared_from_this()](
-                                                                                std::error_code ec, std::size_t n) {
+                             bind_handler([self = this->shared_from_this()](std::error_code ec, std::size_t n) {
                                self->on_written(ec, n);
                              }));
   }
@@ -569,6 +601,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   Broker& broker_;
   stream_type stream_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS strand_holder strand_;
   codec::decoder decoder_;
   std::unique_ptr<write_batch> queued_;   // packets waiting for the write in flight
   std::unique_ptr<write_batch> writing_;  // the batch being written

@@ -5,6 +5,7 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/ip/address.hpp>
+#include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/socket_base.hpp>
 
@@ -18,7 +19,9 @@ namespace transport {
 /// Plain TCP: MQTT's own port 1883.
 struct tcp {
   static constexpr const char* name = "tcp";
-  using stream_type = asio::ip::tcp::socket;
+  /// On the io_context's own executor type rather than the polymorphic any_io_executor: an idle
+  /// connection's socket is then 40 bytes instead of 88, and its pending wait 96 instead of 200.
+  using stream_type = asio::basic_stream_socket<asio::ip::tcp, asio::io_context::executor_type>;
   using acceptor_type = asio::ip::tcp::acceptor;
 
   struct listen_options {
