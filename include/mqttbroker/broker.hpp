@@ -124,6 +124,7 @@ class broker {
     pacing_bytes_ = opts_.pacing_backlog_bytes;
     if (opts_.max_queued_bytes != 0) pacing_bytes_ = std::min(pacing_bytes_, opts_.max_queued_bytes / 2);
     pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
+    session_limits_ = make_session_limits(opts_);
   }
   broker(const broker&) = delete;
   broker& operator=(const broker&) = delete;
@@ -259,30 +260,48 @@ class broker {
   };
 
  public:
-  /// A client session as the broker keeps it: the MQTT state plus where it is connected.
-  struct session_record : subscriber, std::enable_shared_from_this<session_record> {
-    explicit session_record(std::string id, session::limits l) : state(std::move(id), l) {}
-    session::state state;
-    connection_type* conn = nullptr;  // the live connection, if any
-    std::shared_ptr<void> conn_owner;  // keeps `conn` alive while a locked delivery refers to it
-    bool persistent = false;           // survives its connection
-    clock::time_point expires{};       // when persistent and offline
-    std::chrono::seconds expiry{0};
-    // With locking::shared, publishers holding the state lock shared meet here; every other
-    // change to the session holds the state lock exclusively.
-    MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
+  /// What few sessions need, made on first use: an idle session does without it.
+  struct session_extras {
     detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
-    std::vector<session::outgoing> outbox;  // locking::shared: admitted, for the connection's strand
-    std::size_t outbox_bytes = 0;
-    bool pump_scheduled = false;
     // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
     message_ptr pending_will;
     std::uint64_t will_generation = 0;
     std::unique_ptr<asio::steady_timer> will_timer;
     // Publisher pacing: connections that stopped reading because this session's client was
-    // behind; resumed when it catches up, leaves, or is found stuck. Under `mutex`.
+    // behind; resumed when it catches up, leaves, or is found stuck.
     std::vector<std::shared_ptr<connection_type>> paced;
+  };
+
+  /// locking::shared: what publishers on other threads admitted for the connection's strand.
+  struct strand_outbox {
+    std::vector<session::outgoing> items;
+    std::size_t bytes = 0;
+    bool pump_scheduled = false;
+  };
+  struct no_outbox {};
+
+  /// A client session as the broker keeps it: the MQTT state plus where it is connected.
+  struct session_record : subscriber, std::enable_shared_from_this<session_record> {
+    session_record(std::string id, std::shared_ptr<const session::limits> l) : state(std::move(id), std::move(l)) {}
+    session::state state;
+    connection_type* conn = nullptr;  // the live connection, if any
+    std::shared_ptr<void> conn_owner;  // keeps `conn` alive while a locked delivery refers to it
+    clock::time_point expires{};       // when persistent and offline
+    std::chrono::seconds expiry{0};
+    bool persistent = false;             // survives its connection
     std::atomic<bool> has_paced{false};  // read without the lock on every write completion
+    // With locking::shared, publishers holding the state lock shared meet here; every other
+    // change to the session holds the state lock exclusively.
+    MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
+    MQTTBROKER_NO_UNIQUE_ADDRESS std::conditional_t<locking_type::thread_safe, strand_outbox, no_outbox> outbox;
+    // Made under `mutex` or the exclusive state lock; read under either.
+    std::unique_ptr<session_extras> extras;
+
+    session_extras& more() {
+      if (!extras) extras = std::make_unique<session_extras>();
+      return *extras;
+    }
+    bool has_retained_backlog() const noexcept { return extras && !extras->retained_backlog.empty(); }
   };
 
  private:
@@ -453,22 +472,23 @@ class broker {
         if (cp.clean_start) {
           drop_session_subscriptions(*rec);
           rec->state.clear_messages();
-          rec->retained_backlog.clear();
+          if (rec->extras) rec->extras->retained_backlog.clear();
         } else {
           session_present = true;
         }
       } else {
-        rec = std::make_shared<session_record>(client_id, session_limits());
+        rec = std::make_shared<session_record>(client_id, session_limits_);
         sessions_.emplace(client_id, rec);
       }
       // What was admitted for an earlier connection is in flight and is resent below.
-      rec->outbox.clear();
-      rec->outbox_bytes = 0;
-      rec->pump_scheduled = false;
-      // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
-      rec->pending_will = message_ptr();
-      ++rec->will_generation;
-      if (rec->will_timer) rec->will_timer->cancel();
+      clear_outbox(*rec);
+      if (rec->extras) {
+        // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
+        session_extras& x = *rec->extras;
+        x.pending_will = message_ptr();
+        ++x.will_generation;
+        if (x.will_timer) x.will_timer->cancel();
+      }
       rec->conn = &c;
       rec->conn_owner = c.shared_from_this();
       rec->persistent = expiry.count() != 0;
@@ -730,7 +750,7 @@ class broker {
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);
             o.retain = true;  // [MQTT-3.3.1-8]
             if (sub_id != 0) o.subscription_ids.push_back(sub_id);
-            rec->retained_backlog.push_back(std::move(o));
+            rec->more().retained_backlog.push_back(std::move(o));
           });
         }
       }
@@ -893,7 +913,7 @@ class broker {
     reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
     reader.paused_.store(true, std::memory_order_relaxed);
     reader.update_deadline();
-    target->paced.push_back(reader.shared_from_this());
+    target->more().paced.push_back(reader.shared_from_this());
     target->has_paced.store(true, std::memory_order_relaxed);
     hot_.pauses.fetch_add(1);
     return true;
@@ -908,7 +928,7 @@ class broker {
     {
       session_guard lk(*this, *rec);
       if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
-      wake.swap(rec->paced);
+      wake.swap(rec->more().paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
     }
     resume_all(wake);
@@ -925,9 +945,17 @@ class broker {
   /// Payload bytes admitted for the connection's strand and not yet taken by it. state_mutex_ held.
   static std::size_t outbox_bytes(const session_record& rec) noexcept {
     if constexpr (locking_type::thread_safe)
-      return rec.outbox_bytes;
+      return rec.outbox.bytes;
     else
       return 0;
+  }
+
+  static void clear_outbox(session_record& rec) noexcept {
+    if constexpr (locking_type::thread_safe) {
+      rec.outbox.items.clear();
+      rec.outbox.bytes = 0;
+      rec.outbox.pump_scheduled = false;
+    }
   }
 
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
@@ -937,10 +965,10 @@ class broker {
       // the connection's strand pump it. Everything admitted goes out through the outbox, in
       // admission order, so a message admitted later on the connection's own strand (pump())
       // can never overtake one admitted earlier here [MQTT-4.6.0-2].
-      rec->outbox_bytes += o.msg->payload().size();
-      rec->outbox.push_back(std::move(o));
-      if (!rec->pump_scheduled) {
-        rec->pump_scheduled = true;
+      rec->outbox.bytes += o.msg->payload().size();
+      rec->outbox.items.push_back(std::move(o));
+      if (!rec->outbox.pump_scheduled) {
+        rec->outbox.pump_scheduled = true;
         auto owner = std::static_pointer_cast<connection_type>(rec->conn_owner);
         asio::post(owner->get_executor(), [this, owner] { pump(*owner); });
       }
@@ -962,10 +990,8 @@ class broker {
     session_guard lk(*this, *rec);
     if (rec->conn != &c) return;  // taken over since the pump was posted
     if constexpr (locking_type::thread_safe) {
-      rec->pump_scheduled = false;
-      for (const session::outgoing& o : rec->outbox) c.send_publish(o);
-      rec->outbox.clear();
-      rec->outbox_bytes = 0;
+      for (const session::outgoing& o : rec->outbox.items) c.send_publish(o);
+      clear_outbox(*rec);
     }
     while (auto o = rec->state.next_ready()) {
       hot_.sent.fetch_add(1);
@@ -973,12 +999,13 @@ class broker {
     }
     // Retained messages go out while the socket keeps up and the window has room; the rest wait
     // for acknowledgements or for the write to drain (on_connection_drained).
-    while (!rec->retained_backlog.empty() && c.backlog_bytes() < write_pacing_bytes) {
-      if (rec->retained_backlog.front().qos_level != codec::qos::at_most_once &&
+    while (rec->has_retained_backlog() && c.backlog_bytes() < write_pacing_bytes) {
+      auto& backlog = rec->extras->retained_backlog;
+      if (backlog.front().qos_level != codec::qos::at_most_once &&
           rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
         break;
-      session::outgoing o = std::move(rec->retained_backlog.front());
-      rec->retained_backlog.pop_front();
+      session::outgoing o = std::move(backlog.front());
+      backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
       if (adm == session::admission::send) {
         hot_.sent.fetch_add(1);
@@ -1008,15 +1035,13 @@ class broker {
         {
           // Readers waiting for this client go on: it is gone, and offline queues have limits.
           std::lock_guard<session_mutex_type> session_lock(rec->mutex);
-          paced.swap(rec->paced);
+          if (rec->extras) paced.swap(rec->extras->paced);
           rec->has_paced.store(false, std::memory_order_relaxed);
         }
         rec->conn = nullptr;
         rec->conn_owner.reset();
-        rec->retained_backlog.clear();
-        rec->outbox.clear();
-        rec->outbox_bytes = 0;
-        rec->pump_scheduled = false;
+        if (rec->extras) rec->extras->retained_backlog.clear();
+        clear_outbox(*rec);
         if (!rec->persistent) {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
@@ -1041,18 +1066,19 @@ class broker {
   /// Holds a will until `delay` passes; a reconnect or the session's end comes first to cancel
   /// or publish it. state_mutex_ held.
   void delay_will(session_record& rec, message_ptr will, std::chrono::seconds delay) {
-    rec.pending_will = std::move(will);
-    const std::uint64_t generation = ++rec.will_generation;
-    if (!rec.will_timer) rec.will_timer = std::make_unique<asio::steady_timer>(control_ex_);
-    rec.will_timer->expires_after(delay);
-    rec.will_timer->async_wait([this, id = rec.state.client_id(), generation](std::error_code ec) {
+    session_extras& x = rec.more();
+    x.pending_will = std::move(will);
+    const std::uint64_t generation = ++x.will_generation;
+    if (!x.will_timer) x.will_timer = std::make_unique<asio::steady_timer>(control_ex_);
+    x.will_timer->expires_after(delay);
+    x.will_timer->async_wait([this, id = rec.state.client_id(), generation](std::error_code ec) {
       if (ec) return;  // cancelled, or the session is gone with its timer
       message_ptr due;
       {
         std::lock_guard<mutex_type> lk(state_mutex_);
         auto it = sessions_.find(id);
-        if (it == sessions_.end() || it->second->will_generation != generation) return;
-        due = std::move(it->second->pending_will);
+        if (it == sessions_.end() || !it->second->extras || it->second->extras->will_generation != generation) return;
+        due = std::move(it->second->extras->pending_will);
       }
       if (due && !stopping_) publish_message(std::move(due), nullptr);
     });
@@ -1069,14 +1095,15 @@ class broker {
     rec.state.clear_subscriptions();
   }
 
-  session::limits session_limits() const noexcept {
+  /// One copy of the options' session limits, shared by every session.
+  static std::shared_ptr<const session::limits> make_session_limits(const broker_options& o) {
     session::limits l;
-    l.max_inflight = opts_.max_inflight;
-    l.max_queued_messages = opts_.max_queued_messages;
-    l.max_queued_bytes = opts_.max_queued_bytes;
-    l.drop_oldest = opts_.queue_overflow == overflow_policy::drop_oldest;
-    l.queue_qos0_offline = opts_.queue_qos0_offline;
-    return l;
+    l.max_inflight = o.max_inflight;
+    l.max_queued_messages = o.max_queued_messages;
+    l.max_queued_bytes = o.max_queued_bytes;
+    l.drop_oldest = o.queue_overflow == overflow_policy::drop_oldest;
+    l.queue_qos0_offline = o.queue_qos0_offline;
+    return std::make_shared<const session::limits>(l);
   }
 
   /// A client identifier no session uses. state_mutex_ held.
@@ -1166,7 +1193,8 @@ class broker {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       session_record& r = *it->second;
       if (r.conn == nullptr && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
-        if (r.pending_will) due_wills.push_back(std::move(r.pending_will));  // the session ends
+        if (r.extras && r.extras->pending_will)
+          due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
         drop_session_subscriptions(r);
         it = sessions_.erase(it);
         ++stats_.sessions_expired;
@@ -1191,7 +1219,7 @@ class broker {
       stop_handler_ = [h = std::move(h)]() mutable { h(std::error_code()); };
       // Pending timers would keep the host's io_context busy after the stop.
       for (auto& entry : sessions_)
-        if (entry.second->will_timer) entry.second->will_timer->cancel();
+        if (entry.second->extras && entry.second->extras->will_timer) entry.second->extras->will_timer->cancel();
       if (connections_.empty()) {
         complete_stop();
         return;
@@ -1231,6 +1259,7 @@ class broker {
   broker_options opts_;
   std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits
   std::size_t pacing_messages_ = 0;
+  std::shared_ptr<const session::limits> session_limits_;
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;

@@ -67,13 +67,19 @@ enum class admission : std::uint8_t {
 /// The MQTT state of one client's session, without I/O: which QoS 1/2 messages are in flight in
 /// each direction, the queue of messages not yet sent, and the packet identifiers in use. The
 /// broker feeds it packets and acts on what it returns; a session outlives its connections.
+///
+/// A broker keeps one per client, most of them idle or at QoS 0, so what only QoS 1/2 traffic or
+/// subscriptions need is made on first use, and the limits are shared by every session of a
+/// broker: an idle session is 80 bytes.
 class state {
  public:
-  explicit state(std::string client_id, limits l = {}) : client_id_(std::move(client_id)), limits_(l) {}
+  explicit state(std::string client_id, limits l = {})
+      : state(std::move(client_id), std::make_shared<const limits>(l)) {}
+  state(std::string client_id, std::shared_ptr<const limits> l)
+      : client_id_(std::move(client_id)), limits_(std::move(l)) {}
 
   const std::string& client_id() const noexcept { return client_id_; }
-  const limits& session_limits() const noexcept { return limits_; }
-  void set_limits(const limits& l) noexcept { limits_ = l; }
+  const limits& session_limits() const noexcept { return *limits_; }
   const counters& stats() const noexcept { return counters_; }
 
   // ---- outgoing (broker to client)
@@ -84,15 +90,16 @@ class state {
   admission offer(outgoing& o, bool online) {
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
-      if (!limits_.queue_qos0_offline) {
+      if (!limits_->queue_qos0_offline) {
         ++counters_.dropped_qos0_offline;
         return admission::dropped;
       }
       return enqueue(std::move(o));
     }
-    if (online && queue_.empty() && inflight_.size() < limits_.max_inflight) {
-      admit(o);
-      inflight_.push_back({o, first_phase(o.qos_level)});
+    traffic& t = flows();
+    if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
+      admit(t, o);
+      t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
     }
     return enqueue(std::move(o));
@@ -101,15 +108,16 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    if (queue_.empty()) return std::nullopt;
-    if (queue_.front().qos_level != codec::qos::at_most_once && inflight_.size() >= limits_.max_inflight)
+    if (!traffic_ || traffic_->queue.empty()) return std::nullopt;
+    traffic& t = *traffic_;
+    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= limits_->max_inflight)
       return std::nullopt;
-    outgoing o = std::move(queue_.front());
-    queue_.pop_front();
-    queued_bytes_ -= o.msg->payload().size();
+    outgoing o = std::move(t.queue.front());
+    t.queue.pop_front();
+    t.queued_bytes -= o.msg->payload().size();
     if (o.qos_level != codec::qos::at_most_once) {
-      admit(o);
-      inflight_.push_back({o, first_phase(o.qos_level)});
+      admit(t, o);
+      t.inflight.push_back({o, first_phase(o.qos_level)});
     }
     return o;
   }
@@ -134,23 +142,26 @@ class state {
   /// DUP set or as PUBREL [MQTT-4.4.0-1]. `f(const inflight_entry&)`.
   template <class F>
   void for_each_inflight(F&& f) {
-    for (inflight_entry& e : inflight_) {
+    if (!traffic_) return;
+    for (inflight_entry& e : traffic_->inflight) {
       if (e.state != phase::awaiting_pubcomp) e.pub.dup = true;
       f(static_cast<const inflight_entry&>(e));
     }
   }
 
-  std::size_t inflight_count() const noexcept { return inflight_.size(); }
-  std::size_t queued_count() const noexcept { return queue_.size(); }
-  std::size_t queued_bytes() const noexcept { return queued_bytes_; }
+  std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
+  std::size_t queued_count() const noexcept { return traffic_ ? traffic_->queue.size() : 0; }
+  std::size_t queued_bytes() const noexcept { return traffic_ ? traffic_->queued_bytes : 0; }
 
   /// Forgets every message in flight and queued (clean start, session end).
   void clear_messages() noexcept {
-    inflight_.clear();
-    std::fill(in_use_.begin(), in_use_.end(), std::uint64_t{0});
-    queue_.clear();
-    queued_bytes_ = 0;
-    inbound_qos2_.clear();
+    if (!traffic_) return;
+    traffic& t = *traffic_;
+    t.inflight.clear();
+    std::fill(t.in_use.begin(), t.in_use.end(), std::uint64_t{0});
+    t.queue.clear();
+    t.queued_bytes = 0;
+    t.inbound_qos2.clear();
   }
 
   // ---- incoming QoS 2 (client to broker)
@@ -159,19 +170,22 @@ class state {
   /// false for a re-sent PUBLISH before PUBREL, which is acknowledged again but not routed twice
   /// [MQTT-4.3.3-2] (method B of the specification: the identifier is kept until PUBREL).
   bool on_qos2_publish(std::uint16_t id) {
-    auto it = std::lower_bound(inbound_qos2_.begin(), inbound_qos2_.end(), id);
-    if (it != inbound_qos2_.end() && *it == id) return false;
-    inbound_qos2_.insert(it, id);
+    std::vector<std::uint16_t>& held = flows().inbound_qos2;
+    auto it = std::lower_bound(held.begin(), held.end(), id);
+    if (it != held.end() && *it == id) return false;
+    held.insert(it, id);
     return true;
   }
   /// PUBREL: releases the identifier; false when it was not held (5.0 answers 0x92 then).
   bool on_pubrel(std::uint16_t id) noexcept {
-    auto it = std::lower_bound(inbound_qos2_.begin(), inbound_qos2_.end(), id);
-    if (it == inbound_qos2_.end() || *it != id) return false;
-    inbound_qos2_.erase(it);
+    if (!traffic_) return false;
+    std::vector<std::uint16_t>& held = traffic_->inbound_qos2;
+    auto it = std::lower_bound(held.begin(), held.end(), id);
+    if (it == held.end() || *it != id) return false;
+    held.erase(it);
     return true;
   }
-  std::size_t inbound_qos2_count() const noexcept { return inbound_qos2_.size(); }
+  std::size_t inbound_qos2_count() const noexcept { return traffic_ ? traffic_->inbound_qos2.size() : 0; }
 
   // ---- subscriptions, as the session remembers them for removal and persistence
 
@@ -179,106 +193,129 @@ class state {
     codec::subscribe_options options;
     std::uint32_t identifier = 0;
   };
+  using subscription_map = std::unordered_map<std::string, subscription_record>;
   /// True when new, false when it replaced one with the same filter.
   bool remember_subscription(std::string_view filter, const subscription_record& r) {
-    auto [it, inserted] = subscriptions_.try_emplace(std::string(filter), r);
+    if (!subscriptions_) subscriptions_ = std::make_unique<subscription_map>();
+    auto [it, inserted] = subscriptions_->try_emplace(std::string(filter), r);
     if (!inserted) it->second = r;
     return inserted;
   }
-  bool forget_subscription(std::string_view filter) { return subscriptions_.erase(std::string(filter)) != 0; }
-  const std::unordered_map<std::string, subscription_record>& subscriptions() const noexcept { return subscriptions_; }
-  void clear_subscriptions() noexcept { subscriptions_.clear(); }
+  bool forget_subscription(std::string_view filter) {
+    return subscriptions_ && subscriptions_->erase(std::string(filter)) != 0;
+  }
+  const subscription_map& subscriptions() const noexcept {
+    static const subscription_map none;
+    return subscriptions_ ? *subscriptions_ : none;
+  }
+  void clear_subscriptions() noexcept { subscriptions_.reset(); }
 
  private:
   static phase first_phase(codec::qos q) noexcept {
     return q == codec::qos::at_least_once ? phase::awaiting_puback : phase::awaiting_pubrec;
   }
 
+  /// What QoS 1/2 traffic and queueing need: made on first use, kept for the session's life.
+  struct traffic {
+    detail::fifo<inflight_entry> inflight;
+    detail::fifo<outgoing> queue;
+    std::size_t queued_bytes = 0;
+    std::uint16_t next_id = 0;
+    std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
+    std::vector<std::uint16_t> inbound_qos2;  // sorted
+  };
+
+  traffic& flows() {
+    if (!traffic_) traffic_ = std::make_unique<traffic>();
+    return *traffic_;
+  }
+
   admission enqueue(outgoing&& o) {
+    traffic& t = flows();
+    const limits& l = *limits_;
     const std::size_t bytes = o.msg->payload().size();
-    const bool full = queue_.size() >= limits_.max_queued_messages ||
-                      (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes);
-    if (full) {
-      if (!limits_.drop_oldest || queue_.empty()) {
+    auto over = [&] {
+      return t.queue.size() >= l.max_queued_messages ||
+             (l.max_queued_bytes != 0 && t.queued_bytes + bytes > l.max_queued_bytes);
+    };
+    if (over()) {
+      if (!l.drop_oldest || t.queue.empty()) {
         ++counters_.dropped_queue_full;
         return admission::dropped;
       }
-      while (!queue_.empty() && (queue_.size() >= limits_.max_queued_messages ||
-                                 (limits_.max_queued_bytes != 0 && queued_bytes_ + bytes > limits_.max_queued_bytes))) {
-        queued_bytes_ -= queue_.front().msg->payload().size();
-        queue_.pop_front();
+      while (!t.queue.empty() && over()) {
+        t.queued_bytes -= t.queue.front().msg->payload().size();
+        t.queue.pop_front();
         ++counters_.dropped_queue_full;
       }
-      if (limits_.max_queued_bytes != 0 && bytes > limits_.max_queued_bytes) {
+      if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) {
         ++counters_.dropped_queue_full;
         return admission::dropped;
       }
     }
-    queued_bytes_ += bytes;
-    queue_.push_back(std::move(o));
+    t.queued_bytes += bytes;
+    t.queue.push_back(std::move(o));
     return admission::queued;
   }
 
   /// Gives `o` the next packet identifier not in flight. Identifiers cycle through 1..65535 and
   /// skip any still in flight after a wrap [MQTT-2.2.1-3]; the window is far below 65535, so
   /// one is always free.
-  void admit(outgoing& o) {
+  void admit(traffic& t, outgoing& o) {
     // A small window is searched directly; a large one keeps a bitmap (8 KiB, made on first use)
     // so that finding a free identifier never costs a scan of thousands of entries.
-    const bool use_bitmap = limits_.max_inflight > small_window;
-    if (use_bitmap && in_use_.empty()) {
-      in_use_.assign(65536 / 64, 0);
-      for (const inflight_entry& e : inflight_) mark(e.pub.packet_id, true);
+    const bool use_bitmap = limits_->max_inflight > small_window;
+    if (use_bitmap && t.in_use.empty()) {
+      t.in_use.assign(65536 / 64, 0);
+      for (const inflight_entry& e : t.inflight) mark(t, e.pub.packet_id, true);
     }
     for (;;) {
-      next_id_ = static_cast<std::uint16_t>(next_id_ == 0xFFFF ? 1 : next_id_ + 1);
-      if (use_bitmap ? !marked(next_id_) : find(next_id_) == nullptr) break;
+      t.next_id = static_cast<std::uint16_t>(t.next_id == 0xFFFF ? 1 : t.next_id + 1);
+      if (use_bitmap ? !marked(t, t.next_id) : find(t.next_id) == nullptr) break;
     }
-    if (use_bitmap) mark(next_id_, true);
-    o.packet_id = next_id_;
+    if (use_bitmap) mark(t, t.next_id, true);
+    o.packet_id = t.next_id;
     o.dup = false;
   }
 
-  bool marked(std::uint16_t id) const noexcept { return (in_use_[id >> 6] >> (id & 63u)) & 1u; }
-  void mark(std::uint16_t id, bool on) noexcept {
-    if (in_use_.empty()) return;
+  static bool marked(const traffic& t, std::uint16_t id) noexcept { return (t.in_use[id >> 6] >> (id & 63u)) & 1u; }
+  static void mark(traffic& t, std::uint16_t id, bool on) noexcept {
+    if (t.in_use.empty()) return;
     const std::uint64_t bit = std::uint64_t{1} << (id & 63u);
     if (on)
-      in_use_[id >> 6] |= bit;
+      t.in_use[id >> 6] |= bit;
     else
-      in_use_[id >> 6] &= ~bit;
+      t.in_use[id >> 6] &= ~bit;
   }
 
   inflight_entry* find(std::uint16_t id) noexcept {
+    if (!traffic_) return nullptr;
     // Acknowledgements mostly come in order, so the front is the usual hit.
-    for (inflight_entry& e : inflight_)
+    for (inflight_entry& e : traffic_->inflight)
       if (e.pub.packet_id == id) return &e;
     return nullptr;
   }
 
   bool complete(std::uint16_t id, phase expected) noexcept {
-    for (auto it = inflight_.begin(); it != inflight_.end(); ++it) {
+    if (!traffic_) return false;
+    traffic& t = *traffic_;
+    for (auto it = t.inflight.begin(); it != t.inflight.end(); ++it) {
       if (it->pub.packet_id == id) {
         if (it->state != expected) return false;
-        mark(id, false);
-        inflight_.erase(it);
+        mark(t, id, false);
+        t.inflight.erase(it);
         return true;
       }
     }
     return false;
   }
 
-  std::string client_id_;
-  limits limits_;
-  counters counters_;
-  detail::fifo<inflight_entry> inflight_;
-  detail::fifo<outgoing> queue_;
-  std::size_t queued_bytes_ = 0;
-  std::uint16_t next_id_ = 0;
   static constexpr std::uint16_t small_window = 64;
-  std::vector<std::uint64_t> in_use_;  // identifiers in flight, with a window above small_window
-  std::vector<std::uint16_t> inbound_qos2_;  // sorted
-  std::unordered_map<std::string, subscription_record> subscriptions_;
+  std::string client_id_;
+  std::shared_ptr<const limits> limits_;
+  counters counters_;
+  std::unique_ptr<traffic> traffic_;
+  std::unique_ptr<subscription_map> subscriptions_;
 };
 
 }  // namespace session
