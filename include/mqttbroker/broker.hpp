@@ -503,12 +503,12 @@ class broker {
     const auto limit = std::chrono::milliseconds(
         static_cast<std::int64_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
     c.will_ = std::move(will);
-    c.will_delay_ = std::chrono::seconds(0);
+    c.will_delay_ = {};
     if (v5 && cp.will) {
       if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
-        c.will_delay_ = std::chrono::seconds(p->integer);
+        c.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
     }
-    c.on_connected(v, client_id, rec, limit);
+    c.on_connected(v, rec, limit);
 
     codec::connack ack;
     ack.session_present = session_present;  // [MQTT-3.2.2-2] [MQTT-3.2.2-3]
@@ -886,7 +886,7 @@ class broker {
       send_to(rec, o);
     }
     if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
-        behind(*rec, *c, reader->read_time_, 1)) {
+        behind(*rec, *c, reader->last_progress(), 1)) {
       // The reader stops after this packet (see connection::take_input) and waits for this client.
       reader->pace_target_ = rec->shared_from_this();
     }
@@ -909,10 +909,9 @@ class broker {
     std::shared_ptr<session_record> target = std::move(reader.pace_target_);
     session_guard lk(*this, *target);
     const connection_type* c = target->conn;
-    if (c == nullptr || !behind(*target, *c, reader.read_time_, 1)) return false;
-    reader.paused_at_.store(reader.read_time_.time_since_epoch().count(), std::memory_order_relaxed);
+    if (c == nullptr || !behind(*target, *c, reader.last_progress(), 1)) return false;
     reader.paused_.store(true, std::memory_order_relaxed);
-    reader.update_deadline();
+    reader.update_deadline();  // now when `target` would count as stuck
     target->more().paced.push_back(reader.shared_from_this());
     target->has_paced.store(true, std::memory_order_relaxed);
     hot_.pauses.fetch_add(1);
@@ -1020,7 +1019,6 @@ class broker {
     std::shared_ptr<connection_type> self = c.shared_from_this();
     message_ptr will = std::move(c.will_);
     std::shared_ptr<session_record> rec = std::move(c.session_);
-    const std::string client_id = c.client_id_;
     std::vector<std::shared_ptr<connection_type>> paced;
     if (graceful || stopping_) will = message_ptr();
     {
@@ -1049,15 +1047,15 @@ class broker {
           if (will && c.will_delay_.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            delay_will(*rec, std::move(will), std::min(c.will_delay_, rec->expiry));
+            delay_will(*rec, std::move(will), std::min(std::chrono::seconds(c.will_delay_), rec->expiry));
           }
         }
       }
       if (stopping_ && connections_.empty()) complete_stop();
     }
     resume_all(paced);
-    if (c.connected_) {
-      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(client_id, graceful);
+    if (c.connected_ && rec) {
+      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), graceful);
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
     if (will) publish_message(std::move(will), nullptr);
@@ -1157,25 +1155,20 @@ class broker {
       publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, false);
   }
 
-  /// Connections past their CONNECT or Keep Alive deadline check it on their own executor;
-  /// readers paused longer than stuck_client_timeout go on (their subscriber is stuck).
+  /// Connections past their deadline check it on their own executor: the CONNECT timeout, Keep
+  /// Alive, or a paused reader's wait for a subscriber that turned out to be stuck.
   void sweep_connections() {
     const auto now = clock::now();
-    const auto stuck_before = (now - opts_.stuck_client_timeout).time_since_epoch().count();
-    std::vector<std::shared_ptr<connection_type>> due, stuck;
+    std::vector<std::shared_ptr<connection_type>> due;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      for (const auto& c : connections_) {
+      for (const auto& c : connections_)
         if (c->deadline_passed(now)) due.push_back(c);
-        if (c->paused_.load(std::memory_order_relaxed) && c->paused_at_.load(std::memory_order_relaxed) < stuck_before)
-          stuck.push_back(c);
-      }
     }
     for (auto& c : due) {
       auto ex = c->get_executor();
       asio::post(ex, [c = std::move(c)] { c->check_deadline(); });
     }
-    resume_all(stuck);
   }
 
   void sweep_expired_sessions() {

@@ -510,7 +510,7 @@ class decoder {
   decoder_options opts_;
   std::optional<protocol_version> version_;
   state state_ = state::first_byte;
-  unsigned length_bytes_ = 0;
+  std::uint8_t length_bytes_ = 0;
   fixed_header header_;
   ::mqttbroker::detail::pooled_bytes partial_;
   std::error_code failed_;

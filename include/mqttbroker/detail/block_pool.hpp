@@ -3,10 +3,12 @@
 
 #include <mqttbroker/config.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 #include <utility>
 
 #if MQTTBROKER_HAS_ASAN
@@ -229,9 +231,10 @@ class pooled_bytes {
   /// Appends `n` bytes; the storage grows with what arrives, never ahead of it.
   void append(const std::uint8_t* p, std::size_t n) {
     if (n == 0) return;
+    if (n > max_size - size_) throw std::length_error("pooled_bytes: more than 4 GiB");
     if (size_ + n > capacity_) grow(size_ + n);
     std::memcpy(data_ + size_, p, n);
-    size_ += n;
+    size_ += static_cast<std::uint32_t>(n);
   }
 
   /// Empties the buffer and gives its block back.
@@ -243,11 +246,13 @@ class pooled_bytes {
   }
 
  private:
+  static constexpr std::size_t max_size = 0xFFFFFFFFu;
+
   void grow(std::size_t need) {
     // Doubling past the largest class keeps a large packet's arrival linear; still bounded by
     // what arrived, never by a length the peer claimed.
     std::size_t want = need;
-    if (need > block_pool::max_block && want < capacity_ * 2) want = capacity_ * 2;
+    if (need > block_pool::max_block && want < std::size_t{capacity_} * 2) want = std::min(std::size_t{capacity_} * 2, max_size);
     const std::uint8_t c = block_pool::class_of(want);
     const std::size_t cap = c == block_pool::unpooled ? want : block_pool::block_size(c);
     std::uint8_t got = 0;
@@ -255,15 +260,16 @@ class pooled_bytes {
     if (size_ != 0) std::memcpy(p, data_, size_);
     reset_storage();
     data_ = p;
-    capacity_ = cap;
+    capacity_ = static_cast<std::uint32_t>(cap);
   }
   void reset_storage() noexcept {
     if (data_ != nullptr) block_pool::deallocate(data_, capacity_, block_pool::class_of(capacity_));
   }
 
+  // 32-bit: a buffer holds at most one packet (256 MiB), and a connection keeps two of them.
   std::uint8_t* data_ = nullptr;
-  std::size_t size_ = 0;
-  std::size_t capacity_ = 0;
+  std::uint32_t size_ = 0;
+  std::uint32_t capacity_ = 0;
 };
 
 }  // namespace detail

@@ -52,6 +52,7 @@ struct write_batch {
   std::vector<write_segment> segments;
   std::vector<asio::const_buffer> iov;  // built when the batch starts writing
   std::size_t bytes = 0;
+  std::size_t sent_buffers = 0;  // iov entries the socket has taken whole
 
   bool empty() const noexcept { return segments.empty(); }
 
@@ -60,6 +61,7 @@ struct write_batch {
     segments.clear();
     iov.clear();
     bytes = 0;
+    sent_buffers = 0;
   }
 
   /// Encodes a whole packet into the arena.
@@ -93,6 +95,7 @@ struct write_batch {
   /// The gather list, in order.
   void build_iov() {
     iov.clear();
+    sent_buffers = 0;
     for (const write_segment& s : segments) {
       if (s.payload)
         iov.emplace_back(s.payload->payload().data(), s.size);
@@ -223,8 +226,13 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   // ---- called by the broker, on this connection's executor
 
   codec::protocol_version version() const noexcept { return version_; }
-  session_record* session() const noexcept { return session_.get(); }
-  const std::string& client_id() const noexcept { return client_id_; }
+  /// The session this connection serves; none before CONNACK and after a takeover.
+  session_record* session() const noexcept { return taken_over_ ? nullptr : session_.get(); }
+  /// Empty before CONNACK.
+  const std::string& client_id() const noexcept {
+    static const std::string none;
+    return session_ ? session_->state.client_id() : none;
+  }
   bool is_open() const noexcept { return !closed_; }
 
   /// Queues a PUBLISH for this client; it goes out with the batch.
@@ -293,8 +301,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   /// The session moved to a new connection: close this one without touching the session.
   void taken_over() {
-    taken_over_ = true;
-    session_ = nullptr;
+    taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
     close(reason_code::session_taken_over, true, false);
   }
 
@@ -383,7 +390,6 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   bool take_input(const std::uint8_t* data, std::size_t n) {
     const auto now = clock::now();  // once per read, not per packet
     note_progress(now);
-    read_time_ = now;
     pooled_bytes held;  // the rest of the input, when a pause did not happen after all
     for (;;) {
       const auto res = decoder_.feed(data, n, [this, now](codec::packet& p) {
@@ -486,15 +492,15 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     if (write_in_flight_ || closed_ || !queued_ || queued_->empty()) return;
     writing_ = std::move(queued_);  // the previous batch went back to the pool when it completed
     writing_->build_iov();
-    write_pos_ = 0;
     write_some();
   }
 
   void write_some() {
     write_in_flight_ = true;
     const auto& iov = writing_->iov;
-    const std::size_t end = std::min(iov.size(), write_pos_ + max_write_buffers);
-    stream_.async_write_some(const_buffer_range{iov.data() + write_pos_, iov.data() + end},
+    const std::size_t first = writing_->sent_buffers;
+    const std::size_t end = std::min(iov.size(), first + max_write_buffers);
+    stream_.async_write_some(const_buffer_range{iov.data() + first, iov.data() + end},
                              bind_handler([self = this->shared_from_this()](std::error_code ec, std::size_t n) {
                                self->on_written(ec, n);
                              }));
@@ -512,17 +518,18 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     note_progress(clock::now());
     flush_scope scope;
     auto& iov = writing_->iov;
+    std::size_t& done = writing_->sent_buffers;
     while (n != 0) {
-      asio::const_buffer& b = iov[write_pos_];
+      asio::const_buffer& b = iov[done];
       if (n >= b.size()) {
         n -= b.size();
-        ++write_pos_;
+        ++done;
       } else {
         b += n;
         n = 0;
       }
     }
-    if (write_pos_ < iov.size()) {
+    if (done < iov.size()) {
       write_some();
       broker_.on_write_progress(*this);
       return;
@@ -554,12 +561,16 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   using deadline_rep = clock::duration::rep;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
-  /// The CONNECT timeout before CONNACK, 1.5 times Keep Alive after; none while paused.
+  /// The CONNECT timeout before CONNACK (counted from the accept: no packet comes before the
+  /// CONNECT), 1.5 times Keep Alive after. While paused, Keep Alive does not run: the deadline is
+  /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
   void update_deadline() noexcept {
     deadline_rep d = no_deadline;
     if (!connected_)
-      d = (accepted_ + broker_.options().connect_timeout).time_since_epoch().count();
-    else if (keep_alive_limit_.count() != 0 && !paused_.load(std::memory_order_relaxed))
+      d = (last_packet_ + broker_.options().connect_timeout).time_since_epoch().count();
+    else if (paused_.load(std::memory_order_relaxed))
+      d = (last_progress() + broker_.options().stuck_client_timeout).time_since_epoch().count();
+    else if (keep_alive_limit_.count() != 0)
       d = (last_packet_ + keep_alive_limit_).time_since_epoch().count();
     deadline_.store(d, std::memory_order_relaxed);
   }
@@ -571,16 +582,21 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   /// On this connection's executor, when the sweep saw the deadline pass.
   void check_deadline() {
-    if (closed_ || closing_) return;
+    if (closed_) return;
     const auto now = clock::now();
+    if (paused_.load(std::memory_order_relaxed)) {
+      if (deadline_passed(now)) resume();
+      return;
+    }
+    if (closing_) return;
     if (!connected_) {
-      if (now < accepted_ + broker_.options().connect_timeout) return;
+      if (now < last_packet_ + broker_.options().connect_timeout) return;
       // No complete CONNECT within the timeout: close without a word.
       broker_.count_connect_timeout();
       close(reason_code::maximum_connect_time, false, false);
       return;
     }
-    if (keep_alive_limit_.count() == 0 || paused_.load(std::memory_order_relaxed)) return;
+    if (keep_alive_limit_.count() == 0) return;
     if (now >= last_packet_ + keep_alive_limit_) {
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
       broker_.count_keep_alive_timeout();
@@ -589,13 +605,11 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   }
 
   /// After CONNACK: Keep Alive replaces the CONNECT timeout.
-  void on_connected(codec::protocol_version v, std::string client_id, std::shared_ptr<session_record> s,
-                    std::chrono::milliseconds keep_alive_limit) {
+  void on_connected(codec::protocol_version v, std::shared_ptr<session_record> s, std::chrono::milliseconds keep_alive_limit) {
     connected_ = true;
     version_ = v;
-    client_id_ = std::move(client_id);
     session_ = std::move(s);
-    keep_alive_limit_ = keep_alive_limit;
+    keep_alive_limit_ = std::chrono::duration_cast<decltype(keep_alive_limit_)>(keep_alive_limit);
     update_deadline();
   }
 
@@ -605,17 +619,13 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   codec::decoder decoder_;
   std::unique_ptr<write_batch> queued_;   // packets waiting for the write in flight
   std::unique_ptr<write_batch> writing_;  // the batch being written
-  std::size_t write_pos_ = 0;             // first buffer of writing_->iov not fully written
   pooled_bytes unread_;                   // read while pausing, not yet decoded
   std::atomic<std::size_t> unsent_{0};    // bytes in queued_ and writing_ not yet written
   std::atomic<deadline_rep> last_progress_{0};
   std::atomic<deadline_rep> deadline_{no_deadline};
-  clock::time_point accepted_ = clock::now();
-  clock::time_point last_packet_{};
-  clock::time_point read_time_{};
-  std::chrono::milliseconds keep_alive_limit_{0};
+  clock::time_point last_packet_ = clock::now();  // the accept, until a packet arrives
+  std::chrono::duration<std::uint32_t, std::milli> keep_alive_limit_{0};  // at most 1.5 x 65535 s
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
-  std::string client_id_;
   // Shared with the broker's registry: a record the registry dropped (its session ended, or was
   // taken over and ended) stays valid here until this connection lets go of it.
   std::shared_ptr<session_record> session_;
@@ -623,8 +633,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   // The broker sets it while routing; after the packet, the connection pauses on it.
   std::shared_ptr<session_record> pace_target_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
-  std::chrono::seconds will_delay_{0};  // 5.0 Will Delay Interval
-  std::atomic<deadline_rep> paused_at_{0};
+  std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
   std::atomic<bool> paused_{false};
   bool taken_over_ = false;
   bool connected_ = false;
