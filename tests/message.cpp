@@ -52,8 +52,8 @@ TEST_CASE("block pool: size classes from 64 B to 32 KiB, each the smallest that 
   CHECK(pool::class_of(64) == 0);
   CHECK(pool::class_of(65) == 1);
   // Asio's operations with a connection's handler, one held by every idle connection: no round-up.
-  CHECK(pool::block_size(pool::class_of(96)) == 96);
-  CHECK(pool::block_size(pool::class_of(136)) == 136);
+  CHECK(pool::block_size(pool::class_of(88)) == 88);
+  CHECK(pool::block_size(pool::class_of(128)) == 128);
   CHECK(pool::block_size(pool::class_of(177)) == 256);
   CHECK(pool::block_size(pool::class_of(1024)) == 1024);
   CHECK(pool::block_size(pool::class_of(1025)) == 2048);

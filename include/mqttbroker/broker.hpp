@@ -6,6 +6,8 @@
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/connection.hpp>
 #include <mqttbroker/detail/fifo.hpp>
+#include <mqttbroker/detail/intrusive_list.hpp>
+#include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/locking/none.hpp>
@@ -43,7 +45,6 @@
 #include <system_error>
 #include <type_traits>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -269,7 +270,7 @@ class broker {
     std::unique_ptr<asio::steady_timer> will_timer;
     // Publisher pacing: connections that stopped reading because this session's client was
     // behind; resumed when it catches up, leaves, or is found stuck.
-    std::vector<std::shared_ptr<connection_type>> paced;
+    std::vector<detail::ref_ptr<connection_type>> paced;
   };
 
   /// locking::shared: what publishers on other threads admitted for the connection's strand.
@@ -281,11 +282,10 @@ class broker {
   struct no_outbox {};
 
   /// A client session as the broker keeps it: the MQTT state plus where it is connected.
-  struct session_record : subscriber, std::enable_shared_from_this<session_record> {
+  struct session_record : subscriber, detail::ref_counted {
     session_record(std::string id, std::shared_ptr<const session::limits> l) : state(std::move(id), std::move(l)) {}
     session::state state;
-    connection_type* conn = nullptr;  // the live connection, if any
-    std::shared_ptr<void> conn_owner;  // keeps `conn` alive while a locked delivery refers to it
+    detail::ref_ptr<connection_type> conn;  // the live connection, if any
     clock::time_point expires{};       // when persistent and offline
     std::chrono::seconds expiry{0};
     bool persistent = false;             // survives its connection
@@ -339,7 +339,7 @@ class broker {
   }
 
   void on_accept(stream_type s) {
-    std::shared_ptr<connection_type> c;
+    detail::ref_ptr<connection_type> c;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (connections_.size() >= opts_.max_connections) {
@@ -350,8 +350,8 @@ class broker {
       }
       ++stats_.connections_accepted;
       transport_type::prepare(s);
-      c = std::make_shared<connection_type>(*this, std::move(s));
-      connections_.insert(c);
+      c = detail::ref_ptr<connection_type>::make(*this, std::move(s));
+      connections_.push_back(c);
     }
     asio::dispatch(c->get_executor(), [c] { c->start(); });
   }
@@ -460,15 +460,15 @@ class broker {
                            forwardable_properties(cp.will->properties));
     }
 
-    std::shared_ptr<session_record> rec;
+    detail::ref_ptr<session_record> rec;
     bool session_present = false;
-    std::shared_ptr<connection_type> old_conn;
+    detail::ref_ptr<connection_type> old_conn;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       auto it = sessions_.find(client_id);
       if (it != sessions_.end()) {
         rec = it->second;
-        if (rec->conn != nullptr) old_conn = std::static_pointer_cast<connection_type>(rec->conn_owner);
+        old_conn = rec->conn;
         if (cp.clean_start) {
           drop_session_subscriptions(*rec);
           rec->state.clear_messages();
@@ -477,8 +477,8 @@ class broker {
           session_present = true;
         }
       } else {
-        rec = std::make_shared<session_record>(client_id, session_limits_);
-        sessions_.emplace(client_id, rec);
+        rec = detail::ref_ptr<session_record>::make(client_id, session_limits_);
+        sessions_.emplace(rec->state.client_id(), rec);
       }
       // What was admitted for an earlier connection is in flight and is resent below.
       clear_outbox(*rec);
@@ -489,8 +489,7 @@ class broker {
         ++x.will_generation;
         if (x.will_timer) x.will_timer->cancel();
       }
-      rec->conn = &c;
-      rec->conn_owner = c.shared_from_this();
+      rec->conn = c.self();
       rec->persistent = expiry.count() != 0;
       rec->expiry = expiry;
     }
@@ -533,7 +532,7 @@ class broker {
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
-      if (rec->conn == &c) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
+      if (rec->conn.get() == &c) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
           rel.packet_id = e.pub.packet_id;
@@ -722,7 +721,7 @@ class broker {
       }
       {
         std::lock_guard<mutex_type> lk(state_mutex_);
-        if (rec->conn != &c) {
+        if (rec->conn.get() != &c) {
           // Taken over by a newer connection on another thread: only the owner may route to it.
           ack.reasons.push_back(reason_code::unspecified_error);
           continue;
@@ -768,7 +767,7 @@ class broker {
     session_record* rec = c.session();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      const bool owner = rec->conn == &c;  // see on_subscribe
+      const bool owner = rec->conn.get() == &c;  // see on_subscribe
       for (std::string_view f : u.filters) {
         const bool existed = owner && rec->state.forget_subscription(f);
         if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
@@ -869,7 +868,7 @@ class broker {
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
-    connection_type* c = rec->conn;
+    connection_type* c = rec->conn.get();
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
@@ -888,7 +887,7 @@ class broker {
     if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
         behind(*rec, *c, reader->last_progress(), 1)) {
       // The reader stops after this packet (see connection::take_input) and waits for this client.
-      reader->pace_target_ = rec->shared_from_this();
+      reader->pace_target_ = detail::ref_ptr<session_record>(rec);
     }
   }
 
@@ -906,13 +905,13 @@ class broker {
   /// After a packet reached a session that is behind: pauses `reader` on it, unless it caught up
   /// meanwhile. True when paused. On the reader's executor.
   bool pause_reader(connection_type& reader) {
-    std::shared_ptr<session_record> target = std::move(reader.pace_target_);
+    detail::ref_ptr<session_record> target = std::move(reader.pace_target_);
     session_guard lk(*this, *target);
-    const connection_type* c = target->conn;
+    const connection_type* c = target->conn.get();
     if (c == nullptr || !behind(*target, *c, reader.last_progress(), 1)) return false;
     reader.paused_.store(true, std::memory_order_relaxed);
     reader.update_deadline();  // now when `target` would count as stuck
-    target->more().paced.push_back(reader.shared_from_this());
+    target->more().paced.push_back(reader.self());
     target->has_paced.store(true, std::memory_order_relaxed);
     hot_.pauses.fetch_add(1);
     return true;
@@ -923,17 +922,17 @@ class broker {
   void on_write_progress(connection_type& c) {
     session_record* rec = c.session();
     if (rec == nullptr || !rec->has_paced.load(std::memory_order_relaxed)) return;
-    std::vector<std::shared_ptr<connection_type>> wake;
+    std::vector<detail::ref_ptr<connection_type>> wake;
     {
       session_guard lk(*this, *rec);
-      if (rec->conn == &c && behind(*rec, c, clock::now(), 2)) return;
+      if (rec->conn.get() == &c && behind(*rec, c, clock::now(), 2)) return;
       wake.swap(rec->more().paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
     }
     resume_all(wake);
   }
 
-  static void resume_all(std::vector<std::shared_ptr<connection_type>>& readers) {
+  static void resume_all(std::vector<detail::ref_ptr<connection_type>>& readers) {
     for (auto& r : readers) {
       auto ex = r->get_executor();
       asio::post(ex, [r = std::move(r)] { r->resume(); });
@@ -968,7 +967,7 @@ class broker {
       rec->outbox.items.push_back(std::move(o));
       if (!rec->outbox.pump_scheduled) {
         rec->outbox.pump_scheduled = true;
-        auto owner = std::static_pointer_cast<connection_type>(rec->conn_owner);
+        auto owner = rec->conn;
         asio::post(owner->get_executor(), [this, owner] { pump(*owner); });
       }
     } else {
@@ -987,7 +986,7 @@ class broker {
     session_record* rec = c.session();
     if (rec == nullptr || !c.is_open()) return;
     session_guard lk(*this, *rec);
-    if (rec->conn != &c) return;  // taken over since the pump was posted
+    if (rec->conn.get() != &c) return;  // taken over since the pump was posted
     if constexpr (locking_type::thread_safe) {
       for (const session::outgoing& o : rec->outbox.items) c.send_publish(o);
       clear_outbox(*rec);
@@ -1016,28 +1015,27 @@ class broker {
   void on_connection_drained(connection_type& c) { pump(c); }
 
   void on_connection_closed(connection_type& c, bool graceful) {
-    std::shared_ptr<connection_type> self = c.shared_from_this();
+    detail::ref_ptr<connection_type> self = c.self();
     message_ptr will = std::move(c.will_);
-    std::shared_ptr<session_record> rec = std::move(c.session_);
-    std::vector<std::shared_ptr<connection_type>> paced;
+    detail::ref_ptr<session_record> rec = std::move(c.session_);
+    std::vector<detail::ref_ptr<connection_type>> paced;
     if (graceful || stopping_) will = message_ptr();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      connections_.erase(self);
+      connections_.erase(c);
       if (c.taken_over_ && c.will_delay_.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
       // A connection that lost its session to a takeover leaves the session alone.
-      if (rec && rec->conn == &c) {
+      if (rec && rec->conn.get() == &c) {
         {
           // Readers waiting for this client go on: it is gone, and offline queues have limits.
           std::lock_guard<session_mutex_type> session_lock(rec->mutex);
           if (rec->extras) paced.swap(rec->extras->paced);
           rec->has_paced.store(false, std::memory_order_relaxed);
         }
-        rec->conn = nullptr;
-        rec->conn_owner.reset();
+        rec->conn.reset();
         if (rec->extras) rec->extras->retained_backlog.clear();
         clear_outbox(*rec);
         if (!rec->persistent) {
@@ -1159,11 +1157,12 @@ class broker {
   /// Alive, or a paused reader's wait for a subscriber that turned out to be stuck.
   void sweep_connections() {
     const auto now = clock::now();
-    std::vector<std::shared_ptr<connection_type>> due;
+    std::vector<detail::ref_ptr<connection_type>> due;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      for (const auto& c : connections_)
-        if (c->deadline_passed(now)) due.push_back(c);
+      connections_.for_each([&](connection_type& c) {
+        if (c.deadline_passed(now)) due.push_back(c.self());
+      });
     }
     for (auto& c : due) {
       auto ex = c->get_executor();
@@ -1185,7 +1184,7 @@ class broker {
   void expire_sessions(clock::time_point now, std::vector<message_ptr>& due_wills) {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       session_record& r = *it->second;
-      if (r.conn == nullptr && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
+      if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
         if (r.extras && r.extras->pending_will)
           due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
         drop_session_subscriptions(r);
@@ -1206,7 +1205,7 @@ class broker {
     std::error_code ignored;
     sweep_timer_.cancel();
     for (auto& a : acceptors_) a->close(ignored);
-    std::vector<std::shared_ptr<connection_type>> conns;
+    std::vector<detail::ref_ptr<connection_type>> conns;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       stop_handler_ = [h = std::move(h)]() mutable { h(std::error_code()); };
@@ -1217,7 +1216,7 @@ class broker {
         complete_stop();
         return;
       }
-      conns.assign(connections_.begin(), connections_.end());
+      connections_.for_each([&](connection_type& c) { conns.push_back(c.self()); });
     }
     for (auto& c : conns)
       asio::dispatch(c->get_executor(), [c] { c->close(reason_code::server_shutting_down, true, true); });
@@ -1256,8 +1255,10 @@ class broker {
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
-  std::unordered_set<std::shared_ptr<connection_type>> connections_;
-  std::unordered_map<std::string, std::shared_ptr<session_record>> sessions_;
+  // Every accepted connection until it closes, and every session by client identifier (the key
+  // views the record's own copy of it): an element each, no node or key copy per client.
+  detail::owning_list<connection_type> connections_;
+  std::unordered_map<std::string_view, detail::ref_ptr<session_record>> sessions_;
   std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
   using router_type = router::subscription_router<const subscriber*>;
   router_type router_;

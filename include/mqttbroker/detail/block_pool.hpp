@@ -35,9 +35,9 @@ namespace detail {
 /// brokers.
 class block_pool {
  public:
-  /// Powers of two, and the sizes of Asio's operations with a connection's handler, which every
-  /// idle connection holds one of: 96 bytes for a wait or a write, 136 on a strand (locking::shared).
-  static constexpr std::size_t sizes[] = {64, 96, 136, 176, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  /// Powers of two, and the size of Asio's wait operation with a connection's handler, which every
+  /// idle connection holds one of: 88 bytes (128 on a strand, with locking::shared).
+  static constexpr std::size_t sizes[] = {64, 88, 128, 176, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
   static constexpr std::uint8_t classes = sizeof(sizes) / sizeof(sizes[0]);
   static constexpr std::size_t min_block = sizes[0];
   static constexpr std::size_t max_block = sizes[classes - 1];

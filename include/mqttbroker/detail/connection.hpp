@@ -6,6 +6,8 @@
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/block_pool.hpp>
+#include <mqttbroker/detail/intrusive_list.hpp>
+#include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/session/state.hpp>
@@ -172,7 +174,7 @@ struct const_buffer_range {
 /// buffer and no write buffer: only a split packet's bytes, or a paused reader's unread input,
 /// stay with the connection.
 template <class Broker>
-class connection : public std::enable_shared_from_this<connection<Broker>> {
+class connection : public ref_counted, public list_links {
  public:
   using stream_type = typename Broker::stream_type;
   using stream_executor = typename stream_type::executor_type;
@@ -187,6 +189,9 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
         stream_(std::move(s)),
         strand_(make_strand_for(stream_)),
         decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}) {}
+
+  /// A reference to this connection, which its pending operations and the broker's lists hold.
+  ref_ptr<connection> self() noexcept { return ref_ptr<connection>(this); }
 
   executor_type get_executor() {
     if constexpr (on_strand)
@@ -215,7 +220,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
       if (--p.depth != 0) return;
       // A flush may complete synchronously on some transports and queue more: index, not iterate.
       for (std::size_t i = 0; i < p.connections.size(); ++i) {
-        std::shared_ptr<connection> c = std::move(p.connections[i]);
+        ref_ptr<connection> c = std::move(p.connections[i]);
         c->flush_deferred_ = false;
         c->flush();
       }
@@ -339,7 +344,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   struct flush_list {
     int depth = 0;
-    std::vector<std::shared_ptr<connection>> connections;
+    std::vector<ref_ptr<connection>> connections;
   };
   static flush_list& pending() {
     static thread_local flush_list p;
@@ -354,7 +359,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
 
   void read() {
     if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
-    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = this->shared_from_this()](std::error_code ec) {
+    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = self()](std::error_code ec) {
                          self->on_readable(ec);
                        }));
   }
@@ -485,7 +490,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     if (p.depth == 0) return flush();
     if (flush_deferred_) return;
     flush_deferred_ = true;
-    p.connections.push_back(this->shared_from_this());
+    p.connections.push_back(self());
   }
 
   void flush() {
@@ -501,7 +506,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
     const std::size_t first = writing_->sent_buffers;
     const std::size_t end = std::min(iov.size(), first + max_write_buffers);
     stream_.async_write_some(const_buffer_range{iov.data() + first, iov.data() + end},
-                             bind_handler([self = this->shared_from_this()](std::error_code ec, std::size_t n) {
+                             bind_handler([self = self()](std::error_code ec, std::size_t n) {
                                self->on_written(ec, n);
                              }));
   }
@@ -605,7 +610,7 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   }
 
   /// After CONNACK: Keep Alive replaces the CONNECT timeout.
-  void on_connected(codec::protocol_version v, std::shared_ptr<session_record> s, std::chrono::milliseconds keep_alive_limit) {
+  void on_connected(codec::protocol_version v, ref_ptr<session_record> s, std::chrono::milliseconds keep_alive_limit) {
     connected_ = true;
     version_ = v;
     session_ = std::move(s);
@@ -628,10 +633,10 @@ class connection : public std::enable_shared_from_this<connection<Broker>> {
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   // Shared with the broker's registry: a record the registry dropped (its session ended, or was
   // taken over and ended) stays valid here until this connection lets go of it.
-  std::shared_ptr<session_record> session_;
+  ref_ptr<session_record> session_;
   // Publisher pacing: a session this connection's messages went to while its client was behind.
   // The broker sets it while routing; after the packet, the connection pauses on it.
-  std::shared_ptr<session_record> pace_target_;
+  ref_ptr<session_record> pace_target_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
   std::atomic<bool> paused_{false};
