@@ -43,7 +43,7 @@ TEST_CASE("QoS 0 for an offline client is dropped and counted unless queueing is
 
   session::limits l;
   l.queue_qos0_offline = true;
-  session::state q("c", l);
+  session::state q("c", &l);
   auto o2 = out(msg("a", codec::qos::at_most_once), codec::qos::at_most_once);
   CHECK(q.offer(o2, false) == session::admission::queued);
   CHECK(q.queued_count() == 1);
@@ -77,7 +77,7 @@ TEST_CASE("QoS 2 goes PUBLISH, PUBREC, PUBREL, PUBCOMP and tolerates a repeated 
 TEST_CASE("a full in-flight window queues, and acknowledgements release in order", "[session]") {
   session::limits l;
   l.max_inflight = 2;
-  session::state s("c", l);
+  session::state s("c", &l);
   std::vector<session::outgoing> sent;
   for (int i = 0; i < 5; ++i) {
     auto o = out(msg(std::to_string(i)), codec::qos::at_least_once);
@@ -96,7 +96,7 @@ TEST_CASE("a full in-flight window queues, and acknowledgements release in order
 TEST_CASE("a message offered while others wait queues behind them, keeping order", "[session][MQTT-4.6.0-2]") {
   session::limits l;
   l.max_inflight = 1;
-  session::state s("c", l);
+  session::state s("c", &l);
   auto a = out(msg("a"), codec::qos::at_least_once);
   auto b = out(msg("b"), codec::qos::at_least_once);
   REQUIRE(s.offer(a, true) == session::admission::send);
@@ -113,7 +113,7 @@ TEST_CASE("a message offered while others wait queues behind them, keeping order
 TEST_CASE("packet identifiers wrap past 65535 without reusing one in flight", "[session][MQTT-2.2.1-3]") {
   session::limits l;
   l.max_inflight = 3;
-  session::state s("c", l);
+  session::state s("c", &l);
   // Hold identifiers 1 and 2 in flight, then cycle the counter through the whole space.
   auto first = out(msg(), codec::qos::at_least_once);
   auto second = out(msg(), codec::qos::at_least_once);
@@ -139,7 +139,7 @@ TEST_CASE("with every identifier in flight further messages wait instead of bein
   session::limits l;
   l.max_inflight = 65535;
   l.max_queued_messages = 10;
-  session::state s("c", l);
+  session::state s("c", &l);
   std::set<std::uint16_t> ids;
   for (int i = 0; i < 65535; ++i) {
     auto o = out(msg(), codec::qos::at_least_once);
@@ -162,7 +162,7 @@ TEST_CASE("the queue limit drops new messages and counts them", "[session]") {
   session::limits l;
   l.max_inflight = 1;
   l.max_queued_messages = 2;
-  session::state s("c", l);
+  session::state s("c", &l);
   int dropped = 0;
   for (int i = 0; i < 6; ++i) {
     auto o = out(msg(std::to_string(i)), codec::qos::at_least_once);
@@ -180,7 +180,7 @@ TEST_CASE("drop_oldest makes room by evicting the oldest queued message", "[sess
   session::limits l;
   l.max_queued_messages = 2;
   l.drop_oldest = true;
-  session::state s("c", l);
+  session::state s("c", &l);
   for (int i = 0; i < 4; ++i) {
     auto o = out(msg(std::to_string(i)), codec::qos::at_least_once);
     CHECK(s.offer(o, false) == session::admission::queued);
@@ -195,7 +195,7 @@ TEST_CASE("drop_oldest makes room by evicting the oldest queued message", "[sess
 TEST_CASE("the byte limit counts payload bytes", "[session]") {
   session::limits l;
   l.max_queued_bytes = 10;
-  session::state s("c", l);
+  session::state s("c", &l);
   auto a = out(msg(std::string(6, 'a')), codec::qos::at_least_once);
   auto b = out(msg(std::string(6, 'b')), codec::qos::at_least_once);
   CHECK(s.offer(a, false) == session::admission::queued);
@@ -254,7 +254,7 @@ TEST_CASE("subscriptions are remembered by filter and replaced on re-subscribe",
 TEST_CASE("clear_messages forgets everything in flight and queued", "[session]") {
   session::limits l;
   l.max_inflight = 1;
-  session::state s("c", l);
+  session::state s("c", &l);
   auto a = out(msg(), codec::qos::at_least_once);
   auto b = out(msg(), codec::qos::at_least_once);
   REQUIRE(s.offer(a, true) == session::admission::send);

@@ -283,12 +283,12 @@ class broker {
 
   /// A client session as the broker keeps it: the MQTT state plus where it is connected.
   struct session_record : subscriber, detail::ref_counted {
-    session_record(std::string id, std::shared_ptr<const session::limits> l) : state(std::move(id), std::move(l)) {}
+    session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
     session::state state;
     detail::ref_ptr<connection_type> conn;  // the live connection, if any
-    clock::time_point expires{};       // when persistent and offline
-    std::chrono::seconds expiry{0};
-    bool persistent = false;             // survives its connection
+    clock::time_point expires{};                 // when persistent and offline
+    std::chrono::duration<std::uint32_t> expiry{0};  // 0xFFFFFFFF: never
+    bool persistent = false;                     // survives its connection
     std::atomic<bool> has_paced{false};  // read without the lock on every write completion
     // With locking::shared, publishers holding the state lock shared meet here; every other
     // change to the session holds the state lock exclusively.
@@ -477,7 +477,7 @@ class broker {
           session_present = true;
         }
       } else {
-        rec = detail::ref_ptr<session_record>::make(client_id, session_limits_);
+        rec = detail::ref_ptr<session_record>::make(client_id, &session_limits_);
         sessions_.emplace(rec->state.client_id(), rec);
       }
       // What was admitted for an earlier connection is in flight and is resent below.
@@ -491,7 +491,7 @@ class broker {
       }
       rec->conn = c.self();
       rec->persistent = expiry.count() != 0;
-      rec->expiry = expiry;
+      rec->expiry = stored_expiry(expiry);
     }
     std::uint16_t keep_alive = cp.keep_alive;
     bool server_keep_alive = false;
@@ -789,7 +789,7 @@ class broker {
           // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
           if (!extends_ended_session) {
-            rec->expiry = std::chrono::seconds(p->integer);
+            rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
             rec->persistent = p->integer != 0;
           }
         }
@@ -910,7 +910,7 @@ class broker {
     const connection_type* c = target->conn.get();
     if (c == nullptr || !behind(*target, *c, reader.last_progress(), 1)) return false;
     reader.paused_.store(true, std::memory_order_relaxed);
-    reader.update_deadline();  // now when `target` would count as stuck
+    reader.restart_deadline(reader.last_progress());  // now when `target` would count as stuck
     target->more().paced.push_back(reader.self());
     target->has_paced.store(true, std::memory_order_relaxed);
     hot_.pauses.fetch_add(1);
@@ -1045,7 +1045,7 @@ class broker {
           if (will && c.will_delay_.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            delay_will(*rec, std::move(will), std::min(std::chrono::seconds(c.will_delay_), rec->expiry));
+            delay_will(*rec, std::move(will), std::min<std::chrono::seconds>(c.will_delay_, rec->expiry));
           }
         }
       }
@@ -1091,15 +1091,20 @@ class broker {
     rec.state.clear_subscriptions();
   }
 
-  /// One copy of the options' session limits, shared by every session.
-  static std::shared_ptr<const session::limits> make_session_limits(const broker_options& o) {
+  /// The options' session limits, one copy that every session refers to.
+  static session::limits make_session_limits(const broker_options& o) {
     session::limits l;
     l.max_inflight = o.max_inflight;
     l.max_queued_messages = o.max_queued_messages;
     l.max_queued_bytes = o.max_queued_bytes;
     l.drop_oldest = o.queue_overflow == overflow_policy::drop_oldest;
     l.queue_qos0_offline = o.queue_qos0_offline;
-    return std::make_shared<const session::limits>(l);
+    return l;
+  }
+
+  /// Session Expiry as a session keeps it: 32 bits, as in 5.0, where 0xFFFFFFFF means never.
+  static std::chrono::duration<std::uint32_t> stored_expiry(std::chrono::seconds s) noexcept {
+    return std::chrono::duration<std::uint32_t>(static_cast<std::uint32_t>(std::min<std::int64_t>(s.count(), 0xFFFFFFFF)));
   }
 
   /// A client identifier no session uses. state_mutex_ held.
@@ -1251,7 +1256,7 @@ class broker {
   broker_options opts_;
   std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits
   std::size_t pacing_messages_ = 0;
-  std::shared_ptr<const session::limits> session_limits_;
+  session::limits session_limits_;  // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;

@@ -168,13 +168,28 @@ struct const_buffer_range {
   const_iterator end() const noexcept { return last; }
 };
 
+/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
+/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
+template <class Executor, bool OnStrand>
+struct connection_strand {
+  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
+  asio::strand<Executor> strand_;
+};
+template <class Executor>
+struct connection_strand<Executor, false> {
+  explicit connection_strand(const Executor&) noexcept {}
+};
+
 /// One client connection: waits for its socket to be readable, reads into a buffer shared by
 /// the thread's connections, decodes, hands packets to the broker, and writes what the broker
 /// queues in batches. Kept alive by its pending operations. Between packets it holds no read
 /// buffer and no write buffer: only a split packet's bytes, or a paused reader's unread input,
 /// stay with the connection.
 template <class Broker>
-class connection : public ref_counted, public list_links {
+class connection : public list_links,
+                   public ref_counted,
+                   private connection_strand<typename Broker::stream_type::executor_type,
+                                             Broker::locking_type::thread_safe> {
  public:
   using stream_type = typename Broker::stream_type;
   using stream_executor = typename stream_type::executor_type;
@@ -185,25 +200,32 @@ class connection : public ref_counted, public list_links {
   using session_record = typename Broker::session_record;
 
   connection(Broker& b, stream_type s)
-      : broker_(b),
+      : connection_strand<stream_executor, on_strand>(s.get_executor()),
+        broker_(b),
         stream_(std::move(s)),
-        strand_(make_strand_for(stream_)),
-        decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}) {}
+        decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}),
+        taken_over_(false),
+        connected_(false),
+        write_in_flight_(false),
+        flush_deferred_(false),
+        closing_(false),
+        closed_(false),
+        graceful_(false) {}
 
   /// A reference to this connection, which its pending operations and the broker's lists hold.
   ref_ptr<connection> self() noexcept { return ref_ptr<connection>(this); }
 
   executor_type get_executor() {
     if constexpr (on_strand)
-      return strand_;
+      return this->strand_;
     else
       return stream_.get_executor();
   }
 
   void start() {
-    last_packet_ = clock::now();
-    note_progress(last_packet_);
-    update_deadline();
+    const auto now = clock::now();
+    note_progress(now);
+    restart_deadline(now);
     read();
   }
 
@@ -321,23 +343,13 @@ class connection : public ref_counted, public list_links {
   /// The most buffers one gather write passes to the socket (Asio's own cap per call is 64).
   static constexpr std::size_t max_write_buffers = 64;
 
-  struct no_strand {};
-  using strand_holder = std::conditional_t<on_strand, asio::strand<stream_executor>, no_strand>;
-
-  static strand_holder make_strand_for(stream_type& s) {
-    if constexpr (on_strand)
-      return asio::make_strand(s.get_executor());
-    else
-      return no_strand{};
-  }
-
   /// A completion handler for this connection's operations: its memory from the thread's pool,
   /// and on the connection's strand when there is one.
   template <class Handler>
   auto bind_handler(Handler h) {
     auto pooled = asio::bind_allocator(pooled_allocator<void>(), std::move(h));
     if constexpr (on_strand)
-      return asio::bind_executor(strand_, std::move(pooled));
+      return asio::bind_executor(this->strand_, std::move(pooled));
     else
       return pooled;
   }
@@ -397,8 +409,9 @@ class connection : public ref_counted, public list_links {
     note_progress(now);
     pooled_bytes held;  // the rest of the input, when a pause did not happen after all
     for (;;) {
-      const auto res = decoder_.feed(data, n, [this, now](codec::packet& p) {
-        last_packet_ = now;
+      bool got_packet = false;
+      const auto res = decoder_.feed(data, n, [this, &got_packet](codec::packet& p) {
+        got_packet = true;
         broker_.handle_packet(*this, p);
         return !closing_ && !pace_target_;
       });
@@ -408,7 +421,7 @@ class connection : public ref_counted, public list_links {
       }
       if (closing_ || closed_) return false;
       if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
-      update_deadline();
+      if (got_packet) restart_deadline(now);
       if (!pace_target_) return true;
       if (broker_.pause_reader(*this)) return false;
       // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
@@ -426,8 +439,7 @@ class connection : public ref_counted, public list_links {
     if (!paused_.load(std::memory_order_relaxed) || closed_) return;
     paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
-    last_packet_ = clock::now();
-    update_deadline();
+    restart_deadline(clock::now());
     if (closing_) return;
     flush_scope scope;
     if (!unread_.empty()) {
@@ -566,17 +578,18 @@ class connection : public ref_counted, public list_links {
   using deadline_rep = clock::duration::rep;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
-  /// The CONNECT timeout before CONNACK (counted from the accept: no packet comes before the
-  /// CONNECT), 1.5 times Keep Alive after. While paused, Keep Alive does not run: the deadline is
+  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet, or
+  /// the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
+  /// CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does not run: the deadline is
   /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
-  void update_deadline() noexcept {
+  void restart_deadline(clock::time_point from) noexcept {
     deadline_rep d = no_deadline;
-    if (!connected_)
-      d = (last_packet_ + broker_.options().connect_timeout).time_since_epoch().count();
-    else if (paused_.load(std::memory_order_relaxed))
+    if (paused_.load(std::memory_order_relaxed))
       d = (last_progress() + broker_.options().stuck_client_timeout).time_since_epoch().count();
+    else if (!connected_)
+      d = (from + broker_.options().connect_timeout).time_since_epoch().count();
     else if (keep_alive_limit_.count() != 0)
-      d = (last_packet_ + keep_alive_limit_).time_since_epoch().count();
+      d = (from + keep_alive_limit_).time_since_epoch().count();
     deadline_.store(d, std::memory_order_relaxed);
   }
 
@@ -594,19 +607,16 @@ class connection : public ref_counted, public list_links {
       return;
     }
     if (closing_) return;
+    if (!deadline_passed(now)) return;  // moved on since the sweep looked
     if (!connected_) {
-      if (now < last_packet_ + broker_.options().connect_timeout) return;
       // No complete CONNECT within the timeout: close without a word.
       broker_.count_connect_timeout();
       close(reason_code::maximum_connect_time, false, false);
       return;
     }
-    if (keep_alive_limit_.count() == 0) return;
-    if (now >= last_packet_ + keep_alive_limit_) {
-      // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
-      broker_.count_keep_alive_timeout();
-      close(reason_code::keep_alive_timeout, true, false);
-    }
+    // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
+    broker_.count_keep_alive_timeout();
+    close(reason_code::keep_alive_timeout, true, false);
   }
 
   /// After CONNACK: Keep Alive replaces the CONNECT timeout.
@@ -615,12 +625,13 @@ class connection : public ref_counted, public list_links {
     version_ = v;
     session_ = std::move(s);
     keep_alive_limit_ = std::chrono::duration_cast<decltype(keep_alive_limit_)>(keep_alive_limit);
-    update_deadline();
+    restart_deadline(clock::now());
   }
 
+  // First: it fills the padding after the base classes (20 bytes).
+  std::chrono::duration<std::uint32_t, std::milli> keep_alive_limit_{0};  // at most 1.5 x 65535 s
   Broker& broker_;
   stream_type stream_;
-  MQTTBROKER_NO_UNIQUE_ADDRESS strand_holder strand_;
   codec::decoder decoder_;
   std::unique_ptr<write_batch> queued_;   // packets waiting for the write in flight
   std::unique_ptr<write_batch> writing_;  // the batch being written
@@ -628,9 +639,6 @@ class connection : public ref_counted, public list_links {
   std::atomic<std::size_t> unsent_{0};    // bytes in queued_ and writing_ not yet written
   std::atomic<deadline_rep> last_progress_{0};
   std::atomic<deadline_rep> deadline_{no_deadline};
-  clock::time_point last_packet_ = clock::now();  // the accept, until a packet arrives
-  std::chrono::duration<std::uint32_t, std::milli> keep_alive_limit_{0};  // at most 1.5 x 65535 s
-  codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   // Shared with the broker's registry: a record the registry dropped (its session ended, or was
   // taken over and ended) stays valid here until this connection lets go of it.
   ref_ptr<session_record> session_;
@@ -639,14 +647,17 @@ class connection : public ref_counted, public list_links {
   ref_ptr<session_record> pace_target_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
-  std::atomic<bool> paused_{false};
-  bool taken_over_ = false;
-  bool connected_ = false;
-  bool write_in_flight_ = false;
-  bool flush_deferred_ = false;
-  bool closing_ = false;
-  bool closed_ = false;
-  bool graceful_ = false;  // DISCONNECT received: no will
+  codec::protocol_version version_ = codec::protocol_version::v3_1_1;
+  std::atomic<bool> paused_{false};  // read by other threads
+  // Only this connection's executor touches these, so they can share a byte (a broker keeps one
+  // connection per client); set in the constructor, as C++17 has no initialisers for bit-fields.
+  bool taken_over_ : 1;
+  bool connected_ : 1;
+  bool write_in_flight_ : 1;
+  bool flush_deferred_ : 1;
+  bool closing_ : 1;
+  bool closed_ : 1;
+  bool graceful_ : 1;  // DISCONNECT received: no will
 };
 
 }  // namespace detail

@@ -69,18 +69,20 @@ enum class admission : std::uint8_t {
 /// broker feeds it packets and acts on what it returns; a session outlives its connections.
 ///
 /// A broker keeps one per client, most of them idle or at QoS 0, so what only QoS 1/2 traffic or
-/// subscriptions need is made on first use, and the limits are shared by every session of a
-/// broker: an idle session is 80 bytes.
+/// subscriptions need is made on first use, and the limits are the broker's, shared by all its
+/// sessions: an idle session is 56 bytes.
 class state {
  public:
-  explicit state(std::string client_id, limits l = {})
-      : state(std::move(client_id), std::make_shared<const limits>(l)) {}
-  state(std::string client_id, std::shared_ptr<const limits> l)
-      : client_id_(std::move(client_id)), limits_(std::move(l)) {}
+  /// `l` must outlive the state; by default the defaults of `limits`.
+  explicit state(std::string client_id, const limits* l = &default_limits())
+      : client_id_(std::move(client_id)), limits_(l) {}
 
   const std::string& client_id() const noexcept { return client_id_; }
   const limits& session_limits() const noexcept { return *limits_; }
-  const counters& stats() const noexcept { return counters_; }
+  const counters& stats() const noexcept {
+    static const counters none;
+    return traffic_ ? traffic_->counts : none;
+  }
 
   // ---- outgoing (broker to client)
 
@@ -91,7 +93,7 @@ class state {
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) {
-        ++counters_.dropped_qos0_offline;
+        ++flows().counts.dropped_qos0_offline;
         return admission::dropped;
       }
       return enqueue(std::move(o));
@@ -215,8 +217,14 @@ class state {
     return q == codec::qos::at_least_once ? phase::awaiting_puback : phase::awaiting_pubrec;
   }
 
+  static const limits& default_limits() noexcept {
+    static const limits defaults;
+    return defaults;
+  }
+
   /// What QoS 1/2 traffic and queueing need: made on first use, kept for the session's life.
   struct traffic {
+    counters counts;
     detail::fifo<inflight_entry> inflight;
     detail::fifo<outgoing> queue;
     std::size_t queued_bytes = 0;
@@ -240,16 +248,16 @@ class state {
     };
     if (over()) {
       if (!l.drop_oldest || t.queue.empty()) {
-        ++counters_.dropped_queue_full;
+        ++t.counts.dropped_queue_full;
         return admission::dropped;
       }
       while (!t.queue.empty() && over()) {
         t.queued_bytes -= t.queue.front().msg->payload().size();
         t.queue.pop_front();
-        ++counters_.dropped_queue_full;
+        ++t.counts.dropped_queue_full;
       }
       if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) {
-        ++counters_.dropped_queue_full;
+        ++t.counts.dropped_queue_full;
         return admission::dropped;
       }
     }
@@ -312,8 +320,7 @@ class state {
 
   static constexpr std::uint16_t small_window = 64;
   std::string client_id_;
-  std::shared_ptr<const limits> limits_;
-  counters counters_;
+  const limits* limits_;
   std::unique_ptr<traffic> traffic_;
   std::unique_ptr<subscription_map> subscriptions_;
 };
