@@ -1,6 +1,7 @@
 // The locking policies' own types under real threads: locking::shared's reader-biased state lock
 // and striped counters. Part of mqttbroker_mt_tests, so CI also runs it under ThreadSanitizer,
 // which reports any access the lock fails to order (the guarded data below is plain, not atomic).
+#include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/locking/shared.hpp>
 #include <mqttbroker/locking/none.hpp>
 
@@ -186,4 +187,42 @@ TEST_CASE("locking::none counts with a plain integer and locks nothing", "[locki
   CHECK(c.load() == 3);
   static_assert(sizeof(mb::locking::none::counter_type<std::uint64_t>) == sizeof(std::uint64_t));
   static_assert(std::is_empty_v<mb::locking::none::mutex_type> && std::is_empty_v<mb::locking::none::session_mutex_type>);
+}
+
+namespace {
+
+/// An object whose fields the last reference's owner reads in its destructor: under
+/// ThreadSanitizer, a count that did not order the other threads' writes before the delete shows.
+struct shared_object : mb::detail::ref_counted {
+  explicit shared_object(std::atomic<int>& deaths) : deaths_(deaths) {}
+  ~shared_object() {
+    std::uint64_t sum = 0;
+    for (std::uint64_t v : touched) sum += v;
+    if (sum == expected) deaths_.fetch_add(1);
+  }
+  std::atomic<int>& deaths_;
+  std::uint64_t touched[4] = {};
+  std::uint64_t expected = 0;
+};
+
+}  // namespace
+
+TEST_CASE("ref_ptr: references copied and dropped on several threads delete the object once, last", "[locking][threads]") {
+  constexpr unsigned threads = 4;
+  constexpr int rounds = 200;
+  for (int r = 0; r < rounds; ++r) {
+    std::atomic<int> deaths{0};
+    auto obj = mb::detail::ref_ptr<shared_object>::make(deaths);
+    obj->expected = threads * 100;
+    std::vector<mb::detail::ref_ptr<shared_object>> refs(threads, obj);
+    obj.reset();  // the threads' references are now the only ones
+    run_threads(threads, [&](unsigned t) {
+      mb::detail::ref_ptr<shared_object> mine = std::move(refs[t]);
+      for (int i = 0; i < 100; ++i) {
+        mb::detail::ref_ptr<shared_object> copy = mine;  // count up and down under contention
+        ++copy->touched[t];  // each thread its own slot, written before its last release
+      }
+    });
+    REQUIRE(deaths.load() == 1);
+  }
 }

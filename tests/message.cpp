@@ -1,3 +1,5 @@
+#include <mqttbroker/detail/intrusive_list.hpp>
+#include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/message.hpp>
 
 #include "catch.hpp"
@@ -225,4 +227,85 @@ TEST_CASE("pooled bytes grow with what is appended and give their block back whe
   b.append(chunk, sizeof chunk);  // the 1 KiB class, freed when the buffer outgrew it
   CHECK(pool::cached_bytes() < cached);
   b.reset();
+}
+
+// ---- detail::ref_ptr and detail::owning_list: how the broker owns connections and sessions
+
+namespace {
+
+/// Counts its destructions, so a test sees exactly when the last reference went.
+struct tracked : mb::detail::ref_counted, mb::detail::list_links {
+  explicit tracked(int& deaths, int number = 0) : deaths_(deaths), id(number) {}
+  ~tracked() { ++deaths_; }
+  int& deaths_;
+  int id;
+};
+using tracked_ptr = mb::detail::ref_ptr<tracked>;
+
+}  // namespace
+
+TEST_CASE("ref_ptr: the object lives while any reference does and is deleted with the last", "[detail][ref_ptr]") {
+  int deaths = 0;
+  tracked_ptr a = tracked_ptr::make(deaths);
+  CHECK(a.use_count() == 1);
+  {
+    tracked_ptr b = a;            // copy
+    tracked_ptr c(a.get());       // from the plain pointer, as a connection refers to itself
+    CHECK(a.use_count() == 3);
+    tracked_ptr d = std::move(b);  // a move adds nothing
+    CHECK_FALSE(b);
+    CHECK(a.use_count() == 3);
+    CHECK(d == a);
+  }
+  CHECK(a.use_count() == 1);
+  CHECK(deaths == 0);
+  tracked* raw = a.get();
+  tracked* detached = a.detach();  // the reference is now the caller's
+  CHECK(detached == raw);
+  CHECK_FALSE(a);
+  CHECK(deaths == 0);
+  tracked_ptr back = tracked_ptr::adopt(detached);
+  CHECK(back.use_count() == 1);
+  back = nullptr;
+  CHECK(deaths == 1);
+  tracked_ptr empty;
+  CHECK(empty.use_count() == 0);
+  empty.reset();  // resetting nothing is harmless
+  CHECK(deaths == 1);
+}
+
+TEST_CASE("owning_list: holds a reference to each element, in order, and gives it back on erase", "[detail][ref_ptr]") {
+  int deaths = 0;
+  std::vector<tracked_ptr> keep;
+  {
+    mb::detail::owning_list<tracked> list;
+    for (int i = 0; i < 4; ++i) {
+      tracked_ptr p = tracked_ptr::make(deaths, i);
+      list.push_back(p);
+      CHECK(p.use_count() == 2);  // ours and the list's
+      if (i != 3) keep.push_back(std::move(p));
+    }
+    // Element 3 is held by the list alone.
+    CHECK(list.size() == 4);
+    std::vector<int> order;
+    list.for_each([&](tracked& t) { order.push_back(t.id); });
+    CHECK(order == std::vector<int>{0, 1, 2, 3});
+
+    // A middle element, then the head: the links around them close up.
+    tracked_ptr out = list.erase(*keep[1]);
+    CHECK(out == keep[1]);
+    CHECK(keep[1].use_count() == 2);  // ours and `out`
+    out.reset();
+    list.erase(*keep[0]);
+    order.clear();
+    list.for_each([&](tracked& t) { order.push_back(t.id); });
+    CHECK(order == std::vector<int>{2, 3});
+    CHECK(list.size() == 2);
+    CHECK(deaths == 0);
+  }
+  // The list's end drops its references: element 3 had no other.
+  CHECK(deaths == 1);
+  for (auto& p : keep) CHECK(p.use_count() == 1);
+  keep.clear();
+  CHECK(deaths == 4);
 }
