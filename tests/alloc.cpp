@@ -708,8 +708,9 @@ TEST_CASE("alloc: an idle connection holds under 700 bytes of heap, and no buffe
     sockets.emplace_back(io);
     auto& s = sockets.back();
     s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), host.port()));
+    const std::string id = "idle-" + std::to_string(i);  // short: std::string keeps it inline
     codec::connect c;
-    c.client_id = "idle-" + std::to_string(i);  // short: std::string keeps it inline
+    c.client_id = id;
     c.keep_alive = 60;
     std::string out;
     REQUIRE_FALSE(codec::encode(c, codec::protocol_version::v3_1_1, out));
