@@ -6,6 +6,8 @@
 #include "catch.hpp"
 
 #include <asio/io_context.hpp>
+#include <asio/strand.hpp>
+#include <asio/thread_pool.hpp>
 #include <asio/write.hpp>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -1157,6 +1160,21 @@ static_assert(mb::hooks::has_authenticate_v<test_hooks> && mb::hooks::has_author
               mb::hooks::has_on_subscribe_v<test_hooks>);
 
 }  // namespace
+
+TEST_CASE("over TCP a broker runs on an io_context's executor or a strand of one, and refuses others at construction",
+          "[broker][executor]") {
+  // TCP sockets use the io_context's own executor type (smaller than any_io_executor), so the
+  // broker looks for an io_context behind the host's executor.
+  asio::io_context io;
+  CHECK_NOTHROW(mb::broker<>(io));
+  CHECK_NOTHROW(mb::broker<>(asio::any_io_executor(io.get_executor())));
+  CHECK_NOTHROW(mb::broker<>(asio::any_io_executor(asio::make_strand(io))));
+  asio::thread_pool pool(1);
+  CHECK_THROWS_AS(mb::broker<>(asio::any_io_executor(pool.get_executor())), std::invalid_argument);
+  // The in-memory transport's streams take any executor.
+  CHECK_NOTHROW(mb::broker<mem_policies>(asio::any_io_executor(pool.get_executor())));
+  pool.join();
+}
 
 TEST_CASE("a broker without hooks is no larger than with an empty hooks struct", "[broker][hooks]") {
   CHECK(sizeof(mb::broker<>) == sizeof(mb::broker<empty_hooks_policies>));
