@@ -6485,6 +6485,7 @@ MQTTBROKER_END_NAMESPACE
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <typeinfo>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -6552,10 +6553,17 @@ class broker {
   enum class local_subscription_id : std::uint64_t {};
 
   broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {})
-      : broker(io.get_executor(), std::move(opts), std::move(hooks)) {}
+      : broker(io.get_executor(), stream_executor_type(io.get_executor()), std::move(opts), std::move(hooks)) {}
+  /// On the host's executor. Over TCP it must be an io_context's executor or a strand of one
+  /// (std::invalid_argument otherwise, and always when Asio is built without RTTI: construct
+  /// from the io_context then).
   broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {})
+      : broker(ex, stream_executor_of(ex), std::move(opts), std::move(hooks)) {}
+
+ private:
+  broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks)
       : ex_(std::move(ex)),
-        stream_ex_(stream_executor_of(ex_)),
+        stream_ex_(std::move(stream_ex)),
         control_ex_(make_strand_if_threaded(ex_)),
         opts_(std::move(opts)),
         hooks_(std::move(hooks)),
@@ -6568,6 +6576,8 @@ class broker {
     pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
     session_limits_ = make_session_limits(opts_);
   }
+
+ public:
   broker(const broker&) = delete;
   broker& operator=(const broker&) = delete;
   ~broker() {
@@ -6766,9 +6776,13 @@ class broker {
     if constexpr (std::is_same_v<stream_executor_type, asio::any_io_executor>) {
       return ex;
     } else {
-      if (const auto* e = ex.target<stream_executor_type>()) return *e;
-      if (const auto* s = ex.target<asio::strand<stream_executor_type>>()) return s->get_inner_executor();
-      throw std::invalid_argument("mqttbroker: the transport needs an executor of an asio::io_context");
+      // target<T>() does not check the type in every Asio version: compare the type first.
+#if !defined(ASIO_NO_TYPEID)
+      if (ex.target_type() == typeid(stream_executor_type)) return *ex.target<stream_executor_type>();
+      using strand_type = asio::strand<stream_executor_type>;
+      if (ex.target_type() == typeid(strand_type)) return ex.target<strand_type>()->get_inner_executor();
+#endif
+      throw std::invalid_argument("mqttbroker: the transport needs an asio::io_context's executor");
     }
   }
 
