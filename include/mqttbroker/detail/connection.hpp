@@ -578,14 +578,14 @@ class connection : public list_links,
   using deadline_rep = clock::duration::rep;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
-  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet, or
-  /// the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
+  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
+  /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
   /// CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does not run: the deadline is
   /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
   void restart_deadline(clock::time_point from) noexcept {
     deadline_rep d = no_deadline;
     if (paused_.load(std::memory_order_relaxed))
-      d = (last_progress() + broker_.options().stuck_client_timeout).time_since_epoch().count();
+      d = (from + broker_.options().stuck_client_timeout).time_since_epoch().count();
     else if (!connected_)
       d = (from + broker_.options().connect_timeout).time_since_epoch().count();
     else if (keep_alive_limit_.count() != 0)
