@@ -6375,14 +6375,14 @@ class connection : public list_links,
   using deadline_rep = clock::duration::rep;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
-  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet, or
-  /// the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
+  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
+  /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
   /// CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does not run: the deadline is
   /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
   void restart_deadline(clock::time_point from) noexcept {
     deadline_rep d = no_deadline;
     if (paused_.load(std::memory_order_relaxed))
-      d = (last_progress() + broker_.options().stuck_client_timeout).time_since_epoch().count();
+      d = (from + broker_.options().stuck_client_timeout).time_since_epoch().count();
     else if (!connected_)
       d = (from + broker_.options().connect_timeout).time_since_epoch().count();
     else if (keep_alive_limit_.count() != 0)
@@ -6738,8 +6738,7 @@ class broker {
     session::state state;
     detail::ref_ptr<connection_type> conn;  // the live connection, if any
     clock::time_point expires{};                 // when persistent and offline
-    std::chrono::duration<std::uint32_t> expiry{0};  // 0xFFFFFFFF: never
-    bool persistent = false;                     // survives its connection
+    std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
     std::atomic<bool> has_paced{false};  // read without the lock on every write completion
     // With locking::shared, publishers holding the state lock shared meet here; every other
     // change to the session holds the state lock exclusively.
@@ -6945,7 +6944,6 @@ class broker {
         if (x.will_timer) x.will_timer->cancel();
       }
       rec->conn = c.self();
-      rec->persistent = expiry.count() != 0;
       rec->expiry = stored_expiry(expiry);
     }
     std::uint16_t keep_alive = cp.keep_alive;
@@ -7243,10 +7241,7 @@ class broker {
           std::lock_guard<mutex_type> lk(state_mutex_);
           // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
-          if (!extends_ended_session) {
-            rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
-            rec->persistent = p->integer != 0;
-          }
+          if (!extends_ended_session) rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
         }
         if (extends_ended_session) return violation(c, protocol_errc::invalid_property_value);
       }
@@ -7365,7 +7360,7 @@ class broker {
     const connection_type* c = target->conn.get();
     if (c == nullptr || !behind(*target, *c, reader.last_progress(), 1)) return false;
     reader.paused_.store(true, std::memory_order_relaxed);
-    reader.restart_deadline(reader.last_progress());  // now when `target` would count as stuck
+    reader.restart_deadline(reader.last_progress());  // when `target` will count as stuck
     target->more().paced.push_back(reader.self());
     target->has_paced.store(true, std::memory_order_relaxed);
     hot_.pauses.fetch_add(1);
@@ -7493,7 +7488,7 @@ class broker {
         rec->conn.reset();
         if (rec->extras) rec->extras->retained_backlog.clear();
         clear_outbox(*rec);
-        if (!rec->persistent) {
+        if (rec->expiry.count() == 0) {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = clock::now() + rec->expiry;
