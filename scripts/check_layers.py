@@ -41,6 +41,7 @@ LAYERS = {
     "session": (4, CORE | {"codec", "topic", "message", "options"}),  # sans-I/O
     "router": (4, CORE | {"topic", "message", "locking", "options"}),  # no transport, no wire format
     "transport": (4, CORE),  # Asio + level 0: moves bytes, knows no MQTT
+    "clock": (4, CORE),  # Asio + level 0: the time and timers the broker reads (a policy)
     # level 5: everything; the only place layers meet
     "broker": (5, None),
     "broker_fwd": (5, None),

@@ -1,5 +1,6 @@
 #include <mqttbroker/broker.hpp>
 
+#include <mqttbroker/clock/manual.hpp>
 #include <mqttbroker/codec.hpp>
 #include <mqttbroker/transport/memory.hpp>
 
@@ -128,12 +129,18 @@ class client {
     c.version = s_->version;
     c.client_id = id;
     c.clean_start = clean;
+    c.keep_alive = keep_alive_;
+    codec::properties_builder will_props;
     if (will) {
       codec::will_message w;
       w.topic = will->topic;
       w.payload = will->payload;
       w.qos_level = will->qos_level;
       w.retain = will->retain;
+      if (will_delay_) {
+        will_props.add(codec::property_id::will_delay_interval, *will_delay_);
+        w.properties = will_props.view();
+      }
       c.will = w;
     }
     if (username) {
@@ -151,6 +158,22 @@ class client {
   /// 5.0: the Session Expiry Interval the next connect() asks for (a 5.0 session outlives its
   /// connection only with one).
   void set_session_expiry(std::uint32_t seconds) { session_expiry_ = seconds; }
+  /// The Keep Alive the next connect() asks for (0, no limit, by default).
+  void set_keep_alive(std::uint16_t seconds) { keep_alive_ = seconds; }
+  /// 5.0: the Will Delay Interval of the next connect()'s will.
+  void set_will_delay(std::uint32_t seconds) { will_delay_ = seconds; }
+
+  /// 5.0: DISCONNECT with a reason and, when given, a new Session Expiry Interval.
+  void disconnect(reason_code reason, std::optional<std::uint32_t> session_expiry = std::nullopt) {
+    codec::disconnect d;
+    d.reason = reason;
+    codec::properties_builder props;
+    if (session_expiry) {
+      props.add(codec::property_id::session_expiry_interval, *session_expiry);
+      d.properties = props.view();
+    }
+    send(d);
+  }
 
   void subscribe(std::uint16_t id, std::vector<std::pair<std::string, qos>> filters) {
     codec::subscribe s;
@@ -282,6 +305,8 @@ class client {
 
   std::shared_ptr<state> s_;
   std::optional<std::uint32_t> session_expiry_;
+  std::optional<std::uint32_t> will_delay_;
+  std::uint16_t keep_alive_ = 0;
 };
 
 std::string next_listener_name() {
@@ -295,8 +320,10 @@ class harness {
  public:
   using broker_type = mb::broker<Policies>;
 
+  using clock_type = typename broker_type::clock_type;
+
   explicit harness(mb::broker_options o = {}, typename Policies::hooks h = {})
-      : broker(io, std::move(o), std::move(h)) {
+      : broker(io, std::move(o), std::move(h), clock) {
     broker.listen(typename Policies::transport::listen_options(listener));
     broker.start();
   }
@@ -356,8 +383,23 @@ class harness {
     return ack.codes;
   }
 
+  /// With clock::manual: moves time forward by `d`, stopping at every timer due on the way and
+  /// running what it set off, as real time would (the sweep ticks at each of its periods).
+  void advance(typename clock_type::steady_clock::duration d) {
+    const auto target = clock.steady_now() + d;
+    settle();
+    while (auto due = clock.next_expiry()) {
+      if (*due > target) break;
+      clock.advance_to(*due);
+      settle();
+    }
+    clock.advance_to(target);
+    settle();
+  }
+
   asio::io_context io;
   std::string listener = next_listener_name();
+  clock_type clock;  // before the broker, which gets a copy (clock::manual copies share their time)
   broker_type broker;
 
  private:
@@ -1573,4 +1615,264 @@ TEST_CASE("large batches are written whole across many gather writes and short s
     io.restart();
   }
   CHECK(stopped);
+}
+
+// ---- time under the test's control (clock::manual): deadlines at their exact boundaries
+
+TEST_CASE("clock::manual fires a timer when time reaches its expiry, in expiry order, and cancels as Asio does",
+          "[clock]") {
+  asio::io_context io;
+  mb::clock::manual clk;
+  const mb::clock::manual copy = clk;  // copies share one time
+  auto a = clk.make_timer(io.get_executor());
+  auto b = clk.make_timer(io.get_executor());
+  std::vector<std::string> fired;
+  // An io_context that ran out of work stays stopped until restarted.
+  auto poll = [&io] {
+    io.restart();
+    io.poll();
+  };
+  a.expires_after(std::chrono::seconds(2));
+  b.expires_after(std::chrono::seconds(1));
+  a.async_wait([&](std::error_code ec) { fired.push_back(ec ? "a:" + ec.message() : "a"); });
+  b.async_wait([&](std::error_code ec) { fired.push_back(ec ? "b:" + ec.message() : "b"); });
+  REQUIRE(clk.next_expiry() == copy.steady_now() + std::chrono::seconds(1));
+
+  clk.advance(std::chrono::milliseconds(999));
+  poll();
+  CHECK(fired.empty());
+  clk.advance(std::chrono::seconds(5));  // both due: earliest expiry first
+  poll();
+  CHECK(fired == std::vector<std::string>{"b", "a"});
+  CHECK_FALSE(clk.next_expiry());
+
+  fired.clear();
+  a.expires_after(std::chrono::seconds(1));
+  a.async_wait([&](std::error_code ec) { fired.push_back(ec == asio::error::operation_aborted ? "aborted" : "other"); });
+  CHECK(a.expires_after(std::chrono::seconds(1)) == 1);  // a new expiry cancels the pending wait
+  poll();
+  CHECK(fired == std::vector<std::string>{"aborted"});
+
+  fired.clear();
+  a.expires_after(std::chrono::seconds(0));
+  a.async_wait([&](std::error_code ec) { fired.push_back(ec ? "error" : "at once"); });  // already due
+  CHECK(fired.empty());  // posted, never run inside async_wait
+  poll();
+  CHECK(fired == std::vector<std::string>{"at once"});
+
+  fired.clear();
+  {
+    auto c = clk.make_timer(io.get_executor());
+    c.expires_after(std::chrono::hours(1));
+    c.async_wait([&](std::error_code ec) { fired.push_back(ec == asio::error::operation_aborted ? "aborted" : "other"); });
+  }  // destroyed with a wait pending
+  poll();
+  CHECK(fired == std::vector<std::string>{"aborted"});
+  CHECK(copy.system_now() - mb::clock::manual().system_now() == std::chrono::seconds(5) + std::chrono::milliseconds(999));
+}
+
+namespace {
+struct timed_policies : mem_policies {
+  using clock = mb::clock::manual;
+};
+using timed = harness<timed_policies>;
+
+/// A 5.0 client `id` with a will on will/<id> and the given Session Expiry and Will Delay,
+/// connected, then gone without DISCONNECT.
+void will_dropped(timed& h, const std::string& id, std::uint32_t session_expiry, std::uint32_t will_delay,
+                  const std::string& payload) {
+  client& c = h.add(protocol_version::v5);
+  c.set_session_expiry(session_expiry);
+  c.set_will_delay(will_delay);
+  c.connect(id, true, will_spec{"will/" + id, payload});
+  h.settle();
+  REQUIRE(c.pop(CONNACK).code == 0);
+  c.close();
+}
+}  // namespace
+
+TEST_CASE("Keep Alive: the server closes at exactly 1.5 times the interval of silence, not a tick before",
+          "[broker][time][MQTT-3.1.2-24]") {
+  const auto v = GENERATE(protocol_version::v3_1_1, protocol_version::v5);
+  timed h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "will/#", qos::at_most_once);
+  client& c = h.add(v);
+  c.set_keep_alive(2);
+  c.connect("ka", true, will_spec{"will/ka", "gone"});
+  h.settle();
+  REQUIRE(c.pop(CONNACK).code == 0);
+
+  // A PINGREQ restarts the count.
+  h.advance(std::chrono::milliseconds(2500));
+  c.send(codec::pingreq{});
+  h.settle();
+  c.pop(PINGRESP);
+  h.advance(std::chrono::milliseconds(2999));
+  CHECK_FALSE(c.closed());
+  CHECK(watcher.empty());
+  h.advance(std::chrono::milliseconds(1));  // 3 s = 1.5 x 2 s after the PINGREQ
+  CHECK(c.closed());
+  if (v == protocol_version::v5) CHECK(c.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::keep_alive_timeout));
+  CHECK(c.empty());  // 3.1.1 has no DISCONNECT from the server
+  CHECK(h.broker.stats().keep_alive_timeouts == 1);
+  // Not a DISCONNECT from the client: the will goes out [MQTT-3.1.2-8].
+  const auto wills = watcher.publishes();
+  REQUIRE(wills.size() == 1);
+  CHECK(wills[0].topic == "will/ka");
+}
+
+TEST_CASE("Keep Alive 0 means no limit from the client; the server's max_keep_alive applies to 5.0 clients",
+          "[broker][time][MQTT-3.1.2-24][MQTT-3.2.2-21]") {
+  mb::broker_options o;
+  o.max_keep_alive = 4;
+  timed h(o);
+  client& old = h.add(protocol_version::v3_1_1);
+  old.connect("no-limit");  // Keep Alive 0
+  client& v5 = h.add(protocol_version::v5);
+  v5.connect("imposed");
+  h.settle();
+  REQUIRE(old.pop(CONNACK).code == 0);
+  REQUIRE(v5.pop(CONNACK).code == 0);
+  h.advance(std::chrono::milliseconds(5999));
+  CHECK_FALSE(v5.closed());
+  h.advance(std::chrono::milliseconds(1));  // 1.5 x the Server Keep Alive of 4 s
+  CHECK(v5.closed());
+  h.advance(std::chrono::hours(1));
+  CHECK_FALSE(old.closed());  // 3.1.1 has no Server Keep Alive: 0 stays no limit
+}
+
+TEST_CASE("a connection without a complete CONNECT is closed at exactly connect_timeout", "[broker][time]") {
+  mb::broker_options o;
+  o.connect_timeout = std::chrono::seconds(2);
+  timed h(o);
+  client& silent = h.add();
+  client& partial = h.add();
+  partial.send_raw(std::string("\x10\x10\x00\x04MQTT", 8));  // a CONNECT cut short
+  h.advance(std::chrono::milliseconds(1999));
+  CHECK_FALSE(silent.closed());
+  CHECK_FALSE(partial.closed());
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(silent.closed());
+  CHECK(partial.closed());
+  CHECK(silent.empty());  // no CONNACK: nothing was asked
+  CHECK(h.broker.stats().connect_timeouts == 2);
+}
+
+TEST_CASE("5.0 Will Delay: the will goes out when the delay has passed, not before", "[broker][time][will][v5][MQTT-3.1.2-8]") {
+  timed h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "will/#", qos::at_most_once);
+  will_dropped(h, "delayed", 60, 5, "late");
+  h.advance(std::chrono::milliseconds(4999));
+  CHECK(watcher.empty());
+  h.advance(std::chrono::milliseconds(1));
+  const auto wills = watcher.publishes();
+  REQUIRE(wills.size() == 1);
+  CHECK(wills[0].payload == "late");
+  h.advance(std::chrono::minutes(2));  // and only once, the session's end included
+  CHECK(watcher.empty());
+}
+
+TEST_CASE("5.0 Will Delay: a reconnect within the delay cancels the will", "[broker][time][will][v5][MQTT-3.1.3-9]") {
+  timed h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "will/#", qos::at_most_once);
+  will_dropped(h, "back", 60, 5, "late");
+  h.advance(std::chrono::milliseconds(4999));
+  client& again = h.add(protocol_version::v5);
+  again.set_session_expiry(60);
+  again.connect("back", false);
+  h.settle();
+  CHECK(again.pop(CONNACK).session_present);
+  h.advance(std::chrono::minutes(5));
+  CHECK(watcher.empty());
+}
+
+TEST_CASE("5.0 Will Delay longer than the session: the will goes out when the session ends",
+          "[broker][time][will][v5][MQTT-3.1.2-8]") {
+  timed h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "will/#", qos::at_most_once);
+  will_dropped(h, "short", 3, 10, "end");
+  h.advance(std::chrono::milliseconds(2999));
+  CHECK(watcher.empty());
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(watcher.publishes().size() == 1);
+  h.advance(std::chrono::seconds(20));
+  CHECK(watcher.empty());
+}
+
+TEST_CASE("5.0 Session Expiry: an offline session ends when its interval has passed, not before",
+          "[broker][time][session][v5][MQTT-3.1.2-23]") {
+  timed h;
+  client& c = h.add(protocol_version::v5);
+  c.set_session_expiry(10);
+  c.connect("expiring", false);
+  h.settle();
+  REQUIRE(c.pop(CONNACK).code == 0);
+  c.disconnect();
+  h.settle();
+  REQUIRE(c.closed());
+  h.advance(std::chrono::milliseconds(9999));
+  CHECK(h.broker.stats().sessions == 1);
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(h.broker.stats().sessions == 0);
+  CHECK(h.broker.stats().sessions_expired == 1);
+  client& back = h.add(protocol_version::v5);
+  back.set_session_expiry(10);
+  back.connect("expiring", false);
+  h.settle();
+  CHECK_FALSE(back.pop(CONNACK).session_present);
+}
+
+TEST_CASE("5.0: a DISCONNECT's Session Expiry Interval replaces the CONNECT's", "[broker][time][session][v5][MQTT-3.14.2-2]") {
+  timed h;
+  SECTION("shortened") {
+    client& c = h.add(protocol_version::v5);
+    c.set_session_expiry(100);
+    c.connect("changed", false);
+    h.settle();
+    REQUIRE(c.pop(CONNACK).code == 0);
+    c.disconnect(reason_code::normal_disconnection, 2);
+    h.advance(std::chrono::milliseconds(1999));
+    CHECK(h.broker.stats().sessions == 1);
+    h.advance(std::chrono::milliseconds(1));
+    CHECK(h.broker.stats().sessions == 0);
+  }
+  SECTION("set to 0: the session ends with the connection") {
+    client& c = h.add(protocol_version::v5);
+    c.set_session_expiry(100);
+    c.connect("ended", false);
+    h.settle();
+    REQUIRE(c.pop(CONNACK).code == 0);
+    c.disconnect(reason_code::normal_disconnection, 0);
+    h.settle();
+    CHECK(h.broker.stats().sessions == 0);
+  }
+  SECTION("a session that was to end with the connection cannot be extended") {
+    client& c = h.add(protocol_version::v5);
+    c.connect("cannot", true);  // Session Expiry 0
+    h.settle();
+    REQUIRE(c.pop(CONNACK).code == 0);
+    c.disconnect(reason_code::normal_disconnection, 30);
+    h.settle();
+    CHECK(c.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::protocol_error));
+    CHECK(c.closed());
+    CHECK(h.broker.stats().sessions == 0);
+  }
+}
+
+TEST_CASE("3.1.1: a persistent session is kept for persistent_session_expiry after its client left",
+          "[broker][time][session]") {
+  mb::broker_options o;
+  o.persistent_session_expiry = std::chrono::seconds(5);
+  timed h(o);
+  client& c = h.connected("kept", false);
+  h.subscribe(c, "t", qos::at_least_once);
+  c.disconnect();
+  h.advance(std::chrono::milliseconds(4999));
+  CHECK(h.broker.stats().sessions == 1);
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(h.broker.stats().sessions == 0);
 }

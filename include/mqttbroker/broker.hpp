@@ -3,6 +3,7 @@
 
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/clock/system.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/connection.hpp>
 #include <mqttbroker/detail/fifo.hpp>
@@ -27,7 +28,6 @@
 #include <asio/dispatch.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 
 #include <algorithm>
@@ -62,6 +62,17 @@ template <class Locking>
 struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
   using type = typename Locking::session_mutex_type;
 };
+
+/// A policy bundle's clock: its `clock`, else the system clock (bundles written before there was
+/// a clock policy).
+template <class Policies, class = void>
+struct clock_of {
+  using type = ::mqttbroker::clock::system;
+};
+template <class Policies>
+struct clock_of<Policies, std::void_t<typename Policies::clock>> {
+  using type = typename Policies::clock;
+};
 }  // namespace detail
 
 /// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
@@ -71,6 +82,7 @@ struct default_policies {
   using storage = storage::memory;
   using locking = locking::none;
   using hooks = hooks::none;
+  using clock = ::mqttbroker::clock::system;
 };
 
 /// Counters a host reads for metrics and tests.
@@ -104,29 +116,35 @@ class broker {
   using acceptor_type = typename transport_type::acceptor_type;
   using listen_options = typename transport_type::listen_options;
   using connection_type = detail::connection<broker>;
-  using clock = std::chrono::steady_clock;
+  /// The clock policy (Policies::clock, else clock::system): deadlines and timers read it.
+  using clock_type = typename detail::clock_of<Policies>::type;
+  using time_point = typename clock_type::steady_time;
+  using timer_type = typename clock_type::timer_type;
 
   /// An in-process subscription's handler: gets every matching message.
   using local_handler = std::function<void(const message_ptr&)>;
   /// Names an in-process subscription for unsubscribe().
   enum class local_subscription_id : std::uint64_t {};
 
-  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {})
-      : broker(io.get_executor(), stream_executor_type(io.get_executor()), std::move(opts), std::move(hooks)) {}
+  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
+      : broker(io.get_executor(), stream_executor_type(io.get_executor()), std::move(opts), std::move(hooks),
+               std::move(clk)) {}
   /// On the host's executor. Over TCP it must be an io_context's executor or a strand of one
   /// (std::invalid_argument otherwise, and always when Asio is built without RTTI: construct
   /// from the io_context then).
-  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {})
-      : broker(ex, stream_executor_of(ex), std::move(opts), std::move(hooks)) {}
+  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
+      : broker(ex, stream_executor_of(ex), std::move(opts), std::move(hooks), std::move(clk)) {}
 
  private:
-  broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks)
+  broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks,
+         clock_type clk)
       : ex_(std::move(ex)),
         stream_ex_(std::move(stream_ex)),
         control_ex_(make_strand_if_threaded(ex_)),
         opts_(std::move(opts)),
         hooks_(std::move(hooks)),
-        sweep_timer_(control_ex_) {
+        clock_(std::move(clk)),
+        sweep_timer_(clock_.make_timer(control_ex_)) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
     // Pacing has to start well before the queue limits drop anything.
@@ -171,7 +189,7 @@ class broker {
     if (started_) return;
     started_ = true;
     stopping_ = false;
-    started_at_ = clock::now();
+    started_at_ = now();
     for (auto& a : acceptors_) accept(*a);
     arm_sweep();
   }
@@ -277,7 +295,7 @@ class broker {
     // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
     message_ptr pending_will;
     std::uint64_t will_generation = 0;
-    std::unique_ptr<asio::steady_timer> will_timer;
+    std::unique_ptr<timer_type> will_timer;
     // Publisher pacing: connections that stopped reading because this session's client was
     // behind; resumed when it catches up, leaves, or is found stuck.
     std::vector<detail::ref_ptr<connection_type>> paced;
@@ -296,7 +314,7 @@ class broker {
     session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
     session::state state;
     detail::ref_ptr<connection_type> conn;  // the live connection, if any
-    clock::time_point expires{};                 // when persistent and offline
+    time_point expires{};                        // when persistent and offline
     std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
     std::atomic<bool> has_paced{false};  // read without the lock on every write completion
     // With locking::shared, publishers holding the state lock shared meet here; every other
@@ -902,7 +920,7 @@ class broker {
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
   /// `divisor`: 2 for the low-water mark) and still moving. rec->mutex held.
-  bool behind(const session_record& rec, const connection_type& c, clock::time_point now, std::size_t divisor) const {
+  bool behind(const session_record& rec, const connection_type& c, time_point now, std::size_t divisor) const {
     if (!opts_.pace_publishers) return false;
     const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
     if (backlog <= pacing_bytes_ / divisor && rec.state.queued_count() <= pacing_messages_ / divisor) return false;
@@ -934,7 +952,7 @@ class broker {
     std::vector<detail::ref_ptr<connection_type>> wake;
     {
       session_guard lk(*this, *rec);
-      if (rec->conn.get() == &c && behind(*rec, c, clock::now(), 2)) return;
+      if (rec->conn.get() == &c && behind(*rec, c, now(), 2)) return;
       wake.swap(rec->more().paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
     }
@@ -1050,7 +1068,7 @@ class broker {
         if (rec->expiry.count() == 0) {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
-          rec->expires = clock::now() + rec->expiry;
+          rec->expires = now() + rec->expiry;
           if (will && c.will_delay_.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
@@ -1074,7 +1092,7 @@ class broker {
     session_extras& x = rec.more();
     x.pending_will = std::move(will);
     const std::uint64_t generation = ++x.will_generation;
-    if (!x.will_timer) x.will_timer = std::make_unique<asio::steady_timer>(control_ex_);
+    if (!x.will_timer) x.will_timer = std::make_unique<timer_type>(clock_.make_timer(control_ex_));
     x.will_timer->expires_after(delay);
     x.will_timer->async_wait([this, id = rec.state.client_id(), generation](std::error_code ec) {
       if (ec) return;  // cancelled, or the session is gone with its timer
@@ -1150,7 +1168,7 @@ class broker {
   /// Only filters that name $SYS see them [MQTT-4.7.2-1].
   void publish_sys() {
     const broker_stats st = stats();
-    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(clock::now() - started_at_).count();
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(now() - started_at_).count();
     const std::pair<const char*, std::string> figures[] = {
         {"$SYS/broker/version",
          "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
@@ -1170,7 +1188,7 @@ class broker {
   /// Connections past their deadline check it on their own executor: the CONNECT timeout, Keep
   /// Alive, or a paused reader's wait for a subscriber that turned out to be stuck.
   void sweep_connections() {
-    const auto now = clock::now();
+    const time_point now = this->now();
     std::vector<detail::ref_ptr<connection_type>> due;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -1185,7 +1203,7 @@ class broker {
   }
 
   void sweep_expired_sessions() {
-    const auto now = clock::now();
+    const time_point now = this->now();
     std::vector<message_ptr> due_wills;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -1195,7 +1213,7 @@ class broker {
   }
 
   /// state_mutex_ held.
-  void expire_sessions(clock::time_point now, std::vector<message_ptr>& due_wills) {
+  void expire_sessions(time_point now, std::vector<message_ptr>& due_wills) {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       session_record& r = *it->second;
       if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
@@ -1244,6 +1262,9 @@ class broker {
     asio::post(ex_, std::move(h));
   }
 
+  /// The steady time deadlines are counted in; connections read it too.
+  time_point now() const noexcept { return clock_.steady_now(); }
+
   void count_protocol_error() {
     std::lock_guard<mutex_type> lk(state_mutex_);
     ++stats_.protocol_errors;
@@ -1267,6 +1288,7 @@ class broker {
   std::size_t pacing_messages_ = 0;
   session::limits session_limits_;  // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
   // Every accepted connection until it closes, and every session by client identifier (the key
@@ -1277,7 +1299,7 @@ class broker {
   using router_type = router::subscription_router<const subscriber*>;
   router_type router_;
   router::retained_store retained_;
-  asio::steady_timer sweep_timer_;
+  timer_type sweep_timer_;
   std::function<void()> stop_handler_;
   broker_stats stats_;  // state_mutex_, but for the three counters below
   /// Counted on the routing path, which may hold the state lock only shared.
@@ -1287,7 +1309,7 @@ class broker {
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   bool started_ = false;                  // control_ex_
-  clock::time_point started_at_{};        // control_ex_
+  time_point started_at_{};        // control_ex_
   std::int64_t seconds_since_sys_ = 0;    // control_ex_
   std::uint64_t sweep_ticks_ = 0;         // control_ex_
   std::atomic<bool> stopping_{false};     // read by connections on any thread

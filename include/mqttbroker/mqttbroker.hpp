@@ -26,12 +26,14 @@
 #include <mqttbroker/locking/shared.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
 
-// level 4: session/, router/, transport/
+// level 4: session/, router/, transport/, clock/
 #include <mqttbroker/session/state.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/router/retained.hpp>
 #include <mqttbroker/transport/tcp.hpp>
 #include <mqttbroker/transport/memory.hpp>
+#include <mqttbroker/clock/system.hpp>
+#include <mqttbroker/clock/manual.hpp>
 
 // level 5: broker_fwd.hpp, broker.hpp
 #include <mqttbroker/broker.hpp>

@@ -3767,7 +3767,7 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_HOOKS_HOOKS_HPP
 // end <mqttbroker/hooks/hooks.hpp>
 
-// level 4: session/, router/, transport/
+// level 4: session/, router/, transport/, clock/
 // begin <mqttbroker/session/state.hpp>
 #ifndef MQTTBROKER_SESSION_STATE_HPP
 #define MQTTBROKER_SESSION_STATE_HPP
@@ -5623,6 +5623,229 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_TRANSPORT_MEMORY_HPP
 // end <mqttbroker/transport/memory.hpp>
+// begin <mqttbroker/clock/system.hpp>
+#ifndef MQTTBROKER_CLOCK_SYSTEM_HPP
+#define MQTTBROKER_CLOCK_SYSTEM_HPP
+
+
+#include <asio/any_io_executor.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <chrono>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace clock {
+
+/// The clock policy: where the broker reads the time and how it waits for it. A clock policy is
+/// a small copyable value the broker keeps, and provides
+///   steady_time steady_now() const;   // deadlines: Keep Alive, CONNECT timeout, Will Delay, expiry
+///   system_time system_now() const;   // what is stored across a restart (durable storage)
+///   timer_type make_timer(const asio::any_io_executor&) const;
+/// where timer_type has expires_after(duration), async_wait(void(std::error_code)) and cancel()
+/// as asio::steady_timer does. Replacing it (clock::manual) puts time under a test's control.
+struct system {
+  using steady_clock = std::chrono::steady_clock;
+  using steady_time = steady_clock::time_point;
+  using system_time = std::chrono::system_clock::time_point;
+  using timer_type = asio::steady_timer;
+
+  steady_time steady_now() const noexcept { return steady_clock::now(); }
+  system_time system_now() const noexcept { return std::chrono::system_clock::now(); }
+  timer_type make_timer(const asio::any_io_executor& ex) const { return timer_type(ex); }
+};
+
+}  // namespace clock
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLOCK_SYSTEM_HPP
+// end <mqttbroker/clock/system.hpp>
+// begin <mqttbroker/clock/manual.hpp>
+#ifndef MQTTBROKER_CLOCK_MANUAL_HPP
+#define MQTTBROKER_CLOCK_MANUAL_HPP
+
+
+#include <asio/any_io_executor.hpp>
+#include <asio/associated_executor.hpp>
+#include <asio/error.hpp>
+#include <asio/post.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace clock {
+
+/// A clock that moves only when told: tests drive Keep Alive, the CONNECT timeout, Will Delay and
+/// Session Expiry through it in exact steps, with no sleeps. Copies share one time and one set of
+/// timers, so a test keeps a copy and hands another to the broker:
+///
+///   clock::manual clk;
+///   broker<my_policies> b(io, opts, {}, clk);   // my_policies::clock = clock::manual
+///   clk.advance(std::chrono::seconds(3));       // due timers' handlers are posted
+///   io.poll();                                  // ... and run
+///
+/// A timer's handler is posted to its executor when advance() passes its expiry, as Asio posts a
+/// steady_timer's. A pending wait does not keep io_context::run() busy (no real time passes while
+/// nothing runs), so a test settles with run() or poll() and then advances.
+class manual {
+  struct wait_op {
+    virtual ~wait_op() = default;
+    virtual void complete(std::error_code ec) = 0;
+  };
+
+  template <class Handler>
+  struct wait_op_for final : wait_op {
+    wait_op_for(Handler h, asio::any_io_executor e) : handler(std::move(h)), ex(std::move(e)) {}
+    void complete(std::error_code ec) override {
+      auto target = asio::get_associated_executor(handler, ex);
+      asio::post(target, [h = std::move(handler), ec]() mutable { h(ec); });
+    }
+    Handler handler;
+    asio::any_io_executor ex;
+  };
+
+  struct timer_node {
+    asio::any_io_executor ex;
+    system::steady_time expiry{};
+    std::vector<std::unique_ptr<wait_op>> waits;
+  };
+
+  struct shared_state {
+    std::atomic<system::steady_clock::rep> steady;
+    std::atomic<std::chrono::system_clock::rep> system_ticks;
+    std::mutex mutex;                  // guards the timers and their waits
+    std::vector<timer_node*> timers;   // every live timer
+  };
+
+ public:
+  using steady_clock = system::steady_clock;
+  using steady_time = system::steady_time;
+  using system_time = system::system_time;
+
+  /// Starts at an arbitrary steady time and at 2026-01-01T00:00:00Z of system time.
+  manual() : s_(std::make_shared<shared_state>()) {
+    s_->steady.store(std::chrono::duration_cast<steady_clock::duration>(std::chrono::hours(1)).count());
+    s_->system_ticks.store(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::seconds(1767225600)).count());
+  }
+
+  steady_time steady_now() const noexcept { return steady_time(steady_clock::duration(s_->steady.load())); }
+  system_time system_now() const noexcept {
+    return system_time(std::chrono::system_clock::duration(s_->system_ticks.load()));
+  }
+
+  /// A timer on this clock; movable, and like asio::steady_timer in the calls the broker makes.
+  class timer {
+   public:
+    timer(std::shared_ptr<shared_state> s, asio::any_io_executor ex) : s_(std::move(s)), node_(new timer_node) {
+      node_->ex = std::move(ex);
+      std::lock_guard<std::mutex> lk(s_->mutex);
+      s_->timers.push_back(node_.get());
+    }
+    timer(timer&&) noexcept = default;
+    timer& operator=(timer&&) = delete;
+    ~timer() {
+      if (!node_) return;  // moved from
+      cancel();
+      std::lock_guard<std::mutex> lk(s_->mutex);
+      auto& all = s_->timers;
+      all.erase(std::find(all.begin(), all.end(), node_.get()));
+    }
+
+    /// Cancels pending waits, as Asio does, and sets the expiry from the clock's time.
+    std::size_t expires_after(steady_clock::duration d) {
+      const std::size_t n = cancel();
+      std::lock_guard<std::mutex> lk(s_->mutex);
+      node_->expiry = steady_time(steady_clock::duration(s_->steady.load())) + d;
+      return n;
+    }
+    steady_time expiry() const {
+      std::lock_guard<std::mutex> lk(s_->mutex);
+      return node_->expiry;
+    }
+
+    /// `h(std::error_code)` runs once advance() reaches the expiry (at once, posted, when it has
+    /// passed already), or with asio::error::operation_aborted when cancelled.
+    template <class Handler>
+    void async_wait(Handler&& h) {
+      auto op = std::make_unique<wait_op_for<std::decay_t<Handler>>>(std::forward<Handler>(h), node_->ex);
+      {
+        std::lock_guard<std::mutex> lk(s_->mutex);
+        if (node_->expiry > steady_time(steady_clock::duration(s_->steady.load()))) {
+          node_->waits.push_back(std::move(op));
+          return;
+        }
+      }
+      op->complete(std::error_code());
+    }
+
+    std::size_t cancel() {
+      std::vector<std::unique_ptr<wait_op>> ops;
+      {
+        std::lock_guard<std::mutex> lk(s_->mutex);
+        ops.swap(node_->waits);
+      }
+      for (auto& op : ops) op->complete(asio::error::operation_aborted);
+      return ops.size();
+    }
+
+   private:
+    std::shared_ptr<shared_state> s_;
+    std::unique_ptr<timer_node> node_;
+  };
+  using timer_type = timer;
+
+  timer_type make_timer(const asio::any_io_executor& ex) const { return timer_type(s_, ex); }
+
+  /// Moves both times forward by `d` and posts the handlers of every wait that is due, earliest
+  /// expiry first. A handler that waits again is due only at a later advance().
+  void advance(steady_clock::duration d) {
+    std::vector<std::pair<steady_time, std::unique_ptr<wait_op>>> due;
+    {
+      std::lock_guard<std::mutex> lk(s_->mutex);
+      const steady_time now = steady_now() + d;
+      s_->steady.store(now.time_since_epoch().count());
+      s_->system_ticks.fetch_add(std::chrono::duration_cast<std::chrono::system_clock::duration>(d).count());
+      for (timer_node* t : s_->timers) {
+        if (t->expiry > now) continue;
+        for (auto& op : t->waits) due.emplace_back(t->expiry, std::move(op));
+        t->waits.clear();
+      }
+    }
+    std::stable_sort(due.begin(), due.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto& d_op : due) d_op.second->complete(std::error_code());
+  }
+
+  /// Moves to `t` (no earlier than now).
+  void advance_to(steady_time t) { advance(std::max(t, steady_now()) - steady_now()); }
+
+  /// The earliest expiry among pending waits, if any: a test steps from one to the next so that a
+  /// periodic timer fires at each of its periods.
+  std::optional<steady_time> next_expiry() const {
+    std::lock_guard<std::mutex> lk(s_->mutex);
+    std::optional<steady_time> first;
+    for (const timer_node* t : s_->timers)
+      if (!t->waits.empty() && (!first || t->expiry < *first)) first = t->expiry;
+    return first;
+  }
+
+ private:
+  std::shared_ptr<shared_state> s_;
+};
+
+}  // namespace clock
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLOCK_MANUAL_HPP
+// end <mqttbroker/clock/manual.hpp>
 
 // level 5: broker_fwd.hpp, broker.hpp
 // begin <mqttbroker/broker.hpp>
@@ -5993,7 +6216,7 @@ class connection : public list_links,
   /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
   static constexpr bool on_strand = Broker::locking_type::thread_safe;
   using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
-  using clock = std::chrono::steady_clock;
+  using time_point = typename Broker::time_point;
   using session_record = typename Broker::session_record;
 
   connection(Broker& b, stream_type s)
@@ -6020,7 +6243,7 @@ class connection : public list_links,
   }
 
   void start() {
-    const auto now = clock::now();
+    const auto now = broker_.now();
     note_progress(now);
     restart_deadline(now);
     read();
@@ -6093,8 +6316,8 @@ class connection : public list_links,
 
   /// When this client last read something we wrote or sent us bytes (any thread may ask): a
   /// connection with a backlog and no progress for a while has stopped reading.
-  clock::time_point last_progress() const noexcept {
-    return clock::time_point(clock::duration(last_progress_.load(std::memory_order_relaxed)));
+  time_point last_progress() const noexcept {
+    return time_point(typename time_point::duration(last_progress_.load(std::memory_order_relaxed)));
   }
 
   template <class Packet>
@@ -6202,7 +6425,7 @@ class connection : public list_links,
   /// Decodes and handles `n` bytes. False when the connection stopped reading: it is closing,
   /// or paused, with what it did not decode kept in unread_.
   bool take_input(const std::uint8_t* data, std::size_t n) {
-    const auto now = clock::now();  // once per read, not per packet
+    const auto now = broker_.now();  // once per read, not per packet
     note_progress(now);
     pooled_bytes held;  // the rest of the input, when a pause did not happen after all
     for (;;) {
@@ -6236,7 +6459,7 @@ class connection : public list_links,
     if (!paused_.load(std::memory_order_relaxed) || closed_) return;
     paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
-    restart_deadline(clock::now());
+    restart_deadline(broker_.now());
     if (closing_) return;
     flush_scope scope;
     if (!unread_.empty()) {
@@ -6286,11 +6509,11 @@ class connection : public list_links,
   void note_queued(std::size_t n) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
     // Work for a client that had none: it cannot have been stuck while it had nothing to do.
-    if (before == 0) note_progress(clock::now());
+    if (before == 0) note_progress(broker_.now());
     unsent_.store(before + n, std::memory_order_relaxed);
   }
 
-  void note_progress(clock::time_point t) noexcept {
+  void note_progress(time_point t) noexcept {
     last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
   }
 
@@ -6329,7 +6552,7 @@ class connection : public list_links,
       finish_close();
       return;
     }
-    note_progress(clock::now());
+    note_progress(broker_.now());
     flush_scope scope;
     auto& iov = writing_->iov;
     std::size_t& done = writing_->sent_buffers;
@@ -6372,14 +6595,14 @@ class connection : public list_links,
 
   // ---- deadlines, checked by the broker's sweep (no timer per connection)
 
-  using deadline_rep = clock::duration::rep;
+  using deadline_rep = typename time_point::duration::rep;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
   /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
   /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
   /// CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does not run: the deadline is
   /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
-  void restart_deadline(clock::time_point from) noexcept {
+  void restart_deadline(time_point from) noexcept {
     deadline_rep d = no_deadline;
     if (paused_.load(std::memory_order_relaxed))
       d = (from + broker_.options().stuck_client_timeout).time_since_epoch().count();
@@ -6391,14 +6614,14 @@ class connection : public list_links,
   }
 
   /// Any thread: whether the sweep should have this connection look at its deadline.
-  bool deadline_passed(clock::time_point now) const noexcept {
+  bool deadline_passed(time_point now) const noexcept {
     return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
   }
 
   /// On this connection's executor, when the sweep saw the deadline pass.
   void check_deadline() {
     if (closed_) return;
-    const auto now = clock::now();
+    const auto now = broker_.now();
     if (paused_.load(std::memory_order_relaxed)) {
       if (deadline_passed(now)) resume();
       return;
@@ -6422,7 +6645,7 @@ class connection : public list_links,
     version_ = v;
     session_ = std::move(s);
     keep_alive_limit_ = std::chrono::duration_cast<decltype(keep_alive_limit_)>(keep_alive_limit);
-    restart_deadline(clock::now());
+    restart_deadline(broker_.now());
   }
 
   // First: it fills the padding after the base classes (20 bytes).
@@ -6468,7 +6691,6 @@ MQTTBROKER_END_NAMESPACE
 #include <asio/dispatch.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 
 #include <algorithm>
@@ -6503,6 +6725,17 @@ template <class Locking>
 struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
   using type = typename Locking::session_mutex_type;
 };
+
+/// A policy bundle's clock: its `clock`, else the system clock (bundles written before there was
+/// a clock policy).
+template <class Policies, class = void>
+struct clock_of {
+  using type = ::mqttbroker::clock::system;
+};
+template <class Policies>
+struct clock_of<Policies, std::void_t<typename Policies::clock>> {
+  using type = typename Policies::clock;
+};
 }  // namespace detail
 
 /// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
@@ -6512,6 +6745,7 @@ struct default_policies {
   using storage = storage::memory;
   using locking = locking::none;
   using hooks = hooks::none;
+  using clock = ::mqttbroker::clock::system;
 };
 
 /// Counters a host reads for metrics and tests.
@@ -6545,29 +6779,35 @@ class broker {
   using acceptor_type = typename transport_type::acceptor_type;
   using listen_options = typename transport_type::listen_options;
   using connection_type = detail::connection<broker>;
-  using clock = std::chrono::steady_clock;
+  /// The clock policy (Policies::clock, else clock::system): deadlines and timers read it.
+  using clock_type = typename detail::clock_of<Policies>::type;
+  using time_point = typename clock_type::steady_time;
+  using timer_type = typename clock_type::timer_type;
 
   /// An in-process subscription's handler: gets every matching message.
   using local_handler = std::function<void(const message_ptr&)>;
   /// Names an in-process subscription for unsubscribe().
   enum class local_subscription_id : std::uint64_t {};
 
-  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {})
-      : broker(io.get_executor(), stream_executor_type(io.get_executor()), std::move(opts), std::move(hooks)) {}
+  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
+      : broker(io.get_executor(), stream_executor_type(io.get_executor()), std::move(opts), std::move(hooks),
+               std::move(clk)) {}
   /// On the host's executor. Over TCP it must be an io_context's executor or a strand of one
   /// (std::invalid_argument otherwise, and always when Asio is built without RTTI: construct
   /// from the io_context then).
-  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {})
-      : broker(ex, stream_executor_of(ex), std::move(opts), std::move(hooks)) {}
+  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
+      : broker(ex, stream_executor_of(ex), std::move(opts), std::move(hooks), std::move(clk)) {}
 
  private:
-  broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks)
+  broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks,
+         clock_type clk)
       : ex_(std::move(ex)),
         stream_ex_(std::move(stream_ex)),
         control_ex_(make_strand_if_threaded(ex_)),
         opts_(std::move(opts)),
         hooks_(std::move(hooks)),
-        sweep_timer_(control_ex_) {
+        clock_(std::move(clk)),
+        sweep_timer_(clock_.make_timer(control_ex_)) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
     // Pacing has to start well before the queue limits drop anything.
@@ -6612,7 +6852,7 @@ class broker {
     if (started_) return;
     started_ = true;
     stopping_ = false;
-    started_at_ = clock::now();
+    started_at_ = now();
     for (auto& a : acceptors_) accept(*a);
     arm_sweep();
   }
@@ -6718,7 +6958,7 @@ class broker {
     // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
     message_ptr pending_will;
     std::uint64_t will_generation = 0;
-    std::unique_ptr<asio::steady_timer> will_timer;
+    std::unique_ptr<timer_type> will_timer;
     // Publisher pacing: connections that stopped reading because this session's client was
     // behind; resumed when it catches up, leaves, or is found stuck.
     std::vector<detail::ref_ptr<connection_type>> paced;
@@ -6737,7 +6977,7 @@ class broker {
     session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
     session::state state;
     detail::ref_ptr<connection_type> conn;  // the live connection, if any
-    clock::time_point expires{};                 // when persistent and offline
+    time_point expires{};                        // when persistent and offline
     std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
     std::atomic<bool> has_paced{false};  // read without the lock on every write completion
     // With locking::shared, publishers holding the state lock shared meet here; every other
@@ -7343,7 +7583,7 @@ class broker {
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
   /// `divisor`: 2 for the low-water mark) and still moving. rec->mutex held.
-  bool behind(const session_record& rec, const connection_type& c, clock::time_point now, std::size_t divisor) const {
+  bool behind(const session_record& rec, const connection_type& c, time_point now, std::size_t divisor) const {
     if (!opts_.pace_publishers) return false;
     const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
     if (backlog <= pacing_bytes_ / divisor && rec.state.queued_count() <= pacing_messages_ / divisor) return false;
@@ -7375,7 +7615,7 @@ class broker {
     std::vector<detail::ref_ptr<connection_type>> wake;
     {
       session_guard lk(*this, *rec);
-      if (rec->conn.get() == &c && behind(*rec, c, clock::now(), 2)) return;
+      if (rec->conn.get() == &c && behind(*rec, c, now(), 2)) return;
       wake.swap(rec->more().paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
     }
@@ -7491,7 +7731,7 @@ class broker {
         if (rec->expiry.count() == 0) {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
-          rec->expires = clock::now() + rec->expiry;
+          rec->expires = now() + rec->expiry;
           if (will && c.will_delay_.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
@@ -7515,7 +7755,7 @@ class broker {
     session_extras& x = rec.more();
     x.pending_will = std::move(will);
     const std::uint64_t generation = ++x.will_generation;
-    if (!x.will_timer) x.will_timer = std::make_unique<asio::steady_timer>(control_ex_);
+    if (!x.will_timer) x.will_timer = std::make_unique<timer_type>(clock_.make_timer(control_ex_));
     x.will_timer->expires_after(delay);
     x.will_timer->async_wait([this, id = rec.state.client_id(), generation](std::error_code ec) {
       if (ec) return;  // cancelled, or the session is gone with its timer
@@ -7591,7 +7831,7 @@ class broker {
   /// Only filters that name $SYS see them [MQTT-4.7.2-1].
   void publish_sys() {
     const broker_stats st = stats();
-    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(clock::now() - started_at_).count();
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(now() - started_at_).count();
     const std::pair<const char*, std::string> figures[] = {
         {"$SYS/broker/version",
          "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
@@ -7611,7 +7851,7 @@ class broker {
   /// Connections past their deadline check it on their own executor: the CONNECT timeout, Keep
   /// Alive, or a paused reader's wait for a subscriber that turned out to be stuck.
   void sweep_connections() {
-    const auto now = clock::now();
+    const time_point now = this->now();
     std::vector<detail::ref_ptr<connection_type>> due;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -7626,7 +7866,7 @@ class broker {
   }
 
   void sweep_expired_sessions() {
-    const auto now = clock::now();
+    const time_point now = this->now();
     std::vector<message_ptr> due_wills;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -7636,7 +7876,7 @@ class broker {
   }
 
   /// state_mutex_ held.
-  void expire_sessions(clock::time_point now, std::vector<message_ptr>& due_wills) {
+  void expire_sessions(time_point now, std::vector<message_ptr>& due_wills) {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       session_record& r = *it->second;
       if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
@@ -7685,6 +7925,9 @@ class broker {
     asio::post(ex_, std::move(h));
   }
 
+  /// The steady time deadlines are counted in; connections read it too.
+  time_point now() const noexcept { return clock_.steady_now(); }
+
   void count_protocol_error() {
     std::lock_guard<mutex_type> lk(state_mutex_);
     ++stats_.protocol_errors;
@@ -7708,6 +7951,7 @@ class broker {
   std::size_t pacing_messages_ = 0;
   session::limits session_limits_;  // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock_;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   std::vector<std::unique_ptr<acceptor_type>> acceptors_;
   // Every accepted connection until it closes, and every session by client identifier (the key
@@ -7718,7 +7962,7 @@ class broker {
   using router_type = router::subscription_router<const subscriber*>;
   router_type router_;
   router::retained_store retained_;
-  asio::steady_timer sweep_timer_;
+  timer_type sweep_timer_;
   std::function<void()> stop_handler_;
   broker_stats stats_;  // state_mutex_, but for the three counters below
   /// Counted on the routing path, which may hold the state lock only shared.
@@ -7728,7 +7972,7 @@ class broker {
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   bool started_ = false;                  // control_ex_
-  clock::time_point started_at_{};        // control_ex_
+  time_point started_at_{};        // control_ex_
   std::int64_t seconds_since_sys_ = 0;    // control_ex_
   std::uint64_t sweep_ticks_ = 0;         // control_ex_
   std::atomic<bool> stopping_{false};     // read by connections on any thread

@@ -196,7 +196,7 @@ class connection : public list_links,
   /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
   static constexpr bool on_strand = Broker::locking_type::thread_safe;
   using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
-  using clock = std::chrono::steady_clock;
+  using time_point = typename Broker::time_point;
   using session_record = typename Broker::session_record;
 
   connection(Broker& b, stream_type s)
@@ -223,7 +223,7 @@ class connection : public list_links,
   }
 
   void start() {
-    const auto now = clock::now();
+    const auto now = broker_.now();
     note_progress(now);
     restart_deadline(now);
     read();
@@ -296,8 +296,8 @@ class connection : public list_links,
 
   /// When this client last read something we wrote or sent us bytes (any thread may ask): a
   /// connection with a backlog and no progress for a while has stopped reading.
-  clock::time_point last_progress() const noexcept {
-    return clock::time_point(clock::duration(last_progress_.load(std::memory_order_relaxed)));
+  time_point last_progress() const noexcept {
+    return time_point(typename time_point::duration(last_progress_.load(std::memory_order_relaxed)));
   }
 
   template <class Packet>
@@ -405,7 +405,7 @@ class connection : public list_links,
   /// Decodes and handles `n` bytes. False when the connection stopped reading: it is closing,
   /// or paused, with what it did not decode kept in unread_.
   bool take_input(const std::uint8_t* data, std::size_t n) {
-    const auto now = clock::now();  // once per read, not per packet
+    const auto now = broker_.now();  // once per read, not per packet
     note_progress(now);
     pooled_bytes held;  // the rest of the input, when a pause did not happen after all
     for (;;) {
@@ -439,7 +439,7 @@ class connection : public list_links,
     if (!paused_.load(std::memory_order_relaxed) || closed_) return;
     paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
-    restart_deadline(clock::now());
+    restart_deadline(broker_.now());
     if (closing_) return;
     flush_scope scope;
     if (!unread_.empty()) {
@@ -489,11 +489,11 @@ class connection : public list_links,
   void note_queued(std::size_t n) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
     // Work for a client that had none: it cannot have been stuck while it had nothing to do.
-    if (before == 0) note_progress(clock::now());
+    if (before == 0) note_progress(broker_.now());
     unsent_.store(before + n, std::memory_order_relaxed);
   }
 
-  void note_progress(clock::time_point t) noexcept {
+  void note_progress(time_point t) noexcept {
     last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
   }
 
@@ -532,7 +532,7 @@ class connection : public list_links,
       finish_close();
       return;
     }
-    note_progress(clock::now());
+    note_progress(broker_.now());
     flush_scope scope;
     auto& iov = writing_->iov;
     std::size_t& done = writing_->sent_buffers;
@@ -575,14 +575,14 @@ class connection : public list_links,
 
   // ---- deadlines, checked by the broker's sweep (no timer per connection)
 
-  using deadline_rep = clock::duration::rep;
+  using deadline_rep = typename time_point::duration::rep;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
   /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
   /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
   /// CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does not run: the deadline is
   /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
-  void restart_deadline(clock::time_point from) noexcept {
+  void restart_deadline(time_point from) noexcept {
     deadline_rep d = no_deadline;
     if (paused_.load(std::memory_order_relaxed))
       d = (from + broker_.options().stuck_client_timeout).time_since_epoch().count();
@@ -594,14 +594,14 @@ class connection : public list_links,
   }
 
   /// Any thread: whether the sweep should have this connection look at its deadline.
-  bool deadline_passed(clock::time_point now) const noexcept {
+  bool deadline_passed(time_point now) const noexcept {
     return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
   }
 
   /// On this connection's executor, when the sweep saw the deadline pass.
   void check_deadline() {
     if (closed_) return;
-    const auto now = clock::now();
+    const auto now = broker_.now();
     if (paused_.load(std::memory_order_relaxed)) {
       if (deadline_passed(now)) resume();
       return;
@@ -625,7 +625,7 @@ class connection : public list_links,
     version_ = v;
     session_ = std::move(s);
     keep_alive_limit_ = std::chrono::duration_cast<decltype(keep_alive_limit_)>(keep_alive_limit);
-    restart_deadline(clock::now());
+    restart_deadline(broker_.now());
   }
 
   // First: it fills the padding after the base classes (20 bytes).
