@@ -5,6 +5,7 @@
 #include <mqttbroker/transport/memory.hpp>
 
 #include "catch.hpp"
+#include "rx.hpp"
 
 #include <asio/io_context.hpp>
 #include <asio/strand.hpp>
@@ -39,58 +40,15 @@ using mb::transport::memory;
 using mb::transport::memory_stream;
 using codec::protocol_version;
 using codec::qos;
+using test_rx::rx;
+using test_rx::to_rx;
+using namespace test_rx::packet_types;
 
 namespace {
 
 struct mem_policies : mb::default_policies {
   using transport = mb::transport::memory;
 };
-
-/// A received packet, copied out of the decoder's views.
-struct rx {
-  codec::packet_type type{};
-  std::uint16_t id = 0;
-  std::uint8_t code = 0;  // CONNACK code, acknowledgement or DISCONNECT reason
-  bool session_present = false;
-  std::vector<std::uint8_t> codes;  // SUBACK, UNSUBACK
-  std::string topic, payload;
-  qos qos_level = qos::at_most_once;
-  bool retain = false, dup = false;
-  std::string assigned_client_id;
-};
-
-rx to_rx(const codec::packet& p) {
-  rx r;
-  r.type = codec::type_of(p);
-  std::visit(
-      [&](const auto& x) {
-        using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, codec::connack>) {
-          r.session_present = x.session_present;
-          r.code = x.code;
-          if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
-            r.assigned_client_id = std::string(a->value);
-        } else if constexpr (std::is_same_v<T, codec::publish>) {
-          r.topic = std::string(x.topic);
-          r.payload = std::string(x.payload);
-          r.qos_level = x.qos_level;
-          r.retain = x.retain;
-          r.dup = x.dup;
-          r.id = x.packet_id;
-        } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
-                             std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
-          r.id = x.packet_id;
-          r.code = static_cast<std::uint8_t>(x.reason);
-        } else if constexpr (std::is_same_v<T, codec::suback> || std::is_same_v<T, codec::unsuback>) {
-          r.id = x.packet_id;
-          for (reason_code c : x.reasons) r.codes.push_back(static_cast<std::uint8_t>(c));
-        } else if constexpr (std::is_same_v<T, codec::disconnect>) {
-          r.code = static_cast<std::uint8_t>(x.reason);
-        }
-      },
-      p);
-  return r;
-}
 
 struct will_spec {
   std::string topic, payload;
@@ -406,17 +364,6 @@ class harness {
   std::vector<std::unique_ptr<client>> clients_;
   bool stopped_ = false;
 };
-
-constexpr auto CONNACK = codec::packet_type::connack;
-constexpr auto PUBLISH = codec::packet_type::publish;
-constexpr auto PUBACK = codec::packet_type::puback;
-constexpr auto PUBREC = codec::packet_type::pubrec;
-constexpr auto PUBREL = codec::packet_type::pubrel;
-constexpr auto PUBCOMP = codec::packet_type::pubcomp;
-constexpr auto SUBACK = codec::packet_type::suback;
-constexpr auto UNSUBACK = codec::packet_type::unsuback;
-constexpr auto PINGRESP = codec::packet_type::pingresp;
-constexpr auto DISCONNECT = codec::packet_type::disconnect;
 
 }  // namespace
 

@@ -35,7 +35,16 @@
 #include <mqttbroker/clock/system.hpp>
 #include <mqttbroker/clock/manual.hpp>
 
-// level 5: broker_fwd.hpp, broker.hpp
+// level 5: engine/ (the protocol, no I/O)
+#include <mqttbroker/engine/write_batch.hpp>
+#include <mqttbroker/engine/link.hpp>
+#include <mqttbroker/engine/records.hpp>
+#include <mqttbroker/engine/protocol.hpp>
+
+// level 6: server/ (connections on Asio)
+#include <mqttbroker/server/connection.hpp>
+
+// level 7: broker.hpp
 #include <mqttbroker/broker.hpp>
 
 #endif  // MQTTBROKER_MQTTBROKER_HPP

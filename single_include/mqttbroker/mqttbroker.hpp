@@ -1898,7 +1898,7 @@ class decoder {
   std::size_t buffered() const noexcept { return partial_.size(); }
   /// Whether a packet is partly received.
   bool mid_packet() const noexcept { return state_ != state::first_byte; }
-  std::error_code error() const noexcept { return failed_; }
+  std::error_code error() const noexcept { return failed_.get(); }
 
   /// Decodes what `data` completes. `on_packet(packet&)` may return void, or bool where false
   /// stops decoding after that packet (the caller pauses, then feeds the rest later). Views in
@@ -1907,7 +1907,7 @@ class decoder {
   result feed(const std::uint8_t* data, std::size_t size, OnPacket&& on_packet) {
     result res;
     if (failed_) {
-      res.ec = failed_;
+      res.ec = failed_.get();
       return res;
     }
     std::size_t pos = 0;
@@ -2016,19 +2016,39 @@ class decoder {
   void release_partial() noexcept { partial_.reset(); }
 
   result& fail(result& res, std::size_t pos, std::error_code ec) noexcept {
-    failed_ = ec;
+    failed_.set(ec);
     res.consumed = pos;
     res.ec = ec;
     return res;
   }
 
+  /// The first error in two bytes rather than a std::error_code's sixteen (a broker keeps a
+  /// decoder per connection): the decoder fails only with codec_errc and protocol_errc values.
+  class stored_error {
+   public:
+    explicit operator bool() const noexcept { return kind_ != 0; }
+    void set(const std::error_code& ec) noexcept {
+      kind_ = ec.category() == protocol_category() ? 2 : 1;
+      value_ = static_cast<std::uint8_t>(ec.value());
+    }
+    std::error_code get() const noexcept {
+      if (kind_ == 0) return {};
+      if (kind_ == 2) return make_error_code(static_cast<protocol_errc>(value_));
+      return make_error_code(static_cast<codec_errc>(value_));
+    }
+
+   private:
+    std::uint8_t kind_ = 0;  // 0 none, 1 codec_errc, 2 protocol_errc
+    std::uint8_t value_ = 0;
+  };
+
   decoder_options opts_;
   std::optional<protocol_version> version_;
   state state_ = state::first_byte;
   std::uint8_t length_bytes_ = 0;
+  stored_error failed_;
   fixed_header header_;
   ::mqttbroker::detail::pooled_bytes partial_;
-  std::error_code failed_;
 };
 
 /// Decodes exactly one whole packet held in `bytes` (tests, tools, the fuzzer).
@@ -5847,14 +5867,173 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_CLOCK_MANUAL_HPP
 // end <mqttbroker/clock/manual.hpp>
 
-// level 5: broker_fwd.hpp, broker.hpp
-// begin <mqttbroker/broker.hpp>
-#ifndef MQTTBROKER_BROKER_HPP
-#define MQTTBROKER_BROKER_HPP
+// level 5: engine/ (the protocol, no I/O)
+// begin <mqttbroker/engine/write_batch.hpp>
+#ifndef MQTTBROKER_ENGINE_WRITE_BATCH_HPP
+#define MQTTBROKER_ENGINE_WRITE_BATCH_HPP
 
-// begin <mqttbroker/detail/connection.hpp>
-#ifndef MQTTBROKER_DETAIL_CONNECTION_HPP
-#define MQTTBROKER_DETAIL_CONNECTION_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace engine {
+
+/// Bytes of a batch: a run in the batch's arena, or a payload that stays in its message.
+struct write_segment {
+  std::size_t offset;
+  std::size_t size;
+  message_ptr payload;  // set: the bytes are this message's payload, not the arena's
+};
+
+/// One contiguous run of bytes to write; the server turns a list of them into a gather write.
+struct byte_run {
+  const std::uint8_t* data;
+  std::size_t size;
+};
+
+/// Packets encoded for one connection and written with one gather write. Headers, and payloads
+/// small enough that copying beats another iovec and a reference count, go into the arena back to
+/// back, so a burst of small messages is one buffer; a larger payload is referenced where it is.
+struct write_batch {
+  /// Payloads up to this size are copied next to their header.
+  static constexpr std::size_t inline_payload_limit = 512;
+
+  std::vector<std::uint8_t> arena;
+  std::vector<write_segment> segments;
+  std::vector<byte_run> runs;  // built when the batch starts writing
+  std::size_t bytes = 0;
+  std::size_t sent_runs = 0;  // runs the transport has taken whole
+
+  bool empty() const noexcept { return segments.empty(); }
+
+  void clear() noexcept {
+    arena.clear();
+    segments.clear();
+    runs.clear();
+    bytes = 0;
+    sent_runs = 0;
+  }
+
+  /// Encodes a whole packet into the arena.
+  template <class Packet>
+  void add(const Packet& p, codec::protocol_version v) {
+    std::size_t size = 0;
+    if (codec::encoded_size(p, v, size)) return;  // our own packets always fit; nothing to send otherwise
+    std::size_t written = 0;
+    codec::encode(p, v, extend(size), size, written);
+    bytes += size;
+  }
+
+  /// Encodes a PUBLISH's header, then copies or references its payload.
+  bool add_publish(const codec::publish& p, codec::protocol_version v, const message_ptr& m) {
+    std::size_t size = 0;
+    if (codec::publish_header_size(p, v, size)) return false;
+    const std::size_t payload = p.payload.size();
+    const bool inline_payload = payload <= inline_payload_limit;
+    std::uint8_t* out = extend(inline_payload ? size + payload : size);
+    std::size_t written = 0;
+    codec::encode_publish_header(p, v, out, size, written);
+    if (inline_payload) {
+      if (payload != 0) std::memcpy(out + size, p.payload.data(), payload);
+    } else {
+      segments.push_back({0, payload, m});
+    }
+    bytes += size + payload;
+    return true;
+  }
+
+  /// The gather list, in order.
+  void build_runs() {
+    runs.clear();
+    sent_runs = 0;
+    for (const write_segment& s : segments) {
+      if (s.payload)
+        runs.push_back({reinterpret_cast<const std::uint8_t*>(s.payload->payload().data()), s.size});
+      else
+        runs.push_back({arena.data() + s.offset, s.size});
+    }
+  }
+
+  /// Marks `n` more bytes as written. True when the whole batch is out.
+  bool consume(std::size_t n) noexcept {
+    while (n != 0) {
+      byte_run& r = runs[sent_runs];
+      if (n >= r.size) {
+        n -= r.size;
+        ++sent_runs;
+      } else {
+        r.data += n;
+        r.size -= n;
+        n = 0;
+      }
+    }
+    return sent_runs == runs.size();
+  }
+
+  /// Keeps a pooled batch from pinning the memory of one large burst.
+  void trim() {
+    constexpr std::size_t keep = 64 * 1024;
+    if (arena.capacity() > keep) std::vector<std::uint8_t>().swap(arena);
+    if (segments.capacity() > keep / sizeof(write_segment)) std::vector<write_segment>().swap(segments);
+    if (runs.capacity() > keep / sizeof(byte_run)) std::vector<byte_run>().swap(runs);
+  }
+
+ private:
+  /// `n` more arena bytes, joined to the last arena segment when adjacent.
+  std::uint8_t* extend(std::size_t n) {
+    const std::size_t off = arena.size();
+    arena.resize(off + n);
+    if (!segments.empty() && !segments.back().payload && segments.back().offset + segments.back().size == off)
+      segments.back().size += n;
+    else
+      segments.push_back({off, n, message_ptr()});
+    return arena.data() + off;
+  }
+};
+
+/// Write batches kept per thread between bursts: a connection holds one only while it has
+/// something to send, so an idle connection costs no write memory, and a busy one allocates none.
+class write_batch_pool {
+ public:
+  static std::unique_ptr<write_batch> acquire() {
+    auto& free = local();
+    if (free.items.empty()) return std::make_unique<write_batch>();
+    std::unique_ptr<write_batch> b = std::move(free.items.back());
+    free.items.pop_back();
+    return b;
+  }
+  static void release(std::unique_ptr<write_batch> b) {
+    if (!b) return;
+    b->clear();
+    auto& free = local();
+    if (free.items.size() >= max_cached) return;  // freed here
+    b->trim();
+    free.items.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr std::size_t max_cached = 64;  // with trim(): at most 4 MiB of arenas kept per thread
+  struct cache {
+    std::vector<std::unique_ptr<write_batch>> items;
+  };
+  static cache& local() {
+    static thread_local cache c;
+    return c;
+  }
+};
+
+}  // namespace engine
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ENGINE_WRITE_BATCH_HPP
+// end <mqttbroker/engine/write_batch.hpp>
+// begin <mqttbroker/engine/link.hpp>
+#ifndef MQTTBROKER_ENGINE_LINK_HPP
+#define MQTTBROKER_ENGINE_LINK_HPP
 
 // begin <mqttbroker/detail/intrusive_list.hpp>
 #ifndef MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
@@ -6032,258 +6211,109 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
 // end <mqttbroker/detail/intrusive_list.hpp>
 
-#include <asio/bind_allocator.hpp>
-#include <asio/bind_executor.hpp>
-#include <asio/buffer.hpp>
-#include <asio/error.hpp>
-#include <asio/post.hpp>
-#include <asio/socket_base.hpp>
-#include <asio/strand.hpp>
-
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
-namespace detail {
+namespace engine {
 
-/// Bytes of a batch: a run in the batch's arena, or a payload that stays in its message.
-struct write_segment {
-  std::size_t offset;
-  std::size_t size;
-  message_ptr payload;  // set: the bytes are this message's payload, not the arena's
+template <class Policies>
+class protocol;
+
+/// What the engine asks a link's own executor to run later (link::post): work that belongs to
+/// the thread owning the connection, or that must not run inside the caller's handler.
+enum class link_event : std::uint8_t {
+  pump,            // move the session's admitted and queued messages into the connection
+  taken_over,      // a newer connection took the session: close this one
+  resume,          // a paused reader may read again
+  check_deadline,  // the sweep saw the deadline pass
+  shutdown,        // the broker stops: DISCONNECT (5.0) and close
 };
 
-/// A batch of packets written with one gather write. Headers, and payloads small enough that
-/// copying beats another iovec and a reference count, go into the arena back to back, so a burst
-/// of small messages is one buffer; a larger payload is referenced where it is.
-struct write_batch {
-  /// Payloads up to this size are copied next to their header.
-  static constexpr std::size_t inline_payload_limit = 512;
-
-  std::vector<std::uint8_t> arena;
-  std::vector<write_segment> segments;
-  std::vector<asio::const_buffer> iov;  // built when the batch starts writing
-  std::size_t bytes = 0;
-  std::size_t sent_buffers = 0;  // iov entries the socket has taken whole
-
-  bool empty() const noexcept { return segments.empty(); }
-
-  void clear() noexcept {
-    arena.clear();
-    segments.clear();
-    iov.clear();
-    bytes = 0;
-    sent_buffers = 0;
-  }
-
-  /// Encodes a whole packet into the arena.
-  template <class Packet>
-  void add(const Packet& p, codec::protocol_version v) {
-    std::size_t size = 0;
-    if (codec::encoded_size(p, v, size)) return;  // our own packets always fit; nothing to send otherwise
-    std::size_t written = 0;
-    codec::encode(p, v, extend(size), size, written);
-    bytes += size;
-  }
-
-  /// Encodes a PUBLISH's header, then copies or references its payload.
-  bool add_publish(const codec::publish& p, codec::protocol_version v, const message_ptr& m) {
-    std::size_t size = 0;
-    if (codec::publish_header_size(p, v, size)) return false;
-    const std::size_t payload = p.payload.size();
-    const bool inline_payload = payload <= inline_payload_limit;
-    std::uint8_t* out = extend(inline_payload ? size + payload : size);
-    std::size_t written = 0;
-    codec::encode_publish_header(p, v, out, size, written);
-    if (inline_payload) {
-      if (payload != 0) std::memcpy(out + size, p.payload.data(), payload);
-    } else {
-      segments.push_back({0, payload, m});
-    }
-    bytes += size + payload;
-    return true;
-  }
-
-  /// The gather list, in order.
-  void build_iov() {
-    iov.clear();
-    sent_buffers = 0;
-    for (const write_segment& s : segments) {
-      if (s.payload)
-        iov.emplace_back(s.payload->payload().data(), s.size);
-      else
-        iov.emplace_back(arena.data() + s.offset, s.size);
-    }
-  }
-
-  /// Keeps a pooled batch from pinning the memory of one large burst.
-  void trim() {
-    constexpr std::size_t keep = 64 * 1024;
-    if (arena.capacity() > keep) std::vector<std::uint8_t>().swap(arena);
-    if (segments.capacity() > keep / sizeof(write_segment)) std::vector<write_segment>().swap(segments);
-    if (iov.capacity() > keep / sizeof(asio::const_buffer)) std::vector<asio::const_buffer>().swap(iov);
-  }
-
- private:
-  /// `n` more arena bytes, joined to the last arena segment when adjacent.
-  std::uint8_t* extend(std::size_t n) {
-    const std::size_t off = arena.size();
-    arena.resize(off + n);
-    if (!segments.empty() && !segments.back().payload && segments.back().offset + segments.back().size == off)
-      segments.back().size += n;
-    else
-      segments.push_back({off, n, message_ptr()});
-    return arena.data() + off;
-  }
-};
-
-/// Write batches kept per thread between bursts: a connection holds one only while it has
-/// something to send, so an idle connection costs no write memory, and a busy one allocates none.
-class write_batch_pool {
+/// One client connection as the protocol engine sees it: the protocol state (version, session,
+/// will, Keep Alive, deadline, pacing) and the packets queued for the client, without the
+/// transport. The server's connection derives from it and implements the outlet: the four
+/// virtual calls by which the engine acts on the transport, each made once per write batch or
+/// per connection event, never per message. `Session` is the engine's session record.
+template <class Session>
+class link : public detail::list_links, public detail::ref_counted {
  public:
-  static std::unique_ptr<write_batch> acquire() {
-    auto& free = local();
-    if (free.items.empty()) return std::make_unique<write_batch>();
-    std::unique_ptr<write_batch> b = std::move(free.items.back());
-    free.items.pop_back();
-    return b;
-  }
-  static void release(std::unique_ptr<write_batch> b) {
-    if (!b) return;
-    b->clear();
-    auto& free = local();
-    if (free.items.size() >= max_cached) return;  // freed here
-    b->trim();
-    free.items.push_back(std::move(b));
-  }
+  using steady_time = std::chrono::steady_clock::time_point;
+  using deadline_rep = steady_time::duration::rep;
+  static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
- private:
-  static constexpr std::size_t max_cached = 64;  // with trim(): at most 4 MiB of arenas kept per thread
-  struct cache {
-    std::vector<std::unique_ptr<write_batch>> items;
-  };
-  static cache& local() {
-    static thread_local cache c;
-    return c;
-  }
-};
-
-/// A pointer range as an Asio buffer sequence, so a write can start anywhere in a batch.
-struct const_buffer_range {
-  using value_type = asio::const_buffer;
-  using const_iterator = const asio::const_buffer*;
-  const asio::const_buffer* first;
-  const asio::const_buffer* last;
-  const_iterator begin() const noexcept { return first; }
-  const_iterator end() const noexcept { return last; }
-};
-
-/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
-/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
-template <class Executor, bool OnStrand>
-struct connection_strand {
-  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
-  asio::strand<Executor> strand_;
-};
-template <class Executor>
-struct connection_strand<Executor, false> {
-  explicit connection_strand(const Executor&) noexcept {}
-};
-
-/// One client connection: waits for its socket to be readable, reads into a buffer shared by
-/// the thread's connections, decodes, hands packets to the broker, and writes what the broker
-/// queues in batches. Kept alive by its pending operations. Between packets it holds no read
-/// buffer and no write buffer: only a split packet's bytes, or a paused reader's unread input,
-/// stay with the connection.
-template <class Broker>
-class connection : public list_links,
-                   public ref_counted,
-                   private connection_strand<typename Broker::stream_type::executor_type,
-                                             Broker::locking_type::thread_safe> {
- public:
-  using stream_type = typename Broker::stream_type;
-  using stream_executor = typename stream_type::executor_type;
-  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
-  static constexpr bool on_strand = Broker::locking_type::thread_safe;
-  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
-  using time_point = typename Broker::time_point;
-  using session_record = typename Broker::session_record;
-
-  connection(Broker& b, stream_type s)
-      : connection_strand<stream_executor, on_strand>(s.get_executor()),
-        broker_(b),
-        stream_(std::move(s)),
-        decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}),
-        taken_over_(false),
+  link() noexcept
+      : taken_over_(false),
         connected_(false),
-        write_in_flight_(false),
         flush_deferred_(false),
         closing_(false),
         closed_(false),
-        graceful_(false) {}
+        graceful_(false),
+        write_in_flight_(false) {}
+  link(const link&) = delete;
+  link& operator=(const link&) = delete;
+  virtual ~link() = default;
 
-  /// A reference to this connection, which its pending operations and the broker's lists hold.
-  ref_ptr<connection> self() noexcept { return ref_ptr<connection>(this); }
+  // ---- the outlet, implemented by the server
 
-  executor_type get_executor() {
-    if constexpr (on_strand)
-      return this->strand_;
-    else
-      return stream_.get_executor();
-  }
+  /// Writes what is queued, unless a write is in flight (its completion writes the rest).
+  virtual void start_write() = 0;
+  /// The link is closing: close the transport once what is queued has been written.
+  virtual void finish() = 0;
+  /// Runs `e` on this link's own executor, after the caller's handler.
+  virtual void post(link_event e) = 0;
 
-  void start() {
-    const auto now = broker_.now();
-    note_progress(now);
-    restart_deadline(now);
-    read();
-  }
+  // ---- state
 
-  /// Defers the writes a handler queues to its end, so that everything one read produces (for
-  /// every connection it reaches on this thread) leaves in one write per connection, not the
-  /// first packet alone. Nested scopes flush at the outermost.
-  class flush_scope {
-   public:
-    flush_scope() noexcept { ++pending().depth; }
-    flush_scope(const flush_scope&) = delete;
-    flush_scope& operator=(const flush_scope&) = delete;
-    ~flush_scope() {
-      auto& p = pending();
-      if (--p.depth != 0) return;
-      // A flush may complete synchronously on some transports and queue more: index, not iterate.
-      for (std::size_t i = 0; i < p.connections.size(); ++i) {
-        ref_ptr<connection> c = std::move(p.connections[i]);
-        c->flush_deferred_ = false;
-        c->flush();
-      }
-      p.connections.clear();
-    }
-  };
-
-  // ---- called by the broker, on this connection's executor
+  /// A reference to this link, which its pending operations and the registry hold.
+  detail::ref_ptr<link> self() noexcept { return detail::ref_ptr<link>(this); }
 
   codec::protocol_version version() const noexcept { return version_; }
   /// The session this connection serves; none before CONNACK and after a takeover.
-  session_record* session() const noexcept { return taken_over_ ? nullptr : session_.get(); }
+  Session* session() const noexcept { return taken_over_ ? nullptr : session_.get(); }
   /// Empty before CONNACK.
   const std::string& client_id() const noexcept {
     static const std::string none;
     return session_ ? session_->state.client_id() : none;
   }
+  bool connected() const noexcept { return connected_; }
   bool is_open() const noexcept { return !closed_; }
+  bool is_closing() const noexcept { return closing_ || closed_; }
+  bool paused() const noexcept { return paused_.load(std::memory_order_relaxed); }
+  /// A session this connection's messages went to while its client was behind: the reader pauses
+  /// on it after the packet.
+  bool pace_pending() const noexcept { return static_cast<bool>(pace_target_); }
 
-  /// Queues a PUBLISH for this client; it goes out with the batch.
-  void send_publish(const session::outgoing& o) {
+  /// Bytes queued or being written and not yet taken by the transport. Readable from any thread
+  /// (a publisher's, to drop QoS 0 for a client that stopped reading); written by the owner.
+  std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
+
+  /// When this client last read something we wrote or sent us bytes (any thread may ask): a
+  /// connection with a backlog and no progress for a while has stopped reading.
+  steady_time last_progress() const noexcept {
+    return steady_time(steady_time::duration(last_progress_.load(std::memory_order_relaxed)));
+  }
+  void note_progress(steady_time t) noexcept {
+    last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
+  }
+
+  /// Any thread: whether the sweep should have this link look at its deadline.
+  bool deadline_passed(steady_time now) const noexcept {
+    return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
+  }
+  void set_deadline(deadline_rep d) noexcept { deadline_.store(d, std::memory_order_relaxed); }
+
+  // ---- packets to the client
+
+  /// Queues a PUBLISH; it goes out with the batch.
+  void send_publish(const session::outgoing& o, steady_time now) {
     // Closing: a DISCONNECT may be queued, and nothing follows it [MQTT-3.14.4-1]. A QoS 1/2
     // message stays in flight in the session and is re-sent on reconnect.
     if (closed_ || closing_) return;
@@ -6306,447 +6336,166 @@ class connection : public list_links,
     write_batch& q = queue();
     const std::size_t before = q.bytes;
     if (!q.add_publish(p, version_, o.msg)) return;
-    note_queued(q.bytes - before);
+    note_queued(q.bytes - before, now);
     request_flush();
-  }
-
-  /// Bytes queued or being written and not yet taken by the socket. Readable from any thread
-  /// (a publisher's, to drop QoS 0 for a client that stopped reading); written only here.
-  std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
-
-  /// When this client last read something we wrote or sent us bytes (any thread may ask): a
-  /// connection with a backlog and no progress for a while has stopped reading.
-  time_point last_progress() const noexcept {
-    return time_point(typename time_point::duration(last_progress_.load(std::memory_order_relaxed)));
   }
 
   template <class Packet>
-  void send(const Packet& p) {
+  void send(const Packet& p, steady_time now) {
     if (closed_ || closing_) return;
-    enqueue(p, version_);
+    enqueue(p, version_, now);
     request_flush();
   }
 
+  /// Queues a packet without starting a write (the caller flushes or closes).
+  template <class Packet>
+  void enqueue(const Packet& p, codec::protocol_version v, steady_time now) {
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    q.add(p, v);
+    note_queued(q.bytes - before, now);
+  }
+
   /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
-  void close(reason_code reason, bool notify, bool graceful) {
+  void close(reason_code reason, bool notify, bool graceful, steady_time now) {
     if (closed_) return;
     if (notify && connected_ && version_ == codec::protocol_version::v5) {
       codec::disconnect d;
       d.reason = reason;
-      enqueue(d, version_);
+      enqueue(d, version_, now);
     }
     closing_ = true;
     graceful_ = graceful_ || graceful;
-    if (!write_in_flight_) {
-      if (queued_ && !queued_->empty()) {
-        flush();
-        return;  // the write's completion finishes the close
+    finish();
+  }
+
+  /// Defers the writes a handler queues to its end, so that everything one read produces (for
+  /// every connection it reaches on this thread) leaves in one write per connection, not the
+  /// first packet alone. Nested scopes flush at the outermost.
+  class flush_scope {
+   public:
+    flush_scope() noexcept { ++pending().depth; }
+    flush_scope(const flush_scope&) = delete;
+    flush_scope& operator=(const flush_scope&) = delete;
+    ~flush_scope() {
+      auto& p = pending();
+      if (--p.depth != 0) return;
+      // A write may complete synchronously on some transports and queue more: index, not iterate.
+      for (std::size_t i = 0; i < p.links.size(); ++i) {
+        detail::ref_ptr<link> l = std::move(p.links[i]);
+        l->flush_deferred_ = false;
+        l->start_write();
       }
-      finish_close();
+      p.links.clear();
     }
+  };
+
+  // ---- for the server's writer
+
+  /// The packets queued so far, for the writer to take; null when there are none.
+  std::unique_ptr<write_batch> take_queued() noexcept {
+    if (!queued_ || queued_->empty()) return nullptr;
+    return std::move(queued_);
   }
-
-  /// The session moved to a new connection: close this one without touching the session.
-  void taken_over() {
-    taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
-    close(reason_code::session_taken_over, true, false);
+  bool has_queued() const noexcept { return queued_ && !queued_->empty(); }
+  /// The writer passed `n` more bytes to the transport.
+  void note_written(std::size_t n) noexcept { unsent_.store(unsent_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
+  /// Nothing more to write: the empty queue goes back to the pool.
+  void release_queue() noexcept { write_batch_pool::release(std::move(queued_)); }
+  /// The transport is closed. True the first time.
+  bool mark_closed() noexcept {
+    if (closed_) return false;
+    closed_ = true;
+    closing_ = true;
+    return true;
   }
+  void mark_closing() noexcept { closing_ = true; }
 
- private:
-  friend Broker;
-
-  /// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
-  /// the memory a paused connection holds.
-  static constexpr std::size_t read_chunk = 16 * 1024;
-  /// Reads per readiness before the connection yields to others on its thread.
-  static constexpr int reads_per_wake = 4;
-  /// The most buffers one gather write passes to the socket (Asio's own cap per call is 64).
-  static constexpr std::size_t max_write_buffers = 64;
-
-  /// A completion handler for this connection's operations: its memory from the thread's pool,
-  /// and on the connection's strand when there is one.
-  template <class Handler>
-  auto bind_handler(Handler h) {
-    auto pooled = asio::bind_allocator(pooled_allocator<void>(), std::move(h));
-    if constexpr (on_strand)
-      return asio::bind_executor(this->strand_, std::move(pooled));
-    else
-      return pooled;
-  }
-
+ protected:
   struct flush_list {
     int depth = 0;
-    std::vector<ref_ptr<connection>> connections;
+    std::vector<detail::ref_ptr<link>> links;
   };
   static flush_list& pending() {
     static thread_local flush_list p;
     return p;
   }
 
-  static std::uint8_t* read_buffer() {
-    // One per thread: connections of a thread read and decode one after another.
-    static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
-    return buf.get();
-  }
+  /// The server's writer: whether a write is in flight (a bit here, beside the engine's flags).
+  bool write_in_flight() const noexcept { return write_in_flight_; }
+  void set_write_in_flight(bool b) noexcept { write_in_flight_ = b; }
 
-  void read() {
-    if (closing_ || closed_ || paused_.load(std::memory_order_relaxed)) return;
-    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = self()](std::error_code ec) {
-                         self->on_readable(ec);
-                       }));
-  }
-
-  void on_readable(std::error_code ec) {
-    if (closed_) return;
-    if (ec) {
-      closing_ = true;
-      finish_close();  // socket error
-      return;
-    }
-    // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
-    // connection has no session any more. The pending write's completion finishes the close.
-    if (closing_) return;
-    flush_scope scope;
-    std::uint8_t* buf = read_buffer();
-    for (int round = 0; round < reads_per_wake; ++round) {
-      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
-      if (ec) {
-        closing_ = true;
-        finish_close();  // EOF without DISCONNECT, or a socket error: an ungraceful end
-        return;
-      }
-      if (!take_input(buf, n)) return;
-      if (n < read_chunk) break;  // the socket is drained
-    }
-    read();
-  }
-
-  /// Decodes and handles `n` bytes. False when the connection stopped reading: it is closing,
-  /// or paused, with what it did not decode kept in unread_.
-  bool take_input(const std::uint8_t* data, std::size_t n) {
-    const auto now = broker_.now();  // once per read, not per packet
-    note_progress(now);
-    pooled_bytes held;  // the rest of the input, when a pause did not happen after all
-    for (;;) {
-      bool got_packet = false;
-      const auto res = decoder_.feed(data, n, [this, &got_packet](codec::packet& p) {
-        got_packet = true;
-        broker_.handle_packet(*this, p);
-        return !closing_ && !pace_target_;
-      });
-      if (res.ec) {
-        on_protocol_violation(res.ec);
-        return false;
-      }
-      if (closing_ || closed_) return false;
-      if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
-      if (got_packet) restart_deadline(now);
-      if (!pace_target_) return true;
-      if (broker_.pause_reader(*this)) return false;
-      // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
-      // before anything newer from the socket.
-      if (unread_.empty()) return true;
-      held = std::move(unread_);
-      data = held.data();
-      n = held.size();
-    }
-  }
-
-  /// Reads again after a pause: first what was read and not decoded, then the socket. Called
-  /// on this connection's executor.
-  void resume() {
-    if (!paused_.load(std::memory_order_relaxed) || closed_) return;
-    paused_.store(false, std::memory_order_relaxed);
-    // The silence was ours, not the client's: Keep Alive counts from now.
-    restart_deadline(broker_.now());
-    if (closing_) return;
-    flush_scope scope;
-    if (!unread_.empty()) {
-      pooled_bytes input = std::move(unread_);
-      if (!take_input(input.data(), input.size())) return;
-    }
-    read();
-  }
-
-  /// A packet the codec or the broker refused: the reaction its version requires, then close.
-  void on_protocol_violation(const std::error_code& ec) {
-    broker_.count_protocol_error();
-    if (!connected_) {
-      // Before CONNACK: a CONNACK with the refusal where the version has a code for it
-      // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
-      const auto v = decoder_.version();
-      if (v == codec::protocol_version::v5) {
-        codec::connack ack;
-        ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
-        enqueue(ack, codec::protocol_version::v5);
-      } else if (auto rc = to_connack_return_code(ec)) {
-        codec::connack ack;
-        ack.code = static_cast<std::uint8_t>(*rc);
-        enqueue(ack, codec::protocol_version::v3_1_1);
-      }
-      close(reason_code::unspecified_error, false, false);
-      return;
-    }
-    // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
-    close(to_reason_code(ec), true, false);
-  }
+ private:
+  template <class>
+  friend class protocol;  // the engine keeps the protocol state below
 
   write_batch& queue() {
     if (!queued_) queued_ = write_batch_pool::acquire();
     return *queued_;
   }
 
-  /// Queues a packet without starting a write (the caller flushes or closes).
-  template <class Packet>
-  void enqueue(const Packet& p, codec::protocol_version v) {
-    write_batch& q = queue();
-    const std::size_t before = q.bytes;
-    q.add(p, v);
-    note_queued(q.bytes - before);
-  }
-
-  void note_queued(std::size_t n) noexcept {
+  void note_queued(std::size_t n, steady_time now) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
     // Work for a client that had none: it cannot have been stuck while it had nothing to do.
-    if (before == 0) note_progress(broker_.now());
+    if (before == 0) note_progress(now);
     unsent_.store(before + n, std::memory_order_relaxed);
-  }
-
-  void note_progress(time_point t) noexcept {
-    last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
   }
 
   void request_flush() {
     auto& p = pending();
-    if (p.depth == 0) return flush();
+    if (p.depth == 0) return start_write();
     if (flush_deferred_) return;
     flush_deferred_ = true;
-    p.connections.push_back(self());
+    p.links.push_back(self());
   }
 
-  void flush() {
-    if (write_in_flight_ || closed_ || !queued_ || queued_->empty()) return;
-    writing_ = std::move(queued_);  // the previous batch went back to the pool when it completed
-    writing_->build_iov();
-    write_some();
-  }
-
-  void write_some() {
-    write_in_flight_ = true;
-    const auto& iov = writing_->iov;
-    const std::size_t first = writing_->sent_buffers;
-    const std::size_t end = std::min(iov.size(), first + max_write_buffers);
-    stream_.async_write_some(const_buffer_range{iov.data() + first, iov.data() + end},
-                             bind_handler([self = self()](std::error_code ec, std::size_t n) {
-                               self->on_written(ec, n);
-                             }));
-  }
-
-  void on_written(std::error_code ec, std::size_t n) {
-    write_in_flight_ = false;
-    unsent_.store(unsent_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
-    if (closed_) return;
-    if (ec) {
-      closing_ = true;
-      finish_close();
-      return;
-    }
-    note_progress(broker_.now());
-    flush_scope scope;
-    auto& iov = writing_->iov;
-    std::size_t& done = writing_->sent_buffers;
-    while (n != 0) {
-      asio::const_buffer& b = iov[done];
-      if (n >= b.size()) {
-        n -= b.size();
-        ++done;
-      } else {
-        b += n;
-        n = 0;
-      }
-    }
-    if (done < iov.size()) {
-      write_some();
-      broker_.on_write_progress(*this);
-      return;
-    }
-    // The batch is out: its payload references go now, and its buffers back to the pool.
-    write_batch_pool::release(std::move(writing_));
-    broker_.on_write_progress(*this);
-    if (queued_ && !queued_->empty()) return flush();
-    broker_.on_connection_drained(*this);
-    if (queued_ && !queued_->empty()) return flush();
-    write_batch_pool::release(std::move(queued_));
-    if (closing_) finish_close();
-  }
-
-  void finish_close() {
-    if (closed_) return;
-    closed_ = true;
-    unread_.reset();
-    // The broker lets go of the session first: a client that sees the close and reconnects at
-    // once must find a clean session already gone.
-    broker_.on_connection_closed(*this, graceful_);
-    std::error_code ignored;
-    stream_.shutdown(asio::socket_base::shutdown_both, ignored);
-    stream_.close(ignored);
-  }
-
-  // ---- deadlines, checked by the broker's sweep (no timer per connection)
-
-  using deadline_rep = typename time_point::duration::rep;
-  static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
-
-  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
-  /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no packet comes before the
-  /// CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does not run: the deadline is
-  /// when the client this reader waits for counts as stuck, and the reader goes on regardless.
-  void restart_deadline(time_point from) noexcept {
-    deadline_rep d = no_deadline;
-    if (paused_.load(std::memory_order_relaxed))
-      d = (from + broker_.options().stuck_client_timeout).time_since_epoch().count();
-    else if (!connected_)
-      d = (from + broker_.options().connect_timeout).time_since_epoch().count();
-    else if (keep_alive_limit_.count() != 0)
-      d = (from + keep_alive_limit_).time_since_epoch().count();
-    deadline_.store(d, std::memory_order_relaxed);
-  }
-
-  /// Any thread: whether the sweep should have this connection look at its deadline.
-  bool deadline_passed(time_point now) const noexcept {
-    return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
-  }
-
-  /// On this connection's executor, when the sweep saw the deadline pass.
-  void check_deadline() {
-    if (closed_) return;
-    const auto now = broker_.now();
-    if (paused_.load(std::memory_order_relaxed)) {
-      if (deadline_passed(now)) resume();
-      return;
-    }
-    if (closing_) return;
-    if (!deadline_passed(now)) return;  // moved on since the sweep looked
-    if (!connected_) {
-      // No complete CONNECT within the timeout: close without a word.
-      broker_.count_connect_timeout();
-      close(reason_code::maximum_connect_time, false, false);
-      return;
-    }
-    // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
-    broker_.count_keep_alive_timeout();
-    close(reason_code::keep_alive_timeout, true, false);
-  }
-
-  /// After CONNACK: Keep Alive replaces the CONNECT timeout.
-  void on_connected(codec::protocol_version v, ref_ptr<session_record> s, std::chrono::milliseconds keep_alive_limit) {
-    connected_ = true;
-    version_ = v;
-    session_ = std::move(s);
-    keep_alive_limit_ = std::chrono::duration_cast<decltype(keep_alive_limit_)>(keep_alive_limit);
-    restart_deadline(broker_.now());
-  }
-
-  // First: it fills the padding after the base classes (20 bytes).
+  // First: it fills the padding after the base classes.
   std::chrono::duration<std::uint32_t, std::milli> keep_alive_limit_{0};  // at most 1.5 x 65535 s
-  Broker& broker_;
-  stream_type stream_;
-  codec::decoder decoder_;
-  std::unique_ptr<write_batch> queued_;   // packets waiting for the write in flight
-  std::unique_ptr<write_batch> writing_;  // the batch being written
-  pooled_bytes unread_;                   // read while pausing, not yet decoded
-  std::atomic<std::size_t> unsent_{0};    // bytes in queued_ and writing_ not yet written
+  std::unique_ptr<write_batch> queued_;  // packets waiting for the write in flight
+  std::atomic<std::size_t> unsent_{0};   // bytes queued or being written, not yet written
   std::atomic<deadline_rep> last_progress_{0};
   std::atomic<deadline_rep> deadline_{no_deadline};
-  // Shared with the broker's registry: a record the registry dropped (its session ended, or was
-  // taken over and ended) stays valid here until this connection lets go of it.
-  ref_ptr<session_record> session_;
-  // Publisher pacing: a session this connection's messages went to while its client was behind.
-  // The broker sets it while routing; after the packet, the connection pauses on it.
-  ref_ptr<session_record> pace_target_;
+  // Shared with the engine's registry: a record the registry dropped (its session ended, or was
+  // taken over and ended) stays valid here until this link lets go of it.
+  detail::ref_ptr<Session> session_;
+  detail::ref_ptr<Session> pace_target_;
   message_ptr will_;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::atomic<bool> paused_{false};  // read by other threads
-  // Only this connection's executor touches these, so they can share a byte (a broker keeps one
-  // connection per client); set in the constructor, as C++17 has no initialisers for bit-fields.
+  // Only this link's executor touches these, so they share a byte (a broker keeps one link per
+  // client); set in the constructor, as C++17 has no initialisers for bit-fields.
   bool taken_over_ : 1;
   bool connected_ : 1;
-  bool write_in_flight_ : 1;
   bool flush_deferred_ : 1;
   bool closing_ : 1;
   bool closed_ : 1;
   bool graceful_ : 1;  // DISCONNECT received: no will
+  bool write_in_flight_ : 1;
 };
 
-}  // namespace detail
+}  // namespace engine
 MQTTBROKER_END_NAMESPACE
 
-#endif  // MQTTBROKER_DETAIL_CONNECTION_HPP
-// end <mqttbroker/detail/connection.hpp>
+#endif  // MQTTBROKER_ENGINE_LINK_HPP
+// end <mqttbroker/engine/link.hpp>
+// begin <mqttbroker/engine/records.hpp>
+#ifndef MQTTBROKER_ENGINE_RECORDS_HPP
+#define MQTTBROKER_ENGINE_RECORDS_HPP
 
-#include <asio/any_io_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/dispatch.hpp>
-#include <asio/io_context.hpp>
-#include <asio/post.hpp>
-#include <asio/strand.hpp>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
-#include <stdexcept>
 #include <string>
-#include <string_view>
-#include <system_error>
 #include <type_traits>
-#include <typeinfo>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
-
-namespace detail {
-/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type (a policy
-/// written before sessions had a lock type of their own).
-template <class Locking, class = void>
-struct session_mutex_of {
-  using type = typename Locking::mutex_type;
-};
-template <class Locking>
-struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
-  using type = typename Locking::session_mutex_type;
-};
-
-/// A policy bundle's clock: its `clock`, else the system clock (bundles written before there was
-/// a clock policy).
-template <class Policies, class = void>
-struct clock_of {
-  using type = ::mqttbroker::clock::system;
-};
-template <class Policies>
-struct clock_of<Policies, std::void_t<typename Policies::clock>> {
-  using type = typename Policies::clock;
-};
-}  // namespace detail
-
-/// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
-/// by deriving: `struct my_policies : default_policies { using locking = locking::shared; };`
-struct default_policies {
-  using transport = transport::tcp;
-  using storage = storage::memory;
-  using locking = locking::none;
-  using hooks = hooks::none;
-  using clock = ::mqttbroker::clock::system;
-};
 
 /// Counters a host reads for metrics and tests.
 struct broker_stats {
@@ -6766,48 +6515,133 @@ struct broker_stats {
   std::size_t retained_messages = 0;
 };
 
-template <class Policies = default_policies>
-class broker {
+namespace engine {
+
+enum class subscriber_kind : std::uint8_t { client, local };
+
+/// What the router stores per subscription: a client's session or an in-process handler.
+struct subscriber {
+  subscriber_kind kind = subscriber_kind::client;
+};
+
+/// An in-process subscription's handler: gets every matching message.
+using local_handler = std::function<void(const message_ptr&)>;
+
+struct local_subscriber : subscriber {
+  // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
+  std::shared_ptr<const local_handler> handler;
+  std::string filter;
+};
+
+/// What few sessions need, made on first use: an idle session does without it.
+template <class Link>
+struct session_extras {
+  detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
+  // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
+  message_ptr pending_will;
+  std::uint64_t will_generation = 0;
+  // Publisher pacing: links that stopped reading because this session's client was behind;
+  // resumed when it catches up, leaves, or is found stuck.
+  std::vector<detail::ref_ptr<Link>> paced;
+};
+
+/// locking::shared: what publishers on other threads admitted for the connection's own thread.
+struct strand_outbox {
+  std::vector<session::outgoing> items;
+  std::size_t bytes = 0;
+  bool pump_scheduled = false;
+};
+struct no_outbox {};
+
+/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type.
+template <class Locking, class = void>
+struct session_mutex_of {
+  using type = typename Locking::mutex_type;
+};
+template <class Locking>
+struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
+  using type = typename Locking::session_mutex_type;
+};
+
+/// A client session as the engine keeps it: the MQTT state plus where it is connected.
+template <class Locking>
+struct session_record : subscriber, detail::ref_counted {
+  using link_type = link<session_record>;
+  using steady_time = typename link_type::steady_time;
+  using session_mutex_type = typename session_mutex_of<Locking>::type;
+
+  session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
+  session::state state;
+  detail::ref_ptr<link_type> conn;  // the live connection, if any
+  steady_time expires{};            // when persistent and offline
+  std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
+  std::atomic<bool> has_paced{false};  // read without the lock on every write completion
+  // With locking::shared, publishers holding the state lock shared meet here; every other
+  // change to the session holds the state lock exclusively.
+  MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
+  MQTTBROKER_NO_UNIQUE_ADDRESS std::conditional_t<Locking::thread_safe, strand_outbox, no_outbox> outbox;
+  // Made under `mutex` or the exclusive state lock; read under either.
+  std::unique_ptr<session_extras<link_type>> extras;
+
+  session_extras<link_type>& more() {
+    if (!extras) extras = std::make_unique<session_extras<link_type>>();
+    return *extras;
+  }
+  bool has_retained_backlog() const noexcept { return extras && !extras->retained_backlog.empty(); }
+};
+
+}  // namespace engine
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ENGINE_RECORDS_HPP
+// end <mqttbroker/engine/records.hpp>
+// begin <mqttbroker/engine/protocol.hpp>
+#ifndef MQTTBROKER_ENGINE_PROTOCOL_HPP
+#define MQTTBROKER_ENGINE_PROTOCOL_HPP
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace engine {
+
+/// The protocol engine: everything a server decides, without I/O. It keeps the session registry,
+/// the subscriptions and the retained messages, and handles what happens to connections (a
+/// decoded packet, a deadline, a write that progressed, a close) at the time it is given. It acts
+/// through the links: packets are queued on a link (no call out), and a link's outlet is asked to
+/// write once per batch, to close, or to run an event on the link's own thread. Timers are the
+/// caller's: it calls sweep() periodically and release_wills() at next_will_due().
+///
+/// `Policies` gives `locking` (the engine's locks and counters) and `hooks`.
+template <class Policies>
+class protocol {
  public:
-  using policies = Policies;
-  using transport_type = typename Policies::transport;
-  using storage_type = typename Policies::storage;
   using locking_type = typename Policies::locking;
   using hooks_type = typename Policies::hooks;
-  using stream_type = typename transport_type::stream_type;
-  using stream_executor_type = typename stream_type::executor_type;
-  using acceptor_type = typename transport_type::acceptor_type;
-  using listen_options = typename transport_type::listen_options;
-  using connection_type = detail::connection<broker>;
-  /// The clock policy (Policies::clock, else clock::system): deadlines and timers read it.
-  using clock_type = typename detail::clock_of<Policies>::type;
-  using time_point = typename clock_type::steady_time;
-  using timer_type = typename clock_type::timer_type;
-
-  /// An in-process subscription's handler: gets every matching message.
-  using local_handler = std::function<void(const message_ptr&)>;
-  /// Names an in-process subscription for unsubscribe().
+  using session_type = session_record<locking_type>;
+  using link_type = link<session_type>;
+  using steady_time = typename link_type::steady_time;
+  using flush_scope = typename link_type::flush_scope;
   enum class local_subscription_id : std::uint64_t {};
 
-  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
-      : broker(io.get_executor(), stream_executor_type(io.get_executor()), std::move(opts), std::move(hooks),
-               std::move(clk)) {}
-  /// On the host's executor. Over TCP it must be an io_context's executor or a strand of one
-  /// (std::invalid_argument otherwise, and always when Asio is built without RTTI: construct
-  /// from the io_context then).
-  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
-      : broker(ex, stream_executor_of(ex), std::move(opts), std::move(hooks), std::move(clk)) {}
-
- private:
-  broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks,
-         clock_type clk)
-      : ex_(std::move(ex)),
-        stream_ex_(std::move(stream_ex)),
-        control_ex_(make_strand_if_threaded(ex_)),
-        opts_(std::move(opts)),
-        hooks_(std::move(hooks)),
-        clock_(std::move(clk)),
-        sweep_timer_(clock_.make_timer(control_ex_)) {
+  /// Throws std::invalid_argument for options no broker can run with.
+  explicit protocol(broker_options opts, hooks_type hooks = {}) : opts_(std::move(opts)), hooks_(std::move(hooks)) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
     // Pacing has to start well before the queue limits drop anything.
@@ -6816,81 +6650,29 @@ class broker {
     pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
     session_limits_ = make_session_limits(opts_);
   }
-
- public:
-  broker(const broker&) = delete;
-  broker& operator=(const broker&) = delete;
-  ~broker() {
-    // Connections refer to the broker; a host must stop it (and run the io_context until the stop
-    // completes) before destroying it. Sessions hold no connection references past that.
-  }
+  protocol(const protocol&) = delete;
+  protocol& operator=(const protocol&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
-  asio::any_io_executor get_executor() const { return ex_; }
 
-  /// Adds a listener; throws std::system_error when the address cannot be bound.
-  void listen(const listen_options& o) {
-    std::error_code ec;
-    listen(o, ec);
-    if (ec) throw std::system_error(ec, "mqttbroker: listen");
-  }
-  void listen(const listen_options& o, std::error_code& ec) {
-    // Listeners, the expiry sweep and stopping share one strand, so they never race.
-    auto a = std::make_unique<acceptor_type>(transport_type::make_acceptor(control_ex_, o, ec));
-    if (ec) return;
-    acceptors_.push_back(std::move(a));
-    if (started_) accept(*acceptors_.back());
-  }
-  /// The port a listener is bound to (for port 0).
-  std::uint16_t local_port(std::size_t listener = 0) const {
-    std::error_code ec;
-    return acceptors_.at(listener)->local_endpoint(ec).port();
-  }
-
-  /// Starts accepting on every listener.
-  void start() {
-    if (started_) return;
-    started_ = true;
-    stopping_ = false;
-    started_at_ = now();
-    for (auto& a : acceptors_) accept(*a);
-    arm_sweep();
-  }
-
-  /// Stops: closes the listeners, sends 5.0 clients DISCONNECT (Server shutting down), lets the
-  /// queued bytes go out, closes every connection and completes `token` when all are gone.
-  template <class CompletionToken>
-  auto async_stop(CompletionToken&& token) {
-    return asio::async_initiate<CompletionToken, void(std::error_code)>(
-        [this](auto handler) {
-          asio::post(control_ex_, [this, h = std::move(handler)]() mutable { do_stop(std::move(h)); });
-        },
-        token);
-  }
+  /// Called with the time of the earliest delayed will whenever it moves earlier: the caller
+  /// arms a timer and calls release_wills() then.
+  void on_will_scheduled(std::function<void(steady_time)> f) { will_scheduled_ = std::move(f); }
 
   // ---- the in-process API
 
-  /// Publishes from the host. The payload is copied once into a message that every subscriber,
-  /// socket or in-process, shares. Returns the number of subscribers it went to, or an error for
-  /// an invalid topic.
-  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q = codec::qos::at_most_once,
-                      bool retain = false, std::error_code* error = nullptr) {
-    topic::limits lim;
-    lim.max_levels = opts_.max_topic_levels;
-    if (auto ec = topic::validate_topic_name(topic_name, lim)) {
+  /// A message from the host, at `now`: the number of subscribers it went to.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      std::error_code* error, steady_time now) {
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) {
       if (error) *error = ec;
       return 0;
     }
-    auto m = message::make(topic_name, payload, q, retain);
-    return publish_message(std::move(m), nullptr);
+    return publish_message(message::make(topic_name, payload, q, retain), nullptr, now);
   }
 
-  /// Subscribes the host to `filter`; `handler` runs for each matching message on the thread that
-  /// routes it (one io_context thread with locking::none).
-  local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q = codec::qos::exactly_once) {
-    topic::limits lim;
-    lim.max_levels = opts_.max_topic_levels;
-    if (auto ec = topic::validate_topic_filter(filter, lim)) throw std::system_error(ec, "mqttbroker: subscribe");
+  local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q) {
+    if (auto ec = topic::validate_topic_filter(filter, topic_limits())) throw std::system_error(ec, "mqttbroker: subscribe");
     auto sub = std::make_unique<local_subscriber>();
     sub->kind = subscriber_kind::local;
     sub->handler = std::make_shared<const local_handler>(std::move(handler));
@@ -6904,7 +6686,6 @@ class broker {
     return id;
   }
 
-  /// Ends an in-process subscription; true when it existed.
   bool unsubscribe(local_subscription_id id) {
     std::lock_guard<mutex_type> lk(state_mutex_);
     auto it = local_subs_.find(static_cast<std::uint64_t>(id));
@@ -6922,182 +6703,369 @@ class broker {
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
     s.reader_pauses = hot_.pauses.load();
-    s.connections = connections_.size();
+    s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
     return s;
   }
 
-  /// The retained message for a topic, if any.
   message_ptr retained(std::string_view topic_name) const {
     std::lock_guard<mutex_type> lk(state_mutex_);
     return retained_.find(topic_name);
   }
 
- private:
-  friend connection_type;
-  using mutex_type = typename locking_type::mutex_type;
-  using session_mutex_type = typename detail::session_mutex_of<locking_type>::type;
+  // ---- connections: called by the server on the link's own executor
 
-  enum class subscriber_kind : std::uint8_t { client, local };
-
-  /// What the router stores per subscription: a client's session or an in-process handler.
-  struct subscriber {
-    subscriber_kind kind = subscriber_kind::client;
-  };
-  struct local_subscriber : subscriber {
-    // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
-    std::shared_ptr<const local_handler> handler;
-    std::string filter;
-  };
-
- public:
-  /// What few sessions need, made on first use: an idle session does without it.
-  struct session_extras {
-    detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
-    // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
-    message_ptr pending_will;
-    std::uint64_t will_generation = 0;
-    std::unique_ptr<timer_type> will_timer;
-    // Publisher pacing: connections that stopped reading because this session's client was
-    // behind; resumed when it catches up, leaves, or is found stuck.
-    std::vector<detail::ref_ptr<connection_type>> paced;
-  };
-
-  /// locking::shared: what publishers on other threads admitted for the connection's strand.
-  struct strand_outbox {
-    std::vector<session::outgoing> items;
-    std::size_t bytes = 0;
-    bool pump_scheduled = false;
-  };
-  struct no_outbox {};
-
-  /// A client session as the broker keeps it: the MQTT state plus where it is connected.
-  struct session_record : subscriber, detail::ref_counted {
-    session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
-    session::state state;
-    detail::ref_ptr<connection_type> conn;  // the live connection, if any
-    time_point expires{};                        // when persistent and offline
-    std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
-    std::atomic<bool> has_paced{false};  // read without the lock on every write completion
-    // With locking::shared, publishers holding the state lock shared meet here; every other
-    // change to the session holds the state lock exclusively.
-    MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
-    MQTTBROKER_NO_UNIQUE_ADDRESS std::conditional_t<locking_type::thread_safe, strand_outbox, no_outbox> outbox;
-    // Made under `mutex` or the exclusive state lock; read under either.
-    std::unique_ptr<session_extras> extras;
-
-    session_extras& more() {
-      if (!extras) extras = std::make_unique<session_extras>();
-      return *extras;
-    }
-    bool has_retained_backlog() const noexcept { return extras && !extras->retained_backlog.empty(); }
-  };
-
- private:
-  // ---- accepting
-
-  void accept(acceptor_type& a) {
-    a.async_accept(stream_ex_, [this, &a](std::error_code ec, stream_type s) {
-      if (ec) {
-        if (!stopping_ && a.is_open()) accept(a);
-        return;
-      }
-      on_accept(std::move(s));
-      if (!stopping_) accept(a);
-    });
-  }
-
-  /// The executor connections' sockets use, behind the host's: a TCP socket is smaller on the
-  /// io_context's own executor type than on any_io_executor. Throws for an executor of another
-  /// kind of context.
-  static stream_executor_type stream_executor_of(const asio::any_io_executor& ex) {
-    if constexpr (std::is_same_v<stream_executor_type, asio::any_io_executor>) {
-      return ex;
-    } else {
-      // target<T>() does not check the type in every Asio version: compare the type first.
-#if !defined(ASIO_NO_TYPEID)
-      if (ex.target_type() == typeid(stream_executor_type)) return *ex.target<stream_executor_type>();
-      using strand_type = asio::strand<stream_executor_type>;
-      if (ex.target_type() == typeid(strand_type)) return ex.target<strand_type>()->get_inner_executor();
-#endif
-      throw std::invalid_argument("mqttbroker: the transport needs an asio::io_context's executor");
-    }
-  }
-
-  static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
-    if constexpr (locking_type::thread_safe)
-      return asio::make_strand(ex);
-    else
-      return ex;
-  }
-
-  void on_accept(stream_type s) {
-    detail::ref_ptr<connection_type> c;
+  /// A new connection: false when it is over max_connections (counted; the caller closes it).
+  /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
+  bool open(link_type& l, steady_time now) {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (connections_.size() >= opts_.max_connections) {
+      if (links_.size() >= opts_.max_connections) {
         ++stats_.connections_refused;
-        std::error_code ignored;
-        s.close(ignored);
-        return;
+        return false;
       }
       ++stats_.connections_accepted;
-      transport_type::prepare(s);
-      c = detail::ref_ptr<connection_type>::make(*this, std::move(s));
-      connections_.push_back(c);
+      links_.push_back(l.self());
     }
-    asio::dispatch(c->get_executor(), [c] { c->start(); });
+    l.note_progress(now);
+    restart_deadline(l, now);
+    return true;
   }
 
-  // ---- packets from a connection (on its executor)
-
-  void handle_packet(connection_type& c, codec::packet& p) {
+  /// A decoded packet. False when the link stops taking input after it: it is closing, or its
+  /// reader is to pause (pause_reader()).
+  bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     switch (p.index()) {
-      case 0: return on_connect(c, std::get<codec::connect>(p));
-      case 2: return on_publish(c, std::get<codec::publish>(p));
-      case 3: return on_puback(c, std::get<codec::puback>(p));
-      case 4: return on_pubrec(c, std::get<codec::pubrec>(p));
-      case 5: return on_pubrel(c, std::get<codec::pubrel>(p));
-      case 6: return on_pubcomp(c, std::get<codec::pubcomp>(p));
-      case 7: return on_subscribe(c, std::get<codec::subscribe>(p));
-      case 9: return on_unsubscribe(c, std::get<codec::unsubscribe>(p));
-      case 11: return c.send(codec::pingresp{});
-      case 13: return on_disconnect(c, std::get<codec::disconnect>(p));
-      case 14:
-        // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
-        return violation(c, protocol_errc::unexpected_packet);
-      default: return violation(c, protocol_errc::unexpected_packet);
+      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
+      case 2: on_publish(l, std::get<codec::publish>(p), now); break;
+      case 3: on_puback(l, std::get<codec::puback>(p), now); break;
+      case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
+      case 5: on_pubrel(l, std::get<codec::pubrel>(p), now); break;
+      case 6: on_pubcomp(l, std::get<codec::pubcomp>(p), now); break;
+      case 7: on_subscribe(l, std::get<codec::subscribe>(p), now); break;
+      case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
+      case 11: l.send(codec::pingresp{}, now); break;
+      case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
+      // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
+      default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
+    return !l.is_closing() && !l.pace_pending();
   }
 
-  void violation(connection_type& c, std::error_code ec) {
-    c.closing_ = true;  // stop decoding this read
-    c.on_protocol_violation(ec);
+  /// Packets were decoded from input read at `now`: Keep Alive counts from there.
+  void on_packets_read(link_type& l, steady_time now) noexcept { restart_deadline(l, now); }
+
+  /// Input the codec refused, or a packet the engine did: the reaction its version requires, then
+  /// close. `decoded_version` is the version the decoder saw in a CONNECT, if it got that far.
+  void on_malformed(link_type& l, const std::error_code& ec, codec::protocol_version decoded_version, steady_time now) {
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.protocol_errors;
+    }
+    if (!l.connected_) {
+      // Before CONNACK: a CONNACK with the refusal where the version has a code for it
+      // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
+      if (decoded_version == codec::protocol_version::v5) {
+        codec::connack ack;
+        ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
+        l.enqueue(ack, codec::protocol_version::v5, now);
+      } else if (auto rc = to_connack_return_code(ec)) {
+        codec::connack ack;
+        ack.code = static_cast<std::uint8_t>(*rc);
+        l.enqueue(ack, codec::protocol_version::v3_1_1, now);
+      }
+      l.close(reason_code::unspecified_error, false, false, now);
+      return;
+    }
+    // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
+    l.close(to_reason_code(ec), true, false, now);
   }
+
+  /// After a packet reached a session that is behind: pauses `l`'s reader on it, unless it caught
+  /// up meanwhile. True when paused (the caller stops reading until a link_event::resume).
+  bool pause_reader(link_type& l) {
+    detail::ref_ptr<session_type> target = std::move(l.pace_target_);
+    session_guard lk(*this, *target);
+    const link_type* c = target->conn.get();
+    if (c == nullptr || !behind(*target, *c, l.last_progress(), 1)) return false;
+    l.paused_.store(true, std::memory_order_relaxed);
+    restart_deadline(l, l.last_progress());  // when `target` will count as stuck
+    target->more().paced.push_back(l.self());
+    target->has_paced.store(true, std::memory_order_relaxed);
+    hot_.pauses.fetch_add(1);
+    return true;
+  }
+
+  /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
+  bool on_resume(link_type& l, steady_time now) noexcept {
+    if (!l.paused() || !l.is_open()) return false;
+    l.paused_.store(false, std::memory_order_relaxed);
+    // The silence was ours, not the client's: Keep Alive counts from now.
+    restart_deadline(l, now);
+    return !l.is_closing();
+  }
+
+  /// The transport took some of what was queued.
+  void on_write_progress(link_type& l, steady_time now) {
+    l.note_progress(now);
+    resume_paced_readers(l, now);
+  }
+
+  /// Everything queued has been written: more may move into flight.
+  void on_drained(link_type& l, steady_time now) { pump(l, now); }
+
+  /// Moves queued and retained messages into flight as the window and the transport allow.
+  void pump(link_type& l, steady_time now) {
+    flush_scope batch;  // one write for all it sends
+    fill(l, now);
+    resume_paced_readers(l, now);
+  }
+
+  /// A newer connection took the session over: this one closes without touching it.
+  void take_over(link_type& l, steady_time now) {
+    l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
+    l.close(reason_code::session_taken_over, true, false, now);
+  }
+
+  /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
+  void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
+
+  /// The sweep saw `l`'s deadline pass (checked again here, on its own executor). True when a
+  /// paused reader is to resume reading.
+  bool check_deadline(link_type& l, steady_time now) {
+    if (!l.is_open()) return false;
+    if (l.paused()) return l.deadline_passed(now) && on_resume(l, now);
+    if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
+    }
+    if (!l.connected_) {
+      // No complete CONNECT within the timeout: close without a word.
+      l.close(reason_code::maximum_connect_time, false, false, now);
+    } else {
+      // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
+      l.close(reason_code::keep_alive_timeout, true, false, now);
+    }
+    return false;
+  }
+
+  /// The transport is closed: the session lets go of the connection, a will goes out or waits for
+  /// its delay, a session that ends with its connection ends.
+  void on_closed(link_type& l, steady_time now) {
+    detail::ref_ptr<link_type> self = l.self();
+    message_ptr will = std::move(l.will_);
+    detail::ref_ptr<session_type> rec = std::move(l.session_);
+    std::vector<detail::ref_ptr<link_type>> paced;
+    if (l.graceful_ || stopping_) will = message_ptr();
+    std::function<void()> stopped;
+    std::optional<steady_time> will_due;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      links_.erase(l);
+      if (l.taken_over_ && l.will_delay_.count() != 0) {
+        // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
+        will = message_ptr();
+      }
+      // A connection that lost its session to a takeover leaves the session alone.
+      if (rec && rec->conn.get() == &l) {
+        {
+          // Readers waiting for this client go on: it is gone, and offline queues have limits.
+          std::lock_guard<typename session_type::session_mutex_type> session_lock(rec->mutex);
+          if (rec->extras) paced.swap(rec->extras->paced);
+          rec->has_paced.store(false, std::memory_order_relaxed);
+        }
+        rec->conn.reset();
+        if (rec->extras) rec->extras->retained_backlog.clear();
+        clear_outbox(*rec);
+        if (rec->expiry.count() == 0) {
+          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
+        } else {
+          rec->expires = now + rec->expiry;
+          if (will && l.will_delay_.count() != 0) {
+            // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
+            // whichever comes first.
+            will_due = delay_will(*rec, std::move(will), now + std::min<std::chrono::seconds>(l.will_delay_, rec->expiry));
+          }
+        }
+      }
+      if (stopping_ && links_.empty()) stopped = std::move(stop_done_);
+    }
+    if (will_due && will_scheduled_) will_scheduled_(*will_due);
+    resume_all(paced);
+    if (l.connected_ && rec) {
+      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), l.graceful_);
+    }
+    // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
+    if (will) publish_message(std::move(will), nullptr, now);
+    if (stopped) stopped();
+  }
+
+  // ---- time: called by the broker's timers
+
+  /// Every connection whose deadline passed is asked to check it on its own executor (the
+  /// CONNECT timeout, Keep Alive, or a paused reader's wait for a stuck subscriber).
+  void sweep_connections(steady_time now) {
+    std::vector<detail::ref_ptr<link_type>> due;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      links_.for_each([&](link_type& c) {
+        if (c.deadline_passed(now)) due.push_back(c.self());
+      });
+    }
+    for (auto& c : due) c->post(link_event::check_deadline);
+  }
+
+  /// Ends the offline sessions whose expiry has passed; their delayed wills go out.
+  void expire_sessions(steady_time now) {
+    std::vector<message_ptr> due_wills;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      for (auto it = sessions_.begin(); it != sessions_.end();) {
+        session_type& r = *it->second;
+        if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
+          if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
+          drop_session_subscriptions(r);
+          it = sessions_.erase(it);
+          ++stats_.sessions_expired;
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
+  }
+
+  /// When the earliest delayed will is due, if any.
+  std::optional<steady_time> next_will_due() const {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    if (will_queue_.empty()) return std::nullopt;
+    return will_queue_.begin()->first;
+  }
+
+  /// Publishes the delayed wills due at `now` whose sessions are still waiting for them.
+  void release_wills(steady_time now) {
+    std::vector<message_ptr> due;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      while (!will_queue_.empty() && will_queue_.begin()->first <= now) {
+        const auto& [id, generation] = will_queue_.begin()->second;
+        auto it = sessions_.find(id);
+        if (it != sessions_.end() && it->second->extras && it->second->extras->will_generation == generation &&
+            it->second->extras->pending_will)
+          due.push_back(std::move(it->second->extras->pending_will));
+        will_queue_.erase(will_queue_.begin());
+      }
+    }
+    if (stopping_) return;
+    for (auto& w : due) publish_message(std::move(w), nullptr, now);
+  }
+
+  /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
+  /// Only filters that name $SYS see them [MQTT-4.7.2-1].
+  void publish_sys(std::chrono::seconds uptime, steady_time now) {
+    const broker_stats st = stats();
+    const std::pair<const char*, std::string> figures[] = {
+        {"$SYS/broker/version",
+         "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
+             std::to_string(MQTTBROKER_VERSION_PATCH)},
+        {"$SYS/broker/uptime", std::to_string(uptime.count()) + " seconds"},
+        {"$SYS/broker/clients/connected", std::to_string(st.connections)},
+        {"$SYS/broker/clients/total", std::to_string(st.sessions)},
+        {"$SYS/broker/messages/received", std::to_string(st.messages_received)},
+        {"$SYS/broker/messages/sent", std::to_string(st.messages_sent)},
+        {"$SYS/broker/messages/dropped", std::to_string(st.messages_dropped)},
+        {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
+    };
+    for (const auto& f : figures)
+      publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, now, false);
+  }
+
+  // ---- stopping
+
+  bool stopping() const noexcept { return stopping_.load(); }
+
+  /// Every connection is asked to shut down; `done` runs once the last has closed (at once when
+  /// there are none). Delayed wills are dropped.
+  void stop(std::function<void()> done) {
+    stopping_ = true;
+    std::vector<detail::ref_ptr<link_type>> links;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      will_queue_.clear();
+      if (!links_.empty()) {
+        stop_done_ = std::move(done);
+        links_.for_each([&](link_type& c) { links.push_back(c.self()); });
+      }
+    }
+    if (links.empty()) {
+      if (done) done();
+      return;
+    }
+    for (auto& c : links) c->post(link_event::shutdown);
+  }
+
+  /// Accepting again after a stop.
+  void restart() noexcept { stopping_ = false; }
+
+ private:
+  using mutex_type = typename locking_type::mutex_type;
+  using session_mutex_type = typename session_type::session_mutex_type;
+
+  topic::limits topic_limits() const noexcept {
+    topic::limits lim;
+    lim.max_levels = opts_.max_topic_levels;
+    return lim;
+  }
+
+  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
+  /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no
+  /// packet comes before the CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does
+  /// not run: the deadline is when the client the reader waits for counts as stuck.
+  void restart_deadline(link_type& l, steady_time from) noexcept {
+    typename link_type::deadline_rep d = link_type::no_deadline;
+    if (l.paused())
+      d = (from + opts_.stuck_client_timeout).time_since_epoch().count();
+    else if (!l.connected_)
+      d = (from + opts_.connect_timeout).time_since_epoch().count();
+    else if (l.keep_alive_limit_.count() != 0)
+      d = (from + l.keep_alive_limit_).time_since_epoch().count();
+    l.set_deadline(d);
+  }
+
+  void violation(link_type& l, std::error_code ec, steady_time now) {
+    l.mark_closing();  // stop decoding this read
+    on_malformed(l, ec, l.version_, now);
+  }
+
+  // ---- CONNECT
 
   /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
   /// code for it) by closing.
   template <class Error>
-  void refuse_connect(connection_type& c, codec::protocol_version v, Error e) {
+  void refuse_connect(link_type& l, codec::protocol_version v, Error e, steady_time now) {
     const std::error_code ec = e;
     if (v == codec::protocol_version::v5)
-      return refuse_connect_code(c, v, to_reason_code(ec), connack_return_code::accepted);
+      return refuse_connect_code(l, v, to_reason_code(ec), connack_return_code::accepted, now);
     auto rc = to_connack_return_code(ec);
-    if (!rc) return violation(c, ec);
-    refuse_connect_code(c, v, reason_code::unspecified_error, *rc);
+    if (!rc) {
+      l.version_ = v;
+      return violation(l, ec, now);
+    }
+    refuse_connect_code(l, v, reason_code::unspecified_error, *rc, now);
   }
 
-  void refuse_connect_code(connection_type& c, codec::protocol_version v, reason_code rc5, connack_return_code rc3) {
+  void refuse_connect_code(link_type& l, codec::protocol_version v, reason_code rc5, connack_return_code rc3,
+                           steady_time now) {
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
-    c.version_ = v;
-    c.enqueue(ack, v);
-    c.closing_ = true;
-    c.close(reason_code::unspecified_error, false, false);
+    l.version_ = v;
+    l.enqueue(ack, v, now);
+    l.close(reason_code::unspecified_error, false, false, now);
   }
 
-  void on_connect(connection_type& c, const codec::connect& cp) {
+  void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
     const auto v = cp.version;
     const bool v5 = v == codec::protocol_version::v5;
     std::string client_id(cp.client_id);
@@ -7105,21 +7073,20 @@ class broker {
     if (client_id.empty()) {
       // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
       // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
-      if (!v5 && !cp.clean_start) return refuse_connect(c, v, protocol_errc::client_identifier_not_valid);
+      if (!v5 && !cp.clean_start) return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
       std::lock_guard<mutex_type> lk(state_mutex_);
       client_id = make_client_id();
       assigned = true;
     }
     if (client_id.size() > opts_.max_client_id_length)
-      return refuse_connect(c, v, protocol_errc::client_identifier_not_valid);
+      return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
 
-    topic::limits lim;
-    lim.max_levels = opts_.max_topic_levels;
     if (cp.will) {
-      if (auto ec = topic::validate_topic_name(cp.will->topic, lim)) {
+      if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
-        if (v5) return refuse_connect_code(c, v, reason_code::topic_name_invalid, connack_return_code::accepted);
-        return violation(c, ec);
+        if (v5) return refuse_connect_code(l, v, reason_code::topic_name_invalid, connack_return_code::accepted, now);
+        l.version_ = v;
+        return violation(l, ec, now);
       }
     }
 
@@ -7128,10 +7095,10 @@ class broker {
       switch (hooks_.authenticate(info)) {
         case hooks::auth_result::accept: break;
         case hooks::auth_result::bad_credentials:
-          return refuse_connect_code(c, v, reason_code::bad_user_name_or_password,
-                                     connack_return_code::bad_user_name_or_password);
+          return refuse_connect_code(l, v, reason_code::bad_user_name_or_password,
+                                     connack_return_code::bad_user_name_or_password, now);
         case hooks::auth_result::not_authorized:
-          return refuse_connect_code(c, v, reason_code::not_authorized, connack_return_code::not_authorized);
+          return refuse_connect_code(l, v, reason_code::not_authorized, connack_return_code::not_authorized, now);
       }
     }
 
@@ -7154,9 +7121,9 @@ class broker {
                            forwardable_properties(cp.will->properties));
     }
 
-    detail::ref_ptr<session_record> rec;
+    detail::ref_ptr<session_type> rec;
     bool session_present = false;
-    detail::ref_ptr<connection_type> old_conn;
+    detail::ref_ptr<link_type> old_conn;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       auto it = sessions_.find(client_id);
@@ -7171,19 +7138,17 @@ class broker {
           session_present = true;
         }
       } else {
-        rec = detail::ref_ptr<session_record>::make(client_id, &session_limits_);
+        rec = detail::ref_ptr<session_type>::make(client_id, &session_limits_);
         sessions_.emplace(rec->state.client_id(), rec);
       }
       // What was admitted for an earlier connection is in flight and is resent below.
       clear_outbox(*rec);
       if (rec->extras) {
         // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
-        session_extras& x = *rec->extras;
-        x.pending_will = message_ptr();
-        ++x.will_generation;
-        if (x.will_timer) x.will_timer->cancel();
+        rec->extras->pending_will = message_ptr();
+        ++rec->extras->will_generation;
       }
-      rec->conn = c.self();
+      rec->conn = l.self();
       rec->expiry = stored_expiry(expiry);
     }
     std::uint16_t keep_alive = cp.keep_alive;
@@ -7192,15 +7157,19 @@ class broker {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    const auto limit = std::chrono::milliseconds(
-        static_cast<std::int64_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
-    c.will_ = std::move(will);
-    c.will_delay_ = {};
+    l.will_ = std::move(will);
+    l.will_delay_ = {};
     if (v5 && cp.will) {
       if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
-        c.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
+        l.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
     }
-    c.on_connected(v, rec, limit);
+    // After CONNACK: Keep Alive replaces the CONNECT timeout.
+    l.connected_ = true;
+    l.version_ = v;
+    l.session_ = rec;
+    l.keep_alive_limit_ = std::chrono::duration<std::uint32_t, std::milli>(
+        static_cast<std::uint32_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
+    restart_deadline(l, now);
 
     codec::connack ack;
     ack.session_present = session_present;  // [MQTT-3.2.2-2] [MQTT-3.2.2-3]
@@ -7217,7 +7186,7 @@ class broker {
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       ack.properties = props.view();
     }
-    c.send(ack);
+    l.send(ack, now);
 
     if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(client_id);
 
@@ -7225,28 +7194,26 @@ class broker {
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
-      if (rec->conn.get() == &c) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
+      if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
           rel.packet_id = e.pub.packet_id;
-          c.send(rel);
+          l.send(rel, now);
         } else {
-          c.send_publish(e.pub);
+          l.send_publish(e.pub, now);
         }
       });
     }
-    pump(c);
+    pump(l, now);
 
     // [MQTT-3.1.4-2] [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer
     // owns the session. Only now: its will may match this session, and must follow the CONNACK
     // [MQTT-3.2.0-1], in this connection's version, after the re-sends above.
     if (old_conn) {
-      if constexpr (locking_type::thread_safe) {
-        auto ex = old_conn->get_executor();
-        asio::post(ex, [old_conn] { old_conn->taken_over(); });
-      } else {
-        old_conn->taken_over();
-      }
+      if constexpr (locking_type::thread_safe)
+        old_conn->post(link_event::taken_over);  // its own thread closes it
+      else
+        take_over(*old_conn, now);
     }
   }
 
@@ -7268,21 +7235,21 @@ class broker {
     return b.view().bytes();
   }
 
-  void on_publish(connection_type& c, const codec::publish& p) {
-    const bool v5 = c.version() == codec::protocol_version::v5;
+  // ---- PUBLISH and the acknowledgements
+
+  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+    const bool v5 = l.version() == codec::protocol_version::v5;
     if (v5 && p.properties.find(codec::property_id::topic_alias)) {
       // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(c, protocol_errc::topic_alias_invalid);
+      return violation(l, protocol_errc::topic_alias_invalid, now);
     }
-    topic::limits lim;
-    lim.max_levels = opts_.max_topic_levels;
-    if (auto ec = topic::validate_topic_name(p.topic, lim)) return violation(c, ec);  // [MQTT-3.3.2-2]
+    if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     message_ptr m;
     if (allowed) {
       m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
-      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(c.client_id(), *m);
+      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_id(), *m);
     }
     if (!allowed) {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -7291,20 +7258,20 @@ class broker {
 
     switch (p.qos_level) {
       case codec::qos::at_most_once:
-        if (allowed) publish_message(std::move(m), c.session(), true, &c);
+        if (allowed) publish_message(std::move(m), l.session(), now, true, &l);
         return;
       case codec::qos::at_least_once: {
-        std::size_t n = allowed ? publish_message(std::move(m), c.session(), true, &c) : 0;
+        std::size_t n = allowed ? publish_message(std::move(m), l.session(), now, true, &l) : 0;
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
           ack.reason = !allowed  ? reason_code::not_authorized
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
-        return c.send(ack);
+        return l.send(ack, now);
       }
       case codec::qos::exactly_once: {
-        session_record* rec = c.session();
+        session_type* rec = l.session();
         bool fresh;
         bool over_limit = false;
         {
@@ -7313,17 +7280,17 @@ class broker {
           over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
         }
         // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
-        if (over_limit && v5) return violation(c, protocol_errc::receive_maximum_exceeded);
+        if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
         std::size_t n = 0;
         // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
-        if (fresh && allowed) n = publish_message(std::move(m), rec, true, &c);
+        if (fresh && allowed) n = publish_message(std::move(m), rec, now, true, &l);
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
           rec_ack.reason = !allowed                 ? reason_code::not_authorized
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
-        return c.send(rec_ack);
+        return l.send(rec_ack, now);
       }
     }
   }
@@ -7332,89 +7299,90 @@ class broker {
   /// publishers on other threads go on routing, and the session's lock, which they take to
   /// deliver to it. Anything that changes routes or sessions takes the state lock exclusively.
   struct session_guard {
-    session_guard(broker& b, session_record& r) : state(b.state_mutex_), own(r.mutex) {}
+    session_guard(protocol& e, session_type& r) : state(e.state_mutex_), own(r.mutex) {}
     std::shared_lock<mutex_type> state;
     std::lock_guard<session_mutex_type> own;
   };
 
-  void on_puback(connection_type& c, const codec::puback& a) {
+  void on_puback(link_type& l, const codec::puback& a, steady_time now) {
     {
-      session_guard lk(*this, *c.session());
-      c.session()->state.on_puback(a.packet_id);
+      session_guard lk(*this, *l.session());
+      l.session()->state.on_puback(a.packet_id);
     }
-    pump(c);
+    pump(l, now);
   }
 
-  void on_pubrec(connection_type& c, const codec::pubrec& a) {
+  void on_pubrec(link_type& l, const codec::pubrec& a, steady_time now) {
     bool known;
     {
-      session_guard lk(*this, *c.session());
-      known = c.session()->state.on_pubrec(a.packet_id);
+      session_guard lk(*this, *l.session());
+      known = l.session()->state.on_pubrec(a.packet_id);
     }
     if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
       // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
-      session_guard lk(*this, *c.session());
-      c.session()->state.on_pubcomp(a.packet_id);
+      session_guard lk(*this, *l.session());
+      l.session()->state.on_pubcomp(a.packet_id);
       return;
     }
     codec::pubrel rel;
     rel.packet_id = a.packet_id;
-    if (!known && c.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
-    c.send(rel);
+    if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
+    l.send(rel, now);
   }
 
-  void on_pubrel(connection_type& c, const codec::pubrel& r) {
+  void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {
     bool known;
     {
-      session_guard lk(*this, *c.session());
-      known = c.session()->state.on_pubrel(r.packet_id);
+      session_guard lk(*this, *l.session());
+      known = l.session()->state.on_pubrel(r.packet_id);
     }
     // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
     codec::pubcomp comp;
     comp.packet_id = r.packet_id;
-    if (!known && c.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
-    c.send(comp);
+    if (!known && l.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
+    l.send(comp, now);
   }
 
-  void on_pubcomp(connection_type& c, const codec::pubcomp& a) {
+  void on_pubcomp(link_type& l, const codec::pubcomp& a, steady_time now) {
     {
-      session_guard lk(*this, *c.session());
-      c.session()->state.on_pubcomp(a.packet_id);
+      session_guard lk(*this, *l.session());
+      l.session()->state.on_pubcomp(a.packet_id);
     }
-    pump(c);
+    pump(l, now);
   }
 
-  void on_subscribe(connection_type& c, const codec::subscribe& s) {
-    const bool v5 = c.version() == codec::protocol_version::v5;
+  // ---- SUBSCRIBE, UNSUBSCRIBE, DISCONNECT
+
+  void on_subscribe(link_type& l, const codec::subscribe& s, steady_time now) {
+    const bool v5 = l.version() == codec::protocol_version::v5;
     std::uint32_t sub_id = 0;
     if (v5) {
       if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
     }
-    topic::limits lim;
-    lim.max_levels = opts_.max_topic_levels;
+    const topic::limits lim = topic_limits();
     codec::suback ack;
     ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
     ack.reasons.reserve(s.entries.size());
-    session_record* rec = c.session();
+    session_type* rec = l.session();
     for (const codec::subscribe_entry& e : s.entries) {
       if (topic::validate_topic_filter(e.filter, lim)) {
         ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
         continue;
       }
-      if (e.filter.size() >= 7 && e.filter.compare(0, 7, "$share/") == 0) {
+      if (topic::is_shared_filter(e.filter)) {
         // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
       }
       if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
-        if (!hooks_.authorize_subscribe(c.client_id(), e.filter, e.options.max_qos)) {
+        if (!hooks_.authorize_subscribe(l.client_id(), e.filter, e.options.max_qos)) {
           ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
           continue;
         }
       }
       {
         std::lock_guard<mutex_type> lk(state_mutex_);
-        if (rec->conn.get() != &c) {
+        if (rec->conn.get() != &l) {
           // Taken over by a newer connection on another thread: only the owner may route to it.
           ack.reasons.push_back(reason_code::unspecified_error);
           continue;
@@ -7448,34 +7416,34 @@ class broker {
       }
       const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
       ack.reasons.push_back(static_cast<reason_code>(granted));
-      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(c.client_id(), e.filter, granted);
+      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
     }
-    c.send(ack);
-    pump(c);
+    l.send(ack, now);
+    pump(l, now);
   }
 
-  void on_unsubscribe(connection_type& c, const codec::unsubscribe& u) {
+  void on_unsubscribe(link_type& l, const codec::unsubscribe& u, steady_time now) {
     codec::unsuback ack;
     ack.packet_id = u.packet_id;  // [MQTT-3.10.4-4]
-    session_record* rec = c.session();
+    session_type* rec = l.session();
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      const bool owner = rec->conn.get() == &c;  // see on_subscribe
+      const bool owner = rec->conn.get() == &l;  // see on_subscribe
       for (std::string_view f : u.filters) {
         const bool existed = owner && rec->state.forget_subscription(f);
         if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
       }
     }
-    c.send(ack);
+    l.send(ack, now);
   }
 
-  void on_disconnect(connection_type& c, const codec::disconnect& d) {
+  void on_disconnect(link_type& l, const codec::disconnect& d, steady_time now) {
     // [MQTT-3.14.4-3] a DISCONNECT discards the will, unless 5.0 asks for it with 0x04.
     const bool keep_will = d.reason == reason_code::disconnect_with_will_message;
-    if (c.version() == codec::protocol_version::v5) {
+    if (l.version() == codec::protocol_version::v5) {
       if (auto p = d.properties.find(codec::property_id::session_expiry_interval)) {
-        session_record* rec = c.session();
+        session_type* rec = l.session();
         bool extends_ended_session;
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
@@ -7483,18 +7451,19 @@ class broker {
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
           if (!extends_ended_session) rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
         }
-        if (extends_ended_session) return violation(c, protocol_errc::invalid_property_value);
+        if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
     }
-    if (!keep_will) c.will_ = message_ptr();
-    c.close(reason_code::normal_disconnection, false, !keep_will);
+    if (!keep_will) l.will_ = message_ptr();
+    l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
   // ---- routing
 
   /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
-  /// `reader` the connection it came from, paced when a subscriber is behind.
-  std::size_t publish_message(message_ptr m, session_record* from, bool count = true, connection_type* reader = nullptr) {
+  /// `reader` the link it came from, paced when a subscriber is behind.
+  std::size_t publish_message(message_ptr m, session_type* from, steady_time now, bool count = true,
+                              link_type* reader = nullptr) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
@@ -7518,7 +7487,7 @@ class broker {
       if (s->kind == subscriber_kind::local) {
         local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
       } else {
-        deliver(static_cast<session_record*>(const_cast<subscriber*>(s)), m, d, reader);
+        deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
       }
     };
     if (m->retain() || !locking_type::thread_safe) {
@@ -7551,14 +7520,14 @@ class broker {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  void deliver(session_record* rec, const message_ptr& m, const router::delivery& d, connection_type* reader) {
+  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now) {
     std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
-    connection_type* c = rec->conn.get();
+    link_type* c = rec->conn.get();
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
@@ -7572,18 +7541,18 @@ class broker {
     }
     if (adm == session::admission::send) {
       hot_.sent.fetch_add(1);
-      send_to(rec, o);
+      send_to(rec, o, now);
     }
     if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
         behind(*rec, *c, reader->last_progress(), 1)) {
-      // The reader stops after this packet (see connection::take_input) and waits for this client.
-      reader->pace_target_ = detail::ref_ptr<session_record>(rec);
+      // The reader stops after this packet (see on_packet's result) and waits for this client.
+      reader->pace_target_ = detail::ref_ptr<session_type>(rec);
     }
   }
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
   /// `divisor`: 2 for the low-water mark) and still moving. rec->mutex held.
-  bool behind(const session_record& rec, const connection_type& c, time_point now, std::size_t divisor) const {
+  bool behind(const session_type& rec, const link_type& c, steady_time now, std::size_t divisor) const {
     if (!opts_.pace_publishers) return false;
     const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
     if (backlog <= pacing_bytes_ / divisor && rec.state.queued_count() <= pacing_messages_ / divisor) return false;
@@ -7592,53 +7561,35 @@ class broker {
     return now - c.last_progress() < opts_.stuck_client_timeout;
   }
 
-  /// After a packet reached a session that is behind: pauses `reader` on it, unless it caught up
-  /// meanwhile. True when paused. On the reader's executor.
-  bool pause_reader(connection_type& reader) {
-    detail::ref_ptr<session_record> target = std::move(reader.pace_target_);
-    session_guard lk(*this, *target);
-    const connection_type* c = target->conn.get();
-    if (c == nullptr || !behind(*target, *c, reader.last_progress(), 1)) return false;
-    reader.paused_.store(true, std::memory_order_relaxed);
-    reader.restart_deadline(reader.last_progress());  // when `target` will count as stuck
-    target->more().paced.push_back(reader.self());
-    target->has_paced.store(true, std::memory_order_relaxed);
-    hot_.pauses.fetch_add(1);
-    return true;
-  }
-
-  /// A write to `c` completed or its session's queue moved: resumes the readers paced on it once
-  /// it is half-way back under the thresholds. On c's executor.
-  void on_write_progress(connection_type& c) {
-    session_record* rec = c.session();
+  /// A write to `l` completed or its session's queue moved: resumes the readers paced on it once
+  /// it is half-way back under the thresholds. On l's executor.
+  void resume_paced_readers(link_type& l, steady_time now) {
+    session_type* rec = l.session();
     if (rec == nullptr || !rec->has_paced.load(std::memory_order_relaxed)) return;
-    std::vector<detail::ref_ptr<connection_type>> wake;
+    std::vector<detail::ref_ptr<link_type>> wake;
     {
       session_guard lk(*this, *rec);
-      if (rec->conn.get() == &c && behind(*rec, c, now(), 2)) return;
+      if (rec->conn.get() == &l && behind(*rec, l, now, 2)) return;
       wake.swap(rec->more().paced);
       rec->has_paced.store(false, std::memory_order_relaxed);
     }
     resume_all(wake);
   }
 
-  static void resume_all(std::vector<detail::ref_ptr<connection_type>>& readers) {
-    for (auto& r : readers) {
-      auto ex = r->get_executor();
-      asio::post(ex, [r = std::move(r)] { r->resume(); });
-    }
+  static void resume_all(std::vector<detail::ref_ptr<link_type>>& readers) {
+    for (auto& r : readers) r->post(link_event::resume);
     readers.clear();
   }
 
-  /// Payload bytes admitted for the connection's strand and not yet taken by it. state_mutex_ held.
-  static std::size_t outbox_bytes(const session_record& rec) noexcept {
+  /// Payload bytes admitted for the connection's thread and not yet taken by it. state_mutex_ held.
+  static std::size_t outbox_bytes(const session_type& rec) noexcept {
     if constexpr (locking_type::thread_safe)
       return rec.outbox.bytes;
     else
       return 0;
   }
 
-  static void clear_outbox(session_record& rec) noexcept {
+  static void clear_outbox(session_type& rec) noexcept {
     if constexpr (locking_type::thread_safe) {
       rec.outbox.items.clear();
       rec.outbox.bytes = 0;
@@ -7647,47 +7598,40 @@ class broker {
   }
 
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
-  void send_to(session_record* rec, session::outgoing& o) {
+  void send_to(session_type* rec, session::outgoing& o, steady_time now) {
     if constexpr (locking_type::thread_safe) {
       // Another thread owns the connection: leave the message in the session's outbox and have
-      // the connection's strand pump it. Everything admitted goes out through the outbox, in
-      // admission order, so a message admitted later on the connection's own strand (pump())
+      // the connection's own thread pump it. Everything admitted goes out through the outbox, in
+      // admission order, so a message admitted later on the connection's own thread (pump())
       // can never overtake one admitted earlier here [MQTT-4.6.0-2].
+      (void)now;
       rec->outbox.bytes += o.msg->payload().size();
       rec->outbox.items.push_back(std::move(o));
       if (!rec->outbox.pump_scheduled) {
         rec->outbox.pump_scheduled = true;
-        auto owner = rec->conn;
-        asio::post(owner->get_executor(), [this, owner] { pump(*owner); });
+        rec->conn->post(link_event::pump);
       }
     } else {
-      rec->conn->send_publish(o);
+      rec->conn->send_publish(o, now);
     }
   }
 
-  /// Moves queued and retained messages into flight as the window and the socket allow.
-  void pump(connection_type& c) {
-    typename connection_type::flush_scope batch;  // one write for all it sends
-    fill(c);
-    on_write_progress(c);
-  }
-
-  void fill(connection_type& c) {
-    session_record* rec = c.session();
-    if (rec == nullptr || !c.is_open()) return;
+  void fill(link_type& l, steady_time now) {
+    session_type* rec = l.session();
+    if (rec == nullptr || !l.is_open()) return;
     session_guard lk(*this, *rec);
-    if (rec->conn.get() != &c) return;  // taken over since the pump was posted
+    if (rec->conn.get() != &l) return;  // taken over since the pump was posted
     if constexpr (locking_type::thread_safe) {
-      for (const session::outgoing& o : rec->outbox.items) c.send_publish(o);
+      for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
     while (auto o = rec->state.next_ready()) {
       hot_.sent.fetch_add(1);
-      c.send_publish(*o);
+      l.send_publish(*o, now);
     }
-    // Retained messages go out while the socket keeps up and the window has room; the rest wait
-    // for acknowledgements or for the write to drain (on_connection_drained).
-    while (rec->has_retained_backlog() && c.backlog_bytes() < write_pacing_bytes) {
+    // Retained messages go out while the transport keeps up and the window has room; the rest
+    // wait for acknowledgements or for the write to drain (on_drained).
+    while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
           rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
@@ -7697,86 +7641,32 @@ class broker {
       const auto adm = rec->state.offer(o, true);
       if (adm == session::admission::send) {
         hot_.sent.fetch_add(1);
-        c.send_publish(o);
+        l.send_publish(o, now);
       }
     }
   }
 
-  void on_connection_drained(connection_type& c) { pump(c); }
+  // ---- sessions
 
-  void on_connection_closed(connection_type& c, bool graceful) {
-    detail::ref_ptr<connection_type> self = c.self();
-    message_ptr will = std::move(c.will_);
-    detail::ref_ptr<session_record> rec = std::move(c.session_);
-    std::vector<detail::ref_ptr<connection_type>> paced;
-    if (graceful || stopping_) will = message_ptr();
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      connections_.erase(c);
-      if (c.taken_over_ && c.will_delay_.count() != 0) {
-        // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
-        will = message_ptr();
-      }
-      // A connection that lost its session to a takeover leaves the session alone.
-      if (rec && rec->conn.get() == &c) {
-        {
-          // Readers waiting for this client go on: it is gone, and offline queues have limits.
-          std::lock_guard<session_mutex_type> session_lock(rec->mutex);
-          if (rec->extras) paced.swap(rec->extras->paced);
-          rec->has_paced.store(false, std::memory_order_relaxed);
-        }
-        rec->conn.reset();
-        if (rec->extras) rec->extras->retained_backlog.clear();
-        clear_outbox(*rec);
-        if (rec->expiry.count() == 0) {
-          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
-        } else {
-          rec->expires = now() + rec->expiry;
-          if (will && c.will_delay_.count() != 0) {
-            // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
-            // whichever comes first.
-            delay_will(*rec, std::move(will), std::min<std::chrono::seconds>(c.will_delay_, rec->expiry));
-          }
-        }
-      }
-      if (stopping_ && connections_.empty()) complete_stop();
-    }
-    resume_all(paced);
-    if (c.connected_ && rec) {
-      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), graceful);
-    }
-    // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr);
-  }
-
-  /// Holds a will until `delay` passes; a reconnect or the session's end comes first to cancel
-  /// or publish it. state_mutex_ held.
-  void delay_will(session_record& rec, message_ptr will, std::chrono::seconds delay) {
-    session_extras& x = rec.more();
+  /// Holds a will until `due`; a reconnect or the session's end comes first to cancel or publish
+  /// it. Returns `due` when it is now the earliest delayed will. state_mutex_ held.
+  std::optional<steady_time> delay_will(session_type& rec, message_ptr will, steady_time due) {
+    auto& x = rec.more();
     x.pending_will = std::move(will);
     const std::uint64_t generation = ++x.will_generation;
-    if (!x.will_timer) x.will_timer = std::make_unique<timer_type>(clock_.make_timer(control_ex_));
-    x.will_timer->expires_after(delay);
-    x.will_timer->async_wait([this, id = rec.state.client_id(), generation](std::error_code ec) {
-      if (ec) return;  // cancelled, or the session is gone with its timer
-      message_ptr due;
-      {
-        std::lock_guard<mutex_type> lk(state_mutex_);
-        auto it = sessions_.find(id);
-        if (it == sessions_.end() || !it->second->extras || it->second->extras->will_generation != generation) return;
-        due = std::move(it->second->extras->pending_will);
-      }
-      if (due && !stopping_) publish_message(std::move(due), nullptr);
-    });
+    const bool earliest = will_queue_.empty() || due < will_queue_.begin()->first;
+    will_queue_.emplace(due, std::make_pair(rec.state.client_id(), generation));
+    if (earliest) return due;
+    return std::nullopt;
   }
 
   /// Removes a session and its subscriptions. state_mutex_ held.
-  void remove_session(session_record& rec) {
+  void remove_session(session_type& rec) {
     drop_session_subscriptions(rec);
     sessions_.erase(rec.state.client_id());
   }
 
-  void drop_session_subscriptions(session_record& rec) {
+  void drop_session_subscriptions(session_type& rec) {
     for (const auto& s : rec.state.subscriptions()) router_.unsubscribe(s.first, static_cast<subscriber*>(&rec));
     rec.state.clear_subscriptions();
   }
@@ -7805,7 +7695,643 @@ class broker {
     }
   }
 
-  // ---- the sweep: connection deadlines, stuck pauses, session expiry, $SYS
+  static constexpr std::size_t write_pacing_bytes = 64 * 1024;
+  using router_type = router::subscription_router<const subscriber*>;
+
+  broker_options opts_;
+  std::size_t pacing_bytes_ = 0;  // pacing thresholds, below the queue limits
+  std::size_t pacing_messages_ = 0;
+  session::limits session_limits_;  // before the sessions, which refer to it
+  MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
+  // Every open link until it closes, and every session by client identifier (the key views the
+  // record's own copy of it): an element each, no node or key copy per client.
+  detail::owning_list<link_type> links_;
+  std::unordered_map<std::string_view, detail::ref_ptr<session_type>> sessions_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
+  router_type router_;
+  router::retained_store retained_;
+  // Delayed wills by due time: (client identifier, the session's will generation then). An entry
+  // whose generation moved on (a reconnect, a newer will) is skipped when it comes due.
+  std::multimap<steady_time, std::pair<std::string, std::uint64_t>> will_queue_;
+  std::function<void(steady_time)> will_scheduled_;
+  std::function<void()> stop_done_;  // state_mutex_
+  broker_stats stats_;               // state_mutex_, but for the counters below
+  /// Counted on the routing path, which may hold the state lock only shared.
+  struct hot_counters {
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
+  } hot_;
+  std::uint64_t next_local_id_ = 0;
+  std::uint64_t next_client_number_ = 0;  // state_mutex_
+  std::atomic<bool> stopping_{false};     // read by links on any thread
+};
+
+}  // namespace engine
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ENGINE_PROTOCOL_HPP
+// end <mqttbroker/engine/protocol.hpp>
+
+// level 6: server/ (connections on Asio)
+// begin <mqttbroker/server/connection.hpp>
+#ifndef MQTTBROKER_SERVER_CONNECTION_HPP
+#define MQTTBROKER_SERVER_CONNECTION_HPP
+
+
+#include <asio/bind_allocator.hpp>
+#include <asio/bind_executor.hpp>
+#include <asio/buffer.hpp>
+#include <asio/error.hpp>
+#include <asio/post.hpp>
+#include <asio/socket_base.hpp>
+#include <asio/strand.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <memory>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace server {
+
+/// A range of a write batch's runs as an Asio buffer sequence, so a write can start anywhere in
+/// a batch; each run becomes an asio::const_buffer as the transport walks the range.
+class run_range {
+ public:
+  class const_iterator {
+   public:
+    using iterator_category = std::bidirectional_iterator_tag;
+    using value_type = asio::const_buffer;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const asio::const_buffer*;
+    using reference = asio::const_buffer;
+    const_iterator() noexcept = default;
+    explicit const_iterator(const engine::byte_run* p) noexcept : p_(p) {}
+    asio::const_buffer operator*() const noexcept { return asio::const_buffer(p_->data, p_->size); }
+    const_iterator& operator++() noexcept {
+      ++p_;
+      return *this;
+    }
+    const_iterator operator++(int) noexcept { return const_iterator(p_++); }
+    const_iterator& operator--() noexcept {
+      --p_;
+      return *this;
+    }
+    const_iterator operator--(int) noexcept { return const_iterator(p_--); }
+    friend bool operator==(const_iterator a, const_iterator b) noexcept { return a.p_ == b.p_; }
+    friend bool operator!=(const_iterator a, const_iterator b) noexcept { return a.p_ != b.p_; }
+
+   private:
+    const engine::byte_run* p_ = nullptr;
+  };
+  using value_type = asio::const_buffer;
+
+  run_range(const engine::byte_run* first, const engine::byte_run* last) noexcept : first_(first), last_(last) {}
+  const_iterator begin() const noexcept { return const_iterator(first_); }
+  const_iterator end() const noexcept { return const_iterator(last_); }
+
+ private:
+  const engine::byte_run* first_;
+  const engine::byte_run* last_;
+};
+
+/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
+/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
+template <class Executor, bool OnStrand>
+struct connection_strand {
+  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
+  asio::strand<Executor> strand_;
+};
+template <class Executor>
+struct connection_strand<Executor, false> {
+  explicit connection_strand(const Executor&) noexcept {}
+};
+
+/// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
+/// the memory a paused connection holds.
+inline constexpr std::size_t read_chunk = 16 * 1024;
+
+/// One buffer per thread for every connection of every transport: the connections of a thread
+/// read and decode one after another.
+inline std::uint8_t* thread_read_buffer() {
+  static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
+  return buf.get();
+}
+
+/// One client connection on a transport stream: waits for the stream to be readable, reads into
+/// the thread's buffer, decodes, hands packets to the protocol engine, and writes what the engine
+/// queued on its link in batches. Kept alive by its pending operations and the engine's registry.
+/// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
+/// paused reader's unread input, stay with the connection.
+///
+/// `Context` gives `engine_type`, `engine()`, `now()` and `thread_safe`: the broker's shared parts.
+template <class Stream, class Context>
+class connection final
+    : public Context::engine_type::link_type,
+      private connection_strand<typename Stream::executor_type, Context::thread_safe> {
+ public:
+  using stream_type = Stream;
+  using stream_executor = typename stream_type::executor_type;
+  using engine_type = typename Context::engine_type;
+  using link_type = typename engine_type::link_type;
+  using flush_scope = typename link_type::flush_scope;
+  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
+  static constexpr bool on_strand = Context::thread_safe;
+  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
+
+  connection(Context& ctx, stream_type s)
+      : connection_strand<stream_executor, on_strand>(s.get_executor()),
+        ctx_(ctx),
+        stream_(std::move(s)),
+        decoder_(codec::decoder_options{codec::role::server, ctx.engine().options().max_packet_size, std::nullopt}) {}
+
+  executor_type get_executor() {
+    if constexpr (on_strand)
+      return this->strand_;
+    else
+      return stream_.get_executor();
+  }
+
+  /// Starts reading; the engine has opened the link.
+  void start() { read(); }
+
+  /// Closes a stream the engine refused (over max_connections).
+  void refuse() {
+    std::error_code ignored;
+    stream_.close(ignored);
+  }
+
+  // ---- the outlet (engine::link)
+
+  void start_write() override {
+    if (this->write_in_flight() || !this->is_open()) return;
+    writing_ = this->take_queued();
+    if (!writing_) return;
+    writing_->build_runs();
+    write_some();
+  }
+
+  void finish() override {
+    if (this->write_in_flight()) return;  // the write's completion finishes the close
+    if (this->has_queued()) return start_write();
+    finish_close();
+  }
+
+  void post(engine::link_event e) override {
+    asio::post(get_executor(), [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); });
+  }
+
+ private:
+  /// Reads per readiness before the connection yields to others on its thread.
+  static constexpr int reads_per_wake = 4;
+  /// The most buffers one gather write passes to the transport (Asio's own cap per call is 64).
+  static constexpr std::size_t max_write_buffers = 64;
+
+  engine_type& engine() noexcept { return ctx_.engine(); }
+
+  /// A completion handler for this connection's operations: its memory from the thread's pool,
+  /// and on the connection's strand when there is one.
+  template <class Handler>
+  auto bind_handler(Handler h) {
+    auto pooled = asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h));
+    if constexpr (on_strand)
+      return asio::bind_executor(this->strand_, std::move(pooled));
+    else
+      return pooled;
+  }
+
+  void on_event(engine::link_event e) {
+    const auto now = ctx_.now();
+    switch (e) {
+      case engine::link_event::pump: return engine().pump(*this, now);
+      case engine::link_event::taken_over: return engine().take_over(*this, now);
+      case engine::link_event::resume: return resume(now);
+      case engine::link_event::check_deadline:
+        if (engine().check_deadline(*this, now)) continue_reading();
+        return;
+      case engine::link_event::shutdown: return engine().shut_down(*this, now);
+    }
+  }
+
+  void read() {
+    if (this->is_closing() || this->paused()) return;
+    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
+                         self->on_readable(ec);
+                       }));
+  }
+
+  void on_readable(std::error_code ec) {
+    if (!this->is_open()) return;
+    if (ec) {
+      finish_close();  // transport error
+      return;
+    }
+    // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
+    // connection has no session any more. The pending write's completion finishes the close.
+    if (this->is_closing()) return;
+    flush_scope scope;
+    std::uint8_t* buf = thread_read_buffer();
+    for (int round = 0; round < reads_per_wake; ++round) {
+      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) {
+        finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
+        return;
+      }
+      if (!take_input(buf, n)) return;
+      if (n < read_chunk) break;  // the stream is drained
+    }
+    read();
+  }
+
+  /// Decodes and hands over `n` bytes. False when the connection stopped reading: it is closing,
+  /// or paused, with what it did not decode kept in unread_.
+  bool take_input(const std::uint8_t* data, std::size_t n) {
+    const auto now = ctx_.now();  // once per read, not per packet
+    this->note_progress(now);
+    detail::pooled_bytes held;  // the rest of the input, when a pause did not happen after all
+    for (;;) {
+      bool got_packet = false;
+      const auto res = decoder_.feed(data, n, [this, &got_packet, now](codec::packet& p) {
+        got_packet = true;
+        return engine().on_packet(*this, p, now);
+      });
+      if (res.ec) {
+        engine().on_malformed(*this, res.ec, decoder_.version().value_or(codec::protocol_version::v3_1_1), now);
+        return false;
+      }
+      if (this->is_closing()) return false;
+      if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
+      if (got_packet) engine().on_packets_read(*this, now);
+      if (!this->pace_pending()) return true;
+      if (engine().pause_reader(*this)) return false;
+      // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
+      // before anything newer from the stream.
+      if (unread_.empty()) return true;
+      held = std::move(unread_);
+      data = held.data();
+      n = held.size();
+    }
+  }
+
+  /// Reads again after a pause: first what was read and not decoded, then the stream.
+  void resume(std::chrono::steady_clock::time_point now) {
+    if (engine().on_resume(*this, now)) continue_reading();
+  }
+
+  void continue_reading() {
+    flush_scope scope;
+    if (!unread_.empty()) {
+      detail::pooled_bytes input = std::move(unread_);
+      if (!take_input(input.data(), input.size())) return;
+    }
+    read();
+  }
+
+  void write_some() {
+    this->set_write_in_flight(true);
+    const auto& runs = writing_->runs;
+    const std::size_t first = writing_->sent_runs;
+    const std::size_t end = std::min(runs.size(), first + max_write_buffers);
+    stream_.async_write_some(run_range(runs.data() + first, runs.data() + end),
+                             bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec, std::size_t n) {
+                               self->on_written(ec, n);
+                             }));
+  }
+
+  void on_written(std::error_code ec, std::size_t n) {
+    this->set_write_in_flight(false);
+    this->note_written(n);
+    if (!this->is_open()) return;
+    if (ec) {
+      finish_close();
+      return;
+    }
+    const auto now = ctx_.now();
+    flush_scope scope;
+    if (!writing_->consume(n)) {
+      write_some();
+      engine().on_write_progress(*this, now);
+      return;
+    }
+    // The batch is out: its payload references go now, and its buffers back to the pool.
+    engine::write_batch_pool::release(std::move(writing_));
+    engine().on_write_progress(*this, now);
+    if (this->has_queued()) return start_write();
+    engine().on_drained(*this, now);
+    if (this->has_queued()) return start_write();
+    this->release_queue();
+    if (this->is_closing()) finish_close();
+  }
+
+  void finish_close() {
+    if (!this->mark_closed()) return;
+    unread_.reset();
+    // The engine lets go of the session first: a client that sees the close and reconnects at
+    // once must find a clean session already gone.
+    engine().on_closed(*this, ctx_.now());
+    std::error_code ignored;
+    stream_.shutdown(asio::socket_base::shutdown_both, ignored);
+    stream_.close(ignored);
+  }
+
+  Context& ctx_;
+  stream_type stream_;
+  codec::decoder decoder_;
+  std::unique_ptr<engine::write_batch> writing_;  // the batch being written
+  detail::pooled_bytes unread_;                   // read while pausing, not yet decoded
+};
+
+}  // namespace server
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_SERVER_CONNECTION_HPP
+// end <mqttbroker/server/connection.hpp>
+
+// level 7: broker.hpp
+// begin <mqttbroker/broker.hpp>
+#ifndef MQTTBROKER_BROKER_HPP
+#define MQTTBROKER_BROKER_HPP
+
+
+#include <asio/any_io_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/dispatch.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/strand.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+namespace detail {
+/// A policy bundle's clock: its `clock`, else the system clock (bundles written before there was
+/// a clock policy).
+template <class Policies, class = void>
+struct clock_of {
+  using type = ::mqttbroker::clock::system;
+};
+template <class Policies>
+struct clock_of<Policies, std::void_t<typename Policies::clock>> {
+  using type = typename Policies::clock;
+};
+}  // namespace detail
+
+/// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
+/// by deriving: `struct my_policies : default_policies { using locking = locking::shared; };`
+struct default_policies {
+  using transport = transport::tcp;
+  using storage = storage::memory;
+  using locking = locking::none;
+  using hooks = hooks::none;
+  using clock = ::mqttbroker::clock::system;
+};
+
+/// The broker: the protocol engine (engine::protocol) bound to listeners, timers and the host's
+/// executor. It carries out on Asio what the engine decides; the protocol itself lives there.
+template <class Policies = default_policies>
+class broker {
+ public:
+  using policies = Policies;
+  using transport_type = typename Policies::transport;
+  using locking_type = typename Policies::locking;
+  using hooks_type = typename Policies::hooks;
+  /// The clock policy (Policies::clock, else clock::system): deadlines and timers read it.
+  using clock_type = typename detail::clock_of<Policies>::type;
+  using time_point = typename clock_type::steady_time;
+  using timer_type = typename clock_type::timer_type;
+  using engine_type = engine::protocol<Policies>;
+  using listen_options = typename transport_type::listen_options;
+  using local_handler = engine::local_handler;
+  using local_subscription_id = typename engine_type::local_subscription_id;
+
+  broker(asio::io_context& io, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
+      : broker(io.get_executor(), std::move(opts), std::move(hooks), std::move(clk), &io) {}
+  /// On the host's executor. Over TCP it must be an io_context's executor or a strand of one
+  /// (std::invalid_argument otherwise, and always when Asio is built without RTTI: construct
+  /// from the io_context then).
+  broker(asio::any_io_executor ex, broker_options opts = {}, hooks_type hooks = {}, clock_type clk = {})
+      : broker(std::move(ex), std::move(opts), std::move(hooks), std::move(clk), nullptr) {}
+
+ private:
+  broker(asio::any_io_executor ex, broker_options opts, hooks_type hooks, clock_type clk, asio::io_context* io)
+      : io_(io),
+        ex_(std::move(ex)),
+        control_ex_(make_strand_if_threaded(ex_)),
+        ctx_(std::move(opts), std::move(hooks), std::move(clk)),
+        sweep_timer_(ctx_.clock.make_timer(control_ex_)),
+        will_timer_(ctx_.clock.make_timer(control_ex_)) {
+    (void)stream_executor_of<transport_type>(ex_);  // the default transport refuses a wrong executor now
+    ctx_.engine_.on_will_scheduled([this](time_point due) {
+      asio::post(control_ex_, [this, due] { arm_will_timer(due); });
+    });
+  }
+
+ public:
+  broker(const broker&) = delete;
+  broker& operator=(const broker&) = delete;
+  ~broker() {
+    // Connections refer to the broker; a host must stop it (and run the io_context until the stop
+    // completes) before destroying it. Sessions hold no connection references past that.
+  }
+
+  const broker_options& options() const noexcept { return ctx_.engine_.options(); }
+  asio::any_io_executor get_executor() const { return ex_; }
+
+  /// Adds a listener of the default transport; throws std::system_error when the address cannot
+  /// be bound.
+  void listen(const listen_options& o) { listen<transport_type>(o); }
+  void listen(const listen_options& o, std::error_code& ec) { listen<transport_type>(o, ec); }
+
+  /// Adds a listener of `Transport`: one broker serves several transports (TCP, TLS, WebSocket,
+  /// in-memory) from one session table. Throws std::system_error when it cannot listen, and
+  /// std::invalid_argument when the transport cannot run on the broker's executor.
+  template <class Transport>
+  void listen(const typename Transport::listen_options& o) {
+    std::error_code ec;
+    listen<Transport>(o, ec);
+    if (ec) throw std::system_error(ec, "mqttbroker: listen");
+  }
+  template <class Transport>
+  void listen(const typename Transport::listen_options& o, std::error_code& ec) {
+    // Listeners, the sweep and stopping share one executor (a strand with locking::shared).
+    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, ec);
+    if (ec) return;
+    listeners_.push_back(std::move(l));
+    if (started_) listeners_.back()->accept_next();
+  }
+
+  /// The port a listener is bound to (for port 0); 0 for a transport without ports.
+  std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->local_port(); }
+
+  /// Starts accepting on every listener.
+  void start() {
+    if (started_) return;
+    started_ = true;
+    ctx_.engine_.restart();
+    started_at_ = now();
+    for (auto& l : listeners_) l->accept_next();
+    arm_sweep();
+  }
+
+  /// Stops: closes the listeners, sends 5.0 clients DISCONNECT (Server shutting down), lets the
+  /// queued bytes go out, closes every connection and completes `token` when all are gone.
+  template <class CompletionToken>
+  auto async_stop(CompletionToken&& token) {
+    return asio::async_initiate<CompletionToken, void(std::error_code)>(
+        [this](auto handler) {
+          asio::post(control_ex_, [this, h = std::move(handler)]() mutable { do_stop(std::move(h)); });
+        },
+        token);
+  }
+
+  // ---- the in-process API
+
+  /// Publishes from the host. The payload is copied once into a message that every subscriber,
+  /// socket or in-process, shares. Returns the number of subscribers it went to, or an error for
+  /// an invalid topic.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q = codec::qos::at_most_once,
+                      bool retain = false, std::error_code* error = nullptr) {
+    return ctx_.engine_.publish(topic_name, payload, q, retain, error, now());
+  }
+
+  /// Subscribes the host to `filter`; `handler` runs for each matching message on the thread that
+  /// routes it (one io_context thread with locking::none).
+  local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q = codec::qos::exactly_once) {
+    return ctx_.engine_.subscribe(filter, std::move(handler), q);
+  }
+
+  /// Ends an in-process subscription; true when it existed.
+  bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
+
+  broker_stats stats() const { return ctx_.engine_.stats(); }
+
+  /// The retained message for a topic, if any.
+  message_ptr retained(std::string_view topic_name) const { return ctx_.engine_.retained(topic_name); }
+
+  /// What every connection of this broker shares: the engine and the clock.
+  struct context {
+    using engine_type = broker::engine_type;
+    static constexpr bool thread_safe = locking_type::thread_safe;
+    context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
+    engine_type& engine() noexcept { return engine_; }
+    time_point now() const noexcept { return clock.steady_now(); }
+    engine_type engine_;
+    MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
+  };
+
+ private:
+  time_point now() const noexcept { return ctx_.now(); }
+
+  /// A listener of any transport, as the broker keeps it.
+  struct listener_base {
+    virtual ~listener_base() = default;
+    virtual void accept_next() = 0;
+    virtual void close() = 0;
+    virtual std::uint16_t local_port() const = 0;
+  };
+
+  template <class Transport>
+  class listener final : public listener_base {
+   public:
+    using stream_type = typename Transport::stream_type;
+    using stream_executor = typename stream_type::executor_type;
+    using connection_type = server::connection<stream_type, context>;
+
+    listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::error_code& ec)
+        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {}
+
+    void accept_next() override {
+      acceptor_.async_accept(stream_ex_, [this](std::error_code ec, stream_type s) {
+        if (ec) {
+          if (!b_.ctx_.engine_.stopping() && acceptor_.is_open()) accept_next();
+          return;
+        }
+        on_accept(std::move(s));
+        if (!b_.ctx_.engine_.stopping()) accept_next();
+      });
+    }
+    void close() override {
+      std::error_code ignored;
+      acceptor_.close(ignored);
+    }
+    std::uint16_t local_port() const override {
+      if constexpr (has_port<typename Transport::acceptor_type>::value) {
+        std::error_code ec;
+        return acceptor_.local_endpoint(ec).port();
+      } else {
+        return 0;
+      }
+    }
+
+   private:
+    template <class A, class = void>
+    struct has_port : std::false_type {};
+    template <class A>
+    struct has_port<A, std::void_t<decltype(std::declval<const A&>().local_endpoint(std::declval<std::error_code&>()).port())>>
+        : std::true_type {};
+
+    void on_accept(stream_type s) {
+      Transport::prepare(s);
+      auto c = detail::ref_ptr<connection_type>::make(b_.ctx_, std::move(s));
+      if (!b_.ctx_.engine_.open(*c, b_.now())) {
+        c->refuse();
+        return;
+      }
+      asio::dispatch(c->get_executor(), [c] { c->start(); });
+    }
+
+    broker& b_;
+    stream_executor stream_ex_;
+    typename Transport::acceptor_type acceptor_;
+  };
+
+  /// The executor a transport's streams use, from the host's: a TCP socket is smaller on the
+  /// io_context's own executor type than on any_io_executor. Throws for an executor of another
+  /// kind of context.
+  template <class Transport>
+  typename Transport::stream_type::executor_type stream_executor_of(const asio::any_io_executor& ex) const {
+    using stream_executor = typename Transport::stream_type::executor_type;
+    if constexpr (std::is_same_v<stream_executor, asio::any_io_executor>) {
+      return ex;
+    } else {
+      if constexpr (std::is_same_v<stream_executor, asio::io_context::executor_type>) {
+        if (io_ != nullptr) return io_->get_executor();  // built from the io_context: no RTTI needed
+      }
+      // target<T>() does not check the type in every Asio version: compare the type first.
+#if !defined(ASIO_NO_TYPEID)
+      if (ex.target_type() == typeid(stream_executor)) return *ex.target<stream_executor>();
+      using strand_type = asio::strand<stream_executor>;
+      if (ex.target_type() == typeid(strand_type)) return ex.target<strand_type>()->get_inner_executor();
+#endif
+      throw std::invalid_argument("mqttbroker: the transport needs an asio::io_context's executor");
+    }
+  }
+
+  static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
+    if constexpr (locking_type::thread_safe)
+      return asio::make_strand(ex);
+    else
+      return ex;
+  }
+
+  // ---- timers: the sweep and the delayed wills, on control_ex_
 
   /// Twice a second: connection deadlines (CONNECT timeout, Keep Alive) are met within half a
   /// second, with one timer for the broker rather than one per connection.
@@ -7814,168 +8340,62 @@ class broker {
   void arm_sweep() {
     sweep_timer_.expires_after(sweep_interval);
     sweep_timer_.async_wait([this](std::error_code ec) {
-      if (ec || stopping_) return;
-      sweep_connections();
+      if (ec || ctx_.engine_.stopping()) return;
+      const time_point t = now();
+      ctx_.engine_.sweep_connections(t);
       if (++sweep_ticks_ % 2 == 0) {
-        sweep_expired_sessions();
-        if (opts_.sys_interval.count() != 0 && ++seconds_since_sys_ >= opts_.sys_interval.count()) {
+        ctx_.engine_.expire_sessions(t);
+        const auto sys = options().sys_interval.count();
+        if (sys != 0 && ++seconds_since_sys_ >= sys) {
           seconds_since_sys_ = 0;
-          publish_sys();
+          ctx_.engine_.publish_sys(std::chrono::duration_cast<std::chrono::seconds>(t - started_at_), t);
         }
       }
       arm_sweep();
     });
   }
 
-  /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
-  /// Only filters that name $SYS see them [MQTT-4.7.2-1].
-  void publish_sys() {
-    const broker_stats st = stats();
-    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(now() - started_at_).count();
-    const std::pair<const char*, std::string> figures[] = {
-        {"$SYS/broker/version",
-         "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
-             std::to_string(MQTTBROKER_VERSION_PATCH)},
-        {"$SYS/broker/uptime", std::to_string(uptime) + " seconds"},
-        {"$SYS/broker/clients/connected", std::to_string(st.connections)},
-        {"$SYS/broker/clients/total", std::to_string(st.sessions)},
-        {"$SYS/broker/messages/received", std::to_string(st.messages_received)},
-        {"$SYS/broker/messages/sent", std::to_string(st.messages_sent)},
-        {"$SYS/broker/messages/dropped", std::to_string(st.messages_dropped)},
-        {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
-    };
-    for (const auto& f : figures)
-      publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, false);
-  }
-
-  /// Connections past their deadline check it on their own executor: the CONNECT timeout, Keep
-  /// Alive, or a paused reader's wait for a subscriber that turned out to be stuck.
-  void sweep_connections() {
-    const time_point now = this->now();
-    std::vector<detail::ref_ptr<connection_type>> due;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      connections_.for_each([&](connection_type& c) {
-        if (c.deadline_passed(now)) due.push_back(c.self());
-      });
-    }
-    for (auto& c : due) {
-      auto ex = c->get_executor();
-      asio::post(ex, [c = std::move(c)] { c->check_deadline(); });
-    }
-  }
-
-  void sweep_expired_sessions() {
-    const time_point now = this->now();
-    std::vector<message_ptr> due_wills;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      expire_sessions(now, due_wills);
-    }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr);
-  }
-
-  /// state_mutex_ held.
-  void expire_sessions(time_point now, std::vector<message_ptr>& due_wills) {
-    for (auto it = sessions_.begin(); it != sessions_.end();) {
-      session_record& r = *it->second;
-      if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
-        if (r.extras && r.extras->pending_will)
-          due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
-        drop_session_subscriptions(r);
-        it = sessions_.erase(it);
-        ++stats_.sessions_expired;
-      } else {
-        ++it;
-      }
-    }
+  /// The engine has a delayed will due at `due`: the timer waits for the earliest.
+  void arm_will_timer(time_point due) {
+    if (ctx_.engine_.stopping() || (will_armed_ && will_due_ <= due)) return;
+    will_armed_ = true;
+    will_due_ = due;
+    will_timer_.expires_after(due - now());  // a new expiry cancels the earlier wait
+    will_timer_.async_wait([this](std::error_code ec) {
+      if (ec) return;  // cancelled, or replaced by an earlier will
+      will_armed_ = false;
+      ctx_.engine_.release_wills(now());
+      if (auto next = ctx_.engine_.next_will_due()) arm_will_timer(*next);
+    });
   }
 
   // ---- stopping
 
   template <class Handler>
   void do_stop(Handler h) {
-    stopping_ = true;
     started_ = false;
-    std::error_code ignored;
     sweep_timer_.cancel();
-    for (auto& a : acceptors_) a->close(ignored);
-    std::vector<detail::ref_ptr<connection_type>> conns;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      stop_handler_ = [h = std::move(h)]() mutable { h(std::error_code()); };
-      // Pending timers would keep the host's io_context busy after the stop.
-      for (auto& entry : sessions_)
-        if (entry.second->extras && entry.second->extras->will_timer) entry.second->extras->will_timer->cancel();
-      if (connections_.empty()) {
-        complete_stop();
-        return;
-      }
-      connections_.for_each([&](connection_type& c) { conns.push_back(c.self()); });
-    }
-    for (auto& c : conns)
-      asio::dispatch(c->get_executor(), [c] { c->close(reason_code::server_shutting_down, true, true); });
+    will_timer_.cancel();  // pending timers would keep the host's io_context busy after the stop
+    will_armed_ = false;
+    for (auto& l : listeners_) l->close();
+    ctx_.engine_.stop([this, h = std::move(h)]() mutable {
+      asio::post(ex_, [h = std::move(h)]() mutable { h(std::error_code()); });
+    });
   }
 
-  /// state_mutex_ held.
-  void complete_stop() {
-    if (!stop_handler_) return;
-    auto h = std::move(stop_handler_);
-    stop_handler_ = nullptr;
-    asio::post(ex_, std::move(h));
-  }
-
-  /// The steady time deadlines are counted in; connections read it too.
-  time_point now() const noexcept { return clock_.steady_now(); }
-
-  void count_protocol_error() {
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    ++stats_.protocol_errors;
-  }
-  void count_connect_timeout() {
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    ++stats_.connect_timeouts;
-  }
-  void count_keep_alive_timeout() {
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    ++stats_.keep_alive_timeouts;
-  }
-
-  static constexpr std::size_t write_pacing_bytes = 64 * 1024;
-
+  asio::io_context* io_;  // when built from an io_context
   asio::any_io_executor ex_;
-  stream_executor_type stream_ex_;
   asio::any_io_executor control_ex_;  // a strand with locking::shared
-  broker_options opts_;
-  std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits
-  std::size_t pacing_messages_ = 0;
-  session::limits session_limits_;  // before the sessions, which refer to it
-  MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
-  MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock_;
-  MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
-  std::vector<std::unique_ptr<acceptor_type>> acceptors_;
-  // Every accepted connection until it closes, and every session by client identifier (the key
-  // views the record's own copy of it): an element each, no node or key copy per client.
-  detail::owning_list<connection_type> connections_;
-  std::unordered_map<std::string_view, detail::ref_ptr<session_record>> sessions_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
-  using router_type = router::subscription_router<const subscriber*>;
-  router_type router_;
-  router::retained_store retained_;
+  context ctx_;
+  std::vector<std::unique_ptr<listener_base>> listeners_;
   timer_type sweep_timer_;
-  std::function<void()> stop_handler_;
-  broker_stats stats_;  // state_mutex_, but for the three counters below
-  /// Counted on the routing path, which may hold the state lock only shared.
-  struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
-  } hot_;
-  std::uint64_t next_local_id_ = 0;
-  std::uint64_t next_client_number_ = 0;  // state_mutex_
-  bool started_ = false;                  // control_ex_
-  time_point started_at_{};        // control_ex_
-  std::int64_t seconds_since_sys_ = 0;    // control_ex_
-  std::uint64_t sweep_ticks_ = 0;         // control_ex_
-  std::atomic<bool> stopping_{false};     // read by connections on any thread
+  timer_type will_timer_;
+  time_point will_due_{};               // control_ex_
+  bool will_armed_ = false;             // control_ex_
+  bool started_ = false;                // control_ex_
+  time_point started_at_{};             // control_ex_
+  std::int64_t seconds_since_sys_ = 0;  // control_ex_
+  std::uint64_t sweep_ticks_ = 0;       // control_ex_
 };
 
 /// The broker for a host that runs its io_context on several threads.

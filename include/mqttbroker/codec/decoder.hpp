@@ -383,7 +383,7 @@ class decoder {
   std::size_t buffered() const noexcept { return partial_.size(); }
   /// Whether a packet is partly received.
   bool mid_packet() const noexcept { return state_ != state::first_byte; }
-  std::error_code error() const noexcept { return failed_; }
+  std::error_code error() const noexcept { return failed_.get(); }
 
   /// Decodes what `data` completes. `on_packet(packet&)` may return void, or bool where false
   /// stops decoding after that packet (the caller pauses, then feeds the rest later). Views in
@@ -392,7 +392,7 @@ class decoder {
   result feed(const std::uint8_t* data, std::size_t size, OnPacket&& on_packet) {
     result res;
     if (failed_) {
-      res.ec = failed_;
+      res.ec = failed_.get();
       return res;
     }
     std::size_t pos = 0;
@@ -501,19 +501,39 @@ class decoder {
   void release_partial() noexcept { partial_.reset(); }
 
   result& fail(result& res, std::size_t pos, std::error_code ec) noexcept {
-    failed_ = ec;
+    failed_.set(ec);
     res.consumed = pos;
     res.ec = ec;
     return res;
   }
 
+  /// The first error in two bytes rather than a std::error_code's sixteen (a broker keeps a
+  /// decoder per connection): the decoder fails only with codec_errc and protocol_errc values.
+  class stored_error {
+   public:
+    explicit operator bool() const noexcept { return kind_ != 0; }
+    void set(const std::error_code& ec) noexcept {
+      kind_ = ec.category() == protocol_category() ? 2 : 1;
+      value_ = static_cast<std::uint8_t>(ec.value());
+    }
+    std::error_code get() const noexcept {
+      if (kind_ == 0) return {};
+      if (kind_ == 2) return make_error_code(static_cast<protocol_errc>(value_));
+      return make_error_code(static_cast<codec_errc>(value_));
+    }
+
+   private:
+    std::uint8_t kind_ = 0;  // 0 none, 1 codec_errc, 2 protocol_errc
+    std::uint8_t value_ = 0;
+  };
+
   decoder_options opts_;
   std::optional<protocol_version> version_;
   state state_ = state::first_byte;
   std::uint8_t length_bytes_ = 0;
+  stored_error failed_;
   fixed_header header_;
   ::mqttbroker::detail::pooled_bytes partial_;
-  std::error_code failed_;
 };
 
 /// Decodes exactly one whole packet held in `bytes` (tests, tools, the fuzzer).

@@ -1,0 +1,280 @@
+#ifndef MQTTBROKER_ENGINE_LINK_HPP
+#define MQTTBROKER_ENGINE_LINK_HPP
+
+#include <mqttbroker/codec/packets.hpp>
+#include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/intrusive_list.hpp>
+#include <mqttbroker/detail/ref_counted.hpp>
+#include <mqttbroker/engine/write_batch.hpp>
+#include <mqttbroker/error.hpp>
+#include <mqttbroker/message.hpp>
+#include <mqttbroker/session/state.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace engine {
+
+template <class Policies>
+class protocol;
+
+/// What the engine asks a link's own executor to run later (link::post): work that belongs to
+/// the thread owning the connection, or that must not run inside the caller's handler.
+enum class link_event : std::uint8_t {
+  pump,            // move the session's admitted and queued messages into the connection
+  taken_over,      // a newer connection took the session: close this one
+  resume,          // a paused reader may read again
+  check_deadline,  // the sweep saw the deadline pass
+  shutdown,        // the broker stops: DISCONNECT (5.0) and close
+};
+
+/// One client connection as the protocol engine sees it: the protocol state (version, session,
+/// will, Keep Alive, deadline, pacing) and the packets queued for the client, without the
+/// transport. The server's connection derives from it and implements the outlet: the four
+/// virtual calls by which the engine acts on the transport, each made once per write batch or
+/// per connection event, never per message. `Session` is the engine's session record.
+template <class Session>
+class link : public detail::list_links, public detail::ref_counted {
+ public:
+  using steady_time = std::chrono::steady_clock::time_point;
+  using deadline_rep = steady_time::duration::rep;
+  static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
+
+  link() noexcept
+      : taken_over_(false),
+        connected_(false),
+        flush_deferred_(false),
+        closing_(false),
+        closed_(false),
+        graceful_(false),
+        write_in_flight_(false) {}
+  link(const link&) = delete;
+  link& operator=(const link&) = delete;
+  virtual ~link() = default;
+
+  // ---- the outlet, implemented by the server
+
+  /// Writes what is queued, unless a write is in flight (its completion writes the rest).
+  virtual void start_write() = 0;
+  /// The link is closing: close the transport once what is queued has been written.
+  virtual void finish() = 0;
+  /// Runs `e` on this link's own executor, after the caller's handler.
+  virtual void post(link_event e) = 0;
+
+  // ---- state
+
+  /// A reference to this link, which its pending operations and the registry hold.
+  detail::ref_ptr<link> self() noexcept { return detail::ref_ptr<link>(this); }
+
+  codec::protocol_version version() const noexcept { return version_; }
+  /// The session this connection serves; none before CONNACK and after a takeover.
+  Session* session() const noexcept { return taken_over_ ? nullptr : session_.get(); }
+  /// Empty before CONNACK.
+  const std::string& client_id() const noexcept {
+    static const std::string none;
+    return session_ ? session_->state.client_id() : none;
+  }
+  bool connected() const noexcept { return connected_; }
+  bool is_open() const noexcept { return !closed_; }
+  bool is_closing() const noexcept { return closing_ || closed_; }
+  bool paused() const noexcept { return paused_.load(std::memory_order_relaxed); }
+  /// A session this connection's messages went to while its client was behind: the reader pauses
+  /// on it after the packet.
+  bool pace_pending() const noexcept { return static_cast<bool>(pace_target_); }
+
+  /// Bytes queued or being written and not yet taken by the transport. Readable from any thread
+  /// (a publisher's, to drop QoS 0 for a client that stopped reading); written by the owner.
+  std::size_t backlog_bytes() const noexcept { return unsent_.load(std::memory_order_relaxed); }
+
+  /// When this client last read something we wrote or sent us bytes (any thread may ask): a
+  /// connection with a backlog and no progress for a while has stopped reading.
+  steady_time last_progress() const noexcept {
+    return steady_time(steady_time::duration(last_progress_.load(std::memory_order_relaxed)));
+  }
+  void note_progress(steady_time t) noexcept {
+    last_progress_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
+  }
+
+  /// Any thread: whether the sweep should have this link look at its deadline.
+  bool deadline_passed(steady_time now) const noexcept {
+    return now.time_since_epoch().count() >= deadline_.load(std::memory_order_relaxed);
+  }
+  void set_deadline(deadline_rep d) noexcept { deadline_.store(d, std::memory_order_relaxed); }
+
+  // ---- packets to the client
+
+  /// Queues a PUBLISH; it goes out with the batch.
+  void send_publish(const session::outgoing& o, steady_time now) {
+    // Closing: a DISCONNECT may be queued, and nothing follows it [MQTT-3.14.4-1]. A QoS 1/2
+    // message stays in flight in the session and is re-sent on reconnect.
+    if (closed_ || closing_) return;
+    codec::publish p;
+    p.topic = o.msg->topic();
+    p.payload = o.msg->payload();
+    p.qos_level = o.qos_level;
+    p.retain = o.retain;
+    p.dup = o.dup;
+    p.packet_id = o.packet_id;
+    if (version_ == codec::protocol_version::v5) {
+      if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+        static thread_local codec::properties_builder props;
+        props.clear();
+        for (const codec::property& pr : o.msg->properties()) props.add(pr);
+        for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
+        p.properties = props.view();
+      }
+    }
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    if (!q.add_publish(p, version_, o.msg)) return;
+    note_queued(q.bytes - before, now);
+    request_flush();
+  }
+
+  template <class Packet>
+  void send(const Packet& p, steady_time now) {
+    if (closed_ || closing_) return;
+    enqueue(p, version_, now);
+    request_flush();
+  }
+
+  /// Queues a packet without starting a write (the caller flushes or closes).
+  template <class Packet>
+  void enqueue(const Packet& p, codec::protocol_version v, steady_time now) {
+    write_batch& q = queue();
+    const std::size_t before = q.bytes;
+    q.add(p, v);
+    note_queued(q.bytes - before, now);
+  }
+
+  /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
+  void close(reason_code reason, bool notify, bool graceful, steady_time now) {
+    if (closed_) return;
+    if (notify && connected_ && version_ == codec::protocol_version::v5) {
+      codec::disconnect d;
+      d.reason = reason;
+      enqueue(d, version_, now);
+    }
+    closing_ = true;
+    graceful_ = graceful_ || graceful;
+    finish();
+  }
+
+  /// Defers the writes a handler queues to its end, so that everything one read produces (for
+  /// every connection it reaches on this thread) leaves in one write per connection, not the
+  /// first packet alone. Nested scopes flush at the outermost.
+  class flush_scope {
+   public:
+    flush_scope() noexcept { ++pending().depth; }
+    flush_scope(const flush_scope&) = delete;
+    flush_scope& operator=(const flush_scope&) = delete;
+    ~flush_scope() {
+      auto& p = pending();
+      if (--p.depth != 0) return;
+      // A write may complete synchronously on some transports and queue more: index, not iterate.
+      for (std::size_t i = 0; i < p.links.size(); ++i) {
+        detail::ref_ptr<link> l = std::move(p.links[i]);
+        l->flush_deferred_ = false;
+        l->start_write();
+      }
+      p.links.clear();
+    }
+  };
+
+  // ---- for the server's writer
+
+  /// The packets queued so far, for the writer to take; null when there are none.
+  std::unique_ptr<write_batch> take_queued() noexcept {
+    if (!queued_ || queued_->empty()) return nullptr;
+    return std::move(queued_);
+  }
+  bool has_queued() const noexcept { return queued_ && !queued_->empty(); }
+  /// The writer passed `n` more bytes to the transport.
+  void note_written(std::size_t n) noexcept { unsent_.store(unsent_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
+  /// Nothing more to write: the empty queue goes back to the pool.
+  void release_queue() noexcept { write_batch_pool::release(std::move(queued_)); }
+  /// The transport is closed. True the first time.
+  bool mark_closed() noexcept {
+    if (closed_) return false;
+    closed_ = true;
+    closing_ = true;
+    return true;
+  }
+  void mark_closing() noexcept { closing_ = true; }
+
+ protected:
+  struct flush_list {
+    int depth = 0;
+    std::vector<detail::ref_ptr<link>> links;
+  };
+  static flush_list& pending() {
+    static thread_local flush_list p;
+    return p;
+  }
+
+  /// The server's writer: whether a write is in flight (a bit here, beside the engine's flags).
+  bool write_in_flight() const noexcept { return write_in_flight_; }
+  void set_write_in_flight(bool b) noexcept { write_in_flight_ = b; }
+
+ private:
+  template <class>
+  friend class protocol;  // the engine keeps the protocol state below
+
+  write_batch& queue() {
+    if (!queued_) queued_ = write_batch_pool::acquire();
+    return *queued_;
+  }
+
+  void note_queued(std::size_t n, steady_time now) noexcept {
+    const std::size_t before = unsent_.load(std::memory_order_relaxed);
+    // Work for a client that had none: it cannot have been stuck while it had nothing to do.
+    if (before == 0) note_progress(now);
+    unsent_.store(before + n, std::memory_order_relaxed);
+  }
+
+  void request_flush() {
+    auto& p = pending();
+    if (p.depth == 0) return start_write();
+    if (flush_deferred_) return;
+    flush_deferred_ = true;
+    p.links.push_back(self());
+  }
+
+  // First: it fills the padding after the base classes.
+  std::chrono::duration<std::uint32_t, std::milli> keep_alive_limit_{0};  // at most 1.5 x 65535 s
+  std::unique_ptr<write_batch> queued_;  // packets waiting for the write in flight
+  std::atomic<std::size_t> unsent_{0};   // bytes queued or being written, not yet written
+  std::atomic<deadline_rep> last_progress_{0};
+  std::atomic<deadline_rep> deadline_{no_deadline};
+  // Shared with the engine's registry: a record the registry dropped (its session ended, or was
+  // taken over and ended) stays valid here until this link lets go of it.
+  detail::ref_ptr<Session> session_;
+  detail::ref_ptr<Session> pace_target_;
+  message_ptr will_;  // published if the connection ends without DISCONNECT
+  std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
+  codec::protocol_version version_ = codec::protocol_version::v3_1_1;
+  std::atomic<bool> paused_{false};  // read by other threads
+  // Only this link's executor touches these, so they share a byte (a broker keeps one link per
+  // client); set in the constructor, as C++17 has no initialisers for bit-fields.
+  bool taken_over_ : 1;
+  bool connected_ : 1;
+  bool flush_deferred_ : 1;
+  bool closing_ : 1;
+  bool closed_ : 1;
+  bool graceful_ : 1;  // DISCONNECT received: no will
+  bool write_in_flight_ : 1;
+};
+
+}  // namespace engine
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ENGINE_LINK_HPP

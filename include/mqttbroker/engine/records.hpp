@@ -1,0 +1,120 @@
+#ifndef MQTTBROKER_ENGINE_RECORDS_HPP
+#define MQTTBROKER_ENGINE_RECORDS_HPP
+
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/fifo.hpp>
+#include <mqttbroker/detail/ref_counted.hpp>
+#include <mqttbroker/engine/link.hpp>
+#include <mqttbroker/message.hpp>
+#include <mqttbroker/session/state.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+/// Counters a host reads for metrics and tests.
+struct broker_stats {
+  std::uint64_t connections_accepted = 0;
+  std::uint64_t connections_refused = 0;  // over max_connections
+  std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
+  std::uint64_t connect_timeouts = 0;
+  std::uint64_t keep_alive_timeouts = 0;
+  std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
+  std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
+  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
+  std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
+  std::uint64_t sessions_expired = 0;
+  std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
+  std::size_t connections = 0;
+  std::size_t sessions = 0;
+  std::size_t retained_messages = 0;
+};
+
+namespace engine {
+
+enum class subscriber_kind : std::uint8_t { client, local };
+
+/// What the router stores per subscription: a client's session or an in-process handler.
+struct subscriber {
+  subscriber_kind kind = subscriber_kind::client;
+};
+
+/// An in-process subscription's handler: gets every matching message.
+using local_handler = std::function<void(const message_ptr&)>;
+
+struct local_subscriber : subscriber {
+  // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
+  std::shared_ptr<const local_handler> handler;
+  std::string filter;
+};
+
+/// What few sessions need, made on first use: an idle session does without it.
+template <class Link>
+struct session_extras {
+  detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
+  // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
+  message_ptr pending_will;
+  std::uint64_t will_generation = 0;
+  // Publisher pacing: links that stopped reading because this session's client was behind;
+  // resumed when it catches up, leaves, or is found stuck.
+  std::vector<detail::ref_ptr<Link>> paced;
+};
+
+/// locking::shared: what publishers on other threads admitted for the connection's own thread.
+struct strand_outbox {
+  std::vector<session::outgoing> items;
+  std::size_t bytes = 0;
+  bool pump_scheduled = false;
+};
+struct no_outbox {};
+
+/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type.
+template <class Locking, class = void>
+struct session_mutex_of {
+  using type = typename Locking::mutex_type;
+};
+template <class Locking>
+struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
+  using type = typename Locking::session_mutex_type;
+};
+
+/// A client session as the engine keeps it: the MQTT state plus where it is connected.
+template <class Locking>
+struct session_record : subscriber, detail::ref_counted {
+  using link_type = link<session_record>;
+  using steady_time = typename link_type::steady_time;
+  using session_mutex_type = typename session_mutex_of<Locking>::type;
+
+  session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
+  session::state state;
+  detail::ref_ptr<link_type> conn;  // the live connection, if any
+  steady_time expires{};            // when persistent and offline
+  std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
+  std::atomic<bool> has_paced{false};  // read without the lock on every write completion
+  // With locking::shared, publishers holding the state lock shared meet here; every other
+  // change to the session holds the state lock exclusively.
+  MQTTBROKER_NO_UNIQUE_ADDRESS mutable session_mutex_type mutex;
+  MQTTBROKER_NO_UNIQUE_ADDRESS std::conditional_t<Locking::thread_safe, strand_outbox, no_outbox> outbox;
+  // Made under `mutex` or the exclusive state lock; read under either.
+  std::unique_ptr<session_extras<link_type>> extras;
+
+  session_extras<link_type>& more() {
+    if (!extras) extras = std::make_unique<session_extras<link_type>>();
+    return *extras;
+  }
+  bool has_retained_backlog() const noexcept { return extras && !extras->retained_backlog.empty(); }
+};
+
+}  // namespace engine
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ENGINE_RECORDS_HPP

@@ -1,0 +1,323 @@
+#ifndef MQTTBROKER_SERVER_CONNECTION_HPP
+#define MQTTBROKER_SERVER_CONNECTION_HPP
+
+#include <mqttbroker/codec/decoder.hpp>
+#include <mqttbroker/codec/packets.hpp>
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/block_pool.hpp>
+#include <mqttbroker/detail/ref_counted.hpp>
+#include <mqttbroker/engine/link.hpp>
+#include <mqttbroker/engine/write_batch.hpp>
+
+#include <asio/bind_allocator.hpp>
+#include <asio/bind_executor.hpp>
+#include <asio/buffer.hpp>
+#include <asio/error.hpp>
+#include <asio/post.hpp>
+#include <asio/socket_base.hpp>
+#include <asio/strand.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <memory>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace server {
+
+/// A range of a write batch's runs as an Asio buffer sequence, so a write can start anywhere in
+/// a batch; each run becomes an asio::const_buffer as the transport walks the range.
+class run_range {
+ public:
+  class const_iterator {
+   public:
+    using iterator_category = std::bidirectional_iterator_tag;
+    using value_type = asio::const_buffer;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const asio::const_buffer*;
+    using reference = asio::const_buffer;
+    const_iterator() noexcept = default;
+    explicit const_iterator(const engine::byte_run* p) noexcept : p_(p) {}
+    asio::const_buffer operator*() const noexcept { return asio::const_buffer(p_->data, p_->size); }
+    const_iterator& operator++() noexcept {
+      ++p_;
+      return *this;
+    }
+    const_iterator operator++(int) noexcept { return const_iterator(p_++); }
+    const_iterator& operator--() noexcept {
+      --p_;
+      return *this;
+    }
+    const_iterator operator--(int) noexcept { return const_iterator(p_--); }
+    friend bool operator==(const_iterator a, const_iterator b) noexcept { return a.p_ == b.p_; }
+    friend bool operator!=(const_iterator a, const_iterator b) noexcept { return a.p_ != b.p_; }
+
+   private:
+    const engine::byte_run* p_ = nullptr;
+  };
+  using value_type = asio::const_buffer;
+
+  run_range(const engine::byte_run* first, const engine::byte_run* last) noexcept : first_(first), last_(last) {}
+  const_iterator begin() const noexcept { return const_iterator(first_); }
+  const_iterator end() const noexcept { return const_iterator(last_); }
+
+ private:
+  const engine::byte_run* first_;
+  const engine::byte_run* last_;
+};
+
+/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
+/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
+template <class Executor, bool OnStrand>
+struct connection_strand {
+  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
+  asio::strand<Executor> strand_;
+};
+template <class Executor>
+struct connection_strand<Executor, false> {
+  explicit connection_strand(const Executor&) noexcept {}
+};
+
+/// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
+/// the memory a paused connection holds.
+inline constexpr std::size_t read_chunk = 16 * 1024;
+
+/// One buffer per thread for every connection of every transport: the connections of a thread
+/// read and decode one after another.
+inline std::uint8_t* thread_read_buffer() {
+  static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
+  return buf.get();
+}
+
+/// One client connection on a transport stream: waits for the stream to be readable, reads into
+/// the thread's buffer, decodes, hands packets to the protocol engine, and writes what the engine
+/// queued on its link in batches. Kept alive by its pending operations and the engine's registry.
+/// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
+/// paused reader's unread input, stay with the connection.
+///
+/// `Context` gives `engine_type`, `engine()`, `now()` and `thread_safe`: the broker's shared parts.
+template <class Stream, class Context>
+class connection final
+    : public Context::engine_type::link_type,
+      private connection_strand<typename Stream::executor_type, Context::thread_safe> {
+ public:
+  using stream_type = Stream;
+  using stream_executor = typename stream_type::executor_type;
+  using engine_type = typename Context::engine_type;
+  using link_type = typename engine_type::link_type;
+  using flush_scope = typename link_type::flush_scope;
+  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
+  static constexpr bool on_strand = Context::thread_safe;
+  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
+
+  connection(Context& ctx, stream_type s)
+      : connection_strand<stream_executor, on_strand>(s.get_executor()),
+        ctx_(ctx),
+        stream_(std::move(s)),
+        decoder_(codec::decoder_options{codec::role::server, ctx.engine().options().max_packet_size, std::nullopt}) {}
+
+  executor_type get_executor() {
+    if constexpr (on_strand)
+      return this->strand_;
+    else
+      return stream_.get_executor();
+  }
+
+  /// Starts reading; the engine has opened the link.
+  void start() { read(); }
+
+  /// Closes a stream the engine refused (over max_connections).
+  void refuse() {
+    std::error_code ignored;
+    stream_.close(ignored);
+  }
+
+  // ---- the outlet (engine::link)
+
+  void start_write() override {
+    if (this->write_in_flight() || !this->is_open()) return;
+    writing_ = this->take_queued();
+    if (!writing_) return;
+    writing_->build_runs();
+    write_some();
+  }
+
+  void finish() override {
+    if (this->write_in_flight()) return;  // the write's completion finishes the close
+    if (this->has_queued()) return start_write();
+    finish_close();
+  }
+
+  void post(engine::link_event e) override {
+    asio::post(get_executor(), [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); });
+  }
+
+ private:
+  /// Reads per readiness before the connection yields to others on its thread.
+  static constexpr int reads_per_wake = 4;
+  /// The most buffers one gather write passes to the transport (Asio's own cap per call is 64).
+  static constexpr std::size_t max_write_buffers = 64;
+
+  engine_type& engine() noexcept { return ctx_.engine(); }
+
+  /// A completion handler for this connection's operations: its memory from the thread's pool,
+  /// and on the connection's strand when there is one.
+  template <class Handler>
+  auto bind_handler(Handler h) {
+    auto pooled = asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h));
+    if constexpr (on_strand)
+      return asio::bind_executor(this->strand_, std::move(pooled));
+    else
+      return pooled;
+  }
+
+  void on_event(engine::link_event e) {
+    const auto now = ctx_.now();
+    switch (e) {
+      case engine::link_event::pump: return engine().pump(*this, now);
+      case engine::link_event::taken_over: return engine().take_over(*this, now);
+      case engine::link_event::resume: return resume(now);
+      case engine::link_event::check_deadline:
+        if (engine().check_deadline(*this, now)) continue_reading();
+        return;
+      case engine::link_event::shutdown: return engine().shut_down(*this, now);
+    }
+  }
+
+  void read() {
+    if (this->is_closing() || this->paused()) return;
+    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
+                         self->on_readable(ec);
+                       }));
+  }
+
+  void on_readable(std::error_code ec) {
+    if (!this->is_open()) return;
+    if (ec) {
+      finish_close();  // transport error
+      return;
+    }
+    // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
+    // connection has no session any more. The pending write's completion finishes the close.
+    if (this->is_closing()) return;
+    flush_scope scope;
+    std::uint8_t* buf = thread_read_buffer();
+    for (int round = 0; round < reads_per_wake; ++round) {
+      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) {
+        finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
+        return;
+      }
+      if (!take_input(buf, n)) return;
+      if (n < read_chunk) break;  // the stream is drained
+    }
+    read();
+  }
+
+  /// Decodes and hands over `n` bytes. False when the connection stopped reading: it is closing,
+  /// or paused, with what it did not decode kept in unread_.
+  bool take_input(const std::uint8_t* data, std::size_t n) {
+    const auto now = ctx_.now();  // once per read, not per packet
+    this->note_progress(now);
+    detail::pooled_bytes held;  // the rest of the input, when a pause did not happen after all
+    for (;;) {
+      bool got_packet = false;
+      const auto res = decoder_.feed(data, n, [this, &got_packet, now](codec::packet& p) {
+        got_packet = true;
+        return engine().on_packet(*this, p, now);
+      });
+      if (res.ec) {
+        engine().on_malformed(*this, res.ec, decoder_.version().value_or(codec::protocol_version::v3_1_1), now);
+        return false;
+      }
+      if (this->is_closing()) return false;
+      if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
+      if (got_packet) engine().on_packets_read(*this, now);
+      if (!this->pace_pending()) return true;
+      if (engine().pause_reader(*this)) return false;
+      // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
+      // before anything newer from the stream.
+      if (unread_.empty()) return true;
+      held = std::move(unread_);
+      data = held.data();
+      n = held.size();
+    }
+  }
+
+  /// Reads again after a pause: first what was read and not decoded, then the stream.
+  void resume(std::chrono::steady_clock::time_point now) {
+    if (engine().on_resume(*this, now)) continue_reading();
+  }
+
+  void continue_reading() {
+    flush_scope scope;
+    if (!unread_.empty()) {
+      detail::pooled_bytes input = std::move(unread_);
+      if (!take_input(input.data(), input.size())) return;
+    }
+    read();
+  }
+
+  void write_some() {
+    this->set_write_in_flight(true);
+    const auto& runs = writing_->runs;
+    const std::size_t first = writing_->sent_runs;
+    const std::size_t end = std::min(runs.size(), first + max_write_buffers);
+    stream_.async_write_some(run_range(runs.data() + first, runs.data() + end),
+                             bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec, std::size_t n) {
+                               self->on_written(ec, n);
+                             }));
+  }
+
+  void on_written(std::error_code ec, std::size_t n) {
+    this->set_write_in_flight(false);
+    this->note_written(n);
+    if (!this->is_open()) return;
+    if (ec) {
+      finish_close();
+      return;
+    }
+    const auto now = ctx_.now();
+    flush_scope scope;
+    if (!writing_->consume(n)) {
+      write_some();
+      engine().on_write_progress(*this, now);
+      return;
+    }
+    // The batch is out: its payload references go now, and its buffers back to the pool.
+    engine::write_batch_pool::release(std::move(writing_));
+    engine().on_write_progress(*this, now);
+    if (this->has_queued()) return start_write();
+    engine().on_drained(*this, now);
+    if (this->has_queued()) return start_write();
+    this->release_queue();
+    if (this->is_closing()) finish_close();
+  }
+
+  void finish_close() {
+    if (!this->mark_closed()) return;
+    unread_.reset();
+    // The engine lets go of the session first: a client that sees the close and reconnects at
+    // once must find a clean session already gone.
+    engine().on_closed(*this, ctx_.now());
+    std::error_code ignored;
+    stream_.shutdown(asio::socket_base::shutdown_both, ignored);
+    stream_.close(ignored);
+  }
+
+  Context& ctx_;
+  stream_type stream_;
+  codec::decoder decoder_;
+  std::unique_ptr<engine::write_batch> writing_;  // the batch being written
+  detail::pooled_bytes unread_;                   // read while pausing, not yet decoded
+};
+
+}  // namespace server
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_SERVER_CONNECTION_HPP

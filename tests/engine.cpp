@@ -1,0 +1,567 @@
+#include <mqttbroker/engine/protocol.hpp>
+
+#include <mqttbroker/codec.hpp>
+#include <mqttbroker/hooks/hooks.hpp>
+#include <mqttbroker/locking/none.hpp>
+
+#include "catch.hpp"
+#include "rx.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+// The protocol engine alone: no sockets, no io_context, no threads, no clock. Each fake link
+// records what the engine queued for it and the events it asked to run on the link's thread; the
+// test gives every input its time, so deadlines are checked to the nanosecond.
+
+namespace mb = mqttbroker;
+namespace codec = mqttbroker::codec;
+using codec::protocol_version;
+using codec::qos;
+using mb::reason_code;
+using test_rx::rx;
+using namespace test_rx::packet_types;
+using std::chrono::milliseconds;
+using std::chrono::nanoseconds;
+using std::chrono::seconds;
+
+namespace {
+
+struct plain_policies {
+  using locking = mb::locking::none;
+  using hooks = mb::hooks::none;
+};
+
+/// The user names a CONNECT may carry: "bad" has bad credentials, "banned" is not authorised.
+struct auth_hooks {
+  mb::hooks::auth_result authenticate(const mb::hooks::connect_info& info) {
+    if (info.username && *info.username == "bad") return mb::hooks::auth_result::bad_credentials;
+    if (info.username && *info.username == "banned") return mb::hooks::auth_result::not_authorized;
+    return mb::hooks::auth_result::accept;
+  }
+};
+struct auth_policies : plain_policies {
+  using hooks = auth_hooks;
+};
+
+/// What a test CONNECT asks for: hello("id").keep_alive(10).session_expiry(60)...
+struct hello {
+  explicit hello(std::string client_id, bool clean_start = true) : id(std::move(client_id)), clean(clean_start) {}
+  hello& keep_alive(std::uint16_t s) {
+    keep_alive_s = s;
+    return *this;
+  }
+  hello& session_expiry(std::uint32_t s) {
+    expiry = s;
+    return *this;
+  }
+  hello& will(std::string topic, std::optional<std::uint32_t> delay = std::nullopt) {
+    will_topic = std::move(topic);
+    will_delay = delay;
+    return *this;
+  }
+  hello& user(std::string name) {
+    username = std::move(name);
+    return *this;
+  }
+  std::string id;
+  bool clean;
+  std::uint16_t keep_alive_s = 0;
+  std::optional<std::uint32_t> expiry;  // 5.0
+  std::optional<std::string> will_topic;
+  std::optional<std::uint32_t> will_delay;  // 5.0
+  std::optional<std::string> username;
+};
+
+std::uint8_t code(reason_code r) { return static_cast<std::uint8_t>(r); }
+
+/// An engine, the time, and fake links.
+template <class Policies = plain_policies>
+class world {
+ public:
+  using engine_type = mb::engine::protocol<Policies>;
+  using steady_time = typename engine_type::steady_time;
+
+  class fake_link final : public engine_type::link_type {
+   public:
+    fake_link(world& w, protocol_version v)
+        : w_(w), decoder_(codec::decoder_options{codec::role::client, codec::max_packet_size, v}) {}
+
+    void start_write() override {
+      auto batch = this->take_queued();
+      if (!batch) return;
+      batch->build_runs();
+      for (const auto& r : batch->runs) bytes_.append(reinterpret_cast<const char*>(r.data), r.size);
+      this->note_written(batch->bytes);
+      mb::engine::write_batch_pool::release(std::move(batch));
+    }
+    void finish() override {
+      start_write();
+      if (this->mark_closed()) w_.engine.on_closed(*this, w_.now);
+    }
+    void post(mb::engine::link_event e) override { events.push_back(e); }
+
+    /// Every packet the engine sent since the last call.
+    std::deque<rx> received() {
+      std::deque<rx> out;
+      const auto res = decoder_.feed(reinterpret_cast<const std::uint8_t*>(bytes_.data()), bytes_.size(),
+                                     [&](codec::packet& p) { out.push_back(test_rx::to_rx(p)); });
+      REQUIRE_FALSE(res.ec);
+      bytes_.clear();
+      return out;
+    }
+    /// The one packet sent since the last look, which must be of type `t`.
+    rx only(codec::packet_type t) {
+      auto all = received();
+      REQUIRE(all.size() == 1);
+      INFO("got " << codec::to_string(all.front().type));
+      REQUIRE(all.front().type == t);
+      return all.front();
+    }
+
+    std::vector<mb::engine::link_event> events;
+
+   private:
+    world& w_;
+    codec::decoder decoder_;
+    std::string bytes_;
+  };
+
+  explicit world(mb::broker_options o = {}) : engine(std::move(o)) {}
+  ~world() {
+    // Links refer to the world; close what is still open so the engine lets go of them.
+    for (auto& l : links_)
+      if (l->is_open()) l->finish();
+  }
+
+  /// A new connection, opened at the current time.
+  fake_link& open(protocol_version v = protocol_version::v3_1_1) {
+    links_.push_back(mb::detail::ref_ptr<fake_link>::make(*this, v));
+    REQUIRE(engine.open(*links_.back(), now));
+    return *links_.back();
+  }
+
+  /// Hands a client's packet to the engine at the current time.
+  template <class Packet>
+  void feed(fake_link& l, Packet packet) {
+    codec::packet p(std::move(packet));
+    engine.on_packet(l, p, now);
+    if (l.is_open()) engine.on_packets_read(l, now);  // as the server does after each read
+    run_events();
+  }
+
+  void connect(fake_link& l, const hello& h, protocol_version v) {
+    codec::connect c;
+    c.version = v;
+    c.client_id = h.id;
+    c.clean_start = h.clean;
+    c.keep_alive = h.keep_alive_s;
+    codec::properties_builder props, will_props;
+    if (h.expiry) props.add(codec::property_id::session_expiry_interval, *h.expiry);
+    c.properties = props.view();
+    if (h.will_topic) {
+      codec::will_message w;
+      w.topic = *h.will_topic;
+      w.payload = "will";
+      if (h.will_delay) will_props.add(codec::property_id::will_delay_interval, *h.will_delay);
+      w.properties = will_props.view();
+      c.will = w;
+    }
+    if (h.username) c.username = *h.username;
+    feed(l, c);
+  }
+
+  /// A connection for `h`, its CONNACK read.
+  fake_link& connected(const hello& h, protocol_version v = protocol_version::v3_1_1) {
+    fake_link& l = open(v);
+    connect(l, h, v);
+    const rx ack = l.only(CONNACK);
+    REQUIRE(ack.code == 0);
+    return l;
+  }
+
+  void subscribe(fake_link& l, const std::string& filter, qos q, std::uint16_t id = 1) {
+    codec::subscribe s;
+    s.packet_id = id;
+    codec::subscribe_entry e;
+    e.filter = filter;
+    e.options.max_qos = q;
+    s.entries.push_back(e);
+    feed(l, s);
+    CHECK(l.only(SUBACK).codes == std::vector<std::uint8_t>{static_cast<std::uint8_t>(q)});
+  }
+
+  void publish(fake_link& l, const std::string& topic, qos q, std::uint16_t id, bool dup = false) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = "m";
+    p.qos_level = q;
+    p.packet_id = id;
+    p.dup = dup;
+    feed(l, p);
+  }
+
+  template <class Ack>
+  void ack(fake_link& l, std::uint16_t id) {
+    Ack a;
+    a.packet_id = id;
+    feed(l, a);
+  }
+
+  /// The transport of `l` ended without DISCONNECT.
+  void drop(fake_link& l) {
+    REQUIRE(l.mark_closed());
+    engine.on_closed(l, now);
+    run_events();
+  }
+
+  /// Moves time on by `d` and lets the timers the broker would run do their work at that time:
+  /// deadlines, session expiry, delayed wills.
+  void advance(nanoseconds d) {
+    now += d;
+    engine.sweep_connections(now);
+    engine.expire_sessions(now);
+    if (auto due = engine.next_will_due(); due && *due <= now) engine.release_wills(now);
+    run_events();
+  }
+
+  /// Runs what the engine asked links to do on their own threads.
+  void run_events() {
+    for (bool more = true; more;) {
+      more = false;
+      for (std::size_t i = 0; i < links_.size(); ++i) {
+        fake_link& l = *links_[i];
+        auto events = std::move(l.events);
+        l.events.clear();
+        for (auto e : events) {
+          more = true;
+          switch (e) {
+            case mb::engine::link_event::pump: engine.pump(l, now); break;
+            case mb::engine::link_event::taken_over: engine.take_over(l, now); break;
+            case mb::engine::link_event::resume: engine.on_resume(l, now); break;
+            case mb::engine::link_event::check_deadline: engine.check_deadline(l, now); break;
+            case mb::engine::link_event::shutdown: engine.shut_down(l, now); break;
+          }
+        }
+      }
+    }
+  }
+
+  engine_type engine;
+  steady_time now = steady_time(std::chrono::hours(1));
+
+ private:
+  std::vector<mb::detail::ref_ptr<fake_link>> links_;
+};
+
+}  // namespace
+
+// ---- CONNACK and DISCONNECT reasons
+
+TEST_CASE("engine: CONNECT refusals get the CONNACK code of the client's version, then the close",
+          "[engine][MQTT-3.2.2-5][MQTT-3.1.3-8][MQTT-3.1.4-1]") {
+  world<auth_policies> w;
+  struct refusal {
+    protocol_version v;
+    hello h;
+    std::uint8_t connack;
+  };
+  const std::string long_id(300, 'x');
+  const refusal cases[] = {
+      {protocol_version::v3_1_1, hello("", false), 2},  // empty identifier without Clean Session [MQTT-3.1.3-8]
+      {protocol_version::v3_1_1, hello(long_id), 2},
+      {protocol_version::v5, hello(long_id), code(reason_code::client_identifier_not_valid)},
+      {protocol_version::v5, hello("w").will("a/+"), code(reason_code::topic_name_invalid)},
+      {protocol_version::v3_1_1, hello("u").user("bad"), 4},
+      {protocol_version::v5, hello("u").user("bad"),
+       code(reason_code::bad_user_name_or_password)},
+      {protocol_version::v3_1_1, hello("u").user("banned"), 5},
+      {protocol_version::v5, hello("u").user("banned"),
+       code(reason_code::not_authorized)},
+  };
+  for (const refusal& r : cases) {
+    auto& l = w.open(r.v);
+    w.connect(l, r.h, r.v);
+    CHECK(l.only(CONNACK).code == r.connack);
+    CHECK_FALSE(l.is_open());
+  }
+  CHECK(w.engine.stats().sessions == 0);
+  CHECK(w.engine.stats().connections == 0);
+
+  SECTION("3.1.1 has no code for an invalid Will Topic: the connection closes without CONNACK") {
+    auto& l = w.open();
+    w.connect(l, hello("w").will("a/#"), protocol_version::v3_1_1);
+    CHECK(l.received().empty());
+    CHECK_FALSE(l.is_open());
+  }
+  SECTION("input the decoder refused before CONNACK: CONNACK with its code where the version has one") {
+    auto& old = w.open(protocol_version::v3_1_1);
+    w.engine.on_malformed(old, mb::make_error_code(mb::protocol_errc::unsupported_protocol_version),
+                          protocol_version::v3_1_1, w.now);
+    CHECK(old.only(CONNACK).code == 1);  // [MQTT-3.1.2-2]
+    auto& v5 = w.open(protocol_version::v5);
+    w.engine.on_malformed(v5, mb::make_error_code(mb::codec_errc::truncated), protocol_version::v5, w.now);
+    CHECK(v5.only(CONNACK).code == code(reason_code::malformed_packet));
+    CHECK_FALSE(v5.is_open());
+    CHECK(w.engine.stats().protocol_errors == 2);
+  }
+}
+
+TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[engine][v5][MQTT-4.13.1-1]") {
+  world<> w;
+  const auto v5 = protocol_version::v5;
+  SECTION("Keep Alive timeout 0x8D") {
+    auto& l = w.connected(hello("ka").keep_alive(10), v5);
+    w.advance(seconds(15));
+    CHECK(l.only(DISCONNECT).code == code(reason_code::keep_alive_timeout));
+    CHECK_FALSE(l.is_open());
+  }
+  SECTION("Session taken over 0x8E") {
+    auto& first = w.connected(hello("same"), v5);
+    auto& second = w.connected(hello("same"), v5);
+    CHECK(first.only(DISCONNECT).code == code(reason_code::session_taken_over));
+    CHECK_FALSE(first.is_open());
+    CHECK(second.is_open());
+  }
+  SECTION("Server shutting down 0x8B") {
+    auto& l = w.connected(hello("s"), v5);
+    bool stopped = false;
+    w.engine.stop([&] { stopped = true; });
+    w.run_events();
+    CHECK(l.only(DISCONNECT).code == code(reason_code::server_shutting_down));
+    CHECK(stopped);
+  }
+  SECTION("Topic Alias invalid 0x94: the server allows none [MQTT-3.3.2-9]") {
+    auto& l = w.connected(hello("ta"), v5);
+    codec::publish p;
+    p.topic = "t";
+    codec::properties_builder props;
+    props.add(codec::property_id::topic_alias, 1);
+    p.properties = props.view();
+    w.feed(l, p);
+    CHECK(l.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
+  }
+  SECTION("Receive Maximum exceeded 0x93 [MQTT-3.3.4-9]") {
+    mb::broker_options o;
+    o.receive_maximum = 2;
+    world<> small(o);
+    auto& l = small.connected(hello("rm"), v5);
+    small.publish(l, "t", qos::exactly_once, 1);
+    small.publish(l, "t", qos::exactly_once, 2);
+    CHECK(l.received().size() == 2);  // two PUBRECs
+    small.publish(l, "t", qos::exactly_once, 3);
+    CHECK(l.only(DISCONNECT).code == code(reason_code::receive_maximum_exceeded));
+  }
+  SECTION("Protocol Error 0x82: AUTH without enhanced authentication [MQTT-4.12.0-1]") {
+    auto& l = w.connected(hello("auth"), v5);
+    w.feed(l, codec::auth{});
+    CHECK(l.only(DISCONNECT).code == code(reason_code::protocol_error));
+  }
+  SECTION("Protocol Error 0x82: a DISCONNECT extending a session that ended with its connection [MQTT-3.14.2-2]") {
+    auto& l = w.connected(hello("ext"), v5);
+    codec::disconnect d;
+    codec::properties_builder props;
+    props.add(codec::property_id::session_expiry_interval, 60);
+    d.properties = props.view();
+    w.feed(l, d);
+    CHECK(l.only(DISCONNECT).code == code(reason_code::protocol_error));
+    CHECK(w.engine.stats().sessions == 0);
+  }
+  SECTION("Malformed Packet 0x81 for input the decoder refused") {
+    auto& l = w.connected(hello("bad"), v5);
+    w.engine.on_malformed(l, mb::make_error_code(mb::codec_errc::truncated), v5, w.now);
+    CHECK(l.only(DISCONNECT).code == code(reason_code::malformed_packet));
+  }
+  SECTION("a 3.1.1 client gets no DISCONNECT: the connection just closes [MQTT-4.8.0-1]") {
+    auto& l = w.connected(hello("old").keep_alive(10));
+    w.advance(seconds(15));
+    CHECK(l.received().empty());
+    CHECK_FALSE(l.is_open());
+  }
+}
+
+// ---- deadlines, at their exact boundaries
+
+TEST_CASE("engine: Keep Alive closes at exactly 1.5 times the interval after the last packet",
+          "[engine][time][MQTT-3.1.2-24]") {
+  world<> w;
+  auto& l = w.connected(hello("ka").keep_alive(10));
+  w.advance(seconds(9));
+  w.feed(l, codec::pingreq{});
+  CHECK(l.received().size() == 1);  // PINGRESP
+  w.advance(seconds(15) - nanoseconds(1));
+  CHECK(l.is_open());
+  w.advance(nanoseconds(1));
+  CHECK_FALSE(l.is_open());
+  CHECK(w.engine.stats().keep_alive_timeouts == 1);
+}
+
+TEST_CASE("engine: the CONNECT timeout counts from the accept", "[engine][time]") {
+  mb::broker_options o;
+  o.connect_timeout = seconds(3);
+  world<> w(o);
+  auto& l = w.open();
+  w.advance(seconds(3) - nanoseconds(1));
+  CHECK(l.is_open());
+  w.advance(nanoseconds(1));
+  CHECK_FALSE(l.is_open());
+  CHECK(l.received().empty());
+  CHECK(w.engine.stats().connect_timeouts == 1);
+}
+
+// ---- takeover, wills, expiry
+
+TEST_CASE("engine: a second CONNECT with the same identifier takes the session over with its messages",
+          "[engine][session][MQTT-3.1.4-2][MQTT-3.2.2-2]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub", false));
+  w.subscribe(sub, "t", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "t", qos::at_least_once, 7);
+  CHECK(pub.only(PUBACK).id == 7);
+  const rx first = sub.only(PUBLISH);
+  CHECK_FALSE(first.dup);
+
+  auto& again = w.open();
+  w.connect(again, hello("sub", false), protocol_version::v3_1_1);
+  CHECK_FALSE(sub.is_open());
+  auto got = again.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].type == CONNACK);
+  CHECK(got[0].session_present);
+  CHECK(got[1].type == PUBLISH);  // re-sent, DUP set, same identifier [MQTT-4.4.0-1]
+  CHECK(got[1].dup);
+  CHECK(got[1].id == first.id);
+  CHECK(w.engine.stats().sessions == 2);
+}
+
+TEST_CASE("engine: the will goes out at once without a delay, after the Will Delay with one, and not after a reconnect",
+          "[engine][will][MQTT-3.1.2-8][MQTT-3.1.3-9]") {
+  world<> w;
+  auto& watcher = w.connected(hello("watcher"));
+  w.subscribe(watcher, "will/#", qos::at_most_once);
+  SECTION("no delay") {
+    auto& l = w.connected(hello("now").will("will/now"));
+    w.drop(l);
+    CHECK(watcher.only(PUBLISH).topic == "will/now");
+  }
+  SECTION("a DISCONNECT discards it [MQTT-3.1.2-10]") {
+    auto& l = w.connected(hello("polite").will("will/polite"));
+    w.feed(l, codec::disconnect{});
+    CHECK_FALSE(l.is_open());
+    CHECK(watcher.received().empty());
+  }
+  SECTION("Will Delay") {
+    auto& l = w.connected(hello("late").session_expiry(60).will("will/late", 5), protocol_version::v5);
+    w.drop(l);
+    REQUIRE(w.engine.next_will_due() == w.now + seconds(5));
+    w.advance(seconds(5) - nanoseconds(1));
+    CHECK(watcher.received().empty());
+    w.advance(nanoseconds(1));
+    CHECK(watcher.only(PUBLISH).topic == "will/late");
+  }
+  SECTION("a reconnect within the Will Delay cancels it") {
+    auto& l = w.connected(hello("back").session_expiry(60).will("will/back", 5), protocol_version::v5);
+    w.drop(l);
+    w.advance(seconds(4));
+    w.connected(hello("back", false).session_expiry(60), protocol_version::v5);
+    w.advance(seconds(60));
+    CHECK(watcher.received().empty());
+  }
+  SECTION("a Will Delay longer than the session: the will goes out when the session ends") {
+    auto& l = w.connected(hello("brief").session_expiry(2).will("will/brief", 30), protocol_version::v5);
+    w.drop(l);
+    w.advance(seconds(2) - nanoseconds(1));
+    CHECK(watcher.received().empty());
+    w.advance(nanoseconds(1));
+    CHECK(watcher.only(PUBLISH).topic == "will/brief");
+    w.advance(seconds(60));
+    CHECK(watcher.received().empty());
+  }
+}
+
+TEST_CASE("engine: an offline session expires at exactly its Session Expiry Interval", "[engine][session][MQTT-3.1.2-23]") {
+  world<> w;
+  auto& l = w.connected(hello("s", false).session_expiry(30), protocol_version::v5);
+  w.subscribe(l, "t", qos::at_least_once);
+  w.feed(l, codec::disconnect{});
+  w.advance(seconds(30) - nanoseconds(1));
+  CHECK(w.engine.stats().sessions == 1);
+  w.advance(nanoseconds(1));
+  CHECK(w.engine.stats().sessions == 0);
+  CHECK(w.engine.stats().sessions_expired == 1);
+  auto& pub = w.connected(hello("p"));
+  w.publish(pub, "t", qos::at_most_once, 0);
+  CHECK(w.engine.stats().messages_sent == 0);  // its subscription went with it
+}
+
+// ---- QoS 1 and 2, both ways
+
+TEST_CASE("engine: QoS 2 from a client is routed once and released by PUBREL; a resent PUBLISH is acknowledged again",
+          "[engine][qos][MQTT-4.3.3-2]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub", false));
+  w.publish(pub, "t", qos::exactly_once, 5);
+  CHECK(pub.only(PUBREC).id == 5);
+  w.publish(pub, "t", qos::exactly_once, 5, true);  // DUP before PUBREL
+  CHECK(pub.only(PUBREC).id == 5);
+  const auto delivered = sub.received();
+  REQUIRE(delivered.size() == 1);  // once
+  w.ack<codec::pubrel>(pub, 5);
+  CHECK(pub.only(PUBCOMP).id == 5);
+  w.publish(pub, "t", qos::exactly_once, 5);  // the identifier is free again: a new message
+  CHECK(pub.only(PUBREC).id == 5);
+  CHECK(sub.received().size() == 1);
+}
+
+TEST_CASE("engine: QoS 1 and 2 to a client resume after a reconnect: PUBLISH with DUP, or PUBREL after PUBREC",
+          "[engine][qos][session][MQTT-4.4.0-1]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub", false));
+  w.subscribe(sub, "q/#", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "q/1", qos::at_least_once, 1);
+  w.publish(pub, "q/2", qos::exactly_once, 2);
+  w.publish(pub, "q/3", qos::exactly_once, 3);
+  auto out = sub.received();
+  REQUIRE(out.size() == 3);
+  // The client received q/3 and sent PUBREC: the broker owes PUBREL; then the client vanishes.
+  w.ack<codec::pubrec>(sub, out[2].id);
+  CHECK(sub.only(PUBREL).id == out[2].id);
+  w.drop(sub);
+
+  auto& back = w.open();
+  w.connect(back, hello("sub", false), protocol_version::v3_1_1);
+  auto resent = back.received();
+  REQUIRE(resent.size() == 4);
+  CHECK(resent[0].type == CONNACK);
+  CHECK(resent[1].type == PUBLISH);
+  CHECK(resent[1].topic == "q/1");
+  CHECK(resent[1].dup);
+  CHECK(resent[2].type == PUBLISH);
+  CHECK(resent[2].topic == "q/2");
+  CHECK(resent[2].dup);
+  CHECK(resent[3].type == PUBREL);
+  CHECK(resent[3].id == out[2].id);
+  w.ack<codec::puback>(back, resent[1].id);
+  w.ack<codec::pubrec>(back, resent[2].id);
+  CHECK(back.only(PUBREL).id == resent[2].id);
+  w.ack<codec::pubcomp>(back, resent[2].id);
+  w.ack<codec::pubcomp>(back, resent[3].id);
+  CHECK(back.received().empty());
+  // Nothing is owed any more: a further reconnect resends nothing.
+  w.drop(back);
+  auto& last = w.open();
+  w.connect(last, hello("sub", false), protocol_version::v3_1_1);
+  auto final_packets = last.received();
+  REQUIRE(final_packets.size() == 1);
+  CHECK(final_packets[0].type == CONNACK);
+}

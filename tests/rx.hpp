@@ -1,0 +1,82 @@
+#ifndef MQTTBROKER_TESTS_RX_HPP
+#define MQTTBROKER_TESTS_RX_HPP
+
+// What a test client received, copied out of the decoder's views: shared by the broker tests (over
+// the memory transport) and the engine tests (no transport at all).
+#include <mqttbroker/codec.hpp>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+namespace test_rx {
+
+namespace codec = ::mqttbroker::codec;
+using ::mqttbroker::reason_code;
+using codec::qos;
+
+/// A received packet, copied out of the decoder's views.
+struct rx {
+  codec::packet_type type{};
+  std::uint16_t id = 0;
+  std::uint8_t code = 0;  // CONNACK code, acknowledgement or DISCONNECT reason
+  bool session_present = false;
+  std::vector<std::uint8_t> codes;  // SUBACK, UNSUBACK
+  std::string topic, payload;
+  qos qos_level = qos::at_most_once;
+  bool retain = false, dup = false;
+  std::string assigned_client_id;
+};
+
+inline rx to_rx(const codec::packet& p) {
+  rx r;
+  r.type = codec::type_of(p);
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, codec::connack>) {
+          r.session_present = x.session_present;
+          r.code = x.code;
+          if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
+            r.assigned_client_id = std::string(a->value);
+        } else if constexpr (std::is_same_v<T, codec::publish>) {
+          r.topic = std::string(x.topic);
+          r.payload = std::string(x.payload);
+          r.qos_level = x.qos_level;
+          r.retain = x.retain;
+          r.dup = x.dup;
+          r.id = x.packet_id;
+        } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
+                             std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
+          r.id = x.packet_id;
+          r.code = static_cast<std::uint8_t>(x.reason);
+        } else if constexpr (std::is_same_v<T, codec::suback> || std::is_same_v<T, codec::unsuback>) {
+          r.id = x.packet_id;
+          for (reason_code c : x.reasons) r.codes.push_back(static_cast<std::uint8_t>(c));
+        } else if constexpr (std::is_same_v<T, codec::disconnect>) {
+          r.code = static_cast<std::uint8_t>(x.reason);
+        }
+      },
+      p);
+  return r;
+}
+
+/// Short names for the packet types the tests expect.
+namespace packet_types {
+constexpr auto CONNACK = codec::packet_type::connack;
+constexpr auto PUBLISH = codec::packet_type::publish;
+constexpr auto PUBACK = codec::packet_type::puback;
+constexpr auto PUBREC = codec::packet_type::pubrec;
+constexpr auto PUBREL = codec::packet_type::pubrel;
+constexpr auto PUBCOMP = codec::packet_type::pubcomp;
+constexpr auto SUBACK = codec::packet_type::suback;
+constexpr auto UNSUBACK = codec::packet_type::unsuback;
+constexpr auto PINGRESP = codec::packet_type::pingresp;
+constexpr auto DISCONNECT = codec::packet_type::disconnect;
+}  // namespace packet_types
+
+}  // namespace test_rx
+
+#endif  // MQTTBROKER_TESTS_RX_HPP
