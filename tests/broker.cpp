@@ -8,6 +8,7 @@
 #include "rx.hpp"
 
 #include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
 #include <asio/strand.hpp>
 #include <asio/thread_pool.hpp>
 #include <asio/write.hpp>
@@ -56,17 +57,15 @@ struct will_spec {
   bool retain = false;
 };
 
-/// A test client over a memory stream: encodes with the project's codec, decodes what the broker
-/// sends into rx records. Its handlers own its state, so it may go away with operations pending.
-class client {
+/// A test client over a stream (the memory transport's, or a TCP socket): encodes with the
+/// project's codec, decodes what the broker sends into rx records. Its handlers own its state, so it may go away with operations pending.
+template <class Stream>
+class basic_client {
  public:
-  client(asio::io_context& io, const std::string& listener, protocol_version v)
-      : s_(std::make_shared<state>(memory::connect(io.get_executor(), listener), v)) {
-    read(s_);
-  }
-  client(const client&) = delete;
-  client& operator=(const client&) = delete;
-  ~client() { close(); }
+  basic_client(Stream stream, protocol_version v) : s_(std::make_shared<state>(std::move(stream), v)) { read(s_); }
+  basic_client(const basic_client&) = delete;
+  basic_client& operator=(const basic_client&) = delete;
+  ~basic_client() { close(); }
 
   protocol_version version() const { return s_->version; }
 
@@ -219,9 +218,9 @@ class client {
 
  private:
   struct state {
-    state(memory_stream s, protocol_version v)
+    state(Stream s, protocol_version v)
         : stream(std::move(s)), version(v), decoder(codec::decoder_options{codec::role::client, codec::max_packet_size, v}) {}
-    memory_stream stream;
+    Stream stream;
     protocol_version version;
     codec::decoder decoder;
     std::array<std::uint8_t, 512> buffer{};  // small on purpose: packets arrive split across reads
@@ -265,6 +264,13 @@ class client {
   std::optional<std::uint32_t> session_expiry_;
   std::optional<std::uint32_t> will_delay_;
   std::uint16_t keep_alive_ = 0;
+};
+
+/// A test client over the memory transport, connected to `listener`.
+class client : public basic_client<memory_stream> {
+ public:
+  client(asio::io_context& io, const std::string& listener, protocol_version v)
+      : basic_client(memory::connect(io.get_executor(), listener), v) {}
 };
 
 std::string next_listener_name() {
@@ -1822,4 +1828,91 @@ TEST_CASE("3.1.1: a persistent session is kept for persistent_session_expiry aft
   CHECK(h.broker.stats().sessions == 1);
   h.advance(std::chrono::milliseconds(1));
   CHECK(h.broker.stats().sessions == 0);
+}
+
+// ---- several transports in one broker
+
+TEST_CASE("one broker serves a TCP and an in-memory listener from one session table and one router",
+          "[broker][transport][MQTT-3.1.4-2][MQTT-4.4.0-1]") {
+  using namespace std::chrono_literals;
+  using tcp_client = basic_client<asio::ip::tcp::socket>;
+  asio::io_context io;
+  mb::broker<> b(io);  // TCP by default
+  b.listen({"127.0.0.1", 0});
+  const std::string mem_listener = next_listener_name();
+  b.listen<memory>(memory::listen_options(mem_listener));
+  CHECK(b.local_port(1) == 0);  // the memory transport has no ports
+  b.start();
+
+  // Real sockets need a bounded wait, not a fixed number of polls; it fails the test when it ends.
+  auto wait_for = [&io](auto ready) {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!ready()) {
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      io.restart();
+      io.run_for(2ms);
+    }
+  };
+  auto over_tcp = [&] {
+    asio::ip::tcp::socket s(io);
+    s.connect({asio::ip::make_address("127.0.0.1"), b.local_port(0)});
+    return std::make_unique<tcp_client>(std::move(s), protocol_version::v3_1_1);
+  };
+
+  auto t = over_tcp();
+  t->connect("via-tcp", false);
+  wait_for([&] { return t->pending() == 1; });
+  REQUIRE(t->pop(CONNACK).code == 0);
+  t->subscribe(1, "to-tcp/#", qos::at_least_once);
+  wait_for([&] { return t->pending() == 1; });
+  t->pop(SUBACK);
+
+  auto m = std::make_unique<client>(io, mem_listener, protocol_version::v5);
+  m->set_session_expiry(60);
+  m->connect("via-mem", false);
+  wait_for([&] { return m->pending() == 1; });
+  REQUIRE(m->pop(CONNACK).code == 0);
+  m->subscribe(1, "to-mem/#", qos::at_least_once);
+  wait_for([&] { return m->pending() == 1; });
+  m->pop(SUBACK);
+  CHECK(b.stats().connections == 2);
+
+  // Messages cross between the transports both ways.
+  m->publish("to-tcp/a", "from memory", qos::at_least_once, 10);
+  wait_for([&] { return m->pending() == 1 && t->pending() == 1; });
+  CHECK(m->pop(PUBACK).id == 10);
+  const rx unacked = t->pop(PUBLISH);  // left unacknowledged: owed again after the takeover
+  CHECK(unacked.payload == "from memory");
+  t->publish("to-mem/b", "from tcp", qos::at_least_once, 20);
+  wait_for([&] { return t->pending() == 1 && m->pending() == 1; });
+  CHECK(t->pop(PUBACK).id == 20);
+  const rx to_mem = m->pop(PUBLISH);
+  CHECK(to_mem.payload == "from tcp");
+  m->puback(to_mem.id);
+
+  // A memory client takes over the TCP client's session: same subscriptions, the unacknowledged
+  // message again with DUP; the TCP connection is closed.
+  auto m2 = std::make_unique<client>(io, mem_listener, protocol_version::v3_1_1);
+  m2->connect("via-tcp", false);
+  wait_for([&] { return m2->pending() == 2 && t->closed(); });
+  CHECK(m2->pop(CONNACK).session_present);
+  const rx again = m2->pop(PUBLISH);
+  CHECK(again.dup);
+  CHECK(again.id == unacked.id);
+  CHECK(again.payload == "from memory");
+  m2->puback(again.id);
+
+  // A TCP client takes over the memory client's session.
+  auto t2 = over_tcp();
+  t2->connect("via-mem", false);
+  wait_for([&] { return t2->pending() == 1 && m->closed(); });
+  CHECK(t2->pop(CONNACK).session_present);
+  m2->publish("to-mem/c", "still routed", qos::at_most_once);
+  wait_for([&] { return t2->pending() == 1; });
+  CHECK(t2->pop(PUBLISH).payload == "still routed");
+  CHECK(b.stats().sessions == 2);
+
+  bool stopped = false;
+  b.async_stop([&](std::error_code ec) { stopped = !ec; });
+  wait_for([&] { return stopped; });
 }
