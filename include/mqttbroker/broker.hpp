@@ -123,7 +123,7 @@ class broker {
   broker(asio::any_io_executor ex, stream_executor_type stream_ex, broker_options opts, hooks_type hooks)
       : ex_(std::move(ex)),
         stream_ex_(std::move(stream_ex)),
-        control_ex_(make_strand_if_threaded(ex_)),
+        control_ex_(locking_type::make_strand(ex_)),
         opts_(std::move(opts)),
         hooks_(std::move(hooks)),
         sweep_timer_(control_ex_) {
@@ -342,13 +342,6 @@ class broker {
 #endif
       throw std::invalid_argument("mqttbroker: the transport needs an asio::io_context's executor");
     }
-  }
-
-  static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
-    if constexpr (locking_type::thread_safe)
-      return asio::make_strand(ex);
-    else
-      return ex;
   }
 
   void on_accept(stream_type s) {
@@ -1261,7 +1254,7 @@ class broker {
 
   asio::any_io_executor ex_;
   stream_executor_type stream_ex_;
-  asio::any_io_executor control_ex_;  // a strand with locking::shared
+  asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
   broker_options opts_;
   std::size_t pacing_bytes_ = 0;     // pacing thresholds, below the queue limits
   std::size_t pacing_messages_ = 0;

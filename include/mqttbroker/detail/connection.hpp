@@ -18,7 +18,6 @@
 #include <asio/error.hpp>
 #include <asio/post.hpp>
 #include <asio/socket_base.hpp>
-#include <asio/strand.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -168,16 +167,30 @@ struct const_buffer_range {
   const_iterator end() const noexcept { return last; }
 };
 
-/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
-/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
-template <class Executor, bool OnStrand>
-struct connection_strand {
-  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
-  asio::strand<Executor> strand_;
+/// Where a connection's handlers run: its locking policy's strand for the stream's executor. When
+/// that strand is the executor itself (locking::none) there is nothing to hold, and this is an empty
+/// base: C++17 has no [[no_unique_address]], and an empty member would still take 8 bytes per
+/// connection. Nor is a handler bound to it then, so a pending operation is no larger either.
+template <class Strand, class Executor, bool = std::is_same_v<Strand, Executor>>
+class connection_strand {
+ protected:
+  explicit connection_strand(Strand s) : strand_(std::move(s)) {}
+  template <class Stream>
+  Strand handler_executor(Stream&) const { return strand_; }
+  template <class Handler>
+  auto on_strand(Handler h) const { return asio::bind_executor(strand_, std::move(h)); }
+
+ private:
+  Strand strand_;
 };
-template <class Executor>
-struct connection_strand<Executor, false> {
+template <class Strand, class Executor>
+class connection_strand<Strand, Executor, true> {
+ protected:
   explicit connection_strand(const Executor&) noexcept {}
+  template <class Stream>
+  static Executor handler_executor(Stream& s) { return s.get_executor(); }
+  template <class Handler>
+  static Handler on_strand(Handler h) { return h; }
 };
 
 /// One client connection: waits for its socket to be readable, reads into a buffer shared by
@@ -188,19 +201,19 @@ struct connection_strand<Executor, false> {
 template <class Broker>
 class connection : public list_links,
                    public ref_counted,
-                   private connection_strand<typename Broker::stream_type::executor_type,
-                                             Broker::locking_type::thread_safe> {
+                   private connection_strand<typename Broker::locking_type::template strand_type<
+                                                 typename Broker::stream_type::executor_type>,
+                                             typename Broker::stream_type::executor_type> {
  public:
   using stream_type = typename Broker::stream_type;
   using stream_executor = typename stream_type::executor_type;
-  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
-  static constexpr bool on_strand = Broker::locking_type::thread_safe;
-  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
+  /// The locking policy's strand for the stream's executor, where this connection's handlers run.
+  using executor_type = typename Broker::locking_type::template strand_type<stream_executor>;
   using clock = std::chrono::steady_clock;
   using session_record = typename Broker::session_record;
 
   connection(Broker& b, stream_type s)
-      : connection_strand<stream_executor, on_strand>(s.get_executor()),
+      : connection_strand<executor_type, stream_executor>(Broker::locking_type::make_strand(s.get_executor())),
         broker_(b),
         stream_(std::move(s)),
         decoder_(codec::decoder_options{codec::role::server, b.options().max_packet_size, std::nullopt}),
@@ -215,12 +228,7 @@ class connection : public list_links,
   /// A reference to this connection, which its pending operations and the broker's lists hold.
   ref_ptr<connection> self() noexcept { return ref_ptr<connection>(this); }
 
-  executor_type get_executor() {
-    if constexpr (on_strand)
-      return this->strand_;
-    else
-      return stream_.get_executor();
-  }
+  executor_type get_executor() { return this->handler_executor(stream_); }
 
   void start() {
     const auto now = clock::now();
@@ -344,14 +352,10 @@ class connection : public list_links,
   static constexpr std::size_t max_write_buffers = 64;
 
   /// A completion handler for this connection's operations: its memory from the thread's pool,
-  /// and on the connection's strand when there is one.
+  /// and on the connection's strand.
   template <class Handler>
   auto bind_handler(Handler h) {
-    auto pooled = asio::bind_allocator(pooled_allocator<void>(), std::move(h));
-    if constexpr (on_strand)
-      return asio::bind_executor(this->strand_, std::move(pooled));
-    else
-      return pooled;
+    return this->on_strand(asio::bind_allocator(pooled_allocator<void>(), std::move(h)));
   }
 
   struct flush_list {

@@ -4,6 +4,12 @@
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/thread_slot.hpp>
 
+// The one Asio header in locking/ (scripts/check_layers.py allows no other): what keeps one
+// connection's handlers from running at once on several threads is this policy's to say, and with
+// Asio that is a strand. locking/none.hpp and locking/traits.hpp need no Asio, so the sans-I/O
+// layers can name a locking policy's contract, and run on locking::none, without it.
+#include <asio/strand.hpp>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -138,6 +144,12 @@ struct shared {
   using session_mutex_type = std::mutex;
   template <class T>
   using counter_type = striped_counter<T>;
+
+  /// Each connection's handlers, and the broker's own control work, run on a strand of their own.
+  template <class Executor>
+  using strand_type = asio::strand<Executor>;
+  template <class Executor>
+  static strand_type<Executor> make_strand(const Executor& ex) { return asio::make_strand(ex); }
 };
 
 }  // namespace locking
