@@ -12,15 +12,18 @@
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/locking/none.hpp>
 #include <mqttbroker/locking/shared.hpp>
+#include <mqttbroker/locking/traits.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
 #include <mqttbroker/router/retained.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/session/state.hpp>
+#include <mqttbroker/storage/contract.hpp>
 #include <mqttbroker/storage/memory.hpp>
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 #include <mqttbroker/transport/tcp.hpp>
+#include <mqttbroker/transport/traits.hpp>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
@@ -51,19 +54,6 @@
 
 MQTTBROKER_BEGIN_NAMESPACE
 
-namespace detail {
-/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type (a policy
-/// written before sessions had a lock type of their own).
-template <class Locking, class = void>
-struct session_mutex_of {
-  using type = typename Locking::mutex_type;
-};
-template <class Locking>
-struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
-  using type = typename Locking::session_mutex_type;
-};
-}  // namespace detail
-
 /// broker<> is TCP, memory storage, no locking (one io_context thread) and no hooks. Override one
 /// by deriving: `struct my_policies : default_policies { using locking = locking::shared; };`
 struct default_policies {
@@ -93,6 +83,11 @@ struct broker_stats {
 
 template <class Policies = default_policies>
 class broker {
+  // Each policy meets its contract, or the first error names what is missing.
+  static_assert(transport::detail::check_transport<typename Policies::transport>());
+  static_assert(storage::detail::check_storage<typename Policies::storage>());
+  static_assert(locking::detail::check_locking<typename Policies::locking, asio::any_io_executor>());
+
  public:
   using policies = Policies;
   using transport_type = typename Policies::transport;
@@ -256,7 +251,7 @@ class broker {
  private:
   friend connection_type;
   using mutex_type = typename locking_type::mutex_type;
-  using session_mutex_type = typename detail::session_mutex_of<locking_type>::type;
+  using session_mutex_type = locking::session_mutex_t<locking_type>;
 
   enum class subscriber_kind : std::uint8_t { client, local };
 
