@@ -87,6 +87,7 @@ class broker {
   static_assert(transport::detail::check_transport<typename Policies::transport>());
   static_assert(storage::detail::check_storage<typename Policies::storage>());
   static_assert(locking::detail::check_locking<typename Policies::locking, asio::any_io_executor>());
+  static_assert(hooks::detail::check_hooks<typename Policies::hooks>());
 
  public:
   using policies = Policies;
