@@ -709,7 +709,7 @@ class broker {
         ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
         continue;
       }
-      if (e.filter.size() >= 7 && e.filter.compare(0, 7, "$share/") == 0) {
+      if (topic::is_shared_filter(e.filter)) {
         // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
