@@ -38,7 +38,9 @@ using acceptor_t = typename T::acceptor_type;
 using gather_buffers = std::array<asio::const_buffer, 2>;
 
 // One detection trait per member the broker uses; each is false, never an error, when the member
-// or anything it needs is missing.
+// or anything it needs is missing. One limit: a member with a deduced return type (`auto`, as Asio
+// style async functions often have) is instantiated to learn it, so an error inside its body (an
+// acceptor whose streams are not the transport's stream_type) is a hard error there.
 
 template <class T, class = void>
 struct has_name : std::false_type {};
