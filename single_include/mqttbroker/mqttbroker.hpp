@@ -3735,7 +3735,7 @@ struct none {};
 
 namespace detail {
 
-/// Whether H can be searched for hook names: H is derived from (see MQTTBROKER_HOOK).
+/// Whether H can be searched for hook names: the name probes below derive from it.
 template <class H>
 inline constexpr bool searchable = std::is_class_v<H> && !std::is_final_v<H>;
 
@@ -3810,9 +3810,9 @@ constexpr bool check_hooks() {
   static_assert(searchable<H>,
                 "mqttbroker: the hooks policy must be a non-final class (its hooks are found by deriving from it)");
   // Instantiating each hook's trait is what checks it.
-  constexpr bool found[] = {authenticate_hook<H>::value,  authorize_publish_hook<H>::value,
+  constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
-                            on_connect_hook<H>::value,    on_disconnect_hook<H>::value,
+                            on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value};
   return sizeof(found) != 0;
 }
