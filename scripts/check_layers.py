@@ -4,7 +4,8 @@
 For every header under include/mqttbroker:
   * each `#include <mqttbroker/...>` must point down the layer table below, never up or sideways;
   * includes of our own headers use <mqttbroker/...>, never quotes (the amalgamator needs that);
-  * Asio stays out of the sans-I/O layers, OpenSSL out of everything but transport TLS;
+  * Asio stays out of the sans-I/O layers (locking/ may have its strand only), OpenSSL out of
+    everything but transport TLS;
   * the include guard is named after the path: codec/decoder.hpp -> MQTTBROKER_CODEC_DECODER_HPP.
 
 Folders that do not exist yet are simply absent. Exit status 0 when clean, 1 on any violation.
@@ -60,6 +61,9 @@ ALLOWED_HEADERS = {"router": {"codec/types.hpp"}}
 SPECIAL_FILES = {}
 # Units that must not include Asio (directly; level 0 includes nothing but std).
 NO_ASIO = {"config", "version", "error", "detail", "codec", "topic", "message", "session", "engine", "broker_fwd"}
+# Units that may include only these Asio headers: a locking policy says what a strand is
+# (locking::shared: asio::strand), and nothing more of Asio.
+ASIO_ONLY = {"locking": {"asio/strand.hpp"}}
 ASIO_INCLUDE = re.compile(r"^(asio\.hpp|asio/|boost/asio)")
 OPENSSL_INCLUDE = re.compile(r"^openssl/")
 
@@ -109,6 +113,9 @@ def check_file(rel, text):
             continue
         if ASIO_INCLUDE.match(target) and unit in NO_ASIO:
             errors.append(f"{where}: <{target}>: no Asio in {unit} (level {level})")
+        if ASIO_INCLUDE.match(target) and unit in ASIO_ONLY and target not in ASIO_ONLY[unit]:
+            allowed_asio = ", ".join(f"<{h}>" for h in sorted(ASIO_ONLY[unit]))
+            errors.append(f"{where}: <{target}>: {unit} may include only {allowed_asio} of Asio")
         if OPENSSL_INCLUDE.match(target) and not (unit == "transport" and "tls" in rel):
             errors.append(f"{where}: <{target}>: OpenSSL belongs in transport/tls.hpp only")
         if not target.startswith("mqttbroker/"):

@@ -1154,6 +1154,62 @@ static_assert(mb::hooks::has_authenticate_v<test_hooks> && mb::hooks::has_author
               mb::hooks::has_on_connect_v<test_hooks> && mb::hooks::has_on_disconnect_v<test_hooks> &&
               mb::hooks::has_on_subscribe_v<test_hooks>);
 
+// Hook names are found apart from signatures: a member named like a hook that cannot be called as
+// documented is reported (check_hooks fails to compile), never skipped.
+namespace hd = mb::hooks::detail;
+struct publish_hook_by_pointer {
+  bool authorize_publish(std::string_view, mb::message_ptr);  // the message as message_ptr
+};
+struct connect_hook_overloads {
+  void on_connect(int);
+  void on_connect(std::string_view, int);
+};
+struct private_publish_hook {
+ private:
+  bool authorize_publish(std::string_view, const mb::message&);
+};
+struct connect_hook_data_member {
+  int on_connect = 0;
+};
+struct intercept_by_value {
+  void intercept(std::string_view, mb::message_ptr);  // could not replace or drop the message
+};
+struct subscribe_hook_template {
+  template <class... Args>
+  void on_subscribe(Args&&...);
+};
+struct inherited_hooks : test_hooks {};
+struct final_hooks final {};
+
+static_assert(hd::declares<hd::names_authorize_publish, publish_hook_by_pointer>::value &&
+              !hd::accepts_authorize_publish<publish_hook_by_pointer>::value);
+static_assert(hd::declares<hd::names_on_connect, connect_hook_overloads>::value &&
+              !hd::accepts_on_connect<connect_hook_overloads>::value);
+static_assert(hd::declares<hd::names_authorize_publish, private_publish_hook>::value &&
+              !hd::accepts_authorize_publish<private_publish_hook>::value);
+static_assert(hd::declares<hd::names_on_connect, connect_hook_data_member>::value &&
+              !hd::accepts_on_connect<connect_hook_data_member>::value);
+static_assert(hd::declares<hd::names_intercept, intercept_by_value>::value && !hd::accepts_intercept<intercept_by_value>::value);
+static_assert(hd::accepts_on_subscribe<subscribe_hook_template>::value && mb::hooks::has_on_subscribe_v<subscribe_hook_template>);
+static_assert(mb::hooks::has_authenticate_v<inherited_hooks> && mb::hooks::has_on_subscribe_v<inherited_hooks>);
+// Names absent: nothing declared, nothing reported.
+static_assert(!hd::declares<hd::names_authenticate, empty_hooks>::value &&
+              !hd::declares<hd::names_on_connect, publish_hook_by_pointer>::value);
+static_assert(!hd::searchable<final_hooks> && !hd::searchable<int> && hd::searchable<mb::hooks::none>);
+
+// The storage contract: a durable flag known at compile time.
+struct durable_as_int {
+  static constexpr int durable = 1;
+};
+struct durable_at_run_time {
+  static bool durable;
+};
+static_assert(mb::storage::detail::check_storage<mb::storage::memory>());
+static_assert(!mb::storage::contract::has_durable<durable_as_int> && !mb::storage::contract::has_durable<durable_at_run_time>);
+#if MQTTBROKER_HAS_CONCEPTS
+static_assert(mb::storage_policy<mb::storage::memory> && !mb::storage_policy<empty_hooks>);
+#endif
+
 }  // namespace
 
 TEST_CASE("over TCP a broker runs on an io_context's executor or a strand of one, and refuses others at construction",

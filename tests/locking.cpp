@@ -4,8 +4,14 @@
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/locking/shared.hpp>
 #include <mqttbroker/locking/none.hpp>
+#include <mqttbroker/locking/traits.hpp>
 
 #include "catch.hpp"
+
+#include <asio/any_io_executor.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/strand.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -225,4 +231,73 @@ TEST_CASE("ref_ptr: references copied and dropped on several threads delete the 
     });
     REQUIRE(deaths.load() == 1);
   }
+}
+
+// ---- the locking contract (locking/traits.hpp)
+
+namespace {
+
+/// A policy written before sessions had a lock of their own: its mutex_type serves sessions too.
+struct without_session_mutex {
+  static constexpr bool thread_safe = true;
+  using mutex_type = std::shared_mutex;
+  template <class T>
+  using counter_type = std::atomic<T>;
+  template <class Executor>
+  using strand_type = asio::strand<Executor>;
+  template <class Executor>
+  static strand_type<Executor> make_strand(const Executor& ex) { return asio::make_strand(ex); }
+};
+
+/// Only exclusive locking: routing's shared lock has nothing to call.
+struct exclusive_only : without_session_mutex {
+  using mutex_type = std::mutex;
+};
+
+/// The thread-safety flag as a run-time value, which `if constexpr` cannot read.
+struct flag_at_run_time : without_session_mutex {
+  static bool thread_safe;
+};
+
+/// No strand of its own.
+struct no_strand {
+  static constexpr bool thread_safe = false;
+  using mutex_type = mb::locking::none::mutex_type;
+  template <class T>
+  using counter_type = mb::locking::none::counter_type<T>;
+};
+
+}  // namespace
+
+TEST_CASE("none and shared meet the locking contract, and each says what a strand is", "[locking][contract]") {
+  using io_executor = asio::io_context::executor_type;
+  namespace req = mb::locking::contract;
+  static_assert(mb::locking::detail::check_locking<mb::locking::none, asio::any_io_executor, io_executor>());
+  static_assert(mb::locking::detail::check_locking<mb::locking::shared, asio::any_io_executor, io_executor>());
+  static_assert(mb::locking::detail::check_locking<without_session_mutex, io_executor>());
+#if MQTTBROKER_HAS_CONCEPTS
+  static_assert(mb::locking_policy<mb::locking::none, io_executor> && mb::locking_policy<mb::locking::shared, io_executor>);
+  static_assert(mb::locking_policy<no_strand> && !mb::locking_policy<no_strand, io_executor>);
+#endif
+  // One thread: the strand is the executor itself. Several: an asio::strand over it.
+  static_assert(std::is_same_v<mb::locking::none::strand_type<io_executor>, io_executor>);
+  static_assert(std::is_same_v<mb::locking::shared::strand_type<io_executor>, asio::strand<io_executor>>);
+  static_assert(std::is_same_v<mb::locking::session_mutex_t<mb::locking::shared>, std::mutex>);
+  static_assert(std::is_same_v<mb::locking::session_mutex_t<without_session_mutex>, std::shared_mutex>);
+
+  CHECK_FALSE(req::mutex_locks_shared<exclusive_only>);
+  CHECK(req::mutex_locks<exclusive_only>);
+  CHECK_FALSE(req::has_thread_safe<flag_at_run_time>);
+  CHECK_FALSE(req::has_strand_for<no_strand, io_executor>);
+  CHECK((req::has_mutex_type<no_strand> && req::has_counter_type<no_strand> && req::session_mutex_locks<no_strand>));
+  CHECK_FALSE((req::has_thread_safe<int> || req::has_mutex_type<int> || req::has_counter_type<int>));
+
+  asio::io_context io;
+  CHECK(mb::locking::none::make_strand(io.get_executor()) == io.get_executor());
+  auto strand = mb::locking::shared::make_strand(io.get_executor());
+  CHECK(strand.get_inner_executor() == io.get_executor());
+  bool ran_on_strand = false;
+  asio::post(strand, [&] { ran_on_strand = strand.running_in_this_thread(); });
+  io.run();
+  CHECK(ran_on_strand);
 }

@@ -1,5 +1,8 @@
 #include <mqttbroker/transport/memory.hpp>
 
+#include <mqttbroker/transport/tcp.hpp>
+#include <mqttbroker/transport/traits.hpp>
+
 #include "catch.hpp"
 
 #include <asio/bind_executor.hpp>
@@ -510,4 +513,93 @@ TEST_CASE("async_wait(wait_read) completes when bytes or EOF are there; read_som
     CHECK(d.read_some(asio::buffer(buf), ec) == 0);
     CHECK(ec == asio::error::eof);
   }
+}
+
+// ---- the transport contract (transport/traits.hpp)
+
+namespace contract_test {
+
+/// A stream with what every transport needs and nothing more (declared only: never called).
+struct minimal_stream {
+  using executor_type = asio::any_io_executor;
+  executor_type get_executor();
+  template <class MutableBufferSequence, class Handler>
+  void async_read_some(const MutableBufferSequence&, Handler&&);
+  template <class ConstBufferSequence, class Handler>
+  void async_write_some(const ConstBufferSequence&, Handler&&);
+  void close(std::error_code&);
+};
+
+/// An acceptor with what every transport needs (declared only).
+struct minimal_acceptor {
+  struct endpoint {
+    std::uint16_t port() const;
+  };
+  template <class Executor, class Handler>
+  void async_accept(const Executor&, Handler&&);
+  void close(std::error_code&);
+  bool is_open() const;
+  endpoint local_endpoint(std::error_code&) const;
+};
+
+/// The in-memory transport, with a layer's handshake and graceful shutdown added (a TLS-like stack).
+struct layered : memory {
+  template <class Handler>
+  static void async_handshake(stream_type&, Handler&&);
+  template <class Handler>
+  static void async_shutdown(stream_type&, Handler&&);
+};
+
+/// A transport whose stream cannot read.
+struct write_only : memory {
+  struct stream_type {
+    using executor_type = asio::any_io_executor;
+    executor_type get_executor();
+    template <class ConstBufferSequence, class Handler>
+    void async_write_some(const ConstBufferSequence&, Handler&&);
+    void close(std::error_code&);
+  };
+  using acceptor_type = minimal_acceptor;
+  static acceptor_type make_acceptor(const asio::any_io_executor&, const listen_options&, std::error_code&);
+  static void prepare(stream_type&);
+};
+
+struct minimal {
+  static constexpr const char* name = "minimal";
+  using stream_type = minimal_stream;
+  using acceptor_type = minimal_acceptor;
+  struct listen_options {};
+  static acceptor_type make_acceptor(const asio::any_io_executor&, const listen_options&, std::error_code&);
+  static void prepare(stream_type&);
+};
+
+}  // namespace contract_test
+
+TEST_CASE("tcp and memory meet the transport contract; its requirements and optional abilities are detected one by one",
+          "[transport][contract]") {
+  namespace mt = mqttbroker::transport;
+  namespace req = mqttbroker::transport::contract;
+  static_assert(mt::detail::check_transport<mt::tcp>() && mt::detail::check_transport<memory>());
+#if MQTTBROKER_HAS_CONCEPTS
+  static_assert(mqttbroker::transport_policy<mt::tcp> && mqttbroker::transport_policy<memory>);
+  static_assert(!mqttbroker::transport_policy<contract_test::write_only> && !mqttbroker::transport_policy<int>);
+#endif
+  // Plain sockets, and the in-memory stream that stands in for them, can wait for readability.
+  CHECK(mt::has_readability_wait_v<mt::tcp>);
+  CHECK(mt::has_readability_wait_v<memory>);
+  CHECK_FALSE(mt::has_readability_wait_v<contract_test::minimal>);
+  CHECK_FALSE((mt::has_async_handshake_v<mt::tcp> || mt::has_async_shutdown_v<mt::tcp>));
+  CHECK_FALSE((mt::has_async_handshake_v<memory> || mt::has_async_shutdown_v<memory>));
+  CHECK((mt::has_async_handshake_v<contract_test::layered> && mt::has_async_shutdown_v<contract_test::layered>));
+  CHECK(mt::has_readability_wait_v<contract_test::layered>);
+
+  // A stream with only the required members is enough; one without async_read_some is not, and
+  // that is the only requirement it misses.
+  CHECK(mt::detail::check_transport<contract_test::minimal>());
+  CHECK_FALSE(req::stream_has_async_read_some<contract_test::write_only>);
+  CHECK((req::has_stream_type<contract_test::write_only> && req::stream_has_async_write_some<contract_test::write_only> &&
+         req::stream_has_close<contract_test::write_only> && req::has_prepare<contract_test::write_only>));
+  // Not a transport at all: every requirement false, none an error.
+  CHECK_FALSE((req::has_name<int> || req::has_stream_type<int> || req::stream_has_async_read_some<int> ||
+               req::has_acceptor_type<int> || req::acceptor_has_async_accept<int> || req::has_make_acceptor<int>));
 }

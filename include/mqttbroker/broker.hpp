@@ -10,11 +10,14 @@
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/locking/none.hpp>
 #include <mqttbroker/locking/shared.hpp>
+#include <mqttbroker/locking/traits.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
 #include <mqttbroker/server/connection.hpp>
+#include <mqttbroker/storage/contract.hpp>
 #include <mqttbroker/storage/memory.hpp>
 #include <mqttbroker/transport/tcp.hpp>
+#include <mqttbroker/transport/traits.hpp>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
@@ -65,6 +68,12 @@ struct default_policies {
 /// executor. It carries out on Asio what the engine decides; the protocol itself lives there.
 template <class Policies = default_policies>
 class broker {
+  // Each policy meets its contract, or the first error names what is missing.
+  static_assert(transport::detail::check_transport<typename Policies::transport>());
+  static_assert(storage::detail::check_storage<typename Policies::storage>());
+  static_assert(locking::detail::check_locking<typename Policies::locking, asio::any_io_executor>());
+  static_assert(hooks::detail::check_hooks<typename Policies::hooks>());
+
  public:
   using policies = Policies;
   using transport_type = typename Policies::transport;
@@ -91,7 +100,7 @@ class broker {
   broker(asio::any_io_executor ex, broker_options opts, hooks_type hooks, clock_type clk, asio::io_context* io)
       : io_(io),
         ex_(std::move(ex)),
-        control_ex_(make_strand_if_threaded(ex_)),
+        control_ex_(locking_type::make_strand(ex_)),
         ctx_(std::move(opts), std::move(hooks), std::move(clk)),
         sweep_timer_(ctx_.clock.make_timer(control_ex_)),
         will_timer_(ctx_.clock.make_timer(control_ex_)) {
@@ -186,7 +195,7 @@ class broker {
   /// What every connection of this broker shares: the engine and the clock.
   struct context {
     using engine_type = broker::engine_type;
-    static constexpr bool thread_safe = locking_type::thread_safe;
+    using locking_type = broker::locking_type;
     context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
     engine_type& engine() noexcept { return engine_; }
     time_point now() const noexcept { return clock.steady_now(); }
@@ -282,13 +291,6 @@ class broker {
     }
   }
 
-  static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
-    if constexpr (locking_type::thread_safe)
-      return asio::make_strand(ex);
-    else
-      return ex;
-  }
-
   // ---- timers: the sweep and the delayed wills, on control_ex_
 
   /// Twice a second: connection deadlines (CONNECT timeout, Keep Alive) are met within half a
@@ -343,7 +345,7 @@ class broker {
 
   asio::io_context* io_;  // when built from an io_context
   asio::any_io_executor ex_;
-  asio::any_io_executor control_ex_;  // a strand with locking::shared
+  asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
   context ctx_;
   std::vector<std::unique_ptr<listener_base>> listeners_;
   timer_type sweep_timer_;

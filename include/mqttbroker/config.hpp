@@ -20,6 +20,20 @@
 #define MQTTBROKER_HAS_CONCEPTS 0
 #endif
 
+// One requirement of a policy contract (transport/traits.hpp, storage/contract.hpp,
+// locking/traits.hpp), named after what it asks of the policy `T`. On C++20 it is a concept, so a
+// static_assert on it that fails also notes which trait was false; on C++17 a bool constant. The
+// expression must be SFINAE-safe (a detection trait's ::value), as a C++17 constant cannot fail softly.
+#if MQTTBROKER_HAS_CONCEPTS
+#define MQTTBROKER_REQUIREMENT(name, ...) \
+  template <class T>                      \
+  concept name = (__VA_ARGS__)
+#else
+#define MQTTBROKER_REQUIREMENT(name, ...) \
+  template <class T>                      \
+  inline constexpr bool name = (__VA_ARGS__)
+#endif
+
 // Empty policy members (hooks, locking::none) take no space where the compiler allows it.
 #if defined(_MSC_VER) && MQTTBROKER_CPLUSPLUS >= 202002L
 #define MQTTBROKER_NO_UNIQUE_ADDRESS [[msvc::no_unique_address]]

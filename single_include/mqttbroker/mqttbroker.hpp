@@ -47,6 +47,20 @@
 #define MQTTBROKER_HAS_CONCEPTS 0
 #endif
 
+// One requirement of a policy contract (transport/traits.hpp, storage/contract.hpp,
+// locking/traits.hpp), named after what it asks of the policy `T`. On C++20 it is a concept, so a
+// static_assert on it that fails also notes which trait was false; on C++17 a bool constant. The
+// expression must be SFINAE-safe (a detection trait's ::value), as a C++17 constant cannot fail softly.
+#if MQTTBROKER_HAS_CONCEPTS
+#define MQTTBROKER_REQUIREMENT(name, ...) \
+  template <class T>                      \
+  concept name = (__VA_ARGS__)
+#else
+#define MQTTBROKER_REQUIREMENT(name, ...) \
+  template <class T>                      \
+  inline constexpr bool name = (__VA_ARGS__)
+#endif
+
 // Empty policy members (hooks, locking::none) take no space where the compiler allows it.
 #if defined(_MSC_VER) && MQTTBROKER_CPLUSPLUS >= 202002L
 #define MQTTBROKER_NO_UNIQUE_ADDRESS [[msvc::no_unique_address]]
@@ -2841,6 +2855,20 @@ class child_table {
   std::uint32_t size_ = 0;
 };
 
+/// The child of `n` for the literal `level`, made as Node(level, &n) and counted in `nodes` when
+/// there is none: for both trees of topic levels, the subscription trie and the retained store.
+/// On bad_alloc nothing is made or counted.
+template <class Node>
+Node* find_or_add_child(Node& n, std::string_view level, std::size_t& nodes) {
+  const std::uint64_t h = level_hash(level);
+  if (Node* c = n.children.find(level, h)) return c;
+  auto c = std::make_unique<Node>(level, &n);
+  Node* raw = c.get();
+  n.children.insert(h, std::move(c));
+  ++nodes;
+  return raw;
+}
+
 /// The subscriptions that share one filter, keyed by subscriber. A packed vector while small (most
 /// filters have one subscriber), an unordered_map once past `small_max`, so a filter with 100k
 /// subscribers still inserts and erases in O(1). Key and Value must be copyable.
@@ -3001,7 +3029,7 @@ class subscription_trie {
         if (level == "#" && cur.done()) {
           multi = true;
         } else {
-          n = level == "+" ? plus_child(*n) : literal_child(*n, level);
+          n = level == "+" ? plus_child(*n) : detail::find_or_add_child(*n, level, nodes_);
         }
       }
       set_type* s = &n->subs;
@@ -3091,16 +3119,6 @@ class subscription_trie {
       ++nodes_;
     }
     return n.plus.get();
-  }
-
-  node* literal_child(node& n, std::string_view level) {
-    const std::uint64_t h = detail::level_hash(level);
-    if (node* c = n.children.find(level, h)) return c;
-    auto c = std::make_unique<node>(level, &n);
-    node* raw = c.get();
-    n.children.insert(h, std::move(c));
-    ++nodes_;
-    return raw;
   }
 
   // The node a filter ends at (`multi` set for a trailing `#`), or nullptr; never creates nodes.
@@ -3408,6 +3426,13 @@ namespace locking {
 struct none {
   static constexpr bool thread_safe = false;
 
+  /// Handlers on one thread never run at once: a connection's strand is its executor itself, which
+  /// a connection then does not store.
+  template <class Executor>
+  using strand_type = Executor;
+  template <class Executor>
+  static Executor make_strand(const Executor& ex) { return ex; }
+
   struct mutex_type {
     void lock() noexcept {}
     void unlock() noexcept {}
@@ -3532,6 +3557,12 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_DETAIL_THREAD_SLOT_HPP
 // end <mqttbroker/detail/thread_slot.hpp>
 
+// The one Asio header in locking/ (scripts/check_layers.py allows no other): what keeps one
+// connection's handlers from running at once on several threads is this policy's to say, and with
+// Asio that is a strand. locking/none.hpp and locking/traits.hpp need no Asio, so the sans-I/O
+// layers can name a locking policy's contract, and run on locking::none, without it.
+#include <asio/strand.hpp>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -3573,7 +3604,7 @@ class big_reader_mutex {
   }
 
   void lock_shared() {
-    const std::size_t i = detail::thread_slot::index();
+    const std::size_t i = ::mqttbroker::detail::thread_slot::index();
     if (enter(i)) return;
     leave(i);
     // A writer holds or waits for the lock: queue behind it on the writers' mutex. While this
@@ -3583,12 +3614,12 @@ class big_reader_mutex {
     stripes_[i].readers.fetch_add(1, std::memory_order_seq_cst);
   }
   bool try_lock_shared() {
-    const std::size_t i = detail::thread_slot::index();
+    const std::size_t i = ::mqttbroker::detail::thread_slot::index();
     if (enter(i)) return true;
     leave(i);
     return false;
   }
-  void unlock_shared() noexcept { leave(detail::thread_slot::index()); }
+  void unlock_shared() noexcept { leave(::mqttbroker::detail::thread_slot::index()); }
 
  private:
   /// Counts this thread in; true when no writer holds or waits for the lock.
@@ -3600,7 +3631,7 @@ class big_reader_mutex {
   /// Counts this thread out. Release: a writer that sees the count drop sees the reads done.
   void leave(std::size_t i) noexcept {
     auto& n = stripes_[i].readers;
-    if (i < detail::thread_slot::exclusive)
+    if (i < ::mqttbroker::detail::thread_slot::exclusive)
       n.store(n.load(std::memory_order_relaxed) - 1, std::memory_order_release);  // only this thread writes it
     else
       n.fetch_sub(1, std::memory_order_release);
@@ -3618,11 +3649,11 @@ class big_reader_mutex {
     if (spins >= 64) std::this_thread::yield();
   }
 
-  struct alignas(detail::false_sharing_range) stripe {
+  struct alignas(::mqttbroker::detail::false_sharing_range) stripe {
     std::atomic<std::uint32_t> readers{0};
   };
-  stripe stripes_[detail::thread_slot::count];
-  alignas(detail::false_sharing_range) std::atomic<bool> writer_{false};  // read by every reader
+  stripe stripes_[::mqttbroker::detail::thread_slot::count];
+  alignas(::mqttbroker::detail::false_sharing_range) std::atomic<bool> writer_{false};  // read by every reader
   std::mutex writers_;                                                 // one writer at a time
 };
 
@@ -3636,9 +3667,9 @@ class striped_counter {
   striped_counter& operator=(const striped_counter&) = delete;
 
   void fetch_add(T d, std::memory_order = std::memory_order_relaxed) noexcept {
-    const std::size_t i = detail::thread_slot::index();
+    const std::size_t i = ::mqttbroker::detail::thread_slot::index();
     auto& v = stripes_[i].value;
-    if (i < detail::thread_slot::exclusive)
+    if (i < ::mqttbroker::detail::thread_slot::exclusive)
       v.store(static_cast<T>(v.load(std::memory_order_relaxed) + d), std::memory_order_relaxed);  // only this thread writes it
     else
       v.fetch_add(d, std::memory_order_relaxed);
@@ -3650,10 +3681,10 @@ class striped_counter {
   }
 
  private:
-  struct alignas(detail::false_sharing_range) stripe {
+  struct alignas(::mqttbroker::detail::false_sharing_range) stripe {
     std::atomic<T> value{};
   };
-  stripe stripes_[detail::thread_slot::count];
+  stripe stripes_[::mqttbroker::detail::thread_slot::count];
 };
 
 /// For a host that runs the io_context on several threads: shared state sits behind a
@@ -3666,6 +3697,12 @@ struct shared {
   using session_mutex_type = std::mutex;
   template <class T>
   using counter_type = striped_counter<T>;
+
+  /// Each connection's handlers, and the broker's own control work, run on a strand of their own.
+  template <class Executor>
+  using strand_type = asio::strand<Executor>;
+  template <class Executor>
+  static strand_type<Executor> make_strand(const Executor& ex) { return asio::make_strand(ex); }
 };
 
 }  // namespace locking
@@ -3711,75 +3748,111 @@ enum class auth_result {
 ///   void on_disconnect(std::string_view client_id, bool graceful);
 ///   void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted);
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
-/// built. In-process publishes pass an empty client_id. Hooks run on the broker's handlers and
-/// must not block.
+/// built. A member with one of these names that cannot be called so, or returns another type, is a
+/// compile error, not a hook silently skipped. The policy must be a non-final class. In-process
+/// publishes pass an empty client_id. Hooks run on the broker's handlers and must not block.
 struct none {};
 
 namespace detail {
 
-template <class H, class = void>
-struct has_authenticate : std::false_type {};
+/// Whether H can be searched for hook names: the name probes below derive from it.
 template <class H>
-struct has_authenticate<H, std::void_t<decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>()))>>
+inline constexpr bool searchable = std::is_class_v<H> && !std::is_final_v<H>;
+
+/// Whether a name probe `Names` finds the name in H; false for an H it cannot search.
+template <template <class, class> class Names, class H, bool = searchable<H>>
+struct declares : std::bool_constant<Names<H, void>::value> {};
+template <template <class, class> class Names, class H>
+struct declares<Names, H, false> : std::false_type {};
+
+/// Detection of one hook, by name and by signature apart:
+/// - names_<hook><H>: H declares a member of that name, of any kind (overloads, templates, data
+///   members, inherited or private ones too). A class deriving from H and from a probe that
+///   declares the name finds it ambiguous exactly when H declares it as well. H must be a class
+///   that can be derived from (`searchable`).
+/// - accepts_<hook><H>: a call with the documented arguments compiles on an H& and returns exactly
+///   the documented type, and `extra` holds.
+/// - <hook>_hook<H>::value: the broker calls the hook. A declared name that is not accepted fails
+///   to compile here, naming the hook and its signature.
+#define MQTTBROKER_HOOK(hook, result, extra, signature, ...)                                                        \
+  struct hook##_probe {                                                                                             \
+    void hook();                                                                                                    \
+  };                                                                                                                \
+  template <class H>                                                                                                \
+  struct hook##_probed : H, hook##_probe {};                                                                        \
+  template <class H, class = void>                                                                                  \
+  struct names_##hook : std::true_type {};                                                                          \
+  template <class H>                                                                                                \
+  struct names_##hook<H, std::void_t<decltype(&hook##_probed<H>::hook)>> : std::false_type {};                      \
+  template <class H, class = void>                                                                                  \
+  struct accepts_##hook : std::false_type {};                                                                       \
+  template <class H>                                                                                                \
+  struct accepts_##hook<H, std::enable_if_t<std::is_same_v<decltype(std::declval<H&>().hook(__VA_ARGS__)), result>>> \
+      : std::bool_constant<(extra)> {};                                                                             \
+  template <class H>                                                                                                \
+  struct hook##_hook {                                                                                              \
+    static constexpr bool value = accepts_##hook<H>::value;                                                         \
+    static_assert(value || !declares<names_##hook, H>::value,                                                       \
+                  "mqttbroker: hook " #hook " has the wrong signature; expected " signature);                       \
+  };
+
+/// An intercept that takes its message by value or const reference could not replace or drop it.
+template <class H, class = void>
+struct intercept_takes_copy : std::false_type {};
+template <class H>
+struct intercept_takes_copy<H, std::void_t<decltype(std::declval<H&>().intercept(std::declval<std::string_view>(),
+                                                                                 std::declval<message_ptr>()))>>
     : std::true_type {};
 
-template <class H, class = void>
-struct has_authorize_publish : std::false_type {};
-template <class H>
-struct has_authorize_publish<H, std::void_t<decltype(std::declval<H&>().authorize_publish(
-                                    std::declval<std::string_view>(), std::declval<const message&>()))>>
-    : std::true_type {};
+MQTTBROKER_HOOK(authenticate, auth_result, true, "auth_result authenticate(const hooks::connect_info&)",
+                std::declval<const connect_info&>())
+MQTTBROKER_HOOK(authorize_publish, bool, true,
+                "bool authorize_publish(std::string_view client_id, const message&)",
+                std::declval<std::string_view>(), std::declval<const message&>())
+MQTTBROKER_HOOK(authorize_subscribe, bool, true,
+                "bool authorize_subscribe(std::string_view client_id, std::string_view filter, codec::qos)",
+                std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value,
+                "void intercept(std::string_view client_id, message_ptr&), the message by non-const reference",
+                std::declval<std::string_view>(), std::declval<message_ptr&>())
+MQTTBROKER_HOOK(on_connect, void, true, "void on_connect(std::string_view client_id)",
+                std::declval<std::string_view>())
+MQTTBROKER_HOOK(on_disconnect, void, true, "void on_disconnect(std::string_view client_id, bool graceful)",
+                std::declval<std::string_view>(), std::declval<bool>())
+MQTTBROKER_HOOK(on_subscribe, void, true,
+                "void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted)",
+                std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+#undef MQTTBROKER_HOOK
 
-template <class H, class = void>
-struct has_authorize_subscribe : std::false_type {};
+/// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
-struct has_authorize_subscribe<H, std::void_t<decltype(std::declval<H&>().authorize_subscribe(
-                                      std::declval<std::string_view>(), std::declval<std::string_view>(),
-                                      std::declval<codec::qos>()))>> : std::true_type {};
-
-template <class H, class = void>
-struct has_intercept : std::false_type {};
-template <class H>
-struct has_intercept<H, std::void_t<decltype(std::declval<H&>().intercept(std::declval<std::string_view>(),
-                                                                          std::declval<message_ptr&>()))>>
-    : std::true_type {};
-
-template <class H, class = void>
-struct has_on_connect : std::false_type {};
-template <class H>
-struct has_on_connect<H, std::void_t<decltype(std::declval<H&>().on_connect(std::declval<std::string_view>()))>>
-    : std::true_type {};
-
-template <class H, class = void>
-struct has_on_disconnect : std::false_type {};
-template <class H>
-struct has_on_disconnect<H, std::void_t<decltype(std::declval<H&>().on_disconnect(std::declval<std::string_view>(),
-                                                                                  std::declval<bool>()))>>
-    : std::true_type {};
-
-template <class H, class = void>
-struct has_on_subscribe : std::false_type {};
-template <class H>
-struct has_on_subscribe<H, std::void_t<decltype(std::declval<H&>().on_subscribe(
-                               std::declval<std::string_view>(), std::declval<std::string_view>(),
-                               std::declval<codec::qos>()))>> : std::true_type {};
+constexpr bool check_hooks() {
+  static_assert(searchable<H>,
+                "mqttbroker: the hooks policy must be a non-final class (its hooks are found by deriving from it)");
+  // Instantiating each hook's trait is what checks it.
+  constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
+                            authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
+                            on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
+                            on_subscribe_hook<H>::value};
+  return sizeof(found) != 0;
+}
 
 }  // namespace detail
 
 template <class H>
-inline constexpr bool has_authenticate_v = detail::has_authenticate<H>::value;
+inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
 template <class H>
-inline constexpr bool has_authorize_publish_v = detail::has_authorize_publish<H>::value;
+inline constexpr bool has_authorize_publish_v = detail::authorize_publish_hook<H>::value;
 template <class H>
-inline constexpr bool has_authorize_subscribe_v = detail::has_authorize_subscribe<H>::value;
+inline constexpr bool has_authorize_subscribe_v = detail::authorize_subscribe_hook<H>::value;
 template <class H>
-inline constexpr bool has_intercept_v = detail::has_intercept<H>::value;
+inline constexpr bool has_intercept_v = detail::intercept_hook<H>::value;
 template <class H>
-inline constexpr bool has_on_connect_v = detail::has_on_connect<H>::value;
+inline constexpr bool has_on_connect_v = detail::on_connect_hook<H>::value;
 template <class H>
-inline constexpr bool has_on_disconnect_v = detail::has_on_disconnect<H>::value;
+inline constexpr bool has_on_disconnect_v = detail::on_disconnect_hook<H>::value;
 template <class H>
-inline constexpr bool has_on_subscribe_v = detail::has_on_subscribe<H>::value;
+inline constexpr bool has_on_subscribe_v = detail::on_subscribe_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
@@ -3964,17 +4037,11 @@ struct limits {
   bool queue_qos0_offline = false;
 };
 
-/// Counters a host reads for metrics and tests.
-struct counters {
-  std::uint64_t dropped_queue_full = 0;   // refused or evicted by the queue limits
-  std::uint64_t dropped_qos0_offline = 0; // QoS 0 for a client that is away
-};
-
 /// What offer() did with a message.
 enum class admission : std::uint8_t {
   send,     // send now: the outgoing was given a packet identifier (QoS > 0) and is in flight
   queued,   // waits for a free slot in the in-flight window, or for the client to come back
-  dropped,  // refused by the limits (counted)
+  dropped,  // refused by the limits
 };
 
 /// The MQTT state of one client's session, without I/O: which QoS 1/2 messages are in flight in
@@ -3992,10 +4059,6 @@ class state {
 
   const std::string& client_id() const noexcept { return client_id_; }
   const limits& session_limits() const noexcept { return *limits_; }
-  const counters& stats() const noexcept {
-    static const counters none;
-    return traffic_ ? traffic_->counts : none;
-  }
 
   // ---- outgoing (broker to client)
 
@@ -4005,10 +4068,7 @@ class state {
   admission offer(outgoing& o, bool online) {
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
-      if (!limits_->queue_qos0_offline) {
-        ++flows().counts.dropped_qos0_offline;
-        return admission::dropped;
-      }
+      if (!limits_->queue_qos0_offline) return admission::dropped;
       return enqueue(std::move(o));
     }
     traffic& t = flows();
@@ -4137,7 +4197,6 @@ class state {
 
   /// What QoS 1/2 traffic and queueing need: made on first use, kept for the session's life.
   struct traffic {
-    counters counts;
     detail::fifo<inflight_entry> inflight;
     detail::fifo<outgoing> queue;
     std::size_t queued_bytes = 0;
@@ -4160,19 +4219,12 @@ class state {
              (l.max_queued_bytes != 0 && t.queued_bytes + bytes > l.max_queued_bytes);
     };
     if (over()) {
-      if (!l.drop_oldest || t.queue.empty()) {
-        ++t.counts.dropped_queue_full;
-        return admission::dropped;
-      }
+      if (!l.drop_oldest || t.queue.empty()) return admission::dropped;
       while (!t.queue.empty() && over()) {
         t.queued_bytes -= t.queue.front().msg->payload().size();
         t.queue.pop_front();
-        ++t.counts.dropped_queue_full;
       }
-      if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) {
-        ++t.counts.dropped_queue_full;
-        return admission::dropped;
-      }
+      if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) return admission::dropped;
     }
     t.queued_bytes += bytes;
     t.queue.push_back(std::move(o));
@@ -4623,7 +4675,7 @@ class retained_store {
     node* n = root_.get();
     try {
       topic::detail::level_cursor cur(topic);
-      while (!cur.done()) n = child(*n, cur.next());
+      while (!cur.done()) n = topic::detail::find_or_add_child(*n, cur.next(), nodes_);
     } catch (...) {
       prune(n);  // drop the nodes this call created
       throw;
@@ -4702,16 +4754,6 @@ class retained_store {
   };
 
   static std::size_t weight(const message& m) noexcept { return m.topic().size() + m.payload().size(); }
-
-  node* child(node& n, std::string_view level) {
-    const std::size_t h = topic::detail::level_hash(level);
-    if (node* c = n.children.find(level, h)) return c;
-    auto c = std::make_unique<node>(level, &n);
-    node* raw = c.get();
-    n.children.insert(h, std::move(c));
-    ++nodes_;
-    return raw;
-  }
 
   const node* find_node(std::string_view topic) const noexcept {
     const node* n = root_.get();
@@ -6483,6 +6525,155 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_ENGINE_RECORDS_HPP
 #define MQTTBROKER_ENGINE_RECORDS_HPP
 
+// begin <mqttbroker/locking/traits.hpp>
+#ifndef MQTTBROKER_LOCKING_TRAITS_HPP
+#define MQTTBROKER_LOCKING_TRAITS_HPP
+
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace locking {
+
+/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type (a policy
+/// written before sessions had a lock type of their own).
+template <class Locking, class = void>
+struct session_mutex_of {
+  using type = typename Locking::mutex_type;
+};
+template <class Locking>
+struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
+  using type = typename Locking::session_mutex_type;
+};
+template <class Locking>
+using session_mutex_t = typename session_mutex_of<Locking>::type;
+
+namespace detail {
+
+template <class T, class = void>
+struct has_thread_safe : std::false_type {};
+template <class T>
+struct has_thread_safe<T, std::enable_if_t<std::is_same_v<std::remove_cv_t<decltype(T::thread_safe)>, bool>,
+                                           std::void_t<std::bool_constant<T::thread_safe>>>> : std::true_type {};
+
+template <class T, class = void>
+struct has_mutex_type : std::false_type {};
+template <class T>
+struct has_mutex_type<T, std::void_t<typename T::mutex_type>> : std::true_type {};
+
+/// lock() and unlock(): std::lock_guard, for every change.
+template <class M, class = void>
+struct locks : std::false_type {};
+template <class M>
+struct locks<M, std::void_t<decltype(std::declval<M&>().lock()), decltype(std::declval<M&>().unlock())>>
+    : std::true_type {};
+
+/// lock_shared() and unlock_shared(): std::shared_lock, for routing, which only reads.
+template <class M, class = void>
+struct locks_shared : std::false_type {};
+template <class M>
+struct locks_shared<M, std::void_t<decltype(std::declval<M&>().lock_shared()),
+                                   decltype(std::declval<M&>().unlock_shared())>> : std::true_type {};
+
+template <class T, class = void>
+struct mutex_locks : std::false_type {};
+template <class T>
+struct mutex_locks<T, std::enable_if_t<locks<typename T::mutex_type>::value>> : std::true_type {};
+
+template <class T, class = void>
+struct mutex_locks_shared : std::false_type {};
+template <class T>
+struct mutex_locks_shared<T, std::enable_if_t<locks_shared<typename T::mutex_type>::value>> : std::true_type {};
+
+/// counter_type<T>: value-initialised, fetch_add(n) from several threads, load() for statistics.
+template <class T, class = void>
+struct has_counter_type : std::false_type {};
+template <class T>
+struct has_counter_type<
+    T, std::enable_if_t<std::is_default_constructible_v<typename T::template counter_type<std::uint64_t>> &&
+                            std::is_convertible_v<decltype(std::declval<const typename T::template counter_type<
+                                                               std::uint64_t>&>()
+                                                               .load()),
+                                                  std::uint64_t>,
+                        std::void_t<decltype(std::declval<typename T::template counter_type<std::uint64_t>&>()
+                                                 .fetch_add(std::uint64_t{1}))>>> : std::true_type {};
+
+/// The optional session_mutex_type locks exclusively; absent, mutex_type serves.
+template <class T, class = void>
+struct session_mutex_locks : std::true_type {};
+template <class T>
+struct session_mutex_locks<T, std::void_t<typename T::session_mutex_type>>
+    : locks<typename T::session_mutex_type> {};
+
+/// strand_type<Executor> and make_strand(executor): where handlers that must not run at once
+/// (one connection's) run. Asked with the broker's executor types, which this header cannot name.
+template <class T, class Executor, class = void>
+struct has_strand : std::false_type {};
+template <class T, class Executor>
+struct has_strand<T, Executor,
+                  std::enable_if_t<std::is_convertible_v<decltype(T::make_strand(std::declval<const Executor&>())),
+                                                         typename T::template strand_type<Executor>>>>
+    : std::true_type {};
+
+}  // namespace detail
+
+/// What the broker asks of a locking policy (STYLE.md §3), one requirement each.
+namespace contract {
+MQTTBROKER_REQUIREMENT(has_thread_safe, detail::has_thread_safe<T>::value);
+MQTTBROKER_REQUIREMENT(has_mutex_type, detail::has_mutex_type<T>::value);
+MQTTBROKER_REQUIREMENT(mutex_locks, detail::mutex_locks<T>::value);
+MQTTBROKER_REQUIREMENT(mutex_locks_shared, detail::mutex_locks_shared<T>::value);
+MQTTBROKER_REQUIREMENT(has_counter_type, detail::has_counter_type<T>::value);
+MQTTBROKER_REQUIREMENT(session_mutex_locks, detail::session_mutex_locks<T>::value);
+#if MQTTBROKER_HAS_CONCEPTS
+template <class T, class Executor>
+concept has_strand_for = detail::has_strand<T, Executor>::value;
+#else
+template <class T, class Executor>
+inline constexpr bool has_strand_for = detail::has_strand<T, Executor>::value;
+#endif
+}  // namespace contract
+
+namespace detail {
+
+/// True, or one static_assert per missing member; the strand is checked for each of `Executors`.
+template <class T, class... Executors>
+constexpr bool check_locking() {
+  static_assert(contract::has_thread_safe<T>, "mqttbroker: the locking policy has no static constexpr bool thread_safe");
+  static_assert(contract::has_mutex_type<T>, "mqttbroker: the locking policy has no mutex_type");
+  if constexpr (contract::has_mutex_type<T>) {
+    static_assert(contract::mutex_locks<T>, "mqttbroker: the locking policy's mutex_type has no lock() and unlock()");
+    static_assert(contract::mutex_locks_shared<T>,
+                  "mqttbroker: the locking policy's mutex_type has no lock_shared() and unlock_shared()");
+  }
+  static_assert(contract::has_counter_type<T>,
+                "mqttbroker: the locking policy has no counter_type<T> with fetch_add(T) and a const load()");
+  static_assert(contract::session_mutex_locks<T>,
+                "mqttbroker: the locking policy's session_mutex_type has no lock() and unlock()");
+  static_assert((contract::has_strand_for<T, Executors> && ...),
+                "mqttbroker: the locking policy has no strand_type<Executor> and static make_strand(const Executor&)");
+  return true;
+}
+
+}  // namespace detail
+}  // namespace locking
+
+#if MQTTBROKER_HAS_CONCEPTS
+/// A locking policy: every requirement of locking::contract, the strand for each of `Executors`
+/// (none: the parts that need no executor type).
+template <class T, class... Executors>
+concept locking_policy = locking::contract::has_thread_safe<T> && locking::contract::has_mutex_type<T> &&
+                         locking::contract::mutex_locks<T> && locking::contract::mutex_locks_shared<T> &&
+                         locking::contract::has_counter_type<T> && locking::contract::session_mutex_locks<T> &&
+                         (locking::contract::has_strand_for<T, Executors> && ...);
+#endif
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_LOCKING_TRAITS_HPP
+// end <mqttbroker/locking/traits.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -6553,22 +6744,12 @@ struct strand_outbox {
 };
 struct no_outbox {};
 
-/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type.
-template <class Locking, class = void>
-struct session_mutex_of {
-  using type = typename Locking::mutex_type;
-};
-template <class Locking>
-struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
-  using type = typename Locking::session_mutex_type;
-};
-
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 template <class Locking>
 struct session_record : subscriber, detail::ref_counted {
   using link_type = link<session_record>;
   using steady_time = typename link_type::steady_time;
-  using session_mutex_type = typename session_mutex_of<Locking>::type;
+  using session_mutex_type = locking::session_mutex_t<Locking>;
 
   session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
   session::state state;
@@ -7744,7 +7925,6 @@ MQTTBROKER_END_NAMESPACE
 #include <asio/error.hpp>
 #include <asio/post.hpp>
 #include <asio/socket_base.hpp>
-#include <asio/strand.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -7799,16 +7979,38 @@ class run_range {
   const engine::byte_run* last_;
 };
 
-/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
-/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
-template <class Executor, bool OnStrand>
-struct connection_strand {
-  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
-  asio::strand<Executor> strand_;
+/// Where a connection's handlers run: its locking policy's strand for the stream's executor. When
+/// that strand is the executor itself (locking::none) there is nothing to hold, and this is an empty
+/// base: C++17 has no [[no_unique_address]], and an empty member would still take 8 bytes per
+/// connection. Nor is a handler bound to it then, so a pending operation is no larger either.
+template <class Strand, class Executor, bool = std::is_same_v<Strand, Executor>>
+class connection_strand {
+ protected:
+  explicit connection_strand(Strand s) : strand_(std::move(s)) {}
+  template <class Stream>
+  Strand handler_executor(Stream&) const {
+    return strand_;
+  }
+  template <class Handler>
+  auto on_strand(Handler h) const {
+    return asio::bind_executor(strand_, std::move(h));
+  }
+
+ private:
+  Strand strand_;
 };
-template <class Executor>
-struct connection_strand<Executor, false> {
+template <class Strand, class Executor>
+class connection_strand<Strand, Executor, true> {
+ protected:
   explicit connection_strand(const Executor&) noexcept {}
+  template <class Stream>
+  static Executor handler_executor(Stream& s) {
+    return s.get_executor();
+  }
+  template <class Handler>
+  static Handler on_strand(Handler h) {
+    return h;
+  }
 };
 
 /// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
@@ -7828,33 +8030,28 @@ inline std::uint8_t* thread_read_buffer() {
 /// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
 /// paused reader's unread input, stay with the connection.
 ///
-/// `Context` gives `engine_type`, `engine()`, `now()` and `thread_safe`: the broker's shared parts.
+/// `Context` gives `engine_type`, `locking_type`, `engine()` and `now()`: the broker's shared parts.
 template <class Stream, class Context>
 class connection final
     : public Context::engine_type::link_type,
-      private connection_strand<typename Stream::executor_type, Context::thread_safe> {
+      private connection_strand<typename Context::locking_type::template strand_type<typename Stream::executor_type>,
+                                typename Stream::executor_type> {
  public:
   using stream_type = Stream;
   using stream_executor = typename stream_type::executor_type;
   using engine_type = typename Context::engine_type;
   using link_type = typename engine_type::link_type;
   using flush_scope = typename link_type::flush_scope;
-  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
-  static constexpr bool on_strand = Context::thread_safe;
-  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
+  /// The locking policy's strand for the stream's executor, where this connection's handlers run.
+  using executor_type = typename Context::locking_type::template strand_type<stream_executor>;
 
   connection(Context& ctx, stream_type s)
-      : connection_strand<stream_executor, on_strand>(s.get_executor()),
+      : connection_strand<executor_type, stream_executor>(Context::locking_type::make_strand(s.get_executor())),
         ctx_(ctx),
         stream_(std::move(s)),
         decoder_(codec::decoder_options{codec::role::server, ctx.engine().options().max_packet_size, std::nullopt}) {}
 
-  executor_type get_executor() {
-    if constexpr (on_strand)
-      return this->strand_;
-    else
-      return stream_.get_executor();
-  }
+  executor_type get_executor() { return this->handler_executor(stream_); }
 
   /// Starts reading; the engine has opened the link.
   void start() { read(); }
@@ -7894,14 +8091,10 @@ class connection final
   engine_type& engine() noexcept { return ctx_.engine(); }
 
   /// A completion handler for this connection's operations: its memory from the thread's pool,
-  /// and on the connection's strand when there is one.
+  /// and on the connection's strand.
   template <class Handler>
   auto bind_handler(Handler h) {
-    auto pooled = asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h));
-    if constexpr (on_strand)
-      return asio::bind_executor(this->strand_, std::move(pooled));
-    else
-      return pooled;
+    return this->on_strand(asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h)));
   }
 
   void on_event(engine::link_event e) {
@@ -8057,6 +8250,314 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_BROKER_HPP
 #define MQTTBROKER_BROKER_HPP
 
+// begin <mqttbroker/storage/contract.hpp>
+#ifndef MQTTBROKER_STORAGE_CONTRACT_HPP
+#define MQTTBROKER_STORAGE_CONTRACT_HPP
+
+
+#include <type_traits>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace storage {
+namespace detail {
+
+/// `static constexpr bool durable`: a bool known at compile time, as the broker compiles
+/// snapshots in or out on it (`if constexpr`).
+template <class T, class = void>
+struct has_durable : std::false_type {};
+template <class T>
+struct has_durable<T, std::enable_if_t<std::is_same_v<std::remove_cv_t<decltype(T::durable)>, bool>,
+                                       std::void_t<std::bool_constant<T::durable>>>> : std::true_type {};
+
+}  // namespace detail
+
+/// What the broker asks of a storage policy (STYLE.md §3). So far only whether it is durable; the
+/// operations of a durable backend join when the protocol engine emits them.
+namespace contract {
+MQTTBROKER_REQUIREMENT(has_durable, detail::has_durable<T>::value);
+}  // namespace contract
+
+namespace detail {
+
+/// True, or a static_assert naming what is missing.
+template <class T>
+constexpr bool check_storage() {
+  static_assert(contract::has_durable<T>, "mqttbroker: the storage has no static constexpr bool durable");
+  return true;
+}
+
+}  // namespace detail
+}  // namespace storage
+
+#if MQTTBROKER_HAS_CONCEPTS
+/// A storage policy: every requirement of storage::contract.
+template <class T>
+concept storage_policy = storage::contract::has_durable<T>;
+#endif
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_STORAGE_CONTRACT_HPP
+// end <mqttbroker/storage/contract.hpp>
+// begin <mqttbroker/transport/traits.hpp>
+#ifndef MQTTBROKER_TRANSPORT_TRAITS_HPP
+#define MQTTBROKER_TRANSPORT_TRAITS_HPP
+
+
+#include <asio/any_io_executor.hpp>
+#include <asio/buffer.hpp>
+#include <asio/socket_base.hpp>
+
+#include <array>
+#include <cstddef>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace transport {
+namespace detail {
+
+// Completion handlers of the shapes the broker passes, for detection only: never called.
+struct io_handler_archetype {
+  void operator()(std::error_code, std::size_t) {}
+};
+struct wait_handler_archetype {
+  void operator()(std::error_code) {}
+};
+template <class Stream>
+struct accept_handler_archetype {
+  void operator()(std::error_code, Stream) {}
+};
+
+template <class T>
+using stream_t = typename T::stream_type;
+template <class T>
+using acceptor_t = typename T::acceptor_type;
+/// A gather write, as a connection makes it: several buffers at once.
+using gather_buffers = std::array<asio::const_buffer, 2>;
+
+// One detection trait per member the broker uses; each is false, never an error, when the member
+// or anything it needs is missing. One limit: a member with a deduced return type (`auto`, as Asio
+// style async functions often have) is instantiated to learn it, so an error inside its body (an
+// acceptor whose streams are not the transport's stream_type) is a hard error there.
+
+template <class T, class = void>
+struct has_name : std::false_type {};
+template <class T>
+struct has_name<T, std::enable_if_t<std::is_convertible_v<decltype(T::name), std::string_view>>> : std::true_type {};
+
+template <class T, class = void>
+struct has_stream_type : std::false_type {};
+template <class T>
+struct has_stream_type<T, std::void_t<stream_t<T>>> : std::true_type {};
+
+template <class T, class = void>
+struct stream_has_executor_type : std::false_type {};
+template <class T>
+struct stream_has_executor_type<T, std::void_t<typename stream_t<T>::executor_type>> : std::true_type {};
+
+template <class T, class = void>
+struct stream_has_get_executor : std::false_type {};
+template <class T>
+struct stream_has_get_executor<T, std::void_t<decltype(std::declval<stream_t<T>&>().get_executor())>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct stream_has_async_read_some : std::false_type {};
+template <class T>
+struct stream_has_async_read_some<T, std::void_t<decltype(std::declval<stream_t<T>&>().async_read_some(
+                                         std::declval<const asio::mutable_buffer&>(), io_handler_archetype{}))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct stream_has_async_write_some : std::false_type {};
+template <class T>
+struct stream_has_async_write_some<T, std::void_t<decltype(std::declval<stream_t<T>&>().async_write_some(
+                                          std::declval<const gather_buffers&>(), io_handler_archetype{}))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct stream_has_close : std::false_type {};
+template <class T>
+struct stream_has_close<T, std::void_t<decltype(std::declval<stream_t<T>&>().close(std::declval<std::error_code&>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_acceptor_type : std::false_type {};
+template <class T>
+struct has_acceptor_type<T, std::void_t<acceptor_t<T>>> : std::true_type {};
+
+/// The broker accepts onto its connections' executor: async_accept(executor, handler(ec, stream)).
+template <class T, class = void>
+struct acceptor_has_async_accept : std::false_type {};
+template <class T>
+struct acceptor_has_async_accept<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().async_accept(
+                                        std::declval<const typename stream_t<T>::executor_type&>(),
+                                        accept_handler_archetype<stream_t<T>>{}))>> : std::true_type {};
+
+template <class T, class = void>
+struct acceptor_has_close : std::false_type {};
+template <class T>
+struct acceptor_has_close<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().close(std::declval<std::error_code&>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct acceptor_has_is_open : std::false_type {};
+template <class T>
+struct acceptor_has_is_open<T, std::enable_if_t<std::is_convertible_v<decltype(std::declval<const acceptor_t<T>&>().is_open()), bool>>>
+    : std::true_type {};
+
+/// local_endpoint(ec).port(): the broker reports the bound port (port 0 picks one).
+template <class T, class = void>
+struct acceptor_has_local_endpoint : std::false_type {};
+template <class T>
+struct acceptor_has_local_endpoint<
+    T, std::void_t<decltype(std::declval<const acceptor_t<T>&>().local_endpoint(std::declval<std::error_code&>()).port())>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_listen_options : std::false_type {};
+template <class T>
+struct has_listen_options<T, std::void_t<typename T::listen_options>> : std::true_type {};
+
+template <class T, class = void>
+struct has_make_acceptor : std::false_type {};
+template <class T>
+struct has_make_acceptor<
+    T, std::enable_if_t<std::is_constructible_v<acceptor_t<T>, decltype(T::make_acceptor(
+                                                                   std::declval<const asio::any_io_executor&>(),
+                                                                   std::declval<const typename T::listen_options&>(),
+                                                                   std::declval<std::error_code&>()))>>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_prepare : std::false_type {};
+template <class T>
+struct has_prepare<T, std::void_t<decltype(T::prepare(std::declval<stream_t<T>&>()))>> : std::true_type {};
+
+// Optional abilities. A handshake and a graceful shutdown are the transport's static functions on
+// its stream, not the stream's own members: only the transport knows their arguments (a TLS
+// stream's server role, a WebSocket's upgrade), and the broker passes none.
+
+template <class T, class = void>
+struct has_async_handshake : std::false_type {};
+template <class T>
+struct has_async_handshake<T, std::void_t<decltype(T::async_handshake(std::declval<stream_t<T>&>(),
+                                                                      wait_handler_archetype{}))>> : std::true_type {};
+
+template <class T, class = void>
+struct has_async_shutdown : std::false_type {};
+template <class T>
+struct has_async_shutdown<T, std::void_t<decltype(T::async_shutdown(std::declval<stream_t<T>&>(),
+                                                                    wait_handler_archetype{}))>> : std::true_type {};
+
+/// A plain socket's readability wait and non-blocking read: the connection then reads into a
+/// per-thread buffer, so an idle connection holds none.
+template <class T, class = void>
+struct has_readability_wait : std::false_type {};
+template <class T>
+struct has_readability_wait<
+    T, std::enable_if_t<std::is_convertible_v<decltype(std::declval<stream_t<T>&>().read_some(
+                                                  std::declval<const asio::mutable_buffer&>(),
+                                                  std::declval<std::error_code&>())),
+                                              std::size_t>,
+                        std::void_t<decltype(std::declval<stream_t<T>&>().async_wait(
+                            asio::socket_base::wait_read, wait_handler_archetype{}))>>> : std::true_type {};
+
+}  // namespace detail
+
+/// What the broker asks of a transport policy (STYLE.md §3), one requirement each, so that a
+/// failed check names the missing member.
+namespace contract {
+MQTTBROKER_REQUIREMENT(has_name, detail::has_name<T>::value);
+MQTTBROKER_REQUIREMENT(has_stream_type, detail::has_stream_type<T>::value);
+MQTTBROKER_REQUIREMENT(stream_has_executor_type, detail::stream_has_executor_type<T>::value);
+MQTTBROKER_REQUIREMENT(stream_has_get_executor, detail::stream_has_get_executor<T>::value);
+MQTTBROKER_REQUIREMENT(stream_has_async_read_some, detail::stream_has_async_read_some<T>::value);
+MQTTBROKER_REQUIREMENT(stream_has_async_write_some, detail::stream_has_async_write_some<T>::value);
+MQTTBROKER_REQUIREMENT(stream_has_close, detail::stream_has_close<T>::value);
+MQTTBROKER_REQUIREMENT(has_acceptor_type, detail::has_acceptor_type<T>::value);
+MQTTBROKER_REQUIREMENT(acceptor_has_async_accept, detail::acceptor_has_async_accept<T>::value);
+MQTTBROKER_REQUIREMENT(acceptor_has_close, detail::acceptor_has_close<T>::value);
+MQTTBROKER_REQUIREMENT(acceptor_has_is_open, detail::acceptor_has_is_open<T>::value);
+MQTTBROKER_REQUIREMENT(acceptor_has_local_endpoint, detail::acceptor_has_local_endpoint<T>::value);
+MQTTBROKER_REQUIREMENT(has_listen_options, detail::has_listen_options<T>::value);
+MQTTBROKER_REQUIREMENT(has_make_acceptor, detail::has_make_acceptor<T>::value);
+MQTTBROKER_REQUIREMENT(has_prepare, detail::has_prepare<T>::value);
+}  // namespace contract
+
+/// Optional abilities, used when present: a handshake before MQTT bytes flow and a graceful
+/// shutdown (TLS, WebSocket): `static void async_handshake(stream_type&, Handler)` and
+/// `async_shutdown(stream_type&, Handler)` with Handler void(std::error_code); a readability wait
+/// (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`) on plain sockets.
+template <class T>
+inline constexpr bool has_async_handshake_v = detail::has_async_handshake<T>::value;
+template <class T>
+inline constexpr bool has_async_shutdown_v = detail::has_async_shutdown<T>::value;
+template <class T>
+inline constexpr bool has_readability_wait_v = detail::has_readability_wait<T>::value;
+
+namespace detail {
+
+/// True, or one static_assert per missing member, the first one first; members of a missing
+/// stream_type or acceptor_type are not reported again.
+template <class T>
+constexpr bool check_transport() {
+  static_assert(contract::has_name<T>, "mqttbroker: the transport has no name (static constexpr const char* name)");
+  static_assert(contract::has_stream_type<T>, "mqttbroker: the transport has no stream_type");
+  static_assert(contract::has_acceptor_type<T>, "mqttbroker: the transport has no acceptor_type");
+  static_assert(contract::has_listen_options<T>, "mqttbroker: the transport has no listen_options");
+  if constexpr (contract::has_stream_type<T>) {
+    static_assert(contract::stream_has_executor_type<T>, "mqttbroker: the transport's stream_type has no executor_type");
+    static_assert(contract::stream_has_get_executor<T>, "mqttbroker: the transport's stream_type has no get_executor()");
+    static_assert(contract::stream_has_async_read_some<T>,
+                  "mqttbroker: the transport's stream_type has no async_read_some(buffer, handler(error_code, size_t))");
+    static_assert(contract::stream_has_async_write_some<T>,
+                  "mqttbroker: the transport's stream_type has no gather async_write_some(buffers, handler(error_code, size_t))");
+    static_assert(contract::stream_has_close<T>, "mqttbroker: the transport's stream_type has no close(std::error_code&)");
+    static_assert(contract::has_prepare<T>, "mqttbroker: the transport has no static prepare(stream_type&)");
+  }
+  if constexpr (contract::has_acceptor_type<T>) {
+    if constexpr (contract::has_stream_type<T> && contract::stream_has_executor_type<T>) {
+      static_assert(contract::acceptor_has_async_accept<T>,
+                    "mqttbroker: the transport's acceptor_type has no async_accept(executor, handler(error_code, stream_type))");
+    }
+    static_assert(contract::acceptor_has_close<T>, "mqttbroker: the transport's acceptor_type has no close(std::error_code&)");
+    static_assert(contract::acceptor_has_is_open<T>, "mqttbroker: the transport's acceptor_type has no is_open()");
+    static_assert(contract::acceptor_has_local_endpoint<T>,
+                  "mqttbroker: the transport's acceptor_type has no local_endpoint(std::error_code&) with a port()");
+    if constexpr (contract::has_listen_options<T>) {
+      static_assert(contract::has_make_acceptor<T>,
+                    "mqttbroker: the transport has no static make_acceptor(executor, const listen_options&, "
+                    "std::error_code&) returning its acceptor_type");
+    }
+  }
+  return true;
+}
+
+}  // namespace detail
+}  // namespace transport
+
+#if MQTTBROKER_HAS_CONCEPTS
+/// A transport policy: every requirement of transport::contract.
+template <class T>
+concept transport_policy =
+    transport::contract::has_name<T> && transport::contract::has_stream_type<T> &&
+    transport::contract::stream_has_executor_type<T> && transport::contract::stream_has_get_executor<T> &&
+    transport::contract::stream_has_async_read_some<T> && transport::contract::stream_has_async_write_some<T> &&
+    transport::contract::stream_has_close<T> && transport::contract::has_acceptor_type<T> &&
+    transport::contract::acceptor_has_async_accept<T> && transport::contract::acceptor_has_close<T> &&
+    transport::contract::acceptor_has_is_open<T> && transport::contract::acceptor_has_local_endpoint<T> &&
+    transport::contract::has_listen_options<T> && transport::contract::has_make_acceptor<T> &&
+    transport::contract::has_prepare<T>;
+#endif
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_TRANSPORT_TRAITS_HPP
+// end <mqttbroker/transport/traits.hpp>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
@@ -8107,6 +8608,12 @@ struct default_policies {
 /// executor. It carries out on Asio what the engine decides; the protocol itself lives there.
 template <class Policies = default_policies>
 class broker {
+  // Each policy meets its contract, or the first error names what is missing.
+  static_assert(transport::detail::check_transport<typename Policies::transport>());
+  static_assert(storage::detail::check_storage<typename Policies::storage>());
+  static_assert(locking::detail::check_locking<typename Policies::locking, asio::any_io_executor>());
+  static_assert(hooks::detail::check_hooks<typename Policies::hooks>());
+
  public:
   using policies = Policies;
   using transport_type = typename Policies::transport;
@@ -8133,7 +8640,7 @@ class broker {
   broker(asio::any_io_executor ex, broker_options opts, hooks_type hooks, clock_type clk, asio::io_context* io)
       : io_(io),
         ex_(std::move(ex)),
-        control_ex_(make_strand_if_threaded(ex_)),
+        control_ex_(locking_type::make_strand(ex_)),
         ctx_(std::move(opts), std::move(hooks), std::move(clk)),
         sweep_timer_(ctx_.clock.make_timer(control_ex_)),
         will_timer_(ctx_.clock.make_timer(control_ex_)) {
@@ -8228,7 +8735,7 @@ class broker {
   /// What every connection of this broker shares: the engine and the clock.
   struct context {
     using engine_type = broker::engine_type;
-    static constexpr bool thread_safe = locking_type::thread_safe;
+    using locking_type = broker::locking_type;
     context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
     engine_type& engine() noexcept { return engine_; }
     time_point now() const noexcept { return clock.steady_now(); }
@@ -8324,13 +8831,6 @@ class broker {
     }
   }
 
-  static asio::any_io_executor make_strand_if_threaded(const asio::any_io_executor& ex) {
-    if constexpr (locking_type::thread_safe)
-      return asio::make_strand(ex);
-    else
-      return ex;
-  }
-
   // ---- timers: the sweep and the delayed wills, on control_ex_
 
   /// Twice a second: connection deadlines (CONNECT timeout, Keep Alive) are met within half a
@@ -8385,7 +8885,7 @@ class broker {
 
   asio::io_context* io_;  // when built from an io_context
   asio::any_io_executor ex_;
-  asio::any_io_executor control_ex_;  // a strand with locking::shared
+  asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
   context ctx_;
   std::vector<std::unique_ptr<listener_base>> listeners_;
   timer_type sweep_timer_;

@@ -5,6 +5,7 @@
 #include <mqttbroker/detail/fifo.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/link.hpp>
+#include <mqttbroker/locking/traits.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/session/state.hpp>
 
@@ -77,22 +78,12 @@ struct strand_outbox {
 };
 struct no_outbox {};
 
-/// A locking policy's per-session lock: its session_mutex_type, else its mutex_type.
-template <class Locking, class = void>
-struct session_mutex_of {
-  using type = typename Locking::mutex_type;
-};
-template <class Locking>
-struct session_mutex_of<Locking, std::void_t<typename Locking::session_mutex_type>> {
-  using type = typename Locking::session_mutex_type;
-};
-
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 template <class Locking>
 struct session_record : subscriber, detail::ref_counted {
   using link_type = link<session_record>;
   using steady_time = typename link_type::steady_time;
-  using session_mutex_type = typename session_mutex_of<Locking>::type;
+  using session_mutex_type = locking::session_mutex_t<Locking>;
 
   session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
   session::state state;

@@ -13,6 +13,13 @@ namespace locking {
 struct none {
   static constexpr bool thread_safe = false;
 
+  /// Handlers on one thread never run at once: a connection's strand is its executor itself, which
+  /// a connection then does not store.
+  template <class Executor>
+  using strand_type = Executor;
+  template <class Executor>
+  static Executor make_strand(const Executor& ex) { return ex; }
+
   struct mutex_type {
     void lock() noexcept {}
     void unlock() noexcept {}

@@ -4,6 +4,12 @@
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/thread_slot.hpp>
 
+// The one Asio header in locking/ (scripts/check_layers.py allows no other): what keeps one
+// connection's handlers from running at once on several threads is this policy's to say, and with
+// Asio that is a strand. locking/none.hpp and locking/traits.hpp need no Asio, so the sans-I/O
+// layers can name a locking policy's contract, and run on locking::none, without it.
+#include <asio/strand.hpp>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -45,7 +51,7 @@ class big_reader_mutex {
   }
 
   void lock_shared() {
-    const std::size_t i = detail::thread_slot::index();
+    const std::size_t i = ::mqttbroker::detail::thread_slot::index();
     if (enter(i)) return;
     leave(i);
     // A writer holds or waits for the lock: queue behind it on the writers' mutex. While this
@@ -55,12 +61,12 @@ class big_reader_mutex {
     stripes_[i].readers.fetch_add(1, std::memory_order_seq_cst);
   }
   bool try_lock_shared() {
-    const std::size_t i = detail::thread_slot::index();
+    const std::size_t i = ::mqttbroker::detail::thread_slot::index();
     if (enter(i)) return true;
     leave(i);
     return false;
   }
-  void unlock_shared() noexcept { leave(detail::thread_slot::index()); }
+  void unlock_shared() noexcept { leave(::mqttbroker::detail::thread_slot::index()); }
 
  private:
   /// Counts this thread in; true when no writer holds or waits for the lock.
@@ -72,7 +78,7 @@ class big_reader_mutex {
   /// Counts this thread out. Release: a writer that sees the count drop sees the reads done.
   void leave(std::size_t i) noexcept {
     auto& n = stripes_[i].readers;
-    if (i < detail::thread_slot::exclusive)
+    if (i < ::mqttbroker::detail::thread_slot::exclusive)
       n.store(n.load(std::memory_order_relaxed) - 1, std::memory_order_release);  // only this thread writes it
     else
       n.fetch_sub(1, std::memory_order_release);
@@ -90,11 +96,11 @@ class big_reader_mutex {
     if (spins >= 64) std::this_thread::yield();
   }
 
-  struct alignas(detail::false_sharing_range) stripe {
+  struct alignas(::mqttbroker::detail::false_sharing_range) stripe {
     std::atomic<std::uint32_t> readers{0};
   };
-  stripe stripes_[detail::thread_slot::count];
-  alignas(detail::false_sharing_range) std::atomic<bool> writer_{false};  // read by every reader
+  stripe stripes_[::mqttbroker::detail::thread_slot::count];
+  alignas(::mqttbroker::detail::false_sharing_range) std::atomic<bool> writer_{false};  // read by every reader
   std::mutex writers_;                                                 // one writer at a time
 };
 
@@ -108,9 +114,9 @@ class striped_counter {
   striped_counter& operator=(const striped_counter&) = delete;
 
   void fetch_add(T d, std::memory_order = std::memory_order_relaxed) noexcept {
-    const std::size_t i = detail::thread_slot::index();
+    const std::size_t i = ::mqttbroker::detail::thread_slot::index();
     auto& v = stripes_[i].value;
-    if (i < detail::thread_slot::exclusive)
+    if (i < ::mqttbroker::detail::thread_slot::exclusive)
       v.store(static_cast<T>(v.load(std::memory_order_relaxed) + d), std::memory_order_relaxed);  // only this thread writes it
     else
       v.fetch_add(d, std::memory_order_relaxed);
@@ -122,10 +128,10 @@ class striped_counter {
   }
 
  private:
-  struct alignas(detail::false_sharing_range) stripe {
+  struct alignas(::mqttbroker::detail::false_sharing_range) stripe {
     std::atomic<T> value{};
   };
-  stripe stripes_[detail::thread_slot::count];
+  stripe stripes_[::mqttbroker::detail::thread_slot::count];
 };
 
 /// For a host that runs the io_context on several threads: shared state sits behind a
@@ -138,6 +144,12 @@ struct shared {
   using session_mutex_type = std::mutex;
   template <class T>
   using counter_type = striped_counter<T>;
+
+  /// Each connection's handlers, and the broker's own control work, run on a strand of their own.
+  template <class Executor>
+  using strand_type = asio::strand<Executor>;
+  template <class Executor>
+  static strand_type<Executor> make_strand(const Executor& ex) { return asio::make_strand(ex); }
 };
 
 }  // namespace locking

@@ -66,7 +66,7 @@ class retained_store {
     node* n = root_.get();
     try {
       topic::detail::level_cursor cur(topic);
-      while (!cur.done()) n = child(*n, cur.next());
+      while (!cur.done()) n = topic::detail::find_or_add_child(*n, cur.next(), nodes_);
     } catch (...) {
       prune(n);  // drop the nodes this call created
       throw;
@@ -145,16 +145,6 @@ class retained_store {
   };
 
   static std::size_t weight(const message& m) noexcept { return m.topic().size() + m.payload().size(); }
-
-  node* child(node& n, std::string_view level) {
-    const std::size_t h = topic::detail::level_hash(level);
-    if (node* c = n.children.find(level, h)) return c;
-    auto c = std::make_unique<node>(level, &n);
-    node* raw = c.get();
-    n.children.insert(h, std::move(c));
-    ++nodes_;
-    return raw;
-  }
 
   const node* find_node(std::string_view topic) const noexcept {
     const node* n = root_.get();

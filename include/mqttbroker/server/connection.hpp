@@ -15,7 +15,6 @@
 #include <asio/error.hpp>
 #include <asio/post.hpp>
 #include <asio/socket_base.hpp>
-#include <asio/strand.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -70,16 +69,38 @@ class run_range {
   const engine::byte_run* last_;
 };
 
-/// A connection's strand, with a thread-safe locking policy. Without one, an empty base: C++17
-/// has no [[no_unique_address]], and an empty member would still take 8 bytes per connection.
-template <class Executor, bool OnStrand>
-struct connection_strand {
-  explicit connection_strand(const Executor& ex) : strand_(asio::make_strand(ex)) {}
-  asio::strand<Executor> strand_;
+/// Where a connection's handlers run: its locking policy's strand for the stream's executor. When
+/// that strand is the executor itself (locking::none) there is nothing to hold, and this is an empty
+/// base: C++17 has no [[no_unique_address]], and an empty member would still take 8 bytes per
+/// connection. Nor is a handler bound to it then, so a pending operation is no larger either.
+template <class Strand, class Executor, bool = std::is_same_v<Strand, Executor>>
+class connection_strand {
+ protected:
+  explicit connection_strand(Strand s) : strand_(std::move(s)) {}
+  template <class Stream>
+  Strand handler_executor(Stream&) const {
+    return strand_;
+  }
+  template <class Handler>
+  auto on_strand(Handler h) const {
+    return asio::bind_executor(strand_, std::move(h));
+  }
+
+ private:
+  Strand strand_;
 };
-template <class Executor>
-struct connection_strand<Executor, false> {
+template <class Strand, class Executor>
+class connection_strand<Strand, Executor, true> {
+ protected:
   explicit connection_strand(const Executor&) noexcept {}
+  template <class Stream>
+  static Executor handler_executor(Stream& s) {
+    return s.get_executor();
+  }
+  template <class Handler>
+  static Handler on_strand(Handler h) {
+    return h;
+  }
 };
 
 /// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
@@ -99,33 +120,28 @@ inline std::uint8_t* thread_read_buffer() {
 /// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
 /// paused reader's unread input, stay with the connection.
 ///
-/// `Context` gives `engine_type`, `engine()`, `now()` and `thread_safe`: the broker's shared parts.
+/// `Context` gives `engine_type`, `locking_type`, `engine()` and `now()`: the broker's shared parts.
 template <class Stream, class Context>
 class connection final
     : public Context::engine_type::link_type,
-      private connection_strand<typename Stream::executor_type, Context::thread_safe> {
+      private connection_strand<typename Context::locking_type::template strand_type<typename Stream::executor_type>,
+                                typename Stream::executor_type> {
  public:
   using stream_type = Stream;
   using stream_executor = typename stream_type::executor_type;
   using engine_type = typename Context::engine_type;
   using link_type = typename engine_type::link_type;
   using flush_scope = typename link_type::flush_scope;
-  /// With a thread-safe locking policy each connection's handlers run on a strand of their own.
-  static constexpr bool on_strand = Context::thread_safe;
-  using executor_type = std::conditional_t<on_strand, asio::strand<stream_executor>, stream_executor>;
+  /// The locking policy's strand for the stream's executor, where this connection's handlers run.
+  using executor_type = typename Context::locking_type::template strand_type<stream_executor>;
 
   connection(Context& ctx, stream_type s)
-      : connection_strand<stream_executor, on_strand>(s.get_executor()),
+      : connection_strand<executor_type, stream_executor>(Context::locking_type::make_strand(s.get_executor())),
         ctx_(ctx),
         stream_(std::move(s)),
         decoder_(codec::decoder_options{codec::role::server, ctx.engine().options().max_packet_size, std::nullopt}) {}
 
-  executor_type get_executor() {
-    if constexpr (on_strand)
-      return this->strand_;
-    else
-      return stream_.get_executor();
-  }
+  executor_type get_executor() { return this->handler_executor(stream_); }
 
   /// Starts reading; the engine has opened the link.
   void start() { read(); }
@@ -165,14 +181,10 @@ class connection final
   engine_type& engine() noexcept { return ctx_.engine(); }
 
   /// A completion handler for this connection's operations: its memory from the thread's pool,
-  /// and on the connection's strand when there is one.
+  /// and on the connection's strand.
   template <class Handler>
   auto bind_handler(Handler h) {
-    auto pooled = asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h));
-    if constexpr (on_strand)
-      return asio::bind_executor(this->strand_, std::move(pooled));
-    else
-      return pooled;
+    return this->on_strand(asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h)));
   }
 
   void on_event(engine::link_event e) {

@@ -51,17 +51,11 @@ struct limits {
   bool queue_qos0_offline = false;
 };
 
-/// Counters a host reads for metrics and tests.
-struct counters {
-  std::uint64_t dropped_queue_full = 0;   // refused or evicted by the queue limits
-  std::uint64_t dropped_qos0_offline = 0; // QoS 0 for a client that is away
-};
-
 /// What offer() did with a message.
 enum class admission : std::uint8_t {
   send,     // send now: the outgoing was given a packet identifier (QoS > 0) and is in flight
   queued,   // waits for a free slot in the in-flight window, or for the client to come back
-  dropped,  // refused by the limits (counted)
+  dropped,  // refused by the limits
 };
 
 /// The MQTT state of one client's session, without I/O: which QoS 1/2 messages are in flight in
@@ -79,10 +73,6 @@ class state {
 
   const std::string& client_id() const noexcept { return client_id_; }
   const limits& session_limits() const noexcept { return *limits_; }
-  const counters& stats() const noexcept {
-    static const counters none;
-    return traffic_ ? traffic_->counts : none;
-  }
 
   // ---- outgoing (broker to client)
 
@@ -92,10 +82,7 @@ class state {
   admission offer(outgoing& o, bool online) {
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
-      if (!limits_->queue_qos0_offline) {
-        ++flows().counts.dropped_qos0_offline;
-        return admission::dropped;
-      }
+      if (!limits_->queue_qos0_offline) return admission::dropped;
       return enqueue(std::move(o));
     }
     traffic& t = flows();
@@ -224,7 +211,6 @@ class state {
 
   /// What QoS 1/2 traffic and queueing need: made on first use, kept for the session's life.
   struct traffic {
-    counters counts;
     detail::fifo<inflight_entry> inflight;
     detail::fifo<outgoing> queue;
     std::size_t queued_bytes = 0;
@@ -247,19 +233,12 @@ class state {
              (l.max_queued_bytes != 0 && t.queued_bytes + bytes > l.max_queued_bytes);
     };
     if (over()) {
-      if (!l.drop_oldest || t.queue.empty()) {
-        ++t.counts.dropped_queue_full;
-        return admission::dropped;
-      }
+      if (!l.drop_oldest || t.queue.empty()) return admission::dropped;
       while (!t.queue.empty() && over()) {
         t.queued_bytes -= t.queue.front().msg->payload().size();
         t.queue.pop_front();
-        ++t.counts.dropped_queue_full;
       }
-      if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) {
-        ++t.counts.dropped_queue_full;
-        return admission::dropped;
-      }
+      if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) return admission::dropped;
     }
     t.queued_bytes += bytes;
     t.queue.push_back(std::move(o));

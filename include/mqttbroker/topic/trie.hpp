@@ -200,6 +200,20 @@ class child_table {
   std::uint32_t size_ = 0;
 };
 
+/// The child of `n` for the literal `level`, made as Node(level, &n) and counted in `nodes` when
+/// there is none: for both trees of topic levels, the subscription trie and the retained store.
+/// On bad_alloc nothing is made or counted.
+template <class Node>
+Node* find_or_add_child(Node& n, std::string_view level, std::size_t& nodes) {
+  const std::uint64_t h = level_hash(level);
+  if (Node* c = n.children.find(level, h)) return c;
+  auto c = std::make_unique<Node>(level, &n);
+  Node* raw = c.get();
+  n.children.insert(h, std::move(c));
+  ++nodes;
+  return raw;
+}
+
 /// The subscriptions that share one filter, keyed by subscriber. A packed vector while small (most
 /// filters have one subscriber), an unordered_map once past `small_max`, so a filter with 100k
 /// subscribers still inserts and erases in O(1). Key and Value must be copyable.
@@ -360,7 +374,7 @@ class subscription_trie {
         if (level == "#" && cur.done()) {
           multi = true;
         } else {
-          n = level == "+" ? plus_child(*n) : literal_child(*n, level);
+          n = level == "+" ? plus_child(*n) : detail::find_or_add_child(*n, level, nodes_);
         }
       }
       set_type* s = &n->subs;
@@ -450,16 +464,6 @@ class subscription_trie {
       ++nodes_;
     }
     return n.plus.get();
-  }
-
-  node* literal_child(node& n, std::string_view level) {
-    const std::uint64_t h = detail::level_hash(level);
-    if (node* c = n.children.find(level, h)) return c;
-    auto c = std::make_unique<node>(level, &n);
-    node* raw = c.get();
-    n.children.insert(h, std::move(c));
-    ++nodes_;
-    return raw;
   }
 
   // The node a filter ends at (`multi` set for a trailing `#`), or nullptr; never creates nodes.
