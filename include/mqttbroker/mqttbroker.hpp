@@ -39,6 +39,7 @@
 #include <mqttbroker/engine/write_batch.hpp>
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/engine/records.hpp>
+#include <mqttbroker/engine/core.hpp>
 #include <mqttbroker/engine/protocol.hpp>
 
 // level 6: server/ (connections on Asio)

@@ -6267,6 +6267,8 @@ MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
 template <class Policies>
+class core;
+template <class Policies>
 class protocol;
 
 /// What the engine asks a link's own executor to run later (link::post): work that belongs to
@@ -6469,7 +6471,9 @@ class link : public detail::list_links, public detail::ref_counted {
 
  private:
   template <class>
-  friend class protocol;  // the engine keeps the protocol state below
+  friend class core;  // the engine keeps the protocol state below
+  template <class>
+  friend class protocol;
 
   write_batch& queue() {
     if (!queued_) queued_ = write_batch_pool::acquire();
@@ -6776,9 +6780,9 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_ENGINE_RECORDS_HPP
 // end <mqttbroker/engine/records.hpp>
-// begin <mqttbroker/engine/protocol.hpp>
-#ifndef MQTTBROKER_ENGINE_PROTOCOL_HPP
-#define MQTTBROKER_ENGINE_PROTOCOL_HPP
+// begin <mqttbroker/engine/core.hpp>
+#ifndef MQTTBROKER_ENGINE_CORE_HPP
+#define MQTTBROKER_ENGINE_CORE_HPP
 
 
 #include <algorithm>
@@ -6802,16 +6806,14 @@ MQTTBROKER_END_NAMESPACE
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
-/// The protocol engine: everything a server decides, without I/O. It keeps the session registry,
-/// the subscriptions and the retained messages, and handles what happens to connections (a
-/// decoded packet, a deadline, a write that progressed, a close) at the time it is given. It acts
-/// through the links: packets are queued on a link (no call out), and a link's outlet is asked to
-/// write once per batch, to close, or to run an event on the link's own thread. Timers are the
-/// caller's: it calls sweep() periodically and release_wills() at next_will_due().
+/// What the protocol engine keeps and how messages move: the session registry, the subscriptions
+/// and the retained messages, routing to sessions and in-process handlers, publisher pacing, the
+/// timers' work (deadlines, expiry, delayed wills, $SYS) and stopping. engine::protocol builds the
+/// MQTT decisions on it; the host's in-process API reaches it directly.
 ///
 /// `Policies` gives `locking` (the engine's locks and counters) and `hooks`.
 template <class Policies>
-class protocol {
+class core {
  public:
   using locking_type = typename Policies::locking;
   using hooks_type = typename Policies::hooks;
@@ -6822,7 +6824,7 @@ class protocol {
   enum class local_subscription_id : std::uint64_t {};
 
   /// Throws std::invalid_argument for options no broker can run with.
-  explicit protocol(broker_options opts, hooks_type hooks = {}) : opts_(std::move(opts)), hooks_(std::move(hooks)) {
+  explicit core(broker_options opts, hooks_type hooks = {}) : opts_(std::move(opts)), hooks_(std::move(hooks)) {
     if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
       throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
     // Pacing has to start well before the queue limits drop anything.
@@ -6831,8 +6833,8 @@ class protocol {
     pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
     session_limits_ = make_session_limits(opts_);
   }
-  protocol(const protocol&) = delete;
-  protocol& operator=(const protocol&) = delete;
+  core(const core&) = delete;
+  core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
 
@@ -6893,194 +6895,6 @@ class protocol {
   message_ptr retained(std::string_view topic_name) const {
     std::lock_guard<mutex_type> lk(state_mutex_);
     return retained_.find(topic_name);
-  }
-
-  // ---- connections: called by the server on the link's own executor
-
-  /// A new connection: false when it is over max_connections (counted; the caller closes it).
-  /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
-  bool open(link_type& l, steady_time now) {
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      if (links_.size() >= opts_.max_connections) {
-        ++stats_.connections_refused;
-        return false;
-      }
-      ++stats_.connections_accepted;
-      links_.push_back(l.self());
-    }
-    l.note_progress(now);
-    restart_deadline(l, now);
-    return true;
-  }
-
-  /// A decoded packet. False when the link stops taking input after it: it is closing, or its
-  /// reader is to pause (pause_reader()).
-  bool on_packet(link_type& l, codec::packet& p, steady_time now) {
-    switch (p.index()) {
-      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
-      case 2: on_publish(l, std::get<codec::publish>(p), now); break;
-      case 3: on_puback(l, std::get<codec::puback>(p), now); break;
-      case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
-      case 5: on_pubrel(l, std::get<codec::pubrel>(p), now); break;
-      case 6: on_pubcomp(l, std::get<codec::pubcomp>(p), now); break;
-      case 7: on_subscribe(l, std::get<codec::subscribe>(p), now); break;
-      case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
-      case 11: l.send(codec::pingresp{}, now); break;
-      case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
-      // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
-      default: violation(l, protocol_errc::unexpected_packet, now); break;
-    }
-    return !l.is_closing() && !l.pace_pending();
-  }
-
-  /// Packets were decoded from input read at `now`: Keep Alive counts from there.
-  void on_packets_read(link_type& l, steady_time now) noexcept { restart_deadline(l, now); }
-
-  /// Input the codec refused, or a packet the engine did: the reaction its version requires, then
-  /// close. `decoded_version` is the version the decoder saw in a CONNECT, if it got that far.
-  void on_malformed(link_type& l, const std::error_code& ec, codec::protocol_version decoded_version, steady_time now) {
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      ++stats_.protocol_errors;
-    }
-    if (!l.connected_) {
-      // Before CONNACK: a CONNACK with the refusal where the version has a code for it
-      // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
-      if (decoded_version == codec::protocol_version::v5) {
-        codec::connack ack;
-        ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
-        l.enqueue(ack, codec::protocol_version::v5, now);
-      } else if (auto rc = to_connack_return_code(ec)) {
-        codec::connack ack;
-        ack.code = static_cast<std::uint8_t>(*rc);
-        l.enqueue(ack, codec::protocol_version::v3_1_1, now);
-      }
-      l.close(reason_code::unspecified_error, false, false, now);
-      return;
-    }
-    // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
-    l.close(to_reason_code(ec), true, false, now);
-  }
-
-  /// After a packet reached a session that is behind: pauses `l`'s reader on it, unless it caught
-  /// up meanwhile. True when paused (the caller stops reading until a link_event::resume).
-  bool pause_reader(link_type& l) {
-    detail::ref_ptr<session_type> target = std::move(l.pace_target_);
-    session_guard lk(*this, *target);
-    const link_type* c = target->conn.get();
-    if (c == nullptr || !behind(*target, *c, l.last_progress(), 1)) return false;
-    l.paused_.store(true, std::memory_order_relaxed);
-    restart_deadline(l, l.last_progress());  // when `target` will count as stuck
-    target->more().paced.push_back(l.self());
-    target->has_paced.store(true, std::memory_order_relaxed);
-    hot_.pauses.fetch_add(1);
-    return true;
-  }
-
-  /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
-  bool on_resume(link_type& l, steady_time now) noexcept {
-    if (!l.paused() || !l.is_open()) return false;
-    l.paused_.store(false, std::memory_order_relaxed);
-    // The silence was ours, not the client's: Keep Alive counts from now.
-    restart_deadline(l, now);
-    return !l.is_closing();
-  }
-
-  /// The transport took some of what was queued.
-  void on_write_progress(link_type& l, steady_time now) {
-    l.note_progress(now);
-    resume_paced_readers(l, now);
-  }
-
-  /// Everything queued has been written: more may move into flight.
-  void on_drained(link_type& l, steady_time now) { pump(l, now); }
-
-  /// Moves queued and retained messages into flight as the window and the transport allow.
-  void pump(link_type& l, steady_time now) {
-    flush_scope batch;  // one write for all it sends
-    fill(l, now);
-    resume_paced_readers(l, now);
-  }
-
-  /// A newer connection took the session over: this one closes without touching it.
-  void take_over(link_type& l, steady_time now) {
-    l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
-    l.close(reason_code::session_taken_over, true, false, now);
-  }
-
-  /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
-  void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
-
-  /// The sweep saw `l`'s deadline pass (checked again here, on its own executor). True when a
-  /// paused reader is to resume reading.
-  bool check_deadline(link_type& l, steady_time now) {
-    if (!l.is_open()) return false;
-    if (l.paused()) return l.deadline_passed(now) && on_resume(l, now);
-    if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
-    }
-    if (!l.connected_) {
-      // No complete CONNECT within the timeout: close without a word.
-      l.close(reason_code::maximum_connect_time, false, false, now);
-    } else {
-      // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
-      l.close(reason_code::keep_alive_timeout, true, false, now);
-    }
-    return false;
-  }
-
-  /// The transport is closed: the session lets go of the connection, a will goes out or waits for
-  /// its delay, a session that ends with its connection ends.
-  void on_closed(link_type& l, steady_time now) {
-    detail::ref_ptr<link_type> self = l.self();
-    message_ptr will = std::move(l.will_);
-    detail::ref_ptr<session_type> rec = std::move(l.session_);
-    std::vector<detail::ref_ptr<link_type>> paced;
-    if (l.graceful_ || stopping_) will = message_ptr();
-    std::function<void()> stopped;
-    std::optional<steady_time> will_due;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      links_.erase(l);
-      if (l.taken_over_ && l.will_delay_.count() != 0) {
-        // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
-        will = message_ptr();
-      }
-      // A connection that lost its session to a takeover leaves the session alone.
-      if (rec && rec->conn.get() == &l) {
-        {
-          // Readers waiting for this client go on: it is gone, and offline queues have limits.
-          std::lock_guard<typename session_type::session_mutex_type> session_lock(rec->mutex);
-          if (rec->extras) paced.swap(rec->extras->paced);
-          rec->has_paced.store(false, std::memory_order_relaxed);
-        }
-        rec->conn.reset();
-        if (rec->extras) rec->extras->retained_backlog.clear();
-        clear_outbox(*rec);
-        if (rec->expiry.count() == 0) {
-          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
-        } else {
-          rec->expires = now + rec->expiry;
-          if (will && l.will_delay_.count() != 0) {
-            // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
-            // whichever comes first.
-            will_due = delay_will(*rec, std::move(will), now + std::min<std::chrono::seconds>(l.will_delay_, rec->expiry));
-          }
-        }
-      }
-      if (stopping_ && links_.empty()) stopped = std::move(stop_done_);
-    }
-    if (will_due && will_scheduled_) will_scheduled_(*will_due);
-    resume_all(paced);
-    if (l.connected_ && rec) {
-      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), l.graceful_);
-    }
-    // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
-    if (stopped) stopped();
   }
 
   // ---- time: called by the broker's timers
@@ -7190,7 +7004,14 @@ class protocol {
   /// Accepting again after a stop.
   void restart() noexcept { stopping_ = false; }
 
- private:
+  /// Moves queued and retained messages into flight as the window and the transport allow.
+  void pump(link_type& l, steady_time now) {
+    flush_scope batch;  // one write for all it sends
+    fill(l, now);
+    resume_paced_readers(l, now);
+  }
+
+ protected:
   using mutex_type = typename locking_type::mutex_type;
   using session_mutex_type = typename session_type::session_mutex_type;
 
@@ -7215,429 +7036,14 @@ class protocol {
     l.set_deadline(d);
   }
 
-  void violation(link_type& l, std::error_code ec, steady_time now) {
-    l.mark_closing();  // stop decoding this read
-    on_malformed(l, ec, l.version_, now);
-  }
-
-  // ---- CONNECT
-
-  /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
-  /// code for it) by closing.
-  template <class Error>
-  void refuse_connect(link_type& l, codec::protocol_version v, Error e, steady_time now) {
-    const std::error_code ec = e;
-    if (v == codec::protocol_version::v5)
-      return refuse_connect_code(l, v, to_reason_code(ec), connack_return_code::accepted, now);
-    auto rc = to_connack_return_code(ec);
-    if (!rc) {
-      l.version_ = v;
-      return violation(l, ec, now);
-    }
-    refuse_connect_code(l, v, reason_code::unspecified_error, *rc, now);
-  }
-
-  void refuse_connect_code(link_type& l, codec::protocol_version v, reason_code rc5, connack_return_code rc3,
-                           steady_time now) {
-    codec::connack ack;
-    ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
-    l.version_ = v;
-    l.enqueue(ack, v, now);
-    l.close(reason_code::unspecified_error, false, false, now);
-  }
-
-  void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
-    const auto v = cp.version;
-    const bool v5 = v == codec::protocol_version::v5;
-    std::string client_id(cp.client_id);
-    bool assigned = false;
-    if (client_id.empty()) {
-      // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
-      // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
-      if (!v5 && !cp.clean_start) return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      client_id = make_client_id();
-      assigned = true;
-    }
-    if (client_id.size() > opts_.max_client_id_length)
-      return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
-
-    if (cp.will) {
-      if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
-        // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
-        if (v5) return refuse_connect_code(l, v, reason_code::topic_name_invalid, connack_return_code::accepted, now);
-        l.version_ = v;
-        return violation(l, ec, now);
-      }
-    }
-
-    if constexpr (hooks::has_authenticate_v<hooks_type>) {
-      hooks::connect_info info{client_id, cp.username, cp.password, v};
-      switch (hooks_.authenticate(info)) {
-        case hooks::auth_result::accept: break;
-        case hooks::auth_result::bad_credentials:
-          return refuse_connect_code(l, v, reason_code::bad_user_name_or_password,
-                                     connack_return_code::bad_user_name_or_password, now);
-        case hooks::auth_result::not_authorized:
-          return refuse_connect_code(l, v, reason_code::not_authorized, connack_return_code::not_authorized, now);
-      }
-    }
-
-    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
-    std::chrono::seconds expiry{0};
-    if (v5) {
-      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval)) expiry = std::chrono::seconds(p->integer);
-    } else if (!cp.clean_start) {
-      expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
-                                                             : opts_.persistent_session_expiry;
-    }
-    const std::chrono::seconds requested_expiry = expiry;
-    if (opts_.persistent_session_expiry.count() != 0 && expiry > opts_.persistent_session_expiry)
-      expiry = opts_.persistent_session_expiry;
-
-    // The will, made now so it costs nothing when it fires.
-    message_ptr will;
-    if (cp.will) {
-      will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
-                           forwardable_properties(cp.will->properties));
-    }
-
-    detail::ref_ptr<session_type> rec;
-    bool session_present = false;
-    detail::ref_ptr<link_type> old_conn;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      auto it = sessions_.find(client_id);
-      if (it != sessions_.end()) {
-        rec = it->second;
-        old_conn = rec->conn;
-        if (cp.clean_start) {
-          drop_session_subscriptions(*rec);
-          rec->state.clear_messages();
-          if (rec->extras) rec->extras->retained_backlog.clear();
-        } else {
-          session_present = true;
-        }
-      } else {
-        rec = detail::ref_ptr<session_type>::make(client_id, &session_limits_);
-        sessions_.emplace(rec->state.client_id(), rec);
-      }
-      // What was admitted for an earlier connection is in flight and is resent below.
-      clear_outbox(*rec);
-      if (rec->extras) {
-        // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
-        rec->extras->pending_will = message_ptr();
-        ++rec->extras->will_generation;
-      }
-      rec->conn = l.self();
-      rec->expiry = stored_expiry(expiry);
-    }
-    std::uint16_t keep_alive = cp.keep_alive;
-    bool server_keep_alive = false;
-    if (opts_.max_keep_alive != 0 && (keep_alive == 0 || keep_alive > opts_.max_keep_alive) && v5) {
-      keep_alive = opts_.max_keep_alive;
-      server_keep_alive = true;
-    }
-    l.will_ = std::move(will);
-    l.will_delay_ = {};
-    if (v5 && cp.will) {
-      if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
-        l.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
-    }
-    // After CONNACK: Keep Alive replaces the CONNECT timeout.
-    l.connected_ = true;
-    l.version_ = v;
-    l.session_ = rec;
-    l.keep_alive_limit_ = std::chrono::duration<std::uint32_t, std::milli>(
-        static_cast<std::uint32_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
-    restart_deadline(l, now);
-
-    codec::connack ack;
-    ack.session_present = session_present;  // [MQTT-3.2.2-2] [MQTT-3.2.2-3]
-    codec::properties_builder props;
-    if (v5) {
-      props.add(codec::property_id::receive_maximum, opts_.receive_maximum);
-      // 5.0 §3.2.2.3.2: a server that keeps the session for less than asked says so.
-      if (expiry != requested_expiry)
-        props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
-      props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
-      props.add(codec::property_id::topic_alias_maximum, 0);
-      props.add(codec::property_id::shared_subscription_available, 0);
-      if (assigned) props.add(codec::property_id::assigned_client_identifier, client_id);
-      if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
-      ack.properties = props.view();
-    }
-    l.send(ack, now);
-
-    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(client_id);
-
-    // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
-    if (session_present) {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      // Another thread may have taken the session over meanwhile; its connection resends then.
-      if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
-        if (e.state == session::phase::awaiting_pubcomp) {
-          codec::pubrel rel;
-          rel.packet_id = e.pub.packet_id;
-          l.send(rel, now);
-        } else {
-          l.send_publish(e.pub, now);
-        }
-      });
-    }
-    pump(l, now);
-
-    // [MQTT-3.1.4-2] [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer
-    // owns the session. Only now: its will may match this session, and must follow the CONNACK
-    // [MQTT-3.2.0-1], in this connection's version, after the re-sends above.
-    if (old_conn) {
-      if constexpr (locking_type::thread_safe)
-        old_conn->post(link_event::taken_over);  // its own thread closes it
-      else
-        take_over(*old_conn, now);
-    }
-  }
-
-  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
-  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
-  /// The view is valid until the next call on this thread (the caller copies it into a message).
-  static std::string_view forwardable_properties(const codec::properties_view& in) {
-    auto stays = [](const codec::property& p) {
-      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
-             p.id != codec::property_id::will_delay_interval;
-    };
-    bool all_stay = true;
-    for (const codec::property& p : in) all_stay = all_stay && stays(p);
-    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
-    static thread_local codec::properties_builder b;
-    b.clear();
-    for (const codec::property& p : in)
-      if (stays(p)) b.add(p);
-    return b.view().bytes();
-  }
-
-  // ---- PUBLISH and the acknowledgements
-
-  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
-    const bool v5 = l.version() == codec::protocol_version::v5;
-    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
-      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(l, protocol_errc::topic_alias_invalid, now);
-    }
-    if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
-
-    bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
-    message_ptr m;
-    if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
-      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_id(), *m);
-    }
-    if (!allowed) {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      ++stats_.publishes_denied;
-    }
-
-    switch (p.qos_level) {
-      case codec::qos::at_most_once:
-        if (allowed) publish_message(std::move(m), l.session(), now, true, &l);
-        return;
-      case codec::qos::at_least_once: {
-        std::size_t n = allowed ? publish_message(std::move(m), l.session(), now, true, &l) : 0;
-        codec::puback ack;
-        ack.packet_id = p.packet_id;
-        if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
-                       : n == 0  ? reason_code::no_matching_subscribers
-                                 : reason_code::success;
-        return l.send(ack, now);
-      }
-      case codec::qos::exactly_once: {
-        session_type* rec = l.session();
-        bool fresh;
-        bool over_limit = false;
-        {
-          session_guard lk(*this, *rec);
-          fresh = rec->state.on_qos2_publish(p.packet_id);
-          over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
-        }
-        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
-        if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
-        std::size_t n = 0;
-        // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
-        if (fresh && allowed) n = publish_message(std::move(m), rec, now, true, &l);
-        codec::pubrec rec_ack;
-        rec_ack.packet_id = p.packet_id;
-        if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
-                           : (fresh && n == 0)      ? reason_code::no_matching_subscribers
-                                                    : reason_code::success;
-        return l.send(rec_ack, now);
-      }
-    }
-  }
-
   /// A session's own traffic (acknowledgements, its queue moving): the state lock shared, so
   /// publishers on other threads go on routing, and the session's lock, which they take to
   /// deliver to it. Anything that changes routes or sessions takes the state lock exclusively.
   struct session_guard {
-    session_guard(protocol& e, session_type& r) : state(e.state_mutex_), own(r.mutex) {}
+    session_guard(core& e, session_type& r) : state(e.state_mutex_), own(r.mutex) {}
     std::shared_lock<mutex_type> state;
     std::lock_guard<session_mutex_type> own;
   };
-
-  void on_puback(link_type& l, const codec::puback& a, steady_time now) {
-    {
-      session_guard lk(*this, *l.session());
-      l.session()->state.on_puback(a.packet_id);
-    }
-    pump(l, now);
-  }
-
-  void on_pubrec(link_type& l, const codec::pubrec& a, steady_time now) {
-    bool known;
-    {
-      session_guard lk(*this, *l.session());
-      known = l.session()->state.on_pubrec(a.packet_id);
-    }
-    if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
-      // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
-      session_guard lk(*this, *l.session());
-      l.session()->state.on_pubcomp(a.packet_id);
-      return;
-    }
-    codec::pubrel rel;
-    rel.packet_id = a.packet_id;
-    if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
-    l.send(rel, now);
-  }
-
-  void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {
-    bool known;
-    {
-      session_guard lk(*this, *l.session());
-      known = l.session()->state.on_pubrel(r.packet_id);
-    }
-    // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
-    codec::pubcomp comp;
-    comp.packet_id = r.packet_id;
-    if (!known && l.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
-    l.send(comp, now);
-  }
-
-  void on_pubcomp(link_type& l, const codec::pubcomp& a, steady_time now) {
-    {
-      session_guard lk(*this, *l.session());
-      l.session()->state.on_pubcomp(a.packet_id);
-    }
-    pump(l, now);
-  }
-
-  // ---- SUBSCRIBE, UNSUBSCRIBE, DISCONNECT
-
-  void on_subscribe(link_type& l, const codec::subscribe& s, steady_time now) {
-    const bool v5 = l.version() == codec::protocol_version::v5;
-    std::uint32_t sub_id = 0;
-    if (v5) {
-      if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
-    }
-    const topic::limits lim = topic_limits();
-    codec::suback ack;
-    ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
-    ack.reasons.reserve(s.entries.size());
-    session_type* rec = l.session();
-    for (const codec::subscribe_entry& e : s.entries) {
-      if (topic::validate_topic_filter(e.filter, lim)) {
-        ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
-        continue;
-      }
-      if (topic::is_shared_filter(e.filter)) {
-        // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
-        ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
-        continue;
-      }
-      if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
-        if (!hooks_.authorize_subscribe(l.client_id(), e.filter, e.options.max_qos)) {
-          ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
-          continue;
-        }
-      }
-      {
-        std::lock_guard<mutex_type> lk(state_mutex_);
-        if (rec->conn.get() != &l) {
-          // Taken over by a newer connection on another thread: only the owner may route to it.
-          ack.reasons.push_back(reason_code::unspecified_error);
-          continue;
-        }
-        const bool exists = rec->state.subscriptions().count(std::string(e.filter)) != 0;
-        if (!exists && rec->state.subscriptions().size() >= opts_.max_subscriptions_per_client) {
-          ack.reasons.push_back(v5 ? reason_code::quota_exceeded : reason_code::unspecified_error);
-          continue;
-        }
-        router::subscription sub;
-        sub.options = e.options;
-        sub.identifier = sub_id;
-        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
-        const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
-        rec->state.remember_subscription(e.filter, {e.options, sub_id});
-        // The retained messages are taken under the same lock that adds the route: a message
-        // published concurrently is then either live or retained for this subscriber, never
-        // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
-        // a repeated one included [MQTT-3.8.4-3].
-        const auto rh = e.options.retain_handling;
-        if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
-          retained_.match(e.filter, [&](const message_ptr& m) {
-            session::outgoing o;
-            o.msg = m;
-            o.qos_level = std::min(m->qos_level(), e.options.max_qos);
-            o.retain = true;  // [MQTT-3.3.1-8]
-            if (sub_id != 0) o.subscription_ids.push_back(sub_id);
-            rec->more().retained_backlog.push_back(std::move(o));
-          });
-        }
-      }
-      const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
-      ack.reasons.push_back(static_cast<reason_code>(granted));
-      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
-    }
-    l.send(ack, now);
-    pump(l, now);
-  }
-
-  void on_unsubscribe(link_type& l, const codec::unsubscribe& u, steady_time now) {
-    codec::unsuback ack;
-    ack.packet_id = u.packet_id;  // [MQTT-3.10.4-4]
-    session_type* rec = l.session();
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      const bool owner = rec->conn.get() == &l;  // see on_subscribe
-      for (std::string_view f : u.filters) {
-        const bool existed = owner && rec->state.forget_subscription(f);
-        if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
-        ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
-      }
-    }
-    l.send(ack, now);
-  }
-
-  void on_disconnect(link_type& l, const codec::disconnect& d, steady_time now) {
-    // [MQTT-3.14.4-3] a DISCONNECT discards the will, unless 5.0 asks for it with 0x04.
-    const bool keep_will = d.reason == reason_code::disconnect_with_will_message;
-    if (l.version() == codec::protocol_version::v5) {
-      if (auto p = d.properties.find(codec::property_id::session_expiry_interval)) {
-        session_type* rec = l.session();
-        bool extends_ended_session;
-        {
-          std::lock_guard<mutex_type> lk(state_mutex_);
-          // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
-          extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
-          if (!extends_ended_session) rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
-        }
-        if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
-      }
-    }
-    if (!keep_will) l.will_ = message_ptr();
-    l.close(reason_code::normal_disconnection, false, !keep_will, now);
-  }
 
   // ---- routing
 
@@ -7905,6 +7311,681 @@ class protocol {
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   std::atomic<bool> stopping_{false};     // read by links on any thread
+};
+
+}  // namespace engine
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ENGINE_CORE_HPP
+// end <mqttbroker/engine/core.hpp>
+// begin <mqttbroker/engine/protocol.hpp>
+#ifndef MQTTBROKER_ENGINE_PROTOCOL_HPP
+#define MQTTBROKER_ENGINE_PROTOCOL_HPP
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace engine {
+
+/// The protocol engine: everything a server decides, without I/O. It keeps the session registry,
+/// the subscriptions and the retained messages, and handles what happens to connections (a
+/// decoded packet, a deadline, a write that progressed, a close) at the time it is given. It acts
+/// through the links: packets are queued on a link (no call out), and a link's outlet is asked to
+/// write once per batch, to close, or to run an event on the link's own thread. Timers are the
+/// caller's: it calls sweep_connections() and expire_sessions() periodically and release_wills()
+/// at next_will_due() (engine::core).
+///
+/// `Policies` gives `locking` (the engine's locks and counters) and `hooks`.
+template <class Policies>
+class protocol : public core<Policies> {
+  using base = core<Policies>;
+
+ public:
+  using typename base::hooks_type;
+  using typename base::link_type;
+  using typename base::locking_type;
+  using typename base::session_type;
+  using typename base::steady_time;
+
+  using base::base;
+  using base::pump;
+
+  // ---- connections: called by the server on the link's own executor
+
+  /// A new connection: false when it is over max_connections (counted; the caller closes it).
+  /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
+  bool open(link_type& l, steady_time now) {
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      if (links_.size() >= opts_.max_connections) {
+        ++stats_.connections_refused;
+        return false;
+      }
+      ++stats_.connections_accepted;
+      links_.push_back(l.self());
+    }
+    l.note_progress(now);
+    restart_deadline(l, now);
+    return true;
+  }
+
+  /// A decoded packet. False when the link stops taking input after it: it is closing, or its
+  /// reader is to pause (pause_reader()).
+  bool on_packet(link_type& l, codec::packet& p, steady_time now) {
+    switch (p.index()) {
+      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
+      case 2: on_publish(l, std::get<codec::publish>(p), now); break;
+      case 3: on_puback(l, std::get<codec::puback>(p), now); break;
+      case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
+      case 5: on_pubrel(l, std::get<codec::pubrel>(p), now); break;
+      case 6: on_pubcomp(l, std::get<codec::pubcomp>(p), now); break;
+      case 7: on_subscribe(l, std::get<codec::subscribe>(p), now); break;
+      case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
+      case 11: l.send(codec::pingresp{}, now); break;
+      case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
+      // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
+      default: violation(l, protocol_errc::unexpected_packet, now); break;
+    }
+    return !l.is_closing() && !l.pace_pending();
+  }
+
+  /// Packets were decoded from input read at `now`: Keep Alive counts from there.
+  void on_packets_read(link_type& l, steady_time now) noexcept { restart_deadline(l, now); }
+
+  /// Input the codec refused, or a packet the engine did: the reaction its version requires, then
+  /// close. `decoded_version` is the version the decoder saw in a CONNECT, if it got that far.
+  void on_malformed(link_type& l, const std::error_code& ec, codec::protocol_version decoded_version, steady_time now) {
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.protocol_errors;
+    }
+    if (!l.connected_) {
+      // Before CONNACK: a CONNACK with the refusal where the version has a code for it
+      // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
+      if (decoded_version == codec::protocol_version::v5) {
+        codec::connack ack;
+        ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
+        l.enqueue(ack, codec::protocol_version::v5, now);
+      } else if (auto rc = to_connack_return_code(ec)) {
+        codec::connack ack;
+        ack.code = static_cast<std::uint8_t>(*rc);
+        l.enqueue(ack, codec::protocol_version::v3_1_1, now);
+      }
+      l.close(reason_code::unspecified_error, false, false, now);
+      return;
+    }
+    // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
+    l.close(to_reason_code(ec), true, false, now);
+  }
+
+  /// After a packet reached a session that is behind: pauses `l`'s reader on it, unless it caught
+  /// up meanwhile. True when paused (the caller stops reading until a link_event::resume).
+  bool pause_reader(link_type& l) {
+    detail::ref_ptr<session_type> target = std::move(l.pace_target_);
+    session_guard lk(*this, *target);
+    const link_type* c = target->conn.get();
+    if (c == nullptr || !behind(*target, *c, l.last_progress(), 1)) return false;
+    l.paused_.store(true, std::memory_order_relaxed);
+    restart_deadline(l, l.last_progress());  // when `target` will count as stuck
+    target->more().paced.push_back(l.self());
+    target->has_paced.store(true, std::memory_order_relaxed);
+    hot_.pauses.fetch_add(1);
+    return true;
+  }
+
+  /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
+  bool on_resume(link_type& l, steady_time now) noexcept {
+    if (!l.paused() || !l.is_open()) return false;
+    l.paused_.store(false, std::memory_order_relaxed);
+    // The silence was ours, not the client's: Keep Alive counts from now.
+    restart_deadline(l, now);
+    return !l.is_closing();
+  }
+
+  /// The transport took some of what was queued.
+  void on_write_progress(link_type& l, steady_time now) {
+    l.note_progress(now);
+    resume_paced_readers(l, now);
+  }
+
+  /// Everything queued has been written: more may move into flight.
+  void on_drained(link_type& l, steady_time now) { pump(l, now); }
+
+  /// A newer connection took the session over: this one closes without touching it.
+  void take_over(link_type& l, steady_time now) {
+    l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
+    l.close(reason_code::session_taken_over, true, false, now);
+  }
+
+  /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
+  void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
+
+  /// The sweep saw `l`'s deadline pass (checked again here, on its own executor). True when a
+  /// paused reader is to resume reading.
+  bool check_deadline(link_type& l, steady_time now) {
+    if (!l.is_open()) return false;
+    if (l.paused()) return l.deadline_passed(now) && on_resume(l, now);
+    if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
+    }
+    if (!l.connected_) {
+      // No complete CONNECT within the timeout: close without a word.
+      l.close(reason_code::maximum_connect_time, false, false, now);
+    } else {
+      // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
+      l.close(reason_code::keep_alive_timeout, true, false, now);
+    }
+    return false;
+  }
+
+  /// The transport is closed: the session lets go of the connection, a will goes out or waits for
+  /// its delay, a session that ends with its connection ends.
+  void on_closed(link_type& l, steady_time now) {
+    detail::ref_ptr<link_type> self = l.self();
+    message_ptr will = std::move(l.will_);
+    detail::ref_ptr<session_type> rec = std::move(l.session_);
+    std::vector<detail::ref_ptr<link_type>> paced;
+    if (l.graceful_ || stopping_) will = message_ptr();
+    std::function<void()> stopped;
+    std::optional<steady_time> will_due;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      links_.erase(l);
+      if (l.taken_over_ && l.will_delay_.count() != 0) {
+        // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
+        will = message_ptr();
+      }
+      // A connection that lost its session to a takeover leaves the session alone.
+      if (rec && rec->conn.get() == &l) {
+        {
+          // Readers waiting for this client go on: it is gone, and offline queues have limits.
+          std::lock_guard<typename session_type::session_mutex_type> session_lock(rec->mutex);
+          if (rec->extras) paced.swap(rec->extras->paced);
+          rec->has_paced.store(false, std::memory_order_relaxed);
+        }
+        rec->conn.reset();
+        if (rec->extras) rec->extras->retained_backlog.clear();
+        clear_outbox(*rec);
+        if (rec->expiry.count() == 0) {
+          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
+        } else {
+          rec->expires = now + rec->expiry;
+          if (will && l.will_delay_.count() != 0) {
+            // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
+            // whichever comes first.
+            will_due = delay_will(*rec, std::move(will), now + std::min<std::chrono::seconds>(l.will_delay_, rec->expiry));
+          }
+        }
+      }
+      if (stopping_ && links_.empty()) stopped = std::move(stop_done_);
+    }
+    if (will_due && will_scheduled_) will_scheduled_(*will_due);
+    resume_all(paced);
+    if (l.connected_ && rec) {
+      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), l.graceful_);
+    }
+    // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
+    if (will) publish_message(std::move(will), nullptr, now);
+    if (stopped) stopped();
+  }
+
+ private:
+  using typename base::mutex_type;
+  using typename base::session_guard;
+  using base::hooks_;
+  using base::links_;
+  using base::opts_;
+  using base::sessions_;
+  using base::session_limits_;
+  using base::state_mutex_;
+  using base::stats_;
+  using base::hot_;
+  using base::router_;
+  using base::retained_;
+  using base::stop_done_;
+  using base::stopping_;
+  using base::will_scheduled_;
+  using base::behind;
+  using base::clear_outbox;
+  using base::delay_will;
+  using base::drop_session_subscriptions;
+  using base::make_client_id;
+  using base::publish_message;
+  using base::remove_session;
+  using base::restart_deadline;
+  using base::resume_all;
+  using base::resume_paced_readers;
+  using base::stored_expiry;
+  using base::topic_limits;
+
+  void violation(link_type& l, std::error_code ec, steady_time now) {
+    l.mark_closing();  // stop decoding this read
+    on_malformed(l, ec, l.version_, now);
+  }
+
+  // ---- CONNECT
+
+  /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
+  /// code for it) by closing.
+  template <class Error>
+  void refuse_connect(link_type& l, codec::protocol_version v, Error e, steady_time now) {
+    const std::error_code ec = e;
+    if (v == codec::protocol_version::v5)
+      return refuse_connect_code(l, v, to_reason_code(ec), connack_return_code::accepted, now);
+    auto rc = to_connack_return_code(ec);
+    if (!rc) {
+      l.version_ = v;
+      return violation(l, ec, now);
+    }
+    refuse_connect_code(l, v, reason_code::unspecified_error, *rc, now);
+  }
+
+  void refuse_connect_code(link_type& l, codec::protocol_version v, reason_code rc5, connack_return_code rc3,
+                           steady_time now) {
+    codec::connack ack;
+    ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
+    l.version_ = v;
+    l.enqueue(ack, v, now);
+    l.close(reason_code::unspecified_error, false, false, now);
+  }
+
+  void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
+    const auto v = cp.version;
+    const bool v5 = v == codec::protocol_version::v5;
+    std::string client_id(cp.client_id);
+    bool assigned = false;
+    if (client_id.empty()) {
+      // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
+      // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
+      if (!v5 && !cp.clean_start) return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      client_id = make_client_id();
+      assigned = true;
+    }
+    if (client_id.size() > opts_.max_client_id_length)
+      return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
+
+    if (cp.will) {
+      if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
+        // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
+        if (v5) return refuse_connect_code(l, v, reason_code::topic_name_invalid, connack_return_code::accepted, now);
+        l.version_ = v;
+        return violation(l, ec, now);
+      }
+    }
+
+    if constexpr (hooks::has_authenticate_v<hooks_type>) {
+      hooks::connect_info info{client_id, cp.username, cp.password, v};
+      switch (hooks_.authenticate(info)) {
+        case hooks::auth_result::accept: break;
+        case hooks::auth_result::bad_credentials:
+          return refuse_connect_code(l, v, reason_code::bad_user_name_or_password,
+                                     connack_return_code::bad_user_name_or_password, now);
+        case hooks::auth_result::not_authorized:
+          return refuse_connect_code(l, v, reason_code::not_authorized, connack_return_code::not_authorized, now);
+      }
+    }
+
+    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
+    std::chrono::seconds expiry{0};
+    if (v5) {
+      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval)) expiry = std::chrono::seconds(p->integer);
+    } else if (!cp.clean_start) {
+      expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
+                                                             : opts_.persistent_session_expiry;
+    }
+    const std::chrono::seconds requested_expiry = expiry;
+    if (opts_.persistent_session_expiry.count() != 0 && expiry > opts_.persistent_session_expiry)
+      expiry = opts_.persistent_session_expiry;
+
+    // The will, made now so it costs nothing when it fires.
+    message_ptr will;
+    if (cp.will) {
+      will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
+                           forwardable_properties(cp.will->properties));
+    }
+
+    detail::ref_ptr<session_type> rec;
+    bool session_present = false;
+    detail::ref_ptr<link_type> old_conn;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = sessions_.find(client_id);
+      if (it != sessions_.end()) {
+        rec = it->second;
+        old_conn = rec->conn;
+        if (cp.clean_start) {
+          drop_session_subscriptions(*rec);
+          rec->state.clear_messages();
+          if (rec->extras) rec->extras->retained_backlog.clear();
+        } else {
+          session_present = true;
+        }
+      } else {
+        rec = detail::ref_ptr<session_type>::make(client_id, &session_limits_);
+        sessions_.emplace(rec->state.client_id(), rec);
+      }
+      // What was admitted for an earlier connection is in flight and is resent below.
+      clear_outbox(*rec);
+      if (rec->extras) {
+        // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
+        rec->extras->pending_will = message_ptr();
+        ++rec->extras->will_generation;
+      }
+      rec->conn = l.self();
+      rec->expiry = stored_expiry(expiry);
+    }
+    std::uint16_t keep_alive = cp.keep_alive;
+    bool server_keep_alive = false;
+    if (opts_.max_keep_alive != 0 && (keep_alive == 0 || keep_alive > opts_.max_keep_alive) && v5) {
+      keep_alive = opts_.max_keep_alive;
+      server_keep_alive = true;
+    }
+    l.will_ = std::move(will);
+    l.will_delay_ = {};
+    if (v5 && cp.will) {
+      if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
+        l.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
+    }
+    // After CONNACK: Keep Alive replaces the CONNECT timeout.
+    l.connected_ = true;
+    l.version_ = v;
+    l.session_ = rec;
+    l.keep_alive_limit_ = std::chrono::duration<std::uint32_t, std::milli>(
+        static_cast<std::uint32_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));
+    restart_deadline(l, now);
+
+    codec::connack ack;
+    ack.session_present = session_present;  // [MQTT-3.2.2-2] [MQTT-3.2.2-3]
+    codec::properties_builder props;
+    if (v5) {
+      props.add(codec::property_id::receive_maximum, opts_.receive_maximum);
+      // 5.0 §3.2.2.3.2: a server that keeps the session for less than asked says so.
+      if (expiry != requested_expiry)
+        props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
+      props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
+      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::shared_subscription_available, 0);
+      if (assigned) props.add(codec::property_id::assigned_client_identifier, client_id);
+      if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
+      ack.properties = props.view();
+    }
+    l.send(ack, now);
+
+    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(client_id);
+
+    // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
+    if (session_present) {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
+        if (e.state == session::phase::awaiting_pubcomp) {
+          codec::pubrel rel;
+          rel.packet_id = e.pub.packet_id;
+          l.send(rel, now);
+        } else {
+          l.send_publish(e.pub, now);
+        }
+      });
+    }
+    pump(l, now);
+
+    // [MQTT-3.1.4-2] [MQTT-3.1.4-3] the earlier connection of this client is closed; it no longer
+    // owns the session. Only now: its will may match this session, and must follow the CONNACK
+    // [MQTT-3.2.0-1], in this connection's version, after the re-sends above.
+    if (old_conn) {
+      if constexpr (locking_type::thread_safe)
+        old_conn->post(link_event::taken_over);  // its own thread closes it
+      else
+        take_over(*old_conn, now);
+    }
+  }
+
+  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
+  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
+  /// The view is valid until the next call on this thread (the caller copies it into a message).
+  static std::string_view forwardable_properties(const codec::properties_view& in) {
+    auto stays = [](const codec::property& p) {
+      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
+             p.id != codec::property_id::will_delay_interval;
+    };
+    bool all_stay = true;
+    for (const codec::property& p : in) all_stay = all_stay && stays(p);
+    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
+    static thread_local codec::properties_builder b;
+    b.clear();
+    for (const codec::property& p : in)
+      if (stays(p)) b.add(p);
+    return b.view().bytes();
+  }
+
+  // ---- PUBLISH and the acknowledgements
+
+  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+    const bool v5 = l.version() == codec::protocol_version::v5;
+    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
+      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
+      return violation(l, protocol_errc::topic_alias_invalid, now);
+    }
+    if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
+
+    bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    message_ptr m;
+    if (allowed) {
+      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_id(), *m);
+    }
+    if (!allowed) {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.publishes_denied;
+    }
+
+    switch (p.qos_level) {
+      case codec::qos::at_most_once:
+        if (allowed) publish_message(std::move(m), l.session(), now, true, &l);
+        return;
+      case codec::qos::at_least_once: {
+        std::size_t n = allowed ? publish_message(std::move(m), l.session(), now, true, &l) : 0;
+        codec::puback ack;
+        ack.packet_id = p.packet_id;
+        if (v5)
+          ack.reason = !allowed  ? reason_code::not_authorized
+                       : n == 0  ? reason_code::no_matching_subscribers
+                                 : reason_code::success;
+        return l.send(ack, now);
+      }
+      case codec::qos::exactly_once: {
+        session_type* rec = l.session();
+        bool fresh;
+        bool over_limit = false;
+        {
+          session_guard lk(*this, *rec);
+          fresh = rec->state.on_qos2_publish(p.packet_id);
+          over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
+        }
+        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
+        if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
+        std::size_t n = 0;
+        // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
+        if (fresh && allowed) n = publish_message(std::move(m), rec, now, true, &l);
+        codec::pubrec rec_ack;
+        rec_ack.packet_id = p.packet_id;
+        if (v5)
+          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+                           : (fresh && n == 0)      ? reason_code::no_matching_subscribers
+                                                    : reason_code::success;
+        return l.send(rec_ack, now);
+      }
+    }
+  }
+
+  void on_puback(link_type& l, const codec::puback& a, steady_time now) {
+    {
+      session_guard lk(*this, *l.session());
+      l.session()->state.on_puback(a.packet_id);
+    }
+    pump(l, now);
+  }
+
+  void on_pubrec(link_type& l, const codec::pubrec& a, steady_time now) {
+    bool known;
+    {
+      session_guard lk(*this, *l.session());
+      known = l.session()->state.on_pubrec(a.packet_id);
+    }
+    if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
+      // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
+      session_guard lk(*this, *l.session());
+      l.session()->state.on_pubcomp(a.packet_id);
+      return;
+    }
+    codec::pubrel rel;
+    rel.packet_id = a.packet_id;
+    if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
+    l.send(rel, now);
+  }
+
+  void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {
+    bool known;
+    {
+      session_guard lk(*this, *l.session());
+      known = l.session()->state.on_pubrel(r.packet_id);
+    }
+    // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
+    codec::pubcomp comp;
+    comp.packet_id = r.packet_id;
+    if (!known && l.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
+    l.send(comp, now);
+  }
+
+  void on_pubcomp(link_type& l, const codec::pubcomp& a, steady_time now) {
+    {
+      session_guard lk(*this, *l.session());
+      l.session()->state.on_pubcomp(a.packet_id);
+    }
+    pump(l, now);
+  }
+
+  // ---- SUBSCRIBE, UNSUBSCRIBE, DISCONNECT
+
+  void on_subscribe(link_type& l, const codec::subscribe& s, steady_time now) {
+    const bool v5 = l.version() == codec::protocol_version::v5;
+    std::uint32_t sub_id = 0;
+    if (v5) {
+      if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
+    }
+    const topic::limits lim = topic_limits();
+    codec::suback ack;
+    ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
+    ack.reasons.reserve(s.entries.size());
+    session_type* rec = l.session();
+    for (const codec::subscribe_entry& e : s.entries) {
+      if (topic::validate_topic_filter(e.filter, lim)) {
+        ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
+        continue;
+      }
+      if (topic::is_shared_filter(e.filter)) {
+        // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
+        ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
+        continue;
+      }
+      if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
+        if (!hooks_.authorize_subscribe(l.client_id(), e.filter, e.options.max_qos)) {
+          ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
+          continue;
+        }
+      }
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (rec->conn.get() != &l) {
+          // Taken over by a newer connection on another thread: only the owner may route to it.
+          ack.reasons.push_back(reason_code::unspecified_error);
+          continue;
+        }
+        const bool exists = rec->state.subscriptions().count(std::string(e.filter)) != 0;
+        if (!exists && rec->state.subscriptions().size() >= opts_.max_subscriptions_per_client) {
+          ack.reasons.push_back(v5 ? reason_code::quota_exceeded : reason_code::unspecified_error);
+          continue;
+        }
+        router::subscription sub;
+        sub.options = e.options;
+        sub.identifier = sub_id;
+        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
+        const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
+        rec->state.remember_subscription(e.filter, {e.options, sub_id});
+        // The retained messages are taken under the same lock that adds the route: a message
+        // published concurrently is then either live or retained for this subscriber, never
+        // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
+        // a repeated one included [MQTT-3.8.4-3].
+        const auto rh = e.options.retain_handling;
+        if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+          retained_.match(e.filter, [&](const message_ptr& m) {
+            session::outgoing o;
+            o.msg = m;
+            o.qos_level = std::min(m->qos_level(), e.options.max_qos);
+            o.retain = true;  // [MQTT-3.3.1-8]
+            if (sub_id != 0) o.subscription_ids.push_back(sub_id);
+            rec->more().retained_backlog.push_back(std::move(o));
+          });
+        }
+      }
+      const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
+      ack.reasons.push_back(static_cast<reason_code>(granted));
+      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
+    }
+    l.send(ack, now);
+    pump(l, now);
+  }
+
+  void on_unsubscribe(link_type& l, const codec::unsubscribe& u, steady_time now) {
+    codec::unsuback ack;
+    ack.packet_id = u.packet_id;  // [MQTT-3.10.4-4]
+    session_type* rec = l.session();
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      const bool owner = rec->conn.get() == &l;  // see on_subscribe
+      for (std::string_view f : u.filters) {
+        const bool existed = owner && rec->state.forget_subscription(f);
+        if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
+        ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
+      }
+    }
+    l.send(ack, now);
+  }
+
+  void on_disconnect(link_type& l, const codec::disconnect& d, steady_time now) {
+    // [MQTT-3.14.4-3] a DISCONNECT discards the will, unless 5.0 asks for it with 0x04.
+    const bool keep_will = d.reason == reason_code::disconnect_with_will_message;
+    if (l.version() == codec::protocol_version::v5) {
+      if (auto p = d.properties.find(codec::property_id::session_expiry_interval)) {
+        session_type* rec = l.session();
+        bool extends_ended_session;
+        {
+          std::lock_guard<mutex_type> lk(state_mutex_);
+          // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
+          extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
+          if (!extends_ended_session) rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
+        }
+        if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
+      }
+    }
+    if (!keep_will) l.will_ = message_ptr();
+    l.close(reason_code::normal_disconnection, false, !keep_will, now);
+  }
+
 };
 
 }  // namespace engine

@@ -25,6 +25,8 @@ MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
 template <class Policies>
+class core;
+template <class Policies>
 class protocol;
 
 /// What the engine asks a link's own executor to run later (link::post): work that belongs to
@@ -227,7 +229,9 @@ class link : public detail::list_links, public detail::ref_counted {
 
  private:
   template <class>
-  friend class protocol;  // the engine keeps the protocol state below
+  friend class core;  // the engine keeps the protocol state below
+  template <class>
+  friend class protocol;
 
   write_batch& queue() {
     if (!queued_) queued_ = write_batch_pool::acquire();

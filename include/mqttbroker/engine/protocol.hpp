@@ -4,36 +4,27 @@
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/config.hpp>
-#include <mqttbroker/detail/intrusive_list.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
+#include <mqttbroker/engine/core.hpp>
 #include <mqttbroker/engine/link.hpp>
-#include <mqttbroker/engine/records.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
-#include <mqttbroker/router/retained.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/session/state.hpp>
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
-#include <mqttbroker/version.hpp>
 
 #include <algorithm>
 #include <chrono>
-#include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <map>
-#include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -45,93 +36,23 @@ namespace engine {
 /// decoded packet, a deadline, a write that progressed, a close) at the time it is given. It acts
 /// through the links: packets are queued on a link (no call out), and a link's outlet is asked to
 /// write once per batch, to close, or to run an event on the link's own thread. Timers are the
-/// caller's: it calls sweep() periodically and release_wills() at next_will_due().
+/// caller's: it calls sweep_connections() and expire_sessions() periodically and release_wills()
+/// at next_will_due() (engine::core).
 ///
 /// `Policies` gives `locking` (the engine's locks and counters) and `hooks`.
 template <class Policies>
-class protocol {
+class protocol : public core<Policies> {
+  using base = core<Policies>;
+
  public:
-  using locking_type = typename Policies::locking;
-  using hooks_type = typename Policies::hooks;
-  using session_type = session_record<locking_type>;
-  using link_type = link<session_type>;
-  using steady_time = typename link_type::steady_time;
-  using flush_scope = typename link_type::flush_scope;
-  enum class local_subscription_id : std::uint64_t {};
+  using typename base::hooks_type;
+  using typename base::link_type;
+  using typename base::locking_type;
+  using typename base::session_type;
+  using typename base::steady_time;
 
-  /// Throws std::invalid_argument for options no broker can run with.
-  explicit protocol(broker_options opts, hooks_type hooks = {}) : opts_(std::move(opts)), hooks_(std::move(hooks)) {
-    if (opts_.max_inflight == 0 || opts_.receive_maximum == 0)
-      throw std::invalid_argument("mqttbroker: max_inflight and receive_maximum must be at least 1");
-    // Pacing has to start well before the queue limits drop anything.
-    pacing_bytes_ = opts_.pacing_backlog_bytes;
-    if (opts_.max_queued_bytes != 0) pacing_bytes_ = std::min(pacing_bytes_, opts_.max_queued_bytes / 2);
-    pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
-    session_limits_ = make_session_limits(opts_);
-  }
-  protocol(const protocol&) = delete;
-  protocol& operator=(const protocol&) = delete;
-
-  const broker_options& options() const noexcept { return opts_; }
-
-  /// Called with the time of the earliest delayed will whenever it moves earlier: the caller
-  /// arms a timer and calls release_wills() then.
-  void on_will_scheduled(std::function<void(steady_time)> f) { will_scheduled_ = std::move(f); }
-
-  // ---- the in-process API
-
-  /// A message from the host, at `now`: the number of subscribers it went to.
-  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
-                      std::error_code* error, steady_time now) {
-    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) {
-      if (error) *error = ec;
-      return 0;
-    }
-    return publish_message(message::make(topic_name, payload, q, retain), nullptr, now);
-  }
-
-  local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q) {
-    if (auto ec = topic::validate_topic_filter(filter, topic_limits())) throw std::system_error(ec, "mqttbroker: subscribe");
-    auto sub = std::make_unique<local_subscriber>();
-    sub->kind = subscriber_kind::local;
-    sub->handler = std::make_shared<const local_handler>(std::move(handler));
-    sub->filter = std::string(filter);
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    const auto id = static_cast<local_subscription_id>(++next_local_id_);
-    router::subscription s;
-    s.options.max_qos = q;
-    router_.subscribe(filter, sub.get(), s);
-    local_subs_.emplace(static_cast<std::uint64_t>(id), std::move(sub));
-    return id;
-  }
-
-  bool unsubscribe(local_subscription_id id) {
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    auto it = local_subs_.find(static_cast<std::uint64_t>(id));
-    if (it == local_subs_.end()) return false;
-    router_.unsubscribe(it->second->filter, it->second.get());
-    local_subs_.erase(it);
-    return true;
-  }
-
-  broker_stats stats() const {
-    // Shared: it only reads, and a host may poll it while publishers route.
-    std::shared_lock<mutex_type> lk(state_mutex_);
-    broker_stats s = stats_;
-    s.messages_received = hot_.received.load();
-    s.messages_sent = hot_.sent.load();
-    s.messages_dropped = hot_.dropped.load();
-    s.reader_pauses = hot_.pauses.load();
-    s.connections = links_.size();
-    s.sessions = sessions_.size();
-    s.retained_messages = retained_.size();
-    return s;
-  }
-
-  message_ptr retained(std::string_view topic_name) const {
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    return retained_.find(topic_name);
-  }
+  using base::base;
+  using base::pump;
 
   // ---- connections: called by the server on the link's own executor
 
@@ -234,13 +155,6 @@ class protocol {
   /// Everything queued has been written: more may move into flight.
   void on_drained(link_type& l, steady_time now) { pump(l, now); }
 
-  /// Moves queued and retained messages into flight as the window and the transport allow.
-  void pump(link_type& l, steady_time now) {
-    flush_scope batch;  // one write for all it sends
-    fill(l, now);
-    resume_paced_readers(l, now);
-  }
-
   /// A newer connection took the session over: this one closes without touching it.
   void take_over(link_type& l, steady_time now) {
     l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
@@ -321,137 +235,34 @@ class protocol {
     if (stopped) stopped();
   }
 
-  // ---- time: called by the broker's timers
-
-  /// Every connection whose deadline passed is asked to check it on its own executor (the
-  /// CONNECT timeout, Keep Alive, or a paused reader's wait for a stuck subscriber).
-  void sweep_connections(steady_time now) {
-    std::vector<detail::ref_ptr<link_type>> due;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      links_.for_each([&](link_type& c) {
-        if (c.deadline_passed(now)) due.push_back(c.self());
-      });
-    }
-    for (auto& c : due) c->post(link_event::check_deadline);
-  }
-
-  /// Ends the offline sessions whose expiry has passed; their delayed wills go out.
-  void expire_sessions(steady_time now) {
-    std::vector<message_ptr> due_wills;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      for (auto it = sessions_.begin(); it != sessions_.end();) {
-        session_type& r = *it->second;
-        if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
-          if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
-          drop_session_subscriptions(r);
-          it = sessions_.erase(it);
-          ++stats_.sessions_expired;
-        } else {
-          ++it;
-        }
-      }
-    }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
-  }
-
-  /// When the earliest delayed will is due, if any.
-  std::optional<steady_time> next_will_due() const {
-    std::lock_guard<mutex_type> lk(state_mutex_);
-    if (will_queue_.empty()) return std::nullopt;
-    return will_queue_.begin()->first;
-  }
-
-  /// Publishes the delayed wills due at `now` whose sessions are still waiting for them.
-  void release_wills(steady_time now) {
-    std::vector<message_ptr> due;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      while (!will_queue_.empty() && will_queue_.begin()->first <= now) {
-        const auto& [id, generation] = will_queue_.begin()->second;
-        auto it = sessions_.find(id);
-        if (it != sessions_.end() && it->second->extras && it->second->extras->will_generation == generation &&
-            it->second->extras->pending_will)
-          due.push_back(std::move(it->second->extras->pending_will));
-        will_queue_.erase(will_queue_.begin());
-      }
-    }
-    if (stopping_) return;
-    for (auto& w : due) publish_message(std::move(w), nullptr, now);
-  }
-
-  /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
-  /// Only filters that name $SYS see them [MQTT-4.7.2-1].
-  void publish_sys(std::chrono::seconds uptime, steady_time now) {
-    const broker_stats st = stats();
-    const std::pair<const char*, std::string> figures[] = {
-        {"$SYS/broker/version",
-         "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
-             std::to_string(MQTTBROKER_VERSION_PATCH)},
-        {"$SYS/broker/uptime", std::to_string(uptime.count()) + " seconds"},
-        {"$SYS/broker/clients/connected", std::to_string(st.connections)},
-        {"$SYS/broker/clients/total", std::to_string(st.sessions)},
-        {"$SYS/broker/messages/received", std::to_string(st.messages_received)},
-        {"$SYS/broker/messages/sent", std::to_string(st.messages_sent)},
-        {"$SYS/broker/messages/dropped", std::to_string(st.messages_dropped)},
-        {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
-    };
-    for (const auto& f : figures)
-      publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, now, false);
-  }
-
-  // ---- stopping
-
-  bool stopping() const noexcept { return stopping_.load(); }
-
-  /// Every connection is asked to shut down; `done` runs once the last has closed (at once when
-  /// there are none). Delayed wills are dropped.
-  void stop(std::function<void()> done) {
-    stopping_ = true;
-    std::vector<detail::ref_ptr<link_type>> links;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      will_queue_.clear();
-      if (!links_.empty()) {
-        stop_done_ = std::move(done);
-        links_.for_each([&](link_type& c) { links.push_back(c.self()); });
-      }
-    }
-    if (links.empty()) {
-      if (done) done();
-      return;
-    }
-    for (auto& c : links) c->post(link_event::shutdown);
-  }
-
-  /// Accepting again after a stop.
-  void restart() noexcept { stopping_ = false; }
-
  private:
-  using mutex_type = typename locking_type::mutex_type;
-  using session_mutex_type = typename session_type::session_mutex_type;
-
-  topic::limits topic_limits() const noexcept {
-    topic::limits lim;
-    lim.max_levels = opts_.max_topic_levels;
-    return lim;
-  }
-
-  /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
-  /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no
-  /// packet comes before the CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does
-  /// not run: the deadline is when the client the reader waits for counts as stuck.
-  void restart_deadline(link_type& l, steady_time from) noexcept {
-    typename link_type::deadline_rep d = link_type::no_deadline;
-    if (l.paused())
-      d = (from + opts_.stuck_client_timeout).time_since_epoch().count();
-    else if (!l.connected_)
-      d = (from + opts_.connect_timeout).time_since_epoch().count();
-    else if (l.keep_alive_limit_.count() != 0)
-      d = (from + l.keep_alive_limit_).time_since_epoch().count();
-    l.set_deadline(d);
-  }
+  using typename base::mutex_type;
+  using typename base::session_guard;
+  using base::hooks_;
+  using base::links_;
+  using base::opts_;
+  using base::sessions_;
+  using base::session_limits_;
+  using base::state_mutex_;
+  using base::stats_;
+  using base::hot_;
+  using base::router_;
+  using base::retained_;
+  using base::stop_done_;
+  using base::stopping_;
+  using base::will_scheduled_;
+  using base::behind;
+  using base::clear_outbox;
+  using base::delay_will;
+  using base::drop_session_subscriptions;
+  using base::make_client_id;
+  using base::publish_message;
+  using base::remove_session;
+  using base::restart_deadline;
+  using base::resume_all;
+  using base::resume_paced_readers;
+  using base::stored_expiry;
+  using base::topic_limits;
 
   void violation(link_type& l, std::error_code ec, steady_time now) {
     l.mark_closing();  // stop decoding this read
@@ -714,15 +525,6 @@ class protocol {
     }
   }
 
-  /// A session's own traffic (acknowledgements, its queue moving): the state lock shared, so
-  /// publishers on other threads go on routing, and the session's lock, which they take to
-  /// deliver to it. Anything that changes routes or sessions takes the state lock exclusively.
-  struct session_guard {
-    session_guard(protocol& e, session_type& r) : state(e.state_mutex_), own(r.mutex) {}
-    std::shared_lock<mutex_type> state;
-    std::lock_guard<session_mutex_type> own;
-  };
-
   void on_puback(link_type& l, const codec::puback& a, steady_time now) {
     {
       session_guard lk(*this, *l.session());
@@ -877,272 +679,6 @@ class protocol {
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
-  // ---- routing
-
-  /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
-  /// `reader` the link it came from, paced when a subscriber is behind.
-  std::size_t publish_message(message_ptr m, session_type* from, steady_time now, bool count = true,
-                              link_type* reader = nullptr) {
-    if constexpr (hooks::has_intercept_v<hooks_type>) {
-      hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
-      if (!m) return 0;
-    }
-    if (count) hot_.received.fetch_add(1);
-    std::size_t n = 0;
-    // In-process handlers run after routing, outside the lock: a handler may publish or
-    // subscribe again without re-entering the router mid-route. Their list is one vector per
-    // thread, kept between publishes so that none allocates: a publish from inside a handler
-    // appends past this call's part and takes its own part off again before it returns.
-    static thread_local std::vector<std::shared_ptr<const local_handler>> local;
-    const std::size_t first = local.size();
-    struct pop_on_exit {
-      std::vector<std::shared_ptr<const local_handler>>& list;
-      std::size_t keep;
-      ~pop_on_exit() { list.resize(keep); }
-    } pop{local, first};
-    const subscriber* publisher = from;
-    auto on_match = [&](const subscriber* s, const router::delivery& d) {
-      ++n;
-      if (s->kind == subscriber_kind::local) {
-        local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
-      } else {
-        deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
-      }
-    };
-    if (m->retain() || !locking_type::thread_safe) {
-      // A retained message is stored and routed in one exclusive section, the one on_subscribe
-      // takes for its route and its retained snapshot: a subscriber gets it once, live or retained.
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      if (m->retain()) {
-        // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
-        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
-          retained_.set(m);
-      }
-      router_.route(m->topic(), publisher ? &publisher : nullptr, on_match);
-    } else {
-      // Routing only reads the subscriptions: publishers on several threads route at once, each
-      // with its own scratch buffers, and meet only on a receiving session's own lock.
-      static thread_local typename router_type::route_scratch scratch;
-      std::shared_lock<mutex_type> lk(state_mutex_);
-      router_.route(m->topic(), publisher ? &publisher : nullptr, scratch, on_match);
-    }
-    const std::size_t end = local.size();
-    if (end != first) hot_.sent.fetch_add(end - first);
-    // By index and through the handler object itself: a nested publish may reallocate the
-    // vector, but the shared_ptr keeps the handler where it is until `pop` runs.
-    for (std::size_t i = first; i < end; ++i) {
-      const local_handler& h = *local[i];
-      h(m);
-    }
-    return n;
-  }
-
-  /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
-  /// lock serialises publishers that reach the same session from several threads.
-  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now) {
-    std::lock_guard<session_mutex_type> session_lock(rec->mutex);
-    session::outgoing o;
-    o.msg = m;
-    o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
-    o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
-    for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
-    link_type* c = rec->conn.get();
-    // A client that stopped reading loses QoS 0 messages, not everyone's memory.
-    if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
-        c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
-      hot_.dropped.fetch_add(1);
-      return;
-    }
-    const auto adm = rec->state.offer(o, c != nullptr);
-    if (adm == session::admission::dropped) {
-      hot_.dropped.fetch_add(1);
-      return;
-    }
-    if (adm == session::admission::send) {
-      hot_.sent.fetch_add(1);
-      send_to(rec, o, now);
-    }
-    if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
-        behind(*rec, *c, reader->last_progress(), 1)) {
-      // The reader stops after this packet (see on_packet's result) and waits for this client.
-      reader->pace_target_ = detail::ref_ptr<session_type>(rec);
-    }
-  }
-
-  /// Whether a connected session's client is more than the pacing thresholds behind (divided by
-  /// `divisor`: 2 for the low-water mark) and still moving. rec->mutex held.
-  bool behind(const session_type& rec, const link_type& c, steady_time now, std::size_t divisor) const {
-    if (!opts_.pace_publishers) return false;
-    const std::size_t backlog = c.backlog_bytes() + outbox_bytes(rec);
-    if (backlog <= pacing_bytes_ / divisor && rec.state.queued_count() <= pacing_messages_ / divisor) return false;
-    // A client that has neither read nor sent anything for a while is stuck, not slow: pausing
-    // everyone for it would let one client stall the others.
-    return now - c.last_progress() < opts_.stuck_client_timeout;
-  }
-
-  /// A write to `l` completed or its session's queue moved: resumes the readers paced on it once
-  /// it is half-way back under the thresholds. On l's executor.
-  void resume_paced_readers(link_type& l, steady_time now) {
-    session_type* rec = l.session();
-    if (rec == nullptr || !rec->has_paced.load(std::memory_order_relaxed)) return;
-    std::vector<detail::ref_ptr<link_type>> wake;
-    {
-      session_guard lk(*this, *rec);
-      if (rec->conn.get() == &l && behind(*rec, l, now, 2)) return;
-      wake.swap(rec->more().paced);
-      rec->has_paced.store(false, std::memory_order_relaxed);
-    }
-    resume_all(wake);
-  }
-
-  static void resume_all(std::vector<detail::ref_ptr<link_type>>& readers) {
-    for (auto& r : readers) r->post(link_event::resume);
-    readers.clear();
-  }
-
-  /// Payload bytes admitted for the connection's thread and not yet taken by it. state_mutex_ held.
-  static std::size_t outbox_bytes(const session_type& rec) noexcept {
-    if constexpr (locking_type::thread_safe)
-      return rec.outbox.bytes;
-    else
-      return 0;
-  }
-
-  static void clear_outbox(session_type& rec) noexcept {
-    if constexpr (locking_type::thread_safe) {
-      rec.outbox.items.clear();
-      rec.outbox.bytes = 0;
-      rec.outbox.pump_scheduled = false;
-    }
-  }
-
-  /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
-  void send_to(session_type* rec, session::outgoing& o, steady_time now) {
-    if constexpr (locking_type::thread_safe) {
-      // Another thread owns the connection: leave the message in the session's outbox and have
-      // the connection's own thread pump it. Everything admitted goes out through the outbox, in
-      // admission order, so a message admitted later on the connection's own thread (pump())
-      // can never overtake one admitted earlier here [MQTT-4.6.0-2].
-      (void)now;
-      rec->outbox.bytes += o.msg->payload().size();
-      rec->outbox.items.push_back(std::move(o));
-      if (!rec->outbox.pump_scheduled) {
-        rec->outbox.pump_scheduled = true;
-        rec->conn->post(link_event::pump);
-      }
-    } else {
-      rec->conn->send_publish(o, now);
-    }
-  }
-
-  void fill(link_type& l, steady_time now) {
-    session_type* rec = l.session();
-    if (rec == nullptr || !l.is_open()) return;
-    session_guard lk(*this, *rec);
-    if (rec->conn.get() != &l) return;  // taken over since the pump was posted
-    if constexpr (locking_type::thread_safe) {
-      for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
-      clear_outbox(*rec);
-    }
-    while (auto o = rec->state.next_ready()) {
-      hot_.sent.fetch_add(1);
-      l.send_publish(*o, now);
-    }
-    // Retained messages go out while the transport keeps up and the window has room; the rest
-    // wait for acknowledgements or for the write to drain (on_drained).
-    while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
-      auto& backlog = rec->extras->retained_backlog;
-      if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
-        break;
-      session::outgoing o = std::move(backlog.front());
-      backlog.pop_front();
-      const auto adm = rec->state.offer(o, true);
-      if (adm == session::admission::send) {
-        hot_.sent.fetch_add(1);
-        l.send_publish(o, now);
-      }
-    }
-  }
-
-  // ---- sessions
-
-  /// Holds a will until `due`; a reconnect or the session's end comes first to cancel or publish
-  /// it. Returns `due` when it is now the earliest delayed will. state_mutex_ held.
-  std::optional<steady_time> delay_will(session_type& rec, message_ptr will, steady_time due) {
-    auto& x = rec.more();
-    x.pending_will = std::move(will);
-    const std::uint64_t generation = ++x.will_generation;
-    const bool earliest = will_queue_.empty() || due < will_queue_.begin()->first;
-    will_queue_.emplace(due, std::make_pair(rec.state.client_id(), generation));
-    if (earliest) return due;
-    return std::nullopt;
-  }
-
-  /// Removes a session and its subscriptions. state_mutex_ held.
-  void remove_session(session_type& rec) {
-    drop_session_subscriptions(rec);
-    sessions_.erase(rec.state.client_id());
-  }
-
-  void drop_session_subscriptions(session_type& rec) {
-    for (const auto& s : rec.state.subscriptions()) router_.unsubscribe(s.first, static_cast<subscriber*>(&rec));
-    rec.state.clear_subscriptions();
-  }
-
-  /// The options' session limits, one copy that every session refers to.
-  static session::limits make_session_limits(const broker_options& o) {
-    session::limits l;
-    l.max_inflight = o.max_inflight;
-    l.max_queued_messages = o.max_queued_messages;
-    l.max_queued_bytes = o.max_queued_bytes;
-    l.drop_oldest = o.queue_overflow == overflow_policy::drop_oldest;
-    l.queue_qos0_offline = o.queue_qos0_offline;
-    return l;
-  }
-
-  /// Session Expiry as a session keeps it: 32 bits, as in 5.0, where 0xFFFFFFFF means never.
-  static std::chrono::duration<std::uint32_t> stored_expiry(std::chrono::seconds s) noexcept {
-    return std::chrono::duration<std::uint32_t>(static_cast<std::uint32_t>(std::min<std::int64_t>(s.count(), 0xFFFFFFFF)));
-  }
-
-  /// A client identifier no session uses. state_mutex_ held.
-  std::string make_client_id() {
-    for (;;) {
-      std::string id = "mqttbroker-" + std::to_string(++next_client_number_);
-      if (sessions_.find(id) == sessions_.end()) return id;  // a client may have chosen it already
-    }
-  }
-
-  static constexpr std::size_t write_pacing_bytes = 64 * 1024;
-  using router_type = router::subscription_router<const subscriber*>;
-
-  broker_options opts_;
-  std::size_t pacing_bytes_ = 0;  // pacing thresholds, below the queue limits
-  std::size_t pacing_messages_ = 0;
-  session::limits session_limits_;  // before the sessions, which refer to it
-  MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
-  MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
-  // Every open link until it closes, and every session by client identifier (the key views the
-  // record's own copy of it): an element each, no node or key copy per client.
-  detail::owning_list<link_type> links_;
-  std::unordered_map<std::string_view, detail::ref_ptr<session_type>> sessions_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
-  router_type router_;
-  router::retained_store retained_;
-  // Delayed wills by due time: (client identifier, the session's will generation then). An entry
-  // whose generation moved on (a reconnect, a newer will) is skipped when it comes due.
-  std::multimap<steady_time, std::pair<std::string, std::uint64_t>> will_queue_;
-  std::function<void(steady_time)> will_scheduled_;
-  std::function<void()> stop_done_;  // state_mutex_
-  broker_stats stats_;               // state_mutex_, but for the counters below
-  /// Counted on the routing path, which may hold the state lock only shared.
-  struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
-  } hot_;
-  std::uint64_t next_local_id_ = 0;
-  std::uint64_t next_client_number_ = 0;  // state_mutex_
-  std::atomic<bool> stopping_{false};     // read by links on any thread
 };
 
 }  // namespace engine
