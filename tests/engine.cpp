@@ -103,7 +103,7 @@ class world {
     }
     void finish() override {
       start_write();
-      if (this->mark_closed()) w_.engine.on_closed(*this, w_.now);
+      if (this->mark_closed()) w_.engine.on_closed(*this, w_.now, w_.system_now);
     }
     void post(mb::engine::link_event e) override { events.push_back(e); }
 
@@ -194,6 +194,11 @@ class world {
     e.options.max_qos = q;
     s.entries.push_back(e);
     feed(l, s);
+    if constexpr (engine_type::durable) {
+      // A kept session's SUBACK waits for the commit of its subscription: let it be durable.
+      engine.storage_committed(engine.storage().tickets);
+      run_events();
+    }
     CHECK(l.only(SUBACK).codes == std::vector<std::uint8_t>{static_cast<std::uint8_t>(q)});
   }
 
@@ -217,7 +222,7 @@ class world {
   /// The transport of `l` ended without DISCONNECT.
   void drop(fake_link& l) {
     REQUIRE(l.mark_closed());
-    engine.on_closed(l, now);
+    engine.on_closed(l, now, system_now);
     run_events();
   }
 
@@ -225,6 +230,7 @@ class world {
   /// deadlines, session expiry, delayed wills.
   void advance(nanoseconds d) {
     now += d;
+    system_now += std::chrono::duration_cast<std::chrono::system_clock::duration>(d);
     engine.sweep_connections(now);
     engine.expire_sessions(now);
     if (auto due = engine.next_will_due(); due && *due <= now) engine.release_wills(now);
@@ -247,6 +253,7 @@ class world {
             case mb::engine::link_event::resume: engine.on_resume(l, now); break;
             case mb::engine::link_event::check_deadline: engine.check_deadline(l, now); break;
             case mb::engine::link_event::shutdown: engine.shut_down(l, now); break;
+            case mb::engine::link_event::committed: engine.on_committed(l, now); break;
           }
         }
       }
@@ -255,6 +262,7 @@ class world {
 
   engine_type engine;
   steady_time now = steady_time(std::chrono::hours(1));
+  std::chrono::system_clock::time_point system_now = std::chrono::system_clock::time_point(seconds(1767225600));
 
  private:
   std::vector<mb::detail::ref_ptr<fake_link>> links_;
@@ -564,4 +572,276 @@ TEST_CASE("engine: QoS 1 and 2 to a client resume after a reconnect: PUBLISH wit
   auto final_packets = last.received();
   REQUIRE(final_packets.size() == 1);
   CHECK(final_packets[0].type == CONNACK);
+}
+
+// ---- the storage contract: what a durable storage is told, and acknowledge after commit
+
+namespace {
+
+/// A durable storage that writes each call down as a line, and commits only when the test says.
+struct recording_storage {
+  static constexpr bool durable = true;
+
+  void save_session(std::string_view id, std::uint32_t expiry) { log("save_session " + std::string(id) + " " + std::to_string(expiry)); }
+  void erase_session(std::string_view id) { log("erase_session " + std::string(id)); }
+  void save_subscription(std::string_view id, std::string_view filter, codec::subscribe_options o, std::uint32_t sub_id) {
+    log("save_subscription " + std::string(id) + " " + std::string(filter) + " q" + std::to_string(int(o.max_qos)) + " " +
+        std::to_string(sub_id));
+  }
+  void erase_subscription(std::string_view id, std::string_view filter) {
+    log("erase_subscription " + std::string(id) + " " + std::string(filter));
+  }
+  void save_retained(const mb::message_ptr& m) { log("save_retained " + std::string(m->topic())); }
+  void erase_retained(std::string_view topic) { log("erase_retained " + std::string(topic)); }
+  void enqueue(std::string_view id, const mb::message_ptr& m, qos q) {
+    log("enqueue " + std::string(id) + " " + std::string(m->topic()) + " q" + std::to_string(int(q)));
+  }
+  void send(std::string_view id, std::uint16_t packet_id, const mb::message_ptr& m, qos q) {
+    log("send " + std::string(id) + " " + std::to_string(packet_id) + " " + std::string(m->topic()) + " q" +
+        std::to_string(int(q)));
+  }
+  void pubrec(std::string_view id, std::uint16_t packet_id) { log("pubrec " + std::string(id) + " " + std::to_string(packet_id)); }
+  void acknowledge(std::string_view id, std::uint16_t packet_id) {
+    log("acknowledge " + std::string(id) + " " + std::to_string(packet_id));
+  }
+  void drop(std::string_view id, const mb::message_ptr& m) { log("drop " + std::string(id) + " " + std::string(m->topic())); }
+  void clear_messages(std::string_view id) { log("clear_messages " + std::string(id)); }
+  void receive(std::string_view id, std::uint16_t packet_id, const mb::message_ptr& m) {
+    log("receive " + std::string(id) + " " + std::to_string(packet_id) + " " + std::string(m->topic()));
+  }
+  void release(std::string_view id, std::uint16_t packet_id) { log("release " + std::string(id) + " " + std::to_string(packet_id)); }
+  void save_will(std::string_view id, const mb::message_ptr& m, std::chrono::system_clock::time_point) {
+    log("save_will " + std::string(id) + " " + std::string(m->topic()));
+  }
+  void erase_will(std::string_view id) { log("erase_will " + std::string(id)); }
+  std::uint64_t commit() {
+    log("commit " + std::to_string(++tickets));
+    return tickets;
+  }
+  void on_commit(std::function<void(std::uint64_t)>) {}
+
+  /// What a restart gives back: a kept session "kept" subscribed to "t/#" at QoS 2, owing one
+  /// queued QoS 1 message, one sent QoS 1 message (id 7) and a PUBREL (id 8), holding received
+  /// QoS 2 identifier 9; a retained message on "r".
+  template <class Loader>
+  void load(Loader& l) {
+    log("load");
+    if (!restart) return;
+    codec::subscribe_options o;
+    o.max_qos = qos::exactly_once;
+    l.session("kept", 300);
+    l.subscription("kept", "t/#", o, 0);
+    l.outgoing("kept", 7, mb::message::make("t/sent", "s", qos::at_least_once, false), qos::at_least_once,
+               mb::storage::outgoing_state::sent);
+    l.outgoing("kept", 8, mb::message::make("t/two", "2", qos::exactly_once, false), qos::exactly_once,
+               mb::storage::outgoing_state::pubrec_received);
+    l.outgoing("kept", 0, mb::message::make("t/queued", "q", qos::at_least_once, false), qos::at_least_once,
+               mb::storage::outgoing_state::queued);
+    l.inbound("kept", 9);
+    l.retained(mb::message::make("r", "kept", qos::at_most_once, true));
+  }
+
+  void log(std::string line) { calls.push_back(std::move(line)); }
+  /// The calls since the last look.
+  std::vector<std::string> take() { return std::exchange(calls, {}); }
+
+  std::vector<std::string> calls;
+  std::uint64_t tickets = 0;
+  bool restart = false;
+};
+
+struct durable_policies : plain_policies {
+  using storage = recording_storage;
+};
+using durable_world = world<durable_policies>;
+using lines = std::vector<std::string>;
+
+}  // namespace
+
+TEST_CASE("storage: a contract-complete durable storage passes the checks, and storage::memory needs none",
+          "[engine][storage]") {
+  STATIC_REQUIRE(mb::storage::detail::check_storage<recording_storage>());
+  STATIC_REQUIRE(mb::engine::protocol<durable_policies>::durable);
+  STATIC_REQUIRE_FALSE(mb::engine::protocol<plain_policies>::durable);
+}
+
+TEST_CASE("storage: QoS 1 to a kept session is recorded and the PUBACK waits for its commit; forwarding does not",
+          "[engine][storage][qos]") {
+  durable_world w;
+  auto& sub = w.connected(hello("sub", false));
+  w.subscribe(sub, "t", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  w.engine.storage().take();
+
+  w.publish(pub, "t", qos::at_least_once, 3);
+  CHECK(w.engine.storage().take() == lines{"send sub 1 t q1", "commit 2"});
+  CHECK(pub.received().empty());            // not acknowledged before the commit
+  CHECK(sub.only(PUBLISH).topic == "t");   // at-least-once tolerates a resend: forwarded already
+  w.engine.storage_committed(1);
+  w.run_events();
+  CHECK(pub.received().empty());  // an earlier commit does not release it
+  w.engine.storage_committed(2);
+  w.run_events();
+  CHECK(pub.only(PUBACK).id == 3);
+
+  w.ack<codec::puback>(sub, 1);
+  CHECK(w.engine.storage().take() == lines{"acknowledge sub 1"});
+}
+
+TEST_CASE("storage: acknowledgements leave in the order of the PUBLISHes, one that needs no commit behind one that does",
+          "[engine][storage][MQTT-4.6.0-2]") {
+  durable_world w;
+  auto& sub = w.connected(hello("sub", false));
+  w.subscribe(sub, "kept/#", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  w.engine.storage().take();
+
+  w.publish(pub, "kept/1", qos::at_least_once, 1);  // recorded: waits for commit 2
+  w.publish(pub, "nobody", qos::at_least_once, 2);  // nothing recorded, but behind the first
+  CHECK(w.engine.storage().take() == lines{"send sub 1 kept/1 q1", "commit 2"});
+  CHECK(pub.received().empty());
+  w.engine.storage_committed(2);
+  w.run_events();
+  auto acks = pub.received();
+  REQUIRE(acks.size() == 2);
+  CHECK(acks[0].id == 1);
+  CHECK(acks[1].id == 2);
+  // With nothing held, an acknowledgement that needs no commit goes at once.
+  w.publish(pub, "nobody", qos::at_least_once, 3);
+  CHECK(pub.only(PUBACK).id == 3);
+}
+
+TEST_CASE("storage: QoS 2 from a kept session is durable before the PUBREC and before it is routed; PUBCOMP after the release is",
+          "[engine][storage][qos][MQTT-4.3.3-2]") {
+  durable_world w;
+  auto& sub = w.connected(hello("sub"));  // not kept: nothing of its own is stored
+  w.subscribe(sub, "t", qos::at_most_once);
+  auto& pub = w.connected(hello("pub", false).session_expiry(60), protocol_version::v5);
+  w.engine.storage().take();
+
+  w.publish(pub, "t", qos::exactly_once, 5);
+  CHECK(w.engine.storage().take() == lines{"receive pub 5 t", "commit 1"});
+  CHECK(pub.received().empty());
+  CHECK(sub.received().empty());  // not routed before the commit
+  w.engine.storage_committed(1);
+  w.run_events();
+  CHECK(sub.only(PUBLISH).topic == "t");
+  CHECK(pub.only(PUBREC).code == 0);
+
+  w.ack<codec::pubrel>(pub, 5);
+  CHECK(w.engine.storage().take() == lines{"release pub 5", "commit 2"});
+  CHECK(pub.received().empty());
+  w.engine.storage_committed(2);
+  w.run_events();
+  CHECK(pub.only(PUBCOMP).id == 5);
+}
+
+TEST_CASE("storage: QoS 2 to a kept session: sent, PUBREC received, completed", "[engine][storage][qos]") {
+  durable_world w;
+  auto& sub = w.connected(hello("sub", false));
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"));
+  w.engine.storage().take();
+
+  w.publish(pub, "t", qos::at_most_once, 0);  // QoS 0 never reaches the storage
+  CHECK(w.engine.storage().take().empty());
+  sub.received();
+  w.publish(pub, "t", qos::exactly_once, 1);
+  CHECK(w.engine.storage().take() == lines{"send sub 1 t q2", "commit 2"});
+  const rx out = sub.only(PUBLISH);
+  w.ack<codec::pubrec>(sub, out.id);
+  CHECK(w.engine.storage().take() == lines{"pubrec sub 1"});
+  CHECK(sub.only(PUBREL).id == out.id);
+  w.ack<codec::pubcomp>(sub, out.id);
+  CHECK(w.engine.storage().take() == lines{"acknowledge sub 1"});
+}
+
+TEST_CASE("storage: SUBSCRIBE of a kept session: recorded, SUBACK after the commit; UNSUBACK never overtakes it",
+          "[engine][storage]") {
+  durable_world w;
+  auto& l = w.connected(hello("s", false));
+  CHECK(w.engine.storage().take() == lines{"save_session s 604800"});  // 3.1.1 Clean Session 0: the broker's default
+  codec::subscribe s;
+  s.packet_id = 4;
+  codec::subscribe_entry e;
+  e.filter = "a/+";
+  e.options.max_qos = qos::at_least_once;
+  s.entries.push_back(e);
+  w.feed(l, s);
+  codec::unsubscribe u;
+  u.packet_id = 5;
+  u.filters.push_back("other");
+  w.feed(l, u);
+  CHECK(w.engine.storage().take() == lines{"save_subscription s a/+ q1 0", "commit 1"});
+  CHECK(l.received().empty());
+  w.engine.storage_committed(1);
+  w.run_events();
+  auto acks = l.received();
+  REQUIRE(acks.size() == 2);
+  CHECK(acks[0].type == SUBACK);
+  CHECK(acks[1].type == UNSUBACK);
+}
+
+TEST_CASE("storage: retained messages are stored whatever their QoS and no acknowledgement waits for them",
+          "[engine][storage][retain]") {
+  durable_world w;
+  auto& pub = w.connected(hello("pub"));
+  w.engine.storage().take();
+  codec::publish p;
+  p.topic = "r";
+  p.payload = "v";
+  p.qos_level = qos::at_least_once;
+  p.packet_id = 1;
+  p.retain = true;
+  w.feed(pub, p);
+  CHECK(w.engine.storage().take() == lines{"save_retained r"});
+  CHECK(pub.only(PUBACK).id == 1);
+  p.payload = "";  // deletes it [MQTT-3.3.1-10]
+  p.qos_level = qos::at_most_once;
+  w.feed(pub, p);
+  CHECK(w.engine.storage().take() == lines{"erase_retained r"});
+}
+
+TEST_CASE("storage: a kept session's disconnect, delayed will and expiry", "[engine][storage][session][will]") {
+  durable_world w;
+  auto& l = w.connected(hello("k", false).session_expiry(30).will("will/k", 10), protocol_version::v5);
+  CHECK(w.engine.storage().take() == lines{"save_session k 30"});
+  w.drop(l);
+  CHECK(w.engine.storage().take() == lines{"save_will k will/k"});
+  w.advance(seconds(10));
+  CHECK(w.engine.storage().take() == lines{"erase_will k"});
+  w.advance(seconds(20));
+  CHECK(w.engine.storage().take() == lines{"erase_session k"});
+}
+
+TEST_CASE("storage: what a restart loads is served again: session, subscription, owed messages, QoS 2 ids, retained",
+          "[engine][storage][session][MQTT-4.4.0-1]") {
+  durable_world w;
+  w.engine.storage().restart = true;
+  w.engine.load(w.now, w.system_now);
+  CHECK(w.engine.stats().sessions == 1);
+  CHECK(w.engine.stats().retained_messages == 1);
+
+  auto& back = w.open();
+  w.connect(back, hello("kept", false), protocol_version::v3_1_1);
+  auto got = back.received();
+  REQUIRE(got.size() == 4);
+  CHECK(got[0].type == CONNACK);
+  CHECK(got[0].session_present);
+  CHECK(got[1].type == PUBLISH);  // in flight: again, with DUP
+  CHECK(got[1].id == 7);
+  CHECK(got[1].dup);
+  CHECK(got[2].type == PUBREL);  // PUBREC was stored: PUBREL, not PUBLISH
+  CHECK(got[2].id == 8);
+  CHECK(got[3].type == PUBLISH);  // the queued one, after those in flight
+  CHECK(got[3].topic == "t/queued");
+  CHECK(got[3].id != 7);
+  CHECK(got[3].id != 8);
+
+  // Its subscription routes again, and the QoS 2 identifier it held is still held.
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "t/new", qos::at_most_once, 0);
+  CHECK(back.only(PUBLISH).topic == "t/new");
+  w.publish(back, "t/again", qos::exactly_once, 9, true);  // resent after the restart: not routed twice
+  CHECK(back.received().size() == 1);                       // its PUBREC only
 }

@@ -108,6 +108,10 @@ class broker {
     ctx_.engine_.on_will_scheduled([this](time_point due) {
       asio::post(control_ex_, [this, due] { arm_will_timer(due); });
     });
+    if constexpr (engine_type::durable) {
+      // A commit is durable (on the storage's own thread): its acknowledgements may go.
+      ctx_.engine_.storage().on_commit([this](std::uint64_t ticket) { ctx_.engine_.storage_committed(ticket); });
+    }
   }
 
  public:
@@ -119,6 +123,9 @@ class broker {
   }
 
   const broker_options& options() const noexcept { return ctx_.engine_.options(); }
+  /// The storage policy's object (Policies::storage): a host opens or configures a durable one
+  /// before start(), which loads what it kept.
+  typename engine_type::storage_type& storage() noexcept { return ctx_.engine_.storage(); }
   asio::any_io_executor get_executor() const { return ex_; }
 
   /// Adds a listener of the default transport; throws std::system_error when the address cannot
@@ -153,6 +160,11 @@ class broker {
     started_ = true;
     ctx_.engine_.restart();
     started_at_ = now();
+    if (!loaded_) {
+      loaded_ = true;
+      ctx_.engine_.load(started_at_, ctx_.system_now());
+      if (auto due = ctx_.engine_.next_will_due()) asio::post(control_ex_, [this, d = *due] { arm_will_timer(d); });
+    }
     for (auto& l : listeners_) l->accept_next();
     arm_sweep();
   }
@@ -199,6 +211,7 @@ class broker {
     context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
     engine_type& engine() noexcept { return engine_; }
     time_point now() const noexcept { return clock.steady_now(); }
+    typename clock_type::system_time system_now() const noexcept { return clock.system_now(); }
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
   };
@@ -353,6 +366,7 @@ class broker {
   time_point will_due_{};               // control_ex_
   bool will_armed_ = false;             // control_ex_
   bool started_ = false;                // control_ex_
+  bool loaded_ = false;                 // control_ex_: the storage was read, once
   time_point started_at_{};             // control_ex_
   std::int64_t seconds_since_sys_ = 0;  // control_ex_
   std::uint64_t sweep_ticks_ = 0;       // control_ex_

@@ -4066,10 +4066,16 @@ class state {
   /// waits before it) it is admitted for sending now and `o` gets its packet identifier;
   /// otherwise it is moved into the queue, or dropped.
   admission offer(outgoing& o, bool online) {
+    return offer(o, online, [](const outgoing&) {});
+  }
+  /// The same; `on_evict(const outgoing&)` sees each queued message that drop_oldest evicts to
+  /// make room (a durable store forgets them too).
+  template <class OnEvict>
+  admission offer(outgoing& o, bool online, OnEvict&& on_evict) {
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) return admission::dropped;
-      return enqueue(std::move(o));
+      return enqueue(std::move(o), on_evict);
     }
     traffic& t = flows();
     if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
@@ -4077,7 +4083,17 @@ class state {
       t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
     }
-    return enqueue(std::move(o));
+    return enqueue(std::move(o), on_evict);
+  }
+
+  /// A message that was in flight when a durable store saved it, back in flight with its packet
+  /// identifier (a restart): `pubrec_received` when the client's PUBREC was stored (PUBREL owed).
+  void restore_inflight(outgoing o, bool pubrec_received) {
+    traffic& t = flows();
+    if (!t.in_use.empty()) mark(t, o.packet_id, true);
+    const phase p = pubrec_received ? phase::awaiting_pubcomp : first_phase(o.qos_level);
+    if (pubrec_received) o.msg = message_ptr();  // as on_pubrec(): only the identifier is kept
+    t.inflight.push_back({std::move(o), p});
   }
 
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
@@ -4210,7 +4226,8 @@ class state {
     return *traffic_;
   }
 
-  admission enqueue(outgoing&& o) {
+  template <class OnEvict>
+  admission enqueue(outgoing&& o, OnEvict& on_evict) {
     traffic& t = flows();
     const limits& l = *limits_;
     const std::size_t bytes = o.msg->payload().size();
@@ -4222,6 +4239,7 @@ class state {
       if (!l.drop_oldest || t.queue.empty()) return admission::dropped;
       while (!t.queue.empty() && over()) {
         t.queued_bytes -= t.queue.front().msg->payload().size();
+        on_evict(static_cast<const outgoing&>(t.queue.front()));
         t.queue.pop_front();
       }
       if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) return admission::dropped;
@@ -6279,7 +6297,29 @@ enum class link_event : std::uint8_t {
   resume,          // a paused reader may read again
   check_deadline,  // the sweep saw the deadline pass
   shutdown,        // the broker stops: DISCONNECT (5.0) and close
+  committed,       // the storage made changes durable: held acknowledgements may go
 };
+
+/// An acknowledgement held until the storage commit its change went into is durable
+/// (acknowledge after commit). `route`: a QoS 2 message routed only then, before its PUBREC.
+struct held_ack {
+  std::uint64_t ticket;  // the commit to wait for; 0 waits only for those before it
+  codec::packet_type type;
+  std::uint16_t packet_id;
+  reason_code reason;
+  message_ptr route;
+  std::vector<reason_code> reasons;  // SUBACK
+};
+
+/// A link's held acknowledgements, with a durable storage only: an empty base otherwise, so a
+/// connection of a broker without durable storage is not one byte larger (C++17 has no
+/// [[no_unique_address]]).
+template <bool Durable>
+struct held_acks {
+  std::unique_ptr<detail::fifo<held_ack>> held;
+};
+template <>
+struct held_acks<false> {};
 
 /// One client connection as the protocol engine sees it: the protocol state (version, session,
 /// will, Keep Alive, deadline, pacing) and the packets queued for the client, without the
@@ -6287,7 +6327,7 @@ enum class link_event : std::uint8_t {
 /// virtual calls by which the engine acts on the transport, each made once per write batch or
 /// per connection event, never per message. `Session` is the engine's session record.
 template <class Session>
-class link : public detail::list_links, public detail::ref_counted {
+class link : public detail::list_links, public detail::ref_counted, protected held_acks<Session::durable> {
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
@@ -6749,10 +6789,12 @@ struct strand_outbox {
 struct no_outbox {};
 
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
-template <class Locking>
+/// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
+template <class Locking, bool Durable = false>
 struct session_record : subscriber, detail::ref_counted {
+  static constexpr bool durable = Durable;
   using link_type = link<session_record>;
-  using steady_time = typename link_type::steady_time;
+  using steady_time = std::chrono::steady_clock::time_point;  // as link::steady_time (link is incomplete here)
   using session_mutex_type = locking::session_mutex_t<Locking>;
 
   session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}
@@ -6784,6 +6826,163 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_ENGINE_CORE_HPP
 #define MQTTBROKER_ENGINE_CORE_HPP
 
+// begin <mqttbroker/storage/contract.hpp>
+#ifndef MQTTBROKER_STORAGE_CONTRACT_HPP
+#define MQTTBROKER_STORAGE_CONTRACT_HPP
+
+
+#include <chrono>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace storage {
+
+/// Where an outgoing QoS 1/2 message of a session stands, as a durable store keeps it (the
+/// states of DECISIONS.md "QoS 2 out"): queued, sent (PUBLISH owed again with DUP after a
+/// restart), PUBREC received (PUBREL owed), completed (gone from the store).
+enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
+
+/// What a durable store gives back at start, through the broker's loader (load()):
+///   void session(std::string_view client_id, std::uint32_t expiry_seconds);
+///   void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
+///   void retained(message_ptr);
+///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, codec::qos, outgoing_state);
+///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
+///   void will(std::string_view client_id, message_ptr, std::chrono::system_clock::time_point due);
+/// Sessions come before what belongs to them; outgoing messages of a session in their order.
+///
+/// The storage policy. `static constexpr bool durable`: when false (storage::memory) the engine
+/// makes no call at all, compiled out. When true, the engine calls, on any thread that serves
+/// connections (the storage serialises them itself under a multi-threaded locking policy):
+///   void save_session(std::string_view client_id, std::uint32_t expiry_seconds);   // created, or its expiry changed
+///   void erase_session(std::string_view client_id);                                // and everything below it
+///   void save_subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
+///   void erase_subscription(std::string_view client_id, std::string_view filter);
+///   void save_retained(const message_ptr&);           // replaces the topic's
+///   void erase_retained(std::string_view topic);
+///   void enqueue(std::string_view client_id, const message_ptr&, codec::qos);  // waits for the session
+///   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr&, codec::qos);  // queued -> in flight
+///   void pubrec(std::string_view client_id, std::uint16_t packet_id);          // QoS 2 out: PUBREL owed
+///   void acknowledge(std::string_view client_id, std::uint16_t packet_id);     // PUBACK or PUBCOMP: gone
+///   void drop(std::string_view client_id, const message_ptr&);                 // a queued message the limits dropped
+///   void clear_messages(std::string_view client_id);                           // Clean Start on a kept session
+///   void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr&);  // QoS 2 in, before PUBREC
+///   void release(std::string_view client_id, std::uint16_t packet_id);         // PUBREL: before PUBCOMP
+///   void save_will(std::string_view client_id, const message_ptr&, std::chrono::system_clock::time_point due);
+///   void erase_will(std::string_view client_id);
+///   std::uint64_t commit();   // makes durable everything recorded so far; returns its ticket
+///   template <class Loader> void load(Loader&);
+/// A message reaches the store as the one shared message_ptr that every receiving session refers
+/// to, so a store keeps one copy of it and counts the references (DECISIONS.md "One copy").
+///
+/// Acknowledge after commit: a PUBACK, PUBREC, PUBCOMP or SUBACK whose change was recorded waits
+/// for commit()'s ticket to be reported durable (the broker's storage_committed(ticket)), and
+/// the acknowledgements of one connection leave in the order of its packets [MQTT-4.6.0-2]. A
+/// store does the work of commit() off the connections' threads (DECISIONS.md "Threads") and
+/// reports completion, from any thread, to the handler the broker gives it:
+///   void on_commit(std::function<void(std::uint64_t ticket)>);
+/// Changes that no acknowledgement waits for (retained messages, expiry, wills) are made durable
+/// by the next commit or on the store's own schedule. QoS 0 messages never reach the store.
+namespace detail {
+
+/// `static constexpr bool durable`: a bool known at compile time, as the engine compiles the
+/// store's calls in or out on it (`if constexpr`).
+template <class T, class = void>
+struct has_durable : std::false_type {};
+template <class T>
+struct has_durable<T, std::enable_if_t<std::is_same_v<std::remove_cv_t<decltype(T::durable)>, bool>,
+                                       std::void_t<std::bool_constant<T::durable>>>> : std::true_type {};
+
+template <class T, class = void>
+struct is_durable : std::false_type {};
+template <class T>
+struct is_durable<T, std::enable_if_t<has_durable<T>::value && T::durable>> : std::true_type {};
+
+template <class T>
+T& lvalue() noexcept;
+
+using id = std::string_view;
+using sys_time = std::chrono::system_clock::time_point;
+
+#define MQTTBROKER_STORAGE_CALL(trait, call)                                 \
+  template <class T, class = void>                                         \
+  struct trait : std::false_type {};                                       \
+  template <class T>                                                       \
+  struct trait<T, std::void_t<decltype(lvalue<T>().call)>> : std::true_type {};
+
+MQTTBROKER_STORAGE_CALL(has_save_session, save_session(id(), std::uint32_t()))
+MQTTBROKER_STORAGE_CALL(has_erase_session, erase_session(id()))
+MQTTBROKER_STORAGE_CALL(has_save_subscription, save_subscription(id(), id(), codec::subscribe_options(), std::uint32_t()))
+MQTTBROKER_STORAGE_CALL(has_erase_subscription, erase_subscription(id(), id()))
+MQTTBROKER_STORAGE_CALL(has_save_retained, save_retained(lvalue<const message_ptr>()))
+MQTTBROKER_STORAGE_CALL(has_erase_retained, erase_retained(id()))
+MQTTBROKER_STORAGE_CALL(has_enqueue, enqueue(id(), lvalue<const message_ptr>(), codec::qos()))
+MQTTBROKER_STORAGE_CALL(has_send, send(id(), std::uint16_t(), lvalue<const message_ptr>(), codec::qos()))
+MQTTBROKER_STORAGE_CALL(has_pubrec, pubrec(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_acknowledge, acknowledge(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_drop, drop(id(), lvalue<const message_ptr>()))
+MQTTBROKER_STORAGE_CALL(has_clear_messages, clear_messages(id()))
+MQTTBROKER_STORAGE_CALL(has_receive, receive(id(), std::uint16_t(), lvalue<const message_ptr>()))
+MQTTBROKER_STORAGE_CALL(has_release, release(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>(), sys_time()))
+MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
+MQTTBROKER_STORAGE_CALL(has_commit, commit())
+
+#undef MQTTBROKER_STORAGE_CALL
+
+}  // namespace detail
+
+/// What the broker asks of a storage policy (the list above).
+namespace contract {
+MQTTBROKER_REQUIREMENT(has_durable, detail::has_durable<T>::value);
+}  // namespace contract
+
+namespace detail {
+
+/// True, or a static_assert naming what is missing.
+template <class T>
+constexpr bool check_storage() {
+  static_assert(contract::has_durable<T>, "mqttbroker: the storage has no static constexpr bool durable");
+  if constexpr (is_durable<T>::value) {
+    static_assert(has_save_session<T>::value, "mqttbroker: the durable storage has no save_session(client_id, expiry)");
+    static_assert(has_erase_session<T>::value, "mqttbroker: the durable storage has no erase_session(client_id)");
+    static_assert(has_save_subscription<T>::value,
+                  "mqttbroker: the durable storage has no save_subscription(client_id, filter, options, identifier)");
+    static_assert(has_erase_subscription<T>::value,
+                  "mqttbroker: the durable storage has no erase_subscription(client_id, filter)");
+    static_assert(has_save_retained<T>::value, "mqttbroker: the durable storage has no save_retained(message)");
+    static_assert(has_erase_retained<T>::value, "mqttbroker: the durable storage has no erase_retained(topic)");
+    static_assert(has_enqueue<T>::value, "mqttbroker: the durable storage has no enqueue(client_id, message, qos)");
+    static_assert(has_send<T>::value, "mqttbroker: the durable storage has no send(client_id, packet_id, message, qos)");
+    static_assert(has_pubrec<T>::value, "mqttbroker: the durable storage has no pubrec(client_id, packet_id)");
+    static_assert(has_acknowledge<T>::value, "mqttbroker: the durable storage has no acknowledge(client_id, packet_id)");
+    static_assert(has_drop<T>::value, "mqttbroker: the durable storage has no drop(client_id, message)");
+    static_assert(has_clear_messages<T>::value, "mqttbroker: the durable storage has no clear_messages(client_id)");
+    static_assert(has_receive<T>::value, "mqttbroker: the durable storage has no receive(client_id, packet_id, message)");
+    static_assert(has_release<T>::value, "mqttbroker: the durable storage has no release(client_id, packet_id)");
+    static_assert(has_save_will<T>::value, "mqttbroker: the durable storage has no save_will(client_id, message, due)");
+    static_assert(has_erase_will<T>::value, "mqttbroker: the durable storage has no erase_will(client_id)");
+    static_assert(has_commit<T>::value, "mqttbroker: the durable storage has no commit()");
+  }
+  return true;
+}
+
+}  // namespace detail
+}  // namespace storage
+
+#if MQTTBROKER_HAS_CONCEPTS
+/// A storage policy: every requirement of storage::contract.
+template <class T>
+concept storage_policy = storage::contract::has_durable<T>;
+#endif
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_STORAGE_CONTRACT_HPP
+// end <mqttbroker/storage/contract.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -6806,18 +7005,32 @@ MQTTBROKER_END_NAMESPACE
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
+/// A policy bundle's storage: its `storage`, else storage::memory.
+template <class Policies, class = void>
+struct storage_of {
+  using type = ::mqttbroker::storage::memory;
+};
+template <class Policies>
+struct storage_of<Policies, std::void_t<typename Policies::storage>> {
+  using type = typename Policies::storage;
+};
+
 /// What the protocol engine keeps and how messages move: the session registry, the subscriptions
 /// and the retained messages, routing to sessions and in-process handlers, publisher pacing, the
 /// timers' work (deadlines, expiry, delayed wills, $SYS) and stopping. engine::protocol builds the
 /// MQTT decisions on it; the host's in-process API reaches it directly.
 ///
-/// `Policies` gives `locking` (the engine's locks and counters) and `hooks`.
+/// `Policies` gives `locking` (the engine's locks and counters), `hooks` and, optionally,
+/// `storage` (storage::memory when absent).
 template <class Policies>
 class core {
  public:
   using locking_type = typename Policies::locking;
   using hooks_type = typename Policies::hooks;
-  using session_type = session_record<locking_type>;
+  using storage_type = typename storage_of<Policies>::type;
+  /// Whether the storage keeps sessions: without, every call to it is compiled out.
+  static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
+  using session_type = session_record<locking_type, durable>;
   using link_type = link<session_type>;
   using steady_time = typename link_type::steady_time;
   using flush_scope = typename link_type::flush_scope;
@@ -6837,6 +7050,99 @@ class core {
   core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
+  /// The storage policy's object: a host opens or configures it before the broker starts.
+  storage_type& storage() noexcept { return storage_; }
+
+  /// Rebuilds, from a durable storage, the sessions (offline, their expiry counted from `now`),
+  /// their subscriptions, queued and in-flight messages, received QoS 2 identifiers and delayed
+  /// wills, and the retained messages. Before the listeners start; nothing for storage::memory.
+  void load(steady_time now, std::chrono::system_clock::time_point system_now) {
+    if constexpr (durable) {
+      loader ld{*this, now, system_now};
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      storage_.load(ld);
+    } else {
+      (void)now;
+      (void)system_now;
+    }
+  }
+
+  /// What storage::load() calls, one record at a time (storage/contract.hpp). state_mutex_ held.
+  class loader {
+   public:
+    loader(core& e, steady_time now, std::chrono::system_clock::time_point system_now)
+        : e_(e), now_(now), system_now_(system_now) {}
+
+    void session(std::string_view client_id, std::uint32_t expiry_seconds) {
+      auto rec = detail::ref_ptr<session_type>::make(std::string(client_id), &e_.session_limits_);
+      rec->expiry = std::chrono::duration<std::uint32_t>(expiry_seconds);
+      rec->expires = now_ + rec->expiry;
+      e_.sessions_.emplace(rec->state.client_id(), rec);
+    }
+    void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
+                      std::uint32_t identifier) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      router::subscription sub;
+      sub.options = options;
+      sub.identifier = identifier;
+      e_.router_.subscribe(filter, static_cast<subscriber*>(rec), sub);
+      rec->state.remember_subscription(filter, {options, identifier});
+    }
+    void retained(message_ptr m) { e_.retained_.set(std::move(m)); }
+    void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, codec::qos q,
+                  storage::outgoing_state state) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      session::outgoing o;
+      o.msg = std::move(m);
+      o.qos_level = q;
+      o.packet_id = packet_id;
+      if (state == storage::outgoing_state::queued)
+        rec->state.offer(o, false);
+      else
+        rec->state.restore_inflight(std::move(o), state == storage::outgoing_state::pubrec_received);
+    }
+    void inbound(std::string_view client_id, std::uint16_t packet_id) {
+      if (session_type* rec = find(client_id)) rec->state.on_qos2_publish(packet_id);
+    }
+    void will(std::string_view client_id, message_ptr m, std::chrono::system_clock::time_point due) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      // Due by the stored date; one already past (the broker was down) goes out at the first chance.
+      const auto left = std::max(due - system_now_, std::chrono::system_clock::duration::zero());
+      e_.delay_will(*rec, std::move(m), now_ + std::chrono::duration_cast<typename steady_time::duration>(left));
+    }
+
+   private:
+    session_type* find(std::string_view client_id) {
+      auto it = e_.sessions_.find(client_id);
+      return it == e_.sessions_.end() ? nullptr : it->second.get();
+    }
+    core& e_;
+    steady_time now_;
+    std::chrono::system_clock::time_point system_now_;
+  };
+
+  /// link_event::committed, on the link's executor: its held acknowledgements whose commits are
+  /// durable go out, in order.
+  void on_committed(link_type& l, steady_time now) { release_acks(l, now); }
+
+  /// A commit's ticket is durable (the storage's on_commit handler, brought to any thread): the
+  /// links holding acknowledgements behind it are asked to send them (link_event::committed).
+  void storage_committed(std::uint64_t ticket) {
+    if constexpr (durable) {
+      std::vector<detail::ref_ptr<link_type>> ready;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (ticket > committed_) committed_ = ticket;
+        ready.swap(holding_);
+      }
+      for (auto& l : ready) l->post(link_event::committed);
+    } else {
+      (void)ticket;
+    }
+  }
 
   /// Called with the time of the earliest delayed will whenever it moves earlier: the caller
   /// arms a timer and calls release_wills() then.
@@ -6922,6 +7228,7 @@ class core {
         if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
           if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
           drop_session_subscriptions(r);
+          record([&](auto& st) { st.erase_session(r.state.client_id()); });
           it = sessions_.erase(it);
           ++stats_.sessions_expired;
         } else {
@@ -6948,8 +7255,10 @@ class core {
         const auto& [id, generation] = will_queue_.begin()->second;
         auto it = sessions_.find(id);
         if (it != sessions_.end() && it->second->extras && it->second->extras->will_generation == generation &&
-            it->second->extras->pending_will)
+            it->second->extras->pending_will) {
           due.push_back(std::move(it->second->extras->pending_will));
+          record([&](auto& st) { st.erase_will(id); });
+        }
         will_queue_.erase(will_queue_.begin());
       }
     }
@@ -7083,8 +7392,14 @@ class core {
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (m->retain()) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
-        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
+        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic())) {
           retained_.set(m);
+          // Stored whatever its QoS; no acknowledgement waits for it.
+          if (m->payload().empty())
+            record([&](auto& st) { st.erase_retained(m->topic()); }, false);
+          else
+            record([&](auto& st) { st.save_retained(m); }, false);
+        }
       }
       router_.route(m->topic(), publisher ? &publisher : nullptr, on_match);
     } else {
@@ -7121,12 +7436,26 @@ class core {
       hot_.dropped.fetch_add(1);
       return;
     }
-    const auto adm = rec->state.offer(o, c != nullptr);
-    if (adm == session::admission::dropped) {
+    admission adm;
+    if constexpr (durable) {
+      adm = rec->state.offer(o, c != nullptr, [&](const session::outgoing& gone) {
+        if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+          record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+      });
+      if (o.qos_level != codec::qos::at_most_once && kept(*rec) && adm != admission::dropped) {
+        if (adm == admission::send)
+          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, m, o.qos_level); });
+        else
+          record([&](auto& st) { st.enqueue(rec->state.client_id(), m, o.qos_level); });
+      }
+    } else {
+      adm = rec->state.offer(o, c != nullptr);
+    }
+    if (adm == admission::dropped) {
       hot_.dropped.fetch_add(1);
       return;
     }
-    if (adm == session::admission::send) {
+    if (adm == admission::send) {
       hot_.sent.fetch_add(1);
       send_to(rec, o, now);
     }
@@ -7214,6 +7543,8 @@ class core {
     }
     while (auto o = rec->state.next_ready()) {
       hot_.sent.fetch_add(1);
+      if (o->qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
       l.send_publish(*o, now);
     }
     // Retained messages go out while the transport keeps up and the window has room; the rest
@@ -7226,8 +7557,10 @@ class core {
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
-      if (adm == session::admission::send) {
+      if (adm == admission::send) {
         hot_.sent.fetch_add(1);
+        if (o.qos_level != codec::qos::at_most_once && kept(*rec))
+          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, o.msg, o.qos_level); });
         l.send_publish(o, now);
       }
     }
@@ -7250,7 +7583,107 @@ class core {
   /// Removes a session and its subscriptions. state_mutex_ held.
   void remove_session(session_type& rec) {
     drop_session_subscriptions(rec);
+    record([&](auto& st) { st.erase_session(rec.state.client_id()); });
     sessions_.erase(rec.state.client_id());
+  }
+
+  // ---- the storage
+
+  using admission = session::admission;
+
+  /// Whether a session outlives its connection, so that the storage keeps what it owes.
+  static bool kept(const session_type& rec) noexcept { return rec.expiry.count() != 0; }
+
+  /// Hands a change to a durable storage (compiled out otherwise) and notes, for the packet being
+  /// handled on this thread, that its acknowledgement has a change to wait for (unless
+  /// `acknowledged` is false: a retained message, which no acknowledgement waits for).
+  template <class F>
+  void record(F&& f, bool acknowledged = true) {
+    if constexpr (durable) {
+      f(storage_);
+      if (acknowledged) recorded_here() = true;
+    } else {
+      (void)f;
+      (void)acknowledged;
+    }
+  }
+  /// Whether record() was called on this thread since the flag was last taken.
+  static bool& recorded_here() noexcept {
+    static thread_local bool recorded = false;
+    return recorded;
+  }
+  static bool take_recorded() noexcept { return std::exchange(recorded_here(), false); }
+
+  /// Sends `a` to `l` now, or holds it until the commit of what was recorded for it (and until
+  /// the acknowledgements held before it go) [MQTT-4.6.0-2]. On l's executor.
+  void acknowledge(link_type& l, held_ack a, steady_time now) {
+    if constexpr (durable) {
+      const bool recorded = take_recorded();
+      auto& q = l.held;
+      if (recorded) a.ticket = storage_.commit();
+      if (recorded || (q && !q->empty())) {
+        if (!q) q = std::make_unique<detail::fifo<held_ack>>();
+        q->push_back(std::move(a));
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (q->front().ticket > committed_) {
+          holding_.push_back(l.self());
+          return;
+        }
+      }
+      release_acks(l, now);
+      if (recorded || (q && !q->empty())) return;
+    }
+    send_ack(l, a, now);
+  }
+
+  /// Sends the held acknowledgements whose commits are durable, in order. On l's executor.
+  void release_acks(link_type& l, steady_time now) {
+    if constexpr (durable) {
+      auto& q = l.held;
+      for (;;) {
+        {
+          std::lock_guard<mutex_type> lk(state_mutex_);
+          if (!q || q->empty()) return;
+          if (q->front().ticket > committed_) {
+            holding_.push_back(l.self());
+            return;
+          }
+        }
+        held_ack a = std::move(q->front());
+        q->pop_front();
+        if (a.route) {
+          // QoS 2 in: routed only now that its identifier and the message are durable.
+          const std::size_t n = publish_message(std::move(a.route), l.session(), now, true, nullptr);
+          if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
+            a.reason = reason_code::no_matching_subscribers;
+        }
+        send_ack(l, a, now);
+      }
+    } else {
+      (void)l;
+      (void)now;
+    }
+  }
+
+  void send_ack(link_type& l, const held_ack& a, steady_time now) {
+    switch (a.type) {
+      case codec::packet_type::puback: return l.send(codec::puback{a.packet_id, a.reason, {}}, now);
+      case codec::packet_type::pubrec: return l.send(codec::pubrec{a.packet_id, a.reason, {}}, now);
+      case codec::packet_type::pubcomp: return l.send(codec::pubcomp{a.packet_id, a.reason, {}}, now);
+      case codec::packet_type::suback: {
+        codec::suback ack;
+        ack.packet_id = a.packet_id;
+        ack.reasons = a.reasons;
+        return l.send(ack, now);
+      }
+      case codec::packet_type::unsuback: {
+        codec::unsuback ack;
+        ack.packet_id = a.packet_id;
+        ack.reasons = a.reasons;
+        return l.send(ack, now);
+      }
+      default: return;
+    }
   }
 
   void drop_session_subscriptions(session_type& rec) {
@@ -7290,6 +7723,9 @@ class core {
   std::size_t pacing_messages_ = 0;
   session::limits session_limits_;  // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
+  std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
+  std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   // Every open link until it closes, and every session by client identifier (the key views the
   // record's own copy of it): an element each, no node or key copy per client.
@@ -7357,6 +7793,7 @@ class protocol : public core<Policies> {
   using typename base::locking_type;
   using typename base::session_type;
   using typename base::steady_time;
+  using typename base::storage_type;
 
   using base::base;
   using base::pump;
@@ -7383,6 +7820,7 @@ class protocol : public core<Policies> {
   /// A decoded packet. False when the link stops taking input after it: it is closing, or its
   /// reader is to pause (pause_reader()).
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
+    if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
       case 0: on_connect(l, std::get<codec::connect>(p), now); break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
@@ -7493,7 +7931,8 @@ class protocol : public core<Policies> {
 
   /// The transport is closed: the session lets go of the connection, a will goes out or waits for
   /// its delay, a session that ends with its connection ends.
-  void on_closed(link_type& l, steady_time now) {
+  /// `system_now` dates what a durable storage keeps (a delayed will's due time).
+  void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
     message_ptr will = std::move(l.will_);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
@@ -7526,7 +7965,9 @@ class protocol : public core<Policies> {
           if (will && l.will_delay_.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            will_due = delay_will(*rec, std::move(will), now + std::min<std::chrono::seconds>(l.will_delay_, rec->expiry));
+            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
+            will_due = delay_will(*rec, std::move(will), now + delay);
           }
         }
       }
@@ -7671,6 +8112,7 @@ class protocol : public core<Policies> {
           drop_session_subscriptions(*rec);
           rec->state.clear_messages();
           if (rec->extras) rec->extras->retained_backlog.clear();
+          this->record([&](auto& st) { st.erase_session(client_id); });  // and all it owned
         } else {
           session_present = true;
         }
@@ -7682,11 +8124,13 @@ class protocol : public core<Policies> {
       clear_outbox(*rec);
       if (rec->extras) {
         // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
+        if (rec->extras->pending_will && !cp.clean_start) this->record([&](auto& st) { st.erase_will(client_id); });
         rec->extras->pending_will = message_ptr();
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
       rec->expiry = stored_expiry(expiry);
+      if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
     std::uint16_t keep_alive = cp.keep_alive;
     bool server_keep_alive = false;
@@ -7805,7 +8249,8 @@ class protocol : public core<Policies> {
           ack.reason = !allowed  ? reason_code::not_authorized
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
-        return l.send(ack, now);
+        // After the commit of what made the broker responsible (queued for kept sessions).
+        return acknowledge(l, ack, now);
       }
       case codec::qos::exactly_once: {
         session_type* rec = l.session();
@@ -7818,6 +8263,15 @@ class protocol : public core<Policies> {
         }
         // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
         if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
+        if constexpr (base::durable) {
+          if (fresh && allowed && base::kept(*rec)) {
+            // The identifier and the message are durable before the PUBREC and before routing,
+            // so a PUBLISH resent after a crash is known and not routed twice.
+            this->record([&](auto& st) { st.receive(rec->state.client_id(), p.packet_id, m); });
+            held_ack a{0, codec::packet_type::pubrec, p.packet_id, reason_code::success, std::move(m), {}};
+            return base::acknowledge(l, std::move(a), now);
+          }
+        }
         std::size_t n = 0;
         // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
         if (fresh && allowed) n = publish_message(std::move(m), rec, now, true, &l);
@@ -7827,16 +8281,18 @@ class protocol : public core<Policies> {
           rec_ack.reason = !allowed                 ? reason_code::not_authorized
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
-        return l.send(rec_ack, now);
+        return acknowledge(l, rec_ack, now);
       }
     }
   }
 
   void on_puback(link_type& l, const codec::puback& a, steady_time now) {
+    bool done;
     {
       session_guard lk(*this, *l.session());
-      l.session()->state.on_puback(a.packet_id);
+      done = l.session()->state.on_puback(a.packet_id);
     }
+    if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
     pump(l, now);
   }
 
@@ -7848,10 +8304,16 @@ class protocol : public core<Policies> {
     }
     if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
       // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
-      session_guard lk(*this, *l.session());
-      l.session()->state.on_pubcomp(a.packet_id);
+      bool done;
+      {
+        session_guard lk(*this, *l.session());
+        done = l.session()->state.on_pubcomp(a.packet_id);
+      }
+      if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
       return;
     }
+    // PUBREL is owed from now on, also after a restart.
+    if (known) record_outgoing(l, [&](auto& st, const std::string& id) { st.pubrec(id, a.packet_id); });
     codec::pubrel rel;
     rel.packet_id = a.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
@@ -7864,19 +8326,44 @@ class protocol : public core<Policies> {
       session_guard lk(*this, *l.session());
       known = l.session()->state.on_pubrel(r.packet_id);
     }
+    // The release is durable before PUBCOMP: after a restart the identifier is free again.
+    if (known) record_outgoing(l, [&](auto& st, const std::string& id) { st.release(id, r.packet_id); });
     // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
     codec::pubcomp comp;
     comp.packet_id = r.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
-    l.send(comp, now);
+    acknowledge(l, comp, now);
   }
 
   void on_pubcomp(link_type& l, const codec::pubcomp& a, steady_time now) {
+    bool done;
     {
       session_guard lk(*this, *l.session());
-      l.session()->state.on_pubcomp(a.packet_id);
+      done = l.session()->state.on_pubcomp(a.packet_id);
     }
+    if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
     pump(l, now);
+  }
+
+  /// A change to what a kept session owes, for a durable storage (compiled out otherwise).
+  template <class F>
+  void record_outgoing(link_type& l, F&& f) {
+    if constexpr (base::durable) {
+      session_type* rec = l.session();
+      if (rec != nullptr && base::kept(*rec)) this->record([&](auto& st) { f(st, rec->state.client_id()); });
+    } else {
+      (void)l;
+      (void)f;
+    }
+  }
+
+  /// An acknowledgement: sent now, or held until what it acknowledges is durable.
+  template <class Ack>
+  void acknowledge(link_type& l, const Ack& a, steady_time now) {
+    if constexpr (base::durable)
+      base::acknowledge(l, held_ack{0, Ack::type, a.packet_id, a.reason, message_ptr(), {}}, now);
+    else
+      l.send(a, now);
   }
 
   // ---- SUBSCRIBE, UNSUBSCRIBE, DISCONNECT
@@ -7926,6 +8413,8 @@ class protocol : public core<Policies> {
         // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
         const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
         rec->state.remember_subscription(e.filter, {e.options, sub_id});
+        if (base::kept(*rec))
+          this->record([&](auto& st) { st.save_subscription(rec->state.client_id(), e.filter, e.options, sub_id); });
         // The retained messages are taken under the same lock that adds the route: a message
         // published concurrently is then either live or retained for this subscriber, never
         // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
@@ -7946,7 +8435,14 @@ class protocol : public core<Policies> {
       ack.reasons.push_back(static_cast<reason_code>(granted));
       if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
     }
-    l.send(ack, now);
+    if constexpr (base::durable) {
+      // After the commit of the subscriptions a kept session records.
+      base::acknowledge(l, held_ack{0, codec::packet_type::suback, ack.packet_id, reason_code::success, message_ptr(),
+                                    std::move(ack.reasons)},
+                        now);
+    } else {
+      l.send(ack, now);
+    }
     pump(l, now);
   }
 
@@ -7959,11 +8455,21 @@ class protocol : public core<Policies> {
       const bool owner = rec->conn.get() == &l;  // see on_subscribe
       for (std::string_view f : u.filters) {
         const bool existed = owner && rec->state.forget_subscription(f);
-        if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
+        if (existed) {
+          router_.unsubscribe(f, static_cast<subscriber*>(rec));
+          if (base::kept(*rec)) this->record([&](auto& st) { st.erase_subscription(rec->state.client_id(), f); });
+        }
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
       }
     }
-    l.send(ack, now);
+    if constexpr (base::durable) {
+      // Not after a commit of its own, but never before a SUBACK held before it.
+      base::acknowledge(l, held_ack{0, codec::packet_type::unsuback, ack.packet_id, reason_code::success, message_ptr(),
+                                    std::move(ack.reasons)},
+                        now);
+    } else {
+      l.send(ack, now);
+    }
   }
 
   void on_disconnect(link_type& l, const codec::disconnect& d, steady_time now) {
@@ -7977,7 +8483,11 @@ class protocol : public core<Policies> {
           std::lock_guard<mutex_type> lk(state_mutex_);
           // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
-          if (!extends_ended_session) rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
+          if (!extends_ended_session) {
+            rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
+            if (base::kept(*rec))
+              this->record([&](auto& st) { st.save_session(rec->state.client_id(), rec->expiry.count()); });
+          }
         }
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
@@ -8111,7 +8621,8 @@ inline std::uint8_t* thread_read_buffer() {
 /// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
 /// paused reader's unread input, stay with the connection.
 ///
-/// `Context` gives `engine_type`, `locking_type`, `engine()` and `now()`: the broker's shared parts.
+/// `Context` gives `engine_type`, `locking_type`, `engine()`, `now()` and `system_now()`: the
+/// broker's shared parts.
 template <class Stream, class Context>
 class connection final
     : public Context::engine_type::link_type,
@@ -8188,6 +8699,7 @@ class connection final
         if (engine().check_deadline(*this, now)) continue_reading();
         return;
       case engine::link_event::shutdown: return engine().shut_down(*this, now);
+      case engine::link_event::committed: return engine().on_committed(*this, now);
     }
   }
 
@@ -8307,7 +8819,7 @@ class connection final
     unread_.reset();
     // The engine lets go of the session first: a client that sees the close and reconnects at
     // once must find a clean session already gone.
-    engine().on_closed(*this, ctx_.now());
+    engine().on_closed(*this, ctx_.now(), ctx_.system_now());
     std::error_code ignored;
     stream_.shutdown(asio::socket_base::shutdown_both, ignored);
     stream_.close(ignored);
@@ -8331,55 +8843,6 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_BROKER_HPP
 #define MQTTBROKER_BROKER_HPP
 
-// begin <mqttbroker/storage/contract.hpp>
-#ifndef MQTTBROKER_STORAGE_CONTRACT_HPP
-#define MQTTBROKER_STORAGE_CONTRACT_HPP
-
-
-#include <type_traits>
-
-MQTTBROKER_BEGIN_NAMESPACE
-namespace storage {
-namespace detail {
-
-/// `static constexpr bool durable`: a bool known at compile time, as the broker compiles
-/// snapshots in or out on it (`if constexpr`).
-template <class T, class = void>
-struct has_durable : std::false_type {};
-template <class T>
-struct has_durable<T, std::enable_if_t<std::is_same_v<std::remove_cv_t<decltype(T::durable)>, bool>,
-                                       std::void_t<std::bool_constant<T::durable>>>> : std::true_type {};
-
-}  // namespace detail
-
-/// What the broker asks of a storage policy (STYLE.md §3). So far only whether it is durable; the
-/// operations of a durable backend join when the protocol engine emits them.
-namespace contract {
-MQTTBROKER_REQUIREMENT(has_durable, detail::has_durable<T>::value);
-}  // namespace contract
-
-namespace detail {
-
-/// True, or a static_assert naming what is missing.
-template <class T>
-constexpr bool check_storage() {
-  static_assert(contract::has_durable<T>, "mqttbroker: the storage has no static constexpr bool durable");
-  return true;
-}
-
-}  // namespace detail
-}  // namespace storage
-
-#if MQTTBROKER_HAS_CONCEPTS
-/// A storage policy: every requirement of storage::contract.
-template <class T>
-concept storage_policy = storage::contract::has_durable<T>;
-#endif
-
-MQTTBROKER_END_NAMESPACE
-
-#endif  // MQTTBROKER_STORAGE_CONTRACT_HPP
-// end <mqttbroker/storage/contract.hpp>
 // begin <mqttbroker/transport/traits.hpp>
 #ifndef MQTTBROKER_TRANSPORT_TRAITS_HPP
 #define MQTTBROKER_TRANSPORT_TRAITS_HPP
@@ -8729,6 +9192,10 @@ class broker {
     ctx_.engine_.on_will_scheduled([this](time_point due) {
       asio::post(control_ex_, [this, due] { arm_will_timer(due); });
     });
+    if constexpr (engine_type::durable) {
+      // A commit is durable (on the storage's own thread): its acknowledgements may go.
+      ctx_.engine_.storage().on_commit([this](std::uint64_t ticket) { ctx_.engine_.storage_committed(ticket); });
+    }
   }
 
  public:
@@ -8740,6 +9207,9 @@ class broker {
   }
 
   const broker_options& options() const noexcept { return ctx_.engine_.options(); }
+  /// The storage policy's object (Policies::storage): a host opens or configures a durable one
+  /// before start(), which loads what it kept.
+  typename engine_type::storage_type& storage() noexcept { return ctx_.engine_.storage(); }
   asio::any_io_executor get_executor() const { return ex_; }
 
   /// Adds a listener of the default transport; throws std::system_error when the address cannot
@@ -8774,6 +9244,11 @@ class broker {
     started_ = true;
     ctx_.engine_.restart();
     started_at_ = now();
+    if (!loaded_) {
+      loaded_ = true;
+      ctx_.engine_.load(started_at_, ctx_.system_now());
+      if (auto due = ctx_.engine_.next_will_due()) asio::post(control_ex_, [this, d = *due] { arm_will_timer(d); });
+    }
     for (auto& l : listeners_) l->accept_next();
     arm_sweep();
   }
@@ -8820,6 +9295,7 @@ class broker {
     context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
     engine_type& engine() noexcept { return engine_; }
     time_point now() const noexcept { return clock.steady_now(); }
+    typename clock_type::system_time system_now() const noexcept { return clock.system_now(); }
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
   };
@@ -8974,6 +9450,7 @@ class broker {
   time_point will_due_{};               // control_ex_
   bool will_armed_ = false;             // control_ex_
   bool started_ = false;                // control_ex_
+  bool loaded_ = false;                 // control_ex_: the storage was read, once
   time_point started_at_{};             // control_ex_
   std::int64_t seconds_since_sys_ = 0;  // control_ex_
   std::uint64_t sweep_ticks_ = 0;       // control_ex_

@@ -15,6 +15,8 @@
 #include <mqttbroker/router/retained.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/session/state.hpp>
+#include <mqttbroker/storage/contract.hpp>
+#include <mqttbroker/storage/memory.hpp>
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 #include <mqttbroker/version.hpp>
@@ -40,18 +42,32 @@
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
+/// A policy bundle's storage: its `storage`, else storage::memory.
+template <class Policies, class = void>
+struct storage_of {
+  using type = ::mqttbroker::storage::memory;
+};
+template <class Policies>
+struct storage_of<Policies, std::void_t<typename Policies::storage>> {
+  using type = typename Policies::storage;
+};
+
 /// What the protocol engine keeps and how messages move: the session registry, the subscriptions
 /// and the retained messages, routing to sessions and in-process handlers, publisher pacing, the
 /// timers' work (deadlines, expiry, delayed wills, $SYS) and stopping. engine::protocol builds the
 /// MQTT decisions on it; the host's in-process API reaches it directly.
 ///
-/// `Policies` gives `locking` (the engine's locks and counters) and `hooks`.
+/// `Policies` gives `locking` (the engine's locks and counters), `hooks` and, optionally,
+/// `storage` (storage::memory when absent).
 template <class Policies>
 class core {
  public:
   using locking_type = typename Policies::locking;
   using hooks_type = typename Policies::hooks;
-  using session_type = session_record<locking_type>;
+  using storage_type = typename storage_of<Policies>::type;
+  /// Whether the storage keeps sessions: without, every call to it is compiled out.
+  static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
+  using session_type = session_record<locking_type, durable>;
   using link_type = link<session_type>;
   using steady_time = typename link_type::steady_time;
   using flush_scope = typename link_type::flush_scope;
@@ -71,6 +87,99 @@ class core {
   core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
+  /// The storage policy's object: a host opens or configures it before the broker starts.
+  storage_type& storage() noexcept { return storage_; }
+
+  /// Rebuilds, from a durable storage, the sessions (offline, their expiry counted from `now`),
+  /// their subscriptions, queued and in-flight messages, received QoS 2 identifiers and delayed
+  /// wills, and the retained messages. Before the listeners start; nothing for storage::memory.
+  void load(steady_time now, std::chrono::system_clock::time_point system_now) {
+    if constexpr (durable) {
+      loader ld{*this, now, system_now};
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      storage_.load(ld);
+    } else {
+      (void)now;
+      (void)system_now;
+    }
+  }
+
+  /// What storage::load() calls, one record at a time (storage/contract.hpp). state_mutex_ held.
+  class loader {
+   public:
+    loader(core& e, steady_time now, std::chrono::system_clock::time_point system_now)
+        : e_(e), now_(now), system_now_(system_now) {}
+
+    void session(std::string_view client_id, std::uint32_t expiry_seconds) {
+      auto rec = detail::ref_ptr<session_type>::make(std::string(client_id), &e_.session_limits_);
+      rec->expiry = std::chrono::duration<std::uint32_t>(expiry_seconds);
+      rec->expires = now_ + rec->expiry;
+      e_.sessions_.emplace(rec->state.client_id(), rec);
+    }
+    void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
+                      std::uint32_t identifier) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      router::subscription sub;
+      sub.options = options;
+      sub.identifier = identifier;
+      e_.router_.subscribe(filter, static_cast<subscriber*>(rec), sub);
+      rec->state.remember_subscription(filter, {options, identifier});
+    }
+    void retained(message_ptr m) { e_.retained_.set(std::move(m)); }
+    void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, codec::qos q,
+                  storage::outgoing_state state) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      session::outgoing o;
+      o.msg = std::move(m);
+      o.qos_level = q;
+      o.packet_id = packet_id;
+      if (state == storage::outgoing_state::queued)
+        rec->state.offer(o, false);
+      else
+        rec->state.restore_inflight(std::move(o), state == storage::outgoing_state::pubrec_received);
+    }
+    void inbound(std::string_view client_id, std::uint16_t packet_id) {
+      if (session_type* rec = find(client_id)) rec->state.on_qos2_publish(packet_id);
+    }
+    void will(std::string_view client_id, message_ptr m, std::chrono::system_clock::time_point due) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      // Due by the stored date; one already past (the broker was down) goes out at the first chance.
+      const auto left = std::max(due - system_now_, std::chrono::system_clock::duration::zero());
+      e_.delay_will(*rec, std::move(m), now_ + std::chrono::duration_cast<typename steady_time::duration>(left));
+    }
+
+   private:
+    session_type* find(std::string_view client_id) {
+      auto it = e_.sessions_.find(client_id);
+      return it == e_.sessions_.end() ? nullptr : it->second.get();
+    }
+    core& e_;
+    steady_time now_;
+    std::chrono::system_clock::time_point system_now_;
+  };
+
+  /// link_event::committed, on the link's executor: its held acknowledgements whose commits are
+  /// durable go out, in order.
+  void on_committed(link_type& l, steady_time now) { release_acks(l, now); }
+
+  /// A commit's ticket is durable (the storage's on_commit handler, brought to any thread): the
+  /// links holding acknowledgements behind it are asked to send them (link_event::committed).
+  void storage_committed(std::uint64_t ticket) {
+    if constexpr (durable) {
+      std::vector<detail::ref_ptr<link_type>> ready;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (ticket > committed_) committed_ = ticket;
+        ready.swap(holding_);
+      }
+      for (auto& l : ready) l->post(link_event::committed);
+    } else {
+      (void)ticket;
+    }
+  }
 
   /// Called with the time of the earliest delayed will whenever it moves earlier: the caller
   /// arms a timer and calls release_wills() then.
@@ -156,6 +265,7 @@ class core {
         if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
           if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
           drop_session_subscriptions(r);
+          record([&](auto& st) { st.erase_session(r.state.client_id()); });
           it = sessions_.erase(it);
           ++stats_.sessions_expired;
         } else {
@@ -182,8 +292,10 @@ class core {
         const auto& [id, generation] = will_queue_.begin()->second;
         auto it = sessions_.find(id);
         if (it != sessions_.end() && it->second->extras && it->second->extras->will_generation == generation &&
-            it->second->extras->pending_will)
+            it->second->extras->pending_will) {
           due.push_back(std::move(it->second->extras->pending_will));
+          record([&](auto& st) { st.erase_will(id); });
+        }
         will_queue_.erase(will_queue_.begin());
       }
     }
@@ -317,8 +429,14 @@ class core {
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (m->retain()) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
-        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic()))
+        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic())) {
           retained_.set(m);
+          // Stored whatever its QoS; no acknowledgement waits for it.
+          if (m->payload().empty())
+            record([&](auto& st) { st.erase_retained(m->topic()); }, false);
+          else
+            record([&](auto& st) { st.save_retained(m); }, false);
+        }
       }
       router_.route(m->topic(), publisher ? &publisher : nullptr, on_match);
     } else {
@@ -355,12 +473,26 @@ class core {
       hot_.dropped.fetch_add(1);
       return;
     }
-    const auto adm = rec->state.offer(o, c != nullptr);
-    if (adm == session::admission::dropped) {
+    admission adm;
+    if constexpr (durable) {
+      adm = rec->state.offer(o, c != nullptr, [&](const session::outgoing& gone) {
+        if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+          record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+      });
+      if (o.qos_level != codec::qos::at_most_once && kept(*rec) && adm != admission::dropped) {
+        if (adm == admission::send)
+          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, m, o.qos_level); });
+        else
+          record([&](auto& st) { st.enqueue(rec->state.client_id(), m, o.qos_level); });
+      }
+    } else {
+      adm = rec->state.offer(o, c != nullptr);
+    }
+    if (adm == admission::dropped) {
       hot_.dropped.fetch_add(1);
       return;
     }
-    if (adm == session::admission::send) {
+    if (adm == admission::send) {
       hot_.sent.fetch_add(1);
       send_to(rec, o, now);
     }
@@ -448,6 +580,8 @@ class core {
     }
     while (auto o = rec->state.next_ready()) {
       hot_.sent.fetch_add(1);
+      if (o->qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
       l.send_publish(*o, now);
     }
     // Retained messages go out while the transport keeps up and the window has room; the rest
@@ -460,8 +594,10 @@ class core {
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
-      if (adm == session::admission::send) {
+      if (adm == admission::send) {
         hot_.sent.fetch_add(1);
+        if (o.qos_level != codec::qos::at_most_once && kept(*rec))
+          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, o.msg, o.qos_level); });
         l.send_publish(o, now);
       }
     }
@@ -484,7 +620,107 @@ class core {
   /// Removes a session and its subscriptions. state_mutex_ held.
   void remove_session(session_type& rec) {
     drop_session_subscriptions(rec);
+    record([&](auto& st) { st.erase_session(rec.state.client_id()); });
     sessions_.erase(rec.state.client_id());
+  }
+
+  // ---- the storage
+
+  using admission = session::admission;
+
+  /// Whether a session outlives its connection, so that the storage keeps what it owes.
+  static bool kept(const session_type& rec) noexcept { return rec.expiry.count() != 0; }
+
+  /// Hands a change to a durable storage (compiled out otherwise) and notes, for the packet being
+  /// handled on this thread, that its acknowledgement has a change to wait for (unless
+  /// `acknowledged` is false: a retained message, which no acknowledgement waits for).
+  template <class F>
+  void record(F&& f, bool acknowledged = true) {
+    if constexpr (durable) {
+      f(storage_);
+      if (acknowledged) recorded_here() = true;
+    } else {
+      (void)f;
+      (void)acknowledged;
+    }
+  }
+  /// Whether record() was called on this thread since the flag was last taken.
+  static bool& recorded_here() noexcept {
+    static thread_local bool recorded = false;
+    return recorded;
+  }
+  static bool take_recorded() noexcept { return std::exchange(recorded_here(), false); }
+
+  /// Sends `a` to `l` now, or holds it until the commit of what was recorded for it (and until
+  /// the acknowledgements held before it go) [MQTT-4.6.0-2]. On l's executor.
+  void acknowledge(link_type& l, held_ack a, steady_time now) {
+    if constexpr (durable) {
+      const bool recorded = take_recorded();
+      auto& q = l.held;
+      if (recorded) a.ticket = storage_.commit();
+      if (recorded || (q && !q->empty())) {
+        if (!q) q = std::make_unique<detail::fifo<held_ack>>();
+        q->push_back(std::move(a));
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (q->front().ticket > committed_) {
+          holding_.push_back(l.self());
+          return;
+        }
+      }
+      release_acks(l, now);
+      if (recorded || (q && !q->empty())) return;
+    }
+    send_ack(l, a, now);
+  }
+
+  /// Sends the held acknowledgements whose commits are durable, in order. On l's executor.
+  void release_acks(link_type& l, steady_time now) {
+    if constexpr (durable) {
+      auto& q = l.held;
+      for (;;) {
+        {
+          std::lock_guard<mutex_type> lk(state_mutex_);
+          if (!q || q->empty()) return;
+          if (q->front().ticket > committed_) {
+            holding_.push_back(l.self());
+            return;
+          }
+        }
+        held_ack a = std::move(q->front());
+        q->pop_front();
+        if (a.route) {
+          // QoS 2 in: routed only now that its identifier and the message are durable.
+          const std::size_t n = publish_message(std::move(a.route), l.session(), now, true, nullptr);
+          if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
+            a.reason = reason_code::no_matching_subscribers;
+        }
+        send_ack(l, a, now);
+      }
+    } else {
+      (void)l;
+      (void)now;
+    }
+  }
+
+  void send_ack(link_type& l, const held_ack& a, steady_time now) {
+    switch (a.type) {
+      case codec::packet_type::puback: return l.send(codec::puback{a.packet_id, a.reason, {}}, now);
+      case codec::packet_type::pubrec: return l.send(codec::pubrec{a.packet_id, a.reason, {}}, now);
+      case codec::packet_type::pubcomp: return l.send(codec::pubcomp{a.packet_id, a.reason, {}}, now);
+      case codec::packet_type::suback: {
+        codec::suback ack;
+        ack.packet_id = a.packet_id;
+        ack.reasons = a.reasons;
+        return l.send(ack, now);
+      }
+      case codec::packet_type::unsuback: {
+        codec::unsuback ack;
+        ack.packet_id = a.packet_id;
+        ack.reasons = a.reasons;
+        return l.send(ack, now);
+      }
+      default: return;
+    }
   }
 
   void drop_session_subscriptions(session_type& rec) {
@@ -524,6 +760,9 @@ class core {
   std::size_t pacing_messages_ = 0;
   session::limits session_limits_;  // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
+  std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
+  std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   // Every open link until it closes, and every session by client identifier (the key views the
   // record's own copy of it): an element each, no node or key copy per client.

@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/fifo.hpp>
 #include <mqttbroker/detail/intrusive_list.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/write_batch.hpp>
@@ -37,7 +38,29 @@ enum class link_event : std::uint8_t {
   resume,          // a paused reader may read again
   check_deadline,  // the sweep saw the deadline pass
   shutdown,        // the broker stops: DISCONNECT (5.0) and close
+  committed,       // the storage made changes durable: held acknowledgements may go
 };
+
+/// An acknowledgement held until the storage commit its change went into is durable
+/// (acknowledge after commit). `route`: a QoS 2 message routed only then, before its PUBREC.
+struct held_ack {
+  std::uint64_t ticket;  // the commit to wait for; 0 waits only for those before it
+  codec::packet_type type;
+  std::uint16_t packet_id;
+  reason_code reason;
+  message_ptr route;
+  std::vector<reason_code> reasons;  // SUBACK
+};
+
+/// A link's held acknowledgements, with a durable storage only: an empty base otherwise, so a
+/// connection of a broker without durable storage is not one byte larger (C++17 has no
+/// [[no_unique_address]]).
+template <bool Durable>
+struct held_acks {
+  std::unique_ptr<detail::fifo<held_ack>> held;
+};
+template <>
+struct held_acks<false> {};
 
 /// One client connection as the protocol engine sees it: the protocol state (version, session,
 /// will, Keep Alive, deadline, pacing) and the packets queued for the client, without the
@@ -45,7 +68,7 @@ enum class link_event : std::uint8_t {
 /// virtual calls by which the engine acts on the transport, each made once per write batch or
 /// per connection event, never per message. `Session` is the engine's session record.
 template <class Session>
-class link : public detail::list_links, public detail::ref_counted {
+class link : public detail::list_links, public detail::ref_counted, protected held_acks<Session::durable> {
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;

@@ -50,6 +50,7 @@ class protocol : public core<Policies> {
   using typename base::locking_type;
   using typename base::session_type;
   using typename base::steady_time;
+  using typename base::storage_type;
 
   using base::base;
   using base::pump;
@@ -76,6 +77,7 @@ class protocol : public core<Policies> {
   /// A decoded packet. False when the link stops taking input after it: it is closing, or its
   /// reader is to pause (pause_reader()).
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
+    if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
       case 0: on_connect(l, std::get<codec::connect>(p), now); break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
@@ -186,7 +188,8 @@ class protocol : public core<Policies> {
 
   /// The transport is closed: the session lets go of the connection, a will goes out or waits for
   /// its delay, a session that ends with its connection ends.
-  void on_closed(link_type& l, steady_time now) {
+  /// `system_now` dates what a durable storage keeps (a delayed will's due time).
+  void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
     message_ptr will = std::move(l.will_);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
@@ -219,7 +222,9 @@ class protocol : public core<Policies> {
           if (will && l.will_delay_.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            will_due = delay_will(*rec, std::move(will), now + std::min<std::chrono::seconds>(l.will_delay_, rec->expiry));
+            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
+            will_due = delay_will(*rec, std::move(will), now + delay);
           }
         }
       }
@@ -364,6 +369,7 @@ class protocol : public core<Policies> {
           drop_session_subscriptions(*rec);
           rec->state.clear_messages();
           if (rec->extras) rec->extras->retained_backlog.clear();
+          this->record([&](auto& st) { st.erase_session(client_id); });  // and all it owned
         } else {
           session_present = true;
         }
@@ -375,11 +381,13 @@ class protocol : public core<Policies> {
       clear_outbox(*rec);
       if (rec->extras) {
         // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
+        if (rec->extras->pending_will && !cp.clean_start) this->record([&](auto& st) { st.erase_will(client_id); });
         rec->extras->pending_will = message_ptr();
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
       rec->expiry = stored_expiry(expiry);
+      if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
     std::uint16_t keep_alive = cp.keep_alive;
     bool server_keep_alive = false;
@@ -498,7 +506,8 @@ class protocol : public core<Policies> {
           ack.reason = !allowed  ? reason_code::not_authorized
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
-        return l.send(ack, now);
+        // After the commit of what made the broker responsible (queued for kept sessions).
+        return acknowledge(l, ack, now);
       }
       case codec::qos::exactly_once: {
         session_type* rec = l.session();
@@ -511,6 +520,15 @@ class protocol : public core<Policies> {
         }
         // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
         if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
+        if constexpr (base::durable) {
+          if (fresh && allowed && base::kept(*rec)) {
+            // The identifier and the message are durable before the PUBREC and before routing,
+            // so a PUBLISH resent after a crash is known and not routed twice.
+            this->record([&](auto& st) { st.receive(rec->state.client_id(), p.packet_id, m); });
+            held_ack a{0, codec::packet_type::pubrec, p.packet_id, reason_code::success, std::move(m), {}};
+            return base::acknowledge(l, std::move(a), now);
+          }
+        }
         std::size_t n = 0;
         // A re-sent PUBLISH (DUP) before PUBREL is acknowledged again but routed only once [MQTT-4.3.3-2].
         if (fresh && allowed) n = publish_message(std::move(m), rec, now, true, &l);
@@ -520,16 +538,18 @@ class protocol : public core<Policies> {
           rec_ack.reason = !allowed                 ? reason_code::not_authorized
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
-        return l.send(rec_ack, now);
+        return acknowledge(l, rec_ack, now);
       }
     }
   }
 
   void on_puback(link_type& l, const codec::puback& a, steady_time now) {
+    bool done;
     {
       session_guard lk(*this, *l.session());
-      l.session()->state.on_puback(a.packet_id);
+      done = l.session()->state.on_puback(a.packet_id);
     }
+    if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
     pump(l, now);
   }
 
@@ -541,10 +561,16 @@ class protocol : public core<Policies> {
     }
     if (static_cast<std::uint8_t>(a.reason) >= 0x80) {
       // 5.0: a PUBREC of 0x80 or more ends the exchange and frees the identifier (§4.3.3).
-      session_guard lk(*this, *l.session());
-      l.session()->state.on_pubcomp(a.packet_id);
+      bool done;
+      {
+        session_guard lk(*this, *l.session());
+        done = l.session()->state.on_pubcomp(a.packet_id);
+      }
+      if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
       return;
     }
+    // PUBREL is owed from now on, also after a restart.
+    if (known) record_outgoing(l, [&](auto& st, const std::string& id) { st.pubrec(id, a.packet_id); });
     codec::pubrel rel;
     rel.packet_id = a.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
@@ -557,19 +583,44 @@ class protocol : public core<Policies> {
       session_guard lk(*this, *l.session());
       known = l.session()->state.on_pubrel(r.packet_id);
     }
+    // The release is durable before PUBCOMP: after a restart the identifier is free again.
+    if (known) record_outgoing(l, [&](auto& st, const std::string& id) { st.release(id, r.packet_id); });
     // A repeated PUBREL gets PUBCOMP again; 5.0 marks an identifier it does not know.
     codec::pubcomp comp;
     comp.packet_id = r.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) comp.reason = reason_code::packet_identifier_not_found;
-    l.send(comp, now);
+    acknowledge(l, comp, now);
   }
 
   void on_pubcomp(link_type& l, const codec::pubcomp& a, steady_time now) {
+    bool done;
     {
       session_guard lk(*this, *l.session());
-      l.session()->state.on_pubcomp(a.packet_id);
+      done = l.session()->state.on_pubcomp(a.packet_id);
     }
+    if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
     pump(l, now);
+  }
+
+  /// A change to what a kept session owes, for a durable storage (compiled out otherwise).
+  template <class F>
+  void record_outgoing(link_type& l, F&& f) {
+    if constexpr (base::durable) {
+      session_type* rec = l.session();
+      if (rec != nullptr && base::kept(*rec)) this->record([&](auto& st) { f(st, rec->state.client_id()); });
+    } else {
+      (void)l;
+      (void)f;
+    }
+  }
+
+  /// An acknowledgement: sent now, or held until what it acknowledges is durable.
+  template <class Ack>
+  void acknowledge(link_type& l, const Ack& a, steady_time now) {
+    if constexpr (base::durable)
+      base::acknowledge(l, held_ack{0, Ack::type, a.packet_id, a.reason, message_ptr(), {}}, now);
+    else
+      l.send(a, now);
   }
 
   // ---- SUBSCRIBE, UNSUBSCRIBE, DISCONNECT
@@ -619,6 +670,8 @@ class protocol : public core<Policies> {
         // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
         const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
         rec->state.remember_subscription(e.filter, {e.options, sub_id});
+        if (base::kept(*rec))
+          this->record([&](auto& st) { st.save_subscription(rec->state.client_id(), e.filter, e.options, sub_id); });
         // The retained messages are taken under the same lock that adds the route: a message
         // published concurrently is then either live or retained for this subscriber, never
         // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
@@ -639,7 +692,14 @@ class protocol : public core<Policies> {
       ack.reasons.push_back(static_cast<reason_code>(granted));
       if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
     }
-    l.send(ack, now);
+    if constexpr (base::durable) {
+      // After the commit of the subscriptions a kept session records.
+      base::acknowledge(l, held_ack{0, codec::packet_type::suback, ack.packet_id, reason_code::success, message_ptr(),
+                                    std::move(ack.reasons)},
+                        now);
+    } else {
+      l.send(ack, now);
+    }
     pump(l, now);
   }
 
@@ -652,11 +712,21 @@ class protocol : public core<Policies> {
       const bool owner = rec->conn.get() == &l;  // see on_subscribe
       for (std::string_view f : u.filters) {
         const bool existed = owner && rec->state.forget_subscription(f);
-        if (existed) router_.unsubscribe(f, static_cast<subscriber*>(rec));
+        if (existed) {
+          router_.unsubscribe(f, static_cast<subscriber*>(rec));
+          if (base::kept(*rec)) this->record([&](auto& st) { st.erase_subscription(rec->state.client_id(), f); });
+        }
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
       }
     }
-    l.send(ack, now);
+    if constexpr (base::durable) {
+      // Not after a commit of its own, but never before a SUBACK held before it.
+      base::acknowledge(l, held_ack{0, codec::packet_type::unsuback, ack.packet_id, reason_code::success, message_ptr(),
+                                    std::move(ack.reasons)},
+                        now);
+    } else {
+      l.send(ack, now);
+    }
   }
 
   void on_disconnect(link_type& l, const codec::disconnect& d, steady_time now) {
@@ -670,7 +740,11 @@ class protocol : public core<Policies> {
           std::lock_guard<mutex_type> lk(state_mutex_);
           // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
-          if (!extends_ended_session) rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
+          if (!extends_ended_session) {
+            rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
+            if (base::kept(*rec))
+              this->record([&](auto& st) { st.save_session(rec->state.client_id(), rec->expiry.count()); });
+          }
         }
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }

@@ -79,10 +79,12 @@ struct strand_outbox {
 struct no_outbox {};
 
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
-template <class Locking>
+/// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
+template <class Locking, bool Durable = false>
 struct session_record : subscriber, detail::ref_counted {
+  static constexpr bool durable = Durable;
   using link_type = link<session_record>;
-  using steady_time = typename link_type::steady_time;
+  using steady_time = std::chrono::steady_clock::time_point;  // as link::steady_time (link is incomplete here)
   using session_mutex_type = locking::session_mutex_t<Locking>;
 
   session_record(std::string id, const session::limits* l) : state(std::move(id), l) {}

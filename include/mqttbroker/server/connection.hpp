@@ -120,7 +120,8 @@ inline std::uint8_t* thread_read_buffer() {
 /// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
 /// paused reader's unread input, stay with the connection.
 ///
-/// `Context` gives `engine_type`, `locking_type`, `engine()` and `now()`: the broker's shared parts.
+/// `Context` gives `engine_type`, `locking_type`, `engine()`, `now()` and `system_now()`: the
+/// broker's shared parts.
 template <class Stream, class Context>
 class connection final
     : public Context::engine_type::link_type,
@@ -197,6 +198,7 @@ class connection final
         if (engine().check_deadline(*this, now)) continue_reading();
         return;
       case engine::link_event::shutdown: return engine().shut_down(*this, now);
+      case engine::link_event::committed: return engine().on_committed(*this, now);
     }
   }
 
@@ -316,7 +318,7 @@ class connection final
     unread_.reset();
     // The engine lets go of the session first: a client that sees the close and reconnects at
     // once must find a clean session already gone.
-    engine().on_closed(*this, ctx_.now());
+    engine().on_closed(*this, ctx_.now(), ctx_.system_now());
     std::error_code ignored;
     stream_.shutdown(asio::socket_base::shutdown_both, ignored);
     stream_.close(ignored);

@@ -80,10 +80,16 @@ class state {
   /// waits before it) it is admitted for sending now and `o` gets its packet identifier;
   /// otherwise it is moved into the queue, or dropped.
   admission offer(outgoing& o, bool online) {
+    return offer(o, online, [](const outgoing&) {});
+  }
+  /// The same; `on_evict(const outgoing&)` sees each queued message that drop_oldest evicts to
+  /// make room (a durable store forgets them too).
+  template <class OnEvict>
+  admission offer(outgoing& o, bool online, OnEvict&& on_evict) {
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) return admission::dropped;
-      return enqueue(std::move(o));
+      return enqueue(std::move(o), on_evict);
     }
     traffic& t = flows();
     if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
@@ -91,7 +97,17 @@ class state {
       t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
     }
-    return enqueue(std::move(o));
+    return enqueue(std::move(o), on_evict);
+  }
+
+  /// A message that was in flight when a durable store saved it, back in flight with its packet
+  /// identifier (a restart): `pubrec_received` when the client's PUBREC was stored (PUBREL owed).
+  void restore_inflight(outgoing o, bool pubrec_received) {
+    traffic& t = flows();
+    if (!t.in_use.empty()) mark(t, o.packet_id, true);
+    const phase p = pubrec_received ? phase::awaiting_pubcomp : first_phase(o.qos_level);
+    if (pubrec_received) o.msg = message_ptr();  // as on_pubrec(): only the identifier is kept
+    t.inflight.push_back({std::move(o), p});
   }
 
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
@@ -224,7 +240,8 @@ class state {
     return *traffic_;
   }
 
-  admission enqueue(outgoing&& o) {
+  template <class OnEvict>
+  admission enqueue(outgoing&& o, OnEvict& on_evict) {
     traffic& t = flows();
     const limits& l = *limits_;
     const std::size_t bytes = o.msg->payload().size();
@@ -236,6 +253,7 @@ class state {
       if (!l.drop_oldest || t.queue.empty()) return admission::dropped;
       while (!t.queue.empty() && over()) {
         t.queued_bytes -= t.queue.front().msg->payload().size();
+        on_evict(static_cast<const outgoing&>(t.queue.front()));
         t.queue.pop_front();
       }
       if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) return admission::dropped;

@@ -1,26 +1,115 @@
 #ifndef MQTTBROKER_STORAGE_CONTRACT_HPP
 #define MQTTBROKER_STORAGE_CONTRACT_HPP
 
+#include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/message.hpp>
 
+#include <chrono>
+#include <cstdint>
+#include <string_view>
 #include <type_traits>
+#include <utility>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace storage {
+
+/// Where an outgoing QoS 1/2 message of a session stands, as a durable store keeps it (the
+/// states of DECISIONS.md "QoS 2 out"): queued, sent (PUBLISH owed again with DUP after a
+/// restart), PUBREC received (PUBREL owed), completed (gone from the store).
+enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
+
+/// What a durable store gives back at start, through the broker's loader (load()):
+///   void session(std::string_view client_id, std::uint32_t expiry_seconds);
+///   void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
+///   void retained(message_ptr);
+///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, codec::qos, outgoing_state);
+///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
+///   void will(std::string_view client_id, message_ptr, std::chrono::system_clock::time_point due);
+/// Sessions come before what belongs to them; outgoing messages of a session in their order.
+///
+/// The storage policy. `static constexpr bool durable`: when false (storage::memory) the engine
+/// makes no call at all, compiled out. When true, the engine calls, on any thread that serves
+/// connections (the storage serialises them itself under a multi-threaded locking policy):
+///   void save_session(std::string_view client_id, std::uint32_t expiry_seconds);   // created, or its expiry changed
+///   void erase_session(std::string_view client_id);                                // and everything below it
+///   void save_subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
+///   void erase_subscription(std::string_view client_id, std::string_view filter);
+///   void save_retained(const message_ptr&);           // replaces the topic's
+///   void erase_retained(std::string_view topic);
+///   void enqueue(std::string_view client_id, const message_ptr&, codec::qos);  // waits for the session
+///   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr&, codec::qos);  // queued -> in flight
+///   void pubrec(std::string_view client_id, std::uint16_t packet_id);          // QoS 2 out: PUBREL owed
+///   void acknowledge(std::string_view client_id, std::uint16_t packet_id);     // PUBACK or PUBCOMP: gone
+///   void drop(std::string_view client_id, const message_ptr&);                 // a queued message the limits dropped
+///   void clear_messages(std::string_view client_id);                           // Clean Start on a kept session
+///   void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr&);  // QoS 2 in, before PUBREC
+///   void release(std::string_view client_id, std::uint16_t packet_id);         // PUBREL: before PUBCOMP
+///   void save_will(std::string_view client_id, const message_ptr&, std::chrono::system_clock::time_point due);
+///   void erase_will(std::string_view client_id);
+///   std::uint64_t commit();   // makes durable everything recorded so far; returns its ticket
+///   template <class Loader> void load(Loader&);
+/// A message reaches the store as the one shared message_ptr that every receiving session refers
+/// to, so a store keeps one copy of it and counts the references (DECISIONS.md "One copy").
+///
+/// Acknowledge after commit: a PUBACK, PUBREC, PUBCOMP or SUBACK whose change was recorded waits
+/// for commit()'s ticket to be reported durable (the broker's storage_committed(ticket)), and
+/// the acknowledgements of one connection leave in the order of its packets [MQTT-4.6.0-2]. A
+/// store does the work of commit() off the connections' threads (DECISIONS.md "Threads") and
+/// reports completion, from any thread, to the handler the broker gives it:
+///   void on_commit(std::function<void(std::uint64_t ticket)>);
+/// Changes that no acknowledgement waits for (retained messages, expiry, wills) are made durable
+/// by the next commit or on the store's own schedule. QoS 0 messages never reach the store.
 namespace detail {
 
-/// `static constexpr bool durable`: a bool known at compile time, as the broker compiles
-/// snapshots in or out on it (`if constexpr`).
+/// `static constexpr bool durable`: a bool known at compile time, as the engine compiles the
+/// store's calls in or out on it (`if constexpr`).
 template <class T, class = void>
 struct has_durable : std::false_type {};
 template <class T>
 struct has_durable<T, std::enable_if_t<std::is_same_v<std::remove_cv_t<decltype(T::durable)>, bool>,
                                        std::void_t<std::bool_constant<T::durable>>>> : std::true_type {};
 
+template <class T, class = void>
+struct is_durable : std::false_type {};
+template <class T>
+struct is_durable<T, std::enable_if_t<has_durable<T>::value && T::durable>> : std::true_type {};
+
+template <class T>
+T& lvalue() noexcept;
+
+using id = std::string_view;
+using sys_time = std::chrono::system_clock::time_point;
+
+#define MQTTBROKER_STORAGE_CALL(trait, call)                                 \
+  template <class T, class = void>                                         \
+  struct trait : std::false_type {};                                       \
+  template <class T>                                                       \
+  struct trait<T, std::void_t<decltype(lvalue<T>().call)>> : std::true_type {};
+
+MQTTBROKER_STORAGE_CALL(has_save_session, save_session(id(), std::uint32_t()))
+MQTTBROKER_STORAGE_CALL(has_erase_session, erase_session(id()))
+MQTTBROKER_STORAGE_CALL(has_save_subscription, save_subscription(id(), id(), codec::subscribe_options(), std::uint32_t()))
+MQTTBROKER_STORAGE_CALL(has_erase_subscription, erase_subscription(id(), id()))
+MQTTBROKER_STORAGE_CALL(has_save_retained, save_retained(lvalue<const message_ptr>()))
+MQTTBROKER_STORAGE_CALL(has_erase_retained, erase_retained(id()))
+MQTTBROKER_STORAGE_CALL(has_enqueue, enqueue(id(), lvalue<const message_ptr>(), codec::qos()))
+MQTTBROKER_STORAGE_CALL(has_send, send(id(), std::uint16_t(), lvalue<const message_ptr>(), codec::qos()))
+MQTTBROKER_STORAGE_CALL(has_pubrec, pubrec(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_acknowledge, acknowledge(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_drop, drop(id(), lvalue<const message_ptr>()))
+MQTTBROKER_STORAGE_CALL(has_clear_messages, clear_messages(id()))
+MQTTBROKER_STORAGE_CALL(has_receive, receive(id(), std::uint16_t(), lvalue<const message_ptr>()))
+MQTTBROKER_STORAGE_CALL(has_release, release(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>(), sys_time()))
+MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
+MQTTBROKER_STORAGE_CALL(has_commit, commit())
+
+#undef MQTTBROKER_STORAGE_CALL
+
 }  // namespace detail
 
-/// What the broker asks of a storage policy (STYLE.md §3). So far only whether it is durable; the
-/// operations of a durable backend join when the protocol engine emits them.
+/// What the broker asks of a storage policy (the list above).
 namespace contract {
 MQTTBROKER_REQUIREMENT(has_durable, detail::has_durable<T>::value);
 }  // namespace contract
@@ -31,6 +120,27 @@ namespace detail {
 template <class T>
 constexpr bool check_storage() {
   static_assert(contract::has_durable<T>, "mqttbroker: the storage has no static constexpr bool durable");
+  if constexpr (is_durable<T>::value) {
+    static_assert(has_save_session<T>::value, "mqttbroker: the durable storage has no save_session(client_id, expiry)");
+    static_assert(has_erase_session<T>::value, "mqttbroker: the durable storage has no erase_session(client_id)");
+    static_assert(has_save_subscription<T>::value,
+                  "mqttbroker: the durable storage has no save_subscription(client_id, filter, options, identifier)");
+    static_assert(has_erase_subscription<T>::value,
+                  "mqttbroker: the durable storage has no erase_subscription(client_id, filter)");
+    static_assert(has_save_retained<T>::value, "mqttbroker: the durable storage has no save_retained(message)");
+    static_assert(has_erase_retained<T>::value, "mqttbroker: the durable storage has no erase_retained(topic)");
+    static_assert(has_enqueue<T>::value, "mqttbroker: the durable storage has no enqueue(client_id, message, qos)");
+    static_assert(has_send<T>::value, "mqttbroker: the durable storage has no send(client_id, packet_id, message, qos)");
+    static_assert(has_pubrec<T>::value, "mqttbroker: the durable storage has no pubrec(client_id, packet_id)");
+    static_assert(has_acknowledge<T>::value, "mqttbroker: the durable storage has no acknowledge(client_id, packet_id)");
+    static_assert(has_drop<T>::value, "mqttbroker: the durable storage has no drop(client_id, message)");
+    static_assert(has_clear_messages<T>::value, "mqttbroker: the durable storage has no clear_messages(client_id)");
+    static_assert(has_receive<T>::value, "mqttbroker: the durable storage has no receive(client_id, packet_id, message)");
+    static_assert(has_release<T>::value, "mqttbroker: the durable storage has no release(client_id, packet_id)");
+    static_assert(has_save_will<T>::value, "mqttbroker: the durable storage has no save_will(client_id, message, due)");
+    static_assert(has_erase_will<T>::value, "mqttbroker: the durable storage has no erase_will(client_id)");
+    static_assert(has_commit<T>::value, "mqttbroker: the durable storage has no commit()");
+  }
   return true;
 }
 
