@@ -5,7 +5,7 @@
 #   3. build/cxx20: C++20, only the compile_fail tests (the policy concepts' diagnostics)
 #   4. build/asan: AddressSanitizer + UBSan (any report fails), ctest
 #   5. build/tsan: ThreadSanitizer, the multi-threaded locking policy's tests
-#   6. build/fuzz: clang + libFuzzer, fuzz_decoder for FUZZ_SECONDS (default 60)
+#   6. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60)
 # Stops at the first failing step. Env: JOBS (default 2), FUZZ_SECONDS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,24 +54,17 @@ cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   ctest --test-dir build/tsan --output-on-failure -L threads
 
-step "6/6 build/fuzz: libFuzzer, ${FUZZ_SECONDS} s"
-if [ -f tests/fuzz/decoder_fuzz.cpp ]; then
-  cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
-    -DMQTTBROKER_BUILD_FUZZ=ON -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_EXAMPLES=OFF \
-    -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE=
-  cmake --build build/fuzz -j "$JOBS" --target fuzz_decoder
-  # New inputs go to the first folder (build/); the committed seeds are read only.
-  corpus=(build/fuzz/corpus/decoder)
-  mkdir -p "${corpus[0]}"
-  if [ -d tests/fuzz/corpus/decoder ]; then
-    corpus+=(tests/fuzz/corpus/decoder)
-  elif [ -d tests/fuzz/corpus ]; then
-    corpus+=(tests/fuzz/corpus)
-  fi
-  build/fuzz/tests/fuzz/fuzz_decoder -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
-    -artifact_prefix=build/fuzz/ -print_final_stats=1 "${corpus[@]}"
-else
-  echo "tests/fuzz/decoder_fuzz.cpp not present yet: skipped"
-fi
+step "6/6 build/fuzz: libFuzzer, the decoder then the protocol engine, ${FUZZ_SECONDS} s each"
+cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
+  -DMQTTBROKER_BUILD_FUZZ=ON -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_EXAMPLES=OFF \
+  -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE=
+cmake --build build/fuzz -j "$JOBS" --target fuzz_decoder fuzz_engine
+# New inputs go to the first folder (build/); the committed seeds are read only.
+mkdir -p build/fuzz/corpus/decoder build/fuzz/corpus/engine
+build/fuzz/tests/fuzz/fuzz_decoder -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+  -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/decoder tests/fuzz/corpus
+# The engine's inputs are programs of client steps (tests/fuzz/engine_fuzz.cpp); it grows its own corpus.
+build/fuzz/tests/fuzz/fuzz_engine -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+  -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/engine
 
 step "all steps passed"

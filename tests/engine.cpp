@@ -103,8 +103,11 @@ class world {
     }
     void finish() override {
       start_write();
+      if (hold_close) return;  // as a transport whose write is still in flight
       if (this->mark_closed()) w_.engine.on_closed(*this, w_.now, w_.system_now);
     }
+
+    bool hold_close = false;
     void post(mb::engine::link_event e) override { events.push_back(e); }
 
     /// Every packet the engine sent since the last call.
@@ -844,4 +847,25 @@ TEST_CASE("storage: what a restart loads is served again: session, subscription,
   CHECK(back.only(PUBLISH).topic == "t/new");
   w.publish(back, "t/again", qos::exactly_once, 9, true);  // resent after the restart: not routed twice
   CHECK(back.received().size() == 1);                       // its PUBREC only
+}
+
+TEST_CASE("engine: a connection already closing sends no second DISCONNECT when it is then taken over",
+          "[engine][v5][MQTT-3.14.4-1]") {
+  // Found by the engine fuzzer: a protocol error queued DISCONNECT 0x81, the write was still in
+  // flight, and a takeover queued DISCONNECT 0x8E behind it.
+  world<> w;
+  auto& first = w.connected(hello("x"), protocol_version::v5);
+  first.hold_close = true;
+  w.engine.on_malformed(first, mb::make_error_code(mb::codec_errc::truncated), protocol_version::v5, w.now);
+  CHECK(first.only(DISCONNECT).code == code(reason_code::malformed_packet));
+  CHECK(first.is_open());  // closing, its write not done
+  auto& second = w.connected(hello("x", false), protocol_version::v5);
+  CHECK(first.received().empty());
+  w.engine.stop([] {});
+  w.run_events();
+  CHECK(first.received().empty());
+  first.hold_close = false;
+  first.finish();
+  CHECK_FALSE(first.is_open());
+  CHECK(second.only(DISCONNECT).code == code(reason_code::server_shutting_down));
 }

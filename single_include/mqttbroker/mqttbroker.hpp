@@ -6340,7 +6340,8 @@ class link : public detail::list_links, public detail::ref_counted, protected he
         closing_(false),
         closed_(false),
         graceful_(false),
-        write_in_flight_(false) {}
+        write_in_flight_(false),
+        disconnect_queued_(false) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -6443,10 +6444,14 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
   void close(reason_code reason, bool notify, bool graceful, steady_time now) {
     if (closed_) return;
-    if (notify && connected_ && version_ == codec::protocol_version::v5) {
+    // One DISCONNECT at most: a connection already closing (a protocol error, say) may still be
+    // taken over or stopped before its write completes, and nothing follows a DISCONNECT
+    // [MQTT-3.14.4-1].
+    if (notify && connected_ && version_ == codec::protocol_version::v5 && !disconnect_queued_) {
       codec::disconnect d;
       d.reason = reason;
       enqueue(d, version_, now);
+      disconnect_queued_ = true;
     }
     closing_ = true;
     graceful_ = graceful_ || graceful;
@@ -6558,6 +6563,7 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   bool closed_ : 1;
   bool graceful_ : 1;  // DISCONNECT received: no will
   bool write_in_flight_ : 1;
+  bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
 };
 
 }  // namespace engine
@@ -7252,7 +7258,9 @@ class core {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       while (!will_queue_.empty() && will_queue_.begin()->first <= now) {
-        const auto& [id, generation] = will_queue_.begin()->second;
+        // Not a structured binding: C++17 lambdas (record's) cannot capture one.
+        const std::string& id = will_queue_.begin()->second.first;
+        const std::uint64_t generation = will_queue_.begin()->second.second;
         auto it = sessions_.find(id);
         if (it != sessions_.end() && it->second->extras && it->second->extras->will_generation == generation &&
             it->second->extras->pending_will) {

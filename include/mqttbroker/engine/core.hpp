@@ -289,7 +289,9 @@ class core {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       while (!will_queue_.empty() && will_queue_.begin()->first <= now) {
-        const auto& [id, generation] = will_queue_.begin()->second;
+        // Not a structured binding: C++17 lambdas (record's) cannot capture one.
+        const std::string& id = will_queue_.begin()->second.first;
+        const std::uint64_t generation = will_queue_.begin()->second.second;
         auto it = sessions_.find(id);
         if (it != sessions_.end() && it->second->extras && it->second->extras->will_generation == generation &&
             it->second->extras->pending_will) {

@@ -81,7 +81,8 @@ class link : public detail::list_links, public detail::ref_counted, protected he
         closing_(false),
         closed_(false),
         graceful_(false),
-        write_in_flight_(false) {}
+        write_in_flight_(false),
+        disconnect_queued_(false) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -184,10 +185,14 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
   void close(reason_code reason, bool notify, bool graceful, steady_time now) {
     if (closed_) return;
-    if (notify && connected_ && version_ == codec::protocol_version::v5) {
+    // One DISCONNECT at most: a connection already closing (a protocol error, say) may still be
+    // taken over or stopped before its write completes, and nothing follows a DISCONNECT
+    // [MQTT-3.14.4-1].
+    if (notify && connected_ && version_ == codec::protocol_version::v5 && !disconnect_queued_) {
       codec::disconnect d;
       d.reason = reason;
       enqueue(d, version_, now);
+      disconnect_queued_ = true;
     }
     closing_ = true;
     graceful_ = graceful_ || graceful;
@@ -299,6 +304,7 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   bool closed_ : 1;
   bool graceful_ : 1;  // DISCONNECT received: no will
   bool write_in_flight_ : 1;
+  bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
 };
 
 }  // namespace engine
