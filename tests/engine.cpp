@@ -3,6 +3,7 @@
 #include <mqttbroker/codec.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/locking/none.hpp>
+#include <mqttbroker/locking/shared.hpp>
 
 #include "catch.hpp"
 #include "rx.hpp"
@@ -151,15 +152,17 @@ class world {
   }
 
   /// Hands a client's packet to the engine at the current time.
+  /// `run_events`: false leaves what the engine posted to links' threads pending, as another
+  /// thread that has not run yet would.
   template <class Packet>
-  void feed(fake_link& l, Packet packet) {
+  void feed(fake_link& l, Packet packet, bool run = true) {
     codec::packet p(std::move(packet));
     engine.on_packet(l, p, now);
     if (l.is_open()) engine.on_packets_read(l, now);  // as the server does after each read
-    run_events();
+    if (run) run_events();
   }
 
-  void connect(fake_link& l, const hello& h, protocol_version v) {
+  void connect(fake_link& l, const hello& h, protocol_version v, bool run = true) {
     codec::connect c;
     c.version = v;
     c.client_id = h.id;
@@ -177,7 +180,7 @@ class world {
       c.will = w;
     }
     if (h.username) c.username = *h.username;
-    feed(l, c);
+    feed(l, c, run);
   }
 
   /// A connection for `h`, its CONNACK read.
@@ -868,4 +871,28 @@ TEST_CASE("engine: a connection already closing sends no second DISCONNECT when 
   first.finish();
   CHECK_FALSE(first.is_open());
   CHECK(second.only(DISCONNECT).code == code(reason_code::server_shutting_down));
+}
+
+namespace {
+struct threaded_policies : plain_policies {
+  using locking = mb::locking::shared;
+};
+}  // namespace
+
+TEST_CASE("engine, several threads: a connection that ends before its posted takeover ran still counts as taken over",
+          "[engine][will][threads][MQTT-3.1.3-9]") {
+  // Found by the integration tests under the sanitizers: the new CONNECT took the session and
+  // posted the takeover to the old connection's thread, the old transport ended first, and its
+  // delayed will went out at once.
+  world<threaded_policies> w;
+  auto& watcher = w.connected(hello("watcher"));
+  w.subscribe(watcher, "will/#", qos::at_most_once);
+  auto& old = w.connected(hello("wd").session_expiry(60).will("will/wd", 5), protocol_version::v5);
+  auto& again = w.open(protocol_version::v5);
+  w.connect(again, hello("wd", false).session_expiry(60), protocol_version::v5, false);
+  REQUIRE(old.events.size() == 1);  // the takeover, not yet run on its thread
+  w.drop(old);                      // the old transport ends first
+  w.advance(seconds(60));
+  CHECK(watcher.received().empty());
+  CHECK(again.only(CONNACK).session_present);
 }

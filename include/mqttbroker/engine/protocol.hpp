@@ -200,7 +200,10 @@ class protocol : public core<Policies> {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       links_.erase(l);
-      if (l.taken_over_ && l.will_delay_.count() != 0) {
+      // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
+      // link's thread, and the transport may end first) but the session has its new connection.
+      const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
+      if (taken_over && l.will_delay_.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
