@@ -1,17 +1,63 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run): installs what is missing, then
 #   1. checks that single_include/ matches include/ (scripts/amalgamate.py --check)
-#   2. build/ci:   Debug, -Werror, everything built, ctest
-#   3. build/asan: AddressSanitizer + UBSan (any report fails), ctest
-#   4. build/tsan: ThreadSanitizer, the multi-threaded locking policy's tests
+#   2. build/ci:   Debug, -Werror, everything built, ctest (unit, package and integration tests)
+#   3. build/asan: AddressSanitizer + UBSan (any report fails), the unit tests and the integration
+#                  tests against the sanitized server and examples (their stderr is checked too)
+#   4. build/tsan: ThreadSanitizer, the tests labelled "threads": the multi-threaded locking
+#                  policy's tests and the integration tests of the server on two threads
 #   5. build/fuzz: clang + libFuzzer, fuzz_decoder for FUZZ_SECONDS (default 60)
-# Stops at the first failing step. Env: JOBS (default 2), FUZZ_SECONDS.
+# Every ctest call fails when it selects no test (--no-tests=error), and each prints how many ran;
+# the integration modules' own counts (with the reason of every skip) follow each run of them.
+# Stops at the first failing step; the time of each step is printed at the end.
+# Env: JOBS (default 2), FUZZ_SECONDS. CI (set by CI systems): a missing client (paho-mqtt,
+# mosquitto-clients) fails the tests instead of skipping them (MQTTBROKER_REQUIRE_CLIENTS=1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 JOBS="${JOBS:-2}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-step() { printf '\n==== %s\n' "$*"; }
+if [ -n "${CI:-}" ]; then
+  export MQTTBROKER_REQUIRE_CLIENTS=1
+fi
+
+step_names=()
+step_seconds=()
+step_name=""
+step_start=$SECONDS
+end_step() {
+  if [ -n "$step_name" ]; then
+    step_names+=("$step_name")
+    step_seconds+=($((SECONDS - step_start)))
+  fi
+}
+step() {
+  end_step
+  step_name="$1"
+  step_start=$SECONDS
+  printf '\n==== %s\n' "$*"
+}
+
+# A label or selection that matches nothing is an error, not a pass.
+run_ctest() { ctest --no-tests=error --output-on-failure "$@"; }
+
+# Runs ctest in build dir $1 (further ctest arguments follow), then prints what each integration
+# module it ran counted; fails when fewer modules reported than it selected.
+run_with_integration() {
+  local dir="$1"
+  shift
+  local results="$dir/tests/integration/results"
+  local modules
+  modules="$(ctest --test-dir "$dir" -N "$@" -L integration | sed -n 's/^Total Tests: //p')"
+  rm -rf "$results"
+  run_ctest --test-dir "$dir" "$@"
+  echo "-- integration modules in $dir:"
+  python3 tests/integration/summary.py "$results" --expect "${modules:-1}"
+}
+
+ASAN_ENV=(ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1"
+          UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+TSAN_ENV=(TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1")
 
 step "dependencies"
 bash scripts/install-deps.sh
@@ -24,27 +70,34 @@ cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=ON \
   -DMQTTBROKER_INSTALL=ON -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/ci -j "$JOBS"
-ctest --test-dir build/ci --output-on-failure -j "$JOBS"
+run_with_integration build/ci -j "$JOBS"
 
-step "3/5 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer"
+step "3/5 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer, unit and integration tests"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=address,undefined -DMQTTBROKER_HEADER_CHECK=OFF \
-  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
+  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/asan -j "$JOBS"
-# The package tests only configure and build other projects; build/ci ran them.
-ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  ctest --test-dir build/asan --output-on-failure -j "$JOBS" -LE package
+# The package tests only configure and build other projects; build/ci ran them. The sanitizer
+# options reach the server and the examples through the harness, which also fails a test whose
+# program printed a sanitizer report.
+(
+  export "${ASAN_ENV[@]}"
+  run_ctest --test-dir build/asan -j "$JOBS" -LE "package|integration"
+  run_with_integration build/asan -j "$JOBS" -L integration
+)
 
-step "4/5 build/tsan: ThreadSanitizer on the multi-threaded locking policy"
+step "4/5 build/tsan: ThreadSanitizer, the multi-threaded tests and the server on two threads"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=thread -DMQTTBROKER_HEADER_CHECK=OFF \
-  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
+  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
-cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests
-TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-  ctest --test-dir build/tsan --output-on-failure -L threads
+cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests mqttbroker_server
+(
+  export "${TSAN_ENV[@]}"
+  run_ctest --test-dir build/tsan -j "$JOBS" -L threads -LE integration
+  run_with_integration build/tsan -j "$JOBS" -L threads -L integration  # both labels: the _mt modules
+)
 
 step "5/5 build/fuzz: libFuzzer, ${FUZZ_SECONDS} s"
 if [ -f tests/fuzz/decoder_fuzz.cpp ]; then
@@ -66,4 +119,11 @@ else
   echo "tests/fuzz/decoder_fuzz.cpp not present yet: skipped"
 fi
 
-step "all steps passed"
+end_step
+printf '\n==== all steps passed\n'
+total=0
+for i in "${!step_names[@]}"; do
+  printf '%5d s  %s\n' "${step_seconds[$i]}" "${step_names[$i]}"
+  total=$((total + step_seconds[i]))
+done
+printf '%5d s  in all\n' "$total"
