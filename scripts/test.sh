@@ -38,6 +38,25 @@ step() {
   printf '\n==== %s\n' "$*"
 }
 
+# The time of each step, also when one fails (then the failing step is the last listed).
+finished=0
+print_times() {
+  end_step
+  step_name=""
+  if [ "$finished" = 1 ]; then
+    printf '\n==== all steps passed\n'
+  else
+    printf '\n==== FAILED in step: %s\n' "${step_names[${#step_names[@]}-1]:-before the first step}"
+  fi
+  local total=0 i
+  for i in "${!step_names[@]}"; do
+    printf '%5d s  %s\n' "${step_seconds[$i]}" "${step_names[$i]}"
+    total=$((total + step_seconds[i]))
+  done
+  printf '%5d s  in all\n' "$total"
+}
+trap print_times EXIT
+
 # A label or selection that matches nothing is an error, not a pass.
 run_ctest() { ctest --no-tests=error --output-on-failure "$@"; }
 
@@ -119,11 +138,4 @@ else
   echo "tests/fuzz/decoder_fuzz.cpp not present yet: skipped"
 fi
 
-end_step
-printf '\n==== all steps passed\n'
-total=0
-for i in "${!step_names[@]}"; do
-  printf '%5d s  %s\n' "${step_seconds[$i]}" "${step_names[$i]}"
-  total=$((total + step_seconds[i]))
-done
-printf '%5d s  in all\n' "$total"
+finished=1
