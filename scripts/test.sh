@@ -1,18 +1,83 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run): installs what is missing, then
 #   1. checks that single_include/ matches include/ (scripts/amalgamate.py --check)
-#   2. build/ci:   Debug, -Werror, everything built, ctest
+#   2. build/ci:   Debug, -Werror, everything built, ctest (unit, package and integration tests)
 #   3. build/cxx20: C++20, only the compile_fail tests (the policy concepts' diagnostics)
-#   4. build/asan: AddressSanitizer + UBSan (any report fails), ctest
-#   5. build/tsan: ThreadSanitizer, the multi-threaded locking policy's tests
+#   4. build/asan: AddressSanitizer + UBSan (any report fails), the unit tests and the integration
+#                  tests against the sanitized server and examples (their stderr is checked too)
+#   5. build/tsan: ThreadSanitizer, the tests labelled "threads": the multi-threaded locking
+#                  policy's tests and the integration tests of the server on two threads
 #   6. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60)
-# Stops at the first failing step. Env: JOBS (default 2), FUZZ_SECONDS.
+# Every ctest call fails when it selects no test (--no-tests=error), and each prints how many ran;
+# the integration modules' own counts (with the reason of every skip) follow each run of them.
+# Stops at the first failing step; the time of each step is printed at the end.
+# Env: JOBS (default 2), FUZZ_SECONDS. CI (set by CI systems): a missing client (paho-mqtt,
+# mosquitto-clients) fails the tests instead of skipping them (MQTTBROKER_REQUIRE_CLIENTS=1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 JOBS="${JOBS:-2}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-step() { printf '\n==== %s\n' "$*"; }
+if [ -n "${CI:-}" ]; then
+  export MQTTBROKER_REQUIRE_CLIENTS=1
+fi
+
+step_names=()
+step_seconds=()
+step_name=""
+step_start=$SECONDS
+end_step() {
+  if [ -n "$step_name" ]; then
+    step_names+=("$step_name")
+    step_seconds+=($((SECONDS - step_start)))
+  fi
+}
+step() {
+  end_step
+  step_name="$1"
+  step_start=$SECONDS
+  printf '\n==== %s\n' "$*"
+}
+
+# The time of each step, also when one fails (then the failing step is the last listed).
+finished=0
+print_times() {
+  end_step
+  step_name=""
+  if [ "$finished" = 1 ]; then
+    printf '\n==== all steps passed\n'
+  else
+    printf '\n==== FAILED in step: %s\n' "${step_names[${#step_names[@]}-1]:-before the first step}"
+  fi
+  local total=0 i
+  for i in "${!step_names[@]}"; do
+    printf '%5d s  %s\n' "${step_seconds[$i]}" "${step_names[$i]}"
+    total=$((total + step_seconds[i]))
+  done
+  printf '%5d s  in all\n' "$total"
+}
+trap print_times EXIT
+
+# A label or selection that matches nothing is an error, not a pass.
+run_ctest() { ctest --no-tests=error --output-on-failure "$@"; }
+
+# Runs ctest in build dir $1 (further ctest arguments follow), then prints what each integration
+# module it ran counted; fails when fewer modules reported than it selected.
+run_with_integration() {
+  local dir="$1"
+  shift
+  local results="$dir/tests/integration/results"
+  local modules
+  modules="$(ctest --test-dir "$dir" -N "$@" -L integration | sed -n 's/^Total Tests: //p')"
+  rm -rf "$results"
+  run_ctest --test-dir "$dir" "$@"
+  echo "-- integration modules in $dir:"
+  python3 tests/integration/summary.py "$results" --expect "${modules:-1}"
+}
+
+ASAN_ENV=(ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1"
+          UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+TSAN_ENV=(TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1")
 
 step "dependencies"
 bash scripts/install-deps.sh
@@ -25,34 +90,41 @@ cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=ON \
   -DMQTTBROKER_INSTALL=ON -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/ci -j "$JOBS"
-ctest --test-dir build/ci --output-on-failure -j "$JOBS"
+run_with_integration build/ci -j "$JOBS"
 
 step "3/6 build/cxx20: C++20, policy misuse fails with the concepts' diagnostics"
 # Builds nothing but the compile_fail cases, which their tests build one by one.
 cmake -S . -B build/cxx20 -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_STANDARD=20 -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
-ctest --test-dir build/cxx20 --output-on-failure --no-tests=error -L compile_fail
+run_ctest --test-dir build/cxx20 -L compile_fail
 
-step "4/6 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer"
+step "4/6 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer, unit and integration tests"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=address,undefined -DMQTTBROKER_HEADER_CHECK=OFF \
-  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
+  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/asan -j "$JOBS"
-# The package and compile_fail tests only configure and build; build/ci ran them.
-ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  ctest --test-dir build/asan --output-on-failure -j "$JOBS" -LE "package|compile_fail"
+# The package and compile_fail tests only configure and build; build/ci ran them. The sanitizer
+# options reach the server and the examples through the harness, which also fails a test whose
+# program printed a sanitizer report.
+(
+  export "${ASAN_ENV[@]}"
+  run_ctest --test-dir build/asan -j "$JOBS" -LE "package|integration|compile_fail"
+  run_with_integration build/asan -j "$JOBS" -L integration
+)
 
-step "5/6 build/tsan: ThreadSanitizer on the multi-threaded locking policy"
+step "5/6 build/tsan: ThreadSanitizer, the multi-threaded tests and the server on two threads"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=thread -DMQTTBROKER_HEADER_CHECK=OFF \
-  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
+  -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
-cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests
-TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-  ctest --test-dir build/tsan --output-on-failure -L threads
+cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests mqttbroker_server
+(
+  export "${TSAN_ENV[@]}"
+  run_ctest --test-dir build/tsan -j "$JOBS" -L threads -LE integration
+  run_with_integration build/tsan -j "$JOBS" -L threads -L integration  # both labels: the _mt modules
+)
 
 step "6/6 build/fuzz: libFuzzer, the decoder then the protocol engine, ${FUZZ_SECONDS} s each"
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
@@ -67,4 +139,4 @@ build/fuzz/tests/fuzz/fuzz_decoder -max_total_time="$FUZZ_SECONDS" -rss_limit_mb
 build/fuzz/tests/fuzz/fuzz_engine -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
   -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/engine
 
-step "all steps passed"
+finished=1

@@ -32,6 +32,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <random>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -61,6 +62,12 @@
 #define ALLOC_TEST_COUNT_MALLOC 1
 #else
 #define ALLOC_TEST_COUNT_MALLOC 0
+// Why, for the checks that are skipped (they would pass on a count that cannot move).
+#if defined(ALLOC_TEST_SANITIZER)
+#define ALLOC_TEST_NO_MALLOC_COUNT ALLOC_TEST_SANITIZER " owns malloc, so the malloc family is not counted"
+#else
+#define ALLOC_TEST_NO_MALLOC_COUNT "the malloc family is only counted on glibc"
+#endif
 #endif
 
 // ---- counting
@@ -451,7 +458,8 @@ bool publish_range(blocking_client& pub, const scenario& sc, std::uint64_t from,
 /// every way out of a scenario, a throwing one included.
 class broker_host {
  public:
-  broker_host() : work_(asio::make_work_guard(io_)), broker_(io_, options()) {
+  explicit broker_host(mqttbroker::broker_options o = options())
+      : work_(asio::make_work_guard(io_)), broker_(io_, std::move(o)) {
     mqttbroker::broker<>::listen_options lo;
     lo.address = "127.0.0.1";
     lo.port = 0;
@@ -469,6 +477,8 @@ class broker_host {
     std::atomic<bool> stopped{false};
     broker_.async_stop([&](std::error_code) { stopped = true; });
     for (int i = 0; i < 2000 && !stopped; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    // A broker that does not stop is a defect of its own; CHECK, since a destructor must not throw.
+    CHECK(stopped);
     work_.reset();
     io_.stop();
     thread_.join();
@@ -476,15 +486,31 @@ class broker_host {
 
   std::uint16_t port() const { return broker_.local_port(); }
 
-  /// Runs `f` on the io thread and waits for it: broker<> is single-threaded.
+  /// Runs `f` on the io thread and waits for it: broker<> is single-threaded. An io thread that
+  /// does not get to it within 10 s fails the test (whatever the caller wanted to read is unknown).
   template <class F>
   void on_io_thread(F f) {
-    std::atomic<bool> done{false};
-    asio::post(io_, [&] {
+    // Shared with the handler, which may still run after a timed-out caller has gone: it then
+    // finds `abandoned` and leaves the caller's (dead) references alone.
+    struct call {
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false;
+      bool abandoned = false;
+    };
+    auto state = std::make_shared<call>();
+    asio::post(io_, [this, state, &f] {
+      std::lock_guard<std::mutex> lk(state->m);
+      if (state->abandoned) return;
       f(broker_);
-      done = true;
+      state->done = true;
+      state->cv.notify_all();
     });
-    for (int i = 0; i < 10000 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::unique_lock<std::mutex> lk(state->m);
+    if (!state->cv.wait_for(lk, std::chrono::seconds(10), [&] { return state->done; })) {
+      state->abandoned = true;
+      FAIL("the broker's io thread did not run a posted call within 10 s");
+    }
   }
 
  private:
@@ -588,6 +614,17 @@ void report(const char* name, const char* test_name, const scenario& sc, const o
 #endif
 }
 
+/// The measured steady state allocated nothing. Where the malloc family is not counted, that half
+/// of the check is skipped and says so instead of passing on a count of zero.
+void require_no_allocation(const outcome& o) {
+  REQUIRE(o.new_calls == 0);
+#if ALLOC_TEST_COUNT_MALLOC
+  REQUIRE(o.malloc_calls == 0);
+#else
+  WARN("SKIPPED: malloc_calls == 0 not checked: " ALLOC_TEST_NO_MALLOC_COUNT);
+#endif
+}
+
 void check_delivery(const scenario& sc, const outcome& o) {
   for (const auto& e : o.errors) UNSCOPED_INFO(e);
   CHECK(o.errors.empty());
@@ -640,7 +677,12 @@ TEST_CASE("alloc: the counting allocator sees the io thread's allocations, and o
   seen_other = new_calls.exchange(0) + malloc_calls.exchange(0);
   forget_traces();
   CHECK(seen_new == 1);
-  CHECK(seen_malloc == (ALLOC_TEST_COUNT_MALLOC ? 1u : 0u));
+#if ALLOC_TEST_COUNT_MALLOC
+  CHECK(seen_malloc == 1);
+#else
+  (void)seen_malloc;
+  WARN("SKIPPED: the malloc counter is not checked: " ALLOC_TEST_NO_MALLOC_COUNT);
+#endif
   CHECK(seen_other == 0);
 }
 
@@ -652,8 +694,7 @@ TEST_CASE("alloc: QoS 0 routing allocates nothing per message in steady state (3
   const outcome o = run(sc);
   report("3.1.1", "alloc: QoS 0 routing allocates nothing per message in steady state (3.1.1)", sc, o);
   check_delivery(sc, o);
-  REQUIRE(o.new_calls == 0);
-  REQUIRE(o.malloc_calls == 0);
+  require_no_allocation(o);
 }
 
 TEST_CASE("alloc: QoS 0 routing allocates nothing per message in steady state (5.0)", "[alloc]") {
@@ -664,8 +705,7 @@ TEST_CASE("alloc: QoS 0 routing allocates nothing per message in steady state (5
   const outcome o = run(sc);
   report("5.0", "alloc: QoS 0 routing allocates nothing per message in steady state (5.0)", sc, o);
   check_delivery(sc, o);
-  REQUIRE(o.new_calls == 0);
-  REQUIRE(o.malloc_calls == 0);
+  require_no_allocation(o);
 }
 
 TEST_CASE("alloc: QoS 0 routing with 5.0 properties and Subscription Identifiers", "[alloc]") {
@@ -677,8 +717,7 @@ TEST_CASE("alloc: QoS 0 routing with 5.0 properties and Subscription Identifiers
   const outcome o = run(sc);
   report("5.0 properties", "alloc: QoS 0 routing with 5.0 properties and Subscription Identifiers", sc, o);
   check_delivery(sc, o);
-  REQUIRE(o.new_calls == 0);
-  REQUIRE(o.malloc_calls == 0);
+  require_no_allocation(o);
 }
 
 // An idle connection's memory is what a broker with many mostly silent clients (sensors, phones)
@@ -730,5 +769,247 @@ TEST_CASE("alloc: an idle connection holds under 700 bytes of heap, and no buffe
   // The counting saw the connections: Asio's socket state and the connection alone exceed this.
   CHECK(per_connection > 300);
   CHECK(per_connection < 700);
+#endif
+}
+
+namespace {
+
+/// How one connection of the leak test behaves (the kinds of integration test_limits' rounds, plus
+/// a well-behaved session, so that sessions and subscriptions come and go too).
+enum class conduct {
+  partial_connect,  // part of a CONNECT, then the client closes
+  garbage,          // random bytes: closed as malformed, or by the client
+  half_publish,     // CONNECT, then 4 KiB of a PUBLISH that announces 200 KiB
+  silent,           // nothing at all
+  subscriber,       // CONNECT, SUBSCRIBE, a QoS 1 PUBLISH to itself, PUBACK, gone without DISCONNECT
+  timed_out,        // part of a CONNECT, closed by the broker's connect timeout
+};
+constexpr std::size_t conducts = 6;
+
+[[maybe_unused]] std::string connect_bytes(const std::string& id, codec::protocol_version v) {
+  codec::connect c;
+  c.version = v;
+  c.client_id = id;
+  c.keep_alive = 0;
+  std::string out;
+  if (codec::encode(c, v, out)) throw std::runtime_error("encode CONNECT");
+  return out;
+}
+
+/// Reads exactly `n` bytes within `timeout`; false when the peer closed or the time ran out.
+[[maybe_unused]] bool read_exactly(asio::io_context& io, asio::ip::tcp::socket& s, std::uint8_t* out, std::size_t n,
+                  std::chrono::milliseconds timeout) {
+  std::error_code result = asio::error::timed_out;
+  asio::async_read(s, asio::buffer(out, n), [&](std::error_code ec, std::size_t) { result = ec; });
+  io.restart();
+  io.run_for(timeout);
+  if (!io.stopped()) {
+    s.cancel();
+    io.restart();
+    io.run();
+  }
+  return !result;
+}
+
+/// Waits until the peer closes `s` (discarding what it sends) within `timeout`.
+[[maybe_unused]] bool wait_closed(asio::io_context& io, asio::ip::tcp::socket& s, std::chrono::milliseconds timeout) {
+  const auto deadline = clock_type::now() + timeout;
+  std::uint8_t sink[512];
+  while (clock_type::now() < deadline) {
+    bool done = false;
+    std::error_code result;
+    s.async_read_some(asio::buffer(sink), [&](std::error_code ec, std::size_t) {
+      result = ec;
+      done = true;
+    });
+    io.restart();
+    io.run_for(deadline - clock_type::now());
+    if (!done) {
+      s.cancel();
+      io.restart();
+      io.run();
+      return false;
+    }
+    if (result) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// integration/test_limits.py runs rounds of misbehaving connections against the server and allows
+// its RSS some MiB of slack; here the same kinds of connection are counted on the broker's own heap
+// (the counter of the idle-connection test), per connection, so that a leak of even one small block
+// per connection fails.
+TEST_CASE("alloc: connections that misbehave and go leave no heap behind", "[alloc][memory][leak]") {
+#if !defined(__GLIBC__)
+  MQTTBROKER_SKIP("the heap counter needs glibc's malloc_usable_size");
+#else
+  prime();
+  constexpr std::size_t per_round = 120;  // 20 of each kind; both ends in this process: 240 descriptors
+  constexpr int warm_up_rounds = 2;
+  constexpr int measured_rounds = 3;
+  mqttbroker::broker_options o;
+  o.sys_interval = std::chrono::seconds(0);
+  o.connect_timeout = std::chrono::milliseconds(200);
+  broker_host host(o);
+  const auto seed = static_cast<std::uint32_t>(std::random_device{}());
+  INFO("seed " << seed);
+  std::mt19937 rng(seed);
+  asio::io_context io;
+  const auto endpoint = asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), host.port());
+
+  auto stats = [&] {
+    mqttbroker::broker_stats st;
+    host.on_io_thread([&](mqttbroker::broker<>& b) { st = b.stats(); });
+    return st;
+  };
+  auto round = [&](int r) {
+    std::vector<asio::ip::tcp::socket> socks;
+    socks.reserve(per_round);
+    for (std::size_t i = 0; i < per_round; ++i) {
+      const auto kind = static_cast<conduct>(i % conducts);
+      const auto v = i % 2 == 0 ? codec::protocol_version::v3_1_1 : codec::protocol_version::v5;
+      socks.emplace_back(io);
+      auto& s = socks.back();
+      s.connect(endpoint);
+      const std::string id = "leak-" + std::to_string(i);  // the same ids every round
+      std::string out;
+      switch (kind) {
+        case conduct::partial_connect:
+        case conduct::timed_out: {
+          const std::string full = connect_bytes(id, v);
+          out = full.substr(0, std::uniform_int_distribution<std::size_t>(1, full.size() - 1)(rng));
+          break;
+        }
+        case conduct::garbage: {
+          out.resize(std::uniform_int_distribution<std::size_t>(1, 511)(rng));
+          for (char& c : out) c = static_cast<char>(rng());
+          break;
+        }
+        case conduct::half_publish:
+        case conduct::subscriber: {
+          asio::write(s, asio::buffer(connect_bytes(id, v)));
+          std::uint8_t connack[3];
+          REQUIRE(read_exactly(io, s, connack, sizeof connack, std::chrono::seconds(10)));
+          REQUIRE(connack[0] == 0x20);
+          std::vector<std::uint8_t> rest(connack[1] - 1);  // the CONNACK after its first 3 bytes
+          REQUIRE(read_exactly(io, s, rest.data(), rest.size(), std::chrono::seconds(10)));
+          REQUIRE(rest[0] == 0);  // accepted
+          if (kind == conduct::half_publish) {
+            // Remaining Length 200 KiB; the topic, packet id and 4 KiB of the payload follow.
+            out = std::string("\x32\x80\xc0\x0c", 4) + std::string("\x00\x03" "big" "\x00\x01", 7) +
+                  std::string(4096, 'x');
+          } else {
+            const std::string filter = "leak/" + std::to_string(i) + "/#";
+            const std::string topic = "leak/" + std::to_string(i) + "/t";
+            codec::subscribe sub;
+            sub.packet_id = 1;
+            sub.entries.push_back({filter, {codec::qos::at_least_once}});
+            codec::publish pub;
+            pub.topic = topic;
+            pub.payload = "m";
+            pub.qos_level = codec::qos::at_least_once;
+            pub.packet_id = 2;
+            REQUIRE_FALSE(codec::encode(sub, v, out));
+            REQUIRE_FALSE(codec::encode(pub, v, out));
+          }
+          break;
+        }
+        case conduct::silent:
+          break;
+      }
+      if (!out.empty()) {
+        std::error_code ignored;  // garbage may be refused before it is all written
+        asio::write(s, asio::buffer(out), ignored);
+      }
+    }
+    // The subscribers get SUBACK, PUBACK and their own message, whatever the order of the last two,
+    // and acknowledge it: then the broker holds each of them as a whole session.
+    for (std::size_t i = 0; i < per_round; ++i) {
+      if (static_cast<conduct>(i % conducts) != conduct::subscriber) continue;
+      {
+        const auto v = i % 2 == 0 ? codec::protocol_version::v3_1_1 : codec::protocol_version::v5;
+        codec::decoder d(codec::decoder_options{codec::role::client, codec::max_packet_size, v});
+        int suback = 0, puback = 0, delivered = 0;
+        std::uint16_t delivered_id = 0;
+        std::uint8_t buf[1024];
+        const auto deadline = clock_type::now() + std::chrono::seconds(10);
+        while (suback + puback + delivered < 3) {
+          REQUIRE(clock_type::now() < deadline);
+          std::error_code ec;
+          std::size_t n = 0;
+          socks[i].async_read_some(asio::buffer(buf), [&](std::error_code e, std::size_t k) {
+            ec = e;
+            n = k;
+          });
+          io.restart();
+          io.run_for(deadline - clock_type::now());
+          if (!io.stopped()) {
+            socks[i].cancel();
+            io.restart();
+            io.run();
+          }
+          REQUIRE(n > 0);
+          REQUIRE_FALSE(d.feed(buf, n, [&](codec::packet& p) {
+                           if (std::holds_alternative<codec::suback>(p)) ++suback;
+                           if (std::holds_alternative<codec::puback>(p)) ++puback;
+                           if (auto* m = std::get_if<codec::publish>(&p)) {
+                             ++delivered;
+                             delivered_id = m->packet_id;
+                           }
+                         }).ec);
+        }
+        REQUIRE(suback == 1);
+        REQUIRE(puback == 1);
+        REQUIRE(delivered == 1);
+        codec::puback ack;
+        ack.packet_id = delivered_id;
+        std::string out;
+        REQUIRE_FALSE(codec::encode(ack, v, out));
+        asio::write(socks[i], asio::buffer(out));
+      }
+    }
+    for (std::size_t i = 0; i < per_round; ++i)
+      if (static_cast<conduct>(i % conducts) == conduct::timed_out)
+        REQUIRE(wait_closed(io, socks[i], std::chrono::seconds(10)));  // by the connect timeout
+    for (auto& s : socks) {
+      std::error_code ignored;
+      s.close(ignored);
+    }
+    // Closed on the broker's side too: no connection and no session left (all were clean).
+    const auto deadline = clock_type::now() + std::chrono::seconds(10);
+    mqttbroker::broker_stats st = stats();
+    while ((st.connections != 0 || st.sessions != 0) && clock_type::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      st = stats();
+    }
+    INFO("round " << r);
+    REQUIRE(st.connections == 0);
+    REQUIRE(st.sessions == 0);
+    host.on_io_thread([](mqttbroker::broker<>&) {});  // handlers queued behind the last close
+  };
+
+  for (int r = 0; r < warm_up_rounds; ++r) round(r);
+  const auto before = stats();
+  live_bytes = 0;
+  armed = true;
+  for (int r = warm_up_rounds; r < warm_up_rounds + measured_rounds; ++r) round(r);
+  armed = false;
+  const auto after = stats();
+  const std::int64_t leaked = live_bytes.exchange(0);
+  constexpr int measured = measured_rounds * static_cast<int>(per_round);
+  std::printf("misbehaving connections: %d measured, heap %+lld bytes in all (%+.2f bytes per connection); "
+              "%llu closed by the connect timeout, %llu for protocol errors%s\n",
+              measured, static_cast<long long>(leaked), static_cast<double>(leaked) / measured,
+              static_cast<unsigned long long>(after.connect_timeouts - before.connect_timeouts),
+              static_cast<unsigned long long>(after.protocol_errors - before.protocol_errors),
+              ALLOC_TEST_COUNT_MALLOC ? "" : " (operator new only: the malloc family is not counted here)");
+  // The counting saw the rounds: every connection was accepted, and the broker closed some itself.
+  CHECK(after.connections_accepted - before.connections_accepted == static_cast<std::uint64_t>(measured));
+  CHECK(after.connect_timeouts - before.connect_timeouts >= static_cast<std::uint64_t>(measured) / conducts);
+  // Measured: -1 to -2 bytes per connection over 360 (a little that the warm-up left is freed).
+  // One leaked block, 24 bytes at the least, in any one kind of connection fails this.
+  CHECK(leaked <= measured);
 #endif
 }

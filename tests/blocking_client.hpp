@@ -44,19 +44,21 @@ class blocking_client {
     asio::write(socket_, asio::buffer(out));
   }
 
-  /// CONNECT and the CONNACK's return code.
-  std::uint8_t connect(const std::string& client_id, bool clean = true, std::uint16_t keep_alive = 60) {
+  /// CONNECT and the CONNACK's return code. `properties` are 5.0's (codec::properties_builder::view()).
+  std::uint8_t connect(const std::string& client_id, bool clean = true, std::uint16_t keep_alive = 60,
+                       codec::properties_view properties = {}) {
     codec::connect c;
     c.version = version_;
     c.client_id = client_id;
     c.clean_start = clean;
     c.keep_alive = keep_alive;
+    c.properties = properties;
     send(c);
     auto p = expect<codec::connack>();
     return p.code;
   }
 
-  /// The next packet, or nothing when `timeout` passes first.
+  /// The next packet, or nothing when `timeout` passes first or the peer closed (then closed()).
   std::optional<owned_packet> read(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (ready_.empty()) {
@@ -76,7 +78,10 @@ class blocking_client {
         io_.run();
         if (n == 0) return std::nullopt;
       }
-      if (ec && n == 0) return std::nullopt;
+      if (ec && n == 0) {
+        closed_ = true;  // end of stream or reset: told apart from a timeout
+        return std::nullopt;
+      }
       auto res = decoder_.feed(buf_.data(), n, [&](codec::packet& p) {
         // The views in `p` die with this call: keep an encoded copy and decode that instead.
         owned_packet op;
@@ -122,6 +127,9 @@ class blocking_client {
     }
   }
 
+  /// Whether a read found the connection closed by the peer.
+  bool closed() const { return closed_; }
+
   asio::ip::tcp::socket& socket() { return socket_; }
 
  private:
@@ -132,6 +140,7 @@ class blocking_client {
   std::array<std::uint8_t, 65536> buf_{};
   std::deque<owned_packet> ready_;
   owned_packet last_;
+  bool closed_ = false;
 };
 
 }  // namespace test_support

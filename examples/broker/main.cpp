@@ -59,9 +59,8 @@ int serve(const mqttbroker::broker_options& opts, const std::string& bind, std::
     return 1;
   }
   broker.start();
-  log(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
-      MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
-
+  // SIGINT/SIGTERM are handled before the "listening" line announces the server as ready, so a
+  // stop requested right after it is graceful too.
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](std::error_code, int sig) {
     log(level::info, "signal {}: stopping", sig);
@@ -72,6 +71,9 @@ int serve(const mqttbroker::broker_options& opts, const std::string& bind, std::
       io.stop();
     });
   });
+
+  log(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
+      MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
 
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });

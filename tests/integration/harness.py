@@ -6,6 +6,7 @@ by default) and never sleep and assume; only absence checks wait a fixed, short 
 """
 
 import faulthandler
+import json
 import os
 import queue
 import re
@@ -21,9 +22,57 @@ import threading
 import time
 import unittest
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+# In CI (scripts/test.sh exports this when CI is set) a missing client fails the tests; elsewhere
+# it skips them, visibly: counted and named in the module's summary and in ctest's "Skipped".
+REQUIRE_CLIENTS = os.environ.get("MQTTBROKER_REQUIRE_CLIENTS", "") not in ("", "0")
+SKIP_STATUS = 77  # ctest's SKIP_RETURN_CODE for the integration tests (tests/integration/CMakeLists.txt)
+
+
+def _module_key():
+    """The ctest name of the running module: integration_<module>, with _mt on two threads."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or "unknown"
+    name = os.path.splitext(os.path.basename(main_file))[0]
+    name = name[len("test_"):] if name.startswith("test_") else name
+    return "integration_" + name + ("_mt" if os.environ.get("MQTTBROKER_IT_THREADS") else "")
+
+
+def _record(ran, passed, skipped, failed):
+    """Prints the module's counts and, when ctest gives MQTTBROKER_IT_RESULTS, writes them there
+    for scripts/test.sh's summary. `skipped` is a list of (test, reason)."""
+    key = _module_key()
+    print("\n== %s: %d ran, %d passed, %d skipped, %d failed" % (key, ran, passed, len(skipped), failed))
+    for test, reason in skipped:
+        print("SKIPPED: %s %s: %s" % (key, test, reason))
+    sys.stdout.flush()
+    folder = os.environ.get("MQTTBROKER_IT_RESULTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, key + ".json"), "w") as f:
+            json.dump({"test": key, "ran": ran, "passed": passed, "failed": failed,
+                       "skipped": [[t, r] for t, r in skipped]}, f)
+
+
+def _client_missing(what):
+    """A client the tests need is not installed: a failure in CI, a skip elsewhere."""
+    if REQUIRE_CLIENTS:
+        raise AssertionError("%s is not installed, and MQTTBROKER_REQUIRE_CLIENTS is set (CI): "
+                             "run scripts/install-deps.sh" % what)
+    raise unittest.SkipTest("%s not installed" % what)
+
+
+try:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+except ImportError as e:
+    # Every module drives paho clients: none of its tests can run.
+    what = "paho-mqtt (Debian python3-paho-mqtt) for %s" % sys.executable
+    if REQUIRE_CLIENTS:
+        print("FAILED: %s is not installed (%s), and MQTTBROKER_REQUIRE_CLIENTS is set (CI)" % (what, e))
+        _record(0, 0, [], 1)
+        sys.exit(1)
+    _record(0, 0, [("*", what + " not installed")], 0)
+    sys.exit(SKIP_STATUS)
 
 HOST = "127.0.0.1"
 WAIT = 10.0      # how long a test waits for something that must happen
@@ -45,6 +94,28 @@ def broker_binary():
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"broker executable {path} is missing: build the mqttbroker_server target")
     return path
+
+
+# What a sanitizer runtime writes to stderr when it reports (ASan, LSan, UBSan, TSan, MSan).
+SANITIZER_REPORT = re.compile(r"(ERROR|WARNING): \w*Sanitizer|SUMMARY: \w*Sanitizer|: runtime error: ")
+
+
+def sanitizer_report(lines):
+    """The lines from the first sanitizer report on in a program's output, or None."""
+    for i, line in enumerate(lines):
+        if SANITIZER_REPORT.search(line):
+            return "\n".join(lines[i:i + 60])
+    return None
+
+
+def assert_no_sanitizer_report(test, lines, what):
+    """Fails `test` when `what`'s output (a list of lines, or one string) holds a sanitizer report:
+    the exit status alone misses a report that does not end the program."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    report = sanitizer_report(lines)
+    if report:
+        test.fail("%s reported a sanitizer error:\n%s" % (what, report))
 
 
 def _die_with_parent():
@@ -115,6 +186,10 @@ class Broker:
         with self._lock:
             return "\n".join(self.lines[-200:])
 
+    def all_lines(self):
+        with self._lock:
+            return list(self.lines)
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -170,6 +245,8 @@ class BrokerTestCase(unittest.TestCase):
                 pass
         crashed = not self.broker.alive()
         status = self.broker.stop()
+        # Its whole stderr, the sanitizers' reports at exit (leaks) included.
+        assert_no_sanitizer_report(self, self.broker.all_lines(), "the broker")
         if crashed:
             self.fail("the broker died during the test (status %s); log:\n%s" % (status, self.broker.log()))
         if status != 0:
@@ -288,6 +365,10 @@ class Program:
     def output(self):
         with self._lock:
             return "\n".join(self.lines[-200:])
+
+    def all_lines(self):
+        with self._lock:
+            return list(self.lines)
 
     def alive(self):
         return self.proc.poll() is None
@@ -572,7 +653,7 @@ class MosquittoSub:
 
 def require_mosquitto_clients():
     if not (shutil.which("mosquitto_sub") and shutil.which("mosquitto_pub")):
-        raise unittest.SkipTest("mosquitto_pub/mosquitto_sub not installed (Debian mosquitto-clients)")
+        _client_missing("mosquitto_pub/mosquitto_sub (Debian mosquitto-clients)")
 
 
 def mosquitto_pub(port, topic, payload, qos=0, version=V311, retain=False):
@@ -920,7 +1001,20 @@ def read_any(clients, timeout):
 
 
 def main():
-    unittest.main(verbosity=2)
+    """Runs the module's tests and prints how many ran, passed, were skipped (each with its reason)
+    and failed. Exit status 0 when all ran passed, 1 on a failure or when the module ran no test
+    at all, SKIP_STATUS when every test was skipped."""
+    prog = unittest.main(verbosity=2, exit=False)
+    r = prog.result
+    failed = len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses)
+    skipped = [(t.id().split(".", 1)[-1], reason) for t, reason in r.skipped]
+    passed = r.testsRun - failed - len(skipped)
+    _record(r.testsRun, passed, skipped, failed)
+    if failed or r.testsRun == 0:
+        if r.testsRun == 0:
+            print("FAILED: no test ran")
+        sys.exit(1)
+    sys.exit(SKIP_STATUS if len(skipped) == r.testsRun else 0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ timer work and answers in-process) and examples/gateway (UDP <-> MQTT with an in
 as a child process on fixed ports the test found free, driven by paho clients and UDP sockets."""
 
 import faulthandler
+import os
 import socket
 import subprocess
 import sys
@@ -35,6 +36,8 @@ class ExampleTestCase(unittest.TestCase):
                 pass
         for p in self._programs:
             p.kill()
+        for p in self._programs:  # stopped by assert_stops() or killed above: all output is in
+            h.assert_no_sanitizer_report(self, p.all_lines(), os.path.basename(p.args[0]))
 
     def start(self, make_args, ready):
         """Starts the program `make_args()` names until its `ready` line appears; returns it and the

@@ -96,7 +96,10 @@ ROUNDS = 5
 PER_ROUND = 1000
 BIG = 200 * 1024        # the Remaining Length a half-sent PUBLISH announces
 BIG_SENT = 64 * 1024    # how much of it is sent
-RSS_SLACK_KIB = 2048    # RSS after the last round may exceed RSS after round 2 by this much (no leak: < 300)
+# RSS after the last round may exceed RSS after round 2 by this much (no leak: < 300). RSS moves with
+# the allocator's caching, so this only catches gross growth; the broker's heap after such rounds is
+# pinned per connection, to the byte, in tests/alloc.cpp ("misbehave and go").
+RSS_SLACK_KIB = 2048
 
 
 def rss_kib(pid):
@@ -319,15 +322,40 @@ class PublisherPacing(h.BrokerTestCase):
         self.assertEqual(received, list(range(self.COUNT)))
 
 
-class NoPacing(PublisherPacing):
-    """The same load with pacing off overflows the queue: this is what pacing prevents."""
+class NoPacing(h.BrokerTestCase):
+    """The same limits with pacing off: a publisher that is never held back overflows the queue of
+    a subscriber that is behind. This is what pacing prevents; counted exactly, not timed: the
+    subscriber acknowledges nothing until the publisher has every PUBACK."""
 
-    broker_args = PublisherPacing.broker_args + ("--pace-publishers", "false")
+    INFLIGHT = 10
+    QUEUED = 100
+    COUNT = 2000
+    broker_args = ("--max-inflight", str(INFLIGHT), "--max-queued-messages", str(QUEUED),
+                   "--pace-publishers", "false")
 
-    def test_qos1_fast_publisher_slow_subscriber_loses_nothing(self):
-        received = self._run()
-        self.assertLess(len(received), self.COUNT)
-        self.assertEqual(received, sorted(received))  # what does arrive is in order
+    def test_without_pacing_the_subscribers_queue_overflows(self):
+        """2000 QoS 1 messages in one write: every one is acknowledged to the publisher (it is never
+        paused), the subscriber's session keeps the first INFLIGHT + QUEUED in order and drops the
+        rest."""
+        sub, _ = self.raw_connected("nopace-sub", V311)
+        sub.send(h.subscribe(1, [("pace/t", 1)]))
+        sub.expect(h.SUBACK)
+        pub, _ = self.raw_connected("nopace-pub", V311)
+        pub.send(b"".join(h.publish("pace/t", str(i), qos=1, packet_id=i + 1) for i in range(self.COUNT)))
+        for i in range(self.COUNT):
+            self.assertEqual(h.packet_id_of(pub.expect(h.PUBACK)), i + 1)
+        # Every PUBLISH has been routed now: the broker acknowledges a QoS 1 PUBLISH after routing
+        # it. The subscriber takes what was kept, acknowledging as it goes.
+        received = []
+        while len(received) < self.INFLIGHT + self.QUEUED:
+            p = h.parse_publish(sub.expect(h.PUBLISH))
+            received.append(int(p.payload))
+            sub.send(h.ack(h.PUBACK, p.packet_id))
+        # A barrier instead of a wait: the broker handles the subscriber's packets in order, so
+        # anything its PUBACKs released is written before the PINGRESP.
+        sub.send(h.pingreq())
+        sub.expect(h.PINGRESP)
+        self.assertEqual(received, list(range(self.INFLIGHT + self.QUEUED)))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,7 @@ class Example(unittest.TestCase):
     def test_help_exits_zero(self):
         """`mqttbroker --help` prints the flags and exits 0."""
         r = subprocess.run([h.broker_binary(), "--help"], capture_output=True, text=True, timeout=h.WAIT)
+        h.assert_no_sanitizer_report(self, r.stderr, "mqttbroker --help")
         self.assertEqual(r.returncode, 0, r.stderr)
         for flag in ("--bind", "--port", "--threads", "--connect-timeout-ms", "--max-connections"):
             self.assertIn(flag, r.stdout)
@@ -198,6 +199,7 @@ class Example(unittest.TestCase):
     def test_bad_flag_exits_nonzero(self):
         """An unknown flag is refused with a non-zero status."""
         r = subprocess.run([h.broker_binary(), "--no-such-flag"], capture_output=True, text=True, timeout=h.WAIT)
+        h.assert_no_sanitizer_report(self, r.stderr, "mqttbroker --no-such-flag")
         self.assertNotEqual(r.returncode, 0)
 
 
