@@ -281,6 +281,19 @@ TEST_CASE("handlers may be move-only and run on their associated executor", "[tr
   CHECK(seen == 7);
   CHECK(on_strand);        // no associated executor: the stream's own, a strand here
   CHECK(bound_on_strand);  // bound: the handler's
+
+  // A read that has to wait runs on the executor its handler is bound to as well.
+  bool waited_on_strand = false;
+  std::array<char, 8> buf_a{};
+  a.async_read_some(asio::buffer(buf_a), asio::bind_executor(strand, [&waited_on_strand, strand](std::error_code, std::size_t) {
+                      waited_on_strand = strand.running_in_this_thread();
+                    }));
+  settle(io);
+  CHECK_FALSE(waited_on_strand);
+  const std::string y = "y";
+  b.async_write_some(asio::buffer(y), [](std::error_code, std::size_t) {});
+  settle(io);
+  CHECK(waited_on_strand);
 }
 
 TEST_CASE("completion tokens other than callbacks work", "[transport][memory]") {

@@ -69,17 +69,24 @@ void memory_post(const asio::any_io_executor& io_ex, Handler handler, Args... ar
   asio::post(ex, memory_completion<Handler, Args...>{std::move(handler), std::tuple<Args...>(std::move(args)...)});
 }
 
-/// A waiting operation: the user's handler with the stream's executor as its fallback, so the
-/// wake-up runs where the handler asked to, with its allocator.
+/// A handler's own executor, if it has one (a strand it is bound to).
+struct no_executor {};
 template <class Handler>
+inline constexpr bool has_own_executor_v =
+    !std::is_same_v<asio::associated_executor_t<Handler, no_executor>, no_executor>;
+
+/// A waiting operation's handler part: it runs where the user's handler asked to and with its
+/// allocator; a handler without an executor of its own runs on the waker's, the stream's.
+template <class Handler, bool = has_own_executor_v<Handler>>
 struct memory_wait_base {
   Handler handler;
-  asio::any_io_executor io_ex;
-
-  using executor_type = asio::associated_executor_t<Handler, asio::any_io_executor>;
-  executor_type get_executor() const noexcept { return asio::get_associated_executor(handler, io_ex); }
   using allocator_type = asio::associated_allocator_t<Handler>;
   allocator_type get_allocator() const noexcept { return asio::get_associated_allocator(handler); }
+};
+template <class Handler>
+struct memory_wait_base<Handler, true> : memory_wait_base<Handler, false> {
+  using executor_type = asio::associated_executor_t<Handler>;
+  executor_type get_executor() const noexcept { return asio::get_associated_executor(this->handler); }
 };
 
 /// One direction's receiving end: what it has yet to read and what its owner did to it.
@@ -268,7 +275,7 @@ class memory_stream {
         ec = asio::error::already_started;
       } else if (ec = {}; !take(*pipe_, side_, buffers, ec, n)) {
         me.reading = true;
-        me.waker->async_wait(read_op<Buffers, Handler>{{std::move(handler), ex_}, pipe_, side_, buffers});
+        me.waker->async_wait(read_op<Buffers, Handler>{{std::move(handler)}, pipe_, side_, buffers});
         return;
       }
     }
@@ -431,7 +438,7 @@ class memory_acceptor {
         ec = asio::error::already_started;
       } else if (ec = {}; !take(*state_, ec, p)) {
         state_->accepting = true;
-        state_->waker.async_wait(accept_op<Handler>{{std::move(handler), ex_}, state_, stream_ex});
+        state_->waker.async_wait(accept_op<Handler>{{std::move(handler)}, state_, stream_ex});
         return;
       }
     }
