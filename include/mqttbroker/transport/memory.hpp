@@ -105,6 +105,9 @@ struct memory_end {
     if (head == inbox.size()) {
       inbox.clear();
       head = 0;
+    } else if (head >= 4096 && head * 2 >= inbox.size()) {  // a slow reader: drop what it has read
+      inbox.erase(inbox.begin(), inbox.begin() + static_cast<std::ptrdiff_t>(head));
+      head = 0;
     }
   }
 
@@ -236,7 +239,7 @@ class memory_stream {
         std::lock_guard<std::mutex> lk(pipe->mutex);
         detail::memory_end& me = pipe->ends[side];
         if (!take(*pipe, side, buffers, ec, n)) {
-          me.waker->async_wait(std::move(*this));  // woken for the other direction: wait on
+          me.waker->async_wait(std::move(*this));  // woken with nothing to take: wait again
           return;
         }
         me.reading = false;
