@@ -731,6 +731,8 @@ TEST_CASE("alloc: an idle connection holds under 700 bytes of heap, and no buffe
   // The counting saw the connections: Asio's socket state and the connection alone exceed this.
   CHECK(per_connection > 300);
   CHECK(per_connection < 700);
+  // What the transport's optional abilities add to a plain TCP connection: nothing.
+  CHECK(sizeof(mqttbroker::server::connection<mqttbroker::transport::tcp, mqttbroker::broker<>::context>) == 216);
 #endif
 }
 
