@@ -13,6 +13,7 @@
 // feed the +0x offsets to addr2line, or run the case under gdb with a breakpoint on alloc_test_hit:
 //   gdb -batch -ex 'break alloc_test_hit' -ex run -ex bt --args build/.../mqttbroker_alloc_tests '<case>'
 #include <mqttbroker/broker.hpp>
+#include <mqttbroker/transport/memory.hpp>
 
 #include "blocking_client.hpp"
 #include "catch.hpp"
@@ -769,6 +770,89 @@ TEST_CASE("alloc: an idle connection holds under 700 bytes of heap, and no buffe
   // The counting saw the connections: Asio's socket state and the connection alone exceed this.
   CHECK(per_connection > 300);
   CHECK(per_connection < 700);
+  // What the transport's optional abilities add to a plain TCP connection: nothing.
+  CHECK(sizeof(mqttbroker::server::connection<mqttbroker::transport::tcp, mqttbroker::broker<>::context>) == 216);
+#endif
+}
+
+// The same for a transport without a readability wait (the in-memory stream, like TLS or
+// WebSocket): the connection reads with async_read_some, so it also holds the block its pending
+// read fills (server::min_read_chunk bytes) and that pending read, which waits in the stream's
+// waker. It holds no Asio socket state. The pipe between the two ends is made by the client's
+// connect, on the client's thread, and is not counted (nor is a socket's buffer in the kernel).
+TEST_CASE("alloc: an idle connection without a readability wait holds one small read block", "[alloc][memory]") {
+#if !defined(__GLIBC__) || !defined(__x86_64__)
+  SKIP("the budget is for glibc on x86-64 (malloc_usable_size, 64-bit pointers)");
+#else
+  prime();
+  struct memory_policies : mqttbroker::default_policies {
+    using transport = mqttbroker::transport::memory;
+  };
+  using mqttbroker::transport::memory;
+  constexpr int warm_up = 50;
+  constexpr int clients = 200;
+  asio::io_context broker_io;
+  asio::io_context client_io;
+  auto work = asio::make_work_guard(broker_io);
+  mqttbroker::broker_options o;
+  o.sys_interval = std::chrono::seconds(0);
+  mqttbroker::broker<memory_policies> b(broker_io, o);
+  b.listen(memory::listen_options("alloc-idle-memory"));
+  b.start();
+  std::thread io_thread([&] {
+    counted_thread = true;
+    broker_io.run();
+    counted_thread = false;
+  });
+  auto on_io_thread = [&](auto f) {
+    std::atomic<bool> done{false};
+    asio::post(broker_io, [&] {
+      f();
+      done = true;
+    });
+    while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  std::vector<mqttbroker::transport::memory_stream> streams;
+  streams.reserve(warm_up + clients);
+  for (int i = 0; i < warm_up + clients; ++i) {
+    if (i == warm_up) {
+      on_io_thread([] {});  // the warm-up's writes have completed
+      live_bytes = 0;
+      armed = true;
+    }
+    streams.push_back(memory::connect(client_io.get_executor(), "alloc-idle-memory"));
+    auto& s = streams.back();
+    codec::connect c;
+    c.client_id = "idle-" + std::to_string(i);
+    c.keep_alive = 60;
+    std::string out;
+    REQUIRE_FALSE(codec::encode(c, codec::protocol_version::v3_1_1, out));
+    std::uint8_t connack[4] = {};
+    std::error_code write_ec, read_ec;
+    asio::async_write(s, asio::buffer(out), [&](std::error_code ec, std::size_t) { write_ec = ec; });
+    asio::async_read(s, asio::buffer(connack), [&](std::error_code ec, std::size_t) { read_ec = ec; });
+    client_io.restart();
+    client_io.run();  // until the CONNACK is in
+    REQUIRE_FALSE(write_ec);
+    REQUIRE_FALSE(read_ec);
+    REQUIRE(connack[0] == 0x20);
+    REQUIRE(connack[3] == 0);
+  }
+  std::size_t connections = 0;
+  on_io_thread([&] { connections = b.stats().connections; });
+  armed = false;
+  const std::int64_t per_connection = live_bytes.exchange(0) / clients;
+  std::printf("idle connections without a readability wait: %d held, %lld bytes of heap each (usable sizes)\n",
+              clients, static_cast<long long>(per_connection));
+  CHECK(connections == static_cast<std::size_t>(warm_up + clients));
+  CHECK(per_connection > static_cast<std::int64_t>(mqttbroker::server::min_read_chunk));
+  CHECK(per_connection < 950);  // 887 when written: 264 more than over TCP, the read block
+  std::atomic<bool> stopped{false};
+  b.async_stop([&](std::error_code) { stopped = true; });
+  for (int i = 0; i < 2000 && !stopped; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  work.reset();
+  broker_io.stop();
+  io_thread.join();
 #endif
 }
 

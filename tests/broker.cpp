@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -38,6 +39,7 @@ namespace mb = mqttbroker;
 namespace codec = mqttbroker::codec;
 using mb::reason_code;
 using mb::transport::memory;
+using mb::transport::memory_acceptor;
 using mb::transport::memory_stream;
 using codec::protocol_version;
 using codec::qos;
@@ -1971,4 +1973,254 @@ TEST_CASE("one broker serves a TCP and an in-memory listener from one session ta
   bool stopped = false;
   b.async_stop([&](std::error_code ec) { stopped = !ec; });
   wait_for([&] { return stopped; });
+}
+
+// ---- a transport's optional abilities: a handshake before the first read, a graceful shutdown
+
+namespace {
+
+/// What the layered test transports below were asked to do, in order (a repeated event once), and
+/// the handshake a test completes by hand. Tests using it run one broker at a time.
+struct layer_log {
+  std::vector<std::string> events;
+  std::function<void(std::error_code)> finish_handshake;
+  bool answer_shutdown = true;  // false: the peer never answers, the shutdown waits until the close
+
+  static layer_log& get() {
+    static layer_log l;
+    return l;
+  }
+  void note(const std::string& e) {
+    if (events.empty() || events.back() != e) events.push_back(e);
+  }
+};
+
+/// Empties the log at both ends of a test. Declared after the harness, so a handshake the test
+/// left pending lets go of its connection while the io_context still exists.
+struct layer_log_scope {
+  layer_log_scope() { reset(); }
+  ~layer_log_scope() { reset(); }
+  layer_log_scope(const layer_log_scope&) = delete;
+  layer_log_scope& operator=(const layer_log_scope&) = delete;
+  static void reset() {
+    layer_log& l = layer_log::get();
+    l.events.clear();
+    l.finish_handshake = nullptr;
+    l.answer_shutdown = true;
+  }
+};
+
+/// `h(ec)` later, on the handler's executor, as an asynchronous operation completes.
+template <class Handler>
+void complete_later(const asio::any_io_executor& ex, std::shared_ptr<Handler> h, std::error_code ec) {
+  asio::post(asio::get_associated_executor(*h, ex), [h, ec] { (*h)(ec); });
+}
+
+/// A memory stream under a stand-in for a layer such as TLS: it logs the reads and the close,
+/// and closing it aborts a graceful shutdown still waiting, as closing a socket aborts its
+/// operations.
+class layered_stream {
+ public:
+  using executor_type = memory_stream::executor_type;
+  explicit layered_stream(memory_stream s) : next(std::move(s)) {}
+
+  executor_type get_executor() const { return next.get_executor(); }
+  template <class Buffers, class Handler>
+  void async_read_some(const Buffers& b, Handler&& h) {
+    layer_log::get().note("read");
+    next.async_read_some(b, std::forward<Handler>(h));
+  }
+  template <class Buffers, class Handler>
+  void async_write_some(const Buffers& b, Handler&& h) {
+    next.async_write_some(b, std::forward<Handler>(h));
+  }
+  void close(std::error_code& ec) {
+    if (next.is_open()) layer_log::get().note("close");
+    next.close(ec);
+    if (auto abort = std::exchange(abort_shutdown, nullptr)) abort();
+  }
+
+  memory_stream next;
+  std::function<void()> abort_shutdown;  // set while a shutdown waits for an answer
+};
+
+class layered_acceptor {
+ public:
+  explicit layered_acceptor(memory_acceptor a) : next_(std::move(a)) {}
+  template <class Handler>
+  void async_accept(const asio::any_io_executor& ex, Handler&& h) {
+    next_.async_accept(ex, [h = std::forward<Handler>(h)](std::error_code ec, memory_stream s) mutable {
+      h(ec, layered_stream(std::move(s)));
+    });
+  }
+  void close(std::error_code& ec) { next_.close(ec); }
+  bool is_open() const { return next_.is_open(); }
+  memory_acceptor::endpoint local_endpoint(std::error_code& ec) const { return next_.local_endpoint(ec); }
+
+ private:
+  memory_acceptor next_;
+};
+
+/// What the layered transports take from the memory transport: listeners by name, so the
+/// harness's memory clients connect to them.
+struct layered_base {
+  using stream_type = layered_stream;
+  using acceptor_type = layered_acceptor;
+  using listen_options = memory::listen_options;
+  static acceptor_type make_acceptor(const asio::any_io_executor& ex, const listen_options& o, std::error_code& ec) {
+    return acceptor_type(memory::make_acceptor(ex, o, ec));
+  }
+  static void prepare(stream_type&) {}
+};
+
+/// A handshake that ends when the test calls layer_log::finish_handshake, with its outcome.
+struct handshaking : layered_base {
+  static constexpr const char* name = "handshaking";
+  template <class Handler>
+  static void async_handshake(stream_type& s, Handler h) {
+    layer_log::get().note("handshake");
+    auto held = std::make_shared<Handler>(std::move(h));
+    layer_log::get().finish_handshake = [ex = s.get_executor(), held](std::error_code ec) { complete_later(ex, held, ec); };
+  }
+};
+
+/// A graceful shutdown whose last word is the two bytes of a PINGRESP (which the test client can
+/// decode), standing in for TLS close_notify; or, when the peer is not to answer, one that waits
+/// until the stream is closed.
+struct closing_gracefully : layered_base {
+  static constexpr const char* name = "closing-gracefully";
+  template <class Handler>
+  static void async_shutdown(stream_type& s, Handler h) {
+    layer_log::get().note("shutdown");
+    auto held = std::make_shared<Handler>(std::move(h));
+    if (!layer_log::get().answer_shutdown) {
+      s.abort_shutdown = [ex = s.get_executor(), held] { complete_later(ex, held, asio::error::operation_aborted); };
+      return;
+    }
+    static const std::array<std::uint8_t, 2> last_word{0xD0, 0x00};
+    asio::async_write(s.next, asio::buffer(last_word), [ex = s.get_executor(), held](std::error_code ec, std::size_t) {
+      complete_later(ex, held, ec);
+    });
+  }
+};
+
+struct handshaking_policies : mem_policies {
+  using transport = handshaking;
+  using clock = mb::clock::manual;
+};
+struct graceful_policies : mem_policies {
+  using transport = closing_gracefully;
+  using clock = mb::clock::manual;
+};
+
+}  // namespace
+
+TEST_CASE("a transport's handshake completes before the connection reads its first byte", "[broker][transport][handshake]") {
+  static_assert(mb::transport::has_async_handshake_v<handshaking> && !mb::transport::has_async_shutdown_v<handshaking>);
+  harness<handshaking_policies> h;
+  layer_log_scope scope;
+  layer_log& log = layer_log::get();
+  client& c = h.add();
+  c.connect("layered");
+  h.settle();
+  // Accepted and counted, the handshake under way, and the CONNECT not read.
+  CHECK(log.events == std::vector<std::string>{"handshake"});
+  CHECK(c.empty());
+  CHECK(h.broker.stats().connections == 1);
+  REQUIRE(log.finish_handshake);
+  log.finish_handshake({});
+  h.settle();
+  CHECK(log.events == std::vector<std::string>{"handshake", "read"});
+  CHECK(c.pop(CONNACK).code == 0);
+  CHECK(h.subscribe(c, "after/handshake", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  CHECK(h.broker.stats().handshake_failures == 0);
+}
+
+TEST_CASE("a failed handshake closes the connection and is counted; nothing sent before it is decoded",
+          "[broker][transport][handshake]") {
+  harness<handshaking_policies> h;
+  layer_log_scope scope;
+  layer_log& log = layer_log::get();
+  client& c = h.add();
+  c.connect("refused-by-the-layer");
+  h.settle();
+  REQUIRE(log.finish_handshake);
+  log.finish_handshake(make_error_code(asio::error::access_denied));
+  h.settle();
+  CHECK(c.closed());
+  CHECK(c.empty());  // no CONNACK
+  CHECK(log.events == std::vector<std::string>{"handshake", "close"});
+  const auto st = h.broker.stats();
+  CHECK(st.handshake_failures == 1);
+  CHECK(st.connections == 0);
+  CHECK(st.sessions == 0);
+  CHECK(st.protocol_errors == 0);
+}
+
+TEST_CASE("the CONNECT timeout covers a handshake that does not end", "[broker][transport][handshake][time]") {
+  mb::broker_options o;
+  o.connect_timeout = std::chrono::seconds(2);
+  harness<handshaking_policies> h(o);
+  layer_log_scope scope;
+  layer_log& log = layer_log::get();
+  client& c = h.add();
+  c.connect("slow-layer");
+  h.advance(std::chrono::milliseconds(1999));
+  CHECK_FALSE(c.closed());
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(c.closed());
+  CHECK(log.events == std::vector<std::string>{"handshake", "close"});
+  auto st = h.broker.stats();
+  CHECK(st.connect_timeouts == 1);
+  CHECK(st.handshake_failures == 0);
+  CHECK(st.connections == 0);
+  // The handshake ending after the close changes nothing.
+  REQUIRE(log.finish_handshake);
+  log.finish_handshake({});
+  h.settle();
+  CHECK(log.events == std::vector<std::string>{"handshake", "close"});
+}
+
+TEST_CASE("a transport's graceful shutdown runs when the broker closes a connection, before the stream closes",
+          "[broker][transport][shutdown]") {
+  static_assert(mb::transport::has_async_shutdown_v<closing_gracefully> &&
+                !mb::transport::has_async_handshake_v<closing_gracefully>);
+  harness<graceful_policies> h;
+  layer_log_scope scope;
+  layer_log& log = layer_log::get();
+
+  SECTION("after the client's DISCONNECT") {
+    client& c = h.connected("polite");
+    c.disconnect();
+    h.settle();
+    CHECK(log.events == std::vector<std::string>{"read", "shutdown", "close"});
+    c.pop(PINGRESP);  // the shutdown's last word reached the client before the close
+    CHECK(c.closed());
+  }
+  SECTION("when the broker stops, with a read pending") {
+    client& c = h.connected("stopped", true, protocol_version::v5);
+    CHECK(h.stop());
+    CHECK(log.events == std::vector<std::string>{"read", "shutdown", "close"});
+    CHECK(c.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::server_shutting_down));
+    c.pop(PINGRESP);
+    CHECK(c.closed());
+  }
+}
+
+TEST_CASE("a graceful shutdown that the peer never answers is cut off after graceful_shutdown_limit, and does not hold up a stop",
+          "[broker][transport][shutdown][time]") {
+  harness<graceful_policies> h;
+  layer_log_scope scope;
+  layer_log& log = layer_log::get();
+  log.answer_shutdown = false;
+  client& c = h.connected("unanswered");
+  CHECK(h.stop());  // the engine let go of the connection before its shutdown began
+  CHECK(h.broker.stats().connections == 0);
+  CHECK(log.events == std::vector<std::string>{"read", "shutdown"});
+  CHECK_FALSE(c.closed());
+  h.advance(mb::server::graceful_shutdown_limit - std::chrono::milliseconds(1));
+  CHECK_FALSE(c.closed());
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(c.closed());
+  CHECK(log.events == std::vector<std::string>{"read", "shutdown", "close"});
 }

@@ -199,21 +199,30 @@ class broker {
   /// Ends an in-process subscription; true when it existed.
   bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
 
-  broker_stats stats() const { return ctx_.engine_.stats(); }
+  broker_stats stats() const {
+    broker_stats s = ctx_.engine_.stats();
+    s.handshake_failures = ctx_.handshake_failures.load();
+    return s;
+  }
 
   /// The retained message for a topic, if any.
   message_ptr retained(std::string_view topic_name) const { return ctx_.engine_.retained(topic_name); }
 
-  /// What every connection of this broker shares: the engine and the clock.
+  /// What every connection of this broker shares: the engine, the clock, and the transport's
+  /// counters that the engine does not see.
   struct context {
     using engine_type = broker::engine_type;
     using locking_type = broker::locking_type;
+    using timer_type = broker::timer_type;
     context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
     engine_type& engine() noexcept { return engine_; }
     time_point now() const noexcept { return clock.steady_now(); }
     typename clock_type::system_time system_now() const noexcept { return clock.system_now(); }
+    timer_type make_timer(const asio::any_io_executor& ex) const { return clock.make_timer(ex); }
+    void note_handshake_failure() noexcept { handshake_failures.fetch_add(1); }
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
+    typename locking_type::template counter_type<std::uint64_t> handshake_failures{};
   };
 
  private:
@@ -232,7 +241,7 @@ class broker {
    public:
     using stream_type = typename Transport::stream_type;
     using stream_executor = typename stream_type::executor_type;
-    using connection_type = server::connection<stream_type, context>;
+    using connection_type = server::connection<Transport, context>;
 
     listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::error_code& ec)
         : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {}

@@ -1486,7 +1486,18 @@ class pooled_bytes {
   const std::uint8_t* data() const noexcept { return data_; }
   std::uint8_t* data() noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return capacity_; }
   bool empty() const noexcept { return size_ == 0; }
+
+  /// Room for at least `n` bytes in all, keeping what is held.
+  void reserve(std::size_t n) {
+    if (n > max_size) throw std::length_error("pooled_bytes: more than 4 GiB");
+    if (n > capacity_) grow(n);
+  }
+  /// Counts `n` bytes written past size() (into the reserved room) as held.
+  void commit(std::size_t n) noexcept { size_ += static_cast<std::uint32_t>(std::min<std::size_t>(n, capacity_ - size_)); }
+  /// Empties the buffer and keeps its block.
+  void clear() noexcept { size_ = 0; }
 
   /// Appends `n` bytes; the storage grows with what arrives, never ahead of it.
   void append(const std::uint8_t* p, std::size_t n) {
@@ -4909,17 +4920,13 @@ MQTTBROKER_END_NAMESPACE
 
 
 #include <asio/any_io_executor.hpp>
+#include <asio/associated_allocator.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/buffer.hpp>
 #include <asio/error.hpp>
-#include <asio/execution/context.hpp>
-#include <asio/execution/outstanding_work.hpp>
-#include <asio/execution_context.hpp>
 #include <asio/post.hpp>
-#include <asio/prefer.hpp>
-#include <asio/query.hpp>
-#include <asio/socket_base.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -4927,6 +4934,7 @@ MQTTBROKER_END_NAMESPACE
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <tuple>
@@ -4946,13 +4954,22 @@ struct memory_stream_limits {
 
 class memory_stream;
 class memory_acceptor;
+struct memory;
 
 namespace detail {
 
-template <class Handler>
-class memory_accept_op_impl;
+// An operation that cannot complete yet waits on its owner's waker: an Asio timer that never
+// expires and is cancelled to wake the waiter. Asio then gives the wait what a socket gives its
+// pending operation: it counts as work, runs on the handler's executor with its allocator, and is
+// destroyed with its execution context if nothing wakes it (a handler that owns its stream would
+// otherwise keep both alive for ever). The waiter re-checks its condition when woken.
+using memory_waker = asio::steady_timer;
 
-/// A completion and its arguments, posted as one nullary function.
+inline memory_waker make_waker(const asio::any_io_executor& ex) {
+  return memory_waker(ex, memory_waker::time_point::max());
+}
+
+/// A completion with its arguments, for asio::post.
 template <class Handler, class... Args>
 struct memory_completion {
   Handler handler;
@@ -4960,141 +4977,95 @@ struct memory_completion {
   void operator()() { std::apply(std::move(handler), std::move(args)); }
 };
 
-/// Invokes `handler(args...)` as if by asio::post to its associated executor (`io_ex` by default):
-/// never inside the initiating function.
+/// Completes `handler(args...)` later on its associated executor (`io_ex` by default), never
+/// inside the initiating call.
 template <class Handler, class... Args>
 void memory_post(const asio::any_io_executor& io_ex, Handler handler, Args... args) {
   auto ex = asio::get_associated_executor(handler, io_ex);
   asio::post(ex, memory_completion<Handler, Args...>{std::move(handler), std::tuple<Args...>(std::move(args)...)});
 }
 
-/// A pending async_read_some with its handler type erased (handlers may be move-only).
-class memory_read_op {
- public:
-  memory_read_op() = default;
-  memory_read_op(const memory_read_op&) = delete;
-  memory_read_op& operator=(const memory_read_op&) = delete;
-  virtual ~memory_read_op() = default;
-  /// Copies up to `n` bytes into the operation's buffers; returns how many it took.
-  virtual std::size_t fill(const std::uint8_t* data, std::size_t n) = 0;
-  /// Posts the completion and frees the operation.
-  virtual void complete(std::error_code ec, std::size_t n) = 0;
+/// A handler's own executor, if it has one (a strand it is bound to).
+struct no_executor {};
+template <class Handler>
+inline constexpr bool has_own_executor_v =
+    !std::is_same_v<asio::associated_executor_t<Handler, no_executor>, no_executor>;
+
+/// A waiting operation's handler part: it runs where the user's handler asked to and with its
+/// allocator; a handler without an executor of its own runs on the waker's, the stream's.
+template <class Handler, bool = has_own_executor_v<Handler>>
+struct memory_wait_base {
+  Handler handler;
+  using allocator_type = asio::associated_allocator_t<Handler>;
+  allocator_type get_allocator() const noexcept { return asio::get_associated_allocator(handler); }
+};
+template <class Handler>
+struct memory_wait_base<Handler, true> : memory_wait_base<Handler, false> {
+  using executor_type = asio::associated_executor_t<Handler>;
+  executor_type get_executor() const noexcept { return asio::get_associated_executor(this->handler); }
 };
 
-template <class Buffers, class Handler>
-class memory_read_op_impl final : public memory_read_op {
- public:
-  memory_read_op_impl(const Buffers& b, Handler&& h, const asio::any_io_executor& io_ex)
-      : buffers_(b),
-        handler_(std::move(h)),
-        io_ex_(io_ex),
-        work_(asio::prefer(io_ex, asio::execution::outstanding_work.tracked)) {}
-
-  std::size_t fill(const std::uint8_t* data, std::size_t n) override {
-    return asio::buffer_copy(buffers_, asio::buffer(data, n));
-  }
-
-  void complete(std::error_code ec, std::size_t n) override {
-    // Post before releasing the work, so the io_context never looks idle in between.
-    memory_post(io_ex_, std::move(handler_), ec, n);
-    delete this;
-  }
-
- private:
-  Buffers buffers_;
-  Handler handler_;
-  asio::any_io_executor io_ex_;
-  asio::any_io_executor work_;  // outstanding work while the read is pending, as a socket's would be
-};
-
-/// One direction's receiver: the bytes it has yet to read and what its owner did to it.
-struct memory_pipe_end {
+/// One direction's receiving end: what it has yet to read and what its owner did to it.
+struct memory_end {
   std::vector<std::uint8_t> inbox;
-  std::size_t head = 0;  // first unread byte of inbox
-  memory_read_op* reader = nullptr;
+  std::size_t head = 0;                // first unread byte of inbox
+  std::optional<memory_waker> waker;   // on the end's executor, made when its stream is
   memory_stream_limits limits;
-  bool closed = false;        // close() on this end
-  bool send_shut = false;     // shutdown(send): the peer reads EOF after what is buffered
-  bool receive_shut = false;  // shutdown(receive): this end reads EOF
+  bool reading = false;
+  bool closed = false;
 
   std::size_t available() const noexcept { return inbox.size() - head; }
 
-  std::size_t read_limit() const noexcept {
-    const std::size_t a = available();
-    return limits.max_read_size != 0 && limits.max_read_size < a ? limits.max_read_size : a;
-  }
-
-  void consumed(std::size_t n) {
+  void consume(std::size_t n) {
     head += n;
     if (head == inbox.size()) {
       inbox.clear();
       head = 0;
-    } else if (head >= 4096 && head * 2 >= inbox.size()) {
+    } else if (head >= 4096 && head * 2 >= inbox.size()) {  // a slow reader: drop what it has read
       inbox.erase(inbox.begin(), inbox.begin() + static_cast<std::ptrdiff_t>(head));
       head = 0;
     }
   }
-};
 
-/// Two connected ends, like a socket pair. The mutex guards both ends, so each end may be used
-/// from its own thread (a multi-threaded broker).
-struct memory_pipe {
-  std::mutex mutex;
-  memory_pipe_end ends[2];
-};
-
-/// What closing an end releases: its own pending read (aborted) and the peer's (EOF).
-struct memory_close_result {
-  memory_read_op* own = nullptr;
-  memory_read_op* peer = nullptr;
-
-  void complete() {
-    if (own) own->complete(asio::error::operation_aborted, 0);
-    if (peer) peer->complete(asio::error::eof, 0);
+  void wake_reader() {
+    if (reading) waker->cancel();
   }
 };
 
-/// Closes end `side` of `p`. The caller completes the result outside the lock.
-inline memory_close_result memory_close_end(memory_pipe& p, int side) {
-  memory_close_result r;
-  std::lock_guard<std::mutex> lk(p.mutex);
-  memory_pipe_end& me = p.ends[side];
-  memory_pipe_end& peer = p.ends[1 - side];
-  me.closed = true;
-  me.inbox.clear();
-  me.head = 0;
-  r.own = std::exchange(me.reader, nullptr);
-  // A pending read on the peer has nothing buffered (a write would have completed it): EOF now.
-  if (peer.reader != nullptr && peer.available() == 0) r.peer = std::exchange(peer.reader, nullptr);
-  return r;
-}
+/// Two connected ends. One mutex for both, so each end may run on its own thread.
+struct memory_pipe {
+  std::mutex mutex;
+  memory_end ends[2];
 
-/// A pending async_accept with its handler type erased.
-class memory_accept_op {
- public:
-  memory_accept_op() = default;
-  memory_accept_op(const memory_accept_op&) = delete;
-  memory_accept_op& operator=(const memory_accept_op&) = delete;
-  virtual ~memory_accept_op() = default;
-  /// Posts the completion with a stream on end 1 of `p` (or an unopened stream when `p` is null)
-  /// and frees the operation.
-  virtual void complete(std::error_code ec, std::shared_ptr<memory_pipe> p) = 0;
+  /// Closes end `side`: its read is aborted, the peer's reads EOF once it has read what is buffered.
+  void close(int side) {
+    std::lock_guard<std::mutex> lk(mutex);
+    memory_end& me = ends[side];
+    me.closed = true;
+    me.inbox.clear();
+    me.head = 0;
+    me.wake_reader();
+    ends[1 - side].wake_reader();
+  }
 };
 
-/// A listener's shared state: connections waiting for async_accept, and the pending accept.
-struct memory_acceptor_state {
+/// A listener's shared state: connections not yet accepted, and the wait of a pending accept.
+struct memory_listener {
+  memory_listener(const asio::any_io_executor& ex, std::string n, memory_stream_limits l)
+      : name(std::move(n)), server_limits(l), waker(make_waker(ex)) {}
   std::mutex mutex;
-  bool open = true;
   std::string name;
   memory_stream_limits server_limits;
-  std::deque<std::shared_ptr<memory_pipe>> backlog;  // connected, not yet accepted
-  memory_accept_op* pending = nullptr;
+  std::deque<std::shared_ptr<memory_pipe>> backlog;
+  memory_waker waker;
+  bool accepting = false;
+  bool open = true;
 };
 
 /// Listeners by name, so a test can connect to a broker's listener it cannot reach directly.
 struct memory_registry {
   std::mutex mutex;
-  std::unordered_map<std::string, std::weak_ptr<memory_acceptor_state>> by_name;
+  std::unordered_map<std::string, std::weak_ptr<memory_listener>> by_name;
 
   static memory_registry& instance() {
     static memory_registry r;
@@ -5102,104 +5073,22 @@ struct memory_registry {
   }
 };
 
-/// Per execution context: when the context shuts down, pending operations are destroyed without
-/// being invoked, as Asio does with a socket's. Their handlers often own the stream they wait on
-/// (a connection's shared_ptr), a cycle only this breaks.
-class memory_service final : public asio::execution_context::service {
- public:
-  using key_type = memory_service;
-  static inline asio::execution_context::id id;  // for builds with ASIO_NO_TYPEID
-
-  explicit memory_service(asio::execution_context& ctx) : asio::execution_context::service(ctx) {}
-
-  static memory_service& of(const asio::any_io_executor& ex) {
-    return asio::use_service<memory_service>(asio::query(ex, asio::execution::context));
-  }
-
-  void add(const std::shared_ptr<memory_pipe>& p, int side) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    prune();
-    ends_.push_back({p, side});
-  }
-  void add(const std::shared_ptr<memory_acceptor_state>& a) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    prune();
-    acceptors_.push_back(a);
-  }
-
- private:
-  struct end_ref {
-    std::weak_ptr<memory_pipe> pipe;
-    int side;
-  };
-
-  /// Forgets dead entries once the lists have doubled since the last pruning. mutex_ held.
-  void prune() {
-    if (ends_.size() + acceptors_.size() < 2 * kept_ + 64) return;
-    ends_.erase(std::remove_if(ends_.begin(), ends_.end(), [](const end_ref& e) { return e.pipe.expired(); }),
-                ends_.end());
-    acceptors_.erase(std::remove_if(acceptors_.begin(), acceptors_.end(),
-                                    [](const std::weak_ptr<memory_acceptor_state>& a) { return a.expired(); }),
-                     acceptors_.end());
-    kept_ = ends_.size() + acceptors_.size();
-  }
-
-  void shutdown() override {
-    std::vector<end_ref> ends;
-    std::vector<std::weak_ptr<memory_acceptor_state>> acceptors;
-    {
-      std::lock_guard<std::mutex> lk(mutex_);
-      ends.swap(ends_);
-      acceptors.swap(acceptors_);
-    }
-    // Each operation is taken out under its owner's lock and destroyed outside it: destroying a
-    // handler may destroy streams, whose close() takes the same locks.
-    for (const end_ref& e : ends) {
-      if (auto p = e.pipe.lock()) {
-        memory_read_op* op;
-        {
-          std::lock_guard<std::mutex> lk(p->mutex);
-          op = std::exchange(p->ends[e.side].reader, nullptr);
-        }
-        delete op;
-      }
-    }
-    for (const auto& w : acceptors) {
-      if (auto a = w.lock()) {
-        memory_accept_op* op;
-        {
-          std::lock_guard<std::mutex> lk(a->mutex);
-          op = std::exchange(a->pending, nullptr);
-        }
-        delete op;
-      }
-    }
-  }
-
-  std::mutex mutex_;
-  std::vector<end_ref> ends_;
-  std::vector<std::weak_ptr<memory_acceptor_state>> acceptors_;
-  std::size_t kept_ = 0;
-};
-
 }  // namespace detail
 
-/// One end of an in-process byte stream: an Asio AsyncReadStream and AsyncWriteStream that
-/// behaves like a connected TCP socket. Bytes written on one end are read on the other in order;
-/// closing an end makes the other read EOF once it has read what was buffered, and makes its
-/// writes fail with broken_pipe; close() aborts this end's pending read. Writes never wait (the
-/// buffer is unbounded) and complete with every byte unless max_write_size limits them. Every
-/// completion is posted to the handler's associated executor, never run inside the initiating call.
+/// One end of an in-process byte stream, an Asio AsyncReadStream and AsyncWriteStream: bytes
+/// written on one end are read on the other, in order. Closing an end aborts its pending read;
+/// the peer reads EOF after what was buffered, and its writes fail with broken_pipe. Writes never
+/// wait (the buffer is unbounded) and take every byte unless max_write_size limits them. Every
+/// completion runs later on the handler's executor, never inside the initiating call. Like a
+/// socket, a stream must not outlive its execution context.
 class memory_stream {
  public:
   using executor_type = asio::any_io_executor;
-  using lowest_layer_type = memory_stream;
 
   /// An unconnected stream (is_open() is false).
   explicit memory_stream(const executor_type& ex) : ex_(ex) {}
 
-  memory_stream(memory_stream&& o) noexcept
-      : ex_(std::move(o.ex_)), pipe_(std::move(o.pipe_)), side_(o.side_) {}
+  memory_stream(memory_stream&& o) noexcept : ex_(std::move(o.ex_)), pipe_(std::move(o.pipe_)), side_(o.side_) {}
   memory_stream& operator=(memory_stream&& o) noexcept {
     if (this != &o) {
       std::error_code ignored;
@@ -5218,256 +5107,131 @@ class memory_stream {
   }
 
   executor_type get_executor() const noexcept { return ex_; }
-  lowest_layer_type& lowest_layer() noexcept { return *this; }
 
   /// True until close(); a moved-from stream is closed.
   bool is_open() const noexcept { return pipe_ != nullptr; }
 
-  /// Bytes this end can read without waiting.
-  std::size_t available() const {
-    if (!pipe_) return 0;
-    std::lock_guard<std::mutex> lk(pipe_->mutex);
-    return pipe_->ends[side_].available();
-  }
-
-  /// Reads some bytes: void(std::error_code, std::size_t).
+  /// Reads some bytes: void(std::error_code, std::size_t). One read at a time.
   template <class MutableBufferSequence, class ReadToken>
   auto async_read_some(const MutableBufferSequence& buffers, ReadToken&& token) {
-    return asio::async_initiate<ReadToken, void(std::error_code, std::size_t)>(initiate_read{this}, token, buffers);
-  }
-
-  /// Waits until a read would not block (bytes buffered, EOF or an error): void(std::error_code).
-  /// Only wait_read is supported; a stream's writes never wait.
-  template <class WaitToken>
-  auto async_wait(asio::socket_base::wait_type w, WaitToken&& token) {
-    return asio::async_initiate<WaitToken, void(std::error_code)>(initiate_wait{this}, token, w);
-  }
-
-  /// Reads what is buffered without waiting: would_block when nothing is, eof after the peer's
-  /// close or shutdown(send).
-  template <class MutableBufferSequence>
-  std::size_t read_some(const MutableBufferSequence& buffers, std::error_code& ec) {
-    ec = {};
-    if (!pipe_) {
-      ec = make_error(asio::error::bad_descriptor);
-      return 0;
-    }
-    std::lock_guard<std::mutex> lk(pipe_->mutex);
-    detail::memory_pipe_end& me = pipe_->ends[side_];
-    const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
-    if (me.receive_shut) {
-      ec = asio::error::eof;
-      return 0;
-    }
-    if (me.available() != 0) {
-      const std::size_t n = asio::buffer_copy(buffers, asio::buffer(me.inbox.data() + me.head, me.read_limit()));
-      me.consumed(n);
-      return n;
-    }
-    if (peer.closed || peer.send_shut)
-      ec = asio::error::eof;
-    else
-      ec = make_error(asio::error::would_block);
-    return 0;
+    return asio::async_initiate<ReadToken, void(std::error_code, std::size_t)>(
+        [this](auto handler, const MutableBufferSequence& b) { start_read(std::move(handler), b); }, token, buffers);
   }
 
   /// Writes some bytes (all of them unless max_write_size says otherwise): void(std::error_code, std::size_t).
   template <class ConstBufferSequence, class WriteToken>
   auto async_write_some(const ConstBufferSequence& buffers, WriteToken&& token) {
-    return asio::async_initiate<WriteToken, void(std::error_code, std::size_t)>(initiate_write{this}, token, buffers);
-  }
-
-  /// shutdown(send): the peer reads EOF after the buffered bytes and this end's writes fail;
-  /// shutdown(receive): this end reads EOF.
-  void shutdown(asio::socket_base::shutdown_type what, std::error_code& ec) {
-    ec = {};
-    if (!pipe_) {
-      ec = asio::error::bad_descriptor;
-      return;
-    }
-    detail::memory_read_op* own = nullptr;   // this end's read: EOF after shutdown(receive)
-    detail::memory_read_op* peers = nullptr; // the peer's read: EOF after shutdown(send)
-    {
-      std::lock_guard<std::mutex> lk(pipe_->mutex);
-      detail::memory_pipe_end& me = pipe_->ends[side_];
-      detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
-      if (what != asio::socket_base::shutdown_send) {
-        me.receive_shut = true;
-        own = std::exchange(me.reader, nullptr);
-      }
-      if (what != asio::socket_base::shutdown_receive) {
-        me.send_shut = true;
-        if (peer.reader != nullptr && peer.available() == 0) peers = std::exchange(peer.reader, nullptr);
-      }
-    }
-    if (own) own->complete(asio::error::eof, 0);
-    if (peers) peers->complete(asio::error::eof, 0);
+    return asio::async_initiate<WriteToken, void(std::error_code, std::size_t)>(
+        [this](auto handler, const ConstBufferSequence& b) { start_write(std::move(handler), b); }, token, buffers);
   }
 
   /// Closes this end: its pending read completes with operation_aborted, the peer reads EOF.
   void close(std::error_code& ec) {
     ec = {};
-    if (!pipe_) return;
-    std::shared_ptr<detail::memory_pipe> p = std::move(pipe_);  // is_open() is false from here
-    detail::memory_close_result r = detail::memory_close_end(*p, side_);
-    r.complete();
+    if (std::shared_ptr<detail::memory_pipe> p = std::move(pipe_)) p->close(side_);
   }
 
  private:
   friend class memory_acceptor;
   friend struct memory;
-  template <class Handler>
-  friend class detail::memory_accept_op_impl;
 
   memory_stream(const executor_type& ex, std::shared_ptr<detail::memory_pipe> p, int side)
       : ex_(ex), pipe_(std::move(p)), side_(side) {
-    detail::memory_service::of(ex_).add(pipe_, side_);
+    std::lock_guard<std::mutex> lk(pipe_->mutex);
+    pipe_->ends[side_].waker.emplace(detail::make_waker(ex_));
   }
 
-  struct initiate_read {
-    memory_stream* self;
-    template <class Handler, class Buffers>
-    void operator()(Handler&& handler, const Buffers& buffers) const {
-      self->start_read(std::decay_t<Handler>(std::forward<Handler>(handler)), buffers);
+  /// A read that found nothing to take: it waits for a write or a close, then takes what is there.
+  template <class Buffers, class Handler>
+  struct read_op : detail::memory_wait_base<Handler> {
+    std::shared_ptr<detail::memory_pipe> pipe;
+    int side;
+    Buffers buffers;
+
+    void operator()(std::error_code) {
+      std::error_code ec;
+      std::size_t n = 0;
+      {
+        std::lock_guard<std::mutex> lk(pipe->mutex);
+        detail::memory_end& me = pipe->ends[side];
+        if (!take(*pipe, side, buffers, ec, n)) {
+          me.waker->async_wait(std::move(*this));  // woken with nothing to take: wait again
+          return;
+        }
+        me.reading = false;
+      }
+      std::move(this->handler)(ec, n);
     }
   };
-  struct initiate_wait {
-    memory_stream* self;
-    template <class Handler>
-    void operator()(Handler&& handler, asio::socket_base::wait_type w) const {
-      self->start_wait(std::decay_t<Handler>(std::forward<Handler>(handler)), w);
+
+  /// Completes a read now if it can: bytes buffered, EOF, or its own end closed. Mutex held.
+  template <class Buffers>
+  static bool take(detail::memory_pipe& p, int side, const Buffers& buffers, std::error_code& ec, std::size_t& n) {
+    detail::memory_end& me = p.ends[side];
+    if (me.closed) {
+      ec = asio::error::operation_aborted;
+    } else if (me.available() != 0) {
+      std::size_t max = me.available();
+      if (me.limits.max_read_size != 0) max = std::min(max, me.limits.max_read_size);
+      n = asio::buffer_copy(buffers, asio::buffer(me.inbox.data() + me.head, max));
+      me.consume(n);
+    } else if (p.ends[1 - side].closed) {
+      ec = asio::error::eof;
+    } else if (asio::buffer_size(buffers) != 0) {
+      return false;
     }
-  };
-  /// A wait is a read into no buffer: woken like a read, it takes no bytes.
-  template <class Handler>
-  struct wait_completion {
-    Handler handler;
-    void operator()(std::error_code ec, std::size_t) { handler(ec); }
-  };
-  struct initiate_write {
-    memory_stream* self;
-    template <class Handler, class Buffers>
-    void operator()(Handler&& handler, const Buffers& buffers) const {
-      self->start_write(std::decay_t<Handler>(std::forward<Handler>(handler)), buffers);
-    }
-  };
+    return true;
+  }
 
   template <class Handler, class Buffers>
   void start_read(Handler handler, const Buffers& buffers) {
-    if (!pipe_) return detail::memory_post(ex_, std::move(handler), make_error(asio::error::bad_descriptor), std::size_t{0});
-    if (asio::buffer_size(buffers) == 0) return detail::memory_post(ex_, std::move(handler), std::error_code(), std::size_t{0});
-    auto op = std::make_unique<detail::memory_read_op_impl<Buffers, Handler>>(buffers, std::move(handler), ex_);
-    std::error_code ec;
+    std::error_code ec = asio::error::bad_descriptor;
     std::size_t n = 0;
-    {
+    if (pipe_) {
       std::lock_guard<std::mutex> lk(pipe_->mutex);
-      detail::memory_pipe_end& me = pipe_->ends[side_];
-      const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
-      if (me.reader != nullptr) {
-        ec = asio::error::already_started;  // one read at a time, as on any stream
-      } else if (me.receive_shut) {
-        ec = asio::error::eof;
-      } else if (me.available() != 0) {
-        n = op->fill(me.inbox.data() + me.head, me.read_limit());
-        me.consumed(n);
-      } else if (peer.closed || peer.send_shut) {
-        ec = asio::error::eof;
-      } else {
-        me.reader = op.release();  // completed by a write, a close or a shutdown
-        return;
-      }
-    }
-    op.release()->complete(ec, n);
-  }
-
-  template <class Handler>
-  void start_wait(Handler handler, asio::socket_base::wait_type w) {
-    using completion = wait_completion<Handler>;
-    if (!pipe_) return detail::memory_post(ex_, std::move(handler), make_error(asio::error::bad_descriptor));
-    if (w != asio::socket_base::wait_read)
-      return detail::memory_post(ex_, std::move(handler), make_error(asio::error::operation_not_supported));
-    auto op = std::make_unique<detail::memory_read_op_impl<asio::mutable_buffer, completion>>(
-        asio::mutable_buffer(), completion{std::move(handler)}, ex_);
-    std::error_code ec;
-    {
-      std::lock_guard<std::mutex> lk(pipe_->mutex);
-      detail::memory_pipe_end& me = pipe_->ends[side_];
-      const detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
-      if (me.reader != nullptr) {
+      detail::memory_end& me = pipe_->ends[side_];
+      if (me.reading) {
         ec = asio::error::already_started;
-      } else if (!(me.receive_shut || me.available() != 0 || peer.closed || peer.send_shut)) {
-        me.reader = op.release();
+      } else if (ec = {}; !take(*pipe_, side_, buffers, ec, n)) {
+        me.reading = true;
+        me.waker->async_wait(read_op<Buffers, Handler>{{std::move(handler)}, pipe_, side_, buffers});
         return;
       }
     }
-    op.release()->complete(ec, 0);
+    detail::memory_post(ex_, std::move(handler), ec, n);
   }
 
   template <class Handler, class Buffers>
   void start_write(Handler handler, const Buffers& buffers) {
-    if (!pipe_) return detail::memory_post(ex_, std::move(handler), make_error(asio::error::bad_descriptor), std::size_t{0});
-    const std::size_t total = asio::buffer_size(buffers);
-    std::error_code ec;
+    std::error_code ec = asio::error::bad_descriptor;
     std::size_t n = 0;
-    detail::memory_read_op* woken = nullptr;
-    std::size_t woken_n = 0;
-    if (total != 0) {
+    if (pipe_) {
       std::lock_guard<std::mutex> lk(pipe_->mutex);
-      const detail::memory_pipe_end& me = pipe_->ends[side_];
-      detail::memory_pipe_end& peer = pipe_->ends[1 - side_];
-      if (me.send_shut || peer.closed) {
+      const detail::memory_end& me = pipe_->ends[side_];
+      detail::memory_end& peer = pipe_->ends[1 - side_];
+      if (peer.closed) {
         ec = asio::error::broken_pipe;
       } else {
-        n = me.limits.max_write_size != 0 && me.limits.max_write_size < total ? me.limits.max_write_size : total;
+        ec = {};
+        n = asio::buffer_size(buffers);
+        if (me.limits.max_write_size != 0) n = std::min(n, me.limits.max_write_size);
         const std::size_t old = peer.inbox.size();
         peer.inbox.resize(old + n);
         asio::buffer_copy(asio::buffer(peer.inbox.data() + old, n), buffers, n);
-        if (peer.reader != nullptr && !peer.receive_shut) {
-          woken_n = peer.reader->fill(peer.inbox.data() + peer.head, peer.read_limit());
-          peer.consumed(woken_n);
-          woken = std::exchange(peer.reader, nullptr);
-        }
+        if (n != 0) peer.wake_reader();
       }
     }
-    if (woken) woken->complete(std::error_code(), woken_n);
     detail::memory_post(ex_, std::move(handler), ec, n);
   }
-
-  static std::error_code make_error(asio::error::basic_errors e) { return asio::error::make_error_code(e); }
 
   executor_type ex_;
   std::shared_ptr<detail::memory_pipe> pipe_;  // null once closed
   int side_ = 0;
 };
 
-namespace detail {
-
-template <class Handler>
-class memory_accept_op_impl final : public memory_accept_op {
- public:
-  memory_accept_op_impl(Handler&& h, const asio::any_io_executor& stream_ex, const asio::any_io_executor& io_ex)
-      : handler_(std::move(h)),
-        stream_ex_(stream_ex),
-        io_ex_(io_ex),
-        work_(asio::prefer(io_ex, asio::execution::outstanding_work.tracked)) {}
-
-  void complete(std::error_code ec, std::shared_ptr<memory_pipe> p) override {
-    memory_stream s = p ? memory_stream(stream_ex_, std::move(p), 1) : memory_stream(stream_ex_);
-    memory_post(io_ex_, std::move(handler_), ec, std::move(s));
-    delete this;
-  }
-
- private:
-  Handler handler_;
-  asio::any_io_executor stream_ex_;
-  asio::any_io_executor io_ex_;
-  asio::any_io_executor work_;
-};
-
-}  // namespace detail
-
-/// A listener for memory_stream connections, found by name (memory::connect) or used directly
-/// (connect()). Accepts in order of connection; a connection made before async_accept waits.
+/// A listener for memory_stream connections, found by name (memory::connect). Accepts in order
+/// of connection; a connection made before async_accept waits in the backlog with what its client
+/// wrote meanwhile.
 class memory_acceptor {
  public:
   using executor_type = asio::any_io_executor;
@@ -5480,8 +5244,7 @@ class memory_acceptor {
 
   /// A closed acceptor.
   explicit memory_acceptor(const executor_type& ex) : ex_(ex) {}
-
-  memory_acceptor(memory_acceptor&& o) noexcept : ex_(std::move(o.ex_)), state_(std::move(o.state_)) {}
+  memory_acceptor(memory_acceptor&& o) noexcept = default;
   memory_acceptor& operator=(memory_acceptor&& o) noexcept {
     if (this != &o) {
       std::error_code ignored;
@@ -5513,8 +5276,9 @@ class memory_acceptor {
   /// Accepts the next connection; its stream runs on `stream_ex`: void(std::error_code, memory_stream).
   template <class AcceptToken>
   auto async_accept(const asio::any_io_executor& stream_ex, AcceptToken&& token) {
-    return asio::async_initiate<AcceptToken, void(std::error_code, memory_stream)>(initiate_accept{this}, token,
-                                                                                   stream_ex);
+    return asio::async_initiate<AcceptToken, void(std::error_code, memory_stream)>(
+        [this](auto handler, const asio::any_io_executor& sx) { start_accept(std::move(handler), sx); }, token,
+        stream_ex);
   }
   /// Accepts the next connection onto this acceptor's executor.
   template <class AcceptToken>
@@ -5522,113 +5286,91 @@ class memory_acceptor {
     return async_accept(ex_, std::forward<AcceptToken>(token));
   }
 
-  /// Connects a client whose end runs on `ex`; the peer goes to the pending or next async_accept.
-  /// connection_refused once the acceptor is closed.
-  memory_stream connect(const asio::any_io_executor& ex, std::error_code& ec, memory_stream_limits client = {}) {
-    return connect_to(state_, ex, ec, client);
-  }
-  memory_stream connect(const asio::any_io_executor& ex, memory_stream_limits client = {}) {
-    std::error_code ec;
-    memory_stream s = connect(ex, ec, client);
-    if (ec) throw std::system_error(ec, "mqttbroker: memory connect");
-    return s;
-  }
-
   /// Stops listening: a pending accept completes with operation_aborted, connections not yet
-  /// accepted are closed (their clients read EOF), the name is free again.
+  /// accepted are closed (their clients read EOF), and the name is free again.
   void close(std::error_code& ec) {
     ec = {};
-    if (!state_) return;
-    std::shared_ptr<detail::memory_acceptor_state> st = std::move(state_);
+    std::shared_ptr<detail::memory_listener> st = std::move(state_);
+    if (!st) return;
     {
       auto& reg = detail::memory_registry::instance();
       std::lock_guard<std::mutex> lk(reg.mutex);
       auto it = reg.by_name.find(st->name);
       if (it != reg.by_name.end() && it->second.lock() == st) reg.by_name.erase(it);
     }
-    detail::memory_accept_op* op;
     std::deque<std::shared_ptr<detail::memory_pipe>> backlog;
     {
       std::lock_guard<std::mutex> lk(st->mutex);
       st->open = false;
-      op = std::exchange(st->pending, nullptr);
       backlog.swap(st->backlog);
+      if (st->accepting) st->waker.cancel();
     }
-    if (op) op->complete(asio::error::operation_aborted, nullptr);
-    for (auto& p : backlog) detail::memory_close_end(*p, 1).complete();
+    for (auto& p : backlog) p->close(1);
   }
 
  private:
   friend struct memory;
 
-  memory_acceptor(const executor_type& ex, std::shared_ptr<detail::memory_acceptor_state> st)
-      : ex_(ex), state_(std::move(st)) {
-    detail::memory_service::of(ex_).add(state_);
-  }
+  memory_acceptor(const executor_type& ex, std::shared_ptr<detail::memory_listener> st)
+      : ex_(ex), state_(std::move(st)) {}
 
-  struct initiate_accept {
-    memory_acceptor* self;
-    template <class Handler>
-    void operator()(Handler&& handler, const asio::any_io_executor& stream_ex) const {
-      self->start_accept(std::decay_t<Handler>(std::forward<Handler>(handler)), stream_ex);
+  /// An accept that found no connection: it waits for one, or for the close.
+  template <class Handler>
+  struct accept_op : detail::memory_wait_base<Handler> {
+    std::shared_ptr<detail::memory_listener> state;
+    asio::any_io_executor stream_ex;
+
+    void operator()(std::error_code) {
+      std::error_code ec;
+      std::shared_ptr<detail::memory_pipe> p;
+      {
+        std::lock_guard<std::mutex> lk(state->mutex);
+        if (!take(*state, ec, p)) {
+          state->waker.async_wait(std::move(*this));
+          return;
+        }
+        state->accepting = false;
+      }
+      std::move(this->handler)(ec, p ? memory_stream(stream_ex, std::move(p), 1) : memory_stream(stream_ex));
     }
   };
 
+  /// Completes an accept now if it can: a connection waits, or the acceptor closed. Mutex held.
+  static bool take(detail::memory_listener& st, std::error_code& ec, std::shared_ptr<detail::memory_pipe>& p) {
+    if (!st.open) {
+      ec = asio::error::operation_aborted;
+      return true;
+    }
+    if (st.backlog.empty()) return false;
+    p = std::move(st.backlog.front());
+    st.backlog.pop_front();
+    return true;
+  }
+
   template <class Handler>
   void start_accept(Handler handler, const asio::any_io_executor& stream_ex) {
-    if (!state_) {
-      return detail::memory_post(ex_, std::move(handler), asio::error::make_error_code(asio::error::bad_descriptor),
-                                 memory_stream(stream_ex));
-    }
-    auto op = std::make_unique<detail::memory_accept_op_impl<Handler>>(std::move(handler), stream_ex, ex_);
-    std::error_code ec;
+    std::error_code ec = asio::error::bad_descriptor;
     std::shared_ptr<detail::memory_pipe> p;
-    {
+    if (state_) {
       std::lock_guard<std::mutex> lk(state_->mutex);
-      if (state_->pending != nullptr) {
+      if (state_->accepting) {
         ec = asio::error::already_started;
-      } else if (!state_->backlog.empty()) {
-        p = std::move(state_->backlog.front());
-        state_->backlog.pop_front();
-      } else {
-        state_->pending = op.release();
+      } else if (ec = {}; !take(*state_, ec, p)) {
+        state_->accepting = true;
+        state_->waker.async_wait(accept_op<Handler>{{std::move(handler)}, state_, stream_ex});
         return;
       }
     }
-    op.release()->complete(ec, std::move(p));
-  }
-
-  static memory_stream connect_to(const std::shared_ptr<detail::memory_acceptor_state>& st,
-                                  const asio::any_io_executor& ex, std::error_code& ec, memory_stream_limits client) {
-    ec = {};
-    if (!st) {
-      ec = asio::error::connection_refused;
-      return memory_stream(ex);
-    }
-    auto p = std::make_shared<detail::memory_pipe>();
-    p->ends[0].limits = client;
-    detail::memory_accept_op* op = nullptr;
-    {
-      std::lock_guard<std::mutex> lk(st->mutex);
-      if (!st->open) {
-        ec = asio::error::connection_refused;
-        return memory_stream(ex);
-      }
-      p->ends[1].limits = st->server_limits;
-      op = std::exchange(st->pending, nullptr);
-      if (op == nullptr) st->backlog.push_back(p);
-    }
-    memory_stream s(ex, p, 0);
-    if (op) op->complete(std::error_code(), std::move(p));
-    return s;
+    detail::memory_post(ex_, std::move(handler), ec, p ? memory_stream(stream_ex, std::move(p), 1) : memory_stream(stream_ex));
   }
 
   executor_type ex_;
-  std::shared_ptr<detail::memory_acceptor_state> state_;  // null once closed
+  std::shared_ptr<detail::memory_listener> state_;  // null once closed
 };
 
 /// In-process transport for deterministic tests: `struct p : default_policies { using transport =
 /// transport::memory; };`, then memory::connect(ex, name) gives a client stream to the listener.
+/// It has no readability wait, so the broker reads it on its generic path (async_read_some).
 struct memory {
   static constexpr const char* name = "memory";
   using stream_type = memory_stream;
@@ -5646,19 +5388,15 @@ struct memory {
   /// A listener registered under `o.name`; address_in_use while another open one has that name.
   static acceptor_type make_acceptor(const asio::any_io_executor& ex, const listen_options& o, std::error_code& ec) {
     ec = {};
-    auto st = std::make_shared<detail::memory_acceptor_state>();
-    st->name = o.name;
-    st->server_limits = o.server_limits;
-    {
-      auto& reg = detail::memory_registry::instance();
-      std::lock_guard<std::mutex> lk(reg.mutex);
-      auto& slot = reg.by_name[o.name];
-      if (!slot.expired()) {
-        ec = asio::error::address_in_use;
-        return acceptor_type(ex);
-      }
-      slot = st;
+    auto st = std::make_shared<detail::memory_listener>(ex, o.name, o.server_limits);
+    auto& reg = detail::memory_registry::instance();
+    std::lock_guard<std::mutex> lk(reg.mutex);
+    auto& slot = reg.by_name[o.name];
+    if (!slot.expired()) {
+      ec = asio::error::address_in_use;
+      return acceptor_type(ex);
     }
+    slot = st;
     return acceptor_type(ex, std::move(st));
   }
 
@@ -5669,14 +5407,25 @@ struct memory {
   /// there is none.
   static stream_type connect(const asio::any_io_executor& ex, const std::string& listener, std::error_code& ec,
                              memory_stream_limits client = {}) {
-    std::shared_ptr<detail::memory_acceptor_state> st;
+    ec = asio::error::connection_refused;
+    std::shared_ptr<detail::memory_listener> st;
     {
       auto& reg = detail::memory_registry::instance();
       std::lock_guard<std::mutex> lk(reg.mutex);
       auto it = reg.by_name.find(listener);
       if (it != reg.by_name.end()) st = it->second.lock();
     }
-    return acceptor_type::connect_to(st, ex, ec, client);
+    if (!st) return stream_type(ex);
+    auto p = std::make_shared<detail::memory_pipe>();
+    p->ends[0].limits = client;
+    stream_type s(ex, p, 0);
+    std::lock_guard<std::mutex> lk(st->mutex);
+    if (!st->open) return stream_type(ex);  // `s` closes: nobody reads its end
+    ec = {};
+    p->ends[1].limits = st->server_limits;
+    st->backlog.push_back(std::move(p));
+    if (st->accepting) st->waker.cancel();
+    return s;
   }
   static stream_type connect(const asio::any_io_executor& ex, const std::string& listener = "memory",
                              memory_stream_limits client = {}) {
@@ -6751,6 +6500,7 @@ struct broker_stats {
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
+  std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker
   std::size_t connections = 0;
   std::size_t sessions = 0;
   std::size_t retained_messages = 0;
@@ -8520,340 +8270,6 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_SERVER_CONNECTION_HPP
 #define MQTTBROKER_SERVER_CONNECTION_HPP
 
-
-#include <asio/bind_allocator.hpp>
-#include <asio/bind_executor.hpp>
-#include <asio/buffer.hpp>
-#include <asio/error.hpp>
-#include <asio/post.hpp>
-#include <asio/socket_base.hpp>
-
-#include <algorithm>
-#include <cstddef>
-#include <cstdint>
-#include <iterator>
-#include <memory>
-#include <system_error>
-#include <type_traits>
-#include <utility>
-
-MQTTBROKER_BEGIN_NAMESPACE
-namespace server {
-
-/// A range of a write batch's runs as an Asio buffer sequence, so a write can start anywhere in
-/// a batch; each run becomes an asio::const_buffer as the transport walks the range.
-class run_range {
- public:
-  class const_iterator {
-   public:
-    using iterator_category = std::bidirectional_iterator_tag;
-    using value_type = asio::const_buffer;
-    using difference_type = std::ptrdiff_t;
-    using pointer = const asio::const_buffer*;
-    using reference = asio::const_buffer;
-    const_iterator() noexcept = default;
-    explicit const_iterator(const engine::byte_run* p) noexcept : p_(p) {}
-    asio::const_buffer operator*() const noexcept { return asio::const_buffer(p_->data, p_->size); }
-    const_iterator& operator++() noexcept {
-      ++p_;
-      return *this;
-    }
-    const_iterator operator++(int) noexcept { return const_iterator(p_++); }
-    const_iterator& operator--() noexcept {
-      --p_;
-      return *this;
-    }
-    const_iterator operator--(int) noexcept { return const_iterator(p_--); }
-    friend bool operator==(const_iterator a, const_iterator b) noexcept { return a.p_ == b.p_; }
-    friend bool operator!=(const_iterator a, const_iterator b) noexcept { return a.p_ != b.p_; }
-
-   private:
-    const engine::byte_run* p_ = nullptr;
-  };
-  using value_type = asio::const_buffer;
-
-  run_range(const engine::byte_run* first, const engine::byte_run* last) noexcept : first_(first), last_(last) {}
-  const_iterator begin() const noexcept { return const_iterator(first_); }
-  const_iterator end() const noexcept { return const_iterator(last_); }
-
- private:
-  const engine::byte_run* first_;
-  const engine::byte_run* last_;
-};
-
-/// Where a connection's handlers run: its locking policy's strand for the stream's executor. When
-/// that strand is the executor itself (locking::none) there is nothing to hold, and this is an empty
-/// base: C++17 has no [[no_unique_address]], and an empty member would still take 8 bytes per
-/// connection. Nor is a handler bound to it then, so a pending operation is no larger either.
-template <class Strand, class Executor, bool = std::is_same_v<Strand, Executor>>
-class connection_strand {
- protected:
-  explicit connection_strand(Strand s) : strand_(std::move(s)) {}
-  template <class Stream>
-  Strand handler_executor(Stream&) const {
-    return strand_;
-  }
-  template <class Handler>
-  auto on_strand(Handler h) const {
-    return asio::bind_executor(strand_, std::move(h));
-  }
-
- private:
-  Strand strand_;
-};
-template <class Strand, class Executor>
-class connection_strand<Strand, Executor, true> {
- protected:
-  explicit connection_strand(const Executor&) noexcept {}
-  template <class Stream>
-  static Executor handler_executor(Stream& s) {
-    return s.get_executor();
-  }
-  template <class Handler>
-  static Handler on_strand(Handler h) {
-    return h;
-  }
-};
-
-/// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
-/// the memory a paused connection holds.
-inline constexpr std::size_t read_chunk = 16 * 1024;
-
-/// One buffer per thread for every connection of every transport: the connections of a thread
-/// read and decode one after another.
-inline std::uint8_t* thread_read_buffer() {
-  static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
-  return buf.get();
-}
-
-/// One client connection on a transport stream: waits for the stream to be readable, reads into
-/// the thread's buffer, decodes, hands packets to the protocol engine, and writes what the engine
-/// queued on its link in batches. Kept alive by its pending operations and the engine's registry.
-/// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
-/// paused reader's unread input, stay with the connection.
-///
-/// `Context` gives `engine_type`, `locking_type`, `engine()`, `now()` and `system_now()`: the
-/// broker's shared parts.
-template <class Stream, class Context>
-class connection final
-    : public Context::engine_type::link_type,
-      private connection_strand<typename Context::locking_type::template strand_type<typename Stream::executor_type>,
-                                typename Stream::executor_type> {
- public:
-  using stream_type = Stream;
-  using stream_executor = typename stream_type::executor_type;
-  using engine_type = typename Context::engine_type;
-  using link_type = typename engine_type::link_type;
-  using flush_scope = typename link_type::flush_scope;
-  /// The locking policy's strand for the stream's executor, where this connection's handlers run.
-  using executor_type = typename Context::locking_type::template strand_type<stream_executor>;
-
-  connection(Context& ctx, stream_type s)
-      : connection_strand<executor_type, stream_executor>(Context::locking_type::make_strand(s.get_executor())),
-        ctx_(ctx),
-        stream_(std::move(s)),
-        decoder_(codec::decoder_options{codec::role::server, ctx.engine().options().max_packet_size, std::nullopt}) {}
-
-  executor_type get_executor() { return this->handler_executor(stream_); }
-
-  /// Starts reading; the engine has opened the link.
-  void start() { read(); }
-
-  /// Closes a stream the engine refused (over max_connections).
-  void refuse() {
-    std::error_code ignored;
-    stream_.close(ignored);
-  }
-
-  // ---- the outlet (engine::link)
-
-  void start_write() override {
-    if (this->write_in_flight() || !this->is_open()) return;
-    writing_ = this->take_queued();
-    if (!writing_) return;
-    writing_->build_runs();
-    write_some();
-  }
-
-  void finish() override {
-    if (this->write_in_flight()) return;  // the write's completion finishes the close
-    if (this->has_queued()) return start_write();
-    finish_close();
-  }
-
-  void post(engine::link_event e) override {
-    asio::post(get_executor(), [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); });
-  }
-
- private:
-  /// Reads per readiness before the connection yields to others on its thread.
-  static constexpr int reads_per_wake = 4;
-  /// The most buffers one gather write passes to the transport (Asio's own cap per call is 64).
-  static constexpr std::size_t max_write_buffers = 64;
-
-  engine_type& engine() noexcept { return ctx_.engine(); }
-
-  /// A completion handler for this connection's operations: its memory from the thread's pool,
-  /// and on the connection's strand.
-  template <class Handler>
-  auto bind_handler(Handler h) {
-    return this->on_strand(asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h)));
-  }
-
-  void on_event(engine::link_event e) {
-    const auto now = ctx_.now();
-    switch (e) {
-      case engine::link_event::pump: return engine().pump(*this, now);
-      case engine::link_event::taken_over: return engine().take_over(*this, now);
-      case engine::link_event::resume: return resume(now);
-      case engine::link_event::check_deadline:
-        if (engine().check_deadline(*this, now)) continue_reading();
-        return;
-      case engine::link_event::shutdown: return engine().shut_down(*this, now);
-      case engine::link_event::committed: return engine().on_committed(*this, now);
-    }
-  }
-
-  void read() {
-    if (this->is_closing() || this->paused()) return;
-    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
-                         self->on_readable(ec);
-                       }));
-  }
-
-  void on_readable(std::error_code ec) {
-    if (!this->is_open()) return;
-    if (ec) {
-      finish_close();  // transport error
-      return;
-    }
-    // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
-    // connection has no session any more. The pending write's completion finishes the close.
-    if (this->is_closing()) return;
-    flush_scope scope;
-    std::uint8_t* buf = thread_read_buffer();
-    for (int round = 0; round < reads_per_wake; ++round) {
-      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
-      if (ec) {
-        finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
-        return;
-      }
-      if (!take_input(buf, n)) return;
-      if (n < read_chunk) break;  // the stream is drained
-    }
-    read();
-  }
-
-  /// Decodes and hands over `n` bytes. False when the connection stopped reading: it is closing,
-  /// or paused, with what it did not decode kept in unread_.
-  bool take_input(const std::uint8_t* data, std::size_t n) {
-    const auto now = ctx_.now();  // once per read, not per packet
-    this->note_progress(now);
-    detail::pooled_bytes held;  // the rest of the input, when a pause did not happen after all
-    for (;;) {
-      bool got_packet = false;
-      const auto res = decoder_.feed(data, n, [this, &got_packet, now](codec::packet& p) {
-        got_packet = true;
-        return engine().on_packet(*this, p, now);
-      });
-      if (res.ec) {
-        engine().on_malformed(*this, res.ec, decoder_.version().value_or(codec::protocol_version::v3_1_1), now);
-        return false;
-      }
-      if (this->is_closing()) return false;
-      if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
-      if (got_packet) engine().on_packets_read(*this, now);
-      if (!this->pace_pending()) return true;
-      if (engine().pause_reader(*this)) return false;
-      // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
-      // before anything newer from the stream.
-      if (unread_.empty()) return true;
-      held = std::move(unread_);
-      data = held.data();
-      n = held.size();
-    }
-  }
-
-  /// Reads again after a pause: first what was read and not decoded, then the stream.
-  void resume(std::chrono::steady_clock::time_point now) {
-    if (engine().on_resume(*this, now)) continue_reading();
-  }
-
-  void continue_reading() {
-    flush_scope scope;
-    if (!unread_.empty()) {
-      detail::pooled_bytes input = std::move(unread_);
-      if (!take_input(input.data(), input.size())) return;
-    }
-    read();
-  }
-
-  void write_some() {
-    this->set_write_in_flight(true);
-    const auto& runs = writing_->runs;
-    const std::size_t first = writing_->sent_runs;
-    const std::size_t end = std::min(runs.size(), first + max_write_buffers);
-    stream_.async_write_some(run_range(runs.data() + first, runs.data() + end),
-                             bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec, std::size_t n) {
-                               self->on_written(ec, n);
-                             }));
-  }
-
-  void on_written(std::error_code ec, std::size_t n) {
-    this->set_write_in_flight(false);
-    this->note_written(n);
-    if (!this->is_open()) return;
-    if (ec) {
-      finish_close();
-      return;
-    }
-    const auto now = ctx_.now();
-    flush_scope scope;
-    if (!writing_->consume(n)) {
-      write_some();
-      engine().on_write_progress(*this, now);
-      return;
-    }
-    // The batch is out: its payload references go now, and its buffers back to the pool.
-    engine::write_batch_pool::release(std::move(writing_));
-    engine().on_write_progress(*this, now);
-    if (this->has_queued()) return start_write();
-    engine().on_drained(*this, now);
-    if (this->has_queued()) return start_write();
-    this->release_queue();
-    if (this->is_closing()) finish_close();
-  }
-
-  void finish_close() {
-    if (!this->mark_closed()) return;
-    unread_.reset();
-    // The engine lets go of the session first: a client that sees the close and reconnects at
-    // once must find a clean session already gone.
-    engine().on_closed(*this, ctx_.now(), ctx_.system_now());
-    std::error_code ignored;
-    stream_.shutdown(asio::socket_base::shutdown_both, ignored);
-    stream_.close(ignored);
-  }
-
-  Context& ctx_;
-  stream_type stream_;
-  codec::decoder decoder_;
-  std::unique_ptr<engine::write_batch> writing_;  // the batch being written
-  detail::pooled_bytes unread_;                   // read while pausing, not yet decoded
-};
-
-}  // namespace server
-MQTTBROKER_END_NAMESPACE
-
-#endif  // MQTTBROKER_SERVER_CONNECTION_HPP
-// end <mqttbroker/server/connection.hpp>
-
-// level 7: broker.hpp
-// begin <mqttbroker/broker.hpp>
-#ifndef MQTTBROKER_BROKER_HPP
-#define MQTTBROKER_BROKER_HPP
-
 // begin <mqttbroker/transport/traits.hpp>
 #ifndef MQTTBROKER_TRANSPORT_TRAITS_HPP
 #define MQTTBROKER_TRANSPORT_TRAITS_HPP
@@ -9008,6 +8424,15 @@ template <class T>
 struct has_async_shutdown<T, std::void_t<decltype(T::async_shutdown(std::declval<stream_t<T>&>(),
                                                                     wait_handler_archetype{}))>> : std::true_type {};
 
+/// A socket's shutdown(shutdown_both, ec): closing runs it before close(ec), so the peer sees the
+/// end of our bytes at once even while another handle to the socket stays open.
+template <class Stream, class = void>
+struct stream_has_shutdown : std::false_type {};
+template <class Stream>
+struct stream_has_shutdown<Stream, std::void_t<decltype(std::declval<Stream&>().shutdown(
+                                       asio::socket_base::shutdown_both, std::declval<std::error_code&>()))>>
+    : std::true_type {};
+
 /// A plain socket's readability wait and non-blocking read: the connection then reads into a
 /// per-thread buffer, so an idle connection holds none.
 template <class T, class = void>
@@ -9043,10 +8468,19 @@ MQTTBROKER_REQUIREMENT(has_make_acceptor, detail::has_make_acceptor<T>::value);
 MQTTBROKER_REQUIREMENT(has_prepare, detail::has_prepare<T>::value);
 }  // namespace contract
 
-/// Optional abilities, used when present: a handshake before MQTT bytes flow and a graceful
-/// shutdown (TLS, WebSocket): `static void async_handshake(stream_type&, Handler)` and
-/// `async_shutdown(stream_type&, Handler)` with Handler void(std::error_code); a readability wait
-/// (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`) on plain sockets.
+/// Optional abilities, used when present (server/connection.hpp):
+/// - `static void async_handshake(stream_type&, Handler)`, Handler void(std::error_code): run once
+///   after accept, before the connection reads its first byte (TLS, WebSocket upgrade). A failure
+///   closes the stream and counts in broker_stats::handshake_failures; the CONNECT timeout, which
+///   starts at accept, bounds it.
+/// - `static void async_shutdown(stream_type&, Handler)`: a graceful end (TLS close_notify,
+///   WebSocket close frame), run once when the broker closes a connection whose handshake (if any)
+///   completed and which has no write in flight; a read may still be pending. The stream is closed
+///   when it completes, or after server::graceful_shutdown_limit if it has not.
+/// - a readability wait (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`)
+///   on plain sockets: the connection waits, then reads into a per-thread buffer, so an idle
+///   connection holds no read buffer. Without it the connection reads with async_read_some into a
+///   small pooled block of its own.
 template <class T>
 inline constexpr bool has_async_handshake_v = detail::has_async_handshake<T>::value;
 template <class T>
@@ -9113,6 +8547,483 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_TRANSPORT_TRAITS_HPP
 // end <mqttbroker/transport/traits.hpp>
+
+#include <asio/bind_allocator.hpp>
+#include <asio/bind_executor.hpp>
+#include <asio/buffer.hpp>
+#include <asio/error.hpp>
+#include <asio/post.hpp>
+#include <asio/socket_base.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <memory>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace server {
+
+/// A range of a write batch's runs as an Asio buffer sequence, so a write can start anywhere in
+/// a batch; each run becomes an asio::const_buffer as the transport walks the range.
+class run_range {
+ public:
+  class const_iterator {
+   public:
+    using iterator_category = std::bidirectional_iterator_tag;
+    using value_type = asio::const_buffer;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const asio::const_buffer*;
+    using reference = asio::const_buffer;
+    const_iterator() noexcept = default;
+    explicit const_iterator(const engine::byte_run* p) noexcept : p_(p) {}
+    asio::const_buffer operator*() const noexcept { return asio::const_buffer(p_->data, p_->size); }
+    const_iterator& operator++() noexcept {
+      ++p_;
+      return *this;
+    }
+    const_iterator operator++(int) noexcept { return const_iterator(p_++); }
+    const_iterator& operator--() noexcept {
+      --p_;
+      return *this;
+    }
+    const_iterator operator--(int) noexcept { return const_iterator(p_--); }
+    friend bool operator==(const_iterator a, const_iterator b) noexcept { return a.p_ == b.p_; }
+    friend bool operator!=(const_iterator a, const_iterator b) noexcept { return a.p_ != b.p_; }
+
+   private:
+    const engine::byte_run* p_ = nullptr;
+  };
+  using value_type = asio::const_buffer;
+
+  run_range(const engine::byte_run* first, const engine::byte_run* last) noexcept : first_(first), last_(last) {}
+  const_iterator begin() const noexcept { return const_iterator(first_); }
+  const_iterator end() const noexcept { return const_iterator(last_); }
+
+ private:
+  const engine::byte_run* first_;
+  const engine::byte_run* last_;
+};
+
+/// Where a connection's handlers run: its locking policy's strand for the stream's executor. When
+/// that strand is the executor itself (locking::none) there is nothing to hold, and this is an empty
+/// base: C++17 has no [[no_unique_address]], and an empty member would still take 8 bytes per
+/// connection. Nor is a handler bound to it then, so a pending operation is no larger either.
+template <class Strand, class Executor, bool = std::is_same_v<Strand, Executor>>
+class connection_strand {
+ protected:
+  explicit connection_strand(Strand s) : strand_(std::move(s)) {}
+  template <class Stream>
+  Strand handler_executor(Stream&) const {
+    return strand_;
+  }
+  template <class Handler>
+  auto on_strand(Handler h) const {
+    return asio::bind_executor(strand_, std::move(h));
+  }
+
+ private:
+  Strand strand_;
+};
+template <class Strand, class Executor>
+class connection_strand<Strand, Executor, true> {
+ protected:
+  explicit connection_strand(const Executor&) noexcept {}
+  template <class Stream>
+  static Executor handler_executor(Stream& s) {
+    return s.get_executor();
+  }
+  template <class Handler>
+  static Handler on_strand(Handler h) {
+    return h;
+  }
+};
+
+/// The most one read takes. A paused reader keeps what it has not decoded, so this also bounds
+/// the memory a paused connection holds.
+inline constexpr std::size_t read_chunk = 16 * 1024;
+
+/// One buffer per thread for every connection whose transport waits for readability: the
+/// connections of a thread read and decode one after another.
+inline std::uint8_t* thread_read_buffer() {
+  static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
+  return buf.get();
+}
+
+/// The first read of a stream without a readability wait. A pending async_read_some needs its
+/// buffer for as long as it waits, so an idle connection on such a stream holds one block of
+/// this size; each read that fills its block doubles the next (up to read_chunk), and one that
+/// takes at most half falls back to this.
+inline constexpr std::size_t min_read_chunk = 256;
+
+/// How long a transport's graceful shutdown (TLS close_notify, WebSocket close frame) may take
+/// before the stream is closed anyway: a peer that never answers must not keep a connection, nor
+/// a host waiting for its io_context to run out of work after a stop.
+inline constexpr std::chrono::milliseconds graceful_shutdown_limit{1000};
+
+/// What a connection keeps for its transport's handshake: whether it completed. Nothing for a
+/// transport without one (an empty base, as the TCP connection's size is what idle clients pay).
+template <bool HasHandshake>
+class handshake_state {
+ protected:
+  static constexpr bool handshake_done() noexcept { return true; }
+  static void set_handshake_done() noexcept {}
+};
+template <>
+class handshake_state<true> {
+ protected:
+  bool handshake_done() const noexcept { return done_; }
+  void set_handshake_done() noexcept { done_ = true; }
+
+ private:
+  bool done_ = false;
+};
+
+/// One client connection on a transport's stream: reads, decodes, hands packets to the protocol
+/// engine, and writes what the engine queued on its link in batches. Kept alive by its pending
+/// operations and the engine's registry. How it reads depends on what the transport can do
+/// (transport/traits.hpp):
+/// - with a readability wait (plain TCP) it waits until the stream is readable and reads into the
+///   thread's buffer, so between packets it holds no read buffer at all;
+/// - without one (TLS, WebSocket, the in-memory stream) it reads with async_read_some into a
+///   pooled block of its own, min_read_chunk bytes while the client is quiet.
+/// It holds no write buffer between batches; a split packet's bytes, or a paused reader's unread
+/// input, stay with it. A transport's handshake runs before the first read, its graceful shutdown
+/// at the close.
+///
+/// `Context` gives `engine_type`, `locking_type`, `engine()`, `now()` and `system_now()`: the
+/// broker's shared parts; with a handshake also `note_handshake_failure()`, with a graceful
+/// shutdown `make_timer(ex)`.
+template <class Transport, class Context>
+class connection final
+    : public Context::engine_type::link_type,
+      private connection_strand<
+          typename Context::locking_type::template strand_type<typename Transport::stream_type::executor_type>,
+          typename Transport::stream_type::executor_type>,
+      private handshake_state<transport::has_async_handshake_v<Transport>> {
+ public:
+  using stream_type = typename Transport::stream_type;
+  using stream_executor = typename stream_type::executor_type;
+  using engine_type = typename Context::engine_type;
+  using link_type = typename engine_type::link_type;
+  using flush_scope = typename link_type::flush_scope;
+  /// The locking policy's strand for the stream's executor, where this connection's handlers run.
+  using executor_type = typename Context::locking_type::template strand_type<stream_executor>;
+
+  connection(Context& ctx, stream_type s)
+      : connection_strand<executor_type, stream_executor>(Context::locking_type::make_strand(s.get_executor())),
+        ctx_(ctx),
+        stream_(std::move(s)),
+        decoder_(codec::decoder_options{codec::role::server, ctx.engine().options().max_packet_size, std::nullopt}) {}
+
+  executor_type get_executor() { return this->handler_executor(stream_); }
+
+  /// Starts the transport's handshake, if it has one, then reading; the engine has opened the
+  /// link, so its CONNECT timeout runs from before the handshake.
+  void start() {
+    if constexpr (has_handshake) {
+      Transport::async_handshake(stream_, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
+                                   self->on_handshake(ec);
+                                 }));
+    } else {
+      read();
+    }
+  }
+
+  /// Closes a stream the engine refused (over max_connections).
+  void refuse() {
+    std::error_code ignored;
+    stream_.close(ignored);
+  }
+
+  // ---- the outlet (engine::link)
+
+  void start_write() override {
+    if (this->write_in_flight() || !this->is_open() || !this->handshake_done()) return;
+    writing_ = this->take_queued();
+    if (!writing_) return;
+    writing_->build_runs();
+    write_some();
+  }
+
+  void finish() override {
+    if (this->write_in_flight()) return;  // the write's completion finishes the close
+    // Before the handshake completed nothing can be written: the queue is dropped.
+    if (this->has_queued() && this->handshake_done()) return start_write();
+    finish_close();
+  }
+
+  void post(engine::link_event e) override {
+    asio::post(get_executor(), [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); });
+  }
+
+ private:
+  static constexpr bool waits_for_readability = transport::has_readability_wait_v<Transport>;
+  static constexpr bool has_handshake = transport::has_async_handshake_v<Transport>;
+  static constexpr bool has_graceful_shutdown = transport::has_async_shutdown_v<Transport>;
+
+  /// Reads per readiness before the connection yields to others on its thread.
+  static constexpr int reads_per_wake = 4;
+  /// The most buffers one gather write passes to the transport (Asio's own cap per call is 64).
+  static constexpr std::size_t max_write_buffers = 64;
+
+  engine_type& engine() noexcept { return ctx_.engine(); }
+
+  /// A completion handler for this connection's operations: its memory from the thread's pool,
+  /// and on the connection's strand.
+  template <class Handler>
+  auto bind_handler(Handler h) {
+    return this->on_strand(asio::bind_allocator(detail::pooled_allocator<void>(), std::move(h)));
+  }
+
+  void on_event(engine::link_event e) {
+    const auto now = ctx_.now();
+    switch (e) {
+      case engine::link_event::pump: return engine().pump(*this, now);
+      case engine::link_event::taken_over: return engine().take_over(*this, now);
+      case engine::link_event::resume: return resume(now);
+      case engine::link_event::check_deadline:
+        if (engine().check_deadline(*this, now)) continue_reading();
+        return;
+      case engine::link_event::shutdown: return engine().shut_down(*this, now);
+      case engine::link_event::committed: return engine().on_committed(*this, now);
+    }
+  }
+
+  void on_handshake(std::error_code ec) {
+    if (!this->is_open()) return;  // closed meanwhile: the CONNECT timeout, a stop
+    if (ec) {
+      ctx_.note_handshake_failure();
+      finish_close();
+      return;
+    }
+    this->set_handshake_done();
+    read();
+  }
+
+  void read() {
+    if (this->is_closing() || this->paused()) return;
+    if constexpr (waits_for_readability) {
+      stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
+                           self->on_readable(ec);
+                         }));
+    } else {
+      // Not paused, so everything read before was decoded: unread_ is empty, and its block (kept
+      // from the last read) takes this one.
+      if (unread_.capacity() == 0) unread_.reserve(min_read_chunk);
+      stream_.async_read_some(asio::buffer(unread_.data(), unread_.capacity()),
+                              bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec, std::size_t n) {
+                                self->on_read(ec, n);
+                              }));
+    }
+  }
+
+  /// A read into unread_'s block completed (no readability wait).
+  void on_read(std::error_code ec, std::size_t n) {
+    if (!this->is_open()) {
+      unread_.reset();  // nothing reads into it any more
+      return;
+    }
+    if (ec) {
+      finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
+      unread_.reset();
+      return;
+    }
+    // Closing: what still arrives is not acted on (as in on_readable).
+    if (this->is_closing()) {
+      unread_.reset();
+      return;
+    }
+    flush_scope scope;
+    const std::size_t block = unread_.capacity();
+    unread_.commit(n);
+    detail::pooled_bytes input = std::move(unread_);
+    // Paused or closing: unread_ holds what the pause left, and input's block goes back.
+    if (!take_input(input.data(), input.size())) return;
+    // All decoded: the block takes the next read, larger while reads fill it, small when quiet.
+    input.clear();
+    if (n == block && block < read_chunk) {
+      input.reset();
+      input.reserve(block * 2);
+    } else if (n <= block / 2 && block > min_read_chunk) {
+      input.reset();
+      input.reserve(min_read_chunk);
+    }
+    unread_ = std::move(input);
+    read();
+  }
+
+  void on_readable(std::error_code ec) {
+    if (!this->is_open()) return;
+    if (ec) {
+      finish_close();  // transport error
+      return;
+    }
+    // Closing (taken over, refused, stopping): what still arrives is not acted on; a taken-over
+    // connection has no session any more. The pending write's completion finishes the close.
+    if (this->is_closing()) return;
+    flush_scope scope;
+    std::uint8_t* buf = thread_read_buffer();
+    for (int round = 0; round < reads_per_wake; ++round) {
+      const std::size_t n = stream_.read_some(asio::buffer(buf, read_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) {
+        finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
+        return;
+      }
+      if (!take_input(buf, n)) return;
+      if (n < read_chunk) break;  // the stream is drained
+    }
+    read();
+  }
+
+  /// Decodes and hands over `n` bytes. False when the connection stopped reading: it is closing,
+  /// or paused, with what it did not decode kept in unread_.
+  bool take_input(const std::uint8_t* data, std::size_t n) {
+    const auto now = ctx_.now();  // once per read, not per packet
+    this->note_progress(now);
+    detail::pooled_bytes held;  // the rest of the input, when a pause did not happen after all
+    for (;;) {
+      bool got_packet = false;
+      const auto res = decoder_.feed(data, n, [this, &got_packet, now](codec::packet& p) {
+        got_packet = true;
+        return engine().on_packet(*this, p, now);
+      });
+      if (res.ec) {
+        engine().on_malformed(*this, res.ec, decoder_.version().value_or(codec::protocol_version::v3_1_1), now);
+        return false;
+      }
+      if (this->is_closing()) return false;
+      if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
+      if (got_packet) engine().on_packets_read(*this, now);
+      if (!this->pace_pending()) return true;
+      if (engine().pause_reader(*this)) return false;
+      // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
+      // before anything newer from the stream.
+      if (unread_.empty()) return true;
+      held = std::move(unread_);
+      data = held.data();
+      n = held.size();
+    }
+  }
+
+  /// Reads again after a pause: first what was read and not decoded, then the stream.
+  void resume(std::chrono::steady_clock::time_point now) {
+    if (engine().on_resume(*this, now)) continue_reading();
+  }
+
+  void continue_reading() {
+    flush_scope scope;
+    if (!unread_.empty()) {
+      detail::pooled_bytes input = std::move(unread_);
+      if (!take_input(input.data(), input.size())) return;
+    }
+    read();
+  }
+
+  void write_some() {
+    this->set_write_in_flight(true);
+    const auto& runs = writing_->runs;
+    const std::size_t first = writing_->sent_runs;
+    const std::size_t end = std::min(runs.size(), first + max_write_buffers);
+    stream_.async_write_some(run_range(runs.data() + first, runs.data() + end),
+                             bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec, std::size_t n) {
+                               self->on_written(ec, n);
+                             }));
+  }
+
+  void on_written(std::error_code ec, std::size_t n) {
+    this->set_write_in_flight(false);
+    this->note_written(n);
+    if (!this->is_open()) return;
+    if (ec) {
+      finish_close();
+      return;
+    }
+    const auto now = ctx_.now();
+    flush_scope scope;
+    if (!writing_->consume(n)) {
+      write_some();
+      engine().on_write_progress(*this, now);
+      return;
+    }
+    // The batch is out: its payload references go now, and its buffers back to the pool.
+    engine::write_batch_pool::release(std::move(writing_));
+    engine().on_write_progress(*this, now);
+    if (this->has_queued()) return start_write();
+    engine().on_drained(*this, now);
+    if (this->has_queued()) return start_write();
+    this->release_queue();
+    if (this->is_closing()) finish_close();
+  }
+
+  void finish_close() {
+    const bool was_paused = this->paused();
+    if (!this->mark_closed()) return;
+    // Without a readability wait a pending read may still fill unread_'s block: its completion
+    // gives the block back. A paused reader has no read pending.
+    if (waits_for_readability || was_paused) unread_.reset();
+    // The engine lets go of the session first: a client that sees the close and reconnects at
+    // once must find a clean session already gone.
+    engine().on_closed(*this, ctx_.now(), ctx_.system_now());
+    if constexpr (has_graceful_shutdown) {
+      // Not before the layer is up, nor beside a write (the shutdown writes too).
+      if (this->handshake_done() && !this->write_in_flight()) return shut_down_gracefully();
+    }
+    close_stream();
+  }
+
+  void close_stream() {
+    std::error_code ignored;
+    if constexpr (transport::detail::stream_has_shutdown<stream_type>::value)
+      stream_.shutdown(asio::socket_base::shutdown_both, ignored);
+    stream_.close(ignored);
+  }
+
+  /// The transport's graceful end, bounded by graceful_shutdown_limit: whichever comes first, its
+  /// completion or the timer, closes the stream (closing aborts a shutdown still pending). Neither
+  /// handler touches the broker, which may be gone once its stop has completed.
+  void shut_down_gracefully() {
+    struct bound {
+      typename Context::timer_type timer;
+      bool done = false;
+    };
+    auto b = std::make_shared<bound>(bound{ctx_.make_timer(get_executor()), false});
+    b->timer.expires_after(graceful_shutdown_limit);
+    b->timer.async_wait(bind_handler([self = detail::ref_ptr<connection>(this), b](std::error_code ec) {
+      if (!ec && !b->done) self->close_stream();  // the peer did not answer in time
+    }));
+    Transport::async_shutdown(stream_, bind_handler([self = detail::ref_ptr<connection>(this), b](std::error_code) {
+                                b->done = true;
+                                b->timer.cancel();
+                                self->close_stream();
+                              }));
+  }
+
+  Context& ctx_;
+  stream_type stream_;
+  codec::decoder decoder_;
+  std::unique_ptr<engine::write_batch> writing_;  // the batch being written
+  // Read while pausing and not yet decoded; without a readability wait also the block that the
+  // pending read fills.
+  detail::pooled_bytes unread_;
+};
+
+}  // namespace server
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_SERVER_CONNECTION_HPP
+// end <mqttbroker/server/connection.hpp>
+
+// level 7: broker.hpp
+// begin <mqttbroker/broker.hpp>
+#ifndef MQTTBROKER_BROKER_HPP
+#define MQTTBROKER_BROKER_HPP
+
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
@@ -9294,21 +9205,30 @@ class broker {
   /// Ends an in-process subscription; true when it existed.
   bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
 
-  broker_stats stats() const { return ctx_.engine_.stats(); }
+  broker_stats stats() const {
+    broker_stats s = ctx_.engine_.stats();
+    s.handshake_failures = ctx_.handshake_failures.load();
+    return s;
+  }
 
   /// The retained message for a topic, if any.
   message_ptr retained(std::string_view topic_name) const { return ctx_.engine_.retained(topic_name); }
 
-  /// What every connection of this broker shares: the engine and the clock.
+  /// What every connection of this broker shares: the engine, the clock, and the transport's
+  /// counters that the engine does not see.
   struct context {
     using engine_type = broker::engine_type;
     using locking_type = broker::locking_type;
+    using timer_type = broker::timer_type;
     context(broker_options o, hooks_type h, clock_type c) : engine_(std::move(o), std::move(h)), clock(std::move(c)) {}
     engine_type& engine() noexcept { return engine_; }
     time_point now() const noexcept { return clock.steady_now(); }
     typename clock_type::system_time system_now() const noexcept { return clock.system_now(); }
+    timer_type make_timer(const asio::any_io_executor& ex) const { return clock.make_timer(ex); }
+    void note_handshake_failure() noexcept { handshake_failures.fetch_add(1); }
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
+    typename locking_type::template counter_type<std::uint64_t> handshake_failures{};
   };
 
  private:
@@ -9327,7 +9247,7 @@ class broker {
    public:
     using stream_type = typename Transport::stream_type;
     using stream_executor = typename stream_type::executor_type;
-    using connection_type = server::connection<stream_type, context>;
+    using connection_type = server::connection<Transport, context>;
 
     listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::error_code& ec)
         : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {}

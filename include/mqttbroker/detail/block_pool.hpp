@@ -226,7 +226,18 @@ class pooled_bytes {
   const std::uint8_t* data() const noexcept { return data_; }
   std::uint8_t* data() noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return capacity_; }
   bool empty() const noexcept { return size_ == 0; }
+
+  /// Room for at least `n` bytes in all, keeping what is held.
+  void reserve(std::size_t n) {
+    if (n > max_size) throw std::length_error("pooled_bytes: more than 4 GiB");
+    if (n > capacity_) grow(n);
+  }
+  /// Counts `n` bytes written past size() (into the reserved room) as held.
+  void commit(std::size_t n) noexcept { size_ += static_cast<std::uint32_t>(std::min<std::size_t>(n, capacity_ - size_)); }
+  /// Empties the buffer and keeps its block.
+  void clear() noexcept { size_ = 0; }
 
   /// Appends `n` bytes; the storage grows with what arrives, never ahead of it.
   void append(const std::uint8_t* p, std::size_t n) {

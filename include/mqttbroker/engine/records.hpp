@@ -35,6 +35,7 @@ struct broker_stats {
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
+  std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker
   std::size_t connections = 0;
   std::size_t sessions = 0;
   std::size_t retained_messages = 0;

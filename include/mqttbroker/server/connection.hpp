@@ -8,6 +8,7 @@
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/engine/write_batch.hpp>
+#include <mqttbroker/transport/traits.hpp>
 
 #include <asio/bind_allocator.hpp>
 #include <asio/bind_executor.hpp>
@@ -17,6 +18,7 @@
 #include <asio/socket_base.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -107,28 +109,66 @@ class connection_strand<Strand, Executor, true> {
 /// the memory a paused connection holds.
 inline constexpr std::size_t read_chunk = 16 * 1024;
 
-/// One buffer per thread for every connection of every transport: the connections of a thread
-/// read and decode one after another.
+/// One buffer per thread for every connection whose transport waits for readability: the
+/// connections of a thread read and decode one after another.
 inline std::uint8_t* thread_read_buffer() {
   static thread_local std::unique_ptr<std::uint8_t[]> buf(new std::uint8_t[read_chunk]);
   return buf.get();
 }
 
-/// One client connection on a transport stream: waits for the stream to be readable, reads into
-/// the thread's buffer, decodes, hands packets to the protocol engine, and writes what the engine
-/// queued on its link in batches. Kept alive by its pending operations and the engine's registry.
-/// Between packets it holds no read buffer and no write buffer: only a split packet's bytes, or a
-/// paused reader's unread input, stay with the connection.
+/// The first read of a stream without a readability wait. A pending async_read_some needs its
+/// buffer for as long as it waits, so an idle connection on such a stream holds one block of
+/// this size; each read that fills its block doubles the next (up to read_chunk), and one that
+/// takes at most half falls back to this.
+inline constexpr std::size_t min_read_chunk = 256;
+
+/// How long a transport's graceful shutdown (TLS close_notify, WebSocket close frame) may take
+/// before the stream is closed anyway: a peer that never answers must not keep a connection, nor
+/// a host waiting for its io_context to run out of work after a stop.
+inline constexpr std::chrono::milliseconds graceful_shutdown_limit{1000};
+
+/// What a connection keeps for its transport's handshake: whether it completed. Nothing for a
+/// transport without one (an empty base, as the TCP connection's size is what idle clients pay).
+template <bool HasHandshake>
+class handshake_state {
+ protected:
+  static constexpr bool handshake_done() noexcept { return true; }
+  static void set_handshake_done() noexcept {}
+};
+template <>
+class handshake_state<true> {
+ protected:
+  bool handshake_done() const noexcept { return done_; }
+  void set_handshake_done() noexcept { done_ = true; }
+
+ private:
+  bool done_ = false;
+};
+
+/// One client connection on a transport's stream: reads, decodes, hands packets to the protocol
+/// engine, and writes what the engine queued on its link in batches. Kept alive by its pending
+/// operations and the engine's registry. How it reads depends on what the transport can do
+/// (transport/traits.hpp):
+/// - with a readability wait (plain TCP) it waits until the stream is readable and reads into the
+///   thread's buffer, so between packets it holds no read buffer at all;
+/// - without one (TLS, WebSocket, the in-memory stream) it reads with async_read_some into a
+///   pooled block of its own, min_read_chunk bytes while the client is quiet.
+/// It holds no write buffer between batches; a split packet's bytes, or a paused reader's unread
+/// input, stay with it. A transport's handshake runs before the first read, its graceful shutdown
+/// at the close.
 ///
 /// `Context` gives `engine_type`, `locking_type`, `engine()`, `now()` and `system_now()`: the
-/// broker's shared parts.
-template <class Stream, class Context>
+/// broker's shared parts; with a handshake also `note_handshake_failure()`, with a graceful
+/// shutdown `make_timer(ex)`.
+template <class Transport, class Context>
 class connection final
     : public Context::engine_type::link_type,
-      private connection_strand<typename Context::locking_type::template strand_type<typename Stream::executor_type>,
-                                typename Stream::executor_type> {
+      private connection_strand<
+          typename Context::locking_type::template strand_type<typename Transport::stream_type::executor_type>,
+          typename Transport::stream_type::executor_type>,
+      private handshake_state<transport::has_async_handshake_v<Transport>> {
  public:
-  using stream_type = Stream;
+  using stream_type = typename Transport::stream_type;
   using stream_executor = typename stream_type::executor_type;
   using engine_type = typename Context::engine_type;
   using link_type = typename engine_type::link_type;
@@ -144,8 +184,17 @@ class connection final
 
   executor_type get_executor() { return this->handler_executor(stream_); }
 
-  /// Starts reading; the engine has opened the link.
-  void start() { read(); }
+  /// Starts the transport's handshake, if it has one, then reading; the engine has opened the
+  /// link, so its CONNECT timeout runs from before the handshake.
+  void start() {
+    if constexpr (has_handshake) {
+      Transport::async_handshake(stream_, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
+                                   self->on_handshake(ec);
+                                 }));
+    } else {
+      read();
+    }
+  }
 
   /// Closes a stream the engine refused (over max_connections).
   void refuse() {
@@ -156,7 +205,7 @@ class connection final
   // ---- the outlet (engine::link)
 
   void start_write() override {
-    if (this->write_in_flight() || !this->is_open()) return;
+    if (this->write_in_flight() || !this->is_open() || !this->handshake_done()) return;
     writing_ = this->take_queued();
     if (!writing_) return;
     writing_->build_runs();
@@ -165,7 +214,8 @@ class connection final
 
   void finish() override {
     if (this->write_in_flight()) return;  // the write's completion finishes the close
-    if (this->has_queued()) return start_write();
+    // Before the handshake completed nothing can be written: the queue is dropped.
+    if (this->has_queued() && this->handshake_done()) return start_write();
     finish_close();
   }
 
@@ -174,6 +224,10 @@ class connection final
   }
 
  private:
+  static constexpr bool waits_for_readability = transport::has_readability_wait_v<Transport>;
+  static constexpr bool has_handshake = transport::has_async_handshake_v<Transport>;
+  static constexpr bool has_graceful_shutdown = transport::has_async_shutdown_v<Transport>;
+
   /// Reads per readiness before the connection yields to others on its thread.
   static constexpr int reads_per_wake = 4;
   /// The most buffers one gather write passes to the transport (Asio's own cap per call is 64).
@@ -202,11 +256,67 @@ class connection final
     }
   }
 
+  void on_handshake(std::error_code ec) {
+    if (!this->is_open()) return;  // closed meanwhile: the CONNECT timeout, a stop
+    if (ec) {
+      ctx_.note_handshake_failure();
+      finish_close();
+      return;
+    }
+    this->set_handshake_done();
+    read();
+  }
+
   void read() {
     if (this->is_closing() || this->paused()) return;
-    stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
-                         self->on_readable(ec);
-                       }));
+    if constexpr (waits_for_readability) {
+      stream_.async_wait(asio::socket_base::wait_read, bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec) {
+                           self->on_readable(ec);
+                         }));
+    } else {
+      // Not paused, so everything read before was decoded: unread_ is empty, and its block (kept
+      // from the last read) takes this one.
+      if (unread_.capacity() == 0) unread_.reserve(min_read_chunk);
+      stream_.async_read_some(asio::buffer(unread_.data(), unread_.capacity()),
+                              bind_handler([self = detail::ref_ptr<connection>(this)](std::error_code ec, std::size_t n) {
+                                self->on_read(ec, n);
+                              }));
+    }
+  }
+
+  /// A read into unread_'s block completed (no readability wait).
+  void on_read(std::error_code ec, std::size_t n) {
+    if (!this->is_open()) {
+      unread_.reset();  // nothing reads into it any more
+      return;
+    }
+    if (ec) {
+      finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
+      unread_.reset();
+      return;
+    }
+    // Closing: what still arrives is not acted on (as in on_readable).
+    if (this->is_closing()) {
+      unread_.reset();
+      return;
+    }
+    flush_scope scope;
+    const std::size_t block = unread_.capacity();
+    unread_.commit(n);
+    detail::pooled_bytes input = std::move(unread_);
+    // Paused or closing: unread_ holds what the pause left, and input's block goes back.
+    if (!take_input(input.data(), input.size())) return;
+    // All decoded: the block takes the next read, larger while reads fill it, small when quiet.
+    input.clear();
+    if (n == block && block < read_chunk) {
+      input.reset();
+      input.reserve(block * 2);
+    } else if (n <= block / 2 && block > min_read_chunk) {
+      input.reset();
+      input.reserve(min_read_chunk);
+    }
+    unread_ = std::move(input);
+    read();
   }
 
   void on_readable(std::error_code ec) {
@@ -314,21 +424,55 @@ class connection final
   }
 
   void finish_close() {
+    const bool was_paused = this->paused();
     if (!this->mark_closed()) return;
-    unread_.reset();
+    // Without a readability wait a pending read may still fill unread_'s block: its completion
+    // gives the block back. A paused reader has no read pending.
+    if (waits_for_readability || was_paused) unread_.reset();
     // The engine lets go of the session first: a client that sees the close and reconnects at
     // once must find a clean session already gone.
     engine().on_closed(*this, ctx_.now(), ctx_.system_now());
+    if constexpr (has_graceful_shutdown) {
+      // Not before the layer is up, nor beside a write (the shutdown writes too).
+      if (this->handshake_done() && !this->write_in_flight()) return shut_down_gracefully();
+    }
+    close_stream();
+  }
+
+  void close_stream() {
     std::error_code ignored;
-    stream_.shutdown(asio::socket_base::shutdown_both, ignored);
+    if constexpr (transport::detail::stream_has_shutdown<stream_type>::value)
+      stream_.shutdown(asio::socket_base::shutdown_both, ignored);
     stream_.close(ignored);
+  }
+
+  /// The transport's graceful end, bounded by graceful_shutdown_limit: whichever comes first, its
+  /// completion or the timer, closes the stream (closing aborts a shutdown still pending). Neither
+  /// handler touches the broker, which may be gone once its stop has completed.
+  void shut_down_gracefully() {
+    struct bound {
+      typename Context::timer_type timer;
+      bool done = false;
+    };
+    auto b = std::make_shared<bound>(bound{ctx_.make_timer(get_executor()), false});
+    b->timer.expires_after(graceful_shutdown_limit);
+    b->timer.async_wait(bind_handler([self = detail::ref_ptr<connection>(this), b](std::error_code ec) {
+      if (!ec && !b->done) self->close_stream();  // the peer did not answer in time
+    }));
+    Transport::async_shutdown(stream_, bind_handler([self = detail::ref_ptr<connection>(this), b](std::error_code) {
+                                b->done = true;
+                                b->timer.cancel();
+                                self->close_stream();
+                              }));
   }
 
   Context& ctx_;
   stream_type stream_;
   codec::decoder decoder_;
   std::unique_ptr<engine::write_batch> writing_;  // the batch being written
-  detail::pooled_bytes unread_;                   // read while pausing, not yet decoded
+  // Read while pausing and not yet decoded; without a readability wait also the block that the
+  // pending read fills.
+  detail::pooled_bytes unread_;
 };
 
 }  // namespace server

@@ -152,6 +152,15 @@ template <class T>
 struct has_async_shutdown<T, std::void_t<decltype(T::async_shutdown(std::declval<stream_t<T>&>(),
                                                                     wait_handler_archetype{}))>> : std::true_type {};
 
+/// A socket's shutdown(shutdown_both, ec): closing runs it before close(ec), so the peer sees the
+/// end of our bytes at once even while another handle to the socket stays open.
+template <class Stream, class = void>
+struct stream_has_shutdown : std::false_type {};
+template <class Stream>
+struct stream_has_shutdown<Stream, std::void_t<decltype(std::declval<Stream&>().shutdown(
+                                       asio::socket_base::shutdown_both, std::declval<std::error_code&>()))>>
+    : std::true_type {};
+
 /// A plain socket's readability wait and non-blocking read: the connection then reads into a
 /// per-thread buffer, so an idle connection holds none.
 template <class T, class = void>
@@ -187,10 +196,19 @@ MQTTBROKER_REQUIREMENT(has_make_acceptor, detail::has_make_acceptor<T>::value);
 MQTTBROKER_REQUIREMENT(has_prepare, detail::has_prepare<T>::value);
 }  // namespace contract
 
-/// Optional abilities, used when present: a handshake before MQTT bytes flow and a graceful
-/// shutdown (TLS, WebSocket): `static void async_handshake(stream_type&, Handler)` and
-/// `async_shutdown(stream_type&, Handler)` with Handler void(std::error_code); a readability wait
-/// (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`) on plain sockets.
+/// Optional abilities, used when present (server/connection.hpp):
+/// - `static void async_handshake(stream_type&, Handler)`, Handler void(std::error_code): run once
+///   after accept, before the connection reads its first byte (TLS, WebSocket upgrade). A failure
+///   closes the stream and counts in broker_stats::handshake_failures; the CONNECT timeout, which
+///   starts at accept, bounds it.
+/// - `static void async_shutdown(stream_type&, Handler)`: a graceful end (TLS close_notify,
+///   WebSocket close frame), run once when the broker closes a connection whose handshake (if any)
+///   completed and which has no write in flight; a read may still be pending. The stream is closed
+///   when it completes, or after server::graceful_shutdown_limit if it has not.
+/// - a readability wait (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`)
+///   on plain sockets: the connection waits, then reads into a per-thread buffer, so an idle
+///   connection holds no read buffer. Without it the connection reads with async_read_some into a
+///   small pooled block of its own.
 template <class T>
 inline constexpr bool has_async_handshake_v = detail::has_async_handshake<T>::value;
 template <class T>
