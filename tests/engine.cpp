@@ -253,14 +253,7 @@ class world {
         l.events.clear();
         for (auto e : events) {
           more = true;
-          switch (e) {
-            case mb::engine::link_event::pump: engine.pump(l, now); break;
-            case mb::engine::link_event::taken_over: engine.take_over(l, now); break;
-            case mb::engine::link_event::resume: engine.on_resume(l, now); break;
-            case mb::engine::link_event::check_deadline: engine.check_deadline(l, now); break;
-            case mb::engine::link_event::shutdown: engine.shut_down(l, now); break;
-            case mb::engine::link_event::committed: engine.on_committed(l, now); break;
-          }
+          engine.on_event(l, e, now);
         }
       }
     }

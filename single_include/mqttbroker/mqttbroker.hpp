@@ -7664,6 +7664,20 @@ class protocol : public core<Policies> {
     l.close(reason_code::session_taken_over, true, false, now);
   }
 
+  /// Runs what the engine posted to `l` (link::post), now on l's own executor. True when its
+  /// reader is to read again (a pause ended).
+  bool on_event(link_type& l, link_event e, steady_time now) {
+    switch (e) {
+      case link_event::pump: pump(l, now); return false;
+      case link_event::taken_over: take_over(l, now); return false;
+      case link_event::resume: return on_resume(l, now);
+      case link_event::check_deadline: return check_deadline(l, now);
+      case link_event::shutdown: shut_down(l, now); return false;
+      case link_event::committed: this->on_committed(l, now); return false;
+    }
+    return false;
+  }
+
   /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
   void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
 
@@ -8781,17 +8795,7 @@ class connection final
   }
 
   void on_event(engine::link_event e) {
-    const auto now = ctx_.now();
-    switch (e) {
-      case engine::link_event::pump: return engine().pump(*this, now);
-      case engine::link_event::taken_over: return engine().take_over(*this, now);
-      case engine::link_event::resume: return resume(now);
-      case engine::link_event::check_deadline:
-        if (engine().check_deadline(*this, now)) continue_reading();
-        return;
-      case engine::link_event::shutdown: return engine().shut_down(*this, now);
-      case engine::link_event::committed: return engine().on_committed(*this, now);
-    }
+    if (engine().on_event(*this, e, ctx_.now())) continue_reading();
   }
 
   void on_handshake(std::error_code ec) {
@@ -8912,10 +8916,6 @@ class connection final
   }
 
   /// Reads again after a pause: first what was read and not decoded, then the stream.
-  void resume(std::chrono::steady_clock::time_point now) {
-    if (engine().on_resume(*this, now)) continue_reading();
-  }
-
   void continue_reading() {
     flush_scope scope;
     if (!unread_.empty()) {

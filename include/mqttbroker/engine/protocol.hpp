@@ -163,6 +163,20 @@ class protocol : public core<Policies> {
     l.close(reason_code::session_taken_over, true, false, now);
   }
 
+  /// Runs what the engine posted to `l` (link::post), now on l's own executor. True when its
+  /// reader is to read again (a pause ended).
+  bool on_event(link_type& l, link_event e, steady_time now) {
+    switch (e) {
+      case link_event::pump: pump(l, now); return false;
+      case link_event::taken_over: take_over(l, now); return false;
+      case link_event::resume: return on_resume(l, now);
+      case link_event::check_deadline: return check_deadline(l, now);
+      case link_event::shutdown: shut_down(l, now); return false;
+      case link_event::committed: this->on_committed(l, now); return false;
+    }
+    return false;
+  }
+
   /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
   void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
 

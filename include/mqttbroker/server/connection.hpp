@@ -243,17 +243,7 @@ class connection final
   }
 
   void on_event(engine::link_event e) {
-    const auto now = ctx_.now();
-    switch (e) {
-      case engine::link_event::pump: return engine().pump(*this, now);
-      case engine::link_event::taken_over: return engine().take_over(*this, now);
-      case engine::link_event::resume: return resume(now);
-      case engine::link_event::check_deadline:
-        if (engine().check_deadline(*this, now)) continue_reading();
-        return;
-      case engine::link_event::shutdown: return engine().shut_down(*this, now);
-      case engine::link_event::committed: return engine().on_committed(*this, now);
-    }
+    if (engine().on_event(*this, e, ctx_.now())) continue_reading();
   }
 
   void on_handshake(std::error_code ec) {
@@ -374,10 +364,6 @@ class connection final
   }
 
   /// Reads again after a pause: first what was read and not decoded, then the stream.
-  void resume(std::chrono::steady_clock::time_point now) {
-    if (engine().on_resume(*this, now)) continue_reading();
-  }
-
   void continue_reading() {
     flush_scope scope;
     if (!unread_.empty()) {
