@@ -146,6 +146,16 @@ class basic_client {
     send(s);
   }
   void subscribe(std::uint16_t id, const std::string& filter, qos q) { subscribe(id, {{filter, q}}); }
+  /// One filter with all its options (5.0: No Local, Retain As Published, Retain Handling).
+  void subscribe(std::uint16_t id, const std::string& filter, const codec::subscribe_options& o) {
+    codec::subscribe s;
+    s.packet_id = id;
+    codec::subscribe_entry e;
+    e.filter = filter;
+    e.options = o;
+    s.entries.push_back(e);
+    send(s);
+  }
 
   void unsubscribe(std::uint16_t id, const std::string& filter) {
     codec::unsubscribe u;
@@ -1229,9 +1239,8 @@ TEST_CASE("over TCP a broker runs on an io_context's executor or a strand of one
   pool.join();
 }
 
-TEST_CASE("a broker without hooks is no larger than with an empty hooks struct", "[broker][hooks]") {
-  CHECK(sizeof(mb::broker<>) == sizeof(mb::broker<empty_hooks_policies>));
-  harness<empty_hooks_mem_policies> h;  // and it works
+TEST_CASE("a broker with an empty hooks struct works (its size is pinned by a static_assert above)", "[broker][hooks]") {
+  harness<empty_hooks_mem_policies> h;
   client& c = h.connected("plain");
   h.subscribe(c, "t", qos::at_most_once);
   h.broker.publish("t", "x");
@@ -2223,4 +2232,80 @@ TEST_CASE("a graceful shutdown that the peer never answers is cut off after grac
   h.advance(std::chrono::milliseconds(1));
   CHECK(c.closed());
   CHECK(log.events == std::vector<std::string>{"read", "shutdown", "close"});
+}
+
+// ---- what the README claims, each pinned at broker level (memory transport, no clock)
+
+TEST_CASE("5.0 Retain Handling: 0 sends retained messages on every SUBSCRIBE, 1 only for a new subscription, 2 never",
+          "[broker][retain][v5][MQTT-3.3.1-9][MQTT-3.3.1-10][MQTT-3.3.1-11]") {
+  harness<> h;
+  client& pub = h.connected("pub");
+  pub.publish("r/1", "kept", qos::at_most_once, 0, true);
+  h.settle();
+  client& c = h.add(protocol_version::v5);
+  c.connect("rh");
+  h.settle();
+  REQUIRE(c.pop(CONNACK).code == 0);
+  auto retained_on = [&](std::uint16_t id, const std::string& filter, codec::retain_handling_option rh) {
+    codec::subscribe_options o;
+    o.max_qos = qos::at_most_once;
+    o.retain_handling = rh;
+    c.subscribe(id, filter, o);
+    h.settle();
+    c.pop(SUBACK);
+    const auto got = c.publishes();
+    for (const rx& m : got) CHECK(m.retain);
+    return got.size();
+  };
+  using rh = codec::retain_handling_option;
+  CHECK(retained_on(1, "r/#", rh::send) == 1);
+  CHECK(retained_on(2, "r/#", rh::send) == 1);          // again on a repeated SUBSCRIBE [MQTT-3.3.1-9]
+  CHECK(retained_on(3, "r/+", rh::send_if_new) == 1);   // new [MQTT-3.3.1-10]
+  CHECK(retained_on(4, "r/+", rh::send_if_new) == 0);   // exists already
+  CHECK(retained_on(5, "+/1", rh::dont_send) == 0);   // never [MQTT-3.3.1-11]
+}
+
+TEST_CASE("a packet over max_packet_size closes the connection: DISCONNECT 0x95 in 5.0, silently in 3.1.1",
+          "[broker][limits][MQTT-3.2.2-15]") {
+  mb::broker_options o;
+  o.max_packet_size = 128;
+  harness<> h(o);
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "big/#", qos::at_most_once);
+  client& v5 = h.add(protocol_version::v5);
+  v5.connect("v5");
+  h.settle();
+  REQUIRE(v5.pop(CONNACK).code == 0);
+  client& old = h.connected("old");
+  const std::string fits(100, 'x'), too_big(200, 'x');
+  v5.publish("big/1", fits);
+  h.settle();
+  CHECK(watcher.publishes().size() == 1);  // under the limit: routed
+  v5.publish("big/2", too_big);
+  old.publish("big/3", too_big);
+  h.settle();
+  CHECK(v5.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::packet_too_large));
+  CHECK(v5.closed());
+  CHECK(old.empty());
+  CHECK(old.closed());
+  CHECK(watcher.publishes().empty());
+  CHECK(h.broker.stats().protocol_errors == 2);
+}
+
+TEST_CASE("shared subscriptions are refused plainly until they are implemented: 0x9E in 5.0, 0x80 in 3.1.1",
+          "[broker][v5]") {
+  harness<> h;
+  client& old = h.connected("old");
+  CHECK(h.subscribe(old, "$share/g/t", qos::at_least_once) == std::vector<std::uint8_t>{0x80});
+  client& v5 = h.add(protocol_version::v5);
+  v5.connect("v5");
+  h.settle();
+  REQUIRE(v5.pop(CONNACK).code == 0);
+  CHECK(h.subscribe(v5, "$share/g/t", qos::at_least_once) ==
+        std::vector<std::uint8_t>{static_cast<std::uint8_t>(reason_code::shared_subscriptions_not_supported)});
+  client& pub = h.connected("pub");
+  pub.publish("t", "nobody");
+  h.settle();
+  CHECK(old.empty());
+  CHECK(v5.empty());
 }
