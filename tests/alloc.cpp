@@ -823,7 +823,8 @@ TEST_CASE("alloc: an idle connection without a readability wait holds one small 
     streams.push_back(memory::connect(client_io.get_executor(), "alloc-idle-memory"));
     auto& s = streams.back();
     codec::connect c;
-    c.client_id = "idle-" + std::to_string(i);
+    const std::string id = "idle-" + std::to_string(i);  // the packet's view needs it alive
+    c.client_id = id;
     c.keep_alive = 60;
     std::string out;
     REQUIRE_FALSE(codec::encode(c, codec::protocol_version::v3_1_1, out));
