@@ -889,3 +889,21 @@ TEST_CASE("engine, several threads: a connection that ends before its posted tak
   CHECK(watcher.received().empty());
   CHECK(again.only(CONNACK).session_present);
 }
+
+TEST_CASE("storage: a QoS 2 message held for its commit is routed when its connection ends first, once",
+          "[engine][storage][qos][MQTT-4.3.3-2]") {
+  durable_world w;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "t", qos::at_most_once);
+  auto& pub = w.connected(hello("pub", false).session_expiry(60), protocol_version::v5);
+  w.publish(pub, "t", qos::exactly_once, 5);
+  CHECK(sub.received().empty());  // held for the commit
+  w.drop(pub);
+  CHECK(sub.only(PUBLISH).topic == "t");  // not lost with the connection
+  auto& again = w.connected(hello("pub", false).session_expiry(60), protocol_version::v5);
+  w.publish(again, "t", qos::exactly_once, 5, true);  // the client resends: known, not routed again
+  w.engine.storage_committed(w.engine.storage().tickets);
+  w.run_events();
+  CHECK(sub.received().empty());
+  CHECK(again.only(PUBREC).id == 5);
+}

@@ -205,6 +205,14 @@ class protocol : public core<Policies> {
   /// `system_now` dates what a durable storage keeps (a delayed will's due time).
   void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
+    if constexpr (base::durable) {
+      // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
+      // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
+      if (l.held) {
+        for (; !l.held->empty(); l.held->pop_front())
+          if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
+      }
+    }
     message_ptr will = std::move(l.will_);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
     std::vector<detail::ref_ptr<link_type>> paced;

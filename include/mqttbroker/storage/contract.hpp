@@ -27,6 +27,9 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
 ///   void will(std::string_view client_id, message_ptr, std::chrono::system_clock::time_point due);
 /// Sessions come before what belongs to them; outgoing messages of a session in their order.
+/// Not yet: a QoS 2 message received and committed but not routed before a crash is only
+/// remembered by its identifier (inbound); routing it after the restart needs a loader call and
+/// a `routed` record, which the first durable backend brings.
 ///
 /// The storage policy. `static constexpr bool durable`: when false (storage::memory) the engine
 /// makes no call at all, compiled out. When true, the engine calls, on any thread that serves
