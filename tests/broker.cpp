@@ -1118,6 +1118,8 @@ struct hook_log {
   std::vector<std::string> connects;
   std::vector<std::pair<std::string, bool>> disconnects;
   std::vector<std::string> subscribes;
+  std::vector<std::string> unsubscribes;
+  std::vector<std::pair<std::string, reason_code>> refused;
 };
 
 struct test_hooks {
@@ -1141,6 +1143,12 @@ struct test_hooks {
   void on_disconnect(std::string_view id, bool graceful) { log->disconnects.emplace_back(std::string(id), graceful); }
   void on_subscribe(std::string_view id, std::string_view filter, qos) {
     log->subscribes.push_back(std::string(id) + ":" + std::string(filter));
+  }
+  void on_unsubscribe(std::string_view id, std::string_view filter) {
+    log->unsubscribes.push_back(std::string(id) + ":" + std::string(filter));
+  }
+  void on_connect_refused(const mb::hooks::connect_info& i, reason_code why) {
+    if (log) log->refused.emplace_back(std::string(i.client_id), why);
   }
 };
 
@@ -2308,4 +2316,35 @@ TEST_CASE("shared subscriptions are refused plainly until they are implemented: 
   h.settle();
   CHECK(old.empty());
   CHECK(v5.empty());
+}
+
+TEST_CASE("on_unsubscribe sees each filter that existed; on_connect_refused sees each refusal with its 5.0 reason",
+          "[broker][hooks]") {
+  hook_log log;
+  harness<hooked_policies> h({}, test_hooks{&log});
+  client& c = h.connected("u");
+  h.subscribe(c, "a", qos::at_most_once);
+  c.unsubscribe(2, "a");
+  c.unsubscribe(3, "never");
+  h.settle();
+  CHECK(c.pop(UNSUBACK).id == 2);
+  CHECK(c.pop(UNSUBACK).id == 3);
+  CHECK(log.unsubscribes == std::vector<std::string>{"u:a"});
+
+  client& wrong = h.add();
+  wrong.connect("w", true, std::nullopt, std::string_view("wrong"));
+  client& no_id = h.add();
+  no_id.connect("", false);  // 3.1.1: an empty identifier needs Clean Session 1
+  client& bad_will = h.add();
+  bad_will.connect("bw", true, will_spec{"a/+", "x"});  // 3.1.1 has no code: closed without CONNACK
+  h.settle();
+  CHECK(wrong.pop(CONNACK).code == 4);
+  CHECK(no_id.pop(CONNACK).code == 2);
+  CHECK(bad_will.empty());
+  CHECK(bad_will.closed());
+  REQUIRE(log.refused.size() == 3);
+  CHECK(log.refused[0] == std::make_pair(std::string("w"), reason_code::bad_user_name_or_password));
+  CHECK(log.refused[1] == std::make_pair(std::string(""), reason_code::client_identifier_not_valid));
+  CHECK(log.refused[2] == std::make_pair(std::string("bw"), reason_code::topic_name_invalid));
+  CHECK(log.connects == std::vector<std::string>{"u"});
 }

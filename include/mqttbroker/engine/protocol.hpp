@@ -304,20 +304,39 @@ class protocol : public core<Policies> {
   /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
   /// code for it) by closing.
   template <class Error>
-  void refuse_connect(link_type& l, codec::protocol_version v, Error e, steady_time now) {
+  void refuse_connect(link_type& l, const codec::connect& cp, Error e, steady_time now) {
     const std::error_code ec = e;
+    const auto v = cp.version;
     if (v == codec::protocol_version::v5)
-      return refuse_connect_code(l, v, to_reason_code(ec), connack_return_code::accepted, now);
+      return refuse_connect_code(l, cp, to_reason_code(ec), connack_return_code::accepted, now);
     auto rc = to_connack_return_code(ec);
-    if (!rc) {
-      l.version_ = v;
-      return violation(l, ec, now);
-    }
-    refuse_connect_code(l, v, reason_code::unspecified_error, *rc, now);
+    if (!rc) return refuse_by_closing(l, cp, ec, now);
+    refuse_connect_code(l, cp, to_reason_code(ec), *rc, now);
   }
 
-  void refuse_connect_code(link_type& l, codec::protocol_version v, reason_code rc5, connack_return_code rc3,
+  /// 3.1.1 without a CONNACK code for `ec`: the connection just closes.
+  void refuse_by_closing(link_type& l, const codec::connect& cp, std::error_code ec, steady_time now) {
+    notify_refused(cp, to_reason_code(ec));
+    l.version_ = cp.version;
+    violation(l, ec, now);
+  }
+
+  /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
+  void notify_refused(const codec::connect& cp, reason_code why) {
+    if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
+      hooks::connect_info info{cp.client_id, cp.username, cp.password, cp.version};
+      hooks_.on_connect_refused(info, why);
+    } else {
+      (void)cp;
+      (void)why;
+    }
+  }
+
+  /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1.
+  void refuse_connect_code(link_type& l, const codec::connect& cp, reason_code rc5, connack_return_code rc3,
                            steady_time now) {
+    const auto v = cp.version;
+    notify_refused(cp, rc5);
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
     l.version_ = v;
@@ -333,20 +352,19 @@ class protocol : public core<Policies> {
     if (client_id.empty()) {
       // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
       // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
-      if (!v5 && !cp.clean_start) return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
+      if (!v5 && !cp.clean_start) return refuse_connect(l, cp, protocol_errc::client_identifier_not_valid, now);
       std::lock_guard<mutex_type> lk(state_mutex_);
       client_id = make_client_id();
       assigned = true;
     }
     if (client_id.size() > opts_.max_client_id_length)
-      return refuse_connect(l, v, protocol_errc::client_identifier_not_valid, now);
+      return refuse_connect(l, cp, protocol_errc::client_identifier_not_valid, now);
 
     if (cp.will) {
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
-        if (v5) return refuse_connect_code(l, v, reason_code::topic_name_invalid, connack_return_code::accepted, now);
-        l.version_ = v;
-        return violation(l, ec, now);
+        if (v5) return refuse_connect_code(l, cp, reason_code::topic_name_invalid, connack_return_code::accepted, now);
+        return refuse_by_closing(l, cp, ec, now);
       }
     }
 
@@ -355,10 +373,10 @@ class protocol : public core<Policies> {
       switch (hooks_.authenticate(info)) {
         case hooks::auth_result::accept: break;
         case hooks::auth_result::bad_credentials:
-          return refuse_connect_code(l, v, reason_code::bad_user_name_or_password,
+          return refuse_connect_code(l, cp, reason_code::bad_user_name_or_password,
                                      connack_return_code::bad_user_name_or_password, now);
         case hooks::auth_result::not_authorized:
-          return refuse_connect_code(l, v, reason_code::not_authorized, connack_return_code::not_authorized, now);
+          return refuse_connect_code(l, cp, reason_code::not_authorized, connack_return_code::not_authorized, now);
       }
     }
 
@@ -743,6 +761,11 @@ class protocol : public core<Policies> {
         }
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);
       }
+    }
+    if constexpr (hooks::has_on_unsubscribe_v<hooks_type>) {
+      // After the lock: hooks never run under it. ack.reasons is in the order of u.filters.
+      for (std::size_t i = 0; i < u.filters.size(); ++i)
+        if (ack.reasons[i] == reason_code::success) hooks_.on_unsubscribe(l.client_id(), u.filters[i]);
     }
     if constexpr (base::durable) {
       // Not after a commit of its own, but never before a SUBACK held before it.

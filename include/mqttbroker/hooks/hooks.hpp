@@ -3,6 +3,7 @@
 
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/error.hpp>
 #include <mqttbroker/message.hpp>
 
 #include <optional>
@@ -37,6 +38,8 @@ enum class auth_result {
 ///   void on_connect(std::string_view client_id);
 ///   void on_disconnect(std::string_view client_id, bool graceful);
 ///   void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted);
+///   void on_unsubscribe(std::string_view client_id, std::string_view filter);  // one that existed
+///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built. A member with one of these names that cannot be called so, or returns another type, is a
 /// compile error, not a hook silently skipped. The policy must be a non-final class. In-process
@@ -112,6 +115,11 @@ MQTTBROKER_HOOK(on_disconnect, void, true, "void on_disconnect(std::string_view 
 MQTTBROKER_HOOK(on_subscribe, void, true,
                 "void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted)",
                 std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(on_unsubscribe, void, true, "void on_unsubscribe(std::string_view client_id, std::string_view filter)",
+                std::declval<std::string_view>(), std::declval<std::string_view>())
+MQTTBROKER_HOOK(on_connect_refused, void, true,
+                "void on_connect_refused(const hooks::connect_info&, reason_code)",
+                std::declval<const connect_info&>(), std::declval<reason_code>())
 #undef MQTTBROKER_HOOK
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
@@ -123,7 +131,8 @@ constexpr bool check_hooks() {
   constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
-                            on_subscribe_hook<H>::value};
+                            on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
+                            on_connect_refused_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -143,6 +152,10 @@ template <class H>
 inline constexpr bool has_on_disconnect_v = detail::on_disconnect_hook<H>::value;
 template <class H>
 inline constexpr bool has_on_subscribe_v = detail::on_subscribe_hook<H>::value;
+template <class H>
+inline constexpr bool has_on_unsubscribe_v = detail::on_unsubscribe_hook<H>::value;
+template <class H>
+inline constexpr bool has_on_connect_refused_v = detail::on_connect_refused_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
