@@ -907,3 +907,22 @@ TEST_CASE("storage: a QoS 2 message held for its commit is routed when its conne
   CHECK(sub.received().empty());
   CHECK(again.only(PUBREC).id == 5);
 }
+
+TEST_CASE("storage: an acknowledgement queued behind held ones that are already durable goes out once, in order",
+          "[engine][storage][MQTT-4.6.0-2]") {
+  durable_world w;
+  auto& sub = w.connected(hello("sub", false));
+  w.subscribe(sub, "kept/#", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "kept/1", qos::at_least_once, 1);  // held for its commit
+  CHECK(pub.received().empty());
+  // The commit is reported, but the link's event has not run yet when the next PUBLISH comes.
+  w.engine.storage_committed(w.engine.storage().tickets);
+  w.publish(pub, "nobody", qos::at_least_once, 2);
+  auto acks = pub.received();
+  REQUIRE(acks.size() == 2);
+  CHECK(acks[0].id == 1);
+  CHECK(acks[1].id == 2);
+  w.run_events();
+  CHECK(pub.received().empty());
+}

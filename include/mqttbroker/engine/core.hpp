@@ -660,17 +660,14 @@ class core {
       const bool recorded = take_recorded();
       auto& q = l.held;
       if (recorded) a.ticket = storage_.commit();
+      // Queued when it waits for a commit or behind acknowledgements that do; then the queue
+      // sends it, in its turn, and it is not sent here as well.
       if (recorded || (q && !q->empty())) {
         if (!q) q = std::make_unique<detail::fifo<held_ack>>();
         q->push_back(std::move(a));
-        std::lock_guard<mutex_type> lk(state_mutex_);
-        if (q->front().ticket > committed_) {
-          holding_.push_back(l.self());
-          return;
-        }
+        release_acks(l, now);
+        return;
       }
-      release_acks(l, now);
-      if (recorded || (q && !q->empty())) return;
     }
     send_ack(l, a, now);
   }
