@@ -437,7 +437,7 @@ struct later_policies : plain_policies {
 };
 
 TEST_CASE("engine: an asynchronous authenticate stops the reader after the CONNECT; its answer decides, then it reads on",
-          "[engine][hooks][MQTT-3.1.4-5]") {
+          "[engine][hooks]") {
   mb::broker_options o;
   o.connect_timeout = seconds(3);
   std::vector<mb::hooks::auth_reply> replies;

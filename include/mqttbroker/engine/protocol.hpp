@@ -462,8 +462,8 @@ class protocol : public core<Policies> {
   };
 
   /// Hands the CONNECT to the host's asynchronous authenticate. The reader waits: nothing the
-  /// client sent after its CONNECT is acted on before the CONNACK [MQTT-3.1.4-5] ("not processed
-  /// before the CONNECT is accepted"), and the CONNECT timeout bounds the wait.
+  /// client sent after its CONNECT is acted on before the CONNACK, so nothing after a refused one
+  /// ever is (3.1.1 [MQTT-3.1.4-5], 5.0 [MQTT-3.1.4-6]); the CONNECT timeout bounds the wait.
   void authenticate_later(link_type& l, connect_request r) {
     if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
       l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
