@@ -602,6 +602,19 @@ TEST_CASE("engine: QoS 2 from a client is routed once and released by PUBREL; a 
   CHECK(sub.received().size() == 1);
 }
 
+TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
+          "[engine][qos][v5][MQTT-4.3.3-9]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  w.publish(pub, "$refused", qos::exactly_once, 7);  // $-topics belong to the server
+  CHECK(pub.only(PUBREC).code == code(reason_code::not_authorized));
+  w.publish(pub, "t", qos::exactly_once, 7);  // a new message, not a resend
+  CHECK(pub.only(PUBREC).code == 0);
+  CHECK(sub.only(PUBLISH).topic == "t");
+}
+
 TEST_CASE("engine: QoS 1 and 2 to a client resume after a reconnect: PUBLISH with DUP, or PUBREL after PUBREC",
           "[engine][qos][session][MQTT-4.4.0-1]") {
   world<> w;

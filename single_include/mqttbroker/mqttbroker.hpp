@@ -8337,6 +8337,9 @@ class protocol : public core<Policies> {
           session_guard lk(*this, *rec);
           fresh = rec->state.on_qos2_publish(p.packet_id);
           over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
+          // 5.0: a PUBREC of 0x80 or more ends the exchange; the identifier is free for a new
+          // message at once [MQTT-4.3.3-9] (no PUBREL follows).
+          if (fresh && !allowed && v5) rec->state.on_pubrel(p.packet_id);
         }
         // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
         if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
