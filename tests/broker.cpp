@@ -2127,8 +2127,7 @@ struct async_auth_harness {
 
 }  // namespace
 
-TEST_CASE("an asynchronous authenticate answers after a timer while other clients are served; nothing sent after "
-          "the CONNECT is acted on before the CONNACK",
+TEST_CASE("an asynchronous authenticate answers after a timer while others are served; what followed its CONNECT waits",
           "[broker][hooks]") {
   async_auth_harness a;
   auto& h = a.h;

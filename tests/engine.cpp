@@ -602,6 +602,22 @@ TEST_CASE("engine: QoS 2 from a client is routed once and released by PUBREL; a 
   CHECK(sub.received().size() == 1);
 }
 
+TEST_CASE("engine: 5.0, a CONNECT with an Authentication Method is refused with 0x8C (no enhanced authentication yet)",
+          "[engine][v5][MQTT-4.12.0-1]") {
+  world<> w;
+  auto& l = w.open(protocol_version::v5);
+  codec::connect c;
+  c.version = protocol_version::v5;
+  c.client_id = "scram";
+  codec::properties_builder props;
+  props.add(codec::property_id::authentication_method, std::string_view("SCRAM-SHA-1"));
+  c.properties = props.view();
+  w.feed(l, c);
+  CHECK(l.only(CONNACK).code == code(reason_code::bad_authentication_method));
+  CHECK_FALSE(l.is_open());
+  CHECK(w.engine.stats().sessions == 0);
+}
+
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
           "[engine][qos][v5][MQTT-4.3.3-9]") {
   world<> w;

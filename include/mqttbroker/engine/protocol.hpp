@@ -401,6 +401,12 @@ class protocol : public core<Policies> {
     if (r.client_id.size() > opts_.max_client_id_length)
       return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
 
+    // 5.0: enhanced authentication is not offered (yet), so any Authentication Method is one the
+    // server does not support: CONNACK 0x8C and close [MQTT-4.12.0-1].
+    if (v5 && cp.properties.find(codec::property_id::authentication_method))
+      return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
+                                 connack_return_code::accepted, now);
+
     if (cp.will) {
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
