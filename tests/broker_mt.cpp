@@ -61,7 +61,7 @@ class mt_fixture {
 
 }  // namespace
 
-TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order per publisher", "[broker_mt][MQTT-4.6.0-2]") {
+TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order per publisher", "[broker_mt][MQTT-4.6.0-6]") {
   mt_fixture f(2);
   constexpr int publishers = 4;
   constexpr int per_publisher = 300;
@@ -429,7 +429,7 @@ TEST_CASE("in-process handlers may publish again; nested publishes keep the oute
 }
 
 TEST_CASE("multi-threaded broker: pipelined publishers paced by a slow subscriber keep order and lose nothing",
-          "[broker_mt][pacing][MQTT-4.6.0-2]") {
+          "[broker_mt][pacing][MQTT-4.6.0-6]") {
   // Pausing a publisher races with its subscriber draining on another thread: a pause that finds
   // the subscriber caught up must go on with the rest of the read before newer bytes. Small
   // thresholds make publishers pause and resume thousands of times.

@@ -354,7 +354,7 @@ TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[eng
     w.feed(l, p);
     CHECK(l.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
   }
-  SECTION("Receive Maximum exceeded 0x93 [MQTT-3.3.4-9]") {
+  SECTION("Receive Maximum exceeded 0x93 (5.0 section 3.3.4)") {
     mb::broker_options o;
     o.receive_maximum = 2;
     world<> small(o);
@@ -365,12 +365,12 @@ TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[eng
     small.publish(l, "t", qos::exactly_once, 3);
     CHECK(l.only(DISCONNECT).code == code(reason_code::receive_maximum_exceeded));
   }
-  SECTION("Protocol Error 0x82: AUTH without enhanced authentication [MQTT-4.12.0-1]") {
+  SECTION("Protocol Error 0x82: AUTH without enhanced authentication (5.0 section 4.12)") {
     auto& l = w.connected(hello("auth"), v5);
     w.feed(l, codec::auth{});
     CHECK(l.only(DISCONNECT).code == code(reason_code::protocol_error));
   }
-  SECTION("Protocol Error 0x82: a DISCONNECT extending a session that ended with its connection [MQTT-3.14.2-2]") {
+  SECTION("Protocol Error 0x82: a DISCONNECT extending a session that ended with its connection (5.0 section 3.14.2.2.2)") {
     auto& l = w.connected(hello("ext"), v5);
     codec::disconnect d;
     codec::properties_builder props;

@@ -89,7 +89,7 @@ class protocol : public core<Policies> {
       case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
       case 11: l.send(codec::pingresp{}, now); break;
       case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
-      // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
+      // Enhanced authentication is not offered, so any AUTH is out of place (5.0 section 4.12).
       default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
     return !l.is_closing() && !l.pace_pending() && !l.paused();
@@ -678,7 +678,7 @@ class protocol : public core<Policies> {
           // message at once [MQTT-4.3.3-9] (no PUBREL follows).
           if (fresh && !allowed && v5) rec->state.on_pubrel(p.packet_id);
         }
-        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
+        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced (section 3.3.4).
         if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
         if constexpr (base::durable) {
           if (fresh && allowed && base::kept(*rec)) {
@@ -903,7 +903,7 @@ class protocol : public core<Policies> {
         bool extends_ended_session;
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
-          // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
+          // 5.0 section 3.14.2.2.2: a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
           if (!extends_ended_session) {
             rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
