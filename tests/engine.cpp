@@ -67,6 +67,14 @@ struct hello {
     will_delay = delay;
     return *this;
   }
+  hello& receive_maximum(std::uint16_t n) {
+    receive_max = n;
+    return *this;
+  }
+  hello& maximum_packet_size(std::uint32_t n) {
+    max_packet = n;
+    return *this;
+  }
   hello& user(std::string name) {
     username = std::move(name);
     return *this;
@@ -78,6 +86,8 @@ struct hello {
   std::optional<std::string> will_topic;
   std::optional<std::uint32_t> will_delay;  // 5.0
   std::optional<std::string> username;
+  std::optional<std::uint16_t> receive_max;  // 5.0
+  std::optional<std::uint32_t> max_packet;   // 5.0
 };
 
 std::uint8_t code(reason_code r) { return static_cast<std::uint8_t>(r); }
@@ -170,6 +180,8 @@ class world {
     c.keep_alive = h.keep_alive_s;
     codec::properties_builder props, will_props;
     if (h.expiry) props.add(codec::property_id::session_expiry_interval, *h.expiry);
+    if (h.receive_max) props.add(codec::property_id::receive_maximum, *h.receive_max);
+    if (h.max_packet) props.add(codec::property_id::maximum_packet_size, *h.max_packet);
     c.properties = props.view();
     if (h.will_topic) {
       codec::will_message w;
@@ -616,6 +628,88 @@ TEST_CASE("engine: 5.0, a CONNECT with an Authentication Method is refused with 
   CHECK(l.only(CONNACK).code == code(reason_code::bad_authentication_method));
   CHECK_FALSE(l.is_open());
   CHECK(w.engine.stats().sessions == 0);
+}
+
+TEST_CASE("engine: 5.0, never more unacknowledged QoS 1 and 2 PUBLISH to a client than its Receive Maximum",
+          "[engine][flow][v5][MQTT-3.3.4-9]") {
+  mb::broker_options o;
+  o.max_inflight = 32;
+  world<> w(o);
+  auto& sub = w.connected(hello("sub").receive_maximum(2).session_expiry(60), protocol_version::v5);
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"));
+  for (std::uint16_t i = 1; i <= 5; ++i) w.publish(pub, "t", i % 2 ? qos::at_least_once : qos::exactly_once, i);
+  pub.received();
+  auto first = sub.received();
+  REQUIRE(first.size() == 2);  // the rest wait, in order
+  w.ack<codec::puback>(sub, first[0].id);
+  auto third = sub.received();
+  REQUIRE(third.size() == 1);
+  CHECK(third[0].qos_level == qos::at_least_once);
+  CHECK(sub.received().empty());
+  // A QoS 2 message counts until its PUBCOMP, not its PUBREC.
+  w.ack<codec::pubrec>(sub, first[1].id);
+  CHECK(sub.only(PUBREL).id == first[1].id);
+  w.ack<codec::pubcomp>(sub, first[1].id);
+  CHECK(sub.received().size() == 1);
+
+  // Reconnecting with a larger Receive Maximum widens the window for the same session.
+  w.drop(sub);
+  auto& again = w.open(protocol_version::v5);
+  w.connect(again, hello("sub", false).receive_maximum(10).session_expiry(60), protocol_version::v5);
+  auto resent = again.received();
+  REQUIRE(resent.size() == 4);  // CONNACK, the two in flight again (DUP), then the last one
+  CHECK(resent[0].type == CONNACK);
+  CHECK(resent[1].dup);
+  CHECK(resent[2].dup);
+  CHECK_FALSE(resent[3].dup);
+  CHECK(w.engine.stats().messages_dropped == 0);
+}
+
+TEST_CASE("engine: 5.0, a PUBLISH larger than a client's Maximum Packet Size is dropped for that client alone",
+          "[engine][flow][v5][MQTT-3.1.2-24][MQTT-3.1.2-25]") {
+  world<> w;
+  auto& small = w.connected(hello("small").maximum_packet_size(64).session_expiry(60), protocol_version::v5);
+  w.subscribe(small, "t/#", qos::at_least_once);
+  auto& big = w.connected(hello("big"), protocol_version::v5);
+  w.subscribe(big, "t/#", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  auto send = [&](const std::string& topic, std::size_t payload, qos q, std::uint16_t id) {
+    codec::publish p;
+    p.topic = topic;
+    const std::string body(payload, 'x');
+    p.payload = body;
+    p.qos_level = q;
+    p.packet_id = id;
+    w.feed(pub, p);
+    pub.received();
+  };
+  // A QoS 1 PUBLISH to "t/a" with a subscription-free 5.0 header: 1 + 1 + (2 + 3) + 2 + 1 + payload.
+  send("t/a", 54, qos::at_least_once, 1);  // 64 bytes: fits exactly
+  CHECK(small.only(PUBLISH).payload.size() == 54);
+  CHECK(big.only(PUBLISH).payload.size() == 54);
+  send("t/a", 55, qos::at_least_once, 2);  // 65 bytes
+  CHECK(small.received().empty());
+  CHECK(big.only(PUBLISH).payload.size() == 55);
+  send("t/a", 500, qos::at_most_once, 0);
+  CHECK(small.received().empty());
+  CHECK(big.only(PUBLISH).payload.size() == 500);
+  CHECK(w.engine.stats().messages_dropped == 2);
+
+  // Queued while offline, then too large for the next connection's limit: dropped as the queue
+  // drains, the smaller one behind it delivered.
+  w.drop(small);
+  send("t/b", 40, qos::at_least_once, 3);
+  send("t/b", 10, qos::at_least_once, 4);
+  big.received();
+  auto& back = w.open(protocol_version::v5);
+  w.connect(back, hello("small", false).maximum_packet_size(40).session_expiry(60), protocol_version::v5);
+  auto got = back.received();
+  std::vector<std::size_t> sizes;
+  for (const rx& r : got)
+    if (r.type == PUBLISH) sizes.push_back(r.payload.size());
+  CHECK(sizes == std::vector<std::size_t>{10});  // the 54-byte one in flight and the 40-byte one dropped
+  CHECK(w.engine.stats().messages_dropped == 4);
 }
 
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",

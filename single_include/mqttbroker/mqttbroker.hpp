@@ -4127,6 +4127,17 @@ struct outgoing {
   detail::small_vector<std::uint32_t, 2> subscription_ids;  // 5.0; two fit without allocating
 };
 
+/// The bytes `o` takes as a 5.0 PUBLISH, fixed header included: its properties with one
+/// Subscription Identifier property per identifier, as link::send_publish() encodes it.
+inline std::size_t wire_size_v5(const outgoing& o) noexcept {
+  std::size_t props = o.msg->properties().bytes().size();
+  for (std::uint32_t id : o.subscription_ids) props += 1 + codec::detail::varint_size(id);
+  const std::size_t body = 2 + o.msg->topic().size() + (o.qos_level == codec::qos::at_most_once ? 0 : 2) +
+                           codec::detail::varint_size(static_cast<std::uint32_t>(props)) + props +
+                           o.msg->payload().size();
+  return 1 + codec::detail::varint_size(static_cast<std::uint32_t>(body)) + body;
+}
+
 /// Where an outgoing QoS 1/2 message stands.
 enum class phase : std::uint8_t {
   awaiting_puback,   // QoS 1 sent
@@ -4182,13 +4193,16 @@ class state {
   /// make room (a durable store forgets them too).
   template <class OnEvict>
   admission offer(outgoing& o, bool online, OnEvict&& on_evict) {
+    // Too large for the connected client: dropped for it alone [MQTT-3.1.2-25]. Offline, the
+    // next connection's limit decides (next_ready()).
+    if (online && !fits(o)) return admission::dropped;
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) return admission::dropped;
       return enqueue(std::move(o), on_evict);
     }
     traffic& t = flows();
-    if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
+    if (online && t.queue.empty() && t.inflight.size() < window(t)) {
       admit(t, o);
       t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
@@ -4209,10 +4223,21 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    if (!traffic_ || traffic_->queue.empty()) return std::nullopt;
+    return next_ready([](const outgoing&) {});
+  }
+  /// The same; `on_discard(const outgoing&)` sees each queued message too large for the connected
+  /// client, which is dropped without being sent [MQTT-3.1.2-25].
+  template <class OnDiscard>
+  std::optional<outgoing> next_ready(OnDiscard&& on_discard) {
+    if (!traffic_) return std::nullopt;
     traffic& t = *traffic_;
-    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= limits_->max_inflight)
-      return std::nullopt;
+    while (!t.queue.empty() && !fits(t.queue.front())) {
+      t.queued_bytes -= t.queue.front().msg->payload().size();
+      on_discard(static_cast<const outgoing&>(t.queue.front()));
+      t.queue.pop_front();
+    }
+    if (t.queue.empty()) return std::nullopt;
+    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= window(t)) return std::nullopt;
     outgoing o = std::move(t.queue.front());
     t.queue.pop_front();
     t.queued_bytes -= o.msg->payload().size();
@@ -4251,6 +4276,46 @@ class state {
   }
 
   std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
+
+  /// 5.0: what the connected client takes, set at each CONNECT (3.1.1: 65535 and 0).
+  /// - Its Receive Maximum narrows the in-flight window below the broker's max_inflight
+  ///   [MQTT-3.3.4-9]. A resumed session's messages in flight beyond it stay in flight (they are
+  ///   re-sent), and no new one is admitted until the count is below it again.
+  /// - Its Maximum Packet Size (0: none): a PUBLISH larger is dropped for this client alone
+  ///   [MQTT-3.1.2-25].
+  /// Nothing is kept for a client that narrows neither (an idle session stays small).
+  void set_client_limits(std::uint16_t receive_maximum, std::uint32_t maximum_packet_size) {
+    if (receive_maximum >= limits_->max_inflight && maximum_packet_size == 0 && !traffic_) return;
+    traffic& t = flows();
+    t.send_window = receive_maximum;
+    t.max_packet_size = maximum_packet_size;
+  }
+  /// Whether `o` may go to the connected client as one PUBLISH (its Maximum Packet Size).
+  bool fits(const outgoing& o) const noexcept {
+    return !traffic_ || traffic_->max_packet_size == 0 || wire_size_v5(o) <= traffic_->max_packet_size;
+  }
+  /// A resumed session's messages in flight that the new connection's Maximum Packet Size does
+  /// not take: dropped as if delivered [MQTT-3.1.2-25], each seen by `on_discard(const outgoing&)`.
+  template <class OnDiscard>
+  void discard_unfit_inflight(OnDiscard&& on_discard) {
+    if (!traffic_ || traffic_->max_packet_size == 0) return;
+    traffic& t = *traffic_;
+    // Rare (a reconnect with a smaller limit): a restart after each removal is simple enough.
+    for (bool removed = true; removed;) {
+      removed = false;
+      for (auto it = t.inflight.begin(); it != t.inflight.end(); ++it) {
+        // After PUBREC only the identifier is left: a PUBREL always fits.
+        if (it->state == phase::awaiting_pubcomp || fits(it->pub)) continue;
+        on_discard(static_cast<const outgoing&>(it->pub));
+        mark(t, it->pub.packet_id, false);
+        t.inflight.erase(it);
+        removed = true;
+        break;
+      }
+    }
+  }
+  /// How many QoS 1/2 messages may be in flight to the client now.
+  std::size_t send_window() const noexcept { return traffic_ ? window(*traffic_) : limits_->max_inflight; }
   std::size_t queued_count() const noexcept { return traffic_ ? traffic_->queue.size() : 0; }
   std::size_t queued_bytes() const noexcept { return traffic_ ? traffic_->queued_bytes : 0; }
 
@@ -4329,7 +4394,13 @@ class state {
     std::uint16_t next_id = 0;
     std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
     std::vector<std::uint16_t> inbound_qos2;  // sorted
+    std::uint16_t send_window = 0xFFFF;       // the client's Receive Maximum
+    std::uint32_t max_packet_size = 0;        // the client's Maximum Packet Size; 0: none
   };
+
+  std::size_t window(const traffic& t) const noexcept {
+    return std::min<std::size_t>(limits_->max_inflight, t.send_window);
+  }
 
   traffic& flows() {
     if (!traffic_) traffic_ = std::make_unique<traffic>();
@@ -6161,6 +6232,8 @@ struct connect_request {
   bool clean_start = true;
   bool assigned_id = false;
   std::uint16_t keep_alive = 0;
+  std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
+  std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
@@ -7470,7 +7543,12 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    while (auto o = rec->state.next_ready()) {
+    auto too_large = [&](const session::outgoing& gone) {
+      hot_.dropped.fetch_add(1);
+      if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+    };
+    while (auto o = rec->state.next_ready(too_large)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -7481,11 +7559,12 @@ class core {
     while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+          rec->state.inflight_count() >= rec->state.send_window())
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
+      if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
@@ -8089,6 +8168,13 @@ class protocol : public core<Policies> {
     r.version = v;
     r.clean_start = cp.clean_start;
     r.keep_alive = cp.keep_alive;
+    if (v5) {
+      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
+      // this (the decoder refused 0 for either as a protocol error).
+      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
+        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+    }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
     }
@@ -8215,6 +8301,7 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
@@ -8258,6 +8345,11 @@ class protocol : public core<Policies> {
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn.get() == &l) rec->state.discard_unfit_inflight([&](const session::outgoing& gone) {
+        // Too large for this connection: as if delivered [MQTT-3.1.2-25].
+        hot_.dropped.fetch_add(1);
+        if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
+      });
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;

@@ -581,7 +581,12 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    while (auto o = rec->state.next_ready()) {
+    auto too_large = [&](const session::outgoing& gone) {
+      hot_.dropped.fetch_add(1);
+      if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+    };
+    while (auto o = rec->state.next_ready(too_large)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -592,11 +597,12 @@ class core {
     while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+          rec->state.inflight_count() >= rec->state.send_window())
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
       const auto adm = rec->state.offer(o, true);
+      if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))

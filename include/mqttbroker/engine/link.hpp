@@ -55,6 +55,8 @@ struct connect_request {
   bool clean_start = true;
   bool assigned_id = false;
   std::uint16_t keep_alive = 0;
+  std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
+  std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
