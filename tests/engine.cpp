@@ -712,6 +712,76 @@ TEST_CASE("engine: 5.0, a PUBLISH larger than a client's Maximum Packet Size is 
   CHECK(w.engine.stats().messages_dropped == 4);
 }
 
+namespace {
+/// A 5.0 PUBLISH with a Message Expiry Interval.
+codec::publish expiring(const std::string& topic, std::uint32_t seconds, qos q, std::uint16_t id, bool retain,
+                        codec::properties_builder& props) {
+  props.clear();
+  props.add(codec::property_id::message_expiry_interval, seconds);
+  codec::publish p;
+  p.topic = topic;
+  p.payload = "m";
+  p.qos_level = q;
+  p.packet_id = id;
+  p.retain = retain;
+  p.properties = props.view();
+  return p;
+}
+}  // namespace
+
+TEST_CASE("engine: 5.0, a queued message expires at its Message Expiry Interval; a subscriber gets what is left of it",
+          "[engine][time][v5][MQTT-3.3.2-5][MQTT-3.3.2-6]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub").session_expiry(600), protocol_version::v5);
+  w.subscribe(sub, "t", qos::at_least_once);
+  auto& sub3 = w.connected(hello("sub3", false));  // 3.1.1: the message expires for it too
+  w.subscribe(sub3, "t", qos::at_least_once);
+  w.drop(sub);
+  w.drop(sub3);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  codec::properties_builder props;
+  w.feed(pub, expiring("t", 3, qos::at_least_once, 1, false, props));
+  w.feed(pub, expiring("t", 10, qos::at_least_once, 2, false, props));
+  pub.received();
+
+  w.advance(seconds(2));
+  auto& back = w.open(protocol_version::v5);
+  w.connect(back, hello("sub", false).session_expiry(600), protocol_version::v5);
+  auto got = back.received();
+  REQUIRE(got.size() == 3);
+  CHECK(got[1].message_expiry == std::optional<std::uint32_t>(1));  // 3 s less the 2 it waited
+  CHECK(got[2].message_expiry == std::optional<std::uint32_t>(8));
+
+  w.advance(seconds(1));  // 3 s after the PUBLISH: the first one is gone for the 3.1.1 session
+  auto& back3 = w.open();
+  w.connect(back3, hello("sub3", false), protocol_version::v3_1_1);
+  got = back3.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].type == PUBLISH);
+  CHECK(w.engine.stats().messages_expired == 1);
+}
+
+TEST_CASE("engine: 5.0, an expired retained message is no longer served", "[engine][time][v5][retained][MQTT-3.3.2-5]") {
+  world<> w;
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  codec::properties_builder props;
+  w.feed(pub, expiring("r", 5, qos::at_most_once, 0, true, props));
+  w.advance(seconds(5) - nanoseconds(1));
+  auto& early = w.connected(hello("early"), protocol_version::v5);
+  codec::subscribe s;
+  s.packet_id = 1;
+  s.entries.push_back({"r", {qos::at_most_once}});
+  w.feed(early, s);
+  auto got = early.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].retain);
+  CHECK(got[1].message_expiry == std::optional<std::uint32_t>(1));
+  w.advance(nanoseconds(1));
+  auto& late = w.connected(hello("late"), protocol_version::v5);
+  w.feed(late, s);
+  CHECK(late.only(SUBACK).codes == std::vector<std::uint8_t>{0});
+}
+
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
           "[engine][qos][v5][MQTT-4.3.3-9]") {
   world<> w;

@@ -3236,8 +3236,10 @@ class message {
 
   /// A new message holding copies of `topic`, `payload` and the encoded 5.0 `properties` that
   /// travel with it (already validated; Topic Alias and Subscription Identifiers removed).
+  /// `expires_at`: the broker clock's second (engine::clock_seconds) at which a 5.0 Message
+  /// Expiry Interval ends; 0 when it has none.
   static message_ptr make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
-                          std::string_view properties = {});
+                          std::string_view properties = {}, std::uint32_t expires_at = 0);
 
   std::string_view topic() const noexcept { return {bytes(), topic_size_}; }
   std::string_view payload() const noexcept { return {bytes() + topic_size_ + properties_size_, payload_size_}; }
@@ -3246,18 +3248,38 @@ class message {
   }
   codec::qos qos_level() const noexcept { return qos_; }
   bool retain() const noexcept { return retain_; }
+  /// When its Message Expiry Interval ends (0: never), in the broker clock's whole seconds.
+  std::uint32_t expires_at() const noexcept {
+    if (!has_expiry_) return 0;
+    std::uint32_t t;
+    std::memcpy(&t, bytes() + topic_size_ + properties_size_ + payload_size_, sizeof t);
+    return t;
+  }
+  /// Whether it has expired at second `now` of the broker's clock [MQTT-3.3.2-5].
+  bool expired(std::uint32_t now) const noexcept {
+    if (!has_expiry_) return false;
+    return now >= expires_at();
+  }
 
  private:
   friend class message_ptr;
-  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block) noexcept
-      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r), block_class_(block) {}
+  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block,
+          bool has_expiry) noexcept
+      : topic_size_(t),
+        properties_size_(pr),
+        payload_size_(pl),
+        qos_(q),
+        retain_(r),
+        block_class_(block),
+        has_expiry_(has_expiry) {}
 
   const char* bytes() const noexcept { return reinterpret_cast<const char*>(this + 1); }
   char* bytes() noexcept { return reinterpret_cast<char*>(this + 1); }
 
   void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
   std::size_t block_bytes() const noexcept {
-    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_;
+    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_ +
+           (has_expiry_ ? sizeof(std::uint32_t) : 0);
   }
 
   void release() const noexcept {
@@ -3278,7 +3300,10 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
-  std::uint8_t block_class_;  // block_pool size class; fits in the padding, sizeof stays 20
+  std::uint8_t block_class_;  // block_pool size class
+  // The expiry second follows the payload, only in the messages that have one; with this flag
+  // the header stays 20 bytes.
+  bool has_expiry_;
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -3314,16 +3339,18 @@ class message_ptr {
 };
 
 inline message_ptr message::make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
-                                 std::string_view properties) {
-  const std::size_t n = topic.size() + properties.size() + payload.size();
+                                 std::string_view properties, std::uint32_t expires_at) {
+  const bool has_expiry = expires_at != 0;
+  const std::size_t n = topic.size() + properties.size() + payload.size() + (has_expiry ? sizeof expires_at : 0);
   std::uint8_t block = 0;
   void* raw = detail::block_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
-                              static_cast<std::uint32_t>(payload.size()), q, retain, block);
+                              static_cast<std::uint32_t>(payload.size()), q, retain, block, has_expiry);
   char* out = m->bytes();
   if (!topic.empty()) std::memcpy(out, topic.data(), topic.size());
   if (!properties.empty()) std::memcpy(out + topic.size(), properties.data(), properties.size());
   if (!payload.empty()) std::memcpy(out + topic.size() + properties.size(), payload.data(), payload.size());
+  if (has_expiry) std::memcpy(out + topic.size() + properties.size() + payload.size(), &expires_at, sizeof expires_at);
   return message_ptr(m);
 }
 
@@ -4158,6 +4185,12 @@ struct limits {
   bool queue_qos0_offline = false;
 };
 
+/// Why next_ready() dropped a queued message without sending it.
+enum class discard : std::uint8_t {
+  too_large,  // over the connected client's Maximum Packet Size [MQTT-3.1.2-25]
+  expired,    // its Message Expiry Interval ended while it waited [MQTT-3.3.2-5]
+};
+
 /// What offer() did with a message.
 enum class admission : std::uint8_t {
   send,     // send now: the outgoing was given a packet identifier (QoS > 0) and is in flight
@@ -4223,17 +4256,21 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    return next_ready([](const outgoing&) {});
+    return next_ready(0, [](const outgoing&, discard) {});
   }
-  /// The same; `on_discard(const outgoing&)` sees each queued message too large for the connected
-  /// client, which is dropped without being sent [MQTT-3.1.2-25].
+  /// The same at second `now` of the broker's clock (message::expired); `on_discard(const
+  /// outgoing&, discard)` sees each queued message dropped without being sent: expired, or too
+  /// large for the connected client.
   template <class OnDiscard>
-  std::optional<outgoing> next_ready(OnDiscard&& on_discard) {
+  std::optional<outgoing> next_ready(std::uint32_t now, OnDiscard&& on_discard) {
     if (!traffic_) return std::nullopt;
     traffic& t = *traffic_;
-    while (!t.queue.empty() && !fits(t.queue.front())) {
-      t.queued_bytes -= t.queue.front().msg->payload().size();
-      on_discard(static_cast<const outgoing&>(t.queue.front()));
+    while (!t.queue.empty()) {
+      const outgoing& front = t.queue.front();
+      const bool expired = front.msg->expired(now);
+      if (!expired && fits(front)) break;
+      t.queued_bytes -= front.msg->payload().size();
+      on_discard(front, expired ? discard::expired : discard::too_large);
       t.queue.pop_front();
     }
     if (t.queue.empty()) return std::nullopt;
@@ -6205,6 +6242,11 @@ MQTTBROKER_END_NAMESPACE
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
+/// The broker clock's whole second: what message expiry counts in (message::expires_at).
+inline std::uint32_t clock_seconds(std::chrono::steady_clock::time_point t) noexcept {
+  return static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count());
+}
+
 template <class Policies>
 class core;
 template <class Policies>
@@ -6399,7 +6441,15 @@ class link : public detail::list_links,
       if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
-        for (const codec::property& pr : o.msg->properties()) props.add(pr);
+        for (const codec::property& pr : o.msg->properties()) {
+          if (pr.id == codec::property_id::message_expiry_interval && o.msg->expires_at() != 0) {
+            // What is left of it: the interval less the time the message waited here [MQTT-3.3.2-6].
+            const std::uint32_t at = clock_seconds(now);
+            props.add(pr.id, o.msg->expires_at() > at ? o.msg->expires_at() - at : std::uint32_t{0});
+          } else {
+            props.add(pr);
+          }
+        }
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
         p.properties = props.view();
       }
@@ -6734,7 +6784,9 @@ struct broker_stats {
   std::uint64_t keep_alive_timeouts = 0;
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
-  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
+  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
+                                          // Maximum Packet Size
+  std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
@@ -7190,6 +7242,7 @@ class core {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
@@ -7235,7 +7288,7 @@ class core {
         }
       }
     }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// When the earliest delayed will is due, if any.
@@ -7264,7 +7317,7 @@ class core {
       }
     }
     if (stopping_) return;
-    for (auto& w : due) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
@@ -7324,6 +7377,25 @@ class core {
  protected:
   using mutex_type = typename locking_type::mutex_type;
   using session_mutex_type = typename session_type::session_mutex_type;
+
+  /// When a message with these 5.0 properties, received at `now`, expires: 0 without a Message
+  /// Expiry Interval.
+  static std::uint32_t expiry_of(const codec::properties_view& props, steady_time now) noexcept {
+    if (props.empty()) return 0;
+    const auto p = props.find(codec::property_id::message_expiry_interval);
+    if (!p) return 0;
+    const std::uint64_t at = std::uint64_t{engine::clock_seconds(now)} + p->integer;
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
+  }
+
+  /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
+  /// CONNECT that carried it.
+  static message_ptr published_will(message_ptr will, steady_time now) {
+    const std::uint32_t expires = expiry_of(will->properties(), now);
+    if (expires == 0) return will;
+    return message::make(will->topic(), will->payload(), will->qos_level(), will->retain(),
+                         will->properties().bytes(), expires);
+  }
 
   topic::limits topic_limits() const noexcept {
     topic::limits lim;
@@ -7543,12 +7615,13 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    auto too_large = [&](const session::outgoing& gone) {
-      hot_.dropped.fetch_add(1);
+    const std::uint32_t now_s = clock_seconds(now);
+    auto discarded = [&](const session::outgoing& gone, session::discard why) {
+      (why == session::discard::expired ? hot_.expired : hot_.dropped).fetch_add(1);
       if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
     };
-    while (auto o = rec->state.next_ready(too_large)) {
+    while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -7563,6 +7636,10 @@ class core {
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
+      if (o.msg->expired(now_s)) {  // expired while it waited for the window [MQTT-3.3.2-5]
+        hot_.expired.fetch_add(1);
+        continue;
+      }
       const auto adm = rec->state.offer(o, true);
       if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
@@ -7747,7 +7824,7 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
@@ -8021,7 +8098,7 @@ class protocol : public core<Policies> {
       }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
+    if (will) publish_message(base::published_will(std::move(will), now), nullptr, now);
     if (stopped) stopped();
   }
 
@@ -8404,7 +8481,9 @@ class protocol : public core<Policies> {
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+                             base::expiry_of(p.properties, now))
+             : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
@@ -8599,7 +8678,9 @@ class protocol : public core<Policies> {
         // a repeated one included [MQTT-3.8.4-3].
         const auto rh = e.options.retain_handling;
         if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+          const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
+            if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);

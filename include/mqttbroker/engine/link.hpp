@@ -28,6 +28,11 @@
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
 
+/// The broker clock's whole second: what message expiry counts in (message::expires_at).
+inline std::uint32_t clock_seconds(std::chrono::steady_clock::time_point t) noexcept {
+  return static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count());
+}
+
 template <class Policies>
 class core;
 template <class Policies>
@@ -222,7 +227,15 @@ class link : public detail::list_links,
       if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
-        for (const codec::property& pr : o.msg->properties()) props.add(pr);
+        for (const codec::property& pr : o.msg->properties()) {
+          if (pr.id == codec::property_id::message_expiry_interval && o.msg->expires_at() != 0) {
+            // What is left of it: the interval less the time the message waited here [MQTT-3.3.2-6].
+            const std::uint32_t at = clock_seconds(now);
+            props.add(pr.id, o.msg->expires_at() > at ? o.msg->expires_at() - at : std::uint32_t{0});
+          } else {
+            props.add(pr);
+          }
+        }
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
         p.properties = props.view();
       }

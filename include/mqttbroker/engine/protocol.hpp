@@ -273,7 +273,7 @@ class protocol : public core<Policies> {
       }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
+    if (will) publish_message(base::published_will(std::move(will), now), nullptr, now);
     if (stopped) stopped();
   }
 
@@ -656,7 +656,9 @@ class protocol : public core<Policies> {
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+                             base::expiry_of(p.properties, now))
+             : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
@@ -851,7 +853,9 @@ class protocol : public core<Policies> {
         // a repeated one included [MQTT-3.8.4-3].
         const auto rh = e.options.retain_handling;
         if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+          const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
+            if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);

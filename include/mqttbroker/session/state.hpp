@@ -63,6 +63,12 @@ struct limits {
   bool queue_qos0_offline = false;
 };
 
+/// Why next_ready() dropped a queued message without sending it.
+enum class discard : std::uint8_t {
+  too_large,  // over the connected client's Maximum Packet Size [MQTT-3.1.2-25]
+  expired,    // its Message Expiry Interval ended while it waited [MQTT-3.3.2-5]
+};
+
 /// What offer() did with a message.
 enum class admission : std::uint8_t {
   send,     // send now: the outgoing was given a packet identifier (QoS > 0) and is in flight
@@ -128,17 +134,21 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    return next_ready([](const outgoing&) {});
+    return next_ready(0, [](const outgoing&, discard) {});
   }
-  /// The same; `on_discard(const outgoing&)` sees each queued message too large for the connected
-  /// client, which is dropped without being sent [MQTT-3.1.2-25].
+  /// The same at second `now` of the broker's clock (message::expired); `on_discard(const
+  /// outgoing&, discard)` sees each queued message dropped without being sent: expired, or too
+  /// large for the connected client.
   template <class OnDiscard>
-  std::optional<outgoing> next_ready(OnDiscard&& on_discard) {
+  std::optional<outgoing> next_ready(std::uint32_t now, OnDiscard&& on_discard) {
     if (!traffic_) return std::nullopt;
     traffic& t = *traffic_;
-    while (!t.queue.empty() && !fits(t.queue.front())) {
-      t.queued_bytes -= t.queue.front().msg->payload().size();
-      on_discard(static_cast<const outgoing&>(t.queue.front()));
+    while (!t.queue.empty()) {
+      const outgoing& front = t.queue.front();
+      const bool expired = front.msg->expired(now);
+      if (!expired && fits(front)) break;
+      t.queued_bytes -= front.msg->payload().size();
+      on_discard(front, expired ? discard::expired : discard::too_large);
       t.queue.pop_front();
     }
     if (t.queue.empty()) return std::nullopt;
