@@ -67,6 +67,11 @@ struct hello {
     will_delay = delay;
     return *this;
   }
+  hello& will_expiry(std::uint32_t seconds, bool retained) {
+    will_expiry_s = seconds;
+    will_retain = retained;
+    return *this;
+  }
   hello& receive_maximum(std::uint16_t n) {
     receive_max = n;
     return *this;
@@ -86,6 +91,8 @@ struct hello {
   std::optional<std::string> will_topic;
   std::optional<std::uint32_t> will_delay;  // 5.0
   std::optional<std::string> username;
+  std::optional<std::uint32_t> will_expiry_s;  // 5.0: the will's Message Expiry Interval
+  bool will_retain = false;
   std::optional<std::uint16_t> receive_max;  // 5.0
   std::optional<std::uint32_t> max_packet;   // 5.0
 };
@@ -188,6 +195,8 @@ class world {
       w.topic = *h.will_topic;
       w.payload = "will";
       if (h.will_delay) will_props.add(codec::property_id::will_delay_interval, *h.will_delay);
+      if (h.will_expiry_s) will_props.add(codec::property_id::message_expiry_interval, *h.will_expiry_s);
+      w.retain = h.will_retain;
       w.properties = will_props.view();
       c.will = w;
     }
@@ -759,6 +768,28 @@ TEST_CASE("engine: 5.0, a queued message expires at its Message Expiry Interval;
   REQUIRE(got.size() == 2);
   CHECK(got[1].type == PUBLISH);
   CHECK(w.engine.stats().messages_expired == 1);
+}
+
+TEST_CASE("engine: 5.0, a will's Message Expiry Interval counts from its publication, after the Will Delay",
+          "[engine][time][v5][will][MQTT-3.3.2-5]") {
+  world<> w;
+  auto& l = w.connected(hello("w").session_expiry(60).will("will/w", 5).will_expiry(10, true), protocol_version::v5);
+  w.drop(l);
+  w.advance(seconds(5));  // published now, retained
+  w.advance(seconds(9));  // 1 s of its 10 left
+  codec::subscribe s;
+  s.packet_id = 1;
+  s.entries.push_back({"will/#", {qos::at_most_once}});
+  auto& a = w.connected(hello("a"), protocol_version::v5);
+  w.feed(a, s);
+  auto got = a.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].topic == "will/w");
+  CHECK(got[1].message_expiry == std::optional<std::uint32_t>(1));
+  w.advance(seconds(1));
+  auto& b = w.connected(hello("b"), protocol_version::v5);
+  w.feed(b, s);
+  CHECK(b.only(SUBACK).codes == std::vector<std::uint8_t>{0});
 }
 
 TEST_CASE("engine: 5.0, an expired retained message is no longer served", "[engine][time][v5][retained][MQTT-3.3.2-5]") {
