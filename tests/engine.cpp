@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -365,12 +366,12 @@ TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[eng
     CHECK(l.only(DISCONNECT).code == code(reason_code::server_shutting_down));
     CHECK(stopped);
   }
-  SECTION("Topic Alias invalid 0x94: the server allows none [MQTT-3.3.2-9]") {
+  SECTION("Topic Alias invalid 0x94: above the Topic Alias Maximum of the CONNACK (5.0 section 3.3.2.3.4)") {
     auto& l = w.connected(hello("ta"), v5);
     codec::publish p;
     p.topic = "t";
     codec::properties_builder props;
-    props.add(codec::property_id::topic_alias, 1);
+    props.add(codec::property_id::topic_alias, w.engine.options().topic_alias_maximum + 1);
     p.properties = props.view();
     w.feed(l, p);
     CHECK(l.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
@@ -811,6 +812,89 @@ TEST_CASE("engine: 5.0, an expired retained message is no longer served", "[engi
   auto& late = w.connected(hello("late"), protocol_version::v5);
   w.feed(late, s);
   CHECK(late.only(SUBACK).codes == std::vector<std::uint8_t>{0});
+}
+
+TEST_CASE("engine: 5.0, topic aliases from a client: set, used, replaced, per connection; 0 and unknown ones end it",
+          "[engine][v5][alias][MQTT-3.3.2-12][MQTT-3.3.2-7]") {
+  mb::broker_options o;
+  o.topic_alias_maximum = 3;
+  world<> w(o);
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "#", qos::at_most_once);
+  auto publish = [&](auto& l, std::string topic, std::uint16_t alias) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = "m";
+    codec::properties_builder props;
+    props.add(codec::property_id::topic_alias, alias);
+    p.properties = props.view();
+    w.feed(l, p);
+  };
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  publish(pub, "a/1", 1);
+  publish(pub, "a/3", 3);  // every alias up to the maximum is taken
+  publish(pub, "", 1);
+  publish(pub, "", 3);
+  publish(pub, "a/2", 1);  // a new topic for alias 1
+  publish(pub, "", 1);
+  std::vector<std::string> topics;
+  for (const rx& r : sub.received()) topics.push_back(r.topic);
+  CHECK(topics == std::vector<std::string>{"a/1", "a/3", "a/1", "a/3", "a/2", "a/2"});
+  CHECK(pub.is_open());
+
+  // A new connection of the same client starts without the old mappings [MQTT-3.3.2-7].
+  w.drop(pub);
+  auto& again = w.connected(hello("pub"), protocol_version::v5);
+  publish(again, "", 1);
+  CHECK(again.only(DISCONNECT).code == code(reason_code::protocol_error));
+  CHECK(sub.received().empty());
+
+  auto& zero = w.connected(hello("zero"), protocol_version::v5);
+  publish(zero, "a/0", 0);
+  CHECK(zero.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
+}
+
+TEST_CASE("engine: 5.0, topic aliases to a client: within its Topic Alias Maximum, the least recently used replaced",
+          "[engine][v5][alias][MQTT-3.3.2-11][MQTT-3.1.2-26][MQTT-3.1.2-27][MQTT-3.3.2-8]") {
+  world<> w;
+  auto connect = [&](const std::string& id, std::optional<std::uint16_t> alias_max) -> world<>::fake_link& {
+    auto& l = w.open(protocol_version::v5);
+    codec::connect c;
+    c.version = protocol_version::v5;
+    c.client_id = id;
+    codec::properties_builder props;
+    if (alias_max) props.add(codec::property_id::topic_alias_maximum, *alias_max);
+    c.properties = props.view();
+    w.feed(l, c);
+    CHECK(l.only(CONNACK).code == 0);
+    return l;
+  };
+  auto& two = connect("two", 2);
+  auto& none = connect("none", std::nullopt);
+  w.subscribe(two, "t/#", qos::at_most_once);
+  w.subscribe(none, "t/#", qos::at_most_once);
+  auto& pub = w.connected(hello("pub"));
+  for (const char* t : {"t/a", "t/b", "t/a", "t/c", "t/a", "t/b"}) w.publish(pub, t, qos::at_most_once, 0);
+
+  // What the client sees, decoded with its own alias table as a client keeps it.
+  std::map<std::uint32_t, std::string> table;
+  std::vector<std::string> seen, wire;
+  for (const rx& r : two.received()) {
+    REQUIRE(r.topic_alias);
+    CHECK(*r.topic_alias >= 1);  // never 0 [MQTT-3.3.2-8]
+    CHECK(*r.topic_alias <= 2);  // never above the client's maximum [MQTT-3.3.2-11]
+    if (!r.topic.empty()) table[*r.topic_alias] = r.topic;
+    wire.push_back(r.topic.empty() ? "=" + std::to_string(*r.topic_alias) : r.topic);
+    seen.push_back(table[*r.topic_alias]);
+  }
+  CHECK(seen == std::vector<std::string>{"t/a", "t/b", "t/a", "t/c", "t/a", "t/b"});
+  // t/c takes alias 2 from t/b (t/a was sent after t/b); t/b then takes alias 2 back from t/c,
+  // by then the least recently used.
+  CHECK(wire == std::vector<std::string>{"t/a", "t/b", "=1", "t/c", "=1", "t/b"});
+  for (const rx& r : none.received()) {
+    CHECK_FALSE(r.topic_alias);  // none for a client that announced none [MQTT-3.1.2-27]
+    CHECK_FALSE(r.topic.empty());
+  }
 }
 
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",

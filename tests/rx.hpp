@@ -30,6 +30,7 @@ struct rx {
   bool retain = false, dup = false;
   std::string assigned_client_id;
   std::optional<std::uint32_t> message_expiry;  // PUBLISH, 5.0
+  std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
 };
 
 inline rx to_rx(const codec::packet& p) {
@@ -51,6 +52,7 @@ inline rx to_rx(const codec::packet& p) {
           r.dup = x.dup;
           r.id = x.packet_id;
           if (auto e = x.properties.find(codec::property_id::message_expiry_interval)) r.message_expiry = e->integer;
+          if (auto a = x.properties.find(codec::property_id::topic_alias)) r.topic_alias = a->integer;
         } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
                              std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
           r.id = x.packet_id;

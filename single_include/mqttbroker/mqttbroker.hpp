@@ -271,6 +271,7 @@ enum class protocol_errc {
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
+  topic_alias_unknown,             // an alias the sender never set on this connection
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -327,6 +328,7 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_name_invalid: return "topic name invalid";
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
+        case protocol_errc::topic_alias_unknown: return "topic alias not set";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
       }
@@ -3421,6 +3423,12 @@ struct broker_options {
   std::size_t max_retained_messages = 1'000'000;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
+  /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in
+  /// CONNACK (Mosquitto: max_topic_alias 10); 0 refuses every alias.
+  std::uint16_t topic_alias_maximum = 10;
+  /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
+  /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
+  std::uint16_t max_outbound_topic_aliases = 10;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };
@@ -6227,6 +6235,7 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
 // end <mqttbroker/detail/intrusive_list.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -6236,6 +6245,7 @@ MQTTBROKER_END_NAMESPACE
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -6264,6 +6274,69 @@ enum class link_event : std::uint8_t {
   authenticated,   // an asynchronous authenticate answered
 };
 
+/// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
+class topic_aliases {
+ public:
+  // ---- from the client: it sets alias -> topic, up to the broker's Topic Alias Maximum
+
+  /// The topic the client set for `alias` (1..maximum), or empty when it set none.
+  std::string_view inbound(std::uint16_t alias) const noexcept {
+    return alias <= inbound_.size() ? std::string_view(inbound_[alias - 1]) : std::string_view();
+  }
+  void set_inbound(std::uint16_t alias, std::string_view topic, std::uint16_t maximum) {
+    if (inbound_.size() < alias) inbound_.resize(maximum);
+    inbound_[alias - 1].assign(topic);
+  }
+
+  // ---- to the client: the broker picks aliases, up to the client's Topic Alias Maximum
+
+  void set_outbound_maximum(std::uint16_t n) { outbound_max_ = n; }
+  bool outbound_enabled() const noexcept { return outbound_max_ != 0; }
+
+  /// The alias for `topic`, and whether the client already knows it (then the PUBLISH may leave
+  /// the topic out). A topic without one takes a free alias, or the least recently used one.
+  std::pair<std::uint16_t, bool> outbound(std::string_view topic) {
+    ++tick_;
+    if (auto it = by_topic_.find(topic); it != by_topic_.end()) {
+      used_[it->second - 1] = tick_;
+      return {it->second, true};
+    }
+    // Reserved once, so the strings the map's keys view never move.
+    if (topics_.capacity() < outbound_max_) {
+      topics_.reserve(outbound_max_);
+      used_.reserve(outbound_max_);
+    }
+    std::uint16_t alias;
+    if (topics_.size() < outbound_max_) {
+      topics_.emplace_back();
+      used_.push_back(0);
+      alias = static_cast<std::uint16_t>(topics_.size());
+    } else {
+      alias = static_cast<std::uint16_t>(std::min_element(used_.begin(), used_.end()) - used_.begin() + 1);
+      by_topic_.erase(topics_[alias - 1]);
+    }
+    topics_[alias - 1].assign(topic);
+    used_[alias - 1] = tick_;
+    by_topic_.emplace(topics_[alias - 1], alias);
+    return {alias, false};
+  }
+
+ private:
+  std::vector<std::string> inbound_;  // alias - 1 -> topic
+  std::uint16_t outbound_max_ = 0;
+  std::vector<std::string> topics_;   // alias - 1 -> topic
+  std::vector<std::uint64_t> used_;   // alias - 1 -> when last sent (least recently used goes)
+  std::unordered_map<std::string_view, std::uint16_t> by_topic_;
+  std::uint64_t tick_ = 0;
+};
+
+/// What few connections need, made on first use: a will, topic aliases.
+struct link_extras {
+  message_ptr will;  // published if the connection ends without DISCONNECT
+  std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
+  topic_aliases aliases;
+};
+
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
 /// asynchronous authentication runs.
 struct connect_request {
@@ -6276,6 +6349,7 @@ struct connect_request {
   std::uint16_t keep_alive = 0;
   std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
   std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
+  std::uint16_t topic_alias_maximum = 0;   // 5.0: the client's; 0 when absent
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
@@ -6438,7 +6512,9 @@ class link : public detail::list_links,
     p.dup = o.dup;
     p.packet_id = o.packet_id;
     if (version_ == codec::protocol_version::v5) {
-      if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+      std::pair<std::uint16_t, bool> alias{0, false};  // an alias, and whether the client knows it
+      if (extras_ && extras_->aliases.outbound_enabled()) alias = extras_->aliases.outbound(p.topic);
+      if (alias.first != 0 || !o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
         for (const codec::property& pr : o.msg->properties()) {
@@ -6451,6 +6527,10 @@ class link : public detail::list_links,
           }
         }
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
+        if (alias.first != 0) {
+          props.add(codec::property_id::topic_alias, alias.first);
+          if (alias.second) p.topic = std::string_view();  // the alias stands for it
+        }
         p.properties = props.view();
       }
     }
@@ -6560,6 +6640,10 @@ class link : public detail::list_links,
     if (!queued_) queued_ = write_batch_pool::acquire();
     return *queued_;
   }
+  link_extras& more() {
+    if (!extras_) extras_ = std::make_unique<link_extras>();
+    return *extras_;
+  }
 
   void note_queued(std::size_t n, steady_time now) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
@@ -6586,8 +6670,7 @@ class link : public detail::list_links,
   // taken over and ended) stays valid here until this link lets go of it.
   detail::ref_ptr<Session> session_;
   detail::ref_ptr<Session> pace_target_;
-  message_ptr will_;  // published if the connection ends without DISCONNECT
-  std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
+  std::unique_ptr<link_extras> extras_;
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::atomic<bool> paused_{false};  // read by other threads
   // Only this link's executor touches these, so they share a byte (a broker keeps one link per
@@ -8046,7 +8129,8 @@ class protocol : public core<Policies> {
           if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
       }
     }
-    message_ptr will = std::move(l.will_);
+    message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
+    const std::chrono::duration<std::uint32_t> will_delay = l.extras_ ? l.extras_->will_delay : std::chrono::duration<std::uint32_t>(0);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
     std::vector<detail::ref_ptr<link_type>> paced;
     if (l.graceful_ || stopping_) will = message_ptr();
@@ -8058,7 +8142,7 @@ class protocol : public core<Policies> {
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
-      if (taken_over && l.will_delay_.count() != 0) {
+      if (taken_over && will_delay.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
@@ -8077,10 +8161,10 @@ class protocol : public core<Policies> {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
-          if (will && l.will_delay_.count() != 0) {
+          if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            const auto delay = std::min<std::chrono::seconds>(will_delay, rec->expiry);
             this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
             will_due = delay_will(*rec, std::move(will), now + delay);
           }
@@ -8251,6 +8335,8 @@ class protocol : public core<Policies> {
       if (auto p = cp.properties.find(codec::property_id::receive_maximum))
         r.receive_maximum = static_cast<std::uint16_t>(p->integer);
       if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
+        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
     }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
@@ -8388,8 +8474,15 @@ class protocol : public core<Policies> {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(r.will);
-    l.will_delay_ = r.will_delay;
+    if (r.will) {
+      link_extras& x = l.more();
+      x.will = std::move(r.will);
+      x.will_delay = r.will_delay;
+    }
+    // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
+    // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
+    if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
+      l.more().aliases.set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -8408,7 +8501,7 @@ class protocol : public core<Policies> {
       if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
-      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
       props.add(codec::property_id::shared_subscription_available, 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -8470,11 +8563,23 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
-  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+  void on_publish(link_type& l, codec::publish& p, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
-      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(l, protocol_errc::topic_alias_invalid, now);
+    if (v5 && !p.properties.empty()) {
+      if (auto a = p.properties.find(codec::property_id::topic_alias)) {
+        // Every alias from 1 to the Topic Alias Maximum of our CONNACK is taken [MQTT-3.3.2-12];
+        // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
+        const auto alias = static_cast<std::uint16_t>(a->integer);
+        if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
+        topic_aliases& table = l.more().aliases;
+        if (p.topic.empty()) {
+          // An alias the client never set on this connection is a Protocol Error.
+          p.topic = table.inbound(alias);
+          if (p.topic.empty()) return violation(l, protocol_errc::topic_alias_unknown, now);
+        } else {
+          table.set_inbound(alias, p.topic, opts_.topic_alias_maximum);
+        }
+      }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
 
@@ -8756,7 +8861,7 @@ class protocol : public core<Policies> {
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
     }
-    if (!keep_will) l.will_ = message_ptr();
+    if (!keep_will && l.extras_) l.extras_->will = message_ptr();
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
