@@ -897,6 +897,36 @@ TEST_CASE("engine: 5.0, topic aliases to a client: within its Topic Alias Maximu
   }
 }
 
+TEST_CASE("engine: 5.0, a payload said to be UTF-8 that is not: PUBACK or PUBREC 0x99, at QoS 0 DISCONNECT 0x99",
+          "[engine][v5]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "#", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  auto send = [&](std::string payload, qos q, std::uint16_t id) {
+    codec::properties_builder props;
+    props.add(codec::property_id::payload_format_indicator, 1);
+    codec::publish p;
+    p.topic = "t";
+    p.payload = payload;
+    p.qos_level = q;
+    p.packet_id = id;
+    p.properties = props.view();
+    w.feed(pub, p);
+  };
+  send("caf\xc3\xa9", qos::at_least_once, 1);  // well-formed UTF-8
+  CHECK(pub.only(PUBACK).code == 0);
+  CHECK(sub.only(PUBLISH).payload == "caf\xc3\xa9");
+  send("\xc3\x28", qos::at_least_once, 2);
+  CHECK(pub.only(PUBACK).code == code(reason_code::payload_format_invalid));
+  send("\xff", qos::exactly_once, 3);
+  CHECK(pub.only(PUBREC).code == code(reason_code::payload_format_invalid));
+  CHECK(sub.received().empty());
+  send("\xff", qos::at_most_once, 0);
+  CHECK(pub.only(DISCONNECT).code == code(reason_code::payload_format_invalid));
+  CHECK_FALSE(pub.is_open());
+}
+
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
           "[engine][qos][v5][MQTT-4.3.3-9]") {
   world<> w;

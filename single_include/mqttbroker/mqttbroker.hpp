@@ -272,6 +272,7 @@ enum class protocol_errc {
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
   topic_alias_unknown,             // an alias the sender never set on this connection
+  payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -329,6 +330,7 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
         case protocol_errc::topic_alias_unknown: return "topic alias not set";
+        case protocol_errc::payload_format_invalid: return "payload is not the UTF-8 it says it is";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
       }
@@ -363,6 +365,7 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_filter_invalid: return reason_code::topic_filter_invalid;
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
       case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
+      case protocol_errc::payload_format_invalid: return reason_code::payload_format_invalid;
       default: return reason_code::protocol_error;
     }
   }
@@ -8584,6 +8587,16 @@ class protocol : public core<Policies> {
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    reason_code refusal = reason_code::not_authorized;
+    if (allowed && v5 && !p.properties.empty()) {
+      // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
+      if (auto f = p.properties.find(codec::property_id::payload_format_indicator); f && f->integer == 1 &&
+                                                                                    codec::validate_utf8(p.payload)) {
+        if (p.qos_level == codec::qos::at_most_once) return violation(l, protocol_errc::payload_format_invalid, now);
+        allowed = false;
+        refusal = reason_code::payload_format_invalid;
+      }
+    }
     message_ptr m;
     if (allowed) {
       m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
@@ -8605,7 +8618,7 @@ class protocol : public core<Policies> {
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
+          ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
         // After the commit of what made the broker responsible (queued for kept sessions).
@@ -8640,7 +8653,7 @@ class protocol : public core<Policies> {
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+          rec_ack.reason = !allowed                 ? refusal
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
         return acknowledge(l, rec_ack, now);

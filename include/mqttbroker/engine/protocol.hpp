@@ -3,6 +3,7 @@
 
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/utf8.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/core.hpp>
@@ -676,6 +677,16 @@ class protocol : public core<Policies> {
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    reason_code refusal = reason_code::not_authorized;
+    if (allowed && v5 && !p.properties.empty()) {
+      // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
+      if (auto f = p.properties.find(codec::property_id::payload_format_indicator); f && f->integer == 1 &&
+                                                                                    codec::validate_utf8(p.payload)) {
+        if (p.qos_level == codec::qos::at_most_once) return violation(l, protocol_errc::payload_format_invalid, now);
+        allowed = false;
+        refusal = reason_code::payload_format_invalid;
+      }
+    }
     message_ptr m;
     if (allowed) {
       m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
@@ -697,7 +708,7 @@ class protocol : public core<Policies> {
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
+          ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
         // After the commit of what made the broker responsible (queued for kept sessions).
@@ -732,7 +743,7 @@ class protocol : public core<Policies> {
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+          rec_ack.reason = !allowed                 ? refusal
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
         return acknowledge(l, rec_ack, now);
