@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct rx {
   std::string assigned_client_id;
   std::optional<std::uint32_t> message_expiry;  // PUBLISH, 5.0
   std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
+  std::string response_topic, correlation_data;  // PUBLISH, 5.0
+  std::vector<std::pair<std::string, std::string>> user_properties;  // PUBLISH, 5.0, in order
 };
 
 inline rx to_rx(const codec::packet& p) {
@@ -53,6 +56,12 @@ inline rx to_rx(const codec::packet& p) {
           r.id = x.packet_id;
           if (auto e = x.properties.find(codec::property_id::message_expiry_interval)) r.message_expiry = e->integer;
           if (auto a = x.properties.find(codec::property_id::topic_alias)) r.topic_alias = a->integer;
+          for (const codec::property& pr : x.properties) {
+            if (pr.id == codec::property_id::response_topic) r.response_topic = std::string(pr.value);
+            if (pr.id == codec::property_id::correlation_data) r.correlation_data = std::string(pr.value);
+            if (pr.id == codec::property_id::user_property)
+              r.user_properties.emplace_back(std::string(pr.key), std::string(pr.value));
+          }
         } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
                              std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
           r.id = x.packet_id;

@@ -11,12 +11,26 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
 class message_ptr;
+
+/// The 5.0 properties a host's own message carries (broker::publish): 5.0 subscribers get them,
+/// in-process subscribers see them in message::properties(), 3.1.1 subscribers get the payload
+/// alone. Views: valid for the call.
+struct message_properties {
+  std::optional<std::uint32_t> message_expiry;  // seconds (Message Expiry Interval)
+  std::optional<bool> payload_is_utf8;          // Payload Format Indicator
+  std::optional<std::string_view> content_type;
+  std::optional<std::string_view> response_topic;    // a topic name: no wildcards
+  std::optional<std::string_view> correlation_data;  // binary
+  std::vector<std::pair<std::string_view, std::string_view>> user_properties;  // order and repeats kept
+};
 
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to

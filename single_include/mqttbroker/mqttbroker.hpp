@@ -3223,12 +3223,26 @@ MQTTBROKER_END_NAMESPACE
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
 class message_ptr;
+
+/// The 5.0 properties a host's own message carries (broker::publish): 5.0 subscribers get them,
+/// in-process subscribers see them in message::properties(), 3.1.1 subscribers get the payload
+/// alone. Views: valid for the call.
+struct message_properties {
+  std::optional<std::uint32_t> message_expiry;  // seconds (Message Expiry Interval)
+  std::optional<bool> payload_is_utf8;          // Payload Format Indicator
+  std::optional<std::string_view> content_type;
+  std::optional<std::string_view> response_topic;    // a topic name: no wildcards
+  std::optional<std::string_view> correlation_data;  // binary
+  std::vector<std::pair<std::string_view, std::string_view>> user_properties;  // order and repeats kept
+};
 
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
@@ -7296,6 +7310,47 @@ class core {
     }
     return publish_message(message::make(topic_name, payload, q, retain), nullptr, now);
   }
+  /// The same with 5.0 properties; an error (and no message) for a Response Topic that is not a
+  /// topic name, a string that is not UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error, steady_time now) {
+    auto fail = [&](std::error_code ec) {
+      if (error) *error = ec;
+      return std::size_t{0};
+    };
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) return fail(ec);
+    auto text = [](std::string_view s) -> std::error_code {
+      if (s.size() > 0xFFFF) return codec_errc::field_too_long;
+      return codec::validate_utf8(s);
+    };
+    codec::properties_builder b;
+    if (props.payload_is_utf8) {
+      if (*props.payload_is_utf8) {
+        if (auto ec = codec::validate_utf8(payload)) return fail(ec);
+      }
+      b.add(codec::property_id::payload_format_indicator, *props.payload_is_utf8 ? 1u : 0u);
+    }
+    if (props.message_expiry) b.add(codec::property_id::message_expiry_interval, *props.message_expiry);
+    if (props.content_type) {
+      if (auto ec = text(*props.content_type)) return fail(ec);
+      b.add(codec::property_id::content_type, *props.content_type);
+    }
+    if (props.response_topic) {
+      if (auto ec = topic::validate_topic_name(*props.response_topic, topic_limits())) return fail(ec);
+      b.add(codec::property_id::response_topic, *props.response_topic);
+    }
+    if (props.correlation_data) {
+      if (props.correlation_data->size() > 0xFFFF) return fail(codec_errc::field_too_long);
+      b.add(codec::property_id::correlation_data, *props.correlation_data);
+    }
+    for (const auto& kv : props.user_properties) {
+      if (auto ec = text(kv.first)) return fail(ec);
+      if (auto ec = text(kv.second)) return fail(ec);
+      b.add_user_property(kv.first, kv.second);
+    }
+    const codec::properties_view v = b.view();
+    return publish_message(message::make(topic_name, payload, q, retain, v.bytes(), expiry_of(v, now)), nullptr, now);
+  }
 
   local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q) {
     if (auto ec = topic::validate_topic_filter(filter, topic_limits())) throw std::system_error(ec, "mqttbroker: subscribe");
@@ -9853,6 +9908,15 @@ class broker {
     // The sweep's time, not a clock read per publish (a tenth of a host publish's cost): it only
     // dates when an idle subscriber got work, for the stuck-client test, which counts in seconds.
     return ctx_.engine_.publish(topic_name, payload, q, retain, error, sweep_now());
+  }
+
+  /// The same with 5.0 properties (a Response Topic and Correlation Data for a request, a Message
+  /// Expiry Interval, User Properties...): 5.0 subscribers get them, in-process ones see them in
+  /// message::properties(). An error for a Response Topic with wildcards, a string that is not
+  /// UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error = nullptr) {
+    return ctx_.engine_.publish(topic_name, payload, q, retain, props, error, sweep_now());
   }
 
   /// Subscribes the host to `filter`; `handler` runs for each matching message on the thread that

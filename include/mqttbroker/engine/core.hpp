@@ -3,6 +3,7 @@
 
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/utf8.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/intrusive_list.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
@@ -195,6 +196,47 @@ class core {
       return 0;
     }
     return publish_message(message::make(topic_name, payload, q, retain), nullptr, now);
+  }
+  /// The same with 5.0 properties; an error (and no message) for a Response Topic that is not a
+  /// topic name, a string that is not UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error, steady_time now) {
+    auto fail = [&](std::error_code ec) {
+      if (error) *error = ec;
+      return std::size_t{0};
+    };
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) return fail(ec);
+    auto text = [](std::string_view s) -> std::error_code {
+      if (s.size() > 0xFFFF) return codec_errc::field_too_long;
+      return codec::validate_utf8(s);
+    };
+    codec::properties_builder b;
+    if (props.payload_is_utf8) {
+      if (*props.payload_is_utf8) {
+        if (auto ec = codec::validate_utf8(payload)) return fail(ec);
+      }
+      b.add(codec::property_id::payload_format_indicator, *props.payload_is_utf8 ? 1u : 0u);
+    }
+    if (props.message_expiry) b.add(codec::property_id::message_expiry_interval, *props.message_expiry);
+    if (props.content_type) {
+      if (auto ec = text(*props.content_type)) return fail(ec);
+      b.add(codec::property_id::content_type, *props.content_type);
+    }
+    if (props.response_topic) {
+      if (auto ec = topic::validate_topic_name(*props.response_topic, topic_limits())) return fail(ec);
+      b.add(codec::property_id::response_topic, *props.response_topic);
+    }
+    if (props.correlation_data) {
+      if (props.correlation_data->size() > 0xFFFF) return fail(codec_errc::field_too_long);
+      b.add(codec::property_id::correlation_data, *props.correlation_data);
+    }
+    for (const auto& kv : props.user_properties) {
+      if (auto ec = text(kv.first)) return fail(ec);
+      if (auto ec = text(kv.second)) return fail(ec);
+      b.add_user_property(kv.first, kv.second);
+    }
+    const codec::properties_view v = b.view();
+    return publish_message(message::make(topic_name, payload, q, retain, v.bytes(), expiry_of(v, now)), nullptr, now);
   }
 
   local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q) {
