@@ -927,6 +927,66 @@ TEST_CASE("engine: 5.0, a payload said to be UTF-8 that is not: PUBACK or PUBREC
   CHECK_FALSE(pub.is_open());
 }
 
+TEST_CASE("engine: a server without QoS 2 or retained messages says so in CONNACK and holds clients to it",
+          "[engine][v5][MQTT-3.2.2-9][MQTT-3.2.2-12][MQTT-3.2.2-13][MQTT-3.1.2-28]") {
+  mb::broker_options o;
+  o.maximum_qos = qos::at_least_once;
+  o.retain_available = false;
+  o.response_information = "responses/";
+  world<> w(o);
+  // A CONNECT with a will of QoS `wq` and `retain`, or none; the CONNACK (or nothing, for a close).
+  auto connect = [&](protocol_version v, const std::string& id, std::optional<qos> wq, bool retain,
+                     bool ask_response) -> std::deque<rx> {
+    auto& l = w.open(v);
+    codec::connect c;
+    c.version = v;
+    c.client_id = id;
+    codec::properties_builder props;
+    if (ask_response) props.add(codec::property_id::request_response_information, 1);
+    c.properties = props.view();
+    if (wq) {
+      codec::will_message wm;
+      wm.topic = "will";
+      wm.payload = "w";
+      wm.qos_level = *wq;
+      wm.retain = retain;
+      c.will = wm;
+    }
+    w.feed(l, c);
+    return l.received();
+  };
+  auto asked = connect(protocol_version::v5, "asked", std::nullopt, false, true);
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].code == 0);
+  CHECK(asked[0].maximum_qos == std::optional<std::uint32_t>(1));
+  CHECK(asked[0].retain_available == std::optional<std::uint32_t>(0));
+  CHECK(asked[0].response_information == "responses/");
+  auto quiet = connect(protocol_version::v5, "quiet", std::nullopt, false, false);
+  REQUIRE(quiet.size() == 1);
+  CHECK(quiet[0].response_information.empty());  // not asked for [MQTT-3.1.2-28]
+
+  // Wills above what the server takes are refused: 0x9B for QoS, 0x9A for retain; 3.1.1 closes.
+  auto wq = connect(protocol_version::v5, "wq", qos::exactly_once, false, false);
+  REQUIRE(wq.size() == 1);
+  CHECK(wq[0].code == code(reason_code::qos_not_supported));
+  auto wr = connect(protocol_version::v5, "wr", qos::at_most_once, true, false);
+  REQUIRE(wr.size() == 1);
+  CHECK(wr[0].code == code(reason_code::retain_not_supported));
+  CHECK(connect(protocol_version::v3_1_1, "w3", qos::exactly_once, false, false).empty());
+  CHECK(w.engine.stats().sessions == 2);
+
+  // PUBLISH above the maximum: DISCONNECT 0x9B; retained: 0x9A.
+  auto& p1 = w.connected(hello("p1"), protocol_version::v5);
+  w.publish(p1, "t", qos::exactly_once, 1);
+  CHECK(p1.only(DISCONNECT).code == code(reason_code::qos_not_supported));
+  auto& p2 = w.connected(hello("p2"), protocol_version::v5);
+  codec::publish r;
+  r.topic = "t";
+  r.retain = true;
+  w.feed(p2, r);
+  CHECK(p2.only(DISCONNECT).code == code(reason_code::retain_not_supported));
+}
+
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
           "[engine][qos][v5][MQTT-4.3.3-9]") {
   world<> w;

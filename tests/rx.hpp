@@ -30,6 +30,8 @@ struct rx {
   qos qos_level = qos::at_most_once;
   bool retain = false, dup = false;
   std::string assigned_client_id;
+  std::optional<std::uint32_t> maximum_qos, retain_available;  // CONNACK, 5.0
+  std::string response_information;                            // CONNACK, 5.0
   std::optional<std::uint32_t> message_expiry;  // PUBLISH, 5.0
   std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
   std::string response_topic, correlation_data;  // PUBLISH, 5.0
@@ -47,6 +49,10 @@ inline rx to_rx(const codec::packet& p) {
           r.code = x.code;
           if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
             r.assigned_client_id = std::string(a->value);
+          if (auto q = x.properties.find(codec::property_id::maximum_qos)) r.maximum_qos = q->integer;
+          if (auto a = x.properties.find(codec::property_id::retain_available)) r.retain_available = a->integer;
+          if (auto i = x.properties.find(codec::property_id::response_information))
+            r.response_information = std::string(i->value);
         } else if constexpr (std::is_same_v<T, codec::publish>) {
           r.topic = std::string(x.topic);
           r.payload = std::string(x.payload);

@@ -3,9 +3,12 @@
 
 #include <mqttbroker/config.hpp>
 
+#include <mqttbroker/codec/types.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
@@ -65,6 +68,15 @@ struct broker_options {
   /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
   /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
   std::uint16_t max_outbound_topic_aliases = 10;
+  /// The highest QoS clients may publish with (5.0 Maximum QoS in CONNACK); subscriptions are
+  /// granted at most this. A PUBLISH or will above it: 5.0 DISCONNECT or CONNACK 0x9B, 3.1.1 close.
+  codec::qos maximum_qos = codec::qos::exactly_once;
+  /// Whether clients may publish retained messages (5.0 Retain Available); false: a retained
+  /// PUBLISH or will gets 5.0 DISCONNECT or CONNACK 0x9A, 3.1.1 a close.
+  bool retain_available = true;
+  /// 5.0: what a client that sets Request Response Information gets as Response Information in
+  /// CONNACK (the basis of its response topics); empty: nothing is sent.
+  std::string response_information;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };

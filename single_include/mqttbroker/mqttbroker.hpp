@@ -273,6 +273,8 @@ enum class protocol_errc {
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
   topic_alias_unknown,             // an alias the sender never set on this connection
   payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
+  qos_not_supported,               // a PUBLISH above the Maximum QoS the server announced
+  retain_not_supported,            // a retained PUBLISH where the server announced Retain Available 0
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -331,6 +333,8 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
         case protocol_errc::topic_alias_unknown: return "topic alias not set";
         case protocol_errc::payload_format_invalid: return "payload is not the UTF-8 it says it is";
+        case protocol_errc::qos_not_supported: return "QoS above the server's maximum";
+        case protocol_errc::retain_not_supported: return "retain not available";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
       }
@@ -366,6 +370,8 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
       case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
       case protocol_errc::payload_format_invalid: return reason_code::payload_format_invalid;
+      case protocol_errc::qos_not_supported: return reason_code::qos_not_supported;
+      case protocol_errc::retain_not_supported: return reason_code::retain_not_supported;
       default: return reason_code::protocol_error;
     }
   }
@@ -3384,9 +3390,11 @@ MQTTBROKER_END_NAMESPACE
 #define MQTTBROKER_OPTIONS_HPP
 
 
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
@@ -3446,6 +3454,15 @@ struct broker_options {
   /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
   /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
   std::uint16_t max_outbound_topic_aliases = 10;
+  /// The highest QoS clients may publish with (5.0 Maximum QoS in CONNACK); subscriptions are
+  /// granted at most this. A PUBLISH or will above it: 5.0 DISCONNECT or CONNACK 0x9B, 3.1.1 close.
+  codec::qos maximum_qos = codec::qos::exactly_once;
+  /// Whether clients may publish retained messages (5.0 Retain Available); false: a retained
+  /// PUBLISH or will gets 5.0 DISCONNECT or CONNACK 0x9A, 3.1.1 a close.
+  bool retain_available = true;
+  /// 5.0: what a client that sets Request Response Information gets as Response Information in
+  /// CONNACK (the basis of its response topics); empty: nothing is sent.
+  std::string response_information;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };
@@ -6367,6 +6384,7 @@ struct connect_request {
   std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
   std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
   std::uint16_t topic_alias_maximum = 0;   // 5.0: the client's; 0 when absent
+  bool wants_response_information = false;  // 5.0 Request Response Information 1
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
@@ -8375,6 +8393,16 @@ class protocol : public core<Policies> {
                                  connack_return_code::accepted, now);
 
     if (cp.will) {
+      // A will the server would not accept as a PUBLISH [MQTT-3.2.2-12] [MQTT-3.2.2-13]: 5.0 has
+      // a CONNACK code for each, 3.1.1 closes.
+      const bool qos_too_high = cp.will->qos_level > opts_.maximum_qos;
+      if (qos_too_high || (cp.will->retain && !opts_.retain_available)) {
+        if (v5)
+          return refuse_connect_code(l, connect_info_of(l, cp),
+                                     qos_too_high ? reason_code::qos_not_supported : reason_code::retain_not_supported,
+                                     connack_return_code::accepted, now);
+        return refuse_by_closing(l, connect_info_of(l, cp), protocol_errc::unexpected_packet, now);
+      }
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
         if (v5)
@@ -8395,6 +8423,8 @@ class protocol : public core<Policies> {
       if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
       if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
         r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::request_response_information))
+        r.wants_response_information = p->integer == 1;
     }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
@@ -8560,6 +8590,13 @@ class protocol : public core<Policies> {
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
       props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
+      // Absent means QoS 2 and retain available [MQTT-3.2.2-9]: sent only when switched off.
+      if (opts_.maximum_qos != codec::qos::exactly_once)
+        props.add(codec::property_id::maximum_qos, static_cast<std::uint32_t>(opts_.maximum_qos));
+      if (!opts_.retain_available) props.add(codec::property_id::retain_available, 0);
+      // Only to a client that asked, and then optional [MQTT-3.1.2-28].
+      if (r.wants_response_information && !opts_.response_information.empty())
+        props.add(codec::property_id::response_information, opts_.response_information);
       props.add(codec::property_id::shared_subscription_available, 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -8640,6 +8677,10 @@ class protocol : public core<Policies> {
       }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
+    // Above the Maximum QoS or retained where Retain Available is 0: what the CONNACK told the
+    // client not to send ([MQTT-3.2.2-11] [MQTT-3.2.2-14]); 5.0 DISCONNECT 0x9B or 0x9A.
+    if (p.qos_level > opts_.maximum_qos) return violation(l, protocol_errc::qos_not_supported, now);
+    if (p.retain && !opts_.retain_available) return violation(l, protocol_errc::retain_not_supported, now);
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     reason_code refusal = reason_code::not_authorized;

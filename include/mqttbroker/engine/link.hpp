@@ -128,6 +128,7 @@ struct connect_request {
   std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
   std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
   std::uint16_t topic_alias_maximum = 0;   // 5.0: the client's; 0 when absent
+  bool wants_response_information = false;  // 5.0 Request Response Information 1
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};

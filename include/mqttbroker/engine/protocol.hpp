@@ -410,6 +410,16 @@ class protocol : public core<Policies> {
                                  connack_return_code::accepted, now);
 
     if (cp.will) {
+      // A will the server would not accept as a PUBLISH [MQTT-3.2.2-12] [MQTT-3.2.2-13]: 5.0 has
+      // a CONNACK code for each, 3.1.1 closes.
+      const bool qos_too_high = cp.will->qos_level > opts_.maximum_qos;
+      if (qos_too_high || (cp.will->retain && !opts_.retain_available)) {
+        if (v5)
+          return refuse_connect_code(l, connect_info_of(l, cp),
+                                     qos_too_high ? reason_code::qos_not_supported : reason_code::retain_not_supported,
+                                     connack_return_code::accepted, now);
+        return refuse_by_closing(l, connect_info_of(l, cp), protocol_errc::unexpected_packet, now);
+      }
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
         if (v5)
@@ -430,6 +440,8 @@ class protocol : public core<Policies> {
       if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
       if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
         r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::request_response_information))
+        r.wants_response_information = p->integer == 1;
     }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
@@ -595,6 +607,13 @@ class protocol : public core<Policies> {
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
       props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
+      // Absent means QoS 2 and retain available [MQTT-3.2.2-9]: sent only when switched off.
+      if (opts_.maximum_qos != codec::qos::exactly_once)
+        props.add(codec::property_id::maximum_qos, static_cast<std::uint32_t>(opts_.maximum_qos));
+      if (!opts_.retain_available) props.add(codec::property_id::retain_available, 0);
+      // Only to a client that asked, and then optional [MQTT-3.1.2-28].
+      if (r.wants_response_information && !opts_.response_information.empty())
+        props.add(codec::property_id::response_information, opts_.response_information);
       props.add(codec::property_id::shared_subscription_available, 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -675,6 +694,10 @@ class protocol : public core<Policies> {
       }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
+    // Above the Maximum QoS or retained where Retain Available is 0: what the CONNACK told the
+    // client not to send ([MQTT-3.2.2-11] [MQTT-3.2.2-14]); 5.0 DISCONNECT 0x9B or 0x9A.
+    if (p.qos_level > opts_.maximum_qos) return violation(l, protocol_errc::qos_not_supported, now);
+    if (p.retain && !opts_.retain_available) return violation(l, protocol_errc::retain_not_supported, now);
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
     reason_code refusal = reason_code::not_authorized;
