@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run): installs what is missing, then
-#   1. checks that single_include/ matches include/ (scripts/amalgamate.py --check)
+#   1. checks that single_include/ matches include/ (scripts/amalgamate.py --check) and that the
+#      normative-statement matrix tests/conformance.json names only tests that exist and every
+#      MQTT-x.y.z-n id the sources cite (scripts/check_conformance.py)
 #   2. build/ci:   Debug, -Werror, everything built, ctest (unit, package and integration tests)
 #   3. packages:   the Conan recipe and the vcpkg port, each built from this checkout and used by a
 #                  consumer that is built and run (tests/packaging/conan.sh, vcpkg.sh), offline,
@@ -92,8 +94,9 @@ TSAN_ENV=(TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1")
 step "dependencies"
 bash scripts/install-deps.sh
 
-step "1/7 single header is up to date (scripts/amalgamate.py --check)"
+step "1/7 single header is up to date, conformance matrix consistent (amalgamate.py --check, check_conformance.py)"
 python3 scripts/amalgamate.py --check
+python3 scripts/check_conformance.py
 
 step "2/7 build/ci: Debug, warnings as errors"
 cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \

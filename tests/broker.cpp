@@ -26,6 +26,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -72,8 +73,20 @@ class basic_client {
   protocol_version version() const { return s_->version; }
 
   void send_raw(std::string bytes) {
+    if (corked_) {
+      corked_->append(bytes);
+      return;
+    }
     s_->out.push_back(std::move(bytes));
     if (!s_->writing) write_next(s_);
+  }
+  /// Until uncork(), packets are collected and then written at once: the broker reads them
+  /// together.
+  void cork() { corked_.emplace(); }
+  void uncork() {
+    std::string bytes = std::move(*corked_);
+    corked_.reset();
+    send_raw(std::move(bytes));
   }
   template <class Packet>
   void send(const Packet& p) {
@@ -104,7 +117,7 @@ class basic_client {
     }
     if (username) {
       c.username = *username;
-      c.password = std::string_view("secret");
+      c.password = std::string_view(password_);
     }
     codec::properties_builder props;
     if (session_expiry_) {
@@ -117,6 +130,8 @@ class basic_client {
   /// 5.0: the Session Expiry Interval the next connect() asks for (a 5.0 session outlives its
   /// connection only with one).
   void set_session_expiry(std::uint32_t seconds) { session_expiry_ = seconds; }
+  /// The password a connect() with a user name sends ("secret" by default).
+  void set_password(std::string p) { password_ = std::move(p); }
   /// The Keep Alive the next connect() asks for (0, no limit, by default).
   void set_keep_alive(std::uint16_t seconds) { keep_alive_ = seconds; }
   /// 5.0: the Will Delay Interval of the next connect()'s will.
@@ -276,7 +291,21 @@ class basic_client {
   std::optional<std::uint32_t> session_expiry_;
   std::optional<std::uint32_t> will_delay_;
   std::uint16_t keep_alive_ = 0;
+  std::string password_ = "secret";
+  std::optional<std::string> corked_;
 };
+
+/// Runs `io` until `ready()`: real sockets need a bounded wait, not a fixed number of polls. Fails
+/// the test after 10 s.
+template <class Ready>
+void run_io_until(asio::io_context& io, Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!ready()) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    io.restart();
+    io.run_for(std::chrono::milliseconds(2));
+  }
+}
 
 /// A test client over the memory transport, connected to `listener`.
 class client : public basic_client<memory_stream> {
@@ -1130,8 +1159,10 @@ struct test_hooks {
     if (i.client_id == "banned") return mb::hooks::auth_result::not_authorized;
     return mb::hooks::auth_result::accept;
   }
-  bool authorize_publish(std::string_view, const mb::message& m) { return m.topic().rfind("secret/", 0) != 0; }
-  bool authorize_subscribe(std::string_view, std::string_view filter, qos) { return filter.rfind("secret/", 0) != 0; }
+  bool authorize_publish(const mb::hooks::client_info&, const mb::message& m) { return m.topic().rfind("secret/", 0) != 0; }
+  bool authorize_subscribe(const mb::hooks::client_info&, std::string_view filter, qos) {
+    return filter.rfind("secret/", 0) != 0;
+  }
   void intercept(std::string_view, mb::message_ptr& m) {
     if (m->topic() == "drop/me") {
       m = mb::message_ptr();
@@ -1139,13 +1170,15 @@ struct test_hooks {
       m = mb::message::make("renamed/" + std::string(m->topic().substr(7)), m->payload(), m->qos_level(), m->retain());
     }
   }
-  void on_connect(std::string_view id) { log->connects.emplace_back(id); }
-  void on_disconnect(std::string_view id, bool graceful) { log->disconnects.emplace_back(std::string(id), graceful); }
-  void on_subscribe(std::string_view id, std::string_view filter, qos) {
-    log->subscribes.push_back(std::string(id) + ":" + std::string(filter));
+  void on_connect(const mb::hooks::client_info& c) { log->connects.emplace_back(c.client_id); }
+  void on_disconnect(const mb::hooks::client_info& c, bool graceful) {
+    log->disconnects.emplace_back(std::string(c.client_id), graceful);
   }
-  void on_unsubscribe(std::string_view id, std::string_view filter) {
-    log->unsubscribes.push_back(std::string(id) + ":" + std::string(filter));
+  void on_subscribe(const mb::hooks::client_info& c, std::string_view filter, qos) {
+    log->subscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
+  }
+  void on_unsubscribe(const mb::hooks::client_info& c, std::string_view filter) {
+    log->unsubscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
   }
   void on_connect_refused(const mb::hooks::connect_info& i, reason_code why) {
     if (log) log->refused.emplace_back(std::string(i.client_id), why);
@@ -1178,15 +1211,21 @@ static_assert(mb::hooks::has_authenticate_v<test_hooks> && mb::hooks::has_author
 // documented is reported (check_hooks fails to compile), never skipped.
 namespace hd = mb::hooks::detail;
 struct publish_hook_by_pointer {
-  bool authorize_publish(std::string_view, mb::message_ptr);  // the message as message_ptr
+  bool authorize_publish(const mb::hooks::client_info&, mb::message_ptr);  // the message as message_ptr
 };
 struct connect_hook_overloads {
   void on_connect(int);
-  void on_connect(std::string_view, int);
+  void on_connect(const mb::hooks::client_info&, int);
 };
 struct private_publish_hook {
  private:
+  bool authorize_publish(const mb::hooks::client_info&, const mb::message&);
+};
+struct publish_hook_by_client_id {  // the signature before hooks got a client_info
   bool authorize_publish(std::string_view, const mb::message&);
+};
+struct authenticate_later {
+  void authenticate(const mb::hooks::connect_info&, mb::hooks::auth_reply);
 };
 struct connect_hook_data_member {
   int on_connect = 0;
@@ -1210,6 +1249,14 @@ static_assert(hd::declares<hd::names_authorize_publish, private_publish_hook>::v
 static_assert(hd::declares<hd::names_on_connect, connect_hook_data_member>::value &&
               !hd::accepts_on_connect<connect_hook_data_member>::value);
 static_assert(hd::declares<hd::names_intercept, intercept_by_value>::value && !hd::accepts_intercept<intercept_by_value>::value);
+static_assert(hd::declares<hd::names_authorize_publish, publish_hook_by_client_id>::value &&
+              !hd::accepts_authorize_publish<publish_hook_by_client_id>::value);
+// The two forms of authenticate: either is a hook, and only hooks that take a client_info make
+// connections keep one.
+static_assert(mb::hooks::has_authenticate_later_v<authenticate_later> && !mb::hooks::has_authenticate_v<authenticate_later>);
+static_assert(mb::hooks::has_authenticate_v<test_hooks> && !mb::hooks::has_authenticate_later_v<test_hooks>);
+static_assert(mb::hooks::needs_client_info_v<authenticate_later> && mb::hooks::needs_client_info_v<test_hooks> &&
+              !mb::hooks::needs_client_info_v<empty_hooks> && !mb::hooks::needs_client_info_v<mb::hooks::none>);
 static_assert(hd::accepts_on_subscribe<subscribe_hook_template>::value && mb::hooks::has_on_subscribe_v<subscribe_hook_template>);
 static_assert(mb::hooks::has_authenticate_v<inherited_hooks> && mb::hooks::has_on_subscribe_v<inherited_hooks>);
 // Names absent: nothing declared, nothing reported.
@@ -1331,10 +1378,131 @@ TEST_CASE("connect and disconnect events say whether the end was graceful", "[br
   CHECK(log.disconnects[1] == std::make_pair(std::string("b"), false));
 }
 
+namespace {
+
+/// What a hook saw of a client, copied (the views live for the call only).
+struct seen_client {
+  std::string hook;
+  std::string client_id;
+  std::optional<std::string> username;
+  protocol_version version;
+  std::string peer_address;
+  std::uint16_t peer_port;
+  std::size_t listener;
+  std::string transport;
+  std::uint16_t listener_port;
+};
+
+struct identity_hooks {
+  std::vector<seen_client>* seen = nullptr;
+  void note(const char* hook, const mb::hooks::client_info& c) {
+    REQUIRE(c.listener != nullptr);
+    seen->push_back(seen_client{hook, std::string(c.client_id),
+                                c.username ? std::optional<std::string>(std::string(*c.username)) : std::nullopt,
+                                c.version, std::string(c.peer_address), c.peer_port, c.listener->index,
+                                std::string(c.listener->transport), c.listener->port});
+  }
+  mb::hooks::auth_result authenticate(const mb::hooks::connect_info& c) {
+    note("authenticate", c);
+    return c.password && *c.password == "secret" ? mb::hooks::auth_result::accept
+                                                  : mb::hooks::auth_result::bad_credentials;
+  }
+  bool authorize_publish(const mb::hooks::client_info& c, const mb::message&) {
+    note("authorize_publish", c);
+    return c.username && *c.username == "writer";
+  }
+  bool authorize_subscribe(const mb::hooks::client_info& c, std::string_view, qos) {
+    note("authorize_subscribe", c);
+    return true;
+  }
+  void on_connect(const mb::hooks::client_info& c) { note("on_connect", c); }
+  void on_disconnect(const mb::hooks::client_info& c, bool) { note("on_disconnect", c); }
+};
+struct identity_policies : mb::default_policies {
+  using hooks = identity_hooks;
+};
+
+}  // namespace
+
+TEST_CASE("hooks see who the client is: username, version, peer address and port, listener and transport",
+          "[broker][hooks][transport]") {
+  using tcp_client = basic_client<asio::ip::tcp::socket>;
+  std::vector<seen_client> seen;
+  asio::io_context io;
+  mb::broker<identity_policies> b(io, {}, identity_hooks{&seen});
+  b.listen({"127.0.0.1", 0});
+  const std::string mem_listener = next_listener_name();
+  b.listen<memory>(memory::listen_options(mem_listener));
+  b.start();
+  CHECK(b.listener_info(0).index == 0);
+  CHECK(b.listener_info(0).transport == "tcp");
+  CHECK(b.listener_info(0).port == b.local_port(0));
+  CHECK(b.listener_info(1).transport == "memory");
+  auto wait_for = [&io](auto ready) { run_io_until(io, ready); };
+
+  asio::ip::tcp::socket s(io);
+  s.connect({asio::ip::make_address("127.0.0.1"), b.local_port(0)});
+  const std::uint16_t tcp_port = s.local_endpoint().port();
+  tcp_client t(std::move(s), protocol_version::v3_1_1);
+  t.set_password("secret");
+  t.connect("over-tcp", true, std::nullopt, std::string_view("writer"));
+  wait_for([&] { return t.pending() == 1; });
+  REQUIRE(t.pop(CONNACK).code == 0);
+  t.publish("a", "allowed for writer", qos::at_least_once, 1);
+  wait_for([&] { return t.pending() == 1; });
+  CHECK(t.pop(PUBACK).id == 1);
+
+  client m(io, mem_listener, protocol_version::v5);
+  m.set_password("secret");
+  m.connect("over-memory", true, std::nullopt, std::string_view("reader"));
+  wait_for([&] { return m.pending() == 1; });
+  REQUIRE(m.pop(CONNACK).code == 0);
+  m.subscribe(1, "a", qos::at_least_once);
+  m.publish("a", "refused for reader", qos::at_least_once, 2);
+  wait_for([&] { return m.pending() == 2; });
+  CHECK(m.pop(SUBACK).id == 1);
+  CHECK(m.pop(PUBACK).code == static_cast<std::uint8_t>(reason_code::not_authorized));
+  m.disconnect();
+  wait_for([&] { return m.closed(); });
+
+  client wrong(io, mem_listener, protocol_version::v3_1_1);
+  wrong.set_password("guess");
+  wrong.connect("guesser", true, std::nullopt, std::string_view("writer"));
+  wait_for([&] { return wrong.pending() == 1; });
+  CHECK(wrong.pop(CONNACK).code == 4);
+
+  std::vector<std::string> order;
+  for (const seen_client& c : seen) {
+    order.push_back(c.hook + " " + c.client_id);
+    CHECK(c.username == std::optional<std::string>(c.client_id == "over-memory" ? "reader" : "writer"));
+    if (c.client_id == "over-tcp") {
+      CHECK(c.version == protocol_version::v3_1_1);
+      CHECK(c.peer_address == "127.0.0.1");
+      CHECK(c.peer_port == tcp_port);
+      CHECK(c.listener == 0);
+      CHECK(c.transport == "tcp");
+      CHECK(c.listener_port == b.local_port(0));
+    } else {
+      CHECK(c.version == (c.client_id == "over-memory" ? protocol_version::v5 : protocol_version::v3_1_1));
+      CHECK(c.peer_address.empty());  // the in-memory transport has no addresses
+      CHECK(c.peer_port == 0);
+      CHECK(c.listener == 1);
+      CHECK(c.transport == "memory");
+    }
+  }
+  CHECK(order == std::vector<std::string>{"authenticate over-tcp", "on_connect over-tcp", "authorize_publish over-tcp",
+                                          "authenticate over-memory", "on_connect over-memory",
+                                          "authorize_subscribe over-memory", "authorize_publish over-memory",
+                                          "on_disconnect over-memory", "authenticate guesser"});
+  bool stopped = false;
+  b.async_stop([&](std::error_code ec) { stopped = !ec; });
+  wait_for([&] { return stopped; });
+}
+
 // ---- flow control and limits
 
 TEST_CASE("no more than max_inflight messages are unacknowledged; the rest follow acknowledgements in order",
-          "[broker][flow][MQTT-4.6.0-1]") {
+          "[broker][flow][MQTT-4.6.0-6]") {
   mb::broker_options o;
   o.max_inflight = 2;
   harness<> h(o);
@@ -1535,7 +1703,7 @@ std::vector<std::string> fast_publisher_slow_subscriber(H& h, int n) {
 }  // namespace
 
 TEST_CASE("a publisher is paced while its subscriber is behind: QoS 1 arrives whole and in order, nothing dropped",
-          "[broker][flow][pacing][MQTT-4.6.0-2]") {
+          "[broker][flow][pacing][MQTT-4.6.0-6]") {
   mb::broker_options o;
   o.max_inflight = 2;
   o.max_queued_messages = 20;
@@ -1545,7 +1713,7 @@ TEST_CASE("a publisher is paced while its subscriber is behind: QoS 1 arrives wh
   const auto got = fast_publisher_slow_subscriber(h, n);
   std::vector<std::string> expected;
   for (int i = 0; i < n; ++i) expected.push_back(std::to_string(i));
-  CHECK(got == expected);  // [MQTT-4.6.0-2] in order, none lost, none twice
+  CHECK(got == expected);  // [MQTT-4.6.0-6] in order, none lost, none twice
   const auto st = h.broker.stats();
   CHECK(st.messages_dropped == 0);
   CHECK(st.reader_pauses > 0);
@@ -1854,7 +2022,7 @@ TEST_CASE("5.0 Session Expiry: an offline session ends when its interval has pas
   CHECK_FALSE(back.pop(CONNACK).session_present);
 }
 
-TEST_CASE("5.0: a DISCONNECT's Session Expiry Interval replaces the CONNECT's", "[broker][time][session][v5][MQTT-3.14.2-2]") {
+TEST_CASE("5.0: a DISCONNECT's Session Expiry Interval replaces the CONNECT's", "[broker][time][session][v5]") {
   timed h;
   SECTION("shortened") {
     client& c = h.add(protocol_version::v5);
@@ -1905,11 +2073,178 @@ TEST_CASE("3.1.1: a persistent session is kept for persistent_session_expiry aft
   CHECK(h.broker.stats().sessions == 0);
 }
 
+// ---- asynchronous authentication
+
+namespace {
+
+/// An authenticate that asks "elsewhere": it answers through its auth_reply after a timer of the
+/// broker's (manual) clock, as a host would after a database or a remote service. The user name
+/// says what it answers and after how many milliseconds: "ok:100", "bad:50", "never"; without
+/// one it accepts inside the call.
+struct async_auth_hooks {
+  struct shared {
+    mb::clock::manual clock;
+    asio::io_context* io = nullptr;
+    std::vector<std::string> asked;
+    std::vector<mb::hooks::auth_reply> kept;  // "never": held, not answered
+    std::vector<std::string> connected;
+    std::vector<std::pair<std::string, reason_code>> refused;
+  };
+  shared* s = nullptr;
+
+  void authenticate(const mb::hooks::connect_info& c, mb::hooks::auth_reply reply) {
+    s->asked.emplace_back(c.client_id);
+    const std::string user(c.username.value_or(""));
+    if (user.empty()) return reply(mb::hooks::auth_result::accept);  // answered inside the call
+    if (user == "never") {
+      s->kept.push_back(std::move(reply));
+      return;
+    }
+    const auto colon = user.find(':');
+    const auto answer = user.substr(0, colon) == "ok" ? mb::hooks::auth_result::accept
+                                                      : mb::hooks::auth_result::bad_credentials;
+    auto timer = std::make_shared<mb::clock::manual::timer_type>(s->clock.make_timer(s->io->get_executor()));
+    timer->expires_after(std::chrono::milliseconds(std::stoi(user.substr(colon + 1))));
+    timer->async_wait([timer, reply = std::move(reply), answer](std::error_code ec) mutable {
+      if (!ec) reply(answer);
+    });
+  }
+  void on_connect(const mb::hooks::client_info& c) { s->connected.emplace_back(c.client_id); }
+  void on_connect_refused(const mb::hooks::connect_info& c, reason_code why) { s->refused.emplace_back(c.client_id, why); }
+};
+struct async_auth_policies : timed_policies {
+  using hooks = async_auth_hooks;
+};
+
+/// A harness whose hooks share its clock and io_context.
+struct async_auth_harness {
+  explicit async_auth_harness(mb::broker_options o = {}) : h(std::move(o), async_auth_hooks{&state}) {}
+  async_auth_hooks::shared state;
+  harness<async_auth_policies> h;
+  // The hooks need the harness's clock and io_context, made after them: set before any CONNECT.
+  bool wired = (state.clock = h.clock, state.io = &h.io, true);
+};
+
+}  // namespace
+
+TEST_CASE("an asynchronous authenticate answers after a timer while others are served; what followed its CONNECT waits",
+          "[broker][hooks]") {
+  async_auth_harness a;
+  auto& h = a.h;
+  client& early = h.add(protocol_version::v5);
+  // Sent right behind the CONNECT, in the same read: held until the CONNACK, then handled in order.
+  early.cork();
+  early.connect("early", true, std::nullopt, std::string_view("ok:100"));
+  early.subscribe(1, "news", qos::at_least_once);
+  early.publish("news", "own message", qos::at_least_once, 2);
+  early.uncork();
+  h.settle();
+  CHECK(a.state.asked == std::vector<std::string>{"early"});
+  CHECK(early.empty());
+
+  // Another client is served meanwhile: it connects, subscribes and hears a message.
+  client& other = h.add();
+  other.connect("other", true, std::nullopt, std::string_view("ok:10"));
+  h.advance(std::chrono::milliseconds(10));
+  REQUIRE(other.pop(CONNACK).code == 0);
+  CHECK(h.subscribe(other, "news", qos::at_most_once) == std::vector<std::uint8_t>{0});
+  h.broker.publish("news", "from the host");
+  h.settle();
+  CHECK(other.publishes().size() == 1);
+  CHECK(early.empty());  // still waiting: no CONNACK, its SUBSCRIBE not handled
+
+  h.advance(std::chrono::milliseconds(89));  // 99 ms after the early CONNECT
+  CHECK(early.empty());
+  CHECK(a.state.connected == std::vector<std::string>{"other"});
+  h.advance(std::chrono::milliseconds(1));
+  REQUIRE(early.pending() == 4);
+  CHECK(early.pop(CONNACK).code == 0);
+  CHECK(early.pop(SUBACK).id == 1);
+  // Its own message reaches it through the subscription made just before (No Local is 0).
+  rx first = early.pop();
+  rx second = early.pop();
+  if (first.type == PUBLISH) std::swap(first, second);
+  CHECK(first.type == PUBACK);
+  CHECK(first.id == 2);
+  CHECK(second.type == PUBLISH);
+  CHECK(second.payload == "own message");
+  CHECK(other.publishes().size() == 1);  // "other" subscribed to news too
+  CHECK(a.state.connected == std::vector<std::string>{"other", "early"});
+}
+
+TEST_CASE("an asynchronous refusal is the CONNACK of the client's version, and what followed the CONNECT is dropped",
+          "[broker][hooks][MQTT-3.1.4-5][MQTT-3.1.4-6][MQTT-3.2.2-5]") {
+  async_auth_harness a;
+  auto& h = a.h;
+  client& listener = h.connected("listener");
+  CHECK(h.subscribe(listener, "#", qos::at_most_once) == std::vector<std::uint8_t>{0});
+  const protocol_version v = GENERATE(protocol_version::v3_1_1, protocol_version::v5);
+  client& refused = h.add(v);
+  refused.cork();
+  refused.connect("refused", true, std::nullopt, std::string_view("bad:50"));
+  refused.publish("leak", "must not be routed");
+  refused.uncork();
+  h.advance(std::chrono::milliseconds(50));
+  const rx ack = refused.pop(CONNACK);
+  CHECK(ack.code == (v == protocol_version::v5 ? 0x86 : 4));
+  CHECK(refused.closed());
+  // 3.1.1 [MQTT-3.1.4-5], 5.0 [MQTT-3.1.4-6]: nothing after a refused CONNECT is acted on.
+  CHECK(listener.publishes().empty());
+  REQUIRE(a.state.refused.size() == 1);
+  CHECK(a.state.refused[0] == std::make_pair(std::string("refused"), reason_code::bad_user_name_or_password));
+  CHECK(h.broker.stats().sessions == 1);
+}
+
+TEST_CASE("an authentication that never answers ends at the CONNECT timeout; a later answer is ignored",
+          "[broker][hooks]") {
+  mb::broker_options o;
+  o.connect_timeout = std::chrono::seconds(2);
+  async_auth_harness a(o);
+  auto& h = a.h;
+  client& c = h.add(protocol_version::v5);
+  c.connect("waits", true, std::nullopt, std::string_view("never"));
+  h.advance(std::chrono::milliseconds(1999));
+  CHECK(c.empty());
+  CHECK_FALSE(c.closed());
+  h.advance(std::chrono::milliseconds(1));
+  // At the next sweep (it ticks every 500 ms): closed without a word, as any CONNECT timeout.
+  h.advance(std::chrono::milliseconds(500));
+  CHECK(c.closed());
+  CHECK(c.empty());
+  CHECK(h.broker.stats().connect_timeouts == 1);
+  REQUIRE(a.state.kept.size() == 1);
+  a.state.kept[0](mb::hooks::auth_result::accept);  // too late: the client is gone
+  h.settle();
+  CHECK(a.state.connected.empty());
+  CHECK(h.broker.stats().sessions == 0);
+  // A reply dropped unanswered leaves its client to the timeout too; nothing else happens.
+  client& d = h.add();
+  d.connect("dropped", true, std::nullopt, std::string_view("never"));
+  h.settle();
+  a.state.kept.clear();
+  h.advance(std::chrono::milliseconds(2500));
+  CHECK(d.closed());
+  CHECK(h.broker.stats().connect_timeouts == 2);
+}
+
+TEST_CASE("an asynchronous authenticate may answer from another thread", "[broker][hooks][threads]") {
+  async_auth_harness a;
+  auto& h = a.h;
+  client& c = h.add();
+  c.connect("from-thread", true, std::nullopt, std::string_view("never"));
+  h.settle();
+  REQUIRE(a.state.kept.size() == 1);
+  std::thread answer([reply = std::move(a.state.kept[0])]() mutable { reply(mb::hooks::auth_result::accept); });
+  answer.join();
+  h.settle();
+  CHECK(c.pop(CONNACK).code == 0);
+  CHECK(a.state.connected == std::vector<std::string>{"from-thread"});
+}
+
 // ---- several transports in one broker
 
 TEST_CASE("one broker serves a TCP and an in-memory listener from one session table and one router",
           "[broker][transport][MQTT-3.1.4-2][MQTT-4.4.0-1]") {
-  using namespace std::chrono_literals;
   using tcp_client = basic_client<asio::ip::tcp::socket>;
   asio::io_context io;
   mb::broker<> b(io);  // TCP by default
@@ -1919,15 +2254,7 @@ TEST_CASE("one broker serves a TCP and an in-memory listener from one session ta
   CHECK(b.local_port(1) == 0);  // the memory transport has no ports
   b.start();
 
-  // Real sockets need a bounded wait, not a fixed number of polls; it fails the test when it ends.
-  auto wait_for = [&io](auto ready) {
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (!ready()) {
-      REQUIRE(std::chrono::steady_clock::now() < deadline);
-      io.restart();
-      io.run_for(2ms);
-    }
-  };
+  auto wait_for = [&io](auto ready) { run_io_until(io, ready); };
   auto over_tcp = [&] {
     asio::ip::tcp::socket s(io);
     s.connect({asio::ip::make_address("127.0.0.1"), b.local_port(0)});

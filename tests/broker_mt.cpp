@@ -8,6 +8,9 @@
 #include <asio.hpp>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -58,7 +61,7 @@ class mt_fixture {
 
 }  // namespace
 
-TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order per publisher", "[broker_mt][MQTT-4.6.0-2]") {
+TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order per publisher", "[broker_mt][MQTT-4.6.0-6]") {
   mt_fixture f(2);
   constexpr int publishers = 4;
   constexpr int per_publisher = 300;
@@ -426,7 +429,7 @@ TEST_CASE("in-process handlers may publish again; nested publishes keep the oute
 }
 
 TEST_CASE("multi-threaded broker: pipelined publishers paced by a slow subscriber keep order and lose nothing",
-          "[broker_mt][pacing][MQTT-4.6.0-2]") {
+          "[broker_mt][pacing][MQTT-4.6.0-6]") {
   // Pausing a publisher races with its subscriber draining on another thread: a pause that finds
   // the subscriber caught up must go on with the rest of the read before newer bytes. Small
   // thresholds make publishers pause and resume thousands of times.
@@ -501,4 +504,115 @@ TEST_CASE("multi-threaded broker: pipelined publishers paced by a slow subscribe
   const auto st = f.broker().stats();
   CHECK(st.messages_dropped == 0);
   CHECK(st.reader_pauses > 0);
+}
+
+namespace {
+
+/// An authentication service with a thread of its own: it answers each request a little later,
+/// in order, as a remote service would, while the broker's threads go on serving.
+class auth_service {
+ public:
+  auth_service() : worker_([this] { run(); }) {}
+  auth_service(const auth_service&) = delete;
+  auth_service& operator=(const auth_service&) = delete;
+  ~auth_service() {
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      done_ = true;
+    }
+    wake_.notify_all();
+    worker_.join();
+  }
+  void ask(std::string client_id, mqttbroker::hooks::auth_reply reply) {
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      requests_.emplace_back(std::move(client_id), std::move(reply));
+    }
+    wake_.notify_one();
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lk(mutex_);
+    for (;;) {
+      wake_.wait(lk, [this] { return done_ || !requests_.empty(); });
+      if (requests_.empty()) return;
+      auto [id, reply] = std::move(requests_.front());
+      requests_.pop_front();
+      lk.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      reply(id.rfind("ok-", 0) == 0 ? mqttbroker::hooks::auth_result::accept
+                                    : mqttbroker::hooks::auth_result::not_authorized);
+      lk.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::pair<std::string, mqttbroker::hooks::auth_reply>> requests_;
+  bool done_ = false;
+  std::thread worker_;  // last: it starts once the rest is built
+};
+
+struct service_hooks {
+  auth_service* service = nullptr;
+  void authenticate(const mqttbroker::hooks::connect_info& c, mqttbroker::hooks::auth_reply reply) {
+    service->ask(std::string(c.client_id), std::move(reply));
+  }
+};
+struct service_policies : mqttbroker::default_policies {
+  using locking = mqttbroker::locking::shared;
+  using hooks = service_hooks;
+};
+
+}  // namespace
+
+TEST_CASE("multi-threaded broker: an asynchronous authenticate answered from another thread, clients in parallel",
+          "[broker_mt][hooks]") {
+  auth_service service;  // outlives the broker; every request is answered before the clients finish
+  asio::io_context io;
+  auto work = asio::make_work_guard(io);
+  mqttbroker::broker<service_policies> b(io, {}, service_hooks{&service});
+  b.listen({"127.0.0.1", 0});
+  b.start();
+  std::vector<std::thread> pool;
+  for (int i = 0; i < 2; ++i) pool.emplace_back([&io] { io.run(); });
+
+  constexpr int clients = 16;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        const bool ok = i % 2 == 0;
+        blocking_client c(b.local_port());
+        const std::uint8_t code = c.connect((ok ? "ok-" : "no-") + std::to_string(i));
+        if (code != (ok ? 0 : 5)) ++wrong;
+        if (!ok) {
+          if (!c.closed_by_peer()) ++wrong;
+          return;
+        }
+        codec::publish m;
+        m.topic = "auth/x";
+        m.payload = "after the CONNACK";
+        m.qos_level = codec::qos::at_least_once;
+        m.packet_id = 1;
+        c.send(m);
+        if (c.expect<codec::puback>().packet_id != 1) ++wrong;
+      } catch (...) {
+        ++wrong;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(wrong == 0);
+  CHECK(b.stats().messages_received == clients / 2);
+
+  std::atomic<bool> stopped{false};
+  b.async_stop([&](std::error_code) { stopped = true; });
+  for (int i = 0; i < 1000 && !stopped; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(stopped);
+  work.reset();
+  io.stop();
+  for (auto& t : pool) t.join();
 }

@@ -137,7 +137,7 @@ class world {
     std::string bytes_;
   };
 
-  explicit world(mb::broker_options o = {}) : engine(std::move(o)) {}
+  explicit world(mb::broker_options o = {}, typename Policies::hooks h = {}) : engine(std::move(o), std::move(h)) {}
   ~world() {
     // Links refer to the world; close what is still open so the engine lets go of them.
     for (auto& l : links_)
@@ -354,7 +354,7 @@ TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[eng
     w.feed(l, p);
     CHECK(l.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
   }
-  SECTION("Receive Maximum exceeded 0x93 [MQTT-3.3.4-9]") {
+  SECTION("Receive Maximum exceeded 0x93 (5.0 section 3.3.4)") {
     mb::broker_options o;
     o.receive_maximum = 2;
     world<> small(o);
@@ -365,12 +365,12 @@ TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[eng
     small.publish(l, "t", qos::exactly_once, 3);
     CHECK(l.only(DISCONNECT).code == code(reason_code::receive_maximum_exceeded));
   }
-  SECTION("Protocol Error 0x82: AUTH without enhanced authentication [MQTT-4.12.0-1]") {
+  SECTION("Protocol Error 0x82: AUTH without enhanced authentication (5.0 section 4.12)") {
     auto& l = w.connected(hello("auth"), v5);
     w.feed(l, codec::auth{});
     CHECK(l.only(DISCONNECT).code == code(reason_code::protocol_error));
   }
-  SECTION("Protocol Error 0x82: a DISCONNECT extending a session that ended with its connection [MQTT-3.14.2-2]") {
+  SECTION("Protocol Error 0x82: a DISCONNECT extending a session that ended with its connection (5.0 section 3.14.2.2.2)") {
     auto& l = w.connected(hello("ext"), v5);
     codec::disconnect d;
     codec::properties_builder props;
@@ -422,6 +422,79 @@ TEST_CASE("engine: the CONNECT timeout counts from the accept", "[engine][time]"
   CHECK(w.engine.stats().connect_timeouts == 1);
 }
 
+/// An authenticate that answers later: the test holds the replies and answers them.
+struct later_hooks {
+  std::vector<mb::hooks::auth_reply>* replies = nullptr;
+  std::vector<std::string>* seen = nullptr;
+  void authenticate(const mb::hooks::connect_info& info, mb::hooks::auth_reply reply) {
+    seen->push_back(std::string(info.client_id) + " " + std::string(info.username.value_or("-")) + " " +
+                    std::string(info.password.value_or("-")));
+    replies->push_back(std::move(reply));
+  }
+};
+struct later_policies : plain_policies {
+  using hooks = later_hooks;
+};
+
+TEST_CASE("engine: an asynchronous authenticate stops the reader after the CONNECT; its answer decides, then it reads on",
+          "[engine][hooks]") {
+  mb::broker_options o;
+  o.connect_timeout = seconds(3);
+  std::vector<mb::hooks::auth_reply> replies;
+  std::vector<std::string> seen;
+  world<later_policies> w(o, later_hooks{&replies, &seen});
+
+  // Accepted: nothing goes out and the reader stops until the answer.
+  auto& a = w.open(protocol_version::v5);
+  codec::connect c;
+  c.version = protocol_version::v5;
+  c.client_id = "a";
+  c.username = std::string_view("user");
+  c.password = std::string_view("pw");
+  codec::packet p(c);
+  CHECK_FALSE(w.engine.on_packet(a, p, w.now));  // the decoder stops after the CONNECT
+  CHECK(a.paused());
+  CHECK(seen == std::vector<std::string>{"a user pw"});
+  w.advance(seconds(2));
+  CHECK(a.received().empty());
+  REQUIRE(replies.size() == 1);
+  replies[0](mb::hooks::auth_result::accept);
+  CHECK_FALSE(replies[0]);  // answered once
+  REQUIRE(a.events == std::vector<mb::engine::link_event>{mb::engine::link_event::authenticated});
+  a.events.clear();
+  CHECK(w.engine.on_event(a, mb::engine::link_event::authenticated, w.now));  // read on
+  CHECK_FALSE(a.paused());
+  CHECK(a.only(CONNACK).code == 0);
+  CHECK(w.engine.stats().sessions == 1);
+  w.advance(seconds(5));  // Keep Alive 0: the CONNECT timeout no longer applies
+  CHECK(a.is_open());
+
+  // Refused: the CONNACK with the code, and the close.
+  auto& b = w.open(protocol_version::v3_1_1);
+  w.connect(b, hello("b").user("x"), protocol_version::v3_1_1);
+  REQUIRE(replies.size() == 2);
+  replies[1](mb::hooks::auth_result::not_authorized);
+  w.run_events();
+  CHECK(b.only(CONNACK).code == 5);
+  CHECK_FALSE(b.is_open());
+
+  // Unanswered: closed at the CONNECT timeout, exactly; a late answer does nothing.
+  auto& d = w.open(protocol_version::v5);
+  w.connect(d, hello("d"), protocol_version::v5);
+  w.advance(seconds(3) - nanoseconds(1));
+  CHECK(d.is_open());
+  w.advance(nanoseconds(1));
+  CHECK_FALSE(d.is_open());
+  CHECK(d.received().empty());
+  CHECK(w.engine.stats().connect_timeouts == 1);
+  REQUIRE(replies.size() == 3);
+  replies[2](mb::hooks::auth_result::accept);
+  w.run_events();
+  CHECK(d.received().empty());
+  CHECK(w.engine.stats().sessions == 1);
+}
+
+// ---- takeover, wills, expiry
 // ---- takeover, wills, expiry
 
 TEST_CASE("engine: a second CONNECT with the same identifier takes the session over with its messages",
@@ -527,6 +600,35 @@ TEST_CASE("engine: QoS 2 from a client is routed once and released by PUBREL; a 
   w.publish(pub, "t", qos::exactly_once, 5);  // the identifier is free again: a new message
   CHECK(pub.only(PUBREC).id == 5);
   CHECK(sub.received().size() == 1);
+}
+
+TEST_CASE("engine: 5.0, a CONNECT with an Authentication Method is refused with 0x8C (no enhanced authentication yet)",
+          "[engine][v5][MQTT-4.12.0-1]") {
+  world<> w;
+  auto& l = w.open(protocol_version::v5);
+  codec::connect c;
+  c.version = protocol_version::v5;
+  c.client_id = "scram";
+  codec::properties_builder props;
+  props.add(codec::property_id::authentication_method, std::string_view("SCRAM-SHA-1"));
+  c.properties = props.view();
+  w.feed(l, c);
+  CHECK(l.only(CONNACK).code == code(reason_code::bad_authentication_method));
+  CHECK_FALSE(l.is_open());
+  CHECK(w.engine.stats().sessions == 0);
+}
+
+TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
+          "[engine][qos][v5][MQTT-4.3.3-9]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  w.publish(pub, "$refused", qos::exactly_once, 7);  // $-topics belong to the server
+  CHECK(pub.only(PUBREC).code == code(reason_code::not_authorized));
+  w.publish(pub, "t", qos::exactly_once, 7);  // a new message, not a resend
+  CHECK(pub.only(PUBREC).code == 0);
+  CHECK(sub.only(PUBLISH).topic == "t");
 }
 
 TEST_CASE("engine: QoS 1 and 2 to a client resume after a reconnect: PUBLISH with DUP, or PUBREL after PUBREC",

@@ -53,7 +53,7 @@ TEST_CASE("QoS 1 is in flight until PUBACK", "[session][MQTT-4.3.2-1]") {
   session::state s("c");
   auto o = out(msg(), codec::qos::at_least_once);
   REQUIRE(s.offer(o, true) == session::admission::send);
-  CHECK(o.packet_id != 0);  // [MQTT-2.2.1-3]
+  CHECK(o.packet_id != 0);  // never 0 (3.1.1 [MQTT-2.3.1-1])
   CHECK(s.inflight_count() == 1);
   CHECK_FALSE(s.on_puback(static_cast<std::uint16_t>(o.packet_id + 1)));
   CHECK(s.on_puback(o.packet_id));
@@ -89,11 +89,11 @@ TEST_CASE("a full in-flight window queues, and acknowledgements release in order
   REQUIRE(s.on_puback(sent[0].packet_id));
   auto next = s.next_ready();
   REQUIRE(next);
-  CHECK(next->msg->payload() == "2");  // order kept [MQTT-4.6.0-2]
+  CHECK(next->msg->payload() == "2");  // order kept [MQTT-4.6.0-6]
   CHECK_FALSE(s.next_ready());
 }
 
-TEST_CASE("a message offered while others wait queues behind them, keeping order", "[session][MQTT-4.6.0-2]") {
+TEST_CASE("a message offered while others wait queues behind them, keeping order", "[session][MQTT-4.6.0-6]") {
   session::limits l;
   l.max_inflight = 1;
   session::state s("c", &l);
@@ -110,7 +110,7 @@ TEST_CASE("a message offered while others wait queues behind them, keeping order
   CHECK(n->msg->payload() == "b");
 }
 
-TEST_CASE("packet identifiers wrap past 65535 without reusing one in flight", "[session][MQTT-2.2.1-3]") {
+TEST_CASE("packet identifiers wrap past 65535 without reusing one in flight", "[session][MQTT-2.3.1-4]") {
   session::limits l;
   l.max_inflight = 3;
   session::state s("c", &l);

@@ -28,12 +28,15 @@ void log(level l, fmt::format_string<Args...> f, Args&&... args) {
 
 /// Logs connections and subscriptions at debug level; the broker calls these only because they exist.
 struct logging_hooks {
-  void on_connect(std::string_view client_id) { log(level::debug, "connect {}", client_id); }
-  void on_disconnect(std::string_view client_id, bool graceful) {
-    log(level::debug, "disconnect {}{}", client_id, graceful ? "" : " (ungraceful)");
+  void on_connect(const mqttbroker::hooks::client_info& c) {
+    log(level::debug, "connect {} from {} port {} (listener {}, {})", c.client_id, c.peer_address, c.peer_port,
+        c.listener ? c.listener->index : 0, c.listener ? c.listener->transport : "none");
   }
-  void on_subscribe(std::string_view client_id, std::string_view filter, mqttbroker::codec::qos q) {
-    log(level::debug, "subscribe {} {} qos {}", client_id, filter, static_cast<int>(q));
+  void on_disconnect(const mqttbroker::hooks::client_info& c, bool graceful) {
+    log(level::debug, "disconnect {}{}", c.client_id, graceful ? "" : " (ungraceful)");
+  }
+  void on_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
+    log(level::debug, "subscribe {} {} qos {}", c.client_id, filter, static_cast<int>(q));
   }
 };
 

@@ -146,14 +146,16 @@ class broker {
   template <class Transport>
   void listen(const typename Transport::listen_options& o, std::error_code& ec) {
     // Listeners, the sweep and stopping share one executor (a strand with locking::shared).
-    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, ec);
+    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, listeners_.size(), ec);
     if (ec) return;
     listeners_.push_back(std::move(l));
     if (started_) listeners_.back()->accept_next();
   }
 
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
-  std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->local_port(); }
+  std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->info().port; }
+  /// What the hooks' client_info says of a listener: its index, transport and port.
+  const hooks::listener_info& listener_info(std::size_t index) const { return listeners_.at(index)->info(); }
 
   /// Starts accepting on every listener.
   void start() {
@@ -242,7 +244,7 @@ class broker {
     virtual ~listener_base() = default;
     virtual void accept_next() = 0;
     virtual void close() = 0;
-    virtual std::uint16_t local_port() const = 0;
+    virtual const hooks::listener_info& info() const = 0;
   };
 
   template <class Transport>
@@ -252,8 +254,16 @@ class broker {
     using stream_executor = typename stream_type::executor_type;
     using connection_type = server::connection<Transport, context>;
 
-    listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::error_code& ec)
-        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {}
+    listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::size_t index,
+             std::error_code& ec)
+        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {
+      info_.index = index;
+      info_.transport = Transport::name;
+      if (!ec) {
+        std::error_code ignored;
+        info_.port = acceptor_.local_endpoint(ignored).port();
+      }
+    }
 
     void accept_next() override {
       acceptor_.async_accept(stream_ex_, [this](std::error_code ec, stream_type s) {
@@ -269,25 +279,16 @@ class broker {
       std::error_code ignored;
       acceptor_.close(ignored);
     }
-    std::uint16_t local_port() const override {
-      if constexpr (has_port<typename Transport::acceptor_type>::value) {
-        std::error_code ec;
-        return acceptor_.local_endpoint(ec).port();
-      } else {
-        return 0;
-      }
-    }
+    const hooks::listener_info& info() const override { return info_; }
 
    private:
-    template <class A, class = void>
-    struct has_port : std::false_type {};
-    template <class A>
-    struct has_port<A, std::void_t<decltype(std::declval<const A&>().local_endpoint(std::declval<std::error_code&>()).port())>>
-        : std::true_type {};
-
     void on_accept(stream_type s) {
       Transport::prepare(s);
       auto c = detail::ref_ptr<connection_type>::make(b_.ctx_, std::move(s));
+      if constexpr (engine_type::session_type::keeps_origin) {
+        const transport::peer_endpoint peer = c->peer();
+        c->set_origin(&info_, peer.address, peer.port);
+      }
       if (!b_.ctx_.engine_.open(*c, b_.now())) {
         c->refuse();
         return;
@@ -298,6 +299,7 @@ class broker {
     broker& b_;
     stream_executor stream_ex_;
     typename Transport::acceptor_type acceptor_;
+    hooks::listener_info info_;
   };
 
   /// The executor a transport's streams use, from the host's: a TCP socket is smaller on the

@@ -3727,6 +3727,9 @@ MQTTBROKER_END_NAMESPACE
 #define MQTTBROKER_HOOKS_HOOKS_HPP
 
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -3735,12 +3738,28 @@ MQTTBROKER_END_NAMESPACE
 MQTTBROKER_BEGIN_NAMESPACE
 namespace hooks {
 
-/// What authenticate() sees of a CONNECT.
-struct connect_info {
-  std::string_view client_id;
+/// The listener a connection came in on, as the broker keeps it for as long as it runs.
+struct listener_info {
+  std::size_t index = 0;       // in the order of broker::listen() calls, from 0
+  std::string_view transport;  // the transport's name: "tcp", "memory", ...
+  std::uint16_t port = 0;      // the bound port; 0 for a transport without ports
+};
+
+/// Who a client is, as the hooks see it. The views are valid for the call only: a hook copies
+/// what it keeps.
+struct client_info {
+  std::string_view client_id;  // empty for the broker's own and the host's in-process messages
   std::optional<std::string_view> username;
+  codec::protocol_version version = codec::protocol_version::v3_1_1;
+  std::string_view peer_address;  // as text ("192.0.2.7", "::1"); empty when the transport has none
+  std::uint16_t peer_port = 0;
+  const listener_info* listener = nullptr;  // null where no listener is involved
+};
+
+/// What authenticate() and on_connect_refused() see of a CONNECT: the client and its password.
+/// The client identifier is the one the broker assigned when the client sent none.
+struct connect_info : client_info {
   std::optional<std::string_view> password;
-  codec::protocol_version version;
 };
 
 /// authenticate()'s answer; each refusal maps to the CONNACK code of the client's version.
@@ -3750,21 +3769,54 @@ enum class auth_result {
   not_authorized,   // 3.1.1 return code 5, 5.0 0x87
 };
 
+/// The completion an asynchronous authenticate() answers through, once, from any thread, at any
+/// time within the broker's CONNECT timeout (after it the client is gone and the answer is
+/// ignored). Until it answers, the broker reads nothing more from that client and serves all
+/// others. A reply destroyed without an answer leaves the client to the CONNECT timeout. Answer or
+/// drop every reply before the broker is destroyed.
+class auth_reply {
+ public:
+  /// What a reply answers to: the broker's pending CONNECT.
+  class target {
+   public:
+    virtual ~target() = default;
+    virtual void complete(auth_result r) = 0;
+  };
+
+  auth_reply() noexcept = default;
+  explicit auth_reply(std::shared_ptr<target> t) noexcept : target_(std::move(t)) {}
+
+  /// Answers; calls after the first do nothing.
+  void operator()(auth_result r) {
+    if (auto t = std::move(target_)) t->complete(r);
+  }
+  /// Whether it still has to answer.
+  explicit operator bool() const noexcept { return static_cast<bool>(target_); }
+
+ private:
+  std::shared_ptr<target> target_;
+};
+
 /// No hooks: every check passes and nothing is observed. A hooks policy defines only the members
 /// it needs, any of:
-///   auth_result authenticate(const connect_info&);
-///   bool authorize_publish(std::string_view client_id, const message&);
-///   bool authorize_subscribe(std::string_view client_id, std::string_view filter, codec::qos);
+///   auth_result authenticate(const connect_info&);                // answers at once, or
+///   void authenticate(const connect_info&, auth_reply);           // answers later (not both)
+///   bool authorize_publish(const client_info&, const message&);
+///   bool authorize_subscribe(const client_info&, std::string_view filter, codec::qos);
 ///   void intercept(std::string_view client_id, message_ptr&);  // replace, or reset to drop
-///   void on_connect(std::string_view client_id);
-///   void on_disconnect(std::string_view client_id, bool graceful);
-///   void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted);
-///   void on_unsubscribe(std::string_view client_id, std::string_view filter);  // one that existed
+///   void on_connect(const client_info&);
+///   void on_disconnect(const client_info&, bool graceful);
+///   void on_subscribe(const client_info&, std::string_view filter, codec::qos granted);
+///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
-/// built. A member with one of these names that cannot be called so, or returns another type, is a
-/// compile error, not a hook silently skipped. The policy must be a non-final class. In-process
-/// publishes pass an empty client_id. Hooks run on the broker's handlers and must not block.
+/// built, and a broker whose hooks take no client_info keeps none per connection. A member with
+/// one of these names that cannot be called so, or returns another type, is a compile error, not a
+/// hook silently skipped. The policy must be a non-final class. intercept() sees the publisher's
+/// client identifier only, as it also runs for wills and in-process publishes (an empty
+/// client_id), after the connection they came from may be gone. Hooks run on the broker's
+/// handlers and must not block: an authentication that asks a database or a remote service takes
+/// the auth_reply form.
 struct none {};
 
 namespace detail {
@@ -3779,6 +3831,21 @@ struct declares : std::bool_constant<Names<H, void>::value> {};
 template <template <class, class> class Names, class H>
 struct declares<Names, H, false> : std::false_type {};
 
+/// authenticate in its two forms: either one, not both.
+template <class H, class = void>
+struct answers_later : std::false_type {};
+template <class H>
+struct answers_later<H, std::enable_if_t<std::is_same_v<
+                            decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>(),
+                                                                     std::declval<auth_reply>())),
+                            void>>> : std::true_type {};
+template <class H, class = void>
+struct answers_now : std::false_type {};
+template <class H>
+struct answers_now<H, std::enable_if_t<std::is_same_v<
+                          decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>())),
+                          auth_result>>> : std::true_type {};
+
 /// Detection of one hook, by name and by signature apart:
 /// - names_<hook><H>: H declares a member of that name, of any kind (overloads, templates, data
 ///   members, inherited or private ones too). A class deriving from H and from a probe that
@@ -3787,8 +3854,9 @@ struct declares<Names, H, false> : std::false_type {};
 /// - accepts_<hook><H>: a call with the documented arguments compiles on an H& and returns exactly
 ///   the documented type, and `extra` holds.
 /// - <hook>_hook<H>::value: the broker calls the hook. A declared name that is not accepted fails
-///   to compile here, naming the hook and its signature.
-#define MQTTBROKER_HOOK(hook, result, extra, signature, ...)                                                        \
+///   to compile here, naming the hook and its signature, unless `other_form` (a second accepted
+///   form, found by its own trait) holds.
+#define MQTTBROKER_HOOK(hook, result, extra, other_form, signature, ...)                                                        \
   struct hook##_probe {                                                                                             \
     void hook();                                                                                                    \
   };                                                                                                                \
@@ -3806,7 +3874,7 @@ struct declares<Names, H, false> : std::false_type {};
   template <class H>                                                                                                \
   struct hook##_hook {                                                                                              \
     static constexpr bool value = accepts_##hook<H>::value;                                                         \
-    static_assert(value || !declares<names_##hook, H>::value,                                                       \
+    static_assert(value || (other_form) || !declares<names_##hook, H>::value,                                    \
                   "mqttbroker: hook " #hook " has the wrong signature; expected " signature);                       \
   };
 
@@ -3818,30 +3886,38 @@ struct intercept_takes_copy<H, std::void_t<decltype(std::declval<H&>().intercept
                                                                                  std::declval<message_ptr>()))>>
     : std::true_type {};
 
-MQTTBROKER_HOOK(authenticate, auth_result, true, "auth_result authenticate(const hooks::connect_info&)",
+MQTTBROKER_HOOK(authenticate, auth_result, !answers_later<H>::value, answers_later<H>::value && !answers_now<H>::value,
+                "auth_result authenticate(const hooks::connect_info&) or "
+                "void authenticate(const hooks::connect_info&, hooks::auth_reply), not both",
                 std::declval<const connect_info&>())
-MQTTBROKER_HOOK(authorize_publish, bool, true,
-                "bool authorize_publish(std::string_view client_id, const message&)",
-                std::declval<std::string_view>(), std::declval<const message&>())
-MQTTBROKER_HOOK(authorize_subscribe, bool, true,
-                "bool authorize_subscribe(std::string_view client_id, std::string_view filter, codec::qos)",
-                std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
-MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value,
+MQTTBROKER_HOOK(authorize_publish, bool, true, false,
+                "bool authorize_publish(const hooks::client_info&, const message&)",
+                std::declval<const client_info&>(), std::declval<const message&>())
+MQTTBROKER_HOOK(authorize_subscribe, bool, true, false,
+                "bool authorize_subscribe(const hooks::client_info&, std::string_view filter, codec::qos)",
+                std::declval<const client_info&>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value, false,
                 "void intercept(std::string_view client_id, message_ptr&), the message by non-const reference",
                 std::declval<std::string_view>(), std::declval<message_ptr&>())
-MQTTBROKER_HOOK(on_connect, void, true, "void on_connect(std::string_view client_id)",
-                std::declval<std::string_view>())
-MQTTBROKER_HOOK(on_disconnect, void, true, "void on_disconnect(std::string_view client_id, bool graceful)",
-                std::declval<std::string_view>(), std::declval<bool>())
-MQTTBROKER_HOOK(on_subscribe, void, true,
-                "void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted)",
-                std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
-MQTTBROKER_HOOK(on_unsubscribe, void, true, "void on_unsubscribe(std::string_view client_id, std::string_view filter)",
-                std::declval<std::string_view>(), std::declval<std::string_view>())
-MQTTBROKER_HOOK(on_connect_refused, void, true,
+MQTTBROKER_HOOK(on_connect, void, true, false, "void on_connect(const hooks::client_info&)",
+                std::declval<const client_info&>())
+MQTTBROKER_HOOK(on_disconnect, void, true, false, "void on_disconnect(const hooks::client_info&, bool graceful)",
+                std::declval<const client_info&>(), std::declval<bool>())
+MQTTBROKER_HOOK(on_subscribe, void, true, false,
+                "void on_subscribe(const hooks::client_info&, std::string_view filter, codec::qos granted)",
+                std::declval<const client_info&>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(on_unsubscribe, void, true, false, "void on_unsubscribe(const hooks::client_info&, std::string_view filter)",
+                std::declval<const client_info&>(), std::declval<std::string_view>())
+MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 "void on_connect_refused(const hooks::connect_info&, reason_code)",
                 std::declval<const connect_info&>(), std::declval<reason_code>())
 #undef MQTTBROKER_HOOK
+
+/// The asynchronous authenticate: authenticate_hook's other form.
+template <class H>
+struct authenticate_later_hook {
+  static constexpr bool value = answers_later<H>::value && !answers_now<H>::value;
+};
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
@@ -3859,8 +3935,19 @@ constexpr bool check_hooks() {
 
 }  // namespace detail
 
+/// Whether a connection keeps who its client is (username, peer, listener): for every hook but
+/// intercept, which takes the client identifier alone.
+template <class H>
+inline constexpr bool needs_client_info_v =
+    detail::authenticate_hook<H>::value || detail::authenticate_later_hook<H>::value ||
+    detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
+    detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
+    detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value;
+
 template <class H>
 inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
+template <class H>
+inline constexpr bool has_authenticate_later_v = detail::authenticate_later_hook<H>::value;
 template <class H>
 inline constexpr bool has_authorize_publish_v = detail::authorize_publish_hook<H>::value;
 template <class H>
@@ -6039,7 +6126,9 @@ MQTTBROKER_END_NAMESPACE
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -6060,7 +6149,38 @@ enum class link_event : std::uint8_t {
   check_deadline,  // the sweep saw the deadline pass
   shutdown,        // the broker stops: DISCONNECT (5.0) and close
   committed,       // the storage made changes durable: held acknowledgements may go
+  authenticated,   // an asynchronous authenticate answered
 };
+
+/// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
+/// asynchronous authentication runs.
+struct connect_request {
+  std::string client_id;  // assigned by the broker when the client sent none
+  std::optional<std::string> username;
+  std::optional<std::string> password;  // kept only while an asynchronous authentication runs
+  codec::protocol_version version = codec::protocol_version::v3_1_1;
+  bool clean_start = true;
+  bool assigned_id = false;
+  std::uint16_t keep_alive = 0;
+  std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
+  message_ptr will;
+  std::chrono::duration<std::uint32_t> will_delay{0};
+};
+
+/// Who a link's client is, for hooks that take a client_info (hooks::needs_client_info_v), and
+/// its CONNECT while an asynchronous authentication runs. Without such hooks an empty base: a
+/// connection is not one byte larger.
+template <bool Keep>
+struct link_origin {
+  std::optional<std::string> username_;
+  std::string peer_address_;
+  std::uint16_t peer_port_ = 0;
+  const hooks::listener_info* listener_ = nullptr;
+  std::unique_ptr<connect_request> pending_connect_;
+  std::atomic<std::uint8_t> auth_answer_{0};  // set by the host's auth_reply, on any thread
+};
+template <>
+struct link_origin<false> {};
 
 /// An acknowledgement held until the storage commit its change went into is durable
 /// (acknowledge after commit). `route`: a QoS 2 message routed only then, before its PUBREC.
@@ -6089,7 +6209,10 @@ struct held_acks<false> {};
 /// virtual calls by which the engine acts on the transport, each made once per write batch or
 /// per connection event, never per message. `Session` is the engine's session record.
 template <class Session>
-class link : public detail::list_links, public detail::ref_counted, protected held_acks<Session::durable> {
+class link : public detail::list_links,
+             public detail::ref_counted,
+             protected held_acks<Session::durable>,
+             protected link_origin<Session::keeps_origin> {
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
@@ -6103,7 +6226,8 @@ class link : public detail::list_links, public detail::ref_counted, protected he
         closed_(false),
         graceful_(false),
         write_in_flight_(false),
-        disconnect_queued_(false) {}
+        disconnect_queued_(false),
+        authenticating_(false) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -6137,6 +6261,34 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   /// A session this connection's messages went to while its client was behind: the reader pauses
   /// on it after the packet.
   bool pace_pending() const noexcept { return static_cast<bool>(pace_target_); }
+
+  /// Where the client came from, for the hooks (the server sets it before the engine opens the
+  /// link); nothing is kept when no hook takes a client_info.
+  void set_origin(const hooks::listener_info* listener, std::string_view peer_address, std::uint16_t peer_port) {
+    if constexpr (Session::keeps_origin) {
+      this->listener_ = listener;
+      this->peer_address_.assign(peer_address);
+      this->peer_port_ = peer_port;
+    } else {
+      (void)listener;
+      (void)peer_address;
+      (void)peer_port;
+    }
+  }
+
+  /// The client as the hooks see it (after CONNACK: its identifier and username).
+  hooks::client_info client_info() const {
+    hooks::client_info i;
+    i.client_id = client_id();
+    i.version = version_;
+    if constexpr (Session::keeps_origin) {
+      if (this->username_) i.username = *this->username_;
+      i.peer_address = this->peer_address_;
+      i.peer_port = this->peer_port_;
+      i.listener = this->listener_;
+    }
+    return i;
+  }
 
   /// Bytes queued or being written and not yet taken by the transport. Readable from any thread
   /// (a publisher's, to drop QoS 0 for a client that stopped reading); written by the owner.
@@ -6326,6 +6478,7 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   bool graceful_ : 1;  // DISCONNECT received: no will
   bool write_in_flight_ : 1;
   bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
+  bool authenticating_ : 1;     // an asynchronous authenticate has the CONNECT; the reader waits
 };
 
 }  // namespace engine
@@ -6559,9 +6712,11 @@ struct no_outbox {};
 
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 /// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
-template <class Locking, bool Durable = false>
+/// `KeepsOrigin`: links keep who their client is, for the hooks (engine::link_origin).
+template <class Locking, bool Durable = false, bool KeepsOrigin = false>
 struct session_record : subscriber, detail::ref_counted {
   static constexpr bool durable = Durable;
+  static constexpr bool keeps_origin = KeepsOrigin;
   using link_type = link<session_record>;
   using steady_time = std::chrono::steady_clock::time_point;  // as link::steady_time (link is incomplete here)
   using session_mutex_type = locking::session_mutex_t<Locking>;
@@ -6802,7 +6957,7 @@ class core {
   using storage_type = typename storage_of<Policies>::type;
   /// Whether the storage keeps sessions: without, every call to it is compiled out.
   static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
-  using session_type = session_record<locking_type, durable>;
+  using session_type = session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>>;
   using link_type = link<session_type>;
   using steady_time = typename link_type::steady_time;
   using flush_scope = typename link_type::flush_scope;
@@ -7106,11 +7261,12 @@ class core {
 
   /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
   /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no
-  /// packet comes before the CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does
-  /// not run: the deadline is when the client the reader waits for counts as stuck.
+  /// packet comes before the CONNECT), also while an authentication runs; after, 1.5 times Keep
+  /// Alive. While paused for pacing Keep Alive does not run: the deadline is when the client the
+  /// reader waits for counts as stuck.
   void restart_deadline(link_type& l, steady_time from) noexcept {
     typename link_type::deadline_rep d = link_type::no_deadline;
-    if (l.paused())
+    if (l.paused() && !l.authenticating_)
       d = (from + opts_.stuck_client_timeout).time_since_epoch().count();
     else if (!l.connected_)
       d = (from + opts_.connect_timeout).time_since_epoch().count();
@@ -7588,8 +7744,8 @@ class protocol : public core<Policies> {
     return true;
   }
 
-  /// A decoded packet. False when the link stops taking input after it: it is closing, or its
-  /// reader is to pause (pause_reader()).
+  /// A decoded packet. False when the link stops taking input after it: it is closing, its
+  /// reader is to pause (pause_reader()), or it is paused (an authentication runs).
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
@@ -7603,10 +7759,10 @@ class protocol : public core<Policies> {
       case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
       case 11: l.send(codec::pingresp{}, now); break;
       case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
-      // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
+      // Enhanced authentication is not offered, so any AUTH is out of place (5.0 section 4.12).
       default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
-    return !l.is_closing() && !l.pace_pending();
+    return !l.is_closing() && !l.pace_pending() && !l.paused();
   }
 
   /// Packets were decoded from input read at `now`: Keep Alive counts from there.
@@ -7655,7 +7811,7 @@ class protocol : public core<Policies> {
 
   /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
   bool on_resume(link_type& l, steady_time now) noexcept {
-    if (!l.paused() || !l.is_open()) return false;
+    if (!l.paused() || !l.is_open() || l.authenticating_) return false;
     l.paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
     restart_deadline(l, now);
@@ -7687,6 +7843,7 @@ class protocol : public core<Policies> {
       case link_event::check_deadline: return check_deadline(l, now);
       case link_event::shutdown: shut_down(l, now); return false;
       case link_event::committed: this->on_committed(l, now); return false;
+      case link_event::authenticated: return on_authenticated(l, now);
     }
     return false;
   }
@@ -7698,7 +7855,9 @@ class protocol : public core<Policies> {
   /// paused reader is to resume reading.
   bool check_deadline(link_type& l, steady_time now) {
     if (!l.is_open()) return false;
-    if (l.paused()) return l.deadline_passed(now) && on_resume(l, now);
+    // Paused for a client that is behind: resume when it counts as stuck. An authentication
+    // still running at the CONNECT timeout ends the connection as any CONNECT timeout does.
+    if (l.paused() && !l.authenticating_) return l.deadline_passed(now) && on_resume(l, now);
     if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -7719,6 +7878,11 @@ class protocol : public core<Policies> {
   /// `system_now` dates what a durable storage keeps (a delayed will's due time).
   void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
+    if constexpr (session_type::keeps_origin) {
+      // An authentication still running answers to no one now.
+      l.authenticating_ = false;
+      l.pending_connect_.reset();
+    }
     if constexpr (base::durable) {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
@@ -7772,7 +7936,11 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
-      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), l.graceful_);
+      if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
+        hooks::client_info info = l.client_info();
+        info.client_id = rec->state.client_id();  // the link has let go of the session
+        hooks_.on_disconnect(info, l.graceful_);
+      }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
     if (will) publish_message(std::move(will), nullptr, now);
@@ -7815,42 +7983,60 @@ class protocol : public core<Policies> {
 
   // ---- CONNECT
 
+  /// The hooks' view of a CONNECT: the link's origin and the packet's identity.
+  static hooks::connect_info connect_info_of(const link_type& l, const codec::connect& cp) {
+    hooks::connect_info i;
+    static_cast<hooks::client_info&>(i) = l.client_info();
+    i.client_id = cp.client_id;
+    i.username = cp.username;
+    i.password = cp.password;
+    i.version = cp.version;
+    return i;
+  }
+  static hooks::connect_info connect_info_of(const link_type& l, const connect_request& r) {
+    hooks::connect_info i;
+    static_cast<hooks::client_info&>(i) = l.client_info();
+    i.client_id = r.client_id;
+    if (r.username) i.username = *r.username;
+    if (r.password) i.password = *r.password;
+    i.version = r.version;
+    return i;
+  }
+
   /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
   /// code for it) by closing.
   template <class Error>
-  void refuse_connect(link_type& l, const codec::connect& cp, Error e, steady_time now) {
+  void refuse_connect(link_type& l, const hooks::connect_info& info, Error e, steady_time now) {
     const std::error_code ec = e;
-    const auto v = cp.version;
-    if (v == codec::protocol_version::v5)
-      return refuse_connect_code(l, cp, to_reason_code(ec), connack_return_code::accepted, now);
+    if (info.version == codec::protocol_version::v5)
+      return refuse_connect_code(l, info, to_reason_code(ec), connack_return_code::accepted, now);
     auto rc = to_connack_return_code(ec);
-    if (!rc) return refuse_by_closing(l, cp, ec, now);
-    refuse_connect_code(l, cp, to_reason_code(ec), *rc, now);
+    if (!rc) return refuse_by_closing(l, info, ec, now);
+    refuse_connect_code(l, info, to_reason_code(ec), *rc, now);
   }
 
   /// 3.1.1 without a CONNACK code for `ec`: the connection just closes.
-  void refuse_by_closing(link_type& l, const codec::connect& cp, std::error_code ec, steady_time now) {
-    notify_refused(cp, to_reason_code(ec));
-    l.version_ = cp.version;
+  void refuse_by_closing(link_type& l, const hooks::connect_info& info, std::error_code ec, steady_time now) {
+    notify_refused(info, to_reason_code(ec));
+    l.version_ = info.version;
     violation(l, ec, now);
   }
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
-  void notify_refused(const codec::connect& cp, reason_code why) {
+  void notify_refused(const hooks::connect_info& info, reason_code why) {
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
-      hooks::connect_info info{cp.client_id, cp.username, cp.password, cp.version};
       hooks_.on_connect_refused(info, why);
     } else {
-      (void)cp;
+      (void)info;
       (void)why;
     }
   }
 
   /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1.
-  void refuse_connect_code(link_type& l, const codec::connect& cp, reason_code rc5, connack_return_code rc3,
+  void refuse_connect_code(link_type& l, const hooks::connect_info& info, reason_code rc5, connack_return_code rc3,
                            steady_time now) {
-    const auto v = cp.version;
-    notify_refused(cp, rc5);
+    const auto v = info.version;
+    notify_refused(info, rc5);
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
     l.version_ = v;
@@ -7858,60 +8044,147 @@ class protocol : public core<Policies> {
     l.close(reason_code::unspecified_error, false, false, now);
   }
 
+  /// authenticate()'s refusal as the CONNACK of the client's version.
+  void refuse_authentication(link_type& l, const hooks::connect_info& info, hooks::auth_result r, steady_time now) {
+    if (r == hooks::auth_result::bad_credentials)
+      return refuse_connect_code(l, info, reason_code::bad_user_name_or_password,
+                                 connack_return_code::bad_user_name_or_password, now);
+    refuse_connect_code(l, info, reason_code::not_authorized, connack_return_code::not_authorized, now);
+  }
+
+  /// A CONNECT: checked, made into a request the packet's buffer may go away under, authenticated
+  /// (now, or later by the host's answer), then accepted.
   void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
     const auto v = cp.version;
     const bool v5 = v == codec::protocol_version::v5;
-    std::string client_id(cp.client_id);
-    bool assigned = false;
-    if (client_id.empty()) {
+    connect_request r;
+    r.client_id.assign(cp.client_id);
+    if (r.client_id.empty()) {
       // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
       // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
-      if (!v5 && !cp.clean_start) return refuse_connect(l, cp, protocol_errc::client_identifier_not_valid, now);
+      if (!v5 && !cp.clean_start)
+        return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
       std::lock_guard<mutex_type> lk(state_mutex_);
-      client_id = make_client_id();
-      assigned = true;
+      r.client_id = make_client_id();
+      r.assigned_id = true;
     }
-    if (client_id.size() > opts_.max_client_id_length)
-      return refuse_connect(l, cp, protocol_errc::client_identifier_not_valid, now);
+    if (r.client_id.size() > opts_.max_client_id_length)
+      return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
+
+    // 5.0: enhanced authentication is not offered (yet), so any Authentication Method is one the
+    // server does not support: CONNACK 0x8C and close [MQTT-4.12.0-1].
+    if (v5 && cp.properties.find(codec::property_id::authentication_method))
+      return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
+                                 connack_return_code::accepted, now);
 
     if (cp.will) {
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
-        if (v5) return refuse_connect_code(l, cp, reason_code::topic_name_invalid, connack_return_code::accepted, now);
-        return refuse_by_closing(l, cp, ec, now);
+        if (v5)
+          return refuse_connect_code(l, connect_info_of(l, cp), reason_code::topic_name_invalid,
+                                     connack_return_code::accepted, now);
+        return refuse_by_closing(l, connect_info_of(l, cp), ec, now);
+      }
+    }
+
+    r.version = v;
+    r.clean_start = cp.clean_start;
+    r.keep_alive = cp.keep_alive;
+    if constexpr (session_type::keeps_origin) {
+      if (cp.username) r.username.emplace(*cp.username);
+    }
+    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
+    if (v5) {
+      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval))
+        r.requested_expiry = std::chrono::seconds(p->integer);
+    } else if (!cp.clean_start) {
+      r.requested_expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
+                                                                       : opts_.persistent_session_expiry;
+    }
+    // The will, made now so it costs nothing when it fires.
+    if (cp.will) {
+      r.will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
+                             forwardable_properties(cp.will->properties));
+      if (v5) {
+        if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
+          r.will_delay = std::chrono::duration<std::uint32_t>(p->integer);
       }
     }
 
     if constexpr (hooks::has_authenticate_v<hooks_type>) {
-      hooks::connect_info info{client_id, cp.username, cp.password, v};
-      switch (hooks_.authenticate(info)) {
-        case hooks::auth_result::accept: break;
-        case hooks::auth_result::bad_credentials:
-          return refuse_connect_code(l, cp, reason_code::bad_user_name_or_password,
-                                     connack_return_code::bad_user_name_or_password, now);
-        case hooks::auth_result::not_authorized:
-          return refuse_connect_code(l, cp, reason_code::not_authorized, connack_return_code::not_authorized, now);
-      }
+      hooks::connect_info info = connect_info_of(l, cp);
+      info.client_id = r.client_id;
+      const hooks::auth_result answer = hooks_.authenticate(info);
+      if (answer != hooks::auth_result::accept) return refuse_authentication(l, info, answer, now);
+    } else if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
+      if (cp.password) r.password.emplace(*cp.password);
+      return authenticate_later(l, std::move(r));
+    }
+    accept_connect(l, std::move(r), now);
+  }
+
+  /// What an asynchronous authenticate answers to: the link, kept until the answer is taken.
+  class auth_target final : public hooks::auth_reply::target {
+   public:
+    explicit auth_target(detail::ref_ptr<link_type> l) noexcept : link_(std::move(l)) {}
+    void complete(hooks::auth_result r) override {
+      // Any thread: the answer is read on the link's own, after the post.
+      link_->auth_answer_.store(static_cast<std::uint8_t>(r), std::memory_order_relaxed);
+      link_->post(link_event::authenticated);
     }
 
-    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
-    std::chrono::seconds expiry{0};
-    if (v5) {
-      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval)) expiry = std::chrono::seconds(p->integer);
-    } else if (!cp.clean_start) {
-      expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
-                                                             : opts_.persistent_session_expiry;
+   private:
+    detail::ref_ptr<link_type> link_;
+  };
+
+  /// Hands the CONNECT to the host's asynchronous authenticate. The reader waits: nothing the
+  /// client sent after its CONNECT is acted on before the CONNACK, so nothing after a refused one
+  /// ever is (3.1.1 [MQTT-3.1.4-5], 5.0 [MQTT-3.1.4-6]); the CONNECT timeout bounds the wait.
+  void authenticate_later(link_type& l, connect_request r) {
+    if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
+      l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
+      l.authenticating_ = true;
+      l.paused_.store(true, std::memory_order_relaxed);
+      const hooks::connect_info info = connect_info_of(l, *l.pending_connect_);
+      hooks_.authenticate(info, hooks::auth_reply(std::make_shared<auth_target>(l.self())));
+    } else {
+      (void)l;
+      (void)r;
     }
-    const std::chrono::seconds requested_expiry = expiry;
+  }
+
+  /// The host's authenticate answered: the CONNECT is accepted or refused now, and an accepted
+  /// client's reader goes on with what followed its CONNECT. True when it is to read again.
+  bool on_authenticated(link_type& l, steady_time now) {
+    if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
+      if (!l.authenticating_ || l.is_closing()) return false;  // timed out or stopped meanwhile
+      if constexpr (base::durable) base::take_recorded();
+      l.authenticating_ = false;
+      l.paused_.store(false, std::memory_order_relaxed);
+      std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
+      const auto answer = static_cast<hooks::auth_result>(l.auth_answer_.load(std::memory_order_relaxed));
+      if (answer != hooks::auth_result::accept) {
+        refuse_authentication(l, connect_info_of(l, *r), answer, now);
+        return false;
+      }
+      r->password.reset();
+      accept_connect(l, std::move(*r), now);
+      return !l.is_closing();
+    } else {
+      (void)l;
+      (void)now;
+      return false;
+    }
+  }
+
+  /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out.
+  void accept_connect(link_type& l, connect_request&& r, steady_time now) {
+    const auto v = r.version;
+    const bool v5 = v == codec::protocol_version::v5;
+    const std::string& client_id = r.client_id;
+    std::chrono::seconds expiry = r.requested_expiry;
     if (opts_.persistent_session_expiry.count() != 0 && expiry > opts_.persistent_session_expiry)
       expiry = opts_.persistent_session_expiry;
-
-    // The will, made now so it costs nothing when it fires.
-    message_ptr will;
-    if (cp.will) {
-      will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
-                           forwardable_properties(cp.will->properties));
-    }
 
     detail::ref_ptr<session_type> rec;
     bool session_present = false;
@@ -7922,7 +8195,7 @@ class protocol : public core<Policies> {
       if (it != sessions_.end()) {
         rec = it->second;
         old_conn = rec->conn;
-        if (cp.clean_start) {
+        if (r.clean_start) {
           drop_session_subscriptions(*rec);
           rec->state.clear_messages();
           if (rec->extras) rec->extras->retained_backlog.clear();
@@ -7938,7 +8211,7 @@ class protocol : public core<Policies> {
       clear_outbox(*rec);
       if (rec->extras) {
         // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
-        if (rec->extras->pending_will && !cp.clean_start) this->record([&](auto& st) { st.erase_will(client_id); });
+        if (rec->extras->pending_will && !r.clean_start) this->record([&](auto& st) { st.erase_will(client_id); });
         rec->extras->pending_will = message_ptr();
         ++rec->extras->will_generation;
       }
@@ -7946,18 +8219,15 @@ class protocol : public core<Policies> {
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
-    std::uint16_t keep_alive = cp.keep_alive;
+    std::uint16_t keep_alive = r.keep_alive;
     bool server_keep_alive = false;
     if (opts_.max_keep_alive != 0 && (keep_alive == 0 || keep_alive > opts_.max_keep_alive) && v5) {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(will);
-    l.will_delay_ = {};
-    if (v5 && cp.will) {
-      if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
-        l.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
-    }
+    l.will_ = std::move(r.will);
+    l.will_delay_ = r.will_delay;
+    if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
     l.version_ = v;
@@ -7972,18 +8242,18 @@ class protocol : public core<Policies> {
     if (v5) {
       props.add(codec::property_id::receive_maximum, opts_.receive_maximum);
       // 5.0 §3.2.2.3.2: a server that keeps the session for less than asked says so.
-      if (expiry != requested_expiry)
+      if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
       props.add(codec::property_id::topic_alias_maximum, 0);
       props.add(codec::property_id::shared_subscription_available, 0);
-      if (assigned) props.add(codec::property_id::assigned_client_identifier, client_id);
+      if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       ack.properties = props.view();
     }
     l.send(ack, now);
 
-    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(client_id);
+    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
     if (session_present) {
@@ -8044,7 +8314,7 @@ class protocol : public core<Policies> {
     message_ptr m;
     if (allowed) {
       m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
-      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_id(), *m);
+      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -8074,8 +8344,11 @@ class protocol : public core<Policies> {
           session_guard lk(*this, *rec);
           fresh = rec->state.on_qos2_publish(p.packet_id);
           over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
+          // 5.0: a PUBREC of 0x80 or more ends the exchange; the identifier is free for a new
+          // message at once [MQTT-4.3.3-9] (no PUBREL follows).
+          if (fresh && !allowed && v5) rec->state.on_pubrel(p.packet_id);
         }
-        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
+        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced (section 3.3.4).
         if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
         if constexpr (base::durable) {
           if (fresh && allowed && base::kept(*rec)) {
@@ -8204,7 +8477,7 @@ class protocol : public core<Policies> {
         continue;
       }
       if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
-        if (!hooks_.authorize_subscribe(l.client_id(), e.filter, e.options.max_qos)) {
+        if (!hooks_.authorize_subscribe(l.client_info(), e.filter, e.options.max_qos)) {
           ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
           continue;
         }
@@ -8247,7 +8520,7 @@ class protocol : public core<Policies> {
       }
       const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
       ack.reasons.push_back(static_cast<reason_code>(granted));
-      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
+      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_info(), e.filter, granted);
     }
     if constexpr (base::durable) {
       // After the commit of the subscriptions a kept session records.
@@ -8279,7 +8552,7 @@ class protocol : public core<Policies> {
     if constexpr (hooks::has_on_unsubscribe_v<hooks_type>) {
       // After the lock: hooks never run under it. ack.reasons is in the order of u.filters.
       for (std::size_t i = 0; i < u.filters.size(); ++i)
-        if (ack.reasons[i] == reason_code::success) hooks_.on_unsubscribe(l.client_id(), u.filters[i]);
+        if (ack.reasons[i] == reason_code::success) hooks_.on_unsubscribe(l.client_info(), u.filters[i]);
     }
     if constexpr (base::durable) {
       // Not after a commit of its own, but never before a SUBACK held before it.
@@ -8300,7 +8573,7 @@ class protocol : public core<Policies> {
         bool extends_ended_session;
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
-          // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
+          // 5.0 section 3.14.2.2.2: a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
           if (!extends_ended_session) {
             rec->expiry = stored_expiry(std::chrono::seconds(p->integer));
@@ -8339,6 +8612,8 @@ MQTTBROKER_END_NAMESPACE
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
@@ -8504,7 +8779,46 @@ struct has_readability_wait<
                         std::void_t<decltype(std::declval<stream_t<T>&>().async_wait(
                             asio::socket_base::wait_read, wait_handler_archetype{}))>>> : std::true_type {};
 
+/// A remote endpoint with an IP address: the stream's own (a socket) or its lowest layer's (a TLS
+/// stream over a socket).
+template <class Stream, class = void>
+struct stream_has_remote_endpoint : std::false_type {};
+template <class Stream>
+struct stream_has_remote_endpoint<Stream, std::void_t<decltype(std::declval<const Stream&>()
+                                                                   .remote_endpoint(std::declval<std::error_code&>())
+                                                                   .address()
+                                                                   .to_string())>> : std::true_type {};
+template <class Stream, class = void>
+struct lowest_layer_has_remote_endpoint : std::false_type {};
+template <class Stream>
+struct lowest_layer_has_remote_endpoint<
+    Stream, std::void_t<decltype(std::declval<Stream&>().lowest_layer().remote_endpoint(std::declval<std::error_code&>()))>>
+    : stream_has_remote_endpoint<std::remove_reference_t<decltype(std::declval<Stream&>().lowest_layer())>> {};
+
 }  // namespace detail
+
+/// Where a stream's peer is, for the hooks: its IP address as text and its port, from the
+/// stream's remote_endpoint() or its lowest layer's; empty for a stream without one (the
+/// in-memory transport) or when the socket can no longer tell.
+struct peer_endpoint {
+  std::string address;
+  std::uint16_t port = 0;
+};
+template <class Stream>
+peer_endpoint peer_of(Stream& s) {
+  peer_endpoint p;
+  std::error_code ec;
+  if constexpr (detail::stream_has_remote_endpoint<Stream>::value) {
+    const auto ep = s.remote_endpoint(ec);
+    if (!ec) p = peer_endpoint{ep.address().to_string(), ep.port()};
+  } else if constexpr (detail::lowest_layer_has_remote_endpoint<Stream>::value) {
+    const auto ep = s.lowest_layer().remote_endpoint(ec);
+    if (!ec) p = peer_endpoint{ep.address().to_string(), ep.port()};
+  } else {
+    (void)s;
+  }
+  return p;
+}
 
 /// What the broker asks of a transport policy (STYLE.md §3), one requirement each, so that a
 /// failed check names the missing member.
@@ -8792,6 +9106,9 @@ class connection final
     }
   }
 
+  /// Where the client is connected from, if the transport can tell.
+  transport::peer_endpoint peer() { return transport::peer_of(stream_); }
+
   /// Closes a stream the engine refused (over max_connections).
   void refuse() {
     std::error_code ignored;
@@ -8948,6 +9265,8 @@ class connection final
       if (this->is_closing()) return false;
       if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
       if (got_packet) engine().on_packets_read(*this, now);
+      // The engine holds the rest back (an authentication runs): a link_event resumes it.
+      if (this->paused()) return false;
       if (!this->pace_pending()) return true;
       if (engine().pause_reader(*this)) return false;
       // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
@@ -9196,14 +9515,16 @@ class broker {
   template <class Transport>
   void listen(const typename Transport::listen_options& o, std::error_code& ec) {
     // Listeners, the sweep and stopping share one executor (a strand with locking::shared).
-    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, ec);
+    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, listeners_.size(), ec);
     if (ec) return;
     listeners_.push_back(std::move(l));
     if (started_) listeners_.back()->accept_next();
   }
 
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
-  std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->local_port(); }
+  std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->info().port; }
+  /// What the hooks' client_info says of a listener: its index, transport and port.
+  const hooks::listener_info& listener_info(std::size_t index) const { return listeners_.at(index)->info(); }
 
   /// Starts accepting on every listener.
   void start() {
@@ -9292,7 +9613,7 @@ class broker {
     virtual ~listener_base() = default;
     virtual void accept_next() = 0;
     virtual void close() = 0;
-    virtual std::uint16_t local_port() const = 0;
+    virtual const hooks::listener_info& info() const = 0;
   };
 
   template <class Transport>
@@ -9302,8 +9623,16 @@ class broker {
     using stream_executor = typename stream_type::executor_type;
     using connection_type = server::connection<Transport, context>;
 
-    listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::error_code& ec)
-        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {}
+    listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::size_t index,
+             std::error_code& ec)
+        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {
+      info_.index = index;
+      info_.transport = Transport::name;
+      if (!ec) {
+        std::error_code ignored;
+        info_.port = acceptor_.local_endpoint(ignored).port();
+      }
+    }
 
     void accept_next() override {
       acceptor_.async_accept(stream_ex_, [this](std::error_code ec, stream_type s) {
@@ -9319,25 +9648,16 @@ class broker {
       std::error_code ignored;
       acceptor_.close(ignored);
     }
-    std::uint16_t local_port() const override {
-      if constexpr (has_port<typename Transport::acceptor_type>::value) {
-        std::error_code ec;
-        return acceptor_.local_endpoint(ec).port();
-      } else {
-        return 0;
-      }
-    }
+    const hooks::listener_info& info() const override { return info_; }
 
    private:
-    template <class A, class = void>
-    struct has_port : std::false_type {};
-    template <class A>
-    struct has_port<A, std::void_t<decltype(std::declval<const A&>().local_endpoint(std::declval<std::error_code&>()).port())>>
-        : std::true_type {};
-
     void on_accept(stream_type s) {
       Transport::prepare(s);
       auto c = detail::ref_ptr<connection_type>::make(b_.ctx_, std::move(s));
+      if constexpr (engine_type::session_type::keeps_origin) {
+        const transport::peer_endpoint peer = c->peer();
+        c->set_origin(&info_, peer.address, peer.port);
+      }
       if (!b_.ctx_.engine_.open(*c, b_.now())) {
         c->refuse();
         return;
@@ -9348,6 +9668,7 @@ class broker {
     broker& b_;
     stream_executor stream_ex_;
     typename Transport::acceptor_type acceptor_;
+    hooks::listener_info info_;
   };
 
   /// The executor a transport's streams use, from the host's: a TCP socket is smaller on the

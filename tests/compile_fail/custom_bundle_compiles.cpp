@@ -36,15 +36,15 @@ struct hooks {
   mqttbroker::hooks::auth_result authenticate(const mqttbroker::hooks::connect_info&) const {
     return mqttbroker::hooks::auth_result::accept;
   }
-  bool authorize_publish(std::string_view, const mqttbroker::message&) { return true; }
+  bool authorize_publish(const mqttbroker::hooks::client_info&, const mqttbroker::message&) { return true; }
   template <class Qos>
-  bool authorize_subscribe(std::string_view, std::string_view, Qos) const {
+  bool authorize_subscribe(const mqttbroker::hooks::client_info&, std::string_view, Qos) const {
     return true;
   }
   void intercept(std::string_view, mqttbroker::message_ptr&) {}
-  static void on_connect(std::string_view) {}
-  void on_disconnect(std::string_view, bool) noexcept {}
-  void on_subscribe(std::string_view, std::string_view, mqttbroker::codec::qos) {}
+  static void on_connect(const mqttbroker::hooks::client_info&) {}
+  void on_disconnect(mqttbroker::hooks::client_info, bool) noexcept {}  // by value works too
+  void on_subscribe(const mqttbroker::hooks::client_info&, std::string_view, mqttbroker::codec::qos) {}
 };
 
 struct policies {

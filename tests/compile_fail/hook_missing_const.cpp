@@ -10,7 +10,7 @@
 namespace compile_fail {
 
 struct hooks_with_missing_const {
-  bool authorize_subscribe(std::string_view, std::string&, mqttbroker::codec::qos) { return false; }
+  bool authorize_subscribe(const mqttbroker::hooks::client_info&, std::string&, mqttbroker::codec::qos) { return false; }
 };
 
 struct policies : mqttbroker::default_policies {

@@ -8,7 +8,7 @@
 namespace compile_fail {
 
 struct hooks_with_wrong_argument {
-  bool authorize_publish(std::string_view, mqttbroker::message_ptr) { return false; }
+  bool authorize_publish(const mqttbroker::hooks::client_info&, mqttbroker::message_ptr) { return false; }
 };
 
 struct policies : mqttbroker::default_policies {

@@ -67,7 +67,7 @@ class core {
   using storage_type = typename storage_of<Policies>::type;
   /// Whether the storage keeps sessions: without, every call to it is compiled out.
   static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
-  using session_type = session_record<locking_type, durable>;
+  using session_type = session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>>;
   using link_type = link<session_type>;
   using steady_time = typename link_type::steady_time;
   using flush_scope = typename link_type::flush_scope;
@@ -371,11 +371,12 @@ class core {
 
   /// Sets the one deadline the sweep watches, counted from `from`: the accept, the last packet,
   /// the read that paused, or the end of a pause. Before CONNACK it is the CONNECT timeout (no
-  /// packet comes before the CONNECT); after, 1.5 times Keep Alive. While paused Keep Alive does
-  /// not run: the deadline is when the client the reader waits for counts as stuck.
+  /// packet comes before the CONNECT), also while an authentication runs; after, 1.5 times Keep
+  /// Alive. While paused for pacing Keep Alive does not run: the deadline is when the client the
+  /// reader waits for counts as stuck.
   void restart_deadline(link_type& l, steady_time from) noexcept {
     typename link_type::deadline_rep d = link_type::no_deadline;
-    if (l.paused())
+    if (l.paused() && !l.authenticating_)
       d = (from + opts_.stuck_client_timeout).time_since_epoch().count();
     else if (!l.connected_)
       d = (from + opts_.connect_timeout).time_since_epoch().count();

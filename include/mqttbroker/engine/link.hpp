@@ -9,6 +9,7 @@
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/write_batch.hpp>
 #include <mqttbroker/error.hpp>
+#include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/session/state.hpp>
 
@@ -18,7 +19,9 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -39,7 +42,38 @@ enum class link_event : std::uint8_t {
   check_deadline,  // the sweep saw the deadline pass
   shutdown,        // the broker stops: DISCONNECT (5.0) and close
   committed,       // the storage made changes durable: held acknowledgements may go
+  authenticated,   // an asynchronous authenticate answered
 };
+
+/// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
+/// asynchronous authentication runs.
+struct connect_request {
+  std::string client_id;  // assigned by the broker when the client sent none
+  std::optional<std::string> username;
+  std::optional<std::string> password;  // kept only while an asynchronous authentication runs
+  codec::protocol_version version = codec::protocol_version::v3_1_1;
+  bool clean_start = true;
+  bool assigned_id = false;
+  std::uint16_t keep_alive = 0;
+  std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
+  message_ptr will;
+  std::chrono::duration<std::uint32_t> will_delay{0};
+};
+
+/// Who a link's client is, for hooks that take a client_info (hooks::needs_client_info_v), and
+/// its CONNECT while an asynchronous authentication runs. Without such hooks an empty base: a
+/// connection is not one byte larger.
+template <bool Keep>
+struct link_origin {
+  std::optional<std::string> username_;
+  std::string peer_address_;
+  std::uint16_t peer_port_ = 0;
+  const hooks::listener_info* listener_ = nullptr;
+  std::unique_ptr<connect_request> pending_connect_;
+  std::atomic<std::uint8_t> auth_answer_{0};  // set by the host's auth_reply, on any thread
+};
+template <>
+struct link_origin<false> {};
 
 /// An acknowledgement held until the storage commit its change went into is durable
 /// (acknowledge after commit). `route`: a QoS 2 message routed only then, before its PUBREC.
@@ -68,7 +102,10 @@ struct held_acks<false> {};
 /// virtual calls by which the engine acts on the transport, each made once per write batch or
 /// per connection event, never per message. `Session` is the engine's session record.
 template <class Session>
-class link : public detail::list_links, public detail::ref_counted, protected held_acks<Session::durable> {
+class link : public detail::list_links,
+             public detail::ref_counted,
+             protected held_acks<Session::durable>,
+             protected link_origin<Session::keeps_origin> {
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
@@ -82,7 +119,8 @@ class link : public detail::list_links, public detail::ref_counted, protected he
         closed_(false),
         graceful_(false),
         write_in_flight_(false),
-        disconnect_queued_(false) {}
+        disconnect_queued_(false),
+        authenticating_(false) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -116,6 +154,34 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   /// A session this connection's messages went to while its client was behind: the reader pauses
   /// on it after the packet.
   bool pace_pending() const noexcept { return static_cast<bool>(pace_target_); }
+
+  /// Where the client came from, for the hooks (the server sets it before the engine opens the
+  /// link); nothing is kept when no hook takes a client_info.
+  void set_origin(const hooks::listener_info* listener, std::string_view peer_address, std::uint16_t peer_port) {
+    if constexpr (Session::keeps_origin) {
+      this->listener_ = listener;
+      this->peer_address_.assign(peer_address);
+      this->peer_port_ = peer_port;
+    } else {
+      (void)listener;
+      (void)peer_address;
+      (void)peer_port;
+    }
+  }
+
+  /// The client as the hooks see it (after CONNACK: its identifier and username).
+  hooks::client_info client_info() const {
+    hooks::client_info i;
+    i.client_id = client_id();
+    i.version = version_;
+    if constexpr (Session::keeps_origin) {
+      if (this->username_) i.username = *this->username_;
+      i.peer_address = this->peer_address_;
+      i.peer_port = this->peer_port_;
+      i.listener = this->listener_;
+    }
+    return i;
+  }
 
   /// Bytes queued or being written and not yet taken by the transport. Readable from any thread
   /// (a publisher's, to drop QoS 0 for a client that stopped reading); written by the owner.
@@ -305,6 +371,7 @@ class link : public detail::list_links, public detail::ref_counted, protected he
   bool graceful_ : 1;  // DISCONNECT received: no will
   bool write_in_flight_ : 1;
   bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
+  bool authenticating_ : 1;     // an asynchronous authenticate has the CONNECT; the reader waits
 };
 
 }  // namespace engine

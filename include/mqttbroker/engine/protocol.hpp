@@ -74,8 +74,8 @@ class protocol : public core<Policies> {
     return true;
   }
 
-  /// A decoded packet. False when the link stops taking input after it: it is closing, or its
-  /// reader is to pause (pause_reader()).
+  /// A decoded packet. False when the link stops taking input after it: it is closing, its
+  /// reader is to pause (pause_reader()), or it is paused (an authentication runs).
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
@@ -89,10 +89,10 @@ class protocol : public core<Policies> {
       case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
       case 11: l.send(codec::pingresp{}, now); break;
       case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
-      // Enhanced authentication is not offered, so any AUTH is out of place [MQTT-4.12.0-1].
+      // Enhanced authentication is not offered, so any AUTH is out of place (5.0 section 4.12).
       default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
-    return !l.is_closing() && !l.pace_pending();
+    return !l.is_closing() && !l.pace_pending() && !l.paused();
   }
 
   /// Packets were decoded from input read at `now`: Keep Alive counts from there.
@@ -141,7 +141,7 @@ class protocol : public core<Policies> {
 
   /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
   bool on_resume(link_type& l, steady_time now) noexcept {
-    if (!l.paused() || !l.is_open()) return false;
+    if (!l.paused() || !l.is_open() || l.authenticating_) return false;
     l.paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
     restart_deadline(l, now);
@@ -173,6 +173,7 @@ class protocol : public core<Policies> {
       case link_event::check_deadline: return check_deadline(l, now);
       case link_event::shutdown: shut_down(l, now); return false;
       case link_event::committed: this->on_committed(l, now); return false;
+      case link_event::authenticated: return on_authenticated(l, now);
     }
     return false;
   }
@@ -184,7 +185,9 @@ class protocol : public core<Policies> {
   /// paused reader is to resume reading.
   bool check_deadline(link_type& l, steady_time now) {
     if (!l.is_open()) return false;
-    if (l.paused()) return l.deadline_passed(now) && on_resume(l, now);
+    // Paused for a client that is behind: resume when it counts as stuck. An authentication
+    // still running at the CONNECT timeout ends the connection as any CONNECT timeout does.
+    if (l.paused() && !l.authenticating_) return l.deadline_passed(now) && on_resume(l, now);
     if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -205,6 +208,11 @@ class protocol : public core<Policies> {
   /// `system_now` dates what a durable storage keeps (a delayed will's due time).
   void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
+    if constexpr (session_type::keeps_origin) {
+      // An authentication still running answers to no one now.
+      l.authenticating_ = false;
+      l.pending_connect_.reset();
+    }
     if constexpr (base::durable) {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
@@ -258,7 +266,11 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
-      if constexpr (hooks::has_on_disconnect_v<hooks_type>) hooks_.on_disconnect(rec->state.client_id(), l.graceful_);
+      if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
+        hooks::client_info info = l.client_info();
+        info.client_id = rec->state.client_id();  // the link has let go of the session
+        hooks_.on_disconnect(info, l.graceful_);
+      }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
     if (will) publish_message(std::move(will), nullptr, now);
@@ -301,42 +313,60 @@ class protocol : public core<Policies> {
 
   // ---- CONNECT
 
+  /// The hooks' view of a CONNECT: the link's origin and the packet's identity.
+  static hooks::connect_info connect_info_of(const link_type& l, const codec::connect& cp) {
+    hooks::connect_info i;
+    static_cast<hooks::client_info&>(i) = l.client_info();
+    i.client_id = cp.client_id;
+    i.username = cp.username;
+    i.password = cp.password;
+    i.version = cp.version;
+    return i;
+  }
+  static hooks::connect_info connect_info_of(const link_type& l, const connect_request& r) {
+    hooks::connect_info i;
+    static_cast<hooks::client_info&>(i) = l.client_info();
+    i.client_id = r.client_id;
+    if (r.username) i.username = *r.username;
+    if (r.password) i.password = *r.password;
+    i.version = r.version;
+    return i;
+  }
+
   /// Refuses a CONNECT for `e` with the CONNACK code of the client's version, or (3.1.1 without a
   /// code for it) by closing.
   template <class Error>
-  void refuse_connect(link_type& l, const codec::connect& cp, Error e, steady_time now) {
+  void refuse_connect(link_type& l, const hooks::connect_info& info, Error e, steady_time now) {
     const std::error_code ec = e;
-    const auto v = cp.version;
-    if (v == codec::protocol_version::v5)
-      return refuse_connect_code(l, cp, to_reason_code(ec), connack_return_code::accepted, now);
+    if (info.version == codec::protocol_version::v5)
+      return refuse_connect_code(l, info, to_reason_code(ec), connack_return_code::accepted, now);
     auto rc = to_connack_return_code(ec);
-    if (!rc) return refuse_by_closing(l, cp, ec, now);
-    refuse_connect_code(l, cp, to_reason_code(ec), *rc, now);
+    if (!rc) return refuse_by_closing(l, info, ec, now);
+    refuse_connect_code(l, info, to_reason_code(ec), *rc, now);
   }
 
   /// 3.1.1 without a CONNACK code for `ec`: the connection just closes.
-  void refuse_by_closing(link_type& l, const codec::connect& cp, std::error_code ec, steady_time now) {
-    notify_refused(cp, to_reason_code(ec));
-    l.version_ = cp.version;
+  void refuse_by_closing(link_type& l, const hooks::connect_info& info, std::error_code ec, steady_time now) {
+    notify_refused(info, to_reason_code(ec));
+    l.version_ = info.version;
     violation(l, ec, now);
   }
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
-  void notify_refused(const codec::connect& cp, reason_code why) {
+  void notify_refused(const hooks::connect_info& info, reason_code why) {
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
-      hooks::connect_info info{cp.client_id, cp.username, cp.password, cp.version};
       hooks_.on_connect_refused(info, why);
     } else {
-      (void)cp;
+      (void)info;
       (void)why;
     }
   }
 
   /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1.
-  void refuse_connect_code(link_type& l, const codec::connect& cp, reason_code rc5, connack_return_code rc3,
+  void refuse_connect_code(link_type& l, const hooks::connect_info& info, reason_code rc5, connack_return_code rc3,
                            steady_time now) {
-    const auto v = cp.version;
-    notify_refused(cp, rc5);
+    const auto v = info.version;
+    notify_refused(info, rc5);
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
     l.version_ = v;
@@ -344,60 +374,147 @@ class protocol : public core<Policies> {
     l.close(reason_code::unspecified_error, false, false, now);
   }
 
+  /// authenticate()'s refusal as the CONNACK of the client's version.
+  void refuse_authentication(link_type& l, const hooks::connect_info& info, hooks::auth_result r, steady_time now) {
+    if (r == hooks::auth_result::bad_credentials)
+      return refuse_connect_code(l, info, reason_code::bad_user_name_or_password,
+                                 connack_return_code::bad_user_name_or_password, now);
+    refuse_connect_code(l, info, reason_code::not_authorized, connack_return_code::not_authorized, now);
+  }
+
+  /// A CONNECT: checked, made into a request the packet's buffer may go away under, authenticated
+  /// (now, or later by the host's answer), then accepted.
   void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
     const auto v = cp.version;
     const bool v5 = v == codec::protocol_version::v5;
-    std::string client_id(cp.client_id);
-    bool assigned = false;
-    if (client_id.empty()) {
+    connect_request r;
+    r.client_id.assign(cp.client_id);
+    if (r.client_id.empty()) {
       // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
       // 5.0: the server assigns one and says so [MQTT-3.1.3-6] [MQTT-3.2.2-16].
-      if (!v5 && !cp.clean_start) return refuse_connect(l, cp, protocol_errc::client_identifier_not_valid, now);
+      if (!v5 && !cp.clean_start)
+        return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
       std::lock_guard<mutex_type> lk(state_mutex_);
-      client_id = make_client_id();
-      assigned = true;
+      r.client_id = make_client_id();
+      r.assigned_id = true;
     }
-    if (client_id.size() > opts_.max_client_id_length)
-      return refuse_connect(l, cp, protocol_errc::client_identifier_not_valid, now);
+    if (r.client_id.size() > opts_.max_client_id_length)
+      return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
+
+    // 5.0: enhanced authentication is not offered (yet), so any Authentication Method is one the
+    // server does not support: CONNACK 0x8C and close [MQTT-4.12.0-1].
+    if (v5 && cp.properties.find(codec::property_id::authentication_method))
+      return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
+                                 connack_return_code::accepted, now);
 
     if (cp.will) {
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
-        if (v5) return refuse_connect_code(l, cp, reason_code::topic_name_invalid, connack_return_code::accepted, now);
-        return refuse_by_closing(l, cp, ec, now);
+        if (v5)
+          return refuse_connect_code(l, connect_info_of(l, cp), reason_code::topic_name_invalid,
+                                     connack_return_code::accepted, now);
+        return refuse_by_closing(l, connect_info_of(l, cp), ec, now);
+      }
+    }
+
+    r.version = v;
+    r.clean_start = cp.clean_start;
+    r.keep_alive = cp.keep_alive;
+    if constexpr (session_type::keeps_origin) {
+      if (cp.username) r.username.emplace(*cp.username);
+    }
+    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
+    if (v5) {
+      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval))
+        r.requested_expiry = std::chrono::seconds(p->integer);
+    } else if (!cp.clean_start) {
+      r.requested_expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
+                                                                       : opts_.persistent_session_expiry;
+    }
+    // The will, made now so it costs nothing when it fires.
+    if (cp.will) {
+      r.will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
+                             forwardable_properties(cp.will->properties));
+      if (v5) {
+        if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
+          r.will_delay = std::chrono::duration<std::uint32_t>(p->integer);
       }
     }
 
     if constexpr (hooks::has_authenticate_v<hooks_type>) {
-      hooks::connect_info info{client_id, cp.username, cp.password, v};
-      switch (hooks_.authenticate(info)) {
-        case hooks::auth_result::accept: break;
-        case hooks::auth_result::bad_credentials:
-          return refuse_connect_code(l, cp, reason_code::bad_user_name_or_password,
-                                     connack_return_code::bad_user_name_or_password, now);
-        case hooks::auth_result::not_authorized:
-          return refuse_connect_code(l, cp, reason_code::not_authorized, connack_return_code::not_authorized, now);
-      }
+      hooks::connect_info info = connect_info_of(l, cp);
+      info.client_id = r.client_id;
+      const hooks::auth_result answer = hooks_.authenticate(info);
+      if (answer != hooks::auth_result::accept) return refuse_authentication(l, info, answer, now);
+    } else if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
+      if (cp.password) r.password.emplace(*cp.password);
+      return authenticate_later(l, std::move(r));
+    }
+    accept_connect(l, std::move(r), now);
+  }
+
+  /// What an asynchronous authenticate answers to: the link, kept until the answer is taken.
+  class auth_target final : public hooks::auth_reply::target {
+   public:
+    explicit auth_target(detail::ref_ptr<link_type> l) noexcept : link_(std::move(l)) {}
+    void complete(hooks::auth_result r) override {
+      // Any thread: the answer is read on the link's own, after the post.
+      link_->auth_answer_.store(static_cast<std::uint8_t>(r), std::memory_order_relaxed);
+      link_->post(link_event::authenticated);
     }
 
-    // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
-    std::chrono::seconds expiry{0};
-    if (v5) {
-      if (auto p = cp.properties.find(codec::property_id::session_expiry_interval)) expiry = std::chrono::seconds(p->integer);
-    } else if (!cp.clean_start) {
-      expiry = opts_.persistent_session_expiry.count() == 0 ? std::chrono::seconds(0xFFFFFFFFu)
-                                                             : opts_.persistent_session_expiry;
+   private:
+    detail::ref_ptr<link_type> link_;
+  };
+
+  /// Hands the CONNECT to the host's asynchronous authenticate. The reader waits: nothing the
+  /// client sent after its CONNECT is acted on before the CONNACK, so nothing after a refused one
+  /// ever is (3.1.1 [MQTT-3.1.4-5], 5.0 [MQTT-3.1.4-6]); the CONNECT timeout bounds the wait.
+  void authenticate_later(link_type& l, connect_request r) {
+    if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
+      l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
+      l.authenticating_ = true;
+      l.paused_.store(true, std::memory_order_relaxed);
+      const hooks::connect_info info = connect_info_of(l, *l.pending_connect_);
+      hooks_.authenticate(info, hooks::auth_reply(std::make_shared<auth_target>(l.self())));
+    } else {
+      (void)l;
+      (void)r;
     }
-    const std::chrono::seconds requested_expiry = expiry;
+  }
+
+  /// The host's authenticate answered: the CONNECT is accepted or refused now, and an accepted
+  /// client's reader goes on with what followed its CONNECT. True when it is to read again.
+  bool on_authenticated(link_type& l, steady_time now) {
+    if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
+      if (!l.authenticating_ || l.is_closing()) return false;  // timed out or stopped meanwhile
+      if constexpr (base::durable) base::take_recorded();
+      l.authenticating_ = false;
+      l.paused_.store(false, std::memory_order_relaxed);
+      std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
+      const auto answer = static_cast<hooks::auth_result>(l.auth_answer_.load(std::memory_order_relaxed));
+      if (answer != hooks::auth_result::accept) {
+        refuse_authentication(l, connect_info_of(l, *r), answer, now);
+        return false;
+      }
+      r->password.reset();
+      accept_connect(l, std::move(*r), now);
+      return !l.is_closing();
+    } else {
+      (void)l;
+      (void)now;
+      return false;
+    }
+  }
+
+  /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out.
+  void accept_connect(link_type& l, connect_request&& r, steady_time now) {
+    const auto v = r.version;
+    const bool v5 = v == codec::protocol_version::v5;
+    const std::string& client_id = r.client_id;
+    std::chrono::seconds expiry = r.requested_expiry;
     if (opts_.persistent_session_expiry.count() != 0 && expiry > opts_.persistent_session_expiry)
       expiry = opts_.persistent_session_expiry;
-
-    // The will, made now so it costs nothing when it fires.
-    message_ptr will;
-    if (cp.will) {
-      will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
-                           forwardable_properties(cp.will->properties));
-    }
 
     detail::ref_ptr<session_type> rec;
     bool session_present = false;
@@ -408,7 +525,7 @@ class protocol : public core<Policies> {
       if (it != sessions_.end()) {
         rec = it->second;
         old_conn = rec->conn;
-        if (cp.clean_start) {
+        if (r.clean_start) {
           drop_session_subscriptions(*rec);
           rec->state.clear_messages();
           if (rec->extras) rec->extras->retained_backlog.clear();
@@ -424,7 +541,7 @@ class protocol : public core<Policies> {
       clear_outbox(*rec);
       if (rec->extras) {
         // [MQTT-3.1.3-9] a new connection to the session within the Will Delay cancels the will.
-        if (rec->extras->pending_will && !cp.clean_start) this->record([&](auto& st) { st.erase_will(client_id); });
+        if (rec->extras->pending_will && !r.clean_start) this->record([&](auto& st) { st.erase_will(client_id); });
         rec->extras->pending_will = message_ptr();
         ++rec->extras->will_generation;
       }
@@ -432,18 +549,15 @@ class protocol : public core<Policies> {
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
-    std::uint16_t keep_alive = cp.keep_alive;
+    std::uint16_t keep_alive = r.keep_alive;
     bool server_keep_alive = false;
     if (opts_.max_keep_alive != 0 && (keep_alive == 0 || keep_alive > opts_.max_keep_alive) && v5) {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(will);
-    l.will_delay_ = {};
-    if (v5 && cp.will) {
-      if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
-        l.will_delay_ = std::chrono::duration<std::uint32_t>(p->integer);
-    }
+    l.will_ = std::move(r.will);
+    l.will_delay_ = r.will_delay;
+    if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
     l.version_ = v;
@@ -458,18 +572,18 @@ class protocol : public core<Policies> {
     if (v5) {
       props.add(codec::property_id::receive_maximum, opts_.receive_maximum);
       // 5.0 §3.2.2.3.2: a server that keeps the session for less than asked says so.
-      if (expiry != requested_expiry)
+      if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
       props.add(codec::property_id::topic_alias_maximum, 0);
       props.add(codec::property_id::shared_subscription_available, 0);
-      if (assigned) props.add(codec::property_id::assigned_client_identifier, client_id);
+      if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       ack.properties = props.view();
     }
     l.send(ack, now);
 
-    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(client_id);
+    if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
     if (session_present) {
@@ -530,7 +644,7 @@ class protocol : public core<Policies> {
     message_ptr m;
     if (allowed) {
       m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
-      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_id(), *m);
+      if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
       std::lock_guard<mutex_type> lk(state_mutex_);
@@ -560,8 +674,11 @@ class protocol : public core<Policies> {
           session_guard lk(*this, *rec);
           fresh = rec->state.on_qos2_publish(p.packet_id);
           over_limit = fresh && rec->state.inbound_qos2_count() > opts_.receive_maximum;
+          // 5.0: a PUBREC of 0x80 or more ends the exchange; the identifier is free for a new
+          // message at once [MQTT-4.3.3-9] (no PUBREL follows).
+          if (fresh && !allowed && v5) rec->state.on_pubrel(p.packet_id);
         }
-        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced [MQTT-3.3.4-9].
+        // 5.0: more unreleased QoS 2 messages than the Receive Maximum we announced (section 3.3.4).
         if (over_limit && v5) return violation(l, protocol_errc::receive_maximum_exceeded, now);
         if constexpr (base::durable) {
           if (fresh && allowed && base::kept(*rec)) {
@@ -690,7 +807,7 @@ class protocol : public core<Policies> {
         continue;
       }
       if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
-        if (!hooks_.authorize_subscribe(l.client_id(), e.filter, e.options.max_qos)) {
+        if (!hooks_.authorize_subscribe(l.client_info(), e.filter, e.options.max_qos)) {
           ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
           continue;
         }
@@ -733,7 +850,7 @@ class protocol : public core<Policies> {
       }
       const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
       ack.reasons.push_back(static_cast<reason_code>(granted));
-      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_id(), e.filter, granted);
+      if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_info(), e.filter, granted);
     }
     if constexpr (base::durable) {
       // After the commit of the subscriptions a kept session records.
@@ -765,7 +882,7 @@ class protocol : public core<Policies> {
     if constexpr (hooks::has_on_unsubscribe_v<hooks_type>) {
       // After the lock: hooks never run under it. ack.reasons is in the order of u.filters.
       for (std::size_t i = 0; i < u.filters.size(); ++i)
-        if (ack.reasons[i] == reason_code::success) hooks_.on_unsubscribe(l.client_id(), u.filters[i]);
+        if (ack.reasons[i] == reason_code::success) hooks_.on_unsubscribe(l.client_info(), u.filters[i]);
     }
     if constexpr (base::durable) {
       // Not after a commit of its own, but never before a SUBACK held before it.
@@ -786,7 +903,7 @@ class protocol : public core<Policies> {
         bool extends_ended_session;
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
-          // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended here.
+          // 5.0 section 3.14.2.2.2: a session that was to end with the connection cannot be extended here.
           extends_ended_session = rec->expiry.count() == 0 && p->integer != 0;
           if (!extends_ended_session) {
             rec->expiry = stored_expiry(std::chrono::seconds(p->integer));

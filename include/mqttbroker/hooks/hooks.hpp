@@ -6,6 +6,9 @@
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/message.hpp>
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -14,12 +17,28 @@
 MQTTBROKER_BEGIN_NAMESPACE
 namespace hooks {
 
-/// What authenticate() sees of a CONNECT.
-struct connect_info {
-  std::string_view client_id;
+/// The listener a connection came in on, as the broker keeps it for as long as it runs.
+struct listener_info {
+  std::size_t index = 0;       // in the order of broker::listen() calls, from 0
+  std::string_view transport;  // the transport's name: "tcp", "memory", ...
+  std::uint16_t port = 0;      // the bound port; 0 for a transport without ports
+};
+
+/// Who a client is, as the hooks see it. The views are valid for the call only: a hook copies
+/// what it keeps.
+struct client_info {
+  std::string_view client_id;  // empty for the broker's own and the host's in-process messages
   std::optional<std::string_view> username;
+  codec::protocol_version version = codec::protocol_version::v3_1_1;
+  std::string_view peer_address;  // as text ("192.0.2.7", "::1"); empty when the transport has none
+  std::uint16_t peer_port = 0;
+  const listener_info* listener = nullptr;  // null where no listener is involved
+};
+
+/// What authenticate() and on_connect_refused() see of a CONNECT: the client and its password.
+/// The client identifier is the one the broker assigned when the client sent none.
+struct connect_info : client_info {
   std::optional<std::string_view> password;
-  codec::protocol_version version;
 };
 
 /// authenticate()'s answer; each refusal maps to the CONNACK code of the client's version.
@@ -29,21 +48,54 @@ enum class auth_result {
   not_authorized,   // 3.1.1 return code 5, 5.0 0x87
 };
 
+/// The completion an asynchronous authenticate() answers through, once, from any thread, at any
+/// time within the broker's CONNECT timeout (after it the client is gone and the answer is
+/// ignored). Until it answers, the broker reads nothing more from that client and serves all
+/// others. A reply destroyed without an answer leaves the client to the CONNECT timeout. Answer or
+/// drop every reply before the broker is destroyed.
+class auth_reply {
+ public:
+  /// What a reply answers to: the broker's pending CONNECT.
+  class target {
+   public:
+    virtual ~target() = default;
+    virtual void complete(auth_result r) = 0;
+  };
+
+  auth_reply() noexcept = default;
+  explicit auth_reply(std::shared_ptr<target> t) noexcept : target_(std::move(t)) {}
+
+  /// Answers; calls after the first do nothing.
+  void operator()(auth_result r) {
+    if (auto t = std::move(target_)) t->complete(r);
+  }
+  /// Whether it still has to answer.
+  explicit operator bool() const noexcept { return static_cast<bool>(target_); }
+
+ private:
+  std::shared_ptr<target> target_;
+};
+
 /// No hooks: every check passes and nothing is observed. A hooks policy defines only the members
 /// it needs, any of:
-///   auth_result authenticate(const connect_info&);
-///   bool authorize_publish(std::string_view client_id, const message&);
-///   bool authorize_subscribe(std::string_view client_id, std::string_view filter, codec::qos);
+///   auth_result authenticate(const connect_info&);                // answers at once, or
+///   void authenticate(const connect_info&, auth_reply);           // answers later (not both)
+///   bool authorize_publish(const client_info&, const message&);
+///   bool authorize_subscribe(const client_info&, std::string_view filter, codec::qos);
 ///   void intercept(std::string_view client_id, message_ptr&);  // replace, or reset to drop
-///   void on_connect(std::string_view client_id);
-///   void on_disconnect(std::string_view client_id, bool graceful);
-///   void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted);
-///   void on_unsubscribe(std::string_view client_id, std::string_view filter);  // one that existed
+///   void on_connect(const client_info&);
+///   void on_disconnect(const client_info&, bool graceful);
+///   void on_subscribe(const client_info&, std::string_view filter, codec::qos granted);
+///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
-/// built. A member with one of these names that cannot be called so, or returns another type, is a
-/// compile error, not a hook silently skipped. The policy must be a non-final class. In-process
-/// publishes pass an empty client_id. Hooks run on the broker's handlers and must not block.
+/// built, and a broker whose hooks take no client_info keeps none per connection. A member with
+/// one of these names that cannot be called so, or returns another type, is a compile error, not a
+/// hook silently skipped. The policy must be a non-final class. intercept() sees the publisher's
+/// client identifier only, as it also runs for wills and in-process publishes (an empty
+/// client_id), after the connection they came from may be gone. Hooks run on the broker's
+/// handlers and must not block: an authentication that asks a database or a remote service takes
+/// the auth_reply form.
 struct none {};
 
 namespace detail {
@@ -58,6 +110,21 @@ struct declares : std::bool_constant<Names<H, void>::value> {};
 template <template <class, class> class Names, class H>
 struct declares<Names, H, false> : std::false_type {};
 
+/// authenticate in its two forms: either one, not both.
+template <class H, class = void>
+struct answers_later : std::false_type {};
+template <class H>
+struct answers_later<H, std::enable_if_t<std::is_same_v<
+                            decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>(),
+                                                                     std::declval<auth_reply>())),
+                            void>>> : std::true_type {};
+template <class H, class = void>
+struct answers_now : std::false_type {};
+template <class H>
+struct answers_now<H, std::enable_if_t<std::is_same_v<
+                          decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>())),
+                          auth_result>>> : std::true_type {};
+
 /// Detection of one hook, by name and by signature apart:
 /// - names_<hook><H>: H declares a member of that name, of any kind (overloads, templates, data
 ///   members, inherited or private ones too). A class deriving from H and from a probe that
@@ -66,8 +133,9 @@ struct declares<Names, H, false> : std::false_type {};
 /// - accepts_<hook><H>: a call with the documented arguments compiles on an H& and returns exactly
 ///   the documented type, and `extra` holds.
 /// - <hook>_hook<H>::value: the broker calls the hook. A declared name that is not accepted fails
-///   to compile here, naming the hook and its signature.
-#define MQTTBROKER_HOOK(hook, result, extra, signature, ...)                                                        \
+///   to compile here, naming the hook and its signature, unless `other_form` (a second accepted
+///   form, found by its own trait) holds.
+#define MQTTBROKER_HOOK(hook, result, extra, other_form, signature, ...)                                                        \
   struct hook##_probe {                                                                                             \
     void hook();                                                                                                    \
   };                                                                                                                \
@@ -85,7 +153,7 @@ struct declares<Names, H, false> : std::false_type {};
   template <class H>                                                                                                \
   struct hook##_hook {                                                                                              \
     static constexpr bool value = accepts_##hook<H>::value;                                                         \
-    static_assert(value || !declares<names_##hook, H>::value,                                                       \
+    static_assert(value || (other_form) || !declares<names_##hook, H>::value,                                    \
                   "mqttbroker: hook " #hook " has the wrong signature; expected " signature);                       \
   };
 
@@ -97,30 +165,38 @@ struct intercept_takes_copy<H, std::void_t<decltype(std::declval<H&>().intercept
                                                                                  std::declval<message_ptr>()))>>
     : std::true_type {};
 
-MQTTBROKER_HOOK(authenticate, auth_result, true, "auth_result authenticate(const hooks::connect_info&)",
+MQTTBROKER_HOOK(authenticate, auth_result, !answers_later<H>::value, answers_later<H>::value && !answers_now<H>::value,
+                "auth_result authenticate(const hooks::connect_info&) or "
+                "void authenticate(const hooks::connect_info&, hooks::auth_reply), not both",
                 std::declval<const connect_info&>())
-MQTTBROKER_HOOK(authorize_publish, bool, true,
-                "bool authorize_publish(std::string_view client_id, const message&)",
-                std::declval<std::string_view>(), std::declval<const message&>())
-MQTTBROKER_HOOK(authorize_subscribe, bool, true,
-                "bool authorize_subscribe(std::string_view client_id, std::string_view filter, codec::qos)",
-                std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
-MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value,
+MQTTBROKER_HOOK(authorize_publish, bool, true, false,
+                "bool authorize_publish(const hooks::client_info&, const message&)",
+                std::declval<const client_info&>(), std::declval<const message&>())
+MQTTBROKER_HOOK(authorize_subscribe, bool, true, false,
+                "bool authorize_subscribe(const hooks::client_info&, std::string_view filter, codec::qos)",
+                std::declval<const client_info&>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value, false,
                 "void intercept(std::string_view client_id, message_ptr&), the message by non-const reference",
                 std::declval<std::string_view>(), std::declval<message_ptr&>())
-MQTTBROKER_HOOK(on_connect, void, true, "void on_connect(std::string_view client_id)",
-                std::declval<std::string_view>())
-MQTTBROKER_HOOK(on_disconnect, void, true, "void on_disconnect(std::string_view client_id, bool graceful)",
-                std::declval<std::string_view>(), std::declval<bool>())
-MQTTBROKER_HOOK(on_subscribe, void, true,
-                "void on_subscribe(std::string_view client_id, std::string_view filter, codec::qos granted)",
-                std::declval<std::string_view>(), std::declval<std::string_view>(), std::declval<codec::qos>())
-MQTTBROKER_HOOK(on_unsubscribe, void, true, "void on_unsubscribe(std::string_view client_id, std::string_view filter)",
-                std::declval<std::string_view>(), std::declval<std::string_view>())
-MQTTBROKER_HOOK(on_connect_refused, void, true,
+MQTTBROKER_HOOK(on_connect, void, true, false, "void on_connect(const hooks::client_info&)",
+                std::declval<const client_info&>())
+MQTTBROKER_HOOK(on_disconnect, void, true, false, "void on_disconnect(const hooks::client_info&, bool graceful)",
+                std::declval<const client_info&>(), std::declval<bool>())
+MQTTBROKER_HOOK(on_subscribe, void, true, false,
+                "void on_subscribe(const hooks::client_info&, std::string_view filter, codec::qos granted)",
+                std::declval<const client_info&>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(on_unsubscribe, void, true, false, "void on_unsubscribe(const hooks::client_info&, std::string_view filter)",
+                std::declval<const client_info&>(), std::declval<std::string_view>())
+MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 "void on_connect_refused(const hooks::connect_info&, reason_code)",
                 std::declval<const connect_info&>(), std::declval<reason_code>())
 #undef MQTTBROKER_HOOK
+
+/// The asynchronous authenticate: authenticate_hook's other form.
+template <class H>
+struct authenticate_later_hook {
+  static constexpr bool value = answers_later<H>::value && !answers_now<H>::value;
+};
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
@@ -138,8 +214,19 @@ constexpr bool check_hooks() {
 
 }  // namespace detail
 
+/// Whether a connection keeps who its client is (username, peer, listener): for every hook but
+/// intercept, which takes the client identifier alone.
+template <class H>
+inline constexpr bool needs_client_info_v =
+    detail::authenticate_hook<H>::value || detail::authenticate_later_hook<H>::value ||
+    detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
+    detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
+    detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value;
+
 template <class H>
 inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
+template <class H>
+inline constexpr bool has_authenticate_later_v = detail::authenticate_later_hook<H>::value;
 template <class H>
 inline constexpr bool has_authorize_publish_v = detail::authorize_publish_hook<H>::value;
 template <class H>

@@ -196,6 +196,9 @@ class connection final
     }
   }
 
+  /// Where the client is connected from, if the transport can tell.
+  transport::peer_endpoint peer() { return transport::peer_of(stream_); }
+
   /// Closes a stream the engine refused (over max_connections).
   void refuse() {
     std::error_code ignored;
@@ -352,6 +355,8 @@ class connection final
       if (this->is_closing()) return false;
       if (res.consumed < n) unread_.append(data + res.consumed, n - res.consumed);
       if (got_packet) engine().on_packets_read(*this, now);
+      // The engine holds the rest back (an authentication runs): a link_event resumes it.
+      if (this->paused()) return false;
       if (!this->pace_pending()) return true;
       if (engine().pause_reader(*this)) return false;
       // The subscriber caught up meanwhile (another thread drained it): decode the rest now,

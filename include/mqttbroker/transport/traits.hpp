@@ -9,6 +9,8 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
@@ -174,7 +176,46 @@ struct has_readability_wait<
                         std::void_t<decltype(std::declval<stream_t<T>&>().async_wait(
                             asio::socket_base::wait_read, wait_handler_archetype{}))>>> : std::true_type {};
 
+/// A remote endpoint with an IP address: the stream's own (a socket) or its lowest layer's (a TLS
+/// stream over a socket).
+template <class Stream, class = void>
+struct stream_has_remote_endpoint : std::false_type {};
+template <class Stream>
+struct stream_has_remote_endpoint<Stream, std::void_t<decltype(std::declval<const Stream&>()
+                                                                   .remote_endpoint(std::declval<std::error_code&>())
+                                                                   .address()
+                                                                   .to_string())>> : std::true_type {};
+template <class Stream, class = void>
+struct lowest_layer_has_remote_endpoint : std::false_type {};
+template <class Stream>
+struct lowest_layer_has_remote_endpoint<
+    Stream, std::void_t<decltype(std::declval<Stream&>().lowest_layer().remote_endpoint(std::declval<std::error_code&>()))>>
+    : stream_has_remote_endpoint<std::remove_reference_t<decltype(std::declval<Stream&>().lowest_layer())>> {};
+
 }  // namespace detail
+
+/// Where a stream's peer is, for the hooks: its IP address as text and its port, from the
+/// stream's remote_endpoint() or its lowest layer's; empty for a stream without one (the
+/// in-memory transport) or when the socket can no longer tell.
+struct peer_endpoint {
+  std::string address;
+  std::uint16_t port = 0;
+};
+template <class Stream>
+peer_endpoint peer_of(Stream& s) {
+  peer_endpoint p;
+  std::error_code ec;
+  if constexpr (detail::stream_has_remote_endpoint<Stream>::value) {
+    const auto ep = s.remote_endpoint(ec);
+    if (!ec) p = peer_endpoint{ep.address().to_string(), ep.port()};
+  } else if constexpr (detail::lowest_layer_has_remote_endpoint<Stream>::value) {
+    const auto ep = s.lowest_layer().remote_endpoint(ec);
+    if (!ec) p = peer_endpoint{ep.address().to_string(), ep.port()};
+  } else {
+    (void)s;
+  }
+  return p;
+}
 
 /// What the broker asks of a transport policy (STYLE.md §3), one requirement each, so that a
 /// failed check names the missing member.
