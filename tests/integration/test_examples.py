@@ -1,7 +1,8 @@
 """The example programs as documented: examples/embed (a host that runs the broker beside its own
 timer work and answers in-process) and examples/gateway (UDP <-> MQTT with an intercept hook), each
 as a child process on fixed ports the test found free, driven by paho clients and UDP sockets; and
-the command line of every example program (examples/broker too): --help and --version."""
+the command line of every example program (examples/broker and examples/auth too): --help and
+--version."""
 
 import faulthandler
 import os
@@ -191,6 +192,7 @@ class CommandLine(unittest.TestCase):
         ("MQTTBROKER_SERVER", "--port", r"listening on"),
         ("MQTTBROKER_EMBED", "--port", r"embedded broker on"),
         ("MQTTBROKER_GATEWAY", "--mqtt-port", r"gateway: MQTT on"),
+        ("MQTTBROKER_AUTH", "--port", r"broker with access control on"),
     )
 
     def run_program(self, *args):
