@@ -6,6 +6,7 @@
 #include <mqttbroker/codec.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -28,6 +29,8 @@ struct rx {
   qos qos_level = qos::at_most_once;
   bool retain = false, dup = false;
   std::string assigned_client_id;
+  std::optional<std::uint32_t> message_expiry;  // PUBLISH, 5.0
+  std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
 };
 
 inline rx to_rx(const codec::packet& p) {
@@ -48,6 +51,8 @@ inline rx to_rx(const codec::packet& p) {
           r.retain = x.retain;
           r.dup = x.dup;
           r.id = x.packet_id;
+          if (auto e = x.properties.find(codec::property_id::message_expiry_interval)) r.message_expiry = e->integer;
+          if (auto a = x.properties.find(codec::property_id::topic_alias)) r.topic_alias = a->integer;
         } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
                              std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
           r.id = x.packet_id;

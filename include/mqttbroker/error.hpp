@@ -160,6 +160,8 @@ enum class protocol_errc {
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
+  topic_alias_unknown,             // an alias the sender never set on this connection
+  payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -216,6 +218,8 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_name_invalid: return "topic name invalid";
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
+        case protocol_errc::topic_alias_unknown: return "topic alias not set";
+        case protocol_errc::payload_format_invalid: return "payload is not the UTF-8 it says it is";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
       }
@@ -250,6 +254,7 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_filter_invalid: return reason_code::topic_filter_invalid;
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
       case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
+      case protocol_errc::payload_format_invalid: return reason_code::payload_format_invalid;
       default: return reason_code::protocol_error;
     }
   }

@@ -59,6 +59,12 @@ struct broker_options {
   std::size_t max_retained_messages = 1'000'000;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
+  /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in
+  /// CONNACK (Mosquitto: max_topic_alias 10); 0 refuses every alias.
+  std::uint16_t topic_alias_maximum = 10;
+  /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
+  /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
+  std::uint16_t max_outbound_topic_aliases = 10;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };

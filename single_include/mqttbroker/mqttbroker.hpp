@@ -272,6 +272,8 @@ enum class protocol_errc {
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
+  topic_alias_unknown,             // an alias the sender never set on this connection
+  payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -328,6 +330,8 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_name_invalid: return "topic name invalid";
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
+        case protocol_errc::topic_alias_unknown: return "topic alias not set";
+        case protocol_errc::payload_format_invalid: return "payload is not the UTF-8 it says it is";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
       }
@@ -362,6 +366,7 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_filter_invalid: return reason_code::topic_filter_invalid;
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
       case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
+      case protocol_errc::payload_format_invalid: return reason_code::payload_format_invalid;
       default: return reason_code::protocol_error;
     }
   }
@@ -3237,8 +3242,10 @@ class message {
 
   /// A new message holding copies of `topic`, `payload` and the encoded 5.0 `properties` that
   /// travel with it (already validated; Topic Alias and Subscription Identifiers removed).
+  /// `expires_at`: the broker clock's second (engine::clock_seconds) at which a 5.0 Message
+  /// Expiry Interval ends; 0 when it has none.
   static message_ptr make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
-                          std::string_view properties = {});
+                          std::string_view properties = {}, std::uint32_t expires_at = 0);
 
   std::string_view topic() const noexcept { return {bytes(), topic_size_}; }
   std::string_view payload() const noexcept { return {bytes() + topic_size_ + properties_size_, payload_size_}; }
@@ -3247,18 +3254,38 @@ class message {
   }
   codec::qos qos_level() const noexcept { return qos_; }
   bool retain() const noexcept { return retain_; }
+  /// When its Message Expiry Interval ends (0: never), in the broker clock's whole seconds.
+  std::uint32_t expires_at() const noexcept {
+    if (!has_expiry_) return 0;
+    std::uint32_t t;
+    std::memcpy(&t, bytes() + topic_size_ + properties_size_ + payload_size_, sizeof t);
+    return t;
+  }
+  /// Whether it has expired at second `now` of the broker's clock [MQTT-3.3.2-5].
+  bool expired(std::uint32_t now) const noexcept {
+    if (!has_expiry_) return false;
+    return now >= expires_at();
+  }
 
  private:
   friend class message_ptr;
-  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block) noexcept
-      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r), block_class_(block) {}
+  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block,
+          bool has_expiry) noexcept
+      : topic_size_(t),
+        properties_size_(pr),
+        payload_size_(pl),
+        qos_(q),
+        retain_(r),
+        block_class_(block),
+        has_expiry_(has_expiry) {}
 
   const char* bytes() const noexcept { return reinterpret_cast<const char*>(this + 1); }
   char* bytes() noexcept { return reinterpret_cast<char*>(this + 1); }
 
   void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
   std::size_t block_bytes() const noexcept {
-    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_;
+    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_ +
+           (has_expiry_ ? sizeof(std::uint32_t) : 0);
   }
 
   void release() const noexcept {
@@ -3279,7 +3306,10 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
-  std::uint8_t block_class_;  // block_pool size class; fits in the padding, sizeof stays 20
+  std::uint8_t block_class_;  // block_pool size class
+  // The expiry second follows the payload, only in the messages that have one; with this flag
+  // the header stays 20 bytes.
+  bool has_expiry_;
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -3315,16 +3345,18 @@ class message_ptr {
 };
 
 inline message_ptr message::make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
-                                 std::string_view properties) {
-  const std::size_t n = topic.size() + properties.size() + payload.size();
+                                 std::string_view properties, std::uint32_t expires_at) {
+  const bool has_expiry = expires_at != 0;
+  const std::size_t n = topic.size() + properties.size() + payload.size() + (has_expiry ? sizeof expires_at : 0);
   std::uint8_t block = 0;
   void* raw = detail::block_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
-                              static_cast<std::uint32_t>(payload.size()), q, retain, block);
+                              static_cast<std::uint32_t>(payload.size()), q, retain, block, has_expiry);
   char* out = m->bytes();
   if (!topic.empty()) std::memcpy(out, topic.data(), topic.size());
   if (!properties.empty()) std::memcpy(out + topic.size(), properties.data(), properties.size());
   if (!payload.empty()) std::memcpy(out + topic.size() + properties.size(), payload.data(), payload.size());
+  if (has_expiry) std::memcpy(out + topic.size() + properties.size() + payload.size(), &expires_at, sizeof expires_at);
   return message_ptr(m);
 }
 
@@ -3395,6 +3427,12 @@ struct broker_options {
   std::size_t max_retained_messages = 1'000'000;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
+  /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in
+  /// CONNACK (Mosquitto: max_topic_alias 10); 0 refuses every alias.
+  std::uint16_t topic_alias_maximum = 10;
+  /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
+  /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
+  std::uint16_t max_outbound_topic_aliases = 10;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };
@@ -4128,6 +4166,17 @@ struct outgoing {
   detail::small_vector<std::uint32_t, 2> subscription_ids;  // 5.0; two fit without allocating
 };
 
+/// The bytes `o` takes as a 5.0 PUBLISH, fixed header included: its properties with one
+/// Subscription Identifier property per identifier, as link::send_publish() encodes it.
+inline std::size_t wire_size_v5(const outgoing& o) noexcept {
+  std::size_t props = o.msg->properties().bytes().size();
+  for (std::uint32_t id : o.subscription_ids) props += 1 + codec::detail::varint_size(id);
+  const std::size_t body = 2 + o.msg->topic().size() + (o.qos_level == codec::qos::at_most_once ? 0 : 2) +
+                           codec::detail::varint_size(static_cast<std::uint32_t>(props)) + props +
+                           o.msg->payload().size();
+  return 1 + codec::detail::varint_size(static_cast<std::uint32_t>(body)) + body;
+}
+
 /// Where an outgoing QoS 1/2 message stands.
 enum class phase : std::uint8_t {
   awaiting_puback,   // QoS 1 sent
@@ -4146,6 +4195,12 @@ struct limits {
   std::size_t max_queued_bytes = 0;  // 0: no byte limit
   bool drop_oldest = false;          // overflow policy: false drops the arriving message
   bool queue_qos0_offline = false;
+};
+
+/// Why next_ready() dropped a queued message without sending it.
+enum class discard : std::uint8_t {
+  too_large,  // over the connected client's Maximum Packet Size [MQTT-3.1.2-25]
+  expired,    // its Message Expiry Interval ended while it waited [MQTT-3.3.2-5]
 };
 
 /// What offer() did with a message.
@@ -4183,13 +4238,16 @@ class state {
   /// make room (a durable store forgets them too).
   template <class OnEvict>
   admission offer(outgoing& o, bool online, OnEvict&& on_evict) {
+    // Too large for the connected client: dropped for it alone [MQTT-3.1.2-25]. Offline, the
+    // next connection's limit decides (next_ready()).
+    if (online && !fits(o)) return admission::dropped;
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) return admission::dropped;
       return enqueue(std::move(o), on_evict);
     }
     traffic& t = flows();
-    if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
+    if (online && t.queue.empty() && t.inflight.size() < window(t)) {
       admit(t, o);
       t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
@@ -4210,10 +4268,25 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    if (!traffic_ || traffic_->queue.empty()) return std::nullopt;
+    return next_ready(0, [](const outgoing&, discard) {});
+  }
+  /// The same at second `now` of the broker's clock (message::expired); `on_discard(const
+  /// outgoing&, discard)` sees each queued message dropped without being sent: expired, or too
+  /// large for the connected client.
+  template <class OnDiscard>
+  std::optional<outgoing> next_ready(std::uint32_t now, OnDiscard&& on_discard) {
+    if (!traffic_) return std::nullopt;
     traffic& t = *traffic_;
-    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= limits_->max_inflight)
-      return std::nullopt;
+    while (!t.queue.empty()) {
+      const outgoing& front = t.queue.front();
+      const bool expired = front.msg->expired(now);
+      if (!expired && fits(front)) break;
+      t.queued_bytes -= front.msg->payload().size();
+      on_discard(front, expired ? discard::expired : discard::too_large);
+      t.queue.pop_front();
+    }
+    if (t.queue.empty()) return std::nullopt;
+    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= window(t)) return std::nullopt;
     outgoing o = std::move(t.queue.front());
     t.queue.pop_front();
     t.queued_bytes -= o.msg->payload().size();
@@ -4252,6 +4325,46 @@ class state {
   }
 
   std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
+
+  /// 5.0: what the connected client takes, set at each CONNECT (3.1.1: 65535 and 0).
+  /// - Its Receive Maximum narrows the in-flight window below the broker's max_inflight
+  ///   [MQTT-3.3.4-9]. A resumed session's messages in flight beyond it stay in flight (they are
+  ///   re-sent), and no new one is admitted until the count is below it again.
+  /// - Its Maximum Packet Size (0: none): a PUBLISH larger is dropped for this client alone
+  ///   [MQTT-3.1.2-25].
+  /// Nothing is kept for a client that narrows neither (an idle session stays small).
+  void set_client_limits(std::uint16_t receive_maximum, std::uint32_t maximum_packet_size) {
+    if (receive_maximum >= limits_->max_inflight && maximum_packet_size == 0 && !traffic_) return;
+    traffic& t = flows();
+    t.send_window = receive_maximum;
+    t.max_packet_size = maximum_packet_size;
+  }
+  /// Whether `o` may go to the connected client as one PUBLISH (its Maximum Packet Size).
+  bool fits(const outgoing& o) const noexcept {
+    return !traffic_ || traffic_->max_packet_size == 0 || wire_size_v5(o) <= traffic_->max_packet_size;
+  }
+  /// A resumed session's messages in flight that the new connection's Maximum Packet Size does
+  /// not take: dropped as if delivered [MQTT-3.1.2-25], each seen by `on_discard(const outgoing&)`.
+  template <class OnDiscard>
+  void discard_unfit_inflight(OnDiscard&& on_discard) {
+    if (!traffic_ || traffic_->max_packet_size == 0) return;
+    traffic& t = *traffic_;
+    // Rare (a reconnect with a smaller limit): a restart after each removal is simple enough.
+    for (bool removed = true; removed;) {
+      removed = false;
+      for (auto it = t.inflight.begin(); it != t.inflight.end(); ++it) {
+        // After PUBREC only the identifier is left: a PUBREL always fits.
+        if (it->state == phase::awaiting_pubcomp || fits(it->pub)) continue;
+        on_discard(static_cast<const outgoing&>(it->pub));
+        mark(t, it->pub.packet_id, false);
+        t.inflight.erase(it);
+        removed = true;
+        break;
+      }
+    }
+  }
+  /// How many QoS 1/2 messages may be in flight to the client now.
+  std::size_t send_window() const noexcept { return traffic_ ? window(*traffic_) : limits_->max_inflight; }
   std::size_t queued_count() const noexcept { return traffic_ ? traffic_->queue.size() : 0; }
   std::size_t queued_bytes() const noexcept { return traffic_ ? traffic_->queued_bytes : 0; }
 
@@ -4330,7 +4443,13 @@ class state {
     std::uint16_t next_id = 0;
     std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
     std::vector<std::uint16_t> inbound_qos2;  // sorted
+    std::uint16_t send_window = 0xFFFF;       // the client's Receive Maximum
+    std::uint32_t max_packet_size = 0;        // the client's Maximum Packet Size; 0: none
   };
+
+  std::size_t window(const traffic& t) const noexcept {
+    return std::min<std::size_t>(limits_->max_inflight, t.send_window);
+  }
 
   traffic& flows() {
     if (!traffic_) traffic_ = std::make_unique<traffic>();
@@ -6120,6 +6239,7 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
 // end <mqttbroker/detail/intrusive_list.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -6129,11 +6249,17 @@ MQTTBROKER_END_NAMESPACE
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
+
+/// The broker clock's whole second: what message expiry counts in (message::expires_at).
+inline std::uint32_t clock_seconds(std::chrono::steady_clock::time_point t) noexcept {
+  return static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count());
+}
 
 template <class Policies>
 class core;
@@ -6152,6 +6278,69 @@ enum class link_event : std::uint8_t {
   authenticated,   // an asynchronous authenticate answered
 };
 
+/// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
+class topic_aliases {
+ public:
+  // ---- from the client: it sets alias -> topic, up to the broker's Topic Alias Maximum
+
+  /// The topic the client set for `alias` (1..maximum), or empty when it set none.
+  std::string_view inbound(std::uint16_t alias) const noexcept {
+    return alias <= inbound_.size() ? std::string_view(inbound_[alias - 1]) : std::string_view();
+  }
+  void set_inbound(std::uint16_t alias, std::string_view topic, std::uint16_t maximum) {
+    if (inbound_.size() < alias) inbound_.resize(maximum);
+    inbound_[alias - 1].assign(topic);
+  }
+
+  // ---- to the client: the broker picks aliases, up to the client's Topic Alias Maximum
+
+  void set_outbound_maximum(std::uint16_t n) { outbound_max_ = n; }
+  bool outbound_enabled() const noexcept { return outbound_max_ != 0; }
+
+  /// The alias for `topic`, and whether the client already knows it (then the PUBLISH may leave
+  /// the topic out). A topic without one takes a free alias, or the least recently used one.
+  std::pair<std::uint16_t, bool> outbound(std::string_view topic) {
+    ++tick_;
+    if (auto it = by_topic_.find(topic); it != by_topic_.end()) {
+      used_[it->second - 1] = tick_;
+      return {it->second, true};
+    }
+    // Reserved once, so the strings the map's keys view never move.
+    if (topics_.capacity() < outbound_max_) {
+      topics_.reserve(outbound_max_);
+      used_.reserve(outbound_max_);
+    }
+    std::uint16_t alias;
+    if (topics_.size() < outbound_max_) {
+      topics_.emplace_back();
+      used_.push_back(0);
+      alias = static_cast<std::uint16_t>(topics_.size());
+    } else {
+      alias = static_cast<std::uint16_t>(std::min_element(used_.begin(), used_.end()) - used_.begin() + 1);
+      by_topic_.erase(topics_[alias - 1]);
+    }
+    topics_[alias - 1].assign(topic);
+    used_[alias - 1] = tick_;
+    by_topic_.emplace(topics_[alias - 1], alias);
+    return {alias, false};
+  }
+
+ private:
+  std::vector<std::string> inbound_;  // alias - 1 -> topic
+  std::uint16_t outbound_max_ = 0;
+  std::vector<std::string> topics_;   // alias - 1 -> topic
+  std::vector<std::uint64_t> used_;   // alias - 1 -> when last sent (least recently used goes)
+  std::unordered_map<std::string_view, std::uint16_t> by_topic_;
+  std::uint64_t tick_ = 0;
+};
+
+/// What few connections need, made on first use: a will, topic aliases.
+struct link_extras {
+  message_ptr will;  // published if the connection ends without DISCONNECT
+  std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
+  topic_aliases aliases;
+};
+
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
 /// asynchronous authentication runs.
 struct connect_request {
@@ -6162,6 +6351,9 @@ struct connect_request {
   bool clean_start = true;
   bool assigned_id = false;
   std::uint16_t keep_alive = 0;
+  std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
+  std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
+  std::uint16_t topic_alias_maximum = 0;   // 5.0: the client's; 0 when absent
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
@@ -6324,11 +6516,25 @@ class link : public detail::list_links,
     p.dup = o.dup;
     p.packet_id = o.packet_id;
     if (version_ == codec::protocol_version::v5) {
-      if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+      std::pair<std::uint16_t, bool> alias{0, false};  // an alias, and whether the client knows it
+      if (extras_ && extras_->aliases.outbound_enabled()) alias = extras_->aliases.outbound(p.topic);
+      if (alias.first != 0 || !o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
-        for (const codec::property& pr : o.msg->properties()) props.add(pr);
+        for (const codec::property& pr : o.msg->properties()) {
+          if (pr.id == codec::property_id::message_expiry_interval && o.msg->expires_at() != 0) {
+            // What is left of it: the interval less the time the message waited here [MQTT-3.3.2-6].
+            const std::uint32_t at = clock_seconds(now);
+            props.add(pr.id, o.msg->expires_at() > at ? o.msg->expires_at() - at : std::uint32_t{0});
+          } else {
+            props.add(pr);
+          }
+        }
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
+        if (alias.first != 0) {
+          props.add(codec::property_id::topic_alias, alias.first);
+          if (alias.second) p.topic = std::string_view();  // the alias stands for it
+        }
         p.properties = props.view();
       }
     }
@@ -6438,6 +6644,10 @@ class link : public detail::list_links,
     if (!queued_) queued_ = write_batch_pool::acquire();
     return *queued_;
   }
+  link_extras& more() {
+    if (!extras_) extras_ = std::make_unique<link_extras>();
+    return *extras_;
+  }
 
   void note_queued(std::size_t n, steady_time now) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
@@ -6464,8 +6674,7 @@ class link : public detail::list_links,
   // taken over and ended) stays valid here until this link lets go of it.
   detail::ref_ptr<Session> session_;
   detail::ref_ptr<Session> pace_target_;
-  message_ptr will_;  // published if the connection ends without DISCONNECT
-  std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
+  std::unique_ptr<link_extras> extras_;
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::atomic<bool> paused_{false};  // read by other threads
   // Only this link's executor touches these, so they share a byte (a broker keeps one link per
@@ -6662,7 +6871,9 @@ struct broker_stats {
   std::uint64_t keep_alive_timeouts = 0;
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
-  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
+  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
+                                          // Maximum Packet Size
+  std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
@@ -7118,6 +7329,7 @@ class core {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
@@ -7163,7 +7375,7 @@ class core {
         }
       }
     }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// When the earliest delayed will is due, if any.
@@ -7192,7 +7404,7 @@ class core {
       }
     }
     if (stopping_) return;
-    for (auto& w : due) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
@@ -7252,6 +7464,25 @@ class core {
  protected:
   using mutex_type = typename locking_type::mutex_type;
   using session_mutex_type = typename session_type::session_mutex_type;
+
+  /// When a message with these 5.0 properties, received at `now`, expires: 0 without a Message
+  /// Expiry Interval.
+  static std::uint32_t expiry_of(const codec::properties_view& props, steady_time now) noexcept {
+    if (props.empty()) return 0;
+    const auto p = props.find(codec::property_id::message_expiry_interval);
+    if (!p) return 0;
+    const std::uint64_t at = std::uint64_t{engine::clock_seconds(now)} + p->integer;
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
+  }
+
+  /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
+  /// CONNECT that carried it.
+  static message_ptr published_will(message_ptr will, steady_time now) {
+    const std::uint32_t expires = expiry_of(will->properties(), now);
+    if (expires == 0) return will;
+    return message::make(will->topic(), will->payload(), will->qos_level(), will->retain(),
+                         will->properties().bytes(), expires);
+  }
 
   topic::limits topic_limits() const noexcept {
     topic::limits lim;
@@ -7471,7 +7702,13 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    while (auto o = rec->state.next_ready()) {
+    const std::uint32_t now_s = clock_seconds(now);
+    auto discarded = [&](const session::outgoing& gone, session::discard why) {
+      (why == session::discard::expired ? hot_.expired : hot_.dropped).fetch_add(1);
+      if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+    };
+    while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -7482,11 +7719,16 @@ class core {
     while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+          rec->state.inflight_count() >= rec->state.send_window())
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
+      if (o.msg->expired(now_s)) {  // expired while it waited for the window [MQTT-3.3.2-5]
+        hot_.expired.fetch_add(1);
+        continue;
+      }
       const auto adm = rec->state.offer(o, true);
+      if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
@@ -7669,7 +7911,7 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
@@ -7891,7 +8133,8 @@ class protocol : public core<Policies> {
           if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
       }
     }
-    message_ptr will = std::move(l.will_);
+    message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
+    const std::chrono::duration<std::uint32_t> will_delay = l.extras_ ? l.extras_->will_delay : std::chrono::duration<std::uint32_t>(0);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
     std::vector<detail::ref_ptr<link_type>> paced;
     if (l.graceful_ || stopping_) will = message_ptr();
@@ -7903,7 +8146,7 @@ class protocol : public core<Policies> {
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
-      if (taken_over && l.will_delay_.count() != 0) {
+      if (taken_over && will_delay.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
@@ -7922,10 +8165,10 @@ class protocol : public core<Policies> {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
-          if (will && l.will_delay_.count() != 0) {
+          if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            const auto delay = std::min<std::chrono::seconds>(will_delay, rec->expiry);
             this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
             will_due = delay_will(*rec, std::move(will), now + delay);
           }
@@ -7943,7 +8186,7 @@ class protocol : public core<Policies> {
       }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
+    if (will) publish_message(base::published_will(std::move(will), now), nullptr, now);
     if (stopped) stopped();
   }
 
@@ -8090,6 +8333,15 @@ class protocol : public core<Policies> {
     r.version = v;
     r.clean_start = cp.clean_start;
     r.keep_alive = cp.keep_alive;
+    if (v5) {
+      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
+      // this (the decoder refused 0 for either as a protocol error).
+      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
+        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
+        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+    }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
     }
@@ -8216,6 +8468,7 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
@@ -8225,8 +8478,15 @@ class protocol : public core<Policies> {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(r.will);
-    l.will_delay_ = r.will_delay;
+    if (r.will) {
+      link_extras& x = l.more();
+      x.will = std::move(r.will);
+      x.will_delay = r.will_delay;
+    }
+    // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
+    // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
+    if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
+      l.more().aliases.set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -8245,7 +8505,7 @@ class protocol : public core<Policies> {
       if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
-      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
       props.add(codec::property_id::shared_subscription_available, 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -8259,6 +8519,11 @@ class protocol : public core<Policies> {
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn.get() == &l) rec->state.discard_unfit_inflight([&](const session::outgoing& gone) {
+        // Too large for this connection: as if delivered [MQTT-3.1.2-25].
+        hot_.dropped.fetch_add(1);
+        if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
+      });
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
@@ -8302,18 +8567,42 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
-  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+  void on_publish(link_type& l, codec::publish& p, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
-      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(l, protocol_errc::topic_alias_invalid, now);
+    if (v5 && !p.properties.empty()) {
+      if (auto a = p.properties.find(codec::property_id::topic_alias)) {
+        // Every alias from 1 to the Topic Alias Maximum of our CONNACK is taken [MQTT-3.3.2-12];
+        // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
+        const auto alias = static_cast<std::uint16_t>(a->integer);
+        if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
+        topic_aliases& table = l.more().aliases;
+        if (p.topic.empty()) {
+          // An alias the client never set on this connection is a Protocol Error.
+          p.topic = table.inbound(alias);
+          if (p.topic.empty()) return violation(l, protocol_errc::topic_alias_unknown, now);
+        } else {
+          table.set_inbound(alias, p.topic, opts_.topic_alias_maximum);
+        }
+      }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    reason_code refusal = reason_code::not_authorized;
+    if (allowed && v5 && !p.properties.empty()) {
+      // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
+      if (auto f = p.properties.find(codec::property_id::payload_format_indicator); f && f->integer == 1 &&
+                                                                                    codec::validate_utf8(p.payload)) {
+        if (p.qos_level == codec::qos::at_most_once) return violation(l, protocol_errc::payload_format_invalid, now);
+        allowed = false;
+        refusal = reason_code::payload_format_invalid;
+      }
+    }
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+                             base::expiry_of(p.properties, now))
+             : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
@@ -8330,7 +8619,7 @@ class protocol : public core<Policies> {
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
+          ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
         // After the commit of what made the broker responsible (queued for kept sessions).
@@ -8365,7 +8654,7 @@ class protocol : public core<Policies> {
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+          rec_ack.reason = !allowed                 ? refusal
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
         return acknowledge(l, rec_ack, now);
@@ -8508,7 +8797,9 @@ class protocol : public core<Policies> {
         // a repeated one included [MQTT-3.8.4-3].
         const auto rh = e.options.retain_handling;
         if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+          const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
+            if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);
@@ -8584,7 +8875,7 @@ class protocol : public core<Policies> {
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
     }
-    if (!keep_will) l.will_ = message_ptr();
+    if (!keep_will && l.extras_) l.extras_->will = message_ptr();
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 

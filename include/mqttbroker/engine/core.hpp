@@ -228,6 +228,7 @@ class core {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
@@ -273,7 +274,7 @@ class core {
         }
       }
     }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// When the earliest delayed will is due, if any.
@@ -302,7 +303,7 @@ class core {
       }
     }
     if (stopping_) return;
-    for (auto& w : due) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
@@ -362,6 +363,25 @@ class core {
  protected:
   using mutex_type = typename locking_type::mutex_type;
   using session_mutex_type = typename session_type::session_mutex_type;
+
+  /// When a message with these 5.0 properties, received at `now`, expires: 0 without a Message
+  /// Expiry Interval.
+  static std::uint32_t expiry_of(const codec::properties_view& props, steady_time now) noexcept {
+    if (props.empty()) return 0;
+    const auto p = props.find(codec::property_id::message_expiry_interval);
+    if (!p) return 0;
+    const std::uint64_t at = std::uint64_t{engine::clock_seconds(now)} + p->integer;
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
+  }
+
+  /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
+  /// CONNECT that carried it.
+  static message_ptr published_will(message_ptr will, steady_time now) {
+    const std::uint32_t expires = expiry_of(will->properties(), now);
+    if (expires == 0) return will;
+    return message::make(will->topic(), will->payload(), will->qos_level(), will->retain(),
+                         will->properties().bytes(), expires);
+  }
 
   topic::limits topic_limits() const noexcept {
     topic::limits lim;
@@ -581,7 +601,13 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    while (auto o = rec->state.next_ready()) {
+    const std::uint32_t now_s = clock_seconds(now);
+    auto discarded = [&](const session::outgoing& gone, session::discard why) {
+      (why == session::discard::expired ? hot_.expired : hot_.dropped).fetch_add(1);
+      if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+    };
+    while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -592,11 +618,16 @@ class core {
     while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+          rec->state.inflight_count() >= rec->state.send_window())
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
+      if (o.msg->expired(now_s)) {  // expired while it waited for the window [MQTT-3.3.2-5]
+        hot_.expired.fetch_add(1);
+        continue;
+      }
       const auto adm = rec->state.offer(o, true);
+      if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
@@ -779,7 +810,7 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_

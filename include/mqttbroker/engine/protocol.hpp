@@ -3,6 +3,7 @@
 
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/utf8.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/core.hpp>
@@ -221,7 +222,8 @@ class protocol : public core<Policies> {
           if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
       }
     }
-    message_ptr will = std::move(l.will_);
+    message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
+    const std::chrono::duration<std::uint32_t> will_delay = l.extras_ ? l.extras_->will_delay : std::chrono::duration<std::uint32_t>(0);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
     std::vector<detail::ref_ptr<link_type>> paced;
     if (l.graceful_ || stopping_) will = message_ptr();
@@ -233,7 +235,7 @@ class protocol : public core<Policies> {
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
-      if (taken_over && l.will_delay_.count() != 0) {
+      if (taken_over && will_delay.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
@@ -252,10 +254,10 @@ class protocol : public core<Policies> {
           remove_session(*rec);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
-          if (will && l.will_delay_.count() != 0) {
+          if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            const auto delay = std::min<std::chrono::seconds>(will_delay, rec->expiry);
             this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
             will_due = delay_will(*rec, std::move(will), now + delay);
           }
@@ -273,7 +275,7 @@ class protocol : public core<Policies> {
       }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
+    if (will) publish_message(base::published_will(std::move(will), now), nullptr, now);
     if (stopped) stopped();
   }
 
@@ -420,6 +422,15 @@ class protocol : public core<Policies> {
     r.version = v;
     r.clean_start = cp.clean_start;
     r.keep_alive = cp.keep_alive;
+    if (v5) {
+      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
+      // this (the decoder refused 0 for either as a protocol error).
+      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
+        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
+        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+    }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
     }
@@ -546,6 +557,7 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
@@ -555,8 +567,15 @@ class protocol : public core<Policies> {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(r.will);
-    l.will_delay_ = r.will_delay;
+    if (r.will) {
+      link_extras& x = l.more();
+      x.will = std::move(r.will);
+      x.will_delay = r.will_delay;
+    }
+    // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
+    // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
+    if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
+      l.more().aliases.set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -575,7 +594,7 @@ class protocol : public core<Policies> {
       if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
-      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
       props.add(codec::property_id::shared_subscription_available, 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -589,6 +608,11 @@ class protocol : public core<Policies> {
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn.get() == &l) rec->state.discard_unfit_inflight([&](const session::outgoing& gone) {
+        // Too large for this connection: as if delivered [MQTT-3.1.2-25].
+        hot_.dropped.fetch_add(1);
+        if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
+      });
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
@@ -632,18 +656,42 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
-  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+  void on_publish(link_type& l, codec::publish& p, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
-      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(l, protocol_errc::topic_alias_invalid, now);
+    if (v5 && !p.properties.empty()) {
+      if (auto a = p.properties.find(codec::property_id::topic_alias)) {
+        // Every alias from 1 to the Topic Alias Maximum of our CONNACK is taken [MQTT-3.3.2-12];
+        // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
+        const auto alias = static_cast<std::uint16_t>(a->integer);
+        if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
+        topic_aliases& table = l.more().aliases;
+        if (p.topic.empty()) {
+          // An alias the client never set on this connection is a Protocol Error.
+          p.topic = table.inbound(alias);
+          if (p.topic.empty()) return violation(l, protocol_errc::topic_alias_unknown, now);
+        } else {
+          table.set_inbound(alias, p.topic, opts_.topic_alias_maximum);
+        }
+      }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    reason_code refusal = reason_code::not_authorized;
+    if (allowed && v5 && !p.properties.empty()) {
+      // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
+      if (auto f = p.properties.find(codec::property_id::payload_format_indicator); f && f->integer == 1 &&
+                                                                                    codec::validate_utf8(p.payload)) {
+        if (p.qos_level == codec::qos::at_most_once) return violation(l, protocol_errc::payload_format_invalid, now);
+        allowed = false;
+        refusal = reason_code::payload_format_invalid;
+      }
+    }
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+                             base::expiry_of(p.properties, now))
+             : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
@@ -660,7 +708,7 @@ class protocol : public core<Policies> {
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
+          ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
         // After the commit of what made the broker responsible (queued for kept sessions).
@@ -695,7 +743,7 @@ class protocol : public core<Policies> {
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+          rec_ack.reason = !allowed                 ? refusal
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
         return acknowledge(l, rec_ack, now);
@@ -838,7 +886,9 @@ class protocol : public core<Policies> {
         // a repeated one included [MQTT-3.8.4-3].
         const auto rh = e.options.retain_handling;
         if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+          const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
+            if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);
@@ -914,7 +964,7 @@ class protocol : public core<Policies> {
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
     }
-    if (!keep_will) l.will_ = message_ptr();
+    if (!keep_will && l.extras_) l.extras_->will = message_ptr();
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
