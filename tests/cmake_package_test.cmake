@@ -1,11 +1,13 @@
 # Packaging tests, run by ctest as `cmake -DMODE=consumer|subdir -D... -P cmake_package_test.cmake`.
 #
 #   consumer: cmake --install BUILD_DIR into WORK_DIR/prefix, then configure, build and run
-#             tests/cmake_consumer with find_package(mqttbroker CONFIG REQUIRED) against that prefix.
+#             tests/cmake_consumer with find_package(mqttbroker CONFIG REQUIRED) against that prefix;
+#             then build the same program with the plain compiler and the flags of the installed
+#             mqttbroker.pc (PKG_CONFIG: the pkg-config program), and run it.
 #   subdir:   configure, build and run tests/cmake_subdir, which add_subdirectory()s SOURCE_DIR.
 #
 # Inputs: MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR MAKE_PROGRAM CXX_COMPILER CONFIG
-#         PREFIX_PATH ('|'-separated) TOOLCHAIN_FILE EXPECTED_VERSION
+#         PREFIX_PATH ('|'-separated) TOOLCHAIN_FILE EXPECTED_VERSION PKG_CONFIG
 cmake_minimum_required(VERSION 3.16)
 
 foreach(_var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR EXPECTED_VERSION)
@@ -79,4 +81,40 @@ if(NOT _program)
   message(FATAL_ERROR "[${MODE}] built program 'consumer' not found under ${WORK_DIR}/build")
 endif()
 run_step("run ${_program}" "${_program}")
+
+if(MODE STREQUAL "consumer")
+  # pkg-config sees only the installed prefix, so a mqttbroker.pc elsewhere cannot stand in.
+  if(NOT PKG_CONFIG)
+    message(FATAL_ERROR "[${MODE}] no pkg-config program (Debian: pkgconf; scripts/install-deps.sh installs it)")
+  endif()
+  set(ENV{PKG_CONFIG_LIBDIR} "${WORK_DIR}/prefix/share/pkgconfig")
+  unset(ENV{PKG_CONFIG_PATH})
+  function(pkg_config out)
+    execute_process(COMMAND "${PKG_CONFIG}" ${ARGN} mqttbroker RESULT_VARIABLE _rc
+                    OUTPUT_VARIABLE _output ERROR_VARIABLE _error OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(NOT _rc EQUAL 0)
+      message(FATAL_ERROR "[${MODE}] pkg-config ${ARGN} mqttbroker failed (${_rc}): ${_error}")
+    endif()
+    set(${out} "${_output}" PARENT_SCOPE)
+  endfunction()
+  pkg_config(_pc_version --modversion)
+  if(NOT _pc_version STREQUAL EXPECTED_VERSION)
+    message(FATAL_ERROR "[${MODE}] mqttbroker.pc says version ${_pc_version}, expected ${EXPECTED_VERSION}")
+  endif()
+  pkg_config(_pc_includedir --variable=includedir)
+  file(REAL_PATH "${_pc_includedir}" _pc_includedir)
+  file(REAL_PATH "${WORK_DIR}/prefix/include" _prefix_include)
+  if(NOT _pc_includedir STREQUAL _prefix_include)
+    message(FATAL_ERROR "[${MODE}] mqttbroker.pc's includedir is ${_pc_includedir}, not the prefix's ${_prefix_include}")
+  endif()
+  pkg_config(_pc_cflags --cflags)
+  pkg_config(_pc_libs --libs)
+  separate_arguments(_pc_cflags UNIX_COMMAND "${_pc_cflags}")
+  separate_arguments(_pc_libs UNIX_COMMAND "${_pc_libs}")
+  set(_pc_program "${WORK_DIR}/consumer_pkgconfig")
+  run_step("build with the compiler and pkg-config's flags"
+    "${CXX_COMPILER}" -std=c++17 ${_pc_cflags} -DMQTTBROKER_CONSUMER_SINGLE_HEADER
+    "${_project}/main.cpp" "${_project}/single.cpp" -o "${_pc_program}" ${_pc_libs})
+  run_step("run ${_pc_program}" "${_pc_program}")
+endif()
 message(STATUS "[${MODE}] passed")

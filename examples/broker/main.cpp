@@ -130,6 +130,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none)")
       ->capture_default_str();
+  app.set_version_flag("--version", fmt::format("mqttbroker {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
+                                                MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
   CLI11_PARSE(app, argc, argv);
 
   log_level = level_name == "error" ? level::error : level_name == "warning" ? level::warning
