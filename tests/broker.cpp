@@ -1152,7 +1152,7 @@ struct hook_log {
 };
 
 struct test_hooks {
-  hook_log* log = nullptr;
+  hook_log* seen = nullptr;  // not "log": that is a hook's name
 
   mb::hooks::auth_result authenticate(const mb::hooks::connect_info& i) {
     if (i.username && *i.username == "wrong") return mb::hooks::auth_result::bad_credentials;
@@ -1170,18 +1170,18 @@ struct test_hooks {
       m = mb::message::make("renamed/" + std::string(m->topic().substr(7)), m->payload(), m->qos_level(), m->retain());
     }
   }
-  void on_connect(const mb::hooks::client_info& c) { log->connects.emplace_back(c.client_id); }
+  void on_connect(const mb::hooks::client_info& c) { seen->connects.emplace_back(c.client_id); }
   void on_disconnect(const mb::hooks::client_info& c, bool graceful) {
-    log->disconnects.emplace_back(std::string(c.client_id), graceful);
+    seen->disconnects.emplace_back(std::string(c.client_id), graceful);
   }
   void on_subscribe(const mb::hooks::client_info& c, std::string_view filter, qos) {
-    log->subscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
+    seen->subscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
   }
   void on_unsubscribe(const mb::hooks::client_info& c, std::string_view filter) {
-    log->unsubscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
+    seen->unsubscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
   }
   void on_connect_refused(const mb::hooks::connect_info& i, reason_code why) {
-    if (log) log->refused.emplace_back(std::string(i.client_id), why);
+    if (seen) seen->refused.emplace_back(std::string(i.client_id), why);
   }
 };
 

@@ -987,6 +987,47 @@ TEST_CASE("engine: a server without QoS 2 or retained messages says so in CONNAC
   CHECK(p2.only(DISCONNECT).code == code(reason_code::retain_not_supported));
 }
 
+namespace {
+struct log_hooks {
+  std::vector<std::pair<mb::log_level, std::string>>* lines = nullptr;
+  void log(mb::log_level level, std::string_view message) { lines->emplace_back(level, std::string(message)); }
+};
+struct log_policies : plain_policies {
+  using hooks = log_hooks;
+};
+}  // namespace
+
+TEST_CASE("engine: the log hook gets the broker's messages, formatted, up to options().log_level", "[engine][hooks][log]") {
+  std::vector<std::pair<mb::log_level, std::string>> lines;
+  mb::broker_options o;
+  o.log_level = mb::log_level::info;
+  world<log_policies> w(o, log_hooks{&lines});
+  auto& good = w.connected(hello("good"));
+  auto& bad = w.connected(hello("bad"));
+  w.feed(bad, codec::connect{});  // a second CONNECT [MQTT-3.1.0-2]
+  auto& refused = w.open(protocol_version::v5);
+  w.connect(refused, hello(std::string(300, 'x')), protocol_version::v5);
+  w.feed(good, codec::disconnect{});
+  std::vector<std::string> text;
+  for (const auto& [level, line] : lines) text.push_back(std::string(mb::to_string(level)) + ": " + line);
+  CHECK(text == std::vector<std::string>{
+                    "info: client 'good' connected (MQTT 3.1.1, new session)",
+                    "info: client 'bad' connected (MQTT 3.1.1, new session)",
+                    "warning: client 'bad': " + std::error_code(mb::protocol_errc::second_connect).message() + "; closing",
+                    "info: client 'bad' disconnected without DISCONNECT",
+                    "notice: CONNECT of '" + std::string(300, 'x') + "' refused: Client Identifier not valid",
+                    "info: client 'good' disconnected",
+                });
+
+  // Less verbose: nothing below the level reaches the hook.
+  lines.clear();
+  mb::broker_options quiet;
+  quiet.log_level = mb::log_level::warning;
+  world<log_policies> q(quiet, log_hooks{&lines});
+  q.connected(hello("a"));
+  CHECK(lines.empty());
+}
+
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
           "[engine][qos][v5][MQTT-4.3.3-9]") {
   world<> w;

@@ -2,6 +2,7 @@
 #define MQTTBROKER_OPTIONS_HPP
 
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/log.hpp>
 
 #include <mqttbroker/codec/types.hpp>
 
@@ -77,6 +78,8 @@ struct broker_options {
   /// 5.0: what a client that sets Request Response Information gets as Response Information in
   /// CONNACK (the basis of its response topics); empty: nothing is sent.
   std::string response_information;
+  /// The least severe log message the hooks' log() gets; nothing more verbose is even formatted.
+  mqttbroker::log_level log_level = mqttbroker::log_level::info;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };

@@ -3390,6 +3390,39 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_OPTIONS_HPP
 #define MQTTBROKER_OPTIONS_HPP
 
+// begin <mqttbroker/log.hpp>
+#ifndef MQTTBROKER_LOG_HPP
+#define MQTTBROKER_LOG_HPP
+
+
+#include <cstdint>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+/// How much a log message matters, most severe first (syslog's order).
+enum class log_level : std::uint8_t {
+  error,    // the broker cannot do what it should (a listener failed, a storage error)
+  warning,  // a client misbehaved (protocol errors, refused handshakes), limits were hit
+  notice,   // refused connections, timeouts, takeovers
+  info,     // connections and disconnections
+  debug,    // subscriptions, session expiry, the rest
+};
+
+inline const char* to_string(log_level l) noexcept {
+  switch (l) {
+    case log_level::error: return "error";
+    case log_level::warning: return "warning";
+    case log_level::notice: return "notice";
+    case log_level::info: return "info";
+    case log_level::debug: return "debug";
+  }
+  return "?";
+}
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_LOG_HPP
+// end <mqttbroker/log.hpp>
 
 
 #include <chrono>
@@ -3464,6 +3497,8 @@ struct broker_options {
   /// 5.0: what a client that sets Request Response Information gets as Response Information in
   /// CONNACK (the basis of its response topics); empty: nothing is sent.
   std::string response_information;
+  /// The least severe log message the hooks' log() gets; nothing more verbose is even formatted.
+  mqttbroker::log_level log_level = mqttbroker::log_level::info;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };
@@ -3878,6 +3913,7 @@ class auth_reply {
 ///   void on_subscribe(const client_info&, std::string_view filter, codec::qos granted);
 ///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
+///   void log(log_level, std::string_view message);  // up to broker_options::log_level
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -3980,6 +4016,8 @@ MQTTBROKER_HOOK(on_unsubscribe, void, true, false, "void on_unsubscribe(const ho
 MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 "void on_connect_refused(const hooks::connect_info&, reason_code)",
                 std::declval<const connect_info&>(), std::declval<reason_code>())
+MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view message)",
+                std::declval<log_level>(), std::declval<std::string_view>())
 #undef MQTTBROKER_HOOK
 
 /// The asynchronous authenticate: authenticate_hook's other form.
@@ -3998,7 +4036,7 @@ constexpr bool check_hooks() {
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
-                            on_connect_refused_hook<H>::value};
+                            on_connect_refused_hook<H>::value,  log_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -4033,6 +4071,8 @@ template <class H>
 inline constexpr bool has_on_unsubscribe_v = detail::on_unsubscribe_hook<H>::value;
 template <class H>
 inline constexpr bool has_on_connect_refused_v = detail::on_connect_refused_hook<H>::value;
+template <class H>
+inline constexpr bool has_log_v = detail::log_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
@@ -7154,6 +7194,8 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_STORAGE_CONTRACT_HPP
 // end <mqttbroker/storage/contract.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -7220,6 +7262,22 @@ class core {
   core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
+
+  /// A message for the host's log hook, formatted with fmt, and only when there is such a hook and
+  /// `level` is within options().log_level: otherwise this compiles to nothing or returns at once.
+  /// The hook may be called from any of the broker's threads (locking::shared).
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
+    if constexpr (hooks::has_log_v<hooks_type>) {
+      if (level > opts_.log_level) return;
+      const std::string text = fmt::format(format, std::forward<Args>(args)...);
+      hooks_.log(level, text);
+    } else {
+      (void)level;
+      (void)format;
+      ((void)args, ...);
+    }
+  }
   /// The storage policy's object: a host opens or configures it before the broker starts.
   storage_type& storage() noexcept { return storage_; }
 
@@ -7441,6 +7499,7 @@ class core {
           if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
           drop_session_subscriptions(r);
           record([&](auto& st) { st.erase_session(r.state.client_id()); });
+          log(log_level::debug, "session '{}' expired", r.state.client_id());
           it = sessions_.erase(it);
           ++stats_.sessions_expired;
         } else {
@@ -8045,14 +8104,21 @@ class protocol : public core<Policies> {
   /// A new connection: false when it is over max_connections (counted; the caller closes it).
   /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
   bool open(link_type& l, steady_time now) {
+    bool full = false;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (links_.size() >= opts_.max_connections) {
+      full = links_.size() >= opts_.max_connections;
+      if (full) {
         ++stats_.connections_refused;
-        return false;
+      } else {
+        ++stats_.connections_accepted;
+        links_.push_back(l.self());
       }
-      ++stats_.connections_accepted;
-      links_.push_back(l.self());
+    }
+    if (full) {
+      // After the lock: the hook is the host's code.
+      this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
+      return false;
     }
     l.note_progress(now);
     restart_deadline(l, now);
@@ -8064,7 +8130,14 @@ class protocol : public core<Policies> {
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
-      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
+      case 0:
+        // The decoder refuses a second CONNECT already; the engine holds to it on its own too.
+        if (l.connected_) {
+          violation(l, protocol_errc::second_connect, now);  // [MQTT-3.1.0-2]
+          break;
+        }
+        on_connect(l, std::get<codec::connect>(p), now);
+        break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
       case 3: on_puback(l, std::get<codec::puback>(p), now); break;
       case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
@@ -8090,6 +8163,7 @@ class protocol : public core<Policies> {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++stats_.protocol_errors;
     }
+    this->log(log_level::warning, "client '{}': {}; closing", l.client_id(), ec.message());
     if (!l.connected_) {
       // Before CONNACK: a CONNACK with the refusal where the version has a code for it
       // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
@@ -8144,6 +8218,7 @@ class protocol : public core<Policies> {
 
   /// A newer connection took the session over: this one closes without touching it.
   void take_over(link_type& l, steady_time now) {
+    this->log(log_level::notice, "client '{}': taken over by a newer connection", l.client_id());
     l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
     l.close(reason_code::session_taken_over, true, false, now);
   }
@@ -8179,9 +8254,11 @@ class protocol : public core<Policies> {
       ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
     }
     if (!l.connected_) {
+      this->log(log_level::notice, "connection closed: no CONNECT within {} ms", opts_.connect_timeout.count());
       // No complete CONNECT within the timeout: close without a word.
       l.close(reason_code::maximum_connect_time, false, false, now);
     } else {
+      this->log(log_level::notice, "client '{}': Keep Alive timeout", l.client_id());
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
       l.close(reason_code::keep_alive_timeout, true, false, now);
     }
@@ -8252,6 +8329,8 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
+      this->log(log_level::info, "client '{}' disconnected{}", rec->state.client_id(),
+                l.graceful_ ? "" : " without DISCONNECT");
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
         hooks::client_info info = l.client_info();
         info.client_id = rec->state.client_id();  // the link has let go of the session
@@ -8340,6 +8419,7 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
+    this->log(log_level::notice, "CONNECT of '{}' refused: {}", info.client_id, to_string(why));
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
       hooks_.on_connect_refused(info, why);
     } else {
@@ -8605,6 +8685,8 @@ class protocol : public core<Policies> {
     }
     l.send(ack, now);
 
+    this->log(log_level::info, "client '{}' connected (MQTT {}, {} session)", client_id, v5 ? "5.0" : "3.1.1",
+              session_present ? "resumed" : "new");
     if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
@@ -9550,6 +9632,7 @@ class connection final
     if (!this->is_open()) return;  // closed meanwhile: the CONNECT timeout, a stop
     if (ec) {
       ctx_.note_handshake_failure();
+      engine().log(log_level::warning, "transport handshake failed: {}", ec.message());
       finish_close();
       return;
     }

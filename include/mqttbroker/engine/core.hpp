@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/utf8.hpp>
+#include <mqttbroker/log.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/intrusive_list.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
@@ -21,6 +22,8 @@
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 #include <mqttbroker/version.hpp>
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
@@ -88,6 +91,22 @@ class core {
   core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
+
+  /// A message for the host's log hook, formatted with fmt, and only when there is such a hook and
+  /// `level` is within options().log_level: otherwise this compiles to nothing or returns at once.
+  /// The hook may be called from any of the broker's threads (locking::shared).
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
+    if constexpr (hooks::has_log_v<hooks_type>) {
+      if (level > opts_.log_level) return;
+      const std::string text = fmt::format(format, std::forward<Args>(args)...);
+      hooks_.log(level, text);
+    } else {
+      (void)level;
+      (void)format;
+      ((void)args, ...);
+    }
+  }
   /// The storage policy's object: a host opens or configures it before the broker starts.
   storage_type& storage() noexcept { return storage_; }
 
@@ -309,6 +328,7 @@ class core {
           if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
           drop_session_subscriptions(r);
           record([&](auto& st) { st.erase_session(r.state.client_id()); });
+          log(log_level::debug, "session '{}' expired", r.state.client_id());
           it = sessions_.erase(it);
           ++stats_.sessions_expired;
         } else {

@@ -10,6 +10,7 @@
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
+#include <mqttbroker/log.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
@@ -61,14 +62,21 @@ class protocol : public core<Policies> {
   /// A new connection: false when it is over max_connections (counted; the caller closes it).
   /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
   bool open(link_type& l, steady_time now) {
+    bool full = false;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (links_.size() >= opts_.max_connections) {
+      full = links_.size() >= opts_.max_connections;
+      if (full) {
         ++stats_.connections_refused;
-        return false;
+      } else {
+        ++stats_.connections_accepted;
+        links_.push_back(l.self());
       }
-      ++stats_.connections_accepted;
-      links_.push_back(l.self());
+    }
+    if (full) {
+      // After the lock: the hook is the host's code.
+      this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
+      return false;
     }
     l.note_progress(now);
     restart_deadline(l, now);
@@ -80,7 +88,14 @@ class protocol : public core<Policies> {
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
-      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
+      case 0:
+        // The decoder refuses a second CONNECT already; the engine holds to it on its own too.
+        if (l.connected_) {
+          violation(l, protocol_errc::second_connect, now);  // [MQTT-3.1.0-2]
+          break;
+        }
+        on_connect(l, std::get<codec::connect>(p), now);
+        break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
       case 3: on_puback(l, std::get<codec::puback>(p), now); break;
       case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
@@ -106,6 +121,7 @@ class protocol : public core<Policies> {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++stats_.protocol_errors;
     }
+    this->log(log_level::warning, "client '{}': {}; closing", l.client_id(), ec.message());
     if (!l.connected_) {
       // Before CONNACK: a CONNACK with the refusal where the version has a code for it
       // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
@@ -160,6 +176,7 @@ class protocol : public core<Policies> {
 
   /// A newer connection took the session over: this one closes without touching it.
   void take_over(link_type& l, steady_time now) {
+    this->log(log_level::notice, "client '{}': taken over by a newer connection", l.client_id());
     l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
     l.close(reason_code::session_taken_over, true, false, now);
   }
@@ -195,9 +212,11 @@ class protocol : public core<Policies> {
       ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
     }
     if (!l.connected_) {
+      this->log(log_level::notice, "connection closed: no CONNECT within {} ms", opts_.connect_timeout.count());
       // No complete CONNECT within the timeout: close without a word.
       l.close(reason_code::maximum_connect_time, false, false, now);
     } else {
+      this->log(log_level::notice, "client '{}': Keep Alive timeout", l.client_id());
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
       l.close(reason_code::keep_alive_timeout, true, false, now);
     }
@@ -268,6 +287,8 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
+      this->log(log_level::info, "client '{}' disconnected{}", rec->state.client_id(),
+                l.graceful_ ? "" : " without DISCONNECT");
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
         hooks::client_info info = l.client_info();
         info.client_id = rec->state.client_id();  // the link has let go of the session
@@ -356,6 +377,7 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
+    this->log(log_level::notice, "CONNECT of '{}' refused: {}", info.client_id, to_string(why));
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
       hooks_.on_connect_refused(info, why);
     } else {
@@ -621,6 +643,8 @@ class protocol : public core<Policies> {
     }
     l.send(ack, now);
 
+    this->log(log_level::info, "client '{}' connected (MQTT {}, {} session)", client_id, v5 ? "5.0" : "3.1.1",
+              session_present ? "resumed" : "new");
     if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
