@@ -5,7 +5,7 @@
 # Skips apt entirely when everything is there already. Runs as root, or through sudo otherwise.
 set -euo pipefail
 
-# The library: a compiler, CMake and Asio. The examples: CLI11 and fmt.
+# The library: a compiler, CMake, Asio and fmt. The examples: CLI11.
 RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev"
 # Tests, fuzzers and benchmarks; libssl-dev for mqttbroker::auth (SCRAM-SHA-256), its tests and the
 # engine fuzzer; pkgconf for the pkg-config test of the install; for

@@ -5,9 +5,12 @@
 #             then build the same program with the plain compiler and the flags of the installed
 #             mqttbroker.pc (PKG_CONFIG: the pkg-config program), and run it.
 #   subdir:   configure, build and run tests/cmake_subdir, which add_subdirectory()s SOURCE_DIR.
+#   With -DWITHOUT_FMT=ON either mode configures its project with CMAKE_DISABLE_FIND_PACKAGE_fmt
+#   instead (as on a machine without fmt), and passes only when that configure fails with our
+#   message naming fmt and where to get it (libfmt-dev).
 #
 # Inputs: MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR MAKE_PROGRAM CXX_COMPILER CONFIG
-#         PREFIX_PATH ('|'-separated) TOOLCHAIN_FILE EXPECTED_VERSION PKG_CONFIG
+#         PREFIX_PATH ('|'-separated) TOOLCHAIN_FILE EXPECTED_VERSION PKG_CONFIG WITHOUT_FMT
 cmake_minimum_required(VERSION 3.16)
 
 foreach(_var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR EXPECTED_VERSION)
@@ -64,6 +67,29 @@ if(_prefix_path)
   file(APPEND "${_init}" "set(CMAKE_PREFIX_PATH [==[${_prefix_path}]==] CACHE STRING \"\")\n")
 endif()
 
+if(WITHOUT_FMT)
+  # The library needs fmt: where none can be found, the configure must fail and say so, naming the
+  # package to install (the installed config's message, or the top-level CMakeLists.txt's).
+  file(APPEND "${_init}" "set(CMAKE_DISABLE_FIND_PACKAGE_fmt TRUE CACHE BOOL \"\")\n")
+  message(STATUS "[${MODE}] configure ${_project} with fmt disabled: must fail")
+  execute_process(
+    COMMAND "${CMAKE_COMMAND}" -S "${_project}" -B "${WORK_DIR}/build" -G "${GENERATOR}" -C "${_init}"
+    RESULT_VARIABLE _rc OUTPUT_VARIABLE _output ERROR_VARIABLE _output)
+  if(_rc EQUAL 0)
+    message(FATAL_ERROR "[${MODE}] the configure succeeded with fmt disabled:\n${_output}")
+  endif()
+  # CMake wraps long messages: compare with the whitespace folded.
+  string(REGEX REPLACE "[ \t\r\n]+" " " _folded "${_output}")
+  foreach(_expected "mqttbroker needs fmt 8 or later" "libfmt-dev")
+    if(NOT _folded MATCHES "${_expected}")
+      message(FATAL_ERROR "[${MODE}] the configure failed without fmt, but not with our message "
+                          "(no '${_expected}'):\n${_output}")
+    endif()
+  endforeach()
+  message(STATUS "[${MODE}] passed: without fmt the configure failed with our message")
+  return()
+endif()
+
 run_step("configure ${_project}"
   "${CMAKE_COMMAND}" -S "${_project}" -B "${WORK_DIR}/build" -G "${GENERATOR}" -C "${_init}")
 run_step("build" "${CMAKE_COMMAND}" --build "${WORK_DIR}/build" --config "${CONFIG}")
@@ -83,12 +109,17 @@ endif()
 run_step("run ${_program}" "${_program}")
 
 if(MODE STREQUAL "consumer")
-  # pkg-config sees only the installed prefix, so a mqttbroker.pc elsewhere cannot stand in.
+  # pkg-config looks in the installed prefix first, so a mqttbroker.pc elsewhere cannot stand in
+  # (the includedir check below makes sure). fmt.pc, which mqttbroker.pc requires, comes from
+  # pkg-config's own search path (Debian: libfmt-dev's) or a PKG_CONFIG_PATH that was set.
   if(NOT PKG_CONFIG)
     message(FATAL_ERROR "[${MODE}] no pkg-config program (Debian: pkgconf; scripts/install-deps.sh installs it)")
   endif()
-  set(ENV{PKG_CONFIG_LIBDIR} "${WORK_DIR}/prefix/share/pkgconfig")
-  unset(ENV{PKG_CONFIG_PATH})
+  if("$ENV{PKG_CONFIG_PATH}" STREQUAL "")
+    set(ENV{PKG_CONFIG_PATH} "${WORK_DIR}/prefix/share/pkgconfig")
+  else()
+    set(ENV{PKG_CONFIG_PATH} "${WORK_DIR}/prefix/share/pkgconfig:$ENV{PKG_CONFIG_PATH}")
+  endif()
   function(pkg_config out)
     execute_process(COMMAND "${PKG_CONFIG}" ${ARGN} mqttbroker RESULT_VARIABLE _rc
                     OUTPUT_VARIABLE _output ERROR_VARIABLE _error OUTPUT_STRIP_TRAILING_WHITESPACE)
@@ -107,8 +138,16 @@ if(MODE STREQUAL "consumer")
   if(NOT _pc_includedir STREQUAL _prefix_include)
     message(FATAL_ERROR "[${MODE}] mqttbroker.pc's includedir is ${_pc_includedir}, not the prefix's ${_prefix_include}")
   endif()
+  # fmt 8 or later is required, and its library comes with mqttbroker's flags.
+  pkg_config(_pc_requires --print-requires)
+  if(NOT _pc_requires MATCHES "(^|\n)fmt >= 8")
+    message(FATAL_ERROR "[${MODE}] mqttbroker.pc does not require fmt >= 8 (it requires: '${_pc_requires}')")
+  endif()
   pkg_config(_pc_cflags --cflags)
   pkg_config(_pc_libs --libs)
+  if(NOT _pc_libs MATCHES "(^| )-lfmt( |$)")
+    message(FATAL_ERROR "[${MODE}] pkg-config --libs mqttbroker lacks fmt's -lfmt: '${_pc_libs}'")
+  endif()
   separate_arguments(_pc_cflags UNIX_COMMAND "${_pc_cflags}")
   separate_arguments(_pc_libs UNIX_COMMAND "${_pc_libs}")
   set(_pc_program "${WORK_DIR}/consumer_pkgconfig")

@@ -46,9 +46,12 @@ class MqttbrokerConan(ConanFile):
         basic_layout(self, src_folder="src")
 
     def requirements(self):
-        # What the headers include: standalone Asio (1.22 is Debian 12's, the oldest tested).
-        # Nothing of fmt: no header of the library uses it.
+        # What the headers use: standalone Asio (1.22 is Debian 12's, the oldest tested) and fmt,
+        # which formats the library's log messages for the log hook: 8 or later; 9.1 is
+        # Debian 12's, the one tested. A header-library hands both on to its consumers, headers and
+        # libraries (Conan's default traits for it), so fmt's library is linked where ours is used.
         self.requires("asio/[>=1.22.1 <2]")
+        self.requires("fmt/[>=8 <13]")
 
     def package_id(self):
         self.info.clear()

@@ -6499,11 +6499,17 @@ class topic_aliases {
   std::uint64_t tick_ = 0;
 };
 
-/// What few connections need, made on first use: a will, topic aliases.
+/// What few connections need, made on first use: a will, topic aliases (these apart again: a
+/// will is common, and its connection should not carry alias tables it does not use).
 struct link_extras {
   message_ptr will;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
-  topic_aliases aliases;
+  std::unique_ptr<topic_aliases> aliases;
+
+  topic_aliases& alias_table() {
+    if (!aliases) aliases = std::make_unique<topic_aliases>();
+    return *aliases;
+  }
 };
 
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
@@ -6705,7 +6711,8 @@ class link : public detail::list_links,
     p.packet_id = o.packet_id;
     if (version_ == codec::protocol_version::v5) {
       std::pair<std::uint16_t, bool> alias{0, false};  // an alias, and whether the client knows it
-      if (extras_ && extras_->aliases.outbound_enabled()) alias = extras_->aliases.outbound(p.topic);
+      if (extras_ && extras_->aliases && extras_->aliases->outbound_enabled())
+        alias = extras_->aliases->outbound(p.topic);
       if (alias.first != 0 || !o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
@@ -9022,7 +9029,7 @@ class protocol : public core<Policies> {
     // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
     // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
     if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
-      l.more().aliases.set_outbound_maximum(n);
+      l.more().alias_table().set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -9126,7 +9133,7 @@ class protocol : public core<Policies> {
         // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
         const auto alias = static_cast<std::uint16_t>(a->integer);
         if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
-        topic_aliases& table = l.more().aliases;
+        topic_aliases& table = l.more().alias_table();
         if (p.topic.empty()) {
           // An alias the client never set on this connection is a Protocol Error.
           p.topic = table.inbound(alias);

@@ -1,12 +1,17 @@
 #include <mqttbroker/mqttbroker.hpp>
 
-// The package links no fmt, so no header of the library may include it (fmt's headers define
-// FMT_VERSION, whichever of them comes in).
-#ifdef FMT_VERSION
-#error "a header of mqttbroker includes fmt, but the package does not depend on fmt"
+// The package depends on fmt (the library formats its log messages with it) and hands it on: this
+// program asks its build for mqttbroker alone (the CMake target, or pkg-config's flags), yet it
+// includes fmt and calls fmt::format, whose body is in fmt's library (unless fmt is header-only).
+// A package that dropped fmt fails here, to compile or to link.
+#include <fmt/format.h>
+
+#if FMT_VERSION < 80000
+#error "mqttbroker needs fmt 8 or later, but its package let an older fmt through"
 #endif
 
 #include <cstdio>
+#include <string>
 #include <system_error>
 
 #ifdef MQTTBROKER_CONSUMER_SINGLE_HEADER
@@ -26,7 +31,10 @@ int main() {
     return 1;
   }
 #endif
-  std::printf("mqttbroker %d.%d.%d usable\n", MQTTBROKER_VERSION_MAJOR, MQTTBROKER_VERSION_MINOR,
-              MQTTBROKER_VERSION_PATCH);
+  const std::string line =
+      fmt::format("mqttbroker {}.{}.{} usable, with fmt {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
+                  MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, FMT_VERSION / 10000,
+                  FMT_VERSION / 100 % 100, FMT_VERSION % 100);
+  std::puts(line.c_str());
   return 0;
 }

@@ -6,8 +6,9 @@
 #
 # Conan is the runtime in $MQTTBROKER_PACKAGING_TOOLS (common.sh), run by Debian's Python 3 with its
 # modules (scripts/install-deps.sh); CONAN_PYTHON names another interpreter. ConanCenter cannot be
-# reached, so Asio comes from a stand-in recipe that packages the system's Asio headers
-# (tests/packaging/conan/asio); the library needs nothing else. Everything goes under
+# reached, so the library's two dependencies come from stand-in recipes that package the system's
+# copies: Asio's headers (tests/packaging/conan/asio) and fmt's headers and shared library
+# (tests/packaging/conan/fmt; Debian: libasio-dev, libfmt-dev). Everything goes under
 # build/packaging/conan, its Conan home included.
 PACKAGING_NAME=conan
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -35,6 +36,22 @@ asio_version="$((asio_version / 100000)).$((asio_version / 100 % 1000)).$((asio_
 
 say "the stand-in asio/$asio_version (the system's headers)"
 MQTTBROKER_ASIO_INCLUDE_DIR="$asio_include" conan create "$ROOT/tests/packaging/conan/asio" --version "$asio_version"
+
+fmt_include="${MQTTBROKER_FMT_INCLUDE_DIR:-/usr/include}"
+fmt_version="$(sed -n 's|^#define FMT_VERSION \([0-9]\+\).*|\1|p' "$fmt_include/fmt/core.h" 2>/dev/null || true)"
+[ -n "$fmt_version" ] || fail "no fmt headers in $fmt_include (Debian: libfmt-dev)"
+fmt_version="$((fmt_version / 10000)).$((fmt_version / 100 % 100)).$((fmt_version % 100))"
+# The folder of the libfmt.so the compiler links by default (Debian: /usr/lib/<multiarch>).
+fmt_lib="$("${CXX:-c++}" -print-file-name=libfmt.so)"
+case "$fmt_lib" in
+  /*) fmt_libdir="${MQTTBROKER_FMT_LIB_DIR:-$(cd "$(dirname "$fmt_lib")" && pwd -P)}" ;;
+  *) fmt_libdir="${MQTTBROKER_FMT_LIB_DIR:-}" ;;
+esac
+[ -n "$fmt_libdir" ] || fail "${CXX:-c++} finds no libfmt.so (Debian: libfmt-dev); or set MQTTBROKER_FMT_LIB_DIR"
+
+say "the stand-in fmt/$fmt_version (the system's headers and $fmt_libdir/libfmt.so)"
+MQTTBROKER_FMT_INCLUDE_DIR="$fmt_include" MQTTBROKER_FMT_LIB_DIR="$fmt_libdir" \
+  conan create "$ROOT/tests/packaging/conan/fmt" --version "$fmt_version"
 
 say "conan create packaging/conan (mqttbroker/$version), with its test_package"
 # The test package builds in its own folder (these two are in .gitignore): start it afresh.

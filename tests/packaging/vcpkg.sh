@@ -8,8 +8,11 @@
 # The vcpkg tool is built from the sources in $MQTTBROKER_PACKAGING_TOOLS (common.sh) once, about
 # three to five minutes on two cores, and kept in $MQTTBROKER_PACKAGING_CACHE for later runs. Every
 # download is blocked (x-block-origin), so a port that would fetch something fails. The port takes
-# its sources from this checkout through MQTTBROKER_PORT_SOURCE_DIR; Asio comes from a stand-in port
-# (tests/packaging/vcpkg/ports/asio) that leaves the system's headers where they are.
+# its sources from this checkout through MQTTBROKER_PORT_SOURCE_DIR; the library's two dependencies
+# come from stand-in ports that install nothing and leave the system's copies where they are
+# (tests/packaging/vcpkg/ports/asio and fmt; Debian: libasio-dev, libfmt-dev). The consumer uses
+# fmt without asking for it, so it builds only if the installed package hands fmt on; and the
+# dependencies vcpkg recorded for the port must name asio and fmt.
 PACKAGING_NAME=vcpkg
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -81,5 +84,15 @@ for file in share/mqttbroker/copyright share/mqttbroker/mqttbrokerConfig.cmake l
             include/mqttbroker/mqttbroker.hpp include/mqttbroker/single/mqttbroker.hpp; do
   [ -f "$triplet_dir/$file" ] || fail "the port did not install $file (in $triplet_dir)"
 done
+# The stand-ins install nothing, so the consumer would build from the system's Asio and fmt even if
+# the port forgot them: what vcpkg recorded as the port's dependencies must name both.
+depends="$(awk '/^$/ {p = 0} /^Package: mqttbroker$/ {p = 1} p && /^Depends:/ {sub(/^Depends: */, ""); print}' \
+  "$installed/vcpkg/status")"
+for dependency in asio fmt; do
+  [[ ", $depends," == *", $dependency,"* ]] ||
+    fail "vcpkg installed mqttbroker with the dependencies '$depends', without $dependency"
+done
+grep -q "^Requires: fmt" "$triplet_dir/lib/pkgconfig/mqttbroker.pc" ||
+  fail "the port's mqttbroker.pc does not require fmt"
 run_consumer "$WORK/consumer/build"
 say "passed"

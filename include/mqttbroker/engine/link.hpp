@@ -109,11 +109,17 @@ class topic_aliases {
   std::uint64_t tick_ = 0;
 };
 
-/// What few connections need, made on first use: a will, topic aliases.
+/// What few connections need, made on first use: a will, topic aliases (these apart again: a
+/// will is common, and its connection should not carry alias tables it does not use).
 struct link_extras {
   message_ptr will;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
-  topic_aliases aliases;
+  std::unique_ptr<topic_aliases> aliases;
+
+  topic_aliases& alias_table() {
+    if (!aliases) aliases = std::make_unique<topic_aliases>();
+    return *aliases;
+  }
 };
 
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
@@ -315,7 +321,8 @@ class link : public detail::list_links,
     p.packet_id = o.packet_id;
     if (version_ == codec::protocol_version::v5) {
       std::pair<std::uint16_t, bool> alias{0, false};  // an alias, and whether the client knows it
-      if (extras_ && extras_->aliases.outbound_enabled()) alias = extras_->aliases.outbound(p.topic);
+      if (extras_ && extras_->aliases && extras_->aliases->outbound_enabled())
+        alias = extras_->aliases->outbound(p.topic);
       if (alias.first != 0 || !o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();

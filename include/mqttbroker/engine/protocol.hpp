@@ -852,7 +852,7 @@ class protocol : public core<Policies> {
     // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
     // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
     if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
-      l.more().aliases.set_outbound_maximum(n);
+      l.more().alias_table().set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -956,7 +956,7 @@ class protocol : public core<Policies> {
         // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
         const auto alias = static_cast<std::uint16_t>(a->integer);
         if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
-        topic_aliases& table = l.more().aliases;
+        topic_aliases& table = l.more().alias_table();
         if (p.topic.empty()) {
           // An alias the client never set on this connection is a Protocol Error.
           p.topic = table.inbound(alias);

@@ -1,9 +1,13 @@
 // Uses the packaged library for real: a broker listening on a loopback port the system picks, a
 // raw TCP client that sends CONNECT and a QoS 0 PUBLISH, and an in-process subscriber that must
 // receive it. Exits 0 only when the CONNACK accepted the client and the message arrived.
+// The report line is formatted with fmt, which this program gets from mqttbroker's package alone
+// (the library depends on fmt for its log messages): a package that did not hand fmt's headers and
+// library on fails to build it.
 #include <mqttbroker/mqttbroker.hpp>
 
 #include <asio.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <chrono>
@@ -59,8 +63,10 @@ int main() {
   });
   io.run();
 
-  std::printf("mqttbroker %d.%d.%d from the package: CONNACK %s, in-process subscriber got '%s'\n",
-              MQTTBROKER_VERSION_MAJOR, MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH,
-              accepted ? "accepted" : "missing or refused", received.c_str());
+  const std::string report = fmt::format(
+      "mqttbroker {}.{}.{} from the package, with fmt {}.{}.{}: CONNACK {}, in-process subscriber got '{}'",
+      MQTTBROKER_VERSION_MAJOR, MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, FMT_VERSION / 10000,
+      FMT_VERSION / 100 % 100, FMT_VERSION % 100, accepted ? "accepted" : "missing or refused", received);
+  std::puts(report.c_str());
   return accepted && received == "over tcp" ? 0 : 1;
 }

@@ -27,7 +27,8 @@ vcpkg_cmake_configure(
 )
 vcpkg_cmake_install()
 vcpkg_cmake_config_fixup(CONFIG_PATH share/cmake/mqttbroker)
-# vcpkg keeps share/pkgconfig for .pc files without libraries; ours links the threads library.
+# vcpkg keeps share/pkgconfig for .pc files without libraries; ours links the threads library, and
+# fmt's through `Requires: fmt` (vcpkg_fixup_pkgconfig checks that fmt.pc is found).
 file(MAKE_DIRECTORY "${CURRENT_PACKAGES_DIR}/lib")
 file(RENAME "${CURRENT_PACKAGES_DIR}/share/pkgconfig" "${CURRENT_PACKAGES_DIR}/lib/pkgconfig")
 vcpkg_fixup_pkgconfig()
