@@ -232,7 +232,9 @@ class Runner:
 
     def run_tests(self, target, timeout, stop_at_first):
         """('passed' | 'failed' | 'timeout' | 'crashed', detail, output)."""
-        cmd = self.prefix() + [str(self.program(target))]
+        # Declaration order, for runs that repeat; each test case's time printed as it ends, so a
+        # hang can be placed after the last test that finished.
+        cmd = self.prefix() + [str(self.program(target)), "--order", "decl", "--durations", "yes"]
         if stop_at_first:
             cmd.append("--abort")
         env = dict(os.environ, MQTTBROKER_SEED=str(self.args.seed))
@@ -243,11 +245,11 @@ class Runner:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             out, _ = p.communicate()
-            return "timeout", f"{target}: no end within {timeout:.0f} s (hang), in {last_test(out)}", out
+            return "timeout", f"{target}: no end within {timeout:.0f} s (hang), {last_finished(out)}", out
         if p.returncode == 0:
             return "passed", "", out
         if p.returncode < 0:
-            return "crashed", f"{target}: signal {-p.returncode} in {last_test(out)}", out
+            return "crashed", f"{target}: signal {-p.returncode}, {last_finished(out)}", out
         return "failed", f"{target}: {first_failure(out)}", out
 
     # The baseline's build outputs, saved once and put back after each mutation.
@@ -291,10 +293,10 @@ def first_failure(out):
     return m.group(0) if m else "failed"
 
 
-def last_test(out):
-    """The last test case Catch2 named before it stopped (only failures and warnings are named)."""
-    lines = out.splitlines()
-    return header_before(lines, len(lines))
+def last_finished(out):
+    """Where a run that hung or crashed stopped: after the last test case whose time was printed."""
+    done = re.findall(r"^\d+\.\d+ s: (.*)$", out, re.MULTILINE)
+    return f'after "{done[-1].strip()}"' if done else "in the first test case"
 
 
 def header_before(lines, i):
