@@ -1934,6 +1934,44 @@ void will_dropped(timed& h, const std::string& id, std::uint32_t session_expiry,
 }
 }  // namespace
 
+TEST_CASE("delayed wills: a later-armed earlier will goes out at its own time, and the next is armed after one fires",
+          "[broker][time][will][MQTT-3.1.3-9]") {
+  timed h;
+  client& watcher = h.connected("watcher");
+  CHECK(h.subscribe(watcher, "will/#", qos::at_most_once) == std::vector<std::uint8_t>{0});
+  will_dropped(h, "slow", 60, 10, "slow");
+  will_dropped(h, "fast", 60, 2, "fast");  // due before the will already armed
+  h.advance(std::chrono::milliseconds(1999));
+  CHECK(watcher.publishes().empty());
+  h.advance(std::chrono::milliseconds(1));
+  auto got = watcher.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "fast");
+  h.advance(std::chrono::milliseconds(7999));
+  CHECK(watcher.publishes().empty());
+  h.advance(std::chrono::milliseconds(1));
+  got = watcher.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload == "slow");
+}
+
+TEST_CASE("$SYS figures are published every sys_interval, not later", "[broker][time][sys]") {
+  mb::broker_options o;
+  o.sys_interval = std::chrono::seconds(2);
+  timed h(o);
+  client& c = h.connected("monitor");
+  c.subscribe(1, "$SYS/broker/uptime", qos::at_most_once);
+  h.settle();
+  c.pop(SUBACK);
+  c.publishes();  // a retained figure from the start, if any
+  h.advance(std::chrono::milliseconds(1999));
+  CHECK(c.publishes().empty());
+  h.advance(std::chrono::milliseconds(1));
+  CHECK(c.publishes().size() == 1);
+  h.advance(std::chrono::seconds(2));
+  CHECK(c.publishes().size() == 1);
+}
+
 TEST_CASE("Keep Alive: the server closes at exactly 1.5 times the interval of silence, not a tick before",
           "[broker][time][MQTT-3.1.2-24]") {
   const auto v = GENERATE(protocol_version::v3_1_1, protocol_version::v5);

@@ -1564,6 +1564,96 @@ TEST_CASE("engine: the log hook gets the broker's messages, formatted, up to opt
   CHECK(lines.empty());
 }
 
+TEST_CASE("engine: 5.0 acknowledgement reasons: PUBACK 0x10 without subscribers, PUBREL 0x92 for an unknown PUBREC",
+          "[engine][v5][qos]") {
+  world<> w;
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  w.publish(pub, "t", qos::at_least_once, 1);
+  CHECK(pub.only(PUBACK).code == code(reason_code::no_matching_subscribers));
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "t", qos::at_most_once);
+  w.publish(pub, "t", qos::at_least_once, 2);
+  CHECK(pub.only(PUBACK).code == 0);
+  w.ack<codec::pubrec>(pub, 77);  // nothing in flight with that identifier
+  CHECK(pub.only(PUBREL).code == code(reason_code::packet_identifier_not_found));
+}
+
+TEST_CASE("engine: 5.0, a PUBREC of 0x80 or more ends the QoS 2 exchange and frees its slot", "[engine][v5][qos]") {
+  mb::broker_options o;
+  o.max_inflight = 1;
+  world<> w(o);
+  auto& sub = w.connected(hello("sub"), protocol_version::v5);
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "t", qos::exactly_once, 1);
+  w.publish(pub, "t", qos::exactly_once, 2);
+  pub.received();
+  const rx first = sub.only(PUBLISH);
+  codec::pubrec refuse;
+  refuse.packet_id = first.id;
+  refuse.reason = reason_code::unspecified_error;  // 0x80, the lowest error
+  w.feed(sub, refuse);
+  auto next = sub.received();  // no PUBREL; the waiting message takes the freed slot
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].type == PUBLISH);
+}
+
+TEST_CASE("engine: max_subscriptions_per_client and max_retained_messages hold at exactly their value",
+          "[engine][limits]") {
+  mb::broker_options o;
+  o.max_subscriptions_per_client = 2;
+  o.max_retained_messages = 2;
+  world<> w(o);
+  auto& c5 = w.connected(hello("c5"), protocol_version::v5);
+  auto sub = [&](auto& l, const std::string& filter, std::uint16_t id) {
+    codec::subscribe s;
+    s.packet_id = id;
+    s.entries.push_back({filter, {qos::at_most_once}});
+    w.feed(l, s);
+    return l.only(SUBACK).codes;
+  };
+  CHECK(sub(c5, "a", 1) == std::vector<std::uint8_t>{0});
+  CHECK(sub(c5, "b", 2) == std::vector<std::uint8_t>{0});
+  CHECK(sub(c5, "c", 3) == std::vector<std::uint8_t>{code(reason_code::quota_exceeded)});
+  CHECK(sub(c5, "a", 4) == std::vector<std::uint8_t>{0});  // replacing one held is not a new one
+  auto& c3 = w.connected(hello("c3"));
+  sub(c3, "a", 1);
+  sub(c3, "b", 2);
+  CHECK(sub(c3, "c", 3) == std::vector<std::uint8_t>{0x80});
+
+  auto& pub = w.connected(hello("pub"));
+  auto retain = [&](const std::string& topic, const std::string& payload) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = payload;
+    p.retain = true;
+    w.feed(pub, p);
+  };
+  retain("r/1", "1");
+  retain("r/2", "2");
+  retain("r/3", "3");   // a third topic: not stored
+  retain("r/1", "1b");  // replacing a stored one still works
+  CHECK(w.engine.stats().retained_messages == 2);
+  CHECK_FALSE(w.engine.retained("r/3"));
+  CHECK(w.engine.retained("r/1")->payload() == "1b");
+}
+
+TEST_CASE("engine: 5.0, a Session Expiry Interval above persistent_session_expiry is capped and CONNACK says so",
+          "[engine][v5][session]") {
+  mb::broker_options o;
+  o.persistent_session_expiry = seconds(100);
+  world<> w(o);
+  auto& l = w.open(protocol_version::v5);
+  w.connect(l, hello("long").session_expiry(1000), protocol_version::v5);
+  const rx ack = l.only(CONNACK);
+  CHECK(ack.session_expiry == std::optional<std::uint32_t>(100));
+  w.drop(l);
+  w.advance(seconds(100) - nanoseconds(1));
+  CHECK(w.engine.stats().sessions == 1);
+  w.advance(nanoseconds(1));
+  CHECK(w.engine.stats().sessions == 0);
+}
+
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
           "[engine][qos][v5][MQTT-4.3.3-9]") {
   world<> w;

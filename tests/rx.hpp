@@ -32,6 +32,7 @@ struct rx {
   std::string assigned_client_id;
   std::optional<std::uint32_t> maximum_qos, retain_available;  // CONNACK, 5.0
   std::string response_information;                            // CONNACK, 5.0
+  std::optional<std::uint32_t> session_expiry;                 // CONNACK, 5.0
   std::optional<std::uint32_t> message_expiry;  // PUBLISH, 5.0
   std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
   std::string response_topic, correlation_data;  // PUBLISH, 5.0
@@ -57,6 +58,7 @@ inline rx to_rx(const codec::packet& p) {
           if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
             r.assigned_client_id = std::string(a->value);
           if (auto q = x.properties.find(codec::property_id::maximum_qos)) r.maximum_qos = q->integer;
+          if (auto e = x.properties.find(codec::property_id::session_expiry_interval)) r.session_expiry = e->integer;
           if (auto a = x.properties.find(codec::property_id::retain_available)) r.retain_available = a->integer;
           if (auto i = x.properties.find(codec::property_id::response_information))
             r.response_information = std::string(i->value);

@@ -9248,6 +9248,7 @@ class protocol : public core<Policies> {
         done = l.session()->state.on_pubcomp(a.packet_id);
       }
       if (done) record_outgoing(l, [&](auto& st, const std::string& id) { st.acknowledge(id, a.packet_id); });
+      pump(l, now);  // its slot in the window is free: what waited goes out
       return;
     }
     // PUBREL is owed from now on, also after a restart.
