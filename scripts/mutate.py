@@ -61,7 +61,7 @@ LIST = ROOT / "tests" / "mutations.json"
 LIBRARY = Path("include") / "mqttbroker"
 
 # What the unit tests' build needs, relative to the repository's root.
-COPIED = ["include", "tests", "cmake", "CMakeLists.txt", "single_include"]
+COPIED = ["include", "tests", "cmake", "CMakeLists.txt", "single_include", "README.md"]  # README: tests/readme reads it
 NOT_COPIED = {Path("tests") / "integration", Path("tests") / "fuzz"}
 
 UNIT_TESTS = "mqttbroker_tests"

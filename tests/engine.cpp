@@ -590,6 +590,27 @@ TEST_CASE("engine: the will goes out at once without a delay, after the Will Del
   }
 }
 
+TEST_CASE("engine: a delayed will cancelled by a reconnect does not release the next connection's will early",
+          "[engine][will][MQTT-3.1.3-9]") {
+  world<> w;
+  auto& watcher = w.connected(hello("watcher"));
+  w.subscribe(watcher, "will/#", qos::at_most_once);
+  auto& first = w.connected(hello("x").session_expiry(60).will("will/x", 10), protocol_version::v5);
+  w.drop(first);  // its will is due at 10 s
+  w.advance(seconds(1));
+  auto& second = w.open(protocol_version::v5);
+  w.connect(second, hello("x", false).session_expiry(60).will("will/x", 10), protocol_version::v5);
+  second.received();
+  w.advance(seconds(1));
+  w.drop(second);  // this will is due at 12 s
+  w.advance(seconds(8));  // 10 s: the first will's time, which the reconnect cancelled
+  CHECK(watcher.received().empty());
+  w.advance(seconds(2) - nanoseconds(1));
+  CHECK(watcher.received().empty());
+  w.advance(nanoseconds(1));
+  CHECK(watcher.only(PUBLISH).topic == "will/x");
+}
+
 TEST_CASE("engine: an offline session expires at exactly its Session Expiry Interval", "[engine][session][MQTT-3.1.2-23]") {
   world<> w;
   auto& l = w.connected(hello("s", false).session_expiry(30), protocol_version::v5);
