@@ -28,6 +28,8 @@ struct rx {
   qos qos_level = qos::at_most_once;
   bool retain = false, dup = false;
   std::string assigned_client_id;
+  int shared_subscription_available = -1;   // CONNACK: the property's value, -1 when absent
+  std::vector<std::uint32_t> subscription_ids;  // 5.0 PUBLISH, in the order sent
 };
 
 inline rx to_rx(const codec::packet& p) {
@@ -41,6 +43,8 @@ inline rx to_rx(const codec::packet& p) {
           r.code = x.code;
           if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
             r.assigned_client_id = std::string(a->value);
+          if (auto a = x.properties.find(codec::property_id::shared_subscription_available))
+            r.shared_subscription_available = static_cast<int>(a->integer);
         } else if constexpr (std::is_same_v<T, codec::publish>) {
           r.topic = std::string(x.topic);
           r.payload = std::string(x.payload);
@@ -48,6 +52,8 @@ inline rx to_rx(const codec::packet& p) {
           r.retain = x.retain;
           r.dup = x.dup;
           r.id = x.packet_id;
+          for (const codec::property& prop : x.properties)
+            if (prop.id == codec::property_id::subscription_identifier) r.subscription_ids.push_back(prop.integer);
         } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
                              std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
           r.id = x.packet_id;

@@ -160,6 +160,7 @@ enum class protocol_errc {
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
+  no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -218,6 +219,7 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
+        case protocol_errc::no_local_on_shared_subscription: return "No Local on a shared subscription";
       }
       return "unknown protocol error";
     }
