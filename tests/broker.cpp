@@ -2786,13 +2786,18 @@ TEST_CASE("shared subscriptions: the sticky and random strategies as policies", 
     h.settle();
     std::set<std::string> seen;
     std::size_t total = 0;
-    for (client* m : members) {
-      const auto got = m->publishes();
+    bool in_turn = true;  // what round robin would give: m0 0, 3, 6, ...; m1 1, 4, 7, ...
+    for (std::size_t m = 0; m < members.size(); ++m) {
+      const auto got = members[m]->publishes();
       CHECK(got.size() >= 20);  // 50 expected
       total += got.size();
-      for (const rx& r : got) seen.insert(r.payload);
+      for (std::size_t k = 0; k < got.size(); ++k) {
+        seen.insert(got[k].payload);
+        if (got[k].payload != std::to_string(3 * k + m)) in_turn = false;
+      }
     }
     CHECK(total == 150);
     CHECK(seen.size() == 150);
+    CHECK_FALSE(in_turn);
   }
 }
