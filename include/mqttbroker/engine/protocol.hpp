@@ -854,8 +854,8 @@ class protocol : public core<Policies> {
         // published concurrently is then either live or retained for this subscriber, never
         // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
         // a repeated one included [MQTT-3.8.4-3]. Only for a non-shared subscription: 5.0 section
-        // 3.3.1.3 sends retained messages when a new Non-shared Subscription is made, and a shared
-        // one gets none (nor, as Mosquitto does, from 3.1.1 clients).
+        // 3.3.1.3 sends retained messages when a new Non-shared Subscription is made, so a shared
+        // one gets none (a 3.1.1 client's shared subscription alike).
         const auto rh = e.options.retain_handling;
         if (!shared && (rh == codec::retain_handling_option::send ||
                         (rh == codec::retain_handling_option::send_if_new && is_new))) {
