@@ -21,13 +21,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # unit -> (level, units it may include besides itself). A unit is a top-level folder of
 # include/mqttbroker, or a top-level header. A top-level `x.hpp` beside a folder `x/` (an umbrella
 # such as codec.hpp) belongs to unit `x`.
-CORE = {"config", "version", "error", "detail"}
+CORE = {"config", "version", "error", "detail", "log"}
 LAYERS = {
     # level 0: std only
     "config": (0, CORE),
     "version": (0, CORE),
     "error": (0, CORE),
     "detail": (0, CORE),
+    "log": (0, CORE),
     # level 1: level 0 only; codec and topic never include each other; no Asio (fuzzed, benched alone)
     "codec": (1, CORE),
     "topic": (1, CORE),

@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that building, testing, fuzzing, benchmarking and running need.
+#   install-deps.sh         everything scripts/test.sh needs
+#   install-deps.sh --run   only what building and running the server needs (scripts/run-broker.sh)
 # Skips apt entirely when everything is there already. Runs as root, or through sudo otherwise.
 set -euo pipefail
 
-PACKAGES="g++ cmake make python3 libasio-dev libfmt-dev catch2 libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients python3-paho-mqtt libcli11-dev"
+# The library: a compiler, CMake, Asio and fmt. The examples: CLI11.
+RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev"
+# Tests, fuzzers and benchmarks; pkgconf for the pkg-config test of the install; for
+# tests/packaging/: ninja-build and libcurl4-openssl-dev build the vcpkg tool and its ports, and
+# Conan (a Python program, unpacked from ../shared/tools/packaging/) runs on Debian's Python modules.
+TEST_PACKAGES="python3 catch2 libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients
+  python3-paho-mqtt pkgconf ninja-build libcurl4-openssl-dev
+  python3-requests python3-urllib3 python3-yaml python3-jinja2 python3-fasteners python3-distro
+  python3-dateutil python3-colorama python3-patch-ng"
+
+case "${1:-}" in
+  "") PACKAGES="$RUN_PACKAGES $TEST_PACKAGES" ;;
+  --run) PACKAGES="$RUN_PACKAGES" ;;
+  *) echo "usage: install-deps.sh [--run]" >&2; exit 2 ;;
+esac
 
 missing=()
 for package in $PACKAGES; do

@@ -1,30 +1,29 @@
 #!/usr/bin/env bash
-# The README's run command: builds examples/broker in Release and runs it on port 1883.
-# Extra arguments go to the broker: scripts/run-broker.sh --verbose
+# The README's run command: builds the standalone server (examples/broker, the program
+# `mqttbroker`) in Release and runs it with the arguments given, passed on unchanged; its own
+# defaults apply to what they leave out (0.0.0.0, port 1883, memory storage). `--help` lists the
+# flags, `--version` prints the version.
+#
+# Only the server target is built, and the build folder is configured once (cmake --build
+# reconfigures by itself when a CMakeLists.txt changes), so a start with a current build takes
+# about a second. Build output goes to stderr, so stdout is the program's alone.
+# Env: MQTTBROKER_BUILD_DIR (default build/release), JOBS (default 2).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --run >&2
 
-if [ ! -f examples/CMakeLists.txt ] || [ ! -d examples/broker ]; then
-  echo "run-broker.sh: examples/broker/ does not exist yet: there is no broker program to run" >&2
+build="${MQTTBROKER_BUILD_DIR:-build/release}"
+if ! grep -qx 'MQTTBROKER_BUILD_EXAMPLES:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMQTTBROKER_BUILD_EXAMPLES=ON \
+    -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_BUILD_FUZZ=OFF \
+    -DMQTTBROKER_SANITIZE= >&2
+fi
+cmake --build "$build" --target mqttbroker_server -j "${JOBS:-2}" >&2
+
+program="$build/examples/mqttbroker"
+if [ ! -x "$program" ]; then
+  echo "run-broker.sh: $program was not built" >&2
   exit 1
 fi
-
-cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DMQTTBROKER_BUILD_EXAMPLES=ON \
-  -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_BUILD_FUZZ=OFF \
-  -DMQTTBROKER_SANITIZE=
-cmake --build build/release -j "${JOBS:-2}"
-
-program=""
-for candidate in build/release/examples/broker/mqttbroker build/release/examples/mqttbroker; do
-  if [ -x "$candidate" ] && [ ! -d "$candidate" ]; then
-    program="$candidate"
-    break
-  fi
-done
-if [ -z "$program" ]; then
-  echo "run-broker.sh: no broker program built (examples/ must produce an executable named mqttbroker)" >&2
-  exit 1
-fi
-exec "$program" --port 1883 "$@"
+exec "$program" "$@"

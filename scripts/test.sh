@@ -4,17 +4,22 @@
 #      normative-statement matrix tests/conformance.json names only tests that exist and every
 #      MQTT-x.y.z-n id the sources cite (scripts/check_conformance.py)
 #   2. build/ci:   Debug, -Werror, everything built, ctest (unit, package and integration tests)
-#   3. build/cxx20: C++20, only the compile_fail tests (the policy concepts' diagnostics)
-#   4. build/asan: AddressSanitizer + UBSan (any report fails), the unit tests and the integration
+#   3. packages:   the Conan recipe and the vcpkg port, each built from this checkout and used by a
+#                  consumer that is built and run (tests/packaging/conan.sh, vcpkg.sh), offline,
+#                  with the tools from ../shared/tools/packaging (or MQTTBROKER_PACKAGING_TOOLS);
+#                  without them it skips, visibly, and fails when CI is set
+#   4. build/cxx20: C++20, only the compile_fail tests (the policy concepts' diagnostics)
+#   5. build/asan: AddressSanitizer + UBSan (any report fails), the unit tests and the integration
 #                  tests against the sanitized server and examples (their stderr is checked too)
-#   5. build/tsan: ThreadSanitizer, the tests labelled "threads": the multi-threaded locking
+#   6. build/tsan: ThreadSanitizer, the tests labelled "threads": the multi-threaded locking
 #                  policy's tests and the integration tests of the server on two threads
-#   6. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60)
+#   7. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60)
 # Every ctest call fails when it selects no test (--no-tests=error), and each prints how many ran;
 # the integration modules' own counts (with the reason of every skip) follow each run of them.
 # Stops at the first failing step; the time of each step is printed at the end.
 # Env: JOBS (default 2), FUZZ_SECONDS. CI (set by CI systems): a missing client (paho-mqtt,
-# mosquitto-clients) fails the tests instead of skipping them (MQTTBROKER_REQUIRE_CLIENTS=1).
+# mosquitto-clients) fails the tests instead of skipping them (MQTTBROKER_REQUIRE_CLIENTS=1), and
+# so do missing Conan and vcpkg tools.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,8 +46,10 @@ step() {
   printf '\n==== %s\n' "$*"
 }
 
-# The time of each step, also when one fails (then the failing step is the last listed).
+# The time of each step, also when one fails (then the failing step is the last listed), and what
+# was skipped.
 finished=0
+skipped=()
 print_times() {
   end_step
   step_name=""
@@ -57,6 +64,9 @@ print_times() {
     total=$((total + step_seconds[i]))
   done
   printf '%5d s  in all\n' "$total"
+  for i in "${!skipped[@]}"; do
+    printf 'SKIPPED: %s\n' "${skipped[$i]}"
+  done
 }
 trap print_times EXIT
 
@@ -84,25 +94,43 @@ TSAN_ENV=(TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1")
 step "dependencies"
 bash scripts/install-deps.sh
 
-step "1/6 single header is up to date, conformance matrix consistent (amalgamate.py --check, check_conformance.py)"
+step "1/7 single header is up to date, conformance matrix consistent (amalgamate.py --check, check_conformance.py)"
 python3 scripts/amalgamate.py --check
 python3 scripts/check_conformance.py
 
-step "2/6 build/ci: Debug, warnings as errors"
+step "2/7 build/ci: Debug, warnings as errors"
 cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=ON \
   -DMQTTBROKER_INSTALL=ON -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/ci -j "$JOBS"
 run_with_integration build/ci -j "$JOBS"
 
-step "3/6 build/cxx20: C++20, policy misuse fails with the concepts' diagnostics"
+step "3/7 packages: the Conan recipe and the vcpkg port, built from this checkout and consumed, offline"
+# Each script exits 77 when its tools are not there: a failure in CI, a visible skip elsewhere.
+for manager in conan vcpkg; do
+  status=0
+  bash "tests/packaging/$manager.sh" || status=$?
+  if [ "$status" = 77 ]; then
+    if [ -n "${CI:-}" ]; then
+      echo "FAILED: tests/packaging/$manager.sh found no $manager tools, and CI is set"
+      exit 1
+    fi
+    echo "SKIPPED: tests/packaging/$manager.sh: no $manager tools (see the line above)"
+    skipped+=("tests/packaging/$manager.sh (no $manager tools)")
+  elif [ "$status" != 0 ]; then
+    echo "FAILED: tests/packaging/$manager.sh (status $status)"
+    exit 1
+  fi
+done
+
+step "4/7 build/cxx20: C++20, policy misuse fails with the concepts' diagnostics"
 # Builds nothing but the compile_fail cases, which their tests build one by one.
 cmake -S . -B build/cxx20 -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_STANDARD=20 -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
 run_ctest --test-dir build/cxx20 -L compile_fail
 
-step "4/6 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer, unit and integration tests"
+step "5/7 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer, unit and integration tests"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=address,undefined -DMQTTBROKER_HEADER_CHECK=OFF \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
@@ -117,7 +145,7 @@ cmake --build build/asan -j "$JOBS"
   run_with_integration build/asan -j "$JOBS" -L integration
 )
 
-step "5/6 build/tsan: ThreadSanitizer, the multi-threaded tests and the server on two threads"
+step "6/7 build/tsan: ThreadSanitizer, the multi-threaded tests and the server on two threads"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=thread -DMQTTBROKER_HEADER_CHECK=OFF \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
@@ -129,7 +157,7 @@ cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests mqttbroker_serv
   run_with_integration build/tsan -j "$JOBS" -L threads -L integration  # both labels: the _mt modules
 )
 
-step "6/6 build/fuzz: libFuzzer, the decoder then the protocol engine, ${FUZZ_SECONDS} s each"
+step "7/7 build/fuzz: libFuzzer, the decoder then the protocol engine, ${FUZZ_SECONDS} s each"
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_FUZZ=ON -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_EXAMPLES=OFF \
   -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE=

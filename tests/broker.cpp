@@ -1153,7 +1153,7 @@ struct hook_log {
 };
 
 struct test_hooks {
-  hook_log* log = nullptr;
+  hook_log* seen = nullptr;  // not "log": that is a hook's name
 
   mb::hooks::auth_result authenticate(const mb::hooks::connect_info& i) {
     if (i.username && *i.username == "wrong") return mb::hooks::auth_result::bad_credentials;
@@ -1171,18 +1171,18 @@ struct test_hooks {
       m = mb::message::make("renamed/" + std::string(m->topic().substr(7)), m->payload(), m->qos_level(), m->retain());
     }
   }
-  void on_connect(const mb::hooks::client_info& c) { log->connects.emplace_back(c.client_id); }
+  void on_connect(const mb::hooks::client_info& c) { seen->connects.emplace_back(c.client_id); }
   void on_disconnect(const mb::hooks::client_info& c, bool graceful) {
-    log->disconnects.emplace_back(std::string(c.client_id), graceful);
+    seen->disconnects.emplace_back(std::string(c.client_id), graceful);
   }
   void on_subscribe(const mb::hooks::client_info& c, std::string_view filter, qos) {
-    log->subscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
+    seen->subscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
   }
   void on_unsubscribe(const mb::hooks::client_info& c, std::string_view filter) {
-    log->unsubscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
+    seen->unsubscribes.push_back(std::string(c.client_id) + ":" + std::string(filter));
   }
   void on_connect_refused(const mb::hooks::connect_info& i, reason_code why) {
-    if (log) log->refused.emplace_back(std::string(i.client_id), why);
+    if (seen) seen->refused.emplace_back(std::string(i.client_id), why);
   }
 };
 
@@ -1498,6 +1498,53 @@ TEST_CASE("hooks see who the client is: username, version, peer address and port
   bool stopped = false;
   b.async_stop([&](std::error_code ec) { stopped = !ec; });
   wait_for([&] { return stopped; });
+}
+
+TEST_CASE("the host publishes with 5.0 properties; 5.0 and in-process subscribers get them, 3.1.1 ones the payload",
+          "[broker][v5][inprocess]") {
+  harness<> h;
+  client& v5 = h.connected("v5", true, protocol_version::v5);
+  client& v3 = h.connected("v3");
+  CHECK(h.subscribe(v5, "req/#", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  CHECK(h.subscribe(v3, "req/#", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  std::vector<std::string> seen;
+  h.broker.subscribe("req/#", [&](const mb::message_ptr& m) {
+    for (const codec::property& p : m->properties())
+      seen.push_back(p.id == codec::property_id::user_property ? std::string(p.key) + "=" + std::string(p.value)
+                                                               : std::string(p.value));
+  });
+  mb::message_properties props;
+  props.response_topic = std::string_view("reply/42");
+  props.correlation_data = std::string_view("\x01\x02", 2);
+  props.user_properties = {{"b", "2"}, {"a", "1"}, {"b", "3"}};  // order and repeats kept
+  std::error_code ec;
+  CHECK(h.broker.publish("req/x", "ask", qos::at_least_once, false, props, &ec) == 3);
+  CHECK_FALSE(ec);
+  h.settle();
+  const auto got5 = v5.publishes();
+  REQUIRE(got5.size() == 1);
+  CHECK(got5[0].response_topic == "reply/42");
+  CHECK(got5[0].correlation_data == std::string("\x01\x02", 2));
+  CHECK(got5[0].user_properties ==
+        std::vector<std::pair<std::string, std::string>>{{"b", "2"}, {"a", "1"}, {"b", "3"}});
+  const auto got3 = v3.publishes();
+  REQUIRE(got3.size() == 1);
+  CHECK(got3[0].payload == "ask");
+  CHECK(seen == std::vector<std::string>{"reply/42", std::string("\x01\x02", 2), "b=2", "a=1", "b=3"});
+
+  // Refused, and nothing sent: a Response Topic with a wildcard, a user property that is not UTF-8.
+  mb::message_properties bad;
+  bad.response_topic = std::string_view("reply/+");
+  CHECK(h.broker.publish("req/x", "no", qos::at_most_once, false, bad, &ec) == 0);
+  CHECK(ec);
+  mb::message_properties bad_text;
+  bad_text.user_properties = {{"k", "\xff"}};
+  ec.clear();
+  CHECK(h.broker.publish("req/x", "no", qos::at_most_once, false, bad_text, &ec) == 0);
+  CHECK(ec);
+  h.settle();
+  CHECK(v5.publishes().empty());
+  CHECK(seen.size() == 5);
 }
 
 // ---- flow control and limits

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -69,6 +70,19 @@ struct hello {
     will_delay = delay;
     return *this;
   }
+  hello& will_expiry(std::uint32_t seconds, bool retained) {
+    will_expiry_s = seconds;
+    will_retain = retained;
+    return *this;
+  }
+  hello& receive_maximum(std::uint16_t n) {
+    receive_max = n;
+    return *this;
+  }
+  hello& maximum_packet_size(std::uint32_t n) {
+    max_packet = n;
+    return *this;
+  }
   hello& user(std::string name) {
     username = std::move(name);
     return *this;
@@ -80,6 +94,10 @@ struct hello {
   std::optional<std::string> will_topic;
   std::optional<std::uint32_t> will_delay;  // 5.0
   std::optional<std::string> username;
+  std::optional<std::uint32_t> will_expiry_s;  // 5.0: the will's Message Expiry Interval
+  bool will_retain = false;
+  std::optional<std::uint16_t> receive_max;  // 5.0
+  std::optional<std::uint32_t> max_packet;   // 5.0
 };
 
 std::uint8_t code(reason_code r) { return static_cast<std::uint8_t>(r); }
@@ -172,12 +190,16 @@ class world {
     c.keep_alive = h.keep_alive_s;
     codec::properties_builder props, will_props;
     if (h.expiry) props.add(codec::property_id::session_expiry_interval, *h.expiry);
+    if (h.receive_max) props.add(codec::property_id::receive_maximum, *h.receive_max);
+    if (h.max_packet) props.add(codec::property_id::maximum_packet_size, *h.max_packet);
     c.properties = props.view();
     if (h.will_topic) {
       codec::will_message w;
       w.topic = *h.will_topic;
       w.payload = "will";
       if (h.will_delay) will_props.add(codec::property_id::will_delay_interval, *h.will_delay);
+      if (h.will_expiry_s) will_props.add(codec::property_id::message_expiry_interval, *h.will_expiry_s);
+      w.retain = h.will_retain;
       w.properties = will_props.view();
       c.will = w;
     }
@@ -346,12 +368,12 @@ TEST_CASE("engine: every DISCONNECT reason the server sends a 5.0 client", "[eng
     CHECK(l.only(DISCONNECT).code == code(reason_code::server_shutting_down));
     CHECK(stopped);
   }
-  SECTION("Topic Alias invalid 0x94: the server allows none [MQTT-3.3.2-9]") {
+  SECTION("Topic Alias invalid 0x94: above the Topic Alias Maximum of the CONNACK (5.0 section 3.3.2.3.4)") {
     auto& l = w.connected(hello("ta"), v5);
     codec::publish p;
     p.topic = "t";
     codec::properties_builder props;
-    props.add(codec::property_id::topic_alias, 1);
+    props.add(codec::property_id::topic_alias, w.engine.options().topic_alias_maximum + 1);
     p.properties = props.view();
     w.feed(l, p);
     CHECK(l.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
@@ -618,6 +640,394 @@ TEST_CASE("engine: 5.0, a CONNECT with an Authentication Method is refused with 
   CHECK(l.only(CONNACK).code == code(reason_code::bad_authentication_method));
   CHECK_FALSE(l.is_open());
   CHECK(w.engine.stats().sessions == 0);
+}
+
+TEST_CASE("engine: 5.0, never more unacknowledged QoS 1 and 2 PUBLISH to a client than its Receive Maximum",
+          "[engine][flow][v5][MQTT-3.3.4-9]") {
+  mb::broker_options o;
+  o.max_inflight = 32;
+  world<> w(o);
+  auto& sub = w.connected(hello("sub").receive_maximum(2).session_expiry(60), protocol_version::v5);
+  w.subscribe(sub, "t", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"));
+  for (std::uint16_t i = 1; i <= 5; ++i) w.publish(pub, "t", i % 2 ? qos::at_least_once : qos::exactly_once, i);
+  pub.received();
+  auto first = sub.received();
+  REQUIRE(first.size() == 2);  // the rest wait, in order
+  w.ack<codec::puback>(sub, first[0].id);
+  auto third = sub.received();
+  REQUIRE(third.size() == 1);
+  CHECK(third[0].qos_level == qos::at_least_once);
+  CHECK(sub.received().empty());
+  // A QoS 2 message counts until its PUBCOMP, not its PUBREC.
+  w.ack<codec::pubrec>(sub, first[1].id);
+  CHECK(sub.only(PUBREL).id == first[1].id);
+  w.ack<codec::pubcomp>(sub, first[1].id);
+  CHECK(sub.received().size() == 1);
+
+  // Reconnecting with a larger Receive Maximum widens the window for the same session.
+  w.drop(sub);
+  auto& again = w.open(protocol_version::v5);
+  w.connect(again, hello("sub", false).receive_maximum(10).session_expiry(60), protocol_version::v5);
+  auto resent = again.received();
+  REQUIRE(resent.size() == 4);  // CONNACK, the two in flight again (DUP), then the last one
+  CHECK(resent[0].type == CONNACK);
+  CHECK(resent[1].dup);
+  CHECK(resent[2].dup);
+  CHECK_FALSE(resent[3].dup);
+  CHECK(w.engine.stats().messages_dropped == 0);
+}
+
+TEST_CASE("engine: 5.0, a PUBLISH larger than a client's Maximum Packet Size is dropped for that client alone",
+          "[engine][flow][v5][MQTT-3.1.2-24][MQTT-3.1.2-25]") {
+  world<> w;
+  auto& small = w.connected(hello("small").maximum_packet_size(64).session_expiry(60), protocol_version::v5);
+  w.subscribe(small, "t/#", qos::at_least_once);
+  auto& big = w.connected(hello("big"), protocol_version::v5);
+  w.subscribe(big, "t/#", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  auto send = [&](const std::string& topic, std::size_t payload, qos q, std::uint16_t id) {
+    codec::publish p;
+    p.topic = topic;
+    const std::string body(payload, 'x');
+    p.payload = body;
+    p.qos_level = q;
+    p.packet_id = id;
+    w.feed(pub, p);
+    pub.received();
+  };
+  // A QoS 1 PUBLISH to "t/a" with a subscription-free 5.0 header: 1 + 1 + (2 + 3) + 2 + 1 + payload.
+  send("t/a", 54, qos::at_least_once, 1);  // 64 bytes: fits exactly
+  CHECK(small.only(PUBLISH).payload.size() == 54);
+  CHECK(big.only(PUBLISH).payload.size() == 54);
+  send("t/a", 55, qos::at_least_once, 2);  // 65 bytes
+  CHECK(small.received().empty());
+  CHECK(big.only(PUBLISH).payload.size() == 55);
+  send("t/a", 500, qos::at_most_once, 0);
+  CHECK(small.received().empty());
+  CHECK(big.only(PUBLISH).payload.size() == 500);
+  CHECK(w.engine.stats().messages_dropped == 2);
+
+  // Queued while offline, then too large for the next connection's limit: dropped as the queue
+  // drains, the smaller one behind it delivered.
+  w.drop(small);
+  send("t/b", 40, qos::at_least_once, 3);
+  send("t/b", 10, qos::at_least_once, 4);
+  big.received();
+  auto& back = w.open(protocol_version::v5);
+  w.connect(back, hello("small", false).maximum_packet_size(40).session_expiry(60), protocol_version::v5);
+  auto got = back.received();
+  std::vector<std::size_t> sizes;
+  for (const rx& r : got)
+    if (r.type == PUBLISH) sizes.push_back(r.payload.size());
+  CHECK(sizes == std::vector<std::size_t>{10});  // the 54-byte one in flight and the 40-byte one dropped
+  CHECK(w.engine.stats().messages_dropped == 4);
+}
+
+namespace {
+/// A 5.0 PUBLISH with a Message Expiry Interval.
+codec::publish expiring(const std::string& topic, std::uint32_t seconds, qos q, std::uint16_t id, bool retain,
+                        codec::properties_builder& props) {
+  props.clear();
+  props.add(codec::property_id::message_expiry_interval, seconds);
+  codec::publish p;
+  p.topic = topic;
+  p.payload = "m";
+  p.qos_level = q;
+  p.packet_id = id;
+  p.retain = retain;
+  p.properties = props.view();
+  return p;
+}
+}  // namespace
+
+TEST_CASE("engine: 5.0, a queued message expires at its Message Expiry Interval; a subscriber gets what is left of it",
+          "[engine][time][v5][MQTT-3.3.2-5][MQTT-3.3.2-6]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub").session_expiry(600), protocol_version::v5);
+  w.subscribe(sub, "t", qos::at_least_once);
+  auto& sub3 = w.connected(hello("sub3", false));  // 3.1.1: the message expires for it too
+  w.subscribe(sub3, "t", qos::at_least_once);
+  w.drop(sub);
+  w.drop(sub3);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  codec::properties_builder props;
+  w.feed(pub, expiring("t", 3, qos::at_least_once, 1, false, props));
+  w.feed(pub, expiring("t", 10, qos::at_least_once, 2, false, props));
+  pub.received();
+
+  w.advance(seconds(2));
+  auto& back = w.open(protocol_version::v5);
+  w.connect(back, hello("sub", false).session_expiry(600), protocol_version::v5);
+  auto got = back.received();
+  REQUIRE(got.size() == 3);
+  CHECK(got[1].message_expiry == std::optional<std::uint32_t>(1));  // 3 s less the 2 it waited
+  CHECK(got[2].message_expiry == std::optional<std::uint32_t>(8));
+
+  w.advance(seconds(1));  // 3 s after the PUBLISH: the first one is gone for the 3.1.1 session
+  auto& back3 = w.open();
+  w.connect(back3, hello("sub3", false), protocol_version::v3_1_1);
+  got = back3.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].type == PUBLISH);
+  CHECK(w.engine.stats().messages_expired == 1);
+}
+
+TEST_CASE("engine: 5.0, a will's Message Expiry Interval counts from its publication, after the Will Delay",
+          "[engine][time][v5][will][MQTT-3.3.2-5]") {
+  world<> w;
+  auto& l = w.connected(hello("w").session_expiry(60).will("will/w", 5).will_expiry(10, true), protocol_version::v5);
+  w.drop(l);
+  w.advance(seconds(5));  // published now, retained
+  w.advance(seconds(9));  // 1 s of its 10 left
+  codec::subscribe s;
+  s.packet_id = 1;
+  s.entries.push_back({"will/#", {qos::at_most_once}});
+  auto& a = w.connected(hello("a"), protocol_version::v5);
+  w.feed(a, s);
+  auto got = a.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].topic == "will/w");
+  CHECK(got[1].message_expiry == std::optional<std::uint32_t>(1));
+  w.advance(seconds(1));
+  auto& b = w.connected(hello("b"), protocol_version::v5);
+  w.feed(b, s);
+  CHECK(b.only(SUBACK).codes == std::vector<std::uint8_t>{0});
+}
+
+TEST_CASE("engine: 5.0, an expired retained message is no longer served", "[engine][time][v5][retained][MQTT-3.3.2-5]") {
+  world<> w;
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  codec::properties_builder props;
+  w.feed(pub, expiring("r", 5, qos::at_most_once, 0, true, props));
+  w.advance(seconds(5) - nanoseconds(1));
+  auto& early = w.connected(hello("early"), protocol_version::v5);
+  codec::subscribe s;
+  s.packet_id = 1;
+  s.entries.push_back({"r", {qos::at_most_once}});
+  w.feed(early, s);
+  auto got = early.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].retain);
+  CHECK(got[1].message_expiry == std::optional<std::uint32_t>(1));
+  w.advance(nanoseconds(1));
+  auto& late = w.connected(hello("late"), protocol_version::v5);
+  w.feed(late, s);
+  CHECK(late.only(SUBACK).codes == std::vector<std::uint8_t>{0});
+}
+
+TEST_CASE("engine: 5.0, topic aliases from a client: set, used, replaced, per connection; 0 and unknown ones end it",
+          "[engine][v5][alias][MQTT-3.3.2-12][MQTT-3.3.2-7]") {
+  mb::broker_options o;
+  o.topic_alias_maximum = 3;
+  world<> w(o);
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "#", qos::at_most_once);
+  auto publish = [&](auto& l, std::string topic, std::uint16_t alias) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = "m";
+    codec::properties_builder props;
+    props.add(codec::property_id::topic_alias, alias);
+    p.properties = props.view();
+    w.feed(l, p);
+  };
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  publish(pub, "a/1", 1);
+  publish(pub, "a/3", 3);  // every alias up to the maximum is taken
+  publish(pub, "", 1);
+  publish(pub, "", 3);
+  publish(pub, "a/2", 1);  // a new topic for alias 1
+  publish(pub, "", 1);
+  std::vector<std::string> topics;
+  for (const rx& r : sub.received()) topics.push_back(r.topic);
+  CHECK(topics == std::vector<std::string>{"a/1", "a/3", "a/1", "a/3", "a/2", "a/2"});
+  CHECK(pub.is_open());
+
+  // A new connection of the same client starts without the old mappings [MQTT-3.3.2-7].
+  w.drop(pub);
+  auto& again = w.connected(hello("pub"), protocol_version::v5);
+  publish(again, "", 1);
+  CHECK(again.only(DISCONNECT).code == code(reason_code::protocol_error));
+  CHECK(sub.received().empty());
+
+  auto& zero = w.connected(hello("zero"), protocol_version::v5);
+  publish(zero, "a/0", 0);
+  CHECK(zero.only(DISCONNECT).code == code(reason_code::topic_alias_invalid));
+}
+
+TEST_CASE("engine: 5.0, topic aliases to a client: within its Topic Alias Maximum, the least recently used replaced",
+          "[engine][v5][alias][MQTT-3.3.2-11][MQTT-3.1.2-26][MQTT-3.1.2-27][MQTT-3.3.2-8]") {
+  world<> w;
+  auto connect = [&](const std::string& id, std::optional<std::uint16_t> alias_max) -> world<>::fake_link& {
+    auto& l = w.open(protocol_version::v5);
+    codec::connect c;
+    c.version = protocol_version::v5;
+    c.client_id = id;
+    codec::properties_builder props;
+    if (alias_max) props.add(codec::property_id::topic_alias_maximum, *alias_max);
+    c.properties = props.view();
+    w.feed(l, c);
+    CHECK(l.only(CONNACK).code == 0);
+    return l;
+  };
+  auto& two = connect("two", 2);
+  auto& none = connect("none", std::nullopt);
+  w.subscribe(two, "t/#", qos::at_most_once);
+  w.subscribe(none, "t/#", qos::at_most_once);
+  auto& pub = w.connected(hello("pub"));
+  for (const char* t : {"t/a", "t/b", "t/a", "t/c", "t/a", "t/b"}) w.publish(pub, t, qos::at_most_once, 0);
+
+  // What the client sees, decoded with its own alias table as a client keeps it.
+  std::map<std::uint32_t, std::string> table;
+  std::vector<std::string> seen, wire;
+  for (const rx& r : two.received()) {
+    REQUIRE(r.topic_alias);
+    CHECK(*r.topic_alias >= 1);  // never 0 [MQTT-3.3.2-8]
+    CHECK(*r.topic_alias <= 2);  // never above the client's maximum [MQTT-3.3.2-11]
+    if (!r.topic.empty()) table[*r.topic_alias] = r.topic;
+    wire.push_back(r.topic.empty() ? "=" + std::to_string(*r.topic_alias) : r.topic);
+    seen.push_back(table[*r.topic_alias]);
+  }
+  CHECK(seen == std::vector<std::string>{"t/a", "t/b", "t/a", "t/c", "t/a", "t/b"});
+  // t/c takes alias 2 from t/b (t/a was sent after t/b); t/b then takes alias 2 back from t/c,
+  // by then the least recently used.
+  CHECK(wire == std::vector<std::string>{"t/a", "t/b", "=1", "t/c", "=1", "t/b"});
+  for (const rx& r : none.received()) {
+    CHECK_FALSE(r.topic_alias);  // none for a client that announced none [MQTT-3.1.2-27]
+    CHECK_FALSE(r.topic.empty());
+  }
+}
+
+TEST_CASE("engine: 5.0, a payload said to be UTF-8 that is not: PUBACK or PUBREC 0x99, at QoS 0 DISCONNECT 0x99",
+          "[engine][v5]") {
+  world<> w;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "#", qos::exactly_once);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  auto send = [&](std::string payload, qos q, std::uint16_t id) {
+    codec::properties_builder props;
+    props.add(codec::property_id::payload_format_indicator, 1);
+    codec::publish p;
+    p.topic = "t";
+    p.payload = payload;
+    p.qos_level = q;
+    p.packet_id = id;
+    p.properties = props.view();
+    w.feed(pub, p);
+  };
+  send("caf\xc3\xa9", qos::at_least_once, 1);  // well-formed UTF-8
+  CHECK(pub.only(PUBACK).code == 0);
+  CHECK(sub.only(PUBLISH).payload == "caf\xc3\xa9");
+  send("\xc3\x28", qos::at_least_once, 2);
+  CHECK(pub.only(PUBACK).code == code(reason_code::payload_format_invalid));
+  send("\xff", qos::exactly_once, 3);
+  CHECK(pub.only(PUBREC).code == code(reason_code::payload_format_invalid));
+  CHECK(sub.received().empty());
+  send("\xff", qos::at_most_once, 0);
+  CHECK(pub.only(DISCONNECT).code == code(reason_code::payload_format_invalid));
+  CHECK_FALSE(pub.is_open());
+}
+
+TEST_CASE("engine: a server without QoS 2 or retained messages says so in CONNACK and holds clients to it",
+          "[engine][v5][MQTT-3.2.2-9][MQTT-3.2.2-12][MQTT-3.2.2-13][MQTT-3.1.2-28]") {
+  mb::broker_options o;
+  o.maximum_qos = qos::at_least_once;
+  o.retain_available = false;
+  o.response_information = "responses/";
+  world<> w(o);
+  // A CONNECT with a will of QoS `wq` and `retain`, or none; the CONNACK (or nothing, for a close).
+  auto connect = [&](protocol_version v, const std::string& id, std::optional<qos> wq, bool retain,
+                     bool ask_response) -> std::deque<rx> {
+    auto& l = w.open(v);
+    codec::connect c;
+    c.version = v;
+    c.client_id = id;
+    codec::properties_builder props;
+    if (ask_response) props.add(codec::property_id::request_response_information, 1);
+    c.properties = props.view();
+    if (wq) {
+      codec::will_message wm;
+      wm.topic = "will";
+      wm.payload = "w";
+      wm.qos_level = *wq;
+      wm.retain = retain;
+      c.will = wm;
+    }
+    w.feed(l, c);
+    return l.received();
+  };
+  auto asked = connect(protocol_version::v5, "asked", std::nullopt, false, true);
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].code == 0);
+  CHECK(asked[0].maximum_qos == std::optional<std::uint32_t>(1));
+  CHECK(asked[0].retain_available == std::optional<std::uint32_t>(0));
+  CHECK(asked[0].response_information == "responses/");
+  auto quiet = connect(protocol_version::v5, "quiet", std::nullopt, false, false);
+  REQUIRE(quiet.size() == 1);
+  CHECK(quiet[0].response_information.empty());  // not asked for [MQTT-3.1.2-28]
+
+  // Wills above what the server takes are refused: 0x9B for QoS, 0x9A for retain; 3.1.1 closes.
+  auto wq = connect(protocol_version::v5, "wq", qos::exactly_once, false, false);
+  REQUIRE(wq.size() == 1);
+  CHECK(wq[0].code == code(reason_code::qos_not_supported));
+  auto wr = connect(protocol_version::v5, "wr", qos::at_most_once, true, false);
+  REQUIRE(wr.size() == 1);
+  CHECK(wr[0].code == code(reason_code::retain_not_supported));
+  CHECK(connect(protocol_version::v3_1_1, "w3", qos::exactly_once, false, false).empty());
+  CHECK(w.engine.stats().sessions == 2);
+
+  // PUBLISH above the maximum: DISCONNECT 0x9B; retained: 0x9A.
+  auto& p1 = w.connected(hello("p1"), protocol_version::v5);
+  w.publish(p1, "t", qos::exactly_once, 1);
+  CHECK(p1.only(DISCONNECT).code == code(reason_code::qos_not_supported));
+  auto& p2 = w.connected(hello("p2"), protocol_version::v5);
+  codec::publish r;
+  r.topic = "t";
+  r.retain = true;
+  w.feed(p2, r);
+  CHECK(p2.only(DISCONNECT).code == code(reason_code::retain_not_supported));
+}
+
+namespace {
+struct log_hooks {
+  std::vector<std::pair<mb::log_level, std::string>>* lines = nullptr;
+  void log(mb::log_level level, std::string_view message) { lines->emplace_back(level, std::string(message)); }
+};
+struct log_policies : plain_policies {
+  using hooks = log_hooks;
+};
+}  // namespace
+
+TEST_CASE("engine: the log hook gets the broker's messages, formatted, up to options().log_level", "[engine][hooks][log]") {
+  std::vector<std::pair<mb::log_level, std::string>> lines;
+  mb::broker_options o;
+  o.log_level = mb::log_level::info;
+  world<log_policies> w(o, log_hooks{&lines});
+  auto& good = w.connected(hello("good"));
+  auto& bad = w.connected(hello("bad"));
+  w.feed(bad, codec::connect{});  // a second CONNECT [MQTT-3.1.0-2]
+  auto& refused = w.open(protocol_version::v5);
+  w.connect(refused, hello(std::string(300, 'x')), protocol_version::v5);
+  w.feed(good, codec::disconnect{});
+  std::vector<std::string> text;
+  for (const auto& [level, line] : lines) text.push_back(std::string(mb::to_string(level)) + ": " + line);
+  CHECK(text == std::vector<std::string>{
+                    "info: client 'good' connected (MQTT 3.1.1, new session)",
+                    "info: client 'bad' connected (MQTT 3.1.1, new session)",
+                    "warning: client 'bad': " + std::error_code(mb::protocol_errc::second_connect).message() + "; closing",
+                    "info: client 'bad' disconnected without DISCONNECT",
+                    "notice: CONNECT of '" + std::string(300, 'x') + "' refused: Client Identifier not valid",
+                    "info: client 'good' disconnected",
+                });
+
+  // Less verbose: nothing below the level reaches the hook.
+  lines.clear();
+  mb::broker_options quiet;
+  quiet.log_level = mb::log_level::warning;
+  world<log_policies> q(quiet, log_hooks{&lines});
+  q.connected(hello("a"));
+  CHECK(lines.empty());
 }
 
 TEST_CASE("engine: 5.0, a QoS 2 PUBLISH refused with PUBREC 0x87 frees its identifier for the next message",
@@ -1261,6 +1671,33 @@ TEST_CASE("engine: a member whose session ends hands its queued and QoS 1 messag
     CHECK(w.engine.stats().shared_groups == 0);
     CHECK(w.engine.stats().sessions == 1);  // the publisher's
   }
+}
+
+TEST_CASE("engine: a message handed over from a member whose session ended is not sent once its Message Expiry Interval has passed",
+          "[engine][shared][v5][MQTT-3.3.2-5]") {
+  world<> w;
+  auto& a = w.connected(hello("a"), protocol_version::v5);
+  auto& b = w.connected(hello("b"), protocol_version::v5);
+  w.subscribe(a, "$share/g/t", qos::at_least_once);
+  w.subscribe(b, "$share/g/t", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"), protocol_version::v5);
+  codec::properties_builder expiry;
+  expiry.add(codec::property_id::message_expiry_interval, 2);
+  codec::publish p;
+  p.topic = "t";
+  p.payload = "short-lived";
+  p.qos_level = qos::at_least_once;
+  p.packet_id = 1;
+  p.properties = expiry.view();
+  w.feed(pub, p);               // a's turn
+  send(w, pub, "t", "b's", qos::at_least_once, 2);
+  send(w, pub, "t", "lasting", qos::at_least_once, 3);  // a's again, no expiry
+  pub.received();
+  CHECK(payloads(a) == strings{"short-lived", "lasting"});
+  w.ack<codec::puback>(b, b.only(PUBLISH).id);
+  w.advance(seconds(3));
+  w.drop(a);  // its session ends with both unacknowledged
+  CHECK(payloads(b) == strings{"lasting"});
 }
 
 TEST_CASE("engine: a persistent member that is offline keeps what it had and is skipped for new messages; at expiry the rest is handed over",

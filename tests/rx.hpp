@@ -6,8 +6,10 @@
 #include <mqttbroker/codec.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -30,6 +32,12 @@ struct rx {
   std::string assigned_client_id;
   int shared_subscription_available = -1;   // CONNACK: the property's value, -1 when absent
   std::vector<std::uint32_t> subscription_ids;  // 5.0 PUBLISH, in the order sent
+  std::optional<std::uint32_t> maximum_qos, retain_available;  // CONNACK, 5.0
+  std::string response_information;                            // CONNACK, 5.0
+  std::optional<std::uint32_t> message_expiry;  // PUBLISH, 5.0
+  std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
+  std::string response_topic, correlation_data;  // PUBLISH, 5.0
+  std::vector<std::pair<std::string, std::string>> user_properties;  // PUBLISH, 5.0, in order
 };
 
 inline rx to_rx(const codec::packet& p) {
@@ -43,6 +51,10 @@ inline rx to_rx(const codec::packet& p) {
           r.code = x.code;
           if (auto a = x.properties.find(codec::property_id::assigned_client_identifier))
             r.assigned_client_id = std::string(a->value);
+          if (auto q = x.properties.find(codec::property_id::maximum_qos)) r.maximum_qos = q->integer;
+          if (auto a = x.properties.find(codec::property_id::retain_available)) r.retain_available = a->integer;
+          if (auto i = x.properties.find(codec::property_id::response_information))
+            r.response_information = std::string(i->value);
           if (auto a = x.properties.find(codec::property_id::shared_subscription_available))
             r.shared_subscription_available = static_cast<int>(a->integer);
         } else if constexpr (std::is_same_v<T, codec::publish>) {
@@ -52,8 +64,15 @@ inline rx to_rx(const codec::packet& p) {
           r.retain = x.retain;
           r.dup = x.dup;
           r.id = x.packet_id;
-          for (const codec::property& prop : x.properties)
-            if (prop.id == codec::property_id::subscription_identifier) r.subscription_ids.push_back(prop.integer);
+          if (auto e = x.properties.find(codec::property_id::message_expiry_interval)) r.message_expiry = e->integer;
+          if (auto a = x.properties.find(codec::property_id::topic_alias)) r.topic_alias = a->integer;
+          for (const codec::property& pr : x.properties) {
+            if (pr.id == codec::property_id::response_topic) r.response_topic = std::string(pr.value);
+            if (pr.id == codec::property_id::correlation_data) r.correlation_data = std::string(pr.value);
+            if (pr.id == codec::property_id::user_property)
+              r.user_properties.emplace_back(std::string(pr.key), std::string(pr.value));
+            if (pr.id == codec::property_id::subscription_identifier) r.subscription_ids.push_back(pr.integer);
+          }
         } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
                              std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {
           r.id = x.packet_id;

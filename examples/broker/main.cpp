@@ -16,27 +16,28 @@
 
 namespace {
 
-enum class level { error, warning, info, debug };
+using level = mqttbroker::log_level;
 level log_level = level::info;
 
+void print(level l, std::string_view message) { fmt::print(stderr, "[{}] {}\n", mqttbroker::to_string(l), message); }
+
 template <class... Args>
-void log(level l, fmt::format_string<Args...> f, Args&&... args) {
+void say(level l, fmt::format_string<Args...> f, Args&&... args) {
   if (l > log_level) return;
-  static const char* const names[] = {"error", "warning", "info", "debug"};
-  fmt::print(stderr, "[{}] {}\n", names[static_cast<int>(l)], fmt::format(f, std::forward<Args>(args)...));
+  print(l, fmt::format(f, std::forward<Args>(args)...));
 }
 
-/// Logs connections and subscriptions at debug level; the broker calls these only because they exist.
+/// The broker's own log messages (refused connections, protocol errors, timeouts, connections at
+/// info), and where each client came from and what it subscribed to at debug; the broker calls
+/// these only because they exist.
 struct logging_hooks {
+  void log(level l, std::string_view message) { print(l, message); }
   void on_connect(const mqttbroker::hooks::client_info& c) {
-    log(level::debug, "connect {} from {} port {} (listener {}, {})", c.client_id, c.peer_address, c.peer_port,
-        c.listener ? c.listener->index : 0, c.listener ? c.listener->transport : "none");
-  }
-  void on_disconnect(const mqttbroker::hooks::client_info& c, bool graceful) {
-    log(level::debug, "disconnect {}{}", c.client_id, graceful ? "" : " (ungraceful)");
+    say(level::debug, "{} is {}:{} on listener {} ({})", c.client_id, c.peer_address, c.peer_port,
+          c.listener ? c.listener->index : 0, c.listener ? c.listener->transport : "none");
   }
   void on_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
-    log(level::debug, "subscribe {} {} qos {}", c.client_id, filter, static_cast<int>(q));
+    say(level::debug, "{} subscribed to {} at QoS {}", c.client_id, filter, static_cast<int>(q));
   }
 };
 
@@ -58,7 +59,7 @@ int serve(const mqttbroker::broker_options& opts, const std::string& bind, std::
   std::error_code ec;
   broker.listen(lo, ec);
   if (ec) {
-    log(level::error, "cannot listen on {}:{}: {}", bind, port, ec.message());
+    say(level::error, "cannot listen on {}:{}: {}", bind, port, ec.message());
     return 1;
   }
   broker.start();
@@ -66,16 +67,16 @@ int serve(const mqttbroker::broker_options& opts, const std::string& bind, std::
   // stop requested right after it is graceful too.
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](std::error_code, int sig) {
-    log(level::info, "signal {}: stopping", sig);
+    say(level::info, "signal {}: stopping", sig);
     broker.async_stop([&](std::error_code) {
       const auto s = broker.stats();
-      log(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
+      say(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
           s.connections_accepted, s.messages_received, s.messages_sent, s.messages_dropped);
       io.stop();
     });
   });
 
-  log(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
+  say(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
       MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
 
   std::vector<std::thread> pool;
@@ -102,9 +103,9 @@ int main(int argc, char** argv) {
   app.add_option("--bind", bind, "address to listen on")->capture_default_str();
   app.add_option("--port", port, "TCP port")->capture_default_str();
   app.add_option("--threads", threads, "threads running the io_context")->capture_default_str()->check(CLI::Range(1u, 256u));
-  app.add_option("--log-level", level_name, "error, warning, info or debug")
+  app.add_option("--log-level", level_name, "error, warning, notice, info or debug")
       ->capture_default_str()
-      ->check(CLI::IsMember({"error", "warning", "info", "debug"}));
+      ->check(CLI::IsMember({"error", "warning", "notice", "info", "debug"}));
   app.add_option("--max-connections", opts.max_connections, "connections at once")->capture_default_str();
   app.add_option("--max-packet-size", opts.max_packet_size, "largest packet accepted, bytes")->capture_default_str();
   app.add_option("--max-inflight", opts.max_inflight, "unacknowledged QoS 1/2 messages per client")->capture_default_str();
@@ -130,10 +131,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none)")
       ->capture_default_str();
+  app.set_version_flag("--version", fmt::format("mqttbroker {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
+                                                MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
   CLI11_PARSE(app, argc, argv);
 
   log_level = level_name == "error" ? level::error : level_name == "warning" ? level::warning
-              : level_name == "debug" ? level::debug : level::info;
+              : level_name == "notice" ? level::notice : level_name == "debug" ? level::debug : level::info;
+  opts.log_level = log_level;
   opts.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
   opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
   opts.sys_interval = std::chrono::seconds(sys_interval_s);
@@ -143,7 +147,7 @@ int main(int argc, char** argv) {
     if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, bind, port, threads);
     return serve<mqttbroker::broker<mt_policies>>(opts, bind, port, threads);
   } catch (const std::exception& e) {
-    log(level::error, "{}", e.what());
+    say(level::error, "{}", e.what());
     return 1;
   }
 }

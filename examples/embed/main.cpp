@@ -1,18 +1,28 @@
 // A host program that runs the broker beside its own work on one io_context: it publishes a
 // heartbeat every second, answers "ping" messages from socket clients in-process, and keeps
-// doing its own timer work. Try: mosquitto_sub -t 'host/#' -v, and mosquitto_pub -t cmd/ping -m hi
+// doing its own timer work. Run: mqttbroker_embed --port 1883, then
+// mosquitto_sub -t 'host/#' -v, and mosquitto_pub -t cmd/ping -m hi
 #include <mqttbroker/mqttbroker.hpp>
 
+#include <CLI/CLI.hpp>
 #include <asio.hpp>
 #include <fmt/core.h>
 
 #include <chrono>
 #include <csignal>
-#include <cstdlib>
+#include <cstdint>
+#include <functional>
 #include <string>
 
 int main(int argc, char** argv) {
-  const auto port = static_cast<std::uint16_t>(argc > 1 ? std::atoi(argv[1]) : 1883);
+  // The arguments are parsed before anything starts, so --help and --version only print.
+  CLI::App app{"mqttbroker_embed: a host program running the broker beside its own work"};
+  std::uint16_t port = 1883;
+  app.add_option("--port", port, "MQTT port on 127.0.0.1 (0: any free port)")->capture_default_str();
+  app.set_version_flag("--version", fmt::format("mqttbroker_embed {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
+                                                MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
+  CLI11_PARSE(app, argc, argv);
+
   asio::io_context io;  // the host's own, run by the host's thread
 
   mqttbroker::broker<> broker(io);

@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   app.add_option("--udp-port", udp_port, "UDP port for incoming lines")->capture_default_str();
   app.add_option("--peer", peer, "host:port that forwarded messages are sent to")->capture_default_str();
   app.add_option("--forward", forward, "MQTT filters forwarded to the peer")->capture_default_str();
+  app.set_version_flag("--version", fmt::format("mqttbroker_gateway {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
+                                                MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
   CLI11_PARSE(app, argc, argv);
 
   asio::io_context io;

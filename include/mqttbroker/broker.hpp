@@ -196,6 +196,15 @@ class broker {
     return ctx_.engine_.publish(topic_name, payload, q, retain, error, sweep_now());
   }
 
+  /// The same with 5.0 properties (a Response Topic and Correlation Data for a request, a Message
+  /// Expiry Interval, User Properties...): 5.0 subscribers get them, in-process ones see them in
+  /// message::properties(). An error for a Response Topic with wildcards, a string that is not
+  /// UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error = nullptr) {
+    return ctx_.engine_.publish(topic_name, payload, q, retain, props, error, sweep_now());
+  }
+
   /// Subscribes the host to `filter`; `handler` runs for each matching message on the thread that
   /// routes it (one io_context thread with locking::none).
   local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q = codec::qos::exactly_once) {

@@ -160,6 +160,10 @@ enum class protocol_errc {
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
+  topic_alias_unknown,             // an alias the sender never set on this connection
+  payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
+  qos_not_supported,               // a PUBLISH above the Maximum QoS the server announced
+  retain_not_supported,            // a retained PUBLISH where the server announced Retain Available 0
   no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
@@ -217,6 +221,10 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_name_invalid: return "topic name invalid";
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
+        case protocol_errc::topic_alias_unknown: return "topic alias not set";
+        case protocol_errc::payload_format_invalid: return "payload is not the UTF-8 it says it is";
+        case protocol_errc::qos_not_supported: return "QoS above the server's maximum";
+        case protocol_errc::retain_not_supported: return "retain not available";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
         case protocol_errc::no_local_on_shared_subscription: return "No Local on a shared subscription";
@@ -252,6 +260,9 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_filter_invalid: return reason_code::topic_filter_invalid;
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
       case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
+      case protocol_errc::payload_format_invalid: return reason_code::payload_format_invalid;
+      case protocol_errc::qos_not_supported: return reason_code::qos_not_supported;
+      case protocol_errc::retain_not_supported: return reason_code::retain_not_supported;
       default: return reason_code::protocol_error;
     }
   }

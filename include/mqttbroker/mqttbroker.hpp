@@ -2,8 +2,9 @@
 #define MQTTBROKER_MQTTBROKER_HPP
 
 // The whole public API, and the source of single_include/mqttbroker/mqttbroker.hpp
-// (scripts/amalgamate.py). Keep one include per public header, lowest layer first (STYLE.md §2);
-// after editing, rerun scripts/amalgamate.py and commit single_include/.
+// (scripts/amalgamate.py). Keep one include per public header, lowest layer first (the layers
+// are listed in README.md, "Layout", and enforced by scripts/check_layers.py); after editing,
+// rerun scripts/amalgamate.py and commit single_include/.
 
 // level 0
 #include <mqttbroker/config.hpp>

@@ -2,10 +2,14 @@
 #define MQTTBROKER_OPTIONS_HPP
 
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/log.hpp>
+
+#include <mqttbroker/codec/types.hpp>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
@@ -63,6 +67,23 @@ struct broker_options {
   std::size_t max_retained_messages = 1'000'000;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
+  /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in
+  /// CONNACK (Mosquitto: max_topic_alias 10); 0 refuses every alias.
+  std::uint16_t topic_alias_maximum = 10;
+  /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
+  /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
+  std::uint16_t max_outbound_topic_aliases = 10;
+  /// The highest QoS clients may publish with (5.0 Maximum QoS in CONNACK); subscriptions are
+  /// granted at most this. A PUBLISH or will above it: 5.0 DISCONNECT or CONNACK 0x9B, 3.1.1 close.
+  codec::qos maximum_qos = codec::qos::exactly_once;
+  /// Whether clients may publish retained messages (5.0 Retain Available); false: a retained
+  /// PUBLISH or will gets 5.0 DISCONNECT or CONNACK 0x9A, 3.1.1 a close.
+  bool retain_available = true;
+  /// 5.0: what a client that sets Request Response Information gets as Response Information in
+  /// CONNACK (the basis of its response topics); empty: nothing is sent.
+  std::string response_information;
+  /// The least severe log message the hooks' log() gets; nothing more verbose is even formatted.
+  mqttbroker::log_level log_level = mqttbroker::log_level::info;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };

@@ -7,8 +7,9 @@
 #define MQTTBROKER_MQTTBROKER_HPP
 
 // The whole public API, and the source of single_include/mqttbroker/mqttbroker.hpp
-// (scripts/amalgamate.py). Keep one include per public header, lowest layer first (STYLE.md §2);
-// after editing, rerun scripts/amalgamate.py and commit single_include/.
+// (scripts/amalgamate.py). Keep one include per public header, lowest layer first (the layers
+// are listed in README.md, "Layout", and enforced by scripts/check_layers.py); after editing,
+// rerun scripts/amalgamate.py and commit single_include/.
 
 // level 0
 // begin <mqttbroker/config.hpp>
@@ -271,6 +272,10 @@ enum class protocol_errc {
   topic_alias_invalid,             // 0 or above the negotiated maximum
   auth_method_missing,             // Authentication Data without Authentication Method
   receive_maximum_exceeded,        // more unacknowledged QoS 2 PUBLISH than the Receive Maximum
+  topic_alias_unknown,             // an alias the sender never set on this connection
+  payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
+  qos_not_supported,               // a PUBLISH above the Maximum QoS the server announced
+  retain_not_supported,            // a retained PUBLISH where the server announced Retain Available 0
   no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
@@ -328,6 +333,10 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::topic_name_invalid: return "topic name invalid";
         case protocol_errc::topic_filter_invalid: return "topic filter invalid";
         case protocol_errc::topic_alias_invalid: return "topic alias invalid";
+        case protocol_errc::topic_alias_unknown: return "topic alias not set";
+        case protocol_errc::payload_format_invalid: return "payload is not the UTF-8 it says it is";
+        case protocol_errc::qos_not_supported: return "QoS above the server's maximum";
+        case protocol_errc::retain_not_supported: return "retain not available";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
         case protocol_errc::no_local_on_shared_subscription: return "No Local on a shared subscription";
@@ -363,6 +372,9 @@ inline reason_code to_reason_code(const std::error_code& ec) noexcept {
       case protocol_errc::topic_filter_invalid: return reason_code::topic_filter_invalid;
       case protocol_errc::topic_alias_invalid: return reason_code::topic_alias_invalid;
       case protocol_errc::receive_maximum_exceeded: return reason_code::receive_maximum_exceeded;
+      case protocol_errc::payload_format_invalid: return reason_code::payload_format_invalid;
+      case protocol_errc::qos_not_supported: return reason_code::qos_not_supported;
+      case protocol_errc::retain_not_supported: return reason_code::retain_not_supported;
       default: return reason_code::protocol_error;
     }
   }
@@ -3220,12 +3232,26 @@ MQTTBROKER_END_NAMESPACE
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
 class message_ptr;
+
+/// The 5.0 properties a host's own message carries (broker::publish): 5.0 subscribers get them,
+/// in-process subscribers see them in message::properties(), 3.1.1 subscribers get the payload
+/// alone. Views: valid for the call.
+struct message_properties {
+  std::optional<std::uint32_t> message_expiry;  // seconds (Message Expiry Interval)
+  std::optional<bool> payload_is_utf8;          // Payload Format Indicator
+  std::optional<std::string_view> content_type;
+  std::optional<std::string_view> response_topic;    // a topic name: no wildcards
+  std::optional<std::string_view> correlation_data;  // binary
+  std::vector<std::pair<std::string_view, std::string_view>> user_properties;  // order and repeats kept
+};
 
 /// An application message as the broker routes it: immutable once made, reference counted, with
 /// topic, properties and payload in one allocation. Every subscriber's outgoing PUBLISH refers to
@@ -3238,8 +3264,10 @@ class message {
 
   /// A new message holding copies of `topic`, `payload` and the encoded 5.0 `properties` that
   /// travel with it (already validated; Topic Alias and Subscription Identifiers removed).
+  /// `expires_at`: the broker clock's second (engine::clock_seconds) at which a 5.0 Message
+  /// Expiry Interval ends; 0 when it has none.
   static message_ptr make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
-                          std::string_view properties = {});
+                          std::string_view properties = {}, std::uint32_t expires_at = 0);
 
   std::string_view topic() const noexcept { return {bytes(), topic_size_}; }
   std::string_view payload() const noexcept { return {bytes() + topic_size_ + properties_size_, payload_size_}; }
@@ -3248,18 +3276,38 @@ class message {
   }
   codec::qos qos_level() const noexcept { return qos_; }
   bool retain() const noexcept { return retain_; }
+  /// When its Message Expiry Interval ends (0: never), in the broker clock's whole seconds.
+  std::uint32_t expires_at() const noexcept {
+    if (!has_expiry_) return 0;
+    std::uint32_t t;
+    std::memcpy(&t, bytes() + topic_size_ + properties_size_ + payload_size_, sizeof t);
+    return t;
+  }
+  /// Whether it has expired at second `now` of the broker's clock [MQTT-3.3.2-5].
+  bool expired(std::uint32_t now) const noexcept {
+    if (!has_expiry_) return false;
+    return now >= expires_at();
+  }
 
  private:
   friend class message_ptr;
-  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block) noexcept
-      : topic_size_(t), properties_size_(pr), payload_size_(pl), qos_(q), retain_(r), block_class_(block) {}
+  message(std::uint32_t t, std::uint32_t pr, std::uint32_t pl, codec::qos q, bool r, std::uint8_t block,
+          bool has_expiry) noexcept
+      : topic_size_(t),
+        properties_size_(pr),
+        payload_size_(pl),
+        qos_(q),
+        retain_(r),
+        block_class_(block),
+        has_expiry_(has_expiry) {}
 
   const char* bytes() const noexcept { return reinterpret_cast<const char*>(this + 1); }
   char* bytes() noexcept { return reinterpret_cast<char*>(this + 1); }
 
   void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
   std::size_t block_bytes() const noexcept {
-    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_;
+    return sizeof(message) + std::size_t{topic_size_} + properties_size_ + payload_size_ +
+           (has_expiry_ ? sizeof(std::uint32_t) : 0);
   }
 
   void release() const noexcept {
@@ -3280,7 +3328,10 @@ class message {
   std::uint32_t payload_size_;
   codec::qos qos_;
   bool retain_;
-  std::uint8_t block_class_;  // block_pool size class; fits in the padding, sizeof stays 20
+  std::uint8_t block_class_;  // block_pool size class
+  // The expiry second follows the payload, only in the messages that have one; with this flag
+  // the header stays 20 bytes.
+  bool has_expiry_;
 };
 
 /// Shared ownership of a message (an intrusive count: one allocation per message, no control block).
@@ -3316,16 +3367,18 @@ class message_ptr {
 };
 
 inline message_ptr message::make(std::string_view topic, std::string_view payload, codec::qos q, bool retain,
-                                 std::string_view properties) {
-  const std::size_t n = topic.size() + properties.size() + payload.size();
+                                 std::string_view properties, std::uint32_t expires_at) {
+  const bool has_expiry = expires_at != 0;
+  const std::size_t n = topic.size() + properties.size() + payload.size() + (has_expiry ? sizeof expires_at : 0);
   std::uint8_t block = 0;
   void* raw = detail::block_pool::allocate(sizeof(message) + n, block);
   auto* m = new (raw) message(static_cast<std::uint32_t>(topic.size()), static_cast<std::uint32_t>(properties.size()),
-                              static_cast<std::uint32_t>(payload.size()), q, retain, block);
+                              static_cast<std::uint32_t>(payload.size()), q, retain, block, has_expiry);
   char* out = m->bytes();
   if (!topic.empty()) std::memcpy(out, topic.data(), topic.size());
   if (!properties.empty()) std::memcpy(out + topic.size(), properties.data(), properties.size());
   if (!payload.empty()) std::memcpy(out + topic.size() + properties.size(), payload.data(), payload.size());
+  if (has_expiry) std::memcpy(out + topic.size() + properties.size() + payload.size(), &expires_at, sizeof expires_at);
   return message_ptr(m);
 }
 
@@ -3339,10 +3392,45 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_OPTIONS_HPP
 #define MQTTBROKER_OPTIONS_HPP
 
+// begin <mqttbroker/log.hpp>
+#ifndef MQTTBROKER_LOG_HPP
+#define MQTTBROKER_LOG_HPP
+
+
+#include <cstdint>
+
+MQTTBROKER_BEGIN_NAMESPACE
+
+/// How much a log message matters, most severe first (syslog's order).
+enum class log_level : std::uint8_t {
+  error,    // the broker cannot do what it should (a listener failed, a storage error)
+  warning,  // a client misbehaved (protocol errors, refused handshakes), limits were hit
+  notice,   // refused connections, timeouts, takeovers
+  info,     // connections and disconnections
+  debug,    // subscriptions, session expiry, the rest
+};
+
+inline const char* to_string(log_level l) noexcept {
+  switch (l) {
+    case log_level::error: return "error";
+    case log_level::warning: return "warning";
+    case log_level::notice: return "notice";
+    case log_level::info: return "info";
+    case log_level::debug: return "debug";
+  }
+  return "?";
+}
+
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_LOG_HPP
+// end <mqttbroker/log.hpp>
+
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 MQTTBROKER_BEGIN_NAMESPACE
 
@@ -3400,6 +3488,23 @@ struct broker_options {
   std::size_t max_retained_messages = 1'000'000;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
+  /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in
+  /// CONNACK (Mosquitto: max_topic_alias 10); 0 refuses every alias.
+  std::uint16_t topic_alias_maximum = 10;
+  /// 5.0: Topic Aliases the broker uses toward a client, at most the client's own Topic Alias
+  /// Maximum; when all are taken the least recently used one is given to the new topic. 0: none.
+  std::uint16_t max_outbound_topic_aliases = 10;
+  /// The highest QoS clients may publish with (5.0 Maximum QoS in CONNACK); subscriptions are
+  /// granted at most this. A PUBLISH or will above it: 5.0 DISCONNECT or CONNACK 0x9B, 3.1.1 close.
+  codec::qos maximum_qos = codec::qos::exactly_once;
+  /// Whether clients may publish retained messages (5.0 Retain Available); false: a retained
+  /// PUBLISH or will gets 5.0 DISCONNECT or CONNACK 0x9A, 3.1.1 a close.
+  bool retain_available = true;
+  /// 5.0: what a client that sets Request Response Information gets as Response Information in
+  /// CONNACK (the basis of its response topics); empty: nothing is sent.
+  std::string response_information;
+  /// The least severe log message the hooks' log() gets; nothing more verbose is even formatted.
+  mqttbroker::log_level log_level = mqttbroker::log_level::info;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
 };
@@ -3814,6 +3919,7 @@ class auth_reply {
 ///   void on_subscribe(const client_info&, std::string_view filter, codec::qos granted);
 ///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
+///   void log(log_level, std::string_view message);  // up to broker_options::log_level
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -3916,6 +4022,8 @@ MQTTBROKER_HOOK(on_unsubscribe, void, true, false, "void on_unsubscribe(const ho
 MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 "void on_connect_refused(const hooks::connect_info&, reason_code)",
                 std::declval<const connect_info&>(), std::declval<reason_code>())
+MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view message)",
+                std::declval<log_level>(), std::declval<std::string_view>())
 #undef MQTTBROKER_HOOK
 
 /// The asynchronous authenticate: authenticate_hook's other form.
@@ -3934,7 +4042,7 @@ constexpr bool check_hooks() {
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
-                            on_connect_refused_hook<H>::value};
+                            on_connect_refused_hook<H>::value,  log_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -3969,6 +4077,8 @@ template <class H>
 inline constexpr bool has_on_unsubscribe_v = detail::on_unsubscribe_hook<H>::value;
 template <class H>
 inline constexpr bool has_on_connect_refused_v = detail::on_connect_refused_hook<H>::value;
+template <class H>
+inline constexpr bool has_log_v = detail::log_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
@@ -4136,6 +4246,17 @@ struct outgoing {
   std::uint32_t share_group = 0;
 };
 
+/// The bytes `o` takes as a 5.0 PUBLISH, fixed header included: its properties with one
+/// Subscription Identifier property per identifier, as link::send_publish() encodes it.
+inline std::size_t wire_size_v5(const outgoing& o) noexcept {
+  std::size_t props = o.msg->properties().bytes().size();
+  for (std::uint32_t id : o.subscription_ids) props += 1 + codec::detail::varint_size(id);
+  const std::size_t body = 2 + o.msg->topic().size() + (o.qos_level == codec::qos::at_most_once ? 0 : 2) +
+                           codec::detail::varint_size(static_cast<std::uint32_t>(props)) + props +
+                           o.msg->payload().size();
+  return 1 + codec::detail::varint_size(static_cast<std::uint32_t>(body)) + body;
+}
+
 /// Where an outgoing QoS 1/2 message stands.
 enum class phase : std::uint8_t {
   awaiting_puback,   // QoS 1 sent
@@ -4154,6 +4275,12 @@ struct limits {
   std::size_t max_queued_bytes = 0;  // 0: no byte limit
   bool drop_oldest = false;          // overflow policy: false drops the arriving message
   bool queue_qos0_offline = false;
+};
+
+/// Why next_ready() dropped a queued message without sending it.
+enum class discard : std::uint8_t {
+  too_large,  // over the connected client's Maximum Packet Size [MQTT-3.1.2-25]
+  expired,    // its Message Expiry Interval ended while it waited [MQTT-3.3.2-5]
 };
 
 /// What offer() did with a message.
@@ -4191,13 +4318,16 @@ class state {
   /// make room (a durable store forgets them too).
   template <class OnEvict>
   admission offer(outgoing& o, bool online, OnEvict&& on_evict) {
+    // Too large for the connected client: dropped for it alone [MQTT-3.1.2-25]. Offline, the
+    // next connection's limit decides (next_ready()).
+    if (online && !fits(o)) return admission::dropped;
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) return admission::dropped;
       return enqueue(std::move(o), on_evict);
     }
     traffic& t = flows();
-    if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
+    if (online && t.queue.empty() && t.inflight.size() < window(t)) {
       admit(t, o);
       t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
@@ -4218,10 +4348,25 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    if (!traffic_ || traffic_->queue.empty()) return std::nullopt;
+    return next_ready(0, [](const outgoing&, discard) {});
+  }
+  /// The same at second `now` of the broker's clock (message::expired); `on_discard(const
+  /// outgoing&, discard)` sees each queued message dropped without being sent: expired, or too
+  /// large for the connected client.
+  template <class OnDiscard>
+  std::optional<outgoing> next_ready(std::uint32_t now, OnDiscard&& on_discard) {
+    if (!traffic_) return std::nullopt;
     traffic& t = *traffic_;
-    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= limits_->max_inflight)
-      return std::nullopt;
+    while (!t.queue.empty()) {
+      const outgoing& front = t.queue.front();
+      const bool expired = front.msg->expired(now);
+      if (!expired && fits(front)) break;
+      t.queued_bytes -= front.msg->payload().size();
+      on_discard(front, expired ? discard::expired : discard::too_large);
+      t.queue.pop_front();
+    }
+    if (t.queue.empty()) return std::nullopt;
+    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= window(t)) return std::nullopt;
     outgoing o = std::move(t.queue.front());
     t.queue.pop_front();
     t.queued_bytes -= o.msg->payload().size();
@@ -4269,6 +4414,46 @@ class state {
   }
 
   std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
+
+  /// 5.0: what the connected client takes, set at each CONNECT (3.1.1: 65535 and 0).
+  /// - Its Receive Maximum narrows the in-flight window below the broker's max_inflight
+  ///   [MQTT-3.3.4-9]. A resumed session's messages in flight beyond it stay in flight (they are
+  ///   re-sent), and no new one is admitted until the count is below it again.
+  /// - Its Maximum Packet Size (0: none): a PUBLISH larger is dropped for this client alone
+  ///   [MQTT-3.1.2-25].
+  /// Nothing is kept for a client that narrows neither (an idle session stays small).
+  void set_client_limits(std::uint16_t receive_maximum, std::uint32_t maximum_packet_size) {
+    if (receive_maximum >= limits_->max_inflight && maximum_packet_size == 0 && !traffic_) return;
+    traffic& t = flows();
+    t.send_window = receive_maximum;
+    t.max_packet_size = maximum_packet_size;
+  }
+  /// Whether `o` may go to the connected client as one PUBLISH (its Maximum Packet Size).
+  bool fits(const outgoing& o) const noexcept {
+    return !traffic_ || traffic_->max_packet_size == 0 || wire_size_v5(o) <= traffic_->max_packet_size;
+  }
+  /// A resumed session's messages in flight that the new connection's Maximum Packet Size does
+  /// not take: dropped as if delivered [MQTT-3.1.2-25], each seen by `on_discard(const outgoing&)`.
+  template <class OnDiscard>
+  void discard_unfit_inflight(OnDiscard&& on_discard) {
+    if (!traffic_ || traffic_->max_packet_size == 0) return;
+    traffic& t = *traffic_;
+    // Rare (a reconnect with a smaller limit): a restart after each removal is simple enough.
+    for (bool removed = true; removed;) {
+      removed = false;
+      for (auto it = t.inflight.begin(); it != t.inflight.end(); ++it) {
+        // After PUBREC only the identifier is left: a PUBREL always fits.
+        if (it->state == phase::awaiting_pubcomp || fits(it->pub)) continue;
+        on_discard(static_cast<const outgoing&>(it->pub));
+        mark(t, it->pub.packet_id, false);
+        t.inflight.erase(it);
+        removed = true;
+        break;
+      }
+    }
+  }
+  /// How many QoS 1/2 messages may be in flight to the client now.
+  std::size_t send_window() const noexcept { return traffic_ ? window(*traffic_) : limits_->max_inflight; }
   std::size_t queued_count() const noexcept { return traffic_ ? traffic_->queue.size() : 0; }
   std::size_t queued_bytes() const noexcept { return traffic_ ? traffic_->queued_bytes : 0; }
 
@@ -4347,7 +4532,13 @@ class state {
     std::uint16_t next_id = 0;
     std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
     std::vector<std::uint16_t> inbound_qos2;  // sorted
+    std::uint16_t send_window = 0xFFFF;       // the client's Receive Maximum
+    std::uint32_t max_packet_size = 0;        // the client's Maximum Packet Size; 0: none
   };
+
+  std::size_t window(const traffic& t) const noexcept {
+    return std::min<std::size_t>(limits_->max_inflight, t.send_window);
+  }
 
   traffic& flows() {
     if (!traffic_) traffic_ = std::make_unique<traffic>();
@@ -6347,6 +6538,7 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
 // end <mqttbroker/detail/intrusive_list.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -6356,11 +6548,17 @@ MQTTBROKER_END_NAMESPACE
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
+
+/// The broker clock's whole second: what message expiry counts in (message::expires_at).
+inline std::uint32_t clock_seconds(std::chrono::steady_clock::time_point t) noexcept {
+  return static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count());
+}
 
 template <class Policies>
 class core;
@@ -6379,6 +6577,75 @@ enum class link_event : std::uint8_t {
   authenticated,   // an asynchronous authenticate answered
 };
 
+/// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
+class topic_aliases {
+ public:
+  // ---- from the client: it sets alias -> topic, up to the broker's Topic Alias Maximum
+
+  /// The topic the client set for `alias` (1..maximum), or empty when it set none.
+  std::string_view inbound(std::uint16_t alias) const noexcept {
+    return alias <= inbound_.size() ? std::string_view(inbound_[alias - 1]) : std::string_view();
+  }
+  void set_inbound(std::uint16_t alias, std::string_view topic, std::uint16_t maximum) {
+    if (inbound_.size() < alias) inbound_.resize(maximum);
+    inbound_[alias - 1].assign(topic);
+  }
+
+  // ---- to the client: the broker picks aliases, up to the client's Topic Alias Maximum
+
+  void set_outbound_maximum(std::uint16_t n) { outbound_max_ = n; }
+  bool outbound_enabled() const noexcept { return outbound_max_ != 0; }
+
+  /// The alias for `topic`, and whether the client already knows it (then the PUBLISH may leave
+  /// the topic out). A topic without one takes a free alias, or the least recently used one.
+  std::pair<std::uint16_t, bool> outbound(std::string_view topic) {
+    ++tick_;
+    if (auto it = by_topic_.find(topic); it != by_topic_.end()) {
+      used_[it->second - 1] = tick_;
+      return {it->second, true};
+    }
+    // Reserved once, so the strings the map's keys view never move.
+    if (topics_.capacity() < outbound_max_) {
+      topics_.reserve(outbound_max_);
+      used_.reserve(outbound_max_);
+    }
+    std::uint16_t alias;
+    if (topics_.size() < outbound_max_) {
+      topics_.emplace_back();
+      used_.push_back(0);
+      alias = static_cast<std::uint16_t>(topics_.size());
+    } else {
+      alias = static_cast<std::uint16_t>(std::min_element(used_.begin(), used_.end()) - used_.begin() + 1);
+      by_topic_.erase(topics_[alias - 1]);
+    }
+    topics_[alias - 1].assign(topic);
+    used_[alias - 1] = tick_;
+    by_topic_.emplace(topics_[alias - 1], alias);
+    return {alias, false};
+  }
+
+ private:
+  std::vector<std::string> inbound_;  // alias - 1 -> topic
+  std::uint16_t outbound_max_ = 0;
+  std::vector<std::string> topics_;   // alias - 1 -> topic
+  std::vector<std::uint64_t> used_;   // alias - 1 -> when last sent (least recently used goes)
+  std::unordered_map<std::string_view, std::uint16_t> by_topic_;
+  std::uint64_t tick_ = 0;
+};
+
+/// What few connections need, made on first use: a will, topic aliases (these apart again: a
+/// will is common, and its connection should not carry alias tables it does not use).
+struct link_extras {
+  message_ptr will;  // published if the connection ends without DISCONNECT
+  std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
+  std::unique_ptr<topic_aliases> aliases;
+
+  topic_aliases& alias_table() {
+    if (!aliases) aliases = std::make_unique<topic_aliases>();
+    return *aliases;
+  }
+};
+
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
 /// asynchronous authentication runs.
 struct connect_request {
@@ -6389,6 +6656,10 @@ struct connect_request {
   bool clean_start = true;
   bool assigned_id = false;
   std::uint16_t keep_alive = 0;
+  std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
+  std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
+  std::uint16_t topic_alias_maximum = 0;   // 5.0: the client's; 0 when absent
+  bool wants_response_information = false;  // 5.0 Request Response Information 1
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
@@ -6551,11 +6822,26 @@ class link : public detail::list_links,
     p.dup = o.dup;
     p.packet_id = o.packet_id;
     if (version_ == codec::protocol_version::v5) {
-      if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+      std::pair<std::uint16_t, bool> alias{0, false};  // an alias, and whether the client knows it
+      if (extras_ && extras_->aliases && extras_->aliases->outbound_enabled())
+        alias = extras_->aliases->outbound(p.topic);
+      if (alias.first != 0 || !o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
-        for (const codec::property& pr : o.msg->properties()) props.add(pr);
+        for (const codec::property& pr : o.msg->properties()) {
+          if (pr.id == codec::property_id::message_expiry_interval && o.msg->expires_at() != 0) {
+            // What is left of it: the interval less the time the message waited here [MQTT-3.3.2-6].
+            const std::uint32_t at = clock_seconds(now);
+            props.add(pr.id, o.msg->expires_at() > at ? o.msg->expires_at() - at : std::uint32_t{0});
+          } else {
+            props.add(pr);
+          }
+        }
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
+        if (alias.first != 0) {
+          props.add(codec::property_id::topic_alias, alias.first);
+          if (alias.second) p.topic = std::string_view();  // the alias stands for it
+        }
         p.properties = props.view();
       }
     }
@@ -6665,6 +6951,10 @@ class link : public detail::list_links,
     if (!queued_) queued_ = write_batch_pool::acquire();
     return *queued_;
   }
+  link_extras& more() {
+    if (!extras_) extras_ = std::make_unique<link_extras>();
+    return *extras_;
+  }
 
   void note_queued(std::size_t n, steady_time now) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
@@ -6691,8 +6981,7 @@ class link : public detail::list_links,
   // taken over and ended) stays valid here until this link lets go of it.
   detail::ref_ptr<Session> session_;
   detail::ref_ptr<Session> pace_target_;
-  message_ptr will_;  // published if the connection ends without DISCONNECT
-  std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
+  std::unique_ptr<link_extras> extras_;
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::atomic<bool> paused_{false};  // read by other threads
   // Only this link's executor touches these, so they share a byte (a broker keeps one link per
@@ -6890,7 +7179,9 @@ struct broker_stats {
   std::uint64_t keep_alive_timeouts = 0;
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
-  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
+  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
+                                          // Maximum Packet Size
+  std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
@@ -7160,6 +7451,8 @@ MQTTBROKER_END_NAMESPACE
 #endif  // MQTTBROKER_STORAGE_CONTRACT_HPP
 // end <mqttbroker/storage/contract.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -7250,6 +7543,22 @@ class core {
   core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
+
+  /// A message for the host's log hook, formatted with fmt, and only when there is such a hook and
+  /// `level` is within options().log_level: otherwise this compiles to nothing or returns at once.
+  /// The hook may be called from any of the broker's threads (locking::shared).
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
+    if constexpr (hooks::has_log_v<hooks_type>) {
+      if (level > opts_.log_level) return;
+      const std::string text = fmt::format(format, std::forward<Args>(args)...);
+      hooks_.log(level, text);
+    } else {
+      (void)level;
+      (void)format;
+      ((void)args, ...);
+    }
+  }
   /// The storage policy's object: a host opens or configures it before the broker starts.
   storage_type& storage() noexcept { return storage_; }
 
@@ -7358,6 +7667,47 @@ class core {
     }
     return publish_message(message::make(topic_name, payload, q, retain), nullptr, now);
   }
+  /// The same with 5.0 properties; an error (and no message) for a Response Topic that is not a
+  /// topic name, a string that is not UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error, steady_time now) {
+    auto fail = [&](std::error_code ec) {
+      if (error) *error = ec;
+      return std::size_t{0};
+    };
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) return fail(ec);
+    auto text = [](std::string_view s) -> std::error_code {
+      if (s.size() > 0xFFFF) return codec_errc::field_too_long;
+      return codec::validate_utf8(s);
+    };
+    codec::properties_builder b;
+    if (props.payload_is_utf8) {
+      if (*props.payload_is_utf8) {
+        if (auto ec = codec::validate_utf8(payload)) return fail(ec);
+      }
+      b.add(codec::property_id::payload_format_indicator, *props.payload_is_utf8 ? 1u : 0u);
+    }
+    if (props.message_expiry) b.add(codec::property_id::message_expiry_interval, *props.message_expiry);
+    if (props.content_type) {
+      if (auto ec = text(*props.content_type)) return fail(ec);
+      b.add(codec::property_id::content_type, *props.content_type);
+    }
+    if (props.response_topic) {
+      if (auto ec = topic::validate_topic_name(*props.response_topic, topic_limits())) return fail(ec);
+      b.add(codec::property_id::response_topic, *props.response_topic);
+    }
+    if (props.correlation_data) {
+      if (props.correlation_data->size() > 0xFFFF) return fail(codec_errc::field_too_long);
+      b.add(codec::property_id::correlation_data, *props.correlation_data);
+    }
+    for (const auto& kv : props.user_properties) {
+      if (auto ec = text(kv.first)) return fail(ec);
+      if (auto ec = text(kv.second)) return fail(ec);
+      b.add_user_property(kv.first, kv.second);
+    }
+    const codec::properties_view v = b.view();
+    return publish_message(message::make(topic_name, payload, q, retain, v.bytes(), expiry_of(v, now)), nullptr, now);
+  }
 
   local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q) {
     if (auto ec = topic::validate_topic_filter(filter, topic_limits())) throw std::system_error(ec, "mqttbroker: subscribe");
@@ -7390,6 +7740,7 @@ class core {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
@@ -7430,6 +7781,7 @@ class core {
           drop_session_subscriptions(r);
           hand_over_shared(r, now);
           record([&](auto& st) { st.erase_session(r.state.client_id()); });
+          log(log_level::debug, "session '{}' expired", r.state.client_id());
           it = sessions_.erase(it);
           ++stats_.sessions_expired;
         } else {
@@ -7437,7 +7789,7 @@ class core {
         }
       }
     }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// When the earliest delayed will is due, if any.
@@ -7466,7 +7818,7 @@ class core {
       }
     }
     if (stopping_) return;
-    for (auto& w : due) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
@@ -7526,6 +7878,25 @@ class core {
  protected:
   using mutex_type = typename locking_type::mutex_type;
   using session_mutex_type = typename session_type::session_mutex_type;
+
+  /// When a message with these 5.0 properties, received at `now`, expires: 0 without a Message
+  /// Expiry Interval.
+  static std::uint32_t expiry_of(const codec::properties_view& props, steady_time now) noexcept {
+    if (props.empty()) return 0;
+    const auto p = props.find(codec::property_id::message_expiry_interval);
+    if (!p) return 0;
+    const std::uint64_t at = std::uint64_t{engine::clock_seconds(now)} + p->integer;
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
+  }
+
+  /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
+  /// CONNECT that carried it.
+  static message_ptr published_will(message_ptr will, steady_time now) {
+    const std::uint32_t expires = expiry_of(will->properties(), now);
+    if (expires == 0) return will;
+    return message::make(will->topic(), will->payload(), will->qos_level(), will->retain(),
+                         will->properties().bytes(), expires);
+  }
 
   topic::limits topic_limits() const noexcept {
     topic::limits lim;
@@ -7701,9 +8072,14 @@ class core {
   /// session left its groups. state_mutex_ held exclusively.
   void hand_over_shared(session_type& rec, steady_time now) {
     if (groups_by_id_.empty()) return;
+    const std::uint32_t now_s = clock_seconds(now);
     rec.state.for_each_owed([&](const session::outgoing& o, const session::phase* sent) {
       if (o.share_group == 0 || !o.msg) return;
       if (sent != nullptr && *sent != session::phase::awaiting_puback) return;  // [MQTT-4.8.2-5]
+      if (o.msg->expired(now_s)) {  // [MQTT-3.3.2-5] its Message Expiry Interval has passed
+        hot_.expired.fetch_add(1);
+        return;
+      }
       const auto it = groups_by_id_.find(o.share_group);
       if (it != groups_by_id_.end()) deliver_shared(*it->second, o.msg, nullptr, nullptr, now);
     });
@@ -7810,7 +8186,13 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    while (auto o = rec->state.next_ready()) {
+    const std::uint32_t now_s = clock_seconds(now);
+    auto discarded = [&](const session::outgoing& gone, session::discard why) {
+      (why == session::discard::expired ? hot_.expired : hot_.dropped).fetch_add(1);
+      if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+    };
+    while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -7821,11 +8203,16 @@ class core {
     while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+          rec->state.inflight_count() >= rec->state.send_window())
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
+      if (o.msg->expired(now_s)) {  // expired while it waited for the window [MQTT-3.3.2-5]
+        hot_.expired.fetch_add(1);
+        continue;
+      }
       const auto adm = rec->state.offer(o, true);
+      if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
@@ -8058,7 +8445,7 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
@@ -8119,14 +8506,21 @@ class protocol : public core<Policies> {
   /// A new connection: false when it is over max_connections (counted; the caller closes it).
   /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
   bool open(link_type& l, steady_time now) {
+    bool full = false;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (links_.size() >= opts_.max_connections) {
+      full = links_.size() >= opts_.max_connections;
+      if (full) {
         ++stats_.connections_refused;
-        return false;
+      } else {
+        ++stats_.connections_accepted;
+        links_.push_back(l.self());
       }
-      ++stats_.connections_accepted;
-      links_.push_back(l.self());
+    }
+    if (full) {
+      // After the lock: the hook is the host's code.
+      this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
+      return false;
     }
     l.note_progress(now);
     restart_deadline(l, now);
@@ -8138,7 +8532,14 @@ class protocol : public core<Policies> {
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
-      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
+      case 0:
+        // The decoder refuses a second CONNECT already; the engine holds to it on its own too.
+        if (l.connected_) {
+          violation(l, protocol_errc::second_connect, now);  // [MQTT-3.1.0-2]
+          break;
+        }
+        on_connect(l, std::get<codec::connect>(p), now);
+        break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
       case 3: on_puback(l, std::get<codec::puback>(p), now); break;
       case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
@@ -8164,6 +8565,7 @@ class protocol : public core<Policies> {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++stats_.protocol_errors;
     }
+    this->log(log_level::warning, "client '{}': {}; closing", l.client_id(), ec.message());
     if (!l.connected_) {
       // Before CONNACK: a CONNACK with the refusal where the version has a code for it
       // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
@@ -8218,6 +8620,7 @@ class protocol : public core<Policies> {
 
   /// A newer connection took the session over: this one closes without touching it.
   void take_over(link_type& l, steady_time now) {
+    this->log(log_level::notice, "client '{}': taken over by a newer connection", l.client_id());
     l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
     l.close(reason_code::session_taken_over, true, false, now);
   }
@@ -8253,9 +8656,11 @@ class protocol : public core<Policies> {
       ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
     }
     if (!l.connected_) {
+      this->log(log_level::notice, "connection closed: no CONNECT within {} ms", opts_.connect_timeout.count());
       // No complete CONNECT within the timeout: close without a word.
       l.close(reason_code::maximum_connect_time, false, false, now);
     } else {
+      this->log(log_level::notice, "client '{}': Keep Alive timeout", l.client_id());
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
       l.close(reason_code::keep_alive_timeout, true, false, now);
     }
@@ -8280,7 +8685,8 @@ class protocol : public core<Policies> {
           if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
       }
     }
-    message_ptr will = std::move(l.will_);
+    message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
+    const std::chrono::duration<std::uint32_t> will_delay = l.extras_ ? l.extras_->will_delay : std::chrono::duration<std::uint32_t>(0);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
     std::vector<detail::ref_ptr<link_type>> paced;
     if (l.graceful_ || stopping_) will = message_ptr();
@@ -8292,7 +8698,7 @@ class protocol : public core<Policies> {
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
-      if (taken_over && l.will_delay_.count() != 0) {
+      if (taken_over && will_delay.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
@@ -8311,10 +8717,10 @@ class protocol : public core<Policies> {
           remove_session(*rec, now);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
-          if (will && l.will_delay_.count() != 0) {
+          if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            const auto delay = std::min<std::chrono::seconds>(will_delay, rec->expiry);
             this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
             will_due = delay_will(*rec, std::move(will), now + delay);
           }
@@ -8325,6 +8731,8 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
+      this->log(log_level::info, "client '{}' disconnected{}", rec->state.client_id(),
+                l.graceful_ ? "" : " without DISCONNECT");
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
         hooks::client_info info = l.client_info();
         info.client_id = rec->state.client_id();  // the link has let go of the session
@@ -8332,7 +8740,7 @@ class protocol : public core<Policies> {
       }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
+    if (will) publish_message(base::published_will(std::move(will), now), nullptr, now);
     if (stopped) stopped();
   }
 
@@ -8413,6 +8821,7 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
+    this->log(log_level::notice, "CONNECT of '{}' refused: {}", info.client_id, to_string(why));
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
       hooks_.on_connect_refused(info, why);
     } else {
@@ -8467,6 +8876,16 @@ class protocol : public core<Policies> {
                                  connack_return_code::accepted, now);
 
     if (cp.will) {
+      // A will the server would not accept as a PUBLISH [MQTT-3.2.2-12] [MQTT-3.2.2-13]: 5.0 has
+      // a CONNACK code for each, 3.1.1 closes.
+      const bool qos_too_high = cp.will->qos_level > opts_.maximum_qos;
+      if (qos_too_high || (cp.will->retain && !opts_.retain_available)) {
+        if (v5)
+          return refuse_connect_code(l, connect_info_of(l, cp),
+                                     qos_too_high ? reason_code::qos_not_supported : reason_code::retain_not_supported,
+                                     connack_return_code::accepted, now);
+        return refuse_by_closing(l, connect_info_of(l, cp), protocol_errc::unexpected_packet, now);
+      }
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
         if (v5)
@@ -8479,6 +8898,17 @@ class protocol : public core<Policies> {
     r.version = v;
     r.clean_start = cp.clean_start;
     r.keep_alive = cp.keep_alive;
+    if (v5) {
+      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
+      // this (the decoder refused 0 for either as a protocol error).
+      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
+        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
+        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::request_response_information))
+        r.wants_response_information = p->integer == 1;
+    }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
     }
@@ -8606,6 +9036,7 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
@@ -8615,8 +9046,15 @@ class protocol : public core<Policies> {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(r.will);
-    l.will_delay_ = r.will_delay;
+    if (r.will) {
+      link_extras& x = l.more();
+      x.will = std::move(r.will);
+      x.will_delay = r.will_delay;
+    }
+    // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
+    // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
+    if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
+      l.more().alias_table().set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -8635,7 +9073,14 @@ class protocol : public core<Policies> {
       if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
-      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
+      // Absent means QoS 2 and retain available [MQTT-3.2.2-9]: sent only when switched off.
+      if (opts_.maximum_qos != codec::qos::exactly_once)
+        props.add(codec::property_id::maximum_qos, static_cast<std::uint32_t>(opts_.maximum_qos));
+      if (!opts_.retain_available) props.add(codec::property_id::retain_available, 0);
+      // Only to a client that asked, and then optional [MQTT-3.1.2-28].
+      if (r.wants_response_information && !opts_.response_information.empty())
+        props.add(codec::property_id::response_information, opts_.response_information);
       props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -8643,12 +9088,19 @@ class protocol : public core<Policies> {
     }
     l.send(ack, now);
 
+    this->log(log_level::info, "client '{}' connected (MQTT {}, {} session)", client_id, v5 ? "5.0" : "3.1.1",
+              session_present ? "resumed" : "new");
     if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn.get() == &l) rec->state.discard_unfit_inflight([&](const session::outgoing& gone) {
+        // Too large for this connection: as if delivered [MQTT-3.1.2-25].
+        hot_.dropped.fetch_add(1);
+        if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
+      });
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
@@ -8692,18 +9144,46 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
-  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+  void on_publish(link_type& l, codec::publish& p, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
-      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(l, protocol_errc::topic_alias_invalid, now);
+    if (v5 && !p.properties.empty()) {
+      if (auto a = p.properties.find(codec::property_id::topic_alias)) {
+        // Every alias from 1 to the Topic Alias Maximum of our CONNACK is taken [MQTT-3.3.2-12];
+        // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
+        const auto alias = static_cast<std::uint16_t>(a->integer);
+        if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
+        topic_aliases& table = l.more().alias_table();
+        if (p.topic.empty()) {
+          // An alias the client never set on this connection is a Protocol Error.
+          p.topic = table.inbound(alias);
+          if (p.topic.empty()) return violation(l, protocol_errc::topic_alias_unknown, now);
+        } else {
+          table.set_inbound(alias, p.topic, opts_.topic_alias_maximum);
+        }
+      }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
+    // Above the Maximum QoS or retained where Retain Available is 0: what the CONNACK told the
+    // client not to send ([MQTT-3.2.2-11] [MQTT-3.2.2-14]); 5.0 DISCONNECT 0x9B or 0x9A.
+    if (p.qos_level > opts_.maximum_qos) return violation(l, protocol_errc::qos_not_supported, now);
+    if (p.retain && !opts_.retain_available) return violation(l, protocol_errc::retain_not_supported, now);
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    reason_code refusal = reason_code::not_authorized;
+    if (allowed && v5 && !p.properties.empty()) {
+      // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
+      if (auto f = p.properties.find(codec::property_id::payload_format_indicator); f && f->integer == 1 &&
+                                                                                    codec::validate_utf8(p.payload)) {
+        if (p.qos_level == codec::qos::at_most_once) return violation(l, protocol_errc::payload_format_invalid, now);
+        allowed = false;
+        refusal = reason_code::payload_format_invalid;
+      }
+    }
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+                             base::expiry_of(p.properties, now))
+             : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
@@ -8720,7 +9200,7 @@ class protocol : public core<Policies> {
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
+          ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
         // After the commit of what made the broker responsible (queued for kept sessions).
@@ -8755,7 +9235,7 @@ class protocol : public core<Policies> {
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+          rec_ack.reason = !allowed                 ? refusal
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
         return acknowledge(l, rec_ack, now);
@@ -8918,7 +9398,9 @@ class protocol : public core<Policies> {
         const auto rh = e.options.retain_handling;
         if (!shared && (rh == codec::retain_handling_option::send ||
                         (rh == codec::retain_handling_option::send_if_new && is_new))) {
+          const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
+            if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);
@@ -8994,7 +9476,7 @@ class protocol : public core<Policies> {
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
     }
-    if (!keep_will) l.will_ = message_ptr();
+    if (!keep_will && l.extras_) l.extras_->will = message_ptr();
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
@@ -9573,6 +10055,7 @@ class connection final
     if (!this->is_open()) return;  // closed meanwhile: the CONNECT timeout, a stop
     if (ec) {
       ctx_.note_handshake_failure();
+      engine().log(log_level::warning, "transport handshake failed: {}", ec.message());
       finish_close();
       return;
     }
@@ -9973,6 +10456,15 @@ class broker {
     // The sweep's time, not a clock read per publish (a tenth of a host publish's cost): it only
     // dates when an idle subscriber got work, for the stuck-client test, which counts in seconds.
     return ctx_.engine_.publish(topic_name, payload, q, retain, error, sweep_now());
+  }
+
+  /// The same with 5.0 properties (a Response Topic and Correlation Data for a request, a Message
+  /// Expiry Interval, User Properties...): 5.0 subscribers get them, in-process ones see them in
+  /// message::properties(). An error for a Response Topic with wildcards, a string that is not
+  /// UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error = nullptr) {
+    return ctx_.engine_.publish(topic_name, payload, q, retain, props, error, sweep_now());
   }
 
   /// Subscribes the host to `filter`; `handler` runs for each matching message on the thread that

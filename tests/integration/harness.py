@@ -413,7 +413,7 @@ class PahoClient:
     acknowledgements the test waits for are events."""
 
     def __init__(self, port, client_id="", version=V311, clean=True, keepalive=60, will=None,
-                 session_expiry=None, connect_now=True):
+                 session_expiry=None, connect_now=True, connect_properties=None):
         self.port = port
         self.version = version
         self.messages = queue.Queue()
@@ -426,6 +426,7 @@ class PahoClient:
         self.clean = clean
         self.keepalive = keepalive
         self.session_expiry = session_expiry
+        self.connect_properties = connect_properties or {}  # 5.0: paho Properties attribute -> value
         self.will = will
         self._make_client()
         self._started = False
@@ -471,9 +472,12 @@ class PahoClient:
         self.disconnected.clear()
         if self.version == V5:
             props = None
-            if self.session_expiry is not None:
+            if self.session_expiry is not None or self.connect_properties:
                 props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.session_expiry
+                if self.session_expiry is not None:
+                    props.SessionExpiryInterval = self.session_expiry
+                for name, value in self.connect_properties.items():
+                    setattr(props, name, value)
             self.client.connect(HOST, self.port, self.keepalive, clean_start=self.clean, properties=props)
         else:
             self.client.connect(HOST, self.port, self.keepalive)
@@ -520,9 +524,15 @@ class PahoClient:
         assert got_mid == mid, (got_mid, mid)
         return granted
 
-    def publish(self, topic, payload, qos=0, retain=False):
-        """Publishes and, for QoS 1/2, waits for the broker's acknowledgement to complete."""
-        info = self.client.publish(topic, payload, qos, retain)
+    def publish(self, topic, payload, qos=0, retain=False, properties=None):
+        """Publishes and, for QoS 1/2, waits for the broker's acknowledgement to complete. 5.0
+        `properties`: paho Properties attribute -> value (MessageExpiryInterval=60, ...)."""
+        props = None
+        if properties:
+            props = Properties(PacketTypes.PUBLISH)
+            for name, value in properties.items():
+                setattr(props, name, value)
+        info = self.client.publish(topic, payload, qos, retain, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise AssertionError("publish failed locally: %s" % info.rc)
         info.wait_for_publish(timeout=WAIT)

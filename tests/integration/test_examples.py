@@ -1,9 +1,12 @@
 """The example programs as documented: examples/embed (a host that runs the broker beside its own
 timer work and answers in-process) and examples/gateway (UDP <-> MQTT with an intercept hook), each
-as a child process on fixed ports the test found free, driven by paho clients and UDP sockets."""
+as a child process on fixed ports the test found free, driven by paho clients and UDP sockets; and
+the command line of every example program (examples/broker and examples/auth too): --help and
+--version."""
 
 import faulthandler
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,15 +42,15 @@ class ExampleTestCase(unittest.TestCase):
         for p in self._programs:  # stopped by assert_stops() or killed above: all output is in
             h.assert_no_sanitizer_report(self, p.all_lines(), os.path.basename(p.args[0]))
 
-    def start(self, make_args, ready):
-        """Starts the program `make_args()` names until its `ready` line appears; returns it and the
-        match. A fixed port can be taken by another process between free_port() and the program's
-        bind (the program then exits), so that is retried with new ports."""
+    def start(self, make_args, ready, timeout=h.WAIT):
+        """Starts the program `make_args()` names until its `ready` line appears (within `timeout`);
+        returns it and the match. A fixed port can be taken by another process between free_port()
+        and the program's bind (the program then exits), so that is retried with new ports."""
         for attempt in range(3):
             p = h.Program(make_args())
             self._programs.append(p)
             try:
-                return p, p.wait_line(ready)
+                return p, p.wait_line(ready, timeout=timeout)
             except AssertionError:
                 if attempt == 2:
                     raise
@@ -82,10 +85,10 @@ class Embed(ExampleTestCase):
 
         def args():
             wanted.append(h.free_port())
-            return [h.example_binary("MQTTBROKER_EMBED"), wanted[-1]]
+            return [h.example_binary("MQTTBROKER_EMBED"), "--port", wanted[-1]]
 
         p, m = self.start(args, r"embedded broker on 127\.0\.0\.1:(\d+)")
-        self.assertEqual(int(m.group(1)), wanted[-1], "it listens on the port given as argument 1")
+        self.assertEqual(int(m.group(1)), wanted[-1], "it listens on the port given with --port")
         return p, wanted[-1]
 
     def test_heartbeat_ping_and_sigterm(self):
@@ -178,6 +181,47 @@ class Gateway(ExampleTestCase):
         sub.assert_nothing()
 
         self.assert_stops(program)
+
+
+class CommandLine(unittest.TestCase):
+    """Every example program parses its arguments before it starts anything: --help lists the
+    options and exits 0 without starting a broker, --version prints the library's version."""
+
+    PROGRAMS = (  # environment variable naming the executable, an option its --help must list,
+                  # and what the program prints once its broker runs
+        ("MQTTBROKER_SERVER", "--port", r"listening on"),
+        ("MQTTBROKER_EMBED", "--port", r"embedded broker on"),
+        ("MQTTBROKER_GATEWAY", "--mqtt-port", r"gateway: MQTT on"),
+        ("MQTTBROKER_AUTH", "--port", r"broker with access control on"),
+    )
+
+    def run_program(self, *args):
+        r = subprocess.run([str(a) for a in args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=h.WAIT)
+        h.assert_no_sanitizer_report(self, r.stderr, " ".join(os.path.basename(str(a)) for a in args))
+        return r
+
+    def test_help_lists_options_and_starts_nothing(self):
+        for variable, option, running in self.PROGRAMS:
+            program = h.example_binary(variable)
+            with self.subTest(program=os.path.basename(program)):
+                r = self.run_program(program, "--help")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                for wanted in (option, "--version", "--help"):
+                    self.assertIn(wanted, r.stdout)
+                self.assertNotRegex(r.stdout + r.stderr, running, "--help started a broker")
+
+    def test_version_prints_the_library_version(self):
+        version = os.environ.get("MQTTBROKER_VERSION")
+        self.assertTrue(version, "MQTTBROKER_VERSION is not set (ctest sets it to the project's version)")
+        for variable, _, running in self.PROGRAMS:
+            program = h.example_binary(variable)
+            with self.subTest(program=os.path.basename(program)):
+                r = self.run_program(program, "--version")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertRegex(r.stdout.strip(), r"^%s %s$" % (re.escape(os.path.basename(program)),
+                                                                 re.escape(version)))
+                self.assertNotRegex(r.stdout + r.stderr, running, "--version started a broker")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/utf8.hpp>
+#include <mqttbroker/log.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/intrusive_list.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
@@ -21,6 +23,8 @@
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 #include <mqttbroker/version.hpp>
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
@@ -112,6 +116,22 @@ class core {
   core& operator=(const core&) = delete;
 
   const broker_options& options() const noexcept { return opts_; }
+
+  /// A message for the host's log hook, formatted with fmt, and only when there is such a hook and
+  /// `level` is within options().log_level: otherwise this compiles to nothing or returns at once.
+  /// The hook may be called from any of the broker's threads (locking::shared).
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
+    if constexpr (hooks::has_log_v<hooks_type>) {
+      if (level > opts_.log_level) return;
+      const std::string text = fmt::format(format, std::forward<Args>(args)...);
+      hooks_.log(level, text);
+    } else {
+      (void)level;
+      (void)format;
+      ((void)args, ...);
+    }
+  }
   /// The storage policy's object: a host opens or configures it before the broker starts.
   storage_type& storage() noexcept { return storage_; }
 
@@ -220,6 +240,47 @@ class core {
     }
     return publish_message(message::make(topic_name, payload, q, retain), nullptr, now);
   }
+  /// The same with 5.0 properties; an error (and no message) for a Response Topic that is not a
+  /// topic name, a string that is not UTF-8 or a field over 65,535 bytes.
+  std::size_t publish(std::string_view topic_name, std::string_view payload, codec::qos q, bool retain,
+                      const message_properties& props, std::error_code* error, steady_time now) {
+    auto fail = [&](std::error_code ec) {
+      if (error) *error = ec;
+      return std::size_t{0};
+    };
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) return fail(ec);
+    auto text = [](std::string_view s) -> std::error_code {
+      if (s.size() > 0xFFFF) return codec_errc::field_too_long;
+      return codec::validate_utf8(s);
+    };
+    codec::properties_builder b;
+    if (props.payload_is_utf8) {
+      if (*props.payload_is_utf8) {
+        if (auto ec = codec::validate_utf8(payload)) return fail(ec);
+      }
+      b.add(codec::property_id::payload_format_indicator, *props.payload_is_utf8 ? 1u : 0u);
+    }
+    if (props.message_expiry) b.add(codec::property_id::message_expiry_interval, *props.message_expiry);
+    if (props.content_type) {
+      if (auto ec = text(*props.content_type)) return fail(ec);
+      b.add(codec::property_id::content_type, *props.content_type);
+    }
+    if (props.response_topic) {
+      if (auto ec = topic::validate_topic_name(*props.response_topic, topic_limits())) return fail(ec);
+      b.add(codec::property_id::response_topic, *props.response_topic);
+    }
+    if (props.correlation_data) {
+      if (props.correlation_data->size() > 0xFFFF) return fail(codec_errc::field_too_long);
+      b.add(codec::property_id::correlation_data, *props.correlation_data);
+    }
+    for (const auto& kv : props.user_properties) {
+      if (auto ec = text(kv.first)) return fail(ec);
+      if (auto ec = text(kv.second)) return fail(ec);
+      b.add_user_property(kv.first, kv.second);
+    }
+    const codec::properties_view v = b.view();
+    return publish_message(message::make(topic_name, payload, q, retain, v.bytes(), expiry_of(v, now)), nullptr, now);
+  }
 
   local_subscription_id subscribe(std::string_view filter, local_handler handler, codec::qos q) {
     if (auto ec = topic::validate_topic_filter(filter, topic_limits())) throw std::system_error(ec, "mqttbroker: subscribe");
@@ -252,6 +313,7 @@ class core {
     s.messages_received = hot_.received.load();
     s.messages_sent = hot_.sent.load();
     s.messages_dropped = hot_.dropped.load();
+    s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
@@ -292,6 +354,7 @@ class core {
           drop_session_subscriptions(r);
           hand_over_shared(r, now);
           record([&](auto& st) { st.erase_session(r.state.client_id()); });
+          log(log_level::debug, "session '{}' expired", r.state.client_id());
           it = sessions_.erase(it);
           ++stats_.sessions_expired;
         } else {
@@ -299,7 +362,7 @@ class core {
         }
       }
     }
-    for (auto& w : due_wills) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// When the earliest delayed will is due, if any.
@@ -328,7 +391,7 @@ class core {
       }
     }
     if (stopping_) return;
-    for (auto& w : due) publish_message(std::move(w), nullptr, now);
+    for (auto& w : due) publish_message(published_will(std::move(w), now), nullptr, now);
   }
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
@@ -388,6 +451,25 @@ class core {
  protected:
   using mutex_type = typename locking_type::mutex_type;
   using session_mutex_type = typename session_type::session_mutex_type;
+
+  /// When a message with these 5.0 properties, received at `now`, expires: 0 without a Message
+  /// Expiry Interval.
+  static std::uint32_t expiry_of(const codec::properties_view& props, steady_time now) noexcept {
+    if (props.empty()) return 0;
+    const auto p = props.find(codec::property_id::message_expiry_interval);
+    if (!p) return 0;
+    const std::uint64_t at = std::uint64_t{engine::clock_seconds(now)} + p->integer;
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
+  }
+
+  /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
+  /// CONNECT that carried it.
+  static message_ptr published_will(message_ptr will, steady_time now) {
+    const std::uint32_t expires = expiry_of(will->properties(), now);
+    if (expires == 0) return will;
+    return message::make(will->topic(), will->payload(), will->qos_level(), will->retain(),
+                         will->properties().bytes(), expires);
+  }
 
   topic::limits topic_limits() const noexcept {
     topic::limits lim;
@@ -563,9 +645,14 @@ class core {
   /// session left its groups. state_mutex_ held exclusively.
   void hand_over_shared(session_type& rec, steady_time now) {
     if (groups_by_id_.empty()) return;
+    const std::uint32_t now_s = clock_seconds(now);
     rec.state.for_each_owed([&](const session::outgoing& o, const session::phase* sent) {
       if (o.share_group == 0 || !o.msg) return;
       if (sent != nullptr && *sent != session::phase::awaiting_puback) return;  // [MQTT-4.8.2-5]
+      if (o.msg->expired(now_s)) {  // [MQTT-3.3.2-5] its Message Expiry Interval has passed
+        hot_.expired.fetch_add(1);
+        return;
+      }
       const auto it = groups_by_id_.find(o.share_group);
       if (it != groups_by_id_.end()) deliver_shared(*it->second, o.msg, nullptr, nullptr, now);
     });
@@ -672,7 +759,13 @@ class core {
       for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
       clear_outbox(*rec);
     }
-    while (auto o = rec->state.next_ready()) {
+    const std::uint32_t now_s = clock_seconds(now);
+    auto discarded = [&](const session::outgoing& gone, session::discard why) {
+      (why == session::discard::expired ? hot_.expired : hot_.dropped).fetch_add(1);
+      if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
+        record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
+    };
+    while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
@@ -683,11 +776,16 @@ class core {
     while (rec->has_retained_backlog() && l.backlog_bytes() < write_pacing_bytes) {
       auto& backlog = rec->extras->retained_backlog;
       if (backlog.front().qos_level != codec::qos::at_most_once &&
-          rec->state.inflight_count() >= rec->state.session_limits().max_inflight)
+          rec->state.inflight_count() >= rec->state.send_window())
         break;
       session::outgoing o = std::move(backlog.front());
       backlog.pop_front();
+      if (o.msg->expired(now_s)) {  // expired while it waited for the window [MQTT-3.3.2-5]
+        hot_.expired.fetch_add(1);
+        continue;
+      }
       const auto adm = rec->state.offer(o, true);
+      if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
@@ -920,7 +1018,7 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_

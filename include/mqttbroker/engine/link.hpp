@@ -13,6 +13,7 @@
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/session/state.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -22,11 +23,17 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace engine {
+
+/// The broker clock's whole second: what message expiry counts in (message::expires_at).
+inline std::uint32_t clock_seconds(std::chrono::steady_clock::time_point t) noexcept {
+  return static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count());
+}
 
 template <class Policies>
 class core;
@@ -45,6 +52,75 @@ enum class link_event : std::uint8_t {
   authenticated,   // an asynchronous authenticate answered
 };
 
+/// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
+class topic_aliases {
+ public:
+  // ---- from the client: it sets alias -> topic, up to the broker's Topic Alias Maximum
+
+  /// The topic the client set for `alias` (1..maximum), or empty when it set none.
+  std::string_view inbound(std::uint16_t alias) const noexcept {
+    return alias <= inbound_.size() ? std::string_view(inbound_[alias - 1]) : std::string_view();
+  }
+  void set_inbound(std::uint16_t alias, std::string_view topic, std::uint16_t maximum) {
+    if (inbound_.size() < alias) inbound_.resize(maximum);
+    inbound_[alias - 1].assign(topic);
+  }
+
+  // ---- to the client: the broker picks aliases, up to the client's Topic Alias Maximum
+
+  void set_outbound_maximum(std::uint16_t n) { outbound_max_ = n; }
+  bool outbound_enabled() const noexcept { return outbound_max_ != 0; }
+
+  /// The alias for `topic`, and whether the client already knows it (then the PUBLISH may leave
+  /// the topic out). A topic without one takes a free alias, or the least recently used one.
+  std::pair<std::uint16_t, bool> outbound(std::string_view topic) {
+    ++tick_;
+    if (auto it = by_topic_.find(topic); it != by_topic_.end()) {
+      used_[it->second - 1] = tick_;
+      return {it->second, true};
+    }
+    // Reserved once, so the strings the map's keys view never move.
+    if (topics_.capacity() < outbound_max_) {
+      topics_.reserve(outbound_max_);
+      used_.reserve(outbound_max_);
+    }
+    std::uint16_t alias;
+    if (topics_.size() < outbound_max_) {
+      topics_.emplace_back();
+      used_.push_back(0);
+      alias = static_cast<std::uint16_t>(topics_.size());
+    } else {
+      alias = static_cast<std::uint16_t>(std::min_element(used_.begin(), used_.end()) - used_.begin() + 1);
+      by_topic_.erase(topics_[alias - 1]);
+    }
+    topics_[alias - 1].assign(topic);
+    used_[alias - 1] = tick_;
+    by_topic_.emplace(topics_[alias - 1], alias);
+    return {alias, false};
+  }
+
+ private:
+  std::vector<std::string> inbound_;  // alias - 1 -> topic
+  std::uint16_t outbound_max_ = 0;
+  std::vector<std::string> topics_;   // alias - 1 -> topic
+  std::vector<std::uint64_t> used_;   // alias - 1 -> when last sent (least recently used goes)
+  std::unordered_map<std::string_view, std::uint16_t> by_topic_;
+  std::uint64_t tick_ = 0;
+};
+
+/// What few connections need, made on first use: a will, topic aliases (these apart again: a
+/// will is common, and its connection should not carry alias tables it does not use).
+struct link_extras {
+  message_ptr will;  // published if the connection ends without DISCONNECT
+  std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
+  std::unique_ptr<topic_aliases> aliases;
+
+  topic_aliases& alias_table() {
+    if (!aliases) aliases = std::make_unique<topic_aliases>();
+    return *aliases;
+  }
+};
+
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
 /// asynchronous authentication runs.
 struct connect_request {
@@ -55,6 +131,10 @@ struct connect_request {
   bool clean_start = true;
   bool assigned_id = false;
   std::uint16_t keep_alive = 0;
+  std::uint16_t receive_maximum = 0xFFFF;  // 5.0: the client's; 65535 when absent and for 3.1.1
+  std::uint32_t maximum_packet_size = 0;   // 5.0: the client's; 0 when absent (no limit)
+  std::uint16_t topic_alias_maximum = 0;   // 5.0: the client's; 0 when absent
+  bool wants_response_information = false;  // 5.0 Request Response Information 1
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
@@ -217,11 +297,26 @@ class link : public detail::list_links,
     p.dup = o.dup;
     p.packet_id = o.packet_id;
     if (version_ == codec::protocol_version::v5) {
-      if (!o.subscription_ids.empty() || !o.msg->properties().empty()) {
+      std::pair<std::uint16_t, bool> alias{0, false};  // an alias, and whether the client knows it
+      if (extras_ && extras_->aliases && extras_->aliases->outbound_enabled())
+        alias = extras_->aliases->outbound(p.topic);
+      if (alias.first != 0 || !o.subscription_ids.empty() || !o.msg->properties().empty()) {
         static thread_local codec::properties_builder props;
         props.clear();
-        for (const codec::property& pr : o.msg->properties()) props.add(pr);
+        for (const codec::property& pr : o.msg->properties()) {
+          if (pr.id == codec::property_id::message_expiry_interval && o.msg->expires_at() != 0) {
+            // What is left of it: the interval less the time the message waited here [MQTT-3.3.2-6].
+            const std::uint32_t at = clock_seconds(now);
+            props.add(pr.id, o.msg->expires_at() > at ? o.msg->expires_at() - at : std::uint32_t{0});
+          } else {
+            props.add(pr);
+          }
+        }
         for (std::uint32_t id : o.subscription_ids) props.add(codec::property_id::subscription_identifier, id);
+        if (alias.first != 0) {
+          props.add(codec::property_id::topic_alias, alias.first);
+          if (alias.second) p.topic = std::string_view();  // the alias stands for it
+        }
         p.properties = props.view();
       }
     }
@@ -331,6 +426,10 @@ class link : public detail::list_links,
     if (!queued_) queued_ = write_batch_pool::acquire();
     return *queued_;
   }
+  link_extras& more() {
+    if (!extras_) extras_ = std::make_unique<link_extras>();
+    return *extras_;
+  }
 
   void note_queued(std::size_t n, steady_time now) noexcept {
     const std::size_t before = unsent_.load(std::memory_order_relaxed);
@@ -357,8 +456,7 @@ class link : public detail::list_links,
   // taken over and ended) stays valid here until this link lets go of it.
   detail::ref_ptr<Session> session_;
   detail::ref_ptr<Session> pace_target_;
-  message_ptr will_;  // published if the connection ends without DISCONNECT
-  std::chrono::duration<std::uint32_t> will_delay_{0};  // 5.0 Will Delay Interval
+  std::unique_ptr<link_extras> extras_;
   codec::protocol_version version_ = codec::protocol_version::v3_1_1;
   std::atomic<bool> paused_{false};  // read by other threads
   // Only this link's executor touches these, so they share a byte (a broker keeps one link per

@@ -3,12 +3,14 @@
 
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/utf8.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/core.hpp>
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
+#include <mqttbroker/log.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
@@ -60,14 +62,21 @@ class protocol : public core<Policies> {
   /// A new connection: false when it is over max_connections (counted; the caller closes it).
   /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
   bool open(link_type& l, steady_time now) {
+    bool full = false;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (links_.size() >= opts_.max_connections) {
+      full = links_.size() >= opts_.max_connections;
+      if (full) {
         ++stats_.connections_refused;
-        return false;
+      } else {
+        ++stats_.connections_accepted;
+        links_.push_back(l.self());
       }
-      ++stats_.connections_accepted;
-      links_.push_back(l.self());
+    }
+    if (full) {
+      // After the lock: the hook is the host's code.
+      this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
+      return false;
     }
     l.note_progress(now);
     restart_deadline(l, now);
@@ -79,7 +88,14 @@ class protocol : public core<Policies> {
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
     switch (p.index()) {
-      case 0: on_connect(l, std::get<codec::connect>(p), now); break;
+      case 0:
+        // The decoder refuses a second CONNECT already; the engine holds to it on its own too.
+        if (l.connected_) {
+          violation(l, protocol_errc::second_connect, now);  // [MQTT-3.1.0-2]
+          break;
+        }
+        on_connect(l, std::get<codec::connect>(p), now);
+        break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
       case 3: on_puback(l, std::get<codec::puback>(p), now); break;
       case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
@@ -105,6 +121,7 @@ class protocol : public core<Policies> {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++stats_.protocol_errors;
     }
+    this->log(log_level::warning, "client '{}': {}; closing", l.client_id(), ec.message());
     if (!l.connected_) {
       // Before CONNACK: a CONNACK with the refusal where the version has a code for it
       // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
@@ -159,6 +176,7 @@ class protocol : public core<Policies> {
 
   /// A newer connection took the session over: this one closes without touching it.
   void take_over(link_type& l, steady_time now) {
+    this->log(log_level::notice, "client '{}': taken over by a newer connection", l.client_id());
     l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
     l.close(reason_code::session_taken_over, true, false, now);
   }
@@ -194,9 +212,11 @@ class protocol : public core<Policies> {
       ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
     }
     if (!l.connected_) {
+      this->log(log_level::notice, "connection closed: no CONNECT within {} ms", opts_.connect_timeout.count());
       // No complete CONNECT within the timeout: close without a word.
       l.close(reason_code::maximum_connect_time, false, false, now);
     } else {
+      this->log(log_level::notice, "client '{}': Keep Alive timeout", l.client_id());
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
       l.close(reason_code::keep_alive_timeout, true, false, now);
     }
@@ -221,7 +241,8 @@ class protocol : public core<Policies> {
           if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
       }
     }
-    message_ptr will = std::move(l.will_);
+    message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
+    const std::chrono::duration<std::uint32_t> will_delay = l.extras_ ? l.extras_->will_delay : std::chrono::duration<std::uint32_t>(0);
     detail::ref_ptr<session_type> rec = std::move(l.session_);
     std::vector<detail::ref_ptr<link_type>> paced;
     if (l.graceful_ || stopping_) will = message_ptr();
@@ -233,7 +254,7 @@ class protocol : public core<Policies> {
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
-      if (taken_over && l.will_delay_.count() != 0) {
+      if (taken_over && will_delay.count() != 0) {
         // [MQTT-3.1.3-9] the session already has its new connection, within any Will Delay.
         will = message_ptr();
       }
@@ -252,10 +273,10 @@ class protocol : public core<Policies> {
           remove_session(*rec, now);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
-          if (will && l.will_delay_.count() != 0) {
+          if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
-            const auto delay = std::min<std::chrono::seconds>(l.will_delay_, rec->expiry);
+            const auto delay = std::min<std::chrono::seconds>(will_delay, rec->expiry);
             this->record([&](auto& st) { st.save_will(rec->state.client_id(), will, system_now + delay); });
             will_due = delay_will(*rec, std::move(will), now + delay);
           }
@@ -266,6 +287,8 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
+      this->log(log_level::info, "client '{}' disconnected{}", rec->state.client_id(),
+                l.graceful_ ? "" : " without DISCONNECT");
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
         hooks::client_info info = l.client_info();
         info.client_id = rec->state.client_id();  // the link has let go of the session
@@ -273,7 +296,7 @@ class protocol : public core<Policies> {
       }
     }
     // [MQTT-3.1.2-8] the will goes out when the connection ends without DISCONNECT.
-    if (will) publish_message(std::move(will), nullptr, now);
+    if (will) publish_message(base::published_will(std::move(will), now), nullptr, now);
     if (stopped) stopped();
   }
 
@@ -354,6 +377,7 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
+    this->log(log_level::notice, "CONNECT of '{}' refused: {}", info.client_id, to_string(why));
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
       hooks_.on_connect_refused(info, why);
     } else {
@@ -408,6 +432,16 @@ class protocol : public core<Policies> {
                                  connack_return_code::accepted, now);
 
     if (cp.will) {
+      // A will the server would not accept as a PUBLISH [MQTT-3.2.2-12] [MQTT-3.2.2-13]: 5.0 has
+      // a CONNACK code for each, 3.1.1 closes.
+      const bool qos_too_high = cp.will->qos_level > opts_.maximum_qos;
+      if (qos_too_high || (cp.will->retain && !opts_.retain_available)) {
+        if (v5)
+          return refuse_connect_code(l, connect_info_of(l, cp),
+                                     qos_too_high ? reason_code::qos_not_supported : reason_code::retain_not_supported,
+                                     connack_return_code::accepted, now);
+        return refuse_by_closing(l, connect_info_of(l, cp), protocol_errc::unexpected_packet, now);
+      }
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
         if (v5)
@@ -420,6 +454,17 @@ class protocol : public core<Policies> {
     r.version = v;
     r.clean_start = cp.clean_start;
     r.keep_alive = cp.keep_alive;
+    if (v5) {
+      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
+      // this (the decoder refused 0 for either as a protocol error).
+      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
+        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
+        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::request_response_information))
+        r.wants_response_information = p->integer == 1;
+    }
     if constexpr (session_type::keeps_origin) {
       if (cp.username) r.username.emplace(*cp.username);
     }
@@ -547,6 +592,7 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
     }
@@ -556,8 +602,15 @@ class protocol : public core<Policies> {
       keep_alive = opts_.max_keep_alive;
       server_keep_alive = true;
     }
-    l.will_ = std::move(r.will);
-    l.will_delay_ = r.will_delay;
+    if (r.will) {
+      link_extras& x = l.more();
+      x.will = std::move(r.will);
+      x.will_delay = r.will_delay;
+    }
+    // The broker's aliases toward the client: as many as both allow [MQTT-3.3.2-11] (none when the
+    // client announced none [MQTT-3.1.2-27]); a new connection starts without any [MQTT-3.3.2-7].
+    if (const auto n = std::min(r.topic_alias_maximum, opts_.max_outbound_topic_aliases); n != 0)
+      l.more().alias_table().set_outbound_maximum(n);
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
@@ -576,7 +629,14 @@ class protocol : public core<Policies> {
       if (expiry != r.requested_expiry)
         props.add(codec::property_id::session_expiry_interval, static_cast<std::uint32_t>(expiry.count()));
       props.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
-      props.add(codec::property_id::topic_alias_maximum, 0);
+      props.add(codec::property_id::topic_alias_maximum, opts_.topic_alias_maximum);
+      // Absent means QoS 2 and retain available [MQTT-3.2.2-9]: sent only when switched off.
+      if (opts_.maximum_qos != codec::qos::exactly_once)
+        props.add(codec::property_id::maximum_qos, static_cast<std::uint32_t>(opts_.maximum_qos));
+      if (!opts_.retain_available) props.add(codec::property_id::retain_available, 0);
+      // Only to a client that asked, and then optional [MQTT-3.1.2-28].
+      if (r.wants_response_information && !opts_.response_information.empty())
+        props.add(codec::property_id::response_information, opts_.response_information);
       props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
@@ -584,12 +644,19 @@ class protocol : public core<Policies> {
     }
     l.send(ack, now);
 
+    this->log(log_level::info, "client '{}' connected (MQTT {}, {} session)", client_id, v5 ? "5.0" : "3.1.1",
+              session_present ? "resumed" : "new");
     if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
     if (session_present) {
       std::lock_guard<mutex_type> lk(state_mutex_);
       // Another thread may have taken the session over meanwhile; its connection resends then.
+      if (rec->conn.get() == &l) rec->state.discard_unfit_inflight([&](const session::outgoing& gone) {
+        // Too large for this connection: as if delivered [MQTT-3.1.2-25].
+        hot_.dropped.fetch_add(1);
+        if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
+      });
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
@@ -633,18 +700,46 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
-  void on_publish(link_type& l, const codec::publish& p, steady_time now) {
+  void on_publish(link_type& l, codec::publish& p, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    if (v5 && p.properties.find(codec::property_id::topic_alias)) {
-      // Topic Alias Maximum is 0 in our CONNACK, so any alias is invalid [MQTT-3.3.2-9].
-      return violation(l, protocol_errc::topic_alias_invalid, now);
+    if (v5 && !p.properties.empty()) {
+      if (auto a = p.properties.find(codec::property_id::topic_alias)) {
+        // Every alias from 1 to the Topic Alias Maximum of our CONNACK is taken [MQTT-3.3.2-12];
+        // 0 or more is DISCONNECT 0x94 (section 3.3.2.3.4).
+        const auto alias = static_cast<std::uint16_t>(a->integer);
+        if (alias == 0 || alias > opts_.topic_alias_maximum) return violation(l, protocol_errc::topic_alias_invalid, now);
+        topic_aliases& table = l.more().alias_table();
+        if (p.topic.empty()) {
+          // An alias the client never set on this connection is a Protocol Error.
+          p.topic = table.inbound(alias);
+          if (p.topic.empty()) return violation(l, protocol_errc::topic_alias_unknown, now);
+        } else {
+          table.set_inbound(alias, p.topic, opts_.topic_alias_maximum);
+        }
+      }
     }
     if (auto ec = topic::validate_topic_name(p.topic, topic_limits())) return violation(l, ec, now);  // [MQTT-3.3.2-2]
+    // Above the Maximum QoS or retained where Retain Available is 0: what the CONNACK told the
+    // client not to send ([MQTT-3.2.2-11] [MQTT-3.2.2-14]); 5.0 DISCONNECT 0x9B or 0x9A.
+    if (p.qos_level > opts_.maximum_qos) return violation(l, protocol_errc::qos_not_supported, now);
+    if (p.retain && !opts_.retain_available) return violation(l, protocol_errc::retain_not_supported, now);
 
     bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    reason_code refusal = reason_code::not_authorized;
+    if (allowed && v5 && !p.properties.empty()) {
+      // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
+      if (auto f = p.properties.find(codec::property_id::payload_format_indicator); f && f->integer == 1 &&
+                                                                                    codec::validate_utf8(p.payload)) {
+        if (p.qos_level == codec::qos::at_most_once) return violation(l, protocol_errc::payload_format_invalid, now);
+        allowed = false;
+        refusal = reason_code::payload_format_invalid;
+      }
+    }
     message_ptr m;
     if (allowed) {
-      m = message::make(p.topic, p.payload, p.qos_level, p.retain, v5 ? forwardable_properties(p.properties) : std::string_view());
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+                             base::expiry_of(p.properties, now))
+             : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
     }
     if (!allowed) {
@@ -661,7 +756,7 @@ class protocol : public core<Policies> {
         codec::puback ack;
         ack.packet_id = p.packet_id;
         if (v5)
-          ack.reason = !allowed  ? reason_code::not_authorized
+          ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
         // After the commit of what made the broker responsible (queued for kept sessions).
@@ -696,7 +791,7 @@ class protocol : public core<Policies> {
         codec::pubrec rec_ack;
         rec_ack.packet_id = p.packet_id;
         if (v5)
-          rec_ack.reason = !allowed                 ? reason_code::not_authorized
+          rec_ack.reason = !allowed                 ? refusal
                            : (fresh && n == 0)      ? reason_code::no_matching_subscribers
                                                     : reason_code::success;
         return acknowledge(l, rec_ack, now);
@@ -859,7 +954,9 @@ class protocol : public core<Policies> {
         const auto rh = e.options.retain_handling;
         if (!shared && (rh == codec::retain_handling_option::send ||
                         (rh == codec::retain_handling_option::send_if_new && is_new))) {
+          const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
+            if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), e.options.max_qos);
@@ -935,7 +1032,7 @@ class protocol : public core<Policies> {
         if (extends_ended_session) return violation(l, protocol_errc::invalid_property_value, now);
       }
     }
-    if (!keep_will) l.will_ = message_ptr();
+    if (!keep_will && l.extras_) l.extras_->will = message_ptr();
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 

@@ -33,7 +33,9 @@ struct broker_stats {
   std::uint64_t keep_alive_timeouts = 0;
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
-  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits or a slow socket
+  std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
+                                          // Maximum Packet Size
+  std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind

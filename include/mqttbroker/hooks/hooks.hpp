@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/error.hpp>
+#include <mqttbroker/log.hpp>
 #include <mqttbroker/message.hpp>
 
 #include <cstddef>
@@ -88,6 +89,7 @@ class auth_reply {
 ///   void on_subscribe(const client_info&, std::string_view filter, codec::qos granted);
 ///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
+///   void log(log_level, std::string_view message);  // up to broker_options::log_level
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -190,6 +192,8 @@ MQTTBROKER_HOOK(on_unsubscribe, void, true, false, "void on_unsubscribe(const ho
 MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 "void on_connect_refused(const hooks::connect_info&, reason_code)",
                 std::declval<const connect_info&>(), std::declval<reason_code>())
+MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view message)",
+                std::declval<log_level>(), std::declval<std::string_view>())
 #undef MQTTBROKER_HOOK
 
 /// The asynchronous authenticate: authenticate_hook's other form.
@@ -208,7 +212,7 @@ constexpr bool check_hooks() {
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
-                            on_connect_refused_hook<H>::value};
+                            on_connect_refused_hook<H>::value,  log_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -243,6 +247,8 @@ template <class H>
 inline constexpr bool has_on_unsubscribe_v = detail::on_unsubscribe_hook<H>::value;
 template <class H>
 inline constexpr bool has_on_connect_refused_v = detail::on_connect_refused_hook<H>::value;
+template <class H>
+inline constexpr bool has_log_v = detail::log_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE

@@ -8,6 +8,7 @@
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/engine/write_batch.hpp>
+#include <mqttbroker/log.hpp>
 #include <mqttbroker/transport/traits.hpp>
 
 #include <asio/bind_allocator.hpp>
@@ -253,6 +254,7 @@ class connection final
     if (!this->is_open()) return;  // closed meanwhile: the CONNECT timeout, a stop
     if (ec) {
       ctx_.note_handshake_failure();
+      engine().log(log_level::warning, "transport handshake failed: {}", ec.message());
       finish_close();
       return;
     }

@@ -1,6 +1,7 @@
 #ifndef MQTTBROKER_SESSION_STATE_HPP
 #define MQTTBROKER_SESSION_STATE_HPP
 
+#include <mqttbroker/codec/detail/wire.hpp>
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
@@ -34,6 +35,17 @@ struct outgoing {
   std::uint32_t share_group = 0;
 };
 
+/// The bytes `o` takes as a 5.0 PUBLISH, fixed header included: its properties with one
+/// Subscription Identifier property per identifier, as link::send_publish() encodes it.
+inline std::size_t wire_size_v5(const outgoing& o) noexcept {
+  std::size_t props = o.msg->properties().bytes().size();
+  for (std::uint32_t id : o.subscription_ids) props += 1 + codec::detail::varint_size(id);
+  const std::size_t body = 2 + o.msg->topic().size() + (o.qos_level == codec::qos::at_most_once ? 0 : 2) +
+                           codec::detail::varint_size(static_cast<std::uint32_t>(props)) + props +
+                           o.msg->payload().size();
+  return 1 + codec::detail::varint_size(static_cast<std::uint32_t>(body)) + body;
+}
+
 /// Where an outgoing QoS 1/2 message stands.
 enum class phase : std::uint8_t {
   awaiting_puback,   // QoS 1 sent
@@ -52,6 +64,12 @@ struct limits {
   std::size_t max_queued_bytes = 0;  // 0: no byte limit
   bool drop_oldest = false;          // overflow policy: false drops the arriving message
   bool queue_qos0_offline = false;
+};
+
+/// Why next_ready() dropped a queued message without sending it.
+enum class discard : std::uint8_t {
+  too_large,  // over the connected client's Maximum Packet Size [MQTT-3.1.2-25]
+  expired,    // its Message Expiry Interval ended while it waited [MQTT-3.3.2-5]
 };
 
 /// What offer() did with a message.
@@ -89,13 +107,16 @@ class state {
   /// make room (a durable store forgets them too).
   template <class OnEvict>
   admission offer(outgoing& o, bool online, OnEvict&& on_evict) {
+    // Too large for the connected client: dropped for it alone [MQTT-3.1.2-25]. Offline, the
+    // next connection's limit decides (next_ready()).
+    if (online && !fits(o)) return admission::dropped;
     if (o.qos_level == codec::qos::at_most_once) {
       if (online) return admission::send;  // QoS 0 is never in flight and never waits behind QoS 1/2
       if (!limits_->queue_qos0_offline) return admission::dropped;
       return enqueue(std::move(o), on_evict);
     }
     traffic& t = flows();
-    if (online && t.queue.empty() && t.inflight.size() < limits_->max_inflight) {
+    if (online && t.queue.empty() && t.inflight.size() < window(t)) {
       admit(t, o);
       t.inflight.push_back({o, first_phase(o.qos_level)});
       return admission::send;
@@ -116,10 +137,25 @@ class state {
   /// The oldest queued message that may be sent now, admitted into flight, or nothing.
   /// The broker calls this after acknowledgements and on reconnect until it returns nothing.
   std::optional<outgoing> next_ready() {
-    if (!traffic_ || traffic_->queue.empty()) return std::nullopt;
+    return next_ready(0, [](const outgoing&, discard) {});
+  }
+  /// The same at second `now` of the broker's clock (message::expired); `on_discard(const
+  /// outgoing&, discard)` sees each queued message dropped without being sent: expired, or too
+  /// large for the connected client.
+  template <class OnDiscard>
+  std::optional<outgoing> next_ready(std::uint32_t now, OnDiscard&& on_discard) {
+    if (!traffic_) return std::nullopt;
     traffic& t = *traffic_;
-    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= limits_->max_inflight)
-      return std::nullopt;
+    while (!t.queue.empty()) {
+      const outgoing& front = t.queue.front();
+      const bool expired = front.msg->expired(now);
+      if (!expired && fits(front)) break;
+      t.queued_bytes -= front.msg->payload().size();
+      on_discard(front, expired ? discard::expired : discard::too_large);
+      t.queue.pop_front();
+    }
+    if (t.queue.empty()) return std::nullopt;
+    if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= window(t)) return std::nullopt;
     outgoing o = std::move(t.queue.front());
     t.queue.pop_front();
     t.queued_bytes -= o.msg->payload().size();
@@ -167,6 +203,46 @@ class state {
   }
 
   std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
+
+  /// 5.0: what the connected client takes, set at each CONNECT (3.1.1: 65535 and 0).
+  /// - Its Receive Maximum narrows the in-flight window below the broker's max_inflight
+  ///   [MQTT-3.3.4-9]. A resumed session's messages in flight beyond it stay in flight (they are
+  ///   re-sent), and no new one is admitted until the count is below it again.
+  /// - Its Maximum Packet Size (0: none): a PUBLISH larger is dropped for this client alone
+  ///   [MQTT-3.1.2-25].
+  /// Nothing is kept for a client that narrows neither (an idle session stays small).
+  void set_client_limits(std::uint16_t receive_maximum, std::uint32_t maximum_packet_size) {
+    if (receive_maximum >= limits_->max_inflight && maximum_packet_size == 0 && !traffic_) return;
+    traffic& t = flows();
+    t.send_window = receive_maximum;
+    t.max_packet_size = maximum_packet_size;
+  }
+  /// Whether `o` may go to the connected client as one PUBLISH (its Maximum Packet Size).
+  bool fits(const outgoing& o) const noexcept {
+    return !traffic_ || traffic_->max_packet_size == 0 || wire_size_v5(o) <= traffic_->max_packet_size;
+  }
+  /// A resumed session's messages in flight that the new connection's Maximum Packet Size does
+  /// not take: dropped as if delivered [MQTT-3.1.2-25], each seen by `on_discard(const outgoing&)`.
+  template <class OnDiscard>
+  void discard_unfit_inflight(OnDiscard&& on_discard) {
+    if (!traffic_ || traffic_->max_packet_size == 0) return;
+    traffic& t = *traffic_;
+    // Rare (a reconnect with a smaller limit): a restart after each removal is simple enough.
+    for (bool removed = true; removed;) {
+      removed = false;
+      for (auto it = t.inflight.begin(); it != t.inflight.end(); ++it) {
+        // After PUBREC only the identifier is left: a PUBREL always fits.
+        if (it->state == phase::awaiting_pubcomp || fits(it->pub)) continue;
+        on_discard(static_cast<const outgoing&>(it->pub));
+        mark(t, it->pub.packet_id, false);
+        t.inflight.erase(it);
+        removed = true;
+        break;
+      }
+    }
+  }
+  /// How many QoS 1/2 messages may be in flight to the client now.
+  std::size_t send_window() const noexcept { return traffic_ ? window(*traffic_) : limits_->max_inflight; }
   std::size_t queued_count() const noexcept { return traffic_ ? traffic_->queue.size() : 0; }
   std::size_t queued_bytes() const noexcept { return traffic_ ? traffic_->queued_bytes : 0; }
 
@@ -245,7 +321,13 @@ class state {
     std::uint16_t next_id = 0;
     std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
     std::vector<std::uint16_t> inbound_qos2;  // sorted
+    std::uint16_t send_window = 0xFFFF;       // the client's Receive Maximum
+    std::uint32_t max_packet_size = 0;        // the client's Maximum Packet Size; 0: none
   };
+
+  std::size_t window(const traffic& t) const noexcept {
+    return std::min<std::size_t>(limits_->max_inflight, t.send_window);
+  }
 
   traffic& flows() {
     if (!traffic_) traffic_ = std::make_unique<traffic>();

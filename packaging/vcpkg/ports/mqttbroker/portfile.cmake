@@ -1,0 +1,38 @@
+# Header-only: one configuration, nothing compiled.
+set(VCPKG_BUILD_TYPE release)
+
+if(DEFINED ENV{MQTTBROKER_PORT_SOURCE_DIR})
+  # tests/packaging/vcpkg.sh: the checkout under test, so the port is tried offline. The published
+  # port has only the vcpkg_from_github() below.
+  set(SOURCE_PATH "$ENV{MQTTBROKER_PORT_SOURCE_DIR}")
+else()
+  # REPO and SHA512 are filled in when the release is published (README, "Packages").
+  vcpkg_from_github(
+    OUT_SOURCE_PATH SOURCE_PATH
+    REPO <owner>/mqttbroker
+    REF "v${VERSION}"
+    SHA512 0
+    HEAD_REF main
+  )
+endif()
+
+vcpkg_cmake_configure(
+  SOURCE_PATH "${SOURCE_PATH}"
+  OPTIONS
+    -DMQTTBROKER_BUILD_TESTS=OFF
+    -DMQTTBROKER_BUILD_EXAMPLES=OFF
+    -DMQTTBROKER_BUILD_BENCH=OFF
+    -DMQTTBROKER_BUILD_FUZZ=OFF
+    -DMQTTBROKER_INSTALL=ON
+)
+vcpkg_cmake_install()
+vcpkg_cmake_config_fixup(CONFIG_PATH share/cmake/mqttbroker)
+# vcpkg keeps share/pkgconfig for .pc files without libraries; ours links the threads library, and
+# fmt's through `Requires: fmt` (vcpkg_fixup_pkgconfig checks that fmt.pc is found).
+file(MAKE_DIRECTORY "${CURRENT_PACKAGES_DIR}/lib")
+file(RENAME "${CURRENT_PACKAGES_DIR}/share/pkgconfig" "${CURRENT_PACKAGES_DIR}/lib/pkgconfig")
+vcpkg_fixup_pkgconfig()
+
+# The licence goes to share/mqttbroker/copyright; the copy the install put beside the docs goes.
+file(REMOVE_RECURSE "${CURRENT_PACKAGES_DIR}/share/doc")
+vcpkg_install_copyright(FILE_LIST "${SOURCE_PATH}/LICENSE")

@@ -1,0 +1,58 @@
+# Sourced by tests/packaging/conan.sh and vcpkg.sh.
+#
+# Exit status of those scripts: 0 when their consumer was built and ran; 77 when the tools were
+# not found (a skip: scripts/test.sh makes it a failure when CI is set); anything else a failure.
+#
+# Env:
+#   MQTTBROKER_PACKAGING_TOOLS  folder with the offline tools (default: ../shared/tools/packaging
+#                               beside the repository; its README says what it holds)
+#   MQTTBROKER_PACKAGING_WORK   scratch folder, emptied per script (default: build/packaging)
+#   MQTTBROKER_PACKAGING_CACHE  where the vcpkg tool, once built, is kept for later runs
+#                               (default: $XDG_CACHE_HOME or ~/.cache, /mqttbroker-packaging)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TOOLS="${MQTTBROKER_PACKAGING_TOOLS:-$ROOT/../shared/tools/packaging}"
+WORK_BASE="${MQTTBROKER_PACKAGING_WORK:-$ROOT/build/packaging}"
+CACHE="${MQTTBROKER_PACKAGING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mqttbroker-packaging}"
+SKIP_STATUS=77
+
+say() { printf '[%s] %s\n' "$PACKAGING_NAME" "$*"; }
+skip() {
+  say "SKIPPED: $*"
+  exit "$SKIP_STATUS"
+}
+fail() {
+  say "FAILED: $*" >&2
+  exit 1
+}
+
+# The version the checkout states (include/mqttbroker/version.hpp).
+checkout_version() {
+  local header="$ROOT/include/mqttbroker/version.hpp" part parts=()
+  for part in MAJOR MINOR PATCH; do
+    parts+=("$(sed -n "s/^#define MQTTBROKER_VERSION_$part \+\([0-9]\+\).*/\1/p" "$header")")
+  done
+  local IFS=.
+  echo "${parts[*]}"
+}
+
+# A fresh scratch folder for this script: $WORK.
+fresh_work() {
+  WORK="$WORK_BASE/$PACKAGING_NAME"
+  rm -rf "$WORK"
+  mkdir -p "$WORK"
+}
+
+# Copies the consumer project (tests/packaging/consumer) to $WORK/consumer.
+copy_consumer() {
+  cp -r "$ROOT/tests/packaging/consumer" "$WORK/consumer"
+}
+
+# Runs the consumer program built under $1 and checks what it printed.
+run_consumer() {
+  local program="$1/packaging_consumer" output
+  [ -x "$program" ] || fail "the consumer program $program was not built"
+  output="$("$program")" || fail "the consumer program failed: $output"
+  say "$output"
+}

@@ -1,0 +1,72 @@
+// Uses the packaged library for real: a broker listening on a loopback port the system picks, a
+// raw TCP client that sends CONNECT and a QoS 0 PUBLISH, and an in-process subscriber that must
+// receive it. Exits 0 only when the CONNACK accepted the client and the message arrived.
+// The report line is formatted with fmt, which this program gets from mqttbroker's package alone
+// (the library depends on fmt for its log messages): a package that did not hand fmt's headers and
+// library on fails to build it.
+#include <mqttbroker/mqttbroker.hpp>
+
+#include <asio.hpp>
+#include <fmt/format.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+int main() {
+  asio::io_context io;
+  mqttbroker::broker<> broker(io);
+  broker.listen({"127.0.0.1", 0});
+
+  std::string received;
+  bool accepted = false;
+  bool finished = false;
+  asio::ip::tcp::socket client(io);
+  asio::steady_timer deadline(io, std::chrono::seconds(10));
+  const auto finish = [&] {
+    if (finished) return;
+    finished = true;
+    deadline.cancel();
+    std::error_code ignored;
+    client.close(ignored);
+    broker.async_stop([](std::error_code) {});
+  };
+
+  broker.subscribe("packaging/#", [&](const mqttbroker::message_ptr& m) {
+    received.assign(m->payload());
+    if (accepted) asio::post(io, finish);
+  });
+  broker.start();
+
+  // MQTT 3.1.1 CONNECT (clean session, Keep Alive 30 s, client id "c"), then PUBLISH QoS 0 of
+  // "over tcp" to packaging/tcp; a client may send before its CONNACK arrives.
+  static const unsigned char packets[] = {
+      0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 30, 0, 1, 'c',
+      0x30, 23, 0, 13, 'p', 'a', 'c', 'k', 'a', 'g', 'i', 'n', 'g', '/', 't', 'c', 'p',
+      'o', 'v', 'e', 'r', ' ', 't', 'c', 'p'};
+  std::array<unsigned char, 4> connack{};
+  const asio::ip::tcp::endpoint server(asio::ip::make_address("127.0.0.1"), broker.local_port());
+  client.async_connect(server, [&](std::error_code ec) {
+    if (ec) return finish();
+    asio::async_write(client, asio::buffer(packets), [&](std::error_code wec, std::size_t) {
+      if (wec) return finish();
+      asio::async_read(client, asio::buffer(connack), [&](std::error_code rec, std::size_t) {
+        // CONNACK: type 2, remaining length 2, no session present, return code 0 (accepted).
+        accepted = !rec && connack == std::array<unsigned char, 4>{0x20, 2, 0, 0};
+        if (!accepted || !received.empty()) finish();
+      });
+    });
+  });
+  deadline.async_wait([&](std::error_code ec) {
+    if (!ec) finish();
+  });
+  io.run();
+
+  const std::string report = fmt::format(
+      "mqttbroker {}.{}.{} from the package, with fmt {}.{}.{}: CONNACK {}, in-process subscriber got '{}'",
+      MQTTBROKER_VERSION_MAJOR, MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, FMT_VERSION / 10000,
+      FMT_VERSION / 100 % 100, FMT_VERSION % 100, accepted ? "accepted" : "missing or refused", received);
+  std::puts(report.c_str());
+  return accepted && received == "over tcp" ? 0 : 1;
+}
