@@ -5,7 +5,9 @@ For every header under include/mqttbroker:
   * each `#include <mqttbroker/...>` must point down the layer table below, never up or sideways;
   * includes of our own headers use <mqttbroker/...>, never quotes (the amalgamator needs that);
   * Asio stays out of the sans-I/O layers (locking/ may have its strand only), OpenSSL out of
-    everything but transport TLS;
+    everything but the optional units (auth/) and transport TLS;
+  * an optional unit (auth/: its own CMake target, OpenSSL) is included by nothing else, so no
+    core header, and not the single header, ever pulls OpenSSL in;
   * the include guard is named after the path: codec/decoder.hpp -> MQTTBROKER_CODEC_DECODER_HPP.
 
 Folders that do not exist yet are simply absent. Exit status 0 when clean, 1 on any violation.
@@ -54,7 +56,14 @@ LAYERS = {
     "broker_fwd": (7, None),
     "impl": (7, None),
     "mqttbroker": (7, None),
+    # level 8, optional: enhanced authentication methods on OpenSSL (target mqttbroker::auth), on
+    # top of the hooks contract; nothing includes them but the host
+    "auth": (8, CORE | {"codec", "topic", "message", "options", "hooks"}),
 }
+# Units behind a CMake target of their own, with their own dependencies: no other unit includes them.
+OPTIONAL_UNITS = {"auth"}
+# Units whose headers may include OpenSSL (besides transport/tls*.hpp).
+OPENSSL_UNITS = {"auth"}
 # Single headers a unit may include although their unit is off limits: codec/types.hpp holds the
 # vocabulary (qos, retain handling), not the wire format.
 ALLOWED_HEADERS = {"router": {"codec/types.hpp"}}
@@ -117,14 +126,18 @@ def check_file(rel, text):
         if ASIO_INCLUDE.match(target) and unit in ASIO_ONLY and target not in ASIO_ONLY[unit]:
             allowed_asio = ", ".join(f"<{h}>" for h in sorted(ASIO_ONLY[unit]))
             errors.append(f"{where}: <{target}>: {unit} may include only {allowed_asio} of Asio")
-        if OPENSSL_INCLUDE.match(target) and not (unit == "transport" and "tls" in rel):
-            errors.append(f"{where}: <{target}>: OpenSSL belongs in transport/tls.hpp only")
+        if OPENSSL_INCLUDE.match(target) and not (unit == "transport" and "tls" in rel) and unit not in OPENSSL_UNITS:
+            errors.append(f"{where}: <{target}>: OpenSSL belongs in transport/tls.hpp and the optional units "
+                          f"({', '.join(sorted(OPENSSL_UNITS))}) only")
         if not target.startswith("mqttbroker/"):
             continue
         target_rel = target[len("mqttbroker/"):]
         target_unit = unit_of(target_rel)
         if target_unit is None:
             errors.append(f"{where}: <{target}> is not in the layer table")
+        elif target_unit in OPTIONAL_UNITS and target_unit != unit:
+            errors.append(f"{where}: <{target}> is an optional unit ({target_unit}/, a target of its own): "
+                          f"{unit} may not include it")
         elif (target_unit != unit and allowed is not None and target_unit not in allowed
               and target_rel not in ALLOWED_HEADERS.get(unit, ())):
             target_level = LAYERS[target_unit][0]

@@ -7,10 +7,11 @@ set -euo pipefail
 
 # The library: a compiler, CMake, Asio and fmt. The examples: CLI11.
 RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev"
-# Tests, fuzzers and benchmarks; pkgconf for the pkg-config test of the install; for
+# Tests, fuzzers and benchmarks; libssl-dev for mqttbroker::auth (SCRAM-SHA-256), its tests and the
+# engine fuzzer; pkgconf for the pkg-config test of the install; for
 # tests/packaging/: ninja-build and libcurl4-openssl-dev build the vcpkg tool and its ports, and
 # Conan (a Python program, unpacked from ../shared/tools/packaging/) runs on Debian's Python modules.
-TEST_PACKAGES="python3 catch2 libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients
+TEST_PACKAGES="python3 catch2 libssl-dev libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients
   python3-paho-mqtt pkgconf ninja-build libcurl4-openssl-dev
   python3-requests python3-urllib3 python3-yaml python3-jinja2 python3-fasteners python3-distro
   python3-dateutil python3-colorama python3-patch-ng"

@@ -14,9 +14,11 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -626,8 +628,8 @@ TEST_CASE("engine: QoS 2 from a client is routed once and released by PUBREL; a 
   CHECK(sub.received().size() == 1);
 }
 
-TEST_CASE("engine: 5.0, a CONNECT with an Authentication Method is refused with 0x8C (no enhanced authentication yet)",
-          "[engine][v5][MQTT-4.12.0-1]") {
+TEST_CASE("engine: 5.0, without an authenticate_enhanced hook a CONNECT with an Authentication Method is refused with 0x8C",
+          "[engine][v5][auth][MQTT-4.12.0-1]") {
   world<> w;
   auto& l = w.open(protocol_version::v5);
   codec::connect c;
@@ -640,6 +642,540 @@ TEST_CASE("engine: 5.0, a CONNECT with an Authentication Method is refused with 
   CHECK(l.only(CONNACK).code == code(reason_code::bad_authentication_method));
   CHECK_FALSE(l.is_open());
   CHECK(w.engine.stats().sessions == 0);
+}
+
+// ---- 5.0 enhanced authentication (section 4.12): the AUTH exchange driven by a hook
+
+namespace {
+
+/// What authenticate_enhanced saw of each step; the replies wait for the test to answer them.
+struct auth_record {
+  struct seen {
+    mb::hooks::auth_stage stage;
+    std::string method;
+    std::optional<std::string> data;
+    std::uint32_t step;
+    std::string client_id, username, password;
+    std::string state;  // the auth_state the step came with, by its tag; empty for none
+  };
+  std::vector<seen> steps;
+  std::vector<mb::hooks::auth_step_reply> replies;
+  std::vector<std::pair<std::string, reason_code>> refused;
+};
+
+/// An auth_state a test can recognise.
+struct tagged_state : mb::hooks::auth_state {
+  explicit tagged_state(std::string t) : tag(std::move(t)) {}
+  std::string tag;
+};
+std::shared_ptr<mb::hooks::auth_state> tagged(std::string t) { return std::make_shared<tagged_state>(std::move(t)); }
+
+struct enhanced_hooks {
+  auth_record* rec = nullptr;
+  void authenticate_enhanced(const mb::hooks::auth_exchange& x, mb::hooks::auth_step_reply reply) {
+    auth_record::seen s{x.stage,
+                        std::string(x.method),
+                        x.data ? std::optional<std::string>(std::string(*x.data)) : std::nullopt,
+                        x.step,
+                        std::string(x.client.client_id),
+                        std::string(x.client.username.value_or("-")),
+                        std::string(x.client.password.value_or("-")),
+                        x.state ? static_cast<const tagged_state&>(*x.state).tag : std::string()};
+    rec->steps.push_back(std::move(s));
+    rec->replies.push_back(std::move(reply));
+  }
+  void on_connect_refused(const mb::hooks::connect_info& c, reason_code why) {
+    rec->refused.emplace_back(std::string(c.client_id), why);
+  }
+};
+struct enhanced_policies : plain_policies {
+  using hooks = enhanced_hooks;
+};
+using auth_world = world<enhanced_policies>;
+
+/// A 5.0 CONNECT as "id" (user "u", password "pw") naming `method`, with `data` if given.
+void connect_with_method(auth_world& w, auth_world::fake_link& l, std::string_view id, std::string_view method,
+                         std::optional<std::string_view> data, std::optional<std::uint32_t> max_packet = std::nullopt) {
+  codec::connect c;
+  c.version = protocol_version::v5;
+  c.client_id = id;
+  c.username = std::string_view("u");
+  c.password = std::string_view("pw");
+  codec::properties_builder props;
+  props.add(codec::property_id::authentication_method, method);
+  if (data) props.add(codec::property_id::authentication_data, *data);
+  if (max_packet) props.add(codec::property_id::maximum_packet_size, *max_packet);
+  c.properties = props.view();
+  w.feed(l, c);
+}
+
+/// A client's AUTH with `reason`, `method` (none when empty) and `data` if given.
+void send_auth(auth_world& w, auth_world::fake_link& l, reason_code reason, std::string_view method,
+               std::optional<std::string_view> data = std::nullopt) {
+  codec::auth a;
+  a.reason = reason;
+  codec::properties_builder props;
+  if (!method.empty()) props.add(codec::property_id::authentication_method, method);
+  if (data) props.add(codec::property_id::authentication_data, *data);
+  a.properties = props.view();
+  w.feed(l, a);
+}
+
+/// Answers the hook's latest step and runs what the answer posted.
+void answer(auth_world& w, auth_record& rec, mb::hooks::auth_step s) {
+  REQUIRE_FALSE(rec.replies.empty());
+  auto reply = std::move(rec.replies.back());
+  rec.replies.pop_back();
+  REQUIRE(reply);
+  reply(std::move(s));
+  w.run_events();
+}
+
+/// A connection authenticated in one step with method "M", its CONNACK read.
+auth_world::fake_link& authenticated(auth_world& w, auth_record& rec, std::string_view id) {
+  auto& l = w.open(protocol_version::v5);
+  connect_with_method(w, l, id, "M", std::string_view("hello"));
+  answer(w, rec, mb::hooks::auth_step::success(std::nullopt, tagged("first")));
+  REQUIRE(l.only(CONNACK).code == 0);
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("engine: 5.0 enhanced authentication step by step: CONNECT with a method, AUTH 0x18 both ways, CONNACK with the method and final data",
+          "[engine][v5][auth][MQTT-4.12.0-2][MQTT-4.12.0-5][MQTT-3.15.2-1]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  auto& l = w.open(protocol_version::v5);
+
+  // The CONNECT goes to the hook; nothing is sent and the reader waits until it answers.
+  connect_with_method(w, l, "a", "TEST", std::string_view("client-first"));
+  CHECK(l.paused());
+  CHECK(l.received().empty());
+  REQUIRE(rec.steps.size() == 1);
+  CHECK(rec.steps[0].stage == mb::hooks::auth_stage::connect);
+  CHECK(rec.steps[0].method == "TEST");
+  CHECK(rec.steps[0].data == std::optional<std::string>("client-first"));
+  CHECK(rec.steps[0].step == 1);
+  CHECK(rec.steps[0].client_id == "a");
+  CHECK(rec.steps[0].username == "u");
+  CHECK(rec.steps[0].password == "pw");
+  CHECK(rec.steps[0].state.empty());
+  CHECK(w.engine.stats().sessions == 0);
+
+  // More is needed: AUTH 0x18 with the CONNECT's method [MQTT-4.12.0-2] [MQTT-4.12.0-5].
+  answer(w, rec, mb::hooks::auth_step::next("server-first", tagged("after-first")));
+  CHECK_FALSE(l.paused());
+  const rx challenge = l.only(AUTH);
+  CHECK(challenge.code == code(reason_code::continue_authentication));
+  CHECK(challenge.auth_method == std::optional<std::string>("TEST"));
+  CHECK(challenge.auth_data == std::optional<std::string>("server-first"));
+
+  // The client's AUTH 0x18 is the next step, with the state the first answer left.
+  send_auth(w, l, reason_code::continue_authentication, "TEST", std::string_view("client-final"));
+  REQUIRE(rec.steps.size() == 2);
+  CHECK(rec.steps[1].stage == mb::hooks::auth_stage::continuation);
+  CHECK(rec.steps[1].data == std::optional<std::string>("client-final"));
+  CHECK(rec.steps[1].step == 2);
+  CHECK(rec.steps[1].password == "pw");  // still the CONNECT's: no CONNACK yet
+  CHECK(rec.steps[1].state == "after-first");
+  CHECK(l.received().empty());
+
+  // Success: CONNACK 0x00 with the method and the final data; the session exists from now on.
+  answer(w, rec, mb::hooks::auth_step::success(std::string("server-final")));
+  const rx ack = l.only(CONNACK);
+  CHECK(ack.code == 0);
+  CHECK(ack.auth_method == std::optional<std::string>("TEST"));
+  CHECK(ack.auth_data == std::optional<std::string>("server-final"));
+  CHECK(w.engine.stats().sessions == 1);
+  w.feed(l, codec::pingreq{});
+  CHECK(l.only(PINGRESP).type == PINGRESP);
+
+  SECTION("a success without data sends the method alone") {
+    auto& b = w.open(protocol_version::v5);
+    connect_with_method(w, b, "b", "TEST", std::nullopt);
+    REQUIRE(rec.steps.size() == 3);
+    CHECK_FALSE(rec.steps[2].data);
+    answer(w, rec, mb::hooks::auth_step::success());
+    const rx b_ack = b.only(CONNACK);
+    CHECK(b_ack.code == 0);
+    CHECK(b_ack.auth_method == std::optional<std::string>("TEST"));
+    CHECK_FALSE(b_ack.auth_data);
+  }
+}
+
+TEST_CASE("engine: 5.0 enhanced authentication refused at any step: the CONNACK code the hook gives, then the close",
+          "[engine][v5][auth][MQTT-4.12.0-1][MQTT-4.12.0-4]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  struct refusal {
+    reason_code given;
+    std::uint8_t sent;
+    bool second_step;
+  };
+  const refusal cases[] = {
+      {reason_code::bad_authentication_method, 0x8C, false},  // a method the host does not support [MQTT-4.12.0-1]
+      {reason_code::bad_user_name_or_password, 0x86, true},
+      {reason_code::not_authorized, 0x87, true},
+      {reason_code::banned, 0x8A, false},
+      {reason_code::session_taken_over, 0x87, false},  // not a CONNACK code: Not authorized instead
+      {reason_code::no_matching_subscribers, 0x87, true},  // not a refusal at all: the same
+  };
+  int n = 0;
+  for (const refusal& r : cases) {
+    INFO("reason " << int(code(r.given)));
+    auto& l = w.open(protocol_version::v5);
+    const std::string id = "c" + std::to_string(n++);
+    connect_with_method(w, l, id, "M", std::string_view("one"));
+    if (r.second_step) {
+      answer(w, rec, mb::hooks::auth_step::next("two"));
+      CHECK(l.only(AUTH).code == code(reason_code::continue_authentication));
+      send_auth(w, l, reason_code::continue_authentication, "M", std::string_view("three"));
+    }
+    answer(w, rec, mb::hooks::auth_step::failure(r.given, std::string("e=why")));
+    const rx ack = l.only(CONNACK);
+    CHECK(ack.code == r.sent);
+    // The data goes with the refusal, and with it the method it belongs to.
+    CHECK(ack.auth_method == std::optional<std::string>("M"));
+    CHECK(ack.auth_data == std::optional<std::string>("e=why"));
+    CHECK_FALSE(l.is_open());
+    REQUIRE_FALSE(rec.refused.empty());
+    CHECK(rec.refused.back() == std::make_pair(id, static_cast<reason_code>(r.sent)));
+  }
+  CHECK(w.engine.stats().sessions == 0);
+  CHECK(w.engine.stats().connections == 0);
+
+  SECTION("a refusal without data carries no Authentication properties") {
+    auto& l = w.open(protocol_version::v5);
+    connect_with_method(w, l, "plain", "M", std::nullopt);
+    answer(w, rec, mb::hooks::auth_step::failure(reason_code::not_authorized));
+    const rx ack = l.only(CONNACK);
+    CHECK(ack.code == 0x87);
+    CHECK_FALSE(ack.auth_method);
+    CHECK_FALSE(ack.auth_data);
+  }
+}
+
+TEST_CASE("engine: 5.0 without an Authentication Method in the CONNECT there is no AUTH: none sent, none taken",
+          "[engine][v5][auth][MQTT-4.12.0-6][MQTT-4.12.0-7]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  auto& l = w.open(protocol_version::v5);
+  w.connect(l, hello("plain"), protocol_version::v5);
+  const rx ack = l.only(CONNACK);
+  CHECK(ack.code == 0);
+  CHECK_FALSE(ack.auth_method);  // [MQTT-4.12.0-6]
+  CHECK(rec.steps.empty());
+  // The server's reaction to a client breaking [MQTT-4.12.0-7]: a Protocol Error.
+  send_auth(w, l, reason_code::re_authenticate, "M");
+  CHECK(l.only(DISCONNECT).code == code(reason_code::protocol_error));
+  CHECK_FALSE(l.is_open());
+  CHECK(rec.steps.empty());
+}
+
+TEST_CASE("engine: 5.0 AUTH out of place is a Protocol Error: another or no method, the wrong reason, other packets before CONNACK",
+          "[engine][v5][auth][MQTT-4.12.0-5][MQTT-3.1.2-30][MQTT-4.13.1-1]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  const auto protocol_error = code(reason_code::protocol_error);
+  // Before CONNACK, the exchange waiting for the client's AUTH 0x18.
+  auto waiting = [&](const std::string& id) -> auth_world::fake_link& {
+    auto& l = w.open(protocol_version::v5);
+    connect_with_method(w, l, id, "M", std::string_view("one"));
+    answer(w, rec, mb::hooks::auth_step::next("two"));
+    REQUIRE(l.only(AUTH).code == code(reason_code::continue_authentication));
+    return l;
+  };
+  SECTION("before CONNACK: another method, no method, AUTH 0x19 or 0x00: CONNACK 0x82") {
+    const std::pair<reason_code, std::string_view> bad[] = {
+        {reason_code::continue_authentication, "OTHER"},  // [MQTT-4.12.0-5]
+        {reason_code::continue_authentication, ""},       // 5.0 section 3.15.2.2.2: the method is required
+        {reason_code::re_authenticate, "M"},              // nothing to re-authenticate yet
+        {reason_code::success, "M"},                      // the server's code
+    };
+    for (const auto& b : bad) {
+      auto& l = waiting("x");
+      send_auth(w, l, b.first, b.second, std::string_view("three"));
+      CHECK(l.only(CONNACK).code == protocol_error);
+      CHECK_FALSE(l.is_open());
+    }
+    CHECK(rec.steps.size() == 4);  // only the CONNECTs reached the hook
+  }
+  SECTION("before CONNACK: a PUBLISH or SUBSCRIBE is not acted on, CONNACK 0x82 [MQTT-3.1.2-30]") {
+    auto& listener = w.connected(hello("listener"), protocol_version::v5);
+    w.subscribe(listener, "#", qos::at_most_once);
+    auto& l = waiting("early");
+    codec::publish p;
+    p.topic = "t";
+    p.payload = "must not be routed";
+    w.feed(l, p);
+    CHECK(l.only(CONNACK).code == protocol_error);
+    CHECK_FALSE(l.is_open());
+    CHECK(listener.received().empty());
+    auto& s = waiting("sub");
+    codec::subscribe sub;
+    sub.packet_id = 1;
+    sub.entries.push_back({"#", {}});
+    w.feed(s, sub);
+    CHECK(s.only(CONNACK).code == protocol_error);
+    CHECK(w.engine.stats().sessions == 1);  // the listener's
+  }
+  SECTION("before CONNACK: DISCONNECT ends the exchange quietly") {
+    auto& l = waiting("leaves");
+    w.feed(l, codec::disconnect{});
+    CHECK(l.received().empty());
+    CHECK_FALSE(l.is_open());
+    CHECK(w.engine.stats().sessions == 0);
+  }
+  SECTION("after CONNACK: AUTH 0x18 with no exchange, 0x00, or another method: DISCONNECT 0x82") {
+    const std::pair<reason_code, std::string_view> bad[] = {
+        {reason_code::continue_authentication, "M"},  // no exchange waits for it
+        {reason_code::success, "M"},
+        {reason_code::re_authenticate, "OTHER"},  // [MQTT-4.12.1-1] the method of the CONNECT
+        {reason_code::re_authenticate, ""},
+    };
+    for (const auto& b : bad) {
+      auto& l = authenticated(w, rec, "after");
+      send_auth(w, l, b.first, b.second);
+      CHECK(l.only(DISCONNECT).code == protocol_error);
+      CHECK_FALSE(l.is_open());
+    }
+    CHECK(rec.steps.size() == 4);  // only the CONNECTs reached the hook
+  }
+  SECTION("a re-authentication waiting for the client: AUTH 0x19 again is out of place") {
+    auto& l = authenticated(w, rec, "twice");
+    send_auth(w, l, reason_code::re_authenticate, "M");
+    answer(w, rec, mb::hooks::auth_step::next("more"));
+    CHECK(l.only(AUTH).code == code(reason_code::continue_authentication));
+    send_auth(w, l, reason_code::re_authenticate, "M");
+    CHECK(l.only(DISCONNECT).code == protocol_error);
+  }
+}
+
+TEST_CASE("engine: 5.0 re-authentication: AUTH 0x19, AUTH 0x18 both ways, AUTH 0x00; other packets flow between steps",
+          "[engine][v5][auth][MQTT-4.12.0-2][MQTT-4.12.0-5][MQTT-3.15.2-1]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  auto& l = authenticated(w, rec, "re");
+  send_auth(w, l, reason_code::re_authenticate, "M", std::string_view("again"));
+  REQUIRE(rec.steps.size() == 2);
+  CHECK(rec.steps[1].stage == mb::hooks::auth_stage::reauthentication);
+  CHECK(rec.steps[1].step == 1);
+  CHECK(rec.steps[1].client_id == "re");
+  CHECK(rec.steps[1].username == "u");
+  CHECK(rec.steps[1].password == "-");  // the CONNECT's password is gone after CONNACK
+  CHECK(rec.steps[1].state == "first");  // what the first exchange's answer left
+  CHECK(l.paused());
+
+  answer(w, rec, mb::hooks::auth_step::next("challenge"));
+  const rx challenge = l.only(AUTH);
+  CHECK(challenge.code == code(reason_code::continue_authentication));
+  CHECK(challenge.auth_method == std::optional<std::string>("M"));
+  CHECK(challenge.auth_data == std::optional<std::string>("challenge"));
+  // Between steps the connection goes on under the earlier authentication (5.0 section 4.12.1).
+  w.subscribe(l, "t", qos::at_least_once);
+  w.publish(l, "t", qos::at_most_once, 0);
+  CHECK(l.only(PUBLISH).topic == "t");
+
+  send_auth(w, l, reason_code::continue_authentication, "M", std::string_view("response"));
+  REQUIRE(rec.steps.size() == 3);
+  CHECK(rec.steps[2].stage == mb::hooks::auth_stage::continuation);
+  CHECK(rec.steps[2].step == 2);
+  answer(w, rec, mb::hooks::auth_step::success(std::string("done"), tagged("second")));
+  const rx done = l.only(AUTH);
+  CHECK(done.code == code(reason_code::success));
+  CHECK(done.auth_method == std::optional<std::string>("M"));
+  CHECK(done.auth_data == std::optional<std::string>("done"));
+  CHECK(l.is_open());
+  CHECK_FALSE(l.paused());
+
+  // And again: a new exchange, counted from step 1, with the latest state.
+  send_auth(w, l, reason_code::re_authenticate, "M");
+  REQUIRE(rec.steps.size() == 4);
+  CHECK(rec.steps[3].step == 1);
+  CHECK_FALSE(rec.steps[3].data);
+  CHECK(rec.steps[3].state == "second");
+  answer(w, rec, mb::hooks::auth_step::success());
+  CHECK(l.only(AUTH).code == code(reason_code::success));
+}
+
+TEST_CASE("engine: 5.0 a failed re-authentication ends with DISCONNECT and its reason, then the close",
+          "[engine][v5][auth][MQTT-4.12.1-2]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  struct refusal {
+    reason_code given;
+    std::uint8_t sent;
+  };
+  // 0x86 and 0x8C are CONNACK codes only: DISCONNECT says Not authorized instead.
+  const refusal cases[] = {{reason_code::not_authorized, 0x87},
+                           {reason_code::administrative_action, 0x98},
+                           {reason_code::bad_user_name_or_password, 0x87},
+                           {reason_code::bad_authentication_method, 0x87}};
+  for (const refusal& r : cases) {
+    INFO("reason " << int(code(r.given)));
+    auto& l = authenticated(w, rec, "re");
+    send_auth(w, l, reason_code::re_authenticate, "M", std::string_view("again"));
+    answer(w, rec, mb::hooks::auth_step::failure(r.given, std::string("ignored")));
+    CHECK(l.only(DISCONNECT).code == r.sent);
+    CHECK_FALSE(l.is_open());
+  }
+}
+
+TEST_CASE("engine: 5.0 an AUTH exchange is bounded: the CONNECT timeout before CONNACK, reauthentication_timeout after",
+          "[engine][v5][auth][time]") {
+  mb::broker_options o;
+  o.connect_timeout = seconds(4);
+  o.reauthentication_timeout = seconds(2);
+  auth_record rec;
+  auth_world w(o, enhanced_hooks{&rec});
+
+  SECTION("before CONNACK the exchange ends at connect_timeout after the CONNECT; AUTH packets do not move it") {
+    w.advance(seconds(1));  // the limit counts from the CONNECT, not the accept
+    auto& l = w.open(protocol_version::v5);
+    w.advance(seconds(1));
+    connect_with_method(w, l, "slow", "M", std::string_view("one"));
+    w.advance(seconds(1));
+    answer(w, rec, mb::hooks::auth_step::next("two"));
+    CHECK(l.only(AUTH).code == code(reason_code::continue_authentication));
+    w.advance(seconds(1));
+    send_auth(w, l, reason_code::continue_authentication, "M", std::string_view("three"));
+    answer(w, rec, mb::hooks::auth_step::next("four"));
+    CHECK(l.only(AUTH).code == code(reason_code::continue_authentication));
+    w.advance(seconds(2) - nanoseconds(1));
+    CHECK(l.is_open());
+    w.advance(nanoseconds(1));
+    CHECK_FALSE(l.is_open());
+    CHECK(l.received().empty());  // closed without a word, as any CONNECT timeout
+    CHECK(w.engine.stats().connect_timeouts == 1);
+  }
+  SECTION("before CONNACK a hook that never answers: closed at the limit; a late answer does nothing") {
+    auto& l = w.open(protocol_version::v5);
+    connect_with_method(w, l, "never", "M", std::nullopt);
+    w.advance(seconds(4) - nanoseconds(1));
+    CHECK(l.is_open());
+    w.advance(nanoseconds(1));
+    CHECK_FALSE(l.is_open());
+    answer(w, rec, mb::hooks::auth_step::success());
+    CHECK(l.received().empty());
+    CHECK(w.engine.stats().sessions == 0);
+  }
+  SECTION("a re-authentication ends at reauthentication_timeout after its AUTH 0x19 with DISCONNECT 0x87") {
+    auto& l = authenticated(w, rec, "re");
+    w.advance(seconds(10));  // no Keep Alive: connected for as long as it likes
+    send_auth(w, l, reason_code::re_authenticate, "M");
+    answer(w, rec, mb::hooks::auth_step::next("more"));
+    CHECK(l.only(AUTH).code == code(reason_code::continue_authentication));
+    w.feed(l, codec::pingreq{});  // other packets do not move the limit either
+    CHECK(l.only(PINGRESP).type == PINGRESP);
+    w.advance(seconds(2) - nanoseconds(1));
+    CHECK(l.is_open());
+    w.advance(nanoseconds(1));
+    CHECK(l.only(DISCONNECT).code == code(reason_code::not_authorized));
+    CHECK_FALSE(l.is_open());
+  }
+  SECTION("while the hook answers a re-authentication step Keep Alive stands still; the limit does not") {
+    auto& l = w.open(protocol_version::v5);
+    codec::connect c;
+    c.version = protocol_version::v5;
+    c.client_id = "ka";
+    c.keep_alive = 1;  // 1.5 s of silence closes it
+    codec::properties_builder props;
+    props.add(codec::property_id::authentication_method, std::string_view("M"));
+    c.properties = props.view();
+    w.feed(l, c);
+    answer(w, rec, mb::hooks::auth_step::success());
+    REQUIRE(l.only(CONNACK).code == 0);
+    send_auth(w, l, reason_code::re_authenticate, "M");
+    w.advance(milliseconds(1900));  // past Keep Alive: the wait is ours
+    CHECK(l.is_open());
+    answer(w, rec, mb::hooks::auth_step::success());
+    CHECK(l.only(AUTH).code == code(reason_code::success));
+    w.advance(milliseconds(1499));  // Keep Alive counts from the answer
+    CHECK(l.is_open());
+    w.advance(milliseconds(1));
+    CHECK(l.only(DISCONNECT).code == code(reason_code::keep_alive_timeout));
+  }
+}
+
+TEST_CASE("engine: 5.0 an AUTH exchange is bounded in steps and data: CONNACK or DISCONNECT 0x97",
+          "[engine][v5][auth][limits]") {
+  mb::broker_options o;
+  o.max_auth_steps = 3;
+  o.max_auth_data_size = 16;
+  auth_record rec;
+  auth_world w(o, enhanced_hooks{&rec});
+  const auto quota = code(reason_code::quota_exceeded);
+  SECTION("the fourth packet of an exchange, before CONNACK") {
+    auto& l = w.open(protocol_version::v5);
+    connect_with_method(w, l, "steps", "M", std::string_view("1"));
+    for (int i = 2; i <= 4; ++i) {
+      answer(w, rec, mb::hooks::auth_step::next("more"));
+      CHECK(l.only(AUTH).code == code(reason_code::continue_authentication));
+      send_auth(w, l, reason_code::continue_authentication, "M", std::string_view("n"));
+    }
+    CHECK(rec.steps.size() == 3);
+    CHECK(l.only(CONNACK).code == quota);
+    CHECK_FALSE(l.is_open());
+  }
+  SECTION("each re-authentication counts afresh; its fourth packet is DISCONNECT 0x97") {
+    auto& l = authenticated(w, rec, "re");
+    for (int round = 0; round < 2; ++round) {
+      send_auth(w, l, reason_code::re_authenticate, "M");
+      answer(w, rec, mb::hooks::auth_step::next("more"));
+      CHECK(l.only(AUTH).type == AUTH);
+      send_auth(w, l, reason_code::continue_authentication, "M");
+      answer(w, rec, mb::hooks::auth_step::next("more"));
+      CHECK(l.only(AUTH).type == AUTH);
+      send_auth(w, l, reason_code::continue_authentication, "M");
+      if (round == 0) {
+        answer(w, rec, mb::hooks::auth_step::success());
+        CHECK(l.only(AUTH).code == 0);
+      }
+    }
+    answer(w, rec, mb::hooks::auth_step::next("more"));
+    CHECK(l.only(AUTH).type == AUTH);
+    send_auth(w, l, reason_code::continue_authentication, "M");
+    CHECK(l.only(DISCONNECT).code == quota);
+  }
+  SECTION("data or a method longer than max_auth_data_size never reaches the hook") {
+    auto& l = w.open(protocol_version::v5);
+    connect_with_method(w, l, "fits", "M", std::string_view(std::string(16, 'd')));
+    CHECK(rec.steps.size() == 1);
+    answer(w, rec, mb::hooks::auth_step::next("more"));
+    CHECK(l.only(AUTH).type == AUTH);
+    const std::string too_long(17, 'd');
+    send_auth(w, l, reason_code::continue_authentication, "M", std::string_view(too_long));
+    CHECK(rec.steps.size() == 1);
+    CHECK(l.only(CONNACK).code == quota);
+    auto& m = w.open(protocol_version::v5);
+    connect_with_method(w, m, "long-method", too_long, std::nullopt);
+    CHECK(rec.steps.size() == 1);
+    CHECK(m.only(CONNACK).code == quota);
+  }
+  SECTION("an AUTH larger than the client's Maximum Packet Size is not sent: CONNACK 0x95 [MQTT-3.1.2-24]") {
+    auto& l = w.open(protocol_version::v5);
+    connect_with_method(w, l, "small", "M", std::nullopt, 32);
+    answer(w, rec, mb::hooks::auth_step::next(std::string(40, 's')));
+    CHECK(l.only(CONNACK).code == code(reason_code::packet_too_large));
+  }
+}
+
+TEST_CASE("engine: 5.0 an AUTH step may be answered from another thread", "[engine][v5][auth][threads]") {
+  auth_record rec;
+  auth_world w({}, enhanced_hooks{&rec});
+  auto& l = w.open(protocol_version::v5);
+  connect_with_method(w, l, "t", "M", std::string_view("x"));
+  REQUIRE(rec.replies.size() == 1);
+  std::thread other([reply = std::move(rec.replies[0])]() mutable {
+    reply(mb::hooks::auth_step::success(std::string("from another thread")));
+  });
+  other.join();
+  CHECK(l.events == std::vector<mb::engine::link_event>{mb::engine::link_event::auth_step});
+  w.run_events();
+  const rx ack = l.only(CONNACK);
+  CHECK(ack.code == 0);
+  CHECK(ack.auth_data == std::optional<std::string>("from another thread"));
 }
 
 TEST_CASE("engine: 5.0, never more unacknowledged QoS 1 and 2 PUBLISH to a client than its Receive Maximum",

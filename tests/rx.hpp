@@ -38,7 +38,14 @@ struct rx {
   std::optional<std::uint32_t> topic_alias;     // PUBLISH, 5.0
   std::string response_topic, correlation_data;  // PUBLISH, 5.0
   std::vector<std::pair<std::string, std::string>> user_properties;  // PUBLISH, 5.0, in order
+  std::optional<std::string> auth_method, auth_data;  // CONNACK and AUTH, 5.0
 };
+
+/// The Authentication Method and Data of a CONNACK or AUTH, if present.
+inline void read_auth_properties(const codec::properties_view& props, rx& r) {
+  if (auto m = props.find(codec::property_id::authentication_method)) r.auth_method = std::string(m->value);
+  if (auto d = props.find(codec::property_id::authentication_data)) r.auth_data = std::string(d->value);
+}
 
 inline rx to_rx(const codec::packet& p) {
   rx r;
@@ -57,6 +64,7 @@ inline rx to_rx(const codec::packet& p) {
             r.response_information = std::string(i->value);
           if (auto a = x.properties.find(codec::property_id::shared_subscription_available))
             r.shared_subscription_available = static_cast<int>(a->integer);
+          read_auth_properties(x.properties, r);
         } else if constexpr (std::is_same_v<T, codec::publish>) {
           r.topic = std::string(x.topic);
           r.payload = std::string(x.payload);
@@ -82,6 +90,9 @@ inline rx to_rx(const codec::packet& p) {
           for (reason_code c : x.reasons) r.codes.push_back(static_cast<std::uint8_t>(c));
         } else if constexpr (std::is_same_v<T, codec::disconnect>) {
           r.code = static_cast<std::uint8_t>(x.reason);
+        } else if constexpr (std::is_same_v<T, codec::auth>) {
+          r.code = static_cast<std::uint8_t>(x.reason);
+          read_auth_properties(x.properties, r);
         }
       },
       p);
@@ -100,6 +111,7 @@ constexpr auto SUBACK = codec::packet_type::suback;
 constexpr auto UNSUBACK = codec::packet_type::unsuback;
 constexpr auto PINGRESP = codec::packet_type::pingresp;
 constexpr auto DISCONNECT = codec::packet_type::disconnect;
+constexpr auto AUTH = codec::packet_type::auth;
 }  // namespace packet_types
 
 }  // namespace test_rx

@@ -86,6 +86,15 @@ struct broker_options {
   mqttbroker::log_level log_level = mqttbroker::log_level::info;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
+  /// 5.0 enhanced authentication (with an authenticate_enhanced hook): the most packets a client
+  /// sends in one exchange (the CONNECT or AUTH 0x19 that starts it included), and the longest
+  /// Authentication Method and Data taken from it. Past either the exchange fails with 0x97
+  /// (Quota exceeded), in CONNACK or, after it, DISCONNECT. Before CONNACK the whole exchange must
+  /// end within connect_timeout of the CONNECT; a re-authentication within this limit of its AUTH
+  /// 0x19, or the connection closes with DISCONNECT 0x87.
+  std::uint32_t max_auth_steps = 10;
+  std::size_t max_auth_data_size = 4096;
+  std::chrono::milliseconds reauthentication_timeout{10'000};
 };
 
 MQTTBROKER_END_NAMESPACE

@@ -276,6 +276,9 @@ enum class protocol_errc {
   payload_format_invalid,          // 5.0: Payload Format Indicator 1 on a payload that is not UTF-8
   qos_not_supported,               // a PUBLISH above the Maximum QoS the server announced
   retain_not_supported,            // a retained PUBLISH where the server announced Retain Available 0
+  auth_method_mismatch,            // 5.0: AUTH without the Authentication Method of the CONNECT [MQTT-4.12.0-5]
+  unexpected_auth,                 // 5.0: AUTH with no exchange to continue or start, or with the wrong reason
+  packet_during_authentication,    // 5.0: a packet other than AUTH or DISCONNECT before the CONNACK of an exchange
   no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
@@ -339,6 +342,9 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::retain_not_supported: return "retain not available";
         case protocol_errc::auth_method_missing: return "authentication data without method";
         case protocol_errc::receive_maximum_exceeded: return "receive maximum exceeded";
+        case protocol_errc::auth_method_mismatch: return "AUTH without the connection's authentication method";
+        case protocol_errc::unexpected_auth: return "AUTH outside an authentication exchange";
+        case protocol_errc::packet_during_authentication: return "packet other than AUTH before CONNACK";
         case protocol_errc::no_local_on_shared_subscription: return "No Local on a shared subscription";
       }
       return "unknown protocol error";
@@ -3507,6 +3513,15 @@ struct broker_options {
   mqttbroker::log_level log_level = mqttbroker::log_level::info;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
+  /// 5.0 enhanced authentication (with an authenticate_enhanced hook): the most packets a client
+  /// sends in one exchange (the CONNECT or AUTH 0x19 that starts it included), and the longest
+  /// Authentication Method and Data taken from it. Past either the exchange fails with 0x97
+  /// (Quota exceeded), in CONNACK or, after it, DISCONNECT. Before CONNACK the whole exchange must
+  /// end within connect_timeout of the CONNECT; a re-authentication within this limit of its AUTH
+  /// 0x19, or the connection closes with DISCONNECT 0x87.
+  std::uint32_t max_auth_steps = 10;
+  std::size_t max_auth_data_size = 4096;
+  std::chrono::milliseconds reauthentication_timeout{10'000};
 };
 
 MQTTBROKER_END_NAMESPACE
@@ -3841,6 +3856,7 @@ MQTTBROKER_END_NAMESPACE
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -3879,26 +3895,24 @@ enum class auth_result {
   not_authorized,   // 3.1.1 return code 5, 5.0 0x87
 };
 
-/// The completion an asynchronous authenticate() answers through, once, from any thread, at any
-/// time within the broker's CONNECT timeout (after it the client is gone and the answer is
-/// ignored). Until it answers, the broker reads nothing more from that client and serves all
-/// others. A reply destroyed without an answer leaves the client to the CONNECT timeout. Answer or
-/// drop every reply before the broker is destroyed.
-class auth_reply {
+/// A completion a hook answers through, once (calls after the first do nothing), from any
+/// thread. A reply destroyed without an answer leaves its client to the exchange's time limit.
+template <class Answer>
+class basic_reply {
  public:
-  /// What a reply answers to: the broker's pending CONNECT.
+  /// What a reply answers to: the broker's pending CONNECT or AUTH step.
   class target {
    public:
     virtual ~target() = default;
-    virtual void complete(auth_result r) = 0;
+    virtual void complete(Answer a) = 0;
   };
 
-  auth_reply() noexcept = default;
-  explicit auth_reply(std::shared_ptr<target> t) noexcept : target_(std::move(t)) {}
+  basic_reply() noexcept = default;
+  explicit basic_reply(std::shared_ptr<target> t) noexcept : target_(std::move(t)) {}
 
   /// Answers; calls after the first do nothing.
-  void operator()(auth_result r) {
-    if (auto t = std::move(target_)) t->complete(r);
+  void operator()(Answer a) {
+    if (auto t = std::move(target_)) t->complete(std::move(a));
   }
   /// Whether it still has to answer.
   explicit operator bool() const noexcept { return static_cast<bool>(target_); }
@@ -3906,6 +3920,76 @@ class auth_reply {
  private:
   std::shared_ptr<target> target_;
 };
+
+/// The completion an asynchronous authenticate() answers through, once, from any thread, at any
+/// time within the broker's CONNECT timeout (after it the client is gone and the answer is
+/// ignored). Until it answers, the broker reads nothing more from that client and serves all
+/// others. A reply destroyed without an answer leaves the client to the CONNECT timeout. Answer or
+/// drop every reply before the broker is destroyed.
+using auth_reply = basic_reply<auth_result>;
+
+// ---- 5.0 enhanced authentication (section 4.12)
+
+/// Where an enhanced authentication stands when authenticate_enhanced() is asked.
+enum class auth_stage : std::uint8_t {
+  connect,           // the CONNECT that named an Authentication Method
+  continuation,      // the client's AUTH 0x18, answering the broker's AUTH 0x18
+  reauthentication,  // the client's AUTH 0x19 after CONNACK: a new exchange on the same connection
+};
+
+/// What a method keeps between steps on one connection (a nonce, the messages so far, who
+/// authenticated): derive from it. The broker keeps the latest one an answer gave until the
+/// connection closes and hands it to every later step, re-authentications included.
+struct auth_state {
+  virtual ~auth_state() = default;
+};
+
+/// One step of an enhanced authentication as authenticate_enhanced() sees it. The views are
+/// valid for the call only: a hook that answers later copies what it needs.
+struct auth_exchange {
+  connect_info client;  // at the CONNECT and its continuations with the password; after CONNACK without
+  auth_stage stage = auth_stage::connect;
+  std::string_view method;               // the Authentication Method, the same on every step [MQTT-4.12.0-5]
+  std::optional<std::string_view> data;  // the Authentication Data the client sent, if any
+  std::uint32_t step = 1;                // 1 for the packet that starts an exchange, then 2, 3, ...
+  std::shared_ptr<auth_state> state;     // what an earlier answer left on this connection; null at first
+};
+
+/// authenticate_enhanced()'s answer to one step.
+struct auth_step {
+  enum class kind : std::uint8_t {
+    next,     // AUTH 0x18 with `data`; the client answers with AUTH 0x18
+    success,  // CONNACK 0x00, after a re-authentication AUTH 0x00; `data` goes with it
+    failure,  // CONNACK `reason`, after a re-authentication DISCONNECT `reason`; then the close
+  };
+  kind what = kind::failure;
+  reason_code reason = reason_code::not_authorized;
+  std::optional<std::string> data;    // the broker's Authentication Data, if any
+  std::shared_ptr<auth_state> state;  // when set, replaces what the connection keeps
+
+  /// More is needed: `data` goes to the client in AUTH 0x18 [MQTT-4.12.0-2].
+  static auth_step next(std::string data, std::shared_ptr<auth_state> s = nullptr) {
+    return {kind::next, reason_code::continue_authentication, std::move(data), std::move(s)};
+  }
+  /// Authenticated, with `data` as the final Authentication Data if given.
+  static auth_step success(std::optional<std::string> data = std::nullopt, std::shared_ptr<auth_state> s = nullptr) {
+    return {kind::success, reason_code::success, std::move(data), std::move(s)};
+  }
+  /// Refused with `reason`: 0x86 (bad credentials), 0x87 (not authorized), 0x8C (a method this
+  /// host does not support [MQTT-4.12.0-1]), ... A code CONNACK (or, after CONNACK, DISCONNECT)
+  /// cannot carry becomes 0x87. `data` goes with a refused CONNECT (a SCRAM "e=" message, say);
+  /// DISCONNECT has no place for it.
+  static auth_step failure(reason_code reason, std::optional<std::string> data = std::nullopt) {
+    return {kind::failure, reason, std::move(data), nullptr};
+  }
+};
+
+/// The completion authenticate_enhanced() answers each step through: once, from any thread, at
+/// any time within the exchange's limit (before CONNACK the CONNECT timeout, after it
+/// broker_options::reauthentication_timeout; after it the client is gone, or the answer is
+/// ignored). Until it answers, the broker reads nothing more from that client and serves all
+/// others. Answer or drop every reply before the broker is destroyed.
+using auth_step_reply = basic_reply<auth_step>;
 
 /// No hooks: every check passes and nothing is observed. A hooks policy defines only the members
 /// it needs, any of:
@@ -3920,6 +4004,7 @@ class auth_reply {
 ///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 ///   void log(log_level, std::string_view message);  // up to broker_options::log_level
+///   void authenticate_enhanced(const auth_exchange&, auth_step_reply);  // 5.0 AUTH exchanges
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -3927,7 +4012,8 @@ class auth_reply {
 /// client identifier only, as it also runs for wills and in-process publishes (an empty
 /// client_id), after the connection they came from may be gone. Hooks run on the broker's
 /// handlers and must not block: an authentication that asks a database or a remote service takes
-/// the auth_reply form.
+/// the auth_reply form. A CONNECT with an Authentication Method goes to authenticate_enhanced()
+/// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate().
 struct none {};
 
 namespace detail {
@@ -4024,6 +4110,9 @@ MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 std::declval<const connect_info&>(), std::declval<reason_code>())
 MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view message)",
                 std::declval<log_level>(), std::declval<std::string_view>())
+MQTTBROKER_HOOK(authenticate_enhanced, void, true, false,
+                "void authenticate_enhanced(const hooks::auth_exchange&, hooks::auth_step_reply)",
+                std::declval<const auth_exchange&>(), std::declval<auth_step_reply>())
 #undef MQTTBROKER_HOOK
 
 /// The asynchronous authenticate: authenticate_hook's other form.
@@ -4042,7 +4131,8 @@ constexpr bool check_hooks() {
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
-                            on_connect_refused_hook<H>::value,  log_hook<H>::value};
+                            on_connect_refused_hook<H>::value,  log_hook<H>::value,
+                            authenticate_enhanced_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -4055,7 +4145,8 @@ inline constexpr bool needs_client_info_v =
     detail::authenticate_hook<H>::value || detail::authenticate_later_hook<H>::value ||
     detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
     detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
-    detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value;
+    detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value ||
+    detail::authenticate_enhanced_hook<H>::value;
 
 template <class H>
 inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
@@ -4079,6 +4170,8 @@ template <class H>
 inline constexpr bool has_on_connect_refused_v = detail::on_connect_refused_hook<H>::value;
 template <class H>
 inline constexpr bool has_log_v = detail::log_hook<H>::value;
+template <class H>
+inline constexpr bool has_authenticate_enhanced_v = detail::authenticate_enhanced_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
@@ -6575,6 +6668,7 @@ enum class link_event : std::uint8_t {
   shutdown,        // the broker stops: DISCONNECT (5.0) and close
   committed,       // the storage made changes durable: held acknowledgements may go
   authenticated,   // an asynchronous authenticate answered
+  auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -6680,6 +6774,27 @@ struct link_origin {
 template <>
 struct link_origin<false> {};
 
+/// A connection's 5.0 enhanced authentication (section 4.12): made when its CONNECT names an
+/// Authentication Method, kept until it closes (a re-authentication uses the same method).
+struct auth_exchange_state {
+  std::string method;
+  std::shared_ptr<hooks::auth_state> state;  // the method's own, from the hook's latest answer
+  std::shared_ptr<hooks::auth_step_reply::target> pending;  // the step the hook is answering
+  std::chrono::steady_clock::time_point deadline{};  // when the running exchange must have ended
+  std::uint32_t steps = 0;        // client packets in the running exchange
+  std::uint32_t max_packet = 0;   // the client's Maximum Packet Size (0: none)
+  bool running = false;           // an exchange runs: before CONNACK, or a re-authentication
+};
+
+/// Where a link keeps its AUTH exchange, for a hooks policy with authenticate_enhanced; an empty
+/// base otherwise.
+template <bool Enhanced>
+struct link_auth {
+  std::unique_ptr<auth_exchange_state> auth_;
+};
+template <>
+struct link_auth<false> {};
+
 /// An acknowledgement held until the storage commit its change went into is durable
 /// (acknowledge after commit). `route`: a QoS 2 message routed only then, before its PUBREC.
 struct held_ack {
@@ -6710,7 +6825,8 @@ template <class Session>
 class link : public detail::list_links,
              public detail::ref_counted,
              protected held_acks<Session::durable>,
-             protected link_origin<Session::keeps_origin> {
+             protected link_origin<Session::keeps_origin>,
+             protected link_auth<Session::enhanced_auth> {
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
@@ -6994,7 +7110,7 @@ class link : public detail::list_links,
   bool graceful_ : 1;  // DISCONNECT received: no will
   bool write_in_flight_ : 1;
   bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
-  bool authenticating_ : 1;     // an asynchronous authenticate has the CONNECT; the reader waits
+  bool authenticating_ : 1;     // an authenticate hook has the CONNECT or an AUTH step; the reader waits
 };
 
 }  // namespace engine
@@ -7253,10 +7369,12 @@ struct no_outbox {};
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 /// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
 /// `KeepsOrigin`: links keep who their client is, for the hooks (engine::link_origin).
-template <class Locking, bool Durable = false, bool KeepsOrigin = false>
+/// `EnhancedAuth`: links can run 5.0 AUTH exchanges (engine::link_auth).
+template <class Locking, bool Durable = false, bool KeepsOrigin = false, bool EnhancedAuth = false>
 struct session_record : subscriber, detail::ref_counted {
   static constexpr bool durable = Durable;
   static constexpr bool keeps_origin = KeepsOrigin;
+  static constexpr bool enhanced_auth = EnhancedAuth;
   using link_type = link<session_record>;
   using steady_time = std::chrono::steady_clock::time_point;  // as link::steady_time (link is incomplete here)
   using session_mutex_type = locking::session_mutex_t<Locking>;
@@ -7518,7 +7636,10 @@ class core {
   using storage_type = typename storage_of<Policies>::type;
   /// Whether the storage keeps sessions: without, every call to it is compiled out.
   static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
-  using session_type = session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>>;
+  /// Whether clients may authenticate with AUTH exchanges (5.0 section 4.12).
+  static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
+  using session_type =
+      session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>, enhanced_auth>;
   /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
   using shared_strategy_type = typename shared_strategy_of<Policies>::type;
   static_assert(is_shared_strategy<shared_strategy_type>::value,
@@ -7917,6 +8038,15 @@ class core {
       d = (from + opts_.connect_timeout).time_since_epoch().count();
     else if (l.keep_alive_limit_.count() != 0)
       d = (from + l.keep_alive_limit_).time_since_epoch().count();
+    if constexpr (enhanced_auth) {
+      // An AUTH exchange has a limit of its own, which later packets do not move: before CONNACK
+      // it replaces the CONNECT timeout; after, Keep Alive runs beside it, except while the hook
+      // answers a step (that silence is ours).
+      if (const auth_exchange_state* a = l.auth_.get(); a != nullptr && a->running) {
+        const auto limit = a->deadline.time_since_epoch().count();
+        d = (!l.connected_ || l.authenticating_) ? limit : std::min(d, limit);
+      }
+    }
     l.set_deadline(d);
   }
 
@@ -8463,9 +8593,11 @@ MQTTBROKER_END_NAMESPACE
 
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -8531,6 +8663,20 @@ class protocol : public core<Policies> {
   /// reader is to pause (pause_reader()), or it is paused (an authentication runs).
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
+    if constexpr (base::enhanced_auth) {
+      // Only an AUTH exchange lets anything through before CONNACK (the decoder and the readers'
+      // pause hold everything else back): AUTH goes on with it, DISCONNECT ends it, and anything
+      // else is a Protocol Error [MQTT-3.1.2-30].
+      if (!l.connected_ && l.auth_) {
+        if (p.index() == 14)
+          on_auth(l, std::get<codec::auth>(p), now);
+        else if (p.index() == 13)
+          l.close(reason_code::normal_disconnection, false, true, now);
+        else
+          violation(l, p.index() == 0 ? protocol_errc::second_connect : protocol_errc::packet_during_authentication, now);
+        return !l.is_closing() && !l.paused();
+      }
+    }
     switch (p.index()) {
       case 0:
         // The decoder refuses a second CONNECT already; the engine holds to it on its own too.
@@ -8549,7 +8695,7 @@ class protocol : public core<Policies> {
       case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
       case 11: l.send(codec::pingresp{}, now); break;
       case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
-      // Enhanced authentication is not offered, so any AUTH is out of place (5.0 section 4.12).
+      case 14: on_auth(l, std::get<codec::auth>(p), now); break;
       default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
     return !l.is_closing() && !l.pace_pending() && !l.paused();
@@ -8636,6 +8782,7 @@ class protocol : public core<Policies> {
       case link_event::shutdown: shut_down(l, now); return false;
       case link_event::committed: this->on_committed(l, now); return false;
       case link_event::authenticated: return on_authenticated(l, now);
+      case link_event::auth_step: return on_auth_step(l, now);
     }
     return false;
   }
@@ -8651,6 +8798,15 @@ class protocol : public core<Policies> {
     // still running at the CONNECT timeout ends the connection as any CONNECT timeout does.
     if (l.paused() && !l.authenticating_) return l.deadline_passed(now) && on_resume(l, now);
     if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
+    if constexpr (base::enhanced_auth) {
+      if (const auth_exchange_state* a = l.auth_.get(); a != nullptr && a->running && l.connected_ && now >= a->deadline) {
+        // A re-authentication that did not end in time has failed [MQTT-4.12.1-2].
+        this->log(log_level::notice, "client '{}': re-authentication not completed within {} ms", l.client_id(),
+                  opts_.reauthentication_timeout.count());
+        l.close(reason_code::not_authorized, true, false, now);
+        return false;
+      }
+    }
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
@@ -8677,6 +8833,8 @@ class protocol : public core<Policies> {
       l.authenticating_ = false;
       l.pending_connect_.reset();
     }
+    // An AUTH step still answering holds this link: let go of it (and the method's state).
+    if constexpr (base::enhanced_auth) l.auth_.reset();
     if constexpr (base::durable) {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
@@ -8832,11 +8990,12 @@ class protocol : public core<Policies> {
 
   /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1.
   void refuse_connect_code(link_type& l, const hooks::connect_info& info, reason_code rc5, connack_return_code rc3,
-                           steady_time now) {
+                           steady_time now, codec::properties_view props = {}) {
     const auto v = info.version;
     notify_refused(info, rc5);
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
+    ack.properties = props;
     l.version_ = v;
     l.enqueue(ack, v, now);
     l.close(reason_code::unspecified_error, false, false, now);
@@ -8869,11 +9028,15 @@ class protocol : public core<Policies> {
     if (r.client_id.size() > opts_.max_client_id_length)
       return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
 
-    // 5.0: enhanced authentication is not offered (yet), so any Authentication Method is one the
-    // server does not support: CONNACK 0x8C and close [MQTT-4.12.0-1].
-    if (v5 && cp.properties.find(codec::property_id::authentication_method))
-      return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
-                                 connack_return_code::accepted, now);
+    // 5.0: an Authentication Method starts an AUTH exchange with the host's authenticate_enhanced;
+    // without that hook no method is supported: CONNACK 0x8C and close [MQTT-4.12.0-1].
+    std::optional<codec::property> method;
+    if (v5) method = cp.properties.find(codec::property_id::authentication_method);
+    if constexpr (!base::enhanced_auth) {
+      if (method)
+        return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
+                                   connack_return_code::accepted, now);
+    }
 
     if (cp.will) {
       // A will the server would not accept as a PUBLISH [MQTT-3.2.2-12] [MQTT-3.2.2-13]: 5.0 has
@@ -8930,6 +9093,14 @@ class protocol : public core<Policies> {
       }
     }
 
+    if constexpr (base::enhanced_auth) {
+      if (method) {
+        if (cp.password) r.password.emplace(*cp.password);
+        const auto data = cp.properties.find(codec::property_id::authentication_data);
+        return start_authentication(l, std::move(r), method->value,
+                                    data ? std::optional<std::string_view>(data->value) : std::nullopt, now);
+      }
+    }
     if constexpr (hooks::has_authenticate_v<hooks_type>) {
       hooks::connect_info info = connect_info_of(l, cp);
       info.client_id = r.client_id;
@@ -8996,8 +9167,208 @@ class protocol : public core<Policies> {
     }
   }
 
-  /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out.
-  void accept_connect(link_type& l, connect_request&& r, steady_time now) {
+  // ---- 5.0 enhanced authentication (section 4.12)
+
+  /// What authenticate_enhanced answers a step through: the link, kept until the answer is taken.
+  class auth_step_target final : public hooks::auth_step_reply::target {
+   public:
+    explicit auth_step_target(detail::ref_ptr<link_type> l) noexcept : link_(std::move(l)) {}
+    void complete(hooks::auth_step s) override {
+      // Any thread: the answer is read on the link's own, after the post.
+      answer_ = std::move(s);
+      answered_.store(true, std::memory_order_release);
+      link_->post(link_event::auth_step);
+    }
+    bool answered() const noexcept { return answered_.load(std::memory_order_acquire); }
+    hooks::auth_step take() noexcept { return std::move(answer_); }
+
+   private:
+    detail::ref_ptr<link_type> link_;
+    hooks::auth_step answer_;
+    std::atomic<bool> answered_{false};
+  };
+
+  /// A CONNECT with an Authentication Method: the exchange starts, bounded by the CONNECT timeout
+  /// from now, with the CONNECT's Authentication Data as its first step.
+  void start_authentication(link_type& l, connect_request r, std::string_view method,
+                            std::optional<std::string_view> data, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auto a = std::make_unique<auth_exchange_state>();
+      a->max_packet = r.maximum_packet_size;
+      a->running = true;
+      a->deadline = now + opts_.connect_timeout;
+      l.auth_ = std::move(a);
+      l.version_ = codec::protocol_version::v5;  // what AUTH and a refusal are encoded in
+      l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
+      if (method.size() > opts_.max_auth_data_size) return fail_authentication(l, reason_code::quota_exceeded, {}, now);
+      l.auth_->method.assign(method);
+      authentication_step(l, hooks::auth_stage::connect, data, now);
+    } else {
+      (void)l;
+      (void)r;
+      (void)method;
+      (void)data;
+      (void)now;
+    }
+  }
+
+  /// A client's AUTH: it goes on with the exchange that waits for it (0x18) or starts a
+  /// re-authentication after CONNACK (0x19), with the method of the CONNECT; anything else is a
+  /// Protocol Error.
+  void on_auth(link_type& l, const codec::auth& p, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state* a = l.auth_.get();
+      // Without a method in the CONNECT there is no exchange to speak of [MQTT-4.12.0-7]; nor
+      // while the hook still answers the last step (the reader waits then).
+      if (a == nullptr || a->pending) return violation(l, protocol_errc::unexpected_auth, now);
+      // 5.0 section 3.15.2.2.2: AUTH carries the method; the CONNECT's [MQTT-4.12.0-5] [MQTT-4.12.1-1].
+      const auto method = p.properties.find(codec::property_id::authentication_method);
+      if (!method || method->value != a->method) return violation(l, protocol_errc::auth_method_mismatch, now);
+      hooks::auth_stage stage;
+      if (p.reason == reason_code::continue_authentication && a->running) {
+        stage = hooks::auth_stage::continuation;  // [MQTT-4.12.0-3]
+      } else if (p.reason == reason_code::re_authenticate && !a->running && l.connected_) {
+        stage = hooks::auth_stage::reauthentication;  // 5.0 section 4.12.1
+        a->running = true;
+        a->steps = 0;
+        a->deadline = now + opts_.reauthentication_timeout;
+      } else {
+        // 0x00 is the server's; 0x18 with no exchange waiting; 0x19 before CONNACK or during one.
+        return violation(l, protocol_errc::unexpected_auth, now);
+      }
+      const auto data = p.properties.find(codec::property_id::authentication_data);
+      authentication_step(l, stage, data ? std::optional<std::string_view>(data->value) : std::nullopt, now);
+    } else {
+      (void)p;
+      violation(l, protocol_errc::unexpected_packet, now);  // no exchange is ever offered (section 4.12)
+    }
+  }
+
+  /// Hands one step to the host's authenticate_enhanced, within the limits; the reader waits for
+  /// the answer (on_auth_step).
+  void authentication_step(link_type& l, hooks::auth_stage stage, std::optional<std::string_view> data,
+                           steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state& a = *l.auth_;
+      // Checked before anything is copied or handed on: the data stays a view into the packet.
+      if (++a.steps > opts_.max_auth_steps || (data && data->size() > opts_.max_auth_data_size))
+        return fail_authentication(l, reason_code::quota_exceeded, {}, now);
+      hooks::auth_exchange x;
+      if (l.connected_)
+        static_cast<hooks::client_info&>(x.client) = l.client_info();
+      else
+        x.client = connect_info_of(l, *l.pending_connect_);
+      x.stage = stage;
+      x.method = a.method;
+      x.data = data;
+      x.step = a.steps;
+      x.state = a.state;
+      auto target = std::make_shared<auth_step_target>(l.self());
+      a.pending = target;
+      l.authenticating_ = true;
+      l.paused_.store(true, std::memory_order_relaxed);
+      restart_deadline(l, now);
+      hooks_.authenticate_enhanced(x, hooks::auth_step_reply(std::move(target)));
+    } else {
+      (void)l;
+      (void)stage;
+      (void)data;
+      (void)now;
+    }
+  }
+
+  /// authenticate_enhanced answered a step: AUTH 0x18 and the reader goes on, or the exchange
+  /// ends in CONNACK (AUTH 0x00 after a re-authentication), or in a refusal. True when the reader
+  /// is to read again.
+  bool on_auth_step(link_type& l, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state* a = l.auth_.get();
+      if (a == nullptr || !a->pending || l.is_closing()) return false;  // closed, timed out
+      auto* target = static_cast<auth_step_target*>(a->pending.get());
+      if (!target->answered()) return false;
+      hooks::auth_step s = target->take();
+      a->pending.reset();
+      if constexpr (base::durable) base::take_recorded();
+      l.authenticating_ = false;
+      l.paused_.store(false, std::memory_order_relaxed);
+      if (s.state) a->state = std::move(s.state);
+      if (s.what == hooks::auth_step::kind::failure) {
+        fail_authentication(l, s.reason, std::move(s.data), now);
+        return false;
+      }
+      if (s.what == hooks::auth_step::kind::success && !l.connected_) {
+        a->running = false;
+        std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
+        this->log(log_level::debug, "client '{}' authenticated with {}", r->client_id, a->method);
+        r->password.reset();
+        accept_connect(l, std::move(*r), now, a, &s.data);
+        return !l.is_closing();
+      }
+      // AUTH 0x18 asking for more [MQTT-4.12.0-2], or 0x00 ending a re-authentication; with the
+      // method of the CONNECT [MQTT-4.12.0-5].
+      const bool more = s.what == hooks::auth_step::kind::next;
+      codec::auth out;
+      out.reason = more ? reason_code::continue_authentication : reason_code::success;
+      codec::properties_builder props;
+      props.add(codec::property_id::authentication_method, a->method);
+      if (s.data) props.add(codec::property_id::authentication_data, *s.data);
+      out.properties = props.view();
+      std::size_t size = 0;
+      if (codec::encoded_size(out, codec::protocol_version::v5, size) ||
+          (a->max_packet != 0 && size > a->max_packet) || (s.data && s.data->size() > 0xFFFF)) {
+        // Larger than the client takes [MQTT-3.1.2-24] or than the field holds: it cannot go on.
+        fail_authentication(l, reason_code::packet_too_large, {}, now);
+        return false;
+      }
+      if (!more) {
+        a->running = false;
+        this->log(log_level::debug, "client '{}' re-authenticated", l.client_id());
+      }
+      l.send(out, now);
+      restart_deadline(l, now);  // Keep Alive counts from now: the wait was ours
+      return !l.is_closing();
+    } else {
+      (void)l;
+      (void)now;
+      return false;
+    }
+  }
+
+  /// The exchange failed: before CONNACK a CONNACK with `reason` [MQTT-4.12.0-4] (and `data`,
+  /// with the method, when given); after it DISCONNECT with `reason` [MQTT-4.12.1-2]. Then the close.
+  void fail_authentication(link_type& l, reason_code reason, std::optional<std::string> data, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state& a = *l.auth_;
+      a.running = false;
+      if (!l.connected_) {
+        const auto rc = static_cast<std::uint8_t>(reason);
+        if (rc < 0x80 || !codec::detail::reason_code_allowed(codec::packet_type::connack, rc))
+          reason = reason_code::not_authorized;
+        codec::properties_builder props;
+        if (data && data->size() <= 0xFFFF && !a.method.empty()) {
+          props.add(codec::property_id::authentication_method, a.method);
+          props.add(codec::property_id::authentication_data, *data);
+        }
+        return refuse_connect_code(l, connect_info_of(l, *l.pending_connect_), reason, connack_return_code::accepted,
+                                   now, props.view());
+      }
+      const auto rc = static_cast<std::uint8_t>(reason);
+      if (rc < 0x80 || !codec::detail::reason_code_allowed(codec::packet_type::disconnect, rc))
+        reason = reason_code::not_authorized;
+      this->log(log_level::notice, "client '{}': re-authentication failed: {}", l.client_id(), to_string(reason));
+      l.close(reason, true, false, now);
+    } else {
+      (void)l;
+      (void)reason;
+      (void)data;
+      (void)now;
+    }
+  }
+
+  /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out
+  /// (after an AUTH exchange with its method and final data, `auth` and `auth_data`).
+  void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
+                      const std::optional<std::string>* auth_data = nullptr) {
     const auto v = r.version;
     const bool v5 = v == codec::protocol_version::v5;
     const std::string& client_id = r.client_id;
@@ -9084,6 +9455,12 @@ class protocol : public core<Policies> {
       props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
+      // After an AUTH exchange the CONNECT's method [MQTT-4.12.0-5] and the final data, if any;
+      // never a method without one in the CONNECT [MQTT-4.12.0-6].
+      if (auth != nullptr) {
+        props.add(codec::property_id::authentication_method, auth->method);
+        if (auth_data != nullptr && *auth_data) props.add(codec::property_id::authentication_data, **auth_data);
+      }
       ack.properties = props.view();
     }
     l.send(ack, now);

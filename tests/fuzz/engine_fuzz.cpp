@@ -9,10 +9,16 @@
 //     server's DISCONNECT [MQTT-3.14.4-1];
 //   - a packet identifier is not reused while its QoS 1/2 message is in flight [MQTT-2.2.1-3];
 //   - a QoS 2 message from a client is routed at most once per identifier until PUBREL [MQTT-4.3.3-2];
-//   - the engine counts exactly the connections that are open.
+//   - the engine counts exactly the connections that are open;
+//   - 5.0 enhanced authentication, against the SCRAM-SHA-256 hooks with one fixed user: AUTH goes
+//     only to clients whose CONNECT named a method, with that method [MQTT-4.12.0-5]
+//     [MQTT-4.12.0-6], reason 0x18, or 0x00 after CONNACK; a successful CONNACK names the method;
+//     and a client is authenticated (CONNACK 0x00, AUTH 0x00) only right after it sent the proof
+//     of the right password, with a server signature that the client verifies.
 //
-//   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude tests/fuzz/engine_fuzz.cpp -o /tmp/fe
+//   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude tests/fuzz/engine_fuzz.cpp -o /tmp/fe -lcrypto
 //   mkdir -p /tmp/fe-corpus && /tmp/fe -max_total_time=60 /tmp/fe-corpus
+#include <mqttbroker/auth/scram.hpp>
 #include <mqttbroker/codec.hpp>
 #include <mqttbroker/engine/protocol.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
@@ -24,10 +30,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "../scram_client.hpp"
 
 namespace {
 
@@ -39,9 +49,23 @@ namespace mc = mqttbroker::codec;
   __builtin_trap();
 }
 
+/// The one user SCRAM knows: "user", password "pencil", at one iteration (fuzzing wants speed).
+struct fixed_user {
+  std::optional<mb::auth::scram_credentials> operator()(std::string_view user) const {
+    if (user != "user") return std::nullopt;
+    static const mb::auth::scram_credentials c = [] {
+      mb::auth::scram_credentials out;
+      if (mb::auth::derive_scram_credentials("pencil", "fuzz-salt", 1, out)) fail("derive_scram_credentials");
+      return out;
+    }();
+    return c;
+  }
+};
+using fuzz_hooks = mb::auth::scram_hooks<fixed_user>;
+
 struct policies {
   using locking = mb::locking::none;
-  using hooks = mb::hooks::none;
+  using hooks = fuzz_hooks;
 };
 using engine_type = mb::engine::protocol<policies>;
 using steady_time = engine_type::steady_time;
@@ -66,6 +90,10 @@ class reader {
 const std::vector<std::string> client_ids = {"c0", "c1", "c2", ""};
 const std::vector<std::string> topics = {"a", "a/b", "a/b/c", "x", "$SYS/x"};
 const std::vector<std::string> filters = {"a", "a/+", "a/#", "#", "+/b", "x", "$SYS/#", "$share/g/a"};
+const std::vector<std::string> methods = {"SCRAM-SHA-256", "SCRAM-SHA-256", "SCRAM-SHA-1"};
+const std::vector<std::string> auth_methods = {"SCRAM-SHA-256", "SCRAM-SHA-256", "SCRAM-SHA-256", "OTHER", ""};
+const std::vector<std::pair<std::string, std::string>> logins = {
+    {"user", "pencil"}, {"user", "pencil"}, {"user", "wrong"}, {"nobody", "pencil"}};
 
 struct world;
 
@@ -82,23 +110,48 @@ class fake_link final : public engine_type::link_type {
   std::vector<mb::engine::link_event> events;
   mc::protocol_version client_version() const { return version_; }
 
+  /// A new SCRAM exchange: its client-first message.
+  std::string scram_first(const std::pair<std::string, std::string>& login, std::string nonce) {
+    scram_ = std::make_unique<test_scram::client>(login.first, login.second, std::move(nonce));
+    scram_right_ = login.first == "user" && login.second == "pencil";
+    server_first_.clear();
+    proof_right_ = false;
+    return scram_->first();
+  }
+  /// The client-final message for the server-first last received (empty without one).
+  std::string scram_final() {
+    proof_right_ = false;
+    if (!scram_ || server_first_.empty()) return {};
+    std::string m = scram_->final(server_first_);
+    proof_right_ = scram_right_ && !m.empty();
+    return m;
+  }
+  /// Anything else sent in an AUTH: no proof.
+  void no_proof() { proof_right_ = false; }
+
  private:
   void check(mc::packet& p);
+  void check_authenticated(const mc::properties_view& props);
 
   mc::protocol_version version_;
   mc::decoder decoder_;
   bool got_connack_ = false;
   bool got_disconnect_ = false;
+  std::unique_ptr<test_scram::client> scram_;  // the exchange under way
+  bool scram_right_ = false;                    // ... with the right user and password
+  bool proof_right_ = false;                    // the last AUTH data was the right password's proof
+  std::string server_first_;                    // the data of the last AUTH 0x18
 
  public:
   std::set<std::uint16_t> in_flight_;    // identifiers of QoS 1/2 PUBLISHes not yet completed
   std::set<std::uint16_t> qos2_routed_;  // QoS 2 from this client routed and not yet released
   bool connect_sent_ = false;            // the decoder lets one CONNECT through, first
   bool draining_ = false;                // closing: the transport closes at the next drain()
+  std::optional<std::string> method_;    // the CONNECT's Authentication Method
 };
 
 struct world {
-  engine_type engine{make_options()};
+  engine_type engine{make_options(), make_hooks()};
   steady_time now = steady_time(std::chrono::hours(1));
   std::chrono::system_clock::time_point system_now{};
   std::array<mb::detail::ref_ptr<fake_link>, 4> links;
@@ -113,7 +166,17 @@ struct world {
     o.connect_timeout = std::chrono::seconds(5);
     o.max_keep_alive = 10;
     o.persistent_session_expiry = std::chrono::seconds(60);
+    o.max_auth_steps = 4;
+    o.max_auth_data_size = 200;
+    o.reauthentication_timeout = std::chrono::seconds(3);
     return o;
+  }
+  static fuzz_hooks make_hooks() {
+    mb::auth::scram_options o;
+    o.unknown_user_iterations = 1;
+    // The broker's nonces from a counter: the same input, the same run.
+    o.server_nonce = [n = std::make_shared<int>(0)] { return "srv" + std::to_string(++*n); };
+    return fuzz_hooks(fixed_user{}, o);
   }
 
   void open(std::size_t i, mc::protocol_version v) {
@@ -133,7 +196,8 @@ struct world {
   template <class Packet>
   void feed(std::size_t i, Packet packet) {
     fake_link& l = *links[i];
-    if (!l.is_open() || l.is_closing()) return;  // a closing connection's input is not read
+    // A closing connection's input is not read, nor a paused one's (an AUTH step, pacing).
+    if (!l.is_open() || l.is_closing() || l.paused()) return;
     mc::packet p(std::move(packet));
     engine.on_packet(l, p, now);
     if (l.is_open()) engine.on_packets_read(l, now);
@@ -191,6 +255,14 @@ void fake_link::start_write() {
   if (res.ec) fail("the engine wrote bytes that do not decode:", res.ec.message());
 }
 
+/// A success: only right after the proof of the right password, and the server proves itself.
+void fake_link::check_authenticated(const mc::properties_view& props) {
+  if (!proof_right_) fail("authenticated without the right password's proof");
+  const auto d = props.find(mc::property_id::authentication_data);
+  if (!d || !scram_->verify(d->value)) fail("a server-final that does not verify");
+  proof_right_ = false;
+}
+
 void fake_link::finish() {
   // As a real transport with a write in flight: the close completes later (world::drain()), and
   // until then the link is closing, which is where packets must stop.
@@ -213,10 +285,33 @@ void world::drain() {
 void fake_link::check(mc::packet& p) {
   const auto t = mc::type_of(p);
   if (got_disconnect_) fail("a packet after the server's DISCONNECT");
-  if (!got_connack_ && t != mc::packet_type::connack) fail("first packet is not CONNACK:", mc::to_string(t));
+  // Before CONNACK only an AUTH exchange, for a client that named a method.
+  if (!got_connack_ && t != mc::packet_type::connack && !(t == mc::packet_type::auth && method_))
+    fail("first packet is not CONNACK:", mc::to_string(t));
   if (t == mc::packet_type::connack) {
     if (got_connack_) fail("a second CONNACK");
     got_connack_ = true;
+    const auto& ack = std::get<mc::connack>(p);
+    const auto m = ack.properties.find(mc::property_id::authentication_method);
+    if (!method_ && m) fail("an Authentication Method in CONNACK for a CONNECT without one");
+    if (method_ && ack.code == 0) {
+      if (!m || m->value != *method_) fail("a successful CONNACK without the CONNECT's method");
+      check_authenticated(ack.properties);
+    }
+  } else if (t == mc::packet_type::auth) {
+    const auto& a = std::get<mc::auth>(p);
+    if (!method_) fail("AUTH to a client that named no method");
+    const auto m = a.properties.find(mc::property_id::authentication_method);
+    if (!m || m->value != *method_) fail("AUTH without the CONNECT's method");
+    if (a.reason == mb::reason_code::continue_authentication) {
+      const auto d = a.properties.find(mc::property_id::authentication_data);
+      server_first_ = d ? std::string(d->value) : std::string();
+    } else if (a.reason == mb::reason_code::success) {
+      if (!got_connack_) fail("AUTH 0x00 before CONNACK");
+      check_authenticated(a.properties);
+    } else {
+      fail("AUTH with reason", std::to_string(static_cast<int>(a.reason)));
+    }
   } else if (t == mc::packet_type::disconnect) {
     got_disconnect_ = true;
   } else if (t == mc::packet_type::publish) {
@@ -240,7 +335,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::size_t c = in.byte() % w.links.size();
     fake_link* l = w.links[c].get();
     const auto v = l->client_version();
-    switch (op % 14) {
+    switch (op % 16) {
       case 0: {  // a new transport in this slot
         w.open(c, in.byte() & 1 ? mc::protocol_version::v5 : mc::protocol_version::v3_1_1);
         break;
@@ -261,10 +356,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         cp.clean_start = f & 1;
         cp.keep_alive = static_cast<std::uint16_t>((f >> 1) & 7);
         mc::properties_builder props, will_props;
-        if (v == mc::protocol_version::v5 && (f & 16)) {
+        if (v == mc::protocol_version::v5 && (f & 16))
           props.add(mc::property_id::session_expiry_interval, (f & 32) ? 0xFFFFFFFFu : std::uint32_t(in.byte() % 20));
-          cp.properties = props.view();
+        if (v == mc::protocol_version::v5) {
+          // Enhanced authentication: a method, and a SCRAM client-first message or no data.
+          const std::uint8_t g = in.byte();
+          if (g & 1) {
+            l->method_ = in.pick(methods);
+            props.add(mc::property_id::authentication_method, *l->method_);
+            if (g & 2)
+              props.add(mc::property_id::authentication_data,
+                        l->scram_first(in.pick(logins), "c" + std::to_string(in.byte())));
+          }
         }
+        cp.properties = props.view();
         if (f & 64) {
           mc::will_message wm;
           wm.topic = in.pick(topics);
@@ -330,7 +435,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case 6: {  // PUBACK or PUBCOMP for an identifier: completes what the client had in flight
         if (!l->connected()) break;
         const auto id = static_cast<std::uint16_t>(1 + in.byte() % 8);
-        if (op % 14 == 5) {
+        if (op % 16 == 5) {
           mc::puback a;
           a.packet_id = id;
           w.feed(c, a);
@@ -361,11 +466,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         l->qos2_routed_.erase(r.packet_id);
         break;
       }
-      case 9:
-        if (l->connected()) w.feed(c, mc::pingreq{});
+      case 9:  // PINGREQ; during an AUTH exchange before CONNACK, a Protocol Error
+        if (l->connected() || (l->connect_sent_ && (in.byte() & 1))) w.feed(c, mc::pingreq{});
         break;
-      case 10: {  // DISCONNECT
-        if (!l->connected()) break;
+      case 10: {  // DISCONNECT, also during an AUTH exchange before CONNACK
+        if (!l->connected() && !(l->connect_sent_ && l->method_)) break;
         mc::disconnect d;
         mc::properties_builder props;
         const std::uint8_t f = in.byte();
@@ -386,6 +491,33 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         w.close(c);
         w.run_events();
         break;
+      case 14:
+      case 15: {  // AUTH (5.0 only, after the CONNECT): on with the exchange, a re-authentication, or out of place
+        if (v != mc::protocol_version::v5 || !l->connect_sent_) break;
+        const std::uint8_t f = in.byte();
+        const mb::reason_code reasons[] = {mb::reason_code::continue_authentication,
+                                           mb::reason_code::continue_authentication, mb::reason_code::re_authenticate,
+                                           mb::reason_code::success};
+        mc::auth a;
+        a.reason = reasons[f % 4];
+        mc::properties_builder props;
+        const std::string& method = in.pick(auth_methods);
+        if (!method.empty()) props.add(mc::property_id::authentication_method, method);
+        std::string bytes;
+        switch ((f >> 2) % 4) {
+          case 0: bytes = l->scram_final(); break;
+          case 1: bytes = l->scram_first(in.pick(logins), "c" + std::to_string(in.byte())); break;
+          case 2:
+            l->no_proof();
+            for (int n = in.byte() % 16; n > 0; --n) bytes.push_back(static_cast<char>(in.byte()));
+            break;
+          default: l->no_proof(); break;
+        }
+        if ((f >> 2) % 4 != 3) props.add(mc::property_id::authentication_data, bytes);
+        a.properties = props.view();
+        w.feed(c, a);
+        break;
+      }
       case 13:  // input the decoder refused
         if (l->is_open() && !l->is_closing()) {
           w.engine.on_malformed(*l, mb::make_error_code(mb::codec_errc::truncated), v, w.now);

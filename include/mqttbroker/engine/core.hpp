@@ -91,7 +91,10 @@ class core {
   using storage_type = typename storage_of<Policies>::type;
   /// Whether the storage keeps sessions: without, every call to it is compiled out.
   static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
-  using session_type = session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>>;
+  /// Whether clients may authenticate with AUTH exchanges (5.0 section 4.12).
+  static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
+  using session_type =
+      session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>, enhanced_auth>;
   /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
   using shared_strategy_type = typename shared_strategy_of<Policies>::type;
   static_assert(is_shared_strategy<shared_strategy_type>::value,
@@ -490,6 +493,15 @@ class core {
       d = (from + opts_.connect_timeout).time_since_epoch().count();
     else if (l.keep_alive_limit_.count() != 0)
       d = (from + l.keep_alive_limit_).time_since_epoch().count();
+    if constexpr (enhanced_auth) {
+      // An AUTH exchange has a limit of its own, which later packets do not move: before CONNACK
+      // it replaces the CONNECT timeout; after, Keep Alive runs beside it, except while the hook
+      // answers a step (that silence is ours).
+      if (const auth_exchange_state* a = l.auth_.get(); a != nullptr && a->running) {
+        const auto limit = a->deadline.time_since_epoch().count();
+        d = (!l.connected_ || l.authenticating_) ? limit : std::min(d, limit);
+      }
+    }
     l.set_deadline(d);
   }
 

@@ -50,6 +50,7 @@ enum class link_event : std::uint8_t {
   shutdown,        // the broker stops: DISCONNECT (5.0) and close
   committed,       // the storage made changes durable: held acknowledgements may go
   authenticated,   // an asynchronous authenticate answered
+  auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -155,6 +156,27 @@ struct link_origin {
 template <>
 struct link_origin<false> {};
 
+/// A connection's 5.0 enhanced authentication (section 4.12): made when its CONNECT names an
+/// Authentication Method, kept until it closes (a re-authentication uses the same method).
+struct auth_exchange_state {
+  std::string method;
+  std::shared_ptr<hooks::auth_state> state;  // the method's own, from the hook's latest answer
+  std::shared_ptr<hooks::auth_step_reply::target> pending;  // the step the hook is answering
+  std::chrono::steady_clock::time_point deadline{};  // when the running exchange must have ended
+  std::uint32_t steps = 0;        // client packets in the running exchange
+  std::uint32_t max_packet = 0;   // the client's Maximum Packet Size (0: none)
+  bool running = false;           // an exchange runs: before CONNACK, or a re-authentication
+};
+
+/// Where a link keeps its AUTH exchange, for a hooks policy with authenticate_enhanced; an empty
+/// base otherwise.
+template <bool Enhanced>
+struct link_auth {
+  std::unique_ptr<auth_exchange_state> auth_;
+};
+template <>
+struct link_auth<false> {};
+
 /// An acknowledgement held until the storage commit its change went into is durable
 /// (acknowledge after commit). `route`: a QoS 2 message routed only then, before its PUBREC.
 struct held_ack {
@@ -185,7 +207,8 @@ template <class Session>
 class link : public detail::list_links,
              public detail::ref_counted,
              protected held_acks<Session::durable>,
-             protected link_origin<Session::keeps_origin> {
+             protected link_origin<Session::keeps_origin>,
+             protected link_auth<Session::enhanced_auth> {
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
@@ -469,7 +492,7 @@ class link : public detail::list_links,
   bool graceful_ : 1;  // DISCONNECT received: no will
   bool write_in_flight_ : 1;
   bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
-  bool authenticating_ : 1;     // an asynchronous authenticate has the CONNECT; the reader waits
+  bool authenticating_ : 1;     // an authenticate hook has the CONNECT or an AUTH step; the reader waits
 };
 
 }  // namespace engine

@@ -1,6 +1,8 @@
 #ifndef MQTTBROKER_ENGINE_PROTOCOL_HPP
 #define MQTTBROKER_ENGINE_PROTOCOL_HPP
 
+#include <mqttbroker/codec/decoder.hpp>
+#include <mqttbroker/codec/encoder.hpp>
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/utf8.hpp>
@@ -19,9 +21,11 @@
 #include <mqttbroker/topic/validate.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -87,6 +91,20 @@ class protocol : public core<Policies> {
   /// reader is to pause (pause_reader()), or it is paused (an authentication runs).
   bool on_packet(link_type& l, codec::packet& p, steady_time now) {
     if constexpr (base::durable) base::take_recorded();  // what this packet records, and only that
+    if constexpr (base::enhanced_auth) {
+      // Only an AUTH exchange lets anything through before CONNACK (the decoder and the readers'
+      // pause hold everything else back): AUTH goes on with it, DISCONNECT ends it, and anything
+      // else is a Protocol Error [MQTT-3.1.2-30].
+      if (!l.connected_ && l.auth_) {
+        if (p.index() == 14)
+          on_auth(l, std::get<codec::auth>(p), now);
+        else if (p.index() == 13)
+          l.close(reason_code::normal_disconnection, false, true, now);
+        else
+          violation(l, p.index() == 0 ? protocol_errc::second_connect : protocol_errc::packet_during_authentication, now);
+        return !l.is_closing() && !l.paused();
+      }
+    }
     switch (p.index()) {
       case 0:
         // The decoder refuses a second CONNECT already; the engine holds to it on its own too.
@@ -105,7 +123,7 @@ class protocol : public core<Policies> {
       case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
       case 11: l.send(codec::pingresp{}, now); break;
       case 13: on_disconnect(l, std::get<codec::disconnect>(p), now); break;
-      // Enhanced authentication is not offered, so any AUTH is out of place (5.0 section 4.12).
+      case 14: on_auth(l, std::get<codec::auth>(p), now); break;
       default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
     return !l.is_closing() && !l.pace_pending() && !l.paused();
@@ -192,6 +210,7 @@ class protocol : public core<Policies> {
       case link_event::shutdown: shut_down(l, now); return false;
       case link_event::committed: this->on_committed(l, now); return false;
       case link_event::authenticated: return on_authenticated(l, now);
+      case link_event::auth_step: return on_auth_step(l, now);
     }
     return false;
   }
@@ -207,6 +226,15 @@ class protocol : public core<Policies> {
     // still running at the CONNECT timeout ends the connection as any CONNECT timeout does.
     if (l.paused() && !l.authenticating_) return l.deadline_passed(now) && on_resume(l, now);
     if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
+    if constexpr (base::enhanced_auth) {
+      if (const auth_exchange_state* a = l.auth_.get(); a != nullptr && a->running && l.connected_ && now >= a->deadline) {
+        // A re-authentication that did not end in time has failed [MQTT-4.12.1-2].
+        this->log(log_level::notice, "client '{}': re-authentication not completed within {} ms", l.client_id(),
+                  opts_.reauthentication_timeout.count());
+        l.close(reason_code::not_authorized, true, false, now);
+        return false;
+      }
+    }
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++(l.connected_ ? stats_.keep_alive_timeouts : stats_.connect_timeouts);
@@ -233,6 +261,8 @@ class protocol : public core<Policies> {
       l.authenticating_ = false;
       l.pending_connect_.reset();
     }
+    // An AUTH step still answering holds this link: let go of it (and the method's state).
+    if constexpr (base::enhanced_auth) l.auth_.reset();
     if constexpr (base::durable) {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
@@ -388,11 +418,12 @@ class protocol : public core<Policies> {
 
   /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1.
   void refuse_connect_code(link_type& l, const hooks::connect_info& info, reason_code rc5, connack_return_code rc3,
-                           steady_time now) {
+                           steady_time now, codec::properties_view props = {}) {
     const auto v = info.version;
     notify_refused(info, rc5);
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
+    ack.properties = props;
     l.version_ = v;
     l.enqueue(ack, v, now);
     l.close(reason_code::unspecified_error, false, false, now);
@@ -425,11 +456,15 @@ class protocol : public core<Policies> {
     if (r.client_id.size() > opts_.max_client_id_length)
       return refuse_connect(l, connect_info_of(l, cp), protocol_errc::client_identifier_not_valid, now);
 
-    // 5.0: enhanced authentication is not offered (yet), so any Authentication Method is one the
-    // server does not support: CONNACK 0x8C and close [MQTT-4.12.0-1].
-    if (v5 && cp.properties.find(codec::property_id::authentication_method))
-      return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
-                                 connack_return_code::accepted, now);
+    // 5.0: an Authentication Method starts an AUTH exchange with the host's authenticate_enhanced;
+    // without that hook no method is supported: CONNACK 0x8C and close [MQTT-4.12.0-1].
+    std::optional<codec::property> method;
+    if (v5) method = cp.properties.find(codec::property_id::authentication_method);
+    if constexpr (!base::enhanced_auth) {
+      if (method)
+        return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
+                                   connack_return_code::accepted, now);
+    }
 
     if (cp.will) {
       // A will the server would not accept as a PUBLISH [MQTT-3.2.2-12] [MQTT-3.2.2-13]: 5.0 has
@@ -486,6 +521,14 @@ class protocol : public core<Policies> {
       }
     }
 
+    if constexpr (base::enhanced_auth) {
+      if (method) {
+        if (cp.password) r.password.emplace(*cp.password);
+        const auto data = cp.properties.find(codec::property_id::authentication_data);
+        return start_authentication(l, std::move(r), method->value,
+                                    data ? std::optional<std::string_view>(data->value) : std::nullopt, now);
+      }
+    }
     if constexpr (hooks::has_authenticate_v<hooks_type>) {
       hooks::connect_info info = connect_info_of(l, cp);
       info.client_id = r.client_id;
@@ -552,8 +595,208 @@ class protocol : public core<Policies> {
     }
   }
 
-  /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out.
-  void accept_connect(link_type& l, connect_request&& r, steady_time now) {
+  // ---- 5.0 enhanced authentication (section 4.12)
+
+  /// What authenticate_enhanced answers a step through: the link, kept until the answer is taken.
+  class auth_step_target final : public hooks::auth_step_reply::target {
+   public:
+    explicit auth_step_target(detail::ref_ptr<link_type> l) noexcept : link_(std::move(l)) {}
+    void complete(hooks::auth_step s) override {
+      // Any thread: the answer is read on the link's own, after the post.
+      answer_ = std::move(s);
+      answered_.store(true, std::memory_order_release);
+      link_->post(link_event::auth_step);
+    }
+    bool answered() const noexcept { return answered_.load(std::memory_order_acquire); }
+    hooks::auth_step take() noexcept { return std::move(answer_); }
+
+   private:
+    detail::ref_ptr<link_type> link_;
+    hooks::auth_step answer_;
+    std::atomic<bool> answered_{false};
+  };
+
+  /// A CONNECT with an Authentication Method: the exchange starts, bounded by the CONNECT timeout
+  /// from now, with the CONNECT's Authentication Data as its first step.
+  void start_authentication(link_type& l, connect_request r, std::string_view method,
+                            std::optional<std::string_view> data, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auto a = std::make_unique<auth_exchange_state>();
+      a->max_packet = r.maximum_packet_size;
+      a->running = true;
+      a->deadline = now + opts_.connect_timeout;
+      l.auth_ = std::move(a);
+      l.version_ = codec::protocol_version::v5;  // what AUTH and a refusal are encoded in
+      l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
+      if (method.size() > opts_.max_auth_data_size) return fail_authentication(l, reason_code::quota_exceeded, {}, now);
+      l.auth_->method.assign(method);
+      authentication_step(l, hooks::auth_stage::connect, data, now);
+    } else {
+      (void)l;
+      (void)r;
+      (void)method;
+      (void)data;
+      (void)now;
+    }
+  }
+
+  /// A client's AUTH: it goes on with the exchange that waits for it (0x18) or starts a
+  /// re-authentication after CONNACK (0x19), with the method of the CONNECT; anything else is a
+  /// Protocol Error.
+  void on_auth(link_type& l, const codec::auth& p, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state* a = l.auth_.get();
+      // Without a method in the CONNECT there is no exchange to speak of [MQTT-4.12.0-7]; nor
+      // while the hook still answers the last step (the reader waits then).
+      if (a == nullptr || a->pending) return violation(l, protocol_errc::unexpected_auth, now);
+      // 5.0 section 3.15.2.2.2: AUTH carries the method; the CONNECT's [MQTT-4.12.0-5] [MQTT-4.12.1-1].
+      const auto method = p.properties.find(codec::property_id::authentication_method);
+      if (!method || method->value != a->method) return violation(l, protocol_errc::auth_method_mismatch, now);
+      hooks::auth_stage stage;
+      if (p.reason == reason_code::continue_authentication && a->running) {
+        stage = hooks::auth_stage::continuation;  // [MQTT-4.12.0-3]
+      } else if (p.reason == reason_code::re_authenticate && !a->running && l.connected_) {
+        stage = hooks::auth_stage::reauthentication;  // 5.0 section 4.12.1
+        a->running = true;
+        a->steps = 0;
+        a->deadline = now + opts_.reauthentication_timeout;
+      } else {
+        // 0x00 is the server's; 0x18 with no exchange waiting; 0x19 before CONNACK or during one.
+        return violation(l, protocol_errc::unexpected_auth, now);
+      }
+      const auto data = p.properties.find(codec::property_id::authentication_data);
+      authentication_step(l, stage, data ? std::optional<std::string_view>(data->value) : std::nullopt, now);
+    } else {
+      (void)p;
+      violation(l, protocol_errc::unexpected_packet, now);  // no exchange is ever offered (section 4.12)
+    }
+  }
+
+  /// Hands one step to the host's authenticate_enhanced, within the limits; the reader waits for
+  /// the answer (on_auth_step).
+  void authentication_step(link_type& l, hooks::auth_stage stage, std::optional<std::string_view> data,
+                           steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state& a = *l.auth_;
+      // Checked before anything is copied or handed on: the data stays a view into the packet.
+      if (++a.steps > opts_.max_auth_steps || (data && data->size() > opts_.max_auth_data_size))
+        return fail_authentication(l, reason_code::quota_exceeded, {}, now);
+      hooks::auth_exchange x;
+      if (l.connected_)
+        static_cast<hooks::client_info&>(x.client) = l.client_info();
+      else
+        x.client = connect_info_of(l, *l.pending_connect_);
+      x.stage = stage;
+      x.method = a.method;
+      x.data = data;
+      x.step = a.steps;
+      x.state = a.state;
+      auto target = std::make_shared<auth_step_target>(l.self());
+      a.pending = target;
+      l.authenticating_ = true;
+      l.paused_.store(true, std::memory_order_relaxed);
+      restart_deadline(l, now);
+      hooks_.authenticate_enhanced(x, hooks::auth_step_reply(std::move(target)));
+    } else {
+      (void)l;
+      (void)stage;
+      (void)data;
+      (void)now;
+    }
+  }
+
+  /// authenticate_enhanced answered a step: AUTH 0x18 and the reader goes on, or the exchange
+  /// ends in CONNACK (AUTH 0x00 after a re-authentication), or in a refusal. True when the reader
+  /// is to read again.
+  bool on_auth_step(link_type& l, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state* a = l.auth_.get();
+      if (a == nullptr || !a->pending || l.is_closing()) return false;  // closed, timed out
+      auto* target = static_cast<auth_step_target*>(a->pending.get());
+      if (!target->answered()) return false;
+      hooks::auth_step s = target->take();
+      a->pending.reset();
+      if constexpr (base::durable) base::take_recorded();
+      l.authenticating_ = false;
+      l.paused_.store(false, std::memory_order_relaxed);
+      if (s.state) a->state = std::move(s.state);
+      if (s.what == hooks::auth_step::kind::failure) {
+        fail_authentication(l, s.reason, std::move(s.data), now);
+        return false;
+      }
+      if (s.what == hooks::auth_step::kind::success && !l.connected_) {
+        a->running = false;
+        std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
+        this->log(log_level::debug, "client '{}' authenticated with {}", r->client_id, a->method);
+        r->password.reset();
+        accept_connect(l, std::move(*r), now, a, &s.data);
+        return !l.is_closing();
+      }
+      // AUTH 0x18 asking for more [MQTT-4.12.0-2], or 0x00 ending a re-authentication; with the
+      // method of the CONNECT [MQTT-4.12.0-5].
+      const bool more = s.what == hooks::auth_step::kind::next;
+      codec::auth out;
+      out.reason = more ? reason_code::continue_authentication : reason_code::success;
+      codec::properties_builder props;
+      props.add(codec::property_id::authentication_method, a->method);
+      if (s.data) props.add(codec::property_id::authentication_data, *s.data);
+      out.properties = props.view();
+      std::size_t size = 0;
+      if (codec::encoded_size(out, codec::protocol_version::v5, size) ||
+          (a->max_packet != 0 && size > a->max_packet) || (s.data && s.data->size() > 0xFFFF)) {
+        // Larger than the client takes [MQTT-3.1.2-24] or than the field holds: it cannot go on.
+        fail_authentication(l, reason_code::packet_too_large, {}, now);
+        return false;
+      }
+      if (!more) {
+        a->running = false;
+        this->log(log_level::debug, "client '{}' re-authenticated", l.client_id());
+      }
+      l.send(out, now);
+      restart_deadline(l, now);  // Keep Alive counts from now: the wait was ours
+      return !l.is_closing();
+    } else {
+      (void)l;
+      (void)now;
+      return false;
+    }
+  }
+
+  /// The exchange failed: before CONNACK a CONNACK with `reason` [MQTT-4.12.0-4] (and `data`,
+  /// with the method, when given); after it DISCONNECT with `reason` [MQTT-4.12.1-2]. Then the close.
+  void fail_authentication(link_type& l, reason_code reason, std::optional<std::string> data, steady_time now) {
+    if constexpr (base::enhanced_auth) {
+      auth_exchange_state& a = *l.auth_;
+      a.running = false;
+      if (!l.connected_) {
+        const auto rc = static_cast<std::uint8_t>(reason);
+        if (rc < 0x80 || !codec::detail::reason_code_allowed(codec::packet_type::connack, rc))
+          reason = reason_code::not_authorized;
+        codec::properties_builder props;
+        if (data && data->size() <= 0xFFFF && !a.method.empty()) {
+          props.add(codec::property_id::authentication_method, a.method);
+          props.add(codec::property_id::authentication_data, *data);
+        }
+        return refuse_connect_code(l, connect_info_of(l, *l.pending_connect_), reason, connack_return_code::accepted,
+                                   now, props.view());
+      }
+      const auto rc = static_cast<std::uint8_t>(reason);
+      if (rc < 0x80 || !codec::detail::reason_code_allowed(codec::packet_type::disconnect, rc))
+        reason = reason_code::not_authorized;
+      this->log(log_level::notice, "client '{}': re-authentication failed: {}", l.client_id(), to_string(reason));
+      l.close(reason, true, false, now);
+    } else {
+      (void)l;
+      (void)reason;
+      (void)data;
+      (void)now;
+    }
+  }
+
+  /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out
+  /// (after an AUTH exchange with its method and final data, `auth` and `auth_data`).
+  void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
+                      const std::optional<std::string>* auth_data = nullptr) {
     const auto v = r.version;
     const bool v5 = v == codec::protocol_version::v5;
     const std::string& client_id = r.client_id;
@@ -640,6 +883,12 @@ class protocol : public core<Policies> {
       props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
+      // After an AUTH exchange the CONNECT's method [MQTT-4.12.0-5] and the final data, if any;
+      // never a method without one in the CONNECT [MQTT-4.12.0-6].
+      if (auth != nullptr) {
+        props.add(codec::property_id::authentication_method, auth->method);
+        if (auth_data != nullptr && *auth_data) props.add(codec::property_id::authentication_data, **auth_data);
+      }
       ack.properties = props.view();
     }
     l.send(ack, now);

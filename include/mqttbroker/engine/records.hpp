@@ -107,10 +107,12 @@ struct no_outbox {};
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 /// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
 /// `KeepsOrigin`: links keep who their client is, for the hooks (engine::link_origin).
-template <class Locking, bool Durable = false, bool KeepsOrigin = false>
+/// `EnhancedAuth`: links can run 5.0 AUTH exchanges (engine::link_auth).
+template <class Locking, bool Durable = false, bool KeepsOrigin = false, bool EnhancedAuth = false>
 struct session_record : subscriber, detail::ref_counted {
   static constexpr bool durable = Durable;
   static constexpr bool keeps_origin = KeepsOrigin;
+  static constexpr bool enhanced_auth = EnhancedAuth;
   using link_type = link<session_record>;
   using steady_time = std::chrono::steady_clock::time_point;  // as link::steady_time (link is incomplete here)
   using session_mutex_type = locking::session_mutex_t<Locking>;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -49,26 +50,24 @@ enum class auth_result {
   not_authorized,   // 3.1.1 return code 5, 5.0 0x87
 };
 
-/// The completion an asynchronous authenticate() answers through, once, from any thread, at any
-/// time within the broker's CONNECT timeout (after it the client is gone and the answer is
-/// ignored). Until it answers, the broker reads nothing more from that client and serves all
-/// others. A reply destroyed without an answer leaves the client to the CONNECT timeout. Answer or
-/// drop every reply before the broker is destroyed.
-class auth_reply {
+/// A completion a hook answers through, once (calls after the first do nothing), from any
+/// thread. A reply destroyed without an answer leaves its client to the exchange's time limit.
+template <class Answer>
+class basic_reply {
  public:
-  /// What a reply answers to: the broker's pending CONNECT.
+  /// What a reply answers to: the broker's pending CONNECT or AUTH step.
   class target {
    public:
     virtual ~target() = default;
-    virtual void complete(auth_result r) = 0;
+    virtual void complete(Answer a) = 0;
   };
 
-  auth_reply() noexcept = default;
-  explicit auth_reply(std::shared_ptr<target> t) noexcept : target_(std::move(t)) {}
+  basic_reply() noexcept = default;
+  explicit basic_reply(std::shared_ptr<target> t) noexcept : target_(std::move(t)) {}
 
   /// Answers; calls after the first do nothing.
-  void operator()(auth_result r) {
-    if (auto t = std::move(target_)) t->complete(r);
+  void operator()(Answer a) {
+    if (auto t = std::move(target_)) t->complete(std::move(a));
   }
   /// Whether it still has to answer.
   explicit operator bool() const noexcept { return static_cast<bool>(target_); }
@@ -76,6 +75,76 @@ class auth_reply {
  private:
   std::shared_ptr<target> target_;
 };
+
+/// The completion an asynchronous authenticate() answers through, once, from any thread, at any
+/// time within the broker's CONNECT timeout (after it the client is gone and the answer is
+/// ignored). Until it answers, the broker reads nothing more from that client and serves all
+/// others. A reply destroyed without an answer leaves the client to the CONNECT timeout. Answer or
+/// drop every reply before the broker is destroyed.
+using auth_reply = basic_reply<auth_result>;
+
+// ---- 5.0 enhanced authentication (section 4.12)
+
+/// Where an enhanced authentication stands when authenticate_enhanced() is asked.
+enum class auth_stage : std::uint8_t {
+  connect,           // the CONNECT that named an Authentication Method
+  continuation,      // the client's AUTH 0x18, answering the broker's AUTH 0x18
+  reauthentication,  // the client's AUTH 0x19 after CONNACK: a new exchange on the same connection
+};
+
+/// What a method keeps between steps on one connection (a nonce, the messages so far, who
+/// authenticated): derive from it. The broker keeps the latest one an answer gave until the
+/// connection closes and hands it to every later step, re-authentications included.
+struct auth_state {
+  virtual ~auth_state() = default;
+};
+
+/// One step of an enhanced authentication as authenticate_enhanced() sees it. The views are
+/// valid for the call only: a hook that answers later copies what it needs.
+struct auth_exchange {
+  connect_info client;  // at the CONNECT and its continuations with the password; after CONNACK without
+  auth_stage stage = auth_stage::connect;
+  std::string_view method;               // the Authentication Method, the same on every step [MQTT-4.12.0-5]
+  std::optional<std::string_view> data;  // the Authentication Data the client sent, if any
+  std::uint32_t step = 1;                // 1 for the packet that starts an exchange, then 2, 3, ...
+  std::shared_ptr<auth_state> state;     // what an earlier answer left on this connection; null at first
+};
+
+/// authenticate_enhanced()'s answer to one step.
+struct auth_step {
+  enum class kind : std::uint8_t {
+    next,     // AUTH 0x18 with `data`; the client answers with AUTH 0x18
+    success,  // CONNACK 0x00, after a re-authentication AUTH 0x00; `data` goes with it
+    failure,  // CONNACK `reason`, after a re-authentication DISCONNECT `reason`; then the close
+  };
+  kind what = kind::failure;
+  reason_code reason = reason_code::not_authorized;
+  std::optional<std::string> data;    // the broker's Authentication Data, if any
+  std::shared_ptr<auth_state> state;  // when set, replaces what the connection keeps
+
+  /// More is needed: `data` goes to the client in AUTH 0x18 [MQTT-4.12.0-2].
+  static auth_step next(std::string data, std::shared_ptr<auth_state> s = nullptr) {
+    return {kind::next, reason_code::continue_authentication, std::move(data), std::move(s)};
+  }
+  /// Authenticated, with `data` as the final Authentication Data if given.
+  static auth_step success(std::optional<std::string> data = std::nullopt, std::shared_ptr<auth_state> s = nullptr) {
+    return {kind::success, reason_code::success, std::move(data), std::move(s)};
+  }
+  /// Refused with `reason`: 0x86 (bad credentials), 0x87 (not authorized), 0x8C (a method this
+  /// host does not support [MQTT-4.12.0-1]), ... A code CONNACK (or, after CONNACK, DISCONNECT)
+  /// cannot carry becomes 0x87. `data` goes with a refused CONNECT (a SCRAM "e=" message, say);
+  /// DISCONNECT has no place for it.
+  static auth_step failure(reason_code reason, std::optional<std::string> data = std::nullopt) {
+    return {kind::failure, reason, std::move(data), nullptr};
+  }
+};
+
+/// The completion authenticate_enhanced() answers each step through: once, from any thread, at
+/// any time within the exchange's limit (before CONNACK the CONNECT timeout, after it
+/// broker_options::reauthentication_timeout; after it the client is gone, or the answer is
+/// ignored). Until it answers, the broker reads nothing more from that client and serves all
+/// others. Answer or drop every reply before the broker is destroyed.
+using auth_step_reply = basic_reply<auth_step>;
 
 /// No hooks: every check passes and nothing is observed. A hooks policy defines only the members
 /// it needs, any of:
@@ -90,6 +159,7 @@ class auth_reply {
 ///   void on_unsubscribe(const client_info&, std::string_view filter);  // one that existed
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 ///   void log(log_level, std::string_view message);  // up to broker_options::log_level
+///   void authenticate_enhanced(const auth_exchange&, auth_step_reply);  // 5.0 AUTH exchanges
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -97,7 +167,8 @@ class auth_reply {
 /// client identifier only, as it also runs for wills and in-process publishes (an empty
 /// client_id), after the connection they came from may be gone. Hooks run on the broker's
 /// handlers and must not block: an authentication that asks a database or a remote service takes
-/// the auth_reply form.
+/// the auth_reply form. A CONNECT with an Authentication Method goes to authenticate_enhanced()
+/// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate().
 struct none {};
 
 namespace detail {
@@ -194,6 +265,9 @@ MQTTBROKER_HOOK(on_connect_refused, void, true, false,
                 std::declval<const connect_info&>(), std::declval<reason_code>())
 MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view message)",
                 std::declval<log_level>(), std::declval<std::string_view>())
+MQTTBROKER_HOOK(authenticate_enhanced, void, true, false,
+                "void authenticate_enhanced(const hooks::auth_exchange&, hooks::auth_step_reply)",
+                std::declval<const auth_exchange&>(), std::declval<auth_step_reply>())
 #undef MQTTBROKER_HOOK
 
 /// The asynchronous authenticate: authenticate_hook's other form.
@@ -212,7 +286,8 @@ constexpr bool check_hooks() {
                             authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
-                            on_connect_refused_hook<H>::value,  log_hook<H>::value};
+                            on_connect_refused_hook<H>::value,  log_hook<H>::value,
+                            authenticate_enhanced_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -225,7 +300,8 @@ inline constexpr bool needs_client_info_v =
     detail::authenticate_hook<H>::value || detail::authenticate_later_hook<H>::value ||
     detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
     detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
-    detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value;
+    detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value ||
+    detail::authenticate_enhanced_hook<H>::value;
 
 template <class H>
 inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
@@ -249,6 +325,8 @@ template <class H>
 inline constexpr bool has_on_connect_refused_v = detail::on_connect_refused_hook<H>::value;
 template <class H>
 inline constexpr bool has_log_v = detail::log_hook<H>::value;
+template <class H>
+inline constexpr bool has_authenticate_enhanced_v = detail::authenticate_enhanced_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
