@@ -1183,13 +1183,16 @@ struct runner {
 double us(std::uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
 
 // ---------------------------------------------------------------------------------------------
-// Traffic scenarios: fanin, fanout, pairs, wildcard, retained-storm.
+// Traffic scenarios: fanin, fanout, pairs, wildcard, shared, retained-storm.
 
 int run_traffic(runner& r, json_line& out) {
   const config& cfg = r.cfg;
   run_state& rs = r.rs;
   const std::string& sc = cfg.scenario;
   const bool storm = sc == "retained-storm";
+  // One shared subscription group: every message goes to exactly one of its members, so loss and
+  // duplication are counted over the group, not per member.
+  const bool shared = sc == "shared";
 
   // Topology: publisher topics and subscriber filters.
   int pubs = cfg.publishers, subs = cfg.subscribers;
@@ -1210,6 +1213,11 @@ int run_traffic(runner& r, json_line& out) {
     const char* prefix = storm ? "bg" : "pair";
     for (int p = 0; p < pubs; ++p) topics.push_back(fmt::format("{}/{}", prefix, p));
     for (int s = 0; s < subs; ++s) filters.push_back(fmt::format("{}/{}", prefix, s));
+  } else if (shared) {
+    if (pubs < 0) pubs = 8;
+    if (subs < 0) subs = 10;
+    for (int p = 0; p < pubs; ++p) topics.push_back(fmt::format("sh/{}", p));
+    for (int s = 0; s < subs; ++s) filters.push_back("$share/bench/sh/+");
   } else {  // wildcard
     if (pubs < 0) pubs = 8;
     if (subs < 0) subs = 8;
@@ -1230,12 +1238,17 @@ int run_traffic(runner& r, json_line& out) {
   // Expected deliveries: which subscribers each publisher's messages reach.
   std::vector<std::vector<std::uint32_t>> matched(static_cast<std::size_t>(subs));
   std::vector<std::uint64_t> k_of(static_cast<std::size_t>(pubs), 0);
-  for (std::size_t s = 0; s < filters.size(); ++s)
+  for (std::size_t s = 0; s < filters.size(); ++s) {
+    // A member may get any message its group's filter (after `$share/{name}/`) matches.
+    std::string_view f = filters[s];
+    if (shared) f = f.substr(f.find('/', std::string_view("$share/").size()) + 1);
     for (std::size_t p = 0; p < topics.size(); ++p)
-      if (topic_matches(filters[s], topics[p])) {
+      if (topic_matches(f, topics[p])) {
         matched[s].push_back(static_cast<std::uint32_t>(p));
         ++k_of[p];
       }
+  }
+  if (shared) std::fill(k_of.begin(), k_of.end(), std::uint64_t{1});  // one member per message
   const auto [kmin_it, kmax_it] = std::minmax_element(k_of.begin(), k_of.end());
   const std::uint64_t kmin = *kmin_it, kmax = *kmax_it;
   double ksum = 0;
@@ -1394,17 +1407,32 @@ int run_traffic(runner& r, json_line& out) {
   }
   std::uint64_t sent_total = 0, expected = 0, lost = 0, dup = 0, reordered = 0, late = 0;
   for (std::size_t p = 0; p < publishers.size(); ++p) sent_total += publishers[p]->sent();
+  // Shared: a publisher's messages are spread over the members, so each member's track has gaps;
+  // over the group the numbers seen must add up to what was sent (more: a message went to two).
+  std::vector<std::uint64_t> group_unique(shared ? publishers.size() : 0, 0);
   for (auto& s : subscribers) {
     const auto& ids = s->expected_ids();
     for (std::size_t i = 0; i < ids.size(); ++i) {
       const auto& t = s->tracks()[i];
-      const std::uint64_t sent = publishers[ids[i]]->sent();
-      expected += sent;
-      if (t.unique < sent) lost += sent - t.unique;
       dup += t.duplicates;
       reordered += t.reordered;
       late += t.late;
+      if (shared) {
+        group_unique[ids[i]] += t.unique;
+        continue;
+      }
+      const std::uint64_t sent = publishers[ids[i]]->sent();
+      expected += sent;
+      if (t.unique < sent) lost += sent - t.unique;
     }
+  }
+  for (std::size_t p = 0; p < group_unique.size(); ++p) {
+    const std::uint64_t sent = publishers[p]->sent();
+    expected += sent;
+    if (group_unique[p] < sent)
+      lost += sent - group_unique[p];
+    else
+      dup += group_unique[p] - sent;
   }
   const double secs = cfg.duration;
   const bool acked = rs.q != codec::qos::at_most_once;
@@ -1601,16 +1629,16 @@ int main(int argc, char** argv) {
   CLI::App app{"loadgen: MQTT load generator (mqttbroker bench, issue 5)"};
   app.add_option("--host", cfg.host, "broker address")->capture_default_str();
   app.add_option("--port", cfg.port, "broker port")->capture_default_str();
-  app.add_option("--scenario", cfg.scenario, "fanin, fanout, pairs, wildcard, retained-storm, connect-storm or idle")
+  app.add_option("--scenario", cfg.scenario, "fanin, fanout, pairs, wildcard, shared, retained-storm, connect-storm or idle")
       ->capture_default_str()
-      ->check(CLI::IsMember({"fanin", "fanout", "pairs", "wildcard", "retained-storm", "connect-storm", "idle"}));
+      ->check(CLI::IsMember({"fanin", "fanout", "pairs", "wildcard", "shared", "retained-storm", "connect-storm", "idle"}));
   app.add_option("--qos", cfg.qos, "QoS of publications and subscriptions")->capture_default_str()->check(CLI::Range(0, 2));
   app.add_option("--payload", cfg.payload, "payload bytes (at least 16: run tag, publisher id, sequence, send time)")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{16}, std::size_t{100'000'000}));
   app.add_option("--publishers", cfg.publishers,
-                 "publishers (default: fanin 8, fanout 1, pairs 8, wildcard 8, retained-storm 4 background pairs)");
-  app.add_option("--subscribers", cfg.subscribers, "subscribers (default: fanin 1, fanout 8, wildcard 8; pairs: one per publisher)");
+                 "publishers (default: fanin 8, fanout 1, pairs 8, wildcard 8, shared 8, retained-storm 4 background pairs)");
+  app.add_option("--subscribers", cfg.subscribers, "subscribers (default: fanin 1, fanout 8, wildcard 8, shared 10 in one group; pairs: one per publisher)");
   app.add_option("--duration", cfg.duration, "measured seconds (idle: seconds held after settling)")->capture_default_str();
   app.add_option("--warmup", cfg.warmup, "seconds of traffic before measuring (idle: settle time)")->capture_default_str();
   app.add_option("--drain", cfg.drain, "seconds at most to wait for stragglers after publishing stops")->capture_default_str();

@@ -721,6 +721,20 @@ TEST_CASE("alloc: QoS 0 routing with 5.0 properties and Subscription Identifiers
   require_no_allocation(o);
 }
 
+TEST_CASE("alloc: QoS 0 through shared subscription groups allocates nothing per message", "[alloc][shared]") {
+  prime();
+  scenario sc;
+  sc.version = codec::protocol_version::v5;
+  // One member per group, so that every subscriber still sees every message in order; the choice
+  // of the member, its options and its identifier take the same path as in a larger group.
+  sc.subscribers = {{"$share/a/t/#", 7}, {"$share/b/t/+"}, {"t/#"}};
+  sc.user_properties = true;
+  const outcome o = run(sc);
+  report("shared", "alloc: QoS 0 through shared subscription groups allocates nothing per message", sc, o);
+  check_delivery(sc, o);
+  require_no_allocation(o);
+}
+
 // An idle connection's memory is what a broker with many mostly silent clients (sensors, phones)
 // pays per client: no read or write buffer, only the connection, its session, its registry entry
 // and Asio's per-socket state and pending wait. bench/compare measures the RSS against Mosquitto

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -2712,15 +2713,17 @@ TEST_CASE("a packet over max_packet_size closes the connection: DISCONNECT 0x95 
   CHECK(h.broker.stats().protocol_errors == 2);
 }
 
-TEST_CASE("shared subscriptions are refused plainly until they are implemented: 0x9E in 5.0, 0x80 in 3.1.1",
-          "[broker][v5]") {
-  harness<> h;
+TEST_CASE("shared subscriptions switched off are refused: 0x9E in 5.0, 0x80 in 3.1.1, and CONNACK says so",
+          "[broker][v5][shared]") {
+  mb::broker_options o;
+  o.shared_subscriptions = false;
+  harness<> h(o);
   client& old = h.connected("old");
   CHECK(h.subscribe(old, "$share/g/t", qos::at_least_once) == std::vector<std::uint8_t>{0x80});
   client& v5 = h.add(protocol_version::v5);
   v5.connect("v5");
   h.settle();
-  REQUIRE(v5.pop(CONNACK).code == 0);
+  CHECK(v5.pop(CONNACK).shared_subscription_available == 0);
   CHECK(h.subscribe(v5, "$share/g/t", qos::at_least_once) ==
         std::vector<std::uint8_t>{static_cast<std::uint8_t>(reason_code::shared_subscriptions_not_supported)});
   client& pub = h.connected("pub");
@@ -2759,4 +2762,127 @@ TEST_CASE("on_unsubscribe sees each filter that existed; on_connect_refused sees
   CHECK(log.refused[1] == std::make_pair(std::string(""), reason_code::client_identifier_not_valid));
   CHECK(log.refused[2] == std::make_pair(std::string("bw"), reason_code::topic_name_invalid));
   CHECK(log.connects == std::vector<std::string>{"u"});
+}
+
+// ---- shared subscriptions through the broker (memory transport)
+
+namespace {
+
+struct sticky_mem_policies : mem_policies {
+  using shared_strategy = mb::router::sticky_by_publisher;
+};
+struct random_mem_policies : mem_policies {
+  using shared_strategy = mb::router::random_member;
+};
+
+/// A 5.0 client connected as `id`; its CONNACK (code 0) returned.
+template <class H>
+rx connect_v5(H& h, client& c, const std::string& id) {
+  c.connect(id);
+  h.settle();
+  const rx ack = c.pop(CONNACK);
+  REQUIRE(ack.code == 0);
+  return ack;
+}
+
+}  // namespace
+
+TEST_CASE("shared subscriptions: 3.1.1 and 5.0 members of one group get 30 messages between them, each once, in turn",
+          "[broker][shared][v5][MQTT-4.8.2-3]") {
+  harness<> h;
+  client& a = h.connected("a");
+  client& b = h.add(protocol_version::v5);
+  CHECK(connect_v5(h, b, "b").shared_subscription_available == 1);
+  client& c = h.connected("c");
+  CHECK(h.subscribe(a, "$share/workers/jobs/+", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  CHECK(h.subscribe(b, "$share/workers/jobs/+", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  CHECK(h.subscribe(c, "$share/workers/jobs/+", qos::at_most_once) == std::vector<std::uint8_t>{0});
+  client& pub = h.connected("pub");
+  for (int i = 0; i < 30; ++i) pub.publish("jobs/" + std::to_string(i % 3), std::to_string(i), qos::at_least_once, std::uint16_t(i + 1));
+  h.settle();
+  std::set<std::string> all;
+  client* members[] = {&a, &b, &c};
+  for (int m = 0; m < 3; ++m) {
+    const auto got = members[m]->publishes();
+    REQUIRE(got.size() == 10);
+    for (std::size_t k = 0; k < got.size(); ++k) {
+      CHECK(got[k].payload == std::to_string(3 * int(k) + m));  // round robin, in the order they joined
+      CHECK(got[k].qos_level == (m == 2 ? qos::at_most_once : qos::at_least_once));  // each its own grant
+      all.insert(got[k].payload);
+      if (got[k].qos_level == qos::at_least_once) members[m]->puback(got[k].id);
+    }
+  }
+  CHECK(all.size() == 30);
+}
+
+TEST_CASE("shared subscriptions: a member that goes with a QoS 1 message unacknowledged hands it to another member",
+          "[broker][shared]") {
+  harness<> h;
+  client& a = h.connected("a");  // Clean Session: its session ends when it goes
+  client& b = h.connected("b");
+  h.subscribe(a, "$share/g/t", qos::at_least_once);
+  h.subscribe(b, "$share/g/t", qos::at_least_once);
+  client& pub = h.connected("pub");
+  pub.publish("t", "first", qos::at_least_once, 1);
+  h.settle();
+  REQUIRE(a.publishes().size() == 1);  // a's turn; it never acknowledges
+  a.close();
+  h.settle();
+  const auto handed = b.publishes();
+  REQUIRE(handed.size() == 1);
+  CHECK(handed[0].payload == "first");
+  CHECK_FALSE(handed[0].dup);
+  CHECK(h.broker.stats().shared_groups == 1);
+}
+
+TEST_CASE("shared subscriptions: the sticky and random strategies as policies", "[broker][shared]") {
+  SECTION("sticky by publisher") {
+    harness<sticky_mem_policies> h;
+    std::vector<client*> members;
+    for (const char* id : {"m0", "m1", "m2"}) {
+      members.push_back(&h.connected(id));
+      h.subscribe(*members.back(), "$share/g/t", qos::at_most_once);
+    }
+    std::vector<client*> pubs;
+    for (int p = 0; p < 6; ++p) pubs.push_back(&h.connected("p" + std::to_string(p)));
+    for (int i = 0; i < 4; ++i)
+      for (std::size_t p = 0; p < pubs.size(); ++p) pubs[p]->publish("t", std::to_string(p));
+    h.settle();
+    std::map<std::string, std::set<std::size_t>> where;
+    std::size_t total = 0;
+    for (std::size_t m = 0; m < members.size(); ++m)
+      for (const rx& r : members[m]->publishes()) {
+        where[r.payload].insert(m);
+        ++total;
+      }
+    CHECK(total == 24);
+    REQUIRE(where.size() == 6);
+    for (const auto& w : where) CHECK(w.second.size() == 1);  // each publisher on one member
+  }
+  SECTION("random") {
+    harness<random_mem_policies> h;
+    std::vector<client*> members;
+    for (const char* id : {"m0", "m1", "m2"}) {
+      members.push_back(&h.connected(id));
+      h.subscribe(*members.back(), "$share/g/t", qos::at_most_once);
+    }
+    client& pub = h.connected("pub");
+    for (int i = 0; i < 150; ++i) pub.publish("t", std::to_string(i));
+    h.settle();
+    std::set<std::string> seen;
+    std::size_t total = 0;
+    bool in_turn = true;  // what round robin would give: m0 0, 3, 6, ...; m1 1, 4, 7, ...
+    for (std::size_t m = 0; m < members.size(); ++m) {
+      const auto got = members[m]->publishes();
+      CHECK(got.size() >= 20);  // 50 expected
+      total += got.size();
+      for (std::size_t k = 0; k < got.size(); ++k) {
+        seen.insert(got[k].payload);
+        if (got[k].payload != std::to_string(3 * k + m)) in_turn = false;
+      }
+    }
+    CHECK(total == 150);
+    CHECK(seen.size() == 150);
+    CHECK_FALSE(in_turn);
+  }
 }

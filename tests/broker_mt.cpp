@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,6 +60,45 @@ class mt_fixture {
   std::vector<std::thread> pool_;
 };
 
+/// A client connected as `id` and subscribed to `filter` at QoS 1 (the SUBACK checked).
+std::unique_ptr<blocking_client> subscribed(std::uint16_t port, const std::string& id, const std::string& filter) {
+  auto c = std::make_unique<blocking_client>(port);
+  REQUIRE(c->connect(id) == 0);
+  codec::subscribe s;
+  s.packet_id = 1;
+  s.entries.push_back({filter, {codec::qos::at_least_once}});
+  c->send(s);
+  auto ack = c->expect<codec::suback>();
+  REQUIRE(ack.reasons.size() == 1);
+  REQUIRE(ack.reasons[0] == mqttbroker::reason_code::granted_qos_1);
+  return c;
+}
+
+/// On a thread of its own: connects as `id` and publishes "0".."n-1" to `topic` at QoS 1, each
+/// PUBACK awaited, then disconnects. What goes wrong is counted in `failures` (Catch's assertions
+/// are for the main thread).
+void publish_numbered(std::uint16_t port, const std::string& id, const std::string& topic, int n,
+                      std::atomic<int>& failures) {
+  try {
+    blocking_client c(port);
+    if (c.connect(id) != 0) ++failures;
+    for (int i = 0; i < n; ++i) {
+      codec::publish m;
+      m.topic = topic;  // the packet only views it
+      const std::string payload = std::to_string(i);
+      m.payload = payload;
+      m.qos_level = codec::qos::at_least_once;
+      m.packet_id = static_cast<std::uint16_t>(i + 1);
+      c.send(m);
+      auto ack = c.expect<codec::puback>();
+      if (ack.packet_id != m.packet_id) ++failures;
+    }
+    c.send(codec::disconnect{});
+  } catch (...) {
+    ++failures;
+  }
+}
+
 }  // namespace
 
 TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order per publisher", "[broker_mt][MQTT-4.6.0-6]") {
@@ -68,17 +108,7 @@ TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order 
   constexpr int subscribers = 2;
 
   std::vector<std::unique_ptr<blocking_client>> subs;
-  for (int i = 0; i < subscribers; ++i) {
-    subs.push_back(std::make_unique<blocking_client>(f.port()));
-    REQUIRE(subs.back()->connect("sub-" + std::to_string(i)) == 0);
-    codec::subscribe s;
-    s.packet_id = 1;
-    s.entries.push_back({"mt/#", {codec::qos::at_least_once}});
-    subs.back()->send(s);
-    auto ack = subs.back()->expect<codec::suback>();
-    REQUIRE(ack.reasons.size() == 1);
-    REQUIRE(ack.reasons[0] == mqttbroker::reason_code::granted_qos_1);
-  }
+  for (int i = 0; i < subscribers; ++i) subs.push_back(subscribed(f.port(), "sub-" + std::to_string(i), "mt/#"));
 
   // In-process subscriber on the host's side, fed from io_context threads.
   std::atomic<int> local_count{0};
@@ -87,27 +117,8 @@ TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order 
   std::atomic<int> failures{0};
   std::vector<std::thread> pubs;
   for (int p = 0; p < publishers; ++p) {
-    pubs.emplace_back([&, p] {
-      try {
-        blocking_client c(f.port());
-        if (c.connect("pub-" + std::to_string(p)) != 0) ++failures;
-        for (int i = 0; i < per_publisher; ++i) {
-          codec::publish m;
-          const std::string topic = "mt/" + std::to_string(p);  // the packet only views it
-          m.topic = topic;
-          const std::string payload = std::to_string(i);
-          m.payload = payload;
-          m.qos_level = codec::qos::at_least_once;
-          m.packet_id = static_cast<std::uint16_t>(i + 1);
-          c.send(m);
-          auto ack = c.expect<codec::puback>();
-          if (ack.packet_id != m.packet_id) ++failures;
-        }
-        c.send(codec::disconnect{});
-      } catch (...) {
-        ++failures;
-      }
-    });
+    pubs.emplace_back(
+        [&, p] { publish_numbered(f.port(), "pub-" + std::to_string(p), "mt/" + std::to_string(p), per_publisher, failures); });
   }
   // Host-side publishes from a thread that is not an io_context thread.
   std::thread host([&] {
@@ -615,4 +626,63 @@ TEST_CASE("multi-threaded broker: an asynchronous authenticate answered from ano
   work.reset();
   io.stop();
   for (auto& t : pool) t.join();
+}
+
+TEST_CASE("multi-threaded broker: a shared group's members get each message of concurrent publishers once",
+          "[broker_mt][shared]") {
+  mt_fixture f(2);
+  constexpr int publishers = 4;
+  constexpr int per_publisher = 200;
+  constexpr int members = 3;
+  constexpr int total = publishers * per_publisher;
+
+  std::vector<std::unique_ptr<blocking_client>> subs;
+  for (int i = 0; i < members; ++i) subs.push_back(subscribed(f.port(), "member-" + std::to_string(i), "$share/g/mt/#"));
+
+  // Each member reads on its own thread until all messages are in; the tallies are checked here.
+  std::atomic<int> received{0};
+  std::atomic<int> failures{0};
+  std::vector<std::vector<std::string>> got(members);
+  std::vector<std::thread> readers;
+  for (int i = 0; i < members; ++i) {
+    readers.emplace_back([&, i] {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      try {
+        while (received < total && std::chrono::steady_clock::now() < deadline) {
+          auto p = subs[std::size_t(i)]->read(std::chrono::milliseconds(100));
+          if (!p) continue;
+          auto* m = std::get_if<codec::publish>(&p->packet);
+          if (m == nullptr) {
+            ++failures;
+            continue;
+          }
+          got[std::size_t(i)].push_back(std::string(m->topic) + " " + std::string(m->payload));
+          codec::puback ack;
+          ack.packet_id = m->packet_id;
+          subs[std::size_t(i)]->send(ack);
+          ++received;
+        }
+      } catch (...) {
+        ++failures;
+      }
+    });
+  }
+  std::vector<std::thread> pubs;
+  for (int p = 0; p < publishers; ++p) {
+    pubs.emplace_back(
+        [&, p] { publish_numbered(f.port(), "shared-pub-" + std::to_string(p), "mt/" + std::to_string(p), per_publisher, failures); });
+  }
+  for (auto& t : pubs) t.join();
+  for (auto& t : readers) t.join();
+  CHECK(failures == 0);
+  std::set<std::string> all;
+  std::size_t count = 0;
+  for (const auto& g : got) {
+    CHECK(g.size() > 0);  // round robin: every member has its turns
+    count += g.size();
+    all.insert(g.begin(), g.end());
+  }
+  CHECK(count == std::size_t(total));  // once each
+  CHECK(all.size() == std::size_t(total));
+  for (auto& s : subs) CHECK_FALSE(s->read(std::chrono::milliseconds(200)));  // nothing more
 }

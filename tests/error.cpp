@@ -37,7 +37,7 @@ TEST_CASE("every codec and protocol error has its own message", "[error]") {
     CHECK(mqttbroker::codec_category().message(v) != "unknown codec error");
   }
   for (int v = static_cast<int>(protocol_errc::first_packet_not_connect);
-       v <= static_cast<int>(protocol_errc::packet_during_authentication); ++v) {  // the last enumerator
+       v <= static_cast<int>(protocol_errc::no_local_on_shared_subscription); ++v) {  // the last enumerator
     INFO("protocol_errc " << v);
     CHECK(mqttbroker::protocol_category().message(v) != "unknown protocol error");
   }

@@ -1,5 +1,6 @@
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/router/retained.hpp>
+#include <mqttbroker/router/shared.hpp>
 
 #include "catch.hpp"
 #include "topic_model.hpp"
@@ -748,4 +749,77 @@ TEST_CASE("retained match agrees with a brute-force matcher under random churn",
       {"wide", wide, 3, 8000},
   };
   for (std::size_t i = 0; i < configs.size(); ++i) run_retained_differential(configs[i], seed + 100 + i);
+}
+
+// ---- shared subscription groups
+
+namespace {
+
+using group_type = router::shared_group<int>;
+
+/// Picks what it is told, to see choose() map a candidate back to its member.
+struct fixed_pick {
+  std::size_t index = 0;
+  std::vector<std::uint64_t> seen;  // the candidates' keys, last call
+  std::size_t pick(router::share_choice& c) {
+    seen.clear();
+    for (std::size_t i = 0; i < c.size(); ++i) seen.push_back(c.key(i));
+    return index;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("shared group: members join in order, a repeated join replaces the options, leave keeps the others' order",
+          "[router][shared][MQTT-4.8.2-3]") {
+  group_type g;
+  CHECK(g.join(1, sub(codec::qos::at_most_once), 11));
+  CHECK(g.join(2, sub(codec::qos::at_least_once, 5), 12));
+  CHECK(g.join(3, sub(codec::qos::exactly_once), 13));
+  CHECK_FALSE(g.join(2, sub(codec::qos::exactly_once, 6), 12));  // replaced, not added
+  REQUIRE(g.size() == 3);
+  REQUIRE(g.find(2) != nullptr);
+  CHECK(g.find(2)->sub == sub(codec::qos::exactly_once, 6));
+  CHECK(g.leave(1));
+  CHECK_FALSE(g.leave(1));
+  CHECK(g.members()[0].subscriber == 2);
+  CHECK(g.members()[1].subscriber == 3);
+  CHECK(g.leave(2));
+  CHECK(g.leave(3));
+  CHECK(g.empty());
+  router::round_robin rr;
+  CHECK(g.choose(rr, "", [](int) { return true; }) == nullptr);
+}
+
+TEST_CASE("shared group: the strategy sees the online members only, or every member when none is online",
+          "[router][shared]") {
+  group_type g;
+  for (int s = 1; s <= 4; ++s) g.join(s, sub(codec::qos::at_most_once), std::uint64_t(100 + s));
+  fixed_pick f;
+  std::set<int> online{2, 4};
+  auto is_online = [&](int s) { return online.count(s) != 0; };
+  f.index = 1;
+  CHECK(g.choose(f, "p", is_online)->subscriber == 4);
+  CHECK(f.seen == std::vector<std::uint64_t>{102, 104});
+  online.clear();
+  f.index = 2;
+  CHECK(g.choose(f, "p", is_online)->subscriber == 3);
+  CHECK(f.seen.size() == 4);
+  f.index = 9;  // out of range: wrapped, still a member
+  CHECK(g.choose(f, "p", is_online)->subscriber == 2);
+}
+
+TEST_CASE("shared group: round robin takes the online members in turn; larger groups than the inline buffer work alike",
+          "[router][shared]") {
+  for (int n : {3, int(group_type::inline_candidates) + 7}) {
+    group_type g;
+    for (int s = 0; s < n; ++s) g.join(s, sub(codec::qos::at_most_once), std::uint64_t(s));
+    router::round_robin rr;
+    for (int i = 0; i < 2 * n; ++i) CHECK(g.choose(rr, "", [](int) { return true; })->subscriber == i % n);
+    // Every other member offline: the rest in turn.
+    std::vector<int> got;
+    for (int i = 0; i < n; ++i) got.push_back(g.choose(rr, "", [](int s) { return s % 2 == 0; })->subscriber);
+    for (int s : got) CHECK(s % 2 == 0);
+    CHECK(std::set<int>(got.begin(), got.end()).size() == std::size_t((n + 1) / 2));
+  }
 }

@@ -30,6 +30,8 @@ struct rx {
   qos qos_level = qos::at_most_once;
   bool retain = false, dup = false;
   std::string assigned_client_id;
+  int shared_subscription_available = -1;   // CONNACK: the property's value, -1 when absent
+  std::vector<std::uint32_t> subscription_ids;  // 5.0 PUBLISH, in the order sent
   std::optional<std::uint32_t> maximum_qos, retain_available;  // CONNACK, 5.0
   std::string response_information;                            // CONNACK, 5.0
   std::optional<std::uint32_t> session_expiry;                 // CONNACK, 5.0
@@ -62,6 +64,8 @@ inline rx to_rx(const codec::packet& p) {
           if (auto a = x.properties.find(codec::property_id::retain_available)) r.retain_available = a->integer;
           if (auto i = x.properties.find(codec::property_id::response_information))
             r.response_information = std::string(i->value);
+          if (auto a = x.properties.find(codec::property_id::shared_subscription_available))
+            r.shared_subscription_available = static_cast<int>(a->integer);
           read_auth_properties(x.properties, r);
         } else if constexpr (std::is_same_v<T, codec::publish>) {
           r.topic = std::string(x.topic);
@@ -77,6 +81,7 @@ inline rx to_rx(const codec::packet& p) {
             if (pr.id == codec::property_id::correlation_data) r.correlation_data = std::string(pr.value);
             if (pr.id == codec::property_id::user_property)
               r.user_properties.emplace_back(std::string(pr.key), std::string(pr.value));
+            if (pr.id == codec::property_id::subscription_identifier) r.subscription_ids.push_back(pr.integer);
           }
         } else if constexpr (std::is_same_v<T, codec::puback> || std::is_same_v<T, codec::pubrec> ||
                              std::is_same_v<T, codec::pubrel> || std::is_same_v<T, codec::pubcomp>) {

@@ -167,6 +167,7 @@ enum class protocol_errc {
   auth_method_mismatch,            // 5.0: AUTH without the Authentication Method of the CONNECT [MQTT-4.12.0-5]
   unexpected_auth,                 // 5.0: AUTH with no exchange to continue or start, or with the wrong reason
   packet_during_authentication,    // 5.0: a packet other than AUTH or DISCONNECT before the CONNACK of an exchange
+  no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -232,6 +233,7 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::auth_method_mismatch: return "AUTH without the connection's authentication method";
         case protocol_errc::unexpected_auth: return "AUTH outside an authentication exchange";
         case protocol_errc::packet_during_authentication: return "packet other than AUTH before CONNACK";
+        case protocol_errc::no_local_on_shared_subscription: return "No Local on a shared subscription";
       }
       return "unknown protocol error";
     }

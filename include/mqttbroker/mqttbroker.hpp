@@ -30,6 +30,7 @@
 // level 4: session/, router/, transport/, clock/
 #include <mqttbroker/session/state.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
+#include <mqttbroker/router/shared.hpp>
 #include <mqttbroker/router/retained.hpp>
 #include <mqttbroker/transport/tcp.hpp>
 #include <mqttbroker/transport/memory.hpp>

@@ -46,6 +46,10 @@ struct broker_options {
   std::chrono::milliseconds stuck_client_timeout{2'000};
   /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto: queue_qos0_messages false).
   bool queue_qos0_offline = false;
+  /// Shared subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8.2, and the same for 3.1.1
+  /// clients as Mosquitto and EMQX offer them). When false, CONNACK says Shared Subscription
+  /// Available 0 and such a SUBSCRIBE is refused (5.0 reason 0x9E, 3.1.1 0x80).
+  bool shared_subscriptions = true;
   /// Subscriptions one client may hold.
   std::size_t max_subscriptions_per_client = 10'000;
   /// Levels in a topic name or filter.

@@ -279,6 +279,7 @@ enum class protocol_errc {
   auth_method_mismatch,            // 5.0: AUTH without the Authentication Method of the CONNECT [MQTT-4.12.0-5]
   unexpected_auth,                 // 5.0: AUTH with no exchange to continue or start, or with the wrong reason
   packet_during_authentication,    // 5.0: a packet other than AUTH or DISCONNECT before the CONNACK of an exchange
+  no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
 /// The category of codec_errc values: "mqttbroker.codec".
@@ -344,6 +345,7 @@ inline const std::error_category& protocol_category() noexcept {
         case protocol_errc::auth_method_mismatch: return "AUTH without the connection's authentication method";
         case protocol_errc::unexpected_auth: return "AUTH outside an authentication exchange";
         case protocol_errc::packet_during_authentication: return "packet other than AUTH before CONNACK";
+        case protocol_errc::no_local_on_shared_subscription: return "No Local on a shared subscription";
       }
       return "unknown protocol error";
     }
@@ -3471,6 +3473,10 @@ struct broker_options {
   std::chrono::milliseconds stuck_client_timeout{2'000};
   /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto: queue_qos0_messages false).
   bool queue_qos0_offline = false;
+  /// Shared subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8.2, and the same for 3.1.1
+  /// clients as Mosquitto and EMQX offer them). When false, CONNACK says Shared Subscription
+  /// Available 0 and such a SUBSCRIBE is refused (5.0 reason 0x9E, 3.1.1 0x80).
+  bool shared_subscriptions = true;
   /// Subscriptions one client may hold.
   std::size_t max_subscriptions_per_client = 10'000;
   /// Levels in a topic name or filter.
@@ -4328,6 +4334,9 @@ struct outgoing {
   bool dup = false;
   std::uint16_t packet_id = 0;
   detail::small_vector<std::uint32_t, 2> subscription_ids;  // 5.0; two fit without allocating
+  // The shared subscription group it came through (the engine's number; 0: none), so that it can
+  // go to another member of that group when this session ends before delivering it.
+  std::uint32_t share_group = 0;
 };
 
 /// The bytes `o` takes as a 5.0 PUBLISH, fixed header included: its properties with one
@@ -4486,6 +4495,15 @@ class state {
       if (e.state != phase::awaiting_pubcomp) e.pub.dup = true;
       f(static_cast<const inflight_entry&>(e));
     }
+  }
+
+  /// Calls f(const outgoing&, const phase*) for every message owed to the client, changing
+  /// nothing: those in flight with their phase, then the queued ones with nullptr, each in order.
+  template <class F>
+  void for_each_owed(F&& f) const {
+    if (!traffic_) return;
+    for (const inflight_entry& e : traffic_->inflight) f(e.pub, &e.state);
+    for (const outgoing& o : traffic_->queue) f(o, static_cast<const phase*>(nullptr));
   }
 
   std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
@@ -4829,16 +4847,12 @@ struct delivery {
 /// - allocation: route() allocates only while its scratch grows to the widest fan-out seen so far
 ///   (scratch_capacity() observes this), never in the steady state.
 ///
-/// Shared Subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8) are not handled yet: such a
-/// filter is stored verbatim, so it matches only Topic Names that literally start with `$share/`.
-/// Design for them: groups live beside `trie_`, not in it, in a second
-/// `topic::subscription_trie<std::string /*ShareName*/, std::size_t /*group index*/>` keyed by the
-/// inner filter, whose values index a vector of groups {members: (Subscriber, subscription),
-/// round-robin cursor}. route() matches that trie too and picks one member per matching group
-/// (each group gets one copy, 5.0 section 4.8.2); the pick is reported through a separate callback
-/// and never merged with the member's own non-shared deliveries, because section 4.8.2 has a
-/// client with both kinds receive two copies, each at its own subscription's QoS [MQTT-4.8.2-3].
-/// No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] the caller rejects.
+/// Shared Subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8.2) are the caller's: it
+/// subscribes each group (router/shared.hpp) as one Subscriber at the group's inner filter, so a
+/// group matches at the cost of one subscription and, being a subscriber of its own, is never
+/// merged with its members' own deliveries (a client with both kinds gets two copies, each at its
+/// own subscription's QoS [MQTT-4.8.2-3]). The caller picks the member when route() reports the
+/// group. No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] the caller rejects.
 ///
 /// Not thread-safe: the broker's locking policy guards it. subscribe/unsubscribe need exclusive
 /// access; the route() overload taking a route_scratch is const and may run under a shared lock
@@ -5022,6 +5036,220 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_ROUTER_SUBSCRIPTIONS_HPP
 // end <mqttbroker/router/subscriptions.hpp>
+// begin <mqttbroker/router/shared.hpp>
+#ifndef MQTTBROKER_ROUTER_SHARED_HPP
+#define MQTTBROKER_ROUTER_SHARED_HPP
+
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace router {
+
+/// The members one message of a Shared Subscription may go to, as a strategy sees them: the
+/// group's online members, or all of them when none is online (5.0 section 4.8.2 leaves the choice
+/// to the server). A strategy returns the index of one candidate, below size().
+class share_choice {
+ public:
+  struct candidate {
+    std::uint64_t key;    // the member's stable key (a hash of its client identifier)
+    std::uint32_t index;  // its place in the group
+  };
+
+  /// A group's turn counter. Atomic under a multi-threaded locking policy: publishers on several
+  /// threads choose under the router's shared lock, so the counter is the only thing they write.
+  class turns {
+   public:
+    explicit turns(bool thread_safe) noexcept : thread_safe_(thread_safe) {}
+    std::uint64_t next() noexcept {
+      if (thread_safe_) return n_.fetch_add(1, std::memory_order_relaxed);
+      // One thread: a plain increment, no locked instruction.
+      const std::uint64_t v = n_.load(std::memory_order_relaxed);
+      n_.store(v + 1, std::memory_order_relaxed);
+      return v;
+    }
+
+   private:
+    std::atomic<std::uint64_t> n_{0};
+    bool thread_safe_;
+  };
+
+  share_choice(const candidate* c, std::size_t n, std::string_view publisher, turns& t) noexcept
+      : c_(c), n_(n), publisher_(publisher), turns_(t) {}
+
+  /// Candidates to choose from: at least 1.
+  std::size_t size() const noexcept { return n_; }
+  /// Candidate i's key: the same for one member as long as it stays, whatever else joins or leaves.
+  std::uint64_t key(std::size_t i) const noexcept { return c_[i].key; }
+  /// The publishing client's identifier; empty for the host's own publish and for a message handed
+  /// over from a member whose session ended.
+  std::string_view publisher() const noexcept { return publisher_; }
+  /// A well-mixed 64-bit hash of publisher().
+  std::uint64_t publisher_key() const noexcept { return topic::detail::level_hash(publisher_); }
+  /// The group's next turn: 0, 1, 2, ... over the group's life, one per call.
+  std::uint64_t next_turn() noexcept { return turns_.next(); }
+
+ private:
+  const candidate* c_;
+  std::size_t n_;
+  std::string_view publisher_;
+  turns& turns_;
+};
+
+/// Shared-subscription strategies: a class with `std::size_t pick(share_choice&)`, safe to call from
+/// several threads at once under broker_mt. A policy bundle names one as `shared_strategy`.
+///
+/// Round robin, the default: members take turns in the order they joined, skipping those offline.
+struct round_robin {
+  std::size_t pick(share_choice& c) const noexcept { return static_cast<std::size_t>(c.next_turn() % c.size()); }
+};
+
+/// Random: each message to a candidate drawn uniformly, from a per-thread generator (splitmix64)
+/// seeded from `seed` and the order in which threads first pick, so a single-threaded run repeats.
+struct random_member {
+  static constexpr std::uint64_t seed = 0x6D71747462726B72ull;
+  std::size_t pick(share_choice& c) const noexcept {
+    static std::atomic<std::uint64_t> threads{0};
+    thread_local std::uint64_t state = seed + threads.fetch_add(1, std::memory_order_relaxed) * 0x9E3779B97F4A7C15ull;
+    state += 0x9E3779B97F4A7C15ull;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<std::size_t>(z % c.size());
+  }
+};
+
+/// Sticky by publisher: rendezvous hashing of (publisher, member). One publisher's messages all go
+/// to the same member while that member stays in the group and online; when it leaves or goes
+/// offline, only the publishers it had move (each to one other member), and they come back when it
+/// returns. A member that joins takes over the publishers for which it ranks first (about 1/n of
+/// them). No state per publisher: the choice costs O(candidates).
+struct sticky_by_publisher {
+  std::size_t pick(share_choice& c) const noexcept {
+    const std::uint64_t p = c.publisher_key();
+    std::size_t best = 0;
+    std::uint64_t best_score = score(p, c.key(0));
+    for (std::size_t i = 1; i < c.size(); ++i) {
+      const std::uint64_t s = score(p, c.key(i));
+      if (s > best_score) {
+        best_score = s;
+        best = i;
+      }
+    }
+    return best;
+  }
+
+ private:
+  // murmur3's fmix64 of the pair: every bit of both keys moves the score.
+  static std::uint64_t score(std::uint64_t publisher, std::uint64_t member) noexcept {
+    std::uint64_t h = publisher ^ (member * 0x9E3779B97F4A7C15ull);
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 33;
+    return h;
+  }
+};
+
+/// One Shared Subscription `$share/{ShareName}/{filter}`: its members, each with its own
+/// subscription options [MQTT-4.8.2-3], in the order they joined, and the group's turn counter.
+///
+/// Members join and leave under the router's exclusive lock; choose() runs under its shared lock
+/// (it writes only the turn counter). Joining and leaving cost O(members); choose() costs
+/// O(members) plus the strategy, without allocating for groups up to `inline_candidates` members
+/// (larger ones reuse a per-thread buffer).
+template <class Subscriber, bool ThreadSafe = false>
+class shared_group {
+ public:
+  struct member {
+    Subscriber subscriber;
+    subscription sub;   // the member's own options and Subscription Identifier
+    std::uint64_t key;  // see share_choice::key
+  };
+  static constexpr std::size_t inline_candidates = 32;
+
+  shared_group() noexcept : turns_(ThreadSafe) {}
+  shared_group(const shared_group&) = delete;
+  shared_group& operator=(const shared_group&) = delete;
+
+  /// Adds `s` or, when it is a member already, replaces its subscription. True when it is new.
+  bool join(const Subscriber& s, const subscription& sub, std::uint64_t key) {
+    for (member& m : members_) {
+      if (m.subscriber == s) {
+        m.sub = sub;
+        return false;
+      }
+    }
+    members_.push_back({s, sub, key});
+    return true;
+  }
+
+  /// Removes `s`, keeping the others' order. True when it was a member.
+  bool leave(const Subscriber& s) noexcept {
+    for (auto it = members_.begin(); it != members_.end(); ++it) {
+      if (it->subscriber == s) {
+        members_.erase(it);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  const member* find(const Subscriber& s) const noexcept {
+    for (const member& m : members_)
+      if (m.subscriber == s) return &m;
+    return nullptr;
+  }
+
+  bool empty() const noexcept { return members_.empty(); }
+  std::size_t size() const noexcept { return members_.size(); }
+  const std::vector<member>& members() const noexcept { return members_; }
+
+  /// The member one message goes to, or nullptr for an empty group. `strategy` chooses among the
+  /// members for which `online(const Subscriber&)` is true; only when none is, among all of them
+  /// (the message then waits in the chosen member's session). `publisher` is the publishing
+  /// client's identifier (empty if none).
+  template <class Strategy, class Online>
+  const member* choose(Strategy& strategy, std::string_view publisher, Online&& online) const {
+    const std::size_t n = members_.size();
+    if (n == 0) return nullptr;
+    share_choice::candidate local[inline_candidates];
+    share_choice::candidate* c = local;
+    if (n > inline_candidates) {
+      thread_local std::vector<share_choice::candidate> wide;  // grows to the largest group seen
+      wide.resize(n);
+      c = wide.data();
+    }
+    std::size_t k = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      if (online(static_cast<const Subscriber&>(members_[i].subscriber))) c[k++] = {members_[i].key, static_cast<std::uint32_t>(i)};
+    if (k == 0) {
+      for (std::size_t i = 0; i < n; ++i) c[i] = {members_[i].key, static_cast<std::uint32_t>(i)};
+      k = n;
+    }
+    share_choice choice(c, k, publisher, turns_);
+    std::size_t i = strategy.pick(choice);
+    if (i >= k) i %= k;  // a host's strategy out of range still picks a member
+    return &members_[c[i].index];
+  }
+
+ private:
+  std::vector<member> members_;
+  mutable share_choice::turns turns_;
+};
+
+}  // namespace router
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_ROUTER_SHARED_HPP
+// end <mqttbroker/router/shared.hpp>
 // begin <mqttbroker/router/retained.hpp>
 #ifndef MQTTBROKER_ROUTER_RETAINED_HPP
 #define MQTTBROKER_ROUTER_RETAINED_HPP
@@ -7051,6 +7279,7 @@ MQTTBROKER_END_NAMESPACE
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -7076,13 +7305,15 @@ struct broker_stats {
   std::size_t connections = 0;
   std::size_t sessions = 0;
   std::size_t retained_messages = 0;
+  std::size_t shared_groups = 0;          // shared subscription groups; each goes with its last member
 };
 
 namespace engine {
 
-enum class subscriber_kind : std::uint8_t { client, local };
+enum class subscriber_kind : std::uint8_t { client, local, shared };
 
-/// What the router stores per subscription: a client's session or an in-process handler.
+/// What the router stores per subscription: a client's session, an in-process handler, or the
+/// group of a shared subscription.
 struct subscriber {
   subscriber_kind kind = subscriber_kind::client;
 };
@@ -7094,6 +7325,25 @@ struct local_subscriber : subscriber {
   // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
   std::shared_ptr<const local_handler> handler;
   std::string filter;
+};
+
+/// A Shared Subscription's group, which the router stores as one subscriber at the node of the
+/// group's filter: matching it costs what matching one ordinary subscription costs, and the router
+/// never merges it with its members' own subscriptions (a member with both gets two copies,
+/// 5.0 section 4.8.2). Keyed by its whole filter, ShareName included.
+template <class Session, bool ThreadSafe>
+struct shared_subscriber : subscriber {
+  shared_subscriber(std::string_view whole, std::size_t filter_at, std::uint32_t number)
+      : whole_filter(whole), filter_offset(filter_at), id(number) {
+    kind = subscriber_kind::shared;
+  }
+  /// The filter matched against Topic Names (what follows `$share/{ShareName}/`).
+  std::string_view filter() const noexcept { return std::string_view(whole_filter).substr(filter_offset); }
+
+  std::string whole_filter;   // `$share/{ShareName}/{filter}`: the key, as members subscribed
+  std::size_t filter_offset;  // where filter() starts in it
+  std::uint32_t id;           // what its deliveries carry (session::outgoing::share_group)
+  router::shared_group<Session*, ThreadSafe> group;
 };
 
 /// What few sessions need, made on first use: an idle session does without it.
@@ -7335,6 +7585,7 @@ MQTTBROKER_END_NAMESPACE
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -7351,6 +7602,24 @@ template <class Policies>
 struct storage_of<Policies, std::void_t<typename Policies::storage>> {
   using type = typename Policies::storage;
 };
+
+/// A policy bundle's strategy for shared subscriptions: its `shared_strategy`, else round robin.
+template <class Policies, class = void>
+struct shared_strategy_of {
+  using type = router::round_robin;
+};
+template <class Policies>
+struct shared_strategy_of<Policies, std::void_t<typename Policies::shared_strategy>> {
+  using type = typename Policies::shared_strategy;
+};
+
+/// Whether S has `std::size_t pick(router::share_choice&)`, what a shared strategy needs.
+template <class S, class = void>
+struct is_shared_strategy : std::false_type {};
+template <class S>
+struct is_shared_strategy<
+    S, std::enable_if_t<std::is_convertible_v<decltype(std::declval<S&>().pick(std::declval<router::share_choice&>())),
+                                              std::size_t>>> : std::true_type {};
 
 /// What the protocol engine keeps and how messages move: the session registry, the subscriptions
 /// and the retained messages, routing to sessions and in-process handlers, publisher pacing, the
@@ -7371,6 +7640,11 @@ class core {
   static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
   using session_type =
       session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>, enhanced_auth>;
+  /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
+  using shared_strategy_type = typename shared_strategy_of<Policies>::type;
+  static_assert(is_shared_strategy<shared_strategy_type>::value,
+                "mqttbroker: Policies::shared_strategy needs std::size_t pick(mqttbroker::router::share_choice&)");
+  using group_type = shared_subscriber<session_type, locking_type::thread_safe>;
   using link_type = link<session_type>;
   using steady_time = typename link_type::steady_time;
   using flush_scope = typename link_type::flush_scope;
@@ -7442,8 +7716,7 @@ class core {
       router::subscription sub;
       sub.options = options;
       sub.identifier = identifier;
-      e_.router_.subscribe(filter, static_cast<subscriber*>(rec), sub);
-      rec->state.remember_subscription(filter, {options, identifier});
+      e_.add_subscription(*rec, filter, sub);  // a `$share/` filter rebuilds its group
     }
     void retained(message_ptr m) { e_.retained_.set(std::move(m)); }
     void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, codec::qos q,
@@ -7593,6 +7866,7 @@ class core {
     s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
+    s.shared_groups = groups_.size();
     return s;
   }
 
@@ -7626,6 +7900,7 @@ class core {
         if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
           if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
           drop_session_subscriptions(r);
+          hand_over_shared(r, now);
           record([&](auto& st) { st.erase_session(r.state.client_id()); });
           log(log_level::debug, "session '{}' expired", r.state.client_id());
           it = sessions_.erase(it);
@@ -7812,6 +8087,8 @@ class core {
       ++n;
       if (s->kind == subscriber_kind::local) {
         local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
+      } else if (s->kind == subscriber_kind::shared) {
+        deliver_shared(*static_cast<const group_type*>(s), m, from, reader, now);
       } else {
         deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
       }
@@ -7852,10 +8129,13 @@ class core {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now) {
+  /// `share_group`: the group it comes through, if any.
+  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now,
+               std::uint32_t share_group = 0) {
     std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
+    o.share_group = share_group;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
@@ -7894,6 +8174,71 @@ class core {
       // The reader stops after this packet (see on_packet's result) and waits for this client.
       reader->pace_target_ = detail::ref_ptr<session_type>(rec);
     }
+  }
+
+  /// Offers `m` to the one member of a shared subscription's group that the strategy picks, with
+  /// that member's own options: its granted QoS [MQTT-4.8.2-3], Retain As Published and
+  /// Subscription Identifier. Members online come first; an offline member gets it (queued in its
+  /// session) only when none is online. `from` is the publishing session, if any. state_mutex_
+  /// held, shared or exclusive (which keeps every member's `conn` as it is).
+  void deliver_shared(const group_type& g, const message_ptr& m, const session_type* from, link_type* reader,
+                      steady_time now) {
+    const auto* chosen = g.group.choose(share_strategy_,
+                                        from ? std::string_view(from->state.client_id()) : std::string_view(),
+                                        [](session_type* member) { return member->conn.get() != nullptr; });
+    if (chosen == nullptr) return;
+    router::delivery d;
+    d.qos_level = chosen->sub.options.max_qos;
+    d.retain_as_published = chosen->sub.options.retain_as_published;
+    if (chosen->sub.identifier != 0) d.identifiers.push_back(chosen->sub.identifier);
+    deliver(chosen->subscriber, m, d, reader, now, g.id);
+  }
+
+  /// A session ends (not merely disconnects): what it still owes that came through a shared
+  /// subscription goes to another member of that group, as 5.0 section 4.8.2 recommends for QoS 1:
+  /// the queued messages (never sent) and the QoS 1 messages in flight. A QoS 2 message whose
+  /// PUBLISH went out stays with the ended session and is lost with it: it must go to no other
+  /// client [MQTT-4.8.2-5]. A group that went with its last member takes nothing. Called after the
+  /// session left its groups. state_mutex_ held exclusively.
+  void hand_over_shared(session_type& rec, steady_time now) {
+    if (groups_by_id_.empty()) return;
+    const std::uint32_t now_s = clock_seconds(now);
+    rec.state.for_each_owed([&](const session::outgoing& o, const session::phase* sent) {
+      if (o.share_group == 0 || !o.msg) return;
+      if (sent != nullptr && *sent != session::phase::awaiting_puback) return;  // [MQTT-4.8.2-5]
+      if (o.msg->expired(now_s)) {  // [MQTT-3.3.2-5] its Message Expiry Interval has passed
+        hot_.expired.fetch_add(1);
+        return;
+      }
+      const auto it = groups_by_id_.find(o.share_group);
+      if (it != groups_by_id_.end()) deliver_shared(*it->second, o.msg, nullptr, nullptr, now);
+    });
+  }
+
+  /// Adds `rec`'s subscription to `filter` (validated): to the router, or for `$share/...` to its
+  /// group, made on first use; the session remembers it either way. True when it is new.
+  /// state_mutex_ held exclusively.
+  bool add_subscription(session_type& rec, std::string_view filter, const router::subscription& sub) {
+    const bool is_new = topic::is_shared_filter(filter) ? join_group(rec, filter, sub)
+                                                        : router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+    rec.state.remember_subscription(filter, {sub.options, sub.identifier});
+    return is_new;
+  }
+
+  /// Takes `rec`'s subscription to `filter` out of the router, or out of its group, which goes
+  /// with its last member. The session's own record of it is the caller's. state_mutex_ held
+  /// exclusively.
+  void remove_route(session_type& rec, std::string_view filter) {
+    if (topic::is_shared_filter(filter)) {
+      const auto it = groups_.find(filter);
+      if (it != groups_.end()) {
+        group_type& g = *it->second;
+        g.group.leave(&rec);
+        if (g.group.empty()) drop_group(it);
+        return;
+      }
+    }
+    router_.unsubscribe(filter, static_cast<subscriber*>(&rec));
   }
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
@@ -8022,8 +8367,9 @@ class core {
   }
 
   /// Removes a session and its subscriptions. state_mutex_ held.
-  void remove_session(session_type& rec) {
+  void remove_session(session_type& rec, steady_time now) {
     drop_session_subscriptions(rec);
+    hand_over_shared(rec, now);
     record([&](auto& st) { st.erase_session(rec.state.client_id()); });
     sessions_.erase(rec.state.client_id());
   }
@@ -8125,8 +8471,51 @@ class core {
   }
 
   void drop_session_subscriptions(session_type& rec) {
-    for (const auto& s : rec.state.subscriptions()) router_.unsubscribe(s.first, static_cast<subscriber*>(&rec));
+    for (const auto& s : rec.state.subscriptions()) remove_route(rec, s.first);
     rec.state.clear_subscriptions();
+  }
+
+  /// `rec` joins the group of `filter` (`$share/{ShareName}/{filter}`), made now if it has no
+  /// members yet. True when `rec` is a new member. state_mutex_ held exclusively.
+  bool join_group(session_type& rec, std::string_view filter, const router::subscription& sub) {
+    auto it = groups_.find(filter);
+    if (it == groups_.end()) {
+      std::error_code ec;
+      const topic::parsed_filter p = topic::parse_filter(filter, topic_limits(), ec);
+      // Callers validated it; one that is not shared after all is an ordinary literal filter.
+      if (ec || !p.is_shared()) return router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+      std::uint32_t id = next_group_id_;
+      do {
+        ++id;
+      } while (id == 0 || groups_by_id_.count(id) != 0);  // unique even after the counter wraps
+      auto g = std::make_unique<group_type>(filter, static_cast<std::size_t>(p.filter.data() - filter.data()), id);
+      // The group's own entry: the router's options do not apply to it, its members' do.
+      router_.subscribe(g->filter(), static_cast<subscriber*>(g.get()), router::subscription{});
+      try {
+        groups_by_id_.emplace(id, g.get());
+        it = groups_.emplace(std::string_view(g->whole_filter), std::move(g)).first;
+      } catch (...) {
+        groups_by_id_.erase(id);
+        if (g) router_.unsubscribe(g->filter(), static_cast<subscriber*>(g.get()));
+        throw;
+      }
+      next_group_id_ = id;
+    }
+    group_type& g = *it->second;
+    try {
+      return g.group.join(&rec, sub, topic::detail::level_hash(rec.state.client_id()));
+    } catch (...) {
+      if (g.group.empty()) drop_group(it);
+      throw;
+    }
+  }
+
+  template <class It>
+  void drop_group(It it) {
+    group_type& g = *it->second;
+    router_.unsubscribe(g.filter(), static_cast<subscriber*>(&g));
+    groups_by_id_.erase(g.id);
+    groups_.erase(it);
   }
 
   /// The options' session limits, one copy that every session refers to.
@@ -8171,6 +8560,12 @@ class core {
   std::unordered_map<std::string_view, detail::ref_ptr<session_type>> sessions_;
   std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
   router_type router_;
+  // Shared subscription groups: by whole filter (the key views the group's own copy) and by the
+  // number their deliveries carry. A group is in the router while it has members.
+  std::unordered_map<std::string_view, std::unique_ptr<group_type>> groups_;
+  std::unordered_map<std::uint32_t, group_type*> groups_by_id_;
+  std::uint32_t next_group_id_ = 0;
+  MQTTBROKER_NO_UNIQUE_ADDRESS shared_strategy_type share_strategy_;
   router::retained_store retained_;
   // Delayed wills by due time: (client identifier, the session's will generation then). An entry
   // whose generation moved on (a reconnect, a newer will) is skipped when it comes due.
@@ -8477,7 +8872,7 @@ class protocol : public core<Policies> {
         if (rec->extras) rec->extras->retained_backlog.clear();
         clear_outbox(*rec);
         if (rec->expiry.count() == 0) {
-          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
+          remove_session(*rec, now);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
           if (will && will_delay.count() != 0) {
@@ -8992,6 +9387,7 @@ class protocol : public core<Policies> {
         old_conn = rec->conn;
         if (r.clean_start) {
           drop_session_subscriptions(*rec);
+          this->hand_over_shared(*rec, now);  // the old session ends here
           rec->state.clear_messages();
           if (rec->extras) rec->extras->retained_backlog.clear();
           this->record([&](auto& st) { st.erase_session(client_id); });  // and all it owned
@@ -9056,7 +9452,7 @@ class protocol : public core<Policies> {
       // Only to a client that asked, and then optional [MQTT-3.1.2-28].
       if (r.wants_response_information && !opts_.response_information.empty())
         props.add(codec::property_id::response_information, opts_.response_information);
-      props.add(codec::property_id::shared_subscription_available, 0);
+      props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       // After an AUTH exchange the CONNECT's method [MQTT-4.12.0-5] and the final data, if any;
@@ -9314,17 +9710,34 @@ class protocol : public core<Policies> {
       if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
     }
     const topic::limits lim = topic_limits();
+    const bool shares = opts_.shared_subscriptions;
+    if (v5 && shares) {
+      // [MQTT-3.8.3-4] No Local on a shared subscription is a Protocol Error: found before any
+      // filter of the packet is applied.
+      for (const codec::subscribe_entry& e : s.entries) {
+        std::error_code ec;
+        if (e.options.no_local && topic::parse_filter(e.filter, lim, ec).is_shared())
+          return violation(l, protocol_errc::no_local_on_shared_subscription, now);
+      }
+    }
     codec::suback ack;
     ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
     ack.reasons.reserve(s.entries.size());
     session_type* rec = l.session();
     for (const codec::subscribe_entry& e : s.entries) {
-      if (topic::validate_topic_filter(e.filter, lim)) {
+      // `$share/{ShareName}/{filter}` [MQTT-4.8.2-1] [MQTT-4.8.2-2], also from 3.1.1 clients (as
+      // Mosquitto and EMQX accept it); switched off, it is refused as unsupported.
+      std::error_code invalid;
+      bool shared = false;
+      if (shares)
+        shared = topic::parse_filter(e.filter, lim, invalid).is_shared();
+      else
+        invalid = topic::validate_topic_filter(e.filter, lim);
+      if (invalid) {
         ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
         continue;
       }
-      if (topic::is_shared_filter(e.filter)) {
-        // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
+      if (!shares && topic::is_shared_filter(e.filter)) {
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
       }
@@ -9349,17 +9762,20 @@ class protocol : public core<Policies> {
         router::subscription sub;
         sub.options = e.options;
         sub.identifier = sub_id;
-        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
-        const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
-        rec->state.remember_subscription(e.filter, {e.options, sub_id});
+        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced (a shared one:
+        // the member's options in its group).
+        const bool is_new = this->add_subscription(*rec, e.filter, sub);
         if (base::kept(*rec))
           this->record([&](auto& st) { st.save_subscription(rec->state.client_id(), e.filter, e.options, sub_id); });
         // The retained messages are taken under the same lock that adds the route: a message
         // published concurrently is then either live or retained for this subscriber, never
         // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
-        // a repeated one included [MQTT-3.8.4-3].
+        // a repeated one included [MQTT-3.8.4-3]. Only for a non-shared subscription: 5.0 section
+        // 3.3.1.3 sends retained messages when a new Non-shared Subscription is made, so a shared
+        // one gets none (a 3.1.1 client's shared subscription alike).
         const auto rh = e.options.retain_handling;
-        if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+        if (!shared && (rh == codec::retain_handling_option::send ||
+                        (rh == codec::retain_handling_option::send_if_new && is_new))) {
           const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
@@ -9397,7 +9813,7 @@ class protocol : public core<Policies> {
       for (std::string_view f : u.filters) {
         const bool existed = owner && rec->state.forget_subscription(f);
         if (existed) {
-          router_.unsubscribe(f, static_cast<subscriber*>(rec));
+          this->remove_route(*rec, f);  // a shared one leaves its group
           if (base::kept(*rec)) this->record([&](auto& st) { st.erase_subscription(rec->state.client_id(), f); });
         }
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);

@@ -15,6 +15,7 @@
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
 #include <mqttbroker/router/retained.hpp>
+#include <mqttbroker/router/shared.hpp>
 #include <mqttbroker/router/subscriptions.hpp>
 #include <mqttbroker/session/state.hpp>
 #include <mqttbroker/storage/contract.hpp>
@@ -39,6 +40,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -55,6 +57,24 @@ template <class Policies>
 struct storage_of<Policies, std::void_t<typename Policies::storage>> {
   using type = typename Policies::storage;
 };
+
+/// A policy bundle's strategy for shared subscriptions: its `shared_strategy`, else round robin.
+template <class Policies, class = void>
+struct shared_strategy_of {
+  using type = router::round_robin;
+};
+template <class Policies>
+struct shared_strategy_of<Policies, std::void_t<typename Policies::shared_strategy>> {
+  using type = typename Policies::shared_strategy;
+};
+
+/// Whether S has `std::size_t pick(router::share_choice&)`, what a shared strategy needs.
+template <class S, class = void>
+struct is_shared_strategy : std::false_type {};
+template <class S>
+struct is_shared_strategy<
+    S, std::enable_if_t<std::is_convertible_v<decltype(std::declval<S&>().pick(std::declval<router::share_choice&>())),
+                                              std::size_t>>> : std::true_type {};
 
 /// What the protocol engine keeps and how messages move: the session registry, the subscriptions
 /// and the retained messages, routing to sessions and in-process handlers, publisher pacing, the
@@ -75,6 +95,11 @@ class core {
   static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
   using session_type =
       session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>, enhanced_auth>;
+  /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
+  using shared_strategy_type = typename shared_strategy_of<Policies>::type;
+  static_assert(is_shared_strategy<shared_strategy_type>::value,
+                "mqttbroker: Policies::shared_strategy needs std::size_t pick(mqttbroker::router::share_choice&)");
+  using group_type = shared_subscriber<session_type, locking_type::thread_safe>;
   using link_type = link<session_type>;
   using steady_time = typename link_type::steady_time;
   using flush_scope = typename link_type::flush_scope;
@@ -146,8 +171,7 @@ class core {
       router::subscription sub;
       sub.options = options;
       sub.identifier = identifier;
-      e_.router_.subscribe(filter, static_cast<subscriber*>(rec), sub);
-      rec->state.remember_subscription(filter, {options, identifier});
+      e_.add_subscription(*rec, filter, sub);  // a `$share/` filter rebuilds its group
     }
     void retained(message_ptr m) { e_.retained_.set(std::move(m)); }
     void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, codec::qos q,
@@ -297,6 +321,7 @@ class core {
     s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
+    s.shared_groups = groups_.size();
     return s;
   }
 
@@ -330,6 +355,7 @@ class core {
         if (!r.conn && r.expires <= now && r.expiry.count() != 0xFFFFFFFF) {
           if (r.extras && r.extras->pending_will) due_wills.push_back(std::move(r.extras->pending_will));  // the session ends
           drop_session_subscriptions(r);
+          hand_over_shared(r, now);
           record([&](auto& st) { st.erase_session(r.state.client_id()); });
           log(log_level::debug, "session '{}' expired", r.state.client_id());
           it = sessions_.erase(it);
@@ -516,6 +542,8 @@ class core {
       ++n;
       if (s->kind == subscriber_kind::local) {
         local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
+      } else if (s->kind == subscriber_kind::shared) {
+        deliver_shared(*static_cast<const group_type*>(s), m, from, reader, now);
       } else {
         deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
       }
@@ -556,10 +584,13 @@ class core {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now) {
+  /// `share_group`: the group it comes through, if any.
+  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now,
+               std::uint32_t share_group = 0) {
     std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
     o.msg = m;
+    o.share_group = share_group;
     o.qos_level = std::min(m->qos_level(), d.qos_level);  // [MQTT-3.8.4-8] min(publish, granted)
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
@@ -598,6 +629,71 @@ class core {
       // The reader stops after this packet (see on_packet's result) and waits for this client.
       reader->pace_target_ = detail::ref_ptr<session_type>(rec);
     }
+  }
+
+  /// Offers `m` to the one member of a shared subscription's group that the strategy picks, with
+  /// that member's own options: its granted QoS [MQTT-4.8.2-3], Retain As Published and
+  /// Subscription Identifier. Members online come first; an offline member gets it (queued in its
+  /// session) only when none is online. `from` is the publishing session, if any. state_mutex_
+  /// held, shared or exclusive (which keeps every member's `conn` as it is).
+  void deliver_shared(const group_type& g, const message_ptr& m, const session_type* from, link_type* reader,
+                      steady_time now) {
+    const auto* chosen = g.group.choose(share_strategy_,
+                                        from ? std::string_view(from->state.client_id()) : std::string_view(),
+                                        [](session_type* member) { return member->conn.get() != nullptr; });
+    if (chosen == nullptr) return;
+    router::delivery d;
+    d.qos_level = chosen->sub.options.max_qos;
+    d.retain_as_published = chosen->sub.options.retain_as_published;
+    if (chosen->sub.identifier != 0) d.identifiers.push_back(chosen->sub.identifier);
+    deliver(chosen->subscriber, m, d, reader, now, g.id);
+  }
+
+  /// A session ends (not merely disconnects): what it still owes that came through a shared
+  /// subscription goes to another member of that group, as 5.0 section 4.8.2 recommends for QoS 1:
+  /// the queued messages (never sent) and the QoS 1 messages in flight. A QoS 2 message whose
+  /// PUBLISH went out stays with the ended session and is lost with it: it must go to no other
+  /// client [MQTT-4.8.2-5]. A group that went with its last member takes nothing. Called after the
+  /// session left its groups. state_mutex_ held exclusively.
+  void hand_over_shared(session_type& rec, steady_time now) {
+    if (groups_by_id_.empty()) return;
+    const std::uint32_t now_s = clock_seconds(now);
+    rec.state.for_each_owed([&](const session::outgoing& o, const session::phase* sent) {
+      if (o.share_group == 0 || !o.msg) return;
+      if (sent != nullptr && *sent != session::phase::awaiting_puback) return;  // [MQTT-4.8.2-5]
+      if (o.msg->expired(now_s)) {  // [MQTT-3.3.2-5] its Message Expiry Interval has passed
+        hot_.expired.fetch_add(1);
+        return;
+      }
+      const auto it = groups_by_id_.find(o.share_group);
+      if (it != groups_by_id_.end()) deliver_shared(*it->second, o.msg, nullptr, nullptr, now);
+    });
+  }
+
+  /// Adds `rec`'s subscription to `filter` (validated): to the router, or for `$share/...` to its
+  /// group, made on first use; the session remembers it either way. True when it is new.
+  /// state_mutex_ held exclusively.
+  bool add_subscription(session_type& rec, std::string_view filter, const router::subscription& sub) {
+    const bool is_new = topic::is_shared_filter(filter) ? join_group(rec, filter, sub)
+                                                        : router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+    rec.state.remember_subscription(filter, {sub.options, sub.identifier});
+    return is_new;
+  }
+
+  /// Takes `rec`'s subscription to `filter` out of the router, or out of its group, which goes
+  /// with its last member. The session's own record of it is the caller's. state_mutex_ held
+  /// exclusively.
+  void remove_route(session_type& rec, std::string_view filter) {
+    if (topic::is_shared_filter(filter)) {
+      const auto it = groups_.find(filter);
+      if (it != groups_.end()) {
+        group_type& g = *it->second;
+        g.group.leave(&rec);
+        if (g.group.empty()) drop_group(it);
+        return;
+      }
+    }
+    router_.unsubscribe(filter, static_cast<subscriber*>(&rec));
   }
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
@@ -726,8 +822,9 @@ class core {
   }
 
   /// Removes a session and its subscriptions. state_mutex_ held.
-  void remove_session(session_type& rec) {
+  void remove_session(session_type& rec, steady_time now) {
     drop_session_subscriptions(rec);
+    hand_over_shared(rec, now);
     record([&](auto& st) { st.erase_session(rec.state.client_id()); });
     sessions_.erase(rec.state.client_id());
   }
@@ -829,8 +926,51 @@ class core {
   }
 
   void drop_session_subscriptions(session_type& rec) {
-    for (const auto& s : rec.state.subscriptions()) router_.unsubscribe(s.first, static_cast<subscriber*>(&rec));
+    for (const auto& s : rec.state.subscriptions()) remove_route(rec, s.first);
     rec.state.clear_subscriptions();
+  }
+
+  /// `rec` joins the group of `filter` (`$share/{ShareName}/{filter}`), made now if it has no
+  /// members yet. True when `rec` is a new member. state_mutex_ held exclusively.
+  bool join_group(session_type& rec, std::string_view filter, const router::subscription& sub) {
+    auto it = groups_.find(filter);
+    if (it == groups_.end()) {
+      std::error_code ec;
+      const topic::parsed_filter p = topic::parse_filter(filter, topic_limits(), ec);
+      // Callers validated it; one that is not shared after all is an ordinary literal filter.
+      if (ec || !p.is_shared()) return router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+      std::uint32_t id = next_group_id_;
+      do {
+        ++id;
+      } while (id == 0 || groups_by_id_.count(id) != 0);  // unique even after the counter wraps
+      auto g = std::make_unique<group_type>(filter, static_cast<std::size_t>(p.filter.data() - filter.data()), id);
+      // The group's own entry: the router's options do not apply to it, its members' do.
+      router_.subscribe(g->filter(), static_cast<subscriber*>(g.get()), router::subscription{});
+      try {
+        groups_by_id_.emplace(id, g.get());
+        it = groups_.emplace(std::string_view(g->whole_filter), std::move(g)).first;
+      } catch (...) {
+        groups_by_id_.erase(id);
+        if (g) router_.unsubscribe(g->filter(), static_cast<subscriber*>(g.get()));
+        throw;
+      }
+      next_group_id_ = id;
+    }
+    group_type& g = *it->second;
+    try {
+      return g.group.join(&rec, sub, topic::detail::level_hash(rec.state.client_id()));
+    } catch (...) {
+      if (g.group.empty()) drop_group(it);
+      throw;
+    }
+  }
+
+  template <class It>
+  void drop_group(It it) {
+    group_type& g = *it->second;
+    router_.unsubscribe(g.filter(), static_cast<subscriber*>(&g));
+    groups_by_id_.erase(g.id);
+    groups_.erase(it);
   }
 
   /// The options' session limits, one copy that every session refers to.
@@ -875,6 +1015,12 @@ class core {
   std::unordered_map<std::string_view, detail::ref_ptr<session_type>> sessions_;
   std::unordered_map<std::uint64_t, std::unique_ptr<local_subscriber>> local_subs_;
   router_type router_;
+  // Shared subscription groups: by whole filter (the key views the group's own copy) and by the
+  // number their deliveries carry. A group is in the router while it has members.
+  std::unordered_map<std::string_view, std::unique_ptr<group_type>> groups_;
+  std::unordered_map<std::uint32_t, group_type*> groups_by_id_;
+  std::uint32_t next_group_id_ = 0;
+  MQTTBROKER_NO_UNIQUE_ADDRESS shared_strategy_type share_strategy_;
   router::retained_store retained_;
   // Delayed wills by due time: (client identifier, the session's will generation then). An entry
   // whose generation moved on (a reconnect, a newer will) is skipped when it comes due.

@@ -300,7 +300,7 @@ class protocol : public core<Policies> {
         if (rec->extras) rec->extras->retained_backlog.clear();
         clear_outbox(*rec);
         if (rec->expiry.count() == 0) {
-          remove_session(*rec);  // the session ends now, so a delayed will goes out now too
+          remove_session(*rec, now);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
           if (will && will_delay.count() != 0) {
@@ -815,6 +815,7 @@ class protocol : public core<Policies> {
         old_conn = rec->conn;
         if (r.clean_start) {
           drop_session_subscriptions(*rec);
+          this->hand_over_shared(*rec, now);  // the old session ends here
           rec->state.clear_messages();
           if (rec->extras) rec->extras->retained_backlog.clear();
           this->record([&](auto& st) { st.erase_session(client_id); });  // and all it owned
@@ -879,7 +880,7 @@ class protocol : public core<Policies> {
       // Only to a client that asked, and then optional [MQTT-3.1.2-28].
       if (r.wants_response_information && !opts_.response_information.empty())
         props.add(codec::property_id::response_information, opts_.response_information);
-      props.add(codec::property_id::shared_subscription_available, 0);
+      props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       // After an AUTH exchange the CONNECT's method [MQTT-4.12.0-5] and the final data, if any;
@@ -1137,17 +1138,34 @@ class protocol : public core<Policies> {
       if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
     }
     const topic::limits lim = topic_limits();
+    const bool shares = opts_.shared_subscriptions;
+    if (v5 && shares) {
+      // [MQTT-3.8.3-4] No Local on a shared subscription is a Protocol Error: found before any
+      // filter of the packet is applied.
+      for (const codec::subscribe_entry& e : s.entries) {
+        std::error_code ec;
+        if (e.options.no_local && topic::parse_filter(e.filter, lim, ec).is_shared())
+          return violation(l, protocol_errc::no_local_on_shared_subscription, now);
+      }
+    }
     codec::suback ack;
     ack.packet_id = s.packet_id;  // [MQTT-3.8.4-2]
     ack.reasons.reserve(s.entries.size());
     session_type* rec = l.session();
     for (const codec::subscribe_entry& e : s.entries) {
-      if (topic::validate_topic_filter(e.filter, lim)) {
+      // `$share/{ShareName}/{filter}` [MQTT-4.8.2-1] [MQTT-4.8.2-2], also from 3.1.1 clients (as
+      // Mosquitto and EMQX accept it); switched off, it is refused as unsupported.
+      std::error_code invalid;
+      bool shared = false;
+      if (shares)
+        shared = topic::parse_filter(e.filter, lim, invalid).is_shared();
+      else
+        invalid = topic::validate_topic_filter(e.filter, lim);
+      if (invalid) {
         ack.reasons.push_back(v5 ? reason_code::topic_filter_invalid : reason_code::unspecified_error);
         continue;
       }
-      if (topic::is_shared_filter(e.filter)) {
-        // Shared subscriptions come with the 5.0 issue; refuse them plainly until then.
+      if (!shares && topic::is_shared_filter(e.filter)) {
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
       }
@@ -1172,17 +1190,20 @@ class protocol : public core<Policies> {
         router::subscription sub;
         sub.options = e.options;
         sub.identifier = sub_id;
-        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced.
-        const bool is_new = router_.subscribe(e.filter, static_cast<subscriber*>(rec), sub);
-        rec->state.remember_subscription(e.filter, {e.options, sub_id});
+        // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced (a shared one:
+        // the member's options in its group).
+        const bool is_new = this->add_subscription(*rec, e.filter, sub);
         if (base::kept(*rec))
           this->record([&](auto& st) { st.save_subscription(rec->state.client_id(), e.filter, e.options, sub_id); });
         // The retained messages are taken under the same lock that adds the route: a message
         // published concurrently is then either live or retained for this subscriber, never
         // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
-        // a repeated one included [MQTT-3.8.4-3].
+        // a repeated one included [MQTT-3.8.4-3]. Only for a non-shared subscription: 5.0 section
+        // 3.3.1.3 sends retained messages when a new Non-shared Subscription is made, so a shared
+        // one gets none (a 3.1.1 client's shared subscription alike).
         const auto rh = e.options.retain_handling;
-        if (rh == codec::retain_handling_option::send || (rh == codec::retain_handling_option::send_if_new && is_new)) {
+        if (!shared && (rh == codec::retain_handling_option::send ||
+                        (rh == codec::retain_handling_option::send_if_new && is_new))) {
           const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
@@ -1220,7 +1241,7 @@ class protocol : public core<Policies> {
       for (std::string_view f : u.filters) {
         const bool existed = owner && rec->state.forget_subscription(f);
         if (existed) {
-          router_.unsubscribe(f, static_cast<subscriber*>(rec));
+          this->remove_route(*rec, f);  // a shared one leaves its group
           if (base::kept(*rec)) this->record([&](auto& st) { st.erase_subscription(rec->state.client_id(), f); });
         }
         ack.reasons.push_back(existed ? reason_code::success : reason_code::no_subscription_existed);

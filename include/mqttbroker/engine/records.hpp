@@ -7,6 +7,7 @@
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/locking/traits.hpp>
 #include <mqttbroker/message.hpp>
+#include <mqttbroker/router/shared.hpp>
 #include <mqttbroker/session/state.hpp>
 
 #include <atomic>
@@ -16,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -41,13 +43,15 @@ struct broker_stats {
   std::size_t connections = 0;
   std::size_t sessions = 0;
   std::size_t retained_messages = 0;
+  std::size_t shared_groups = 0;          // shared subscription groups; each goes with its last member
 };
 
 namespace engine {
 
-enum class subscriber_kind : std::uint8_t { client, local };
+enum class subscriber_kind : std::uint8_t { client, local, shared };
 
-/// What the router stores per subscription: a client's session or an in-process handler.
+/// What the router stores per subscription: a client's session, an in-process handler, or the
+/// group of a shared subscription.
 struct subscriber {
   subscriber_kind kind = subscriber_kind::client;
 };
@@ -59,6 +63,25 @@ struct local_subscriber : subscriber {
   // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
   std::shared_ptr<const local_handler> handler;
   std::string filter;
+};
+
+/// A Shared Subscription's group, which the router stores as one subscriber at the node of the
+/// group's filter: matching it costs what matching one ordinary subscription costs, and the router
+/// never merges it with its members' own subscriptions (a member with both gets two copies,
+/// 5.0 section 4.8.2). Keyed by its whole filter, ShareName included.
+template <class Session, bool ThreadSafe>
+struct shared_subscriber : subscriber {
+  shared_subscriber(std::string_view whole, std::size_t filter_at, std::uint32_t number)
+      : whole_filter(whole), filter_offset(filter_at), id(number) {
+    kind = subscriber_kind::shared;
+  }
+  /// The filter matched against Topic Names (what follows `$share/{ShareName}/`).
+  std::string_view filter() const noexcept { return std::string_view(whole_filter).substr(filter_offset); }
+
+  std::string whole_filter;   // `$share/{ShareName}/{filter}`: the key, as members subscribed
+  std::size_t filter_offset;  // where filter() starts in it
+  std::uint32_t id;           // what its deliveries carry (session::outgoing::share_group)
+  router::shared_group<Session*, ThreadSafe> group;
 };
 
 /// What few sessions need, made on first use: an idle session does without it.

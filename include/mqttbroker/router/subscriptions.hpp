@@ -122,16 +122,12 @@ struct delivery {
 /// - allocation: route() allocates only while its scratch grows to the widest fan-out seen so far
 ///   (scratch_capacity() observes this), never in the steady state.
 ///
-/// Shared Subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8) are not handled yet: such a
-/// filter is stored verbatim, so it matches only Topic Names that literally start with `$share/`.
-/// Design for them: groups live beside `trie_`, not in it, in a second
-/// `topic::subscription_trie<std::string /*ShareName*/, std::size_t /*group index*/>` keyed by the
-/// inner filter, whose values index a vector of groups {members: (Subscriber, subscription),
-/// round-robin cursor}. route() matches that trie too and picks one member per matching group
-/// (each group gets one copy, 5.0 section 4.8.2); the pick is reported through a separate callback
-/// and never merged with the member's own non-shared deliveries, because section 4.8.2 has a
-/// client with both kinds receive two copies, each at its own subscription's QoS [MQTT-4.8.2-3].
-/// No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] the caller rejects.
+/// Shared Subscriptions (`$share/{ShareName}/{filter}`, 5.0 section 4.8.2) are the caller's: it
+/// subscribes each group (router/shared.hpp) as one Subscriber at the group's inner filter, so a
+/// group matches at the cost of one subscription and, being a subscriber of its own, is never
+/// merged with its members' own deliveries (a client with both kinds gets two copies, each at its
+/// own subscription's QoS [MQTT-4.8.2-3]). The caller picks the member when route() reports the
+/// group. No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4] the caller rejects.
 ///
 /// Not thread-safe: the broker's locking policy guards it. subscribe/unsubscribe need exclusive
 /// access; the route() overload taking a route_scratch is const and may run under a shared lock

@@ -30,6 +30,9 @@ struct outgoing {
   bool dup = false;
   std::uint16_t packet_id = 0;
   detail::small_vector<std::uint32_t, 2> subscription_ids;  // 5.0; two fit without allocating
+  // The shared subscription group it came through (the engine's number; 0: none), so that it can
+  // go to another member of that group when this session ends before delivering it.
+  std::uint32_t share_group = 0;
 };
 
 /// The bytes `o` takes as a 5.0 PUBLISH, fixed header included: its properties with one
@@ -188,6 +191,15 @@ class state {
       if (e.state != phase::awaiting_pubcomp) e.pub.dup = true;
       f(static_cast<const inflight_entry&>(e));
     }
+  }
+
+  /// Calls f(const outgoing&, const phase*) for every message owed to the client, changing
+  /// nothing: those in flight with their phase, then the queued ones with nullptr, each in order.
+  template <class F>
+  void for_each_owed(F&& f) const {
+    if (!traffic_) return;
+    for (const inflight_entry& e : traffic_->inflight) f(e.pub, &e.state);
+    for (const outgoing& o : traffic_->queue) f(o, static_cast<const phase*>(nullptr));
   }
 
   std::size_t inflight_count() const noexcept { return traffic_ ? traffic_->inflight.size() : 0; }
