@@ -1487,7 +1487,7 @@ TEST_CASE("engine: 5.0, a payload said to be UTF-8 that is not: PUBACK or PUBREC
 }
 
 TEST_CASE("engine: a server without QoS 2 or retained messages says so in CONNACK and holds clients to it",
-          "[engine][v5][MQTT-3.2.2-9][MQTT-3.2.2-12][MQTT-3.2.2-13][MQTT-3.1.2-28]") {
+          "[engine][v5][MQTT-3.2.2-9][MQTT-3.2.2-10][MQTT-3.2.2-12][MQTT-3.2.2-13][MQTT-3.1.2-28]") {
   mb::broker_options o;
   o.maximum_qos = qos::at_least_once;
   o.retain_available = false;
@@ -1533,6 +1533,14 @@ TEST_CASE("engine: a server without QoS 2 or retained messages says so in CONNAC
   CHECK(wr[0].code == code(reason_code::retain_not_supported));
   CHECK(connect(protocol_version::v3_1_1, "w3", qos::exactly_once, false, false).empty());
   CHECK(w.engine.stats().sessions == 2);
+
+  // A SUBSCRIBE for QoS 2 is accepted and granted the maximum [MQTT-3.2.2-10].
+  auto& s2 = w.connected(hello("s2"), protocol_version::v5);
+  codec::subscribe sub;
+  sub.packet_id = 1;
+  sub.entries.push_back({"q/#", {qos::exactly_once}});
+  w.feed(s2, sub);
+  CHECK(s2.only(SUBACK).codes == std::vector<std::uint8_t>{1});
 
   // PUBLISH above the maximum: DISCONNECT 0x9B; retained: 0x9A.
   auto& p1 = w.connected(hello("p1"), protocol_version::v5);

@@ -1169,6 +1169,9 @@ class protocol : public core<Policies> {
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
       }
+      // Granted at most the server's Maximum QoS: the SUBSCRIBE itself is still accepted [MQTT-3.2.2-10].
+      codec::subscribe_options options = e.options;
+      options.max_qos = std::min(options.max_qos, opts_.maximum_qos);
       if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
         if (!hooks_.authorize_subscribe(l.client_info(), e.filter, e.options.max_qos)) {
           ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
@@ -1188,13 +1191,13 @@ class protocol : public core<Policies> {
           continue;
         }
         router::subscription sub;
-        sub.options = e.options;
+        sub.options = options;
         sub.identifier = sub_id;
         // [MQTT-3.8.4-3] an existing subscription to the same filter is replaced (a shared one:
         // the member's options in its group).
         const bool is_new = this->add_subscription(*rec, e.filter, sub);
         if (base::kept(*rec))
-          this->record([&](auto& st) { st.save_subscription(rec->state.client_id(), e.filter, e.options, sub_id); });
+          this->record([&](auto& st) { st.save_subscription(rec->state.client_id(), e.filter, options, sub_id); });
         // The retained messages are taken under the same lock that adds the route: a message
         // published concurrently is then either live or retained for this subscriber, never
         // both [MQTT-4.3.3-2]. They go out after the SUBACK (pump() below), on every subscribe,
@@ -1209,14 +1212,14 @@ class protocol : public core<Policies> {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
             session::outgoing o;
             o.msg = m;
-            o.qos_level = std::min(m->qos_level(), e.options.max_qos);
+            o.qos_level = std::min(m->qos_level(), options.max_qos);
             o.retain = true;  // [MQTT-3.3.1-8]
             if (sub_id != 0) o.subscription_ids.push_back(sub_id);
             rec->more().retained_backlog.push_back(std::move(o));
           });
         }
       }
-      const codec::qos granted = e.options.max_qos;  // all three QoS levels are supported
+      const codec::qos granted = options.max_qos;
       ack.reasons.push_back(static_cast<reason_code>(granted));
       if constexpr (hooks::has_on_subscribe_v<hooks_type>) hooks_.on_subscribe(l.client_info(), e.filter, granted);
     }
