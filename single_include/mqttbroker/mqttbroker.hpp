@@ -4042,6 +4042,11 @@ template <class H>
 struct answers_now<H, std::enable_if_t<std::is_same_v<
                           decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>())),
                           auth_result>>> : std::true_type {};
+/// The asynchronous authenticate: authenticate_hook's other form.
+template <class H>
+struct authenticate_later_hook {
+  static constexpr bool value = answers_later<H>::value && !answers_now<H>::value;
+};
 
 /// Detection of one hook, by name and by signature apart:
 /// - names_<hook><H>: H declares a member of that name, of any kind (overloads, templates, data
@@ -4083,7 +4088,7 @@ struct intercept_takes_copy<H, std::void_t<decltype(std::declval<H&>().intercept
                                                                                  std::declval<message_ptr>()))>>
     : std::true_type {};
 
-MQTTBROKER_HOOK(authenticate, auth_result, !answers_later<H>::value, answers_later<H>::value && !answers_now<H>::value,
+MQTTBROKER_HOOK(authenticate, auth_result, !answers_later<H>::value, authenticate_later_hook<H>::value,
                 "auth_result authenticate(const hooks::connect_info&) or "
                 "void authenticate(const hooks::connect_info&, hooks::auth_reply), not both",
                 std::declval<const connect_info&>())
@@ -4114,12 +4119,6 @@ MQTTBROKER_HOOK(authenticate_enhanced, void, true, false,
                 "void authenticate_enhanced(const hooks::auth_exchange&, hooks::auth_step_reply)",
                 std::declval<const auth_exchange&>(), std::declval<auth_step_reply>())
 #undef MQTTBROKER_HOOK
-
-/// The asynchronous authenticate: authenticate_hook's other form.
-template <class H>
-struct authenticate_later_hook {
-  static constexpr bool value = answers_later<H>::value && !answers_now<H>::value;
-};
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
@@ -6872,6 +6871,8 @@ class link : public detail::list_links,
   bool is_open() const noexcept { return !closed_; }
   bool is_closing() const noexcept { return closing_ || closed_; }
   bool paused() const noexcept { return paused_.load(std::memory_order_relaxed); }
+  /// Paused for publisher pacing (a subscriber is behind), not waiting for an authentication.
+  bool paced() const noexcept { return paused() && !authenticating_; }
   /// A session this connection's messages went to while its client was behind: the reader pauses
   /// on it after the packet.
   bool pace_pending() const noexcept { return static_cast<bool>(pace_target_); }
@@ -7070,6 +7071,12 @@ class link : public detail::list_links,
   link_extras& more() {
     if (!extras_) extras_ = std::make_unique<link_extras>();
     return *extras_;
+  }
+  /// The reader waits while the host's authentication has the CONNECT or an AUTH step, and goes
+  /// on when it answered.
+  void wait_for_authentication(bool waiting) noexcept {
+    authenticating_ = waiting;
+    paused_.store(waiting, std::memory_order_relaxed);
   }
 
   void note_queued(std::size_t n, steady_time now) noexcept {
@@ -8032,7 +8039,7 @@ class core {
   /// reader waits for counts as stuck.
   void restart_deadline(link_type& l, steady_time from) noexcept {
     typename link_type::deadline_rep d = link_type::no_deadline;
-    if (l.paused() && !l.authenticating_)
+    if (l.paced())
       d = (from + opts_.stuck_client_timeout).time_since_epoch().count();
     else if (!l.connected_)
       d = (from + opts_.connect_timeout).time_since_epoch().count();
@@ -8748,7 +8755,7 @@ class protocol : public core<Policies> {
 
   /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
   bool on_resume(link_type& l, steady_time now) noexcept {
-    if (!l.paused() || !l.is_open() || l.authenticating_) return false;
+    if (!l.paced() || !l.is_open()) return false;
     l.paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
     restart_deadline(l, now);
@@ -8796,7 +8803,7 @@ class protocol : public core<Policies> {
     if (!l.is_open()) return false;
     // Paused for a client that is behind: resume when it counts as stuck. An authentication
     // still running at the CONNECT timeout ends the connection as any CONNECT timeout does.
-    if (l.paused() && !l.authenticating_) return l.deadline_passed(now) && on_resume(l, now);
+    if (l.paced()) return l.deadline_passed(now) && on_resume(l, now);
     if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
     if constexpr (base::enhanced_auth) {
       if (const auth_exchange_state* a = l.auth_.get(); a != nullptr && a->running && l.connected_ && now >= a->deadline) {
@@ -9133,8 +9140,7 @@ class protocol : public core<Policies> {
   void authenticate_later(link_type& l, connect_request r) {
     if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
       l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
-      l.authenticating_ = true;
-      l.paused_.store(true, std::memory_order_relaxed);
+      l.wait_for_authentication(true);
       const hooks::connect_info info = connect_info_of(l, *l.pending_connect_);
       hooks_.authenticate(info, hooks::auth_reply(std::make_shared<auth_target>(l.self())));
     } else {
@@ -9149,8 +9155,7 @@ class protocol : public core<Policies> {
     if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
       if (!l.authenticating_ || l.is_closing()) return false;  // timed out or stopped meanwhile
       if constexpr (base::durable) base::take_recorded();
-      l.authenticating_ = false;
-      l.paused_.store(false, std::memory_order_relaxed);
+      l.wait_for_authentication(false);
       std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
       const auto answer = static_cast<hooks::auth_result>(l.auth_answer_.load(std::memory_order_relaxed));
       if (answer != hooks::auth_result::accept) {
@@ -9265,8 +9270,7 @@ class protocol : public core<Policies> {
       x.state = a.state;
       auto target = std::make_shared<auth_step_target>(l.self());
       a.pending = target;
-      l.authenticating_ = true;
-      l.paused_.store(true, std::memory_order_relaxed);
+      l.wait_for_authentication(true);
       restart_deadline(l, now);
       hooks_.authenticate_enhanced(x, hooks::auth_step_reply(std::move(target)));
     } else {
@@ -9289,8 +9293,7 @@ class protocol : public core<Policies> {
       hooks::auth_step s = target->take();
       a->pending.reset();
       if constexpr (base::durable) base::take_recorded();
-      l.authenticating_ = false;
-      l.paused_.store(false, std::memory_order_relaxed);
+      l.wait_for_authentication(false);
       if (s.state) a->state = std::move(s.state);
       if (s.what == hooks::auth_step::kind::failure) {
         fail_authentication(l, s.reason, std::move(s.data), now);

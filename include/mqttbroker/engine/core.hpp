@@ -487,7 +487,7 @@ class core {
   /// reader waits for counts as stuck.
   void restart_deadline(link_type& l, steady_time from) noexcept {
     typename link_type::deadline_rep d = link_type::no_deadline;
-    if (l.paused() && !l.authenticating_)
+    if (l.paced())
       d = (from + opts_.stuck_client_timeout).time_since_epoch().count();
     else if (!l.connected_)
       d = (from + opts_.connect_timeout).time_since_epoch().count();

@@ -254,6 +254,8 @@ class link : public detail::list_links,
   bool is_open() const noexcept { return !closed_; }
   bool is_closing() const noexcept { return closing_ || closed_; }
   bool paused() const noexcept { return paused_.load(std::memory_order_relaxed); }
+  /// Paused for publisher pacing (a subscriber is behind), not waiting for an authentication.
+  bool paced() const noexcept { return paused() && !authenticating_; }
   /// A session this connection's messages went to while its client was behind: the reader pauses
   /// on it after the packet.
   bool pace_pending() const noexcept { return static_cast<bool>(pace_target_); }
@@ -452,6 +454,12 @@ class link : public detail::list_links,
   link_extras& more() {
     if (!extras_) extras_ = std::make_unique<link_extras>();
     return *extras_;
+  }
+  /// The reader waits while the host's authentication has the CONNECT or an AUTH step, and goes
+  /// on when it answered.
+  void wait_for_authentication(bool waiting) noexcept {
+    authenticating_ = waiting;
+    paused_.store(waiting, std::memory_order_relaxed);
   }
 
   void note_queued(std::size_t n, steady_time now) noexcept {

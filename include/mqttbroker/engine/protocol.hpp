@@ -176,7 +176,7 @@ class protocol : public core<Policies> {
 
   /// A paused reader may go on. False when it was not paused or is closing (nothing to read).
   bool on_resume(link_type& l, steady_time now) noexcept {
-    if (!l.paused() || !l.is_open() || l.authenticating_) return false;
+    if (!l.paced() || !l.is_open()) return false;
     l.paused_.store(false, std::memory_order_relaxed);
     // The silence was ours, not the client's: Keep Alive counts from now.
     restart_deadline(l, now);
@@ -224,7 +224,7 @@ class protocol : public core<Policies> {
     if (!l.is_open()) return false;
     // Paused for a client that is behind: resume when it counts as stuck. An authentication
     // still running at the CONNECT timeout ends the connection as any CONNECT timeout does.
-    if (l.paused() && !l.authenticating_) return l.deadline_passed(now) && on_resume(l, now);
+    if (l.paced()) return l.deadline_passed(now) && on_resume(l, now);
     if (l.is_closing() || !l.deadline_passed(now)) return false;  // moved on since the sweep looked
     if constexpr (base::enhanced_auth) {
       if (const auth_exchange_state* a = l.auth_.get(); a != nullptr && a->running && l.connected_ && now >= a->deadline) {
@@ -561,8 +561,7 @@ class protocol : public core<Policies> {
   void authenticate_later(link_type& l, connect_request r) {
     if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
       l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
-      l.authenticating_ = true;
-      l.paused_.store(true, std::memory_order_relaxed);
+      l.wait_for_authentication(true);
       const hooks::connect_info info = connect_info_of(l, *l.pending_connect_);
       hooks_.authenticate(info, hooks::auth_reply(std::make_shared<auth_target>(l.self())));
     } else {
@@ -577,8 +576,7 @@ class protocol : public core<Policies> {
     if constexpr (hooks::has_authenticate_later_v<hooks_type>) {
       if (!l.authenticating_ || l.is_closing()) return false;  // timed out or stopped meanwhile
       if constexpr (base::durable) base::take_recorded();
-      l.authenticating_ = false;
-      l.paused_.store(false, std::memory_order_relaxed);
+      l.wait_for_authentication(false);
       std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
       const auto answer = static_cast<hooks::auth_result>(l.auth_answer_.load(std::memory_order_relaxed));
       if (answer != hooks::auth_result::accept) {
@@ -693,8 +691,7 @@ class protocol : public core<Policies> {
       x.state = a.state;
       auto target = std::make_shared<auth_step_target>(l.self());
       a.pending = target;
-      l.authenticating_ = true;
-      l.paused_.store(true, std::memory_order_relaxed);
+      l.wait_for_authentication(true);
       restart_deadline(l, now);
       hooks_.authenticate_enhanced(x, hooks::auth_step_reply(std::move(target)));
     } else {
@@ -717,8 +714,7 @@ class protocol : public core<Policies> {
       hooks::auth_step s = target->take();
       a->pending.reset();
       if constexpr (base::durable) base::take_recorded();
-      l.authenticating_ = false;
-      l.paused_.store(false, std::memory_order_relaxed);
+      l.wait_for_authentication(false);
       if (s.state) a->state = std::move(s.state);
       if (s.what == hooks::auth_step::kind::failure) {
         fail_authentication(l, s.reason, std::move(s.data), now);

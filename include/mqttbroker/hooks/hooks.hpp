@@ -197,6 +197,11 @@ template <class H>
 struct answers_now<H, std::enable_if_t<std::is_same_v<
                           decltype(std::declval<H&>().authenticate(std::declval<const connect_info&>())),
                           auth_result>>> : std::true_type {};
+/// The asynchronous authenticate: authenticate_hook's other form.
+template <class H>
+struct authenticate_later_hook {
+  static constexpr bool value = answers_later<H>::value && !answers_now<H>::value;
+};
 
 /// Detection of one hook, by name and by signature apart:
 /// - names_<hook><H>: H declares a member of that name, of any kind (overloads, templates, data
@@ -238,7 +243,7 @@ struct intercept_takes_copy<H, std::void_t<decltype(std::declval<H&>().intercept
                                                                                  std::declval<message_ptr>()))>>
     : std::true_type {};
 
-MQTTBROKER_HOOK(authenticate, auth_result, !answers_later<H>::value, answers_later<H>::value && !answers_now<H>::value,
+MQTTBROKER_HOOK(authenticate, auth_result, !answers_later<H>::value, authenticate_later_hook<H>::value,
                 "auth_result authenticate(const hooks::connect_info&) or "
                 "void authenticate(const hooks::connect_info&, hooks::auth_reply), not both",
                 std::declval<const connect_info&>())
@@ -269,12 +274,6 @@ MQTTBROKER_HOOK(authenticate_enhanced, void, true, false,
                 "void authenticate_enhanced(const hooks::auth_exchange&, hooks::auth_step_reply)",
                 std::declval<const auth_exchange&>(), std::declval<auth_step_reply>())
 #undef MQTTBROKER_HOOK
-
-/// The asynchronous authenticate: authenticate_hook's other form.
-template <class H>
-struct authenticate_later_hook {
-  static constexpr bool value = answers_later<H>::value && !answers_now<H>::value;
-};
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
