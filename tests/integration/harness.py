@@ -6,7 +6,6 @@ by default) and never sleep and assume; only absence checks wait a fixed, short 
 """
 
 import faulthandler
-import json
 import os
 import queue
 import re
@@ -22,10 +21,12 @@ import threading
 import time
 import unittest
 
+import results
+
 # In CI (scripts/test.sh exports this when CI is set) a missing client fails the tests; elsewhere
 # it skips them, visibly: counted and named in the module's summary and in ctest's "Skipped".
 REQUIRE_CLIENTS = os.environ.get("MQTTBROKER_REQUIRE_CLIENTS", "") not in ("", "0")
-SKIP_STATUS = 77  # ctest's SKIP_RETURN_CODE for the integration tests (tests/integration/CMakeLists.txt)
+SKIP_STATUS = results.SKIP_STATUS
 
 
 def _module_key():
@@ -37,19 +38,8 @@ def _module_key():
 
 
 def _record(ran, passed, skipped, failed):
-    """Prints the module's counts and, when ctest gives MQTTBROKER_IT_RESULTS, writes them there
-    for scripts/test.sh's summary. `skipped` is a list of (test, reason)."""
-    key = _module_key()
-    print("\n== %s: %d ran, %d passed, %d skipped, %d failed" % (key, ran, passed, len(skipped), failed))
-    for test, reason in skipped:
-        print("SKIPPED: %s %s: %s" % (key, test, reason))
-    sys.stdout.flush()
-    folder = os.environ.get("MQTTBROKER_IT_RESULTS")
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, key + ".json"), "w") as f:
-            json.dump({"test": key, "ran": ran, "passed": passed, "failed": failed,
-                       "skipped": [[t, r] for t, r in skipped]}, f)
+    """Prints the module's counts and writes them for scripts/test.sh's summary (results.py)."""
+    results.record(_module_key(), ran, passed, skipped, failed)
 
 
 def _client_missing(what):
