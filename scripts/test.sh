@@ -80,7 +80,8 @@ run_with_integration() {
   shift
   local results="$dir/tests/integration/results"
   local modules
-  modules="$(ctest --test-dir "$dir" -N "$@" -L integration | sed -n 's/^Total Tests: //p')"
+  # By name: a fixture ctest adds (mqttjs_npm_ci, the MQTT.js install) is no module.
+  modules="$(ctest --test-dir "$dir" -N "$@" -L integration | grep -c ': integration_' || true)"
   rm -rf "$results"
   run_ctest --test-dir "$dir" "$@"
   echo "-- integration modules in $dir:"
