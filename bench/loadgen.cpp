@@ -312,6 +312,8 @@ struct config {
   unsigned threads = 1;
   int broker_pid = 0;
   int protocol = 4;
+  unsigned topic_alias_maximum = 0;  // 5.0 subscribers: Topic Alias Maximum in CONNECT
+  bool publish_properties = false;   // 5.0 publishers: properties on every PUBLISH
   std::size_t batch = 64 * 1024;
   unsigned e2e_window = 0;
   std::string label;
@@ -326,6 +328,7 @@ struct run_state {
   std::string id_prefix;
   std::uint16_t tag = 1;
   std::vector<char> padding;  // the bytes after the stamp; their content does not matter
+  std::vector<std::string> topics;  // publisher id -> its topic; checked when aliases are on
   // Set by the main thread before publishing starts (the post that starts it orders the writes).
   std::uint64_t t_start = 0, t_measure = 0, t_stop = 0;
   std::atomic<int> ready{0}, failed{0};
@@ -345,6 +348,7 @@ struct worker {
   std::uint64_t published_window = 0;
   std::atomic<std::uint64_t> unique_total{0};
   std::uint64_t unexpected = 0, malformed = 0, foreign = 0, errors = 0;
+  std::uint64_t aliased = 0;  // PUBLISH that arrived with a Topic Alias and no topic name
   std::string first_error;
   // connect-storm / idle
   std::uint64_t conn_ok = 0, conn_failed = 0, idle_dropped = 0;
@@ -413,6 +417,12 @@ class client {
       c.clean_start = true;
       c.keep_alive = 0;
       c.client_id = client_id_;
+      codec::properties_builder props;
+      if (kind_ == kind::subscriber && rs_.cfg.topic_alias_maximum > 0) {
+        props.add(codec::property_id::topic_alias_maximum, rs_.cfg.topic_alias_maximum);
+        aliases_.assign(rs_.cfg.topic_alias_maximum + 1u, std::string());
+        c.properties = props.view();
+      }
       append_packet(out_, c, rs_.version);
       flush();
       read();
@@ -647,6 +657,12 @@ class client {
       ++w_.foreign;
       return;
     }
+    // A client resolves the broker's Topic Aliases (5.0 section 3.3.2.3.4), so the bench pays for
+    // that and checks that every message arrives under its publisher's topic.
+    if ((!aliases_.empty() && !resolves_to(p, pub)) || (rs_.cfg.publish_properties && p.properties.empty())) {
+      ++w_.malformed;
+      return;
+    }
 
     if (kind_ == kind::storm_subscriber) {
       if (pub != ret_pub_id_ || seq >= ret_count_) {
@@ -687,6 +703,23 @@ class client {
       w_.lat_storm.record(now_ > sent_at ? now_ - sent_at : 0);
   }
 
+  bool resolves_to(const codec::publish& p, std::uint16_t pub) {
+    std::uint32_t alias = 0;
+    for (const codec::property& prop : p.properties)
+      if (prop.id == codec::property_id::topic_alias) alias = prop.integer;
+    std::string_view topic = p.topic;
+    if (alias != 0) {
+      if (alias >= aliases_.size()) return false;
+      if (topic.empty()) {
+        topic = aliases_[alias];
+        ++w_.aliased;
+      } else {
+        aliases_[alias].assign(topic);
+      }
+    }
+    return pub < rs_.topics.size() && topic == rs_.topics[pub];
+  }
+
   void on_ack(std::uint16_t id) {
     if (pid_state_.empty() || pid_state_[id] == 0) {
       ++w_.unexpected;
@@ -719,13 +752,20 @@ class client {
     p.qos_level = rs_.q;
     p.packet_id = rs_.q == codec::qos::at_most_once ? 0 : 1;
     p.payload = std::string_view(rs_.padding.data(), rs_.cfg.payload);
+    if (rs_.cfg.publish_properties) {
+      // What a 5.0 request/telemetry message typically carries.
+      props_.add(codec::property_id::message_expiry_interval, 3600)
+          .add(codec::property_id::content_type, "application/octet-stream")
+          .add_user_property("source", topic_);
+      p.properties = props_.view();
+    }
     std::size_t size = 0;
     if (auto ec = codec::publish_header_size(p, rs_.version, size)) throw std::runtime_error("topic: " + ec.message());
     header_.resize(size);
     std::size_t written = 0;
     codec::encode_publish_header(p, rs_.version, header_.data(), size, written);
-    // The packet identifier follows the topic; in 5.0 a Property Length of 0 comes after it.
-    pid_offset_ = size - 2 - (rs_.version == codec::protocol_version::v5 ? 1 : 0);
+    // The packet identifier follows the topic; in 5.0 the properties come after it.
+    pid_offset_ = size - 2 - (rs_.version == codec::protocol_version::v5 ? p.properties.wire_size() : 0);
     return size;
   }
 
@@ -898,6 +938,8 @@ class client {
   bool publishing_ = false;
   double rate_per_pub_ = 0;
   std::vector<std::uint8_t> header_;
+  codec::properties_builder props_;   // publishers: the template's properties
+  std::vector<std::string> aliases_;  // subscribers with Topic Alias Maximum: alias -> topic
   std::size_t pid_offset_ = 0, msg_size_ = 0;
   std::uint64_t max_batch_msgs_ = 1;
   std::uint32_t seq_ = 0;
@@ -1234,6 +1276,7 @@ int run_traffic(runner& r, json_line& out) {
     fmt::print(stderr, "loadgen: need 1 to 65000 publishers and at least one subscriber\n");
     return 1;
   }
+  rs.topics = topics;
 
   // Expected deliveries: which subscribers each publisher's messages reach.
   std::vector<std::vector<std::uint32_t>> matched(static_cast<std::size_t>(subs));
@@ -1393,7 +1436,7 @@ int run_traffic(runner& r, json_line& out) {
   // ---- results (all threads joined)
   histogram lat, lat_storm;
   std::uint64_t delivered_window = 0, bytes_window = 0, published_window = 0, delivered_total = 0;
-  std::uint64_t unexpected = 0, malformed = 0, foreign = 0;
+  std::uint64_t unexpected = 0, malformed = 0, foreign = 0, aliased = 0;
   for (auto& w : r.workers) {
     lat.merge(w->lat);
     lat_storm.merge(w->lat_storm);
@@ -1404,6 +1447,7 @@ int run_traffic(runner& r, json_line& out) {
     unexpected += w->unexpected;
     malformed += w->malformed;
     foreign += w->foreign;
+    aliased += w->aliased;
   }
   std::uint64_t sent_total = 0, expected = 0, lost = 0, dup = 0, reordered = 0, late = 0;
   for (std::size_t p = 0; p < publishers.size(); ++p) sent_total += publishers[p]->sent();
@@ -1474,6 +1518,7 @@ int run_traffic(runner& r, json_line& out) {
       .integer("unexpected", unexpected)
       .integer("malformed", malformed)
       .integer("foreign", foreign)
+      .integer("aliased", aliased)
       .boolean("drained", drained);
   if (storm) {
     out.integer("retained", std::uint64_t{cfg.retained})
@@ -1656,6 +1701,12 @@ int main(int argc, char** argv) {
   app.add_option("--threads", cfg.threads, "io_context threads")->capture_default_str()->check(CLI::Range(1u, 64u));
   app.add_option("--broker-pid", cfg.broker_pid, "broker process for RSS and CPU readings from /proc");
   app.add_option("--protocol", cfg.protocol, "MQTT protocol level: 4 (3.1.1) or 5")->capture_default_str()->check(CLI::IsMember({4, 5}));
+  app.add_option("--topic-alias-maximum", cfg.topic_alias_maximum,
+                 "5.0 subscribers announce this Topic Alias Maximum and resolve the broker's aliases")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 65535u));
+  app.add_flag("--publish-properties", cfg.publish_properties,
+               "5.0 publishers send Message Expiry, Content Type and a User Property on every PUBLISH");
   app.add_option("--batch", cfg.batch, "bytes a publisher puts in one write")->capture_default_str()->check(CLI::Range(std::size_t{64}, std::size_t{1} << 26));
   app.add_option("--e2e-window", cfg.e2e_window,
                  "closed loop: messages per publisher sent but not yet received by every matching subscriber "
@@ -1664,6 +1715,10 @@ int main(int argc, char** argv) {
   app.add_option("--label", cfg.label, "free text copied into the JSON result (e.g. the broker's name)");
   app.add_flag("--json", cfg.json, "print one JSON line with the results on stdout");
   CLI11_PARSE(app, argc, argv);
+  if ((cfg.topic_alias_maximum > 0 || cfg.publish_properties) && cfg.protocol != 5) {
+    fmt::print(stderr, "loadgen: --topic-alias-maximum and --publish-properties need --protocol 5\n");
+    return 1;
+  }
   if (cfg.subscriptions_per_connection > 0 && cfg.scenario != "idle") {
     fmt::print(stderr, "loadgen: --subscriptions-per-connection applies to the idle scenario only\n");
     return 1;

@@ -14,7 +14,12 @@
 //     only to clients whose CONNECT named a method, with that method [MQTT-4.12.0-5]
 //     [MQTT-4.12.0-6], reason 0x18, or 0x00 after CONNACK; a successful CONNACK names the method;
 //     and a client is authenticated (CONNACK 0x00, AUTH 0x00) only right after it sent the proof
-//     of the right password, with a server signature that the client verifies.
+//     of the right password, with a server signature that the client verifies;
+//   - topic aliases: every alias the engine sends is within the Topic Alias Maximum the client
+//     announced on this connection [MQTT-3.3.2-11], an empty topic comes only with an alias the
+//     engine set earlier on the same connection, and what it resolves to is a topic that was
+//     published; an inbound alias of 0 or above the broker's maximum ends the connection with
+//     DISCONNECT 0x94, an empty topic with an alias the client never set with 0x82.
 //
 //   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude tests/fuzz/engine_fuzz.cpp -o /tmp/fe -lcrypto
 //   mkdir -p /tmp/fe-corpus && /tmp/fe -max_total_time=60 /tmp/fe-corpus
@@ -24,6 +29,7 @@
 #include <mqttbroker/hooks/hooks.hpp>
 #include <mqttbroker/locking/none.hpp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -97,6 +103,8 @@ const std::vector<std::pair<std::string, std::string>> logins = {
 
 struct world;
 
+constexpr std::uint16_t broker_alias_maximum = 3;
+
 /// A client's connection as the engine sees it, checking what the engine writes to it.
 class fake_link final : public engine_type::link_type {
  public:
@@ -148,6 +156,10 @@ class fake_link final : public engine_type::link_type {
   bool connect_sent_ = false;            // the decoder lets one CONNECT through, first
   bool draining_ = false;                // closing: the transport closes at the next drain()
   std::optional<std::string> method_;    // the CONNECT's Authentication Method
+  std::uint16_t alias_maximum_ = 0;      // the Topic Alias Maximum of the CONNECT
+  std::map<std::uint16_t, std::string> outbound_aliases_;  // set by the engine's PUBLISHes
+  std::map<std::uint16_t, std::string> inbound_aliases_;   // set by this client's PUBLISHes
+  std::optional<mb::reason_code> disconnect_reason_;       // of the server's DISCONNECT
 };
 
 struct world {
@@ -169,6 +181,8 @@ struct world {
     o.max_auth_steps = 4;
     o.max_auth_data_size = 200;
     o.reauthentication_timeout = std::chrono::seconds(3);
+    o.topic_alias_maximum = broker_alias_maximum;
+    o.max_outbound_topic_aliases = 3;
     return o;
   }
   static fuzz_hooks make_hooks() {
@@ -314,8 +328,22 @@ void fake_link::check(mc::packet& p) {
     }
   } else if (t == mc::packet_type::disconnect) {
     got_disconnect_ = true;
+    disconnect_reason_ = std::get<mc::disconnect>(p).reason;
   } else if (t == mc::packet_type::publish) {
     const auto& pub = std::get<mc::publish>(p);
+    std::string topic(pub.topic);
+    if (const auto a = pub.properties.find(mc::property_id::topic_alias)) {
+      if (a->integer == 0 || a->integer > alias_maximum_)
+        fail("a Topic Alias outside the client's maximum:", std::to_string(a->integer));
+      std::string& known = outbound_aliases_[static_cast<std::uint16_t>(a->integer)];
+      if (topic.empty()) {
+        if (known.empty()) fail("an alias the engine never set on this connection:", std::to_string(a->integer));
+        topic = known;
+      } else {
+        known = topic;
+      }
+    }
+    if (std::find(topics.begin(), topics.end(), topic) == topics.end()) fail("a PUBLISH on a topic nobody used:", topic);
     if (pub.qos_level != mc::qos::at_most_once) {
       const bool busy = !in_flight_.insert(pub.packet_id).second;
       if (busy && !pub.dup) fail("packet identifier reused while in flight:", std::to_string(pub.packet_id));
@@ -361,6 +389,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (v == mc::protocol_version::v5) {
           // Enhanced authentication: a method, and a SCRAM client-first message or no data.
           const std::uint8_t g = in.byte();
+          if (g & 4) {
+            l->alias_maximum_ = static_cast<std::uint16_t>((g >> 3) % 4);
+            props.add(mc::property_id::topic_alias_maximum, l->alias_maximum_);
+          }
           if (g & 1) {
             l->method_ = in.pick(methods);
             props.add(mc::property_id::authentication_method, *l->method_);
@@ -396,8 +428,30 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         p.dup = p.qos_level != mc::qos::at_most_once && (f & 8);
         if (p.qos_level != mc::qos::at_most_once) p.packet_id = static_cast<std::uint16_t>(1 + in.byte() % 6);
         if (f & 16) p.payload = "";  // clears a retained message
+        // 5.0: a Topic Alias, valid or not, with the topic or instead of it.
+        mc::properties_builder props;
+        std::optional<mb::reason_code> must_end;
+        const bool read = l->is_open() && !l->is_closing() && !l->paused();  // as feed() decides
+        if (read && v == mc::protocol_version::v5 && (f & 32)) {
+          const std::uint8_t h = in.byte();
+          const auto alias = static_cast<std::uint16_t>(h % (broker_alias_maximum + 2));
+          props.add(mc::property_id::topic_alias, alias);
+          p.properties = props.view();
+          if (h & 8) p.topic = "";
+          if (alias == 0 || alias > broker_alias_maximum) {
+            must_end = mb::reason_code::topic_alias_invalid;
+          } else if (p.topic.empty()) {
+            const auto known = l->inbound_aliases_.find(alias);
+            if (known == l->inbound_aliases_.end()) must_end = mb::reason_code::protocol_error;
+          } else {
+            l->inbound_aliases_[alias] = std::string(p.topic);
+          }
+        }
         const auto before = w.engine.stats().messages_received;
         w.feed(c, p);
+        if (must_end && l->is_open() && !l->is_closing()) fail("a wrong Topic Alias left the connection open");
+        if (must_end && l->disconnect_reason_ != must_end)
+          fail("a wrong Topic Alias without its DISCONNECT reason, expected", std::to_string(static_cast<int>(*must_end)));
         // Within one connection (its session cannot end or change under it): counted as received
         // means routed. A connection the packet closed may have sent its will instead.
         if (p.qos_level == mc::qos::exactly_once && l->is_open() && w.engine.stats().messages_received != before) {
