@@ -1238,6 +1238,9 @@ struct subscribe_hook_template {
   template <class... Args>
   void on_subscribe(Args&&...);
 };
+struct redirect_to_string {  // the reference alone, without saying whether the move is for good
+  std::optional<std::string> redirect(const mb::hooks::connect_info&);
+};
 struct inherited_hooks : test_hooks {};
 struct final_hooks final {};
 
@@ -1252,6 +1255,8 @@ static_assert(hd::declares<hd::names_on_connect, connect_hook_data_member>::valu
 static_assert(hd::declares<hd::names_intercept, intercept_by_value>::value && !hd::accepts_intercept<intercept_by_value>::value);
 static_assert(hd::declares<hd::names_authorize_publish, publish_hook_by_client_id>::value &&
               !hd::accepts_authorize_publish<publish_hook_by_client_id>::value);
+static_assert(hd::declares<hd::names_redirect, redirect_to_string>::value && !hd::accepts_redirect<redirect_to_string>::value);
+static_assert(!mb::hooks::has_redirect_v<test_hooks> && !hd::declares<hd::names_redirect, test_hooks>::value);
 // The two forms of authenticate: either is a hook, and only hooks that take a client_info make
 // connections keep one.
 static_assert(mb::hooks::has_authenticate_later_v<authenticate_later> && !mb::hooks::has_authenticate_v<authenticate_later>);
@@ -2885,4 +2890,147 @@ TEST_CASE("shared subscriptions: the sticky and random strategies as policies", 
     CHECK(seen.size() == 150);
     CHECK_FALSE(in_turn);
   }
+}
+
+// ---- 5.0 features a host may switch off, server redirection, a PUBLISH rate limit
+
+TEST_CASE("wildcards and Subscription Identifiers switched off: CONNACK says 0, SUBACK 0xA2 or 0xA1 (5.0) or 0x80 (3.1.1)",
+          "[broker][v5][subscribe][MQTT-3.8.3-2]") {
+  mb::broker_options o;
+  o.wildcard_subscriptions = false;
+  o.subscription_identifiers = false;
+  harness<> h(o);
+  client& old = h.connected("old");
+  CHECK(h.subscribe(old, "w/+", qos::at_least_once) == std::vector<std::uint8_t>{0x80});
+  CHECK(h.subscribe(old, "w/x", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  client& v5 = h.add(protocol_version::v5);
+  v5.connect("v5");
+  h.settle();
+  const rx ack = v5.pop(CONNACK);
+  CHECK(ack.wildcard_subscription_available == 0);
+  CHECK(ack.subscription_identifier_available == 0);
+  CHECK(h.subscribe(v5, "w/#", qos::at_least_once) ==
+        std::vector<std::uint8_t>{static_cast<std::uint8_t>(reason_code::wildcard_subscriptions_not_supported)});
+  codec::subscribe s;
+  s.packet_id = 2;
+  codec::properties_builder props;
+  props.add(codec::property_id::subscription_identifier, 1);
+  s.properties = props.view();
+  s.entries.push_back({"w/x", {qos::at_least_once}});
+  v5.send(s);
+  h.settle();
+  CHECK(v5.pop(SUBACK).codes ==
+        std::vector<std::uint8_t>{static_cast<std::uint8_t>(reason_code::subscription_identifiers_not_supported)});
+  client& pub = h.connected("pub");
+  pub.publish("w/x", "m");
+  h.settle();
+  CHECK(old.publishes().size() == 1);
+  CHECK(v5.empty());
+  CHECK_FALSE(v5.closed());
+}
+
+namespace {
+
+/// Users "away" go elsewhere for now, "moved" for good; `saw_password` notes a password shown.
+struct redirecting_hooks {
+  bool* saw_password = nullptr;
+  std::optional<mb::hooks::redirection> redirect(const mb::hooks::connect_info& c) {
+    if (c.password) *saw_password = true;
+    if (c.username == std::optional<std::string_view>("away")) return mb::hooks::redirection{"b.example:1883", false};
+    if (c.username == std::optional<std::string_view>("moved")) return mb::hooks::redirection{"c.example:8883", true};
+    return std::nullopt;
+  }
+};
+struct redirecting_policies : timed_policies {
+  using hooks = redirecting_hooks;
+};
+
+}  // namespace
+
+TEST_CASE("server redirection: CONNACK 0x9C or 0x9D from the hook, DISCONNECT from broker::redirect(); 3.1.1 refused or closed",
+          "[broker][v5][hooks][redirect][MQTT-3.2.2-6][MQTT-3.2.2-7][MQTT-3.2.2-5][MQTT-4.13.2-1]") {
+  bool saw_password = false;
+  harness<redirecting_policies> h({}, redirecting_hooks{&saw_password});
+  client& five = h.add(protocol_version::v5);
+  five.connect("five", true, std::nullopt, std::string_view("away"));
+  client& moved = h.add(protocol_version::v5);
+  moved.connect("moved", true, std::nullopt, std::string_view("moved"));
+  client& old = h.add();
+  old.connect("old", true, std::nullopt, std::string_view("moved"));
+  h.settle();
+  rx ack = five.pop(CONNACK);
+  CHECK(ack.code == static_cast<std::uint8_t>(reason_code::use_another_server));
+  CHECK(ack.server_reference == std::optional<std::string>("b.example:1883"));
+  ack = moved.pop(CONNACK);
+  CHECK(ack.code == static_cast<std::uint8_t>(reason_code::server_moved));
+  CHECK(ack.server_reference == std::optional<std::string>("c.example:8883"));
+  CHECK(old.pop(CONNACK).code == 3);  // Server unavailable
+  CHECK(five.closed());
+  CHECK(moved.closed());
+  CHECK(old.closed());
+  CHECK_FALSE(saw_password);  // what redirect() sees is past authentication
+  CHECK(h.broker.stats().sessions == 0);
+
+  // The host's call, for clients that are connected.
+  client& stays = h.add(protocol_version::v5);
+  stays.connect("stays");
+  client& goes = h.add(protocol_version::v5);
+  goes.connect("goes");
+  client& goes_old = h.connected("goes-old");
+  h.settle();
+  REQUIRE(stays.pop(CONNACK).code == 0);
+  REQUIRE(goes.pop(CONNACK).code == 0);
+  CHECK(h.broker.redirect("goes", "c.example:8883", true));
+  CHECK(h.broker.redirect("goes-old", "c.example:8883"));
+  CHECK_FALSE(h.broker.redirect("nobody", "c.example:8883"));
+  h.settle();
+  const rx d = goes.pop(DISCONNECT);
+  CHECK(d.code == static_cast<std::uint8_t>(reason_code::server_moved));
+  CHECK(d.server_reference == std::optional<std::string>("c.example:8883"));
+  CHECK(goes.empty());
+  CHECK(goes.closed());
+  CHECK(goes_old.empty());
+  CHECK(goes_old.closed());
+  CHECK(stays.empty());
+  CHECK_FALSE(stays.closed());
+  CHECK_FALSE(h.broker.redirect("goes", "c.example:8883"));  // gone now
+}
+
+TEST_CASE("max_publish_rate in seconds of the broker's clock: DISCONNECT 0x96 in 5.0, a close in 3.1.1, no PUBACK",
+          "[broker][v5][rate][MQTT-4.13.2-1]") {
+  mb::broker_options o;
+  o.max_publish_rate = 2;
+  timed h(o);
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "rate/#", qos::at_most_once);
+  client& five = h.add(protocol_version::v5);
+  five.connect("five");
+  client& old = h.connected("old");
+  h.settle();
+  REQUIRE(five.pop(CONNACK).code == 0);
+  for (std::uint16_t i = 1; i <= 2; ++i) {
+    five.publish("rate/five", "m", qos::at_least_once, i);
+    old.publish("rate/old", "m", qos::at_least_once, i);
+  }
+  h.settle();
+  h.advance(std::chrono::seconds(1));  // the next second: two more each
+  for (std::uint16_t i = 3; i <= 4; ++i) {
+    five.publish("rate/five", "m", qos::at_least_once, i);
+    old.publish("rate/old", "m", qos::at_least_once, i);
+  }
+  h.settle();
+  for (client* c : {&five, &old})
+    for (std::uint16_t i = 1; i <= 4; ++i) CHECK(c->pop(PUBACK).id == i);
+  CHECK(h.broker.stats().rate_limited == 0);
+  // A third in the same second, both ways.
+  five.publish("rate/five", "over", qos::at_least_once, 5);
+  old.publish("rate/old", "over", qos::at_least_once, 5);
+  h.settle();
+  CHECK(five.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::message_rate_too_high));
+  CHECK(five.empty());
+  CHECK(five.closed());
+  CHECK(old.empty());
+  CHECK(old.closed());
+  CHECK(watcher.publishes().size() == 8);  // "over" went nowhere
+  CHECK(h.broker.stats().rate_limited == 2);
 }

@@ -13,10 +13,12 @@
 #include <mutex>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 namespace codec = mqttbroker::codec;
@@ -685,4 +687,62 @@ TEST_CASE("multi-threaded broker: a shared group's members get each message of c
   CHECK(count == std::size_t(total));  // once each
   CHECK(all.size() == std::size_t(total));
   for (auto& s : subs) CHECK_FALSE(s->read(std::chrono::milliseconds(200)));  // nothing more
+}
+
+TEST_CASE("multi-threaded broker: redirect() from a host thread while another host thread publishes to the clients",
+          "[broker_mt][redirect]") {
+  mt_fixture f(2);
+  constexpr int clients = 8;
+  std::vector<std::unique_ptr<blocking_client>> cs;
+  for (int i = 0; i < clients; ++i) {
+    // Even ones 5.0 (DISCONNECT 0x9C, then the close), odd ones 3.1.1 (the close alone).
+    const auto v = i % 2 == 0 ? codec::protocol_version::v5 : codec::protocol_version::v3_1_1;
+    cs.push_back(std::make_unique<blocking_client>(f.port(), v));
+    REQUIRE(cs.back()->connect("r-" + std::to_string(i)) == 0);
+    codec::subscribe s;
+    s.packet_id = 1;
+    s.entries.push_back({"r/#", {codec::qos::at_most_once}});
+    cs.back()->send(s);
+    cs.back()->expect<codec::suback>();
+  }
+  std::atomic<bool> done{false};
+  std::thread publisher([&] {
+    while (!done) {
+      f.broker().publish("r/x", "p");
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  });
+  std::atomic<int> wrong{0};
+  std::thread host([&] {
+    for (int i = 0; i < clients; ++i)
+      if (!f.broker().redirect("r-" + std::to_string(i), "b.example:1883")) ++wrong;
+  });
+  host.join();
+  for (int i = 0; i < clients; ++i) {
+    blocking_client& c = *cs[static_cast<std::size_t>(i)];
+    bool disconnect = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto p = c.read();
+      if (!p) break;  // closed (or a timeout: then not closed)
+      if (std::chrono::steady_clock::now() > deadline) {
+        ++wrong;  // still open, messages still coming
+        break;
+      }
+      if (disconnect) ++wrong;  // nothing follows a DISCONNECT [MQTT-3.14.4-1]
+      if (auto* d = std::get_if<codec::disconnect>(&p->packet)) {
+        const auto ref = d->properties.find(codec::property_id::server_reference);
+        if (d->reason != mqttbroker::reason_code::use_another_server || !ref || ref->value != "b.example:1883") ++wrong;
+        disconnect = true;
+      } else if (!std::holds_alternative<codec::publish>(p->packet)) {
+        ++wrong;
+      }
+    }
+    CHECK(c.closed());
+    CHECK(disconnect == (i % 2 == 0));
+  }
+  done = true;
+  publisher.join();
+  CHECK(wrong == 0);
+  for (int i = 0; i < clients; ++i) CHECK_FALSE(f.broker().redirect("r-" + std::to_string(i), "b.example:1883"));
 }

@@ -2656,3 +2656,248 @@ TEST_CASE("storage: a shared subscription is recorded by its whole filter, and a
     CHECK(got[1].type == PUBLISH);
   }
 }
+
+// ---- 5.0 features a host may switch off, server redirection, a PUBLISH rate limit
+
+TEST_CASE("engine: wildcards and Subscription Identifiers switched off: CONNACK says 0, SUBACK 0xA2 or 0xA1 (5.0) or 0x80 (3.1.1)",
+          "[engine][v5][subscribe][MQTT-3.8.3-2][MQTT-3.9.3-1]") {
+  {
+    world<> on;
+    auto& l = on.open(protocol_version::v5);
+    on.connect(l, hello("x"), protocol_version::v5);
+    const rx ack = l.only(CONNACK);
+    CHECK(ack.wildcard_subscription_available == 1);
+    CHECK(ack.subscription_identifier_available == 1);
+    CHECK(subscribe_to(on, l, "a/+", at(qos::at_most_once), 7) == codes{0});
+  }
+  mb::broker_options o;
+  o.wildcard_subscriptions = false;
+  o.subscription_identifiers = false;
+  world<> w(o);
+  auto& v5 = w.open(protocol_version::v5);
+  w.connect(v5, hello("five"), protocol_version::v5);
+  const rx ack = v5.only(CONNACK);
+  CHECK(ack.wildcard_subscription_available == 0);
+  CHECK(ack.subscription_identifier_available == 0);
+  CHECK(ack.shared_subscription_available == 1);
+
+  const auto no_wildcard = code(reason_code::wildcard_subscriptions_not_supported);
+  codec::subscribe s;
+  s.packet_id = 3;
+  for (const char* f : {"a/+", "plain/topic", "a/#", "$share/g/x/#", "$share/g/exact", "a/+/b/#"})
+    s.entries.push_back({f, {qos::at_least_once}});
+  w.feed(v5, s);
+  CHECK(v5.only(SUBACK).codes == codes{no_wildcard, 1, no_wildcard, no_wildcard, 1, no_wildcard});
+  CHECK(v5.is_open());  // refused in SUBACK, not with DISCONNECT
+
+  // A Subscription Identifier refuses every filter of its SUBSCRIBE, wildcards or not.
+  codec::subscribe with_id;
+  with_id.packet_id = 4;
+  codec::properties_builder props;
+  props.add(codec::property_id::subscription_identifier, 5);
+  with_id.properties = props.view();
+  with_id.entries.push_back({"id/plain", {qos::at_least_once}});
+  with_id.entries.push_back({"id/+", {qos::at_least_once}});
+  w.feed(v5, with_id);
+  const auto no_ids = code(reason_code::subscription_identifiers_not_supported);
+  CHECK(v5.only(SUBACK).codes == codes{no_ids, no_ids});
+  CHECK(v5.is_open());
+
+  auto& old = w.connected(hello("three"));
+  CHECK(subscribe_to(w, old, "a/+", at(qos::at_least_once)) == codes{0x80});  // 3.1.1 [MQTT-3.8.3-2]
+  CHECK(subscribe_to(w, old, "a/#", at(qos::at_least_once)) == codes{0x80});
+  CHECK(subscribe_to(w, old, "a/b", at(qos::at_least_once)) == codes{1});
+
+  // Nothing refused was subscribed: only the exact filters get messages.
+  auto& pub = w.connected(hello("pub"));
+  for (const char* t : {"a/b", "a/x", "plain/topic", "id/plain", "x/y"}) send(w, pub, t, t);
+  CHECK(payloads(old) == strings{"a/b"});
+  CHECK(payloads(v5) == strings{"plain/topic"});
+
+  // Each switch alone: identifiers refused, wildcards taken.
+  mb::broker_options ids_only;
+  ids_only.subscription_identifiers = false;
+  world<> i(ids_only);
+  auto& c = i.connected(hello("c"), protocol_version::v5);
+  CHECK(subscribe_to(i, c, "a/+", at(qos::at_most_once)) == codes{0});
+  CHECK(subscribe_to(i, c, "a/b", at(qos::at_most_once), 9) == codes{no_ids});
+}
+
+namespace {
+
+/// Authenticated users "away" are sent elsewhere for now, "moved" for good; authenticate (from
+/// auth_hooks) refuses "bad" first. `asked` gets the client identifier of each CONNECT asked about.
+struct redirect_hooks : auth_hooks {
+  std::vector<std::string>* asked = nullptr;
+  std::optional<mb::hooks::redirection> redirect(const mb::hooks::connect_info& c) {
+    asked->push_back(std::string(c.client_id));
+    if (c.username && *c.username == "away") return mb::hooks::redirection{"b.example:1883", false};
+    if (c.username && *c.username == "moved") return mb::hooks::redirection{"c.example:1883 d.example:1883", true};
+    return std::nullopt;
+  }
+};
+struct redirect_policies : plain_policies {
+  using hooks = redirect_hooks;
+};
+
+}  // namespace
+
+TEST_CASE("engine: the redirect hook refuses an authenticated CONNECT: CONNACK 0x9C or 0x9D with Server Reference, 3 in 3.1.1",
+          "[engine][hooks][redirect][v5][MQTT-3.2.2-4][MQTT-3.2.2-5][MQTT-3.2.2-6][MQTT-3.2.2-7][MQTT-3.1.2-24]") {
+  static_assert(mb::hooks::has_redirect_v<redirect_hooks> && mb::hooks::needs_client_info_v<redirect_hooks> &&
+                !mb::hooks::has_redirect_v<auth_hooks>);
+  std::vector<std::string> asked;
+  world<redirect_policies> w({}, redirect_hooks{{}, &asked});
+  // A kept session with a message queued, and a live connection: neither may change.
+  auto& kept = w.connected(hello("kept", false));
+  w.subscribe(kept, "t", qos::at_least_once);
+  w.drop(kept);
+  auto& live = w.connected(hello("live"), protocol_version::v5);
+  auto& pub = w.connected(hello("pub"));
+  send(w, pub, "t", "queued", qos::at_least_once, 1);
+  pub.received();
+  asked.clear();
+
+  struct attempt {
+    const char* id;
+    const char* user;
+    protocol_version v;
+    std::uint8_t connack;
+    std::optional<std::string> reference;
+  };
+  const attempt cases[] = {
+      {"kept", "away", protocol_version::v5, code(reason_code::use_another_server), "b.example:1883"},
+      {"live", "moved", protocol_version::v5, code(reason_code::server_moved), "c.example:1883 d.example:1883"},
+      {"kept", "away", protocol_version::v3_1_1, 3, std::nullopt},  // Server unavailable
+      {"x", "bad", protocol_version::v5, code(reason_code::bad_user_name_or_password), std::nullopt},
+  };
+  for (const attempt& a : cases) {
+    auto& l = w.open(a.v);
+    w.connect(l, hello(a.id).user(a.user), a.v);  // Clean Start 1: it would have ended "kept"
+    const rx ack = l.only(CONNACK);
+    CHECK(ack.code == a.connack);
+    CHECK_FALSE(ack.session_present);
+    CHECK(ack.server_reference == a.reference);
+    CHECK_FALSE(l.is_open());
+  }
+  // Asked after authentication, so never for the refused "x".
+  CHECK(asked == std::vector<std::string>{"kept", "live", "kept"});
+  CHECK(live.is_open());
+  CHECK(live.received().empty());  // not taken over
+  CHECK(w.engine.stats().sessions == 3);
+  auto& back = w.open();
+  w.connect(back, hello("kept", false), protocol_version::v3_1_1);
+  auto got = back.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].session_present);
+  CHECK(got[1].payload == "queued");
+
+  // The Server Reference only where the client's Maximum Packet Size takes the CONNACK: 22 bytes
+  // (fixed header 2, flags and reason 2, property length 1, the property 3 + 14).
+  for (const std::uint32_t max : {22u, 21u}) {
+    auto& l = w.open(protocol_version::v5);
+    w.connect(l, hello("small").user("away").maximum_packet_size(max), protocol_version::v5);
+    const rx ack = l.only(CONNACK);
+    CHECK(ack.code == code(reason_code::use_another_server));
+    CHECK(ack.server_reference.has_value() == (max == 22));
+  }
+}
+
+TEST_CASE("engine: redirect() of a connected client: DISCONNECT 0x9C or 0x9D with Server Reference, a close in 3.1.1",
+          "[engine][redirect][v5][MQTT-3.14.2-1][MQTT-4.13.2-1][MQTT-3.1.2-8][MQTT-3.1.2-24]") {
+  world<> w;
+  auto& watcher = w.connected(hello("watcher"));
+  w.subscribe(watcher, "will/#", qos::at_most_once);
+  auto& five = w.connected(hello("five").will("will/five"), protocol_version::v5);
+  CHECK(w.engine.redirect("five", "b.example:1883", false));
+  CHECK(five.received().empty());  // not inside the caller: on the link's own thread
+  CHECK(five.is_open());
+  w.run_events();
+  const rx d = five.only(DISCONNECT);
+  CHECK(d.code == code(reason_code::use_another_server));
+  CHECK(d.server_reference == std::optional<std::string>("b.example:1883"));
+  CHECK_FALSE(five.is_open());
+  CHECK(payloads(watcher) == strings{"will"});  // a close the client did not ask for
+
+  auto& moved = w.connected(hello("moved"), protocol_version::v5);
+  CHECK(w.engine.redirect("moved", "c.example:1883", true));
+  w.run_events();
+  CHECK(moved.only(DISCONNECT).code == code(reason_code::server_moved));
+
+  auto& old = w.connected(hello("old").will("will/old"));
+  CHECK(w.engine.redirect("old", "b.example:1883", true));
+  w.run_events();
+  CHECK(old.received().empty());  // 3.1.1 has no DISCONNECT from the server
+  CHECK_FALSE(old.is_open());
+  CHECK(payloads(watcher) == strings{"will"});
+
+  CHECK_FALSE(w.engine.redirect("nobody", "b.example:1883", false));
+  CHECK_FALSE(w.engine.redirect("old", "b.example:1883", false));  // gone with its connection
+  auto& offline = w.connected(hello("offline", false));
+  w.drop(offline);
+  CHECK_FALSE(w.engine.redirect("offline", "b.example:1883", false));  // a session, not connected
+
+  // Within the client's Maximum Packet Size, or without the Server Reference: 21 bytes with it
+  // (fixed header 2, reason 1, property length 1, the property 3 + 14).
+  for (const std::uint32_t max : {21u, 20u}) {
+    auto& l = w.connected(hello("small").maximum_packet_size(max), protocol_version::v5);
+    CHECK(w.engine.redirect("small", "b.example:1883", false));
+    w.run_events();
+    const rx dis = l.only(DISCONNECT);
+    CHECK(dis.code == code(reason_code::use_another_server));
+    CHECK(dis.server_reference.has_value() == (max == 21));
+  }
+
+  // Taken over before its thread got to it: the redirection was for the old connection only.
+  auto& first = w.connected(hello("twice"), protocol_version::v5);
+  CHECK(w.engine.redirect("twice", "b.example:1883", false));
+  auto& second = w.connected(hello("twice"), protocol_version::v5);
+  CHECK(first.only(DISCONNECT).code == code(reason_code::session_taken_over));
+  CHECK(second.is_open());
+  CHECK(second.received().empty());
+}
+
+TEST_CASE("engine: max_publish_rate per second of the clock: the PUBLISH over it gets DISCONNECT 0x96, a close in 3.1.1",
+          "[engine][rate][v5][MQTT-3.14.2-1][MQTT-4.13.2-1]") {
+  std::vector<std::pair<mb::log_level, std::string>> lines;
+  mb::broker_options o;
+  o.max_publish_rate = 3;
+  world<log_policies> w(o, log_hooks{&lines});
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "r/#", qos::at_most_once);
+  auto& five = w.connected(hello("five").will("r/will"), protocol_version::v5);
+  // w.now is on a whole second: two at its start, the third 999 ms later, three in the next second.
+  send(w, five, "r/t", "1");
+  send(w, five, "r/t", "2");
+  w.advance(milliseconds(999));
+  send(w, five, "r/t", "3");
+  w.advance(milliseconds(1));
+  for (const char* p : {"4", "5", "6"}) send(w, five, "r/t", p);
+  CHECK(five.received().empty());
+  CHECK(w.engine.stats().rate_limited == 0);
+  send(w, five, "r/t", "7");  // the fourth in this second
+  CHECK(five.only(DISCONNECT).code == code(reason_code::message_rate_too_high));
+  CHECK_FALSE(five.is_open());
+  CHECK(payloads(sub) == strings{"1", "2", "3", "4", "5", "6", "will"});
+  CHECK(w.engine.stats().rate_limited == 1);
+  CHECK(w.engine.stats().protocol_errors == 0);
+  CHECK(std::count(lines.begin(), lines.end(),
+                   std::make_pair(mb::log_level::notice,
+                                  std::string("client 'five': more than 3 PUBLISH packets in a second; closing"))) == 1);
+
+  auto& old = w.connected(hello("old"));
+  for (std::uint16_t i = 1; i <= 3; ++i) send(w, old, "r/q", "q", qos::at_least_once, i);
+  CHECK(old.received().size() == 3);  // PUBACKs
+  send(w, old, "r/q", "over", qos::at_least_once, 4);
+  CHECK(old.received().empty());  // no PUBACK: not handled; 3.1.1 has no DISCONNECT from the server
+  CHECK_FALSE(old.is_open());
+  CHECK(payloads(sub) == strings{"q", "q", "q"});
+  CHECK(w.engine.stats().rate_limited == 2);
+
+  // 0: no limit.
+  world<> unlimited;
+  auto& fast = unlimited.connected(hello("fast"));
+  for (int i = 0; i < 1000; ++i) send(unlimited, fast, "r/t", "m");
+  CHECK(fast.is_open());
+  CHECK(unlimited.engine.stats().rate_limited == 0);
+}

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -29,9 +30,17 @@ void say(level l, fmt::format_string<Args...> f, Args&&... args) {
 
 /// The broker's own log messages (refused connections, protocol errors, timeouts, connections at
 /// info), and where each client came from and what it subscribed to at debug; the broker calls
-/// these only because they exist.
+/// these only because they exist. With --redirect, every authenticated client is sent to that
+/// server instead (a server being retired, say).
 struct logging_hooks {
+  std::string redirect_to;  // empty: no redirection
+  bool redirect_permanent = false;
+
   void log(level l, std::string_view message) { print(l, message); }
+  std::optional<mqttbroker::hooks::redirection> redirect(const mqttbroker::hooks::connect_info&) {
+    if (redirect_to.empty()) return std::nullopt;
+    return mqttbroker::hooks::redirection{redirect_to, redirect_permanent};
+  }
   void on_connect(const mqttbroker::hooks::client_info& c) {
     say(level::debug, "{} is {}:{} on listener {} ({})", c.client_id, c.peer_address, c.peer_port,
           c.listener ? c.listener->index : 0, c.listener ? c.listener->transport : "none");
@@ -50,9 +59,10 @@ struct mt_policies : mqttbroker::default_policies {
 };
 
 template <class Broker>
-int serve(const mqttbroker::broker_options& opts, const std::string& bind, std::uint16_t port, unsigned threads) {
+int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::string& bind,
+          std::uint16_t port, unsigned threads) {
   asio::io_context io(static_cast<int>(threads));
-  Broker broker(io, opts);
+  Broker broker(io, opts, hooks);
   typename Broker::listen_options lo;
   lo.address = bind;
   lo.port = port;
@@ -95,6 +105,7 @@ int main(int argc, char** argv) {
   unsigned threads = 1;
   std::string level_name = "info";
   mqttbroker::broker_options opts;
+  logging_hooks hooks;
   unsigned connect_timeout_ms = static_cast<unsigned>(opts.connect_timeout.count());
   std::uint64_t session_expiry_s = static_cast<std::uint64_t>(opts.persistent_session_expiry.count());
   unsigned sys_interval_s = static_cast<unsigned>(opts.sys_interval.count());
@@ -131,6 +142,19 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none)")
       ->capture_default_str();
+  app.add_option("--max-publish-rate", opts.max_publish_rate,
+                 "PUBLISH packets a client may send per second; over it: disconnected (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--wildcard-subscriptions", opts.wildcard_subscriptions,
+                 "5.0 Wildcard Subscription Available; false refuses filters with + or # (true/false)")
+      ->capture_default_str();
+  app.add_option("--subscription-identifiers", opts.subscription_identifiers,
+                 "5.0 Subscription Identifiers Available; false refuses SUBSCRIBEs that carry one (true/false)")
+      ->capture_default_str();
+  app.add_option("--redirect", hooks.redirect_to,
+                 "send every authenticated client to this server (5.0 Server Reference; 3.1.1 is refused)");
+  app.add_flag("--redirect-permanent", hooks.redirect_permanent,
+               "with --redirect: Server moved (0x9D) instead of Use another server (0x9C)");
   app.set_version_flag("--version", fmt::format("mqttbroker {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
                                                 MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
   CLI11_PARSE(app, argc, argv);
@@ -144,8 +168,8 @@ int main(int argc, char** argv) {
   opts.stuck_client_timeout = std::chrono::milliseconds(stuck_ms);
 
   try {
-    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, bind, port, threads);
-    return serve<mqttbroker::broker<mt_policies>>(opts, bind, port, threads);
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, bind, port, threads);
+    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, bind, port, threads);
   } catch (const std::exception& e) {
     say(level::error, "{}", e.what());
     return 1;

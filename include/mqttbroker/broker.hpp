@@ -214,6 +214,16 @@ class broker {
   /// Ends an in-process subscription; true when it existed.
   bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
 
+  /// Sends the connected client `client_id` to another server (MQTT 5.0 section 4.11): a 5.0
+  /// client gets DISCONNECT 0x9C (Use another server), or 0x9D (Server moved) when `permanent`,
+  /// with `server_reference` as its Server Reference; a 3.1.1 client's connection is closed. Its
+  /// will goes out as for any close it did not ask for. From any thread (broker_mt) or the
+  /// io_context's (broker<>); done on the connection's own thread after this returns. False when
+  /// no client with that identifier is connected.
+  bool redirect(std::string_view client_id, std::string_view server_reference, bool permanent = false) {
+    return ctx_.engine_.redirect(client_id, server_reference, permanent);
+  }
+
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();
     s.handshake_failures = ctx_.handshake_failures.load();

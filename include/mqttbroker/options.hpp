@@ -50,6 +50,18 @@ struct broker_options {
   /// clients as Mosquitto and EMQX offer them). When false, CONNACK says Shared Subscription
   /// Available 0 and such a SUBSCRIBE is refused (5.0 reason 0x9E, 3.1.1 0x80).
   bool shared_subscriptions = true;
+  /// Wildcard Subscriptions (`+` and `#` in a client's filter). When false, CONNACK says Wildcard
+  /// Subscription Available 0 and such a filter is refused (5.0 reason 0xA2, 3.1.1 0x80). The
+  /// host's in-process subscribe() is not limited.
+  bool wildcard_subscriptions = true;
+  /// 5.0 Subscription Identifiers. When false, CONNACK says Subscription Identifiers Available 0
+  /// and every filter of a SUBSCRIBE that carries one is refused with 0xA1.
+  bool subscription_identifiers = true;
+  /// PUBLISH packets a client may send per second, counted in whole seconds of the broker's
+  /// clock; 0: no limit. The one over it ends the connection (not handled): 5.0 DISCONNECT 0x96
+  /// (Message rate too high), 3.1.1 a close; counted in broker_stats::rate_limited. The will, if
+  /// any, goes out as for any close the client did not ask for.
+  std::uint32_t max_publish_rate = 0;
   /// Subscriptions one client may hold.
   std::size_t max_subscriptions_per_client = 10'000;
   /// Levels in a topic name or filter.

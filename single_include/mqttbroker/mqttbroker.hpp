@@ -3477,6 +3477,18 @@ struct broker_options {
   /// clients as Mosquitto and EMQX offer them). When false, CONNACK says Shared Subscription
   /// Available 0 and such a SUBSCRIBE is refused (5.0 reason 0x9E, 3.1.1 0x80).
   bool shared_subscriptions = true;
+  /// Wildcard Subscriptions (`+` and `#` in a client's filter). When false, CONNACK says Wildcard
+  /// Subscription Available 0 and such a filter is refused (5.0 reason 0xA2, 3.1.1 0x80). The
+  /// host's in-process subscribe() is not limited.
+  bool wildcard_subscriptions = true;
+  /// 5.0 Subscription Identifiers. When false, CONNACK says Subscription Identifiers Available 0
+  /// and every filter of a SUBSCRIBE that carries one is refused with 0xA1.
+  bool subscription_identifiers = true;
+  /// PUBLISH packets a client may send per second, counted in whole seconds of the broker's
+  /// clock; 0: no limit. The one over it ends the connection (not handled): 5.0 DISCONNECT 0x96
+  /// (Message rate too high), 3.1.1 a close; counted in broker_stats::rate_limited. The will, if
+  /// any, goes out as for any close the client did not ask for.
+  std::uint32_t max_publish_rate = 0;
   /// Subscriptions one client may hold.
   std::size_t max_subscriptions_per_client = 10'000;
   /// Levels in a topic name or filter.
@@ -3895,6 +3907,16 @@ enum class auth_result {
   not_authorized,   // 3.1.1 return code 5, 5.0 0x87
 };
 
+/// redirect()'s answer: where the client is to go instead (5.0 section 4.11).
+struct redirection {
+  /// The Server Reference sent to 5.0 clients ("host:port", or several separated by spaces, as
+  /// the host's clients understand it); left out when empty, not UTF-8, or too large for the
+  /// client's Maximum Packet Size.
+  std::string server_reference;
+  /// false: 0x9C Use another server (for now); true: 0x9D Server moved (for good).
+  bool permanent = false;
+};
+
 /// A completion a hook answers through, once (calls after the first do nothing), from any
 /// thread. A reply destroyed without an answer leaves its client to the exchange's time limit.
 template <class Answer>
@@ -4005,6 +4027,7 @@ using auth_step_reply = basic_reply<auth_step>;
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 ///   void log(log_level, std::string_view message);  // up to broker_options::log_level
 ///   void authenticate_enhanced(const auth_exchange&, auth_step_reply);  // 5.0 AUTH exchanges
+///   std::optional<redirection> redirect(const connect_info&);  // after authentication
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -4013,7 +4036,10 @@ using auth_step_reply = basic_reply<auth_step>;
 /// client_id), after the connection they came from may be gone. Hooks run on the broker's
 /// handlers and must not block: an authentication that asks a database or a remote service takes
 /// the auth_reply form. A CONNECT with an Authentication Method goes to authenticate_enhanced()
-/// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate().
+/// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate(). redirect()
+/// sees every CONNECT that authentication accepted (without its password), before the session is
+/// touched: an answer refuses it with CONNACK 0x9C or 0x9D and its Server Reference (5.0) or
+/// CONNACK 3, Server unavailable (3.1.1).
 struct none {};
 
 namespace detail {
@@ -4118,6 +4144,9 @@ MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view me
 MQTTBROKER_HOOK(authenticate_enhanced, void, true, false,
                 "void authenticate_enhanced(const hooks::auth_exchange&, hooks::auth_step_reply)",
                 std::declval<const auth_exchange&>(), std::declval<auth_step_reply>())
+MQTTBROKER_HOOK(redirect, std::optional<redirection>, true, false,
+                "std::optional<hooks::redirection> redirect(const hooks::connect_info&)",
+                std::declval<const connect_info&>())
 #undef MQTTBROKER_HOOK
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
@@ -4131,7 +4160,7 @@ constexpr bool check_hooks() {
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
                             on_connect_refused_hook<H>::value,  log_hook<H>::value,
-                            authenticate_enhanced_hook<H>::value};
+                            authenticate_enhanced_hook<H>::value, redirect_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -4145,7 +4174,7 @@ inline constexpr bool needs_client_info_v =
     detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
     detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
     detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value ||
-    detail::authenticate_enhanced_hook<H>::value;
+    detail::authenticate_enhanced_hook<H>::value || detail::redirect_hook<H>::value;
 
 template <class H>
 inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
@@ -4171,6 +4200,8 @@ template <class H>
 inline constexpr bool has_log_v = detail::log_hook<H>::value;
 template <class H>
 inline constexpr bool has_authenticate_enhanced_v = detail::authenticate_enhanced_hook<H>::value;
+template <class H>
+inline constexpr bool has_redirect_v = detail::redirect_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE
@@ -4520,6 +4551,8 @@ class state {
     t.send_window = receive_maximum;
     t.max_packet_size = maximum_packet_size;
   }
+  /// The connected client's Maximum Packet Size; 0: none.
+  std::uint32_t client_max_packet_size() const noexcept { return traffic_ ? traffic_->max_packet_size : 0; }
   /// Whether `o` may go to the connected client as one PUBLISH (its Maximum Packet Size).
   bool fits(const outgoing& o) const noexcept {
     return !traffic_ || traffic_->max_packet_size == 0 || wire_size_v5(o) <= traffic_->max_packet_size;
@@ -6668,6 +6701,7 @@ enum class link_event : std::uint8_t {
   committed,       // the storage made changes durable: held acknowledgements may go
   authenticated,   // an asynchronous authenticate answered
   auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
+  redirect,        // the host sends this client to another server (protocol::redirect)
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -6727,10 +6761,14 @@ class topic_aliases {
 };
 
 /// What few connections need, made on first use: a will, topic aliases (these apart again: a
-/// will is common, and its connection should not carry alias tables it does not use).
+/// will is common, and its connection should not carry alias tables it does not use), the count
+/// of a rate limit.
 struct link_extras {
   message_ptr will;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
+  // broker_options::max_publish_rate: PUBLISH packets counted in the clock's second `rate_second`.
+  std::uint32_t rate_second = 0;
+  std::uint32_t rate_count = 0;
   std::unique_ptr<topic_aliases> aliases;
 
   topic_aliases& alias_table() {
@@ -6985,8 +7023,9 @@ class link : public detail::list_links,
     note_queued(q.bytes - before, now);
   }
 
-  /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
-  void close(reason_code reason, bool notify, bool graceful, steady_time now) {
+  /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` (and `props`) when
+  /// `notify`.
+  void close(reason_code reason, bool notify, bool graceful, steady_time now, codec::properties_view props = {}) {
     if (closed_) return;
     // One DISCONNECT at most: a connection already closing (a protocol error, say) may still be
     // taken over or stopped before its write completes, and nothing follows a DISCONNECT
@@ -6994,6 +7033,7 @@ class link : public detail::list_links,
     if (notify && connected_ && version_ == codec::protocol_version::v5 && !disconnect_queued_) {
       codec::disconnect d;
       d.reason = reason;
+      d.properties = props;
       enqueue(d, version_, now);
       disconnect_queued_ = true;
     }
@@ -7300,6 +7340,7 @@ struct broker_stats {
   std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
   std::uint64_t connect_timeouts = 0;
   std::uint64_t keep_alive_timeouts = 0;
+  std::uint64_t rate_limited = 0;         // connections closed for sending over max_publish_rate
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
   std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
@@ -8790,12 +8831,32 @@ class protocol : public core<Policies> {
       case link_event::committed: this->on_committed(l, now); return false;
       case link_event::authenticated: return on_authenticated(l, now);
       case link_event::auth_step: return on_auth_step(l, now);
+      case link_event::redirect: on_redirect(l, now); return false;
     }
     return false;
   }
 
   /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
   void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
+
+  /// Sends the connected client `client_id` to another server (5.0 section 4.11): a 5.0 client
+  /// gets DISCONNECT 0x9C Use another server, or 0x9D Server moved when `permanent`, with
+  /// `server_reference` as its Server Reference; a 3.1.1 client is disconnected. From any thread;
+  /// the connection's own thread does it (link_event::redirect). False when no client of that
+  /// identifier is connected.
+  bool redirect(std::string_view client_id, std::string_view server_reference, bool permanent) {
+    detail::ref_ptr<link_type> target;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = sessions_.find(client_id);
+      if (it == sessions_.end() || !it->second->conn) return false;
+      target = it->second->conn;
+      redirects_.emplace_back(target.get(), hooks::redirection{std::string(server_reference), permanent});
+    }
+    // Posted even with one thread: the caller may be inside this client's own handler.
+    target->post(link_event::redirect);
+    return true;
+  }
 
   /// The sweep saw `l`'s deadline pass (checked again here, on its own executor). True when a
   /// paused reader is to resume reading.
@@ -8941,6 +9002,91 @@ class protocol : public core<Policies> {
   void violation(link_type& l, std::error_code ec, steady_time now) {
     l.mark_closing();  // stop decoding this read
     on_malformed(l, ec, l.version_, now);
+  }
+
+  // ---- server redirection (5.0 section 4.11)
+
+  /// Adds the Server Reference to `p` (a CONNACK or DISCONNECT to a 5.0 client, its reason set)
+  /// through `props`, unless it is empty, no UTF-8 string, or would make `p` larger than the
+  /// client's Maximum Packet Size `max_packet` (0: none) [MQTT-3.1.2-24]: the property is a MAY.
+  template <class Packet>
+  static void add_server_reference(Packet& p, codec::properties_builder& props, std::string_view reference,
+                                   std::uint32_t max_packet) {
+    if (reference.empty() || reference.size() > 0xFFFF || codec::validate_utf8(reference)) return;
+    props.add(codec::property_id::server_reference, reference);
+    p.properties = props.view();
+    std::size_t size = 0;
+    if (codec::encoded_size(p, codec::protocol_version::v5, size) || (max_packet != 0 && size > max_packet)) {
+      props.clear();
+      p.properties = codec::properties_view();
+    }
+  }
+
+  /// The host's redirect() answered a CONNECT: 5.0 CONNACK 0x9C or 0x9D with the Server
+  /// Reference; 3.1.1 has no code for it, and CONNACK 3 (Server unavailable) comes closest.
+  void refuse_redirected(link_type& l, const hooks::connect_info& info, const hooks::redirection& to,
+                         std::uint32_t max_packet, steady_time now) {
+    const reason_code why = to.permanent ? reason_code::server_moved : reason_code::use_another_server;
+    codec::properties_builder props;
+    if (info.version == codec::protocol_version::v5) {
+      codec::connack ack;
+      ack.code = static_cast<std::uint8_t>(why);
+      add_server_reference(ack, props, to.server_reference, max_packet);
+    }
+    refuse_connect_code(l, info, why, connack_return_code::server_unavailable, now, props.view());
+  }
+
+  /// link_event::redirect: the redirection the host asked for this link, if it is still
+  /// connected. Not graceful: the will goes out, as for any close the client did not ask for
+  /// [MQTT-3.1.2-8].
+  void on_redirect(link_type& l, steady_time now) {
+    std::optional<hooks::redirection> to;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = std::find_if(redirects_.begin(), redirects_.end(), [&](const auto& r) { return r.first == &l; });
+      if (it == redirects_.end()) return;
+      to = std::move(it->second);
+      redirects_.erase(it);
+    }
+    if (!l.connected_ || l.is_closing()) return;  // taken over or closed meanwhile
+    const reason_code why = to->permanent ? reason_code::server_moved : reason_code::use_another_server;
+    this->log(log_level::notice, "client '{}': redirected to '{}' ({})", l.client_id(), to->server_reference,
+              to_string(why));
+    codec::properties_builder props;
+    codec::disconnect d;
+    d.reason = why;
+    if (l.version() == codec::protocol_version::v5) {
+      std::uint32_t max_packet;
+      {
+        session_guard lk(*this, *l.session());
+        max_packet = l.session()->state.client_max_packet_size();
+      }
+      add_server_reference(d, props, to->server_reference, max_packet);
+    }
+    l.close(why, true, false, now, d.properties);
+  }
+
+  // ---- PUBLISH rate
+
+  /// broker_options::max_publish_rate: counts a PUBLISH in the clock's current second. Over the
+  /// limit the PUBLISH is not handled and the connection ends: 5.0 DISCONNECT 0x96 (Message rate
+  /// too high), 3.1.1 a close. True then.
+  bool over_publish_rate(link_type& l, steady_time now) {
+    link_extras& x = l.more();
+    const std::uint32_t second = clock_seconds(now);
+    if (x.rate_second != second) {
+      x.rate_second = second;
+      x.rate_count = 0;
+    }
+    if (++x.rate_count <= opts_.max_publish_rate) return false;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.rate_limited;
+    }
+    this->log(log_level::notice, "client '{}': more than {} PUBLISH packets in a second; closing", l.client_id(),
+              opts_.max_publish_rate);
+    l.close(reason_code::message_rate_too_high, true, false, now);
+    return true;
   }
 
   // ---- CONNECT
@@ -9372,6 +9518,13 @@ class protocol : public core<Policies> {
   /// (after an AUTH exchange with its method and final data, `auth` and `auth_data`).
   void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
                       const std::optional<std::string>* auth_data = nullptr) {
+    if constexpr (hooks::has_redirect_v<hooks_type>) {
+      // Authenticated, and no session touched yet: the host may still send the client elsewhere.
+      hooks::connect_info info = connect_info_of(l, r);
+      info.password.reset();
+      if (std::optional<hooks::redirection> to = hooks_.redirect(info))
+        return refuse_redirected(l, info, *to, r.maximum_packet_size, now);
+    }
     const auto v = r.version;
     const bool v5 = v == codec::protocol_version::v5;
     const std::string& client_id = r.client_id;
@@ -9455,7 +9608,10 @@ class protocol : public core<Policies> {
       // Only to a client that asked, and then optional [MQTT-3.1.2-28].
       if (r.wants_response_information && !opts_.response_information.empty())
         props.add(codec::property_id::response_information, opts_.response_information);
+      // Said either way, 1 included, as these three have always been.
       props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
+      props.add(codec::property_id::wildcard_subscription_available, opts_.wildcard_subscriptions ? 1 : 0);
+      props.add(codec::property_id::subscription_identifier_available, opts_.subscription_identifiers ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       // After an AUTH exchange the CONNECT's method [MQTT-4.12.0-5] and the final data, if any;
@@ -9525,6 +9681,7 @@ class protocol : public core<Policies> {
   // ---- PUBLISH and the acknowledgements
 
   void on_publish(link_type& l, codec::publish& p, steady_time now) {
+    if (opts_.max_publish_rate != 0 && over_publish_rate(l, now)) return;
     const bool v5 = l.version() == codec::protocol_version::v5;
     if (v5 && !p.properties.empty()) {
       if (auto a = p.properties.find(codec::property_id::topic_alias)) {
@@ -9708,10 +9865,15 @@ class protocol : public core<Policies> {
 
   void on_subscribe(link_type& l, const codec::subscribe& s, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    std::uint32_t sub_id = 0;
+    std::uint32_t sub_id = 0;  // the decoder refused 0
     if (v5) {
       if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
     }
+    // A feature CONNACK said is unavailable, asked for anyway: SUBACK refuses the filter (0xA1,
+    // 0xA2, 0x9E; 3.1.1 0x80), and the connection stays. 5.0 sections 3.2.2.3.12 to 3.2.2.3.14
+    // also allow calling it a Protocol Error (DISCONNECT with that code); section 3.9.3 gives
+    // SUBACK the same codes, and refusing one subscription is all that is needed.
+    const bool ids_refused = sub_id != 0 && !opts_.subscription_identifiers;
     const topic::limits lim = topic_limits();
     const bool shares = opts_.shared_subscriptions;
     if (v5 && shares) {
@@ -9728,6 +9890,10 @@ class protocol : public core<Policies> {
     ack.reasons.reserve(s.entries.size());
     session_type* rec = l.session();
     for (const codec::subscribe_entry& e : s.entries) {
+      if (ids_refused) {
+        ack.reasons.push_back(reason_code::subscription_identifiers_not_supported);  // each filter
+        continue;
+      }
       // `$share/{ShareName}/{filter}` [MQTT-4.8.2-1] [MQTT-4.8.2-2], also from 3.1.1 clients (as
       // Mosquitto and EMQX accept it); switched off, it is refused as unsupported.
       std::error_code invalid;
@@ -9742,6 +9908,11 @@ class protocol : public core<Policies> {
       }
       if (!shares && topic::is_shared_filter(e.filter)) {
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
+        continue;
+      }
+      if (!opts_.wildcard_subscriptions && topic::has_wildcards(e.filter)) {
+        // 3.1.1 [MQTT-3.8.3-2]: a server without wildcards refuses every filter that has one.
+        ack.reasons.push_back(v5 ? reason_code::wildcard_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
       }
       // Granted at most the server's Maximum QoS: the SUBSCRIBE itself is still accepted [MQTT-3.2.2-10].
@@ -9864,6 +10035,8 @@ class protocol : public core<Policies> {
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
+  // Redirections the host asked for (redirect()), until their links take them. state_mutex_.
+  std::vector<std::pair<const link_type*, hooks::redirection>> redirects_;
 };
 
 }  // namespace engine
@@ -10859,6 +11032,16 @@ class broker {
 
   /// Ends an in-process subscription; true when it existed.
   bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
+
+  /// Sends the connected client `client_id` to another server (MQTT 5.0 section 4.11): a 5.0
+  /// client gets DISCONNECT 0x9C (Use another server), or 0x9D (Server moved) when `permanent`,
+  /// with `server_reference` as its Server Reference; a 3.1.1 client's connection is closed. Its
+  /// will goes out as for any close it did not ask for. From any thread (broker_mt) or the
+  /// io_context's (broker<>); done on the connection's own thread after this returns. False when
+  /// no client with that identifier is connected.
+  bool redirect(std::string_view client_id, std::string_view server_reference, bool permanent = false) {
+    return ctx_.engine_.redirect(client_id, server_reference, permanent);
+  }
 
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();

@@ -1,6 +1,7 @@
 """MQTT 5.0 features that a client asks for or sets, with paho-mqtt (MQTTv5) and hand-written
 packets where paho cannot express the case: the client's Receive Maximum and Maximum Packet Size,
-Message Expiry, Topic Aliases both ways."""
+Message Expiry, Topic Aliases both ways; and what the server's flags switch: Wildcard Subscriptions
+and Subscription Identifiers off, redirection to another server, a PUBLISH rate limit."""
 
 import struct
 import time
@@ -14,6 +15,10 @@ MAXIMUM_PACKET_SIZE = 0x27
 TOPIC_ALIAS_MAXIMUM = 0x22
 TOPIC_ALIAS = 0x23
 MESSAGE_EXPIRY = 0x02
+SUBSCRIPTION_IDENTIFIER = 0x0B
+SERVER_REFERENCE = 0x1C
+WILDCARD_SUBSCRIPTION_AVAILABLE = 0x28
+SUBSCRIPTION_IDENTIFIER_AVAILABLE = 0x29
 
 
 class ClientLimits(h.BrokerTestCase):
@@ -122,6 +127,116 @@ class TopicAliases(h.BrokerTestCase):
         self.assertEqual(seen, ["tb/a", "tb/a", "tb/b", "tb/b"])
         self.assertEqual(wire, ["tb/a", "", "tb/b", ""])
 
+
+class SubscriptionFeaturesOff(h.BrokerTestCase):
+    broker_args = ("--wildcard-subscriptions", "false", "--subscription-identifiers", "false")
+
+    def test_connack_says_so_and_suback_refuses(self):
+        """CONNACK says Wildcard Subscription Available 0 and Subscription Identifiers Available 0;
+        a filter with a wildcard gets SUBACK 0xA2 (3.1.1: 0x80 [MQTT-3.8.3-2]), a SUBSCRIBE with a
+        Subscription Identifier 0xA1 for each filter; the connections stay."""
+        c = self.paho("off-v5", V5, connect_now=False)
+        _, code, props = c.connect()
+        self.assertEqual(code, 0)
+        self.assertEqual(getattr(props, "WildcardSubscriptionAvailable", None), 0)
+        self.assertEqual(getattr(props, "SubscriptionIdentifierAvailable", None), 0)
+        self.assertEqual(c.subscribe("off/+", 1), [0xA2])
+        self.assertEqual(c.subscribe("off/#", 1), [0xA2])
+        self.assertEqual(c.subscribe("off/exact", 1), [1])
+        old = self.paho("off-v311", h.V311)
+        self.assertEqual(old.subscribe("off/+", 1), [0x80])
+        raw, _ = self.raw_connected("off-raw", V5)
+        with_id = struct.pack("!H", 7) + h.props((SUBSCRIPTION_IDENTIFIER, h.varint(5)))
+        with_id += h.utf8("off/exact") + bytes([1]) + h.utf8("off/other") + bytes([1])
+        raw.send(h.packet(0x82, with_id))
+        ack = raw.expect(h.SUBACK)
+        self.assertEqual(ack.body, struct.pack("!H", 7) + b"\x00" + b"\xa1\xa1")  # no properties, two codes
+        pub = self.paho("off-pub", V5)
+        pub.publish("off/exact", b"m", 1)
+        self.assertEqual(c.get().payload, b"m")
+        old.assert_nothing()
+        raw.assert_open()
+
+
+class Redirection(h.BrokerTestCase):
+    broker_args = ("--redirect", "elsewhere.example:1883")
+
+    def test_connack_use_another_server(self):
+        """Every authenticated client is sent elsewhere: 5.0 CONNACK 0x9C with the Server
+        Reference, 3.1.1 CONNACK 3 (Server unavailable); then the close [MQTT-3.2.2-7]."""
+        c = self.paho("go-v5", V5, connect_now=False)
+        _, code, props = c.connect(expect_code=None)
+        self.assertEqual(code, 0x9C)
+        self.assertEqual(getattr(props, "ServerReference", None), "elsewhere.example:1883")
+        raw = self.raw()
+        raw.send(h.connect("go-raw", version=V5))
+        ack = h.parse_connack(raw.expect(h.CONNACK), V5)
+        self.assertEqual((ack.session_present, ack.code), (0, 0x9C))
+        self.assertEqual(ack.properties.get(SERVER_REFERENCE), ["elsewhere.example:1883"])
+        raw.wait_closed()
+        old = self.raw()
+        old.send(h.connect("go-v311"))
+        self.assertEqual(h.parse_connack(old.expect(h.CONNACK)).code, 3)
+        old.wait_closed()
+
+
+class RedirectionPermanent(h.BrokerTestCase):
+    broker_args = ("--redirect", "new.example:8883", "--redirect-permanent")
+
+    def test_connack_server_moved(self):
+        """--redirect-permanent: CONNACK 0x9D (Server moved) with the Server Reference."""
+        c = self.paho("moved-v5", V5, connect_now=False)
+        _, code, props = c.connect(expect_code=None)
+        self.assertEqual(code, 0x9D)
+        self.assertEqual(getattr(props, "ServerReference", None), "new.example:8883")
+
+
+class PublishRate(h.BrokerTestCase):
+    broker_args = ("--max-publish-rate", "5")
+
+    def test_within_the_limit(self):
+        """Four PUBLISH packets at a time, a second apart, stay within 5 per second of the clock:
+        all are delivered and the connection stays."""
+        sub = self.paho("rate-sub", V5)
+        sub.subscribe("rate/#", 1)
+        pub = self.paho("rate-ok", V5)
+        for burst in range(2):
+            if burst:
+                time.sleep(1.05)  # the next burst is in another second, wherever the first began
+            for i in range(4):
+                pub.publish("rate/ok", b"%d-%d" % (burst, i), 1)
+        self.assertEqual(len(sub.get_n(8)), 8)
+        sub.assert_nothing()
+        self.assertFalse(pub.disconnected.is_set())
+
+    def test_over_the_limit(self):
+        """Twenty PUBLISH packets at once, at most 5 per second allowed: 5.0 DISCONNECT 0x96
+        (Message rate too high) and the close; 3.1.1 the close; at most 10 get through (the burst
+        may straddle two seconds)."""
+        sub = self.paho("over-sub", V5)
+        sub.subscribe("over/#", 0)
+        for version in (V5, h.V311):
+            c, _ = self.raw_connected("over-%d" % version, version)
+            c.send(b"".join(h.publish("over/t", "m", version=version) for _ in range(20)))
+            _, before = c.wait_closed()
+            expected = [(h.DISCONNECT, b"\x96")] if version == V5 else []
+            self.assertEqual([(p.kind, p.body[:1]) for p in before], expected)
+        got = []
+        try:
+            while True:
+                got.append(sub.get(0.5))
+        except AssertionError:
+            pass
+        self.assertTrue(10 <= len(got) <= 20, len(got))
+
+    def test_paho_client_disconnected(self):
+        """A paho 5.0 client over the limit is disconnected. (paho 1.6 reads no reason from a
+        DISCONNECT of fewer than 3 bytes, this one's 0x96 included, and reports 7, the connection
+        lost; test_over_the_limit reads the reason.)"""
+        c = self.paho("over-paho", V5)
+        for i in range(12):
+            c.client.publish("over/paho", b"m", 0)
+        self.assertTrue(c.disconnected.wait(h.WAIT))
 
 if __name__ == "__main__":
     h.main()

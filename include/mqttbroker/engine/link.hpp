@@ -51,6 +51,7 @@ enum class link_event : std::uint8_t {
   committed,       // the storage made changes durable: held acknowledgements may go
   authenticated,   // an asynchronous authenticate answered
   auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
+  redirect,        // the host sends this client to another server (protocol::redirect)
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -110,10 +111,14 @@ class topic_aliases {
 };
 
 /// What few connections need, made on first use: a will, topic aliases (these apart again: a
-/// will is common, and its connection should not carry alias tables it does not use).
+/// will is common, and its connection should not carry alias tables it does not use), the count
+/// of a rate limit.
 struct link_extras {
   message_ptr will;  // published if the connection ends without DISCONNECT
   std::chrono::duration<std::uint32_t> will_delay{0};  // 5.0 Will Delay Interval
+  // broker_options::max_publish_rate: PUBLISH packets counted in the clock's second `rate_second`.
+  std::uint32_t rate_second = 0;
+  std::uint32_t rate_count = 0;
   std::unique_ptr<topic_aliases> aliases;
 
   topic_aliases& alias_table() {
@@ -368,8 +373,9 @@ class link : public detail::list_links,
     note_queued(q.bytes - before, now);
   }
 
-  /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` when `notify`.
-  void close(reason_code reason, bool notify, bool graceful, steady_time now) {
+  /// Ends the connection. A 5.0 client first gets a DISCONNECT with `reason` (and `props`) when
+  /// `notify`.
+  void close(reason_code reason, bool notify, bool graceful, steady_time now, codec::properties_view props = {}) {
     if (closed_) return;
     // One DISCONNECT at most: a connection already closing (a protocol error, say) may still be
     // taken over or stopped before its write completes, and nothing follows a DISCONNECT
@@ -377,6 +383,7 @@ class link : public detail::list_links,
     if (notify && connected_ && version_ == codec::protocol_version::v5 && !disconnect_queued_) {
       codec::disconnect d;
       d.reason = reason;
+      d.properties = props;
       enqueue(d, version_, now);
       disconnect_queued_ = true;
     }

@@ -211,12 +211,32 @@ class protocol : public core<Policies> {
       case link_event::committed: this->on_committed(l, now); return false;
       case link_event::authenticated: return on_authenticated(l, now);
       case link_event::auth_step: return on_auth_step(l, now);
+      case link_event::redirect: on_redirect(l, now); return false;
     }
     return false;
   }
 
   /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
   void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
+
+  /// Sends the connected client `client_id` to another server (5.0 section 4.11): a 5.0 client
+  /// gets DISCONNECT 0x9C Use another server, or 0x9D Server moved when `permanent`, with
+  /// `server_reference` as its Server Reference; a 3.1.1 client is disconnected. From any thread;
+  /// the connection's own thread does it (link_event::redirect). False when no client of that
+  /// identifier is connected.
+  bool redirect(std::string_view client_id, std::string_view server_reference, bool permanent) {
+    detail::ref_ptr<link_type> target;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = sessions_.find(client_id);
+      if (it == sessions_.end() || !it->second->conn) return false;
+      target = it->second->conn;
+      redirects_.emplace_back(target.get(), hooks::redirection{std::string(server_reference), permanent});
+    }
+    // Posted even with one thread: the caller may be inside this client's own handler.
+    target->post(link_event::redirect);
+    return true;
+  }
 
   /// The sweep saw `l`'s deadline pass (checked again here, on its own executor). True when a
   /// paused reader is to resume reading.
@@ -362,6 +382,91 @@ class protocol : public core<Policies> {
   void violation(link_type& l, std::error_code ec, steady_time now) {
     l.mark_closing();  // stop decoding this read
     on_malformed(l, ec, l.version_, now);
+  }
+
+  // ---- server redirection (5.0 section 4.11)
+
+  /// Adds the Server Reference to `p` (a CONNACK or DISCONNECT to a 5.0 client, its reason set)
+  /// through `props`, unless it is empty, no UTF-8 string, or would make `p` larger than the
+  /// client's Maximum Packet Size `max_packet` (0: none) [MQTT-3.1.2-24]: the property is a MAY.
+  template <class Packet>
+  static void add_server_reference(Packet& p, codec::properties_builder& props, std::string_view reference,
+                                   std::uint32_t max_packet) {
+    if (reference.empty() || reference.size() > 0xFFFF || codec::validate_utf8(reference)) return;
+    props.add(codec::property_id::server_reference, reference);
+    p.properties = props.view();
+    std::size_t size = 0;
+    if (codec::encoded_size(p, codec::protocol_version::v5, size) || (max_packet != 0 && size > max_packet)) {
+      props.clear();
+      p.properties = codec::properties_view();
+    }
+  }
+
+  /// The host's redirect() answered a CONNECT: 5.0 CONNACK 0x9C or 0x9D with the Server
+  /// Reference; 3.1.1 has no code for it, and CONNACK 3 (Server unavailable) comes closest.
+  void refuse_redirected(link_type& l, const hooks::connect_info& info, const hooks::redirection& to,
+                         std::uint32_t max_packet, steady_time now) {
+    const reason_code why = to.permanent ? reason_code::server_moved : reason_code::use_another_server;
+    codec::properties_builder props;
+    if (info.version == codec::protocol_version::v5) {
+      codec::connack ack;
+      ack.code = static_cast<std::uint8_t>(why);
+      add_server_reference(ack, props, to.server_reference, max_packet);
+    }
+    refuse_connect_code(l, info, why, connack_return_code::server_unavailable, now, props.view());
+  }
+
+  /// link_event::redirect: the redirection the host asked for this link, if it is still
+  /// connected. Not graceful: the will goes out, as for any close the client did not ask for
+  /// [MQTT-3.1.2-8].
+  void on_redirect(link_type& l, steady_time now) {
+    std::optional<hooks::redirection> to;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = std::find_if(redirects_.begin(), redirects_.end(), [&](const auto& r) { return r.first == &l; });
+      if (it == redirects_.end()) return;
+      to = std::move(it->second);
+      redirects_.erase(it);
+    }
+    if (!l.connected_ || l.is_closing()) return;  // taken over or closed meanwhile
+    const reason_code why = to->permanent ? reason_code::server_moved : reason_code::use_another_server;
+    this->log(log_level::notice, "client '{}': redirected to '{}' ({})", l.client_id(), to->server_reference,
+              to_string(why));
+    codec::properties_builder props;
+    codec::disconnect d;
+    d.reason = why;
+    if (l.version() == codec::protocol_version::v5) {
+      std::uint32_t max_packet;
+      {
+        session_guard lk(*this, *l.session());
+        max_packet = l.session()->state.client_max_packet_size();
+      }
+      add_server_reference(d, props, to->server_reference, max_packet);
+    }
+    l.close(why, true, false, now, d.properties);
+  }
+
+  // ---- PUBLISH rate
+
+  /// broker_options::max_publish_rate: counts a PUBLISH in the clock's current second. Over the
+  /// limit the PUBLISH is not handled and the connection ends: 5.0 DISCONNECT 0x96 (Message rate
+  /// too high), 3.1.1 a close. True then.
+  bool over_publish_rate(link_type& l, steady_time now) {
+    link_extras& x = l.more();
+    const std::uint32_t second = clock_seconds(now);
+    if (x.rate_second != second) {
+      x.rate_second = second;
+      x.rate_count = 0;
+    }
+    if (++x.rate_count <= opts_.max_publish_rate) return false;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      ++stats_.rate_limited;
+    }
+    this->log(log_level::notice, "client '{}': more than {} PUBLISH packets in a second; closing", l.client_id(),
+              opts_.max_publish_rate);
+    l.close(reason_code::message_rate_too_high, true, false, now);
+    return true;
   }
 
   // ---- CONNECT
@@ -793,6 +898,13 @@ class protocol : public core<Policies> {
   /// (after an AUTH exchange with its method and final data, `auth` and `auth_data`).
   void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
                       const std::optional<std::string>* auth_data = nullptr) {
+    if constexpr (hooks::has_redirect_v<hooks_type>) {
+      // Authenticated, and no session touched yet: the host may still send the client elsewhere.
+      hooks::connect_info info = connect_info_of(l, r);
+      info.password.reset();
+      if (std::optional<hooks::redirection> to = hooks_.redirect(info))
+        return refuse_redirected(l, info, *to, r.maximum_packet_size, now);
+    }
     const auto v = r.version;
     const bool v5 = v == codec::protocol_version::v5;
     const std::string& client_id = r.client_id;
@@ -876,7 +988,10 @@ class protocol : public core<Policies> {
       // Only to a client that asked, and then optional [MQTT-3.1.2-28].
       if (r.wants_response_information && !opts_.response_information.empty())
         props.add(codec::property_id::response_information, opts_.response_information);
+      // Said either way, 1 included, as these three have always been.
       props.add(codec::property_id::shared_subscription_available, opts_.shared_subscriptions ? 1 : 0);
+      props.add(codec::property_id::wildcard_subscription_available, opts_.wildcard_subscriptions ? 1 : 0);
+      props.add(codec::property_id::subscription_identifier_available, opts_.subscription_identifiers ? 1 : 0);
       if (r.assigned_id) props.add(codec::property_id::assigned_client_identifier, client_id);
       if (server_keep_alive) props.add(codec::property_id::server_keep_alive, keep_alive);
       // After an AUTH exchange the CONNECT's method [MQTT-4.12.0-5] and the final data, if any;
@@ -946,6 +1061,7 @@ class protocol : public core<Policies> {
   // ---- PUBLISH and the acknowledgements
 
   void on_publish(link_type& l, codec::publish& p, steady_time now) {
+    if (opts_.max_publish_rate != 0 && over_publish_rate(l, now)) return;
     const bool v5 = l.version() == codec::protocol_version::v5;
     if (v5 && !p.properties.empty()) {
       if (auto a = p.properties.find(codec::property_id::topic_alias)) {
@@ -1129,10 +1245,15 @@ class protocol : public core<Policies> {
 
   void on_subscribe(link_type& l, const codec::subscribe& s, steady_time now) {
     const bool v5 = l.version() == codec::protocol_version::v5;
-    std::uint32_t sub_id = 0;
+    std::uint32_t sub_id = 0;  // the decoder refused 0
     if (v5) {
       if (auto p = s.properties.find(codec::property_id::subscription_identifier)) sub_id = p->integer;
     }
+    // A feature CONNACK said is unavailable, asked for anyway: SUBACK refuses the filter (0xA1,
+    // 0xA2, 0x9E; 3.1.1 0x80), and the connection stays. 5.0 sections 3.2.2.3.12 to 3.2.2.3.14
+    // also allow calling it a Protocol Error (DISCONNECT with that code); section 3.9.3 gives
+    // SUBACK the same codes, and refusing one subscription is all that is needed.
+    const bool ids_refused = sub_id != 0 && !opts_.subscription_identifiers;
     const topic::limits lim = topic_limits();
     const bool shares = opts_.shared_subscriptions;
     if (v5 && shares) {
@@ -1149,6 +1270,10 @@ class protocol : public core<Policies> {
     ack.reasons.reserve(s.entries.size());
     session_type* rec = l.session();
     for (const codec::subscribe_entry& e : s.entries) {
+      if (ids_refused) {
+        ack.reasons.push_back(reason_code::subscription_identifiers_not_supported);  // each filter
+        continue;
+      }
       // `$share/{ShareName}/{filter}` [MQTT-4.8.2-1] [MQTT-4.8.2-2], also from 3.1.1 clients (as
       // Mosquitto and EMQX accept it); switched off, it is refused as unsupported.
       std::error_code invalid;
@@ -1163,6 +1288,11 @@ class protocol : public core<Policies> {
       }
       if (!shares && topic::is_shared_filter(e.filter)) {
         ack.reasons.push_back(v5 ? reason_code::shared_subscriptions_not_supported : reason_code::unspecified_error);
+        continue;
+      }
+      if (!opts_.wildcard_subscriptions && topic::has_wildcards(e.filter)) {
+        // 3.1.1 [MQTT-3.8.3-2]: a server without wildcards refuses every filter that has one.
+        ack.reasons.push_back(v5 ? reason_code::wildcard_subscriptions_not_supported : reason_code::unspecified_error);
         continue;
       }
       // Granted at most the server's Maximum QoS: the SUBSCRIBE itself is still accepted [MQTT-3.2.2-10].
@@ -1285,6 +1415,8 @@ class protocol : public core<Policies> {
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
+  // Redirections the host asked for (redirect()), until their links take them. state_mutex_.
+  std::vector<std::pair<const link_type*, hooks::redirection>> redirects_;
 };
 
 }  // namespace engine

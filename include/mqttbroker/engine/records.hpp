@@ -31,6 +31,7 @@ struct broker_stats {
   std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
   std::uint64_t connect_timeouts = 0;
   std::uint64_t keep_alive_timeouts = 0;
+  std::uint64_t rate_limited = 0;         // connections closed for sending over max_publish_rate
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
   std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's

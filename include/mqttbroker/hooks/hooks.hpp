@@ -50,6 +50,16 @@ enum class auth_result {
   not_authorized,   // 3.1.1 return code 5, 5.0 0x87
 };
 
+/// redirect()'s answer: where the client is to go instead (5.0 section 4.11).
+struct redirection {
+  /// The Server Reference sent to 5.0 clients ("host:port", or several separated by spaces, as
+  /// the host's clients understand it); left out when empty, not UTF-8, or too large for the
+  /// client's Maximum Packet Size.
+  std::string server_reference;
+  /// false: 0x9C Use another server (for now); true: 0x9D Server moved (for good).
+  bool permanent = false;
+};
+
 /// A completion a hook answers through, once (calls after the first do nothing), from any
 /// thread. A reply destroyed without an answer leaves its client to the exchange's time limit.
 template <class Answer>
@@ -160,6 +170,7 @@ using auth_step_reply = basic_reply<auth_step>;
 ///   void on_connect_refused(const connect_info&, reason_code);  // the 5.0 code, also for 3.1.1
 ///   void log(log_level, std::string_view message);  // up to broker_options::log_level
 ///   void authenticate_enhanced(const auth_exchange&, auth_step_reply);  // 5.0 AUTH exchanges
+///   std::optional<redirection> redirect(const connect_info&);  // after authentication
 /// Each is detected on its own; an absent one compiles to nothing and its arguments are never
 /// built, and a broker whose hooks take no client_info keeps none per connection. A member with
 /// one of these names that cannot be called so, or returns another type, is a compile error, not a
@@ -168,7 +179,10 @@ using auth_step_reply = basic_reply<auth_step>;
 /// client_id), after the connection they came from may be gone. Hooks run on the broker's
 /// handlers and must not block: an authentication that asks a database or a remote service takes
 /// the auth_reply form. A CONNECT with an Authentication Method goes to authenticate_enhanced()
-/// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate().
+/// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate(). redirect()
+/// sees every CONNECT that authentication accepted (without its password), before the session is
+/// touched: an answer refuses it with CONNACK 0x9C or 0x9D and its Server Reference (5.0) or
+/// CONNACK 3, Server unavailable (3.1.1).
 struct none {};
 
 namespace detail {
@@ -273,6 +287,9 @@ MQTTBROKER_HOOK(log, void, true, false, "void log(log_level, std::string_view me
 MQTTBROKER_HOOK(authenticate_enhanced, void, true, false,
                 "void authenticate_enhanced(const hooks::auth_exchange&, hooks::auth_step_reply)",
                 std::declval<const auth_exchange&>(), std::declval<auth_step_reply>())
+MQTTBROKER_HOOK(redirect, std::optional<redirection>, true, false,
+                "std::optional<hooks::redirection> redirect(const hooks::connect_info&)",
+                std::declval<const connect_info&>())
 #undef MQTTBROKER_HOOK
 
 /// True, or a static_assert for each hook whose name is declared with another signature.
@@ -286,7 +303,7 @@ constexpr bool check_hooks() {
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
                             on_connect_refused_hook<H>::value,  log_hook<H>::value,
-                            authenticate_enhanced_hook<H>::value};
+                            authenticate_enhanced_hook<H>::value, redirect_hook<H>::value};
   return sizeof(found) != 0;
 }
 
@@ -300,7 +317,7 @@ inline constexpr bool needs_client_info_v =
     detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
     detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
     detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value ||
-    detail::authenticate_enhanced_hook<H>::value;
+    detail::authenticate_enhanced_hook<H>::value || detail::redirect_hook<H>::value;
 
 template <class H>
 inline constexpr bool has_authenticate_v = detail::authenticate_hook<H>::value;
@@ -326,6 +343,8 @@ template <class H>
 inline constexpr bool has_log_v = detail::log_hook<H>::value;
 template <class H>
 inline constexpr bool has_authenticate_enhanced_v = detail::authenticate_enhanced_hook<H>::value;
+template <class H>
+inline constexpr bool has_redirect_v = detail::redirect_hook<H>::value;
 
 }  // namespace hooks
 MQTTBROKER_END_NAMESPACE

@@ -217,6 +217,8 @@ class state {
     t.send_window = receive_maximum;
     t.max_packet_size = maximum_packet_size;
   }
+  /// The connected client's Maximum Packet Size; 0: none.
+  std::uint32_t client_max_packet_size() const noexcept { return traffic_ ? traffic_->max_packet_size : 0; }
   /// Whether `o` may go to the connected client as one PUBLISH (its Maximum Packet Size).
   bool fits(const outgoing& o) const noexcept {
     return !traffic_ || traffic_->max_packet_size == 0 || wire_size_v5(o) <= traffic_->max_packet_size;
