@@ -4,10 +4,11 @@
 For every header under include/mqttbroker:
   * each `#include <mqttbroker/...>` must point down the layer table below, never up or sideways;
   * includes of our own headers use <mqttbroker/...>, never quotes (the amalgamator needs that);
-  * Asio stays out of the sans-I/O layers (locking/ may have its strand only), OpenSSL out of
-    everything but the optional units (auth/) and transport TLS;
-  * an optional unit (auth/: its own CMake target, OpenSSL) is included by nothing else, so no
-    core header, and not the single header, ever pulls OpenSSL in;
+  * Asio stays out of the sans-I/O layers (locking/ may have its strand only), OpenSSL and
+    asio/ssl out of everything but the optional units (auth/) and transport/tls.hpp;
+  * an optional unit (auth/: its own CMake target, OpenSSL) and an optional header
+    (transport/tls.hpp: the target mqttbroker::tls) are included by nothing else, so no core
+    header, and not the single header, ever pulls OpenSSL in;
   * the include guard is named after the path: codec/decoder.hpp -> MQTTBROKER_CODEC_DECODER_HPP.
 
 Folders that do not exist yet are simply absent. Exit status 0 when clean, 1 on any violation.
@@ -62,8 +63,11 @@ LAYERS = {
 }
 # Units behind a CMake target of their own, with their own dependencies: no other unit includes them.
 OPTIONAL_UNITS = {"auth"}
-# Units whose headers may include OpenSSL (besides transport/tls*.hpp).
+# Units whose headers may include OpenSSL and asio/ssl (besides the OPENSSL_HEADERS).
 OPENSSL_UNITS = {"auth"}
+# Headers behind a CMake target of their own (mqttbroker::tls) inside a core unit: they alone there
+# may include OpenSSL and asio/ssl, and no other header includes them.
+OPENSSL_HEADERS = {"transport/tls.hpp"}
 # Single headers a unit may include although their unit is off limits: codec/types.hpp holds the
 # vocabulary (qos, retain handling), not the wire format.
 ALLOWED_HEADERS = {"router": {"codec/types.hpp"}}
@@ -75,7 +79,7 @@ NO_ASIO = {"config", "version", "error", "detail", "codec", "topic", "message", 
 # (locking::shared: asio::strand), and nothing more of Asio.
 ASIO_ONLY = {"locking": {"asio/strand.hpp"}}
 ASIO_INCLUDE = re.compile(r"^(asio\.hpp|asio/|boost/asio)")
-OPENSSL_INCLUDE = re.compile(r"^openssl/")
+OPENSSL_INCLUDE = re.compile(r"^(openssl/|asio/ssl)")
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]')
 DIRECTIVE = re.compile(r"^\s*#\s*(\w+)\s*(\S*)")
@@ -126,12 +130,16 @@ def check_file(rel, text):
         if ASIO_INCLUDE.match(target) and unit in ASIO_ONLY and target not in ASIO_ONLY[unit]:
             allowed_asio = ", ".join(f"<{h}>" for h in sorted(ASIO_ONLY[unit]))
             errors.append(f"{where}: <{target}>: {unit} may include only {allowed_asio} of Asio")
-        if OPENSSL_INCLUDE.match(target) and not (unit == "transport" and "tls" in rel) and unit not in OPENSSL_UNITS:
-            errors.append(f"{where}: <{target}>: OpenSSL belongs in transport/tls.hpp and the optional units "
-                          f"({', '.join(sorted(OPENSSL_UNITS))}) only")
+        if OPENSSL_INCLUDE.match(target) and rel not in OPENSSL_HEADERS and unit not in OPENSSL_UNITS:
+            errors.append(f"{where}: <{target}>: OpenSSL and asio/ssl belong in {', '.join(sorted(OPENSSL_HEADERS))} "
+                          f"and the optional units ({', '.join(sorted(OPENSSL_UNITS))}) only")
         if not target.startswith("mqttbroker/"):
             continue
         target_rel = target[len("mqttbroker/"):]
+        if target_rel in OPENSSL_HEADERS and target_rel != rel:
+            errors.append(f"{where}: <{target}> is an optional header (a target of its own, OpenSSL): "
+                          f"{unit} may not include it")
+            continue
         target_unit = unit_of(target_rel)
         if target_unit is None:
             errors.append(f"{where}: <{target}> is not in the layer table")

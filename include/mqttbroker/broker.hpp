@@ -33,6 +33,7 @@
 #include <functional>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
@@ -140,16 +141,36 @@ class broker {
   template <class Transport>
   void listen(const typename Transport::listen_options& o) {
     std::error_code ec;
-    listen<Transport>(o, ec);
-    if (ec) throw std::system_error(ec, "mqttbroker: listen");
+    std::string what;
+    listen<Transport>(o, ec, &what);
+    if (ec) throw std::system_error(ec, what.empty() ? std::string("mqttbroker: listen") : "mqttbroker: listen: " + what);
   }
+  /// The same without exceptions; `what`, if given, names the file or setting at fault where the
+  /// transport can tell (TLS: "TLS private key file '...': ...").
   template <class Transport>
-  void listen(const typename Transport::listen_options& o, std::error_code& ec) {
+  void listen(const typename Transport::listen_options& o, std::error_code& ec, std::string* what = nullptr) {
     // Listeners, the sweep and stopping share one executor (a strand with locking::shared).
-    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, listeners_.size(), ec);
+    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, listeners_.size(), ec,
+                                                   what);
     if (ec) return;
     listeners_.push_back(std::move(l));
     if (started_) listeners_.back()->accept_next();
+  }
+
+  /// Reads listener `index`'s certificates and keys again from its files (TLS): the connections
+  /// it accepts from then on use them, open ones keep theirs, so certificates are renewed without
+  /// dropping a client. On failure the listener keeps what it had, `ec` says why and `what` (if
+  /// given) names the file; operation_not_supported for a transport without credentials. From
+  /// any thread.
+  void reload_certificates(std::size_t index, std::error_code& ec, std::string* what = nullptr) {
+    listeners_.at(index)->reload(ec, what);
+  }
+  /// The same; throws std::system_error naming the file.
+  void reload_certificates(std::size_t index) {
+    std::error_code ec;
+    std::string what;
+    reload_certificates(index, ec, &what);
+    if (ec) throw std::system_error(ec, "mqttbroker: reload: " + what);
   }
 
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
@@ -264,6 +285,7 @@ class broker {
     virtual void accept_next() = 0;
     virtual void close() = 0;
     virtual const hooks::listener_info& info() const = 0;
+    virtual void reload(std::error_code& ec, std::string* what) = 0;
   };
 
   template <class Transport>
@@ -274,8 +296,8 @@ class broker {
     using connection_type = server::connection<Transport, context>;
 
     listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::size_t index,
-             std::error_code& ec)
-        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {
+             std::error_code& ec, std::string* what)
+        : b_(b), stream_ex_(std::move(ex)), acceptor_(make_acceptor(b.control_ex_, o, ec, what)) {
       info_.index = index;
       info_.transport = Transport::name;
       if (!ec) {
@@ -299,8 +321,27 @@ class broker {
       acceptor_.close(ignored);
     }
     const hooks::listener_info& info() const override { return info_; }
+    void reload(std::error_code& ec, std::string* what) override {
+      if constexpr (transport::acceptor_has_reload_v<Transport>) {
+        acceptor_.reload(ec, what);
+      } else {
+        ec = std::make_error_code(std::errc::operation_not_supported);
+        if (what != nullptr) *what = std::string("the ") + Transport::name + " transport has no certificates to reload";
+      }
+    }
 
    private:
+    static typename Transport::acceptor_type make_acceptor(const asio::any_io_executor& ex,
+                                                           const typename Transport::listen_options& o,
+                                                           std::error_code& ec, std::string* what) {
+      if constexpr (transport::has_make_acceptor_what_v<Transport>) {
+        return Transport::make_acceptor(ex, o, ec, what);
+      } else {
+        (void)what;
+        return Transport::make_acceptor(ex, o, ec);
+      }
+    }
+
     void on_accept(stream_type s) {
       Transport::prepare(s);
       auto c = detail::ref_ptr<connection_type>::make(b_.ctx_, std::move(s));

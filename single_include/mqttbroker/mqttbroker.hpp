@@ -3892,6 +3892,9 @@ struct client_info {
   std::string_view peer_address;  // as text ("192.0.2.7", "::1"); empty when the transport has none
   std::uint16_t peer_port = 0;
   const listener_info* listener = nullptr;  // null where no listener is involved
+  /// The verified client certificate's identity (TLS): its subject CN, else its first DNS or email
+  /// Subject Alternative Name; empty without a client certificate or on a transport without one.
+  std::string_view certificate_identity;
 };
 
 /// What authenticate() and on_connect_refused() see of a CONNECT: the client and its password.
@@ -6805,6 +6808,8 @@ struct link_origin {
   std::string peer_address_;
   std::uint16_t peer_port_ = 0;
   const hooks::listener_info* listener_ = nullptr;
+  std::string certificate_identity_;   // the client certificate's (TLS), after the handshake
+  bool identity_is_username_ = false;  // it replaces the CONNECT's User Name
   std::unique_ptr<connect_request> pending_connect_;
   std::atomic<std::uint8_t> auth_answer_{0};  // set by the host's auth_reply, on any thread
 };
@@ -6867,6 +6872,8 @@ class link : public detail::list_links,
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
+  /// Whether it keeps who its client is, for hooks that take a client_info.
+  static constexpr bool keeps_origin = Session::keeps_origin;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
   link() noexcept
@@ -6929,6 +6936,28 @@ class link : public detail::list_links,
     }
   }
 
+  /// The client certificate's identity, from the transport after its handshake; with
+  /// `as_username` it is the username the hooks see, whatever the CONNECT says. Nothing is kept
+  /// when no hook takes a client_info.
+  void set_certificate_identity(std::string_view identity, bool as_username) {
+    if constexpr (Session::keeps_origin) {
+      this->certificate_identity_.assign(identity);
+      this->identity_is_username_ = as_username;
+    } else {
+      (void)identity;
+      (void)as_username;
+    }
+  }
+
+  /// The username the hooks see for a CONNECT that sent `sent`: the certificate's identity when
+  /// the listener says so (use_identity_as_username), else `sent`.
+  std::optional<std::string_view> username_for(std::optional<std::string_view> sent) const noexcept {
+    if constexpr (Session::keeps_origin) {
+      if (this->identity_is_username_) return std::string_view(this->certificate_identity_);
+    }
+    return sent;
+  }
+
   /// The client as the hooks see it (after CONNACK: its identifier and username).
   hooks::client_info client_info() const {
     hooks::client_info i;
@@ -6939,6 +6968,7 @@ class link : public detail::list_links,
       i.peer_address = this->peer_address_;
       i.peer_port = this->peer_port_;
       i.listener = this->listener_;
+      i.certificate_identity = this->certificate_identity_;
     }
     return i;
   }
@@ -9096,7 +9126,7 @@ class protocol : public core<Policies> {
     hooks::connect_info i;
     static_cast<hooks::client_info&>(i) = l.client_info();
     i.client_id = cp.client_id;
-    i.username = cp.username;
+    i.username = l.username_for(cp.username);
     i.password = cp.password;
     i.version = cp.version;
     return i;
@@ -9226,7 +9256,7 @@ class protocol : public core<Policies> {
         r.wants_response_information = p->integer == 1;
     }
     if constexpr (session_type::keeps_origin) {
-      if (cp.username) r.username.emplace(*cp.username);
+      if (auto u = l.username_for(cp.username)) r.username.emplace(*u);
     }
     // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
     if (v5) {
@@ -10237,6 +10267,32 @@ struct stream_has_remote_endpoint<Stream, std::void_t<decltype(std::declval<cons
                                                                    .remote_endpoint(std::declval<std::error_code&>())
                                                                    .address()
                                                                    .to_string())>> : std::true_type {};
+/// A client certificate's identity after the handshake: T::peer_certificate_of(stream&).
+template <class T, class = void>
+struct has_peer_certificate : std::false_type {};
+template <class T>
+struct has_peer_certificate<T, std::void_t<decltype(T::peer_certificate_of(std::declval<stream_t<T>&>()))>>
+    : std::true_type {};
+
+/// make_acceptor(ex, options, ec, std::string* what): `what` names the file or setting at fault.
+template <class T, class = void>
+struct has_make_acceptor_what : std::false_type {};
+template <class T>
+struct has_make_acceptor_what<
+    T, std::enable_if_t<std::is_constructible_v<acceptor_t<T>, decltype(T::make_acceptor(
+                                                                   std::declval<const asio::any_io_executor&>(),
+                                                                   std::declval<const typename T::listen_options&>(),
+                                                                   std::declval<std::error_code&>(),
+                                                                   std::declval<std::string*>()))>>>
+    : std::true_type {};
+
+/// An acceptor that reads its credentials again: reload(ec, std::string* what).
+template <class T, class = void>
+struct acceptor_has_reload : std::false_type {};
+template <class T>
+struct acceptor_has_reload<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().reload(
+                                  std::declval<std::error_code&>(), std::declval<std::string*>()))>> : std::true_type {};
+
 template <class Stream, class = void>
 struct lowest_layer_has_remote_endpoint : std::false_type {};
 template <class Stream>
@@ -10268,6 +10324,12 @@ peer_endpoint peer_of(Stream& s) {
   }
   return p;
 }
+
+/// A client certificate as the hooks see it (hooks::client_info::certificate_identity).
+struct peer_certificate {
+  std::string identity;               // empty without a certificate, or one without an identity
+  bool identity_is_username = false;  // the listener's use_identity_as_username
+};
 
 /// What the broker asks of a transport policy (STYLE.md §3), one requirement each, so that a
 /// failed check names the missing member.
@@ -10308,6 +10370,18 @@ template <class T>
 inline constexpr bool has_async_shutdown_v = detail::has_async_shutdown<T>::value;
 template <class T>
 inline constexpr bool has_readability_wait_v = detail::has_readability_wait<T>::value;
+/// - `static peer_certificate peer_certificate_of(stream_type&)`: the client certificate's
+///   identity, asked once after the handshake when the hooks take a client_info (TLS).
+template <class T>
+inline constexpr bool has_peer_certificate_v = detail::has_peer_certificate<T>::value;
+/// - `static acceptor_type make_acceptor(ex, options, ec, std::string* what)`: listen()'s message
+///   then names the file or setting at fault.
+template <class T>
+inline constexpr bool has_make_acceptor_what_v = detail::has_make_acceptor_what<T>::value;
+/// - `acceptor_type::reload(ec, std::string* what)`: broker::reload_certificates() reads the
+///   listener's credentials again for the connections it accepts from then on.
+template <class T>
+inline constexpr bool acceptor_has_reload_v = detail::acceptor_has_reload<T>::value;
 
 namespace detail {
 
@@ -10617,6 +10691,11 @@ class connection final
       return;
     }
     this->set_handshake_done();
+    if constexpr (transport::has_peer_certificate_v<Transport> && link_type::keeps_origin) {
+      // Once, before the CONNECT is read: the hooks see the certificate from the first one on.
+      const transport::peer_certificate pc = Transport::peer_certificate_of(stream_);
+      this->set_certificate_identity(pc.identity, pc.identity_is_username);
+    }
     read();
   }
 
@@ -10852,6 +10931,7 @@ MQTTBROKER_END_NAMESPACE
 #include <functional>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
@@ -10959,16 +11039,36 @@ class broker {
   template <class Transport>
   void listen(const typename Transport::listen_options& o) {
     std::error_code ec;
-    listen<Transport>(o, ec);
-    if (ec) throw std::system_error(ec, "mqttbroker: listen");
+    std::string what;
+    listen<Transport>(o, ec, &what);
+    if (ec) throw std::system_error(ec, what.empty() ? std::string("mqttbroker: listen") : "mqttbroker: listen: " + what);
   }
+  /// The same without exceptions; `what`, if given, names the file or setting at fault where the
+  /// transport can tell (TLS: "TLS private key file '...': ...").
   template <class Transport>
-  void listen(const typename Transport::listen_options& o, std::error_code& ec) {
+  void listen(const typename Transport::listen_options& o, std::error_code& ec, std::string* what = nullptr) {
     // Listeners, the sweep and stopping share one executor (a strand with locking::shared).
-    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, listeners_.size(), ec);
+    auto l = std::make_unique<listener<Transport>>(*this, stream_executor_of<Transport>(ex_), o, listeners_.size(), ec,
+                                                   what);
     if (ec) return;
     listeners_.push_back(std::move(l));
     if (started_) listeners_.back()->accept_next();
+  }
+
+  /// Reads listener `index`'s certificates and keys again from its files (TLS): the connections
+  /// it accepts from then on use them, open ones keep theirs, so certificates are renewed without
+  /// dropping a client. On failure the listener keeps what it had, `ec` says why and `what` (if
+  /// given) names the file; operation_not_supported for a transport without credentials. From
+  /// any thread.
+  void reload_certificates(std::size_t index, std::error_code& ec, std::string* what = nullptr) {
+    listeners_.at(index)->reload(ec, what);
+  }
+  /// The same; throws std::system_error naming the file.
+  void reload_certificates(std::size_t index) {
+    std::error_code ec;
+    std::string what;
+    reload_certificates(index, ec, &what);
+    if (ec) throw std::system_error(ec, "mqttbroker: reload: " + what);
   }
 
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
@@ -11083,6 +11183,7 @@ class broker {
     virtual void accept_next() = 0;
     virtual void close() = 0;
     virtual const hooks::listener_info& info() const = 0;
+    virtual void reload(std::error_code& ec, std::string* what) = 0;
   };
 
   template <class Transport>
@@ -11093,8 +11194,8 @@ class broker {
     using connection_type = server::connection<Transport, context>;
 
     listener(broker& b, stream_executor ex, const typename Transport::listen_options& o, std::size_t index,
-             std::error_code& ec)
-        : b_(b), stream_ex_(std::move(ex)), acceptor_(Transport::make_acceptor(b.control_ex_, o, ec)) {
+             std::error_code& ec, std::string* what)
+        : b_(b), stream_ex_(std::move(ex)), acceptor_(make_acceptor(b.control_ex_, o, ec, what)) {
       info_.index = index;
       info_.transport = Transport::name;
       if (!ec) {
@@ -11118,8 +11219,27 @@ class broker {
       acceptor_.close(ignored);
     }
     const hooks::listener_info& info() const override { return info_; }
+    void reload(std::error_code& ec, std::string* what) override {
+      if constexpr (transport::acceptor_has_reload_v<Transport>) {
+        acceptor_.reload(ec, what);
+      } else {
+        ec = std::make_error_code(std::errc::operation_not_supported);
+        if (what != nullptr) *what = std::string("the ") + Transport::name + " transport has no certificates to reload";
+      }
+    }
 
    private:
+    static typename Transport::acceptor_type make_acceptor(const asio::any_io_executor& ex,
+                                                           const typename Transport::listen_options& o,
+                                                           std::error_code& ec, std::string* what) {
+      if constexpr (transport::has_make_acceptor_what_v<Transport>) {
+        return Transport::make_acceptor(ex, o, ec, what);
+      } else {
+        (void)what;
+        return Transport::make_acceptor(ex, o, ec);
+      }
+    }
+
     void on_accept(stream_type s) {
       Transport::prepare(s);
       auto c = detail::ref_ptr<connection_type>::make(b_.ctx_, std::move(s));

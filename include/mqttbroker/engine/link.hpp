@@ -155,6 +155,8 @@ struct link_origin {
   std::string peer_address_;
   std::uint16_t peer_port_ = 0;
   const hooks::listener_info* listener_ = nullptr;
+  std::string certificate_identity_;   // the client certificate's (TLS), after the handshake
+  bool identity_is_username_ = false;  // it replaces the CONNECT's User Name
   std::unique_ptr<connect_request> pending_connect_;
   std::atomic<std::uint8_t> auth_answer_{0};  // set by the host's auth_reply, on any thread
 };
@@ -217,6 +219,8 @@ class link : public detail::list_links,
  public:
   using steady_time = std::chrono::steady_clock::time_point;
   using deadline_rep = steady_time::duration::rep;
+  /// Whether it keeps who its client is, for hooks that take a client_info.
+  static constexpr bool keeps_origin = Session::keeps_origin;
   static constexpr deadline_rep no_deadline = std::numeric_limits<deadline_rep>::max();
 
   link() noexcept
@@ -279,6 +283,28 @@ class link : public detail::list_links,
     }
   }
 
+  /// The client certificate's identity, from the transport after its handshake; with
+  /// `as_username` it is the username the hooks see, whatever the CONNECT says. Nothing is kept
+  /// when no hook takes a client_info.
+  void set_certificate_identity(std::string_view identity, bool as_username) {
+    if constexpr (Session::keeps_origin) {
+      this->certificate_identity_.assign(identity);
+      this->identity_is_username_ = as_username;
+    } else {
+      (void)identity;
+      (void)as_username;
+    }
+  }
+
+  /// The username the hooks see for a CONNECT that sent `sent`: the certificate's identity when
+  /// the listener says so (use_identity_as_username), else `sent`.
+  std::optional<std::string_view> username_for(std::optional<std::string_view> sent) const noexcept {
+    if constexpr (Session::keeps_origin) {
+      if (this->identity_is_username_) return std::string_view(this->certificate_identity_);
+    }
+    return sent;
+  }
+
   /// The client as the hooks see it (after CONNACK: its identifier and username).
   hooks::client_info client_info() const {
     hooks::client_info i;
@@ -289,6 +315,7 @@ class link : public detail::list_links,
       i.peer_address = this->peer_address_;
       i.peer_port = this->peer_port_;
       i.listener = this->listener_;
+      i.certificate_identity = this->certificate_identity_;
     }
     return i;
   }

@@ -476,7 +476,7 @@ class protocol : public core<Policies> {
     hooks::connect_info i;
     static_cast<hooks::client_info&>(i) = l.client_info();
     i.client_id = cp.client_id;
-    i.username = cp.username;
+    i.username = l.username_for(cp.username);
     i.password = cp.password;
     i.version = cp.version;
     return i;
@@ -606,7 +606,7 @@ class protocol : public core<Policies> {
         r.wants_response_information = p->integer == 1;
     }
     if constexpr (session_type::keeps_origin) {
-      if (cp.username) r.username.emplace(*cp.username);
+      if (auto u = l.username_for(cp.username)) r.username.emplace(*u);
     }
     // Session lifetime: 3.1.1 Clean Session 0 keeps it; 5.0 keeps it for Session Expiry Interval.
     if (v5) {

@@ -35,6 +35,9 @@ struct client_info {
   std::string_view peer_address;  // as text ("192.0.2.7", "::1"); empty when the transport has none
   std::uint16_t peer_port = 0;
   const listener_info* listener = nullptr;  // null where no listener is involved
+  /// The verified client certificate's identity (TLS): its subject CN, else its first DNS or email
+  /// Subject Alternative Name; empty without a client certificate or on a transport without one.
+  std::string_view certificate_identity;
 };
 
 /// What authenticate() and on_connect_refused() see of a CONNECT: the client and its password.

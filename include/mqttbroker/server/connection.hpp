@@ -259,6 +259,11 @@ class connection final
       return;
     }
     this->set_handshake_done();
+    if constexpr (transport::has_peer_certificate_v<Transport> && link_type::keeps_origin) {
+      // Once, before the CONNECT is read: the hooks see the certificate from the first one on.
+      const transport::peer_certificate pc = Transport::peer_certificate_of(stream_);
+      this->set_certificate_identity(pc.identity, pc.identity_is_username);
+    }
     read();
   }
 

@@ -185,6 +185,32 @@ struct stream_has_remote_endpoint<Stream, std::void_t<decltype(std::declval<cons
                                                                    .remote_endpoint(std::declval<std::error_code&>())
                                                                    .address()
                                                                    .to_string())>> : std::true_type {};
+/// A client certificate's identity after the handshake: T::peer_certificate_of(stream&).
+template <class T, class = void>
+struct has_peer_certificate : std::false_type {};
+template <class T>
+struct has_peer_certificate<T, std::void_t<decltype(T::peer_certificate_of(std::declval<stream_t<T>&>()))>>
+    : std::true_type {};
+
+/// make_acceptor(ex, options, ec, std::string* what): `what` names the file or setting at fault.
+template <class T, class = void>
+struct has_make_acceptor_what : std::false_type {};
+template <class T>
+struct has_make_acceptor_what<
+    T, std::enable_if_t<std::is_constructible_v<acceptor_t<T>, decltype(T::make_acceptor(
+                                                                   std::declval<const asio::any_io_executor&>(),
+                                                                   std::declval<const typename T::listen_options&>(),
+                                                                   std::declval<std::error_code&>(),
+                                                                   std::declval<std::string*>()))>>>
+    : std::true_type {};
+
+/// An acceptor that reads its credentials again: reload(ec, std::string* what).
+template <class T, class = void>
+struct acceptor_has_reload : std::false_type {};
+template <class T>
+struct acceptor_has_reload<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().reload(
+                                  std::declval<std::error_code&>(), std::declval<std::string*>()))>> : std::true_type {};
+
 template <class Stream, class = void>
 struct lowest_layer_has_remote_endpoint : std::false_type {};
 template <class Stream>
@@ -216,6 +242,12 @@ peer_endpoint peer_of(Stream& s) {
   }
   return p;
 }
+
+/// A client certificate as the hooks see it (hooks::client_info::certificate_identity).
+struct peer_certificate {
+  std::string identity;               // empty without a certificate, or one without an identity
+  bool identity_is_username = false;  // the listener's use_identity_as_username
+};
 
 /// What the broker asks of a transport policy (STYLE.md §3), one requirement each, so that a
 /// failed check names the missing member.
@@ -256,6 +288,18 @@ template <class T>
 inline constexpr bool has_async_shutdown_v = detail::has_async_shutdown<T>::value;
 template <class T>
 inline constexpr bool has_readability_wait_v = detail::has_readability_wait<T>::value;
+/// - `static peer_certificate peer_certificate_of(stream_type&)`: the client certificate's
+///   identity, asked once after the handshake when the hooks take a client_info (TLS).
+template <class T>
+inline constexpr bool has_peer_certificate_v = detail::has_peer_certificate<T>::value;
+/// - `static acceptor_type make_acceptor(ex, options, ec, std::string* what)`: listen()'s message
+///   then names the file or setting at fault.
+template <class T>
+inline constexpr bool has_make_acceptor_what_v = detail::has_make_acceptor_what<T>::value;
+/// - `acceptor_type::reload(ec, std::string* what)`: broker::reload_certificates() reads the
+///   listener's credentials again for the connections it accepts from then on.
+template <class T>
+inline constexpr bool acceptor_has_reload_v = detail::acceptor_has_reload<T>::value;
 
 namespace detail {
 

@@ -1,0 +1,438 @@
+#include <mqttbroker/transport/tls.hpp>
+#include <mqttbroker/broker.hpp>
+#include <mqttbroker/codec.hpp>
+
+#include "catch.hpp"
+
+#include <asio/connect.hpp>
+#include <asio/io_context.hpp>
+#include <asio/read.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/ssl.hpp>
+#include <asio/write.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <system_error>
+#include <vector>
+
+// The TLS transport over real loopback connections: the broker and the test's clients share one
+// io_context on the test's thread, and every wait has a deadline. The certificates come from
+// tests/tls/make-certs.sh, run once into a temporary folder.
+
+namespace mb = mqttbroker;
+namespace codec = mqttbroker::codec;
+using mb::transport::tls;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// The folder make-certs.sh filled, once per run; removed at exit.
+struct cert_dir {
+  std::filesystem::path path;
+  cert_dir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "mqttbroker-tls-XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = tmpl;
+    const std::string cmd = std::string("sh '") + MQTTBROKER_MAKE_CERTS + "' '" + path.string() + "'";
+    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("make-certs.sh failed: " + cmd);
+  }
+  ~cert_dir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  std::string operator()(const std::string& name) const { return (path / name).string(); }
+};
+const cert_dir& certs() {
+  static cert_dir d;
+  return d;
+}
+
+/// What the hooks saw, shared with the test (the broker keeps a copy of its hooks).
+struct seen {
+  std::vector<std::optional<std::string>> usernames;  // per on_connect
+  std::vector<std::string> identities;                // per on_connect
+  std::set<std::string> allowed;                      // usernames authorize_publish lets through
+  std::vector<std::string> refused;                   // usernames authorize_publish refused
+};
+struct recording_hooks {
+  std::shared_ptr<seen> s = std::make_shared<seen>();
+  void on_connect(const mb::hooks::client_info& c) {
+    s->usernames.push_back(c.username ? std::optional<std::string>(std::string(*c.username)) : std::nullopt);
+    s->identities.emplace_back(c.certificate_identity);
+  }
+  bool authorize_publish(const mb::hooks::client_info& c, const mb::message&) {
+    const std::string u = c.username ? std::string(*c.username) : std::string("(none)");
+    if (s->allowed.count(u) != 0) return true;
+    s->refused.push_back(u);
+    return false;
+  }
+};
+struct tls_policies : mb::default_policies {
+  using transport = tls;
+  using hooks = recording_hooks;
+};
+using tls_broker = mb::broker<tls_policies>;
+
+/// Runs `io` until `done()` or the deadline; whether `done()` came true.
+bool run_until(asio::io_context& io, const std::function<bool()>& done, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    io.restart();
+    io.run_one_for(20ms);
+  }
+  return true;
+}
+
+tls::listen_options server_options(bool mutual = false) {
+  tls::listen_options o;
+  o.address = "127.0.0.1";
+  o.port = 0;
+  o.certificate_chain_file = certs()("server-chain.crt");
+  o.private_key_file = certs()("server.key");
+  if (mutual) {
+    o.ca_file = certs()("ca.crt");
+    o.require_certificate = true;
+  }
+  return o;
+}
+
+/// A TLS MQTT client on the test's io_context; it verifies the server against the test root CA.
+class tls_client {
+ public:
+  tls_client(asio::io_context& io, std::uint16_t port, const std::string& cert = "")
+      : io_(io), ctx_(make_context(cert)), s_(io, ctx_) {
+    s_.lowest_layer().connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  }
+
+  /// Complete before the stream is made: an SSL object copies its context's certificate.
+  static asio::ssl::context make_context(const std::string& cert) {
+    asio::ssl::context ctx(asio::ssl::context::tls_client);
+    ctx.load_verify_file(certs()("ca.crt"));
+    ctx.set_verify_mode(asio::ssl::verify_peer);
+    if (!cert.empty()) {
+      ctx.use_certificate_file(certs()(cert + ".crt"), asio::ssl::context::pem);
+      ctx.use_private_key_file(certs()(cert + ".key"), asio::ssl::context::pem);
+    }
+    return ctx;
+  }
+
+  /// The client's handshake: its error (none when it completed).
+  std::error_code handshake() {
+    std::optional<std::error_code> r;
+    s_.async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { r = ec; });
+    if (!run_until(io_, [&] { return r.has_value(); })) return asio::error::timed_out;
+    return *r;
+  }
+
+  /// The server certificate's subject CN, after the handshake.
+  std::string server_identity() {
+    X509* cert = SSL_get1_peer_certificate(s_.native_handle());
+    std::string id = mb::transport::detail::certificate_identity(cert);
+    X509_free(cert);
+    return id;
+  }
+
+  template <class Packet>
+  void send(const Packet& p, codec::protocol_version v = codec::protocol_version::v3_1_1) {
+    std::string out;
+    REQUIRE_FALSE(codec::encode(p, v, out));
+    std::optional<std::error_code> r;
+    asio::async_write(s_, asio::buffer(out), [&](std::error_code ec, std::size_t) { r = ec; });
+    REQUIRE(run_until(io_, [&] { return r.has_value(); }));
+  }
+
+  void connect(const std::string& client_id, std::optional<std::string> username = std::nullopt) {
+    codec::connect c;
+    c.client_id = client_id;
+    c.clean_start = true;
+    c.keep_alive = 60;
+    if (username) c.username = *username;
+    send(c);
+  }
+
+  /// The next `n` bytes, or nothing when the connection ends or the deadline passes first.
+  std::optional<std::string> read(std::size_t n, std::chrono::milliseconds limit = 10s) {
+    std::string buf(n, '\0');
+    std::optional<std::error_code> r;
+    asio::async_read(s_, asio::buffer(buf), [&](std::error_code ec, std::size_t) { r = ec; });
+    if (!run_until(io_, [&] { return r.has_value(); }, limit)) {
+      s_.lowest_layer().cancel();
+      run_until(io_, [&] { return r.has_value(); });
+      return std::nullopt;
+    }
+    if (*r) return std::nullopt;
+    return buf;
+  }
+
+  /// CONNACK's return code, or nothing when the connection ended first.
+  std::optional<int> connack() {
+    auto b = read(4);
+    if (!b) return std::nullopt;
+    REQUIRE(static_cast<std::uint8_t>((*b)[0]) == 0x20);
+    return static_cast<std::uint8_t>((*b)[3]);
+  }
+
+  void publish(const std::string& topic, const std::string& payload) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = payload;
+    send(p);
+  }
+
+  asio::ssl::stream<asio::ip::tcp::socket>& stream() { return s_; }
+
+ private:
+  asio::io_context& io_;
+  asio::ssl::context ctx_;
+  asio::ssl::stream<asio::ip::tcp::socket> s_;
+};
+
+/// A broker with one TLS listener (index 0) on the test's io_context, started; stopped at the end.
+struct fixture {
+  asio::io_context io;
+  recording_hooks hooks;
+  std::unique_ptr<tls_broker> broker;
+  std::vector<std::string> received;  // payloads published to t/#
+
+  explicit fixture(const tls::listen_options& o, mb::broker_options bo = {}) {
+    bo.log_level = mb::log_level::error;
+    broker = std::make_unique<tls_broker>(io, bo, hooks);
+    broker->listen(o);
+    broker->subscribe("t/#", [this](const mb::message_ptr& m) { received.emplace_back(m->payload()); });
+    broker->start();
+  }
+  ~fixture() {
+    bool stopped = false;
+    broker->async_stop([&](std::error_code) { stopped = true; });
+    run_until(io, [&] { return stopped; });
+  }
+  std::uint16_t port() const { return broker->local_port(0); }
+  seen& hooks_saw() { return *hooks.s; }
+};
+
+}  // namespace
+
+TEST_CASE("tls: a client verifies the server's chain, connects and publishes over TLS", "[tls]") {
+  fixture f(server_options());
+  tls_client c(f.io, f.port());
+  REQUIRE_FALSE(c.handshake());
+  CHECK(c.server_identity() == "mqttbroker test server");
+  f.hooks_saw().allowed = {"(none)"};
+  c.connect("plain-tls");
+  REQUIRE(c.connack() == 0);
+  c.publish("t/1", "over tls");
+  REQUIRE(run_until(f.io, [&] { return !f.received.empty(); }));
+  CHECK(f.received == std::vector<std::string>{"over tls"});
+  // Without a client certificate the hooks see no identity.
+  REQUIRE(f.hooks_saw().identities.size() == 1);
+  CHECK(f.hooks_saw().identities[0].empty());
+  CHECK(f.broker->listener_info(0).transport == "tls");
+}
+
+TEST_CASE("tls: TLS 1.3 only refuses a TLS 1.2 client", "[tls]") {
+  auto o = server_options();
+  o.min_version = mb::transport::tls_version::v1_3;
+  fixture f(o);
+  tls_client c(f.io, f.port());
+  SSL_set_max_proto_version(c.stream().native_handle(), TLS1_2_VERSION);
+  CHECK(c.handshake());
+  CHECK(run_until(f.io, [&] { return f.broker->stats().handshake_failures == 1; }));
+}
+
+TEST_CASE("tls: mutual TLS refuses a client without a certificate, with another CA's or an expired one", "[tls]") {
+  fixture f(server_options(true));
+  const char* cert = GENERATE("", "rogue", "expired");
+  INFO("client certificate: " << (*cert ? cert : "none"));
+  tls_client c(f.io, f.port(), cert);
+  // Under TLS 1.3 the client's side may complete before the server has checked its certificate:
+  // then the server's alert ends the connection before any CONNACK.
+  if (!c.handshake()) {
+    c.connect("refused");
+    CHECK_FALSE(c.connack().has_value());
+  }
+  CHECK(run_until(f.io, [&] { return f.broker->stats().handshake_failures == 1; }));
+  CHECK(f.hooks_saw().usernames.empty());
+
+  tls_client good(f.io, f.port(), "alice");
+  REQUIRE_FALSE(good.handshake());
+  good.connect("alice-1");
+  CHECK(good.connack() == 0);
+}
+
+TEST_CASE("tls: use_identity_as_username: the certificate's CN is the username the authorization hook sees",
+          "[tls]") {
+  auto o = server_options(true);
+  o.use_identity_as_username = true;
+  fixture f(o);
+  f.hooks_saw().allowed = {"alice"};
+  tls_client a(f.io, f.port(), "alice");
+  REQUIRE_FALSE(a.handshake());
+  a.connect("a", std::string("mallory"));  // the CONNECT's User Name does not count
+  REQUIRE(a.connack() == 0);
+  tls_client b(f.io, f.port(), "bob");
+  REQUIRE_FALSE(b.handshake());
+  b.connect("b", std::string("alice"));
+  REQUIRE(b.connack() == 0);
+  b.publish("t/b", "from bob");
+  a.publish("t/a", "from alice");
+  REQUIRE(run_until(f.io, [&] { return !f.received.empty(); }));
+  CHECK(f.received == std::vector<std::string>{"from alice"});
+  CHECK(f.hooks_saw().refused == std::vector<std::string>{"bob"});
+  CHECK(f.hooks_saw().usernames == std::vector<std::optional<std::string>>{std::string("alice"), std::string("bob")});
+  CHECK(f.hooks_saw().identities == std::vector<std::string>{"alice", "bob"});
+}
+
+TEST_CASE("tls: a certificate without a CN is known by its first DNS name; without the option the CONNECT's "
+          "username stays",
+          "[tls]") {
+  fixture f(server_options(true));
+  tls_client c(f.io, f.port(), "san-only");
+  REQUIRE_FALSE(c.handshake());
+  c.connect("device", std::string("device-user"));
+  REQUIRE(c.connack() == 0);
+  REQUIRE(f.hooks_saw().identities == std::vector<std::string>{"device-7.example"});
+  CHECK(f.hooks_saw().usernames == std::vector<std::optional<std::string>>{std::string("device-user")});
+}
+
+TEST_CASE("tls: a handshake that never completes is dropped at the CONNECT timeout; plain MQTT at once", "[tls]") {
+  mb::broker_options bo;
+  bo.connect_timeout = 1s;
+  fixture f(server_options(), bo);
+  asio::ip::tcp::socket stalled(f.io);
+  stalled.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  // The start of a ClientHello record, and then nothing.
+  const unsigned char hello_start[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01};
+  asio::write(stalled, asio::buffer(hello_start));
+  asio::ip::tcp::socket plain(f.io);
+  plain.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  const unsigned char mqtt_connect[] = {0x10, 0x0d, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01, 'x'};
+  asio::write(plain, asio::buffer(mqtt_connect));
+
+  const auto start = std::chrono::steady_clock::now();
+  char byte = 0;
+  bool plain_closed = false, stalled_closed = false;
+  std::chrono::steady_clock::duration plain_after{}, stalled_after{};
+  std::function<void()> read_plain = [&] {
+    plain.async_read_some(asio::buffer(&byte, 1), [&](std::error_code ec, std::size_t) {
+      if (!ec) return read_plain();  // the TLS alert
+      plain_closed = true;
+      plain_after = std::chrono::steady_clock::now() - start;
+    });
+  };
+  read_plain();
+  stalled.async_read_some(asio::buffer(&byte, 1), [&](std::error_code ec, std::size_t) {
+    stalled_closed = static_cast<bool>(ec);
+    stalled_after = std::chrono::steady_clock::now() - start;
+  });
+  REQUIRE(run_until(f.io, [&] { return plain_closed && stalled_closed; }, 5s));
+  CHECK(plain_after < 900ms);   // refused by the handshake, not by the timeout
+  CHECK(stalled_after >= 900ms);  // the CONNECT timeout (1 s, checked twice a second)
+  CHECK(stalled_after < 3s);
+  CHECK(f.broker->stats().connect_timeouts == 1);
+  CHECK(f.broker->stats().handshake_failures == 1);
+}
+
+TEST_CASE("tls: listen() names the file or setting at fault", "[tls]") {
+  asio::io_context io;
+  tls_broker b(io);
+  auto o = server_options();
+  o.private_key_file = certs()("missing.key");
+  std::error_code ec;
+  std::string what;
+  b.listen<tls>(o, ec, &what);
+  CHECK(ec == std::errc::no_such_file_or_directory);
+  CHECK(what.find("missing.key") != std::string::npos);
+  try {
+    b.listen<tls>(o);
+    FAIL("listen() did not throw");
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find("missing.key") != std::string::npos);
+  }
+
+  o = server_options();
+  o.private_key_file = certs()("alice.key");  // not the certificate's key
+  b.listen<tls>(o, ec, &what);
+  CHECK(ec);
+  CHECK(what.find("alice.key") != std::string::npos);  // OpenSSL says "key values mismatch"
+
+  o = server_options();
+  o.use_identity_as_username = true;
+  b.listen<tls>(o, ec, &what);
+  CHECK(ec == asio::error::invalid_argument);
+  CHECK(what.find("require_certificate") != std::string::npos);
+
+  o = server_options();
+  o.ciphers = "NO-SUCH-CIPHER";
+  b.listen<tls>(o, ec, &what);
+  CHECK(ec);
+  CHECK(what.find("NO-SUCH-CIPHER") != std::string::npos);
+}
+
+TEST_CASE("tls: reload_certificates serves new connections the new certificate and keeps open ones", "[tls]") {
+  // The listener's own copies of the files, which the test replaces as a renewal would.
+  const auto live = certs().path / "live";
+  std::filesystem::create_directories(live);
+  const auto copy = [&](const char* from, const char* to) {
+    std::filesystem::copy_file(certs()(from), live / to, std::filesystem::copy_options::overwrite_existing);
+  };
+  copy("server-chain.crt", "chain.crt");
+  copy("server.key", "key.pem");
+  auto o = server_options();
+  o.certificate_chain_file = (live / "chain.crt").string();
+  o.private_key_file = (live / "key.pem").string();
+  fixture f(o);
+  f.hooks_saw().allowed = {"(none)"};
+
+  tls_client before(f.io, f.port());
+  REQUIRE_FALSE(before.handshake());
+  before.connect("before");
+  REQUIRE(before.connack() == 0);
+  CHECK(before.server_identity() == "mqttbroker test server");
+
+  copy("server2-chain.crt", "chain.crt");
+  copy("server2.key", "key.pem");
+  std::error_code ec;
+  f.broker->reload_certificates(0, ec);
+  REQUIRE_FALSE(ec);
+
+  tls_client after(f.io, f.port());
+  REQUIRE_FALSE(after.handshake());
+  CHECK(after.server_identity() == "mqttbroker test server 2");
+  after.connect("after");
+  REQUIRE(after.connack() == 0);
+  before.publish("t/x", "still here");  // the open connection was not dropped
+  REQUIRE(run_until(f.io, [&] { return !f.received.empty(); }));
+  CHECK(f.received == std::vector<std::string>{"still here"});
+
+  // A failed reload keeps what the listener had, and names the file.
+  std::filesystem::remove(live / "key.pem");
+  std::string what;
+  f.broker->reload_certificates(0, ec, &what);
+  CHECK(ec == std::errc::no_such_file_or_directory);
+  CHECK(what.find("key.pem") != std::string::npos);
+  tls_client later(f.io, f.port());
+  REQUIRE_FALSE(later.handshake());
+  CHECK(later.server_identity() == "mqttbroker test server 2");
+}
+
+TEST_CASE("tls: a listener of a transport without certificates has nothing to reload", "[tls]") {
+  asio::io_context io;
+  mb::broker<> b(io);
+  mb::transport::tcp::listen_options o;
+  o.address = "127.0.0.1";
+  o.port = 0;
+  b.listen(o);
+  std::error_code ec;
+  b.reload_certificates(0, ec);
+  CHECK(ec == std::errc::operation_not_supported);
+}
