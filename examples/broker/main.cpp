@@ -1,15 +1,20 @@
 // mqttbroker: the standalone server. It is a host like any other: it owns main(), the io_context
 // and the threads, and runs mqttbroker::broker on them.
 #include <mqttbroker/mqttbroker.hpp>
+#if MQTTBROKER_EXAMPLE_TLS
+#include <mqttbroker/transport/tls.hpp>  // built with mqttbroker::tls (OpenSSL) when CMake found it
+#endif
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
 #include <fmt/core.h>
 
 #include <csignal>
+#include <functional>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -35,6 +40,17 @@ void say(level l, fmt::format_string<Args...> f, Args&&... args) {
 struct logging_hooks {
   std::string redirect_to;  // empty: no redirection
   bool redirect_permanent = false;
+  std::set<std::string, std::less<>> publishers;  // --allow-publish: empty lets everyone publish
+
+  /// A minimal rule to show who a client is (with --use-identity-as-username: its certificate):
+  /// only the named usernames may publish.
+  bool authorize_publish(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
+    if (publishers.empty()) return true;
+    if (c.username && publishers.count(*c.username) != 0) return true;
+    say(level::notice, "{} (username {}) may not publish to {}", c.client_id, c.username ? *c.username : "none",
+        m.topic());
+    return false;
+  }
 
   void log(level l, std::string_view message) { print(l, message); }
   std::optional<mqttbroker::hooks::redirection> redirect(const mqttbroker::hooks::connect_info&) {
@@ -42,8 +58,9 @@ struct logging_hooks {
     return mqttbroker::hooks::redirection{redirect_to, redirect_permanent};
   }
   void on_connect(const mqttbroker::hooks::client_info& c) {
-    say(level::debug, "{} is {}:{} on listener {} ({})", c.client_id, c.peer_address, c.peer_port,
-          c.listener ? c.listener->index : 0, c.listener ? c.listener->transport : "none");
+    say(level::debug, "{} is {}:{} on listener {} ({}), username {}, certificate {}", c.client_id, c.peer_address,
+        c.peer_port, c.listener ? c.listener->index : 0, c.listener ? c.listener->transport : "none",
+        c.username ? *c.username : "none", c.certificate_identity.empty() ? "none" : c.certificate_identity);
   }
   void on_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
     say(level::debug, "{} subscribed to {} at QoS {}", c.client_id, filter, static_cast<int>(q));
@@ -58,9 +75,17 @@ struct mt_policies : mqttbroker::default_policies {
   using hooks = logging_hooks;
 };
 
+/// The TLS listener's settings (--certfile and the rest); none without --certfile.
+struct tls_settings {
+  std::string certfile, keyfile, cafile, capath, version = "tlsv1.2", ciphers, ciphersuites;
+  std::uint16_t port = 8883;
+  bool require_certificate = false;
+  bool identity_as_username = false;
+};
+
 template <class Broker>
 int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::string& bind,
-          std::uint16_t port, unsigned threads) {
+          std::uint16_t port, unsigned threads, const tls_settings& tls) {
   asio::io_context io(static_cast<int>(threads));
   Broker broker(io, opts, hooks);
   typename Broker::listen_options lo;
@@ -72,12 +97,63 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     say(level::error, "cannot listen on {}:{}: {}", bind, port, ec.message());
     return 1;
   }
+  std::optional<std::size_t> tls_listener;  // its index
+#if MQTTBROKER_EXAMPLE_TLS
+  if (!tls.certfile.empty()) {
+    mqttbroker::transport::tls::listen_options to;
+    to.address = bind;
+    to.port = tls.port;
+    to.certificate_chain_file = tls.certfile;
+    to.private_key_file = tls.keyfile;
+    to.ca_file = tls.cafile;
+    to.ca_path = tls.capath;
+    to.require_certificate = tls.require_certificate;
+    to.use_identity_as_username = tls.identity_as_username;
+    to.min_version = tls.version == "tlsv1.3" ? mqttbroker::transport::tls_version::v1_3
+                                              : mqttbroker::transport::tls_version::v1_2;
+    to.ciphers = tls.ciphers;
+    to.ciphersuites = tls.ciphersuites;
+    std::string what;
+    broker.template listen<mqttbroker::transport::tls>(to, ec, &what);
+    if (ec) {
+      say(level::error, "cannot listen with TLS on {}:{}: {}", bind, tls.port, what);
+      return 1;
+    }
+    tls_listener = 1;
+  }
+#else
+  if (!tls.certfile.empty()) {
+    say(level::error, "this mqttbroker was built without TLS (OpenSSL was not found)");
+    return 1;
+  }
+#endif
   broker.start();
+  // SIGHUP reads the TLS certificates and keys again; open connections keep theirs.
+  asio::signal_set hangups(io, SIGHUP);
+  std::function<void()> on_hangup = [&] {
+    hangups.async_wait([&](std::error_code e, int) {
+      if (e) return;
+      if (tls_listener) {
+        std::error_code rec;
+        std::string what;
+        broker.reload_certificates(*tls_listener, rec, &what);
+        if (rec)
+          say(level::error, "SIGHUP: TLS certificates not reloaded, the old ones stay: {}", what);
+        else
+          say(level::info, "SIGHUP: TLS certificates reloaded");
+      } else {
+        say(level::info, "SIGHUP: no TLS listener, nothing to reload");
+      }
+      on_hangup();
+    });
+  };
+  on_hangup();
   // SIGINT/SIGTERM are handled before the "listening" line announces the server as ready, so a
   // stop requested right after it is graceful too.
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](std::error_code, int sig) {
     say(level::info, "signal {}: stopping", sig);
+    hangups.cancel();
     broker.async_stop([&](std::error_code) {
       const auto s = broker.stats();
       say(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
@@ -88,6 +164,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
 
   say(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
       MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
+  if (tls_listener) say(level::info, "TLS listening on {}:{}", bind, broker.local_port(*tls_listener));
 
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
@@ -155,6 +232,25 @@ int main(int argc, char** argv) {
                  "send every authenticated client to this server (5.0 Server Reference; 3.1.1 is refused)");
   app.add_flag("--redirect-permanent", hooks.redirect_permanent,
                "with --redirect: Server moved (0x9D) instead of Use another server (0x9C)");
+  std::vector<std::string> publishers;
+  app.add_option("--allow-publish", publishers,
+                 "only clients with this username may publish (repeat for more; default: everyone)");
+  // TLS, beside the plain listener; the names are Mosquitto's options.
+  tls_settings tls;
+  app.add_option("--tls-port", tls.port, "TLS port (with --certfile)")->capture_default_str();
+  app.add_option("--certfile", tls.certfile,
+                 "PEM certificate chain (server certificate, then intermediates): turns the TLS listener on");
+  app.add_option("--keyfile", tls.keyfile, "PEM private key of --certfile");
+  app.add_option("--cafile", tls.cafile, "PEM CA certificates that sign client certificates");
+  app.add_option("--capath", tls.capath, "folder of hashed CA certificates (openssl rehash)");
+  app.add_flag("--require-certificate", tls.require_certificate, "refuse TLS clients without a valid certificate");
+  app.add_flag("--use-identity-as-username", tls.identity_as_username,
+               "the client certificate's CN (else first DNS/email SAN) is the username; needs --require-certificate");
+  app.add_option("--tls-version", tls.version, "lowest TLS version accepted")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tlsv1.2", "tlsv1.3"}));
+  app.add_option("--ciphers", tls.ciphers, "TLS 1.2 cipher list (OpenSSL syntax)");
+  app.add_option("--ciphers-tls1.3", tls.ciphersuites, "TLS 1.3 ciphersuites (OpenSSL syntax)");
   app.set_version_flag("--version", fmt::format("mqttbroker {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
                                                 MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
   CLI11_PARSE(app, argc, argv);
@@ -166,10 +262,11 @@ int main(int argc, char** argv) {
   opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
   opts.sys_interval = std::chrono::seconds(sys_interval_s);
   opts.stuck_client_timeout = std::chrono::milliseconds(stuck_ms);
+  hooks.publishers.insert(publishers.begin(), publishers.end());
 
   try {
-    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, bind, port, threads);
-    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, bind, port, threads);
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, bind, port, threads, tls);
+    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, bind, port, threads, tls);
   } catch (const std::exception& e) {
     say(level::error, "{}", e.what());
     return 1;
