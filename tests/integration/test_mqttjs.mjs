@@ -338,15 +338,21 @@ test('CONNACK properties MQTT.js sees match the server\'s options', async (it) =
   const defaults = await it.connect({ clientId: 'connack-default' });
   assert.equal(defaults.connack.reasonCode, 0);
   const p = defaults.connack.properties;
-  // broker_options' defaults; Maximum QoS, Retain Available, Wildcard and Subscription Identifiers
-  // Available are absent, which means all are available.
+  // broker_options' defaults. The three availability properties are always sent; Maximum QoS and
+  // Retain Available are absent, which means QoS 2 and retained messages are available.
   assert.deepEqual(
-    [p.topicAliasMaximum, p.receiveMaximum, p.maximumPacketSize, p.sharedSubscriptionAvailable],
-    [10, 1024, 1024 * 1024, true]);
-  for (const absent of ['maximumQoS', 'retainAvailable', 'wildcardSubscriptionAvailable', 'subscriptionIdentifiersAvailable', 'serverKeepAlive']) {
+    [p.topicAliasMaximum, p.receiveMaximum, p.maximumPacketSize, p.sharedSubscriptionAvailable,
+      p.wildcardSubscriptionAvailable, p.subscriptionIdentifiersAvailable],
+    [10, 1024, 1024 * 1024, true, true, true]);
+  for (const absent of ['maximumQoS', 'retainAvailable', 'serverKeepAlive']) {
     assert.equal(p[absent], undefined, absent);
   }
-  const limited = await it.broker('--max-packet-size', '4096');
+  const limited = await it.broker('--max-packet-size', '4096', '--wildcard-subscriptions', '0',
+    '--subscription-identifiers', '0');
   const c = await it.connect({ clientId: 'connack-limited', broker: limited });
-  assert.equal(c.connack.properties.maximumPacketSize, 4096);
+  const q = c.connack.properties;
+  assert.deepEqual([q.maximumPacketSize, q.wildcardSubscriptionAvailable, q.subscriptionIdentifiersAvailable],
+    [4096, false, false]);
+  // With wildcards switched off, SUBACK refuses a wildcard filter with 0xA2.
+  await assert.rejects(c.subscribe('w/+', { qos: 1 }), (e) => e.packet?.granted?.[0] === 0xA2);
 });
