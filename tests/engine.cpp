@@ -18,6 +18,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -89,6 +90,10 @@ struct hello {
     username = std::move(name);
     return *this;
   }
+  hello& request_problem_information(std::uint32_t v) {
+    problem_info = v;
+    return *this;
+  }
   std::string id;
   bool clean;
   std::uint16_t keep_alive_s = 0;
@@ -100,6 +105,7 @@ struct hello {
   bool will_retain = false;
   std::optional<std::uint16_t> receive_max;  // 5.0
   std::optional<std::uint32_t> max_packet;   // 5.0
+  std::optional<std::uint32_t> problem_info;  // 5.0 Request Problem Information
 };
 
 std::uint8_t code(reason_code r) { return static_cast<std::uint8_t>(r); }
@@ -194,6 +200,7 @@ class world {
     if (h.expiry) props.add(codec::property_id::session_expiry_interval, *h.expiry);
     if (h.receive_max) props.add(codec::property_id::receive_maximum, *h.receive_max);
     if (h.max_packet) props.add(codec::property_id::maximum_packet_size, *h.max_packet);
+    if (h.problem_info) props.add(codec::property_id::request_problem_information, *h.problem_info);
     c.properties = props.view();
     if (h.will_topic) {
       codec::will_message w;
@@ -2900,4 +2907,193 @@ TEST_CASE("engine: max_publish_rate per second of the clock: the PUBLISH over it
   for (int i = 0; i < 1000; ++i) send(unlimited, fast, "r/t", "m");
   CHECK(fast.is_open());
   CHECK(unlimited.engine.stats().rate_limited == 0);
+}
+
+// ---- 5.0 Reason String on the server's CONNACK refusals and DISCONNECTs
+
+namespace {
+
+/// An error whose message is longer than a Reason String may be: 70 bytes, a two-byte character
+/// (U+00E9) at bytes 63 and 64, where the cut falls.
+const std::error_category& wordy_category() noexcept {
+  class category final : public std::error_category {
+   public:
+    const char* name() const noexcept override { return "test.wordy"; }
+    std::string message(int) const override { return std::string(63, 'a') + "\xC3\xA9" + "bcdef"; }
+  };
+  static const category instance;
+  return instance;
+}
+
+/// A PUBLISH with Topic Alias `alias` and no topic: one the client never set is a Protocol Error.
+codec::publish aliased_publish(std::uint16_t alias, codec::properties_builder& props) {
+  codec::publish p;
+  p.payload = "m";
+  props.add(codec::property_id::topic_alias, alias);
+  p.properties = props.view();
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("engine: a refusing 5.0 CONNACK says why in a Reason String, none after Request Problem Information 0 [MQTT-3.1.2-29]",
+          "[engine][v5][reason-string][MQTT-3.1.2-29][MQTT-3.2.2-5]") {
+  world<auth_policies> w;
+  const auto v5 = protocol_version::v5;
+  struct refusal {
+    hello h;
+    std::uint8_t connack;
+    const char* why;
+  };
+  const std::string long_id(300, 'x');
+  const refusal cases[] = {
+      {hello(long_id), code(reason_code::client_identifier_not_valid), "client identifier not valid"},
+      {hello("w").will("a/+"), code(reason_code::topic_name_invalid), "invalid Will Topic"},
+      {hello("u").user("bad"), code(reason_code::bad_user_name_or_password), "Bad User Name or Password"},
+      {hello("u").user("banned"), code(reason_code::not_authorized), "Not authorized"},
+  };
+  for (const refusal& r : cases) {
+    for (const std::optional<std::uint32_t> asked : {std::optional<std::uint32_t>(), std::optional<std::uint32_t>(1),
+                                                     std::optional<std::uint32_t>(0)}) {
+      INFO(r.why << ", Request Problem Information " << (asked ? std::to_string(*asked) : "absent"));
+      hello h = r.h;
+      if (asked) h.request_problem_information(*asked);
+      auto& l = w.open(v5);
+      w.connect(l, h, v5);
+      const rx ack = l.only(CONNACK);
+      CHECK(ack.code == r.connack);
+      // Absent means 1; 0 is honoured on CONNACK too, where the specification would allow one.
+      CHECK(ack.reason_string == (asked == 0u ? std::nullopt : std::optional<std::string>(r.why)));
+      CHECK_FALSE(l.is_open());
+    }
+  }
+
+  // Input the decoder refused before the CONNECT was whole: the defaults, a Reason String.
+  auto& early = w.open(v5);
+  w.engine.on_malformed(early, mb::make_error_code(mb::codec_errc::invalid_utf8), v5, w.now);
+  const rx ack = early.only(CONNACK);
+  CHECK(ack.code == code(reason_code::malformed_packet));
+  CHECK(ack.reason_string == std::optional<std::string>("ill-formed UTF-8 string"));
+
+  // 3.1.1 unchanged: a CONNACK has no properties.
+  auto& old = w.open();
+  w.connect(old, hello(long_id), protocol_version::v3_1_1);
+  const rx old_ack = old.only(CONNACK);
+  CHECK(old_ack.code == 2);
+  CHECK_FALSE(old_ack.reason_string);
+}
+
+TEST_CASE("engine: the server's DISCONNECT to a 5.0 client names the problem in a Reason String, none after Request Problem Information 0 [MQTT-3.1.2-29]",
+          "[engine][v5][reason-string][MQTT-3.1.2-29][MQTT-4.13.1-1]") {
+  mb::broker_options o;
+  o.max_publish_rate = 1;
+  world<> w(o);
+  const auto v5 = protocol_version::v5;
+  for (const std::optional<std::uint32_t> asked : {std::optional<std::uint32_t>(), std::optional<std::uint32_t>(0)}) {
+    INFO("Request Problem Information " << (asked ? "0" : "absent"));
+    auto with = [&](hello h) -> hello {
+      if (asked) h.request_problem_information(*asked);
+      return h;
+    };
+    auto said = [&](const char* why) { return asked ? std::nullopt : std::optional<std::string>(why); };
+
+    auto& alias = w.connected(with(hello("alias")), v5);
+    codec::properties_builder props;
+    w.feed(alias, aliased_publish(1, props));
+    rx d = alias.only(DISCONNECT);
+    CHECK(d.code == code(reason_code::protocol_error));  // says less than the Reason String
+    CHECK(d.reason_string == said("topic alias not set"));
+
+    auto& bad = w.connected(with(hello("bad")), v5);
+    w.engine.on_malformed(bad, mb::make_error_code(mb::codec_errc::truncated), v5, w.now);
+    d = bad.only(DISCONNECT);
+    CHECK(d.code == code(reason_code::malformed_packet));
+    CHECK(d.reason_string == said("field runs past the end of the packet"));
+
+    auto& first = w.connected(with(hello("same")), v5);
+    auto& second = w.connected(with(hello("same")), v5);
+    d = first.only(DISCONNECT);
+    CHECK(d.code == code(reason_code::session_taken_over));
+    CHECK(d.reason_string == said("a newer connection with this Client Identifier took over"));
+    w.drop(second);
+
+    auto& fast = w.connected(with(hello("fast")), v5);
+    send(w, fast, "r/t", "1");
+    send(w, fast, "r/t", "2");
+    d = fast.only(DISCONNECT);
+    CHECK(d.code == code(reason_code::message_rate_too_high));
+    CHECK(d.reason_string == said("more PUBLISH packets a second than the server takes"));
+
+    auto& idle = w.connected(with(hello("idle").keep_alive(10)), v5);
+    w.advance(seconds(15));
+    d = idle.only(DISCONNECT);
+    CHECK(d.code == code(reason_code::keep_alive_timeout));
+    CHECK(d.reason_string == said("nothing received within the Keep Alive"));
+  }
+
+  // 3.1.1: the same protocol error just closes [MQTT-4.8.0-1].
+  auto& old = w.connected(hello("old"));
+  w.feed(old, codec::auth{});
+  CHECK(old.received().empty());
+  CHECK_FALSE(old.is_open());
+}
+
+TEST_CASE("engine: no Reason String where it would make the CONNACK or DISCONNECT larger than the client's Maximum Packet Size, which still goes out [MQTT-3.2.2-19] [MQTT-3.14.2-3]",
+          "[engine][v5][reason-string][MQTT-3.2.2-19][MQTT-3.14.2-3]") {
+  const auto v5 = protocol_version::v5;
+  // The longest Reason String, 64 bytes, cut before the character it would split: 63 of them.
+  const std::error_code wordy(1, wordy_category());
+  const std::optional<std::string> cut(std::string(63, 'a'));
+  SECTION("CONNACK: 71 bytes at most with the longest, 72 taken") {
+    world<auth_policies> w;
+    for (const std::uint32_t max : {72u, 71u, 20u}) {
+      INFO("Maximum Packet Size " << max);
+      auto& l = w.open(v5);
+      w.connect(l, hello(std::string(300, 'x')).maximum_packet_size(max), v5);
+      rx ack = l.only(CONNACK);
+      CHECK(ack.code == code(reason_code::client_identifier_not_valid));
+      CHECK(ack.reason_string.has_value() == (max == 72));
+      CHECK_FALSE(l.is_open());
+    }
+    // What the cut leaves of a longer text.
+    auto& l = w.open(v5);
+    w.engine.on_malformed(l, wordy, v5, w.now);
+    const rx ack = l.only(CONNACK);
+    CHECK(ack.code == code(reason_code::unspecified_error));
+    CHECK(ack.reason_string == cut);
+  }
+  SECTION("DISCONNECT: the same rule, for the life of the connection") {
+    world<> w;
+    for (const std::uint32_t max : {72u, 71u, 20u}) {
+      INFO("Maximum Packet Size " << max);
+      auto& l = w.connected(hello("small").maximum_packet_size(max), v5);
+      codec::properties_builder props;
+      w.feed(l, aliased_publish(1, props));
+      const rx d = l.only(DISCONNECT);
+      CHECK(d.code == code(reason_code::protocol_error));
+      CHECK(d.reason_string.has_value() == (max == 72));
+    }
+    auto& l = w.connected(hello("wordy").maximum_packet_size(72), v5);
+    w.engine.on_malformed(l, wordy, v5, w.now);
+    const rx d = l.only(DISCONNECT);
+    CHECK(d.code == code(reason_code::unspecified_error));
+    CHECK(d.reason_string == cut);
+  }
+  SECTION("with a Server Reference: it stays, the Reason String goes where both do not fit") {
+    world<> w;
+    const std::string reference = "a-server-with-a-rather-long-name.example.com:1883";  // 49 bytes: 52 as property
+    // DISCONNECT: 2 + 1 + 1 + 52 = 56 bytes, 85 with "use another server for now" (3 + 26).
+    for (const std::uint32_t max : {0u, 85u, 84u}) {
+      INFO("Maximum Packet Size " << max);
+      hello h("away");
+      if (max != 0) h.maximum_packet_size(max);
+      auto& l = w.connected(h, v5);
+      CHECK(w.engine.redirect("away", reference, false));
+      w.run_events();
+      const rx d = l.only(DISCONNECT);
+      CHECK(d.code == code(reason_code::use_another_server));
+      CHECK(d.server_reference == std::optional<std::string>(reference));
+      CHECK(d.reason_string == (max == 84 ? std::nullopt : std::optional<std::string>("use another server for now")));
+    }
+  }
 }

@@ -34,6 +34,7 @@ struct rx {
   int wildcard_subscription_available = -1;     // CONNACK: the same
   int subscription_identifier_available = -1;   // CONNACK: the same
   std::optional<std::string> server_reference;  // CONNACK and DISCONNECT, 5.0
+  std::optional<std::string> reason_string;     // CONNACK and DISCONNECT, 5.0
   std::vector<std::uint32_t> subscription_ids;  // 5.0 PUBLISH, in the order sent
   std::optional<std::uint32_t> maximum_qos, retain_available;  // CONNACK, 5.0
   std::string response_information;                            // CONNACK, 5.0
@@ -74,6 +75,7 @@ inline rx to_rx(const codec::packet& p) {
           if (auto a = x.properties.find(codec::property_id::subscription_identifier_available))
             r.subscription_identifier_available = static_cast<int>(a->integer);
           if (auto s = x.properties.find(codec::property_id::server_reference)) r.server_reference = std::string(s->value);
+          if (auto s = x.properties.find(codec::property_id::reason_string)) r.reason_string = std::string(s->value);
           read_auth_properties(x.properties, r);
         } else if constexpr (std::is_same_v<T, codec::publish>) {
           r.topic = std::string(x.topic);
@@ -101,6 +103,7 @@ inline rx to_rx(const codec::packet& p) {
         } else if constexpr (std::is_same_v<T, codec::disconnect>) {
           r.code = static_cast<std::uint8_t>(x.reason);
           if (auto s = x.properties.find(codec::property_id::server_reference)) r.server_reference = std::string(s->value);
+          if (auto s = x.properties.find(codec::property_id::reason_string)) r.reason_string = std::string(s->value);
         } else if constexpr (std::is_same_v<T, codec::auth>) {
           r.code = static_cast<std::uint8_t>(x.reason);
           read_auth_properties(x.properties, r);

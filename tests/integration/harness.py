@@ -412,6 +412,7 @@ class PahoClient:
         self.unsubacks = queue.Queue()
         self.disconnected = threading.Event()
         self.disconnect_rc = None
+        self.disconnect_properties = None  # 5.0: those of the server's DISCONNECT, if it sent one
         self.client_id = client_id
         self.clean = clean
         self.keepalive = keepalive
@@ -455,6 +456,7 @@ class PahoClient:
 
     def _on_disconnect(self, client, userdata, rc, properties=None):
         self.disconnect_rc = rc.value if hasattr(rc, "value") else rc
+        self.disconnect_properties = properties
         self.disconnected.set()
 
     def connect(self, expect_code=0):

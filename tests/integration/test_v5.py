@@ -17,6 +17,8 @@ TOPIC_ALIAS = 0x23
 MESSAGE_EXPIRY = 0x02
 SUBSCRIPTION_IDENTIFIER = 0x0B
 SERVER_REFERENCE = 0x1C
+REQUEST_PROBLEM_INFORMATION = 0x17
+REASON_STRING = 0x1F
 WILDCARD_SUBSCRIPTION_AVAILABLE = 0x28
 SUBSCRIPTION_IDENTIFIER_AVAILABLE = 0x29
 
@@ -230,13 +232,43 @@ class PublishRate(h.BrokerTestCase):
         self.assertTrue(10 <= len(got) <= 20, len(got))
 
     def test_paho_client_disconnected(self):
-        """A paho 5.0 client over the limit is disconnected. (paho 1.6 reads no reason from a
-        DISCONNECT of fewer than 3 bytes, this one's 0x96 included, and reports 7, the connection
-        lost; test_over_the_limit reads the reason.)"""
+        """A paho 5.0 client over the limit is disconnected. (It may report 7, the connection lost,
+        when the reset of a socket closed with input unread overtakes the DISCONNECT;
+        test_over_the_limit reads the reason.)"""
         c = self.paho("over-paho", V5)
         for i in range(12):
             c.client.publish("over/paho", b"m", 0)
         self.assertTrue(c.disconnected.wait(h.WAIT))
+
+
+class ReasonStrings(h.BrokerTestCase):
+    def test_reason_string_seen_by_paho(self):
+        """paho 5.0 reads the Reason String of a refusing CONNACK and of a DISCONNECT (here a
+        takeover); a client that sent Request Problem Information 0 gets none [MQTT-3.1.2-29]."""
+        long_id = "x" * 300  # above the server's max_client_id_length
+        refused = self.paho(long_id, V5, connect_now=False)
+        _, code, props = refused.connect(expect_code=None)
+        self.assertEqual(code, 0x85)
+        self.assertEqual(getattr(props, "ReasonString", None), "client identifier not valid")
+        quiet = self.raw()
+        quiet.send(h.connect(long_id, version=V5, properties=h.props((REQUEST_PROBLEM_INFORMATION, b"\x00"))))
+        ack = h.parse_connack(quiet.expect(h.CONNACK), V5)
+        self.assertEqual(ack.code, 0x85)
+        self.assertNotIn(REASON_STRING, ack.properties)
+
+        first = self.paho("rs-same", V5)
+        self.paho("rs-same", V5)
+        self.assertTrue(first.disconnected.wait(h.WAIT))
+        self.assertEqual(first.disconnect_rc, 0x8E)
+        self.assertEqual(getattr(first.disconnect_properties, "ReasonString", None),
+                         "a newer connection with this Client Identifier took over")
+        old, _ = self.raw_connected("rs-quiet", V5, properties=h.props((REQUEST_PROBLEM_INFORMATION, b"\x00")))
+        self.raw_connected("rs-quiet", V5)
+        _, before = old.wait_closed()
+        self.assertEqual([p.kind for p in before], [h.DISCONNECT])
+        self.assertEqual(before[0].body[:1], b"\x8e")
+        self.assertNotIn(REASON_STRING, h.parse_props(before[0].body, 1)[0] if len(before[0].body) > 1 else {})
+
 
 if __name__ == "__main__":
     h.main()

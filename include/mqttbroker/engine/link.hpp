@@ -232,7 +232,8 @@ class link : public detail::list_links,
         graceful_(false),
         write_in_flight_(false),
         disconnect_queued_(false),
-        authenticating_(false) {}
+        authenticating_(false),
+        problem_information_(true) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -535,6 +536,10 @@ class link : public detail::list_links,
   bool write_in_flight_ : 1;
   bool disconnect_queued_ : 1;  // the server's DISCONNECT is queued: nothing more is sent
   bool authenticating_ : 1;     // an authenticate hook has the CONNECT or an AUTH step; the reader waits
+  // 5.0: the client takes a Reason String on CONNACK and DISCONNECT (protocol::takes_reason_string):
+  // it did not send Request Problem Information 0, and its Maximum Packet Size leaves room. True
+  // until its CONNECT says otherwise: the spec's defaults (1, no limit).
+  bool problem_information_ : 1;
 };
 
 }  // namespace engine

@@ -139,13 +139,18 @@ class protocol : public core<Policies> {
       std::lock_guard<mutex_type> lk(state_mutex_);
       ++stats_.protocol_errors;
     }
-    this->log(log_level::warning, "client '{}': {}; closing", l.client_id(), ec.message());
+    const std::string why = ec.message();
+    this->log(log_level::warning, "client '{}': {}; closing", l.client_id(), why);
     if (!l.connected_) {
       // Before CONNACK: a CONNACK with the refusal where the version has a code for it
-      // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]).
+      // [MQTT-3.2.2-5] (3.1.1 return code 1 for an unknown level [MQTT-3.1.2-2]). 5.0 says why
+      // in a Reason String, unless the CONNECT asked for none (a CONNECT not parsed asked for
+      // nothing: the defaults, problem information and no size limit).
       if (decoded_version == codec::protocol_version::v5) {
         codec::connack ack;
         ack.code = static_cast<std::uint8_t>(to_reason_code(ec));
+        codec::properties_builder props;
+        add_reason_string(l, ack, props, why, 0);
         l.enqueue(ack, codec::protocol_version::v5, now);
       } else if (auto rc = to_connack_return_code(ec)) {
         codec::connack ack;
@@ -155,8 +160,9 @@ class protocol : public core<Policies> {
       l.close(reason_code::unspecified_error, false, false, now);
       return;
     }
-    // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1: just close [MQTT-4.8.0-1].
-    l.close(to_reason_code(ec), true, false, now);
+    // 5.0: DISCONNECT with the reason code [MQTT-4.13.1-1] and what went wrong ("topic alias not
+    // set" says more than 0x82); 3.1.1: just close [MQTT-4.8.0-1].
+    disconnect(l, to_reason_code(ec), why, now);
   }
 
   /// After a packet reached a session that is behind: pauses `l`'s reader on it, unless it caught
@@ -196,7 +202,7 @@ class protocol : public core<Policies> {
   void take_over(link_type& l, steady_time now) {
     this->log(log_level::notice, "client '{}': taken over by a newer connection", l.client_id());
     l.taken_over_ = true;  // the session stays referenced, for the client identifier, but unused
-    l.close(reason_code::session_taken_over, true, false, now);
+    disconnect(l, reason_code::session_taken_over, "a newer connection with this Client Identifier took over", now);
   }
 
   /// Runs what the engine posted to `l` (link::post), now on l's own executor. True when its
@@ -251,7 +257,7 @@ class protocol : public core<Policies> {
         // A re-authentication that did not end in time has failed [MQTT-4.12.1-2].
         this->log(log_level::notice, "client '{}': re-authentication not completed within {} ms", l.client_id(),
                   opts_.reauthentication_timeout.count());
-        l.close(reason_code::not_authorized, true, false, now);
+        disconnect(l, reason_code::not_authorized, "re-authentication not completed in time", now);
         return false;
       }
     }
@@ -266,7 +272,7 @@ class protocol : public core<Policies> {
     } else {
       this->log(log_level::notice, "client '{}': Keep Alive timeout", l.client_id());
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
-      l.close(reason_code::keep_alive_timeout, true, false, now);
+      disconnect(l, reason_code::keep_alive_timeout, "nothing received within the Keep Alive", now);
     }
     return false;
   }
@@ -384,6 +390,67 @@ class protocol : public core<Policies> {
     on_malformed(l, ec, l.version_, now);
   }
 
+  // ---- Reason String (5.0 property 0x1F) on the server's CONNACK refusals and DISCONNECTs
+
+  /// At most this much text: a short diagnostic (an error's message, a reason code's name).
+  static constexpr std::size_t max_reason_string = 64;
+  /// The largest CONNACK or DISCONNECT whose only property is such a Reason String: fixed header 2
+  /// (a remaining length below 128), CONNACK flags 1, reason code 1, property length 1, the
+  /// property 3 + the text.
+  static constexpr std::uint32_t reason_string_room = 2 + 1 + 1 + 1 + 3 + max_reason_string;
+
+  /// Whether a 5.0 client takes a Reason String, from its CONNECT: kept as one bit on the link
+  /// (link::problem_information_), not its Maximum Packet Size, so a refusal before the session
+  /// holds that size can use it, and a link taken over does not read its successor's. The rule
+  /// is conservative: a client whose limit is below `reason_string_room` gets none, even a short
+  /// one that would fit. Request Problem Information 0 means none, also on CONNACK and DISCONNECT
+  /// where [MQTT-3.1.2-29] would allow one: the client said it does not want them.
+  static bool takes_reason_string(const codec::properties_view& connect_props, std::uint32_t max_packet) {
+    const auto asked = connect_props.find(codec::property_id::request_problem_information);
+    return (!asked || asked->integer != 0) && (max_packet == 0 || max_packet >= reason_string_room);
+  }
+
+  /// Adds `why` (cut to max_reason_string bytes) as Reason String to `p`, a CONNACK or DISCONNECT
+  /// to a 5.0 client, through `props`, after any properties `p` has, when the client takes one.
+  /// Left out when `p` would then be larger than `max_packet` (0: the rule of
+  /// takes_reason_string() covers a packet with no other property) [MQTT-3.2.2-19]
+  /// [MQTT-3.14.2-3]; what `p` had stays.
+  template <class Packet>
+  static void add_reason_string(const link_type& l, Packet& p, codec::properties_builder& props, std::string_view why,
+                                std::uint32_t max_packet) {
+    if (!l.problem_information_ || why.empty()) return;
+    if (why.size() > max_reason_string) {
+      std::size_t n = max_reason_string;
+      while (n > 0 && (static_cast<unsigned char>(why[n]) & 0xC0u) == 0x80u) --n;  // not inside a character
+      why = why.substr(0, n);
+    }
+    codec::properties_builder with;
+    for (const codec::property& pr : p.properties) with.add(pr);  // `p`'s may view into `props`
+    with.add(codec::property_id::reason_string, why);
+    const codec::properties_view before = p.properties;
+    p.properties = with.view();
+    std::size_t size = 0;
+    if (codec::encoded_size(p, codec::protocol_version::v5, size) || (max_packet != 0 && size > max_packet)) {
+      p.properties = before;
+      return;
+    }
+    props = std::move(with);
+    p.properties = props.view();
+  }
+
+  /// The server ends a connection: a connected 5.0 client first gets DISCONNECT `reason` with
+  /// `props` and `why` as Reason String (add_reason_string); 3.1.1 just closes. Never graceful:
+  /// the will goes out.
+  void disconnect(link_type& l, reason_code reason, std::string_view why, steady_time now,
+                  codec::properties_view props = {}, std::uint32_t max_packet = 0) {
+    codec::disconnect d;
+    d.reason = reason;
+    d.properties = props;
+    codec::properties_builder b;
+    if (l.connected_ && l.version_ == codec::protocol_version::v5) add_reason_string(l, d, b, why, max_packet);
+    l.close(reason, true, false, now, d.properties);
+  }
+
   // ---- server redirection (5.0 section 4.11)
 
   /// Adds the Server Reference to `p` (a CONNACK or DISCONNECT to a 5.0 client, its reason set)
@@ -413,7 +480,7 @@ class protocol : public core<Policies> {
       ack.code = static_cast<std::uint8_t>(why);
       add_server_reference(ack, props, to.server_reference, max_packet);
     }
-    refuse_connect_code(l, info, why, connack_return_code::server_unavailable, now, props.view());
+    refuse_connect_code(l, info, why, connack_return_code::server_unavailable, now, {}, props.view(), max_packet);
   }
 
   /// link_event::redirect: the redirection the host asked for this link, if it is still
@@ -435,15 +502,15 @@ class protocol : public core<Policies> {
     codec::properties_builder props;
     codec::disconnect d;
     d.reason = why;
+    std::uint32_t max_packet = 0;
     if (l.version() == codec::protocol_version::v5) {
-      std::uint32_t max_packet;
       {
         session_guard lk(*this, *l.session());
         max_packet = l.session()->state.client_max_packet_size();
       }
       add_server_reference(d, props, to->server_reference, max_packet);
     }
-    l.close(why, true, false, now, d.properties);
+    disconnect(l, why, to->permanent ? "the server moved" : "use another server for now", now, d.properties, max_packet);
   }
 
   // ---- PUBLISH rate
@@ -465,7 +532,7 @@ class protocol : public core<Policies> {
     }
     this->log(log_level::notice, "client '{}': more than {} PUBLISH packets in a second; closing", l.client_id(),
               opts_.max_publish_rate);
-    l.close(reason_code::message_rate_too_high, true, false, now);
+    disconnect(l, reason_code::message_rate_too_high, "more PUBLISH packets a second than the server takes", now);
     return true;
   }
 
@@ -497,7 +564,7 @@ class protocol : public core<Policies> {
   void refuse_connect(link_type& l, const hooks::connect_info& info, Error e, steady_time now) {
     const std::error_code ec = e;
     if (info.version == codec::protocol_version::v5)
-      return refuse_connect_code(l, info, to_reason_code(ec), connack_return_code::accepted, now);
+      return refuse_connect_code(l, info, to_reason_code(ec), connack_return_code::accepted, now, ec.message());
     auto rc = to_connack_return_code(ec);
     if (!rc) return refuse_by_closing(l, info, ec, now);
     refuse_connect_code(l, info, to_reason_code(ec), *rc, now);
@@ -521,14 +588,19 @@ class protocol : public core<Policies> {
     }
   }
 
-  /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1.
+  /// CONNACK with the refusal: `rc5` for 5.0 (and the hook), `rc3` for 3.1.1. 5.0 adds `why`
+  /// (the reason code's name when empty) as Reason String to `props` (add_reason_string, with
+  /// the CONNECT's Maximum Packet Size `max_packet` when `props` has any).
   void refuse_connect_code(link_type& l, const hooks::connect_info& info, reason_code rc5, connack_return_code rc3,
-                           steady_time now, codec::properties_view props = {}) {
+                           steady_time now, std::string_view why = {}, codec::properties_view props = {},
+                           std::uint32_t max_packet = 0) {
     const auto v = info.version;
     notify_refused(info, rc5);
     codec::connack ack;
     ack.code = v == codec::protocol_version::v5 ? static_cast<std::uint8_t>(rc5) : static_cast<std::uint8_t>(rc3);
     ack.properties = props;
+    codec::properties_builder b;
+    if (v == codec::protocol_version::v5) add_reason_string(l, ack, b, why.empty() ? to_string(rc5) : why, max_packet);
     l.version_ = v;
     l.enqueue(ack, v, now);
     l.close(reason_code::unspecified_error, false, false, now);
@@ -548,6 +620,19 @@ class protocol : public core<Policies> {
     const auto v = cp.version;
     const bool v5 = v == codec::protocol_version::v5;
     connect_request r;
+    // Read first: a refusal below may carry a Reason String, which they decide.
+    if (v5) {
+      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
+      // this (the decoder refused 0 for either as a protocol error).
+      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
+        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
+      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
+        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
+      if (auto p = cp.properties.find(codec::property_id::request_response_information))
+        r.wants_response_information = p->integer == 1;
+      l.problem_information_ = takes_reason_string(cp.properties, r.maximum_packet_size);
+    }
     r.client_id.assign(cp.client_id);
     if (r.client_id.empty()) {
       // 3.1.1: an empty identifier needs Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8];
@@ -568,7 +653,7 @@ class protocol : public core<Policies> {
     if constexpr (!base::enhanced_auth) {
       if (method)
         return refuse_connect_code(l, connect_info_of(l, cp), reason_code::bad_authentication_method,
-                                   connack_return_code::accepted, now);
+                                   connack_return_code::accepted, now, "no Authentication Method is supported");
     }
 
     if (cp.will) {
@@ -579,14 +664,15 @@ class protocol : public core<Policies> {
         if (v5)
           return refuse_connect_code(l, connect_info_of(l, cp),
                                      qos_too_high ? reason_code::qos_not_supported : reason_code::retain_not_supported,
-                                     connack_return_code::accepted, now);
+                                     connack_return_code::accepted, now,
+                                     qos_too_high ? "Will QoS above the server's Maximum QoS" : "retained Will, and Retain Available is 0");
         return refuse_by_closing(l, connect_info_of(l, cp), protocol_errc::unexpected_packet, now);
       }
       if (auto ec = topic::validate_topic_name(cp.will->topic, topic_limits())) {
         // The Will Topic must be a valid topic name; 5.0 has a CONNACK code for it, 3.1.1 closes.
         if (v5)
           return refuse_connect_code(l, connect_info_of(l, cp), reason_code::topic_name_invalid,
-                                     connack_return_code::accepted, now);
+                                     connack_return_code::accepted, now, "invalid Will Topic");
         return refuse_by_closing(l, connect_info_of(l, cp), ec, now);
       }
     }
@@ -594,17 +680,6 @@ class protocol : public core<Policies> {
     r.version = v;
     r.clean_start = cp.clean_start;
     r.keep_alive = cp.keep_alive;
-    if (v5) {
-      // What the client takes: at most this many unacknowledged QoS 1/2 PUBLISH, none larger than
-      // this (the decoder refused 0 for either as a protocol error).
-      if (auto p = cp.properties.find(codec::property_id::receive_maximum))
-        r.receive_maximum = static_cast<std::uint16_t>(p->integer);
-      if (auto p = cp.properties.find(codec::property_id::maximum_packet_size)) r.maximum_packet_size = p->integer;
-      if (auto p = cp.properties.find(codec::property_id::topic_alias_maximum))
-        r.topic_alias_maximum = static_cast<std::uint16_t>(p->integer);
-      if (auto p = cp.properties.find(codec::property_id::request_response_information))
-        r.wants_response_information = p->integer == 1;
-    }
     if constexpr (session_type::keeps_origin) {
       if (auto u = l.username_for(cp.username)) r.username.emplace(*u);
     }
@@ -731,7 +806,8 @@ class protocol : public core<Policies> {
       l.auth_ = std::move(a);
       l.version_ = codec::protocol_version::v5;  // what AUTH and a refusal are encoded in
       l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
-      if (method.size() > opts_.max_auth_data_size) return fail_authentication(l, reason_code::quota_exceeded, {}, now);
+      if (method.size() > opts_.max_auth_data_size)
+        return fail_authentication(l, reason_code::quota_exceeded, {}, now, "Authentication Method too long");
       l.auth_->method.assign(method);
       authentication_step(l, hooks::auth_stage::connect, data, now);
     } else {
@@ -783,7 +859,7 @@ class protocol : public core<Policies> {
       auth_exchange_state& a = *l.auth_;
       // Checked before anything is copied or handed on: the data stays a view into the packet.
       if (++a.steps > opts_.max_auth_steps || (data && data->size() > opts_.max_auth_data_size))
-        return fail_authentication(l, reason_code::quota_exceeded, {}, now);
+        return fail_authentication(l, reason_code::quota_exceeded, {}, now, "authentication steps or data over the limit");
       hooks::auth_exchange x;
       if (l.connected_)
         static_cast<hooks::client_info&>(x.client) = l.client_info();
@@ -846,7 +922,7 @@ class protocol : public core<Policies> {
       if (codec::encoded_size(out, codec::protocol_version::v5, size) ||
           (a->max_packet != 0 && size > a->max_packet) || (s.data && s.data->size() > 0xFFFF)) {
         // Larger than the client takes [MQTT-3.1.2-24] or than the field holds: it cannot go on.
-        fail_authentication(l, reason_code::packet_too_large, {}, now);
+        fail_authentication(l, reason_code::packet_too_large, {}, now, "AUTH larger than the client's Maximum Packet Size");
         return false;
       }
       if (!more) {
@@ -865,7 +941,8 @@ class protocol : public core<Policies> {
 
   /// The exchange failed: before CONNACK a CONNACK with `reason` [MQTT-4.12.0-4] (and `data`,
   /// with the method, when given); after it DISCONNECT with `reason` [MQTT-4.12.1-2]. Then the close.
-  void fail_authentication(link_type& l, reason_code reason, std::optional<std::string> data, steady_time now) {
+  void fail_authentication(link_type& l, reason_code reason, std::optional<std::string> data, steady_time now,
+                           std::string_view why = {}) {
     if constexpr (base::enhanced_auth) {
       auth_exchange_state& a = *l.auth_;
       a.running = false;
@@ -879,13 +956,13 @@ class protocol : public core<Policies> {
           props.add(codec::property_id::authentication_data, *data);
         }
         return refuse_connect_code(l, connect_info_of(l, *l.pending_connect_), reason, connack_return_code::accepted,
-                                   now, props.view());
+                                   now, why, props.view(), a.max_packet);
       }
       const auto rc = static_cast<std::uint8_t>(reason);
       if (rc < 0x80 || !codec::detail::reason_code_allowed(codec::packet_type::disconnect, rc))
         reason = reason_code::not_authorized;
       this->log(log_level::notice, "client '{}': re-authentication failed: {}", l.client_id(), to_string(reason));
-      l.close(reason, true, false, now);
+      disconnect(l, reason, why.empty() ? to_string(reason) : why, now, {}, a.max_packet);
     } else {
       (void)l;
       (void)reason;
