@@ -9065,23 +9065,17 @@ class protocol : public core<Policies> {
     return (!asked || asked->integer != 0) && (max_packet == 0 || max_packet >= reason_string_room);
   }
 
-  /// Adds `why` (cut to max_reason_string bytes) as Reason String to `p`, a CONNACK or DISCONNECT
-  /// to a 5.0 client, through `props`, after any properties `p` has, when the client takes one.
-  /// Left out when `p` would then be larger than `max_packet` (0: the rule of
-  /// takes_reason_string() covers a packet with no other property) [MQTT-3.2.2-19]
-  /// [MQTT-3.14.2-3]; what `p` had stays.
+  /// Adds the string property `id` = `value` to `p`, a CONNACK or DISCONNECT to a 5.0 client,
+  /// through `props`, after any properties `p` has, unless `p` would then be larger than the
+  /// client's Maximum Packet Size `max_packet` (0: none): the properties that may be left out
+  /// (Reason String, Server Reference) go only where they fit [MQTT-3.2.2-19] [MQTT-3.14.2-3].
+  /// What `p` had stays either way.
   template <class Packet>
-  static void add_reason_string(const link_type& l, Packet& p, codec::properties_builder& props, std::string_view why,
-                                std::uint32_t max_packet) {
-    if (!l.problem_information_ || why.empty()) return;
-    if (why.size() > max_reason_string) {
-      std::size_t n = max_reason_string;
-      while (n > 0 && (static_cast<unsigned char>(why[n]) & 0xC0u) == 0x80u) --n;  // not inside a character
-      why = why.substr(0, n);
-    }
+  static void add_if_it_fits(Packet& p, codec::properties_builder& props, codec::property_id id,
+                             std::string_view value, std::uint32_t max_packet) {
     codec::properties_builder with;
     for (const codec::property& pr : p.properties) with.add(pr);  // `p`'s may view into `props`
-    with.add(codec::property_id::reason_string, why);
+    with.add(id, value);
     const codec::properties_view before = p.properties;
     p.properties = with.view();
     std::size_t size = 0;
@@ -9091,6 +9085,21 @@ class protocol : public core<Policies> {
     }
     props = std::move(with);
     p.properties = props.view();
+  }
+
+  /// Adds `why` (cut to max_reason_string bytes) as Reason String to `p` when the client takes one
+  /// (add_if_it_fits; with `max_packet` 0 the rule of takes_reason_string() covers a packet with
+  /// no other property).
+  template <class Packet>
+  static void add_reason_string(const link_type& l, Packet& p, codec::properties_builder& props, std::string_view why,
+                                std::uint32_t max_packet) {
+    if (!l.problem_information_ || why.empty()) return;
+    if (why.size() > max_reason_string) {
+      std::size_t n = max_reason_string;
+      while (n > 0 && (static_cast<unsigned char>(why[n]) & 0xC0u) == 0x80u) --n;  // not inside a character
+      why = why.substr(0, n);
+    }
+    add_if_it_fits(p, props, codec::property_id::reason_string, why, max_packet);
   }
 
   /// The server ends a connection: a connected 5.0 client first gets DISCONNECT `reason` with
@@ -9109,19 +9118,13 @@ class protocol : public core<Policies> {
   // ---- server redirection (5.0 section 4.11)
 
   /// Adds the Server Reference to `p` (a CONNACK or DISCONNECT to a 5.0 client, its reason set)
-  /// through `props`, unless it is empty, no UTF-8 string, or would make `p` larger than the
-  /// client's Maximum Packet Size `max_packet` (0: none) [MQTT-3.1.2-24]: the property is a MAY.
+  /// through `props`, unless it is empty, no UTF-8 string, or does not fit (add_if_it_fits)
+  /// [MQTT-3.1.2-24]: the property is a MAY.
   template <class Packet>
   static void add_server_reference(Packet& p, codec::properties_builder& props, std::string_view reference,
                                    std::uint32_t max_packet) {
     if (reference.empty() || reference.size() > 0xFFFF || codec::validate_utf8(reference)) return;
-    props.add(codec::property_id::server_reference, reference);
-    p.properties = props.view();
-    std::size_t size = 0;
-    if (codec::encoded_size(p, codec::protocol_version::v5, size) || (max_packet != 0 && size > max_packet)) {
-      props.clear();
-      p.properties = codec::properties_view();
-    }
+    add_if_it_fits(p, props, codec::property_id::server_reference, reference, max_packet);
   }
 
   /// The host's redirect() answered a CONNECT: 5.0 CONNACK 0x9C or 0x9D with the Server
