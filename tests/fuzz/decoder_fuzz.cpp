@@ -17,6 +17,7 @@
 #include <mqttbroker/codec.hpp>
 
 #include "../codec_support.hpp"
+#include "splitter.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -64,32 +65,9 @@ void check_round_trip(const mc::packet& p, mc::protocol_version v, mc::role side
   }
 }
 
-/// Fragment sizes from the control byte: whole, byte by byte, or xorshift-driven sizes.
-class splitter {
- public:
-  explicit splitter(std::uint8_t control) : mode_(control & 3u), limit_((control >> 2) + 1u), state_(control | 0x100u) {}
-  std::size_t next(std::size_t remaining) {
-    std::size_t n = remaining;
-    if (mode_ == 1) {
-      n = 1;
-    } else if (mode_ >= 2) {
-      state_ ^= state_ << 13;
-      state_ ^= state_ >> 17;
-      state_ ^= state_ << 5;
-      n = 1 + state_ % limit_;
-    }
-    return n < remaining ? n : remaining;
-  }
-
- private:
-  unsigned mode_;
-  std::uint32_t limit_;
-  std::uint32_t state_;
-};
-
 void run_decoder(const std::uint8_t* data, std::size_t size, std::uint8_t control, mc::decoder_options options) {
   mc::decoder d(options);
-  splitter split(control);
+  fuzz::splitter split(control, (control >> 2) + 1u);
   const bool pausing = (control & 0x80u) != 0;
   std::size_t packets = 0;
   bool paused = false;

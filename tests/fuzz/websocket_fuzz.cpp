@@ -17,6 +17,8 @@
 #include <system_error>
 #include <vector>
 
+#include "splitter.hpp"
+
 namespace {
 
 namespace ws = mqttbroker::transport::websocket;
@@ -26,18 +28,6 @@ namespace ws = mqttbroker::transport::websocket;
   __builtin_trap();
 }
 
-std::size_t next_chunk(unsigned mode, std::uint32_t& state, std::size_t remaining) {
-  std::size_t n = remaining;
-  if (mode == 1) {
-    n = 1;
-  } else if (mode >= 2) {
-    state ^= state << 13;
-    state ^= state >> 17;
-    state ^= state << 5;
-    n = 1 + state % 64u;
-  }
-  return n < remaining ? n : remaining;
-}
 
 struct outcome {
   std::string data;
@@ -52,7 +42,7 @@ outcome run(const std::uint8_t* input, std::size_t size, std::uint8_t control, s
   std::vector<std::uint8_t> buf(input, input + size);  // in place: the parser writes into it
   ws::frame_parser p(limit);
   outcome o;
-  std::uint32_t state = control | 0x100u;
+  fuzz::splitter split(control, 64);
   auto on_control = [&](const ws::control_frame& f) {
     if (f.payload.size() > 125) fail("control payload over 125 bytes");
     if (f.op != ws::opcode::ping && f.op != ws::opcode::pong && f.op != ws::opcode::close) fail("not a control op");
@@ -61,7 +51,7 @@ outcome run(const std::uint8_t* input, std::size_t size, std::uint8_t control, s
   };
   std::size_t pos = 0;
   while (pos < size) {
-    const std::size_t n = next_chunk(control & 3u, state, size - pos);
+    const std::size_t n = split.next(size - pos);
     ws::frame_parser::result r;
     if constexpr (InPlace) {
       r = p.feed(buf.data() + pos, n, [&](std::uint8_t* d, std::size_t k) {
