@@ -3,6 +3,7 @@
 #include <mqttbroker/codec.hpp>
 
 #include "catch.hpp"
+#include "loopback.hpp"
 
 #include <asio/connect.hpp>
 #include <asio/io_context.hpp>
@@ -35,26 +36,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// The folder make-certs.sh filled, once per run; removed at exit.
-struct cert_dir {
-  std::filesystem::path path;
-  cert_dir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mqttbroker-tls-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-    const std::string cmd = std::string("sh '") + MQTTBROKER_MAKE_CERTS + "' '" + path.string() + "'";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("make-certs.sh failed: " + cmd);
-  }
-  ~cert_dir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-  std::string operator()(const std::string& name) const { return (path / name).string(); }
-};
-const cert_dir& certs() {
-  static cert_dir d;
-  return d;
-}
+using test_support::certs;
+using test_support::run_until;
 
 /// What the hooks saw, shared with the test (the broker keeps a copy of its hooks).
 struct seen {
@@ -82,16 +65,6 @@ struct tls_policies : mb::default_policies {
 };
 using tls_broker = mb::broker<tls_policies>;
 
-/// Runs `io` until `done()` or the deadline; whether `done()` came true.
-bool run_until(asio::io_context& io, const std::function<bool()>& done, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    io.restart();
-    io.run_one_for(20ms);
-  }
-  return true;
-}
 
 tls::listen_options server_options(bool mutual = false) {
   tls::listen_options o;

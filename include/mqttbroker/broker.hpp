@@ -303,6 +303,8 @@ class broker {
       if (!ec) {
         std::error_code ignored;
         info_.port = acceptor_.local_endpoint(ignored).port();
+        if constexpr (transport::acceptor_has_limit_message_size_v<Transport>)
+          acceptor_.limit_message_size(b.ctx_.engine_.options().max_packet_size);
       }
     }
 
