@@ -173,6 +173,8 @@ class broker {
     if (ec) throw std::system_error(ec, "mqttbroker: reload: " + what);
   }
 
+  /// How many listeners listen() added; the next one gets this index.
+  std::size_t listener_count() const noexcept { return listeners_.size(); }
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
   std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->info().port; }
   /// What the hooks' client_info says of a listener: its index, transport and port.
