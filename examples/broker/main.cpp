@@ -4,6 +4,9 @@
 #if MQTTBROKER_EXAMPLE_TLS
 #include <mqttbroker/transport/tls.hpp>  // built with mqttbroker::tls (OpenSSL) when CMake found it
 #endif
+#if MQTTBROKER_EXAMPLE_WEBSOCKET
+#include <mqttbroker/transport/websocket_tls.hpp>  // mqttbroker::websocket and mqttbroker::tls
+#endif
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
@@ -77,15 +80,23 @@ struct mt_policies : mqttbroker::default_policies {
 
 /// The TLS listener's settings (--certfile and the rest); none without --certfile.
 struct tls_settings {
-  std::string certfile, keyfile, cafile, capath, version = "tlsv1.2", ciphers, ciphersuites;
+  std::string certfile, keyfile, cafile, capath, crlfile, version = "tlsv1.2", ciphers, ciphersuites;
   std::uint16_t port = 8883;
   bool require_certificate = false;
   bool identity_as_username = false;
 };
 
+/// The WebSocket listeners (--ws-port, --wss-port); wss uses the TLS settings' certificates.
+struct ws_settings {
+  std::uint16_t port = 0;      // 0: no ws listener
+  std::uint16_t tls_port = 0;  // 0: no wss listener
+  std::string path = "/mqtt";
+  std::vector<std::string> origins;
+};
+
 template <class Broker>
 int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::string& bind,
-          std::uint16_t port, unsigned threads, const tls_settings& tls) {
+          std::uint16_t port, unsigned threads, const tls_settings& tls, const ws_settings& ws) {
   asio::io_context io(static_cast<int>(threads));
   Broker broker(io, opts, hooks);
   typename Broker::listen_options lo;
@@ -97,33 +108,76 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     say(level::error, "cannot listen on {}:{}: {}", bind, port, ec.message());
     return 1;
   }
-  std::optional<std::size_t> tls_listener;  // its index
+  std::vector<std::size_t> tls_listeners;  // their indexes: what SIGHUP reloads
 #if MQTTBROKER_EXAMPLE_TLS
+  mqttbroker::transport::tls::listen_options to;
+  to.address = bind;
+  to.port = tls.port;
+  to.certificate_chain_file = tls.certfile;
+  to.private_key_file = tls.keyfile;
+  to.ca_file = tls.cafile;
+  to.ca_path = tls.capath;
+  to.crl_file = tls.crlfile;
+  to.require_certificate = tls.require_certificate;
+  to.use_identity_as_username = tls.identity_as_username;
+  to.min_version = tls.version == "tlsv1.3" ? mqttbroker::transport::tls_version::v1_3
+                                            : mqttbroker::transport::tls_version::v1_2;
+  to.ciphers = tls.ciphers;
+  to.ciphersuites = tls.ciphersuites;
   if (!tls.certfile.empty()) {
-    mqttbroker::transport::tls::listen_options to;
-    to.address = bind;
-    to.port = tls.port;
-    to.certificate_chain_file = tls.certfile;
-    to.private_key_file = tls.keyfile;
-    to.ca_file = tls.cafile;
-    to.ca_path = tls.capath;
-    to.require_certificate = tls.require_certificate;
-    to.use_identity_as_username = tls.identity_as_username;
-    to.min_version = tls.version == "tlsv1.3" ? mqttbroker::transport::tls_version::v1_3
-                                              : mqttbroker::transport::tls_version::v1_2;
-    to.ciphers = tls.ciphers;
-    to.ciphersuites = tls.ciphersuites;
     std::string what;
     broker.template listen<mqttbroker::transport::tls>(to, ec, &what);
     if (ec) {
       say(level::error, "cannot listen with TLS on {}:{}: {}", bind, tls.port, what);
       return 1;
     }
-    tls_listener = 1;
+    tls_listeners.push_back(broker.listener_count() - 1);
+    say(level::info, "TLS listening on {}:{}", bind, broker.local_port(tls_listeners.back()));
   }
 #else
   if (!tls.certfile.empty()) {
     say(level::error, "this mqttbroker was built without TLS (OpenSSL was not found)");
+    return 1;
+  }
+#endif
+#if MQTTBROKER_EXAMPLE_WEBSOCKET
+  // Listen options of ws or wss: the inner transport's, then the WebSocket ones.
+  auto with_ws = [&](auto o, std::uint16_t ws_port) {
+    o.port = ws_port;
+    o.path = ws.path;
+    o.allowed_origins = ws.origins;
+    return o;
+  };
+  if (ws.port != 0) {
+    std::string what;
+    broker.template listen<mqttbroker::transport::ws>(with_ws(mqttbroker::transport::ws::listen_options{}, ws.port), ec,
+                                                      &what);
+    if (ec) {
+      say(level::error, "cannot listen with WebSocket on {}:{}: {}", bind, ws.port, what);
+      return 1;
+    }
+    say(level::info, "WebSocket listening on ws://{}:{}{}", bind, broker.local_port(broker.listener_count() - 1), ws.path);
+  }
+  if (ws.tls_port != 0) {
+    if (tls.certfile.empty()) {
+      say(level::error, "--wss-port needs --certfile and --keyfile");
+      return 1;
+    }
+    mqttbroker::transport::wss::listen_options wo;
+    static_cast<mqttbroker::transport::tls::listen_options&>(wo) = to;
+    wo.address = bind;
+    std::string what;
+    broker.template listen<mqttbroker::transport::wss>(with_ws(wo, ws.tls_port), ec, &what);
+    if (ec) {
+      say(level::error, "cannot listen with WebSocket over TLS on {}:{}: {}", bind, ws.tls_port, what);
+      return 1;
+    }
+    tls_listeners.push_back(broker.listener_count() - 1);
+    say(level::info, "WebSocket listening on wss://{}:{}{}", bind, broker.local_port(tls_listeners.back()), ws.path);
+  }
+#else
+  if (ws.port != 0 || ws.tls_port != 0) {
+    say(level::error, "this mqttbroker was built without WebSocket (OpenSSL was not found)");
     return 1;
   }
 #endif
@@ -133,16 +187,15 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   std::function<void()> on_hangup = [&] {
     hangups.async_wait([&](std::error_code e, int) {
       if (e) return;
-      if (tls_listener) {
+      if (tls_listeners.empty()) say(level::info, "SIGHUP: no TLS listener, nothing to reload");
+      for (const std::size_t index : tls_listeners) {
         std::error_code rec;
         std::string what;
-        broker.reload_certificates(*tls_listener, rec, &what);
+        broker.reload_certificates(index, rec, &what);
         if (rec)
-          say(level::error, "SIGHUP: TLS certificates not reloaded, the old ones stay: {}", what);
+          say(level::error, "SIGHUP: TLS certificates of listener {} not reloaded, the old ones stay: {}", index, what);
         else
-          say(level::info, "SIGHUP: TLS certificates reloaded");
-      } else {
-        say(level::info, "SIGHUP: no TLS listener, nothing to reload");
+          say(level::info, "SIGHUP: TLS certificates of listener {} reloaded", index);
       }
       on_hangup();
     });
@@ -164,7 +217,6 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
 
   say(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
       MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
-  if (tls_listener) say(level::info, "TLS listening on {}:{}", bind, broker.local_port(*tls_listener));
 
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
@@ -243,6 +295,7 @@ int main(int argc, char** argv) {
   app.add_option("--keyfile", tls.keyfile, "PEM private key of --certfile");
   app.add_option("--cafile", tls.cafile, "PEM CA certificates that sign client certificates");
   app.add_option("--capath", tls.capath, "folder of hashed CA certificates (openssl rehash)");
+  app.add_option("--crlfile", tls.crlfile, "PEM revocation lists of client certificates (read again on SIGHUP)");
   app.add_flag("--require-certificate", tls.require_certificate, "refuse TLS clients without a valid certificate");
   app.add_flag("--use-identity-as-username", tls.identity_as_username,
                "the client certificate's CN (else first DNS/email SAN) is the username; needs --require-certificate");
@@ -251,6 +304,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"tlsv1.2", "tlsv1.3"}));
   app.add_option("--ciphers", tls.ciphers, "TLS 1.2 cipher list (OpenSSL syntax)");
   app.add_option("--ciphers-tls1.3", tls.ciphersuites, "TLS 1.3 ciphersuites (OpenSSL syntax)");
+  // WebSocket (MQTT over RFC 6455, subprotocol mqtt), for browsers.
+  ws_settings ws;
+  app.add_option("--ws-port", ws.port, "WebSocket port (ws://); 0: none")->capture_default_str();
+  app.add_option("--wss-port", ws.tls_port, "WebSocket over TLS port (wss://, with --certfile); 0: none")
+      ->capture_default_str();
+  app.add_option("--ws-path", ws.path, "the path WebSocket clients upgrade on (empty: any)")->capture_default_str();
+  app.add_option("--ws-origin", ws.origins,
+                 "an Origin browsers may connect from, e.g. https://app.example (repeat for more; default: any)");
   app.set_version_flag("--version", fmt::format("mqttbroker {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
                                                 MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
   CLI11_PARSE(app, argc, argv);
@@ -265,8 +326,8 @@ int main(int argc, char** argv) {
   hooks.publishers.insert(publishers.begin(), publishers.end());
 
   try {
-    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, bind, port, threads, tls);
-    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, bind, port, threads, tls);
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, bind, port, threads, tls, ws);
+    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, bind, port, threads, tls, ws);
   } catch (const std::exception& e) {
     say(level::error, "{}", e.what());
     return 1;

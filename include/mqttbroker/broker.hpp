@@ -174,6 +174,9 @@ class broker {
     if (ec) throw std::system_error(ec, "mqttbroker: reload: " + what);
   }
 
+  /// How many listeners listen() added; the next one gets this index.
+  std::size_t listener_count() const noexcept { return listeners_.size(); }
+
   /// What limit_connections() takes for no limit, as every listener starts.
   static constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
 
@@ -323,6 +326,8 @@ class broker {
       if (!ec) {
         std::error_code ignored;
         info_.port = acceptor_.local_endpoint(ignored).port();
+        if constexpr (transport::acceptor_has_limit_message_size_v<Transport>)
+          acceptor_.limit_message_size(b.ctx_.engine_.options().max_packet_size);
       }
     }
 
