@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -242,6 +243,20 @@ class BrokerTestCase(unittest.TestCase):
         if status != 0:
             self.fail("the broker did not stop cleanly on SIGTERM (status %s); log:\n%s" % (status, self.broker.log()))
 
+    def wait_log(self, pattern, timeout=WAIT):
+        """The match of `pattern` (a regular expression, compiled or not) in the broker's first log
+        line it matches; fails after `timeout`."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.broker.all_lines():
+                m = rx.search(line)
+                if m:
+                    return m
+            if time.monotonic() > deadline:
+                self.fail("no log line matching %r within %.0f s; log:\n%s" % (rx.pattern, timeout, self.broker.log()))
+            time.sleep(0.02)
+
     def paho(self, client_id="", version=V311, **kw):
         c = PahoClient(self.port, client_id, version, **kw)
         self._clients.append(c)
@@ -383,6 +398,34 @@ class Program:
             self.proc.kill()
         self.proc.wait(timeout=WAIT)
         self._reader.join(timeout=WAIT)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS certificates
+
+
+class Certificates:
+    """The TLS tests' certificates, made by tests/tls/make-certs.sh (openssl command line) into a
+    temporary folder: make() in a module's setUpModule, remove() in its tearDownModule, and
+    certs("ca.crt") is a file's path."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls", "make-certs.sh")
+
+    def __init__(self):
+        self.dir = None
+
+    def make(self, prefix):
+        if not shutil.which("openssl"):
+            _client_missing("the openssl command line (Debian openssl)")
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        subprocess.run(["sh", self.SCRIPT, self.dir], check=True, timeout=60)
+
+    def remove(self):
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __call__(self, name):
+        return os.path.join(self.dir, name)
 
 
 # ---------------------------------------------------------------------------------------------
