@@ -446,3 +446,31 @@ TEST_CASE("config: a file that cannot be opened is an error naming it", "[config
   CHECK(message == d.path("absent.conf") + ": cannot open: No such file or directory");
   CHECK(ec.category().name() == std::string("mqttbroker.config"));
 }
+
+TEST_CASE("config: the README's example file loads as the README says", "[config]") {
+  std::ifstream in(MQTTBROKER_README);
+  REQUIRE(in);
+  std::string line, block;
+  bool seen_heading = false, inside = false;
+  while (std::getline(in, line)) {
+    if (!seen_heading) {
+      seen_heading = line == "### A Mosquitto configuration file";
+    } else if (!inside) {
+      inside = line == "```";
+    } else if (line == "```") {
+      break;
+    } else {
+      block += line + "\n";
+    }
+  }
+  REQUIRE_FALSE(block.empty());
+  const config_settings c = load(block);
+  REQUIRE(c.listeners.size() == 3);
+  CHECK(c.listeners[0].port == 1883);
+  CHECK(c.listeners[0].max_connections == std::size_t{100});
+  CHECK(c.listeners[1].tls());
+  CHECK(c.listeners[1].crlfile == "/etc/mqtt/devices-ca.crl");
+  CHECK(c.listeners[2].protocol == listener_protocol::websockets);
+  CHECK(c.max_inflight_messages == std::uint16_t{40});
+  CHECK(c.persistent_client_expiration == std::chrono::seconds(14 * 86400));
+}
