@@ -445,6 +445,9 @@ TEST_CASE("config: a file that cannot be opened is an error naming it", "[config
   CHECK(ec == config_errc::cannot_read);
   CHECK(message == d.path("absent.conf") + ": cannot open: No such file or directory");
   CHECK(ec.category().name() == std::string("mqttbroker.config"));
+  mqttbroker_server::read_config_file(d.path(), ec, message);
+  CHECK(ec == config_errc::cannot_read);
+  CHECK(message == d.path() + ": cannot open: it is a folder");
 }
 
 TEST_CASE("config: the README's example file loads as the README says", "[config]") {

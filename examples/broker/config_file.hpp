@@ -271,6 +271,11 @@ class config_reader {
   void warn(std::string text) { out_.warnings.push_back(fmt::format("{}: {}", where_, text)); }
 
   bool read_one(const std::string& path, int level) {
+    std::error_code type;
+    if (std::filesystem::is_directory(path, type)) {
+      where_ = path;
+      return fail(config_errc::cannot_read, "cannot open: it is a folder");
+    }
     errno = 0;
     std::ifstream in(path, std::ios::binary);
     if (!in) {
