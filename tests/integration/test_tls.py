@@ -247,7 +247,7 @@ class Reload(TlsCase):
         shutil.copy(cert("server2-chain.crt"), os.path.join(self.live, "chain.pem"))
         shutil.copy(cert("server2.key"), os.path.join(self.live, "key.pem"))
         self.broker.proc.send_signal(signal.SIGHUP)
-        self.wait_log(re.compile(r"SIGHUP: TLS certificates reloaded"))
+        self.wait_log(re.compile(r"SIGHUP: TLS certificates of listener \d+ reloaded"))
         self.assertEqual(self.server_name(), "mqttbroker test server 2")
         new = self.tls_paho("new", V5)
         new.publish("r", b"after reload", 1)
