@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -116,6 +117,39 @@ def _die_with_parent():
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
     except Exception:
         pass
+
+
+MAKE_CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls", "make-certs.sh")
+
+
+def make_certificates(prefix):
+    """Makes the test certificates (tests/tls/make-certs.sh lists them; the openssl command line)
+    in a new temporary folder named from `prefix`, and returns it: the caller removes it. Without
+    openssl: a skip, or a failure in CI."""
+    if not shutil.which("openssl"):
+        _client_missing("the openssl command line (Debian openssl)")
+    folder = tempfile.mkdtemp(prefix=prefix)
+    subprocess.run(["sh", MAKE_CERTS, folder], check=True, timeout=60)
+    return folder
+
+
+class Certificates:
+    """A module's test certificates: `cert = h.Certificates("prefix-")`, then `setUpModule =
+    cert.make`, `tearDownModule = cert.remove`, and `cert("ca.crt")` is a file's path."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.folder = None
+
+    def make(self):
+        self.folder = make_certificates(self.prefix)
+
+    def remove(self):
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __call__(self, name):
+        return os.path.join(self.folder, name)
 
 
 def raise_fd_limit(wanted):

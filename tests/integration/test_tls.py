@@ -22,26 +22,9 @@ import unittest
 import harness as h
 from harness import V311, V5
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MAKE_CERTS = os.path.join(HERE, "..", "tls", "make-certs.sh")
-CERTS = None  # the folder, made once for the module
-
-
-def setUpModule():
-    global CERTS
-    if not shutil.which("openssl"):
-        h._client_missing("the openssl command line (Debian openssl)")
-    CERTS = tempfile.mkdtemp(prefix="mqttbroker-it-tls-")
-    subprocess.run(["sh", MAKE_CERTS, CERTS], check=True, timeout=60)
-
-
-def tearDownModule():
-    if CERTS:
-        shutil.rmtree(CERTS, ignore_errors=True)
-
-
-def cert(name):
-    return os.path.join(CERTS, name)
+cert = h.Certificates("mqttbroker-it-tls-")  # cert("ca.crt"): a certificate's path, made for the module
+setUpModule = cert.make
+tearDownModule = cert.remove
 
 
 TLS_LISTENING = re.compile(r"TLS listening on [0-9.]+:(\d+)")
