@@ -318,7 +318,7 @@ test('Chromium: MQTT.js 5.0 and 3.1.1 over ws:// and wss:// subscribe, publish Q
     for (const [seed, r] of report.results.entries()) {
       const id = plan[seed].clientId;
       assert.deepEqual(r.errors, [], `${id}: ${r.errors.join('; ')}`);
-      assert.equal(r.connected, true, id);
+      assert.equal(r.connected, true, `${id} did not connect; the broker's log:\n${b.log()}`);
       assert.deepEqual(r.granted, [2], id);
       const text = (s) => ({ length: Buffer.byteLength(s), fnv: fnv(Buffer.from(s)), text: s });
       const big = bigPayload(seed);
