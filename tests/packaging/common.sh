@@ -44,9 +44,9 @@ fresh_work() {
   mkdir -p "$WORK"
 }
 
-# Copies the consumer project (tests/packaging/consumer) to $WORK/consumer.
+# Copies the consumer project (tests/packaging/consumer) to $WORK/$1.
 copy_consumer() {
-  cp -r "$ROOT/tests/packaging/consumer" "$WORK/consumer"
+  cp -r "$ROOT/tests/packaging/consumer" "$WORK/$1"
 }
 
 # Runs a consumer program built under $1 (packaging_consumer, or the one named by $2) and shows

@@ -94,7 +94,7 @@ done
 build_consumer() {
   local folder="$WORK/$1" options="$2"
   shift 2
-  cp -r "$ROOT/tests/packaging/consumer" "$folder"
+  copy_consumer "$1"
   cat > "$folder/conanfile.txt" <<CONANFILE
 [requires]
 mqttbroker/$version
