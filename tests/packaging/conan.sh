@@ -92,9 +92,9 @@ done
 # A separate consumer: conanfile.txt with CMakeDeps and CMakeToolchain, and the given lines of
 # [options]; extra arguments go to its CMake configure. Built in $WORK/$1.
 build_consumer() {
-  local folder="$WORK/$1" options="$2"
+  local name="$1" folder="$WORK/$1" options="$2"
   shift 2
-  copy_consumer "$1"
+  copy_consumer "$name"
   cat > "$folder/conanfile.txt" <<CONANFILE
 [requires]
 mqttbroker/$version

@@ -60,9 +60,9 @@ export MQTTBROKER_PORT_SOURCE_DIR="$ROOT"
 # and the further CMake arguments given, then built. Sets consumer_build and triplet_dir (the
 # installed triplet's folder).
 build_consumer() {
-  local folder="$WORK/$1" dependency="$2"
+  local name="$1" folder="$WORK/$1" dependency="$2"
   shift 2
-  copy_consumer "$(basename "$folder")"
+  copy_consumer "$name"
   cat > "$folder/vcpkg.json" <<MANIFEST
 {
   "name": "mqttbroker-packaging-consumer",
