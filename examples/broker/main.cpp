@@ -80,7 +80,7 @@ struct mt_policies : mqttbroker::default_policies {
 
 /// The TLS listener's settings (--certfile and the rest); none without --certfile.
 struct tls_settings {
-  std::string certfile, keyfile, cafile, capath, version = "tlsv1.2", ciphers, ciphersuites;
+  std::string certfile, keyfile, cafile, capath, crlfile, version = "tlsv1.2", ciphers, ciphersuites;
   std::uint16_t port = 8883;
   bool require_certificate = false;
   bool identity_as_username = false;
@@ -117,6 +117,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   to.private_key_file = tls.keyfile;
   to.ca_file = tls.cafile;
   to.ca_path = tls.capath;
+  to.crl_file = tls.crlfile;
   to.require_certificate = tls.require_certificate;
   to.use_identity_as_username = tls.identity_as_username;
   to.min_version = tls.version == "tlsv1.3" ? mqttbroker::transport::tls_version::v1_3
@@ -294,6 +295,7 @@ int main(int argc, char** argv) {
   app.add_option("--keyfile", tls.keyfile, "PEM private key of --certfile");
   app.add_option("--cafile", tls.cafile, "PEM CA certificates that sign client certificates");
   app.add_option("--capath", tls.capath, "folder of hashed CA certificates (openssl rehash)");
+  app.add_option("--crlfile", tls.crlfile, "PEM revocation lists of client certificates (read again on SIGHUP)");
   app.add_flag("--require-certificate", tls.require_certificate, "refuse TLS clients without a valid certificate");
   app.add_flag("--use-identity-as-username", tls.identity_as_username,
                "the client certificate's CN (else first DNS/email SAN) is the username; needs --require-certificate");

@@ -145,7 +145,7 @@ struct parked : parked_operation {
 /// transport (websocket_transport::async_handshake, async_shutdown).
 ///
 /// Reads unmask in place in the caller's buffer and compact the payload to its front, so one
-/// connection holds its read block and about 300 bytes of framing state, whatever a frame claims.
+/// connection holds its read block and about 290 bytes of framing state, whatever a frame claims.
 /// Writes and the pongs the reader owes share the next layer: one at a time, the other parked.
 template <class NextLayer>
 class websocket_stream {
@@ -222,14 +222,16 @@ class websocket_stream {
   }
   /// The pong owed, moved to the frame being written.
   asio::const_buffer take_pong() {
-    out_ = pong_;
+    auto& c = *control_;
+    c.out = c.pong;
     pong_owed_ = false;
-    return asio::buffer(out_.bytes.data(), out_.size);
+    return asio::buffer(c.out.bytes.data(), c.out.size);
   }
 
   void on_control(const websocket::control_frame& f) {
     if (f.op == websocket::opcode::ping) {
-      pong_ = websocket::make_pong(f.payload);  // a newer ping's pong replaces an unsent one (§5.5.3)
+      // A newer ping's pong replaces an unsent one (§5.5.3).
+      control_frames().pong = websocket::make_pong(f.payload);
       pong_owed_ = true;
     }
     // A pong needs nothing; a close ends reading (the parser stops), and the close frame that
@@ -347,11 +349,13 @@ class websocket_stream {
     template <class Self>
     void operator()(Self& self, std::error_code ec = {}, std::size_t = 0) {
       switch (at) {
-        case step::start:
+        case step::start: {
           if (!s->claim_writer(self)) return;
-          s->out_ = websocket::make_close(s->close_code_);
+          auto& out = s->control_frames().out;
+          out = websocket::make_close(s->close_code_);
           at = step::writing;
-          return asio::async_write(s->next_, asio::buffer(s->out_.bytes.data(), s->out_.size), std::move(self));
+          return asio::async_write(s->next_, asio::buffer(out.bytes.data(), out.size), std::move(self));
+        }
         case step::writing:
           s->release_writer();
           return self.complete(ec);
@@ -439,8 +443,17 @@ class websocket_stream {
   websocket::frame_parser parser_;
   std::string pending_input_;  // the upgrade request while it arrives, then the bytes after it
   std::unique_ptr<detail::parked_operation> parked_;
-  websocket::control_frame_bytes out_{};   // the control frame being written
-  websocket::control_frame_bytes pong_{};  // the pong owed
+  /// The control frames a connection writes, made at its first ping or its close: most
+  /// connections see neither until they end, and these are 272 of their bytes.
+  struct control_buffers {
+    websocket::control_frame_bytes out;   // the control frame being written
+    websocket::control_frame_bytes pong;  // the pong owed
+  };
+  control_buffers& control_frames() {
+    if (!control_) control_ = std::make_unique<control_buffers>();
+    return *control_;
+  }
+  std::unique_ptr<control_buffers> control_;
   std::uint16_t close_code_ = websocket::close_code::normal;
   bool pong_owed_ = false;
   bool write_busy_ = false;
