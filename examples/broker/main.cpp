@@ -150,8 +150,8 @@ mqttbroker::transport::tls::listen_options tls_options(const cfg::listener_setti
 }
 #endif
 
-/// What opening the listeners leaves for later: the lines that announce them once the server is
-/// ready, the first one's address, and the listeners with certificates (SIGHUP reloads them).
+/// What opening the listeners leaves for later: the lines that announce them once the server can
+/// stop gracefully, the first one's address, and the listeners with certificates (SIGHUP reloads them).
 struct opened {
   std::vector<std::string> announce;
   std::string first_address;
@@ -277,11 +277,12 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     });
   });
 
-  // The first listener's line first: scripts and tests read the server's port from it.
+  // Every listener's line, then the first one's with the version: scripts and tests take that last
+  // line as the sign that the server is ready, its port as the server's.
+  for (const std::string& line : listeners.announce) say(level::info, "{}", line);
   say(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
       MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, listeners.first_address, broker.local_port(), threads,
       threads == 1 ? "" : "s");
-  for (const std::string& line : listeners.announce) say(level::info, "{}", line);
 
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });

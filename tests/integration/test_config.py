@@ -36,15 +36,9 @@ include_dir /etc/mosquitto/conf.d
 LISTENER = re.compile(r"listener (\d+) \((.+?)\): (\w+) on ([0-9.]+):(\d+)")
 
 
-cert = h.Certificates()  # cert("ca.crt"): a file's path
-
-
-def setUpModule():
-    cert.make("mqttbroker-it-config-")
-
-
-def tearDownModule():
-    cert.remove()
+cert = h.Certificates("mqttbroker-it-config-")  # cert("ca.crt"): a certificate's path, made for the module
+setUpModule = cert.make
+tearDownModule = cert.remove
 
 
 class ConfigCase(h.BrokerTestCase):
@@ -65,7 +59,7 @@ class ConfigCase(h.BrokerTestCase):
         super().setUp()
 
     def make_conf(self):
-        return None if self.conf is None else self.write("mqttbroker.conf", self.conf.format(certs=cert.dir))
+        return None if self.conf is None else self.write("mqttbroker.conf", self.conf.format(certs=cert.folder))
 
     def extra_args(self):
         return ()
@@ -150,7 +144,7 @@ crlfile {certs}/crl.pem
         self.assertEqual(plain_origin, self.path + ":2")
         self.assertEqual(tls_origin, self.path + ":4")
         self.assertEqual(plain_port, self.port)  # the first listener is the one the "listening on" line names
-        tls_client = [a.format(certs=cert.dir) for a in TLS_CLIENT]
+        tls_client = [a.format(certs=cert.folder) for a in TLS_CLIENT]
 
         sub = mosquitto_sub(tls_port, "cross/#", *tls_client)
         self.addCleanup(sub.kill)
@@ -165,7 +159,7 @@ crlfile {certs}/crl.pem
     def test_the_files_crlfile_refuses_a_revoked_certificate(self):
         """crlfile: a client certificate the list revokes is refused, alice's is not."""
         _, (_, tls_port, _) = self.listeners(2)
-        tls_client = [a.format(certs=cert.dir) for a in TLS_CLIENT]
+        tls_client = [a.format(certs=cert.folder) for a in TLS_CLIENT]
         mosquitto_pub(tls_port, "crl/ok", "alice", *tls_client, "--cert", cert("alice.crt"), "--key", cert("alice.key"))
         h.require_mosquitto_clients()
         r = subprocess.run(["mosquitto_pub", "-h", h.HOST, "-p", str(tls_port), "-t", "crl/no", "-m", "x", *tls_client,

@@ -22,15 +22,9 @@ import unittest
 import harness as h
 from harness import V311, V5
 
-cert = h.Certificates()  # cert("ca.crt"): a file's path
-
-
-def setUpModule():
-    cert.make("mqttbroker-it-tls-")
-
-
-def tearDownModule():
-    cert.remove()
+cert = h.Certificates("mqttbroker-it-tls-")  # cert("ca.crt"): a certificate's path, made for the module
+setUpModule = cert.make
+tearDownModule = cert.remove
 
 
 TLS_LISTENING = re.compile(r"TLS listening on [0-9.]+:(\d+)")
