@@ -126,10 +126,14 @@ test('ws://, wss:// and TCP clients of one broker exchange messages at QoS 0, 1 
   }
   for (const to of kinds) {
     const got = await clients[to].take(6);
-    // One publisher's messages arrive in the order sent [MQTT-4.6.0-2]; the two publishers were
-    // sequential, so the whole list is in order.
-    const expected = kinds.filter((k) => k !== to).flatMap((from) => [0, 1, 2].map((qos) => [`to/${to}/from/${from}`, `${from}>${to}@${qos}`, qos]));
-    assert.deepEqual(got.map((m) => [m.topic, String(m.payload), m.packet.qos]), expected);
+    // One publisher's messages arrive in the order sent [MQTT-4.6.0-2]. Between two publishers
+    // there is no order to keep: with several threads, the second one's first message may come
+    // before the first one's last, although that was acknowledged before the second one sent.
+    for (const from of kinds.filter((k) => k !== to)) {
+      const expected = [0, 1, 2].map((qos) => [`to/${to}/from/${from}`, `${from}>${to}@${qos}`, qos]);
+      const mine = got.filter((m) => m.topic === `to/${to}/from/${from}`);
+      assert.deepEqual(mine.map((m) => [m.topic, String(m.payload), m.packet.qos]), expected);
+    }
     await clients[to].nothing(ABSENT / 2);
   }
 });
