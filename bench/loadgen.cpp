@@ -1,6 +1,6 @@
 // loadgen: an MQTT load generator for comparing brokers (issue 5). It drives any MQTT 3.1.1/5.0
-// broker over TCP and reports throughput, end-to-end latency, loss, duplication and reordering;
-// bench/compare runs it against mqttbroker and Mosquitto side by side.
+// broker over TCP, or TLS with --tls, and reports throughput, end-to-end latency, loss, duplication
+// and reordering; bench/compare runs it against mqttbroker and Mosquitto side by side.
 //
 // It must cost less CPU than the broker it loads, so the hot path does no heap allocation:
 // publishers copy a pre-encoded PUBLISH header and patch the packet identifier, batch many
@@ -29,6 +29,13 @@
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
 #include <fmt/core.h>
+
+#if LOADGEN_TLS
+#include <asio/ssl.hpp>
+#include <openssl/err.h>
+#include <openssl/objects.h>
+#include <openssl/ssl.h>
+#endif
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -317,6 +324,9 @@ struct config {
   std::size_t batch = 64 * 1024;
   unsigned e2e_window = 0;
   std::string label;
+  bool tls = false;                  // every client over TLS
+  std::string cafile;                // TLS: verify the broker's certificate and name against this CA
+  std::string tls_version = "auto";  // TLS: auto (what both sides agree on), 1.2 or 1.3
 };
 
 struct run_state {
@@ -337,6 +347,10 @@ struct run_state {
   std::atomic<std::uint64_t> storm_from{std::numeric_limits<std::uint64_t>::max()};
   std::atomic<std::uint64_t> storm_to{std::numeric_limits<std::uint64_t>::max()};
   std::atomic<bool> closing{false};
+#if LOADGEN_TLS
+  std::unique_ptr<asio::ssl::context> tls;  // the clients' context, with --tls
+  std::string sni;                          // the server name sent, when --host is a name
+#endif
 };
 
 /// One io_context thread and what its clients count. Plain counters are read only after join.
@@ -355,6 +369,10 @@ struct worker {
   std::uint64_t subscriptions = 0;  // idle: filters acknowledged by SUBACK
   std::atomic<std::uint64_t> conn_done{0};
   std::uint64_t last_done_ns = 0;
+  // TLS: what the first handshake on this thread negotiated (the broker chooses for every client
+  // alike, so one is enough), and how many handshakes disagreed with it.
+  std::string tls_version, tls_cipher, tls_group;
+  std::uint64_t tls_mismatches = 0;
 
   void error(std::string what) {
     ++errors;
@@ -363,8 +381,80 @@ struct worker {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Transports. Clients are templates on one of these, so the plain TCP path is the same code as
+// before TLS existed: no virtual call, no branch per packet.
+
+/// Plain TCP: the stream is the socket, and nothing happens between connect and CONNECT.
+struct plain_net {
+  using stream = tcp::socket;
+  static stream make(asio::io_context& io, run_state&) { return stream(io); }
+  static tcp::socket& socket(stream& s) noexcept { return s; }
+  template <class Handler>
+  static void handshake(stream&, run_state&, worker&, Handler&& h) {
+    std::forward<Handler>(h)(std::error_code());
+  }
+  template <class Handler>
+  static void read_some(stream& s, asio::mutable_buffer b, Handler&& h) {
+    s.async_read_some(b, std::forward<Handler>(h));
+  }
+};
+
+#if LOADGEN_TLS
+/// What a handshake negotiated, in OpenSSL's names; the group is the key exchange's.
+void note_tls(worker& w, SSL* ssl) {
+  const char* version = SSL_get_version(ssl);
+  const char* cipher = SSL_get_cipher_name(ssl);
+  const int nid = static_cast<int>(SSL_get_negotiated_group(ssl));
+  const char* group = nid > 0 ? OBJ_nid2sn(nid) : nullptr;
+  if (group == nullptr) group = "?";
+  if (w.tls_version.empty()) {
+    w.tls_version = version;
+    w.tls_cipher = cipher;
+    w.tls_group = group;
+  } else if (w.tls_version != version || w.tls_cipher != cipher || w.tls_group != group) {
+    ++w.tls_mismatches;
+  }
+}
+
+/// TLS over TCP with asio::ssl: connect, handshake, then MQTT as on TCP. Each connection makes a
+/// full handshake (no session is resumed), as a device connecting for the first time does.
+struct tls_net {
+  using stream = asio::ssl::stream<tcp::socket>;
+  static stream make(asio::io_context& io, run_state& rs) { return stream(io, *rs.tls); }
+  static tcp::socket& socket(stream& s) noexcept { return s.next_layer(); }
+  template <class Handler>
+  static void handshake(stream& s, run_state& rs, worker& w, Handler&& h) {
+    if (!rs.sni.empty()) SSL_set_tlsext_host_name(s.native_handle(), rs.sni.c_str());
+    if (!rs.cfg.cafile.empty()) s.set_verify_callback(asio::ssl::host_name_verification(rs.cfg.host));
+    s.async_handshake(asio::ssl::stream_base::client,
+                      [&s, &w, h = std::forward<Handler>(h)](std::error_code ec) mutable {
+                        if (!ec) note_tls(w, s.native_handle());
+                        std::move(h)(ec);
+                      });
+  }
+  /// asio's TLS read completes with one record; the records OpenSSL already holds are added, so a
+  /// subscriber decodes (and acknowledges) a socket read at a time, as on TCP.
+  template <class Handler>
+  static void read_some(stream& s, asio::mutable_buffer b, Handler&& h) {
+    s.async_read_some(b, [ssl = s.native_handle(), b, h = std::forward<Handler>(h)](std::error_code ec, std::size_t n) mutable {
+      while (!ec && n > 0 && n < b.size()) {
+        std::size_t more = 0;
+        if (SSL_read_ex(ssl, static_cast<std::uint8_t*>(b.data()) + n, b.size() - n, &more) != 1) {
+          ERR_clear_error();
+          break;
+        }
+        n += more;
+      }
+      std::move(h)(ec, n);
+    });
+  }
+};
+#endif
+
+// ---------------------------------------------------------------------------------------------
 // A client of the traffic scenarios.
 
+template <class Net>
 class client {
  public:
   enum class kind { publisher, subscriber, retained_publisher, storm_subscriber };
@@ -375,7 +465,7 @@ class client {
         kind_(k),
         id_(id),
         client_id_(std::move(client_id)),
-        sock_(w.io),
+        sock_(Net::make(w.io, rs)),
         timer_(w.io),
         dec_(codec::decoder_options{codec::role::client, codec::max_packet_size, rs.version}),
         rbuf_size_(read_size),
@@ -405,29 +495,44 @@ class client {
 
   void connect(std::function<void(bool)> done) {
     on_ready_ = std::move(done);
-    sock_.async_connect(rs_.endpoint, [this](std::error_code ec) {
+    Net::socket(sock_).async_connect(rs_.endpoint, [this](std::error_code ec) {
       if (ec) {
         fail("connect: " + ec.message());
         return;
       }
       std::error_code ignored;
-      sock_.set_option(tcp::no_delay(true), ignored);
-      codec::connect c;
-      c.version = rs_.version;
-      c.clean_start = true;
-      c.keep_alive = 0;
-      c.client_id = client_id_;
-      codec::properties_builder props;
-      if (kind_ == kind::subscriber && rs_.cfg.topic_alias_maximum > 0) {
-        props.add(codec::property_id::topic_alias_maximum, rs_.cfg.topic_alias_maximum);
-        aliases_.assign(rs_.cfg.topic_alias_maximum + 1u, std::string());
-        c.properties = props.view();
-      }
-      append_packet(out_, c, rs_.version);
-      flush();
-      read();
+      Net::socket(sock_).set_option(tcp::no_delay(true), ignored);
+      Net::handshake(sock_, rs_, w_, [this](std::error_code hec) {
+        if (hec) {
+          fail("TLS handshake: " + hec.message());
+          return;
+        }
+        send_connect();
+      });
     });
   }
+
+ private:
+  /// Connected (and through the TLS handshake): CONNECT, then read.
+  void send_connect() {
+    if (dead_) return;
+    codec::connect c;
+    c.version = rs_.version;
+    c.clean_start = true;
+    c.keep_alive = 0;
+    c.client_id = client_id_;
+    codec::properties_builder props;
+    if (kind_ == kind::subscriber && rs_.cfg.topic_alias_maximum > 0) {
+      props.add(codec::property_id::topic_alias_maximum, rs_.cfg.topic_alias_maximum);
+      aliases_.assign(rs_.cfg.topic_alias_maximum + 1u, std::string());
+      c.properties = props.view();
+    }
+    append_packet(out_, c, rs_.version);
+    flush();
+    read();
+  }
+
+ public:
 
   /// Publishers: start at rs_.t_start (the main thread posts this once every client is ready).
   void start_publishing() {
@@ -478,8 +583,8 @@ class client {
       const std::uint8_t disconnect[2] = {0xE0, 0x00};
       asio::write(sock_, asio::buffer(disconnect), ec);
     }
-    sock_.shutdown(tcp::socket::shutdown_both, ec);
-    sock_.close(ec);
+    Net::socket(sock_).shutdown(tcp::socket::shutdown_both, ec);
+    Net::socket(sock_).close(ec);
   }
 
   // ---- results, read after the worker threads are joined (or as relaxed atomics)
@@ -496,8 +601,8 @@ class client {
   // ---- I/O
 
   void read() {
-    sock_.async_read_some(asio::buffer(rbuf_.get(), rbuf_size_),
-                          [this](std::error_code ec, std::size_t n) { on_read(ec, n); });
+    Net::read_some(sock_, asio::buffer(rbuf_.get(), rbuf_size_),
+                   [this](std::error_code ec, std::size_t n) { on_read(ec, n); });
   }
 
   void on_read(std::error_code ec, std::size_t n) {
@@ -548,7 +653,7 @@ class client {
     publishing_ = false;
     std::error_code ignored;
     timer_.cancel();
-    sock_.close(ignored);
+    Net::socket(sock_).close(ignored);
     if (rs_.closing.load(std::memory_order_relaxed)) return;
     w_.error(fmt::format("{}: {}", client_id_, what));
     if (!ready_) {
@@ -924,7 +1029,7 @@ class client {
   std::uint32_t id_;
   std::string client_id_;
   std::string topic_, filter_;
-  tcp::socket sock_;
+  typename Net::stream sock_;
   asio::steady_timer timer_;
   codec::decoder dec_;
   std::size_t rbuf_size_;
@@ -974,12 +1079,15 @@ class client {
 // ---------------------------------------------------------------------------------------------
 // Connect storm and idle connections: lanes of sequential connection attempts.
 
+template <class Net>
 class conn_lane {
+  using stream = typename Net::stream;
+
  public:
   /// `subs`: filters each kept connection subscribes to after its CONNACK (idle); the attempt
   /// ends with the SUBACK then, so the broker holds every subscription when its RSS is read.
   conn_lane(worker& w, run_state& rs, std::atomic<unsigned>& next, unsigned total, bool keep, unsigned subs)
-      : w_(w), rs_(rs), next_(next), total_(total), keep_(keep), subs_(keep ? subs : 0), sock_(w.io), timer_(w.io) {}
+      : w_(w), rs_(rs), next_(next), total_(total), keep_(keep), subs_(keep ? subs : 0), timer_(w.io) {}
 
   void start() { attempt(); }
 
@@ -989,9 +1097,9 @@ class conn_lane {
     const std::uint8_t disconnect[2] = {0xE0, 0x00};
     for (auto& s : kept_) {
       asio::write(*s, asio::buffer(disconnect), ec);
-      s->close(ec);
+      Net::socket(*s).close(ec);
     }
-    sock_.close(ec);
+    if (sock_) Net::socket(*sock_).close(ec);
     timer_.cancel();
   }
 
@@ -1002,37 +1110,45 @@ class conn_lane {
     const unsigned g = ++gen_;
     t0_ = now_ns();
     dec_ = codec::decoder(codec::decoder_options{codec::role::client, codec::max_packet_size, rs_.version});
-    std::error_code ignored;
-    sock_.close(ignored);
+    // A new stream per attempt (a TLS connection cannot be reused). The attempt's handlers hold
+    // it, so a completion of an earlier attempt that is still queued finds its own stream alive.
+    sock_.reset(new stream(Net::make(w_.io, rs_)));
     timer_.expires_after(std::chrono::seconds(10));
     timer_.async_wait([this, g](std::error_code ec) {
       if (!ec && g == gen_) finish(g, false, subs_ == 0 ? "no CONNACK within 10 s" : "no CONNACK and SUBACK within 10 s");
     });
     index_ = i;
     const int n = std::snprintf(client_id_, sizeof client_id_, "%sc%u", rs_.id_prefix.c_str(), i);
-    sock_.async_connect(rs_.endpoint, [this, g, n](std::error_code ec) {
+    Net::socket(*sock_).async_connect(rs_.endpoint, [this, g, n, s = sock_](std::error_code ec) {
       if (g != gen_) return;
       if (ec) {
         finish(g, false, "connect: " + ec.message());
         return;
       }
-      std::error_code ignored2;
-      sock_.set_option(tcp::no_delay(true), ignored2);
-      codec::connect c;
-      c.version = rs_.version;
-      c.keep_alive = 0;
-      c.client_id = std::string_view(client_id_, static_cast<std::size_t>(n));
-      wbuf_.clear();
-      append_packet(wbuf_, c, rs_.version);
-      asio::async_write(sock_, asio::buffer(wbuf_.data(), wbuf_.size()), [this, g](std::error_code wec, std::size_t) {
-        if (g == gen_ && wec) finish(g, false, "write: " + wec.message());
+      std::error_code ignored;
+      Net::socket(*s).set_option(tcp::no_delay(true), ignored);
+      Net::handshake(*s, rs_, w_, [this, g, n, s](std::error_code hec) {
+        if (g != gen_) return;
+        if (hec) {
+          finish(g, false, "TLS handshake: " + hec.message());
+          return;
+        }
+        codec::connect c;
+        c.version = rs_.version;
+        c.keep_alive = 0;
+        c.client_id = std::string_view(client_id_, static_cast<std::size_t>(n));
+        wbuf_.clear();
+        append_packet(wbuf_, c, rs_.version);
+        asio::async_write(*s, asio::buffer(wbuf_.data(), wbuf_.size()), [this, g, s](std::error_code wec, std::size_t) {
+          if (g == gen_ && wec) finish(g, false, "write: " + wec.message());
+        });
+        read(g);
       });
-      read(g);
     });
   }
 
   void read(unsigned g) {
-    sock_.async_read_some(asio::buffer(rbuf_), [this, g](std::error_code ec, std::size_t n) {
+    sock_->async_read_some(asio::buffer(rbuf_), [this, g, s = sock_](std::error_code ec, std::size_t n) {
       if (g != gen_) return;
       if (ec) {
         finish(g, false, "read: " + ec.message());
@@ -1091,19 +1207,19 @@ class conn_lane {
     if (ok) {
       ++w_.conn_ok;
       if (keep_) {
-        kept_.push_back(std::make_unique<tcp::socket>(std::move(sock_)));
-        sock_ = tcp::socket(w_.io);
-        watch(*kept_.back());
+        kept_.push_back(std::move(sock_));
+        watch(kept_.back());
       } else {
         const std::uint8_t disconnect[2] = {0xE0, 0x00};
-        asio::write(sock_, asio::buffer(disconnect), ec);
-        sock_.close(ec);
+        asio::write(*sock_, asio::buffer(disconnect), ec);
+        Net::socket(*sock_).close(ec);
       }
     } else {
       ++w_.conn_failed;
       w_.error(why);
-      sock_.close(ec);
+      Net::socket(*sock_).close(ec);
     }
+    sock_.reset();
     w_.last_done_ns = t;
     bump(w_.conn_done);
     attempt();
@@ -1126,14 +1242,14 @@ class conn_lane {
     // CONNACK proves it), and it must not find its buffer reused.
     sbuf_.clear();
     append_packet(sbuf_, sub, rs_.version);
-    asio::async_write(sock_, asio::buffer(sbuf_.data(), sbuf_.size()), [this, g](std::error_code wec, std::size_t) {
+    asio::async_write(*sock_, asio::buffer(sbuf_.data(), sbuf_.size()), [this, g, s = sock_](std::error_code wec, std::size_t) {
       if (g == gen_ && wec) finish(g, false, "write: " + wec.message());
     });
   }
 
   /// An idle connection reads nothing; a completed read means the broker closed it.
-  void watch(tcp::socket& s) {
-    s.async_read_some(asio::buffer(junk_), [this](std::error_code ec, std::size_t) {
+  void watch(const std::shared_ptr<stream>& s) {
+    s->async_read_some(asio::buffer(junk_), [this, s](std::error_code ec, std::size_t) {
       if (!rs_.closing.load(std::memory_order_relaxed)) {
         ++w_.idle_dropped;
         if (ec) w_.error("idle connection ended: " + ec.message());
@@ -1148,7 +1264,7 @@ class conn_lane {
   bool keep_;
   unsigned subs_;
   unsigned index_ = 0;  // of the connection being made
-  tcp::socket sock_;
+  std::shared_ptr<stream> sock_;  // the attempt's
   asio::steady_timer timer_;
   codec::decoder dec_;
   unsigned gen_ = 0;
@@ -1158,7 +1274,7 @@ class conn_lane {
   std::vector<std::string> filters_;
   std::array<std::uint8_t, 256> rbuf_{};
   std::array<std::uint8_t, 16> junk_{};
-  std::vector<std::unique_ptr<tcp::socket>> kept_;
+  std::vector<std::shared_ptr<stream>> kept_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1227,7 +1343,9 @@ double us(std::uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
 // ---------------------------------------------------------------------------------------------
 // Traffic scenarios: fanin, fanout, pairs, wildcard, shared, retained-storm.
 
+template <class Net>
 int run_traffic(runner& r, json_line& out) {
+  using client_t = client<Net>;
   const config& cfg = r.cfg;
   run_state& rs = r.rs;
   const std::string& sc = cfg.scenario;
@@ -1302,11 +1420,11 @@ int run_traffic(runner& r, json_line& out) {
   const std::size_t read_size = std::clamp<std::size_t>((std::size_t{32} << 20) / clients_total, 16 * 1024, 256 * 1024);
 
   r.start_workers();
-  std::vector<std::unique_ptr<client>> publishers, subscribers;
-  std::unique_ptr<client> ret_pub, storm_sub;
+  std::vector<std::unique_ptr<client_t>> publishers, subscribers;
+  std::unique_ptr<client_t> ret_pub, storm_sub;
   const std::size_t nw = r.workers.size();
   for (int p = 0; p < pubs; ++p) {
-    auto c = std::make_unique<client>(*r.workers[static_cast<std::size_t>(p) % nw], rs, client::kind::publisher,
+    auto c = std::make_unique<client_t>(*r.workers[static_cast<std::size_t>(p) % nw], rs, client_t::kind::publisher,
                                       static_cast<std::uint32_t>(p), fmt::format("{}p{}", rs.id_prefix, p), read_size);
     c->set_topic(topics[static_cast<std::size_t>(p)]);
     if (cfg.rate > 0) c->set_rate(cfg.rate / pubs);
@@ -1314,25 +1432,25 @@ int run_traffic(runner& r, json_line& out) {
     publishers.push_back(std::move(c));
   }
   for (int s = 0; s < subs; ++s) {
-    auto c = std::make_unique<client>(*r.workers[static_cast<std::size_t>(s + 1) % nw], rs, client::kind::subscriber,
+    auto c = std::make_unique<client_t>(*r.workers[static_cast<std::size_t>(s + 1) % nw], rs, client_t::kind::subscriber,
                                       0, fmt::format("{}s{}", rs.id_prefix, s), read_size);
     c->set_filter(filters[static_cast<std::size_t>(s)]);
     c->expect_publishers(matched[static_cast<std::size_t>(s)], static_cast<std::size_t>(pubs));
-    std::vector<client*> feeders;
+    std::vector<client_t*> feeders;
     for (std::uint32_t id : matched[static_cast<std::size_t>(s)]) feeders.push_back(publishers[id].get());
     c->set_feeders(std::move(feeders));
     subscribers.push_back(std::move(c));
   }
   if (storm) {
-    ret_pub = std::make_unique<client>(*r.workers[0], rs, client::kind::retained_publisher,
+    ret_pub = std::make_unique<client_t>(*r.workers[0], rs, client_t::kind::retained_publisher,
                                        static_cast<std::uint32_t>(pubs), rs.id_prefix + "retpub", read_size);
-    storm_sub = std::make_unique<client>(*r.workers[nw > 1 ? 1 : 0], rs, client::kind::storm_subscriber, 0,
+    storm_sub = std::make_unique<client_t>(*r.workers[nw > 1 ? 1 : 0], rs, client_t::kind::storm_subscriber, 0,
                                          rs.id_prefix + "storm", 256 * 1024);
   }
 
   // Connect everything, at most `concurrency` at a time. `launch` lives until the workers are
   // joined, which happens before this function returns on every path.
-  std::vector<client*> all;
+  std::vector<client_t*> all;
   for (auto& c : subscribers) all.push_back(c.get());
   for (auto& c : publishers) all.push_back(c.get());
   if (ret_pub) all.push_back(ret_pub.get());
@@ -1341,7 +1459,7 @@ int run_traffic(runner& r, json_line& out) {
   std::function<void()> launch = [&all, &next_connect, &launch, &rs]() {
     const std::size_t i = next_connect.fetch_add(1);
     if (i >= all.size()) return;
-    client* c = all[i];
+    client_t* c = all[i];
     // The client's handlers run on its own worker, so the connection starts there.
     asio::post(c->owner().io, [c, &launch, &rs] {
       c->connect([&launch, &rs](bool ok) {
@@ -1396,7 +1514,7 @@ int run_traffic(runner& r, json_line& out) {
   rs.t_measure = rs.t_start + static_cast<std::uint64_t>(cfg.warmup * 1e9);
   rs.t_stop = rs.t_measure + static_cast<std::uint64_t>(cfg.duration * 1e9);
   for (auto& p : publishers) {
-    client* c = p.get();
+    client_t* c = p.get();
     asio::post(c->owner().io, [c] { c->start_publishing(); });
   }
   window_cpu cpu;
@@ -1404,7 +1522,7 @@ int run_traffic(runner& r, json_line& out) {
   cpu.self_start = self_cpu_seconds();
   cpu.broker_start = proc_cpu_seconds(cfg.broker_pid);
   if (storm) {
-    client* c = storm_sub.get();
+    client_t* c = storm_sub.get();
     const std::uint32_t rc = cfg.retained, rp = static_cast<std::uint32_t>(pubs);
     asio::post(c->owner().io, [c, rc, rp] { c->subscribe_now(rc, rp); });
   }
@@ -1562,6 +1680,7 @@ int run_traffic(runner& r, json_line& out) {
 // ---------------------------------------------------------------------------------------------
 // connect-storm and idle.
 
+template <class Net>
 int run_connections(runner& r, json_line& out) {
   const config& cfg = r.cfg;
   run_state& rs = r.rs;
@@ -1572,13 +1691,13 @@ int run_connections(runner& r, json_line& out) {
 
   r.start_workers();
   std::atomic<unsigned> next{0};
-  std::vector<std::unique_ptr<conn_lane>> lanes;
+  std::vector<std::unique_ptr<conn_lane<Net>>> lanes;
   for (unsigned i = 0; i < lanes_n; ++i)
-    lanes.push_back(std::make_unique<conn_lane>(*r.workers[i % r.workers.size()], rs, next, total, idle,
+    lanes.push_back(std::make_unique<conn_lane<Net>>(*r.workers[i % r.workers.size()], rs, next, total, idle,
                                                 cfg.subscriptions_per_connection));
   const std::uint64_t t0 = now_ns();
   for (unsigned i = 0; i < lanes_n; ++i) {
-    conn_lane* l = lanes[i].get();
+    conn_lane<Net>* l = lanes[i].get();
     asio::post(r.workers[i % r.workers.size()]->io, [l] { l->start(); });
   }
   auto done = [&] {
@@ -1659,6 +1778,51 @@ int run_connections(runner& r, json_line& out) {
   return failed ? 1 : 0;  // no connection at all: the broker is not there (an error, not a finding)
 }
 
+#if LOADGEN_TLS
+/// The clients' TLS context: TLS 1.2 or later (or exactly --tls-version), OpenSSL's default
+/// ciphers and groups; the broker's certificate is checked only with --cafile.
+std::unique_ptr<asio::ssl::context> make_tls_context(const config& cfg) {
+  auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression);
+  SSL_CTX* native = ctx->native_handle();
+  const long lowest = cfg.tls_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
+  const long highest = cfg.tls_version == "1.2" ? TLS1_2_VERSION : cfg.tls_version == "1.3" ? TLS1_3_VERSION : 0;
+  SSL_CTX_set_min_proto_version(native, lowest);
+  SSL_CTX_set_max_proto_version(native, highest);
+  // No session is kept for resumption: every connection makes a full handshake.
+  SSL_CTX_set_session_cache_mode(native, SSL_SESS_CACHE_OFF);
+  if (cfg.cafile.empty()) {
+    ctx->set_verify_mode(asio::ssl::verify_none);
+  } else {
+    ctx->load_verify_file(cfg.cafile);
+    ctx->set_verify_mode(asio::ssl::verify_peer);
+  }
+  return ctx;
+}
+#endif
+
+/// TLS: what was negotiated, for the JSON line and the summary (bench/compare checks that both
+/// brokers negotiated the same).
+void report_tls(runner& r, json_line& out) {
+  std::string version, cipher, group;
+  std::uint64_t mismatches = 0;
+  for (const auto& w : r.workers) {
+    mismatches += w->tls_mismatches;
+    if (w->tls_version.empty()) continue;
+    if (version.empty()) {
+      version = w->tls_version;
+      cipher = w->tls_cipher;
+      group = w->tls_group;
+    } else if (version != w->tls_version || cipher != w->tls_cipher || group != w->tls_group) {
+      ++mismatches;
+    }
+  }
+  out.boolean("tls", true).str("tls_version", version).str("tls_cipher", cipher).str("tls_group", group)
+      .integer("tls_mismatches", mismatches);
+  fmt::print(stderr, "  TLS: {} {} {}{}\n", version.empty() ? "no handshake completed" : version, cipher, group,
+             mismatches ? fmt::format(" ({} handshakes negotiated something else)", mismatches) : std::string());
+}
+
 void raise_fd_limit() {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -1714,7 +1878,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--label", cfg.label, "free text copied into the JSON result (e.g. the broker's name)");
   app.add_flag("--json", cfg.json, "print one JSON line with the results on stdout");
+  app.add_flag("--tls", cfg.tls, "connect with TLS (no certificate check unless --cafile); every connection a full handshake");
+  app.add_option("--cafile", cfg.cafile, "with --tls: verify the broker's certificate against these CAs (PEM) and its name against --host");
+  app.add_option("--tls-version", cfg.tls_version, "with --tls: the TLS version to use; auto lets the broker choose")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "1.2", "1.3"}));
   CLI11_PARSE(app, argc, argv);
+  if (!cfg.tls && (!cfg.cafile.empty() || cfg.tls_version != "auto")) {
+    fmt::print(stderr, "loadgen: --cafile and --tls-version need --tls\n");
+    return 1;
+  }
+#if !LOADGEN_TLS
+  if (cfg.tls) {
+    fmt::print(stderr, "loadgen: this loadgen was built without OpenSSL, so without --tls\n");
+    return 1;
+  }
+#endif
   if ((cfg.topic_alias_maximum > 0 || cfg.publish_properties) && cfg.protocol != 5) {
     fmt::print(stderr, "loadgen: --topic-alias-maximum and --publish-properties need --protocol 5\n");
     return 1;
@@ -1742,6 +1921,20 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+#if LOADGEN_TLS
+  if (cfg.tls) {
+    try {
+      rs.tls = make_tls_context(cfg);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "loadgen: TLS: {}\n", e.what());
+      return 1;
+    }
+    std::error_code not_ip;
+    asio::ip::make_address(cfg.host, not_ip);
+    if (not_ip) rs.sni = cfg.host;  // SNI carries names only
+  }
+#endif
+
   json_line out;
   out.str("scenario", cfg.scenario).str("label", cfg.label).integer("qos", static_cast<std::uint64_t>(cfg.qos))
       .integer("payload", static_cast<std::uint64_t>(cfg.payload)).integer("protocol", static_cast<std::uint64_t>(cfg.protocol))
@@ -1751,14 +1944,18 @@ int main(int argc, char** argv) {
   const auto wall0 = steady::now();
   int rc = 1;
   try {
-    if (cfg.scenario == "connect-storm" || cfg.scenario == "idle")
-      rc = run_connections(r, out);
+    const bool connections = cfg.scenario == "connect-storm" || cfg.scenario == "idle";
+#if LOADGEN_TLS
+    if (cfg.tls)
+      rc = connections ? run_connections<tls_net>(r, out) : run_traffic<tls_net>(r, out);
     else
-      rc = run_traffic(r, out);
+#endif
+      rc = connections ? run_connections<plain_net>(r, out) : run_traffic<plain_net>(r, out);
   } catch (const std::exception& e) {
     fmt::print(stderr, "loadgen: {}\n", e.what());
     return 1;
   }
+  if (cfg.tls) report_tls(r, out);
   out.num("loadgen_cpu_s", self_cpu_seconds() - cpu0)
       .num("wall_s", std::chrono::duration<double>(steady::now() - wall0).count())
       .integer("exit_code", static_cast<std::uint64_t>(rc));

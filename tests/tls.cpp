@@ -12,6 +12,10 @@
 #include <asio/ssl.hpp>
 #include <asio/write.hpp>
 
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -23,6 +27,7 @@
 #include <set>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 // The TLS transport over real loopback connections: the broker and the test's clients share one
@@ -210,6 +215,80 @@ TEST_CASE("tls: a client verifies the server's chain, connects and publishes ove
   REQUIRE(f.hooks_saw().identities.size() == 1);
   CHECK(f.hooks_saw().identities[0].empty());
   CHECK(f.broker->listener_info(0).transport == "tls");
+}
+
+// tls_stream::async_read_some adds the records OpenSSL already holds to asio's one-record read.
+// Here 40 PUBLISH records and a close_notify reach the broker in one TCP segment: the first read
+// (a 256-byte block) ends inside the third record, later ones continue from there, and the
+// close_notify ends the connection only after every message was read.
+TEST_CASE("tls: records that arrive together are read in one go, up to a close_notify after them", "[tls]") {
+  fixture f(server_options());
+  f.hooks_saw().allowed = {"(none)"};
+  std::vector<std::string> sent;
+  for (int i = 0; i < 40; ++i) sent.push_back("message " + std::to_string(i) + std::string(80, 'x'));
+  std::atomic<bool> client_done{false};
+  std::string client_error;   // the client thread's, read after the join
+  bool broker_closed = false;
+  const std::uint16_t port = f.port();
+  // A blocking OpenSSL client on its own thread, while this thread runs the broker.
+  std::thread client([&] {
+    auto fail = [&](const std::string& what) { client_error = what; client_done = true; };
+    asio::io_context cio;
+    asio::ip::tcp::socket sock(cio);
+    sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL* ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, sock.native_handle());
+    std::string out;
+    codec::connect c;
+    c.client_id = "batched";
+    c.clean_start = true;
+    char connack[4] = {};
+    if (SSL_connect(ssl) != 1 || codec::encode(c, codec::protocol_version::v3_1_1, out) ||
+        SSL_write(ssl, out.data(), static_cast<int>(out.size())) <= 0 || SSL_read(ssl, connack, 4) != 4) {
+      fail("handshake or CONNECT failed");
+    } else {
+      // From here the records go to memory, each PUBLISH one record, then the close_notify ...
+      BIO* mem = BIO_new(BIO_s_mem());
+      SSL_set0_wbio(ssl, mem);
+      for (const auto& payload : sent) {
+        codec::publish p;
+        p.topic = "t/batch";
+        p.payload = payload;
+        out.clear();
+        if (codec::encode(p, codec::protocol_version::v3_1_1, out) ||
+            SSL_write(ssl, out.data(), static_cast<int>(out.size())) <= 0)
+          client_error = "PUBLISH not encoded";
+      }
+      SSL_shutdown(ssl);
+      // ... and all of it leaves in one write.
+      char* bytes = nullptr;
+      const long n = BIO_get_mem_data(mem, &bytes);
+      std::error_code ec;
+      asio::write(sock, asio::buffer(bytes, static_cast<std::size_t>(n)), ec);
+      // Then wait (10 s at most) for the broker to close the connection.
+      sock.non_blocking(true, ec);
+      const auto deadline = std::chrono::steady_clock::now() + 10s;
+      char rest[256];
+      while (!ec && std::chrono::steady_clock::now() < deadline) {
+        sock.read_some(asio::buffer(rest), ec);
+        if (ec == asio::error::would_block) {
+          ec = {};
+          std::this_thread::sleep_for(5ms);
+        }
+      }
+      broker_closed = static_cast<bool>(ec);
+      client_done = true;
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+  });
+  const bool all = run_until(f.io, [&] { return client_done.load() && f.received.size() >= sent.size(); });
+  client.join();
+  REQUIRE(client_error.empty());
+  REQUIRE(all);
+  CHECK(f.received == sent);
+  CHECK(broker_closed);  // at the close_notify, after the messages
 }
 
 TEST_CASE("tls: TLS 1.3 only refuses a TLS 1.2 client", "[tls]") {

@@ -10702,7 +10702,8 @@ inline std::uint8_t* thread_read_buffer() {
 /// The first read of a stream without a readability wait. A pending async_read_some needs its
 /// buffer for as long as it waits, so an idle connection on such a stream holds one block of
 /// this size; each read that fills its block doubles the next (up to read_chunk), and one that
-/// takes at most half falls back to this.
+/// takes at most half makes it the smallest block from this size up that holds twice that read
+/// (a quiet client's small packets: this size again).
 inline constexpr std::size_t min_read_chunk = 256;
 
 /// How long a transport's graceful shutdown (TLS close_notify, WebSocket close frame) may take
@@ -10888,14 +10889,20 @@ class connection final
     detail::pooled_bytes input = std::move(unread_);
     // Paused or closing: unread_ holds what the pause left, and input's block goes back.
     if (!take_input(input.data(), input.size())) return;
-    // All decoded: the block takes the next read, larger while reads fill it, small when quiet.
+    // All decoded: the block takes the next read, larger while reads fill it, and when a read
+    // takes at most half of it, twice that read (a client that keeps sending this much is read
+    // in one completion; a quiet one is back at min_read_chunk).
     input.clear();
     if (n == block && block < read_chunk) {
       input.reset();
       input.reserve(block * 2);
     } else if (n <= block / 2 && block > min_read_chunk) {
-      input.reset();
-      input.reserve(min_read_chunk);
+      std::size_t fit = min_read_chunk;
+      while (fit < 2 * n) fit *= 2;
+      if (fit < block) {
+        input.reset();
+        input.reserve(fit);
+      }
     }
     unread_ = std::move(input);
     read();

@@ -9,8 +9,10 @@
 #include <mqttbroker/transport/traits.hpp>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/associated_allocator.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
+#include <asio/bind_allocator.hpp>
 #include <asio/bind_executor.hpp>
 #include <asio/buffer.hpp>
 #include <asio/error.hpp>
@@ -245,9 +247,30 @@ class tls_stream {
   /// Whether the listener had use_identity_as_username when this connection was accepted.
   bool identity_as_username() const noexcept { return credentials_->identity_as_username; }
 
+  /// Reads into the front of `buffers`. Once asio's TLS stream has delivered a record, whatever
+  /// OpenSSL can decrypt from ciphertext it already holds is added before the completion
+  /// (read_buffered): a socket read of several records is then one completion, as on TCP, not a
+  /// decode and a flush of acknowledgements per record.
   template <class MutableBufferSequence, class ReadToken>
   auto async_read_some(const MutableBufferSequence& buffers, ReadToken&& token) {
-    return ssl_.async_read_some(buffers, std::forward<ReadToken>(token));
+    auto it = asio::buffer_sequence_begin(buffers);
+    const auto end = asio::buffer_sequence_end(buffers);
+    while (it != end && asio::mutable_buffer(*it).size() == 0) ++it;
+    const asio::mutable_buffer first = it != end ? asio::mutable_buffer(*it) : asio::mutable_buffer();
+    return asio::async_initiate<ReadToken, void(std::error_code, std::size_t)>(
+        [this](auto handler, asio::mutable_buffer b) {
+          // The caller's executor and allocator carry over to the wrapper.
+          const auto ex = asio::get_associated_executor(handler, ssl_.get_executor());
+          const auto alloc = asio::get_associated_allocator(handler);
+          SSL* ssl = ssl_.native_handle();
+          ssl_.async_read_some(b, asio::bind_executor(ex, asio::bind_allocator(alloc, [ssl, b, h = std::move(handler)](
+                                                                                       std::error_code ec, std::size_t n) mutable {
+                                 if (!ec && n > 0 && n < b.size())
+                                   n += read_buffered(ssl, static_cast<unsigned char*>(b.data()) + n, b.size() - n);
+                                 std::move(h)(ec, n);
+                               })));
+        },
+        token, first);
   }
 
   /// Writes from the front of `buffers`: one buffer as it is, several copied together (up to
@@ -271,6 +294,24 @@ class tls_stream {
   void shutdown(asio::socket_base::shutdown_type what, std::error_code& ec) { ssl_.lowest_layer().shutdown(what, ec); }
 
  private:
+  /// Plaintext that OpenSSL gives from what it holds already (whole records in asio's memory BIO),
+  /// at most `size` bytes; no socket I/O. It stops at the first record it cannot complete or
+  /// decrypt: an error (a bad record, close_notify) is found again, and reported, by the next
+  /// read through asio. Output a record asks for (a TLS 1.3 KeyUpdate's answer) stays in the BIO
+  /// and goes out with the connection's next write.
+  static std::size_t read_buffered(SSL* ssl, unsigned char* p, std::size_t size) {
+    std::size_t total = 0;
+    while (total < size) {
+      std::size_t got = 0;
+      if (SSL_read_ex(ssl, p + total, size - total, &got) != 1) {
+        ERR_clear_error();
+        break;
+      }
+      total += got;
+    }
+    return total;
+  }
+
   std::shared_ptr<detail::tls_credentials> credentials_;  // before ssl_: it outlives the SSL object
   ssl_stream_type ssl_;
   std::unique_ptr<unsigned char[]> gather_;  // made by the first write of several buffers
