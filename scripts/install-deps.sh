@@ -8,13 +8,13 @@ set -euo pipefail
 # The library: a compiler, CMake, Asio and fmt. The examples: CLI11.
 RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev"
 # Tests, fuzzers and benchmarks; nodejs and npm (Node 18 is enough) for the MQTT.js integration
-# tests; libssl-dev for mqttbroker::auth (SCRAM-SHA-256), mqttbroker::tls (the TLS transport), their
+# tests; chromium, the browser the WebSocket browser test runs headless; libssl-dev for mqttbroker::auth (SCRAM-SHA-256), mqttbroker::tls (the TLS transport), their
 # tests and the engine fuzzer; openssl, the command line the TLS tests make their certificates with; pkgconf
 # for the pkg-config test of the install; for
 # tests/packaging/: ninja-build and libcurl4-openssl-dev build the vcpkg tool and its ports, and
 # Conan (a Python program, unpacked from ../shared/tools/packaging/) runs on Debian's Python modules.
 TEST_PACKAGES="python3 catch2 libssl-dev openssl libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients
-  python3-paho-mqtt nodejs npm pkgconf ninja-build libcurl4-openssl-dev
+  python3-paho-mqtt nodejs npm chromium pkgconf ninja-build libcurl4-openssl-dev
   python3-requests python3-urllib3 python3-yaml python3-jinja2 python3-fasteners python3-distro
   python3-dateutil python3-colorama python3-patch-ng"
 
@@ -26,10 +26,12 @@ esac
 
 # nodejs and npm (the MQTT.js tests) count as there when their commands are: a node from elsewhere,
 # such as NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package, serves too.
+# So does a chromium command that is no Debian package (CMake looks for chromium and chromium-browser).
 command_present() {
   case "$1" in
     nodejs) command -v node >/dev/null 2>&1 ;;
     npm) command -v npm >/dev/null 2>&1 ;;
+    chromium) command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ;;
     *) return 1 ;;
   esac
 }

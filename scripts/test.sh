@@ -13,7 +13,8 @@
 #                  tests against the sanitized server and examples (their stderr is checked too)
 #   6. build/tsan: ThreadSanitizer, the tests labelled "threads": the multi-threaded locking
 #                  policy's tests and the integration tests of the server on two threads
-#   7. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60)
+#   7. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60),
+#      fuzz_websocket and fuzz_upgrade for half that
 # Every ctest call fails when it selects no test (--no-tests=error), and each prints how many ran;
 # the integration modules' own counts (with the reason of every skip) follow each run of them.
 # Stops at the first failing step; the time of each step is printed at the end.
@@ -158,11 +159,11 @@ cmake --build build/tsan -j "$JOBS" --target mqttbroker_mt_tests mqttbroker_serv
   run_with_integration build/tsan -j "$JOBS" -L threads -L integration  # both labels: the _mt modules
 )
 
-step "7/7 build/fuzz: libFuzzer, the decoder then the protocol engine, ${FUZZ_SECONDS} s each"
+step "7/7 build/fuzz: libFuzzer, the decoder and the protocol engine ${FUZZ_SECONDS} s each, the WebSocket frame and upgrade parsers half that"
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_FUZZ=ON -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_EXAMPLES=OFF \
   -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE=
-cmake --build build/fuzz -j "$JOBS" --target fuzz_decoder fuzz_engine
+cmake --build build/fuzz -j "$JOBS" --target fuzz_decoder fuzz_engine fuzz_websocket fuzz_upgrade
 # New inputs go to the first folder (build/); the committed seeds are read only.
 mkdir -p build/fuzz/corpus/decoder build/fuzz/corpus/engine
 build/fuzz/tests/fuzz/fuzz_decoder -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
@@ -170,5 +171,11 @@ build/fuzz/tests/fuzz/fuzz_decoder -max_total_time="$FUZZ_SECONDS" -rss_limit_mb
 # The engine's inputs are programs of client steps (tests/fuzz/engine_fuzz.cpp); it grows its own corpus.
 build/fuzz/tests/fuzz/fuzz_engine -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
   -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/engine
+# The WebSocket frame and upgrade parsers, half as long each: small state machines.
+mkdir -p build/fuzz/corpus/websocket build/fuzz/corpus/upgrade
+build/fuzz/tests/fuzz/fuzz_websocket -max_total_time="$((FUZZ_SECONDS / 2))" -rss_limit_mb=2048 \
+  -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/websocket tests/fuzz/corpus-websocket
+build/fuzz/tests/fuzz/fuzz_upgrade -max_total_time="$((FUZZ_SECONDS / 2))" -rss_limit_mb=2048 \
+  -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/upgrade tests/fuzz/corpus-upgrade
 
 finished=1

@@ -1085,6 +1085,103 @@ TEST_CASE("connections over max_connections are closed at once and counted", "[b
   CHECK_FALSE(in.closed());
 }
 
+TEST_CASE("a listener's connection limit refuses its own extra connections, counted, and frees a place on close",
+          "[broker][limits][listener]") {
+  harness<> h;
+  const std::string second = next_listener_name();
+  h.broker.listen<memory>(memory::listen_options(second));
+  client& before = h.connected("before");  // counted although no limit was set yet
+  CHECK(h.broker.connections(0) == 1);
+  h.broker.limit_connections(0, 1);
+
+  client& over = h.add();
+  over.connect("over");
+  h.settle();
+  CHECK(over.closed());
+  CHECK(over.empty());
+  CHECK(h.broker.stats().connections_refused == 1);
+  CHECK_FALSE(before.closed());
+  CHECK(h.broker.connections(0) == 1);
+
+  // The other listener has no limit.
+  std::vector<std::unique_ptr<client>> others;
+  for (int i = 0; i < 3; ++i) {
+    others.push_back(std::make_unique<client>(h.io, second, protocol_version::v3_1_1));
+    others.back()->connect("other-" + std::to_string(i));
+  }
+  h.settle();
+  for (auto& c : others) CHECK(c->pop(CONNACK).code == 0);
+  CHECK(h.broker.connections(1) == 3);
+  CHECK(h.broker.stats().connections == 4);
+
+  // A close gives its place back.
+  before.disconnect();
+  h.settle();
+  CHECK(h.broker.connections(0) == 0);
+  client& after = h.connected("after");
+  CHECK_FALSE(after.closed());
+  CHECK(h.broker.connections(0) == 1);
+
+  // 0 refuses everything; unlimited lifts the limit.
+  h.broker.limit_connections(1, 0);
+  client outside(h.io, second, protocol_version::v3_1_1);
+  outside.connect("outside");
+  h.settle();
+  CHECK(outside.closed());
+  h.broker.limit_connections(1, mb::broker<mem_policies>::unlimited);
+  client inside(h.io, second, protocol_version::v3_1_1);
+  inside.connect("inside");
+  h.settle();
+  CHECK(inside.pop(CONNACK).code == 0);
+  CHECK(h.broker.stats().connections_refused == 2);
+  CHECK_THROWS_AS(h.broker.limit_connections(2, 1), std::out_of_range);
+}
+
+TEST_CASE("over TCP a listener limited to one connection refuses the second while another listener still accepts",
+          "[broker][limits][listener]") {
+  using tcp_client = basic_client<asio::ip::tcp::socket>;
+  asio::io_context io;
+  mb::broker<> b(io);
+  b.listen({"127.0.0.1", 0});
+  b.listen({"127.0.0.1", 0});
+  b.limit_connections(0, 1);
+  b.start();
+  auto wait_for = [&io](auto ready) { run_io_until(io, ready); };
+  auto over_tcp = [&](std::size_t listener, const std::string& id) {
+    asio::ip::tcp::socket s(io);
+    s.connect({asio::ip::make_address("127.0.0.1"), b.local_port(listener)});
+    auto c = std::make_unique<tcp_client>(std::move(s), protocol_version::v3_1_1);
+    c->connect(id);
+    return c;
+  };
+
+  auto first = over_tcp(0, "first");
+  wait_for([&] { return first->pending() == 1; });
+  CHECK(first->pop(CONNACK).code == 0);
+  auto second = over_tcp(0, "second");
+  wait_for([&] { return second->closed(); });
+  CHECK(second->empty());
+  auto elsewhere = over_tcp(1, "elsewhere");
+  auto elsewhere_too = over_tcp(1, "elsewhere-too");
+  wait_for([&] { return elsewhere->pending() == 1 && elsewhere_too->pending() == 1; });
+  CHECK(elsewhere->pop(CONNACK).code == 0);
+  CHECK(elsewhere_too->pop(CONNACK).code == 0);
+  CHECK(b.stats().connections_refused == 1);
+  CHECK(b.connections(0) == 1);
+  CHECK(b.connections(1) == 2);
+
+  // The first one leaving lets the next one in.
+  first->disconnect();
+  wait_for([&] { return b.connections(0) == 0; });
+  auto third = over_tcp(0, "third");
+  wait_for([&] { return third->pending() == 1; });
+  CHECK(third->pop(CONNACK).code == 0);
+
+  bool stopped = false;
+  b.async_stop([&](std::error_code ec) { stopped = !ec; });
+  wait_for([&] { return stopped; });
+}
+
 // ---- in-process API
 
 TEST_CASE("in-process publish reaches clients and in-process handlers see client messages, one shared message",

@@ -153,6 +153,76 @@ TEST_CASE("multi-threaded broker delivers every QoS 1 message once and in order 
   CHECK(local_count == publishers * per_publisher);
 }
 
+TEST_CASE("multi-threaded broker: a listener's connection limit holds while clients connect and leave on many threads",
+          "[broker_mt][limits][listener]") {
+  mt_fixture f(2);
+  mqttbroker::broker_mt::listen_options lo;
+  lo.address = "127.0.0.1";
+  lo.port = 0;
+  f.broker().listen(lo);  // listener 1, added after start
+  constexpr std::size_t limit = 3;
+  f.broker().limit_connections(1, limit);
+  const std::uint16_t port = f.broker().local_port(1);
+
+  // Each thread connects and leaves again and again; a client counts itself from its CONNACK to
+  // before its DISCONNECT, a span inside the one the broker counts, so the clients' own count
+  // can never pass the limit.
+  constexpr int threads = 6;
+  constexpr int rounds = 25;
+  std::atomic<int> inside{0};
+  std::atomic<int> most{0};
+  std::atomic<int> admitted{0};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (int r = 0; r < rounds; ++r) {
+        bool in = false;
+        try {
+          blocking_client c(port);
+          in = c.connect("limited-" + std::to_string(t)) == 0;
+          if (in) {
+            const int now = ++inside;
+            for (int m = most.load(); now > m && !most.compare_exchange_weak(m, now);) {
+            }
+            ++admitted;
+            --inside;
+            c.send(codec::disconnect{});
+            c.closed_by_peer();
+          }
+        } catch (const std::exception&) {
+          in = false;  // closed before CONNACK: refused
+        }
+        if (!in) ++refused;
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  CHECK(most.load() <= static_cast<int>(limit));
+  CHECK(admitted + refused == threads * rounds);
+  CHECK(admitted > 0);
+  // Every close was counted: the listener is empty again, and takes `limit` clients at once.
+  for (int i = 0; i < 1000 && f.broker().connections(1) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(f.broker().connections(1) == 0);
+  std::vector<std::unique_ptr<blocking_client>> full;
+  for (std::size_t i = 0; i < limit; ++i) {
+    full.push_back(std::make_unique<blocking_client>(port));
+    CHECK(full.back()->connect("full-" + std::to_string(i)) == 0);
+  }
+  bool over_refused = false;
+  try {
+    blocking_client over(port);
+    codec::connect c;
+    c.client_id = "over";
+    over.send(c);
+    over_refused = over.closed_by_peer();
+  } catch (const std::exception&) {
+    over_refused = true;  // closed before the CONNECT was written
+  }
+  CHECK(over_refused);
+  CHECK(f.broker().stats().connections_refused == static_cast<std::uint64_t>(refused.load()) + 1);
+}
+
 namespace {
 
 /// What one churn thread saw; checked on the main thread (Catch's assertions are not thread-safe).

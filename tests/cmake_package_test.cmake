@@ -1,7 +1,8 @@
 # Packaging tests, run by ctest as `cmake -DMODE=consumer|subdir -D... -P cmake_package_test.cmake`.
 #
 #   consumer: cmake --install BUILD_DIR into WORK_DIR/prefix, then configure, build and run
-#             tests/cmake_consumer with find_package(mqttbroker CONFIG REQUIRED) against that prefix;
+#             tests/cmake_consumer with find_package(mqttbroker CONFIG REQUIRED) against that prefix
+#             (and the programs of the components auth, tls and websocket where it built them);
 #             then build the same program with the plain compiler and the flags of the installed
 #             mqttbroker.pc (PKG_CONFIG: the pkg-config program), and run it.
 #   subdir:   configure, build and run tests/cmake_subdir, which add_subdirectory()s SOURCE_DIR.
@@ -94,19 +95,29 @@ run_step("configure ${_project}"
   "${CMAKE_COMMAND}" -S "${_project}" -B "${WORK_DIR}/build" -G "${GENERATOR}" -C "${_init}")
 run_step("build" "${CMAKE_COMMAND}" --build "${WORK_DIR}/build" --config "${CONFIG}")
 
-# Single-config generators put the program in the build folder, multi-config ones in a subfolder.
-set(_program "")
-foreach(_candidate "${WORK_DIR}/build/consumer" "${WORK_DIR}/build/${CONFIG}/consumer"
-                   "${WORK_DIR}/build/consumer.exe" "${WORK_DIR}/build/${CONFIG}/consumer.exe")
-  if(EXISTS "${_candidate}" AND NOT IS_DIRECTORY "${_candidate}")
-    set(_program "${_candidate}")
-    break()
-  endif()
-endforeach()
+# Single-config generators put a program in the build folder, multi-config ones in a subfolder.
+function(find_program_built name out)
+  set(${out} "" PARENT_SCOPE)
+  foreach(_candidate "${WORK_DIR}/build/${name}" "${WORK_DIR}/build/${CONFIG}/${name}"
+                     "${WORK_DIR}/build/${name}.exe" "${WORK_DIR}/build/${CONFIG}/${name}.exe")
+    if(EXISTS "${_candidate}" AND NOT IS_DIRECTORY "${_candidate}")
+      set(${out} "${_candidate}" PARENT_SCOPE)
+      return()
+    endif()
+  endforeach()
+endfunction()
+find_program_built(consumer _program)
 if(NOT _program)
   message(FATAL_ERROR "[${MODE}] built program 'consumer' not found under ${WORK_DIR}/build")
 endif()
 run_step("run ${_program}" "${_program}")
+# The components' programs, built where the consumer found OpenSSL (tests/cmake_consumer).
+foreach(_name consumer_auth consumer_tls consumer_ws)
+  find_program_built(${_name} _program)
+  if(_program)
+    run_step("run ${_program}" "${_program}")
+  endif()
+endforeach()
 
 if(MODE STREQUAL "consumer")
   # pkg-config looks in the installed prefix first, so a mqttbroker.pc elsewhere cannot stand in

@@ -3,6 +3,7 @@
 #include <mqttbroker/codec.hpp>
 
 #include "catch.hpp"
+#include "loopback.hpp"
 
 #include <asio/connect.hpp>
 #include <asio/io_context.hpp>
@@ -40,26 +41,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// The folder make-certs.sh filled, once per run; removed at exit.
-struct cert_dir {
-  std::filesystem::path path;
-  cert_dir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mqttbroker-tls-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-    const std::string cmd = std::string("sh '") + MQTTBROKER_MAKE_CERTS + "' '" + path.string() + "'";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("make-certs.sh failed: " + cmd);
-  }
-  ~cert_dir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-  std::string operator()(const std::string& name) const { return (path / name).string(); }
-};
-const cert_dir& certs() {
-  static cert_dir d;
-  return d;
-}
+using test_support::certs;
+using test_support::run_until;
 
 /// What the hooks saw, shared with the test (the broker keeps a copy of its hooks).
 struct seen {
@@ -87,16 +70,6 @@ struct tls_policies : mb::default_policies {
 };
 using tls_broker = mb::broker<tls_policies>;
 
-/// Runs `io` until `done()` or the deadline; whether `done()` came true.
-bool run_until(asio::io_context& io, const std::function<bool()>& done, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    io.restart();
-    io.run_one_for(20ms);
-  }
-  return true;
-}
 
 tls::listen_options server_options(bool mutual = false) {
   tls::listen_options o;
@@ -346,6 +319,63 @@ TEST_CASE("tls: mutual TLS refuses a client without a certificate, with another 
   REQUIRE_FALSE(good.handshake());
   good.connect("alice-1");
   CHECK(good.connack() == 0);
+}
+
+TEST_CASE("tls: a certificate revocation list refuses the revoked client certificate; reloads read it again", "[tls]") {
+  auto o = server_options(true);
+  SECTION("without the list the revoked certificate is still good") {
+    fixture f(o);
+    tls_client c(f.io, f.port(), "revoked");
+    REQUIRE_FALSE(c.handshake());
+    c.connect("not-yet-revoked");
+    CHECK(c.connack() == 0);
+  }
+  SECTION("with it, that one is refused and the others are not; a reload reads the list again") {
+    // The listener starts with the list from before the revocation, then the file is replaced
+    // and the certificates reloaded, as a gateway's SIGHUP does.
+    const std::string crl = certs()("crl-under-test.pem");
+    std::filesystem::copy_file(certs()("crl-empty.pem"), crl, std::filesystem::copy_options::overwrite_existing);
+    o.crl_file = crl;
+    fixture f(o);
+    {
+      tls_client c(f.io, f.port(), "revoked");
+      REQUIRE_FALSE(c.handshake());
+      c.connect("before-revocation");
+      CHECK(c.connack() == 0);
+    }
+    std::filesystem::copy_file(certs()("crl.pem"), crl, std::filesystem::copy_options::overwrite_existing);
+    std::error_code ec;
+    f.broker->reload_certificates(0, ec);
+    REQUIRE_FALSE(ec);
+    {
+      tls_client c(f.io, f.port(), "revoked");
+      if (!c.handshake()) {
+        c.connect("revoked");
+        CHECK_FALSE(c.connack().has_value());
+      }
+      CHECK(run_until(f.io, [&] { return f.broker->stats().handshake_failures == 1; }));
+    }
+    tls_client good(f.io, f.port(), "alice");
+    REQUIRE_FALSE(good.handshake());
+    good.connect("alice-crl");
+    CHECK(good.connack() == 0);
+  }
+  SECTION("a list without a CA, or one that cannot be read, is refused by listen()") {
+    asio::io_context io;
+    tls_broker b(io);
+    auto bad = server_options();
+    bad.crl_file = certs()("crl.pem");
+    std::error_code ec;
+    std::string what;
+    b.listen<tls>(bad, ec, &what);
+    CHECK(ec);
+    CHECK(what.find("crlfile needs a CA") != std::string::npos);
+    bad = server_options(true);
+    bad.crl_file = certs()("no-such-crl.pem");
+    b.listen<tls>(bad, ec, &what);
+    CHECK(ec);
+    CHECK(what.find("no-such-crl.pem") != std::string::npos);
+  }
 }
 
 TEST_CASE("tls: use_identity_as_username: the certificate's CN is the username the authorization hook sees",

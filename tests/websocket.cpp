@@ -1,8 +1,25 @@
 #include <mqttbroker/transport/websocket/frame.hpp>
+#include <mqttbroker/transport/websocket/handshake.hpp>
+#include <mqttbroker/transport/websocket_tls.hpp>
+#include <mqttbroker/broker.hpp>
+#include <mqttbroker/codec.hpp>
 
 #include "catch.hpp"
+#include "loopback.hpp"
+
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/read.hpp>
+#include <asio/ssl.hpp>
+#include <asio/write.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -295,4 +312,662 @@ TEST_CASE("websocket: server frames: headers, pong and close", "[websocket]") {
   CHECK(ws::make_close(1000, std::string(200, 'r')).size == 127);  // reason cut to fit 125 bytes
   CHECK(ws::make_pong("").view() == std::string_view("\x8A\x00", 2));
   CHECK(ws::make_pong(std::string(200, 'p')).size == 127);
+}
+
+// ---- the opening handshake (RFC 6455 §4.2), sans-I/O
+
+namespace {
+
+/// A browser-like upgrade request; `extra` lines (each ending in \r\n) go before the blank line.
+std::string upgrade_request(const std::string& extra = "", const std::string& target = "/mqtt",
+                            const std::string& key = "dGhlIHNhbXBsZSBub25jZQ==") {
+  return "GET " + target + " HTTP/1.1\r\nHost: broker.example:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+         "Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n" + extra +
+         "\r\n";
+}
+
+/// The request with one header line replaced (or removed, for an empty replacement).
+std::string with_line(const std::string& request, const std::string& old_line, const std::string& new_line) {
+  std::string r = request;
+  const auto at = r.find(old_line + "\r\n");
+  REQUIRE(at != std::string::npos);
+  r.replace(at, old_line.size() + 2, new_line.empty() ? "" : new_line + "\r\n");
+  return r;
+}
+
+std::string status_line(const std::string& response) { return response.substr(0, response.find("\r\n")); }
+
+}  // namespace
+
+TEST_CASE("websocket upgrade: Sec-WebSocket-Accept is base64(SHA-1(key + GUID)) (RFC 6455 §1.3 example)",
+          "[websocket]") {
+  CHECK(ws::accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}
+
+TEST_CASE("websocket upgrade: a valid request gets 101 with the accept key and subprotocol mqtt [MQTT-6.0.0-4]",
+          "[websocket]") {
+  const ws::upgrade_options o;
+  auto a = ws::answer_upgrade(upgrade_request(), o);
+  REQUIRE_FALSE(a.ec);
+  CHECK(status_line(a.response) == "HTTP/1.1 101 Switching Protocols");
+  CHECK(a.response.find("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n") != std::string::npos);
+  CHECK(a.response.find("\r\nSec-WebSocket-Protocol: mqtt\r\n") != std::string::npos);
+  CHECK(a.response.find("\r\nUpgrade: websocket\r\n") != std::string::npos);
+  CHECK(a.response.size() >= 4);
+  CHECK(a.response.substr(a.response.size() - 4) == "\r\n\r\n");
+
+  // Names are case-insensitive, lists are lists, and a query string does not change the path.
+  std::string r = "get /mqtt?client=1 HTTP/1.1\r\n";
+  r = upgrade_request("", "/mqtt?client=1");
+  r = with_line(r, "Connection: Upgrade", "connection: keep-alive, Upgrade");
+  r = with_line(r, "Upgrade: websocket", "UPGRADE: WebSocket");
+  r = with_line(r, "Sec-WebSocket-Protocol: mqtt", "sec-websocket-protocol: wamp");
+  r = with_line(r, "Host: broker.example:8080", "Host: b\r\nSec-WebSocket-Protocol: mqttv3.1 , mqtt");
+  a = ws::answer_upgrade(r, o);
+  REQUIRE_FALSE(a.ec);
+  CHECK(a.response.find("\r\nSec-WebSocket-Protocol: mqtt\r\n") != std::string::npos);
+
+  // MQTT 3.1's subprotocol name is chosen when it is the only one offered; none offered: no header.
+  a = ws::answer_upgrade(with_line(upgrade_request(), "Sec-WebSocket-Protocol: mqtt", "Sec-WebSocket-Protocol: mqttv3.1"), o);
+  REQUIRE_FALSE(a.ec);
+  CHECK(a.response.find("\r\nSec-WebSocket-Protocol: mqttv3.1\r\n") != std::string::npos);
+  a = ws::answer_upgrade(with_line(upgrade_request(), "Sec-WebSocket-Protocol: mqtt", ""), o);
+  REQUIRE_FALSE(a.ec);
+  CHECK(a.response.find("Sec-WebSocket-Protocol") == std::string::npos);
+
+  // An empty path option accepts any path.
+  ws::upgrade_options any;
+  any.path.clear();
+  CHECK_FALSE(ws::answer_upgrade(upgrade_request("", "/"), any).ec);
+  CHECK_FALSE(ws::answer_upgrade(upgrade_request("", "/ws/x"), any).ec);
+}
+
+TEST_CASE("websocket upgrade: each bad request gets its own status and error", "[websocket]") {
+  const ws::upgrade_options o;
+  const std::string good = upgrade_request();
+  struct bad {
+    std::string request;
+    websocket_errc e;
+    std::string status;
+  };
+  std::string folded = good;
+  folded.insert(folded.find("Upgrade:"), "X-Long: a\r\n b\r\n");
+  std::string post = good;
+  post.replace(0, 3, "POST");
+  const std::vector<bad> cases{
+      {post, websocket_errc::upgrade_not_get, "HTTP/1.1 405 Method Not Allowed"},
+      {with_line(good, "Upgrade: websocket", ""), websocket_errc::upgrade_not_websocket, "HTTP/1.1 426 Upgrade Required"},
+      {with_line(good, "Connection: Upgrade", "Connection: keep-alive"), websocket_errc::upgrade_not_websocket,
+       "HTTP/1.1 426 Upgrade Required"},
+      {with_line(good, "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"), websocket_errc::upgrade_unsupported_version,
+       "HTTP/1.1 426 Upgrade Required"},
+      {upgrade_request("", "/mqtt", "c2hvcnQ="), websocket_errc::upgrade_bad_key, "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("", "/mqtt", "dGhlIHNhbXBsZSBub25jZQ=!"), websocket_errc::upgrade_bad_key, "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), websocket_errc::upgrade_bad_key,
+       "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("", "/other"), websocket_errc::upgrade_wrong_path, "HTTP/1.1 404 Not Found"},
+      {with_line(good, "Sec-WebSocket-Protocol: mqtt", "Sec-WebSocket-Protocol: wamp, graphql-ws"),
+       websocket_errc::upgrade_no_mqtt_subprotocol, "HTTP/1.1 400 Bad Request"},
+      {with_line(good, "Host: broker.example:8080", ""), websocket_errc::upgrade_malformed, "HTTP/1.1 400 Bad Request"},
+      {"GET /mqtt HTTP/1.0\r\n" + good.substr(good.find("\r\n") + 2), websocket_errc::upgrade_malformed,
+       "HTTP/1.1 400 Bad Request"},
+      {folded, websocket_errc::upgrade_malformed, "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("X-Bad: a\x01z\r\n"), websocket_errc::upgrade_malformed, "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("Bad Name: x\r\n"), websocket_errc::upgrade_malformed, "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("", "mqtt"), websocket_errc::upgrade_malformed, "HTTP/1.1 400 Bad Request"},
+      {good + "GET / HTTP/1.1\r\n\r\n", websocket_errc::upgrade_malformed, "HTTP/1.1 400 Bad Request"},
+      {upgrade_request("X-Filler: " + std::string(9000, 'a') + "\r\n"), websocket_errc::upgrade_too_large,
+       "HTTP/1.1 431 Request Header Fields Too Large"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.request.substr(0, 200));
+    const auto a = ws::answer_upgrade(c.request, o);
+    CHECK(a.ec == c.e);
+    CHECK(status_line(a.response) == c.status);
+    CHECK(a.response.find("\r\nConnection: close\r\n") != std::string::npos);
+    CHECK(a.response.find("Sec-WebSocket-Accept") == std::string::npos);
+  }
+  // 426 names the version we speak (§4.4).
+  CHECK(ws::answer_upgrade(cases[3].request, o).response.find("\r\nSec-WebSocket-Version: 13\r\n") != std::string::npos);
+}
+
+TEST_CASE("websocket upgrade: the Origin check", "[websocket]") {
+  ws::upgrade_options o;
+  o.allowed_origins = {"https://app.example"};
+  CHECK_FALSE(ws::answer_upgrade(upgrade_request("Origin: https://APP.example\r\n"), o).ec);
+  const auto refused = ws::answer_upgrade(upgrade_request("Origin: https://evil.example\r\n"), o);
+  CHECK(refused.ec == websocket_errc::upgrade_origin_refused);
+  CHECK(status_line(refused.response) == "HTTP/1.1 403 Forbidden");
+  // Without Origin (not a browser): allowed unless the listener says otherwise.
+  CHECK_FALSE(ws::answer_upgrade(upgrade_request(), o).ec);
+  o.allow_missing_origin = false;
+  CHECK(ws::answer_upgrade(upgrade_request(), o).ec == websocket_errc::upgrade_origin_refused);
+  // No list: every origin.
+  CHECK_FALSE(ws::answer_upgrade(upgrade_request("Origin: https://evil.example\r\n"), ws::upgrade_options{}).ec);
+}
+
+TEST_CASE("websocket upgrade: the request's end is found across chunks; only GET can start one", "[websocket]") {
+  const std::string r = upgrade_request() + "tail";
+  std::size_t searched = 0, end = 0;
+  for (std::size_t n = 1; n <= r.size() && end == 0; ++n) {
+    end = ws::find_request_end(std::string_view(r).substr(0, n), searched);
+    searched = n;
+  }
+  CHECK(end == r.size() - 4);
+  CHECK(ws::could_be_get(""));
+  CHECK(ws::could_be_get("GE"));
+  CHECK(ws::could_be_get("GET /"));
+  CHECK_FALSE(ws::could_be_get("\x10\x0c"));  // an MQTT CONNECT
+  CHECK_FALSE(ws::could_be_get("\x16\x03\x01"));  // a TLS ClientHello
+  CHECK_FALSE(ws::could_be_get("GETX"));
+}
+
+// ---- ws:// and wss:// through a broker, over loopback. The broker and the test's clients share
+// one io_context on the test's thread; every wait has a deadline.
+
+namespace {
+
+namespace mb = mqttbroker;
+namespace codec = mqttbroker::codec;
+using namespace std::chrono_literals;
+using test_support::certs;
+using test_support::run_until;
+
+/// A frame as the server sent it.
+struct server_frame {
+  std::uint8_t first = 0;  // FIN, RSV and opcode
+  std::string payload;
+  std::uint8_t op() const { return first & 0x0F; }
+  std::uint16_t close_code() const {
+    return payload.size() < 2 ? 0 : static_cast<std::uint16_t>((static_cast<std::uint8_t>(payload[0]) << 8) |
+                                                               static_cast<std::uint8_t>(payload[1]));
+  }
+};
+
+std::string as_string(const bytes& b) { return std::string(b.begin(), b.end()); }
+
+template <class Packet>
+std::string encoded(const Packet& p, codec::protocol_version v = codec::protocol_version::v3_1_1) {
+  std::string out;
+  REQUIRE_FALSE(codec::encode(p, v, out));
+  return out;
+}
+
+std::string connect_packet(const std::string& id, codec::protocol_version v = codec::protocol_version::v3_1_1) {
+  codec::connect c;
+  c.version = v;
+  c.client_id = id;
+  c.clean_start = true;
+  c.keep_alive = 60;
+  return encoded(c, v);
+}
+std::string subscribe_packet(const std::string& filter, std::uint16_t id = 1) {
+  codec::subscribe s;
+  s.packet_id = id;
+  s.entries.push_back(codec::subscribe_entry{filter, codec::subscribe_options{}});
+  return encoded(s);
+}
+std::string publish_packet(const std::string& topic, const std::string& payload) {
+  codec::publish p;
+  p.topic = topic;
+  p.payload = payload;
+  return encoded(p);
+}
+const std::string connack_ok("\x20\x02\x00\x00", 4);
+const std::string suback_q0("\x90\x03\x00\x01\x00", 5);
+
+/// A WebSocket client over `Stream` (a TCP socket, or a TLS stream over one), raw enough to send
+/// what a real client never would.
+template <class Stream>
+class ws_client {
+ public:
+  ws_client(asio::io_context& io, Stream s) : io_(io), s_(std::forward<Stream>(s)) {}
+
+  Stream& stream() { return s_; }
+
+  void write_raw(const std::string& b) {
+    std::optional<std::error_code> r;
+    asio::async_write(s_, asio::buffer(b), [&](std::error_code ec, std::size_t) { r = ec; });
+    REQUIRE(run_until(io_, [&] { return r.has_value(); }));
+    REQUIRE_FALSE(*r);
+  }
+
+  /// Reads more into the input; false at the end of the stream (or an error) or the deadline.
+  bool read_more(std::chrono::milliseconds limit = 10s) {
+    char buf[4096];
+    std::optional<std::error_code> r;
+    std::size_t got = 0;
+    s_.async_read_some(asio::buffer(buf), [&](std::error_code ec, std::size_t n) {
+      r = ec;
+      got = n;
+    });
+    if (!run_until(io_, [&] { return r.has_value(); }, limit)) {
+      s_.lowest_layer().cancel();
+      run_until(io_, [&] { return r.has_value(); });
+      timed_out_ = true;
+      return false;
+    }
+    in_.append(buf, got);
+    if (*r) ended_ = true;
+    return !*r;
+  }
+
+  /// Sends the upgrade request and returns the response's head (through its blank line).
+  std::string upgrade(const std::string& request = upgrade_request()) {
+    write_raw(request);
+    return response_head();
+  }
+  std::string response_head() {
+    std::size_t end;
+    while ((end = in_.find("\r\n\r\n")) == std::string::npos)
+      if (!read_more()) return in_;
+    std::string head = in_.substr(0, end + 4);
+    in_.erase(0, end + 4);
+    return head;
+  }
+
+  /// One masked binary frame (FIN) carrying `payload`.
+  void send_binary(const std::string& payload) { write_raw(as_string(client_frame(0x82, payload))); }
+
+  /// The next frame, or nothing when the stream ended or the deadline passed first.
+  std::optional<server_frame> read_frame(std::chrono::milliseconds limit = 10s) {
+    for (;;) {
+      if (auto f = take_frame()) return f;
+      if (!read_more(limit)) return take_frame();
+    }
+  }
+
+  /// The next MQTT bytes from binary frames: exactly `n` of them, or nothing.
+  std::optional<std::string> read_mqtt(std::size_t n) {
+    while (mqtt_.size() < n) {
+      auto f = read_frame();
+      if (!f) return std::nullopt;
+      if (f->op() != 0x2 && f->op() != 0x0) return std::nullopt;
+      mqtt_ += f->payload;
+    }
+    std::string out = mqtt_.substr(0, n);
+    mqtt_.erase(0, n);
+    return out;
+  }
+
+  /// Whether the server closed the connection (EOF) within the deadline; frames before it are
+  /// kept in frames_seen (unless `frames` is false: the input is then left as it came, an HTTP
+  /// response).
+  bool ends_within(std::chrono::milliseconds limit, bool frames = true) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!ended_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left <= 0ms) return false;
+      if (!read_more(left) && timed_out_) return false;
+    }
+    while (frames)
+      if (auto f = take_frame())
+        frames_seen.push_back(*f);
+      else
+        break;
+    return true;
+  }
+  std::vector<server_frame> frames_seen;
+  std::string& input() { return in_; }
+
+ private:
+  std::optional<server_frame> take_frame() {
+    if (in_.size() < 2) return std::nullopt;
+    const auto b1 = static_cast<std::uint8_t>(in_[1]);
+    REQUIRE((b1 & 0x80) == 0);  // server frames are never masked (§5.1)
+    std::size_t header = 2;
+    std::uint64_t n = b1 & 0x7F;
+    if (n == 126) {
+      if (in_.size() < 4) return std::nullopt;
+      n = (static_cast<std::uint8_t>(in_[2]) << 8) | static_cast<std::uint8_t>(in_[3]);
+      header = 4;
+    } else if (n == 127) {
+      if (in_.size() < 10) return std::nullopt;
+      n = 0;
+      for (std::size_t i = 2; i < 10; ++i) n = (n << 8) | static_cast<std::uint8_t>(in_[i]);
+      header = 10;
+    }
+    if (in_.size() < header + n) return std::nullopt;
+    server_frame f{static_cast<std::uint8_t>(in_[0]), in_.substr(header, n)};
+    in_.erase(0, header + n);
+    return f;
+  }
+
+  asio::io_context& io_;
+  Stream s_;
+  std::string in_, mqtt_;
+  bool ended_ = false, timed_out_ = false;
+};
+
+using tcp_socket = asio::ip::tcp::socket;
+using tls_socket = asio::ssl::stream<asio::ip::tcp::socket>;
+
+tcp_socket connected(asio::io_context& io, std::uint16_t port) {
+  tcp_socket s(io);
+  s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  s.set_option(asio::ip::tcp::no_delay(true));
+  return s;
+}
+
+/// A broker with a TCP listener (index 0) and a ws listener (index 1) on the test's io_context.
+struct ws_fixture {
+  asio::io_context io;
+  std::unique_ptr<mb::broker<>> broker;
+  std::vector<std::string> received;  // payloads published to t/#
+
+  explicit ws_fixture(mb::transport::ws::listen_options wo = {}, mb::broker_options bo = {}) {
+    bo.log_level = mb::log_level::error;
+    broker = std::make_unique<mb::broker<>>(io, bo);
+    mb::transport::tcp::listen_options to;
+    to.address = "127.0.0.1";
+    to.port = 0;
+    broker->listen(to);
+    wo.address = "127.0.0.1";
+    wo.port = 0;
+    broker->listen<mb::transport::ws>(wo);
+    broker->subscribe("t/#", [this](const mb::message_ptr& m) { received.emplace_back(m->payload()); });
+    broker->start();
+  }
+  ~ws_fixture() {
+    bool stopped = false;
+    broker->async_stop([&](std::error_code) { stopped = true; });
+    run_until(io, [&] { return stopped; });
+  }
+  std::uint16_t tcp_port() const { return broker->local_port(0); }
+  std::uint16_t ws_port() const { return broker->local_port(1); }
+  ws_client<tcp_socket> client() { return ws_client<tcp_socket>(io, connected(io, ws_port())); }
+  /// A client upgraded and connected as `id`.
+  ws_client<tcp_socket> mqtt_client(const std::string& id) {
+    auto c = client();
+    REQUIRE(status_line(c.upgrade()) == "HTTP/1.1 101 Switching Protocols");
+    c.send_binary(connect_packet(id));
+    REQUIRE(c.read_mqtt(4) == connack_ok);
+    return c;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("websocket: MQTT over ws:// to and from a TCP client of the same broker", "[websocket]") {
+  ws_fixture f;
+  CHECK(f.broker->listener_info(1).transport == "ws");
+  auto c = f.client();
+  const std::string head = c.upgrade();
+  CHECK(status_line(head) == "HTTP/1.1 101 Switching Protocols");
+  CHECK(head.find("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") != std::string::npos);
+  CHECK(head.find("Sec-WebSocket-Protocol: mqtt") != std::string::npos);
+  c.send_binary(connect_packet("ws-1"));
+  auto first = c.read_frame();
+  REQUIRE(first);
+  CHECK(first->first == 0x82);  // the server's data go in binary frames [MQTT-6.0.0-1]
+  CHECK(first->payload == connack_ok);
+  c.send_binary(subscribe_packet("w/#"));
+  REQUIRE(c.read_mqtt(5) == suback_q0);
+
+  // From TCP to the WebSocket subscriber, a payload long enough for the 16-bit length form.
+  const std::string big(300, 'x');
+  {
+    ws_client<tcp_socket> plain(f.io, connected(f.io, f.tcp_port()));
+    plain.write_raw(connect_packet("tcp-1"));
+    // The TCP client's bytes are not frames: read the CONNACK raw.
+    while (plain.input().size() < 4) REQUIRE(plain.read_more());
+    CHECK(plain.input().substr(0, 4) == connack_ok);
+    plain.write_raw(publish_packet("w/1", big));
+  }
+  const std::string expected = publish_packet("w/1", big);
+  auto got = c.read_mqtt(expected.size());
+  REQUIRE(got);
+  CHECK(*got == expected);
+
+  // From the WebSocket client to the broker.
+  c.send_binary(publish_packet("t/ws", "from ws"));
+  REQUIRE(run_until(f.io, [&] { return !f.received.empty(); }));
+  CHECK(f.received == std::vector<std::string>{"from ws"});
+}
+
+TEST_CASE("websocket: packets split across frames and several packets in one frame [MQTT-6.0.0-2]", "[websocket]") {
+  ws_fixture f;
+  auto c = f.client();
+  REQUIRE(status_line(c.upgrade()) == "HTTP/1.1 101 Switching Protocols");
+  // CONNECT in a fragmented message of three frames, a ping between the fragments.
+  const std::string connect = connect_packet("split");
+  c.write_raw(as_string(client_frame(0x02, connect.substr(0, 3))));
+  c.write_raw(as_string(client_frame(0x89, "hi")));
+  c.write_raw(as_string(client_frame(0x00, connect.substr(3, 5))));
+  c.write_raw(as_string(client_frame(0x80, connect.substr(8))));
+  auto pong = c.read_frame();
+  REQUIRE(pong);
+  CHECK(pong->first == 0x8A);
+  CHECK(pong->payload == "hi");
+  REQUIRE(c.read_mqtt(4) == connack_ok);
+  // SUBSCRIBE split over two messages, then three PUBLISHes and a PINGREQ in one frame.
+  const std::string sub = subscribe_packet("t/#");
+  c.send_binary(sub.substr(0, 4));
+  c.send_binary(sub.substr(4));
+  REQUIRE(c.read_mqtt(5) == suback_q0);
+  c.send_binary(publish_packet("t/1", "a") + publish_packet("t/2", "b") + publish_packet("t/3", "c") +
+                std::string("\xC0\x00", 2));
+  REQUIRE(run_until(f.io, [&] { return f.received.size() == 3; }));
+  CHECK(f.received == std::vector<std::string>{"a", "b", "c"});
+  // Our own three come back (subscribed to t/#), then the PINGRESP.
+  const std::string back = publish_packet("t/1", "a") + publish_packet("t/2", "b") + publish_packet("t/3", "c");
+  CHECK(c.read_mqtt(back.size()) == back);
+  CHECK(c.read_mqtt(2) == std::string("\xD0\x00", 2));
+}
+
+TEST_CASE("websocket: a batch of many messages reaches a ws subscriber whole and in order", "[websocket]") {
+  ws_fixture f;
+  auto c = f.mqtt_client("sub");
+  c.send_binary(subscribe_packet("m/#"));
+  REQUIRE(c.read_mqtt(5) == suback_q0);
+  std::string expected;
+  for (int i = 0; i < 500; ++i) {
+    const std::string payload = std::to_string(i) + std::string(static_cast<std::size_t>(i % 40), '.');
+    f.broker->publish("m/" + std::to_string(i % 7), payload);
+    expected += publish_packet("m/" + std::to_string(i % 7), payload);
+  }
+  auto got = c.read_mqtt(expected.size());
+  REQUIRE(got);
+  CHECK(*got == expected);
+}
+
+TEST_CASE("websocket: the client's close frame is answered and the connection ends; the will goes out",
+          "[websocket]") {
+  ws_fixture f;
+  auto c = f.client();
+  REQUIRE(status_line(c.upgrade()) == "HTTP/1.1 101 Switching Protocols");
+  codec::connect with_will;
+  with_will.client_id = "closing";
+  with_will.clean_start = true;
+  with_will.keep_alive = 60;
+  with_will.will = codec::will_message{"t/will", "gone", codec::qos::at_most_once, false, {}};
+  c.send_binary(encoded(with_will));
+  REQUIRE(c.read_mqtt(4) == connack_ok);
+  c.write_raw(as_string(client_frame(0x88, std::string("\x03\xE8", 2) + "bye")));
+  REQUIRE(c.ends_within(5s));
+  REQUIRE(c.frames_seen.size() == 1);
+  CHECK(c.frames_seen[0].first == 0x88);
+  CHECK(c.frames_seen[0].close_code() == 1000);
+  // A close frame is not an MQTT DISCONNECT: the will is published [MQTT-3.1.2-8].
+  REQUIRE(run_until(f.io, [&] { return !f.received.empty(); }));
+  CHECK(f.received == std::vector<std::string>{"gone"});
+}
+
+TEST_CASE("websocket: broken frames are closed with the status RFC 6455 asks; other clients go on", "[websocket]") {
+  mb::broker_options bo;
+  bo.max_packet_size = 4096;
+  ws_fixture f({}, bo);
+  auto bystander = f.mqtt_client("bystander");
+  bystander.send_binary(subscribe_packet("t/#"));
+  REQUIRE(bystander.read_mqtt(5) == suback_q0);
+
+  struct hostile {
+    const char* what;
+    std::string bytes;  // sent after CONNECT
+    std::uint16_t code;
+  };
+  // A frame header claiming 2^62 bytes; nothing of it follows.
+  std::string huge = "\x82\xFF";
+  huge += std::string("\x40\x00\x00\x00\x00\x00\x00\x00", 8) + "abcd";
+  std::string over_limit = as_string(client_frame(0x82, std::string(5000, 'x')));
+  const std::vector<hostile> cases{
+      {"unmasked frame (§5.1)", as_string(client_frame(0x82, publish_packet("t/x", "y"), 0, 0, false)), 1002},
+      {"a gigabyte frame", huge, 1009},
+      {"a message over the broker's packet limit", over_limit, 1009},
+      {"a text frame [MQTT-6.0.0-1]", as_string(client_frame(0x81, "hello")), 1003},
+      {"reserved bits", as_string(client_frame(0xC2, "x")), 1002},
+      {"unknown opcode", as_string(client_frame(0x83, "x")), 1002},
+  };
+  for (const auto& h : cases) {
+    INFO(h.what);
+    auto c = f.mqtt_client("hostile");
+    c.write_raw(h.bytes);
+    REQUIRE(c.ends_within(5s));
+    REQUIRE_FALSE(c.frames_seen.empty());
+    CHECK(c.frames_seen.back().first == 0x88);
+    CHECK(c.frames_seen.back().close_code() == h.code);
+  }
+  // The bystander still gets what is published.
+  f.broker->publish("t/after", "still here");
+  const std::string expected = publish_packet("t/after", "still here");
+  CHECK(bystander.read_mqtt(expected.size()) == expected);
+}
+
+TEST_CASE("websocket: refused upgrades get their HTTP status and a close; garbage is refused at once",
+          "[websocket]") {
+  mb::transport::ws::listen_options wo;
+  wo.allowed_origins = {"https://app.example"};
+  mb::broker_options bo;
+  bo.connect_timeout = std::chrono::milliseconds(60'000);  // only an answer ends these before the test does
+  ws_fixture f(wo, bo);
+  struct refused {
+    std::string request;
+    std::string status;
+  };
+  const std::vector<refused> cases{
+      {upgrade_request("", "/elsewhere"), "HTTP/1.1 404 Not Found"},
+      {upgrade_request("Origin: https://evil.example\r\n"), "HTTP/1.1 403 Forbidden"},
+      {std::string("\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00", 14), "HTTP/1.1 400 Bad Request"},  // MQTT, not HTTP
+      {std::string("\x16\x03\x01\x00\xa5\x01\x00\x00", 8), "HTTP/1.1 400 Bad Request"},                  // a ClientHello
+      {"GET /mqtt HTTP/1.1\r\nX-Filler: " + std::string(20000, 'a'), "HTTP/1.1 431 Request Header Fields Too Large"},
+  };
+  for (const auto& r : cases) {
+    INFO(r.status);
+    auto c = f.client();
+    c.write_raw(r.request);
+    REQUIRE(c.ends_within(5s, false));
+    CHECK(status_line(c.input()) == r.status);
+  }
+}
+
+TEST_CASE("websocket: an upgrade that never completes is dropped at the CONNECT timeout", "[websocket]") {
+  mb::broker_options bo;
+  bo.connect_timeout = std::chrono::milliseconds(300);
+  ws_fixture f({}, bo);
+  auto c = f.client();
+  c.write_raw("GET /mqtt HTTP/1.1\r\nHost: x\r\n");  // and nothing more
+  REQUIRE(c.ends_within(5s, false));
+  CHECK(c.input().empty());  // no answer: the request never ended
+}
+
+TEST_CASE("websocket: a 5.0 client gets DISCONNECT then the close frame when the broker stops", "[websocket]") {
+  auto f = std::make_unique<ws_fixture>();
+  auto c = f->client();
+  REQUIRE(status_line(c.upgrade()) == "HTTP/1.1 101 Switching Protocols");
+  c.send_binary(connect_packet("v5", codec::protocol_version::v5));
+  auto connack = c.read_frame();
+  REQUIRE(connack);
+  CHECK(static_cast<std::uint8_t>(connack->payload[0]) == 0x20);
+  bool stopped = false;
+  f->broker->async_stop([&](std::error_code) { stopped = true; });
+  REQUIRE(run_until(f->io, [&] { return stopped; }));
+  REQUIRE(c.ends_within(5s));
+  REQUIRE(c.frames_seen.size() == 2);
+  CHECK(c.frames_seen[0].first == 0x82);
+  REQUIRE_FALSE(c.frames_seen[0].payload.empty());
+  CHECK(static_cast<std::uint8_t>(c.frames_seen[0].payload[0]) == 0xE0);  // DISCONNECT
+  CHECK(static_cast<std::uint8_t>(c.frames_seen[0].payload[2]) == 0x8B);  // Server shutting down
+  CHECK(c.frames_seen[1].first == 0x88);
+  CHECK(c.frames_seen[1].close_code() == 1000);
+}
+
+TEST_CASE("websocket: listen() refuses a path without '/' and names it", "[websocket]") {
+  asio::io_context io;
+  mb::broker<> b(io);
+  mb::transport::ws::listen_options wo;
+  wo.address = "127.0.0.1";
+  wo.port = 0;
+  wo.path = "mqtt";
+  std::error_code ec;
+  std::string what;
+  b.listen<mb::transport::ws>(wo, ec, &what);
+  CHECK(ec);
+  CHECK(what.find("'mqtt'") != std::string::npos);
+}
+
+TEST_CASE("websocket: wss:// carries MQTT over TLS, and the client certificate's identity", "[websocket]") {
+  asio::io_context io;
+  struct identity_hooks {
+    std::shared_ptr<std::vector<std::string>> names = std::make_shared<std::vector<std::string>>();
+    void on_connect(const mb::hooks::client_info& c) {
+      names->push_back(c.username ? std::string(*c.username) : std::string("(none)"));
+    }
+  };
+  struct policies : mb::default_policies {
+    using hooks = identity_hooks;
+  };
+  identity_hooks hooks;
+  mb::broker_options bo;
+  bo.log_level = mb::log_level::error;
+  mb::broker<policies> b(io, bo, hooks);
+  mb::transport::wss::listen_options wo;
+  wo.address = "127.0.0.1";
+  wo.port = 0;
+  wo.certificate_chain_file = certs()("server-chain.crt");
+  wo.private_key_file = certs()("server.key");
+  wo.ca_file = certs()("ca.crt");
+  wo.require_certificate = true;
+  wo.use_identity_as_username = true;
+  b.listen<mb::transport::wss>(wo);
+  b.start();
+  CHECK(b.listener_info(0).transport == "wss");
+
+  asio::ssl::context ctx(asio::ssl::context::tls_client);
+  ctx.load_verify_file(certs()("ca.crt"));
+  ctx.set_verify_mode(asio::ssl::verify_peer);
+  ctx.use_certificate_file(certs()("alice.crt"), asio::ssl::context::pem);
+  ctx.use_private_key_file(certs()("alice.key"), asio::ssl::context::pem);
+  tls_socket s(io, ctx);
+  s.lowest_layer().connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), b.local_port(0)));
+  std::optional<std::error_code> hs;
+  s.async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { hs = ec; });
+  REQUIRE(run_until(io, [&] { return hs.has_value(); }));
+  REQUIRE_FALSE(*hs);
+  {
+    ws_client<tls_socket&> c(io, s);
+    REQUIRE(status_line(c.upgrade()) == "HTTP/1.1 101 Switching Protocols");
+    c.send_binary(connect_packet("over-wss"));
+    REQUIRE(c.read_mqtt(4) == connack_ok);
+    c.send_binary(subscribe_packet("s/#"));
+    REQUIRE(c.read_mqtt(5) == suback_q0);
+    b.publish("s/1", "secure");
+    const std::string expected = publish_packet("s/1", "secure");
+    CHECK(c.read_mqtt(expected.size()) == expected);
+  }
+  REQUIRE(hooks.names->size() == 1);
+  CHECK((*hooks.names)[0] == "alice");
+  bool stopped = false;
+  b.async_stop([&](std::error_code) { stopped = true; });
+  run_until(io, [&] { return stopped; });
+}
+
+TEST_CASE("websocket: frames sent right behind the upgrade request are read", "[websocket]") {
+  ws_fixture f;
+  auto c = f.client();
+  // One write: the request, then CONNECT and SUBSCRIBE without waiting for the 101.
+  c.write_raw(upgrade_request() + as_string(client_frame(0x82, connect_packet("eager"))) +
+              as_string(client_frame(0x82, subscribe_packet("t/#"))));
+  REQUIRE(status_line(c.response_head()) == "HTTP/1.1 101 Switching Protocols");
+  REQUIRE(c.read_mqtt(4) == connack_ok);
+  CHECK(c.read_mqtt(5) == suback_q0);
 }

@@ -4,6 +4,11 @@
 #if MQTTBROKER_EXAMPLE_TLS
 #include <mqttbroker/transport/tls.hpp>  // built with mqttbroker::tls (OpenSSL) when CMake found it
 #endif
+#if MQTTBROKER_EXAMPLE_WEBSOCKET
+#include <mqttbroker/transport/websocket_tls.hpp>  // mqttbroker::websocket and mqttbroker::tls
+#endif
+
+#include "config_file.hpp"
 
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
@@ -18,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -75,74 +81,183 @@ struct mt_policies : mqttbroker::default_policies {
   using hooks = logging_hooks;
 };
 
+namespace cfg = mqttbroker_server;
+
 /// The TLS listener's settings (--certfile and the rest); none without --certfile.
 struct tls_settings {
-  std::string certfile, keyfile, cafile, capath, version = "tlsv1.2", ciphers, ciphersuites;
+  std::string certfile, keyfile, cafile, capath, crlfile, version = "tlsv1.2", ciphers, ciphersuites;
   std::uint16_t port = 8883;
   bool require_certificate = false;
   bool identity_as_username = false;
 };
 
+/// The WebSocket listeners (--ws-port, --wss-port); wss uses the TLS settings' certificates.
+struct ws_settings {
+  std::uint16_t port = 0;      // 0: no ws listener
+  std::uint16_t tls_port = 0;  // 0: no wss listener
+  std::string path = "/mqtt";
+  std::vector<std::string> origins;
+};
+
+/// One listener to open: a configuration file's, or one the command line's flags describe (then
+/// its origin is empty).
+struct listener_plan {
+  cfg::listener_settings s;
+  std::string ws_path;  // WebSocket: the path clients upgrade on; empty: any
+  std::vector<std::string> ws_origins;
+};
+
+/// The transport's name, as the broker's listener_info says it.
+std::string_view transport_of(const cfg::listener_settings& s) {
+  if (s.protocol == cfg::listener_protocol::websockets) return s.tls() ? "wss" : "ws";
+  return s.tls() ? "tls" : "tcp";
+}
+
+/// The address to bind: an IP address as it is; a host name (Mosquitto takes `listener 1883
+/// localhost`) as its first IPv4 address, else its first address.
+std::string bind_address(asio::io_context& io, const std::string& host, std::error_code& ec) {
+  ec = {};
+  (void)asio::ip::make_address(host, ec);
+  if (!ec) return host;
+  asio::ip::tcp::resolver resolver(io);
+  const auto found = resolver.resolve(host, "", ec);
+  if (ec || found.empty()) {
+    if (!ec) ec = asio::error::host_not_found;
+    return host;
+  }
+  for (const auto& r : found)
+    if (r.endpoint().address().is_v4()) return r.endpoint().address().to_string();
+  return found.begin()->endpoint().address().to_string();
+}
+
+#if MQTTBROKER_EXAMPLE_TLS
+mqttbroker::transport::tls::listen_options tls_options(const cfg::listener_settings& s) {
+  mqttbroker::transport::tls::listen_options to;
+  to.address = s.address;
+  to.port = s.port;
+  to.certificate_chain_file = s.certfile;
+  to.private_key_file = s.keyfile;
+  to.ca_file = s.cafile;
+  to.ca_path = s.capath;
+  to.crl_file = s.crlfile;
+  to.require_certificate = s.require_certificate;
+  to.use_identity_as_username = s.use_identity_as_username;
+  to.min_version = s.tls_version == "tlsv1.3" ? mqttbroker::transport::tls_version::v1_3
+                                              : mqttbroker::transport::tls_version::v1_2;
+  to.ciphers = s.ciphers;
+  to.ciphersuites = s.ciphers_tls13;
+  return to;
+}
+#endif
+
+/// What opening the listeners leaves for later: the lines that announce them once the server can
+/// stop gracefully, the first one's address, and the listeners with certificates (SIGHUP reloads them).
+struct opened {
+  std::vector<std::string> announce;
+  std::string first_address;
+  std::vector<std::size_t> tls_listeners;
+};
+
+/// Adds `p`'s listener to `broker`. On failure says why (naming the file's line for a file's
+/// listener) and returns false.
 template <class Broker>
-int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::string& bind,
-          std::uint16_t port, unsigned threads, const tls_settings& tls) {
+bool open_listener(Broker& broker, asio::io_context& io, const listener_plan& p, opened& out) {
+  const cfg::listener_settings& s = p.s;
+  const std::string where = s.origin.empty() ? std::string() : fmt::format(" ({})", s.origin);
+  std::error_code ec;
+  const std::string address = bind_address(io, s.address, ec);
+  if (ec) {
+    say(level::error, "cannot listen on {}:{}{}: {}", s.address, s.port, where, ec.message());
+    return false;
+  }
+  const std::string_view transport = transport_of(s);
+  std::string what;
+  if (transport == "tcp") {
+    typename Broker::listen_options lo;
+    lo.address = address;
+    lo.port = s.port;
+    broker.listen(lo, ec);
+    what = ec.message();
+  } else {
+#if MQTTBROKER_EXAMPLE_TLS
+    auto to = tls_options(s);
+    to.address = address;
+    if (transport == "tls") {
+      broker.template listen<mqttbroker::transport::tls>(to, ec, &what);
+    } else {
+#if MQTTBROKER_EXAMPLE_WEBSOCKET
+      // The inner transport's options, then the WebSocket ones.
+      auto with_ws = [&](auto o) {
+        o.address = address;
+        o.port = s.port;
+        o.path = p.ws_path;
+        o.allowed_origins = p.ws_origins;
+        return o;
+      };
+      if (transport == "ws") {
+        broker.template listen<mqttbroker::transport::ws>(with_ws(mqttbroker::transport::ws::listen_options{}), ec, &what);
+      } else {
+        mqttbroker::transport::wss::listen_options wo;
+        static_cast<mqttbroker::transport::tls::listen_options&>(wo) = to;
+        broker.template listen<mqttbroker::transport::wss>(with_ws(wo), ec, &what);
+      }
+#else
+      say(level::error, "protocol websockets{}: this mqttbroker was built without WebSocket (OpenSSL was not found)", where);
+      return false;
+#endif
+    }
+#else
+    say(level::error, "{} listener{}: this mqttbroker was built without TLS (OpenSSL was not found)", transport, where);
+    return false;
+#endif
+  }
+  if (ec) {
+    say(level::error, "cannot listen ({}) on {}:{}{}: {}", transport, address, s.port, where, what.empty() ? ec.message() : what);
+    return false;
+  }
+  const std::size_t index = broker.listener_count() - 1;
+  if (s.max_connections) broker.limit_connections(index, *s.max_connections);
+  if (s.tls()) out.tls_listeners.push_back(index);
+  if (index == 0) out.first_address = address;
+  const std::uint16_t bound = broker.local_port(index);
+  const std::string path = s.protocol == cfg::listener_protocol::websockets
+                               ? fmt::format(" path {}", p.ws_path.empty() ? "(any)" : p.ws_path)
+                               : std::string();
+  const std::string limit = s.max_connections ? fmt::format(", at most {} connections", *s.max_connections) : std::string();
+  std::vector<std::string>& announce = out.announce;
+  if (!s.origin.empty())
+    announce.push_back(fmt::format("listener {}{}: {} on {}:{}{}{}", index, where, transport, address, bound, path, limit));
+  else if (transport == "tls")
+    announce.push_back(fmt::format("TLS listening on {}:{}", address, bound));
+  else if (transport != "tcp")
+    announce.push_back(fmt::format("WebSocket listening on {}://{}:{}{}", transport, address, bound, p.ws_path));
+  return true;
+}
+
+template <class Broker>
+int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::vector<listener_plan>& plans,
+          unsigned threads) {
   asio::io_context io(static_cast<int>(threads));
   Broker broker(io, opts, hooks);
-  typename Broker::listen_options lo;
-  lo.address = bind;
-  lo.port = port;
-  std::error_code ec;
-  broker.listen(lo, ec);
-  if (ec) {
-    say(level::error, "cannot listen on {}:{}: {}", bind, port, ec.message());
-    return 1;
-  }
-  std::optional<std::size_t> tls_listener;  // its index
-#if MQTTBROKER_EXAMPLE_TLS
-  if (!tls.certfile.empty()) {
-    mqttbroker::transport::tls::listen_options to;
-    to.address = bind;
-    to.port = tls.port;
-    to.certificate_chain_file = tls.certfile;
-    to.private_key_file = tls.keyfile;
-    to.ca_file = tls.cafile;
-    to.ca_path = tls.capath;
-    to.require_certificate = tls.require_certificate;
-    to.use_identity_as_username = tls.identity_as_username;
-    to.min_version = tls.version == "tlsv1.3" ? mqttbroker::transport::tls_version::v1_3
-                                              : mqttbroker::transport::tls_version::v1_2;
-    to.ciphers = tls.ciphers;
-    to.ciphersuites = tls.ciphersuites;
-    std::string what;
-    broker.template listen<mqttbroker::transport::tls>(to, ec, &what);
-    if (ec) {
-      say(level::error, "cannot listen with TLS on {}:{}: {}", bind, tls.port, what);
-      return 1;
-    }
-    tls_listener = 1;
-  }
-#else
-  if (!tls.certfile.empty()) {
-    say(level::error, "this mqttbroker was built without TLS (OpenSSL was not found)");
-    return 1;
-  }
-#endif
+  opened listeners;
+  for (const listener_plan& p : plans)
+    if (!open_listener(broker, io, p, listeners)) return 1;
+  const std::vector<std::size_t>& tls_listeners = listeners.tls_listeners;
   broker.start();
   // SIGHUP reads the TLS certificates and keys again; open connections keep theirs.
   asio::signal_set hangups(io, SIGHUP);
   std::function<void()> on_hangup = [&] {
     hangups.async_wait([&](std::error_code e, int) {
       if (e) return;
-      if (tls_listener) {
+      if (tls_listeners.empty()) say(level::info, "SIGHUP: no TLS listener, nothing to reload");
+      for (const std::size_t index : tls_listeners) {
         std::error_code rec;
         std::string what;
-        broker.reload_certificates(*tls_listener, rec, &what);
+        broker.reload_certificates(index, rec, &what);
         if (rec)
-          say(level::error, "SIGHUP: TLS certificates not reloaded, the old ones stay: {}", what);
+          say(level::error, "SIGHUP: TLS certificates of listener {} not reloaded, the old ones stay: {}", index, what);
         else
-          say(level::info, "SIGHUP: TLS certificates reloaded");
-      } else {
-        say(level::info, "SIGHUP: no TLS listener, nothing to reload");
+          say(level::info, "SIGHUP: TLS certificates of listener {} reloaded", index);
       }
       on_hangup();
     });
@@ -162,15 +277,48 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     });
   });
 
+  // Every listener's line, then the first one's with the version: scripts and tests take that last
+  // line as the sign that the server is ready, its port as the server's.
+  for (const std::string& line : listeners.announce) say(level::info, "{}", line);
   say(level::info, "mqttbroker {}.{}.{} listening on {}:{} ({} thread{})", MQTTBROKER_VERSION_MAJOR,
-      MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, bind, broker.local_port(), threads, threads == 1 ? "" : "s");
-  if (tls_listener) say(level::info, "TLS listening on {}:{}", bind, broker.local_port(*tls_listener));
+      MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, listeners.first_address, broker.local_port(), threads,
+      threads == 1 ? "" : "s");
 
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : pool) t.join();
   return 0;
+}
+
+/// What the command line's listener flags describe: the plain listener, and TLS, ws and wss
+/// where their flags ask for them.
+std::vector<listener_plan> command_line_listeners(bool plain, const std::string& bind, std::uint16_t port,
+                                                  const tls_settings& tls, const ws_settings& ws) {
+  cfg::listener_settings tls_part;  // what TLS and wss share
+  tls_part.certfile = tls.certfile;
+  tls_part.keyfile = tls.keyfile;
+  tls_part.cafile = tls.cafile;
+  tls_part.capath = tls.capath;
+  tls_part.crlfile = tls.crlfile;
+  tls_part.require_certificate = tls.require_certificate;
+  tls_part.use_identity_as_username = tls.identity_as_username;
+  tls_part.tls_version = tls.version;
+  tls_part.ciphers = tls.ciphers;
+  tls_part.ciphers_tls13 = tls.ciphersuites;
+  tls_part.address = bind;
+  std::vector<listener_plan> out;
+  auto add = [&](cfg::listener_settings s, std::uint16_t p, bool websocket) {
+    s.port = p;
+    s.address = bind;
+    if (websocket) s.protocol = cfg::listener_protocol::websockets;
+    out.push_back({std::move(s), ws.path, ws.origins});
+  };
+  if (plain) add({}, port, false);
+  if (!tls.certfile.empty()) add(tls_part, tls.port, false);
+  if (ws.port != 0) add({}, ws.port, true);
+  if (ws.tls_port != 0) add(tls_part, ws.tls_port, true);
+  return out;
 }
 
 }  // namespace
@@ -188,17 +336,20 @@ int main(int argc, char** argv) {
   unsigned sys_interval_s = static_cast<unsigned>(opts.sys_interval.count());
   unsigned stuck_ms = static_cast<unsigned>(opts.stuck_client_timeout.count());
 
-  app.add_option("--bind", bind, "address to listen on")->capture_default_str();
-  app.add_option("--port", port, "TCP port")->capture_default_str();
+  std::string config_file;
+  app.add_option("-c,--config-file", config_file,
+                 "a configuration file in Mosquitto's syntax (see below); a flag given here wins over its line");
+  app.add_option("--bind", bind, "address to listen on [bind_address]")->capture_default_str();
+  app.add_option("--port", port, "TCP port [port]")->capture_default_str();
   app.add_option("--threads", threads, "threads running the io_context")->capture_default_str()->check(CLI::Range(1u, 256u));
   app.add_option("--log-level", level_name, "error, warning, notice, info or debug")
       ->capture_default_str()
       ->check(CLI::IsMember({"error", "warning", "notice", "info", "debug"}));
-  app.add_option("--max-connections", opts.max_connections, "connections at once")->capture_default_str();
-  app.add_option("--max-packet-size", opts.max_packet_size, "largest packet accepted, bytes")->capture_default_str();
-  app.add_option("--max-inflight", opts.max_inflight, "unacknowledged QoS 1/2 messages per client")->capture_default_str();
-  app.add_option("--max-queued-messages", opts.max_queued_messages, "messages waiting per session")->capture_default_str();
-  app.add_option("--max-queued-bytes", opts.max_queued_bytes, "payload bytes waiting per session (0: no limit)")
+  app.add_option("--max-connections", opts.max_connections, "connections at once, all listeners together")->capture_default_str();
+  app.add_option("--max-packet-size", opts.max_packet_size, "largest packet accepted, bytes [max_packet_size]")->capture_default_str();
+  app.add_option("--max-inflight", opts.max_inflight, "unacknowledged QoS 1/2 messages per client [max_inflight_messages]")->capture_default_str();
+  app.add_option("--max-queued-messages", opts.max_queued_messages, "messages waiting per session [max_queued_messages]")->capture_default_str();
+  app.add_option("--max-queued-bytes", opts.max_queued_bytes, "payload bytes waiting per session (0: no limit) [max_queued_bytes]")
       ->capture_default_str();
   app.add_option("--pace-publishers", opts.pace_publishers,
                  "stop reading a publisher while a subscriber it feeds is behind (true/false)")
@@ -215,9 +366,9 @@ int main(int argc, char** argv) {
   app.add_option("--connect-timeout-ms", connect_timeout_ms, "time allowed from accept to CONNECT")->capture_default_str();
   app.add_option("--keep-alive-multiplier", opts.keep_alive_multiplier, "idle limit as a multiple of Keep Alive")
       ->capture_default_str();
-  app.add_option("--session-expiry", session_expiry_s, "seconds an offline persistent session is kept (0: forever)")
+  app.add_option("--session-expiry", session_expiry_s, "seconds an offline persistent session is kept (0: forever) [persistent_client_expiration]")
       ->capture_default_str();
-  app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none)")
+  app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none) [sys_interval]")
       ->capture_default_str();
   app.add_option("--max-publish-rate", opts.max_publish_rate,
                  "PUBLISH packets a client may send per second; over it: disconnected (0: no limit)")
@@ -228,6 +379,21 @@ int main(int argc, char** argv) {
   app.add_option("--subscription-identifiers", opts.subscription_identifiers,
                  "5.0 Subscription Identifiers Available; false refuses SUBSCRIBEs that carry one (true/false)")
       ->capture_default_str();
+  app.add_option("--max-keepalive", opts.max_keep_alive,
+                 "Keep Alive imposed on 5.0 clients asking for more or for none (0: the client's) [max_keepalive]")
+      ->capture_default_str();
+  app.add_option("--retain-available", opts.retain_available,
+                 "5.0 Retain Available; false refuses retained PUBLISHes and wills (true/false) [retain_available]")
+      ->capture_default_str();
+  app.add_option("--queue-qos0-messages", opts.queue_qos0_offline,
+                 "queue QoS 0 messages for offline persistent sessions (true/false) [queue_qos0_messages]")
+      ->capture_default_str();
+  unsigned max_qos = static_cast<unsigned>(opts.maximum_qos);
+  app.add_option("--max-qos", max_qos, "highest QoS clients may publish with and be granted [max_qos]")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 2u));
+  app.add_option("--max-topic-alias", opts.topic_alias_maximum, "5.0 Topic Alias Maximum toward the broker [max_topic_alias]")
+      ->capture_default_str();
   app.add_option("--redirect", hooks.redirect_to,
                  "send every authenticated client to this server (5.0 Server Reference; 3.1.1 is refused)");
   app.add_flag("--redirect-permanent", hooks.redirect_permanent,
@@ -237,23 +403,88 @@ int main(int argc, char** argv) {
                  "only clients with this username may publish (repeat for more; default: everyone)");
   // TLS, beside the plain listener; the names are Mosquitto's options.
   tls_settings tls;
-  app.add_option("--tls-port", tls.port, "TLS port (with --certfile)")->capture_default_str();
+  app.add_option("--tls-port", tls.port, "TLS port (with --certfile) [listener, with certfile]")->capture_default_str();
   app.add_option("--certfile", tls.certfile,
-                 "PEM certificate chain (server certificate, then intermediates): turns the TLS listener on");
-  app.add_option("--keyfile", tls.keyfile, "PEM private key of --certfile");
-  app.add_option("--cafile", tls.cafile, "PEM CA certificates that sign client certificates");
-  app.add_option("--capath", tls.capath, "folder of hashed CA certificates (openssl rehash)");
-  app.add_flag("--require-certificate", tls.require_certificate, "refuse TLS clients without a valid certificate");
+                 "PEM certificate chain (server certificate, then intermediates): turns the TLS listener on [certfile]");
+  app.add_option("--keyfile", tls.keyfile, "PEM private key of --certfile [keyfile]");
+  app.add_option("--cafile", tls.cafile, "PEM CA certificates that sign client certificates [cafile]");
+  app.add_option("--capath", tls.capath, "folder of hashed CA certificates (openssl rehash) [capath]");
+  app.add_option("--crlfile", tls.crlfile, "PEM revocation lists of client certificates (read again on SIGHUP) [crlfile]");
+  app.add_flag("--require-certificate", tls.require_certificate, "refuse TLS clients without a valid certificate [require_certificate]");
   app.add_flag("--use-identity-as-username", tls.identity_as_username,
-               "the client certificate's CN (else first DNS/email SAN) is the username; needs --require-certificate");
-  app.add_option("--tls-version", tls.version, "lowest TLS version accepted")
+               "the client certificate's CN (else first DNS/email SAN) is the username; needs --require-certificate "
+               "[use_identity_as_username]");
+  app.add_option("--tls-version", tls.version, "lowest TLS version accepted [tls_version]")
       ->capture_default_str()
       ->check(CLI::IsMember({"tlsv1.2", "tlsv1.3"}));
-  app.add_option("--ciphers", tls.ciphers, "TLS 1.2 cipher list (OpenSSL syntax)");
-  app.add_option("--ciphers-tls1.3", tls.ciphersuites, "TLS 1.3 ciphersuites (OpenSSL syntax)");
+  app.add_option("--ciphers", tls.ciphers, "TLS 1.2 cipher list (OpenSSL syntax) [ciphers]");
+  app.add_option("--ciphers-tls1.3", tls.ciphersuites, "TLS 1.3 ciphersuites (OpenSSL syntax) [ciphers_tls1.3]");
+  // WebSocket (MQTT over RFC 6455, subprotocol mqtt), for browsers.
+  ws_settings ws;
+  app.add_option("--ws-port", ws.port, "WebSocket port (ws://); 0: none [listener, with protocol websockets]")->capture_default_str();
+  app.add_option("--wss-port", ws.tls_port, "WebSocket over TLS port (wss://, with --certfile); 0: none [the same, with certfile]")
+      ->capture_default_str();
+  app.add_option("--ws-path", ws.path, "the path WebSocket clients upgrade on (empty: any; a file's WebSocket listeners take any unless this is given)")->capture_default_str();
+  app.add_option("--ws-origin", ws.origins,
+                 "an Origin browsers may connect from, e.g. https://app.example (repeat for more; default: any)");
   app.set_version_flag("--version", fmt::format("mqttbroker {}.{}.{}", MQTTBROKER_VERSION_MAJOR,
                                                 MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH));
+  app.footer(
+      "Configuration file (-c): Mosquitto's syntax. A flag's [line] above is its line in the file.\n"
+      "  Listeners: 'listener PORT [ADDRESS]' starts one; after it protocol mqtt|websockets, certfile, keyfile\n"
+      "  (both: TLS, or wss), cafile, capath, crlfile, require_certificate, use_identity_as_username,\n"
+      "  tls_version, ciphers, ciphers_tls1.3 and max_connections N (this listener's; -1: no limit; no flag)\n"
+      "  are its own. port and bind_address, and those lines before the first listener, make Mosquitto's\n"
+      "  default listener. Without listeners in the file the flags' are used; with them, a listener flag\n"
+      "  given here (--port, --certfile, --ws-port, --wss-port) adds its listener beside the file's.\n"
+      "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
+      "  Lines that make no sense here (pid_file, user, persistence*, autosave_*, log_*, allow_anonymous...)\n"
+      "  are warned about and ignored; anything else is an error naming the file and line (exit status 1).");
   CLI11_PARSE(app, argc, argv);
+  const auto given = [&app](const char* flag) { return app.count(flag) != 0; };
+
+  // The file's settings, where no flag says otherwise.
+  std::vector<listener_plan> plans;
+  std::vector<std::string> warnings;
+  bool file_listeners = false;
+  if (!config_file.empty()) {
+    std::error_code ec;
+    std::string message;
+    const cfg::config_settings file = cfg::read_config_file(config_file, ec, message);
+    if (ec) {
+      fmt::print(stderr, "mqttbroker: {}\n", message);
+      return 1;
+    }
+    warnings = file.warnings;
+    const auto take = [&](const char* flag, const auto& value, auto& target) {
+      using target_type = std::remove_reference_t<decltype(target)>;
+      if (value && !given(flag)) target = static_cast<target_type>(*value);
+    };
+    take("--max-inflight", file.max_inflight_messages, opts.max_inflight);
+    take("--max-queued-messages", file.max_queued_messages, opts.max_queued_messages);
+    take("--max-queued-bytes", file.max_queued_bytes, opts.max_queued_bytes);
+    take("--max-packet-size", file.max_packet_size, opts.max_packet_size);
+    take("--max-keepalive", file.max_keepalive, opts.max_keep_alive);
+    take("--retain-available", file.retain_available, opts.retain_available);
+    take("--queue-qos0-messages", file.queue_qos0_messages, opts.queue_qos0_offline);
+    take("--max-qos", file.max_qos, max_qos);
+    take("--max-topic-alias", file.max_topic_alias, opts.topic_alias_maximum);
+    if (file.persistent_client_expiration && !given("--session-expiry"))
+      session_expiry_s = static_cast<std::uint64_t>(file.persistent_client_expiration->count());
+    if (file.sys_interval && !given("--sys-interval")) sys_interval_s = static_cast<unsigned>(file.sys_interval->count());
+    for (const cfg::listener_settings& l : file.listeners) {
+      listener_plan p{l, given("--ws-path") ? ws.path : std::string(), ws.origins};  // Mosquitto answers on any path
+      if (p.s.address.empty()) p.s.address = "0.0.0.0";
+      plans.push_back(std::move(p));
+    }
+    file_listeners = !file.listeners.empty();
+  }
+  if (ws.tls_port != 0 && tls.certfile.empty()) {
+    fmt::print(stderr, "mqttbroker: --wss-port needs --certfile and --keyfile\n");
+    return 1;
+  }
+  for (listener_plan& p : command_line_listeners(!file_listeners || given("--port"), bind, port, tls, ws))
+    plans.push_back(std::move(p));
 
   log_level = level_name == "error" ? level::error : level_name == "warning" ? level::warning
               : level_name == "notice" ? level::notice : level_name == "debug" ? level::debug : level::info;
@@ -262,11 +493,13 @@ int main(int argc, char** argv) {
   opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
   opts.sys_interval = std::chrono::seconds(sys_interval_s);
   opts.stuck_client_timeout = std::chrono::milliseconds(stuck_ms);
+  opts.maximum_qos = static_cast<mqttbroker::codec::qos>(max_qos);
   hooks.publishers.insert(publishers.begin(), publishers.end());
+  for (const std::string& w : warnings) say(level::warning, "{}", w);
 
   try {
-    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, bind, port, threads, tls);
-    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, bind, port, threads, tls);
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, plans, threads);
+    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, plans, threads);
   } catch (const std::exception& e) {
     say(level::error, "{}", e.what());
     return 1;

@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -173,6 +174,28 @@ class broker {
     if (ec) throw std::system_error(ec, "mqttbroker: reload: " + what);
   }
 
+  /// How many listeners listen() added; the next one gets this index.
+  std::size_t listener_count() const noexcept { return listeners_.size(); }
+
+  /// What limit_connections() takes for no limit, as every listener starts.
+  static constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+
+  /// At most `n` connections at once through listener `index` (Mosquitto's per-listener
+  /// max_connections); broker_options::max_connections still caps all listeners together. More
+  /// are closed right after accept and counted in broker_stats::connections_refused; a limit
+  /// below the connections open closes none of them. Counting is done where the engine counts
+  /// connections anyway, so a listener without a limit costs nothing more. From any thread;
+  /// std::out_of_range for an unknown index.
+  void limit_connections(std::size_t index, std::size_t n) {
+    (void)listeners_.at(index);
+    ctx_.engine_.limit_listener(index, n);
+  }
+  /// The connections open through listener `index` now.
+  std::size_t connections(std::size_t index) const {
+    (void)listeners_.at(index);
+    return ctx_.engine_.listener_connections(index);
+  }
+
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
   std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->info().port; }
   /// What the hooks' client_info says of a listener: its index, transport and port.
@@ -303,6 +326,8 @@ class broker {
       if (!ec) {
         std::error_code ignored;
         info_.port = acceptor_.local_endpoint(ignored).port();
+        if constexpr (transport::acceptor_has_limit_message_size_v<Transport>)
+          acceptor_.limit_message_size(b.ctx_.engine_.options().max_packet_size);
       }
     }
 
@@ -349,6 +374,7 @@ class broker {
         const transport::peer_endpoint peer = c->peer();
         c->set_origin(&info_, peer.address, peer.port);
       }
+      c->set_listener(info_.index);
       if (!b_.ctx_.engine_.open(*c, b_.now())) {
         c->refuse();
         return;

@@ -16,6 +16,19 @@ class MqttbrokerConan(ConanFile):
     topics = ("mqtt", "broker", "iot", "asio", "header-only")
     package_type = "header-library"
     settings = "os", "arch", "compiler", "build_type"
+    # with_openssl: the parts on OpenSSL, each a component with a CMake target of its own (as in
+    # the library's own CMake config): mqttbroker::auth (SCRAM-SHA-256, libcrypto), mqttbroker::tls
+    # (the TLS transport, libssl) and mqttbroker::websocket (MQTT over WebSocket, libcrypto for the
+    # handshake's SHA-1; wss takes it with tls). One option rather than tls/auth/websocket ones:
+    # the three need the one dependency and nothing else, so separate options would be three
+    # switches for one requirement, and three answers to "which OpenSSL" that must agree; the
+    # library's CMake build likewise makes all three wherever it finds OpenSSL. The headers are
+    # packaged either way (header-only: nothing to build), so the option changes only what the
+    # package requires and which components it declares: ConanCenter's way for a header-only
+    # library with an optional dependency (an option with_<dependency>, off by default, and the
+    # requirement when on), and the name vcpkg's port uses for the same choice (feature openssl).
+    options = {"with_openssl": [True, False]}
+    default_options = {"with_openssl": False}
     no_copy_source = True
 
     # In this repository the recipe packages the checkout it lives in: export_sources() copies the
@@ -52,8 +65,13 @@ class MqttbrokerConan(ConanFile):
         # libraries (Conan's default traits for it), so fmt's library is linked where ours is used.
         self.requires("asio/[>=1.22.1 <2]")
         self.requires("fmt/[>=8 <13]")
+        if self.options.with_openssl:
+            # The headers build with OpenSSL 1.1.1 and 3 (tls.hpp asks which); 3.0 is Debian 12's,
+            # the one tested.
+            self.requires("openssl/[>=1.1 <4]")
 
     def package_id(self):
+        # One package whatever the settings and the option: the same headers.
         self.info.clear()
 
     def validate(self):
@@ -73,9 +91,27 @@ class MqttbrokerConan(ConanFile):
 
     def package_info(self):
         self.cpp_info.set_property("cmake_file_name", "mqttbroker")
-        self.cpp_info.set_property("cmake_target_name", "mqttbroker::mqttbroker")
-        self.cpp_info.set_property("pkg_config_name", "mqttbroker")
-        self.cpp_info.bindirs = []
-        self.cpp_info.libdirs = []
+        # The targets are the library's own CMake config's: mqttbroker::mqttbroker is the core
+        # (Asio, fmt, threads; never OpenSSL), and each optional part is a component of its own
+        # that adds what it needs. CMakeDeps also makes a target for the package as a whole, which
+        # links every component; it cannot be mqttbroker::mqttbroker (the core would then link the
+        # OpenSSL parts), so it is mqttbroker::all, which the CMake config does not have.
+        self.cpp_info.set_property("cmake_target_name", "mqttbroker::all")
+        core = self.cpp_info.components["core"]
+        core.set_property("cmake_target_name", "mqttbroker::mqttbroker")
+        # mqttbroker.pc, as `cmake --install` writes it; PkgConfigDeps then writes no .pc of the
+        # whole package under the same name (a component's comes first).
+        core.set_property("pkg_config_name", "mqttbroker")
+        core.requires = ["asio::asio", "fmt::fmt"]
+        core.bindirs = []
+        core.libdirs = []
         if self.settings.os in ("Linux", "FreeBSD"):
-            self.cpp_info.system_libs.append("pthread")
+            core.system_libs.append("pthread")
+        if self.options.with_openssl:
+            for part, openssl in (("auth", "crypto"), ("tls", "ssl"), ("websocket", "crypto")):
+                component = self.cpp_info.components[part]
+                component.set_property("cmake_target_name", "mqttbroker::" + part)
+                component.set_property("pkg_config_name", "mqttbroker-" + part)
+                component.requires = ["core", "openssl::" + openssl]
+                component.bindirs = []
+                component.libdirs = []

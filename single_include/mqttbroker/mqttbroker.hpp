@@ -6937,6 +6937,11 @@ class link : public detail::list_links,
     }
   }
 
+  /// The listener that accepted this connection (its index in the broker), so the engine counts
+  /// it against that listener's connection limit (protocol::limit_listener) until it closes. Set
+  /// before protocol::open(); a link opened without one counts only against max_connections.
+  void set_listener(std::size_t index) noexcept { listener_slot_ = static_cast<std::uint32_t>(index + 1); }
+
   /// The client certificate's identity, from the transport after its handshake; with
   /// `as_username` it is the username the hooks see, whatever the CONNECT says. Nothing is kept
   /// when no hook takes a client_info.
@@ -7193,6 +7198,9 @@ class link : public detail::list_links,
   // it did not send Request Problem Information 0, and its Maximum Packet Size leaves room. True
   // until its CONNECT says otherwise: the spec's defaults (1, no limit).
   bool problem_information_ : 1;
+  // After the flags, in what would be the object's tail padding: a TCP connection stays as large
+  // as it was. 0: not counted for a listener; otherwise the listener's index + 1.
+  std::uint32_t listener_slot_ = 0;
 };
 
 }  // namespace engine
@@ -8680,9 +8688,11 @@ MQTTBROKER_END_NAMESPACE
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -8718,28 +8728,54 @@ class protocol : public core<Policies> {
 
   // ---- connections: called by the server on the link's own executor
 
-  /// A new connection: false when it is over max_connections (counted; the caller closes it).
+  /// A new connection: false when it is over max_connections, or over the limit of the listener
+  /// it came through (link::set_listener, limit_listener); counted, and the caller closes it.
   /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
   bool open(link_type& l, steady_time now) {
     bool full = false;
+    std::optional<std::size_t> listener_limit;  // when that listener's limit refused it
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
+      listener_count* per = listener_slot(l.listener_slot_);
       full = links_.size() >= opts_.max_connections;
+      if (!full && per != nullptr && per->open >= per->limit) {
+        full = true;
+        listener_limit = per->limit;
+      }
       if (full) {
         ++stats_.connections_refused;
       } else {
         ++stats_.connections_accepted;
         links_.push_back(l.self());
+        if (per != nullptr) ++per->open;
       }
     }
     if (full) {
       // After the lock: the hook is the host's code.
-      this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
+      if (listener_limit)
+        this->log(log_level::warning, "connection refused: listener {}'s max_connections ({}) reached",
+                  l.listener_slot_ - 1, *listener_limit);
+      else
+        this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
       return false;
     }
     l.note_progress(now);
     restart_deadline(l, now);
     return true;
+  }
+
+  /// At most `n` connections at once through listener `index` (links opened with that
+  /// link::set_listener): more are refused as over max_connections, which still counts all of
+  /// them. No limit until one is set; a limit below the connections open closes none of them.
+  void limit_listener(std::size_t index, std::size_t n) {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    listener_slot(static_cast<std::uint32_t>(index + 1))->limit = n;
+  }
+
+  /// The connections open through listener `index`.
+  std::size_t listener_connections(std::size_t index) const {
+    std::shared_lock<mutex_type> lk(state_mutex_);
+    return index < listener_counts_.size() ? listener_counts_[index].open : 0;
   }
 
   /// A decoded packet. False when the link stops taking input after it: it is closing, its
@@ -8962,6 +8998,7 @@ class protocol : public core<Policies> {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       links_.erase(l);
+      if (l.listener_slot_ != 0) --listener_counts_[l.listener_slot_ - 1].open;
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
@@ -10150,8 +10187,24 @@ class protocol : public core<Policies> {
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
+  /// A listener's open connections and its limit (limit_listener).
+  struct listener_count {
+    std::size_t open = 0;
+    std::size_t limit = std::numeric_limits<std::size_t>::max();
+  };
+  /// The count of a link's listener slot (its index + 1), made on first use; null for slot 0.
+  /// state_mutex_ held exclusively.
+  listener_count* listener_slot(std::uint32_t slot) {
+    if (slot == 0) return nullptr;
+    if (slot > listener_counts_.size()) listener_counts_.resize(slot);
+    return &listener_counts_[slot - 1];
+  }
+
   // Redirections the host asked for (redirect()), until their links take them. state_mutex_.
   std::vector<std::pair<const link_type*, hooks::redirection>> redirects_;
+  // By listener index: every link opened with link::set_listener is counted, limited or not, so
+  // a limit set later starts from the true figure. state_mutex_.
+  std::vector<listener_count> listener_counts_;
 };
 
 }  // namespace engine
@@ -10378,6 +10431,14 @@ template <class T>
 struct acceptor_has_reload<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().reload(
                                   std::declval<std::error_code&>(), std::declval<std::string*>()))>> : std::true_type {};
 
+/// An acceptor whose streams bound their messages by the broker's packet limit:
+/// limit_message_size(std::uint64_t max_packet_size), called once before the first accept.
+template <class T, class = void>
+struct acceptor_has_limit_message_size : std::false_type {};
+template <class T>
+struct acceptor_has_limit_message_size<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().limit_message_size(
+                                              std::declval<std::uint64_t>()))>> : std::true_type {};
+
 template <class Stream, class = void>
 struct lowest_layer_has_remote_endpoint : std::false_type {};
 template <class Stream>
@@ -10467,6 +10528,10 @@ inline constexpr bool has_make_acceptor_what_v = detail::has_make_acceptor_what<
 ///   listener's credentials again for the connections it accepts from then on.
 template <class T>
 inline constexpr bool acceptor_has_reload_v = detail::acceptor_has_reload<T>::value;
+/// - `acceptor_type::limit_message_size(std::uint64_t)`: the broker passes its maximum packet
+///   size once, before accepting (WebSocket bounds a message by it).
+template <class T>
+inline constexpr bool acceptor_has_limit_message_size_v = detail::acceptor_has_limit_message_size<T>::value;
 
 namespace detail {
 
@@ -11021,6 +11086,7 @@ MQTTBROKER_END_NAMESPACE
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -11163,6 +11229,28 @@ class broker {
     if (ec) throw std::system_error(ec, "mqttbroker: reload: " + what);
   }
 
+  /// How many listeners listen() added; the next one gets this index.
+  std::size_t listener_count() const noexcept { return listeners_.size(); }
+
+  /// What limit_connections() takes for no limit, as every listener starts.
+  static constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+
+  /// At most `n` connections at once through listener `index` (Mosquitto's per-listener
+  /// max_connections); broker_options::max_connections still caps all listeners together. More
+  /// are closed right after accept and counted in broker_stats::connections_refused; a limit
+  /// below the connections open closes none of them. Counting is done where the engine counts
+  /// connections anyway, so a listener without a limit costs nothing more. From any thread;
+  /// std::out_of_range for an unknown index.
+  void limit_connections(std::size_t index, std::size_t n) {
+    (void)listeners_.at(index);
+    ctx_.engine_.limit_listener(index, n);
+  }
+  /// The connections open through listener `index` now.
+  std::size_t connections(std::size_t index) const {
+    (void)listeners_.at(index);
+    return ctx_.engine_.listener_connections(index);
+  }
+
   /// The port a listener is bound to (for port 0); 0 for a transport without ports.
   std::uint16_t local_port(std::size_t index = 0) const { return listeners_.at(index)->info().port; }
   /// What the hooks' client_info says of a listener: its index, transport and port.
@@ -11293,6 +11381,8 @@ class broker {
       if (!ec) {
         std::error_code ignored;
         info_.port = acceptor_.local_endpoint(ignored).port();
+        if constexpr (transport::acceptor_has_limit_message_size_v<Transport>)
+          acceptor_.limit_message_size(b.ctx_.engine_.options().max_packet_size);
       }
     }
 
@@ -11339,6 +11429,7 @@ class broker {
         const transport::peer_endpoint peer = c->peer();
         c->set_origin(&info_, peer.address, peer.port);
       }
+      c->set_listener(info_.index);
       if (!b_.ctx_.engine_.open(*c, b_.now())) {
         c->refuse();
         return;

@@ -7,11 +7,14 @@
 // Every wait has a deadline: tests wait for events (WAIT) and never sleep and assume; only absence
 // checks wait a fixed, short time (ABSENT).
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { test as nodeTest } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 export const HOST = '127.0.0.1';
 export const WAIT = 10_000;   // ms a test waits for something that must happen
@@ -35,7 +38,14 @@ let mqttjsMissing = null;
   } else {
     try {
       const require = createRequire(path.resolve(dir, 'package.json'));
-      mqttjs = { mqtt: require('mqtt'), packet: createRequire(require.resolve('mqtt'))('mqtt-packet') };
+      const fromMqtt = createRequire(require.resolve('mqtt'));
+      mqttjs = {
+        mqtt: require('mqtt'),
+        packet: fromMqtt('mqtt-packet'),
+        ws: fromMqtt('ws'),  // the WebSocket client MQTT.js uses in node
+        // The browser bundle (one file, global `mqtt`), as the package ships it.
+        bundle: path.join(path.dirname(require.resolve('mqtt/package.json')), 'dist', 'mqtt.min.js'),
+      };
     } catch (e) {
       mqttjsMissing = `MQTT.js (npm mqtt) is not installed in ${dir} (npm ci failed or npm is missing: ${e.code ?? e.message})`;
     }
@@ -47,11 +57,35 @@ export function mqttPacket() {
   return mqttjs.packet;
 }
 
+/** The `ws` package MQTT.js opens its WebSockets with in node (its WebSocket class). */
+export function wsLibrary() {
+  return mqttjs.ws;
+}
+
+/** The path of MQTT.js's browser bundle (dist/mqtt.min.js of the installed package). */
+export function mqttBundle() {
+  return mqttjs.bundle;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Waiting
 
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A 127.0.0.1 port that is free now: the kernel's pick for port 0, released again. For the
+ *  server's options where 0 means "no listener" (--ws-port, --wss-port); another process may take
+ *  it first, which is why Context.broker() retries with FREE. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, HOST, () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /** A promise of `promise` that fails with `what` after `ms`. */
@@ -80,8 +114,19 @@ function serverPath() {
   return file;
 }
 
+// The lines examples/broker/main.cpp logs for its listeners, the plain one last (once it is ready):
+// "TLS listening on ADDR:PORT", "WebSocket listening on ws://ADDR:PORT/PATH" (and wss://), then
+// "mqttbroker X.Y.Z listening on ADDR:PORT (N threads)".
+const LISTENER_LINES = [
+  ['tcp', /mqttbroker \S+ listening on [0-9.]+:(\d+)/],
+  ['tls', /TLS listening on [0-9.]+:(\d+)/],
+  ['ws', /WebSocket listening on ws:\/\/[0-9.]+:(\d+)/],
+  ['wss', /WebSocket listening on wss:\/\/[0-9.]+:(\d+)/],
+];
+
 /** The mqttbroker executable on 127.0.0.1 and a port the kernel picks (--port 0), read from its
- *  "listening on ADDR:PORT" log line. Its stderr is kept for failure reports. */
+ *  "mqttbroker X.Y.Z listening on ADDR:PORT" log line; the ports of its other listeners (TLS,
+ *  WebSocket) from theirs, in `ports`. Its stderr is kept for failure reports. */
 export class Broker {
   static start(args = []) {
     const argv = ['--bind', HOST, '--port', '0', ...args];
@@ -98,6 +143,7 @@ export class Broker {
     this.proc = proc;
     this.lines = [];
     this.port = null;
+    this.ports = {};  // 'tcp', 'tls', 'ws', 'wss': the port each listener logged
     live.add(this);
     this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
       live.delete(this);
@@ -111,9 +157,12 @@ export class Broker {
         pending = parts.pop();
         for (const line of parts) {
           this.lines.push(line);
-          const m = this.port === null && /listening on ([0-9.]+):(\d+)/.exec(line);
-          if (m) {
-            this.port = Number(m[2]);
+          for (const [kind, rx] of LISTENER_LINES) {
+            const m = this.ports[kind] === undefined && rx.exec(line);
+            if (m) this.ports[kind] = Number(m[1]);
+          }
+          if (this.port === null && this.ports.tcp !== undefined) {
+            this.port = this.ports.tcp;
             resolve(this);
           }
         }
@@ -124,6 +173,14 @@ export class Broker {
 
   log() {
     return this.lines.slice(-200).join('\n');
+  }
+
+  /** The port of listener `kind` ('tcp', 'tls', 'ws', 'wss'); all are logged before the broker
+   *  says it is listening. */
+  portOf(kind) {
+    const port = this.ports[kind];
+    if (port === undefined) throw new Error(`the broker logged no ${kind} listener; log:\n${this.log()}`);
+    return port;
   }
 
   alive() {
@@ -300,7 +357,41 @@ export function tapPackets(client, onPacket) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Test certificates
+
+const MAKE_CERTS = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tls', 'make-certs.sh');
+let certFolder = null;
+
+/** Why the test certificates cannot be made here (no openssl command line), or null. For `needs`. */
+export function opensslMissing() {
+  const r = spawnSync('openssl', ['version'], { stdio: 'ignore', timeout: WAIT });
+  return r.status === 0 ? null : 'the openssl command line (Debian openssl), which makes the test certificates, is not installed';
+}
+
+/** The path of test certificate file `name` (tests/tls/make-certs.sh lists them), made on first
+ *  use into a temporary folder that is removed when the module exits. */
+export function certificate(name) {
+  if (!certFolder) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mqttbroker-it-certs-'));
+    const r = spawnSync('sh', [MAKE_CERTS, dir], { encoding: 'utf8', timeout: 60_000 });
+    if (r.status !== 0) throw new Error(`make-certs.sh failed (${r.status ?? r.signal ?? r.error}): ${r.stderr}`);
+    certFolder = dir;
+  }
+  return path.join(certFolder, name);
+}
+
+/** The server's TLS arguments with the test certificates: --certfile and --keyfile, and its TLS
+ *  listener (which --certfile turns on) on a port the kernel picks. */
+export function tlsArgs() {
+  return ['--certfile', certificate('server-chain.crt'), '--keyfile', certificate('server.key'), '--tls-port', '0'];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Tests
+
+/** An argument of Context.broker() that becomes a free port (freePort()). */
+export const FREE = Symbol('a free port');
+const START_ATTEMPTS = 5;
 
 /** What each test gets: its brokers and clients, stopped and checked when it ends. */
 class Context {
@@ -309,17 +400,27 @@ class Context {
     this.clients = [];
   }
 
-  /** A fresh broker with these extra arguments. */
+  /** A fresh broker with these extra arguments; each FREE among them is a port that was free a
+   *  moment before. Another process may take it meanwhile: then the server cannot listen, exits,
+   *  and it is started again on other ports. */
   async broker(...args) {
-    const b = await Broker.start(args);
-    this.brokers.push(b);
-    return b;
+    for (let attempt = 1; ; attempt++) {
+      const argv = await Promise.all(args.map((a) => (a === FREE ? freePort().then(String) : a)));
+      try {
+        const b = await Broker.start(argv);
+        this.brokers.push(b);
+        return b;
+      } catch (e) {
+        if (!args.includes(FREE) || attempt === START_ATTEMPTS || !/cannot listen.*in use/i.test(e.message)) throw e;
+      }
+    }
   }
 
-  /** A connected MQTT.js client of the test's first broker (or `options.broker`). */
+  /** A connected MQTT.js client of the test's first broker (or `options.broker`), on its plain
+   *  port unless `options.port` says otherwise. */
   async connect(options = {}) {
-    const { broker = this.brokers[0], ...rest } = options;
-    const c = await connect(broker.port, rest);
+    const { broker = this.brokers[0], port = broker.port, ...rest } = options;
+    const c = await connect(port, rest);
     this.clients.push(c);
     return c;
   }
@@ -343,18 +444,21 @@ const registered = [];
 const outcomes = new Map();  // test name -> 'passed', 'failed' or ['skipped', reason]
 
 /** A node:test test that gets a Context: `test('name', async (it) => { const b = await it.broker(); ... })`.
- *  `options.skip` (a reason) skips it, for a known bug named there. */
+ *  `options.skip` (a reason) skips it, for a known bug named there. `options.needs`: functions
+ *  that each return why a program the test needs is missing, or null; a missing one is treated as
+ *  missing MQTT.js is (a skip, or a failure in CI). `options.timeout`: ms, instead of 30 s. */
 export function test(name, options, fn) {
   if (typeof options === 'function') [options, fn] = [{}, options];
   registered.push(name);
   if (options.skip) outcomes.set(name, ['skipped', options.skip]);
-  nodeTest(name, { timeout: TEST_TIMEOUT, skip: options.skip }, async (t) => {
-    if (!mqttjs) {
+  nodeTest(name, { timeout: options.timeout ?? TEST_TIMEOUT, skip: options.skip }, async (t) => {
+    const missing = mqttjs ? (options.needs ?? []).map((need) => need()).find(Boolean) : mqttjsMissing;
+    if (missing) {
       if (REQUIRE_CLIENTS) {
-        throw new Error(`${mqttjsMissing}, and MQTTBROKER_REQUIRE_CLIENTS is set (CI): run scripts/install-deps.sh`);
+        throw new Error(`${missing}, and MQTTBROKER_REQUIRE_CLIENTS is set (CI): run scripts/install-deps.sh`);
       }
-      outcomes.set(name, ['skipped', mqttjsMissing]);
-      t.skip(mqttjsMissing);
+      outcomes.set(name, ['skipped', missing]);
+      t.skip(missing);
       return;
     }
     const it = new Context();
@@ -386,6 +490,7 @@ function moduleKey() {
 // node:test's (1 on a failure), 1 when no test ran, SKIP_STATUS when every test was skipped.
 process.on('exit', (code) => {
   for (const b of live) b.proc.kill('SIGKILL');
+  if (certFolder) fs.rmSync(certFolder, { recursive: true, force: true });
   const ran = code ? registered : registered.filter((n) => outcomes.has(n));
   const skipped = ran.filter((n) => Array.isArray(outcomes.get(n))).map((n) => [n, outcomes.get(n)[1]]);
   const passed = ran.filter((n) => outcomes.get(n) === 'passed').length;

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -118,6 +119,39 @@ def _die_with_parent():
         pass
 
 
+MAKE_CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls", "make-certs.sh")
+
+
+def make_certificates(prefix):
+    """Makes the test certificates (tests/tls/make-certs.sh lists them; the openssl command line)
+    in a new temporary folder named from `prefix`, and returns it: the caller removes it. Without
+    openssl: a skip, or a failure in CI."""
+    if not shutil.which("openssl"):
+        _client_missing("the openssl command line (Debian openssl)")
+    folder = tempfile.mkdtemp(prefix=prefix)
+    subprocess.run(["sh", MAKE_CERTS, folder], check=True, timeout=60)
+    return folder
+
+
+class Certificates:
+    """A module's test certificates: `cert = h.Certificates("prefix-")`, then `setUpModule =
+    cert.make`, `tearDownModule = cert.remove`, and `cert("ca.crt")` is a file's path."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.folder = None
+
+    def make(self):
+        self.folder = make_certificates(self.prefix)
+
+    def remove(self):
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __call__(self, name):
+        return os.path.join(self.folder, name)
+
+
 def raise_fd_limit(wanted):
     """Raises the soft limit on open files to `wanted` (children inherit it); returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -134,9 +168,15 @@ def raise_fd_limit(wanted):
 
 class Broker:
     """The mqttbroker executable on 127.0.0.1 and a port the kernel picks (--port 0); the port is
-    read from its "listening on ADDR:PORT" log line. Its stderr is kept for failure reports."""
+    read from its "mqttbroker X.Y.Z listening on ADDR:PORT" log line, those of its other listeners
+    (TLS, WebSocket) from theirs, into `ports`. Its stderr is kept for failure reports."""
 
-    LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+    # examples/broker/main.cpp logs its other listeners first ("TLS listening on ADDR:PORT",
+    # "WebSocket listening on ws://ADDR:PORT/PATH", wss:// likewise), then this line once it is ready.
+    LISTENING = re.compile(r"mqttbroker \S+ listening on ([0-9.]+):(\d+)")
+    LISTENERS = (("tls", re.compile(r"TLS listening on [0-9.]+:(\d+)")),
+                 ("ws", re.compile(r"WebSocket listening on ws://[0-9.]+:(\d+)")),
+                 ("wss", re.compile(r"WebSocket listening on wss://[0-9.]+:(\d+)")))
 
     def __init__(self, *args, env=None):
         self.args = [broker_binary(), "--bind", HOST, "--port", "0", *args]
@@ -144,6 +184,7 @@ class Broker:
         if threads and "--threads" not in args:
             self.args += ["--threads", threads]
         self.lines = []
+        self.ports = {}  # "tcp", "tls", "ws", "wss": the port each listener logged
         self._lock = threading.Lock()
         self._port = queue.Queue()
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -165,9 +206,14 @@ class Broker:
             with self._lock:
                 self.lines.append(line.rstrip("\n"))
             if not told:
+                for kind, rx in self.LISTENERS:
+                    m = rx.search(line)
+                    if m and kind not in self.ports:
+                        self.ports[kind] = int(m.group(1))
                 m = self.LISTENING.search(line)
                 if m:
                     told = True
+                    self.ports["tcp"] = int(m.group(2))
                     self._port.put(int(m.group(2)))
         if not told:
             self._port.put(None)
@@ -175,6 +221,13 @@ class Broker:
     def log(self):
         with self._lock:
             return "\n".join(self.lines[-200:])
+
+    def port_of(self, kind):
+        """The port of listener `kind` ("tcp", "tls", "ws", "wss"), all logged before the broker
+        says it is listening."""
+        if kind not in self.ports:
+            raise AssertionError("the broker logged no %s listener; log:\n%s" % (kind, self.log()))
+        return self.ports[kind]
 
     def all_lines(self):
         with self._lock:
@@ -209,6 +262,25 @@ class Broker:
             self.proc.stderr.close()
 
 
+# An argument of broker_args that becomes a port free a moment before (free_port()), for options
+# where 0 means "no listener" (--ws-port, --wss-port). Another process may take it meanwhile: then
+# the broker cannot listen and exits, and start_broker() tries again with other ports.
+FREE = object()
+START_ATTEMPTS = 5
+
+
+def start_broker(args, env=None):
+    """A Broker with `args`, each FREE among them replaced by a free port."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        argv = [str(free_port()) if a is FREE else a for a in args]
+        try:
+            return Broker(*argv, env=env)
+        except RuntimeError as e:
+            if not any(a is FREE for a in args) or attempt == START_ATTEMPTS or \
+                    not re.search(r"cannot listen.*in use", str(e)):
+                raise
+
+
 class BrokerTestCase(unittest.TestCase):
     """Each test gets a fresh broker (started with `broker_args`, its environment plus `broker_env`)
     and a hard deadline. Clients made with paho() and raw() are closed after the test; the broker
@@ -221,7 +293,7 @@ class BrokerTestCase(unittest.TestCase):
         self._started_at = time.monotonic()
         faulthandler.dump_traceback_later(TEST_DEADLINE, exit=True)
         self.addCleanup(faulthandler.cancel_dump_traceback_later)
-        self.broker = Broker(*self.broker_args, env=self.broker_env)
+        self.broker = start_broker(self.broker_args, env=self.broker_env)
         self.port = self.broker.port
         self._clients = []
         self.addCleanup(self._finish)
@@ -241,6 +313,20 @@ class BrokerTestCase(unittest.TestCase):
             self.fail("the broker died during the test (status %s); log:\n%s" % (status, self.broker.log()))
         if status != 0:
             self.fail("the broker did not stop cleanly on SIGTERM (status %s); log:\n%s" % (status, self.broker.log()))
+
+    def wait_log(self, pattern, timeout=WAIT):
+        """The match of `pattern` (a regular expression, compiled or not) in the broker's first log
+        line it matches; fails after `timeout`."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.broker.all_lines():
+                m = rx.search(line)
+                if m:
+                    return m
+            if time.monotonic() > deadline:
+                self.fail("no log line matching %r within %.0f s; log:\n%s" % (rx.pattern, timeout, self.broker.log()))
+            time.sleep(0.02)
 
     def paho(self, client_id="", version=V311, **kw):
         c = PahoClient(self.port, client_id, version, **kw)

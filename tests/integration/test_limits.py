@@ -114,6 +114,43 @@ def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+def check_good(test, sub, pub, n, when):
+    """A well-behaved pair of raw clients (`sub` subscribed to good/#) still works while `test`'s
+    broker is under attack: PINGREQ gets PINGRESP, QoS 1 message `n` is acknowledged and delivered."""
+    test.assertTrue(test.broker.alive(), "the broker died %s; log:\n%s" % (when, test.broker.log()))
+    for c in (sub, pub):
+        c.send(h.pingreq())
+        c.expect(h.PINGRESP)
+    pub.send(h.publish("good/t", b"msg %d" % n, qos=1, packet_id=n % 65535 + 1))
+    test.assertEqual(h.packet_id_of(pub.expect(h.PUBACK)), n % 65535 + 1, when)
+    p = h.parse_publish(sub.expect(h.PUBLISH))
+    test.assertEqual(p.payload, b"msg %d" % n, when)
+    sub.send(h.ack(h.PUBACK, p.packet_id))
+
+
+def assert_rss_flat(test, rss):
+    """The broker's RSS after the last round (`rss`: KiB after each) is no more than RSS_SLACK_KIB
+    above that after round 2; not compared under a sanitizer."""
+    san = sanitizer(test.broker.proc.pid, test.broker.args[0])
+    if san:
+        print("  %s sanitizer: RSS not compared (its allocator holds freed memory)" % san)
+        return
+    test.assertLessEqual(rss[-1] - rss[1], RSS_SLACK_KIB, "RSS grew from %d KiB after round 2 to %d KiB after round %d (all: %r)"
+                         % (rss[1], rss[-1], len(rss), rss))
+
+
+def wait_fds(pid, baseline, what):
+    """Waits until process `pid` holds no more than `baseline` descriptors; returns how many."""
+    deadline = time.monotonic() + h.WAIT
+    while True:
+        n = open_fds(pid)
+        if n <= baseline:
+            return n
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: the broker holds %d descriptors, %d at the start" % (what, n, baseline))
+        time.sleep(0.05)
+
+
 def sanitizer(pid, binary):
     """"address", "thread" or "memory" when the broker is built with that sanitizer (GCC maps its runtime
     library; clang links it in), else None. Their allocators hold freed memory back (ASan's
@@ -165,17 +202,7 @@ class Hostile(h.BrokerTestCase):
         return kinds
 
     def _check_good(self, sub, pub, n, when):
-        """The well-behaved pair still works: PINGREQ gets PINGRESP, a QoS 1 publish is acknowledged
-        and delivered."""
-        self.assertTrue(self.broker.alive(), "the broker died %s; log:\n%s" % (when, self.broker.log()))
-        for c in (sub, pub):
-            c.send(h.pingreq())
-            c.expect(h.PINGRESP)
-        pub.send(h.publish("good/t", b"msg %d" % n, qos=1, packet_id=n % 65535 + 1))
-        self.assertEqual(h.packet_id_of(pub.expect(h.PUBACK)), n % 65535 + 1, when)
-        p = h.parse_publish(sub.expect(h.PUBLISH))
-        self.assertEqual(p.payload, b"msg %d" % n, when)
-        sub.send(h.ack(h.PUBACK, p.packet_id))
+        check_good(self, sub, pub, n, when)
 
     def _wait_closed_by_broker(self, socks, what, timeout):
         """Reads (and discards) until the broker has closed every socket of the (socket, kind)
@@ -203,16 +230,6 @@ class Hostile(h.BrokerTestCase):
                     sel.unregister(key.fileobj)
                     pending -= 1
         sel.close()
-
-    def _wait_fds(self, baseline, what):
-        deadline = time.monotonic() + h.WAIT
-        while True:
-            n = open_fds(self.broker.proc.pid)
-            if n <= baseline:
-                return n
-            if time.monotonic() > deadline:
-                self.fail("%s: the broker holds %d descriptors, %d at the start" % (what, n, baseline))
-            time.sleep(0.05)
 
     def test_rounds_of_misbehaving_connections(self):
         """5 rounds of 1,000 connections that misbehave (half a CONNECT, garbage, a half-sent 200 KB
@@ -261,7 +278,7 @@ class Hostile(h.BrokerTestCase):
             finally:
                 for s in socks:
                     s.close()
-            fds = self._wait_fds(fd_baseline, "round %d, all closed by the client" % rnd)
+            fds = wait_fds(pid, fd_baseline, "round %d, all closed by the client" % rnd)
             probe, _ = self.raw_connected("probe-%d" % rnd, V311)
             probe.send(h.pingreq())
             probe.expect(h.PINGRESP)
@@ -269,19 +286,13 @@ class Hostile(h.BrokerTestCase):
             probe.wait_closed()
             checks += 1
             self._check_good(sub, pub, checks, "round %d, all closed" % rnd)
-            self._wait_fds(fd_baseline, "round %d, probe closed" % rnd)
+            wait_fds(pid, fd_baseline, "round %d, probe closed" % rnd)
             rss.append(rss_kib(pid))
             print("  round %d: opened in %.2f s, done in %.2f s; broker RSS %d KiB (%d KiB while 100 "
                   "half-sent packets were open), %d descriptors (baseline %d)"
                   % (rnd, opened - started, time.monotonic() - started, rss[-1], held, fds, fd_baseline))
 
-        san = sanitizer(pid, self.broker.args[0])
-        if san:
-            print("  %s sanitizer: RSS not compared (its allocator holds freed memory)" % san)
-            return
-        self.assertLessEqual(rss[-1] - rss[1], RSS_SLACK_KIB,
-                             "RSS grew from %d KiB after round 2 to %d KiB after round %d (all: %r)"
-                             % (rss[1], rss[-1], ROUNDS, rss))
+        assert_rss_flat(self, rss)
 
 
 class PublisherPacing(h.BrokerTestCase):

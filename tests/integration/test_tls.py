@@ -22,26 +22,9 @@ import unittest
 import harness as h
 from harness import V311, V5
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MAKE_CERTS = os.path.join(HERE, "..", "tls", "make-certs.sh")
-CERTS = None  # the folder, made once for the module
-
-
-def setUpModule():
-    global CERTS
-    if not shutil.which("openssl"):
-        h._client_missing("the openssl command line (Debian openssl)")
-    CERTS = tempfile.mkdtemp(prefix="mqttbroker-it-tls-")
-    subprocess.run(["sh", MAKE_CERTS, CERTS], check=True, timeout=60)
-
-
-def tearDownModule():
-    if CERTS:
-        shutil.rmtree(CERTS, ignore_errors=True)
-
-
-def cert(name):
-    return os.path.join(CERTS, name)
+cert = h.Certificates("mqttbroker-it-tls-")  # cert("ca.crt"): a certificate's path, made for the module
+setUpModule = cert.make
+tearDownModule = cert.remove
 
 
 TLS_LISTENING = re.compile(r"TLS listening on [0-9.]+:(\d+)")
@@ -89,17 +72,6 @@ class TlsCase(h.BrokerTestCase):
         super().setUp()
         self.tls_port = self.wait_log(TLS_LISTENING).group(1)
         self.tls_port = int(self.tls_port)
-
-    def wait_log(self, pattern, timeout=h.WAIT):
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.broker.all_lines():
-                m = pattern.search(line)
-                if m:
-                    return m
-            if time.monotonic() > deadline:
-                self.fail("no log line matching %r within %.0f s; log:\n%s" % (pattern.pattern, timeout, self.broker.log()))
-            time.sleep(0.02)
 
     def tls_paho(self, client_id="", version=V311, certificate=None, **kw):
         c = TlsPaho(self.tls_port, client_id, version, certificate, **kw)
@@ -247,7 +219,7 @@ class Reload(TlsCase):
         shutil.copy(cert("server2-chain.crt"), os.path.join(self.live, "chain.pem"))
         shutil.copy(cert("server2.key"), os.path.join(self.live, "key.pem"))
         self.broker.proc.send_signal(signal.SIGHUP)
-        self.wait_log(re.compile(r"SIGHUP: TLS certificates reloaded"))
+        self.wait_log(re.compile(r"SIGHUP: TLS certificates of listener \d+ reloaded"))
         self.assertEqual(self.server_name(), "mqttbroker test server 2")
         new = self.tls_paho("new", V5)
         new.publish("r", b"after reload", 1)

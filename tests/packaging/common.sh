@@ -44,15 +44,32 @@ fresh_work() {
   mkdir -p "$WORK"
 }
 
-# Copies the consumer project (tests/packaging/consumer) to $WORK/consumer.
+# Copies the consumer project (tests/packaging/consumer) to $WORK/$1.
 copy_consumer() {
-  cp -r "$ROOT/tests/packaging/consumer" "$WORK/consumer"
+  cp -r "$ROOT/tests/packaging/consumer" "$WORK/$1"
 }
 
-# Runs the consumer program built under $1 and checks what it printed.
+# Runs a consumer program built under $1 (packaging_consumer, or the one named by $2) and shows
+# what it printed.
 run_consumer() {
-  local program="$1/packaging_consumer" output
+  local program="$1/${2:-packaging_consumer}" output
   [ -x "$program" ] || fail "the consumer program $program was not built"
   output="$("$program")" || fail "the consumer program failed: $output"
   say "$output"
+}
+
+# Checks whether the program $1 links OpenSSL's libssl and libcrypto ($2: yes or no): the core
+# target must bring neither, the components on OpenSSL both (tls libssl, auth and websocket
+# libcrypto). Skipped where readelf is missing.
+check_openssl_linked() {
+  local program="$1" expected="$2" needed library
+  command -v readelf >/dev/null || { say "no readelf: not checking which libraries $program links"; return 0; }
+  needed="$(readelf -d "$program" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')"
+  for library in libssl libcrypto; do
+    if grep -q "^$library\.so" <<<"$needed"; then
+      [ "$expected" = yes ] || fail "$program links $library, which mqttbroker::mqttbroker must not bring"
+    else
+      [ "$expected" = no ] || fail "$program does not link $library"
+    fi
+  done
 }

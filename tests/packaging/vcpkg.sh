@@ -10,9 +10,12 @@
 # download is blocked (x-block-origin), so a port that would fetch something fails. The port takes
 # its sources from this checkout through MQTTBROKER_PORT_SOURCE_DIR; the library's two dependencies
 # come from stand-in ports that install nothing and leave the system's copies where they are
-# (tests/packaging/vcpkg/ports/asio and fmt; Debian: libasio-dev, libfmt-dev). The consumer uses
-# fmt without asking for it, so it builds only if the installed package hands fmt on; and the
-# dependencies vcpkg recorded for the port must name asio and fmt.
+# (tests/packaging/vcpkg/ports/asio, fmt and openssl; Debian: libasio-dev, libfmt-dev,
+# libssl-dev). The consumer uses fmt without asking for it, so it builds only if the installed
+# package hands fmt on; and the dependencies vcpkg recorded for the port must name asio and fmt.
+# Installed without features, the package must claim no component on OpenSSL (though the system
+# has one); then a second consumer asks for mqttbroker[openssl] and builds and runs a program on
+# the components auth, tls and websocket, and vcpkg must have recorded openssl for that feature.
 PACKAGING_NAME=vcpkg
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -50,17 +53,26 @@ mkdir -p "$VCPKG_DOWNLOADS"
 say "$("$VCPKG_ROOT/vcpkg" version | head -n 1)"
 
 version="$(checkout_version)"
-copy_consumer
-cat > "$WORK/consumer/vcpkg.json" <<MANIFEST
+export MQTTBROKER_PORT_SOURCE_DIR="$ROOT"
+
+# A manifest-mode consumer in $WORK/$1 whose manifest depends on $2 (a JSON value: "mqttbroker",
+# or an object naming features), configured with vcpkg's toolchain file (which installs the port)
+# and the further CMake arguments given, then built. Sets consumer_build and triplet_dir (the
+# installed triplet's folder).
+build_consumer() {
+  local name="$1" folder="$WORK/$1" dependency="$2"
+  shift 2
+  copy_consumer "$name"
+  cat > "$folder/vcpkg.json" <<MANIFEST
 {
   "name": "mqttbroker-packaging-consumer",
   "version": "0",
   "dependencies": [
-    "mqttbroker"
+    $dependency
   ]
 }
 MANIFEST
-cat > "$WORK/consumer/vcpkg-configuration.json" <<CONFIGURATION
+  cat > "$folder/vcpkg-configuration.json" <<CONFIGURATION
 {
   "overlay-ports": [
     "$ROOT/packaging/vcpkg/ports",
@@ -68,31 +80,63 @@ cat > "$WORK/consumer/vcpkg-configuration.json" <<CONFIGURATION
   ]
 }
 CONFIGURATION
+  consumer_build="$folder/build"
+  cmake -S "$folder" -B "$consumer_build" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_TOOLCHAIN_FILE="$VCPKG_ROOT/scripts/buildsystems/vcpkg.cmake" "$@"
+  cmake --build "$consumer_build"
+  # A port that vcpkg's checks complain about is not ready to submit.
+  if grep -n "post-build check problem" "$consumer_build/vcpkg-manifest-install.log"; then
+    fail "vcpkg's post-build checks found problems in the port (above, and in $consumer_build/vcpkg-manifest-install.log)"
+  fi
+  triplet_dir="$(find "$consumer_build/vcpkg_installed" -mindepth 1 -maxdepth 1 -type d ! -name vcpkg | head -n 1)"
+}
+
+# What vcpkg recorded as the dependencies of mqttbroker (no argument) or of its feature $1, from
+# the status file of the consumer just built.
+recorded_depends() {
+  awk -v feature="${1:-}" '
+    /^$/ { if (p && f == feature) print d; p = 0; f = ""; d = "" }
+    /^Package: mqttbroker$/ { p = 1 }
+    /^Feature: / { f = $2 }
+    /^Depends:/ { d = $0; sub(/^Depends: */, "", d) }
+    END { if (p && f == feature) print d }' "$consumer_build/vcpkg_installed/vcpkg/status"
+}
 
 say "manifest-mode consumer: configure with vcpkg's toolchain (installs the port), build, run"
-export MQTTBROKER_PORT_SOURCE_DIR="$ROOT"
-cmake -S "$WORK/consumer" -B "$WORK/consumer/build" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_TOOLCHAIN_FILE="$VCPKG_ROOT/scripts/buildsystems/vcpkg.cmake"
-cmake --build "$WORK/consumer/build"
-# A port that vcpkg's checks complain about is not ready to submit.
-if grep -n "post-build check problem" "$WORK/consumer/build/vcpkg-manifest-install.log"; then
-  fail "vcpkg's post-build checks found problems in the port (above, and in $WORK/consumer/build/vcpkg-manifest-install.log)"
-fi
-installed="$WORK/consumer/build/vcpkg_installed"
-triplet_dir="$(find "$installed" -mindepth 1 -maxdepth 1 -type d ! -name vcpkg | head -n 1)"
+build_consumer consumer '"mqttbroker"'
 for file in share/mqttbroker/copyright share/mqttbroker/mqttbrokerConfig.cmake lib/pkgconfig/mqttbroker.pc \
             include/mqttbroker/mqttbroker.hpp include/mqttbroker/single/mqttbroker.hpp; do
   [ -f "$triplet_dir/$file" ] || fail "the port did not install $file (in $triplet_dir)"
 done
 # The stand-ins install nothing, so the consumer would build from the system's Asio and fmt even if
 # the port forgot them: what vcpkg recorded as the port's dependencies must name both.
-depends="$(awk '/^$/ {p = 0} /^Package: mqttbroker$/ {p = 1} p && /^Depends:/ {sub(/^Depends: */, ""); print}' \
-  "$installed/vcpkg/status")"
+depends="$(recorded_depends)"
 for dependency in asio fmt; do
   [[ ", $depends," == *", $dependency,"* ]] ||
     fail "vcpkg installed mqttbroker with the dependencies '$depends', without $dependency"
 done
+[[ ", $depends," != *", openssl,"* ]] || fail "without the feature openssl, vcpkg installed mqttbroker on openssl"
 grep -q "^Requires: fmt" "$triplet_dir/lib/pkgconfig/mqttbroker.pc" ||
   fail "the port's mqttbroker.pc does not require fmt"
-run_consumer "$WORK/consumer/build"
+# Without the feature the system's OpenSSL must not have been used: no component's export file.
+for part in Auth Tls Websocket; do
+  [ ! -e "$triplet_dir/share/mqttbroker/mqttbroker${part}Targets.cmake" ] ||
+    fail "without the feature openssl, the port installed mqttbroker${part}Targets.cmake"
+done
+run_consumer "$consumer_build"
+check_openssl_linked "$consumer_build/packaging_consumer" no
+
+say "a consumer of mqttbroker[openssl]: the components auth, tls and websocket"
+build_consumer consumer-openssl '{ "name": "mqttbroker", "features": [ "openssl" ] }' -DMQTTBROKER_CONSUMER_OPENSSL=ON
+for part in Auth Tls Websocket; do
+  [ -f "$triplet_dir/share/mqttbroker/mqttbroker${part}Targets.cmake" ] ||
+    fail "with the feature openssl, the port did not install mqttbroker${part}Targets.cmake"
+done
+depends="$(recorded_depends openssl)"
+[[ ", $depends," == *", openssl,"* ]] ||
+  fail "vcpkg installed mqttbroker[openssl] with the feature's dependencies '$depends', without openssl"
+run_consumer "$consumer_build"
+run_consumer "$consumer_build" packaging_consumer_openssl
+check_openssl_linked "$consumer_build/packaging_consumer" no
+check_openssl_linked "$consumer_build/packaging_consumer_openssl" yes
 say "passed"

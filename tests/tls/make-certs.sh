@@ -10,6 +10,9 @@
 #   san-only          a client certificate without a CN, SAN DNS device-7.example
 #   expired           CN expired, valid for one day in 2020
 #   rogue-ca.crt, rogue  a CA nobody trusts, and a client certificate (CN alice) it signed
+#   revoked           CN revoked, signed by the root and then revoked
+#   crl.pem           the root's certificate revocation list: revoked is on it
+#   crl-empty.pem     the same list from before the revocation
 set -eu
 dir=${1:?usage: make-certs.sh DIR}
 mkdir -p "$dir"
@@ -75,6 +78,17 @@ key expired
 ossl req -new -key expired.key -subj "/O=mqttbroker tests/CN=expired" -out expired.csr
 ossl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in expired.csr -out expired.crt -notext \
   -startdate 20200101000000Z -enddate 20200102000000Z -extensions client_ext
-for f in ca int server server2 alice bob san-only rogue-ca rogue expired; do
+# Revoked: signed through the same database, revoked there, and listed in the root's CRL.
+echo 1000 > ca-db/crlnumber
+sed -i 's|^default_md = sha256$|default_md = sha256\ncrlnumber = ca-db/crlnumber\ndefault_crl_days = 3650|' ca.cnf
+key revoked
+ossl req -new -key revoked.key -subj "/O=mqttbroker tests/CN=revoked" -out revoked.csr
+ossl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in revoked.csr -out revoked.crt -notext \
+  -days 3650 -extensions client_ext
+ossl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out crl-empty.pem
+ossl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -revoke revoked.crt
+ossl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out crl.pem
+test -s crl.pem || { echo "make-certs.sh: $dir/crl.pem was not made" >&2; exit 1; }
+for f in ca int server server2 alice bob san-only rogue-ca rogue expired revoked; do
   test -s "$f.crt" || { echo "make-certs.sh: $dir/$f.crt was not made" >&2; exit 1; }
 done

@@ -284,6 +284,11 @@ class link : public detail::list_links,
     }
   }
 
+  /// The listener that accepted this connection (its index in the broker), so the engine counts
+  /// it against that listener's connection limit (protocol::limit_listener) until it closes. Set
+  /// before protocol::open(); a link opened without one counts only against max_connections.
+  void set_listener(std::size_t index) noexcept { listener_slot_ = static_cast<std::uint32_t>(index + 1); }
+
   /// The client certificate's identity, from the transport after its handshake; with
   /// `as_username` it is the username the hooks see, whatever the CONNECT says. Nothing is kept
   /// when no hook takes a client_info.
@@ -540,6 +545,9 @@ class link : public detail::list_links,
   // it did not send Request Problem Information 0, and its Maximum Packet Size leaves room. True
   // until its CONNECT says otherwise: the spec's defaults (1, no limit).
   bool problem_information_ : 1;
+  // After the flags, in what would be the object's tail padding: a TCP connection stays as large
+  // as it was. 0: not counted for a listener; otherwise the listener's index + 1.
+  std::uint32_t listener_slot_ = 0;
 };
 
 }  // namespace engine

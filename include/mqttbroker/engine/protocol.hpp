@@ -25,9 +25,11 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -63,28 +65,54 @@ class protocol : public core<Policies> {
 
   // ---- connections: called by the server on the link's own executor
 
-  /// A new connection: false when it is over max_connections (counted; the caller closes it).
+  /// A new connection: false when it is over max_connections, or over the limit of the listener
+  /// it came through (link::set_listener, limit_listener); counted, and the caller closes it.
   /// Otherwise the engine holds it until on_closed(), and its CONNECT deadline runs from `now`.
   bool open(link_type& l, steady_time now) {
     bool full = false;
+    std::optional<std::size_t> listener_limit;  // when that listener's limit refused it
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
+      listener_count* per = listener_slot(l.listener_slot_);
       full = links_.size() >= opts_.max_connections;
+      if (!full && per != nullptr && per->open >= per->limit) {
+        full = true;
+        listener_limit = per->limit;
+      }
       if (full) {
         ++stats_.connections_refused;
       } else {
         ++stats_.connections_accepted;
         links_.push_back(l.self());
+        if (per != nullptr) ++per->open;
       }
     }
     if (full) {
       // After the lock: the hook is the host's code.
-      this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
+      if (listener_limit)
+        this->log(log_level::warning, "connection refused: listener {}'s max_connections ({}) reached",
+                  l.listener_slot_ - 1, *listener_limit);
+      else
+        this->log(log_level::warning, "connection refused: max_connections ({}) reached", opts_.max_connections);
       return false;
     }
     l.note_progress(now);
     restart_deadline(l, now);
     return true;
+  }
+
+  /// At most `n` connections at once through listener `index` (links opened with that
+  /// link::set_listener): more are refused as over max_connections, which still counts all of
+  /// them. No limit until one is set; a limit below the connections open closes none of them.
+  void limit_listener(std::size_t index, std::size_t n) {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    listener_slot(static_cast<std::uint32_t>(index + 1))->limit = n;
+  }
+
+  /// The connections open through listener `index`.
+  std::size_t listener_connections(std::size_t index) const {
+    std::shared_lock<mutex_type> lk(state_mutex_);
+    return index < listener_counts_.size() ? listener_counts_[index].open : 0;
   }
 
   /// A decoded packet. False when the link stops taking input after it: it is closing, its
@@ -307,6 +335,7 @@ class protocol : public core<Policies> {
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       links_.erase(l);
+      if (l.listener_slot_ != 0) --listener_counts_[l.listener_slot_ - 1].open;
       // Taken over: marked so, or not yet (under locking::shared the takeover is posted to this
       // link's thread, and the transport may end first) but the session has its new connection.
       const bool taken_over = l.taken_over_ || (rec && rec->conn.get() != &l);
@@ -1495,8 +1524,24 @@ class protocol : public core<Policies> {
     l.close(reason_code::normal_disconnection, false, !keep_will, now);
   }
 
+  /// A listener's open connections and its limit (limit_listener).
+  struct listener_count {
+    std::size_t open = 0;
+    std::size_t limit = std::numeric_limits<std::size_t>::max();
+  };
+  /// The count of a link's listener slot (its index + 1), made on first use; null for slot 0.
+  /// state_mutex_ held exclusively.
+  listener_count* listener_slot(std::uint32_t slot) {
+    if (slot == 0) return nullptr;
+    if (slot > listener_counts_.size()) listener_counts_.resize(slot);
+    return &listener_counts_[slot - 1];
+  }
+
   // Redirections the host asked for (redirect()), until their links take them. state_mutex_.
   std::vector<std::pair<const link_type*, hooks::redirection>> redirects_;
+  // By listener index: every link opened with link::set_listener is counted, limited or not, so
+  // a limit set later starts from the true figure. state_mutex_.
+  std::vector<listener_count> listener_counts_;
 };
 
 }  // namespace engine

@@ -211,6 +211,14 @@ template <class T>
 struct acceptor_has_reload<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().reload(
                                   std::declval<std::error_code&>(), std::declval<std::string*>()))>> : std::true_type {};
 
+/// An acceptor whose streams bound their messages by the broker's packet limit:
+/// limit_message_size(std::uint64_t max_packet_size), called once before the first accept.
+template <class T, class = void>
+struct acceptor_has_limit_message_size : std::false_type {};
+template <class T>
+struct acceptor_has_limit_message_size<T, std::void_t<decltype(std::declval<acceptor_t<T>&>().limit_message_size(
+                                              std::declval<std::uint64_t>()))>> : std::true_type {};
+
 template <class Stream, class = void>
 struct lowest_layer_has_remote_endpoint : std::false_type {};
 template <class Stream>
@@ -300,6 +308,10 @@ inline constexpr bool has_make_acceptor_what_v = detail::has_make_acceptor_what<
 ///   listener's credentials again for the connections it accepts from then on.
 template <class T>
 inline constexpr bool acceptor_has_reload_v = detail::acceptor_has_reload<T>::value;
+/// - `acceptor_type::limit_message_size(std::uint64_t)`: the broker passes its maximum packet
+///   size once, before accepting (WebSocket bounds a message by it).
+template <class T>
+inline constexpr bool acceptor_has_limit_message_size_v = detail::acceptor_has_limit_message_size<T>::value;
 
 namespace detail {
 

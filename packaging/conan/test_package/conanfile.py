@@ -2,18 +2,24 @@ import os
 
 from conan import ConanFile
 from conan.tools.build import can_run
-from conan.tools.cmake import CMake, cmake_layout
+from conan.tools.cmake import CMake, CMakeToolchain, cmake_layout
 
 
 class TestPackageConan(ConanFile):
     settings = "os", "arch", "compiler", "build_type"
-    generators = "CMakeDeps", "CMakeToolchain"
+    generators = "CMakeDeps"
 
     def requirements(self):
         self.requires(self.tested_reference_str)
 
     def layout(self):
         cmake_layout(self)
+
+    def generate(self):
+        # The OpenSSL parts are tried too where the package was made with them (with_openssl).
+        toolchain = CMakeToolchain(self)
+        toolchain.cache_variables["TEST_OPENSSL_PARTS"] = bool(self.dependencies["mqttbroker"].options.with_openssl)
+        toolchain.generate()
 
     def build(self):
         cmake = CMake(self)
@@ -23,3 +29,5 @@ class TestPackageConan(ConanFile):
     def test(self):
         if can_run(self):
             self.run(os.path.join(self.cpp.build.bindir, "test_package"), env="conanrun")
+            if self.dependencies["mqttbroker"].options.with_openssl:
+                self.run(os.path.join(self.cpp.build.bindir, "test_package_openssl"), env="conanrun")

@@ -4,40 +4,21 @@
 // The report line is formatted with fmt, which this program gets from mqttbroker's package alone
 // (the library depends on fmt for its log messages): a package that did not hand fmt's headers and
 // library on fails to build it.
+#include "loopback.hpp"
+
 #include <mqttbroker/mqttbroker.hpp>
 
 #include <asio.hpp>
 #include <fmt/format.h>
 
 #include <array>
-#include <chrono>
 #include <cstdio>
 #include <string>
 
 int main() {
-  asio::io_context io;
-  mqttbroker::broker<> broker(io);
-  broker.listen({"127.0.0.1", 0});
-
-  std::string received;
-  bool accepted = false;
-  bool finished = false;
-  asio::ip::tcp::socket client(io);
-  asio::steady_timer deadline(io, std::chrono::seconds(10));
-  const auto finish = [&] {
-    if (finished) return;
-    finished = true;
-    deadline.cancel();
-    std::error_code ignored;
-    client.close(ignored);
-    broker.async_stop([](std::error_code) {});
-  };
-
-  broker.subscribe("packaging/#", [&](const mqttbroker::message_ptr& m) {
-    received.assign(m->payload());
-    if (accepted) asio::post(io, finish);
-  });
-  broker.start();
+  loopback run;
+  run.broker.listen({"127.0.0.1", 0});
+  run.start();
 
   // MQTT 3.1.1 CONNECT (clean session, Keep Alive 30 s, client id "c"), then PUBLISH QoS 0 of
   // "over tcp" to packaging/tcp; a client may send before its CONNACK arrives.
@@ -46,27 +27,22 @@ int main() {
       0x30, 23, 0, 13, 'p', 'a', 'c', 'k', 'a', 'g', 'i', 'n', 'g', '/', 't', 'c', 'p',
       'o', 'v', 'e', 'r', ' ', 't', 'c', 'p'};
   std::array<unsigned char, 4> connack{};
-  const asio::ip::tcp::endpoint server(asio::ip::make_address("127.0.0.1"), broker.local_port());
-  client.async_connect(server, [&](std::error_code ec) {
-    if (ec) return finish();
-    asio::async_write(client, asio::buffer(packets), [&](std::error_code wec, std::size_t) {
-      if (wec) return finish();
-      asio::async_read(client, asio::buffer(connack), [&](std::error_code rec, std::size_t) {
+  run.client.async_connect(run.server(0), [&](std::error_code ec) {
+    if (ec) return run.finish();
+    asio::async_write(run.client, asio::buffer(packets), [&](std::error_code wec, std::size_t) {
+      if (wec) return run.finish();
+      asio::async_read(run.client, asio::buffer(connack), [&](std::error_code rec, std::size_t) {
         // CONNACK: type 2, remaining length 2, no session present, return code 0 (accepted).
-        accepted = !rec && connack == std::array<unsigned char, 4>{0x20, 2, 0, 0};
-        if (!accepted || !received.empty()) finish();
+        run.connack(!rec && connack == std::array<unsigned char, 4>{0x20, 2, 0, 0});
       });
     });
   });
-  deadline.async_wait([&](std::error_code ec) {
-    if (!ec) finish();
-  });
-  io.run();
+  run.io.run();
 
   const std::string report = fmt::format(
       "mqttbroker {}.{}.{} from the package, with fmt {}.{}.{}: CONNACK {}, in-process subscriber got '{}'",
       MQTTBROKER_VERSION_MAJOR, MQTTBROKER_VERSION_MINOR, MQTTBROKER_VERSION_PATCH, FMT_VERSION / 10000,
-      FMT_VERSION / 100 % 100, FMT_VERSION % 100, accepted ? "accepted" : "missing or refused", received);
+      FMT_VERSION / 100 % 100, FMT_VERSION % 100, run.accepted ? "accepted" : "missing or refused", run.received);
   std::puts(report.c_str());
-  return accepted && received == "over tcp" ? 0 : 1;
+  return run.accepted && run.received == "over tcp" ? 0 : 1;
 }

@@ -31,6 +31,16 @@ enum class websocket_errc {
   text_frame,                // MQTT over WebSocket is binary only [MQTT-6.0.0-1]
   message_too_big,           // a frame or message over the configured maximum
   invalid_close_payload,     // a 1-byte close payload or a status code not allowed on the wire (§7.4)
+  // The opening handshake (RFC 6455 §4.2), each answered with an HTTP status before the close.
+  upgrade_malformed,          // not an HTTP/1.1 request, or a malformed line: 400
+  upgrade_not_get,            // a method other than GET: 405
+  upgrade_not_websocket,      // no `Upgrade: websocket` / `Connection: Upgrade`: 426
+  upgrade_bad_key,            // Sec-WebSocket-Key missing, repeated, or not 16 bytes of base64: 400
+  upgrade_unsupported_version,  // Sec-WebSocket-Version other than 13: 426
+  upgrade_wrong_path,         // not the listener's path: 404
+  upgrade_origin_refused,     // an Origin outside the listener's list: 403
+  upgrade_no_mqtt_subprotocol,  // Sec-WebSocket-Protocol offered without `mqtt` [MQTT-6.0.0-3]: 400
+  upgrade_too_large,          // the request is over the listener's limit: 431
 };
 
 /// The category of websocket_errc values: "mqttbroker.websocket".
@@ -52,6 +62,15 @@ inline const std::error_category& websocket_category() noexcept {
         case websocket_errc::text_frame: return "WebSocket text frame (MQTT needs binary)";
         case websocket_errc::message_too_big: return "WebSocket message too big";
         case websocket_errc::invalid_close_payload: return "invalid WebSocket close payload";
+        case websocket_errc::upgrade_malformed: return "malformed WebSocket upgrade request";
+        case websocket_errc::upgrade_not_get: return "WebSocket upgrade request not a GET";
+        case websocket_errc::upgrade_not_websocket: return "HTTP request without a WebSocket upgrade";
+        case websocket_errc::upgrade_bad_key: return "missing or invalid Sec-WebSocket-Key";
+        case websocket_errc::upgrade_unsupported_version: return "unsupported Sec-WebSocket-Version (13 needed)";
+        case websocket_errc::upgrade_wrong_path: return "WebSocket upgrade on an unknown path";
+        case websocket_errc::upgrade_origin_refused: return "WebSocket Origin not allowed";
+        case websocket_errc::upgrade_no_mqtt_subprotocol: return "WebSocket subprotocols offered without mqtt";
+        case websocket_errc::upgrade_too_large: return "WebSocket upgrade request too large";
       }
       return "unknown WebSocket error";
     }

@@ -16,9 +16,23 @@ else()
   )
 endif()
 
+# Feature openssl: the components auth, tls and websocket (mqttbroker::auth, ::tls, ::websocket),
+# which the library's CMake build makes wherever it finds OpenSSL. One feature rather than one a
+# component: the three need OpenSSL and nothing else, and come together from the build; it is
+# named for the dependency it adds, as the Conan recipe's option with_openssl is. With it, OpenSSL
+# must be found (vcpkg's openssl port); without it, it must not be, even where the system has one,
+# so that the installed config claims no component whose dependency vcpkg did not install.
+vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
+  FEATURES
+    openssl CMAKE_REQUIRE_FIND_PACKAGE_OpenSSL
+  INVERTED_FEATURES
+    openssl CMAKE_DISABLE_FIND_PACKAGE_OpenSSL
+)
+
 vcpkg_cmake_configure(
   SOURCE_PATH "${SOURCE_PATH}"
   OPTIONS
+    ${FEATURE_OPTIONS}
     -DMQTTBROKER_BUILD_TESTS=OFF
     -DMQTTBROKER_BUILD_EXAMPLES=OFF
     -DMQTTBROKER_BUILD_BENCH=OFF

@@ -1,0 +1,692 @@
+// mqttbroker -c FILE: a reader for Mosquitto's configuration syntax (mosquitto.conf(5)), so an
+// existing Mosquitto configuration can be pointed at this server. It only reads: what the lines
+// say comes out as plain settings (config_settings), which main.cpp applies to the broker. No
+// sockets, no broker: the unit tests (tests/config.cpp) feed it text and files.
+//
+// The rules, Mosquitto 2.0's where it has them:
+// - A line whose first character other than spaces and tabs is '#' is a comment; blank lines are
+//   skipped; a trailing carriage return is dropped (files written on Windows).
+// - A line is an option name, then its value after one or more spaces. A word value may be
+//   followed by a '#' comment; anything else after it is an error (Mosquitto ignores it silently).
+//   A path or a cipher list is the rest of the line, spaces inside it kept.
+// - `listener PORT [ADDRESS]` starts a listener; the listener options after it are its own.
+//   Listener options before the first `listener` line, and `port` and `bind_address` wherever
+//   they are, make Mosquitto's default listener (port 1883 unless `port` says otherwise), listed
+//   after the others as Mosquitto opens it.
+// - Options this server implements are read; options that make no sense for it (a PID file,
+//   persistence files, log destinations...) are accepted with a warning naming file and line;
+//   anything else stops the reading with an error naming file and line. Values are checked more
+//   strictly than Mosquitto does ("max_inflight_messages ten" is an error, not 0).
+// - `include_dir DIR` reads DIR's files ending in ".conf", ordered by name ignoring case, as
+//   Mosquitto 2.0 does, from the main file only (elsewhere it is ignored with a warning).
+#ifndef MQTTBROKER_EXAMPLES_BROKER_CONFIG_FILE_HPP
+#define MQTTBROKER_EXAMPLES_BROKER_CONFIG_FILE_HPP
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace mqttbroker_server {
+
+/// Why a configuration file was refused.
+enum class config_errc {
+  cannot_read = 1,   // the file or an include_dir folder cannot be read
+  unknown_option,    // not an option of Mosquitto's
+  not_supported,     // Mosquitto's, but not something this server does
+  missing_value,     // the option has no value
+  invalid_value,     // a value out of range or of the wrong form
+  duplicate_value,   // a listener's file or cipher option given twice (Mosquitto refuses it too)
+  trailing_words,    // words after a value that takes one
+  incomplete_listener,  // a listener's TLS settings do not add up (certfile without keyfile...)
+};
+
+inline const std::error_category& config_category() noexcept {
+  struct category final : std::error_category {
+    const char* name() const noexcept override { return "mqttbroker.config"; }
+    std::string message(int e) const override {
+      switch (static_cast<config_errc>(e)) {
+        case config_errc::cannot_read: return "cannot read the configuration";
+        case config_errc::unknown_option: return "unknown option";
+        case config_errc::not_supported: return "option not supported";
+        case config_errc::missing_value: return "option without a value";
+        case config_errc::invalid_value: return "invalid value";
+        case config_errc::duplicate_value: return "value given twice";
+        case config_errc::trailing_words: return "unexpected words after the value";
+        case config_errc::incomplete_listener: return "incomplete listener";
+      }
+      return "configuration error";
+    }
+  };
+  static const category c;
+  return c;
+}
+
+inline std::error_code make_error_code(config_errc e) noexcept { return {static_cast<int>(e), config_category()}; }
+
+}  // namespace mqttbroker_server
+
+template <>
+struct std::is_error_code_enum<mqttbroker_server::config_errc> : std::true_type {};
+
+namespace mqttbroker_server {
+
+enum class listener_protocol : std::uint8_t { mqtt, websockets };
+
+/// One listener as the file describes it.
+struct listener_settings {
+  std::string address;  // empty: every IPv4 interface
+  std::uint16_t port = 1883;  // 0: a free port the system picks (Mosquitto would want a socket path)
+  listener_protocol protocol = listener_protocol::mqtt;
+  std::string certfile, keyfile, cafile, capath, crlfile;
+  bool require_certificate = false;
+  bool use_identity_as_username = false;
+  std::string tls_version;  // "tlsv1.2" or "tlsv1.3", the lowest accepted; empty: the default (1.2)
+  std::string ciphers;        // TLS 1.2 cipher list
+  std::string ciphers_tls13;  // TLS 1.3 ciphersuites
+  std::optional<std::size_t> max_connections;  // none: no limit of its own
+  bool is_default = false;    // Mosquitto's default listener (port, bind_address)
+  std::string origin;         // "FILE:LINE" of the line that made it, for messages
+
+  /// certfile and keyfile make it TLS (mqtts, or wss with protocol websockets).
+  bool tls() const noexcept { return !certfile.empty(); }
+};
+
+/// What a configuration file sets. A global setting the file does not mention is left empty, so
+/// the server keeps its own default or command-line value.
+struct config_settings {
+  std::optional<std::uint16_t> max_inflight_messages;  // 0 in the file (no limit): 65535
+  std::optional<std::size_t> max_queued_messages;       // 0 in the file (no limit): the largest size_t
+  std::optional<std::size_t> max_queued_bytes;          // 0: no limit, as in broker_options
+  std::optional<std::uint32_t> max_packet_size;         // max_packet_size or message_size_limit; 0: the protocol's largest
+  std::optional<std::uint16_t> max_keepalive;
+  std::optional<std::chrono::seconds> persistent_client_expiration;
+  std::optional<bool> retain_available;
+  std::optional<std::chrono::seconds> sys_interval;     // 0: no $SYS updates
+  std::optional<bool> queue_qos0_messages;
+  std::optional<std::uint8_t> max_qos;                  // 0, 1 or 2
+  std::optional<std::uint16_t> max_topic_alias;
+
+  std::vector<listener_settings> listeners;  // in file order, the default listener (if any) last
+  std::vector<std::string> warnings;         // "FILE:LINE: ...", one per option accepted and ignored
+};
+
+namespace detail {
+
+/// The largest packet MQTT can frame: a 268,435,455-byte remaining length plus its header.
+inline constexpr std::uint32_t largest_packet = 268'435'455u + 5u;
+
+inline bool is_blank(char c) noexcept { return c == ' ' || c == '\t'; }
+
+/// Where the first space or tab in `s` is; s.size() when it has none.
+inline std::size_t first_blank(std::string_view s) noexcept {
+  std::size_t i = 0;
+  while (i < s.size() && !is_blank(s[i])) ++i;
+  return i;
+}
+
+inline std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && is_blank(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_blank(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+/// An option of Mosquitto's and what to say about it.
+struct option_note {
+  std::string_view name;
+  std::string_view text;
+};
+
+/// Options that make no sense for this server: read, and ignored with this explanation.
+inline constexpr std::string_view in_memory = "this server keeps sessions and retained messages in memory only";
+inline constexpr std::string_view logs_to_stderr = "this server logs to stderr (--log-level sets how much)";
+inline constexpr option_note ignored_options[] = {
+    {"pid_file", "this server writes no PID file (a service manager knows its PID)"},
+    {"user", "this server does not change user: start it as the user it should run as"},
+    {"persistence", in_memory},
+    {"persistence_file", in_memory},
+    {"persistence_location", in_memory},
+    {"autosave_interval", in_memory},
+    {"autosave_on_changes", in_memory},
+    {"log_dest", logs_to_stderr},
+    {"log_type", logs_to_stderr},
+    {"log_facility", logs_to_stderr},
+    {"log_timestamp", logs_to_stderr},
+    {"log_timestamp_format", logs_to_stderr},
+    {"connection_messages", logs_to_stderr},
+    {"websockets_log_level", logs_to_stderr},
+    {"websockets_headers_size", "no effect here"},
+    {"allow_anonymous", "this server has no password check: every client may connect (use a hooks policy to authenticate)"},
+    {"allow_duplicate_messages", "no effect here: a client subscribed through several filters gets one copy"},
+    {"auto_id_prefix", "assigned client identifiers start with 'mqttbroker-'"},
+    {"check_retain_source", "no effect here: there are no access control lists"},
+};
+
+/// Mosquitto options this server does not implement: an error, with a hint (may be empty).
+inline constexpr std::string_view no_auth_files = "authentication and access control are a hooks policy's work here";
+inline constexpr std::string_view no_bridges = "this server has no bridges";
+inline constexpr option_note unsupported_options[] = {
+    {"password_file", no_auth_files},
+    {"acl_file", no_auth_files},
+    {"psk_file", no_auth_files},
+    {"psk_hint", "TLS pre-shared keys are not supported"},
+    {"auth_plugin", no_auth_files},
+    {"auth_plugin_deny_special_chars", no_auth_files},
+    {"plugin", no_auth_files},
+    {"global_plugin", no_auth_files},
+    {"clientid_prefixes", no_auth_files},
+    {"use_subject_as_username", "use_identity_as_username is"},
+    {"use_username_as_clientid", ""},
+    {"mount_point", ""},
+    {"http_dir", "the WebSocket listeners serve MQTT only, no files"},
+    {"socket_domain", "a listener's address decides between IPv4 and IPv6"},
+    {"bind_interface", "give the interface's address to listener or bind_address"},
+    {"dhparamfile", "TLS 1.2 uses ECDHE key exchange here"},
+    {"tls_engine", ""},
+    {"tls_engine_kpass_sha1", ""},
+    {"tls_keyform", "keys are read from PEM files"},
+    {"upgrade_outgoing_qos", ""},
+    {"memory_limit", "the per-session queue limits (max_queued_messages, max_queued_bytes) bound memory"},
+    {"max_inflight_bytes", "max_inflight_messages is"},
+    {"connection", no_bridges},
+    {"address", no_bridges},
+    {"addresses", no_bridges},
+    {"topic", no_bridges},
+    {"cleansession", no_bridges},
+    {"clientid", no_bridges},
+    {"keepalive_interval", no_bridges},
+    {"idle_timeout", no_bridges},
+    {"local_cleansession", no_bridges},
+    {"local_clientid", no_bridges},
+    {"local_password", no_bridges},
+    {"local_username", no_bridges},
+    {"notifications", no_bridges},
+    {"notifications_local_only", no_bridges},
+    {"notification_topic", no_bridges},
+    {"remote_clientid", no_bridges},
+    {"remote_password", no_bridges},
+    {"remote_username", no_bridges},
+    {"restart_timeout", no_bridges},
+    {"round_robin", no_bridges},
+    {"start_type", no_bridges},
+    {"threshold", no_bridges},
+    {"try_private", no_bridges},
+};
+
+/// Reads one main file and what it includes into a config_settings; the first error stops it.
+class config_reader {
+ public:
+  config_settings read_file(const std::string& path, std::error_code& ec, std::string& message) {
+    main_ = path;
+    read_one(path, 0);
+    finish();
+    ec = ec_;
+    message = std::move(message_);
+    return std::move(out_);
+  }
+
+  config_settings read_text(std::string_view text, const std::string& name, std::error_code& ec, std::string& message) {
+    read_lines(text, name, 0);
+    finish();
+    ec = ec_;
+    message = std::move(message_);
+    return std::move(out_);
+  }
+
+ private:
+  /// Where a listener option goes: the listener of the latest `listener` line, else the default.
+  listener_settings& current() { return in_listener_ ? out_.listeners.back() : default_listener(); }
+  listener_settings& default_listener() {
+    if (!default_) {
+      default_.emplace();
+      default_->is_default = true;
+      default_->origin = where_;  // the first line that mentions it
+    }
+    return *default_;
+  }
+
+  bool fail(config_errc e, std::string text) {
+    if (!ec_) {
+      ec_ = e;
+      message_ = fmt::format("{}: {}", where_, text);
+    }
+    return false;
+  }
+  void warn(std::string text) { out_.warnings.push_back(fmt::format("{}: {}", where_, text)); }
+
+  bool read_one(const std::string& path, int level) {
+    std::error_code type;
+    if (std::filesystem::is_directory(path, type)) {
+      where_ = path;
+      return fail(config_errc::cannot_read, "cannot open: it is a folder");
+    }
+    errno = 0;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      const int e = errno;
+      where_ = path;
+      return fail(config_errc::cannot_read, e != 0 ? fmt::format("cannot open: {}", std::generic_category().message(e))
+                                                   : std::string("cannot open"));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) {
+      where_ = path;
+      return fail(config_errc::cannot_read, "cannot read");
+    }
+    return read_lines(text.str(), path, level);
+  }
+
+  bool read_lines(std::string_view text, const std::string& name, int level) {
+    std::size_t number = 0;
+    while (!text.empty() && !ec_) {
+      const std::size_t end = text.find('\n');
+      std::string_view line = text.substr(0, end);
+      text.remove_prefix(end == std::string_view::npos ? text.size() : end + 1);
+      ++number;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      line = trim(line);
+      if (line.empty() || line.front() == '#') continue;
+      where_ = fmt::format("{}:{}", name, number);
+      option(line, level);
+    }
+    return !ec_;
+  }
+
+  // ---- values
+
+  /// The value of a one-word option: its word, with nothing after it but a comment.
+  bool word(std::string_view name, std::string_view rest, std::string_view& value) {
+    if (rest.empty()) return fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+    const std::size_t end = first_blank(rest);
+    value = rest.substr(0, end);
+    const std::string_view after = trim(rest.substr(end));
+    if (!after.empty() && after.front() != '#')
+      return fail(config_errc::trailing_words, fmt::format("'{}' takes one value; '{}' follows it", name, after));
+    return true;
+  }
+
+  template <class Int>
+  bool integer(std::string_view name, std::string_view rest, long long low, long long high, Int& out) {
+    std::string_view v;
+    if (!word(name, rest, v)) return false;
+    long long n = 0;
+    const auto [end, err] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (err != std::errc() || end != v.data() + v.size() || n < low || n > high)
+      return fail(config_errc::invalid_value,
+                  fmt::format("'{}' must be a whole number from {} to {}, not '{}'", name, low, high, v));
+    out = static_cast<Int>(n);
+    return true;
+  }
+
+  bool boolean(std::string_view name, std::string_view rest, bool& out) {
+    std::string_view v;
+    if (!word(name, rest, v)) return false;
+    if (v == "true" || v == "1") {
+      out = true;
+    } else if (v == "false" || v == "0") {
+      out = false;
+    } else {
+      return fail(config_errc::invalid_value, fmt::format("'{}' must be true or false, not '{}'", name, v));
+    }
+    return true;
+  }
+
+  /// A path or list: the rest of the line. Given twice for one listener it is an error, as in
+  /// Mosquitto, where a second certfile is more likely a mistake than a change of mind.
+  bool text_value(std::string_view name, std::string_view rest, std::string& out) {
+    if (rest.empty()) return fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+    if (!out.empty())
+      return fail(config_errc::duplicate_value, fmt::format("'{}' is given twice for this listener", name));
+    out.assign(rest);
+    return true;
+  }
+
+  /// Mosquitto's durations: a number and h, d, w, m (30 days) or y (365 days).
+  bool duration(std::string_view name, std::string_view rest, std::chrono::seconds& out) {
+    std::string_view v;
+    if (!word(name, rest, v)) return false;
+    std::uint64_t unit = 0;
+    switch (v.empty() ? '\0' : v.back()) {
+      case 'h': unit = 3600; break;
+      case 'd': unit = 86'400; break;
+      case 'w': unit = 7 * 86'400; break;
+      case 'm': unit = 30 * 86'400; break;
+      case 'y': unit = 365 * 86'400; break;
+      default: break;
+    }
+    std::uint64_t n = 0;
+    const char* last = v.data() + v.size() - 1;
+    const auto [end, err] = unit != 0 ? std::from_chars(v.data(), last, n) : std::from_chars_result{v.data(), std::errc::invalid_argument};
+    constexpr std::uint64_t most = std::numeric_limits<std::int64_t>::max() / (365 * 86'400);
+    if (err != std::errc() || end != last || n > most)
+      return fail(config_errc::invalid_value,
+                  fmt::format("'{}' must be a number followed by h, d, w, m or y (hours, days, weeks, months, years), not '{}'",
+                              name, v));
+    out = std::chrono::seconds(static_cast<std::int64_t>(n * unit));
+    return true;
+  }
+
+  // ---- options
+
+  void option(std::string_view line, int level) {
+    const std::size_t split = first_blank(line);
+    const std::string_view name = line.substr(0, split);
+    const std::string_view rest = trim(line.substr(split));
+    // Each returns whether it knows `name`; a bad value has set ec_ by then.
+    if (listener_option(name, rest) || global_option(name, rest, level) || ignored(name, rest)) return;
+    for (const option_note& u : unsupported_options) {
+      if (u.name == name) {
+        fail(config_errc::not_supported,
+             u.text.empty() ? fmt::format("'{}' is not supported by mqttbroker", name)
+                            : fmt::format("'{}' is not supported by mqttbroker ({})", name, u.text));
+        return;
+      }
+    }
+    if (name.substr(0, 7) == "bridge_")
+      fail(config_errc::not_supported, fmt::format("'{}' is not supported by mqttbroker ({})", name, no_bridges));
+    else if (name.substr(0, 11) == "plugin_opt_")
+      fail(config_errc::not_supported, fmt::format("'{}' is not supported by mqttbroker ({})", name, no_auth_files));
+    else
+      fail(config_errc::unknown_option, fmt::format("unknown option '{}'", name));
+  }
+
+  /// The options of one listener (or, before any `listener` line, of the default one). True when
+  /// `name` is one of them.
+  bool listener_option(std::string_view name, std::string_view rest) {
+    if (name == "listener") {
+      new_listener(rest);
+      return true;
+    }
+    // `port` and `bind_address` are the default listener's, wherever they are (Mosquitto 2).
+    if (name == "port") {
+      integer(name, rest, 0, 65535, default_listener().port);
+      return true;
+    }
+    if (name == "bind_address") {
+      std::string_view v;
+      if (word(name, rest, v)) default_listener().address.assign(v);
+      return true;
+    }
+    if (name == "protocol") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      if (v == "mqtt")
+        current().protocol = listener_protocol::mqtt;
+      else if (v == "websockets")
+        current().protocol = listener_protocol::websockets;
+      else
+        fail(config_errc::invalid_value, fmt::format("'protocol' must be mqtt or websockets, not '{}'", v));
+      return true;
+    }
+    if (name == "max_connections") {
+      long long n = 0;
+      // Mosquitto takes any negative number as no limit; -1 is what its documentation says.
+      if (integer(name, rest, std::numeric_limits<int>::min(), std::numeric_limits<int>::max(), n)) {
+        if (n < 0)
+          current().max_connections.reset();
+        else
+          current().max_connections = static_cast<std::size_t>(n);
+      }
+      return true;
+    }
+    if (name == "tls_version") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      if (v != "tlsv1.2" && v != "tlsv1.3") {
+        fail(config_errc::invalid_value, fmt::format("'tls_version' must be tlsv1.2 or tlsv1.3 (the lowest accepted), not '{}'", v));
+        return true;
+      }
+      note_tls_option(name);
+      text_value(name, v, current().tls_version);
+      return true;
+    }
+    if (name == "require_certificate" || name == "use_identity_as_username") {
+      note_tls_option(name);
+      boolean(name, rest, name == "require_certificate" ? current().require_certificate : current().use_identity_as_username);
+      return true;
+    }
+    std::string listener_settings::*text = nullptr;
+    if (name == "certfile") text = &listener_settings::certfile;
+    else if (name == "keyfile") text = &listener_settings::keyfile;
+    else if (name == "cafile") text = &listener_settings::cafile;
+    else if (name == "capath") text = &listener_settings::capath;
+    else if (name == "crlfile") text = &listener_settings::crlfile;
+    else if (name == "ciphers") text = &listener_settings::ciphers;
+    else if (name == "ciphers_tls1.3") text = &listener_settings::ciphers_tls13;
+    if (text == nullptr) return false;
+    if (name != "certfile" && name != "keyfile") note_tls_option(name);
+    text_value(name, rest, current().*text);
+    return true;
+  }
+
+  /// `listener PORT [ADDRESS]`: the listener being read is complete, a new one begins.
+  void new_listener(std::string_view rest) {
+    const std::size_t end = first_blank(rest);
+    const std::string_view port = rest.substr(0, end);
+    std::string_view address = trim(rest.substr(end));
+    if (!address.empty() && address.front() == '#') address = {};  // a comment (Mosquitto's rule too)
+    const std::size_t blank = first_blank(address);
+    if (blank != address.size()) {
+      const std::string_view after = trim(address.substr(blank));
+      if (after.front() != '#') {
+        fail(config_errc::trailing_words, fmt::format("'listener' takes a port and an address; '{}' follows them", after));
+        return;
+      }
+      address = address.substr(0, blank);
+    }
+    listener_settings l;
+    l.origin = where_;
+    if (!integer("listener", port, 0, 65535, l.port)) return;
+    if (!address.empty() && address.front() == '/') {
+      fail(config_errc::not_supported, "listeners on Unix sockets are not supported by mqttbroker");
+      return;
+    }
+    l.address.assign(address);
+    if (in_listener_ && !check_tls(out_.listeners.back(), tls_option_)) return;
+    tls_option_.clear();
+    out_.listeners.push_back(std::move(l));
+    in_listener_ = true;
+  }
+
+  /// A TLS option of the current listener: kept to name it if the listener turns out not to be TLS.
+  void note_tls_option(std::string_view name) {
+    std::string& first = in_listener_ ? tls_option_ : default_tls_option_;
+    if (first.empty()) first = fmt::format("{} ('{}')", where_, name);
+  }
+
+  /// The broker-wide options. True when `name` is one of them.
+  bool global_option(std::string_view name, std::string_view rest, int level) {
+    config_settings& o = out_;
+    if (name == "max_inflight_messages") {
+      std::uint16_t n = 0;
+      if (integer(name, rest, 0, 65535, n)) o.max_inflight_messages = n == 0 ? std::uint16_t{65535} : n;
+    } else if (name == "max_queued_messages") {
+      std::size_t n = 0;
+      if (integer(name, rest, 0, std::numeric_limits<int>::max(), n))
+        o.max_queued_messages = n == 0 ? std::numeric_limits<std::size_t>::max() : n;
+    } else if (name == "max_queued_bytes") {
+      std::size_t n = 0;
+      if (integer(name, rest, 0, std::numeric_limits<long long>::max(), n)) o.max_queued_bytes = n;
+    } else if (name == "max_packet_size" || name == "message_size_limit") {
+      std::uint32_t n = 0;
+      if (integer(name, rest, 0, largest_packet, n)) {
+        o.max_packet_size = n == 0 ? largest_packet : n;
+        if (name == "message_size_limit")
+          warn(fmt::format("message_size_limit {0} read as max_packet_size {0}: it counts the whole PUBLISH packet, and "
+                           "a larger one closes the connection rather than being dropped", n));
+      }
+    } else if (name == "max_keepalive") {
+      std::uint16_t n = 0;
+      if (integer(name, rest, 0, 65535, n)) o.max_keepalive = n;
+    } else if (name == "persistent_client_expiration") {
+      std::chrono::seconds d{};
+      if (duration(name, rest, d)) o.persistent_client_expiration = d;
+    } else if (name == "retain_available" || name == "queue_qos0_messages") {
+      bool b = false;
+      if (boolean(name, rest, b)) (name == "retain_available" ? o.retain_available : o.queue_qos0_messages) = b;
+    } else if (name == "sys_interval") {
+      std::uint32_t n = 0;
+      if (integer(name, rest, 0, std::numeric_limits<std::int32_t>::max(), n)) o.sys_interval = std::chrono::seconds(n);
+    } else if (name == "max_qos") {
+      std::uint8_t n = 0;
+      if (integer(name, rest, 0, 2, n)) o.max_qos = n;
+    } else if (name == "max_topic_alias") {
+      std::uint16_t n = 0;
+      if (integer(name, rest, 0, 65535, n)) o.max_topic_alias = n;
+    } else if (name == "include_dir") {
+      if (rest.empty()) {
+        fail(config_errc::missing_value, "'include_dir' needs a value");
+      } else if (level > 0) {
+        warn("include_dir ignored: it is read only in the main configuration file, as in Mosquitto");
+      } else {
+        include_dir(std::string(rest), level);
+      }
+    } else if (name == "per_listener_settings") {
+      bool b = false;
+      if (boolean(name, rest, b) && b)
+        warn("per_listener_settings true ignored: the settings it makes per listener (password_file, acl_file, "
+             "allow_anonymous, plugins) are not read here, and every other option is the broker's");
+    } else if (name == "set_tcp_nodelay") {
+      bool b = false;
+      if (boolean(name, rest, b) && !b) warn("set_tcp_nodelay false ignored: TCP_NODELAY is always set here");
+    } else if (name == "allow_zero_length_clientid") {
+      bool b = false;
+      if (boolean(name, rest, b) && !b)
+        fail(config_errc::not_supported,
+             "'allow_zero_length_clientid false' is not supported by mqttbroker: a 5.0 client without an "
+             "identifier gets one assigned, a 3.1.1 client needs a clean session for it");
+    } else {
+      return false;
+    }
+    return true;
+  }
+
+  bool ignored(std::string_view name, std::string_view rest) {
+    for (const option_note& i : ignored_options) {
+      if (i.name == name) {
+        if (rest.empty())
+          fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+        else
+          warn(fmt::format("{} ignored: {}", name, i.text));
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void include_dir(const std::string& dir, int level) {
+    namespace fs = std::filesystem;
+    std::error_code e;
+    std::vector<std::string> files;
+    for (fs::directory_iterator it(dir, e), end; !e && it != end; it.increment(e)) {
+      const std::string file = it->path().filename().string();
+      std::error_code type;
+      if (file.size() > 5 && file.compare(file.size() - 5, 5, ".conf") == 0 && it->is_regular_file(type))
+        files.push_back(it->path().string());
+    }
+    if (e) {
+      fail(config_errc::cannot_read, fmt::format("cannot read include_dir '{}': {}", dir, e.message()));
+      return;
+    }
+    // Mosquitto 2.0 orders them ignoring case; ties by byte, so the order never depends on the folder.
+    std::sort(files.begin(), files.end(), [](const std::string& a, const std::string& b) {
+      const auto lower = [](std::string t) {
+        for (char& c : t) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        return t;
+      };
+      const std::string la = lower(a), lb = lower(b);
+      return la != lb ? la < lb : a < b;
+    });
+    const std::string here = where_;
+    for (const std::string& f : files) {
+      std::error_code same;
+      if (!main_.empty() && fs::equivalent(f, main_, same)) {
+        where_ = here;
+        warn(fmt::format("'{}' skipped: it is the main configuration file", f));
+        continue;
+      }
+      if (!read_one(f, level + 1)) return;
+    }
+    where_ = here;
+  }
+
+  /// A listener's TLS settings must add up: certfile with keyfile, and TLS options only with them.
+  bool check_tls(const listener_settings& l, const std::string& tls_option) {
+    if (l.certfile.empty() != l.keyfile.empty()) {
+      where_ = l.origin;
+      return fail(config_errc::incomplete_listener,
+                  fmt::format("the listener on port {} has a {} without a {}: TLS needs both", l.port,
+                              l.certfile.empty() ? "keyfile" : "certfile", l.certfile.empty() ? "certfile" : "keyfile"));
+    }
+    if (!l.tls() && !tls_option.empty()) {
+      where_ = l.origin;
+      return fail(config_errc::incomplete_listener,
+                  fmt::format("the listener on port {} is not TLS (no certfile and keyfile), yet {} sets a TLS option",
+                              l.port, tls_option));
+    }
+    return true;
+  }
+
+  /// Mosquitto makes its default listener only when one of its settings differs from the defaults
+  /// (`protocol mqtt` or `max_connections -1` alone make none).
+  static bool configured(const listener_settings& l) {
+    const listener_settings d;
+    return l.port != d.port || !l.address.empty() || l.protocol != d.protocol || l.tls() || !l.keyfile.empty() ||
+           !l.cafile.empty() || !l.capath.empty() || !l.crlfile.empty() || !l.ciphers.empty() || !l.ciphers_tls13.empty() ||
+           !l.tls_version.empty() || l.require_certificate || l.use_identity_as_username || l.max_connections;
+  }
+
+  void finish() {
+    if (ec_) return;
+    if (in_listener_ && !check_tls(out_.listeners.back(), tls_option_)) return;
+    if (default_ && configured(*default_)) {
+      if (!check_tls(*default_, default_tls_option_)) return;
+      out_.listeners.push_back(std::move(*default_));
+    }
+  }
+
+  config_settings out_;
+  std::optional<listener_settings> default_;
+  bool in_listener_ = false;     // a `listener` line was read: listener options are its own
+  std::string tls_option_;          // the current listener's first TLS option, "FILE:LINE ('name')"
+  std::string default_tls_option_;  // the same for the default listener
+  std::string main_;   // the main file's path (none for text)
+  std::string where_;  // "FILE:LINE" of the line being read
+  std::error_code ec_;
+  std::string message_;
+};
+
+}  // namespace detail
+
+/// Reads the configuration file `path` and the files its include_dir names. On failure `ec` is
+/// set and `message` says where and why ("FILE:LINE: unknown option 'listner'").
+inline config_settings read_config_file(const std::string& path, std::error_code& ec, std::string& message) {
+  return detail::config_reader().read_file(path, ec, message);
+}
+
+/// The same for text in memory, named `name` in messages (an include_dir in it reads files).
+inline config_settings parse_config(std::string_view text, const std::string& name, std::error_code& ec,
+                                    std::string& message) {
+  return detail::config_reader().read_text(text, name, ec, message);
+}
+
+}  // namespace mqttbroker_server
+
+#endif  // MQTTBROKER_EXAMPLES_BROKER_CONFIG_FILE_HPP

@@ -1,0 +1,479 @@
+// The example server's configuration file reader (examples/broker/config_file.hpp): Mosquitto's
+// syntax in, plain settings out, no sockets. Files for include_dir go to a temporary folder.
+#include "config_file.hpp"
+
+#include "catch.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using mqttbroker_server::config_errc;
+using mqttbroker_server::config_settings;
+using mqttbroker_server::listener_protocol;
+
+namespace {
+
+/// Text parsed as "test.conf"; the test fails if it does not load.
+config_settings load(const std::string& text) {
+  std::error_code ec;
+  std::string message;
+  config_settings c = mqttbroker_server::parse_config(text, "test.conf", ec, message);
+  INFO(message);
+  REQUIRE_FALSE(ec);
+  REQUIRE(message.empty());
+  return c;
+}
+
+/// What refusing `text` says; the test fails if it loads.
+struct refusal {
+  std::error_code ec;
+  std::string message;
+};
+refusal refuse(const std::string& text) {
+  refusal r;
+  mqttbroker_server::parse_config(text, "test.conf", r.ec, r.message);
+  REQUIRE(r.ec);
+  return r;
+}
+
+/// A folder of its own under the system's temporary folder, removed at the end of the test.
+class temp_dir {
+ public:
+  temp_dir() {
+    static int n = 0;
+    path_ = fs::temp_directory_path() / ("mqttbroker-config-test-" + std::to_string(::getpid()) + "-" + std::to_string(++n));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  ~temp_dir() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  std::string write(const std::string& name, const std::string& text) const {
+    const fs::path p = path_ / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << text;
+    return p.string();
+  }
+  std::string path(const std::string& name = "") const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace
+
+TEST_CASE("config: Debian's stock mosquitto.conf loads, each option it cannot use warned about with its line", "[config]") {
+  temp_dir d;
+  d.write("conf.d/README", "Any files placed in this directory that have a .conf ending will be loaded\n");
+  // /etc/mosquitto/mosquitto.conf as Debian ships it, its include_dir pointed at the folder above.
+  const std::string main = d.write("mosquitto.conf",
+                                   "# Place your local configuration in /etc/mosquitto/conf.d/\n"
+                                   "#\n"
+                                   "# A full description of the configuration file is at\n"
+                                   "# /usr/share/doc/mosquitto/examples/mosquitto.conf.example\n"
+                                   "\n"
+                                   "pid_file /run/mosquitto/mosquitto.pid\n"
+                                   "\n"
+                                   "persistence true\n"
+                                   "persistence_location /var/lib/mosquitto/\n"
+                                   "\n"
+                                   "log_dest file /var/log/mosquitto/mosquitto.log\n"
+                                   "\n"
+                                   "include_dir " + d.path("conf.d") + "\n");
+  std::error_code ec;
+  std::string message;
+  const config_settings c = mqttbroker_server::read_config_file(main, ec, message);
+  INFO(message);
+  REQUIRE_FALSE(ec);
+  CHECK(c.listeners.empty());  // the server's own listener then (--bind, --port)
+  REQUIRE(c.warnings.size() == 4);
+  CHECK(c.warnings[0].rfind(main + ":6: pid_file ignored", 0) == 0);
+  CHECK(c.warnings[1].rfind(main + ":8: persistence ignored", 0) == 0);
+  CHECK(c.warnings[2].rfind(main + ":9: persistence_location ignored", 0) == 0);
+  CHECK(c.warnings[3].rfind(main + ":11: log_dest ignored", 0) == 0);
+  CHECK_FALSE(c.max_inflight_messages);  // nothing else set
+}
+
+TEST_CASE("config: each listener line starts a block; the TLS, protocol and limit lines after it are its own", "[config]") {
+  const config_settings c = load(
+      "listener 1883\n"
+      "max_connections 10\n"
+      "listener 8883 127.0.0.1\n"
+      "certfile /etc/tls/server chain.pem\n"  // a path is the rest of the line, spaces kept
+      "keyfile /etc/tls/server.key\n"
+      "cafile /etc/tls/ca.pem\n"
+      "capath /etc/tls/cas\n"
+      "crlfile /etc/tls/revoked.pem\n"
+      "require_certificate true\n"
+      "use_identity_as_username true\n"
+      "tls_version tlsv1.3\n"
+      "ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256\n"
+      "ciphers_tls1.3 TLS_AES_128_GCM_SHA256\n"
+      "max_connections -1\n"
+      "listener 8080 ::1\n"
+      "protocol websockets\n"
+      "max_connections 0\n");
+  REQUIRE(c.listeners.size() == 3);
+  const auto& plain = c.listeners[0];
+  CHECK(plain.port == 1883);
+  CHECK(plain.address.empty());
+  CHECK(plain.protocol == listener_protocol::mqtt);
+  CHECK_FALSE(plain.tls());
+  CHECK(plain.max_connections == std::size_t{10});
+  CHECK(plain.origin == "test.conf:1");
+  CHECK_FALSE(plain.is_default);
+
+  const auto& tls = c.listeners[1];
+  CHECK(tls.port == 8883);
+  CHECK(tls.address == "127.0.0.1");
+  CHECK(tls.tls());
+  CHECK(tls.certfile == "/etc/tls/server chain.pem");
+  CHECK(tls.keyfile == "/etc/tls/server.key");
+  CHECK(tls.cafile == "/etc/tls/ca.pem");
+  CHECK(tls.capath == "/etc/tls/cas");
+  CHECK(tls.crlfile == "/etc/tls/revoked.pem");
+  CHECK(tls.require_certificate);
+  CHECK(tls.use_identity_as_username);
+  CHECK(tls.tls_version == "tlsv1.3");
+  CHECK(tls.ciphers == "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256");
+  CHECK(tls.ciphers_tls13 == "TLS_AES_128_GCM_SHA256");
+  CHECK_FALSE(tls.max_connections);  // -1: no limit
+  CHECK(tls.origin == "test.conf:3");
+
+  const auto& ws = c.listeners[2];
+  CHECK(ws.port == 8080);
+  CHECK(ws.address == "::1");
+  CHECK(ws.protocol == listener_protocol::websockets);
+  CHECK_FALSE(ws.tls());
+  CHECK(ws.max_connections == std::size_t{0});
+  CHECK(c.warnings.empty());
+}
+
+TEST_CASE("config: port and bind_address make Mosquitto's default listener, wherever they are, opened last", "[config]") {
+  SECTION("port after a listener block still belongs to the default listener") {
+    const config_settings c = load("listener 1884\nport 1885\nbind_address 127.0.0.1\n");
+    REQUIRE(c.listeners.size() == 2);
+    CHECK(c.listeners[0].port == 1884);
+    CHECK(c.listeners[0].address.empty());
+    CHECK(c.listeners[1].is_default);
+    CHECK(c.listeners[1].port == 1885);
+    CHECK(c.listeners[1].address == "127.0.0.1");
+    CHECK(c.listeners[1].origin == "test.conf:2");
+  }
+  SECTION("listener settings before the first listener line make it, on port 1883") {
+    const config_settings c = load("max_connections 5\nlistener 1884\n");
+    REQUIRE(c.listeners.size() == 2);
+    CHECK(c.listeners[0].port == 1884);
+    CHECK_FALSE(c.listeners[0].max_connections);
+    CHECK(c.listeners[1].is_default);
+    CHECK(c.listeners[1].port == 1883);
+    CHECK(c.listeners[1].max_connections == std::size_t{5});
+  }
+  SECTION("a TLS default listener") {
+    const config_settings c = load("port 8883\ncertfile /c.pem\nkeyfile /k.pem\n");
+    REQUIRE(c.listeners.size() == 1);
+    CHECK(c.listeners[0].tls());
+    CHECK(c.listeners[0].port == 8883);
+  }
+  SECTION("settings that say what the defaults say make none, as in Mosquitto") {
+    CHECK(load("protocol mqtt\nmax_connections -1\nrequire_certificate false\n").listeners.empty());
+  }
+}
+
+TEST_CASE("config: the broker-wide options Mosquitto shares with this server", "[config]") {
+  const config_settings c = load(
+      "max_inflight_messages 40\n"
+      "max_queued_messages 500\n"
+      "max_queued_bytes 1048576\n"
+      "max_packet_size 65536\n"
+      "max_keepalive 300\n"
+      "persistent_client_expiration 2w\n"
+      "retain_available false\n"
+      "sys_interval 0\n"
+      "queue_qos0_messages true\n"
+      "max_qos 1\n"
+      "max_topic_alias 4\n");
+  CHECK(c.max_inflight_messages == std::uint16_t{40});
+  CHECK(c.max_queued_messages == std::size_t{500});
+  CHECK(c.max_queued_bytes == std::size_t{1048576});
+  CHECK(c.max_packet_size == std::uint32_t{65536});
+  CHECK(c.max_keepalive == std::uint16_t{300});
+  CHECK(c.persistent_client_expiration == std::chrono::seconds(14 * 86400));
+  CHECK(c.retain_available == false);
+  CHECK(c.sys_interval == std::chrono::seconds(0));
+  CHECK(c.queue_qos0_messages == true);
+  CHECK(c.max_qos == std::uint8_t{1});
+  CHECK(c.max_topic_alias == std::uint16_t{4});
+  CHECK(c.warnings.empty());
+  CHECK(c.listeners.empty());
+
+  // Mosquitto's 0 means no limit for these.
+  const config_settings z = load("max_inflight_messages 0\nmax_queued_messages 0\nmax_packet_size 0\n");
+  CHECK(z.max_inflight_messages == std::uint16_t{65535});
+  CHECK(z.max_queued_messages == std::numeric_limits<std::size_t>::max());
+  CHECK(z.max_packet_size == std::uint32_t{268'435'460});
+
+  // The last of a repeated option wins; message_size_limit is read as the packet limit, warned.
+  const config_settings m = load("max_inflight_messages 5\nmax_inflight_messages 6\nmessage_size_limit 1000\n");
+  CHECK(m.max_inflight_messages == std::uint16_t{6});
+  CHECK(m.max_packet_size == std::uint32_t{1000});
+  REQUIRE(m.warnings.size() == 1);
+  CHECK(m.warnings[0].rfind("test.conf:3: message_size_limit 1000 read as max_packet_size 1000", 0) == 0);
+}
+
+TEST_CASE("config: persistent_client_expiration takes Mosquitto's units", "[config]") {
+  using std::chrono::seconds;
+  CHECK(load("persistent_client_expiration 3h\n").persistent_client_expiration == seconds(3 * 3600));
+  CHECK(load("persistent_client_expiration 1d\n").persistent_client_expiration == seconds(86400));
+  CHECK(load("persistent_client_expiration 2m\n").persistent_client_expiration == seconds(60 * 86400));
+  CHECK(load("persistent_client_expiration 1y\n").persistent_client_expiration == seconds(365 * 86400));
+  for (const char* bad : {"10", "10s", "h", "-1d", "1.5d", "d1"}) {
+    INFO(bad);
+    CHECK(refuse(std::string("persistent_client_expiration ") + bad + "\n").ec == config_errc::invalid_value);
+  }
+}
+
+TEST_CASE("config: options that make no sense here are accepted with a warning naming file, line and option", "[config]") {
+  const config_settings c = load(
+      "user mosquitto\n"
+      "autosave_interval 1800\n"
+      "autosave_on_changes false\n"
+      "persistence_file mosquitto.db\n"
+      "log_type all\n"
+      "allow_anonymous true\n"
+      "per_listener_settings false\n"
+      "per_listener_settings true\n"
+      "set_tcp_nodelay true\n"
+      "set_tcp_nodelay false\n"
+      "allow_zero_length_clientid true\n");
+  REQUIRE(c.warnings.size() == 8);
+  CHECK(c.warnings[0].rfind("test.conf:1: user ignored: ", 0) == 0);
+  CHECK(c.warnings[1].rfind("test.conf:2: autosave_interval ignored: ", 0) == 0);
+  CHECK(c.warnings[2].rfind("test.conf:3: autosave_on_changes ignored: ", 0) == 0);
+  CHECK(c.warnings[3].rfind("test.conf:4: persistence_file ignored: ", 0) == 0);
+  CHECK(c.warnings[4].rfind("test.conf:5: log_type ignored: ", 0) == 0);
+  CHECK(c.warnings[5].rfind("test.conf:6: allow_anonymous ignored: ", 0) == 0);
+  CHECK(c.warnings[6].rfind("test.conf:8: per_listener_settings true ignored", 0) == 0);
+  // The false ones say what the server does anyway, as does set_tcp_nodelay true: no warning.
+  CHECK(c.warnings[7].rfind("test.conf:10: set_tcp_nodelay false ignored", 0) == 0);
+}
+
+TEST_CASE("config: an unknown option is an error naming file and line; the first error stops the reading", "[config]") {
+  const refusal r = refuse("# a comment\n\nlistener 1883\n  \nlistner 1884\nbogus 1\n");
+  CHECK(r.ec == config_errc::unknown_option);
+  CHECK(r.message == "test.conf:5: unknown option 'listner'");
+}
+
+TEST_CASE("config: Mosquitto options this server does not implement are errors that say so", "[config]") {
+  struct expectation {
+    const char* line;
+    const char* message;
+  };
+  for (const expectation& e : {
+           expectation{"password_file /etc/mosquitto/passwd", "test.conf:1: 'password_file' is not supported by mqttbroker"},
+           expectation{"http_dir /var/www", "test.conf:1: 'http_dir' is not supported by mqttbroker"},
+           expectation{"connection uplink", "test.conf:1: 'connection' is not supported by mqttbroker (this server has no bridges)"},
+           expectation{"bridge_cafile /x", "test.conf:1: 'bridge_cafile' is not supported by mqttbroker (this server has no bridges)"},
+           expectation{"plugin_opt_db /x", "test.conf:1: 'plugin_opt_db' is not supported by mqttbroker"},
+           expectation{"listener 0 /run/mqtt.sock", "test.conf:1: listeners on Unix sockets are not supported by mqttbroker"},
+           expectation{"allow_zero_length_clientid false", "test.conf:1: 'allow_zero_length_clientid false' is not supported"},
+       }) {
+    INFO(e.line);
+    const refusal r = refuse(std::string(e.line) + "\n");
+    CHECK(r.ec == config_errc::not_supported);
+    CHECK(r.message.rfind(e.message, 0) == 0);
+  }
+}
+
+TEST_CASE("config: values are checked: numbers, ranges, booleans, choices, missing and extra words", "[config]") {
+  struct expectation {
+    const char* text;
+    config_errc ec;
+    const char* message;
+  };
+  for (const expectation& e : {
+           expectation{"max_inflight_messages ten\n", config_errc::invalid_value,
+                       "test.conf:1: 'max_inflight_messages' must be a whole number from 0 to 65535, not 'ten'"},
+           expectation{"max_inflight_messages 10abc\n", config_errc::invalid_value, "test.conf:1: 'max_inflight_messages'"},
+           expectation{"max_inflight_messages 65536\n", config_errc::invalid_value, "test.conf:1: 'max_inflight_messages'"},
+           expectation{"max_qos 3\n", config_errc::invalid_value, "test.conf:1: 'max_qos' must be a whole number from 0 to 2"},
+           expectation{"listener 70000\n", config_errc::invalid_value, "test.conf:1: 'listener' must be a whole number"},
+           expectation{"listener -1\n", config_errc::invalid_value, "test.conf:1: 'listener'"},
+           expectation{"retain_available yes\n", config_errc::invalid_value,
+                       "test.conf:1: 'retain_available' must be true or false, not 'yes'"},
+           expectation{"listener 1\nprotocol mqtts\n", config_errc::invalid_value,
+                       "test.conf:2: 'protocol' must be mqtt or websockets, not 'mqtts'"},
+           expectation{"listener 1\ntls_version tlsv1.1\n", config_errc::invalid_value, "test.conf:2: 'tls_version' must be"},
+           expectation{"max_keepalive\n", config_errc::missing_value, "test.conf:1: 'max_keepalive' needs a value"},
+           expectation{"listener\n", config_errc::missing_value, "test.conf:1: 'listener' needs a value"},
+           expectation{"listener 1\ncertfile\n", config_errc::missing_value, "test.conf:2: 'certfile' needs a value"},
+           expectation{"pid_file\n", config_errc::missing_value, "test.conf:1: 'pid_file' needs a value"},
+           expectation{"retain_available true false\n", config_errc::trailing_words,
+                       "test.conf:1: 'retain_available' takes one value; 'false' follows it"},
+           expectation{"listener 1883 127.0.0.1 extra\n", config_errc::trailing_words, "test.conf:1: 'listener' takes a port"},
+       }) {
+    INFO(e.text);
+    const refusal r = refuse(e.text);
+    CHECK(r.ec == e.ec);
+    CHECK(r.message.rfind(e.message, 0) == 0);
+  }
+}
+
+TEST_CASE("config: a listener's TLS lines must add up", "[config]") {
+  SECTION("a file option given twice, as Mosquitto refuses it") {
+    const refusal r = refuse("listener 8883\ncertfile /a\ncertfile /b\n");
+    CHECK(r.ec == config_errc::duplicate_value);
+    CHECK(r.message == "test.conf:3: 'certfile' is given twice for this listener");
+  }
+  SECTION("the same file for two listeners is fine") {
+    CHECK(load("listener 1\ncertfile /a\nkeyfile /k\nlistener 2\ncertfile /a\nkeyfile /k\n").listeners.size() == 2);
+  }
+  SECTION("certfile without keyfile, named at the listener line, when the next listener starts") {
+    const refusal r = refuse("listener 8883\ncertfile /a\nlistener 1883\n");
+    CHECK(r.ec == config_errc::incomplete_listener);
+    CHECK(r.message == "test.conf:1: the listener on port 8883 has a certfile without a keyfile: TLS needs both");
+  }
+  SECTION("keyfile without certfile at the end of the file") {
+    const refusal r = refuse("listener 1883\nlistener 8883\nkeyfile /k\n");
+    CHECK(r.message == "test.conf:2: the listener on port 8883 has a keyfile without a certfile: TLS needs both");
+  }
+  SECTION("a TLS option on a plain listener") {
+    const refusal r = refuse("listener 1883\nrequire_certificate true\ncafile /ca\n");
+    CHECK(r.ec == config_errc::incomplete_listener);
+    CHECK(r.message ==
+          "test.conf:1: the listener on port 1883 is not TLS (no certfile and keyfile), yet test.conf:2 "
+          "('require_certificate') sets a TLS option");
+  }
+  SECTION("the same on the default listener") {
+    const refusal r = refuse("cafile /ca\nlistener 1883\n");
+    CHECK(r.message.rfind("test.conf:1: the listener on port 1883 is not TLS", 0) == 0);
+  }
+}
+
+TEST_CASE("config: whitespace and comments", "[config]") {
+  const config_settings c = load(
+      "   # an indented comment\n"
+      "\t\n"
+      "listener  1883   # a comment after a value\r\n"
+      "\tmax_connections\t7 # tabs separate too\n"
+      "  listener 1884 127.0.0.1 # and after the address\n"
+      "certfile   /path/with two spaces.pem   \n"
+      "keyfile /k.pem\r\n"
+      "max_inflight_messages 9 #\n");
+  REQUIRE(c.listeners.size() == 2);
+  CHECK(c.listeners[0].port == 1883);
+  CHECK(c.listeners[0].max_connections == std::size_t{7});
+  CHECK(c.listeners[1].address == "127.0.0.1");
+  CHECK(c.listeners[1].certfile == "/path/with two spaces.pem");  // leading and trailing blanks go
+  CHECK(c.listeners[1].keyfile == "/k.pem");
+  CHECK(c.max_inflight_messages == std::uint16_t{9});
+  CHECK(load("").listeners.empty());
+  CHECK(load("listener 1883").listeners.size() == 1);  // no newline at the end
+}
+
+TEST_CASE("config: include_dir reads DIR/*.conf ordered by name ignoring case; errors name the included file", "[config]") {
+  temp_dir d;
+  d.write("conf.d/B.conf", "listener 2002\n");  // after a.conf: case is ignored (byte order would put it first)
+  d.write("conf.d/a.conf", "listener 2001\n");
+  d.write("conf.d/c.conf", "# only a comment\n\nlistener 2003\nmax_connections 3\n");
+  d.write("conf.d/d.txt", "listener 9999\n");     // not .conf
+  d.write("conf.d/.conf", "listener 9998\n");     // no name before .conf
+  d.write("conf.d/sub.conf/x.conf", "listener 9997\n");  // a folder, not read
+  const std::string main = d.write("main.conf", "listener 2000\ninclude_dir " + d.path("conf.d") + "\nlistener 2004\n");
+  std::error_code ec;
+  std::string message;
+  const config_settings c = mqttbroker_server::read_config_file(main, ec, message);
+  INFO(message);
+  REQUIRE_FALSE(ec);
+  REQUIRE(c.listeners.size() == 5);
+  CHECK(c.listeners[0].port == 2000);
+  CHECK(c.listeners[1].port == 2001);
+  CHECK(c.listeners[2].port == 2002);
+  CHECK(c.listeners[3].port == 2003);
+  CHECK(c.listeners[3].max_connections == std::size_t{3});
+  CHECK(c.listeners[3].origin == d.path("conf.d/c.conf") + ":3");
+  CHECK(c.listeners[4].port == 2004);
+
+  SECTION("an error in an included file names that file and its line") {
+    d.write("conf.d/e.conf", "\nlistner 1\n");
+    mqttbroker_server::read_config_file(main, ec, message);
+    CHECK(ec == config_errc::unknown_option);
+    CHECK(message == d.path("conf.d/e.conf") + ":2: unknown option 'listner'");
+  }
+  SECTION("a folder that cannot be read names the main file's line") {
+    const std::string missing = d.write("missing.conf", "\ninclude_dir " + d.path("nowhere") + "\n");
+    mqttbroker_server::read_config_file(missing, ec, message);
+    CHECK(ec == config_errc::cannot_read);
+    CHECK(message.rfind(missing + ":2: cannot read include_dir '" + d.path("nowhere") + "'", 0) == 0);
+  }
+  SECTION("include_dir in an included file is ignored with a warning, as Mosquitto ignores it") {
+    d.write("conf.d/f.conf", "include_dir " + d.path("conf.d") + "\n");
+    const config_settings again = mqttbroker_server::read_config_file(main, ec, message);
+    REQUIRE_FALSE(ec);
+    CHECK(again.listeners.size() == 5);
+    REQUIRE(again.warnings.size() == 1);
+    CHECK(again.warnings[0].rfind(d.path("conf.d/f.conf") + ":1: include_dir ignored", 0) == 0);
+  }
+  SECTION("the main file inside its own include_dir is not read twice") {
+    const std::string inside = d.write("conf.d/main.conf", "include_dir " + d.path("conf.d") + "\n");
+    const config_settings self = mqttbroker_server::read_config_file(inside, ec, message);
+    REQUIRE_FALSE(ec);
+    CHECK(self.listeners.size() == 3);
+    REQUIRE(self.warnings.size() == 1);
+    CHECK(self.warnings[0].find("it is the main configuration file") != std::string::npos);
+  }
+}
+
+TEST_CASE("config: a file that cannot be opened is an error naming it", "[config]") {
+  temp_dir d;
+  std::error_code ec;
+  std::string message;
+  mqttbroker_server::read_config_file(d.path("absent.conf"), ec, message);
+  CHECK(ec == config_errc::cannot_read);
+  CHECK(message == d.path("absent.conf") + ": cannot open: No such file or directory");
+  CHECK(ec.category().name() == std::string("mqttbroker.config"));
+  mqttbroker_server::read_config_file(d.path(), ec, message);
+  CHECK(ec == config_errc::cannot_read);
+  CHECK(message == d.path() + ": cannot open: it is a folder");
+}
+
+TEST_CASE("config: the README's example file loads as the README says", "[config]") {
+  std::ifstream in(MQTTBROKER_README);
+  REQUIRE(in);
+  std::string line, block;
+  bool seen_heading = false, inside = false;
+  while (std::getline(in, line)) {
+    if (!seen_heading) {
+      seen_heading = line == "### A Mosquitto configuration file";
+    } else if (!inside) {
+      inside = line == "```";
+    } else if (line == "```") {
+      break;
+    } else {
+      block += line + "\n";
+    }
+  }
+  REQUIRE_FALSE(block.empty());
+  const config_settings c = load(block);
+  REQUIRE(c.listeners.size() == 3);
+  CHECK(c.listeners[0].port == 1883);
+  CHECK(c.listeners[0].max_connections == std::size_t{100});
+  CHECK(c.listeners[1].tls());
+  CHECK(c.listeners[1].crlfile == "/etc/mqtt/devices-ca.crl");
+  CHECK(c.listeners[2].protocol == listener_protocol::websockets);
+  CHECK(c.max_inflight_messages == std::uint16_t{40});
+  CHECK(c.persistent_client_expiration == std::chrono::seconds(14 * 86400));
+}

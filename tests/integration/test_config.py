@@ -1,0 +1,335 @@
+"""The server's -c FILE (Mosquitto's configuration syntax, examples/broker/config_file.hpp): a file
+with a plain and a TLS listener serving one broker, mosquitto_pub and mosquitto_sub across them;
+per-listener max_connections; a WebSocket listener from the file; a flag winning over its line;
+Debian's stock mosquitto.conf loading with its include_dir; a misspelled line, an error in an
+included file and a listener that cannot start stopping the server with the file and line named.
+Listeners in the files use port 0, and the ports are read from the server's "listener N (FILE:LINE)"
+lines. Certificates are made at run time by tests/tls/make-certs.sh."""
+
+import faulthandler
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness as h
+
+# Debian's /etc/mosquitto/mosquitto.conf (mosquitto 2.0), for machines without the package.
+DEBIAN_CONF = """# Place your local configuration in /etc/mosquitto/conf.d/
+#
+# A full description of the configuration file is at
+# /usr/share/doc/mosquitto/examples/mosquitto.conf.example
+
+pid_file /run/mosquitto/mosquitto.pid
+
+persistence true
+persistence_location /var/lib/mosquitto/
+
+log_dest file /var/log/mosquitto/mosquitto.log
+
+include_dir /etc/mosquitto/conf.d
+"""
+
+LISTENER = re.compile(r"listener (\d+) \((.+?)\): (\w+) on ([0-9.]+):(\d+)")
+
+
+cert = h.Certificates("mqttbroker-it-config-")  # cert("ca.crt"): a certificate's path, made for the module
+setUpModule = cert.make
+tearDownModule = cert.remove
+
+
+class ConfigCase(h.BrokerTestCase):
+    """Each test writes its files into a folder of its own, then starts the broker with -c and the
+    main file make_conf() wrote (conf, with {certs} filled in), or none when it returns None."""
+
+    conf = None
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="mqttbroker-it-conf-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = self.make_conf()
+        if self.path is None:
+            faulthandler.dump_traceback_later(h.TEST_DEADLINE, exit=True)
+            self.addCleanup(faulthandler.cancel_dump_traceback_later)
+            return
+        self.broker_args = ("-c", self.path, *self.extra_args())
+        super().setUp()
+
+    def make_conf(self):
+        return None if self.conf is None else self.write("mqttbroker.conf", self.conf.format(certs=cert.folder))
+
+    def extra_args(self):
+        return ()
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def listeners(self, n):
+        """The first `n` listeners the server announced: [(transport, port, origin)], by index."""
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            found = {}
+            for line in self.broker.all_lines():
+                m = LISTENER.search(line)
+                if m:
+                    found[int(m.group(1))] = (m.group(3), int(m.group(5)), m.group(2))
+            if all(i in found for i in range(n)):
+                return [found[i] for i in range(n)]
+            if time.monotonic() > deadline:
+                self.fail("%d listeners not announced within %.0f s; log:\n%s" % (n, h.WAIT, self.broker.log()))
+            time.sleep(0.02)
+
+    def run_server(self, *args):
+        """The server run to its end (it must exit by itself): (exit status, stderr)."""
+        r = subprocess.run([h.broker_binary(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=h.WAIT)
+        h.assert_no_sanitizer_report(self, r.stderr, "the broker")
+        return r.returncode, r.stderr
+
+
+def mosquitto_sub(port, topic, *extra):
+    """mosquitto_sub for one message, with -d so that its SUBACK shows, on a pseudo-terminal (its
+    output line by line): the harness's Program, once it has its SUBACK."""
+    h.require_mosquitto_clients()
+    sub = h.Program(["mosquitto_sub", "-h", h.HOST, "-p", str(port), "-t", topic, "-C", "1", "-W", "10", "-q", "1",
+                     "-d", "-v", *extra])
+    sub.wait_line(r"received SUBACK")
+    return sub
+
+
+def received(sub, line):
+    """mosquitto_sub printed `line` and ended by itself with status 0 (-C 1)."""
+    sub.wait_line(re.escape(line))
+    status = sub.proc.wait(timeout=h.WAIT)
+    if status != 0:
+        raise AssertionError("mosquitto_sub ended with %s:\n%s" % (status, sub.output()))
+
+
+def mosquitto_pub(port, topic, payload, *extra):
+    h.require_mosquitto_clients()
+    r = subprocess.run(["mosquitto_pub", "-h", h.HOST, "-p", str(port), "-t", topic, "-m", payload, "-q", "1", *extra],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=h.WAIT)
+    if r.returncode != 0:
+        raise AssertionError("mosquitto_pub on port %d failed (%d): %s" % (port, r.returncode, r.stderr))
+
+
+TLS_CLIENT = ("--cafile", "{certs}/ca.crt")
+
+
+class TwoListeners(ConfigCase):
+    """A plain and a TLS listener from the file; a comment and Mosquitto's spacing on the way."""
+
+    conf = """# two listeners, one broker
+listener 0 127.0.0.1
+
+listener  0 127.0.0.1   # TLS
+certfile {certs}/server-chain.crt
+keyfile {certs}/server.key
+cafile {certs}/ca.crt
+crlfile {certs}/crl.pem
+"""
+
+    def test_messages_cross_between_the_plain_and_the_tls_listener(self):
+        """mosquitto_pub on the plain listener reaches mosquitto_sub on the TLS one, and the other way
+        round: both listeners serve one broker."""
+        (plain, plain_port, plain_origin), (tls, tls_port, tls_origin) = self.listeners(2)
+        self.assertEqual((plain, tls), ("tcp", "tls"))
+        self.assertEqual(plain_origin, self.path + ":2")
+        self.assertEqual(tls_origin, self.path + ":4")
+        self.assertEqual(plain_port, self.port)  # the first listener is the one the "listening on" line names
+        tls_client = [a.format(certs=cert.folder) for a in TLS_CLIENT]
+
+        sub = mosquitto_sub(tls_port, "cross/#", *tls_client)
+        self.addCleanup(sub.kill)
+        mosquitto_pub(plain_port, "cross/to-tls", "from the plain listener")
+        received(sub, "cross/to-tls from the plain listener")
+
+        sub = mosquitto_sub(plain_port, "cross/#")
+        self.addCleanup(sub.kill)
+        mosquitto_pub(tls_port, "cross/to-plain", "from the TLS listener", *tls_client)
+        received(sub, "cross/to-plain from the TLS listener")
+
+    def test_the_files_crlfile_refuses_a_revoked_certificate(self):
+        """crlfile: a client certificate the list revokes is refused, alice's is not."""
+        _, (_, tls_port, _) = self.listeners(2)
+        tls_client = [a.format(certs=cert.folder) for a in TLS_CLIENT]
+        mosquitto_pub(tls_port, "crl/ok", "alice", *tls_client, "--cert", cert("alice.crt"), "--key", cert("alice.key"))
+        h.require_mosquitto_clients()
+        r = subprocess.run(["mosquitto_pub", "-h", h.HOST, "-p", str(tls_port), "-t", "crl/no", "-m", "x", *tls_client,
+                            "--cert", cert("revoked.crt"), "--key", cert("revoked.key")],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=h.WAIT)
+        self.assertNotEqual(r.returncode, 0, "a revoked certificate was let in")
+
+
+class ListenerLimit(ConfigCase):
+    """max_connections in a listener block is that listener's own limit."""
+
+    conf = """listener 0 127.0.0.1
+max_connections 1
+listener 0 127.0.0.1
+"""
+
+    def test_a_listener_limited_to_one_refuses_the_second_while_the_other_accepts(self):
+        (_, limited, _), (_, other, _) = self.listeners(2)
+        first = h.RawClient(limited)
+        self._clients.append(first)
+        first.send(h.connect("first"))
+        self.assertEqual(h.parse_connack(first.expect(h.CONNACK)).code, 0)
+
+        second = h.RawClient(limited)
+        self._clients.append(second)
+        second.send(h.connect("second"))
+        _, got = second.wait_closed()
+        self.assertEqual(got, [], "refused before any CONNACK")
+        self.wait_log(r"connection refused: listener 0's max_connections \(1\) reached")
+
+        for i in range(2):
+            c = h.RawClient(other)
+            self._clients.append(c)
+            c.send(h.connect("other-%d" % i))
+            self.assertEqual(h.parse_connack(c.expect(h.CONNACK)).code, 0)
+
+        # The first one leaving makes room: the server counts the close before it closes the socket.
+        first.send(h.disconnect())
+        first.wait_closed()
+        third = h.RawClient(limited)
+        self._clients.append(third)
+        third.send(h.connect("third"))
+        self.assertEqual(h.parse_connack(third.expect(h.CONNACK)).code, 0)
+
+
+class FlagsWin(ConfigCase):
+    """A flag given on the command line wins over its line in the file; the file's other lines hold."""
+
+    conf = "max_qos 1\nmax_topic_alias 3\nlistener 0 127.0.0.1\n"
+
+    def extra_args(self):
+        return ("--max-qos", "2")
+
+    def test_max_qos_from_the_flag(self):
+        self.listeners(1)
+        c = self.paho("flag-wins")
+        self.assertEqual(c.subscribe("q/#", 2), [2])
+
+
+class FileOnly(ConfigCase):
+    conf = "max_qos 1\nlistener 0 127.0.0.1\n"
+
+    def test_max_qos_from_the_file(self):
+        self.listeners(1)
+        c = self.paho("file-says")
+        self.assertEqual(c.subscribe("q/#", 2), [1])
+
+
+class WebSocketListener(ConfigCase):
+    """protocol websockets in the file: a paho client over WebSocket (any path, as in Mosquitto) and a
+    plain one share the broker."""
+
+    conf = "listener 0 127.0.0.1\nlistener 0 127.0.0.1\nprotocol websockets\n"
+
+    def setUp(self):
+        try:
+            super().setUp()
+        except RuntimeError as e:
+            if "built without WebSocket" in str(e):
+                raise unittest.SkipTest("the server was built without WebSocket (OpenSSL's libcrypto)")
+            raise
+
+    def test_a_websocket_client_and_a_plain_one(self):
+        (_, plain, _), (kind, ws_port, _) = self.listeners(2)
+        self.assertEqual(kind, "ws")
+        sub = self.paho("plain-sub")
+        sub.subscribe("ws/#", 1)
+
+        class WsPaho(h.PahoClient):
+            def _make_client(self):
+                proto = h.mqtt.MQTTv311
+                self.client = h.mqtt.Client(client_id=self.client_id, protocol=proto, transport="websockets",
+                                            reconnect_on_failure=False)
+                self.client.ws_set_options(path="/anything")
+                self.client.on_connect = self._on_connect
+                self.client.on_message = self._on_message
+                self.client.on_subscribe = self._on_subscribe
+                self.client.on_disconnect = self._on_disconnect
+                self.client.on_unsubscribe = self._on_unsubscribe
+
+        w = WsPaho(ws_port, "ws-pub")
+        self._clients.append(w)
+        w.publish("ws/hello", b"over websocket", 1)
+        m = sub.get()
+        self.assertEqual((m.topic, m.payload), ("ws/hello", b"over websocket"))
+
+
+class DebianStock(ConfigCase):
+    """Debian's /etc/mosquitto/mosquitto.conf, its include_dir pointed at a folder of this test; no
+    listener in it, so the server listens as its flags say (the harness's --port 0)."""
+
+    def make_conf(self):
+        try:
+            with open("/etc/mosquitto/mosquitto.conf") as f:
+                text = f.read()
+        except OSError:
+            text = DEBIAN_CONF
+        self.write("conf.d/README", "Any files placed in this directory that have a .conf ending will be loaded\n")
+        text, n = re.subn(r"(?m)^include_dir .*$", "include_dir " + os.path.join(self.dir, "conf.d"), text)
+        self.assertEqual(n, 1, "the stock file has its include_dir line")
+        self.lines = text.splitlines()
+        return self.write("mosquitto.conf", text)
+
+    def test_the_stock_file_loads_and_the_server_serves(self):
+        for option in ("pid_file", "persistence", "persistence_location", "log_dest"):
+            number = next(i + 1 for i, line in enumerate(self.lines) if line.split(" ")[0] == option)
+            self.wait_log(r"\[warning\] %s:%d: %s ignored: " % (re.escape(self.path), number, option))
+        c = self.paho("debian")
+        c.subscribe("stock/#", 1)
+        c.publish("stock/ok", b"served", 1)
+        self.assertEqual(c.get().payload, b"served")
+
+
+class Refused(ConfigCase):
+    """What stops the server before it listens: exit status 1, the file and line named."""
+
+    def test_a_misspelled_line(self):
+        path = self.write("bad.conf", "# fine so far\nlistener 0 127.0.0.1\nlistner 1884\n")
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("mqttbroker: %s:3: unknown option 'listner'" % path, err)
+        self.assertNotIn("listening on", err)
+
+    def test_an_error_in_an_included_file(self):
+        self.write("conf.d/a.conf", "max_inflight_messages 10\n")
+        bad = self.write("conf.d/b.conf", "\n\nretain_available maybe\n")
+        path = self.write("main.conf", "include_dir %s\n" % os.path.join(self.dir, "conf.d"))
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("mqttbroker: %s:3: 'retain_available' must be true or false, not 'maybe'" % bad, err)
+
+    def test_an_unsupported_option(self):
+        path = self.write("auth.conf", "listener 0 127.0.0.1\npassword_file /etc/mosquitto/passwd\n")
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("mqttbroker: %s:2: 'password_file' is not supported by mqttbroker" % path, err)
+
+    def test_a_listener_that_cannot_start_names_its_line(self):
+        path = self.write("tls.conf", "listener 0 127.0.0.1\n\nlistener 0 127.0.0.1\ncertfile %s\nkeyfile %s\n"
+                          % (os.path.join(self.dir, "missing.crt"), cert("server.key")))
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertRegex(err, r"cannot listen \(tls\) on 127\.0\.0\.1:0 \(%s:3\): .*missing\.crt" % re.escape(path))
+
+    def test_a_file_that_cannot_be_read(self):
+        path = os.path.join(self.dir, "absent.conf")
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("mqttbroker: %s: cannot open" % path, err)
+
+
+if __name__ == "__main__":
+    h.main()
