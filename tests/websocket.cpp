@@ -150,7 +150,7 @@ TEST_CASE("websocket: byte-by-byte feeding equals one chunk", "[websocket]") {
   in.insert(in.end(), more.begin(), more.end());
   const collected whole = run(in);
   REQUIRE_FALSE(whole.last.ec);
-  for (std::size_t chunk : {1u, 2u, 3u, 7u, 125u, 4096u}) {
+  for (std::size_t chunk : {1u, 2u, 3u, 7u, 19u, 125u, 1000u, 4096u}) {
     CAPTURE(chunk);
     const collected c = run(in, chunk);
     CHECK_FALSE(c.last.ec);

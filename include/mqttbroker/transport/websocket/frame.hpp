@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -323,7 +324,22 @@ class frame_parser {
   }
 
   void unmask(const std::uint8_t* src, std::uint8_t* dst, std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) {
+    std::size_t i = 0;
+    if (n >= 16) {
+      // Eight bytes at a time with the key turned to the current phase; eight is a whole number
+      // of keys, so the phase is the same after. (memcpy: src and dst may be the same and unaligned.)
+      std::uint8_t turned[8];
+      for (unsigned k = 0; k < 8; ++k) turned[k] = mask_[(mask_phase_ + k) & 3u];
+      std::uint64_t key;
+      std::memcpy(&key, turned, 8);
+      for (; i + 8 <= n; i += 8) {
+        std::uint64_t word;
+        std::memcpy(&word, src + i, 8);
+        word ^= key;
+        std::memcpy(dst + i, &word, 8);
+      }
+    }
+    for (; i < n; ++i) {
       dst[i] = static_cast<std::uint8_t>(src[i] ^ mask_[mask_phase_]);
       mask_phase_ = (mask_phase_ + 1) & 3u;
     }
