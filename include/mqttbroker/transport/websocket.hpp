@@ -111,9 +111,22 @@ class prefixed_buffers {
     inner_iterator first_{};
   };
 
-  prefixed_buffers(asio::const_buffer prefix, const Sequence& rest) : prefix_(prefix), rest_(rest) {}
+  /// The prefix, then at most `limit` buffers of `rest`.
+  prefixed_buffers(asio::const_buffer prefix, const Sequence& rest, std::size_t limit)
+      : prefix_(prefix), rest_(rest), limit_(limit) {}
   const_iterator begin() const { return make(true, asio::buffer_sequence_begin(rest_)); }
-  const_iterator end() const { return make(false, asio::buffer_sequence_end(rest_)); }
+  const_iterator end() const {
+    auto it = asio::buffer_sequence_begin(rest_);
+    const auto last = asio::buffer_sequence_end(rest_);
+    for (std::size_t n = 0; n < limit_ && it != last; ++n) ++it;
+    return make(false, it);
+  }
+  /// The bytes of the buffers after the prefix.
+  std::size_t rest_size() const {
+    std::size_t total = 0;
+    for (auto it = ++begin(), last = end(); it != last; ++it) total += (*it).size();
+    return total;
+  }
 
  private:
   const_iterator make(bool at_prefix, inner_iterator it) const {
@@ -123,6 +136,7 @@ class prefixed_buffers {
   }
   asio::const_buffer prefix_;
   Sequence rest_;
+  std::size_t limit_;
 };
 
 /// An operation parked until the stream's writer is free, then resumed as it was.
@@ -172,8 +186,8 @@ class websocket_stream {
                                                                               get_executor());
   }
 
-  /// Writes all of `buffers` as one binary message: void(std::error_code, std::size_t), the size
-  /// being the payload's.
+  /// Writes `buffers` as one binary message: void(std::error_code, std::size_t), the size being
+  /// the payload's: all of it, or the first 63 buffers' of a longer sequence.
   template <class ConstBufferSequence, class WriteToken>
   auto async_write_some(const ConstBufferSequence& buffers, WriteToken&& token) {
     return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
@@ -201,6 +215,9 @@ class websocket_stream {
   std::uint64_t max_message_size() const noexcept { return settings_->max_message_size; }
 
  private:
+  /// The most buffers one gather write (writev) takes in Asio (its max_iov_len, the least IOV_MAX).
+  static constexpr std::size_t max_gather = 64;
+
   enum class step : std::uint8_t { start, reading, ponging, writing, draining, done };
 
   /// Takes the writer, or parks `self` until it is free: true when `self` may write now.
@@ -322,12 +339,17 @@ class websocket_stream {
       switch (at) {
         case step::start:
           if (!s->claim_writer(self)) return;  // resumed here when the pong in flight is out
-          size = asio::buffer_size(buffers);
-          header = websocket::make_binary_header(size);
-          at = step::writing;
-          return asio::async_write(s->next_,
-                                   detail::prefixed_buffers<Buffers>(asio::buffer(header.bytes.data(), header.size), buffers),
-                                   std::move(self));
+          {
+            // One frame of as many buffers as fit in one gather write with its header (a write
+            // of more is split by the system: a second, small, send per frame).
+            detail::prefixed_buffers<Buffers> frame(asio::const_buffer(), buffers, max_gather - 1);
+            size = frame.rest_size();
+            header = websocket::make_binary_header(size);
+            frame = detail::prefixed_buffers<Buffers>(asio::buffer(header.bytes.data(), header.size), buffers,
+                                                      max_gather - 1);
+            at = step::writing;
+            return asio::async_write(s->next_, frame, std::move(self));
+          }
         case step::writing:
         case step::ponging:
           // The reader may have seen a ping meanwhile: its pong follows before the writer is free.
