@@ -1,5 +1,5 @@
 // loadgen: an MQTT load generator for comparing brokers (issue 5). It drives any MQTT 3.1.1/5.0
-// broker over TCP, or TLS with --tls, and reports throughput, end-to-end latency, loss, duplication
+// broker over TCP, TLS with --tls, or WebSocket with --ws, and reports throughput, end-to-end latency, loss, duplication
 // and reordering; bench/compare runs it against mqttbroker and Mosquitto side by side.
 //
 // It must cost less CPU than the broker it loads, so the hot path does no heap allocation:
@@ -325,6 +325,8 @@ struct config {
   unsigned e2e_window = 0;
   std::string label;
   bool tls = false;                  // every client over TLS
+  bool ws = false;                   // every client over WebSocket (ws://, path --ws-path)
+  std::string ws_path = "/mqtt";
   std::string cafile;                // TLS: verify the broker's certificate and name against this CA
   std::string tls_version = "auto";  // TLS: auto (what both sides agree on), 1.2 or 1.3
 };
@@ -451,6 +453,176 @@ struct tls_net {
 };
 #endif
 
+/// MQTT over WebSocket, client side, for --ws: the upgrade, then every write is one binary frame
+/// and every read has the server's frame headers taken out in place. The mask key is zero, so the
+/// payload goes out as it is and the loadgen spends no CPU on masking; the broker unmasks all the
+/// same (the mask bit is set, as RFC 6455 requires of a client).
+class ws_stream {
+ public:
+  using executor_type = tcp::socket::executor_type;
+  using lowest_layer_type = tcp::socket;
+
+  ws_stream(asio::io_context& io, std::string host, std::string path)
+      : s_(io), host_(std::move(host)), path_(std::move(path)) {}
+
+  executor_type get_executor() noexcept { return s_.get_executor(); }
+  tcp::socket& socket() noexcept { return s_; }
+
+  /// Sends the upgrade request and reads the answer: void(std::error_code).
+  template <class Handler>
+  void async_upgrade(Handler&& h) {
+    request_ = "GET " + path_ + " HTTP/1.1\r\nHost: " + host_ +
+               "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: bG9hZGdlbiBrZXkgMTIzNA==\r\n"
+               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+    asio::async_write(s_, asio::buffer(request_), [this, h = std::forward<Handler>(h)](std::error_code ec, std::size_t) mutable {
+      if (ec) return h(ec);
+      read_answer(std::move(h));
+    });
+  }
+
+  /// One binary frame of all of `buffers` (the loadgen writes one buffer at a time).
+  template <class ConstBuffers, class Handler>
+  void async_write_some(const ConstBuffers& buffers, Handler&& h) {
+    const asio::const_buffer payload = *asio::buffer_sequence_begin(buffers);
+    make_header(payload.size());
+    const std::array<asio::const_buffer, 2> out{asio::buffer(header_.data(), header_size_), payload};
+    asio::async_write(s_, out, [h = std::forward<Handler>(h), n = payload.size()](std::error_code ec, std::size_t) mutable {
+      h(ec, ec ? 0 : n);
+    });
+  }
+  template <class ConstBuffers>
+  std::size_t write_some(const ConstBuffers& buffers, std::error_code& ec) {
+    const asio::const_buffer payload = *asio::buffer_sequence_begin(buffers);
+    make_header(payload.size());
+    const std::array<asio::const_buffer, 2> out{asio::buffer(header_.data(), header_size_), payload};
+    asio::write(s_, out, ec);
+    return ec ? 0 : payload.size();
+  }
+
+  /// Reads MQTT bytes into `b`: frame headers are removed in place; a read of headers only reads
+  /// again.
+  template <class Handler>
+  void async_read_some(asio::mutable_buffer b, Handler&& h) {
+    if (!leftover_.empty()) {
+      const std::size_t n = std::min(b.size(), leftover_.size());
+      std::memcpy(b.data(), leftover_.data(), n);
+      leftover_.erase(0, n);
+      const std::size_t out = strip(static_cast<std::uint8_t*>(b.data()), n);
+      if (out > 0) {
+        asio::post(s_.get_executor(), [h = std::forward<Handler>(h), out]() mutable { h(std::error_code(), out); });
+        return;
+      }
+    }
+    s_.async_read_some(b, [this, b, h = std::forward<Handler>(h)](std::error_code ec, std::size_t n) mutable {
+      if (ec) return h(ec, std::size_t{0});
+      if (closed_) return h(std::error_code(asio::error::eof), std::size_t{0});
+      const std::size_t out = strip(static_cast<std::uint8_t*>(b.data()), n);
+      if (out == 0) return async_read_some(b, std::move(h));
+      h(ec, out);
+    });
+  }
+
+ private:
+  template <class Handler>
+  void read_answer(Handler&& h) {
+    const std::size_t old = answer_.size();
+    answer_.resize(old + 512);
+    s_.async_read_some(asio::buffer(&answer_[old], 512), [this, old, h = std::forward<Handler>(h)](std::error_code ec, std::size_t n) mutable {
+      answer_.resize(old + n);
+      if (ec) return h(ec);
+      const auto end = answer_.find("\r\n\r\n");
+      if (end == std::string::npos) {
+        if (answer_.size() > 8192) return h(std::error_code(asio::error::message_size));
+        return read_answer(std::move(h));
+      }
+      if (answer_.compare(0, 12, "HTTP/1.1 101") != 0) return h(std::error_code(asio::error::connection_refused));
+      leftover_ = answer_.substr(end + 4);  // frames the broker sent right behind its answer
+      std::string().swap(answer_);
+      h(std::error_code());
+    });
+  }
+
+  void make_header(std::size_t n) {
+    header_[0] = 0x82;  // FIN, binary
+    std::size_t i = 2;
+    if (n < 126) {
+      header_[1] = static_cast<std::uint8_t>(0x80u | n);
+    } else if (n <= 0xFFFF) {
+      header_[1] = 0x80u | 126u;
+      header_[2] = static_cast<std::uint8_t>(n >> 8);
+      header_[3] = static_cast<std::uint8_t>(n);
+      i = 4;
+    } else {
+      header_[1] = 0x80u | 127u;
+      for (int k = 0; k < 8; ++k) header_[2 + static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(std::uint64_t{n} >> (56 - 8 * k));
+      i = 10;
+    }
+    for (int k = 0; k < 4; ++k) header_[i++] = 0;  // the mask key
+    header_size_ = i;
+  }
+
+  /// Removes the server's frame headers from `d[0, n)`, keeping the binary payload at the front;
+  /// other frames' payload (a ping, a close) is dropped, a close ends the stream. The payload left.
+  std::size_t strip(std::uint8_t* d, std::size_t n) {
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < n;) {
+      if (remaining_ == 0 && hdr_len_ < hdr_need_) {
+        hdr_[hdr_len_++] = d[i++];
+        if (hdr_len_ == 2) {
+          const std::uint8_t len7 = hdr_[1] & 0x7Fu;
+          hdr_need_ = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0);
+        }
+        if (hdr_len_ == hdr_need_) {
+          const std::uint8_t len7 = hdr_[1] & 0x7Fu;
+          std::uint64_t len = len7;
+          if (len7 == 126) len = (std::uint64_t{hdr_[2]} << 8) | hdr_[3];
+          if (len7 == 127) {
+            len = 0;
+            for (std::size_t k = 2; k < 10; ++k) len = (len << 8) | hdr_[k];
+          }
+          const std::uint8_t op = hdr_[0] & 0x0Fu;
+          data_frame_ = op == 0x2 || op == 0x0;
+          if (op == 0x8) closed_ = true;
+          remaining_ = len;
+          hdr_len_ = 0;
+          hdr_need_ = 2;
+        }
+        continue;
+      }
+      const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, n - i));
+      if (data_frame_ && out != i) std::memmove(d + out, d + i, take);
+      if (data_frame_) out += take;
+      i += take;
+      remaining_ -= take;
+    }
+    return out;
+  }
+
+  tcp::socket s_;
+  std::string host_, path_, request_, answer_, leftover_;
+  std::array<std::uint8_t, 14> header_{};
+  std::size_t header_size_ = 0;
+  std::array<std::uint8_t, 10> hdr_{};
+  std::size_t hdr_len_ = 0, hdr_need_ = 2;
+  std::uint64_t remaining_ = 0;
+  bool data_frame_ = false, closed_ = false;
+};
+
+/// WebSocket over TCP (--ws): connect, upgrade, then MQTT in binary frames.
+struct ws_net {
+  using stream = ws_stream;
+  static stream make(asio::io_context& io, run_state& rs) { return stream(io, rs.cfg.host, rs.cfg.ws_path); }
+  static tcp::socket& socket(stream& s) noexcept { return s.socket(); }
+  template <class Handler>
+  static void handshake(stream& s, run_state&, worker&, Handler&& h) {
+    s.async_upgrade(std::forward<Handler>(h));
+  }
+  template <class Handler>
+  static void read_some(stream& s, asio::mutable_buffer b, Handler&& h) {
+    s.async_read_some(b, std::forward<Handler>(h));
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // A client of the traffic scenarios.
 
@@ -504,7 +676,7 @@ class client {
       Net::socket(sock_).set_option(tcp::no_delay(true), ignored);
       Net::handshake(sock_, rs_, w_, [this](std::error_code hec) {
         if (hec) {
-          fail("TLS handshake: " + hec.message());
+          fail("handshake (TLS or WebSocket upgrade): " + hec.message());
           return;
         }
         send_connect();
@@ -1130,7 +1302,7 @@ class conn_lane {
       Net::handshake(*s, rs_, w_, [this, g, n, s](std::error_code hec) {
         if (g != gen_) return;
         if (hec) {
-          finish(g, false, "TLS handshake: " + hec.message());
+          finish(g, false, "handshake (TLS or WebSocket upgrade): " + hec.message());
           return;
         }
         codec::connect c;
@@ -1878,12 +2050,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--label", cfg.label, "free text copied into the JSON result (e.g. the broker's name)");
   app.add_flag("--json", cfg.json, "print one JSON line with the results on stdout");
+  app.add_flag("--ws", cfg.ws, "connect over WebSocket (ws://HOST:PORT/--ws-path, subprotocol mqtt)");
+  app.add_option("--ws-path", cfg.ws_path, "with --ws: the path of the upgrade")->capture_default_str();
   app.add_flag("--tls", cfg.tls, "connect with TLS (no certificate check unless --cafile); every connection a full handshake");
   app.add_option("--cafile", cfg.cafile, "with --tls: verify the broker's certificate against these CAs (PEM) and its name against --host");
   app.add_option("--tls-version", cfg.tls_version, "with --tls: the TLS version to use; auto lets the broker choose")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "1.2", "1.3"}));
   CLI11_PARSE(app, argc, argv);
+  if (cfg.ws && cfg.tls) {
+    fmt::print(stderr, "loadgen: --ws is WebSocket over TCP; with --tls (wss) it is not built yet\n");
+    return 1;
+  }
   if (!cfg.tls && (!cfg.cafile.empty() || cfg.tls_version != "auto")) {
     fmt::print(stderr, "loadgen: --cafile and --tls-version need --tls\n");
     return 1;
@@ -1950,6 +2128,9 @@ int main(int argc, char** argv) {
       rc = connections ? run_connections<tls_net>(r, out) : run_traffic<tls_net>(r, out);
     else
 #endif
+    if (cfg.ws)
+      rc = connections ? run_connections<ws_net>(r, out) : run_traffic<ws_net>(r, out);
+    else
       rc = connections ? run_connections<plain_net>(r, out) : run_traffic<plain_net>(r, out);
   } catch (const std::exception& e) {
     fmt::print(stderr, "loadgen: {}\n", e.what());
