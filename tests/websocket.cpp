@@ -479,8 +479,9 @@ struct server_frame {
   std::string payload;
   std::uint8_t op() const { return first & 0x0F; }
   std::uint16_t close_code() const {
-    return payload.size() < 2 ? 0 : static_cast<std::uint16_t>((static_cast<std::uint8_t>(payload[0]) << 8) |
-                                                               static_cast<std::uint8_t>(payload[1]));
+    if (payload.size() < 2) return 0;
+    return static_cast<std::uint16_t>((static_cast<unsigned>(static_cast<std::uint8_t>(payload[0])) << 8) |
+                                      static_cast<std::uint8_t>(payload[1]));
   }
 };
 
@@ -619,7 +620,7 @@ class ws_client {
     std::uint64_t n = b1 & 0x7F;
     if (n == 126) {
       if (in_.size() < 4) return std::nullopt;
-      n = (static_cast<std::uint8_t>(in_[2]) << 8) | static_cast<std::uint8_t>(in_[3]);
+      n = (std::uint64_t{static_cast<std::uint8_t>(in_[2])} << 8) | static_cast<std::uint8_t>(in_[3]);
       header = 4;
     } else if (n == 127) {
       if (in_.size() < 10) return std::nullopt;
