@@ -111,9 +111,9 @@ class prefixed_buffers {
     inner_iterator first_{};
   };
 
-  /// The prefix, then at most `limit` buffers of `rest`.
-  prefixed_buffers(asio::const_buffer prefix, const Sequence& rest, std::size_t limit)
-      : prefix_(prefix), rest_(rest), limit_(limit) {}
+  /// At most `limit` buffers of `rest`, behind a prefix set with set_prefix().
+  prefixed_buffers(const Sequence& rest, std::size_t limit) : rest_(rest), limit_(limit) {}
+  void set_prefix(asio::const_buffer prefix) noexcept { prefix_ = prefix; }
   const_iterator begin() const { return make(true, asio::buffer_sequence_begin(rest_)); }
   const_iterator end() const {
     auto it = asio::buffer_sequence_begin(rest_);
@@ -342,11 +342,10 @@ class websocket_stream {
           {
             // One frame of as many buffers as fit in one gather write with its header (a write
             // of more is split by the system: a second, small, send per frame).
-            detail::prefixed_buffers<Buffers> frame(asio::const_buffer(), buffers, max_gather - 1);
+            detail::prefixed_buffers<Buffers> frame(buffers, max_gather - 1);
             size = frame.rest_size();
             header = websocket::make_binary_header(size);
-            frame = detail::prefixed_buffers<Buffers>(asio::buffer(header.bytes.data(), header.size), buffers,
-                                                      max_gather - 1);
+            frame.set_prefix(asio::buffer(header.bytes.data(), header.size));
             at = step::writing;
             return asio::async_write(s->next_, frame, std::move(self));
           }
@@ -450,8 +449,8 @@ class websocket_stream {
       auto& in = s->pending_input_;
       const std::size_t max = s->settings_->upgrade.max_request_size;
       // Up to 1 KiB at a time, never past the limit: a browser's request is a few hundred bytes.
-      read_room_ = std::min<std::size_t>(1024, max - std::min(max, in.size()));
-      if (read_room_ == 0) read_room_ = 1;
+      // Called only while the request is under the limit, so there is room for a byte at least.
+      read_room_ = std::min<std::size_t>(1024, max - in.size());
       const std::size_t old = in.size();
       in.resize(old + read_room_);
       at = step::reading;
