@@ -9,6 +9,8 @@ For every header under include/mqttbroker:
   * an optional unit (auth/: its own CMake target, OpenSSL) and an optional header
     (transport/tls.hpp: the target mqttbroker::tls) are included by nothing else, so no core
     header, and not the single header, ever pulls OpenSSL in;
+  * likewise SQLite: only storage/sqlite.hpp (mqttbroker::sqlite) includes <sqlite3.h>, and no
+    other header includes it;
   * the include guard is named after the path: codec/decoder.hpp -> MQTTBROKER_CODEC_DECODER_HPP.
 
 Folders that do not exist yet are simply absent. Exit status 0 when clean, 1 on any violation.
@@ -69,6 +71,10 @@ OPENSSL_UNITS = {"auth"}
 # unit: they alone there may include OpenSSL and asio/ssl, and only they include one another.
 OPENSSL_HEADERS = {"transport/tls.hpp", "transport/websocket.hpp", "transport/websocket_tls.hpp",
                    "transport/websocket/handshake.hpp"}
+# Headers behind mqttbroker::sqlite (SQLite 3) inside a core unit: they alone include <sqlite3.h>,
+# and no other header includes them, so a program on memory storage neither includes nor links SQLite.
+SQLITE_HEADERS = {"storage/sqlite.hpp"}
+SQLITE_INCLUDE = re.compile(r"^sqlite3(ext)?\.h$")
 # Single headers a unit may include although their unit is off limits: codec/types.hpp holds the
 # vocabulary (qos, retain handling), not the wire format.
 ALLOWED_HEADERS = {"router": {"codec/types.hpp"}}
@@ -134,9 +140,15 @@ def check_file(rel, text):
         if OPENSSL_INCLUDE.match(target) and rel not in OPENSSL_HEADERS and unit not in OPENSSL_UNITS:
             errors.append(f"{where}: <{target}>: OpenSSL and asio/ssl belong in {', '.join(sorted(OPENSSL_HEADERS))} "
                           f"and the optional units ({', '.join(sorted(OPENSSL_UNITS))}) only")
+        if SQLITE_INCLUDE.match(target) and rel not in SQLITE_HEADERS:
+            errors.append(f"{where}: <{target}>: SQLite belongs in {', '.join(sorted(SQLITE_HEADERS))} only")
         if not target.startswith("mqttbroker/"):
             continue
         target_rel = target[len("mqttbroker/"):]
+        if target_rel in SQLITE_HEADERS and rel not in SQLITE_HEADERS:
+            errors.append(f"{where}: <{target}> is an optional header (mqttbroker::sqlite, SQLite): "
+                          f"{unit} may not include it")
+            continue
         if target_rel in OPENSSL_HEADERS and rel not in OPENSSL_HEADERS:
             errors.append(f"{where}: <{target}> is an optional header (a target of its own, OpenSSL): "
                           f"{unit} may not include it")

@@ -114,6 +114,11 @@ class broker {
     if constexpr (engine_type::durable) {
       // A commit is durable (on the storage's own thread): its acknowledgements may go.
       ctx_.engine_.storage().on_commit([this](std::uint64_t ticket) { ctx_.engine_.storage_committed(ticket); });
+      if constexpr (storage::detail::has_on_commit_failed<typename engine_type::storage_type>::value) {
+        ctx_.engine_.storage().on_commit_failed([this](std::uint64_t first, std::uint64_t last, std::error_code ec) {
+          ctx_.engine_.storage_commit_failed(first, last, ec);
+        });
+      }
     }
   }
 
@@ -211,6 +216,8 @@ class broker {
     if (!loaded_) {
       loaded_ = true;
       ctx_.engine_.load(started_at_, ctx_.system_now());
+      // Sessions that expired while the broker was down end before anyone can resume them.
+      if constexpr (engine_type::durable) ctx_.engine_.expire_sessions(started_at_);
       if (auto due = ctx_.engine_.next_will_due()) asio::post(control_ex_, [this, d = *due] { arm_will_timer(d); });
     }
     for (auto& l : listeners_) l->accept_next();
@@ -423,6 +430,7 @@ class broker {
       const time_point t = now();
       note_sweep_now(t);
       ctx_.engine_.sweep_connections(t);
+      ctx_.engine_.flush_storage();  // what no acknowledgement waits for (compiled out for memory)
       if (++sweep_ticks_ % 2 == 0) {
         ctx_.engine_.expire_sessions(t);
         const auto sys = options().sys_interval.count();

@@ -170,6 +170,18 @@ enum class protocol_errc {
   no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
+/// A durable storage that cannot open its file or keep a change (storage::sqlite).
+enum class storage_errc {
+  cannot_open = 1,      // the file or its folder cannot be opened or made
+  locked,               // another process (a second broker) holds the store
+  not_a_database,       // the file is not a store: not SQLite, or another program's database
+  corrupt,              // the file is damaged
+  newer_schema,         // made by a newer version of this library: not read, not changed
+  full,                 // the disk or the store's size limit is full: the change is not durable
+  io_error,             // reading or writing failed
+  closed,               // the store is not open
+};
+
 /// The category of codec_errc values: "mqttbroker.codec".
 inline const std::error_category& codec_category() noexcept {
   class category final : public std::error_category {
@@ -242,11 +254,37 @@ inline const std::error_category& protocol_category() noexcept {
   return instance;
 }
 
+/// The category of storage_errc values: "mqttbroker.storage".
+inline const std::error_category& storage_category() noexcept {
+  class category final : public std::error_category {
+   public:
+    const char* name() const noexcept override { return "mqttbroker.storage"; }
+    std::string message(int ev) const override {
+      switch (static_cast<storage_errc>(ev)) {
+        case storage_errc::cannot_open: return "the store cannot be opened";
+        case storage_errc::locked: return "the store is in use by another process";
+        case storage_errc::not_a_database: return "the file is not a store of this library";
+        case storage_errc::corrupt: return "the store is damaged";
+        case storage_errc::newer_schema: return "the store was made by a newer version";
+        case storage_errc::full: return "the store is full";
+        case storage_errc::io_error: return "the store could not be read or written";
+        case storage_errc::closed: return "the store is not open";
+      }
+      return "unknown storage error";
+    }
+  };
+  static const category instance;
+  return instance;
+}
+
 inline std::error_code make_error_code(codec_errc e) noexcept {
   return {static_cast<int>(e), codec_category()};
 }
 inline std::error_code make_error_code(protocol_errc e) noexcept {
   return {static_cast<int>(e), protocol_category()};
+}
+inline std::error_code make_error_code(storage_errc e) noexcept {
+  return {static_cast<int>(e), storage_category()};
 }
 
 /// The reason code a 5.0 receiver sends (in DISCONNECT or CONNACK) for an error of ours.
@@ -296,6 +334,8 @@ template <>
 struct is_error_code_enum<::mqttbroker::codec_errc> : true_type {};
 template <>
 struct is_error_code_enum<::mqttbroker::protocol_errc> : true_type {};
+template <>
+struct is_error_code_enum<::mqttbroker::storage_errc> : true_type {};
 }  // namespace std
 
 #endif  // MQTTBROKER_ERROR_HPP

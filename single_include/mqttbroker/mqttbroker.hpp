@@ -282,6 +282,18 @@ enum class protocol_errc {
   no_local_on_shared_subscription,  // 5.0 No Local 1 on a $share/ filter [MQTT-3.8.3-4]
 };
 
+/// A durable storage that cannot open its file or keep a change (storage::sqlite).
+enum class storage_errc {
+  cannot_open = 1,      // the file or its folder cannot be opened or made
+  locked,               // another process (a second broker) holds the store
+  not_a_database,       // the file is not a store: not SQLite, or another program's database
+  corrupt,              // the file is damaged
+  newer_schema,         // made by a newer version of this library: not read, not changed
+  full,                 // the disk or the store's size limit is full: the change is not durable
+  io_error,             // reading or writing failed
+  closed,               // the store is not open
+};
+
 /// The category of codec_errc values: "mqttbroker.codec".
 inline const std::error_category& codec_category() noexcept {
   class category final : public std::error_category {
@@ -354,11 +366,37 @@ inline const std::error_category& protocol_category() noexcept {
   return instance;
 }
 
+/// The category of storage_errc values: "mqttbroker.storage".
+inline const std::error_category& storage_category() noexcept {
+  class category final : public std::error_category {
+   public:
+    const char* name() const noexcept override { return "mqttbroker.storage"; }
+    std::string message(int ev) const override {
+      switch (static_cast<storage_errc>(ev)) {
+        case storage_errc::cannot_open: return "the store cannot be opened";
+        case storage_errc::locked: return "the store is in use by another process";
+        case storage_errc::not_a_database: return "the file is not a store of this library";
+        case storage_errc::corrupt: return "the store is damaged";
+        case storage_errc::newer_schema: return "the store was made by a newer version";
+        case storage_errc::full: return "the store is full";
+        case storage_errc::io_error: return "the store could not be read or written";
+        case storage_errc::closed: return "the store is not open";
+      }
+      return "unknown storage error";
+    }
+  };
+  static const category instance;
+  return instance;
+}
+
 inline std::error_code make_error_code(codec_errc e) noexcept {
   return {static_cast<int>(e), codec_category()};
 }
 inline std::error_code make_error_code(protocol_errc e) noexcept {
   return {static_cast<int>(e), protocol_category()};
+}
+inline std::error_code make_error_code(storage_errc e) noexcept {
+  return {static_cast<int>(e), storage_category()};
 }
 
 /// The reason code a 5.0 receiver sends (in DISCONNECT or CONNACK) for an error of ours.
@@ -408,6 +446,8 @@ template <>
 struct is_error_code_enum<::mqttbroker::codec_errc> : true_type {};
 template <>
 struct is_error_code_enum<::mqttbroker::protocol_errc> : true_type {};
+template <>
+struct is_error_code_enum<::mqttbroker::storage_errc> : true_type {};
 }  // namespace std
 
 #endif  // MQTTBROKER_ERROR_HPP
@@ -6302,6 +6342,10 @@ class manual {
   /// Moves to `t` (no earlier than now).
   void advance_to(steady_time t) { advance(std::max(t, steady_now()) - steady_now()); }
 
+  /// Sets the system time alone, either way, as a wall clock that jumps does (a board without a
+  /// real-time clock that boots in 1970 and is set later); steady time and timers do not move.
+  void set_system_time(system_time t) noexcept { s_->system_ticks.store(t.time_since_epoch().count()); }
+
   /// The earliest expiry among pending waits, if any: a test steps from one to the next so that a
   /// periodic timer fires at each of its periods.
   std::optional<steady_time> next_expiry() const {
@@ -7506,7 +7550,9 @@ MQTTBROKER_END_NAMESPACE
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 
@@ -7519,16 +7565,22 @@ namespace storage {
 enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 
 /// What a durable store gives back at start, through the broker's loader (load()):
-///   void session(std::string_view client_id, std::uint32_t expiry_seconds);
+///   void session(std::string_view client_id, std::uint32_t expiry_seconds);   // expiry runs from now
+///   void session(std::string_view client_id, std::uint32_t expiry_seconds, std::chrono::seconds left);
+///       // `left` of it remains (the store counts from the wall-clock time the session went
+///       // offline); 0: it expired while the broker was down, and ends at start, will and all
 ///   void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
 ///   void retained(message_ptr);
 ///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, codec::qos, outgoing_state);
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
+///   void inbound(std::string_view client_id, std::uint16_t packet_id, message_ptr unrouted);
+///       // the same, for a message committed but not yet routed (no routed() record): the broker
+///       // routes it after the load, so an acknowledged QoS 2 message survives a crash there too
 ///   void will(std::string_view client_id, message_ptr, std::chrono::system_clock::time_point due);
+///   std::chrono::system_clock::time_point system_now() const;   // the broker's wall clock at the load
+///   std::uint32_t expiry_second(std::chrono::system_clock::time_point);  // a Message Expiry as
+///       // the broker clock's second for message::make (the store keeps wall-clock expiry)
 /// Sessions come before what belongs to them; outgoing messages of a session in their order.
-/// Not yet: a QoS 2 message received and committed but not routed before a crash is only
-/// remembered by its identifier (inbound); routing it after the restart needs a loader call and
-/// a `routed` record, which the first durable backend brings.
 ///
 /// The storage policy. `static constexpr bool durable`: when false (storage::memory) the engine
 /// makes no call at all, compiled out. When true, the engine calls, on any thread that serves
@@ -7551,6 +7603,16 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void erase_will(std::string_view client_id);
 ///   std::uint64_t commit();   // makes durable everything recorded so far; returns its ticket
 ///   template <class Loader> void load(Loader&);
+/// Optional, each used when present (detected alone, as hooks are):
+///   void routed(std::string_view client_id, std::uint16_t packet_id);  // a received QoS 2 message
+///       // went to its subscribers: only its identifier is kept from now on (recorded after the
+///       // routing's own changes, so a commit that holds it holds them)
+///   void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since);
+///       // a kept session lost its connection: its expiry runs from `since` (save_session, at
+///       // CONNECT, means it is online again)
+///   void on_commit_failed(std::function<void(std::uint64_t first, std::uint64_t last, std::error_code)>);
+///       // tickets first..last are not durable (a full disk): their acknowledgements are refused
+///       // (5.0 PUBACK/PUBREC 0x97; otherwise the connection closes), never sent as successes
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
 /// to, so a store keeps one copy of it and counts the references (DECISIONS.md "One copy").
 ///
@@ -7606,6 +7668,10 @@ MQTTBROKER_STORAGE_CALL(has_release, release(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
 MQTTBROKER_STORAGE_CALL(has_commit, commit())
+MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
+MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
+                        on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>()))
 
 #undef MQTTBROKER_STORAGE_CALL
 
@@ -7780,8 +7846,16 @@ class core {
   void load(steady_time now, std::chrono::system_clock::time_point system_now) {
     if constexpr (durable) {
       loader ld{*this, now, system_now};
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      storage_.load(ld);
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        storage_.load(ld);
+      }
+      // QoS 2 messages that were durable but not yet routed when the broker stopped: their
+      // publishers were told PUBREC, so they go out now, once (their identifiers stay held).
+      for (auto& u : ld.unrouted_) {
+        publish_message(std::move(u.msg), u.from.get(), now);
+        note_routed(*u.from, u.packet_id);
+      }
     } else {
       (void)now;
       (void)system_now;
@@ -7795,10 +7869,24 @@ class core {
         : e_(e), now_(now), system_now_(system_now) {}
 
     void session(std::string_view client_id, std::uint32_t expiry_seconds) {
+      session(client_id, expiry_seconds, std::chrono::seconds(expiry_seconds));
+    }
+    /// `left`: what remains of the expiry, counted by the store from its wall-clock times; 0
+    /// ends the session at start (the broker's first expire_sessions()).
+    void session(std::string_view client_id, std::uint32_t expiry_seconds, std::chrono::seconds left) {
       auto rec = detail::ref_ptr<session_type>::make(std::string(client_id), &e_.session_limits_);
       rec->expiry = std::chrono::duration<std::uint32_t>(expiry_seconds);
-      rec->expires = now_ + rec->expiry;
+      left = std::clamp(left, std::chrono::seconds(0), std::chrono::seconds(expiry_seconds));
+      rec->expires = now_ + left;
       e_.sessions_.emplace(rec->state.client_id(), rec);
+    }
+    std::chrono::system_clock::time_point system_now() const noexcept { return system_now_; }
+    /// A wall-clock Message Expiry as message::make takes it: the broker clock's second (1 at
+    /// least, so one that passed while the broker was down is expired, not endless).
+    std::uint32_t expiry_second(std::chrono::system_clock::time_point at) const noexcept {
+      const auto left = std::chrono::duration_cast<std::chrono::seconds>(at - system_now_).count();
+      const std::int64_t second = std::int64_t{clock_seconds(now_)} + std::max<std::int64_t>(left, 0);
+      return static_cast<std::uint32_t>(std::clamp<std::int64_t>(second, 1, 0xFFFFFFFF));
     }
     void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
                       std::uint32_t identifier) {
@@ -7826,6 +7914,13 @@ class core {
     void inbound(std::string_view client_id, std::uint16_t packet_id) {
       if (session_type* rec = find(client_id)) rec->state.on_qos2_publish(packet_id);
     }
+    /// A QoS 2 message that was durable before its PUBREC but not routed: routed after the load.
+    void inbound(std::string_view client_id, std::uint16_t packet_id, message_ptr unrouted) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      rec->state.on_qos2_publish(packet_id);
+      if (unrouted) unrouted_.push_back({detail::ref_ptr<session_type>(rec), packet_id, std::move(unrouted)});
+    }
     void will(std::string_view client_id, message_ptr m, std::chrono::system_clock::time_point due) {
       session_type* rec = find(client_id);
       if (rec == nullptr) return;
@@ -7842,6 +7937,14 @@ class core {
     core& e_;
     steady_time now_;
     std::chrono::system_clock::time_point system_now_;
+
+   public:
+    struct unrouted_message {
+      detail::ref_ptr<session_type> from;
+      std::uint16_t packet_id;
+      message_ptr msg;
+    };
+    std::vector<unrouted_message> unrouted_;  // routed by load() once the state lock is let go
   };
 
   /// link_event::committed, on the link's executor: its held acknowledgements whose commits are
@@ -7862,6 +7965,37 @@ class core {
     } else {
       (void)ticket;
     }
+  }
+
+  /// Tickets `first`..`last` will never be durable (the storage's on_commit_failed, from any
+  /// thread): the acknowledgements waiting for them are refused, not sent (release_acks). A
+  /// storage_committed() for `last` or later follows and lets them be looked at.
+  void storage_commit_failed(std::uint64_t first, std::uint64_t last, std::error_code ec) {
+    if constexpr (durable) {
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        // Failures in a row (a disk that stays full) join into one range.
+        if (!failed_.empty() && failed_.back().second + 1 >= first)
+          failed_.back().second = std::max(failed_.back().second, last);
+        else
+          failed_.emplace_back(first, last);
+        // Links look at their held acknowledgements within one post of each report: old ranges
+        // are long settled.
+        if (failed_.size() > max_failed_ranges) failed_.erase(failed_.begin());
+      }
+      log(log_level::error, "storage: commits {} to {} failed: {}", first, last, ec.message());
+    } else {
+      (void)first;
+      (void)last;
+      (void)ec;
+    }
+  }
+
+  /// Makes durable, on the storage's schedule, what no acknowledgement waits for (retained
+  /// messages, expiry, wills): the broker's sweep calls it between packets, never in the middle
+  /// of one packet's changes.
+  void flush_storage() {
+    if constexpr (durable) storage_.commit();
   }
 
   /// Called with the time of the earliest delayed will whenever it moves earlier: the caller
@@ -8516,6 +8650,7 @@ class core {
     if constexpr (durable) {
       auto& q = l.held;
       for (;;) {
+        bool failed = false;
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
           if (!q || q->empty()) return;
@@ -8523,12 +8658,19 @@ class core {
             holding_.push_back(l.self());
             return;
           }
+          failed = commit_failed(q->front().ticket);
         }
         held_ack a = std::move(q->front());
         q->pop_front();
+        if (failed) {
+          refuse_ack(l, std::move(a), now);
+          if (l.is_closing()) return;  // what it still holds is settled when it closes
+          continue;
+        }
         if (a.route) {
           // QoS 2 in: routed only now that its identifier and the message are durable.
           const std::size_t n = publish_message(std::move(a.route), l.session(), now, true, nullptr);
+          if (l.session() != nullptr) note_routed(*l.session(), a.packet_id);
           if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
             a.reason = reason_code::no_matching_subscribers;
         }
@@ -8537,6 +8679,57 @@ class core {
     } else {
       (void)l;
       (void)now;
+    }
+  }
+
+  /// Whether `ticket` is in a range the storage reported failed. state_mutex_ held.
+  bool commit_failed(std::uint64_t ticket) const noexcept {
+    if (ticket == 0) return false;  // it waited only for those before it
+    for (const auto& r : failed_)
+      if (ticket >= r.first && ticket <= r.second) return true;
+    return false;
+  }
+
+  /// An acknowledgement whose change could not be made durable: nothing that was not stored is
+  /// acknowledged as stored. A 5.0 PUBACK or PUBREC says Quota exceeded (0x97) and the client
+  /// may send again; 3.1.1 has no negative acknowledgement and a SUBACK, UNSUBACK or PUBCOMP
+  /// none that fits, so the connection ends (5.0: DISCONNECT 0x97) and the client sends again
+  /// after it reconnects. On l's executor.
+  void refuse_ack(link_type& l, held_ack a, steady_time now) {
+    if (a.route) {
+      // QoS 2 in: not accepted, so not routed, and its identifier is free for the PUBLISH the
+      // client sends again (5.0 [MQTT-4.3.3-9]; 3.1.1 resends it after reconnecting).
+      if (session_type* rec = l.session()) {
+        {
+          session_guard lk(*this, *rec);
+          rec->state.on_pubrel(a.packet_id);
+        }
+        if (kept(*rec)) record([&](auto& st) { st.release(rec->state.client_id(), a.packet_id); }, false);
+      }
+      a.route = message_ptr();
+    }
+    log(log_level::warning, "client '{}': packet {} not acknowledged: the storage is full", l.client_id(), a.packet_id);
+    if (l.version() == codec::protocol_version::v5 &&
+        (a.type == codec::packet_type::puback || a.type == codec::packet_type::pubrec)) {
+      a.reason = reason_code::quota_exceeded;
+      return send_ack(l, a, now);
+    }
+    l.close(reason_code::quota_exceeded, true, false, now);
+  }
+
+  /// A received QoS 2 message went to its subscribers: a storage that keeps unrouted messages
+  /// keeps only the identifier from now on. After the routing's own changes were recorded.
+  void note_routed(session_type& rec, std::uint16_t packet_id) {
+    if constexpr (durable) {
+      if constexpr (storage::detail::has_routed<storage_type>::value) {
+        if (kept(rec)) record([&](auto& st) { st.routed(rec.state.client_id(), packet_id); }, false);
+      } else {
+        (void)rec;
+        (void)packet_id;
+      }
+    } else {
+      (void)rec;
+      (void)packet_id;
     }
   }
 
@@ -8644,6 +8837,9 @@ class core {
   MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
+  // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> failed_;
+  static constexpr std::size_t max_failed_ranges = 256;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   // Every open link until it closes, and every session by client identifier (the key views the
   // record's own copy of it): an element each, no node or key copy per client.
@@ -8984,8 +9180,12 @@ class protocol : public core<Policies> {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
       if (l.held) {
-        for (; !l.held->empty(); l.held->pop_front())
-          if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
+        for (; !l.held->empty(); l.held->pop_front()) {
+          held_ack& a = l.held->front();
+          if (!a.route) continue;
+          publish_message(std::move(a.route), l.session(), now, true, nullptr);
+          if (l.session() != nullptr) this->note_routed(*l.session(), a.packet_id);
+        }
       }
     }
     message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
@@ -9021,6 +9221,10 @@ class protocol : public core<Policies> {
           remove_session(*rec, now);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
+          if constexpr (storage::detail::has_session_offline<typename base::storage_type>::value) {
+            // Its expiry runs from now, also across a restart.
+            this->record([&](auto& st) { st.session_offline(rec->state.client_id(), system_now); }, false);
+          }
           if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.
@@ -10937,7 +11141,7 @@ class connection final
   bool take_input(const std::uint8_t* data, std::size_t n) {
     const auto now = ctx_.now();  // once per read, not per packet
     this->note_progress(now);
-    detail::pooled_bytes held;  // the rest of the input, when a pause did not happen after all
+    detail::pooled_bytes rest;  // the rest of the input, when a pause did not happen after all
     for (;;) {
       bool got_packet = false;
       const auto res = decoder_.feed(data, n, [this, &got_packet, now](codec::packet& p) {
@@ -10958,9 +11162,9 @@ class connection final
       // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
       // before anything newer from the stream.
       if (unread_.empty()) return true;
-      held = std::move(unread_);
-      data = held.data();
-      n = held.size();
+      rest = std::move(unread_);
+      data = rest.data();
+      n = rest.size();
     }
   }
 
@@ -11169,6 +11373,11 @@ class broker {
     if constexpr (engine_type::durable) {
       // A commit is durable (on the storage's own thread): its acknowledgements may go.
       ctx_.engine_.storage().on_commit([this](std::uint64_t ticket) { ctx_.engine_.storage_committed(ticket); });
+      if constexpr (storage::detail::has_on_commit_failed<typename engine_type::storage_type>::value) {
+        ctx_.engine_.storage().on_commit_failed([this](std::uint64_t first, std::uint64_t last, std::error_code ec) {
+          ctx_.engine_.storage_commit_failed(first, last, ec);
+        });
+      }
     }
   }
 
@@ -11266,6 +11475,8 @@ class broker {
     if (!loaded_) {
       loaded_ = true;
       ctx_.engine_.load(started_at_, ctx_.system_now());
+      // Sessions that expired while the broker was down end before anyone can resume them.
+      if constexpr (engine_type::durable) ctx_.engine_.expire_sessions(started_at_);
       if (auto due = ctx_.engine_.next_will_due()) asio::post(control_ex_, [this, d = *due] { arm_will_timer(d); });
     }
     for (auto& l : listeners_) l->accept_next();
@@ -11478,6 +11689,7 @@ class broker {
       const time_point t = now();
       note_sweep_now(t);
       ctx_.engine_.sweep_connections(t);
+      ctx_.engine_.flush_storage();  // what no acknowledgement waits for (compiled out for memory)
       if (++sweep_ticks_ % 2 == 0) {
         ctx_.engine_.expire_sessions(t);
         const auto sys = options().sys_interval.count();

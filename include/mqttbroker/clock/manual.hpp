@@ -167,6 +167,10 @@ class manual {
   /// Moves to `t` (no earlier than now).
   void advance_to(steady_time t) { advance(std::max(t, steady_now()) - steady_now()); }
 
+  /// Sets the system time alone, either way, as a wall clock that jumps does (a board without a
+  /// real-time clock that boots in 1970 and is set later); steady time and timers do not move.
+  void set_system_time(system_time t) noexcept { s_->system_ticks.store(t.time_since_epoch().count()); }
+
   /// The earliest expiry among pending waits, if any: a test steps from one to the next so that a
   /// periodic timer fires at each of its periods.
   std::optional<steady_time> next_expiry() const {

@@ -144,8 +144,16 @@ class core {
   void load(steady_time now, std::chrono::system_clock::time_point system_now) {
     if constexpr (durable) {
       loader ld{*this, now, system_now};
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      storage_.load(ld);
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        storage_.load(ld);
+      }
+      // QoS 2 messages that were durable but not yet routed when the broker stopped: their
+      // publishers were told PUBREC, so they go out now, once (their identifiers stay held).
+      for (auto& u : ld.unrouted_) {
+        publish_message(std::move(u.msg), u.from.get(), now);
+        note_routed(*u.from, u.packet_id);
+      }
     } else {
       (void)now;
       (void)system_now;
@@ -159,10 +167,24 @@ class core {
         : e_(e), now_(now), system_now_(system_now) {}
 
     void session(std::string_view client_id, std::uint32_t expiry_seconds) {
+      session(client_id, expiry_seconds, std::chrono::seconds(expiry_seconds));
+    }
+    /// `left`: what remains of the expiry, counted by the store from its wall-clock times; 0
+    /// ends the session at start (the broker's first expire_sessions()).
+    void session(std::string_view client_id, std::uint32_t expiry_seconds, std::chrono::seconds left) {
       auto rec = detail::ref_ptr<session_type>::make(std::string(client_id), &e_.session_limits_);
       rec->expiry = std::chrono::duration<std::uint32_t>(expiry_seconds);
-      rec->expires = now_ + rec->expiry;
+      left = std::clamp(left, std::chrono::seconds(0), std::chrono::seconds(expiry_seconds));
+      rec->expires = now_ + left;
       e_.sessions_.emplace(rec->state.client_id(), rec);
+    }
+    std::chrono::system_clock::time_point system_now() const noexcept { return system_now_; }
+    /// A wall-clock Message Expiry as message::make takes it: the broker clock's second (1 at
+    /// least, so one that passed while the broker was down is expired, not endless).
+    std::uint32_t expiry_second(std::chrono::system_clock::time_point at) const noexcept {
+      const auto left = std::chrono::duration_cast<std::chrono::seconds>(at - system_now_).count();
+      const std::int64_t second = std::int64_t{clock_seconds(now_)} + std::max<std::int64_t>(left, 0);
+      return static_cast<std::uint32_t>(std::clamp<std::int64_t>(second, 1, 0xFFFFFFFF));
     }
     void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
                       std::uint32_t identifier) {
@@ -190,6 +212,13 @@ class core {
     void inbound(std::string_view client_id, std::uint16_t packet_id) {
       if (session_type* rec = find(client_id)) rec->state.on_qos2_publish(packet_id);
     }
+    /// A QoS 2 message that was durable before its PUBREC but not routed: routed after the load.
+    void inbound(std::string_view client_id, std::uint16_t packet_id, message_ptr unrouted) {
+      session_type* rec = find(client_id);
+      if (rec == nullptr) return;
+      rec->state.on_qos2_publish(packet_id);
+      if (unrouted) unrouted_.push_back({detail::ref_ptr<session_type>(rec), packet_id, std::move(unrouted)});
+    }
     void will(std::string_view client_id, message_ptr m, std::chrono::system_clock::time_point due) {
       session_type* rec = find(client_id);
       if (rec == nullptr) return;
@@ -206,6 +235,14 @@ class core {
     core& e_;
     steady_time now_;
     std::chrono::system_clock::time_point system_now_;
+
+   public:
+    struct unrouted_message {
+      detail::ref_ptr<session_type> from;
+      std::uint16_t packet_id;
+      message_ptr msg;
+    };
+    std::vector<unrouted_message> unrouted_;  // routed by load() once the state lock is let go
   };
 
   /// link_event::committed, on the link's executor: its held acknowledgements whose commits are
@@ -226,6 +263,37 @@ class core {
     } else {
       (void)ticket;
     }
+  }
+
+  /// Tickets `first`..`last` will never be durable (the storage's on_commit_failed, from any
+  /// thread): the acknowledgements waiting for them are refused, not sent (release_acks). A
+  /// storage_committed() for `last` or later follows and lets them be looked at.
+  void storage_commit_failed(std::uint64_t first, std::uint64_t last, std::error_code ec) {
+    if constexpr (durable) {
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        // Failures in a row (a disk that stays full) join into one range.
+        if (!failed_.empty() && failed_.back().second + 1 >= first)
+          failed_.back().second = std::max(failed_.back().second, last);
+        else
+          failed_.emplace_back(first, last);
+        // Links look at their held acknowledgements within one post of each report: old ranges
+        // are long settled.
+        if (failed_.size() > max_failed_ranges) failed_.erase(failed_.begin());
+      }
+      log(log_level::error, "storage: commits {} to {} failed: {}", first, last, ec.message());
+    } else {
+      (void)first;
+      (void)last;
+      (void)ec;
+    }
+  }
+
+  /// Makes durable, on the storage's schedule, what no acknowledgement waits for (retained
+  /// messages, expiry, wills): the broker's sweep calls it between packets, never in the middle
+  /// of one packet's changes.
+  void flush_storage() {
+    if constexpr (durable) storage_.commit();
   }
 
   /// Called with the time of the earliest delayed will whenever it moves earlier: the caller
@@ -880,6 +948,7 @@ class core {
     if constexpr (durable) {
       auto& q = l.held;
       for (;;) {
+        bool failed = false;
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
           if (!q || q->empty()) return;
@@ -887,12 +956,19 @@ class core {
             holding_.push_back(l.self());
             return;
           }
+          failed = commit_failed(q->front().ticket);
         }
         held_ack a = std::move(q->front());
         q->pop_front();
+        if (failed) {
+          refuse_ack(l, std::move(a), now);
+          if (l.is_closing()) return;  // what it still holds is settled when it closes
+          continue;
+        }
         if (a.route) {
           // QoS 2 in: routed only now that its identifier and the message are durable.
           const std::size_t n = publish_message(std::move(a.route), l.session(), now, true, nullptr);
+          if (l.session() != nullptr) note_routed(*l.session(), a.packet_id);
           if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
             a.reason = reason_code::no_matching_subscribers;
         }
@@ -901,6 +977,57 @@ class core {
     } else {
       (void)l;
       (void)now;
+    }
+  }
+
+  /// Whether `ticket` is in a range the storage reported failed. state_mutex_ held.
+  bool commit_failed(std::uint64_t ticket) const noexcept {
+    if (ticket == 0) return false;  // it waited only for those before it
+    for (const auto& r : failed_)
+      if (ticket >= r.first && ticket <= r.second) return true;
+    return false;
+  }
+
+  /// An acknowledgement whose change could not be made durable: nothing that was not stored is
+  /// acknowledged as stored. A 5.0 PUBACK or PUBREC says Quota exceeded (0x97) and the client
+  /// may send again; 3.1.1 has no negative acknowledgement and a SUBACK, UNSUBACK or PUBCOMP
+  /// none that fits, so the connection ends (5.0: DISCONNECT 0x97) and the client sends again
+  /// after it reconnects. On l's executor.
+  void refuse_ack(link_type& l, held_ack a, steady_time now) {
+    if (a.route) {
+      // QoS 2 in: not accepted, so not routed, and its identifier is free for the PUBLISH the
+      // client sends again (5.0 [MQTT-4.3.3-9]; 3.1.1 resends it after reconnecting).
+      if (session_type* rec = l.session()) {
+        {
+          session_guard lk(*this, *rec);
+          rec->state.on_pubrel(a.packet_id);
+        }
+        if (kept(*rec)) record([&](auto& st) { st.release(rec->state.client_id(), a.packet_id); }, false);
+      }
+      a.route = message_ptr();
+    }
+    log(log_level::warning, "client '{}': packet {} not acknowledged: the storage is full", l.client_id(), a.packet_id);
+    if (l.version() == codec::protocol_version::v5 &&
+        (a.type == codec::packet_type::puback || a.type == codec::packet_type::pubrec)) {
+      a.reason = reason_code::quota_exceeded;
+      return send_ack(l, a, now);
+    }
+    l.close(reason_code::quota_exceeded, true, false, now);
+  }
+
+  /// A received QoS 2 message went to its subscribers: a storage that keeps unrouted messages
+  /// keeps only the identifier from now on. After the routing's own changes were recorded.
+  void note_routed(session_type& rec, std::uint16_t packet_id) {
+    if constexpr (durable) {
+      if constexpr (storage::detail::has_routed<storage_type>::value) {
+        if (kept(rec)) record([&](auto& st) { st.routed(rec.state.client_id(), packet_id); }, false);
+      } else {
+        (void)rec;
+        (void)packet_id;
+      }
+    } else {
+      (void)rec;
+      (void)packet_id;
     }
   }
 
@@ -1008,6 +1135,9 @@ class core {
   MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
+  // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> failed_;
+  static constexpr std::size_t max_failed_ranges = 256;
   MQTTBROKER_NO_UNIQUE_ADDRESS mutable mutex_type state_mutex_;
   // Every open link until it closes, and every session by client identifier (the key views the
   // record's own copy of it): an element each, no node or key copy per client.

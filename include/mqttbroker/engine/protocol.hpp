@@ -321,8 +321,12 @@ class protocol : public core<Policies> {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
       if (l.held) {
-        for (; !l.held->empty(); l.held->pop_front())
-          if (l.held->front().route) publish_message(std::move(l.held->front().route), l.session(), now, true, nullptr);
+        for (; !l.held->empty(); l.held->pop_front()) {
+          held_ack& a = l.held->front();
+          if (!a.route) continue;
+          publish_message(std::move(a.route), l.session(), now, true, nullptr);
+          if (l.session() != nullptr) this->note_routed(*l.session(), a.packet_id);
+        }
       }
     }
     message_ptr will = l.extras_ ? std::move(l.extras_->will) : message_ptr();
@@ -358,6 +362,10 @@ class protocol : public core<Policies> {
           remove_session(*rec, now);  // the session ends now, so a delayed will goes out now too
         } else {
           rec->expires = now + rec->expiry;
+          if constexpr (storage::detail::has_session_offline<typename base::storage_type>::value) {
+            // Its expiry runs from now, also across a restart.
+            this->record([&](auto& st) { st.session_offline(rec->state.client_id(), system_now); }, false);
+          }
           if (will && will_delay.count() != 0) {
             // [MQTT-3.1.2-8] 5.0: after the Will Delay Interval or when the session ends,
             // whichever comes first.

@@ -355,7 +355,7 @@ class connection final
   bool take_input(const std::uint8_t* data, std::size_t n) {
     const auto now = ctx_.now();  // once per read, not per packet
     this->note_progress(now);
-    detail::pooled_bytes held;  // the rest of the input, when a pause did not happen after all
+    detail::pooled_bytes rest;  // the rest of the input, when a pause did not happen after all
     for (;;) {
       bool got_packet = false;
       const auto res = decoder_.feed(data, n, [this, &got_packet, now](codec::packet& p) {
@@ -376,9 +376,9 @@ class connection final
       // The subscriber caught up meanwhile (another thread drained it): decode the rest now,
       // before anything newer from the stream.
       if (unread_.empty()) return true;
-      held = std::move(unread_);
-      data = held.data();
-      n = held.size();
+      rest = std::move(unread_);
+      data = rest.data();
+      n = rest.size();
     }
   }
 

@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 
@@ -20,16 +22,22 @@ namespace storage {
 enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 
 /// What a durable store gives back at start, through the broker's loader (load()):
-///   void session(std::string_view client_id, std::uint32_t expiry_seconds);
+///   void session(std::string_view client_id, std::uint32_t expiry_seconds);   // expiry runs from now
+///   void session(std::string_view client_id, std::uint32_t expiry_seconds, std::chrono::seconds left);
+///       // `left` of it remains (the store counts from the wall-clock time the session went
+///       // offline); 0: it expired while the broker was down, and ends at start, will and all
 ///   void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
 ///   void retained(message_ptr);
 ///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, codec::qos, outgoing_state);
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
+///   void inbound(std::string_view client_id, std::uint16_t packet_id, message_ptr unrouted);
+///       // the same, for a message committed but not yet routed (no routed() record): the broker
+///       // routes it after the load, so an acknowledged QoS 2 message survives a crash there too
 ///   void will(std::string_view client_id, message_ptr, std::chrono::system_clock::time_point due);
+///   std::chrono::system_clock::time_point system_now() const;   // the broker's wall clock at the load
+///   std::uint32_t expiry_second(std::chrono::system_clock::time_point);  // a Message Expiry as
+///       // the broker clock's second for message::make (the store keeps wall-clock expiry)
 /// Sessions come before what belongs to them; outgoing messages of a session in their order.
-/// Not yet: a QoS 2 message received and committed but not routed before a crash is only
-/// remembered by its identifier (inbound); routing it after the restart needs a loader call and
-/// a `routed` record, which the first durable backend brings.
 ///
 /// The storage policy. `static constexpr bool durable`: when false (storage::memory) the engine
 /// makes no call at all, compiled out. When true, the engine calls, on any thread that serves
@@ -52,6 +60,16 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void erase_will(std::string_view client_id);
 ///   std::uint64_t commit();   // makes durable everything recorded so far; returns its ticket
 ///   template <class Loader> void load(Loader&);
+/// Optional, each used when present (detected alone, as hooks are):
+///   void routed(std::string_view client_id, std::uint16_t packet_id);  // a received QoS 2 message
+///       // went to its subscribers: only its identifier is kept from now on (recorded after the
+///       // routing's own changes, so a commit that holds it holds them)
+///   void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since);
+///       // a kept session lost its connection: its expiry runs from `since` (save_session, at
+///       // CONNECT, means it is online again)
+///   void on_commit_failed(std::function<void(std::uint64_t first, std::uint64_t last, std::error_code)>);
+///       // tickets first..last are not durable (a full disk): their acknowledgements are refused
+///       // (5.0 PUBACK/PUBREC 0x97; otherwise the connection closes), never sent as successes
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
 /// to, so a store keeps one copy of it and counts the references (DECISIONS.md "One copy").
 ///
@@ -107,6 +125,10 @@ MQTTBROKER_STORAGE_CALL(has_release, release(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
 MQTTBROKER_STORAGE_CALL(has_commit, commit())
+MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
+MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
+MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
+                        on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>()))
 
 #undef MQTTBROKER_STORAGE_CALL
 

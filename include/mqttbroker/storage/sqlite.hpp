@@ -1,0 +1,1085 @@
+#ifndef MQTTBROKER_STORAGE_SQLITE_HPP
+#define MQTTBROKER_STORAGE_SQLITE_HPP
+
+#include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/codec/types.hpp>
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/error.hpp>
+#include <mqttbroker/message.hpp>
+#include <mqttbroker/storage/contract.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace storage {
+
+/// What a commit waits for on the disk (SQLite's PRAGMA synchronous, in WAL mode).
+enum class sqlite_sync : std::uint8_t {
+  full,    // every commit is on the disk before its acknowledgements go: survives power loss
+  normal,  // commits reach the OS at once and the disk at checkpoints: survives a killed process
+};
+
+/// How storage::sqlite opens its file and commits.
+struct sqlite_options {
+  std::string path;                               ///< the database file; made when missing
+  sqlite_sync synchronous = sqlite_sync::full;
+  /// How long a commit waits to gather more changes after the first one asks for it (0: it
+  /// starts at once, and changes that arrive during a commit go into the next one anyway).
+  std::chrono::microseconds group_commit_window{0};
+  /// The file's size limit in bytes (0: none). Past it changes fail as a full disk does: the
+  /// acknowledgements that wait for them are refused.
+  std::uint64_t max_bytes = 0;
+  /// Runs the commits: empty, the store starts a thread of its own; otherwise a function that
+  /// runs its argument later on a thread that may block (a host's storage executor).
+  std::function<void(std::function<void()>)> executor;
+  /// The wall clock that dates what is stored (session expiry, wills, message expiry); the
+  /// broker's clock policy's system time belongs here when it is not the system's.
+  std::function<std::chrono::system_clock::time_point()> clock;
+  /// Where the store reports what a host should know (a clock behind the last save, vacuums).
+  std::function<void(std::string_view)> log;
+};
+
+/// A durable storage policy on SQLite 3 (storage/contract.hpp), in WAL mode, one file per broker,
+/// taken with an exclusive lock. The engine's calls are recorded in memory under a mutex; commit()
+/// hands them to a worker, which writes each batch in one transaction (group commit) and reports
+/// its ticket to the broker's on_commit handler. Every queued or in-flight entry of every session
+/// refers to one message row, which goes with its last reference.
+///
+/// Default-constructed it is closed: open() before the broker starts. Exceptions come only from
+/// open(); afterwards failures are error codes (storage_errc) reported with the tickets.
+class sqlite {
+ public:
+  static constexpr bool durable = true;
+  /// The schema this version writes; a file with a newer one is refused, an older one migrated.
+  static constexpr int schema_version = 1;
+
+  sqlite() : s_(std::make_shared<shared>()) {}
+  explicit sqlite(sqlite_options o) : sqlite() { open(std::move(o)); }
+  sqlite(const sqlite&) = delete;
+  sqlite& operator=(const sqlite&) = delete;
+  ~sqlite() { close(); }
+
+  /// Opens (or makes) the file; throws std::system_error (a storage_errc) naming the file and
+  /// the reason. A file that is not a store, is damaged, has a newer schema or is held by
+  /// another process is left as it was.
+  void open(sqlite_options o) {
+    std::error_code ec;
+    std::string what;
+    open(std::move(o), ec, &what);
+    if (ec) throw std::system_error(ec, what);
+  }
+  void open(sqlite_options o, std::error_code& ec, std::string* what = nullptr) { s_->open(std::move(o), ec, what); }
+
+  /// Commits what is recorded, stops the worker and closes the file. The broker must be stopped.
+  void close() { s_->close(); }
+  bool is_open() const { return s_->is_open(); }
+
+  // ---- the storage contract (storage/contract.hpp): from any thread, serialised here
+
+  void save_session(std::string_view client_id, std::uint32_t expiry_seconds) {
+    s_->record(op_kind::save_session, client_id, [&](op& o) { o.b = expiry_seconds; });
+  }
+  void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since) {
+    s_->record(op_kind::session_offline, client_id, [&](op& o) {
+      o.time = s_->stamp(since);
+      s_->seen_ms = std::max(s_->seen_ms, o.time);
+    });
+  }
+  void erase_session(std::string_view client_id) { s_->erase_session(client_id); }
+  void save_subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
+                         std::uint32_t identifier) {
+    s_->record(op_kind::save_subscription, client_id, [&](op& o) {
+      o.text.assign(filter);
+      o.b = identifier;
+      o.c = pack(options);
+    });
+  }
+  void erase_subscription(std::string_view client_id, std::string_view filter) {
+    s_->record(op_kind::erase_subscription, client_id, [&](op& o) { o.text.assign(filter); });
+  }
+  void save_retained(const message_ptr& m) {
+    s_->record(op_kind::save_retained, m->topic(), [&](op& o) {
+      o.msg = m;
+      o.time = s_->message_expiry(*m);
+    });
+  }
+  void erase_retained(std::string_view topic) { s_->record(op_kind::erase_retained, topic, [](op&) {}); }
+  void enqueue(std::string_view client_id, const message_ptr& m, codec::qos q) { s_->enqueue(client_id, m, q); }
+  void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, codec::qos q) {
+    s_->send(client_id, packet_id, m, q);
+  }
+  void pubrec(std::string_view client_id, std::uint16_t packet_id) { s_->pubrec(client_id, packet_id); }
+  void acknowledge(std::string_view client_id, std::uint16_t packet_id) { s_->acknowledge(client_id, packet_id); }
+  void drop(std::string_view client_id, const message_ptr& m) { s_->drop(client_id, m); }
+  void clear_messages(std::string_view client_id) { s_->clear_messages(client_id); }
+  void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m) {
+    s_->receive(client_id, packet_id, m);
+  }
+  void routed(std::string_view client_id, std::uint16_t packet_id) { s_->routed(client_id, packet_id); }
+  void release(std::string_view client_id, std::uint16_t packet_id) { s_->release(client_id, packet_id); }
+  void save_will(std::string_view client_id, const message_ptr& m, std::chrono::system_clock::time_point due) {
+    s_->record(op_kind::save_will, client_id, [&](op& o) {
+      o.msg = m;
+      o.time = s_->stamp(due);
+    });
+  }
+  void erase_will(std::string_view client_id) { s_->record(op_kind::erase_will, client_id, [](op&) {}); }
+
+  std::uint64_t commit() { return s_->commit(); }
+  void on_commit(std::function<void(std::uint64_t)> f) {
+    std::lock_guard<std::mutex> lk(s_->mutex);
+    s_->committed_handler = std::move(f);
+  }
+  void on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)> f) {
+    std::lock_guard<std::mutex> lk(s_->mutex);
+    s_->failed_handler = std::move(f);
+  }
+
+  template <class Loader>
+  void load(Loader& l) {
+    s_->load(l);
+  }
+
+  /// The last error the worker met (storage_errc), for a host that polls.
+  std::error_code last_error() const {
+    std::lock_guard<std::mutex> lk(s_->mutex);
+    return s_->last_error;
+  }
+
+ private:
+  enum class op_kind : std::uint8_t {
+    save_session,
+    session_offline,
+    erase_session,
+    save_subscription,
+    erase_subscription,
+    save_retained,
+    erase_retained,
+    insert_message,
+    delete_message,
+    add_outgoing,
+    update_outgoing,
+    delete_outgoing,
+    clear_messages,
+    add_inbound,
+    inbound_routed,
+    delete_inbound,
+    save_will,
+    erase_will,
+  };
+  static constexpr std::size_t op_kinds = 18;
+
+  /// One change as the worker writes it: `key` is the client identifier (the topic for a
+  /// retained message); the other fields as the kind needs them.
+  struct op {
+    op_kind kind;
+    std::uint64_t ticket;  // the commit() it belongs to
+    std::string key;
+    std::string text;        // filter
+    std::int64_t a = 0;      // message id, or seq
+    std::int64_t b = 0;      // expiry, identifier, packet id
+    std::int64_t time = 0;   // wall-clock milliseconds: offline since, due, message expiry (0: none)
+    std::uint32_t c = 0;     // subscription options, qos
+    std::uint32_t state = 0;  // outgoing_state
+    std::int64_t ref = 0;    // a message id referred to (0: none)
+    message_ptr msg;
+  };
+
+  static std::uint32_t pack(const codec::subscribe_options& o) noexcept {
+    return static_cast<std::uint32_t>(o.max_qos) | (o.no_local ? 4u : 0u) | (o.retain_as_published ? 8u : 0u) |
+           (static_cast<std::uint32_t>(o.retain_handling) << 4);
+  }
+  static codec::subscribe_options unpack(std::int64_t v) noexcept {
+    codec::subscribe_options o;
+    o.max_qos = static_cast<codec::qos>(v & 3);
+    o.no_local = (v & 4) != 0;
+    o.retain_as_published = (v & 8) != 0;
+    o.retain_handling = static_cast<codec::retain_handling_option>((v >> 4) & 3);
+    return o;
+  }
+  static std::int64_t to_ms(std::chrono::system_clock::time_point t) noexcept {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  }
+  static std::chrono::system_clock::time_point from_ms(std::int64_t ms) noexcept {
+    return std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::milliseconds(ms)));
+  }
+
+  static std::error_code to_error(int rc) noexcept {
+    switch (rc & 0xFF) {
+      case SQLITE_BUSY:
+      case SQLITE_LOCKED: return storage_errc::locked;
+      case SQLITE_NOTADB: return storage_errc::not_a_database;
+      case SQLITE_CORRUPT: return storage_errc::corrupt;
+      case SQLITE_FULL: return storage_errc::full;
+      case SQLITE_CANTOPEN:
+      case SQLITE_PERM:
+      case SQLITE_READONLY: return storage_errc::cannot_open;
+      default: return storage_errc::io_error;
+    }
+  }
+
+  /// A prepared statement, finalized with its owner.
+  struct statement {
+    sqlite3_stmt* st = nullptr;
+    statement() = default;
+    statement(const statement&) = delete;
+    statement& operator=(const statement&) = delete;
+    ~statement() { sqlite3_finalize(st); }
+  };
+
+  /// What a session's entries refer to, mirrored in memory so that every change is one exact
+  /// row write: the queue in order, the messages in flight and the received QoS 2 identifiers.
+  struct outgoing_entry {
+    std::int64_t seq;
+    std::int64_t message;  // 0 once PUBREC came (only the identifier is kept)
+  };
+  struct client_rows {
+    std::deque<outgoing_entry> queued;
+    std::map<std::uint16_t, outgoing_entry> inflight;
+    std::map<std::uint16_t, std::int64_t> inbound;  // packet id -> unrouted message (0: routed)
+  };
+  struct message_row {
+    std::int64_t id;
+    std::uint32_t refs;
+    message_ptr keep;  // the address stays this message's while it is a key
+  };
+
+  /// Everything, shared with the jobs a host's executor may still hold after close().
+  struct shared : std::enable_shared_from_this<shared> {
+    // ---- under `mutex`: what the engine records
+    mutable std::mutex mutex;
+    std::condition_variable wake;
+    std::vector<op> pending;
+    std::uint64_t issued = 0;      // the last ticket commit() gave
+    bool recorded = false;         // a change since that ticket
+    bool stopping = false;
+    bool job_posted = false;       // executor mode: a commit job is on its way
+    std::error_code last_error;
+    std::function<void(std::uint64_t)> committed_handler;
+    std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed_handler;
+    std::unordered_map<std::string, client_rows> clients;
+    std::unordered_map<const message*, message_row> messages;
+    std::unordered_map<std::int64_t, const message*> message_by_id;
+    std::int64_t next_seq = 0;
+    std::int64_t next_message = 0;
+    std::int64_t floor_ms = 0;     // the last save when the file was loaded: no time stored is older
+    std::int64_t seen_ms = 0;      // the latest time recorded: the save time is never earlier
+
+    // ---- under `db_mutex`: the connection, used by one commit at a time
+    std::mutex db_mutex;
+    sqlite3* db = nullptr;
+    statement statements[op_kinds];
+    statement saved_at;
+    std::uint64_t commits = 0;
+
+    sqlite_options opts;
+    std::thread worker;
+    bool open_ = false;  // `mutex`
+
+    ~shared() {
+      if (db != nullptr) sqlite3_close_v2(db);
+    }
+
+    bool is_open() const {
+      std::lock_guard<std::mutex> lk(mutex);
+      return open_;
+    }
+
+    std::chrono::system_clock::time_point wall_now() const {
+      return opts.clock ? opts.clock() : std::chrono::system_clock::now();
+    }
+    /// A time to store: while the clock is behind the last save (a board without a real-time
+    /// clock that booted in 1970), it is moved forward by the difference, so nothing stored
+    /// looks older than it is once the clock jumps (DECISIONS.md "Clocks that jump").
+    std::int64_t stamp(std::chrono::system_clock::time_point t) const {
+      const std::int64_t behind = floor_ms - to_ms(wall_now());
+      return to_ms(t) + std::max<std::int64_t>(behind, 0);
+    }
+    /// The wall-clock end of a message's Message Expiry Interval, counted from now (0: none).
+    std::int64_t message_expiry(const message& m) const {
+      if (m.expires_at() == 0) return 0;
+      const auto p = m.properties().find(codec::property_id::message_expiry_interval);
+      if (!p) return 0;
+      return stamp(wall_now()) + std::int64_t{p->integer} * 1000;
+    }
+    void note(std::string_view text) const {
+      if (opts.log) opts.log(text);
+    }
+
+    // ---- opening
+
+    void fail(std::error_code& ec, std::string* what, std::error_code code, const std::string& why) {
+      ec = code;
+      if (what != nullptr) *what = "mqttbroker: storage '" + opts.path + "': " + why;
+      if (db != nullptr) {
+        sqlite3_close_v2(db);
+        db = nullptr;
+      }
+    }
+    int exec(const char* sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr); }
+    /// The first column of the first row of `sql` as an integer; `rc` says whether it ran.
+    std::int64_t scalar(const char* sql, int& rc) {
+      sqlite3_stmt* st = nullptr;
+      rc = sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+      std::int64_t v = 0;
+      if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+          v = sqlite3_column_int64(st, 0);
+          rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+          rc = SQLITE_OK;
+        }
+      }
+      sqlite3_finalize(st);
+      return v;
+    }
+
+    void open(sqlite_options o, std::error_code& ec, std::string* what) {
+      ec.clear();
+      std::lock_guard<std::mutex> dl(db_mutex);
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (open_) return fail(ec, what, storage_errc::cannot_open, "already open");
+      }
+      opts = std::move(o);
+      // The file is made only when missing: an existing one is read before anything is written.
+      int rc = sqlite3_open_v2(opts.path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                               nullptr);
+      if (rc != SQLITE_OK) return fail(ec, what, storage_errc::cannot_open, sqlite3_errstr(rc));
+      sqlite3_extended_result_codes(db, 1);
+      // One owner: a second broker on the same file fails here, not later.
+      exec("PRAGMA locking_mode=EXCLUSIVE");
+      const std::int64_t app = scalar("PRAGMA application_id", rc);
+      if (rc != SQLITE_OK) return refuse(ec, what, rc);
+      const std::int64_t pages = scalar("PRAGMA page_count", rc);
+      if (rc != SQLITE_OK) return refuse(ec, what, rc);
+      if (pages != 0 && app != application_id)
+        return fail(ec, what, storage_errc::not_a_database, "not a store of mqttbroker (another program's database)");
+      if (pages != 0) {
+        // Checked before anything is written: a damaged or newer file stays as it is.
+        sqlite3_stmt* st = nullptr;
+        rc = sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &st, nullptr);
+        std::string verdict;
+        if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+          verdict = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+        else
+          rc = sqlite3_errcode(db);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_OK) return refuse(ec, what, rc);
+        if (verdict != "ok") return fail(ec, what, storage_errc::corrupt, "damaged: " + verdict);
+        const std::int64_t version = scalar("SELECT max(version) FROM schema_version", rc);
+        if (rc != SQLITE_OK) return refuse(ec, what, rc);
+        if (version > schema_version)
+          return fail(ec, what, storage_errc::newer_schema,
+                      "schema version " + std::to_string(version) + " is newer than this broker's (" +
+                          std::to_string(schema_version) + ")");
+        if (version < schema_version && !migrate(version)) return refuse(ec, what, sqlite3_errcode(db));
+      } else {
+        // New: incremental vacuum is chosen before the first table, the one time it can be.
+        if (exec("PRAGMA auto_vacuum=INCREMENTAL") != SQLITE_OK || !migrate(0))
+          return refuse(ec, what, sqlite3_errcode(db));
+      }
+      rc = exec("PRAGMA journal_mode=WAL");
+      if (rc == SQLITE_OK)
+        rc = exec(opts.synchronous == sqlite_sync::full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+      // The WAL file shrinks back after checkpoints instead of keeping its largest size.
+      if (rc == SQLITE_OK) rc = exec("PRAGMA journal_size_limit=4194304");
+      if (rc == SQLITE_OK && opts.max_bytes != 0) {
+        const std::int64_t page = scalar("PRAGMA page_size", rc);
+        const std::string limit =
+            "PRAGMA max_page_count=" + std::to_string(std::max<std::uint64_t>(opts.max_bytes / std::uint64_t(page), 1));
+        if (rc == SQLITE_OK) rc = exec(limit.c_str());
+      }
+      if (rc != SQLITE_OK) return refuse(ec, what, rc);
+      if (!prepare()) return refuse(ec, what, sqlite3_errcode(db));
+      std::lock_guard<std::mutex> lk(mutex);
+      open_ = true;
+      stopping = false;
+      if (!opts.executor) worker = std::thread([this] { run_worker(); });
+    }
+
+    void refuse(std::error_code& ec, std::string* what, int rc) {
+      std::string why = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+      const std::error_code code = to_error(rc);
+      if (code == storage_errc::locked) why = "in use by another process (another broker?)";
+      fail(ec, what, code, why);
+    }
+
+    /// Brings the schema from `from` to schema_version, one step per version, in one transaction.
+    bool migrate(std::int64_t from) {
+      static const char* const steps[] = {
+          // 0 -> 1
+          "CREATE TABLE schema_version(version INTEGER NOT NULL);"
+          "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+          "INSERT INTO meta VALUES('saved_at', 0);"
+          "CREATE TABLE sessions(client_id TEXT PRIMARY KEY, expiry INTEGER NOT NULL, offline_since INTEGER)"
+          " WITHOUT ROWID;"
+          "CREATE TABLE subscriptions(client_id TEXT NOT NULL, filter TEXT NOT NULL, options INTEGER NOT NULL,"
+          " identifier INTEGER NOT NULL, PRIMARY KEY(client_id, filter)) WITHOUT ROWID;"
+          "CREATE TABLE messages(id INTEGER PRIMARY KEY, topic BLOB NOT NULL, payload BLOB NOT NULL,"
+          " properties BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, expires INTEGER NOT NULL);"
+          "CREATE TABLE outgoing(client_id TEXT NOT NULL, seq INTEGER NOT NULL, message_id INTEGER,"
+          " qos INTEGER NOT NULL, state INTEGER NOT NULL, packet_id INTEGER NOT NULL, PRIMARY KEY(client_id, seq))"
+          " WITHOUT ROWID;"
+          "CREATE TABLE inbound(client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, message_id INTEGER,"
+          " PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;"
+          "CREATE TABLE retained(topic BLOB PRIMARY KEY, payload BLOB NOT NULL, properties BLOB NOT NULL,"
+          " qos INTEGER NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;"
+          "CREATE TABLE wills(client_id TEXT PRIMARY KEY, topic BLOB NOT NULL, payload BLOB NOT NULL,"
+          " properties BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, due INTEGER NOT NULL)"
+          " WITHOUT ROWID;",
+      };
+      static_assert(sizeof steps / sizeof steps[0] == schema_version, "one migration step per schema version");
+      if (exec("BEGIN IMMEDIATE") != SQLITE_OK) return false;
+      bool ok = true;
+      for (std::int64_t v = from; ok && v < schema_version; ++v) ok = exec(steps[v]) == SQLITE_OK;
+      const std::string mark = "DELETE FROM schema_version; INSERT INTO schema_version VALUES(" +
+                               std::to_string(schema_version) + "); PRAGMA application_id=" +
+                               std::to_string(application_id) + ";";
+      ok = ok && exec(mark.c_str()) == SQLITE_OK && exec("COMMIT") == SQLITE_OK;
+      if (!ok) exec("ROLLBACK");
+      return ok;
+    }
+
+    bool prepare() {
+      static const char* const sql[op_kinds] = {
+          // save_session: online again (its expiry does not run)
+          "INSERT INTO sessions VALUES(?1, ?2, NULL) ON CONFLICT(client_id) DO UPDATE SET expiry=?2, "
+          "offline_since=NULL",
+          "UPDATE sessions SET offline_since=?2 WHERE client_id=?1",
+          // erase_session: what it owned goes with it
+          "DELETE FROM sessions WHERE client_id=?1",
+          "INSERT OR REPLACE INTO subscriptions VALUES(?1, ?2, ?3, ?4)",
+          "DELETE FROM subscriptions WHERE client_id=?1 AND filter=?2",
+          "INSERT OR REPLACE INTO retained VALUES(?1, ?2, ?3, ?4, ?5)",
+          "DELETE FROM retained WHERE topic=?1",
+          "INSERT OR REPLACE INTO messages VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+          "DELETE FROM messages WHERE id=?1",
+          "INSERT OR REPLACE INTO outgoing VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+          "UPDATE outgoing SET message_id=?3, state=?5, packet_id=?6 WHERE client_id=?1 AND seq=?2",
+          "DELETE FROM outgoing WHERE client_id=?1 AND seq=?2",
+          "DELETE FROM outgoing WHERE client_id=?1",
+          "INSERT OR REPLACE INTO inbound VALUES(?1, ?2, ?3)",
+          "UPDATE inbound SET message_id=NULL WHERE client_id=?1 AND packet_id=?2",
+          "DELETE FROM inbound WHERE client_id=?1 AND packet_id=?2",
+          "INSERT OR REPLACE INTO wills VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+          "DELETE FROM wills WHERE client_id=?1",
+      };
+      for (std::size_t i = 0; i < op_kinds; ++i)
+        if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &statements[i].st, nullptr) != SQLITE_OK)
+          return false;
+      return sqlite3_prepare_v3(db, "UPDATE meta SET value=max(value, ?1) WHERE key='saved_at'", -1,
+                                SQLITE_PREPARE_PERSISTENT, &saved_at.st, nullptr) == SQLITE_OK;
+    }
+
+    void close() {
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (!open_) return;
+        if (recorded) {
+          ++issued;
+          recorded = false;
+        }
+        stopping = true;
+      }
+      wake.notify_all();
+      if (worker.joinable()) worker.join();
+      // Whatever is left (executor mode, or what came during the worker's last batch) is
+      // written here, on the caller's thread.
+      commit_batch();
+      std::lock_guard<std::mutex> dl(db_mutex);
+      std::lock_guard<std::mutex> lk(mutex);
+      open_ = false;
+      for (auto& s : statements) {
+        sqlite3_finalize(s.st);
+        s.st = nullptr;
+      }
+      sqlite3_finalize(saved_at.st);
+      saved_at.st = nullptr;
+      sqlite3_close_v2(db);
+      db = nullptr;
+      clients.clear();
+      messages.clear();
+      message_by_id.clear();
+      pending.clear();
+    }
+
+    // ---- recording: the engine's threads, `mutex` held inside
+
+    template <class F>
+    void record(op_kind k, std::string_view key, F&& fill) {
+      std::lock_guard<std::mutex> lk(mutex);
+      push(k, key, fill);
+    }
+    template <class F>
+    op& push(op_kind k, std::string_view key, F&& fill) {
+      op o;
+      o.kind = k;
+      o.ticket = issued + 1;
+      o.key.assign(key);
+      fill(o);
+      pending.push_back(std::move(o));
+      recorded = true;
+      return pending.back();
+    }
+
+    /// The message's id, its row recorded when it is new here. `mutex` held.
+    std::int64_t ref(const message_ptr& m) {
+      auto it = messages.find(m.get());
+      if (it != messages.end()) {
+        ++it->second.refs;
+        return it->second.id;
+      }
+      const std::int64_t id = ++next_message;
+      messages.emplace(m.get(), message_row{id, 1, m});
+      message_by_id.emplace(id, m.get());
+      push(op_kind::insert_message, {}, [&](op& o) {
+        o.a = id;
+        o.msg = m;
+        o.time = message_expiry(*m);
+      });
+      return id;
+    }
+    /// One reference less; the row goes with the last. `mutex` held.
+    void unref(std::int64_t id) {
+      if (id == 0) return;
+      auto byid = message_by_id.find(id);
+      if (byid == message_by_id.end()) return;
+      auto it = messages.find(byid->second);
+      if (--it->second.refs != 0) return;
+      messages.erase(it);
+      message_by_id.erase(byid);
+      push(op_kind::delete_message, {}, [&](op& o) { o.a = id; });
+    }
+    std::int64_t id_of(const message_ptr& m) const {
+      auto it = messages.find(m.get());
+      return it == messages.end() ? 0 : it->second.id;
+    }
+
+    void enqueue(std::string_view client_id, const message_ptr& m, codec::qos q) {
+      std::lock_guard<std::mutex> lk(mutex);
+      const std::int64_t id = ref(m);
+      const std::int64_t seq = ++next_seq;
+      clients[std::string(client_id)].queued.push_back({seq, id});
+      push(op_kind::add_outgoing, client_id, [&](op& o) {
+        o.a = seq;
+        o.ref = id;
+        o.c = static_cast<std::uint32_t>(q);
+        o.state = static_cast<std::uint32_t>(outgoing_state::queued);
+      });
+    }
+    void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, codec::qos q) {
+      std::lock_guard<std::mutex> lk(mutex);
+      client_rows& c = clients[std::string(client_id)];
+      // The queued entry of this message moves into flight, keeping its place in the order.
+      const std::int64_t known = id_of(m);
+      auto it = std::find_if(c.queued.begin(), c.queued.end(), [&](const outgoing_entry& e) { return e.message == known; });
+      const bool was_queued = known != 0 && it != c.queued.end();
+      outgoing_entry e = was_queued ? *it : outgoing_entry{++next_seq, ref(m)};
+      if (was_queued) c.queued.erase(it);
+      if (auto old = c.inflight.find(packet_id); old != c.inflight.end()) {  // not expected: replaced
+        unref(old->second.message);
+        push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = old->second.seq; });
+        c.inflight.erase(old);
+      }
+      c.inflight.emplace(packet_id, e);
+      push(was_queued ? op_kind::update_outgoing : op_kind::add_outgoing, client_id, [&](op& o) {
+        o.a = e.seq;
+        o.ref = e.message;
+        o.b = packet_id;
+        o.c = static_cast<std::uint32_t>(q);
+        o.state = static_cast<std::uint32_t>(outgoing_state::sent);
+      });
+    }
+    void pubrec(std::string_view client_id, std::uint16_t packet_id) {
+      std::lock_guard<std::mutex> lk(mutex);
+      auto c = clients.find(std::string(client_id));
+      if (c == clients.end()) return;
+      auto it = c->second.inflight.find(packet_id);
+      if (it == c->second.inflight.end()) return;
+      // Delivered: only the identifier is owed (PUBREL), so the message may go.
+      unref(std::exchange(it->second.message, 0));
+      push(op_kind::update_outgoing, client_id, [&](op& o) {
+        o.a = it->second.seq;
+        o.b = packet_id;
+        o.c = static_cast<std::uint32_t>(codec::qos::exactly_once);
+        o.state = static_cast<std::uint32_t>(outgoing_state::pubrec_received);
+      });
+    }
+    void acknowledge(std::string_view client_id, std::uint16_t packet_id) {
+      std::lock_guard<std::mutex> lk(mutex);
+      auto c = clients.find(std::string(client_id));
+      if (c == clients.end()) return;
+      auto it = c->second.inflight.find(packet_id);
+      if (it == c->second.inflight.end()) return;
+      const outgoing_entry e = it->second;
+      c->second.inflight.erase(it);
+      push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = e.seq; });
+      unref(e.message);
+    }
+    void drop(std::string_view client_id, const message_ptr& m) {
+      std::lock_guard<std::mutex> lk(mutex);
+      auto c = clients.find(std::string(client_id));
+      const std::int64_t id = id_of(m);
+      if (c == clients.end() || id == 0) return;
+      auto& q = c->second.queued;
+      auto it = std::find_if(q.begin(), q.end(), [&](const outgoing_entry& e) { return e.message == id; });
+      if (it == q.end()) return;
+      const outgoing_entry e = *it;
+      q.erase(it);
+      push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = e.seq; });
+      unref(e.message);
+    }
+    /// Forgets a session's entries in memory and records `k` (which deletes their rows).
+    void forget_client(std::string_view client_id, op_kind k) {
+      std::lock_guard<std::mutex> lk(mutex);
+      auto c = clients.find(std::string(client_id));
+      push(k, client_id, [](op&) {});
+      if (c == clients.end()) return;
+      for (const auto& e : c->second.queued) unref(e.message);
+      for (const auto& e : c->second.inflight) unref(e.second.message);
+      for (const auto& e : c->second.inbound) unref(e.second);
+      clients.erase(c);
+    }
+    void clear_messages(std::string_view client_id) { forget_client(client_id, op_kind::clear_messages); }
+    void erase_session(std::string_view client_id) { forget_client(client_id, op_kind::erase_session); }
+    void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m) {
+      std::lock_guard<std::mutex> lk(mutex);
+      const std::int64_t id = ref(m);
+      auto& in = clients[std::string(client_id)].inbound;
+      if (auto old = in.find(packet_id); old != in.end()) unref(std::exchange(old->second, 0));
+      in[packet_id] = id;
+      push(op_kind::add_inbound, client_id, [&](op& o) {
+        o.b = packet_id;
+        o.ref = id;
+      });
+    }
+    void routed(std::string_view client_id, std::uint16_t packet_id) {
+      std::lock_guard<std::mutex> lk(mutex);
+      auto c = clients.find(std::string(client_id));
+      if (c == clients.end()) return;
+      auto it = c->second.inbound.find(packet_id);
+      if (it == c->second.inbound.end() || it->second == 0) return;
+      push(op_kind::inbound_routed, client_id, [&](op& o) { o.b = packet_id; });
+      unref(std::exchange(it->second, 0));
+    }
+    void release(std::string_view client_id, std::uint16_t packet_id) {
+      std::lock_guard<std::mutex> lk(mutex);
+      auto c = clients.find(std::string(client_id));
+      if (c == clients.end()) return;
+      auto it = c->second.inbound.find(packet_id);
+      if (it == c->second.inbound.end()) return;
+      const std::int64_t id = it->second;
+      c->second.inbound.erase(it);
+      push(op_kind::delete_inbound, client_id, [&](op& o) { o.b = packet_id; });
+      unref(id);
+    }
+
+    std::uint64_t commit() {
+      std::unique_lock<std::mutex> lk(mutex);
+      if (!recorded) return issued;  // nothing new: durable with the tickets before it
+      seen_ms = std::max(seen_ms, stamp(wall_now()));
+      ++issued;
+      recorded = false;
+      if (!open_ || stopping) return issued;
+      if (opts.executor) {
+        if (job_posted) return issued;
+        job_posted = true;
+        auto executor = opts.executor;
+        lk.unlock();
+        executor([self = shared_from_this()] { self->run_job(); });
+        return issued;
+      }
+      lk.unlock();
+      wake.notify_one();
+      return issued;
+    }
+
+    // ---- the worker
+
+    bool committable() const { return !pending.empty() && pending.front().ticket <= issued; }
+
+    void run_worker() {
+      std::unique_lock<std::mutex> lk(mutex);
+      for (;;) {
+        wake.wait(lk, [&] { return stopping || committable(); });
+        if (stopping) return;  // close() writes what is left
+        if (opts.group_commit_window.count() != 0) {
+          lk.unlock();
+          std::this_thread::sleep_for(opts.group_commit_window);
+          lk.lock();
+        }
+        lk.unlock();
+        commit_batch();
+        lk.lock();
+      }
+    }
+    void run_job() {
+      if (opts.group_commit_window.count() != 0) std::this_thread::sleep_for(opts.group_commit_window);
+      for (;;) {
+        {
+          std::lock_guard<std::mutex> lk(mutex);
+          if (!open_ || !committable()) {
+            job_posted = false;
+            return;
+          }
+        }
+        commit_batch();
+      }
+    }
+
+    /// Takes every change up to the last ticket given and writes it in one transaction; reports
+    /// the tickets. One batch at a time (db_mutex).
+    void commit_batch() {
+      std::lock_guard<std::mutex> dl(db_mutex);
+      std::vector<op> batch;
+      std::uint64_t last;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (db == nullptr) return;
+        last = issued;
+        // The changes of the ticket not yet given stay: they belong to a packet still being handled.
+        auto end = std::find_if(pending.begin(), pending.end(), [&](const op& o) { return o.ticket > last; });
+        batch.assign(std::make_move_iterator(pending.begin()), std::make_move_iterator(end));
+        pending.erase(pending.begin(), end);
+      }
+      if (batch.empty()) return;
+      std::uint64_t first_failed = 0;
+      std::error_code ec;
+      int rc = write(batch, false, first_failed);
+      if ((rc & 0xFF) == SQLITE_FULL) {
+        // Full: each change alone, so that deletions (which free pages) still go in and only the
+        // changes that do not fit fail, with the tickets from the first of them on.
+        exec("ROLLBACK");
+        first_failed = 0;
+        rc = write(batch, true, first_failed);
+      }
+      if (rc != SQLITE_OK) {
+        exec("ROLLBACK");
+        first_failed = batch.front().ticket;
+        ec = to_error(rc);
+      } else if (first_failed != 0) {
+        ec = storage_errc::full;
+      }
+      if (ec) {
+        std::lock_guard<std::mutex> lk(mutex);
+        last_error = ec;
+      }
+      ++commits;
+      if (rc == SQLITE_OK && commits % 64 == 0) reclaim();
+      std::function<void(std::uint64_t)> done;
+      std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        done = committed_handler;
+        failed = failed_handler;
+      }
+      // Failures first: the broker must know them before it looks at the tickets as settled.
+      if (first_failed != 0 && failed) failed(first_failed, last, ec);
+      if (done) done(last);
+    }
+
+    /// Writes `batch` in one transaction; with `each`, every change in a savepoint of its own,
+    /// one that does not fit (SQLITE_FULL) left out and its ticket noted in `first_failed`.
+    int write(std::vector<op>& batch, bool each, std::uint64_t& first_failed) {
+      int rc = exec("BEGIN IMMEDIATE");
+      if (rc != SQLITE_OK) return rc;
+      for (op& o : batch) {
+        if (each) exec("SAVEPOINT one");
+        rc = apply(o);
+        if (each) {
+          if (rc != SQLITE_OK && (rc & 0xFF) != SQLITE_FULL) return rc;
+          if (rc != SQLITE_OK) {
+            exec("ROLLBACK TO one");
+            if (first_failed == 0 || o.ticket < first_failed) first_failed = o.ticket;
+          }
+          exec("RELEASE one");
+          rc = SQLITE_OK;
+        } else if (rc != SQLITE_OK) {
+          return rc;
+        }
+      }
+      std::int64_t saved;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        saved = std::max(seen_ms, stamp(wall_now()));
+      }
+      sqlite3_bind_int64(saved_at.st, 1, saved);
+      rc = step(saved_at.st);
+      if (rc != SQLITE_OK && !each) return rc;
+      rc = exec("COMMIT");
+      if (rc != SQLITE_OK && each) {
+        // Not even the commit fits: nothing of the batch went in.
+        first_failed = batch.front().ticket;
+        exec("ROLLBACK");
+        return SQLITE_OK;
+      }
+      return rc;
+    }
+
+    static int step(sqlite3_stmt* st) {
+      int rc = sqlite3_step(st);
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+      return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+    }
+    static void bind_text(sqlite3_stmt* st, int i, std::string_view s) {
+      sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+    }
+    static void bind_blob(sqlite3_stmt* st, int i, std::string_view s) {
+      // A zero-length blob, not NULL, for an empty payload.
+      sqlite3_bind_blob(st, i, s.empty() ? "" : s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+    }
+    static void bind_message(sqlite3_stmt* st, int first, const message& m) {
+      bind_blob(st, first, m.topic());
+      bind_blob(st, first + 1, m.payload());
+      bind_blob(st, first + 2, m.properties().bytes());
+      sqlite3_bind_int(st, first + 3, static_cast<int>(m.qos_level()));
+    }
+
+    int apply(const op& o) {
+      sqlite3_stmt* st = statements[static_cast<std::size_t>(o.kind)].st;
+      switch (o.kind) {
+        case op_kind::save_session:
+          bind_text(st, 1, o.key);
+          sqlite3_bind_int64(st, 2, o.b);
+          break;
+        case op_kind::session_offline:
+          bind_text(st, 1, o.key);
+          sqlite3_bind_int64(st, 2, o.time);
+          break;
+        case op_kind::erase_session: {
+          // Everything the session owned: one statement per table.
+          static const char* const tables[] = {"subscriptions", "outgoing", "inbound", "wills"};
+          for (const char* t : tables) {
+            const std::string sql = std::string("DELETE FROM ") + t + " WHERE client_id=?1";
+            sqlite3_stmt* d = nullptr;
+            int rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &d, nullptr);
+            if (rc == SQLITE_OK) {
+              bind_text(d, 1, o.key);
+              rc = step(d);
+            }
+            sqlite3_finalize(d);
+            if (rc != SQLITE_OK) return rc;
+          }
+          bind_text(st, 1, o.key);
+          break;
+        }
+        case op_kind::save_subscription:
+          bind_text(st, 1, o.key);
+          bind_text(st, 2, o.text);
+          sqlite3_bind_int64(st, 3, o.c);
+          sqlite3_bind_int64(st, 4, o.b);
+          break;
+        case op_kind::erase_subscription:
+          bind_text(st, 1, o.key);
+          bind_text(st, 2, o.text);
+          break;
+        case op_kind::save_retained:
+          bind_message(st, 1, *o.msg);
+          sqlite3_bind_int64(st, 5, o.time);
+          break;
+        case op_kind::erase_retained: bind_blob(st, 1, o.key); break;
+        case op_kind::insert_message:
+          sqlite3_bind_int64(st, 1, o.a);
+          bind_message(st, 2, *o.msg);
+          sqlite3_bind_int(st, 6, o.msg->retain() ? 1 : 0);
+          sqlite3_bind_int64(st, 7, o.time);
+          break;
+        case op_kind::delete_message: sqlite3_bind_int64(st, 1, o.a); break;
+        case op_kind::add_outgoing:
+        case op_kind::update_outgoing:
+          bind_text(st, 1, o.key);
+          sqlite3_bind_int64(st, 2, o.a);
+          if (o.ref != 0)
+            sqlite3_bind_int64(st, 3, o.ref);
+          else
+            sqlite3_bind_null(st, 3);
+          sqlite3_bind_int64(st, 4, o.c);
+          sqlite3_bind_int64(st, 5, o.state);
+          sqlite3_bind_int64(st, 6, o.b);
+          break;
+        case op_kind::delete_outgoing:
+          bind_text(st, 1, o.key);
+          sqlite3_bind_int64(st, 2, o.a);
+          break;
+        case op_kind::clear_messages: {
+          bind_text(st, 1, o.key);
+          const int rc = step(st);
+          if (rc != SQLITE_OK) return rc;
+          sqlite3_stmt* d = nullptr;
+          int rc2 = sqlite3_prepare_v2(db, "DELETE FROM inbound WHERE client_id=?1", -1, &d, nullptr);
+          if (rc2 == SQLITE_OK) {
+            bind_text(d, 1, o.key);
+            rc2 = step(d);
+          }
+          sqlite3_finalize(d);
+          return rc2;
+        }
+        case op_kind::add_inbound:
+          bind_text(st, 1, o.key);
+          sqlite3_bind_int64(st, 2, o.b);
+          sqlite3_bind_int64(st, 3, o.ref);
+          break;
+        case op_kind::inbound_routed:
+        case op_kind::delete_inbound:
+          bind_text(st, 1, o.key);
+          sqlite3_bind_int64(st, 2, o.b);
+          break;
+        case op_kind::save_will:
+          bind_text(st, 1, o.key);
+          bind_message(st, 2, *o.msg);
+          sqlite3_bind_int(st, 6, o.msg->retain() ? 1 : 0);
+          sqlite3_bind_int64(st, 7, o.time);
+          break;
+        case op_kind::erase_will: bind_text(st, 1, o.key); break;
+      }
+      return step(st);
+    }
+
+    /// Gives freed pages back to the file system and keeps the WAL short, so that a store whose
+    /// messages come and go does not keep its largest size.
+    void reclaim() {
+      int rc = SQLITE_OK;
+      const std::int64_t free_pages = scalar("PRAGMA freelist_count", rc);
+      if (rc == SQLITE_OK && free_pages > 256) exec("PRAGMA incremental_vacuum");
+      exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    // ---- loading
+
+    template <class Loader>
+    void load(Loader& l) {
+      std::lock_guard<std::mutex> dl(db_mutex);
+      std::lock_guard<std::mutex> lk(mutex);
+      if (db == nullptr) return;
+      // Rows that lost their owner (a change refused by a full disk) are dropped first.
+      exec("BEGIN IMMEDIATE;"
+           "DELETE FROM subscriptions WHERE client_id NOT IN (SELECT client_id FROM sessions);"
+           "DELETE FROM outgoing WHERE client_id NOT IN (SELECT client_id FROM sessions)"
+           " OR (message_id IS NULL AND state<>2) OR (message_id IS NOT NULL AND message_id NOT IN (SELECT id FROM messages));"
+           "DELETE FROM inbound WHERE client_id NOT IN (SELECT client_id FROM sessions);"
+           "UPDATE inbound SET message_id=NULL WHERE message_id NOT IN (SELECT id FROM messages);"
+           "DELETE FROM wills WHERE client_id NOT IN (SELECT client_id FROM sessions);"
+           "DELETE FROM messages WHERE id NOT IN (SELECT message_id FROM outgoing WHERE message_id IS NOT NULL"
+           " UNION SELECT message_id FROM inbound WHERE message_id IS NOT NULL);"
+           "COMMIT;");
+      int rc = SQLITE_OK;
+      const std::int64_t saved = scalar("SELECT value FROM meta WHERE key='saved_at'", rc);
+      const std::int64_t now_ms = to_ms(l.system_now());
+      floor_ms = saved;
+      // DECISIONS.md "Clocks that jump": a clock behind the last save has not run since; the
+      // time between the save and now counts as nothing, and nothing expires for it.
+      const std::int64_t effective = std::max(now_ms, saved);
+      if (now_ms < saved)
+        note("storage: the clock (" + std::to_string(now_ms / 1000) + ") is behind the last save (" +
+             std::to_string(saved / 1000) + "): expiry counts from the save time until the clock passes it");
+      auto in_broker_time = [&](std::int64_t ms) { return from_ms(ms - effective + now_ms); };
+      auto text = [](sqlite3_stmt* st, int i) {
+        const void* p = sqlite3_column_blob(st, i);
+        return std::string_view(static_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(st, i)));
+      };
+      auto rows = [&](const char* sql, auto&& each) {
+        sqlite3_stmt* st = nullptr;
+        if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) return;
+        while (sqlite3_step(st) == SQLITE_ROW) each(st);
+        sqlite3_finalize(st);
+      };
+      auto expiry_of = [&](std::int64_t wall) -> std::uint32_t {
+        return wall == 0 ? 0 : l.expiry_second(in_broker_time(wall));
+      };
+
+      rows("SELECT client_id, expiry, offline_since FROM sessions", [&](sqlite3_stmt* st) {
+        const auto expiry = static_cast<std::uint32_t>(sqlite3_column_int64(st, 1));
+        // Online when the broker stopped: its expiry runs from the last save.
+        const std::int64_t since = sqlite3_column_type(st, 2) == SQLITE_NULL ? saved : sqlite3_column_int64(st, 2);
+        std::int64_t left = expiry;
+        if (expiry != 0xFFFFFFFFu) left = std::int64_t{expiry} - std::max<std::int64_t>(effective - since, 0) / 1000;
+        clients.emplace(std::string(text(st, 0)), client_rows{});
+        l.session(text(st, 0), expiry, std::chrono::seconds(std::max<std::int64_t>(left, 0)));
+      });
+      rows("SELECT client_id, filter, options, identifier FROM subscriptions", [&](sqlite3_stmt* st) {
+        l.subscription(text(st, 0), text(st, 1), unpack(sqlite3_column_int64(st, 2)),
+                       static_cast<std::uint32_t>(sqlite3_column_int64(st, 3)));
+      });
+      rows("SELECT topic, payload, properties, qos, expires FROM retained", [&](sqlite3_stmt* st) {
+        l.retained(message::make(text(st, 0), text(st, 1), static_cast<codec::qos>(sqlite3_column_int(st, 3)), true,
+                                 text(st, 2), expiry_of(sqlite3_column_int64(st, 4))));
+      });
+      std::unordered_map<std::int64_t, message_ptr> by_id;
+      rows("SELECT id, topic, payload, properties, qos, retain, expires FROM messages", [&](sqlite3_stmt* st) {
+        const std::int64_t id = sqlite3_column_int64(st, 0);
+        message_ptr m = message::make(text(st, 1), text(st, 2), static_cast<codec::qos>(sqlite3_column_int(st, 4)),
+                                      sqlite3_column_int(st, 5) != 0, text(st, 3), expiry_of(sqlite3_column_int64(st, 6)));
+        messages.emplace(m.get(), message_row{id, 0, m});
+        message_by_id.emplace(id, m.get());
+        next_message = std::max(next_message, id);
+        by_id.emplace(id, std::move(m));
+      });
+      auto message_of = [&](sqlite3_stmt* st, int i) -> std::pair<std::int64_t, message_ptr> {
+        if (sqlite3_column_type(st, i) == SQLITE_NULL) return {0, message_ptr()};
+        auto it = by_id.find(sqlite3_column_int64(st, i));
+        if (it == by_id.end()) return {0, message_ptr()};
+        ++messages.at(it->second.get()).refs;
+        return {it->first, it->second};
+      };
+      rows("SELECT client_id, seq, message_id, qos, state, packet_id FROM outgoing ORDER BY client_id, seq",
+           [&](sqlite3_stmt* st) {
+             auto c = clients.find(std::string(text(st, 0)));
+             if (c == clients.end()) return;
+             const std::int64_t seq = sqlite3_column_int64(st, 1);
+             next_seq = std::max(next_seq, seq);
+             auto [id, m] = message_of(st, 2);
+             const auto state = static_cast<outgoing_state>(sqlite3_column_int(st, 4));
+             const auto packet_id = static_cast<std::uint16_t>(sqlite3_column_int(st, 5));
+             if (state == outgoing_state::queued)
+               c->second.queued.push_back({seq, id});
+             else
+               c->second.inflight.emplace(packet_id, outgoing_entry{seq, id});
+             l.outgoing(c->first, packet_id, std::move(m), static_cast<codec::qos>(sqlite3_column_int(st, 3)), state);
+           });
+      rows("SELECT client_id, packet_id, message_id FROM inbound", [&](sqlite3_stmt* st) {
+        auto c = clients.find(std::string(text(st, 0)));
+        if (c == clients.end()) return;
+        auto [id, m] = message_of(st, 2);
+        const auto packet_id = static_cast<std::uint16_t>(sqlite3_column_int(st, 1));
+        c->second.inbound.emplace(packet_id, id);
+        l.inbound(c->first, packet_id, std::move(m));
+      });
+      rows("SELECT client_id, topic, payload, properties, qos, retain, due FROM wills", [&](sqlite3_stmt* st) {
+        l.will(text(st, 0),
+               message::make(text(st, 1), text(st, 2), static_cast<codec::qos>(sqlite3_column_int(st, 4)),
+                             sqlite3_column_int(st, 5) != 0, text(st, 3)),
+               in_broker_time(sqlite3_column_int64(st, 6)));
+      });
+    }
+  };
+
+  std::shared_ptr<shared> s_;
+  static constexpr std::int64_t application_id = 0x4D514254;  // "MQBT": this library's stores
+};
+
+}  // namespace storage
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_STORAGE_SQLITE_HPP

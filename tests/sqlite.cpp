@@ -1,0 +1,776 @@
+#include <mqttbroker/storage/sqlite.hpp>
+
+#include <mqttbroker/broker.hpp>
+#include <mqttbroker/clock/manual.hpp>
+#include <mqttbroker/codec.hpp>
+#include <mqttbroker/transport/memory.hpp>
+
+#include "catch.hpp"
+#include "rx.hpp"
+
+#include <asio/io_context.hpp>
+#include <asio/write.hpp>
+
+#include <sqlite3.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+// storage::sqlite through the library's API: brokers on the memory transport, each stopped and
+// made again on the same file (a restart), with clients that encode and decode with the
+// project's codec. Time is clock::manual's, given to the store as well, so expiry and wills are
+// exact; commits run on the store's own thread (or, where a test holds them, on an io_context
+// the test runs), so waits are bounded loops, never sleeps that a result depends on.
+
+namespace mb = mqttbroker;
+namespace codec = mqttbroker::codec;
+namespace fs = std::filesystem;
+using codec::protocol_version;
+using codec::qos;
+using mb::reason_code;
+using test_rx::rx;
+using namespace test_rx::packet_types;
+
+namespace {
+
+struct store_policies : mb::default_policies {
+  using transport = mb::transport::memory;
+  using storage = mb::storage::sqlite;
+  using clock = mb::clock::manual;
+};
+using broker_type = mb::broker<store_policies>;
+
+/// A temporary folder, removed with its files.
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    std::string tmpl = (fs::temp_directory_path() / "mqttbroker-sqlite-XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~temp_dir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// A client over the memory transport that records what it receives.
+class client {
+ public:
+  client(asio::io_context& io, const std::string& listener, protocol_version v)
+      : s_(std::make_shared<state>(mb::transport::memory::connect(io.get_executor(), listener), v)) {
+    read(s_);
+  }
+  ~client() {
+    std::error_code ignored;
+    s_->stream.close(ignored);
+  }
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  template <class Packet>
+  void send(const Packet& p) {
+    std::string bytes;
+    REQUIRE_FALSE(codec::encode(p, s_->version, bytes));
+    auto buffer = std::make_shared<std::string>(std::move(bytes));
+    asio::async_write(s_->stream, asio::buffer(*buffer), [buffer](std::error_code, std::size_t) {});
+  }
+  void connect(const std::string& id, bool clean, std::optional<std::uint32_t> expiry = std::nullopt,
+               const std::optional<codec::will_message>& will = std::nullopt) {
+    codec::connect c;
+    c.version = s_->version;
+    c.client_id = id;
+    c.clean_start = clean;
+    codec::properties_builder props;
+    if (expiry) props.add(codec::property_id::session_expiry_interval, *expiry);
+    c.properties = props.view();
+    c.will = will;
+    send(c);
+  }
+  void subscribe(std::uint16_t id, const std::string& filter, qos q) {
+    codec::subscribe s;
+    s.packet_id = id;
+    codec::subscribe_entry e;
+    e.filter = filter;
+    e.options.max_qos = q;
+    s.entries.push_back(e);
+    send(s);
+  }
+  void publish(const std::string& topic, const std::string& payload, qos q, std::uint16_t id, bool dup = false) {
+    codec::publish p;
+    p.topic = topic;
+    p.payload = payload;
+    p.qos_level = q;
+    p.packet_id = id;
+    p.dup = dup;
+    send(p);
+  }
+  template <class Ack>
+  void ack(std::uint16_t id) {
+    Ack a;
+    a.packet_id = id;
+    send(a);
+  }
+  void drop() {
+    std::error_code ignored;
+    s_->stream.close(ignored);
+  }
+
+  bool closed() const { return s_->closed; }
+  std::size_t count() const { return s_->inbox.size(); }
+  rx pop() {
+    REQUIRE_FALSE(s_->inbox.empty());
+    rx r = std::move(s_->inbox.front());
+    s_->inbox.pop_front();
+    return r;
+  }
+  rx pop(codec::packet_type t) {
+    rx r = pop();
+    INFO("expected " << codec::to_string(t) << ", got " << codec::to_string(r.type));
+    REQUIRE(r.type == t);
+    return r;
+  }
+
+ private:
+  struct state {
+    state(mb::transport::memory_stream s, protocol_version v)
+        : stream(std::move(s)), version(v), decoder(codec::decoder_options{codec::role::client, codec::max_packet_size, v}) {}
+    mb::transport::memory_stream stream;
+    protocol_version version;
+    codec::decoder decoder;
+    std::array<std::uint8_t, 4096> buffer{};
+    std::deque<rx> inbox;
+    bool closed = false;
+  };
+  /// Reads until EOF or a malformed packet, either of which marks the client closed.
+  static void read(const std::shared_ptr<state>& s) {
+    s->stream.async_read_some(asio::buffer(s->buffer), [s](std::error_code ec, std::size_t n) {
+      auto keep = [&](codec::packet& p) { s->inbox.push_back(test_rx::to_rx(p)); };
+      s->closed = ec || s->decoder.feed(s->buffer.data(), n, keep).ec;
+      if (!s->closed) read(s);
+    });
+  }
+  std::shared_ptr<state> s_;
+};
+
+std::string next_listener() {
+  static int n = 0;
+  return "sqlite-test-" + std::to_string(++n);
+}
+
+/// One broker on a store file, made and remade (restart()) on the same io_context and clock.
+/// Commits run on the store's own thread unless `held` is set: then on `commits`, an io_context
+/// the test runs when it lets them go.
+class node {
+ public:
+  explicit node(std::string path, mb::storage::sqlite_options extra = {}, bool held = false)
+      : path_(std::move(path)), extra_(std::move(extra)), held_(held) {
+    start();
+  }
+  ~node() { stop(); }
+  node(const node&) = delete;
+  node& operator=(const node&) = delete;
+
+  /// The broker stops (the store writes what it holds and closes) and a new one loads the file.
+  void restart(std::chrono::seconds down = std::chrono::seconds(0)) {
+    stop();
+    clock.advance(down);
+    start();
+  }
+
+  client& add(protocol_version v = protocol_version::v3_1_1) {
+    clients_.push_back(std::make_unique<client>(io, listener_, v));
+    return *clients_.back();
+  }
+  /// A client connected as `id`; Session Present is returned.
+  client& connected(const std::string& id, bool clean, protocol_version v = protocol_version::v3_1_1,
+                    std::optional<std::uint32_t> expiry = std::nullopt, bool* present = nullptr) {
+    client& c = add(v);
+    c.connect(id, clean, expiry);
+    wait_for([&] { return c.count() != 0; });
+    const rx ack = c.pop(CONNACK);
+    REQUIRE(ack.code == 0);
+    if (present != nullptr) *present = ack.session_present;
+    return c;
+  }
+  void subscribe(client& c, const std::string& filter, qos q) {
+    c.subscribe(1, filter, q);
+    wait_for([&] { return c.count() != 0; });
+    c.pop(SUBACK);
+  }
+
+  /// Runs the broker's handlers (and, when they are held, not the commits) until `done()`;
+  /// 10 s at most.
+  template <class Done>
+  void wait_for(Done done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      if (held_ && !hold_commits) {
+        commits.restart();
+        commits.poll();
+      }
+      io.restart();
+      io.poll();
+      if (done()) return;
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  /// Lets the commits wait for now have run and their acknowledgements go out.
+  void settle() {
+    for (int i = 0; i < 50; ++i) {
+      if (held_ && !hold_commits) {
+        commits.restart();
+        commits.poll();
+      }
+      io.restart();
+      io.poll();
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  /// Moves the manual clock, running the timers due on the way.
+  void advance(std::chrono::seconds d) {
+    const auto target = clock.steady_now() + d;
+    settle();
+    while (auto due = clock.next_expiry()) {
+      if (*due > target) break;
+      clock.advance_to(*due);
+      settle();
+    }
+    clock.advance_to(target);
+    settle();
+  }
+
+  asio::io_context io;
+  asio::io_context commits;  // the store's executor while commits are held
+  bool hold_commits = false;  // with a held node: waits do not run `commits`
+  mb::clock::manual clock;
+  std::unique_ptr<broker_type> broker;
+
+ private:
+  void start() {
+    listener_ = next_listener();
+    broker = std::make_unique<broker_type>(io, mb::broker_options{}, mb::hooks::none{}, clock);
+    mb::storage::sqlite_options o = extra_;
+    o.path = path_;
+    mb::clock::manual clk = clock;
+    o.clock = [clk] { return clk.system_now(); };
+    if (held_) o.executor = [this](std::function<void()> f) { asio::post(commits, std::move(f)); };
+    broker->storage().open(std::move(o));
+    broker->listen(mb::transport::memory::listen_options(listener_));
+    broker->start();
+  }
+  void stop() {
+    if (!broker) return;
+    bool done = false;
+    broker->async_stop([&](std::error_code) { done = true; });
+    for (int i = 0; i < 10'000 && !done; ++i) {
+      io.restart();
+      io.poll();
+      if (held_) {
+        commits.restart();
+        commits.poll();
+      }
+    }
+    clients_.clear();
+    io.restart();
+    io.poll();
+    broker.reset();  // the store commits what it holds and closes the file
+    if (held_) {
+      commits.restart();
+      commits.poll();  // jobs of the closed store find nothing to do
+    }
+  }
+
+  std::string path_;
+  mb::storage::sqlite_options extra_;
+  bool held_;
+  std::string listener_;
+  std::vector<std::unique_ptr<client>> clients_;
+};
+
+/// Publishes `payload` at QoS 1 or 2 from `pub` and completes the exchange; the PUBACK or PUBREC
+/// reason code.
+std::uint8_t publish_acked(node& n, client& pub, const std::string& topic, const std::string& payload, qos q,
+                           std::uint16_t id) {
+  pub.publish(topic, payload, q, id);
+  n.wait_for([&] { return pub.count() != 0 || pub.closed(); });
+  if (pub.closed()) return 0xFF;
+  const rx ack = pub.pop(q == qos::at_least_once ? PUBACK : PUBREC);
+  REQUIRE(ack.id == id);
+  if (q == qos::exactly_once && ack.code < 0x80) {
+    pub.ack<codec::pubrel>(id);
+    n.wait_for([&] { return pub.count() != 0; });
+    REQUIRE(pub.pop(PUBCOMP).id == id);
+  }
+  return ack.code;
+}
+
+}  // namespace
+
+// ---- restarts
+
+TEST_CASE("sqlite: a persistent session, its subscription and its queued QoS 1 and QoS 2 messages survive a restart, in order",
+          "[sqlite][MQTT-4.1.0-1][MQTT-4.6.0-2]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  {
+    client& sub = n.connected("sub", false);
+    n.subscribe(sub, "t/#", qos::exactly_once);
+    sub.drop();
+    client& pub = n.connected("pub", true);
+    for (std::uint16_t i = 1; i <= 6; ++i)
+      REQUIRE(publish_acked(n, pub, "t/" + std::to_string(i), "m" + std::to_string(i),
+                            i % 2 == 0 ? qos::exactly_once : qos::at_least_once, i) == 0);
+  }
+  n.restart();
+  bool present = false;
+  client& sub = n.connected("sub", false, protocol_version::v3_1_1, std::nullopt, &present);
+  CHECK(present);  // [MQTT-4.1.0-1] the session outlived the process
+  n.wait_for([&] { return sub.count() >= 6; });
+  for (int i = 1; i <= 6; ++i) {
+    const rx p = sub.pop(PUBLISH);
+    CHECK(p.topic == "t/" + std::to_string(i));
+    CHECK(p.payload == "m" + std::to_string(i));
+    CHECK(p.qos_level == (i % 2 == 0 ? qos::exactly_once : qos::at_least_once));
+  }
+  // The subscription came back too: a new message reaches the session.
+  client& pub = n.connected("pub2", true);
+  REQUIRE(publish_acked(n, pub, "t/new", "n", qos::at_least_once, 1) == 0);
+  n.wait_for([&] { return sub.count() != 0; });
+  CHECK(sub.pop(PUBLISH).topic == "t/new");
+}
+
+TEST_CASE("sqlite: a QoS 1 message in flight is sent again with DUP after a restart, with its packet identifier",
+          "[sqlite][MQTT-4.4.0-1]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  std::uint16_t first_id = 0;
+  {
+    client& sub = n.connected("sub", false);
+    n.subscribe(sub, "t", qos::at_least_once);
+    client& pub = n.connected("pub", true);
+    REQUIRE(publish_acked(n, pub, "t", "once", qos::at_least_once, 9) == 0);
+    n.wait_for([&] { return sub.count() != 0; });
+    const rx p = sub.pop(PUBLISH);
+    CHECK_FALSE(p.dup);
+    first_id = p.id;  // never acknowledged
+  }
+  n.restart();
+  client& sub = n.connected("sub", false);
+  n.wait_for([&] { return sub.count() != 0; });
+  const rx again = sub.pop(PUBLISH);
+  CHECK(again.dup);
+  CHECK(again.id == first_id);
+  CHECK(again.payload == "once");
+  sub.ack<codec::puback>(again.id);
+  // Acknowledged now: a further restart sends nothing.
+  n.settle();
+  n.restart();
+  client& last = n.connected("sub", false);
+  n.settle();
+  CHECK(last.count() == 0);
+}
+
+TEST_CASE("sqlite: after PUBREC a restart resends PUBREL, not the PUBLISH", "[sqlite][MQTT-4.4.0-1][MQTT-4.3.3-1]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  std::uint16_t id = 0;
+  {
+    client& sub = n.connected("sub", false);
+    n.subscribe(sub, "t", qos::exactly_once);
+    client& pub = n.connected("pub", true);
+    REQUIRE(publish_acked(n, pub, "t", "two", qos::exactly_once, 3) == 0);
+    n.wait_for([&] { return sub.count() != 0; });
+    id = sub.pop(PUBLISH).id;
+    sub.ack<codec::pubrec>(id);
+    n.wait_for([&] { return sub.count() != 0; });
+    CHECK(sub.pop(PUBREL).id == id);
+    n.settle();  // the PUBREC's state is committed; PUBCOMP never comes
+  }
+  n.restart();
+  client& sub = n.connected("sub", false);
+  n.wait_for([&] { return sub.count() != 0; });
+  const rx r = sub.pop(PUBREL);
+  CHECK(r.id == id);
+  sub.ack<codec::pubcomp>(id);
+  n.settle();
+  CHECK(sub.count() == 0);
+}
+
+TEST_CASE("sqlite: a QoS 2 PUBLISH sent again after a restart is acknowledged but not delivered twice",
+          "[sqlite][MQTT-4.3.3-2]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  {
+    client& sub = n.connected("sub", false);
+    n.subscribe(sub, "t", qos::at_least_once);
+    client& pub = n.connected("pub", false);
+    pub.publish("t", "exactly", qos::exactly_once, 21);
+    n.wait_for([&] { return pub.count() != 0; });
+    CHECK(pub.pop(PUBREC).id == 21);  // PUBREL never sent before the restart
+    n.wait_for([&] { return sub.count() != 0; });
+    CHECK(sub.pop(PUBLISH).payload == "exactly");
+  }
+  n.restart();
+  client& sub = n.connected("sub", false);
+  n.settle();
+  while (sub.count() != 0) sub.ack<codec::puback>(sub.pop(PUBLISH).id);  // the earlier copy, in flight
+  client& pub = n.connected("pub", false);
+  pub.publish("t", "exactly", qos::exactly_once, 21, true);
+  n.wait_for([&] { return pub.count() != 0; });
+  CHECK(pub.pop(PUBREC).id == 21);
+  pub.ack<codec::pubrel>(21);
+  n.wait_for([&] { return pub.count() != 0; });
+  CHECK(pub.pop(PUBCOMP).id == 21);
+  n.settle();
+  CHECK(sub.count() == 0);  // not routed a second time
+}
+
+TEST_CASE("sqlite: a QoS 2 message durable but not yet routed when the broker stopped is routed after the restart, once",
+          "[sqlite][MQTT-4.3.3-2]") {
+  temp_dir dir;
+  const std::string path = dir.file("store.db");
+  {
+    // What a crash leaves between the commit of the PUBLISH and its routing: the session of the
+    // publisher and of a subscriber, and the received message not marked routed.
+    mb::storage::sqlite st;
+    mb::storage::sqlite_options options;
+    options.path = path;
+    st.open(options);
+    codec::subscribe_options o;
+    o.max_qos = qos::exactly_once;
+    st.save_session("pub", 600);
+    st.save_session("sub", 600);
+    st.save_subscription("sub", "t", o, 0);
+    st.receive("pub", 4, mb::message::make("t", "held", qos::exactly_once, false));
+    st.commit();
+    st.close();
+  }
+  node n(path);
+  client& sub = n.connected("sub", false);
+  n.wait_for([&] { return sub.count() != 0; });
+  const rx p = sub.pop(PUBLISH);
+  CHECK(p.payload == "held");
+  CHECK(p.qos_level == qos::exactly_once);
+  // The publisher's identifier is still held: its resent PUBLISH is not routed again.
+  client& pub = n.connected("pub", false);
+  pub.publish("t", "held", qos::exactly_once, 4, true);
+  n.wait_for([&] { return pub.count() != 0; });
+  CHECK(pub.pop(PUBREC).id == 4);
+  n.settle();
+  n.restart();
+  client& again = n.connected("sub", false);
+  n.settle();
+  // Only the copy in flight comes back (DUP), no second routing.
+  std::size_t copies = 0;
+  while (again.count() != 0) {
+    const rx r = again.pop(PUBLISH);
+    CHECK(r.dup);
+    ++copies;
+  }
+  CHECK(copies == 1);
+}
+
+TEST_CASE("sqlite: retained messages survive a restart with their 5.0 properties", "[sqlite][MQTT-3.3.1-5]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  mb::message_properties props;
+  props.content_type = std::string_view("text/plain");
+  props.user_properties.emplace_back("k", "v");
+  props.response_topic = std::string_view("reply/here");
+  n.broker->publish("r/a", "kept", qos::at_least_once, true, props);
+  n.broker->publish("r/b", "gone", qos::at_most_once, true);
+  n.broker->publish("r/b", "", qos::at_most_once, true);  // deleted [MQTT-3.3.1-10]
+  n.restart();
+  const mb::message_ptr m = n.broker->retained("r/a");
+  REQUIRE(m);
+  CHECK(m->payload() == "kept");
+  CHECK_FALSE(n.broker->retained("r/b"));
+  client& sub = n.connected("s", true, protocol_version::v5);
+  n.subscribe(sub, "r/#", qos::at_least_once);
+  n.wait_for([&] { return sub.count() != 0; });
+  const rx p = sub.pop(PUBLISH);
+  CHECK(p.retain);
+  CHECK(p.qos_level == qos::at_least_once);
+  CHECK(p.response_topic == "reply/here");
+  REQUIRE(p.user_properties.size() == 1);
+  CHECK(p.user_properties[0] == std::make_pair(std::string("k"), std::string("v")));
+}
+
+TEST_CASE("sqlite: a delayed will is published after a restart when its delay has run out",
+          "[sqlite][MQTT-3.1.2-8]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  {
+    client& c = n.add(protocol_version::v5);
+    codec::will_message w;
+    w.topic = "will/c";
+    w.payload = "gone";
+    codec::properties_builder wp;
+    wp.add(codec::property_id::will_delay_interval, 30);
+    w.properties = wp.view();
+    c.connect("c", false, 600, w);
+    n.wait_for([&] { return c.count() != 0; });
+    c.pop(CONNACK);
+    c.drop();  // no DISCONNECT: the will waits for its delay
+    n.settle();
+  }
+  n.restart(std::chrono::seconds(10));  // down for 10 s: 20 s of the delay are left
+  std::vector<std::string> seen;
+  n.broker->subscribe("will/#", [&](const mb::message_ptr& m) { seen.emplace_back(m->payload()); });
+  n.advance(std::chrono::seconds(19));
+  CHECK(seen.empty());
+  n.advance(std::chrono::seconds(2));
+  CHECK(seen == std::vector<std::string>{"gone"});
+  // Published, so gone from the store: no second will after another restart.
+  n.restart(std::chrono::seconds(100));
+  seen.clear();
+  n.broker->subscribe("will/#", [&](const mb::message_ptr& m) { seen.emplace_back(m->payload()); });
+  n.advance(std::chrono::seconds(60));
+  CHECK(seen.empty());
+}
+
+TEST_CASE("sqlite: a session that expired while the broker was down is gone; one within its expiry is kept",
+          "[sqlite][MQTT-3.1.2-23]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  {
+    client& a = n.connected("short", false, protocol_version::v5, 30);
+    n.subscribe(a, "t", qos::at_least_once);
+    a.drop();
+    client& b = n.connected("long", false, protocol_version::v5, 3600);
+    n.subscribe(b, "t", qos::at_least_once);
+    b.drop();
+    n.settle();
+  }
+  n.restart(std::chrono::seconds(60));  // 30 s ran out while down
+  bool present = true;
+  n.connected("short", false, protocol_version::v5, 30, &present);
+  CHECK_FALSE(present);
+  n.connected("long", false, protocol_version::v5, 3600, &present);
+  CHECK(present);
+}
+
+TEST_CASE("sqlite: a clock behind the last save expires nothing, and what it dates is not stored as old",
+          "[sqlite][MQTT-3.1.2-23]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  const auto set = n.clock.system_now();
+  {
+    client& a = n.connected("a", false, protocol_version::v5, 30);
+    a.drop();
+    n.settle();
+  }
+  // A board without a real-time clock: it boots in 1970, long before the store's last save.
+  n.clock.set_system_time(std::chrono::system_clock::time_point(std::chrono::hours(24)));
+  n.restart();
+  bool present = false;
+  {
+    client& a = n.connected("a", false, protocol_version::v5, 30, &present);
+    CHECK(present);  // 56 years behind: not a reason to expire anything
+    a.drop();  // offline "since 1970" by this clock
+    n.settle();
+  }
+  // The clock is set right (10 s after the first run's time): the session went offline then, not
+  // in 1970, so 20 s of its expiry are left.
+  n.clock.set_system_time(set + std::chrono::seconds(10));
+  n.restart();
+  n.connected("a", false, protocol_version::v5, 30, &present);
+  CHECK(present);
+}
+
+TEST_CASE("sqlite: a PUBACK waits for the commit of the message queued for a persistent session",
+          "[sqlite][MQTT-4.3.2-2]") {
+  temp_dir dir;
+  node n(dir.file("store.db"), {}, true);
+  client& sub = n.connected("sub", false);
+  n.subscribe(sub, "t", qos::at_least_once);
+  sub.drop();
+  client& pub = n.connected("pub", true);
+  n.settle();
+  n.hold_commits = true;
+  pub.publish("t", "m", qos::at_least_once, 5);
+  for (int i = 0; i < 50; ++i) {  // the broker runs, the store's commits do not
+    n.io.restart();
+    n.io.poll();
+  }
+  CHECK(pub.count() == 0);  // not before the message is durable
+  n.commits.restart();
+  n.commits.poll();  // the commit runs and reports
+  n.wait_for([&] { return pub.count() != 0; });
+  CHECK(pub.pop(PUBACK).id == 5);
+}
+
+// ---- failures: each refuses clearly and changes nothing it should not
+
+TEST_CASE("sqlite: a second open of a store in use fails with 'locked' and names the file", "[sqlite]") {
+  temp_dir dir;
+  const std::string path = dir.file("store.db");
+  node n(path);
+  mb::storage::sqlite second;
+  mb::storage::sqlite_options o;
+  o.path = path;
+  std::error_code ec;
+  std::string what;
+  second.open(o, ec, &what);
+  CHECK(ec == mb::storage_errc::locked);
+  CHECK(ec.category().name() == std::string("mqttbroker.storage"));
+  CHECK(what.find(path) != std::string::npos);
+  CHECK_FALSE(second.is_open());
+  try {
+    second.open(o);
+    FAIL("open() of a locked store did not throw");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == mb::storage_errc::locked);
+  }
+  // The first broker goes on storing.
+  client& sub = n.connected("sub", false);
+  n.subscribe(sub, "t", qos::at_least_once);
+}
+
+TEST_CASE("sqlite: a file that is not a store is refused and left as it was", "[sqlite]") {
+  temp_dir dir;
+  mb::storage::sqlite_options o;
+  SECTION("not SQLite at all") {
+    o.path = dir.file("notes.txt");
+    std::ofstream(o.path, std::ios::binary) << std::string(8192, 'x') << "not a database\n";
+  }
+  SECTION("another program's SQLite database") {
+    o.path = dir.file("other.db");
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  const std::string before = read_all(o.path);
+  mb::storage::sqlite st;
+  std::error_code ec;
+  st.open(o, ec);
+  CHECK(ec == mb::storage_errc::not_a_database);
+  CHECK(read_all(o.path) == before);
+  CHECK_FALSE(fs::exists(o.path + "-wal"));
+}
+
+TEST_CASE("sqlite: a store with a newer schema version is refused and left as it was", "[sqlite]") {
+  temp_dir dir;
+  mb::storage::sqlite_options o;
+  o.path = dir.file("store.db");
+  {
+    mb::storage::sqlite st(o);
+    st.save_session("kept", 60);
+    st.commit();
+  }
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode=DELETE; UPDATE schema_version SET version=2;", nullptr, nullptr,
+                         nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  const std::string before = read_all(o.path);
+  mb::storage::sqlite st;
+  try {
+    st.open(o);
+    FAIL("a newer schema was opened");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == mb::storage_errc::newer_schema);
+    CHECK(std::string(e.what()).find("schema version 2") != std::string::npos);
+  }
+  CHECK(read_all(o.path) == before);
+}
+
+TEST_CASE("sqlite: a damaged store is refused and left as it was", "[sqlite]") {
+  temp_dir dir;
+  mb::storage::sqlite_options o;
+  o.path = dir.file("store.db");
+  {
+    mb::storage::sqlite st(o);
+    for (int i = 0; i < 200; ++i) st.save_session("client-" + std::to_string(i), 60);
+    st.commit();
+  }
+  {
+    sqlite3* db = nullptr;  // one file, no WAL beside it, before it is damaged
+    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode=DELETE;", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  std::string bytes = read_all(o.path);
+  REQUIRE(bytes.size() > 3 * 4096);
+  for (std::size_t i = 4096 + 16; i < 3 * 4096; i += 7) bytes[i] = '\x5A';  // pages 2 and 3
+  std::ofstream(o.path, std::ios::binary | std::ios::trunc) << bytes;
+  mb::storage::sqlite st;
+  std::error_code ec;
+  st.open(o, ec);
+  CHECK((ec == mb::storage_errc::corrupt || ec == mb::storage_errc::not_a_database));
+  CHECK(read_all(o.path) == bytes);
+}
+
+TEST_CASE("sqlite: a full store refuses what it cannot keep: 5.0 PUBACK 0x97, 3.1.1 closes; nothing refused is kept",
+          "[sqlite][MQTT-4.3.2-2]") {
+  temp_dir dir;
+  mb::storage::sqlite_options limit;
+  limit.max_bytes = 96 * 1024;  // PRAGMA max_page_count: SQLITE_FULL without a full disk
+  node n(dir.file("store.db"), limit);
+  {
+    client& sub = n.connected("sub", false);
+    n.subscribe(sub, "t", qos::at_least_once);
+    sub.drop();
+  }
+  client& pub = n.connected("pub5", true, protocol_version::v5);
+  const std::string payload(6000, 'p');
+  std::vector<std::string> accepted;
+  std::uint8_t refused = 0;
+  for (std::uint16_t id = 1; id <= 60 && refused == 0; ++id) {
+    const std::string body = std::to_string(id) + payload;
+    const std::uint8_t code = publish_acked(n, pub, "t", body, qos::at_least_once, id);
+    if (code == 0)
+      accepted.push_back(body);
+    else
+      refused = code;
+  }
+  CHECK(refused == 0x97);  // Quota exceeded
+  CHECK_FALSE(accepted.empty());
+  CHECK(n.broker->storage().last_error() == mb::storage_errc::full);
+  // 3.1.1 has no negative PUBACK: the connection ends.
+  client& old = n.connected("pub3", true);
+  old.publish("t", "x" + payload, qos::at_least_once, 1);
+  n.wait_for([&] { return old.closed() || old.count() != 0; });
+  CHECK(old.closed());
+  CHECK(old.count() == 0);
+  // Every message acknowledged as stored is there after a restart, in order.
+  n.restart();
+  client& sub = n.connected("sub", false);
+  n.wait_for([&] { return sub.count() >= accepted.size(); });
+  for (const std::string& body : accepted) {
+    const rx p = sub.pop(PUBLISH);
+    CHECK(p.payload.size() == body.size());
+    CHECK(p.payload == body);
+    sub.ack<codec::puback>(p.id);
+  }
+  n.settle();
+  CHECK(sub.count() == 0);  // the refused ones are not stored
+}
