@@ -5,8 +5,9 @@
 # Skips apt entirely when everything is there already. Runs as root, or through sudo otherwise.
 set -euo pipefail
 
-# The library: a compiler, CMake, Asio and fmt. The examples: CLI11.
-RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev"
+# The library: a compiler, CMake, Asio and fmt. The examples: CLI11; the server's --persistence:
+# SQLite 3 (mqttbroker::sqlite).
+RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev libsqlite3-dev"
 # Tests, fuzzers and benchmarks; nodejs and npm (Node 18 is enough) for the MQTT.js integration
 # tests; chromium, the browser the WebSocket browser test runs headless; libssl-dev for mqttbroker::auth (SCRAM-SHA-256), mqttbroker::tls (the TLS transport), their
 # tests and the engine fuzzer; openssl, the command line the TLS tests make their certificates with; pkgconf

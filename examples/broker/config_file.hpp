@@ -14,7 +14,7 @@
 //   they are, make Mosquitto's default listener (port 1883 unless `port` says otherwise), listed
 //   after the others as Mosquitto opens it.
 // - Options this server implements are read; options that make no sense for it (a PID file,
-//   persistence files, log destinations...) are accepted with a warning naming file and line;
+//   log destinations, autosave intervals...) are accepted with a warning naming file and line;
 //   anything else stops the reading with an error naming file and line. Values are checked more
 //   strictly than Mosquitto does ("max_inflight_messages ten" is an error, not 0).
 // - `include_dir DIR` reads DIR's files ending in ".conf", ordered by name ignoring case, as
@@ -122,6 +122,8 @@ struct config_settings {
   std::optional<bool> queue_qos0_messages;
   std::optional<std::uint8_t> max_qos;                  // 0, 1 or 2
   std::optional<std::uint16_t> max_topic_alias;
+  std::optional<bool> persistence;                      // persistence true: the SQLite store (--persistence)
+  std::optional<std::string> persistence_location;      // its folder; the working folder by default
 
   std::vector<listener_settings> listeners;  // in file order, the default listener (if any) last
   std::vector<std::string> warnings;         // "FILE:LINE: ...", one per option accepted and ignored
@@ -154,16 +156,15 @@ struct option_note {
 };
 
 /// Options that make no sense for this server: read, and ignored with this explanation.
-inline constexpr std::string_view in_memory = "this server keeps sessions and retained messages in memory only";
+inline constexpr std::string_view not_needed =
+    "not needed: with persistence every change is stored before it is acknowledged, nothing waits for a save";
 inline constexpr std::string_view logs_to_stderr = "this server logs to stderr (--log-level sets how much)";
 inline constexpr option_note ignored_options[] = {
     {"pid_file", "this server writes no PID file (a service manager knows its PID)"},
     {"user", "this server does not change user: start it as the user it should run as"},
-    {"persistence", in_memory},
-    {"persistence_file", in_memory},
-    {"persistence_location", in_memory},
-    {"autosave_interval", in_memory},
-    {"autosave_on_changes", in_memory},
+    {"persistence_file", "the store is mqttbroker.db in persistence_location"},
+    {"autosave_interval", not_needed},
+    {"autosave_on_changes", not_needed},
     {"log_dest", logs_to_stderr},
     {"log_type", logs_to_stderr},
     {"log_facility", logs_to_stderr},
@@ -541,6 +542,14 @@ class config_reader {
     } else if (name == "retain_available" || name == "queue_qos0_messages") {
       bool b = false;
       if (boolean(name, rest, b)) (name == "retain_available" ? o.retain_available : o.queue_qos0_messages) = b;
+    } else if (name == "persistence") {
+      bool b = false;
+      if (boolean(name, rest, b)) o.persistence = b;
+    } else if (name == "persistence_location") {
+      if (rest.empty())
+        fail(config_errc::missing_value, "'persistence_location' needs a value");
+      else
+        o.persistence_location.emplace(rest);  // a path: the rest of the line; a later line wins
     } else if (name == "sys_interval") {
       std::uint32_t n = 0;
       if (integer(name, rest, 0, std::numeric_limits<std::int32_t>::max(), n)) o.sys_interval = std::chrono::seconds(n);

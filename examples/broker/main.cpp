@@ -7,6 +7,9 @@
 #if MQTTBROKER_EXAMPLE_WEBSOCKET
 #include <mqttbroker/transport/websocket_tls.hpp>  // mqttbroker::websocket and mqttbroker::tls
 #endif
+#if MQTTBROKER_EXAMPLE_SQLITE
+#include <mqttbroker/storage/sqlite.hpp>  // mqttbroker::sqlite (SQLite 3): --persistence
+#endif
 
 #include "config_file.hpp"
 
@@ -79,6 +82,24 @@ struct st_policies : mqttbroker::default_policies {
 struct mt_policies : mqttbroker::default_policies {
   using locking = mqttbroker::locking::shared;
   using hooks = logging_hooks;
+};
+
+#if MQTTBROKER_EXAMPLE_SQLITE
+// --persistence: the same bundles on the SQLite store, which commits on a thread of its own.
+struct st_store_policies : st_policies {
+  using storage = mqttbroker::storage::sqlite;
+};
+struct mt_store_policies : mt_policies {
+  using storage = mqttbroker::storage::sqlite;
+};
+#endif
+
+/// --persistence and its settings; an empty folder keeps everything in memory.
+struct persistence_settings {
+  std::string folder;
+  std::string synchronous = "full";
+  std::uint64_t max_bytes = 0;
+  std::string file() const { return folder.empty() ? std::string() : folder + "/mqttbroker.db"; }
 };
 
 namespace cfg = mqttbroker_server;
@@ -236,9 +257,23 @@ bool open_listener(Broker& broker, asio::io_context& io, const listener_plan& p,
 
 template <class Broker>
 int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::vector<listener_plan>& plans,
-          unsigned threads) {
+          unsigned threads, const persistence_settings& store) {
   asio::io_context io(static_cast<int>(threads));
   Broker broker(io, opts, hooks);
+  if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+    // Before the listeners: a store that cannot be opened (in use, not a store, newer) stops the
+    // start with its reason, and start() loads what it kept.
+    mqttbroker::storage::sqlite_options o;
+    o.path = store.file();
+    o.synchronous = store.synchronous == "normal" ? mqttbroker::storage::sqlite_sync::normal
+                                                  : mqttbroker::storage::sqlite_sync::full;
+    o.max_bytes = store.max_bytes;
+    o.log = [](std::string_view text) { say(level::warning, "{}", text); };
+    broker.storage().open(std::move(o));
+    say(level::info, "persistence: {} (synchronous {})", store.file(), store.synchronous);
+  } else {
+    (void)store;
+  }
   opened listeners;
   for (const listener_plan& p : plans)
     if (!open_listener(broker, io, p, listeners)) return 1;
@@ -336,6 +371,20 @@ int main(int argc, char** argv) {
   unsigned sys_interval_s = static_cast<unsigned>(opts.sys_interval.count());
   unsigned stuck_ms = static_cast<unsigned>(opts.stuck_client_timeout.count());
 
+  persistence_settings store;
+#if MQTTBROKER_EXAMPLE_SQLITE
+  app.add_option("--persistence", store.folder,
+                 "keep sessions, subscriptions, owed and retained messages in DIR/mqttbroker.db (SQLite), "
+                 "acknowledging only what is stored [persistence true, persistence_location DIR]");
+  app.add_option("--persistence-sync", store.synchronous,
+                 "full: every commit on the disk before its acknowledgement (survives power loss); normal: "
+                 "survives the process being killed, fewer disk flushes")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"full", "normal"}));
+  app.add_option("--persistence-max-bytes", store.max_bytes,
+                 "the store's size limit (0: none); past it, publishes that need storing are refused (5.0 0x97)")
+      ->capture_default_str();
+#endif
   std::string config_file;
   app.add_option("-c,--config-file", config_file,
                  "a configuration file in Mosquitto's syntax (see below); a flag given here wins over its line");
@@ -438,7 +487,8 @@ int main(int argc, char** argv) {
       "  default listener. Without listeners in the file the flags' are used; with them, a listener flag\n"
       "  given here (--port, --certfile, --ws-port, --wss-port) adds its listener beside the file's.\n"
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
-      "  Lines that make no sense here (pid_file, user, persistence*, autosave_*, log_*, allow_anonymous...)\n"
+      "  persistence true and persistence_location DIR are --persistence DIR.\n"
+      "  Lines that make no sense here (pid_file, user, persistence_file, autosave_*, log_*, allow_anonymous...)\n"
       "  are warned about and ignored; anything else is an error naming the file and line (exit status 1).");
   CLI11_PARSE(app, argc, argv);
   const auto given = [&app](const char* flag) { return app.count(flag) != 0; };
@@ -472,6 +522,17 @@ int main(int argc, char** argv) {
     if (file.persistent_client_expiration && !given("--session-expiry"))
       session_expiry_s = static_cast<std::uint64_t>(file.persistent_client_expiration->count());
     if (file.sys_interval && !given("--sys-interval")) sys_interval_s = static_cast<unsigned>(file.sys_interval->count());
+    if (file.persistence.value_or(false) && !given("--persistence")) {
+#if MQTTBROKER_EXAMPLE_SQLITE
+      // Mosquitto's default folder is the working one.
+      std::string folder = file.persistence_location.value_or(".");
+      while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
+      store.folder = folder;
+#else
+      warnings.push_back(fmt::format("{}: persistence true ignored: this server was built without SQLite",
+                                     config_file));
+#endif
+    }
     for (const cfg::listener_settings& l : file.listeners) {
       listener_plan p{l, given("--ws-path") ? ws.path : std::string(), ws.origins};  // Mosquitto answers on any path
       if (p.s.address.empty()) p.s.address = "0.0.0.0";
@@ -498,8 +559,14 @@ int main(int argc, char** argv) {
   for (const std::string& w : warnings) say(level::warning, "{}", w);
 
   try {
-    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, plans, threads);
-    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, plans, threads);
+#if MQTTBROKER_EXAMPLE_SQLITE
+    if (!store.folder.empty()) {
+      if (threads == 1) return serve<mqttbroker::broker<st_store_policies>>(opts, hooks, plans, threads, store);
+      return serve<mqttbroker::broker<mt_store_policies>>(opts, hooks, plans, threads, store);
+    }
+#endif
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, plans, threads, store);
+    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, plans, threads, store);
   } catch (const std::exception& e) {
     say(level::error, "{}", e.what());
     return 1;

@@ -329,7 +329,7 @@ class sqlite {
 
     void fail(std::error_code& ec, std::string* what, std::error_code code, const std::string& why) {
       ec = code;
-      if (what != nullptr) *what = "mqttbroker: storage '" + opts.path + "': " + why;
+      if (what != nullptr) *what = "mqttbroker: storage '" + opts.path + "' (" + why + ")";
       if (db != nullptr) {
         sqlite3_close_v2(db);
         db = nullptr;
@@ -421,7 +421,7 @@ class sqlite {
     void refuse(std::error_code& ec, std::string* what, int rc) {
       std::string why = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
       const std::error_code code = to_error(rc);
-      if (code == storage_errc::locked) why = "in use by another process (another broker?)";
+      if (code == storage_errc::locked) why = "another broker?";
       fail(ec, what, code, why);
     }
 
