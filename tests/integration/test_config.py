@@ -280,13 +280,17 @@ class DebianStock(ConfigCase):
         self.write("conf.d/README", "Any files placed in this directory that have a .conf ending will be loaded\n")
         text, n = re.subn(r"(?m)^include_dir .*$", "include_dir " + os.path.join(self.dir, "conf.d"), text)
         self.assertEqual(n, 1, "the stock file has its include_dir line")
+        # persistence true: the SQLite store, in this test's folder rather than /var/lib/mosquitto.
+        text, n = re.subn(r"(?m)^persistence_location .*$", "persistence_location " + self.dir + "/", text)
+        self.assertEqual(n, 1, "the stock file has its persistence_location line")
         self.lines = text.splitlines()
         return self.write("mosquitto.conf", text)
 
     def test_the_stock_file_loads_and_the_server_serves(self):
-        for option in ("pid_file", "persistence", "persistence_location", "log_dest"):
+        for option in ("pid_file", "log_dest"):
             number = next(i + 1 for i, line in enumerate(self.lines) if line.split(" ")[0] == option)
             self.wait_log(r"\[warning\] %s:%d: %s ignored: " % (re.escape(self.path), number, option))
+        self.wait_log(r"\[info\] persistence: %s " % re.escape(os.path.join(self.dir, "mqttbroker.db")))
         c = self.paho("debian")
         c.subscribe("stock/#", 1)
         c.publish("stock/ok", b"served", 1)
