@@ -774,3 +774,35 @@ TEST_CASE("sqlite: a full store refuses what it cannot keep: 5.0 PUBACK 0x97, 3.
   n.settle();
   CHECK(sub.count() == 0);  // the refused ones are not stored
 }
+
+TEST_CASE("sqlite: a QoS 2 PUBLISH to a persistent session, and the PUBREL after its PUBREC, leave only once their state is durable",
+          "[sqlite][MQTT-4.3.3-1][MQTT-4.4.0-1]") {
+  temp_dir dir;
+  node n(dir.file("store.db"), {}, true);
+  client& sub = n.connected("sub", false);
+  n.subscribe(sub, "t", qos::exactly_once);
+  client& pub = n.connected("pub", true);
+  n.settle();
+  n.hold_commits = true;
+  pub.publish("t", "x", qos::exactly_once, 2);
+  auto run_broker_only = [&] {
+    for (int i = 0; i < 50; ++i) {
+      n.io.restart();
+      n.io.poll();
+    }
+  };
+  run_broker_only();
+  // Sent before its record were durable, a crash would send it again under another identifier.
+  CHECK(sub.count() == 0);
+  n.commits.restart();
+  n.commits.poll();
+  n.wait_for([&] { return sub.count() != 0; });
+  const rx p = sub.pop(PUBLISH);
+  sub.ack<codec::pubrec>(p.id);
+  run_broker_only();
+  CHECK(sub.count() == 0);  // PUBREL owed only once the PUBREC is stored
+  n.commits.restart();
+  n.commits.poll();
+  n.wait_for([&] { return sub.count() != 0; });
+  CHECK(sub.pop(PUBREL).id == p.id);
+}

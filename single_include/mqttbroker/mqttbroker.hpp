@@ -6898,6 +6898,7 @@ struct held_ack {
 template <bool Durable>
 struct held_acks {
   std::unique_ptr<detail::fifo<held_ack>> held;
+  std::uint64_t write_gate = 0;  // the commit the queued packets wait for (0: none)
 };
 template <>
 struct held_acks<false> {};
@@ -7948,8 +7949,30 @@ class core {
   };
 
   /// link_event::committed, on the link's executor: its held acknowledgements whose commits are
-  /// durable go out, in order.
-  void on_committed(link_type& l, steady_time now) { release_acks(l, now); }
+  /// durable go out, in order, and writes held for a commit (gate_writes) go too.
+  void on_committed(link_type& l, steady_time now) {
+    release_acks(l, now);
+    if constexpr (durable) l.start_write();
+  }
+
+  /// Whether the server may write what `l` has queued: not while a packet in it depends on a
+  /// change not yet durable (gate_writes); `l` is told when it is (link_event::committed). On
+  /// l's executor, once per write batch.
+  bool writes_may_go(link_type& l) {
+    if constexpr (durable) {
+      if (l.write_gate == 0) return true;
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      if (l.write_gate <= committed_) {
+        l.write_gate = 0;
+        return true;
+      }
+      holding_.push_back(l.self());
+      return false;
+    } else {
+      (void)l;
+      return true;
+    }
+  }
 
   /// A commit's ticket is durable (the storage's on_commit handler, brought to any thread): the
   /// links holding acknowledgements behind it are asked to send them (link_event::committed).
@@ -8513,6 +8536,25 @@ class core {
     }
   }
 
+  /// What was just recorded must be durable before `l` writes again: a QoS 2 PUBLISH whose
+  /// `send` (else, after a crash, it would go again under another packet identifier and the client
+  /// would take it twice), a PUBREL whose PUBREC (else the PUBLISH would go again after the client
+  /// completed it). On l's executor.
+  void gate_writes(link_type& l) {
+    if constexpr (durable) {
+      l.write_gate = std::max(l.write_gate, storage_.commit());
+    } else {
+      (void)l;
+    }
+  }
+
+  /// Queues `o` on `l`; a QoS 2 one to a kept session waits for its record (gate_writes). On l's
+  /// executor.
+  void send_durable(link_type& l, const session_type& rec, const session::outgoing& o, steady_time now) {
+    l.send_publish(o, now);
+    if (o.qos_level == codec::qos::exactly_once && kept(rec)) gate_writes(l);
+  }
+
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
   void send_to(session_type* rec, session::outgoing& o, steady_time now) {
     if constexpr (locking_type::thread_safe) {
@@ -8528,7 +8570,7 @@ class core {
         rec->conn->post(link_event::pump);
       }
     } else {
-      rec->conn->send_publish(o, now);
+      send_durable(*rec->conn, *rec, o, now);
     }
   }
 
@@ -8538,7 +8580,7 @@ class core {
     session_guard lk(*this, *rec);
     if (rec->conn.get() != &l) return;  // taken over since the pump was posted
     if constexpr (locking_type::thread_safe) {
-      for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
+      for (const session::outgoing& o : rec->outbox.items) send_durable(l, *rec, o, now);
       clear_outbox(*rec);
     }
     const std::uint32_t now_s = clock_seconds(now);
@@ -8551,7 +8593,7 @@ class core {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
-      l.send_publish(*o, now);
+      send_durable(l, *rec, *o, now);
     }
     // Retained messages go out while the transport keeps up and the window has room; the rest
     // wait for acknowledgements or for the write to drain (on_drained).
@@ -8572,7 +8614,7 @@ class core {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
           record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, o.msg, o.qos_level); });
-        l.send_publish(o, now);
+        send_durable(l, *rec, o, now);
       }
     }
   }
@@ -10002,6 +10044,8 @@ class protocol : public core<Policies> {
           l.send_publish(e.pub, now);
         }
       });
+      // What is in flight again may not be durable yet (sent just before this reconnect).
+      if (rec->conn.get() == &l && base::kept(*rec) && rec->state.inflight_count() != 0) this->gate_writes(l);
     }
     pump(l, now);
 
@@ -10169,6 +10213,11 @@ class protocol : public core<Policies> {
     rel.packet_id = a.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
     l.send(rel, now);
+    // The PUBREL leaves once the PUBREC is durable: after a crash the broker then owes PUBREL, not
+    // the PUBLISH the client has already completed.
+    if constexpr (base::durable) {
+      if (known && l.session() != nullptr && base::kept(*l.session())) this->gate_writes(l);
+    }
   }
 
   void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {
@@ -10997,6 +11046,9 @@ class connection final
 
   void start_write() override {
     if (this->write_in_flight() || !this->is_open() || !this->handshake_done()) return;
+    // A packet queued depends on a change not yet durable: written after its commit (a closing
+    // connection writes what it has).
+    if (!this->is_closing() && !engine().writes_may_go(*this)) return;
     writing_ = this->take_queued();
     if (!writing_) return;
     writing_->build_runs();

@@ -246,8 +246,30 @@ class core {
   };
 
   /// link_event::committed, on the link's executor: its held acknowledgements whose commits are
-  /// durable go out, in order.
-  void on_committed(link_type& l, steady_time now) { release_acks(l, now); }
+  /// durable go out, in order, and writes held for a commit (gate_writes) go too.
+  void on_committed(link_type& l, steady_time now) {
+    release_acks(l, now);
+    if constexpr (durable) l.start_write();
+  }
+
+  /// Whether the server may write what `l` has queued: not while a packet in it depends on a
+  /// change not yet durable (gate_writes); `l` is told when it is (link_event::committed). On
+  /// l's executor, once per write batch.
+  bool writes_may_go(link_type& l) {
+    if constexpr (durable) {
+      if (l.write_gate == 0) return true;
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      if (l.write_gate <= committed_) {
+        l.write_gate = 0;
+        return true;
+      }
+      holding_.push_back(l.self());
+      return false;
+    } else {
+      (void)l;
+      return true;
+    }
+  }
 
   /// A commit's ticket is durable (the storage's on_commit handler, brought to any thread): the
   /// links holding acknowledgements behind it are asked to send them (link_event::committed).
@@ -811,6 +833,25 @@ class core {
     }
   }
 
+  /// What was just recorded must be durable before `l` writes again: a QoS 2 PUBLISH whose
+  /// `send` (else, after a crash, it would go again under another packet identifier and the client
+  /// would take it twice), a PUBREL whose PUBREC (else the PUBLISH would go again after the client
+  /// completed it). On l's executor.
+  void gate_writes(link_type& l) {
+    if constexpr (durable) {
+      l.write_gate = std::max(l.write_gate, storage_.commit());
+    } else {
+      (void)l;
+    }
+  }
+
+  /// Queues `o` on `l`; a QoS 2 one to a kept session waits for its record (gate_writes). On l's
+  /// executor.
+  void send_durable(link_type& l, const session_type& rec, const session::outgoing& o, steady_time now) {
+    l.send_publish(o, now);
+    if (o.qos_level == codec::qos::exactly_once && kept(rec)) gate_writes(l);
+  }
+
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
   void send_to(session_type* rec, session::outgoing& o, steady_time now) {
     if constexpr (locking_type::thread_safe) {
@@ -826,7 +867,7 @@ class core {
         rec->conn->post(link_event::pump);
       }
     } else {
-      rec->conn->send_publish(o, now);
+      send_durable(*rec->conn, *rec, o, now);
     }
   }
 
@@ -836,7 +877,7 @@ class core {
     session_guard lk(*this, *rec);
     if (rec->conn.get() != &l) return;  // taken over since the pump was posted
     if constexpr (locking_type::thread_safe) {
-      for (const session::outgoing& o : rec->outbox.items) l.send_publish(o, now);
+      for (const session::outgoing& o : rec->outbox.items) send_durable(l, *rec, o, now);
       clear_outbox(*rec);
     }
     const std::uint32_t now_s = clock_seconds(now);
@@ -849,7 +890,7 @@ class core {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
-      l.send_publish(*o, now);
+      send_durable(l, *rec, *o, now);
     }
     // Retained messages go out while the transport keeps up and the window has room; the rest
     // wait for acknowledgements or for the write to drain (on_drained).
@@ -870,7 +911,7 @@ class core {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
           record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, o.msg, o.qos_level); });
-        l.send_publish(o, now);
+        send_durable(l, *rec, o, now);
       }
     }
   }

@@ -201,6 +201,7 @@ struct held_ack {
 template <bool Durable>
 struct held_acks {
   std::unique_ptr<detail::fifo<held_ack>> held;
+  std::uint64_t write_gate = 0;  // the commit the queued packets wait for (0: none)
 };
 template <>
 struct held_acks<false> {};

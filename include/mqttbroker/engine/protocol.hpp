@@ -1143,6 +1143,8 @@ class protocol : public core<Policies> {
           l.send_publish(e.pub, now);
         }
       });
+      // What is in flight again may not be durable yet (sent just before this reconnect).
+      if (rec->conn.get() == &l && base::kept(*rec) && rec->state.inflight_count() != 0) this->gate_writes(l);
     }
     pump(l, now);
 
@@ -1310,6 +1312,11 @@ class protocol : public core<Policies> {
     rel.packet_id = a.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
     l.send(rel, now);
+    // The PUBREL leaves once the PUBREC is durable: after a crash the broker then owes PUBREL, not
+    // the PUBLISH the client has already completed.
+    if constexpr (base::durable) {
+      if (known && l.session() != nullptr && base::kept(*l.session())) this->gate_writes(l);
+    }
   }
 
   void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {

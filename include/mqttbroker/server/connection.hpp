@@ -211,6 +211,9 @@ class connection final
 
   void start_write() override {
     if (this->write_in_flight() || !this->is_open() || !this->handshake_done()) return;
+    // A packet queued depends on a change not yet durable: written after its commit (a closing
+    // connection writes what it has).
+    if (!this->is_closing() && !engine().writes_may_go(*this)) return;
     writing_ = this->take_queued();
     if (!writing_) return;
     writing_->build_runs();

@@ -1,0 +1,255 @@
+"""The server with --persistence killed with SIGKILL at random moments while publishers stream QoS 1
+and QoS 2 messages to a persistent subscriber that is offline all along and one that is online
+and slow to acknowledge: after every restart, each message the broker acknowledged (PUBACK, or
+PUBREC for QoS 2) reaches both subscribers, QoS 2 exactly once and QoS 1 at least once, in the
+order of its publisher; the retained message and the sessions stay.
+
+The moments come from a seed, printed (MQTTBROKER_KILL_SEED repeats a run). Raw MQTT 3.1.1 over
+sockets, so the test sees every acknowledgement and keeps each client's session state itself
+(packet identifiers in flight, QoS 2 identifiers received and not released) across reconnects.
+"""
+
+import os
+import random
+import select
+import shutil
+import tempfile
+import time
+import unittest
+
+import harness as h
+
+KILLS = 4                 # SIGKILLs, then one last start that delivers what is owed
+ROUND = (0.3, 1.5)        # seconds of traffic before each kill
+PACE = 0.01               # seconds between a publisher's messages
+WINDOW = 8                # a publisher's messages in flight at once
+SLOW_ACK = 0.05           # the slow subscriber holds its acknowledgements this long
+
+
+class Session:
+    """A raw client that keeps its MQTT session state across connections (clean session 0)."""
+
+    def __init__(self, client_id):
+        self.client_id = client_id
+        self.conn = None
+        self.inflight = {}        # publisher: packet id -> [seq, "publish" | "pubrel"]
+        self.next_id = 0
+        self.unreleased = set()   # subscriber: QoS 2 identifiers received, PUBREL not yet seen
+        self.held = []            # subscriber: acknowledgements held back (slow)
+        self.held_since = None
+
+    def connect(self, port):
+        self.conn = h.RawClient(port)
+        self.conn.send(h.connect(self.client_id, clean=False, keepalive=0))
+        ack = h.parse_connack(self.conn.expect(h.CONNACK))
+        if ack.code != 0:
+            raise AssertionError("%s: CONNACK %d" % (self.client_id, ack.code))
+        return ack.session_present
+
+    def lost(self):
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.held = []
+
+    def new_id(self):
+        while True:
+            self.next_id = self.next_id % 65535 + 1
+            if self.next_id not in self.inflight:
+                return self.next_id
+
+
+class PersistenceUnderKills(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="mqttbroker-it-persistence-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        seed = int(os.environ.get("MQTTBROKER_KILL_SEED", "0")) or random.SystemRandom().randrange(1, 2**31)
+        print("kill test seed: %d (MQTTBROKER_KILL_SEED=%d repeats it)" % (seed, seed), flush=True)
+        self.rng = random.Random(seed)
+        self.broker = None
+        self.addCleanup(self._stop)
+
+    def _stop(self):
+        if self.broker is not None and self.broker.alive():
+            self.broker.kill()
+
+    def start(self):
+        self.broker = h.Broker("--persistence", self.dir, "--max-queued-messages", "100000",
+                               "--max-inflight", "16")
+        return self.broker.port
+
+    # ---- the clients' side of the protocol
+
+    def publish_next(self, pub, topic, qos):
+        seq = self.sent[pub.client_id]
+        self.sent[pub.client_id] += 1
+        pid = pub.new_id()
+        pub.inflight[pid] = [seq, "publish"]
+        pub.conn.send(h.publish(topic, "%s:%d" % (pub.client_id, seq), qos=qos, packet_id=pid))
+
+    def resume_publisher(self, pub, topic, qos):
+        # What was in flight goes again, in order: PUBLISH with DUP, or PUBREL after a PUBREC.
+        for pid, (seq, state) in sorted(pub.inflight.items(), key=lambda kv: kv[1][0]):
+            if state == "publish":
+                pub.conn.send(h.publish(topic, "%s:%d" % (pub.client_id, seq), qos=qos, packet_id=pid, dup=True))
+            else:
+                pub.conn.send(h.ack(h.PUBREL, pid))
+
+    def on_publisher_packet(self, pub, p):
+        pid = h.packet_id_of(p)
+        entry = pub.inflight.get(pid)
+        if p.kind == h.PUBACK and entry:
+            self.acked[pub.client_id].add(entry[0])
+            del pub.inflight[pid]
+        elif p.kind == h.PUBREC and entry:
+            self.acked[pub.client_id].add(entry[0])  # the broker answers for it from here on
+            entry[1] = "pubrel"
+            pub.conn.send(h.ack(h.PUBREL, pid))
+        elif p.kind == h.PUBCOMP and entry:
+            del pub.inflight[pid]
+
+    def on_subscriber_packet(self, sub, p, slow):
+        if p.kind == h.PUBLISH:
+            m = h.parse_publish(p)
+            if m.qos == 2:
+                # Method B of the specification: an identifier held until PUBREL is a resend.
+                if m.packet_id not in sub.unreleased:
+                    sub.unreleased.add(m.packet_id)
+                    self.delivered[sub.client_id].append((m.topic, m.payload.decode(), 2))
+                reply = h.ack(h.PUBREC, m.packet_id)
+            else:
+                self.delivered[sub.client_id].append((m.topic, m.payload.decode(), m.qos))
+                reply = h.ack(h.PUBACK, m.packet_id)
+        elif p.kind == h.PUBREL:
+            pid = h.packet_id_of(p)
+            sub.unreleased.discard(pid)
+            reply = h.ack(h.PUBCOMP, pid)
+        else:
+            return
+        if slow:
+            if not sub.held:
+                sub.held_since = time.monotonic()
+            sub.held.append(reply)
+        else:
+            sub.conn.send(reply)
+
+    def pump(self, sessions, until, publishers=()):
+        """Reads and answers on every connected session until `until` (monotonic) or until the
+        broker's connections end; publishers keep their windows full, paced."""
+        next_send = time.monotonic()
+        while time.monotonic() < until:
+            live = [s for s in sessions if s.conn is not None]
+            if not live:
+                return
+            now = time.monotonic()
+            if publishers and now >= next_send:
+                next_send = now + PACE
+                for pub, topic, qos in publishers:
+                    if pub.conn is not None and len(pub.inflight) < WINDOW:
+                        self.publish_next(pub, topic, qos)
+            for s in live:
+                if s.held and now - s.held_since >= SLOW_ACK:
+                    s.conn.send(b"".join(s.held))
+                    s.held = []
+            ready, _, _ = select.select([s.conn.sock for s in live], [], [], 0.005)
+            for s in live:
+                if s.conn.sock not in ready and not s.conn.buf:
+                    continue
+                try:
+                    if s.conn.sock in ready:
+                        s.conn._fill(time.monotonic() + 1)
+                    while True:
+                        p = s.conn._parse()
+                        if p is None:
+                            break
+                        if s.role == "pub":
+                            self.on_publisher_packet(s, p)
+                        else:
+                            self.on_subscriber_packet(s, p, slow=s.role == "slow")
+                except (h.Closed, TimeoutError, OSError):
+                    s.lost()
+
+    def test_acknowledged_messages_survive_sigkill(self):
+        q1, q2 = Session("pub-q1"), Session("pub-q2")
+        offline, slow = Session("sub-offline"), Session("sub-slow")
+        q1.role = q2.role = "pub"
+        offline.role, slow.role = "sub", "slow"
+        self.sent = {q1.client_id: 0, q2.client_id: 0}
+        self.acked = {q1.client_id: set(), q2.client_id: set()}
+        self.delivered = {offline.client_id: [], slow.client_id: []}
+
+        port = self.start()
+        for sub in (offline, slow):
+            sub.connect(port)
+            sub.conn.send(h.subscribe(1, [("kill/#", 2)]))
+            sub.conn.expect(h.SUBACK)
+        offline.lost()  # offline from here to the end
+        retained = h.RawClient(port)
+        retained.send(h.connect("retainer", clean=True))
+        retained.expect(h.CONNACK)
+        retained.send(h.publish("state/kept", "retained", qos=1, retain=True, packet_id=1))
+        retained.expect(h.PUBACK)
+        retained.close()
+
+        publishers = [(q1, "kill/q1", 1), (q2, "kill/q2", 2)]
+        for kill in range(KILLS):
+            for pub, topic, qos in publishers:
+                pub.connect(port)
+                self.resume_publisher(pub, topic, qos)
+            slow.connect(port)
+            self.pump([q1, q2, slow], time.monotonic() + self.rng.uniform(*ROUND), publishers)
+            self.broker.kill()  # SIGKILL: nothing is flushed, nothing said goodbye
+            for s in (q1, q2, slow):
+                s.lost()
+            port = self.start()
+
+        # The last start: publishers finish what they had in flight, then both subscribers drain.
+        for pub, topic, qos in publishers:
+            self.assertTrue(pub.connect(port), "%s lost its session" % pub.client_id)
+            self.resume_publisher(pub, topic, qos)
+        self.pump([q1, q2], time.monotonic() + 3)
+        self.assertTrue(offline.connect(port), "the offline subscriber lost its session")
+        self.assertTrue(slow.connect(port), "the slow subscriber lost its session")
+        quiet_until = time.monotonic() + 2
+        while time.monotonic() < quiet_until:
+            before = sum(len(v) for v in self.delivered.values())
+            self.pump([offline, slow, q1, q2], time.monotonic() + 0.5)
+            if sum(len(v) for v in self.delivered.values()) != before:
+                quiet_until = time.monotonic() + 2
+
+        print("sent %s, acknowledged %s, delivered %s" % (
+            self.sent, {k: len(v) for k, v in self.acked.items()},
+            {k: len(v) for k, v in self.delivered.items()}), flush=True)
+        self.assertGreater(len(self.acked[q1.client_id]), 0)
+        self.assertGreater(len(self.acked[q2.client_id]), 0)
+        for sub in (offline, slow):
+            got = self.delivered[sub.client_id]
+            for pub, topic, qos in publishers:
+                seqs = [int(payload.split(":")[1]) for t, payload, _ in got if t == topic]
+                missing = sorted(self.acked[pub.client_id] - set(seqs))
+                self.assertEqual(missing, [], "%s: acknowledged messages of %s lost" % (sub.client_id, pub.client_id))
+                if qos == 2:
+                    twice = sorted({s for s in seqs if seqs.count(s) > 1})
+                    self.assertEqual(twice, [], "%s: QoS 2 messages of %s delivered twice" % (sub.client_id, pub.client_id))
+                firsts = []
+                for s in seqs:
+                    if s not in firsts:
+                        firsts.append(s)
+                self.assertEqual(firsts, sorted(firsts), "%s: %s's messages out of order" % (sub.client_id, pub.client_id))
+
+        # The retained message and the subscriptions' sessions are intact.
+        c = h.RawClient(port)
+        c.send(h.connect("late", clean=True))
+        c.expect(h.CONNACK)
+        c.send(h.subscribe(1, [("state/#", 1)]))
+        c.expect(h.SUBACK)
+        m = h.parse_publish(c.expect(h.PUBLISH))
+        self.assertEqual((m.topic, m.payload, m.retain), ("state/kept", b"retained", 1))
+        c.close()
+        self.assertEqual(self.broker.stop(), 0, "the broker did not stop cleanly; log:\n" + self.broker.log())
+        h.assert_no_sanitizer_report(self, self.broker.all_lines(), "the broker")
+
+
+if __name__ == "__main__":
+    h.main()
