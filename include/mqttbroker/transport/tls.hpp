@@ -617,6 +617,9 @@ class tls_stream {
           case step_result::want_write: return wait(asio::socket_base::wait_write);
           default: break;
         }
+        // The client's first records often come with its Finished, and read-ahead has taken
+        // them off the socket already: the first wait must not wait for the socket.
+        if (!ec) this->stream->more_buffered_ = SSL_has_pending(this->stream->ssl_.get()) == 1;
       }
       std::move(this->handler)(ec);
     }
