@@ -30,6 +30,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/socket.h>
+#include <sys/time.h>
+
 // The TLS transport over real loopback connections: the broker and the test's clients share one
 // io_context on the test's thread, and every wait has a deadline. The certificates come from
 // tests/tls/make-certs.sh, run once into a temporary folder.
@@ -217,10 +220,9 @@ TEST_CASE("tls: a client verifies the server's chain, connects and publishes ove
   CHECK(f.broker->listener_info(0).transport == "tls");
 }
 
-// tls_stream::async_read_some adds the records OpenSSL already holds to asio's one-record read.
-// Here 40 PUBLISH records and a close_notify reach the broker in one TCP segment: the first read
-// (a 256-byte block) ends inside the third record, later ones continue from there, and the
-// close_notify ends the connection only after every message was read.
+// tls_stream::read_some gives all that OpenSSL can decrypt from what it has read ahead. Here 40
+// PUBLISH records and a close_notify reach the broker in one TCP segment: every message is read,
+// and the close_notify ends the connection only after them.
 TEST_CASE("tls: records that arrive together are read in one go, up to a close_notify after them", "[tls]") {
   fixture f(server_options());
   f.hooks_saw().allowed = {"(none)"};
@@ -289,6 +291,87 @@ TEST_CASE("tls: records that arrive together are read in one go, up to a close_n
   REQUIRE(all);
   CHECK(f.received == sent);
   CHECK(broker_closed);  // at the close_notify, after the messages
+}
+
+// The client's Finished, its CONNECT and a PUBLISH reach the broker in one TCP segment, so
+// OpenSSL's read-ahead takes the MQTT records off the socket during the handshake: the broker
+// must read them from OpenSSL, not wait for the socket, where nothing more comes.
+TEST_CASE("tls: a CONNECT in the same segment as the client's Finished is read at once", "[tls]") {
+  fixture f(server_options());
+  f.hooks_saw().allowed = {"(none)"};
+  std::atomic<bool> client_done{false};
+  std::string client_error;  // the client thread's, read after the join
+  std::string connack;
+  const std::uint16_t port = f.port();
+  std::thread client([&] {
+    asio::io_context cio;
+    asio::ip::tcp::socket sock(cio);
+    std::error_code ec;
+    sock.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL* ssl = SSL_new(ctx);
+    // Both directions through memory, pumped by hand, so the last flight leaves when we say.
+    BIO* in = BIO_new(BIO_s_mem());
+    BIO* out = BIO_new(BIO_s_mem());
+    SSL_set_bio(ssl, in, out);
+    SSL_set_connect_state(ssl);
+    auto send_out = [&] {
+      char* bytes = nullptr;
+      const long n = BIO_get_mem_data(out, &bytes);
+      if (n > 0 && !ec) asio::write(sock, asio::buffer(bytes, static_cast<std::size_t>(n)), ec);
+      (void)BIO_reset(out);
+    };
+    // Blocking reads, 5 s at most each (::recv: asio would wait on past SO_RCVTIMEO, in poll).
+    const timeval limit{5, 0};
+    setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    auto receive_in = [&] {
+      char buf[4096];
+      const ssize_t n = ::recv(sock.native_handle(), buf, sizeof buf, 0);
+      if (n <= 0) ec = asio::error::timed_out;
+      else BIO_write(in, buf, static_cast<int>(n));
+    };
+    int r = 0;
+    while (!ec && (r = SSL_do_handshake(ssl)) != 1) {
+      if (SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) break;
+      send_out();
+      receive_in();
+    }
+    std::string mqtt;
+    codec::connect c;
+    c.client_id = "eager";
+    c.clean_start = true;
+    codec::publish p;
+    p.topic = "t/eager";
+    p.payload = "right behind the handshake";
+    if (r != 1 || ec) {
+      client_error = "handshake failed";
+    } else if (codec::encode(c, codec::protocol_version::v3_1_1, mqtt) ||
+               codec::encode(p, codec::protocol_version::v3_1_1, mqtt) ||
+               SSL_write(ssl, mqtt.data(), static_cast<int>(mqtt.size())) <= 0) {
+      client_error = "CONNECT not encoded";
+    } else {
+      send_out();  // Finished, CONNECT and PUBLISH: one write
+      // The CONNACK, or the broker's close at its CONNECT timeout if it never read the CONNECT.
+      char plain[4];
+      int got = 0;
+      while (!ec && got < 4) {
+        const int n = SSL_read(ssl, plain + got, 4 - got);
+        if (n > 0) got += n;
+        else if (SSL_get_error(ssl, n) == SSL_ERROR_WANT_READ) receive_in();
+        else break;
+      }
+      connack.assign(plain, static_cast<std::size_t>(got));
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    client_done = true;
+  });
+  const bool done = run_until(f.io, [&] { return client_done.load() && !f.received.empty(); });
+  client.join();
+  REQUIRE(client_error.empty());
+  REQUIRE(done);
+  CHECK(connack == std::string("\x20\x02\x00\x00", 4));
+  CHECK(f.received == std::vector<std::string>{"right behind the handshake"});
 }
 
 TEST_CASE("tls: TLS 1.3 only refuses a TLS 1.2 client", "[tls]") {
