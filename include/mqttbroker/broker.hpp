@@ -128,6 +128,14 @@ class broker {
   ~broker() {
     // Connections refer to the broker; a host must stop it (and run the io_context until the stop
     // completes) before destroying it. Sessions hold no connection references past that.
+    if constexpr (engine_type::durable) {
+      // A store reporting from its own thread must not reach the engine while it is destroyed.
+      using storage_type = typename engine_type::storage_type;
+      ctx_.engine_.storage().on_commit(std::function<void(std::uint64_t)>());
+      if constexpr (storage::detail::has_on_commit_failed<storage_type>::value)
+        ctx_.engine_.storage().on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>());
+      if constexpr (storage::detail::has_close<storage_type>::value) ctx_.engine_.storage().close();
+    }
   }
 
   const broker_options& options() const noexcept { return ctx_.engine_.options(); }

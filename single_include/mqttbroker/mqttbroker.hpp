@@ -7614,6 +7614,8 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void on_commit_failed(std::function<void(std::uint64_t first, std::uint64_t last, std::error_code)>);
 ///       // tickets first..last are not durable (a full disk): their acknowledgements are refused
 ///       // (5.0 PUBACK/PUBREC 0x97; otherwise the connection closes), never sent as successes
+///   void close();   // the broker's destructor calls it, after it let go of the handlers: a store
+///       // that reports from a thread of its own finishes with it here, before the broker is gone
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
 /// to, so a store keeps one copy of it and counts the references (DECISIONS.md "One copy").
 ///
@@ -7669,6 +7671,7 @@ MQTTBROKER_STORAGE_CALL(has_release, release(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
 MQTTBROKER_STORAGE_CALL(has_commit, commit())
+MQTTBROKER_STORAGE_CALL(has_close, close())
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
@@ -11439,6 +11442,14 @@ class broker {
   ~broker() {
     // Connections refer to the broker; a host must stop it (and run the io_context until the stop
     // completes) before destroying it. Sessions hold no connection references past that.
+    if constexpr (engine_type::durable) {
+      // A store reporting from its own thread must not reach the engine while it is destroyed.
+      using storage_type = typename engine_type::storage_type;
+      ctx_.engine_.storage().on_commit(std::function<void(std::uint64_t)>());
+      if constexpr (storage::detail::has_on_commit_failed<storage_type>::value)
+        ctx_.engine_.storage().on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>());
+      if constexpr (storage::detail::has_close<storage_type>::value) ctx_.engine_.storage().close();
+    }
   }
 
   const broker_options& options() const noexcept { return ctx_.engine_.options(); }
