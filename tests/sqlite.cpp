@@ -847,3 +847,29 @@ TEST_CASE("sqlite: the file gives back what a drained queue took: incremental va
   }
   CHECK(size() < full / 4);
 }
+
+TEST_CASE("sqlite: Message Expiry runs on while the broker is down", "[sqlite][MQTT-3.3.2-5][MQTT-3.3.2-6]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  {
+    client& sub = n.connected("sub", false, protocol_version::v5, 3600);
+    n.subscribe(sub, "e/#", qos::at_least_once);
+    sub.drop();
+    n.settle();
+  }
+  mb::message_properties props;
+  props.message_expiry = 60;
+  n.broker->publish("e/long", "l", qos::at_least_once, false, props);
+  props.message_expiry = 10;
+  n.broker->publish("e/short", "s", qos::at_least_once, false, props);
+  n.restart(std::chrono::seconds(30));  // the short one expires while the broker is down
+  client& sub = n.connected("sub", false, protocol_version::v5, 3600);
+  n.wait_for([&] { return sub.count() != 0; });
+  n.settle();
+  REQUIRE(sub.count() == 1);
+  const rx p = sub.pop(PUBLISH);
+  CHECK(p.topic == "e/long");
+  REQUIRE(p.message_expiry);
+  CHECK(*p.message_expiry <= 30);  // what is left of it [MQTT-3.3.2-6]
+  CHECK(*p.message_expiry >= 29);
+}
