@@ -415,6 +415,45 @@ TEST_CASE("tls: one session ticket per connection, and a client that brings it b
   CHECK(again.connack() == 0);
 }
 
+// The stream's readability wait (what the broker reads TLS connections with) on its own: a read
+// that fills a small buffer leaves the rest of the record with OpenSSL, the socket is drained
+// by read-ahead, and the next wait must still complete.
+TEST_CASE("tls: tls_stream's wait completes for what OpenSSL holds after a read that filled its buffer", "[tls]") {
+  asio::io_context io;
+  std::error_code ec;
+  auto creds = mb::transport::make_tls_credentials(server_options(), ec);
+  REQUIRE_FALSE(ec);
+  asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  mb::transport::tls_stream::socket_type accepted(io);
+  tls_client client(io, acceptor.local_endpoint().port());
+  acceptor.accept(accepted);
+  mb::transport::tls_stream server(std::move(accepted), creds);
+
+  std::optional<std::error_code> server_hs;
+  server.async_handshake([&](std::error_code e) { server_hs = e; });
+  REQUIRE_FALSE(client.handshake());
+  REQUIRE(run_until(io, [&] { return server_hs.has_value(); }));
+  REQUIRE_FALSE(*server_hs);
+
+  const std::string record(500, 'r');  // one record, taken off the socket by one read-ahead
+  std::optional<std::error_code> written;
+  asio::async_write(client.stream(), asio::buffer(record), [&](std::error_code e, std::size_t) { written = e; });
+  std::string got;
+  char small[100];
+  for (int wakes = 0; got.size() < record.size() && wakes < 20; ++wakes) {
+    std::optional<std::error_code> woke;
+    server.async_wait(asio::socket_base::wait_read, [&](std::error_code e) { woke = e; });
+    REQUIRE(run_until(io, [&] { return woke.has_value(); }, 5s));
+    REQUIRE_FALSE(*woke);
+    const std::size_t n = server.read_some(asio::buffer(small), ec);
+    if (ec == asio::error::would_block) continue;
+    REQUIRE_FALSE(ec);
+    got.append(small, n);
+  }
+  CHECK(got == record);
+  CHECK(written.has_value());
+}
+
 TEST_CASE("tls: TLS 1.3 only refuses a TLS 1.2 client", "[tls]") {
   auto o = server_options();
   o.min_version = mb::transport::tls_version::v1_3;
