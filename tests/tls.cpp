@@ -374,6 +374,86 @@ TEST_CASE("tls: a CONNECT in the same segment as the client's Finished is read a
   CHECK(f.received == std::vector<std::string>{"right behind the handshake"});
 }
 
+// One session ticket per connection (not OpenSSL's two: an MQTT client holds one connection, and
+// each ticket costs the server an encryption at every handshake), and a client that comes back
+// with it resumes without a full handshake.
+namespace resumption {
+int tickets = 0;
+SSL_SESSION* last = nullptr;
+int on_ticket(SSL*, SSL_SESSION* s) {
+  ++tickets;
+  if (last != nullptr) SSL_SESSION_free(last);
+  last = s;
+  return 1;  // kept: freed above or at the end of the test
+}
+}  // namespace resumption
+
+TEST_CASE("tls: one session ticket per connection, and a client that brings it back resumes", "[tls]") {
+  fixture f(server_options());
+  resumption::tickets = 0;
+  {
+    tls_client c(f.io, f.port());
+    SSL_CTX* ctx = SSL_get_SSL_CTX(c.stream().native_handle());
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, &resumption::on_ticket);
+    REQUIRE_FALSE(c.handshake());
+    c.connect("resumer");
+    REQUIRE(c.connack() == 0);  // the tickets come before it
+    CHECK(SSL_session_reused(c.stream().native_handle()) == 0);
+    // Without a clean end OpenSSL would mark the session not resumable when the client goes.
+    SSL_set_shutdown(c.stream().native_handle(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  }
+  CHECK(resumption::tickets == 1);
+  REQUIRE(resumption::last != nullptr);
+  tls_client again(f.io, f.port());
+  SSL_set_session(again.stream().native_handle(), resumption::last);
+  SSL_SESSION_free(resumption::last);
+  resumption::last = nullptr;
+  REQUIRE_FALSE(again.handshake());
+  CHECK(SSL_session_reused(again.stream().native_handle()) == 1);
+  again.connect("resumer");
+  CHECK(again.connack() == 0);
+}
+
+// The stream's readability wait (what the broker reads TLS connections with) on its own: a read
+// that fills a small buffer leaves the rest of the record with OpenSSL, the socket is drained
+// by read-ahead, and the next wait must still complete.
+TEST_CASE("tls: tls_stream's wait completes for what OpenSSL holds after a read that filled its buffer", "[tls]") {
+  asio::io_context io;
+  std::error_code ec;
+  auto creds = mb::transport::make_tls_credentials(server_options(), ec);
+  REQUIRE_FALSE(ec);
+  asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  mb::transport::tls_stream::socket_type accepted(io);
+  tls_client client(io, acceptor.local_endpoint().port());
+  acceptor.accept(accepted);
+  mb::transport::tls_stream server(std::move(accepted), creds);
+
+  std::optional<std::error_code> server_hs;
+  server.async_handshake([&](std::error_code e) { server_hs = e; });
+  REQUIRE_FALSE(client.handshake());
+  REQUIRE(run_until(io, [&] { return server_hs.has_value(); }));
+  REQUIRE_FALSE(*server_hs);
+
+  const std::string record(500, 'r');  // one record, taken off the socket by one read-ahead
+  std::optional<std::error_code> written;
+  asio::async_write(client.stream(), asio::buffer(record), [&](std::error_code e, std::size_t) { written = e; });
+  std::string got;
+  char small[100];
+  for (int wakes = 0; got.size() < record.size() && wakes < 20; ++wakes) {
+    std::optional<std::error_code> woke;
+    server.async_wait(asio::socket_base::wait_read, [&](std::error_code e) { woke = e; });
+    REQUIRE(run_until(io, [&] { return woke.has_value(); }, 5s));
+    REQUIRE_FALSE(*woke);
+    const std::size_t n = server.read_some(asio::buffer(small), ec);
+    if (ec == asio::error::would_block) continue;
+    REQUIRE_FALSE(ec);
+    got.append(small, n);
+  }
+  CHECK(got == record);
+  CHECK(written.has_value());
+}
+
 TEST_CASE("tls: TLS 1.3 only refuses a TLS 1.2 client", "[tls]") {
   auto o = server_options();
   o.min_version = mb::transport::tls_version::v1_3;
