@@ -873,3 +873,34 @@ TEST_CASE("sqlite: Message Expiry runs on while the broker is down", "[sqlite][M
   CHECK(*p.message_expiry <= 30);  // what is left of it [MQTT-3.3.2-6]
   CHECK(*p.message_expiry >= 29);
 }
+
+TEST_CASE("sqlite: a persistent publisher's QoS 2 message, routed once its commit is reported, leaves for a persistent subscriber only after the next",
+          "[sqlite][MQTT-4.3.3-1]") {
+  temp_dir dir;
+  node n(dir.file("store.db"), {}, true);
+  client& sub = n.connected("sub", false);
+  n.subscribe(sub, "t", qos::exactly_once);
+  client& pub = n.connected("pub", false);
+  n.settle();
+  n.hold_commits = true;
+  auto run_broker_only = [&] {
+    for (int i = 0; i < 50; ++i) {
+      n.io.restart();
+      n.io.poll();
+    }
+  };
+  auto run_commits = [&] {
+    n.commits.restart();
+    n.commits.poll();
+  };
+  pub.publish("t", "y", qos::exactly_once, 3);
+  run_broker_only();
+  CHECK(pub.count() == 0);  // PUBREC after the identifier and the message are durable
+  run_commits();            // they are: the message is routed, outside any read of the subscriber's
+  run_broker_only();
+  CHECK(pub.count() == 1);
+  CHECK(sub.count() == 0);  // its PUBLISH waits for the commit of its own record
+  run_commits();
+  n.wait_for([&] { return sub.count() != 0; });
+  CHECK(sub.pop(PUBLISH).payload == "y");
+}

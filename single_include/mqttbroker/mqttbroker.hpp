@@ -7856,6 +7856,8 @@ class core {
       }
       // QoS 2 messages that were durable but not yet routed when the broker stopped: their
       // publishers were told PUBREC, so they go out now, once (their identifiers stay held).
+      // One scope: the routing and its `routed` marks are recorded before any commit boundary.
+      flush_scope batch;
       for (auto& u : ld.unrouted_) {
         publish_message(std::move(u.msg), u.from.get(), now);
         note_routed(*u.from, u.packet_id);
@@ -7964,6 +7966,9 @@ class core {
   bool writes_may_go(link_type& l) {
     if constexpr (durable) {
       if (l.write_gate == 0) return true;
+      // The ticket is taken only now, when the handler that queued is done with its changes: a
+      // commit boundary inside a routing would let a crash keep half of it (gate_writes).
+      if (l.write_gate == gate_pending) l.write_gate = storage_.commit();
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (l.write_gate <= committed_) {
         l.write_gate = 0;
@@ -8545,17 +8550,19 @@ class core {
   /// completed it). On l's executor.
   void gate_writes(link_type& l) {
     if constexpr (durable) {
-      l.write_gate = std::max(l.write_gate, storage_.commit());
+      l.write_gate = gate_pending;  // its ticket comes with the write (writes_may_go)
     } else {
       (void)l;
     }
   }
+  static constexpr std::uint64_t gate_pending = ~std::uint64_t{0};
 
   /// Queues `o` on `l`; a QoS 2 one to a kept session waits for its record (gate_writes). On l's
   /// executor.
   void send_durable(link_type& l, const session_type& rec, const session::outgoing& o, steady_time now) {
-    l.send_publish(o, now);
+    // Gated first: queueing may write at once outside a flush_scope.
     if (o.qos_level == codec::qos::exactly_once && kept(rec)) gate_writes(l);
+    l.send_publish(o, now);
   }
 
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.
@@ -9225,6 +9232,7 @@ class protocol : public core<Policies> {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
       if (l.held) {
+        typename base::flush_scope batch;  // routings and their marks before a commit boundary
         for (; !l.held->empty(); l.held->pop_front()) {
           held_ack& a = l.held->front();
           if (!a.route) continue;
@@ -10038,6 +10046,9 @@ class protocol : public core<Policies> {
         hot_.dropped.fetch_add(1);
         if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
       });
+      // What is in flight again may not be durable yet (sent just before this reconnect): gated
+      // before it is queued.
+      if (rec->conn.get() == &l && base::kept(*rec) && rec->state.inflight_count() != 0) this->gate_writes(l);
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
@@ -10047,8 +10058,6 @@ class protocol : public core<Policies> {
           l.send_publish(e.pub, now);
         }
       });
-      // What is in flight again may not be durable yet (sent just before this reconnect).
-      if (rec->conn.get() == &l && base::kept(*rec) && rec->state.inflight_count() != 0) this->gate_writes(l);
     }
     pump(l, now);
 
@@ -10215,12 +10224,12 @@ class protocol : public core<Policies> {
     codec::pubrel rel;
     rel.packet_id = a.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
-    l.send(rel, now);
     // The PUBREL leaves once the PUBREC is durable: after a crash the broker then owes PUBREL, not
-    // the PUBLISH the client has already completed.
+    // the PUBLISH the client has already completed. Gated before it is queued (which may write).
     if constexpr (base::durable) {
       if (known && l.session() != nullptr && base::kept(*l.session())) this->gate_writes(l);
     }
+    l.send(rel, now);
   }
 
   void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {
@@ -11089,6 +11098,9 @@ class connection final
   }
 
   void on_event(engine::link_event e) {
+    // What an event sends leaves at its end, in one write: a QoS 2 message routed once its commit
+    // is reported is recorded whole (with its `routed` mark) before a write takes a ticket.
+    flush_scope scope;
     if (engine().on_event(*this, e, ctx_.now())) continue_reading();
   }
 

@@ -150,6 +150,8 @@ class core {
       }
       // QoS 2 messages that were durable but not yet routed when the broker stopped: their
       // publishers were told PUBREC, so they go out now, once (their identifiers stay held).
+      // One scope: the routing and its `routed` marks are recorded before any commit boundary.
+      flush_scope batch;
       for (auto& u : ld.unrouted_) {
         publish_message(std::move(u.msg), u.from.get(), now);
         note_routed(*u.from, u.packet_id);
@@ -258,6 +260,9 @@ class core {
   bool writes_may_go(link_type& l) {
     if constexpr (durable) {
       if (l.write_gate == 0) return true;
+      // The ticket is taken only now, when the handler that queued is done with its changes: a
+      // commit boundary inside a routing would let a crash keep half of it (gate_writes).
+      if (l.write_gate == gate_pending) l.write_gate = storage_.commit();
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (l.write_gate <= committed_) {
         l.write_gate = 0;
@@ -839,17 +844,19 @@ class core {
   /// completed it). On l's executor.
   void gate_writes(link_type& l) {
     if constexpr (durable) {
-      l.write_gate = std::max(l.write_gate, storage_.commit());
+      l.write_gate = gate_pending;  // its ticket comes with the write (writes_may_go)
     } else {
       (void)l;
     }
   }
+  static constexpr std::uint64_t gate_pending = ~std::uint64_t{0};
 
   /// Queues `o` on `l`; a QoS 2 one to a kept session waits for its record (gate_writes). On l's
   /// executor.
   void send_durable(link_type& l, const session_type& rec, const session::outgoing& o, steady_time now) {
-    l.send_publish(o, now);
+    // Gated first: queueing may write at once outside a flush_scope.
     if (o.qos_level == codec::qos::exactly_once && kept(rec)) gate_writes(l);
+    l.send_publish(o, now);
   }
 
   /// Hands an admitted PUBLISH to the session's connection. state_mutex_ held.

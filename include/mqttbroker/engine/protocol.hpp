@@ -321,6 +321,7 @@ class protocol : public core<Policies> {
       // QoS 2 messages held for their commit are the broker's now (their identifiers are taken):
       // routed without waiting, as a resent PUBLISH will not be routed again [MQTT-4.3.3-2].
       if (l.held) {
+        typename base::flush_scope batch;  // routings and their marks before a commit boundary
         for (; !l.held->empty(); l.held->pop_front()) {
           held_ack& a = l.held->front();
           if (!a.route) continue;
@@ -1134,6 +1135,9 @@ class protocol : public core<Policies> {
         hot_.dropped.fetch_add(1);
         if (base::kept(*rec)) this->record([&](auto& st) { st.acknowledge(rec->state.client_id(), gone.packet_id); });
       });
+      // What is in flight again may not be durable yet (sent just before this reconnect): gated
+      // before it is queued.
+      if (rec->conn.get() == &l && base::kept(*rec) && rec->state.inflight_count() != 0) this->gate_writes(l);
       if (rec->conn.get() == &l) rec->state.for_each_inflight([&](const session::inflight_entry& e) {
         if (e.state == session::phase::awaiting_pubcomp) {
           codec::pubrel rel;
@@ -1143,8 +1147,6 @@ class protocol : public core<Policies> {
           l.send_publish(e.pub, now);
         }
       });
-      // What is in flight again may not be durable yet (sent just before this reconnect).
-      if (rec->conn.get() == &l && base::kept(*rec) && rec->state.inflight_count() != 0) this->gate_writes(l);
     }
     pump(l, now);
 
@@ -1311,12 +1313,12 @@ class protocol : public core<Policies> {
     codec::pubrel rel;
     rel.packet_id = a.packet_id;
     if (!known && l.version() == codec::protocol_version::v5) rel.reason = reason_code::packet_identifier_not_found;
-    l.send(rel, now);
     // The PUBREL leaves once the PUBREC is durable: after a crash the broker then owes PUBREL, not
-    // the PUBLISH the client has already completed.
+    // the PUBLISH the client has already completed. Gated before it is queued (which may write).
     if constexpr (base::durable) {
       if (known && l.session() != nullptr && base::kept(*l.session())) this->gate_writes(l);
     }
+    l.send(rel, now);
   }
 
   void on_pubrel(link_type& l, const codec::pubrel& r, steady_time now) {

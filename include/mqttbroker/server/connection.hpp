@@ -251,6 +251,9 @@ class connection final
   }
 
   void on_event(engine::link_event e) {
+    // What an event sends leaves at its end, in one write: a QoS 2 message routed once its commit
+    // is reported is recorded whole (with its `routed` mark) before a write takes a ticket.
+    flush_scope scope;
     if (engine().on_event(*this, e, ctx_.now())) continue_reading();
   }
 
