@@ -7614,6 +7614,9 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void on_commit_failed(std::function<void(std::uint64_t first, std::uint64_t last, std::error_code)>);
 ///       // tickets first..last are not durable (a full disk): their acknowledgements are refused
 ///       // (5.0 PUBACK/PUBREC 0x97; otherwise the connection closes), never sent as successes
+///   std::uint64_t begin_atomic(); void end_atomic(std::uint64_t token);   // what is recorded
+///       // between them (a routing and its `routed` mark) is made durable in one piece, whatever
+///       // commit() other threads call meanwhile
 ///   void close();   // the broker's destructor calls it, after it let go of the handlers: a store
 ///       // that reports from a thread of its own finishes with it here, before the broker is gone
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
@@ -7672,6 +7675,7 @@ MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>
 MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
 MQTTBROKER_STORAGE_CALL(has_commit, commit())
 MQTTBROKER_STORAGE_CALL(has_close, close())
+MQTTBROKER_STORAGE_CALL(has_atomic, end_atomic(lvalue<T>().begin_atomic()))
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
@@ -7858,10 +7862,7 @@ class core {
       // publishers were told PUBREC, so they go out now, once (their identifiers stay held).
       // One scope: the routing and its `routed` marks are recorded before any commit boundary.
       flush_scope batch;
-      for (auto& u : ld.unrouted_) {
-        publish_message(std::move(u.msg), u.from.get(), now);
-        note_routed(*u.from, u.packet_id);
-      }
+      for (auto& u : ld.unrouted_) route_received(std::move(u.msg), u.from.get(), u.packet_id, now);
     } else {
       (void)now;
       (void)system_now;
@@ -8721,8 +8722,7 @@ class core {
         }
         if (a.route) {
           // QoS 2 in: routed only now that its identifier and the message are durable.
-          const std::size_t n = publish_message(std::move(a.route), l.session(), now, true, nullptr);
-          if (l.session() != nullptr) note_routed(*l.session(), a.packet_id);
+          const std::size_t n = route_received(std::move(a.route), l.session(), a.packet_id, now);
           if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
             a.reason = reason_code::no_matching_subscribers;
         }
@@ -8767,6 +8767,26 @@ class core {
       return send_ack(l, a, now);
     }
     l.close(reason_code::quota_exceeded, true, false, now);
+  }
+
+  /// Routes a received QoS 2 message whose identifier and message are durable, then notes it
+  /// routed; a storage that can makes the two durable in one piece, so that a crash never keeps
+  /// half a routing and then routes the message again.
+  std::size_t route_received(message_ptr m, session_type* from, std::uint16_t packet_id, steady_time now) {
+    if constexpr (storage::detail::has_atomic<storage_type>::value) {
+      struct span {
+        storage_type& st;
+        std::uint64_t token;
+        ~span() { st.end_atomic(token); }
+      } whole{storage_, storage_.begin_atomic()};
+      const std::size_t n = publish_message(std::move(m), from, now, true, nullptr);
+      if (from != nullptr) note_routed(*from, packet_id);
+      return n;
+    } else {
+      const std::size_t n = publish_message(std::move(m), from, now, true, nullptr);
+      if (from != nullptr) note_routed(*from, packet_id);
+      return n;
+    }
   }
 
   /// A received QoS 2 message went to its subscribers: a storage that keeps unrouted messages
@@ -9235,9 +9255,7 @@ class protocol : public core<Policies> {
         typename base::flush_scope batch;  // routings and their marks before a commit boundary
         for (; !l.held->empty(); l.held->pop_front()) {
           held_ack& a = l.held->front();
-          if (!a.route) continue;
-          publish_message(std::move(a.route), l.session(), now, true, nullptr);
-          if (l.session() != nullptr) this->note_routed(*l.session(), a.packet_id);
+          if (a.route) this->route_received(std::move(a.route), l.session(), a.packet_id, now);
         }
       }
     }

@@ -152,10 +152,7 @@ class core {
       // publishers were told PUBREC, so they go out now, once (their identifiers stay held).
       // One scope: the routing and its `routed` marks are recorded before any commit boundary.
       flush_scope batch;
-      for (auto& u : ld.unrouted_) {
-        publish_message(std::move(u.msg), u.from.get(), now);
-        note_routed(*u.from, u.packet_id);
-      }
+      for (auto& u : ld.unrouted_) route_received(std::move(u.msg), u.from.get(), u.packet_id, now);
     } else {
       (void)now;
       (void)system_now;
@@ -1015,8 +1012,7 @@ class core {
         }
         if (a.route) {
           // QoS 2 in: routed only now that its identifier and the message are durable.
-          const std::size_t n = publish_message(std::move(a.route), l.session(), now, true, nullptr);
-          if (l.session() != nullptr) note_routed(*l.session(), a.packet_id);
+          const std::size_t n = route_received(std::move(a.route), l.session(), a.packet_id, now);
           if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
             a.reason = reason_code::no_matching_subscribers;
         }
@@ -1061,6 +1057,26 @@ class core {
       return send_ack(l, a, now);
     }
     l.close(reason_code::quota_exceeded, true, false, now);
+  }
+
+  /// Routes a received QoS 2 message whose identifier and message are durable, then notes it
+  /// routed; a storage that can makes the two durable in one piece, so that a crash never keeps
+  /// half a routing and then routes the message again.
+  std::size_t route_received(message_ptr m, session_type* from, std::uint16_t packet_id, steady_time now) {
+    if constexpr (storage::detail::has_atomic<storage_type>::value) {
+      struct span {
+        storage_type& st;
+        std::uint64_t token;
+        ~span() { st.end_atomic(token); }
+      } whole{storage_, storage_.begin_atomic()};
+      const std::size_t n = publish_message(std::move(m), from, now, true, nullptr);
+      if (from != nullptr) note_routed(*from, packet_id);
+      return n;
+    } else {
+      const std::size_t n = publish_message(std::move(m), from, now, true, nullptr);
+      if (from != nullptr) note_routed(*from, packet_id);
+      return n;
+    }
   }
 
   /// A received QoS 2 message went to its subscribers: a storage that keeps unrouted messages

@@ -324,9 +324,7 @@ class protocol : public core<Policies> {
         typename base::flush_scope batch;  // routings and their marks before a commit boundary
         for (; !l.held->empty(); l.held->pop_front()) {
           held_ack& a = l.held->front();
-          if (!a.route) continue;
-          publish_message(std::move(a.route), l.session(), now, true, nullptr);
-          if (l.session() != nullptr) this->note_routed(*l.session(), a.packet_id);
+          if (a.route) this->route_received(std::move(a.route), l.session(), a.packet_id, now);
         }
       }
     }

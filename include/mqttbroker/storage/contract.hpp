@@ -70,6 +70,9 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void on_commit_failed(std::function<void(std::uint64_t first, std::uint64_t last, std::error_code)>);
 ///       // tickets first..last are not durable (a full disk): their acknowledgements are refused
 ///       // (5.0 PUBACK/PUBREC 0x97; otherwise the connection closes), never sent as successes
+///   std::uint64_t begin_atomic(); void end_atomic(std::uint64_t token);   // what is recorded
+///       // between them (a routing and its `routed` mark) is made durable in one piece, whatever
+///       // commit() other threads call meanwhile
 ///   void close();   // the broker's destructor calls it, after it let go of the handlers: a store
 ///       // that reports from a thread of its own finishes with it here, before the broker is gone
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
@@ -128,6 +131,7 @@ MQTTBROKER_STORAGE_CALL(has_save_will, save_will(id(), lvalue<const message_ptr>
 MQTTBROKER_STORAGE_CALL(has_erase_will, erase_will(id()))
 MQTTBROKER_STORAGE_CALL(has_commit, commit())
 MQTTBROKER_STORAGE_CALL(has_close, close())
+MQTTBROKER_STORAGE_CALL(has_atomic, end_atomic(lvalue<T>().begin_atomic()))
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -144,6 +145,10 @@ class sqlite {
   void erase_will(std::string_view client_id) { s_->record(op_kind::erase_will, client_id, [](op&) {}); }
 
   std::uint64_t commit() { return s_->commit(); }
+  /// The changes recorded from here to end_atomic() go into one transaction, whatever commit()
+  /// other threads call meanwhile (a QoS 2 message's routing and its `routed` mark).
+  std::uint64_t begin_atomic() { return s_->begin_atomic(); }
+  void end_atomic(std::uint64_t token) { s_->end_atomic(token); }
   void on_commit(std::function<void(std::uint64_t)> f) {
     std::lock_guard<std::mutex> lk(s_->mutex);
     s_->committed_handler = std::move(f);
@@ -192,6 +197,7 @@ class sqlite {
   struct op {
     op_kind kind;
     std::uint64_t ticket;  // the commit() it belongs to
+    std::uint64_t seq = 0;  // its place among all changes recorded
     std::string key;
     std::string text;        // filter
     std::int64_t a = 0;      // message id, or seq
@@ -283,6 +289,8 @@ class sqlite {
     std::int64_t next_message = 0;
     std::int64_t floor_ms = 0;     // the last save when the file was loaded: no time stored is older
     std::int64_t seen_ms = 0;      // the latest time recorded: the save time is never earlier
+    std::uint64_t recorded_count = 0;    // changes recorded so far
+    std::multiset<std::uint64_t> spans;  // open begin_atomic() spans: the first change each holds
 
     // ---- under `db_mutex`: the connection, used by one commit at a time
     std::mutex db_mutex;
@@ -536,6 +544,7 @@ class sqlite {
       op o;
       o.kind = k;
       o.ticket = issued + 1;
+      o.seq = ++recorded_count;
       o.key.assign(key);
       fill(o);
       pending.push_back(std::move(o));
@@ -701,23 +710,45 @@ class sqlite {
       seen_ms = std::max(seen_ms, stamp(wall_now()));
       ++issued;
       recorded = false;
-      if (!open_ || stopping) return issued;
-      if (opts.executor) {
-        if (job_posted) return issued;
-        job_posted = true;
-        auto executor = opts.executor;
-        lk.unlock();
-        executor([self = shared_from_this()] { self->run_job(); });
-        return issued;
-      }
-      lk.unlock();
-      wake.notify_one();
-      return issued;
+      const std::uint64_t ticket = issued;
+      kick(lk);
+      return ticket;
     }
 
     // ---- the worker
 
-    bool committable() const { return !pending.empty() && pending.front().ticket <= issued; }
+    /// Whether a batch can be taken: a change with a ticket given, not inside an open span.
+    bool committable() const {
+      return !pending.empty() && pending.front().ticket <= issued &&
+             (spans.empty() || pending.front().seq < *spans.begin());
+    }
+    /// Has the worker (or a job on the host's executor) take what is committable. `lk` holds
+    /// `mutex`; it is released.
+    void kick(std::unique_lock<std::mutex>& lk) {
+      if (!open_ || stopping || !committable()) return;
+      if (opts.executor) {
+        if (job_posted) return;
+        job_posted = true;
+        auto executor = opts.executor;
+        lk.unlock();
+        executor([self = shared_from_this()] { self->run_job(); });
+        return;
+      }
+      lk.unlock();
+      wake.notify_one();
+    }
+    std::uint64_t begin_atomic() {
+      std::lock_guard<std::mutex> lk(mutex);
+      const std::uint64_t first = recorded_count + 1;
+      spans.insert(first);
+      return first;
+    }
+    void end_atomic(std::uint64_t first) {
+      std::unique_lock<std::mutex> lk(mutex);
+      auto it = spans.find(first);
+      if (it != spans.end()) spans.erase(it);
+      kick(lk);
+    }
 
     void run_worker() {
       std::unique_lock<std::mutex> lk(mutex);
@@ -758,8 +789,13 @@ class sqlite {
         std::lock_guard<std::mutex> lk(mutex);
         if (db == nullptr) return;
         last = issued;
-        // The changes of the ticket not yet given stay: they belong to a packet still being handled.
-        auto end = std::find_if(pending.begin(), pending.end(), [&](const op& o) { return o.ticket > last; });
+        // The changes of the ticket not yet given stay: they belong to a packet still being
+        // handled; so do those from the start of an open span (begin_atomic) on, and the tickets
+        // reported durable stop before the first change left.
+        const std::uint64_t span = spans.empty() ? ~std::uint64_t{0} : *spans.begin();
+        auto end = std::find_if(pending.begin(), pending.end(),
+                                [&](const op& o) { return o.ticket > last || o.seq >= span; });
+        if (end != pending.end()) last = std::min(last, end->ticket - 1);
         batch.assign(std::make_move_iterator(pending.begin()), std::make_move_iterator(end));
         pending.erase(pending.begin(), end);
       }
