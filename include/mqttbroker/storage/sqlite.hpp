@@ -747,6 +747,12 @@ class sqlite {
       std::unique_lock<std::mutex> lk(mutex);
       auto it = spans.find(first);
       if (it != spans.end()) spans.erase(it);
+      // Another thread's commit() during the span put a ticket boundary inside it: a ticket now
+      // puts the whole span on the same side of the next batch's end.
+      if (recorded) {
+        ++issued;
+        recorded = false;
+      }
       kick(lk);
     }
 
