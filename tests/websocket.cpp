@@ -462,6 +462,11 @@ TEST_CASE("websocket upgrade: the request's end is found across chunks; only GET
   CHECK_FALSE(ws::could_be_get("GETX"));
 }
 
+// Both read as TCP does (a readability wait, then the thread's buffer), so the cases below run
+// the broker's WebSocket reads through websocket_stream::async_wait and read_some.
+static_assert(mqttbroker::transport::has_readability_wait_v<mqttbroker::transport::ws>);
+static_assert(mqttbroker::transport::has_readability_wait_v<mqttbroker::transport::wss>);
+
 // ---- ws:// and wss:// through a broker, over loopback. The broker and the test's clients share
 // one io_context on the test's thread; every wait has a deadline.
 

@@ -163,18 +163,23 @@ struct stream_has_shutdown<Stream, std::void_t<decltype(std::declval<Stream&>().
                                        asio::socket_base::shutdown_both, std::declval<std::error_code&>()))>>
     : std::true_type {};
 
-/// A plain socket's readability wait and non-blocking read: the connection then reads into a
-/// per-thread buffer, so an idle connection holds none.
+/// A stream's readability wait and non-blocking read (a socket, the TLS stream, a WebSocket stream
+/// over either): the connection then reads into a per-thread buffer, so an idle connection holds
+/// none.
+template <class Stream, class = void>
+struct stream_waits_for_readability : std::false_type {};
+template <class Stream>
+struct stream_waits_for_readability<
+    Stream, std::enable_if_t<std::is_convertible_v<decltype(std::declval<Stream&>().read_some(
+                                                       std::declval<const asio::mutable_buffer&>(),
+                                                       std::declval<std::error_code&>())),
+                                                   std::size_t>,
+                             std::void_t<decltype(std::declval<Stream&>().async_wait(
+                                 asio::socket_base::wait_read, wait_handler_archetype{}))>>> : std::true_type {};
 template <class T, class = void>
 struct has_readability_wait : std::false_type {};
 template <class T>
-struct has_readability_wait<
-    T, std::enable_if_t<std::is_convertible_v<decltype(std::declval<stream_t<T>&>().read_some(
-                                                  std::declval<const asio::mutable_buffer&>(),
-                                                  std::declval<std::error_code&>())),
-                                              std::size_t>,
-                        std::void_t<decltype(std::declval<stream_t<T>&>().async_wait(
-                            asio::socket_base::wait_read, wait_handler_archetype{}))>>> : std::true_type {};
+struct has_readability_wait<T, std::void_t<stream_t<T>>> : stream_waits_for_readability<stream_t<T>> {};
 
 /// A remote endpoint with an IP address: the stream's own (a socket) or its lowest layer's (a TLS
 /// stream over a socket).
@@ -286,10 +291,12 @@ MQTTBROKER_REQUIREMENT(has_prepare, detail::has_prepare<T>::value);
 ///   WebSocket close frame), run once when the broker closes a connection whose handshake (if any)
 ///   completed and which has no write in flight; a read may still be pending. The stream is closed
 ///   when it completes, or after server::graceful_shutdown_limit if it has not.
-/// - a readability wait (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`)
-///   on plain sockets: the connection waits, then reads into a per-thread buffer, so an idle
-///   connection holds no read buffer. Without it the connection reads with async_read_some into a
-///   small pooled block of its own.
+/// - a readability wait (`async_wait(wait_read, h)` plus a non-blocking `read_some(buffers, ec)`,
+///   would_block when it has nothing): the connection waits, then reads into a per-thread buffer,
+///   so an idle connection holds no read buffer. The wait completes when read_some has something
+///   to give, which for a layered stream may already be held above the socket (TLS records read
+///   ahead, bytes behind a WebSocket upgrade). Without it the connection reads with
+///   async_read_some into a small pooled block of its own.
 template <class T>
 inline constexpr bool has_async_handshake_v = detail::has_async_handshake<T>::value;
 template <class T>

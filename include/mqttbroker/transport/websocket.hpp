@@ -21,8 +21,10 @@
 #include <mqttbroker/transport/websocket/handshake.hpp>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/associated_allocator.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
+#include <asio/bind_allocator.hpp>
 #include <asio/bind_executor.hpp>
 #include <asio/buffer.hpp>
 #include <asio/compose.hpp>
@@ -158,8 +160,10 @@ struct parked : parked_operation {
 /// message. Answers pings itself. The upgrade and the closing handshake are started by the
 /// transport (websocket_transport::async_handshake, async_shutdown).
 ///
-/// Reads unmask in place in the caller's buffer and compact the payload to its front, so one
-/// connection holds its read block and about 290 bytes of framing state, whatever a frame claims.
+/// Reads unmask in place in the caller's buffer and compact the payload to its front, so a
+/// connection holds about 300 bytes of framing state, whatever a frame claims. Over a next layer
+/// with a readability wait (TCP, TLS) the broker reads it as it reads TCP: async_wait, then
+/// read_some into the thread's buffer, so an idle connection holds no read block.
 /// Writes and the pongs the reader owes share the next layer: one at a time, the other parked.
 template <class NextLayer>
 class websocket_stream {
@@ -192,6 +196,59 @@ class websocket_stream {
   auto async_write_some(const ConstBufferSequence& buffers, WriteToken&& token) {
     return asio::async_compose<WriteToken, void(std::error_code, std::size_t)>(
         write_op<ConstBufferSequence>{this, buffers}, token, get_executor());
+  }
+
+  /// With a next layer that waits for readability (a TCP socket, the TLS stream) this stream does
+  /// too, and the broker reads WebSocket connections as it reads TCP ones: into the thread's
+  /// buffer, once readable. Completes at once when read_some has something without the socket:
+  /// bytes that came behind the upgrade request, or an error or close already parsed. A pong owed
+  /// for a ping that read_some met is written first, unless a write is in flight (its pong then
+  /// follows that write): this wait's handler keeps the connection, so the pong is owned by it.
+  template <class WaitHandler, class N = NextLayer,
+            std::enable_if_t<detail::stream_waits_for_readability<N>::value, int> = 0>
+  void async_wait(asio::socket_base::wait_type w, WaitHandler&& handler) {
+    const auto ex = asio::get_associated_executor(handler, get_executor());
+    const auto alloc = asio::get_associated_allocator(handler);
+    if (w == asio::socket_base::wait_read && pong_owed_ && !write_busy_) {
+      write_busy_ = true;
+      asio::async_write(next_, take_pong(),
+                        asio::bind_executor(ex, asio::bind_allocator(alloc, [this, w, h = std::forward<WaitHandler>(handler)](
+                                                                                std::error_code ec, std::size_t) mutable {
+                          release_writer();
+                          if (ec) return std::move(h)(ec);
+                          async_wait(w, std::move(h));
+                        })));
+      return;
+    }
+    if (w == asio::socket_base::wait_read && (!pending_input_.empty() || parser_.error() || parser_.closed())) {
+      asio::post(get_executor(), asio::bind_executor(ex, asio::bind_allocator(alloc, [h = std::forward<WaitHandler>(handler)]() mutable {
+                                   std::move(h)(std::error_code());
+                                 })));
+      return;
+    }
+    next_.async_wait(w, std::forward<WaitHandler>(handler));
+  }
+
+  /// Reads MQTT bytes into `b` without blocking: would_block when the next layer has none, and 0
+  /// bytes when what it read was frame headers or control frames only (the caller waits again).
+  /// An error or a close found after some payload is reported by the next call (and async_wait
+  /// lets it come at once).
+  template <class N = NextLayer, std::enable_if_t<detail::stream_waits_for_readability<N>::value, int> = 0>
+  std::size_t read_some(const asio::mutable_buffer& b, std::error_code& ec) {
+    ec = {};
+    if (parser_.error() || parser_.closed()) {
+      ec = parser_.error() ? parser_.error() : std::error_code(asio::error::eof);
+      return 0;
+    }
+    auto* data = static_cast<std::uint8_t*>(b.data());
+    std::size_t n = 0;
+    if (!pending_input_.empty()) {
+      n = take_pending_input(data, b.size());
+    } else {
+      n = next_.read_some(b, ec);
+      if (ec) return 0;
+    }
+    return unframe(data, n);
   }
 
   /// The server's side of the opening handshake, after the next layer's own: reads the upgrade
@@ -255,6 +312,31 @@ class websocket_stream {
     // answers it goes out with the transport's shutdown.
   }
 
+  /// Bytes that came with the upgrade request (frames the client sent without waiting), moved to
+  /// `data`: at most `size`.
+  std::size_t take_pending_input(std::uint8_t* data, std::size_t size) {
+    const std::size_t n = std::min(size, pending_input_.size());
+    std::memcpy(data, pending_input_.data(), n);
+    pending_input_.erase(0, n);
+    if (pending_input_.empty()) std::string().swap(pending_input_);
+    return n;
+  }
+
+  /// Parses `n` bytes read into `data`: unmasks the payload in place and moves it to the front,
+  /// behind the frame headers already seen; notes control frames. The payload's size.
+  std::size_t unframe(std::uint8_t* data, std::size_t n) {
+    std::size_t out = 0;
+    const auto r = parser_.feed(
+        data, n,
+        [&](std::uint8_t* p, std::size_t k) {
+          if (p != data + out) std::memmove(data + out, p, k);
+          out += k;
+        },
+        [&](const websocket::control_frame& f) { on_control(f); });
+    if (r.ec) close_code_ = websocket::close_code_for(r.ec);
+    return out;
+  }
+
   struct read_op {
     websocket_stream* s;
     asio::mutable_buffer buf;
@@ -265,14 +347,8 @@ class websocket_stream {
     void operator()(Self& self, std::error_code ec = {}, std::size_t n = 0) {
       switch (at) {
         case step::start:
-          if (!s->pending_input_.empty()) {
-            // Bytes that came with the upgrade request: frames the client sent without waiting.
-            n = std::min(buf.size(), s->pending_input_.size());
-            std::memcpy(buf.data(), s->pending_input_.data(), n);
-            s->pending_input_.erase(0, n);
-            if (s->pending_input_.empty()) std::string().swap(s->pending_input_);
-            return parse(self, n);
-          }
+          if (!s->pending_input_.empty())
+            return parse(self, s->take_pending_input(static_cast<std::uint8_t*>(buf.data()), buf.size()));
           return read_more(self);
         case step::reading:
           if (ec) return self.complete(ec, 0);
@@ -299,18 +375,8 @@ class websocket_stream {
 
     template <class Self>
     void parse(Self& self, std::size_t n) {
-      auto* data = static_cast<std::uint8_t*>(buf.data());
-      std::size_t out = 0;
-      const auto r = s->parser_.feed(
-          data, n,
-          [&](std::uint8_t* p, std::size_t k) {
-            if (p != data + out) std::memmove(data + out, p, k);  // behind the frame headers already seen
-            out += k;
-          },
-          [&](const websocket::control_frame& f) { s->on_control(f); });
-      if (r.ec) s->close_code_ = websocket::close_code_for(r.ec);
-      delivered = out;
-      if (s->pong_owed_ && !r.ec && !s->write_busy_) {
+      delivered = s->unframe(static_cast<std::uint8_t*>(buf.data()), n);
+      if (s->pong_owed_ && !s->parser_.error() && !s->write_busy_) {
         s->write_busy_ = true;
         at = step::ponging;
         return asio::async_write(s->next_, s->take_pong(), std::move(self));
