@@ -178,6 +178,7 @@ class PersistenceUnderKills(unittest.TestCase):
         self.sent = {q1.client_id: 0, q2.client_id: 0}
         self.acked = {q1.client_id: set(), q2.client_id: set()}
         self.delivered = {offline.client_id: [], slow.client_id: []}
+        self.reconnects = []
 
         port = self.start()
         for sub in (offline, slow):
@@ -211,19 +212,43 @@ class PersistenceUnderKills(unittest.TestCase):
         self.pump([q1, q2], time.monotonic() + 3)
         self.assertTrue(offline.connect(port), "the offline subscriber lost its session")
         self.assertTrue(slow.connect(port), "the slow subscriber lost its session")
-        quiet_until = time.monotonic() + 2
+        quiet_until = time.monotonic() + 3
         while time.monotonic() < quiet_until:
             before = sum(len(v) for v in self.delivered.values())
             self.pump([offline, slow, q1, q2], time.monotonic() + 0.5)
+            for sub in (offline, slow):
+                if sub.conn is None:  # the connection ended: a client comes back
+                    self.reconnects.append(sub.client_id)
+                    sub.connect(port)
             if sum(len(v) for v in self.delivered.values()) != before:
-                quiet_until = time.monotonic() + 2
+                quiet_until = time.monotonic() + 3
 
-        print("sent %s, acknowledged %s, delivered %s" % (
+        print("sent %s, acknowledged %s, delivered %s, reconnects while draining %s" % (
             self.sent, {k: len(v) for k, v in self.acked.items()},
-            {k: len(v) for k, v in self.delivered.items()}), flush=True)
+            {k: len(v) for k, v in self.delivered.items()}, self.reconnects), flush=True)
+        try:
+            self.check_deliveries(publishers, (offline, slow))
+        except AssertionError:
+            print("broker log (last lines):\n" + self.broker.log(), flush=True)
+            raise
+
+        # The retained message and the subscriptions' sessions are intact.
+        c = h.RawClient(port)
+        c.send(h.connect("late", clean=True))
+        c.expect(h.CONNACK)
+        c.send(h.subscribe(1, [("state/#", 1)]))
+        c.expect(h.SUBACK)
+        m = h.parse_publish(c.expect(h.PUBLISH))
+        self.assertEqual((m.topic, m.payload, m.retain), ("state/kept", b"retained", 1))
+        c.close()
+        self.assertEqual(self.broker.stop(), 0, "the broker did not stop cleanly; log:\n" + self.broker.log())
+        h.assert_no_sanitizer_report(self, self.broker.all_lines(), "the broker")
+
+    def check_deliveries(self, publishers, subscribers):
+        q1, q2 = publishers[0][0], publishers[1][0]
         self.assertGreater(len(self.acked[q1.client_id]), 0)
         self.assertGreater(len(self.acked[q2.client_id]), 0)
-        for sub in (offline, slow):
+        for sub in subscribers:
             got = self.delivered[sub.client_id]
             for pub, topic, qos in publishers:
                 seqs = [int(payload.split(":")[1]) for t, payload, _ in got if t == topic]
@@ -237,18 +262,6 @@ class PersistenceUnderKills(unittest.TestCase):
                     if s not in firsts:
                         firsts.append(s)
                 self.assertEqual(firsts, sorted(firsts), "%s: %s's messages out of order" % (sub.client_id, pub.client_id))
-
-        # The retained message and the subscriptions' sessions are intact.
-        c = h.RawClient(port)
-        c.send(h.connect("late", clean=True))
-        c.expect(h.CONNACK)
-        c.send(h.subscribe(1, [("state/#", 1)]))
-        c.expect(h.SUBACK)
-        m = h.parse_publish(c.expect(h.PUBLISH))
-        self.assertEqual((m.topic, m.payload, m.retain), ("state/kept", b"retained", 1))
-        c.close()
-        self.assertEqual(self.broker.stop(), 0, "the broker did not stop cleanly; log:\n" + self.broker.log())
-        h.assert_no_sanitizer_report(self, self.broker.all_lines(), "the broker")
 
 
 if __name__ == "__main__":
