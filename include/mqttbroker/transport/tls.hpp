@@ -269,8 +269,16 @@ inline std::error_code ssl_call_error(int ssl_error, int saved_errno) {
 /// OpenSSL's I/O on a connection's socket: send and recv on the descriptor, as its own socket BIO
 /// does, but with MSG_NOSIGNAL: a peer gone mid-write is an EPIPE error for this connection, not
 /// a SIGPIPE for the host's process (a library does not get to ignore signals for its host).
+/// The BIO's data: the descriptor, shifted left by one, and in bit 0 whether the last recv came
+/// back short (the socket had no more), so a read can stop without a recv that would find nothing.
+inline int socket_bio_fd(BIO* b) { return static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(b)) >> 1); }
+inline void socket_bio_set(BIO* b, int fd, bool drained) {
+  BIO_set_data(b, reinterpret_cast<void*>((static_cast<std::intptr_t>(fd) << 1) | (drained ? 1 : 0)));
+}
+inline bool socket_bio_drained(BIO* b) { return (reinterpret_cast<std::intptr_t>(BIO_get_data(b)) & 1) != 0; }
+
 inline int socket_bio_write(BIO* b, const char* data, int size) {
-  const int fd = static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(b)));
+  const int fd = socket_bio_fd(b);
   BIO_clear_retry_flags(b);
   int flags = 0;
 #ifdef MSG_NOSIGNAL
@@ -283,12 +291,16 @@ inline int socket_bio_write(BIO* b, const char* data, int size) {
   return static_cast<int>(n);
 }
 inline int socket_bio_read(BIO* b, char* data, int size) {
-  const int fd = static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(b)));
+  const int fd = socket_bio_fd(b);
   BIO_clear_retry_flags(b);
   ssize_t n = 0;
   do n = ::recv(fd, data, static_cast<std::size_t>(size), 0);
   while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_read(b);
+  const int saved_errno = errno;
+  const bool would_block = n < 0 && (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK);
+  if (would_block) BIO_set_retry_read(b);
+  socket_bio_set(b, fd, would_block || (n >= 0 && n < size));
+  errno = saved_errno;
   return static_cast<int>(n);
 }
 inline long socket_bio_ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
@@ -357,7 +369,7 @@ class tls_stream {
       ssl_.reset();
       return;
     }
-    BIO_set_data(bio, reinterpret_cast<void*>(static_cast<std::intptr_t>(socket_.native_handle())));
+    detail::socket_bio_set(bio, static_cast<int>(socket_.native_handle()), false);
     SSL_set_bio(ssl, bio, bio);  // the SSL object owns it from here
     SSL_set_accept_state(ssl);
     // A write returns once a record is out (the connection continues from there), and repeats
@@ -401,6 +413,9 @@ class tls_stream {
       const int r = SSL_read_ex(ssl_.get(), p + total, b.size() - total, &got);
       if (r == 1) {
         total += got;
+        // OpenSSL holds nothing more and its last recv was short: another SSL_read would only
+        // find the socket empty (a recv for EAGAIN). Stop here, as a TCP read stops at a short read.
+        if (SSL_has_pending(ssl_.get()) != 1 && detail::socket_bio_drained(SSL_get_rbio(ssl_.get()))) return total;
         continue;
       }
       const int saved_errno = errno;
