@@ -10507,7 +10507,12 @@ MQTTBROKER_END_NAMESPACE
 
 
 #include <asio/any_io_executor.hpp>
+#include <asio/associated_allocator.hpp>
+#include <asio/associated_executor.hpp>
+#include <asio/bind_allocator.hpp>
+#include <asio/bind_executor.hpp>
 #include <asio/buffer.hpp>
+#include <asio/post.hpp>
 #include <asio/socket_base.hpp>
 
 #include <array>
@@ -10665,6 +10670,17 @@ template <class Stream>
 struct stream_has_shutdown<Stream, std::void_t<decltype(std::declval<Stream&>().shutdown(
                                        asio::socket_base::shutdown_both, std::declval<std::error_code&>()))>>
     : std::true_type {};
+
+/// Runs `h(args...)` later through `io_ex`, on the handler's own executor and with its allocator:
+/// how an operation completes from inside its initiating call.
+template <class Executor, class Handler, class... Args>
+void post_completion(const Executor& io_ex, Handler h, Args... args) {
+  const auto ex = asio::get_associated_executor(h, io_ex);
+  const auto alloc = asio::get_associated_allocator(h);
+  asio::post(io_ex, asio::bind_executor(ex, asio::bind_allocator(alloc, [h = std::move(h), args...]() mutable {
+                                          std::move(h)(args...);
+                                        })));
+}
 
 /// A stream's readability wait and non-blocking read (a socket, the TLS stream, a WebSocket stream
 /// over either): the connection then reads into a per-thread buffer, so an idle connection holds

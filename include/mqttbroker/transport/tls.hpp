@@ -323,22 +323,12 @@ inline const BIO_METHOD* socket_bio_method() {
   return method;
 }
 
-/// Runs `h(args...)` later through `io_ex`, on the handler's own executor and with its allocator:
-/// how an operation completes from inside its initiating call.
-template <class Executor, class Handler, class... Args>
-void post_completion(const Executor& io_ex, Handler h, Args... args) {
-  const auto ex = asio::get_associated_executor(h, io_ex);
-  const auto alloc = asio::get_associated_allocator(h);
-  asio::post(io_ex, asio::bind_executor(ex, asio::bind_allocator(alloc, [h = std::move(h), args...]() mutable {
-                                          std::move(h)(args...);
-                                        })));
-}
-
 }  // namespace detail
 
 /// One TLS connection: OpenSSL reading and writing the TCP socket itself (a socket BIO on the
-/// non-blocking descriptor, detail::socket_bio_method), as Mosquitto does. Against asio::ssl::stream, which puts a pair of
-/// memory BIOs and two buffers of its own between OpenSSL and the socket, this saves a copy each
+/// non-blocking descriptor, detail::socket_bio_method), as Mosquitto does. Against
+/// asio::ssl::stream, which puts a pair of memory BIOs and two buffers of its own between OpenSSL
+/// and the socket, this saves a copy each
 /// way and about 50 KB per connection: with SSL_MODE_RELEASE_BUFFERS an idle connection holds
 /// only OpenSSL's SSL object. It offers a readability wait, so the broker reads TLS connections
 /// as it reads TCP ones: into the thread's buffer, after the socket (or OpenSSL's read-ahead)
@@ -569,16 +559,10 @@ class tls_stream {
     Buffers buffers;
     write_op(tls_stream* st, const Buffers& bs, Handler h) : op_base<Handler>{st, std::move(h)}, buffers(bs) {}
 
-    void start() {
-      std::error_code ec;
-      std::size_t n = 0;
-      switch (attempt(ec, n)) {
-        case step_result::want_read: return wait(asio::socket_base::wait_read);
-        case step_result::want_write: return wait(asio::socket_base::wait_write);
-        default: return this->complete_later(ec, n);
-      }
-    }
-    void operator()(std::error_code ec) {
+    void start() { step(std::error_code(), true); }
+    void operator()(std::error_code ec) { step(ec, false); }
+    /// `first`: inside the initiating call, where the completion must go through the executor.
+    void step(std::error_code ec, bool first) {
       std::size_t n = 0;
       if (!ec) {
         switch (attempt(ec, n)) {
@@ -587,6 +571,7 @@ class tls_stream {
           default: break;
         }
       }
+      if (first) return this->complete_later(ec, n);
       std::move(this->handler)(ec, n);
     }
     void wait(asio::socket_base::wait_type w) {

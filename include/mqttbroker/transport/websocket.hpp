@@ -207,10 +207,10 @@ class websocket_stream {
   template <class WaitHandler, class N = NextLayer,
             std::enable_if_t<detail::stream_waits_for_readability<N>::value, int> = 0>
   void async_wait(asio::socket_base::wait_type w, WaitHandler&& handler) {
-    const auto ex = asio::get_associated_executor(handler, get_executor());
-    const auto alloc = asio::get_associated_allocator(handler);
     if (w == asio::socket_base::wait_read && pong_owed_ && !write_busy_) {
       write_busy_ = true;
+      const auto ex = asio::get_associated_executor(handler, get_executor());
+      const auto alloc = asio::get_associated_allocator(handler);
       asio::async_write(next_, take_pong(),
                         asio::bind_executor(ex, asio::bind_allocator(alloc, [this, w, h = std::forward<WaitHandler>(handler)](
                                                                                 std::error_code ec, std::size_t) mutable {
@@ -220,12 +220,8 @@ class websocket_stream {
                         })));
       return;
     }
-    if (w == asio::socket_base::wait_read && (!pending_input_.empty() || parser_.error() || parser_.closed())) {
-      asio::post(get_executor(), asio::bind_executor(ex, asio::bind_allocator(alloc, [h = std::forward<WaitHandler>(handler)]() mutable {
-                                   std::move(h)(std::error_code());
-                                 })));
-      return;
-    }
+    if (w == asio::socket_base::wait_read && (!pending_input_.empty() || parser_.error() || parser_.closed()))
+      return detail::post_completion(get_executor(), std::forward<WaitHandler>(handler), std::error_code());
     next_.async_wait(w, std::forward<WaitHandler>(handler));
   }
 
