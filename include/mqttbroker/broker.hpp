@@ -112,13 +112,29 @@ class broker {
       asio::post(control_ex_, [this, due] { arm_will_timer(due); });
     });
     if constexpr (engine_type::durable) {
-      // A commit is durable (on the storage's own thread): its acknowledgements may go.
-      ctx_.engine_.storage().on_commit([this](std::uint64_t ticket) { ctx_.engine_.storage_committed(ticket); });
+      // A commit is durable (reported on the storage's own thread): its acknowledgements may go.
+      ctx_.engine_.storage().on_commit([this](std::uint64_t ticket) {
+        on_storage_thread([this, ticket] { ctx_.engine_.storage_committed(ticket); });
+      });
       if constexpr (storage::detail::has_on_commit_failed<typename engine_type::storage_type>::value) {
         ctx_.engine_.storage().on_commit_failed([this](std::uint64_t first, std::uint64_t last, std::error_code ec) {
-          ctx_.engine_.storage_commit_failed(first, last, ec);
+          on_storage_thread([this, first, last, ec] { ctx_.engine_.storage_commit_failed(first, last, ec); });
         });
       }
+    }
+  }
+
+  /// Runs a storage report: at once where the engine's state has real locks; otherwise on the
+  /// broker's executor, the only thread that may touch it (in order: one executor, FIFO). A
+  /// report still queued when the broker is destroyed is dropped.
+  template <class F>
+  void on_storage_thread(F&& f) {
+    if constexpr (locking_type::thread_safe) {
+      f();
+    } else {
+      asio::post(control_ex_, [alive = std::weak_ptr<void>(alive_), f = std::forward<F>(f)]() mutable {
+        if (alive.lock()) f();
+      });
     }
   }
 
@@ -135,6 +151,7 @@ class broker {
       if constexpr (storage::detail::has_on_commit_failed<storage_type>::value)
         ctx_.engine_.storage().on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>());
       if constexpr (storage::detail::has_close<storage_type>::value) ctx_.engine_.storage().close();
+      alive_.reset();
     }
   }
 
@@ -482,6 +499,7 @@ class broker {
   asio::io_context* io_;  // when built from an io_context
   asio::any_io_executor ex_;
   asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
+  std::shared_ptr<void> alive_ = std::make_shared<char>();  // what storage reports queued on control_ex_ check
   context ctx_;
   std::vector<std::unique_ptr<listener_base>> listeners_;
   timer_type sweep_timer_;

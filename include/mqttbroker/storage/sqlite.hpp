@@ -149,11 +149,15 @@ class sqlite {
   /// other threads call meanwhile (a QoS 2 message's routing and its `routed` mark).
   std::uint64_t begin_atomic() { return s_->begin_atomic(); }
   void end_atomic(std::uint64_t token) { s_->end_atomic(token); }
+  /// Replacing a handler waits for a report in progress, so that once an empty one is set (the
+  /// broker's destructor) no report reaches the old one.
   void on_commit(std::function<void(std::uint64_t)> f) {
+    std::lock_guard<std::mutex> rl(s_->report_mutex);
     std::lock_guard<std::mutex> lk(s_->mutex);
     s_->committed_handler = std::move(f);
   }
   void on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)> f) {
+    std::lock_guard<std::mutex> rl(s_->report_mutex);
     std::lock_guard<std::mutex> lk(s_->mutex);
     s_->failed_handler = std::move(f);
   }
@@ -292,7 +296,11 @@ class sqlite {
     std::uint64_t recorded_count = 0;    // changes recorded so far
     std::multiset<std::uint64_t> spans;  // open begin_atomic() spans: the first change each holds
 
-    // ---- under `db_mutex`: the connection, used by one commit at a time
+    // Lock order: report_mutex, db_mutex, mutex. The handlers run under report_mutex alone: they
+    // take the broker's locks, and the broker calls load() (db_mutex) holding them.
+    // ---- under `report_mutex`: one batch at a time, from its write to its report
+    std::mutex report_mutex;
+    // ---- under `db_mutex`: the connection
     std::mutex db_mutex;
     sqlite3* db = nullptr;
     statement statements[op_kinds];
@@ -786,9 +794,10 @@ class sqlite {
     }
 
     /// Takes every change up to the last ticket given and writes it in one transaction; reports
-    /// the tickets. One batch at a time (db_mutex).
+    /// the tickets. One batch at a time (report_mutex), so reports come in ticket order.
     void commit_batch() {
-      std::lock_guard<std::mutex> dl(db_mutex);
+      std::lock_guard<std::mutex> rl(report_mutex);
+      std::unique_lock<std::mutex> dl(db_mutex);
       std::vector<op> batch;
       std::uint64_t last;
       {
@@ -829,6 +838,7 @@ class sqlite {
       }
       ++commits;
       if (rc == SQLITE_OK && commits % 64 == 0) reclaim();
+      dl.unlock();
       std::function<void(std::uint64_t)> done;
       std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed;
       {
