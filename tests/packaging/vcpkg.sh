@@ -137,10 +137,11 @@ check_linked "$consumer_build/packaging_consumer" no libssl libcrypto libsqlite3
 # must have installed the export files of the components after that (mqttbroker<Name>Targets.cmake)
 # and vcpkg recorded $2 as the feature's dependency.
 feature_consumer() {
-  local feature="$1" port="$2" switch="$3" libraries part
+  local feature="$1" port="$2" switch="$3" libraries part parts
   read -ra libraries <<<"$4"
   shift 4
-  say "a consumer of mqttbroker[$feature]: the components $*"
+  parts="$*"
+  say "a consumer of mqttbroker[$feature]: the components ${parts,,}"
   build_consumer "consumer-$feature" "{ \"name\": \"mqttbroker\", \"features\": [ \"$feature\" ] }" "-D$switch=ON"
   for part in "$@"; do
     [ -f "$triplet_dir/share/mqttbroker/mqttbroker${part}Targets.cmake" ] ||
