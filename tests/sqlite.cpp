@@ -7,6 +7,7 @@
 
 #include "catch.hpp"
 #include "rx.hpp"
+#include "stream_client.hpp"
 
 #include <asio/io_context.hpp>
 #include <asio/write.hpp>
@@ -79,104 +80,7 @@ std::string read_all(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-/// A client over the memory transport that records what it receives.
-class client {
- public:
-  client(asio::io_context& io, const std::string& listener, protocol_version v)
-      : s_(std::make_shared<state>(mb::transport::memory::connect(io.get_executor(), listener), v)) {
-    read(s_);
-  }
-  ~client() {
-    std::error_code ignored;
-    s_->stream.close(ignored);
-  }
-  client(const client&) = delete;
-  client& operator=(const client&) = delete;
-
-  template <class Packet>
-  void send(const Packet& p) {
-    std::string bytes;
-    REQUIRE_FALSE(codec::encode(p, s_->version, bytes));
-    auto buffer = std::make_shared<std::string>(std::move(bytes));
-    asio::async_write(s_->stream, asio::buffer(*buffer), [buffer](std::error_code, std::size_t) {});
-  }
-  void connect(const std::string& id, bool clean, std::optional<std::uint32_t> expiry = std::nullopt,
-               const std::optional<codec::will_message>& will = std::nullopt) {
-    codec::connect c;
-    c.version = s_->version;
-    c.client_id = id;
-    c.clean_start = clean;
-    codec::properties_builder props;
-    if (expiry) props.add(codec::property_id::session_expiry_interval, *expiry);
-    c.properties = props.view();
-    c.will = will;
-    send(c);
-  }
-  void subscribe(std::uint16_t id, const std::string& filter, qos q) {
-    codec::subscribe s;
-    s.packet_id = id;
-    codec::subscribe_entry e;
-    e.filter = filter;
-    e.options.max_qos = q;
-    s.entries.push_back(e);
-    send(s);
-  }
-  void publish(const std::string& topic, const std::string& payload, qos q, std::uint16_t id, bool dup = false) {
-    codec::publish p;
-    p.topic = topic;
-    p.payload = payload;
-    p.qos_level = q;
-    p.packet_id = id;
-    p.dup = dup;
-    send(p);
-  }
-  template <class Ack>
-  void ack(std::uint16_t id) {
-    Ack a;
-    a.packet_id = id;
-    send(a);
-  }
-  void drop() {
-    std::error_code ignored;
-    s_->stream.close(ignored);
-  }
-
-  bool closed() const { return s_->closed; }
-  std::size_t count() const { return s_->inbox.size(); }
-  rx pop() {
-    REQUIRE_FALSE(s_->inbox.empty());
-    rx r = std::move(s_->inbox.front());
-    s_->inbox.pop_front();
-    return r;
-  }
-  rx pop(codec::packet_type t) {
-    rx r = pop();
-    INFO("expected " << codec::to_string(t) << ", got " << codec::to_string(r.type));
-    REQUIRE(r.type == t);
-    return r;
-  }
-
- private:
-  struct state {
-    state(mb::transport::memory_stream s, protocol_version v)
-        : stream(std::move(s)), version(v), decoder(codec::decoder_options{codec::role::client, codec::max_packet_size, v}) {}
-    mb::transport::memory_stream stream;
-    protocol_version version;
-    codec::decoder decoder;
-    std::array<std::uint8_t, 4096> buffer{};
-    std::deque<rx> inbox;
-    bool closed = false;
-  };
-  /// Reads until EOF or a malformed packet, either of which marks the client closed.
-  static void read(const std::shared_ptr<state>& s) {
-    s->stream.async_read_some(asio::buffer(s->buffer), [s](std::error_code ec, std::size_t n) {
-      auto keep = [&](codec::packet& p) { s->inbox.push_back(test_rx::to_rx(p)); };
-      s->closed = ec || s->decoder.feed(s->buffer.data(), n, keep).ec;
-      if (!s->closed) read(s);
-    });
-  }
-  std::shared_ptr<state> s_;
-};
+using client = test_client::memory_client;
 
 std::string next_listener() {
   static int n = 0;
@@ -211,8 +115,9 @@ class node {
   client& connected(const std::string& id, bool clean, protocol_version v = protocol_version::v3_1_1,
                     std::optional<std::uint32_t> expiry = std::nullopt, bool* present = nullptr) {
     client& c = add(v);
-    c.connect(id, clean, expiry);
-    wait_for([&] { return c.count() != 0; });
+    if (expiry) c.set_session_expiry(*expiry);
+    c.connect(id, clean);
+    wait_for([&] { return c.pending() != 0; });
     const rx ack = c.pop(CONNACK);
     REQUIRE(ack.code == 0);
     if (present != nullptr) *present = ack.session_present;
@@ -220,7 +125,7 @@ class node {
   }
   void subscribe(client& c, const std::string& filter, qos q) {
     c.subscribe(1, filter, q);
-    wait_for([&] { return c.count() != 0; });
+    wait_for([&] { return c.pending() != 0; });
     c.pop(SUBACK);
   }
 
@@ -319,13 +224,13 @@ class node {
 std::uint8_t publish_acked(node& n, client& pub, const std::string& topic, const std::string& payload, qos q,
                            std::uint16_t id) {
   pub.publish(topic, payload, q, id);
-  n.wait_for([&] { return pub.count() != 0 || pub.closed(); });
+  n.wait_for([&] { return pub.pending() != 0 || pub.closed(); });
   if (pub.closed()) return 0xFF;
   const rx ack = pub.pop(q == qos::at_least_once ? PUBACK : PUBREC);
   REQUIRE(ack.id == id);
   if (q == qos::exactly_once && ack.code < 0x80) {
     pub.ack<codec::pubrel>(id);
-    n.wait_for([&] { return pub.count() != 0; });
+    n.wait_for([&] { return pub.pending() != 0; });
     REQUIRE(pub.pop(PUBCOMP).id == id);
   }
   return ack.code;
@@ -342,7 +247,7 @@ TEST_CASE("sqlite: a persistent session, its subscription and its queued QoS 1 a
   {
     client& sub = n.connected("sub", false);
     n.subscribe(sub, "t/#", qos::exactly_once);
-    sub.drop();
+    sub.close();
     client& pub = n.connected("pub", true);
     for (std::uint16_t i = 1; i <= 6; ++i)
       REQUIRE(publish_acked(n, pub, "t/" + std::to_string(i), "m" + std::to_string(i),
@@ -352,7 +257,7 @@ TEST_CASE("sqlite: a persistent session, its subscription and its queued QoS 1 a
   bool present = false;
   client& sub = n.connected("sub", false, protocol_version::v3_1_1, std::nullopt, &present);
   CHECK(present);  // [MQTT-4.1.0-1] the session outlived the process
-  n.wait_for([&] { return sub.count() >= 6; });
+  n.wait_for([&] { return sub.pending() >= 6; });
   for (int i = 1; i <= 6; ++i) {
     const rx p = sub.pop(PUBLISH);
     CHECK(p.topic == "t/" + std::to_string(i));
@@ -362,7 +267,7 @@ TEST_CASE("sqlite: a persistent session, its subscription and its queued QoS 1 a
   // The subscription came back too: a new message reaches the session.
   client& pub = n.connected("pub2", true);
   REQUIRE(publish_acked(n, pub, "t/new", "n", qos::at_least_once, 1) == 0);
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   CHECK(sub.pop(PUBLISH).topic == "t/new");
 }
 
@@ -376,14 +281,14 @@ TEST_CASE("sqlite: a QoS 1 message in flight is sent again with DUP after a rest
     n.subscribe(sub, "t", qos::at_least_once);
     client& pub = n.connected("pub", true);
     REQUIRE(publish_acked(n, pub, "t", "once", qos::at_least_once, 9) == 0);
-    n.wait_for([&] { return sub.count() != 0; });
+    n.wait_for([&] { return sub.pending() != 0; });
     const rx p = sub.pop(PUBLISH);
     CHECK_FALSE(p.dup);
     first_id = p.id;  // never acknowledged
   }
   n.restart();
   client& sub = n.connected("sub", false);
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   const rx again = sub.pop(PUBLISH);
   CHECK(again.dup);
   CHECK(again.id == first_id);
@@ -394,7 +299,7 @@ TEST_CASE("sqlite: a QoS 1 message in flight is sent again with DUP after a rest
   n.restart();
   client& last = n.connected("sub", false);
   n.settle();
-  CHECK(last.count() == 0);
+  CHECK(last.pending() == 0);
 }
 
 TEST_CASE("sqlite: after PUBREC a restart resends PUBREL, not the PUBLISH", "[sqlite][MQTT-4.4.0-1][MQTT-4.3.3-1]") {
@@ -406,21 +311,21 @@ TEST_CASE("sqlite: after PUBREC a restart resends PUBREL, not the PUBLISH", "[sq
     n.subscribe(sub, "t", qos::exactly_once);
     client& pub = n.connected("pub", true);
     REQUIRE(publish_acked(n, pub, "t", "two", qos::exactly_once, 3) == 0);
-    n.wait_for([&] { return sub.count() != 0; });
+    n.wait_for([&] { return sub.pending() != 0; });
     id = sub.pop(PUBLISH).id;
     sub.ack<codec::pubrec>(id);
-    n.wait_for([&] { return sub.count() != 0; });
+    n.wait_for([&] { return sub.pending() != 0; });
     CHECK(sub.pop(PUBREL).id == id);
     n.settle();  // the PUBREC's state is committed; PUBCOMP never comes
   }
   n.restart();
   client& sub = n.connected("sub", false);
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   const rx r = sub.pop(PUBREL);
   CHECK(r.id == id);
   sub.ack<codec::pubcomp>(id);
   n.settle();
-  CHECK(sub.count() == 0);
+  CHECK(sub.pending() == 0);
 }
 
 TEST_CASE("sqlite: a QoS 2 PUBLISH sent again after a restart is acknowledged but not delivered twice",
@@ -432,24 +337,24 @@ TEST_CASE("sqlite: a QoS 2 PUBLISH sent again after a restart is acknowledged bu
     n.subscribe(sub, "t", qos::at_least_once);
     client& pub = n.connected("pub", false);
     pub.publish("t", "exactly", qos::exactly_once, 21);
-    n.wait_for([&] { return pub.count() != 0; });
+    n.wait_for([&] { return pub.pending() != 0; });
     CHECK(pub.pop(PUBREC).id == 21);  // PUBREL never sent before the restart
-    n.wait_for([&] { return sub.count() != 0; });
+    n.wait_for([&] { return sub.pending() != 0; });
     CHECK(sub.pop(PUBLISH).payload == "exactly");
   }
   n.restart();
   client& sub = n.connected("sub", false);
   n.settle();
-  while (sub.count() != 0) sub.ack<codec::puback>(sub.pop(PUBLISH).id);  // the earlier copy, in flight
+  while (sub.pending() != 0) sub.ack<codec::puback>(sub.pop(PUBLISH).id);  // the earlier copy, in flight
   client& pub = n.connected("pub", false);
-  pub.publish("t", "exactly", qos::exactly_once, 21, true);
-  n.wait_for([&] { return pub.count() != 0; });
+  pub.publish("t", "exactly", qos::exactly_once, 21, false, true);  // DUP
+  n.wait_for([&] { return pub.pending() != 0; });
   CHECK(pub.pop(PUBREC).id == 21);
   pub.ack<codec::pubrel>(21);
-  n.wait_for([&] { return pub.count() != 0; });
+  n.wait_for([&] { return pub.pending() != 0; });
   CHECK(pub.pop(PUBCOMP).id == 21);
   n.settle();
-  CHECK(sub.count() == 0);  // not routed a second time
+  CHECK(sub.pending() == 0);  // not routed a second time
 }
 
 TEST_CASE("sqlite: a QoS 2 message durable but not yet routed when the broker stopped is routed after the restart, once",
@@ -474,14 +379,14 @@ TEST_CASE("sqlite: a QoS 2 message durable but not yet routed when the broker st
   }
   node n(path);
   client& sub = n.connected("sub", false);
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   const rx p = sub.pop(PUBLISH);
   CHECK(p.payload == "held");
   CHECK(p.qos_level == qos::exactly_once);
   // The publisher's identifier is still held: its resent PUBLISH is not routed again.
   client& pub = n.connected("pub", false);
-  pub.publish("t", "held", qos::exactly_once, 4, true);
-  n.wait_for([&] { return pub.count() != 0; });
+  pub.publish("t", "held", qos::exactly_once, 4, false, true);  // DUP
+  n.wait_for([&] { return pub.pending() != 0; });
   CHECK(pub.pop(PUBREC).id == 4);
   n.settle();
   n.restart();
@@ -489,7 +394,7 @@ TEST_CASE("sqlite: a QoS 2 message durable but not yet routed when the broker st
   n.settle();
   // Only the copy in flight comes back (DUP), no second routing.
   std::size_t copies = 0;
-  while (again.count() != 0) {
+  while (again.pending() != 0) {
     const rx r = again.pop(PUBLISH);
     CHECK(r.dup);
     ++copies;
@@ -514,7 +419,7 @@ TEST_CASE("sqlite: retained messages survive a restart with their 5.0 properties
   CHECK_FALSE(n.broker->retained("r/b"));
   client& sub = n.connected("s", true, protocol_version::v5);
   n.subscribe(sub, "r/#", qos::at_least_once);
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   const rx p = sub.pop(PUBLISH);
   CHECK(p.retain);
   CHECK(p.qos_level == qos::at_least_once);
@@ -529,16 +434,12 @@ TEST_CASE("sqlite: a delayed will is published after a restart when its delay ha
   node n(dir.file("store.db"));
   {
     client& c = n.add(protocol_version::v5);
-    codec::will_message w;
-    w.topic = "will/c";
-    w.payload = "gone";
-    codec::properties_builder wp;
-    wp.add(codec::property_id::will_delay_interval, 30);
-    w.properties = wp.view();
-    c.connect("c", false, 600, w);
-    n.wait_for([&] { return c.count() != 0; });
+    c.set_session_expiry(600);
+    c.set_will_delay(30);
+    c.connect("c", false, test_client::will_spec{"will/c", "gone"});
+    n.wait_for([&] { return c.pending() != 0; });
     c.pop(CONNACK);
-    c.drop();  // no DISCONNECT: the will waits for its delay
+    c.close();  // no DISCONNECT: the will waits for its delay
     n.settle();
   }
   n.restart(std::chrono::seconds(10));  // down for 10 s: 20 s of the delay are left
@@ -563,10 +464,10 @@ TEST_CASE("sqlite: a session that expired while the broker was down is gone; one
   {
     client& a = n.connected("short", false, protocol_version::v5, 30);
     n.subscribe(a, "t", qos::at_least_once);
-    a.drop();
+    a.close();
     client& b = n.connected("long", false, protocol_version::v5, 3600);
     n.subscribe(b, "t", qos::at_least_once);
-    b.drop();
+    b.close();
     n.settle();
   }
   n.restart(std::chrono::seconds(60));  // 30 s ran out while down
@@ -584,7 +485,7 @@ TEST_CASE("sqlite: a clock behind the last save expires nothing, and what it dat
   const auto set = n.clock.system_now();
   {
     client& a = n.connected("a", false, protocol_version::v5, 30);
-    a.drop();
+    a.close();
     n.settle();
   }
   // A board without a real-time clock: it boots in 1970, long before the store's last save.
@@ -594,7 +495,7 @@ TEST_CASE("sqlite: a clock behind the last save expires nothing, and what it dat
   {
     client& a = n.connected("a", false, protocol_version::v5, 30, &present);
     CHECK(present);  // 56 years behind: not a reason to expire anything
-    a.drop();  // offline "since 1970" by this clock
+    a.close();  // offline "since 1970" by this clock
     n.settle();
   }
   // The clock is set right (10 s after the first run's time): the session went offline then, not
@@ -611,7 +512,7 @@ TEST_CASE("sqlite: a PUBACK waits for the commit of the message queued for a per
   node n(dir.file("store.db"), {}, true);
   client& sub = n.connected("sub", false);
   n.subscribe(sub, "t", qos::at_least_once);
-  sub.drop();
+  sub.close();
   client& pub = n.connected("pub", true);
   n.settle();
   n.hold_commits = true;
@@ -620,10 +521,10 @@ TEST_CASE("sqlite: a PUBACK waits for the commit of the message queued for a per
     n.io.restart();
     n.io.poll();
   }
-  CHECK(pub.count() == 0);  // not before the message is durable
+  CHECK(pub.pending() == 0);  // not before the message is durable
   n.commits.restart();
   n.commits.poll();  // the commit runs and reports
-  n.wait_for([&] { return pub.count() != 0; });
+  n.wait_for([&] { return pub.pending() != 0; });
   CHECK(pub.pop(PUBACK).id == 5);
 }
 
@@ -742,7 +643,7 @@ TEST_CASE("sqlite: a full store refuses what it cannot keep: 5.0 PUBACK 0x97, 3.
   {
     client& sub = n.connected("sub", false);
     n.subscribe(sub, "t", qos::at_least_once);
-    sub.drop();
+    sub.close();
   }
   client& pub = n.connected("pub5", true, protocol_version::v5);
   const std::string payload(6000, 'p');
@@ -762,13 +663,13 @@ TEST_CASE("sqlite: a full store refuses what it cannot keep: 5.0 PUBACK 0x97, 3.
   // 3.1.1 has no negative PUBACK: the connection ends.
   client& old = n.connected("pub3", true);
   old.publish("t", "x" + payload, qos::at_least_once, 1);
-  n.wait_for([&] { return old.closed() || old.count() != 0; });
+  n.wait_for([&] { return old.closed() || old.pending() != 0; });
   CHECK(old.closed());
-  CHECK(old.count() == 0);
+  CHECK(old.pending() == 0);
   // Every message acknowledged as stored is there after a restart, in order.
   n.restart();
   client& sub = n.connected("sub", false);
-  n.wait_for([&] { return sub.count() >= accepted.size(); });
+  n.wait_for([&] { return sub.pending() >= accepted.size(); });
   for (const std::string& body : accepted) {
     const rx p = sub.pop(PUBLISH);
     CHECK(p.payload.size() == body.size());
@@ -776,7 +677,7 @@ TEST_CASE("sqlite: a full store refuses what it cannot keep: 5.0 PUBACK 0x97, 3.
     sub.ack<codec::puback>(p.id);
   }
   n.settle();
-  CHECK(sub.count() == 0);  // the refused ones are not stored
+  CHECK(sub.pending() == 0);  // the refused ones are not stored
 }
 
 TEST_CASE("sqlite: a QoS 2 PUBLISH to a persistent session, and the PUBREL after its PUBREC, leave only once their state is durable",
@@ -797,17 +698,17 @@ TEST_CASE("sqlite: a QoS 2 PUBLISH to a persistent session, and the PUBREL after
   };
   run_broker_only();
   // Sent before its record were durable, a crash would send it again under another identifier.
-  CHECK(sub.count() == 0);
+  CHECK(sub.pending() == 0);
   n.commits.restart();
   n.commits.poll();
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   const rx p = sub.pop(PUBLISH);
   sub.ack<codec::pubrec>(p.id);
   run_broker_only();
-  CHECK(sub.count() == 0);  // PUBREL owed only once the PUBREC is stored
+  CHECK(sub.pending() == 0);  // PUBREL owed only once the PUBREC is stored
   n.commits.restart();
   n.commits.poll();
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   CHECK(sub.pop(PUBREL).id == p.id);
 }
 
@@ -856,7 +757,7 @@ TEST_CASE("sqlite: Message Expiry runs on while the broker is down", "[sqlite][M
   {
     client& sub = n.connected("sub", false, protocol_version::v5, 3600);
     n.subscribe(sub, "e/#", qos::at_least_once);
-    sub.drop();
+    sub.close();
     n.settle();
   }
   mb::message_properties props;
@@ -866,9 +767,9 @@ TEST_CASE("sqlite: Message Expiry runs on while the broker is down", "[sqlite][M
   n.broker->publish("e/short", "s", qos::at_least_once, false, props);
   n.restart(std::chrono::seconds(30));  // the short one expires while the broker is down
   client& sub = n.connected("sub", false, protocol_version::v5, 3600);
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   n.settle();
-  REQUIRE(sub.count() == 1);
+  REQUIRE(sub.pending() == 1);
   const rx p = sub.pop(PUBLISH);
   CHECK(p.topic == "e/long");
   REQUIRE(p.message_expiry);
@@ -897,13 +798,13 @@ TEST_CASE("sqlite: a persistent publisher's QoS 2 message, routed once its commi
   };
   pub.publish("t", "y", qos::exactly_once, 3);
   run_broker_only();
-  CHECK(pub.count() == 0);  // PUBREC after the identifier and the message are durable
+  CHECK(pub.pending() == 0);  // PUBREC after the identifier and the message are durable
   run_commits();            // they are: the message is routed, outside any read of the subscriber's
   run_broker_only();
-  CHECK(pub.count() == 1);
-  CHECK(sub.count() == 0);  // its PUBLISH waits for the commit of its own record
+  CHECK(pub.pending() == 1);
+  CHECK(sub.pending() == 0);  // its PUBLISH waits for the commit of its own record
   run_commits();
-  n.wait_for([&] { return sub.count() != 0; });
+  n.wait_for([&] { return sub.pending() != 0; });
   CHECK(sub.pop(PUBLISH).payload == "y");
 }
 
@@ -981,7 +882,7 @@ TEST_CASE("sqlite: a store of schema version 1 is migrated to version 2 and keep
     bool present = false;
     client& sub = n.connected("sub", false, protocol_version::v3_1_1, std::nullopt, &present);
     CHECK(present);  // [MQTT-4.1.0-1]
-    n.wait_for([&] { return sub.count() >= 3; });
+    n.wait_for([&] { return sub.pending() >= 3; });
     // [MQTT-4.4.0-1] what was in flight goes again in its order: the PUBLISH with DUP, the
     // PUBREL; then the queued message.
     const rx again = sub.pop(PUBLISH);
@@ -996,18 +897,18 @@ TEST_CASE("sqlite: a store of schema version 1 is migrated to version 2 and keep
     // The subscription and the retained message came through.
     client& pub = n.connected("pub", false);
     REQUIRE(publish_acked(n, pub, "t/new", "n", qos::at_least_once, 1) == 0);
-    n.wait_for([&] { return sub.count() != 0; });
+    n.wait_for([&] { return sub.pending() != 0; });
     CHECK(sub.pop(PUBLISH).topic == "t/new");
     // "pub"'s received QoS 2 identifier 9 is still held: a PUBLISH resent with it is not routed.
-    pub.publish("t/dup", "resent", qos::exactly_once, 9, true);
-    n.wait_for([&] { return pub.count() != 0; });
+    pub.publish("t/dup", "resent", qos::exactly_once, 9, false, true);  // DUP
+    n.wait_for([&] { return pub.pending() != 0; });
     CHECK(pub.pop(PUBREC).id == 9);
     client& late = n.connected("late", true);
     n.subscribe(late, "r", qos::at_least_once);
-    n.wait_for([&] { return late.count() != 0; });
+    n.wait_for([&] { return late.pending() != 0; });
     CHECK(late.pop(PUBLISH).payload == "kept");
     n.settle();
-    CHECK(sub.count() == 0);
+    CHECK(sub.pending() == 0);
   }
   CHECK(schema_version_of(path) == mb::storage::sqlite::schema_version);
   CHECK(mb::storage::sqlite::schema_version == 2);
@@ -1033,7 +934,7 @@ TEST_CASE("sqlite: a message resent after a restart carries the Subscription Ide
     e.options.retain_as_published = true;
     s.entries.push_back(e);
     c.send(s);
-    n.wait_for([&] { return c.count() >= 2; });
+    n.wait_for([&] { return c.pending() >= 2; });
     rx a = c.pop();
     rx b = c.pop();
     if (a.type == SUBACK) std::swap(a, b);
@@ -1042,14 +943,8 @@ TEST_CASE("sqlite: a message resent after a restart carries the Subscription Ide
     return a;
   };
   auto retained_publish = [&](client& pub, const std::string& topic, const std::string& payload, std::uint16_t id) {
-    codec::publish p;
-    p.topic = topic;
-    p.payload = payload;
-    p.qos_level = qos::at_least_once;
-    p.packet_id = id;
-    p.retain = true;
-    pub.send(p);
-    n.wait_for([&] { return pub.count() != 0; });
+    pub.publish(topic, payload, qos::at_least_once, id, true);
+    n.wait_for([&] { return pub.pending() != 0; });
     REQUIRE(pub.pop(PUBACK).id == id);
   };
   using ids = std::vector<std::uint32_t>;
@@ -1065,21 +960,21 @@ TEST_CASE("sqlite: a message resent after a restart carries the Subscription Ide
     CHECK(on_subscribe.subscription_ids == ids{7});
     CHECK(subscribe(sub, 2, "t/+", 300).subscription_ids == ids{300});
     retained_publish(*pub, "t/live", "live", 2);
-    n.wait_for([&] { return sub.count() != 0; });
+    n.wait_for([&] { return sub.pending() != 0; });
     const rx first = sub.pop(PUBLISH);
     CHECK(first.retain);  // Retain As Published [MQTT-3.3.1-12]
     CHECK(first.subscription_ids == ids{7, 300});
     in_flight = first.id;
-    sub.drop();  // none acknowledged
+    sub.close();  // none acknowledged
   }
   // Offline: this one waits in the queue.
   retained_publish(*pub, "t/queued", "queued", 3);
   n.settle();
   n.restart();
   client& sub = n.connected("sub", false, protocol_version::v5, 3600u);
-  n.wait_for([&] { return sub.count() >= 4; });
+  n.wait_for([&] { return sub.pending() >= 4; });
   std::vector<rx> got;
-  while (sub.count() != 0) got.push_back(sub.pop(PUBLISH));
+  while (sub.pending() != 0) got.push_back(sub.pop(PUBLISH));
   REQUIRE(got.size() == 4);
   // The two retained deliveries on subscribe, the live message, then the queued one: each as first sent.
   CHECK(got[0].payload == "before");
