@@ -321,6 +321,7 @@ struct config {
   int protocol = 4;
   unsigned topic_alias_maximum = 0;  // 5.0 subscribers: Topic Alias Maximum in CONNECT
   bool publish_properties = false;   // 5.0 publishers: properties on every PUBLISH
+  bool persistent = false;           // sessions the broker keeps (CleanSession 0)
   std::size_t batch = 64 * 1024;
   unsigned e2e_window = 0;
   std::string label;
@@ -690,15 +691,19 @@ class client {
     if (dead_) return;
     codec::connect c;
     c.version = rs_.version;
-    c.clean_start = true;
+    // --persistent: sessions the broker keeps (and a durable one stores): 3.1.1 CleanSession 0,
+    // 5.0 Clean Start 0 with a Session Expiry Interval. The client ids are new each run.
+    c.clean_start = !rs_.cfg.persistent;
     c.keep_alive = 0;
     c.client_id = client_id_;
     codec::properties_builder props;
+    if (rs_.cfg.persistent && rs_.version == codec::protocol_version::v5)
+      props.add(codec::property_id::session_expiry_interval, std::uint32_t{3600});
     if (kind_ == kind::subscriber && rs_.cfg.topic_alias_maximum > 0) {
       props.add(codec::property_id::topic_alias_maximum, rs_.cfg.topic_alias_maximum);
       aliases_.assign(rs_.cfg.topic_alias_maximum + 1u, std::string());
-      c.properties = props.view();
     }
+    if (!props.empty()) c.properties = props.view();
     append_packet(out_, c, rs_.version);
     flush();
     read();
@@ -2054,6 +2059,8 @@ int main(int argc, char** argv) {
                  "(0 = open loop, the publishers do not wait for the subscribers)")
       ->capture_default_str();
   app.add_option("--label", cfg.label, "free text copied into the JSON result (e.g. the broker's name)");
+  app.add_flag("--persistent", cfg.persistent,
+               "persistent sessions (3.1.1 CleanSession 0; 5.0 Clean Start 0, Session Expiry 3600 s): what a durable store keeps");
   app.add_flag("--json", cfg.json, "print one JSON line with the results on stdout");
   app.add_flag("--ws", cfg.ws, "connect over WebSocket (ws://HOST:PORT/--ws-path, subprotocol mqtt)");
   app.add_option("--ws-path", cfg.ws_path, "with --ws: the path of the upgrade")->capture_default_str();
@@ -2122,7 +2129,8 @@ int main(int argc, char** argv) {
   out.str("scenario", cfg.scenario).str("label", cfg.label).integer("qos", static_cast<std::uint64_t>(cfg.qos))
       .integer("payload", static_cast<std::uint64_t>(cfg.payload)).integer("protocol", static_cast<std::uint64_t>(cfg.protocol))
       .num("duration_s", cfg.duration).num("rate", cfg.rate).integer("inflight", std::uint64_t{cfg.inflight})
-      .integer("threads", std::uint64_t{cfg.threads}).integer("e2e_window", std::uint64_t{cfg.e2e_window});
+      .integer("threads", std::uint64_t{cfg.threads}).integer("e2e_window", std::uint64_t{cfg.e2e_window})
+      .boolean("persistent", cfg.persistent);
   const double cpu0 = self_cpu_seconds();
   const auto wall0 = steady::now();
   int rc = 1;

@@ -2,7 +2,8 @@
 #
 #   consumer: cmake --install BUILD_DIR into WORK_DIR/prefix, then configure, build and run
 #             tests/cmake_consumer with find_package(mqttbroker CONFIG REQUIRED) against that prefix
-#             (and the programs of the components auth, tls and websocket where it built them);
+#             (and the programs of the components auth, tls, websocket and sqlite where it built
+#             them);
 #             then build the same program with the plain compiler and the flags of the installed
 #             mqttbroker.pc (PKG_CONFIG: the pkg-config program), and run it.
 #   subdir:   configure, build and run tests/cmake_subdir, which add_subdirectory()s SOURCE_DIR.
@@ -111,8 +112,8 @@ if(NOT _program)
   message(FATAL_ERROR "[${MODE}] built program 'consumer' not found under ${WORK_DIR}/build")
 endif()
 run_step("run ${_program}" "${_program}")
-# The components' programs, built where the consumer found OpenSSL (tests/cmake_consumer).
-foreach(_name consumer_auth consumer_tls consumer_ws)
+# The components' programs, built where the consumer found OpenSSL or SQLite (tests/cmake_consumer).
+foreach(_name consumer_auth consumer_tls consumer_ws consumer_sqlite)
   find_program_built(${_name} _program)
   if(_program)
     run_step("run ${_program}" "${_program}")

@@ -158,6 +158,18 @@ class node {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
+  /// With commits held: the broker's handlers run, the store's commits do not.
+  void run_broker_only() {
+    for (int i = 0; i < 50; ++i) {
+      io.restart();
+      io.poll();
+    }
+  }
+  /// With commits held: the commits waiting run (and report).
+  void run_commits() {
+    commits.restart();
+    commits.poll();
+  }
   /// Moves the manual clock, running the timers due on the way.
   void advance(std::chrono::seconds d) {
     const auto target = clock.steady_now() + d;
@@ -517,13 +529,9 @@ TEST_CASE("sqlite: a PUBACK waits for the commit of the message queued for a per
   n.settle();
   n.hold_commits = true;
   pub.publish("t", "m", qos::at_least_once, 5);
-  for (int i = 0; i < 50; ++i) {  // the broker runs, the store's commits do not
-    n.io.restart();
-    n.io.poll();
-  }
+  n.run_broker_only();
   CHECK(pub.pending() == 0);  // not before the message is durable
-  n.commits.restart();
-  n.commits.poll();  // the commit runs and reports
+  n.run_commits();  // the commit runs and reports
   n.wait_for([&] { return pub.pending() != 0; });
   CHECK(pub.pop(PUBACK).id == 5);
 }
@@ -690,24 +698,16 @@ TEST_CASE("sqlite: a QoS 2 PUBLISH to a persistent session, and the PUBREL after
   n.settle();
   n.hold_commits = true;
   pub.publish("t", "x", qos::exactly_once, 2);
-  auto run_broker_only = [&] {
-    for (int i = 0; i < 50; ++i) {
-      n.io.restart();
-      n.io.poll();
-    }
-  };
-  run_broker_only();
+  n.run_broker_only();
   // Sent before its record were durable, a crash would send it again under another identifier.
   CHECK(sub.pending() == 0);
-  n.commits.restart();
-  n.commits.poll();
+  n.run_commits();
   n.wait_for([&] { return sub.pending() != 0; });
   const rx p = sub.pop(PUBLISH);
   sub.ack<codec::pubrec>(p.id);
-  run_broker_only();
+  n.run_broker_only();
   CHECK(sub.pending() == 0);  // PUBREL owed only once the PUBREC is stored
-  n.commits.restart();
-  n.commits.poll();
+  n.run_commits();
   n.wait_for([&] { return sub.pending() != 0; });
   CHECK(sub.pop(PUBREL).id == p.id);
 }
@@ -786,26 +786,68 @@ TEST_CASE("sqlite: a persistent publisher's QoS 2 message, routed once its commi
   client& pub = n.connected("pub", false);
   n.settle();
   n.hold_commits = true;
-  auto run_broker_only = [&] {
-    for (int i = 0; i < 50; ++i) {
-      n.io.restart();
-      n.io.poll();
-    }
-  };
-  auto run_commits = [&] {
-    n.commits.restart();
-    n.commits.poll();
-  };
   pub.publish("t", "y", qos::exactly_once, 3);
-  run_broker_only();
+  n.run_broker_only();
   CHECK(pub.pending() == 0);  // PUBREC after the identifier and the message are durable
-  run_commits();            // they are: the message is routed, outside any read of the subscriber's
-  run_broker_only();
+  n.run_commits();            // they are: the message is routed, outside any read of the subscriber's
+  n.run_broker_only();
   CHECK(pub.pending() == 1);
   CHECK(sub.pending() == 0);  // its PUBLISH waits for the commit of its own record
-  run_commits();
+  n.run_commits();
   n.wait_for([&] { return sub.pending() != 0; });
   CHECK(sub.pop(PUBLISH).payload == "y");
+}
+
+TEST_CASE("sqlite: a QoS 1 delivery acknowledged before its commit is not written; one acknowledged after is",
+          "[sqlite][MQTT-4.3.2-2]") {
+  temp_dir dir;
+  node n(dir.file("store.db"), {}, true);
+  client& sub = n.connected("sub", false);
+  n.subscribe(sub, "t", qos::at_least_once);
+  client& pub = n.connected("pub", true);
+  n.settle();
+  auto& store = n.broker->storage();
+  n.hold_commits = true;
+  n.run_commits();
+  const mb::storage::sqlite_statistics before = store.statistics();
+
+  // Delivered and acknowledged while its commit waits: the batch adds the message and the
+  // subscriber's entry and deletes both, so it writes none of the four changes.
+  pub.publish("t", "one", qos::at_least_once, 1);
+  n.run_broker_only();
+  rx d = sub.pop(PUBLISH);
+  CHECK(d.payload == "one");
+  sub.ack<codec::puback>(d.id);
+  n.run_broker_only();
+  CHECK(pub.pending() == 0);  // the publisher's PUBACK still waits for the commit
+  n.run_commits();
+  n.wait_for([&] { return pub.pending() != 0; });
+  CHECK(pub.pop(PUBACK).id == 1);
+  const mb::storage::sqlite_statistics first = store.statistics();
+  CHECK(first.changes_undone - before.changes_undone == 4);
+  CHECK(first.changes_written == before.changes_written);
+
+  // Acknowledged after its commit: the message and the entry are written, then deleted.
+  pub.publish("t", "two", qos::at_least_once, 2);
+  n.run_broker_only();
+  n.run_commits();
+  n.wait_for([&] { return pub.pending() != 0; });
+  CHECK(pub.pop(PUBACK).id == 2);
+  d = sub.pop(PUBLISH);
+  CHECK(d.payload == "two");
+  sub.ack<codec::puback>(d.id);
+  n.run_broker_only();
+  n.run_commits();
+  const mb::storage::sqlite_statistics second = store.statistics();
+  CHECK(second.changes_undone == first.changes_undone);
+  CHECK(second.changes_written - first.changes_written == 4);
+
+  // Nothing is owed after a restart: the undone changes left no row behind.
+  n.hold_commits = false;
+  n.restart();
+  client& back = n.connected("sub", false);
+  n.settle();
+  CHECK(back.pending() == 0);
 }
 
 // ---- schema versions

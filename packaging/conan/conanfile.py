@@ -27,8 +27,12 @@ class MqttbrokerConan(ConanFile):
     # package requires and which components it declares: ConanCenter's way for a header-only
     # library with an optional dependency (an option with_<dependency>, off by default, and the
     # requirement when on), and the name vcpkg's port uses for the same choice (feature openssl).
-    options = {"with_openssl": [True, False]}
-    default_options = {"with_openssl": False}
+    # with_sqlite: the durable storage, the component mqttbroker::sqlite on SQLite 3. An option of
+    # its own: another dependency, wanted by other programs than the OpenSSL parts (a broker that
+    # keeps its sessions across restarts need not speak TLS). Named for the component and vcpkg's
+    # feature sqlite; off by default, as memory is the default storage.
+    options = {"with_openssl": [True, False], "with_sqlite": [True, False]}
+    default_options = {"with_openssl": False, "with_sqlite": False}
     no_copy_source = True
 
     # In this repository the recipe packages the checkout it lives in: export_sources() copies the
@@ -69,9 +73,13 @@ class MqttbrokerConan(ConanFile):
             # The headers build with OpenSSL 1.1.1 and 3 (tls.hpp asks which); 3.0 is Debian 12's,
             # the one tested.
             self.requires("openssl/[>=1.1 <4]")
+        if self.options.with_sqlite:
+            # storage/sqlite.hpp upserts (ON CONFLICT ... DO UPDATE), which came with SQLite 3.24;
+            # 3.40 is Debian 12's, the one tested.
+            self.requires("sqlite3/[>=3.24 <4]")
 
     def package_id(self):
-        # One package whatever the settings and the option: the same headers.
+        # One package whatever the settings and the options: the same headers.
         self.info.clear()
 
     def validate(self):
@@ -92,10 +100,11 @@ class MqttbrokerConan(ConanFile):
     def package_info(self):
         self.cpp_info.set_property("cmake_file_name", "mqttbroker")
         # The targets are the library's own CMake config's: mqttbroker::mqttbroker is the core
-        # (Asio, fmt, threads; never OpenSSL), and each optional part is a component of its own
-        # that adds what it needs. CMakeDeps also makes a target for the package as a whole, which
-        # links every component; it cannot be mqttbroker::mqttbroker (the core would then link the
-        # OpenSSL parts), so it is mqttbroker::all, which the CMake config does not have.
+        # (Asio, fmt, threads; never OpenSSL or SQLite), and each optional part is a component of
+        # its own that adds what it needs. CMakeDeps also makes a target for the package as a
+        # whole, which links every component; it cannot be mqttbroker::mqttbroker (the core would
+        # then link the optional parts), so it is mqttbroker::all, which the CMake config does not
+        # have.
         self.cpp_info.set_property("cmake_target_name", "mqttbroker::all")
         core = self.cpp_info.components["core"]
         core.set_property("cmake_target_name", "mqttbroker::mqttbroker")
@@ -107,11 +116,16 @@ class MqttbrokerConan(ConanFile):
         core.libdirs = []
         if self.settings.os in ("Linux", "FreeBSD"):
             core.system_libs.append("pthread")
+        parts = []
         if self.options.with_openssl:
-            for part, openssl in (("auth", "crypto"), ("tls", "ssl"), ("websocket", "crypto")):
-                component = self.cpp_info.components[part]
-                component.set_property("cmake_target_name", "mqttbroker::" + part)
-                component.set_property("pkg_config_name", "mqttbroker-" + part)
-                component.requires = ["core", "openssl::" + openssl]
-                component.bindirs = []
-                component.libdirs = []
+            parts += [("auth", "openssl::crypto"), ("tls", "openssl::ssl"), ("websocket", "openssl::crypto")]
+        if self.options.with_sqlite:
+            # ConanCenter's sqlite3 is one target, SQLite::SQLite3, as CMake's FindSQLite3 names it.
+            parts.append(("sqlite", "sqlite3::sqlite3"))
+        for part, dependency in parts:
+            component = self.cpp_info.components[part]
+            component.set_property("cmake_target_name", "mqttbroker::" + part)
+            component.set_property("pkg_config_name", "mqttbroker-" + part)
+            component.requires = ["core", dependency]
+            component.bindirs = []
+            component.libdirs = []

@@ -58,16 +58,18 @@ run_consumer() {
   say "$output"
 }
 
-# Checks whether the program $1 links OpenSSL's libssl and libcrypto ($2: yes or no): the core
-# target must bring neither, the components on OpenSSL both (tls libssl, auth and websocket
-# libcrypto). Skipped where readelf is missing.
-check_openssl_linked() {
+# Checks whether the program $1 links each library named after $2 ($2: yes or no): the core target
+# must bring no optional part's library (OpenSSL's libssl and libcrypto, SQLite's libsqlite3), each
+# component its own (tls libssl, auth and websocket libcrypto, sqlite libsqlite3). Skipped where
+# readelf is missing.
+check_linked() {
   local program="$1" expected="$2" needed library
+  shift 2
   command -v readelf >/dev/null || { say "no readelf: not checking which libraries $program links"; return 0; }
   needed="$(readelf -d "$program" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')"
-  for library in libssl libcrypto; do
+  for library in "$@"; do
     if grep -q "^$library\.so" <<<"$needed"; then
-      [ "$expected" = yes ] || fail "$program links $library, which mqttbroker::mqttbroker must not bring"
+      [ "$expected" = yes ] || fail "$program links $library, which it must not (mqttbroker::mqttbroker must not bring it)"
     else
       [ "$expected" = no ] || fail "$program does not link $library"
     fi

@@ -10,12 +10,15 @@
 # download is blocked (x-block-origin), so a port that would fetch something fails. The port takes
 # its sources from this checkout through MQTTBROKER_PORT_SOURCE_DIR; the library's two dependencies
 # come from stand-in ports that install nothing and leave the system's copies where they are
-# (tests/packaging/vcpkg/ports/asio, fmt and openssl; Debian: libasio-dev, libfmt-dev,
-# libssl-dev). The consumer uses fmt without asking for it, so it builds only if the installed
-# package hands fmt on; and the dependencies vcpkg recorded for the port must name asio and fmt.
-# Installed without features, the package must claim no component on OpenSSL (though the system
-# has one); then a second consumer asks for mqttbroker[openssl] and builds and runs a program on
-# the components auth, tls and websocket, and vcpkg must have recorded openssl for that feature.
+# (tests/packaging/vcpkg/ports/asio, fmt, openssl and sqlite3; Debian: libasio-dev, libfmt-dev,
+# libssl-dev, libsqlite3-dev). The consumer uses fmt without asking for it, so it builds only if the
+# installed package hands fmt on; and the dependencies vcpkg recorded for the port must name asio
+# and fmt. Installed without features, the package must claim no component on OpenSSL or SQLite
+# (though the system has both); then a second consumer asks for mqttbroker[openssl] and builds and
+# runs a program on the components auth, tls and websocket, and vcpkg must have recorded openssl
+# for that feature; a third likewise for mqttbroker[sqlite], the component sqlite and sqlite3.
+# Where the system has no SQLite for the stand-in sqlite3 port, the third is skipped, saying so
+# (a failure when CI is set).
 PACKAGING_NAME=vcpkg
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -115,28 +118,53 @@ for dependency in asio fmt; do
   [[ ", $depends," == *", $dependency,"* ]] ||
     fail "vcpkg installed mqttbroker with the dependencies '$depends', without $dependency"
 done
-[[ ", $depends," != *", openssl,"* ]] || fail "without the feature openssl, vcpkg installed mqttbroker on openssl"
+for dependency in openssl sqlite3; do
+  [[ ", $depends," != *", $dependency,"* ]] || fail "without features, vcpkg installed mqttbroker on $dependency"
+done
 grep -q "^Requires: fmt" "$triplet_dir/lib/pkgconfig/mqttbroker.pc" ||
   fail "the port's mqttbroker.pc does not require fmt"
-# Without the feature the system's OpenSSL must not have been used: no component's export file.
-for part in Auth Tls Websocket; do
+# Without features the system's OpenSSL and SQLite must not have been used: no component's export
+# file.
+for part in Auth Tls Websocket Sqlite; do
   [ ! -e "$triplet_dir/share/mqttbroker/mqttbroker${part}Targets.cmake" ] ||
-    fail "without the feature openssl, the port installed mqttbroker${part}Targets.cmake"
+    fail "without features, the port installed mqttbroker${part}Targets.cmake"
 done
 run_consumer "$consumer_build"
-check_openssl_linked "$consumer_build/packaging_consumer" no
+check_linked "$consumer_build/packaging_consumer" no libssl libcrypto libsqlite3
 
-say "a consumer of mqttbroker[openssl]: the components auth, tls and websocket"
-build_consumer consumer-openssl '{ "name": "mqttbroker", "features": [ "openssl" ] }' -DMQTTBROKER_CONSUMER_OPENSSL=ON
-for part in Auth Tls Websocket; do
-  [ -f "$triplet_dir/share/mqttbroker/mqttbroker${part}Targets.cmake" ] ||
-    fail "with the feature openssl, the port did not install mqttbroker${part}Targets.cmake"
-done
-depends="$(recorded_depends openssl)"
-[[ ", $depends," == *", openssl,"* ]] ||
-  fail "vcpkg installed mqttbroker[openssl] with the feature's dependencies '$depends', without openssl"
-run_consumer "$consumer_build"
-run_consumer "$consumer_build" packaging_consumer_openssl
-check_openssl_linked "$consumer_build/packaging_consumer" no
-check_openssl_linked "$consumer_build/packaging_consumer_openssl" yes
+# A consumer of mqttbroker[$1], a feature on the port $2: it builds packaging_consumer_$1 too
+# (-D$3=ON), which must link the libraries $4 ('a b') that the core program must not; the port
+# must have installed the export files of the components after that (mqttbroker<Name>Targets.cmake)
+# and vcpkg recorded $2 as the feature's dependency.
+feature_consumer() {
+  local feature="$1" port="$2" switch="$3" libraries part parts
+  read -ra libraries <<<"$4"
+  shift 4
+  parts="$*"
+  say "a consumer of mqttbroker[$feature]: the components ${parts,,}"
+  build_consumer "consumer-$feature" "{ \"name\": \"mqttbroker\", \"features\": [ \"$feature\" ] }" "-D$switch=ON"
+  for part in "$@"; do
+    [ -f "$triplet_dir/share/mqttbroker/mqttbroker${part}Targets.cmake" ] ||
+      fail "with the feature $feature, the port did not install mqttbroker${part}Targets.cmake"
+  done
+  depends="$(recorded_depends "$feature")"
+  [[ ", $depends," == *", $port,"* ]] ||
+    fail "vcpkg installed mqttbroker[$feature] with the feature's dependencies '$depends', without $port"
+  run_consumer "$consumer_build"
+  run_consumer "$consumer_build" "packaging_consumer_$feature"
+  check_linked "$consumer_build/packaging_consumer" no "${libraries[@]}"
+  check_linked "$consumer_build/packaging_consumer_$feature" yes "${libraries[@]}"
+}
+
+feature_consumer openssl openssl MQTTBROKER_CONSUMER_OPENSSL "libssl libcrypto" Auth Tls Websocket
+
+# The stand-in sqlite3 port leaves the system's SQLite where it is: without one, that part is
+# skipped.
+if [ ! -f /usr/include/sqlite3.h ] || [[ "$("${CXX:-c++}" -print-file-name=libsqlite3.so)" != /* ]]; then
+  reason="no SQLite 3 in /usr/include or libsqlite3.so for ${CXX:-c++} (Debian: libsqlite3-dev) for the stand-in sqlite3 port"
+  [ -z "${CI:-}" ] || fail "$reason, and CI is set"
+  say "passed, without the consumer of mqttbroker[sqlite] (SKIPPED: $reason)"
+  exit 0
+fi
+feature_consumer sqlite sqlite3 MQTTBROKER_CONSUMER_SQLITE libsqlite3 Sqlite
 say "passed"

@@ -143,10 +143,19 @@ class protocol : public core<Policies> {
         on_connect(l, std::get<codec::connect>(p), now);
         break;
       case 2: on_publish(l, std::get<codec::publish>(p), now); break;
-      case 3: on_puback(l, std::get<codec::puback>(p), now); break;
-      case 4: on_pubrec(l, std::get<codec::pubrec>(p), now); break;
+      case 3:
+        on_puback(l, std::get<codec::puback>(p), now);
+        commit_delivered();
+        break;
+      case 4:
+        on_pubrec(l, std::get<codec::pubrec>(p), now);
+        commit_delivered();
+        break;
       case 5: on_pubrel(l, std::get<codec::pubrel>(p), now); break;
-      case 6: on_pubcomp(l, std::get<codec::pubcomp>(p), now); break;
+      case 6:
+        on_pubcomp(l, std::get<codec::pubcomp>(p), now);
+        commit_delivered();
+        break;
       case 7: on_subscribe(l, std::get<codec::subscribe>(p), now); break;
       case 9: on_unsubscribe(l, std::get<codec::unsubscribe>(p), now); break;
       case 11: l.send(codec::pingresp{}, now); break;
@@ -155,6 +164,14 @@ class protocol : public core<Policies> {
       default: violation(l, protocol_errc::unexpected_packet, now); break;
     }
     return !l.is_closing() && !l.pace_pending() && !l.paused();
+  }
+
+  /// A client's acknowledgement of a delivery changed what its session owes, and nothing waits
+  /// for that change: it still joins the next batch now, not whenever a later packet takes a
+  /// ticket, so that it lands in the batch that adds the entry it deletes and neither is written.
+  void commit_delivered() {
+    if constexpr (base::durable)
+      if (base::take_recorded()) this->storage().commit();
   }
 
   /// Packets were decoded from input read at `now`: Keep Alive counts from there.

@@ -9,16 +9,24 @@ class TestPackageConan(ConanFile):
     settings = "os", "arch", "compiler", "build_type"
     generators = "CMakeDeps"
 
+    # The optional parts are tried too where the package was made with them: option, CMake switch,
+    # program.
+    _parts = (("with_openssl", "TEST_OPENSSL_PARTS", "test_package_openssl"),
+              ("with_sqlite", "TEST_SQLITE_PART", "test_package_sqlite"))
+
     def requirements(self):
         self.requires(self.tested_reference_str)
 
     def layout(self):
         cmake_layout(self)
 
+    def _made_with(self, option):
+        return bool(self.dependencies["mqttbroker"].options.get_safe(option))
+
     def generate(self):
-        # The OpenSSL parts are tried too where the package was made with them (with_openssl).
         toolchain = CMakeToolchain(self)
-        toolchain.cache_variables["TEST_OPENSSL_PARTS"] = bool(self.dependencies["mqttbroker"].options.with_openssl)
+        for option, switch, _ in self._parts:
+            toolchain.cache_variables[switch] = self._made_with(option)
         toolchain.generate()
 
     def build(self):
@@ -29,5 +37,6 @@ class TestPackageConan(ConanFile):
     def test(self):
         if can_run(self):
             self.run(os.path.join(self.cpp.build.bindir, "test_package"), env="conanrun")
-            if self.dependencies["mqttbroker"].options.with_openssl:
-                self.run(os.path.join(self.cpp.build.bindir, "test_package_openssl"), env="conanrun")
+            for option, _, program in self._parts:
+                if self._made_with(option):
+                    self.run(os.path.join(self.cpp.build.bindir, program), env="conanrun")

@@ -11,7 +11,6 @@
 #include <asio.hpp>
 #include <fmt/format.h>
 
-#include <array>
 #include <cstdio>
 #include <string>
 
@@ -26,17 +25,8 @@ int main() {
       0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 30, 0, 1, 'c',
       0x30, 23, 0, 13, 'p', 'a', 'c', 'k', 'a', 'g', 'i', 'n', 'g', '/', 't', 'c', 'p',
       'o', 'v', 'e', 'r', ' ', 't', 'c', 'p'};
-  std::array<unsigned char, 4> connack{};
-  run.client.async_connect(run.server(0), [&](std::error_code ec) {
-    if (ec) return run.finish();
-    asio::async_write(run.client, asio::buffer(packets), [&](std::error_code wec, std::size_t) {
-      if (wec) return run.finish();
-      asio::async_read(run.client, asio::buffer(connack), [&](std::error_code rec, std::size_t) {
-        // CONNACK: type 2, remaining length 2, no session present, return code 0 (accepted).
-        run.connack(!rec && connack == std::array<unsigned char, 4>{0x20, 2, 0, 0});
-      });
-    });
-  });
+  // CONNACK: type 2, remaining length 2, no session present, return code 0 (accepted).
+  run.exchange(0, asio::buffer(packets), {0x20, 2, 0, 0});
   run.io.run();
 
   const std::string report = fmt::format(

@@ -22,11 +22,17 @@ endif()
 # named for the dependency it adds, as the Conan recipe's option with_openssl is. With it, OpenSSL
 # must be found (vcpkg's openssl port); without it, it must not be, even where the system has one,
 # so that the installed config claims no component whose dependency vcpkg did not install.
+# Feature sqlite: the component sqlite (mqttbroker::sqlite, the durable storage), on vcpkg's sqlite3
+# port, likewise required with the feature and switched off without it. A feature of its own, as
+# the Conan recipe's option with_sqlite is: another dependency, for other programs than the
+# OpenSSL parts; named for the component, which is the storage's name in the library too.
 vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
   FEATURES
     openssl CMAKE_REQUIRE_FIND_PACKAGE_OpenSSL
+    sqlite CMAKE_REQUIRE_FIND_PACKAGE_SQLite3
   INVERTED_FEATURES
     openssl CMAKE_DISABLE_FIND_PACKAGE_OpenSSL
+    sqlite CMAKE_DISABLE_FIND_PACKAGE_SQLite3
 )
 
 vcpkg_cmake_configure(

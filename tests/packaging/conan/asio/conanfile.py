@@ -2,7 +2,6 @@ import os
 import re
 
 from conan import ConanFile
-from conan.errors import ConanInvalidConfiguration
 from conan.tools.files import copy, load
 
 
@@ -15,19 +14,18 @@ class AsioStandIn(ConanFile):
     description = "Test-only stand-in: the system's standalone Asio headers"
     license = "BSL-1.0"
     package_type = "header-library"
-    settings = "os", "arch", "compiler", "build_type"
-    no_copy_source = True
+    python_requires = "mqttbroker-standin/1.0"
+    python_requires_extend = "mqttbroker-standin.SystemPackage"
 
     def package_id(self):
         self.info.clear()
 
     def package(self):
-        include = os.environ.get("MQTTBROKER_ASIO_INCLUDE_DIR", "/usr/include")
+        include = self._folder("MQTTBROKER_ASIO_INCLUDE_DIR", "/usr/include")
         header = load(self, os.path.join(include, "asio", "version.hpp"))
         number = int(re.search(r"#define ASIO_VERSION (\d+)", header).group(1))
         found = "{}.{}.{}".format(number // 100000, number // 100 % 1000, number % 100)
-        if found != str(self.version):
-            raise ConanInvalidConfiguration("{} holds Asio {}, not {}".format(include, found, self.version))
+        self._expect_version(found, include, "Asio")
         destination = os.path.join(self.package_folder, "include")
         copy(self, "asio.hpp", include, destination)
         copy(self, "asio/*", include, destination)

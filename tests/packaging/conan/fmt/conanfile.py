@@ -2,7 +2,6 @@ import os
 import re
 
 from conan import ConanFile
-from conan.errors import ConanInvalidConfiguration
 from conan.tools.files import copy, load
 
 
@@ -23,23 +22,18 @@ class FmtStandIn(ConanFile):
     description = "Test-only stand-in: the system's fmt, headers and shared library"
     license = "MIT"
     package_type = "shared-library"
-    settings = "os", "arch", "compiler", "build_type"
-    no_copy_source = True
+    python_requires = "mqttbroker-standin/1.0"
+    python_requires_extend = "mqttbroker-standin.SystemPackage"
 
     def package(self):
-        include = os.environ.get("MQTTBROKER_FMT_INCLUDE_DIR", "/usr/include")
-        libdir = os.environ.get("MQTTBROKER_FMT_LIB_DIR", "")
-        if not libdir or not os.path.exists(os.path.join(libdir, "libfmt.so")):
-            raise ConanInvalidConfiguration(
-                "MQTTBROKER_FMT_LIB_DIR ('{}') holds no libfmt.so (Debian: libfmt-dev)".format(libdir))
+        include = self._folder("MQTTBROKER_FMT_INCLUDE_DIR", "/usr/include")
+        libdir = self._folder("MQTTBROKER_FMT_LIB_DIR", holding=["libfmt.so"], debian="libfmt-dev")
         header = load(self, os.path.join(include, "fmt", "core.h"))
         number = int(re.search(r"#define FMT_VERSION (\d+)", header).group(1))
         found = "{}.{}.{}".format(number // 10000, number // 100 % 100, number % 100)
-        if found != str(self.version):
-            raise ConanInvalidConfiguration("{} holds fmt {}, not {}".format(include, found, self.version))
+        self._expect_version(found, include, "fmt")
         copy(self, "fmt/*.h", include, os.path.join(self.package_folder, "include"))
-        # libfmt.so -> libfmt.so.9 -> libfmt.so.9.1.0: copy() keeps the relative links.
-        copy(self, "libfmt.so*", libdir, os.path.join(self.package_folder, "lib"), keep_path=False)
+        self._copy_libraries(libdir, "libfmt.so*")
 
     def package_info(self):
         self.cpp_info.set_property("cmake_file_name", "fmt")

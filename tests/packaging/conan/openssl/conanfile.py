@@ -20,23 +20,18 @@ class OpenSSLStandIn(ConanFile):
     description = "Test-only stand-in: the system's OpenSSL, headers and shared libraries"
     license = "Apache-2.0"
     package_type = "shared-library"
-    settings = "os", "arch", "compiler", "build_type"
-    no_copy_source = True
+    python_requires = "mqttbroker-standin/1.0"
+    python_requires_extend = "mqttbroker-standin.SystemPackage"
 
     def package(self):
-        include = os.environ.get("MQTTBROKER_OPENSSL_INCLUDE_DIR", "/usr/include")
-        arch_include = os.environ.get("MQTTBROKER_OPENSSL_ARCH_INCLUDE_DIR", "")
-        libdir = os.environ.get("MQTTBROKER_OPENSSL_LIB_DIR", "")
-        for library in ("libssl.so", "libcrypto.so"):
-            if not libdir or not os.path.exists(os.path.join(libdir, library)):
-                raise ConanInvalidConfiguration(
-                    "MQTTBROKER_OPENSSL_LIB_DIR ('{}') holds no {} (Debian: libssl-dev)".format(libdir, library))
+        include = self._folder("MQTTBROKER_OPENSSL_INCLUDE_DIR", "/usr/include")
+        arch_include = self._folder("MQTTBROKER_OPENSSL_ARCH_INCLUDE_DIR")
+        libdir = self._folder("MQTTBROKER_OPENSSL_LIB_DIR", holding=["libssl.so", "libcrypto.so"], debian="libssl-dev")
         # "OpenSSL 3.0.19 27 Jan 2026", "OpenSSL 1.1.1w  11 Sep 2023": the version is the second word.
         header = load(self, os.path.join(include, "openssl", "opensslv.h"))
         found = re.search(r'#\s*define OPENSSL_VERSION_TEXT\s+"OpenSSL (\S+)', header)
         found = found.group(1) if found else "(no OPENSSL_VERSION_TEXT)"
-        if found != str(self.version):
-            raise ConanInvalidConfiguration("{} holds OpenSSL {}, not {}".format(include, found, self.version))
+        self._expect_version(found, include, "OpenSSL")
         destination = os.path.join(self.package_folder, "include")
         copy(self, "openssl/*.h", include, destination)
         if arch_include:
@@ -44,9 +39,7 @@ class OpenSSLStandIn(ConanFile):
         if not os.path.exists(os.path.join(destination, "openssl", "opensslconf.h")):
             raise ConanInvalidConfiguration(
                 "no openssl/opensslconf.h in {} or {} (Debian: /usr/include/<multiarch>)".format(include, arch_include))
-        # libssl.so -> libssl.so.3: copy() keeps the relative links.
-        for pattern in ("libssl.so*", "libcrypto.so*"):
-            copy(self, pattern, libdir, os.path.join(self.package_folder, "lib"), keep_path=False)
+        self._copy_libraries(libdir, "libssl.so*", "libcrypto.so*")
 
     def package_info(self):
         self.cpp_info.set_property("cmake_find_mode", "both")
