@@ -74,6 +74,29 @@ TEST_CASE("QoS 2 goes PUBLISH, PUBREC, PUBREL, PUBCOMP and tolerates a repeated 
   CHECK(s.inflight_count() == 0);
 }
 
+TEST_CASE("acknowledgements find their message in any order, with PUBCOMPs lagging behind PUBRECs",
+          "[session][MQTT-4.3.3-1]") {
+  session::state s("c");
+  std::vector<std::uint16_t> ids;
+  for (int i = 0; i < 20; ++i) {  // the default in-flight window
+    auto o = out(msg(), codec::qos::exactly_once);
+    REQUIRE(s.offer(o, true) == session::admission::send);
+    ids.push_back(o.packet_id);
+  }
+  auto id = [&](int i) { return ids[static_cast<std::size_t>(i)]; };
+  for (int i = 0; i < 15; ++i) CHECK(s.on_pubrec(id(i)));  // in order
+  for (int i = 0; i < 5; ++i) CHECK(s.on_pubcomp(id(i)));  // the front leaves
+  CHECK(s.on_pubrec(id(15)));  // just after the last one found, with the front gone
+  for (int i = 19; i > 15; --i) CHECK(s.on_pubrec(id(i)));  // backwards
+  CHECK(s.on_pubrec(id(8)));  // repeated, behind where the scan starts
+  for (int i = 12; i >= 5; --i) CHECK(s.on_pubcomp(id(i)));  // from the middle
+  CHECK_FALSE(s.on_pubrec(id(0)));  // gone
+  CHECK_FALSE(s.on_pubcomp(id(10)));
+  CHECK(s.inflight_count() == 7);
+  for (int i = 13; i < 20; ++i) CHECK(s.on_pubcomp(id(i)));
+  CHECK(s.inflight_count() == 0);
+}
+
 TEST_CASE("a full in-flight window queues, and acknowledgements release in order", "[session]") {
   session::limits l;
   l.max_inflight = 2;
