@@ -4698,6 +4698,7 @@ class state {
     detail::fifo<outgoing> queue;
     std::size_t queued_bytes = 0;
     std::uint16_t next_id = 0;
+    std::size_t find_hint = 0;  // where find() starts: just after its last hit
     std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
     std::vector<std::uint16_t> inbound_qos2;  // sorted
     std::uint16_t send_window = 0xFFFF;       // the client's Receive Maximum
@@ -4766,11 +4767,22 @@ class state {
       t.in_use[id >> 6] &= ~bit;
   }
 
+  /// The entry in flight with identifier `id`. Acknowledgements mostly come in order, so the
+  /// scan starts just after the last entry found and wraps: a PUBREC finds its entry at once even
+  /// behind thousands awaiting their PUBCOMP (a durable store holds each PUBREL for a commit).
   inflight_entry* find(std::uint16_t id) noexcept {
     if (!traffic_) return nullptr;
-    // Acknowledgements mostly come in order, so the front is the usual hit.
-    for (inflight_entry& e : traffic_->inflight)
-      if (e.pub.packet_id == id) return &e;
+    traffic& t = *traffic_;
+    const std::size_t n = t.inflight.size();
+    const std::size_t start = t.find_hint < n ? t.find_hint : 0;
+    auto first = t.inflight.begin();
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = start + k < n ? start + k : start + k - n;
+      if (first[static_cast<std::ptrdiff_t>(i)].pub.packet_id == id) {
+        t.find_hint = i + 1;
+        return &first[static_cast<std::ptrdiff_t>(i)];
+      }
+    }
     return nullptr;
   }
 
@@ -4781,6 +4793,8 @@ class state {
       if (it->pub.packet_id == id) {
         if (it->state != expected) return false;
         mark(t, id, false);
+        // The entries after it move one place forward: so does the hint if it pointed past it.
+        if (static_cast<std::size_t>(it - t.inflight.begin()) < t.find_hint) --t.find_hint;
         t.inflight.erase(it);
         return true;
       }

@@ -32,7 +32,6 @@
 #include <vector>
 
 #if defined(MQTTBROKER_CRASH_POINTS)
-#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #endif
