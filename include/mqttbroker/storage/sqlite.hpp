@@ -827,7 +827,7 @@ class sqlite {
     std::uint64_t commit() {
       std::unique_lock<std::mutex> lk(mutex);
       if (!recorded) return issued;  // nothing new: durable with the tickets before it
-      seen_ms = std::max(seen_ms, stamp(wall_now()));
+      // No clock read here (once per packet): the batch's write stamps its save time.
       ++issued;
       recorded = false;
       const std::uint64_t ticket = issued;
