@@ -153,9 +153,10 @@ cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
 tsan_targets=(mqttbroker_mt_tests mqttbroker_server)
-# The SQLite store's tests too, where it is built (a thread of its own reports to the broker).
+# The SQLite store's tests and the server with its crash points too, where it is built (a thread
+# of its own reports to the broker).
 if cmake --build build/tsan --target help | grep -q mqttbroker_sqlite_tests; then
-  tsan_targets+=(mqttbroker_sqlite_tests)
+  tsan_targets+=(mqttbroker_sqlite_tests mqttbroker_server_crashpoints)
 fi
 cmake --build build/tsan -j "$JOBS" --target "${tsan_targets[@]}"
 (

@@ -4698,6 +4698,7 @@ class state {
     detail::fifo<outgoing> queue;
     std::size_t queued_bytes = 0;
     std::uint16_t next_id = 0;
+    std::size_t find_hint = 0;  // where find() starts: just after its last hit
     std::vector<std::uint64_t> in_use;  // identifiers in flight, with a window above small_window
     std::vector<std::uint16_t> inbound_qos2;  // sorted
     std::uint16_t send_window = 0xFFFF;       // the client's Receive Maximum
@@ -4766,11 +4767,22 @@ class state {
       t.in_use[id >> 6] &= ~bit;
   }
 
+  /// The entry in flight with identifier `id`. Acknowledgements mostly come in order, so the
+  /// scan starts just after the last entry found and wraps: a PUBREC finds its entry at once even
+  /// behind thousands awaiting their PUBCOMP (a durable store holds each PUBREL for a commit).
   inflight_entry* find(std::uint16_t id) noexcept {
     if (!traffic_) return nullptr;
-    // Acknowledgements mostly come in order, so the front is the usual hit.
-    for (inflight_entry& e : traffic_->inflight)
-      if (e.pub.packet_id == id) return &e;
+    traffic& t = *traffic_;
+    const std::size_t n = t.inflight.size();
+    const std::size_t start = t.find_hint < n ? t.find_hint : 0;
+    auto first = t.inflight.begin();
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = start + k < n ? start + k : start + k - n;
+      if (first[static_cast<std::ptrdiff_t>(i)].pub.packet_id == id) {
+        t.find_hint = i + 1;
+        return &first[static_cast<std::ptrdiff_t>(i)];
+      }
+    }
     return nullptr;
   }
 
@@ -4781,6 +4793,8 @@ class state {
       if (it->pub.packet_id == id) {
         if (it->state != expected) return false;
         mark(t, id, false);
+        // The entries after it move one place forward: so does the hint if it pointed past it.
+        if (static_cast<std::size_t>(it - t.inflight.begin()) < t.find_hint) --t.find_hint;
         t.inflight.erase(it);
         return true;
       }
@@ -7550,6 +7564,7 @@ MQTTBROKER_END_NAMESPACE
 
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string_view>
@@ -7565,6 +7580,17 @@ namespace storage {
 /// restart), PUBREC received (PUBREL owed), completed (gone from the store).
 enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 
+/// How one session receives a message beyond the message itself, which a resend after a restart
+/// must repeat: the QoS granted, the RETAIN flag as first sent ([MQTT-3.3.1-8], 3.1.1
+/// [MQTT-3.3.1-9], 5.0 Retain As Published [MQTT-3.3.1-12]) and the 5.0 Subscription Identifiers
+/// of the matching subscriptions [MQTT-3.3.4-3]. The identifiers are borrowed for the call.
+struct delivery {
+  codec::qos qos_level = codec::qos::at_most_once;
+  bool retain = false;
+  const std::uint32_t* subscription_ids = nullptr;
+  std::size_t subscription_id_count = 0;
+};
+
 /// What a durable store gives back at start, through the broker's loader (load()):
 ///   void session(std::string_view client_id, std::uint32_t expiry_seconds);   // expiry runs from now
 ///   void session(std::string_view client_id, std::uint32_t expiry_seconds, std::chrono::seconds left);
@@ -7573,6 +7599,8 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
 ///   void retained(message_ptr);
 ///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, codec::qos, outgoing_state);
+///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, const delivery&, outgoing_state);
+///       // the same with the RETAIN flag and Subscription Identifiers it was first sent with
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id, message_ptr unrouted);
 ///       // the same, for a message committed but not yet routed (no routed() record): the broker
@@ -7594,6 +7622,9 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void erase_retained(std::string_view topic);
 ///   void enqueue(std::string_view client_id, const message_ptr&, codec::qos);  // waits for the session
 ///   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr&, codec::qos);  // queued -> in flight
+///       // or, either or both instead, taking what a resend must repeat (a store that keeps it):
+///   void enqueue(std::string_view client_id, const message_ptr&, const delivery&);
+///   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr&, const delivery&);
 ///   void pubrec(std::string_view client_id, std::uint16_t packet_id);          // QoS 2 out: PUBREL owed
 ///   void acknowledge(std::string_view client_id, std::uint16_t packet_id);     // PUBACK or PUBCOMP: gone
 ///   void drop(std::string_view client_id, const message_ptr&);                 // a queued message the limits dropped
@@ -7665,6 +7696,9 @@ MQTTBROKER_STORAGE_CALL(has_save_retained, save_retained(lvalue<const message_pt
 MQTTBROKER_STORAGE_CALL(has_erase_retained, erase_retained(id()))
 MQTTBROKER_STORAGE_CALL(has_enqueue, enqueue(id(), lvalue<const message_ptr>(), codec::qos()))
 MQTTBROKER_STORAGE_CALL(has_send, send(id(), std::uint16_t(), lvalue<const message_ptr>(), codec::qos()))
+MQTTBROKER_STORAGE_CALL(has_enqueue_delivery, enqueue(id(), lvalue<const message_ptr>(), lvalue<const delivery>()))
+MQTTBROKER_STORAGE_CALL(has_send_delivery,
+                        send(id(), std::uint16_t(), lvalue<const message_ptr>(), lvalue<const delivery>()))
 MQTTBROKER_STORAGE_CALL(has_pubrec, pubrec(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_acknowledge, acknowledge(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_drop, drop(id(), lvalue<const message_ptr>()))
@@ -7705,8 +7739,10 @@ constexpr bool check_storage() {
                   "mqttbroker: the durable storage has no erase_subscription(client_id, filter)");
     static_assert(has_save_retained<T>::value, "mqttbroker: the durable storage has no save_retained(message)");
     static_assert(has_erase_retained<T>::value, "mqttbroker: the durable storage has no erase_retained(topic)");
-    static_assert(has_enqueue<T>::value, "mqttbroker: the durable storage has no enqueue(client_id, message, qos)");
-    static_assert(has_send<T>::value, "mqttbroker: the durable storage has no send(client_id, packet_id, message, qos)");
+    static_assert(has_enqueue<T>::value || has_enqueue_delivery<T>::value,
+                  "mqttbroker: the durable storage has no enqueue(client_id, message, qos or delivery)");
+    static_assert(has_send<T>::value || has_send_delivery<T>::value,
+                  "mqttbroker: the durable storage has no send(client_id, packet_id, message, qos or delivery)");
     static_assert(has_pubrec<T>::value, "mqttbroker: the durable storage has no pubrec(client_id, packet_id)");
     static_assert(has_acknowledge<T>::value, "mqttbroker: the durable storage has no acknowledge(client_id, packet_id)");
     static_assert(has_drop<T>::value, "mqttbroker: the durable storage has no drop(client_id, message)");
@@ -7907,11 +7943,21 @@ class core {
     void retained(message_ptr m) { e_.retained_.set(std::move(m)); }
     void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, codec::qos q,
                   storage::outgoing_state state) {
+      storage::delivery d;
+      d.qos_level = q;
+      outgoing(client_id, packet_id, std::move(m), d, state);
+    }
+    /// With what its first send carried: a resend repeats its RETAIN flag and Subscription
+    /// Identifiers [MQTT-3.3.4-3].
+    void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, const storage::delivery& d,
+                  storage::outgoing_state state) {
       session_type* rec = find(client_id);
       if (rec == nullptr) return;
       session::outgoing o;
       o.msg = std::move(m);
-      o.qos_level = q;
+      o.qos_level = d.qos_level;
+      o.retain = d.retain;
+      for (std::size_t i = 0; i < d.subscription_id_count; ++i) o.subscription_ids.push_back(d.subscription_ids[i]);
       o.packet_id = packet_id;
       if (state == storage::outgoing_state::queued)
         rec->state.offer(o, false);
@@ -8384,6 +8430,27 @@ class core {
     return n;
   }
 
+  /// What a resend of `o` after a restart must repeat (storage::delivery), its identifiers borrowed.
+  static storage::delivery delivery_of(const session::outgoing& o) noexcept {
+    return storage::delivery{o.qos_level, o.retain, o.subscription_ids.begin(), o.subscription_ids.size()};
+  }
+  /// A message recorded as in flight, or queued, in the store's own form of the call.
+  template <class Store>
+  static void store_send(Store& st, std::string_view client_id, std::uint16_t packet_id, const message_ptr& m,
+                         const storage::delivery& d) {
+    if constexpr (storage::detail::has_send_delivery<Store>::value)
+      st.send(client_id, packet_id, m, d);
+    else
+      st.send(client_id, packet_id, m, d.qos_level);
+  }
+  template <class Store>
+  static void store_enqueue(Store& st, std::string_view client_id, const message_ptr& m, const storage::delivery& d) {
+    if constexpr (storage::detail::has_enqueue_delivery<Store>::value)
+      st.enqueue(client_id, m, d);
+    else
+      st.enqueue(client_id, m, d.qos_level);
+  }
+
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
   /// `share_group`: the group it comes through, if any.
@@ -8405,15 +8472,17 @@ class core {
     }
     admission adm;
     if constexpr (durable) {
+      // offer() moves `o` into the queue: what the store keeps is taken from `m` and `d`.
+      const storage::delivery kept_as{o.qos_level, o.retain, d.identifiers.data(), d.identifiers.size()};
       adm = rec->state.offer(o, c != nullptr, [&](const session::outgoing& gone) {
         if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
           record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
       });
-      if (o.qos_level != codec::qos::at_most_once && kept(*rec) && adm != admission::dropped) {
+      if (kept_as.qos_level != codec::qos::at_most_once && kept(*rec) && adm != admission::dropped) {
         if (adm == admission::send)
-          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, m, o.qos_level); });
+          record([&](auto& st) { store_send(st, rec->state.client_id(), o.packet_id, m, kept_as); });
         else
-          record([&](auto& st) { st.enqueue(rec->state.client_id(), m, o.qos_level); });
+          record([&](auto& st) { store_enqueue(st, rec->state.client_id(), m, kept_as); });
       }
     } else {
       adm = rec->state.offer(o, c != nullptr);
@@ -8603,7 +8672,7 @@ class core {
     while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
-        record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
+        record([&](auto& st) { store_send(st, rec->state.client_id(), o->packet_id, o->msg, delivery_of(*o)); });
       send_durable(l, *rec, *o, now);
     }
     // Retained messages go out while the transport keeps up and the window has room; the rest
@@ -8624,7 +8693,7 @@ class core {
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
-          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, o.msg, o.qos_level); });
+          record([&](auto& st) { store_send(st, rec->state.client_id(), o.packet_id, o.msg, delivery_of(o)); });
         send_durable(l, *rec, o, now);
       }
     }

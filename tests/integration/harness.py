@@ -178,8 +178,8 @@ class Broker:
                  ("ws", re.compile(r"WebSocket listening on ws://[0-9.]+:(\d+)")),
                  ("wss", re.compile(r"WebSocket listening on wss://[0-9.]+:(\d+)")))
 
-    def __init__(self, *args, env=None):
-        self.args = [broker_binary(), "--bind", HOST, "--port", "0", *args]
+    def __init__(self, *args, env=None, binary=None):
+        self.args = [binary or broker_binary(), "--bind", HOST, "--port", "0", *args]
         threads = os.environ.get("MQTTBROKER_IT_THREADS")  # run a whole module on N threads
         if threads and "--threads" not in args:
             self.args += ["--threads", threads]

@@ -4,8 +4,11 @@ and slow to acknowledge: after every restart, each message the broker acknowledg
 PUBREC for QoS 2) reaches both subscribers, QoS 2 exactly once and QoS 1 at least once, in the
 order of its publisher; the retained message and the sessions stay.
 
-The moments come from a seed, printed (MQTTBROKER_KILL_SEED repeats a run). Raw MQTT 3.1.1 over
-sockets, so the test sees every acknowledgement and keeps each client's session state itself
+The moments come from a seed, printed (MQTTBROKER_KILL_SEED repeats a run). A second test does the
+same with the server built with the storage's crash points (MQTTBROKER_CRASHPOINT_SERVER): each
+broker life dies at one named point (MQTTBROKER_CRASH_AT, storage/sqlite.hpp), so every window
+between a commit and its acknowledgements is hit every run, and one start dies while loading.
+Raw MQTT 3.1.1 over sockets, so the test sees every acknowledgement and keeps each client's session state itself
 (packet identifiers in flight, QoS 2 identifiers received and not released) across reconnects.
 """
 
@@ -13,6 +16,8 @@ import os
 import random
 import select
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 import unittest
@@ -24,6 +29,12 @@ ROUND = (0.3, 1.5)        # seconds of traffic before each kill
 PACE = 0.01               # seconds between a publisher's messages
 WINDOW = 8                # a publisher's messages in flight at once
 SLOW_ACK = 0.05           # the slow subscriber holds its acknowledgements this long
+CRASH_WAIT = 30           # seconds of traffic a crash point may take to be reached (ASan, a busy disk)
+# One broker life per point, armed for its Nth hit (counted from that start), in the middle of the
+# traffic: inside a batch's transaction (after a statement, before COMMIT); after COMMIT before
+# the acknowledgements are handed on; after they were handed on (some sent, some not).
+CRASH_LIVES = ("sqlite.in_transaction:400", "sqlite.committed:100", "sqlite.reported:100")
+LOAD_CRASH = "sqlite.loaded"  # and one start that dies after the load, before anyone is served
 
 
 class Session:
@@ -68,16 +79,29 @@ class PersistenceUnderKills(unittest.TestCase):
         print("kill test seed: %d (MQTTBROKER_KILL_SEED=%d repeats it)" % (seed, seed), flush=True)
         self.rng = random.Random(seed)
         self.broker = None
+        self.server = None  # MQTTBROKER_SERVER
         self.addCleanup(self._stop)
 
     def _stop(self):
         if self.broker is not None and self.broker.alive():
             self.broker.kill()
 
-    def start(self):
-        self.broker = h.Broker("--persistence", self.dir, "--max-queued-messages", "100000",
-                               "--max-inflight", "16")
+    ARGS = ("--max-queued-messages", "100000", "--max-inflight", "16")
+
+    def start(self, crash_at=None):
+        env = {"MQTTBROKER_CRASH_AT": crash_at} if crash_at else None
+        self.broker = h.Broker("--persistence", self.dir, *self.ARGS, env=env, binary=self.server)
         return self.broker.port
+
+    def crash_while_loading(self):
+        """A start armed to die once the store is loaded: it must die so, before listening."""
+        args = [self.server, "--bind", h.HOST, "--port", "0", "--persistence", self.dir, *self.ARGS]
+        done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, errors="replace", timeout=h.WAIT * 3,
+                              env=dict(os.environ, MQTTBROKER_CRASH_AT=LOAD_CRASH))
+        self.assertEqual(done.returncode, -signal.SIGKILL,
+                         "%s: the start did not die there; log:\n%s" % (LOAD_CRASH, done.stderr[-4000:]))
+        self.assertNotIn("listening on", done.stderr, "%s: the broker served before it died" % LOAD_CRASH)
 
     # ---- the clients' side of the protocol
 
@@ -171,6 +195,17 @@ class PersistenceUnderKills(unittest.TestCase):
                     s.lost()
 
     def test_acknowledged_messages_survive_sigkill(self):
+        self.survive([None] * KILLS)
+
+    def test_acknowledged_messages_survive_each_crash_point(self):
+        self.server = os.environ.get("MQTTBROKER_CRASHPOINT_SERVER")
+        if not self.server:
+            self.skipTest("MQTTBROKER_CRASHPOINT_SERVER is not set (the mqttbroker_server_crashpoints target)")
+        self.survive(CRASH_LIVES, load_crash=True)
+
+    def survive(self, lives, load_crash=False):
+        """One broker life per entry of `lives`, each ended by a SIGKILL: a random one (None) or
+        the crash point armed in it; then a last start that must deliver everything acknowledged."""
         q1, q2 = Session("pub-q1"), Session("pub-q2")
         offline, slow = Session("sub-offline"), Session("sub-slow")
         q1.role = q2.role = "pub"
@@ -180,7 +215,7 @@ class PersistenceUnderKills(unittest.TestCase):
         self.delivered = {offline.client_id: [], slow.client_id: []}
         self.reconnects = []
 
-        port = self.start()
+        port = self.start(lives[0])
         for sub in (offline, slow):
             sub.connect(port)
             sub.conn.send(h.subscribe(1, [("kill/#", 2)]))
@@ -194,16 +229,23 @@ class PersistenceUnderKills(unittest.TestCase):
         retained.close()
 
         publishers = [(q1, "kill/q1", 1), (q2, "kill/q2", 2)]
-        for kill in range(KILLS):
+        for life, crash_at in enumerate(lives):
             for pub, topic, qos in publishers:
                 pub.connect(port)
                 self.resume_publisher(pub, topic, qos)
             slow.connect(port)
-            self.pump([q1, q2, slow], time.monotonic() + self.rng.uniform(*ROUND), publishers)
-            self.broker.kill()  # SIGKILL: nothing is flushed, nothing said goodbye
+            if crash_at is None:
+                self.pump([q1, q2, slow], time.monotonic() + self.rng.uniform(*ROUND), publishers)
+                self.broker.kill()  # SIGKILL: nothing is flushed, nothing said goodbye
+            else:
+                self.until_crash(crash_at, [q1, q2, slow], publishers)
             for s in (q1, q2, slow):
                 s.lost()
-            port = self.start()
+            if life + 1 < len(lives):
+                port = self.start(lives[life + 1])
+        if load_crash:
+            self.crash_while_loading()
+        port = self.start()
 
         # The last start: publishers finish what they had in flight, then both subscribers drain.
         for pub, topic, qos in publishers:
@@ -244,6 +286,24 @@ class PersistenceUnderKills(unittest.TestCase):
         c.close()
         self.assertEqual(self.broker.stop(), 0, "the broker did not stop cleanly; log:\n" + self.broker.log())
         h.assert_no_sanitizer_report(self, self.broker.all_lines(), "the broker")
+
+    def until_crash(self, crash_at, sessions, publishers):
+        """Traffic until the broker dies at its armed crash point, which it must, by SIGKILL."""
+        deadline = time.monotonic() + CRASH_WAIT
+        while self.broker.alive() and time.monotonic() < deadline:
+            self.pump(sessions, min(deadline, time.monotonic() + 0.5), publishers)
+            if not any(s.conn is not None for s in sessions):
+                try:
+                    self.broker.proc.wait(timeout=h.WAIT)
+                except subprocess.TimeoutExpired:
+                    break
+        alive = self.broker.alive()
+        self.broker.kill()  # reaps it and closes its log
+        self.assertFalse(alive, "%s: not reached in %d s of traffic; log:\n%s" % (crash_at, CRASH_WAIT, self.broker.log()))
+        self.assertEqual(self.broker.proc.returncode, -signal.SIGKILL,
+                         "%s: the broker ended otherwise; log:\n%s" % (crash_at, self.broker.log()))
+        print("%s: died there, as armed; sent %s, acknowledged %s" % (
+            crash_at, self.sent, {k: len(v) for k, v in self.acked.items()}), flush=True)
 
     def all_delivered(self, publishers, subscribers):
         for sub in subscribers:

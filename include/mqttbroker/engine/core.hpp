@@ -197,11 +197,21 @@ class core {
     void retained(message_ptr m) { e_.retained_.set(std::move(m)); }
     void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, codec::qos q,
                   storage::outgoing_state state) {
+      storage::delivery d;
+      d.qos_level = q;
+      outgoing(client_id, packet_id, std::move(m), d, state);
+    }
+    /// With what its first send carried: a resend repeats its RETAIN flag and Subscription
+    /// Identifiers [MQTT-3.3.4-3].
+    void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr m, const storage::delivery& d,
+                  storage::outgoing_state state) {
       session_type* rec = find(client_id);
       if (rec == nullptr) return;
       session::outgoing o;
       o.msg = std::move(m);
-      o.qos_level = q;
+      o.qos_level = d.qos_level;
+      o.retain = d.retain;
+      for (std::size_t i = 0; i < d.subscription_id_count; ++i) o.subscription_ids.push_back(d.subscription_ids[i]);
       o.packet_id = packet_id;
       if (state == storage::outgoing_state::queued)
         rec->state.offer(o, false);
@@ -674,6 +684,27 @@ class core {
     return n;
   }
 
+  /// What a resend of `o` after a restart must repeat (storage::delivery), its identifiers borrowed.
+  static storage::delivery delivery_of(const session::outgoing& o) noexcept {
+    return storage::delivery{o.qos_level, o.retain, o.subscription_ids.begin(), o.subscription_ids.size()};
+  }
+  /// A message recorded as in flight, or queued, in the store's own form of the call.
+  template <class Store>
+  static void store_send(Store& st, std::string_view client_id, std::uint16_t packet_id, const message_ptr& m,
+                         const storage::delivery& d) {
+    if constexpr (storage::detail::has_send_delivery<Store>::value)
+      st.send(client_id, packet_id, m, d);
+    else
+      st.send(client_id, packet_id, m, d.qos_level);
+  }
+  template <class Store>
+  static void store_enqueue(Store& st, std::string_view client_id, const message_ptr& m, const storage::delivery& d) {
+    if constexpr (storage::detail::has_enqueue_delivery<Store>::value)
+      st.enqueue(client_id, m, d);
+    else
+      st.enqueue(client_id, m, d.qos_level);
+  }
+
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
   /// `share_group`: the group it comes through, if any.
@@ -695,15 +726,17 @@ class core {
     }
     admission adm;
     if constexpr (durable) {
+      // offer() moves `o` into the queue: what the store keeps is taken from `m` and `d`.
+      const storage::delivery kept_as{o.qos_level, o.retain, d.identifiers.data(), d.identifiers.size()};
       adm = rec->state.offer(o, c != nullptr, [&](const session::outgoing& gone) {
         if (gone.qos_level != codec::qos::at_most_once && kept(*rec))
           record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
       });
-      if (o.qos_level != codec::qos::at_most_once && kept(*rec) && adm != admission::dropped) {
+      if (kept_as.qos_level != codec::qos::at_most_once && kept(*rec) && adm != admission::dropped) {
         if (adm == admission::send)
-          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, m, o.qos_level); });
+          record([&](auto& st) { store_send(st, rec->state.client_id(), o.packet_id, m, kept_as); });
         else
-          record([&](auto& st) { st.enqueue(rec->state.client_id(), m, o.qos_level); });
+          record([&](auto& st) { store_enqueue(st, rec->state.client_id(), m, kept_as); });
       }
     } else {
       adm = rec->state.offer(o, c != nullptr);
@@ -893,7 +926,7 @@ class core {
     while (auto o = rec->state.next_ready(now_s, discarded)) {
       hot_.sent.fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
-        record([&](auto& st) { st.send(rec->state.client_id(), o->packet_id, o->msg, o->qos_level); });
+        record([&](auto& st) { store_send(st, rec->state.client_id(), o->packet_id, o->msg, delivery_of(*o)); });
       send_durable(l, *rec, *o, now);
     }
     // Retained messages go out while the transport keeps up and the window has room; the rest
@@ -914,7 +947,7 @@ class core {
       if (adm == admission::send) {
         hot_.sent.fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
-          record([&](auto& st) { st.send(rec->state.client_id(), o.packet_id, o.msg, o.qos_level); });
+          record([&](auto& st) { store_send(st, rec->state.client_id(), o.packet_id, o.msg, delivery_of(o)); });
         send_durable(l, *rec, o, now);
       }
     }

@@ -6,6 +6,7 @@
 #include <mqttbroker/message.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string_view>
@@ -21,6 +22,17 @@ namespace storage {
 /// restart), PUBREC received (PUBREL owed), completed (gone from the store).
 enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 
+/// How one session receives a message beyond the message itself, which a resend after a restart
+/// must repeat: the QoS granted, the RETAIN flag as first sent ([MQTT-3.3.1-8], 3.1.1
+/// [MQTT-3.3.1-9], 5.0 Retain As Published [MQTT-3.3.1-12]) and the 5.0 Subscription Identifiers
+/// of the matching subscriptions [MQTT-3.3.4-3]. The identifiers are borrowed for the call.
+struct delivery {
+  codec::qos qos_level = codec::qos::at_most_once;
+  bool retain = false;
+  const std::uint32_t* subscription_ids = nullptr;
+  std::size_t subscription_id_count = 0;
+};
+
 /// What a durable store gives back at start, through the broker's loader (load()):
 ///   void session(std::string_view client_id, std::uint32_t expiry_seconds);   // expiry runs from now
 ///   void session(std::string_view client_id, std::uint32_t expiry_seconds, std::chrono::seconds left);
@@ -29,6 +41,8 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options, std::uint32_t identifier);
 ///   void retained(message_ptr);
 ///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, codec::qos, outgoing_state);
+///   void outgoing(std::string_view client_id, std::uint16_t packet_id, message_ptr, const delivery&, outgoing_state);
+///       // the same with the RETAIN flag and Subscription Identifiers it was first sent with
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id);   // QoS 2 received, not yet released
 ///   void inbound(std::string_view client_id, std::uint16_t packet_id, message_ptr unrouted);
 ///       // the same, for a message committed but not yet routed (no routed() record): the broker
@@ -50,6 +64,9 @@ enum class outgoing_state : std::uint8_t { queued, sent, pubrec_received };
 ///   void erase_retained(std::string_view topic);
 ///   void enqueue(std::string_view client_id, const message_ptr&, codec::qos);  // waits for the session
 ///   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr&, codec::qos);  // queued -> in flight
+///       // or, either or both instead, taking what a resend must repeat (a store that keeps it):
+///   void enqueue(std::string_view client_id, const message_ptr&, const delivery&);
+///   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr&, const delivery&);
 ///   void pubrec(std::string_view client_id, std::uint16_t packet_id);          // QoS 2 out: PUBREL owed
 ///   void acknowledge(std::string_view client_id, std::uint16_t packet_id);     // PUBACK or PUBCOMP: gone
 ///   void drop(std::string_view client_id, const message_ptr&);                 // a queued message the limits dropped
@@ -121,6 +138,9 @@ MQTTBROKER_STORAGE_CALL(has_save_retained, save_retained(lvalue<const message_pt
 MQTTBROKER_STORAGE_CALL(has_erase_retained, erase_retained(id()))
 MQTTBROKER_STORAGE_CALL(has_enqueue, enqueue(id(), lvalue<const message_ptr>(), codec::qos()))
 MQTTBROKER_STORAGE_CALL(has_send, send(id(), std::uint16_t(), lvalue<const message_ptr>(), codec::qos()))
+MQTTBROKER_STORAGE_CALL(has_enqueue_delivery, enqueue(id(), lvalue<const message_ptr>(), lvalue<const delivery>()))
+MQTTBROKER_STORAGE_CALL(has_send_delivery,
+                        send(id(), std::uint16_t(), lvalue<const message_ptr>(), lvalue<const delivery>()))
 MQTTBROKER_STORAGE_CALL(has_pubrec, pubrec(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_acknowledge, acknowledge(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_drop, drop(id(), lvalue<const message_ptr>()))
@@ -161,8 +181,10 @@ constexpr bool check_storage() {
                   "mqttbroker: the durable storage has no erase_subscription(client_id, filter)");
     static_assert(has_save_retained<T>::value, "mqttbroker: the durable storage has no save_retained(message)");
     static_assert(has_erase_retained<T>::value, "mqttbroker: the durable storage has no erase_retained(topic)");
-    static_assert(has_enqueue<T>::value, "mqttbroker: the durable storage has no enqueue(client_id, message, qos)");
-    static_assert(has_send<T>::value, "mqttbroker: the durable storage has no send(client_id, packet_id, message, qos)");
+    static_assert(has_enqueue<T>::value || has_enqueue_delivery<T>::value,
+                  "mqttbroker: the durable storage has no enqueue(client_id, message, qos or delivery)");
+    static_assert(has_send<T>::value || has_send_delivery<T>::value,
+                  "mqttbroker: the durable storage has no send(client_id, packet_id, message, qos or delivery)");
     static_assert(has_pubrec<T>::value, "mqttbroker: the durable storage has no pubrec(client_id, packet_id)");
     static_assert(has_acknowledge<T>::value, "mqttbroker: the durable storage has no acknowledge(client_id, packet_id)");
     static_assert(has_drop<T>::value, "mqttbroker: the durable storage has no drop(client_id, message)");

@@ -31,8 +31,54 @@
 #include <utility>
 #include <vector>
 
+#if defined(MQTTBROKER_CRASH_POINTS)
+#include <csignal>
+#include <cstdlib>
+#endif
+
 MQTTBROKER_BEGIN_NAMESPACE
 namespace storage {
+
+// Crash points: named places in the storage path where a test build (MQTTBROKER_CRASH_POINTS
+// defined) can die, so that a kill test hits each window between a commit and its
+// acknowledgements every run rather than by chance (DECISIONS.md "Testing it"). Without the
+// define they expand to nothing: no code, no symbol.
+#if defined(MQTTBROKER_CRASH_POINTS)
+namespace detail {
+/// Dies by SIGKILL, as in a real crash (nothing flushed, no handler run), when the environment's
+/// MQTTBROKER_CRASH_AT names this point: "name" for its first hit, "name:N" for its Nth. The
+/// variable is read once, at the first point reached. The thread that reached it stalls 100 ms
+/// first, as on a slow disk, while the other threads run on: whatever they would send in that
+/// window (an acknowledgement reported too early) is sent before the kill, every run.
+inline void crash_point(const char* name) noexcept {
+  struct armed_point {
+    std::string name;
+    unsigned long long at = 1;
+    std::atomic<unsigned long long> hits{0};
+    armed_point() {
+      const char* v = std::getenv("MQTTBROKER_CRASH_AT");
+      if (v == nullptr) return;
+      name = v;
+      if (const auto colon = name.rfind(':'); colon != std::string::npos) {
+        at = std::strtoull(name.c_str() + colon + 1, nullptr, 10);
+        name.resize(colon);
+      }
+    }
+  };
+  static armed_point armed;
+  if (armed.name.empty() || armed.name != name) return;
+  if (armed.hits.fetch_add(1) + 1 != armed.at) return;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+#if defined(SIGKILL)
+  std::raise(SIGKILL);
+#endif
+  std::abort();  // no SIGKILL (Windows): as abrupt, short of the signal
+}
+}  // namespace detail
+#define MQTTBROKER_CRASH_POINT(name) detail::crash_point(name)
+#else
+#define MQTTBROKER_CRASH_POINT(name) ((void)0)
+#endif
 
 /// What a commit waits for on the disk (SQLite's PRAGMA synchronous, in WAL mode).
 enum class sqlite_sync : std::uint8_t {
@@ -81,7 +127,7 @@ class sqlite {
  public:
   static constexpr bool durable = true;
   /// The schema this version writes; a file with a newer one is refused, an older one migrated.
-  static constexpr int schema_version = 1;
+  static constexpr int schema_version = 2;
 
   sqlite() : s_(std::make_shared<shared>()) {}
   explicit sqlite(sqlite_options o) : sqlite() { open(std::move(o)); }
@@ -134,9 +180,14 @@ class sqlite {
     });
   }
   void erase_retained(std::string_view topic) { s_->record(op_kind::erase_retained, topic, [](op&) {}); }
-  void enqueue(std::string_view client_id, const message_ptr& m, codec::qos q) { s_->enqueue(client_id, m, q); }
+  /// With what a resend after a restart repeats: the RETAIN flag and Subscription Identifiers.
+  void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) { s_->enqueue(client_id, m, d); }
+  void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
+    s_->send(client_id, packet_id, m, d);
+  }
+  void enqueue(std::string_view client_id, const message_ptr& m, codec::qos q) { enqueue(client_id, m, with_qos(q)); }
   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, codec::qos q) {
-    s_->send(client_id, packet_id, m, q);
+    send(client_id, packet_id, m, with_qos(q));
   }
   void pubrec(std::string_view client_id, std::uint16_t packet_id) { s_->pubrec(client_id, packet_id); }
   void acknowledge(std::string_view client_id, std::uint16_t packet_id) { s_->acknowledge(client_id, packet_id); }
@@ -218,16 +269,49 @@ class sqlite {
     std::uint64_t ticket;  // the commit() it belongs to
     std::uint64_t seq = 0;  // its place among all changes recorded
     std::string key;
-    std::string text;        // filter
+    std::string text;        // filter; an outgoing row's Subscription Identifiers
     std::int64_t a = 0;      // message id, or seq
     std::int64_t b = 0;      // expiry, identifier, packet id
     std::int64_t time = 0;   // wall-clock milliseconds: offline since, due, message expiry (0: none)
     std::uint32_t c = 0;     // subscription options, qos
     std::uint32_t state = 0;  // outgoing_state
+    bool retain = false;      // outgoing: the RETAIN flag as sent (text: its Subscription Identifiers)
     std::int64_t ref = 0;    // a message id referred to (0: none)
     message_ptr msg;
     bool undone = false;     // a later change in the same batch undoes it: not written
   };
+
+  static delivery with_qos(codec::qos q) noexcept {
+    delivery d;
+    d.qos_level = q;
+    return d;
+  }
+  /// Subscription Identifiers as an outgoing row keeps them: decimal, space-separated ("" none).
+  static std::string identifiers_text(const delivery& d) {
+    std::string t;
+    for (std::size_t i = 0; i < d.subscription_id_count; ++i) {
+      if (i != 0) t += ' ';
+      t += std::to_string(d.subscription_ids[i]);
+    }
+    return t;
+  }
+  static std::vector<std::uint32_t> identifiers_of(std::string_view t) {
+    std::vector<std::uint32_t> ids;
+    std::uint64_t v = 0;
+    bool digits = false;
+    for (char ch : t) {
+      if (ch >= '0' && ch <= '9') {
+        v = std::min<std::uint64_t>(v * 10 + static_cast<std::uint64_t>(ch - '0'), 0xFFFFFFFFu);
+        digits = true;
+      } else if (digits) {
+        ids.push_back(static_cast<std::uint32_t>(v));
+        v = 0;
+        digits = false;
+      }
+    }
+    if (digits) ids.push_back(static_cast<std::uint32_t>(v));
+    return ids;
+  }
 
   static std::uint32_t pack(const codec::subscribe_options& o) noexcept {
     return static_cast<std::uint32_t>(o.max_qos) | (o.no_local ? 4u : 0u) | (o.retain_as_published ? 8u : 0u) |
@@ -482,6 +566,11 @@ class sqlite {
           "CREATE TABLE wills(client_id TEXT PRIMARY KEY, topic BLOB NOT NULL, payload BLOB NOT NULL,"
           " properties BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, due INTEGER NOT NULL)"
           " WITHOUT ROWID;",
+          // 1 -> 2: what a resend after a restart repeats of the first send, per session (the
+          // message row is shared): the RETAIN flag as sent and the 5.0 Subscription Identifiers.
+          // Rows of version 1 never kept them; they resend as version 1 did (RETAIN 0, none).
+          "ALTER TABLE outgoing ADD COLUMN retain INTEGER NOT NULL DEFAULT 0;"
+          "ALTER TABLE outgoing ADD COLUMN subscription_ids TEXT NOT NULL DEFAULT '';",
       };
       static_assert(sizeof steps / sizeof steps[0] == schema_version, "one migration step per schema version");
       if (exec("BEGIN IMMEDIATE") != SQLITE_OK) return false;
@@ -509,7 +598,7 @@ class sqlite {
           "DELETE FROM retained WHERE topic=?1",
           "INSERT OR REPLACE INTO messages VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
           "DELETE FROM messages WHERE id=?1",
-          "INSERT OR REPLACE INTO outgoing VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+          "INSERT OR REPLACE INTO outgoing VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
           "UPDATE outgoing SET message_id=?3, state=?5, packet_id=?6 WHERE client_id=?1 AND seq=?2",
           "DELETE FROM outgoing WHERE client_id=?1 AND seq=?2",
           "DELETE FROM outgoing WHERE client_id=?1",
@@ -611,7 +700,7 @@ class sqlite {
       return it == messages.end() ? 0 : it->second.id;
     }
 
-    void enqueue(std::string_view client_id, const message_ptr& m, codec::qos q) {
+    void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
       const std::int64_t id = ref(m);
       const std::int64_t seq = ++next_seq;
@@ -619,11 +708,13 @@ class sqlite {
       push(op_kind::add_outgoing, client_id, [&](op& o) {
         o.a = seq;
         o.ref = id;
-        o.c = static_cast<std::uint32_t>(q);
+        o.c = static_cast<std::uint32_t>(d.qos_level);
         o.state = static_cast<std::uint32_t>(outgoing_state::queued);
+        o.retain = d.retain;
+        o.text = identifiers_text(d);
       });
     }
-    void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, codec::qos q) {
+    void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
       client_rows& c = clients[std::string(client_id)];
       // The queued entry of this message moves into flight, keeping its place in the order.
@@ -638,12 +729,15 @@ class sqlite {
         c.inflight.erase(old);
       }
       c.inflight.emplace(packet_id, e);
+      // A queued row keeps the RETAIN flag and identifiers it was queued with: the same delivery.
       push(was_queued ? op_kind::update_outgoing : op_kind::add_outgoing, client_id, [&](op& o) {
         o.a = e.seq;
         o.ref = e.message;
         o.b = packet_id;
-        o.c = static_cast<std::uint32_t>(q);
+        o.c = static_cast<std::uint32_t>(d.qos_level);
         o.state = static_cast<std::uint32_t>(outgoing_state::sent);
+        o.retain = d.retain;
+        o.text = identifiers_text(d);
       });
     }
     void pubrec(std::string_view client_id, std::uint16_t packet_id) {
@@ -882,9 +976,13 @@ class sqlite {
         done = committed_handler;
         failed = failed_handler;
       }
+      // Committed, not yet reported: the batch is on the disk and none of its acknowledgements left.
+      MQTTBROKER_CRASH_POINT("sqlite.committed");
       // Failures first: the broker must know them before it looks at the tickets as settled.
       if (first_failed != 0 && failed) failed(first_failed, last, ec);
       if (done) done(last);
+      // Reported: the acknowledgements are on their way to the clients, some sent, some not.
+      MQTTBROKER_CRASH_POINT("sqlite.reported");
     }
 
     /// Marks the changes a batch undoes itself, which write() skips: an outgoing entry added and
@@ -936,6 +1034,9 @@ class sqlite {
         } else if (rc != SQLITE_OK) {
           return rc;
         }
+        // Inside the transaction, between this change and the next statement: nothing of the
+        // batch may be on the disk after a crash here, and nothing of it was acknowledged.
+        MQTTBROKER_CRASH_POINT("sqlite.in_transaction");
       }
       std::int64_t saved;
       {
@@ -1027,6 +1128,10 @@ class sqlite {
         case op_kind::delete_message: sqlite3_bind_int64(st, 1, o.a); break;
         case op_kind::add_outgoing:
         case op_kind::update_outgoing:
+          if (o.kind == op_kind::add_outgoing) {
+            sqlite3_bind_int(st, 7, o.retain ? 1 : 0);
+            bind_text(st, 8, o.text);
+          }
           bind_text(st, 1, o.key);
           sqlite3_bind_int64(st, 2, o.a);
           if (o.ref != 0)
@@ -1161,7 +1266,8 @@ class sqlite {
         ++messages.at(it->second.get()).refs;
         return {it->first, it->second};
       };
-      rows("SELECT client_id, seq, message_id, qos, state, packet_id FROM outgoing ORDER BY client_id, seq",
+      rows("SELECT client_id, seq, message_id, qos, state, packet_id, retain, subscription_ids FROM outgoing"
+           " ORDER BY client_id, seq",
            [&](sqlite3_stmt* st) {
              auto c = clients.find(std::string(text(st, 0)));
              if (c == clients.end()) return;
@@ -1174,7 +1280,13 @@ class sqlite {
                c->second.queued.push_back({seq, id});
              else
                c->second.inflight.emplace(packet_id, outgoing_entry{seq, id});
-             l.outgoing(c->first, packet_id, std::move(m), static_cast<codec::qos>(sqlite3_column_int(st, 3)), state);
+             const std::vector<std::uint32_t> ids = identifiers_of(text(st, 7));
+             delivery d;
+             d.qos_level = static_cast<codec::qos>(sqlite3_column_int(st, 3));
+             d.retain = sqlite3_column_int(st, 6) != 0;
+             d.subscription_ids = ids.data();
+             d.subscription_id_count = ids.size();
+             l.outgoing(c->first, packet_id, std::move(m), d, state);
            });
       rows("SELECT client_id, packet_id, message_id FROM inbound", [&](sqlite3_stmt* st) {
         auto c = clients.find(std::string(text(st, 0)));
@@ -1190,12 +1302,17 @@ class sqlite {
                              sqlite3_column_int(st, 5) != 0, text(st, 3)),
                in_broker_time(sqlite3_column_int64(st, 6)));
       });
+      // Loaded, the orphans' cleanup committed, before the broker routes what was left unrouted
+      // and serves anyone: the next start must find the same.
+      MQTTBROKER_CRASH_POINT("sqlite.loaded");
     }
   };
 
   std::shared_ptr<shared> s_;
   static constexpr std::int64_t application_id = 0x4D514254;  // "MQBT": this library's stores
 };
+
+#undef MQTTBROKER_CRASH_POINT
 
 }  // namespace storage
 MQTTBROKER_END_NAMESPACE
