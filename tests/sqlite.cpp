@@ -1033,3 +1033,122 @@ TEST_CASE("sqlite: a message resent after a restart carries the Subscription Ide
   }
   CHECK(got[2].subscription_ids == ids{7, 300});
 }
+
+// ---- undone changes across batches
+
+namespace {
+
+/// What a store's load() gives back of its outgoing entries (the rest is counted, not kept).
+struct outgoing_seen {
+  std::string client_id;
+  std::uint16_t packet_id;
+  bool has_message;
+  mb::storage::outgoing_state state;
+};
+struct capture_loader {
+  std::vector<outgoing_seen> outgoing_entries;
+  std::size_t sessions = 0;
+  void session(std::string_view, std::uint32_t, std::chrono::seconds) { ++sessions; }
+  void subscription(std::string_view, std::string_view, codec::subscribe_options, std::uint32_t) {}
+  void retained(mb::message_ptr) {}
+  void outgoing(std::string_view id, std::uint16_t packet_id, mb::message_ptr m, const mb::storage::delivery&,
+                mb::storage::outgoing_state s) {
+    outgoing_entries.push_back({std::string(id), packet_id, static_cast<bool>(m), s});
+  }
+  void inbound(std::string_view, std::uint16_t, mb::message_ptr) {}
+  void will(std::string_view, mb::message_ptr, std::chrono::system_clock::time_point) {}
+  std::chrono::system_clock::time_point system_now() const { return std::chrono::system_clock::now(); }
+  std::uint32_t expiry_second(std::chrono::system_clock::time_point) const { return 0; }
+};
+
+/// What a crash right now would leave: the store's file and its WAL, copied while it is open
+/// (between batches), then loaded by a store of its own.
+capture_loader load_crash_copy(const std::string& path, const std::string& copy) {
+  fs::copy_file(path, copy, fs::copy_options::overwrite_existing);
+  if (fs::exists(path + "-wal")) fs::copy_file(path + "-wal", copy + "-wal", fs::copy_options::overwrite_existing);
+  mb::storage::sqlite_options o;
+  o.path = copy;
+  mb::storage::sqlite st(o);
+  capture_loader l;
+  st.load(l);
+  return l;
+}
+
+/// A store in a folder of its own whose batches run only when the test says (run_batches()), on
+/// the calling thread.
+struct held_store {
+  temp_dir dir;
+  const std::string path = dir.file("store.db");
+  asio::io_context jobs;
+  mb::storage::sqlite st;
+  held_store() {
+    mb::storage::sqlite_options o;
+    o.path = path;
+    o.executor = [this](std::function<void()> f) { asio::post(jobs, std::move(f)); };
+    st.open(std::move(o));
+  }
+  void run_batches() {
+    jobs.run();
+    jobs.restart();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("sqlite: a QoS 2 delivery whose PUBREC comes before its commit keeps its message until the PUBREC is durable",
+          "[sqlite][MQTT-4.3.3-1]") {
+  // The PUBREC's change waits for a later ticket than the PUBLISH's; were the message row undone
+  // with it, the batch of the PUBLISH's ticket would write an entry naming a message the file
+  // never had, and a crash after it would lose the PUBREL owed (the load drops such entries).
+  held_store h;
+  auto& st = h.st;
+  st.save_session("sub", 0xFFFFFFFFu);
+  st.send("sub", 7, mb::message::make("t", "two", qos::exactly_once, false), qos::exactly_once);
+  st.commit();
+  st.pubrec("sub", 7);  // recorded, its ticket not yet given
+  h.run_batches();      // the batch of the first ticket only
+
+  capture_loader first = load_crash_copy(h.path, h.dir.file("crash-1.db"));
+  REQUIRE(first.outgoing_entries.size() == 1);
+  CHECK(first.outgoing_entries[0].packet_id == 7);
+  CHECK(first.outgoing_entries[0].has_message);  // the PUBLISH is owed again, with DUP
+  CHECK(first.outgoing_entries[0].state == mb::storage::outgoing_state::sent);
+
+  st.commit();
+  h.run_batches();
+  capture_loader second = load_crash_copy(h.path, h.dir.file("crash-2.db"));
+  REQUIRE(second.outgoing_entries.size() == 1);
+  CHECK_FALSE(second.outgoing_entries[0].has_message);  // only the PUBREL is owed
+  CHECK(second.outgoing_entries[0].state == mb::storage::outgoing_state::pubrec_received);
+  st.close();
+}
+
+TEST_CASE("sqlite: an entry acknowledged before the worker takes it is not written, across tickets; its message stays for "
+          "another session that still owes it",
+          "[sqlite][MQTT-4.3.2-2]") {
+  held_store h;
+  auto& st = h.st;
+  st.save_session("a", 0xFFFFFFFFu);
+  st.save_session("b", 0xFFFFFFFFu);
+  st.commit();
+  h.run_batches();
+  const mb::storage::sqlite_statistics before = st.statistics();
+
+  const mb::message_ptr m = mb::message::make("t", "shared", qos::at_least_once, false);
+  st.send("a", 1, m, qos::at_least_once);
+  st.send("b", 1, m, qos::at_least_once);
+  st.commit();               // the PUBLISH's ticket, given
+  st.acknowledge("a", 1);    // a's PUBACK, in a later ticket, before the worker ran
+  st.commit();
+  h.run_batches();
+  const mb::storage::sqlite_statistics after = st.statistics();
+  // a's entry: its addition and deletion; the message and b's entry are written.
+  CHECK(after.changes_undone - before.changes_undone == 2);
+  CHECK(after.changes_written - before.changes_written == 2);
+
+  capture_loader crash = load_crash_copy(h.path, h.dir.file("crash.db"));
+  REQUIRE(crash.outgoing_entries.size() == 1);
+  CHECK(crash.outgoing_entries[0].client_id == "b");
+  CHECK(crash.outgoing_entries[0].has_message);
+  st.close();
+}

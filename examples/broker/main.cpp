@@ -308,6 +308,11 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
       const auto s = broker.stats();
       say(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
           s.connections_accepted, s.messages_received, s.messages_sent, s.messages_dropped);
+      if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+        const auto w = broker.storage().statistics();
+        say(level::info, "storage: {} commits, {} changes written, {} undone in their own batch", w.commits,
+            w.changes_written, w.changes_undone);
+      }
       io.stop();
     });
   });

@@ -27,7 +27,6 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -277,8 +276,9 @@ class sqlite {
     std::uint32_t state = 0;  // outgoing_state
     bool retain = false;      // outgoing: the RETAIN flag as sent (text: its Subscription Identifiers)
     std::int64_t ref = 0;    // a message id referred to (0: none)
+    std::uint64_t prev = 0;  // outgoing: the entry's change before this one (its seq; 0: none)
     message_ptr msg;
-    bool undone = false;     // a later change in the same batch undoes it: not written
+    bool undone = false;     // a later change undid it before the worker took it: not written
   };
 
   static delivery with_qos(codec::qos q) noexcept {
@@ -356,21 +356,29 @@ class sqlite {
     ~statement() { sqlite3_finalize(st); }
   };
 
-  /// What a session's entries refer to, mirrored in memory so that every change is one exact
-  /// row write: the queue in order, the messages in flight and the received QoS 2 identifiers.
-  struct outgoing_entry {
-    std::int64_t seq;
-    std::int64_t message;  // 0 once PUBREC came (only the identifier is kept)
-  };
-  struct client_rows {
-    std::deque<outgoing_entry> queued;
-    std::map<std::uint16_t, outgoing_entry> inflight;
-    std::map<std::uint16_t, std::int64_t> inbound;  // packet id -> unrouted message (0: routed)
-  };
+  /// A message row, one per message however many sessions refer to it.
   struct message_row {
     std::int64_t id;
     std::uint32_t refs;
     message_ptr keep;  // the address stays this message's while it is a key
+    /// The seq of its insertion, while that may still wait for the worker (0: written or loaded).
+    std::uint64_t insert_op = 0;
+    /// A reference to it ended with a row that names it recorded: its deletion must be written,
+    /// not its insertion undone, or that row would name a message the file never had.
+    bool named = false;
+  };
+  /// What a session's entries refer to, mirrored in memory so that every change is one exact
+  /// row write: the queue in order, the messages in flight and the received QoS 2 identifiers.
+  struct outgoing_entry {
+    std::int64_t seq;
+    message_row* message;     // nullptr once PUBREC came (only the identifier is kept)
+    std::uint64_t last_op = 0;  // the seq of its latest change (0: none since the load)
+  };
+  struct client_rows {
+    std::deque<outgoing_entry> queued;
+    std::map<std::uint16_t, outgoing_entry> inflight;
+    auto find_inflight(std::uint16_t packet_id) { return inflight.find(packet_id); }
+    std::map<std::uint16_t, message_row*> inbound;  // packet id -> unrouted message (nullptr: routed)
   };
 
   /// Everything, shared with the jobs a host's executor may still hold after close().
@@ -388,8 +396,12 @@ class sqlite {
     std::function<void(std::uint64_t)> committed_handler;
     std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed_handler;
     std::unordered_map<std::string, client_rows> clients;
-    std::unordered_map<const message*, message_row> messages;
-    std::unordered_map<std::int64_t, const message*> message_by_id;
+    /// The session looked up last: a stream of deliveries to one session finds it without hashing.
+    struct client_cache {
+      const std::string* id = nullptr;
+      client_rows* rows = nullptr;
+    } last_client;
+    std::unordered_map<const message*, message_row> messages;  // nodes: a row's address is stable
     std::int64_t next_seq = 0;
     std::int64_t next_message = 0;
     std::int64_t floor_ms = 0;     // the last save when the file was loaded: no time stored is older
@@ -401,6 +413,7 @@ class sqlite {
     // take the broker's locks, and the broker calls load() (db_mutex) holding them.
     // ---- under `report_mutex`: one batch at a time, from its write to its report
     std::mutex report_mutex;
+    std::vector<op> taken;  // the batch being written
     // ---- under `db_mutex`: the connection
     std::mutex db_mutex;
     sqlite3* db = nullptr;
@@ -408,6 +421,7 @@ class sqlite {
     statement saved_at;
     std::uint64_t commits = 0;
     std::atomic<std::size_t> last_batch_size{0};  // changes the last batch took (gather_window)
+    std::atomic<std::uint32_t> loaded_window_us{min_loaded_window_us};  // adapt_window
 
     sqlite_options opts;
     std::thread worker;
@@ -642,8 +656,8 @@ class sqlite {
       sqlite3_close_v2(db);
       db = nullptr;
       clients.clear();
+      last_client = {};
       messages.clear();
-      message_by_id.clear();
       pending.clear();
     }
 
@@ -656,58 +670,120 @@ class sqlite {
     }
     template <class F>
     op& push(op_kind k, std::string_view key, F&& fill) {
-      op o;
+      op& o = pending.emplace_back();
       o.kind = k;
       o.ticket = issued + 1;
       o.seq = ++recorded_count;
       o.key.assign(key);
       fill(o);
-      pending.push_back(std::move(o));
       recorded = true;
-      return pending.back();
+      return o;
     }
 
-    /// The message's id, its row recorded when it is new here. `mutex` held.
-    std::int64_t ref(const message_ptr& m) {
+    /// A session's entries (nullptr: none, unless `make`). `mutex` held.
+    client_rows* rows_of(std::string_view client_id, bool make) {
+      if (last_client.id != nullptr && *last_client.id == client_id) return last_client.rows;
+      auto it = make ? clients.try_emplace(std::string(client_id)).first : clients.find(std::string(client_id));
+      if (it == clients.end()) return nullptr;
+      last_client = {&it->first, &it->second};
+      return &it->second;
+    }
+    void forget_rows(std::string_view client_id) {
+      last_client = {};
+      clients.erase(std::string(client_id));
+    }
+
+    /// The change `seq` while it waits for the worker, else nullptr. `pending` holds the changes
+    /// from its first seq on without a gap: the worker takes a prefix.
+    op* pending_op(std::uint64_t seq) {
+      if (seq == 0 || pending.empty() || seq < pending.front().seq) return nullptr;
+      return &pending[static_cast<std::size_t>(seq - pending.front().seq)];
+    }
+
+    /// The message's row, recorded when it is new here, with one reference more. `mutex` held.
+    message_row* ref(const message_ptr& m) {
       auto it = messages.find(m.get());
       if (it != messages.end()) {
         ++it->second.refs;
-        return it->second.id;
+        return &it->second;
       }
       const std::int64_t id = ++next_message;
-      messages.emplace(m.get(), message_row{id, 1, m});
-      message_by_id.emplace(id, m.get());
-      push(op_kind::insert_message, {}, [&](op& o) {
-        o.a = id;
-        o.msg = m;
-        o.time = message_expiry(*m);
-      });
-      return id;
+      message_row& r = messages.emplace(m.get(), message_row{id, 1, m}).first->second;
+      r.insert_op = push(op_kind::insert_message, {}, [&](op& o) {
+                      o.a = id;
+                      o.msg = m;
+                      o.time = message_expiry(*m);
+                    }).seq;
+      return &r;
     }
-    /// One reference less; the row goes with the last. `mutex` held.
-    void unref(std::int64_t id) {
-      if (id == 0) return;
-      auto byid = message_by_id.find(id);
-      if (byid == message_by_id.end()) return;
-      auto it = messages.find(byid->second);
-      if (--it->second.refs != 0) return;
-      messages.erase(it);
-      message_by_id.erase(byid);
-      push(op_kind::delete_message, {}, [&](op& o) { o.a = id; });
+    /// One reference less; the row goes with the last: its insertion undone while it still waits
+    /// and nothing recorded names it (`undone`: this reference's own changes were undone), else
+    /// deleted. `mutex` held.
+    void unref(message_row* r, bool undone = false) {
+      if (r == nullptr) return;
+      if (!undone) r->named = true;
+      if (--r->refs != 0) return;
+      op* insert = r->named ? nullptr : pending_op(r->insert_op);
+      if (insert != nullptr && insert->kind == op_kind::insert_message) {
+        insert->undone = true;
+        insert->msg = message_ptr();
+        stats.changes_undone += 2;  // the insertion and the deletion not recorded
+      } else {
+        const std::int64_t id = r->id;
+        push(op_kind::delete_message, {}, [&](op& o) { o.a = id; });
+      }
+      messages.erase(r->keep.get());
     }
-    std::int64_t id_of(const message_ptr& m) const {
+    message_row* row_of(const message_ptr& m) {
       auto it = messages.find(m.get());
-      return it == messages.end() ? 0 : it->second.id;
+      return it == messages.end() ? nullptr : &it->second;
+    }
+    /// Records a change of an outgoing entry, chained to the entry's previous one.
+    template <class F>
+    void push_outgoing(op_kind k, std::string_view client_id, outgoing_entry& e, F&& fill) {
+      const std::uint64_t prev = k == op_kind::add_outgoing ? 0 : e.last_op;
+      e.last_op = push(k, client_id, [&](op& o) {
+                    o.prev = prev;
+                    fill(o);
+                  }).seq;
+    }
+    /// An entry leaves (acknowledged, dropped, cleared): when every change of it since its addition
+    /// still waits for the worker, they are all undone, so none is written (a QoS 1 delivery
+    /// acknowledged before its commit: at high rates most of them), and true. Otherwise false:
+    /// the caller records the deletion. The end state is the same; seqs are never reused.
+    bool undo(const outgoing_entry& e) {
+      std::uint64_t changes = 0;
+      for (std::uint64_t s = e.last_op;;) {
+        const op* o = pending_op(s);
+        if (o == nullptr) return false;  // taken, or loaded: rows to delete
+        ++changes;
+        if (o->kind == op_kind::add_outgoing) break;
+        s = o->prev;
+      }
+      for (std::uint64_t s = e.last_op; s != 0;) {
+        op* o = pending_op(s);
+        o->undone = true;
+        o->msg = message_ptr();
+        s = o->kind == op_kind::add_outgoing ? 0 : o->prev;
+      }
+      stats.changes_undone += changes + 1;  // and the deletion not recorded
+      return true;
+    }
+    /// Removes an entry's rows: undone, or a deletion recorded; then its message reference.
+    void remove_outgoing(std::string_view client_id, const outgoing_entry& e) {
+      const bool undone = undo(e);
+      if (!undone) push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = e.seq; });
+      unref(e.message, undone);
     }
 
     void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
-      const std::int64_t id = ref(m);
-      const std::int64_t seq = ++next_seq;
-      clients[std::string(client_id)].queued.push_back({seq, id});
-      push(op_kind::add_outgoing, client_id, [&](op& o) {
-        o.a = seq;
-        o.ref = id;
+      message_row* r = ref(m);
+      auto& q = rows_of(client_id, true)->queued;
+      q.push_back({++next_seq, r});
+      push_outgoing(op_kind::add_outgoing, client_id, q.back(), [&](op& o) {
+        o.a = q.back().seq;
+        o.ref = r->id;
         o.c = static_cast<std::uint32_t>(d.qos_level);
         o.state = static_cast<std::uint32_t>(outgoing_state::queued);
         o.retain = d.retain;
@@ -716,23 +792,25 @@ class sqlite {
     }
     void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
-      client_rows& c = clients[std::string(client_id)];
+      client_rows& c = *rows_of(client_id, true);
       // The queued entry of this message moves into flight, keeping its place in the order.
-      const std::int64_t known = id_of(m);
-      auto it = std::find_if(c.queued.begin(), c.queued.end(), [&](const outgoing_entry& e) { return e.message == known; });
-      const bool was_queued = known != 0 && it != c.queued.end();
-      outgoing_entry e = was_queued ? *it : outgoing_entry{++next_seq, ref(m)};
+      message_row* const known = row_of(m);
+      auto it = known == nullptr ? c.queued.end()
+                                 : std::find_if(c.queued.begin(), c.queued.end(),
+                                                [&](const outgoing_entry& e) { return e.message == known; });
+      const bool was_queued = it != c.queued.end();
+      const outgoing_entry moved = was_queued ? *it : outgoing_entry{++next_seq, ref(m)};
       if (was_queued) c.queued.erase(it);
-      if (auto old = c.inflight.find(packet_id); old != c.inflight.end()) {  // not expected: replaced
-        unref(old->second.message);
-        push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = old->second.seq; });
+      if (auto old = c.find_inflight(packet_id); old != c.inflight.end()) {  // not expected: replaced
+        const outgoing_entry gone = old->second;
         c.inflight.erase(old);
+        remove_outgoing(client_id, gone);
       }
-      c.inflight.emplace(packet_id, e);
+      outgoing_entry& e = c.inflight.emplace(packet_id, moved).first->second;
       // A queued row keeps the RETAIN flag and identifiers it was queued with: the same delivery.
-      push(was_queued ? op_kind::update_outgoing : op_kind::add_outgoing, client_id, [&](op& o) {
+      push_outgoing(was_queued ? op_kind::update_outgoing : op_kind::add_outgoing, client_id, e, [&](op& o) {
         o.a = e.seq;
-        o.ref = e.message;
+        o.ref = e.message->id;
         o.b = packet_id;
         o.c = static_cast<std::uint32_t>(d.qos_level);
         o.state = static_cast<std::uint32_t>(outgoing_state::sent);
@@ -742,86 +820,87 @@ class sqlite {
     }
     void pubrec(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
-      auto c = clients.find(std::string(client_id));
-      if (c == clients.end()) return;
-      auto it = c->second.inflight.find(packet_id);
-      if (it == c->second.inflight.end()) return;
+      client_rows* c = rows_of(client_id, false);
+      if (c == nullptr) return;
+      auto it = c->find_inflight(packet_id);
+      if (it == c->inflight.end()) return;
+      outgoing_entry& e = it->second;
       // Delivered: only the identifier is owed (PUBREL), so the message may go.
-      unref(std::exchange(it->second.message, 0));
-      push(op_kind::update_outgoing, client_id, [&](op& o) {
-        o.a = it->second.seq;
+      push_outgoing(op_kind::update_outgoing, client_id, e, [&](op& o) {
+        o.a = e.seq;
         o.b = packet_id;
         o.c = static_cast<std::uint32_t>(codec::qos::exactly_once);
         o.state = static_cast<std::uint32_t>(outgoing_state::pubrec_received);
       });
+      unref(std::exchange(e.message, nullptr));
     }
     void acknowledge(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
-      auto c = clients.find(std::string(client_id));
-      if (c == clients.end()) return;
-      auto it = c->second.inflight.find(packet_id);
-      if (it == c->second.inflight.end()) return;
+      client_rows* c = rows_of(client_id, false);
+      if (c == nullptr) return;
+      auto it = c->find_inflight(packet_id);
+      if (it == c->inflight.end()) return;
       const outgoing_entry e = it->second;
-      c->second.inflight.erase(it);
-      push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = e.seq; });
-      unref(e.message);
+      c->inflight.erase(it);
+      remove_outgoing(client_id, e);
     }
     void drop(std::string_view client_id, const message_ptr& m) {
       std::lock_guard<std::mutex> lk(mutex);
-      auto c = clients.find(std::string(client_id));
-      const std::int64_t id = id_of(m);
-      if (c == clients.end() || id == 0) return;
-      auto& q = c->second.queued;
-      auto it = std::find_if(q.begin(), q.end(), [&](const outgoing_entry& e) { return e.message == id; });
+      client_rows* c = rows_of(client_id, false);
+      message_row* const r = row_of(m);
+      if (c == nullptr || r == nullptr) return;
+      auto& q = c->queued;
+      auto it = std::find_if(q.begin(), q.end(), [&](const outgoing_entry& e) { return e.message == r; });
       if (it == q.end()) return;
       const outgoing_entry e = *it;
       q.erase(it);
-      push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = e.seq; });
-      unref(e.message);
+      remove_outgoing(client_id, e);
     }
     /// Forgets a session's entries in memory and records `k` (which deletes their rows).
     void forget_client(std::string_view client_id, op_kind k) {
       std::lock_guard<std::mutex> lk(mutex);
-      auto c = clients.find(std::string(client_id));
+      client_rows* c = rows_of(client_id, false);
       push(k, client_id, [](op&) {});
-      if (c == clients.end()) return;
-      for (const auto& e : c->second.queued) unref(e.message);
-      for (const auto& e : c->second.inflight) unref(e.second.message);
-      for (const auto& e : c->second.inbound) unref(e.second);
-      clients.erase(c);
+      if (c == nullptr) return;
+      // `k` deletes whatever rows were written; the changes still waiting are undone first, so
+      // that no message row is left out that a written entry names.
+      for (const auto& e : c->queued) unref(e.message, undo(e));
+      for (const auto& e : c->inflight) unref(e.second.message, undo(e.second));
+      for (const auto& e : c->inbound) unref(e.second);
+      forget_rows(client_id);
     }
     void clear_messages(std::string_view client_id) { forget_client(client_id, op_kind::clear_messages); }
     void erase_session(std::string_view client_id) { forget_client(client_id, op_kind::erase_session); }
     void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m) {
       std::lock_guard<std::mutex> lk(mutex);
-      const std::int64_t id = ref(m);
-      auto& in = clients[std::string(client_id)].inbound;
-      if (auto old = in.find(packet_id); old != in.end()) unref(std::exchange(old->second, 0));
-      in[packet_id] = id;
+      message_row* r = ref(m);
+      auto& in = rows_of(client_id, true)->inbound;
+      if (auto old = in.find(packet_id); old != in.end()) unref(std::exchange(old->second, nullptr));
+      in[packet_id] = r;
       push(op_kind::add_inbound, client_id, [&](op& o) {
         o.b = packet_id;
-        o.ref = id;
+        o.ref = r->id;
       });
     }
     void routed(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
-      auto c = clients.find(std::string(client_id));
-      if (c == clients.end()) return;
-      auto it = c->second.inbound.find(packet_id);
-      if (it == c->second.inbound.end() || it->second == 0) return;
+      client_rows* c = rows_of(client_id, false);
+      if (c == nullptr) return;
+      auto it = c->inbound.find(packet_id);
+      if (it == c->inbound.end() || it->second == nullptr) return;
       push(op_kind::inbound_routed, client_id, [&](op& o) { o.b = packet_id; });
-      unref(std::exchange(it->second, 0));
+      unref(std::exchange(it->second, nullptr));
     }
     void release(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
-      auto c = clients.find(std::string(client_id));
-      if (c == clients.end()) return;
-      auto it = c->second.inbound.find(packet_id);
-      if (it == c->second.inbound.end()) return;
-      const std::int64_t id = it->second;
-      c->second.inbound.erase(it);
+      client_rows* c = rows_of(client_id, false);
+      if (c == nullptr) return;
+      auto it = c->inbound.find(packet_id);
+      if (it == c->inbound.end()) return;
+      message_row* const r = it->second;
+      c->inbound.erase(it);
       push(op_kind::delete_inbound, client_id, [&](op& o) { o.b = packet_id; });
-      unref(id);
+      unref(r);
     }
 
     std::uint64_t commit() {
@@ -893,15 +972,29 @@ class sqlite {
       }
     }
     /// How long a batch waits to gather more: the configured window, and under load (the last
-    /// batch was large) at least loaded_window. A loaded broker's acknowledgements wait for a flush
-    /// of several milliseconds anyway; the wait makes the batches larger, so fewer flushes, and
-    /// lets more deliveries be acknowledged inside the batch that adds them (mark_undone).
+    /// batch was large) at least the loaded window. A loaded broker's acknowledgements wait for a
+    /// flush anyway; the wait makes the batches larger, so fewer flushes, and lets deliveries be
+    /// acknowledged before the worker takes them, so that they are never written (undo()).
     std::chrono::microseconds gather_window() const {
       if (last_batch_size < loaded_batch) return opts.group_commit_window;
-      return std::max(opts.group_commit_window, loaded_window);
+      return std::max(opts.group_commit_window, std::chrono::microseconds(loaded_window_us.load(std::memory_order_relaxed)));
+    }
+    /// The loaded window follows the acknowledgements: while much of a large batch is still
+    /// written (its deliveries not yet acknowledged) it grows, up to a bound that keeps a
+    /// publisher's acknowledgement timely; while almost nothing is, it shrinks back, as a shorter
+    /// wait acknowledges the publishers sooner. Called by the batch's writer.
+    void adapt_window(std::size_t changes, std::size_t written) {
+      if (changes < loaded_batch) return;
+      std::uint32_t w = loaded_window_us.load(std::memory_order_relaxed);
+      if (written * 4 > changes)
+        w = std::min<std::uint32_t>(w + 1000, max_loaded_window_us);
+      else if (written * 20 < changes)
+        w = std::max<std::uint32_t>(w - 250, min_loaded_window_us);
+      loaded_window_us.store(w, std::memory_order_relaxed);
     }
     static constexpr std::size_t loaded_batch = 1024;
-    static constexpr std::chrono::microseconds loaded_window{1000};
+    static constexpr std::uint32_t min_loaded_window_us = 1000;
+    static constexpr std::uint32_t max_loaded_window_us = 8000;
 
     void run_job() {
       if (const auto window = gather_window(); window.count() != 0) std::this_thread::sleep_for(window);
@@ -922,7 +1015,7 @@ class sqlite {
     void commit_batch() {
       std::lock_guard<std::mutex> rl(report_mutex);
       std::unique_lock<std::mutex> dl(db_mutex);
-      std::vector<op> batch;
+      std::vector<op>& batch = taken;  // empty, with the storage of an earlier batch
       std::uint64_t last;
       {
         std::lock_guard<std::mutex> lk(mutex);
@@ -932,16 +1025,23 @@ class sqlite {
         // handled; so do those from the start of an open span (begin_atomic) on, and the tickets
         // reported durable stop before the first change left.
         const std::uint64_t span = spans.empty() ? ~std::uint64_t{0} : *spans.begin();
-        auto end = std::find_if(pending.begin(), pending.end(),
-                                [&](const op& o) { return o.ticket > last || o.seq >= span; });
+        // Tickets and seqs only grow along `pending`: its end is found by halving.
+        const auto end = std::partition_point(pending.begin(), pending.end(),
+                                              [&](const op& o) { return o.ticket <= last && o.seq < span; });
         if (end != pending.end()) last = std::min(last, end->ticket - 1);
-        batch.assign(std::make_move_iterator(pending.begin()), std::make_move_iterator(end));
-        pending.erase(pending.begin(), end);
+        // Taken whole, the rest (a packet's changes, an open span) moved back: O(what stays).
+        const auto taken_count = static_cast<std::size_t>(end - pending.begin());
+        batch.swap(pending);
+        for (auto it = batch.begin() + static_cast<std::ptrdiff_t>(taken_count); it != batch.end(); ++it)
+          pending.push_back(std::move(*it));
+        batch.resize(taken_count);
       }
       if (batch.empty()) return;
       last_batch_size.store(batch.size(), std::memory_order_relaxed);
-      const std::size_t left = mark_undone(batch);
+      const std::size_t left = static_cast<std::size_t>(
+          std::count_if(batch.begin(), batch.end(), [](const op& o) { return !o.undone; }));
       const bool nothing_left = left == 0;
+      adapt_window(batch.size(), left);
       std::uint64_t first_failed = 0;
       std::error_code ec;
       int rc = nothing_left ? SQLITE_OK : write(batch, false, first_failed);
@@ -964,7 +1064,6 @@ class sqlite {
         if (ec) last_error = ec;
         ++stats.commits;
         if (rc == SQLITE_OK) stats.changes_written += left;
-        stats.changes_undone += batch.size() - left;
       }
       ++commits;
       if (rc == SQLITE_OK && commits % 64 == 0) reclaim();
@@ -983,35 +1082,7 @@ class sqlite {
       if (done) done(last);
       // Reported: the acknowledgements are on their way to the clients, some sent, some not.
       MQTTBROKER_CRASH_POINT("sqlite.reported");
-    }
-
-    /// Marks the changes a batch undoes itself, which write() skips: an outgoing entry added and
-    /// deleted in it (with its updates between) and a message row inserted and deleted in it. A
-    /// QoS 1 delivery acknowledged before its commit is the common case: at high rates most of a
-    /// batch. The transaction's end state is the same; seqs and message ids are never reused.
-    /// Returns how many changes are left to write.
-    static std::size_t mark_undone(std::vector<op>& batch) {
-      std::unordered_set<std::int64_t> added_out, added_msg, undone_out, undone_msg;
-      for (const op& o : batch) {
-        if (o.kind == op_kind::add_outgoing) added_out.insert(o.a);
-        else if (o.kind == op_kind::delete_outgoing && added_out.count(o.a) != 0) undone_out.insert(o.a);
-        else if (o.kind == op_kind::insert_message) added_msg.insert(o.a);
-        else if (o.kind == op_kind::delete_message && added_msg.count(o.a) != 0) undone_msg.insert(o.a);
-      }
-      std::size_t left = batch.size();
-      if (undone_out.empty() && undone_msg.empty()) return left;
-      for (op& o : batch) {
-        switch (o.kind) {
-          case op_kind::add_outgoing:
-          case op_kind::update_outgoing:
-          case op_kind::delete_outgoing: o.undone = undone_out.count(o.a) != 0; break;
-          case op_kind::insert_message:
-          case op_kind::delete_message: o.undone = undone_msg.count(o.a) != 0; break;
-          default: break;
-        }
-        if (o.undone) --left;
-      }
-      return left;
+      batch.clear();
     }
 
     /// Writes `batch` in one transaction; with `each`, every change in a savepoint of its own,
@@ -1056,6 +1127,8 @@ class sqlite {
       return rc;
     }
 
+    /// Runs a statement whose parameters are all bound, then unbinds them: the text and blobs
+    /// are bound without a copy (SQLITE_STATIC), their owner alive only for the step.
     static int step(sqlite3_stmt* st) {
       int rc = sqlite3_step(st);
       sqlite3_reset(st);
@@ -1063,11 +1136,11 @@ class sqlite {
       return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
     }
     static void bind_text(sqlite3_stmt* st, int i, std::string_view s) {
-      sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
     }
     static void bind_blob(sqlite3_stmt* st, int i, std::string_view s) {
       // A zero-length blob, not NULL, for an empty payload.
-      sqlite3_bind_blob(st, i, s.empty() ? "" : s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(st, i, s.empty() ? "" : s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
     }
     static void bind_message(sqlite3_stmt* st, int first, const message& m) {
       bind_blob(st, first, m.topic());
@@ -1249,22 +1322,21 @@ class sqlite {
         l.retained(message::make(text(st, 0), text(st, 1), static_cast<codec::qos>(sqlite3_column_int(st, 3)), true,
                                  text(st, 2), expiry_of(sqlite3_column_int64(st, 4))));
       });
-      std::unordered_map<std::int64_t, message_ptr> by_id;
+      std::unordered_map<std::int64_t, message_row*> by_id;
       rows("SELECT id, topic, payload, properties, qos, retain, expires FROM messages", [&](sqlite3_stmt* st) {
         const std::int64_t id = sqlite3_column_int64(st, 0);
         message_ptr m = message::make(text(st, 1), text(st, 2), static_cast<codec::qos>(sqlite3_column_int(st, 4)),
                                       sqlite3_column_int(st, 5) != 0, text(st, 3), expiry_of(sqlite3_column_int64(st, 6)));
-        messages.emplace(m.get(), message_row{id, 0, m});
-        message_by_id.emplace(id, m.get());
+        message_row& r = messages.emplace(m.get(), message_row{id, 0, m}).first->second;
         next_message = std::max(next_message, id);
-        by_id.emplace(id, std::move(m));
+        by_id.emplace(id, &r);
       });
-      auto message_of = [&](sqlite3_stmt* st, int i) -> std::pair<std::int64_t, message_ptr> {
-        if (sqlite3_column_type(st, i) == SQLITE_NULL) return {0, message_ptr()};
+      auto message_of = [&](sqlite3_stmt* st, int i) -> std::pair<message_row*, message_ptr> {
+        if (sqlite3_column_type(st, i) == SQLITE_NULL) return {nullptr, message_ptr()};
         auto it = by_id.find(sqlite3_column_int64(st, i));
-        if (it == by_id.end()) return {0, message_ptr()};
-        ++messages.at(it->second.get()).refs;
-        return {it->first, it->second};
+        if (it == by_id.end()) return {nullptr, message_ptr()};
+        ++it->second->refs;
+        return {it->second, it->second->keep};
       };
       rows("SELECT client_id, seq, message_id, qos, state, packet_id, retain, subscription_ids FROM outgoing"
            " ORDER BY client_id, seq",
@@ -1273,13 +1345,13 @@ class sqlite {
              if (c == clients.end()) return;
              const std::int64_t seq = sqlite3_column_int64(st, 1);
              next_seq = std::max(next_seq, seq);
-             auto [id, m] = message_of(st, 2);
+             auto [row, m] = message_of(st, 2);
              const auto state = static_cast<outgoing_state>(sqlite3_column_int(st, 4));
              const auto packet_id = static_cast<std::uint16_t>(sqlite3_column_int(st, 5));
              if (state == outgoing_state::queued)
-               c->second.queued.push_back({seq, id});
+               c->second.queued.push_back({seq, row});
              else
-               c->second.inflight.emplace(packet_id, outgoing_entry{seq, id});
+               c->second.inflight.emplace(packet_id, outgoing_entry{seq, row});
              const std::vector<std::uint32_t> ids = identifiers_of(text(st, 7));
              delivery d;
              d.qos_level = static_cast<codec::qos>(sqlite3_column_int(st, 3));
@@ -1291,9 +1363,9 @@ class sqlite {
       rows("SELECT client_id, packet_id, message_id FROM inbound", [&](sqlite3_stmt* st) {
         auto c = clients.find(std::string(text(st, 0)));
         if (c == clients.end()) return;
-        auto [id, m] = message_of(st, 2);
+        auto [row, m] = message_of(st, 2);
         const auto packet_id = static_cast<std::uint16_t>(sqlite3_column_int(st, 1));
-        c->second.inbound.emplace(packet_id, id);
+        c->second.inbound.emplace(packet_id, row);
         l.inbound(c->first, packet_id, std::move(m));
       });
       rows("SELECT client_id, topic, payload, properties, qos, retain, due FROM wills", [&](sqlite3_stmt* st) {
