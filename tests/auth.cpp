@@ -1,3 +1,4 @@
+#include <mqttbroker/auth/password_file.hpp>
 #include <mqttbroker/auth/scram.hpp>
 
 #include <mqttbroker/broker.hpp>
@@ -7,6 +8,7 @@
 #include "catch.hpp"
 #include "rx.hpp"
 #include "scram_client.hpp"
+#include "stream_client.hpp"
 
 #include <asio/io_context.hpp>
 #include <asio/write.hpp>
@@ -463,4 +465,180 @@ TEST_CASE("scram through the broker: re-authentication with AUTH 0x19 succeeds w
     CHECK(c->pop(DISCONNECT).code == 0x87);
     CHECK(c->closed());
   }
+}
+
+// ---- password files (include/mqttbroker/auth/password_file.hpp)
+
+namespace {
+
+using mb::auth::password_errc;
+using mb::auth::password_file;
+
+/// Made by Debian 12's mosquitto_passwd (2.0.11): `-c -b`, `-b`, `-H sha512 -b` and
+/// `-H sha512-pbkdf2 -I 1000 -b` with the passwords "s3cret", "pässwörd", "old-style" and "".
+constexpr std::string_view mosquitto_passwd_file =
+    "alice:$7$101$/AsMFioPix1arFHh$woePButMFGrourNXKnEqvWh1Py9FkmlSihHfcXOKuL1EImR0jhr0EaBU7QtO43VO71Y/1LhM8kE5V3TBe59zVA==\n"
+    "bob smith:$7$101$omoiurTJjExe/+2d$qCIPFAJOAHh3xX8t9BR7xXmk0wj6OcczisE1yeyF9sUQHXK+/98o/XyDyWkuJNH8M+vppk5LhVw0x1Sq2R7o2g==\n"
+    "carol:$6$detRhvjXBRNHQWKR$ImXtZb02AlabqjVawIGzvFItie+wEgb/egfkMRgGBFGZaI9YWXMl7Fulo1KobsWHHO/ci5w0MnRA1IS4wDtaUw==\n"
+    "dave:$7$1000$hrveL1t63Z0BXA3Z$gHc25bKILxkO5AZohvgLdyNJdj1HAsFp3pFv/S6GfsfNWslaqMVff3hcBkACzF1BD2OdIc7uRg280wKN423HiQ==\n";
+
+password_file parsed(std::string_view text) {
+  std::error_code ec;
+  std::size_t line = 0;
+  password_file f = password_file::parse(text, ec, &line);
+  INFO("line " << line << ": " << ec.message());
+  REQUIRE_FALSE(ec);
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("password file: mosquitto_passwd's entries, PBKDF2-SHA512 ($7$) and SHA-512 ($6$), check", "[password]") {
+  const password_file f = parsed(mosquitto_passwd_file);
+  CHECK(f.size() == 4);
+  CHECK(f.check("alice", "s3cret"));
+  CHECK(f.check("bob smith", "p\xC3\xA4ssw\xC3\xB6rd"));
+  CHECK(f.check("carol", "old-style"));
+  CHECK(f.check("dave", ""));
+  CHECK_FALSE(f.check("alice", "s3cret "));
+  CHECK_FALSE(f.check("alice", "S3cret"));
+  CHECK_FALSE(f.check("alice", ""));
+  CHECK_FALSE(f.check("carol", "old-styl"));
+  CHECK_FALSE(f.check("dave", "x"));
+  CHECK_FALSE(f.check("Alice", "s3cret"));
+  CHECK_FALSE(f.check("nobody", "s3cret"));
+  CHECK(f.contains("bob smith"));
+  CHECK_FALSE(f.contains("bob"));
+}
+
+TEST_CASE("password file: comments, blank lines and CRLF are read; a broken line is refused with its number", "[password]") {
+  const password_file f = parsed(
+      "# made by hand\r\n\r\n"
+      "alice:$7$101$/AsMFioPix1arFHh$woePButMFGrourNXKnEqvWh1Py9FkmlSihHfcXOKuL1EImR0jhr0EaBU7QtO43VO71Y/1LhM8kE5V3TBe59zVA==\r\n");
+  CHECK(f.check("alice", "s3cret"));
+
+  const std::string good =
+      "$7$101$/AsMFioPix1arFHh$woePButMFGrourNXKnEqvWh1Py9FkmlSihHfcXOKuL1EImR0jhr0EaBU7QtO43VO71Y/1LhM8kE5V3TBe59zVA==";
+  const struct {
+    std::string line;
+    password_errc why;
+  } broken[] = {
+      {"alice", password_errc::malformed},                 // no hash
+      {"alice:s3cret", password_errc::malformed},          // a password in plain text
+      {":" + good, password_errc::bad_user},               // no user
+      {"al\x01ice:" + good, password_errc::bad_user},       // a control character
+      {"alice:$5$abcd$abcd", password_errc::malformed},    // another crypt(3) method
+      {"alice:$7$0$/AsMFioPix1arFHh$" + good.substr(good.rfind('$') + 1), password_errc::malformed},  // 0 iterations
+      {"alice:$7$99999999$/AsMFioPix1arFHh$" + good.substr(good.rfind('$') + 1), password_errc::malformed},  // too many
+      {"alice:$7$101$not base64!$" + good.substr(good.rfind('$') + 1), password_errc::malformed},
+      {"alice:$7$101$/AsMFioPix1arFHh$AAAA", password_errc::malformed},  // a hash of 3 bytes
+      {"alice:$7$101$/AsMFioPix1arFHh", password_errc::malformed},       // no hash field
+      {"alice:$6$a$b$c", password_errc::malformed},                       // a field too many
+  };
+  for (const auto& b : broken) {
+    INFO(b.line);
+    std::error_code ec;
+    std::size_t line = 0;
+    const password_file f2 = password_file::parse("# first\nbob:" + good + "\n" + b.line + "\n", ec, &line);
+    CHECK(ec == b.why);
+    CHECK(line == 3);
+    CHECK(f2.size() == 0);  // nothing of a refused file is kept
+  }
+  std::error_code ec;
+  std::size_t line = 0;
+  password_file::parse("alice:" + good + "\nalice:" + good + "\n", ec, &line);
+  CHECK(ec == password_errc::duplicate_user);
+  CHECK(line == 2);
+  std::string what;
+  password_file::read("/nonexistent/mqttbroker-passwords", ec, &what);
+  CHECK(ec == password_errc::unreadable);
+  CHECK(what.find("/nonexistent/mqttbroker-passwords") != std::string::npos);
+}
+
+TEST_CASE("password file: make_line writes what mosquitto_passwd writes, with a fresh salt", "[password]") {
+  std::error_code ec;
+  const std::string a = password_file::make_line("erin", "hunter2", ec);
+  REQUIRE_FALSE(ec);
+  const std::string b = password_file::make_line("erin", "hunter2", ec);
+  CHECK(a.rfind("erin:$7$101$", 0) == 0);
+  CHECK(a.size() == b.size());
+  CHECK(a != b);  // salted
+  // "$7$101$" + base64 of 12 bytes (16 characters) + "$" + base64 of 64 bytes (88)
+  CHECK(a.size() == std::string("erin:$7$101$").size() + 16 + 1 + 88);
+  const password_file f = parsed(a + "\n");
+  CHECK(f.check("erin", "hunter2"));
+  CHECK_FALSE(f.check("erin", "hunter3"));
+  password_file::make_line("a:b", "x", ec);
+  CHECK(ec == password_errc::bad_user);
+}
+
+namespace {
+
+struct password_policies : mb::default_policies {
+  using transport = mb::transport::memory;
+  using hooks = mb::auth::password_hooks;
+};
+
+/// A broker whose CONNECTs are checked against mosquitto_passwd_file.
+struct password_broker {
+  explicit password_broker(bool allow_anonymous)
+      : checks(parsed(mosquitto_passwd_file), allow_anonymous), broker(io, {}, checks) {
+    broker.listen(mb::transport::memory::listen_options(listener));
+    broker.start();
+  }
+  ~password_broker() {
+    broker.async_stop([](std::error_code) {});
+    settle();
+  }
+  void settle() {
+    for (int i = 0; i < 100'000; ++i) {
+      if (io.stopped()) io.restart();
+      if (io.poll() == 0) return;
+    }
+    FAIL("the broker did not settle");
+  }
+  /// The CONNACK code a CONNECT as `user` (none: anonymous) with `password` gets.
+  std::uint8_t connack(protocol_version v, std::optional<std::string> user, const std::string& password = "") {
+    test_client::memory_client c(io, listener, v);
+    c.set_password(password);
+    c.connect("pw-client", true, std::nullopt, user ? std::optional<std::string_view>(*user) : std::nullopt);
+    settle();
+    return c.pop(CONNACK).code;
+  }
+
+  asio::io_context io;
+  std::string listener = next_listener();
+  mb::auth::password_hooks checks;  // shares its file with the broker's copy
+  mb::broker<password_policies> broker;
+};
+
+}  // namespace
+
+TEST_CASE("password file through the broker: the right password connects; anything else is not authorized, as Mosquitto answers",
+          "[password][broker][MQTT-3.1.4-2]") {
+  password_broker b(false);
+  for (const auto v : {protocol_version::v3_1_1, protocol_version::v5}) {
+    INFO("protocol version " << static_cast<int>(v));
+    const std::uint8_t refused = v == protocol_version::v5 ? 0x87 : 5;
+    CHECK(b.connack(v, "alice", "s3cret") == 0);
+    CHECK(b.connack(v, "carol", "old-style") == 0);
+    CHECK(b.connack(v, "alice", "wrong") == refused);
+    CHECK(b.connack(v, "nobody", "s3cret") == refused);
+    CHECK(b.connack(v, std::nullopt) == refused);  // anonymous, not allowed
+  }
+}
+
+TEST_CASE("password file through the broker: allow_anonymous admits a CONNECT without a user name, never a wrong password; "
+          "replace() takes a new file for later CONNECTs",
+          "[password][broker]") {
+  password_broker b(true);
+  CHECK(b.connack(protocol_version::v5, std::nullopt) == 0);
+  CHECK(b.connack(protocol_version::v5, "alice", "wrong") == 0x87);
+  std::error_code ec;
+  const std::string erin = password_file::make_line("erin", "hunter2", ec);
+  REQUIRE_FALSE(ec);
+  b.checks.replace(parsed(erin + "\n"), false);
+  CHECK(b.connack(protocol_version::v3_1_1, "erin", "hunter2") == 0);
+  CHECK(b.connack(protocol_version::v3_1_1, "alice", "s3cret") == 5);
+  CHECK(b.connack(protocol_version::v3_1_1, std::nullopt) == 5);
 }

@@ -11,6 +11,7 @@
 // to 0x7E); anything else is refused ("e=invalid-username-encoding", or an error from
 // derive_scram_credentials()) rather than prepared wrongly.
 
+#include <mqttbroker/auth/crypto.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
@@ -18,7 +19,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include <array>
@@ -104,7 +104,6 @@ inline bool printable_ascii(std::string_view s) noexcept {
   return true;
 }
 
-inline const unsigned char* bytes(std::string_view s) noexcept { return reinterpret_cast<const unsigned char*>(s.data()); }
 inline std::string_view view(const digest& d) noexcept { return {reinterpret_cast<const char*>(d.data()), d.size()}; }
 
 inline std::error_code hmac(std::string_view key, std::string_view data, digest& out) noexcept {
@@ -121,39 +120,8 @@ inline std::error_code sha256(std::string_view data, digest& out) noexcept {
   return {};
 }
 
-inline std::string base64(std::string_view raw) {
-  std::string out(4 * ((raw.size() + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes(raw), static_cast<int>(raw.size()));
-  out.resize(n < 0 ? 0 : static_cast<std::size_t>(n));
-  return out;
-}
-
-/// Strict base64 (RFC 4648, padded, no whitespace): OpenSSL decodes, this checks what it would
-/// otherwise let through.
-inline std::optional<std::string> unbase64(std::string_view text) {
-  if (text.size() % 4 != 0) return std::nullopt;
-  std::size_t padding = 0;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    const bool alphabet = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
-    if (c == '=') {
-      if (i + 2 < text.size()) return std::nullopt;  // only in the last two places
-      ++padding;
-    } else if (!alphabet || padding != 0) {
-      return std::nullopt;
-    }
-  }
-  std::string out(text.size() / 4 * 3, '\0');
-  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes(text), static_cast<int>(text.size()));
-  if (n < 0 || static_cast<std::size_t>(n) != out.size()) return std::nullopt;
-  out.resize(out.size() - padding);
-  return out;
-}
-
 inline std::error_code random_bytes(std::size_t n, std::string& out) {
-  out.assign(n, '\0');
-  if (n > 0x7FFFFFFF || RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(n)) != 1)
-    return scram_errc::crypto_failure;
+  if (!fill_random(n, out)) return scram_errc::crypto_failure;
   return {};
 }
 
