@@ -253,7 +253,7 @@ TEST_CASE("config: options that make no sense here are accepted with a warning n
       "autosave_on_changes false\n"
       "persistence_file mosquitto.db\n"
       "log_type all\n"
-      "allow_anonymous true\n"
+      "log_dest stderr\n"
       "per_listener_settings false\n"
       "per_listener_settings true\n"
       "set_tcp_nodelay true\n"
@@ -265,7 +265,7 @@ TEST_CASE("config: options that make no sense here are accepted with a warning n
   CHECK(c.warnings[2].rfind("test.conf:3: autosave_on_changes ignored: ", 0) == 0);
   CHECK(c.warnings[3].rfind("test.conf:4: persistence_file ignored: ", 0) == 0);
   CHECK(c.warnings[4].rfind("test.conf:5: log_type ignored: ", 0) == 0);
-  CHECK(c.warnings[5].rfind("test.conf:6: allow_anonymous ignored: ", 0) == 0);
+  CHECK(c.warnings[5].rfind("test.conf:6: log_dest ignored: ", 0) == 0);
   CHECK(c.warnings[6].rfind("test.conf:8: per_listener_settings true ignored", 0) == 0);
   // The false ones say what the server does anyway, as does set_tcp_nodelay true: no warning.
   CHECK(c.warnings[7].rfind("test.conf:10: set_tcp_nodelay false ignored", 0) == 0);
@@ -283,7 +283,7 @@ TEST_CASE("config: Mosquitto options this server does not implement are errors t
     const char* message;
   };
   for (const expectation& e : {
-           expectation{"password_file /etc/mosquitto/passwd", "test.conf:1: 'password_file' is not supported by mqttbroker"},
+           expectation{"acl_file /etc/mosquitto/acl", "test.conf:1: 'acl_file' is not supported by mqttbroker"},
            expectation{"http_dir /var/www", "test.conf:1: 'http_dir' is not supported by mqttbroker"},
            expectation{"connection uplink", "test.conf:1: 'connection' is not supported by mqttbroker (this server has no bridges)"},
            expectation{"bridge_cafile /x", "test.conf:1: 'bridge_cafile' is not supported by mqttbroker (this server has no bridges)"},
@@ -476,4 +476,17 @@ TEST_CASE("config: the README's example file loads as the README says", "[config
   CHECK(c.listeners[2].protocol == listener_protocol::websockets);
   CHECK(c.max_inflight_messages == std::uint16_t{40});
   CHECK(c.persistent_client_expiration == std::chrono::seconds(14 * 86400));
+}
+
+TEST_CASE("config: password_file is the rest of the line and allow_anonymous a boolean; a later line wins", "[config]") {
+  const config_settings c = load(
+      "password_file /etc/mosquitto/pass words\n"
+      "allow_anonymous false\n"
+      "password_file /etc/mosquitto/passwd # not a comment: part of the path, as in Mosquitto\n");
+  CHECK(c.password_file == std::optional<std::string>("/etc/mosquitto/passwd # not a comment: part of the path, as in Mosquitto"));
+  CHECK(c.allow_anonymous == std::optional<bool>(false));
+  CHECK_FALSE(load("max_qos 1\n").password_file);
+  CHECK_FALSE(load("max_qos 1\n").allow_anonymous);
+  CHECK(refuse("password_file\n").ec == config_errc::missing_value);
+  CHECK(refuse("allow_anonymous perhaps\n").ec == config_errc::invalid_value);
 }

@@ -124,6 +124,8 @@ struct config_settings {
   std::optional<std::uint16_t> max_topic_alias;
   std::optional<bool> persistence;                      // persistence true: the SQLite store (--persistence)
   std::optional<std::string> persistence_location;      // its folder; the working folder by default
+  std::optional<std::string> password_file;             // Mosquitto 2.0's format (mosquitto_passwd)
+  std::optional<bool> allow_anonymous;                  // CONNECTs without a user name
 
   std::vector<listener_settings> listeners;  // in file order, the default listener (if any) last
   std::vector<std::string> warnings;         // "FILE:LINE: ...", one per option accepted and ignored
@@ -173,7 +175,6 @@ inline constexpr option_note ignored_options[] = {
     {"connection_messages", logs_to_stderr},
     {"websockets_log_level", logs_to_stderr},
     {"websockets_headers_size", "no effect here"},
-    {"allow_anonymous", "this server has no password check: every client may connect (use a hooks policy to authenticate)"},
     {"allow_duplicate_messages", "no effect here: a client subscribed through several filters gets one copy"},
     {"auto_id_prefix", "assigned client identifiers start with 'mqttbroker-'"},
     {"check_retain_source", "no effect here: there are no access control lists"},
@@ -183,7 +184,6 @@ inline constexpr option_note ignored_options[] = {
 inline constexpr std::string_view no_auth_files = "authentication and access control are a hooks policy's work here";
 inline constexpr std::string_view no_bridges = "this server has no bridges";
 inline constexpr option_note unsupported_options[] = {
-    {"password_file", no_auth_files},
     {"acl_file", no_auth_files},
     {"psk_file", no_auth_files},
     {"psk_hint", "TLS pre-shared keys are not supported"},
@@ -545,6 +545,14 @@ class config_reader {
     } else if (name == "persistence") {
       bool b = false;
       if (boolean(name, rest, b)) o.persistence = b;
+    } else if (name == "password_file") {
+      if (rest.empty())
+        fail(config_errc::missing_value, "'password_file' needs a value");
+      else
+        o.password_file.emplace(rest);  // a path: the rest of the line; a later line wins
+    } else if (name == "allow_anonymous") {
+      bool b = false;
+      if (boolean(name, rest, b)) o.allow_anonymous = b;
     } else if (name == "persistence_location") {
       if (rest.empty())
         fail(config_errc::missing_value, "'persistence_location' needs a value");
@@ -570,8 +578,8 @@ class config_reader {
     } else if (name == "per_listener_settings") {
       bool b = false;
       if (boolean(name, rest, b) && b)
-        warn("per_listener_settings true ignored: the settings it makes per listener (password_file, acl_file, "
-             "allow_anonymous, plugins) are not read here, and every other option is the broker's");
+        warn("per_listener_settings true ignored: password_file and allow_anonymous apply to every listener "
+             "here, as every other option does");
     } else if (name == "set_tcp_nodelay") {
       bool b = false;
       if (boolean(name, rest, b) && !b) warn("set_tcp_nodelay false ignored: TCP_NODELAY is always set here");

@@ -10,6 +10,9 @@
 #if MQTTBROKER_EXAMPLE_SQLITE
 #include <mqttbroker/storage/sqlite.hpp>  // mqttbroker::sqlite (SQLite 3): --persistence
 #endif
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+#include <mqttbroker/auth/password_file.hpp>  // mqttbroker::auth (OpenSSL's libcrypto): --password-file
+#endif
 
 #include "config_file.hpp"
 
@@ -17,9 +20,11 @@
 #include <asio.hpp>
 #include <fmt/core.h>
 
+#include <chrono>
 #include <csignal>
 #include <functional>
 #include <cstdint>
+#include <memory>
 #include <cstdio>
 #include <optional>
 #include <set>
@@ -50,6 +55,26 @@ struct logging_hooks {
   std::string redirect_to;  // empty: no redirection
   bool redirect_permanent = false;
   std::set<std::string, std::less<>> publishers;  // --allow-publish: empty lets everyone publish
+
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  /// --password-file and --allow-anonymous false; none: every client may connect. Copies share
+  /// the file, so SIGHUP's reload through the server's copy reaches the broker's.
+  std::optional<mqttbroker::auth::password_hooks> passwords;
+  /// A refused login is answered this much later, on `timers`, so that guessing is slow; the
+  /// client's reader waits meanwhile, other clients do not.
+  std::chrono::milliseconds refusal_delay{1000};
+  asio::any_io_executor timers;
+
+  void authenticate(const mqttbroker::hooks::connect_info& c, mqttbroker::hooks::auth_reply reply) {
+    if (!passwords) return reply(mqttbroker::hooks::auth_result::accept);
+    const auto answer = passwords->authenticate(c);
+    if (answer == mqttbroker::hooks::auth_result::accept) return reply(answer);
+    say(level::notice, "login refused: client {} from {}:{}, {}", c.client_id, c.peer_address, c.peer_port,
+        c.username ? fmt::format("username {}", *c.username) : std::string("no username (allow_anonymous is false)"));
+    auto timer = std::make_shared<asio::steady_timer>(timers, refusal_delay);
+    timer->async_wait([timer, reply = std::move(reply), answer](std::error_code) mutable { reply(answer); });
+  }
+#endif
 
   /// A minimal rule to show who a client is (with --use-identity-as-username: its certificate):
   /// only the named usernames may publish.
@@ -255,11 +280,20 @@ bool open_listener(Broker& broker, asio::io_context& io, const listener_plan& p,
   return true;
 }
 
+/// --password-file and --allow-anonymous: what SIGHUP reads again.
+std::string password_path;
+bool allow_anonymous = true;
+
 template <class Broker>
 int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::vector<listener_plan>& plans,
           unsigned threads, const persistence_settings& store) {
   asio::io_context io(static_cast<int>(threads));
-  Broker broker(io, opts, hooks);
+  logging_hooks with_timers = hooks;
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  with_timers.timers = io.get_executor();
+#endif
+  Broker broker(io, opts, with_timers);
+#if MQTTBROKER_EXAMPLE_SQLITE
   if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
     // Before the listeners: a store that cannot be opened (in use, not a store, newer) stops the
     // start with its reason, and start() loads what it kept.
@@ -274,6 +308,9 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   } else {
     (void)store;
   }
+#else
+  (void)store;  // built without SQLite: memory storage only
+#endif
   opened listeners;
   for (const listener_plan& p : plans)
     if (!open_listener(broker, io, p, listeners)) return 1;
@@ -284,6 +321,19 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   std::function<void()> on_hangup = [&] {
     hangups.async_wait([&](std::error_code e, int) {
       if (e) return;
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+      if (auto passwords = with_timers.passwords; passwords && !password_path.empty()) {
+        std::error_code pec;
+        std::string what;
+        auto f = mqttbroker::auth::password_file::read(password_path, pec, &what);
+        if (pec) {
+          say(level::error, "SIGHUP: {}; the users read before stay", what);
+        } else {
+          say(level::info, "SIGHUP: password file {} read again: {} users", password_path, f.size());
+          passwords->replace(std::move(f), allow_anonymous);
+        }
+      }
+#endif
       if (tls_listeners.empty()) say(level::info, "SIGHUP: no TLS listener, nothing to reload");
       for (const std::size_t index : tls_listeners) {
         std::error_code rec;
@@ -452,6 +502,15 @@ int main(int argc, char** argv) {
                  "send every authenticated client to this server (5.0 Server Reference; 3.1.1 is refused)");
   app.add_flag("--redirect-permanent", hooks.redirect_permanent,
                "with --redirect: Server moved (0x9D) instead of Use another server (0x9C)");
+  std::optional<bool> anonymous_flag;
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  app.add_option("--password-file", password_path,
+                 "users and password hashes in Mosquitto 2.0's format (mosquitto_passwd); read again on SIGHUP "
+                 "[password_file]");
+  app.add_option("--allow-anonymous", anonymous_flag,
+                 "let clients without a user name connect (true/false; default: false with a password file, "
+                 "else true) [allow_anonymous]");
+#endif
   std::vector<std::string> publishers;
   app.add_option("--allow-publish", publishers,
                  "only clients with this username may publish (repeat for more; default: everyone)");
@@ -493,7 +552,8 @@ int main(int argc, char** argv) {
       "  given here (--port, --certfile, --ws-port, --wss-port) adds its listener beside the file's.\n"
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
-      "  Lines that make no sense here (pid_file, user, persistence_file, autosave_*, log_*, allow_anonymous...)\n"
+      "  password_file and allow_anonymous are --password-file and --allow-anonymous.\n"
+      "  Lines that make no sense here (pid_file, user, persistence_file, autosave_*, log_*...)\n"
       "  are warned about and ignored; anything else is an error naming the file and line (exit status 1).");
   CLI11_PARSE(app, argc, argv);
   const auto given = [&app](const char* flag) { return app.count(flag) != 0; };
@@ -527,6 +587,15 @@ int main(int argc, char** argv) {
     if (file.persistent_client_expiration && !given("--session-expiry"))
       session_expiry_s = static_cast<std::uint64_t>(file.persistent_client_expiration->count());
     if (file.sys_interval && !given("--sys-interval")) sys_interval_s = static_cast<unsigned>(file.sys_interval->count());
+    if (file.password_file && !given("--password-file")) password_path = *file.password_file;
+    if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
+#if !MQTTBROKER_EXAMPLE_PASSWORDS
+    if (file.password_file || file.allow_anonymous.value_or(true) == false) {
+      fmt::print(stderr, "mqttbroker: {}: password_file and allow_anonymous false need a build with OpenSSL\n",
+                 config_file);
+      return 1;
+    }
+#endif
     if (file.persistence.value_or(false) && !given("--persistence")) {
 #if MQTTBROKER_EXAMPLE_SQLITE
       // Mosquitto's default folder is the working one.
@@ -561,6 +630,24 @@ int main(int argc, char** argv) {
   opts.stuck_client_timeout = std::chrono::milliseconds(stuck_ms);
   opts.maximum_qos = static_cast<mqttbroker::codec::qos>(max_qos);
   hooks.publishers.insert(publishers.begin(), publishers.end());
+  // Mosquitto 2.0's rule: anonymous clients are refused once there is a password file, unless
+  // allow_anonymous says otherwise; without one, allow_anonymous false refuses everyone.
+  allow_anonymous = anonymous_flag.value_or(password_path.empty());
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  if (!password_path.empty() || !allow_anonymous) {
+    std::error_code pec;
+    std::string what;
+    mqttbroker::auth::password_file users;
+    if (!password_path.empty()) users = mqttbroker::auth::password_file::read(password_path, pec, &what);
+    if (pec) {
+      fmt::print(stderr, "{}\n", what);
+      return 1;
+    }
+    say(level::info, "passwords: {} ({} users), anonymous clients {}", password_path.empty() ? "none" : password_path,
+        users.size(), allow_anonymous ? "allowed" : "refused");
+    hooks.passwords.emplace(std::move(users), allow_anonymous);
+  }
+#endif
   for (const std::string& w : warnings) say(level::warning, "{}", w);
 
   try {

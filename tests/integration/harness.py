@@ -489,8 +489,9 @@ class PahoClient:
     acknowledgements the test waits for are events."""
 
     def __init__(self, port, client_id="", version=V311, clean=True, keepalive=60, will=None,
-                 session_expiry=None, connect_now=True, connect_properties=None):
+                 session_expiry=None, connect_now=True, connect_properties=None, credentials=None):
         self.port = port
+        self.credentials = credentials  # (username, password), or None
         self.version = version
         self.messages = queue.Queue()
         self.connacks = queue.Queue()
@@ -524,6 +525,8 @@ class PahoClient:
         self.client.on_unsubscribe = self._on_unsubscribe
         if self.will:
             self.client.will_set(*self.will)
+        if self.credentials:
+            self.client.username_pw_set(*self.credentials)
 
     # callbacks, on paho's thread
     def _on_connect(self, client, userdata, flags, rc, properties=None):
@@ -737,6 +740,11 @@ class MosquittoSub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=WAIT)
+
+
+def require_mosquitto_passwd():
+    if not shutil.which("mosquitto_passwd"):
+        _client_missing("mosquitto_passwd (Debian mosquitto)")
 
 
 def require_mosquitto_clients():

@@ -10,6 +10,7 @@ import faulthandler
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -297,6 +298,96 @@ class DebianStock(ConfigCase):
         self.assertEqual(c.get().payload, b"served")
 
 
+class PasswordFile(ConfigCase):
+    """password_file with a file made by Debian's mosquitto_passwd (2.0: PBKDF2-SHA512, and
+    -H sha512 for 1.x's SHA-512), allow_anonymous left to its default (false with a password
+    file, as in Mosquitto 2.0); refusals are "not authorized" (3.1.1 5, 5.0 0x87), as Mosquitto
+    answers, and come after the server's delay of a second; SIGHUP reads the file again."""
+
+    def make_conf(self):
+        h.require_mosquitto_passwd()
+        self.passwd = os.path.join(self.dir, "passwd")
+        self.mosquitto_passwd("-c", "-b", self.passwd, "alice", "s3cret")
+        self.mosquitto_passwd("-H", "sha512", "-b", self.passwd, "carol", "old style")
+        return self.write("mqttbroker.conf", "listener 0 127.0.0.1\npassword_file %s\n" % self.passwd)
+
+    @staticmethod
+    def mosquitto_passwd(*args):
+        subprocess.run(["mosquitto_passwd", *args], check=True, stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=h.WAIT)
+
+    def connack(self, credentials, version=h.V311):
+        """The CONNACK code paho gets with `credentials` ((user, password) or None)."""
+        c = h.PahoClient(self.port, version=version, connect_now=False, credentials=credentials)
+        self._clients.append(c)
+        return c.connect(expect_code=None)[1]
+
+    def test_the_users_of_mosquitto_passwd_log_in_and_nobody_else(self):
+        for version, refused in ((h.V311, 5), (h.V5, 0x87)):
+            with self.subTest(version=version):
+                self.assertEqual(self.connack(("alice", "s3cret"), version), 0)
+                self.assertEqual(self.connack(("carol", "old style"), version), 0)
+                self.assertEqual(self.connack(("alice", "S3cret"), version), refused)
+                self.assertEqual(self.connack(("mallory", "s3cret"), version), refused)
+                self.assertEqual(self.connack(None, version), refused)  # anonymous
+        self.wait_log(r"login refused: client \S+ from 127\.0\.0\.1:\d+, username mallory")
+
+    def test_a_refusal_is_answered_a_second_late(self):
+        started = time.monotonic()
+        self.assertEqual(self.connack(("alice", "guess")), 5)
+        self.assertGreaterEqual(time.monotonic() - started, 0.9)
+
+    def test_mosquitto_clients_with_credentials(self):
+        sub = mosquitto_sub(self.port, "pw/#", "-u", "alice", "-P", "s3cret")
+        self.addCleanup(sub.kill)
+        mosquitto_pub(self.port, "pw/t", "from carol", "-u", "carol", "-P", "old style")
+        received(sub, "pw/t from carol")
+
+    def test_sighup_reads_the_file_again_and_connected_clients_stay(self):
+        alice = h.PahoClient(self.port, credentials=("alice", "s3cret"))
+        self._clients.append(alice)
+        alice.subscribe("reload/#", qos=1)
+        self.mosquitto_passwd("-b", self.passwd, "erin", "new one")
+        self.mosquitto_passwd("-D", self.passwd, "alice")
+        self.broker.proc.send_signal(signal.SIGHUP)
+        self.wait_log(r"SIGHUP: password file .* read again: 2 users")
+        self.assertEqual(self.connack(("erin", "new one")), 0)
+        self.assertEqual(self.connack(("alice", "s3cret")), 5)
+        # Already connected, alice stays: the file decides who may log in, not who may stay.
+        erin = h.PahoClient(self.port, credentials=("erin", "new one"))
+        self._clients.append(erin)
+        erin.publish("reload/x", b"after the reload", qos=1)
+        self.assertEqual(alice.get().payload, b"after the reload")
+
+    def test_a_broken_file_at_sighup_keeps_the_users_read_before(self):
+        with open(self.passwd, "a") as f:
+            f.write("broken line\n")
+        self.broker.proc.send_signal(signal.SIGHUP)
+        self.wait_log(r"SIGHUP: .*line 3: not a line of a password file; the users read before stay")
+        self.assertEqual(self.connack(("alice", "s3cret")), 0)
+
+
+class AnonymousAllowed(PasswordFile):
+    """allow_anonymous true beside the password file: a CONNECT without a user name is accepted,
+    a wrong password still is not."""
+
+    def make_conf(self):
+        path = super().make_conf()
+        with open(path, "a") as f:
+            f.write("allow_anonymous true\n")
+        return path
+
+    def test_the_users_of_mosquitto_passwd_log_in_and_nobody_else(self):
+        self.assertEqual(self.connack(None), 0)
+        self.assertEqual(self.connack(("alice", "s3cret")), 0)
+        self.assertEqual(self.connack(("alice", "wrong")), 5)
+
+    test_a_refusal_is_answered_a_second_late = None
+    test_mosquitto_clients_with_credentials = None
+    test_sighup_reads_the_file_again_and_connected_clients_stay = None
+    test_a_broken_file_at_sighup_keeps_the_users_read_before = None
+
+
 class Refused(ConfigCase):
     """What stops the server before it listens: exit status 1, the file and line named."""
 
@@ -316,10 +407,10 @@ class Refused(ConfigCase):
         self.assertIn("mqttbroker: %s:3: 'retain_available' must be true or false, not 'maybe'" % bad, err)
 
     def test_an_unsupported_option(self):
-        path = self.write("auth.conf", "listener 0 127.0.0.1\npassword_file /etc/mosquitto/passwd\n")
+        path = self.write("auth.conf", "listener 0 127.0.0.1\nacl_file /etc/mosquitto/acl\n")
         status, err = self.run_server("-c", path)
         self.assertEqual(status, 1, err)
-        self.assertIn("mqttbroker: %s:2: 'password_file' is not supported by mqttbroker" % path, err)
+        self.assertIn("mqttbroker: %s:2: 'acl_file' is not supported by mqttbroker" % path, err)
 
     def test_a_listener_that_cannot_start_names_its_line(self):
         path = self.write("tls.conf", "listener 0 127.0.0.1\n\nlistener 0 127.0.0.1\ncertfile %s\nkeyfile %s\n"
@@ -327,6 +418,16 @@ class Refused(ConfigCase):
         status, err = self.run_server("-c", path)
         self.assertEqual(status, 1, err)
         self.assertRegex(err, r"cannot listen \(tls\) on 127\.0\.0\.1:0 \(%s:3\): .*missing\.crt" % re.escape(path))
+
+    def test_a_password_file_that_cannot_be_used(self):
+        bad = self.write("passwd", "alice:$7$101$AAAA$AAAA\n")
+        path = self.write("auth.conf", "listener 0 127.0.0.1\npassword_file %s\n" % bad)
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("password file '%s', line 1: not a line of a password file" % bad, err)
+        status, err = self.run_server("--bind", "127.0.0.1", "--port", "0", "--password-file", bad + "-x")
+        self.assertEqual(status, 1, err)
+        self.assertIn("password file '%s-x' cannot be read" % bad, err)
 
     def test_a_file_that_cannot_be_read(self):
         path = os.path.join(self.dir, "absent.conf")
