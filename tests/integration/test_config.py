@@ -8,6 +8,7 @@ lines. Certificates are made at run time by tests/tls/make-certs.sh."""
 
 import faulthandler
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -359,6 +360,30 @@ class PasswordFile(ConfigCase):
         erin.publish("reload/x", b"after the reload", qos=1)
         self.assertEqual(alice.get().payload, b"after the reload")
 
+    def test_a_file_written_by_mqttbroker_passwd_serves_mosquitto_and_this_server(self):
+        """examples/passwd writes what mosquitto_passwd writes: the real Mosquitto takes its file."""
+        if not os.environ.get("MQTTBROKER_PASSWD"):
+            self.skipTest("built without mqttbroker::auth: no mqttbroker_passwd")
+        if not shutil.which("mosquitto"):
+            h._client_missing("mosquitto (Debian mosquitto)")
+        path = os.path.join(self.dir, "written")
+        subprocess.run([h.example_binary("MQTTBROKER_PASSWD"), "-c", "-b", path, "zoe", "z pass"], check=True,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=h.WAIT)
+        port = h.free_port()
+        # `user`: started as root, Mosquitto would become user mosquitto, which may not read the
+        # file (mqttbroker_passwd makes it the owner's alone).
+        conf = self.write("mosquitto.conf", "user %s\nlistener %d 127.0.0.1\npassword_file %s\n"
+                          % (pwd.getpwuid(os.getuid()).pw_name, port, path))
+        mosquitto = h.Program(["mosquitto", "-c", conf, "-v"])
+        self.addCleanup(mosquitto.terminate)
+        mosquitto.wait_line(r"Opening ipv4 listen socket on port %d" % port)
+        mosquitto_pub(port, "t", "to mosquitto", "-u", "zoe", "-P", "z pass")
+        with self.assertRaises(AssertionError):
+            mosquitto_pub(port, "t", "to mosquitto", "-u", "zoe", "-P", "wrong")
+        ours = h.start_broker(("--password-file", path))
+        self.addCleanup(ours.stop)
+        mosquitto_pub(ours.port, "t", "to mqttbroker", "-u", "zoe", "-P", "z pass")
+
     def test_a_broken_file_at_sighup_keeps_the_users_read_before(self):
         with open(self.passwd, "a") as f:
             f.write("broken line\n")
@@ -386,6 +411,7 @@ class AnonymousAllowed(PasswordFile):
     test_mosquitto_clients_with_credentials = None
     test_sighup_reads_the_file_again_and_connected_clients_stay = None
     test_a_broken_file_at_sighup_keeps_the_users_read_before = None
+    test_a_file_written_by_mqttbroker_passwd_serves_mosquitto_and_this_server = None
 
 
 class Refused(ConfigCase):

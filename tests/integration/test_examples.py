@@ -193,7 +193,7 @@ class CommandLine(unittest.TestCase):
         ("MQTTBROKER_EMBED", "--port", r"embedded broker on"),
         ("MQTTBROKER_GATEWAY", "--mqtt-port", r"gateway: MQTT on"),
         ("MQTTBROKER_AUTH", "--port", r"broker with access control on"),
-    )
+    ) + ((("MQTTBROKER_PASSWD", "-D", r"\$7\$"),) if os.environ.get("MQTTBROKER_PASSWD") else ())  # with OpenSSL
 
     def run_program(self, *args):
         r = subprocess.run([str(a) for a in args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
