@@ -1588,9 +1588,9 @@ TEST_CASE("engine: the log hook gets the broker's messages, formatted, up to opt
                     "info: client 'good' connected (MQTT 3.1.1, new session)",
                     "info: client 'bad' connected (MQTT 3.1.1, new session)",
                     "warning: client 'bad': " + std::error_code(mb::protocol_errc::second_connect).message() + "; closing",
-                    "info: client 'bad' disconnected without DISCONNECT",
-                    "notice: CONNECT of '" + std::string(300, 'x') + "' refused: Client Identifier not valid",
-                    "info: client 'good' disconnected",
+                    "info: client 'bad' disconnected: " + std::error_code(mb::protocol_errc::second_connect).message(),
+                    "notice: CONNECT of '" + std::string(300, 'x') + "' refused: Client Identifier not valid (0x85)",
+                    "info: client 'good' disconnected: DISCONNECT received",
                 });
 
   // Less verbose: nothing below the level reaches the hook.
@@ -1600,6 +1600,34 @@ TEST_CASE("engine: the log hook gets the broker's messages, formatted, up to opt
   world<log_policies> q(quiet, log_hooks{&lines});
   q.connected(hello("a"));
   CHECK(lines.empty());
+}
+
+TEST_CASE("engine: the log says why each connection ended", "[engine][hooks][log]") {
+  std::vector<std::pair<mb::log_level, std::string>> lines;
+  mb::broker_options o;
+  o.log_level = mb::log_level::info;
+  world<log_policies> w(o, log_hooks{&lines});
+  const auto v5 = protocol_version::v5;
+  w.connected(hello("idle").keep_alive(10), v5);
+  auto& first = w.connected(hello("twice"));
+  w.connected(hello("twice"));
+  auto& gone = w.connected(hello("gone"));
+  auto& willing = w.connected(hello("willing"), v5);
+  w.advance(seconds(15));  // idle's Keep Alive runs out; the others are still within theirs
+  w.drop(gone);
+  codec::disconnect with_will;
+  with_will.reason = reason_code::disconnect_with_will_message;
+  w.feed(willing, with_will);
+  (void)first;
+  std::vector<std::string> ended;
+  for (const auto& [level, line] : lines)
+    if (line.find("disconnected") != std::string::npos) ended.push_back(line);
+  CHECK(ended == std::vector<std::string>{
+                     "client 'twice' disconnected: a newer connection with this Client Identifier took over",
+                     "client 'idle' disconnected: nothing received within the Keep Alive",
+                     "client 'gone' disconnected: connection closed without DISCONNECT",
+                     "client 'willing' disconnected: DISCONNECT with Will Message (0x04) received",
+                 });
 }
 
 TEST_CASE("engine: 5.0 acknowledgement reasons: PUBACK 0x10 without subscribers, PUBREL 0x92 for an unknown PUBREC",

@@ -6831,6 +6831,7 @@ struct link_extras {
   std::uint32_t rate_second = 0;
   std::uint32_t rate_count = 0;
   std::unique_ptr<topic_aliases> aliases;
+  std::string close_why;  // why the connection ends, for the log line that says it ended (the first reason)
 
   topic_aliases& alias_table() {
     if (!aliases) aliases = std::make_unique<topic_aliases>();
@@ -9127,7 +9128,7 @@ class protocol : public core<Policies> {
         if (p.index() == 14)
           on_auth(l, std::get<codec::auth>(p), now);
         else if (p.index() == 13)
-          l.close(reason_code::normal_disconnection, false, true, now);
+          close_for(l, "DISCONNECT during authentication", reason_code::normal_disconnection, false, true, now);
         else
           violation(l, p.index() == 0 ? protocol_errc::second_connect : protocol_errc::packet_during_authentication, now);
         return !l.is_closing() && !l.paused();
@@ -9268,7 +9269,9 @@ class protocol : public core<Policies> {
   }
 
   /// The broker stops: 5.0 clients hear DISCONNECT 0x8B, every connection closes.
-  void shut_down(link_type& l, steady_time now) { l.close(reason_code::server_shutting_down, true, true, now); }
+  void shut_down(link_type& l, steady_time now) {
+    close_for(l, "the server is stopping", reason_code::server_shutting_down, true, true, now);
+  }
 
   /// Sends the connected client `client_id` to another server (5.0 section 4.11): a 5.0 client
   /// gets DISCONNECT 0x9C Use another server, or 0x9D Server moved when `permanent`, with
@@ -9313,7 +9316,7 @@ class protocol : public core<Policies> {
     if (!l.connected_) {
       this->log(log_level::notice, "connection closed: no CONNECT within {} ms", opts_.connect_timeout.count());
       // No complete CONNECT within the timeout: close without a word.
-      l.close(reason_code::maximum_connect_time, false, false, now);
+      close_for(l, "no CONNECT in time", reason_code::maximum_connect_time, false, false, now);
     } else {
       this->log(log_level::notice, "client '{}': Keep Alive timeout", l.client_id());
       // [MQTT-3.1.2-24] nothing within 1.5 times the Keep Alive: disconnect, and the will goes out.
@@ -9396,8 +9399,12 @@ class protocol : public core<Policies> {
     if (will_due && will_scheduled_) will_scheduled_(*will_due);
     resume_all(paced);
     if (l.connected_ && rec) {
-      this->log(log_level::info, "client '{}' disconnected{}", rec->state.client_id(),
-                l.graceful_ ? "" : " without DISCONNECT");
+      // Why: the first reason the server gave or the client's DISCONNECT; none of them, the
+      // transport ended (the client closed it, or the network failed).
+      const std::string_view why = l.extras_ && !l.extras_->close_why.empty()
+                                       ? std::string_view(l.extras_->close_why)
+                                       : std::string_view("connection closed without DISCONNECT");
+      this->log(log_level::info, "client '{}' disconnected: {}", rec->state.client_id(), why);
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
         hooks::client_info info = l.client_info();
         info.client_id = rec->state.client_id();  // the link has let go of the session
@@ -9510,7 +9517,15 @@ class protocol : public core<Policies> {
     d.properties = props;
     codec::properties_builder b;
     if (l.connected_ && l.version_ == codec::protocol_version::v5) add_reason_string(l, d, b, why, max_packet);
-    l.close(reason, true, false, now, d.properties);
+    close_for(l, why, reason, true, false, now, d.properties);
+  }
+
+  /// link::close(), with why it ends for the log line that says it ended (the first reason given
+  /// wins: a connection closing on a protocol error may still be stopped before it is gone).
+  void close_for(link_type& l, std::string_view why, reason_code reason, bool notify, bool graceful, steady_time now,
+                 codec::properties_view props = {}) {
+    if (!why.empty() && (!l.extras_ || l.extras_->close_why.empty())) l.more().close_why.assign(why);
+    l.close(reason, notify, graceful, now, props);
   }
 
   // ---- server redirection (5.0 section 4.11)
@@ -9635,7 +9650,12 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
-    this->log(log_level::notice, "CONNECT of '{}' refused: {}", info.client_id, to_string(why));
+    if (info.peer_address.empty())
+      this->log(log_level::notice, "CONNECT of '{}' refused: {} (0x{:02X})", info.client_id, to_string(why),
+                static_cast<unsigned>(why));
+    else
+      this->log(log_level::notice, "CONNECT of '{}' from {}:{} refused: {} (0x{:02X})", info.client_id,
+                info.peer_address, info.peer_port, to_string(why), static_cast<unsigned>(why));
     if constexpr (hooks::has_on_connect_refused_v<hooks_type>) {
       hooks_.on_connect_refused(info, why);
     } else {
@@ -10137,8 +10157,19 @@ class protocol : public core<Policies> {
     }
     l.send(ack, now);
 
-    this->log(log_level::info, "client '{}' connected (MQTT {}, {} session)", client_id, v5 ? "5.0" : "3.1.1",
-              session_present ? "resumed" : "new");
+    if constexpr (session_type::keeps_origin) {
+      // Where it came from and who it says it is, when the broker keeps it (a hook takes a client_info).
+      const hooks::client_info who = l.client_info();
+      this->log(log_level::info, "client '{}' connected (MQTT {}, {} session) from {}:{} on listener {} ({}), {}{}",
+                client_id, v5 ? "5.0" : "3.1.1", session_present ? "resumed" : "new",
+                who.peer_address.empty() ? std::string_view("-") : who.peer_address, who.peer_port,
+                who.listener != nullptr ? who.listener->index : 0,
+                who.listener != nullptr ? who.listener->transport : std::string_view("-"),
+                who.username ? "username " : "no username", who.username ? *who.username : std::string_view());
+    } else {
+      this->log(log_level::info, "client '{}' connected (MQTT {}, {} session)", client_id, v5 ? "5.0" : "3.1.1",
+                session_present ? "resumed" : "new");
+    }
     if constexpr (hooks::has_on_connect_v<hooks_type>) hooks_.on_connect(l.client_info());
 
     // [MQTT-4.4.0-1] a resumed session resends what was in flight, then what waited.
@@ -10553,7 +10584,8 @@ class protocol : public core<Policies> {
       }
     }
     if (!keep_will && l.extras_) l.extras_->will = message_ptr();
-    l.close(reason_code::normal_disconnection, false, !keep_will, now);
+    close_for(l, keep_will ? "DISCONNECT with Will Message (0x04) received" : "DISCONNECT received",
+              reason_code::normal_disconnection, false, !keep_will, now);
   }
 
   /// A listener's open connections and its limit (limit_listener).

@@ -333,6 +333,16 @@ class PasswordFile(ConfigCase):
                 self.assertEqual(self.connack(None, version), refused)  # anonymous
         self.wait_log(r"login refused: client \S+ from 127\.0\.0\.1:\d+, username mallory")
 
+    def test_the_log_says_who_connected_from_where_and_why_they_left(self):
+        c = h.PahoClient(self.port, client_id="logged", credentials=("alice", "s3cret"))
+        self._clients.append(c)
+        self.wait_log(r"client 'logged' connected \(MQTT 3\.1\.1, new session\) from 127\.0\.0\.1:\d+ on listener 0 "
+                      r"\(tcp\), username alice")
+        c.disconnect()
+        self.wait_log(r"client 'logged' disconnected: DISCONNECT received")
+        self.assertEqual(self.connack(("alice", "nope")), 5)
+        self.wait_log(r"CONNECT of '\S+' from 127\.0\.0\.1:\d+ refused: Not authorized \(0x87\)")
+
     def test_a_refusal_is_answered_a_second_late(self):
         started = time.monotonic()
         self.assertEqual(self.connack(("alice", "guess")), 5)
@@ -408,6 +418,7 @@ class AnonymousAllowed(PasswordFile):
         self.assertEqual(self.connack(("alice", "wrong")), 5)
 
     test_a_refusal_is_answered_a_second_late = None
+    test_the_log_says_who_connected_from_where_and_why_they_left = None
     test_mosquitto_clients_with_credentials = None
     test_sighup_reads_the_file_again_and_connected_clients_stay = None
     test_a_broken_file_at_sighup_keeps_the_users_read_before = None

@@ -120,6 +120,7 @@ struct link_extras {
   std::uint32_t rate_second = 0;
   std::uint32_t rate_count = 0;
   std::unique_ptr<topic_aliases> aliases;
+  std::string close_why;  // why the connection ends, for the log line that says it ended (the first reason)
 
   topic_aliases& alias_table() {
     if (!aliases) aliases = std::make_unique<topic_aliases>();
