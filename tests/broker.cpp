@@ -2850,6 +2850,39 @@ TEST_CASE("server redirection: CONNACK 0x9C or 0x9D from the hook, DISCONNECT fr
   CHECK_FALSE(h.broker.redirect("goes", "c.example:8883"));  // gone now
 }
 
+TEST_CASE("broker::disconnect(): DISCONNECT 0x98 to a 5.0 client, a close for 3.1.1; the will goes out, a persistent session "
+          "stays",
+          "[broker][v5][will][MQTT-3.1.2-8][MQTT-4.13.2-1]") {
+  harness<> h;
+  client& watcher = h.connected("watcher");
+  h.subscribe(watcher, "wills/#", qos::at_most_once);
+  client& five = h.connected("five", false, protocol_version::v5, will_spec{"wills/five", "five gone"});
+  client& old = h.connected("old", false, protocol_version::v3_1_1, will_spec{"wills/old", "old gone"});
+  client& stays = h.connected("stays");
+  CHECK(h.broker.disconnect("five"));
+  CHECK(h.broker.disconnect("old", reason_code::server_busy));  // 3.1.1 hears no reason
+  CHECK_FALSE(h.broker.disconnect("nobody"));
+  h.settle();
+  const rx d = five.pop(DISCONNECT);
+  CHECK(d.code == static_cast<std::uint8_t>(reason_code::administrative_action));
+  CHECK(five.closed());
+  CHECK(old.empty());
+  CHECK(old.closed());
+  CHECK_FALSE(stays.closed());
+  std::vector<std::string> wills;
+  for (const rx& p : watcher.publishes()) wills.push_back(p.payload);
+  std::sort(wills.begin(), wills.end());
+  CHECK(wills == std::vector<std::string>{"five gone", "old gone"});
+  CHECK_FALSE(h.broker.disconnect("five"));  // gone now
+  // old's persistent session (3.1.1 Clean Session 0) stays for its next connection; five's ends
+  // with the connection (5.0 without a Session Expiry Interval).
+  CHECK(h.broker.stats().sessions == 3);
+  client& back = h.add();
+  back.connect("old", false);
+  h.settle();
+  CHECK(back.pop(CONNACK).session_present);
+}
+
 TEST_CASE("max_publish_rate in seconds of the broker's clock: DISCONNECT 0x96 in 5.0, a close in 3.1.1, no PUBACK",
           "[broker][v5][rate][MQTT-4.13.2-1]") {
   mb::broker_options o;

@@ -300,6 +300,16 @@ class broker {
     return ctx_.engine_.redirect(client_id, server_reference, permanent);
   }
 
+  /// Ends the connection of the connected client `client_id`, as an operator would: a 5.0 client
+  /// gets DISCONNECT with `reason` (0x98 Administrative action unless said otherwise) first, a
+  /// 3.1.1 client's connection just closes. Its will goes out, and a persistent session stays
+  /// for its next connection. From any thread (broker_mt) or the io_context's (broker<>); done
+  /// on the connection's own thread after this returns. False when no client with that
+  /// identifier is connected.
+  bool disconnect(std::string_view client_id, reason_code reason = reason_code::administrative_action) {
+    return ctx_.engine_.kick(client_id, reason);
+  }
+
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();
     s.handshake_failures = ctx_.handshake_failures.load();

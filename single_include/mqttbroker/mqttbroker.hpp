@@ -6763,6 +6763,7 @@ enum class link_event : std::uint8_t {
   authenticated,   // an asynchronous authenticate answered
   auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
   redirect,        // the host sends this client to another server (protocol::redirect)
+  kick,            // the host ends this client's connection (protocol::kick)
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -9264,6 +9265,7 @@ class protocol : public core<Policies> {
       case link_event::authenticated: return on_authenticated(l, now);
       case link_event::auth_step: return on_auth_step(l, now);
       case link_event::redirect: on_redirect(l, now); return false;
+      case link_event::kick: on_kick(l, now); return false;
     }
     return false;
   }
@@ -9289,6 +9291,25 @@ class protocol : public core<Policies> {
     }
     // Posted even with one thread: the caller may be inside this client's own handler.
     target->post(link_event::redirect);
+    return true;
+  }
+
+  /// Ends the connection of the connected client `client_id`: a 5.0 client first gets DISCONNECT
+  /// with `reason` (0x98 Administrative action, say); a 3.1.1 client's connection just closes.
+  /// Its will goes out and a persistent session stays, as for any close the client did not ask
+  /// for. From any thread; the connection's own thread does it (link_event::kick). False when no
+  /// client of that identifier is connected.
+  bool kick(std::string_view client_id, reason_code reason) {
+    detail::ref_ptr<link_type> target;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = sessions_.find(client_id);
+      if (it == sessions_.end() || !it->second->conn) return false;
+      target = it->second->conn;
+      kicks_.emplace_back(target.get(), reason);
+    }
+    // Posted even with one thread: the caller may be inside this client's own handler.
+    target->post(link_event::kick);
     return true;
   }
 
@@ -9582,6 +9603,21 @@ class protocol : public core<Policies> {
       add_server_reference(d, props, to->server_reference, max_packet);
     }
     disconnect(l, why, to->permanent ? "the server moved" : "use another server for now", now, d.properties, max_packet);
+  }
+
+  /// link_event::kick: the host's kick() of this link, if it is still connected.
+  void on_kick(link_type& l, steady_time now) {
+    reason_code reason;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = std::find_if(kicks_.begin(), kicks_.end(), [&](const auto& k) { return k.first == &l; });
+      if (it == kicks_.end()) return;
+      reason = it->second;
+      kicks_.erase(it);
+    }
+    if (!l.connected_ || l.is_closing()) return;  // taken over or closed meanwhile
+    this->log(log_level::notice, "client '{}': disconnected by the host ({})", l.client_id(), to_string(reason));
+    disconnect(l, reason, "disconnected by the server's operator", now);
   }
 
   // ---- PUBLISH rate
@@ -10603,6 +10639,7 @@ class protocol : public core<Policies> {
 
   // Redirections the host asked for (redirect()), until their links take them. state_mutex_.
   std::vector<std::pair<const link_type*, hooks::redirection>> redirects_;
+  std::vector<std::pair<const link_type*, reason_code>> kicks_;  // kick(): the links told, and with what
   // By listener index: every link opened with link::set_listener is counted, limited or not, so
   // a limit set later starts from the true figure. state_mutex_.
   std::vector<listener_count> listener_counts_;
@@ -11783,6 +11820,16 @@ class broker {
   /// no client with that identifier is connected.
   bool redirect(std::string_view client_id, std::string_view server_reference, bool permanent = false) {
     return ctx_.engine_.redirect(client_id, server_reference, permanent);
+  }
+
+  /// Ends the connection of the connected client `client_id`, as an operator would: a 5.0 client
+  /// gets DISCONNECT with `reason` (0x98 Administrative action unless said otherwise) first, a
+  /// 3.1.1 client's connection just closes. Its will goes out, and a persistent session stays
+  /// for its next connection. From any thread (broker_mt) or the io_context's (broker<>); done
+  /// on the connection's own thread after this returns. False when no client with that
+  /// identifier is connected.
+  bool disconnect(std::string_view client_id, reason_code reason = reason_code::administrative_action) {
+    return ctx_.engine_.kick(client_id, reason);
   }
 
   broker_stats stats() const {

@@ -52,6 +52,7 @@ enum class link_event : std::uint8_t {
   authenticated,   // an asynchronous authenticate answered
   auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
   redirect,        // the host sends this client to another server (protocol::redirect)
+  kick,            // the host ends this client's connection (protocol::kick)
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
