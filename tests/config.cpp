@@ -99,9 +99,9 @@ TEST_CASE("config: Debian's stock mosquitto.conf loads, each option it cannot us
   INFO(message);
   REQUIRE_FALSE(ec);
   CHECK(c.listeners.empty());  // the server's own listener then (--bind, --port)
-  REQUIRE(c.warnings.size() == 2);
+  REQUIRE(c.warnings.size() == 1);
   CHECK(c.warnings[0].rfind(main + ":6: pid_file ignored", 0) == 0);
-  CHECK(c.warnings[1].rfind(main + ":11: log_dest ignored", 0) == 0);
+  CHECK(c.log_dest == std::vector<std::string>{"file /var/log/mosquitto/mosquitto.log"});
   CHECK(c.persistence == std::optional<bool>(true));  // the SQLite store, as Mosquitto's file asks
   CHECK(c.persistence_location == std::optional<std::string>("/var/lib/mosquitto/"));
   CHECK_FALSE(c.max_inflight_messages);  // nothing else set
@@ -252,8 +252,8 @@ TEST_CASE("config: options that make no sense here are accepted with a warning n
       "autosave_interval 1800\n"
       "autosave_on_changes false\n"
       "persistence_file mosquitto.db\n"
-      "log_type all\n"
-      "log_dest stderr\n"
+      "log_facility 5\n"
+      "websockets_log_level 255\n"
       "per_listener_settings false\n"
       "per_listener_settings true\n"
       "set_tcp_nodelay true\n"
@@ -264,8 +264,8 @@ TEST_CASE("config: options that make no sense here are accepted with a warning n
   CHECK(c.warnings[1].rfind("test.conf:2: autosave_interval ignored: ", 0) == 0);
   CHECK(c.warnings[2].rfind("test.conf:3: autosave_on_changes ignored: ", 0) == 0);
   CHECK(c.warnings[3].rfind("test.conf:4: persistence_file ignored: ", 0) == 0);
-  CHECK(c.warnings[4].rfind("test.conf:5: log_type ignored: ", 0) == 0);
-  CHECK(c.warnings[5].rfind("test.conf:6: log_dest ignored: ", 0) == 0);
+  CHECK(c.warnings[4].rfind("test.conf:5: log_facility ignored: ", 0) == 0);
+  CHECK(c.warnings[5].rfind("test.conf:6: websockets_log_level ignored: ", 0) == 0);
   CHECK(c.warnings[6].rfind("test.conf:8: per_listener_settings true ignored", 0) == 0);
   // The false ones say what the server does anyway, as does set_tcp_nodelay true: no warning.
   CHECK(c.warnings[7].rfind("test.conf:10: set_tcp_nodelay false ignored", 0) == 0);
@@ -489,4 +489,30 @@ TEST_CASE("config: password_file is the rest of the line and allow_anonymous a b
   CHECK_FALSE(load("max_qos 1\n").allow_anonymous);
   CHECK(refuse("password_file\n").ec == config_errc::missing_value);
   CHECK(refuse("allow_anonymous perhaps\n").ec == config_errc::invalid_value);
+}
+
+TEST_CASE("config: the logging lines: log_dest and log_type add up, a file is the rest of the line, topic and dlt are refused",
+          "[config]") {
+  const config_settings c = load(
+      "log_dest stderr\n"
+      "log_dest file /var/log/mqtt broker.log\n"
+      "log_dest syslog\n"
+      "log_type error\n"
+      "log_type information\n"
+      "log_type subscribe\n"
+      "log_timestamp true\n"
+      "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+      "connection_messages false\n");
+  CHECK(c.log_dest == std::vector<std::string>{"stderr", "file /var/log/mqtt broker.log", "syslog"});
+  CHECK(c.log_type == std::vector<std::string>{"error", "information", "subscribe"});
+  CHECK(c.log_timestamp == std::optional<bool>(true));
+  CHECK(c.log_timestamp_format == std::optional<std::string>("%Y-%m-%dT%H:%M:%S"));
+  CHECK(c.connection_messages == std::optional<bool>(false));
+  CHECK(c.warnings.empty());
+  CHECK(refuse("log_dest topic\n").ec == config_errc::not_supported);
+  CHECK(refuse("log_dest dlt\n").ec == config_errc::not_supported);
+  CHECK(refuse("log_dest printer\n").ec == config_errc::invalid_value);
+  CHECK(refuse("log_dest file\n").ec == config_errc::missing_value);
+  CHECK(refuse("log_type chatty\n").ec == config_errc::invalid_value);
+  CHECK(refuse("connection_messages maybe\n").ec == config_errc::invalid_value);
 }

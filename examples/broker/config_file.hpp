@@ -125,6 +125,12 @@ struct config_settings {
   std::optional<bool> persistence;                      // persistence true: the SQLite store (--persistence)
   std::optional<std::string> persistence_location;      // its folder; the working folder by default
   std::optional<std::string> password_file;             // Mosquitto 2.0's format (mosquitto_passwd)
+  // Logging, as Mosquitto's lines say it; each log_dest and log_type line adds one.
+  std::vector<std::string> log_dest;       // "stderr", "stdout", "syslog", "none", or "file PATH"
+  std::vector<std::string> log_type;       // error, warning, notice, information, debug, subscribe, unsubscribe, websockets, all, none
+  std::optional<bool> log_timestamp;
+  std::optional<std::string> log_timestamp_format;  // strftime(3)
+  std::optional<bool> connection_messages;
   std::optional<bool> allow_anonymous;                  // CONNECTs without a user name
 
   std::vector<listener_settings> listeners;  // in file order, the default listener (if any) last
@@ -161,18 +167,15 @@ struct option_note {
 inline constexpr std::string_view not_needed =
     "not needed: with persistence every change is stored before it is acknowledged, nothing waits for a save";
 inline constexpr std::string_view logs_to_stderr = "this server logs to stderr (--log-level sets how much)";
+inline constexpr std::string_view log_types[] = {"error", "warning", "notice", "information", "debug", "subscribe",
+                                                 "unsubscribe", "websockets", "all", "none"};
 inline constexpr option_note ignored_options[] = {
     {"pid_file", "this server writes no PID file (a service manager knows its PID)"},
     {"user", "this server does not change user: start it as the user it should run as"},
     {"persistence_file", "the store is mqttbroker.db in persistence_location"},
     {"autosave_interval", not_needed},
     {"autosave_on_changes", not_needed},
-    {"log_dest", logs_to_stderr},
-    {"log_type", logs_to_stderr},
-    {"log_facility", logs_to_stderr},
-    {"log_timestamp", logs_to_stderr},
-    {"log_timestamp_format", logs_to_stderr},
-    {"connection_messages", logs_to_stderr},
+    {"log_facility", "syslog lines go to the daemon facility"},
     {"websockets_log_level", logs_to_stderr},
     {"websockets_headers_size", "no effect here"},
     {"allow_duplicate_messages", "no effect here: a client subscribed through several filters gets one copy"},
@@ -550,6 +553,26 @@ class config_reader {
         fail(config_errc::missing_value, "'password_file' needs a value");
       else
         o.password_file.emplace(rest);  // a path: the rest of the line; a later line wins
+    } else if (name == "log_dest") {
+      log_dest(rest);
+    } else if (name == "log_type") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      if (std::find(std::begin(log_types), std::end(log_types), v) == std::end(log_types))
+        fail(config_errc::invalid_value,
+             fmt::format("'log_type' must be error, warning, notice, information, debug, subscribe, unsubscribe, "
+                         "websockets, all or none, not '{}'",
+                         v));
+      else
+        o.log_type.emplace_back(v);
+    } else if (name == "log_timestamp" || name == "connection_messages") {
+      bool b = false;
+      if (boolean(name, rest, b)) (name == "log_timestamp" ? o.log_timestamp : o.connection_messages) = b;
+    } else if (name == "log_timestamp_format") {
+      if (rest.empty())
+        fail(config_errc::missing_value, "'log_timestamp_format' needs a value");
+      else
+        o.log_timestamp_format.emplace(rest);  // a strftime format: the rest of the line
     } else if (name == "allow_anonymous") {
       bool b = false;
       if (boolean(name, rest, b)) o.allow_anonymous = b;
@@ -593,6 +616,30 @@ class config_reader {
       return false;
     }
     return true;
+  }
+
+  /// `log_dest stderr|stdout|syslog|none|file PATH`; Mosquitto's topic and dlt are not supported.
+  void log_dest(std::string_view rest) {
+    const std::size_t end = first_blank(rest);
+    const std::string_view kind = rest.substr(0, end);
+    const std::string_view path = trim(rest.substr(end));
+    if (kind == "file") {
+      if (path.empty())
+        fail(config_errc::missing_value, "'log_dest file' needs a path");
+      else
+        out_.log_dest.push_back("file " + std::string(path));
+      return;
+    }
+    std::string_view v;
+    if (!word("log_dest", rest, v)) return;
+    if (v == "stderr" || v == "stdout" || v == "syslog" || v == "none")
+      out_.log_dest.emplace_back(v);
+    else if (v == "topic" || v == "dlt")
+      fail(config_errc::not_supported,
+           fmt::format("'log_dest {}' is not supported by mqttbroker (stderr, stdout, syslog and file are)", v));
+    else
+      fail(config_errc::invalid_value,
+           fmt::format("'log_dest' must be stderr, stdout, syslog, none or file PATH, not '{}'", v));
   }
 
   bool ignored(std::string_view name, std::string_view rest) {

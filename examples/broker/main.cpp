@@ -20,8 +20,11 @@
 #include <asio.hpp>
 #include <fmt/core.h>
 
+#include <syslog.h>
+
 #include <chrono>
 #include <csignal>
+#include <ctime>
 #include <functional>
 #include <cstdint>
 #include <memory>
@@ -39,7 +42,51 @@ namespace {
 using level = mqttbroker::log_level;
 level log_level = level::info;
 
-void print(level l, std::string_view message) { fmt::print(stderr, "[{}] {}\n", mqttbroker::to_string(l), message); }
+/// Where log lines go and how they look: stderr, plain, unless the configuration file's
+/// log_dest, log_timestamp and log_timestamp_format say otherwise (Mosquitto's lines).
+struct log_output {
+  bool to_stderr = true;
+  bool to_stdout = false;
+  bool to_syslog = false;
+  std::FILE* file = nullptr;  // log_dest file PATH, appended to
+  bool timestamp = false;
+  std::string timestamp_format;  // strftime(3); empty: seconds since the epoch, as Mosquitto writes them
+  bool connection_messages = true;  // the broker's lines for clients connecting and leaving
+  bool subscriptions = false;       // log_type subscribe/unsubscribe: those lines whatever the level
+};
+log_output output;
+
+void print(level l, std::string_view message) {
+  std::string stamp;
+  if (output.timestamp) {
+    const std::time_t now = std::time(nullptr);
+    if (output.timestamp_format.empty()) {
+      stamp = fmt::format("{}: ", static_cast<long long>(now));
+    } else {
+      std::tm local{};
+      localtime_r(&now, &local);
+      char text[128];
+      const std::size_t n = std::strftime(text, sizeof text, output.timestamp_format.c_str(), &local);
+      stamp = std::string(text, n) + ": ";
+    }
+  }
+  // One write per destination and line, so lines from several threads do not interleave.
+  const std::string line = fmt::format("{}[{}] {}\n", stamp, mqttbroker::to_string(l), message);
+  if (output.to_stderr) std::fputs(line.c_str(), stderr);
+  if (output.to_stdout) {
+    std::fputs(line.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  if (output.file != nullptr) {
+    std::fputs(line.c_str(), output.file);
+    std::fflush(output.file);
+  }
+  if (output.to_syslog) {
+    const int priority = l == level::error ? LOG_ERR : l == level::warning ? LOG_WARNING
+                         : l == level::notice ? LOG_NOTICE : l == level::info ? LOG_INFO : LOG_DEBUG;
+    syslog(priority, "%.*s", static_cast<int>(message.size()), message.data());
+  }
+}
 
 template <class... Args>
 void say(level l, fmt::format_string<Args...> f, Args&&... args) {
@@ -86,7 +133,14 @@ struct logging_hooks {
     return false;
   }
 
-  void log(level l, std::string_view message) { print(l, message); }
+  void log(level l, std::string_view message) {
+    // connection_messages false: the broker's info lines for a client connecting and leaving go.
+    if (!output.connection_messages && l == level::info && message.rfind("client '", 0) == 0 &&
+        (message.find("' connected (") != std::string_view::npos ||
+         message.find("' disconnected: ") != std::string_view::npos))
+      return;
+    print(l, message);
+  }
   std::optional<mqttbroker::hooks::redirection> redirect(const mqttbroker::hooks::connect_info&) {
     if (redirect_to.empty()) return std::nullopt;
     return mqttbroker::hooks::redirection{redirect_to, redirect_permanent};
@@ -97,7 +151,13 @@ struct logging_hooks {
         c.username ? *c.username : "none", c.certificate_identity.empty() ? "none" : c.certificate_identity);
   }
   void on_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
-    say(level::debug, "{} subscribed to {} at QoS {}", c.client_id, filter, static_cast<int>(q));
+    if (output.subscriptions)
+      print(level::info, fmt::format("{} subscribed to {} at QoS {}", c.client_id, filter, static_cast<int>(q)));
+    else
+      say(level::debug, "{} subscribed to {} at QoS {}", c.client_id, filter, static_cast<int>(q));
+  }
+  void on_unsubscribe(const mqttbroker::hooks::client_info& c, std::string_view filter) {
+    if (output.subscriptions) print(level::info, fmt::format("{} unsubscribed from {}", c.client_id, filter));
   }
 };
 
@@ -277,6 +337,69 @@ bool open_listener(Broker& broker, asio::io_context& io, const listener_plan& p,
     announce.push_back(fmt::format("TLS listening on {}:{}", address, bound));
   else if (transport != "tcp")
     announce.push_back(fmt::format("WebSocket listening on {}://{}:{}{}", transport, address, bound, p.ws_path));
+  return true;
+}
+
+/// No line goes anywhere (log_dest none, log_type none).
+void mute(log_output& o) {
+  o.to_stderr = o.to_stdout = o.to_syslog = false;
+  if (o.file != nullptr) std::fclose(o.file);
+  o.file = nullptr;
+}
+
+/// The configuration file's logging lines. False (with the reason printed) when a log file cannot
+/// be opened.
+bool apply_logging(const cfg::config_settings& file, bool level_flag_given, std::string& level_name,
+                   std::vector<std::string>& warnings) {
+  if (!file.log_dest.empty()) {
+    log_output o;
+    o.to_stderr = false;
+    bool none = false;
+    for (const std::string& d : file.log_dest) {
+      if (d == "stderr") {
+        o.to_stderr = true;
+      } else if (d == "stdout") {
+        o.to_stdout = true;
+      } else if (d == "syslog") {
+        o.to_syslog = true;
+      } else if (d == "none") {
+        none = true;  // Mosquitto: no logs at all, whatever else is named
+      } else if (d.rfind("file ", 0) == 0) {
+        const std::string path = d.substr(5);
+        if (o.file == nullptr) o.file = std::fopen(path.c_str(), "a");
+        if (o.file == nullptr) {
+          fmt::print(stderr, "mqttbroker: log_dest file {}: cannot open it for appending\n", path);
+          return false;
+        }
+      }
+    }
+    if (none) mute(o);
+    if (o.to_syslog) openlog("mqttbroker", LOG_PID, LOG_DAEMON);
+    output.to_stderr = o.to_stderr;
+    output.to_stdout = o.to_stdout;
+    output.to_syslog = o.to_syslog;
+    output.file = o.file;
+  }
+  if (!file.log_type.empty() && !level_flag_given) {
+    // The most verbose level named (Mosquitto's "information" is info); errors always show.
+    static constexpr std::pair<std::string_view, std::string_view> levels[] = {
+        {"warning", "warning"}, {"notice", "notice"}, {"information", "info"}, {"debug", "debug"}, {"all", "debug"}};
+    level_name = "error";
+    int rank = 0;
+    for (const std::string& t : file.log_type) {
+      for (int i = 0; i < 5; ++i)
+        if (t == levels[i].first && i + 1 > rank) {
+          rank = i + 1;
+          level_name = levels[i].second;
+        }
+      if (t == "subscribe" || t == "unsubscribe" || t == "all") output.subscriptions = true;
+      if (t == "none") mute(output);
+      if (t == "websockets") warnings.push_back("log_type websockets ignored: the WebSocket listeners log through the broker's levels");
+    }
+  }
+  if (file.log_timestamp_format) output.timestamp_format = *file.log_timestamp_format;
+  output.timestamp = file.log_timestamp.value_or(file.log_timestamp_format.has_value());
+  if (file.connection_messages) output.connection_messages = *file.connection_messages;
   return true;
 }
 
@@ -553,7 +676,9 @@ int main(int argc, char** argv) {
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
       "  password_file and allow_anonymous are --password-file and --allow-anonymous.\n"
-      "  Lines that make no sense here (pid_file, user, persistence_file, autosave_*, log_*...)\n"
+      "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
+      "  connection_messages are read as Mosquitto reads them.\n"
+      "  Lines that make no sense here (pid_file, user, persistence_file, autosave_*, log_facility...)\n"
       "  are warned about and ignored; anything else is an error naming the file and line (exit status 1).");
   CLI11_PARSE(app, argc, argv);
   const auto given = [&app](const char* flag) { return app.count(flag) != 0; };
@@ -588,6 +713,7 @@ int main(int argc, char** argv) {
       session_expiry_s = static_cast<std::uint64_t>(file.persistent_client_expiration->count());
     if (file.sys_interval && !given("--sys-interval")) sys_interval_s = static_cast<unsigned>(file.sys_interval->count());
     if (file.password_file && !given("--password-file")) password_path = *file.password_file;
+    if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
 #if !MQTTBROKER_EXAMPLE_PASSWORDS
     if (file.password_file || file.allow_anonymous.value_or(true) == false) {

@@ -285,14 +285,21 @@ class DebianStock(ConfigCase):
         # persistence true: the SQLite store, in this test's folder rather than /var/lib/mosquitto.
         text, n = re.subn(r"(?m)^persistence_location .*$", "persistence_location " + self.dir + "/", text)
         self.assertEqual(n, 1, "the stock file has its persistence_location line")
+        # log_dest file: this test's folder rather than /var/log/mosquitto, and stderr beside it,
+        # where the harness reads the server's port (a line added at the end: the numbers stay).
+        self.log_file = os.path.join(self.dir, "mosquitto.log")
+        text, n = re.subn(r"(?m)^log_dest file .*$", "log_dest file " + self.log_file, text)
+        self.assertEqual(n, 1, "the stock file has its log_dest line")
+        text += "\nlog_dest stderr\n"
         self.lines = text.splitlines()
         return self.write("mosquitto.conf", text)
 
     def test_the_stock_file_loads_and_the_server_serves(self):
-        for option in ("pid_file", "log_dest"):
-            number = next(i + 1 for i, line in enumerate(self.lines) if line.split(" ")[0] == option)
-            self.wait_log(r"\[warning\] %s:%d: %s ignored: " % (re.escape(self.path), number, option))
+        number = next(i + 1 for i, line in enumerate(self.lines) if line.split(" ")[0] == "pid_file")
+        self.wait_log(r"\[warning\] %s:%d: pid_file ignored: " % (re.escape(self.path), number))
         self.wait_log(r"\[info\] persistence: %s " % re.escape(os.path.join(self.dir, "mqttbroker.db")))
+        with open(self.log_file) as f:
+            self.assertIn("pid_file ignored", f.read())
         c = self.paho("debian")
         c.subscribe("stock/#", 1)
         c.publish("stock/ok", b"served", 1)
@@ -425,6 +432,35 @@ class AnonymousAllowed(PasswordFile):
     test_a_file_written_by_mqttbroker_passwd_serves_mosquitto_and_this_server = None
 
 
+class Logging(ConfigCase):
+    """log_dest file and stderr, log_timestamp (seconds since the epoch, as Mosquitto writes them),
+    log_type subscribe beside information, connection_messages false."""
+
+    def make_conf(self):
+        self.log_file = os.path.join(self.dir, "broker.log")
+        return self.write("mqttbroker.conf", "listener 0 127.0.0.1\nlog_dest file %s\nlog_dest stderr\n"
+                          "log_timestamp true\nlog_type information\nlog_type subscribe\n"
+                          "connection_messages false\n" % self.log_file)
+
+    def test_the_file_gets_stamped_lines_and_no_connection_messages(self):
+        c = self.paho("quiet")
+        c.subscribe("logged/#", 1)
+        self.wait_log(r"^\d+: \[info\] quiet subscribed to logged/# at QoS 1$")
+        c.disconnect()
+        self.wait_log(r"\[info\] mqttbroker \S+ listening on")
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            with open(self.log_file) as f:
+                text = f.read()
+            if "subscribed to logged/#" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertRegex(text, r"(?m)^\d+: \[info\] quiet subscribed to logged/# at QoS 1$")
+        self.assertRegex(text, r"(?m)^\d+: \[info\] mqttbroker \S+ listening on")
+        self.assertNotIn("'quiet' connected", text)
+        self.assertNotIn("'quiet' disconnected", text)
+
+
 class Refused(ConfigCase):
     """What stops the server before it listens: exit status 1, the file and line named."""
 
@@ -455,6 +491,12 @@ class Refused(ConfigCase):
         status, err = self.run_server("-c", path)
         self.assertEqual(status, 1, err)
         self.assertRegex(err, r"cannot listen \(tls\) on 127\.0\.0\.1:0 \(%s:3\): .*missing\.crt" % re.escape(path))
+
+    def test_log_dest_topic(self):
+        path = self.write("log.conf", "listener 0 127.0.0.1\nlog_dest topic\n")
+        status, err = self.run_server("-c", path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("mqttbroker: %s:2: 'log_dest topic' is not supported by mqttbroker" % path, err)
 
     def test_a_password_file_that_cannot_be_used(self):
         bad = self.write("passwd", "alice:$7$101$AAAA$AAAA\n")
