@@ -1832,6 +1832,32 @@ TEST_CASE("$SYS figures are published every sys_interval, not later", "[broker][
   CHECK(c.publishes().size() == 1);
 }
 
+TEST_CASE("$SYS carries Mosquitto's names for the figures a dashboard made for Mosquitto reads", "[broker][sys]") {
+  mb::broker_options o;
+  o.sys_interval = std::chrono::seconds(1);
+  timed h(o);
+  client& c = h.connected("monitor");
+  client& gone = h.connected("parked", false);  // a persistent session, its client gone
+  gone.close();
+  c.subscribe(1, "$SYS/broker/#", qos::at_most_once);
+  h.settle();
+  c.pop(SUBACK);
+  c.publishes();
+  h.advance(std::chrono::seconds(1));
+  std::map<std::string, std::string> figures;
+  for (const rx& p : c.publishes()) figures[p.topic] = p.payload;
+  for (const char* name : {"version", "uptime", "clients/connected", "clients/active", "clients/disconnected",
+                           "clients/inactive", "clients/total", "clients/expired", "messages/received", "messages/sent",
+                           "messages/dropped", "publish/messages/received", "publish/messages/sent",
+                           "publish/messages/dropped", "retained messages/count"}) {
+    INFO(name);
+    CHECK(figures.count(std::string("$SYS/broker/") + name) == 1);
+  }
+  CHECK(figures["$SYS/broker/clients/connected"] == "1");
+  CHECK(figures["$SYS/broker/clients/disconnected"] == "1");
+  CHECK(figures["$SYS/broker/clients/total"] == "2");
+}
+
 TEST_CASE("Keep Alive: the server closes at exactly 1.5 times the interval of silence, not a tick before",
           "[broker][time][MQTT-3.1.2-24]") {
   const auto v = GENERATE(protocol_version::v3_1_1, protocol_version::v5);

@@ -8257,10 +8257,19 @@ class core {
              std::to_string(MQTTBROKER_VERSION_PATCH)},
         {"$SYS/broker/uptime", std::to_string(uptime.count()) + " seconds"},
         {"$SYS/broker/clients/connected", std::to_string(st.connections)},
+        {"$SYS/broker/clients/active", std::to_string(st.connections)},  // Mosquitto's older name
+        // Sessions without a connection: persistent ones waiting for their client.
+        {"$SYS/broker/clients/disconnected", std::to_string(st.sessions - std::min(st.sessions, st.connections))},
+        {"$SYS/broker/clients/inactive", std::to_string(st.sessions - std::min(st.sessions, st.connections))},
         {"$SYS/broker/clients/total", std::to_string(st.sessions)},
+        {"$SYS/broker/clients/expired", std::to_string(st.sessions_expired)},
         {"$SYS/broker/messages/received", std::to_string(st.messages_received)},
         {"$SYS/broker/messages/sent", std::to_string(st.messages_sent)},
         {"$SYS/broker/messages/dropped", std::to_string(st.messages_dropped)},
+        // PUBLISH packets: what this broker's messages/ figures count too (Mosquitto's count all packets).
+        {"$SYS/broker/publish/messages/received", std::to_string(st.messages_received)},
+        {"$SYS/broker/publish/messages/sent", std::to_string(st.messages_sent)},
+        {"$SYS/broker/publish/messages/dropped", std::to_string(st.messages_dropped)},
         {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
     };
     for (const auto& f : figures)
