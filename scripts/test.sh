@@ -161,6 +161,10 @@ tsan_help=$(cmake --build build/tsan --target help)
 if [[ "$tsan_help" == *mqttbroker_sqlite_tests* ]]; then
   tsan_targets+=(mqttbroker_sqlite_tests mqttbroker_server_crashpoints)
 fi
+# The password file writer, which integration_config_mt runs, where OpenSSL made it.
+if [[ "$tsan_help" == *mqttbroker_passwd* ]]; then
+  tsan_targets+=(mqttbroker_passwd)
+fi
 cmake --build build/tsan -j "$JOBS" --target "${tsan_targets[@]}"
 (
   export "${TSAN_ENV[@]}"
