@@ -9290,17 +9290,8 @@ class protocol : public core<Policies> {
   /// the connection's own thread does it (link_event::redirect). False when no client of that
   /// identifier is connected.
   bool redirect(std::string_view client_id, std::string_view server_reference, bool permanent) {
-    detail::ref_ptr<link_type> target;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      auto it = sessions_.find(client_id);
-      if (it == sessions_.end() || !it->second->conn) return false;
-      target = it->second->conn;
-      redirects_.emplace_back(target.get(), hooks::redirection{std::string(server_reference), permanent});
-    }
-    // Posted even with one thread: the caller may be inside this client's own handler.
-    target->post(link_event::redirect);
-    return true;
+    return post_to_client(client_id, link_event::redirect, redirects_,
+                          hooks::redirection{std::string(server_reference), permanent});
   }
 
   /// Ends the connection of the connected client `client_id`: a 5.0 client first gets DISCONNECT
@@ -9309,17 +9300,35 @@ class protocol : public core<Policies> {
   /// for. From any thread; the connection's own thread does it (link_event::kick). False when no
   /// client of that identifier is connected.
   bool kick(std::string_view client_id, reason_code reason) {
+    return post_to_client(client_id, link_event::kick, kicks_, reason);
+  }
+
+  /// A host's request for the connected client `client_id`: `what` is noted in `pending` for its
+  /// link, which is told by `e` (and takes it with take_request()). False when none is connected.
+  template <class T>
+  bool post_to_client(std::string_view client_id, link_event e, std::vector<std::pair<const link_type*, T>>& pending,
+                      T what) {
     detail::ref_ptr<link_type> target;
     {
       std::lock_guard<mutex_type> lk(state_mutex_);
       auto it = sessions_.find(client_id);
       if (it == sessions_.end() || !it->second->conn) return false;
       target = it->second->conn;
-      kicks_.emplace_back(target.get(), reason);
+      pending.emplace_back(target.get(), std::move(what));
     }
     // Posted even with one thread: the caller may be inside this client's own handler.
-    target->post(link_event::kick);
+    target->post(e);
     return true;
+  }
+  /// What post_to_client() noted for `l`, taken out of `pending`; none when there is nothing.
+  template <class T>
+  std::optional<T> take_request(std::vector<std::pair<const link_type*, T>>& pending, const link_type& l) {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    auto it = std::find_if(pending.begin(), pending.end(), [&](const auto& r) { return r.first == &l; });
+    if (it == pending.end()) return std::nullopt;
+    std::optional<T> what(std::move(it->second));
+    pending.erase(it);
+    return what;
   }
 
   /// The sweep saw `l`'s deadline pass (checked again here, on its own executor). True when a
@@ -9588,14 +9597,8 @@ class protocol : public core<Policies> {
   /// connected. Not graceful: the will goes out, as for any close the client did not ask for
   /// [MQTT-3.1.2-8].
   void on_redirect(link_type& l, steady_time now) {
-    std::optional<hooks::redirection> to;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      auto it = std::find_if(redirects_.begin(), redirects_.end(), [&](const auto& r) { return r.first == &l; });
-      if (it == redirects_.end()) return;
-      to = std::move(it->second);
-      redirects_.erase(it);
-    }
+    std::optional<hooks::redirection> to = take_request(redirects_, l);
+    if (!to) return;
     if (!l.connected_ || l.is_closing()) return;  // taken over or closed meanwhile
     const reason_code why = to->permanent ? reason_code::server_moved : reason_code::use_another_server;
     this->log(log_level::notice, "client '{}': redirected to '{}' ({})", l.client_id(), to->server_reference,
@@ -9616,17 +9619,10 @@ class protocol : public core<Policies> {
 
   /// link_event::kick: the host's kick() of this link, if it is still connected.
   void on_kick(link_type& l, steady_time now) {
-    reason_code reason;
-    {
-      std::lock_guard<mutex_type> lk(state_mutex_);
-      auto it = std::find_if(kicks_.begin(), kicks_.end(), [&](const auto& k) { return k.first == &l; });
-      if (it == kicks_.end()) return;
-      reason = it->second;
-      kicks_.erase(it);
-    }
-    if (!l.connected_ || l.is_closing()) return;  // taken over or closed meanwhile
-    this->log(log_level::notice, "client '{}': disconnected by the host ({})", l.client_id(), to_string(reason));
-    disconnect(l, reason, "disconnected by the server's operator", now);
+    const std::optional<reason_code> reason = take_request(kicks_, l);
+    if (!reason || !l.connected_ || l.is_closing()) return;  // none, or taken over or closed meanwhile
+    this->log(log_level::notice, "client '{}': disconnected by the host ({})", l.client_id(), to_string(*reason));
+    disconnect(l, *reason, "disconnected by the server's operator", now);
   }
 
   // ---- PUBLISH rate

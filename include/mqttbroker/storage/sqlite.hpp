@@ -377,7 +377,6 @@ class sqlite {
   struct client_rows {
     std::deque<outgoing_entry> queued;
     std::map<std::uint16_t, outgoing_entry> inflight;
-    auto find_inflight(std::uint16_t packet_id) { return inflight.find(packet_id); }
     std::map<std::uint16_t, message_row*> inbound;  // packet id -> unrouted message (nullptr: routed)
   };
 
@@ -801,7 +800,7 @@ class sqlite {
       const bool was_queued = it != c.queued.end();
       const outgoing_entry moved = was_queued ? *it : outgoing_entry{++next_seq, ref(m)};
       if (was_queued) c.queued.erase(it);
-      if (auto old = c.find_inflight(packet_id); old != c.inflight.end()) {  // not expected: replaced
+      if (auto old = c.inflight.find(packet_id); old != c.inflight.end()) {  // not expected: replaced
         const outgoing_entry gone = old->second;
         c.inflight.erase(old);
         remove_outgoing(client_id, gone);
@@ -822,7 +821,7 @@ class sqlite {
       std::lock_guard<std::mutex> lk(mutex);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
-      auto it = c->find_inflight(packet_id);
+      auto it = c->inflight.find(packet_id);
       if (it == c->inflight.end()) return;
       outgoing_entry& e = it->second;
       // Delivered: only the identifier is owed (PUBREL), so the message may go.
@@ -838,7 +837,7 @@ class sqlite {
       std::lock_guard<std::mutex> lk(mutex);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
-      auto it = c->find_inflight(packet_id);
+      auto it = c->inflight.find(packet_id);
       if (it == c->inflight.end()) return;
       const outgoing_entry e = it->second;
       c->inflight.erase(it);
