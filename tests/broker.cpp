@@ -2876,8 +2876,7 @@ TEST_CASE("server redirection: CONNACK 0x9C or 0x9D from the hook, DISCONNECT fr
   CHECK_FALSE(h.broker.redirect("goes", "c.example:8883"));  // gone now
 }
 
-TEST_CASE("broker::disconnect(): DISCONNECT 0x98 to a 5.0 client, a close for 3.1.1; the will goes out, a persistent session "
-          "stays",
+TEST_CASE("broker::disconnect(): DISCONNECT 0x98 to 5.0, a close for 3.1.1; the will goes out, the session stays",
           "[broker][v5][will][MQTT-3.1.2-8][MQTT-4.13.2-1]") {
   harness<> h;
   client& watcher = h.connected("watcher");
