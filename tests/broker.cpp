@@ -2,6 +2,7 @@
 
 #include <mqttbroker/clock/manual.hpp>
 #include <mqttbroker/codec.hpp>
+#include <mqttbroker/hooks/acl_file.hpp>
 #include <mqttbroker/transport/memory.hpp>
 
 #include "catch.hpp"
@@ -2945,4 +2946,223 @@ TEST_CASE("max_publish_rate in seconds of the broker's clock: DISCONNECT 0x96 in
   CHECK(old.closed());
   CHECK(watcher.publishes().size() == 8);  // "over" went nowhere
   CHECK(h.broker.stats().rate_limited == 2);
+}
+
+// ---- ACL files (hooks/acl_file.hpp)
+
+namespace {
+
+mb::hooks::acl_file acl_of(std::string_view text) {
+  std::error_code ec;
+  std::size_t line = 0;
+  auto f = mb::hooks::acl_file::parse(text, ec, &line);
+  INFO("line " << line << ": " << ec.message());
+  REQUIRE_FALSE(ec);
+  return f;
+}
+
+mb::hooks::client_info who(std::string_view id, std::optional<std::string_view> user) {
+  mb::hooks::client_info c;
+  c.client_id = id;
+  c.username = user;
+  return c;
+}
+
+struct acl_policies : mem_policies {
+  using hooks = mb::hooks::acl_hooks;
+};
+
+}  // namespace
+
+TEST_CASE("acl_file: Mosquitto's rules for anonymous clients, users and patterns; deny wins", "[acl]") {
+  const auto acl = acl_of(
+      "# anonymous clients\n"
+      "topic read public/#\n"
+      "\n"
+      "user alice\n"
+      "topic readwrite home/#\n"
+      "topic deny home/safe/#\n"
+      "topic write   logs/alice  \r\n"
+      "user bob with spaces\n"
+      "topic sensors/+/temp\n"
+      "pattern write devices/%c/state\n"
+      "pattern read users/%u/#\n"
+      "pattern deny users/%u/private\n");
+  CHECK(acl.users() == 2);
+  CHECK(acl.rules() == 8);
+  const auto anon = who("dev1", std::nullopt);
+  const auto alice = who("dev2", std::string_view("alice"));
+  const auto bob = who("dev3", std::string_view("bob with spaces"));
+  const auto carol = who("dev4", std::string_view("carol"));  // no user line: patterns only
+
+  CHECK(acl.may_read(anon, "public/news"));
+  CHECK_FALSE(acl.may_publish(anon, "public/news"));
+  CHECK_FALSE(acl.may_read(alice, "public/news"));  // the anonymous rules are not alice's
+  CHECK(acl.may_publish(alice, "home/kitchen"));
+  CHECK(acl.may_read(alice, "home/kitchen"));
+  CHECK_FALSE(acl.may_read(alice, "home/safe/code"));  // deny, although readwrite home/# allows
+  CHECK_FALSE(acl.may_publish(alice, "home/safe"));
+  CHECK(acl.may_publish(alice, "logs/alice"));
+  CHECK_FALSE(acl.may_read(alice, "logs/alice"));
+  CHECK(acl.may_publish(bob, "sensors/x/temp"));  // access left out: readwrite
+  CHECK(acl.may_read(bob, "sensors/x/temp"));
+
+  // Patterns hold for everyone, with their own client identifier and user name.
+  CHECK(acl.may_publish(anon, "devices/dev1/state"));
+  CHECK_FALSE(acl.may_publish(anon, "devices/dev2/state"));
+  CHECK(acl.may_publish(carol, "devices/dev4/state"));
+  CHECK(acl.may_read(carol, "users/carol/inbox"));
+  CHECK_FALSE(acl.may_read(carol, "users/alice/inbox"));
+  CHECK_FALSE(acl.may_read(carol, "users/carol/private"));  // a pattern's deny
+  CHECK_FALSE(acl.may_read(anon, "users//inbox"));           // %u never stands for a missing name
+  CHECK_FALSE(acl.may_publish(carol, "anything/else"));
+
+  // A wildcard in a client identifier or user name would widen the patterns: denied outright.
+  CHECK_FALSE(acl.may_publish(who("#", std::nullopt), "devices/#/state"));
+  CHECK_FALSE(acl.may_read(who("dev5", std::string_view("+")), "users/+/inbox"));
+}
+
+TEST_CASE("acl_file: a subscription is refused when a deny takes all of it or nothing may be read",
+          "[acl]") {
+  const auto acl = acl_of(
+      "topic readwrite #\n"
+      "topic deny test/nosubscribe\n"
+      "topic deny secret/#\n"
+      "user reader\n"
+      "topic read sensors/#\n"
+      "topic write commands/#\n");
+  const auto anon = who("c", std::nullopt);
+  const auto reader = who("r", std::string_view("reader"));
+  CHECK(acl.may_subscribe(anon, "test/+"));
+  CHECK_FALSE(acl.may_subscribe(anon, "test/nosubscribe"));
+  CHECK_FALSE(acl.may_subscribe(anon, "secret/+/x"));
+  CHECK(acl.may_subscribe(anon, "#"));  // granted; deliveries from secret/ are held back
+  CHECK_FALSE(acl.may_read(anon, "secret/a"));
+  CHECK(acl.may_subscribe(reader, "sensors/+/temp"));
+  CHECK(acl.may_subscribe(reader, "#"));  // some of it readable
+  CHECK_FALSE(acl.may_subscribe(reader, "commands/#"));  // write only
+  CHECK_FALSE(acl.may_subscribe(reader, "other/x"));
+  CHECK(acl.may_subscribe(reader, "$share/g/sensors/a"));  // judged by its filter
+  CHECK_FALSE(acl.may_subscribe(reader, "$share/g/other"));
+  // $ topics: a rule starting with a wildcard does not reach them.
+  CHECK_FALSE(acl.may_subscribe(anon, "$SYS/#"));
+  CHECK_FALSE(acl.may_read(anon, "$SYS/broker/uptime"));
+}
+
+TEST_CASE("acl_file: lines it cannot read are errors with their line number", "[acl]") {
+  const auto refused = [](std::string_view text) {
+    std::error_code ec;
+    std::size_t line = 0;
+    const auto f = mb::hooks::acl_file::parse(text, ec, &line);
+    CHECK(f.rules() == 0);
+    return std::make_pair(ec, line);
+  };
+  using mb::hooks::acl_errc;
+  CHECK(refused("topic read a\nuser\n") == std::make_pair(std::error_code(acl_errc::missing_user), std::size_t(2)));
+  CHECK(refused("topic readonly a/b\n") == std::make_pair(std::error_code(acl_errc::bad_access), std::size_t(1)));
+  CHECK(refused("# c\ntopic read a/#/b\n") == std::make_pair(std::error_code(acl_errc::bad_filter), std::size_t(2)));
+  CHECK(refused("\n\nallow a\n") == std::make_pair(std::error_code(acl_errc::unknown_line), std::size_t(3)));
+  CHECK(std::string(std::error_code(acl_errc::bad_filter).category().name()) == "mqttbroker.acl");
+  std::error_code ec;
+  std::string what;
+  (void)mb::hooks::acl_file::read("/nonexistent/acl", ec, &what);
+  CHECK(ec == acl_errc::unreadable);
+  CHECK(what.find("/nonexistent/acl") != std::string::npos);
+}
+
+TEST_CASE("acl_hooks: SUBACK refuses a denied filter (0x80 in 3.1.1, 0x87 in 5.0) and PUBLISH a denied topic",
+          "[broker][acl]") {
+  harness<acl_policies> h({}, mb::hooks::acl_hooks(acl_of("topic readwrite #\ntopic deny test/nosubscribe\n"
+                                                            "topic deny readonly/#\ntopic read readonly/#\n")));
+  client& c3 = h.connected("c3");
+  CHECK(h.subscribe(c3, "test/nosubscribe", qos::at_least_once) == std::vector<std::uint8_t>{0x80});
+  client& c5 = h.connected("c5", true, protocol_version::v5);
+  CHECK(h.subscribe(c5, "test/nosubscribe", qos::at_least_once) == std::vector<std::uint8_t>{0x87});
+  CHECK(h.subscribe(c5, "test/+", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  c5.publish("readonly/x", "no", qos::at_least_once, 7);
+  h.settle();
+  CHECK(c5.pop(PUBACK).code == static_cast<std::uint8_t>(reason_code::not_authorized));
+  CHECK(h.broker.stats().publishes_denied == 1);
+}
+
+TEST_CASE("acl_hooks: each delivery is checked, live, retained and queued for an offline session", "[broker][acl]") {
+  harness<acl_policies> h({}, mb::hooks::acl_hooks(acl_of("user watcher\n"
+                                                            "topic read sensors/#\n"
+                                                            "topic deny sensors/private/#\n"
+                                                            "pattern read inbox/%u\n"
+                                                            "user writer\n"
+                                                            "topic write #\n")));
+  client& writer = h.add();
+  writer.connect("w", true, std::nullopt, std::string_view("writer"));
+  h.settle();
+  REQUIRE(writer.pop(CONNACK).code == 0);
+  writer.publish("sensors/private/key", "kept back", qos::at_most_once, 0, true);
+  writer.publish("sensors/a", "retained", qos::at_most_once, 0, true);
+  h.settle();
+
+  client& watcher = h.add();
+  watcher.connect("watch", false, std::nullopt, std::string_view("watcher"));
+  h.settle();
+  REQUIRE(watcher.pop(CONNACK).code == 0);
+  CHECK(h.subscribe(watcher, "#", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  auto got = watcher.publishes();
+  REQUIRE(got.size() == 1);  // the retained sensors/a, not sensors/private/key
+  CHECK(got[0].topic == "sensors/a");
+  CHECK(h.broker.stats().deliveries_denied == 1);
+
+  writer.publish("sensors/b", "live", qos::at_least_once, 1);
+  writer.publish("sensors/private/b", "no", qos::at_least_once, 2);
+  writer.publish("inbox/watcher", "mine", qos::at_least_once, 3);
+  writer.publish("inbox/someone", "not mine", qos::at_least_once, 4);
+  h.settle();
+  got = watcher.publishes();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].topic == "sensors/b");
+  CHECK(got[1].topic == "inbox/watcher");
+
+  // Offline: queued only what the session's user may read.
+  watcher.disconnect();
+  h.settle();
+  writer.publish("sensors/c", "queued", qos::at_least_once, 5);
+  writer.publish("sensors/private/c", "no", qos::at_least_once, 6);
+  h.settle();
+  client& back = h.add();
+  back.connect("watch", false, std::nullopt, std::string_view("watcher"));
+  h.settle();
+  REQUIRE(back.pop(CONNACK).session_present);
+  got = back.publishes();
+  // The two unacknowledged ones again [MQTT-4.4.0-1], then the one queued; not sensors/private/c.
+  REQUIRE(got.size() == 3);
+  CHECK(got[0].topic == "sensors/b");
+  CHECK(got[1].topic == "inbox/watcher");
+  CHECK(got[2].topic == "sensors/c");
+  CHECK(h.broker.stats().deliveries_denied == 4);
+}
+
+TEST_CASE("acl_hooks: a new file applies to the next delivery; recheck_subscriptions takes out refused filters",
+          "[broker][acl]") {
+  mb::hooks::acl_hooks rules(acl_of("topic readwrite #\n"));
+  harness<acl_policies> h({}, rules);  // a copy sharing the file with `rules`
+  client& sub = h.connected("sub", false, protocol_version::v5);
+  CHECK(h.subscribe(sub, "alerts/#", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  CHECK(h.subscribe(sub, "news/#", qos::at_least_once) == std::vector<std::uint8_t>{1});
+  client& pub = h.connected("pub");
+  CHECK(h.broker.recheck_subscriptions() == 0);
+
+  rules.replace(acl_of("topic readwrite news/#\ntopic write alerts/#\n"));
+  pub.publish("alerts/fire", "held back", qos::at_least_once, 1);
+  pub.publish("news/today", "delivered", qos::at_least_once, 2);
+  h.settle();
+  auto got = sub.publishes();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].topic == "news/today");
+
+  CHECK(h.broker.recheck_subscriptions() == 1);  // alerts/# now reads nothing
+  CHECK(h.broker.stats().subscriptions_revoked == 1);
+  CHECK_FALSE(sub.closed());  // the client stays
+  const auto before = h.broker.stats().deliveries_denied;
+  pub.publish("alerts/flood", "no route", qos::at_least_once, 3);
+  h.settle();
+  CHECK(sub.publishes().empty());
+  CHECK(h.broker.stats().deliveries_denied == before);  // not even offered: the route is gone
 }

@@ -283,7 +283,7 @@ TEST_CASE("config: Mosquitto options this server does not implement are errors t
     const char* message;
   };
   for (const expectation& e : {
-           expectation{"acl_file /etc/mosquitto/acl", "test.conf:1: 'acl_file' is not supported by mqttbroker"},
+           expectation{"psk_file /etc/mosquitto/psk", "test.conf:1: 'psk_file' is not supported by mqttbroker"},
            expectation{"http_dir /var/www", "test.conf:1: 'http_dir' is not supported by mqttbroker"},
            expectation{"connection uplink", "test.conf:1: 'connection' is not supported by mqttbroker (this server has no bridges)"},
            expectation{"bridge_cafile /x", "test.conf:1: 'bridge_cafile' is not supported by mqttbroker (this server has no bridges)"},
@@ -478,12 +478,17 @@ TEST_CASE("config: the README's example file loads as the README says", "[config
   CHECK(c.persistent_client_expiration == std::chrono::seconds(14 * 86400));
 }
 
-TEST_CASE("config: password_file is the rest of the line and allow_anonymous a boolean; a later line wins", "[config]") {
+TEST_CASE("config: password_file and acl_file are the rest of the line, allow_anonymous a boolean; a later line wins",
+          "[config]") {
   const config_settings c = load(
       "password_file /etc/mosquitto/pass words\n"
+      "acl_file /etc/mosquitto/acl one\n"
       "allow_anonymous false\n"
-      "password_file /etc/mosquitto/passwd # not a comment: part of the path, as in Mosquitto\n");
+      "password_file /etc/mosquitto/passwd # not a comment: part of the path, as in Mosquitto\n"
+      "acl_file /etc/mosquitto/acl\n");
   CHECK(c.password_file == std::optional<std::string>("/etc/mosquitto/passwd # not a comment: part of the path, as in Mosquitto"));
+  CHECK(c.acl_file == std::optional<std::string>("/etc/mosquitto/acl"));
+  CHECK(refuse("acl_file\n").ec == config_errc::missing_value);
   CHECK(c.allow_anonymous == std::optional<bool>(false));
   CHECK_FALSE(load("max_qos 1\n").password_file);
   CHECK_FALSE(load("max_qos 1\n").allow_anonymous);

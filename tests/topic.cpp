@@ -1,4 +1,5 @@
 #include <mqttbroker/topic/validate.hpp>
+#include <mqttbroker/topic/match.hpp>
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/trie.hpp>
 
@@ -697,4 +698,81 @@ TEST_CASE("trie agrees with a brute-force matcher under random inserts and erase
       {"crowded", {"a", "$a", ""}, 2, 40, 12000},
   };
   for (std::size_t i = 0; i < configs.size(); ++i) run_differential(configs[i], seed + i);
+}
+
+namespace {
+
+/// Every name of up to `depth` levels over `levels`: a universe in which each filter of fewer
+/// levels has witnesses for all it matches (a level no filter names stands in for any other).
+std::vector<std::string> all_names(const std::vector<std::string>& levels, std::size_t depth) {
+  std::vector<std::string> out, last{""};
+  for (std::size_t d = 1; d <= depth; ++d) {
+    std::vector<std::string> next;
+    for (const auto& prefix : last)
+      for (const auto& l : levels) next.push_back(d == 1 ? l : prefix + "/" + l);
+    out.insert(out.end(), next.begin(), next.end());
+    last = std::move(next);
+  }
+  return out;
+}
+
+std::string random_filter(rng& r, const std::vector<std::string>& levels, std::size_t max_depth) {
+  const std::size_t depth = 1 + r.below(max_depth);
+  std::string f;
+  for (std::size_t i = 0; i < depth; ++i) {
+    if (i != 0) f += '/';
+    if (i + 1 == depth && r.chance(20)) {
+      f += '#';
+    } else if (r.chance(30)) {
+      f += '+';
+    } else {
+      f += levels[r.below(levels.size())];
+    }
+  }
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("matches, covers and intersects agree with the specification's matching over every name",
+          "[topic][match][differential][MQTT-4.7.1-2][MQTT-4.7.1-3][MQTT-4.7.2-1]") {
+  const std::uint64_t seed = test_seed();
+  rng r{seed};
+  const std::vector<std::string> filter_levels{"a", "b", "", "$s"};
+  // "z" appears in no filter: the witness that `+` matches more than the literals around it.
+  const std::vector<std::string> universe = all_names({"a", "b", "", "$s", "z"}, 4);
+  for (int round = 0; round < 400; ++round) {
+    const std::string x = random_filter(r, filter_levels, 3);
+    const std::string y = random_filter(r, filter_levels, 3);
+    bool x_within_y = true, y_within_x = true, common = false;
+    for (const std::string& name : universe) {
+      const bool mx = brute_match(split_levels(x), split_levels(name));
+      const bool my = brute_match(split_levels(y), split_levels(name));
+      REQUIRE(topic::matches(x, name) == mx);
+      x_within_y = x_within_y && (!mx || my);
+      y_within_x = y_within_x && (!my || mx);
+      common = common || (mx && my);
+    }
+    INFO("seed " << seed << ", round " << round << ": " << x << " and " << y);
+    CHECK(topic::covers(y, x) == x_within_y);
+    CHECK(topic::covers(x, y) == y_within_x);
+    CHECK(topic::intersects(x, y) == common);
+    CHECK(topic::intersects(y, x) == common);
+  }
+}
+
+TEST_CASE("covers and intersects: the cases an ACL meets", "[topic][match][MQTT-4.7.2-1]") {
+  CHECK(topic::covers("sensors/#", "sensors/+/temp"));
+  CHECK(topic::covers("sensors/#", "sensors"));  // "#" takes the parent level too
+  CHECK_FALSE(topic::covers("sensors/#", "#"));
+  CHECK(topic::covers("+/x", "a/x"));
+  CHECK_FALSE(topic::covers("a/x", "+/x"));
+  CHECK_FALSE(topic::covers("#", "$SYS/broker/uptime"));  // wildcards do not reach $ names
+  CHECK(topic::covers("$SYS/#", "$SYS/broker/+"));
+  CHECK(topic::intersects("#", "sensors/a"));
+  CHECK(topic::intersects("a/+/c", "+/b/#"));
+  CHECK_FALSE(topic::intersects("a/b", "a/c"));
+  CHECK_FALSE(topic::intersects("+/x", "$SYS/x"));
+  CHECK(topic::intersects("a/#", "a"));
+  CHECK_FALSE(topic::intersects("a/+", "a"));
 }

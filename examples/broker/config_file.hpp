@@ -125,6 +125,7 @@ struct config_settings {
   std::optional<bool> persistence;                      // persistence true: the SQLite store (--persistence)
   std::optional<std::string> persistence_location;      // its folder; the working folder by default
   std::optional<std::string> password_file;             // Mosquitto 2.0's format (mosquitto_passwd)
+  std::optional<std::string> acl_file;                  // Mosquitto's format: user, topic, pattern lines
   // Logging, as Mosquitto's lines say it; each log_dest and log_type line adds one.
   std::vector<std::string> log_dest;       // "stderr", "stdout", "syslog", "none", or "file PATH"
   std::vector<std::string> log_type;       // error, warning, notice, information, debug, subscribe, unsubscribe, websockets, all, none
@@ -180,14 +181,14 @@ inline constexpr option_note ignored_options[] = {
     {"websockets_headers_size", "no effect here"},
     {"allow_duplicate_messages", "no effect here: a client subscribed through several filters gets one copy"},
     {"auto_id_prefix", "assigned client identifiers start with 'mqttbroker-'"},
-    {"check_retain_source", "no effect here: there are no access control lists"},
+    {"check_retain_source", "a retained message is checked against its subscriber's read rights only"},
 };
 
 /// Mosquitto options this server does not implement: an error, with a hint (may be empty).
-inline constexpr std::string_view no_auth_files = "authentication and access control are a hooks policy's work here";
+inline constexpr std::string_view no_auth_files =
+    "authentication and access control beyond password_file and acl_file are a hooks policy's work here";
 inline constexpr std::string_view no_bridges = "this server has no bridges";
 inline constexpr option_note unsupported_options[] = {
-    {"acl_file", no_auth_files},
     {"psk_file", no_auth_files},
     {"psk_hint", "TLS pre-shared keys are not supported"},
     {"auth_plugin", no_auth_files},
@@ -548,11 +549,11 @@ class config_reader {
     } else if (name == "persistence") {
       bool b = false;
       if (boolean(name, rest, b)) o.persistence = b;
-    } else if (name == "password_file") {
+    } else if (name == "password_file" || name == "acl_file") {
       if (rest.empty())
-        fail(config_errc::missing_value, "'password_file' needs a value");
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
       else
-        o.password_file.emplace(rest);  // a path: the rest of the line; a later line wins
+        (name == "acl_file" ? o.acl_file : o.password_file).emplace(rest);  // a path: the rest of the line; a later line wins
     } else if (name == "log_dest") {
       log_dest(rest);
     } else if (name == "log_type") {
@@ -601,8 +602,8 @@ class config_reader {
     } else if (name == "per_listener_settings") {
       bool b = false;
       if (boolean(name, rest, b) && b)
-        warn("per_listener_settings true ignored: password_file and allow_anonymous apply to every listener "
-             "here, as every other option does");
+        warn("per_listener_settings true ignored: password_file, acl_file and allow_anonymous apply to every "
+             "listener here, as every other option does");
     } else if (name == "set_tcp_nodelay") {
       bool b = false;
       if (boolean(name, rest, b) && !b) warn("set_tcp_nodelay false ignored: TCP_NODELAY is always set here");

@@ -123,9 +123,28 @@ struct logging_hooks {
   }
 #endif
 
-  /// A minimal rule to show who a client is (with --use-identity-as-username: its certificate):
-  /// only the named usernames may publish.
+  /// --acl-file: Mosquitto's access control lists; none: every client may do everything. Copies
+  /// share the rules, so SIGHUP's reload through the server's copy reaches the broker's.
+  std::optional<mqttbroker::hooks::acl_hooks> acl;
+
+  bool authorize_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
+    if (!acl || acl->authorize_subscribe(c, filter, q)) return true;
+    say(level::notice, "{} (username {}) may not subscribe to {}: the ACL file refuses it", c.client_id,
+        c.username ? *c.username : "none", filter);
+    return false;
+  }
+  bool authorize_read(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
+    return !acl || acl->authorize_read(c, m);
+  }
+
+  /// --acl-file, and a minimal rule to show who a client is (with --use-identity-as-username:
+  /// its certificate): only the named usernames may publish.
   bool authorize_publish(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
+    if (acl && !acl->authorize_publish(c, m)) {
+      say(level::notice, "{} (username {}) may not publish to {}: the ACL file refuses it", c.client_id,
+          c.username ? *c.username : "none", m.topic());
+      return false;
+    }
     if (publishers.empty()) return true;
     if (c.username && publishers.count(*c.username) != 0) return true;
     say(level::notice, "{} (username {}) may not publish to {}", c.client_id, c.username ? *c.username : "none",
@@ -403,9 +422,28 @@ bool apply_logging(const cfg::config_settings& file, bool level_flag_given, std:
   return true;
 }
 
-/// --password-file and --allow-anonymous: what SIGHUP reads again.
+/// --password-file and --allow-anonymous, --acl-file: what SIGHUP reads again.
 std::string password_path;
 bool allow_anonymous = true;
+std::string acl_path;
+
+/// Reads --acl-file again into `acl` and asks the broker to drop the subscriptions it now
+/// refuses; a file that cannot be read leaves the rules as they were.
+template <class Broker>
+void reload_acl(Broker& broker, mqttbroker::hooks::acl_hooks& acl) {
+  std::error_code ec;
+  std::string what;
+  auto f = mqttbroker::hooks::acl_file::read(acl_path, ec, &what);
+  if (ec) {
+    say(level::error, "SIGHUP: {}; the rules read before stay", what);
+    return;
+  }
+  const std::size_t rules = f.rules();
+  acl.replace(std::move(f));
+  const std::size_t revoked = broker.recheck_subscriptions();
+  say(level::info, "SIGHUP: ACL file {} read again: {} rules; {} subscriptions no longer allowed taken out", acl_path,
+      rules, revoked);
+}
 
 template <class Broker>
 int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::vector<listener_plan>& plans,
@@ -457,6 +495,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
         }
       }
 #endif
+      if (auto acl = with_timers.acl; acl && !acl_path.empty()) reload_acl(broker, *acl);
       if (tls_listeners.empty()) say(level::info, "SIGHUP: no TLS listener, nothing to reload");
       for (const std::size_t index : tls_listeners) {
         std::error_code rec;
@@ -634,6 +673,9 @@ int main(int argc, char** argv) {
                  "let clients without a user name connect (true/false; default: false with a password file, "
                  "else true) [allow_anonymous]");
 #endif
+  app.add_option("--acl-file", acl_path,
+                 "access control lists in Mosquitto's format (user, topic, pattern lines), checked on publish, "
+                 "subscribe and delivery; read again on SIGHUP [acl_file]");
   std::vector<std::string> publishers;
   app.add_option("--allow-publish", publishers,
                  "only clients with this username may publish (repeat for more; default: everyone)");
@@ -675,7 +717,7 @@ int main(int argc, char** argv) {
       "  given here (--port, --certfile, --ws-port, --wss-port) adds its listener beside the file's.\n"
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
-      "  password_file and allow_anonymous are --password-file and --allow-anonymous.\n"
+      "  password_file, acl_file and allow_anonymous are --password-file, --acl-file and --allow-anonymous.\n"
       "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
       "  connection_messages are read as Mosquitto reads them.\n"
       "  Lines that make no sense here (pid_file, user, persistence_file, autosave_*, log_facility...)\n"
@@ -713,6 +755,7 @@ int main(int argc, char** argv) {
       session_expiry_s = static_cast<std::uint64_t>(file.persistent_client_expiration->count());
     if (file.sys_interval && !given("--sys-interval")) sys_interval_s = static_cast<unsigned>(file.sys_interval->count());
     if (file.password_file && !given("--password-file")) password_path = *file.password_file;
+    if (file.acl_file && !given("--acl-file")) acl_path = *file.acl_file;
     if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
 #if !MQTTBROKER_EXAMPLE_PASSWORDS
@@ -774,6 +817,17 @@ int main(int argc, char** argv) {
     hooks.passwords.emplace(std::move(users), allow_anonymous);
   }
 #endif
+  if (!acl_path.empty()) {
+    std::error_code aec;
+    std::string what;
+    auto rules = mqttbroker::hooks::acl_file::read(acl_path, aec, &what);
+    if (aec) {
+      fmt::print(stderr, "{}\n", what);
+      return 1;
+    }
+    say(level::info, "access control: {} ({} rules, {} users)", acl_path, rules.rules(), rules.users());
+    hooks.acl.emplace(std::move(rules));
+  }
   for (const std::string& w : warnings) say(level::warning, "{}", w);
 
   try {

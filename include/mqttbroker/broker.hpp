@@ -310,6 +310,13 @@ class broker {
     return ctx_.engine_.kick(client_id, reason);
   }
 
+  /// Asks the hooks' authorize_subscribe() again about every session's subscriptions and takes
+  /// out those it now refuses (after the rules behind it changed: an ACL file read again), with a
+  /// log line each; the clients are not told (MQTT has no packet for it) and keep their
+  /// connections. Deliveries follow authorize_read() at once without this; it ends the routes
+  /// that would only carry refused messages. From any thread. Returns how many it took out.
+  std::size_t recheck_subscriptions() { return ctx_.engine_.recheck_subscriptions(); }
+
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();
     s.handshake_failures = ctx_.handshake_failures.load();

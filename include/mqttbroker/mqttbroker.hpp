@@ -16,6 +16,7 @@
 #include <mqttbroker/topic/validate.hpp>
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/trie.hpp>
+#include <mqttbroker/topic/match.hpp>
 
 // level 2: message.hpp
 #include <mqttbroker/message.hpp>
@@ -26,6 +27,7 @@
 #include <mqttbroker/locking/none.hpp>
 #include <mqttbroker/locking/shared.hpp>
 #include <mqttbroker/hooks/hooks.hpp>
+#include <mqttbroker/hooks/acl_file.hpp>
 
 // level 4: session/, router/, transport/, clock/
 #include <mqttbroker/session/state.hpp>

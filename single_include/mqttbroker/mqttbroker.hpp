@@ -3266,6 +3266,88 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_TOPIC_TRIE_HPP
 // end <mqttbroker/topic/trie.hpp>
+// begin <mqttbroker/topic/match.hpp>
+#ifndef MQTTBROKER_TOPIC_MATCH_HPP
+#define MQTTBROKER_TOPIC_MATCH_HPP
+
+// One filter against one name, and one filter against another, without the trie: for rules that
+// are few and checked one by one (an ACL file's), not for routing, which the trie does.
+
+
+#include <string_view>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace topic {
+
+namespace detail {
+
+/// The next level of `c` in `out`; false when none is left.
+constexpr bool take_level(level_cursor& c, std::string_view& out) noexcept {
+  if (c.done()) return false;
+  out = c.next();
+  return true;
+}
+
+constexpr bool starts_with_wildcard(std::string_view f) noexcept {
+  return !f.empty() && (f.front() == '+' || f.front() == '#');
+}
+
+}  // namespace detail
+
+/// Whether the Topic Name `name` matches the (valid) filter `filter`: `+` one level, `#` the
+/// parent level and everything below it [MQTT-4.7.1-2], neither at the first level of a name
+/// beginning with `$` [MQTT-4.7.2-1].
+constexpr bool matches(std::string_view filter, std::string_view name) noexcept {
+  if (is_dollar_topic(name) && detail::starts_with_wildcard(filter)) return false;
+  detail::level_cursor f(filter), n(name);
+  std::string_view fl, nl;
+  while (detail::take_level(f, fl)) {
+    if (fl == "#") return true;
+    if (!detail::take_level(n, nl)) return false;
+    if (fl != "+" && fl != nl) return false;
+  }
+  return !detail::take_level(n, nl);
+}
+
+/// Whether every name the filter `narrow` matches is matched by the filter `wide` as well.
+constexpr bool covers(std::string_view wide, std::string_view narrow) noexcept {
+  if (is_dollar_topic(narrow) && detail::starts_with_wildcard(wide)) return false;
+  detail::level_cursor w(wide), n(narrow);
+  std::string_view wl, nl;
+  for (bool first = true; detail::take_level(w, wl); first = false) {
+    if (wl == "#") return true;
+    if (!detail::take_level(n, nl)) return false;  // names shorter than `wide` allows
+    if (nl == "#") {
+      // Names of any depth below, and the parent unless at the first level: only `#`, or at
+      // the first level `+/#`, takes them all.
+      return first && wl == "+" && w.rest() == "#" && !w.done();
+    }
+    if (wl == "+") continue;
+    if (nl == "+" || nl != wl) return false;
+  }
+  return !detail::take_level(n, nl);
+}
+
+/// Whether some name is matched by both filters.
+constexpr bool intersects(std::string_view a, std::string_view b) noexcept {
+  if ((is_dollar_topic(a) && detail::starts_with_wildcard(b)) || (is_dollar_topic(b) && detail::starts_with_wildcard(a)))
+    return false;
+  detail::level_cursor x(a), y(b);
+  std::string_view xl, yl;
+  for (;;) {
+    const bool hx = detail::take_level(x, xl), hy = detail::take_level(y, yl);
+    if (!hx && !hy) return true;
+    if ((hx && xl == "#") || (hy && yl == "#")) return true;  // "a/#" also matches "a"
+    if (!hx || !hy) return false;
+    if (xl != "+" && yl != "+" && xl != yl) return false;
+  }
+}
+
+}  // namespace topic
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_TOPIC_MATCH_HPP
+// end <mqttbroker/topic/match.hpp>
 
 // level 2: message.hpp
 // begin <mqttbroker/message.hpp>
@@ -4062,6 +4144,7 @@ using auth_step_reply = basic_reply<auth_step>;
 ///   void authenticate(const connect_info&, auth_reply);           // answers later (not both)
 ///   bool authorize_publish(const client_info&, const message&);
 ///   bool authorize_subscribe(const client_info&, std::string_view filter, codec::qos);
+///   bool authorize_read(const client_info& subscriber, const message&);  // each delivery
 ///   void intercept(std::string_view client_id, message_ptr&);  // replace, or reset to drop
 ///   void on_connect(const client_info&);
 ///   void on_disconnect(const client_info&, bool graceful);
@@ -4078,7 +4161,12 @@ using auth_step_reply = basic_reply<auth_step>;
 /// client identifier only, as it also runs for wills and in-process publishes (an empty
 /// client_id), after the connection they came from may be gone. Hooks run on the broker's
 /// handlers and must not block: an authentication that asks a database or a remote service takes
-/// the auth_reply form. A CONNECT with an Authentication Method goes to authenticate_enhanced()
+/// the auth_reply form. authorize_read() sees every message the broker is about to give a client
+/// session, live, queued for an offline session or retained at a SUBSCRIBE; a refusal drops it
+/// for that session alone (counted in broker_stats::deliveries_denied). It sees the session's
+/// client identifier, username and protocol version also while the client is offline; for a
+/// session restored by a durable store whose client has not connected since, the username is not
+/// known, and such deliveries are not checked until the client connects again. A CONNECT with an Authentication Method goes to authenticate_enhanced()
 /// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate(). redirect()
 /// sees every CONNECT that authentication accepted (without its password), before the session is
 /// touched: an answer refuses it with CONNACK 0x9C or 0x9D and its Server Reference (5.0) or
@@ -4167,6 +4255,9 @@ MQTTBROKER_HOOK(authorize_publish, bool, true, false,
 MQTTBROKER_HOOK(authorize_subscribe, bool, true, false,
                 "bool authorize_subscribe(const hooks::client_info&, std::string_view filter, codec::qos)",
                 std::declval<const client_info&>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(authorize_read, bool, true, false,
+                "bool authorize_read(const hooks::client_info& subscriber, const message&)",
+                std::declval<const client_info&>(), std::declval<const message&>())
 MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value, false,
                 "void intercept(std::string_view client_id, message_ptr&), the message by non-const reference",
                 std::declval<std::string_view>(), std::declval<message_ptr&>())
@@ -4199,7 +4290,8 @@ constexpr bool check_hooks() {
                 "mqttbroker: the hooks policy must be a non-final class (its hooks are found by deriving from it)");
   // Instantiating each hook's trait is what checks it.
   constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
-                            authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
+                            authorize_subscribe_hook<H>::value, authorize_read_hook<H>::value,
+                            intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
                             on_connect_refused_hook<H>::value,  log_hook<H>::value,
@@ -4215,7 +4307,8 @@ template <class H>
 inline constexpr bool needs_client_info_v =
     detail::authenticate_hook<H>::value || detail::authenticate_later_hook<H>::value ||
     detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
-    detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
+    detail::authorize_read_hook<H>::value || detail::on_connect_hook<H>::value ||
+    detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
     detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value ||
     detail::authenticate_enhanced_hook<H>::value || detail::redirect_hook<H>::value;
 
@@ -4227,6 +4320,8 @@ template <class H>
 inline constexpr bool has_authorize_publish_v = detail::authorize_publish_hook<H>::value;
 template <class H>
 inline constexpr bool has_authorize_subscribe_v = detail::authorize_subscribe_hook<H>::value;
+template <class H>
+inline constexpr bool has_authorize_read_v = detail::authorize_read_hook<H>::value;
 template <class H>
 inline constexpr bool has_intercept_v = detail::intercept_hook<H>::value;
 template <class H>
@@ -4251,6 +4346,333 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_HOOKS_HOOKS_HPP
 // end <mqttbroker/hooks/hooks.hpp>
+// begin <mqttbroker/hooks/acl_file.hpp>
+#ifndef MQTTBROKER_HOOKS_ACL_FILE_HPP
+#define MQTTBROKER_HOOKS_ACL_FILE_HPP
+
+// Access control lists in Mosquitto's acl_file format, and a hooks policy that enforces one on
+// publish, on subscribe and on every delivery. The format, one rule per line:
+//   user NAME                            the rules after it, up to the next user line, are NAME's
+//   topic [read|write|readwrite|deny] F  a rule for the current user (before any user line: for
+//                                        clients without a user name); readwrite when left out
+//   pattern [read|write|readwrite|deny] F  a rule for every client, where a level that is
+//                                        exactly %c or %u stands for its client identifier or
+//                                        user name (a %u rule never applies to a client without one)
+// Blank lines and lines starting with '#' are skipped; any other line is an error.
+
+
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace hooks {
+
+/// Why an ACL file was refused.
+enum class acl_errc {
+  unreadable = 1,  // the file cannot be read
+  unknown_line,    // a line that is not user, topic or pattern
+  bad_access,      // an access that is not read, write, readwrite or deny
+  bad_filter,      // a topic that is not a valid topic filter
+  missing_user,    // a user line without a name
+};
+
+/// The category of acl_errc: "mqttbroker.acl".
+inline const std::error_category& acl_category() noexcept {
+  class category final : public std::error_category {
+   public:
+    const char* name() const noexcept override { return "mqttbroker.acl"; }
+    std::string message(int ev) const override {
+      switch (static_cast<acl_errc>(ev)) {
+        case acl_errc::unreadable: return "cannot be read";
+        case acl_errc::unknown_line: return "not a user, topic or pattern line";
+        case acl_errc::bad_access: return "an access other than read, write, readwrite or deny";
+        case acl_errc::bad_filter: return "not a valid topic filter";
+        case acl_errc::missing_user: return "a user line without a name";
+      }
+      return "unknown ACL file error";
+    }
+  };
+  static const category instance;
+  return instance;
+}
+inline std::error_code make_error_code(acl_errc e) noexcept { return {static_cast<int>(e), acl_category()}; }
+
+}  // namespace hooks
+MQTTBROKER_END_NAMESPACE
+
+namespace std {
+template <>
+struct is_error_code_enum<::mqttbroker::hooks::acl_errc> : true_type {};
+}  // namespace std
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace hooks {
+
+/// The rules of an ACL file. A client may do what one of its rules (its user's, or the anonymous
+/// ones without a user name) or a pattern allows, unless a deny rule of either kind forbids it:
+/// deny wins wherever it is written (Mosquitto checks a user's denials before the patterns' allows,
+/// but lets a user's allow beat a pattern's deny; here no allow beats a deny). Without any rule
+/// that allows it, nothing is allowed.
+class acl_file {
+ public:
+  enum class access : std::uint8_t { deny = 0, read = 1, write = 2, readwrite = 3 };
+
+  acl_file() = default;
+
+  /// Parses a file's text. On an error `ec` is set, `line` (when given) is the 1-based line, and
+  /// the result is empty.
+  static acl_file parse(std::string_view text, std::error_code& ec, std::size_t* line = nullptr) {
+    ec.clear();
+    acl_file f;
+    std::vector<rule>* current = &f.anonymous_;
+    std::size_t number = 0;
+    while (!text.empty()) {
+      ++number;
+      const std::size_t end = text.find('\n');
+      std::string_view l = trim(text.substr(0, end));
+      text = end == std::string_view::npos ? std::string_view{} : text.substr(end + 1);
+      if (l.empty() || l.front() == '#') continue;
+      const std::string_view word = l.substr(0, l.find_first_of(" \t"));
+      const std::string_view rest = trim(l.substr(word.size()));
+      std::error_code line_ec;
+      if (word == "user") {
+        if (rest.empty())
+          line_ec = acl_errc::missing_user;
+        else
+          current = &f.users_[std::string(rest)];
+      } else if (word == "topic" || word == "pattern") {
+        // "topic F" alone is readwrite; otherwise the first word is the access and F the rest.
+        const std::size_t gap = rest.find_first_of(" \t");
+        std::string_view filter = rest;
+        access a = access::readwrite;
+        if (gap != std::string_view::npos) {
+          const std::string_view name = rest.substr(0, gap);
+          filter = trim(rest.substr(gap));
+          if (name == "read") a = access::read;
+          else if (name == "write") a = access::write;
+          else if (name == "readwrite") a = access::readwrite;
+          else if (name == "deny") a = access::deny;
+          else line_ec = acl_errc::bad_access;
+        }
+        if (!line_ec && topic::validate_topic_filter(filter)) line_ec = acl_errc::bad_filter;
+        if (!line_ec) {
+          rule r{std::string(filter), a, false, false};
+          if (word == "pattern") {
+            r.uses_client_id = has_level(filter, "%c");
+            r.uses_username = has_level(filter, "%u");
+            f.patterns_.push_back(std::move(r));
+          } else {
+            current->push_back(std::move(r));
+          }
+        }
+      } else {
+        line_ec = acl_errc::unknown_line;
+      }
+      if (line_ec) {
+        ec = line_ec;
+        if (line != nullptr) *line = number;
+        return {};
+      }
+    }
+    return f;
+  }
+
+  /// Reads and parses the file at `path`; on an error `ec` is set and `what` (when given) names
+  /// the file, the line and the reason.
+  static acl_file read(const std::string& path, std::error_code& ec, std::string* what = nullptr) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      ec = acl_errc::unreadable;
+      if (what != nullptr) *what = "mqttbroker: ACL file '" + path + "' cannot be read";
+      return {};
+    }
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::size_t line = 0;
+    acl_file f = parse(text, ec, &line);
+    if (ec && what != nullptr)
+      *what = "mqttbroker: ACL file '" + path + "', line " + std::to_string(line) + ": " + ec.message();
+    return f;
+  }
+  /// The same, throwing std::system_error (configuration time).
+  static acl_file read(const std::string& path) {
+    std::error_code ec;
+    std::string what;
+    acl_file f = read(path, ec, &what);
+    if (ec) throw std::system_error(ec, what);
+    return f;
+  }
+
+  /// Whether `c` may publish to the Topic Name `name`.
+  bool may_publish(const client_info& c, std::string_view name) const { return allowed(c, name, op::publish); }
+  /// Whether a message published to `name` may go to `c` (its subscription matched).
+  bool may_read(const client_info& c, std::string_view name) const { return allowed(c, name, op::read); }
+  /// Whether `c` may subscribe to `filter` (`$share/G/F` is judged by F): refused when a deny rule
+  /// covers all of it, or when no rule lets it read any name it matches. A filter that is allowed
+  /// in part (`#` beside `topic read sensors/#`) is granted, and may_read() keeps back what it
+  /// may not read, as Mosquitto does.
+  bool may_subscribe(const client_info& c, std::string_view filter) const {
+    if (topic::is_shared_filter(filter)) {
+      std::error_code ec;
+      const topic::parsed_filter p = topic::parse_filter(filter, ec);
+      if (ec) return false;
+      filter = p.filter;
+    }
+    return allowed(c, filter, op::subscribe);
+  }
+
+  /// Users named on user lines.
+  std::size_t users() const noexcept { return users_.size(); }
+  /// Rules of every kind.
+  std::size_t rules() const noexcept {
+    std::size_t n = anonymous_.size() + patterns_.size();
+    for (const auto& u : users_) n += u.second.size();
+    return n;
+  }
+
+ private:
+  struct rule {
+    std::string filter;
+    access rights;
+    bool uses_client_id;  // patterns: a level that is exactly %c
+    bool uses_username;   // patterns: a level that is exactly %u
+  };
+  enum class op : std::uint8_t { publish, read, subscribe };
+
+  static std::string_view trim(std::string_view s) noexcept {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    return s;
+  }
+  static bool has_level(std::string_view filter, std::string_view level) {
+    topic::detail::level_cursor c(filter);
+    while (!c.done())
+      if (c.next() == level) return true;
+    return false;
+  }
+
+  /// Whether rule filter `f` bears on `x` (a name, or a filter for op::subscribe): a deny rule
+  /// when it takes all of a subscription, an allow when it gives some of it.
+  static bool hits(std::string_view f, std::string_view x, op o, bool deny) noexcept {
+    if (o != op::subscribe) return topic::matches(f, x);
+    return deny ? topic::covers(f, x) : topic::intersects(f, x);
+  }
+
+  /// A pattern's filter for `c`: its %c and %u levels replaced, in `out`.
+  static std::string_view substitute(const rule& r, const client_info& c, std::string& out) {
+    out.clear();
+    topic::detail::level_cursor levels(r.filter);
+    bool first = true;
+    while (!levels.done()) {
+      const std::string_view l = levels.next();
+      if (!first) out.push_back('/');
+      first = false;
+      if (l == "%c" && r.uses_client_id) out.append(c.client_id);
+      else if (l == "%u" && r.uses_username) out.append(*c.username);
+      else out.append(l);
+    }
+    return out;
+  }
+
+  bool allowed(const client_info& c, std::string_view x, op o) const {
+    const std::vector<rule>* own = &anonymous_;
+    if (c.username) {
+      const auto it = users_.find(std::string(*c.username));
+      own = it != users_.end() ? &it->second : nullptr;
+    }
+    const access need = o == op::publish ? access::write : access::read;
+    const auto gives = [need](const rule& r) {
+      return (static_cast<std::uint8_t>(r.rights) & static_cast<std::uint8_t>(need)) != 0;
+    };
+    // A client identifier or user name with a wildcard would turn a pattern into a wider filter
+    // than its author meant: such a client gets nothing from patterns, and is denied outright
+    // while there are any (as Mosquitto does).
+    if (!patterns_.empty() && (has_wildcard(c.client_id) || (c.username && has_wildcard(*c.username)))) return false;
+    // One buffer per thread: deliveries check patterns without allocating once it has grown.
+    static thread_local std::string scratch;
+    for (int pass = 0; pass < 2; ++pass) {  // denials first, everywhere, then allows
+      const bool deny = pass == 0;
+      if (own != nullptr) {
+        for (const rule& r : *own)
+          if ((r.rights == access::deny) == deny && (deny || gives(r)) && hits(r.filter, x, o, deny)) return !deny;
+      }
+      for (const rule& r : patterns_) {
+        if ((r.rights == access::deny) != deny || (!deny && !gives(r))) continue;
+        if (r.uses_username && !c.username) continue;
+        if (hits(substitute(r, c, scratch), x, o, deny)) return !deny;
+      }
+    }
+    return false;
+  }
+  static bool has_wildcard(std::string_view s) noexcept { return s.find_first_of("+#") != std::string_view::npos; }
+
+  std::vector<rule> anonymous_;  // before the first user line: clients without a user name
+  std::unordered_map<std::string, std::vector<rule>> users_;
+  std::vector<rule> patterns_;
+};
+
+/// A hooks policy (hooks/hooks.hpp) that enforces an ACL file: authorize_publish (a refused
+/// PUBLISH gets PUBACK/PUBREC 0x87 in 5.0 and is dropped in 3.1.1), authorize_subscribe (SUBACK
+/// 0x87 in 5.0, 0x80 in 3.1.1) and authorize_read (a message the subscriber may not read is not
+/// given to it). Without a file every client may do everything. Derive from it, beside
+/// auth::password_hooks or hooks of your own, to combine them. replace() swaps the file while the
+/// broker runs (a reload on SIGHUP): publishes and deliveries after it follow the new rules at
+/// once; subscriptions made before it stay until broker::recheck_subscriptions() takes out those
+/// the new rules refuse.
+class acl_hooks {
+ public:
+  acl_hooks() = default;
+  explicit acl_hooks(acl_file f) { replace(std::move(f)); }
+
+  /// From any thread, on any copy (copies share the file).
+  void replace(acl_file f) {
+    auto next = std::make_shared<const acl_file>(std::move(f));
+    std::lock_guard<std::mutex> lk(s_->mutex);
+    s_->file = std::move(next);
+  }
+  /// The file in force; null when none was given.
+  std::shared_ptr<const acl_file> file() const {
+    std::lock_guard<std::mutex> lk(s_->mutex);
+    return s_->file;
+  }
+
+  bool authorize_publish(const client_info& c, const message& m) const {
+    const auto f = file();
+    return !f || f->may_publish(c, m.topic());
+  }
+  bool authorize_subscribe(const client_info& c, std::string_view filter, codec::qos) const {
+    const auto f = file();
+    return !f || f->may_subscribe(c, filter);
+  }
+  bool authorize_read(const client_info& c, const message& m) const {
+    const auto f = file();
+    return !f || f->may_read(c, m.topic());
+  }
+
+ private:
+  struct state {
+    std::mutex mutex;
+    std::shared_ptr<const acl_file> file;
+  };
+  std::shared_ptr<state> s_ = std::make_shared<state>();
+};
+
+}  // namespace hooks
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_HOOKS_ACL_FILE_HPP
+// end <mqttbroker/hooks/acl_file.hpp>
 
 // level 4: session/, router/, transport/, clock/
 // begin <mqttbroker/session/state.hpp>
@@ -7032,12 +7454,21 @@ class link : public detail::list_links,
     i.version = version_;
     if constexpr (Session::keeps_origin) {
       if (this->username_) i.username = *this->username_;
+    }
+    origin_into(i);
+    return i;
+  }
+  /// Where the client came from (peer, listener, certificate identity) into `i`: what does not
+  /// change once the client has connected, so another thread delivering to its session may read it.
+  void origin_into(hooks::client_info& i) const noexcept {
+    if constexpr (Session::keeps_origin) {
       i.peer_address = this->peer_address_;
       i.peer_port = this->peer_port_;
       i.listener = this->listener_;
       i.certificate_identity = this->certificate_identity_;
+    } else {
+      (void)i;
     }
-    return i;
   }
 
   /// Bytes queued or being written and not yet taken by the transport. Readable from any thread
@@ -7429,6 +7860,7 @@ MQTTBROKER_END_NAMESPACE
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -7451,6 +7883,8 @@ struct broker_stats {
                                           // Maximum Packet Size
   std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
+  std::uint64_t deliveries_denied = 0;    // messages authorize_read kept from a subscriber
+  std::uint64_t subscriptions_revoked = 0;  // taken out by recheck_subscriptions()
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker
@@ -7518,12 +7952,24 @@ struct strand_outbox {
 };
 struct no_outbox {};
 
+/// Who a session's client was when it last connected, for hooks that take a client_info: what
+/// authorize_read and recheck_subscriptions() see of a session also while its client is offline.
+/// An empty base otherwise.
+template <bool Keep>
+struct session_owner {
+  std::optional<std::string> owner_username;
+  codec::protocol_version owner_version = codec::protocol_version::v3_1_1;
+  bool owner_known = false;  // false for a session a store restored, until its client connects
+};
+template <>
+struct session_owner<false> {};
+
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 /// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
 /// `KeepsOrigin`: links keep who their client is, for the hooks (engine::link_origin).
 /// `EnhancedAuth`: links can run 5.0 AUTH exchanges (engine::link_auth).
 template <class Locking, bool Durable = false, bool KeepsOrigin = false, bool EnhancedAuth = false>
-struct session_record : subscriber, detail::ref_counted {
+struct session_record : subscriber, detail::ref_counted, session_owner<KeepsOrigin> {
   static constexpr bool durable = Durable;
   static constexpr bool keeps_origin = KeepsOrigin;
   static constexpr bool enhanced_auth = EnhancedAuth;
@@ -8168,6 +8614,7 @@ class core {
     s.messages_dropped = hot_.dropped.load();
     s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
+    s.deliveries_denied = hot_.denied.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -8462,6 +8909,25 @@ class core {
       st.enqueue(client_id, m, d.qos_level);
   }
 
+  /// authorize_read()'s answer for giving `m` to `rec`, whose lock (or the exclusive state lock)
+  /// is held: the session's client as it last connected, also while it is offline. A session
+  /// restored by a store whose client has not connected since is not checked: its user is unknown.
+  bool may_read(const session_type& rec, const message& m) {
+    if constexpr (session_type::keeps_origin) {
+      if (!rec.owner_known) return true;
+      hooks::client_info who;
+      who.client_id = rec.state.client_id();
+      if (rec.owner_username) who.username = *rec.owner_username;
+      who.version = rec.owner_version;
+      if (const link_type* c = rec.conn.get()) c->origin_into(who);
+      return hooks_.authorize_read(who, m);
+    } else {
+      (void)rec;
+      (void)m;
+      return true;
+    }
+  }
+
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
   /// `share_group`: the group it comes through, if any.
@@ -8475,6 +8941,12 @@ class core {
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     link_type* c = rec->conn.get();
+    if constexpr (hooks::has_authorize_read_v<hooks_type>) {
+      if (!may_read(*rec, *m)) {
+        hot_.denied.fetch_add(1);
+        return;
+      }
+    }
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
@@ -9014,7 +9486,8 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{},
+        denied{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
@@ -9301,6 +9774,59 @@ class protocol : public core<Policies> {
   /// client of that identifier is connected.
   bool kick(std::string_view client_id, reason_code reason) {
     return post_to_client(client_id, link_event::kick, kicks_, reason);
+  }
+
+  /// Asks authorize_subscribe() again about every subscription of every session, as after a
+  /// change of the rules behind it (an ACL file read again), and takes out those it now refuses,
+  /// as an UNSUBSCRIBE would, with a log line each; MQTT has no packet that tells the client.
+  /// Sessions whose client is not known (restored by a store, not connected since) are left as
+  /// they are. The hook runs without the lock. From any thread; returns how many were taken out.
+  std::size_t recheck_subscriptions() {
+    if constexpr (!hooks::has_authorize_subscribe_v<hooks_type> || !session_type::keeps_origin) {
+      return 0;
+    } else {
+      struct entry {
+        detail::ref_ptr<session_type> rec;
+        std::optional<std::string> username;
+        codec::protocol_version version;
+        std::string filter;
+        codec::qos granted;
+      };
+      std::vector<entry> all;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        for (const auto& s : sessions_) {
+          session_type& rec = *s.second;
+          if (!rec.owner_known) continue;
+          for (const auto& sub : rec.state.subscriptions())
+            all.push_back({s.second, rec.owner_username, rec.owner_version, sub.first, sub.second.options.max_qos});
+        }
+      }
+      std::vector<const entry*> refused;
+      for (const entry& e : all) {
+        hooks::client_info who;
+        who.client_id = e.rec->state.client_id();  // fixed for the session's life
+        if (e.username) who.username = *e.username;
+        who.version = e.version;
+        if (!hooks_.authorize_subscribe(who, e.filter, e.granted)) refused.push_back(&e);
+      }
+      std::vector<const entry*> removed;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        for (const entry* e : refused) {
+          session_type& rec = *e->rec;
+          if (!rec.state.forget_subscription(e->filter)) continue;  // unsubscribed or ended meanwhile
+          this->remove_route(rec, e->filter);
+          if (base::kept(rec)) this->record([&](auto& st) { st.erase_subscription(rec.state.client_id(), e->filter); });
+          removed.push_back(e);
+        }
+        stats_.subscriptions_revoked += removed.size();
+      }
+      for (const entry* e : removed)
+        this->log(log_level::notice, "client '{}': subscription to {} taken out: no longer authorized",
+                  e->rec->state.client_id(), e->filter);
+      return removed.size();
+    }
   }
 
   /// A host's request for the connected client `client_id`: `what` is noted in `pending` for its
@@ -10137,6 +10663,12 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      if constexpr (session_type::keeps_origin) {
+        // Who the client is now, for deliveries to its session (authorize_read), also offline.
+        rec->owner_username = r.username;
+        rec->owner_version = v;
+        rec->owner_known = true;
+      }
       rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
@@ -10549,6 +11081,12 @@ class protocol : public core<Policies> {
           const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
+            if constexpr (hooks::has_authorize_read_v<hooks_type>) {
+              if (!this->may_read(*rec, *m)) {
+                this->hot_.denied.fetch_add(1);
+                return;
+              }
+            }
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), options.max_qos);
@@ -11836,6 +12374,13 @@ class broker {
   bool disconnect(std::string_view client_id, reason_code reason = reason_code::administrative_action) {
     return ctx_.engine_.kick(client_id, reason);
   }
+
+  /// Asks the hooks' authorize_subscribe() again about every session's subscriptions and takes
+  /// out those it now refuses (after the rules behind it changed: an ACL file read again), with a
+  /// log line each; the clients are not told (MQTT has no packet for it) and keep their
+  /// connections. Deliveries follow authorize_read() at once without this; it ends the routes
+  /// that would only carry refused messages. From any thread. Returns how many it took out.
+  std::size_t recheck_subscriptions() { return ctx_.engine_.recheck_subscriptions(); }
 
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();

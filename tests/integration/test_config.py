@@ -393,7 +393,8 @@ class PasswordFile(ConfigCase):
                           % (pwd.getpwuid(os.getuid()).pw_name, port, path))
         mosquitto = h.Program(["mosquitto", "-c", conf, "-v"])
         self.addCleanup(mosquitto.terminate)
-        mosquitto.wait_line(r"Opening ipv4 listen socket on port %d" % port)
+        # "Opening ... listen socket" comes before the bind; "running" after every listener is up.
+        mosquitto.wait_line(r"mosquitto version \S+ running")
         mosquitto_pub(port, "t", "to mosquitto", "-u", "zoe", "-P", "z pass")
         with self.assertRaises(AssertionError):
             mosquitto_pub(port, "t", "to mosquitto", "-u", "zoe", "-P", "wrong")
@@ -480,10 +481,10 @@ class Refused(ConfigCase):
         self.assertIn("mqttbroker: %s:3: 'retain_available' must be true or false, not 'maybe'" % bad, err)
 
     def test_an_unsupported_option(self):
-        path = self.write("auth.conf", "listener 0 127.0.0.1\nacl_file /etc/mosquitto/acl\n")
+        path = self.write("auth.conf", "listener 0 127.0.0.1\npsk_file /etc/mosquitto/psk\n")
         status, err = self.run_server("-c", path)
         self.assertEqual(status, 1, err)
-        self.assertIn("mqttbroker: %s:2: 'acl_file' is not supported by mqttbroker" % path, err)
+        self.assertIn("mqttbroker: %s:2: 'psk_file' is not supported by mqttbroker" % path, err)
 
     def test_a_listener_that_cannot_start_names_its_line(self):
         path = self.write("tls.conf", "listener 0 127.0.0.1\n\nlistener 0 127.0.0.1\ncertfile %s\nkeyfile %s\n"

@@ -420,6 +420,7 @@ class core {
     s.messages_dropped = hot_.dropped.load();
     s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
+    s.deliveries_denied = hot_.denied.load();
     s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -714,6 +715,25 @@ class core {
       st.enqueue(client_id, m, d.qos_level);
   }
 
+  /// authorize_read()'s answer for giving `m` to `rec`, whose lock (or the exclusive state lock)
+  /// is held: the session's client as it last connected, also while it is offline. A session
+  /// restored by a store whose client has not connected since is not checked: its user is unknown.
+  bool may_read(const session_type& rec, const message& m) {
+    if constexpr (session_type::keeps_origin) {
+      if (!rec.owner_known) return true;
+      hooks::client_info who;
+      who.client_id = rec.state.client_id();
+      if (rec.owner_username) who.username = *rec.owner_username;
+      who.version = rec.owner_version;
+      if (const link_type* c = rec.conn.get()) c->origin_into(who);
+      return hooks_.authorize_read(who, m);
+    } else {
+      (void)rec;
+      (void)m;
+      return true;
+    }
+  }
+
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
   /// `share_group`: the group it comes through, if any.
@@ -727,6 +747,12 @@ class core {
     o.retain = d.retain_as_published && m->retain();  // 3.1.1 [MQTT-3.3.1-9]; 5.0 Retain As Published [MQTT-3.3.1-12]
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     link_type* c = rec->conn.get();
+    if constexpr (hooks::has_authorize_read_v<hooks_type>) {
+      if (!may_read(*rec, *m)) {
+        hot_.denied.fetch_add(1);
+        return;
+      }
+    }
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
@@ -1266,7 +1292,8 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{};
+    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{},
+        denied{};
   } hot_;
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_

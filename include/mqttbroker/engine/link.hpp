@@ -321,12 +321,21 @@ class link : public detail::list_links,
     i.version = version_;
     if constexpr (Session::keeps_origin) {
       if (this->username_) i.username = *this->username_;
+    }
+    origin_into(i);
+    return i;
+  }
+  /// Where the client came from (peer, listener, certificate identity) into `i`: what does not
+  /// change once the client has connected, so another thread delivering to its session may read it.
+  void origin_into(hooks::client_info& i) const noexcept {
+    if constexpr (Session::keeps_origin) {
       i.peer_address = this->peer_address_;
       i.peer_port = this->peer_port_;
       i.listener = this->listener_;
       i.certificate_identity = this->certificate_identity_;
+    } else {
+      (void)i;
     }
-    return i;
   }
 
   /// Bytes queued or being written and not yet taken by the transport. Readable from any thread

@@ -292,6 +292,59 @@ class protocol : public core<Policies> {
     return post_to_client(client_id, link_event::kick, kicks_, reason);
   }
 
+  /// Asks authorize_subscribe() again about every subscription of every session, as after a
+  /// change of the rules behind it (an ACL file read again), and takes out those it now refuses,
+  /// as an UNSUBSCRIBE would, with a log line each; MQTT has no packet that tells the client.
+  /// Sessions whose client is not known (restored by a store, not connected since) are left as
+  /// they are. The hook runs without the lock. From any thread; returns how many were taken out.
+  std::size_t recheck_subscriptions() {
+    if constexpr (!hooks::has_authorize_subscribe_v<hooks_type> || !session_type::keeps_origin) {
+      return 0;
+    } else {
+      struct entry {
+        detail::ref_ptr<session_type> rec;
+        std::optional<std::string> username;
+        codec::protocol_version version;
+        std::string filter;
+        codec::qos granted;
+      };
+      std::vector<entry> all;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        for (const auto& s : sessions_) {
+          session_type& rec = *s.second;
+          if (!rec.owner_known) continue;
+          for (const auto& sub : rec.state.subscriptions())
+            all.push_back({s.second, rec.owner_username, rec.owner_version, sub.first, sub.second.options.max_qos});
+        }
+      }
+      std::vector<const entry*> refused;
+      for (const entry& e : all) {
+        hooks::client_info who;
+        who.client_id = e.rec->state.client_id();  // fixed for the session's life
+        if (e.username) who.username = *e.username;
+        who.version = e.version;
+        if (!hooks_.authorize_subscribe(who, e.filter, e.granted)) refused.push_back(&e);
+      }
+      std::vector<const entry*> removed;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        for (const entry* e : refused) {
+          session_type& rec = *e->rec;
+          if (!rec.state.forget_subscription(e->filter)) continue;  // unsubscribed or ended meanwhile
+          this->remove_route(rec, e->filter);
+          if (base::kept(rec)) this->record([&](auto& st) { st.erase_subscription(rec.state.client_id(), e->filter); });
+          removed.push_back(e);
+        }
+        stats_.subscriptions_revoked += removed.size();
+      }
+      for (const entry* e : removed)
+        this->log(log_level::notice, "client '{}': subscription to {} taken out: no longer authorized",
+                  e->rec->state.client_id(), e->filter);
+      return removed.size();
+    }
+  }
+
   /// A host's request for the connected client `client_id`: `what` is noted in `pending` for its
   /// link, which is told by `e` (and takes it with take_request()). False when none is connected.
   template <class T>
@@ -1126,6 +1179,12 @@ class protocol : public core<Policies> {
         ++rec->extras->will_generation;
       }
       rec->conn = l.self();
+      if constexpr (session_type::keeps_origin) {
+        // Who the client is now, for deliveries to its session (authorize_read), also offline.
+        rec->owner_username = r.username;
+        rec->owner_version = v;
+        rec->owner_known = true;
+      }
       rec->state.set_client_limits(r.receive_maximum, r.maximum_packet_size);
       rec->expiry = stored_expiry(expiry);
       if (base::kept(*rec)) this->record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); });
@@ -1538,6 +1597,12 @@ class protocol : public core<Policies> {
           const std::uint32_t now_s = clock_seconds(now);
           retained_.match(e.filter, [&](const message_ptr& m) {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
+            if constexpr (hooks::has_authorize_read_v<hooks_type>) {
+              if (!this->may_read(*rec, *m)) {
+                this->hot_.denied.fetch_add(1);
+                return;
+              }
+            }
             session::outgoing o;
             o.msg = m;
             o.qos_level = std::min(m->qos_level(), options.max_qos);

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -38,6 +39,8 @@ struct broker_stats {
                                           // Maximum Packet Size
   std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
+  std::uint64_t deliveries_denied = 0;    // messages authorize_read kept from a subscriber
+  std::uint64_t subscriptions_revoked = 0;  // taken out by recheck_subscriptions()
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker
@@ -105,12 +108,24 @@ struct strand_outbox {
 };
 struct no_outbox {};
 
+/// Who a session's client was when it last connected, for hooks that take a client_info: what
+/// authorize_read and recheck_subscriptions() see of a session also while its client is offline.
+/// An empty base otherwise.
+template <bool Keep>
+struct session_owner {
+  std::optional<std::string> owner_username;
+  codec::protocol_version owner_version = codec::protocol_version::v3_1_1;
+  bool owner_known = false;  // false for a session a store restored, until its client connects
+};
+template <>
+struct session_owner<false> {};
+
 /// A client session as the engine keeps it: the MQTT state plus where it is connected.
 /// `Durable`: the storage policy keeps sessions (its links then hold acknowledgements back).
 /// `KeepsOrigin`: links keep who their client is, for the hooks (engine::link_origin).
 /// `EnhancedAuth`: links can run 5.0 AUTH exchanges (engine::link_auth).
 template <class Locking, bool Durable = false, bool KeepsOrigin = false, bool EnhancedAuth = false>
-struct session_record : subscriber, detail::ref_counted {
+struct session_record : subscriber, detail::ref_counted, session_owner<KeepsOrigin> {
   static constexpr bool durable = Durable;
   static constexpr bool keeps_origin = KeepsOrigin;
   static constexpr bool enhanced_auth = EnhancedAuth;

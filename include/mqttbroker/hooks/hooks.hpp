@@ -165,6 +165,7 @@ using auth_step_reply = basic_reply<auth_step>;
 ///   void authenticate(const connect_info&, auth_reply);           // answers later (not both)
 ///   bool authorize_publish(const client_info&, const message&);
 ///   bool authorize_subscribe(const client_info&, std::string_view filter, codec::qos);
+///   bool authorize_read(const client_info& subscriber, const message&);  // each delivery
 ///   void intercept(std::string_view client_id, message_ptr&);  // replace, or reset to drop
 ///   void on_connect(const client_info&);
 ///   void on_disconnect(const client_info&, bool graceful);
@@ -181,7 +182,12 @@ using auth_step_reply = basic_reply<auth_step>;
 /// client identifier only, as it also runs for wills and in-process publishes (an empty
 /// client_id), after the connection they came from may be gone. Hooks run on the broker's
 /// handlers and must not block: an authentication that asks a database or a remote service takes
-/// the auth_reply form. A CONNECT with an Authentication Method goes to authenticate_enhanced()
+/// the auth_reply form. authorize_read() sees every message the broker is about to give a client
+/// session, live, queued for an offline session or retained at a SUBSCRIBE; a refusal drops it
+/// for that session alone (counted in broker_stats::deliveries_denied). It sees the session's
+/// client identifier, username and protocol version also while the client is offline; for a
+/// session restored by a durable store whose client has not connected since, the username is not
+/// known, and such deliveries are not checked until the client connects again. A CONNECT with an Authentication Method goes to authenticate_enhanced()
 /// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate(). redirect()
 /// sees every CONNECT that authentication accepted (without its password), before the session is
 /// touched: an answer refuses it with CONNACK 0x9C or 0x9D and its Server Reference (5.0) or
@@ -270,6 +276,9 @@ MQTTBROKER_HOOK(authorize_publish, bool, true, false,
 MQTTBROKER_HOOK(authorize_subscribe, bool, true, false,
                 "bool authorize_subscribe(const hooks::client_info&, std::string_view filter, codec::qos)",
                 std::declval<const client_info&>(), std::declval<std::string_view>(), std::declval<codec::qos>())
+MQTTBROKER_HOOK(authorize_read, bool, true, false,
+                "bool authorize_read(const hooks::client_info& subscriber, const message&)",
+                std::declval<const client_info&>(), std::declval<const message&>())
 MQTTBROKER_HOOK(intercept, void, !intercept_takes_copy<H>::value, false,
                 "void intercept(std::string_view client_id, message_ptr&), the message by non-const reference",
                 std::declval<std::string_view>(), std::declval<message_ptr&>())
@@ -302,7 +311,8 @@ constexpr bool check_hooks() {
                 "mqttbroker: the hooks policy must be a non-final class (its hooks are found by deriving from it)");
   // Instantiating each hook's trait is what checks it.
   constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
-                            authorize_subscribe_hook<H>::value, intercept_hook<H>::value,
+                            authorize_subscribe_hook<H>::value, authorize_read_hook<H>::value,
+                            intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
                             on_connect_refused_hook<H>::value,  log_hook<H>::value,
@@ -318,7 +328,8 @@ template <class H>
 inline constexpr bool needs_client_info_v =
     detail::authenticate_hook<H>::value || detail::authenticate_later_hook<H>::value ||
     detail::authorize_publish_hook<H>::value || detail::authorize_subscribe_hook<H>::value ||
-    detail::on_connect_hook<H>::value || detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
+    detail::authorize_read_hook<H>::value || detail::on_connect_hook<H>::value ||
+    detail::on_disconnect_hook<H>::value || detail::on_subscribe_hook<H>::value ||
     detail::on_unsubscribe_hook<H>::value || detail::on_connect_refused_hook<H>::value ||
     detail::authenticate_enhanced_hook<H>::value || detail::redirect_hook<H>::value;
 
@@ -330,6 +341,8 @@ template <class H>
 inline constexpr bool has_authorize_publish_v = detail::authorize_publish_hook<H>::value;
 template <class H>
 inline constexpr bool has_authorize_subscribe_v = detail::authorize_subscribe_hook<H>::value;
+template <class H>
+inline constexpr bool has_authorize_read_v = detail::authorize_read_hook<H>::value;
 template <class H>
 inline constexpr bool has_intercept_v = detail::intercept_hook<H>::value;
 template <class H>
