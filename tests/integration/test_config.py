@@ -433,6 +433,113 @@ class AnonymousAllowed(PasswordFile):
     test_a_file_written_by_mqttbroker_passwd_serves_mosquitto_and_this_server = None
 
 
+ACL_RULES = """# anonymous clients
+topic read public/#
+topic write public/anon
+topic readwrite test/#
+topic deny test/nosubscribe
+
+user watcher
+topic read public/#
+topic read sensors/#
+topic deny sensors/private/#
+
+user writer
+topic write #
+
+pattern read inbox/%u
+"""
+
+
+def acl_scenario(port):
+    """What each subscriber receives when writer and an anonymous client publish under ACL_RULES:
+    {subscriber: [topics, in order]}. Each subscriber reads until public/end, the last message."""
+    got = {}
+    clients = []
+    try:
+        subscribers = {"watcher": h.PahoClient(port, client_id="acl-watcher", credentials=("watcher", "")),
+                       "anonymous": h.PahoClient(port, client_id="acl-anon")}
+        clients.extend(subscribers.values())
+        for c in subscribers.values():
+            c.subscribe("#", 1)  # granted to both; what each may read is decided per message
+        writer = h.PahoClient(port, client_id="acl-writer", credentials=("writer", ""))
+        anon = h.PahoClient(port, client_id="acl-anon-pub")
+        clients.extend([writer, anon])
+        for topic in ("public/news", "sensors/a", "sensors/private/key", "inbox/watcher", "inbox/anonymous"):
+            writer.publish(topic, b"w", 1)
+        anon.publish("public/anon", b"a", 1)
+        anon.publish("sensors/b", b"a", 1)  # anonymous may not write there: dropped
+        writer.publish("public/end", b"w", 1)
+        for name, c in subscribers.items():
+            topics = []
+            while not topics or topics[-1] != "public/end":
+                topics.append(c.get().topic)
+            got[name] = topics
+    finally:
+        for c in clients:
+            c.close()
+    return got
+
+
+class AclFile(ConfigCase):
+    """acl_file in Mosquitto's format: the same file in Mosquitto and here gives every subscriber
+    the same messages; a filter a deny rule takes whole is refused (SUBACK 0x80 / 0x87), where
+    Mosquitto 2.0 grants it and delivers nothing; SIGHUP reads the file again."""
+
+    def make_conf(self):
+        self.acl = self.write("acl", ACL_RULES)
+        return self.write("mqttbroker.conf", "listener 0 127.0.0.1\nallow_anonymous true\nacl_file %s\n" % self.acl)
+
+    def test_the_same_file_in_mosquitto_and_here_delivers_the_same(self):
+        if not shutil.which("mosquitto"):
+            h._client_missing("mosquitto (Debian mosquitto)")
+        ours = acl_scenario(self.port)
+        self.assertEqual(ours, {"watcher": ["public/news", "sensors/a", "inbox/watcher", "public/anon", "public/end"],
+                                "anonymous": ["public/news", "public/anon", "public/end"]})
+        port = h.free_port()
+        conf = self.write("mosquitto.conf", "user %s\nlistener %d 127.0.0.1\nallow_anonymous true\nacl_file %s\n"
+                          % (pwd.getpwuid(os.getuid()).pw_name, port, self.acl))
+        mosquitto = h.Program(["mosquitto", "-c", conf, "-v"])
+        self.addCleanup(mosquitto.terminate)
+        mosquitto.wait_line(r"mosquitto version \S+ running")
+        self.assertEqual(acl_scenario(port), ours)
+
+    def test_paho_nosubscribe_is_refused_in_both_versions(self):
+        """Paho's interoperability test_subscribe_failure: test/nosubscribe denied."""
+        for version, refused in ((h.V311, 0x80), (h.V5, 0x87)):
+            with self.subTest(version=version):
+                c = self.paho("nosub-%d" % version, version=version)
+                self.assertEqual(c.subscribe("test/nosubscribe", 2), [refused])
+                self.assertEqual(c.subscribe("test/+", 2), [2])
+        self.wait_log(r"nosub-\d+ \(username none\) may not subscribe to test/nosubscribe: the ACL file refuses it")
+
+    def test_sighup_takes_out_subscriptions_the_new_file_refuses(self):
+        sub = self.paho("reloaded", credentials=("watcher", ""))
+        self.assertEqual(sub.subscribe("sensors/#", 1), [1])
+        writer = self.paho("writer", credentials=("writer", ""))
+        writer.publish("sensors/a", b"before", 1)
+        self.assertEqual(sub.get().topic, "sensors/a")
+        with open(self.acl, "w") as f:
+            f.write(ACL_RULES.replace("topic read sensors/#\n", ""))
+        self.broker.proc.send_signal(signal.SIGHUP)
+        self.wait_log(r"SIGHUP: ACL file .* read again: \d+ rules; 1 subscriptions no longer allowed taken out")
+        self.wait_log(r"client 'reloaded': subscription to sensors/# taken out: no longer authorized")
+        writer.publish("sensors/a", b"after", 1)
+        writer.publish("public/x", b"still allowed", 1)
+        sub.subscribe("public/#", 1)
+        writer.publish("public/y", b"still allowed", 1)
+        self.assertEqual(sub.get().topic, "public/y")  # nothing from sensors/ came before it
+
+    def test_a_broken_file_at_sighup_keeps_the_rules_read_before(self):
+        with open(self.acl, "a") as f:
+            f.write("topic sometimes a/b\n")
+        self.broker.proc.send_signal(signal.SIGHUP)
+        self.wait_log(r"SIGHUP: mqttbroker: ACL file '.*', line \d+: an access other than read, write, readwrite "
+                      r"or deny; the rules read before stay")
+        c = self.paho("still", credentials=("watcher", ""))
+        self.assertEqual(c.subscribe("sensors/x", 1), [1])
+
+
 class Logging(ConfigCase):
     """log_dest file and stderr, log_timestamp (seconds since the epoch, as Mosquitto writes them),
     log_type subscribe beside information, connection_messages false."""
