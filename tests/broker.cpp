@@ -3166,3 +3166,86 @@ TEST_CASE("acl_hooks: a new file applies to the next delivery; recheck_subscript
   CHECK(sub.publishes().empty());
   CHECK(h.broker.stats().deliveries_denied == before);  // not even offered: the route is gone
 }
+
+// ---- the host's view of its clients
+
+namespace {
+struct listing_policies : timed_policies {
+  using hooks = mb::hooks::acl_hooks;  // no file: allows all, and keeps who each client is
+};
+}  // namespace
+
+TEST_CASE("broker::clients() lists the connected clients with who, where, since when and what they owe",
+          "[broker][host]") {
+  harness<listing_policies> h;
+  h.advance(std::chrono::seconds(10));
+  client& alice = h.add(protocol_version::v5);
+  alice.connect("alice", false, std::nullopt, std::string_view("alice-user"));
+  h.settle();
+  REQUIRE(alice.pop(CONNACK).code == 0);
+  h.advance(std::chrono::seconds(5));
+  client& anon = h.connected("anon", false);
+  h.subscribe(anon, "owed/#", qos::at_least_once);
+  client& pub = h.connected("pub");
+  for (std::uint16_t i = 1; i <= 3; ++i) pub.publish("owed/x", "m", qos::at_least_once, i);
+  h.settle();
+  client& gone = h.connected("gone", false);
+  gone.disconnect();
+  h.settle();
+
+  auto list = h.broker.clients();
+  std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.client_id < b.client_id; });
+  REQUIRE(list.size() == 3);  // "gone" is offline: not listed
+  const mb::client_snapshot& a = list[0];
+  CHECK(a.client_id == "alice");
+  CHECK(a.username == std::optional<std::string>("alice-user"));
+  CHECK(a.version == protocol_version::v5);
+  CHECK(a.listener == std::optional<std::size_t>(0));
+  CHECK_FALSE(a.persistent);  // 5.0 without a Session Expiry Interval
+  const mb::client_snapshot& n = list[1];
+  CHECK(n.client_id == "anon");
+  CHECK_FALSE(n.username);
+  CHECK(n.version == protocol_version::v3_1_1);
+  CHECK(n.persistent);
+  CHECK(n.inflight_messages + n.queued_messages == 3);  // not acknowledged by the test client
+  CHECK(n.connected_since - a.connected_since == std::chrono::seconds(5));
+  CHECK(h.clock.system_now() - n.connected_since == std::chrono::seconds(0));
+}
+
+TEST_CASE("broker::remove_session(): an offline session goes at once, a connected client is disconnected and its "
+          "session ends with the connection",
+          "[broker][host][MQTT-4.13.2-1]") {
+  harness<> h;
+  client& offline = h.connected("offline", false);
+  h.subscribe(offline, "kept/#", qos::at_least_once);
+  offline.disconnect();
+  h.settle();
+  client& online = h.add(protocol_version::v5);
+  online.set_session_expiry(3600);  // would outlive its connection
+  online.connect("online", false);
+  h.settle();
+  REQUIRE(online.pop(CONNACK).code == 0);
+  h.subscribe(online, "kept/#", qos::at_least_once);
+  CHECK(h.broker.stats().sessions == 2);
+
+  CHECK(h.broker.remove_session("offline"));
+  CHECK(h.broker.stats().sessions == 1);
+  CHECK(h.broker.remove_session("online"));
+  CHECK_FALSE(h.broker.remove_session("nobody"));
+  h.settle();
+  CHECK(online.pop(DISCONNECT).code == static_cast<std::uint8_t>(reason_code::administrative_action));
+  CHECK(online.closed());
+  CHECK(h.broker.stats().sessions == 0);
+
+  client& pub = h.connected("pub");
+  pub.publish("kept/x", "nobody left", qos::at_least_once, 1);
+  h.settle();
+  CHECK(pub.pop(PUBACK).id == 1);
+  for (const char* id : {"offline", "online"}) {
+    client& back = h.add();
+    back.connect(id, false);
+    h.settle();
+    CHECK_FALSE(back.pop(CONNACK).session_present);
+    CHECK(back.publishes().empty());
+  }
+}

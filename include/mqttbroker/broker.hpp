@@ -310,6 +310,26 @@ class broker {
     return ctx_.engine_.kick(client_id, reason);
   }
 
+  /// The connected clients: identifier, protocol version, listener, connected since (the wall
+  /// clock), messages queued and in flight, and, where the broker keeps them (a hook takes a
+  /// client_info), user name and address. A snapshot, from any thread.
+  std::vector<client_snapshot> clients() const {
+    const auto steady = ctx_.clock.steady_now();
+    const auto wall = ctx_.clock.system_now();
+    return ctx_.engine_.clients([&](time_point t) {
+      return std::chrono::time_point_cast<std::chrono::system_clock::duration>(wall - (steady - t));
+    });
+  }
+
+  /// Removes the session of `client_id`, connected or not, as an operator's clean-up: an offline
+  /// session goes at once (subscriptions, queued messages, its stored state; a delayed will is
+  /// discarded); a connected client is disconnected as by disconnect(client_id, reason) and its
+  /// session ends with the connection (its will goes out, as for any close it did not ask for).
+  /// From any thread; false when there is no such session.
+  bool remove_session(std::string_view client_id, reason_code reason = reason_code::administrative_action) {
+    return ctx_.engine_.end_session(client_id, reason, now());
+  }
+
   /// Asks the hooks' authorize_subscribe() again about every session's subscriptions and takes
   /// out those it now refuses (after the rules behind it changed: an ACL file read again), with a
   /// log line each; the clients are not told (MQTT has no packet for it) and keep their

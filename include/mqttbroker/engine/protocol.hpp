@@ -292,6 +292,61 @@ class protocol : public core<Policies> {
     return post_to_client(client_id, link_event::kick, kicks_, reason);
   }
 
+  /// The connected clients, in no order. From any thread; `to_wall` turns the engine's steady
+  /// time into the wall clock's.
+  template <class ToWall>
+  std::vector<client_snapshot> clients(ToWall to_wall) const {
+    std::vector<client_snapshot> out;
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    out.reserve(links_.size());
+    for (const auto& s : sessions_) {
+      const session_type& rec = *s.second;
+      const link_type* c = rec.conn.get();
+      if (c == nullptr) continue;
+      client_snapshot x;
+      x.client_id = rec.state.client_id();
+      if constexpr (session_type::keeps_origin) {
+        x.username = rec.owner_username;
+        hooks::client_info where;
+        c->origin_into(where);
+        x.peer_address.assign(where.peer_address);
+        x.peer_port = where.peer_port;
+      }
+      if (c->listener_slot_ != 0) x.listener = c->listener_slot_ - 1;
+      x.version = c->version_;
+      x.connected_since = to_wall(rec.connected_at);
+      x.queued_messages = rec.state.queued_count();
+      x.inflight_messages = rec.state.inflight_count();
+      x.persistent = base::kept(rec);
+      out.push_back(std::move(x));
+    }
+    return out;
+  }
+
+  /// Ends the session of `client_id` as a host decides (an operator's clean-up): an offline
+  /// session goes at once with its subscriptions, queued messages and stored state, its delayed
+  /// will discarded; a connected client's session ends with its connection, which is closed as
+  /// kick() closes it (5.0 DISCONNECT with `reason`), its will going out as for any close the
+  /// client did not ask for. False when there is no such session. From any thread.
+  bool end_session(std::string_view client_id, reason_code reason, steady_time now) {
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      auto it = sessions_.find(client_id);
+      if (it == sessions_.end()) return false;
+      session_type& rec = *it->second;
+      if (!rec.conn) {
+        if (rec.extras) rec.extras->pending_will = message_ptr();
+        this->log(log_level::notice, "session '{}' removed by the host", rec.state.client_id());
+        this->remove_session(rec, now);
+        return true;
+      }
+      // Ends with the connection, which the kick below closes.
+      rec.expiry = std::chrono::duration<std::uint32_t>(0);
+    }
+    kick(client_id, reason);
+    return true;
+  }
+
   /// Asks authorize_subscribe() again about every subscription of every session, as after a
   /// change of the rules behind it (an ACL file read again), and takes out those it now refuses,
   /// as an UNSUBSCRIBE would, with a log line each; MQTT has no packet that tells the client.
@@ -1178,6 +1233,10 @@ class protocol : public core<Policies> {
         rec->extras->pending_will = message_ptr();
         ++rec->extras->will_generation;
       }
+      // Before the link is the session's: a host listing clients from another thread reads these
+      // under this lock.
+      l.version_ = v;
+      rec->connected_at = now;
       rec->conn = l.self();
       if constexpr (session_type::keeps_origin) {
         // Who the client is now, for deliveries to its session (authorize_read), also offline.
@@ -1207,7 +1266,6 @@ class protocol : public core<Policies> {
     if constexpr (session_type::keeps_origin) l.username_ = std::move(r.username);
     // After CONNACK: Keep Alive replaces the CONNECT timeout.
     l.connected_ = true;
-    l.version_ = v;
     l.session_ = rec;
     l.keep_alive_limit_ = std::chrono::duration<std::uint32_t, std::milli>(
         static_cast<std::uint32_t>(static_cast<double>(keep_alive) * 1000.0 * opts_.keep_alive_multiplier));

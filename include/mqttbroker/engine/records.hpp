@@ -50,6 +50,21 @@ struct broker_stats {
   std::size_t shared_groups = 0;          // shared subscription groups; each goes with its last member
 };
 
+/// One connected client, as broker::clients() lists it.
+struct client_snapshot {
+  std::string client_id;
+  // Who and where: with hooks that take a client_info (the broker keeps them then); else empty.
+  std::optional<std::string> username;
+  std::string peer_address;
+  std::uint16_t peer_port = 0;
+  std::optional<std::size_t> listener;  // the index of the listener it came in on, if any
+  codec::protocol_version version = codec::protocol_version::v3_1_1;
+  std::chrono::system_clock::time_point connected_since{};
+  std::size_t queued_messages = 0;    // waiting in its session to be sent
+  std::size_t inflight_messages = 0;  // sent and not yet acknowledged
+  bool persistent = false;            // the session outlives the connection
+};
+
 namespace engine {
 
 enum class subscriber_kind : std::uint8_t { client, local, shared };
@@ -137,6 +152,7 @@ struct session_record : subscriber, detail::ref_counted, session_owner<KeepsOrig
   session::state state;
   detail::ref_ptr<link_type> conn;  // the live connection, if any
   steady_time expires{};            // when persistent and offline
+  steady_time connected_at{};       // when its client connected, while it is
   std::chrono::duration<std::uint32_t> expiry{0};  // 0 ends with the connection; 0xFFFFFFFF: never
   std::atomic<bool> has_paced{false};  // read without the lock on every write completion
   // With locking::shared, publishers holding the state lock shared meet here; every other
