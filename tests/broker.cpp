@@ -3249,3 +3249,130 @@ TEST_CASE("broker::remove_session(): an offline session goes at once, a connecte
     CHECK(back.publishes().empty());
   }
 }
+
+TEST_CASE("max_total_queued_bytes bounds all sessions' queues together; the budget is given back as they drain",
+          "[broker][limits]") {
+  mb::broker_options o;
+  o.max_total_queued_bytes = 100;
+  harness<> h(o);
+  for (const char* id : {"a", "b"}) {
+    client& c = h.connected(id, false);
+    h.subscribe(c, "q/#", qos::at_least_once);
+    c.disconnect();
+  }
+  h.settle();
+  client& pub = h.connected("pub");
+  const std::string payload(60, 'x');
+  pub.publish("q/1", payload, qos::at_least_once, 1);  // a's queue: 60; b's would make 120
+  h.settle();
+  auto st = h.broker.stats();
+  CHECK(st.queued_bytes == 60);
+  CHECK(st.queue_memory_drops == 1);
+  CHECK(st.messages_dropped == 1);
+  pub.publish("q/2", "small", qos::at_least_once, 2);  // 65 in all, then 70
+  h.settle();
+  CHECK(h.broker.stats().queued_bytes == 70);
+
+  client& a = h.add();
+  a.connect("a", false);
+  h.settle();
+  REQUIRE(a.pop(CONNACK).session_present);
+  CHECK(a.publishes().size() == 2);  // out of the queue, in flight now
+  CHECK(h.broker.stats().queued_bytes == 5);  // b's "small" waits still
+  CHECK(h.broker.remove_session("b"));
+  CHECK(h.broker.stats().queued_bytes == 0);  // a session that goes gives its bytes back
+  pub.publish("q/3", payload, qos::at_least_once, 3);
+  h.settle();
+  CHECK(h.broker.stats().queue_memory_drops == 1);
+}
+
+// ---- admission per source address
+
+TEST_CASE("address_admission: connections open per address, and a token bucket for new ones", "[admission]") {
+  using mb::server::address_admission;
+  using mb::server::address_verdict;
+  auto a = std::make_shared<address_admission>(mb::server::address_limits{2, 1.0, 3.0, true});
+  const auto t0 = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  address_admission::ticket t1, t2, t3, t4;
+  CHECK(address_admission::admit(a, "192.0.2.1", t0, t1) == address_verdict::admitted);
+  CHECK(address_admission::admit(a, "192.0.2.1", t0, t2) == address_verdict::admitted);
+  CHECK(address_admission::admit(a, "192.0.2.1", t0, t3) == address_verdict::too_many);
+  CHECK_FALSE(t3);
+  t1 = address_admission::ticket();  // one closes: its place is free again
+  CHECK(address_admission::admit(a, "192.0.2.1", t0, t3) == address_verdict::admitted);  // the third token
+  t2 = address_admission::ticket();
+  CHECK(address_admission::admit(a, "192.0.2.1", t0, t4) == address_verdict::too_fast);  // the bucket is empty
+  CHECK(address_admission::admit(a, "192.0.2.1", t0 + std::chrono::seconds(1), t4) == address_verdict::admitted);
+  CHECK(address_admission::admit(a, "198.51.100.7", t0, t1) == address_verdict::admitted);  // each address its own
+  for (int i = 0; i < 10; ++i) {  // the host's own programs are not limited
+    address_admission::ticket t;
+    CHECK(address_admission::admit(a, i % 2 ? "127.0.0.1" : "::1", t0, t) == address_verdict::admitted);
+  }
+  // Addresses with nothing open and a full bucket are forgotten as others come: the map stays bounded.
+  t1 = address_admission::ticket();
+  t3 = address_admission::ticket();
+  t4 = address_admission::ticket();
+  for (int i = 0; i < 5000; ++i) {
+    address_admission::ticket t;
+    (void)address_admission::admit(a, "10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256),
+                                   t0 + std::chrono::seconds(10 + i), t);
+  }
+  CHECK(a->tracked() <= 2048);
+}
+
+namespace {
+struct admission_policies : mb::default_policies {
+  using clock = mb::clock::manual;
+};
+}  // namespace
+
+TEST_CASE("max_connections_per_address and max_connection_rate_per_address close refused connections at accept, "
+          "counted",
+          "[broker][admission][transport]") {
+  using tcp_client = basic_client<asio::ip::tcp::socket>;
+  asio::io_context io;
+  mb::clock::manual clk;
+  mb::broker_options o;
+  o.admission_exempts_loopback = false;  // the test's clients are on loopback
+  o.max_connections_per_address = 2;
+  o.max_connection_rate_per_address = 1;
+  o.connection_burst_per_address = 3;
+  mb::broker<admission_policies> b(io, o, {}, clk);
+  b.listen({"127.0.0.1", 0});
+  b.start();
+  auto wait_for = [&io](auto ready) { run_io_until(io, ready); };
+  auto open = [&] {
+    asio::ip::tcp::socket s(io);
+    s.connect({asio::ip::make_address("127.0.0.1"), b.local_port(0)});
+    return std::make_unique<tcp_client>(std::move(s), protocol_version::v3_1_1);
+  };
+  auto connected = [&](tcp_client& c, const std::string& id) {
+    c.connect(id);
+    wait_for([&] { return c.pending() == 1 || c.closed(); });
+    return !c.closed() && c.pop(CONNACK).code == 0;
+  };
+  auto a = open();
+  auto c2 = open();
+  CHECK(connected(*a, "a"));
+  CHECK(connected(*c2, "b"));
+  auto third = open();
+  wait_for([&] { return third->closed(); });  // closed at accept: two are open from this address
+  CHECK(b.stats().refused_per_address == 1);
+  a->disconnect();
+  wait_for([&] { return a->closed() && b.stats().connections == 1; });
+  auto fourth = open();
+  CHECK(connected(*fourth, "d"));  // the third token of the burst
+  fourth->disconnect();
+  wait_for([&] { return fourth->closed() && b.stats().connections == 1; });
+  auto fast = open();
+  wait_for([&] { return fast->closed(); });  // one open, but no token left
+  CHECK(b.stats().refused_rate == 1);
+  clk.advance(std::chrono::seconds(1));
+  auto later = open();
+  CHECK(connected(*later, "e"));
+  CHECK(b.stats().refused_per_address == 1);
+  CHECK(b.stats().refused_rate == 1);
+  bool stopped = false;
+  b.async_stop([&](std::error_code ec) { stopped = !ec; });
+  wait_for([&] { return stopped; });
+}

@@ -521,3 +521,19 @@ TEST_CASE("config: the logging lines: log_dest and log_type add up, a file is th
   CHECK(refuse("log_type chatty\n").ec == config_errc::invalid_value);
   CHECK(refuse("connection_messages maybe\n").ec == config_errc::invalid_value);
 }
+
+TEST_CASE("config: the admission lines of this server's own are integers, checked", "[config]") {
+  const config_settings c = load(
+      "max_total_queued_bytes 67108864\n"
+      "max_connections_per_address 50\n"
+      "max_connection_rate_per_address 5\n"
+      "connection_burst_per_address 20\n"
+      "max_publish_rate 1000\n");
+  CHECK(c.max_total_queued_bytes == std::optional<std::size_t>(67108864));
+  CHECK(c.max_connections_per_address == std::optional<std::size_t>(50));
+  CHECK(c.max_connection_rate_per_address == std::optional<std::uint32_t>(5));
+  CHECK(c.connection_burst_per_address == std::optional<std::uint32_t>(20));
+  CHECK(c.max_publish_rate == std::optional<std::uint32_t>(1000));
+  CHECK(refuse("max_connections_per_address -1\n").ec == config_errc::invalid_value);
+  CHECK(refuse("max_publish_rate lots\n").ec == config_errc::invalid_value);
+}

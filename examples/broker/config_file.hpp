@@ -114,6 +114,12 @@ struct config_settings {
   std::optional<std::uint16_t> max_inflight_messages;  // 0 in the file (no limit): 65535
   std::optional<std::size_t> max_queued_messages;       // 0 in the file (no limit): the largest size_t
   std::optional<std::size_t> max_queued_bytes;          // 0: no limit, as in broker_options
+  // mqttbroker's own lines (Mosquitto has none of these): admission control.
+  std::optional<std::size_t> max_total_queued_bytes;           // all sessions together; 0: no limit
+  std::optional<std::size_t> max_connections_per_address;      // 0: no limit
+  std::optional<std::uint32_t> max_connection_rate_per_address;  // new connections a second; 0: no limit
+  std::optional<std::uint32_t> connection_burst_per_address;
+  std::optional<std::uint32_t> max_publish_rate;               // PUBLISH packets a second per client; 0: no limit
   std::optional<std::uint32_t> max_packet_size;         // max_packet_size or message_size_limit; 0: the protocol's largest
   std::optional<std::uint16_t> max_keepalive;
   std::optional<std::chrono::seconds> persistent_client_expiration;
@@ -526,9 +532,20 @@ class config_reader {
       std::size_t n = 0;
       if (integer(name, rest, 0, std::numeric_limits<int>::max(), n))
         o.max_queued_messages = n == 0 ? std::numeric_limits<std::size_t>::max() : n;
-    } else if (name == "max_queued_bytes") {
+    } else if (name == "max_queued_bytes" || name == "max_total_queued_bytes" ||
+               name == "max_connections_per_address") {
       std::size_t n = 0;
-      if (integer(name, rest, 0, std::numeric_limits<long long>::max(), n)) o.max_queued_bytes = n;
+      if (integer(name, rest, 0, std::numeric_limits<long long>::max(), n))
+        (name == "max_queued_bytes"         ? o.max_queued_bytes
+         : name == "max_total_queued_bytes" ? o.max_total_queued_bytes
+                                            : o.max_connections_per_address) = n;
+    } else if (name == "max_connection_rate_per_address" || name == "connection_burst_per_address" ||
+               name == "max_publish_rate") {
+      std::uint32_t n = 0;
+      if (integer(name, rest, 0, std::numeric_limits<std::int32_t>::max(), n))
+        (name == "max_publish_rate"                  ? o.max_publish_rate
+         : name == "max_connection_rate_per_address" ? o.max_connection_rate_per_address
+                                                     : o.connection_burst_per_address) = n;
     } else if (name == "max_packet_size" || name == "message_size_limit") {
       std::uint32_t n = 0;
       if (integer(name, rest, 0, largest_packet, n)) {

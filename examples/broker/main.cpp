@@ -637,7 +637,24 @@ int main(int argc, char** argv) {
   app.add_option("--sys-interval", sys_interval_s, "seconds between $SYS/broker/... updates (0: none) [sys_interval]")
       ->capture_default_str();
   app.add_option("--max-publish-rate", opts.max_publish_rate,
-                 "PUBLISH packets a client may send per second; over it: disconnected (0: no limit)")
+                 "PUBLISH packets a client may send per second; over it: disconnected, 5.0 DISCONNECT 0x96 "
+                 "(0: no limit) [max_publish_rate]")
+      ->capture_default_str();
+  app.add_option("--max-total-queued-bytes", opts.max_total_queued_bytes,
+                 "payload bytes waiting in all sessions together; past it messages that would wait are dropped "
+                 "(0: no limit) [max_total_queued_bytes]")
+      ->capture_default_str();
+  app.add_option("--max-connections-per-address", opts.max_connections_per_address,
+                 "connections one source address may hold open; loopback is exempt (0: no limit) "
+                 "[max_connections_per_address]")
+      ->capture_default_str();
+  app.add_option("--max-connection-rate-per-address", opts.max_connection_rate_per_address,
+                 "new connections a second one source address may open, on average; loopback is exempt "
+                 "(0: no limit) [max_connection_rate_per_address]")
+      ->capture_default_str();
+  app.add_option("--connection-burst-per-address", opts.connection_burst_per_address,
+                 "new connections one source address may open at once after a quiet while "
+                 "[connection_burst_per_address]")
       ->capture_default_str();
   app.add_option("--wildcard-subscriptions", opts.wildcard_subscriptions,
                  "5.0 Wildcard Subscription Available; false refuses filters with + or # (true/false)")
@@ -716,6 +733,8 @@ int main(int argc, char** argv) {
       "  default listener. Without listeners in the file the flags' are used; with them, a listener flag\n"
       "  given here (--port, --certfile, --ws-port, --wss-port) adds its listener beside the file's.\n"
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
+      "  max_total_queued_bytes, max_connections_per_address, max_connection_rate_per_address,\n"
+      "  connection_burst_per_address and max_publish_rate are this server's own (admission control).\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
       "  password_file, acl_file and allow_anonymous are --password-file, --acl-file and --allow-anonymous.\n"
       "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
@@ -745,6 +764,12 @@ int main(int argc, char** argv) {
     take("--max-inflight", file.max_inflight_messages, opts.max_inflight);
     take("--max-queued-messages", file.max_queued_messages, opts.max_queued_messages);
     take("--max-queued-bytes", file.max_queued_bytes, opts.max_queued_bytes);
+    take("--max-total-queued-bytes", file.max_total_queued_bytes, opts.max_total_queued_bytes);
+    take("--max-connections-per-address", file.max_connections_per_address, opts.max_connections_per_address);
+    take("--max-connection-rate-per-address", file.max_connection_rate_per_address,
+         opts.max_connection_rate_per_address);
+    take("--connection-burst-per-address", file.connection_burst_per_address, opts.connection_burst_per_address);
+    take("--max-publish-rate", file.max_publish_rate, opts.max_publish_rate);
     take("--max-packet-size", file.max_packet_size, opts.max_packet_size);
     take("--max-keepalive", file.max_keepalive, opts.max_keep_alive);
     take("--retain-available", file.retain_available, opts.retain_available);

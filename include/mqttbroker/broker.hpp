@@ -13,6 +13,7 @@
 #include <mqttbroker/locking/traits.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/options.hpp>
+#include <mqttbroker/server/admission.hpp>
 #include <mqttbroker/server/connection.hpp>
 #include <mqttbroker/storage/contract.hpp>
 #include <mqttbroker/storage/memory.hpp>
@@ -25,6 +26,7 @@
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <asio/strand.hpp>
+#include <fmt/format.h>
 
 #include <atomic>
 #include <chrono>
@@ -340,6 +342,8 @@ class broker {
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();
     s.handshake_failures = ctx_.handshake_failures.load();
+    s.refused_per_address = ctx_.refused_per_address.load();
+    s.refused_rate = ctx_.refused_rate.load();
     return s;
   }
 
@@ -361,6 +365,7 @@ class broker {
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
     typename locking_type::template counter_type<std::uint64_t> handshake_failures{};
+    typename locking_type::template counter_type<std::uint64_t> refused_per_address{}, refused_rate{};
   };
 
  private:
@@ -444,6 +449,10 @@ class broker {
         c->set_origin(&info_, peer.address, peer.port);
       }
       c->set_listener(info_.index);
+      if (b_.admission_->active() && !b_.admit(*c)) {
+        c->refuse();
+        return;
+      }
       if (!b_.ctx_.engine_.open(*c, b_.now())) {
         c->refuse();
         return;
@@ -456,6 +465,40 @@ class broker {
     typename Transport::acceptor_type acceptor_;
     hooks::listener_info info_;
   };
+
+  /// Admission per source address (broker_options::max_connections_per_address and the rate);
+  /// false when `c` is refused, counted and logged (at most a line a second, saying how many
+  /// were refused since the last).
+  template <class Connection>
+  bool admit(Connection& c) {
+    const transport::peer_endpoint peer = c.peer();
+    server::address_admission::ticket t;
+    const auto v = server::address_admission::admit(admission_, peer.address, now(), t);
+    if (v == server::address_verdict::admitted) {
+      if (t) c.hold_admission(std::move(t));
+      return true;
+    }
+    const bool too_many = v == server::address_verdict::too_many;
+    (too_many ? ctx_.refused_per_address : ctx_.refused_rate).fetch_add(1);
+    const std::uint64_t n = refusals_unlogged_.fetch_add(1) + 1;
+    const auto at = now().time_since_epoch().count();
+    auto last = last_refusal_logged_.load(std::memory_order_relaxed);
+    if (at - last >= std::chrono::duration_cast<typename time_point::duration>(std::chrono::seconds(1)).count() &&
+        last_refusal_logged_.compare_exchange_strong(last, at)) {
+      refusals_unlogged_.fetch_sub(n);
+      const auto& o = ctx_.engine_.options();
+      if (too_many)
+        ctx_.engine_.log(log_level::warning, "connection from {} refused: it has max_connections_per_address ({}) open{}",
+                         peer.address, o.max_connections_per_address,
+                         n > 1 ? fmt::format(" ({} refusals since the last line)", n) : std::string());
+      else
+        ctx_.engine_.log(log_level::warning,
+                         "connection from {} refused: over max_connection_rate_per_address ({}/s, bursts of {}){}",
+                         peer.address, o.max_connection_rate_per_address, o.connection_burst_per_address,
+                         n > 1 ? fmt::format(" ({} refusals since the last line)", n) : std::string());
+    }
+    return false;
+  }
 
   /// The executor a transport's streams use, from the host's: a TCP socket is smaller on the
   /// io_context's own executor type than on any_io_executor. Throws for an executor of another
@@ -538,6 +581,14 @@ class broker {
   asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
   std::shared_ptr<void> alive_ = std::make_shared<char>();  // what storage reports queued on control_ex_ check
   context ctx_;
+  // Per source address, from ctx_'s options; shared with the tickets of the connections it admits.
+  std::shared_ptr<server::address_admission> admission_ = std::make_shared<server::address_admission>(
+      server::address_limits{ctx_.engine_.options().max_connections_per_address,
+                             ctx_.engine_.options().max_connection_rate_per_address,
+                             ctx_.engine_.options().connection_burst_per_address,
+                             ctx_.engine_.options().admission_exempts_loopback});
+  std::atomic<std::uint64_t> refusals_unlogged_{0};
+  std::atomic<typename time_point::rep> last_refusal_logged_{std::numeric_limits<typename time_point::rep>::min() / 2};
   std::vector<std::unique_ptr<listener_base>> listeners_;
   timer_type sweep_timer_;
   timer_type will_timer_;

@@ -23,6 +23,15 @@ enum class overflow_policy : std::uint8_t {
 struct broker_options {
   /// Connections accepted at once; more are closed right after accept.
   std::size_t max_connections = 100'000;
+  /// Per source address, decided at accept (a refused connection is closed before it costs
+  /// anything more, counted in broker_stats and logged): connections open at once, and new
+  /// connections per second on average with bursts of connection_burst_per_address after a quiet
+  /// while. 0 turns one off. Loopback addresses (the host's own programs) are exempt unless
+  /// admission_exempts_loopback is false; a transport without addresses is never limited.
+  std::size_t max_connections_per_address = 1000;
+  double max_connection_rate_per_address = 20;
+  double connection_burst_per_address = 100;
+  bool admission_exempts_loopback = true;
   /// Largest packet accepted from a client, fixed header included (5.0 Maximum Packet Size).
   std::uint32_t max_packet_size = 1024 * 1024;
   /// QoS 1 and 2 messages sent to a client and not yet acknowledged (Mosquitto: max_inflight_messages 20).
@@ -33,6 +42,10 @@ struct broker_options {
   std::size_t max_queued_messages = 1000;
   /// Payload bytes waiting per session; 0 means no byte limit.
   std::size_t max_queued_bytes = 16 * 1024 * 1024;
+  /// Payload bytes waiting in all sessions together, so that many offline or slow sessions cannot
+  /// take the host's memory between them; 0: no limit. Past it a message that would wait is
+  /// dropped (counted in broker_stats::messages_dropped and queue_memory_drops, and logged).
+  std::size_t max_total_queued_bytes = 256 * 1024 * 1024;
   overflow_policy queue_overflow = overflow_policy::drop_new;
   /// Publisher pacing: a client whose messages reach a subscriber that is behind (more than
   /// pacing_backlog_bytes not yet written to it, or more than pacing_queued_messages waiting in

@@ -3572,6 +3572,15 @@ enum class overflow_policy : std::uint8_t {
 struct broker_options {
   /// Connections accepted at once; more are closed right after accept.
   std::size_t max_connections = 100'000;
+  /// Per source address, decided at accept (a refused connection is closed before it costs
+  /// anything more, counted in broker_stats and logged): connections open at once, and new
+  /// connections per second on average with bursts of connection_burst_per_address after a quiet
+  /// while. 0 turns one off. Loopback addresses (the host's own programs) are exempt unless
+  /// admission_exempts_loopback is false; a transport without addresses is never limited.
+  std::size_t max_connections_per_address = 1000;
+  double max_connection_rate_per_address = 20;
+  double connection_burst_per_address = 100;
+  bool admission_exempts_loopback = true;
   /// Largest packet accepted from a client, fixed header included (5.0 Maximum Packet Size).
   std::uint32_t max_packet_size = 1024 * 1024;
   /// QoS 1 and 2 messages sent to a client and not yet acknowledged (Mosquitto: max_inflight_messages 20).
@@ -3582,6 +3591,10 @@ struct broker_options {
   std::size_t max_queued_messages = 1000;
   /// Payload bytes waiting per session; 0 means no byte limit.
   std::size_t max_queued_bytes = 16 * 1024 * 1024;
+  /// Payload bytes waiting in all sessions together, so that many offline or slow sessions cannot
+  /// take the host's memory between them; 0: no limit. Past it a message that would wait is
+  /// dropped (counted in broker_stats::messages_dropped and queue_memory_drops, and logged).
+  std::size_t max_total_queued_bytes = 256 * 1024 * 1024;
   overflow_policy queue_overflow = overflow_policy::drop_new;
   /// Publisher pacing: a client whose messages reach a subscriber that is behind (more than
   /// pacing_backlog_bytes not yet written to it, or more than pacing_queued_messages waiting in
@@ -4809,6 +4822,7 @@ MQTTBROKER_END_NAMESPACE
 // end <mqttbroker/detail/small_vector.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -4857,12 +4871,23 @@ struct inflight_entry {
   phase state;
 };
 
+/// The payload bytes queued in all the sessions of a broker together, against a limit: the
+/// owner's (the engine's), shared through their limits.
+struct queue_budget {
+  std::size_t max_bytes = 0;
+  std::atomic<std::size_t> bytes{0};
+  std::atomic<std::uint64_t> refused{0};  // messages dropped because of it
+};
+
 struct limits {
   std::uint16_t max_inflight = 32;
   std::size_t max_queued_messages = 1000;
   std::size_t max_queued_bytes = 0;  // 0: no byte limit
   bool drop_oldest = false;          // overflow policy: false drops the arriving message
   bool queue_qos0_offline = false;
+  /// All sessions together; null: no limit. Past it a message that would wait in a queue is
+  /// dropped (QoS 0 and 1/2 alike).
+  queue_budget* budget = nullptr;
 };
 
 /// Why next_ready() dropped a queued message without sending it.
@@ -4890,6 +4915,11 @@ class state {
   /// `l` must outlive the state; by default the defaults of `limits`.
   explicit state(std::string client_id, const limits* l = &default_limits())
       : client_id_(std::move(client_id)), limits_(l) {}
+  state(const state&) = delete;
+  state& operator=(const state&) = delete;
+  ~state() {
+    if (traffic_) count_queued(-static_cast<std::ptrdiff_t>(traffic_->queued_bytes));
+  }
 
   const std::string& client_id() const noexcept { return client_id_; }
   const limits& session_limits() const noexcept { return *limits_; }
@@ -4949,7 +4979,7 @@ class state {
       const outgoing& front = t.queue.front();
       const bool expired = front.msg->expired(now);
       if (!expired && fits(front)) break;
-      t.queued_bytes -= front.msg->payload().size();
+      unqueue_bytes(t, front.msg->payload().size());
       on_discard(front, expired ? discard::expired : discard::too_large);
       t.queue.pop_front();
     }
@@ -4957,7 +4987,7 @@ class state {
     if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= window(t)) return std::nullopt;
     outgoing o = std::move(t.queue.front());
     t.queue.pop_front();
-    t.queued_bytes -= o.msg->payload().size();
+    unqueue_bytes(t, o.msg->payload().size());
     if (o.qos_level != codec::qos::at_most_once) {
       admit(t, o);
       t.inflight.push_back({o, first_phase(o.qos_level)});
@@ -5054,7 +5084,7 @@ class state {
     t.inflight.clear();
     std::fill(t.in_use.begin(), t.in_use.end(), std::uint64_t{0});
     t.queue.clear();
-    t.queued_bytes = 0;
+    unqueue_bytes(t, t.queued_bytes);
     t.inbound_qos2.clear();
   }
 
@@ -5131,6 +5161,16 @@ class state {
     return std::min<std::size_t>(limits_->max_inflight, t.send_window);
   }
 
+  void unqueue_bytes(traffic& t, std::size_t bytes) noexcept {
+    t.queued_bytes -= bytes;
+    count_queued(-static_cast<std::ptrdiff_t>(bytes));
+  }
+  /// The total over all sessions, where there is a limit on it.
+  void count_queued(std::ptrdiff_t delta) noexcept {
+    if (limits_->budget != nullptr && delta != 0)
+      limits_->budget->bytes.fetch_add(static_cast<std::size_t>(delta), std::memory_order_relaxed);
+  }
+
   traffic& flows() {
     if (!traffic_) traffic_ = std::make_unique<traffic>();
     return *traffic_;
@@ -5145,16 +5185,23 @@ class state {
       return t.queue.size() >= l.max_queued_messages ||
              (l.max_queued_bytes != 0 && t.queued_bytes + bytes > l.max_queued_bytes);
     };
+    // All sessions together: the arriving message is dropped, whatever the overflow policy (the
+    // bytes over it are other sessions', which this one's evictions would not free).
+    if (l.budget != nullptr && l.budget->bytes.load(std::memory_order_relaxed) + bytes > l.budget->max_bytes) {
+      l.budget->refused.fetch_add(1, std::memory_order_relaxed);
+      return admission::dropped;
+    }
     if (over()) {
       if (!l.drop_oldest || t.queue.empty()) return admission::dropped;
       while (!t.queue.empty() && over()) {
-        t.queued_bytes -= t.queue.front().msg->payload().size();
+        unqueue_bytes(t, t.queue.front().msg->payload().size());
         on_evict(static_cast<const outgoing&>(t.queue.front()));
         t.queue.pop_front();
       }
       if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) return admission::dropped;
     }
     t.queued_bytes += bytes;
+    count_queued(static_cast<std::ptrdiff_t>(bytes));
     t.queue.push_back(std::move(o));
     return admission::queued;
   }
@@ -7873,6 +7920,8 @@ MQTTBROKER_BEGIN_NAMESPACE
 struct broker_stats {
   std::uint64_t connections_accepted = 0;
   std::uint64_t connections_refused = 0;  // over max_connections
+  std::uint64_t refused_per_address = 0;  // over max_connections_per_address; counted by the broker
+  std::uint64_t refused_rate = 0;         // over max_connection_rate_per_address; counted by the broker
   std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
   std::uint64_t connect_timeouts = 0;
   std::uint64_t keep_alive_timeouts = 0;
@@ -7885,6 +7934,8 @@ struct broker_stats {
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t deliveries_denied = 0;    // messages authorize_read kept from a subscriber
   std::uint64_t subscriptions_revoked = 0;  // taken out by recheck_subscriptions()
+  std::uint64_t queue_memory_drops = 0;   // dropped at broker_options::max_total_queued_bytes
+  std::size_t queued_bytes = 0;           // payload bytes waiting in all sessions (with a total limit)
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker
@@ -8324,6 +8375,10 @@ class core {
     if (opts_.max_queued_bytes != 0) pacing_bytes_ = std::min(pacing_bytes_, opts_.max_queued_bytes / 2);
     pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
     session_limits_ = make_session_limits(opts_);
+    if (opts_.max_total_queued_bytes != 0) {
+      queue_budget_.max_bytes = opts_.max_total_queued_bytes;
+      session_limits_.budget = &queue_budget_;
+    }
   }
   core(const core&) = delete;
   core& operator=(const core&) = delete;
@@ -8631,6 +8686,8 @@ class core {
     s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.deliveries_denied = hot_.denied.load();
+    s.queue_memory_drops = queue_budget_.refused.load(std::memory_order_relaxed);
+    s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
     s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -8679,6 +8736,17 @@ class core {
       }
     }
     for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
+    report_queue_budget(now);
+  }
+
+  /// A log line, at most every 10 s, while max_total_queued_bytes drops messages.
+  void report_queue_budget(steady_time now) {
+    const std::uint64_t refused = queue_budget_.refused.load(std::memory_order_relaxed);
+    if (refused == budget_reported_ || now - budget_reported_at_ < std::chrono::seconds(10)) return;
+    log(log_level::warning, "{} messages dropped: all sessions' queues hold {} bytes, max_total_queued_bytes is {}",
+        refused - budget_reported_, queue_budget_.bytes.load(std::memory_order_relaxed), queue_budget_.max_bytes);
+    budget_reported_ = refused;
+    budget_reported_at_ = now;
   }
 
   /// When the earliest delayed will is due, if any.
@@ -9472,7 +9540,10 @@ class core {
   broker_options opts_;
   std::size_t pacing_bytes_ = 0;  // pacing thresholds, below the queue limits
   std::size_t pacing_messages_ = 0;
-  session::limits session_limits_;  // before the sessions, which refer to it
+  session::queue_budget queue_budget_;  // before the limits and sessions, which refer to it
+  std::uint64_t budget_reported_ = 0;  // report_queue_budget(), on the sweep's thread only
+  steady_time budget_reported_at_{};
+  session::limits session_limits_;      // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
@@ -11273,6 +11344,164 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_SERVER_CONNECTION_HPP
 #define MQTTBROKER_SERVER_CONNECTION_HPP
 
+// begin <mqttbroker/server/admission.hpp>
+#ifndef MQTTBROKER_SERVER_ADMISSION_HPP
+#define MQTTBROKER_SERVER_ADMISSION_HPP
+
+// Admission per source address: how many connections one address holds open, and how fast it
+// opens new ones (a token bucket), decided at accept, before a connection costs anything more.
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace server {
+
+/// What admit() decided.
+enum class address_verdict : std::uint8_t {
+  admitted,
+  too_many,  // the address holds max_per_address connections already
+  too_fast,  // the address opened connections faster than rate (beyond burst)
+};
+
+/// The limits, per source address; 0 turns one off.
+struct address_limits {
+  std::size_t max_per_address = 0;
+  double rate = 0;   // new connections per second, on average
+  double burst = 0;  // new connections at once after a quiet while (at least 1 when rate is set)
+  bool exempt_loopback = true;  // 127.0.0.0/8 and ::1: the host's own programs
+};
+
+/// Whether `address` (as text) is a loopback address.
+inline bool is_loopback_address(std::string_view a) noexcept {
+  return a.rfind("127.", 0) == 0 || a == "::1" || a.rfind("::ffff:127.", 0) == 0;
+}
+
+/// The open connections and recent connection rate of each source address. Thread-safe: accepts
+/// and closes may come from several threads.
+class address_admission {
+  struct entry {
+    std::size_t open = 0;
+    double tokens = 0;
+    std::chrono::steady_clock::time_point refilled{};
+  };
+  using map_type = std::unordered_map<std::string, entry>;
+
+ public:
+  /// An admitted connection's place in its address's count, given back when it is destroyed.
+  class ticket {
+   public:
+    ticket() noexcept = default;
+    ticket(ticket&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), address_(std::move(o.address_)) {}
+    ticket& operator=(ticket&& o) noexcept {
+      if (this != &o) {
+        release();
+        owner_ = std::exchange(o.owner_, nullptr);
+        address_ = std::move(o.address_);
+      }
+      return *this;
+    }
+    ~ticket() { release(); }
+    explicit operator bool() const noexcept { return owner_ != nullptr; }
+
+   private:
+    friend class address_admission;
+    ticket(std::shared_ptr<address_admission> owner, std::string address) noexcept
+        : owner_(std::move(owner)), address_(std::move(address)) {}
+    void release() noexcept {
+      if (owner_) owner_->release(address_);
+      owner_.reset();
+    }
+    std::shared_ptr<address_admission> owner_;
+    std::string address_;
+  };
+
+  explicit address_admission(address_limits l) : limits_(l) {
+    if (limits_.rate > 0) limits_.burst = std::max(limits_.burst, 1.0);
+  }
+
+  const address_limits& limits() const noexcept { return limits_; }
+  /// Whether any limit is on: without one admit() need not be called.
+  bool active() const noexcept { return limits_.max_per_address != 0 || limits_.rate > 0; }
+
+  /// Decides a new connection from `address` at `now`; an admitted one gets `t`, which holds its
+  /// place until destroyed. `self` is this object's owner (the ticket keeps it alive).
+  static address_verdict admit(const std::shared_ptr<address_admission>& self, std::string_view address,
+                               std::chrono::steady_clock::time_point now, ticket& t) {
+    address_admission& a = *self;
+    if (address.empty() || (a.limits_.exempt_loopback && is_loopback_address(address))) return address_verdict::admitted;
+    std::lock_guard<std::mutex> lk(a.mutex_);
+    if (a.by_address_.size() >= a.prune_at_) a.prune(now);
+    auto [it, fresh] = a.by_address_.try_emplace(std::string(address));
+    entry& e = it->second;
+    if (fresh) {
+      e.tokens = a.limits_.burst;
+      e.refilled = now;
+    }
+    if (a.limits_.max_per_address != 0 && e.open >= a.limits_.max_per_address) return address_verdict::too_many;
+    if (a.limits_.rate > 0) {
+      a.refill(e, now);
+      if (e.tokens < 1.0) return address_verdict::too_fast;
+      e.tokens -= 1.0;
+    }
+    ++e.open;
+    t = ticket(self, it->first);
+    return address_verdict::admitted;
+  }
+
+  /// Addresses it keeps now (open connections, or a bucket still refilling).
+  std::size_t tracked() const {
+    std::lock_guard<std::mutex> lk(mutex_);
+    return by_address_.size();
+  }
+
+ private:
+  void refill(entry& e, std::chrono::steady_clock::time_point now) const noexcept {
+    const double seconds = std::chrono::duration<double>(now - e.refilled).count();
+    if (seconds > 0) e.tokens = std::min(limits_.burst, e.tokens + seconds * limits_.rate);
+    e.refilled = now;
+  }
+
+  void release(const std::string& address) noexcept {
+    std::lock_guard<std::mutex> lk(mutex_);
+    const auto it = by_address_.find(address);
+    if (it != by_address_.end() && it->second.open != 0) --it->second.open;
+  }
+
+  /// Forgets the addresses with nothing open whose bucket is full again: the map holds the
+  /// addresses that are connected or were busy lately, not every address ever seen.
+  void prune(std::chrono::steady_clock::time_point now) {
+    for (auto it = by_address_.begin(); it != by_address_.end();) {
+      entry& e = it->second;
+      if (e.open == 0) refill(e, now);
+      if (e.open == 0 && (limits_.rate <= 0 || e.tokens >= limits_.burst))
+        it = by_address_.erase(it);
+      else
+        ++it;
+    }
+    prune_at_ = std::max<std::size_t>(1024, 2 * by_address_.size());
+  }
+
+  address_limits limits_;
+  mutable std::mutex mutex_;
+  map_type by_address_;
+  std::size_t prune_at_ = 1024;
+};
+
+}  // namespace server
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_SERVER_ADMISSION_HPP
+// end <mqttbroker/server/admission.hpp>
 // begin <mqttbroker/transport/traits.hpp>
 #ifndef MQTTBROKER_TRANSPORT_TRAITS_HPP
 #define MQTTBROKER_TRANSPORT_TRAITS_HPP
@@ -11861,6 +12090,11 @@ class connection final
   /// Where the client is connected from, if the transport can tell.
   transport::peer_endpoint peer() { return transport::peer_of(stream_); }
 
+  /// Holds the connection's place in its source address's count until it is destroyed.
+  void hold_admission(server::address_admission::ticket t) {
+    admission_ = std::make_unique<server::address_admission::ticket>(std::move(t));
+  }
+
   /// Closes a stream the engine refused (over max_connections).
   void refuse() {
     std::error_code ignored;
@@ -12144,6 +12378,8 @@ class connection final
   // Read while pausing and not yet decoded; without a readability wait also the block that the
   // pending read fills.
   detail::pooled_bytes unread_;
+  // Its source address's count (max_connections_per_address); none for an address not tracked.
+  std::unique_ptr<server::address_admission::ticket> admission_;
 };
 
 }  // namespace server
@@ -12164,6 +12400,7 @@ MQTTBROKER_END_NAMESPACE
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <asio/strand.hpp>
+#include <fmt/format.h>
 
 #include <atomic>
 #include <chrono>
@@ -12479,6 +12716,8 @@ class broker {
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();
     s.handshake_failures = ctx_.handshake_failures.load();
+    s.refused_per_address = ctx_.refused_per_address.load();
+    s.refused_rate = ctx_.refused_rate.load();
     return s;
   }
 
@@ -12500,6 +12739,7 @@ class broker {
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
     typename locking_type::template counter_type<std::uint64_t> handshake_failures{};
+    typename locking_type::template counter_type<std::uint64_t> refused_per_address{}, refused_rate{};
   };
 
  private:
@@ -12583,6 +12823,10 @@ class broker {
         c->set_origin(&info_, peer.address, peer.port);
       }
       c->set_listener(info_.index);
+      if (b_.admission_->active() && !b_.admit(*c)) {
+        c->refuse();
+        return;
+      }
       if (!b_.ctx_.engine_.open(*c, b_.now())) {
         c->refuse();
         return;
@@ -12595,6 +12839,40 @@ class broker {
     typename Transport::acceptor_type acceptor_;
     hooks::listener_info info_;
   };
+
+  /// Admission per source address (broker_options::max_connections_per_address and the rate);
+  /// false when `c` is refused, counted and logged (at most a line a second, saying how many
+  /// were refused since the last).
+  template <class Connection>
+  bool admit(Connection& c) {
+    const transport::peer_endpoint peer = c.peer();
+    server::address_admission::ticket t;
+    const auto v = server::address_admission::admit(admission_, peer.address, now(), t);
+    if (v == server::address_verdict::admitted) {
+      if (t) c.hold_admission(std::move(t));
+      return true;
+    }
+    const bool too_many = v == server::address_verdict::too_many;
+    (too_many ? ctx_.refused_per_address : ctx_.refused_rate).fetch_add(1);
+    const std::uint64_t n = refusals_unlogged_.fetch_add(1) + 1;
+    const auto at = now().time_since_epoch().count();
+    auto last = last_refusal_logged_.load(std::memory_order_relaxed);
+    if (at - last >= std::chrono::duration_cast<typename time_point::duration>(std::chrono::seconds(1)).count() &&
+        last_refusal_logged_.compare_exchange_strong(last, at)) {
+      refusals_unlogged_.fetch_sub(n);
+      const auto& o = ctx_.engine_.options();
+      if (too_many)
+        ctx_.engine_.log(log_level::warning, "connection from {} refused: it has max_connections_per_address ({}) open{}",
+                         peer.address, o.max_connections_per_address,
+                         n > 1 ? fmt::format(" ({} refusals since the last line)", n) : std::string());
+      else
+        ctx_.engine_.log(log_level::warning,
+                         "connection from {} refused: over max_connection_rate_per_address ({}/s, bursts of {}){}",
+                         peer.address, o.max_connection_rate_per_address, o.connection_burst_per_address,
+                         n > 1 ? fmt::format(" ({} refusals since the last line)", n) : std::string());
+    }
+    return false;
+  }
 
   /// The executor a transport's streams use, from the host's: a TCP socket is smaller on the
   /// io_context's own executor type than on any_io_executor. Throws for an executor of another
@@ -12677,6 +12955,14 @@ class broker {
   asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
   std::shared_ptr<void> alive_ = std::make_shared<char>();  // what storage reports queued on control_ex_ check
   context ctx_;
+  // Per source address, from ctx_'s options; shared with the tickets of the connections it admits.
+  std::shared_ptr<server::address_admission> admission_ = std::make_shared<server::address_admission>(
+      server::address_limits{ctx_.engine_.options().max_connections_per_address,
+                             ctx_.engine_.options().max_connection_rate_per_address,
+                             ctx_.engine_.options().connection_burst_per_address,
+                             ctx_.engine_.options().admission_exempts_loopback});
+  std::atomic<std::uint64_t> refusals_unlogged_{0};
+  std::atomic<typename time_point::rep> last_refusal_logged_{std::numeric_limits<typename time_point::rep>::min() / 2};
   std::vector<std::unique_ptr<listener_base>> listeners_;
   timer_type sweep_timer_;
   timer_type will_timer_;

@@ -114,6 +114,10 @@ class core {
     if (opts_.max_queued_bytes != 0) pacing_bytes_ = std::min(pacing_bytes_, opts_.max_queued_bytes / 2);
     pacing_messages_ = std::min(opts_.pacing_queued_messages, opts_.max_queued_messages / 2);
     session_limits_ = make_session_limits(opts_);
+    if (opts_.max_total_queued_bytes != 0) {
+      queue_budget_.max_bytes = opts_.max_total_queued_bytes;
+      session_limits_.budget = &queue_budget_;
+    }
   }
   core(const core&) = delete;
   core& operator=(const core&) = delete;
@@ -421,6 +425,8 @@ class core {
     s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.deliveries_denied = hot_.denied.load();
+    s.queue_memory_drops = queue_budget_.refused.load(std::memory_order_relaxed);
+    s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
     s.connections = links_.size();
     s.sessions = sessions_.size();
     s.retained_messages = retained_.size();
@@ -469,6 +475,17 @@ class core {
       }
     }
     for (auto& w : due_wills) publish_message(published_will(std::move(w), now), nullptr, now);
+    report_queue_budget(now);
+  }
+
+  /// A log line, at most every 10 s, while max_total_queued_bytes drops messages.
+  void report_queue_budget(steady_time now) {
+    const std::uint64_t refused = queue_budget_.refused.load(std::memory_order_relaxed);
+    if (refused == budget_reported_ || now - budget_reported_at_ < std::chrono::seconds(10)) return;
+    log(log_level::warning, "{} messages dropped: all sessions' queues hold {} bytes, max_total_queued_bytes is {}",
+        refused - budget_reported_, queue_budget_.bytes.load(std::memory_order_relaxed), queue_budget_.max_bytes);
+    budget_reported_ = refused;
+    budget_reported_at_ = now;
   }
 
   /// When the earliest delayed will is due, if any.
@@ -1262,7 +1279,10 @@ class core {
   broker_options opts_;
   std::size_t pacing_bytes_ = 0;  // pacing thresholds, below the queue limits
   std::size_t pacing_messages_ = 0;
-  session::limits session_limits_;  // before the sessions, which refer to it
+  session::queue_budget queue_budget_;  // before the limits and sessions, which refer to it
+  std::uint64_t budget_reported_ = 0;  // report_queue_budget(), on the sweep's thread only
+  steady_time budget_reported_at_{};
+  session::limits session_limits_;      // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket

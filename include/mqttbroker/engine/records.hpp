@@ -29,6 +29,8 @@ MQTTBROKER_BEGIN_NAMESPACE
 struct broker_stats {
   std::uint64_t connections_accepted = 0;
   std::uint64_t connections_refused = 0;  // over max_connections
+  std::uint64_t refused_per_address = 0;  // over max_connections_per_address; counted by the broker
+  std::uint64_t refused_rate = 0;         // over max_connection_rate_per_address; counted by the broker
   std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
   std::uint64_t connect_timeouts = 0;
   std::uint64_t keep_alive_timeouts = 0;
@@ -41,6 +43,8 @@ struct broker_stats {
   std::uint64_t publishes_denied = 0;     // to $-topics or refused by authorize_publish
   std::uint64_t deliveries_denied = 0;    // messages authorize_read kept from a subscriber
   std::uint64_t subscriptions_revoked = 0;  // taken out by recheck_subscriptions()
+  std::uint64_t queue_memory_drops = 0;   // dropped at broker_options::max_total_queued_bytes
+  std::size_t queued_bytes = 0;           // payload bytes waiting in all sessions (with a total limit)
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker

@@ -9,6 +9,7 @@
 #include <mqttbroker/engine/link.hpp>
 #include <mqttbroker/engine/write_batch.hpp>
 #include <mqttbroker/log.hpp>
+#include <mqttbroker/server/admission.hpp>
 #include <mqttbroker/transport/traits.hpp>
 
 #include <asio/bind_allocator.hpp>
@@ -200,6 +201,11 @@ class connection final
 
   /// Where the client is connected from, if the transport can tell.
   transport::peer_endpoint peer() { return transport::peer_of(stream_); }
+
+  /// Holds the connection's place in its source address's count until it is destroyed.
+  void hold_admission(server::address_admission::ticket t) {
+    admission_ = std::make_unique<server::address_admission::ticket>(std::move(t));
+  }
 
   /// Closes a stream the engine refused (over max_connections).
   void refuse() {
@@ -484,6 +490,8 @@ class connection final
   // Read while pausing and not yet decoded; without a readability wait also the block that the
   // pending read fills.
   detail::pooled_bytes unread_;
+  // Its source address's count (max_connections_per_address); none for an address not tracked.
+  std::unique_ptr<server::address_admission::ticket> admission_;
 };
 
 }  // namespace server

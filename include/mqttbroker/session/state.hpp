@@ -10,6 +10,7 @@
 #include <mqttbroker/message.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -58,12 +59,23 @@ struct inflight_entry {
   phase state;
 };
 
+/// The payload bytes queued in all the sessions of a broker together, against a limit: the
+/// owner's (the engine's), shared through their limits.
+struct queue_budget {
+  std::size_t max_bytes = 0;
+  std::atomic<std::size_t> bytes{0};
+  std::atomic<std::uint64_t> refused{0};  // messages dropped because of it
+};
+
 struct limits {
   std::uint16_t max_inflight = 32;
   std::size_t max_queued_messages = 1000;
   std::size_t max_queued_bytes = 0;  // 0: no byte limit
   bool drop_oldest = false;          // overflow policy: false drops the arriving message
   bool queue_qos0_offline = false;
+  /// All sessions together; null: no limit. Past it a message that would wait in a queue is
+  /// dropped (QoS 0 and 1/2 alike).
+  queue_budget* budget = nullptr;
 };
 
 /// Why next_ready() dropped a queued message without sending it.
@@ -91,6 +103,11 @@ class state {
   /// `l` must outlive the state; by default the defaults of `limits`.
   explicit state(std::string client_id, const limits* l = &default_limits())
       : client_id_(std::move(client_id)), limits_(l) {}
+  state(const state&) = delete;
+  state& operator=(const state&) = delete;
+  ~state() {
+    if (traffic_) count_queued(-static_cast<std::ptrdiff_t>(traffic_->queued_bytes));
+  }
 
   const std::string& client_id() const noexcept { return client_id_; }
   const limits& session_limits() const noexcept { return *limits_; }
@@ -150,7 +167,7 @@ class state {
       const outgoing& front = t.queue.front();
       const bool expired = front.msg->expired(now);
       if (!expired && fits(front)) break;
-      t.queued_bytes -= front.msg->payload().size();
+      unqueue_bytes(t, front.msg->payload().size());
       on_discard(front, expired ? discard::expired : discard::too_large);
       t.queue.pop_front();
     }
@@ -158,7 +175,7 @@ class state {
     if (t.queue.front().qos_level != codec::qos::at_most_once && t.inflight.size() >= window(t)) return std::nullopt;
     outgoing o = std::move(t.queue.front());
     t.queue.pop_front();
-    t.queued_bytes -= o.msg->payload().size();
+    unqueue_bytes(t, o.msg->payload().size());
     if (o.qos_level != codec::qos::at_most_once) {
       admit(t, o);
       t.inflight.push_back({o, first_phase(o.qos_level)});
@@ -255,7 +272,7 @@ class state {
     t.inflight.clear();
     std::fill(t.in_use.begin(), t.in_use.end(), std::uint64_t{0});
     t.queue.clear();
-    t.queued_bytes = 0;
+    unqueue_bytes(t, t.queued_bytes);
     t.inbound_qos2.clear();
   }
 
@@ -332,6 +349,16 @@ class state {
     return std::min<std::size_t>(limits_->max_inflight, t.send_window);
   }
 
+  void unqueue_bytes(traffic& t, std::size_t bytes) noexcept {
+    t.queued_bytes -= bytes;
+    count_queued(-static_cast<std::ptrdiff_t>(bytes));
+  }
+  /// The total over all sessions, where there is a limit on it.
+  void count_queued(std::ptrdiff_t delta) noexcept {
+    if (limits_->budget != nullptr && delta != 0)
+      limits_->budget->bytes.fetch_add(static_cast<std::size_t>(delta), std::memory_order_relaxed);
+  }
+
   traffic& flows() {
     if (!traffic_) traffic_ = std::make_unique<traffic>();
     return *traffic_;
@@ -346,16 +373,23 @@ class state {
       return t.queue.size() >= l.max_queued_messages ||
              (l.max_queued_bytes != 0 && t.queued_bytes + bytes > l.max_queued_bytes);
     };
+    // All sessions together: the arriving message is dropped, whatever the overflow policy (the
+    // bytes over it are other sessions', which this one's evictions would not free).
+    if (l.budget != nullptr && l.budget->bytes.load(std::memory_order_relaxed) + bytes > l.budget->max_bytes) {
+      l.budget->refused.fetch_add(1, std::memory_order_relaxed);
+      return admission::dropped;
+    }
     if (over()) {
       if (!l.drop_oldest || t.queue.empty()) return admission::dropped;
       while (!t.queue.empty() && over()) {
-        t.queued_bytes -= t.queue.front().msg->payload().size();
+        unqueue_bytes(t, t.queue.front().msg->payload().size());
         on_evict(static_cast<const outgoing&>(t.queue.front()));
         t.queue.pop_front();
       }
       if (l.max_queued_bytes != 0 && bytes > l.max_queued_bytes) return admission::dropped;
     }
     t.queued_bytes += bytes;
+    count_queued(static_cast<std::ptrdiff_t>(bytes));
     t.queue.push_back(std::move(o));
     return admission::queued;
   }
