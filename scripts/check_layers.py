@@ -59,6 +59,7 @@ LAYERS = {
     "broker_fwd": (7, None),
     "impl": (7, None),
     "mqttbroker": (7, None),
+    "metrics": (7, None),  # the counters' exposition and a scrape endpoint, over the broker's stats
     # level 8, optional: enhanced authentication methods on OpenSSL (target mqttbroker::auth), on
     # top of the hooks contract; nothing includes them but the host
     "auth": (8, CORE | {"codec", "topic", "message", "options", "hooks"}),

@@ -10,12 +10,13 @@ set -euo pipefail
 RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev libsqlite3-dev"
 # Tests, fuzzers and benchmarks; nodejs and npm (Node 18 is enough) for the MQTT.js integration
 # tests; chromium, the browser the WebSocket browser test runs headless; libssl-dev for mqttbroker::auth (SCRAM-SHA-256), mqttbroker::tls (the TLS transport), their
-# tests and the engine fuzzer; openssl, the command line the TLS tests make their certificates with; pkgconf
+# tests and the engine fuzzer; openssl, the command line the TLS tests make their certificates with; curl,
+# the scraper of the metrics test; pkgconf
 # for the pkg-config test of the install; for
 # tests/packaging/: ninja-build and libcurl4-openssl-dev build the vcpkg tool and its ports, and
 # Conan (a Python program, unpacked from ../shared/tools/packaging/) runs on Debian's Python modules.
 TEST_PACKAGES="python3 catch2 libssl-dev openssl libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients
-  python3-paho-mqtt nodejs npm chromium pkgconf ninja-build libcurl4-openssl-dev
+  python3-paho-mqtt nodejs npm chromium pkgconf ninja-build libcurl4-openssl-dev curl
   python3-requests python3-urllib3 python3-yaml python3-jinja2 python3-fasteners python3-distro
   python3-dateutil python3-colorama python3-patch-ng"
 

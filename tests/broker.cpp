@@ -3,6 +3,8 @@
 #include <mqttbroker/clock/manual.hpp>
 #include <mqttbroker/codec.hpp>
 #include <mqttbroker/hooks/acl_file.hpp>
+#include <mqttbroker/metrics/http.hpp>
+#include <mqttbroker/metrics/prometheus.hpp>
 #include <mqttbroker/transport/memory.hpp>
 
 #include "catch.hpp"
@@ -3375,4 +3377,101 @@ TEST_CASE("max_connections_per_address and max_connection_rate_per_address close
   bool stopped = false;
   b.async_stop([&](std::error_code ec) { stopped = !ec; });
   wait_for([&] { return stopped; });
+}
+
+// ---- metrics (metrics/prometheus.hpp, metrics/http.hpp)
+
+namespace {
+/// The value of the sample `name_and_labels` in an exposition, or -1.
+double sample(const std::string& text, const std::string& name_and_labels) {
+  const std::string key = "\n" + name_and_labels + " ";
+  const std::size_t at = ("\n" + text).find(key);
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + key.size() - 1));
+}
+
+/// One HTTP exchange with a blocking socket: what came back, whole.
+std::string http_exchange(std::uint16_t port, const std::string& request) {
+  asio::io_context io;
+  asio::ip::tcp::socket s(io);
+  s.connect({asio::ip::make_address("127.0.0.1"), port});
+  asio::write(s, asio::buffer(request));
+  std::string got;
+  std::error_code ec;
+  char buf[4096];
+  for (;;) {
+    const std::size_t n = s.read_some(asio::buffer(buf), ec);
+    got.append(buf, n);
+    if (ec) break;
+  }
+  return got;
+}
+}  // namespace
+
+TEST_CASE("write_prometheus: the counters in the text format, moving with the traffic", "[metrics]") {
+  harness<> h;
+  std::string before;
+  mb::metrics::write_prometheus(before, h.broker.stats());
+  CHECK(before.find("# TYPE mqttbroker_messages_received_total counter\n") != std::string::npos);
+  CHECK(sample(before, "mqttbroker_connections") == 0);
+  CHECK(sample(before, "mqttbroker_messages_received_total{qos=\"1\"}") == 0);
+
+  client& sub = h.connected("sub");
+  h.subscribe(sub, "m/#", qos::at_least_once);
+  client& pub = h.connected("pub");
+  pub.publish("m/a", "one", qos::at_least_once, 1);
+  pub.publish("m/b", "two", qos::at_most_once);
+  h.settle();
+  std::string after;
+  mb::metrics::write_prometheus(after, h.broker.stats());
+  CHECK(sample(after, "mqttbroker_connections") == 2);
+  CHECK(sample(after, "mqttbroker_messages_received_total{qos=\"1\"}") == 1);
+  CHECK(sample(after, "mqttbroker_messages_received_total{qos=\"0\"}") == 1);
+  CHECK(sample(after, "mqttbroker_messages_sent_total{qos=\"1\"}") == 1);
+  CHECK(sample(after, "mqttbroker_messages_sent_total{qos=\"0\"}") == 1);
+  CHECK(sample(after, "mqttbroker_subscriptions") == 1);
+  CHECK(sample(after, "mqttbroker_bytes_received_total") > 0);  // the memory transport's bytes count too
+  CHECK(sample(after, "mqttbroker_bytes_sent_total") > 0);
+  CHECK(mb::metrics::resident_memory_bytes() > 0);
+}
+
+TEST_CASE("http_endpoint: GET and HEAD /metrics, 404 elsewhere, 405 for other methods, 400 for garbage",
+          "[metrics][transport]") {
+  asio::io_context io;
+  int made = 0;
+  mb::metrics::http_endpoint ep(io.get_executor(), {asio::ip::make_address("127.0.0.1"), 0}, [&made] {
+    ++made;
+    return std::string("x_total 1\n");
+  });
+  auto work = asio::make_work_guard(io);
+  std::thread runner([&io] { io.run(); });
+  const std::string ok = http_exchange(ep.port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK(ok.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(ok.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+  CHECK(ok.find("\r\n\r\nx_total 1\n") != std::string::npos);
+  const std::string head = http_exchange(ep.port(), "HEAD /metrics?x=1 HTTP/1.0\r\n\r\n");
+  CHECK(head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(head.find("Content-Length: 10\r\n") != std::string::npos);
+  CHECK(head.find("x_total") == std::string::npos);
+  CHECK(http_exchange(ep.port(), "GET / HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 404", 0) == 0);
+  CHECK(http_exchange(ep.port(), "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405", 0) == 0);
+  CHECK(http_exchange(ep.port(), "hello\r\n\r\n").rfind("HTTP/1.1 400", 0) == 0);
+  // Over 8 KiB without the end of the head: closed without an answer.
+  CHECK(http_exchange(ep.port(), "GET /metrics HTTP/1.1\r\nX: " + std::string(9000, 'a')).empty());
+  CHECK(ep.scrapes() == 2);
+  asio::post(io, [&] { ep.close(); });
+  work.reset();
+  runner.join();
+  CHECK(made == 2);
+}
+
+TEST_CASE("write_histogram: cumulative buckets with readable bounds, +Inf, sum and count", "[metrics]") {
+  const std::uint32_t bounds[3] = {100, 5000, 50000};
+  const std::uint64_t within[3] = {1, 3, 4};
+  std::string out;
+  mb::metrics::write_histogram(out, "t_seconds", "Test.", bounds, within, 5, 123456.0, 1e-6);
+  CHECK(out ==
+        "# HELP t_seconds Test.\n# TYPE t_seconds histogram\n"
+        "t_seconds_bucket{le=\"0.0001\"} 1\nt_seconds_bucket{le=\"0.005\"} 3\nt_seconds_bucket{le=\"0.05\"} 4\n"
+        "t_seconds_bucket{le=\"+Inf\"} 5\nt_seconds_sum 0.123456\nt_seconds_count 5\n");
 }

@@ -132,6 +132,7 @@ struct config_settings {
   std::optional<std::string> persistence_location;      // its folder; the working folder by default
   std::optional<std::string> password_file;             // Mosquitto 2.0's format (mosquitto_passwd)
   std::optional<std::string> acl_file;                  // Mosquitto's format: user, topic, pattern lines
+  std::optional<std::string> metrics_listener;          // this server's own: [ADDRESS:]PORT for Prometheus
   // Logging, as Mosquitto's lines say it; each log_dest and log_type line adds one.
   std::vector<std::string> log_dest;       // "stderr", "stdout", "syslog", "none", or "file PATH"
   std::vector<std::string> log_type;       // error, warning, notice, information, debug, subscribe, unsubscribe, websockets, all, none
@@ -566,11 +567,11 @@ class config_reader {
     } else if (name == "persistence") {
       bool b = false;
       if (boolean(name, rest, b)) o.persistence = b;
-    } else if (name == "password_file" || name == "acl_file") {
+    } else if (name == "password_file" || name == "acl_file" || name == "metrics_listener") {
       if (rest.empty())
         fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
-      else
-        (name == "acl_file" ? o.acl_file : o.password_file).emplace(rest);  // a path: the rest of the line; a later line wins
+      else  // a path or an address: the rest of the line; a later line wins
+        (name == "acl_file" ? o.acl_file : name == "metrics_listener" ? o.metrics_listener : o.password_file).emplace(rest);
     } else if (name == "log_dest") {
       log_dest(rest);
     } else if (name == "log_type") {

@@ -426,6 +426,50 @@ bool apply_logging(const cfg::config_settings& file, bool level_flag_given, std:
 std::string password_path;
 bool allow_anonymous = true;
 std::string acl_path;
+/// --metrics / metrics_listener: where to serve Prometheus' scrapes ([ADDRESS:]PORT); empty: nowhere.
+std::string metrics_at;
+
+/// The scrape: the broker's counters, the store's when it has one, and the process's memory.
+template <class Broker>
+std::string scrape(Broker& broker) {
+  namespace pm = mqttbroker::metrics;
+  std::string out;
+  pm::write_prometheus(out, broker.stats());
+#if MQTTBROKER_EXAMPLE_SQLITE
+  if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+    const auto w = broker.storage().statistics();
+    pm::write_family<std::uint64_t>(out, "mqttbroker_storage_commits_total", "counter",
+                                    "Batches the durable store took.", {{"", w.commits}});
+    pm::write_family<std::uint64_t>(out, "mqttbroker_storage_changes_written_total", "counter",
+                                    "Row changes the durable store wrote.", {{"", w.changes_written}});
+    pm::write_histogram(out, "mqttbroker_storage_transaction_seconds",
+                        "Durable store transactions, BEGIN to a durable COMMIT.",
+                        mqttbroker::storage::commit_latency_bounds, w.transactions_within, w.transactions,
+                        static_cast<double>(w.transaction_time.count()), 1e-6);
+  }
+#endif
+  pm::write_family<std::uint64_t>(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+                                  {{"", pm::resident_memory_bytes()}});
+  return out;
+}
+
+/// "[ADDRESS:]PORT", an IPv6 address in brackets; false when it is not one.
+bool parse_host_port(const std::string& text, std::string& address, std::uint16_t& port) {
+  std::string p = text;
+  address = "0.0.0.0";
+  if (const auto colon = text.rfind(':'); colon != std::string::npos) {
+    address = text.substr(0, colon);
+    p = text.substr(colon + 1);
+    if (address.size() >= 2 && address.front() == '[' && address.back() == ']') address = address.substr(1, address.size() - 2);
+  }
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) return false;
+  const unsigned long n = std::stoul(p);
+  if (n > 65535) return false;
+  port = static_cast<std::uint16_t>(n);
+  std::error_code ec;
+  (void)asio::ip::make_address(address, ec);
+  return !ec;
+}
 
 /// Reads --acl-file again into `acl` and asks the broker to drop the subscriptions it now
 /// refuses; a file that cannot be read leaves the rules as they were.
@@ -476,6 +520,21 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   for (const listener_plan& p : plans)
     if (!open_listener(broker, io, p, listeners)) return 1;
   const std::vector<std::size_t>& tls_listeners = listeners.tls_listeners;
+  // Prometheus' scrapes, on the broker's io_context.
+  std::optional<mqttbroker::metrics::http_endpoint> metrics;
+  if (!metrics_at.empty()) {
+    std::string address;
+    std::uint16_t port = 0;
+    (void)parse_host_port(metrics_at, address, port);  // checked at start
+    try {
+      metrics.emplace(io.get_executor(), asio::ip::tcp::endpoint(asio::ip::make_address(address), port),
+                      [&broker] { return scrape(broker); });
+    } catch (const std::system_error& e) {
+      say(level::error, "cannot serve metrics on {}: {}", metrics_at, e.what());
+      return 1;
+    }
+    say(level::info, "metrics on http://{}:{}/metrics", address, metrics->port());
+  }
   broker.start();
   // SIGHUP reads the TLS certificates and keys again; open connections keep theirs.
   asio::signal_set hangups(io, SIGHUP);
@@ -516,6 +575,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   signals.async_wait([&](std::error_code, int sig) {
     say(level::info, "signal {}: stopping", sig);
     hangups.cancel();
+    if (metrics) metrics->close();
     broker.async_stop([&](std::error_code) {
       const auto s = broker.stats();
       say(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
@@ -690,6 +750,9 @@ int main(int argc, char** argv) {
                  "let clients without a user name connect (true/false; default: false with a password file, "
                  "else true) [allow_anonymous]");
 #endif
+  app.add_option("--metrics", metrics_at,
+                 "serve Prometheus' text format on http://[ADDRESS:]PORT/metrics (ADDRESS 0.0.0.0 when left out; "
+                 "[::1]:9100 for IPv6) [metrics_listener]");
   app.add_option("--acl-file", acl_path,
                  "access control lists in Mosquitto's format (user, topic, pattern lines), checked on publish, "
                  "subscribe and delivery; read again on SIGHUP [acl_file]");
@@ -734,7 +797,8 @@ int main(int argc, char** argv) {
       "  given here (--port, --certfile, --ws-port, --wss-port) adds its listener beside the file's.\n"
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
       "  max_total_queued_bytes, max_connections_per_address, max_connection_rate_per_address,\n"
-      "  connection_burst_per_address and max_publish_rate are this server's own (admission control).\n"
+      "  connection_burst_per_address and max_publish_rate are this server's own (admission control),\n"
+      "  and metrics_listener [ADDRESS:]PORT is --metrics.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
       "  password_file, acl_file and allow_anonymous are --password-file, --acl-file and --allow-anonymous.\n"
       "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
@@ -781,6 +845,7 @@ int main(int argc, char** argv) {
     if (file.sys_interval && !given("--sys-interval")) sys_interval_s = static_cast<unsigned>(file.sys_interval->count());
     if (file.password_file && !given("--password-file")) password_path = *file.password_file;
     if (file.acl_file && !given("--acl-file")) acl_path = *file.acl_file;
+    if (file.metrics_listener && !given("--metrics")) metrics_at = *file.metrics_listener;
     if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
 #if !MQTTBROKER_EXAMPLE_PASSWORDS
@@ -842,6 +907,14 @@ int main(int argc, char** argv) {
     hooks.passwords.emplace(std::move(users), allow_anonymous);
   }
 #endif
+  if (!metrics_at.empty()) {
+    std::string address;
+    std::uint16_t metrics_port = 0;
+    if (!parse_host_port(metrics_at, address, metrics_port)) {
+      fmt::print(stderr, "mqttbroker: --metrics / metrics_listener: '{}' is not [ADDRESS:]PORT\n", metrics_at);
+      return 1;
+    }
+  }
   if (!acl_path.empty()) {
     std::error_code aec;
     std::string what;

@@ -344,6 +344,8 @@ class broker {
     s.handshake_failures = ctx_.handshake_failures.load();
     s.refused_per_address = ctx_.refused_per_address.load();
     s.refused_rate = ctx_.refused_rate.load();
+    s.bytes_received = ctx_.bytes_received.load();
+    s.bytes_sent = ctx_.bytes_sent.load();
     return s;
   }
 
@@ -362,10 +364,13 @@ class broker {
     typename clock_type::system_time system_now() const noexcept { return clock.system_now(); }
     timer_type make_timer(const asio::any_io_executor& ex) const { return clock.make_timer(ex); }
     void note_handshake_failure() noexcept { handshake_failures.fetch_add(1); }
+    void note_bytes_received(std::size_t n) noexcept { bytes_received.fetch_add(n); }
+    void note_bytes_sent(std::size_t n) noexcept { bytes_sent.fetch_add(n); }
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
     typename locking_type::template counter_type<std::uint64_t> handshake_failures{};
     typename locking_type::template counter_type<std::uint64_t> refused_per_address{}, refused_rate{};
+    typename locking_type::template counter_type<std::uint64_t> bytes_received{}, bytes_sent{};
   };
 
  private:

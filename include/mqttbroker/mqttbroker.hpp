@@ -51,5 +51,7 @@
 
 // level 7: broker.hpp
 #include <mqttbroker/broker.hpp>
+#include <mqttbroker/metrics/prometheus.hpp>
+#include <mqttbroker/metrics/http.hpp>
 
 #endif  // MQTTBROKER_MQTTBROKER_HPP

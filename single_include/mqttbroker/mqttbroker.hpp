@@ -7922,12 +7922,18 @@ struct broker_stats {
   std::uint64_t connections_refused = 0;  // over max_connections
   std::uint64_t refused_per_address = 0;  // over max_connections_per_address; counted by the broker
   std::uint64_t refused_rate = 0;         // over max_connection_rate_per_address; counted by the broker
+  std::uint64_t connects_refused_auth = 0;   // CONNACK 4/5, 0x86/0x87: authentication refused the CONNECT
+  std::uint64_t connects_refused_other = 0;  // CONNECTs refused for anything else (version, identifier, ...)
   std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
   std::uint64_t connect_timeouts = 0;
   std::uint64_t keep_alive_timeouts = 0;
   std::uint64_t rate_limited = 0;         // connections closed for sending over max_publish_rate
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
+  std::uint64_t messages_received_qos[3] = {};  // the same by QoS: as published
+  std::uint64_t messages_sent_qos[3] = {};      // as sent (in-process: as published)
+  std::uint64_t bytes_received = 0;       // MQTT bytes read from clients' connections; counted by the broker
+  std::uint64_t bytes_sent = 0;           // MQTT bytes written to them; counted by the broker
   std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
                                           // Maximum Packet Size
   std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
@@ -7935,7 +7941,9 @@ struct broker_stats {
   std::uint64_t deliveries_denied = 0;    // messages authorize_read kept from a subscriber
   std::uint64_t subscriptions_revoked = 0;  // taken out by recheck_subscriptions()
   std::uint64_t queue_memory_drops = 0;   // dropped at broker_options::max_total_queued_bytes
-  std::size_t queued_bytes = 0;           // payload bytes waiting in all sessions (with a total limit)
+  std::size_t queued_bytes = 0;           // payload bytes waiting in all sessions
+  std::size_t queued_messages = 0;        // messages waiting in all sessions (not in flight)
+  std::size_t subscriptions = 0;          // clients' subscriptions, shared ones included
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker
@@ -8680,16 +8688,31 @@ class core {
     // Shared: it only reads, and a host may poll it while publishers route.
     std::shared_lock<mutex_type> lk(state_mutex_);
     broker_stats s = stats_;
-    s.messages_received = hot_.received.load();
-    s.messages_sent = hot_.sent.load();
+    for (std::size_t q = 0; q < 3; ++q) {
+      s.messages_received_qos[q] = hot_.received[q].load();
+      s.messages_sent_qos[q] = hot_.sent[q].load();
+      s.messages_received += s.messages_received_qos[q];
+      s.messages_sent += s.messages_sent_qos[q];
+    }
     s.messages_dropped = hot_.dropped.load();
     s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.deliveries_denied = hot_.denied.load();
+    s.connects_refused_auth = hot_.refused_auth.load();
+    s.connects_refused_other = hot_.refused_connect.load();
     s.queue_memory_drops = queue_budget_.refused.load(std::memory_order_relaxed);
     s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
     s.connections = links_.size();
     s.sessions = sessions_.size();
+    std::size_t queued_bytes = 0;
+    for (const auto& e : sessions_) {
+      // A session's queue changes under its own lock while publishers hold the state lock shared.
+      std::lock_guard<session_mutex_type> own(e.second->mutex);
+      s.subscriptions += e.second->state.subscriptions().size();
+      s.queued_messages += e.second->state.queued_count();
+      queued_bytes += e.second->state.queued_bytes();
+    }
+    if (session_limits_.budget == nullptr) s.queued_bytes = queued_bytes;
     s.retained_messages = retained_.size();
     s.shared_groups = groups_.size();
     return s;
@@ -8914,7 +8937,7 @@ class core {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
-    if (count) hot_.received.fetch_add(1);
+    if (count) hot_.received[qos_index(m->qos_level())].fetch_add(1);
     std::size_t n = 0;
     // In-process handlers run after routing, outside the lock: a handler may publish or
     // subscribe again without re-entering the router mid-route. Their list is one vector per
@@ -8962,7 +8985,7 @@ class core {
       router_.route(m->topic(), publisher ? &publisher : nullptr, scratch, on_match);
     }
     const std::size_t end = local.size();
-    if (end != first) hot_.sent.fetch_add(end - first);
+    if (end != first) hot_.sent[qos_index(m->qos_level())].fetch_add(end - first);
     // By index and through the handler object itself: a nested publish may reallocate the
     // vector, but the shared_ptr keeps the handler where it is until `pop` runs.
     for (std::size_t i = first; i < end; ++i) {
@@ -9059,7 +9082,7 @@ class core {
       return;
     }
     if (adm == admission::send) {
-      hot_.sent.fetch_add(1);
+      hot_.sent[qos_index(o.qos_level)].fetch_add(1);
       send_to(rec, o, now);
     }
     if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
@@ -9237,7 +9260,7 @@ class core {
         record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
     };
     while (auto o = rec->state.next_ready(now_s, discarded)) {
-      hot_.sent.fetch_add(1);
+      hot_.sent[qos_index(o->qos_level)].fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { store_send(st, rec->state.client_id(), o->packet_id, o->msg, delivery_of(*o)); });
       send_durable(l, *rec, *o, now);
@@ -9258,7 +9281,7 @@ class core {
       const auto adm = rec->state.offer(o, true);
       if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
-        hot_.sent.fetch_add(1);
+        hot_.sent[qos_index(o.qos_level)].fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
           record([&](auto& st) { store_send(st, rec->state.client_id(), o.packet_id, o.msg, delivery_of(o)); });
         send_durable(l, *rec, o, now);
@@ -9573,9 +9596,12 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{},
-        denied{};
+    using counter = typename locking_type::template counter_type<std::uint64_t>;
+    counter received[3]{}, sent[3]{};  // by QoS
+    counter dropped{}, pauses{}, expired{}, denied{};
+    counter refused_auth{}, refused_connect{};  // CONNECTs refused: by authentication, for anything else
   } hot_;
+  static constexpr std::size_t qos_index(codec::qos q) noexcept { return static_cast<std::size_t>(q); }  // 0 to 2: validated
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   std::atomic<bool> stopping_{false};     // read by links on any thread
@@ -10359,6 +10385,9 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
+    (why == reason_code::not_authorized || why == reason_code::bad_user_name_or_password ? this->hot_.refused_auth
+                                                                                           : this->hot_.refused_connect)
+        .fetch_add(1);
     if (info.peer_address.empty())
       this->log(log_level::notice, "CONNECT of '{}' refused: {} (0x{:02X})", info.client_id, to_string(why),
                 static_cast<unsigned>(why));
@@ -12129,6 +12158,13 @@ class connection final
   static constexpr bool waits_for_readability = transport::has_readability_wait_v<Transport>;
   static constexpr bool has_handshake = transport::has_async_handshake_v<Transport>;
   static constexpr bool has_graceful_shutdown = transport::has_async_shutdown_v<Transport>;
+  /// Whether the context counts the bytes read and written (the broker's does).
+  template <class C, class = void>
+  struct context_counts_bytes : std::false_type {};
+  template <class C>
+  struct context_counts_bytes<C, std::void_t<decltype(std::declval<C&>().note_bytes_received(std::size_t{}))>>
+      : std::true_type {};
+  static constexpr bool counts_bytes = context_counts_bytes<Context>::value;
 
   /// Reads per readiness before the connection yields to others on its thread.
   static constexpr int reads_per_wake = 4;
@@ -12202,6 +12238,7 @@ class connection final
       return;
     }
     flush_scope scope;
+    if constexpr (counts_bytes) ctx_.note_bytes_received(n);
     const std::size_t block = unread_.capacity();
     unread_.commit(n);
     detail::pooled_bytes input = std::move(unread_);
@@ -12244,6 +12281,7 @@ class connection final
         finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
         return;
       }
+      if constexpr (counts_bytes) ctx_.note_bytes_received(n);
       if (!take_input(buf, n)) return;
       if (n < read_chunk) break;  // the stream is drained
     }
@@ -12306,6 +12344,7 @@ class connection final
   void on_written(std::error_code ec, std::size_t n) {
     this->set_write_in_flight(false);
     this->note_written(n);
+    if constexpr (counts_bytes) ctx_.note_bytes_sent(n);
     if (!this->is_open()) return;
     if (ec) {
       finish_close();
@@ -12718,6 +12757,8 @@ class broker {
     s.handshake_failures = ctx_.handshake_failures.load();
     s.refused_per_address = ctx_.refused_per_address.load();
     s.refused_rate = ctx_.refused_rate.load();
+    s.bytes_received = ctx_.bytes_received.load();
+    s.bytes_sent = ctx_.bytes_sent.load();
     return s;
   }
 
@@ -12736,10 +12777,13 @@ class broker {
     typename clock_type::system_time system_now() const noexcept { return clock.system_now(); }
     timer_type make_timer(const asio::any_io_executor& ex) const { return clock.make_timer(ex); }
     void note_handshake_failure() noexcept { handshake_failures.fetch_add(1); }
+    void note_bytes_received(std::size_t n) noexcept { bytes_received.fetch_add(n); }
+    void note_bytes_sent(std::size_t n) noexcept { bytes_sent.fetch_add(n); }
     engine_type engine_;
     MQTTBROKER_NO_UNIQUE_ADDRESS clock_type clock;
     typename locking_type::template counter_type<std::uint64_t> handshake_failures{};
     typename locking_type::template counter_type<std::uint64_t> refused_per_address{}, refused_rate{};
+    typename locking_type::template counter_type<std::uint64_t> bytes_received{}, bytes_sent{};
   };
 
  private:
@@ -12987,6 +13031,287 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_BROKER_HPP
 // end <mqttbroker/broker.hpp>
+// begin <mqttbroker/metrics/prometheus.hpp>
+#ifndef MQTTBROKER_METRICS_PROMETHEUS_HPP
+#define MQTTBROKER_METRICS_PROMETHEUS_HPP
+
+// The broker's counters in Prometheus' text exposition format (version 0.0.4), for a host to
+// serve (metrics/http.hpp serves it) or push. Std and fmt only.
+
+
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace metrics {
+
+/// Appends one metric family: its HELP and TYPE lines, then a sample per (labels, value); labels
+/// are written as given (`qos="1"`), empty for none.
+template <class Value>
+void write_family(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+                  std::initializer_list<std::pair<std::string_view, Value>> samples) {
+  fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  for (const auto& [labels, value] : samples) {
+    if (labels.empty())
+      fmt::format_to(std::back_inserter(out), "{} {}\n", name, value);
+    else
+      fmt::format_to(std::back_inserter(out), "{}{{{}}} {}\n", name, labels, value);
+  }
+}
+
+/// Appends a histogram: `within[i]` observations at most `bounds[i]` (cumulative, as counted),
+/// `count` in all and their `sum`, the bounds and sum in the unit `scale` turns them into
+/// (seconds from microseconds: 1e-6).
+template <std::size_t N, class Bound>
+void write_histogram(std::string& out, std::string_view name, std::string_view help, const Bound (&bounds)[N],
+                     const std::uint64_t (&within)[N], std::uint64_t count, double sum, double scale) {
+  fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+  for (std::size_t i = 0; i < N; ++i)
+    fmt::format_to(std::back_inserter(out), "{}_bucket{{le=\"{:g}\"}} {}\n", name,
+                   static_cast<double>(bounds[i]) * scale, within[i]);
+  fmt::format_to(std::back_inserter(out), "{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {:g}\n{}_count {}\n", name, count, name,
+                 sum * scale, name, count);
+}
+
+/// Appends the broker's counters (broker::stats()) under names starting with `prefix_`.
+inline void write_prometheus(std::string& out, const broker_stats& s, std::string_view prefix = "mqttbroker") {
+  const auto n = [&](std::string_view suffix) { return fmt::format("{}_{}", prefix, suffix); };
+  using u64 = std::uint64_t;
+  write_family<u64>(out, n("connections"), "gauge", "Client connections open.", {{"", s.connections}});
+  write_family<u64>(out, n("connections_accepted_total"), "counter", "Connections accepted.",
+                    {{"", s.connections_accepted}});
+  write_family<u64>(out, n("connections_refused_total"), "counter", "Connections and CONNECTs refused, by reason.",
+                    {{"reason=\"max_connections\"", s.connections_refused},
+                     {"reason=\"per_address\"", s.refused_per_address},
+                     {"reason=\"connection_rate\"", s.refused_rate},
+                     {"reason=\"handshake\"", s.handshake_failures},
+                     {"reason=\"not_authorized\"", s.connects_refused_auth},
+                     {"reason=\"connect_invalid\"", s.connects_refused_other}});
+  write_family<u64>(out, n("connections_closed_total"), "counter", "Connections the broker closed, by cause.",
+                    {{"cause=\"protocol_error\"", s.protocol_errors},
+                     {"cause=\"connect_timeout\"", s.connect_timeouts},
+                     {"cause=\"keep_alive\"", s.keep_alive_timeouts},
+                     {"cause=\"publish_rate\"", s.rate_limited}});
+  write_family<u64>(out, n("sessions"), "gauge", "Sessions, connected or not.", {{"", s.sessions}});
+  write_family<u64>(out, n("sessions_expired_total"), "counter", "Sessions that expired.", {{"", s.sessions_expired}});
+  write_family<u64>(out, n("messages_received_total"), "counter", "PUBLISH received (clients and the host), by QoS.",
+                    {{"qos=\"0\"", s.messages_received_qos[0]},
+                     {"qos=\"1\"", s.messages_received_qos[1]},
+                     {"qos=\"2\"", s.messages_received_qos[2]}});
+  write_family<u64>(out, n("messages_sent_total"), "counter", "PUBLISH sent (clients and the host's handlers), by QoS.",
+                    {{"qos=\"0\"", s.messages_sent_qos[0]},
+                     {"qos=\"1\"", s.messages_sent_qos[1]},
+                     {"qos=\"2\"", s.messages_sent_qos[2]}});
+  write_family<u64>(out, n("bytes_received_total"), "counter", "MQTT bytes read from client connections.",
+                    {{"", s.bytes_received}});
+  write_family<u64>(out, n("bytes_sent_total"), "counter", "MQTT bytes written to client connections.",
+                    {{"", s.bytes_sent}});
+  write_family<u64>(out, n("messages_dropped_total"), "counter", "Messages not delivered, by cause.",
+                    {{"cause=\"queue_limit\"", s.messages_dropped - s.queue_memory_drops},
+                     {"cause=\"queue_memory\"", s.queue_memory_drops},
+                     {"cause=\"expired\"", s.messages_expired},
+                     {"cause=\"publish_denied\"", s.publishes_denied},
+                     {"cause=\"delivery_denied\"", s.deliveries_denied}});
+  write_family<u64>(out, n("queued_messages"), "gauge", "Messages waiting in sessions (not in flight).",
+                    {{"", s.queued_messages}});
+  write_family<u64>(out, n("queued_bytes"), "gauge", "Payload bytes waiting in sessions.", {{"", s.queued_bytes}});
+  write_family<u64>(out, n("retained_messages"), "gauge", "Retained messages.", {{"", s.retained_messages}});
+  write_family<u64>(out, n("subscriptions"), "gauge", "Client subscriptions, shared ones included.",
+                    {{"", s.subscriptions}});
+  write_family<u64>(out, n("reader_pauses_total"), "counter", "Publishers paused for a subscriber behind.",
+                    {{"", s.reader_pauses}});
+}
+
+/// The process's resident set size in bytes (Linux: /proc/self/statm); 0 where it cannot tell.
+inline std::uint64_t resident_memory_bytes() {
+#if defined(__linux__)
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  unsigned long long size = 0, resident = 0;
+  const int got = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  if (got != 2) return 0;
+  const long page = ::sysconf(_SC_PAGESIZE);
+  return resident * static_cast<unsigned long long>(page > 0 ? page : 4096);
+#else
+  return 0;
+#endif
+}
+
+}  // namespace metrics
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_METRICS_PROMETHEUS_HPP
+// end <mqttbroker/metrics/prometheus.hpp>
+// begin <mqttbroker/metrics/http.hpp>
+#ifndef MQTTBROKER_METRICS_HTTP_HPP
+#define MQTTBROKER_METRICS_HTTP_HPP
+
+// A scrape endpoint: answers `GET /metrics` over HTTP/1.1 with what the host's callback returns
+// (write_prometheus() and the host's own lines, say), on the host's executor. Deliberately small:
+// one request per connection, which a Prometheus scrape is; anything else gets 400, 404 or 405.
+// Bounded: requests of at most 8 KiB that arrive within 5 s, at most 16 connections at once.
+
+
+#include <asio/any_io_executor.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/read_until.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/streambuf.hpp>
+#include <asio/write.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace metrics {
+
+class http_endpoint {
+ public:
+  /// The body of a scrape, made on the endpoint's executor for each GET /metrics.
+  using body_source = std::function<std::string()>;
+
+  static constexpr std::size_t max_request = 8 * 1024;
+  static constexpr std::chrono::seconds request_timeout{5};
+  static constexpr int max_open = 16;
+
+  /// Listens on `at` (port 0: any); throws std::system_error when it cannot.
+  http_endpoint(asio::any_io_executor ex, const asio::ip::tcp::endpoint& at, body_source body)
+      : s_(std::make_shared<state>(std::move(ex), std::move(body))) {
+    s_->acceptor.open(at.protocol());
+    s_->acceptor.set_option(asio::socket_base::reuse_address(true));
+    s_->acceptor.bind(at);
+    s_->acceptor.listen();
+    accept(s_);
+  }
+  http_endpoint(const http_endpoint&) = delete;
+  http_endpoint& operator=(const http_endpoint&) = delete;
+  ~http_endpoint() { close(); }
+
+  std::uint16_t port() const {
+    std::error_code ec;
+    return s_->acceptor.local_endpoint(ec).port();
+  }
+  /// Stops accepting; a request still being read is answered 503, without calling the body
+  /// source again (so what it reads may go once this returns, on the endpoint's executor).
+  void close() {
+    s_->closed.store(true);
+    std::error_code ignored;
+    s_->acceptor.close(ignored);
+  }
+  /// Scrapes answered (200) so far.
+  std::uint64_t scrapes() const noexcept { return s_->scrapes.load(); }
+
+ private:
+  struct state {
+    state(asio::any_io_executor e, body_source b) : ex(std::move(e)), acceptor(ex), body(std::move(b)) {}
+    asio::any_io_executor ex;
+    asio::ip::tcp::acceptor acceptor;
+    body_source body;
+    int open = 0;  // on the executor
+    std::atomic<bool> closed{false};
+    std::atomic<std::uint64_t> scrapes{0};
+  };
+
+  struct exchange {
+    exchange(asio::ip::tcp::socket sock, const asio::any_io_executor& ex)
+        : socket(std::move(sock)), timer(ex), request(max_request) {}
+    asio::ip::tcp::socket socket;
+    asio::steady_timer timer;
+    asio::streambuf request;
+    std::string response;
+  };
+
+  static void accept(const std::shared_ptr<state>& s) {
+    s->acceptor.async_accept(s->ex, [s](std::error_code ec, asio::ip::tcp::socket sock) {
+      if (ec) {
+        if (s->acceptor.is_open()) accept(s);
+        return;
+      }
+      if (s->open < max_open) serve(s, std::make_shared<exchange>(std::move(sock), s->ex));
+      accept(s);
+    });
+  }
+
+  static void serve(const std::shared_ptr<state>& s, const std::shared_ptr<exchange>& x) {
+    ++s->open;
+    x->timer.expires_after(request_timeout);
+    x->timer.async_wait([x](std::error_code ec) {
+      if (ec) return;
+      std::error_code ignored;
+      x->socket.close(ignored);
+    });
+    asio::async_read_until(x->socket, x->request, "\r\n\r\n", [s, x](std::error_code ec, std::size_t) {
+      if (ec) return done(s, x);
+      x->response = answer(*s, std::string_view(static_cast<const char*>(x->request.data().data()), x->request.size()));
+      asio::async_write(x->socket, asio::buffer(x->response), [s, x](std::error_code, std::size_t) { done(s, x); });
+    });
+  }
+
+  static void done(const std::shared_ptr<state>& s, const std::shared_ptr<exchange>& x) {
+    --s->open;
+    x->timer.cancel();
+    std::error_code ignored;
+    x->socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+    x->socket.close(ignored);
+  }
+
+  static std::string reply(std::string_view status, std::string_view type, std::string_view body, bool head = false,
+                           std::string_view extra_header = {}) {
+    std::string r;
+    r.reserve(body.size() + 160);
+    r.append("HTTP/1.1 ").append(status).append("\r\nContent-Type: ").append(type);
+    if (!extra_header.empty()) r.append("\r\n").append(extra_header);
+    r.append("\r\nContent-Length: ").append(std::to_string(body.size())).append("\r\nConnection: close\r\n\r\n");
+    if (!head) r.append(body);
+    return r;
+  }
+
+  /// The answer to a request's head (request line and headers).
+  static std::string answer(state& s, std::string_view head) {
+    const std::size_t line_end = head.find("\r\n");
+    const std::string_view line = head.substr(0, line_end);
+    const std::size_t sp1 = line.find(' ');
+    const std::size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos || line.substr(sp2 + 1).rfind("HTTP/1.", 0) != 0)
+      return reply("400 Bad Request", "text/plain", "bad request\n");
+    const std::string_view method = line.substr(0, sp1);
+    std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    target = target.substr(0, target.find('?'));  // scrapers may add parameters; none is used
+    if (target != "/metrics") return reply("404 Not Found", "text/plain", "only /metrics is served here\n");
+    if (method != "GET" && method != "HEAD")
+      return reply("405 Method Not Allowed", "text/plain", "GET only\n", false, "Allow: GET, HEAD");
+    if (s.closed.load()) return reply("503 Service Unavailable", "text/plain", "stopping\n");
+    ++s.scrapes;
+    return reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", s.body(), method == "HEAD");
+  }
+
+  std::shared_ptr<state> s_;
+};
+
+}  // namespace metrics
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_METRICS_HTTP_HPP
+// end <mqttbroker/metrics/http.hpp>
 
 #endif  // MQTTBROKER_MQTTBROKER_HPP
 // end <mqttbroker/mqttbroker.hpp>

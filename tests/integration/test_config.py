@@ -540,6 +540,53 @@ class AclFile(ConfigCase):
         self.assertEqual(c.subscribe("sensors/x", 1), [1])
 
 
+class Metrics(ConfigCase):
+    """metrics_listener: Prometheus' text format over HTTP, scraped with curl; the numbers move
+    with the traffic."""
+
+    conf = "listener 0 127.0.0.1\nmetrics_listener 127.0.0.1:0\n"
+
+    def scrape(self, path="/metrics"):
+        if not shutil.which("curl"):
+            h._client_missing("curl (Debian curl)")
+        port = int(self.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+        r = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", "http://127.0.0.1:%d%s" % (port, path)],
+                           capture_output=True, text=True, timeout=h.WAIT, stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code), body
+
+    @staticmethod
+    def value(body, sample):
+        m = re.search(r"(?m)^%s (\S+)$" % re.escape(sample), body)
+        if m is None:
+            raise AssertionError("no sample %s in:\n%s" % (sample, body))
+        return float(m.group(1))
+
+    def test_a_scrape_counts_connections_messages_bytes_and_memory(self):
+        code, before = self.scrape()
+        self.assertEqual(code, 200)
+        self.assertIn("# TYPE mqttbroker_messages_received_total counter", before)
+        sub = self.paho("scraped-sub")
+        sub.subscribe("metrics/#", 1)
+        pub = self.paho("scraped-pub")
+        for i in range(5):
+            pub.publish("metrics/%d" % i, b"x" * 100, 1)
+        for _ in range(5):
+            sub.get()
+        code, after = self.scrape()
+        self.assertEqual(code, 200)
+        self.assertEqual(self.value(after, "mqttbroker_connections"), 2)
+        self.assertEqual(self.value(after, 'mqttbroker_messages_received_total{qos="1"}')
+                         - self.value(before, 'mqttbroker_messages_received_total{qos="1"}'), 5)
+        self.assertEqual(self.value(after, 'mqttbroker_messages_sent_total{qos="1"}'), 5)
+        self.assertGreater(self.value(after, "mqttbroker_bytes_received_total"), 500)
+        self.assertGreater(self.value(after, "mqttbroker_bytes_sent_total"), 500)
+        self.assertEqual(self.value(after, "mqttbroker_subscriptions"), 1)
+        self.assertGreater(self.value(after, "process_resident_memory_bytes"), 1 << 20)
+        self.assertEqual(self.scrape("/")[0], 404)
+
+
 class Logging(ConfigCase):
     """log_dest file and stderr, log_timestamp (seconds since the epoch, as Mosquitto writes them),
     log_type subscribe beside information, connection_messages false."""

@@ -419,16 +419,31 @@ class core {
     // Shared: it only reads, and a host may poll it while publishers route.
     std::shared_lock<mutex_type> lk(state_mutex_);
     broker_stats s = stats_;
-    s.messages_received = hot_.received.load();
-    s.messages_sent = hot_.sent.load();
+    for (std::size_t q = 0; q < 3; ++q) {
+      s.messages_received_qos[q] = hot_.received[q].load();
+      s.messages_sent_qos[q] = hot_.sent[q].load();
+      s.messages_received += s.messages_received_qos[q];
+      s.messages_sent += s.messages_sent_qos[q];
+    }
     s.messages_dropped = hot_.dropped.load();
     s.messages_expired = hot_.expired.load();
     s.reader_pauses = hot_.pauses.load();
     s.deliveries_denied = hot_.denied.load();
+    s.connects_refused_auth = hot_.refused_auth.load();
+    s.connects_refused_other = hot_.refused_connect.load();
     s.queue_memory_drops = queue_budget_.refused.load(std::memory_order_relaxed);
     s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
     s.connections = links_.size();
     s.sessions = sessions_.size();
+    std::size_t queued_bytes = 0;
+    for (const auto& e : sessions_) {
+      // A session's queue changes under its own lock while publishers hold the state lock shared.
+      std::lock_guard<session_mutex_type> own(e.second->mutex);
+      s.subscriptions += e.second->state.subscriptions().size();
+      s.queued_messages += e.second->state.queued_count();
+      queued_bytes += e.second->state.queued_bytes();
+    }
+    if (session_limits_.budget == nullptr) s.queued_bytes = queued_bytes;
     s.retained_messages = retained_.size();
     s.shared_groups = groups_.size();
     return s;
@@ -653,7 +668,7 @@ class core {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
-    if (count) hot_.received.fetch_add(1);
+    if (count) hot_.received[qos_index(m->qos_level())].fetch_add(1);
     std::size_t n = 0;
     // In-process handlers run after routing, outside the lock: a handler may publish or
     // subscribe again without re-entering the router mid-route. Their list is one vector per
@@ -701,7 +716,7 @@ class core {
       router_.route(m->topic(), publisher ? &publisher : nullptr, scratch, on_match);
     }
     const std::size_t end = local.size();
-    if (end != first) hot_.sent.fetch_add(end - first);
+    if (end != first) hot_.sent[qos_index(m->qos_level())].fetch_add(end - first);
     // By index and through the handler object itself: a nested publish may reallocate the
     // vector, but the shared_ptr keeps the handler where it is until `pop` runs.
     for (std::size_t i = first; i < end; ++i) {
@@ -798,7 +813,7 @@ class core {
       return;
     }
     if (adm == admission::send) {
-      hot_.sent.fetch_add(1);
+      hot_.sent[qos_index(o.qos_level)].fetch_add(1);
       send_to(rec, o, now);
     }
     if (reader != nullptr && !reader->pace_target_ && c != nullptr && c != reader &&
@@ -976,7 +991,7 @@ class core {
         record([&](auto& st) { st.drop(rec->state.client_id(), gone.msg); });
     };
     while (auto o = rec->state.next_ready(now_s, discarded)) {
-      hot_.sent.fetch_add(1);
+      hot_.sent[qos_index(o->qos_level)].fetch_add(1);
       if (o->qos_level != codec::qos::at_most_once && kept(*rec))
         record([&](auto& st) { store_send(st, rec->state.client_id(), o->packet_id, o->msg, delivery_of(*o)); });
       send_durable(l, *rec, *o, now);
@@ -997,7 +1012,7 @@ class core {
       const auto adm = rec->state.offer(o, true);
       if (adm == admission::dropped) hot_.dropped.fetch_add(1);  // too large for this client
       if (adm == admission::send) {
-        hot_.sent.fetch_add(1);
+        hot_.sent[qos_index(o.qos_level)].fetch_add(1);
         if (o.qos_level != codec::qos::at_most_once && kept(*rec))
           record([&](auto& st) { store_send(st, rec->state.client_id(), o.packet_id, o.msg, delivery_of(o)); });
         send_durable(l, *rec, o, now);
@@ -1312,9 +1327,12 @@ class core {
   broker_stats stats_;               // state_mutex_, but for the counters below
   /// Counted on the routing path, which may hold the state lock only shared.
   struct hot_counters {
-    typename locking_type::template counter_type<std::uint64_t> received{}, sent{}, dropped{}, pauses{}, expired{},
-        denied{};
+    using counter = typename locking_type::template counter_type<std::uint64_t>;
+    counter received[3]{}, sent[3]{};  // by QoS
+    counter dropped{}, pauses{}, expired{}, denied{};
+    counter refused_auth{}, refused_connect{};  // CONNECTs refused: by authentication, for anything else
   } hot_;
+  static constexpr std::size_t qos_index(codec::qos q) noexcept { return static_cast<std::size_t>(q); }  // 0 to 2: validated
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
   std::atomic<bool> stopping_{false};     // read by links on any thread

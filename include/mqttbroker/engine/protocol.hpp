@@ -788,6 +788,9 @@ class protocol : public core<Policies> {
 
   /// The host's on_connect_refused hook, if any, with the 5.0 reason (also for 3.1.1 clients).
   void notify_refused(const hooks::connect_info& info, reason_code why) {
+    (why == reason_code::not_authorized || why == reason_code::bad_user_name_or_password ? this->hot_.refused_auth
+                                                                                           : this->hot_.refused_connect)
+        .fetch_add(1);
     if (info.peer_address.empty())
       this->log(log_level::notice, "CONNECT of '{}' refused: {} (0x{:02X})", info.client_id, to_string(why),
                 static_cast<unsigned>(why));

@@ -31,12 +31,18 @@ struct broker_stats {
   std::uint64_t connections_refused = 0;  // over max_connections
   std::uint64_t refused_per_address = 0;  // over max_connections_per_address; counted by the broker
   std::uint64_t refused_rate = 0;         // over max_connection_rate_per_address; counted by the broker
+  std::uint64_t connects_refused_auth = 0;   // CONNACK 4/5, 0x86/0x87: authentication refused the CONNECT
+  std::uint64_t connects_refused_other = 0;  // CONNECTs refused for anything else (version, identifier, ...)
   std::uint64_t protocol_errors = 0;      // connections closed for malformed or forbidden packets
   std::uint64_t connect_timeouts = 0;
   std::uint64_t keep_alive_timeouts = 0;
   std::uint64_t rate_limited = 0;         // connections closed for sending over max_publish_rate
   std::uint64_t messages_received = 0;    // PUBLISH from clients and in-process
   std::uint64_t messages_sent = 0;        // PUBLISH to clients and in-process subscribers
+  std::uint64_t messages_received_qos[3] = {};  // the same by QoS: as published
+  std::uint64_t messages_sent_qos[3] = {};      // as sent (in-process: as published)
+  std::uint64_t bytes_received = 0;       // MQTT bytes read from clients' connections; counted by the broker
+  std::uint64_t bytes_sent = 0;           // MQTT bytes written to them; counted by the broker
   std::uint64_t messages_dropped = 0;     // refused by a session's queue limits, a slow socket or a client's
                                           // Maximum Packet Size
   std::uint64_t messages_expired = 0;     // 5.0: their Message Expiry Interval ended before they were sent
@@ -44,7 +50,9 @@ struct broker_stats {
   std::uint64_t deliveries_denied = 0;    // messages authorize_read kept from a subscriber
   std::uint64_t subscriptions_revoked = 0;  // taken out by recheck_subscriptions()
   std::uint64_t queue_memory_drops = 0;   // dropped at broker_options::max_total_queued_bytes
-  std::size_t queued_bytes = 0;           // payload bytes waiting in all sessions (with a total limit)
+  std::size_t queued_bytes = 0;           // payload bytes waiting in all sessions
+  std::size_t queued_messages = 0;        // messages waiting in all sessions (not in flight)
+  std::size_t subscriptions = 0;          // clients' subscriptions, shared ones included
   std::uint64_t sessions_expired = 0;
   std::uint64_t reader_pauses = 0;        // publishers paused because a subscriber was behind
   std::uint64_t handshake_failures = 0;   // transport handshakes (TLS, WebSocket) that failed; counted by the broker

@@ -241,6 +241,13 @@ class connection final
   static constexpr bool waits_for_readability = transport::has_readability_wait_v<Transport>;
   static constexpr bool has_handshake = transport::has_async_handshake_v<Transport>;
   static constexpr bool has_graceful_shutdown = transport::has_async_shutdown_v<Transport>;
+  /// Whether the context counts the bytes read and written (the broker's does).
+  template <class C, class = void>
+  struct context_counts_bytes : std::false_type {};
+  template <class C>
+  struct context_counts_bytes<C, std::void_t<decltype(std::declval<C&>().note_bytes_received(std::size_t{}))>>
+      : std::true_type {};
+  static constexpr bool counts_bytes = context_counts_bytes<Context>::value;
 
   /// Reads per readiness before the connection yields to others on its thread.
   static constexpr int reads_per_wake = 4;
@@ -314,6 +321,7 @@ class connection final
       return;
     }
     flush_scope scope;
+    if constexpr (counts_bytes) ctx_.note_bytes_received(n);
     const std::size_t block = unread_.capacity();
     unread_.commit(n);
     detail::pooled_bytes input = std::move(unread_);
@@ -356,6 +364,7 @@ class connection final
         finish_close();  // EOF without DISCONNECT, or a transport error: an ungraceful end
         return;
       }
+      if constexpr (counts_bytes) ctx_.note_bytes_received(n);
       if (!take_input(buf, n)) return;
       if (n < read_chunk) break;  // the stream is drained
     }
@@ -418,6 +427,7 @@ class connection final
   void on_written(std::error_code ec, std::size_t n) {
     this->set_write_in_flight(false);
     this->note_written(n);
+    if constexpr (counts_bytes) ctx_.note_bytes_sent(n);
     if (!this->is_open()) return;
     if (ec) {
       finish_close();

@@ -92,7 +92,15 @@ struct sqlite_statistics {
   /// Changes not written because a later one in the same batch undid them: an entry added and
   /// deleted there, as a QoS 1 delivery acknowledged before its commit is.
   std::uint64_t changes_undone = 0;
+  /// Transactions written (commits that had changes left) and the time they took, from BEGIN to
+  /// a durable COMMIT: in all, and how many took at most each of commit_latency_bounds.
+  std::uint64_t transactions = 0;
+  std::chrono::microseconds transaction_time{0};
+  std::uint64_t transactions_within[8] = {};
 };
+
+/// The upper bounds of sqlite_statistics::transactions_within, in microseconds.
+inline constexpr std::uint32_t commit_latency_bounds[8] = {100, 500, 1000, 5000, 10000, 50000, 100000, 500000};
 
 /// How storage::sqlite opens its file and commits.
 struct sqlite_options {
@@ -1043,6 +1051,7 @@ class sqlite {
       adapt_window(batch.size(), left);
       std::uint64_t first_failed = 0;
       std::error_code ec;
+      const auto began = std::chrono::steady_clock::now();
       int rc = nothing_left ? SQLITE_OK : write(batch, false, first_failed);
       if ((rc & 0xFF) == SQLITE_FULL) {
         // Full: each change alone, so that deletions (which free pages) still go in and only the
@@ -1063,6 +1072,14 @@ class sqlite {
         if (ec) last_error = ec;
         ++stats.commits;
         if (rc == SQLITE_OK) stats.changes_written += left;
+        if (!nothing_left) {
+          const auto took =
+              std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - began);
+          ++stats.transactions;
+          stats.transaction_time += took;
+          for (std::size_t i = 0; i < 8; ++i)
+            if (took.count() <= commit_latency_bounds[i]) ++stats.transactions_within[i];
+        }
       }
       ++commits;
       if (rc == SQLITE_OK && commits % 64 == 0) reclaim();
