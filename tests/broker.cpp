@@ -3475,3 +3475,36 @@ TEST_CASE("write_histogram: cumulative buckets with readable bounds, +Inf, sum a
         "t_seconds_bucket{le=\"0.0001\"} 1\nt_seconds_bucket{le=\"0.005\"} 3\nt_seconds_bucket{le=\"0.05\"} 4\n"
         "t_seconds_bucket{le=\"+Inf\"} 5\nt_seconds_sum 0.123456\nt_seconds_count 5\n");
 }
+
+namespace {
+struct sometimes_reads {
+  bool* on = nullptr;
+  int* asked = nullptr;
+  bool reads_checked() { return *on; }
+  bool authorize_read(const mb::hooks::client_info&, const mb::message&) {
+    ++*asked;
+    return false;
+  }
+};
+struct sometimes_policies : mem_policies {
+  using hooks = sometimes_reads;
+};
+}  // namespace
+
+TEST_CASE("reads_checked() false skips authorize_read for that delivery", "[broker][hooks][acl]") {
+  bool on = false;
+  int asked = 0;
+  harness<sometimes_policies> h({}, sometimes_reads{&on, &asked});
+  client& sub = h.connected("sub");
+  h.subscribe(sub, "r/#", qos::at_most_once);
+  client& pub = h.connected("pub");
+  pub.publish("r/1", "delivered unchecked");
+  h.settle();
+  CHECK(asked == 0);
+  CHECK(sub.publishes().size() == 1);
+  on = true;
+  pub.publish("r/2", "checked, refused");
+  h.settle();
+  CHECK(asked == 1);
+  CHECK(sub.publishes().empty());
+}

@@ -134,8 +134,10 @@ struct logging_hooks {
     return false;
   }
   bool authorize_read(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
-    return !acl || acl->authorize_read(c, m);
+    return acl->authorize_read(c, m);
   }
+  /// Without an ACL file deliveries are not checked: the broker skips authorize_read.
+  bool reads_checked() const noexcept { return acl.has_value(); }
 
   /// --acl-file, and a minimal rule to show who a client is (with --use-identity-as-username:
   /// its certificate): only the named usernames may publish.

@@ -752,6 +752,9 @@ class core {
   /// restored by a store whose client has not connected since is not checked: its user is unknown.
   bool may_read(const session_type& rec, const message& m) {
     if constexpr (session_type::keeps_origin) {
+      if constexpr (hooks::has_reads_checked_v<hooks_type>) {
+        if (!hooks_.reads_checked()) return true;
+      }
       if (!rec.owner_known) return true;
       hooks::client_info who;
       who.client_id = rec.state.client_id();

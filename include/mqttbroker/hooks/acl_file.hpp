@@ -18,6 +18,7 @@
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <fstream>
@@ -297,7 +298,11 @@ class acl_hooks {
     auto next = std::make_shared<const acl_file>(std::move(f));
     std::lock_guard<std::mutex> lk(s_->mutex);
     s_->file = std::move(next);
+    s_->has_file.store(true, std::memory_order_relaxed);
   }
+  /// Whether there is a file: without one deliveries are not checked at all (nothing is built
+  /// for them), which is what a broker whose ACL is optional wants to pay when it has none.
+  bool reads_checked() const noexcept { return s_->has_file.load(std::memory_order_relaxed); }
   /// The file in force; null when none was given.
   std::shared_ptr<const acl_file> file() const {
     std::lock_guard<std::mutex> lk(s_->mutex);
@@ -321,6 +326,7 @@ class acl_hooks {
   struct state {
     std::mutex mutex;
     std::shared_ptr<const acl_file> file;
+    std::atomic<bool> has_file{false};
   };
   std::shared_ptr<state> s_ = std::make_shared<state>();
 };

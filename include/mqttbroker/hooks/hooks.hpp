@@ -166,6 +166,7 @@ using auth_step_reply = basic_reply<auth_step>;
 ///   bool authorize_publish(const client_info&, const message&);
 ///   bool authorize_subscribe(const client_info&, std::string_view filter, codec::qos);
 ///   bool authorize_read(const client_info& subscriber, const message&);  // each delivery
+///   bool reads_checked();  // with authorize_read: false skips it (and building its arguments)
 ///   void intercept(std::string_view client_id, message_ptr&);  // replace, or reset to drop
 ///   void on_connect(const client_info&);
 ///   void on_disconnect(const client_info&, bool graceful);
@@ -187,7 +188,9 @@ using auth_step_reply = basic_reply<auth_step>;
 /// for that session alone (counted in broker_stats::deliveries_denied). It sees the session's
 /// client identifier, username and protocol version also while the client is offline; for a
 /// session restored by a durable store whose client has not connected since, the username is not
-/// known, and such deliveries are not checked until the client connects again. A CONNECT with an Authentication Method goes to authenticate_enhanced()
+/// known, and such deliveries are not checked until the client connects again. reads_checked(),
+/// when defined, is asked first on each delivery: false skips authorize_read there, for hooks
+/// that check reads only when configured to (an ACL that may be absent). A CONNECT with an Authentication Method goes to authenticate_enhanced()
 /// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate(). redirect()
 /// sees every CONNECT that authentication accepted (without its password), before the session is
 /// touched: an answer refuses it with CONNACK 0x9C or 0x9D and its Server Reference (5.0) or
@@ -304,6 +307,14 @@ MQTTBROKER_HOOK(redirect, std::optional<redirection>, true, false,
                 std::declval<const connect_info&>())
 #undef MQTTBROKER_HOOK
 
+/// reads_checked(), authorize_read's companion: a member callable without arguments on an H&
+/// that returns exactly bool. (Written out: the macro above needs at least one argument.)
+template <class H, class = void>
+struct reads_checked_hook : std::false_type {};
+template <class H>
+struct reads_checked_hook<H, std::enable_if_t<std::is_same_v<decltype(std::declval<H&>().reads_checked()), bool>>>
+    : std::true_type {};
+
 /// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
 constexpr bool check_hooks() {
@@ -312,6 +323,7 @@ constexpr bool check_hooks() {
   // Instantiating each hook's trait is what checks it.
   constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
                             authorize_subscribe_hook<H>::value, authorize_read_hook<H>::value,
+                            reads_checked_hook<H>::value,
                             intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
@@ -343,6 +355,8 @@ template <class H>
 inline constexpr bool has_authorize_subscribe_v = detail::authorize_subscribe_hook<H>::value;
 template <class H>
 inline constexpr bool has_authorize_read_v = detail::authorize_read_hook<H>::value;
+template <class H>
+inline constexpr bool has_reads_checked_v = detail::reads_checked_hook<H>::value;
 template <class H>
 inline constexpr bool has_intercept_v = detail::intercept_hook<H>::value;
 template <class H>
