@@ -4,6 +4,7 @@
 #include <mqttbroker/clock/system.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/heap.hpp>
 #include <mqttbroker/detail/ref_counted.hpp>
 #include <mqttbroker/engine/protocol.hpp>
 #include <mqttbroker/error.hpp>
@@ -541,6 +542,21 @@ class broker {
       note_sweep_now(t);
       ctx_.engine_.sweep_connections(t);
       ctx_.engine_.flush_storage();  // what no acknowledgement waits for (compiled out for memory)
+      if (sweep_ticks_ % 4 == 3) {
+        // Memory a burst freed goes back to the system, once the burst is over: trimming during
+        // one would hand back pages the traffic faults in again.
+        const std::uint64_t received = ctx_.engine_.messages_received();
+        const bool quiet = received - received_at_trim_check_ < quiet_messages;
+        received_at_trim_check_ = received;
+        std::size_t free_in_heap = 0;
+        // This thread's caches go too (with one io_context thread, all of them); other threads
+        // keep theirs, which are bounded.
+        if (quiet && heap_.check(options().heap_trim_threshold, free_in_heap, [] {
+              detail::block_pool::trim();
+              engine::write_batch_pool::shrink();
+            }))
+          ctx_.engine_.log(log_level::debug, "heap trimmed: {} KiB were free in it", free_in_heap / 1024);
+      }
       if (++sweep_ticks_ % 2 == 0) {
         ctx_.engine_.expire_sessions(t);
         const auto sys = options().sys_interval.count();
@@ -603,6 +619,9 @@ class broker {
   bool loaded_ = false;                 // control_ex_: the storage was read, once
   time_point started_at_{};             // control_ex_
   std::int64_t seconds_since_sys_ = 0;  // control_ex_
+  detail::heap_trimmer heap_;            // control_ex_
+  std::uint64_t received_at_trim_check_ = 0;  // control_ex_
+  static constexpr std::uint64_t quiet_messages = 1000;  // per trim check (2 s): the traffic is quiet
   std::uint64_t sweep_ticks_ = 0;       // control_ex_
   // sweep_now(): read by host publishes on any thread.
   std::atomic<typename time_point::duration::rep> sweep_now_{0};

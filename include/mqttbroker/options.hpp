@@ -90,6 +90,12 @@ struct broker_options {
   std::chrono::seconds persistent_session_expiry{std::chrono::hours(24 * 7)};
   /// Retained messages kept in all; new topics are refused past it (replacing stays allowed).
   std::size_t max_retained_messages = 1'000'000;
+  /// Memory given back: once traffic is quiet (fewer than 1,000 messages in 2 s) and the C
+  /// library's heap holds this many more free bytes than after the last trim (a burst that
+  /// ended: queues drained, connections gone), the broker returns them to the system, with its
+  /// thread's caches (glibc's malloc_trim; checked every 2 s on the broker's executor). It trims
+  /// the process's whole heap, the host's part included; 0 leaves the heap alone.
+  std::size_t heap_trim_threshold = 1024 * 1024;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
   /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in

@@ -3639,6 +3639,12 @@ struct broker_options {
   std::chrono::seconds persistent_session_expiry{std::chrono::hours(24 * 7)};
   /// Retained messages kept in all; new topics are refused past it (replacing stays allowed).
   std::size_t max_retained_messages = 1'000'000;
+  /// Memory given back: once traffic is quiet (fewer than 1,000 messages in 2 s) and the C
+  /// library's heap holds this many more free bytes than after the last trim (a burst that
+  /// ended: queues drained, connections gone), the broker returns them to the system, with its
+  /// thread's caches (glibc's malloc_trim; checked every 2 s on the broker's executor). It trims
+  /// the process's whole heap, the host's part included; 0 leaves the heap alone.
+  std::size_t heap_trim_threshold = 1024 * 1024;
   /// How often $SYS/broker/... statistics are published (Mosquitto: sys_interval 10); 0 disables.
   std::chrono::seconds sys_interval{10};
   /// 5.0: Topic Aliases a client may set toward the broker, announced as Topic Alias Maximum in
@@ -4158,6 +4164,7 @@ using auth_step_reply = basic_reply<auth_step>;
 ///   bool authorize_publish(const client_info&, const message&);
 ///   bool authorize_subscribe(const client_info&, std::string_view filter, codec::qos);
 ///   bool authorize_read(const client_info& subscriber, const message&);  // each delivery
+///   bool reads_checked();  // with authorize_read: false skips it (and building its arguments)
 ///   void intercept(std::string_view client_id, message_ptr&);  // replace, or reset to drop
 ///   void on_connect(const client_info&);
 ///   void on_disconnect(const client_info&, bool graceful);
@@ -4179,7 +4186,9 @@ using auth_step_reply = basic_reply<auth_step>;
 /// for that session alone (counted in broker_stats::deliveries_denied). It sees the session's
 /// client identifier, username and protocol version also while the client is offline; for a
 /// session restored by a durable store whose client has not connected since, the username is not
-/// known, and such deliveries are not checked until the client connects again. A CONNECT with an Authentication Method goes to authenticate_enhanced()
+/// known, and such deliveries are not checked until the client connects again. reads_checked(),
+/// when defined, is asked first on each delivery: false skips authorize_read there, for hooks
+/// that check reads only when configured to (an ACL that may be absent). A CONNECT with an Authentication Method goes to authenticate_enhanced()
 /// alone (without it, it is refused with CONNACK 0x8C), one without to authenticate(). redirect()
 /// sees every CONNECT that authentication accepted (without its password), before the session is
 /// touched: an answer refuses it with CONNACK 0x9C or 0x9D and its Server Reference (5.0) or
@@ -4296,6 +4305,14 @@ MQTTBROKER_HOOK(redirect, std::optional<redirection>, true, false,
                 std::declval<const connect_info&>())
 #undef MQTTBROKER_HOOK
 
+/// reads_checked(), authorize_read's companion: a member callable without arguments on an H&
+/// that returns exactly bool. (Written out: the macro above needs at least one argument.)
+template <class H, class = void>
+struct reads_checked_hook : std::false_type {};
+template <class H>
+struct reads_checked_hook<H, std::enable_if_t<std::is_same_v<decltype(std::declval<H&>().reads_checked()), bool>>>
+    : std::true_type {};
+
 /// True, or a static_assert for each hook whose name is declared with another signature.
 template <class H>
 constexpr bool check_hooks() {
@@ -4304,6 +4321,7 @@ constexpr bool check_hooks() {
   // Instantiating each hook's trait is what checks it.
   constexpr bool found[] = {authenticate_hook<H>::value,        authorize_publish_hook<H>::value,
                             authorize_subscribe_hook<H>::value, authorize_read_hook<H>::value,
+                            reads_checked_hook<H>::value,
                             intercept_hook<H>::value,
                             on_connect_hook<H>::value,          on_disconnect_hook<H>::value,
                             on_subscribe_hook<H>::value,        on_unsubscribe_hook<H>::value,
@@ -4335,6 +4353,8 @@ template <class H>
 inline constexpr bool has_authorize_subscribe_v = detail::authorize_subscribe_hook<H>::value;
 template <class H>
 inline constexpr bool has_authorize_read_v = detail::authorize_read_hook<H>::value;
+template <class H>
+inline constexpr bool has_reads_checked_v = detail::reads_checked_hook<H>::value;
 template <class H>
 inline constexpr bool has_intercept_v = detail::intercept_hook<H>::value;
 template <class H>
@@ -4374,6 +4394,7 @@ MQTTBROKER_END_NAMESPACE
 // Blank lines and lines starting with '#' are skipped; any other line is an error.
 
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <fstream>
@@ -4653,7 +4674,11 @@ class acl_hooks {
     auto next = std::make_shared<const acl_file>(std::move(f));
     std::lock_guard<std::mutex> lk(s_->mutex);
     s_->file = std::move(next);
+    s_->has_file.store(true, std::memory_order_relaxed);
   }
+  /// Whether there is a file: without one deliveries are not checked at all (nothing is built
+  /// for them), which is what a broker whose ACL is optional wants to pay when it has none.
+  bool reads_checked() const noexcept { return s_->has_file.load(std::memory_order_relaxed); }
   /// The file in force; null when none was given.
   std::shared_ptr<const acl_file> file() const {
     std::lock_guard<std::mutex> lk(s_->mutex);
@@ -4677,6 +4702,7 @@ class acl_hooks {
   struct state {
     std::mutex mutex;
     std::shared_ptr<const acl_file> file;
+    std::atomic<bool> has_file{false};
   };
   std::shared_ptr<state> s_ = std::make_shared<state>();
 };
@@ -6997,6 +7023,9 @@ class write_batch_pool {
     free.items.push_back(std::move(b));
   }
 
+  /// Frees the batches kept on this thread (after a burst, before the heap is trimmed).
+  static void shrink() noexcept { local().items.clear(); }
+
  private:
   static constexpr std::size_t max_cached = 64;  // with trim(): at most 4 MiB of arenas kept per thread
   struct cache {
@@ -8684,6 +8713,11 @@ class core {
     return true;
   }
 
+  /// Messages received so far, all QoS: cheap, for a host that watches the traffic's pace.
+  std::uint64_t messages_received() const noexcept {
+    return hot_.received[0].load() + hot_.received[1].load() + hot_.received[2].load();
+  }
+
   broker_stats stats() const {
     // Shared: it only reads, and a host may poll it while publishers route.
     std::shared_lock<mutex_type> lk(state_mutex_);
@@ -9021,6 +9055,9 @@ class core {
   /// restored by a store whose client has not connected since is not checked: its user is unknown.
   bool may_read(const session_type& rec, const message& m) {
     if constexpr (session_type::keeps_origin) {
+      if constexpr (hooks::has_reads_checked_v<hooks_type>) {
+        if (!hooks_.reads_checked()) return true;
+      }
       if (!rec.owner_known) return true;
       hooks::client_info who;
       who.client_id = rec.state.client_id();
@@ -12432,6 +12469,74 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_BROKER_HPP
 #define MQTTBROKER_BROKER_HPP
 
+// begin <mqttbroker/detail/heap.hpp>
+#ifndef MQTTBROKER_DETAIL_HEAP_HPP
+#define MQTTBROKER_DETAIL_HEAP_HPP
+
+// Handing freed heap memory back to the system, where the C library keeps it (glibc's arenas
+// keep what a burst freed until something trims them). A no-op elsewhere.
+
+
+#include <cstddef>
+
+#if defined(__GLIBC__) && defined(__GLIBC_MINOR__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+#include <malloc.h>
+#define MQTTBROKER_HEAP_TRIM 1
+#else
+#define MQTTBROKER_HEAP_TRIM 0
+#endif
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace detail {
+
+/// Trims the heap when it holds `threshold` more free bytes than it did after the last trim.
+/// Not thread-safe: one caller (the broker's sweep).
+class heap_trimmer {
+ public:
+  /// Whether this call trimmed (the free bytes it saw are in `seen`); `before_trim()` runs first
+  /// when it does (the caller's caches let go of what they keep).
+  template <class BeforeTrim>
+  bool check(std::size_t threshold, std::size_t& seen, BeforeTrim&& before_trim) noexcept {
+    seen = 0;
+#if MQTTBROKER_HEAP_TRIM
+    if (threshold == 0) return false;
+    seen = free_bytes();
+    if (seen < floor_ + threshold) {
+      if (seen < floor_) floor_ = seen;  // in use again: the next burst counts from here
+      return false;
+    }
+    before_trim();
+    ::malloc_trim(0);
+    // The chunks stay free in the heap's lists (their pages went back): the next trim waits for
+    // as much again to be freed.
+    floor_ = free_bytes();
+    return true;
+#else
+    (void)threshold;
+    (void)before_trim;
+    return false;
+#endif
+  }
+
+  /// The free bytes the heap holds (what a trim could give back at most); 0 where unknown.
+  static std::size_t free_bytes() noexcept {
+#if MQTTBROKER_HEAP_TRIM
+    const struct mallinfo2 mi = ::mallinfo2();
+    return mi.fordblks;
+#else
+    return 0;
+#endif
+  }
+
+ private:
+  std::size_t floor_ = 0;  // free bytes after the last trim
+};
+
+}  // namespace detail
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_DETAIL_HEAP_HPP
+// end <mqttbroker/detail/heap.hpp>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
@@ -12954,6 +13059,21 @@ class broker {
       note_sweep_now(t);
       ctx_.engine_.sweep_connections(t);
       ctx_.engine_.flush_storage();  // what no acknowledgement waits for (compiled out for memory)
+      if (sweep_ticks_ % 4 == 3) {
+        // Memory a burst freed goes back to the system, once the burst is over: trimming during
+        // one would hand back pages the traffic faults in again.
+        const std::uint64_t received = ctx_.engine_.messages_received();
+        const bool quiet = received - received_at_trim_check_ < quiet_messages;
+        received_at_trim_check_ = received;
+        std::size_t free_in_heap = 0;
+        // This thread's caches go too (with one io_context thread, all of them); other threads
+        // keep theirs, which are bounded.
+        if (quiet && heap_.check(options().heap_trim_threshold, free_in_heap, [] {
+              detail::block_pool::trim();
+              engine::write_batch_pool::shrink();
+            }))
+          ctx_.engine_.log(log_level::debug, "heap trimmed: {} KiB were free in it", free_in_heap / 1024);
+      }
       if (++sweep_ticks_ % 2 == 0) {
         ctx_.engine_.expire_sessions(t);
         const auto sys = options().sys_interval.count();
@@ -13016,6 +13136,9 @@ class broker {
   bool loaded_ = false;                 // control_ex_: the storage was read, once
   time_point started_at_{};             // control_ex_
   std::int64_t seconds_since_sys_ = 0;  // control_ex_
+  detail::heap_trimmer heap_;            // control_ex_
+  std::uint64_t received_at_trim_check_ = 0;  // control_ex_
+  static constexpr std::uint64_t quiet_messages = 1000;  // per trim check (2 s): the traffic is quiet
   std::uint64_t sweep_ticks_ = 0;       // control_ex_
   // sweep_now(): read by host publishes on any thread.
   std::atomic<typename time_point::duration::rep> sweep_now_{0};

@@ -148,6 +148,9 @@ class write_batch_pool {
     free.items.push_back(std::move(b));
   }
 
+  /// Frees the batches kept on this thread (after a burst, before the heap is trimmed).
+  static void shrink() noexcept { local().items.clear(); }
+
  private:
   static constexpr std::size_t max_cached = 64;  // with trim(): at most 4 MiB of arenas kept per thread
   struct cache {
