@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -1852,13 +1853,31 @@ TEST_CASE("$SYS carries Mosquitto's names for the figures a dashboard made for M
   for (const char* name : {"version", "uptime", "clients/connected", "clients/active", "clients/disconnected",
                            "clients/inactive", "clients/total", "clients/expired", "messages/received", "messages/sent",
                            "messages/dropped", "publish/messages/received", "publish/messages/sent",
-                           "publish/messages/dropped", "retained messages/count"}) {
+                           "publish/messages/dropped", "retained messages/count", "bytes/received", "bytes/sent",
+                           "subscriptions/count", "store/messages/count", "store/messages/bytes", "messages/stored",
+                           "load/messages/received/1min", "load/messages/sent/5min", "load/bytes/received/15min",
+                           "load/bytes/sent/1min", "load/connections/1min"}) {
     INFO(name);
     CHECK(figures.count(std::string("$SYS/broker/") + name) == 1);
   }
   CHECK(figures["$SYS/broker/clients/connected"] == "1");
   CHECK(figures["$SYS/broker/clients/disconnected"] == "1");
   CHECK(figures["$SYS/broker/clients/total"] == "2");
+  CHECK(figures["$SYS/broker/subscriptions/count"] == "1");
+  CHECK(std::stoull(figures["$SYS/broker/bytes/received"]) > 0);
+
+  // Load: per minute, averaged. 60 PUBLISH in the next second are 3,600 a minute; after one
+  // second the 1-minute average has moved 1 - e^(-1/60) of the way there.
+  client& pub = h.connected("pub");
+  for (int i = 0; i < 60; ++i) pub.publish("load/x", "m");
+  h.settle();
+  c.publishes();
+  h.advance(std::chrono::seconds(1));
+  figures.clear();
+  for (const rx& p : c.publishes()) figures[p.topic] = p.payload;
+  const double expected = 3600.0 * (1.0 - std::exp(-1.0 / 60.0));
+  CHECK(std::stod(figures["$SYS/broker/load/messages/received/1min"]) == Approx(expected).epsilon(0.05));
+  CHECK(std::stod(figures["$SYS/broker/load/messages/received/15min"]) < expected / 10);
 }
 
 TEST_CASE("Keep Alive: the server closes at exactly 1.5 times the interval of silence, not a tick before",

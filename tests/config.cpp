@@ -255,20 +255,42 @@ TEST_CASE("config: options that make no sense here are accepted with a warning n
       "log_facility 5\n"
       "websockets_log_level 255\n"
       "per_listener_settings false\n"
-      "per_listener_settings true\n"
+      "# per_listener_settings true is read (below)\n"
       "set_tcp_nodelay true\n"
       "set_tcp_nodelay false\n"
       "allow_zero_length_clientid true\n");
-  REQUIRE(c.warnings.size() == 8);
+  REQUIRE(c.warnings.size() == 7);
   CHECK(c.warnings[0].rfind("test.conf:1: user ignored: ", 0) == 0);
   CHECK(c.warnings[1].rfind("test.conf:2: autosave_interval ignored: ", 0) == 0);
   CHECK(c.warnings[2].rfind("test.conf:3: autosave_on_changes ignored: ", 0) == 0);
   CHECK(c.warnings[3].rfind("test.conf:4: persistence_file ignored: ", 0) == 0);
   CHECK(c.warnings[4].rfind("test.conf:5: log_facility ignored: ", 0) == 0);
   CHECK(c.warnings[5].rfind("test.conf:6: websockets_log_level ignored: ", 0) == 0);
-  CHECK(c.warnings[6].rfind("test.conf:8: per_listener_settings true ignored", 0) == 0);
   // The false ones say what the server does anyway, as does set_tcp_nodelay true: no warning.
-  CHECK(c.warnings[7].rfind("test.conf:10: set_tcp_nodelay false ignored", 0) == 0);
+  CHECK(c.warnings[6].rfind("test.conf:10: set_tcp_nodelay false ignored", 0) == 0);
+}
+
+TEST_CASE("config: per_listener_settings true makes password_file, acl_file and allow_anonymous each listener's",
+          "[config]") {
+  const config_settings c = load(
+      "per_listener_settings true\n"
+      "listener 1883\n"
+      "password_file /etc/mosquitto/passwd\n"
+      "listener 1884 127.0.0.1\n"
+      "allow_anonymous true\n"
+      "acl_file /etc/mosquitto/acl\n");
+  CHECK(c.per_listener_settings);
+  REQUIRE(c.listeners.size() == 2);
+  CHECK(c.listeners[0].password_file == std::optional<std::string>("/etc/mosquitto/passwd"));
+  CHECK_FALSE(c.listeners[0].acl_file);
+  CHECK_FALSE(c.listeners[0].allow_anonymous);
+  CHECK(c.listeners[1].allow_anonymous == std::optional<bool>(true));
+  CHECK(c.listeners[1].acl_file == std::optional<std::string>("/etc/mosquitto/acl"));
+  CHECK_FALSE(c.password_file);  // none of the broker's own
+  CHECK_FALSE(c.acl_file);
+  // It decides where those lines go: it must come before them and before the listeners.
+  CHECK(refuse("listener 1883\nper_listener_settings true\n").ec == config_errc::invalid_value);
+  CHECK(refuse("password_file /x\nper_listener_settings true\n").ec == config_errc::invalid_value);
 }
 
 TEST_CASE("config: an unknown option is an error naming file and line; the first error stops the reading", "[config]") {

@@ -101,6 +101,10 @@ struct listener_settings {
   std::string ciphers;        // TLS 1.2 cipher list
   std::string ciphers_tls13;  // TLS 1.3 ciphersuites
   std::optional<std::size_t> max_connections;  // none: no limit of its own
+  // With per_listener_settings true: this listener's own authentication and access control.
+  std::optional<std::string> password_file;
+  std::optional<std::string> acl_file;
+  std::optional<bool> allow_anonymous;
   bool is_default = false;    // Mosquitto's default listener (port, bind_address)
   std::string origin;         // "FILE:LINE" of the line that made it, for messages
 
@@ -140,6 +144,8 @@ struct config_settings {
   std::optional<std::string> log_timestamp_format;  // strftime(3)
   std::optional<bool> connection_messages;
   std::optional<bool> allow_anonymous;                  // CONNECTs without a user name
+  /// password_file, acl_file and allow_anonymous are each listener's own (listener_settings).
+  bool per_listener_settings = false;
 
   std::vector<listener_settings> listeners;  // in file order, the default listener (if any) last
   std::vector<std::string> warnings;         // "FILE:LINE: ...", one per option accepted and ignored
@@ -567,7 +573,21 @@ class config_reader {
     } else if (name == "persistence") {
       bool b = false;
       if (boolean(name, rest, b)) o.persistence = b;
+    } else if (out_.per_listener_settings &&
+               (name == "password_file" || name == "acl_file" || name == "allow_anonymous")) {
+      // Mosquitto's per_listener_settings true: the current listener's (the default one's before
+      // any listener line).
+      if (name == "allow_anonymous") {
+        bool b = false;
+        if (boolean(name, rest, b)) current().allow_anonymous = b;
+      } else if (rest.empty()) {
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+      } else {
+        (name == "acl_file" ? current().acl_file : current().password_file).emplace(rest);
+      }
+      auth_lines_ = true;
     } else if (name == "password_file" || name == "acl_file" || name == "metrics_listener") {
+      if (name != "metrics_listener") auth_lines_ = true;
       if (rest.empty())
         fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
       else  // a path or an address: the rest of the line; a later line wins
@@ -595,6 +615,7 @@ class config_reader {
     } else if (name == "allow_anonymous") {
       bool b = false;
       if (boolean(name, rest, b)) o.allow_anonymous = b;
+      auth_lines_ = true;
     } else if (name == "persistence_location") {
       if (rest.empty())
         fail(config_errc::missing_value, "'persistence_location' needs a value");
@@ -619,9 +640,14 @@ class config_reader {
       }
     } else if (name == "per_listener_settings") {
       bool b = false;
-      if (boolean(name, rest, b) && b)
-        warn("per_listener_settings true ignored: password_file, acl_file and allow_anonymous apply to every "
-             "listener here, as every other option does");
+      if (!boolean(name, rest, b)) return true;
+      // It decides where the lines after it go, so it comes first, as Mosquitto's manual asks.
+      if (b != o.per_listener_settings && (auth_lines_ || !o.listeners.empty() || default_))
+        fail(config_errc::invalid_value,
+             "'per_listener_settings' must come before the listeners and the password_file, acl_file and "
+             "allow_anonymous lines");
+      else
+        o.per_listener_settings = b;
     } else if (name == "set_tcp_nodelay") {
       bool b = false;
       if (boolean(name, rest, b) && !b) warn("set_tcp_nodelay false ignored: TCP_NODELAY is always set here");
@@ -748,6 +774,7 @@ class config_reader {
   config_settings out_;
   std::optional<listener_settings> default_;
   bool in_listener_ = false;     // a `listener` line was read: listener options are its own
+  bool auth_lines_ = false;      // a password_file, acl_file or allow_anonymous line was read
   std::string tls_option_;          // the current listener's first TLS option, "FILE:LINE ('name')"
   std::string default_tls_option_;  // the same for the default listener
   std::string main_;   // the main file's path (none for text)

@@ -94,6 +94,20 @@ void say(level l, fmt::format_string<Args...> f, Args&&... args) {
   print(l, fmt::format(f, std::forward<Args>(args)...));
 }
 
+/// Who may connect and what they may do: the broker's password_file, acl_file and
+/// allow_anonymous, or one listener's with per_listener_settings true. Copies share the files'
+/// contents, so SIGHUP's reload through the server's copy reaches the broker's.
+struct access_rules {
+  std::string where;          // "" for the broker's, "listener N" for a listener's: for log lines
+  std::string password_path;  // what SIGHUP reads again
+  std::string acl_path;
+  bool allow_anonymous = true;
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  std::optional<mqttbroker::auth::password_hooks> passwords;  // none: every client may connect
+#endif
+  std::optional<mqttbroker::hooks::acl_hooks> acl;  // none: every client may do everything
+};
+
 /// The broker's own log messages (refused connections, protocol errors, timeouts, connections at
 /// info), and where each client came from and what it subscribed to at debug; the broker calls
 /// these only because they exist. With --redirect, every authenticated client is sent to that
@@ -103,18 +117,33 @@ struct logging_hooks {
   bool redirect_permanent = false;
   std::set<std::string, std::less<>> publishers;  // --allow-publish: empty lets everyone publish
 
+  /// --password-file, --allow-anonymous, --acl-file; with per_listener_settings true a
+  /// listener's own, by listener index (none: the broker's, as for the command line's listeners).
+  access_rules global;
+  std::vector<std::optional<access_rules>> per_listener;
+
+  const access_rules& rules_for(const mqttbroker::hooks::client_info& c) const {
+    if (c.listener != nullptr && c.listener->index < per_listener.size() && per_listener[c.listener->index])
+      return *per_listener[c.listener->index];
+    return global;
+  }
+  template <class F>
+  void for_each_rules(F&& f) {
+    f(global);
+    for (auto& r : per_listener)
+      if (r) f(*r);
+  }
+
 #if MQTTBROKER_EXAMPLE_PASSWORDS
-  /// --password-file and --allow-anonymous false; none: every client may connect. Copies share
-  /// the file, so SIGHUP's reload through the server's copy reaches the broker's.
-  std::optional<mqttbroker::auth::password_hooks> passwords;
   /// A refused login is answered this much later, on `timers`, so that guessing is slow; the
   /// client's reader waits meanwhile, other clients do not.
   std::chrono::milliseconds refusal_delay{1000};
   asio::any_io_executor timers;
 
   void authenticate(const mqttbroker::hooks::connect_info& c, mqttbroker::hooks::auth_reply reply) {
-    if (!passwords) return reply(mqttbroker::hooks::auth_result::accept);
-    const auto answer = passwords->authenticate(c);
+    const access_rules& r = rules_for(c);
+    if (!r.passwords) return reply(mqttbroker::hooks::auth_result::accept);
+    const auto answer = r.passwords->authenticate(c);
     if (answer == mqttbroker::hooks::auth_result::accept) return reply(answer);
     say(level::notice, "login refused: client {} from {}:{}, {}", c.client_id, c.peer_address, c.peer_port,
         c.username ? fmt::format("username {}", *c.username) : std::string("no username (allow_anonymous is false)"));
@@ -123,26 +152,25 @@ struct logging_hooks {
   }
 #endif
 
-  /// --acl-file: Mosquitto's access control lists; none: every client may do everything. Copies
-  /// share the rules, so SIGHUP's reload through the server's copy reaches the broker's.
-  std::optional<mqttbroker::hooks::acl_hooks> acl;
-
   bool authorize_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
-    if (!acl || acl->authorize_subscribe(c, filter, q)) return true;
+    const access_rules& r = rules_for(c);
+    if (!r.acl || r.acl->authorize_subscribe(c, filter, q)) return true;
     say(level::notice, "{} (username {}) may not subscribe to {}: the ACL file refuses it", c.client_id,
         c.username ? *c.username : "none", filter);
     return false;
   }
   bool authorize_read(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
-    return acl->authorize_read(c, m);
+    const access_rules& r = rules_for(c);
+    return !r.acl || r.acl->authorize_read(c, m);
   }
   /// Without an ACL file deliveries are not checked: the broker skips authorize_read.
-  bool reads_checked() const noexcept { return acl.has_value(); }
+  bool reads_checked() const noexcept { return any_acl; }
+  bool any_acl = false;  // set once the rules are read
 
   /// --acl-file, and a minimal rule to show who a client is (with --use-identity-as-username:
   /// its certificate): only the named usernames may publish.
   bool authorize_publish(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
-    if (acl && !acl->authorize_publish(c, m)) {
+    if (const access_rules& r = rules_for(c); r.acl && !r.acl->authorize_publish(c, m)) {
       say(level::notice, "{} (username {}) may not publish to {}: the ACL file refuses it", c.client_id,
           c.username ? *c.username : "none", m.topic());
       return false;
@@ -424,9 +452,8 @@ bool apply_logging(const cfg::config_settings& file, bool level_flag_given, std:
   return true;
 }
 
-/// --password-file and --allow-anonymous, --acl-file: what SIGHUP reads again.
+/// --password-file, --allow-anonymous and --acl-file, before the file's lines are added.
 std::string password_path;
-bool allow_anonymous = true;
 std::string acl_path;
 /// --metrics / metrics_listener: where to serve Prometheus' scrapes ([ADDRESS:]PORT); empty: nowhere.
 std::string metrics_at;
@@ -473,22 +500,71 @@ bool parse_host_port(const std::string& text, std::string& address, std::uint16_
   return !ec;
 }
 
-/// Reads --acl-file again into `acl` and asks the broker to drop the subscriptions it now
-/// refuses; a file that cannot be read leaves the rules as they were.
-template <class Broker>
-void reload_acl(Broker& broker, mqttbroker::hooks::acl_hooks& acl) {
+/// SIGHUP: reads the password and ACL files of `r` again; a file that cannot be read leaves what
+/// was read before. True when an ACL changed.
+bool reload(access_rules& r) {
+  const std::string who = r.where.empty() ? std::string() : " (" + r.where + ")";
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  if (r.passwords && !r.password_path.empty()) {
+    std::error_code pec;
+    std::string what;
+    auto f = mqttbroker::auth::password_file::read(r.password_path, pec, &what);
+    if (pec) {
+      say(level::error, "SIGHUP: {}; the users read before stay", what);
+    } else {
+      say(level::info, "SIGHUP: password file {}{} read again: {} users", r.password_path, who, f.size());
+      r.passwords->replace(std::move(f), r.allow_anonymous);
+    }
+  }
+#endif
+  if (!r.acl || r.acl_path.empty()) return false;
   std::error_code ec;
   std::string what;
-  auto f = mqttbroker::hooks::acl_file::read(acl_path, ec, &what);
+  auto f = mqttbroker::hooks::acl_file::read(r.acl_path, ec, &what);
   if (ec) {
     say(level::error, "SIGHUP: {}; the rules read before stay", what);
-    return;
+    return false;
   }
-  const std::size_t rules = f.rules();
-  acl.replace(std::move(f));
-  const std::size_t revoked = broker.recheck_subscriptions();
-  say(level::info, "SIGHUP: ACL file {} read again: {} rules; {} subscriptions no longer allowed taken out", acl_path,
-      rules, revoked);
+  say(level::info, "SIGHUP: ACL file {}{} read again: {} rules", r.acl_path, who, f.rules());
+  r.acl->replace(std::move(f));
+  return true;
+}
+
+/// Reads `r`'s files at start; false (with the reason on stderr) when one cannot be used.
+bool load(access_rules& r) {
+  const std::string who = r.where.empty() ? std::string() : " (" + r.where + ")";
+#if MQTTBROKER_EXAMPLE_PASSWORDS
+  if (!r.password_path.empty() || !r.allow_anonymous) {
+    std::error_code pec;
+    std::string what;
+    mqttbroker::auth::password_file users;
+    if (!r.password_path.empty()) users = mqttbroker::auth::password_file::read(r.password_path, pec, &what);
+    if (pec) {
+      fmt::print(stderr, "{}\n", what);
+      return false;
+    }
+    say(level::info, "passwords{}: {} ({} users), anonymous clients {}", who,
+        r.password_path.empty() ? "none" : r.password_path, users.size(), r.allow_anonymous ? "allowed" : "refused");
+    r.passwords.emplace(std::move(users), r.allow_anonymous);
+  }
+#else
+  if (!r.password_path.empty() || !r.allow_anonymous) {
+    fmt::print(stderr, "mqttbroker: password_file and allow_anonymous false need a build with OpenSSL\n");
+    return false;
+  }
+#endif
+  if (!r.acl_path.empty()) {
+    std::error_code aec;
+    std::string what;
+    auto rules = mqttbroker::hooks::acl_file::read(r.acl_path, aec, &what);
+    if (aec) {
+      fmt::print(stderr, "{}\n", what);
+      return false;
+    }
+    say(level::info, "access control{}: {} ({} rules, {} users)", who, r.acl_path, rules.rules(), rules.users());
+    r.acl.emplace(std::move(rules));
+  }
+  return true;
 }
 
 template <class Broker>
@@ -543,20 +619,13 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   std::function<void()> on_hangup = [&] {
     hangups.async_wait([&](std::error_code e, int) {
       if (e) return;
-#if MQTTBROKER_EXAMPLE_PASSWORDS
-      if (auto passwords = with_timers.passwords; passwords && !password_path.empty()) {
-        std::error_code pec;
-        std::string what;
-        auto f = mqttbroker::auth::password_file::read(password_path, pec, &what);
-        if (pec) {
-          say(level::error, "SIGHUP: {}; the users read before stay", what);
-        } else {
-          say(level::info, "SIGHUP: password file {} read again: {} users", password_path, f.size());
-          passwords->replace(std::move(f), allow_anonymous);
-        }
+      // Copies share the files' contents: reloading through these reaches the broker's hooks.
+      bool acl_changed = false;
+      with_timers.for_each_rules([&](access_rules& r) { acl_changed = reload(r) || acl_changed; });
+      if (acl_changed) {
+        const std::size_t revoked = broker.recheck_subscriptions();
+        say(level::info, "SIGHUP: {} subscriptions no longer allowed taken out", revoked);
       }
-#endif
-      if (auto acl = with_timers.acl; acl && !acl_path.empty()) reload_acl(broker, *acl);
       if (tls_listeners.empty()) say(level::info, "SIGHUP: no TLS listener, nothing to reload");
       for (const std::size_t index : tls_listeners) {
         std::error_code rec;
@@ -813,6 +882,7 @@ int main(int argc, char** argv) {
   // The file's settings, where no flag says otherwise.
   std::vector<listener_plan> plans;
   std::vector<std::string> warnings;
+  bool per_listener_settings = false;
   bool file_listeners = false;
   if (!config_file.empty()) {
     std::error_code ec;
@@ -850,13 +920,7 @@ int main(int argc, char** argv) {
     if (file.metrics_listener && !given("--metrics")) metrics_at = *file.metrics_listener;
     if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
-#if !MQTTBROKER_EXAMPLE_PASSWORDS
-    if (file.password_file || file.allow_anonymous.value_or(true) == false) {
-      fmt::print(stderr, "mqttbroker: {}: password_file and allow_anonymous false need a build with OpenSSL\n",
-                 config_file);
-      return 1;
-    }
-#endif
+    per_listener_settings = file.per_listener_settings;
     if (file.persistence.value_or(false) && !given("--persistence")) {
 #if MQTTBROKER_EXAMPLE_SQLITE
       // Mosquitto's default folder is the working one.
@@ -891,24 +955,6 @@ int main(int argc, char** argv) {
   opts.stuck_client_timeout = std::chrono::milliseconds(stuck_ms);
   opts.maximum_qos = static_cast<mqttbroker::codec::qos>(max_qos);
   hooks.publishers.insert(publishers.begin(), publishers.end());
-  // Mosquitto 2.0's rule: anonymous clients are refused once there is a password file, unless
-  // allow_anonymous says otherwise; without one, allow_anonymous false refuses everyone.
-  allow_anonymous = anonymous_flag.value_or(password_path.empty());
-#if MQTTBROKER_EXAMPLE_PASSWORDS
-  if (!password_path.empty() || !allow_anonymous) {
-    std::error_code pec;
-    std::string what;
-    mqttbroker::auth::password_file users;
-    if (!password_path.empty()) users = mqttbroker::auth::password_file::read(password_path, pec, &what);
-    if (pec) {
-      fmt::print(stderr, "{}\n", what);
-      return 1;
-    }
-    say(level::info, "passwords: {} ({} users), anonymous clients {}", password_path.empty() ? "none" : password_path,
-        users.size(), allow_anonymous ? "allowed" : "refused");
-    hooks.passwords.emplace(std::move(users), allow_anonymous);
-  }
-#endif
   if (!metrics_at.empty()) {
     std::string address;
     std::uint16_t metrics_port = 0;
@@ -917,17 +963,28 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  if (!acl_path.empty()) {
-    std::error_code aec;
-    std::string what;
-    auto rules = mqttbroker::hooks::acl_file::read(acl_path, aec, &what);
-    if (aec) {
-      fmt::print(stderr, "{}\n", what);
-      return 1;
+  // Mosquitto 2.0's rule: anonymous clients are refused once there is a password file, unless
+  // allow_anonymous says otherwise; without one, allow_anonymous false refuses everyone.
+  hooks.global.password_path = password_path;
+  hooks.global.acl_path = acl_path;
+  hooks.global.allow_anonymous = anonymous_flag.value_or(password_path.empty());
+  if (!load(hooks.global)) return 1;
+  if (per_listener_settings) {
+    // Each listener of the file with its own lines; the command line's listeners keep the broker's.
+    hooks.per_listener.resize(plans.size());
+    for (std::size_t i = 0; i < plans.size(); ++i) {
+      const cfg::listener_settings& l = plans[i].s;
+      if (l.origin.empty()) continue;
+      access_rules r;
+      r.where = fmt::format("listener {}", i);
+      r.password_path = l.password_file.value_or("");
+      r.acl_path = l.acl_file.value_or("");
+      r.allow_anonymous = l.allow_anonymous.value_or(r.password_path.empty());
+      if (!load(r)) return 1;
+      hooks.per_listener[i] = std::move(r);
     }
-    say(level::info, "access control: {} ({} rules, {} users)", acl_path, rules.rules(), rules.users());
-    hooks.acl.emplace(std::move(rules));
   }
+  hooks.for_each_rules([&](access_rules& r) { hooks.any_acl = hooks.any_acl || r.acl.has_value(); });
   for (const std::string& w : warnings) say(level::warning, "{}", w);
 
   try {

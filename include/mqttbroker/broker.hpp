@@ -562,7 +562,7 @@ class broker {
         const auto sys = options().sys_interval.count();
         if (sys != 0 && ++seconds_since_sys_ >= sys) {
           seconds_since_sys_ = 0;
-          ctx_.engine_.publish_sys(std::chrono::duration_cast<std::chrono::seconds>(t - started_at_), t);
+          ctx_.engine_.publish_sys(std::chrono::duration_cast<std::chrono::seconds>(t - started_at_), t, stats());
         }
       }
       arm_sweep();

@@ -8061,6 +8061,7 @@ struct no_outbox {};
 template <bool Keep>
 struct session_owner {
   std::optional<std::string> owner_username;
+  const hooks::listener_info* owner_listener = nullptr;  // the broker's, alive as long as it is
   codec::protocol_version owner_version = codec::protocol_version::v3_1_1;
   bool owner_known = false;  // false for a session a store restored, until its client connects
 };
@@ -8326,6 +8327,7 @@ MQTTBROKER_END_NAMESPACE
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -8837,8 +8839,9 @@ class core {
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
   /// Only filters that name $SYS see them [MQTT-4.7.2-1].
-  void publish_sys(std::chrono::seconds uptime, steady_time now) {
-    const broker_stats st = stats();
+  /// `st`: the broker's figures (stats(), with what the broker counts itself: bytes).
+  void publish_sys(std::chrono::seconds uptime, steady_time now, const broker_stats& st) {
+    update_loads(st, now);
     const std::pair<const char*, std::string> figures[] = {
         {"$SYS/broker/version",
          "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
@@ -8859,10 +8862,59 @@ class core {
         {"$SYS/broker/publish/messages/sent", std::to_string(st.messages_sent)},
         {"$SYS/broker/publish/messages/dropped", std::to_string(st.messages_dropped)},
         {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
+        {"$SYS/broker/bytes/received", std::to_string(st.bytes_received)},
+        {"$SYS/broker/bytes/sent", std::to_string(st.bytes_sent)},
+        {"$SYS/broker/subscriptions/count", std::to_string(st.subscriptions)},
+        // Messages waiting in sessions (Mosquitto's store also counts retained ones; retained
+        // messages/count has those).
+        {"$SYS/broker/store/messages/count", std::to_string(st.queued_messages)},
+        {"$SYS/broker/store/messages/bytes", std::to_string(st.queued_bytes)},
+        {"$SYS/broker/messages/stored", std::to_string(st.queued_messages)},
     };
     for (const auto& f : figures)
       publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, now, false);
+    // Mosquitto's load figures: per minute, averaged over 1, 5 and 15 minutes.
+    static constexpr const char* spans[3] = {"1min", "5min", "15min"};
+    for (const load_figure& l : loads_)
+      for (std::size_t i = 0; i < 3; ++i)
+        publish_message(message::make(fmt::format("$SYS/broker/load/{}/{}", l.name, spans[i]),
+                                      fmt::format("{:.2f}", l.average[i]), codec::qos::at_most_once, true),
+                        nullptr, now, false);
   }
+
+ private:
+  /// One of Mosquitto's load figures: a counter's rate per minute, averaged exponentially over
+  /// 1, 5 and 15 minutes, as a Unix load average is.
+  struct load_figure {
+    const char* name;
+    std::uint64_t broker_stats::*counter;
+    std::uint64_t last = 0;
+    double average[3] = {0, 0, 0};
+  };
+  void update_loads(const broker_stats& st, steady_time now) {
+    const double seconds = loads_at_ == steady_time{} ? 0.0 : std::chrono::duration<double>(now - loads_at_).count();
+    loads_at_ = now;
+    static constexpr double spans_s[3] = {60.0, 300.0, 900.0};
+    for (load_figure& l : loads_) {
+      const std::uint64_t value = st.*l.counter;
+      if (seconds > 0) {
+        const double per_minute = static_cast<double>(value - l.last) * 60.0 / seconds;
+        for (std::size_t i = 0; i < 3; ++i) {
+          const double keep = std::exp(-seconds / spans_s[i]);
+          l.average[i] = per_minute + keep * (l.average[i] - per_minute);
+        }
+      }
+      l.last = value;
+    }
+  }
+  load_figure loads_[5] = {{"messages/received", &broker_stats::messages_received},
+                           {"messages/sent", &broker_stats::messages_sent},
+                           {"bytes/received", &broker_stats::bytes_received},
+                           {"bytes/sent", &broker_stats::bytes_sent},
+                           {"connections", &broker_stats::connections_accepted}};
+  steady_time loads_at_{};  // the last publish_sys (the broker's control executor only)
+
+ public:
 
   // ---- stopping
 
@@ -9063,6 +9115,7 @@ class core {
       who.client_id = rec.state.client_id();
       if (rec.owner_username) who.username = *rec.owner_username;
       who.version = rec.owner_version;
+      who.listener = rec.owner_listener;  // also while offline
       if (const link_type* c = rec.conn.get()) c->origin_into(who);
       return hooks_.authorize_read(who, m);
     } else {
@@ -9993,6 +10046,7 @@ class protocol : public core<Policies> {
       struct entry {
         detail::ref_ptr<session_type> rec;
         std::optional<std::string> username;
+        const hooks::listener_info* listener;
         codec::protocol_version version;
         std::string filter;
         codec::qos granted;
@@ -10004,7 +10058,8 @@ class protocol : public core<Policies> {
           session_type& rec = *s.second;
           if (!rec.owner_known) continue;
           for (const auto& sub : rec.state.subscriptions())
-            all.push_back({s.second, rec.owner_username, rec.owner_version, sub.first, sub.second.options.max_qos});
+            all.push_back({s.second, rec.owner_username, rec.owner_listener, rec.owner_version, sub.first,
+                           sub.second.options.max_qos});
         }
       }
       std::vector<const entry*> refused;
@@ -10013,6 +10068,7 @@ class protocol : public core<Policies> {
         who.client_id = e.rec->state.client_id();  // fixed for the session's life
         if (e.username) who.username = *e.username;
         who.version = e.version;
+        who.listener = e.listener;
         if (!hooks_.authorize_subscribe(who, e.filter, e.granted)) refused.push_back(&e);
       }
       std::vector<const entry*> removed;
@@ -10878,6 +10934,7 @@ class protocol : public core<Policies> {
       if constexpr (session_type::keeps_origin) {
         // Who the client is now, for deliveries to its session (authorize_read), also offline.
         rec->owner_username = r.username;
+        rec->owner_listener = l.listener_;
         rec->owner_version = v;
         rec->owner_known = true;
       }
@@ -13079,7 +13136,7 @@ class broker {
         const auto sys = options().sys_interval.count();
         if (sys != 0 && ++seconds_since_sys_ >= sys) {
           seconds_since_sys_ = 0;
-          ctx_.engine_.publish_sys(std::chrono::duration_cast<std::chrono::seconds>(t - started_at_), t);
+          ctx_.engine_.publish_sys(std::chrono::duration_cast<std::chrono::seconds>(t - started_at_), t, stats());
         }
       }
       arm_sweep();

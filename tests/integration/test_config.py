@@ -451,18 +451,21 @@ pattern read inbox/%u
 """
 
 
-def acl_scenario(port):
+def acl_scenario(port, passwords=None):
     """What each subscriber receives when writer and an anonymous client publish under ACL_RULES:
-    {subscriber: [topics, in order]}. Each subscriber reads until public/end, the last message."""
+    {subscriber: [topics, in order]}. Each subscriber reads until public/end, the last message.
+    `passwords`: user -> password, where a password file checks them."""
+    passwords = passwords or {}
     got = {}
     clients = []
     try:
-        subscribers = {"watcher": h.PahoClient(port, client_id="acl-watcher", credentials=("watcher", "")),
+        subscribers = {"watcher": h.PahoClient(port, client_id="acl-watcher",
+                                               credentials=("watcher", passwords.get("watcher", ""))),
                        "anonymous": h.PahoClient(port, client_id="acl-anon")}
         clients.extend(subscribers.values())
         for c in subscribers.values():
             c.subscribe("#", 1)  # granted to both; what each may read is decided per message
-        writer = h.PahoClient(port, client_id="acl-writer", credentials=("writer", ""))
+        writer = h.PahoClient(port, client_id="acl-writer", credentials=("writer", passwords.get("writer", "")))
         anon = h.PahoClient(port, client_id="acl-anon-pub")
         clients.extend([writer, anon])
         for topic in ("public/news", "sensors/a", "sensors/private/key", "inbox/watcher", "inbox/anonymous"):
@@ -522,7 +525,8 @@ class AclFile(ConfigCase):
         with open(self.acl, "w") as f:
             f.write(ACL_RULES.replace("topic read sensors/#\n", ""))
         self.broker.proc.send_signal(signal.SIGHUP)
-        self.wait_log(r"SIGHUP: ACL file .* read again: \d+ rules; 1 subscriptions no longer allowed taken out")
+        self.wait_log(r"SIGHUP: ACL file .* read again: \d+ rules")
+        self.wait_log(r"SIGHUP: 1 subscriptions no longer allowed taken out")
         self.wait_log(r"client 'reloaded': subscription to sensors/# taken out: no longer authorized")
         writer.publish("sensors/a", b"after", 1)
         writer.publish("public/x", b"still allowed", 1)
@@ -538,6 +542,106 @@ class AclFile(ConfigCase):
                       r"or deny; the rules read before stay")
         c = self.paho("still", credentials=("watcher", ""))
         self.assertEqual(c.subscribe("sensors/x", 1), [1])
+
+
+class OneMosquittoConf(ConfigCase):
+    """One mosquitto.conf, written for Mosquitto (listener, allow_anonymous, password_file made by
+    mosquitto_passwd, acl_file, limits, logging, the user to run as), run through Mosquitto and
+    then through this server on the same port: the same logins succeed and fail, and every
+    subscriber gets the same messages."""
+
+    PASSWORDS = {"watcher": "watch pass", "writer": "write pass"}
+
+    def make_conf(self):
+        return None  # each test starts its servers itself
+
+    def conf_text(self, port):
+        h.require_mosquitto_passwd()
+        passwd = os.path.join(self.dir, "passwd")
+        for i, (user, password) in enumerate(sorted(self.PASSWORDS.items())):
+            subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", passwd, user, password], check=True,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=h.WAIT)
+        acl = self.write("acl", ACL_RULES)
+        return ("# Written for Mosquitto 2.0\n"
+                "user %s\n"
+                "per_listener_settings false\n"
+                "listener %d 127.0.0.1\n"
+                "allow_anonymous true\n"
+                "password_file %s\n"
+                "acl_file %s\n"
+                "max_inflight_messages 20\n"
+                "max_queued_messages 1000\n"
+                "max_keepalive 120\n"
+                "persistent_client_expiration 1d\n"
+                "retain_available true\n"
+                "sys_interval 10\n"
+                "log_dest stderr\n"
+                "log_type all\n"
+                "connection_messages true\n"
+                "log_timestamp true\n"
+                % (pwd.getpwuid(os.getuid()).pw_name, port, passwd, acl))
+
+    def behaviour(self, port):
+        """What a client sees: CONNACK codes for good, bad and no credentials, then the ACL scenario."""
+        codes = []
+        for creds in (("watcher", "watch pass"), ("watcher", "wrong"), ("nobody", "x"), None):
+            c = h.PahoClient(port, connect_now=False, credentials=creds)
+            try:
+                codes.append(c.connect(expect_code=None)[1])
+            finally:
+                c.close()
+        return codes, acl_scenario(port, self.PASSWORDS)
+
+    def test_mosquitto_and_this_server_behave_alike(self):
+        if not shutil.which("mosquitto"):
+            h._client_missing("mosquitto (Debian mosquitto)")
+        port = h.free_port()
+        path = self.write("mosquitto.conf", self.conf_text(port))
+        mosquitto = h.Program(["mosquitto", "-c", path])
+        try:
+            mosquitto.wait_line(r"mosquitto version \S+ running")
+            theirs = self.behaviour(port)
+        finally:
+            mosquitto.terminate()
+        ours_server = h.start_broker(("-c", path))
+        self.addCleanup(ours_server.stop)
+        self.assertEqual(ours_server.port, port)
+        ours = self.behaviour(port)
+        self.assertEqual(theirs[0], [0, 5, 5, 0])  # the file's users, then anonymous allowed
+        self.assertEqual(ours, theirs)
+
+
+class PerListenerSettings(ConfigCase):
+    """per_listener_settings true: each listener with its own password file, ACL file and
+    allow_anonymous, as Mosquitto reads them."""
+
+    def make_conf(self):
+        h.require_mosquitto_passwd()
+        self.passwd = os.path.join(self.dir, "passwd")
+        subprocess.run(["mosquitto_passwd", "-c", "-b", self.passwd, "alice", "s3cret"], check=True,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=h.WAIT)
+        acl = self.write("acl", "topic readwrite #\ntopic deny test/nosubscribe\n")
+        return self.write("mqttbroker.conf", "per_listener_settings true\n"
+                          "listener 0 127.0.0.1\npassword_file %s\n"
+                          "listener 0 127.0.0.1\nallow_anonymous true\nacl_file %s\n" % (self.passwd, acl))
+
+    def connack(self, port, credentials):
+        c = h.PahoClient(port, connect_now=False, credentials=credentials)
+        self._clients.append(c)
+        return c.connect(expect_code=None)[1]
+
+    def test_each_listener_checks_with_its_own_files(self):
+        (_, guarded, _), (_, open_one, _) = self.listeners(2)
+        self.assertEqual(self.connack(guarded, None), 5)  # a password file: anonymous refused
+        self.assertEqual(self.connack(guarded, ("alice", "s3cret")), 0)
+        self.assertEqual(self.connack(open_one, None), 0)  # allow_anonymous true there
+        alice = h.PahoClient(guarded, client_id="on-guarded", credentials=("alice", "s3cret"))
+        self._clients.append(alice)
+        self.assertEqual(alice.subscribe("test/nosubscribe", 1), [1])  # no ACL on that listener
+        anon = h.PahoClient(open_one, client_id="on-open")
+        self._clients.append(anon)
+        self.assertEqual(anon.subscribe("test/nosubscribe", 1), [0x80])  # its listener's ACL
+        self.wait_log(r"access control \(listener 1\): ")
 
 
 class Metrics(ConfigCase):

@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -539,8 +540,9 @@ class core {
 
   /// Mosquitto's familiar $SYS/broker/... figures, retained, so a monitor sees them at once.
   /// Only filters that name $SYS see them [MQTT-4.7.2-1].
-  void publish_sys(std::chrono::seconds uptime, steady_time now) {
-    const broker_stats st = stats();
+  /// `st`: the broker's figures (stats(), with what the broker counts itself: bytes).
+  void publish_sys(std::chrono::seconds uptime, steady_time now, const broker_stats& st) {
+    update_loads(st, now);
     const std::pair<const char*, std::string> figures[] = {
         {"$SYS/broker/version",
          "mqttbroker " + std::to_string(MQTTBROKER_VERSION_MAJOR) + "." + std::to_string(MQTTBROKER_VERSION_MINOR) + "." +
@@ -561,10 +563,59 @@ class core {
         {"$SYS/broker/publish/messages/sent", std::to_string(st.messages_sent)},
         {"$SYS/broker/publish/messages/dropped", std::to_string(st.messages_dropped)},
         {"$SYS/broker/retained messages/count", std::to_string(st.retained_messages)},
+        {"$SYS/broker/bytes/received", std::to_string(st.bytes_received)},
+        {"$SYS/broker/bytes/sent", std::to_string(st.bytes_sent)},
+        {"$SYS/broker/subscriptions/count", std::to_string(st.subscriptions)},
+        // Messages waiting in sessions (Mosquitto's store also counts retained ones; retained
+        // messages/count has those).
+        {"$SYS/broker/store/messages/count", std::to_string(st.queued_messages)},
+        {"$SYS/broker/store/messages/bytes", std::to_string(st.queued_bytes)},
+        {"$SYS/broker/messages/stored", std::to_string(st.queued_messages)},
     };
     for (const auto& f : figures)
       publish_message(message::make(f.first, f.second, codec::qos::at_most_once, true), nullptr, now, false);
+    // Mosquitto's load figures: per minute, averaged over 1, 5 and 15 minutes.
+    static constexpr const char* spans[3] = {"1min", "5min", "15min"};
+    for (const load_figure& l : loads_)
+      for (std::size_t i = 0; i < 3; ++i)
+        publish_message(message::make(fmt::format("$SYS/broker/load/{}/{}", l.name, spans[i]),
+                                      fmt::format("{:.2f}", l.average[i]), codec::qos::at_most_once, true),
+                        nullptr, now, false);
   }
+
+ private:
+  /// One of Mosquitto's load figures: a counter's rate per minute, averaged exponentially over
+  /// 1, 5 and 15 minutes, as a Unix load average is.
+  struct load_figure {
+    const char* name;
+    std::uint64_t broker_stats::*counter;
+    std::uint64_t last = 0;
+    double average[3] = {0, 0, 0};
+  };
+  void update_loads(const broker_stats& st, steady_time now) {
+    const double seconds = loads_at_ == steady_time{} ? 0.0 : std::chrono::duration<double>(now - loads_at_).count();
+    loads_at_ = now;
+    static constexpr double spans_s[3] = {60.0, 300.0, 900.0};
+    for (load_figure& l : loads_) {
+      const std::uint64_t value = st.*l.counter;
+      if (seconds > 0) {
+        const double per_minute = static_cast<double>(value - l.last) * 60.0 / seconds;
+        for (std::size_t i = 0; i < 3; ++i) {
+          const double keep = std::exp(-seconds / spans_s[i]);
+          l.average[i] = per_minute + keep * (l.average[i] - per_minute);
+        }
+      }
+      l.last = value;
+    }
+  }
+  load_figure loads_[5] = {{"messages/received", &broker_stats::messages_received},
+                           {"messages/sent", &broker_stats::messages_sent},
+                           {"bytes/received", &broker_stats::bytes_received},
+                           {"bytes/sent", &broker_stats::bytes_sent},
+                           {"connections", &broker_stats::connections_accepted}};
+  steady_time loads_at_{};  // the last publish_sys (the broker's control executor only)
+
+ public:
 
   // ---- stopping
 
@@ -765,6 +816,7 @@ class core {
       who.client_id = rec.state.client_id();
       if (rec.owner_username) who.username = *rec.owner_username;
       who.version = rec.owner_version;
+      who.listener = rec.owner_listener;  // also while offline
       if (const link_type* c = rec.conn.get()) c->origin_into(who);
       return hooks_.authorize_read(who, m);
     } else {

@@ -359,6 +359,7 @@ class protocol : public core<Policies> {
       struct entry {
         detail::ref_ptr<session_type> rec;
         std::optional<std::string> username;
+        const hooks::listener_info* listener;
         codec::protocol_version version;
         std::string filter;
         codec::qos granted;
@@ -370,7 +371,8 @@ class protocol : public core<Policies> {
           session_type& rec = *s.second;
           if (!rec.owner_known) continue;
           for (const auto& sub : rec.state.subscriptions())
-            all.push_back({s.second, rec.owner_username, rec.owner_version, sub.first, sub.second.options.max_qos});
+            all.push_back({s.second, rec.owner_username, rec.owner_listener, rec.owner_version, sub.first,
+                           sub.second.options.max_qos});
         }
       }
       std::vector<const entry*> refused;
@@ -379,6 +381,7 @@ class protocol : public core<Policies> {
         who.client_id = e.rec->state.client_id();  // fixed for the session's life
         if (e.username) who.username = *e.username;
         who.version = e.version;
+        who.listener = e.listener;
         if (!hooks_.authorize_subscribe(who, e.filter, e.granted)) refused.push_back(&e);
       }
       std::vector<const entry*> removed;
@@ -1244,6 +1247,7 @@ class protocol : public core<Policies> {
       if constexpr (session_type::keeps_origin) {
         // Who the client is now, for deliveries to its session (authorize_read), also offline.
         rec->owner_username = r.username;
+        rec->owner_listener = l.listener_;
         rec->owner_version = v;
         rec->owner_known = true;
       }

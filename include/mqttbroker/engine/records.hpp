@@ -141,6 +141,7 @@ struct no_outbox {};
 template <bool Keep>
 struct session_owner {
   std::optional<std::string> owner_username;
+  const hooks::listener_info* owner_listener = nullptr;  // the broker's, alive as long as it is
   codec::protocol_version owner_version = codec::protocol_version::v3_1_1;
   bool owner_known = false;  // false for a session a store restored, until its client connects
 };
