@@ -3527,3 +3527,36 @@ TEST_CASE("reads_checked() false skips authorize_read for that delivery", "[brok
   CHECK(asked == 1);
   CHECK(sub.publishes().empty());
 }
+
+namespace {
+struct line_log {
+  std::vector<std::string>* lines = nullptr;
+  void log(mb::log_level, std::string_view m) { lines->emplace_back(m); }
+};
+struct line_log_policies : mem_policies {
+  using hooks = line_log;
+};
+}  // namespace
+
+TEST_CASE("broker_options::connection_messages false leaves out the lines for clients coming and going",
+          "[broker][log]") {
+  for (const bool on : {true, false}) {
+    std::vector<std::string> lines;
+    mb::broker_options o;
+    o.connection_messages = on;
+    harness<line_log_policies> h(o, line_log{&lines});
+    client& c = h.connected("comes-and-goes");
+    c.disconnect();
+    h.settle();
+    client& refused = h.add();
+    refused.connect("", false);  // 3.1.1: an empty identifier needs Clean Session 1
+    h.settle();
+    const auto has = [&](const char* text) {
+      return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; });
+    };
+    INFO("connection_messages " << on);
+    CHECK(has("client 'comes-and-goes' connected (") == on);
+    CHECK(has("client 'comes-and-goes' disconnected: DISCONNECT received") == on);
+    CHECK(has("refused"));  // other lines stay
+  }
+}

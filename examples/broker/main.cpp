@@ -182,14 +182,7 @@ struct logging_hooks {
     return false;
   }
 
-  void log(level l, std::string_view message) {
-    // connection_messages false: the broker's info lines for a client connecting and leaving go.
-    if (!output.connection_messages && l == level::info && message.rfind("client '", 0) == 0 &&
-        (message.find("' connected (") != std::string_view::npos ||
-         message.find("' disconnected: ") != std::string_view::npos))
-      return;
-    print(l, message);
-  }
+  void log(level l, std::string_view message) { print(l, message); }
   std::optional<mqttbroker::hooks::redirection> redirect(const mqttbroker::hooks::connect_info&) {
     if (redirect_to.empty()) return std::nullopt;
     return mqttbroker::hooks::redirection{redirect_to, redirect_permanent};
@@ -949,6 +942,7 @@ int main(int argc, char** argv) {
   log_level = level_name == "error" ? level::error : level_name == "warning" ? level::warning
               : level_name == "notice" ? level::notice : level_name == "debug" ? level::debug : level::info;
   opts.log_level = log_level;
+  opts.connection_messages = output.connection_messages;
   opts.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
   opts.persistent_session_expiry = std::chrono::seconds(session_expiry_s);
   opts.sys_interval = std::chrono::seconds(sys_interval_s);

@@ -115,6 +115,8 @@ struct broker_options {
   std::string response_information;
   /// The least severe log message the hooks' log() gets; nothing more verbose is even formatted.
   mqttbroker::log_level log_level = mqttbroker::log_level::info;
+  /// The info lines for each client connecting and leaving (Mosquitto: connection_messages).
+  bool connection_messages = true;
   /// Longest client identifier accepted.
   std::size_t max_client_id_length = 256;
   /// 5.0 enhanced authentication (with an authenticate_enhanced hook): the most packets a client

@@ -543,7 +543,8 @@ class protocol : public core<Policies> {
       const std::string_view why = l.extras_ && !l.extras_->close_why.empty()
                                        ? std::string_view(l.extras_->close_why)
                                        : std::string_view("connection closed without DISCONNECT");
-      this->log(log_level::info, "client '{}' disconnected: {}", rec->state.client_id(), why);
+      if (opts_.connection_messages)
+        this->log(log_level::info, "client '{}' disconnected: {}", rec->state.client_id(), why);
       if constexpr (hooks::has_on_disconnect_v<hooks_type>) {
         hooks::client_info info = l.client_info();
         info.client_id = rec->state.client_id();  // the link has let go of the session
@@ -1311,7 +1312,9 @@ class protocol : public core<Policies> {
     }
     l.send(ack, now);
 
-    if constexpr (session_type::keeps_origin) {
+    if (!opts_.connection_messages) {
+      // The host asked for no line per client connecting and leaving.
+    } else if constexpr (session_type::keeps_origin) {
       // Where it came from and who it says it is, when the broker keeps it (a hook takes a client_info).
       const hooks::client_info who = l.client_info();
       this->log(log_level::info, "client '{}' connected (MQTT {}, {} session) from {}:{} on listener {} ({}), {}{}",
