@@ -4903,6 +4903,9 @@ struct inflight_entry {
 /// owner's (the engine's), shared through their limits.
 struct queue_budget {
   std::size_t max_bytes = 0;
+  /// Sessions change it from several threads (locking::shared): read-modify-writes then, plain
+  /// loads and stores otherwise (a locked add per queued message costs a few per cent).
+  bool threads = true;
   std::atomic<std::size_t> bytes{0};
   std::atomic<std::uint64_t> refused{0};  // messages dropped because of it
 };
@@ -5195,8 +5198,13 @@ class state {
   }
   /// The total over all sessions, where there is a limit on it.
   void count_queued(std::ptrdiff_t delta) noexcept {
-    if (limits_->budget != nullptr && delta != 0)
-      limits_->budget->bytes.fetch_add(static_cast<std::size_t>(delta), std::memory_order_relaxed);
+    queue_budget* b = limits_->budget;
+    if (b == nullptr || delta == 0) return;
+    if (b->threads)
+      b->bytes.fetch_add(static_cast<std::size_t>(delta), std::memory_order_relaxed);
+    else
+      b->bytes.store(b->bytes.load(std::memory_order_relaxed) + static_cast<std::size_t>(delta),
+                     std::memory_order_relaxed);
   }
 
   traffic& flows() {
@@ -5216,7 +5224,7 @@ class state {
     // All sessions together: the arriving message is dropped, whatever the overflow policy (the
     // bytes over it are other sessions', which this one's evictions would not free).
     if (l.budget != nullptr && l.budget->bytes.load(std::memory_order_relaxed) + bytes > l.budget->max_bytes) {
-      l.budget->refused.fetch_add(1, std::memory_order_relaxed);
+      l.budget->refused.fetch_add(1, std::memory_order_relaxed);  // rare: a locked add is fine
       return admission::dropped;
     }
     if (over()) {
@@ -8418,6 +8426,7 @@ class core {
     session_limits_ = make_session_limits(opts_);
     if (opts_.max_total_queued_bytes != 0) {
       queue_budget_.max_bytes = opts_.max_total_queued_bytes;
+      queue_budget_.threads = locking_type::thread_safe;
       session_limits_.budget = &queue_budget_;
     }
   }

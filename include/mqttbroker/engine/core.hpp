@@ -117,6 +117,7 @@ class core {
     session_limits_ = make_session_limits(opts_);
     if (opts_.max_total_queued_bytes != 0) {
       queue_budget_.max_bytes = opts_.max_total_queued_bytes;
+      queue_budget_.threads = locking_type::thread_safe;
       session_limits_.budget = &queue_budget_;
     }
   }
