@@ -8074,6 +8074,16 @@ struct session_owner {
   const hooks::listener_info* owner_listener = nullptr;  // the broker's, alive as long as it is
   codec::protocol_version owner_version = codec::protocol_version::v3_1_1;
   bool owner_known = false;  // false for a session a store restored, until its client connects
+
+  /// The client as the hooks see it, from what this keeps (no peer address: it may be offline).
+  hooks::client_info owner_info(std::string_view client_id) const {
+    hooks::client_info who;
+    who.client_id = client_id;
+    if (owner_username) who.username = *owner_username;
+    who.version = owner_version;
+    who.listener = owner_listener;
+    return who;
+  }
 };
 template <>
 struct session_owner<false> {};
@@ -8748,18 +8758,18 @@ class core {
     s.connects_refused_auth = hot_.refused_auth.load();
     s.connects_refused_other = hot_.refused_connect.load();
     s.queue_memory_drops = queue_budget_.refused.load(std::memory_order_relaxed);
-    s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
+    // With a total limit, the count the limit is checked against; without one, the sum below.
+    const bool budgeted = session_limits_.budget != nullptr;
+    if (budgeted) s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
     s.connections = links_.size();
     s.sessions = sessions_.size();
-    std::size_t queued_bytes = 0;
     for (const auto& e : sessions_) {
       // A session's queue changes under its own lock while publishers hold the state lock shared.
       std::lock_guard<session_mutex_type> own(e.second->mutex);
       s.subscriptions += e.second->state.subscriptions().size();
       s.queued_messages += e.second->state.queued_count();
-      queued_bytes += e.second->state.queued_bytes();
+      if (!budgeted) s.queued_bytes += e.second->state.queued_bytes();
     }
-    if (session_limits_.budget == nullptr) s.queued_bytes = queued_bytes;
     s.retained_messages = retained_.size();
     s.shared_groups = groups_.size();
     return s;
@@ -9116,19 +9126,18 @@ class core {
   /// authorize_read()'s answer for giving `m` to `rec`, whose lock (or the exclusive state lock)
   /// is held: the session's client as it last connected, also while it is offline. A session
   /// restored by a store whose client has not connected since is not checked: its user is unknown.
+  /// A refusal is counted (deliveries_denied).
   bool may_read(const session_type& rec, const message& m) {
     if constexpr (session_type::keeps_origin) {
       if constexpr (hooks::has_reads_checked_v<hooks_type>) {
         if (!hooks_.reads_checked()) return true;
       }
       if (!rec.owner_known) return true;
-      hooks::client_info who;
-      who.client_id = rec.state.client_id();
-      if (rec.owner_username) who.username = *rec.owner_username;
-      who.version = rec.owner_version;
-      who.listener = rec.owner_listener;  // also while offline
+      hooks::client_info who = rec.owner_info(rec.state.client_id());
       if (const link_type* c = rec.conn.get()) c->origin_into(who);
-      return hooks_.authorize_read(who, m);
+      if (hooks_.authorize_read(who, m)) return true;
+      hot_.denied.fetch_add(1);
+      return false;
     } else {
       (void)rec;
       (void)m;
@@ -9150,10 +9159,7 @@ class core {
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     link_type* c = rec->conn.get();
     if constexpr (hooks::has_authorize_read_v<hooks_type>) {
-      if (!may_read(*rec, *m)) {
-        hot_.denied.fetch_add(1);
-        return;
-      }
+      if (!may_read(*rec, *m)) return;
     }
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
@@ -10056,9 +10062,7 @@ class protocol : public core<Policies> {
     } else {
       struct entry {
         detail::ref_ptr<session_type> rec;
-        std::optional<std::string> username;
-        const hooks::listener_info* listener;
-        codec::protocol_version version;
+        session_owner<true> owner;  // copied under the lock: a reconnect may change it meanwhile
         std::string filter;
         codec::qos granted;
       };
@@ -10069,18 +10073,14 @@ class protocol : public core<Policies> {
           session_type& rec = *s.second;
           if (!rec.owner_known) continue;
           for (const auto& sub : rec.state.subscriptions())
-            all.push_back({s.second, rec.owner_username, rec.owner_listener, rec.owner_version, sub.first,
-                           sub.second.options.max_qos});
+            all.push_back({s.second, rec, sub.first, sub.second.options.max_qos});
         }
       }
       std::vector<const entry*> refused;
       for (const entry& e : all) {
-        hooks::client_info who;
-        who.client_id = e.rec->state.client_id();  // fixed for the session's life
-        if (e.username) who.username = *e.username;
-        who.version = e.version;
-        who.listener = e.listener;
-        if (!hooks_.authorize_subscribe(who, e.filter, e.granted)) refused.push_back(&e);
+        // The client identifier is fixed for the session's life.
+        if (!hooks_.authorize_subscribe(e.owner.owner_info(e.rec->state.client_id()), e.filter, e.granted))
+          refused.push_back(&e);
       }
       std::vector<const entry*> removed;
       {
@@ -11364,10 +11364,7 @@ class protocol : public core<Policies> {
           retained_.match(e.filter, [&](const message_ptr& m) {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
             if constexpr (hooks::has_authorize_read_v<hooks_type>) {
-              if (!this->may_read(*rec, *m)) {
-                this->hot_.denied.fetch_add(1);
-                return;
-              }
+              if (!this->may_read(*rec, *m)) return;
             }
             session::outgoing o;
             o.msg = m;
@@ -11538,12 +11535,12 @@ class address_admission {
   class ticket {
    public:
     ticket() noexcept = default;
-    ticket(ticket&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), address_(std::move(o.address_)) {}
+    ticket(ticket&& o) noexcept : owner_(std::move(o.owner_)), entry_(std::exchange(o.entry_, nullptr)) {}
     ticket& operator=(ticket&& o) noexcept {
       if (this != &o) {
         release();
-        owner_ = std::exchange(o.owner_, nullptr);
-        address_ = std::move(o.address_);
+        owner_ = std::move(o.owner_);
+        entry_ = std::exchange(o.entry_, nullptr);
       }
       return *this;
     }
@@ -11552,14 +11549,16 @@ class address_admission {
 
    private:
     friend class address_admission;
-    ticket(std::shared_ptr<address_admission> owner, std::string address) noexcept
-        : owner_(std::move(owner)), address_(std::move(address)) {}
+    ticket(std::shared_ptr<address_admission> owner, entry* e) noexcept : owner_(std::move(owner)), entry_(e) {}
     void release() noexcept {
-      if (owner_) owner_->release(address_);
+      if (owner_) owner_->release(*entry_);
       owner_.reset();
+      entry_ = nullptr;
     }
     std::shared_ptr<address_admission> owner_;
-    std::string address_;
+    // Its address's entry: a map node, which stays where it is while it counts this ticket
+    // (prune() takes only entries with nothing open).
+    entry* entry_ = nullptr;
   };
 
   explicit address_admission(address_limits l) : limits_(l) {
@@ -11591,7 +11590,7 @@ class address_admission {
       e.tokens -= 1.0;
     }
     ++e.open;
-    t = ticket(self, it->first);
+    t = ticket(self, &e);
     return address_verdict::admitted;
   }
 
@@ -11608,10 +11607,9 @@ class address_admission {
     e.refilled = now;
   }
 
-  void release(const std::string& address) noexcept {
+  void release(entry& e) noexcept {
     std::lock_guard<std::mutex> lk(mutex_);
-    const auto it = by_address_.find(address);
-    if (it != by_address_.end() && it->second.open != 0) --it->second.open;
+    --e.open;
   }
 
   /// Forgets the addresses with nothing open whose bucket is full again: the map holds the

@@ -439,18 +439,18 @@ class core {
     s.connects_refused_auth = hot_.refused_auth.load();
     s.connects_refused_other = hot_.refused_connect.load();
     s.queue_memory_drops = queue_budget_.refused.load(std::memory_order_relaxed);
-    s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
+    // With a total limit, the count the limit is checked against; without one, the sum below.
+    const bool budgeted = session_limits_.budget != nullptr;
+    if (budgeted) s.queued_bytes = queue_budget_.bytes.load(std::memory_order_relaxed);
     s.connections = links_.size();
     s.sessions = sessions_.size();
-    std::size_t queued_bytes = 0;
     for (const auto& e : sessions_) {
       // A session's queue changes under its own lock while publishers hold the state lock shared.
       std::lock_guard<session_mutex_type> own(e.second->mutex);
       s.subscriptions += e.second->state.subscriptions().size();
       s.queued_messages += e.second->state.queued_count();
-      queued_bytes += e.second->state.queued_bytes();
+      if (!budgeted) s.queued_bytes += e.second->state.queued_bytes();
     }
-    if (session_limits_.budget == nullptr) s.queued_bytes = queued_bytes;
     s.retained_messages = retained_.size();
     s.shared_groups = groups_.size();
     return s;
@@ -807,19 +807,18 @@ class core {
   /// authorize_read()'s answer for giving `m` to `rec`, whose lock (or the exclusive state lock)
   /// is held: the session's client as it last connected, also while it is offline. A session
   /// restored by a store whose client has not connected since is not checked: its user is unknown.
+  /// A refusal is counted (deliveries_denied).
   bool may_read(const session_type& rec, const message& m) {
     if constexpr (session_type::keeps_origin) {
       if constexpr (hooks::has_reads_checked_v<hooks_type>) {
         if (!hooks_.reads_checked()) return true;
       }
       if (!rec.owner_known) return true;
-      hooks::client_info who;
-      who.client_id = rec.state.client_id();
-      if (rec.owner_username) who.username = *rec.owner_username;
-      who.version = rec.owner_version;
-      who.listener = rec.owner_listener;  // also while offline
+      hooks::client_info who = rec.owner_info(rec.state.client_id());
       if (const link_type* c = rec.conn.get()) c->origin_into(who);
-      return hooks_.authorize_read(who, m);
+      if (hooks_.authorize_read(who, m)) return true;
+      hot_.denied.fetch_add(1);
+      return false;
     } else {
       (void)rec;
       (void)m;
@@ -841,10 +840,7 @@ class core {
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     link_type* c = rec->conn.get();
     if constexpr (hooks::has_authorize_read_v<hooks_type>) {
-      if (!may_read(*rec, *m)) {
-        hot_.denied.fetch_add(1);
-        return;
-      }
+      if (!may_read(*rec, *m)) return;
     }
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&

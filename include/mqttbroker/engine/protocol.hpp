@@ -358,9 +358,7 @@ class protocol : public core<Policies> {
     } else {
       struct entry {
         detail::ref_ptr<session_type> rec;
-        std::optional<std::string> username;
-        const hooks::listener_info* listener;
-        codec::protocol_version version;
+        session_owner<true> owner;  // copied under the lock: a reconnect may change it meanwhile
         std::string filter;
         codec::qos granted;
       };
@@ -371,18 +369,14 @@ class protocol : public core<Policies> {
           session_type& rec = *s.second;
           if (!rec.owner_known) continue;
           for (const auto& sub : rec.state.subscriptions())
-            all.push_back({s.second, rec.owner_username, rec.owner_listener, rec.owner_version, sub.first,
-                           sub.second.options.max_qos});
+            all.push_back({s.second, rec, sub.first, sub.second.options.max_qos});
         }
       }
       std::vector<const entry*> refused;
       for (const entry& e : all) {
-        hooks::client_info who;
-        who.client_id = e.rec->state.client_id();  // fixed for the session's life
-        if (e.username) who.username = *e.username;
-        who.version = e.version;
-        who.listener = e.listener;
-        if (!hooks_.authorize_subscribe(who, e.filter, e.granted)) refused.push_back(&e);
+        // The client identifier is fixed for the session's life.
+        if (!hooks_.authorize_subscribe(e.owner.owner_info(e.rec->state.client_id()), e.filter, e.granted))
+          refused.push_back(&e);
       }
       std::vector<const entry*> removed;
       {
@@ -1666,10 +1660,7 @@ class protocol : public core<Policies> {
           retained_.match(e.filter, [&](const message_ptr& m) {
             if (m->expired(now_s)) return;  // an expired retained message is no longer served
             if constexpr (hooks::has_authorize_read_v<hooks_type>) {
-              if (!this->may_read(*rec, *m)) {
-                this->hot_.denied.fetch_add(1);
-                return;
-              }
+              if (!this->may_read(*rec, *m)) return;
             }
             session::outgoing o;
             o.msg = m;

@@ -144,6 +144,16 @@ struct session_owner {
   const hooks::listener_info* owner_listener = nullptr;  // the broker's, alive as long as it is
   codec::protocol_version owner_version = codec::protocol_version::v3_1_1;
   bool owner_known = false;  // false for a session a store restored, until its client connects
+
+  /// The client as the hooks see it, from what this keeps (no peer address: it may be offline).
+  hooks::client_info owner_info(std::string_view client_id) const {
+    hooks::client_info who;
+    who.client_id = client_id;
+    if (owner_username) who.username = *owner_username;
+    who.version = owner_version;
+    who.listener = owner_listener;
+    return who;
+  }
 };
 template <>
 struct session_owner<false> {};

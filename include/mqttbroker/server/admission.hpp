@@ -55,12 +55,12 @@ class address_admission {
   class ticket {
    public:
     ticket() noexcept = default;
-    ticket(ticket&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), address_(std::move(o.address_)) {}
+    ticket(ticket&& o) noexcept : owner_(std::move(o.owner_)), entry_(std::exchange(o.entry_, nullptr)) {}
     ticket& operator=(ticket&& o) noexcept {
       if (this != &o) {
         release();
-        owner_ = std::exchange(o.owner_, nullptr);
-        address_ = std::move(o.address_);
+        owner_ = std::move(o.owner_);
+        entry_ = std::exchange(o.entry_, nullptr);
       }
       return *this;
     }
@@ -69,14 +69,16 @@ class address_admission {
 
    private:
     friend class address_admission;
-    ticket(std::shared_ptr<address_admission> owner, std::string address) noexcept
-        : owner_(std::move(owner)), address_(std::move(address)) {}
+    ticket(std::shared_ptr<address_admission> owner, entry* e) noexcept : owner_(std::move(owner)), entry_(e) {}
     void release() noexcept {
-      if (owner_) owner_->release(address_);
+      if (owner_) owner_->release(*entry_);
       owner_.reset();
+      entry_ = nullptr;
     }
     std::shared_ptr<address_admission> owner_;
-    std::string address_;
+    // Its address's entry: a map node, which stays where it is while it counts this ticket
+    // (prune() takes only entries with nothing open).
+    entry* entry_ = nullptr;
   };
 
   explicit address_admission(address_limits l) : limits_(l) {
@@ -108,7 +110,7 @@ class address_admission {
       e.tokens -= 1.0;
     }
     ++e.open;
-    t = ticket(self, it->first);
+    t = ticket(self, &e);
     return address_verdict::admitted;
   }
 
@@ -125,10 +127,9 @@ class address_admission {
     e.refilled = now;
   }
 
-  void release(const std::string& address) noexcept {
+  void release(entry& e) noexcept {
     std::lock_guard<std::mutex> lk(mutex_);
-    const auto it = by_address_.find(address);
-    if (it != by_address_.end() && it->second.open != 0) --it->second.open;
+    --e.open;
   }
 
   /// Forgets the addresses with nothing open whose bucket is full again: the map holds the
