@@ -3329,6 +3329,12 @@ TEST_CASE("address_admission: connections open per address, and a token bucket f
     address_admission::ticket t;
     CHECK(address_admission::admit(a, i % 2 ? "127.0.0.1" : "::1", t0, t) == address_verdict::admitted);
   }
+  {  // the rest of 127.0.0.0/8 is counted as any address is
+    address_admission::ticket x, y, z;
+    CHECK(address_admission::admit(a, "127.0.0.2", t0, x) == address_verdict::admitted);
+    CHECK(address_admission::admit(a, "127.0.0.2", t0, y) == address_verdict::admitted);
+    CHECK(address_admission::admit(a, "127.0.0.2", t0, z) == address_verdict::too_many);
+  }
   // Addresses with nothing open and a full bucket are forgotten as others come: the map stays bounded.
   t1 = address_admission::ticket();
   t3 = address_admission::ticket();

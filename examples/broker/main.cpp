@@ -769,11 +769,11 @@ int main(int argc, char** argv) {
                  "(0: no limit) [max_total_queued_bytes]")
       ->capture_default_str();
   app.add_option("--max-connections-per-address", opts.max_connections_per_address,
-                 "connections one source address may hold open; loopback is exempt (0: no limit) "
+                 "connections one source address may hold open; 127.0.0.1 and ::1 are exempt (0: no limit) "
                  "[max_connections_per_address]")
       ->capture_default_str();
   app.add_option("--max-connection-rate-per-address", opts.max_connection_rate_per_address,
-                 "new connections a second one source address may open, on average; loopback is exempt "
+                 "new connections a second one source address may open, on average; 127.0.0.1 and ::1 are exempt "
                  "(0: no limit) [max_connection_rate_per_address]")
       ->capture_default_str();
   app.add_option("--connection-burst-per-address", opts.connection_burst_per_address,

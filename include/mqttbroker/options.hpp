@@ -26,7 +26,7 @@ struct broker_options {
   /// Per source address, decided at accept (a refused connection is closed before it costs
   /// anything more, counted in broker_stats and logged): connections open at once, and new
   /// connections per second on average with bursts of connection_burst_per_address after a quiet
-  /// while. 0 turns one off. Loopback addresses (the host's own programs) are exempt unless
+  /// while. 0 turns one off. 127.0.0.1 and ::1 (the host's own programs) are exempt unless
   /// admission_exempts_loopback is false; a transport without addresses is never limited.
   std::size_t max_connections_per_address = 1000;
   double max_connection_rate_per_address = 20;

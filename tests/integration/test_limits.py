@@ -427,5 +427,32 @@ class MemoryGivenBack(h.BrokerTestCase):
                              % (before, peak, self.RETURN_WAIT, now))
 
 
+class PerAddressLimit(h.BrokerTestCase):
+    """--max-connections-per-address: a third connection from 127.0.0.2 is closed at accept and
+    logged; 127.0.0.1, the host's own, is not limited."""
+
+    broker_args = ("--max-connections-per-address", "2")
+
+    def open_from(self, source):
+        s = socket.create_connection((h.HOST, self.port), timeout=h.WAIT, source_address=(source, 0))
+        self.addCleanup(s.close)
+        s.sendall(h.connect("from-%s-%d" % (source, len(self._sockets))))
+        self._sockets.append(s)
+        try:
+            data = s.recv(4)
+        except ConnectionResetError:  # closed at accept, before our CONNECT was read
+            data = b""
+        return data[:1] == b"\x20"  # CONNACK; b"" when closed at accept
+
+    def test_a_third_connection_from_one_address_is_refused(self):
+        self._sockets = []
+        self.assertTrue(self.open_from("127.0.0.2"))
+        self.assertTrue(self.open_from("127.0.0.2"))
+        self.assertFalse(self.open_from("127.0.0.2"))
+        self.wait_log(r"connection from 127\.0\.0\.2 refused: it has max_connections_per_address \(2\) open")
+        for _ in range(3):
+            self.assertTrue(self.open_from("127.0.0.1"))
+
+
 if __name__ == "__main__":
     h.main()

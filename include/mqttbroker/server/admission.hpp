@@ -32,12 +32,13 @@ struct address_limits {
   std::size_t max_per_address = 0;
   double rate = 0;   // new connections per second, on average
   double burst = 0;  // new connections at once after a quiet while (at least 1 when rate is set)
-  bool exempt_loopback = true;  // 127.0.0.0/8 and ::1: the host's own programs
+  bool exempt_loopback = true;  // 127.0.0.1 and ::1: the host's own programs
 };
 
-/// Whether `address` (as text) is a loopback address.
+/// Whether `address` (as text) is the host's own: 127.0.0.1 or ::1. The rest of 127.0.0.0/8 is
+/// limited like any address, so that tests can give clients addresses of their own.
 inline bool is_loopback_address(std::string_view a) noexcept {
-  return a.rfind("127.", 0) == 0 || a == "::1" || a.rfind("::ffff:127.", 0) == 0;
+  return a == "127.0.0.1" || a == "::1" || a == "::ffff:127.0.0.1";
 }
 
 /// The open connections and recent connection rate of each source address. Thread-safe: accepts
