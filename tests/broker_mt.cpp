@@ -1,6 +1,7 @@
 // The multi-threaded locking policy: the host runs the io_context on several threads while
 // clients publish and subscribe over TCP at once. Built and run under ThreadSanitizer in CI.
 #include <mqttbroker/broker.hpp>
+#include <mqttbroker/metrics/http.hpp>
 
 #include "blocking_client.hpp"
 #include "catch.hpp"
@@ -815,4 +816,67 @@ TEST_CASE("multi-threaded broker: redirect() from a host thread while another ho
   publisher.join();
   CHECK(wrong == 0);
   for (int i = 0; i < clients; ++i) CHECK_FALSE(f.broker().redirect("r-" + std::to_string(i), "b.example:1883"));
+}
+
+namespace {
+/// One HTTP exchange on loopback: what came back before the server closed ("" when refused).
+std::string scrape_once(std::uint16_t port) {
+  asio::io_context io;
+  asio::ip::tcp::socket s(io);
+  std::error_code ec;
+  s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+  if (ec) return {};
+  const std::string request = "GET /metrics HTTP/1.1\r\n\r\n";
+  asio::write(s, asio::buffer(request), ec);
+  std::string got;
+  char buf[1024];
+  while (!ec) {
+    const std::size_t n = s.read_some(asio::buffer(buf), ec);
+    got.append(buf, n);
+  }
+  return got;
+}
+}  // namespace
+
+TEST_CASE("http_endpoint on an io_context of three threads: scrapes in parallel, close() from a host thread",
+          "[broker_mt][metrics]") {
+  asio::io_context io;
+  int made = 0;  // plain: the body source runs on the endpoint's strand, one scrape at a time
+  mqttbroker::metrics::http_endpoint ep(io.get_executor(), {asio::ip::make_address("127.0.0.1"), 0}, [&made] {
+    ++made;
+    return std::string("x_total 1\n");
+  });
+  const std::uint16_t port = ep.port();
+  auto work = asio::make_work_guard(io);
+  std::vector<std::thread> runners;
+  for (int i = 0; i < 3; ++i) runners.emplace_back([&io] { io.run(); });
+  std::atomic<int> answered{0}, wrong{0};
+  std::vector<std::thread> scrapers;
+  for (int t = 0; t < 4; ++t)
+    scrapers.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) {
+        const std::string got = scrape_once(port);
+        if (got.rfind("HTTP/1.1 200 OK\r\n", 0) == 0 && got.find("\r\n\r\nx_total 1\n") != std::string::npos)
+          ++answered;
+        else if (!got.empty() && got.rfind("HTTP/1.1 503", 0) != 0)
+          ++wrong;  // refused or 503 only once closed
+      }
+    });
+  // Close while the scrapers are at it, from this thread, not one of the io_context's.
+  while (answered.load() < 20) std::this_thread::yield();
+  ep.close();
+  for (auto& t : scrapers) t.join();
+  CHECK(wrong == 0);
+  CHECK(answered >= 20);
+  // Once the close has run on the strand, connections are refused.
+  std::string after = "x";
+  for (int i = 0; i < 100 && !after.empty(); ++i) {
+    after = scrape_once(port);
+    if (!after.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(after.empty());
+  work.reset();
+  for (auto& t : runners) t.join();
+  CHECK(made == static_cast<int>(ep.scrapes()));
+  CHECK(ep.scrapes() >= 20);
 }

@@ -2,16 +2,19 @@
 #define MQTTBROKER_METRICS_HTTP_HPP
 
 // A scrape endpoint: answers `GET /metrics` over HTTP/1.1 with what the host's callback returns
-// (write_prometheus() and the host's own lines, say), on the host's executor. Deliberately small:
+// (write_prometheus() and the host's own lines, say), on a strand of the host's executor (so the
+// host may run its io_context on several threads). Deliberately small:
 // one request per connection, which a Prometheus scrape is; anything else gets 400, 404 or 405.
 // Bounded: requests of at most 8 KiB that arrive within 5 s, at most 16 connections at once.
 
 #include <mqttbroker/config.hpp>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/dispatch.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/read_until.hpp>
 #include <asio/steady_timer.hpp>
+#include <asio/strand.hpp>
 #include <asio/streambuf.hpp>
 #include <asio/write.hpp>
 
@@ -30,7 +33,7 @@ namespace metrics {
 
 class http_endpoint {
  public:
-  /// The body of a scrape, made on the endpoint's executor for each GET /metrics.
+  /// The body of a scrape, made on the endpoint's strand for each GET /metrics.
   using body_source = std::function<std::string()>;
 
   static constexpr std::size_t max_request = 8 * 1024;
@@ -54,29 +57,33 @@ class http_endpoint {
     std::error_code ec;
     return s_->acceptor.local_endpoint(ec).port();
   }
-  /// Stops accepting; a request still being read is answered 503, without calling the body
-  /// source again (so what it reads may go once this returns, on the endpoint's executor).
+  /// Stops accepting, from any thread; a request still being read is answered 503, without
+  /// calling the body source again (so what it reads may go once this returns).
   void close() {
     s_->closed.store(true);
-    std::error_code ignored;
-    s_->acceptor.close(ignored);
+    // The acceptor belongs to the strand: its handlers may be running on another thread now.
+    asio::dispatch(s_->ex, [s = s_] {
+      std::error_code ignored;
+      s->acceptor.close(ignored);
+    });
   }
   /// Scrapes answered (200) so far.
   std::uint64_t scrapes() const noexcept { return s_->scrapes.load(); }
 
  private:
   struct state {
-    state(asio::any_io_executor e, body_source b) : ex(std::move(e)), acceptor(ex), body(std::move(b)) {}
-    asio::any_io_executor ex;
+    state(const asio::any_io_executor& e, body_source b)
+        : ex(asio::make_strand(e)), acceptor(ex), body(std::move(b)) {}
+    asio::strand<asio::any_io_executor> ex;  // every handler of the endpoint runs here
     asio::ip::tcp::acceptor acceptor;
     body_source body;
-    int open = 0;  // on the executor
+    int open = 0;  // on the strand
     std::atomic<bool> closed{false};
     std::atomic<std::uint64_t> scrapes{0};
   };
 
   struct exchange {
-    exchange(asio::ip::tcp::socket sock, const asio::any_io_executor& ex)
+    exchange(asio::ip::tcp::socket sock, const asio::strand<asio::any_io_executor>& ex)
         : socket(std::move(sock)), timer(ex), request(max_request) {}
     asio::ip::tcp::socket socket;
     asio::steady_timer timer;
@@ -85,7 +92,7 @@ class http_endpoint {
   };
 
   static void accept(const std::shared_ptr<state>& s) {
-    s->acceptor.async_accept(s->ex, [s](std::error_code ec, asio::ip::tcp::socket sock) {
+    s->acceptor.async_accept(asio::any_io_executor(s->ex), [s](std::error_code ec, asio::ip::tcp::socket sock) {
       if (ec) {
         if (s->acceptor.is_open()) accept(s);
         return;
