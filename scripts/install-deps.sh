@@ -20,10 +20,20 @@ TEST_PACKAGES="python3 catch2 libssl-dev openssl libbenchmark-dev clang libclang
   python3-requests python3-urllib3 python3-yaml python3-jinja2 python3-fasteners python3-distro
   python3-dateutil python3-colorama python3-patch-ng"
 
+# scripts/cross.sh: Debian's cross toolchains, the target's fmt through multiarch (which brings the
+# target's libc, the root qemu-user runs the binaries in), and qemu-user. armhf and arm64 are the
+# gateways' machines, i386 a 32-bit x86, s390x a big-endian one.
+CROSS_ARCHES="armhf arm64 i386 s390x"
+CROSS_PACKAGES="qemu-user"
+for arch in $CROSS_ARCHES; do
+  CROSS_PACKAGES="$CROSS_PACKAGES crossbuild-essential-$arch libfmt-dev:$arch"
+done
+
 case "${1:-}" in
-  "") PACKAGES="$RUN_PACKAGES $TEST_PACKAGES" ;;
+  "") PACKAGES="$RUN_PACKAGES $TEST_PACKAGES $CROSS_PACKAGES" ;;
   --run) PACKAGES="$RUN_PACKAGES" ;;
-  *) echo "usage: install-deps.sh [--run]" >&2; exit 2 ;;
+  --cross) PACKAGES="$RUN_PACKAGES catch2 python3 python3-paho-mqtt mosquitto-clients $CROSS_PACKAGES" ;;
+  *) echo "usage: install-deps.sh [--run | --cross]" >&2; exit 2 ;;
 esac
 
 # nodejs and npm (the MQTT.js tests) count as there when their commands are: a node from elsewhere,
@@ -60,5 +70,23 @@ fi
 
 echo "== installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+# The cross packages' architectures, where a missing package is one of theirs.
+if [[ " ${missing[*]}" == *:* ]]; then
+  for arch in $CROSS_ARCHES; do
+    dpkg --print-foreign-architectures | grep -qx "$arch" || "${as_root[@]}" dpkg --add-architecture "$arch"
+  done
+fi
+# A mirror caught mid-sync fails one index (seen here: bookworm-security's armhf and i386 lists);
+# try again, then go on with the lists that came: the install below fails if what it needs is
+# not in them.
+updated=0
+for attempt in 1 2 3; do
+  if "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q; then
+    updated=1
+    break
+  fi
+  echo "install-deps.sh: apt-get update failed (attempt $attempt of 3)" >&2
+  sleep $((attempt * 5))
+done
+[ "$updated" = 1 ] || echo "install-deps.sh: going on with the package lists apt-get update could fetch" >&2
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"

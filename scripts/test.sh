@@ -15,6 +15,9 @@
 #                  policy's tests and the integration tests of the server on two threads
 #   7. build/fuzz: clang + libFuzzer, fuzz_decoder and fuzz_engine for FUZZ_SECONDS each (default 60),
 #      fuzz_websocket and fuzz_upgrade for half that
+#   8. build/cross-*: scripts/cross.sh: armhf, arm64 and i386 builds of the unit tests and the
+#      server, the unit tests under qemu-user (i386 natively), the armhf server under qemu against
+#      the retained-message integration module; the codec and trie tests on big-endian s390x
 # Every ctest call fails when it selects no test (--no-tests=error), and each prints how many ran;
 # the integration modules' own counts (with the reason of every skip) follow each run of them.
 # Stops at the first failing step; the time of each step is printed at the end.
@@ -96,18 +99,18 @@ TSAN_ENV=(TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1")
 step "dependencies"
 bash scripts/install-deps.sh
 
-step "1/7 single header is up to date, conformance matrix consistent (amalgamate.py --check, check_conformance.py)"
+step "1/8 single header is up to date, conformance matrix consistent (amalgamate.py --check, check_conformance.py)"
 python3 scripts/amalgamate.py --check
 python3 scripts/check_conformance.py
 
-step "2/7 build/ci: Debug, warnings as errors"
+step "2/8 build/ci: Debug, warnings as errors"
 cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=ON \
   -DMQTTBROKER_INSTALL=ON -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/ci -j "$JOBS"
 run_with_integration build/ci -j "$JOBS"
 
-step "3/7 packages: the Conan recipe and the vcpkg port, built from this checkout and consumed, offline"
+step "3/8 packages: the Conan recipe and the vcpkg port, built from this checkout and consumed, offline"
 # Each script exits 77 when its tools are not there: a failure in CI, a visible skip elsewhere.
 for manager in conan vcpkg; do
   status=0
@@ -125,14 +128,14 @@ for manager in conan vcpkg; do
   fi
 done
 
-step "4/7 build/cxx20: C++20, policy misuse fails with the concepts' diagnostics"
+step "4/8 build/cxx20: C++20, policy misuse fails with the concepts' diagnostics"
 # Builds nothing but the compile_fail cases, which their tests build one by one.
 cmake -S . -B build/cxx20 -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_STANDARD=20 -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=OFF -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE= -DMQTTBROKER_BUILD_FUZZ=OFF
 run_ctest --test-dir build/cxx20 -L compile_fail
 
-step "5/7 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer, unit and integration tests"
+step "5/8 build/asan: AddressSanitizer + UndefinedBehaviorSanitizer, unit and integration tests"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=address,undefined -DMQTTBROKER_HEADER_CHECK=OFF \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
@@ -147,7 +150,7 @@ cmake --build build/asan -j "$JOBS"
   run_with_integration build/asan -j "$JOBS" -L integration
 )
 
-step "6/7 build/tsan: ThreadSanitizer, the multi-threaded tests and the server on two threads"
+step "6/8 build/tsan: ThreadSanitizer, the multi-threaded tests and the server on two threads"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_SANITIZE=thread -DMQTTBROKER_HEADER_CHECK=OFF \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
@@ -172,7 +175,7 @@ cmake --build build/tsan -j "$JOBS" --target "${tsan_targets[@]}"
   run_with_integration build/tsan -j "$JOBS" -L threads -L integration  # both labels: the _mt modules
 )
 
-step "7/7 build/fuzz: libFuzzer, the decoder and the protocol engine ${FUZZ_SECONDS} s each, the WebSocket frame and upgrade parsers half that"
+step "7/8 build/fuzz: libFuzzer, the decoder and the protocol engine ${FUZZ_SECONDS} s each, the WebSocket frame and upgrade parsers half that"
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_FUZZ=ON -DMQTTBROKER_BUILD_TESTS=OFF -DMQTTBROKER_BUILD_EXAMPLES=OFF \
   -DMQTTBROKER_BUILD_BENCH=OFF -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_SANITIZE=
@@ -190,5 +193,8 @@ build/fuzz/tests/fuzz/fuzz_websocket -max_total_time="$((FUZZ_SECONDS / 2))" -rs
   -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/websocket tests/fuzz/corpus-websocket
 build/fuzz/tests/fuzz/fuzz_upgrade -max_total_time="$((FUZZ_SECONDS / 2))" -rss_limit_mb=2048 \
   -artifact_prefix=build/fuzz/ -print_final_stats=1 build/fuzz/corpus/upgrade tests/fuzz/corpus-upgrade
+
+step "8/8 build/cross-*: armhf, arm64, i386 and big-endian s390x builds, their tests under qemu-user"
+JOBS="$JOBS" bash scripts/cross.sh
 
 finished=1
