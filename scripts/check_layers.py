@@ -54,6 +54,8 @@ LAYERS = {
     # level 6: connections and listeners on Asio, carrying out the engine's decisions
     "server": (6, CORE | {"codec", "topic", "message", "options", "storage", "locking", "hooks", "session", "router",
                           "transport", "clock", "engine"}),
+    # level 6: the client side of MQTT (a sans-I/O session, and a driver on Asio's TCP)
+    "client": (6, CORE | {"codec", "topic", "message"}),
     # level 7: everything; the only place layers meet
     "broker": (7, None),
     "broker_fwd": (7, None),

@@ -46,8 +46,10 @@
 #include <mqttbroker/engine/core.hpp>
 #include <mqttbroker/engine/protocol.hpp>
 
-// level 6: server/ (connections on Asio)
+// level 6: server/ (connections on Asio), client/ (the client side of MQTT)
 #include <mqttbroker/server/connection.hpp>
+#include <mqttbroker/client/session.hpp>
+#include <mqttbroker/client/client.hpp>
 
 // level 7: broker.hpp
 #include <mqttbroker/broker.hpp>

@@ -1,0 +1,342 @@
+#ifndef MQTTBROKER_CLIENT_CLIENT_HPP
+#define MQTTBROKER_CLIENT_CLIENT_HPP
+
+// An MQTT client on the host's Asio executor: client::session (the protocol, without I/O) over a
+// TCP connection, with keep-alive, and reconnection to a list of addresses tried in turn with
+// exponential backoff and jitter. Messages published while the server is unreachable wait in the
+// session's bounded queue and go out after the reconnect; a persistent session (clean_start false)
+// loses no QoS 1 or 2 message across outages.
+//
+// The handler gets the session's events (client/session.hpp) but on_connack, and these:
+//   void on_connected(const codec::connack&)   a CONNACK that accepted the connection
+//   void on_refused(const codec::connack&)     a CONNACK that refused it (a retry follows)
+//   void on_connection_lost(std::error_code)   refused, failed or closed; a reconnect follows
+//                                              unless stop() was called
+// client::callbacks is a handler of std::function members for hosts that prefer lambdas.
+
+#include <mqttbroker/client/session.hpp>
+#include <mqttbroker/config.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/connect.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/write.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace client {
+
+/// A server to connect to.
+struct address {
+  std::string host;
+  std::uint16_t port = 1883;
+};
+
+struct client_options {
+  session_options session;
+  std::vector<address> addresses;  // tried in turn, one per attempt
+  /// Backoff between attempts: starts at reconnect_min, doubles up to reconnect_max, each wait
+  /// drawn uniformly from its upper half (jitter), so bridges restarted together spread out.
+  std::chrono::milliseconds reconnect_min{500};
+  std::chrono::milliseconds reconnect_max{30000};
+  bool reconnect = true;
+  std::chrono::milliseconds connect_timeout{10000};  // TCP connect and CONNACK
+};
+
+/// A handler of std::function members; empty members are skipped.
+struct callbacks {
+  std::function<void(const codec::connack&)> connected;
+  std::function<void(std::error_code)> connection_lost;
+  std::function<void(const codec::publish&)> message;
+  std::function<void(std::uint64_t, reason_code)> published;
+  std::function<void(const codec::suback&)> subscribed;
+  std::function<void(const codec::unsuback&)> unsubscribed;
+  std::function<void(const codec::connack&)> refused;  // a CONNACK that refused
+
+  void on_connected(const codec::connack& c) { if (connected) connected(c); }
+  void on_connection_lost(std::error_code ec) { if (connection_lost) connection_lost(ec); }
+  void on_message(const codec::publish& p) { if (message) message(p); }
+  void on_published(std::uint64_t t, reason_code r) { if (published) published(t, r); }
+  void on_suback(const codec::suback& s) { if (subscribed) subscribed(s); }
+  void on_unsuback(const codec::unsuback& u) { if (unsubscribed) unsubscribed(u); }
+  void on_refused(const codec::connack& c) { if (refused) refused(c); }
+  void on_disconnect(const codec::disconnect&) {}
+};
+
+template <class Handler = callbacks>
+class client {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  client(const asio::any_io_executor& ex, client_options o, Handler h)
+      : s_(std::make_shared<state>(ex, std::move(o), std::move(h))) {
+    s_->self = s_;
+  }
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+  ~client() { stop(); }
+
+  /// Connects (and reconnects after each loss, as the options say). Call on the executor.
+  void start() {
+    s_->stopped = false;
+    s_->attempt_now();
+  }
+  /// Sends DISCONNECT when connected, closes, stops reconnecting. Call on the executor.
+  void stop() {
+    if (s_->stopped) return;
+    s_->stopped = true;
+    s_->timer.cancel();
+    s_->reconnect_timer.cancel();
+    if (s_->sess.state() == session_state::connected) {
+      s_->sess.disconnect();
+      s_->flush();  // closes once written
+    } else {
+      s_->close();
+    }
+  }
+
+  /// Queues a message (see session::publish); sent at once when connected. 0: queue full.
+  std::uint64_t publish(message_ptr m, codec::qos q, bool retain) {
+    const std::uint64_t t = s_->sess.publish(std::move(m), q, retain);
+    s_->flush();
+    return t;
+  }
+  std::uint64_t publish(std::string_view topic, std::string_view payload, codec::qos q, bool retain = false,
+                        std::string_view properties = {}) {
+    return publish(message::make(topic, payload, q, retain, properties), q, retain);
+  }
+  /// Subscribes now if connected, and again after every reconnect whose server kept no session:
+  /// the filters stand until unsubscribe(). Returns the SUBSCRIBE's packet id, 0 when not sent now.
+  std::uint16_t subscribe(const std::vector<codec::subscribe_entry>& entries, codec::properties_view props = {}) {
+    for (const codec::subscribe_entry& e : entries) {
+      auto it = std::find_if(s_->standing.begin(), s_->standing.end(),
+                             [&](const standing_filter& f) { return f.filter == e.filter; });
+      if (it == s_->standing.end()) {
+        s_->standing.push_back(standing_filter{std::string(e.filter), e.options});
+      } else {
+        it->options = e.options;
+      }
+    }
+    const std::uint16_t id = s_->sess.subscribe(entries, props);
+    s_->flush();
+    return id;
+  }
+  std::uint16_t subscribe(std::string_view filter, codec::qos q) {
+    codec::subscribe_entry e;
+    e.filter = filter;
+    e.options.max_qos = q;
+    return subscribe(std::vector<codec::subscribe_entry>{e});
+  }
+  std::uint16_t unsubscribe(const std::vector<std::string_view>& filters) {
+    for (const std::string_view f : filters)
+      s_->standing.erase(std::remove_if(s_->standing.begin(), s_->standing.end(),
+                                        [&](const standing_filter& x) { return x.filter == f; }),
+                         s_->standing.end());
+    const std::uint16_t id = s_->sess.unsubscribe(filters);
+    s_->flush();
+    return id;
+  }
+
+  bool connected() const noexcept { return s_->sess.state() == session_state::connected; }
+  const session_stats& stats() const noexcept { return s_->sess.stats(); }
+  std::size_t queued() const noexcept { return s_->sess.queued(); }
+  std::size_t inflight() const noexcept { return s_->sess.inflight(); }
+  /// Connection attempts made, and the address the last one went to.
+  std::uint64_t attempts() const noexcept { return s_->attempts; }
+  Handler& handler() noexcept { return s_->user; }
+  client_options& options() noexcept { return s_->opts; }
+
+ private:
+  struct state;
+  struct standing_filter {
+    std::string filter;
+    codec::subscribe_options options;
+  };
+
+  // The session's handler: the host's, plus what the driver must know.
+  struct relay {
+    state* s;
+    void on_connack(const codec::connack& c) {
+      if (c.code == 0) {
+        s->backoff = s->opts.reconnect_min;
+        if (!c.session_present && !s->standing.empty()) {
+          std::vector<codec::subscribe_entry> all;
+          all.reserve(s->standing.size());
+          for (const standing_filter& f : s->standing) all.push_back(codec::subscribe_entry{f.filter, f.options});
+          s->sess.subscribe(all);
+        }
+        s->user.on_connected(c);
+      } else {
+        s->user.on_refused(c);
+      }
+    }
+    void on_message(const codec::publish& p) { s->user.on_message(p); }
+    void on_published(std::uint64_t t, reason_code r) { s->user.on_published(t, r); }
+    void on_suback(const codec::suback& a) { s->user.on_suback(a); }
+    void on_unsuback(const codec::unsuback& a) { s->user.on_unsuback(a); }
+    void on_disconnect(const codec::disconnect& d) { s->user.on_disconnect(d); }
+  };
+
+  struct state {
+    state(const asio::any_io_executor& ex, client_options o, Handler h)
+        : opts(std::move(o)),
+          user(std::move(h)),
+          sess(opts.session, relay{this}),
+          socket(ex),
+          resolver(ex),
+          timer(ex),
+          reconnect_timer(ex),
+          backoff(opts.reconnect_min),
+          rng(std::random_device{}()) {}
+
+    client_options opts;
+    Handler user;
+    session<relay> sess;
+    asio::ip::tcp::socket socket;
+    asio::ip::tcp::resolver resolver;
+    asio::steady_timer timer;            // keep-alive and connect timeout
+    asio::steady_timer reconnect_timer;  // backoff
+    std::weak_ptr<state> self;
+    std::vector<standing_filter> standing;  // what subscribe() asked for, sent again to a new session
+    std::string writing;  // the bytes of the write under way
+    std::vector<std::uint8_t> reading = std::vector<std::uint8_t>(16 * 1024);
+    std::chrono::milliseconds backoff;
+    std::minstd_rand rng;
+    std::uint64_t attempts = 0;
+    std::uint64_t generation = 0;  // one per connection: completions of an older one are ignored
+    std::size_t next_address = 0;
+    bool stopped = true;
+    bool open = false;
+    bool write_pending = false;
+
+    void attempt_now() {
+      if (stopped || opts.addresses.empty()) return;
+      const address& a = opts.addresses[next_address % opts.addresses.size()];
+      ++next_address;
+      ++attempts;
+      const std::uint64_t gen = ++generation;
+      auto keep = self.lock();
+      resolver.async_resolve(a.host, std::to_string(a.port),
+                             [this, keep, gen](std::error_code ec, asio::ip::tcp::resolver::results_type r) {
+                               if (gen != generation || stopped) return;
+                               if (ec) return failed(ec);
+                               asio::async_connect(socket, r, [this, keep, gen](std::error_code e, const auto&) {
+                                 if (gen != generation || stopped) return;
+                                 if (e) return failed(e);
+                                 connected_socket();
+                               });
+                             });
+      timer.expires_after(opts.connect_timeout);
+      timer.async_wait([this, keep, gen](std::error_code ec) {
+        if (ec || gen != generation || stopped) return;
+        if (sess.state() != session_state::connected) failed(std::make_error_code(std::errc::timed_out));
+      });
+    }
+
+    void connected_socket() {
+      std::error_code ignored;
+      socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+      open = true;
+      if (auto ec = sess.start(clock::now())) return failed(ec);
+      read();
+      flush();
+    }
+
+    void read() {
+      auto keep = self.lock();
+      const std::uint64_t gen = generation;
+      socket.async_read_some(asio::buffer(reading), [this, keep, gen](std::error_code ec, std::size_t n) {
+        if (gen != generation || !open) return;
+        if (ec) return failed(ec);
+        const bool was_connected = sess.state() == session_state::connected;
+        if (auto e = sess.feed(reading.data(), n, clock::now())) return failed(e);
+        if (sess.state() == session_state::disconnected) {
+          // Refused, or the server's DISCONNECT: what the session answered goes, then the end.
+          return failed(std::make_error_code(std::errc::connection_refused));
+        }
+        if (!was_connected && sess.state() == session_state::connected) arm_keep_alive();
+        flush();
+        read();
+      });
+    }
+
+    void arm_keep_alive() {
+      auto keep = self.lock();
+      const std::uint64_t gen = generation;
+      timer.expires_at(sess.next_tick());
+      timer.async_wait([this, keep, gen](std::error_code ec) {
+        if (ec || gen != generation || !open) return;
+        if (auto e = sess.tick(clock::now())) return failed(e);
+        flush();
+        arm_keep_alive();
+      });
+    }
+
+    void flush() {
+      if (!open || write_pending || sess.output().empty()) {
+        if (open && !write_pending && stopped && sess.state() == session_state::disconnected) close();
+        return;
+      }
+      write_pending = true;
+      writing.clear();
+      writing.swap(sess.output());
+      auto keep = self.lock();
+      const std::uint64_t gen = generation;
+      asio::async_write(socket, asio::buffer(writing), [this, keep, gen](std::error_code ec, std::size_t) {
+        write_pending = false;
+        if (gen != generation || !open) return;
+        if (ec) return failed(ec);
+        sess.sent(clock::now());
+        flush();
+      });
+    }
+
+    void close() {
+      open = false;
+      resolver.cancel();
+      std::error_code ignored;
+      socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+      socket.close(ignored);
+      timer.cancel();
+    }
+
+    void failed(std::error_code ec) {
+      ++generation;  // completions still queued for this connection are ignored
+      close();
+      sess.lost();
+      user.on_connection_lost(ec);
+      if (stopped || !opts.reconnect) return;
+      // Full jitter over the upper half: between backoff/2 and backoff.
+      const auto half = backoff.count() / 2;
+      std::uniform_int_distribution<long long> pick(half, backoff.count() > half ? backoff.count() : half);
+      const std::chrono::milliseconds wait(pick(rng));
+      backoff = std::min(backoff * 2, opts.reconnect_max);
+      auto keep = self.lock();
+      reconnect_timer.expires_after(wait);
+      reconnect_timer.async_wait([this, keep](std::error_code e) {
+        if (e || stopped) return;
+        socket = asio::ip::tcp::socket(socket.get_executor());
+        attempt_now();
+      });
+    }
+  };
+
+  std::shared_ptr<state> s_;
+};
+
+}  // namespace client
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLIENT_CLIENT_HPP

@@ -1,0 +1,515 @@
+// The client side: client::session against a scripted server (no I/O, deterministic), then
+// client::client over loopback TCP against this broker and against Mosquitto.
+#include <mqttbroker/broker.hpp>
+#include <mqttbroker/client/client.hpp>
+#include <mqttbroker/client/session.hpp>
+
+#include "catch.hpp"
+
+#include <asio.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+namespace mb = mqttbroker;
+namespace codec = mqttbroker::codec;
+using mb::client::session;
+using mb::client::session_options;
+using mb::client::session_state;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// What a session reported, in order.
+struct recorder {
+  std::vector<std::string> events;
+  std::vector<std::string> messages;  // topic=payload
+  std::vector<std::string> user_properties;
+  void on_connack(const codec::connack& c) { events.push_back("connack " + std::to_string(c.code)); }
+  void on_message(const codec::publish& p) {
+    messages.push_back(std::string(p.topic) + "=" + std::string(p.payload));
+    for (const auto& prop : p.properties)
+      if (prop.id == codec::property_id::user_property)
+        user_properties.push_back(std::string(prop.key) + ":" + std::string(prop.value));
+  }
+  void on_published(std::uint64_t t, mb::reason_code r) {
+    events.push_back("published " + std::to_string(t) + " " + std::to_string(static_cast<int>(r)));
+  }
+  void on_suback(const codec::suback& s) { events.push_back("suback " + std::to_string(s.packet_id)); }
+  void on_unsuback(const codec::unsuback& u) { events.push_back("unsuback " + std::to_string(u.packet_id)); }
+  void on_disconnect(const codec::disconnect& d) {
+    events.push_back("disconnect " + std::to_string(static_cast<int>(d.reason)));
+  }
+};
+
+/// A decoded packet that owns its bytes.
+struct owned {
+  std::string bytes;
+  codec::packet packet;
+};
+
+/// The packets a session wrote since the last call (decoded as a server reads them).
+std::vector<owned> written(session<recorder>& s) {
+  std::vector<owned> out;
+  const std::string bytes = std::move(s.output());
+  // A server's decoder learns the version from CONNECT, and refuses a CONNECT once it knows it.
+  std::optional<codec::protocol_version> known;
+  if (bytes.empty() || static_cast<std::uint8_t>(bytes[0]) != 0x10) known = s.options().version;
+  codec::decoder d(codec::decoder_options{codec::role::server, codec::max_packet_size, known});
+  s.output().clear();
+  const auto res = d.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), [&](codec::packet& p) {
+    owned o;
+    (void)codec::encode(p, s.options().version, o.bytes);
+    out.push_back(std::move(o));
+  });
+  REQUIRE_FALSE(res.ec);
+  for (owned& o : out)
+    REQUIRE_FALSE(codec::decode_packet(o.bytes, s.options().version, codec::role::server, o.packet));
+  return out;
+}
+
+template <class Packet>
+void server_sends(session<recorder>& s, const Packet& p, clock_type::time_point now = clock_type::now()) {
+  std::string bytes;
+  REQUIRE_FALSE(codec::encode(p, s.options().version, bytes));
+  REQUIRE_FALSE(s.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), now));
+}
+
+codec::connack accepted(bool session_present) {
+  codec::connack c;
+  c.session_present = session_present;
+  return c;
+}
+
+session_options persistent(codec::protocol_version v = codec::protocol_version::v3_1_1) {
+  session_options o;
+  o.version = v;
+  o.client_id = "bridge-1";
+  o.clean_start = false;
+  o.session_expiry = 3600;
+  return o;
+}
+
+std::uint64_t publish(session<recorder>& s, std::string_view topic, std::string_view payload, codec::qos q) {
+  return s.publish(mb::message::make(topic, payload, q, false), q, false);
+}
+
+}  // namespace
+
+TEST_CASE("client session: CONNECT carries what the options say, in 3.1.1 and 5.0, with the bridge bit",
+          "[client]") {
+  for (const auto v : {codec::protocol_version::v3_1_1, codec::protocol_version::v5}) {
+    session_options o = persistent(v);
+    o.keep_alive = 30;
+    o.username = "u";
+    o.password = "p";
+    o.last_will = mb::client::will{"dev/1/status", "offline", codec::qos::at_least_once, true, {}};
+    session<recorder> s(o, recorder{});
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    const std::string raw = s.output();
+    auto out = written(s);
+    REQUIRE(out.size() == 1);
+    const auto& c = std::get<codec::connect>(out[0].packet);
+    CHECK(c.version == v);
+    CHECK_FALSE(c.clean_start);
+    CHECK(c.keep_alive == 30);
+    CHECK(c.client_id == "bridge-1");
+    REQUIRE(c.will);
+    CHECK(c.will->topic == "dev/1/status");
+    CHECK(c.will->retain);
+    CHECK(c.username == std::optional<std::string_view>("u"));
+    if (v == codec::protocol_version::v5) {
+      const auto expiry = c.properties.find(codec::property_id::session_expiry_interval);
+      REQUIRE(expiry);
+      CHECK(expiry->integer == 3600);
+    }
+    // Mosquitto's bridges set the level's high bit (try_private): 0x84 or 0x85 after "MQTT".
+    o.bridge = true;
+    session<recorder> b(o, recorder{});
+    REQUIRE_FALSE(b.start(clock_type::now()));
+    const std::string with_bit = b.output();
+    const std::size_t level_at = with_bit.find("MQTT") + 4;
+    CHECK(static_cast<std::uint8_t>(with_bit[level_at]) == (static_cast<unsigned>(v) | 0x80u));
+    CHECK(static_cast<std::uint8_t>(raw[level_at]) == static_cast<unsigned>(v));
+  }
+}
+
+TEST_CASE("client session: messages wait for the CONNACK, then go in order within the window", "[client]") {
+  session_options o = persistent();
+  o.max_inflight = 2;
+  session<recorder> s(o, recorder{});
+  REQUIRE_FALSE(s.start(clock_type::now()));
+  (void)written(s);
+  const auto t1 = publish(s, "a", "1", codec::qos::at_least_once);
+  const auto t2 = publish(s, "a", "2", codec::qos::exactly_once);
+  const auto t3 = publish(s, "a", "3", codec::qos::at_least_once);
+  CHECK(written(s).empty());  // not connected yet
+  server_sends(s, accepted(false));
+  auto out = written(s);
+  REQUIRE(out.size() == 2);  // the window holds two
+  const auto& p1 = std::get<codec::publish>(out[0].packet);
+  const auto& p2 = std::get<codec::publish>(out[1].packet);
+  CHECK(p1.payload == "1");
+  CHECK(p2.payload == "2");
+  CHECK(p1.packet_id != p2.packet_id);  // [MQTT-2.2.1-3] distinct while in flight
+  codec::puback a;
+  a.packet_id = p1.packet_id;
+  server_sends(s, a);
+  out = written(s);
+  REQUIRE(out.size() == 1);
+  CHECK(std::get<codec::publish>(out[0].packet).payload == "3");
+  // QoS 2: PUBREC is answered with PUBREL [MQTT-4.3.3-3], PUBCOMP completes.
+  codec::pubrec rec;
+  rec.packet_id = p2.packet_id;
+  server_sends(s, rec);
+  out = written(s);
+  REQUIRE(out.size() == 1);
+  CHECK(std::get<codec::pubrel>(out[0].packet).packet_id == p2.packet_id);
+  codec::pubcomp comp;
+  comp.packet_id = p2.packet_id;
+  server_sends(s, comp);
+  CHECK(s.stats().acknowledged == 2);
+  const auto& ev = s.handler().events;
+  REQUIRE(ev.size() == 3);
+  CHECK(ev[0] == "connack 0");
+  CHECK(ev[1] == "published " + std::to_string(t1) + " 0");
+  CHECK(ev[2] == "published " + std::to_string(t2) + " 0");
+  (void)t3;
+}
+
+TEST_CASE("client session: after a lost connection the unacknowledged go again with DUP to a server that kept "
+          "the session, as new messages to one that did not",
+          "[client][MQTT-4.4.0-1]") {
+  for (const bool present : {true, false}) {
+    session<recorder> s(persistent(), recorder{});
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    server_sends(s, accepted(false));
+    (void)written(s);
+    publish(s, "a", "1", codec::qos::at_least_once);
+    const auto t2 = publish(s, "a", "2", codec::qos::exactly_once);
+    publish(s, "a", "3", codec::qos::exactly_once);
+    auto first = written(s);
+    REQUIRE(first.size() == 3);
+    codec::pubrec rec;  // message 2 reached the server; its PUBCOMP is lost with the connection
+    rec.packet_id = std::get<codec::publish>(first[1].packet).packet_id;
+    server_sends(s, rec);
+    (void)written(s);
+    s.lost();
+    publish(s, "a", "4", codec::qos::at_least_once);  // while away: waits
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    (void)written(s);  // CONNECT
+    server_sends(s, accepted(present));
+    auto again = written(s);
+    std::vector<std::string> what;
+    for (const owned& o : again) {
+      if (const auto* p = std::get_if<codec::publish>(&o.packet))
+        what.push_back(std::string(p->payload) + (p->dup ? "+dup" : ""));
+      else if (std::holds_alternative<codec::pubrel>(o.packet))
+        what.push_back("pubrel");
+    }
+    if (present) {
+      // [MQTT-4.4.0-1] resent in their order, the PUBLISHes with DUP, the PUBREL for message 2.
+      CHECK(what == std::vector<std::string>{"1+dup", "pubrel", "3+dup", "4"});
+      CHECK(std::get<codec::publish>(again[0].packet).packet_id == std::get<codec::publish>(first[0].packet).packet_id);
+      CHECK(s.handler().events.back() == "connack 0");
+    } else {
+      // The server forgot everything: what it had not received goes again as new messages (the
+      // bridge loses nothing); message 2, which it had, is complete.
+      CHECK(what == std::vector<std::string>{"1", "3", "4"});
+      CHECK(s.handler().events.back() == "published " + std::to_string(t2) + " 0");
+    }
+    CHECK(s.stats().resent == (present ? 2u : 0u));
+  }
+}
+
+TEST_CASE("client session: an incoming QoS 2 message is delivered once however often the server resends it",
+          "[client][MQTT-4.3.3-10]") {
+  session<recorder> s(persistent(codec::protocol_version::v5), recorder{});
+  REQUIRE_FALSE(s.start(clock_type::now()));
+  server_sends(s, accepted(false));
+  (void)written(s);
+  codec::publish p;
+  p.topic = "t";
+  p.payload = "once";
+  p.qos_level = codec::qos::exactly_once;
+  p.packet_id = 7;
+  codec::properties_builder props;
+  props.add_user_property("origin", "plant-2");
+  p.properties = props.view();
+  server_sends(s, p);
+  p.dup = true;
+  server_sends(s, p);  // resent before our PUBREC reached it
+  auto out = written(s);
+  REQUIRE(out.size() == 2);
+  CHECK(std::get<codec::pubrec>(out[0].packet).packet_id == 7);
+  CHECK(std::get<codec::pubrec>(out[1].packet).packet_id == 7);
+  CHECK(s.handler().messages == std::vector<std::string>{"t=once"});
+  CHECK(s.handler().user_properties == std::vector<std::string>{"origin:plant-2"});  // 5.0 properties reach the host
+  CHECK(s.stats().duplicates == 1);
+  codec::pubrel rel;
+  rel.packet_id = 7;
+  server_sends(s, rel);
+  out = written(s);
+  REQUIRE(out.size() == 1);
+  CHECK(std::get<codec::pubcomp>(out[0].packet).packet_id == 7);
+  // The id is free again: a new message with it is a new message.
+  p.dup = false;
+  p.payload = "again";
+  server_sends(s, p);
+  CHECK(s.handler().messages.size() == 2);
+}
+
+TEST_CASE("client session: keep-alive sends PINGREQ when idle and gives up on a silent server",
+          "[client][MQTT-3.1.2-23]") {
+  session_options o = persistent();
+  o.keep_alive = 10;
+  session<recorder> s(o, recorder{});
+  const auto t0 = clock_type::now();
+  REQUIRE_FALSE(s.start(t0));
+  server_sends(s, accepted(false), t0);
+  (void)written(s);
+  REQUIRE_FALSE(s.tick(t0 + std::chrono::seconds(9)));
+  CHECK(written(s).empty());
+  REQUIRE_FALSE(s.tick(t0 + std::chrono::seconds(10)));
+  auto out = written(s);
+  REQUIRE(out.size() == 1);
+  CHECK(std::holds_alternative<codec::pingreq>(out[0].packet));
+  CHECK(s.next_tick() == t0 + std::chrono::seconds(15));
+  CHECK_FALSE(s.tick(t0 + std::chrono::seconds(14)));
+  CHECK(s.tick(t0 + std::chrono::seconds(15)) == std::make_error_code(std::errc::timed_out));
+  // A PINGRESP in time keeps the connection.
+  session<recorder> alive(o, recorder{});
+  REQUIRE_FALSE(alive.start(t0));
+  server_sends(alive, accepted(false), t0);
+  REQUIRE_FALSE(alive.tick(t0 + std::chrono::seconds(10)));
+  server_sends(alive, codec::pingresp{}, t0 + std::chrono::seconds(11));
+  CHECK_FALSE(alive.tick(t0 + std::chrono::seconds(15)));
+}
+
+TEST_CASE("client session: a full queue refuses, a refused CONNACK leaves the session disconnected", "[client]") {
+  session_options o = persistent(codec::protocol_version::v5);
+  o.max_queued = 2;
+  session<recorder> s(o, recorder{});
+  CHECK(publish(s, "a", "1", codec::qos::at_least_once) != 0);
+  CHECK(publish(s, "a", "2", codec::qos::at_least_once) != 0);
+  CHECK(publish(s, "a", "3", codec::qos::at_least_once) == 0);
+  CHECK(s.stats().refused == 1);
+  REQUIRE_FALSE(s.start(clock_type::now()));
+  codec::connack no;
+  no.code = static_cast<std::uint8_t>(mb::reason_code::not_authorized);
+  server_sends(s, no);
+  CHECK(s.state() == session_state::disconnected);
+  CHECK(s.handler().events == std::vector<std::string>{"connack 135"});
+  CHECK(s.queued() == 2);  // still owed
+}
+
+// ---- over TCP ------------------------------------------------------------------------------------
+
+namespace {
+
+/// Runs `io` until `done()` or 10 s pass.
+template <class Pred>
+bool run_until(asio::io_context& io, Pred done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto deadline = clock_type::now() + limit;
+  while (!done()) {
+    if (clock_type::now() > deadline) return false;
+    io.restart();
+    io.run_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+struct tcp_events {
+  int connected = 0;
+  int lost = 0;
+  std::vector<std::string> messages;
+  std::vector<std::string> user_properties;
+  std::vector<std::uint64_t> published;
+  int subacks = 0;
+  void on_connected(const codec::connack&) { ++connected; }
+  void on_refused(const codec::connack&) {}
+  void on_connection_lost(std::error_code) { ++lost; }
+  void on_message(const codec::publish& p) {
+    messages.push_back(std::string(p.topic) + "=" + std::string(p.payload));
+    for (const auto& prop : p.properties)
+      if (prop.id == codec::property_id::user_property)
+        user_properties.push_back(std::string(prop.key) + ":" + std::string(prop.value));
+  }
+  void on_published(std::uint64_t t, mb::reason_code) { published.push_back(t); }
+  void on_suback(const codec::suback&) { ++subacks; }
+  void on_unsuback(const codec::unsuback&) {}
+  void on_disconnect(const codec::disconnect&) {}
+};
+
+mb::client::client_options tcp_options(std::uint16_t port, codec::protocol_version v, std::string id) {
+  mb::client::client_options o;
+  o.session.version = v;
+  o.session.client_id = std::move(id);
+  o.session.clean_start = false;
+  o.session.session_expiry = 600;
+  o.addresses.push_back({"127.0.0.1", port});
+  o.reconnect_min = std::chrono::milliseconds(50);
+  o.reconnect_max = std::chrono::milliseconds(200);
+  return o;
+}
+
+/// QoS 0, 1 and 2 to itself through the server at `port`, then the same again after the server
+/// ended the connection; 5.0 user properties must arrive.
+void round_trip(asio::io_context& io, std::uint16_t port, codec::protocol_version v, const std::string& id,
+                const std::function<void()>& drop_connection) {
+  mb::client::client<tcp_events> c(io.get_executor(), tcp_options(port, v, id), tcp_events{});
+  c.start();
+  REQUIRE(run_until(io, [&] { return c.handler().connected == 1; }));
+  c.subscribe("rt/" + id + "/#", codec::qos::exactly_once);
+  REQUIRE(run_until(io, [&] { return c.handler().subacks == 1; }));
+  codec::properties_builder props;
+  props.add_user_property("k", "v");
+  const std::string props_bytes(props.view().bytes());
+  for (const auto q : {codec::qos::at_most_once, codec::qos::at_least_once, codec::qos::exactly_once})
+    c.publish("rt/" + id + "/" + std::to_string(static_cast<int>(q)), "m" + std::to_string(static_cast<int>(q)), q,
+              false, v == codec::protocol_version::v5 ? std::string_view(props_bytes) : std::string_view());
+  REQUIRE(run_until(io, [&] { return c.handler().messages.size() == 3 && c.handler().published.size() == 2; }));
+  CHECK(c.handler().messages ==
+        std::vector<std::string>{"rt/" + id + "/0=m0", "rt/" + id + "/1=m1", "rt/" + id + "/2=m2"});
+  if (v == codec::protocol_version::v5) CHECK(c.handler().user_properties.size() == 3);
+  // The connection goes; messages published meanwhile wait, and the session (kept by the server)
+  // still holds the subscription after the reconnect.
+  drop_connection();
+  REQUIRE(run_until(io, [&] { return c.handler().lost == 1; }));
+  c.publish("rt/" + id + "/1", "while-away", codec::qos::at_least_once);
+  REQUIRE(run_until(io, [&] { return c.handler().connected == 2; }));
+  REQUIRE(run_until(io, [&] { return c.handler().messages.size() == 4; }));
+  CHECK(c.handler().messages.back() == "rt/" + id + "/1=while-away");
+  CHECK(c.attempts() >= 2);
+  c.stop();
+  run_until(io, [] { return false; }, std::chrono::milliseconds(50));
+}
+
+}  // namespace
+
+TEST_CASE("client over TCP against this broker: QoS 0/1/2, 5.0 properties, a reconnect that keeps the session",
+          "[client][transport]") {
+  for (const auto v : {codec::protocol_version::v3_1_1, codec::protocol_version::v5}) {
+    asio::io_context io;
+    mb::broker<> b(io, {});
+    b.listen({"127.0.0.1", 0});
+    b.start();
+    const std::string id = v == codec::protocol_version::v5 ? "c5" : "c4";
+    round_trip(io, b.local_port(), v, id, [&] { CHECK(b.disconnect(id)); });
+    bool stopped = false;
+    b.async_stop([&](std::error_code) { stopped = true; });
+    REQUIRE(run_until(io, [&] { return stopped; }));
+  }
+}
+
+namespace {
+
+/// Debian's Mosquitto on a free loopback port, for as long as the object lives.
+class mosquitto_process {
+ public:
+  mosquitto_process() {
+    const char* paths[] = {"/usr/sbin/mosquitto", "/usr/bin/mosquitto"};
+    for (const char* p : paths)
+      if (::access(p, X_OK) == 0) path_ = p;
+    if (path_.empty()) return;
+    {
+      asio::io_context probe;
+      asio::ip::tcp::acceptor a(probe, {asio::ip::make_address("127.0.0.1"), 0});
+      port_ = a.local_endpoint().port();
+    }
+    conf_ = "/tmp/mqttbroker-client-test-" + std::to_string(::getpid()) + ".conf";
+    std::ofstream(conf_) << "listener " << port_ << " 127.0.0.1\nallow_anonymous true\nlog_dest none\n";
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::execl(path_.c_str(), path_.c_str(), "-c", conf_.c_str(), static_cast<char*>(nullptr));
+      std::_Exit(127);
+    }
+    // Ready when it accepts.
+    for (int i = 0; i < 200; ++i) {
+      asio::io_context probe;
+      asio::ip::tcp::socket s(probe);
+      std::error_code ec;
+      s.connect({asio::ip::make_address("127.0.0.1"), port_}, ec);
+      if (!ec) return;
+      ::usleep(10000);
+    }
+    FAIL("mosquitto did not start");
+  }
+  ~mosquitto_process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (!conf_.empty()) std::remove(conf_.c_str());
+  }
+  bool present() const { return !path_.empty(); }
+  std::uint16_t port() const { return port_; }
+
+ private:
+  std::string path_, conf_;
+  std::uint16_t port_ = 0;
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("client over TCP against Mosquitto: QoS 0/1/2, 5.0 properties, a reconnect that keeps the session",
+          "[client][transport][mosquitto]") {
+  mosquitto_process mosq;
+  if (!mosq.present()) {
+    if (std::getenv("MQTTBROKER_REQUIRE_CLIENTS") != nullptr) FAIL("mosquitto (Debian mosquitto) is not installed");
+    WARN("SKIPPED: mosquitto (Debian mosquitto) is not installed");
+    return;
+  }
+  for (const auto v : {codec::protocol_version::v3_1_1, codec::protocol_version::v5}) {
+    asio::io_context io;
+    const std::string id = v == codec::protocol_version::v5 ? "m5" : "m4";
+    // Mosquitto ends the older connection when the same client id connects again [MQTT-3.1.4-3].
+    round_trip(io, mosq.port(), v, id, [&] {
+      mb::client::client_options o = tcp_options(mosq.port(), v, id);
+      o.reconnect = false;
+      auto taker = std::make_shared<mb::client::client<tcp_events>>(io.get_executor(), o, tcp_events{});
+      taker->start();
+      REQUIRE(run_until(io, [&] { return taker->handler().connected == 1; }));
+      taker->stop();
+      run_until(io, [] { return false; }, std::chrono::milliseconds(20));
+    });
+  }
+}
+
+TEST_CASE("client over TCP: subscriptions stand, made again on each connection whose server kept no session",
+          "[client][transport]") {
+  asio::io_context io;
+  mb::broker<> b(io, {});
+  b.listen({"127.0.0.1", 0});
+  b.start();
+  mb::client::client_options o = tcp_options(b.local_port(), codec::protocol_version::v5, "fresh");
+  o.session.clean_start = true;  // the broker forgets the session with each connection
+  o.session.session_expiry = 0;
+  mb::client::client<tcp_events> c(io.get_executor(), o, tcp_events{});
+  CHECK(c.subscribe("standing/#", codec::qos::at_least_once) == 0);  // not connected: not sent now
+  c.start();
+  REQUIRE(run_until(io, [&] { return c.handler().connected == 1 && c.handler().subacks == 1; }));
+  c.publish("standing/1", "first", codec::qos::at_least_once);
+  REQUIRE(run_until(io, [&] { return c.handler().messages.size() == 1; }));
+  CHECK(b.disconnect("fresh"));
+  REQUIRE(run_until(io, [&] { return c.handler().connected == 2 && c.handler().subacks == 2; }));
+  c.publish("standing/2", "second", codec::qos::at_least_once);
+  REQUIRE(run_until(io, [&] { return c.handler().messages.size() == 2; }));
+  CHECK(c.handler().messages.back() == "standing/2=second");
+  c.unsubscribe({"standing/#"});
+  c.stop();
+  bool stopped = false;
+  b.async_stop([&](std::error_code) { stopped = true; });
+  REQUIRE(run_until(io, [&] { return stopped; }));
+}
