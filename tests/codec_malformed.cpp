@@ -475,11 +475,41 @@ TEST_CASE("CONNECT with an unsupported protocol level", "[codec][protocol-error]
   const std::error_code ec = protocol_errc::unsupported_protocol_version;
   const auto rc = reason_code::unsupported_protocol_version;
   const auto crc = connack_return_code::unacceptable_protocol_version;
-  for (int level : {0, 1, 2, 3, 6, 7, 0x84, 0xFF})
+  // 0x83 to 0x85 are the levels with Mosquitto's bridge bit (DECISIONS.md: accepted); the bit
+  // does not make another level valid.
+  for (int level : {0, 1, 2, 3, 6, 7, 0x80, 0x83, 0x86, 0xFF})
     expect_error(pkt(0x10, str("MQTT") + byte(level) + byte(2) + u16(0) + str("c")), v3_1_1, server, ec, rc, crc);
-  for (int level : {0, 4, 5, 6})  // "MQIsdp" goes with level 3 only
+  for (int level : {0, 4, 5, 6, 0x84})  // "MQIsdp" goes with level 3 only
     expect_error(pkt(0x10, str("MQIsdp") + byte(level) + byte(2) + u16(0) + str("c")), v3_1_1, server, ec, rc, crc);
   expect_ok(pkt(0x10, str("MQIsdp") + byte(3) + byte(2) + u16(0) + str("c")), v3_1_1, server);
+}
+
+TEST_CASE("CONNECT with Mosquitto's bridge bit: the level is the low seven bits, the packet says bridge",
+          "[codec][bridge]") {
+  struct level_case {
+    const char* name;
+    int level;
+    protocol_version version;
+    std::string rest;
+  };
+  const level_case cases[] = {{"MQIsdp", 0x83, protocol_version::v3_1, ""},
+                              {"MQTT", 0x84, protocol_version::v3_1_1, ""},
+                              {"MQTT", 0x85, protocol_version::v5, byte(0)}};
+  for (const level_case& k : cases) {
+    const std::string bytes = pkt(0x10, str(k.name) + byte(k.level) + byte(2) + u16(0) + k.rest + str("c"));
+    mc::packet p;
+    REQUIRE_FALSE(mc::decode_packet(bytes, k.version, server, p));
+    const auto& c = std::get<mc::connect>(p);
+    CHECK(c.bridge);
+    CHECK(c.version == k.version);
+    // Encoded again, the bit stays.
+    std::string again;
+    REQUIRE_FALSE(mc::encode(c, k.version, again));
+    CHECK(again == bytes);
+  }
+  mc::packet plain;
+  REQUIRE_FALSE(mc::decode_packet(pkt(0x10, str("MQTT") + byte(4) + byte(2) + u16(0) + str("c")), v3_1_1, server, plain));
+  CHECK_FALSE(std::get<mc::connect>(plain).bridge);
 }
 
 TEST_CASE("CONNECT with the reserved flag set is malformed", "[codec][malformed][MQTT-3.1.2-3]") {

@@ -1216,6 +1216,9 @@ struct connect {
   std::optional<will_message> will;
   std::optional<std::string_view> username;
   std::optional<binary_view> password;
+  /// The protocol level's high bit (0x83, 0x84, 0x85), which Mosquitto's bridges set
+  /// (`try_private`): the server may treat the connection as a bridge. Not in the specification.
+  bool bridge = false;
 };
 
 struct connack {
@@ -1716,6 +1719,9 @@ inline std::error_code decode_connect(reader& r, connect& c) noexcept {
   if (auto ec = r.u8(level)) return ec;
   // [MQTT-3.1.2-1] the name goes with the level: "MQIsdp" for 3.1, "MQTT" for 3.1.1 and 5.0.
   if (name != "MQTT" && name != "MQIsdp") return protocol_errc::invalid_protocol_name;
+  // Mosquitto's bridges set the level's high bit (try_private); the level is the rest.
+  c.bridge = (level & 0x80u) != 0;
+  level = static_cast<std::uint8_t>(level & 0x7Fu);
   if (name == "MQIsdp" ? level != 3 : (level != 4 && level != 5))
     return protocol_errc::unsupported_protocol_version;  // [MQTT-3.1.2-2]
   c.version = static_cast<protocol_version>(level);
@@ -2229,7 +2235,7 @@ inline std::uint8_t flags_of(const connect&) noexcept { return 0; }
 inline void write_body(writer& w, const connect& c, protocol_version) noexcept {
   const protocol_version v = c.version;
   w.string(v == protocol_version::v3_1 ? "MQIsdp" : "MQTT");
-  w.u8(static_cast<std::uint8_t>(v));
+  w.u8(static_cast<std::uint8_t>(static_cast<unsigned>(v) | (c.bridge ? 0x80u : 0u)));
   unsigned f = 0;
   if (c.clean_start) f |= 0x02u;
   if (c.will) {
@@ -7455,7 +7461,8 @@ class link : public detail::list_links,
         write_in_flight_(false),
         disconnect_queued_(false),
         authenticating_(false),
-        problem_information_(true) {}
+        problem_information_(true),
+        bridge_(false) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -7475,6 +7482,8 @@ class link : public detail::list_links,
   detail::ref_ptr<link> self() noexcept { return detail::ref_ptr<link>(this); }
 
   codec::protocol_version version() const noexcept { return version_; }
+  /// Whether the client announced itself as a bridge (the protocol level's high bit).
+  bool bridge() const noexcept { return bridge_; }
   /// The session this connection serves; none before CONNACK and after a takeover.
   Session* session() const noexcept { return taken_over_ ? nullptr : session_.get(); }
   /// Empty before CONNACK.
@@ -7776,6 +7785,7 @@ class link : public detail::list_links,
   // it did not send Request Problem Information 0, and its Maximum Packet Size leaves room. True
   // until its CONNECT says otherwise: the spec's defaults (1, no limit).
   bool problem_information_ : 1;
+  bool bridge_ : 1;  // its CONNECT had Mosquitto's bridge bit: its subscriptions are No Local
   // After the flags, in what would be the object's tail padding: a TCP connection stays as large
   // as it was. 0: not counted for a listener; otherwise the listener's index + 1.
   std::uint32_t listener_slot_ = 0;
@@ -10538,6 +10548,7 @@ class protocol : public core<Policies> {
   void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
     const auto v = cp.version;
     const bool v5 = v == codec::protocol_version::v5;
+    l.bridge_ = cp.bridge;
     connect_request r;
     // Read first: a refusal below may carry a Reason String, which they decide.
     if (v5) {
@@ -11325,6 +11336,13 @@ class protocol : public core<Policies> {
       // Granted at most the server's Maximum QoS: the SUBSCRIBE itself is still accepted [MQTT-3.2.2-10].
       codec::subscribe_options options = e.options;
       options.max_qos = std::min(options.max_qos, opts_.maximum_qos);
+      if (l.bridge() && !shared) {
+        // A bridge (DECISIONS.md; Mosquitto's try_private): what it published is not sent back
+        // to it, so two brokers bridged both ways do not loop, and retained messages it forwards
+        // stay retained on the far side (5.0's No Local and Retain As Published, for 3.1.1 too).
+        options.no_local = true;
+        options.retain_as_published = true;
+      }
       if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
         if (!hooks_.authorize_subscribe(l.client_info(), e.filter, e.options.max_qos)) {
           ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
@@ -12664,17 +12682,10 @@ class session {
     }
     if (opts_.username) c.username = *opts_.username;
     if (opts_.password) c.password = *opts_.password;
-    const std::size_t at = out_.size();
+    c.bridge = opts_.bridge;
     if (auto ec = codec::encode(c, opts_.version, out_)) {
       state_ = session_state::disconnected;
       return ec;
-    }
-    if (opts_.bridge) {
-      // The level follows the fixed header, its Remaining Length and the protocol name.
-      std::size_t pos = at + 1;
-      while (static_cast<std::uint8_t>(out_[pos]) & 0x80u) ++pos;
-      pos += 1 + 2 + 4;  // last length byte, the name's length, "MQTT"
-      out_[pos] = static_cast<char>(static_cast<std::uint8_t>(out_[pos]) | 0x80u);
     }
     return {};
   }

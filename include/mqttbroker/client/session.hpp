@@ -136,17 +136,10 @@ class session {
     }
     if (opts_.username) c.username = *opts_.username;
     if (opts_.password) c.password = *opts_.password;
-    const std::size_t at = out_.size();
+    c.bridge = opts_.bridge;
     if (auto ec = codec::encode(c, opts_.version, out_)) {
       state_ = session_state::disconnected;
       return ec;
-    }
-    if (opts_.bridge) {
-      // The level follows the fixed header, its Remaining Length and the protocol name.
-      std::size_t pos = at + 1;
-      while (static_cast<std::uint8_t>(out_[pos]) & 0x80u) ++pos;
-      pos += 1 + 2 + 4;  // last length byte, the name's length, "MQTT"
-      out_[pos] = static_cast<char>(static_cast<std::uint8_t>(out_[pos]) | 0x80u);
     }
     return {};
   }

@@ -116,6 +116,9 @@ inline std::error_code decode_connect(reader& r, connect& c) noexcept {
   if (auto ec = r.u8(level)) return ec;
   // [MQTT-3.1.2-1] the name goes with the level: "MQIsdp" for 3.1, "MQTT" for 3.1.1 and 5.0.
   if (name != "MQTT" && name != "MQIsdp") return protocol_errc::invalid_protocol_name;
+  // Mosquitto's bridges set the level's high bit (try_private); the level is the rest.
+  c.bridge = (level & 0x80u) != 0;
+  level = static_cast<std::uint8_t>(level & 0x7Fu);
   if (name == "MQIsdp" ? level != 3 : (level != 4 && level != 5))
     return protocol_errc::unsupported_protocol_version;  // [MQTT-3.1.2-2]
   c.version = static_cast<protocol_version>(level);

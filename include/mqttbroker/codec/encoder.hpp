@@ -67,7 +67,7 @@ inline std::uint8_t flags_of(const connect&) noexcept { return 0; }
 inline void write_body(writer& w, const connect& c, protocol_version) noexcept {
   const protocol_version v = c.version;
   w.string(v == protocol_version::v3_1 ? "MQIsdp" : "MQTT");
-  w.u8(static_cast<std::uint8_t>(v));
+  w.u8(static_cast<std::uint8_t>(static_cast<unsigned>(v) | (c.bridge ? 0x80u : 0u)));
   unsigned f = 0;
   if (c.clean_start) f |= 0x02u;
   if (c.will) {

@@ -36,6 +36,9 @@ struct connect {
   std::optional<will_message> will;
   std::optional<std::string_view> username;
   std::optional<binary_view> password;
+  /// The protocol level's high bit (0x83, 0x84, 0x85), which Mosquitto's bridges set
+  /// (`try_private`): the server may treat the connection as a bridge. Not in the specification.
+  bool bridge = false;
 };
 
 struct connack {

@@ -236,7 +236,8 @@ class link : public detail::list_links,
         write_in_flight_(false),
         disconnect_queued_(false),
         authenticating_(false),
-        problem_information_(true) {}
+        problem_information_(true),
+        bridge_(false) {}
   link(const link&) = delete;
   link& operator=(const link&) = delete;
   virtual ~link() = default;
@@ -256,6 +257,8 @@ class link : public detail::list_links,
   detail::ref_ptr<link> self() noexcept { return detail::ref_ptr<link>(this); }
 
   codec::protocol_version version() const noexcept { return version_; }
+  /// Whether the client announced itself as a bridge (the protocol level's high bit).
+  bool bridge() const noexcept { return bridge_; }
   /// The session this connection serves; none before CONNACK and after a takeover.
   Session* session() const noexcept { return taken_over_ ? nullptr : session_.get(); }
   /// Empty before CONNACK.
@@ -557,6 +560,7 @@ class link : public detail::list_links,
   // it did not send Request Problem Information 0, and its Maximum Packet Size leaves room. True
   // until its CONNECT says otherwise: the spec's defaults (1, no limit).
   bool problem_information_ : 1;
+  bool bridge_ : 1;  // its CONNECT had Mosquitto's bridge bit: its subscriptions are No Local
   // After the flags, in what would be the object's tail padding: a TCP connection stays as large
   // as it was. 0: not counted for a listener; otherwise the listener's index + 1.
   std::uint32_t listener_slot_ = 0;

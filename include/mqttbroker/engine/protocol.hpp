@@ -834,6 +834,7 @@ class protocol : public core<Policies> {
   void on_connect(link_type& l, const codec::connect& cp, steady_time now) {
     const auto v = cp.version;
     const bool v5 = v == codec::protocol_version::v5;
+    l.bridge_ = cp.bridge;
     connect_request r;
     // Read first: a refusal below may carry a Reason String, which they decide.
     if (v5) {
@@ -1621,6 +1622,13 @@ class protocol : public core<Policies> {
       // Granted at most the server's Maximum QoS: the SUBSCRIBE itself is still accepted [MQTT-3.2.2-10].
       codec::subscribe_options options = e.options;
       options.max_qos = std::min(options.max_qos, opts_.maximum_qos);
+      if (l.bridge() && !shared) {
+        // A bridge (DECISIONS.md; Mosquitto's try_private): what it published is not sent back
+        // to it, so two brokers bridged both ways do not loop, and retained messages it forwards
+        // stay retained on the far side (5.0's No Local and Retain As Published, for 3.1.1 too).
+        options.no_local = true;
+        options.retain_as_published = true;
+      }
       if constexpr (hooks::has_authorize_subscribe_v<hooks_type>) {
         if (!hooks_.authorize_subscribe(l.client_info(), e.filter, e.options.max_qos)) {
           ack.reasons.push_back(v5 ? reason_code::not_authorized : reason_code::unspecified_error);
