@@ -313,6 +313,34 @@ TEST_CASE("client session: a full queue refuses, a refused CONNACK leaves the se
   CHECK(s.queued() == 2);  // still owed
 }
 
+TEST_CASE("client session: a 5.0 server's Maximum QoS and Retain Available bind what is sent",
+          "[client][MQTT-3.2.2-11][MQTT-3.2.2-14]") {
+  for (const int max_qos : {0, 1}) {
+    session<recorder> s(persistent(codec::protocol_version::v5), recorder{});
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    (void)written(s);
+    const auto ticket = s.publish(mb::message::make("r", "x", codec::qos::exactly_once, true), codec::qos::exactly_once, true);
+    codec::connack c;
+    codec::properties_builder props;
+    props.add(codec::property_id::maximum_qos, static_cast<std::uint32_t>(max_qos));
+    props.add(codec::property_id::retain_available, 0u);
+    c.properties = props.view();
+    server_sends(s, c);
+    auto out = written(s);
+    REQUIRE(out.size() == 1);
+    const auto& p = std::get<codec::publish>(out[0].packet);
+    CHECK(static_cast<int>(p.qos_level) == max_qos);
+    CHECK_FALSE(p.retain);
+    if (max_qos == 0) {
+      // Nothing will acknowledge it: reported as done once written.
+      CHECK(s.handler().events.back() == "published " + std::to_string(ticket) + " 0");
+      CHECK(s.inflight() == 0);
+    } else {
+      CHECK(s.inflight() == 1);
+    }
+  }
+}
+
 // ---- over TCP ------------------------------------------------------------------------------------
 
 namespace {

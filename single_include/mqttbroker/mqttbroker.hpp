@@ -12741,7 +12741,7 @@ class session {
       return 0;
     }
     const std::uint64_t ticket = ++last_ticket_;
-    queued_.push_back(outgoing{std::move(m), ticket, 0, q, retain, false, stage::queued});
+    queued_.push_back(outgoing{std::move(m), ticket, 0, q, retain, false, stage::queued, false});
     pump();
     return ticket;
   }
@@ -12791,6 +12791,7 @@ class session {
     bool retain;
     bool dup;
     stage at;
+    bool downgraded = false;  // asked for QoS 1/2, sent at QoS 0: reported when written
   };
 
   static codec::decoder_options decoder_options_for(codec::protocol_version v) {
@@ -12843,10 +12844,21 @@ class session {
     if (state_ != session_state::connected) return;
     while (!queued_.empty()) {
       outgoing& o = queued_.front();
+      // A 5.0 server's Maximum QoS and Retain Available bind what is sent [MQTT-3.2.2-11]
+      // [MQTT-3.2.2-14]: sent at most at its QoS (on_published reports a downgraded QoS 1/2
+      // message to QoS 0 when it is written), without the retain flag where it has none.
+      if (o.q > server_max_qos_) {
+        o.downgraded = o.downgraded || o.q != codec::qos::at_most_once;
+        o.q = server_max_qos_;
+      }
+      if (!server_retain_) o.retain = false;
       if (o.q != codec::qos::at_most_once && inflight_.size() >= window()) break;
       if (o.q == codec::qos::at_most_once) {
         send_publish(o);
+        const std::uint64_t ticket = o.ticket;
+        const bool downgraded = o.downgraded;
         queued_.pop_front();
+        if (downgraded) handler_.on_published(ticket, reason_code::success);
         continue;
       }
       o.packet_id = take_id();
@@ -12895,8 +12907,13 @@ class session {
     }
     state_ = session_state::connected;
     server_receive_max_ = 65535;
+    server_max_qos_ = codec::qos::exactly_once;
+    server_retain_ = true;
     if (v5()) {
       if (auto rm = c.properties.find(codec::property_id::receive_maximum)) server_receive_max_ = rm->integer;
+      if (auto mq = c.properties.find(codec::property_id::maximum_qos))
+        server_max_qos_ = mq->integer == 0 ? codec::qos::at_most_once : codec::qos::at_least_once;
+      if (auto ra = c.properties.find(codec::property_id::retain_available)) server_retain_ = ra->integer != 0;
     }
     if (!c.session_present) {
       // The server has no session: its QoS 2 receipts are gone, and so are ours.
@@ -13025,6 +13042,8 @@ class session {
   std::uint64_t last_ticket_ = 0;
   std::uint16_t next_id_ = 0;
   std::uint32_t server_receive_max_ = 65535;
+  codec::qos server_max_qos_ = codec::qos::exactly_once;  // a 5.0 server's Maximum QoS
+  bool server_retain_ = true;                             // and its Retain Available
   bool ping_sent_ = false;
   clock::time_point last_sent_{};
   clock::time_point last_received_{};
