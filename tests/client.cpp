@@ -1,5 +1,6 @@
 // The client side: client::session against a scripted server (no I/O, deterministic), then
 // client::client over loopback TCP against this broker and against Mosquitto.
+#include <mqttbroker/bridge/topics.hpp>
 #include <mqttbroker/broker.hpp>
 #include <mqttbroker/client/client.hpp>
 #include <mqttbroker/client/session.hpp>
@@ -602,4 +603,44 @@ TEST_CASE("the bridge bit means the same to Mosquitto", "[client][bridge][transp
   if (!usable(mosq)) return;
   asio::io_context io;
   bridge_bit_checks(io, mosq.port(), codec::protocol_version::v3_1_1, "mosq4");
+}
+
+TEST_CASE("bridge topic lines as Mosquitto reads them: direction, QoS, prefixes swapped on the way", "[bridge]") {
+  std::string why;
+  using words = std::vector<std::string>;
+  auto r = mb::bridge::parse_topic_route(words{"sensors/#", "out", "1", "", "gw7/"}, why);
+  REQUIRE(r);
+  CHECK(r->carries_out());
+  CHECK_FALSE(r->carries_in());
+  CHECK(r->qos_level == codec::qos::at_least_once);
+  CHECK(r->local_filter() == "sensors/#");
+  CHECK(r->remote_filter() == "gw7/sensors/#");
+  CHECK(r->to_remote("sensors/t1") == "gw7/sensors/t1");
+  r = mb::bridge::parse_topic_route(words{"cmd/+", "in", "2", "local/", "cloud/gw7/"}, why);
+  REQUIRE(r);
+  CHECK(r->carries_in());
+  CHECK(r->remote_filter() == "cloud/gw7/cmd/+");
+  CHECK(r->to_local("cloud/gw7/cmd/reboot") == "local/cmd/reboot");
+  r = mb::bridge::parse_topic_route(words{"#"}, why);  // Mosquitto's defaults: out, QoS 0
+  REQUIRE(r);
+  CHECK(r->dir == mb::bridge::direction::out);
+  CHECK(r->qos_level == codec::qos::at_most_once);
+  r = mb::bridge::parse_topic_route(words{"", "both", "0", "here/status", "there/status"}, why);
+  REQUIRE(r);  // an empty pattern: the prefixes name one topic
+  CHECK(r->to_remote("here/status") == "there/status");
+  CHECK(r->to_local("there/status") == "here/status");
+  // Refused, each with its reason.
+  const std::vector<words> wrong = {{},
+                                    {"a/#", "sideways"},
+                                    {"a/#", "out", "3"},
+                                    {"a/#", "out", "1", "only-local/"},
+                                    {"a/#", "out", "1", "x/+/", "y/"},
+                                    {"", "out", "1", "x/", ""},
+                                    {"a/#/b"},
+                                    {"a", "out", "0", "", "", "extra"}};
+  for (const words& w : wrong) {
+    why.clear();
+    CHECK_FALSE(mb::bridge::parse_topic_route(w, why));
+    CHECK_FALSE(why.empty());
+  }
 }

@@ -55,5 +55,6 @@
 #include <mqttbroker/broker.hpp>
 #include <mqttbroker/metrics/prometheus.hpp>
 #include <mqttbroker/metrics/http.hpp>
+#include <mqttbroker/bridge/topics.hpp>
 
 #endif  // MQTTBROKER_MQTTBROKER_HPP
