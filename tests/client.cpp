@@ -6,6 +6,7 @@
 #include <mqttbroker/client/session.hpp>
 
 #include "catch.hpp"
+#include "loopback.hpp"
 
 #include <asio.hpp>
 
@@ -346,17 +347,7 @@ TEST_CASE("client session: a 5.0 server's Maximum QoS and Retain Available bind 
 
 namespace {
 
-/// Runs `io` until `done()` or 10 s pass.
-template <class Pred>
-bool run_until(asio::io_context& io, Pred done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
-  const auto deadline = clock_type::now() + limit;
-  while (!done()) {
-    if (clock_type::now() > deadline) return false;
-    io.restart();
-    io.run_for(std::chrono::milliseconds(5));
-  }
-  return true;
-}
+using test_support::run_until;
 
 struct tcp_events {
   int connected = 0;

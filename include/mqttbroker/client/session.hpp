@@ -118,12 +118,13 @@ class session {
     c.clean_start = opts_.clean_start;
     c.keep_alive = opts_.keep_alive;
     c.client_id = opts_.client_id;
-    codec::properties_builder props;
+    std::string props;  // the view below points into it until encode() below has run
     if (v5()) {
-      if (opts_.session_expiry != 0) props.add(codec::property_id::session_expiry_interval, opts_.session_expiry);
-      props.add(codec::property_id::receive_maximum, 65535);
-      connect_props_ = std::string(props.view().bytes()) + opts_.connect_properties;
-      c.properties = codec::properties_view::from_validated(connect_props_);
+      codec::properties_builder b;
+      if (opts_.session_expiry != 0) b.add(codec::property_id::session_expiry_interval, opts_.session_expiry);
+      b.add(codec::property_id::receive_maximum, 65535);
+      props = std::string(b.view().bytes()) + opts_.connect_properties;
+      c.properties = codec::properties_view::from_validated(props);
     }
     if (opts_.last_will) {
       codec::will_message w;
@@ -487,7 +488,6 @@ class session {
   Handler handler_;
   codec::decoder decoder_;
   std::string out_;
-  std::string connect_props_;
   session_state state_ = session_state::disconnected;
   std::deque<outgoing> queued_;
   std::deque<outgoing> inflight_;
