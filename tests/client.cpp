@@ -345,7 +345,7 @@ TEST_CASE("client session: a 5.0 server's Maximum QoS and Retain Available bind 
 
 TEST_CASE("client session: what no server may send is an error for the driver to close on", "[client][malformed]") {
   const std::vector<std::string> bad = {
-      std::string("\x00\x00", 2),                   // reserved packet type 0 [MQTT-2.1.2-1]
+      std::string("\x00\x00", 2),                   // packet type 0, which is reserved
       std::string("\x82\x05\x00\x01\x00\x01x", 7),  // SUBSCRIBE, which only clients send
       std::string("\x20\x02\x00", 3) + std::string("\x00\x20\x02\x00\x00", 5),  // a second CONNACK
       std::string("\x30\xFF\xFF\xFF\xFF\x7F", 6),       // a Remaining Length over four bytes
