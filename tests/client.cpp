@@ -7,6 +7,7 @@
 
 #include "catch.hpp"
 #include "loopback.hpp"
+#include "mosquitto_process.hpp"
 
 #include <asio.hpp>
 
@@ -452,61 +453,8 @@ TEST_CASE("client over TCP against this broker: QoS 0/1/2, 5.0 properties, a rec
 
 namespace {
 
-/// Debian's Mosquitto on a free loopback port, for as long as the object lives.
-class mosquitto_process {
- public:
-  mosquitto_process() {
-    const char* paths[] = {"/usr/sbin/mosquitto", "/usr/bin/mosquitto"};
-    for (const char* p : paths)
-      if (::access(p, X_OK) == 0) path_ = p;
-    if (path_.empty()) return;
-    {
-      asio::io_context probe;
-      asio::ip::tcp::acceptor a(probe, {asio::ip::make_address("127.0.0.1"), 0});
-      port_ = a.local_endpoint().port();
-    }
-    conf_ = "/tmp/mqttbroker-client-test-" + std::to_string(::getpid()) + ".conf";
-    std::ofstream(conf_) << "listener " << port_ << " 127.0.0.1\nallow_anonymous true\nlog_dest none\n";
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::execl(path_.c_str(), path_.c_str(), "-c", conf_.c_str(), static_cast<char*>(nullptr));
-      std::_Exit(127);
-    }
-    // Ready when it accepts.
-    for (int i = 0; i < 200; ++i) {
-      asio::io_context probe;
-      asio::ip::tcp::socket s(probe);
-      std::error_code ec;
-      s.connect({asio::ip::make_address("127.0.0.1"), port_}, ec);
-      if (!ec) return;
-      ::usleep(10000);
-    }
-    FAIL("mosquitto did not start");
-  }
-  ~mosquitto_process() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (!conf_.empty()) std::remove(conf_.c_str());
-  }
-  bool present() const { return !path_.empty(); }
-  std::uint16_t port() const { return port_; }
-
- private:
-  std::string path_, conf_;
-  std::uint16_t port_ = 0;
-  pid_t pid_ = -1;
-};
-
-/// Whether the test can go on: without Mosquitto it is skipped, visibly, or fails where CI asks
-/// for every client (MQTTBROKER_REQUIRE_CLIENTS).
-bool usable(const mosquitto_process& mosq) {
-  if (mosq.present()) return true;
-  if (std::getenv("MQTTBROKER_REQUIRE_CLIENTS") != nullptr) FAIL("mosquitto (Debian mosquitto) is not installed");
-  WARN("SKIPPED: mosquitto (Debian mosquitto) is not installed");
-  return false;
-}
+using test_support::mosquitto_process;
+using test_support::usable;
 
 }  // namespace
 

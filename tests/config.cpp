@@ -307,8 +307,8 @@ TEST_CASE("config: Mosquitto options this server does not implement are errors t
   for (const expectation& e : {
            expectation{"psk_file /etc/mosquitto/psk", "test.conf:1: 'psk_file' is not supported by mqttbroker"},
            expectation{"http_dir /var/www", "test.conf:1: 'http_dir' is not supported by mqttbroker"},
-           expectation{"connection uplink", "test.conf:1: 'connection' is not supported by mqttbroker (this server has no bridges)"},
-           expectation{"bridge_cafile /x", "test.conf:1: 'bridge_cafile' is not supported by mqttbroker (this server has no bridges)"},
+           expectation{"idle_timeout 60", "test.conf:1: 'idle_timeout' is not supported by mqttbroker (bridges here start automatically, not lazily)"},
+           expectation{"bridge_cafile /x", "test.conf:1: 'bridge_cafile' is not supported by mqttbroker's bridges yet"},
            expectation{"plugin_opt_db /x", "test.conf:1: 'plugin_opt_db' is not supported by mqttbroker"},
            expectation{"listener 0 /run/mqtt.sock", "test.conf:1: listeners on Unix sockets are not supported by mqttbroker"},
            expectation{"allow_zero_length_clientid false", "test.conf:1: 'allow_zero_length_clientid false' is not supported"},
@@ -317,6 +317,85 @@ TEST_CASE("config: Mosquitto options this server does not implement are errors t
     const refusal r = refuse(std::string(e.line) + "\n");
     CHECK(r.ec == config_errc::not_supported);
     CHECK(r.message.rfind(e.message, 0) == 0);
+  }
+}
+
+TEST_CASE("config: bridges: a connection line and the lines after it, with Mosquitto's defaults", "[config][bridge]") {
+  const config_settings c = load(
+      "listener 1883\n"
+      "connection cloud\n"
+      "address broker.example.com:8883 10.0.0.2\n"
+      "topic # out 1 gw/ site7/\n"
+      "topic cmd/# in 2\n"
+      "topic \"\" both 0 here/one there/one\n"
+      "remote_clientid gw-7\n"
+      "remote_username gateway seven\n"
+      "remote_password s3cret\n"
+      "cleansession true\n"
+      "keepalive_interval 30\n"
+      "restart_timeout 2 60\n"
+      "bridge_protocol_version mqttv50\n"
+      "notifications false\n"
+      "try_private false\n"
+      "connection second\n"
+      "address 127.0.0.1\n"
+      "topic a/# out\n"
+      "restart_timeout 7\n"
+      "max_queued_messages 50\n");  // a broker-wide line after a bridge is still broker-wide
+  REQUIRE(c.bridges.size() == 2);
+  const auto& b = c.bridges[0];
+  CHECK(b.name == "cloud");
+  CHECK(b.origin == "test.conf:2");
+  REQUIRE(b.addresses.size() == 2);
+  CHECK(b.addresses[0].host == "broker.example.com");
+  CHECK(b.addresses[0].port == 8883);
+  CHECK(b.addresses[1].host == "10.0.0.2");
+  CHECK(b.addresses[1].port == 1883);
+  REQUIRE(b.topics.size() == 3);
+  CHECK(b.topics[0].local_filter() == "gw/#");
+  CHECK(b.topics[0].remote_filter() == "site7/#");
+  CHECK(b.topics[0].qos_level == mqttbroker::codec::qos::at_least_once);
+  CHECK(b.topics[1].dir == mqttbroker::bridge::direction::in);
+  CHECK(b.topics[1].qos_level == mqttbroker::codec::qos::exactly_once);
+  CHECK(b.topics[2].local_filter() == "here/one");
+  CHECK(b.topics[2].remote_filter() == "there/one");
+  CHECK(b.remote_clientid == "gw-7");
+  CHECK(b.remote_username == std::optional<std::string>("gateway seven"));
+  CHECK(b.remote_password == std::optional<std::string>("s3cret"));
+  CHECK(b.cleansession);
+  CHECK(b.keepalive_interval == 30);
+  CHECK(b.restart_base == std::chrono::seconds(2));
+  CHECK(b.restart_cap == std::chrono::seconds(60));
+  CHECK(b.mqtt5);
+  CHECK_FALSE(b.notifications);
+  CHECK_FALSE(b.try_private);
+  const auto& d = c.bridges[1];  // the defaults
+  CHECK_FALSE(d.cleansession);
+  CHECK(d.keepalive_interval == 60);
+  CHECK(d.restart_base == std::chrono::seconds(7));
+  CHECK(d.restart_cap == std::chrono::seconds(7));
+  CHECK_FALSE(d.mqtt5);
+  CHECK(d.notifications);
+  CHECK(d.try_private);
+  CHECK(d.topics[0].qos_level == mqttbroker::codec::qos::at_most_once);
+  CHECK(c.max_queued_messages == std::optional<std::size_t>(50));
+
+  struct expectation {
+    const char* text;
+    const char* message;
+  };
+  for (const expectation& e : {
+           expectation{"address 10.0.0.1\n", "test.conf:1: 'address' belongs to a bridge: a 'connection NAME' line must come first"},
+           expectation{"connection a\naddress h\ntopic # sideways\n", "test.conf:3: 'topic # sideways': the direction must be out, in or both, not 'sideways'"},
+           expectation{"connection a\naddress h\ntopic # out 3\n", "test.conf:3: 'topic # out 3': the QoS must be 0, 1 or 2, not '3'"},
+           expectation{"connection a\naddress h:99999\n", "test.conf:2: 'address' must be a whole number from 1 to 65535, not '99999'"},
+           expectation{"connection a\naddress h\nbridge_protocol_version mqttv31\n", "test.conf:3: 'bridge_protocol_version' must be mqttv311 or mqttv50, not 'mqttv31'"},
+           expectation{"connection a\naddress h\n", "test.conf:1: the connection 'a' needs an 'address' and at least one 'topic' line"},
+           expectation{"connection a\naddress h\ntopic #\nconnection a\n", "test.conf:4: a connection named 'a' is already configured"},
+           expectation{"connection a\naddress h\ntopic #\nstart_type lazy\n", "test.conf:4: 'start_type lazy' is not supported: bridges here start automatically"},
+       }) {
+    INFO(e.text);
+    CHECK(refuse(e.text).message == e.message);
   }
 }
 

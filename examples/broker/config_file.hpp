@@ -22,6 +22,8 @@
 #ifndef MQTTBROKER_EXAMPLES_BROKER_CONFIG_FILE_HPP
 #define MQTTBROKER_EXAMPLES_BROKER_CONFIG_FILE_HPP
 
+#include <mqttbroker/bridge/topics.hpp>
+
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -112,6 +114,29 @@ struct listener_settings {
   bool tls() const noexcept { return !certfile.empty(); }
 };
 
+/// One bridge: a `connection NAME` line and the bridge lines after it (Mosquitto's defaults).
+struct bridge_settings {
+  std::string name;
+  std::string origin;  // "FILE:LINE" of its connection line
+  struct address {
+    std::string host;
+    std::uint16_t port = 1883;
+  };
+  std::vector<address> addresses;  // tried in turn
+  std::vector<mqttbroker::bridge::topic_route> topics;
+  std::string remote_clientid;  // empty: HOSTNAME.NAME
+  std::optional<std::string> remote_username, remote_password;
+  std::string local_clientid;      // empty: local.REMOTE_CLIENTID
+  std::string notification_topic;  // empty: $SYS/broker/connection/REMOTE_CLIENTID/state
+  bool cleansession = false;
+  std::uint16_t keepalive_interval = 60;
+  std::chrono::seconds restart_base{5}, restart_cap{30};  // one value in the file: both the same
+  bool mqtt5 = false;  // bridge_protocol_version mqttv50
+  bool notifications = true;
+  bool notifications_local_only = false;
+  bool try_private = true;
+};
+
 /// What a configuration file sets. A global setting the file does not mention is left empty, so
 /// the server keeps its own default or command-line value.
 struct config_settings {
@@ -148,6 +173,7 @@ struct config_settings {
   bool per_listener_settings = false;
 
   std::vector<listener_settings> listeners;  // in file order, the default listener (if any) last
+  std::vector<bridge_settings> bridges;      // in file order
   std::vector<std::string> warnings;         // "FILE:LINE: ...", one per option accepted and ignored
 };
 
@@ -200,7 +226,7 @@ inline constexpr option_note ignored_options[] = {
 /// Mosquitto options this server does not implement: an error, with a hint (may be empty).
 inline constexpr std::string_view no_auth_files =
     "authentication and access control beyond password_file and acl_file are a hooks policy's work here";
-inline constexpr std::string_view no_bridges = "this server has no bridges";
+inline constexpr std::string_view no_bridges = "bridges here start automatically, not lazily";
 inline constexpr option_note unsupported_options[] = {
     {"psk_file", no_auth_files},
     {"psk_hint", "TLS pre-shared keys are not supported"},
@@ -222,29 +248,9 @@ inline constexpr option_note unsupported_options[] = {
     {"upgrade_outgoing_qos", ""},
     {"memory_limit", "the per-session queue limits (max_queued_messages, max_queued_bytes) bound memory"},
     {"max_inflight_bytes", "max_inflight_messages is"},
-    {"connection", no_bridges},
-    {"address", no_bridges},
-    {"addresses", no_bridges},
-    {"topic", no_bridges},
-    {"cleansession", no_bridges},
-    {"clientid", no_bridges},
-    {"keepalive_interval", no_bridges},
     {"idle_timeout", no_bridges},
-    {"local_cleansession", no_bridges},
-    {"local_clientid", no_bridges},
-    {"local_password", no_bridges},
-    {"local_username", no_bridges},
-    {"notifications", no_bridges},
-    {"notifications_local_only", no_bridges},
-    {"notification_topic", no_bridges},
-    {"remote_clientid", no_bridges},
-    {"remote_password", no_bridges},
-    {"remote_username", no_bridges},
-    {"restart_timeout", no_bridges},
-    {"round_robin", no_bridges},
-    {"start_type", no_bridges},
+    {"local_cleansession", "a bridge is inside this broker: it has no local session"},
     {"threshold", no_bridges},
-    {"try_private", no_bridges},
 };
 
 /// Reads one main file and what it includes into a config_settings; the first error stops it.
@@ -408,7 +414,9 @@ class config_reader {
     const std::string_view name = line.substr(0, split);
     const std::string_view rest = trim(line.substr(split));
     // Each returns whether it knows `name`; a bad value has set ec_ by then.
-    if (listener_option(name, rest) || global_option(name, rest, level) || ignored(name, rest)) return;
+    if (listener_option(name, rest) || bridge_option(name, rest) || global_option(name, rest, level) ||
+        ignored(name, rest))
+      return;
     for (const option_note& u : unsupported_options) {
       if (u.name == name) {
         fail(config_errc::not_supported,
@@ -418,7 +426,7 @@ class config_reader {
       }
     }
     if (name.substr(0, 7) == "bridge_")
-      fail(config_errc::not_supported, fmt::format("'{}' is not supported by mqttbroker ({})", name, no_bridges));
+      fail(config_errc::not_supported, fmt::format("'{}' is not supported by mqttbroker's bridges yet", name));
     else if (name.substr(0, 11) == "plugin_opt_")
       fail(config_errc::not_supported, fmt::format("'{}' is not supported by mqttbroker ({})", name, no_auth_files));
     else
@@ -491,6 +499,126 @@ class config_reader {
     if (text == nullptr) return false;
     if (name != "certfile" && name != "keyfile") note_tls_option(name);
     text_value(name, rest, current().*text);
+    return true;
+  }
+
+  /// The lines of a bridge: `connection NAME` begins one, the others belong to the latest. True
+  /// when `name` is one of them.
+  bool bridge_option(std::string_view name, std::string_view rest) {
+    static constexpr std::string_view names[] = {
+        "connection", "address", "addresses", "topic", "remote_clientid", "clientid", "remote_username",
+        "remote_password", "local_clientid", "cleansession", "keepalive_interval", "restart_timeout",
+        "bridge_protocol_version", "notifications", "notifications_local_only", "notification_topic",
+        "try_private", "round_robin", "start_type", "local_username", "local_password"};
+    if (std::find(std::begin(names), std::end(names), name) == std::end(names)) return false;
+    if (name == "connection") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      for (const bridge_settings& b : out_.bridges)
+        if (b.name == v) {
+        fail(config_errc::invalid_value, fmt::format("a connection named '{}' is already configured", v));
+        return true;
+      }
+      out_.bridges.emplace_back();
+      out_.bridges.back().name.assign(v);
+      out_.bridges.back().origin = where_;
+      return true;
+    }
+    if (out_.bridges.empty()) {
+      fail(config_errc::invalid_value, fmt::format("'{}' belongs to a bridge: a 'connection NAME' line must come first", name));
+      return true;
+    }
+    bridge_settings& b = out_.bridges.back();
+    if (name == "address" || name == "addresses") {
+      if (rest.empty()) {
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+        return true;
+      }
+      for (std::string_view left = rest; !left.empty();) {
+        const std::size_t end = first_blank(left);
+        std::string_view one = left.substr(0, end);
+        left = trim(left.substr(end));
+        bridge_settings::address a;
+        const std::size_t colon = one.rfind(':');
+        std::string_view host = one;
+        if (colon != std::string_view::npos && one.find(':') == colon) {  // HOST:PORT (an IPv6 address has several)
+          host = one.substr(0, colon);
+          if (!integer(name, one.substr(colon + 1), 1, 65535, a.port)) return true;
+        }
+        if (host.empty()) {
+        fail(config_errc::invalid_value, fmt::format("'{}' has an empty host in '{}'", name, one));
+        return true;
+      }
+        a.host.assign(host);
+        b.addresses.push_back(std::move(a));
+      }
+    } else if (name == "topic") {
+      // Words split by blanks, "" for an empty one; no comments ('#' is a pattern here).
+      std::vector<std::string> words;
+      for (std::string_view left = rest; !left.empty();) {
+        const std::size_t end = first_blank(left);
+        const std::string_view w = left.substr(0, end);
+        words.emplace_back(w == "\"\"" ? std::string_view() : w);
+        left = trim(left.substr(end));
+      }
+      std::string why;
+      if (auto r = mqttbroker::bridge::parse_topic_route(words, why))
+        b.topics.push_back(std::move(*r));
+      else
+        fail(config_errc::invalid_value, fmt::format("'topic {}': {}", rest, why));
+    } else if (name == "remote_clientid" || name == "clientid" || name == "local_clientid" ||
+               name == "notification_topic") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      (name == "local_clientid" ? b.local_clientid : name == "notification_topic" ? b.notification_topic : b.remote_clientid)
+          .assign(v);
+      if (name == "clientid") warn("clientid read as remote_clientid (its name since Mosquitto 1.4)");
+    } else if (name == "remote_username" || name == "remote_password") {
+      if (rest.empty()) {
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+        return true;
+      }
+      (name == "remote_username" ? b.remote_username : b.remote_password).emplace(rest);  // the rest of the line
+    } else if (name == "cleansession" || name == "notifications" || name == "notifications_local_only" ||
+               name == "try_private") {
+      boolean(name, rest,
+              name == "cleansession"              ? b.cleansession
+              : name == "notifications"           ? b.notifications
+              : name == "notifications_local_only" ? b.notifications_local_only
+                                                   : b.try_private);
+    } else if (name == "keepalive_interval") {
+      integer(name, rest, 5, 65535, b.keepalive_interval);
+    } else if (name == "restart_timeout") {
+      const std::size_t end = first_blank(rest);
+      std::uint32_t base = 0, cap = 0;
+      if (!integer(name, rest.substr(0, end), 1, 86'400, base)) return true;
+      cap = base;
+      const std::string_view second = trim(rest.substr(end));
+      if (!second.empty() && second.front() != '#' && !integer(name, second, base, 86'400, cap)) return true;
+      b.restart_base = std::chrono::seconds(base);
+      b.restart_cap = std::chrono::seconds(cap);
+    } else if (name == "bridge_protocol_version") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      if (v == "mqttv311" || v == "mqttv50")
+        b.mqtt5 = v == "mqttv50";
+      else
+        fail(config_errc::invalid_value, fmt::format("'bridge_protocol_version' must be mqttv311 or mqttv50, not '{}'", v));
+    } else if (name == "start_type") {
+      std::string_view v;
+      if (word(name, rest, v) && v != "automatic")
+        fail(config_errc::not_supported, fmt::format("'start_type {}' is not supported: bridges here start automatically", v));
+    } else if (name == "round_robin") {
+      bool rr = false;
+      if (boolean(name, rest, rr) && !rr)
+        warn("round_robin false read as true: the addresses are tried in turn, with no return to the first while connected");
+    } else {  // local_username, local_password
+      if (rest.empty()) {
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+        return true;
+      }
+      warn(fmt::format("{} ignored: a bridge is inside this broker and does not log in to it", name));
+    }
     return true;
   }
 
@@ -764,6 +892,14 @@ class config_reader {
 
   void finish() {
     if (ec_) return;
+    for (const bridge_settings& b : out_.bridges) {
+      if (b.addresses.empty() || b.topics.empty()) {
+        where_ = b.origin;
+        fail(config_errc::invalid_value, fmt::format("the connection '{}' needs an 'address' and at least one 'topic' line",
+                                                     b.name));
+        return;
+      }
+    }
     if (in_listener_ && !check_tls(out_.listeners.back(), tls_option_)) return;
     if (default_ && configured(*default_)) {
       if (!check_tls(*default_, default_tls_option_)) return;

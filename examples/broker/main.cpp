@@ -450,6 +450,34 @@ std::string password_path;
 std::string acl_path;
 /// --metrics / metrics_listener: where to serve Prometheus' scrapes ([ADDRESS:]PORT); empty: nowhere.
 std::string metrics_at;
+/// The configuration file's bridges (`connection` sections).
+std::vector<cfg::bridge_settings> bridge_lines;
+
+/// A bridge's library options from its lines: Mosquitto's meaning of each.
+mqttbroker::bridge::bridge_options bridge_options_of(const cfg::bridge_settings& b, const mqttbroker::broker_options& o) {
+  mqttbroker::bridge::bridge_options out;
+  out.name = b.name;
+  out.topics = b.topics;
+  out.notifications = b.notifications;
+  out.notifications_local_only = b.notifications_local_only;
+  out.notification_topic = b.notification_topic;
+  out.local_clientid = b.local_clientid;
+  for (const cfg::bridge_settings::address& a : b.addresses) out.remote.addresses.push_back({a.host, a.port});
+  out.remote.reconnect_min = b.restart_base;
+  out.remote.reconnect_max = b.restart_cap;
+  mqttbroker::client::session_options& s = out.remote.session;
+  s.version = b.mqtt5 ? mqttbroker::codec::protocol_version::v5 : mqttbroker::codec::protocol_version::v3_1_1;
+  s.client_id = b.remote_clientid;
+  s.clean_start = b.cleansession;
+  s.keep_alive = b.keepalive_interval;
+  s.username = b.remote_username;
+  s.password = b.remote_password;
+  s.bridge = b.try_private;
+  // What waits for the remote is bounded as a client's queue here is.
+  s.max_queued = o.max_queued_messages;
+  s.max_inflight = o.max_inflight;
+  return out;
+}
 
 /// The scrape: the broker's counters, the store's when it has one, and the process's memory.
 template <class Broker>
@@ -607,6 +635,11 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     say(level::info, "metrics on http://{}:{}/metrics", address, metrics->port());
   }
   broker.start();
+  std::vector<std::unique_ptr<mqttbroker::bridge::bridge<Broker>>> bridges;
+  for (const cfg::bridge_settings& b : bridge_lines) {
+    bridges.push_back(std::make_unique<mqttbroker::bridge::bridge<Broker>>(broker, bridge_options_of(b, opts)));
+    bridges.back()->start();
+  }
   // SIGHUP reads the TLS certificates and keys again; open connections keep theirs.
   asio::signal_set hangups(io, SIGHUP);
   std::function<void()> on_hangup = [&] {
@@ -640,6 +673,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     say(level::info, "signal {}: stopping", sig);
     hangups.cancel();
     if (metrics) metrics->close();
+    for (auto& b : bridges) b->stop();  // their "0" and DISCONNECT go out before the broker stops
     broker.async_stop([&](std::error_code) {
       const auto s = broker.stats();
       say(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
@@ -931,6 +965,7 @@ int main(int argc, char** argv) {
       plans.push_back(std::move(p));
     }
     file_listeners = !file.listeners.empty();
+    bridge_lines = file.bridges;
   }
   if (ws.tls_port != 0 && tls.certfile.empty()) {
     fmt::print(stderr, "mqttbroker: --wss-port needs --certfile and --keyfile\n");

@@ -290,8 +290,26 @@ class broker {
     return ctx_.engine_.subscribe(filter, std::move(handler), q);
   }
 
-  /// Ends an in-process subscription; true when it existed.
+  /// Ends an in-process subscription or participant; true when it existed.
   bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
+
+  /// An in-process participant (what a bridge is to this broker): filters added with
+  /// subscribe(id, ...), messages published with publish_as(id, ...), which its own No Local
+  /// filters do not get back. `handler` gets each matching message once, on the thread that
+  /// routes it. unsubscribe(id) ends it.
+  local_subscription_id attach(local_handler handler) { return ctx_.engine_.attach(std::move(handler)); }
+  /// Gives participant `id` a filter with MQTT's subscription options (Maximum QoS, No Local);
+  /// an error for an invalid or shared filter.
+  std::error_code subscribe(local_subscription_id id, std::string_view filter, codec::subscribe_options o) {
+    return ctx_.engine_.subscribe_as(id, filter, o);
+  }
+  /// Publishes as participant `id` with 5.0 properties as a PUBLISH carries them (a bridge passes
+  /// on what its remote sent: user properties, Response Topic, Message Expiry... all kept but
+  /// Topic Alias and Subscription Identifiers). Returns the number of subscribers it went to.
+  std::size_t publish_as(local_subscription_id id, std::string_view topic_name, std::string_view payload, codec::qos q,
+                         bool retain, codec::properties_view properties = {}, std::error_code* error = nullptr) {
+    return ctx_.engine_.publish_as(id, topic_name, payload, q, retain, properties, error, sweep_now());
+  }
 
   /// Sends the connected client `client_id` to another server (MQTT 5.0 section 4.11): a 5.0
   /// client gets DISCONNECT 0x9C (Use another server), or 0x9D (Server moved) when `permanent`,
@@ -339,6 +357,13 @@ class broker {
   /// connections. Deliveries follow authorize_read() at once without this; it ends the routes
   /// that would only carry refused messages. From any thread. Returns how many it took out.
   std::size_t recheck_subscriptions() { return ctx_.engine_.recheck_subscriptions(); }
+
+  /// A line to the hooks' log() (nothing when the hooks have none, or `level` is above
+  /// options().log_level): for components beside the broker, such as bridges.
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
+    ctx_.engine_.log(level, format, std::forward<Args>(args)...);
+  }
 
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();

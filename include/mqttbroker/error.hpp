@@ -120,6 +120,18 @@ enum class connack_return_code : std::uint8_t {
   not_authorized = 5,
 };
 
+inline const char* to_string(connack_return_code rc) noexcept {
+  switch (rc) {
+    case connack_return_code::accepted: return "Connection Accepted";
+    case connack_return_code::unacceptable_protocol_version: return "unacceptable protocol version";
+    case connack_return_code::identifier_rejected: return "identifier rejected";
+    case connack_return_code::server_unavailable: return "server unavailable";
+    case connack_return_code::bad_user_name_or_password: return "bad user name or password";
+    case connack_return_code::not_authorized: return "not authorized";
+  }
+  return "unknown return code";
+}
+
 /// Malformed packets: the bytes do not form a valid packet (5.0 reason 0x81, or 0x95 when too large).
 enum class codec_errc {
   reserved_packet_type = 1,      // type 0 or 15, or AUTH before 5.0

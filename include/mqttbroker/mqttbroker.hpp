@@ -55,6 +55,7 @@
 #include <mqttbroker/broker.hpp>
 #include <mqttbroker/metrics/prometheus.hpp>
 #include <mqttbroker/metrics/http.hpp>
+#include <mqttbroker/bridge/bridge.hpp>
 #include <mqttbroker/bridge/topics.hpp>
 
 #endif  // MQTTBROKER_MQTTBROKER_HPP

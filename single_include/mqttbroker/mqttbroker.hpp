@@ -232,6 +232,18 @@ enum class connack_return_code : std::uint8_t {
   not_authorized = 5,
 };
 
+inline const char* to_string(connack_return_code rc) noexcept {
+  switch (rc) {
+    case connack_return_code::accepted: return "Connection Accepted";
+    case connack_return_code::unacceptable_protocol_version: return "unacceptable protocol version";
+    case connack_return_code::identifier_rejected: return "identifier rejected";
+    case connack_return_code::server_unavailable: return "server unavailable";
+    case connack_return_code::bad_user_name_or_password: return "bad user name or password";
+    case connack_return_code::not_authorized: return "not authorized";
+  }
+  return "unknown return code";
+}
+
 /// Malformed packets: the bytes do not form a valid packet (5.0 reason 0x81, or 0x95 when too large).
 enum class codec_errc {
   reserved_packet_type = 1,      // type 0 or 15, or AUTH before 5.0
@@ -8033,7 +8045,7 @@ using local_handler = std::function<void(const message_ptr&)>;
 struct local_subscriber : subscriber {
   // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
   std::shared_ptr<const local_handler> handler;
-  std::string filter;
+  std::vector<std::string> filters;  // one for broker::subscribe(); a participant's several
 };
 
 /// A Shared Subscription's group, which the router stores as one subscriber at the node of the
@@ -8727,7 +8739,7 @@ class core {
     auto sub = std::make_unique<local_subscriber>();
     sub->kind = subscriber_kind::local;
     sub->handler = std::make_shared<const local_handler>(std::move(handler));
-    sub->filter = std::string(filter);
+    sub->filters.emplace_back(filter);
     std::lock_guard<mutex_type> lk(state_mutex_);
     const auto id = static_cast<local_subscription_id>(++next_local_id_);
     router::subscription s;
@@ -8737,11 +8749,64 @@ class core {
     return id;
   }
 
+  /// An in-process participant without filters yet: subscribe_as() gives it some, publish_as()
+  /// routes messages as its own, so that its No Local filters skip them (a bridge's loop
+  /// prevention). Its handler gets each matching message once, however many of its filters match.
+  local_subscription_id attach(local_handler handler) {
+    auto sub = std::make_unique<local_subscriber>();
+    sub->kind = subscriber_kind::local;
+    sub->handler = std::make_shared<const local_handler>(std::move(handler));
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    const auto id = static_cast<local_subscription_id>(++next_local_id_);
+    local_subs_.emplace(static_cast<std::uint64_t>(id), std::move(sub));
+    return id;
+  }
+
+  /// Adds (or changes the options of) one of participant `id`'s filters. Errors: an invalid
+  /// filter, a shared one (participants take every message), an unknown participant.
+  std::error_code subscribe_as(local_subscription_id id, std::string_view filter, codec::subscribe_options o) {
+    if (auto ec = topic::validate_topic_filter(filter, topic_limits())) return ec;
+    if (topic::is_shared_filter(filter)) return std::make_error_code(std::errc::not_supported);
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    auto it = local_subs_.find(static_cast<std::uint64_t>(id));
+    if (it == local_subs_.end()) return std::make_error_code(std::errc::invalid_argument);
+    local_subscriber& sub = *it->second;
+    if (std::find(sub.filters.begin(), sub.filters.end(), filter) == sub.filters.end()) sub.filters.emplace_back(filter);
+    router::subscription s;
+    s.options = o;
+    router_.subscribe(filter, &sub, s);
+    return {};
+  }
+
+  /// A message from participant `id`: its No Local filters do not get it back. `properties` are
+  /// 5.0 properties as a PUBLISH carried them (already validated by the decoder); Topic Alias and
+  /// Subscription Identifiers are dropped, a Message Expiry Interval counts from `now`.
+  std::size_t publish_as(local_subscription_id id, std::string_view topic_name, std::string_view payload,
+                         codec::qos q, bool retain, codec::properties_view properties, std::error_code* error,
+                         steady_time now) {
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) {
+      if (error) *error = ec;
+      return 0;
+    }
+    const subscriber* self = nullptr;
+    {
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      auto it = local_subs_.find(static_cast<std::uint64_t>(id));
+      if (it != local_subs_.end()) self = it->second.get();  // compared, never dereferenced
+    }
+    message_ptr m = properties.empty()
+                        ? message::make(topic_name, payload, q, retain)
+                        : message::make(topic_name, payload, q, retain, forwardable_properties(properties),
+                                        expiry_of(properties, now));
+    return publish_message(std::move(m), nullptr, now, true, nullptr, self);
+  }
+
+  /// Ends an in-process subscription or participant, with all its filters.
   bool unsubscribe(local_subscription_id id) {
     std::lock_guard<mutex_type> lk(state_mutex_);
     auto it = local_subs_.find(static_cast<std::uint64_t>(id));
     if (it == local_subs_.end()) return false;
-    router_.unsubscribe(it->second->filter, it->second.get());
+    for (const std::string& f : it->second->filters) router_.unsubscribe(f, it->second.get());
     local_subs_.erase(it);
     return true;
   }
@@ -8995,6 +9060,24 @@ class core {
     return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
   }
 
+  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
+  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
+  /// The view is valid until the next call on this thread (the caller copies it into a message).
+  static std::string_view forwardable_properties(const codec::properties_view& in) {
+    auto stays = [](const codec::property& p) {
+      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
+             p.id != codec::property_id::will_delay_interval;
+    };
+    bool all_stay = true;
+    for (const codec::property& p : in) all_stay = all_stay && stays(p);
+    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
+    static thread_local codec::properties_builder b;
+    b.clear();
+    for (const codec::property& p : in)
+      if (stays(p)) b.add(p);
+    return b.view().bytes();
+  }
+
   /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
   /// CONNECT that carried it.
   static message_ptr published_will(message_ptr will, steady_time now) {
@@ -9047,9 +9130,10 @@ class core {
   // ---- routing
 
   /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
-  /// `reader` the link it came from, paced when a subscriber is behind.
+  /// `reader` the link it came from, paced when a subscriber is behind; `participant`, the
+  /// in-process one that published it (No Local too).
   std::size_t publish_message(message_ptr m, session_type* from, steady_time now, bool count = true,
-                              link_type* reader = nullptr) {
+                              link_type* reader = nullptr, const subscriber* participant = nullptr) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
@@ -9067,7 +9151,7 @@ class core {
       std::size_t keep;
       ~pop_on_exit() { list.resize(keep); }
     } pop{local, first};
-    const subscriber* publisher = from;
+    const subscriber* publisher = participant != nullptr ? participant : from;
     auto on_match = [&](const subscriber* s, const router::delivery& d) {
       ++n;
       if (s->kind == subscriber_kind::local) {
@@ -10624,7 +10708,7 @@ class protocol : public core<Policies> {
     // The will, made now so it costs nothing when it fires.
     if (cp.will) {
       r.will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
-                             forwardable_properties(cp.will->properties));
+                             base::forwardable_properties(cp.will->properties));
       if (v5) {
         if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
           r.will_delay = std::chrono::duration<std::uint32_t>(p->integer);
@@ -11073,24 +11157,6 @@ class protocol : public core<Policies> {
     }
   }
 
-  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
-  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
-  /// The view is valid until the next call on this thread (the caller copies it into a message).
-  static std::string_view forwardable_properties(const codec::properties_view& in) {
-    auto stays = [](const codec::property& p) {
-      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
-             p.id != codec::property_id::will_delay_interval;
-    };
-    bool all_stay = true;
-    for (const codec::property& p : in) all_stay = all_stay && stays(p);
-    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
-    static thread_local codec::properties_builder b;
-    b.clear();
-    for (const codec::property& p : in)
-      if (stays(p)) b.add(p);
-    return b.view().bytes();
-  }
-
   // ---- PUBLISH and the acknowledgements
 
   void on_publish(link_type& l, codec::publish& p, steady_time now) {
@@ -11131,7 +11197,7 @@ class protocol : public core<Policies> {
     }
     message_ptr m;
     if (allowed) {
-      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, base::forwardable_properties(p.properties),
                              base::expiry_of(p.properties, now))
              : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);
@@ -13741,8 +13807,26 @@ class broker {
     return ctx_.engine_.subscribe(filter, std::move(handler), q);
   }
 
-  /// Ends an in-process subscription; true when it existed.
+  /// Ends an in-process subscription or participant; true when it existed.
   bool unsubscribe(local_subscription_id id) { return ctx_.engine_.unsubscribe(id); }
+
+  /// An in-process participant (what a bridge is to this broker): filters added with
+  /// subscribe(id, ...), messages published with publish_as(id, ...), which its own No Local
+  /// filters do not get back. `handler` gets each matching message once, on the thread that
+  /// routes it. unsubscribe(id) ends it.
+  local_subscription_id attach(local_handler handler) { return ctx_.engine_.attach(std::move(handler)); }
+  /// Gives participant `id` a filter with MQTT's subscription options (Maximum QoS, No Local);
+  /// an error for an invalid or shared filter.
+  std::error_code subscribe(local_subscription_id id, std::string_view filter, codec::subscribe_options o) {
+    return ctx_.engine_.subscribe_as(id, filter, o);
+  }
+  /// Publishes as participant `id` with 5.0 properties as a PUBLISH carries them (a bridge passes
+  /// on what its remote sent: user properties, Response Topic, Message Expiry... all kept but
+  /// Topic Alias and Subscription Identifiers). Returns the number of subscribers it went to.
+  std::size_t publish_as(local_subscription_id id, std::string_view topic_name, std::string_view payload, codec::qos q,
+                         bool retain, codec::properties_view properties = {}, std::error_code* error = nullptr) {
+    return ctx_.engine_.publish_as(id, topic_name, payload, q, retain, properties, error, sweep_now());
+  }
 
   /// Sends the connected client `client_id` to another server (MQTT 5.0 section 4.11): a 5.0
   /// client gets DISCONNECT 0x9C (Use another server), or 0x9D (Server moved) when `permanent`,
@@ -13790,6 +13874,13 @@ class broker {
   /// connections. Deliveries follow authorize_read() at once without this; it ends the routes
   /// that would only carry refused messages. From any thread. Returns how many it took out.
   std::size_t recheck_subscriptions() { return ctx_.engine_.recheck_subscriptions(); }
+
+  /// A line to the hooks' log() (nothing when the hooks have none, or `level` is above
+  /// options().log_level): for components beside the broker, such as bridges.
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
+    ctx_.engine_.log(level, format, std::forward<Args>(args)...);
+  }
 
   broker_stats stats() const {
     broker_stats s = ctx_.engine_.stats();
@@ -14376,6 +14467,24 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_METRICS_HTTP_HPP
 // end <mqttbroker/metrics/http.hpp>
+// begin <mqttbroker/bridge/bridge.hpp>
+#ifndef MQTTBROKER_BRIDGE_BRIDGE_HPP
+#define MQTTBROKER_BRIDGE_BRIDGE_HPP
+
+// A bridge: this broker's connection to another one (a gateway's broker to the cloud's), as
+// Mosquitto's `connection` sections make. It is a participant of the local broker (a set of
+// in-process filters, and publishes of its own) and a client of the remote one:
+//   out   a local message matching an `out` route's local filter is published to the remote under
+//         the route's remote name, at the lower of its QoS and the route's;
+//   in    the bridge subscribes on the remote to each `in` route's remote filter and publishes
+//         what arrives locally under the local name, properties included (5.0).
+// No loops: the bridge's local filters are No Local, so what it publishes locally never goes back
+// out; on the remote its filters are No Local too (5.0), or the remote knows the connection as a
+// bridge from the CONNECT's bridge bit (3.1.1 with try_private, as Mosquitto and this broker do).
+// No loss: with a persistent remote session (clean_start false) QoS 1 and 2 messages wait in a
+// bounded queue while the remote is unreachable, and are resent (DUP) or sent in order when it
+// is back; QoS 0 messages are dropped while it is away, as Mosquitto does, and counted.
+
 // begin <mqttbroker/bridge/topics.hpp>
 #ifndef MQTTBROKER_BRIDGE_TOPICS_HPP
 #define MQTTBROKER_BRIDGE_TOPICS_HPP
@@ -14484,6 +14593,300 @@ MQTTBROKER_END_NAMESPACE
 
 #endif  // MQTTBROKER_BRIDGE_TOPICS_HPP
 // end <mqttbroker/bridge/topics.hpp>
+
+#include <asio/dispatch.hpp>
+#include <asio/ip/host_name.hpp>
+#include <asio/strand.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace bridge {
+
+struct bridge_options {
+  /// The connection's name (Mosquitto's `connection NAME`): in log lines, and the default
+  /// remote client identifier's suffix.
+  std::string name;
+  /// The remote: its addresses (tried in turn), the session (client identifier, credentials,
+  /// protocol version, clean start, keep-alive, the bridge bit) and the reconnect backoff.
+  client::client_options remote;
+  std::vector<topic_route> topics;
+  /// A retained "1" or "0" on notification_topic, locally and on the remote (a will carries the
+  /// "0" there when the connection breaks): who watches can tell whether the bridge is up.
+  bool notifications = true;
+  bool notifications_local_only = false;
+  /// Default: $SYS/broker/connection/<remote client identifier>/state, as Mosquitto's.
+  std::string notification_topic;
+  /// How the bridge's side is named in the local broker's log lines (Mosquitto's local_clientid).
+  std::string local_clientid;
+};
+
+/// What a bridge counted.
+struct bridge_stats {
+  std::uint64_t sent = 0;      // local messages handed to the remote's session (queued or written)
+  std::uint64_t received = 0;  // remote messages published locally
+  std::uint64_t dropped = 0;   // local messages not forwarded: QoS 0 while away, or the queue full
+  std::uint64_t connects = 0;  // connections the remote accepted
+};
+
+/// A bridge on `Broker` (any mqttbroker::broker<...>), running on the broker's executor (a strand
+/// of it with a multi-threaded locking policy). Start it after the broker; stop it before.
+template <class Broker>
+class bridge {
+ public:
+  using participant_id = typename Broker::local_subscription_id;
+
+  bridge(Broker& b, bridge_options o) : s_(std::make_shared<state>(b, std::move(o))) { s_->self = s_; }
+  bridge(const bridge&) = delete;
+  bridge& operator=(const bridge&) = delete;
+  ~bridge() { stop(); }
+
+  /// Subscribes locally, connects to the remote (and reconnects after each loss).
+  void start() {
+    auto s = s_;
+    asio::dispatch(s->strand, [s] { s->start(); });
+  }
+  /// Says "0" on the notification topic, disconnects, leaves the local broker.
+  void stop() {
+    auto s = s_;
+    if (s->stopping.exchange(true)) return;
+    asio::dispatch(s->strand, [s] { s->stop(); });
+  }
+
+  bool connected() const noexcept { return s_->up.load(); }
+  bridge_stats stats() const noexcept {
+    bridge_stats r;
+    r.sent = s_->sent.load();
+    r.received = s_->received.load();
+    r.dropped = s_->dropped.load();
+    r.connects = s_->connects.load();
+    return r;
+  }
+  const bridge_options& options() const noexcept { return s_->opts; }
+
+ private:
+  struct state;
+
+  // The client's handler: the remote's events, run on the strand.
+  struct remote_events {
+    std::weak_ptr<state> w;
+    void on_connected(const codec::connack& c) {
+      if (auto s = w.lock()) s->connected(c);
+    }
+    void on_refused(const codec::connack& c) {
+      if (auto s = w.lock()) s->refused(c);
+    }
+    void on_connection_lost(std::error_code ec) {
+      if (auto s = w.lock()) s->lost(ec);
+    }
+    void on_message(const codec::publish& p) {
+      if (auto s = w.lock()) s->inbound(p);
+    }
+    void on_published(std::uint64_t, reason_code) {}
+    void on_suback(const codec::suback& a) {
+      if (auto s = w.lock()) s->subscribed(a);
+    }
+    void on_unsuback(const codec::unsuback&) {}
+    void on_disconnect(const codec::disconnect& d) {
+      if (auto s = w.lock())
+        s->broker.log(log_level::notice, "bridge {}: the remote disconnected it: {}", s->opts.name, to_string(d.reason));
+    }
+  };
+
+  struct state {
+    state(Broker& b, bridge_options o)
+        : broker(b), opts(prepared(std::move(o))), strand(Broker::locking_type::make_strand(b.get_executor())) {}
+
+    Broker& broker;
+    bridge_options opts;
+    asio::any_io_executor strand;
+    std::weak_ptr<state> self;
+    std::unique_ptr<client::client<remote_events>> remote;
+    participant_id id{};
+    bool attached = false;
+    std::atomic<bool> up{false};
+    std::atomic<bool> stopping{false};
+    std::atomic<std::uint64_t> sent{0}, received{0}, dropped{0}, connects{0};
+
+    /// Mosquitto's defaults where the options leave them open.
+    static bridge_options prepared(bridge_options o) {
+      client::session_options& so = o.remote.session;
+      // Mosquitto's default: this host's name, so gateways sharing a configuration do not take
+      // over each other's sessions on the remote.
+      if (so.client_id.empty()) {
+        std::error_code ec;
+        std::string host = asio::ip::host_name(ec);
+        so.client_id = (ec || host.empty() ? std::string("bridge") : host) + "." + o.name;
+      }
+      // A 5.0 session ends with its connection unless it has an expiry: a bridge that asked to
+      // keep it means for it to outlast outages.
+      if (so.version == codec::protocol_version::v5 && !so.clean_start && so.session_expiry == 0)
+        so.session_expiry = 0xFFFFFFFF;
+      // The bridge bit is for 3.1.1 remotes (try_private): Mosquitto closes a 5.0 CONNECT that
+      // carries it, and 5.0 says No Local on each subscription instead.
+      if (so.version == codec::protocol_version::v5) so.bridge = false;
+      if (o.notification_topic.empty()) o.notification_topic = "$SYS/broker/connection/" + so.client_id + "/state";
+      if (o.local_clientid.empty()) o.local_clientid = "local." + so.client_id;
+      if (o.notifications && !o.notifications_local_only && !so.last_will) {
+        // The remote says "0" for us when the connection breaks without DISCONNECT.
+        client::will w;
+        w.topic = o.notification_topic;
+        w.payload = "0";
+        w.qos_level = codec::qos::at_least_once;
+        w.retain = true;
+        so.last_will = std::move(w);
+      }
+      return o;
+    }
+
+    void start() {
+      if (stopping.load()) return;
+      std::weak_ptr<state> w = self;
+      id = broker.attach([w](const message_ptr& m) {
+        if (auto s = w.lock()) {
+          // The routing thread; the remote's session lives on the strand (inline when it is this one).
+          asio::dispatch(s->strand, [s, m] { s->outbound(m); });
+        }
+      });
+      attached = true;
+      for (const topic_route& r : opts.topics) {
+        if (!r.carries_out()) continue;
+        codec::subscribe_options so;
+        so.max_qos = r.qos_level;
+        so.no_local = true;  // what the bridge itself publishes here does not go back
+        if (auto ec = broker.subscribe(id, r.local_filter(), so))
+          broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, r.local_filter(),
+                     ec.message());
+      }
+      notify_locally("0");
+      remote = std::make_unique<client::client<remote_events>>(strand, opts.remote, remote_events{self});
+      for (const topic_route& r : opts.topics) {
+        if (!r.carries_in()) continue;
+        codec::subscribe_entry e;
+        e.filter = r.remote_filter();
+        e.options.max_qos = r.qos_level;
+        // 5.0: our own messages do not come back, and retained ones keep their flag (3.1.1
+        // remotes do both for a connection with the bridge bit).
+        e.options.no_local = true;
+        e.options.retain_as_published = true;
+        remote->subscribe(std::vector<codec::subscribe_entry>{e});  // standing: sent on every new session
+      }
+      broker.log(log_level::info, "bridge {}: connecting to {}:{} as {}", opts.name,
+                 opts.remote.addresses.empty() ? std::string("(no address)") : opts.remote.addresses.front().host,
+                 opts.remote.addresses.empty() ? 0 : opts.remote.addresses.front().port,
+                 opts.remote.session.client_id);
+      remote->start();
+    }
+
+    void stop() {
+      if (attached) {
+        broker.unsubscribe(id);
+        attached = false;
+      }
+      if (remote) {
+        if (up.load() && opts.notifications && !opts.notifications_local_only)
+          remote->publish(opts.notification_topic, "0", codec::qos::at_least_once, true);
+        remote->stop();
+      }
+      if (up.exchange(false) || remote) notify_locally("0");
+    }
+
+    // ---- out: local messages to the remote
+
+    void outbound(const message_ptr& m) {
+      if (stopping.load() || !remote) return;
+      const topic_route* route = nullptr;
+      for (const topic_route& r : opts.topics) {
+        if (r.carries_out() && topic::matches(r.local_filter(), m->topic())) {
+          route = &r;
+          break;
+        }
+      }
+      if (route == nullptr) return;  // a filter since changed
+      const codec::qos q = std::min(m->qos_level(), route->qos_level);
+      if (q == codec::qos::at_most_once && !up.load()) {
+        dropped.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      std::uint64_t ticket;
+      if (route->local_prefix == route->remote_prefix) {
+        ticket = remote->publish(m, q, m->retain());  // the same message, not a copy
+      } else {
+        ticket = remote->publish(message::make(route->to_remote(m->topic()), m->payload(), q, m->retain(),
+                                               m->properties().bytes()),
+                                 q, m->retain());
+      }
+      (ticket != 0 ? sent : dropped).fetch_add(1, std::memory_order_relaxed);
+    }
+
+    // ---- in: remote messages to the local broker
+
+    void inbound(const codec::publish& p) {
+      for (const topic_route& r : opts.topics) {
+        if (!r.carries_in() || !topic::matches(r.remote_filter(), p.topic)) continue;
+        std::error_code ec;
+        broker.publish_as(id, r.to_local(p.topic), p.payload, p.qos_level, p.retain, p.properties, &ec);
+        if (ec) {
+          broker.log(log_level::warning, "bridge {}: message on '{}' not published locally: {}", opts.name, p.topic,
+                     ec.message());
+          return;
+        }
+        received.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+    }
+
+    // ---- the remote's connection
+
+    void connected(const codec::connack& c) {
+      up.store(true);
+      connects.fetch_add(1, std::memory_order_relaxed);
+      broker.log(log_level::notice, "bridge {}: connected to the remote{}", opts.name,
+                 c.session_present ? " (its session kept)" : "");
+      if (opts.notifications) {
+        if (!opts.notifications_local_only)
+          remote->publish(opts.notification_topic, "1", codec::qos::at_least_once, true);
+        notify_locally("1");
+      }
+    }
+    void refused(const codec::connack& c) {
+      const bool v5 = opts.remote.session.version == codec::protocol_version::v5;
+      broker.log(log_level::warning, "bridge {}: the remote refused the connection: {}", opts.name,
+                 v5 ? to_string(c.reason()) : to_string(c.return_code()));
+    }
+    void lost(std::error_code ec) {
+      const bool was_up = up.exchange(false);
+      if (stopping.load()) return;
+      broker.log(was_up ? log_level::notice : log_level::info, "bridge {}: {}: {}; retrying", opts.name,
+                 was_up ? "connection lost" : "cannot connect", ec.message());
+      if (was_up) notify_locally("0");
+    }
+    void subscribed(const codec::suback& a) {
+      for (const reason_code r : a.reasons)
+        if (static_cast<std::uint8_t>(r) >= 0x80)
+          broker.log(log_level::warning, "bridge {}: the remote refused a subscription: {}", opts.name, to_string(r));
+    }
+
+    void notify_locally(std::string_view state_text) {
+      if (!opts.notifications) return;
+      broker.publish_as(id, opts.notification_topic, state_text, codec::qos::at_least_once, true);
+    }
+  };
+
+  std::shared_ptr<state> s_;
+};
+
+}  // namespace bridge
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_BRIDGE_BRIDGE_HPP
+// end <mqttbroker/bridge/bridge.hpp>
 
 #endif  // MQTTBROKER_MQTTBROKER_HPP
 // end <mqttbroker/mqttbroker.hpp>

@@ -398,7 +398,7 @@ class core {
     auto sub = std::make_unique<local_subscriber>();
     sub->kind = subscriber_kind::local;
     sub->handler = std::make_shared<const local_handler>(std::move(handler));
-    sub->filter = std::string(filter);
+    sub->filters.emplace_back(filter);
     std::lock_guard<mutex_type> lk(state_mutex_);
     const auto id = static_cast<local_subscription_id>(++next_local_id_);
     router::subscription s;
@@ -408,11 +408,64 @@ class core {
     return id;
   }
 
+  /// An in-process participant without filters yet: subscribe_as() gives it some, publish_as()
+  /// routes messages as its own, so that its No Local filters skip them (a bridge's loop
+  /// prevention). Its handler gets each matching message once, however many of its filters match.
+  local_subscription_id attach(local_handler handler) {
+    auto sub = std::make_unique<local_subscriber>();
+    sub->kind = subscriber_kind::local;
+    sub->handler = std::make_shared<const local_handler>(std::move(handler));
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    const auto id = static_cast<local_subscription_id>(++next_local_id_);
+    local_subs_.emplace(static_cast<std::uint64_t>(id), std::move(sub));
+    return id;
+  }
+
+  /// Adds (or changes the options of) one of participant `id`'s filters. Errors: an invalid
+  /// filter, a shared one (participants take every message), an unknown participant.
+  std::error_code subscribe_as(local_subscription_id id, std::string_view filter, codec::subscribe_options o) {
+    if (auto ec = topic::validate_topic_filter(filter, topic_limits())) return ec;
+    if (topic::is_shared_filter(filter)) return std::make_error_code(std::errc::not_supported);
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    auto it = local_subs_.find(static_cast<std::uint64_t>(id));
+    if (it == local_subs_.end()) return std::make_error_code(std::errc::invalid_argument);
+    local_subscriber& sub = *it->second;
+    if (std::find(sub.filters.begin(), sub.filters.end(), filter) == sub.filters.end()) sub.filters.emplace_back(filter);
+    router::subscription s;
+    s.options = o;
+    router_.subscribe(filter, &sub, s);
+    return {};
+  }
+
+  /// A message from participant `id`: its No Local filters do not get it back. `properties` are
+  /// 5.0 properties as a PUBLISH carried them (already validated by the decoder); Topic Alias and
+  /// Subscription Identifiers are dropped, a Message Expiry Interval counts from `now`.
+  std::size_t publish_as(local_subscription_id id, std::string_view topic_name, std::string_view payload,
+                         codec::qos q, bool retain, codec::properties_view properties, std::error_code* error,
+                         steady_time now) {
+    if (auto ec = topic::validate_topic_name(topic_name, topic_limits())) {
+      if (error) *error = ec;
+      return 0;
+    }
+    const subscriber* self = nullptr;
+    {
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      auto it = local_subs_.find(static_cast<std::uint64_t>(id));
+      if (it != local_subs_.end()) self = it->second.get();  // compared, never dereferenced
+    }
+    message_ptr m = properties.empty()
+                        ? message::make(topic_name, payload, q, retain)
+                        : message::make(topic_name, payload, q, retain, forwardable_properties(properties),
+                                        expiry_of(properties, now));
+    return publish_message(std::move(m), nullptr, now, true, nullptr, self);
+  }
+
+  /// Ends an in-process subscription or participant, with all its filters.
   bool unsubscribe(local_subscription_id id) {
     std::lock_guard<mutex_type> lk(state_mutex_);
     auto it = local_subs_.find(static_cast<std::uint64_t>(id));
     if (it == local_subs_.end()) return false;
-    router_.unsubscribe(it->second->filter, it->second.get());
+    for (const std::string& f : it->second->filters) router_.unsubscribe(f, it->second.get());
     local_subs_.erase(it);
     return true;
   }
@@ -666,6 +719,24 @@ class core {
     return static_cast<std::uint32_t>(std::min<std::uint64_t>(std::max<std::uint64_t>(at, 1), 0xFFFFFFFFu));
   }
 
+  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
+  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
+  /// The view is valid until the next call on this thread (the caller copies it into a message).
+  static std::string_view forwardable_properties(const codec::properties_view& in) {
+    auto stays = [](const codec::property& p) {
+      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
+             p.id != codec::property_id::will_delay_interval;
+    };
+    bool all_stay = true;
+    for (const codec::property& p : in) all_stay = all_stay && stays(p);
+    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
+    static thread_local codec::properties_builder b;
+    b.clear();
+    for (const codec::property& p : in)
+      if (stays(p)) b.add(p);
+    return b.view().bytes();
+  }
+
   /// A will as it is published at `now`: its Message Expiry Interval counts from now, not from the
   /// CONNECT that carried it.
   static message_ptr published_will(message_ptr will, steady_time now) {
@@ -718,9 +789,10 @@ class core {
   // ---- routing
 
   /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
-  /// `reader` the link it came from, paced when a subscriber is behind.
+  /// `reader` the link it came from, paced when a subscriber is behind; `participant`, the
+  /// in-process one that published it (No Local too).
   std::size_t publish_message(message_ptr m, session_type* from, steady_time now, bool count = true,
-                              link_type* reader = nullptr) {
+                              link_type* reader = nullptr, const subscriber* participant = nullptr) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
       hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
@@ -738,7 +810,7 @@ class core {
       std::size_t keep;
       ~pop_on_exit() { list.resize(keep); }
     } pop{local, first};
-    const subscriber* publisher = from;
+    const subscriber* publisher = participant != nullptr ? participant : from;
     auto on_match = [&](const subscriber* s, const router::delivery& d) {
       ++n;
       if (s->kind == subscriber_kind::local) {

@@ -910,7 +910,7 @@ class protocol : public core<Policies> {
     // The will, made now so it costs nothing when it fires.
     if (cp.will) {
       r.will = message::make(cp.will->topic, cp.will->payload, cp.will->qos_level, cp.will->retain,
-                             forwardable_properties(cp.will->properties));
+                             base::forwardable_properties(cp.will->properties));
       if (v5) {
         if (auto p = cp.will->properties.find(codec::property_id::will_delay_interval))
           r.will_delay = std::chrono::duration<std::uint32_t>(p->integer);
@@ -1359,24 +1359,6 @@ class protocol : public core<Policies> {
     }
   }
 
-  /// 5.0 properties that travel with a message to its receivers: all but Topic Alias and
-  /// Subscription Identifiers, which belong to one connection, and the will's own Will Delay.
-  /// The view is valid until the next call on this thread (the caller copies it into a message).
-  static std::string_view forwardable_properties(const codec::properties_view& in) {
-    auto stays = [](const codec::property& p) {
-      return p.id != codec::property_id::topic_alias && p.id != codec::property_id::subscription_identifier &&
-             p.id != codec::property_id::will_delay_interval;
-    };
-    bool all_stay = true;
-    for (const codec::property& p : in) all_stay = all_stay && stays(p);
-    if (all_stay) return in.bytes();  // the usual case: forwarded as they came, no rebuild
-    static thread_local codec::properties_builder b;
-    b.clear();
-    for (const codec::property& p : in)
-      if (stays(p)) b.add(p);
-    return b.view().bytes();
-  }
-
   // ---- PUBLISH and the acknowledgements
 
   void on_publish(link_type& l, codec::publish& p, steady_time now) {
@@ -1417,7 +1399,7 @@ class protocol : public core<Policies> {
     }
     message_ptr m;
     if (allowed) {
-      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, forwardable_properties(p.properties),
+      m = v5 ? message::make(p.topic, p.payload, p.qos_level, p.retain, base::forwardable_properties(p.properties),
                              base::expiry_of(p.properties, now))
              : message::make(p.topic, p.payload, p.qos_level, p.retain);
       if constexpr (hooks::has_authorize_publish_v<hooks_type>) allowed = hooks_.authorize_publish(l.client_info(), *m);

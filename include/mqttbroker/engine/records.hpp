@@ -93,7 +93,7 @@ using local_handler = std::function<void(const message_ptr&)>;
 struct local_subscriber : subscriber {
   // Shared so that a handler unsubscribed while a delivery to it is pending stays alive.
   std::shared_ptr<const local_handler> handler;
-  std::string filter;
+  std::vector<std::string> filters;  // one for broker::subscribe(); a participant's several
 };
 
 /// A Shared Subscription's group, which the router stores as one subscriber at the node of the

@@ -1,0 +1,141 @@
+"""The server's bridges (`connection` sections of -c FILE) to Debian's mosquitto as the remote:
+topics out and in with prefixes, over 3.1.1 (try_private) and 5.0, mosquitto_pub and
+mosquitto_sub on both sides; the notification topic; a remote that refuses the login, logged and
+retried without harm to the server. Each test starts its own mosquitto on a free port."""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness as h
+
+
+def mosquitto_binary():
+    for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto"):
+        if os.access(p, os.X_OK):
+            return p
+    h._client_missing("mosquitto (Debian mosquitto)")
+
+
+class Mosquitto:
+    """Debian's mosquitto on 127.0.0.1 and a free port, with `extra` configuration lines."""
+
+    def __init__(self, folder, extra=""):
+        self.port = h.free_port()
+        conf = os.path.join(folder, "remote.conf")
+        with open(conf, "w") as f:
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\nlog_dest none\n%s" % (self.port, extra))
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=h._die_with_parent)
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            try:
+                h.socket.create_connection((h.HOST, self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise AssertionError("mosquitto did not start on port %d" % self.port)
+                time.sleep(0.02)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=h.WAIT)
+
+
+class BridgeCase(h.BrokerTestCase):
+    """setUp starts the remote (remote_conf lines), then the server with a file whose bridge lines
+    are bridge_conf, {port} filled in with the remote's."""
+
+    remote_conf = ""
+    bridge_conf = ""
+
+    def setUp(self):
+        h.require_mosquitto_clients()
+        self.dir = tempfile.mkdtemp(prefix="mqttbroker-it-bridge-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.remote = Mosquitto(self.dir, self.remote_conf)
+        self.addCleanup(self.remote.stop)
+        path = os.path.join(self.dir, "mqttbroker.conf")
+        with open(path, "w") as f:
+            f.write(self.bridge_conf.format(port=self.remote.port))
+        self.broker_args = ("-c", path)
+        super().setUp()
+
+
+class OutAndIn(BridgeCase):
+    bridge_conf = ("connection cloud\n"
+                   "address 127.0.0.1:{port}\n"
+                   "remote_clientid gw-it\n"
+                   "topic # out 1 gw/ site/gw/\n"
+                   "topic # in 1 cmd/ site/cmd/\n"
+                   "restart_timeout 1 2\n")
+
+    def check_both_ways(self):
+        self.wait_log(r"bridge cloud: connected to the remote")
+        # The bridge says "1" (retained) on the remote once connected: then its subscription is in place.
+        state = h.MosquittoSub(self.remote.port, "$SYS/broker/connection/gw-it/state", count=1)
+        self.assertEqual(state.get()[1:], (1, "$SYS/broker/connection/gw-it/state", "1"))
+        state.close()
+        up = h.MosquittoSub(self.remote.port, "site/gw/#", qos=1, count=2)
+        h.mosquitto_pub(self.port, "gw/temp", "21.5", qos=1)
+        h.mosquitto_pub(self.port, "other/temp", "not bridged", qos=1)
+        h.mosquitto_pub(self.port, "gw/kept", "k", qos=1, retain=True)
+        self.assertEqual(up.get(), (1, 0, "site/gw/temp", "21.5"))
+        self.assertEqual(up.get()[2:], ("site/gw/kept", "k"))
+        up.close()
+        down = h.MosquittoSub(self.port, "cmd/#", qos=1, count=1)
+        h.mosquitto_pub(self.remote.port, "site/cmd/reboot", "now", qos=1)
+        self.assertEqual(down.get(), (1, 0, "cmd/reboot", "now"))
+        down.close()
+        # Locally the state topic is retained too.
+        local_state = h.MosquittoSub(self.port, "$SYS/broker/connection/gw-it/state", count=1)
+        self.assertEqual(local_state.get()[1:], (1, "$SYS/broker/connection/gw-it/state", "1"))
+        local_state.close()
+
+    def test_mqtt311_try_private(self):
+        self.check_both_ways()
+
+
+class OutAndIn5(OutAndIn):
+    bridge_conf = OutAndIn.bridge_conf + "bridge_protocol_version mqttv50\n"
+
+    def test_mqtt5(self):
+        self.check_both_ways()
+
+    test_mqtt311_try_private = None
+
+
+class RefusedLogin(BridgeCase):
+    remote_conf = "allow_anonymous false\n"
+    bridge_conf = ("connection locked\n"
+                   "address 127.0.0.1:{port}\n"
+                   "remote_username gateway\n"
+                   "remote_password wrong\n"
+                   "topic # out 1\n"
+                   "restart_timeout 1\n")
+
+    def test_refused_login_is_logged_and_retried(self):
+        """The remote's CONNACK refusal is logged each time, the bridge tries again, and the server
+        goes on serving its own clients meanwhile."""
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            refusals = [l for l in self.broker.all_lines()
+                        if "bridge locked: the remote refused the connection: not authorized" in l]
+            if len(refusals) >= 2:
+                break
+            self.assertLess(time.monotonic(), deadline, "fewer than 2 refusals logged:\n" + self.broker.log())
+            time.sleep(0.05)
+        sub = h.MosquittoSub(self.port, "local/#", count=1)
+        h.mosquitto_pub(self.port, "local/x", "still serving")
+        self.assertEqual(sub.get()[2:], ("local/x", "still serving"))
+        sub.close()
+
+
+if __name__ == "__main__":
+    h.main()
