@@ -73,7 +73,7 @@ OPTIONAL_UNITS = {"auth"}
 OPENSSL_UNITS = {"auth"}
 # Headers behind a CMake target of their own (mqttbroker::tls, mqttbroker::websocket) inside a core
 # unit: they alone there may include OpenSSL and asio/ssl, and only they include one another.
-OPENSSL_HEADERS = {"transport/tls.hpp", "transport/websocket.hpp", "transport/websocket_tls.hpp",
+OPENSSL_HEADERS = {"transport/tls.hpp", "transport/websocket.hpp", "transport/websocket_tls.hpp", "client/tls.hpp",
                    "transport/websocket/handshake.hpp"}
 # Headers behind mqttbroker::sqlite (SQLite 3) inside a core unit: they alone include <sqlite3.h>,
 # and no other header includes them, so a program on memory storage neither includes nor links SQLite.

@@ -308,7 +308,7 @@ TEST_CASE("config: Mosquitto options this server does not implement are errors t
            expectation{"psk_file /etc/mosquitto/psk", "test.conf:1: 'psk_file' is not supported by mqttbroker"},
            expectation{"http_dir /var/www", "test.conf:1: 'http_dir' is not supported by mqttbroker"},
            expectation{"idle_timeout 60", "test.conf:1: 'idle_timeout' is not supported by mqttbroker (bridges here start automatically, not lazily)"},
-           expectation{"bridge_cafile /x", "test.conf:1: 'bridge_cafile' is not supported by mqttbroker's bridges yet"},
+           expectation{"bridge_outgoing_retain false", "test.conf:1: 'bridge_outgoing_retain' is not supported by mqttbroker's bridges yet"},
            expectation{"plugin_opt_db /x", "test.conf:1: 'plugin_opt_db' is not supported by mqttbroker"},
            expectation{"listener 0 /run/mqtt.sock", "test.conf:1: listeners on Unix sockets are not supported by mqttbroker"},
            expectation{"allow_zero_length_clientid false", "test.conf:1: 'allow_zero_length_clientid false' is not supported"},
@@ -337,6 +337,10 @@ TEST_CASE("config: bridges: a connection line and the lines after it, with Mosqu
       "bridge_protocol_version mqttv50\n"
       "notifications false\n"
       "try_private false\n"
+      "bridge_cafile /etc/ssl/ca dir/ca.pem\n"
+      "bridge_certfile /etc/gw/cert.pem\n"
+      "bridge_keyfile /etc/gw/key.pem\n"
+      "bridge_tls_version tlsv1.3\n"
       "connection second\n"
       "address 127.0.0.1\n"
       "topic a/# out\n"
@@ -369,6 +373,12 @@ TEST_CASE("config: bridges: a connection line and the lines after it, with Mosqu
   CHECK(b.mqtt5);
   CHECK_FALSE(b.notifications);
   CHECK_FALSE(b.try_private);
+  CHECK(b.tls());
+  CHECK(b.cafile == "/etc/ssl/ca dir/ca.pem");
+  CHECK(b.certfile == "/etc/gw/cert.pem");
+  CHECK(b.keyfile == "/etc/gw/key.pem");
+  CHECK(b.tls13_only);
+  CHECK_FALSE(b.insecure);
   const auto& d = c.bridges[1];  // the defaults
   CHECK_FALSE(d.cleansession);
   CHECK(d.keepalive_interval == 60);
@@ -377,6 +387,7 @@ TEST_CASE("config: bridges: a connection line and the lines after it, with Mosqu
   CHECK_FALSE(d.mqtt5);
   CHECK(d.notifications);
   CHECK(d.try_private);
+  CHECK_FALSE(d.tls());
   CHECK(d.topics[0].qos_level == mqttbroker::codec::qos::at_most_once);
   CHECK(c.max_queued_messages == std::optional<std::size_t>(50));
 
@@ -393,6 +404,9 @@ TEST_CASE("config: bridges: a connection line and the lines after it, with Mosqu
            expectation{"connection a\naddress h\n", "test.conf:1: the connection 'a' needs an 'address' and at least one 'topic' line"},
            expectation{"connection a\naddress h\ntopic #\nconnection a\n", "test.conf:4: a connection named 'a' is already configured"},
            expectation{"connection a\naddress h\ntopic #\nstart_type lazy\n", "test.conf:4: 'start_type lazy' is not supported: bridges here start automatically"},
+           expectation{"connection a\naddress h\ntopic #\nbridge_certfile /c.pem\nbridge_cafile /ca.pem\n", "test.conf:1: the connection 'a' has a bridge_certfile without a bridge_keyfile"},
+           expectation{"connection a\naddress h\ntopic #\nbridge_insecure true\n", "test.conf:1: the connection 'a' sets TLS options without bridge_cafile or bridge_capath, which turn TLS on"},
+           expectation{"connection a\naddress h\ntopic #\nbridge_tls_version tlsv1.1\n", "test.conf:4: 'bridge_tls_version' must be tlsv1.2 or tlsv1.3 (the lowest accepted), not 'tlsv1.1'"},
        }) {
     INFO(e.text);
     CHECK(refuse(e.text).message == e.message);

@@ -19,14 +19,16 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
 
 namespace test_support {
 
 class mosquitto_process {
  public:
   /// `extra`: more configuration lines; "%DIR%" in them becomes a folder of this process's own
-  /// (for persistence_location).
-  explicit mosquitto_process(std::string extra = {}) {
+  /// (for persistence_location), into which `files` (paths) are copied first, readable by all:
+  /// certificates there stay readable after mosquitto drops to its own user.
+  explicit mosquitto_process(std::string extra = {}, const std::vector<std::string>& files = {}) {
     const char* paths[] = {"/usr/sbin/mosquitto", "/usr/bin/mosquitto"};
     for (const char* p : paths)
       if (::access(p, X_OK) == 0) path_ = p;
@@ -41,6 +43,12 @@ class mosquitto_process {
     std::filesystem::create_directories(dir_);
     // Started as root, mosquitto drops to its own user, which must still write its persistence file.
     std::filesystem::permissions(dir_, std::filesystem::perms::all);
+    for (const std::string& f : files) {
+      const std::filesystem::path to = std::filesystem::path(dir_) / std::filesystem::path(f).filename();
+      std::filesystem::copy_file(f, to, std::filesystem::copy_options::overwrite_existing);
+      std::filesystem::permissions(to, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                                           std::filesystem::perms::group_read | std::filesystem::perms::others_read);
+    }
     for (std::size_t at; (at = extra.find("%DIR%")) != std::string::npos;) extra.replace(at, 5, dir_ + "/");
     conf_ = dir_ + "/mosquitto.conf";
     std::ofstream(conf_) << "listener " << port_ << " 127.0.0.1\nallow_anonymous true\nlog_dest none\n" << extra;

@@ -1,9 +1,12 @@
 #include <mqttbroker/transport/tls.hpp>
+#include <mqttbroker/bridge/bridge.hpp>
 #include <mqttbroker/broker.hpp>
+#include <mqttbroker/client/tls.hpp>
 #include <mqttbroker/codec.hpp>
 
 #include "catch.hpp"
 #include "loopback.hpp"
+#include "mosquitto_process.hpp"
 
 #include <asio/connect.hpp>
 #include <asio/io_context.hpp>
@@ -707,4 +710,129 @@ TEST_CASE("tls: a listener of a transport without certificates has nothing to re
   std::error_code ec;
   b.reload_certificates(0, ec);
   CHECK(ec == std::errc::operation_not_supported);
+}
+
+namespace {
+struct bridge_log {
+  std::shared_ptr<std::vector<std::string>> lines = std::make_shared<std::vector<std::string>>();
+  void log(mb::log_level, std::string_view m) { lines->emplace_back(m); }
+};
+struct bridge_log_policies : mb::default_policies {
+  using hooks = bridge_log;
+};
+/// What the remote's subscriber got, "topic=payload".
+struct remote_events {
+  std::vector<std::string> messages;
+  int subacks = 0;
+  void on_connected(const mb::codec::connack&) {}
+  void on_refused(const mb::codec::connack&) {}
+  void on_connection_lost(std::error_code) {}
+  void on_message(const mb::codec::publish& p) { messages.push_back(std::string(p.topic) + "=" + std::string(p.payload)); }
+  void on_published(std::uint64_t, mb::reason_code) {}
+  void on_suback(const mb::codec::suback&) { ++subacks; }
+  void on_unsuback(const mb::codec::unsuback&) {}
+  void on_disconnect(const mb::codec::disconnect&) {}
+};
+}  // namespace
+
+TEST_CASE("tls: a bridge to Mosquitto over TLS with a client certificate; an untrusted server is refused and retried",
+          "[tls][bridge][mosquitto]") {
+  const auto& c = test_support::certs();
+  // Mosquitto's TLS listener asks for a client certificate signed by the root; beside it a plain
+  // listener for the test's own subscriber.
+  std::uint16_t tls_port = 0;
+  {
+    asio::io_context probe;
+    asio::ip::tcp::acceptor a(probe, {asio::ip::make_address("127.0.0.1"), 0});
+    tls_port = a.local_endpoint().port();
+  }
+  const std::string tls_lines = "listener " + std::to_string(tls_port) +
+                                " 127.0.0.1\ncafile %DIR%ca.crt\ncertfile %DIR%server-chain.crt\nkeyfile %DIR%server.key\n"
+                                "require_certificate true\n";
+  test_support::mosquitto_process remote(tls_lines, {c("ca.crt"), c("server-chain.crt"), c("server.key")});
+  if (!test_support::usable(remote)) return;
+
+  asio::io_context io;
+  mb::client::client_options so;
+  so.session.client_id = "tls-watch";
+  so.addresses.push_back({"127.0.0.1", remote.port()});
+  so.reconnect_min = std::chrono::milliseconds(50);
+  mb::client::client<remote_events> watcher(io.get_executor(), so, remote_events{});
+  watcher.subscribe("cloud/#", mb::codec::qos::at_least_once);
+  watcher.start();
+  REQUIRE(run_until(io, [&] { return watcher.handler().subacks == 1; }));
+
+  bridge_log logs;
+  mb::broker<bridge_log_policies> local(io, {}, logs);
+  local.start();
+  auto options_for = [&](const std::string& name) {
+    mb::bridge::bridge_options o;
+    o.name = name;
+    o.remote.addresses.push_back({"127.0.0.1", tls_port});
+    o.remote.session.client_id = "bridge-" + name;
+    o.remote.reconnect_min = std::chrono::milliseconds(50);
+    o.remote.reconnect_max = std::chrono::milliseconds(100);
+    std::string why;
+    o.topics.push_back(*mb::bridge::parse_topic_route({"#", "out", "1", "gw/", "cloud/"}, why));
+    return o;
+  };
+  using tls_bridge = mb::bridge::bridge<mb::broker<bridge_log_policies>, mb::client::tls_connector>;
+
+  SECTION("a client certificate the remote trusts, the remote's certificate checked against its address") {
+    mb::client::tls_options t;
+    t.ca_file = c("ca.crt");
+    t.certificate_file = c("alice.crt");
+    t.private_key_file = c("alice.key");
+    tls_bridge br(local, options_for("tls-ok"), mb::client::tls_connector(t));
+    br.start();
+    REQUIRE(run_until(io, [&] { return br.connected(); }));
+    local.publish("gw/secure", "over TLS", mb::codec::qos::at_least_once);
+    REQUIRE(run_until(io, [&] { return !watcher.handler().messages.empty(); }));
+    CHECK(watcher.handler().messages == std::vector<std::string>{"cloud/secure=over TLS"});
+    br.stop();
+  }
+  SECTION("no client certificate: the remote ends the handshake; logged, retried, never connected") {
+    mb::client::tls_options t;
+    t.ca_file = c("ca.crt");
+    tls_bridge br(local, options_for("tls-nocert"), mb::client::tls_connector(t));
+    br.start();
+    run_until(io, [] { return false; }, std::chrono::milliseconds(600));
+    CHECK_FALSE(br.connected());
+    const auto n = std::count_if(logs.lines->begin(), logs.lines->end(), [](const std::string& l) {
+      return l.find("bridge tls-nocert: cannot connect") != std::string::npos;
+    });
+    CHECK(n >= 2);
+    br.stop();
+  }
+  SECTION("a remote whose certificate no trusted CA signed is refused") {
+    mb::client::tls_options t;
+    t.ca_file = c("rogue-ca.crt");
+    t.certificate_file = c("alice.crt");
+    t.private_key_file = c("alice.key");
+    tls_bridge br(local, options_for("tls-rogue"), mb::client::tls_connector(t));
+    br.start();
+    run_until(io, [] { return false; }, std::chrono::milliseconds(600));
+    CHECK_FALSE(br.connected());
+    const bool said = std::any_of(logs.lines->begin(), logs.lines->end(), [](const std::string& l) {
+      return l.find("bridge tls-rogue: cannot connect: certificate verify failed") != std::string::npos;
+    });
+    CHECK(said);
+    br.stop();
+  }
+  SECTION("a CA file that cannot be read is an exception naming it") {
+    mb::client::tls_options t;
+    t.ca_file = "/nonexistent/ca.crt";
+    std::string what;
+    try {
+      mb::client::tls_connector unusable(t);
+    } catch (const std::system_error& e) {
+      what = e.what();
+    }
+    CHECK(what.find("/nonexistent/ca.crt") != std::string::npos);
+  }
+  watcher.stop();
+  run_until(io, [] { return false; }, std::chrono::milliseconds(50));
+  bool stopped = false;
+  local.async_stop([&](std::error_code) { stopped = true; });
+  REQUIRE(run_until(io, [&] { return stopped; }));
 }

@@ -135,6 +135,11 @@ struct bridge_settings {
   bool notifications = true;
   bool notifications_local_only = false;
   bool try_private = true;
+  // TLS, on when bridge_cafile or bridge_capath is given (as in Mosquitto).
+  std::string cafile, capath, certfile, keyfile;
+  bool insecure = false;     // bridge_insecure: the remote's name is not checked
+  bool tls13_only = false;   // bridge_tls_version tlsv1.3
+  bool tls() const noexcept { return !cafile.empty() || !capath.empty(); }
 };
 
 /// What a configuration file sets. A global setting the file does not mention is left empty, so
@@ -509,7 +514,8 @@ class config_reader {
         "connection", "address", "addresses", "topic", "remote_clientid", "clientid", "remote_username",
         "remote_password", "local_clientid", "cleansession", "keepalive_interval", "restart_timeout",
         "bridge_protocol_version", "notifications", "notifications_local_only", "notification_topic",
-        "try_private", "round_robin", "start_type", "local_username", "local_password"};
+        "try_private", "round_robin", "start_type", "local_username", "local_password", "bridge_cafile",
+        "bridge_capath", "bridge_certfile", "bridge_keyfile", "bridge_insecure", "bridge_tls_version"};
     if (std::find(std::begin(names), std::end(names), name) == std::end(names)) return false;
     if (name == "connection") {
       std::string_view v;
@@ -604,6 +610,25 @@ class config_reader {
         b.mqtt5 = v == "mqttv50";
       else
         fail(config_errc::invalid_value, fmt::format("'bridge_protocol_version' must be mqttv311 or mqttv50, not '{}'", v));
+    } else if (name == "bridge_cafile" || name == "bridge_capath" || name == "bridge_certfile" ||
+               name == "bridge_keyfile") {
+      if (rest.empty()) {
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+        return true;
+      }
+      (name == "bridge_cafile"     ? b.cafile
+       : name == "bridge_capath"   ? b.capath
+       : name == "bridge_certfile" ? b.certfile
+                                   : b.keyfile)
+          .assign(rest);  // a path: the rest of the line
+    } else if (name == "bridge_insecure") {
+      boolean(name, rest, b.insecure);
+    } else if (name == "bridge_tls_version") {
+      std::string_view v;
+      if (!word(name, rest, v)) return true;
+      if (v != "tlsv1.2" && v != "tlsv1.3")
+        fail(config_errc::invalid_value, fmt::format("'bridge_tls_version' must be tlsv1.2 or tlsv1.3 (the lowest accepted), not '{}'", v));
+      b.tls13_only = v == "tlsv1.3";
     } else if (name == "start_type") {
       std::string_view v;
       if (word(name, rest, v) && v != "automatic")
@@ -893,10 +918,22 @@ class config_reader {
   void finish() {
     if (ec_) return;
     for (const bridge_settings& b : out_.bridges) {
+      where_ = b.origin;
       if (b.addresses.empty() || b.topics.empty()) {
-        where_ = b.origin;
         fail(config_errc::invalid_value, fmt::format("the connection '{}' needs an 'address' and at least one 'topic' line",
                                                      b.name));
+        return;
+      }
+      if (b.certfile.empty() != b.keyfile.empty()) {
+        fail(config_errc::incomplete_listener, fmt::format("the connection '{}' has a bridge_{} without a bridge_{}", b.name,
+                                                           b.certfile.empty() ? "keyfile" : "certfile",
+                                                           b.certfile.empty() ? "certfile" : "keyfile"));
+        return;
+      }
+      if (!b.tls() && (!b.certfile.empty() || b.insecure || b.tls13_only)) {
+        fail(config_errc::incomplete_listener,
+             fmt::format("the connection '{}' sets TLS options without bridge_cafile or bridge_capath, which turn TLS on",
+                         b.name));
         return;
       }
     }

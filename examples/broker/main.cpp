@@ -2,6 +2,7 @@
 // and the threads, and runs mqttbroker::broker on them.
 #include <mqttbroker/mqttbroker.hpp>
 #if MQTTBROKER_EXAMPLE_TLS
+#include <mqttbroker/client/tls.hpp>     // TLS bridges
 #include <mqttbroker/transport/tls.hpp>  // built with mqttbroker::tls (OpenSSL) when CMake found it
 #endif
 #if MQTTBROKER_EXAMPLE_WEBSOCKET
@@ -453,6 +454,20 @@ std::string metrics_at;
 /// The configuration file's bridges (`connection` sections).
 std::vector<cfg::bridge_settings> bridge_lines;
 
+/// The bridges the server runs, plain or TLS, in one list.
+struct running_bridge {
+  virtual ~running_bridge() = default;
+  virtual void start() = 0;
+  virtual void stop() = 0;
+};
+template <class Broker, class Connector>
+struct bridge_of final : running_bridge {
+  bridge_of(Broker& b, mqttbroker::bridge::bridge_options o, Connector c) : bridge(b, std::move(o), std::move(c)) {}
+  void start() override { bridge.start(); }
+  void stop() override { bridge.stop(); }
+  mqttbroker::bridge::bridge<Broker, Connector> bridge;
+};
+
 /// A bridge's library options from its lines: Mosquitto's meaning of each.
 mqttbroker::bridge::bridge_options bridge_options_of(const cfg::bridge_settings& b, const mqttbroker::broker_options& o) {
   mqttbroker::bridge::bridge_options out;
@@ -635,9 +650,32 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     say(level::info, "metrics on http://{}:{}/metrics", address, metrics->port());
   }
   broker.start();
-  std::vector<std::unique_ptr<mqttbroker::bridge::bridge<Broker>>> bridges;
+  std::vector<std::unique_ptr<running_bridge>> bridges;
   for (const cfg::bridge_settings& b : bridge_lines) {
-    bridges.push_back(std::make_unique<mqttbroker::bridge::bridge<Broker>>(broker, bridge_options_of(b, opts)));
+    if (b.tls()) {
+#if MQTTBROKER_EXAMPLE_TLS
+      mqttbroker::client::tls_options t;
+      t.ca_file = b.cafile;
+      t.ca_path = b.capath;
+      t.certificate_file = b.certfile;
+      t.private_key_file = b.keyfile;
+      t.insecure = b.insecure;
+      t.tls13_only = b.tls13_only;
+      try {
+        bridges.push_back(std::make_unique<bridge_of<Broker, mqttbroker::client::tls_connector>>(
+            broker, bridge_options_of(b, opts), mqttbroker::client::tls_connector(t)));
+      } catch (const std::exception& e) {
+        say(level::error, "connection {} ({}): {}", b.name, b.origin, e.what());
+        return 1;
+      }
+#else
+      say(level::error, "connection {} ({}): TLS bridges need a server built with OpenSSL", b.name, b.origin);
+      return 1;
+#endif
+    } else {
+      bridges.push_back(std::make_unique<bridge_of<Broker, mqttbroker::client::tcp_connector>>(
+          broker, bridge_options_of(b, opts), mqttbroker::client::tcp_connector()));
+    }
     bridges.back()->start();
   }
   // SIGHUP reads the TLS certificates and keys again; open connections keep theirs.

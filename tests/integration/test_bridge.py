@@ -137,5 +137,43 @@ class RefusedLogin(BridgeCase):
         sub.close()
 
 
+class OverTls(BridgeCase):
+    """bridge_cafile, bridge_certfile and bridge_keyfile against a mosquitto TLS listener that
+    requires a client certificate."""
+
+    def setUp(self):
+        if os.environ.get("MQTTBROKER_IT_TLS") != "1":
+            self.skipTest("the server was built without TLS")
+        self.certs = h.make_certificates("mqttbroker-it-bridge-certs-")
+        self.addCleanup(shutil.rmtree, self.certs, True)
+        # mosquitto drops to its own user before it reads them: a copy it can read.
+        readable = tempfile.mkdtemp(prefix="mqttbroker-it-bridge-remote-")
+        self.addCleanup(shutil.rmtree, readable, True)
+        os.chmod(readable, 0o755)
+        for name in ("ca.crt", "server-chain.crt", "server.key"):
+            shutil.copy(os.path.join(self.certs, name), readable)
+            os.chmod(os.path.join(readable, name), 0o644)
+        self.tls_port = h.free_port()
+        self.remote_conf = ("listener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server-chain.crt\n"
+                            "keyfile {d}/server.key\nrequire_certificate true\n").format(port=self.tls_port, d=readable)
+        self.bridge_conf = ("connection secure\n"
+                            "address 127.0.0.1:%d\n"
+                            "topic # out 1 gw/ site/\n"
+                            "bridge_cafile %s\n"
+                            "bridge_certfile %s\n"
+                            "bridge_keyfile %s\n"
+                            "restart_timeout 1\n") % (self.tls_port, os.path.join(self.certs, "ca.crt"),
+                                                       os.path.join(self.certs, "alice.crt"),
+                                                       os.path.join(self.certs, "alice.key"))
+        super().setUp()
+
+    def test_client_certificate(self):
+        self.wait_log(r"bridge secure: connected to the remote")
+        up = h.MosquittoSub(self.remote.port, "site/#", qos=1, count=1)  # the remote's plain listener
+        h.mosquitto_pub(self.port, "gw/x", "sealed", qos=1)
+        self.assertEqual(up.get(), (1, 0, "site/x", "sealed"))
+        up.close()
+
+
 if __name__ == "__main__":
     h.main()

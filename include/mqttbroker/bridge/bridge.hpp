@@ -64,13 +64,18 @@ struct bridge_stats {
 };
 
 /// A bridge on `Broker` (any mqttbroker::broker<...>), running on the broker's executor (a strand
-/// of it with a multi-threaded locking policy). Start it after the broker; stop it before.
-template <class Broker>
+/// of it with a multi-threaded locking policy), reaching the remote through `Connector`
+/// (client::tcp_connector, or client::tls_connector from client/tls.hpp). Start it after the
+/// broker; stop it before.
+template <class Broker, class Connector = client::tcp_connector>
 class bridge {
  public:
   using participant_id = typename Broker::local_subscription_id;
 
-  bridge(Broker& b, bridge_options o) : s_(std::make_shared<state>(b, std::move(o))) { s_->self = s_; }
+  bridge(Broker& b, bridge_options o, Connector c = Connector())
+      : s_(std::make_shared<state>(b, std::move(o), std::move(c))) {
+    s_->self = s_;
+  }
   bridge(const bridge&) = delete;
   bridge& operator=(const bridge&) = delete;
   ~bridge() { stop(); }
@@ -128,14 +133,18 @@ class bridge {
   };
 
   struct state {
-    state(Broker& b, bridge_options o)
-        : broker(b), opts(prepared(std::move(o))), strand(Broker::locking_type::make_strand(b.get_executor())) {}
+    state(Broker& b, bridge_options o, Connector c)
+        : broker(b),
+          opts(prepared(std::move(o))),
+          connector(std::move(c)),
+          strand(Broker::locking_type::make_strand(b.get_executor())) {}
 
     Broker& broker;
     bridge_options opts;
+    Connector connector;
     asio::any_io_executor strand;
     std::weak_ptr<state> self;
-    std::unique_ptr<client::client<remote_events>> remote;
+    std::unique_ptr<client::client<remote_events, Connector>> remote;
     participant_id id{};
     bool attached = false;
     std::atomic<bool> up{false};
@@ -193,7 +202,8 @@ class bridge {
                      ec.message());
       }
       notify_locally("0");
-      remote = std::make_unique<client::client<remote_events>>(strand, opts.remote, remote_events{self});
+      remote = std::make_unique<client::client<remote_events, Connector>>(strand, opts.remote, remote_events{self},
+                                                                          connector);
       for (const topic_route& r : opts.topics) {
         if (!r.carries_in()) continue;
         codec::subscribe_entry e;

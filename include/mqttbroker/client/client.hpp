@@ -13,6 +13,10 @@
 //   void on_connection_lost(std::error_code)   refused, failed or closed; a reconnect follows
 //                                              unless stop() was called
 // client::callbacks is a handler of std::function members for hosts that prefer lambdas.
+//
+// The connection is the Connector's: tcp_connector (here) or tls_connector (client/tls.hpp, with
+// OpenSSL). A Connector has stream_type, make_stream(executor), lowest_layer(stream) (the TCP
+// socket) and async_handshake(stream, host, handler) run after the TCP connect.
 
 #include <mqttbroker/client/session.hpp>
 #include <mqttbroker/config.hpp>
@@ -29,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <system_error>
@@ -75,13 +80,24 @@ struct callbacks {
   void on_disconnect(const codec::disconnect&) {}
 };
 
-template <class Handler = callbacks>
+/// Plain TCP: nothing to do after the connect.
+struct tcp_connector {
+  using stream_type = asio::ip::tcp::socket;
+  stream_type make_stream(const asio::any_io_executor& ex) const { return stream_type(ex); }
+  static asio::ip::tcp::socket& lowest_layer(stream_type& s) noexcept { return s; }
+  template <class Handler>
+  void async_handshake(stream_type& s, const std::string&, Handler&& h) const {
+    asio::post(s.get_executor(), [h = std::forward<Handler>(h)]() mutable { h(std::error_code()); });
+  }
+};
+
+template <class Handler = callbacks, class Connector = tcp_connector>
 class client {
  public:
   using clock = std::chrono::steady_clock;
 
-  client(const asio::any_io_executor& ex, client_options o, Handler h)
-      : s_(std::make_shared<state>(ex, std::move(o), std::move(h))) {
+  client(const asio::any_io_executor& ex, client_options o, Handler h, Connector c = Connector())
+      : s_(std::make_shared<state>(ex, std::move(o), std::move(h), std::move(c))) {
     s_->self = s_;
   }
   client(const client&) = delete;
@@ -190,11 +206,14 @@ class client {
   };
 
   struct state {
-    state(const asio::any_io_executor& ex, client_options o, Handler h)
+    using stream_type = typename Connector::stream_type;
+
+    state(const asio::any_io_executor& ex, client_options o, Handler h, Connector c)
         : opts(std::move(o)),
           user(std::move(h)),
           sess(opts.session, relay{this}),
-          socket(ex),
+          connector(std::move(c)),
+          executor(ex),
           resolver(ex),
           timer(ex),
           reconnect_timer(ex),
@@ -204,7 +223,9 @@ class client {
     client_options opts;
     Handler user;
     session<relay> sess;
-    asio::ip::tcp::socket socket;
+    Connector connector;
+    asio::any_io_executor executor;
+    std::optional<stream_type> stream;  // a new one for each attempt (a TLS stream is not reusable)
     asio::ip::tcp::resolver resolver;
     asio::steady_timer timer;            // keep-alive and connect timeout
     asio::steady_timer reconnect_timer;  // backoff
@@ -228,16 +249,25 @@ class client {
       ++attempts;
       const std::uint64_t gen = ++generation;
       auto keep = self.lock();
-      resolver.async_resolve(a.host, std::to_string(a.port),
-                             [this, keep, gen](std::error_code ec, asio::ip::tcp::resolver::results_type r) {
-                               if (gen != generation || stopped) return;
-                               if (ec) return failed(ec);
-                               asio::async_connect(socket, r, [this, keep, gen](std::error_code e, const auto&) {
-                                 if (gen != generation || stopped) return;
-                                 if (e) return failed(e);
-                                 connected_socket();
-                               });
-                             });
+      stream.emplace(connector.make_stream(executor));
+      resolver.async_resolve(
+          a.host, std::to_string(a.port),
+          [this, keep, gen, host = a.host](std::error_code ec, asio::ip::tcp::resolver::results_type r) {
+            if (gen != generation || stopped) return;
+            if (ec) return failed(ec);
+            asio::async_connect(Connector::lowest_layer(*stream), r,
+                                [this, keep, gen, host](std::error_code e, const auto&) {
+                                  if (gen != generation || stopped) return;
+                                  if (e) return failed(e);
+                                  std::error_code ignored;
+                                  Connector::lowest_layer(*stream).set_option(asio::ip::tcp::no_delay(true), ignored);
+                                  connector.async_handshake(*stream, host, [this, keep, gen](std::error_code h) {
+                                    if (gen != generation || stopped) return;
+                                    if (h) return failed(h);
+                                    connected_socket();
+                                  });
+                                });
+          });
       timer.expires_after(opts.connect_timeout);
       timer.async_wait([this, keep, gen](std::error_code ec) {
         if (ec || gen != generation || stopped) return;
@@ -246,8 +276,6 @@ class client {
     }
 
     void connected_socket() {
-      std::error_code ignored;
-      socket.set_option(asio::ip::tcp::no_delay(true), ignored);
       open = true;
       if (auto ec = sess.start(clock::now())) return failed(ec);
       read();
@@ -257,7 +285,7 @@ class client {
     void read() {
       auto keep = self.lock();
       const std::uint64_t gen = generation;
-      socket.async_read_some(asio::buffer(reading), [this, keep, gen](std::error_code ec, std::size_t n) {
+      stream->async_read_some(asio::buffer(reading), [this, keep, gen](std::error_code ec, std::size_t n) {
         if (gen != generation || !open) return;
         if (ec) return failed(ec);
         const bool was_connected = sess.state() == session_state::connected;
@@ -294,7 +322,7 @@ class client {
       writing.swap(sess.output());
       auto keep = self.lock();
       const std::uint64_t gen = generation;
-      asio::async_write(socket, asio::buffer(writing), [this, keep, gen](std::error_code ec, std::size_t) {
+      asio::async_write(*stream, asio::buffer(writing), [this, keep, gen](std::error_code ec, std::size_t) {
         write_pending = false;
         if (gen != generation || !open) return;
         if (ec) return failed(ec);
@@ -306,9 +334,12 @@ class client {
     void close() {
       open = false;
       resolver.cancel();
-      std::error_code ignored;
-      socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-      socket.close(ignored);
+      if (stream) {
+        // No TLS close_notify: the peer sees the TCP close, as after a DISCONNECT it expects one.
+        std::error_code ignored;
+        Connector::lowest_layer(*stream).shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+        Connector::lowest_layer(*stream).close(ignored);
+      }
       timer.cancel();
     }
 
@@ -327,7 +358,6 @@ class client {
       reconnect_timer.expires_after(wait);
       reconnect_timer.async_wait([this, keep](std::error_code e) {
         if (e || stopped) return;
-        socket = asio::ip::tcp::socket(socket.get_executor());
         attempt_now();
       });
     }
