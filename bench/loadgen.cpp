@@ -318,6 +318,8 @@ struct config {
   bool json = false;
   unsigned threads = 1;
   int broker_pid = 0;
+  std::vector<int> more_broker_pids;  // --broker-pid given again: their CPU is added (a bridge's two brokers)
+  std::uint16_t sub_port = 0;         // subscribers connect here when set (the far side of a bridge)
   int protocol = 4;
   unsigned topic_alias_maximum = 0;  // 5.0 subscribers: Topic Alias Maximum in CONNECT
   bool publish_properties = false;   // 5.0 publishers: properties on every PUBLISH
@@ -332,12 +334,24 @@ struct config {
   std::string tls_version = "auto";  // TLS: auto (what both sides agree on), 1.2 or 1.3
 };
 
+/// The CPU seconds of every --broker-pid together; -1 when one cannot be read.
+double brokers_cpu_seconds(const config& cfg) {
+  double total = proc_cpu_seconds(cfg.broker_pid);
+  for (int pid : cfg.more_broker_pids) {
+    const double t = proc_cpu_seconds(pid);
+    if (total < 0 || t < 0) return -1;
+    total += t;
+  }
+  return total;
+}
+
 struct run_state {
   explicit run_state(const config& c) : cfg(c) {}
   const config& cfg;
   codec::protocol_version version = codec::protocol_version::v3_1_1;
   codec::qos q = codec::qos::at_most_once;
   tcp::endpoint endpoint;
+  tcp::endpoint sub_endpoint;  // --sub-port
   std::string id_prefix;
   std::uint16_t tag = 1;
   std::vector<char> padding;  // the bytes after the stamp; their content does not matter
@@ -668,7 +682,8 @@ class client {
 
   void connect(std::function<void(bool)> done) {
     on_ready_ = std::move(done);
-    Net::socket(sock_).async_connect(rs_.endpoint, [this](std::error_code ec) {
+    const tcp::endpoint& to = kind_ == kind::subscriber && rs_.cfg.sub_port != 0 ? rs_.sub_endpoint : rs_.endpoint;
+    Net::socket(sock_).async_connect(to, [this](std::error_code ec) {
       if (ec) {
         fail("connect: " + ec.message());
         return;
@@ -1697,7 +1712,7 @@ int run_traffic(runner& r, json_line& out) {
   window_cpu cpu;
   sleep_until_ns(rs.t_measure);
   cpu.self_start = self_cpu_seconds();
-  cpu.broker_start = proc_cpu_seconds(cfg.broker_pid);
+  cpu.broker_start = brokers_cpu_seconds(cfg);
   if (storm) {
     client_t* c = storm_sub.get();
     const std::uint32_t rc = cfg.retained, rp = static_cast<std::uint32_t>(pubs);
@@ -1705,7 +1720,7 @@ int run_traffic(runner& r, json_line& out) {
   }
   sleep_until_ns(rs.t_stop);
   cpu.self_end = self_cpu_seconds();
-  cpu.broker_end = proc_cpu_seconds(cfg.broker_pid);
+  cpu.broker_end = brokers_cpu_seconds(cfg);
   cpu.seconds = static_cast<double>(rs.t_stop - rs.t_measure) * 1e-9;
 
   // Drain: until every sent message reached every matching subscriber, every QoS 1/2 publish is
@@ -2045,7 +2060,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0u, 10000u));
   app.add_option("--threads", cfg.threads, "io_context threads")->capture_default_str()->check(CLI::Range(1u, 64u));
-  app.add_option("--broker-pid", cfg.broker_pid, "broker process for RSS and CPU readings from /proc");
+  std::vector<int> broker_pids;
+  app.add_option("--broker-pid", broker_pids,
+                 "broker process for RSS and CPU readings from /proc; again for a second one whose CPU is added")
+      ->take_all();
+  app.add_option("--sub-port", cfg.sub_port, "subscribers connect to this port (the far broker of a bridge)");
   app.add_option("--protocol", cfg.protocol, "MQTT protocol level: 4 (3.1.1) or 5")->capture_default_str()->check(CLI::IsMember({4, 5}));
   app.add_option("--topic-alias-maximum", cfg.topic_alias_maximum,
                  "5.0 subscribers announce this Topic Alias Maximum and resolve the broker's aliases")
@@ -2070,6 +2089,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "1.2", "1.3"}));
   CLI11_PARSE(app, argc, argv);
+  if (!broker_pids.empty()) {
+    cfg.broker_pid = broker_pids.front();
+    cfg.more_broker_pids.assign(broker_pids.begin() + 1, broker_pids.end());
+  }
   if (cfg.ws && cfg.tls) {
     fmt::print(stderr, "loadgen: --ws is WebSocket over TCP; with --tls (wss) it is not built yet\n");
     return 1;
@@ -2106,6 +2129,7 @@ int main(int argc, char** argv) {
     tcp::resolver resolver(resolve_io);
     auto results = resolver.resolve(cfg.host, std::to_string(cfg.port));
     rs.endpoint = *results.begin();
+    rs.sub_endpoint = tcp::endpoint(rs.endpoint.address(), cfg.sub_port);
   } catch (const std::exception& e) {
     fmt::print(stderr, "loadgen: cannot resolve {}: {}\n", cfg.host, e.what());
     return 1;

@@ -225,10 +225,14 @@ TEST_CASE("two of this broker's own bridged with both: every message once on eac
     b.start();
     mb::bridge::bridge_options o = bridge_to(b.local_port(), v, "ab" + tag);
     o.topics.push_back(route({"loop/#", "both", "1"}));
-    o.notifications = false;
     mb::bridge::bridge<mb::broker<>> br(a, o);
     br.start();
-    REQUIRE(run_until(io, [&] { return br.connected() && b.stats().subscriptions >= 1; }));
+    // The state topic is the one $SYS topic a client may publish, as in Mosquitto: once it is
+    // "1" on the remote, the bridge's subscription there is in place.
+    const std::string state = "$SYS/broker/connection/bridge-ab" + tag + "/state";
+    REQUIRE(run_until(io, [&] {
+      return br.connected() && b.retained(state) && b.retained(state)->payload() == "1";
+    }));
     auto on_a = subscriber(io, a.local_port(), v, "on-a" + tag, "loop/#", codec::qos::at_least_once);
     auto on_b = subscriber(io, b.local_port(), v, "on-b" + tag, "loop/#", codec::qos::exactly_once);
 

@@ -748,6 +748,15 @@ TEST_CASE("clients cannot publish to $-topics", "[broker][MQTT-4.7.2-1]") {
   CHECK(sys.empty());
   CHECK(h.broker.stats().publishes_denied == 1);
   CHECK_FALSE(pub.closed());
+  // But for a bridge's state topic, as in Mosquitto; one level, /state, nothing else.
+  pub.publish("$SYS/broker/connection/gw-7/state", "1", qos::at_least_once, 2, true);
+  pub.publish("$SYS/broker/connection/gw/7/state", "1", qos::at_least_once, 3);
+  pub.publish("$SYS/broker/connection/gw-7/stats", "1", qos::at_least_once, 4);
+  h.settle();
+  CHECK(sys.pop(PUBLISH).topic == "$SYS/broker/connection/gw-7/state");
+  CHECK(sys.empty());
+  CHECK(h.broker.retained("$SYS/broker/connection/gw-7/state"));
+  CHECK(h.broker.stats().publishes_denied == 3);
 }
 
 // ---- protocol errors

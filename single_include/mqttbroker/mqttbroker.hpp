@@ -11159,6 +11159,16 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
+  /// $SYS/broker/connection/NAME/state, NAME one level.
+  static bool is_bridge_state_topic(std::string_view t) noexcept {
+    constexpr std::string_view head = "$SYS/broker/connection/", tail = "/state";
+    if (t.size() <= head.size() + tail.size() || t.compare(0, head.size(), head) != 0 ||
+        t.compare(t.size() - tail.size(), tail.size(), tail) != 0)
+      return false;
+    const std::string_view name = t.substr(head.size(), t.size() - head.size() - tail.size());
+    return name.find('/') == std::string_view::npos;
+  }
+
   void on_publish(link_type& l, codec::publish& p, steady_time now) {
     if (opts_.max_publish_rate != 0 && over_publish_rate(l, now)) return;
     const bool v5 = l.version() == codec::protocol_version::v5;
@@ -11184,7 +11194,9 @@ class protocol : public core<Policies> {
     if (p.qos_level > opts_.maximum_qos) return violation(l, protocol_errc::qos_not_supported, now);
     if (p.retain && !opts_.retain_available) return violation(l, protocol_errc::retain_not_supported, now);
 
-    bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    // $-topics belong to the server, but for a bridge's state topic, which Mosquitto lets any
+    // client publish (its bridges keep their state there, on the remote).
+    bool allowed = p.topic.empty() || p.topic.front() != '$' || is_bridge_state_topic(p.topic);
     reason_code refusal = reason_code::not_authorized;
     if (allowed && v5 && !p.properties.empty()) {
       // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
@@ -14550,16 +14562,30 @@ struct topic_route {
   std::string remote_filter() const { return remote_prefix + pattern; }
 
   /// The remote name of a local topic this route matched (its local prefix replaced).
-  std::string to_remote(std::string_view local_topic) const { return swap_prefix(local_topic, local_prefix, remote_prefix); }
+  std::string to_remote(std::string_view local_topic) const {
+    std::string out;
+    to_remote(local_topic, out);
+    return out;
+  }
   /// The local name of a remote topic this route matched.
-  std::string to_local(std::string_view remote_topic) const { return swap_prefix(remote_topic, remote_prefix, local_prefix); }
+  std::string to_local(std::string_view remote_topic) const {
+    std::string out;
+    to_local(remote_topic, out);
+    return out;
+  }
+  /// The same into `out`, whose capacity a caller keeps between messages.
+  void to_remote(std::string_view local_topic, std::string& out) const {
+    swap_prefix(local_topic, local_prefix, remote_prefix, out);
+  }
+  void to_local(std::string_view remote_topic, std::string& out) const {
+    swap_prefix(remote_topic, remote_prefix, local_prefix, out);
+  }
 
  private:
-  static std::string swap_prefix(std::string_view topic, std::string_view from, std::string_view to) {
+  static void swap_prefix(std::string_view topic, std::string_view from, std::string_view to, std::string& out) {
     // The route's filter begins with `from`, so a topic it matched does too.
-    std::string out(to);
+    out.assign(to);
     out.append(topic.substr(topic.compare(0, from.size(), from) == 0 ? from.size() : 0));
-    return out;
   }
 };
 
@@ -14739,10 +14765,18 @@ class bridge {
         : broker(b),
           opts(prepared(std::move(o))),
           connector(std::move(c)),
-          strand(Broker::locking_type::make_strand(b.get_executor())) {}
+          strand(Broker::locking_type::make_strand(b.get_executor())) {
+      for (const topic_route& r : opts.topics) filters.push_back(route_filters{r.local_filter(), r.remote_filter()});
+    }
 
     Broker& broker;
     bridge_options opts;
+    /// Each route's two filters, made once: matching a message allocates nothing.
+    struct route_filters {
+      std::string local, remote;
+    };
+    std::vector<route_filters> filters;
+    std::string renamed;  // the strand's buffer for a topic with its prefix swapped
     Connector connector;
     asio::any_io_executor strand;
     std::weak_ptr<state> self;
@@ -14794,23 +14828,23 @@ class bridge {
         }
       });
       attached = true;
-      for (const topic_route& r : opts.topics) {
-        if (!r.carries_out()) continue;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (!opts.topics[i].carries_out()) continue;
         codec::subscribe_options so;
-        so.max_qos = r.qos_level;
+        so.max_qos = opts.topics[i].qos_level;
         so.no_local = true;  // what the bridge itself publishes here does not go back
-        if (auto ec = broker.subscribe(id, r.local_filter(), so))
-          broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, r.local_filter(),
+        if (auto ec = broker.subscribe(id, filters[i].local, so))
+          broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, filters[i].local,
                      ec.message());
       }
       notify_locally("0");
       remote = std::make_unique<client::client<remote_events, Connector>>(strand, opts.remote, remote_events{self},
                                                                           connector);
-      for (const topic_route& r : opts.topics) {
-        if (!r.carries_in()) continue;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (!opts.topics[i].carries_in()) continue;
         codec::subscribe_entry e;
-        e.filter = r.remote_filter();
-        e.options.max_qos = r.qos_level;
+        e.filter = filters[i].remote;
+        e.options.max_qos = opts.topics[i].qos_level;
         // 5.0: our own messages do not come back, and retained ones keep their flag (3.1.1
         // remotes do both for a connection with the bridge bit).
         e.options.no_local = true;
@@ -14842,9 +14876,9 @@ class bridge {
     void outbound(const message_ptr& m) {
       if (stopping.load() || !remote) return;
       const topic_route* route = nullptr;
-      for (const topic_route& r : opts.topics) {
-        if (r.carries_out() && topic::matches(r.local_filter(), m->topic())) {
-          route = &r;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (opts.topics[i].carries_out() && topic::matches(filters[i].local, m->topic())) {
+          route = &opts.topics[i];
           break;
         }
       }
@@ -14858,9 +14892,9 @@ class bridge {
       if (route->local_prefix == route->remote_prefix) {
         ticket = remote->publish(m, q, m->retain());  // the same message, not a copy
       } else {
-        ticket = remote->publish(message::make(route->to_remote(m->topic()), m->payload(), q, m->retain(),
-                                               m->properties().bytes()),
-                                 q, m->retain());
+        route->to_remote(m->topic(), renamed);
+        ticket = remote->publish(message::make(renamed, m->payload(), q, m->retain(), m->properties().bytes()), q,
+                                 m->retain());
       }
       (ticket != 0 ? sent : dropped).fetch_add(1, std::memory_order_relaxed);
     }
@@ -14868,10 +14902,12 @@ class bridge {
     // ---- in: remote messages to the local broker
 
     void inbound(const codec::publish& p) {
-      for (const topic_route& r : opts.topics) {
-        if (!r.carries_in() || !topic::matches(r.remote_filter(), p.topic)) continue;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        const topic_route& r = opts.topics[i];
+        if (!r.carries_in() || !topic::matches(filters[i].remote, p.topic)) continue;
+        r.to_local(p.topic, renamed);
         std::error_code ec;
-        broker.publish_as(id, r.to_local(p.topic), p.payload, p.qos_level, p.retain, p.properties, &ec);
+        broker.publish_as(id, renamed, p.payload, p.qos_level, p.retain, p.properties, &ec);
         if (ec) {
           broker.log(log_level::warning, "bridge {}: message on '{}' not published locally: {}", opts.name, p.topic,
                      ec.message());

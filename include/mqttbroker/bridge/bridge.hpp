@@ -137,10 +137,18 @@ class bridge {
         : broker(b),
           opts(prepared(std::move(o))),
           connector(std::move(c)),
-          strand(Broker::locking_type::make_strand(b.get_executor())) {}
+          strand(Broker::locking_type::make_strand(b.get_executor())) {
+      for (const topic_route& r : opts.topics) filters.push_back(route_filters{r.local_filter(), r.remote_filter()});
+    }
 
     Broker& broker;
     bridge_options opts;
+    /// Each route's two filters, made once: matching a message allocates nothing.
+    struct route_filters {
+      std::string local, remote;
+    };
+    std::vector<route_filters> filters;
+    std::string renamed;  // the strand's buffer for a topic with its prefix swapped
     Connector connector;
     asio::any_io_executor strand;
     std::weak_ptr<state> self;
@@ -192,23 +200,23 @@ class bridge {
         }
       });
       attached = true;
-      for (const topic_route& r : opts.topics) {
-        if (!r.carries_out()) continue;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (!opts.topics[i].carries_out()) continue;
         codec::subscribe_options so;
-        so.max_qos = r.qos_level;
+        so.max_qos = opts.topics[i].qos_level;
         so.no_local = true;  // what the bridge itself publishes here does not go back
-        if (auto ec = broker.subscribe(id, r.local_filter(), so))
-          broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, r.local_filter(),
+        if (auto ec = broker.subscribe(id, filters[i].local, so))
+          broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, filters[i].local,
                      ec.message());
       }
       notify_locally("0");
       remote = std::make_unique<client::client<remote_events, Connector>>(strand, opts.remote, remote_events{self},
                                                                           connector);
-      for (const topic_route& r : opts.topics) {
-        if (!r.carries_in()) continue;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (!opts.topics[i].carries_in()) continue;
         codec::subscribe_entry e;
-        e.filter = r.remote_filter();
-        e.options.max_qos = r.qos_level;
+        e.filter = filters[i].remote;
+        e.options.max_qos = opts.topics[i].qos_level;
         // 5.0: our own messages do not come back, and retained ones keep their flag (3.1.1
         // remotes do both for a connection with the bridge bit).
         e.options.no_local = true;
@@ -240,9 +248,9 @@ class bridge {
     void outbound(const message_ptr& m) {
       if (stopping.load() || !remote) return;
       const topic_route* route = nullptr;
-      for (const topic_route& r : opts.topics) {
-        if (r.carries_out() && topic::matches(r.local_filter(), m->topic())) {
-          route = &r;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (opts.topics[i].carries_out() && topic::matches(filters[i].local, m->topic())) {
+          route = &opts.topics[i];
           break;
         }
       }
@@ -256,9 +264,9 @@ class bridge {
       if (route->local_prefix == route->remote_prefix) {
         ticket = remote->publish(m, q, m->retain());  // the same message, not a copy
       } else {
-        ticket = remote->publish(message::make(route->to_remote(m->topic()), m->payload(), q, m->retain(),
-                                               m->properties().bytes()),
-                                 q, m->retain());
+        route->to_remote(m->topic(), renamed);
+        ticket = remote->publish(message::make(renamed, m->payload(), q, m->retain(), m->properties().bytes()), q,
+                                 m->retain());
       }
       (ticket != 0 ? sent : dropped).fetch_add(1, std::memory_order_relaxed);
     }
@@ -266,10 +274,12 @@ class bridge {
     // ---- in: remote messages to the local broker
 
     void inbound(const codec::publish& p) {
-      for (const topic_route& r : opts.topics) {
-        if (!r.carries_in() || !topic::matches(r.remote_filter(), p.topic)) continue;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        const topic_route& r = opts.topics[i];
+        if (!r.carries_in() || !topic::matches(filters[i].remote, p.topic)) continue;
+        r.to_local(p.topic, renamed);
         std::error_code ec;
-        broker.publish_as(id, r.to_local(p.topic), p.payload, p.qos_level, p.retain, p.properties, &ec);
+        broker.publish_as(id, renamed, p.payload, p.qos_level, p.retain, p.properties, &ec);
         if (ec) {
           broker.log(log_level::warning, "bridge {}: message on '{}' not published locally: {}", opts.name, p.topic,
                      ec.message());

@@ -35,16 +35,30 @@ struct topic_route {
   std::string remote_filter() const { return remote_prefix + pattern; }
 
   /// The remote name of a local topic this route matched (its local prefix replaced).
-  std::string to_remote(std::string_view local_topic) const { return swap_prefix(local_topic, local_prefix, remote_prefix); }
+  std::string to_remote(std::string_view local_topic) const {
+    std::string out;
+    to_remote(local_topic, out);
+    return out;
+  }
   /// The local name of a remote topic this route matched.
-  std::string to_local(std::string_view remote_topic) const { return swap_prefix(remote_topic, remote_prefix, local_prefix); }
+  std::string to_local(std::string_view remote_topic) const {
+    std::string out;
+    to_local(remote_topic, out);
+    return out;
+  }
+  /// The same into `out`, whose capacity a caller keeps between messages.
+  void to_remote(std::string_view local_topic, std::string& out) const {
+    swap_prefix(local_topic, local_prefix, remote_prefix, out);
+  }
+  void to_local(std::string_view remote_topic, std::string& out) const {
+    swap_prefix(remote_topic, remote_prefix, local_prefix, out);
+  }
 
  private:
-  static std::string swap_prefix(std::string_view topic, std::string_view from, std::string_view to) {
+  static void swap_prefix(std::string_view topic, std::string_view from, std::string_view to, std::string& out) {
     // The route's filter begins with `from`, so a topic it matched does too.
-    std::string out(to);
+    out.assign(to);
     out.append(topic.substr(topic.compare(0, from.size(), from) == 0 ? from.size() : 0));
-    return out;
   }
 };
 

@@ -1361,6 +1361,16 @@ class protocol : public core<Policies> {
 
   // ---- PUBLISH and the acknowledgements
 
+  /// $SYS/broker/connection/NAME/state, NAME one level.
+  static bool is_bridge_state_topic(std::string_view t) noexcept {
+    constexpr std::string_view head = "$SYS/broker/connection/", tail = "/state";
+    if (t.size() <= head.size() + tail.size() || t.compare(0, head.size(), head) != 0 ||
+        t.compare(t.size() - tail.size(), tail.size(), tail) != 0)
+      return false;
+    const std::string_view name = t.substr(head.size(), t.size() - head.size() - tail.size());
+    return name.find('/') == std::string_view::npos;
+  }
+
   void on_publish(link_type& l, codec::publish& p, steady_time now) {
     if (opts_.max_publish_rate != 0 && over_publish_rate(l, now)) return;
     const bool v5 = l.version() == codec::protocol_version::v5;
@@ -1386,7 +1396,9 @@ class protocol : public core<Policies> {
     if (p.qos_level > opts_.maximum_qos) return violation(l, protocol_errc::qos_not_supported, now);
     if (p.retain && !opts_.retain_available) return violation(l, protocol_errc::retain_not_supported, now);
 
-    bool allowed = p.topic.empty() || p.topic.front() != '$';  // $-topics belong to the server
+    // $-topics belong to the server, but for a bridge's state topic, which Mosquitto lets any
+    // client publish (its bridges keep their state there, on the remote).
+    bool allowed = p.topic.empty() || p.topic.front() != '$' || is_bridge_state_topic(p.topic);
     reason_code refusal = reason_code::not_authorized;
     if (allowed && v5 && !p.properties.empty()) {
       // 5.0: a payload that says it is UTF-8 and is not is refused with 0x99 (section 3.3.2.3.2).
