@@ -344,6 +344,52 @@ TEST_CASE("client session: a 5.0 server's Maximum QoS and Retain Available bind 
   }
 }
 
+TEST_CASE("client session: a Topic Alias from the server, which it was not allowed, and a packet over the client's "
+          "maximum are errors; 5.0 CONNECT announces the maximum", "[client][malformed]") {
+  session_options o = persistent(codec::protocol_version::v5);
+  o.max_packet_size = 200;
+  {
+    session<recorder> s(o, recorder{});
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    auto out = written(s);
+    REQUIRE(out.size() == 1);
+    const auto& c = std::get<codec::connect>(out[0].packet);
+    const auto m = c.properties.find(codec::property_id::maximum_packet_size);
+    REQUIRE(m);
+    CHECK(m->integer == 200);
+    server_sends(s, accepted(false));
+    // A Topic Alias: this client announced no Topic Alias Maximum (0).
+    codec::properties_builder b;
+    b.add(codec::property_id::topic_alias, 1u);
+    codec::publish p;
+    p.topic = "t";
+    p.payload = "x";
+    p.properties = b.view();
+    std::string bytes;
+    REQUIRE_FALSE(codec::encode(p, codec::protocol_version::v5, bytes));
+    CHECK(s.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), clock_type::now()) ==
+          mb::protocol_errc::topic_alias_invalid);
+    CHECK(s.handler().messages.empty());
+  }
+  {
+    session<recorder> s(o, recorder{});
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    (void)written(s);
+    server_sends(s, accepted(false));
+    codec::publish small, big;
+    small.topic = big.topic = "t";
+    const std::string fits(150, 's'), too_big(300, 'b');
+    small.payload = fits;
+    big.payload = too_big;
+    server_sends(s, small);
+    std::string bytes;
+    REQUIRE_FALSE(codec::encode(big, codec::protocol_version::v5, bytes));
+    CHECK(s.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), clock_type::now()) ==
+          mb::codec_errc::packet_too_large);
+    CHECK(s.handler().messages.size() == 1);
+  }
+}
+
 TEST_CASE("client session: what no server may send is an error for the driver to close on", "[client][malformed]") {
   const std::vector<std::string> bad = {
       std::string("\x00\x00", 2),                   // packet type 0, which is reserved

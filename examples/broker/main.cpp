@@ -491,6 +491,7 @@ mqttbroker::bridge::bridge_options bridge_options_of(const cfg::bridge_settings&
   // What waits for the remote is bounded as a client's queue here is.
   s.max_queued = o.max_queued_messages;
   s.max_inflight = o.max_inflight;
+  s.max_packet_size = o.max_packet_size;  // what the remote may send us: what a client may
   return out;
 }
 

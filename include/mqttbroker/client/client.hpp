@@ -14,9 +14,10 @@
 //                                              unless stop() was called
 // client::callbacks is a handler of std::function members for hosts that prefer lambdas.
 //
-// The connection is the Connector's: tcp_connector (here) or tls_connector (client/tls.hpp, with
-// OpenSSL). A Connector has stream_type, make_stream(executor), lowest_layer(stream) (the TCP
-// socket) and async_handshake(stream, host, handler) run after the TCP connect.
+// The connection is the Connector's: tcp_connector (here), tls_connector (client/tls.hpp, with
+// OpenSSL) or another. A Connector has stream_type, make_stream(executor), async_connect(stream
+// (a shared_ptr, kept until the attempt ends), address, void(std::error_code) handler) and
+// close(stream).
 
 #include <mqttbroker/client/session.hpp>
 #include <mqttbroker/config.hpp>
@@ -80,14 +81,40 @@ struct callbacks {
   void on_disconnect(const codec::disconnect&) {}
 };
 
-/// Plain TCP: nothing to do after the connect.
+namespace detail {
+/// Resolves `a` and connects `socket` (the lowest layer of `owner`, which the operation keeps
+/// alive) to the first address that answers, with TCP_NODELAY; then `h(error_code)`.
+template <class Stream, class Handler>
+void tcp_dial(const std::shared_ptr<Stream>& owner, asio::ip::tcp::socket& socket, const address& a, Handler&& h) {
+  auto resolver = std::make_shared<asio::ip::tcp::resolver>(socket.get_executor());
+  resolver->async_resolve(
+      a.host, std::to_string(a.port),
+      [owner, &socket, resolver, h = std::forward<Handler>(h)](std::error_code ec,
+                                                               asio::ip::tcp::resolver::results_type r) mutable {
+        if (ec) return h(ec);
+        asio::async_connect(socket, r, [owner, &socket, h = std::move(h)](std::error_code e, const auto&) mutable {
+          if (!e) {
+            std::error_code ignored;
+            socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+          }
+          h(e);
+        });
+      });
+}
+}  // namespace detail
+
+/// Plain TCP.
 struct tcp_connector {
   using stream_type = asio::ip::tcp::socket;
   stream_type make_stream(const asio::any_io_executor& ex) const { return stream_type(ex); }
-  static asio::ip::tcp::socket& lowest_layer(stream_type& s) noexcept { return s; }
   template <class Handler>
-  void async_handshake(stream_type& s, const std::string&, Handler&& h) const {
-    asio::post(s.get_executor(), [h = std::forward<Handler>(h)]() mutable { h(std::error_code()); });
+  void async_connect(const std::shared_ptr<stream_type>& s, const address& a, Handler&& h) const {
+    detail::tcp_dial(s, *s, a, std::forward<Handler>(h));
+  }
+  static void close(stream_type& s) noexcept {
+    std::error_code ignored;
+    s.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+    s.close(ignored);
   }
 };
 
@@ -214,7 +241,6 @@ class client {
           sess(opts.session, relay{this}),
           connector(std::move(c)),
           executor(ex),
-          resolver(ex),
           timer(ex),
           reconnect_timer(ex),
           backoff(opts.reconnect_min),
@@ -225,8 +251,9 @@ class client {
     session<relay> sess;
     Connector connector;
     asio::any_io_executor executor;
-    std::optional<stream_type> stream;  // a new one for each attempt (a TLS stream is not reusable)
-    asio::ip::tcp::resolver resolver;
+    // A new one for each attempt (a TLS stream is not reusable); operations on it keep it alive,
+    // so a late completion of an attempt given up finds its own stream, not the next one.
+    std::shared_ptr<stream_type> stream;
     asio::steady_timer timer;            // keep-alive and connect timeout
     asio::steady_timer reconnect_timer;  // backoff
     std::weak_ptr<state> self;
@@ -249,25 +276,12 @@ class client {
       ++attempts;
       const std::uint64_t gen = ++generation;
       auto keep = self.lock();
-      stream.emplace(connector.make_stream(executor));
-      resolver.async_resolve(
-          a.host, std::to_string(a.port),
-          [this, keep, gen, host = a.host](std::error_code ec, asio::ip::tcp::resolver::results_type r) {
-            if (gen != generation || stopped) return;
-            if (ec) return failed(ec);
-            asio::async_connect(Connector::lowest_layer(*stream), r,
-                                [this, keep, gen, host](std::error_code e, const auto&) {
-                                  if (gen != generation || stopped) return;
-                                  if (e) return failed(e);
-                                  std::error_code ignored;
-                                  Connector::lowest_layer(*stream).set_option(asio::ip::tcp::no_delay(true), ignored);
-                                  connector.async_handshake(*stream, host, [this, keep, gen](std::error_code h) {
-                                    if (gen != generation || stopped) return;
-                                    if (h) return failed(h);
-                                    connected_socket();
-                                  });
-                                });
-          });
+      stream = std::make_shared<stream_type>(connector.make_stream(executor));
+      connector.async_connect(stream, a, [this, keep, gen](std::error_code ec) {
+        if (gen != generation || stopped) return;
+        if (ec) return failed(ec);
+        connected_socket();
+      });
       timer.expires_after(opts.connect_timeout);
       timer.async_wait([this, keep, gen](std::error_code ec) {
         if (ec || gen != generation || stopped) return;
@@ -285,7 +299,7 @@ class client {
     void read() {
       auto keep = self.lock();
       const std::uint64_t gen = generation;
-      stream->async_read_some(asio::buffer(reading), [this, keep, gen](std::error_code ec, std::size_t n) {
+      stream->async_read_some(asio::buffer(reading), [this, keep, gen, s = stream](std::error_code ec, std::size_t n) {
         if (gen != generation || !open) return;
         if (ec) return failed(ec);
         const bool was_connected = sess.state() == session_state::connected;
@@ -322,7 +336,7 @@ class client {
       writing.swap(sess.output());
       auto keep = self.lock();
       const std::uint64_t gen = generation;
-      asio::async_write(*stream, asio::buffer(writing), [this, keep, gen](std::error_code ec, std::size_t) {
+      asio::async_write(*stream, asio::buffer(writing), [this, keep, gen, s = stream](std::error_code ec, std::size_t) {
         write_pending = false;
         if (gen != generation || !open) return;
         if (ec) return failed(ec);
@@ -333,13 +347,7 @@ class client {
 
     void close() {
       open = false;
-      resolver.cancel();
-      if (stream) {
-        // No TLS close_notify: the peer sees the TCP close, as after a DISCONNECT it expects one.
-        std::error_code ignored;
-        Connector::lowest_layer(*stream).shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-        Connector::lowest_layer(*stream).close(ignored);
-      }
+      if (stream) Connector::close(*stream);  // a pending connect ends with an error, ignored by its generation
       timer.cancel();
     }
 

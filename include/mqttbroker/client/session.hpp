@@ -64,8 +64,12 @@ struct session_options {
   /// The protocol level with its high bit set (0x84, 0x85), as Mosquitto's bridges announce
   /// themselves (`try_private`): a server that knows it treats the connection as a bridge.
   bool bridge = false;
-  /// More 5.0 CONNECT properties (encoded), besides Session Expiry Interval and Receive Maximum.
+  /// More 5.0 CONNECT properties (encoded), besides Session Expiry Interval, Receive Maximum and
+  /// Maximum Packet Size.
   std::string connect_properties;
+  /// The largest packet accepted from the server (a larger one is an error the driver closes on),
+  /// announced to a 5.0 server as Maximum Packet Size so that it never sends one.
+  std::uint32_t max_packet_size = 1024 * 1024;
 };
 
 enum class session_state : std::uint8_t { disconnected, connecting, connected };
@@ -94,7 +98,7 @@ class session {
   using clock = std::chrono::steady_clock;
 
   session(session_options o, Handler h)
-      : opts_(std::move(o)), handler_(std::move(h)), decoder_(decoder_options_for(opts_.version)) {}
+      : opts_(std::move(o)), handler_(std::move(h)), decoder_(decoder_options_for(opts_)) {}
 
   const session_options& options() const noexcept { return opts_; }
   session_options& options() noexcept { return opts_; }  // takes effect at the next start()
@@ -107,7 +111,7 @@ class session {
 
   /// A new connection is up: appends CONNECT. Whatever the last connection left half read goes.
   std::error_code start(clock::time_point now) {
-    decoder_ = codec::decoder(decoder_options_for(opts_.version));
+    decoder_ = codec::decoder(decoder_options_for(opts_));
     out_.clear();
     ping_sent_ = false;
     last_sent_ = now;
@@ -123,6 +127,8 @@ class session {
       codec::properties_builder b;
       if (opts_.session_expiry != 0) b.add(codec::property_id::session_expiry_interval, opts_.session_expiry);
       b.add(codec::property_id::receive_maximum, 65535);
+      if (opts_.max_packet_size < codec::max_packet_size)
+        b.add(codec::property_id::maximum_packet_size, opts_.max_packet_size);
       props = std::string(b.view().bytes()) + opts_.connect_properties;
       c.properties = codec::properties_view::from_validated(props);
     }
@@ -249,10 +255,11 @@ class session {
     bool downgraded = false;  // asked for QoS 1/2, sent at QoS 0: reported when written
   };
 
-  static codec::decoder_options decoder_options_for(codec::protocol_version v) {
+  static codec::decoder_options decoder_options_for(const session_options& o) {
     codec::decoder_options d;
     d.side = codec::role::client;
-    d.version = v;
+    d.version = o.version;
+    d.max_packet_size = std::min(o.max_packet_size, codec::max_packet_size);
     return d;
   }
   bool v5() const noexcept { return opts_.version == codec::protocol_version::v5; }
@@ -413,6 +420,11 @@ class session {
 
   std::error_code on_publish(const codec::publish& p) {
     if (state_ != session_state::connected) return protocol_errc::unexpected_packet;
+    // This client's CONNECT allows no Topic Alias (its maximum is 0): one from the server is above
+    // it, a Protocol Error (5.0 section 3.3.2.3.4), and a PUBLISH must then name its topic.
+    if (v5() && !p.properties.empty() && p.properties.find(codec::property_id::topic_alias))
+      return protocol_errc::topic_alias_invalid;
+    if (p.topic.empty()) return protocol_errc::topic_alias_unknown;
     switch (p.qos_level) {
       case codec::qos::at_most_once:
         ++stats_.received;

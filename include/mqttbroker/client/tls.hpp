@@ -7,6 +7,7 @@
 // certificate and key are offered when given. Mosquitto's bridge_cafile, bridge_capath,
 // bridge_certfile, bridge_keyfile, bridge_insecure and bridge_tls_version map onto tls_options.
 
+#include <mqttbroker/client/client.hpp>
 #include <mqttbroker/config.hpp>
 
 #include <asio/any_io_executor.hpp>
@@ -70,18 +71,25 @@ class tls_connector {
   }
 
   stream_type make_stream(const asio::any_io_executor& ex) const { return stream_type(ex, *ctx_); }
-  static asio::ip::tcp::socket& lowest_layer(stream_type& s) noexcept { return s.next_layer(); }
 
+  /// TCP, then the TLS handshake.
   template <class Handler>
-  void async_handshake(stream_type& s, const std::string& host, Handler&& h) const {
-    // SNI for a name (never for an address literal, RFC 6066), and the name or address the
-    // certificate must carry.
-    std::error_code not_an_address;
-    (void)asio::ip::make_address(host, not_an_address);
-    if (not_an_address) SSL_set_tlsext_host_name(s.native_handle(), host.c_str());
-    if (!insecure_) s.set_verify_callback(asio::ssl::host_name_verification(host));
-    s.async_handshake(asio::ssl::stream_base::client, std::forward<Handler>(h));
+  void async_connect(const std::shared_ptr<stream_type>& s, const address& a, Handler&& h) const {
+    detail::tcp_dial(s, s->next_layer(), a,
+                     [s, host = a.host, insecure = insecure_, h = std::forward<Handler>(h)](std::error_code ec) mutable {
+                       if (ec) return h(ec);
+                       // SNI for a name (never for an address literal, RFC 6066), and the name or
+                       // address the certificate must carry.
+                       std::error_code not_an_address;
+                       (void)asio::ip::make_address(host, not_an_address);
+                       if (not_an_address) SSL_set_tlsext_host_name(s->native_handle(), host.c_str());
+                       if (!insecure) s->set_verify_callback(asio::ssl::host_name_verification(host));
+                       s->async_handshake(asio::ssl::stream_base::client,
+                                          [s, h = std::move(h)](std::error_code e) mutable { h(e); });
+                     });
   }
+  /// No close_notify: the peer sees the TCP close, as after a DISCONNECT it expects one.
+  static void close(stream_type& s) noexcept { tcp_connector::close(s.next_layer()); }
 
  private:
   std::shared_ptr<asio::ssl::context> ctx_;  // shared by every stream made from it
