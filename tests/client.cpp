@@ -344,6 +344,97 @@ TEST_CASE("client session: a 5.0 server's Maximum QoS and Retain Available bind 
   }
 }
 
+namespace {
+/// A recorder that keeps each deferred message's ticket.
+struct ticket_recorder : recorder {
+  session<ticket_recorder>* self = nullptr;
+  std::vector<std::uint64_t> tickets;
+  void on_message(const codec::publish& p) {
+    recorder::on_message(p);
+    tickets.push_back(self->delivery_ticket());
+  }
+};
+
+std::vector<std::string> acks_written(session<ticket_recorder>& s) {
+  std::vector<std::string> out;
+  const std::string bytes = std::move(s.output());
+  s.output().clear();
+  codec::decoder d(codec::decoder_options{codec::role::server, codec::max_packet_size, s.options().version});
+  const auto res = d.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), [&](codec::packet& p) {
+    if (auto* a = std::get_if<codec::puback>(&p)) out.push_back("PUBACK " + std::to_string(a->packet_id));
+    if (auto* r = std::get_if<codec::pubrec>(&p)) out.push_back("PUBREC " + std::to_string(r->packet_id));
+    if (auto* c = std::get_if<codec::pubcomp>(&p)) out.push_back("PUBCOMP " + std::to_string(c->packet_id));
+  });
+  REQUIRE_FALSE(res.ec);
+  return out;
+}
+
+void feed_packet(session<ticket_recorder>& s, const codec::publish& p) {
+  std::string bytes;
+  REQUIRE_FALSE(codec::encode(p, s.options().version, bytes));
+  REQUIRE_FALSE(s.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), clock_type::now()));
+}
+
+codec::publish incoming(std::uint16_t id, codec::qos q, bool dup = false) {
+  codec::publish p;
+  p.topic = "in";
+  p.payload = "m";
+  p.packet_id = id;
+  p.qos_level = q;
+  p.dup = dup;
+  return p;
+}
+}  // namespace
+
+TEST_CASE("client session: deferred acknowledgements go when the host gives them, in the order the messages came",
+          "[client][MQTT-4.6.0-2][MQTT-4.6.0-3]") {
+  session_options o = persistent();
+  o.deferred_acks = true;
+  session<ticket_recorder> s(o, ticket_recorder{});
+  s.handler().self = &s;
+  auto connect = [&](bool present) {
+    REQUIRE_FALSE(s.start(clock_type::now()));
+    s.output().clear();
+    std::string bytes;
+    REQUIRE_FALSE(codec::encode(accepted(present), s.options().version, bytes));
+    REQUIRE_FALSE(s.feed(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), clock_type::now()));
+  };
+  connect(false);
+  feed_packet(s, incoming(1, codec::qos::at_least_once));
+  feed_packet(s, incoming(2, codec::qos::exactly_once));
+  feed_packet(s, incoming(3, codec::qos::at_least_once));
+  CHECK(acks_written(s).empty());  // nothing until the host says so
+  REQUIRE(s.handler().tickets.size() == 3);
+  CHECK(s.unacknowledged() == 3);
+  s.acknowledge(s.handler().tickets[2]);  // the third first: it waits for the two before it
+  s.acknowledge(s.handler().tickets[1]);
+  CHECK(acks_written(s).empty());
+  // A resend of the QoS 2 one before its PUBREC went: neither reported again nor answered out of turn.
+  feed_packet(s, incoming(2, codec::qos::exactly_once, true));
+  CHECK(acks_written(s).empty());
+  CHECK(s.handler().messages.size() == 3);
+  s.acknowledge(s.handler().tickets[0]);
+  CHECK(acks_written(s) == std::vector<std::string>{"PUBACK 1", "PUBREC 2", "PUBACK 3"});
+  CHECK(s.unacknowledged() == 0);
+
+  // Across a lost connection: the QoS 1 message comes again and is reported again; the QoS 2
+  // one is not, and its acknowledgement, given while the connection was down, goes at the reconnect.
+  feed_packet(s, incoming(4, codec::qos::at_least_once));
+  feed_packet(s, incoming(5, codec::qos::exactly_once));
+  REQUIRE(s.handler().tickets.size() == 5);
+  s.lost();
+  s.acknowledge(s.handler().tickets[3]);  // a ticket of the lost connection: ignored
+  s.acknowledge(s.handler().tickets[4]);
+  connect(true);
+  CHECK(acks_written(s) == std::vector<std::string>{"PUBREC 5"});
+  feed_packet(s, incoming(4, codec::qos::at_least_once, true));
+  feed_packet(s, incoming(5, codec::qos::exactly_once, true));
+  CHECK(s.handler().messages.size() == 6);  // 4 again, 5 not
+  CHECK(acks_written(s) == std::vector<std::string>{"PUBREC 5"});
+  s.acknowledge(s.handler().tickets[5]);
+  CHECK(acks_written(s) == std::vector<std::string>{"PUBACK 4"});
+}
+
 TEST_CASE("client session: a Topic Alias from the server, which it was not allowed, and a packet over the client's "
           "maximum are errors; 5.0 CONNECT announces the maximum", "[client][malformed]") {
   session_options o = persistent(codec::protocol_version::v5);

@@ -12694,6 +12694,11 @@ struct session_options {
   /// The largest packet accepted from the server (a larger one is an error the driver closes on),
   /// announced to a 5.0 server as Maximum Packet Size so that it never sends one.
   std::uint32_t max_packet_size = 1024 * 1024;
+  /// QoS 1 and 2 messages from the server are acknowledged (PUBACK, PUBREC) only when the host
+  /// calls acknowledge() with the message's delivery_ticket(): a bridge acknowledges what its
+  /// other side has taken, so that the server keeps a message until then. The acknowledgements go
+  /// out in the order the messages came [MQTT-4.6.0-2] [MQTT-4.6.0-3].
+  bool deferred_acks = false;
 };
 
 enum class session_state : std::uint8_t { disconnected, connecting, connected };
@@ -12780,7 +12785,30 @@ class session {
   void lost() noexcept {
     state_ = session_state::disconnected;
     out_.clear();
+    // A QoS 1 message not acknowledged will come again (DUP) and be reported again; a QoS 2 one
+    // will not be reported twice, so its acknowledgement still stands when the host gives it.
+    unacked_.erase(std::remove_if(unacked_.begin(), unacked_.end(),
+                                  [](const inbound& e) { return e.q == codec::qos::at_least_once; }),
+                   unacked_.end());
   }
+
+  /// With deferred_acks: the ticket of the QoS 1 or 2 message on_message() is reporting (0
+  /// otherwise), for acknowledge().
+  std::uint64_t delivery_ticket() const noexcept { return delivering_; }
+  /// With deferred_acks: the host has taken the message of `ticket`; its PUBACK or PUBREC goes
+  /// once every earlier one's has. A ticket of a connection since lost (QoS 1) or of a session
+  /// the server no longer has is ignored.
+  void acknowledge(std::uint64_t ticket) {
+    for (inbound& e : unacked_) {
+      if (e.ticket == ticket) {
+        e.done = true;
+        break;
+      }
+    }
+    flush_acks();
+  }
+  /// Messages reported and not yet acknowledged by the host.
+  std::size_t unacknowledged() const noexcept { return unacked_.size(); }
 
   /// Decodes what arrived. An error means the server broke the protocol: close the connection.
   std::error_code feed(const std::uint8_t* data, std::size_t n, clock::time_point now) {
@@ -13005,7 +13033,9 @@ class session {
       // The server has no session: its QoS 2 receipts are gone, and so are ours.
       incoming_qos2_.clear();
       pending_acks_.clear();
+      unacked_.clear();
     }
+    flush_acks();  // QoS 2 receipts the host gave while the connection was down
     // What was in flight goes first, in its order: with DUP to a server that kept the session
     // [MQTT-4.4.0-1]; as new messages to one that did not (the bridge loses nothing), except a
     // QoS 2 message whose PUBREC came: that server had it, so only the PUBREL is owed, and a
@@ -13042,6 +13072,33 @@ class session {
     return {};
   }
 
+  /// Records a message whose acknowledgement waits for the host, and reports it.
+  void deliver_deferred(const codec::publish& p) {
+    ++stats_.received;
+    unacked_.push_back(inbound{++last_inbound_, p.packet_id, p.qos_level, false});
+    delivering_ = last_inbound_;
+    handler_.on_message(p);
+    delivering_ = 0;
+  }
+
+  /// Sends the acknowledgements the host has given, oldest first, up to the first it has not.
+  void flush_acks() {
+    if (state_ != session_state::connected) return;
+    while (!unacked_.empty() && unacked_.front().done) {
+      const inbound e = unacked_.front();
+      unacked_.pop_front();
+      if (e.q == codec::qos::at_least_once) {
+        codec::puback a;
+        a.packet_id = e.packet_id;
+        append(a);
+      } else {
+        codec::pubrec r;
+        r.packet_id = e.packet_id;
+        append(r);
+      }
+    }
+  }
+
   std::error_code on_publish(const codec::publish& p) {
     if (state_ != session_state::connected) return protocol_errc::unexpected_packet;
     // This client's CONNECT allows no Topic Alias (its maximum is 0): one from the server is above
@@ -13055,6 +13112,10 @@ class session {
         handler_.on_message(p);
         return {};
       case codec::qos::at_least_once: {
+        if (opts_.deferred_acks) {
+          deliver_deferred(p);
+          return {};
+        }
         ++stats_.received;
         handler_.on_message(p);
         codec::puback a;
@@ -13065,10 +13126,17 @@ class session {
       default: {
         if (std::find(incoming_qos2_.begin(), incoming_qos2_.end(), p.packet_id) == incoming_qos2_.end()) {
           incoming_qos2_.push_back(p.packet_id);
+          if (opts_.deferred_acks) {
+            deliver_deferred(p);
+            return {};
+          }
           ++stats_.received;
           handler_.on_message(p);
         } else {
           ++stats_.duplicates;
+          // A resend of one whose PUBREC has not gone yet: it goes in its turn (flush_acks).
+          if (std::any_of(unacked_.begin(), unacked_.end(), [&](const inbound& e) { return e.packet_id == p.packet_id; }))
+            return {};
         }
         codec::pubrec r;
         r.packet_id = p.packet_id;
@@ -13129,6 +13197,15 @@ class session {
   std::deque<outgoing> inflight_;
   std::vector<std::uint16_t> incoming_qos2_;  // received, PUBREC sent, PUBREL not yet
   std::vector<std::uint16_t> pending_acks_;   // SUBSCRIBE and UNSUBSCRIBE ids awaiting their ack
+  struct inbound {
+    std::uint64_t ticket;
+    std::uint16_t packet_id;
+    codec::qos q;
+    bool done;  // the host acknowledged it
+  };
+  std::deque<inbound> unacked_;  // deferred_acks: reported, acknowledgement not yet sent
+  std::uint64_t last_inbound_ = 0;
+  std::uint64_t delivering_ = 0;
   std::uint64_t last_ticket_ = 0;
   std::uint16_t next_id_ = 0;
   std::uint32_t server_receive_max_ = 65535;
