@@ -214,16 +214,20 @@ TEST_CASE("bridge to Mosquitto: topics out and in with prefixes, QoS 0/1/2, noti
 }
 
 TEST_CASE("two of this broker's own bridged with both: every message once on each side, no loops", "[bridge]") {
+  for (const bool local_session : {false, true})
   for (const auto v : {codec::protocol_version::v3_1_1, codec::protocol_version::v5}) {
-    const std::string tag = v == codec::protocol_version::v5 ? "5" : "4";
-    INFO("bridge protocol " << (v == codec::protocol_version::v5 ? "5.0" : "3.1.1"));
+    const std::string tag = std::string(v == codec::protocol_version::v5 ? "5" : "4") + (local_session ? "s" : "");
+    INFO("bridge protocol " << (v == codec::protocol_version::v5 ? "5.0" : "3.1.1")
+                            << (local_session ? ", the local side a session" : ", the local side in-process"));
     asio::io_context io;
     mb::broker<> a(io, {}), b(io, {});
     a.listen({"127.0.0.1", 0});
     b.listen({"127.0.0.1", 0});
+    if (local_session) a.listen<mb::transport::memory>(mb::transport::memory::listen_options("bridges-" + tag));
     a.start();
     b.start();
     mb::bridge::bridge_options o = bridge_to(b.local_port(), v, "ab" + tag);
+    if (local_session) o.local_listener = "bridges-" + tag;
     o.topics.push_back(route({"loop/#", "both", "1"}));
     mb::bridge::bridge<mb::broker<>> br(a, o);
     br.start();
@@ -231,7 +235,8 @@ TEST_CASE("two of this broker's own bridged with both: every message once on eac
     // "1" on the remote, the bridge's subscription there is in place.
     const std::string state = "$SYS/broker/connection/bridge-ab" + tag + "/state";
     REQUIRE(run_until(io, [&] {
-      return br.connected() && b.retained(state) && b.retained(state)->payload() == "1";
+      return br.connected() && b.retained(state) && b.retained(state)->payload() == "1" &&
+             (!local_session || a.stats().subscriptions == 1);
     }));
     auto on_a = subscriber(io, a.local_port(), v, "on-a" + tag, "loop/#", codec::qos::at_least_once);
     auto on_b = subscriber(io, b.local_port(), v, "on-b" + tag, "loop/#", codec::qos::exactly_once);

@@ -1,4 +1,5 @@
 #include <mqttbroker/storage/sqlite.hpp>
+#include <mqttbroker/bridge/bridge.hpp>
 
 #include <mqttbroker/broker.hpp>
 #include <mqttbroker/clock/manual.hpp>
@@ -182,6 +183,9 @@ class node {
     clock.advance_to(target);
     settle();
   }
+
+  /// The in-memory listener's name (a new one at each start).
+  const std::string& listener() const noexcept { return listener_; }
 
   asio::io_context io;
   asio::io_context commits;  // the store's executor while commits are held
@@ -1151,4 +1155,86 @@ TEST_CASE("sqlite: an entry acknowledged before the worker takes it is not writt
   CHECK(crash.outgoing_entries[0].client_id == "b");
   CHECK(crash.outgoing_entries[0].has_message);
   st.close();
+}
+
+namespace {
+/// What the remote's subscriber got: payloads in order.
+struct remote_subscriber_events {
+  std::vector<std::string> payloads;
+  int subacks = 0;
+  void on_connected(const codec::connack&) {}
+  void on_refused(const codec::connack&) {}
+  void on_connection_lost(std::error_code) {}
+  void on_message(const codec::publish& p) { payloads.emplace_back(p.payload); }
+  void on_published(std::uint64_t, reason_code) {}
+  void on_suback(const codec::suback&) { ++subacks; }
+  void on_unsuback(const codec::unsuback&) {}
+  void on_disconnect(const codec::disconnect&) {}
+};
+}  // namespace
+
+TEST_CASE("sqlite: a bridge's local session keeps what waits for an unreachable remote across a restart of its broker",
+          "[sqlite][bridge]") {
+  temp_dir dir;
+  node n(dir.file("store.db"));
+  std::uint16_t port = 0;  // the remote's, not listening yet
+  {
+    asio::ip::tcp::acceptor a(n.io, {asio::ip::make_address("127.0.0.1"), 0});
+    port = a.local_endpoint().port();
+  }
+  auto options = [&] {
+    mb::bridge::bridge_options o;
+    o.name = "up";
+    o.remote.addresses.push_back({"127.0.0.1", port});
+    o.remote.session.client_id = "gw-up";
+    o.remote.session.clean_start = false;
+    o.remote.reconnect_min = std::chrono::milliseconds(20);
+    o.remote.reconnect_max = std::chrono::milliseconds(50);
+    o.local_listener = n.listener();
+    o.local_clientid = "bridge-up";
+    o.notifications = false;
+    std::string why;
+    o.topics.push_back(*mb::bridge::parse_topic_route({"q/#", "out", "1"}, why));
+    return o;
+  };
+  using bridge_type = mb::bridge::bridge<broker_type>;
+  auto br = std::make_unique<bridge_type>(*n.broker, options());
+  br->start();
+  n.wait_for([&] { return n.broker->stats().subscriptions == 1; });  // the local session's filter
+  constexpr int before = 40;
+  for (int i = 0; i < before; ++i) n.broker->publish("q/seq", std::to_string(i), qos::at_least_once);
+  n.settle();
+  CHECK_FALSE(br->connected());
+  br->stop();
+  n.settle();
+  br.reset();
+  n.restart();  // what the local session was owed is in the store, and only there
+
+  // The remote comes up, with a subscriber, then the bridge again.
+  mb::broker<> remote(n.io);
+  remote.listen({"127.0.0.1", port});
+  remote.start();
+  mb::client::client_options so;
+  so.session.client_id = "remote-sub";
+  so.addresses.push_back({"127.0.0.1", port});
+  mb::client::client<remote_subscriber_events> sub(n.io.get_executor(), so, remote_subscriber_events{});
+  sub.subscribe("q/#", qos::at_least_once);
+  sub.start();
+  n.wait_for([&] { return sub.handler().subacks == 1; });
+  br = std::make_unique<bridge_type>(*n.broker, options());  // on the restarted broker's listener
+  br->start();
+  n.wait_for([&] { return sub.handler().payloads.size() >= static_cast<std::size_t>(before); });
+  for (int i = before; i < before + 5; ++i) n.broker->publish("q/seq", std::to_string(i), qos::at_least_once);
+  n.wait_for([&] { return sub.handler().payloads.size() >= static_cast<std::size_t>(before + 5); });
+  n.settle();
+  std::vector<std::string> expected;
+  for (int i = 0; i < before + 5; ++i) expected.push_back(std::to_string(i));
+  CHECK(sub.handler().payloads == expected);  // each once, in order
+  CHECK(br->stats().dropped == 0);
+  sub.stop();
+  br->stop();
+  n.settle();
+  bool stopped = false;
+  remote.async_stop([&](std::error_code) { stopped = true; });
+  n.wait_for([&] { return stopped; });
 }

@@ -123,6 +123,12 @@ struct logging_hooks {
   access_rules global;
   std::vector<std::optional<access_rules>> per_listener;
 
+  /// The server's own bridges, whose local sessions come through the in-memory listener (with
+  /// persistence): not checked against the files' rules, as a bridge is part of the server.
+  static bool own_bridge(const mqttbroker::hooks::client_info& c) {
+    return c.listener != nullptr && std::string_view(c.listener->transport) == mqttbroker::transport::memory::name;
+  }
+
   const access_rules& rules_for(const mqttbroker::hooks::client_info& c) const {
     if (c.listener != nullptr && c.listener->index < per_listener.size() && per_listener[c.listener->index])
       return *per_listener[c.listener->index];
@@ -143,7 +149,7 @@ struct logging_hooks {
 
   void authenticate(const mqttbroker::hooks::connect_info& c, mqttbroker::hooks::auth_reply reply) {
     const access_rules& r = rules_for(c);
-    if (!r.passwords) return reply(mqttbroker::hooks::auth_result::accept);
+    if (!r.passwords || own_bridge(c)) return reply(mqttbroker::hooks::auth_result::accept);
     const auto answer = r.passwords->authenticate(c);
     if (answer == mqttbroker::hooks::auth_result::accept) return reply(answer);
     say(level::notice, "login refused: client {} from {}:{}, {}", c.client_id, c.peer_address, c.peer_port,
@@ -155,14 +161,14 @@ struct logging_hooks {
 
   bool authorize_subscribe(const mqttbroker::hooks::client_info& c, std::string_view filter, mqttbroker::codec::qos q) {
     const access_rules& r = rules_for(c);
-    if (!r.acl || r.acl->authorize_subscribe(c, filter, q)) return true;
+    if (!r.acl || own_bridge(c) || r.acl->authorize_subscribe(c, filter, q)) return true;
     say(level::notice, "{} (username {}) may not subscribe to {}: the ACL file refuses it", c.client_id,
         c.username ? *c.username : "none", filter);
     return false;
   }
   bool authorize_read(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
     const access_rules& r = rules_for(c);
-    return !r.acl || r.acl->authorize_read(c, m);
+    return !r.acl || own_bridge(c) || r.acl->authorize_read(c, m);
   }
   /// Without an ACL file deliveries are not checked: the broker skips authorize_read.
   bool reads_checked() const noexcept { return any_acl; }
@@ -171,6 +177,7 @@ struct logging_hooks {
   /// --acl-file, and a minimal rule to show who a client is (with --use-identity-as-username:
   /// its certificate): only the named usernames may publish.
   bool authorize_publish(const mqttbroker::hooks::client_info& c, const mqttbroker::message& m) {
+    if (own_bridge(c)) return true;
     if (const access_rules& r = rules_for(c); r.acl && !r.acl->authorize_publish(c, m)) {
       say(level::notice, "{} (username {}) may not publish to {}: the ACL file refuses it", c.client_id,
           c.username ? *c.username : "none", m.topic());
@@ -184,8 +191,8 @@ struct logging_hooks {
   }
 
   void log(level l, std::string_view message) { print(l, message); }
-  std::optional<mqttbroker::hooks::redirection> redirect(const mqttbroker::hooks::connect_info&) {
-    if (redirect_to.empty()) return std::nullopt;
+  std::optional<mqttbroker::hooks::redirection> redirect(const mqttbroker::hooks::connect_info& c) {
+    if (redirect_to.empty() || own_bridge(c)) return std::nullopt;
     return mqttbroker::hooks::redirection{redirect_to, redirect_permanent};
   }
   void on_connect(const mqttbroker::hooks::client_info& c) {
@@ -652,6 +659,20 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   }
   broker.start();
   std::vector<std::unique_ptr<running_bridge>> bridges;
+  // With persistence a bridge's local side is a session of the broker (over an in-memory
+  // listener), so that what waits for its remote is in the store and survives a restart.
+  std::string bridges_listener;
+  if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+    if (!bridge_lines.empty()) {
+      bridges_listener = "mqttbroker-bridges";
+      broker.template listen<mqttbroker::transport::memory>(mqttbroker::transport::memory::listen_options(bridges_listener));
+    }
+  }
+  auto bridge_options = [&](const cfg::bridge_settings& b) {
+    mqttbroker::bridge::bridge_options o = bridge_options_of(b, opts);
+    o.local_listener = bridges_listener;
+    return o;
+  };
   for (const cfg::bridge_settings& b : bridge_lines) {
     if (b.tls()) {
 #if MQTTBROKER_EXAMPLE_TLS
@@ -664,7 +685,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
       t.tls13_only = b.tls13_only;
       try {
         bridges.push_back(std::make_unique<bridge_of<Broker, mqttbroker::client::tls_connector>>(
-            broker, bridge_options_of(b, opts), mqttbroker::client::tls_connector(t)));
+            broker, bridge_options(b), mqttbroker::client::tls_connector(t)));
       } catch (const std::exception& e) {
         say(level::error, "connection {} ({}): {}", b.name, b.origin, e.what());
         return 1;
@@ -675,7 +696,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
 #endif
     } else {
       bridges.push_back(std::make_unique<bridge_of<Broker, mqttbroker::client::tcp_connector>>(
-          broker, bridge_options_of(b, opts), mqttbroker::client::tcp_connector()));
+          broker, bridge_options(b), mqttbroker::client::tcp_connector()));
     }
     bridges.back()->start();
   }

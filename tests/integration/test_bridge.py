@@ -24,8 +24,8 @@ def mosquitto_binary():
 class Mosquitto:
     """Debian's mosquitto on 127.0.0.1 and a free port, with `extra` configuration lines."""
 
-    def __init__(self, folder, extra=""):
-        self.port = h.free_port()
+    def __init__(self, folder, extra="", port=None):
+        self.port = port or h.free_port()
         conf = os.path.join(folder, "remote.conf")
         with open(conf, "w") as f:
             f.write("listener %d 127.0.0.1\nallow_anonymous true\nlog_dest none\n%s" % (self.port, extra))
@@ -173,6 +173,40 @@ class OverTls(BridgeCase):
         h.mosquitto_pub(self.port, "gw/x", "sealed", qos=1)
         self.assertEqual(up.get(), (1, 0, "site/x", "sealed"))
         up.close()
+
+
+class Persistence(h.BrokerTestCase):
+    """With persistence true a bridge's queue is the store's: messages published while the remote
+    is down survive a restart of the server and reach the remote once it is up, in order."""
+
+    def setUp(self):
+        if os.environ.get("MQTTBROKER_IT_SQLITE") != "1":
+            self.skipTest("the server was built without SQLite")
+        h.require_mosquitto_clients()
+        self.dir = tempfile.mkdtemp(prefix="mqttbroker-it-bridge-store-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.remote_port = h.free_port()
+        path = os.path.join(self.dir, "mqttbroker.conf")
+        with open(path, "w") as f:
+            f.write("persistence true\npersistence_location %s\n"
+                    "connection cloud\naddress 127.0.0.1:%d\ntopic q/# out 1\nrestart_timeout 1\n"
+                    % (self.dir, self.remote_port))
+        self.broker_args = ("-c", path)
+        super().setUp()
+
+    def test_queue_survives_a_restart(self):
+        for i in range(20):
+            h.mosquitto_pub(self.port, "q/seq", str(i), qos=1)
+        # The server goes down with the messages owed to the unreachable remote in its store.
+        self.assertEqual(self.broker.stop(), 0, self.broker.log())
+        remote = Mosquitto(self.dir, port=self.remote_port)
+        self.addCleanup(remote.stop)
+        sub = h.MosquittoSub(remote.port, "q/#", qos=1, count=20)
+        self.broker = h.start_broker(self.broker_args)
+        self.port = self.broker.port
+        got = [sub.get()[3] for _ in range(20)]
+        self.assertEqual(got, [str(i) for i in range(20)])
+        sub.close()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@
 // No loss: with a persistent remote session (clean_start false) QoS 1 and 2 messages wait in a
 // bounded queue while the remote is unreachable, and are resent (DUP) or sent in order when it
 // is back; QoS 0 messages are dropped while it is away, as Mosquitto does, and counted.
+// With bridge_options::local_listener the local side is instead a persistent session of the
+// local broker, over its in-memory listener (Mosquitto's model): what waits for the remote is
+// then the broker's to keep (durably, with a durable storage), and a message leaves it only once
+// the remote has acknowledged it; a message from the remote is acknowledged there only once the
+// local broker has taken it (after its commit).
 
 #include <mqttbroker/bridge/topics.hpp>
 #include <mqttbroker/client/client.hpp>
@@ -21,6 +26,7 @@
 #include <mqttbroker/log.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/topic/match.hpp>
+#include <mqttbroker/transport/memory.hpp>
 
 #include <asio/dispatch.hpp>
 #include <asio/ip/host_name.hpp>
@@ -31,6 +37,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -51,8 +58,30 @@ struct bridge_options {
   bool notifications_local_only = false;
   /// Default: $SYS/broker/connection/<remote client identifier>/state, as Mosquitto's.
   std::string notification_topic;
-  /// How the bridge's side is named in the local broker's log lines (Mosquitto's local_clientid).
+  /// How the bridge's side is named in the local broker's log lines (Mosquitto's local_clientid),
+  /// and its session's client identifier there with local_listener.
   std::string local_clientid;
+  /// The name of an in-memory listener of the local broker (broker.listen<transport::memory>):
+  /// the bridge's local side is then a persistent session there (see above). Empty: an
+  /// in-process participant, faster, with what waits for the remote in the bridge's memory.
+  std::string local_listener;
+};
+
+/// client::client's Connector for the local broker's in-memory listener (transport::memory): the
+/// address's host is the listener's name.
+struct memory_connector {
+  using stream_type = transport::memory_stream;
+  stream_type make_stream(const asio::any_io_executor& ex) const { return stream_type(ex); }
+  template <class Handler>
+  void async_connect(const std::shared_ptr<stream_type>& s, const client::address& a, Handler&& h) const {
+    std::error_code ec;
+    *s = transport::memory::connect(s->get_executor(), a.host, ec);
+    asio::post(s->get_executor(), [s, ec, h = std::forward<Handler>(h)]() mutable { h(ec); });
+  }
+  static void close(stream_type& s) noexcept {
+    std::error_code ignored;
+    s.close(ignored);
+  }
 };
 
 /// What a bridge counted.
@@ -121,7 +150,9 @@ class bridge {
     void on_message(const codec::publish& p) {
       if (auto s = w.lock()) s->inbound(p);
     }
-    void on_published(std::uint64_t, reason_code) {}
+    void on_published(std::uint64_t ticket, reason_code) {
+      if (auto s = w.lock()) s->remote_done(ticket);
+    }
     void on_suback(const codec::suback& a) {
       if (auto s = w.lock()) s->subscribed(a);
     }
@@ -130,6 +161,27 @@ class bridge {
       if (auto s = w.lock())
         s->broker.log(log_level::notice, "bridge {}: the remote disconnected it: {}", s->opts.name, to_string(d.reason));
     }
+  };
+
+  // The local session's handler (local_listener): the local broker's events, on the strand.
+  struct local_events {
+    std::weak_ptr<state> w;
+    void on_connected(const codec::connack&) {}
+    void on_refused(const codec::connack& c) {
+      if (auto s = w.lock())
+        s->broker.log(log_level::error, "bridge {}: the local broker refused its session: {}", s->opts.name,
+                      to_string(c.reason()));
+    }
+    void on_connection_lost(std::error_code) {}
+    void on_message(const codec::publish& p) {
+      if (auto s = w.lock()) s->outbound_from_session(p);
+    }
+    void on_published(std::uint64_t ticket, reason_code) {
+      if (auto s = w.lock()) s->local_done(ticket);
+    }
+    void on_suback(const codec::suback&) {}
+    void on_unsuback(const codec::unsuback&) {}
+    void on_disconnect(const codec::disconnect&) {}
   };
 
   struct state {
@@ -153,6 +205,10 @@ class bridge {
     asio::any_io_executor strand;
     std::weak_ptr<state> self;
     std::unique_ptr<client::client<remote_events, Connector>> remote;
+    std::unique_ptr<client::client<local_events, memory_connector>> local;  // with local_listener
+    // Acknowledgements owed across the two sessions (local_listener): a remote publish's ticket
+    // to the local message's delivery ticket, and a local publish's to the remote message's.
+    std::unordered_map<std::uint64_t, std::uint64_t> owed_local, owed_remote;
     participant_id id{};
     bool attached = false;
     std::atomic<bool> up{false};
@@ -162,6 +218,8 @@ class bridge {
     /// Mosquitto's defaults where the options leave them open.
     static bridge_options prepared(bridge_options o) {
       client::session_options& so = o.remote.session;
+      // With a local session, a message from the remote is acknowledged once the local broker has it.
+      if (!o.local_listener.empty()) so.deferred_acks = true;
       // Mosquitto's default: this host's name, so gateways sharing a configuration do not take
       // over each other's sessions on the remote.
       if (so.client_id.empty()) {
@@ -200,14 +258,18 @@ class bridge {
         }
       });
       attached = true;
-      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
-        if (!opts.topics[i].carries_out()) continue;
-        codec::subscribe_options so;
-        so.max_qos = opts.topics[i].qos_level;
-        so.no_local = true;  // what the bridge itself publishes here does not go back
-        if (auto ec = broker.subscribe(id, filters[i].local, so))
-          broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, filters[i].local,
-                     ec.message());
+      if (opts.local_listener.empty()) {
+        for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+          if (!opts.topics[i].carries_out()) continue;
+          codec::subscribe_options so;
+          so.max_qos = opts.topics[i].qos_level;
+          so.no_local = true;  // what the bridge itself publishes here does not go back
+          if (auto ec = broker.subscribe(id, filters[i].local, so))
+            broker.log(log_level::error, "bridge {}: local filter '{}' refused: {}", opts.name, filters[i].local,
+                       ec.message());
+        }
+      } else {
+        start_local_session();
       }
       notify_locally("0");
       remote = std::make_unique<client::client<remote_events, Connector>>(strand, opts.remote, remote_events{self},
@@ -230,7 +292,86 @@ class bridge {
       remote->start();
     }
 
+    /// The local side as a session of the local broker: 5.0 (No Local), kept for ever, its
+    /// acknowledgements given when the remote has the message.
+    void start_local_session() {
+      client::client_options lo;
+      lo.addresses.push_back(client::address{opts.local_listener, 0});
+      lo.reconnect_min = std::chrono::milliseconds(20);
+      lo.reconnect_max = std::chrono::milliseconds(1000);
+      client::session_options& ls = lo.session;
+      ls.version = codec::protocol_version::v5;
+      ls.client_id = opts.local_clientid;
+      ls.clean_start = false;
+      ls.session_expiry = 0xFFFFFFFF;
+      ls.keep_alive = 0;  // in memory: nothing to watch
+      ls.deferred_acks = true;
+      ls.max_queued = opts.remote.session.max_queued;
+      ls.max_packet_size = opts.remote.session.max_packet_size;
+      local = std::make_unique<client::client<local_events, memory_connector>>(strand, std::move(lo), local_events{self});
+      std::vector<codec::subscribe_entry> entries;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (!opts.topics[i].carries_out()) continue;
+        codec::subscribe_entry e;
+        e.filter = filters[i].local;
+        e.options.max_qos = opts.topics[i].qos_level;
+        e.options.no_local = true;             // what the bridge publishes here does not go back
+        e.options.retain_as_published = true;  // a retained message stays retained on the remote
+        e.options.retain_handling = codec::retain_handling_option::dont_send;  // what is retained here stays
+        entries.push_back(e);
+      }
+      if (!entries.empty()) local->subscribe(entries);  // standing: made again for a new session
+      local->start();
+    }
+
+    /// A message of the local session: to the remote; its acknowledgement waits for the remote's.
+    void outbound_from_session(const codec::publish& p) {
+      const std::uint64_t local_ticket = local->delivery_ticket();
+      const topic_route* route = nullptr;
+      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
+        if (opts.topics[i].carries_out() && topic::matches(filters[i].local, p.topic)) {
+          route = &opts.topics[i];
+          break;
+        }
+      }
+      if (route == nullptr || !remote) {  // nothing to forward it by: taken, so the broker moves on
+        if (local_ticket != 0) local->acknowledge(local_ticket);
+        return;
+      }
+      const codec::qos q = std::min(p.qos_level, route->qos_level);
+      if (q == codec::qos::at_most_once && !up.load()) {  // as in the participant's path
+        dropped.fetch_add(1, std::memory_order_relaxed);
+        if (local_ticket != 0) local->acknowledge(local_ticket);
+        return;
+      }
+      route->to_remote(p.topic, renamed);
+      const std::uint64_t ticket =
+          remote->publish(message::make(renamed, p.payload, q, p.retain, p.properties.bytes()), q, p.retain);
+      (ticket != 0 ? sent : dropped).fetch_add(1, std::memory_order_relaxed);
+      if (local_ticket == 0) return;
+      if (ticket == 0 || q == codec::qos::at_most_once) {
+        local->acknowledge(local_ticket);  // refused (queue full, counted) or nothing will confirm it
+      } else {
+        owed_local.emplace(ticket, local_ticket);
+      }
+    }
+    /// The remote acknowledged a message: the local session's acknowledgement of it goes.
+    void remote_done(std::uint64_t ticket) {
+      auto it = owed_local.find(ticket);
+      if (it == owed_local.end() || !local) return;
+      local->acknowledge(it->second);
+      owed_local.erase(it);
+    }
+    /// The local broker took a message from the remote: the remote's acknowledgement of it goes.
+    void local_done(std::uint64_t ticket) {
+      auto it = owed_remote.find(ticket);
+      if (it == owed_remote.end() || !remote) return;
+      remote->acknowledge(it->second);
+      owed_remote.erase(it);
+    }
+
     void stop() {
+      if (local) local->stop();
       if (attached) {
         broker.unsubscribe(id);
         attached = false;
@@ -274,10 +415,24 @@ class bridge {
     // ---- in: remote messages to the local broker
 
     void inbound(const codec::publish& p) {
+      const std::uint64_t remote_ticket = local ? remote->delivery_ticket() : 0;
       for (std::size_t i = 0; i < opts.topics.size(); ++i) {
         const topic_route& r = opts.topics[i];
         if (!r.carries_in() || !topic::matches(filters[i].remote, p.topic)) continue;
         r.to_local(p.topic, renamed);
+        if (local) {
+          // Through the local session: the remote's acknowledgement waits for the local broker's.
+          const std::uint64_t ticket = local->publish(
+              message::make(renamed, p.payload, p.qos_level, p.retain, p.properties.bytes()), p.qos_level, p.retain);
+          if (ticket != 0) received.fetch_add(1, std::memory_order_relaxed);
+          if (remote_ticket == 0) return;
+          if (ticket == 0 || p.qos_level == codec::qos::at_most_once) {
+            remote->acknowledge(remote_ticket);
+          } else {
+            owed_remote.emplace(ticket, remote_ticket);
+          }
+          return;
+        }
         std::error_code ec;
         broker.publish_as(id, renamed, p.payload, p.qos_level, p.retain, p.properties, &ec);
         if (ec) {
@@ -288,6 +443,7 @@ class bridge {
         received.fetch_add(1, std::memory_order_relaxed);
         return;
       }
+      if (remote_ticket != 0) remote->acknowledge(remote_ticket);  // no route: nothing to wait for
     }
 
     // ---- the remote's connection

@@ -192,6 +192,14 @@ class client {
     return id;
   }
 
+  /// With session_options::deferred_acks: the ticket of the message being reported to
+  /// on_message(), and its acknowledgement, given when the host has taken it (see session).
+  std::uint64_t delivery_ticket() const noexcept { return s_->sess.delivery_ticket(); }
+  void acknowledge(std::uint64_t ticket) {
+    s_->sess.acknowledge(ticket);
+    s_->flush();
+  }
+
   bool connected() const noexcept { return s_->sess.state() == session_state::connected; }
   const session_stats& stats() const noexcept { return s_->sess.stats(); }
   std::size_t queued() const noexcept { return s_->sess.queued(); }
