@@ -230,6 +230,7 @@ TEST_CASE("client session: after a lost connection the unacknowledged go again w
       // bridge loses nothing); message 2, which it had, is complete.
       CHECK(what == std::vector<std::string>{"1", "3", "4"});
       CHECK(s.handler().events.back() == "published " + std::to_string(t2) + " 0");
+      CHECK(s.stats().acknowledged == 1);  // message 2, done
     }
     CHECK(s.stats().resent == (present ? 2u : 0u));
   }

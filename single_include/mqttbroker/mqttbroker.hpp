@@ -13067,7 +13067,10 @@ class session {
     }
     queued_.insert(queued_.begin(), std::make_move_iterator(as_new.begin()), std::make_move_iterator(as_new.end()));
     handler_.on_connack(c);
-    for (const std::uint64_t t : released) handler_.on_published(t, reason_code::success);
+    for (const std::uint64_t t : released) {
+      ++stats_.acknowledged;  // the server had it (PUBREC); its session, and the PUBREL owed, are gone
+      handler_.on_published(t, reason_code::success);
+    }
     pump();
     return {};
   }
