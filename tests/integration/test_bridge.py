@@ -186,11 +186,16 @@ class Persistence(h.BrokerTestCase):
         self.dir = tempfile.mkdtemp(prefix="mqttbroker-it-bridge-store-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.remote_port = h.free_port()
+        # Anonymous clients may only write: the bridge's own session (which reads q/#) is not
+        # bound by the file.
+        acl = os.path.join(self.dir, "acl")
+        with open(acl, "w") as f:
+            f.write("topic write q/#\n")
         path = os.path.join(self.dir, "mqttbroker.conf")
         with open(path, "w") as f:
-            f.write("persistence true\npersistence_location %s\n"
+            f.write("persistence true\npersistence_location %s\nacl_file %s\n"
                     "connection cloud\naddress 127.0.0.1:%d\ntopic q/# out 1\nrestart_timeout 1\n"
-                    % (self.dir, self.remote_port))
+                    % (self.dir, acl, self.remote_port))
         self.broker_args = ("-c", path)
         super().setUp()
 
