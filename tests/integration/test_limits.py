@@ -128,15 +128,21 @@ def check_good(test, sub, pub, n, when):
     sub.send(h.ack(h.PUBACK, p.packet_id))
 
 
-def assert_rss_flat(test, rss):
+def assert_rss_flat(test, rss, early_peak=0):
     """The broker's RSS after the last round (`rss`: KiB after each) is no more than RSS_SLACK_KIB
-    above that after round 2; not compared under a sanitizer."""
+    above what the first two rounds reached: the RSS after round 2, or `early_peak` when given (the
+    most seen while round 1 or 2 had its connections open). On two threads what a round's peak
+    brought in may stay only from a later round on (a run went 13 MB, 13 MB, 22 MB, 23 MB, 23 MB
+    after rounds 1 to 5 under a 26 MB peak in each), which is no leak: a leak grows past the
+    early peak. Not compared under a sanitizer."""
     san = sanitizer(test.broker.proc.pid, test.broker.args[0])
     if san:
         print("  %s sanitizer: RSS not compared (its allocator holds freed memory)" % san)
         return
-    test.assertLessEqual(rss[-1] - rss[1], RSS_SLACK_KIB, "RSS grew from %d KiB after round 2 to %d KiB after round %d (all: %r)"
-                         % (rss[1], rss[-1], len(rss), rss))
+    base = max(rss[1], early_peak)
+    test.assertLessEqual(rss[-1] - base, RSS_SLACK_KIB,
+                         "RSS grew from %d KiB (after round 2, or the peak of rounds 1 and 2) to %d KiB after round %d "
+                         "(all: %r)" % (base, rss[-1], len(rss), rss))
 
 
 def wait_fds(pid, baseline, what):
@@ -249,6 +255,7 @@ class Hostile(h.BrokerTestCase):
         self._check_good(sub, pub, checks, "at the start")
         fd_baseline = open_fds(pid)
         rss = []
+        early_peak = 0  # KiB: the most seen while round 1 or 2 had its connections open
         print("  start: broker RSS %d KiB, %d descriptors" % (rss_kib(pid), fd_baseline))
 
         for rnd in range(1, ROUNDS + 1):
@@ -273,6 +280,8 @@ class Hostile(h.BrokerTestCase):
                 closed_by_broker = [(s, kind) for s, (kind, _) in zip(socks, kinds) if kind != "half-publish-ka0"]
                 self._wait_closed_by_broker(closed_by_broker, "round %d" % rnd, h.WAIT)
                 held = rss_kib(pid)  # with the 100 half-sent packets of Keep Alive 0 still open
+                if rnd <= 2:
+                    early_peak = max(early_peak, held)
                 checks += 1
                 self._check_good(sub, pub, checks, "round %d, stalled ones closed" % rnd)
             finally:
@@ -292,7 +301,7 @@ class Hostile(h.BrokerTestCase):
                   "half-sent packets were open), %d descriptors (baseline %d)"
                   % (rnd, opened - started, time.monotonic() - started, rss[-1], held, fds, fd_baseline))
 
-        assert_rss_flat(self, rss)
+        assert_rss_flat(self, rss, early_peak)
 
 
 class PublisherPacing(h.BrokerTestCase):
