@@ -324,16 +324,17 @@ class bridge {
       local->start();
     }
 
+    /// The first `out` route whose local filter matches topic `name` (Mosquitto's rule), or none.
+    const topic_route* out_route(std::string_view name) const noexcept {
+      for (std::size_t i = 0; i < opts.topics.size(); ++i)
+        if (opts.topics[i].carries_out() && topic::matches(filters[i].local, name)) return &opts.topics[i];
+      return nullptr;
+    }
+
     /// A message of the local session: to the remote; its acknowledgement waits for the remote's.
     void outbound_from_session(const codec::publish& p) {
       const std::uint64_t local_ticket = local->delivery_ticket();
-      const topic_route* route = nullptr;
-      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
-        if (opts.topics[i].carries_out() && topic::matches(filters[i].local, p.topic)) {
-          route = &opts.topics[i];
-          break;
-        }
-      }
+      const topic_route* route = out_route(p.topic);
       if (route == nullptr || !remote) {  // nothing to forward it by: taken, so the broker moves on
         if (local_ticket != 0) local->acknowledge(local_ticket);
         return;
@@ -388,13 +389,7 @@ class bridge {
 
     void outbound(const message_ptr& m) {
       if (stopping.load() || !remote) return;
-      const topic_route* route = nullptr;
-      for (std::size_t i = 0; i < opts.topics.size(); ++i) {
-        if (opts.topics[i].carries_out() && topic::matches(filters[i].local, m->topic())) {
-          route = &opts.topics[i];
-          break;
-        }
-      }
+      const topic_route* route = out_route(m->topic());
       if (route == nullptr) return;  // a filter since changed
       const codec::qos q = std::min(m->qos_level(), route->qos_level);
       if (q == codec::qos::at_most_once && !up.load()) {
