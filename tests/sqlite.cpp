@@ -716,24 +716,35 @@ TEST_CASE("sqlite: a QoS 2 PUBLISH to a persistent session, and the PUBREL after
   CHECK(sub.pop(PUBREL).id == p.id);
 }
 
+namespace {
+/// A store on its own thread whose commits a test waits for.
+struct waited_store {
+  mb::storage::sqlite st;
+  std::mutex m;
+  std::condition_variable cv;
+  std::uint64_t durable = 0;
+  explicit waited_store(const mb::storage::sqlite_options& o) : st(o) {
+    st.on_commit([this](std::uint64_t t) {
+      std::lock_guard<std::mutex> lk(m);
+      durable = t;
+      cv.notify_all();
+    });
+  }
+  void commit_and_wait() {
+    const std::uint64_t t = st.commit();
+    std::unique_lock<std::mutex> lk(m);
+    REQUIRE(cv.wait_for(lk, std::chrono::seconds(10), [&] { return durable >= t; }));
+  }
+};
+}  // namespace
+
 TEST_CASE("sqlite: the file gives back what a drained queue took: incremental vacuum and WAL checkpoints", "[sqlite]") {
   temp_dir dir;
   mb::storage::sqlite_options o;
   o.path = dir.file("store.db");
-  mb::storage::sqlite st(o);
-  std::mutex m;
-  std::condition_variable cv;
-  std::uint64_t durable = 0;
-  st.on_commit([&](std::uint64_t t) {
-    std::lock_guard<std::mutex> lk(m);
-    durable = t;
-    cv.notify_all();
-  });
-  auto commit_and_wait = [&] {
-    const std::uint64_t t = st.commit();
-    std::unique_lock<std::mutex> lk(m);
-    REQUIRE(cv.wait_for(lk, std::chrono::seconds(10), [&] { return durable >= t; }));
-  };
+  waited_store w(o);
+  auto& st = w.st;
+  auto commit_and_wait = [&] { w.commit_and_wait(); };
   auto size = [&] {
     std::error_code ignored;
     const auto wal = fs::file_size(o.path + "-wal", ignored);
@@ -866,19 +877,20 @@ bool exec_on(const std::string& path, const std::string& sql) {
   sqlite3_close(db);
   return ok;
 }
-/// The schema version the file at `path` reports.
-std::int64_t schema_version_of(const std::string& path) {
+/// The first column of the first row of `sql` on the file at `path` (-1: no row, or refused).
+std::int64_t count_on(const std::string& path, const char* sql) {
   sqlite3* db = nullptr;
   sqlite3_stmt* st = nullptr;
   std::int64_t v = -1;
-  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK &&
-      sqlite3_prepare_v2(db, "SELECT max(version) FROM schema_version", -1, &st, nullptr) == SQLITE_OK &&
+  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK && sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
     v = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   sqlite3_close(db);
   return v;
 }
+/// The schema version the file at `path` reports.
+std::int64_t schema_version_of(const std::string& path) { return count_on(path, "SELECT max(version) FROM schema_version"); }
 
 /// A store as version 1 of storage::sqlite wrote it. Its schema is written out here, not taken
 /// from the header's migration steps, so the test needs no older build and an edit of step 0 -> 1
@@ -917,7 +929,7 @@ const char* const schema_1_store =
 
 }  // namespace
 
-TEST_CASE("sqlite: a store of schema version 1 is migrated to version 2 and keeps its sessions, subscriptions and messages",
+TEST_CASE("sqlite: a store of schema version 1 is migrated to version 3 and keeps its sessions, subscriptions and messages",
           "[sqlite][MQTT-4.1.0-1][MQTT-4.4.0-1]") {
   temp_dir dir;
   const std::string path = dir.file("store.db");
@@ -957,9 +969,12 @@ TEST_CASE("sqlite: a store of schema version 1 is migrated to version 2 and keep
     CHECK(sub.pending() == 0);
   }
   CHECK(schema_version_of(path) == mb::storage::sqlite::schema_version);
-  CHECK(mb::storage::sqlite::schema_version == 2);
-  // The columns of version 2 are there, for the rows of version 1 too.
+  CHECK(mb::storage::sqlite::schema_version == 3);
+  // Version 3 keeps messages and deliveries in the journal: the old rows became its first
+  // segment, and their tables are left empty.
   CHECK(exec_on(path, "SELECT retain, subscription_ids FROM outgoing"));
+  CHECK(count_on(path, "SELECT count(*) FROM outgoing") == 0);
+  CHECK(count_on(path, "SELECT count(*) FROM messages") == 0);
 }
 
 TEST_CASE("sqlite: a message resent after a restart carries the Subscription Identifiers and RETAIN flag of its first send",
@@ -1248,4 +1263,72 @@ TEST_CASE("sqlite: a bridge's local session keeps what waits for an unreachable 
   sub.stop();
   br->stop();
   n.settle();
+}
+
+TEST_CASE("sqlite: an entry that stays does not keep the journal's later segments: they go, it is written again, and it "
+          "survives a restart",
+          "[sqlite]") {
+  temp_dir dir;
+  mb::storage::sqlite_options o;
+  o.path = dir.file("store.db");
+  o.journal_compact_bytes = 64 * 1024;
+  capture_loader after;
+  {
+    waited_store w(o);
+    auto& st = w.st;
+    auto commit_and_wait = [&] { w.commit_and_wait(); };
+    // A session that stays away owes one message, recorded in the first segment.
+    st.save_session("away", 0xFFFFFFFFu);
+    st.enqueue("away", mb::message::make("kept", "owed", qos::at_least_once, false), qos::at_least_once);
+    st.save_session("busy", 0xFFFFFFFFu);
+    commit_and_wait();
+    // Then 3 MB of messages come and go, each written and then ended by its acknowledgement.
+    const std::string payload(1000, 'b');
+    for (int i = 0; i < 3000; ++i) {
+      const auto id = static_cast<std::uint16_t>(i % 1000 + 1);
+      st.send("busy", id, mb::message::make("t", payload, qos::at_least_once, false), qos::at_least_once);
+      commit_and_wait();
+      st.acknowledge("busy", id);
+    }
+    commit_and_wait();
+    CHECK(st.statistics().compactions > 0);
+    // What the journal holds stays within a small multiple of the bound, not the 3 MB written.
+    const std::string copy = dir.file("copy.db");
+    fs::copy_file(o.path, copy);
+    if (fs::exists(o.path + "-wal")) fs::copy_file(o.path + "-wal", copy + "-wal");
+    const std::int64_t journal = count_on(copy, "SELECT coalesce(sum(length(records)), 0) FROM journal");
+    CHECK(journal >= 0);
+    CHECK(journal < 4 * 64 * 1024);
+  }
+  mb::storage::sqlite st(o);
+  st.load(after);
+  REQUIRE(after.outgoing_entries.size() == 1);
+  CHECK(after.outgoing_entries[0].client_id == "away");
+  CHECK(after.outgoing_entries[0].has_message);
+  CHECK(after.outgoing_entries[0].state == mb::storage::outgoing_state::queued);
+}
+
+TEST_CASE("sqlite: a tombstone stays while an older segment holds the entry it ended, so a restart does not bring the "
+          "entry back",
+          "[sqlite][MQTT-4.3.2-2]") {
+  held_store h;
+  auto& st = h.st;
+  st.save_session("s", 0xFFFFFFFFu);
+  st.send("s", 1, mb::message::make("t", "stays", qos::at_least_once, false), qos::at_least_once);
+  st.send("s", 2, mb::message::make("t", "acknowledged", qos::at_least_once, false), qos::at_least_once);
+  st.commit();
+  h.run_batches();  // one segment holds both deliveries
+  st.acknowledge("s", 2);
+  st.commit();
+  h.run_batches();  // the next holds packet 2's tombstones
+  for (int i = 0; i < 3; ++i) {  // later batches, each a chance to delete segments no longer needed
+    st.save_subscription("s", "f/" + std::to_string(i), {}, 0);
+    st.commit();
+    h.run_batches();
+  }
+  capture_loader l = load_crash_copy(h.path, h.dir.file("crash.db"));
+  REQUIRE(l.outgoing_entries.size() == 1);
+  CHECK(l.outgoing_entries[0].packet_id == 1);
+  CHECK(l.outgoing_entries[0].has_message);
+  st.close();
 }

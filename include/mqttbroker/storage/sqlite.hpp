@@ -88,7 +88,7 @@ enum class sqlite_sync : std::uint8_t {
 /// What a store has written since it was opened.
 struct sqlite_statistics {
   std::uint64_t commits = 0;          ///< batches taken (each one transaction, or none: see below)
-  std::uint64_t changes_written = 0;  ///< row changes written in them
+  std::uint64_t changes_written = 0;  ///< changes written in them: rows and journal records
   /// Changes not written because a later one in the same batch undid them: an entry added and
   /// deleted there, as a QoS 1 delivery acknowledged before its commit is.
   std::uint64_t changes_undone = 0;
@@ -97,6 +97,9 @@ struct sqlite_statistics {
   std::uint64_t transactions = 0;
   std::chrono::microseconds transaction_time{0};
   std::uint64_t transactions_within[8] = {};
+  /// Times the journal's older live records were written again so that its older segments could
+  /// go (sqlite_options::journal_compact_bytes).
+  std::uint64_t compactions = 0;
 };
 
 /// The upper bounds of sqlite_statistics::transactions_within, in microseconds.
@@ -112,6 +115,11 @@ struct sqlite_options {
   /// The file's size limit in bytes (0: none). Past it changes fail as a full disk does: the
   /// acknowledgements that wait for them are refused.
   std::uint64_t max_bytes = 0;
+  /// The journal (messages and deliveries) may hold this many bytes, and up to twice what is
+  /// still live in it, before its older live records are written again so that the segments
+  /// holding them can go: a few entries that stay for long (a session that stays away) do not
+  /// keep everything written after them.
+  std::uint64_t journal_compact_bytes = 8u << 20;
   /// Runs the commits: empty, the store starts a thread of its own; otherwise a function that
   /// runs its argument later on a thread that may block (a host's storage executor).
   std::function<void(std::function<void()>)> executor;
@@ -125,8 +133,16 @@ struct sqlite_options {
 /// A durable storage policy on SQLite 3 (storage/contract.hpp), in WAL mode, one file per broker,
 /// taken with an exclusive lock. The engine's calls are recorded in memory under a mutex; commit()
 /// hands them to a worker, which writes each batch in one transaction (group commit) and reports
-/// its ticket to the broker's on_commit handler. Every queued or in-flight entry of every session
-/// refers to one message row, which goes with its last reference.
+/// its ticket to the broker's on_commit handler.
+///
+/// Sessions, subscriptions, retained messages and wills are rows. Messages and what refers to them
+/// (each session's queued and in-flight deliveries, received QoS 2 identifiers) change several
+/// times per message, so a batch writes their changes as records into one blob, a journal
+/// segment: an entry's latest record holds its whole state, a tombstone ends it, and a load reads
+/// the segments in order. Every entry of every session refers to one message record, which goes
+/// with its last reference. A segment is deleted once none of its records is still the latest of
+/// a live entry (and no older segment needs its tombstones); entries that stay long are written
+/// again now and then (journal_compact_bytes), so the file stays near what is live.
 ///
 /// Default-constructed it is closed: open() before the broker starts. Exceptions come only from
 /// open(); afterwards failures are error codes (storage_errc) reported with the tickets.
@@ -134,7 +150,7 @@ class sqlite {
  public:
   static constexpr bool durable = true;
   /// The schema this version writes; a file with a newer one is refused, an older one migrated.
-  static constexpr int schema_version = 2;
+  static constexpr int schema_version = 3;
 
   sqlite() : s_(std::make_shared<shared>()) {}
   explicit sqlite(sqlite_options o) : sqlite() { open(std::move(o)); }
@@ -247,6 +263,11 @@ class sqlite {
   }
 
  private:
+  /// The changes the engine's calls become. Sessions, subscriptions, retained messages and wills
+  /// change seldom and are written as rows. Messages and the entries that refer to them (queued
+  /// and in-flight deliveries, received QoS 2 identifiers) change several times per message: they
+  /// are written as records in the batch's journal segment, one blob per commit, and a segment is
+  /// deleted once nothing in it is still needed (see `segment`).
   enum class op_kind : std::uint8_t {
     save_session,
     session_offline,
@@ -255,38 +276,41 @@ class sqlite {
     erase_subscription,
     save_retained,
     erase_retained,
-    insert_message,
-    delete_message,
-    add_outgoing,
-    update_outgoing,
-    delete_outgoing,
-    clear_messages,
-    add_inbound,
-    inbound_routed,
-    delete_inbound,
     save_will,
     erase_will,
+    // journal records; the values are the records' first byte in the file
+    message_put = 16,
+    message_delete,
+    outgoing_put,
+    outgoing_delete,
+    inbound_put,
+    inbound_delete,
   };
-  static constexpr std::size_t op_kinds = 18;
+  static constexpr std::size_t row_kinds = 9;
+  static constexpr bool journaled(op_kind k) noexcept { return k >= op_kind::message_put; }
+  /// A record that ends an entry (a tombstone): needed only while an older segment holds the entry.
+  static constexpr bool ends_entry(op_kind k) noexcept {
+    return k == op_kind::message_delete || k == op_kind::outgoing_delete || k == op_kind::inbound_delete;
+  }
 
-  /// One change as the worker writes it: `key` is the client identifier (the topic for a
-  /// retained message); the other fields as the kind needs them.
+  /// One change: a row change as the worker writes it (`key` the client identifier, or the topic
+  /// for a retained message; the other fields as the kind needs them), or a journal record already
+  /// encoded at `off` in the recording buffer.
   struct op {
     op_kind kind;
-    std::uint64_t ticket;  // the commit() it belongs to
+    std::uint64_t ticket;   // the commit() it belongs to
     std::uint64_t seq = 0;  // its place among all changes recorded
+    /// A journal record: the entry's record it replaces or ends, already taken by the worker
+    /// (0: none). Each entry has one record that counts: its latest.
+    std::uint64_t prev = 0;
+    std::size_t off = 0, len = 0;  // a journal record's bytes
     std::string key;
-    std::string text;        // filter; an outgoing row's Subscription Identifiers
-    std::int64_t a = 0;      // message id, or seq
-    std::int64_t b = 0;      // expiry, identifier, packet id
-    std::int64_t time = 0;   // wall-clock milliseconds: offline since, due, message expiry (0: none)
-    std::uint32_t c = 0;     // subscription options, qos
-    std::uint32_t state = 0;  // outgoing_state
-    bool retain = false;      // outgoing: the RETAIN flag as sent (text: its Subscription Identifiers)
-    std::int64_t ref = 0;    // a message id referred to (0: none)
-    std::uint64_t prev = 0;  // outgoing: the entry's change before this one (its seq; 0: none)
+    std::string text;       // filter
+    std::int64_t b = 0;     // expiry, identifier
+    std::int64_t time = 0;  // wall-clock milliseconds: offline since, due, message expiry (0: none)
+    std::uint32_t c = 0;    // subscription options
     message_ptr msg;
-    bool undone = false;     // a later change undid it before the worker took it: not written
+    bool undone = false;  // a later change made it unneeded before the worker took it: not written
   };
 
   static delivery with_qos(codec::qos q) noexcept {
@@ -294,7 +318,7 @@ class sqlite {
     d.qos_level = q;
     return d;
   }
-  /// Subscription Identifiers as an outgoing row keeps them: decimal, space-separated ("" none).
+  /// Subscription Identifiers as an outgoing entry keeps them: decimal, space-separated ("" none).
   static std::string identifiers_text(const delivery& d) {
     std::string t;
     for (std::size_t i = 0; i < d.subscription_id_count; ++i) {
@@ -355,6 +379,68 @@ class sqlite {
     }
   }
 
+  // ---- the journal's record format: a kind byte, the record's seq, then its fields as LEB128
+  // integers and length-prefixed byte strings:
+  //   message_put     id, qos | retain << 2, expires (wall-clock ms, 0 none), topic, payload, properties
+  //   message_delete  id
+  //   outgoing_put    client id, entry seq, message id (0 none), qos | state << 2 | retain << 4,
+  //                   packet id, Subscription Identifiers (decimal, space-separated)
+  //   outgoing_delete entry seq
+  //   inbound_put     client id, packet id, message id (0: routed)
+  //   inbound_delete  client id, packet id
+  // A put carries the entry's whole state, so that the latest record of an entry is all a load
+  // needs of it.
+
+  static void put_varint(std::string& b, std::uint64_t v) {
+    char bytes[10];  // one append, not one per byte: this runs for every field of every record
+    std::size_t n = 0;
+    while (v >= 0x80) {
+      bytes[n++] = static_cast<char>((v & 0x7F) | 0x80);
+      v >>= 7;
+    }
+    bytes[n++] = static_cast<char>(v);
+    b.append(bytes, n);
+  }
+  static void put_bytes(std::string& b, std::string_view s) {
+    put_varint(b, s.size());
+    b.append(s.data(), s.size());
+  }
+  /// Reads records; `ok` turns false, for good, at the first byte that does not fit the format.
+  struct record_reader {
+    const unsigned char* p;
+    const unsigned char* end;
+    bool ok = true;
+    bool done() const noexcept { return !ok || p == end; }
+    std::uint8_t byte() noexcept {
+      if (p == end) {
+        ok = false;
+        return 0;
+      }
+      return *p++;
+    }
+    std::uint64_t varint() noexcept {
+      std::uint64_t v = 0;
+      for (unsigned shift = 0; shift < 64; shift += 7) {
+        const std::uint8_t c = byte();
+        if (!ok) return 0;
+        v |= std::uint64_t{c & 0x7Fu} << shift;
+        if ((c & 0x80) == 0) return v;
+      }
+      ok = false;
+      return 0;
+    }
+    std::string_view bytes() noexcept {
+      const std::uint64_t n = varint();
+      if (!ok || n > static_cast<std::uint64_t>(end - p)) {
+        ok = false;
+        return {};
+      }
+      const std::string_view s(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
+      p += n;
+      return s;
+    }
+  };
+
   /// A prepared statement, finalized with its owner.
   struct statement {
     sqlite3_stmt* st = nullptr;
@@ -364,28 +450,48 @@ class sqlite {
     ~statement() { sqlite3_finalize(st); }
   };
 
-  /// A message row, one per message however many sessions refer to it.
+  /// A message, one per message however many sessions refer to it.
   struct message_row {
     std::int64_t id;
     std::uint32_t refs;
-    message_ptr keep;  // the address stays this message's while it is a key
-    /// The seq of its insertion, while that may still wait for the worker (0: written or loaded).
-    std::uint64_t insert_op = 0;
-    /// A reference to it ended with a row that names it recorded: its deletion must be written,
-    /// not its insertion undone, or that row would name a message the file never had.
-    bool named = false;
+    message_ptr keep;         // the address stays this message's while it is a key
+    std::int64_t expires;     // wall-clock end of its Message Expiry (0: none)
+    std::uint64_t last_op = 0;  // the seq of its latest record
+    bool named = false;         // see unref()
   };
-  /// What a session's entries refer to, mirrored in memory so that every change is one exact
-  /// row write: the queue in order, the messages in flight and the received QoS 2 identifiers.
+  /// A queued or in-flight delivery of a session, with all that its record holds.
   struct outgoing_entry {
     std::int64_t seq;
-    message_row* message;     // nullptr once PUBREC came (only the identifier is kept)
-    std::uint64_t last_op = 0;  // the seq of its latest change (0: none since the load)
+    message_row* message;  // nullptr once PUBREC came (only the identifier is kept)
+    std::uint64_t last_op = 0;
+    std::uint16_t packet_id = 0;
+    std::uint8_t qos = 0;
+    std::uint8_t state = 0;  // outgoing_state
+    bool retain = false;
+    std::string ids;  // its Subscription Identifiers, as identifiers_text writes them
+  };
+  struct inbound_entry {
+    message_row* message = nullptr;  // the unrouted message (nullptr: routed)
+    std::uint64_t last_op = 0;
   };
   struct client_rows {
     std::deque<outgoing_entry> queued;
     std::map<std::uint16_t, outgoing_entry> inflight;
-    std::map<std::uint16_t, message_row*> inbound;  // packet id -> unrouted message (nullptr: routed)
+    std::map<std::uint16_t, inbound_entry> inbound;
+  };
+
+  /// A journal segment: the records one commit wrote. `live` counts those that are still their
+  /// entry's latest record; `ends` the tombstones. A segment goes when no record in it is live
+  /// and either it is the oldest left (its tombstones end entries of segments already gone) or it
+  /// holds no tombstone: a load then finds every entry's latest record and no stale one.
+  struct segment {
+    std::int64_t id;
+    std::uint64_t first_seq, last_seq;  // the batch's seqs, undone changes included
+    std::size_t bytes = 0;
+    std::size_t records = 0;
+    std::size_t live = 0;
+    std::size_t ends = 0;
+    bool puts = true;  // false: only its tombstones fit on a full disk; no put of its range exists
   };
 
   /// Everything, shared with the jobs a host's executor may still hold after close().
@@ -394,6 +500,7 @@ class sqlite {
     mutable std::mutex mutex;
     std::condition_variable wake;
     std::vector<op> pending;
+    std::string records;           // the pending journal records' bytes (op::off, op::len)
     std::uint64_t issued = 0;      // the last ticket commit() gave
     bool recorded = false;         // a change since that ticket
     bool stopping = false;
@@ -415,17 +522,23 @@ class sqlite {
     std::int64_t seen_ms = 0;      // the latest time recorded: the save time is never earlier
     std::uint64_t recorded_count = 0;    // changes recorded so far
     std::multiset<std::uint64_t> spans;  // open begin_atomic() spans: the first change each holds
+    std::uint64_t copying_until = 0;     // a compaction's copies, up to this seq, not yet written
 
     // Lock order: report_mutex, db_mutex, mutex. The handlers run under report_mutex alone: they
     // take the broker's locks, and the broker calls load() (db_mutex) holding them.
     // ---- under `report_mutex`: one batch at a time, from its write to its report
     std::mutex report_mutex;
-    std::vector<op> taken;  // the batch being written
-    // ---- under `db_mutex`: the connection
+    std::vector<op> taken;    // the batch being written
+    std::string taken_bytes;  // its journal records
+    std::string blob;         // the segment written from them
+    // ---- under `db_mutex`: the connection and the journal's segments
     std::mutex db_mutex;
     sqlite3* db = nullptr;
-    statement statements[op_kinds];
-    statement saved_at;
+    statement statements[row_kinds];
+    statement saved_at, insert_segment, delete_segment;
+    std::deque<segment> segments;      // in the file, oldest first
+    std::vector<std::int64_t> to_drop;  // segments no longer needed, deleted with the next write
+    std::int64_t last_segment = 0;
     std::uint64_t commits = 0;
     std::atomic<std::size_t> last_batch_size{0};  // changes the last batch took (gather_window)
     std::atomic<std::uint32_t> loaded_window_us{min_loaded_window_us};  // adapt_window
@@ -463,7 +576,6 @@ class sqlite {
     void note(std::string_view text) const {
       if (opts.log) opts.log(text);
     }
-
     // ---- opening
 
     void fail(std::error_code& ec, std::string* what, std::error_code code, const std::string& why) {
@@ -592,11 +704,17 @@ class sqlite {
           // Rows of version 1 never kept them; they resend as version 1 did (RETAIN 0, none).
           "ALTER TABLE outgoing ADD COLUMN retain INTEGER NOT NULL DEFAULT 0;"
           "ALTER TABLE outgoing ADD COLUMN subscription_ids TEXT NOT NULL DEFAULT '';",
+          // 2 -> 3: messages, deliveries and received QoS 2 identifiers move into the journal (a
+          // row per change cost more than the rest of the broker's work per message); their rows
+          // become one segment (legacy_to_journal) and the old tables stay, empty.
+          "CREATE TABLE journal(segment INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL,"
+          " last_seq INTEGER NOT NULL, records BLOB NOT NULL);",
       };
       static_assert(sizeof steps / sizeof steps[0] == schema_version, "one migration step per schema version");
       if (exec("BEGIN IMMEDIATE") != SQLITE_OK) return false;
       bool ok = true;
       for (std::int64_t v = from; ok && v < schema_version; ++v) ok = exec(steps[v]) == SQLITE_OK;
+      if (ok && from != 0 && from < 3) ok = legacy_to_journal();
       const std::string mark = "DELETE FROM schema_version; INSERT INTO schema_version VALUES(" +
                                std::to_string(schema_version) + "); PRAGMA application_id=" +
                                std::to_string(application_id) + ";";
@@ -605,35 +723,93 @@ class sqlite {
       return ok;
     }
 
+    /// Schema 2 -> 3: the rows of messages, outgoing and inbound become the journal's first
+    /// segment, in the records a version-3 store writes; the rows go.
+    bool legacy_to_journal() {
+      std::string b;
+      std::uint64_t seq = 0;
+      auto rows = [&](const char* sql, auto&& each) {
+        sqlite3_stmt* st = nullptr;
+        if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) return false;
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) each(st);
+        sqlite3_finalize(st);
+        return rc == SQLITE_DONE;
+      };
+      auto text = [](sqlite3_stmt* st, int i) {
+        const void* p = sqlite3_column_blob(st, i);
+        return std::string_view(static_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(st, i)));
+      };
+      auto head = [&](op_kind k) {
+        b.push_back(static_cast<char>(k));
+        put_varint(b, ++seq);
+      };
+      const bool ok =
+          rows("SELECT id, topic, payload, properties, qos, retain, expires FROM messages",
+               [&](sqlite3_stmt* st) {
+                 head(op_kind::message_put);
+                 put_varint(b, static_cast<std::uint64_t>(sqlite3_column_int64(st, 0)));
+                 b.push_back(static_cast<char>((sqlite3_column_int(st, 4) & 3) | (sqlite3_column_int(st, 5) != 0 ? 4 : 0)));
+                 put_varint(b, static_cast<std::uint64_t>(std::max<std::int64_t>(sqlite3_column_int64(st, 6), 0)));
+                 put_bytes(b, text(st, 1));
+                 put_bytes(b, text(st, 2));
+                 put_bytes(b, text(st, 3));
+               }) &&
+          rows("SELECT client_id, seq, message_id, qos, state, packet_id, retain, subscription_ids FROM outgoing"
+               " ORDER BY client_id, seq",
+               [&](sqlite3_stmt* st) {
+                 head(op_kind::outgoing_put);
+                 put_bytes(b, text(st, 0));
+                 put_varint(b, static_cast<std::uint64_t>(sqlite3_column_int64(st, 1)));
+                 put_varint(b, static_cast<std::uint64_t>(sqlite3_column_int64(st, 2)));  // NULL reads 0
+                 b.push_back(static_cast<char>((sqlite3_column_int(st, 3) & 3) | ((sqlite3_column_int(st, 4) & 3) << 2) |
+                                               (sqlite3_column_int(st, 6) != 0 ? 16 : 0)));
+                 put_varint(b, static_cast<std::uint64_t>(sqlite3_column_int(st, 5) & 0xFFFF));
+                 put_bytes(b, text(st, 7));
+               }) &&
+          rows("SELECT client_id, packet_id, message_id FROM inbound", [&](sqlite3_stmt* st) {
+            head(op_kind::inbound_put);
+            put_bytes(b, text(st, 0));
+            put_varint(b, static_cast<std::uint64_t>(sqlite3_column_int(st, 1) & 0xFFFF));
+            put_varint(b, static_cast<std::uint64_t>(sqlite3_column_int64(st, 2)));
+          });
+      if (!ok) return false;
+      if (seq == 0) return true;
+      sqlite3_stmt* st = nullptr;
+      int rc = sqlite3_prepare_v2(db, "INSERT INTO journal VALUES(1, 1, ?1, ?2)", -1, &st, nullptr);
+      if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(seq));
+        bind_blob(st, 2, b);
+        rc = step(st);
+      }
+      sqlite3_finalize(st);
+      return rc == SQLITE_OK && exec("DELETE FROM messages; DELETE FROM outgoing; DELETE FROM inbound;") == SQLITE_OK;
+    }
+
     bool prepare() {
-      static const char* const sql[op_kinds] = {
+      static const char* const sql[row_kinds] = {
           // save_session: online again (its expiry does not run)
           "INSERT INTO sessions VALUES(?1, ?2, NULL) ON CONFLICT(client_id) DO UPDATE SET expiry=?2, "
           "offline_since=NULL",
           "UPDATE sessions SET offline_since=?2 WHERE client_id=?1",
-          // erase_session: what it owned goes with it
+          // erase_session: its subscriptions and will go with it (its entries by their tombstones)
           "DELETE FROM sessions WHERE client_id=?1",
           "INSERT OR REPLACE INTO subscriptions VALUES(?1, ?2, ?3, ?4)",
           "DELETE FROM subscriptions WHERE client_id=?1 AND filter=?2",
           "INSERT OR REPLACE INTO retained VALUES(?1, ?2, ?3, ?4, ?5)",
           "DELETE FROM retained WHERE topic=?1",
-          "INSERT OR REPLACE INTO messages VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-          "DELETE FROM messages WHERE id=?1",
-          "INSERT OR REPLACE INTO outgoing VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-          "UPDATE outgoing SET message_id=?3, state=?5, packet_id=?6 WHERE client_id=?1 AND seq=?2",
-          "DELETE FROM outgoing WHERE client_id=?1 AND seq=?2",
-          "DELETE FROM outgoing WHERE client_id=?1",
-          "INSERT OR REPLACE INTO inbound VALUES(?1, ?2, ?3)",
-          "UPDATE inbound SET message_id=NULL WHERE client_id=?1 AND packet_id=?2",
-          "DELETE FROM inbound WHERE client_id=?1 AND packet_id=?2",
           "INSERT OR REPLACE INTO wills VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
           "DELETE FROM wills WHERE client_id=?1",
       };
-      for (std::size_t i = 0; i < op_kinds; ++i)
+      for (std::size_t i = 0; i < row_kinds; ++i)
         if (sqlite3_prepare_v3(db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &statements[i].st, nullptr) != SQLITE_OK)
           return false;
       return sqlite3_prepare_v3(db, "UPDATE meta SET value=max(value, ?1) WHERE key='saved_at'", -1,
-                                SQLITE_PREPARE_PERSISTENT, &saved_at.st, nullptr) == SQLITE_OK;
+                                SQLITE_PREPARE_PERSISTENT, &saved_at.st, nullptr) == SQLITE_OK &&
+             sqlite3_prepare_v3(db, "INSERT INTO journal VALUES(?1, ?2, ?3, ?4)", -1, SQLITE_PREPARE_PERSISTENT,
+                                &insert_segment.st, nullptr) == SQLITE_OK &&
+             sqlite3_prepare_v3(db, "DELETE FROM journal WHERE segment=?1", -1, SQLITE_PREPARE_PERSISTENT,
+                                &delete_segment.st, nullptr) == SQLITE_OK;
     }
 
     void close() {
@@ -658,14 +834,19 @@ class sqlite {
         sqlite3_finalize(s.st);
         s.st = nullptr;
       }
-      sqlite3_finalize(saved_at.st);
-      saved_at.st = nullptr;
+      for (statement* s : {&saved_at, &insert_segment, &delete_segment}) {
+        sqlite3_finalize(s->st);
+        s->st = nullptr;
+      }
       sqlite3_close_v2(db);
       db = nullptr;
       clients.clear();
       last_client = {};
       messages.clear();
       pending.clear();
+      records.clear();
+      segments.clear();
+      to_drop.clear();
     }
 
     // ---- recording: the engine's threads, `mutex` held inside
@@ -673,18 +854,30 @@ class sqlite {
     template <class F>
     void record(op_kind k, std::string_view key, F&& fill) {
       std::lock_guard<std::mutex> lk(mutex);
-      push(k, key, fill);
+      op& o = push(k, prev_none);
+      o.key.assign(key);
+      fill(o);
     }
-    template <class F>
-    op& push(op_kind k, std::string_view key, F&& fill) {
+    static constexpr std::uint64_t prev_none = 0;
+    op& push(op_kind k, std::uint64_t prev) {
       op& o = pending.emplace_back();
       o.kind = k;
       o.ticket = issued + 1;
       o.seq = ++recorded_count;
-      o.key.assign(key);
-      fill(o);
+      o.prev = prev;
       recorded = true;
       return o;
+    }
+    /// Records a journal record: its kind and seq, then what `fields` appends.
+    template <class F>
+    std::uint64_t push_record(op_kind k, std::uint64_t prev, F&& fields) {
+      op& o = push(k, prev);
+      o.off = records.size();
+      records.push_back(static_cast<char>(k));
+      put_varint(records, o.seq);
+      fields(records);
+      o.len = records.size() - o.off;
+      return o.seq;
     }
 
     /// A session's entries (nullptr: none, unless `make`). `mutex` held.
@@ -706,6 +899,65 @@ class sqlite {
       if (seq == 0 || pending.empty() || seq < pending.front().seq) return nullptr;
       return &pending[static_cast<std::size_t>(seq - pending.front().seq)];
     }
+    /// An entry's next record replaces its latest. A latest record of the same ticket, still
+    /// waiting, is undone: the new one carries the whole state and the same commit writes it. One
+    /// of an earlier ticket stays, as that ticket's commit must hold the entry as it was then.
+    /// Returns the record the new one replaces (0: none).
+    std::uint64_t supersede(std::uint64_t last) {
+      op* o = pending_op(last);
+      if (o == nullptr || o->ticket != issued + 1) return last;
+      o->undone = true;
+      ++stats.changes_undone;
+      return o->prev;
+    }
+    /// An entry ends: its records still waiting are undone whatever their ticket (an entry that
+    /// ended owes nothing, so no commit needs them), and a tombstone is recorded if a taken record
+    /// of it remains for a load to find. True when none remains: no record written names what
+    /// the entry referred to. `fields` encodes the tombstone.
+    template <class F>
+    bool end_entry(op_kind tombstone, std::uint64_t last, F&& fields) {
+      std::uint64_t prev = last;
+      while (op* o = pending_op(prev)) {
+        o->undone = true;
+        ++stats.changes_undone;
+        prev = o->prev;
+      }
+      if (prev == 0) {
+        ++stats.changes_undone;  // the tombstone not recorded either
+        return true;
+      }
+      push_record(tombstone, prev, fields);
+      return false;
+    }
+
+    void put_message(message_row& r) {
+      const message& m = *r.keep;
+      r.last_op = push_record(op_kind::message_put, supersede(r.last_op), [&](std::string& b) {
+        put_varint(b, static_cast<std::uint64_t>(r.id));
+        b.push_back(static_cast<char>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
+        put_varint(b, static_cast<std::uint64_t>(r.expires));
+        put_bytes(b, m.topic());
+        put_bytes(b, m.payload());
+        put_bytes(b, m.properties().bytes());
+      });
+    }
+    void put_outgoing(std::string_view client_id, outgoing_entry& e) {
+      e.last_op = push_record(op_kind::outgoing_put, supersede(e.last_op), [&](std::string& b) {
+        put_bytes(b, client_id);
+        put_varint(b, static_cast<std::uint64_t>(e.seq));
+        put_varint(b, e.message != nullptr ? static_cast<std::uint64_t>(e.message->id) : 0);
+        b.push_back(static_cast<char>((e.qos & 3) | ((e.state & 3) << 2) | (e.retain ? 16 : 0)));
+        put_varint(b, e.packet_id);
+        put_bytes(b, e.ids);
+      });
+    }
+    void put_inbound(std::string_view client_id, std::uint16_t packet_id, inbound_entry& e) {
+      e.last_op = push_record(op_kind::inbound_put, supersede(e.last_op), [&](std::string& b) {
+        put_bytes(b, client_id);
+        put_varint(b, packet_id);
+        put_varint(b, e.message != nullptr ? static_cast<std::uint64_t>(e.message->id) : 0);
+      });
+    }
 
     /// The message's row, recorded when it is new here, with one reference more. `mutex` held.
     message_row* ref(const message_ptr& m) {
@@ -714,116 +966,86 @@ class sqlite {
         ++it->second.refs;
         return &it->second;
       }
-      const std::int64_t id = ++next_message;
-      message_row& r = messages.emplace(m.get(), message_row{id, 1, m}).first->second;
-      r.insert_op = push(op_kind::insert_message, {}, [&](op& o) {
-                      o.a = id;
-                      o.msg = m;
-                      o.time = message_expiry(*m);
-                    }).seq;
+      message_row& r = messages.emplace(m.get(), message_row{++next_message, 1, m, message_expiry(*m)}).first->second;
+      put_message(r);
       return &r;
     }
-    /// One reference less; the row goes with the last: its insertion undone while it still waits
-    /// and nothing recorded names it (`undone`: this reference's own changes were undone), else
-    /// deleted. `mutex` held.
-    void unref(message_row* r, bool undone = false) {
+    /// One reference less; the message ends with the last. `unnamed`: the reference ended with
+    /// every record of its entry undone. Otherwise a record naming the message may be written,
+    /// so its own record must be too, and a tombstone ends it, or a load would find an entry
+    /// whose message the file never had. `mutex` held.
+    void unref(message_row* r, bool unnamed = false) {
       if (r == nullptr) return;
-      if (!undone) r->named = true;
+      if (!unnamed) r->named = true;
       if (--r->refs != 0) return;
-      op* insert = r->named ? nullptr : pending_op(r->insert_op);
-      if (insert != nullptr && insert->kind == op_kind::insert_message) {
-        insert->undone = true;
-        insert->msg = message_ptr();
-        stats.changes_undone += 2;  // the insertion and the deletion not recorded
-      } else {
-        const std::int64_t id = r->id;
-        push(op_kind::delete_message, {}, [&](op& o) { o.a = id; });
-      }
+      const std::int64_t id = r->id;
+      auto fields = [&](std::string& b) { put_varint(b, static_cast<std::uint64_t>(id)); };
+      if (r->named)
+        push_record(op_kind::message_delete, r->last_op, fields);
+      else
+        end_entry(op_kind::message_delete, r->last_op, fields);
       messages.erase(r->keep.get());
     }
     message_row* row_of(const message_ptr& m) {
       auto it = messages.find(m.get());
       return it == messages.end() ? nullptr : &it->second;
     }
-    /// Records a change of an outgoing entry, chained to the entry's previous one.
-    template <class F>
-    void push_outgoing(op_kind k, std::string_view client_id, outgoing_entry& e, F&& fill) {
-      const std::uint64_t prev = k == op_kind::add_outgoing ? 0 : e.last_op;
-      e.last_op = push(k, client_id, [&](op& o) {
-                    o.prev = prev;
-                    fill(o);
-                  }).seq;
+    /// An outgoing entry ends (acknowledged, dropped, cleared), then its message reference.
+    void remove_outgoing(const outgoing_entry& e) {
+      const std::int64_t seq = e.seq;
+      unref(e.message, end_entry(op_kind::outgoing_delete, e.last_op,
+                                 [&](std::string& b) { put_varint(b, static_cast<std::uint64_t>(seq)); }));
     }
-    /// An entry leaves (acknowledged, dropped, cleared): when every change of it since its addition
-    /// still waits for the worker, they are all undone, so none is written (a QoS 1 delivery
-    /// acknowledged before its commit: at high rates most of them), and true. Otherwise false:
-    /// the caller records the deletion. The end state is the same; seqs are never reused.
-    bool undo(const outgoing_entry& e) {
-      std::uint64_t changes = 0;
-      for (std::uint64_t s = e.last_op;;) {
-        const op* o = pending_op(s);
-        if (o == nullptr) return false;  // taken, or loaded: rows to delete
-        ++changes;
-        if (o->kind == op_kind::add_outgoing) break;
-        s = o->prev;
-      }
-      for (std::uint64_t s = e.last_op; s != 0;) {
-        op* o = pending_op(s);
-        o->undone = true;
-        o->msg = message_ptr();
-        s = o->kind == op_kind::add_outgoing ? 0 : o->prev;
-      }
-      stats.changes_undone += changes + 1;  // and the deletion not recorded
-      return true;
-    }
-    /// Removes an entry's rows: undone, or a deletion recorded; then its message reference.
-    void remove_outgoing(std::string_view client_id, const outgoing_entry& e) {
-      const bool undone = undo(e);
-      if (!undone) push(op_kind::delete_outgoing, client_id, [&](op& o) { o.a = e.seq; });
-      unref(e.message, undone);
+    void remove_inbound(std::string_view client_id, std::uint16_t packet_id, const inbound_entry& e) {
+      unref(e.message, end_entry(op_kind::inbound_delete, e.last_op, [&](std::string& b) {
+              put_bytes(b, client_id);
+              put_varint(b, packet_id);
+            }));
     }
 
     void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
       message_row* r = ref(m);
       auto& q = rows_of(client_id, true)->queued;
-      q.push_back({++next_seq, r});
-      push_outgoing(op_kind::add_outgoing, client_id, q.back(), [&](op& o) {
-        o.a = q.back().seq;
-        o.ref = r->id;
-        o.c = static_cast<std::uint32_t>(d.qos_level);
-        o.state = static_cast<std::uint32_t>(outgoing_state::queued);
-        o.retain = d.retain;
-        o.text = identifiers_text(d);
-      });
+      outgoing_entry& e = q.emplace_back();
+      e.seq = ++next_seq;
+      e.message = r;
+      e.qos = static_cast<std::uint8_t>(d.qos_level);
+      e.state = static_cast<std::uint8_t>(outgoing_state::queued);
+      e.retain = d.retain;
+      e.ids = identifiers_text(d);
+      put_outgoing(client_id, e);
     }
     void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
       client_rows& c = *rows_of(client_id, true);
       // The queued entry of this message moves into flight, keeping its place in the order.
-      message_row* const known = row_of(m);
+      message_row* const known = c.queued.empty() ? nullptr : row_of(m);
       auto it = known == nullptr ? c.queued.end()
                                  : std::find_if(c.queued.begin(), c.queued.end(),
                                                 [&](const outgoing_entry& e) { return e.message == known; });
       const bool was_queued = it != c.queued.end();
-      const outgoing_entry moved = was_queued ? *it : outgoing_entry{++next_seq, ref(m)};
-      if (was_queued) c.queued.erase(it);
-      if (auto old = c.inflight.find(packet_id); old != c.inflight.end()) {  // not expected: replaced
-        const outgoing_entry gone = old->second;
-        c.inflight.erase(old);
-        remove_outgoing(client_id, gone);
+      outgoing_entry moved;
+      if (was_queued) {
+        moved = std::move(*it);
+        c.queued.erase(it);
+      } else {
+        moved.seq = ++next_seq;
+        moved.message = ref(m);
+        moved.retain = d.retain;
+        moved.ids = identifiers_text(d);
       }
-      outgoing_entry& e = c.inflight.emplace(packet_id, moved).first->second;
-      // A queued row keeps the RETAIN flag and identifiers it was queued with: the same delivery.
-      push_outgoing(was_queued ? op_kind::update_outgoing : op_kind::add_outgoing, client_id, e, [&](op& o) {
-        o.a = e.seq;
-        o.ref = e.message->id;
-        o.b = packet_id;
-        o.c = static_cast<std::uint32_t>(d.qos_level);
-        o.state = static_cast<std::uint32_t>(outgoing_state::sent);
-        o.retain = d.retain;
-        o.text = identifiers_text(d);
-      });
+      if (auto old = c.inflight.find(packet_id); old != c.inflight.end()) {  // not expected: replaced
+        const outgoing_entry gone = std::move(old->second);
+        c.inflight.erase(old);
+        remove_outgoing(gone);
+      }
+      outgoing_entry& e = c.inflight.emplace(packet_id, std::move(moved)).first->second;
+      // A queued entry keeps the RETAIN flag and identifiers it was queued with: the same delivery.
+      e.packet_id = packet_id;
+      e.qos = static_cast<std::uint8_t>(d.qos_level);
+      e.state = static_cast<std::uint8_t>(outgoing_state::sent);
+      put_outgoing(client_id, e);
     }
     void pubrec(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
@@ -833,13 +1055,12 @@ class sqlite {
       if (it == c->inflight.end()) return;
       outgoing_entry& e = it->second;
       // Delivered: only the identifier is owed (PUBREL), so the message may go.
-      push_outgoing(op_kind::update_outgoing, client_id, e, [&](op& o) {
-        o.a = e.seq;
-        o.b = packet_id;
-        o.c = static_cast<std::uint32_t>(codec::qos::exactly_once);
-        o.state = static_cast<std::uint32_t>(outgoing_state::pubrec_received);
-      });
-      unref(std::exchange(e.message, nullptr));
+      message_row* const m = std::exchange(e.message, nullptr);
+      e.qos = static_cast<std::uint8_t>(codec::qos::exactly_once);
+      e.state = static_cast<std::uint8_t>(outgoing_state::pubrec_received);
+      e.ids.clear();
+      put_outgoing(client_id, e);
+      unref(m);
     }
     void acknowledge(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
@@ -847,9 +1068,9 @@ class sqlite {
       if (c == nullptr) return;
       auto it = c->inflight.find(packet_id);
       if (it == c->inflight.end()) return;
-      const outgoing_entry e = it->second;
+      const outgoing_entry e = std::move(it->second);
       c->inflight.erase(it);
-      remove_outgoing(client_id, e);
+      remove_outgoing(e);
     }
     void drop(std::string_view client_id, const message_ptr& m) {
       std::lock_guard<std::mutex> lk(mutex);
@@ -859,44 +1080,41 @@ class sqlite {
       auto& q = c->queued;
       auto it = std::find_if(q.begin(), q.end(), [&](const outgoing_entry& e) { return e.message == r; });
       if (it == q.end()) return;
-      const outgoing_entry e = *it;
+      const outgoing_entry e = std::move(*it);
       q.erase(it);
-      remove_outgoing(client_id, e);
+      remove_outgoing(e);
     }
-    /// Forgets a session's entries in memory and records `k` (which deletes their rows).
-    void forget_client(std::string_view client_id, op_kind k) {
+    /// Ends a session's entries, each with its tombstone (or its waiting record undone); with
+    /// `erase`, the session's row, subscriptions and will go too.
+    void forget_client(std::string_view client_id, bool erase) {
       std::lock_guard<std::mutex> lk(mutex);
+      if (erase) push(op_kind::erase_session, prev_none).key.assign(client_id);
       client_rows* c = rows_of(client_id, false);
-      push(k, client_id, [](op&) {});
       if (c == nullptr) return;
-      // `k` deletes whatever rows were written; the changes still waiting are undone first, so
-      // that no message row is left out that a written entry names.
-      for (const auto& e : c->queued) unref(e.message, undo(e));
-      for (const auto& e : c->inflight) unref(e.second.message, undo(e.second));
-      for (const auto& e : c->inbound) unref(e.second);
+      for (const auto& e : c->queued) remove_outgoing(e);
+      for (const auto& e : c->inflight) remove_outgoing(e.second);
+      for (const auto& e : c->inbound) remove_inbound(client_id, e.first, e.second);
       forget_rows(client_id);
     }
-    void clear_messages(std::string_view client_id) { forget_client(client_id, op_kind::clear_messages); }
-    void erase_session(std::string_view client_id) { forget_client(client_id, op_kind::erase_session); }
+    void clear_messages(std::string_view client_id) { forget_client(client_id, false); }
+    void erase_session(std::string_view client_id) { forget_client(client_id, true); }
     void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m) {
       std::lock_guard<std::mutex> lk(mutex);
       message_row* r = ref(m);
-      auto& in = rows_of(client_id, true)->inbound;
-      if (auto old = in.find(packet_id); old != in.end()) unref(std::exchange(old->second, nullptr));
-      in[packet_id] = r;
-      push(op_kind::add_inbound, client_id, [&](op& o) {
-        o.b = packet_id;
-        o.ref = r->id;
-      });
+      inbound_entry& e = rows_of(client_id, true)->inbound[packet_id];
+      message_row* const old = std::exchange(e.message, r);
+      put_inbound(client_id, packet_id, e);
+      unref(old);
     }
     void routed(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       auto it = c->inbound.find(packet_id);
-      if (it == c->inbound.end() || it->second == nullptr) return;
-      push(op_kind::inbound_routed, client_id, [&](op& o) { o.b = packet_id; });
-      unref(std::exchange(it->second, nullptr));
+      if (it == c->inbound.end() || it->second.message == nullptr) return;
+      message_row* const m = std::exchange(it->second.message, nullptr);
+      put_inbound(client_id, packet_id, it->second);
+      unref(m);
     }
     void release(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
@@ -904,12 +1122,10 @@ class sqlite {
       if (c == nullptr) return;
       auto it = c->inbound.find(packet_id);
       if (it == c->inbound.end()) return;
-      message_row* const r = it->second;
+      const inbound_entry e = it->second;
       c->inbound.erase(it);
-      push(op_kind::delete_inbound, client_id, [&](op& o) { o.b = packet_id; });
-      unref(r);
+      remove_inbound(client_id, packet_id, e);
     }
-
     std::uint64_t commit() {
       std::unique_lock<std::mutex> lk(mutex);
       if (!recorded) return issued;  // nothing new: durable with the tickets before it
@@ -1038,40 +1254,59 @@ class sqlite {
         if (end != pending.end()) last = std::min(last, end->ticket - 1);
         // Taken whole, the rest (a packet's changes, an open span) moved back: O(what stays).
         const auto taken_count = static_cast<std::size_t>(end - pending.begin());
+        std::size_t bytes_taken = records.size();
+        for (auto it = end; it != pending.end(); ++it)
+          if (journaled(it->kind)) {
+            bytes_taken = it->off;
+            break;
+          }
         batch.swap(pending);
-        for (auto it = batch.begin() + static_cast<std::ptrdiff_t>(taken_count); it != batch.end(); ++it)
+        taken_bytes.swap(records);
+        records.assign(taken_bytes, bytes_taken, std::string::npos);
+        taken_bytes.resize(bytes_taken);
+        for (auto it = batch.begin() + static_cast<std::ptrdiff_t>(taken_count); it != batch.end(); ++it) {
+          if (journaled(it->kind)) it->off -= bytes_taken;
           pending.push_back(std::move(*it));
+        }
         batch.resize(taken_count);
       }
       if (batch.empty()) return;
       last_batch_size.store(batch.size(), std::memory_order_relaxed);
       const std::size_t left = static_cast<std::size_t>(
           std::count_if(batch.begin(), batch.end(), [](const op& o) { return !o.undone; }));
-      const bool nothing_left = left == 0;
+      const bool nothing_left = left == 0 && to_drop.empty();
       adapt_window(batch.size(), left);
       std::uint64_t first_failed = 0;
       std::error_code ec;
+      journal_write journal = journal_write::none;
+      std::size_t written = 0;
       const auto began = std::chrono::steady_clock::now();
-      int rc = nothing_left ? SQLITE_OK : write(batch, false, first_failed);
+      int rc = nothing_left ? SQLITE_OK : write(batch, false, first_failed, journal, written);
       if ((rc & 0xFF) == SQLITE_FULL) {
-        // Full: each change alone, so that deletions (which free pages) still go in and only the
-        // changes that do not fit fail, with the tickets from the first of them on.
+        // Full: each row change alone and the journal's tombstones apart from its puts, so that
+        // deletions (which free pages) still go in and only what does not fit fails, with the
+        // tickets from the first of it on.
         exec("ROLLBACK");
         first_failed = 0;
-        rc = write(batch, true, first_failed);
+        rc = write(batch, true, first_failed, journal, written);
       }
       if (rc != SQLITE_OK) {
         exec("ROLLBACK");
         first_failed = batch.front().ticket;
+        journal = journal_write::none;
+        written = 0;
         ec = to_error(rc);
-      } else if (first_failed != 0) {
-        ec = storage_errc::full;
+      } else {
+        if (first_failed != 0) ec = storage_errc::full;
+        to_drop.clear();  // deleted in this transaction
+        account(batch, journal);
+        collect();
       }
       {
         std::lock_guard<std::mutex> lk(mutex);
         if (ec) last_error = ec;
         ++stats.commits;
-        if (rc == SQLITE_OK) stats.changes_written += left;
+        stats.changes_written += written;
         if (!nothing_left) {
           const auto took =
               std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - began);
@@ -1083,6 +1318,7 @@ class sqlite {
       }
       ++commits;
       if (rc == SQLITE_OK && commits % 64 == 0) reclaim();
+      if (rc == SQLITE_OK) compact();
       dl.unlock();
       std::function<void(std::uint64_t)> done;
       std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed;
@@ -1099,30 +1335,100 @@ class sqlite {
       // Reported: the acknowledgements are on their way to the clients, some sent, some not.
       MQTTBROKER_CRASH_POINT("sqlite.reported");
       batch.clear();
+      taken_bytes.clear();
     }
 
-    /// Writes `batch` in one transaction; with `each`, every change in a savepoint of its own,
-    /// one that does not fit (SQLITE_FULL) left out and its ticket noted in `first_failed`.
-    int write(std::vector<op>& batch, bool each, std::uint64_t& first_failed) {
+    enum class journal_write : std::uint8_t { none, all, ends_only };
+
+    /// The batch's journal records into `blob` (only the tombstones with `ends_only`); how many.
+    std::size_t gather(const std::vector<op>& batch, bool ends_only) {
+      blob.clear();
+      std::size_t n = 0;
+      for (const op& o : batch) {
+        if (o.undone || !journaled(o.kind) || (ends_only && !ends_entry(o.kind))) continue;
+        blob.append(taken_bytes, o.off, o.len);
+        ++n;
+      }
+      return n;
+    }
+    int insert_blob(const std::vector<op>& batch) {
+      sqlite3_stmt* st = insert_segment.st;
+      sqlite3_bind_int64(st, 1, last_segment + 1);
+      sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(batch.front().seq));
+      sqlite3_bind_int64(st, 3, static_cast<sqlite3_int64>(batch.back().seq));
+      bind_blob(st, 4, blob);
+      return step(st);
+    }
+
+    /// Writes `batch` in one transaction: the segments no longer needed deleted first, the row
+    /// changes, the journal records as one new segment. With `each`, every row change and the
+    /// journal in a savepoint of its own: what does not fit (SQLITE_FULL) is left out and the
+    /// first ticket it held noted in `first_failed`; of the journal, the tombstones alone are
+    /// tried then. `written` counts the changes written.
+    int write(std::vector<op>& batch, bool each, std::uint64_t& first_failed, journal_write& journal,
+              std::size_t& written) {
+      journal = journal_write::none;
+      written = 0;
+      auto fails = [&](const op& o) {
+        if (first_failed == 0 || o.ticket < first_failed) first_failed = o.ticket;
+      };
       int rc = exec("BEGIN IMMEDIATE");
       if (rc != SQLITE_OK) return rc;
+      // Space first: on a full disk the pages of the segments that go make room for the new one.
+      for (std::int64_t id : to_drop) {
+        sqlite3_bind_int64(delete_segment.st, 1, id);
+        rc = step(delete_segment.st);
+        if (rc != SQLITE_OK) return rc;
+      }
       for (op& o : batch) {
-        if (o.undone) continue;
+        if (o.undone || journaled(o.kind)) continue;
         if (each) exec("SAVEPOINT one");
         rc = apply(o);
         if (each) {
           if (rc != SQLITE_OK && (rc & 0xFF) != SQLITE_FULL) return rc;
           if (rc != SQLITE_OK) {
             exec("ROLLBACK TO one");
-            if (first_failed == 0 || o.ticket < first_failed) first_failed = o.ticket;
+            fails(o);
+          } else {
+            ++written;
           }
           exec("RELEASE one");
           rc = SQLITE_OK;
         } else if (rc != SQLITE_OK) {
           return rc;
+        } else {
+          ++written;
         }
         // Inside the transaction, between this change and the next statement: nothing of the
         // batch may be on the disk after a crash here, and nothing of it was acknowledged.
+        MQTTBROKER_CRASH_POINT("sqlite.in_transaction");
+      }
+      if (std::size_t n = gather(batch, false); n != 0) {
+        if (each) exec("SAVEPOINT one");
+        rc = insert_blob(batch);
+        if (rc == SQLITE_OK) {
+          journal = journal_write::all;
+          written += n;
+        } else if (!each || (rc & 0xFF) != SQLITE_FULL) {
+          return rc;
+        } else {
+          exec("ROLLBACK TO one");
+          for (const op& o : batch)
+            if (!o.undone && journaled(o.kind) && !ends_entry(o.kind)) fails(o);
+          n = gather(batch, true);
+          rc = n == 0 ? SQLITE_OK : insert_blob(batch);
+          if (rc == SQLITE_OK && n != 0) {
+            journal = journal_write::ends_only;
+            written += n;
+          } else if (rc != SQLITE_OK) {
+            if ((rc & 0xFF) != SQLITE_FULL) return rc;
+            exec("ROLLBACK TO one");
+            for (const op& o : batch)
+              if (!o.undone && journaled(o.kind)) fails(o);
+          }
+        }
+        if (each) exec("RELEASE one");
+        rc = SQLITE_OK;
         MQTTBROKER_CRASH_POINT("sqlite.in_transaction");
       }
       std::int64_t saved;
@@ -1138,9 +1444,107 @@ class sqlite {
         // Not even the commit fits: nothing of the batch went in.
         first_failed = batch.front().ticket;
         exec("ROLLBACK");
+        journal = journal_write::none;
+        written = 0;
         return SQLITE_OK;
       }
       return rc;
+    }
+
+    // ---- the journal's segments: the worker, `db_mutex` held
+
+    /// The segment that holds the record `seq`, if it is in the file.
+    segment* segment_of(std::uint64_t seq) {
+      if (seq == 0) return nullptr;
+      auto it = std::partition_point(segments.begin(), segments.end(),
+                                     [&](const segment& s) { return s.last_seq < seq; });
+      if (it == segments.end() || it->first_seq > seq || !it->puts) return nullptr;
+      return &*it;
+    }
+    /// A written batch's segment: its records counted, and each record it replaces or ends no
+    /// longer live where it is.
+    void account(const std::vector<op>& batch, journal_write journal) {
+      if (copying_until != 0 && batch.back().seq >= copying_until) copying_until = 0;
+      if (journal == journal_write::none) return;
+      segment s{last_segment + 1, batch.front().seq, batch.back().seq};
+      s.bytes = blob.size();
+      s.puts = journal == journal_write::all;
+      for (const op& o : batch) {
+        if (o.undone || !journaled(o.kind)) continue;
+        const bool end = ends_entry(o.kind);
+        if (!end && !s.puts) continue;
+        ++s.records;
+        if (end)
+          ++s.ends;
+        else
+          ++s.live;
+        if (o.prev >= s.first_seq) {
+          // Replaced in this batch (a record of an earlier ticket): counted above, if written.
+          if (s.puts && s.live != 0) --s.live;
+        } else if (segment* p = segment_of(o.prev); p != nullptr && p->live != 0) {
+          --p->live;
+        }
+      }
+      ++last_segment;
+      segments.push_back(s);
+    }
+    /// The segments nothing needs any more, to be deleted with the next write.
+    void collect() {
+      while (!segments.empty() && segments.front().live == 0) {
+        to_drop.push_back(segments.front().id);
+        segments.pop_front();
+      }
+      for (auto it = segments.begin(); it != segments.end();) {
+        if (it->live == 0 && it->ends == 0) {
+          to_drop.push_back(it->id);
+          it = segments.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    /// A few long-lived entries (a message queued for a session that stays away) keep the oldest
+    /// segments and everything after them. Once the journal holds more than journal_compact_bytes
+    /// and twice what is live, the live records of its older half are recorded again, as any
+    /// change is, so that those segments go after the next commit: the file stays within a small
+    /// multiple of what is live, for a cost per byte kept, not per message.
+    void compact() {
+      if (copying_until != 0 || segments.size() < 2) return;
+      std::uint64_t total = 0;
+      double live = 0;
+      for (const segment& s : segments) {
+        total += s.bytes;
+        if (s.records != 0) live += static_cast<double>(s.bytes) * static_cast<double>(s.live) / static_cast<double>(s.records);
+      }
+      if (total < opts.journal_compact_bytes || static_cast<double>(total) < 2 * live) return;
+      std::uint64_t sum = 0, boundary = 0;
+      for (const segment& s : segments) {
+        sum += s.bytes;
+        boundary = s.last_seq;
+        if (sum * 2 >= total) break;
+      }
+      std::unique_lock<std::mutex> lk(mutex);
+      if (stopping) return;  // close() writes one last batch, not copies
+      const std::uint64_t before = recorded_count;
+      auto old = [&](std::uint64_t last) { return last != 0 && last <= boundary && pending_op(last) == nullptr; };
+      for (auto& m : messages)
+        if (old(m.second.last_op)) put_message(m.second);
+      for (auto& [id, c] : clients) {
+        for (auto& e : c.queued)
+          if (old(e.last_op)) put_outgoing(id, e);
+        for (auto& e : c.inflight)
+          if (old(e.second.last_op)) put_outgoing(id, e.second);
+        for (auto& e : c.inbound)
+          if (old(e.second.last_op)) put_inbound(id, e.first, e.second);
+      }
+      if (recorded_count == before) return;
+      copying_until = recorded_count;
+      ++stats.compactions;
+      // The copies need no packet's commit(): a ticket of their own makes them committable.
+      if (recorded) {
+        ++issued;
+        recorded = false;
+      }
     }
 
     /// Runs a statement whose parameters are all bound, then unbinds them: the text and blobs
@@ -1156,7 +1560,7 @@ class sqlite {
     }
     static void bind_blob(sqlite3_stmt* st, int i, std::string_view s) {
       // A zero-length blob, not NULL, for an empty payload.
-      sqlite3_bind_blob(st, i, s.empty() ? "" : s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
+      sqlite3_bind_blob64(st, i, s.empty() ? "" : s.data(), s.size(), SQLITE_STATIC);
     }
     static void bind_message(sqlite3_stmt* st, int first, const message& m) {
       bind_blob(st, first, m.topic());
@@ -1177,12 +1581,10 @@ class sqlite {
           sqlite3_bind_int64(st, 2, o.time);
           break;
         case op_kind::erase_session: {
-          // Everything the session owned: one statement per table.
-          static const char* const tables[] = {"subscriptions", "outgoing", "inbound", "wills"};
-          for (const char* t : tables) {
-            const std::string sql = std::string("DELETE FROM ") + t + " WHERE client_id=?1";
+          // Its subscriptions and will: one statement each.
+          for (const char* sql : {"DELETE FROM subscriptions WHERE client_id=?1", "DELETE FROM wills WHERE client_id=?1"}) {
             sqlite3_stmt* d = nullptr;
-            int rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &d, nullptr);
+            int rc = sqlite3_prepare_v2(db, sql, -1, &d, nullptr);
             if (rc == SQLITE_OK) {
               bind_text(d, 1, o.key);
               rc = step(d);
@@ -1208,56 +1610,6 @@ class sqlite {
           sqlite3_bind_int64(st, 5, o.time);
           break;
         case op_kind::erase_retained: bind_blob(st, 1, o.key); break;
-        case op_kind::insert_message:
-          sqlite3_bind_int64(st, 1, o.a);
-          bind_message(st, 2, *o.msg);
-          sqlite3_bind_int(st, 6, o.msg->retain() ? 1 : 0);
-          sqlite3_bind_int64(st, 7, o.time);
-          break;
-        case op_kind::delete_message: sqlite3_bind_int64(st, 1, o.a); break;
-        case op_kind::add_outgoing:
-        case op_kind::update_outgoing:
-          if (o.kind == op_kind::add_outgoing) {
-            sqlite3_bind_int(st, 7, o.retain ? 1 : 0);
-            bind_text(st, 8, o.text);
-          }
-          bind_text(st, 1, o.key);
-          sqlite3_bind_int64(st, 2, o.a);
-          if (o.ref != 0)
-            sqlite3_bind_int64(st, 3, o.ref);
-          else
-            sqlite3_bind_null(st, 3);
-          sqlite3_bind_int64(st, 4, o.c);
-          sqlite3_bind_int64(st, 5, o.state);
-          sqlite3_bind_int64(st, 6, o.b);
-          break;
-        case op_kind::delete_outgoing:
-          bind_text(st, 1, o.key);
-          sqlite3_bind_int64(st, 2, o.a);
-          break;
-        case op_kind::clear_messages: {
-          bind_text(st, 1, o.key);
-          const int rc = step(st);
-          if (rc != SQLITE_OK) return rc;
-          sqlite3_stmt* d = nullptr;
-          int rc2 = sqlite3_prepare_v2(db, "DELETE FROM inbound WHERE client_id=?1", -1, &d, nullptr);
-          if (rc2 == SQLITE_OK) {
-            bind_text(d, 1, o.key);
-            rc2 = step(d);
-          }
-          sqlite3_finalize(d);
-          return rc2;
-        }
-        case op_kind::add_inbound:
-          bind_text(st, 1, o.key);
-          sqlite3_bind_int64(st, 2, o.b);
-          sqlite3_bind_int64(st, 3, o.ref);
-          break;
-        case op_kind::inbound_routed:
-        case op_kind::delete_inbound:
-          bind_text(st, 1, o.key);
-          sqlite3_bind_int64(st, 2, o.b);
-          break;
         case op_kind::save_will:
           bind_text(st, 1, o.key);
           bind_message(st, 2, *o.msg);
@@ -1265,6 +1617,7 @@ class sqlite {
           sqlite3_bind_int64(st, 7, o.time);
           break;
         case op_kind::erase_will: bind_text(st, 1, o.key); break;
+        default: return SQLITE_MISUSE;  // journal records are not rows
       }
       return step(st);
     }
@@ -1288,13 +1641,7 @@ class sqlite {
       // Rows that lost their owner (a change refused by a full disk) are dropped first.
       exec("BEGIN IMMEDIATE;"
            "DELETE FROM subscriptions WHERE client_id NOT IN (SELECT client_id FROM sessions);"
-           "DELETE FROM outgoing WHERE client_id NOT IN (SELECT client_id FROM sessions)"
-           " OR (message_id IS NULL AND state<>2) OR (message_id IS NOT NULL AND message_id NOT IN (SELECT id FROM messages));"
-           "DELETE FROM inbound WHERE client_id NOT IN (SELECT client_id FROM sessions);"
-           "UPDATE inbound SET message_id=NULL WHERE message_id NOT IN (SELECT id FROM messages);"
            "DELETE FROM wills WHERE client_id NOT IN (SELECT client_id FROM sessions);"
-           "DELETE FROM messages WHERE id NOT IN (SELECT message_id FROM outgoing WHERE message_id IS NOT NULL"
-           " UNION SELECT message_id FROM inbound WHERE message_id IS NOT NULL);"
            "COMMIT;");
       int rc = SQLITE_OK;
       const std::int64_t saved = scalar("SELECT value FROM meta WHERE key='saved_at'", rc);
@@ -1338,58 +1685,197 @@ class sqlite {
         l.retained(message::make(text(st, 0), text(st, 1), static_cast<codec::qos>(sqlite3_column_int(st, 3)), true,
                                  text(st, 2), expiry_of(sqlite3_column_int64(st, 4))));
       });
-      std::unordered_map<std::int64_t, message_row*> by_id;
-      rows("SELECT id, topic, payload, properties, qos, retain, expires FROM messages", [&](sqlite3_stmt* st) {
-        const std::int64_t id = sqlite3_column_int64(st, 0);
-        message_ptr m = message::make(text(st, 1), text(st, 2), static_cast<codec::qos>(sqlite3_column_int(st, 4)),
-                                      sqlite3_column_int(st, 5) != 0, text(st, 3), expiry_of(sqlite3_column_int64(st, 6)));
-        message_row& r = messages.emplace(m.get(), message_row{id, 0, m}).first->second;
-        next_message = std::max(next_message, id);
-        by_id.emplace(id, &r);
-      });
-      auto message_of = [&](sqlite3_stmt* st, int i) -> std::pair<message_row*, message_ptr> {
-        if (sqlite3_column_type(st, i) == SQLITE_NULL) return {nullptr, message_ptr()};
-        auto it = by_id.find(sqlite3_column_int64(st, i));
-        if (it == by_id.end()) return {nullptr, message_ptr()};
-        ++it->second->refs;
-        return {it->second, it->second->keep};
+
+      // The journal, oldest segment first: an entry's latest record holds its state; a tombstone
+      // ends it. What the records point into stays here until the load is done.
+      struct message_record {
+        std::string_view topic, payload, properties;
+        std::uint8_t flags;
+        std::int64_t expires;
+        std::uint64_t seq;
+        std::size_t segment;
       };
-      rows("SELECT client_id, seq, message_id, qos, state, packet_id, retain, subscription_ids FROM outgoing"
-           " ORDER BY client_id, seq",
-           [&](sqlite3_stmt* st) {
-             auto c = clients.find(std::string(text(st, 0)));
-             if (c == clients.end()) return;
-             const std::int64_t seq = sqlite3_column_int64(st, 1);
-             next_seq = std::max(next_seq, seq);
-             auto [row, m] = message_of(st, 2);
-             const auto state = static_cast<outgoing_state>(sqlite3_column_int(st, 4));
-             const auto packet_id = static_cast<std::uint16_t>(sqlite3_column_int(st, 5));
-             if (state == outgoing_state::queued)
-               c->second.queued.push_back({seq, row});
-             else
-               c->second.inflight.emplace(packet_id, outgoing_entry{seq, row});
-             const std::vector<std::uint32_t> ids = identifiers_of(text(st, 7));
-             delivery d;
-             d.qos_level = static_cast<codec::qos>(sqlite3_column_int(st, 3));
-             d.retain = sqlite3_column_int(st, 6) != 0;
-             d.subscription_ids = ids.data();
-             d.subscription_id_count = ids.size();
-             l.outgoing(c->first, packet_id, std::move(m), d, state);
-           });
-      rows("SELECT client_id, packet_id, message_id FROM inbound", [&](sqlite3_stmt* st) {
-        auto c = clients.find(std::string(text(st, 0)));
-        if (c == clients.end()) return;
-        auto [row, m] = message_of(st, 2);
-        const auto packet_id = static_cast<std::uint16_t>(sqlite3_column_int(st, 1));
-        c->second.inbound.emplace(packet_id, row);
-        l.inbound(c->first, packet_id, std::move(m));
+      struct outgoing_record {
+        std::string_view client_id;
+        std::int64_t message;
+        std::uint8_t flags;
+        std::uint16_t packet_id;
+        std::string_view ids;
+        std::uint64_t seq;
+        std::size_t segment;
+      };
+      struct inbound_record {
+        std::int64_t message;
+        std::uint64_t seq;
+        std::size_t segment;
+      };
+      std::deque<std::string> blobs;
+      std::unordered_map<std::int64_t, message_record> message_records;
+      std::map<std::int64_t, outgoing_record> outgoing_records;  // by entry seq
+      std::map<std::pair<std::string_view, std::uint16_t>, inbound_record> inbound_records;
+      segments.clear();
+      rows("SELECT segment, first_seq, last_seq, records FROM journal ORDER BY segment", [&](sqlite3_stmt* st) {
+        segment s{sqlite3_column_int64(st, 0), static_cast<std::uint64_t>(sqlite3_column_int64(st, 1)),
+                  static_cast<std::uint64_t>(sqlite3_column_int64(st, 2))};
+        const std::string& b = blobs.emplace_back(text(st, 3));
+        s.bytes = b.size();
+        const std::size_t index = segments.size();
+        record_reader r{reinterpret_cast<const unsigned char*>(b.data()),
+                        reinterpret_cast<const unsigned char*>(b.data()) + b.size()};
+        while (!r.done()) {
+          const auto kind = static_cast<op_kind>(r.byte());
+          const std::uint64_t seq = r.varint();
+          switch (kind) {
+            case op_kind::message_put: {
+              const auto id = static_cast<std::int64_t>(r.varint());
+              message_record m{};
+              m.flags = r.byte();
+              m.expires = static_cast<std::int64_t>(r.varint());
+              m.topic = r.bytes();
+              m.payload = r.bytes();
+              m.properties = r.bytes();
+              m.seq = seq;
+              m.segment = index;
+              if (r.ok) message_records[id] = m;
+              next_message = std::max(next_message, id);
+              break;
+            }
+            case op_kind::message_delete:
+              if (const auto id = static_cast<std::int64_t>(r.varint()); r.ok) {
+                message_records.erase(id);
+                next_message = std::max(next_message, id);
+              }
+              ++s.ends;
+              break;
+            case op_kind::outgoing_put: {
+              outgoing_record o{};
+              o.client_id = r.bytes();
+              const auto entry = static_cast<std::int64_t>(r.varint());
+              o.message = static_cast<std::int64_t>(r.varint());
+              o.flags = r.byte();
+              o.packet_id = static_cast<std::uint16_t>(r.varint());
+              o.ids = r.bytes();
+              o.seq = seq;
+              o.segment = index;
+              if (r.ok) outgoing_records[entry] = o;
+              next_seq = std::max(next_seq, entry);
+              break;
+            }
+            case op_kind::outgoing_delete:
+              if (const auto entry = static_cast<std::int64_t>(r.varint()); r.ok) {
+                outgoing_records.erase(entry);
+                next_seq = std::max(next_seq, entry);
+              }
+              ++s.ends;
+              break;
+            case op_kind::inbound_put: {
+              const std::string_view client_id = r.bytes();
+              const auto packet_id = static_cast<std::uint16_t>(r.varint());
+              const auto m = static_cast<std::int64_t>(r.varint());
+              if (r.ok) inbound_records[{client_id, packet_id}] = inbound_record{m, seq, index};
+              break;
+            }
+            case op_kind::inbound_delete: {
+              const std::string_view client_id = r.bytes();
+              const auto packet_id = static_cast<std::uint16_t>(r.varint());
+              if (r.ok) inbound_records.erase({client_id, packet_id});
+              ++s.ends;
+              break;
+            }
+            default: r.ok = false;
+          }
+          if (r.ok) ++s.records;
+        }
+        if (!r.ok)
+          note("storage: journal segment " + std::to_string(s.id) + " is damaged at byte " +
+               std::to_string(reinterpret_cast<const char*>(r.p) - b.data()) + ": its later records are left out");
+        recorded_count = std::max(recorded_count, s.last_seq);
+        last_segment = std::max(last_segment, s.id);
+        segments.push_back(s);
       });
+
+      // The messages that loaded entries refer to, each made once; what no entry refers to
+      // (its last reference ended by a change a full disk refused) is left behind.
+      std::unordered_map<std::int64_t, message_row*> by_id;
+      auto message_of = [&](std::int64_t id) -> message_row* {
+        if (id == 0) return nullptr;
+        if (auto it = by_id.find(id); it != by_id.end()) {
+          ++it->second->refs;
+          return it->second;
+        }
+        const auto it = message_records.find(id);
+        if (it == message_records.end()) return nullptr;
+        const message_record& m = it->second;
+        message_ptr p = message::make(m.topic, m.payload, static_cast<codec::qos>(m.flags & 3), (m.flags & 4) != 0,
+                                      m.properties, expiry_of(m.expires));
+        message_row& r = messages.emplace(p.get(), message_row{id, 1, p, m.expires, m.seq, true}).first->second;
+        ++segments[m.segment].live;
+        by_id.emplace(id, &r);
+        return &r;
+      };
+      // Each session's entries in their order.
+      std::vector<std::pair<std::int64_t, const outgoing_record*>> ordered;
+      ordered.reserve(outgoing_records.size());
+      for (const auto& [entry, o] : outgoing_records) ordered.emplace_back(entry, &o);
+      std::stable_sort(ordered.begin(), ordered.end(),
+                       [](const auto& a, const auto& b) { return a.second->client_id < b.second->client_id; });
+      for (const auto& [entry, o] : ordered) {
+        auto c = clients.find(std::string(o->client_id));
+        if (c == clients.end()) continue;
+        const auto state = static_cast<outgoing_state>((o->flags >> 2) & 3);
+        message_row* const row = message_of(o->message);
+        if (row == nullptr && state != outgoing_state::pubrec_received) continue;
+        outgoing_entry e;
+        e.seq = entry;
+        e.message = row;
+        e.last_op = o->seq;
+        e.packet_id = o->packet_id;
+        e.qos = static_cast<std::uint8_t>(o->flags & 3);
+        e.state = static_cast<std::uint8_t>(state);
+        e.retain = (o->flags & 16) != 0;
+        e.ids.assign(o->ids);
+        ++segments[o->segment].live;
+        const std::vector<std::uint32_t> ids = identifiers_of(o->ids);
+        delivery d;
+        d.qos_level = static_cast<codec::qos>(e.qos);
+        d.retain = e.retain;
+        d.subscription_ids = ids.data();
+        d.subscription_id_count = ids.size();
+        message_ptr m = row != nullptr ? row->keep : message_ptr();
+        const std::uint16_t packet_id = e.packet_id;
+        if (state == outgoing_state::queued)
+          c->second.queued.push_back(std::move(e));
+        else
+          c->second.inflight.emplace(packet_id, std::move(e));
+        l.outgoing(c->first, packet_id, std::move(m), d, state);
+      }
+      for (const auto& [key, in] : inbound_records) {
+        auto c = clients.find(std::string(key.first));
+        if (c == clients.end()) continue;
+        message_row* const row = message_of(in.message);
+        c->second.inbound.emplace(key.second, inbound_entry{row, in.seq});
+        ++segments[in.segment].live;
+        l.inbound(c->first, key.second, row != nullptr ? row->keep : message_ptr());
+      }
       rows("SELECT client_id, topic, payload, properties, qos, retain, due FROM wills", [&](sqlite3_stmt* st) {
         l.will(text(st, 0),
                message::make(text(st, 1), text(st, 2), static_cast<codec::qos>(sqlite3_column_int(st, 4)),
                              sqlite3_column_int(st, 5) != 0, text(st, 3)),
                in_broker_time(sqlite3_column_int64(st, 6)));
       });
+      // What no loaded entry needs goes now, so that the next start reads less.
+      collect();
+      if (!to_drop.empty() && exec("BEGIN IMMEDIATE") == SQLITE_OK) {
+        bool ok = true;
+        for (std::int64_t id : to_drop) {
+          sqlite3_bind_int64(delete_segment.st, 1, id);
+          ok = ok && step(delete_segment.st) == SQLITE_OK;
+        }
+        if (ok && exec("COMMIT") == SQLITE_OK)
+          to_drop.clear();
+        else
+          exec("ROLLBACK");
+      }
       // Loaded, the orphans' cleanup committed, before the broker routes what was left unrouted
       // and serves anyone: the next start must find the same.
       MQTTBROKER_CRASH_POINT("sqlite.loaded");
