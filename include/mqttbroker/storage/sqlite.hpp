@@ -1296,7 +1296,11 @@ class sqlite {
         journal = journal_write::none;
         written = 0;
         ec = to_error(rc);
-      } else {
+      }
+      // A compaction's copies are taken, written or not: a later one may start (copies a full
+      // disk refused are made again then).
+      if (copying_until != 0 && batch.back().seq >= copying_until) copying_until = 0;
+      if (rc == SQLITE_OK) {
         if (first_failed != 0) ec = storage_errc::full;
         to_drop.clear();  // deleted in this transaction
         account(batch, journal);
@@ -1375,11 +1379,8 @@ class sqlite {
       int rc = exec("BEGIN IMMEDIATE");
       if (rc != SQLITE_OK) return rc;
       // Space first: on a full disk the pages of the segments that go make room for the new one.
-      for (std::int64_t id : to_drop) {
-        sqlite3_bind_int64(delete_segment.st, 1, id);
-        rc = step(delete_segment.st);
-        if (rc != SQLITE_OK) return rc;
-      }
+      rc = delete_dropped();
+      if (rc != SQLITE_OK) return rc;
       for (op& o : batch) {
         if (o.undone || journaled(o.kind)) continue;
         if (each) exec("SAVEPOINT one");
@@ -1464,7 +1465,6 @@ class sqlite {
     /// A written batch's segment: its records counted, and each record it replaces or ends no
     /// longer live where it is.
     void account(const std::vector<op>& batch, journal_write journal) {
-      if (copying_until != 0 && batch.back().seq >= copying_until) copying_until = 0;
       if (journal == journal_write::none) return;
       segment s{last_segment + 1, batch.front().seq, batch.back().seq};
       s.bytes = blob.size();
@@ -1487,6 +1487,14 @@ class sqlite {
       }
       ++last_segment;
       segments.push_back(s);
+    }
+    /// Deletes the segments in `to_drop`, inside the caller's transaction.
+    int delete_dropped() {
+      for (std::int64_t id : to_drop) {
+        sqlite3_bind_int64(delete_segment.st, 1, id);
+        if (const int rc = step(delete_segment.st); rc != SQLITE_OK) return rc;
+      }
+      return SQLITE_OK;
     }
     /// The segments nothing needs any more, to be deleted with the next write.
     void collect() {
@@ -1866,12 +1874,7 @@ class sqlite {
       // What no loaded entry needs goes now, so that the next start reads less.
       collect();
       if (!to_drop.empty() && exec("BEGIN IMMEDIATE") == SQLITE_OK) {
-        bool ok = true;
-        for (std::int64_t id : to_drop) {
-          sqlite3_bind_int64(delete_segment.st, 1, id);
-          ok = ok && step(delete_segment.st) == SQLITE_OK;
-        }
-        if (ok && exec("COMMIT") == SQLITE_OK)
+        if (delete_dropped() == SQLITE_OK && exec("COMMIT") == SQLITE_OK)
           to_drop.clear();
         else
           exec("ROLLBACK");
