@@ -63,6 +63,7 @@ LAYERS = {
     "mqttbroker": (7, None),
     "metrics": (7, None),  # the counters' exposition and a scrape endpoint, over the broker's stats
     "bridge": (7, None),  # a broker's client to another broker: the routes, and (to come) the bridge
+    "cluster": (7, None),  # several brokers as one over NATS: topics as subjects, (to come) the policy
     # level 8, optional: enhanced authentication methods on OpenSSL (target mqttbroker::auth), on
     # top of the hooks contract; nothing includes them but the host
     "auth": (8, CORE | {"codec", "topic", "message", "options", "hooks"}),

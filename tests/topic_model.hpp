@@ -33,17 +33,19 @@ inline std::uint64_t test_seed() {
 
 using strings = std::vector<std::string>;
 
-/// A topic or filter's levels; empty levels kept.
-inline strings split_levels(std::string_view s) {
+/// The parts of `s` between the separators; empty parts kept.
+inline strings split_on(std::string_view s, char separator) {
   strings out;
   std::size_t start = 0;
   for (;;) {
-    const std::size_t slash = s.find('/', start);
-    out.emplace_back(s.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
-    if (slash == std::string_view::npos) return out;
-    start = slash + 1;
+    const std::size_t at = s.find(separator, start);
+    out.emplace_back(s.substr(start, at == std::string_view::npos ? std::string_view::npos : at - start));
+    if (at == std::string_view::npos) return out;
+    start = at + 1;
   }
 }
+/// A topic or filter's levels; empty levels kept.
+inline strings split_levels(std::string_view s) { return split_on(s, '/'); }
 
 /// The matching rules read straight from the specification, level by level.
 inline bool brute_match(const strings& filter, const strings& name) {
