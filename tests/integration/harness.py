@@ -119,6 +119,30 @@ def _die_with_parent():
         pass
 
 
+def _spawn_with_lines(args, stdbuf):
+    """`args` as a child process with stdout and stderr on one descriptor that the caller reads
+    line by line: (process, read end). A line must arrive when it is printed, so the child's
+    stdio has to be line-buffered: through `stdbuf -oL -eL` and a pipe when `stdbuf`, else
+    through a pseudo-terminal. A pipe keeps everything written before the child exits; a Linux
+    pty may answer EIO while the last lines are still buffered (seen once: mosquitto_sub's last
+    lines, its message among them, lost after -C 1). stdbuf preloads a library, which a program
+    built with AddressSanitizer refuses, so our own programs keep the pty."""
+    if stdbuf:
+        read_end, write_end = os.pipe()
+        args = ["stdbuf", "-oL", "-eL", *args]
+    else:
+        read_end, write_end = os.openpty()
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end,
+                                preexec_fn=_die_with_parent)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return proc, read_end
+
+
 MAKE_CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls", "make-certs.sh")
 
 
@@ -375,18 +399,12 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 class Program:
-    """A program as a child process whose stdout and stderr are one pseudo-terminal (so its stdio
-    is line-buffered and a line arrives when it is printed), collected as lines."""
+    """A program as a child process whose stdout and stderr are collected as lines, each when it
+    is printed (see _spawn_with_lines; `stdbuf` for programs not built here)."""
 
-    def __init__(self, args):
+    def __init__(self, args, stdbuf=False):
         self.args = [str(a) for a in args]
-        master, slave = os.openpty()
-        try:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                                         preexec_fn=_die_with_parent)
-        finally:
-            os.close(slave)
-        self._master = master
+        self.proc, self._master = _spawn_with_lines(self.args, stdbuf)
         self._lock = threading.Lock()
         self._new_line = threading.Condition(self._lock)
         self.lines = []
@@ -399,7 +417,7 @@ class Program:
         while True:
             try:
                 data = os.read(self._master, 4096)
-            except OSError:  # EIO: the child closed the terminal
+            except OSError:  # EIO: the child closed its pseudo-terminal
                 data = b""
             if not data:
                 break
@@ -678,15 +696,7 @@ class MosquittoSub:
         vname = "mqttv5" if version == V5 else "mqttv311"
         self.args = ["mosquitto_sub", "-h", HOST, "-p", str(port), "-V", vname, "-t", topic, "-q", str(qos),
                      "-C", str(count), "-W", str(int(WAIT) + 5), "-d", "-F", "MSG| %q %r %t %p", *extra]
-        # A pseudo-terminal, so that mosquitto_sub's stdout is line-buffered and its SUBACK line
-        # arrives when it happens (a pipe would hold it in stdio's buffer).
-        master, slave = os.openpty()
-        try:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                                         preexec_fn=_die_with_parent)
-        finally:
-            os.close(slave)
-        self._master = master
+        self.proc, self._master = _spawn_with_lines(self.args, stdbuf=True)
         self.lines = queue.Queue()
         self.output = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -697,7 +707,7 @@ class MosquittoSub:
         while True:
             try:
                 data = os.read(self._master, 4096)
-            except OSError:  # EIO: the child closed the terminal
+            except OSError:  # EIO: the child closed its pseudo-terminal
                 data = b""
             if not data:
                 break
@@ -719,7 +729,12 @@ class MosquittoSub:
             except queue.Empty:
                 line = ""
             if line is None:
-                raise AssertionError("mosquitto_sub ended before %s:\n%s" % (what, "\n".join(self.output)))
+                try:
+                    status = self.proc.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    status = "still running"
+                raise AssertionError("mosquitto_sub ended (status %s) before %s:\n%s"
+                                     % (status, what, "\n".join(self.output)))
             if pred(line):
                 return line
             if left <= 0:

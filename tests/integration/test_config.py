@@ -97,11 +97,11 @@ class ConfigCase(h.BrokerTestCase):
 
 
 def mosquitto_sub(port, topic, *extra):
-    """mosquitto_sub for one message, with -d so that its SUBACK shows, on a pseudo-terminal (its
-    output line by line): the harness's Program, once it has its SUBACK."""
+    """mosquitto_sub for one message, with -d so that its SUBACK shows, its output line by line
+    through a pipe: the harness's Program, once it has its SUBACK."""
     h.require_mosquitto_clients()
     sub = h.Program(["mosquitto_sub", "-h", h.HOST, "-p", str(port), "-t", topic, "-C", "1", "-W", "10", "-q", "1",
-                     "-d", "-v", *extra])
+                     "-d", "-v", *extra], stdbuf=True)
     sub.wait_line(r"received SUBACK")
     return sub
 
@@ -391,7 +391,7 @@ class PasswordFile(ConfigCase):
         # file (mqttbroker_passwd makes it the owner's alone).
         conf = self.write("mosquitto.conf", "user %s\nlistener %d 127.0.0.1\npassword_file %s\n"
                           % (pwd.getpwuid(os.getuid()).pw_name, port, path))
-        mosquitto = h.Program(["mosquitto", "-c", conf, "-v"])
+        mosquitto = h.Program(["mosquitto", "-c", conf, "-v"], stdbuf=True)
         self.addCleanup(mosquitto.terminate)
         # "Opening ... listen socket" comes before the bind; "running" after every listener is up.
         mosquitto.wait_line(r"mosquitto version \S+ running")
@@ -502,7 +502,7 @@ class AclFile(ConfigCase):
         port = h.free_port()
         conf = self.write("mosquitto.conf", "user %s\nlistener %d 127.0.0.1\nallow_anonymous true\nacl_file %s\n"
                           % (pwd.getpwuid(os.getuid()).pw_name, port, self.acl))
-        mosquitto = h.Program(["mosquitto", "-c", conf, "-v"])
+        mosquitto = h.Program(["mosquitto", "-c", conf, "-v"], stdbuf=True)
         self.addCleanup(mosquitto.terminate)
         mosquitto.wait_line(r"mosquitto version \S+ running")
         self.assertEqual(acl_scenario(port), ours)
@@ -597,7 +597,7 @@ class OneMosquittoConf(ConfigCase):
             h._client_missing("mosquitto (Debian mosquitto)")
         port = h.free_port()
         path = self.write("mosquitto.conf", self.conf_text(port))
-        mosquitto = h.Program(["mosquitto", "-c", path])
+        mosquitto = h.Program(["mosquitto", "-c", path], stdbuf=True)
         try:
             mosquitto.wait_line(r"mosquitto version \S+ running")
             theirs = self.behaviour(port)
