@@ -44,16 +44,19 @@ LAYERS = {
     "storage": (3, CORE | {"codec", "topic", "message"}),
     "locking": (3, CORE | {"codec", "topic", "message"}),
     "hooks": (3, CORE | {"codec", "topic", "message"}),
+    # the cluster contract and topics as NATS subjects; its NATS headers (NATS_HEADERS) on Asio
+    "cluster": (3, CORE | {"codec", "topic", "message"}),
     # level 4 (options.hpp holds the limits every level-4 unit is configured with)
     "session": (4, CORE | {"codec", "topic", "message", "options"}),  # sans-I/O
     "router": (4, CORE | {"topic", "message", "locking", "options"}),  # no transport, no wire format
     "transport": (4, CORE),  # Asio + level 0: moves bytes, knows no MQTT
     "clock": (4, CORE),  # Asio + level 0: the time and timers the broker reads (a policy)
     # level 5: the protocol engine, sans-I/O: everything below but transport and clock
-    "engine": (5, CORE | {"codec", "topic", "message", "options", "storage", "locking", "hooks", "session", "router"}),
+    "engine": (5, CORE | {"codec", "topic", "message", "options", "storage", "locking", "hooks", "cluster", "session",
+                          "router"}),
     # level 6: connections and listeners on Asio, carrying out the engine's decisions
-    "server": (6, CORE | {"codec", "topic", "message", "options", "storage", "locking", "hooks", "session", "router",
-                          "transport", "clock", "engine"}),
+    "server": (6, CORE | {"codec", "topic", "message", "options", "storage", "locking", "hooks", "cluster", "session",
+                          "router", "transport", "clock", "engine"}),
     # level 6: the client side of MQTT (a sans-I/O session, and a driver on Asio's TCP)
     "client": (6, CORE | {"codec", "topic", "message"}),
     # level 7: everything; the only place layers meet
@@ -63,7 +66,6 @@ LAYERS = {
     "mqttbroker": (7, None),
     "metrics": (7, None),  # the counters' exposition and a scrape endpoint, over the broker's stats
     "bridge": (7, None),  # a broker's client to another broker: the routes, and (to come) the bridge
-    "cluster": (7, None),  # several brokers as one over NATS: topics as subjects, (to come) the policy
     # level 8, optional: enhanced authentication methods on OpenSSL (target mqttbroker::auth), on
     # top of the hooks contract; nothing includes them but the host
     "auth": (8, CORE | {"codec", "topic", "message", "options", "hooks"}),
@@ -80,13 +82,18 @@ OPENSSL_HEADERS = {"transport/tls.hpp", "transport/websocket.hpp", "transport/we
 # and no other header includes them, so a program on memory storage neither includes nor links SQLite.
 SQLITE_HEADERS = {"storage/sqlite.hpp"}
 SQLITE_INCLUDE = re.compile(r"^sqlite3(ext)?\.h$")
+# Headers behind mqttbroker::nats (nats.c) inside the cluster unit: they alone include <nats/...>
+# and Asio there, and only they include one another.
+NATS_HEADERS = {"cluster/nats.hpp", "cluster/nats_loop.hpp"}
+NATS_INCLUDE = re.compile(r"^nats/")
 # Single headers a unit may include although their unit is off limits: codec/types.hpp holds the
 # vocabulary (qos, retain handling), not the wire format.
 ALLOWED_HEADERS = {"router": {"codec/types.hpp"}}
 # Files whose unit is not their folder's.
 SPECIAL_FILES = {}
 # Units that must not include Asio (directly; level 0 includes nothing but std).
-NO_ASIO = {"config", "version", "error", "detail", "codec", "topic", "message", "session", "engine", "broker_fwd"}
+NO_ASIO = {"config", "version", "error", "detail", "codec", "topic", "message", "session", "engine", "broker_fwd",
+           "cluster"}
 # Units that may include only these Asio headers: a locking policy says what a strand is
 # (locking::shared: asio::strand), and nothing more of Asio.
 ASIO_ONLY = {"locking": {"asio/strand.hpp"}}
@@ -137,7 +144,7 @@ def check_file(rel, text):
         if quote == '"':
             errors.append(f'{where}: use #include <mqttbroker/...> instead of "{target}"')
             continue
-        if ASIO_INCLUDE.match(target) and unit in NO_ASIO:
+        if ASIO_INCLUDE.match(target) and unit in NO_ASIO and rel not in NATS_HEADERS:
             errors.append(f"{where}: <{target}>: no Asio in {unit} (level {level})")
         if ASIO_INCLUDE.match(target) and unit in ASIO_ONLY and target not in ASIO_ONLY[unit]:
             allowed_asio = ", ".join(f"<{h}>" for h in sorted(ASIO_ONLY[unit]))
@@ -147,11 +154,17 @@ def check_file(rel, text):
                           f"and the optional units ({', '.join(sorted(OPENSSL_UNITS))}) only")
         if SQLITE_INCLUDE.match(target) and rel not in SQLITE_HEADERS:
             errors.append(f"{where}: <{target}>: SQLite belongs in {', '.join(sorted(SQLITE_HEADERS))} only")
+        if NATS_INCLUDE.match(target) and rel not in NATS_HEADERS:
+            errors.append(f"{where}: <{target}>: nats.c belongs in {', '.join(sorted(NATS_HEADERS))} only")
         if not target.startswith("mqttbroker/"):
             continue
         target_rel = target[len("mqttbroker/"):]
         if target_rel in SQLITE_HEADERS and rel not in SQLITE_HEADERS:
             errors.append(f"{where}: <{target}> is an optional header (mqttbroker::sqlite, SQLite): "
+                          f"{unit} may not include it")
+            continue
+        if target_rel in NATS_HEADERS and rel not in NATS_HEADERS:
+            errors.append(f"{where}: <{target}> is an optional header (mqttbroker::nats, nats.c): "
                           f"{unit} may not include it")
             continue
         if target_rel in OPENSSL_HEADERS and rel not in OPENSSL_HEADERS:

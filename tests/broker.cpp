@@ -3575,3 +3575,66 @@ TEST_CASE("broker_options::connection_messages false leaves out the lines for cl
     CHECK(has("refused"));  // other lines stay
   }
 }
+
+// ---- the cluster policy, as the broker connects it (cluster/contract.hpp)
+
+namespace {
+
+/// A cluster that keeps what the broker gave it, so a test can play the other nodes.
+struct loopback_cluster {
+  mb::cluster::inbound in;
+  std::vector<mb::message_ptr> published;
+  int starts = 0, stops = 0;
+  int* stops_seen = nullptr;  // outlives the broker
+  std::error_code start(const asio::any_io_executor&, mb::cluster::inbound i) {
+    ++starts;
+    in = std::move(i);
+    return {};
+  }
+  void stop() {
+    if (stops_seen) ++*stops_seen;
+  }
+  void publish(const mb::message_ptr& m) { published.push_back(m); }
+  void interest(std::string_view, bool) {}
+};
+struct cluster_policies : mem_policies {
+  using cluster = loopback_cluster;
+};
+
+}  // namespace
+
+TEST_CASE("broker: what the cluster brings back reaches this node's clients on the broker's thread, from any thread",
+          "[broker][cluster]") {
+  int stops = 0;
+  {
+    harness<cluster_policies> h;
+    h.broker.cluster().stops_seen = &stops;
+    REQUIRE_FALSE(h.broker.connect_cluster());
+    CHECK(h.broker.cluster().starts == 1);
+    client& sub = h.connected("sub");
+    h.subscribe(sub, "c/#", qos::at_least_once);
+    client& member = h.connected("member");
+    h.subscribe(member, "$share/g/c/#", qos::at_least_once);
+    client& pub = h.connected("pub");
+    pub.publish("c/local", "here", qos::at_most_once, 0);
+    h.settle();
+    REQUIRE(h.broker.cluster().published.size() == 1);
+    CHECK(sub.publishes().size() == 1);
+    CHECK(member.publishes().empty());  // the cluster chooses the node of a shared group
+    // Another node's messages, handed over on a thread of the cluster's.
+    std::thread other([&] {
+      h.broker.cluster().in.route(mb::message::make("c/remote", "there", qos::at_least_once, false));
+      h.broker.cluster().in.to_group("$share/g/c/#", mb::message::make("c/remote", "one of you", qos::at_least_once, false));
+    });
+    other.join();
+    h.settle();
+    const auto got = sub.publishes();
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].payload == "there");
+    const auto shared = member.publishes();
+    REQUIRE(shared.size() == 1);
+    CHECK(shared[0].payload == "one of you");
+    CHECK(h.broker.cluster().published.size() == 1);  // nothing sent back to the cluster
+  }
+  CHECK(stops == 1);  // the broker's destructor left the cluster
+}

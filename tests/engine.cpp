@@ -3126,3 +3126,110 @@ TEST_CASE("engine: no Reason String where it would make the CONNACK or DISCONNEC
     }
   }
 }
+
+// ---- the cluster policy (cluster/contract.hpp)
+
+namespace {
+
+/// A cluster that records what the engine tells it.
+struct recording_cluster {
+  std::vector<std::pair<std::string, bool>> interest_calls;
+  std::vector<mb::message_ptr> published;
+  void publish(const mb::message_ptr& m) { published.push_back(m); }
+  void interest(std::string_view filter, bool present) { interest_calls.emplace_back(std::string(filter), present); }
+};
+struct clustered_policies : plain_policies {
+  using cluster = recording_cluster;
+};
+static_assert(!mb::engine::core<plain_policies>::clustered, "cluster::none compiles to nothing");
+static_assert(mb::engine::core<clustered_policies>::clustered);
+
+using interest_list = std::vector<std::pair<std::string, bool>>;
+
+}  // namespace
+
+TEST_CASE("engine: a cluster hears of a filter's first subscription and its last, shared groups as one filter each",
+          "[engine][cluster]") {
+  world<clustered_policies> w;
+  auto& calls = w.engine.cluster().interest_calls;
+  auto& a = w.connected(hello("a"));
+  auto& b = w.connected(hello("b"));
+  w.subscribe(a, "x/+", qos::at_least_once);
+  w.subscribe(b, "x/+", qos::at_most_once);
+  w.subscribe(a, "x/+", qos::exactly_once);  // a replacement [MQTT-3.8.4-3]: no new interest
+  w.subscribe(a, "$share/g/y", qos::at_least_once);
+  w.subscribe(b, "$share/g/y", qos::at_least_once);
+  CHECK(calls == interest_list{{"x/+", true}, {"$share/g/y", true}});
+  calls.clear();
+  codec::unsubscribe u;
+  u.packet_id = 9;
+  u.filters.emplace_back("x/+");
+  w.feed(a, u);
+  CHECK(a.only(UNSUBACK).id == 9);
+  CHECK(calls.empty());  // b still has it
+  w.drop(b);             // a clean session ends: its subscriptions go
+  CHECK(calls == interest_list{{"x/+", false}});
+  calls.clear();
+  w.drop(a);
+  CHECK(calls == interest_list{{"$share/g/y", false}});
+  // In-process subscribers are this node's too.
+  calls.clear();
+  const auto id = w.engine.subscribe("z/#", [](const mb::message_ptr&) {}, qos::at_most_once);
+  w.engine.unsubscribe(id);
+  CHECK(calls == interest_list{{"z/#", true}, {"z/#", false}});
+}
+
+TEST_CASE("engine: a cluster gets each message that enters on this node once, and none it brought or of $SYS",
+          "[engine][cluster]") {
+  world<clustered_policies> w;
+  auto& published = w.engine.cluster().published;
+  auto& sub = w.connected(hello("sub"));
+  w.subscribe(sub, "t/#", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "t/1", qos::at_least_once, 1);
+  CHECK(pub.only(PUBACK).id == 1);
+  CHECK(sub.only(PUBLISH).topic == "t/1");
+  REQUIRE(published.size() == 1);
+  CHECK(published[0]->topic() == "t/1");
+  CHECK(published[0]->qos_level() == qos::at_least_once);
+  w.engine.publish("t/host", "h", qos::at_most_once, false, nullptr, w.now);
+  CHECK(sub.only(PUBLISH).topic == "t/host");
+  CHECK(published.size() == 2);
+  w.engine.publish("$SYS/broker/x", "h", qos::at_most_once, false, nullptr, w.now);
+  CHECK(published.size() == 2);
+  SECTION("a message from another node reaches this node's subscribers and goes no further") {
+    CHECK(w.engine.route_from_cluster(mb::message::make("t/2", "remote", qos::exactly_once, false), w.now) == 1);
+    w.run_events();
+    const rx got = sub.only(PUBLISH);
+    CHECK(got.topic == "t/2");
+    CHECK(got.qos_level == qos::at_least_once);  // min(message, granted) [MQTT-3.8.4-6]
+    CHECK(published.size() == 2);
+  }
+  SECTION("a retained message from another node is delivered but not kept here (the cluster keeps those)") {
+    w.engine.route_from_cluster(mb::message::make("t/r", "remote", qos::at_most_once, true), w.now);
+    w.run_events();
+    CHECK(sub.only(PUBLISH).retain == false);  // [MQTT-3.3.1-9] to an established subscription
+    auto& late = w.connected(hello("late"));
+    w.subscribe(late, "t/r", qos::at_most_once);
+    CHECK(late.received().empty());
+  }
+}
+
+TEST_CASE("engine: in a cluster a shared group gets only what the cluster chose this node for, one member each",
+          "[engine][cluster][MQTT-4.8.2-2]") {
+  world<clustered_policies> w;
+  auto& m1 = w.connected(hello("m1"));
+  auto& m2 = w.connected(hello("m2"));
+  w.subscribe(m1, "$share/g/s", qos::at_least_once);
+  w.subscribe(m2, "$share/g/s", qos::at_least_once);
+  auto& pub = w.connected(hello("pub"));
+  w.publish(pub, "s", qos::at_most_once, 0);
+  // The cluster's queue group picks the node, possibly another one: nothing here yet.
+  CHECK(m1.received().empty());
+  CHECK(m2.received().empty());
+  CHECK(w.engine.cluster().published.size() == 1);
+  CHECK(w.engine.deliver_to_group("$share/g/s", w.engine.cluster().published[0], w.now));
+  w.run_events();
+  CHECK(m1.received().size() + m2.received().size() == 1);
+  CHECK_FALSE(w.engine.deliver_to_group("$share/other/s", w.engine.cluster().published[0], w.now));
+}

@@ -2,6 +2,7 @@
 #define MQTTBROKER_BROKER_HPP
 
 #include <mqttbroker/clock/system.hpp>
+#include <mqttbroker/cluster/contract.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/heap.hpp>
@@ -147,6 +148,10 @@ class broker {
   ~broker() {
     // Connections refer to the broker; a host must stop it (and run the io_context until the stop
     // completes) before destroying it. Sessions hold no connection references past that.
+    if constexpr (engine_type::clustered) {
+      ctx_.engine_.cluster().stop();  // no message from other nodes after this
+      alive_.reset();
+    }
     if constexpr (engine_type::durable) {
       // A store reporting from its own thread must not reach the engine while it is destroyed.
       using storage_type = typename engine_type::storage_type;
@@ -163,6 +168,29 @@ class broker {
   /// before start(), which loads what it kept.
   typename engine_type::storage_type& storage() noexcept { return ctx_.engine_.storage(); }
   asio::any_io_executor get_executor() const { return ex_; }
+
+  /// The cluster policy's object (Policies::cluster, cluster/contract.hpp): a host configures it
+  /// before connect_cluster().
+  typename engine_type::cluster_type& cluster() noexcept { return ctx_.engine_.cluster(); }
+
+  /// Joins the cluster (Policies::cluster): what other nodes send comes back to the engine on
+  /// the broker's executor. May block until the first connection, as the policy says: call it
+  /// before the io_context runs, or off its threads. An error if the cluster cannot start.
+  std::error_code connect_cluster() {
+    static_assert(engine_type::clustered, "mqttbroker: connect_cluster() needs Policies::cluster");
+    cluster::inbound in;
+    in.route = [this, alive = std::weak_ptr<void>(alive_)](message_ptr m) {
+      asio::post(ex_, [this, alive, m = std::move(m)]() mutable {
+        if (alive.lock()) ctx_.engine_.route_from_cluster(std::move(m), now());
+      });
+    };
+    in.to_group = [this, alive = std::weak_ptr<void>(alive_)](std::string_view group_filter, message_ptr m) {
+      asio::post(ex_, [this, alive, g = std::string(group_filter), m = std::move(m)] {
+        if (alive.lock()) ctx_.engine_.deliver_to_group(g, m, now());
+      });
+    };
+    return ctx_.engine_.cluster().start(ex_, std::move(in));
+  }
 
   /// Adds a listener of the default transport; throws std::system_error when the address cannot
   /// be bound.

@@ -8153,6 +8153,81 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_ENGINE_CORE_HPP
 #define MQTTBROKER_ENGINE_CORE_HPP
 
+// begin <mqttbroker/cluster/contract.hpp>
+#ifndef MQTTBROKER_CLUSTER_CONTRACT_HPP
+#define MQTTBROKER_CLUSTER_CONTRACT_HPP
+
+// The cluster policy: what the engine tells a cluster about this node, so that several brokers
+// act as one. `Policies::cluster` chooses it; cluster::none (the default) is one broker alone,
+// and the engine compiles every call to it out.
+//
+// An enabled cluster C has:
+//
+//   void publish(const message_ptr& m);
+//     A message that entered the broker on this node (from a client, the host or a will), once
+//     it is routed here. Not called for messages the cluster itself brought (route_from_cluster,
+//     deliver_to_group) nor for `$SYS/` topics, which are each node's own. From any of the
+//     broker's threads; it must neither block nor call back into the engine.
+//
+//   void interest(std::string_view filter, bool present);
+//     This node's first subscription to `filter` came (present) or its last went. A shared
+//     group is one filter, `$share/{ShareName}/{filter}`. Called with the engine's state lock
+//     held: the same rules, and quick.
+//
+// and, for broker<Policies> to connect it (broker::connect_cluster()):
+//
+//   std::error_code start(asio::any_io_executor ex, cluster::inbound in);
+//     Joins the cluster, its I/O on `ex` (the broker's executor). What the cluster brings back it
+//     hands to `in`, from any thread. May block until the first connection (call it before the
+//     io_context runs, or off its threads).
+//   void stop();
+//     Leaves the cluster; once it returns, `in` is not called again. The broker's destructor
+//     calls it.
+//
+// The broker gives what comes back to the engine (engine::core) as inputs on its own threads:
+// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, and not
+// published again); deliver_to_group(group_filter, m, now) gives a message to one member of this
+// node's shared group, which the cluster chose for it. With a cluster, shared groups are fed only
+// that way: the cluster picks the node (NATS's queue groups), the node its member.
+
+
+#include <functional>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace cluster {
+
+/// One broker alone: no cluster.
+struct none {};
+
+/// Where a cluster delivers what other nodes send this one; each callable from any thread.
+struct inbound {
+  /// A message another node published: for this node's subscribers.
+  std::function<void(message_ptr)> route;
+  /// A message for this node's shared group `group_filter` (`$share/{ShareName}/{filter}`).
+  std::function<void(std::string_view group_filter, message_ptr)> to_group;
+};
+
+namespace detail {
+/// Whether C is an enabled cluster policy (it has publish()); cluster::none is not.
+template <class C, class = void>
+struct is_enabled : std::false_type {};
+template <class C>
+struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
+                                 decltype(std::declval<C&>().interest(std::string_view(), true))>>
+    : std::true_type {};
+}  // namespace detail
+
+/// Whether a topic stays on its node: `$SYS/` describes one broker.
+constexpr bool node_local_topic(std::string_view topic) noexcept { return topic.substr(0, 5) == "$SYS/"; }
+
+}  // namespace cluster
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLUSTER_CONTRACT_HPP
+// end <mqttbroker/cluster/contract.hpp>
 // begin <mqttbroker/storage/contract.hpp>
 #ifndef MQTTBROKER_STORAGE_CONTRACT_HPP
 #define MQTTBROKER_STORAGE_CONTRACT_HPP
@@ -8400,6 +8475,16 @@ struct storage_of<Policies, std::void_t<typename Policies::storage>> {
   using type = typename Policies::storage;
 };
 
+/// A policy bundle's cluster: its `cluster`, else cluster::none (cluster/contract.hpp).
+template <class Policies, class = void>
+struct cluster_of {
+  using type = ::mqttbroker::cluster::none;
+};
+template <class Policies>
+struct cluster_of<Policies, std::void_t<typename Policies::cluster>> {
+  using type = typename Policies::cluster;
+};
+
 /// A policy bundle's strategy for shared subscriptions: its `shared_strategy`, else round robin.
 template <class Policies, class = void>
 struct shared_strategy_of {
@@ -8424,7 +8509,7 @@ struct is_shared_strategy<
 /// MQTT decisions on it; the host's in-process API reaches it directly.
 ///
 /// `Policies` gives `locking` (the engine's locks and counters), `hooks` and, optionally,
-/// `storage` (storage::memory when absent).
+/// `storage` (storage::memory when absent) and `cluster` (cluster::none when absent).
 template <class Policies>
 class core {
  public:
@@ -8433,6 +8518,9 @@ class core {
   using storage_type = typename storage_of<Policies>::type;
   /// Whether the storage keeps sessions: without, every call to it is compiled out.
   static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
+  using cluster_type = typename cluster_of<Policies>::type;
+  /// Whether this node is one of several: without, every call to the cluster is compiled out.
+  static constexpr bool clustered = ::mqttbroker::cluster::detail::is_enabled<cluster_type>::value;
   /// Whether clients may authenticate with AUTH exchanges (5.0 section 4.12).
   static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
   using session_type =
@@ -8484,6 +8572,35 @@ class core {
   }
   /// The storage policy's object: a host opens or configures it before the broker starts.
   storage_type& storage() noexcept { return storage_; }
+  /// The cluster policy's object: a host configures and connects it (cluster/contract.hpp).
+  cluster_type& cluster() noexcept { return cluster_; }
+
+  /// A message another node of the cluster published, at `now`: to this node's subscribers but
+  /// shared groups (deliver_to_group() feeds those), neither published to the cluster again nor
+  /// kept as this node's retained message. The number of subscribers it went to.
+  std::size_t route_from_cluster(message_ptr m, steady_time now) {
+    return publish_message(arrived(std::move(m), now), nullptr, now, true, nullptr, nullptr, true);
+  }
+  /// A message the cluster chose this node for, for its shared group `group_filter`
+  /// (`$share/{ShareName}/{filter}`): to one member, picked by the node's strategy. False when
+  /// the node has no such group (its last member just left).
+  bool deliver_to_group(std::string_view group_filter, message_ptr m, steady_time now) {
+    std::shared_lock<mutex_type> lk(state_mutex_);
+    const auto it = groups_.find(group_filter);
+    if (it == groups_.end()) return false;
+    m = arrived(std::move(m), now);
+    hot_.received[qos_index(m->qos_level())].fetch_add(1);
+    deliver_shared(*it->second, m, nullptr, nullptr, now);
+    return true;
+  }
+  /// A message from another node, its Message Expiry Interval (which travels in its properties)
+  /// counted on this node's clock from its arrival: the hop's time is not taken off.
+  static message_ptr arrived(message_ptr m, steady_time now) {
+    if (m->expires_at() != 0 || m->properties().empty()) return m;
+    const std::uint32_t at = expiry_of(m->properties(), now);
+    if (at == 0) return m;
+    return message::make(m->topic(), m->payload(), m->qos_level(), m->retain(), m->properties().bytes(), at);
+  }
 
   /// Rebuilds, from a durable storage, the sessions (offline, their expiry counted from `now`),
   /// their subscriptions, queued and in-flight messages, received QoS 2 identifiers and delayed
@@ -8744,7 +8861,7 @@ class core {
     const auto id = static_cast<local_subscription_id>(++next_local_id_);
     router::subscription s;
     s.options.max_qos = q;
-    router_.subscribe(filter, sub.get(), s);
+    route_subscribe(filter, sub.get(), s);
     local_subs_.emplace(static_cast<std::uint64_t>(id), std::move(sub));
     return id;
   }
@@ -8774,7 +8891,7 @@ class core {
     if (std::find(sub.filters.begin(), sub.filters.end(), filter) == sub.filters.end()) sub.filters.emplace_back(filter);
     router::subscription s;
     s.options = o;
-    router_.subscribe(filter, &sub, s);
+    route_subscribe(filter, &sub, s);
     return {};
   }
 
@@ -8806,7 +8923,7 @@ class core {
     std::lock_guard<mutex_type> lk(state_mutex_);
     auto it = local_subs_.find(static_cast<std::uint64_t>(id));
     if (it == local_subs_.end()) return false;
-    for (const std::string& f : it->second->filters) router_.unsubscribe(f, it->second.get());
+    for (const std::string& f : it->second->filters) route_unsubscribe(f, it->second.get());
     local_subs_.erase(it);
     return true;
   }
@@ -9131,11 +9248,14 @@ class core {
 
   /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
   /// `reader` the link it came from, paced when a subscriber is behind; `participant`, the
-  /// in-process one that published it (No Local too).
+  /// in-process one that published it (No Local too); `remote`, a message from another node of
+  /// the cluster (route_from_cluster()).
   std::size_t publish_message(message_ptr m, session_type* from, steady_time now, bool count = true,
-                              link_type* reader = nullptr, const subscriber* participant = nullptr) {
+                              link_type* reader = nullptr, const subscriber* participant = nullptr,
+                              bool remote = false) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
-      hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
+      // The node it entered on intercepted it already.
+      if (!remote) hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
     if (count) hot_.received[qos_index(m->qos_level())].fetch_add(1);
@@ -9157,6 +9277,11 @@ class core {
       if (s->kind == subscriber_kind::local) {
         local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
       } else if (s->kind == subscriber_kind::shared) {
+        // In a cluster, the cluster picks the node for a shared group (deliver_to_group()).
+        if constexpr (clustered) {
+          --n;
+          return;
+        }
         deliver_shared(*static_cast<const group_type*>(s), m, from, reader, now);
       } else {
         deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
@@ -9166,7 +9291,7 @@ class core {
       // A retained message is stored and routed in one exclusive section, the one on_subscribe
       // takes for its route and its retained snapshot: a subscriber gets it once, live or retained.
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (m->retain()) {
+      if (m->retain() && !remote) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
         if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic())) {
           retained_.set(m);
@@ -9192,6 +9317,9 @@ class core {
     for (std::size_t i = first; i < end; ++i) {
       const local_handler& h = *local[i];
       h(m);
+    }
+    if constexpr (clustered) {
+      if (!remote && !::mqttbroker::cluster::node_local_topic(m->topic())) cluster_.publish(m);
     }
     return n;
   }
@@ -9337,7 +9465,7 @@ class core {
   /// state_mutex_ held exclusively.
   bool add_subscription(session_type& rec, std::string_view filter, const router::subscription& sub) {
     const bool is_new = topic::is_shared_filter(filter) ? join_group(rec, filter, sub)
-                                                        : router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+                                                        : route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
     rec.state.remember_subscription(filter, {sub.options, sub.identifier});
     return is_new;
   }
@@ -9355,7 +9483,41 @@ class core {
         return;
       }
     }
-    router_.unsubscribe(filter, static_cast<subscriber*>(&rec));
+    route_unsubscribe(filter, static_cast<subscriber*>(&rec));
+  }
+
+  /// The router's subscribe and unsubscribe for a subscriber of this node (a session, an
+  /// in-process one), with the cluster told of the filters that come and go.
+  bool route_subscribe(std::string_view filter, const subscriber* s, const router::subscription& sub) {
+    const bool is_new = router_.subscribe(filter, s, sub);
+    if (is_new) note_interest(filter, true);
+    return is_new;
+  }
+  bool route_unsubscribe(std::string_view filter, const subscriber* s) {
+    const bool was = router_.unsubscribe(filter, s);
+    if (was) note_interest(filter, false);
+    return was;
+  }
+  /// Counts this node's subscriptions per filter; the cluster hears of a filter's first and its
+  /// last. state_mutex_ held exclusively.
+  void note_interest(std::string_view filter, bool added) {
+    if constexpr (clustered) {
+      if (added) {
+        auto it = interest_.find(filter);
+        if (it == interest_.end()) it = interest_.emplace(std::string(filter), 0).first;
+        if (it->second++ == 0) cluster_.interest(filter, true);
+      } else {
+        const auto it = interest_.find(filter);
+        if (it == interest_.end()) return;
+        if (--it->second == 0) {
+          interest_.erase(it);
+          cluster_.interest(filter, false);
+        }
+      }
+    } else {
+      (void)filter;
+      (void)added;
+    }
   }
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
@@ -9699,7 +9861,7 @@ class core {
       std::error_code ec;
       const topic::parsed_filter p = topic::parse_filter(filter, topic_limits(), ec);
       // Callers validated it; one that is not shared after all is an ordinary literal filter.
-      if (ec || !p.is_shared()) return router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+      if (ec || !p.is_shared()) return route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
       std::uint32_t id = next_group_id_;
       do {
         ++id;
@@ -9710,6 +9872,7 @@ class core {
       try {
         groups_by_id_.emplace(id, g.get());
         it = groups_.emplace(std::string_view(g->whole_filter), std::move(g)).first;
+        note_interest(it->first, true);
       } catch (...) {
         groups_by_id_.erase(id);
         if (g) router_.unsubscribe(g->filter(), static_cast<subscriber*>(g.get()));
@@ -9729,6 +9892,7 @@ class core {
   template <class It>
   void drop_group(It it) {
     group_type& g = *it->second;
+    note_interest(g.whole_filter, false);
     router_.unsubscribe(g.filter(), static_cast<subscriber*>(&g));
     groups_by_id_.erase(g.id);
     groups_.erase(it);
@@ -9770,6 +9934,9 @@ class core {
   session::limits session_limits_;      // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS cluster_type cluster_;
+  // state_mutex_: this node's subscriptions per filter, while clustered (note_interest()).
+  std::map<std::string, std::size_t, std::less<>> interest_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
   // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)
@@ -13814,6 +13981,10 @@ class broker {
   ~broker() {
     // Connections refer to the broker; a host must stop it (and run the io_context until the stop
     // completes) before destroying it. Sessions hold no connection references past that.
+    if constexpr (engine_type::clustered) {
+      ctx_.engine_.cluster().stop();  // no message from other nodes after this
+      alive_.reset();
+    }
     if constexpr (engine_type::durable) {
       // A store reporting from its own thread must not reach the engine while it is destroyed.
       using storage_type = typename engine_type::storage_type;
@@ -13830,6 +14001,29 @@ class broker {
   /// before start(), which loads what it kept.
   typename engine_type::storage_type& storage() noexcept { return ctx_.engine_.storage(); }
   asio::any_io_executor get_executor() const { return ex_; }
+
+  /// The cluster policy's object (Policies::cluster, cluster/contract.hpp): a host configures it
+  /// before connect_cluster().
+  typename engine_type::cluster_type& cluster() noexcept { return ctx_.engine_.cluster(); }
+
+  /// Joins the cluster (Policies::cluster): what other nodes send comes back to the engine on
+  /// the broker's executor. May block until the first connection, as the policy says: call it
+  /// before the io_context runs, or off its threads. An error if the cluster cannot start.
+  std::error_code connect_cluster() {
+    static_assert(engine_type::clustered, "mqttbroker: connect_cluster() needs Policies::cluster");
+    cluster::inbound in;
+    in.route = [this, alive = std::weak_ptr<void>(alive_)](message_ptr m) {
+      asio::post(ex_, [this, alive, m = std::move(m)]() mutable {
+        if (alive.lock()) ctx_.engine_.route_from_cluster(std::move(m), now());
+      });
+    };
+    in.to_group = [this, alive = std::weak_ptr<void>(alive_)](std::string_view group_filter, message_ptr m) {
+      asio::post(ex_, [this, alive, g = std::string(group_filter), m = std::move(m)] {
+        if (alive.lock()) ctx_.engine_.deliver_to_group(g, m, now());
+      });
+    };
+    return ctx_.engine_.cluster().start(ex_, std::move(in));
+  }
 
   /// Adds a listener of the default transport; throws std::system_error when the address cannot
   /// be bound.

@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/utf8.hpp>
+#include <mqttbroker/cluster/contract.hpp>
 #include <mqttbroker/log.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/detail/intrusive_list.hpp>
@@ -59,6 +60,16 @@ struct storage_of<Policies, std::void_t<typename Policies::storage>> {
   using type = typename Policies::storage;
 };
 
+/// A policy bundle's cluster: its `cluster`, else cluster::none (cluster/contract.hpp).
+template <class Policies, class = void>
+struct cluster_of {
+  using type = ::mqttbroker::cluster::none;
+};
+template <class Policies>
+struct cluster_of<Policies, std::void_t<typename Policies::cluster>> {
+  using type = typename Policies::cluster;
+};
+
 /// A policy bundle's strategy for shared subscriptions: its `shared_strategy`, else round robin.
 template <class Policies, class = void>
 struct shared_strategy_of {
@@ -83,7 +94,7 @@ struct is_shared_strategy<
 /// MQTT decisions on it; the host's in-process API reaches it directly.
 ///
 /// `Policies` gives `locking` (the engine's locks and counters), `hooks` and, optionally,
-/// `storage` (storage::memory when absent).
+/// `storage` (storage::memory when absent) and `cluster` (cluster::none when absent).
 template <class Policies>
 class core {
  public:
@@ -92,6 +103,9 @@ class core {
   using storage_type = typename storage_of<Policies>::type;
   /// Whether the storage keeps sessions: without, every call to it is compiled out.
   static constexpr bool durable = storage::detail::is_durable<storage_type>::value;
+  using cluster_type = typename cluster_of<Policies>::type;
+  /// Whether this node is one of several: without, every call to the cluster is compiled out.
+  static constexpr bool clustered = ::mqttbroker::cluster::detail::is_enabled<cluster_type>::value;
   /// Whether clients may authenticate with AUTH exchanges (5.0 section 4.12).
   static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
   using session_type =
@@ -143,6 +157,35 @@ class core {
   }
   /// The storage policy's object: a host opens or configures it before the broker starts.
   storage_type& storage() noexcept { return storage_; }
+  /// The cluster policy's object: a host configures and connects it (cluster/contract.hpp).
+  cluster_type& cluster() noexcept { return cluster_; }
+
+  /// A message another node of the cluster published, at `now`: to this node's subscribers but
+  /// shared groups (deliver_to_group() feeds those), neither published to the cluster again nor
+  /// kept as this node's retained message. The number of subscribers it went to.
+  std::size_t route_from_cluster(message_ptr m, steady_time now) {
+    return publish_message(arrived(std::move(m), now), nullptr, now, true, nullptr, nullptr, true);
+  }
+  /// A message the cluster chose this node for, for its shared group `group_filter`
+  /// (`$share/{ShareName}/{filter}`): to one member, picked by the node's strategy. False when
+  /// the node has no such group (its last member just left).
+  bool deliver_to_group(std::string_view group_filter, message_ptr m, steady_time now) {
+    std::shared_lock<mutex_type> lk(state_mutex_);
+    const auto it = groups_.find(group_filter);
+    if (it == groups_.end()) return false;
+    m = arrived(std::move(m), now);
+    hot_.received[qos_index(m->qos_level())].fetch_add(1);
+    deliver_shared(*it->second, m, nullptr, nullptr, now);
+    return true;
+  }
+  /// A message from another node, its Message Expiry Interval (which travels in its properties)
+  /// counted on this node's clock from its arrival: the hop's time is not taken off.
+  static message_ptr arrived(message_ptr m, steady_time now) {
+    if (m->expires_at() != 0 || m->properties().empty()) return m;
+    const std::uint32_t at = expiry_of(m->properties(), now);
+    if (at == 0) return m;
+    return message::make(m->topic(), m->payload(), m->qos_level(), m->retain(), m->properties().bytes(), at);
+  }
 
   /// Rebuilds, from a durable storage, the sessions (offline, their expiry counted from `now`),
   /// their subscriptions, queued and in-flight messages, received QoS 2 identifiers and delayed
@@ -403,7 +446,7 @@ class core {
     const auto id = static_cast<local_subscription_id>(++next_local_id_);
     router::subscription s;
     s.options.max_qos = q;
-    router_.subscribe(filter, sub.get(), s);
+    route_subscribe(filter, sub.get(), s);
     local_subs_.emplace(static_cast<std::uint64_t>(id), std::move(sub));
     return id;
   }
@@ -433,7 +476,7 @@ class core {
     if (std::find(sub.filters.begin(), sub.filters.end(), filter) == sub.filters.end()) sub.filters.emplace_back(filter);
     router::subscription s;
     s.options = o;
-    router_.subscribe(filter, &sub, s);
+    route_subscribe(filter, &sub, s);
     return {};
   }
 
@@ -465,7 +508,7 @@ class core {
     std::lock_guard<mutex_type> lk(state_mutex_);
     auto it = local_subs_.find(static_cast<std::uint64_t>(id));
     if (it == local_subs_.end()) return false;
-    for (const std::string& f : it->second->filters) router_.unsubscribe(f, it->second.get());
+    for (const std::string& f : it->second->filters) route_unsubscribe(f, it->second.get());
     local_subs_.erase(it);
     return true;
   }
@@ -790,11 +833,14 @@ class core {
 
   /// Routes `m` to every matching subscriber; `from` is the publishing session (No Local), and
   /// `reader` the link it came from, paced when a subscriber is behind; `participant`, the
-  /// in-process one that published it (No Local too).
+  /// in-process one that published it (No Local too); `remote`, a message from another node of
+  /// the cluster (route_from_cluster()).
   std::size_t publish_message(message_ptr m, session_type* from, steady_time now, bool count = true,
-                              link_type* reader = nullptr, const subscriber* participant = nullptr) {
+                              link_type* reader = nullptr, const subscriber* participant = nullptr,
+                              bool remote = false) {
     if constexpr (hooks::has_intercept_v<hooks_type>) {
-      hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
+      // The node it entered on intercepted it already.
+      if (!remote) hooks_.intercept(from ? std::string_view(from->state.client_id()) : std::string_view(), m);
       if (!m) return 0;
     }
     if (count) hot_.received[qos_index(m->qos_level())].fetch_add(1);
@@ -816,6 +862,11 @@ class core {
       if (s->kind == subscriber_kind::local) {
         local.push_back(static_cast<const local_subscriber*>(s)->handler);  // counted below, at once
       } else if (s->kind == subscriber_kind::shared) {
+        // In a cluster, the cluster picks the node for a shared group (deliver_to_group()).
+        if constexpr (clustered) {
+          --n;
+          return;
+        }
         deliver_shared(*static_cast<const group_type*>(s), m, from, reader, now);
       } else {
         deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
@@ -825,7 +876,7 @@ class core {
       // A retained message is stored and routed in one exclusive section, the one on_subscribe
       // takes for its route and its retained snapshot: a subscriber gets it once, live or retained.
       std::lock_guard<mutex_type> lk(state_mutex_);
-      if (m->retain()) {
+      if (m->retain() && !remote) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
         if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic())) {
           retained_.set(m);
@@ -851,6 +902,9 @@ class core {
     for (std::size_t i = first; i < end; ++i) {
       const local_handler& h = *local[i];
       h(m);
+    }
+    if constexpr (clustered) {
+      if (!remote && !::mqttbroker::cluster::node_local_topic(m->topic())) cluster_.publish(m);
     }
     return n;
   }
@@ -996,7 +1050,7 @@ class core {
   /// state_mutex_ held exclusively.
   bool add_subscription(session_type& rec, std::string_view filter, const router::subscription& sub) {
     const bool is_new = topic::is_shared_filter(filter) ? join_group(rec, filter, sub)
-                                                        : router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+                                                        : route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
     rec.state.remember_subscription(filter, {sub.options, sub.identifier});
     return is_new;
   }
@@ -1014,7 +1068,41 @@ class core {
         return;
       }
     }
-    router_.unsubscribe(filter, static_cast<subscriber*>(&rec));
+    route_unsubscribe(filter, static_cast<subscriber*>(&rec));
+  }
+
+  /// The router's subscribe and unsubscribe for a subscriber of this node (a session, an
+  /// in-process one), with the cluster told of the filters that come and go.
+  bool route_subscribe(std::string_view filter, const subscriber* s, const router::subscription& sub) {
+    const bool is_new = router_.subscribe(filter, s, sub);
+    if (is_new) note_interest(filter, true);
+    return is_new;
+  }
+  bool route_unsubscribe(std::string_view filter, const subscriber* s) {
+    const bool was = router_.unsubscribe(filter, s);
+    if (was) note_interest(filter, false);
+    return was;
+  }
+  /// Counts this node's subscriptions per filter; the cluster hears of a filter's first and its
+  /// last. state_mutex_ held exclusively.
+  void note_interest(std::string_view filter, bool added) {
+    if constexpr (clustered) {
+      if (added) {
+        auto it = interest_.find(filter);
+        if (it == interest_.end()) it = interest_.emplace(std::string(filter), 0).first;
+        if (it->second++ == 0) cluster_.interest(filter, true);
+      } else {
+        const auto it = interest_.find(filter);
+        if (it == interest_.end()) return;
+        if (--it->second == 0) {
+          interest_.erase(it);
+          cluster_.interest(filter, false);
+        }
+      }
+    } else {
+      (void)filter;
+      (void)added;
+    }
   }
 
   /// Whether a connected session's client is more than the pacing thresholds behind (divided by
@@ -1358,7 +1446,7 @@ class core {
       std::error_code ec;
       const topic::parsed_filter p = topic::parse_filter(filter, topic_limits(), ec);
       // Callers validated it; one that is not shared after all is an ordinary literal filter.
-      if (ec || !p.is_shared()) return router_.subscribe(filter, static_cast<subscriber*>(&rec), sub);
+      if (ec || !p.is_shared()) return route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
       std::uint32_t id = next_group_id_;
       do {
         ++id;
@@ -1369,6 +1457,7 @@ class core {
       try {
         groups_by_id_.emplace(id, g.get());
         it = groups_.emplace(std::string_view(g->whole_filter), std::move(g)).first;
+        note_interest(it->first, true);
       } catch (...) {
         groups_by_id_.erase(id);
         if (g) router_.unsubscribe(g->filter(), static_cast<subscriber*>(g.get()));
@@ -1388,6 +1477,7 @@ class core {
   template <class It>
   void drop_group(It it) {
     group_type& g = *it->second;
+    note_interest(g.whole_filter, false);
     router_.unsubscribe(g.filter(), static_cast<subscriber*>(&g));
     groups_by_id_.erase(g.id);
     groups_.erase(it);
@@ -1429,6 +1519,9 @@ class core {
   session::limits session_limits_;      // before the sessions, which refer to it
   MQTTBROKER_NO_UNIQUE_ADDRESS hooks_type hooks_;
   MQTTBROKER_NO_UNIQUE_ADDRESS storage_type storage_;
+  MQTTBROKER_NO_UNIQUE_ADDRESS cluster_type cluster_;
+  // state_mutex_: this node's subscriptions per filter, while clustered (note_interest()).
+  std::map<std::string, std::size_t, std::less<>> interest_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
   // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)

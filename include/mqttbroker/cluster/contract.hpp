@@ -1,0 +1,75 @@
+#ifndef MQTTBROKER_CLUSTER_CONTRACT_HPP
+#define MQTTBROKER_CLUSTER_CONTRACT_HPP
+
+// The cluster policy: what the engine tells a cluster about this node, so that several brokers
+// act as one. `Policies::cluster` chooses it; cluster::none (the default) is one broker alone,
+// and the engine compiles every call to it out.
+//
+// An enabled cluster C has:
+//
+//   void publish(const message_ptr& m);
+//     A message that entered the broker on this node (from a client, the host or a will), once
+//     it is routed here. Not called for messages the cluster itself brought (route_from_cluster,
+//     deliver_to_group) nor for `$SYS/` topics, which are each node's own. From any of the
+//     broker's threads; it must neither block nor call back into the engine.
+//
+//   void interest(std::string_view filter, bool present);
+//     This node's first subscription to `filter` came (present) or its last went. A shared
+//     group is one filter, `$share/{ShareName}/{filter}`. Called with the engine's state lock
+//     held: the same rules, and quick.
+//
+// and, for broker<Policies> to connect it (broker::connect_cluster()):
+//
+//   std::error_code start(asio::any_io_executor ex, cluster::inbound in);
+//     Joins the cluster, its I/O on `ex` (the broker's executor). What the cluster brings back it
+//     hands to `in`, from any thread. May block until the first connection (call it before the
+//     io_context runs, or off its threads).
+//   void stop();
+//     Leaves the cluster; once it returns, `in` is not called again. The broker's destructor
+//     calls it.
+//
+// The broker gives what comes back to the engine (engine::core) as inputs on its own threads:
+// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, and not
+// published again); deliver_to_group(group_filter, m, now) gives a message to one member of this
+// node's shared group, which the cluster chose for it. With a cluster, shared groups are fed only
+// that way: the cluster picks the node (NATS's queue groups), the node its member.
+
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/message.hpp>
+
+#include <functional>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace cluster {
+
+/// One broker alone: no cluster.
+struct none {};
+
+/// Where a cluster delivers what other nodes send this one; each callable from any thread.
+struct inbound {
+  /// A message another node published: for this node's subscribers.
+  std::function<void(message_ptr)> route;
+  /// A message for this node's shared group `group_filter` (`$share/{ShareName}/{filter}`).
+  std::function<void(std::string_view group_filter, message_ptr)> to_group;
+};
+
+namespace detail {
+/// Whether C is an enabled cluster policy (it has publish()); cluster::none is not.
+template <class C, class = void>
+struct is_enabled : std::false_type {};
+template <class C>
+struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
+                                 decltype(std::declval<C&>().interest(std::string_view(), true))>>
+    : std::true_type {};
+}  // namespace detail
+
+/// Whether a topic stays on its node: `$SYS/` describes one broker.
+constexpr bool node_local_topic(std::string_view topic) noexcept { return topic.substr(0, 5) == "$SYS/"; }
+
+}  // namespace cluster
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLUSTER_CONTRACT_HPP
