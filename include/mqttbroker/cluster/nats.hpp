@@ -1,0 +1,461 @@
+#ifndef MQTTBROKER_CLUSTER_NATS_HPP
+#define MQTTBROKER_CLUSTER_NATS_HPP
+
+// cluster::nats: several brokers act as one over NATS (nats.c; CMake target mqttbroker::nats).
+// A cluster policy (cluster/contract.hpp): `struct my_policies : default_policies { using cluster
+// = cluster::nats; };`, then broker.cluster().configure(...) and broker.connect_cluster().
+//
+// Each message that enters on this node goes out once, on the subject of its topic
+// (cluster::subject_map); each node subscribes to the subjects of its own clients' filters, so
+// NATS carries a message only to nodes that want it. Two connections: `routes` (no echo: a
+// node never gets its own messages back) publishes and holds the plain subscriptions; `groups`
+// holds a queue subscription per shared group, so that one member of the whole cluster, this
+// node's included, gets each message. A node subscribed to overlapping filters ("a/#" and
+// "a/b") gets a message once per matching subscription: each message carries its origin's name,
+// a number for the origin's run and a sequence number, and repeats are dropped.
+//
+// Across nodes this is NATS's core delivery: at most once. QoS 1 and 2 keep their levels towards
+// the subscribers, but a message in flight between nodes when a connection breaks is lost
+// (counted). I/O runs on the broker's executor (cluster::nats_event_loop); nats.c's own threads
+// are its timers, its connects and one shared message delivery thread (global message delivery).
+
+#include <mqttbroker/cluster/contract.hpp>
+#include <mqttbroker/cluster/nats_loop.hpp>
+#include <mqttbroker/cluster/subjects.hpp>
+#include <mqttbroker/codec/properties.hpp>
+#include <mqttbroker/config.hpp>
+#include <mqttbroker/message.hpp>
+#include <mqttbroker/topic/validate.hpp>
+
+#include <asio/any_io_executor.hpp>
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <bitset>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace cluster {
+
+/// nats.c's natsStatus as a std::error_code.
+inline const std::error_category& nats_category() noexcept {
+  struct category final : std::error_category {
+    const char* name() const noexcept override { return "mqttbroker.nats"; }
+    std::string message(int v) const override { return natsStatus_GetText(static_cast<natsStatus>(v)); }
+  };
+  static const category c;
+  return c;
+}
+inline std::error_code make_nats_error(natsStatus s) noexcept {
+  return s == NATS_OK ? std::error_code() : std::error_code(static_cast<int>(s), nats_category());
+}
+
+struct nats_options {
+  /// NATS servers, "nats://host:port"; nats.c tries them in turn and reconnects to any.
+  std::vector<std::string> servers{"nats://127.0.0.1:4222"};
+  /// This node's name in the cluster, unique within it (its messages' origin).
+  std::string node = "node";
+  /// The subjects' prefix: clusters sharing a NATS system keep apart by it.
+  std::string prefix = "mqtt";
+  /// Messages a subscription may hold before nats.c drops them (a slow node; counted).
+  int max_pending_messages = 65536;
+  std::chrono::milliseconds reconnect_wait{250};
+};
+
+/// What went through the cluster, since start().
+struct nats_statistics {
+  std::uint64_t published = 0;       // messages sent to the other nodes
+  std::uint64_t publish_failed = 0;  // not sent: no connection and its reconnect buffer full, too large
+  std::uint64_t received = 0;        // messages from other nodes handed to the broker
+  std::uint64_t repeats = 0;         // the same message again through another of this node's filters
+  std::uint64_t malformed = 0;       // not a message of ours (another program on the subjects)
+  std::uint64_t dropped = 0;         // dropped by nats.c for a slow node (a subscription's pending limit)
+  std::uint64_t disconnects = 0, reconnects = 0;
+  std::size_t subscriptions = 0;  // NATS subscriptions held
+};
+
+class nats {
+ public:
+  nats() = default;
+  explicit nats(nats_options o) { configure(std::move(o)); }
+  nats(const nats&) = delete;
+  nats& operator=(const nats&) = delete;
+  ~nats() { stop(); }
+
+  /// Before start().
+  void configure(nats_options o) { st_->opts = std::move(o); }
+  const nats_options& options() const noexcept { return st_->opts; }
+
+  /// Connects both connections (blocking until connected, or failing: call it before the
+  /// io_context runs, or off its threads) and subscribes to the filters the broker already has.
+  std::error_code start(asio::any_io_executor ex, inbound in) { return st_->start(std::move(ex), std::move(in)); }
+  /// Leaves the cluster; no call to the inbound handlers once it returns.
+  void stop() { st_->stop(); }
+  /// Waits until the NATS servers have what this node sent so far (its subscriptions too): a
+  /// round trip on each connection. Blocking: never on the io_context's threads.
+  std::error_code flush(std::chrono::milliseconds timeout) { return st_->flush(timeout); }
+
+  // ---- the cluster contract
+
+  void publish(const message_ptr& m) { st_->publish(*m); }
+  void interest(std::string_view filter, bool present) { st_->interest(filter, present); }
+
+  nats_statistics statistics() const { return st_->statistics(); }
+
+ private:
+  /// Everything nats.c's callbacks reach: it lives as long as the object.
+  struct state {
+    nats_options opts;
+    subject_map map{"mqtt"};
+    std::unique_ptr<nats_event_loop> loop;
+    natsOptions* nopts_routes = nullptr;
+    natsOptions* nopts_groups = nullptr;
+    natsConnection* routes = nullptr;
+    natsConnection* groups = nullptr;
+    inbound in;
+    std::uint64_t incarnation = 0;
+    std::atomic<std::uint64_t> next_seq{0};
+
+    std::mutex mutex;  // what follows
+    std::condition_variable idle;
+    int running = 0;       // callbacks inside the inbound handlers
+    bool started = false;  // start() succeeded and stop() has not run
+    bool stopped = false;
+    /// This node's filters and their NATS subscriptions (none while not started).
+    std::map<std::string, std::vector<natsSubscription*>, std::less<>> filters;
+    /// A queue subscription's shared group filter.
+    std::map<natsSubscription*, std::string> group_of;
+    /// Per origin (name and run): the highest sequence number seen and which of the ones below
+    /// it, within the window, were.
+    struct seen_window {
+      std::uint64_t incarnation = 0;
+      std::uint64_t high = 0;
+      std::bitset<4096> bits;
+    };
+    std::map<std::string, seen_window, std::less<>> seen;
+
+    std::atomic<std::uint64_t> published{0}, publish_failed{0}, received{0}, repeats{0}, malformed{0},
+        disconnects{0}, reconnects{0};
+
+    ~state() { close(); }
+
+    std::error_code start(asio::any_io_executor ex, inbound i) {
+      std::lock_guard<std::mutex> lk(mutex);
+      if (started) return std::make_error_code(std::errc::already_connected);
+      map = subject_map(opts.prefix);
+      in = std::move(i);
+      incarnation = std::random_device{}();
+      incarnation = (incarnation << 32) ^ std::random_device{}();
+      loop = std::make_unique<nats_event_loop>(std::move(ex));
+      if (auto ec = make_options(nopts_routes, true)) return fail(ec);
+      if (auto ec = make_options(nopts_groups, false)) return fail(ec);
+      if (auto ec = make_nats_error(natsConnection_Connect(&routes, nopts_routes))) return fail(ec);
+      if (auto ec = make_nats_error(natsConnection_Connect(&groups, nopts_groups))) return fail(ec);
+      started = true;
+      stopped = false;
+      for (auto& f : filters) subscribe(f.first, f.second);
+      return {};
+    }
+    std::error_code fail(std::error_code ec) {
+      close();
+      return ec;
+    }
+
+    std::error_code make_options(natsOptions*& o, bool no_echo) {
+      if (auto ec = make_nats_error(natsOptions_Create(&o))) return ec;
+      std::vector<const char*> urls;
+      for (const auto& s : opts.servers) urls.push_back(s.c_str());
+      natsStatus s = natsOptions_SetServers(o, urls.data(), static_cast<int>(urls.size()));
+      const std::string name = opts.node + (no_echo ? "/routes" : "/groups");
+      if (s == NATS_OK) s = natsOptions_SetName(o, name.c_str());
+      if (s == NATS_OK) s = natsOptions_SetNoEcho(o, no_echo);
+      if (s == NATS_OK) s = natsOptions_UseGlobalMessageDelivery(o, true);
+      if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, -1);  // a node never gives its cluster up
+      if (s == NATS_OK) s = natsOptions_SetReconnectWait(o, opts.reconnect_wait.count());
+      if (s == NATS_OK) s = natsOptions_SetMaxPendingMsgs(o, opts.max_pending_messages);
+      if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(o, &on_disconnected, this);
+      if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, &on_reconnected, this);
+      if (s == NATS_OK) s = natsOptions_SetErrorHandler(o, &on_error, this);
+      if (s == NATS_OK) s = loop->install(o);
+      return make_nats_error(s);
+    }
+
+    void stop() {
+      {
+        std::unique_lock<std::mutex> lk(mutex);
+        stopped = true;
+        idle.wait(lk, [&] { return running == 0; });
+      }
+      close();
+    }
+    void close() {
+      std::map<std::string, std::vector<natsSubscription*>, std::less<>> subs;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        started = false;
+        for (auto& f : filters) subs[f.first].swap(f.second);
+        group_of.clear();
+      }
+      for (auto& f : subs)
+        for (natsSubscription* s : f.second) natsSubscription_Destroy(s);
+      for (natsConnection** c : {&routes, &groups}) {
+        if (*c == nullptr) continue;
+        natsConnection_Close(*c);
+        natsConnection_Destroy(*c);
+        *c = nullptr;
+      }
+      for (natsOptions** o : {&nopts_routes, &nopts_groups}) {
+        if (*o != nullptr) natsOptions_Destroy(*o);
+        *o = nullptr;
+      }
+    }
+
+    std::error_code flush(std::chrono::milliseconds timeout) {
+      for (natsConnection* c : {routes, groups}) {
+        if (c == nullptr) return std::make_error_code(std::errc::not_connected);
+        if (auto ec = make_nats_error(natsConnection_FlushTimeout(c, timeout.count()))) return ec;
+      }
+      return {};
+    }
+
+    // ---- out
+
+    void publish(const message& m) {
+      if (routes == nullptr) return;  // not started: a node alone
+      thread_local std::string subject, body;
+      subject.clear();
+      map.append_subject(subject, m.topic());
+      body.clear();
+      encode(body, m);
+      const natsStatus s =
+          natsConnection_Publish(routes, subject.c_str(), body.data(), static_cast<int>(body.size()));
+      (s == NATS_OK ? published : publish_failed).fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A message on the wire: format 1, flags (QoS, RETAIN), origin name, origin run, sequence,
+    /// topic, 5.0 properties, then the payload. Lengths and numbers as varints.
+    void encode(std::string& out, const message& m) {
+      out.push_back('\x01');
+      out.push_back(static_cast<char>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
+      put_string(out, opts.node);
+      put_varint(out, incarnation);
+      put_varint(out, next_seq.fetch_add(1, std::memory_order_relaxed) + 1);
+      put_string(out, m.topic());
+      put_string(out, m.properties().bytes());
+      out.append(m.payload());
+    }
+    static void put_varint(std::string& out, std::uint64_t v) {
+      while (v >= 0x80) {
+        out.push_back(static_cast<char>((v & 0x7F) | 0x80));
+        v >>= 7;
+      }
+      out.push_back(static_cast<char>(v));
+    }
+    static void put_string(std::string& out, std::string_view s) {
+      put_varint(out, s.size());
+      out.append(s);
+    }
+
+    // ---- interest
+
+    void interest(std::string_view filter, bool present) {
+      std::lock_guard<std::mutex> lk(mutex);
+      if (present) {
+        auto it = filters.emplace(std::string(filter), std::vector<natsSubscription*>()).first;
+        if (started) subscribe(it->first, it->second);
+      } else {
+        const auto it = filters.find(filter);
+        if (it == filters.end()) return;
+        for (natsSubscription* s : it->second) {
+          group_of.erase(s);
+          // Unsubscribe, not destroy: a delivery in progress still holds it; nats.c frees it
+          // with its last reference.
+          natsSubscription_Unsubscribe(s);
+          natsSubscription_Destroy(s);
+        }
+        filters.erase(it);
+      }
+    }
+    /// NATS subscriptions for `filter`. mutex held.
+    void subscribe(const std::string& filter, std::vector<natsSubscription*>& subs) {
+      std::string_view share, plain = filter;
+      const bool shared = filter.compare(0, 7, "$share/") == 0;
+      if (shared) {
+        const auto slash = filter.find('/', 7);
+        if (slash == std::string::npos) return;  // the engine gives valid filters
+        share = std::string_view(filter).substr(7, slash - 7);
+        plain = std::string_view(filter).substr(slash + 1);
+      }
+      const std::string queue = shared ? map.queue_group(share) : std::string();
+      for (const std::string& subject : map.subjects(plain)) {
+        natsSubscription* s = nullptr;
+        const natsStatus st = shared ? natsConnection_QueueSubscribe(&s, groups, subject.c_str(), queue.c_str(),
+                                                                     &on_group_message, this)
+                                     : natsConnection_Subscribe(&s, routes, subject.c_str(), &on_message, this);
+        if (st != NATS_OK) continue;  // the connection is closed: stop() is near
+        natsSubscription_SetPendingLimits(s, opts.max_pending_messages, -1);
+        subs.push_back(s);
+        if (shared) group_of.emplace(s, filter);
+      }
+    }
+
+    // ---- in, on nats.c's delivery thread
+
+    static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+      static_cast<state*>(closure)->take(nullptr, msg);
+      natsMsg_Destroy(msg);
+    }
+    static void on_group_message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
+      static_cast<state*>(closure)->take(sub, msg);
+      natsMsg_Destroy(msg);
+    }
+
+    /// Decodes a message and hands it on: to the group of `sub`, or (nullptr) to the node.
+    void take(natsSubscription* sub, natsMsg* msg) {
+      std::string group;
+      message_ptr m;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (stopped || !started) return;
+        if (sub != nullptr) {
+          const auto it = group_of.find(sub);
+          if (it == group_of.end()) return;  // the group went
+          group = it->second;
+        }
+        m = decode(std::string_view(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg))),
+                   sub == nullptr);
+        if (!m) return;
+        ++running;
+      }
+      received.fetch_add(1, std::memory_order_relaxed);
+      if (sub != nullptr)
+        in.to_group(group, std::move(m));
+      else
+        in.route(std::move(m));
+      std::lock_guard<std::mutex> lk(mutex);
+      if (--running == 0) idle.notify_all();
+    }
+
+    /// The message in `b`, or nothing for one that is malformed or (`dedupe`) a repeat. mutex held.
+    message_ptr decode(std::string_view b, bool dedupe) {
+      std::size_t at = 0;
+      auto varint = [&](std::uint64_t& v) {
+        v = 0;
+        for (int shift = 0; shift < 64; shift += 7) {
+          if (at >= b.size()) return false;
+          const auto c = static_cast<unsigned char>(b[at++]);
+          v |= std::uint64_t{c & 0x7Fu} << shift;
+          if ((c & 0x80u) == 0) return true;
+        }
+        return false;
+      };
+      auto string = [&](std::string_view& s) {
+        std::uint64_t n = 0;
+        if (!varint(n) || n > b.size() - at) return false;
+        s = b.substr(at, static_cast<std::size_t>(n));
+        at += static_cast<std::size_t>(n);
+        return true;
+      };
+      std::string_view origin, topic, props;
+      std::uint64_t run = 0, seq = 0;
+      if (b.size() < 2 || b[0] != '\x01' || (static_cast<unsigned char>(b[1]) & ~7u) != 0 ||
+          (static_cast<unsigned char>(b[1]) & 3u) == 3u) {
+        malformed.fetch_add(1, std::memory_order_relaxed);
+        return {};
+      }
+      const auto flags = static_cast<unsigned char>(b[1]);
+      at = 2;
+      codec::properties_view checked;
+      if (!string(origin) || !varint(run) || !varint(seq) || !string(topic) || !string(props) ||
+          topic::validate_topic_name(topic) ||
+          codec::properties_view::parse(props, codec::place_of(codec::packet_type::publish), checked)) {
+        malformed.fetch_add(1, std::memory_order_relaxed);
+        return {};
+      }
+      if (dedupe && repeated(origin, run, seq)) {
+        repeats.fetch_add(1, std::memory_order_relaxed);
+        return {};
+      }
+      return message::make(topic, b.substr(at), static_cast<codec::qos>(flags & 3u), (flags & 4u) != 0, props);
+    }
+
+    /// Whether (origin, run, seq) came already. A number older than the window counts as new:
+    /// with one delivery thread a repeat follows its first copy closely. mutex held.
+    bool repeated(std::string_view origin, std::uint64_t run, std::uint64_t seq) {
+      auto it = seen.find(origin);
+      if (it == seen.end()) it = seen.emplace(std::string(origin), seen_window{}).first;
+      seen_window& w = it->second;
+      const std::size_t n = w.bits.size();
+      if (w.incarnation != run) {  // a new run of that node: start again
+        w = seen_window{};
+        w.incarnation = run;
+      }
+      if (seq > w.high) {
+        const std::uint64_t shift = seq - w.high;
+        if (shift >= n)
+          w.bits.reset();
+        else
+          w.bits <<= static_cast<std::size_t>(shift);
+        w.bits.set(0);
+        w.high = seq;
+        return false;
+      }
+      const std::uint64_t back = w.high - seq;
+      if (back >= n) return false;
+      if (w.bits.test(static_cast<std::size_t>(back))) return true;
+      w.bits.set(static_cast<std::size_t>(back));
+      return false;
+    }
+
+    // ---- connection events, on nats.c's threads
+
+    static void on_disconnected(natsConnection*, void* closure) {
+      static_cast<state*>(closure)->disconnects.fetch_add(1, std::memory_order_relaxed);
+    }
+    static void on_reconnected(natsConnection*, void* closure) {
+      static_cast<state*>(closure)->reconnects.fetch_add(1, std::memory_order_relaxed);
+    }
+    static void on_error(natsConnection*, natsSubscription*, natsStatus, void*) {
+      // Slow consumers are counted from the subscriptions themselves (statistics()).
+    }
+
+    nats_statistics statistics() {
+      nats_statistics s;
+      s.published = published.load();
+      s.publish_failed = publish_failed.load();
+      s.received = received.load();
+      s.repeats = repeats.load();
+      s.malformed = malformed.load();
+      s.disconnects = disconnects.load();
+      s.reconnects = reconnects.load();
+      std::lock_guard<std::mutex> lk(mutex);
+      for (const auto& f : filters) {
+        s.subscriptions += f.second.size();
+        for (natsSubscription* sub : f.second) {
+          int64_t d = 0;
+          if (natsSubscription_GetDropped(sub, &d) == NATS_OK && d > 0) s.dropped += static_cast<std::uint64_t>(d);
+        }
+      }
+      return s;
+    }
+  };
+
+  std::shared_ptr<state> st_ = std::make_shared<state>();
+};
+
+}  // namespace cluster
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLUSTER_NATS_HPP

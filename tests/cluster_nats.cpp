@@ -1,0 +1,260 @@
+// cluster::nats against a real nats-server on loopback: brokers in this process, each a node,
+// their NATS I/O on one io_context (cluster::nats_event_loop). Needs nats-server (Debian
+// nats-server); without it the cases say so and pass, unless CI is set.
+
+#include <mqttbroker/broker.hpp>
+#include <mqttbroker/cluster/nats.hpp>
+#include <mqttbroker/transport/memory.hpp>
+
+#include "catch.hpp"
+
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/post.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace mb = mqttbroker;
+using mb::codec::qos;
+
+namespace {
+
+struct node_policies : mb::default_policies {
+  using transport = mb::transport::memory;
+  using cluster = mb::cluster::nats;
+};
+using node = mb::broker<node_policies>;
+
+std::string nats_server_program() {
+  for (const char* p : {"/usr/bin/nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"})
+    if (::access(p, X_OK) == 0) return p;
+  return {};
+}
+
+std::uint16_t free_port() {
+  asio::io_context io;
+  asio::ip::tcp::acceptor a(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+/// nats-server on a loopback port, for the test's life.
+class nats_server {
+ public:
+  explicit nats_server(const std::string& program) : port_(free_port()) {
+    const std::string port = std::to_string(port_);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      // Its log is of no use here: quiet.
+      if (int null = ::open("/dev/null", O_WRONLY); null >= 0) {
+        ::dup2(null, 1);
+        ::dup2(null, 2);
+      }
+      ::execl(program.c_str(), program.c_str(), "-a", "127.0.0.1", "-p", port.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Ready when it accepts.
+    for (int i = 0; i < 200; ++i) {
+      asio::io_context io;
+      asio::ip::tcp::socket s(io);
+      std::error_code ec;
+      s.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port_), ec);
+      if (!ec) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    FAIL("nats-server did not listen on port " << port_);
+  }
+  ~nats_server() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+  }
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  std::uint16_t port_;
+  pid_t pid_ = -1;
+};
+
+/// An io_context on a thread of its own, and a way to run something there and wait for it.
+class loop {
+ public:
+  loop() : guard_(asio::make_work_guard(io)), thread_([this] { io.run(); }) {}
+  ~loop() {
+    guard_.reset();
+    io.stop();
+    thread_.join();
+  }
+  template <class F>
+  auto run(F f) {
+    std::packaged_task<decltype(f())()> task(std::move(f));
+    auto done = task.get_future();
+    asio::post(io, [&task] { task(); });
+    return done.get();
+  }
+  asio::io_context io;
+
+ private:
+  asio::executor_work_guard<asio::io_context::executor_type> guard_;
+  std::thread thread_;
+};
+
+/// Messages an in-process subscriber got, from any thread.
+struct inbox {
+  std::mutex mutex;
+  std::vector<mb::message_ptr> got;
+  mb::engine::local_handler handler() {
+    return [this](const mb::message_ptr& m) {
+      std::lock_guard<std::mutex> lk(mutex);
+      got.push_back(m);
+    };
+  }
+  std::size_t size() {
+    std::lock_guard<std::mutex> lk(mutex);
+    return got.size();
+  }
+  /// Waits (bounded) until `n` arrived.
+  bool wait_for(std::size_t n) {
+    for (int i = 0; i < 400 && size() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return size() >= n;
+  }
+};
+
+bool have_nats_server() {
+  if (!nats_server_program().empty()) return true;
+  if (std::getenv("CI") != nullptr) FAIL("nats-server is not installed (Debian nats-server)");
+  WARN("nats-server is not installed (Debian nats-server): skipped");
+  return false;
+}
+
+/// Brokers as nodes of one cluster on `url`, started and connected.
+struct cluster_of_nodes {
+  cluster_of_nodes(loop& l, const std::string& url, std::initializer_list<const char*> names) : l_(l) {
+    for (const char* name : names) {
+      auto b = std::make_unique<node>(l.io);
+      mb::cluster::nats_options o;
+      o.servers = {url};
+      o.node = name;
+      o.prefix = "test";
+      b->cluster().configure(o);
+      // Connect blocks until nats-server answers: on this thread, not the io_context's.
+      REQUIRE_FALSE(b->connect_cluster());
+      l.run([&] {
+        b->start();
+        return 0;
+      });
+      nodes.push_back(std::move(b));
+    }
+  }
+  ~cluster_of_nodes() {
+    for (auto& b : nodes) {
+      std::promise<void> stopped;
+      auto done = stopped.get_future();
+      asio::post(l_.io, [&] { b->async_stop([&](std::error_code) { stopped.set_value(); }); });
+      done.wait();
+    }
+    nodes.clear();  // each leaves its cluster (the broker's destructor), off the io thread
+  }
+  node& operator[](std::size_t i) { return *nodes.at(i); }
+  std::vector<std::unique_ptr<node>> nodes;
+
+ private:
+  loop& l_;
+};
+
+/// A subscription reaches nats-server on the subscribing node's connection, a publish on the
+/// publisher's: a round trip on the subscriber's makes the server know it before the test publishes.
+void settle_interest(node& subscriber) { REQUIRE_FALSE(subscriber.cluster().flush(std::chrono::seconds(5))); }
+
+}  // namespace
+
+TEST_CASE("cluster::nats: a message published on one node reaches the subscribers of the others, by their filters",
+          "[cluster][nats]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  cluster_of_nodes c(l, server.url(), {"a", "b", "c"});
+  inbox on_b, on_c, elsewhere;
+  l.run([&] { return c[1].subscribe("s/+/x", on_b.handler(), qos::exactly_once); });
+  l.run([&] { return c[2].subscribe("s/#", on_c.handler(), qos::at_least_once); });
+  l.run([&] { return c[2].subscribe("other/#", elsewhere.handler(), qos::at_most_once); });
+  settle_interest(c[1]);
+  settle_interest(c[2]);
+  l.run([&] { return c[0].publish("s/1/x", "q2", qos::exactly_once, false); });
+  l.run([&] { return c[0].publish("s/2/y", "q1", qos::at_least_once, false); });
+  l.run([&] { return c[0].publish("s", "parent of #", qos::at_most_once, false); });  // [MQTT-4.7.1-2]
+  REQUIRE(on_b.wait_for(1));
+  REQUIRE(on_c.wait_for(3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // nothing more comes
+  REQUIRE(on_b.size() == 1);
+  CHECK(on_b.got[0]->topic() == "s/1/x");
+  CHECK(on_b.got[0]->payload() == "q2");
+  CHECK(on_b.got[0]->qos_level() == qos::exactly_once);
+  REQUIRE(on_c.size() == 3);
+  CHECK(on_c.got[0]->topic() == "s/1/x");
+  CHECK(on_c.got[1]->topic() == "s/2/y");
+  CHECK(on_c.got[2]->topic() == "s");
+  CHECK(elsewhere.size() == 0);
+  const auto sa = l.run([&] { return c[0].cluster().statistics(); });
+  CHECK(sa.published == 3);
+  CHECK(sa.received == 0);  // no echo: its own messages never come back
+  const auto sc = l.run([&] { return c[2].cluster().statistics(); });
+  CHECK(sc.received == 3);
+  CHECK(sc.malformed == 0);
+}
+
+TEST_CASE("cluster::nats: a node whose filters overlap gets a message once, and so do its subscribers",
+          "[cluster][nats]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  cluster_of_nodes c(l, server.url(), {"a", "b"});
+  inbox wide, narrow;
+  l.run([&] { return c[1].subscribe("d/#", wide.handler(), qos::at_most_once); });
+  l.run([&] { return c[1].subscribe("d/x", narrow.handler(), qos::at_most_once); });
+  settle_interest(c[1]);
+  for (int i = 0; i < 50; ++i) l.run([&] { return c[0].publish("d/x", std::to_string(i), qos::at_most_once, false); });
+  REQUIRE(wide.wait_for(50));
+  REQUIRE(narrow.wait_for(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(wide.size() == 50);
+  CHECK(narrow.size() == 50);
+  for (std::size_t i = 0; i < 50; ++i) CHECK(wide.got[i]->payload() == std::to_string(i));  // in order
+  const auto sb = l.run([&] { return c[1].cluster().statistics(); });
+  CHECK(sb.received == 50);
+  CHECK(sb.repeats == 50);  // each came twice, through both filters
+}
+
+TEST_CASE("cluster::nats: a node that loses its last subscriber to a filter stops getting its messages",
+          "[cluster][nats]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  cluster_of_nodes c(l, server.url(), {"a", "b"});
+  inbox got;
+  const auto id = l.run([&] { return c[1].subscribe("u/+", got.handler(), qos::at_most_once); });
+  settle_interest(c[1]);
+  l.run([&] { return c[0].publish("u/1", "wanted", qos::at_most_once, false); });
+  REQUIRE(got.wait_for(1));
+  l.run([&] { return c[1].unsubscribe(id); });
+  CHECK(l.run([&] { return c[1].cluster().statistics().subscriptions; }) == 0);
+  settle_interest(c[1]);
+  l.run([&] { return c[0].publish("u/2", "not wanted", qos::at_most_once, false); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(l.run([&] { return c[1].cluster().statistics().received; }) == 1);
+}
