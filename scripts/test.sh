@@ -168,6 +168,10 @@ fi
 if [[ "$tsan_help" == *mqttbroker_passwd* ]]; then
   tsan_targets+=(mqttbroker_passwd)
 fi
+# The cluster's tests, where nats.c made mqttbroker::nats (its threads deliver to the brokers).
+if [[ "$tsan_help" == *mqttbroker_cluster_tests* ]]; then
+  tsan_targets+=(mqttbroker_cluster_tests)
+fi
 cmake --build build/tsan -j "$JOBS" --target "${tsan_targets[@]}"
 (
   export "${TSAN_ENV[@]}"

@@ -124,6 +124,7 @@ class nats {
     natsOptions* nopts_groups = nullptr;
     natsConnection* routes = nullptr;
     natsConnection* groups = nullptr;
+    std::atomic<natsConnection*> publishing{nullptr};  // `routes` once started: publish() reads it
     inbound in;
     std::uint64_t incarnation = 0;
     std::atomic<std::uint64_t> next_seq{0};
@@ -131,6 +132,9 @@ class nats {
     std::mutex mutex;  // what follows
     std::condition_variable idle;
     int running = 0;       // callbacks inside the inbound handlers
+    // nats.c calls back on threads of its own, also after a close: a subscription until its
+    // completion callback, a connection until its closed callback. The state goes after both.
+    int live_subscriptions = 0, live_connections = 0;
     bool started = false;  // start() succeeded and stop() has not run
     bool stopped = false;
     /// This node's filters and their NATS subscriptions (none while not started).
@@ -152,25 +156,36 @@ class nats {
     ~state() { close(); }
 
     std::error_code start(asio::any_io_executor ex, inbound i) {
-      std::lock_guard<std::mutex> lk(mutex);
-      if (started) return std::make_error_code(std::errc::already_connected);
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (started || routes != nullptr) return std::make_error_code(std::errc::already_connected);
+      }
+      // Connecting blocks: without the lock, which the engine's interest() takes.
       map = subject_map(opts.prefix);
       in = std::move(i);
       incarnation = std::random_device{}();
       incarnation = (incarnation << 32) ^ std::random_device{}();
       loop = std::make_unique<nats_event_loop>(std::move(ex));
-      if (auto ec = make_options(nopts_routes, true)) return fail(ec);
-      if (auto ec = make_options(nopts_groups, false)) return fail(ec);
-      if (auto ec = make_nats_error(natsConnection_Connect(&routes, nopts_routes))) return fail(ec);
-      if (auto ec = make_nats_error(natsConnection_Connect(&groups, nopts_groups))) return fail(ec);
+      std::error_code ec = make_options(nopts_routes, true);
+      if (!ec) ec = make_options(nopts_groups, false);
+      for (auto c : {std::make_pair(&routes, nopts_routes), std::make_pair(&groups, nopts_groups)}) {
+        if (ec) break;
+        ec = make_nats_error(natsConnection_Connect(c.first, c.second));
+        if (!ec) {
+          std::lock_guard<std::mutex> lk(mutex);
+          ++live_connections;
+        }
+      }
+      if (ec) {
+        close();
+        return ec;
+      }
+      std::lock_guard<std::mutex> lk(mutex);
       started = true;
       stopped = false;
       for (auto& f : filters) subscribe(f.first, f.second);
+      publishing.store(routes, std::memory_order_release);
       return {};
-    }
-    std::error_code fail(std::error_code ec) {
-      close();
-      return ec;
     }
 
     std::error_code make_options(natsOptions*& o, bool no_echo) {
@@ -188,6 +203,7 @@ class nats {
       if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(o, &on_disconnected, this);
       if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, &on_reconnected, this);
       if (s == NATS_OK) s = natsOptions_SetErrorHandler(o, &on_error, this);
+      if (s == NATS_OK) s = natsOptions_SetClosedCB(o, &on_closed, this);
       if (s == NATS_OK) s = loop->install(o);
       return make_nats_error(s);
     }
@@ -201,6 +217,7 @@ class nats {
       close();
     }
     void close() {
+      publishing.store(nullptr, std::memory_order_release);
       std::map<std::string, std::vector<natsSubscription*>, std::less<>> subs;
       {
         std::lock_guard<std::mutex> lk(mutex);
@@ -210,10 +227,15 @@ class nats {
       }
       for (auto& f : subs)
         for (natsSubscription* s : f.second) natsSubscription_Destroy(s);
+      for (natsConnection* c : {routes, groups})
+        if (c != nullptr) natsConnection_Close(c);
+      {
+        // Bounded: a nats.c that never called back would otherwise hang the host's exit.
+        std::unique_lock<std::mutex> lk(mutex);
+        idle.wait_for(lk, std::chrono::seconds(10), [&] { return live_subscriptions == 0 && live_connections == 0; });
+      }
       for (natsConnection** c : {&routes, &groups}) {
-        if (*c == nullptr) continue;
-        natsConnection_Close(*c);
-        natsConnection_Destroy(*c);
+        if (*c != nullptr) natsConnection_Destroy(*c);
         *c = nullptr;
       }
       for (natsOptions** o : {&nopts_routes, &nopts_groups}) {
@@ -233,14 +255,15 @@ class nats {
     // ---- out
 
     void publish(const message& m) {
-      if (routes == nullptr) return;  // not started: a node alone
+      natsConnection* const c = publishing.load(std::memory_order_acquire);
+      if (c == nullptr) return;  // not started: a node alone
       thread_local std::string subject, body;
       subject.clear();
       map.append_subject(subject, m.topic());
       body.clear();
       encode(body, m);
       const natsStatus s =
-          natsConnection_Publish(routes, subject.c_str(), body.data(), static_cast<int>(body.size()));
+          natsConnection_Publish(c, subject.c_str(), body.data(), static_cast<int>(body.size()));
       (s == NATS_OK ? published : publish_failed).fetch_add(1, std::memory_order_relaxed);
     }
 
@@ -306,6 +329,7 @@ class nats {
                                      : natsConnection_Subscribe(&s, routes, subject.c_str(), &on_message, this);
         if (st != NATS_OK) continue;  // the connection is closed: stop() is near
         natsSubscription_SetPendingLimits(s, opts.max_pending_messages, -1);
+        if (natsSubscription_SetOnCompleteCB(s, &on_subscription_done, this) == NATS_OK) ++live_subscriptions;
         subs.push_back(s);
         if (shared) group_of.emplace(s, filter);
       }
@@ -426,6 +450,18 @@ class nats {
     }
     static void on_reconnected(natsConnection*, void* closure) {
       static_cast<state*>(closure)->reconnects.fetch_add(1, std::memory_order_relaxed);
+    }
+    static void on_closed(natsConnection*, void* closure) {
+      auto* st = static_cast<state*>(closure);
+      st->gone(st->live_connections);
+    }
+    static void on_subscription_done(void* closure) {
+      auto* st = static_cast<state*>(closure);
+      st->gone(st->live_subscriptions);
+    }
+    void gone(int& count) {
+      std::lock_guard<std::mutex> lk(mutex);
+      if (--count == 0) idle.notify_all();
     }
     static void on_error(natsConnection*, natsSubscription*, natsStatus, void*) {
       // Slow consumers are counted from the subscriptions themselves (statistics()).
