@@ -14,11 +14,13 @@ RUN_PACKAGES="g++ cmake make libasio-dev libfmt-dev libcli11-dev libsqlite3-dev"
 # the scraper of the metrics test; pkgconf
 # for the pkg-config test of the install; for
 # tests/packaging/: ninja-build and libcurl4-openssl-dev build the vcpkg tool and its ports, and
-# Conan (a Python program, unpacked from ../shared/tools/packaging/) runs on Debian's Python modules.
+# Conan (a Python program, unpacked from ../shared/tools/packaging/) runs on Debian's Python modules;
+# libnats-dev (nats.c 3.4) and nats-server (2.9, with JetStream) for the cluster policy and its tests.
 TEST_PACKAGES="python3 catch2 libssl-dev openssl libbenchmark-dev clang libclang-rt-14-dev mosquitto mosquitto-clients
   python3-paho-mqtt nodejs npm chromium pkgconf ninja-build libcurl4-openssl-dev curl
   python3-requests python3-urllib3 python3-yaml python3-jinja2 python3-fasteners python3-distro
-  python3-dateutil python3-colorama python3-patch-ng"
+  python3-dateutil python3-colorama python3-patch-ng
+  libnats-dev nats-server"
 
 # scripts/cross.sh: Debian's cross toolchains, the target's fmt through multiarch (which brings the
 # target's libc, the root qemu-user runs the binaries in), and qemu-user. armhf and arm64 are the

@@ -167,6 +167,8 @@ struct config_settings {
   std::optional<std::string> password_file;             // Mosquitto 2.0's format (mosquitto_passwd)
   std::optional<std::string> acl_file;                  // Mosquitto's format: user, topic, pattern lines
   std::optional<std::string> metrics_listener;          // this server's own: [ADDRESS:]PORT for Prometheus
+  std::optional<std::string> cluster;                   // this server's own: NATS URLs, comma-separated (--cluster)
+  std::optional<std::string> cluster_node;              // this server's own: the node's name (--cluster-node)
   // Logging, as Mosquitto's lines say it; each log_dest and log_type line adds one.
   std::vector<std::string> log_dest;       // "stderr", "stdout", "syslog", "none", or "file PATH"
   std::vector<std::string> log_type;       // error, warning, notice, information, debug, subscribe, unsubscribe, websockets, all, none
@@ -739,6 +741,11 @@ class config_reader {
         (name == "acl_file" ? current().acl_file : current().password_file).emplace(rest);
       }
       auth_lines_ = true;
+    } else if (name == "cluster" || name == "cluster_node") {
+      if (rest.empty())
+        fail(config_errc::missing_value, fmt::format("'{}' needs a value", name));
+      else
+        (name == "cluster" ? o.cluster : o.cluster_node).emplace(rest);
     } else if (name == "password_file" || name == "acl_file" || name == "metrics_listener") {
       if (name != "metrics_listener") auth_lines_ = true;
       if (rest.empty())

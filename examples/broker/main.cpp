@@ -11,6 +11,9 @@
 #if MQTTBROKER_EXAMPLE_SQLITE
 #include <mqttbroker/storage/sqlite.hpp>  // mqttbroker::sqlite (SQLite 3): --persistence
 #endif
+#if MQTTBROKER_EXAMPLE_NATS
+#include <mqttbroker/cluster/nats.hpp>  // mqttbroker::nats (nats.c): --cluster
+#endif
 #if MQTTBROKER_EXAMPLE_PASSWORDS
 #include <mqttbroker/auth/password_file.hpp>  // mqttbroker::auth (OpenSSL's libcrypto): --password-file
 #endif
@@ -22,6 +25,7 @@
 #include <fmt/core.h>
 
 #include <syslog.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -228,6 +232,23 @@ struct mt_store_policies : mt_policies {
   using storage = mqttbroker::storage::sqlite;
 };
 #endif
+
+#if MQTTBROKER_EXAMPLE_NATS
+// --cluster: the memory bundles as nodes of a cluster on NATS.
+struct st_cluster_policies : st_policies {
+  using cluster = mqttbroker::cluster::nats;
+};
+struct mt_cluster_policies : mt_policies {
+  using cluster = mqttbroker::cluster::nats;
+};
+#endif
+
+/// --cluster and --cluster-node: NATS servers (comma-separated URLs; empty: a broker alone) and
+/// this node's name in the cluster.
+struct cluster_settings {
+  std::string servers;
+  std::string node;
+};
 
 /// --persistence and its settings; an empty folder keeps everything in memory.
 struct persistence_settings {
@@ -613,7 +634,7 @@ bool load(access_rules& r) {
 
 template <class Broker>
 int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, const std::vector<listener_plan>& plans,
-          unsigned threads, const persistence_settings& store) {
+          unsigned threads, const persistence_settings& store, const cluster_settings& cluster) {
   asio::io_context io(static_cast<int>(threads));
   logging_hooks with_timers = hooks;
 #if MQTTBROKER_EXAMPLE_PASSWORDS
@@ -637,6 +658,29 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   }
 #else
   (void)store;  // built without SQLite: memory storage only
+#endif
+#if MQTTBROKER_EXAMPLE_NATS
+  if constexpr (Broker::engine_type::clustered) {
+    mqttbroker::cluster::nats_options o;
+    o.servers.clear();
+    for (std::size_t at = 0; at <= cluster.servers.size();) {
+      const std::size_t comma = std::min(cluster.servers.find(',', at), cluster.servers.size());
+      if (comma > at) o.servers.push_back(cluster.servers.substr(at, comma - at));
+      at = comma + 1;
+    }
+    o.node = cluster.node;
+    broker.cluster().configure(std::move(o));
+    // Before the io_context runs: the first connection blocks until NATS answers.
+    if (const std::error_code ec = broker.connect_cluster()) {
+      say(level::error, "cluster: cannot reach NATS at {}: {}", cluster.servers, ec.message());
+      return 1;
+    }
+    say(level::info, "cluster: node {} on NATS {}", cluster.node, cluster.servers);
+  } else {
+    (void)cluster;
+  }
+#else
+  (void)cluster;  // built without nats.c: a broker alone
 #endif
   opened listeners;
   for (const listener_plan& p : plans)
@@ -743,6 +787,15 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
         say(level::info, "storage: {} commits, {} changes written, {} undone in their own batch", w.commits,
             w.changes_written, w.changes_undone);
       }
+#if MQTTBROKER_EXAMPLE_NATS
+      if constexpr (Broker::engine_type::clustered) {
+        const auto c = broker.cluster().statistics();
+        say(level::info,
+            "cluster: {} messages sent to other nodes ({} not sent), {} received ({} repeats, {} malformed, {} dropped "
+            "as slow), {} disconnects, {} reconnects",
+            c.published, c.publish_failed, c.received, c.repeats, c.malformed, c.dropped, c.disconnects, c.reconnects);
+      }
+#endif
       io.stop();
     });
   });
@@ -908,6 +961,12 @@ int main(int argc, char** argv) {
                  "let clients without a user name connect (true/false; default: false with a password file, "
                  "else true) [allow_anonymous]");
 #endif
+  cluster_settings cluster;
+  app.add_option("--cluster", cluster.servers,
+                 "join a cluster: other brokers on the same NATS servers (nats://HOST:PORT[,...]) act with this one "
+                 "as one broker [cluster]");
+  app.add_option("--cluster-node", cluster.node,
+                 "this node's name in the cluster, unique in it (default: HOST-PID) [cluster_node]");
   app.add_option("--metrics", metrics_at,
                  "serve Prometheus' text format on http://[ADDRESS:]PORT/metrics (ADDRESS 0.0.0.0 when left out; "
                  "[::1]:9100 for IPv6) [metrics_listener]");
@@ -956,7 +1015,8 @@ int main(int argc, char** argv) {
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
       "  max_total_queued_bytes, max_connections_per_address, max_connection_rate_per_address,\n"
       "  connection_burst_per_address and max_publish_rate are this server's own (admission control),\n"
-      "  and metrics_listener [ADDRESS:]PORT is --metrics.\n"
+      "  and metrics_listener [ADDRESS:]PORT is --metrics, cluster URLS and cluster_node NAME are\n"
+      "  --cluster and --cluster-node.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
       "  password_file, acl_file and allow_anonymous are --password-file, --acl-file and --allow-anonymous.\n"
       "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
@@ -1005,6 +1065,8 @@ int main(int argc, char** argv) {
     if (file.password_file && !given("--password-file")) password_path = *file.password_file;
     if (file.acl_file && !given("--acl-file")) acl_path = *file.acl_file;
     if (file.metrics_listener && !given("--metrics")) metrics_at = *file.metrics_listener;
+    if (file.cluster && !given("--cluster")) cluster.servers = *file.cluster;
+    if (file.cluster_node && !given("--cluster-node")) cluster.node = *file.cluster_node;
     if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
     per_listener_settings = file.per_listener_settings;
@@ -1076,15 +1138,41 @@ int main(int argc, char** argv) {
   hooks.for_each_rules([&](access_rules& r) { hooks.any_acl = hooks.any_acl || r.acl.has_value(); });
   for (const std::string& w : warnings) say(level::warning, "{}", w);
 
-  try {
-#if MQTTBROKER_EXAMPLE_SQLITE
+  if (!cluster.servers.empty()) {
+#if MQTTBROKER_EXAMPLE_NATS
     if (!store.folder.empty()) {
-      if (threads == 1) return serve<mqttbroker::broker<st_store_policies>>(opts, hooks, plans, threads, store);
-      return serve<mqttbroker::broker<mt_store_policies>>(opts, hooks, plans, threads, store);
+      // The cluster keeps its nodes' shared state in NATS; a node's own store beside it is not
+      // supported (yet).
+      fmt::print(stderr, "mqttbroker: --cluster and --persistence cannot be combined\n");
+      return 1;
+    }
+    if (cluster.node.empty()) {
+      char host[256] = {};
+      if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "node");
+      cluster.node = fmt::format("{}-{}", host, ::getpid());
+    }
+#else
+    fmt::print(stderr, "mqttbroker: --cluster needs a server built with nats.c (Debian libnats-dev)\n");
+    return 1;
+#endif
+  }
+
+  try {
+#if MQTTBROKER_EXAMPLE_NATS
+    if (!cluster.servers.empty()) {
+      if (threads == 1) return serve<mqttbroker::broker<st_cluster_policies>>(opts, hooks, plans, threads, store, cluster);
+      return serve<mqttbroker::broker<mt_cluster_policies>>(opts, hooks, plans, threads, store, cluster);
     }
 #endif
-    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, plans, threads, store);
-    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, plans, threads, store);
+#if MQTTBROKER_EXAMPLE_SQLITE
+    if (!store.folder.empty()) {
+      if (threads == 1)
+        return serve<mqttbroker::broker<st_store_policies>>(opts, hooks, plans, threads, store, cluster);
+      return serve<mqttbroker::broker<mt_store_policies>>(opts, hooks, plans, threads, store, cluster);
+    }
+#endif
+    if (threads == 1) return serve<mqttbroker::broker<st_policies>>(opts, hooks, plans, threads, store, cluster);
+    return serve<mqttbroker::broker<mt_policies>>(opts, hooks, plans, threads, store, cluster);
   } catch (const std::exception& e) {
     say(level::error, "{}", e.what());
     return 1;

@@ -1,0 +1,198 @@
+"""Brokers as one over NATS (--cluster, cluster::nats): three nats-server processes clustered on
+loopback, started here, and three broker nodes, one on each; paho clients on different nodes.
+NATS tells its servers of a new subscription asynchronously, so before a test's messages go out
+it waits until probes published on the publisher's node reach the subscriber on the other: after
+that, the route is known."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import unittest
+
+import harness as h
+from harness import V311, V5
+
+
+def nats_server_program():
+    found = shutil.which("nats-server")
+    if not found:
+        h._client_missing("nats-server (Debian nats-server)")
+    return found
+
+
+def wait_for_port(port):
+    deadline = time.monotonic() + h.WAIT
+    while True:
+        try:
+            socket.create_connection((h.HOST, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError("nats-server did not listen on %d within %.0f s" % (port, h.WAIT))
+            time.sleep(0.05)
+
+
+class NatsCluster:
+    """`n` nats-server processes on loopback, routed to each other into one cluster."""
+
+    def __init__(self, n=3):
+        program = nats_server_program()
+        self.client_ports = [h.free_port() for _ in range(n)]
+        cluster_ports = [h.free_port() for _ in range(n)]
+        self.procs = []
+        for i in range(n):
+            routes = ",".join("nats://127.0.0.1:%d" % p for j, p in enumerate(cluster_ports) if j != i)
+            args = [program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
+                    "--cluster_name", "mqttbroker-test", "--cluster", "nats://127.0.0.1:%d" % cluster_ports[i],
+                    "--routes", routes]
+            self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL, preexec_fn=h._die_with_parent))
+        for port in self.client_ports:
+            wait_for_port(port)
+
+    def url(self, i):
+        return "nats://127.0.0.1:%d" % self.client_ports[i]
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=h.WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Cluster(unittest.TestCase):
+    """Three nodes: node i on nats-server i."""
+
+    def setUp(self):
+        if not os.environ.get("MQTTBROKER_IT_CLUSTER"):
+            raise unittest.SkipTest("the server was built without nats.c (no --cluster)")
+        self.nats = NatsCluster(3)
+        self.addCleanup(self.nats.stop)
+        self.nodes = []
+        self._clients = []
+        for i, name in enumerate("abc"):
+            b = h.Broker("--cluster", self.nats.url(i), "--cluster-node", name)
+            self.nodes.append(b)
+        self.addCleanup(self._finish)
+
+    def _finish(self):
+        for c in reversed(self._clients):
+            try:
+                c.close()
+            except Exception:
+                pass
+        for b in self.nodes:
+            crashed = not b.alive()
+            status = b.stop()
+            h.assert_no_sanitizer_report(self, b.all_lines(), "a broker node")
+            if crashed or status != 0:
+                self.fail("a node ended badly (status %s); log:\n%s" % (status, b.log()))
+
+    def client(self, node, client_id, version=V311, **kw):
+        c = h.PahoClient(self.nodes[node].port, client_id, version, **kw)
+        self._clients.append(c)
+        return c
+
+    def wait_route(self, publisher, subscriber, topic):
+        """Publishes probes on `topic` until `subscriber` gets one; drains the rest."""
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            publisher.publish(topic, b"probe", 0)
+            try:
+                m = subscriber.messages.get(timeout=0.1)
+                if m.payload == b"probe":
+                    break
+            except h.queue.Empty:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("no probe on %s crossed the cluster within %.0f s" % (topic, h.WAIT))
+        time.sleep(0.2)  # the probes still on their way
+        while not subscriber.messages.empty():
+            self.assertEqual(subscriber.messages.get().payload, b"probe")
+
+    def test_publish_on_one_node_reaches_the_others_at_each_qos(self):
+        """QoS 0, 1 and 2 published on node a reach wildcard subscribers on b and c with the QoS
+        of min(message, subscription) [MQTT-3.8.4-6], in order, each once; a subscriber on b whose
+        filter does not match gets nothing."""
+        on_b = self.client(1, "on-b", V5)
+        on_c = self.client(2, "on-c", V311)
+        other = self.client(1, "other", V311)
+        self.assertEqual(on_b.subscribe("cl/+/x", 2), [2])
+        self.assertEqual(on_c.subscribe("cl/#", 1), [1])
+        self.assertEqual(other.subscribe("elsewhere/#", 2), [2])
+        pub = self.client(0, "pub", V311)
+        self.wait_route(pub, on_b, "cl/probe/x")
+        self.wait_route(pub, on_c, "cl/probe")
+        sent = [("cl/%d/x" % i, b"m%d" % i, i % 3) for i in range(30)]
+        for topic, payload, q in sent:
+            pub.publish(topic, payload, q)
+        got_b = [(m.topic, m.payload, m.qos) for m in on_b.get_n(30)]
+        got_c = [(m.topic, m.payload, m.qos) for m in on_c.get_n(30)]
+        # Each once; in the order published among those of one QoS (a QoS 2 message is routed
+        # when it arrives, on any node, but another QoS does not wait for it).
+        self.assertEqual(sorted(got_b), sorted(sent))
+        self.assertEqual(sorted(got_c), sorted((t, p, min(q, 1)) for t, p, q in sent))
+        for q in (0, 1, 2):
+            self.assertEqual([m for m in got_b if int(m[1][1:]) % 3 == q], [m for m in sent if m[2] == q])
+            self.assertEqual([m[:2] for m in got_c if int(m[1][1:]) % 3 == q], [m[:2] for m in sent if m[2] == q])
+        on_b.assert_nothing(0.3)
+        on_c.assert_nothing(0.1)
+        other.assert_nothing(0.1)
+
+    def test_shared_group_across_nodes_gets_each_message_once(self):
+        """A shared group with a member on each node: 60 messages published on node a go to one
+        member each, in the whole cluster [MQTT-4.8.2-2]."""
+        members = [self.client(i, "member-%d" % i, V5) for i in range(3)]
+        for m in members:
+            self.assertEqual(m.subscribe("$share/g/work/#", 1), [1])
+        pub = self.client(0, "producer", V5)
+        # A probe reaches some member once every node's queue subscription is known: publish
+        # probes until one arrives, then the rest are drained and not counted.
+        deadline = time.monotonic() + h.WAIT
+        seen = False
+        while not seen:
+            pub.publish("work/probe", b"probe", 0)
+            time.sleep(0.05)
+            seen = any(not m.messages.empty() for m in members)
+            if time.monotonic() > deadline:
+                raise AssertionError("no probe reached a member within %.0f s" % h.WAIT)
+        time.sleep(0.3)
+        for m in members:
+            while not m.messages.empty():
+                m.messages.get()
+        for i in range(60):
+            pub.publish("work/%d" % (i % 5), b"%d" % i, 1)
+        deadline = time.monotonic() + h.WAIT
+        got = []
+        while len(got) < 60 and time.monotonic() < deadline:
+            for m in members:
+                try:
+                    got.append(int(m.messages.get(timeout=0.02).payload))
+                except h.queue.Empty:
+                    pass
+        time.sleep(0.3)
+        for m in members:
+            while not m.messages.empty():
+                got.append(int(m.messages.get().payload))
+        self.assertEqual(sorted(got), list(range(60)))  # each once, none twice
+
+    def test_mosquitto_clients_across_nodes(self):
+        """mosquitto_sub on node c gets, at QoS 1, what mosquitto_pub sends on node a."""
+        probe_sub = self.client(2, "probe-sub", V311)
+        self.assertEqual(probe_sub.subscribe("mq/#", 0), [0])
+        probe_pub = self.client(0, "probe-pub", V311)
+        self.wait_route(probe_pub, probe_sub, "mq/probe")
+        sub = h.MosquittoSub(self.nodes[2].port, "mq/t", qos=1, version=V5)
+        self._clients.append(sub)
+        h.mosquitto_pub(self.nodes[0].port, "mq/t", "across", qos=1, version=V5)
+        self.assertEqual(sub.get(), (1, 0, "mq/t", "across"))
+
+if __name__ == "__main__":
+    h.main()
