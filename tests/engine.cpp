@@ -225,7 +225,8 @@ class world {
     return l;
   }
 
-  void subscribe(fake_link& l, const std::string& filter, qos q, std::uint16_t id = 1) {
+  /// A SUBSCRIBE to `filter`; what comes back is the test's to read.
+  void send_subscribe(fake_link& l, const std::string& filter, qos q, std::uint16_t id = 1) {
     codec::subscribe s;
     s.packet_id = id;
     codec::subscribe_entry e;
@@ -233,6 +234,10 @@ class world {
     e.options.max_qos = q;
     s.entries.push_back(e);
     feed(l, s);
+  }
+
+  void subscribe(fake_link& l, const std::string& filter, qos q, std::uint16_t id = 1) {
+    send_subscribe(l, filter, q, id);
     if constexpr (engine_type::durable) {
       // A kept session's SUBACK waits for the commit of its subscription: let it be durable.
       engine.storage_committed(engine.storage().tickets);
@@ -1965,13 +1970,7 @@ TEST_CASE("storage: SUBSCRIBE of a kept session: recorded, SUBACK after the comm
   durable_world w;
   auto& l = w.connected(hello("s", false));
   CHECK(w.engine.storage().take() == lines{"save_session s 604800"});  // 3.1.1 Clean Session 0: the broker's default
-  codec::subscribe s;
-  s.packet_id = 4;
-  codec::subscribe_entry e;
-  e.filter = "a/+";
-  e.options.max_qos = qos::at_least_once;
-  s.entries.push_back(e);
-  w.feed(l, s);
+  w.send_subscribe(l, "a/+", qos::at_least_once, 4);
   codec::unsubscribe u;
   u.packet_id = 5;
   u.filters.push_back("other");
@@ -3232,4 +3231,28 @@ TEST_CASE("engine: in a cluster a shared group gets only what the cluster chose 
   w.run_events();
   CHECK(m1.received().size() + m2.received().size() == 1);
   CHECK_FALSE(w.engine.deliver_to_group("$share/other/s", w.engine.cluster().published[0], w.now));
+}
+
+TEST_CASE("engine: the cluster's retained messages go into this node's retained store, cleared by an empty one",
+          "[engine][cluster][MQTT-3.3.1-6][MQTT-3.3.1-10]") {
+  world<clustered_policies> w;
+  auto& live = w.connected(hello("live"));
+  w.subscribe(live, "k/#", qos::at_least_once);
+  w.engine.retained_from_cluster(mb::message::make("k/1", "kept", qos::at_least_once, true), w.now);
+  w.run_events();
+  CHECK(live.received().empty());  // kept, not routed: it reached the subscribers as it went by
+  auto& later = w.connected(hello("later"));
+  w.send_subscribe(later, "k/#", qos::at_least_once);
+  const auto got = later.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].type == SUBACK);
+  CHECK(got[1].type == PUBLISH);
+  CHECK(got[1].topic == "k/1");
+  CHECK(got[1].payload == "kept");
+  CHECK(got[1].retain);  // [MQTT-3.3.1-8]
+  w.engine.retained_from_cluster(mb::message::make("k/1", "", qos::at_most_once, true), w.now);
+  auto& last = w.connected(hello("last"));
+  w.subscribe(last, "k/#", qos::at_least_once);
+  CHECK(last.received().empty());
+  CHECK(w.engine.cluster().published.empty());  // nothing went back to the cluster
 }

@@ -248,6 +248,7 @@ struct mt_cluster_policies : mt_policies {
 struct cluster_settings {
   std::string servers;
   std::string node;
+  int replicas = 1;  // the retained messages' bucket's copies (JetStream replicas)
 };
 
 /// --persistence and its settings; an empty folder keeps everything in memory.
@@ -669,6 +670,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
       at = comma + 1;
     }
     o.node = cluster.node;
+    o.replicas = cluster.replicas;
     broker.cluster().configure(std::move(o));
     // Before the io_context runs: the first connection blocks until NATS answers.
     if (const std::error_code ec = broker.connect_cluster()) {
@@ -967,6 +969,10 @@ int main(int argc, char** argv) {
                  "as one broker [cluster]");
   app.add_option("--cluster-node", cluster.node,
                  "this node's name in the cluster, unique in it (default: HOST-PID) [cluster_node]");
+  app.add_option("--cluster-replicas", cluster.replicas,
+                 "copies the NATS servers keep of the cluster's retained messages (JetStream replicas; "
+                 "3 for a three-server NATS cluster) [cluster_replicas]")
+      ->check(CLI::Range(1, 5));
   app.add_option("--metrics", metrics_at,
                  "serve Prometheus' text format on http://[ADDRESS:]PORT/metrics (ADDRESS 0.0.0.0 when left out; "
                  "[::1]:9100 for IPv6) [metrics_listener]");
@@ -1015,8 +1021,8 @@ int main(int argc, char** argv) {
       "  Broker-wide lines: those named above, and message_size_limit (read as max_packet_size), include_dir.\n"
       "  max_total_queued_bytes, max_connections_per_address, max_connection_rate_per_address,\n"
       "  connection_burst_per_address and max_publish_rate are this server's own (admission control),\n"
-      "  and metrics_listener [ADDRESS:]PORT is --metrics, cluster URLS and cluster_node NAME are\n"
-      "  --cluster and --cluster-node.\n"
+      "  and metrics_listener [ADDRESS:]PORT is --metrics; cluster URLS, cluster_node NAME and\n"
+      "  cluster_replicas N are --cluster, --cluster-node and --cluster-replicas.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
       "  password_file, acl_file and allow_anonymous are --password-file, --acl-file and --allow-anonymous.\n"
       "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
@@ -1067,6 +1073,7 @@ int main(int argc, char** argv) {
     if (file.metrics_listener && !given("--metrics")) metrics_at = *file.metrics_listener;
     if (file.cluster && !given("--cluster")) cluster.servers = *file.cluster;
     if (file.cluster_node && !given("--cluster-node")) cluster.node = *file.cluster_node;
+    if (file.cluster_replicas && !given("--cluster-replicas")) cluster.replicas = *file.cluster_replicas;
     if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
     per_listener_settings = file.per_listener_settings;

@@ -8185,10 +8185,12 @@ MQTTBROKER_END_NAMESPACE
 //     calls it.
 //
 // The broker gives what comes back to the engine (engine::core) as inputs on its own threads:
-// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, and not
-// published again); deliver_to_group(group_filter, m, now) gives a message to one member of this
-// node's shared group, which the cluster chose for it. With a cluster, shared groups are fed only
-// that way: the cluster picks the node (NATS's queue groups), the node its member.
+// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, not kept as
+// retained, and not published again); deliver_to_group(group_filter, m, now) gives a message to
+// one member of this node's shared group, which the cluster chose for it;
+// retained_from_cluster(m, now) keeps the cluster's retained message for the node's new
+// subscriptions. With a cluster, shared groups are fed only that way: the cluster picks the node
+// (NATS's queue groups), the node its member.
 
 
 #include <functional>
@@ -8208,6 +8210,9 @@ struct inbound {
   std::function<void(message_ptr)> route;
   /// A message for this node's shared group `group_filter` (`$share/{ShareName}/{filter}`).
   std::function<void(std::string_view group_filter, message_ptr)> to_group;
+  /// The cluster's retained message for its topic (an empty payload: none any more), for this
+  /// node's retained store; optional for a cluster that keeps no retained messages.
+  std::function<void(message_ptr)> retained;
 };
 
 namespace detail {
@@ -8592,6 +8597,19 @@ class core {
     hot_.received[qos_index(m->qos_level())].fetch_add(1);
     deliver_shared(*it->second, m, nullptr, nullptr, now);
     return true;
+  }
+  /// The cluster's retained message for its topic, as the cluster keeps it for every node (set,
+  /// or with an empty payload cleared): into this node's retained store, for the subscriptions
+  /// that come; not routed (the message itself reached the subscribers as it went by).
+  void retained_from_cluster(message_ptr m, steady_time now) {
+    m = arrived(std::move(m), now);
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    if (retained_fits(*m)) retained_.set(std::move(m));
+  }
+  /// Whether `m` may go into the retained store: a clearing, a replacement, or one more within
+  /// max_retained_messages. state_mutex_ held.
+  bool retained_fits(const message& m) const {
+    return m.payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m.topic());
   }
   /// A message from another node, its Message Expiry Interval (which travels in its properties)
   /// counted on this node's clock from its arrival: the hop's time is not taken off.
@@ -9293,7 +9311,7 @@ class core {
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (m->retain() && !remote) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
-        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic())) {
+        if (retained_fits(*m)) {
           retained_.set(m);
           // Stored whatever its QoS; no acknowledgement waits for it.
           if (m->payload().empty())
@@ -13941,6 +13959,7 @@ class broker {
       : io_(io),
         ex_(std::move(ex)),
         control_ex_(locking_type::make_strand(ex_)),
+        cluster_ex_(engine_type::clustered ? asio::any_io_executor(locking_type::make_strand(ex_)) : ex_),
         ctx_(std::move(opts), std::move(hooks), std::move(clk)),
         sweep_timer_(ctx_.clock.make_timer(control_ex_)),
         will_timer_(ctx_.clock.make_timer(control_ex_)) {
@@ -13959,6 +13978,15 @@ class broker {
         });
       }
     }
+  }
+
+  /// Runs `f(engine, now)` on the broker's executor, unless the broker is gone by then: an input
+  /// from another thread (the cluster's), on one strand, in order.
+  template <class F>
+  void post_to_engine(F f) {
+    asio::post(cluster_ex_, [this, alive = std::weak_ptr<void>(alive_), f = std::move(f)]() mutable {
+      if (alive.lock()) f(ctx_.engine_, now());
+    });
   }
 
   /// Runs a storage report: at once where the engine's state has real locks; otherwise on the
@@ -14012,15 +14040,16 @@ class broker {
   std::error_code connect_cluster() {
     static_assert(engine_type::clustered, "mqttbroker: connect_cluster() needs Policies::cluster");
     cluster::inbound in;
-    in.route = [this, alive = std::weak_ptr<void>(alive_)](message_ptr m) {
-      asio::post(ex_, [this, alive, m = std::move(m)]() mutable {
-        if (alive.lock()) ctx_.engine_.route_from_cluster(std::move(m), now());
+    in.route = [this](message_ptr m) {
+      post_to_engine([m = std::move(m)](engine_type& e, time_point t) mutable { e.route_from_cluster(std::move(m), t); });
+    };
+    in.to_group = [this](std::string_view group_filter, message_ptr m) {
+      post_to_engine([g = std::string(group_filter), m = std::move(m)](engine_type& e, time_point t) mutable {
+        e.deliver_to_group(g, std::move(m), t);
       });
     };
-    in.to_group = [this, alive = std::weak_ptr<void>(alive_)](std::string_view group_filter, message_ptr m) {
-      asio::post(ex_, [this, alive, g = std::string(group_filter), m = std::move(m)] {
-        if (alive.lock()) ctx_.engine_.deliver_to_group(g, m, now());
-      });
+    in.retained = [this](message_ptr m) {
+      post_to_engine([m = std::move(m)](engine_type& e, time_point t) mutable { e.retained_from_cluster(std::move(m), t); });
     };
     return ctx_.engine_.cluster().start(ex_, std::move(in));
   }
@@ -14486,6 +14515,9 @@ class broker {
   asio::io_context* io_;  // when built from an io_context
   asio::any_io_executor ex_;
   asio::any_io_executor control_ex_;  // the locking policy's strand (locking::shared: an asio::strand)
+  // What the cluster brings, in the order it came: one origin's messages to a topic stay in
+  // order [MQTT-4.6.0-6] on a broker with several threads too.
+  asio::any_io_executor cluster_ex_;
   std::shared_ptr<void> alive_ = std::make_shared<char>();  // what storage reports queued on control_ex_ check
   context ctx_;
   // Per source address, from ctx_'s options; shared with the tickets of the connections it admits.

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -42,11 +43,13 @@ class NatsCluster:
         self.client_ports = [h.free_port() for _ in range(n)]
         cluster_ports = [h.free_port() for _ in range(n)]
         self.procs = []
+        # JetStream (the retained messages' bucket) keeps its files here.
+        self.store = tempfile.mkdtemp(prefix="mqttbroker-it-nats-")
         for i in range(n):
             routes = ",".join("nats://127.0.0.1:%d" % p for j, p in enumerate(cluster_ports) if j != i)
             args = [program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
                     "--cluster_name", "mqttbroker-test", "--cluster", "nats://127.0.0.1:%d" % cluster_ports[i],
-                    "--routes", routes]
+                    "--routes", routes, "-js", "-sd", os.path.join(self.store, str(i))]
             self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL, preexec_fn=h._die_with_parent))
         for port in self.client_ports:
@@ -65,6 +68,7 @@ class NatsCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        shutil.rmtree(self.store, ignore_errors=True)
 
 
 class Cluster(unittest.TestCase):
@@ -182,6 +186,37 @@ class Cluster(unittest.TestCase):
             while not m.messages.empty():
                 got.append(int(m.messages.get().payload))
         self.assertEqual(sorted(got), list(range(60)))  # each once, none twice
+
+    def test_retained_set_on_one_node_is_seen_on_subscribe_at_another(self):
+        """A retained message published on node a is sent to a new subscription on node c with
+        RETAIN 1 [MQTT-3.3.1-6] [MQTT-3.3.1-8]; cleared on node b [MQTT-3.3.1-10], node c sends it no
+        more."""
+        pub = self.client(0, "ret-pub", V311)
+        pub.publish("ret/t", b"kept", 1, retain=True)
+        # Node c mirrors the cluster's bucket a moment later: new subscribers are tried until one
+        # gets it, and after the clearing until one does not.
+        m = self.retained_on_new_subscriber(2, "ret/#", lambda m: m is not None)
+        self.assertEqual((m.topic, m.payload, m.qos, m.retain), ("ret/t", b"kept", 1, 1))
+        clearer = self.client(1, "ret-clear", V311)
+        clearer.publish("ret/t", b"", 0, retain=True)
+        self.retained_on_new_subscriber(2, "ret/#", lambda m: m is None)
+
+    def retained_on_new_subscriber(self, node, topic_filter, done):
+        """What a new subscriber on `node` gets first (None: nothing within 0.2 s), tried with new
+        clients until `done` says so."""
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            sub = self.client(node, "", V5)
+            self.assertEqual(sub.subscribe(topic_filter, 1), [1])
+            try:
+                m = sub.messages.get(timeout=0.2)
+            except h.queue.Empty:
+                m = None
+            sub.close()
+            if done(m):
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError("node %d did not come round within %.0f s (last: %r)" % (node, h.WAIT, m))
 
     def test_mosquitto_clients_across_nodes(self):
         """mosquitto_sub on node c gets, at QoS 1, what mosquitto_pub sends on node a."""

@@ -29,10 +29,12 @@
 //     calls it.
 //
 // The broker gives what comes back to the engine (engine::core) as inputs on its own threads:
-// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, and not
-// published again); deliver_to_group(group_filter, m, now) gives a message to one member of this
-// node's shared group, which the cluster chose for it. With a cluster, shared groups are fed only
-// that way: the cluster picks the node (NATS's queue groups), the node its member.
+// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, not kept as
+// retained, and not published again); deliver_to_group(group_filter, m, now) gives a message to
+// one member of this node's shared group, which the cluster chose for it;
+// retained_from_cluster(m, now) keeps the cluster's retained message for the node's new
+// subscriptions. With a cluster, shared groups are fed only that way: the cluster picks the node
+// (NATS's queue groups), the node its member.
 
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/message.hpp>
@@ -54,6 +56,9 @@ struct inbound {
   std::function<void(message_ptr)> route;
   /// A message for this node's shared group `group_filter` (`$share/{ShareName}/{filter}`).
   std::function<void(std::string_view group_filter, message_ptr)> to_group;
+  /// The cluster's retained message for its topic (an empty payload: none any more), for this
+  /// node's retained store; optional for a cluster that keeps no retained messages.
+  std::function<void(message_ptr)> retained;
 };
 
 namespace detail {

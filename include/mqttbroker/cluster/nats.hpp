@@ -36,13 +36,17 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -72,6 +76,15 @@ struct nats_options {
   /// Messages a subscription may hold before nats.c drops them (a slow node; counted).
   int max_pending_messages = 65536;
   std::chrono::milliseconds reconnect_wait{250};
+  /// Retained messages in a JetStream key-value bucket (`{prefix}_retained`, dots as `_`), which
+  /// every node mirrors into its own retained store: a retained message set on one node is seen
+  /// on subscribe at any other, and outlives the nodes. Needs JetStream on the NATS servers
+  /// (nats-server -js).
+  bool retained = true;
+  /// The bucket's copies across NATS servers (JetStream replicas; 3 for a three-server cluster).
+  int replicas = 1;
+  /// How long start() waits for JetStream to be ready (a new NATS cluster elects its leader).
+  std::chrono::milliseconds jetstream_wait{15000};
 };
 
 /// What went through the cluster, since start().
@@ -83,6 +96,9 @@ struct nats_statistics {
   std::uint64_t malformed = 0;       // not a message of ours (another program on the subjects)
   std::uint64_t dropped = 0;         // dropped by nats.c for a slow node (a subscription's pending limit)
   std::uint64_t disconnects = 0, reconnects = 0;
+  std::uint64_t retained_stored = 0;   // retained messages (and clearings) written to the bucket
+  std::uint64_t retained_failed = 0;   // not written (JetStream unavailable, a topic too long for a key)
+  std::uint64_t retained_loaded = 0;   // bucket entries taken into this node's retained store
   std::size_t subscriptions = 0;  // NATS subscriptions held
 };
 
@@ -122,9 +138,23 @@ class nats {
     std::unique_ptr<nats_event_loop> loop;
     natsOptions* nopts_routes = nullptr;
     natsOptions* nopts_groups = nullptr;
+    natsOptions* nopts_bucket = nullptr;
     natsConnection* routes = nullptr;
     natsConnection* groups = nullptr;
+    natsConnection* bucket = nullptr;
     std::atomic<natsConnection*> publishing{nullptr};  // `routes` once started: publish() reads it
+    // The retained messages' bucket, on a connection of its own: written by `writer` (nats.c's
+    // key-value calls block), mirrored by `watcher`, both threads of ours. That connection's I/O is
+    // nats.c's own (two threads), not the io_context's: its calls wait for replies, start()'s
+    // too, which come before the host runs the io_context.
+    jsCtx* js = nullptr;
+    kvStore* kv = nullptr;
+    kvWatcher* watch = nullptr;
+    std::thread writer, watcher;
+    std::mutex writes_mutex;  // what follows
+    std::condition_variable writes_ready;
+    std::deque<std::pair<std::string, std::string>> writes;  // key, envelope (empty: delete)
+    bool writer_stopping = false;
     inbound in;
     std::uint64_t incarnation = 0;
     std::atomic<std::uint64_t> next_seq{0};
@@ -151,7 +181,7 @@ class nats {
     std::map<std::string, seen_window, std::less<>> seen;
 
     std::atomic<std::uint64_t> published{0}, publish_failed{0}, received{0}, repeats{0}, malformed{0},
-        disconnects{0}, reconnects{0};
+        disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0};
 
     ~state() { close(); }
 
@@ -166,16 +196,19 @@ class nats {
       incarnation = std::random_device{}();
       incarnation = (incarnation << 32) ^ std::random_device{}();
       loop = std::make_unique<nats_event_loop>(std::move(ex));
-      std::error_code ec = make_options(nopts_routes, true);
-      if (!ec) ec = make_options(nopts_groups, false);
-      for (auto c : {std::make_pair(&routes, nopts_routes), std::make_pair(&groups, nopts_groups)}) {
-        if (ec) break;
+      std::error_code ec = make_options(nopts_routes, true, true);
+      if (!ec) ec = make_options(nopts_groups, false, true);
+      if (!ec && opts.retained) ec = make_options(nopts_bucket, false, false);
+      for (auto c : {std::make_pair(&routes, nopts_routes), std::make_pair(&groups, nopts_groups),
+                     std::make_pair(&bucket, nopts_bucket)}) {
+        if (ec || c.second == nullptr) continue;
         ec = make_nats_error(natsConnection_Connect(c.first, c.second));
         if (!ec) {
           std::lock_guard<std::mutex> lk(mutex);
           ++live_connections;
         }
       }
+      if (!ec && opts.retained) ec = open_bucket();
       if (ec) {
         close();
         return ec;
@@ -188,12 +221,12 @@ class nats {
       return {};
     }
 
-    std::error_code make_options(natsOptions*& o, bool no_echo) {
+    std::error_code make_options(natsOptions*& o, bool no_echo, bool on_the_executor) {
       if (auto ec = make_nats_error(natsOptions_Create(&o))) return ec;
       std::vector<const char*> urls;
       for (const auto& s : opts.servers) urls.push_back(s.c_str());
       natsStatus s = natsOptions_SetServers(o, urls.data(), static_cast<int>(urls.size()));
-      const std::string name = opts.node + (no_echo ? "/routes" : "/groups");
+      const std::string name = opts.node + (no_echo ? "/routes" : on_the_executor ? "/groups" : "/retained");
       if (s == NATS_OK) s = natsOptions_SetName(o, name.c_str());
       if (s == NATS_OK) s = natsOptions_SetNoEcho(o, no_echo);
       if (s == NATS_OK) s = natsOptions_UseGlobalMessageDelivery(o, true);
@@ -204,7 +237,7 @@ class nats {
       if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, &on_reconnected, this);
       if (s == NATS_OK) s = natsOptions_SetErrorHandler(o, &on_error, this);
       if (s == NATS_OK) s = natsOptions_SetClosedCB(o, &on_closed, this);
-      if (s == NATS_OK) s = loop->install(o);
+      if (s == NATS_OK && on_the_executor) s = loop->install(o);
       return make_nats_error(s);
     }
 
@@ -218,6 +251,7 @@ class nats {
     }
     void close() {
       publishing.store(nullptr, std::memory_order_release);
+      close_bucket();
       std::map<std::string, std::vector<natsSubscription*>, std::less<>> subs;
       {
         std::lock_guard<std::mutex> lk(mutex);
@@ -227,18 +261,18 @@ class nats {
       }
       for (auto& f : subs)
         for (natsSubscription* s : f.second) natsSubscription_Destroy(s);
-      for (natsConnection* c : {routes, groups})
+      for (natsConnection* c : {routes, groups, bucket})
         if (c != nullptr) natsConnection_Close(c);
       {
         // Bounded: a nats.c that never called back would otherwise hang the host's exit.
         std::unique_lock<std::mutex> lk(mutex);
         idle.wait_for(lk, std::chrono::seconds(10), [&] { return live_subscriptions == 0 && live_connections == 0; });
       }
-      for (natsConnection** c : {&routes, &groups}) {
+      for (natsConnection** c : {&routes, &groups, &bucket}) {
         if (*c != nullptr) natsConnection_Destroy(*c);
         *c = nullptr;
       }
-      for (natsOptions** o : {&nopts_routes, &nopts_groups}) {
+      for (natsOptions** o : {&nopts_routes, &nopts_groups, &nopts_bucket}) {
         if (*o != nullptr) natsOptions_Destroy(*o);
         *o = nullptr;
       }
@@ -265,6 +299,152 @@ class nats {
       const natsStatus s =
           natsConnection_Publish(c, subject.c_str(), body.data(), static_cast<int>(body.size()));
       (s == NATS_OK ? published : publish_failed).fetch_add(1, std::memory_order_relaxed);
+      if (m.retain() && kv != nullptr) {
+        std::lock_guard<std::mutex> lk(writes_mutex);
+        writes.emplace_back(bucket_key(m.topic()), m.payload().empty() ? std::string() : body);
+        writes_ready.notify_one();
+      }
+    }
+
+    // ---- retained messages in the bucket
+
+    std::error_code open_bucket() {
+      std::error_code ec = make_nats_error(natsConnection_JetStream(&js, bucket, nullptr));
+      if (ec) return ec;
+      std::string name = opts.prefix + "_retained";
+      for (char& c : name)
+        if (c == '.') c = '_';
+      kvConfig cfg;
+      kvConfig_Init(&cfg);
+      cfg.Bucket = name.c_str();
+      cfg.History = 1;
+      cfg.Replicas = opts.replicas;
+      // A new NATS cluster has no JetStream leader for a moment: asked again until it has.
+      const auto deadline = std::chrono::steady_clock::now() + opts.jetstream_wait;
+      for (;;) {
+        natsStatus s = js_CreateKeyValue(&kv, js, &cfg);
+        if (s != NATS_OK) s = js_KeyValue(&kv, js, name.c_str());  // made by another node, otherwise
+        if (s == NATS_OK) break;
+        if (std::chrono::steady_clock::now() > deadline) return make_nats_error(s);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      if ((ec = make_nats_error(kvStore_WatchAll(&watch, kv, nullptr)))) return ec;
+      writer = std::thread([this] { write_bucket(); });
+      // The bucket's entries now, then its changes: mirrored before start() returns, so the node
+      // serves none of its subscribers without them.
+      std::promise<void> loaded;
+      auto done = loaded.get_future();
+      watcher = std::thread([this, &loaded] { mirror_bucket(&loaded); });
+      done.wait();
+      return {};
+    }
+    void close_bucket() {
+      {
+        std::lock_guard<std::mutex> lk(writes_mutex);
+        writer_stopping = true;  // what is queued is still written
+        writes_ready.notify_all();
+      }
+      if (writer.joinable()) writer.join();
+      if (watch != nullptr) kvWatcher_Stop(watch);
+      if (watcher.joinable()) watcher.join();
+      if (watch != nullptr) kvWatcher_Destroy(watch);
+      watch = nullptr;
+      if (kv != nullptr) kvStore_Destroy(kv);
+      kv = nullptr;
+      if (js != nullptr) jsCtx_Destroy(js);
+      js = nullptr;
+    }
+    void write_bucket() {
+      std::unique_lock<std::mutex> lk(writes_mutex);
+      for (;;) {
+        writes_ready.wait(lk, [&] { return writer_stopping || !writes.empty(); });
+        if (writes.empty()) return;
+        auto w = std::move(writes.front());
+        writes.pop_front();
+        lk.unlock();
+        const natsStatus s = w.second.empty()
+                                 ? kvStore_Delete(kv, w.first.c_str())
+                                 : kvStore_Put(nullptr, kv, w.first.c_str(), w.second.data(), static_cast<int>(w.second.size()));
+        (s == NATS_OK ? retained_stored : retained_failed).fetch_add(1, std::memory_order_relaxed);
+        lk.lock();
+      }
+    }
+    void mirror_bucket(std::promise<void>* loaded) {
+      for (;;) {
+        kvEntry* e = nullptr;
+        const natsStatus s = kvWatcher_Next(&e, watch, 1000);
+        if (s == NATS_TIMEOUT) continue;
+        if (s != NATS_OK) break;  // stopped (close_bucket) or the connection closed
+        if (e == nullptr) {  // the initial values are all in
+          if (loaded != nullptr) loaded->set_value();
+          loaded = nullptr;
+          continue;
+        }
+        message_ptr m;
+        if (kvEntry_Operation(e) == kvOp_Put) {
+          std::lock_guard<std::mutex> lk(mutex);
+          m = decode(std::string_view(static_cast<const char*>(kvEntry_Value(e)),
+                                      static_cast<std::size_t>(kvEntry_ValueLen(e))),
+                     false);
+        } else if (auto topic = topic_of_key(kvEntry_Key(e))) {  // deleted or purged: none any more
+          m = message::make(*topic, {}, codec::qos::at_most_once, true);
+        }
+        kvEntry_Destroy(e);
+        if (!m) continue;
+        {
+          std::lock_guard<std::mutex> lk(mutex);
+          if (stopped) continue;
+          ++running;
+        }
+        if (in.retained) in.retained(std::move(m));
+        retained_loaded.fetch_add(1, std::memory_order_relaxed);  // counted once handed on
+        std::lock_guard<std::mutex> lk(mutex);
+        if (--running == 0) idle.notify_all();
+      }
+      if (loaded != nullptr) loaded->set_value();
+    }
+
+    /// A bucket key for a topic: base64url without padding (keys allow letters, digits, `-`, `_`,
+    /// `=`, `/` and `.`; a topic may hold anything).
+    static std::string bucket_key(std::string_view topic) {
+      static constexpr char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+      std::string out;
+      std::uint32_t acc = 0;
+      int bits = 0;
+      for (const char c : topic) {
+        acc = (acc << 8) | static_cast<unsigned char>(c);
+        bits += 8;
+        while (bits >= 6) {
+          bits -= 6;
+          out.push_back(digits[(acc >> bits) & 0x3F]);
+        }
+      }
+      if (bits > 0) out.push_back(digits[(acc << (6 - bits)) & 0x3F]);
+      return out;
+    }
+    /// The topic of a bucket key; nothing for a key that is not one of ours.
+    static std::optional<std::string> topic_of_key(const char* key) {
+      std::string out;
+      std::uint32_t acc = 0;
+      int bits = 0;
+      for (const char* p = key; p != nullptr && *p != '\0'; ++p) {
+        const char c = *p;
+        int v = c >= 'A' && c <= 'Z'   ? c - 'A'
+                : c >= 'a' && c <= 'z' ? c - 'a' + 26
+                : c >= '0' && c <= '9' ? c - '0' + 52
+                : c == '-'             ? 62
+                : c == '_'             ? 63
+                                       : -1;
+        if (v < 0) return std::nullopt;
+        acc = (acc << 6) | static_cast<std::uint32_t>(v);
+        bits += 6;
+        if (bits >= 8) {
+          bits -= 8;
+          out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+        }
+      }
+      if (out.empty() || topic::validate_topic_name(out)) return std::nullopt;
+      return out;
     }
 
     /// A message on the wire: format 1, flags (QoS, RETAIN), origin name, origin run, sequence,
@@ -476,6 +656,9 @@ class nats {
       s.malformed = malformed.load();
       s.disconnects = disconnects.load();
       s.reconnects = reconnects.load();
+      s.retained_stored = retained_stored.load();
+      s.retained_failed = retained_failed.load();
+      s.retained_loaded = retained_loaded.load();
       std::lock_guard<std::mutex> lk(mutex);
       for (const auto& f : filters) {
         s.subscriptions += f.second.size();

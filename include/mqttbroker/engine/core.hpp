@@ -178,6 +178,19 @@ class core {
     deliver_shared(*it->second, m, nullptr, nullptr, now);
     return true;
   }
+  /// The cluster's retained message for its topic, as the cluster keeps it for every node (set,
+  /// or with an empty payload cleared): into this node's retained store, for the subscriptions
+  /// that come; not routed (the message itself reached the subscribers as it went by).
+  void retained_from_cluster(message_ptr m, steady_time now) {
+    m = arrived(std::move(m), now);
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    if (retained_fits(*m)) retained_.set(std::move(m));
+  }
+  /// Whether `m` may go into the retained store: a clearing, a replacement, or one more within
+  /// max_retained_messages. state_mutex_ held.
+  bool retained_fits(const message& m) const {
+    return m.payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m.topic());
+  }
   /// A message from another node, its Message Expiry Interval (which travels in its properties)
   /// counted on this node's clock from its arrival: the hop's time is not taken off.
   static message_ptr arrived(message_ptr m, steady_time now) {
@@ -878,7 +891,7 @@ class core {
       std::lock_guard<mutex_type> lk(state_mutex_);
       if (m->retain() && !remote) {
         // [MQTT-3.3.1-5] store, or with an empty payload delete [MQTT-3.3.1-10], the retained message.
-        if (m->payload().empty() || retained_.size() < opts_.max_retained_messages || retained_.find(m->topic())) {
+        if (retained_fits(*m)) {
           retained_.set(m);
           // Stored whatever its QoS; no acknowledgement waits for it.
           if (m->payload().empty())
