@@ -155,14 +155,14 @@ class Cluster(unittest.TestCase):
         member each, in the whole cluster [MQTT-4.8.2-2]."""
         members = [self.client(i, "member-%d" % i, V5) for i in range(3)]
         for m in members:
-            self.assertEqual(m.subscribe("$share/g/work/#", 1), [1])
+            self.assertEqual(m.subscribe("$share/g/jobs/#", 1), [1])
         pub = self.client(0, "producer", V5)
         # A probe reaches some member once every node's queue subscription is known: publish
         # probes until one arrives, then the rest are drained and not counted.
         deadline = time.monotonic() + h.WAIT
         seen = False
         while not seen:
-            pub.publish("work/probe", b"probe", 0)
+            pub.publish("jobs/probe", b"probe", 0)
             time.sleep(0.05)
             seen = any(not m.messages.empty() for m in members)
             if time.monotonic() > deadline:
@@ -172,7 +172,7 @@ class Cluster(unittest.TestCase):
             while not m.messages.empty():
                 m.messages.get()
         for i in range(60):
-            pub.publish("work/%d" % (i % 5), b"%d" % i, 1)
+            pub.publish("jobs/%d" % (i % 5), b"%d" % i, 1)
         deadline = time.monotonic() + h.WAIT
         got = []
         while len(got) < 60 and time.monotonic() < deadline:
