@@ -543,6 +543,36 @@ std::string scrape(Broker& broker) {
                         static_cast<double>(w.transaction_time.count()), 1e-6);
   }
 #endif
+#if MQTTBROKER_EXAMPLE_NATS
+  if constexpr (Broker::engine_type::clustered) {
+    const auto c = broker.cluster().statistics();
+    using u64 = std::uint64_t;
+    pm::write_family<u64>(out, "mqttbroker_cluster_connected", "gauge", "1 while the node is connected to NATS.",
+                          {{"", c.connected ? 1 : 0}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_messages_sent_total", "counter",
+                          "Messages sent to the other nodes, and those that could not be (no connection and its "
+                          "reconnect buffer full, too large).",
+                          {{"result=\"sent\"", c.published}, {"result=\"failed\"", c.publish_failed}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_messages_received_total", "counter",
+                          "Messages from other nodes: handed to the broker, repeats dropped, malformed dropped, "
+                          "dropped by NATS's client for a slow node.",
+                          {{"result=\"delivered\"", c.received},
+                           {"result=\"repeat\"", c.repeats},
+                           {"result=\"malformed\"", c.malformed},
+                           {"result=\"slow\"", c.dropped}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_disconnects_total", "counter", "Connections to NATS lost.",
+                          {{"", c.disconnects}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_reconnects_total", "counter", "Connections to NATS made again.",
+                          {{"", c.reconnects}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_retained_total", "counter",
+                          "Retained messages written to the cluster's bucket, not written, taken from it.",
+                          {{"result=\"stored\"", c.retained_stored},
+                           {"result=\"failed\"", c.retained_failed},
+                           {"result=\"loaded\"", c.retained_loaded}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_subscriptions", "gauge", "NATS subscriptions the node holds.",
+                          {{"", static_cast<u64>(c.subscriptions)}});
+  }
+#endif
   pm::write_family<std::uint64_t>(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
                                   {{"", pm::resident_memory_bytes()}});
   return out;

@@ -5,12 +5,14 @@ it waits until probes published on the publisher's node reach the subscriber on 
 that, the route is known."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import unittest
+import urllib.request
 
 import harness as h
 from harness import V311, V5
@@ -42,18 +44,29 @@ class NatsCluster:
         program = nats_server_program()
         self.client_ports = [h.free_port() for _ in range(n)]
         cluster_ports = [h.free_port() for _ in range(n)]
-        self.procs = []
+        self.args = []
         # JetStream (the retained messages' bucket) keeps its files here.
         self.store = tempfile.mkdtemp(prefix="mqttbroker-it-nats-")
         for i in range(n):
             routes = ",".join("nats://127.0.0.1:%d" % p for j, p in enumerate(cluster_ports) if j != i)
-            args = [program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
-                    "--cluster_name", "mqttbroker-test", "--cluster", "nats://127.0.0.1:%d" % cluster_ports[i],
-                    "--routes", routes, "-js", "-sd", os.path.join(self.store, str(i))]
-            self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL, preexec_fn=h._die_with_parent))
+            self.args.append([program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
+                              "--cluster_name", "mqttbroker-test", "--cluster", "nats://127.0.0.1:%d" % cluster_ports[i],
+                              "--routes", routes, "-js", "-sd", os.path.join(self.store, str(i))])
+        self.procs = [None] * n
+        for i in range(n):
+            self.start(i)
         for port in self.client_ports:
             wait_for_port(port)
+
+    def start(self, i):
+        """Starts server i (again: the same ports and JetStream store)."""
+        self.procs[i] = subprocess.Popen(self.args[i], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=h._die_with_parent)
+
+    def kill(self, i):
+        """SIGKILL for server i, as a crash or a lost machine: no goodbye to its clients."""
+        self.procs[i].kill()
+        self.procs[i].wait()
 
     def url(self, i):
         return "nats://127.0.0.1:%d" % self.client_ports[i]
@@ -82,7 +95,8 @@ class Cluster(unittest.TestCase):
         self.nodes = []
         self._clients = []
         for i, name in enumerate("abc"):
-            b = h.Broker("--cluster", self.nats.url(i), "--cluster-node", name)
+            # One NATS server's address each: nats.c learns the others from it, to reconnect to.
+            b = h.Broker("--cluster", self.nats.url(i), "--cluster-node", name, "--metrics", "127.0.0.1:0")
             self.nodes.append(b)
         self.addCleanup(self._finish)
 
@@ -104,22 +118,49 @@ class Cluster(unittest.TestCase):
         self._clients.append(c)
         return c
 
-    def wait_route(self, publisher, subscriber, topic):
-        """Publishes probes on `topic` until `subscriber` gets one; drains the rest."""
+    def metrics(self, node):
+        """The node's Prometheus samples, {'name{labels}': value}."""
+        with self.nodes[node]._lock:
+            lines = list(self.nodes[node].lines)
+        port = next(int(m.group(1)) for m in map(re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/").search, lines) if m)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=h.WAIT) as r:
+            body = r.read().decode()
+        return {name: float(value) for name, value in
+                (line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))}
+
+    def wait_connected(self, node):
         deadline = time.monotonic() + h.WAIT
+        while self.metrics(node)["mqttbroker_cluster_connected"] != 1:
+            if time.monotonic() > deadline:
+                raise AssertionError("node %d did not connect to NATS again within %.0f s" % (node, h.WAIT))
+            time.sleep(0.05)
+
+    def wait_route(self, publisher, subscriber, topic, others=None):
+        """Publishes probes on `topic` until `subscriber` gets one; drains the rest. Any other
+        message that comes meanwhile fails, or with `others` is appended to it."""
+        deadline = time.monotonic() + h.WAIT
+
+        def other(m):
+            if others is None:
+                self.fail("%r (%r) came while waiting for a probe" % (m.topic, m.payload))
+            others.append(m)
+
         while True:
             publisher.publish(topic, b"probe", 0)
             try:
                 m = subscriber.messages.get(timeout=0.1)
                 if m.payload == b"probe":
                     break
+                other(m)
             except h.queue.Empty:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError("no probe on %s crossed the cluster within %.0f s" % (topic, h.WAIT))
         time.sleep(0.2)  # the probes still on their way
         while not subscriber.messages.empty():
-            self.assertEqual(subscriber.messages.get().payload, b"probe")
+            m = subscriber.messages.get()
+            if m.payload != b"probe":
+                other(m)
 
     def test_publish_on_one_node_reaches_the_others_at_each_qos(self):
         """QoS 0, 1 and 2 published on node a reach wildcard subscribers on b and c with the QoS
@@ -228,6 +269,76 @@ class Cluster(unittest.TestCase):
         self._clients.append(sub)
         h.mosquitto_pub(self.nodes[0].port, "mq/t", "across", qos=1, version=V5)
         self.assertEqual(sub.get(), (1, 0, "mq/t", "across"))
+
+    def test_a_lost_nats_server_s_node_reconnects_to_another(self):
+        """nats-server 1 killed: node b, connected only to it, reconnects to another server of the
+        NATS cluster (which it learned from it); its MQTT clients keep their connections, and
+        messages from node a reach them again, each once and in order [MQTT-4.6.0-6]; b's counters
+        show the disconnect and the reconnect."""
+        on_b = self.client(1, "lost-b", V311)
+        self.assertEqual(on_b.subscribe("lost/#", 1), [1])
+        pub = self.client(0, "lost-pub", V311)
+        self.wait_route(pub, on_b, "lost/probe")
+        before = self.metrics(1)
+        self.assertEqual(before["mqttbroker_cluster_connected"], 1)
+        self.nats.kill(1)
+        self.wait_connected(1)
+        self.wait_route(pub, on_b, "lost/probe")
+        after = self.metrics(1)
+        self.assertGreaterEqual(after["mqttbroker_cluster_disconnects_total"],
+                                before["mqttbroker_cluster_disconnects_total"] + 1)
+        self.assertGreaterEqual(after["mqttbroker_cluster_reconnects_total"],
+                                before["mqttbroker_cluster_reconnects_total"] + 1)
+        for i in range(20):
+            pub.publish("lost/t", b"%d" % i, 1)
+        self.assertEqual([int(m.payload) for m in on_b.get_n(20)], list(range(20)))
+        on_b.assert_nothing(0.3)
+
+    def test_nats_restarted_nodes_reconnect_and_count_what_could_not_go(self):
+        """Every nats-server killed, then started again on its ports and store. While NATS is
+        gone the nodes and their MQTT clients stay up; each QoS 0 message published on node a is
+        counted once, as sent (into nats.c's reconnect buffer) or as failed; b's subscriber gets
+        none of them twice nor out of order. After the restart every node connects again, counts
+        the disconnect and the reconnect, and messages cross again."""
+        on_b = self.client(1, "restart-b", V311)
+        self.assertEqual(on_b.subscribe("rs/#", 1), [1])
+        pub = self.client(0, "restart-pub", V311)
+        self.wait_route(pub, on_b, "rs/probe")
+        before = [self.metrics(i) for i in range(3)]
+        for i in range(3):
+            self.nats.kill(i)
+        for node in range(3):  # each node notices (its connection ended with the process)
+            deadline = time.monotonic() + h.WAIT
+            while self.metrics(node)["mqttbroker_cluster_connected"] != 0:
+                if time.monotonic() > deadline:
+                    raise AssertionError("node %d still connected to NATS %.0f s after it went" % (node, h.WAIT))
+                time.sleep(0.05)
+        sent = lambda m: (m['mqttbroker_cluster_messages_sent_total{result="sent"}']
+                          + m['mqttbroker_cluster_messages_sent_total{result="failed"}'])
+        outage = self.metrics(0)
+        for i in range(50):
+            pub.publish("rs/t", b"%d" % i, 0)
+        pub.publish("barrier", b"", 1)  # its PUBACK: node a has handled the 50 before it
+        self.assertEqual(sent(self.metrics(0)) - sent(outage), 51)
+        for i in range(3):
+            self.nats.start(i)
+        for node in range(3):
+            self.wait_connected(node)
+        outage_got = []  # whatever of the 50 crossed once both ends were back
+        self.wait_route(pub, on_b, "rs/probe", outage_got)
+        for node in range(3):
+            m = self.metrics(node)
+            self.assertGreaterEqual(m["mqttbroker_cluster_disconnects_total"],
+                                    before[node]["mqttbroker_cluster_disconnects_total"] + 1)
+            self.assertGreaterEqual(m["mqttbroker_cluster_reconnects_total"],
+                                    before[node]["mqttbroker_cluster_reconnects_total"] + 1)
+        for i in range(20):
+            pub.publish("rs/after", b"%d" % i, 1)
+        self.assertEqual([(m.topic, int(m.payload)) for m in on_b.get_n(20)], [("rs/after", i) for i in range(20)])
+        on_b.assert_nothing(0.3)
+        self.assertTrue(all(m.topic == "rs/t" for m in outage_got), [m.topic for m in outage_got])
+        numbers = [int(m.payload) for m in outage_got]
+        self.assertEqual(numbers, sorted(set(numbers)))  # none twice, in order
 
 if __name__ == "__main__":
     h.main()

@@ -100,6 +100,7 @@ struct nats_statistics {
   std::uint64_t retained_failed = 0;   // not written (JetStream unavailable, a topic too long for a key)
   std::uint64_t retained_loaded = 0;   // bucket entries taken into this node's retained store
   std::size_t subscriptions = 0;  // NATS subscriptions held
+  bool connected = false;         // both of the routing connections are up now
 };
 
 class nats {
@@ -174,11 +175,13 @@ class nats {
     /// Per origin (name and run): the highest sequence number seen and which of the ones below
     /// it, within the window, were.
     struct seen_window {
+      static constexpr std::size_t size = 4096;
       std::uint64_t incarnation = 0;
       std::uint64_t high = 0;
-      std::bitset<4096> bits;
+      std::bitset<size> bits;
     };
     std::map<std::string, seen_window, std::less<>> seen;
+    std::uint64_t dropped_before = 0;  // mutex: by nats.c, on subscriptions since gone
 
     std::atomic<std::uint64_t> published{0}, publish_failed{0}, received{0}, repeats{0}, malformed{0},
         disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0};
@@ -483,6 +486,8 @@ class nats {
         if (it == filters.end()) return;
         for (natsSubscription* s : it->second) {
           group_of.erase(s);
+          int64_t d = 0;  // kept: the counter must not go back when a subscription goes
+          if (natsSubscription_GetDropped(s, &d) == NATS_OK && d > 0) dropped_before += static_cast<std::uint64_t>(d);
           // Unsubscribe, not destroy: a delivery in progress still holds it; nats.c frees it
           // with its last reference.
           natsSubscription_Unsubscribe(s);
@@ -601,25 +606,26 @@ class nats {
       auto it = seen.find(origin);
       if (it == seen.end()) it = seen.emplace(std::string(origin), seen_window{}).first;
       seen_window& w = it->second;
-      const std::size_t n = w.bits.size();
+      constexpr std::uint64_t n = seen_window::size;
       if (w.incarnation != run) {  // a new run of that node: start again
         w = seen_window{};
         w.incarnation = run;
       }
+      // A ring: sequence number s has bit s % n, valid while s is within n of the highest seen.
+      const auto bit = [](std::uint64_t s) { return static_cast<std::size_t>(s % n); };
       if (seq > w.high) {
-        const std::uint64_t shift = seq - w.high;
-        if (shift >= n)
+        if (seq - w.high >= n) {
           w.bits.reset();
-        else
-          w.bits <<= static_cast<std::size_t>(shift);
-        w.bits.set(0);
+        } else {
+          for (std::uint64_t s = w.high + 1; s < seq; ++s) w.bits.reset(bit(s));  // skipped: not seen
+        }
+        w.bits.set(bit(seq));
         w.high = seq;
         return false;
       }
-      const std::uint64_t back = w.high - seq;
-      if (back >= n) return false;
-      if (w.bits.test(static_cast<std::size_t>(back))) return true;
-      w.bits.set(static_cast<std::size_t>(back));
+      if (w.high - seq >= n) return false;
+      if (w.bits.test(bit(seq))) return true;
+      w.bits.set(bit(seq));
       return false;
     }
 
@@ -660,6 +666,10 @@ class nats {
       s.retained_failed = retained_failed.load();
       s.retained_loaded = retained_loaded.load();
       std::lock_guard<std::mutex> lk(mutex);
+      s.connected = started && routes != nullptr && groups != nullptr &&
+                    natsConnection_Status(routes) == NATS_CONN_STATUS_CONNECTED &&
+                    natsConnection_Status(groups) == NATS_CONN_STATUS_CONNECTED;
+      s.dropped = dropped_before;
       for (const auto& f : filters) {
         s.subscriptions += f.second.size();
         for (natsSubscription* sub : f.second) {

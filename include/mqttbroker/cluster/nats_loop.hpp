@@ -49,6 +49,9 @@ class nats_event_loop {
     bool reading = false, writing = false;
     bool read_waiting = false, write_waiting = false;
     bool closed = false;
+    // Which socket a wait was for: after a reconnect the old socket's waits finish (cancelled)
+    // after the new socket's are due, and must leave the new one's state alone.
+    unsigned generation = 0;
 
     watcher(const asio::any_io_executor& ex, natsConnection* c)
         : strand(asio::make_strand(ex)), socket(strand), nc(c) {}
@@ -57,6 +60,8 @@ class nats_event_loop {
       std::error_code ignored;
       if (socket.is_open()) (void)socket.release();  // nats.c owns and closes its socket
       socket.assign(fd, ignored);
+      ++generation;
+      read_waiting = write_waiting = false;  // the old socket's waits are cancelled
       reading = true;  // attached means read: nats.c asks for reads only after it stopped them
       wait(true);
       if (writing) wait(false);
@@ -68,7 +73,8 @@ class nats_event_loop {
       if (waiting || closed || !socket.is_open()) return;
       waiting = true;
       const auto what = read ? asio::posix::stream_descriptor::wait_read : asio::posix::stream_descriptor::wait_write;
-      socket.async_wait(what, [me = shared_from_this(), read](std::error_code ec) {
+      socket.async_wait(what, [me = shared_from_this(), read, g = generation](std::error_code ec) {
+        if (g != me->generation) return;  // for a socket nats.c has left since
         (read ? me->read_waiting : me->write_waiting) = false;
         if (ec || me->closed || !(read ? me->reading : me->writing)) return;
         if (read)

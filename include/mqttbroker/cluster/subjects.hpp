@@ -137,16 +137,17 @@ class subject_map {
       return;
     }
     static constexpr char hex[] = "0123456789ABCDEF";
-    for (const char ch : level) {
-      const auto c = static_cast<unsigned char>(ch);
-      if (!escaped(c)) {
-        out += ch;
-        continue;
-      }
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 0xF];
+    // Runs that need no escape are appended whole: on every published message's way out.
+    std::size_t run = 0;
+    for (std::size_t i = 0; i < level.size(); ++i) {
+      const auto c = static_cast<unsigned char>(level[i]);
+      if (!escaped(c)) continue;
+      out.append(level.data() + run, i - run);
+      const char esc[3] = {'%', hex[c >> 4], hex[c & 0xF]};
+      out.append(esc, 3);
+      run = i + 1;
     }
+    out.append(level.data() + run, level.size() - run);
   }
   static int hex_value(char c) noexcept {
     if (c >= '0' && c <= '9') return c - '0';
