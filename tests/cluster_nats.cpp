@@ -320,8 +320,7 @@ TEST_CASE("cluster::nats: a node that loses its last subscriber to a filter stop
   CHECK(l.run([&] { return c[1].cluster().statistics().received; }) == 1);
 }
 
-TEST_CASE("cluster::nats: a retained message set on one node is seen on subscribe at the others, its clearing too, "
-          "and by a node that joins later",
+TEST_CASE("cluster::nats: a retained message set on one node is seen at the others, cleared too, and by a later node",
           "[cluster][nats][MQTT-3.3.1-6]") {
   if (!have_nats_server()) return;
   nats_server server(nats_server_program());

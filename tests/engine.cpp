@@ -3215,7 +3215,7 @@ TEST_CASE("engine: a cluster gets each message that enters on this node once, an
 }
 
 TEST_CASE("engine: in a cluster a shared group gets only what the cluster chose this node for, one member each",
-          "[engine][cluster][MQTT-4.8.2-2]") {
+          "[engine][cluster]") {
   world<clustered_policies> w;
   auto& m1 = w.connected(hello("m1"));
   auto& m2 = w.connected(hello("m2"));

@@ -193,7 +193,7 @@ class Cluster(unittest.TestCase):
 
     def test_shared_group_across_nodes_gets_each_message_once(self):
         """A shared group with a member on each node: 60 messages published on node a go to one
-        member each, in the whole cluster [MQTT-4.8.2-2]."""
+        member each, in the whole cluster (MQTT 5.0, 4.8.2)."""
         members = [self.client(i, "member-%d" % i, V5) for i in range(3)]
         for m in members:
             self.assertEqual(m.subscribe("$share/g/jobs/#", 1), [1])
