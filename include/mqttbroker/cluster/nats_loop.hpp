@@ -84,6 +84,13 @@ class nats_event_loop {
         me->wait(read);
       });
     }
+    /// nats.c stopped reading: it is about to close the socket (a lost connection; it reconnects
+    /// on a new one). Let go of the descriptor now, while its number is still this socket's.
+    void stop_watching() {
+      if (socket.is_open()) (void)socket.release();  // cancels the waits
+      ++generation;
+      read_waiting = write_waiting = false;
+    }
     void close() {
       closed = true;
       if (socket.is_open()) {
@@ -106,17 +113,22 @@ class nats_event_loop {
     asio::post(w->strand, [me = w->shared_from_this(), fd] { me->watch(fd); });
     return NATS_OK;
   }
+  // dispatch: called from inside natsConnection_Process*Event (on the strand) they take effect
+  // at once, before nats.c closes the socket and before the handler that called it waits again.
   static natsStatus read(void* user, bool add) {
     auto* w = static_cast<watcher*>(user);
-    asio::post(w->strand, [me = w->shared_from_this(), add] {
+    asio::dispatch(w->strand, [me = w->shared_from_this(), add] {
       me->reading = add;
-      if (add) me->wait(true);
+      if (add)
+        me->wait(true);
+      else
+        me->stop_watching();
     });
     return NATS_OK;
   }
   static natsStatus write(void* user, bool add) {
     auto* w = static_cast<watcher*>(user);
-    asio::post(w->strand, [me = w->shared_from_this(), add] {
+    asio::dispatch(w->strand, [me = w->shared_from_this(), add] {
       me->writing = add;
       if (add) me->wait(false);
     });
