@@ -115,13 +115,16 @@ class nats_event_loop {
   }
   // dispatch: called from inside natsConnection_Process*Event (on the strand) they take effect
   // at once, before nats.c closes the socket and before the handler that called it waits again.
+  // Called from another thread (natsConnection_Close), the socket may be closed by the time the
+  // strand runs it: then only the flags change, and detach lets the descriptor go.
   static natsStatus read(void* user, bool add) {
     auto* w = static_cast<watcher*>(user);
-    asio::dispatch(w->strand, [me = w->shared_from_this(), add] {
+    const bool socket_still_open = w->strand.running_in_this_thread();
+    asio::dispatch(w->strand, [me = w->shared_from_this(), add, socket_still_open] {
       me->reading = add;
       if (add)
         me->wait(true);
-      else
+      else if (socket_still_open)
         me->stop_watching();
     });
     return NATS_OK;
