@@ -128,11 +128,12 @@ class Cluster(unittest.TestCase):
         return {name: float(value) for name, value in
                 (line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))}
 
-    def wait_connected(self, node):
+    def wait_connected(self, node, connected=1):
+        """Until the node's metrics say it is connected to NATS (or, with 0, that it is not)."""
         deadline = time.monotonic() + h.WAIT
-        while self.metrics(node)["mqttbroker_cluster_connected"] != 1:
+        while self.metrics(node)["mqttbroker_cluster_connected"] != connected:
             if time.monotonic() > deadline:
-                raise AssertionError("node %d did not connect to NATS again within %.0f s" % (node, h.WAIT))
+                raise AssertionError("node %d's connected gauge is not %d after %.0f s" % (node, connected, h.WAIT))
             time.sleep(0.05)
 
     def wait_route(self, publisher, subscriber, topic, others=None):
@@ -308,11 +309,7 @@ class Cluster(unittest.TestCase):
         for i in range(3):
             self.nats.kill(i)
         for node in range(3):  # each node notices (its connection ended with the process)
-            deadline = time.monotonic() + h.WAIT
-            while self.metrics(node)["mqttbroker_cluster_connected"] != 0:
-                if time.monotonic() > deadline:
-                    raise AssertionError("node %d still connected to NATS %.0f s after it went" % (node, h.WAIT))
-                time.sleep(0.05)
+            self.wait_connected(node, 0)
         sent = lambda m: (m['mqttbroker_cluster_messages_sent_total{result="sent"}']
                           + m['mqttbroker_cluster_messages_sent_total{result="failed"}'])
         outage = self.metrics(0)

@@ -57,11 +57,9 @@ class nats_event_loop {
         : strand(asio::make_strand(ex)), socket(strand), nc(c) {}
 
     void watch(natsSock fd) {
+      stop_watching();  // the old socket, if any: nats.c owns and closes its sockets
       std::error_code ignored;
-      if (socket.is_open()) (void)socket.release();  // nats.c owns and closes its socket
       socket.assign(fd, ignored);
-      ++generation;
-      read_waiting = write_waiting = false;  // the old socket's waits are cancelled
       reading = true;  // attached means read: nats.c asks for reads only after it stopped them
       wait(true);
       if (writing) wait(false);
@@ -84,8 +82,10 @@ class nats_event_loop {
         me->wait(read);
       });
     }
-    /// nats.c stopped reading: it is about to close the socket (a lost connection; it reconnects
-    /// on a new one). Let go of the descriptor now, while its number is still this socket's.
+    /// Lets go of the descriptor (never closing it: nats.c does) and of the waits on it: when
+    /// nats.c stopped reading from inside its event (a lost connection: it closes the socket next
+    /// and reconnects on a new one), while the number is still this socket's; and before a new
+    /// socket is watched.
     void stop_watching() {
       if (socket.is_open()) (void)socket.release();  // cancels the waits
       ++generation;
