@@ -3256,3 +3256,195 @@ TEST_CASE("engine: the cluster's retained messages go into this node's retained 
   CHECK(last.received().empty());
   CHECK(w.engine.cluster().published.empty());  // nothing went back to the cluster
 }
+
+// ---- a cluster that owns client identifiers (cluster/contract.hpp claim())
+
+namespace {
+
+using handover_done = std::function<void(std::optional<mb::cluster::session_handover>)>;
+
+/// Who owns each client identifier, as a cluster that owns them keeps it; the nodes' hand_over.
+struct owner_directory {
+  std::map<std::string, int> owner;
+  std::vector<std::function<void(const std::string&, bool, handover_done)>> hand_over;
+  bool unavailable = false;      // claims fail
+  bool hold = false;             // claims wait in `held` until the test answers them
+  std::vector<std::function<void()>> held;
+};
+
+/// A claim takes the identifier and asks its previous owner for the session.
+struct claiming_cluster : recording_cluster {
+  owner_directory* dir = nullptr;
+  int me = 0;
+  void claim(std::string_view client_id, bool clean_start, mb::cluster::claim_reply reply) {
+    auto run = [this, id = std::string(client_id), clean_start, reply]() {
+      if (dir->unavailable) return reply({std::make_error_code(std::errc::timed_out), std::nullopt});
+      const auto it = dir->owner.find(id);
+      const int previous = it == dir->owner.end() ? -1 : it->second;
+      dir->owner[id] = me;
+      if (previous < 0 || previous == me) return reply({});
+      dir->hand_over[static_cast<std::size_t>(previous)](
+          id, clean_start, [reply](std::optional<mb::cluster::session_handover> h) { reply({{}, std::move(h)}); });
+    };
+    if (dir->hold)
+      dir->held.push_back(run);
+    else
+      run();
+  }
+};
+struct claiming_policies : plain_policies {
+  using cluster = claiming_cluster;
+};
+static_assert(mb::engine::core<claiming_policies>::claims);
+static_assert(!mb::engine::core<clustered_policies>::claims, "a cluster without claim() owns no client identifiers");
+
+/// Two nodes of one cluster, a and c.
+struct two_nodes {
+  owner_directory dir;
+  world<claiming_policies> a, c;
+  two_nodes() {
+    a.engine.cluster().dir = &dir;
+    a.engine.cluster().me = 0;
+    c.engine.cluster().dir = &dir;
+    c.engine.cluster().me = 1;
+    dir.hand_over.push_back([this](const std::string& id, bool discard, handover_done done) {
+      a.engine.hand_over_to_cluster(id, discard, std::move(done), a.now);
+      a.run_events();
+    });
+    dir.hand_over.push_back([this](const std::string& id, bool discard, handover_done done) {
+      c.engine.hand_over_to_cluster(id, discard, std::move(done), c.now);
+      c.run_events();
+    });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("engine: a client that connects to another node takes its session there: subscriptions, messages in "
+          "flight and queued, QoS 2 identifiers",
+          "[engine][cluster][MQTT-3.1.2-4][MQTT-4.4.0-1][MQTT-3.2.2-3]") {
+  two_nodes n;
+  auto& s = n.a.connected(hello("s", false).session_expiry(300), protocol_version::v5);
+  n.a.subscribe(s, "q/#", qos::exactly_once);
+  auto& pub = n.a.connected(hello("pub"), protocol_version::v5);
+  n.a.publish(pub, "q/1", qos::at_least_once, 1);
+  CHECK(pub.only(PUBACK).id == 1);
+  const rx first = s.only(PUBLISH);  // in flight: s never acknowledges it here
+  CHECK(first.topic == "q/1");
+  n.a.publish(s, "q/in", qos::exactly_once, 7);  // s's own QoS 2 PUBLISH, PUBREL not yet sent
+  {
+    const auto got = s.received();
+    REQUIRE(got.size() == 2);  // its PUBREC, and the message itself back (q/# matches)
+  }
+  n.a.drop(s);
+  n.a.publish(pub, "q/2", qos::at_least_once, 2);
+  CHECK(pub.only(PUBACK).id == 2);
+  n.a.engine.cluster().interest_calls.clear();
+
+  auto& again = n.c.open(protocol_version::v5);
+  n.c.connect(again, hello("s", false).session_expiry(300), protocol_version::v5);
+  const auto got = again.received();
+  REQUIRE(got.size() == 4);
+  CHECK(got[0].type == CONNACK);
+  CHECK(got[0].code == 0);
+  CHECK(got[0].session_present);  // [MQTT-3.2.2-3]
+  // [MQTT-4.4.0-1] what was in flight again first, with DUP, then the queued messages in order.
+  std::vector<std::pair<std::string, bool>> publishes;
+  for (std::size_t i = 1; i < got.size(); ++i)
+    if (got[i].type == PUBLISH) publishes.emplace_back(got[i].topic, got[i].dup);
+  REQUIRE(publishes.size() == 3);
+  CHECK(publishes[0] == std::make_pair(std::string("q/1"), true));
+  CHECK(publishes[1] == std::make_pair(std::string("q/in"), true));
+  CHECK(publishes[2] == std::make_pair(std::string("q/2"), false));
+  CHECK(n.dir.owner["s"] == 1);
+  // The subscription is on c now, and gone from a (the cluster heard of both).
+  CHECK(n.a.engine.cluster().interest_calls == interest_list{{"q/#", false}});
+  CHECK(n.c.engine.cluster().interest_calls == interest_list{{"q/#", true}});
+  auto& pub_c = n.c.connected(hello("pub-c"), protocol_version::v5);
+  n.c.publish(pub_c, "q/4", qos::at_most_once, 0);
+  CHECK(again.only(PUBLISH).topic == "q/4");
+  // The QoS 2 identifier came along: a PUBREL for it is answered PUBCOMP 0, not 0x92.
+  n.c.ack<codec::pubrel>(again, 7);
+  const rx comp = again.only(PUBCOMP);
+  CHECK(comp.id == 7);
+  CHECK(comp.code == 0);
+  // Nothing is left on a: a message there reaches no one.
+  n.a.publish(pub, "q/5", qos::at_least_once, 3);
+  CHECK(pub.only(PUBACK).code == code(reason_code::no_matching_subscribers));
+}
+
+TEST_CASE("engine: a client connected on one node that connects on another: the first connection gets "
+          "DISCONNECT 0x8E; with Clean Start its session is not carried over",
+          "[engine][cluster][MQTT-3.1.4-3][MQTT-3.2.2-2]") {
+  two_nodes n;
+  auto& s = n.a.connected(hello("s", false).session_expiry(300), protocol_version::v5);
+  n.a.subscribe(s, "q/#", qos::at_least_once);
+  auto& pub = n.a.connected(hello("pub"), protocol_version::v5);
+  n.a.publish(pub, "q/1", qos::at_least_once, 1);
+  CHECK(s.only(PUBLISH).topic == "q/1");
+  pub.received();
+
+  SECTION("resumed") {
+    auto& again = n.c.open(protocol_version::v5);
+    n.c.connect(again, hello("s", false).session_expiry(300), protocol_version::v5);
+    const rx off = s.only(DISCONNECT);
+    CHECK(off.code == code(reason_code::session_taken_over));
+    CHECK(s.is_closing());
+    const auto got = again.received();
+    REQUIRE(got.size() == 2);
+    CHECK(got[0].session_present);
+    CHECK(got[1].topic == "q/1");
+    CHECK(got[1].dup);
+  }
+  SECTION("clean start") {
+    auto& again = n.c.open(protocol_version::v5);
+    n.c.connect(again, hello("s", true).session_expiry(300), protocol_version::v5);
+    CHECK(s.only(DISCONNECT).code == code(reason_code::session_taken_over));
+    const rx ack = again.only(CONNACK);
+    CHECK_FALSE(ack.session_present);  // [MQTT-3.2.2-2]
+    CHECK(n.c.engine.cluster().interest_calls.empty());
+    n.a.publish(pub, "q/2", qos::at_least_once, 2);
+    CHECK(pub.only(PUBACK).code == code(reason_code::no_matching_subscribers));
+  }
+}
+
+TEST_CASE("engine: a CONNECT the cluster cannot claim is refused with Server unavailable", "[engine][cluster]") {
+  two_nodes n;
+  n.dir.unavailable = true;
+  auto& v5 = n.a.open(protocol_version::v5);
+  n.a.connect(v5, hello("x"), protocol_version::v5);
+  CHECK(v5.only(CONNACK).code == code(reason_code::server_unavailable));
+  CHECK(v5.is_closing());
+  auto& v3 = n.a.open(protocol_version::v3_1_1);
+  n.a.connect(v3, hello("y"), protocol_version::v3_1_1);
+  CHECK(v3.only(CONNACK).code == 3);  // 3.1.1: Server unavailable
+  CHECK(v3.is_closing());
+}
+
+TEST_CASE("engine: a hand-over asked while this node's own claim of the client runs waits for its connection, "
+          "which the later claim then takes over",
+          "[engine][cluster][MQTT-3.1.4-3]") {
+  two_nodes n;
+  n.dir.hold = true;
+  auto& s = n.a.open(protocol_version::v5);
+  n.a.connect(s, hello("s", false).session_expiry(300), protocol_version::v5);
+  CHECK(s.received().empty());  // the CONNACK waits for the claim
+  std::optional<mb::cluster::session_handover> handed;
+  bool answered = false;
+  n.a.engine.hand_over_to_cluster("s", false, [&](std::optional<mb::cluster::session_handover> h) {
+    handed = std::move(h);
+    answered = true;
+  }, n.a.now);
+  CHECK_FALSE(answered);
+  REQUIRE(n.dir.held.size() == 1);
+  n.dir.held[0]();  // a's claim answers: s connects, and then the waiting hand-over runs
+  n.a.run_events();
+  const auto got = s.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].type == CONNACK);
+  CHECK(got[1].type == DISCONNECT);
+  CHECK(got[1].code == code(reason_code::session_taken_over));
+  CHECK(answered);
+  REQUIRE(handed);
+  CHECK(handed->expiry_seconds == 300);
+}

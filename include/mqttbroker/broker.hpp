@@ -247,6 +247,17 @@ class broker {
       to_engine(kind::group, group_filter, std::move(m));
     };
     in.retained = [this](message_ptr m) { to_engine(kind::retained, {}, std::move(m)); };
+    if constexpr (engine_type::claims) {
+      in.hand_over = [this](std::string client_id, bool discard, typename engine_type::handover_done done) {
+        asio::post(ex_, [this, alive = std::weak_ptr<void>(alive_), client_id = std::move(client_id), discard,
+                         done = std::move(done)]() mutable {
+          if (const auto held = alive.lock())
+            ctx_.engine_.hand_over_to_cluster(client_id, discard, std::move(done), now());
+          else
+            done(std::nullopt);  // the broker is gone: nothing here to hand over
+        });
+      };
+    }
     return ctx_.engine_.cluster().start(ex_, std::move(in));
   }
 

@@ -5159,6 +5159,12 @@ class state {
     return true;
   }
   std::size_t inbound_qos2_count() const noexcept { return traffic_ ? traffic_->inbound_qos2.size() : 0; }
+  /// The QoS 2 identifiers held until their PUBREL, in order.
+  template <class F>
+  void for_each_received(F&& f) const {
+    if (!traffic_) return;
+    for (std::uint16_t id : traffic_->inbound_qos2) f(id);
+  }
 
   // ---- subscriptions, as the session remembers them for removal and persistence
 
@@ -7074,6 +7080,145 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_ENGINE_LINK_HPP
 #define MQTTBROKER_ENGINE_LINK_HPP
 
+// begin <mqttbroker/cluster/contract.hpp>
+#ifndef MQTTBROKER_CLUSTER_CONTRACT_HPP
+#define MQTTBROKER_CLUSTER_CONTRACT_HPP
+
+// The cluster policy: what the engine tells a cluster about this node, so that several brokers
+// act as one. `Policies::cluster` chooses it; cluster::none (the default) is one broker alone,
+// and the engine compiles every call to it out.
+//
+// An enabled cluster C has:
+//
+//   void publish(const message_ptr& m);
+//     A message that entered the broker on this node (from a client, the host or a will), once
+//     it is routed here. Not called for messages the cluster itself brought (route_from_cluster,
+//     deliver_to_group) nor for `$SYS/` topics, which are each node's own. From any of the
+//     broker's threads; it must neither block nor call back into the engine.
+//
+//   void interest(std::string_view filter, bool present);
+//     This node's first subscription to `filter` came (present) or its last went. A shared
+//     group is one filter, `$share/{ShareName}/{filter}`. Called with the engine's state lock
+//     held: the same rules, and quick.
+//
+// and, for broker<Policies> to connect it (broker::connect_cluster()):
+//
+//   std::error_code start(asio::any_io_executor ex, cluster::inbound in);
+//     Joins the cluster, its I/O on `ex` (the broker's executor). What the cluster brings back it
+//     hands to `in`, from any thread. May block until the first connection (call it before the
+//     io_context runs, or off its threads).
+//   void stop();
+//     Leaves the cluster; once it returns, `in` is not called again. The broker's destructor
+//     calls it.
+//
+// The broker gives what comes back to the engine (engine::core) as inputs on its own threads:
+// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, not kept as
+// retained, and not published again); deliver_to_group(group_filter, m, now) gives a message to
+// one member of this node's shared group, which the cluster chose for it;
+// retained_from_cluster(m, now) keeps the cluster's retained message for the node's new
+// subscriptions. With a cluster, shared groups are fed only that way: the cluster picks the node
+// (NATS's queue groups), the node its member.
+//
+// A cluster may also own client identifiers, so that one node at a time holds a client's session
+// ([MQTT-3.1.4-3] across nodes). It then has
+//
+//   void claim(std::string_view client_id, bool clean_start, cluster::claim_reply reply);
+//     A client connects here: make this node its owner. The node that owned it closes its
+//     connection (0x8E) and hands its session over, unless `clean_start` (it discards it then).
+//     `reply` once, from any thread: the session taken over, none, or an error (the CONNECT is
+//     refused, Server unavailable). The client's reader waits for it.
+//
+// and its inbound::hand_over is called when another node claims a client of this one.
+
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+MQTTBROKER_BEGIN_NAMESPACE
+namespace cluster {
+
+/// One broker alone: no cluster.
+struct none {};
+
+/// A client's session as it moves from one node to another: what a resumed session needs.
+struct session_handover {
+  std::uint32_t expiry_seconds = 0;  // its Session Expiry Interval (3.1.1 Clean Session 0: the broker's)
+  struct subscription {
+    std::string filter;  // `$share/{ShareName}/{filter}` for a shared one
+    codec::subscribe_options options;
+    std::uint32_t identifier = 0;  // 5.0 Subscription Identifier (0: none)
+  };
+  std::vector<subscription> subscriptions;
+  enum class state : std::uint8_t { queued, sent, pubrec_received };
+  /// A message owed to the client: those in flight first, then the queued ones, each in order.
+  struct delivery {
+    message_ptr msg;              // its expiry not set: `expires_in` says what is left
+    std::uint32_t expires_in = 0;  // seconds of its Message Expiry Interval left (0: none)
+    codec::qos qos_level = codec::qos::at_most_once;
+    bool retain = false;
+    std::vector<std::uint32_t> subscription_ids;
+    std::uint16_t packet_id = 0;  // in flight: its identifier
+    state at = state::queued;
+  };
+  std::vector<delivery> messages;
+  std::vector<std::uint16_t> received;  // QoS 2 identifiers received, their PUBREL not yet
+};
+
+/// What claim() answers: the session the old owner handed over, if any, or why the claim failed.
+struct claim_result {
+  std::error_code error;
+  std::optional<session_handover> session;
+};
+using claim_reply = std::function<void(claim_result)>;
+
+/// Where a cluster delivers what other nodes send this one; each callable from any thread.
+struct inbound {
+  /// A message another node published: for this node's subscribers.
+  std::function<void(message_ptr)> route;
+  /// A message for this node's shared group `group_filter` (`$share/{ShareName}/{filter}`).
+  std::function<void(std::string_view group_filter, message_ptr)> to_group;
+  /// The cluster's retained message for its topic (an empty payload: none any more), for this
+  /// node's retained store; optional for a cluster that keeps no retained messages.
+  std::function<void(message_ptr)> retained;
+  /// Another node claimed `client_id` (a cluster that owns client identifiers): its connection
+  /// here closes (0x8E) and its session leaves this node; `done` gets the session (nothing with
+  /// `discard`, the new connection's Clean Start, or when this node has none), once.
+  std::function<void(std::string client_id, bool discard, std::function<void(std::optional<session_handover>)> done)>
+      hand_over;
+};
+
+namespace detail {
+/// Whether C is an enabled cluster policy (it has publish()); cluster::none is not.
+template <class C, class = void>
+struct is_enabled : std::false_type {};
+template <class C>
+struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
+                                 decltype(std::declval<C&>().interest(std::string_view(), true))>>
+    : std::true_type {};
+
+/// Whether C owns client identifiers (it has claim()).
+template <class C, class = void>
+struct has_claim : std::false_type {};
+template <class C>
+struct has_claim<C, std::void_t<decltype(std::declval<C&>().claim(std::string_view(), true, claim_reply()))>>
+    : std::true_type {};
+}  // namespace detail
+
+/// Whether a topic stays on its node: `$SYS/` describes one broker.
+constexpr bool node_local_topic(std::string_view topic) noexcept { return topic.substr(0, 5) == "$SYS/"; }
+
+}  // namespace cluster
+MQTTBROKER_END_NAMESPACE
+
+#endif  // MQTTBROKER_CLUSTER_CONTRACT_HPP
+// end <mqttbroker/cluster/contract.hpp>
 // begin <mqttbroker/detail/intrusive_list.hpp>
 #ifndef MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
 #define MQTTBROKER_DETAIL_INTRUSIVE_LIST_HPP
@@ -7257,6 +7402,7 @@ MQTTBROKER_END_NAMESPACE
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -7290,6 +7436,7 @@ enum class link_event : std::uint8_t {
   auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
   redirect,        // the host sends this client to another server (protocol::redirect)
   kick,            // the host ends this client's connection (protocol::kick)
+  claimed,         // the cluster answered the claim of this client (cluster/contract.hpp)
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -7366,6 +7513,12 @@ struct link_extras {
   }
 };
 
+/// What the cluster answered a claim (cluster::claim_reply), from any thread; read on the link's.
+struct claim_answer {
+  std::mutex mutex;
+  cluster::claim_result result;
+};
+
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
 /// asynchronous authentication runs.
 struct connect_request {
@@ -7383,6 +7536,12 @@ struct connect_request {
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
+  // A cluster that owns client identifiers (cluster/contract.hpp claim()): the claim's answer
+  // while it runs, whether this node owns the client now, and an AUTH exchange's final data kept
+  // for the CONNACK meanwhile.
+  std::shared_ptr<claim_answer> claim;
+  bool claimed = false;
+  std::optional<std::string> final_auth_data;
 };
 
 /// Who a link's client is, for hooks that take a client_info (hooks::needs_client_info_v), and
@@ -8153,86 +8312,6 @@ MQTTBROKER_END_NAMESPACE
 #ifndef MQTTBROKER_ENGINE_CORE_HPP
 #define MQTTBROKER_ENGINE_CORE_HPP
 
-// begin <mqttbroker/cluster/contract.hpp>
-#ifndef MQTTBROKER_CLUSTER_CONTRACT_HPP
-#define MQTTBROKER_CLUSTER_CONTRACT_HPP
-
-// The cluster policy: what the engine tells a cluster about this node, so that several brokers
-// act as one. `Policies::cluster` chooses it; cluster::none (the default) is one broker alone,
-// and the engine compiles every call to it out.
-//
-// An enabled cluster C has:
-//
-//   void publish(const message_ptr& m);
-//     A message that entered the broker on this node (from a client, the host or a will), once
-//     it is routed here. Not called for messages the cluster itself brought (route_from_cluster,
-//     deliver_to_group) nor for `$SYS/` topics, which are each node's own. From any of the
-//     broker's threads; it must neither block nor call back into the engine.
-//
-//   void interest(std::string_view filter, bool present);
-//     This node's first subscription to `filter` came (present) or its last went. A shared
-//     group is one filter, `$share/{ShareName}/{filter}`. Called with the engine's state lock
-//     held: the same rules, and quick.
-//
-// and, for broker<Policies> to connect it (broker::connect_cluster()):
-//
-//   std::error_code start(asio::any_io_executor ex, cluster::inbound in);
-//     Joins the cluster, its I/O on `ex` (the broker's executor). What the cluster brings back it
-//     hands to `in`, from any thread. May block until the first connection (call it before the
-//     io_context runs, or off its threads).
-//   void stop();
-//     Leaves the cluster; once it returns, `in` is not called again. The broker's destructor
-//     calls it.
-//
-// The broker gives what comes back to the engine (engine::core) as inputs on its own threads:
-// route_from_cluster(m, now) routes to this node's subscribers (not to shared groups, not kept as
-// retained, and not published again); deliver_to_group(group_filter, m, now) gives a message to
-// one member of this node's shared group, which the cluster chose for it;
-// retained_from_cluster(m, now) keeps the cluster's retained message for the node's new
-// subscriptions. With a cluster, shared groups are fed only that way: the cluster picks the node
-// (NATS's queue groups), the node its member.
-
-
-#include <functional>
-#include <string_view>
-#include <type_traits>
-#include <utility>
-
-MQTTBROKER_BEGIN_NAMESPACE
-namespace cluster {
-
-/// One broker alone: no cluster.
-struct none {};
-
-/// Where a cluster delivers what other nodes send this one; each callable from any thread.
-struct inbound {
-  /// A message another node published: for this node's subscribers.
-  std::function<void(message_ptr)> route;
-  /// A message for this node's shared group `group_filter` (`$share/{ShareName}/{filter}`).
-  std::function<void(std::string_view group_filter, message_ptr)> to_group;
-  /// The cluster's retained message for its topic (an empty payload: none any more), for this
-  /// node's retained store; optional for a cluster that keeps no retained messages.
-  std::function<void(message_ptr)> retained;
-};
-
-namespace detail {
-/// Whether C is an enabled cluster policy (it has publish()); cluster::none is not.
-template <class C, class = void>
-struct is_enabled : std::false_type {};
-template <class C>
-struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
-                                 decltype(std::declval<C&>().interest(std::string_view(), true))>>
-    : std::true_type {};
-}  // namespace detail
-
-/// Whether a topic stays on its node: `$SYS/` describes one broker.
-constexpr bool node_local_topic(std::string_view topic) noexcept { return topic.substr(0, 5) == "$SYS/"; }
-
-}  // namespace cluster
-MQTTBROKER_END_NAMESPACE
-
-#endif  // MQTTBROKER_CLUSTER_CONTRACT_HPP
-// end <mqttbroker/cluster/contract.hpp>
 // begin <mqttbroker/storage/contract.hpp>
 #ifndef MQTTBROKER_STORAGE_CONTRACT_HPP
 #define MQTTBROKER_STORAGE_CONTRACT_HPP
@@ -8528,8 +8607,11 @@ class core {
   static constexpr bool clustered = ::mqttbroker::cluster::detail::is_enabled<cluster_type>::value;
   /// Whether clients may authenticate with AUTH exchanges (5.0 section 4.12).
   static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
+  /// Whether the cluster owns client identifiers: a CONNECT then waits for its claim (the link
+  /// keeps the CONNECT meanwhile, as for an asynchronous authenticate).
+  static constexpr bool claims = clustered && ::mqttbroker::cluster::detail::has_claim<cluster_type>::value;
   using session_type =
-      session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>, enhanced_auth>;
+      session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type> || claims, enhanced_auth>;
   /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
   using shared_strategy_type = typename shared_strategy_of<Policies>::type;
   static_assert(is_shared_strategy<shared_strategy_type>::value,
@@ -8606,6 +8688,133 @@ class core {
     std::lock_guard<mutex_type> lk(state_mutex_);
     if (retained_fits(*m)) retained_.set(std::move(m));
   }
+  // ---- a cluster that owns client identifiers (cluster/contract.hpp claim())
+
+  using handover_done = std::function<void(std::optional<::mqttbroker::cluster::session_handover>)>;
+
+  /// Another node claimed `client_id`: its connection here closes as taken over (0x8E) and its
+  /// session leaves this node, handed to `done` unless `discard` (or it ends with no session
+  /// kept). While a connection of this client here waits for its own claim, the hand-over waits
+  /// for that connection to be attached (end_claim()): the later claim wins, and one node at a
+  /// time has the client. From any thread.
+  void hand_over_to_cluster(const std::string& client_id, bool discard, handover_done done, steady_time now) {
+    if constexpr (claims) {
+      std::optional<::mqttbroker::cluster::session_handover> out;
+      detail::ref_ptr<link_type> old;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (auto c = claiming_.find(client_id); c != claiming_.end()) {
+          c->second.deferred.push_back({discard, std::move(done)});
+          return;
+        }
+        const auto it = sessions_.find(client_id);
+        if (it != sessions_.end()) {
+          const detail::ref_ptr<session_type> rec = it->second;
+          // The connection leaves the session alone when it closes (on_closed: taken over).
+          old = std::move(rec->conn);
+          if (!discard && kept(*rec)) out = export_session(*rec, now);
+          drop_session_subscriptions(*rec);
+          if (!out) hand_over_shared(*rec, now);  // it ends: its shared messages go to other members
+          rec->state.clear_messages();
+          if (rec->extras) {
+            // [MQTT-3.1.3-9] the client connected again (elsewhere) within the Will Delay.
+            rec->extras->pending_will = message_ptr();
+            ++rec->extras->will_generation;
+            rec->extras->retained_backlog.clear();
+          }
+          record([&](auto& st) { st.erase_session(client_id); }, false);
+          sessions_.erase(it);
+        }
+      }
+      if (old) old->post(link_event::taken_over);
+      done(std::move(out));
+    } else {
+      (void)client_id;
+      (void)discard;
+      (void)done;
+      (void)now;
+    }
+  }
+
+  /// A connection of `client_id` asks the cluster for it: hand-overs wait until end_claim().
+  void begin_claim(const std::string& client_id) {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++claiming_[client_id].count;
+  }
+  /// That connection is attached to its session, refused or closed: the hand-overs that waited run.
+  void end_claim(const std::string& client_id, steady_time now) {
+    std::vector<deferred_handover> waiting;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      const auto it = claiming_.find(client_id);
+      if (it == claiming_.end() || --it->second.count != 0) return;
+      waiting.swap(it->second.deferred);
+      claiming_.erase(it);
+    }
+    for (auto& d : waiting) hand_over_to_cluster(client_id, d.discard, std::move(d.done), now);
+  }
+
+  /// The session another node handed over becomes this node's, in place of any it had here.
+  void adopt_session(const std::string& client_id, ::mqttbroker::cluster::session_handover&& h, steady_time now) {
+    using handed = ::mqttbroker::cluster::session_handover;
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    if (const auto it = sessions_.find(client_id); it != sessions_.end()) {
+      if (it->second->conn) return;  // connected here meanwhile: that session stands
+      remove_session(*it->second, now);
+    }
+    auto rec = detail::ref_ptr<session_type>::make(client_id, &session_limits_);
+    rec->expiry = stored_expiry(std::chrono::seconds(h.expiry_seconds));
+    sessions_.emplace(rec->state.client_id(), rec);
+    for (const auto& sub : h.subscriptions) {
+      router::subscription s;
+      s.options = sub.options;
+      s.identifier = sub.identifier;
+      add_subscription(*rec, sub.filter, s);
+      record([&](auto& st) { st.save_subscription(client_id, sub.filter, sub.options, sub.identifier); }, false);
+    }
+    const std::uint32_t now_s = clock_seconds(now);
+    for (auto& d : h.messages) {
+      session::outgoing o;
+      if (d.msg && d.expires_in != 0) {
+        // Its expiry on this node's clock: what was left when the old owner let it go.
+        const message& m = *d.msg;
+        o.msg = message::make(m.topic(), m.payload(), m.qos_level(), m.retain(), m.properties().bytes(),
+                              static_cast<std::uint32_t>(std::min<std::uint64_t>(std::uint64_t{now_s} + d.expires_in, 0xFFFFFFFF)));
+      } else {
+        o.msg = std::move(d.msg);
+      }
+      o.qos_level = d.qos_level;
+      o.retain = d.retain;
+      for (std::uint32_t id : d.subscription_ids) o.subscription_ids.push_back(id);
+      o.packet_id = d.packet_id;
+      if (d.at == handed::state::queued) {
+        if (!o.msg) continue;
+        record([&](auto& st) { store_enqueue(st, client_id, o.msg, delivery_of(o)); }, false);
+        rec->state.offer(o, false);
+      } else {
+        const bool pubrec = d.at == handed::state::pubrec_received;
+        if (!pubrec && !o.msg) continue;
+        if constexpr (durable) {
+          if (!o.msg) o.msg = message::make({}, {}, codec::qos::exactly_once, false);
+          record([&](auto& st) { store_send(st, client_id, o.packet_id, o.msg, delivery_of(o)); }, false);
+          if (pubrec) record([&](auto& st) { st.pubrec(client_id, o.packet_id); }, false);
+        }
+        rec->state.restore_inflight(std::move(o), pubrec);
+      }
+    }
+    for (std::uint16_t id : h.received) {
+      rec->state.on_qos2_publish(id);
+      record(
+          [&](auto& st) {
+            // Routed by the old owner: only the identifier is owed (its PUBREL).
+            st.receive(client_id, id, message::make({}, {}, codec::qos::exactly_once, false));
+            if constexpr (storage::detail::has_routed<storage_type>::value) st.routed(client_id, id);
+          },
+          false);
+    }
+    if (kept(*rec)) record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); }, false);
+  }
+
   /// Whether `m` may go into the retained store: a clearing, a replacement, or one more within
   /// max_retained_messages. state_mutex_ held.
   bool retained_fits(const message& m) const {
@@ -9684,6 +9893,30 @@ class core {
     return std::nullopt;
   }
 
+  /// What a resumed session needs on another node (hand_over_to_cluster). state_mutex_ held.
+  ::mqttbroker::cluster::session_handover export_session(const session_type& rec, steady_time now) const {
+    using handed = ::mqttbroker::cluster::session_handover;
+    handed h;
+    h.expiry_seconds = rec.expiry.count();
+    for (const auto& [filter, sub] : rec.state.subscriptions()) h.subscriptions.push_back({filter, sub.options, sub.identifier});
+    const std::uint32_t now_s = clock_seconds(now);
+    rec.state.for_each_owed([&](const session::outgoing& o, const session::phase* p) {
+      handed::delivery d;
+      if (p == nullptr && (!o.msg || o.msg->expired(now_s))) return;  // [MQTT-3.3.2-5] not sent, expired
+      d.msg = o.msg;
+      if (o.msg && o.msg->expires_at() != 0) d.expires_in = o.msg->expired(now_s) ? 1 : o.msg->expires_at() - now_s;
+      d.qos_level = o.qos_level;
+      d.retain = o.retain;
+      d.subscription_ids.assign(o.subscription_ids.begin(), o.subscription_ids.end());
+      d.packet_id = o.packet_id;
+      d.at = p == nullptr ? handed::state::queued
+                          : *p == session::phase::awaiting_pubcomp ? handed::state::pubrec_received : handed::state::sent;
+      h.messages.push_back(std::move(d));
+    });
+    rec.state.for_each_received([&](std::uint16_t id) { h.received.push_back(id); });
+    return h;
+  }
+
   /// Removes a session and its subscriptions. state_mutex_ held.
   void remove_session(session_type& rec, steady_time now) {
     drop_session_subscriptions(rec);
@@ -9955,6 +10188,17 @@ class core {
   MQTTBROKER_NO_UNIQUE_ADDRESS cluster_type cluster_;
   // state_mutex_: this node's subscriptions per filter, while clustered (note_interest()).
   std::map<std::string, std::size_t, std::less<>> interest_;
+  // state_mutex_, with a cluster that owns client identifiers: clients whose connections here wait
+  // for their claims, and the hand-overs other nodes asked for meanwhile (end_claim()).
+  struct deferred_handover {
+    bool discard;
+    handover_done done;
+  };
+  struct pending_claim {
+    std::size_t count = 0;
+    std::vector<deferred_handover> deferred;
+  };
+  std::unordered_map<std::string, pending_claim> claiming_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
   // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)
@@ -10247,6 +10491,7 @@ class protocol : public core<Policies> {
       case link_event::auth_step: return on_auth_step(l, now);
       case link_event::redirect: on_redirect(l, now); return false;
       case link_event::kick: on_kick(l, now); return false;
+      case link_event::claimed: return on_claimed(l, now);
     }
     return false;
   }
@@ -10447,6 +10692,9 @@ class protocol : public core<Policies> {
   void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
     if constexpr (session_type::keeps_origin) {
+      // A claim still running: hand-overs other nodes asked for meanwhile need not wait for it.
+      if constexpr (base::claims)
+        if (l.pending_connect_ && l.pending_connect_->claim) this->end_claim(l.pending_connect_->client_id, now);
       // An authentication still running answers to no one now.
       l.authenticating_ = false;
       l.pending_connect_.reset();
@@ -11170,6 +11418,74 @@ class protocol : public core<Policies> {
     }
   }
 
+  // ---- a cluster that owns client identifiers (cluster/contract.hpp claim())
+
+  /// Asks the cluster to make this node the client's owner before any session is touched. The
+  /// reader waits, as for an asynchronous authenticate, and the CONNECT timeout bounds the wait.
+  void claim_client(link_type& l, connect_request&& r, const std::optional<std::string>* auth_data) {
+    if constexpr (base::claims) {
+      if (auth_data != nullptr) r.final_auth_data = *auth_data;
+      auto answer = std::make_shared<claim_answer>();
+      r.claim = answer;
+      const std::string client_id = r.client_id;
+      const bool clean_start = r.clean_start;
+      l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
+      l.wait_for_authentication(true);
+      this->begin_claim(client_id);
+      this->cluster().claim(client_id, clean_start, [answer, link = l.self()](cluster::claim_result result) {
+        // Any thread: read on the link's own, after the post.
+        {
+          std::lock_guard<std::mutex> lk(answer->mutex);
+          answer->result = std::move(result);
+        }
+        link->post(link_event::claimed);
+      });
+    } else {
+      (void)l;
+      (void)r;
+      (void)auth_data;
+    }
+  }
+
+  /// The cluster answered the claim: the session another node handed over is adopted and the
+  /// CONNECT accepted, or it is refused (Server unavailable) when this node could not become the
+  /// owner. True when the reader is to read again.
+  bool on_claimed(link_type& l, steady_time now) {
+    if constexpr (base::claims) {
+      if (!l.authenticating_ || l.is_closing() || !l.pending_connect_ || !l.pending_connect_->claim) return false;
+      if constexpr (base::durable) base::take_recorded();
+      l.wait_for_authentication(false);
+      std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
+      cluster::claim_result result;
+      {
+        std::lock_guard<std::mutex> lk(r->claim->mutex);
+        result = std::move(r->claim->result);
+      }
+      r->claim.reset();
+      const std::string client_id = r->client_id;
+      if (result.error) {
+        this->log(log_level::warning, "client '{}': the cluster did not make this node its owner: {}", client_id,
+                  result.error.message());
+        refuse_connect_code(l, connect_info_of(l, *r), reason_code::server_unavailable,
+                            connack_return_code::server_unavailable, now);
+        this->end_claim(client_id, now);
+        return false;
+      }
+      if (result.session && !r->clean_start) this->adopt_session(client_id, std::move(*result.session), now);
+      r->claimed = true;
+      const std::optional<std::string> auth_data = std::move(r->final_auth_data);
+      const auth_exchange_state* auth = nullptr;
+      if constexpr (base::enhanced_auth) auth = l.auth_.get();
+      accept_connect(l, std::move(*r), now, auth, auth_data ? &auth_data : nullptr);
+      this->end_claim(client_id, now);  // hand-overs asked for meanwhile find it attached
+      return !l.is_closing();
+    } else {
+      (void)l;
+      (void)now;
+      return false;
+    }
+  }
+
   /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out
   /// (after an AUTH exchange with its method and final data, `auth` and `auth_data`).
   void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
@@ -11178,8 +11494,14 @@ class protocol : public core<Policies> {
       // Authenticated, and no session touched yet: the host may still send the client elsewhere.
       hooks::connect_info info = connect_info_of(l, r);
       info.password.reset();
-      if (std::optional<hooks::redirection> to = hooks_.redirect(info))
+      if (r.claimed) {
+        // Asked before the claim.
+      } else if (std::optional<hooks::redirection> to = hooks_.redirect(info)) {
         return refuse_redirected(l, info, *to, r.maximum_packet_size, now);
+      }
+    }
+    if constexpr (base::claims) {
+      if (!r.claimed) return claim_client(l, std::move(r), auth_data);
     }
     const auto v = r.version;
     const bool v5 = v == codec::protocol_version::v5;
@@ -14098,6 +14420,17 @@ class broker {
       to_engine(kind::group, group_filter, std::move(m));
     };
     in.retained = [this](message_ptr m) { to_engine(kind::retained, {}, std::move(m)); };
+    if constexpr (engine_type::claims) {
+      in.hand_over = [this](std::string client_id, bool discard, typename engine_type::handover_done done) {
+        asio::post(ex_, [this, alive = std::weak_ptr<void>(alive_), client_id = std::move(client_id), discard,
+                         done = std::move(done)]() mutable {
+          if (const auto held = alive.lock())
+            ctx_.engine_.hand_over_to_cluster(client_id, discard, std::move(done), now());
+          else
+            done(std::nullopt);  // the broker is gone: nothing here to hand over
+        });
+      };
+    }
     return ctx_.engine_.cluster().start(ex_, std::move(in));
   }
 

@@ -35,20 +35,68 @@
 // retained_from_cluster(m, now) keeps the cluster's retained message for the node's new
 // subscriptions. With a cluster, shared groups are fed only that way: the cluster picks the node
 // (NATS's queue groups), the node its member.
+//
+// A cluster may also own client identifiers, so that one node at a time holds a client's session
+// ([MQTT-3.1.4-3] across nodes). It then has
+//
+//   void claim(std::string_view client_id, bool clean_start, cluster::claim_reply reply);
+//     A client connects here: make this node its owner. The node that owned it closes its
+//     connection (0x8E) and hands its session over, unless `clean_start` (it discards it then).
+//     `reply` once, from any thread: the session taken over, none, or an error (the CONNECT is
+//     refused, Server unavailable). The client's reader waits for it.
+//
+// and its inbound::hand_over is called when another node claims a client of this one.
 
+#include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/message.hpp>
 
+#include <cstdint>
 #include <functional>
+#include <optional>
+#include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 MQTTBROKER_BEGIN_NAMESPACE
 namespace cluster {
 
 /// One broker alone: no cluster.
 struct none {};
+
+/// A client's session as it moves from one node to another: what a resumed session needs.
+struct session_handover {
+  std::uint32_t expiry_seconds = 0;  // its Session Expiry Interval (3.1.1 Clean Session 0: the broker's)
+  struct subscription {
+    std::string filter;  // `$share/{ShareName}/{filter}` for a shared one
+    codec::subscribe_options options;
+    std::uint32_t identifier = 0;  // 5.0 Subscription Identifier (0: none)
+  };
+  std::vector<subscription> subscriptions;
+  enum class state : std::uint8_t { queued, sent, pubrec_received };
+  /// A message owed to the client: those in flight first, then the queued ones, each in order.
+  struct delivery {
+    message_ptr msg;              // its expiry not set: `expires_in` says what is left
+    std::uint32_t expires_in = 0;  // seconds of its Message Expiry Interval left (0: none)
+    codec::qos qos_level = codec::qos::at_most_once;
+    bool retain = false;
+    std::vector<std::uint32_t> subscription_ids;
+    std::uint16_t packet_id = 0;  // in flight: its identifier
+    state at = state::queued;
+  };
+  std::vector<delivery> messages;
+  std::vector<std::uint16_t> received;  // QoS 2 identifiers received, their PUBREL not yet
+};
+
+/// What claim() answers: the session the old owner handed over, if any, or why the claim failed.
+struct claim_result {
+  std::error_code error;
+  std::optional<session_handover> session;
+};
+using claim_reply = std::function<void(claim_result)>;
 
 /// Where a cluster delivers what other nodes send this one; each callable from any thread.
 struct inbound {
@@ -59,6 +107,11 @@ struct inbound {
   /// The cluster's retained message for its topic (an empty payload: none any more), for this
   /// node's retained store; optional for a cluster that keeps no retained messages.
   std::function<void(message_ptr)> retained;
+  /// Another node claimed `client_id` (a cluster that owns client identifiers): its connection
+  /// here closes (0x8E) and its session leaves this node; `done` gets the session (nothing with
+  /// `discard`, the new connection's Clean Start, or when this node has none), once.
+  std::function<void(std::string client_id, bool discard, std::function<void(std::optional<session_handover>)> done)>
+      hand_over;
 };
 
 namespace detail {
@@ -68,6 +121,13 @@ struct is_enabled : std::false_type {};
 template <class C>
 struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
                                  decltype(std::declval<C&>().interest(std::string_view(), true))>>
+    : std::true_type {};
+
+/// Whether C owns client identifiers (it has claim()).
+template <class C, class = void>
+struct has_claim : std::false_type {};
+template <class C>
+struct has_claim<C, std::void_t<decltype(std::declval<C&>().claim(std::string_view(), true, claim_reply()))>>
     : std::true_type {};
 }  // namespace detail
 

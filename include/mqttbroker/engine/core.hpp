@@ -108,8 +108,11 @@ class core {
   static constexpr bool clustered = ::mqttbroker::cluster::detail::is_enabled<cluster_type>::value;
   /// Whether clients may authenticate with AUTH exchanges (5.0 section 4.12).
   static constexpr bool enhanced_auth = hooks::has_authenticate_enhanced_v<hooks_type>;
+  /// Whether the cluster owns client identifiers: a CONNECT then waits for its claim (the link
+  /// keeps the CONNECT meanwhile, as for an asynchronous authenticate).
+  static constexpr bool claims = clustered && ::mqttbroker::cluster::detail::has_claim<cluster_type>::value;
   using session_type =
-      session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type>, enhanced_auth>;
+      session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type> || claims, enhanced_auth>;
   /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
   using shared_strategy_type = typename shared_strategy_of<Policies>::type;
   static_assert(is_shared_strategy<shared_strategy_type>::value,
@@ -186,6 +189,133 @@ class core {
     std::lock_guard<mutex_type> lk(state_mutex_);
     if (retained_fits(*m)) retained_.set(std::move(m));
   }
+  // ---- a cluster that owns client identifiers (cluster/contract.hpp claim())
+
+  using handover_done = std::function<void(std::optional<::mqttbroker::cluster::session_handover>)>;
+
+  /// Another node claimed `client_id`: its connection here closes as taken over (0x8E) and its
+  /// session leaves this node, handed to `done` unless `discard` (or it ends with no session
+  /// kept). While a connection of this client here waits for its own claim, the hand-over waits
+  /// for that connection to be attached (end_claim()): the later claim wins, and one node at a
+  /// time has the client. From any thread.
+  void hand_over_to_cluster(const std::string& client_id, bool discard, handover_done done, steady_time now) {
+    if constexpr (claims) {
+      std::optional<::mqttbroker::cluster::session_handover> out;
+      detail::ref_ptr<link_type> old;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (auto c = claiming_.find(client_id); c != claiming_.end()) {
+          c->second.deferred.push_back({discard, std::move(done)});
+          return;
+        }
+        const auto it = sessions_.find(client_id);
+        if (it != sessions_.end()) {
+          const detail::ref_ptr<session_type> rec = it->second;
+          // The connection leaves the session alone when it closes (on_closed: taken over).
+          old = std::move(rec->conn);
+          if (!discard && kept(*rec)) out = export_session(*rec, now);
+          drop_session_subscriptions(*rec);
+          if (!out) hand_over_shared(*rec, now);  // it ends: its shared messages go to other members
+          rec->state.clear_messages();
+          if (rec->extras) {
+            // [MQTT-3.1.3-9] the client connected again (elsewhere) within the Will Delay.
+            rec->extras->pending_will = message_ptr();
+            ++rec->extras->will_generation;
+            rec->extras->retained_backlog.clear();
+          }
+          record([&](auto& st) { st.erase_session(client_id); }, false);
+          sessions_.erase(it);
+        }
+      }
+      if (old) old->post(link_event::taken_over);
+      done(std::move(out));
+    } else {
+      (void)client_id;
+      (void)discard;
+      (void)done;
+      (void)now;
+    }
+  }
+
+  /// A connection of `client_id` asks the cluster for it: hand-overs wait until end_claim().
+  void begin_claim(const std::string& client_id) {
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    ++claiming_[client_id].count;
+  }
+  /// That connection is attached to its session, refused or closed: the hand-overs that waited run.
+  void end_claim(const std::string& client_id, steady_time now) {
+    std::vector<deferred_handover> waiting;
+    {
+      std::lock_guard<mutex_type> lk(state_mutex_);
+      const auto it = claiming_.find(client_id);
+      if (it == claiming_.end() || --it->second.count != 0) return;
+      waiting.swap(it->second.deferred);
+      claiming_.erase(it);
+    }
+    for (auto& d : waiting) hand_over_to_cluster(client_id, d.discard, std::move(d.done), now);
+  }
+
+  /// The session another node handed over becomes this node's, in place of any it had here.
+  void adopt_session(const std::string& client_id, ::mqttbroker::cluster::session_handover&& h, steady_time now) {
+    using handed = ::mqttbroker::cluster::session_handover;
+    std::lock_guard<mutex_type> lk(state_mutex_);
+    if (const auto it = sessions_.find(client_id); it != sessions_.end()) {
+      if (it->second->conn) return;  // connected here meanwhile: that session stands
+      remove_session(*it->second, now);
+    }
+    auto rec = detail::ref_ptr<session_type>::make(client_id, &session_limits_);
+    rec->expiry = stored_expiry(std::chrono::seconds(h.expiry_seconds));
+    sessions_.emplace(rec->state.client_id(), rec);
+    for (const auto& sub : h.subscriptions) {
+      router::subscription s;
+      s.options = sub.options;
+      s.identifier = sub.identifier;
+      add_subscription(*rec, sub.filter, s);
+      record([&](auto& st) { st.save_subscription(client_id, sub.filter, sub.options, sub.identifier); }, false);
+    }
+    const std::uint32_t now_s = clock_seconds(now);
+    for (auto& d : h.messages) {
+      session::outgoing o;
+      if (d.msg && d.expires_in != 0) {
+        // Its expiry on this node's clock: what was left when the old owner let it go.
+        const message& m = *d.msg;
+        o.msg = message::make(m.topic(), m.payload(), m.qos_level(), m.retain(), m.properties().bytes(),
+                              static_cast<std::uint32_t>(std::min<std::uint64_t>(std::uint64_t{now_s} + d.expires_in, 0xFFFFFFFF)));
+      } else {
+        o.msg = std::move(d.msg);
+      }
+      o.qos_level = d.qos_level;
+      o.retain = d.retain;
+      for (std::uint32_t id : d.subscription_ids) o.subscription_ids.push_back(id);
+      o.packet_id = d.packet_id;
+      if (d.at == handed::state::queued) {
+        if (!o.msg) continue;
+        record([&](auto& st) { store_enqueue(st, client_id, o.msg, delivery_of(o)); }, false);
+        rec->state.offer(o, false);
+      } else {
+        const bool pubrec = d.at == handed::state::pubrec_received;
+        if (!pubrec && !o.msg) continue;
+        if constexpr (durable) {
+          if (!o.msg) o.msg = message::make({}, {}, codec::qos::exactly_once, false);
+          record([&](auto& st) { store_send(st, client_id, o.packet_id, o.msg, delivery_of(o)); }, false);
+          if (pubrec) record([&](auto& st) { st.pubrec(client_id, o.packet_id); }, false);
+        }
+        rec->state.restore_inflight(std::move(o), pubrec);
+      }
+    }
+    for (std::uint16_t id : h.received) {
+      rec->state.on_qos2_publish(id);
+      record(
+          [&](auto& st) {
+            // Routed by the old owner: only the identifier is owed (its PUBREL).
+            st.receive(client_id, id, message::make({}, {}, codec::qos::exactly_once, false));
+            if constexpr (storage::detail::has_routed<storage_type>::value) st.routed(client_id, id);
+          },
+          false);
+    }
+    if (kept(*rec)) record([&](auto& st) { st.save_session(client_id, rec->expiry.count()); }, false);
+  }
+
   /// Whether `m` may go into the retained store: a clearing, a replacement, or one more within
   /// max_retained_messages. state_mutex_ held.
   bool retained_fits(const message& m) const {
@@ -1264,6 +1394,30 @@ class core {
     return std::nullopt;
   }
 
+  /// What a resumed session needs on another node (hand_over_to_cluster). state_mutex_ held.
+  ::mqttbroker::cluster::session_handover export_session(const session_type& rec, steady_time now) const {
+    using handed = ::mqttbroker::cluster::session_handover;
+    handed h;
+    h.expiry_seconds = rec.expiry.count();
+    for (const auto& [filter, sub] : rec.state.subscriptions()) h.subscriptions.push_back({filter, sub.options, sub.identifier});
+    const std::uint32_t now_s = clock_seconds(now);
+    rec.state.for_each_owed([&](const session::outgoing& o, const session::phase* p) {
+      handed::delivery d;
+      if (p == nullptr && (!o.msg || o.msg->expired(now_s))) return;  // [MQTT-3.3.2-5] not sent, expired
+      d.msg = o.msg;
+      if (o.msg && o.msg->expires_at() != 0) d.expires_in = o.msg->expired(now_s) ? 1 : o.msg->expires_at() - now_s;
+      d.qos_level = o.qos_level;
+      d.retain = o.retain;
+      d.subscription_ids.assign(o.subscription_ids.begin(), o.subscription_ids.end());
+      d.packet_id = o.packet_id;
+      d.at = p == nullptr ? handed::state::queued
+                          : *p == session::phase::awaiting_pubcomp ? handed::state::pubrec_received : handed::state::sent;
+      h.messages.push_back(std::move(d));
+    });
+    rec.state.for_each_received([&](std::uint16_t id) { h.received.push_back(id); });
+    return h;
+  }
+
   /// Removes a session and its subscriptions. state_mutex_ held.
   void remove_session(session_type& rec, steady_time now) {
     drop_session_subscriptions(rec);
@@ -1535,6 +1689,17 @@ class core {
   MQTTBROKER_NO_UNIQUE_ADDRESS cluster_type cluster_;
   // state_mutex_: this node's subscriptions per filter, while clustered (note_interest()).
   std::map<std::string, std::size_t, std::less<>> interest_;
+  // state_mutex_, with a cluster that owns client identifiers: clients whose connections here wait
+  // for their claims, and the hand-overs other nodes asked for meanwhile (end_claim()).
+  struct deferred_handover {
+    bool discard;
+    handover_done done;
+  };
+  struct pending_claim {
+    std::size_t count = 0;
+    std::vector<deferred_handover> deferred;
+  };
+  std::unordered_map<std::string, pending_claim> claiming_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
   // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)

@@ -1,6 +1,7 @@
 #ifndef MQTTBROKER_ENGINE_LINK_HPP
 #define MQTTBROKER_ENGINE_LINK_HPP
 
+#include <mqttbroker/cluster/contract.hpp>
 #include <mqttbroker/codec/packets.hpp>
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/config.hpp>
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -53,6 +55,7 @@ enum class link_event : std::uint8_t {
   auth_step,       // authenticate_enhanced answered a step of an AUTH exchange
   redirect,        // the host sends this client to another server (protocol::redirect)
   kick,            // the host ends this client's connection (protocol::kick)
+  claimed,         // the cluster answered the claim of this client (cluster/contract.hpp)
 };
 
 /// 5.0 Topic Aliases of one connection, both ways; they never outlive it [MQTT-3.3.2-7].
@@ -129,6 +132,12 @@ struct link_extras {
   }
 };
 
+/// What the cluster answered a claim (cluster::claim_reply), from any thread; read on the link's.
+struct claim_answer {
+  std::mutex mutex;
+  cluster::claim_result result;
+};
+
 /// A CONNECT the engine accepted as valid, owned: it outlives the packet's buffer while an
 /// asynchronous authentication runs.
 struct connect_request {
@@ -146,6 +155,12 @@ struct connect_request {
   std::chrono::seconds requested_expiry{0};  // what the client asked for (Clean Session 0: the broker's)
   message_ptr will;
   std::chrono::duration<std::uint32_t> will_delay{0};
+  // A cluster that owns client identifiers (cluster/contract.hpp claim()): the claim's answer
+  // while it runs, whether this node owns the client now, and an AUTH exchange's final data kept
+  // for the CONNACK meanwhile.
+  std::shared_ptr<claim_answer> claim;
+  bool claimed = false;
+  std::optional<std::string> final_auth_data;
 };
 
 /// Who a link's client is, for hooks that take a client_info (hooks::needs_client_info_v), and

@@ -264,6 +264,7 @@ class protocol : public core<Policies> {
       case link_event::auth_step: return on_auth_step(l, now);
       case link_event::redirect: on_redirect(l, now); return false;
       case link_event::kick: on_kick(l, now); return false;
+      case link_event::claimed: return on_claimed(l, now);
     }
     return false;
   }
@@ -464,6 +465,9 @@ class protocol : public core<Policies> {
   void on_closed(link_type& l, steady_time now, std::chrono::system_clock::time_point system_now) {
     detail::ref_ptr<link_type> self = l.self();
     if constexpr (session_type::keeps_origin) {
+      // A claim still running: hand-overs other nodes asked for meanwhile need not wait for it.
+      if constexpr (base::claims)
+        if (l.pending_connect_ && l.pending_connect_->claim) this->end_claim(l.pending_connect_->client_id, now);
       // An authentication still running answers to no one now.
       l.authenticating_ = false;
       l.pending_connect_.reset();
@@ -1187,6 +1191,74 @@ class protocol : public core<Policies> {
     }
   }
 
+  // ---- a cluster that owns client identifiers (cluster/contract.hpp claim())
+
+  /// Asks the cluster to make this node the client's owner before any session is touched. The
+  /// reader waits, as for an asynchronous authenticate, and the CONNECT timeout bounds the wait.
+  void claim_client(link_type& l, connect_request&& r, const std::optional<std::string>* auth_data) {
+    if constexpr (base::claims) {
+      if (auth_data != nullptr) r.final_auth_data = *auth_data;
+      auto answer = std::make_shared<claim_answer>();
+      r.claim = answer;
+      const std::string client_id = r.client_id;
+      const bool clean_start = r.clean_start;
+      l.pending_connect_ = std::make_unique<connect_request>(std::move(r));
+      l.wait_for_authentication(true);
+      this->begin_claim(client_id);
+      this->cluster().claim(client_id, clean_start, [answer, link = l.self()](cluster::claim_result result) {
+        // Any thread: read on the link's own, after the post.
+        {
+          std::lock_guard<std::mutex> lk(answer->mutex);
+          answer->result = std::move(result);
+        }
+        link->post(link_event::claimed);
+      });
+    } else {
+      (void)l;
+      (void)r;
+      (void)auth_data;
+    }
+  }
+
+  /// The cluster answered the claim: the session another node handed over is adopted and the
+  /// CONNECT accepted, or it is refused (Server unavailable) when this node could not become the
+  /// owner. True when the reader is to read again.
+  bool on_claimed(link_type& l, steady_time now) {
+    if constexpr (base::claims) {
+      if (!l.authenticating_ || l.is_closing() || !l.pending_connect_ || !l.pending_connect_->claim) return false;
+      if constexpr (base::durable) base::take_recorded();
+      l.wait_for_authentication(false);
+      std::unique_ptr<connect_request> r = std::move(l.pending_connect_);
+      cluster::claim_result result;
+      {
+        std::lock_guard<std::mutex> lk(r->claim->mutex);
+        result = std::move(r->claim->result);
+      }
+      r->claim.reset();
+      const std::string client_id = r->client_id;
+      if (result.error) {
+        this->log(log_level::warning, "client '{}': the cluster did not make this node its owner: {}", client_id,
+                  result.error.message());
+        refuse_connect_code(l, connect_info_of(l, *r), reason_code::server_unavailable,
+                            connack_return_code::server_unavailable, now);
+        this->end_claim(client_id, now);
+        return false;
+      }
+      if (result.session && !r->clean_start) this->adopt_session(client_id, std::move(*result.session), now);
+      r->claimed = true;
+      const std::optional<std::string> auth_data = std::move(r->final_auth_data);
+      const auth_exchange_state* auth = nullptr;
+      if constexpr (base::enhanced_auth) auth = l.auth_.get();
+      accept_connect(l, std::move(*r), now, auth, auth_data ? &auth_data : nullptr);
+      this->end_claim(client_id, now);  // hand-overs asked for meanwhile find it attached
+      return !l.is_closing();
+    } else {
+      (void)l;
+      (void)now;
+      return false;
+    }
+  }
+
   /// An authenticated CONNECT: the session is made, resumed or taken over, and CONNACK goes out
   /// (after an AUTH exchange with its method and final data, `auth` and `auth_data`).
   void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
@@ -1195,8 +1267,14 @@ class protocol : public core<Policies> {
       // Authenticated, and no session touched yet: the host may still send the client elsewhere.
       hooks::connect_info info = connect_info_of(l, r);
       info.password.reset();
-      if (std::optional<hooks::redirection> to = hooks_.redirect(info))
+      if (r.claimed) {
+        // Asked before the claim.
+      } else if (std::optional<hooks::redirection> to = hooks_.redirect(info)) {
         return refuse_redirected(l, info, *to, r.maximum_packet_size, now);
+      }
+    }
+    if constexpr (base::claims) {
+      if (!r.claimed) return claim_client(l, std::move(r), auth_data);
     }
     const auto v = r.version;
     const bool v5 = v == codec::protocol_version::v5;

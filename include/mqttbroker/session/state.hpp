@@ -301,6 +301,12 @@ class state {
     return true;
   }
   std::size_t inbound_qos2_count() const noexcept { return traffic_ ? traffic_->inbound_qos2.size() : 0; }
+  /// The QoS 2 identifiers held until their PUBREL, in order.
+  template <class F>
+  void for_each_received(F&& f) const {
+    if (!traffic_) return;
+    for (std::uint16_t id : traffic_->inbound_qos2) f(id);
+  }
 
   // ---- subscriptions, as the session remembers them for removal and persistence
 
