@@ -195,14 +195,16 @@ struct cluster_of_nodes {
 /// An MQTT client of one node (over its memory listener), driven on the loop's thread.
 class session_client {
  public:
-  session_client(loop& l, const std::string& listener, const std::string& id) : l_(l) {
+  session_client(loop& l, const std::string& listener, const std::string& id, bool clean = true) : l_(l) {
     l_.run([&] {
       c_ = std::make_unique<test_client::memory_client>(l_.io, listener, mb::codec::protocol_version::v3_1_1);
-      c_->connect(id);
+      c_->connect(id, clean);
       return 0;
     });
-    REQUIRE(next().type == mb::codec::packet_type::connack);
+    connack = next();
+    REQUIRE(connack.type == mb::codec::packet_type::connack);
   }
+  test_rx::rx connack;
   ~session_client() {
     l_.run([&] {
       c_.reset();
@@ -231,6 +233,20 @@ class session_client {
   }
   std::size_t pending() {
     return l_.run([&] { return c_->pending(); });
+  }
+  void puback(std::uint16_t id) {
+    l_.run([&] {
+      c_->puback(id);
+      return 0;
+    });
+  }
+  /// Whether the node closed the connection, waited for (bounded).
+  bool closed_by_node() {
+    for (int i = 0; i < 500; ++i) {
+      if (l_.run([&] { return c_->closed(); })) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
   }
 
  private:
@@ -369,4 +385,57 @@ TEST_CASE("cluster::nats: a retained message set on one node is seen at the othe
   const auto sa = l.run([&] { return c[0].cluster().statistics(); });
   CHECK(sa.retained_stored == 3);
   CHECK(sa.retained_failed == 0);
+}
+
+TEST_CASE("cluster::nats: a client that connects to another node takes its session along, queued messages "
+          "included, and its connection on the first node is closed",
+          "[cluster][nats][MQTT-3.1.2-4][MQTT-3.1.4-3][MQTT-3.2.2-3]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  cluster_of_nodes c(l, server.url(), {"a", "c"});
+  {
+    session_client s(l, c.listeners[0], "mover", false);  // 3.1.1 Clean Session 0
+    CHECK_FALSE(s.connack.session_present);
+    s.subscribe("q/#", qos::at_least_once);
+  }  // gone without DISCONNECT: the session waits on a
+  l.run([&] { return c[0].publish("q/1", "one", qos::at_least_once, false); });
+  l.run([&] { return c[0].publish("q/2", "two", qos::at_least_once, false); });
+  {
+    session_client moved(l, c.listeners[1], "mover", false);
+    CHECK(moved.connack.session_present);  // [MQTT-3.2.2-3]
+    const test_rx::rx first = moved.next();
+    const test_rx::rx second = moved.next();
+    CHECK(first.topic == "q/1");
+    CHECK(first.payload == "one");
+    CHECK(second.topic == "q/2");
+    moved.puback(first.id);
+    moved.puback(second.id);
+    // Its subscription came along: a message published on a now reaches it on c.
+    settle_interest(c[1]);
+    l.run([&] { return c[0].publish("q/3", "three", qos::at_least_once, false); });
+    const test_rx::rx third = moved.next();
+    CHECK(third.topic == "q/3");
+    moved.puback(third.id);
+
+    // Connected on c, it connects on a again: the connection on c is closed [MQTT-3.1.4-3], and
+    // what was in flight on c comes along.
+    l.run([&] { return c[1].publish("q/4", "four", qos::at_least_once, false); });
+    CHECK(moved.next().topic == "q/4");  // not acknowledged
+    session_client back(l, c.listeners[0], "mover", false);
+    CHECK(back.connack.session_present);
+    CHECK(moved.closed_by_node());
+    const test_rx::rx again = back.next();
+    CHECK(again.topic == "q/4");
+    CHECK(again.dup);  // [MQTT-4.4.0-1] sent before, so sent again with DUP
+  }
+  const auto sa = l.run([&] { return c[0].cluster().statistics(); });
+  const auto sc = l.run([&] { return c[1].cluster().statistics(); });
+  CHECK(sa.sessions_given == 1);
+  CHECK(sa.sessions_taken == 1);
+  CHECK(sc.sessions_given == 1);
+  CHECK(sc.sessions_taken == 1);
+  CHECK(sa.handovers_lost == 0);
+  CHECK(sc.handovers_lost == 0);
+  CHECK(sa.claims_failed + sc.claims_failed == 0);
 }

@@ -14,6 +14,12 @@
 // "a/b") gets a message once per matching subscription: each message carries its origin's name,
 // a number for the origin's run and a sequence number, and repeats are dropped.
 //
+// Client identifiers are owned by one node at a time (claim(), cluster/contract.hpp): a
+// JetStream key-value bucket `{prefix}_sessions` maps each to its node, changed by
+// compare-and-set. A node that takes a client over asks the previous owner, on the subject
+// `{prefix}.own.{node}`, for the session; the owner closes the connection (0x8E) and answers
+// with the session in one or more messages.
+//
 // Across nodes this is NATS's core delivery: at most once. QoS 1 and 2 keep their levels towards
 // the subscribers, but a message in flight between nodes when a connection breaks is lost
 // (counted). I/O runs on the broker's executor (cluster::nats_event_loop); nats.c's own threads
@@ -25,6 +31,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/config.hpp>
 #include <mqttbroker/message.hpp>
+#include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 
 #include <asio/any_io_executor.hpp>
@@ -85,6 +92,14 @@ struct nats_options {
   int replicas = 1;
   /// How long start() waits for JetStream to be ready (a new NATS cluster elects its leader).
   std::chrono::milliseconds jetstream_wait{15000};
+  /// Client identifiers owned by one node at a time, in the bucket `{prefix}_sessions` (needs
+  /// JetStream): a client that connects to another node takes its session there.
+  bool own_clients = true;
+  /// How long a claim waits for the previous owner's session; past it (a node that is gone) the
+  /// client gets a new session.
+  std::chrono::milliseconds handover_wait{2000};
+  /// The largest session a node takes over (bytes as sent); a larger one is not taken (counted).
+  std::size_t max_handover_bytes = std::size_t{256} << 20;
 };
 
 /// What went through the cluster, since start().
@@ -99,6 +114,11 @@ struct nats_statistics {
   std::uint64_t retained_stored = 0;   // retained messages (and clearings) written to the bucket
   std::uint64_t retained_failed = 0;   // not written (JetStream unavailable, a topic too long for a key)
   std::uint64_t retained_loaded = 0;   // bucket entries taken into this node's retained store
+  std::uint64_t claims = 0;           // clients this node took ownership of
+  std::uint64_t claims_failed = 0;    // connections refused: the bucket could not be changed
+  std::uint64_t sessions_taken = 0;   // sessions another node handed to this one
+  std::uint64_t sessions_given = 0;   // sessions this node handed to another
+  std::uint64_t handovers_lost = 0;   // a previous owner that did not answer in time (or too large)
   std::size_t subscriptions = 0;  // NATS subscriptions held
   bool connected = false;         // both of the routing connections are up now
 };
@@ -128,6 +148,9 @@ class nats {
 
   void publish(const message_ptr& m) { st_->publish(*m); }
   void interest(std::string_view filter, bool present) { st_->interest(filter, present); }
+  void claim(std::string_view client_id, bool clean_start, claim_reply reply) {
+    st_->claim(client_id, clean_start, std::move(reply));
+  }
 
   nats_statistics statistics() const { return st_->statistics(); }
 
@@ -183,8 +206,24 @@ class nats {
     std::map<std::string, seen_window, std::less<>> seen;
     std::uint64_t dropped_before = 0;  // mutex: by nats.c, on subscriptions since gone
 
+    // The owners' bucket and the claims, run one at a time by `claimer` (the bucket's calls
+    // block); hand-over requests come on `owner_sub` (nats.c's delivery thread).
+    kvStore* owners = nullptr;
+    natsSubscription* owner_sub = nullptr;
+    std::thread claimer;
+    struct claim_request {
+      std::string client_id;
+      bool clean_start;
+      claim_reply reply;
+    };
+    std::shared_ptr<bool> alive_token = std::make_shared<bool>(true);  // hand-overs answered after stop()
+    std::condition_variable claims_ready;  // with writes_mutex
+    std::deque<claim_request> claims;      // writes_mutex
+    bool claimer_stopping = false;         // writes_mutex
+
     std::atomic<std::uint64_t> published{0}, publish_failed{0}, received{0}, repeats{0}, malformed{0},
-        disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0};
+        disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0}, claimed{0},
+        claims_failed{0}, sessions_taken{0}, sessions_given{0}, handovers_lost{0};
 
     ~state() { close(); }
 
@@ -201,7 +240,7 @@ class nats {
       loop = std::make_unique<nats_event_loop>(std::move(ex));
       std::error_code ec = make_options(nopts_routes, true, true);
       if (!ec) ec = make_options(nopts_groups, false, true);
-      if (!ec && opts.retained) ec = make_options(nopts_bucket, false, false);
+      if (!ec && (opts.retained || opts.own_clients)) ec = make_options(nopts_bucket, false, false);
       for (auto c : {std::make_pair(&routes, nopts_routes), std::make_pair(&groups, nopts_groups),
                      std::make_pair(&bucket, nopts_bucket)}) {
         if (ec || c.second == nullptr) continue;
@@ -211,7 +250,7 @@ class nats {
           ++live_connections;
         }
       }
-      if (!ec && opts.retained) ec = open_bucket();
+      if (!ec && (opts.retained || opts.own_clients)) ec = open_bucket();
       if (ec) {
         close();
         return ec;
@@ -311,10 +350,9 @@ class nats {
 
     // ---- retained messages in the bucket
 
-    std::error_code open_bucket() {
-      std::error_code ec = make_nats_error(natsConnection_JetStream(&js, bucket, nullptr));
-      if (ec) return ec;
-      std::string name = opts.prefix + "_retained";
+    /// The bucket `{prefix}_{what}` (dots as `_`), made by this node or another.
+    std::error_code key_value(kvStore*& out, const char* what) {
+      std::string name = opts.prefix + "_" + what;
       for (char& c : name)
         if (c == '.') c = '_';
       kvConfig cfg;
@@ -325,12 +363,31 @@ class nats {
       // A new NATS cluster has no JetStream leader for a moment: asked again until it has.
       const auto deadline = std::chrono::steady_clock::now() + opts.jetstream_wait;
       for (;;) {
-        natsStatus s = js_CreateKeyValue(&kv, js, &cfg);
-        if (s != NATS_OK) s = js_KeyValue(&kv, js, name.c_str());  // made by another node, otherwise
-        if (s == NATS_OK) break;
+        natsStatus s = js_CreateKeyValue(&out, js, &cfg);
+        if (s != NATS_OK) s = js_KeyValue(&out, js, name.c_str());  // made by another node, otherwise
+        if (s == NATS_OK) return {};
         if (std::chrono::steady_clock::now() > deadline) return make_nats_error(s);
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
+    }
+    std::error_code open_bucket() {
+      std::error_code ec = make_nats_error(natsConnection_JetStream(&js, bucket, nullptr));
+      if (ec) return ec;
+      if (opts.own_clients) {
+        if ((ec = key_value(owners, "sessions"))) return ec;
+        const std::string subject = owner_subject(opts.node);
+        if ((ec = make_nats_error(natsConnection_Subscribe(&owner_sub, bucket, subject.c_str(), &on_handover_request, this))))
+          return ec;
+        if (natsSubscription_SetOnCompleteCB(owner_sub, &on_subscription_done, this) == NATS_OK) {
+          std::lock_guard<std::mutex> lk(mutex);
+          ++live_subscriptions;
+        }
+        // Answered before a claim of this node's can ask another: the subscription is on the server.
+        if ((ec = make_nats_error(natsConnection_FlushTimeout(bucket, opts.jetstream_wait.count())))) return ec;
+        claimer = std::thread([this] { run_claims(); });
+      }
+      if (!opts.retained) return {};
+      if ((ec = key_value(kv, "retained"))) return ec;
       if ((ec = make_nats_error(kvStore_WatchAll(&watch, kv, nullptr)))) return ec;
       writer = std::thread([this] { write_bucket(); });
       // The bucket's entries now, then its changes: mirrored before start() returns, so the node
@@ -345,9 +402,19 @@ class nats {
       {
         std::lock_guard<std::mutex> lk(writes_mutex);
         writer_stopping = true;  // what is queued is still written
+        claimer_stopping = true;  // claims still queued are refused
         writes_ready.notify_all();
+        claims_ready.notify_all();
       }
       if (writer.joinable()) writer.join();
+      if (claimer.joinable()) claimer.join();
+      if (owner_sub != nullptr) {
+        natsSubscription_Unsubscribe(owner_sub);
+        natsSubscription_Destroy(owner_sub);
+        owner_sub = nullptr;
+      }
+      if (owners != nullptr) kvStore_Destroy(owners);
+      owners = nullptr;
       if (watch != nullptr) kvWatcher_Stop(watch);
       if (watcher.joinable()) watcher.join();
       if (watch != nullptr) kvWatcher_Destroy(watch);
@@ -472,6 +539,319 @@ class nats {
     static void put_string(std::string& out, std::string_view s) {
       put_varint(out, s.size());
       out.append(s);
+    }
+
+    // ---- client identifiers and their sessions (claim())
+
+    /// Where a node hears that another takes one of its clients over.
+    std::string owner_subject(std::string_view node) const { return opts.prefix + ".own." + bucket_key(node); }
+
+    void claim(std::string_view client_id, bool clean_start, claim_reply reply) {
+      {
+        std::lock_guard<std::mutex> lk(writes_mutex);
+        if (owners != nullptr && !claimer_stopping) {
+          claims.push_back({std::string(client_id), clean_start, std::move(reply)});
+          claims_ready.notify_one();
+          return;
+        }
+      }
+      // Not started, or not owning clients: a node alone owns its clients.
+      if (!opts.own_clients || !started_now()) return reply({});
+      reply({std::make_error_code(std::errc::not_connected), std::nullopt});
+    }
+    bool started_now() {
+      std::lock_guard<std::mutex> lk(mutex);
+      return started && !stopped;
+    }
+
+    void run_claims() {
+      std::unique_lock<std::mutex> lk(writes_mutex);
+      for (;;) {
+        claims_ready.wait(lk, [&] { return claimer_stopping || !claims.empty(); });
+        if (claimer_stopping) {
+          std::deque<claim_request> left;
+          left.swap(claims);
+          lk.unlock();
+          for (auto& c : left) c.reply({std::make_error_code(std::errc::operation_canceled), std::nullopt});
+          return;
+        }
+        claim_request c = std::move(claims.front());
+        claims.pop_front();
+        lk.unlock();
+        c.reply(take_ownership(c.client_id, c.clean_start));
+        lk.lock();
+      }
+    }
+
+    /// Makes this node the owner of `client_id` in the bucket (compare-and-set on the entry's
+    /// revision, so that of two nodes claiming at once one wins and the other asks it next), then
+    /// asks the previous owner for the session. On `claimer`.
+    claim_result take_ownership(const std::string& client_id, bool clean_start) {
+      const std::string key = bucket_key(client_id);
+      const auto deadline = std::chrono::steady_clock::now() + opts.jetstream_wait;
+      for (;;) {
+        kvEntry* e = nullptr;
+        natsStatus s = kvStore_Get(&e, owners, key.c_str());
+        std::string previous;
+        std::uint64_t revision = 0;
+        if (s == NATS_OK) {
+          previous.assign(static_cast<const char*>(kvEntry_Value(e)), static_cast<std::size_t>(kvEntry_ValueLen(e)));
+          revision = kvEntry_Revision(e);
+          kvEntry_Destroy(e);
+        }
+        if (s == NATS_OK && previous == opts.node) {
+          claimed.fetch_add(1, std::memory_order_relaxed);
+          return {};  // this node's already
+        }
+        if (s == NATS_OK || s == NATS_NOT_FOUND) {
+          std::uint64_t written = 0;
+          s = s == NATS_NOT_FOUND ? kvStore_Create(&written, owners, key.c_str(), opts.node.data(), static_cast<int>(opts.node.size()))
+                                  : kvStore_Update(&written, owners, key.c_str(), opts.node.data(),
+                                                   static_cast<int>(opts.node.size()), revision);
+          if (s == NATS_OK) {
+            claimed.fetch_add(1, std::memory_order_relaxed);
+            if (previous.empty()) return {};
+            return {{}, ask_for_session(previous, client_id, clean_start)};
+          }
+          // Another node changed the entry first: looked at again.
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+          claims_failed.fetch_add(1, std::memory_order_relaxed);
+          return {make_nats_error(s == NATS_OK ? NATS_TIMEOUT : s), std::nullopt};
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+
+    /// The session of `client_id` from its previous owner, in as many messages as it takes;
+    /// nothing when it has none, is gone or does not answer in time. On `claimer`.
+    std::optional<session_handover> ask_for_session(const std::string& node, const std::string& client_id,
+                                                    bool clean_start) {
+      natsInbox* inbox = nullptr;
+      natsSubscription* sub = nullptr;
+      std::optional<session_handover> out;
+      std::string request;
+      request.push_back(clean_start ? '\x01' : '\x00');
+      request.append(client_id);
+      const std::string subject = owner_subject(node);
+      const auto deadline = std::chrono::steady_clock::now() + opts.handover_wait;
+      bool lost = true;
+      if (natsInbox_Create(&inbox) == NATS_OK && natsConnection_SubscribeSync(&sub, bucket, inbox) == NATS_OK &&
+          natsConnection_PublishRequest(bucket, subject.c_str(), inbox, request.data(), static_cast<int>(request.size())) == NATS_OK) {
+        std::string whole;
+        std::uint64_t expected = 0, next = 0;
+        for (;;) {
+          const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+          natsMsg* m = nullptr;
+          const natsStatus s = left.count() > 0 ? natsSubscription_NextMsg(&m, sub, left.count()) : NATS_TIMEOUT;
+          if (s == NATS_NO_RESPONDERS) {  // the node is gone: so is what it had
+            break;
+          }
+          if (s != NATS_OK) break;
+          const std::string_view part(natsMsg_GetData(m), static_cast<std::size_t>(natsMsg_GetDataLength(m)));
+          std::size_t at = 0;
+          std::uint64_t index = 0, total = 0;
+          const bool ok = get_varint(part, at, index) && get_varint(part, at, total);
+          bool done = false;
+          if (!ok || total == 0) {  // the owner had no session to give
+            lost = false;
+            done = true;
+          } else if (index == next && (expected == 0 || total == expected) &&
+                     whole.size() + (part.size() - at) <= opts.max_handover_bytes) {
+            expected = total;
+            whole.append(part.substr(at));
+            if (++next == expected) {
+              out = decode_handover(whole);
+              lost = !out;
+              done = true;
+            }
+          } else {
+            done = true;  // out of order or too large: not taken
+          }
+          natsMsg_Destroy(m);
+          if (done) break;
+        }
+      }
+      if (sub != nullptr) natsSubscription_Destroy(sub);
+      if (inbox != nullptr) natsInbox_Destroy(inbox);
+      if (out) sessions_taken.fetch_add(1, std::memory_order_relaxed);
+      if (lost && !clean_start) handovers_lost.fetch_add(1, std::memory_order_relaxed);
+      return out;
+    }
+
+    /// Another node takes one of this node's clients: the broker closes the connection and gives
+    /// the session, which goes back in parts of at most the server's payload size. On nats.c's
+    /// delivery thread.
+    static void on_handover_request(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+      auto* st = static_cast<state*>(closure);
+      const char* reply = natsMsg_GetReply(msg);
+      const std::string_view b(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+      if (reply != nullptr && b.size() >= 2) st->hand_over(b[0] != 0, std::string(b.substr(1)), reply);
+      natsMsg_Destroy(msg);
+    }
+    void hand_over(bool discard, std::string client_id, std::string reply) {
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (stopped || !started || !in.hand_over) return;
+        ++running;
+      }
+      // `done` may run after stop(): it answers only while the connection is there.
+      std::weak_ptr<bool> alive = alive_token;
+      in.hand_over(std::move(client_id), discard, [this, alive, reply = std::move(reply)](std::optional<session_handover> h) {
+        const auto held = alive.lock();
+        if (!held) return;
+        {
+          std::lock_guard<std::mutex> lk(mutex);
+          if (stopped || !started) return;
+          ++running;
+        }
+        answer_handover(reply, h);
+        std::lock_guard<std::mutex> lk(mutex);
+        if (--running == 0) idle.notify_all();
+      });
+      std::lock_guard<std::mutex> lk(mutex);
+      if (--running == 0) idle.notify_all();
+    }
+    void answer_handover(const std::string& reply, const std::optional<session_handover>& h) {
+      std::string body;
+      if (h) encode_handover(body, *h);
+      const std::size_t room = static_cast<std::size_t>(std::max<int64_t>(natsConnection_GetMaxPayload(bucket), 1024)) - 32;
+      const std::size_t parts = body.empty() ? 1 : (body.size() + room - 1) / room;
+      std::string part;
+      for (std::size_t i = 0; i < parts; ++i) {
+        part.clear();
+        put_varint(part, i);
+        put_varint(part, body.empty() ? 0 : parts);  // 0: no session
+        if (!body.empty()) part.append(body, i * room, room);
+        natsConnection_Publish(bucket, reply.c_str(), part.data(), static_cast<int>(part.size()));
+      }
+      natsConnection_Flush(bucket);
+      if (h) sessions_given.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A session on the wire: format 1; its expiry; its subscriptions (filter, options byte,
+    /// identifier); the messages owed (flags, packet identifier, expiry left, Subscription
+    /// Identifiers, then the message unless only its PUBREL is owed); the QoS 2 identifiers held.
+    static void encode_handover(std::string& out, const session_handover& h) {
+      out.push_back('\x01');
+      put_varint(out, h.expiry_seconds);
+      put_varint(out, h.subscriptions.size());
+      for (const auto& sub : h.subscriptions) {
+        put_string(out, sub.filter);
+        const codec::subscribe_options& o = sub.options;
+        out.push_back(static_cast<char>(static_cast<unsigned>(o.max_qos) | (o.no_local ? 4u : 0u) |
+                                        (o.retain_as_published ? 8u : 0u) |
+                                        (static_cast<unsigned>(o.retain_handling) << 4)));
+        put_varint(out, sub.identifier);
+      }
+      put_varint(out, h.messages.size());
+      for (const auto& d : h.messages) {
+        out.push_back(static_cast<char>((d.msg ? 1u : 0u) | (static_cast<unsigned>(d.at) << 1) |
+                                        (static_cast<unsigned>(d.qos_level) << 3) | (d.retain ? 32u : 0u)));
+        put_varint(out, d.packet_id);
+        put_varint(out, d.expires_in);
+        put_varint(out, d.subscription_ids.size());
+        for (std::uint32_t id : d.subscription_ids) put_varint(out, id);
+        if (!d.msg) continue;
+        out.push_back(static_cast<char>(static_cast<unsigned>(d.msg->qos_level()) | (d.msg->retain() ? 4u : 0u)));
+        put_string(out, d.msg->topic());
+        put_string(out, d.msg->properties().bytes());
+        put_string(out, d.msg->payload());
+      }
+      put_varint(out, h.received.size());
+      for (std::uint16_t id : h.received) put_varint(out, id);
+    }
+    /// The session in `b`, or nothing when anything in it is out of bounds or not valid MQTT.
+    static std::optional<session_handover> decode_handover(std::string_view b) {
+      std::size_t at = 0;
+      auto varint = [&](std::uint64_t& v, std::uint64_t max) { return get_varint(b, at, v) && v <= max; };
+      auto string = [&](std::string_view& s) {
+        std::uint64_t n = 0;
+        if (!get_varint(b, at, n) || n > b.size() - at) return false;
+        s = b.substr(at, static_cast<std::size_t>(n));
+        at += static_cast<std::size_t>(n);
+        return true;
+      };
+      auto byte = [&](unsigned& v) {
+        if (at >= b.size()) return false;
+        v = static_cast<unsigned char>(b[at++]);
+        return true;
+      };
+      // A count is at most the bytes left: each element takes one at least, so nothing is sized
+      // by a number the sender chose.
+      auto count = [&](std::uint64_t& n) { return get_varint(b, at, n) && n <= b.size() - at; };
+      session_handover h;
+      std::uint64_t v = 0, n = 0;
+      unsigned flags = 0;
+      if (b.empty() || b[0] != '\x01') return std::nullopt;
+      at = 1;
+      if (!varint(v, 0xFFFFFFFF)) return std::nullopt;
+      h.expiry_seconds = static_cast<std::uint32_t>(v);
+      if (!count(n)) return std::nullopt;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        session_handover::subscription sub;
+        std::string_view filter;
+        std::error_code invalid;
+        if (!string(filter) || (topic::parse_filter(filter, invalid), invalid) || !byte(flags) || (flags & 3u) == 3u ||
+            (flags >> 4) > 2u || !varint(v, 268435455))
+          return std::nullopt;
+        sub.filter.assign(filter);
+        sub.options.max_qos = static_cast<codec::qos>(flags & 3u);
+        sub.options.no_local = (flags & 4u) != 0;
+        sub.options.retain_as_published = (flags & 8u) != 0;
+        sub.options.retain_handling = static_cast<codec::retain_handling_option>(flags >> 4);
+        sub.identifier = static_cast<std::uint32_t>(v);
+        h.subscriptions.push_back(std::move(sub));
+      }
+      if (!count(n)) return std::nullopt;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        session_handover::delivery d;
+        std::uint64_t ids = 0;
+        if (!byte(flags) || ((flags >> 1) & 3u) > 2u || ((flags >> 3) & 3u) == 3u || (flags >> 6) != 0) return std::nullopt;
+        d.at = static_cast<session_handover::state>((flags >> 1) & 3u);
+        d.qos_level = static_cast<codec::qos>((flags >> 3) & 3u);
+        d.retain = (flags & 32u) != 0;
+        if (!varint(v, 0xFFFF)) return std::nullopt;
+        d.packet_id = static_cast<std::uint16_t>(v);
+        if (!varint(v, 0xFFFFFFFF)) return std::nullopt;
+        d.expires_in = static_cast<std::uint32_t>(v);
+        if (!count(ids)) return std::nullopt;
+        for (std::uint64_t k = 0; k < ids; ++k) {
+          if (!varint(v, 268435455) || v == 0) return std::nullopt;
+          d.subscription_ids.push_back(static_cast<std::uint32_t>(v));
+        }
+        if ((flags & 1u) != 0) {
+          std::string_view topic_name, props, payload;
+          unsigned mflags = 0;
+          codec::properties_view checked;
+          if (!byte(mflags) || (mflags & ~7u) != 0 || (mflags & 3u) == 3u || !string(topic_name) ||
+              topic::validate_topic_name(topic_name) || !string(props) ||
+              codec::properties_view::parse(props, codec::place_of(codec::packet_type::publish), checked) ||
+              !string(payload))
+            return std::nullopt;
+          d.msg = message::make(topic_name, payload, static_cast<codec::qos>(mflags & 3u), (mflags & 4u) != 0, props);
+        } else if (d.at != session_handover::state::pubrec_received) {
+          return std::nullopt;  // only a PUBREL is owed without its message
+        }
+        h.messages.push_back(std::move(d));
+      }
+      if (!count(n)) return std::nullopt;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        if (!varint(v, 0xFFFF) || v == 0) return std::nullopt;
+        h.received.push_back(static_cast<std::uint16_t>(v));
+      }
+      if (at != b.size()) return std::nullopt;
+      return h;
+    }
+    static bool get_varint(std::string_view b, std::size_t& at, std::uint64_t& v) {
+      v = 0;
+      for (int shift = 0; shift < 64; shift += 7) {
+        if (at >= b.size()) return false;
+        const auto c = static_cast<unsigned char>(b[at++]);
+        v |= std::uint64_t{c & 0x7Fu} << shift;
+        if ((c & 0x80u) == 0) return true;
+      }
+      return false;
     }
 
     // ---- interest
@@ -665,6 +1045,11 @@ class nats {
       s.retained_stored = retained_stored.load();
       s.retained_failed = retained_failed.load();
       s.retained_loaded = retained_loaded.load();
+      s.claims = claimed.load();
+      s.claims_failed = claims_failed.load();
+      s.sessions_taken = sessions_taken.load();
+      s.sessions_given = sessions_given.load();
+      s.handovers_lost = handovers_lost.load();
       std::lock_guard<std::mutex> lk(mutex);
       s.connected = started && routes != nullptr && groups != nullptr &&
                     natsConnection_Status(routes) == NATS_CONN_STATUS_CONNECTED &&
