@@ -569,6 +569,15 @@ std::string scrape(Broker& broker) {
                           {{"result=\"stored\"", c.retained_stored},
                            {"result=\"failed\"", c.retained_failed},
                            {"result=\"loaded\"", c.retained_loaded}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_claims_total", "counter",
+                          "Clients this node became the owner of, and connections refused because it could not.",
+                          {{"result=\"owned\"", c.claims}, {"result=\"failed\"", c.claims_failed}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_sessions_moved_total", "counter",
+                          "Sessions handed over between nodes: taken from another node, given to one, and lost "
+                          "(the previous owner did not answer in time).",
+                          {{"direction=\"taken\"", c.sessions_taken},
+                           {"direction=\"given\"", c.sessions_given},
+                           {"direction=\"lost\"", c.handovers_lost}});
     pm::write_family<u64>(out, "mqttbroker_cluster_subscriptions", "gauge", "NATS subscriptions the node holds.",
                           {{"", static_cast<u64>(c.subscriptions)}});
   }

@@ -8536,6 +8536,7 @@ MQTTBROKER_END_NAMESPACE
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
@@ -10168,7 +10169,7 @@ class core {
   /// A client identifier no session uses. state_mutex_ held.
   std::string make_client_id() {
     for (;;) {
-      std::string id = "mqttbroker-" + std::to_string(++next_client_number_);
+      std::string id = client_id_prefix_ + std::to_string(++next_client_number_);
       if (sessions_.find(id) == sessions_.end()) return id;  // a client may have chosen it already
     }
   }
@@ -10234,6 +10235,9 @@ class core {
   static constexpr std::size_t qos_index(codec::qos q) noexcept { return static_cast<std::size_t>(q); }  // 0 to 2: validated
   std::uint64_t next_local_id_ = 0;
   std::uint64_t next_client_number_ = 0;  // state_mutex_
+  // Assigned identifiers begin with a number of this broker's run: unique across the nodes of a
+  // cluster, where one would otherwise take over another node's client of the same number.
+  std::string client_id_prefix_ = fmt::format("mqttbroker-{:08x}-", std::random_device{}());
   std::atomic<bool> stopping_{false};     // read by links on any thread
 };
 

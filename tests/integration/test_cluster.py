@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -259,6 +260,82 @@ class Cluster(unittest.TestCase):
                 return m
             if time.monotonic() > deadline:
                 raise AssertionError("node %d did not come round within %.0f s (last: %r)" % (node, h.WAIT, m))
+
+    def wait_metric(self, node, name, value):
+        """Until the node's metric `name` is at least `value`."""
+        deadline = time.monotonic() + h.WAIT
+        while self.metrics(node).get(name, 0) < value:
+            if time.monotonic() > deadline:
+                raise AssertionError("node %d's %s is not %s after %.0f s" % (node, name, value, h.WAIT))
+            time.sleep(0.05)
+
+    def test_a_client_moving_to_another_node_keeps_its_session(self):
+        """A client id is owned by one node at a time. 'mover' (5.0, Session Expiry 300) subscribes
+        on node a and goes; 10 QoS 1 messages published on node b wait in its session on a. It
+        connects on node c: session present [MQTT-3.2.2-3], the 10 arrive in order
+        [MQTT-4.6.0-6]. Connecting on a again while connected on c, the connection on c gets
+        DISCONNECT 0x8E and closes [MQTT-3.1.4-3], and a message left unacknowledged on c comes
+        again on a with DUP [MQTT-4.4.0-1]. A 3.1.1 client connecting on c with Clean Session 1
+        then ends the session: nothing of it comes back."""
+        mover = self.client(0, "mover", V5, clean=False, session_expiry=300)
+        self.assertEqual(mover.subscribe("mv/#", 1), [1])
+        pub = self.client(1, "mv-pub", V311)
+        self.wait_route(pub, mover, "mv/probe")
+        mover.disconnect()
+        delivered = "mqttbroker_cluster_messages_received_total{result=\"delivered\"}"
+        before = self.metrics(0)[delivered]
+        for i in range(10):
+            pub.publish("mv/t", b"%d" % i, 1)
+        self.wait_metric(0, delivered, before + 10)  # all in the session on a
+
+        on_c = h.PahoClient(self.nodes[2].port, "mover", V5, clean=False, session_expiry=300, connect_now=False)
+        self._clients.append(on_c)
+        present, code, _ = on_c.connect()
+        self.assertEqual((present, code), (1, 0))
+        self.assertEqual([int(m.payload) for m in on_c.get_n(10)], list(range(10)))
+        on_c.assert_nothing(0.2)
+
+        # One left in flight on c: paho acknowledges on its own, so a raw-socket client takes it.
+        raw = h.RawClient(self.nodes[2].port)
+        self._clients.append(raw)
+        raw.send(h.connect("mover", V5, clean=False, properties=h.props((0x11, struct.pack("!I", 300)))))
+        ack = h.parse_connack(raw.expect(h.CONNACK), V5)
+        self.assertEqual((ack.session_present, ack.code), (True, 0))
+        on_c.disconnected.wait(h.WAIT)  # taken over on the same node: 0x8E
+        self.assertEqual(on_c.disconnect_rc, 0x8E)
+        pub.publish("mv/t", b"left", 1)
+        first = h.parse_publish(raw.expect(h.PUBLISH), V5)
+        self.assertEqual(first.payload, b"left")
+
+        on_a = h.PahoClient(self.nodes[0].port, "mover", V5, clean=False, session_expiry=300, connect_now=False)
+        self._clients.append(on_a)
+        present, code, _ = on_a.connect()
+        self.assertEqual((present, code), (1, 0))
+        _, last = raw.wait_closed()
+        self.assertEqual([(p.kind, p.body[:1]) for p in last], [(14, b"\x8e")])  # DISCONNECT 0x8E
+        again = on_a.get()
+        self.assertEqual((again.topic, again.payload, again.qos), ("mv/t", b"left", 1))
+        self.assertTrue(again.dup)
+
+        gone = self.client(2, "mover", V311, clean=True)  # Clean Session 1 on c: the session ends
+        on_a.disconnected.wait(h.WAIT)
+        self.assertEqual(on_a.disconnect_rc, 0x8E)
+        gone.close()
+        pub.publish("mv/t", b"after", 1)
+        back = h.PahoClient(self.nodes[0].port, "mover", V5, clean=False, session_expiry=300, connect_now=False)
+        self._clients.append(back)
+        present, code, _ = back.connect()
+        self.assertEqual((present, code), (0, 0))  # [MQTT-3.2.2-2] nothing kept anywhere
+        back.assert_nothing(0.3)
+
+        moved = "mqttbroker_cluster_sessions_moved_total{direction=\"%s\"}"
+        # a to c, c to a; the Clean Session one on c took nothing, and the last found nothing.
+        for node in (0, 2):
+            self.assertEqual(self.metrics(node)[moved % "given"], 1)
+            self.assertEqual(self.metrics(node)[moved % "taken"], 1)
+        for node in range(3):
+            self.assertEqual(self.metrics(node)[moved % "lost"], 0)
+            self.assertEqual(self.metrics(node)["mqttbroker_cluster_claims_total{result=\"failed\"}"], 0)
 
     def test_mosquitto_clients_across_nodes(self):
         """mosquitto_sub on node c gets, at QoS 1, what mosquitto_pub sends on node a."""
