@@ -38,6 +38,7 @@
 
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bitset>
 #include <chrono>
@@ -100,6 +101,9 @@ struct nats_options {
   std::chrono::milliseconds handover_wait{2000};
   /// The largest session a node takes over (bytes as sent); a larger one is not taken (counted).
   std::size_t max_handover_bytes = std::size_t{256} << 20;
+  /// Threads that run claims (each waits on JetStream's round trips); one client's claims run
+  /// one at a time, in order.
+  int claim_threads = 4;
 };
 
 /// What went through the cluster, since start().
@@ -210,7 +214,7 @@ class nats {
     // block); hand-over requests come on `owner_sub` (nats.c's delivery thread).
     kvStore* owners = nullptr;
     natsSubscription* owner_sub = nullptr;
-    std::thread claimer;
+    std::vector<std::thread> claimers;
     struct claim_request {
       std::string client_id;
       bool clean_start;
@@ -219,6 +223,7 @@ class nats {
     std::shared_ptr<bool> alive_token = std::make_shared<bool>(true);  // hand-overs answered after stop()
     std::condition_variable claims_ready;  // with writes_mutex
     std::deque<claim_request> claims;      // writes_mutex
+    std::vector<std::string> claiming;     // writes_mutex: clients whose claim a claimer runs
     bool claimer_stopping = false;         // writes_mutex
 
     std::atomic<std::uint64_t> published{0}, publish_failed{0}, received{0}, repeats{0}, malformed{0},
@@ -384,7 +389,7 @@ class nats {
         }
         // Answered before a claim of this node's can ask another: the subscription is on the server.
         if ((ec = make_nats_error(natsConnection_FlushTimeout(bucket, opts.jetstream_wait.count())))) return ec;
-        claimer = std::thread([this] { run_claims(); });
+        for (int i = 0; i < std::max(opts.claim_threads, 1); ++i) claimers.emplace_back([this] { run_claims(); });
       }
       if (!opts.retained) return {};
       if ((ec = key_value(kv, "retained"))) return ec;
@@ -407,7 +412,8 @@ class nats {
         claims_ready.notify_all();
       }
       if (writer.joinable()) writer.join();
-      if (claimer.joinable()) claimer.join();
+      for (std::thread& t : claimers) t.join();
+      claimers.clear();
       if (owner_sub != nullptr) {
         natsSubscription_Unsubscribe(owner_sub);
         natsSubscription_Destroy(owner_sub);
@@ -567,7 +573,15 @@ class nats {
     void run_claims() {
       std::unique_lock<std::mutex> lk(writes_mutex);
       for (;;) {
-        claims_ready.wait(lk, [&] { return claimer_stopping || !claims.empty(); });
+        // The oldest claim of a client no other claimer has: one client's claims keep their order.
+        auto next = claims.end();
+        claims_ready.wait(lk, [&] {
+          if (claimer_stopping) return true;
+          next = std::find_if(claims.begin(), claims.end(), [&](const claim_request& c) {
+            return std::find(claiming.begin(), claiming.end(), c.client_id) == claiming.end();
+          });
+          return next != claims.end();
+        });
         if (claimer_stopping) {
           std::deque<claim_request> left;
           left.swap(claims);
@@ -575,11 +589,14 @@ class nats {
           for (auto& c : left) c.reply({std::make_error_code(std::errc::operation_canceled), std::nullopt});
           return;
         }
-        claim_request c = std::move(claims.front());
-        claims.pop_front();
+        claim_request c = std::move(*next);
+        claims.erase(next);
+        claiming.push_back(c.client_id);
         lk.unlock();
         c.reply(take_ownership(c.client_id, c.clean_start));
         lk.lock();
+        claiming.erase(std::find(claiming.begin(), claiming.end(), c.client_id));
+        claims_ready.notify_all();  // a claim of the same client may go now
       }
     }
 
