@@ -203,6 +203,7 @@ class core {
     if constexpr (claims) {
       std::optional<::mqttbroker::cluster::session_handover> out;
       detail::ref_ptr<link_type> old;
+      std::vector<detail::ref_ptr<link_type>> paced;
       {
         std::lock_guard<mutex_type> lk(state_mutex_);
         if (auto c = claiming_.find(client_id); c != claiming_.end()) {
@@ -214,6 +215,13 @@ class core {
           const detail::ref_ptr<session_type> rec = it->second;
           // The connection leaves the session alone when it closes (on_closed: taken over).
           old = std::move(rec->conn);
+          {
+            // Readers waiting for this client go on: it is leaving this node.
+            std::lock_guard<typename session_type::session_mutex_type> session_lock(rec->mutex);
+            if (rec->extras) paced.swap(rec->extras->paced);
+            rec->has_paced.store(false, std::memory_order_relaxed);
+          }
+          clear_outbox(*rec);
           if (!discard && kept(*rec)) out = export_session(*rec, now);
           drop_session_subscriptions(*rec);
           if (!out) hand_over_shared(*rec, now);  // it ends: its shared messages go to other members
@@ -229,6 +237,7 @@ class core {
         }
       }
       if (old) old->post(link_event::taken_over);
+      resume_all(paced);
       done(std::move(out));
     } else {
       (void)client_id;
