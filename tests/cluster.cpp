@@ -1,5 +1,7 @@
 // The cluster's mapping of MQTT topics and filters to NATS subjects (cluster/subjects.hpp), alone:
-// fixed cases, then random names and filters, whose NATS matching must agree with the trie's.
+// fixed cases, then random names and filters, whose NATS matching must agree with the trie's. And
+// a session's bytes as it moves between nodes (cluster/handover.hpp), whole and damaged.
+#include <mqttbroker/cluster/handover.hpp>
 #include <mqttbroker/cluster/subjects.hpp>
 #include <mqttbroker/topic/trie.hpp>
 #include <mqttbroker/topic/validate.hpp>
@@ -169,4 +171,123 @@ TEST_CASE("cluster subjects: on random names and filters, NATS matching of the s
     }
   }
   CHECK(matched > 100);  // the random sets meet often enough to mean something
+}
+
+namespace {
+
+cluster::session_handover sample_session() {
+  namespace codec = mqttbroker::codec;
+  cluster::session_handover h;
+  h.expiry_seconds = 3600;
+  cluster::session_handover::subscription a;
+  a.filter = "q/#";
+  a.options.max_qos = codec::qos::exactly_once;
+  a.options.no_local = true;
+  a.options.retain_as_published = true;
+  a.options.retain_handling = codec::retain_handling_option::send_if_new;
+  a.identifier = 268435455;
+  h.subscriptions.push_back(a);
+  cluster::session_handover::subscription shared;
+  shared.filter = "$share/g/jobs/+";
+  shared.options.max_qos = codec::qos::at_least_once;
+  h.subscriptions.push_back(shared);
+  mqttbroker::codec::properties_builder props;
+  props.add(codec::property_id::content_type, "text/plain");
+  cluster::session_handover::delivery sent;
+  sent.msg = mqttbroker::message::make("q/1", "one", codec::qos::exactly_once, true, props.view().bytes());
+  sent.expires_in = 42;
+  sent.qos_level = codec::qos::at_least_once;
+  sent.retain = true;
+  sent.subscription_ids = {7, 9};
+  sent.packet_id = 65535;
+  sent.at = cluster::session_handover::state::sent;
+  h.messages.push_back(sent);
+  cluster::session_handover::delivery released;  // PUBREC came: only its PUBREL is owed
+  released.qos_level = codec::qos::exactly_once;
+  released.packet_id = 3;
+  released.at = cluster::session_handover::state::pubrec_received;
+  h.messages.push_back(released);
+  cluster::session_handover::delivery queued;
+  queued.msg = mqttbroker::message::make("q/2", std::string(300, 'x'), codec::qos::at_least_once, false);
+  queued.qos_level = codec::qos::at_least_once;
+  h.messages.push_back(queued);
+  h.received = {1, 500, 65535};
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("cluster hand-over: a session's bytes give it back whole", "[cluster]") {
+  const cluster::session_handover h = sample_session();
+  std::string bytes;
+  cluster::encode_handover(bytes, h);
+  const auto back = cluster::decode_handover(bytes);
+  REQUIRE(back);
+  CHECK(back->expiry_seconds == 3600);
+  REQUIRE(back->subscriptions.size() == 2);
+  CHECK(back->subscriptions[0].filter == "q/#");
+  CHECK(back->subscriptions[0].options == h.subscriptions[0].options);
+  CHECK(back->subscriptions[0].identifier == 268435455);
+  CHECK(back->subscriptions[1].filter == "$share/g/jobs/+");
+  CHECK(back->subscriptions[1].options == h.subscriptions[1].options);
+  REQUIRE(back->messages.size() == 3);
+  const auto& sent = back->messages[0];
+  REQUIRE(sent.msg);
+  CHECK(sent.msg->topic() == "q/1");
+  CHECK(sent.msg->payload() == "one");
+  CHECK(sent.msg->qos_level() == mqttbroker::codec::qos::exactly_once);
+  CHECK(sent.msg->retain());
+  CHECK(sent.msg->properties().bytes() == h.messages[0].msg->properties().bytes());
+  CHECK(sent.expires_in == 42);
+  CHECK(sent.qos_level == mqttbroker::codec::qos::at_least_once);
+  CHECK(sent.retain);
+  CHECK(sent.subscription_ids == std::vector<std::uint32_t>{7, 9});
+  CHECK(sent.packet_id == 65535);
+  CHECK(sent.at == cluster::session_handover::state::sent);
+  CHECK_FALSE(back->messages[1].msg);
+  CHECK(back->messages[1].at == cluster::session_handover::state::pubrec_received);
+  CHECK(back->messages[1].packet_id == 3);
+  REQUIRE(back->messages[2].msg);
+  CHECK(back->messages[2].msg->payload() == std::string(300, 'x'));
+  CHECK(back->messages[2].at == cluster::session_handover::state::queued);
+  CHECK(back->received == std::vector<std::uint16_t>{1, 500, 65535});
+}
+
+TEST_CASE("cluster hand-over: cut short, lengthened or with a byte changed, the bytes give nothing or a valid session",
+          "[cluster]") {
+  std::string bytes;
+  cluster::encode_handover(bytes, sample_session());
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    INFO("cut to " << n << " bytes");
+    CHECK_FALSE(cluster::decode_handover(std::string_view(bytes).substr(0, n)));
+  }
+  CHECK_FALSE(cluster::decode_handover(bytes + '\0'));  // trailing bytes
+  // Any single byte changed: refused, or decoded into what a node can take (valid names, filters
+  // and properties, checked here through what the decoder promises).
+  std::size_t refused = 0;
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    for (unsigned v : {0x00u, 0x01u, 0x03u, 0x7Fu, 0x80u, 0xFFu}) {
+      std::string damaged = bytes;
+      damaged[i] = static_cast<char>(v);
+      const auto h = cluster::decode_handover(damaged);
+      if (!h) {
+        ++refused;
+        continue;
+      }
+      for (const auto& sub : h->subscriptions) {
+        std::error_code ec;
+        (void)mqttbroker::topic::parse_filter(sub.filter, ec);
+        CHECK_FALSE(ec);
+      }
+      for (const auto& d : h->messages) {
+        CHECK(static_cast<unsigned>(d.qos_level) <= 2);
+        if (d.msg) CHECK_FALSE(mqttbroker::topic::validate_topic_name(d.msg->topic()));
+      }
+    }
+  }
+  CHECK(refused > 0);
+  // A count far beyond the bytes there are is refused.
+  std::string huge = "\x01\x00";
+  mqttbroker::cluster::detail::put_varint(huge, std::uint64_t{1} << 40);
+  CHECK_FALSE(cluster::decode_handover(huge));
 }

@@ -26,6 +26,7 @@
 // are its timers, its connects and one shared message delivery thread (global message delivery).
 
 #include <mqttbroker/cluster/contract.hpp>
+#include <mqttbroker/cluster/handover.hpp>
 #include <mqttbroker/cluster/nats_loop.hpp>
 #include <mqttbroker/cluster/subjects.hpp>
 #include <mqttbroker/codec/properties.hpp>
@@ -528,25 +529,13 @@ class nats {
     void encode(std::string& out, const message& m) {
       out.push_back('\x01');
       out.push_back(static_cast<char>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
-      put_string(out, opts.node);
-      put_varint(out, incarnation);
-      put_varint(out, next_seq.fetch_add(1, std::memory_order_relaxed) + 1);
-      put_string(out, m.topic());
-      put_string(out, m.properties().bytes());
+      detail::put_string(out, opts.node);
+      detail::put_varint(out, incarnation);
+      detail::put_varint(out, next_seq.fetch_add(1, std::memory_order_relaxed) + 1);
+      detail::put_string(out, m.topic());
+      detail::put_string(out, m.properties().bytes());
       out.append(m.payload());
     }
-    static void put_varint(std::string& out, std::uint64_t v) {
-      while (v >= 0x80) {
-        out.push_back(static_cast<char>((v & 0x7F) | 0x80));
-        v >>= 7;
-      }
-      out.push_back(static_cast<char>(v));
-    }
-    static void put_string(std::string& out, std::string_view s) {
-      put_varint(out, s.size());
-      out.append(s);
-    }
-
     // ---- client identifiers and their sessions (claim())
 
     /// Where a node hears that another takes one of its clients over.
@@ -668,7 +657,7 @@ class nats {
           const std::string_view part(natsMsg_GetData(m), static_cast<std::size_t>(natsMsg_GetDataLength(m)));
           std::size_t at = 0;
           std::uint64_t index = 0, total = 0;
-          const bool ok = get_varint(part, at, index) && get_varint(part, at, total);
+          const bool ok = detail::get_varint(part, at, index) && detail::get_varint(part, at, total);
           bool done = false;
           if (!ok || total == 0) {  // the owner had no session to give
             lost = false;
@@ -678,7 +667,7 @@ class nats {
             expected = total;
             whole.append(part.substr(at));
             if (++next == expected) {
-              out = decode_handover(whole);
+              out = cluster::decode_handover(whole);
               lost = !out;
               done = true;
             }
@@ -731,144 +720,19 @@ class nats {
     }
     void answer_handover(const std::string& reply, const std::optional<session_handover>& h) {
       std::string body;
-      if (h) encode_handover(body, *h);
+      if (h) cluster::encode_handover(body, *h);
       const std::size_t room = static_cast<std::size_t>(std::max<int64_t>(natsConnection_GetMaxPayload(bucket), 1024)) - 32;
       const std::size_t parts = body.empty() ? 1 : (body.size() + room - 1) / room;
       std::string part;
       for (std::size_t i = 0; i < parts; ++i) {
         part.clear();
-        put_varint(part, i);
-        put_varint(part, body.empty() ? 0 : parts);  // 0: no session
+        detail::put_varint(part, i);
+        detail::put_varint(part, body.empty() ? 0 : parts);  // 0: no session
         if (!body.empty()) part.append(body, i * room, room);
         natsConnection_Publish(bucket, reply.c_str(), part.data(), static_cast<int>(part.size()));
       }
       natsConnection_Flush(bucket);
       if (h) sessions_given.fetch_add(1, std::memory_order_relaxed);
-    }
-
-    /// A session on the wire: format 1; its expiry; its subscriptions (filter, options byte,
-    /// identifier); the messages owed (flags, packet identifier, expiry left, Subscription
-    /// Identifiers, then the message unless only its PUBREL is owed); the QoS 2 identifiers held.
-    static void encode_handover(std::string& out, const session_handover& h) {
-      out.push_back('\x01');
-      put_varint(out, h.expiry_seconds);
-      put_varint(out, h.subscriptions.size());
-      for (const auto& sub : h.subscriptions) {
-        put_string(out, sub.filter);
-        const codec::subscribe_options& o = sub.options;
-        out.push_back(static_cast<char>(static_cast<unsigned>(o.max_qos) | (o.no_local ? 4u : 0u) |
-                                        (o.retain_as_published ? 8u : 0u) |
-                                        (static_cast<unsigned>(o.retain_handling) << 4)));
-        put_varint(out, sub.identifier);
-      }
-      put_varint(out, h.messages.size());
-      for (const auto& d : h.messages) {
-        out.push_back(static_cast<char>((d.msg ? 1u : 0u) | (static_cast<unsigned>(d.at) << 1) |
-                                        (static_cast<unsigned>(d.qos_level) << 3) | (d.retain ? 32u : 0u)));
-        put_varint(out, d.packet_id);
-        put_varint(out, d.expires_in);
-        put_varint(out, d.subscription_ids.size());
-        for (std::uint32_t id : d.subscription_ids) put_varint(out, id);
-        if (!d.msg) continue;
-        out.push_back(static_cast<char>(static_cast<unsigned>(d.msg->qos_level()) | (d.msg->retain() ? 4u : 0u)));
-        put_string(out, d.msg->topic());
-        put_string(out, d.msg->properties().bytes());
-        put_string(out, d.msg->payload());
-      }
-      put_varint(out, h.received.size());
-      for (std::uint16_t id : h.received) put_varint(out, id);
-    }
-    /// The session in `b`, or nothing when anything in it is out of bounds or not valid MQTT.
-    static std::optional<session_handover> decode_handover(std::string_view b) {
-      std::size_t at = 0;
-      auto varint = [&](std::uint64_t& v, std::uint64_t max) { return get_varint(b, at, v) && v <= max; };
-      auto string = [&](std::string_view& s) {
-        std::uint64_t n = 0;
-        if (!get_varint(b, at, n) || n > b.size() - at) return false;
-        s = b.substr(at, static_cast<std::size_t>(n));
-        at += static_cast<std::size_t>(n);
-        return true;
-      };
-      auto byte = [&](unsigned& v) {
-        if (at >= b.size()) return false;
-        v = static_cast<unsigned char>(b[at++]);
-        return true;
-      };
-      // A count is at most the bytes left: each element takes one at least, so nothing is sized
-      // by a number the sender chose.
-      auto count = [&](std::uint64_t& n) { return get_varint(b, at, n) && n <= b.size() - at; };
-      session_handover h;
-      std::uint64_t v = 0, n = 0;
-      unsigned flags = 0;
-      if (b.empty() || b[0] != '\x01') return std::nullopt;
-      at = 1;
-      if (!varint(v, 0xFFFFFFFF)) return std::nullopt;
-      h.expiry_seconds = static_cast<std::uint32_t>(v);
-      if (!count(n)) return std::nullopt;
-      for (std::uint64_t i = 0; i < n; ++i) {
-        session_handover::subscription sub;
-        std::string_view filter;
-        std::error_code invalid;
-        if (!string(filter) || (topic::parse_filter(filter, invalid), invalid) || !byte(flags) || (flags & 3u) == 3u ||
-            (flags >> 4) > 2u || !varint(v, 268435455))
-          return std::nullopt;
-        sub.filter.assign(filter);
-        sub.options.max_qos = static_cast<codec::qos>(flags & 3u);
-        sub.options.no_local = (flags & 4u) != 0;
-        sub.options.retain_as_published = (flags & 8u) != 0;
-        sub.options.retain_handling = static_cast<codec::retain_handling_option>(flags >> 4);
-        sub.identifier = static_cast<std::uint32_t>(v);
-        h.subscriptions.push_back(std::move(sub));
-      }
-      if (!count(n)) return std::nullopt;
-      for (std::uint64_t i = 0; i < n; ++i) {
-        session_handover::delivery d;
-        std::uint64_t ids = 0;
-        if (!byte(flags) || ((flags >> 1) & 3u) > 2u || ((flags >> 3) & 3u) == 3u || (flags >> 6) != 0) return std::nullopt;
-        d.at = static_cast<session_handover::state>((flags >> 1) & 3u);
-        d.qos_level = static_cast<codec::qos>((flags >> 3) & 3u);
-        d.retain = (flags & 32u) != 0;
-        if (!varint(v, 0xFFFF)) return std::nullopt;
-        d.packet_id = static_cast<std::uint16_t>(v);
-        if (!varint(v, 0xFFFFFFFF)) return std::nullopt;
-        d.expires_in = static_cast<std::uint32_t>(v);
-        if (!count(ids)) return std::nullopt;
-        for (std::uint64_t k = 0; k < ids; ++k) {
-          if (!varint(v, 268435455) || v == 0) return std::nullopt;
-          d.subscription_ids.push_back(static_cast<std::uint32_t>(v));
-        }
-        if ((flags & 1u) != 0) {
-          std::string_view topic_name, props, payload;
-          unsigned mflags = 0;
-          codec::properties_view checked;
-          if (!byte(mflags) || (mflags & ~7u) != 0 || (mflags & 3u) == 3u || !string(topic_name) ||
-              topic::validate_topic_name(topic_name) || !string(props) ||
-              codec::properties_view::parse(props, codec::place_of(codec::packet_type::publish), checked) ||
-              !string(payload))
-            return std::nullopt;
-          d.msg = message::make(topic_name, payload, static_cast<codec::qos>(mflags & 3u), (mflags & 4u) != 0, props);
-        } else if (d.at != session_handover::state::pubrec_received) {
-          return std::nullopt;  // only a PUBREL is owed without its message
-        }
-        h.messages.push_back(std::move(d));
-      }
-      if (!count(n)) return std::nullopt;
-      for (std::uint64_t i = 0; i < n; ++i) {
-        if (!varint(v, 0xFFFF) || v == 0) return std::nullopt;
-        h.received.push_back(static_cast<std::uint16_t>(v));
-      }
-      if (at != b.size()) return std::nullopt;
-      return h;
-    }
-    static bool get_varint(std::string_view b, std::size_t& at, std::uint64_t& v) {
-      v = 0;
-      for (int shift = 0; shift < 64; shift += 7) {
-        if (at >= b.size()) return false;
-        const auto c = static_cast<unsigned char>(b[at++]);
-        v |= std::uint64_t{c & 0x7Fu} << shift;
-        if ((c & 0x80u) == 0) return true;
-      }
-      return false;
     }
 
     // ---- interest
@@ -957,16 +821,7 @@ class nats {
     /// The message in `b`, or nothing for one that is malformed or (`dedupe`) a repeat. mutex held.
     message_ptr decode(std::string_view b, bool dedupe) {
       std::size_t at = 0;
-      auto varint = [&](std::uint64_t& v) {
-        v = 0;
-        for (int shift = 0; shift < 64; shift += 7) {
-          if (at >= b.size()) return false;
-          const auto c = static_cast<unsigned char>(b[at++]);
-          v |= std::uint64_t{c & 0x7Fu} << shift;
-          if ((c & 0x80u) == 0) return true;
-        }
-        return false;
-      };
+      auto varint = [&](std::uint64_t& v) { return detail::get_varint(b, at, v); };
       auto string = [&](std::string_view& s) {
         std::uint64_t n = 0;
         if (!varint(n) || n > b.size() - at) return false;
