@@ -686,8 +686,8 @@ class nats {
     }
 
     /// Another node takes one of this node's clients: the broker closes the connection and gives
-    /// the session, which goes back in parts of at most the server's payload size. On nats.c's
-    /// delivery thread.
+    /// the session, which goes back in parts of at most the server's payload size (published
+    /// without waiting: the answer comes from the broker's executor). On nats.c's delivery thread.
     static void on_handover_request(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
       auto* st = static_cast<state*>(closure);
       const char* reply = natsMsg_GetReply(msg);
@@ -721,6 +721,7 @@ class nats {
     void answer_handover(const std::string& reply, const std::optional<session_handover>& h) {
       std::string body;
       if (h) cluster::encode_handover(body, *h);
+      if (h) sessions_given.fetch_add(1, std::memory_order_relaxed);  // counted before the taker can look
       const std::size_t room = static_cast<std::size_t>(std::max<int64_t>(natsConnection_GetMaxPayload(bucket), 1024)) - 32;
       const std::size_t parts = body.empty() ? 1 : (body.size() + room - 1) / room;
       std::string part;
@@ -731,8 +732,6 @@ class nats {
         if (!body.empty()) part.append(body, i * room, room);
         natsConnection_Publish(bucket, reply.c_str(), part.data(), static_cast<int>(part.size()));
       }
-      natsConnection_Flush(bucket);
-      if (h) sessions_given.fetch_add(1, std::memory_order_relaxed);
     }
 
     // ---- interest
