@@ -94,6 +94,7 @@ class Cluster(unittest.TestCase):
         self.nats = NatsCluster(3)
         self.addCleanup(self.nats.stop)
         self.nodes = []
+        self.killed = set()  # nodes a test killed on purpose
         self._clients = []
         for i, name in enumerate("abc"):
             # One NATS server's address each: nats.c learns the others from it, to reconnect to.
@@ -107,7 +108,9 @@ class Cluster(unittest.TestCase):
                 c.close()
             except Exception:
                 pass
-        for b in self.nodes:
+        for i, b in enumerate(self.nodes):
+            if i in self.killed:
+                continue
             crashed = not b.alive()
             status = b.stop()
             h.assert_no_sanitizer_report(self, b.all_lines(), "a broker node")
@@ -336,6 +339,38 @@ class Cluster(unittest.TestCase):
         for node in range(3):
             self.assertEqual(self.metrics(node)[moved % "lost"], 0)
             self.assertEqual(self.metrics(node)["mqttbroker_cluster_claims_total{result=\"failed\"}"], 0)
+
+    def test_a_node_killed_while_messages_flow(self):
+        """Node b killed with SIGKILL while QoS 1 messages flow from node a to node c: the other
+        nodes go on, and every message reaches c once, in order [MQTT-4.6.0-6]. b's client, whose
+        session (Session Expiry 300) lived on b, reconnects on c: its claim gets no answer from b
+        (NATS says no one listens there), so it is counted lost and the client gets a new session,
+        Session Present 0 [MQTT-3.2.2-3]: a session does not outlive its node yet."""
+        on_c = self.client(2, "kill-sub", V311)
+        self.assertEqual(on_c.subscribe("kill/#", 1), [1])
+        pub = self.client(0, "kill-pub", V311)
+        self.wait_route(pub, on_c, "kill/probe")
+        victim = self.client(1, "victim", V5, clean=False, session_expiry=300)
+        self.assertEqual(victim.subscribe("kill/#", 1), [1])
+        for i in range(20):
+            pub.publish("kill/t", b"%d" % i, 1)
+        self.nodes[1].kill()
+        self.killed.add(1)
+        for i in range(20, 40):
+            pub.publish("kill/t", b"%d" % i, 1)
+        self.assertEqual([int(m.payload) for m in on_c.get_n(40)], list(range(40)))
+        on_c.assert_nothing(0.2)
+        victim.disconnected.wait(h.WAIT)
+        again = h.PahoClient(self.nodes[2].port, "victim", V5, clean=False, session_expiry=300, connect_now=False)
+        self._clients.append(again)
+        present, code, _ = again.connect()
+        self.assertEqual((present, code), (0, 0))
+        moved = "mqttbroker_cluster_sessions_moved_total{direction=\"%s\"}"
+        self.assertEqual(self.metrics(2)[moved % "lost"], 1)
+        self.assertEqual(self.metrics(2)[moved % "taken"], 0)
+        # The node that took it over owns it now: a message published on a reaches it on c.
+        self.assertEqual(again.subscribe("kill/#", 1), [1])
+        self.wait_route(pub, again, "kill/probe2")
 
     def test_mosquitto_clients_across_nodes(self):
         """mosquitto_sub on node c gets, at QoS 1, what mosquitto_pub sends on node a."""

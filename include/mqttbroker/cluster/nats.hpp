@@ -286,6 +286,11 @@ class nats {
       if (s == NATS_OK) s = natsOptions_SetErrorHandler(o, &on_error, this);
       if (s == NATS_OK) s = natsOptions_SetClosedCB(o, &on_closed, this);
       if (s == NATS_OK && on_the_executor) s = loop->install(o);
+      // nats.c's flusher thread waits 1 ms for more before it writes: up to a millisecond on every
+      // message at a low rate. On the executor a write is an event anyway, run once the handler
+      // that published is done, so what that handler sent still goes in one write (and nats.c
+      // starts no flusher thread).
+      if (s == NATS_OK && on_the_executor) s = natsOptions_SetSendAsap(o, true);
       return make_nats_error(s);
     }
 
