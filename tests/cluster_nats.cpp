@@ -155,9 +155,11 @@ bool have_nats_server() {
 
 /// Brokers as nodes of one cluster on `url`, started and connected.
 struct cluster_of_nodes {
-  cluster_of_nodes(loop& l, const std::string& url, std::initializer_list<const char*> names) : l_(l) {
+  cluster_of_nodes(loop& l, const std::string& url, std::initializer_list<const char*> names,
+                   const mb::broker_options& options = {})
+      : l_(l) {
     for (const char* name : names) {
-      auto b = std::make_unique<node>(l.io);
+      auto b = std::make_unique<node>(l.io, options);
       mb::cluster::nats_options o;
       o.servers = {url};
       o.node = name;
@@ -437,4 +439,26 @@ TEST_CASE("cluster::nats: a client moving to another node takes its session and 
   CHECK(sa.handovers_lost == 0);
   CHECK(sc.handovers_lost == 0);
   CHECK(sa.claims_failed + sc.claims_failed == 0);
+}
+
+TEST_CASE("cluster::nats: a client identifier too long for a key of the owners' bucket is refused, and the node goes on",
+          "[cluster][nats]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  mb::broker_options o;
+  o.max_client_id_length = 65535;  // the host allows what MQTT allows
+  cluster_of_nodes c(l, server.url(), {"a"}, o);
+  {
+    // 3.1.1: CONNACK 3, Server unavailable. A subject that long would make NATS close the
+    // node's connection (its line limit).
+    session_client too_long(l, c.listeners[0], std::string(4000, 'x'));
+    CHECK(too_long.connack.code == 3);
+  }
+  session_client fine(l, c.listeners[0], std::string(1000, 'y'));
+  CHECK(fine.connack.code == 0);
+  const auto st = l.run([&] { return c[0].cluster().statistics(); });
+  CHECK(st.claims_failed == 1);
+  CHECK(st.claims == 1);
+  CHECK(st.connected);
 }

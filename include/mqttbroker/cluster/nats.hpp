@@ -543,6 +543,8 @@ class nats {
     }
     // ---- client identifiers and their sessions (claim())
 
+    static constexpr std::size_t max_client_key_bytes = 2048;  // 1,536 bytes of client identifier
+
     /// Where a node hears that another takes one of its clients over.
     std::string owner_subject(std::string_view node) const { return opts.prefix + ".own." + bucket_key(node); }
 
@@ -599,6 +601,13 @@ class nats {
     /// asks the previous owner for the session. On `claimer`.
     claim_result take_ownership(const std::string& client_id, bool clean_start) {
       const std::string key = bucket_key(client_id);
+      // A key is part of a subject, and NATS closes a connection whose line is too long (4 KiB by
+      // default): client identifiers past max_client_key_bytes are refused (the broker's own
+      // limit, max_client_id_length, is 256 by default).
+      if (key.size() > max_client_key_bytes) {
+        claims_failed.fetch_add(1, std::memory_order_relaxed);
+        return {std::make_error_code(std::errc::filename_too_long), std::nullopt};
+      }
       const auto deadline = std::chrono::steady_clock::now() + opts.jetstream_wait;
       for (;;) {
         kvEntry* e = nullptr;
