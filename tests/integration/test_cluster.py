@@ -411,8 +411,9 @@ class Cluster(unittest.TestCase):
         """Every nats-server killed, then started again on its ports and store. While NATS is
         gone the nodes and their MQTT clients stay up; each QoS 0 message published on node a is
         counted once, as sent (into nats.c's reconnect buffer) or as failed; b's subscriber gets
-        none of them twice nor out of order. After the restart every node connects again, counts
-        the disconnect and the reconnect, and messages cross again."""
+        none of them twice nor out of order; a new client is refused at once, Server unavailable,
+        as no node can own it. After the restart every node connects again, counts the disconnect
+        and the reconnect, new clients connect, and messages cross again."""
         on_b = self.client(1, "restart-b", V311)
         self.assertEqual(on_b.subscribe("rs/#", 1), [1])
         pub = self.client(0, "restart-pub", V311)
@@ -429,6 +430,10 @@ class Cluster(unittest.TestCase):
             pub.publish("rs/t", b"%d" % i, 0)
         pub.publish("barrier", b"", 1)  # its PUBACK: node a has handled the 50 before it
         self.assertEqual(sent(self.metrics(0)) - sent(outage), 51)
+        # No node can own a new client now: refused at once, Server unavailable (5.0 0x88).
+        refused = h.PahoClient(self.nodes[2].port, "restart-new", V5, connect_now=False)
+        self._clients.append(refused)
+        self.assertEqual(refused.connect(expect_code=None)[1], 0x88)
         for i in range(3):
             self.nats.start(i)
         for node in range(3):
@@ -441,6 +446,17 @@ class Cluster(unittest.TestCase):
                                     before[node]["mqttbroker_cluster_disconnects_total"] + 1)
             self.assertGreaterEqual(m["mqttbroker_cluster_reconnects_total"],
                                     before[node]["mqttbroker_cluster_reconnects_total"] + 1)
+        # And a new client is owned again (tried until the owners' bucket is back).
+        deadline = time.monotonic() + h.WAIT
+        while True:
+            again = h.PahoClient(self.nodes[2].port, "restart-new", V5, connect_now=False)
+            self._clients.append(again)
+            code = again.connect(expect_code=None)[1]
+            if code == 0 or time.monotonic() > deadline:
+                break
+            again.close()
+            time.sleep(0.2)
+        self.assertEqual(code, 0)
         for i in range(20):
             pub.publish("rs/after", b"%d" % i, 1)
         self.assertEqual([(m.topic, int(m.payload)) for m in on_b.get_n(20)], [("rs/after", i) for i in range(20)])

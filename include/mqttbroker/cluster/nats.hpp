@@ -610,6 +610,12 @@ class nats {
       }
       const auto deadline = std::chrono::steady_clock::now() + opts.jetstream_wait;
       for (;;) {
+        // NATS unreachable: refused now, as waiting would outlast the client's patience; a
+        // JetStream without a leader yet (connected, no answer) is asked again until the deadline.
+        if (natsConnection_Status(bucket) != NATS_CONN_STATUS_CONNECTED) {
+          claims_failed.fetch_add(1, std::memory_order_relaxed);
+          return {make_nats_error(NATS_CONNECTION_DISCONNECTED), std::nullopt};
+        }
         kvEntry* e = nullptr;
         natsStatus s = kvStore_Get(&e, owners, key.c_str());
         std::string previous;
