@@ -3299,10 +3299,11 @@ static_assert(mb::engine::core<claiming_policies>::claims);
 static_assert(!mb::engine::core<clustered_policies>::claims, "a cluster without claim() owns no client identifiers");
 
 /// Two nodes of one cluster, a and c.
-struct two_nodes {
+template <class Policies = claiming_policies>
+struct basic_two_nodes {
   owner_directory dir;
-  world<claiming_policies> a, c;
-  two_nodes() {
+  world<Policies> a, c;
+  basic_two_nodes() {
     a.engine.cluster().dir = &dir;
     a.engine.cluster().me = 0;
     c.engine.cluster().dir = &dir;
@@ -3317,6 +3318,7 @@ struct two_nodes {
     });
   }
 };
+using two_nodes = basic_two_nodes<>;
 
 }  // namespace
 
@@ -3447,4 +3449,41 @@ TEST_CASE("engine: a hand-over asked while this node's own claim of the client r
   CHECK(answered);
   REQUIRE(handed);
   CHECK(handed->expiry_seconds == 300);
+}
+
+namespace {
+struct claiming_durable_policies : plain_policies {
+  using cluster = claiming_cluster;
+  using storage = recording_storage;
+};
+}  // namespace
+
+TEST_CASE("engine: on durable storage a session handed to another node is erased here and stored there",
+          "[engine][cluster][storage]") {
+  basic_two_nodes<claiming_durable_policies> n;
+  auto& s = n.a.connected(hello("s", false));  // 3.1.1 Clean Session 0
+  n.a.subscribe(s, "q/#", qos::exactly_once);
+  n.a.drop(s);
+  n.a.engine.publish("q/1", "m", qos::at_least_once, false, nullptr, n.a.now);
+  n.a.engine.storage().take();
+  n.c.engine.storage().take();
+
+  auto& again = n.c.open();
+  n.c.connect(again, hello("s", false), protocol_version::v3_1_1);
+  const lines on_a = n.a.engine.storage().take();
+  CHECK(std::find(on_a.begin(), on_a.end(), "erase_session s") != on_a.end());
+  const lines on_c = n.c.engine.storage().take();
+  std::string all;
+  for (const auto& line : on_c) all += line + "; ";
+  for (const char* want : {"save_subscription s q/# q2 0", "enqueue s q/1 q1", "save_session s 604800"}) {
+    INFO(want << " in " << all);
+    CHECK(std::find(on_c.begin(), on_c.end(), want) != on_c.end());
+  }
+  n.c.engine.storage_committed(n.c.engine.storage().tickets);
+  n.c.run_events();
+  const auto got = again.received();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].type == CONNACK);
+  CHECK(got[0].session_present);
+  CHECK(got[1].topic == "q/1");
 }
