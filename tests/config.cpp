@@ -220,6 +220,15 @@ TEST_CASE("config: the broker-wide options Mosquitto shares with this server", "
   CHECK(c.warnings.empty());
   CHECK(c.listeners.empty());
 
+  // This server's own cluster lines.
+  const config_settings cl = load("cluster nats://127.0.0.1:4222\ncluster_node a\ncluster_replicas 3\ncluster_send_asap true\n");
+  CHECK(cl.cluster == std::optional<std::string>("nats://127.0.0.1:4222"));
+  CHECK(cl.cluster_node == std::optional<std::string>("a"));
+  CHECK(cl.cluster_replicas == std::optional<int>(3));
+  CHECK(cl.cluster_send_asap == std::optional<bool>(true));
+  CHECK(cl.warnings.empty());
+  CHECK_FALSE(load("max_qos 1\n").cluster_send_asap);
+
   // Mosquitto's 0 means no limit for these.
   const config_settings z = load("max_inflight_messages 0\nmax_queued_messages 0\nmax_packet_size 0\n");
   CHECK(z.max_inflight_messages == std::uint16_t{65535});

@@ -170,6 +170,7 @@ struct config_settings {
   std::optional<std::string> cluster;                   // this server's own: NATS URLs, comma-separated (--cluster)
   std::optional<std::string> cluster_node;              // this server's own: the node's name (--cluster-node)
   std::optional<int> cluster_replicas;                  // this server's own: 1 to 5 (--cluster-replicas)
+  std::optional<bool> cluster_send_asap;                // this server's own (--cluster-send-asap)
   // Logging, as Mosquitto's lines say it; each log_dest and log_type line adds one.
   std::vector<std::string> log_dest;       // "stderr", "stdout", "syslog", "none", or "file PATH"
   std::vector<std::string> log_type;       // error, warning, notice, information, debug, subscribe, unsubscribe, websockets, all, none
@@ -788,6 +789,9 @@ class config_reader {
     } else if (name == "max_qos") {
       std::uint8_t n = 0;
       if (integer(name, rest, 0, 2, n)) o.max_qos = n;
+    } else if (name == "cluster_send_asap") {
+      bool b = false;
+      if (boolean(name, rest, b)) o.cluster_send_asap = b;
     } else if (name == "cluster_replicas") {
       int n = 0;
       if (integer(name, rest, 1, 5, n)) o.cluster_replicas = n;
