@@ -23,6 +23,7 @@
 #include <nats/nats.h>
 
 #include <memory>
+#include <mutex>
 #include <system_error>
 #include <utility>
 
@@ -52,12 +53,22 @@ class nats_event_loop {
     // Which socket a wait was for: after a reconnect the old socket's waits finish (cancelled)
     // after the new socket's are due, and must leave the new one's state alone.
     unsigned generation = 0;
+    // nats.c closes the socket on the thread that called natsConnection_Close, right after it
+    // stopped reads there; a wait armed meanwhile on the strand would register the descriptor
+    // with epoll as it closes (ThreadSanitizer). Arming and that stop take this lock, so the
+    // close comes after an arm or no arm comes.
+    std::mutex arm_mutex;
+    bool closing = false;  // arm_mutex: reads were stopped from another thread, the socket goes
 
     watcher(const asio::any_io_executor& ex, natsConnection* c)
         : strand(asio::make_strand(ex)), socket(strand), nc(c) {}
 
     void watch(natsSock fd) {
       stop_watching();  // the old socket, if any: nats.c owns and closes its sockets
+      {
+        std::lock_guard<std::mutex> lk(arm_mutex);
+        closing = false;  // a new socket
+      }
       std::error_code ignored;
       socket.assign(fd, ignored);
       reading = true;  // attached means read: nats.c asks for reads only after it stopped them
@@ -69,6 +80,8 @@ class nats_event_loop {
     void wait(bool read) {
       bool& waiting = read ? read_waiting : write_waiting;
       if (waiting || closed || !socket.is_open()) return;
+      std::lock_guard<std::mutex> lk(arm_mutex);
+      if (closing) return;
       waiting = true;
       const auto what = read ? asio::posix::stream_descriptor::wait_read : asio::posix::stream_descriptor::wait_write;
       socket.async_wait(what, [me = shared_from_this(), read, g = generation](std::error_code ec) {
@@ -120,6 +133,10 @@ class nats_event_loop {
   static natsStatus read(void* user, bool add) {
     auto* w = static_cast<watcher*>(user);
     const bool socket_still_open = w->strand.running_in_this_thread();
+    if (!add && !socket_still_open) {
+      std::lock_guard<std::mutex> lk(w->arm_mutex);
+      w->closing = true;  // before nats.c closes the socket, which it does when this returns
+    }
     asio::dispatch(w->strand, [me = w->shared_from_this(), add, socket_still_open] {
       me->reading = add;
       if (add)
