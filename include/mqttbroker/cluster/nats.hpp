@@ -239,6 +239,12 @@ class nats {
 
     ~state() { close(); }
 
+    /// A call into the inbound handlers ended (stop() waits until none is running).
+    void leave() {
+      std::lock_guard<std::mutex> lk(mutex);
+      if (--running == 0) idle.notify_all();
+    }
+
     std::error_code start(asio::any_io_executor ex, inbound i) {
       {
         std::lock_guard<std::mutex> lk(mutex);
@@ -482,8 +488,7 @@ class nats {
         }
         if (in.retained) in.retained(std::move(m));
         retained_loaded.fetch_add(1, std::memory_order_relaxed);  // counted once handed on
-        std::lock_guard<std::mutex> lk(mutex);
-        if (--running == 0) idle.notify_all();
+        leave();
       }
       if (loaded != nullptr) loaded->set_value();
     }
@@ -734,11 +739,9 @@ class nats {
           ++running;
         }
         answer_handover(reply, h);
-        std::lock_guard<std::mutex> lk(mutex);
-        if (--running == 0) idle.notify_all();
+        leave();
       });
-      std::lock_guard<std::mutex> lk(mutex);
-      if (--running == 0) idle.notify_all();
+      leave();
     }
     void answer_handover(const std::string& reply, const std::optional<session_handover>& h) {
       std::string body;
@@ -835,8 +838,7 @@ class nats {
         in.to_group(group, std::move(m));
       else
         in.route(std::move(m));
-      std::lock_guard<std::mutex> lk(mutex);
-      if (--running == 0) idle.notify_all();
+      leave();
     }
 
     /// The message in `b`, or nothing for one that is malformed or (`dedupe`) a repeat. mutex held.

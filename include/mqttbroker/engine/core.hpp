@@ -215,16 +215,11 @@ class core {
           const detail::ref_ptr<session_type> rec = it->second;
           // The connection leaves the session alone when it closes (on_closed: taken over).
           old = std::move(rec->conn);
-          {
-            // Readers waiting for this client go on: it is leaving this node.
-            std::lock_guard<typename session_type::session_mutex_type> session_lock(rec->mutex);
-            if (rec->extras) paced.swap(rec->extras->paced);
-            rec->has_paced.store(false, std::memory_order_relaxed);
-          }
+          take_paced_readers(*rec, paced);  // they go on: this client is leaving this node
           clear_outbox(*rec);
           if (!discard && kept(*rec)) out = export_session(*rec, now);
-          drop_session_subscriptions(*rec);
-          if (!out) hand_over_shared(*rec, now);  // it ends: its shared messages go to other members
+          // Moved, what it owes goes with it; ended, its shared messages go to other members.
+          remove_session(*rec, now, !out);
           rec->state.clear_messages();
           if (rec->extras) {
             // [MQTT-3.1.3-9] the client connected again (elsewhere) within the Will Delay.
@@ -232,8 +227,6 @@ class core {
             ++rec->extras->will_generation;
             rec->extras->retained_backlog.clear();
           }
-          record([&](auto& st) { st.erase_session(client_id); }, false);
-          sessions_.erase(it);
         }
       }
       if (old) old->post(link_event::taken_over);
@@ -1428,12 +1421,22 @@ class core {
     return h;
   }
 
-  /// Removes a session and its subscriptions. state_mutex_ held.
-  void remove_session(session_type& rec, steady_time now) {
+  /// Removes a session and its subscriptions; what it owes through shared subscriptions goes to
+  /// other members unless `shared_to_others` is false (the session moves to another node).
+  /// state_mutex_ held.
+  void remove_session(session_type& rec, steady_time now, bool shared_to_others = true) {
     drop_session_subscriptions(rec);
-    hand_over_shared(rec, now);
+    if (shared_to_others) hand_over_shared(rec, now);
     record([&](auto& st) { st.erase_session(rec.state.client_id()); });
     sessions_.erase(rec.state.client_id());
+  }
+
+  /// Moves the readers paced behind `rec` into `out`, to be resumed once no lock is held: its
+  /// client is gone from this session. state_mutex_ held.
+  static void take_paced_readers(session_type& rec, std::vector<detail::ref_ptr<link_type>>& out) {
+    std::lock_guard<typename session_type::session_mutex_type> session_lock(rec.mutex);
+    if (rec.extras) out.swap(rec.extras->paced);
+    rec.has_paced.store(false, std::memory_order_relaxed);
   }
 
   // ---- the storage

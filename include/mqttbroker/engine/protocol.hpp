@@ -505,12 +505,8 @@ class protocol : public core<Policies> {
       }
       // A connection that lost its session to a takeover leaves the session alone.
       if (rec && rec->conn.get() == &l) {
-        {
-          // Readers waiting for this client go on: it is gone, and offline queues have limits.
-          std::lock_guard<typename session_type::session_mutex_type> session_lock(rec->mutex);
-          if (rec->extras) paced.swap(rec->extras->paced);
-          rec->has_paced.store(false, std::memory_order_relaxed);
-        }
+        // Readers waiting for this client go on: it is gone, and offline queues have limits.
+        base::take_paced_readers(*rec, paced);
         rec->conn.reset();
         if (rec->extras) rec->extras->retained_backlog.clear();
         clear_outbox(*rec);
@@ -1264,13 +1260,13 @@ class protocol : public core<Policies> {
   void accept_connect(link_type& l, connect_request&& r, steady_time now, const auth_exchange_state* auth = nullptr,
                       const std::optional<std::string>* auth_data = nullptr) {
     if constexpr (hooks::has_redirect_v<hooks_type>) {
-      // Authenticated, and no session touched yet: the host may still send the client elsewhere.
-      hooks::connect_info info = connect_info_of(l, r);
-      info.password.reset();
-      if (r.claimed) {
-        // Asked before the claim.
-      } else if (std::optional<hooks::redirection> to = hooks_.redirect(info)) {
-        return refuse_redirected(l, info, *to, r.maximum_packet_size, now);
+      // Authenticated, and no session touched yet: the host may still send the client elsewhere
+      // (asked once, before a cluster's claim).
+      if (!r.claimed) {
+        hooks::connect_info info = connect_info_of(l, r);
+        info.password.reset();
+        if (std::optional<hooks::redirection> to = hooks_.redirect(info))
+          return refuse_redirected(l, info, *to, r.maximum_packet_size, now);
       }
     }
     if constexpr (base::claims) {
