@@ -1360,6 +1360,16 @@ MQTTBROKER_END_NAMESPACE
 MQTTBROKER_BEGIN_NAMESPACE
 namespace detail {
 
+/// Memory a cache keeps instead of freeing: out of bounds under AddressSanitizer until it is
+/// handed out again, so that a use after release is still reported (no-ops otherwise).
+#if MQTTBROKER_HAS_ASAN
+inline void poison_memory(void* p, std::size_t n) noexcept { ASAN_POISON_MEMORY_REGION(p, n); }
+inline void unpoison_memory(void* p, std::size_t n) noexcept { ASAN_UNPOISON_MEMORY_REGION(p, n); }
+#else
+inline void poison_memory(void*, std::size_t) noexcept {}
+inline void unpoison_memory(void*, std::size_t) noexcept {}
+#endif
+
 /// Memory that comes and goes with traffic: messages, a connection's pending wait and write, a
 /// split packet's bytes. A per-thread cache of freed blocks in a few size classes, so that the
 /// steady state of the message path makes no heap allocation and thousands of connections taking
@@ -1502,13 +1512,8 @@ class block_pool {
 #endif
   }
 
-#if MQTTBROKER_HAS_ASAN
-  static void poison(void* p, std::size_t n) noexcept { ASAN_POISON_MEMORY_REGION(p, n); }
-  static void unpoison(void* p, std::size_t n) noexcept { ASAN_UNPOISON_MEMORY_REGION(p, n); }
-#else
-  static void poison(void*, std::size_t) noexcept {}
-  static void unpoison(void*, std::size_t) noexcept {}
-#endif
+  static void poison(void* p, std::size_t n) noexcept { poison_memory(p, n); }
+  static void unpoison(void* p, std::size_t n) noexcept { unpoison_memory(p, n); }
 };
 
 
@@ -12873,7 +12878,10 @@ class connection final
   }
 
   void post(engine::link_event e) override {
-    asio::post(get_executor(), [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); });
+    // Its memory from the thread's pool: a durable store's commit posts one to every connection
+    // with acknowledgements waiting, and Asio's own cache keeps two blocks per thread.
+    asio::post(get_executor(), asio::bind_allocator(detail::pooled_allocator<void>(),
+                                                    [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); }));
   }
 
  private:

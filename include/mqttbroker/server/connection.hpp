@@ -234,7 +234,10 @@ class connection final
   }
 
   void post(engine::link_event e) override {
-    asio::post(get_executor(), [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); });
+    // Its memory from the thread's pool: a durable store's commit posts one to every connection
+    // with acknowledgements waiting, and Asio's own cache keeps two blocks per thread.
+    asio::post(get_executor(), asio::bind_allocator(detail::pooled_allocator<void>(),
+                                                    [self = detail::ref_ptr<connection>(this), e] { self->on_event(e); }));
   }
 
  private:

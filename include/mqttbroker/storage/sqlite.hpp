@@ -4,6 +4,7 @@
 #include <mqttbroker/codec/properties.hpp>
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
+#include <mqttbroker/detail/block_pool.hpp>
 #include <mqttbroker/error.hpp>
 #include <mqttbroker/message.hpp>
 #include <mqttbroker/storage/contract.hpp>
@@ -21,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <set>
 #include <string>
 #include <string_view>
@@ -176,10 +178,10 @@ class sqlite {
   // ---- the storage contract (storage/contract.hpp): from any thread, serialised here
 
   void save_session(std::string_view client_id, std::uint32_t expiry_seconds) {
-    s_->record(op_kind::save_session, client_id, [&](op& o) { o.b = expiry_seconds; });
+    s_->record(op_kind::save_session, client_id, [&](row_change& o) { o.b = expiry_seconds; });
   }
   void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since) {
-    s_->record(op_kind::session_offline, client_id, [&](op& o) {
+    s_->record(op_kind::session_offline, client_id, [&](row_change& o) {
       o.time = s_->stamp(since);
       s_->seen_ms = std::max(s_->seen_ms, o.time);
     });
@@ -187,22 +189,22 @@ class sqlite {
   void erase_session(std::string_view client_id) { s_->erase_session(client_id); }
   void save_subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
                          std::uint32_t identifier) {
-    s_->record(op_kind::save_subscription, client_id, [&](op& o) {
+    s_->record(op_kind::save_subscription, client_id, [&](row_change& o) {
       o.text.assign(filter);
       o.b = identifier;
       o.c = pack(options);
     });
   }
   void erase_subscription(std::string_view client_id, std::string_view filter) {
-    s_->record(op_kind::erase_subscription, client_id, [&](op& o) { o.text.assign(filter); });
+    s_->record(op_kind::erase_subscription, client_id, [&](row_change& o) { o.text.assign(filter); });
   }
   void save_retained(const message_ptr& m) {
-    s_->record(op_kind::save_retained, m->topic(), [&](op& o) {
+    s_->record(op_kind::save_retained, m->topic(), [&](row_change& o) {
       o.msg = m;
       o.time = s_->message_expiry(*m);
     });
   }
-  void erase_retained(std::string_view topic) { s_->record(op_kind::erase_retained, topic, [](op&) {}); }
+  void erase_retained(std::string_view topic) { s_->record(op_kind::erase_retained, topic, [](row_change&) {}); }
   /// With what a resend after a restart repeats: the RETAIN flag and Subscription Identifiers.
   void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) { s_->enqueue(client_id, m, d); }
   void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
@@ -222,12 +224,12 @@ class sqlite {
   void routed(std::string_view client_id, std::uint16_t packet_id) { s_->routed(client_id, packet_id); }
   void release(std::string_view client_id, std::uint16_t packet_id) { s_->release(client_id, packet_id); }
   void save_will(std::string_view client_id, const message_ptr& m, std::chrono::system_clock::time_point due) {
-    s_->record(op_kind::save_will, client_id, [&](op& o) {
+    s_->record(op_kind::save_will, client_id, [&](row_change& o) {
       o.msg = m;
       o.time = s_->stamp(due);
     });
   }
-  void erase_will(std::string_view client_id) { s_->record(op_kind::erase_will, client_id, [](op&) {}); }
+  void erase_will(std::string_view client_id) { s_->record(op_kind::erase_will, client_id, [](row_change&) {}); }
 
   std::uint64_t commit() { return s_->commit(); }
   /// The changes recorded from here to end_atomic() go into one transaction, whatever commit()
@@ -293,24 +295,41 @@ class sqlite {
     return k == op_kind::message_delete || k == op_kind::outgoing_delete || k == op_kind::inbound_delete;
   }
 
-  /// One change: a row change as the worker writes it (`key` the client identifier, or the topic
-  /// for a retained message; the other fields as the kind needs them), or a journal record already
-  /// encoded at `off` in the recording buffer.
-  struct op {
-    op_kind kind;
-    std::uint64_t ticket;   // the commit() it belongs to
-    std::uint64_t seq = 0;  // its place among all changes recorded
-    /// A journal record: the entry's record it replaces or ends, already taken by the worker
-    /// (0: none). Each entry has one record that counts: its latest.
-    std::uint64_t prev = 0;
-    std::size_t off = 0, len = 0;  // a journal record's bytes
+  /// A row change's fields, as the worker writes them: `key` the client identifier, or the topic
+  /// for a retained message; the others as the kind needs them. Rows change seldom, so they
+  /// live apart from the journal's records, which come several per message.
+  struct row_change {
     std::string key;
     std::string text;       // filter
     std::int64_t b = 0;     // expiry, identifier
     std::int64_t time = 0;  // wall-clock milliseconds: offline since, due, message expiry (0: none)
     std::uint32_t c = 0;    // subscription options
     message_ptr msg;
-    bool undone = false;  // a later change made it unneeded before the worker took it: not written
+  };
+
+  /// One change: a row change, or a journal record. A record is encoded at `off` in the
+  /// recording buffer, or (`deferred`) kept as the fields below and encoded only when the worker
+  /// takes it: most puts are undone before that (a QoS 1 delivery acknowledged within the batch's
+  /// wait), and then they cost no encoding at all.
+  struct op {
+    op_kind kind;
+    bool undone = false;    // a later change made it unneeded before the worker took it: not written
+    bool deferred = false;  // a put not yet encoded: its fields are below
+    std::uint8_t flags = 0;         // outgoing_put: qos | state << 2 | retain << 4
+    std::uint16_t packet_id = 0;    // outgoing_put, inbound_put
+    std::uint64_t ticket;   // the commit() it belongs to
+    std::uint64_t seq = 0;  // its place among all changes recorded
+    /// A journal record: the entry's record it replaces or ends, already taken by the worker
+    /// (0: none). Each entry has one record that counts: its latest.
+    std::uint64_t prev = 0;
+    std::size_t off = 0, len = 0;  // an encoded journal record's bytes
+    /// A deferred put's fields. The session's key and the message stay while the op waits: an
+    /// entry that ends undoes its waiting records, and a message that goes settles its own first.
+    const std::string* client = nullptr;  // outgoing_put, inbound_put: the key in `clients`
+    const message* msg = nullptr;         // message_put
+    std::int64_t id = 0;      // message_put: its id; outgoing_put, inbound_put: their message's (0: none)
+    std::int64_t number = 0;  // message_put: its expiry; outgoing_put: the entry's seq
+    std::unique_ptr<row_change> row;  // a row change
   };
 
   static delivery with_qos(codec::qos q) noexcept {
@@ -450,6 +469,81 @@ class sqlite {
     ~statement() { sqlite3_finalize(st); }
   };
 
+  /// Freed nodes of the store's maps, kept for the next ones: a message in flight takes and gives
+  /// back a node of two maps, which from the heap cost more than the rest of its recording. It
+  /// holds at most what the maps held at their peak, until the store goes; used under `mutex`,
+  /// as the maps are.
+  class node_cache {
+   public:
+    node_cache() = default;
+    node_cache(const node_cache&) = delete;
+    node_cache& operator=(const node_cache&) = delete;
+    ~node_cache() {
+      for (std::size_t i = 0; i < kinds; ++i)
+        while (free_node* n = heads_[i]) {
+          unpoison(n, sizes_[i]);
+          heads_[i] = n->next;
+          ::operator delete(n);
+        }
+    }
+    void* take(std::size_t bytes) {
+      for (std::size_t i = 0; i < kinds; ++i)
+        if (sizes_[i] == bytes && heads_[i] != nullptr) {
+          free_node* n = heads_[i];
+          unpoison(n, bytes);
+          heads_[i] = n->next;
+          return n;
+        }
+      return ::operator new(bytes < sizeof(free_node) ? sizeof(free_node) : bytes);
+    }
+    void give(void* p, std::size_t bytes) noexcept {
+      for (std::size_t i = 0; i < kinds; ++i) {
+        if (sizes_[i] == 0) sizes_[i] = bytes;  // the node sizes are few and known after first use
+        if (sizes_[i] == bytes) {
+          heads_[i] = ::new (p) free_node{heads_[i]};
+          poison(p, bytes);  // a node used after it was freed is reported under ASan, as with the heap
+          return;
+        }
+      }
+      ::operator delete(p);
+    }
+
+   private:
+    struct free_node {
+      free_node* next;
+    };
+    static constexpr std::size_t kinds = 4;
+    free_node* heads_[kinds] = {};
+    std::size_t sizes_[kinds] = {};
+    static void poison(void* p, std::size_t n) noexcept { ::mqttbroker::detail::poison_memory(p, n); }
+    static void unpoison(void* p, std::size_t n) noexcept { ::mqttbroker::detail::unpoison_memory(p, n); }
+  };
+  /// An allocator of single nodes from a node_cache (arrays, as hash buckets, from the heap).
+  template <class T>
+  struct cached_allocator {
+    using value_type = T;
+    node_cache* cache = nullptr;
+    explicit cached_allocator(node_cache* c) noexcept : cache(c) {}
+    template <class U>
+    cached_allocator(const cached_allocator<U>& o) noexcept : cache(o.cache) {}
+    T* allocate(std::size_t n) {
+      if (n == 1) return static_cast<T*>(cache->take(sizeof(T)));
+      return static_cast<T*>(::operator new(n * sizeof(T)));
+    }
+    void deallocate(T* p, std::size_t n) noexcept {
+      if (n == 1) return cache->give(p, sizeof(T));
+      ::operator delete(p);
+    }
+    template <class U>
+    friend bool operator==(const cached_allocator& a, const cached_allocator<U>& b) noexcept {
+      return a.cache == b.cache;
+    }
+    template <class U>
+    friend bool operator!=(const cached_allocator& a, const cached_allocator<U>& b) noexcept {
+      return a.cache != b.cache;
+    }
+  };
+
   /// A message, one per message however many sessions refer to it.
   struct message_row {
     std::int64_t id;
@@ -475,9 +569,20 @@ class sqlite {
     std::uint64_t last_op = 0;
   };
   struct client_rows {
+    const std::string* key = nullptr;  // its client identifier, the map's key: deferred records name it
     std::deque<outgoing_entry> queued;
-    std::map<std::uint16_t, outgoing_entry> inflight;
-    std::map<std::uint16_t, inbound_entry> inbound;
+    // By packet identifier, in no order (a load orders by entry seq); nodes from the store's
+    // node_cache: one comes and goes per message in flight.
+    template <class Entry>
+    using by_packet_id = std::unordered_map<std::uint16_t, Entry, std::hash<std::uint16_t>, std::equal_to<>,
+                                            cached_allocator<std::pair<const std::uint16_t, Entry>>>;
+    by_packet_id<outgoing_entry> inflight;
+    by_packet_id<inbound_entry> inbound;
+    explicit client_rows(node_cache* nodes)
+        : inflight(8, std::hash<std::uint16_t>(), std::equal_to<>(),
+                   cached_allocator<std::pair<const std::uint16_t, outgoing_entry>>(nodes)),
+          inbound(8, std::hash<std::uint16_t>(), std::equal_to<>(),
+                  cached_allocator<std::pair<const std::uint16_t, inbound_entry>>(nodes)) {}
   };
 
   /// A journal segment: the records one commit wrote. `live` counts those that are still their
@@ -501,6 +606,7 @@ class sqlite {
     std::condition_variable wake;
     std::vector<op> pending;
     std::string records;           // the pending journal records' bytes (op::off, op::len)
+    std::string kept_bytes;        // the spare buffer they move to when a batch is taken
     std::uint64_t issued = 0;      // the last ticket commit() gave
     bool recorded = false;         // a change since that ticket
     bool stopping = false;
@@ -509,13 +615,18 @@ class sqlite {
     sqlite_statistics stats;
     std::function<void(std::uint64_t)> committed_handler;
     std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed_handler;
+    node_cache nodes;  // before the maps that use it, so that it goes after them
     std::unordered_map<std::string, client_rows> clients;
     /// The session looked up last: a stream of deliveries to one session finds it without hashing.
     struct client_cache {
       const std::string* id = nullptr;
       client_rows* rows = nullptr;
     } last_client;
-    std::unordered_map<const message*, message_row> messages;  // nodes: a row's address is stable
+    // Nodes (a row's address is stable), from `nodes`: one per message.
+    std::unordered_map<const message*, message_row, std::hash<const message*>, std::equal_to<>,
+                       cached_allocator<std::pair<const message* const, message_row>>>
+        messages{16, std::hash<const message*>(), std::equal_to<>(),
+                 cached_allocator<std::pair<const message* const, message_row>>(&nodes)};
     std::int64_t next_seq = 0;
     std::int64_t next_message = 0;
     std::int64_t floor_ms = 0;     // the last save when the file was loaded: no time stored is older
@@ -855,8 +966,9 @@ class sqlite {
     void record(op_kind k, std::string_view key, F&& fill) {
       std::lock_guard<std::mutex> lk(mutex);
       op& o = push(k, prev_none);
-      o.key.assign(key);
-      fill(o);
+      o.row = std::make_unique<row_change>();
+      o.row->key.assign(key);
+      fill(*o.row);
     }
     static constexpr std::uint64_t prev_none = 0;
     op& push(op_kind k, std::uint64_t prev) {
@@ -883,8 +995,9 @@ class sqlite {
     /// A session's entries (nullptr: none, unless `make`). `mutex` held.
     client_rows* rows_of(std::string_view client_id, bool make) {
       if (last_client.id != nullptr && *last_client.id == client_id) return last_client.rows;
-      auto it = make ? clients.try_emplace(std::string(client_id)).first : clients.find(std::string(client_id));
+      auto it = make ? clients.try_emplace(std::string(client_id), &nodes).first : clients.find(std::string(client_id));
       if (it == clients.end()) return nullptr;
+      it->second.key = &it->first;
       last_client = {&it->first, &it->second};
       return &it->second;
     }
@@ -931,32 +1044,84 @@ class sqlite {
     }
 
     void put_message(message_row& r) {
-      const message& m = *r.keep;
-      r.last_op = push_record(op_kind::message_put, supersede(r.last_op), [&](std::string& b) {
-        put_varint(b, static_cast<std::uint64_t>(r.id));
-        b.push_back(static_cast<char>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
-        put_varint(b, static_cast<std::uint64_t>(r.expires));
-        put_bytes(b, m.topic());
-        put_bytes(b, m.payload());
-        put_bytes(b, m.properties().bytes());
-      });
+      op& o = push(op_kind::message_put, supersede(r.last_op));
+      o.deferred = true;
+      o.msg = r.keep.get();
+      o.id = r.id;
+      o.number = r.expires;
+      r.last_op = o.seq;
     }
-    void put_outgoing(std::string_view client_id, outgoing_entry& e) {
-      e.last_op = push_record(op_kind::outgoing_put, supersede(e.last_op), [&](std::string& b) {
-        put_bytes(b, client_id);
-        put_varint(b, static_cast<std::uint64_t>(e.seq));
-        put_varint(b, e.message != nullptr ? static_cast<std::uint64_t>(e.message->id) : 0);
-        b.push_back(static_cast<char>((e.qos & 3) | ((e.state & 3) << 2) | (e.retain ? 16 : 0)));
-        put_varint(b, e.packet_id);
-        put_bytes(b, e.ids);
-      });
+    void put_outgoing(const std::string& client_id, outgoing_entry& e) {
+      const std::uint64_t prev = supersede(e.last_op);
+      const auto flags = static_cast<std::uint8_t>((e.qos & 3) | ((e.state & 3) << 2) | (e.retain ? 16 : 0));
+      const std::int64_t message_id = e.message != nullptr ? e.message->id : 0;
+      if (!e.ids.empty()) {  // Subscription Identifiers: encoded now rather than kept per op
+        e.last_op = push_record(op_kind::outgoing_put, prev, [&](std::string& b) {
+          encode_outgoing(b, client_id, e.seq, message_id, flags, e.packet_id, e.ids);
+        });
+        return;
+      }
+      op& o = push(op_kind::outgoing_put, prev);
+      o.deferred = true;
+      o.client = &client_id;
+      o.number = e.seq;
+      o.id = message_id;
+      o.flags = flags;
+      o.packet_id = e.packet_id;
+      e.last_op = o.seq;
     }
-    void put_inbound(std::string_view client_id, std::uint16_t packet_id, inbound_entry& e) {
-      e.last_op = push_record(op_kind::inbound_put, supersede(e.last_op), [&](std::string& b) {
-        put_bytes(b, client_id);
-        put_varint(b, packet_id);
-        put_varint(b, e.message != nullptr ? static_cast<std::uint64_t>(e.message->id) : 0);
-      });
+    void put_inbound(const std::string& client_id, std::uint16_t packet_id, inbound_entry& e) {
+      op& o = push(op_kind::inbound_put, supersede(e.last_op));
+      o.deferred = true;
+      o.client = &client_id;
+      o.packet_id = packet_id;
+      o.id = e.message != nullptr ? e.message->id : 0;
+      e.last_op = o.seq;
+    }
+    static void encode_outgoing(std::string& b, std::string_view client_id, std::int64_t entry_seq,
+                                std::int64_t message_id, std::uint8_t flags, std::uint16_t packet_id,
+                                std::string_view ids) {
+      put_bytes(b, client_id);
+      put_varint(b, static_cast<std::uint64_t>(entry_seq));
+      put_varint(b, static_cast<std::uint64_t>(message_id));
+      b.push_back(static_cast<char>(flags));
+      put_varint(b, packet_id);
+      put_bytes(b, ids);
+    }
+    /// A deferred put's record, appended to `b`; it is encoded from then on.
+    static void encode(op& o, std::string& b) {
+      o.off = b.size();
+      b.push_back(static_cast<char>(o.kind));
+      put_varint(b, o.seq);
+      switch (o.kind) {
+        case op_kind::message_put: {
+          const message& m = *o.msg;
+          put_varint(b, static_cast<std::uint64_t>(o.id));
+          b.push_back(static_cast<char>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
+          put_varint(b, static_cast<std::uint64_t>(o.number));
+          put_bytes(b, m.topic());
+          put_bytes(b, m.payload());
+          put_bytes(b, m.properties().bytes());
+          break;
+        }
+        case op_kind::outgoing_put:
+          encode_outgoing(b, *o.client, o.number, o.id, o.flags, o.packet_id, {});
+          break;
+        case op_kind::inbound_put:
+          put_bytes(b, *o.client);
+          put_varint(b, o.packet_id);
+          put_varint(b, static_cast<std::uint64_t>(o.id));
+          break;
+        default: break;
+      }
+      o.len = b.size() - o.off;
+      o.deferred = false;
+    }
+    /// Encodes the deferred records among an entry's waiting ones, from its latest back, before
+    /// what they point to goes.
+    void settle(std::uint64_t last) {
+      for (op* o = pending_op(last); o != nullptr; o = pending_op(o->prev))
+        if (o->deferred && !o->undone) encode(*o, records);
     }
 
     /// The message's row, recorded when it is new here, with one reference more. `mutex` held.
@@ -980,10 +1145,12 @@ class sqlite {
       if (--r->refs != 0) return;
       const std::int64_t id = r->id;
       auto fields = [&](std::string& b) { put_varint(b, static_cast<std::uint64_t>(id)); };
-      if (r->named)
+      if (r->named) {
+        settle(r->last_op);  // its put may still wait, and the message is about to go
         push_record(op_kind::message_delete, r->last_op, fields);
-      else
+      } else {
         end_entry(op_kind::message_delete, r->last_op, fields);
+      }
       messages.erase(r->keep.get());
     }
     message_row* row_of(const message_ptr& m) {
@@ -1006,15 +1173,15 @@ class sqlite {
     void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
       message_row* r = ref(m);
-      auto& q = rows_of(client_id, true)->queued;
-      outgoing_entry& e = q.emplace_back();
+      client_rows& c = *rows_of(client_id, true);
+      outgoing_entry& e = c.queued.emplace_back();
       e.seq = ++next_seq;
       e.message = r;
       e.qos = static_cast<std::uint8_t>(d.qos_level);
       e.state = static_cast<std::uint8_t>(outgoing_state::queued);
       e.retain = d.retain;
       e.ids = identifiers_text(d);
-      put_outgoing(client_id, e);
+      put_outgoing(*c.key, e);
     }
     void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
       std::lock_guard<std::mutex> lk(mutex);
@@ -1045,7 +1212,7 @@ class sqlite {
       e.packet_id = packet_id;
       e.qos = static_cast<std::uint8_t>(d.qos_level);
       e.state = static_cast<std::uint8_t>(outgoing_state::sent);
-      put_outgoing(client_id, e);
+      put_outgoing(*c.key, e);
     }
     void pubrec(std::string_view client_id, std::uint16_t packet_id) {
       std::lock_guard<std::mutex> lk(mutex);
@@ -1059,7 +1226,7 @@ class sqlite {
       e.qos = static_cast<std::uint8_t>(codec::qos::exactly_once);
       e.state = static_cast<std::uint8_t>(outgoing_state::pubrec_received);
       e.ids.clear();
-      put_outgoing(client_id, e);
+      put_outgoing(*c->key, e);
       unref(m);
     }
     void acknowledge(std::string_view client_id, std::uint16_t packet_id) {
@@ -1088,7 +1255,11 @@ class sqlite {
     /// `erase`, the session's row, subscriptions and will go too.
     void forget_client(std::string_view client_id, bool erase) {
       std::lock_guard<std::mutex> lk(mutex);
-      if (erase) push(op_kind::erase_session, prev_none).key.assign(client_id);
+      if (erase) {
+        op& o = push(op_kind::erase_session, prev_none);
+        o.row = std::make_unique<row_change>();
+        o.row->key.assign(client_id);
+      }
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       for (const auto& e : c->queued) remove_outgoing(e);
@@ -1101,9 +1272,10 @@ class sqlite {
     void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m) {
       std::lock_guard<std::mutex> lk(mutex);
       message_row* r = ref(m);
-      inbound_entry& e = rows_of(client_id, true)->inbound[packet_id];
+      client_rows& c = *rows_of(client_id, true);
+      inbound_entry& e = c.inbound[packet_id];
       message_row* const old = std::exchange(e.message, r);
-      put_inbound(client_id, packet_id, e);
+      put_inbound(*c.key, packet_id, e);
       unref(old);
     }
     void routed(std::string_view client_id, std::uint16_t packet_id) {
@@ -1113,7 +1285,7 @@ class sqlite {
       auto it = c->inbound.find(packet_id);
       if (it == c->inbound.end() || it->second.message == nullptr) return;
       message_row* const m = std::exchange(it->second.message, nullptr);
-      put_inbound(client_id, packet_id, it->second);
+      put_inbound(*c->key, packet_id, it->second);
       unref(m);
     }
     void release(std::string_view client_id, std::uint16_t packet_id) {
@@ -1254,21 +1426,31 @@ class sqlite {
         if (end != pending.end()) last = std::min(last, end->ticket - 1);
         // Taken whole, the rest (a packet's changes, an open span) moved back: O(what stays).
         const auto taken_count = static_cast<std::size_t>(end - pending.begin());
-        std::size_t bytes_taken = records.size();
-        for (auto it = end; it != pending.end(); ++it)
-          if (journaled(it->kind)) {
-            bytes_taken = it->off;
-            break;
-          }
         batch.swap(pending);
-        taken_bytes.swap(records);
-        records.assign(taken_bytes, bytes_taken, std::string::npos);
-        taken_bytes.resize(bytes_taken);
-        for (auto it = batch.begin() + static_cast<std::ptrdiff_t>(taken_count); it != batch.end(); ++it) {
-          if (journaled(it->kind)) it->off -= bytes_taken;
+        for (auto it = batch.begin() + static_cast<std::ptrdiff_t>(taken_count); it != batch.end(); ++it)
           pending.push_back(std::move(*it));
-        }
         batch.resize(taken_count);
+        // The taken records' bytes, in order: the deferred ones encoded now, while what they
+        // point to is still there; those still waiting keep theirs, moved to a buffer of their own.
+        taken_bytes.clear();
+        for (op& o : batch) {
+          if (o.undone || !journaled(o.kind)) continue;
+          if (o.deferred) {
+            encode(o, taken_bytes);
+          } else {
+            const std::size_t at = taken_bytes.size();
+            taken_bytes.append(records, o.off, o.len);
+            o.off = at;
+          }
+        }
+        kept_bytes.clear();
+        for (op& o : pending) {
+          if (o.undone || o.deferred || !journaled(o.kind)) continue;
+          const std::size_t at = kept_bytes.size();
+          kept_bytes.append(records, o.off, o.len);
+          o.off = at;
+        }
+        records.swap(kept_bytes);
       }
       if (batch.empty()) return;
       last_batch_size.store(batch.size(), std::memory_order_relaxed);
@@ -1577,9 +1759,10 @@ class sqlite {
       sqlite3_bind_int(st, first + 3, static_cast<int>(m.qos_level()));
     }
 
-    int apply(const op& o) {
-      sqlite3_stmt* st = statements[static_cast<std::size_t>(o.kind)].st;
-      switch (o.kind) {
+    int apply(const op& change) {
+      sqlite3_stmt* st = statements[static_cast<std::size_t>(change.kind)].st;
+      const row_change& o = *change.row;
+      switch (change.kind) {
         case op_kind::save_session:
           bind_text(st, 1, o.key);
           sqlite3_bind_int64(st, 2, o.b);
@@ -1682,7 +1865,7 @@ class sqlite {
         const std::int64_t since = sqlite3_column_type(st, 2) == SQLITE_NULL ? saved : sqlite3_column_int64(st, 2);
         std::int64_t left = expiry;
         if (expiry != 0xFFFFFFFFu) left = std::int64_t{expiry} - std::max<std::int64_t>(effective - since, 0) / 1000;
-        clients.emplace(std::string(text(st, 0)), client_rows{});
+        clients.try_emplace(std::string(text(st, 0)), &nodes);
         l.session(text(st, 0), expiry, std::chrono::seconds(std::max<std::int64_t>(left, 0)));
       });
       rows("SELECT client_id, filter, options, identifier FROM subscriptions", [&](sqlite3_stmt* st) {
