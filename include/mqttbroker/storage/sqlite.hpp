@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
@@ -1088,33 +1089,70 @@ class sqlite {
       put_varint(b, packet_id);
       put_bytes(b, ids);
     }
+    /// Writes a record's fields into room made for them beforehand: a byte string append per
+    /// field (a call and a capacity check each) cost more than the rest of the encoding.
+    struct field_writer {
+      char* p;
+      void byte(std::uint8_t v) noexcept { *p++ = static_cast<char>(v); }
+      void varint(std::uint64_t v) noexcept {
+        while (v >= 0x80) {
+          *p++ = static_cast<char>((v & 0x7F) | 0x80);
+          v >>= 7;
+        }
+        *p++ = static_cast<char>(v);
+      }
+      void bytes(std::string_view s) noexcept {
+        varint(s.size());
+        if (!s.empty()) std::memcpy(p, s.data(), s.size());
+        p += s.size();
+      }
+    };
+    static constexpr std::size_t max_varint = 10;
+
     /// A deferred put's record, appended to `b`; it is encoded from then on.
     static void encode(op& o, std::string& b) {
       o.off = b.size();
-      b.push_back(static_cast<char>(o.kind));
-      put_varint(b, o.seq);
+      std::size_t room = 1 + 3 * max_varint + 1;  // kind, seq and the integers, the flags byte
+      switch (o.kind) {
+        case op_kind::message_put:
+          room += 3 * max_varint + o.msg->topic().size() + o.msg->payload().size() + o.msg->properties().bytes().size();
+          break;
+        case op_kind::outgoing_put: room += 3 * max_varint + o.client->size(); break;
+        case op_kind::inbound_put: room += max_varint + o.client->size(); break;
+        default: break;
+      }
+      b.resize(o.off + room);
+      field_writer w{&b[o.off]};
+      w.byte(static_cast<std::uint8_t>(o.kind));
+      w.varint(o.seq);
       switch (o.kind) {
         case op_kind::message_put: {
           const message& m = *o.msg;
-          put_varint(b, static_cast<std::uint64_t>(o.id));
-          b.push_back(static_cast<char>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
-          put_varint(b, static_cast<std::uint64_t>(o.number));
-          put_bytes(b, m.topic());
-          put_bytes(b, m.payload());
-          put_bytes(b, m.properties().bytes());
+          w.varint(static_cast<std::uint64_t>(o.id));
+          w.byte(static_cast<std::uint8_t>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
+          w.varint(static_cast<std::uint64_t>(o.number));
+          w.bytes(m.topic());
+          w.bytes(m.payload());
+          w.bytes(m.properties().bytes());
           break;
         }
-        case op_kind::outgoing_put:
-          encode_outgoing(b, *o.client, o.number, o.id, o.flags, o.packet_id, {});
+        case op_kind::outgoing_put:  // as encode_outgoing, with no Subscription Identifiers
+          w.bytes(*o.client);
+          w.varint(static_cast<std::uint64_t>(o.number));
+          w.varint(static_cast<std::uint64_t>(o.id));
+          w.byte(o.flags);
+          w.varint(o.packet_id);
+          w.bytes({});
           break;
         case op_kind::inbound_put:
-          put_bytes(b, *o.client);
-          put_varint(b, o.packet_id);
-          put_varint(b, static_cast<std::uint64_t>(o.id));
+          w.bytes(*o.client);
+          w.varint(o.packet_id);
+          w.varint(static_cast<std::uint64_t>(o.id));
           break;
         default: break;
       }
-      o.len = b.size() - o.off;
+      o.len = static_cast<std::size_t>(w.p - &b[o.off]);
+      b.resize(o.off + o.len);
       o.deferred = false;
     }
     /// Encodes the deferred records among an entry's waiting ones, from its latest back, before
@@ -1528,10 +1566,17 @@ class sqlite {
 
     /// The batch's journal records into `blob` (only the tombstones with `ends_only`); how many.
     std::size_t gather(const std::vector<op>& batch, bool ends_only) {
-      blob.clear();
       std::size_t n = 0;
+      if (!ends_only) {
+        // taken_bytes holds exactly these records, in order (commit_batch): one copy.
+        for (const op& o : batch)
+          if (!o.undone && journaled(o.kind)) ++n;
+        blob.assign(taken_bytes);
+        return n;
+      }
+      blob.clear();
       for (const op& o : batch) {
-        if (o.undone || !journaled(o.kind) || (ends_only && !ends_entry(o.kind))) continue;
+        if (o.undone || !ends_entry(o.kind)) continue;
         blob.append(taken_bytes, o.off, o.len);
         ++n;
       }
