@@ -643,6 +643,8 @@ class sqlite {
     std::vector<op> taken;    // the batch being written
     std::string taken_bytes;  // its journal records
     std::string blob;         // the segment written from them
+    double last_written_share = 0;  // adapt_window: the last large batch's share written
+    bool window_grew = false;       // and whether the window grew after it
     // ---- under `db_mutex`: the connection and the journal's segments
     std::mutex db_mutex;
     sqlite3* db = nullptr;
@@ -1412,17 +1414,29 @@ class sqlite {
       if (last_batch_size < loaded_batch) return opts.group_commit_window;
       return std::max(opts.group_commit_window, std::chrono::microseconds(loaded_window_us.load(std::memory_order_relaxed)));
     }
-    /// The loaded window follows the acknowledgements: while much of a large batch is still
-    /// written (its deliveries not yet acknowledged) it grows, up to a bound that keeps a
-    /// publisher's acknowledgement timely; while almost nothing is, it shrinks back, as a shorter
-    /// wait acknowledges the publishers sooner. Called by the batch's writer.
+    /// The loaded window follows what waiting buys. While much of a large batch is still written
+    /// (its deliveries not yet acknowledged) it grows, up to a bound that keeps a publisher's
+    /// acknowledgement timely, as long as each step lets more be undone; a step after which as
+    /// much is written is taken back (QoS 2: its records wait for commits, not for the wait, which
+    /// then only delays the acknowledgements). While almost nothing is written it shrinks, as a
+    /// shorter wait acknowledges the publishers sooner. Called by the batch's writer.
     void adapt_window(std::size_t changes, std::size_t written) {
       if (changes < loaded_batch) return;
+      const double share = static_cast<double>(written) / static_cast<double>(changes);
       std::uint32_t w = loaded_window_us.load(std::memory_order_relaxed);
-      if (written * 4 > changes)
-        w = std::min<std::uint32_t>(w + 1000, max_loaded_window_us);
-      else if (written * 20 < changes)
-        w = std::max<std::uint32_t>(w - 250, min_loaded_window_us);
+      if (share > 0.25) {
+        if (window_grew && share > last_written_share * 0.9) {
+          w = std::max<std::uint32_t>(w - 1000, min_loaded_window_us);
+          window_grew = false;
+        } else {
+          window_grew = w < max_loaded_window_us;
+          w = std::min<std::uint32_t>(w + 1000, max_loaded_window_us);
+        }
+      } else {
+        window_grew = false;
+        if (share < 0.05) w = std::max<std::uint32_t>(w - 250, min_loaded_window_us);
+      }
+      last_written_share = share;
       loaded_window_us.store(w, std::memory_order_relaxed);
     }
     static constexpr std::size_t loaded_batch = 1024;
