@@ -411,15 +411,39 @@ class sqlite {
   // A put carries the entry's whole state, so that the latest record of an entry is all a load
   // needs of it.
 
-  static void put_varint(std::string& b, std::uint64_t v) {
-    char bytes[10];  // one append, not one per byte: this runs for every field of every record
-    std::size_t n = 0;
-    while (v >= 0x80) {
-      bytes[n++] = static_cast<char>((v & 0x7F) | 0x80);
-      v >>= 7;
+  /// Writes a record's fields into room made for them beforehand (append_fields): a byte string
+  /// append per field (a call and a capacity check each) cost more than the rest of the encoding.
+  struct field_writer {
+    char* p;
+    void byte(std::uint8_t v) noexcept { *p++ = static_cast<char>(v); }
+    void varint(std::uint64_t v) noexcept {
+      while (v >= 0x80) {
+        *p++ = static_cast<char>((v & 0x7F) | 0x80);
+        v >>= 7;
+      }
+      *p++ = static_cast<char>(v);
     }
-    bytes[n++] = static_cast<char>(v);
-    b.append(bytes, n);
+    void bytes(std::string_view s) noexcept {
+      varint(s.size());
+      if (!s.empty()) std::memcpy(p, s.data(), s.size());
+      p += s.size();
+    }
+  };
+  static constexpr std::size_t max_varint = 10;
+  /// Appends to `b` what `write` writes through a field_writer, in at most `room` bytes.
+  template <class F>
+  static void append_fields(std::string& b, std::size_t room, F&& write) {
+    const std::size_t at = b.size();
+    b.resize(at + room);
+    field_writer w{&b[at]};
+    write(w);
+    b.resize(static_cast<std::size_t>(w.p - b.data()));
+  }
+  static void put_varint(std::string& b, std::uint64_t v) {
+    char bytes[max_varint];  // one append, not one per byte
+    field_writer w{bytes};
+    w.varint(v);
+    b.append(bytes, static_cast<std::size_t>(w.p - bytes));
   }
   static void put_bytes(std::string& b, std::string_view s) {
     put_varint(b, s.size());
@@ -642,7 +666,8 @@ class sqlite {
     std::mutex report_mutex;
     std::vector<op> taken;    // the batch being written
     std::string taken_bytes;  // its journal records
-    std::string blob;         // the segment written from them
+    std::string ends_blob;    // the tombstones alone, when only they fit (a full disk)
+    std::string_view segment_bytes;  // what the batch's segment holds: taken_bytes or ends_blob
     double last_written_share = 0;  // adapt_window: the last large batch's share written
     bool window_grew = false;       // and whether the window grew after it
     // ---- under `db_mutex`: the connection and the journal's segments
@@ -1060,7 +1085,9 @@ class sqlite {
       const std::int64_t message_id = e.message != nullptr ? e.message->id : 0;
       if (!e.ids.empty()) {  // Subscription Identifiers: encoded now rather than kept per op
         e.last_op = push_record(op_kind::outgoing_put, prev, [&](std::string& b) {
-          encode_outgoing(b, client_id, e.seq, message_id, flags, e.packet_id, e.ids);
+          append_fields(b, outgoing_room(client_id, e.ids), [&](field_writer& w) {
+            write_outgoing(w, client_id, e.seq, message_id, flags, e.packet_id, e.ids);
+          });
         });
         return;
       }
@@ -1081,80 +1108,57 @@ class sqlite {
       o.id = e.message != nullptr ? e.message->id : 0;
       e.last_op = o.seq;
     }
-    static void encode_outgoing(std::string& b, std::string_view client_id, std::int64_t entry_seq,
-                                std::int64_t message_id, std::uint8_t flags, std::uint16_t packet_id,
-                                std::string_view ids) {
-      put_bytes(b, client_id);
-      put_varint(b, static_cast<std::uint64_t>(entry_seq));
-      put_varint(b, static_cast<std::uint64_t>(message_id));
-      b.push_back(static_cast<char>(flags));
-      put_varint(b, packet_id);
-      put_bytes(b, ids);
+    /// An outgoing_put's fields after its kind and seq; at most outgoing_room() bytes.
+    static void write_outgoing(field_writer& w, std::string_view client_id, std::int64_t entry_seq,
+                               std::int64_t message_id, std::uint8_t flags, std::uint16_t packet_id,
+                               std::string_view ids) {
+      w.bytes(client_id);
+      w.varint(static_cast<std::uint64_t>(entry_seq));
+      w.varint(static_cast<std::uint64_t>(message_id));
+      w.byte(flags);
+      w.varint(packet_id);
+      w.bytes(ids);
     }
-    /// Writes a record's fields into room made for them beforehand: a byte string append per
-    /// field (a call and a capacity check each) cost more than the rest of the encoding.
-    struct field_writer {
-      char* p;
-      void byte(std::uint8_t v) noexcept { *p++ = static_cast<char>(v); }
-      void varint(std::uint64_t v) noexcept {
-        while (v >= 0x80) {
-          *p++ = static_cast<char>((v & 0x7F) | 0x80);
-          v >>= 7;
-        }
-        *p++ = static_cast<char>(v);
-      }
-      void bytes(std::string_view s) noexcept {
-        varint(s.size());
-        if (!s.empty()) std::memcpy(p, s.data(), s.size());
-        p += s.size();
-      }
-    };
-    static constexpr std::size_t max_varint = 10;
-
+    static std::size_t outgoing_room(std::string_view client_id, std::string_view ids) noexcept {
+      return 5 * max_varint + 1 + client_id.size() + ids.size();
+    }
     /// A deferred put's record, appended to `b`; it is encoded from then on.
     static void encode(op& o, std::string& b) {
       o.off = b.size();
-      std::size_t room = 1 + 3 * max_varint + 1;  // kind, seq and the integers, the flags byte
+      std::size_t room = 1 + max_varint;  // kind, seq
       switch (o.kind) {
         case op_kind::message_put:
-          room += 3 * max_varint + o.msg->topic().size() + o.msg->payload().size() + o.msg->properties().bytes().size();
+          room += 6 * max_varint + 1 + o.msg->topic().size() + o.msg->payload().size() +
+                  o.msg->properties().bytes().size();
           break;
-        case op_kind::outgoing_put: room += 3 * max_varint + o.client->size(); break;
-        case op_kind::inbound_put: room += max_varint + o.client->size(); break;
+        case op_kind::outgoing_put: room += outgoing_room(*o.client, {}); break;
+        case op_kind::inbound_put: room += 3 * max_varint + o.client->size(); break;
         default: break;
       }
-      b.resize(o.off + room);
-      field_writer w{&b[o.off]};
-      w.byte(static_cast<std::uint8_t>(o.kind));
-      w.varint(o.seq);
-      switch (o.kind) {
-        case op_kind::message_put: {
-          const message& m = *o.msg;
-          w.varint(static_cast<std::uint64_t>(o.id));
-          w.byte(static_cast<std::uint8_t>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
-          w.varint(static_cast<std::uint64_t>(o.number));
-          w.bytes(m.topic());
-          w.bytes(m.payload());
-          w.bytes(m.properties().bytes());
-          break;
+      append_fields(b, room, [&](field_writer& w) {
+        w.byte(static_cast<std::uint8_t>(o.kind));
+        w.varint(o.seq);
+        switch (o.kind) {
+          case op_kind::message_put: {
+            const message& m = *o.msg;
+            w.varint(static_cast<std::uint64_t>(o.id));
+            w.byte(static_cast<std::uint8_t>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
+            w.varint(static_cast<std::uint64_t>(o.number));
+            w.bytes(m.topic());
+            w.bytes(m.payload());
+            w.bytes(m.properties().bytes());
+            break;
+          }
+          case op_kind::outgoing_put: write_outgoing(w, *o.client, o.number, o.id, o.flags, o.packet_id, {}); break;
+          case op_kind::inbound_put:
+            w.bytes(*o.client);
+            w.varint(o.packet_id);
+            w.varint(static_cast<std::uint64_t>(o.id));
+            break;
+          default: break;
         }
-        case op_kind::outgoing_put:  // as encode_outgoing, with no Subscription Identifiers
-          w.bytes(*o.client);
-          w.varint(static_cast<std::uint64_t>(o.number));
-          w.varint(static_cast<std::uint64_t>(o.id));
-          w.byte(o.flags);
-          w.varint(o.packet_id);
-          w.bytes({});
-          break;
-        case op_kind::inbound_put:
-          w.bytes(*o.client);
-          w.varint(o.packet_id);
-          w.varint(static_cast<std::uint64_t>(o.id));
-          break;
-        default: break;
-      }
-      o.len = static_cast<std::size_t>(w.p - &b[o.off]);
-      b.resize(o.off + o.len);
+      });
+      o.len = b.size() - o.off;
       o.deferred = false;
     }
     /// Encodes the deferred records among an entry's waiting ones, from its latest back, before
@@ -1578,22 +1582,23 @@ class sqlite {
 
     enum class journal_write : std::uint8_t { none, all, ends_only };
 
-    /// The batch's journal records into `blob` (only the tombstones with `ends_only`); how many.
+    /// The batch's journal records as `segment_bytes` (only the tombstones with `ends_only`); how many.
     std::size_t gather(const std::vector<op>& batch, bool ends_only) {
       std::size_t n = 0;
       if (!ends_only) {
-        // taken_bytes holds exactly these records, in order (commit_batch): one copy.
+        // taken_bytes holds exactly these records, in order (commit_batch).
         for (const op& o : batch)
           if (!o.undone && journaled(o.kind)) ++n;
-        blob.assign(taken_bytes);
+        segment_bytes = taken_bytes;
         return n;
       }
-      blob.clear();
+      ends_blob.clear();
       for (const op& o : batch) {
         if (o.undone || !ends_entry(o.kind)) continue;
-        blob.append(taken_bytes, o.off, o.len);
+        ends_blob.append(taken_bytes, o.off, o.len);
         ++n;
       }
+      segment_bytes = ends_blob;
       return n;
     }
     int insert_blob(const std::vector<op>& batch) {
@@ -1601,7 +1606,7 @@ class sqlite {
       sqlite3_bind_int64(st, 1, last_segment + 1);
       sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(batch.front().seq));
       sqlite3_bind_int64(st, 3, static_cast<sqlite3_int64>(batch.back().seq));
-      bind_blob(st, 4, blob);
+      bind_blob(st, 4, segment_bytes);
       return step(st);
     }
 
@@ -1708,7 +1713,7 @@ class sqlite {
     void account(const std::vector<op>& batch, journal_write journal) {
       if (journal == journal_write::none) return;
       segment s{last_segment + 1, batch.front().seq, batch.back().seq};
-      s.bytes = blob.size();
+      s.bytes = segment_bytes.size();
       s.puts = journal == journal_write::all;
       for (const op& o : batch) {
         if (o.undone || !journaled(o.kind)) continue;
