@@ -62,12 +62,16 @@ TEST_CASE("block pool: size classes from 64 B to 32 KiB, each the smallest that 
   CHECK(pool::class_of(pool::max_block) == pool::classes - 1);
   CHECK(pool::class_of(pool::max_block + 1) == pool::unpooled);
   for (std::uint8_t c = 1; c < pool::classes; ++c) CHECK(pool::block_size(c - 1) < pool::block_size(c));
-  // The bound: MQTTBROKER_BLOCK_POOL_CLASS_BYTES per class, rounded down to whole blocks.
-  const auto per_class = static_cast<std::size_t>(MQTTBROKER_BLOCK_POOL_CLASS_BYTES);
+  // The bound: MQTTBROKER_BLOCK_POOL_SMALL_CLASS_BYTES per class of up to 256 B,
+  // MQTTBROKER_BLOCK_POOL_CLASS_BYTES per larger one, rounded down to whole blocks.
   for (std::uint8_t c = 0; c < pool::classes; ++c) {
+    const auto per_class = static_cast<std::size_t>(pool::block_size(c) <= 256 ? MQTTBROKER_BLOCK_POOL_SMALL_CLASS_BYTES
+                                                                               : MQTTBROKER_BLOCK_POOL_CLASS_BYTES);
     CHECK(pool::capacity(c) * pool::block_size(c) <= per_class);
     CHECK(pool::capacity(c) * pool::block_size(c) + pool::block_size(c) > per_class);
   }
+  CHECK(pool::capacity(pool::class_of(256)) == MQTTBROKER_BLOCK_POOL_SMALL_CLASS_BYTES / 256);
+  CHECK(pool::capacity(pool::class_of(257)) == MQTTBROKER_BLOCK_POOL_CLASS_BYTES / 512);
 }
 
 TEST_CASE("message pool: a freed block is reused by the next message of its class", "[message][pool]") {
