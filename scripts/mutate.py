@@ -23,7 +23,7 @@ Method:
      "also_run" names it; mqttbroker_websocket_tests alone for the WebSocket transport's headers,
      mqttbroker_tls_tests and then mqttbroker_websocket_tests for transport/tls.hpp;
      mqttbroker_sqlite_tests alone for storage/sqlite.hpp, and after the unit tests when "also_run"
-     names it) and run with a timeout and a fixed MQTTBROKER_SEED, stopping at the
+     names it; mqttbroker_cluster_tests alone for cluster/nats.hpp) and run with a timeout and a fixed MQTTBROKER_SEED, stopping at the
      first failure. Then the header is restored with its old time stamp and the saved objects and
      programs are put back, so the build is the baseline's again without recompiling it (the next
      build checks that: it must find nothing to do).
@@ -72,7 +72,8 @@ MT_TESTS = "mqttbroker_mt_tests"
 WS_TESTS = "mqttbroker_websocket_tests"  # the WebSocket transport's own program (mqttbroker::websocket)
 TLS_TESTS = "mqttbroker_tls_tests"  # the TLS transport's (mqttbroker::tls)
 SQLITE_TESTS = "mqttbroker_sqlite_tests"  # the durable storage's (mqttbroker::sqlite)
-KNOWN_TARGETS = {UNIT_TESTS, MT_TESTS, WS_TESTS, TLS_TESTS, SQLITE_TESTS}
+CLUSTER_TESTS = "mqttbroker_cluster_tests"  # cluster::nats against a real nats-server (mqttbroker::nats)
+KNOWN_TARGETS = {UNIT_TESTS, MT_TESTS, WS_TESTS, TLS_TESTS, SQLITE_TESTS, CLUSTER_TESTS}
 
 MUTATION_KEYS = {"id", "file", "find", "replace", "breaks", "equivalent", "also_run"}
 REQUIRED_KEYS = {"id", "file", "find", "replace", "breaks"}
@@ -154,6 +155,8 @@ def targets_of(m):
         return [TLS_TESTS, WS_TESTS]  # wss runs over it too
     if m["file"] == "storage/sqlite.hpp":
         return [SQLITE_TESTS]  # no other program includes it
+    if m["file"] == "cluster/nats.hpp":
+        return [CLUSTER_TESTS]  # nor this one
     targets = [UNIT_TESTS]
     if m["file"].startswith("locking/") or MT_TESTS in m.get("also_run", []):
         targets.append(MT_TESTS)

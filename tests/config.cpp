@@ -221,11 +221,13 @@ TEST_CASE("config: the broker-wide options Mosquitto shares with this server", "
   CHECK(c.listeners.empty());
 
   // This server's own cluster lines.
-  const config_settings cl = load("cluster nats://127.0.0.1:4222\ncluster_node a\ncluster_replicas 3\ncluster_send_asap true\n");
+  const config_settings cl =
+      load("cluster nats://127.0.0.1:4222\ncluster_node a\ncluster_replicas 3\ncluster_send_asap true\ncluster_jetstream false\n");
   CHECK(cl.cluster == std::optional<std::string>("nats://127.0.0.1:4222"));
   CHECK(cl.cluster_node == std::optional<std::string>("a"));
   CHECK(cl.cluster_replicas == std::optional<int>(3));
   CHECK(cl.cluster_send_asap == std::optional<bool>(true));
+  CHECK(cl.cluster_jetstream == std::optional<bool>(false));
   CHECK(cl.warnings.empty());
   CHECK_FALSE(load("max_qos 1\n").cluster_send_asap);
 

@@ -171,6 +171,7 @@ struct config_settings {
   std::optional<std::string> cluster_node;              // this server's own: the node's name (--cluster-node)
   std::optional<int> cluster_replicas;                  // this server's own: 1 to 5 (--cluster-replicas)
   std::optional<bool> cluster_send_asap;                // this server's own (--cluster-send-asap)
+  std::optional<bool> cluster_jetstream;                // this server's own (--cluster-jetstream)
   // Logging, as Mosquitto's lines say it; each log_dest and log_type line adds one.
   std::vector<std::string> log_dest;       // "stderr", "stdout", "syslog", "none", or "file PATH"
   std::vector<std::string> log_type;       // error, warning, notice, information, debug, subscribe, unsubscribe, websockets, all, none
@@ -792,6 +793,9 @@ class config_reader {
     } else if (name == "cluster_send_asap") {
       bool b = false;
       if (boolean(name, rest, b)) o.cluster_send_asap = b;
+    } else if (name == "cluster_jetstream") {
+      bool b = false;
+      if (boolean(name, rest, b)) o.cluster_jetstream = b;
     } else if (name == "cluster_replicas") {
       int n = 0;
       if (integer(name, rest, 1, 5, n)) o.cluster_replicas = n;

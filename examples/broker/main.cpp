@@ -250,6 +250,7 @@ struct cluster_settings {
   std::string node;
   int replicas = 1;  // the retained messages' bucket's copies (JetStream replicas)
   bool send_asap = false;  // nats_options::send_asap
+  bool jetstream = true;   // nats_options::jetstream_delivery
 };
 
 /// --persistence and its settings; an empty folder keeps everything in memory.
@@ -551,9 +552,11 @@ std::string scrape(Broker& broker) {
     pm::write_family<u64>(out, "mqttbroker_cluster_connected", "gauge", "1 while the node is connected to NATS.",
                           {{"", c.connected ? 1 : 0}});
     pm::write_family<u64>(out, "mqttbroker_cluster_messages_sent_total", "counter",
-                          "Messages sent to the other nodes, and those that could not be (no connection and its "
-                          "reconnect buffer full, too large).",
-                          {{"result=\"sent\"", c.published}, {"result=\"failed\"", c.publish_failed}});
+                          "Messages sent to the other nodes; those that could not be (no connection and its "
+                          "reconnect buffer full, too large); QoS 1/2 ones sent that JetStream did not store.",
+                          {{"result=\"sent\"", c.published},
+                           {"result=\"failed\"", c.publish_failed},
+                           {"result=\"not_stored\"", c.stream_failed}});
     pm::write_family<u64>(out, "mqttbroker_cluster_messages_received_total", "counter",
                           "Messages from other nodes: handed to the broker, repeats dropped, malformed dropped, "
                           "dropped by NATS's client for a slow node.",
@@ -579,8 +582,12 @@ std::string scrape(Broker& broker) {
                           {{"direction=\"taken\"", c.sessions_taken},
                            {"direction=\"given\"", c.sessions_given},
                            {"direction=\"lost\"", c.handovers_lost}});
-    pm::write_family<u64>(out, "mqttbroker_cluster_subscriptions", "gauge", "NATS subscriptions the node holds.",
+    pm::write_family<u64>(out, "mqttbroker_cluster_subscriptions", "gauge",
+                          "NATS subscriptions the node holds, JetStream consumers' included.",
                           {{"", static_cast<u64>(c.subscriptions)}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_consumers_missing", "gauge",
+                          "Filters whose JetStream consumers could not be made yet (tried again each second).",
+                          {{"", static_cast<u64>(c.consumers_missing)}});
   }
 #endif
   pm::write_family<std::uint64_t>(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
@@ -712,6 +719,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     o.node = cluster.node;
     o.replicas = cluster.replicas;
     o.send_asap = cluster.send_asap;
+    o.jetstream_delivery = cluster.jetstream;
     broker.cluster().configure(std::move(o));
     // Before the io_context runs: the first connection blocks until NATS answers.
     if (const std::error_code ec = broker.connect_cluster()) {
@@ -834,9 +842,10 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
       if constexpr (Broker::engine_type::clustered) {
         const auto c = broker.cluster().statistics();
         say(level::info,
-            "cluster: {} messages sent to other nodes ({} not sent), {} received ({} repeats, {} malformed, {} dropped "
-            "as slow), {} disconnects, {} reconnects",
-            c.published, c.publish_failed, c.received, c.repeats, c.malformed, c.dropped, c.disconnects, c.reconnects);
+            "cluster: {} messages sent to other nodes ({} not sent, {} not stored), {} received ({} repeats, {} "
+            "malformed, {} dropped as slow), {} disconnects, {} reconnects",
+            c.published, c.publish_failed, c.stream_failed, c.received, c.repeats, c.malformed, c.dropped,
+            c.disconnects, c.reconnects);
       }
 #endif
       io.stop();
@@ -1017,6 +1026,10 @@ int main(int argc, char** argv) {
   app.add_option("--cluster-send-asap", cluster.send_asap,
                  "true: what goes to NATS is written at once, not gathered for a millisecond (lower latency "
                  "between nodes at a low rate, more CPU per message) [cluster_send_asap]");
+  app.add_option("--cluster-jetstream", cluster.jetstream,
+                 "QoS 1 and 2 between nodes through JetStream (default true: a message kept from a node "
+                 "comes when it is back); false: on core NATS like QoS 0, at most once between nodes, "
+                 "faster [cluster_jetstream]");
   app.add_option("--metrics", metrics_at,
                  "serve Prometheus' text format on http://[ADDRESS:]PORT/metrics (ADDRESS 0.0.0.0 when left out; "
                  "[::1]:9100 for IPv6) [metrics_listener]");
@@ -1066,8 +1079,8 @@ int main(int argc, char** argv) {
       "  max_total_queued_bytes, max_connections_per_address, max_connection_rate_per_address,\n"
       "  connection_burst_per_address and max_publish_rate are this server's own (admission control),\n"
       "  and metrics_listener [ADDRESS:]PORT is --metrics; cluster URLS, cluster_node NAME,\n"
-      "  cluster_replicas N and cluster_send_asap BOOL are --cluster, --cluster-node,\n"
-      "  --cluster-replicas and --cluster-send-asap.\n"
+      "  cluster_replicas N, cluster_send_asap BOOL and cluster_jetstream BOOL are --cluster,\n"
+      "  --cluster-node, --cluster-replicas, --cluster-send-asap and --cluster-jetstream.\n"
       "  persistence true and persistence_location DIR are --persistence DIR.\n"
       "  password_file, acl_file and allow_anonymous are --password-file, --acl-file and --allow-anonymous.\n"
       "  log_dest (stderr, stdout, syslog, file PATH, none), log_type, log_timestamp[_format] and\n"
@@ -1120,6 +1133,7 @@ int main(int argc, char** argv) {
     if (file.cluster_node && !given("--cluster-node")) cluster.node = *file.cluster_node;
     if (file.cluster_replicas && !given("--cluster-replicas")) cluster.replicas = *file.cluster_replicas;
     if (file.cluster_send_asap && !given("--cluster-send-asap")) cluster.send_asap = *file.cluster_send_asap;
+    if (file.cluster_jetstream && !given("--cluster-jetstream")) cluster.jetstream = *file.cluster_jetstream;
     if (!apply_logging(file, given("--log-level"), level_name, warnings)) return 1;
     if (file.allow_anonymous && !given("--allow-anonymous")) anonymous_flag = file.allow_anonymous;
     per_listener_settings = file.per_listener_settings;

@@ -1,8 +1,9 @@
 """Brokers as one over NATS (--cluster, cluster::nats): three nats-server processes clustered on
 loopback, started here, and three broker nodes, one on each; paho clients on different nodes.
-NATS tells its servers of a new subscription asynchronously, so before a test's messages go out
-it waits until probes published on the publisher's node reach the subscriber on the other: after
-that, the route is known."""
+NATS tells its servers of a new subscription asynchronously, and a node makes its JetStream
+consumers (QoS 1 and 2 cross through JetStream) on a thread of its own, so before a test's
+messages go out it waits until probes of QoS 0 and QoS 1 published on the publisher's node reach
+the subscriber on the other: after that, both routes are known."""
 
 import os
 import re
@@ -41,7 +42,7 @@ def wait_for_port(port):
 class NatsCluster:
     """`n` nats-server processes on loopback, routed to each other into one cluster."""
 
-    def __init__(self, n=3):
+    def __init__(self, n=3, extra=()):
         program = nats_server_program()
         self.client_ports = [h.free_port() for _ in range(n)]
         cluster_ports = [h.free_port() for _ in range(n)]
@@ -52,7 +53,7 @@ class NatsCluster:
             routes = ",".join("nats://127.0.0.1:%d" % p for j, p in enumerate(cluster_ports) if j != i)
             self.args.append([program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
                               "--cluster_name", "mqttbroker-test", "--cluster", "nats://127.0.0.1:%d" % cluster_ports[i],
-                              "--routes", routes, "-js", "-sd", os.path.join(self.store, str(i))])
+                              "--routes", routes, "-js", "-sd", os.path.join(self.store, str(i)), *extra])
         self.procs = [None] * n
         for i in range(n):
             self.start(i)
@@ -88,17 +89,21 @@ class NatsCluster:
 class Cluster(unittest.TestCase):
     """Three nodes: node i on nats-server i."""
 
+    nats_args = ()  # more arguments for each nats-server
+    node_args = ()  # and for each node
+
     def setUp(self):
         if not os.environ.get("MQTTBROKER_IT_CLUSTER"):
             raise unittest.SkipTest("the server was built without nats.c (no --cluster)")
-        self.nats = NatsCluster(3)
+        self.nats = NatsCluster(3, self.nats_args)
         self.addCleanup(self.nats.stop)
         self.nodes = []
         self.killed = set()  # nodes a test killed on purpose
         self._clients = []
         for i, name in enumerate("abc"):
             # One NATS server's address each: nats.c learns the others from it, to reconnect to.
-            b = h.Broker("--cluster", self.nats.url(i), "--cluster-node", name, "--metrics", "127.0.0.1:0")
+            b = h.Broker("--cluster", self.nats.url(i), "--cluster-node", name, "--metrics", "127.0.0.1:0",
+                         *self.node_args)
             self.nodes.append(b)
         self.addCleanup(self._finish)
 
@@ -140,9 +145,11 @@ class Cluster(unittest.TestCase):
                 raise AssertionError("node %d's connected gauge is not %d after %.0f s" % (node, connected, h.WAIT))
             time.sleep(0.05)
 
+    PROBES = (b"probe", b"probe+")  # published at QoS 0 (core NATS) and QoS 1 (JetStream)
+
     def wait_route(self, publisher, subscriber, topic, others=None):
-        """Publishes probes on `topic` until `subscriber` gets one; drains the rest. Any other
-        message that comes meanwhile fails, or with `others` is appended to it."""
+        """Publishes probes on `topic`, at QoS 0 and 1, until `subscriber` got one of each; drains
+        the rest. Any other message that comes meanwhile fails, or with `others` is appended to it."""
         deadline = time.monotonic() + h.WAIT
 
         def other(m):
@@ -150,13 +157,17 @@ class Cluster(unittest.TestCase):
                 self.fail("%r (%r) came while waiting for a probe" % (m.topic, m.payload))
             others.append(m)
 
-        while True:
-            publisher.publish(topic, b"probe", 0)
+        seen = set()
+        while len(seen) < 2:
+            for q, payload in enumerate(self.PROBES):
+                if payload not in seen:
+                    publisher.publish(topic, payload, q)
             try:
                 m = subscriber.messages.get(timeout=0.1)
-                if m.payload == b"probe":
-                    break
-                other(m)
+                if m.payload in self.PROBES:
+                    seen.add(m.payload)
+                else:
+                    other(m)
             except h.queue.Empty:
                 pass
             if time.monotonic() > deadline:
@@ -164,7 +175,7 @@ class Cluster(unittest.TestCase):
         time.sleep(0.2)  # the probes still on their way
         while not subscriber.messages.empty():
             m = subscriber.messages.get()
-            if m.payload != b"probe":
+            if m.payload not in self.PROBES:
                 other(m)
 
     def test_publish_on_one_node_reaches_the_others_at_each_qos(self):
@@ -208,7 +219,7 @@ class Cluster(unittest.TestCase):
         deadline = time.monotonic() + h.WAIT
         seen = False
         while not seen:
-            pub.publish("jobs/probe", b"probe", 0)
+            pub.publish("jobs/probe", b"probe", 1)  # QoS 1: the group's JetStream consumer is there
             time.sleep(0.05)
             seen = any(not m.messages.empty() for m in members)
             if time.monotonic() > deadline:
@@ -464,6 +475,59 @@ class Cluster(unittest.TestCase):
         self.assertTrue(all(m.topic == "rs/t" for m in outage_got), [m.topic for m in outage_got])
         numbers = [int(m.payload) for m in outage_got]
         self.assertEqual(numbers, sorted(set(numbers)))  # none twice, in order
+
+
+class ClusterWithoutDiscovery(Cluster):
+    """Three nodes, each knowing only its own nats-server (--no_advertise: NATS tells clients of
+    no other), and the cluster's JetStream state on all three (--cluster-replicas 3)."""
+
+    nats_args = ("--no_advertise",)
+    node_args = ("--cluster-replicas", "3")
+
+    def test_qos1_published_while_a_node_is_cut_off_reaches_it_when_it_is_back(self):
+        """nats-server 1 killed: node b, which knows no other, is cut off from the cluster while
+        node a publishes 20 QoS 1 messages (and 5 at QoS 0) to b's subscriber, whose connection
+        to b stays up. JetStream keeps the QoS 1 ones for b's consumer: when nats-server 1 is back
+        and b reconnects, all 20 arrive, each once and in order [MQTT-4.6.0-6]. The
+        QoS 0 ones had no node to go to: none of them comes. On core NATS alone none of the 20
+        would come either."""
+        on_b = self.client(1, "cut-b", V311)
+        self.assertEqual(on_b.subscribe("cut/#", 1), [1])
+        on_c = self.client(2, "cut-c", V311)
+        self.assertEqual(on_c.subscribe("cut/#", 1), [1])
+        pub = self.client(0, "cut-pub", V311)
+        self.wait_route(pub, on_b, "cut/probe")
+        self.wait_route(pub, on_c, "cut/probe")
+        self.nats.kill(1)
+        self.wait_connected(1, 0)
+        # JetStream's copies on the other two servers elect new leaders where server 1 led: the
+        # stream takes messages again once a probe crosses to node c. (b gets those probes too.)
+        self.wait_route(pub, on_c, "cut/probe")
+        for i in range(20):
+            pub.publish("cut/t", b"%d" % i, 1)
+        for i in range(5):
+            pub.publish("cut/zero", b"%d" % i, 0)
+        pub.publish("barrier", b"", 1)  # its PUBACK: node a has sent the 25 before it
+        time.sleep(0.3)
+        while not on_b.messages.empty():  # only probes from before the cut
+            self.assertIn(on_b.messages.get().payload, self.PROBES)
+        self.nats.start(1)
+        self.wait_connected(1)
+        got = []
+        while len(got) < 20:
+            m = on_b.get()
+            if m.payload not in self.PROBES:
+                got.append(m)
+        self.assertEqual([(m.topic, int(m.payload)) for m in got], [("cut/t", i) for i in range(20)])
+        time.sleep(0.5)
+        while not on_b.messages.empty():  # only probes may follow
+            self.assertIn(on_b.messages.get().payload, self.PROBES)
+        self.assertEqual(self.metrics(1)['mqttbroker_cluster_messages_received_total{result="repeat"}'], 0)
+
+
+# The other class's tests run there only.
+for _name in [n for n in vars(Cluster) if n.startswith("test_")]:
+    setattr(ClusterWithoutDiscovery, _name, None)
 
 if __name__ == "__main__":
     h.main()

@@ -20,10 +20,17 @@
 // `{prefix}.own.{node}`, for the session; the owner closes the connection (0x8E) and answers
 // with the session in one or more messages.
 //
-// Across nodes this is NATS's core delivery: at most once. QoS 1 and 2 keep their levels towards
-// the subscribers, but a message in flight between nodes when a connection breaks is lost
-// (counted). I/O runs on the broker's executor (cluster::nats_event_loop); nats.c's own threads
-// are its timers, its connects and one shared message delivery thread (global message delivery).
+// QoS 0 crosses on NATS's core delivery: at most once, and a message in flight between nodes when
+// a connection breaks is lost (counted). QoS 1 and 2 cross through a JetStream stream
+// (`{prefix}_messages`, on the subjects `{prefix}.q.…`), from which each node reads through a
+// consumer per subject of its filters (a shared group's consumer is the group's, on every node):
+// a node acknowledges a message to JetStream once the broker has it, so one that a broken
+// connection or a restarted NATS server kept from the node comes again (at least once; the
+// repeats that the sequence numbers can tell apart are dropped). The stream keeps a message only
+// while some consumer still needs it, and not past `message_max_age` nor `stream_max_bytes`.
+// I/O runs on the broker's executor (cluster::nats_event_loop); nats.c's own threads are its
+// timers, its connects, one shared message delivery thread (global message delivery), and the
+// reader and flusher of the connection that holds the buckets and the consumers.
 
 #include <mqttbroker/cluster/contract.hpp>
 #include <mqttbroker/cluster/handover.hpp>
@@ -41,7 +48,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bitset>
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -105,6 +112,18 @@ struct nats_options {
   /// Threads that run claims (each waits on JetStream's round trips); one client's claims run
   /// one at a time, in order.
   int claim_threads = 4;
+  /// QoS 1 and 2 between nodes through JetStream (the stream `{prefix}_messages`, needs
+  /// nats-server -js). false: on NATS's core delivery like QoS 0, at most once between nodes.
+  bool jetstream_delivery = true;
+  /// How long the stream keeps a message that a consumer has not acknowledged, and the bytes it
+  /// keeps at most (the oldest go first past it).
+  std::chrono::seconds message_max_age{3600};
+  std::int64_t stream_max_bytes = std::int64_t{1} << 30;
+  /// How long JetStream waits for a node's acknowledgement before it sends a message again.
+  std::chrono::milliseconds ack_wait{5000};
+  /// How long JetStream keeps the consumers of a node that went away (killed, or cut off) before
+  /// it deletes them and what only they still needed.
+  std::chrono::seconds consumer_inactive{120};
   /// Latency against CPU. false: nats.c's flusher thread gathers what is published for 1 ms
   /// before it writes, so at a low rate every message waits up to a millisecond, and many go in
   /// one write. true (nats.c's SendAsap): each write event of the executor writes what the
@@ -117,6 +136,7 @@ struct nats_options {
 struct nats_statistics {
   std::uint64_t published = 0;       // messages sent to the other nodes
   std::uint64_t publish_failed = 0;  // not sent: no connection and its reconnect buffer full, too large
+  std::uint64_t stream_failed = 0;   // QoS 1/2 sent, but JetStream did not store it (no stream, full)
   std::uint64_t received = 0;        // messages from other nodes handed to the broker
   std::uint64_t repeats = 0;         // the same message again through another of this node's filters
   std::uint64_t malformed = 0;       // not a message of ours (another program on the subjects)
@@ -130,7 +150,8 @@ struct nats_statistics {
   std::uint64_t sessions_taken = 0;   // sessions another node handed to this one
   std::uint64_t sessions_given = 0;   // sessions this node handed to another
   std::uint64_t handovers_lost = 0;   // a previous owner that did not answer in time (or too large)
-  std::size_t subscriptions = 0;  // NATS subscriptions held
+  std::size_t subscriptions = 0;  // NATS subscriptions held, JetStream consumers' included
+  std::size_t consumers_missing = 0;  // JetStream consumers wanted but not made yet (tried again)
   bool connected = false;         // both of the routing connections are up now
 };
 
@@ -151,8 +172,9 @@ class nats {
   std::error_code start(asio::any_io_executor ex, inbound in) { return st_->start(std::move(ex), std::move(in)); }
   /// Leaves the cluster; no call to the inbound handlers once it returns.
   void stop() { st_->stop(); }
-  /// Waits until the NATS servers have what this node sent so far (its subscriptions too): a
-  /// round trip on each connection. Blocking: never on the io_context's threads.
+  /// Waits until the NATS servers have what this node sent so far (its subscriptions and its
+  /// JetStream consumers too): a round trip on each connection. Blocking: never on the
+  /// io_context's threads.
   std::error_code flush(std::chrono::milliseconds timeout) { return st_->flush(timeout); }
 
   // ---- the cluster contract
@@ -178,6 +200,31 @@ class nats {
     natsConnection* groups = nullptr;
     natsConnection* bucket = nullptr;
     std::atomic<natsConnection*> publishing{nullptr};  // `routes` once started: publish() reads it
+    // QoS 1/2 between nodes (opts.jetstream_delivery): published through `js_routes` (on
+    // `routes`, without waiting for JetStream's answers, which come on nats.c's delivery thread),
+    // read through consumers on `bucket` that `consumer_thread` makes and deletes (their calls
+    // block), in the order the filters came and went.
+    subject_map stream_map{"mqtt.q"};
+    std::string stream_name;
+    jsCtx* js_routes = nullptr;
+    std::atomic<jsCtx*> streaming{nullptr};  // `js_routes` once started: publish() reads it
+    jsPubOptions stream_publish{};           // with the wait for JetStream's answer
+    std::atomic<std::int64_t> stream_pending{0};      // published, JetStream's answer not yet in
+    std::thread consumer_thread;
+    struct consumer_change {
+      std::string filter;
+      bool present;
+    };
+    std::mutex consumers_mutex;  // what follows
+    std::condition_variable consumers_ready, consumers_idle;
+    std::deque<consumer_change> consumer_changes;
+    bool consumers_busy = false, consumers_stopping = false;
+    std::size_t consumers_missing = 0;
+    // consumer_thread's: each filter's consumers, and filters whose consumers could not be made.
+    std::map<std::string, std::vector<natsSubscription*>, std::less<>> consumers;
+    std::vector<std::string> missing;
+    std::uint64_t next_consumer = 0;
+    std::atomic<std::size_t> consumer_count{0};  // subscriptions in `consumers`
     // The retained messages' bucket, on a connection of its own: written by `writer` (nats.c's
     // key-value calls block), mirrored by `watcher`, both threads of ours. That connection's I/O is
     // nats.c's own (two threads), not the io_context's: its calls wait for replies, start()'s
@@ -209,10 +256,26 @@ class nats {
     /// Per origin (name and run): the highest sequence number seen and which of the ones below
     /// it, within the window, were.
     struct seen_window {
-      static constexpr std::size_t size = 4096;
+      // A message JetStream sends again (its acknowledgement lost with a connection) is told
+      // from a new one while fewer than this many of its origin's came since.
+      static constexpr std::size_t size = 65536;
       std::uint64_t incarnation = 0;
       std::uint64_t high = 0;
-      std::bitset<size> bits;
+      std::array<std::uint64_t, size / 64> words{};  // a ring: sequence number s is bit s % size
+      bool test(std::uint64_t s) const noexcept { return ((words[index(s) / 64] >> (index(s) % 64)) & 1u) != 0; }
+      void set(std::uint64_t s) noexcept { words[index(s) / 64] |= std::uint64_t{1} << (index(s) % 64); }
+      /// Clears the bits of [from, to), fewer than `size` numbers: a word at a time, as a node
+      /// that wants few of an origin's topics sees long gaps.
+      void clear(std::uint64_t from, std::uint64_t to) noexcept {
+        while (from < to) {
+          const std::size_t i = index(from), in_word = i % 64;
+          const std::uint64_t n = std::min<std::uint64_t>(64 - in_word, to - from);
+          const std::uint64_t mask = n == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << n) - 1) << in_word;
+          words[i / 64] &= ~mask;
+          from += n;
+        }
+      }
+      static std::size_t index(std::uint64_t s) noexcept { return static_cast<std::size_t>(s % size); }
     };
     std::map<std::string, seen_window, std::less<>> seen;
     std::uint64_t dropped_before = 0;  // mutex: by nats.c, on subscriptions since gone
@@ -233,7 +296,7 @@ class nats {
     std::vector<std::string> claiming;     // writes_mutex: clients whose claim a claimer runs
     bool claimer_stopping = false;         // writes_mutex
 
-    std::atomic<std::uint64_t> published{0}, publish_failed{0}, received{0}, repeats{0}, malformed{0},
+    std::atomic<std::uint64_t> published{0}, publish_failed{0}, stream_failed{0}, received{0}, repeats{0}, malformed{0},
         disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0}, claimed{0},
         claims_failed{0}, sessions_taken{0}, sessions_given{0}, handovers_lost{0};
 
@@ -258,7 +321,7 @@ class nats {
       loop = std::make_unique<nats_event_loop>(std::move(ex));
       std::error_code ec = make_options(nopts_routes, true, true);
       if (!ec) ec = make_options(nopts_groups, false, true);
-      if (!ec && (opts.retained || opts.own_clients)) ec = make_options(nopts_bucket, false, false);
+      if (!ec && needs_bucket()) ec = make_options(nopts_bucket, false, false);
       for (auto c : {std::make_pair(&routes, nopts_routes), std::make_pair(&groups, nopts_groups),
                      std::make_pair(&bucket, nopts_bucket)}) {
         if (ec || c.second == nullptr) continue;
@@ -268,7 +331,7 @@ class nats {
           ++live_connections;
         }
       }
-      if (!ec && (opts.retained || opts.own_clients)) ec = open_bucket();
+      if (!ec && needs_bucket()) ec = open_bucket();
       if (ec) {
         close();
         return ec;
@@ -278,8 +341,15 @@ class nats {
       stopped = false;
       for (auto& f : filters) subscribe(f.first, f.second);
       publishing.store(routes, std::memory_order_release);
+      if (js_routes != nullptr) {
+        streaming.store(js_routes, std::memory_order_release);
+        std::lock_guard<std::mutex> ck(consumers_mutex);
+        for (auto& f : filters) consumer_changes.push_back({f.first, true});
+        consumers_ready.notify_one();
+      }
       return {};
     }
+    bool needs_bucket() const { return opts.retained || opts.own_clients || opts.jetstream_delivery; }
 
     std::error_code make_options(natsOptions*& o, bool no_echo, bool on_the_executor) {
       if (auto ec = make_nats_error(natsOptions_Create(&o))) return ec;
@@ -312,6 +382,7 @@ class nats {
     }
     void close() {
       publishing.store(nullptr, std::memory_order_release);
+      streaming.store(nullptr, std::memory_order_release);
       close_bucket();
       std::map<std::string, std::vector<natsSubscription*>, std::less<>> subs;
       {
@@ -340,10 +411,17 @@ class nats {
     }
 
     std::error_code flush(std::chrono::milliseconds timeout) {
+      if (consumer_thread.joinable()) {
+        std::unique_lock<std::mutex> lk(consumers_mutex);
+        if (!consumers_idle.wait_for(lk, timeout, [&] { return consumer_changes.empty() && !consumers_busy; }))
+          return make_nats_error(NATS_TIMEOUT);
+        if (consumers_missing != 0) return make_nats_error(NATS_NOT_FOUND);
+      }
       for (natsConnection* c : {routes, groups}) {
         if (c == nullptr) return std::make_error_code(std::errc::not_connected);
         if (auto ec = make_nats_error(natsConnection_FlushTimeout(c, timeout.count()))) return ec;
       }
+      if (bucket != nullptr) return make_nats_error(natsConnection_FlushTimeout(bucket, timeout.count()));
       return {};
     }
 
@@ -357,8 +435,22 @@ class nats {
       map.append_subject(subject, m.topic());
       body.clear();
       encode(body, m);
-      const natsStatus s =
-          natsConnection_Publish(c, subject.c_str(), body.data(), static_cast<int>(body.size()));
+      natsStatus s = NATS_OK;
+      jsCtx* const stream = m.qos_level() != codec::qos::at_most_once ? streaming.load(std::memory_order_acquire) : nullptr;
+      if (stream != nullptr) {
+        subject.clear();
+        stream_map.append_subject(subject, m.topic());
+        // Never waits: past max_pending_messages answers outstanding (JetStream away), refused.
+        // An answer that does not come within ack_wait counts as a failure (on_stream_ack).
+        if (stream_pending.fetch_add(1, std::memory_order_relaxed) >= opts.max_pending_messages) {
+          s = NATS_INSUFFICIENT_BUFFER;
+        } else {
+          s = js_PublishAsync(stream, subject.c_str(), body.data(), static_cast<int>(body.size()), &stream_publish);
+        }
+        if (s != NATS_OK) stream_pending.fetch_sub(1, std::memory_order_relaxed);
+      } else {
+        s = natsConnection_Publish(c, subject.c_str(), body.data(), static_cast<int>(body.size()));
+      }
       (s == NATS_OK ? published : publish_failed).fetch_add(1, std::memory_order_relaxed);
       if (m.retain() && kv != nullptr) {
         std::lock_guard<std::mutex> lk(writes_mutex);
@@ -392,6 +484,7 @@ class nats {
     std::error_code open_bucket() {
       std::error_code ec = make_nats_error(natsConnection_JetStream(&js, bucket, nullptr));
       if (ec) return ec;
+      if (opts.jetstream_delivery && (ec = open_stream())) return ec;
       if (opts.own_clients) {
         if ((ec = key_value(owners, "sessions"))) return ec;
         const std::string subject = owner_subject(opts.node);
@@ -417,7 +510,217 @@ class nats {
       done.wait();
       return {};
     }
+    // ---- QoS 1/2 through JetStream
+
+    /// The stream of QoS 1/2 messages, made by this node or another, and the context that
+    /// publishes to it; then the thread that makes the consumers.
+    std::error_code open_stream() {
+      stream_map = subject_map(opts.prefix + ".q");
+      stream_name = opts.prefix + "_messages";
+      for (char& c : stream_name)
+        if (c == '.') c = '_';
+      const std::string subjects = opts.prefix + ".q.>";
+      const char* subject_list[] = {subjects.c_str()};
+      jsStreamConfig cfg;
+      jsStreamConfig_Init(&cfg);
+      cfg.Name = stream_name.c_str();
+      cfg.Subjects = subject_list;
+      cfg.SubjectsLen = 1;
+      cfg.Retention = js_InterestPolicy;  // kept while a consumer needs it, no longer
+      cfg.MaxAge = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.message_max_age).count();
+      cfg.MaxBytes = opts.stream_max_bytes;
+      cfg.Storage = js_FileStorage;
+      cfg.Replicas = opts.replicas;
+      const auto deadline = std::chrono::steady_clock::now() + opts.jetstream_wait;
+      for (;;) {
+        jsStreamInfo* info = nullptr;
+        natsStatus s = js_AddStream(&info, js, &cfg, nullptr, nullptr);
+        if (s != NATS_OK) s = js_GetStreamInfo(&info, js, stream_name.c_str(), nullptr, nullptr);  // another node's
+        if (info != nullptr) jsStreamInfo_Destroy(info);
+        if (s == NATS_OK) break;
+        if (std::chrono::steady_clock::now() > deadline) return make_nats_error(s);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      jsOptions jo;
+      jsOptions_Init(&jo);
+      // publish() bounds what is outstanding itself: nats.c must never make it wait.
+      jo.PublishAsync.MaxPending = static_cast<int64_t>(opts.max_pending_messages) * 2;
+      jo.PublishAsync.AckHandler = &on_stream_ack;
+      jo.PublishAsync.AckHandlerClosure = this;
+      jsPubOptions_Init(&stream_publish);
+      stream_publish.MaxWait = opts.ack_wait.count();
+      jsCtx* ctx = nullptr;
+      if (auto ec = make_nats_error(natsConnection_JetStream(&ctx, routes, &jo))) return ec;
+      {
+        std::lock_guard<std::mutex> lk(mutex);  // interest() looks at it
+        js_routes = ctx;
+      }
+      {
+        std::lock_guard<std::mutex> lk(consumers_mutex);
+        consumer_changes.clear();  // of an earlier start
+        consumers_stopping = false;
+      }
+      consumer_thread = std::thread([this] { run_consumers(); });
+      return {};
+    }
+    /// JetStream's answer to a publish (nats.c's delivery thread).
+    static void on_stream_ack(jsCtx*, natsMsg* msg, jsPubAck*, jsPubAckErr* error, void* closure) {
+      auto* st = static_cast<state*>(closure);
+      st->stream_pending.fetch_sub(1, std::memory_order_relaxed);
+      if (error != nullptr) st->stream_failed.fetch_add(1, std::memory_order_relaxed);
+      natsMsg_Destroy(msg);
+    }
+
+    /// From interest() (mutex held): the consumers of `filter` made or deleted, in order.
+    void change_consumers(const std::string& filter, bool present) {
+      std::lock_guard<std::mutex> lk(consumers_mutex);
+      consumer_changes.push_back({filter, present});
+      consumers_ready.notify_one();
+    }
+    void run_consumers() {
+      std::unique_lock<std::mutex> lk(consumers_mutex);
+      auto retried = std::chrono::steady_clock::now();
+      for (;;) {
+        // Consumers that could not be made (JetStream away) are tried again each second.
+        consumers_ready.wait_for(lk, std::chrono::seconds(1),
+                                 [&] { return consumers_stopping || !consumer_changes.empty(); });
+        if (consumers_stopping) break;
+        std::deque<consumer_change> changes;
+        changes.swap(consumer_changes);
+        consumers_busy = true;
+        lk.unlock();
+        for (auto& c : changes) {
+          missing.erase(std::remove(missing.begin(), missing.end(), c.filter), missing.end());
+          if (c.present) {
+            make_consumers(c.filter);
+          } else {
+            const auto it = consumers.find(c.filter);
+            if (it == consumers.end()) continue;
+            consumer_count.fetch_sub(it->second.size(), std::memory_order_relaxed);
+            drop_consumers(it->first, it->second, true);
+            consumers.erase(it);
+          }
+        }
+        if (!missing.empty() && std::chrono::steady_clock::now() - retried >= std::chrono::seconds(1)) {
+          retried = std::chrono::steady_clock::now();
+          std::vector<std::string> again;
+          again.swap(missing);
+          for (auto& f : again) make_consumers(f);
+        }
+        lk.lock();
+        consumers_busy = false;
+        consumers_missing = missing.size();
+        if (consumer_changes.empty()) consumers_idle.notify_all();
+      }
+      lk.unlock();
+      for (auto& f : consumers) drop_consumers(f.first, f.second, false);
+      consumers.clear();
+      consumer_count.store(0, std::memory_order_relaxed);
+    }
+    /// A consumer per subject of `filter`, pushing to this node: the group's, bound by every
+    /// member node, for a shared filter; this node's own otherwise. On consumer_thread.
+    void make_consumers(const std::string& filter) {
+      if (consumers.count(filter) != 0) return;
+      std::string_view share, plain = filter;
+      const bool shared = filter.compare(0, 7, "$share/") == 0;
+      if (shared) {
+        const auto slash = filter.find('/', 7);
+        if (slash == std::string::npos) return;
+        share = std::string_view(filter).substr(7, slash - 7);
+        plain = std::string_view(filter).substr(slash + 1);
+      }
+      const std::string queue = shared ? map.queue_group(share) : std::string();
+      std::vector<natsSubscription*> made;
+      for (const std::string& subject : stream_map.subjects(plain)) {
+        // Consumer names: letters, digits, `-` and `_`. A group's is the same on every node.
+        const std::string name = shared ? "g" + hex(std::hash<std::string>()(queue + ' ' + subject)) +
+                                              hex(std::hash<std::string>()(subject + ' ' + queue))
+                                        : "n" + hex(incarnation) + "_" + std::to_string(++next_consumer);
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = stream_name.c_str();
+        so.ManualAck = true;
+        so.Config.Durable = name.c_str();
+        so.Config.DeliverPolicy = js_DeliverNew;
+        // This node's own consumer: an acknowledgement covers every message before it (see
+        // on_stream_message). A group's: each its own, as its messages go to several nodes.
+        so.Config.AckPolicy = shared ? js_AckExplicit : js_AckAll;
+        so.Config.AckWait = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.ack_wait).count();
+        so.Config.MaxAckPending = opts.max_pending_messages;
+        so.Config.InactiveThreshold =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(opts.consumer_inactive).count();
+        if (shared) so.Queue = queue.c_str();
+        natsSubscription* sub = nullptr;
+        const natsStatus st = js_Subscribe(&sub, js, subject.c_str(), &on_stream_message, this, nullptr, &so, nullptr);
+        if (st != NATS_OK) {
+          drop_consumers(filter, made, !shared);
+          missing.push_back(filter);
+          return;
+        }
+        natsSubscription_SetPendingLimits(sub, opts.max_pending_messages, -1);
+        if (natsSubscription_SetOnCompleteCB(sub, &on_subscription_done, this) == NATS_OK) {
+          std::lock_guard<std::mutex> lk(mutex);
+          ++live_subscriptions;
+        }
+        made.push_back(sub);
+      }
+      std::lock_guard<std::mutex> lk(mutex);
+      if (shared)
+        for (natsSubscription* sub : made) group_of.emplace(sub, filter);
+      consumer_count.fetch_add(made.size(), std::memory_order_relaxed);
+      consumers.emplace(filter, std::move(made));
+    }
+    /// Ends this node's reading of `subs`. `remove`: this node's own consumers are deleted (a
+    /// group's stays for its other members; JetStream deletes it once none is left, as it does
+    /// the consumers of a node that stops). On consumer_thread.
+    void drop_consumers(const std::string& filter, std::vector<natsSubscription*>& subs, bool remove) {
+      const bool shared = filter.compare(0, 7, "$share/") == 0;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        for (natsSubscription* sub : subs) group_of.erase(sub);
+      }
+      for (natsSubscription* sub : subs) {
+        if (remove && !shared) natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+      }
+      subs.clear();
+    }
+    static std::string hex(std::uint64_t v) {
+      static constexpr char digits[] = "0123456789abcdef";
+      std::string out(16, '0');
+      for (int i = 15; i >= 0; --i, v >>= 4) out[static_cast<std::size_t>(i)] = digits[v & 0xF];
+      return out;
+    }
+    /// A message from a consumer (nats.c's delivery thread): handed to the broker, then
+    /// acknowledged, so that one the node never had comes again. This node's own consumers take
+    /// one acknowledgement for many (AckAll, in order): for the last message waiting and every
+    /// 64th, which saves NATS a message per message.
+    static void on_stream_message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
+      auto* st = static_cast<state*>(closure);
+      bool to_group = false;
+      if (st->take(sub, msg, path::stream, &to_group)) {
+        thread_local unsigned taken = 0;
+        int waiting = 0;
+        if (to_group || ++taken % 64 == 0 || natsSubscription_GetPending(sub, &waiting, nullptr) != NATS_OK ||
+            waiting == 0)
+          natsMsg_Ack(msg, nullptr);
+      }
+      natsMsg_Destroy(msg);
+    }
+
     void close_bucket() {
+      {
+        std::lock_guard<std::mutex> lk(consumers_mutex);
+        consumers_stopping = true;
+        consumers_ready.notify_all();
+      }
+      if (consumer_thread.joinable()) consumer_thread.join();
+      jsCtx* ctx = nullptr;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        ctx = std::exchange(js_routes, nullptr);
+      }
+      if (ctx != nullptr) jsCtx_Destroy(ctx);
       {
         std::lock_guard<std::mutex> lk(writes_mutex);
         writer_stopping = true;  // what is queued is still written
@@ -766,9 +1069,11 @@ class nats {
       if (present) {
         auto it = filters.emplace(std::string(filter), std::vector<natsSubscription*>()).first;
         if (started) subscribe(it->first, it->second);
+        if (started && js_routes != nullptr) change_consumers(it->first, true);
       } else {
         const auto it = filters.find(filter);
         if (it == filters.end()) return;
+        if (started && js_routes != nullptr) change_consumers(it->first, false);
         for (natsSubscription* s : it->second) {
           group_of.erase(s);
           int64_t d = 0;  // kept: the counter must not go back when a subscription goes
@@ -807,42 +1112,54 @@ class nats {
 
     // ---- in, on nats.c's delivery thread
 
-    static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
-      static_cast<state*>(closure)->take(nullptr, msg);
+    /// Where a message came from: a plain subscription, a shared group's queue subscription, or a
+    /// JetStream consumer (this node's, or a group's).
+    enum class path { plain, group, stream };
+    static void on_message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
+      static_cast<state*>(closure)->take(sub, msg, path::plain);
       natsMsg_Destroy(msg);
     }
     static void on_group_message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
-      static_cast<state*>(closure)->take(sub, msg);
+      static_cast<state*>(closure)->take(sub, msg, path::group);
       natsMsg_Destroy(msg);
     }
 
-    /// Decodes a message and hands it on: to the group of `sub`, or (nullptr) to the node.
-    void take(natsSubscription* sub, natsMsg* msg) {
+    /// Decodes a message and hands it on: to the group of `sub` if it is a group's, else to the
+    /// node. A consumer also brings this node's own messages back: dropped, but for a group
+    /// (whose chosen member may be here). False when the node is stopping and did not take it
+    /// (JetStream sends it again, to another member for a group); a repeat or a malformed message
+    /// counts as taken.
+    bool take(natsSubscription* sub, natsMsg* msg, path from, bool* to_group = nullptr) {
       std::string group;
       message_ptr m;
       {
         std::lock_guard<std::mutex> lk(mutex);
-        if (stopped || !started) return;
-        if (sub != nullptr) {
-          const auto it = group_of.find(sub);
-          if (it == group_of.end()) return;  // the group went
+        if (stopped || !started) return false;
+        const auto it = group_of.find(sub);
+        if (it != group_of.end()) {
           group = it->second;
+        } else if (from == path::group) {
+          return false;  // the group went
         }
+        const bool plain = group.empty();
+        if (to_group != nullptr) *to_group = !plain;
         m = decode(std::string_view(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg))),
-                   sub == nullptr);
-        if (!m) return;
+                   plain, plain && from == path::stream);
+        if (!m) return true;
         ++running;
       }
       received.fetch_add(1, std::memory_order_relaxed);
-      if (sub != nullptr)
+      if (!group.empty())
         in.to_group(group, std::move(m));
       else
         in.route(std::move(m));
       leave();
+      return true;
     }
 
-    /// The message in `b`, or nothing for one that is malformed or (`dedupe`) a repeat. mutex held.
-    message_ptr decode(std::string_view b, bool dedupe) {
+    /// The message in `b`, or nothing for one that is malformed, (`dedupe`) a repeat or
+    /// (`not_own`) this node's own. mutex held.
+    message_ptr decode(std::string_view b, bool dedupe, bool not_own = false) {
       std::size_t at = 0;
       auto varint = [&](std::uint64_t& v) { return detail::get_varint(b, at, v); };
       auto string = [&](std::string_view& s) {
@@ -868,6 +1185,7 @@ class nats {
         malformed.fetch_add(1, std::memory_order_relaxed);
         return {};
       }
+      if (not_own && origin == opts.node && run == incarnation) return {};
       if (dedupe && repeated(origin, run, seq)) {
         repeats.fetch_add(1, std::memory_order_relaxed);
         return {};
@@ -886,21 +1204,19 @@ class nats {
         w = seen_window{};
         w.incarnation = run;
       }
-      // A ring: sequence number s has bit s % n, valid while s is within n of the highest seen.
-      const auto bit = [](std::uint64_t s) { return static_cast<std::size_t>(s % n); };
+      // A bit is valid while its number is within n of the highest seen.
       if (seq > w.high) {
-        if (seq - w.high >= n) {
-          w.bits.reset();
-        } else {
-          for (std::uint64_t s = w.high + 1; s < seq; ++s) w.bits.reset(bit(s));  // skipped: not seen
-        }
-        w.bits.set(bit(seq));
+        if (seq - w.high >= n)
+          w.words.fill(0);
+        else
+          w.clear(w.high + 1, seq);  // skipped: not seen
+        w.set(seq);
         w.high = seq;
         return false;
       }
       if (w.high - seq >= n) return false;
-      if (w.bits.test(bit(seq))) return true;
-      w.bits.set(bit(seq));
+      if (w.test(seq)) return true;
+      w.set(seq);
       return false;
     }
 
@@ -932,6 +1248,12 @@ class nats {
       nats_statistics s;
       s.published = published.load();
       s.publish_failed = publish_failed.load();
+      s.stream_failed = stream_failed.load();
+      s.subscriptions = consumer_count.load(std::memory_order_relaxed);
+      {
+        std::lock_guard<std::mutex> ck(consumers_mutex);
+        s.consumers_missing = consumers_missing;
+      }
       s.received = received.load();
       s.repeats = repeats.load();
       s.malformed = malformed.load();
