@@ -524,6 +524,19 @@ class ClusterWithoutDiscovery(Cluster):
             self.assertIn(on_b.messages.get().payload, self.PROBES)
         self.assertEqual(self.metrics(1)['mqttbroker_cluster_messages_received_total{result="repeat"}'], 0)
 
+        # Cut off again, node b stops at once on SIGTERM: it does not wait for JetStream's answers
+        # to its goodbyes (its consumers, the retained bucket's watcher), which cannot come (it
+        # took 5 s, each such call's own timeout).
+        self.nats.kill(1)
+        self.wait_connected(1, 0)
+        start = time.monotonic()
+        status = self.nodes[1].stop()
+        took = time.monotonic() - start
+        self.killed.add(1)  # stopped here
+        h.assert_no_sanitizer_report(self, self.nodes[1].all_lines(), "node b")
+        self.assertEqual(status, 0)
+        self.assertLess(took, 4.0)
+
 
 # The other class's tests run there only.
 for _name in [n for n in vars(Cluster) if n.startswith("test_")]:

@@ -383,6 +383,9 @@ class nats {
     void close() {
       publishing.store(nullptr, std::memory_order_release);
       streaming.store(nullptr, std::memory_order_release);
+      // Cut off from NATS, the bucket's connection is closed first: stopping the retained
+      // bucket's watcher and the consumers would each wait for an answer that cannot come (5 s).
+      if (bucket != nullptr && natsConnection_Status(bucket) != NATS_CONN_STATUS_CONNECTED) natsConnection_Close(bucket);
       close_bucket();
       std::map<std::string, std::vector<natsSubscription*>, std::less<>> subs;
       {
