@@ -405,6 +405,45 @@ TEST_CASE("cluster::nats: JetStream deletes the consumers of a node gone after c
   CHECK(left == 0);
 }
 
+TEST_CASE("cluster::nats: a consumer JetStream lost while the node is connected is made again, and messages flow",
+          "[cluster][nats]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  cluster_of_nodes c(l, server.url(), {"a", "b"}, {},
+                     [](mb::cluster::nats_options& o) { o.consumer_heartbeat = std::chrono::milliseconds(300); });
+  inbox got;
+  l.run([&] { return c[1].subscribe("h/x", got.handler(), qos::at_least_once); });
+  settle_interest(c[1]);
+  REQUIRE(stream_consumers(server.url()) == 1);
+  // An operator (or JetStream, after a long cut) deletes it.
+  {
+    natsConnection* nc = nullptr;
+    jsCtx* js = nullptr;
+    jsConsumerInfoList* list = nullptr;
+    REQUIRE(natsConnection_ConnectTo(&nc, server.url().c_str()) == NATS_OK);
+    REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
+    REQUIRE(js_Consumers(&list, js, "test_messages", nullptr, nullptr) == NATS_OK);
+    REQUIRE(list->Count == 1);
+    CHECK(js_DeleteConsumer(js, "test_messages", list->List[0]->Name, nullptr, nullptr) == NATS_OK);
+    jsConsumerInfoList_Destroy(list);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+  }
+  CHECK(stream_consumers(server.url()) == 0);
+  std::uint64_t remade = 0;
+  for (int i = 0; i < 150 && remade == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    remade = l.run([&] { return c[1].cluster().statistics().consumers_remade; });
+  }
+  CHECK(remade == 1);
+  settle_interest(c[1]);
+  CHECK(stream_consumers(server.url()) == 1);
+  l.run([&] { return c[0].publish("h/x", "after", qos::at_least_once, false); });
+  REQUIRE(got.wait_for(1));
+  CHECK(got.got[0]->payload() == "after");
+}
+
 TEST_CASE("cluster::nats: a node that loses its last subscriber to a filter stops getting its messages",
           "[cluster][nats]") {
   if (!have_nats_server()) return;

@@ -124,6 +124,10 @@ struct nats_options {
   /// How long JetStream keeps the consumers of a node that went away (killed, or cut off) before
   /// it deletes them and what only they still needed.
   std::chrono::seconds consumer_inactive{120};
+  /// How often JetStream tells a node's idle consumers that it is there. When nats.c misses that
+  /// while the node is connected, and JetStream no longer has the consumer (it deleted it while
+  /// the node was cut off longer than consumer_inactive, or an operator did), it is made again.
+  std::chrono::milliseconds consumer_heartbeat{5000};
   /// Latency against CPU. false: nats.c's flusher thread gathers what is published for 1 ms
   /// before it writes, so at a low rate every message waits up to a millisecond, and many go in
   /// one write. true (nats.c's SendAsap): each write event of the executor writes what the
@@ -152,6 +156,7 @@ struct nats_statistics {
   std::uint64_t handovers_lost = 0;   // a previous owner that did not answer in time (or too large)
   std::size_t subscriptions = 0;  // NATS subscriptions held, JetStream consumers' included
   std::size_t consumers_missing = 0;  // JetStream consumers wanted but not made yet (tried again)
+  std::uint64_t consumers_remade = 0;  // consumers JetStream had lost, made again
   bool connected = false;         // both of the routing connections are up now
 };
 
@@ -214,6 +219,7 @@ class nats {
     struct consumer_change {
       std::string filter;
       bool present;
+      natsSubscription* lost = nullptr;  // instead: this consumer's heartbeats stopped
     };
     std::mutex consumers_mutex;  // what follows
     std::condition_variable consumers_ready, consumers_idle;
@@ -224,6 +230,7 @@ class nats {
     std::map<std::string, std::vector<natsSubscription*>, std::less<>> consumers;
     std::vector<std::string> missing;
     std::uint64_t next_consumer = 0;
+    std::atomic<std::uint64_t> consumers_remade{0};
     std::atomic<std::size_t> consumer_count{0};  // subscriptions in `consumers`
     // The retained messages' bucket, on a connection of its own: written by `writer` (nats.c's
     // key-value calls block), mirrored by `watcher`, both threads of ours. That connection's I/O is
@@ -593,6 +600,10 @@ class nats {
         consumers_busy = true;
         lk.unlock();
         for (auto& c : changes) {
+          if (c.lost != nullptr) {
+            remake_if_gone(c.lost);
+            continue;
+          }
           missing.erase(std::remove(missing.begin(), missing.end(), c.filter), missing.end());
           if (c.present) {
             make_consumers(c.filter);
@@ -645,13 +656,15 @@ class nats {
         so.ManualAck = true;
         so.Config.Durable = name.c_str();
         so.Config.DeliverPolicy = js_DeliverNew;
-        // This node's own consumer: an acknowledgement covers every message before it (see
-        // on_stream_message). A group's: each its own, as its messages go to several nodes.
-        so.Config.AckPolicy = shared ? js_AckExplicit : js_AckAll;
+        // Each message its own acknowledgement: with AckAll, one acknowledgement also covered
+        // messages before it that a reconnect had left undelivered, and they were never sent
+        // again (the cut-off integration test lost 4 of 20 that way).
+        so.Config.AckPolicy = js_AckExplicit;
         so.Config.AckWait = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.ack_wait).count();
         so.Config.MaxAckPending = opts.max_pending_messages;
         so.Config.InactiveThreshold =
             std::chrono::duration_cast<std::chrono::nanoseconds>(opts.consumer_inactive).count();
+        so.Config.Heartbeat = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.consumer_heartbeat).count();
         if (shared) so.Queue = queue.c_str();
         natsSubscription* sub = nullptr;
         const natsStatus st = js_Subscribe(&sub, js, subject.c_str(), &on_stream_message, this, nullptr, &so, nullptr);
@@ -688,6 +701,34 @@ class nats {
       }
       subs.clear();
     }
+    /// nats.c missed the heartbeats of `sub` (its thread): looked at on consumer_thread.
+    void consumer_silent(natsSubscription* sub) {
+      std::lock_guard<std::mutex> lk(consumers_mutex);
+      if (consumers_stopping) return;
+      consumer_changes.push_back({std::string(), true, sub});
+      consumers_ready.notify_one();
+    }
+    /// Makes the consumers of the filter `sub` reads again, if `sub` is still one of them and
+    /// JetStream says its consumer is gone. Cut off from NATS (heartbeats stop then too), nothing
+    /// is done: the consumer keeps what it holds for the node until the node is back. On
+    /// consumer_thread.
+    void remake_if_gone(natsSubscription* sub) {
+      const auto it = std::find_if(consumers.begin(), consumers.end(), [&](const auto& f) {
+        return std::find(f.second.begin(), f.second.end(), sub) != f.second.end();
+      });
+      if (it == consumers.end() || natsConnection_Status(bucket) != NATS_CONN_STATUS_CONNECTED) return;
+      jsConsumerInfo* info = nullptr;
+      jsErrCode code = static_cast<jsErrCode>(0);
+      const natsStatus s = natsSubscription_GetConsumerInfo(&info, sub, nullptr, &code);
+      if (info != nullptr) jsConsumerInfo_Destroy(info);
+      if (s == NATS_OK || code != JSConsumerNotFoundErr) return;
+      const std::string filter = it->first;
+      consumer_count.fetch_sub(it->second.size(), std::memory_order_relaxed);
+      drop_consumers(it->first, it->second, false);
+      consumers.erase(it);
+      make_consumers(filter);
+      consumers_remade.fetch_add(1, std::memory_order_relaxed);
+    }
     static std::string hex(std::uint64_t v) {
       static constexpr char digits[] = "0123456789abcdef";
       std::string out(16, '0');
@@ -695,19 +736,10 @@ class nats {
       return out;
     }
     /// A message from a consumer (nats.c's delivery thread): handed to the broker, then
-    /// acknowledged, so that one the node never had comes again. This node's own consumers take
-    /// one acknowledgement for many (AckAll, in order): for the last message waiting and every
-    /// 64th, which saves NATS a message per message.
+    /// acknowledged, so that one the node never had comes again.
     static void on_stream_message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
       auto* st = static_cast<state*>(closure);
-      bool to_group = false;
-      if (st->take(sub, msg, path::stream, &to_group)) {
-        thread_local unsigned taken = 0;
-        int waiting = 0;
-        if (to_group || ++taken % 64 == 0 || natsSubscription_GetPending(sub, &waiting, nullptr) != NATS_OK ||
-            waiting == 0)
-          natsMsg_Ack(msg, nullptr);
-      }
+      if (st->take(sub, msg, path::stream)) natsMsg_Ack(msg, nullptr);
       natsMsg_Destroy(msg);
     }
 
@@ -1132,7 +1164,7 @@ class nats {
     /// (whose chosen member may be here). False when the node is stopping and did not take it
     /// (JetStream sends it again, to another member for a group); a repeat or a malformed message
     /// counts as taken.
-    bool take(natsSubscription* sub, natsMsg* msg, path from, bool* to_group = nullptr) {
+    bool take(natsSubscription* sub, natsMsg* msg, path from) {
       std::string group;
       message_ptr m;
       {
@@ -1145,7 +1177,6 @@ class nats {
           return false;  // the group went
         }
         const bool plain = group.empty();
-        if (to_group != nullptr) *to_group = !plain;
         m = decode(std::string_view(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg))),
                    plain, plain && from == path::stream);
         if (!m) return true;
@@ -1243,8 +1274,9 @@ class nats {
       std::lock_guard<std::mutex> lk(mutex);
       if (--count == 0) idle.notify_all();
     }
-    static void on_error(natsConnection*, natsSubscription*, natsStatus, void*) {
+    static void on_error(natsConnection*, natsSubscription* sub, natsStatus s, void* closure) {
       // Slow consumers are counted from the subscriptions themselves (statistics()).
+      if (s == NATS_MISSED_HEARTBEAT && sub != nullptr) static_cast<state*>(closure)->consumer_silent(sub);
     }
 
     nats_statistics statistics() {
@@ -1252,6 +1284,7 @@ class nats {
       s.published = published.load();
       s.publish_failed = publish_failed.load();
       s.stream_failed = stream_failed.load();
+      s.consumers_remade = consumers_remade.load();
       s.subscriptions = consumer_count.load(std::memory_order_relaxed);
       {
         std::lock_guard<std::mutex> ck(consumers_mutex);
