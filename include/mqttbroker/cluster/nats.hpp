@@ -127,6 +127,8 @@ struct nats_options {
   /// How often JetStream tells a node's idle consumers that it is there. When nats.c misses that
   /// while the node is connected, and JetStream no longer has the consumer (it deleted it while
   /// the node was cut off longer than consumer_inactive, or an operator did), it is made again.
+  /// A shared group's consumer has none (JetStream has no heartbeats for queue groups): it is
+  /// made again only when the group's filter comes again.
   std::chrono::milliseconds consumer_heartbeat{5000};
   /// Latency against CPU. false: nats.c's flusher thread gathers what is published for 1 ms
   /// before it writes, so at a low rate every message waits up to a millisecond, and many go in
@@ -664,7 +666,9 @@ class nats {
         so.Config.MaxAckPending = opts.max_pending_messages;
         so.Config.InactiveThreshold =
             std::chrono::duration_cast<std::chrono::nanoseconds>(opts.consumer_inactive).count();
-        so.Config.Heartbeat = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.consumer_heartbeat).count();
+        // Not for a group's: JetStream has no heartbeats for a queue group's consumer.
+        if (!shared)
+          so.Config.Heartbeat = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.consumer_heartbeat).count();
         if (shared) so.Queue = queue.c_str();
         natsSubscription* sub = nullptr;
         const natsStatus st = js_Subscribe(&sub, js, subject.c_str(), &on_stream_message, this, nullptr, &so, nullptr);
