@@ -637,17 +637,12 @@ class nats {
     /// member node, for a shared filter; this node's own otherwise. On consumer_thread.
     void make_consumers(const std::string& filter) {
       if (consumers.count(filter) != 0) return;
-      std::string_view share, plain = filter;
-      const bool shared = filter.compare(0, 7, "$share/") == 0;
-      if (shared) {
-        const auto slash = filter.find('/', 7);
-        if (slash == std::string::npos) return;
-        share = std::string_view(filter).substr(7, slash - 7);
-        plain = std::string_view(filter).substr(slash + 1);
-      }
-      const std::string queue = shared ? map.queue_group(share) : std::string();
+      const topic::parsed_filter parts = split_share(filter);
+      if (parts.filter.empty()) return;
+      const bool shared = parts.is_shared();
+      const std::string queue = shared ? map.queue_group(parts.share_name) : std::string();
       std::vector<natsSubscription*> made;
-      for (const std::string& subject : stream_map.subjects(plain)) {
+      for (const std::string& subject : stream_map.subjects(parts.filter)) {
         // Consumer names: letters, digits, `-` and `_`. A group's is the same on every node.
         const std::string name = shared ? "g" + hex(std::hash<std::string>()(queue + ' ' + subject)) +
                                               hex(std::hash<std::string>()(subject + ' ' + queue))
@@ -694,7 +689,7 @@ class nats {
     /// group's stays for its other members; JetStream deletes it once none is left, as it does
     /// the consumers of a node that stops). On consumer_thread.
     void drop_consumers(const std::string& filter, std::vector<natsSubscription*>& subs, bool remove) {
-      const bool shared = filter.compare(0, 7, "$share/") == 0;
+      const bool shared = topic::is_shared_filter(filter);
       {
         std::lock_guard<std::mutex> lk(mutex);
         for (natsSubscription* sub : subs) group_of.erase(sub);
@@ -1125,18 +1120,23 @@ class nats {
         filters.erase(it);
       }
     }
+    /// `$share/{ShareName}/{filter}` split; any other filter unshared. The engine gives valid
+    /// filters (checked against its own limits), so this only splits; an empty filter for a
+    /// shared one without its `/`.
+    static topic::parsed_filter split_share(std::string_view filter) noexcept {
+      if (!topic::is_shared_filter(filter)) return {{}, filter};
+      const std::string_view rest = filter.substr(topic::share_prefix.size());
+      const std::size_t slash = rest.find('/');
+      if (slash == std::string_view::npos) return {};
+      return {rest.substr(0, slash), rest.substr(slash + 1)};
+    }
     /// NATS subscriptions for `filter`. mutex held.
     void subscribe(const std::string& filter, std::vector<natsSubscription*>& subs) {
-      std::string_view share, plain = filter;
-      const bool shared = filter.compare(0, 7, "$share/") == 0;
-      if (shared) {
-        const auto slash = filter.find('/', 7);
-        if (slash == std::string::npos) return;  // the engine gives valid filters
-        share = std::string_view(filter).substr(7, slash - 7);
-        plain = std::string_view(filter).substr(slash + 1);
-      }
-      const std::string queue = shared ? map.queue_group(share) : std::string();
-      for (const std::string& subject : map.subjects(plain)) {
+      const topic::parsed_filter parts = split_share(filter);
+      if (parts.filter.empty()) return;
+      const bool shared = parts.is_shared();
+      const std::string queue = shared ? map.queue_group(parts.share_name) : std::string();
+      for (const std::string& subject : map.subjects(parts.filter)) {
         natsSubscription* s = nullptr;
         const natsStatus st = shared ? natsConnection_QueueSubscribe(&s, groups, subject.c_str(), queue.c_str(),
                                                                      &on_group_message, this)
