@@ -42,6 +42,11 @@ struct node_policies : mb::default_policies {
   using cluster = mb::cluster::nats;
 };
 using node = mb::broker<node_policies>;
+/// A node whose persistent sessions' expiry and subscriptions the cluster keeps.
+struct keeping_policies : node_policies {
+  using storage = mb::cluster::nats_sessions;
+};
+using keeping_node = mb::broker<keeping_policies>;
 
 std::string nats_server_program() {
   for (const char* p : {"/usr/bin/nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"})
@@ -154,19 +159,22 @@ bool have_nats_server() {
 }
 
 /// Brokers as nodes of one cluster on `url`, started and connected.
-struct cluster_of_nodes {
-  cluster_of_nodes(loop& l, const std::string& url, std::initializer_list<const char*> names,
-                   const mb::broker_options& options = {},
-                   const std::function<void(mb::cluster::nats_options&)>& configure = {})
+template <class Node>
+struct basic_cluster_of_nodes {
+  basic_cluster_of_nodes(loop& l, const std::string& url, std::initializer_list<const char*> names,
+                         const mb::broker_options& options = {},
+                         const std::function<void(mb::cluster::nats_options&)>& configure = {})
       : l_(l) {
     for (const char* name : names) {
-      auto b = std::make_unique<node>(l.io, options);
+      auto b = std::make_unique<Node>(l.io, options);
       mb::cluster::nats_options o;
       o.servers = {url};
       o.node = name;
       o.prefix = "test";
       if (configure) configure(o);
       b->cluster().configure(o);
+      if constexpr (std::is_same_v<typename Node::engine_type::storage_type, mb::cluster::nats_sessions>)
+        b->storage().attach(b->cluster());
       // Connect blocks until nats-server answers: on this thread, not the io_context's.
       REQUIRE_FALSE(b->connect_cluster());
       static int count = 0;
@@ -179,22 +187,28 @@ struct cluster_of_nodes {
       nodes.push_back(std::move(b));
     }
   }
-  ~cluster_of_nodes() {
-    for (auto& b : nodes) {
-      std::promise<void> stopped;
-      auto done = stopped.get_future();
-      asio::post(l_.io, [&] { b->async_stop([&](std::error_code) { stopped.set_value(); }); });
-      done.wait();
-    }
-    nodes.clear();  // each leaves its cluster (the broker's destructor), off the io thread
+  ~basic_cluster_of_nodes() {
+    for (std::size_t i = 0; i < nodes.size(); ++i) stop(i);
   }
-  node& operator[](std::size_t i) { return *nodes.at(i); }
-  std::vector<std::unique_ptr<node>> nodes;
+  /// Node i stops and leaves its cluster (the broker's destructor, off the io thread).
+  void stop(std::size_t i) {
+    auto& b = nodes.at(i);
+    if (!b) return;
+    std::promise<void> stopped;
+    auto done = stopped.get_future();
+    asio::post(l_.io, [&] { b->async_stop([&](std::error_code) { stopped.set_value(); }); });
+    done.wait();
+    b.reset();
+  }
+  Node& operator[](std::size_t i) { return *nodes.at(i); }
+  std::vector<std::unique_ptr<Node>> nodes;
   std::vector<std::string> listeners;  // each node's memory listener
 
  private:
   loop& l_;
 };
+
+using cluster_of_nodes = basic_cluster_of_nodes<node>;
 
 /// An MQTT client of one node (over its memory listener), driven on the loop's thread.
 class session_client {
@@ -221,6 +235,13 @@ class session_client {
       return 0;
     });
     REQUIRE(next().type == mb::codec::packet_type::suback);
+  }
+  void unsubscribe(const std::string& filter) {
+    l_.run([&] {
+      c_->unsubscribe(2, filter);
+      return 0;
+    });
+    REQUIRE(next().type == mb::codec::packet_type::unsuback);
   }
   /// The next packet the node sent, waited for (bounded).
   test_rx::rx next() {
@@ -260,7 +281,8 @@ class session_client {
 
 /// A subscription reaches nats-server on the subscribing node's connection, a publish on the
 /// publisher's: a round trip on the subscriber's makes the server know it before the test publishes.
-void settle_interest(node& subscriber) { REQUIRE_FALSE(subscriber.cluster().flush(std::chrono::seconds(5))); }
+template <class Node>
+void settle_interest(Node& subscriber) { REQUIRE_FALSE(subscriber.cluster().flush(std::chrono::seconds(5))); }
 
 }  // namespace
 
@@ -586,4 +608,61 @@ TEST_CASE("cluster::nats: a client identifier too long for a key of the owners' 
   CHECK(st.claims_failed == 1);
   CHECK(st.claims == 1);
   CHECK(st.connected);
+}
+
+TEST_CASE("cluster::nats_sessions: a persistent session whose node is gone resumes on another, its subscriptions in place",
+          "[cluster][nats][MQTT-3.1.2-4][MQTT-3.2.2-3]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  basic_cluster_of_nodes<keeping_node> c(l, server.url(), {"a", "c"});
+  {
+    session_client s(l, c.listeners[0], "keeper", false);  // 3.1.1 Clean Session 0
+    s.subscribe("k/#", qos::at_least_once);
+    s.subscribe("gone/#", qos::at_least_once);
+    s.subscribe("z/+", qos::at_most_once);
+    s.unsubscribe("gone/#");
+  }
+  {
+    session_client passer(l, c.listeners[0], "passer");  // Clean Session 1: nothing kept
+    passer.subscribe("p/#", qos::at_least_once);
+  }
+  REQUIRE_FALSE(c[0].cluster().flush(std::chrono::seconds(5)));  // the entries are written
+  const auto sa = l.run([&] { return c[0].cluster().statistics(); });
+  CHECK(sa.session_writes >= 1);
+  CHECK(sa.session_writes_failed == 0);
+  CHECK(sa.sessions_known == 1);  // "passer" is forgotten with its session
+
+  c.stop(0);  // node a is gone, and the session it had with it
+  {
+    session_client back(l, c.listeners[1], "keeper", false);
+    CHECK(back.connack.session_present);  // [MQTT-3.2.2-3] resumed from its entry
+    settle_interest(c[1]);
+    l.run([&] { return c[1].publish("gone/1", "unsubscribed", qos::at_least_once, false); });
+    l.run([&] { return c[1].publish("k/1", "one", qos::at_least_once, false); });
+    l.run([&] { return c[1].publish("z/1", "zero", qos::at_least_once, false); });
+    const test_rx::rx first = back.next();
+    CHECK(first.topic == "k/1");
+    CHECK(first.qos_level == qos::at_least_once);
+    back.puback(first.id);
+    const test_rx::rx second = back.next();
+    CHECK(second.topic == "z/1");
+    CHECK(second.qos_level == qos::at_most_once);  // the subscription's QoS came along
+  }
+  const auto sc = l.run([&] { return c[1].cluster().statistics(); });
+  CHECK(sc.handovers_lost == 1);
+  CHECK(sc.sessions_restored == 1);
+  CHECK(sc.sessions_taken == 0);
+  {
+    session_client ended(l, c.listeners[1], "keeper", true);  // Clean Session 1: the session ends
+    CHECK_FALSE(ended.connack.session_present);
+  }
+  REQUIRE_FALSE(c[1].cluster().flush(std::chrono::seconds(5)));
+  CHECK(l.run([&] { return c[1].cluster().statistics(); }).sessions_known == 0);
+  // Written as ended: a node that takes "keeper" over from c finds nothing to resume.
+  basic_cluster_of_nodes<keeping_node> later(l, server.url(), {"d"});
+  c.stop(1);
+  session_client fresh(l, later.listeners[0], "keeper", false);
+  CHECK_FALSE(fresh.connack.session_present);
+  CHECK(l.run([&] { return later[0].cluster().statistics(); }).sessions_restored == 0);
 }

@@ -234,14 +234,28 @@ struct mt_store_policies : mt_policies {
 #endif
 
 #if MQTTBROKER_EXAMPLE_NATS
-// --cluster: the memory bundles as nodes of a cluster on NATS.
+// --cluster: the memory bundles as nodes of a cluster on NATS, their persistent sessions' expiry
+// and subscriptions kept in the cluster's bucket (a node that is lost, its sessions resume on
+// another).
 struct st_cluster_policies : st_policies {
   using cluster = mqttbroker::cluster::nats;
+  using storage = mqttbroker::cluster::nats_sessions;
 };
 struct mt_cluster_policies : mt_policies {
   using cluster = mqttbroker::cluster::nats;
+  using storage = mqttbroker::cluster::nats_sessions;
 };
 #endif
+
+/// Whether Broker stores on SQLite (--persistence): its options, metrics and log lines.
+template <class Broker>
+constexpr bool on_sqlite() {
+#if MQTTBROKER_EXAMPLE_SQLITE
+  return std::is_same_v<typename Broker::engine_type::storage_type, mqttbroker::storage::sqlite>;
+#else
+  return false;
+#endif
+}
 
 /// --cluster and --cluster-node: NATS servers (comma-separated URLs; empty: a broker alone) and
 /// this node's name in the cluster.
@@ -533,7 +547,7 @@ std::string scrape(Broker& broker) {
   std::string out;
   pm::write_prometheus(out, broker.stats());
 #if MQTTBROKER_EXAMPLE_SQLITE
-  if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+  if constexpr (on_sqlite<Broker>()) {
     const auto w = broker.storage().statistics();
     pm::write_family<std::uint64_t>(out, "mqttbroker_storage_commits_total", "counter",
                                     "Batches the durable store took.", {{"", w.commits}});
@@ -577,11 +591,17 @@ std::string scrape(Broker& broker) {
                           "Clients this node became the owner of, and connections refused because it could not.",
                           {{"result=\"owned\"", c.claims}, {"result=\"failed\"", c.claims_failed}});
     pm::write_family<u64>(out, "mqttbroker_cluster_sessions_moved_total", "counter",
-                          "Sessions handed over between nodes: taken from another node, given to one, and lost "
-                          "(the previous owner did not answer in time).",
+                          "Sessions handed over between nodes: taken from another node, given to one, lost "
+                          "(the previous owner did not answer in time), and of the lost ones those resumed from "
+                          "what the cluster's bucket kept of them.",
                           {{"direction=\"taken\"", c.sessions_taken},
                            {"direction=\"given\"", c.sessions_given},
-                           {"direction=\"lost\"", c.handovers_lost}});
+                           {"direction=\"lost\"", c.handovers_lost},
+                           {"direction=\"restored\"", c.sessions_restored}});
+    pm::write_family<u64>(out, "mqttbroker_cluster_session_writes_total", "counter",
+                          "Persistent sessions' expiry and subscriptions written to the cluster's bucket, and "
+                          "writes that did not go (JetStream away, or another node owned the client by then).",
+                          {{"result=\"written\"", c.session_writes}, {"result=\"failed\"", c.session_writes_failed}});
     pm::write_family<u64>(out, "mqttbroker_cluster_subscriptions", "gauge",
                           "NATS subscriptions the node holds, JetStream consumers' included.",
                           {{"", static_cast<u64>(c.subscriptions)}});
@@ -690,7 +710,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
 #endif
   Broker broker(io, opts, with_timers);
 #if MQTTBROKER_EXAMPLE_SQLITE
-  if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+  if constexpr (on_sqlite<Broker>()) {
     // Before the listeners: a store that cannot be opened (in use, not a store, newer) stops the
     // start with its reason, and start() loads what it kept.
     mqttbroker::storage::sqlite_options o;
@@ -721,6 +741,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
     o.send_asap = cluster.send_asap;
     o.jetstream_delivery = cluster.jetstream;
     broker.cluster().configure(std::move(o));
+    broker.storage().attach(broker.cluster());
     // Before the io_context runs: the first connection blocks until NATS answers.
     if (const std::error_code ec = broker.connect_cluster()) {
       say(level::error, "cluster: cannot reach NATS at {}: {}", cluster.servers, ec.message());
@@ -757,7 +778,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
   // With persistence a bridge's local side is a session of the broker (over an in-memory
   // listener), so that what waits for its remote is in the store and survives a restart.
   std::string bridges_listener;
-  if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+  if constexpr (on_sqlite<Broker>()) {
     if (!bridge_lines.empty()) {
       bridges_listener = "mqttbroker-bridges";
       broker.template listen<mqttbroker::transport::memory>(mqttbroker::transport::memory::listen_options(bridges_listener));
@@ -833,7 +854,7 @@ int serve(const mqttbroker::broker_options& opts, const logging_hooks& hooks, co
       const auto s = broker.stats();
       say(level::info, "stopped: {} connections accepted, {} messages received, {} sent, {} dropped",
           s.connections_accepted, s.messages_received, s.messages_sent, s.messages_dropped);
-      if constexpr (mqttbroker::storage::detail::is_durable<typename Broker::engine_type::storage_type>::value) {
+      if constexpr (on_sqlite<Broker>()) {
         const auto w = broker.storage().statistics();
         say(level::info, "storage: {} commits, {} changes written, {} undone in their own batch", w.commits,
             w.changes_written, w.changes_undone);

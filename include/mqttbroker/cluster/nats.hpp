@@ -54,6 +54,7 @@
 #include <cstdint>
 #include <deque>
 #include <future>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -156,6 +157,10 @@ struct nats_statistics {
   std::uint64_t sessions_taken = 0;   // sessions another node handed to this one
   std::uint64_t sessions_given = 0;   // sessions this node handed to another
   std::uint64_t handovers_lost = 0;   // a previous owner that did not answer in time (or too large)
+  std::uint64_t sessions_restored = 0;  // of those, sessions resumed from what their owner's entry kept
+  std::uint64_t session_writes = 0;          // persistent sessions' states written to their owners' entries
+  std::uint64_t session_writes_failed = 0;   // not written (JetStream away; another node owned it by then)
+  std::size_t sessions_known = 0;  // clients this node owns whose entry it writes (nats_sessions)
   std::size_t subscriptions = 0;  // NATS subscriptions held, JetStream consumers' included
   std::size_t consumers_missing = 0;  // JetStream consumers wanted but not made yet (tried again)
   std::uint64_t consumers_remade = 0;  // consumers JetStream had lost, made again
@@ -179,8 +184,8 @@ class nats {
   std::error_code start(asio::any_io_executor ex, inbound in) { return st_->start(std::move(ex), std::move(in)); }
   /// Leaves the cluster; no call to the inbound handlers once it returns.
   void stop() { st_->stop(); }
-  /// Waits until the NATS servers have what this node sent so far (its subscriptions and its
-  /// JetStream consumers too): a round trip on each connection. Blocking: never on the
+  /// Waits until the NATS servers have what this node sent so far (its subscriptions, its
+  /// JetStream consumers and what it writes to the buckets too): a round trip on each connection. Blocking: never on the
   /// io_context's threads.
   std::error_code flush(std::chrono::milliseconds timeout) { return st_->flush(timeout); }
 
@@ -195,6 +200,7 @@ class nats {
   nats_statistics statistics() const { return st_->statistics(); }
 
  private:
+  friend class nats_sessions;
   /// Everything nats.c's callbacks reach: it lives as long as the object.
   struct state {
     nats_options opts;
@@ -245,6 +251,8 @@ class nats {
     std::mutex writes_mutex;  // what follows
     std::condition_variable writes_ready;
     std::deque<std::pair<std::string, std::string>> writes;  // key, envelope (empty: delete)
+    bool writing = false;                   // writes_mutex: `writer` is at one of them
+    std::condition_variable writes_idle;    // with writes_mutex: nothing left to write (flush())
     bool writer_stopping = false;
     inbound in;
     std::uint64_t incarnation = 0;
@@ -305,9 +313,29 @@ class nats {
     std::vector<std::string> claiming;     // writes_mutex: clients whose claim a claimer runs
     bool claimer_stopping = false;         // writes_mutex
 
+    // Persistent sessions' states in their owners' entries, so that a node that takes a client
+    // over from a node that is gone resumes its session (nats_sessions reports the changes). An
+    // entry: the owner's name, `\0`, its run (16 hex digits), then the session (expiry and
+    // subscriptions, as encode_handover writes them) or nothing for one that ends with its
+    // connection. `writer` writes them by compare-and-set on the revision this node last wrote,
+    // so a node that lost the client to another never overwrites the new owner's entry.
+    struct kept_session {
+      std::uint64_t revision = 0;  // of the entry, as this node's claim or last write left it
+      bool has_state = false;      // the entry holds a session: clearing it takes a write
+      bool queued = false;         // in `dirty`
+      bool ended = false;          // erase_session: cleared, then forgotten
+      std::uint32_t expiry = 0;
+      std::map<std::string, session_handover::subscription, std::less<>> subscriptions;
+    };
+    std::mutex kept_mutex;  // what follows
+    std::map<std::string, kept_session, std::less<>> kept;
+    std::deque<std::string> dirty;  // writes_mutex: clients whose entries to write, in the order they changed
+    std::atomic<bool> keeps_sessions{false};  // a nats_sessions store reports to this cluster
+
     std::atomic<std::uint64_t> published{0}, publish_failed{0}, stream_failed{0}, received{0}, repeats{0}, malformed{0},
         disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0}, claimed{0},
-        claims_failed{0}, sessions_taken{0}, sessions_given{0}, handovers_lost{0};
+        claims_failed{0}, sessions_taken{0}, sessions_given{0}, handovers_lost{0}, sessions_restored{0},
+        session_writes{0}, session_writes_failed{0};
 
     ~state() { close(); }
 
@@ -433,7 +461,14 @@ class nats {
         if (c == nullptr) return std::make_error_code(std::errc::not_connected);
         if (auto ec = make_nats_error(natsConnection_FlushTimeout(c, timeout.count()))) return ec;
       }
-      if (bucket != nullptr) return make_nats_error(natsConnection_FlushTimeout(bucket, timeout.count()));
+      if (bucket != nullptr) {
+        if (auto ec = make_nats_error(natsConnection_FlushTimeout(bucket, timeout.count()))) return ec;
+      }
+      if (writer.joinable()) {
+        std::unique_lock<std::mutex> lk(writes_mutex);
+        if (!writes_idle.wait_for(lk, timeout, [&] { return writes.empty() && dirty.empty() && !writing; }))
+          return make_nats_error(NATS_TIMEOUT);
+      }
       return {};
     }
 
@@ -509,11 +544,12 @@ class nats {
         // Answered before a claim of this node's can ask another: the subscription is on the server.
         if ((ec = make_nats_error(natsConnection_FlushTimeout(bucket, opts.jetstream_wait.count())))) return ec;
         for (int i = 0; i < std::max(opts.claim_threads, 1); ++i) claimers.emplace_back([this] { run_claims(); });
+        writer = std::thread([this] { write_bucket(); });  // sessions' entries (and retained messages)
       }
       if (!opts.retained) return {};
       if ((ec = key_value(kv, "retained"))) return ec;
       if ((ec = make_nats_error(kvStore_WatchAll(&watch, kv, nullptr)))) return ec;
-      writer = std::thread([this] { write_bucket(); });
+      if (!writer.joinable()) writer = std::thread([this] { write_bucket(); });
       // The bucket's entries now, then its changes: mirrored before start() returns, so the node
       // serves none of its subscribers without them.
       std::promise<void> loaded;
@@ -784,8 +820,23 @@ class nats {
     void write_bucket() {
       std::unique_lock<std::mutex> lk(writes_mutex);
       for (;;) {
-        writes_ready.wait(lk, [&] { return writer_stopping || !writes.empty(); });
-        if (writes.empty()) return;
+        writing = false;
+        if (writes.empty() && dirty.empty()) writes_idle.notify_all();
+        writes_ready.wait(lk, [&] { return writer_stopping || !writes.empty() || !dirty.empty(); });
+        writing = true;
+        if (!dirty.empty()) {
+          const std::string client = std::move(dirty.front());
+          dirty.pop_front();
+          lk.unlock();
+          write_session(client);
+          lk.lock();
+          continue;
+        }
+        if (writes.empty()) {
+          writing = false;
+          writes_idle.notify_all();
+          return;
+        }
         auto w = std::move(writes.front());
         writes.pop_front();
         lk.unlock();
@@ -969,19 +1020,30 @@ class nats {
           revision = kvEntry_Revision(e);
           kvEntry_Destroy(e);
         }
-        if (s == NATS_OK && previous == opts.node) {
+        const owner_entry was = parse_owner(previous);
+        if (s == NATS_OK && was.node == opts.node && was.run == incarnation) {
+          own(client_id, revision, !was.state.empty());
           claimed.fetch_add(1, std::memory_order_relaxed);
           return {};  // this node's already
         }
         if (s == NATS_OK || s == NATS_NOT_FOUND) {
+          // The session is not carried into the new entry: the broker's adoption of it writes it.
+          const std::string value = owner_value();
           std::uint64_t written = 0;
-          s = s == NATS_NOT_FOUND ? kvStore_Create(&written, owners, key.c_str(), opts.node.data(), static_cast<int>(opts.node.size()))
-                                  : kvStore_Update(&written, owners, key.c_str(), opts.node.data(),
-                                                   static_cast<int>(opts.node.size()), revision);
+          s = s == NATS_NOT_FOUND ? kvStore_Create(&written, owners, key.c_str(), value.data(), static_cast<int>(value.size()))
+                                  : kvStore_Update(&written, owners, key.c_str(), value.data(),
+                                                   static_cast<int>(value.size()), revision);
           if (s == NATS_OK) {
+            own(client_id, written, false);
             claimed.fetch_add(1, std::memory_order_relaxed);
             if (previous.empty()) return {};
-            return {{}, ask_for_session(previous, client_id, clean_start)};
+            // This node's earlier run (killed, restarted): no one to ask, what the entry kept.
+            if (was.node == opts.node) return {{}, clean_start ? std::nullopt : restore(was.state)};
+            bool answered = false;
+            auto session = ask_for_session(std::string(was.node), client_id, clean_start, answered);
+            // A node that is gone: what its entry kept of the session, if anything.
+            if (!session && !answered && !clean_start) session = restore(was.state);
+            return {{}, std::move(session)};
           }
           // Another node changed the entry first: looked at again.
         }
@@ -996,7 +1058,7 @@ class nats {
     /// The session of `client_id` from its previous owner, in as many messages as it takes;
     /// nothing when it has none, is gone or does not answer in time. On `claimer`.
     std::optional<session_handover> ask_for_session(const std::string& node, const std::string& client_id,
-                                                    bool clean_start) {
+                                                    bool clean_start, bool& answered) {
       natsInbox* inbox = nullptr;
       natsSubscription* sub = nullptr;
       std::optional<session_handover> out;
@@ -1046,7 +1108,161 @@ class nats {
       if (inbox != nullptr) natsInbox_Destroy(inbox);
       if (out) sessions_taken.fetch_add(1, std::memory_order_relaxed);
       if (lost && !clean_start) handovers_lost.fetch_add(1, std::memory_order_relaxed);
+      answered = !lost;
       return out;
+    }
+
+    // ---- persistent sessions in their owners' entries (nats_sessions)
+
+    /// This node's owners' entry value: its name, its run, no session.
+    std::string owner_value() const {
+      std::string v = opts.node;
+      v.push_back('\0');
+      v += hex(incarnation);
+      return v;
+    }
+    struct owner_entry {
+      std::string_view node;
+      std::uint64_t run = 0;
+      std::string_view state;  // the session it keeps, encode_handover's bytes; empty: none
+    };
+    static owner_entry parse_owner(std::string_view v) {
+      owner_entry e;
+      const std::size_t nul = v.find('\0');
+      e.node = v.substr(0, nul);
+      if (nul == std::string_view::npos || v.size() < nul + 17) return e;
+      for (const char c : v.substr(nul + 1, 16)) {
+        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return {e.node, 0, {}};
+        e.run = (e.run << 4) | static_cast<std::uint64_t>(d);
+      }
+      e.state = v.substr(nul + 17);
+      return e;
+    }
+    /// The session an entry kept (its subscriptions and expiry; the messages it was owed went
+    /// with its node), or nothing.
+    std::optional<session_handover> restore(std::string_view kept_bytes) {
+      if (kept_bytes.empty()) return std::nullopt;
+      auto h = cluster::decode_handover(kept_bytes);
+      if (!h) return std::nullopt;
+      sessions_restored.fetch_add(1, std::memory_order_relaxed);
+      return h;
+    }
+    /// This node owns `client_id`'s entry at `revision`: the changes to its session are written
+    /// there from now on (a session this node still has, written again into its new entry).
+    void own(const std::string& client_id, std::uint64_t revision, bool has_state) {
+      if (!keeps_sessions.load(std::memory_order_relaxed)) return;
+      bool queue = false;
+      {
+        std::lock_guard<std::mutex> lk(kept_mutex);
+        kept_session& e = kept[client_id];
+        e.revision = revision;
+        e.has_state = has_state;
+        if (!e.ended && (e.expiry != 0 || !e.subscriptions.empty()) && !e.queued) queue = e.queued = true;
+      }
+      if (queue) queue_session_write(client_id);
+    }
+    void queue_session_write(std::string_view client_id) {
+      std::lock_guard<std::mutex> lk(writes_mutex);
+      dirty.emplace_back(client_id);
+      writes_ready.notify_one();
+    }
+    /// A persistent session of this node changed (nats_sessions, on the engine's threads, its
+    /// lock held: quick): `f` changes the copy its entry is written from. `ends`: the session
+    /// ended (nothing to write for a client whose entry holds none).
+    template <class F>
+    void session_changed(std::string_view client_id, bool ends, F&& f) {
+      if (!opts.own_clients) return;
+      bool queue = false;
+      {
+        std::lock_guard<std::mutex> lk(kept_mutex);
+        auto it = kept.find(client_id);
+        if (it == kept.end()) {
+          if (ends) return;
+          // Its entry's revision not known here (forgotten with an end): the writer looks.
+          it = kept.emplace(std::string(client_id), kept_session{}).first;
+        }
+        kept_session& e = it->second;
+        f(e);
+        if (ends && !e.has_state && !e.queued && e.revision != 0) {
+          kept.erase(it);
+          return;
+        }
+        if (!e.queued) queue = e.queued = true;
+      }
+      if (queue) queue_session_write(client_id);
+    }
+    /// Whose `key`'s entry is now: nothing when JetStream does not answer.
+    struct entry_now {
+      std::uint64_t revision = 0;
+      bool mine = false, has_state = false;
+    };
+    std::optional<entry_now> look_up_entry(const std::string& key) {
+      kvEntry* got = nullptr;
+      if (kvStore_Get(&got, owners, key.c_str()) != NATS_OK) return std::nullopt;
+      const owner_entry was = parse_owner(
+          std::string_view(static_cast<const char*>(kvEntry_Value(got)), static_cast<std::size_t>(kvEntry_ValueLen(got))));
+      entry_now out{kvEntry_Revision(got), was.node == opts.node && was.run == incarnation, !was.state.empty()};
+      kvEntry_Destroy(got);
+      return out;
+    }
+    /// Writes `client_id`'s entry as this node has its session now. On `writer`.
+    void write_session(const std::string& client_id) {
+      const std::string key = bucket_key(client_id);
+      std::string value = owner_value();
+      std::uint64_t revision = 0;
+      bool ended = false;
+      {
+        std::lock_guard<std::mutex> lk(kept_mutex);
+        const auto it = kept.find(client_id);
+        if (it == kept.end()) return;
+        kept_session& e = it->second;
+        e.queued = false;
+        revision = e.revision;
+        ended = e.ended;
+        if (!ended) {
+          session_handover h;
+          h.expiry_seconds = e.expiry;
+          for (const auto& sub : e.subscriptions) h.subscriptions.push_back(sub.second);
+          cluster::encode_handover(value, h);
+        }
+      }
+      std::optional<entry_now> now;
+      if (revision == 0 && owners != nullptr) {
+        now = look_up_entry(key);
+        if (now && now->mine) revision = now->revision;
+      }
+      std::uint64_t written = 0;
+      natsStatus s = NATS_NOT_FOUND;
+      if (revision != 0)
+        s = kvStore_Update(&written, owners, key.c_str(), value.data(), static_cast<int>(value.size()), revision);
+      (s == NATS_OK ? session_writes : session_writes_failed).fetch_add(1, std::memory_order_relaxed);
+      // Not written: the entry as it is now says whose the client is.
+      if (s != NATS_OK && revision != 0 && owners != nullptr) now = look_up_entry(key);
+      bool again = false;
+      {
+        std::lock_guard<std::mutex> lk(kept_mutex);
+        const auto it = kept.find(client_id);
+        if (it == kept.end()) return;
+        kept_session& e = it->second;
+        if (s == NATS_OK) {
+          e.revision = written;
+          e.has_state = !ended;
+          if (e.ended && !e.queued) kept.erase(it);
+        } else if (now && !now->mine) {
+          // Another node's client now: it asks this one for the session, which ends here then.
+          if (!e.queued) kept.erase(it);
+        } else if (now && now->revision != revision) {
+          e.revision = now->revision;  // changed by a claim of this node's meanwhile: written again
+          e.has_state = now->has_state;
+          if (!e.queued) again = e.queued = true;
+        } else if (!e.queued && e.revision == 0) {
+          kept.erase(it);  // JetStream away, and the entry's revision never known: given up
+        }
+        // Otherwise JetStream is away or refused the value: the entry keeps what it had until
+        // the session changes again.
+      }
+      if (again) queue_session_write(client_id);
     }
 
     /// Another node takes one of this node's clients: the broker closes the connection and gives
@@ -1307,6 +1523,13 @@ class nats {
       s.sessions_taken = sessions_taken.load();
       s.sessions_given = sessions_given.load();
       s.handovers_lost = handovers_lost.load();
+      s.sessions_restored = sessions_restored.load();
+      s.session_writes = session_writes.load();
+      s.session_writes_failed = session_writes_failed.load();
+      {
+        std::lock_guard<std::mutex> kk(kept_mutex);
+        s.sessions_known = kept.size();
+      }
       std::lock_guard<std::mutex> lk(mutex);
       s.connected = started && routes != nullptr && groups != nullptr &&
                     natsConnection_Status(routes) == NATS_CONN_STATUS_CONNECTED &&
@@ -1324,6 +1547,82 @@ class nats {
   };
 
   std::shared_ptr<state> st_ = std::make_shared<state>();
+};
+
+/// The storage policy that goes with cluster::nats (`using storage = cluster::nats_sessions;`):
+/// a persistent session's expiry and subscriptions are written to its client's owners' entry
+/// (nats_options::own_clients), so that a node that takes the client over from a node that is
+/// gone (killed, cut off) resumes the session: Session Present, its subscriptions in place. The
+/// messages the session was owed on that node are not kept: they went with it. attach() it to
+/// the cluster before broker::connect_cluster().
+///
+/// Written behind: no acknowledgement waits for the bucket (commit() has nothing to wait for),
+/// so a subscription made a moment before its node is lost may be missing from the session.
+class nats_sessions {
+ public:
+  static constexpr bool durable = true;
+
+  void attach(nats& c) {
+    st_ = c.st_;
+    st_->keeps_sessions.store(true, std::memory_order_relaxed);
+  }
+
+  void save_session(std::string_view client_id, std::uint32_t expiry_seconds) {
+    change(client_id, false, [&](auto& e) {
+      e.ended = false;
+      e.expiry = expiry_seconds;
+    });
+  }
+  void erase_session(std::string_view client_id) {
+    change(client_id, true, [](auto& e) {
+      e.ended = true;
+      e.expiry = 0;
+      e.subscriptions.clear();
+    });
+  }
+  void save_subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
+                         std::uint32_t identifier) {
+    change(client_id, false, [&](auto& e) {
+      e.ended = false;
+      auto& sub = e.subscriptions[std::string(filter)];
+      sub.filter.assign(filter);
+      sub.options = options;
+      sub.identifier = identifier;
+    });
+  }
+  void erase_subscription(std::string_view client_id, std::string_view filter) {
+    change(client_id, false, [&](auto& e) {
+      if (const auto it = e.subscriptions.find(filter); it != e.subscriptions.end()) e.subscriptions.erase(it);
+    });
+  }
+
+  // What the cluster keeps elsewhere (retained messages: their bucket) or not at all (the
+  // messages owed, wills).
+  void save_retained(const message_ptr&) {}
+  void erase_retained(std::string_view) {}
+  void enqueue(std::string_view, const message_ptr&, codec::qos) {}
+  void send(std::string_view, std::uint16_t, const message_ptr&, codec::qos) {}
+  void pubrec(std::string_view, std::uint16_t) {}
+  void acknowledge(std::string_view, std::uint16_t) {}
+  void drop(std::string_view, const message_ptr&) {}
+  void clear_messages(std::string_view) {}
+  void receive(std::string_view, std::uint16_t, const message_ptr&) {}
+  void release(std::string_view, std::uint16_t) {}
+  void save_will(std::string_view, const message_ptr&, std::chrono::system_clock::time_point) {}
+  void erase_will(std::string_view) {}
+  /// Nothing for an acknowledgement to wait for: ticket 0 is durable from the start.
+  std::uint64_t commit() noexcept { return 0; }
+  void on_commit(std::function<void(std::uint64_t)>) {}
+  /// Nothing at start: a session comes back when its client connects (claim()).
+  template <class Loader>
+  void load(Loader&) {}
+
+ private:
+  template <class F>
+  void change(std::string_view client_id, bool ends, F&& f) {
+    if (st_) st_->session_changed(client_id, ends, std::forward<F>(f));
+  }
+  std::shared_ptr<nats::state> st_;
 };
 
 }  // namespace cluster
