@@ -134,10 +134,10 @@ class broker {
   /// per message; one drain at a time keeps the order they came in [MQTT-4.6.0-6] on several
   /// threads too.
   struct cluster_inbox {
-    enum class kind : unsigned char { route, group, retained };
+    enum class kind : unsigned char { route, group, retained, session };
     struct input {
       kind what;
-      std::string group;  // kind::group
+      std::string group;  // kind::group; kind::session: the client identifier
       message_ptr m;
     };
     std::mutex mutex;
@@ -176,6 +176,12 @@ class broker {
         case cluster_inbox::kind::route: ctx_.engine_.route_from_cluster(std::move(in.m), t); break;
         case cluster_inbox::kind::group: ctx_.engine_.deliver_to_group(in.group, std::move(in.m), t); break;
         case cluster_inbox::kind::retained: ctx_.engine_.retained_from_cluster(std::move(in.m), t); break;
+        case cluster_inbox::kind::session:
+          if constexpr (engine_type::session_feeds) {
+            const message_ptr m = in.m;
+            if (!ctx_.engine_.deliver_to_session(in.group, std::move(in.m), t)) ctx_.engine_.cluster().not_delivered(m);
+          }
+          break;
       }
     }
     box.draining.clear();
@@ -247,6 +253,8 @@ class broker {
       to_engine(kind::group, group_filter, std::move(m));
     };
     in.retained = [this](message_ptr m) { to_engine(kind::retained, {}, std::move(m)); };
+    if constexpr (engine_type::session_feeds)
+      in.to_session = [this](std::string client_id, message_ptr m) { to_engine(kind::session, client_id, std::move(m)); };
     if constexpr (engine_type::claims) {
       in.hand_over = [this](std::string client_id, bool discard, typename engine_type::handover_done done) {
         asio::post(ex_, [this, alive = std::weak_ptr<void>(alive_), client_id = std::move(client_id), discard,

@@ -7146,6 +7146,19 @@ MQTTBROKER_END_NAMESPACE
 //     refused, Server unavailable). The client's reader waits for it.
 //
 // and its inbound::hand_over is called when another node claims a client of this one.
+//
+// A cluster may also feed persistent sessions from queues of its own, so that what a session
+// is owed outlives its node (cluster::nats with cluster::nats_sessions). It then has
+//
+//   bool feeds_sessions() const noexcept;
+//     Whether it does, from start() on. Then a kept session's (nonzero expiry) subscriptions
+//     with Maximum QoS 1 or 2, neither shared nor No Local, get only QoS 0 messages from the
+//     routing: their QoS 1 and 2 messages, this node's own publications included, come through
+//     inbound::to_session. The cluster learns of those subscriptions, and of what becomes of each
+//     message it brought (sent, acknowledged, dropped), through the storage policy's calls.
+//   void not_delivered(const message_ptr& m);
+//     A message to_session brought that the session did not take (it ended, or has no such
+//     subscription any more).
 
 
 #include <cstdint>
@@ -7183,6 +7196,7 @@ struct session_handover {
     std::vector<std::uint32_t> subscription_ids;
     std::uint16_t packet_id = 0;  // in flight: its identifier
     state at = state::queued;
+    std::uint64_t stream_sequence = 0;  // the cluster's own reference to it (0: none)
   };
   std::vector<delivery> messages;
   std::vector<std::uint16_t> received;  // QoS 2 identifiers received, their PUBREL not yet
@@ -7209,6 +7223,9 @@ struct inbound {
   /// `discard`, the new connection's Clean Start, or when this node has none), once.
   std::function<void(std::string client_id, bool discard, std::function<void(std::optional<session_handover>)> done)>
       hand_over;
+  /// A message for the session of `client_id` (a cluster that feeds sessions), through its fed
+  /// subscriptions that match.
+  std::function<void(std::string client_id, message_ptr)> to_session;
 };
 
 namespace detail {
@@ -7218,6 +7235,14 @@ struct is_enabled : std::false_type {};
 template <class C>
 struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
                                  decltype(std::declval<C&>().interest(std::string_view(), true))>>
+    : std::true_type {};
+
+/// Whether C can feed sessions (it has feeds_sessions()).
+template <class C, class = void>
+struct has_session_feed : std::false_type {};
+template <class C>
+struct has_session_feed<C, std::void_t<decltype(std::declval<const C&>().feeds_sessions()),
+                                       decltype(std::declval<C&>().not_delivered(std::declval<const message_ptr&>()))>>
     : std::true_type {};
 
 /// Whether C owns client identifiers (it has claim()).
@@ -8207,7 +8232,7 @@ struct client_snapshot {
 
 namespace engine {
 
-enum class subscriber_kind : std::uint8_t { client, local, shared };
+enum class subscriber_kind : std::uint8_t { client, local, shared, feed };
 
 /// What the router stores per subscription: a client's session, an in-process handler, or the
 /// group of a shared subscription.
@@ -8243,9 +8268,17 @@ struct shared_subscriber : subscriber {
   router::shared_group<Session*, ThreadSafe> group;
 };
 
+/// A session's subscriptions that a cluster feeds (cluster/contract.hpp feeds_sessions()), held
+/// in the router apart from its others: routing gives them QoS 0 messages only.
+struct feed_subscriber : subscriber {
+  feed_subscriber() noexcept { kind = subscriber_kind::feed; }
+  void* owner = nullptr;  // the session
+};
+
 /// What few sessions need, made on first use: an idle session does without it.
 template <class Link>
 struct session_extras {
+  feed_subscriber feed;  // with a cluster that feeds sessions
   detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
   // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
   message_ptr pending_will;
@@ -8410,6 +8443,8 @@ struct delivery {
 ///   void routed(std::string_view client_id, std::uint16_t packet_id);  // a received QoS 2 message
 ///       // went to its subscribers: only its identifier is kept from now on (recorded after the
 ///       // routing's own changes, so a commit that holds it holds them)
+///   void session_moved(std::string_view client_id);   // instead of erase_session when another
+///       // node of a cluster took the session over (cluster/contract.hpp claim()): it goes on there
 ///   void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since);
 ///       // a kept session lost its connection: its expiry runs from `since` (save_session, at
 ///       // CONNECT, means it is online again)
@@ -8483,6 +8518,7 @@ MQTTBROKER_STORAGE_CALL(has_close, close())
 MQTTBROKER_STORAGE_CALL(has_atomic, end_atomic(lvalue<T>().begin_atomic()))
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
+MQTTBROKER_STORAGE_CALL(has_session_moved, session_moved(id()))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
                         on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>()))
 
@@ -8628,6 +8664,9 @@ class core {
   /// Whether the cluster owns client identifiers: a CONNECT then waits for its claim (the link
   /// keeps the CONNECT meanwhile, as for an asynchronous authenticate).
   static constexpr bool claims = clustered && ::mqttbroker::cluster::detail::has_claim<cluster_type>::value;
+  /// Whether the cluster may feed kept sessions' QoS 1/2 subscriptions (cluster/contract.hpp).
+  static constexpr bool session_feeds =
+      clustered && ::mqttbroker::cluster::detail::has_session_feed<cluster_type>::value;
   using session_type =
       session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type> || claims, enhanced_auth>;
   /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
@@ -8697,6 +8736,38 @@ class core {
     hot_.received[qos_index(m->qos_level())].fetch_add(1);
     deliver_shared(*it->second, m, nullptr, nullptr, now);
     return true;
+  }
+  /// A message the cluster fed to the session of `client_id` (cluster/contract.hpp
+  /// feeds_sessions()): to it alone, through its fed subscriptions that match. False when it has
+  /// none (the session ended, or the subscription went).
+  bool deliver_to_session(std::string_view client_id, message_ptr m, steady_time now) {
+    if constexpr (session_feeds) {
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      const auto it = sessions_.find(client_id);
+      if (it == sessions_.end()) return false;
+      session_type& rec = *it->second;
+      router::delivery d;
+      bool matched = false;
+      for (const auto& sub : rec.state.subscriptions()) {
+        if (topic::is_shared_filter(sub.first) || !fed(rec, sub.second.options) ||
+            !topic::matches(sub.first, m->topic()))
+          continue;
+        // As the router merges overlapping subscriptions [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+        matched = true;
+        if (sub.second.options.max_qos > d.qos_level) d.qos_level = sub.second.options.max_qos;
+        d.retain_as_published = d.retain_as_published || sub.second.options.retain_as_published;
+        if (sub.second.identifier != 0) d.identifiers.push_back(sub.second.identifier);
+      }
+      if (!matched) return false;
+      if (d.identifiers.size() > 1) d.identifiers.sort();
+      // Not taken (refused by authorize_read, dropped by the session's limits): done with.
+      return deliver(&rec, arrived(std::move(m), now), d, nullptr, now);
+    } else {
+      (void)client_id;
+      (void)m;
+      (void)now;
+      return false;
+    }
   }
   /// The cluster's retained message for its topic, as the cluster keeps it for every node (set,
   /// or with an empty payload cleared): into this node's retained store, for the subscriptions
@@ -9530,6 +9601,10 @@ class core {
           return;
         }
         deliver_shared(*static_cast<const group_type*>(s), m, from, reader, now);
+      } else if (session_feeds && s->kind == subscriber_kind::feed) {
+        // QoS 1/2 come through the cluster's feed (deliver_to_session()), this one too.
+        if (m->qos_level() != codec::qos::at_most_once) return;
+        deliver(static_cast<session_type*>(static_cast<const feed_subscriber*>(s)->owner), m, d, reader, now);
       } else {
         deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
       }
@@ -9616,8 +9691,9 @@ class core {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  /// `share_group`: the group it comes through, if any.
-  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now,
+  /// `share_group`: the group it comes through, if any. False when the session did not take it
+  /// (not authorised to read it, or dropped by its limits).
+  bool deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now,
                std::uint32_t share_group = 0) {
     std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
@@ -9628,13 +9704,13 @@ class core {
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     link_type* c = rec->conn.get();
     if constexpr (hooks::has_authorize_read_v<hooks_type>) {
-      if (!may_read(*rec, *m)) return;
+      if (!may_read(*rec, *m)) return false;
     }
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
       hot_.dropped.fetch_add(1);
-      return;
+      return false;
     }
     admission adm;
     if constexpr (durable) {
@@ -9655,7 +9731,7 @@ class core {
     }
     if (adm == admission::dropped) {
       hot_.dropped.fetch_add(1);
-      return;
+      return false;
     }
     if (adm == admission::send) {
       hot_.sent[qos_index(o.qos_level)].fetch_add(1);
@@ -9666,6 +9742,7 @@ class core {
       // The reader stops after this packet (see on_packet's result) and waits for this client.
       reader->pace_target_ = detail::ref_ptr<session_type>(rec);
     }
+    return true;
   }
 
   /// Offers `m` to the one member of a shared subscription's group that the strategy picks, with
@@ -9711,10 +9788,38 @@ class core {
   /// group, made on first use; the session remembers it either way. True when it is new.
   /// state_mutex_ held exclusively.
   bool add_subscription(session_type& rec, std::string_view filter, const router::subscription& sub) {
-    const bool is_new = topic::is_shared_filter(filter) ? join_group(rec, filter, sub)
-                                                        : route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
+    bool is_new = false;
+    if (topic::is_shared_filter(filter)) {
+      is_new = join_group(rec, filter, sub);
+    } else if constexpr (session_feeds) {
+      // The session's fed subscriptions are the router's under its feed: a replacement that
+      // changes which it is moves it.
+      const bool feed = fed(rec, sub.options);
+      const subscriber* to = feed ? static_cast<const subscriber*>(&feed_of(rec)) : static_cast<const subscriber*>(&rec);
+      const subscriber* other = feed ? static_cast<const subscriber*>(&rec)
+                                     : (rec.extras ? static_cast<const subscriber*>(&rec.extras->feed) : nullptr);
+      const bool moved = other != nullptr && route_unsubscribe(filter, other);
+      is_new = route_subscribe(filter, to, sub) && !moved;
+    } else {
+      is_new = route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
+    }
     rec.state.remember_subscription(filter, {sub.options, sub.identifier});
     return is_new;
+  }
+  /// Whether a subscription of `rec` with `options` (not shared) is fed by the cluster.
+  bool fed(const session_type& rec, const codec::subscribe_options& options) const noexcept {
+    if constexpr (session_feeds) {
+      return options.max_qos != codec::qos::at_most_once && !options.no_local && kept(rec) && cluster_.feeds_sessions();
+    } else {
+      (void)rec;
+      (void)options;
+      return false;
+    }
+  }
+  const feed_subscriber& feed_of(session_type& rec) {
+    feed_subscriber& f = rec.more().feed;
+    f.owner = &rec;
+    return f;
   }
 
   /// Takes `rec`'s subscription to `filter` out of the router, or out of its group, which goes
@@ -9730,7 +9835,10 @@ class core {
         return;
       }
     }
-    route_unsubscribe(filter, static_cast<subscriber*>(&rec));
+    if (route_unsubscribe(filter, static_cast<subscriber*>(&rec))) return;
+    if constexpr (session_feeds) {
+      if (rec.extras) route_unsubscribe(filter, static_cast<subscriber*>(&rec.extras->feed));
+    }
   }
 
   /// The router's subscribe and unsubscribe for a subscriber of this node (a session, an
@@ -9943,7 +10051,14 @@ class core {
   void remove_session(session_type& rec, steady_time now, bool shared_to_others = true) {
     drop_session_subscriptions(rec);
     if (shared_to_others) hand_over_shared(rec, now);
-    record([&](auto& st) { st.erase_session(rec.state.client_id()); });
+    record([&](auto& st) {
+      // Handed to another node (hand_over_to_cluster): it goes on there, and the store that can
+      // tell keeps what it holds for it there.
+      if constexpr (storage::detail::has_session_moved<storage_type>::value) {
+        if (!shared_to_others) return st.session_moved(rec.state.client_id());
+      }
+      st.erase_session(rec.state.client_id());
+    });
     sessions_.erase(rec.state.client_id());
   }
 
@@ -14339,10 +14454,10 @@ class broker {
   /// per message; one drain at a time keeps the order they came in [MQTT-4.6.0-6] on several
   /// threads too.
   struct cluster_inbox {
-    enum class kind : unsigned char { route, group, retained };
+    enum class kind : unsigned char { route, group, retained, session };
     struct input {
       kind what;
-      std::string group;  // kind::group
+      std::string group;  // kind::group; kind::session: the client identifier
       message_ptr m;
     };
     std::mutex mutex;
@@ -14381,6 +14496,12 @@ class broker {
         case cluster_inbox::kind::route: ctx_.engine_.route_from_cluster(std::move(in.m), t); break;
         case cluster_inbox::kind::group: ctx_.engine_.deliver_to_group(in.group, std::move(in.m), t); break;
         case cluster_inbox::kind::retained: ctx_.engine_.retained_from_cluster(std::move(in.m), t); break;
+        case cluster_inbox::kind::session:
+          if constexpr (engine_type::session_feeds) {
+            const message_ptr m = in.m;
+            if (!ctx_.engine_.deliver_to_session(in.group, std::move(in.m), t)) ctx_.engine_.cluster().not_delivered(m);
+          }
+          break;
       }
     }
     box.draining.clear();
@@ -14452,6 +14573,8 @@ class broker {
       to_engine(kind::group, group_filter, std::move(m));
     };
     in.retained = [this](message_ptr m) { to_engine(kind::retained, {}, std::move(m)); };
+    if constexpr (engine_type::session_feeds)
+      in.to_session = [this](std::string client_id, message_ptr m) { to_engine(kind::session, client_id, std::move(m)); };
     if constexpr (engine_type::claims) {
       in.hand_over = [this](std::string client_id, bool discard, typename engine_type::handover_done done) {
         asio::post(ex_, [this, alive = std::weak_ptr<void>(alive_), client_id = std::move(client_id), discard,

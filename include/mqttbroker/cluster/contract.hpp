@@ -46,6 +46,19 @@
 //     refused, Server unavailable). The client's reader waits for it.
 //
 // and its inbound::hand_over is called when another node claims a client of this one.
+//
+// A cluster may also feed persistent sessions from queues of its own, so that what a session
+// is owed outlives its node (cluster::nats with cluster::nats_sessions). It then has
+//
+//   bool feeds_sessions() const noexcept;
+//     Whether it does, from start() on. Then a kept session's (nonzero expiry) subscriptions
+//     with Maximum QoS 1 or 2, neither shared nor No Local, get only QoS 0 messages from the
+//     routing: their QoS 1 and 2 messages, this node's own publications included, come through
+//     inbound::to_session. The cluster learns of those subscriptions, and of what becomes of each
+//     message it brought (sent, acknowledged, dropped), through the storage policy's calls.
+//   void not_delivered(const message_ptr& m);
+//     A message to_session brought that the session did not take (it ended, or has no such
+//     subscription any more).
 
 #include <mqttbroker/codec/types.hpp>
 #include <mqttbroker/config.hpp>
@@ -86,6 +99,7 @@ struct session_handover {
     std::vector<std::uint32_t> subscription_ids;
     std::uint16_t packet_id = 0;  // in flight: its identifier
     state at = state::queued;
+    std::uint64_t stream_sequence = 0;  // the cluster's own reference to it (0: none)
   };
   std::vector<delivery> messages;
   std::vector<std::uint16_t> received;  // QoS 2 identifiers received, their PUBREL not yet
@@ -112,6 +126,9 @@ struct inbound {
   /// `discard`, the new connection's Clean Start, or when this node has none), once.
   std::function<void(std::string client_id, bool discard, std::function<void(std::optional<session_handover>)> done)>
       hand_over;
+  /// A message for the session of `client_id` (a cluster that feeds sessions), through its fed
+  /// subscriptions that match.
+  std::function<void(std::string client_id, message_ptr)> to_session;
 };
 
 namespace detail {
@@ -121,6 +138,14 @@ struct is_enabled : std::false_type {};
 template <class C>
 struct is_enabled<C, std::void_t<decltype(std::declval<C&>().publish(std::declval<const message_ptr&>())),
                                  decltype(std::declval<C&>().interest(std::string_view(), true))>>
+    : std::true_type {};
+
+/// Whether C can feed sessions (it has feeds_sessions()).
+template <class C, class = void>
+struct has_session_feed : std::false_type {};
+template <class C>
+struct has_session_feed<C, std::void_t<decltype(std::declval<const C&>().feeds_sessions()),
+                                       decltype(std::declval<C&>().not_delivered(std::declval<const message_ptr&>()))>>
     : std::true_type {};
 
 /// Whether C owns client identifiers (it has claim()).

@@ -50,8 +50,9 @@ inline bool get_varint(std::string_view b, std::size_t& at, std::uint64_t& v) {
 }  // namespace detail
 
 /// A session on the wire: format 1; its expiry; its subscriptions (filter, options byte,
-/// identifier); the messages owed (flags, packet identifier, expiry left, Subscription
-/// Identifiers, then the message unless only its PUBREL is owed); the QoS 2 identifiers held.
+/// identifier); the messages owed (flags, packet identifier, the stream sequence when flag 64
+/// says so, expiry left, Subscription Identifiers, then the message unless only its PUBREL is
+/// owed); the QoS 2 identifiers held.
 inline void encode_handover(std::string& out, const session_handover& h) {
   out.push_back('\x01');
   detail::put_varint(out, h.expiry_seconds);
@@ -67,8 +68,10 @@ inline void encode_handover(std::string& out, const session_handover& h) {
   detail::put_varint(out, h.messages.size());
   for (const auto& d : h.messages) {
     out.push_back(static_cast<char>((d.msg ? 1u : 0u) | (static_cast<unsigned>(d.at) << 1) |
-                                    (static_cast<unsigned>(d.qos_level) << 3) | (d.retain ? 32u : 0u)));
+                                    (static_cast<unsigned>(d.qos_level) << 3) | (d.retain ? 32u : 0u) |
+                                    (d.stream_sequence != 0 ? 64u : 0u)));
     detail::put_varint(out, d.packet_id);
+    if (d.stream_sequence != 0) detail::put_varint(out, d.stream_sequence);
     detail::put_varint(out, d.expires_in);
     detail::put_varint(out, d.subscription_ids.size());
     for (std::uint32_t id : d.subscription_ids) detail::put_varint(out, id);
@@ -127,12 +130,14 @@ inline std::optional<session_handover> decode_handover(std::string_view b) {
   for (std::uint64_t i = 0; i < n; ++i) {
     session_handover::delivery d;
     std::uint64_t ids = 0;
-    if (!byte(flags) || ((flags >> 1) & 3u) > 2u || ((flags >> 3) & 3u) == 3u || (flags >> 6) != 0) return std::nullopt;
+    if (!byte(flags) || ((flags >> 1) & 3u) > 2u || ((flags >> 3) & 3u) == 3u || (flags >> 7) != 0) return std::nullopt;
     d.at = static_cast<session_handover::state>((flags >> 1) & 3u);
     d.qos_level = static_cast<codec::qos>((flags >> 3) & 3u);
     d.retain = (flags & 32u) != 0;
     if (!varint(v, 0xFFFF)) return std::nullopt;
     d.packet_id = static_cast<std::uint16_t>(v);
+    if ((flags & 64u) != 0 && (!detail::get_varint(b, at, d.stream_sequence) || d.stream_sequence == 0))
+      return std::nullopt;
     if (!varint(v, 0xFFFFFFFF)) return std::nullopt;
     d.expires_in = static_cast<std::uint32_t>(v);
     if (!count(ids)) return std::nullopt;

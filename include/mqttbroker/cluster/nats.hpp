@@ -131,6 +131,9 @@ struct nats_options {
   /// A shared group's consumer has none (JetStream has no heartbeats for queue groups): it is
   /// made again only when the group's filter comes again.
   std::chrono::milliseconds consumer_heartbeat{5000};
+  /// With nats_sessions: a kept session's QoS 1/2 messages each node holds for it at most
+  /// (JetStream keeps the rest until it has room).
+  int session_max_pending = 1024;
   /// Latency against CPU. false: nats.c's flusher thread gathers what is published for 1 ms
   /// before it writes, so at a low rate every message waits up to a millisecond, and many go in
   /// one write. true (nats.c's SendAsap): each write event of the executor writes what the
@@ -161,6 +164,9 @@ struct nats_statistics {
   std::uint64_t session_writes = 0;          // persistent sessions' states written to their owners' entries
   std::uint64_t session_writes_failed = 0;   // not written (JetStream away; another node owned it by then)
   std::size_t sessions_known = 0;  // clients this node owns whose entry it writes (nats_sessions)
+  std::uint64_t session_messages_done = 0;     // fed to sessions here and acknowledged to JetStream
+  std::uint64_t session_messages_repeated = 0;  // sent again by JetStream, not delivered again
+  std::size_t session_messages_held = 0;       // fed to sessions here, not done with yet
   std::size_t subscriptions = 0;  // NATS subscriptions held, JetStream consumers' included
   std::size_t consumers_missing = 0;  // JetStream consumers wanted but not made yet (tried again)
   std::uint64_t consumers_remade = 0;  // consumers JetStream had lost, made again
@@ -197,6 +203,11 @@ class nats {
     st_->claim(client_id, clean_start, std::move(reply));
   }
 
+  /// Whether kept sessions' QoS 1/2 subscriptions are fed through their own JetStream consumers:
+  /// with a nats_sessions store attached, JetStream delivery and client ownership on.
+  bool feeds_sessions() const noexcept { return st_->feeds_sessions(); }
+  void not_delivered(const message_ptr& m) { st_->fed_finished(m.get(), true); }
+
   nats_statistics statistics() const { return st_->statistics(); }
 
  private:
@@ -228,6 +239,10 @@ class nats {
       std::string filter;
       bool present;
       natsSubscription* lost = nullptr;  // instead: this consumer's heartbeats stopped
+      // A session's consumers instead (feeds): made or bound (present), deleted, or let go of
+      // for another node to bind (`unbind`); all of the client's when `filter` is empty.
+      std::string client{};
+      bool unbind = false;
     };
     std::mutex consumers_mutex;  // what follows
     std::condition_variable consumers_ready, consumers_idle;
@@ -240,6 +255,26 @@ class nats {
     std::uint64_t next_consumer = 0;
     std::atomic<std::uint64_t> consumers_remade{0};
     std::atomic<std::size_t> consumer_count{0};  // subscriptions in `consumers`
+    // Kept sessions' own consumers (nats_sessions feeds them): consumer_thread's, per client and
+    // filter; those that could not be made or bound yet (another node still bound) are retried.
+    std::map<std::pair<std::string, std::string>, std::vector<natsSubscription*>> session_consumers;
+    std::vector<std::pair<std::string, std::string>> session_missing;
+    std::map<natsSubscription*, std::string> session_of;  // mutex: a session consumer's client
+    // The messages those brought that a session of this node holds, acknowledged to JetStream
+    // once the session is done with them (acknowledged by its client, dropped, ended). A
+    // redelivery of one is not delivered again. feed_mutex.
+    struct fed_message {
+      natsMsg* msg;  // its latest delivery: what acknowledges it
+      std::string client;
+      std::uint64_t sequence;  // in the stream
+    };
+    std::mutex feed_mutex;
+    std::map<const message*, fed_message> fed;
+    std::map<std::pair<std::string, std::uint64_t>, const message*> fed_by_sequence;  // nullptr: handed over with its session
+    std::map<std::pair<std::string, std::uint16_t>, const message*> fed_in_flight;    // by packet identifier
+    // A session handed to another node: its messages' sequences, for the hand-over (answer_handover).
+    std::map<std::string, std::map<const message*, std::uint64_t>, std::less<>> fed_moving;
+    std::atomic<std::uint64_t> fed_acknowledged{0}, fed_repeats{0};
     // The retained messages' bucket, on a connection of its own: written by `writer` (nats.c's
     // key-value calls block), mirrored by `watcher`, both threads of ours. That connection's I/O is
     // nats.c's own (two threads), not the io_context's: its calls wait for replies, start()'s
@@ -439,6 +474,15 @@ class nats {
         // Bounded: a nats.c that never called back would otherwise hang the host's exit.
         std::unique_lock<std::mutex> lk(mutex);
         idle.wait_for(lk, std::chrono::seconds(10), [&] { return live_subscriptions == 0 && live_connections == 0; });
+      }
+      {
+        // What sessions here held: not acknowledged, so JetStream sends it to their next node.
+        std::lock_guard<std::mutex> fk(feed_mutex);
+        for (auto& f : fed) natsMsg_Destroy(f.second.msg);
+        fed.clear();
+        fed_by_sequence.clear();
+        fed_in_flight.clear();
+        fed_moving.clear();
       }
       for (natsConnection** c : {&routes, &groups, &bucket}) {
         if (*c != nullptr) natsConnection_Destroy(*c);
@@ -642,6 +686,10 @@ class nats {
             remake_if_gone(c.lost);
             continue;
           }
+          if (!c.client.empty()) {
+            change_session_consumers(c);
+            continue;
+          }
           missing.erase(std::remove(missing.begin(), missing.end(), c.filter), missing.end());
           if (c.present) {
             make_consumers(c.filter);
@@ -653,21 +701,40 @@ class nats {
             consumers.erase(it);
           }
         }
-        if (!missing.empty() && std::chrono::steady_clock::now() - retried >= std::chrono::seconds(1)) {
+        if ((!missing.empty() || !session_missing.empty()) &&
+            std::chrono::steady_clock::now() - retried >= std::chrono::seconds(1)) {
           retried = std::chrono::steady_clock::now();
           std::vector<std::string> again;
           again.swap(missing);
           for (auto& f : again) make_consumers(f);
+          std::vector<std::pair<std::string, std::string>> sessions_again;
+          sessions_again.swap(session_missing);
+          for (auto& f : sessions_again) make_session_consumers(f.first, f.second);
         }
         lk.lock();
         consumers_busy = false;
-        consumers_missing = missing.size();
+        consumers_missing = missing.size() + session_missing.size();
         if (consumer_changes.empty()) consumers_idle.notify_all();
       }
       lk.unlock();
       for (auto& f : consumers) drop_consumers(f.first, f.second, false);
       consumers.clear();
+      // A session's consumers stay in JetStream: the next node (or run) that has it binds them.
+      for (auto& f : session_consumers) drop_session_consumers(f.second);
+      session_consumers.clear();
       consumer_count.store(0, std::memory_order_relaxed);
+    }
+    /// A durable push consumer `name` of the stream, from the messages that come next on: each
+    /// message acknowledged on its own (with AckAll, one acknowledgement also covered messages
+    /// before it that a reconnect had left undelivered, and they were never sent again: the
+    /// cut-off integration test lost 4 of 20 that way).
+    void durable_options(jsSubOptions& so, const std::string& name) const {
+      jsSubOptions_Init(&so);
+      so.Stream = stream_name.c_str();
+      so.ManualAck = true;
+      so.Config.Durable = name.c_str();
+      so.Config.DeliverPolicy = js_DeliverNew;
+      so.Config.AckPolicy = js_AckExplicit;
     }
     /// A consumer per subject of `filter`, pushing to this node: the group's, bound by every
     /// member node, for a shared filter; this node's own otherwise. On consumer_thread.
@@ -684,15 +751,7 @@ class nats {
                                               hex(std::hash<std::string>()(subject + ' ' + queue))
                                         : "n" + hex(incarnation) + "_" + std::to_string(++next_consumer);
         jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = stream_name.c_str();
-        so.ManualAck = true;
-        so.Config.Durable = name.c_str();
-        so.Config.DeliverPolicy = js_DeliverNew;
-        // Each message its own acknowledgement: with AckAll, one acknowledgement also covered
-        // messages before it that a reconnect had left undelivered, and they were never sent
-        // again (the cut-off integration test lost 4 of 20 that way).
-        so.Config.AckPolicy = js_AckExplicit;
+        durable_options(so, name);
         so.Config.AckWait = std::chrono::duration_cast<std::chrono::nanoseconds>(opts.ack_wait).count();
         so.Config.MaxAckPending = opts.max_pending_messages;
         so.Config.InactiveThreshold =
@@ -776,6 +835,241 @@ class nats {
       auto* st = static_cast<state*>(closure);
       if (st->take(sub, msg, path::stream)) natsMsg_Ack(msg, nullptr);
       natsMsg_Destroy(msg);
+    }
+
+
+    // ---- kept sessions fed through consumers of their own (nats_sessions)
+
+    bool feeds_sessions() const noexcept {
+      return keeps_sessions.load(std::memory_order_relaxed) && opts.jetstream_delivery && opts.own_clients;
+    }
+    /// Whether a kept session's subscription is fed (the engine's rule, engine::core::fed()).
+    static bool fed_filter(std::string_view filter, const codec::subscribe_options& o) noexcept {
+      return o.max_qos != codec::qos::at_most_once && !o.no_local && !topic::is_shared_filter(filter);
+    }
+    /// From the store, under the engine's lock: a session's consumers to make, delete or let go.
+    void session_consumers_change(std::string_view client, std::string_view filter, bool present, bool unbind = false) {
+      if (!feeds_sessions()) return;
+      std::lock_guard<std::mutex> lk(consumers_mutex);
+      if (consumers_stopping) return;
+      consumer_change c{std::string(filter), present};
+      c.client.assign(client);
+      c.unbind = unbind;
+      consumer_changes.push_back(std::move(c));
+      consumers_ready.notify_one();
+    }
+    /// A stable name (FNV-1a, both ways round) for the consumer of `client` on `subject`: the
+    /// same on every node, which binds it when the session is there.
+    static std::string session_consumer_name(std::string_view client, std::string_view subject) {
+      auto fnv = [](std::string_view a, std::string_view b) {
+        std::uint64_t h = 0xcbf29ce484222325ull;
+        for (std::string_view part : {a, std::string_view("\n", 1), b})
+          for (const char c : part) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+        return h;
+      };
+      return "s" + hex(fnv(client, subject)) + hex(fnv(subject, client));
+    }
+    /// On consumer_thread.
+    void change_session_consumers(const consumer_change& c) {
+      std::vector<std::string> wanted;
+      if (!c.filter.empty()) {
+        wanted.push_back(c.filter);
+      } else {
+        for (const auto& f : session_consumers)
+          if (f.first.first == c.client) wanted.push_back(f.first.second);
+        for (const auto& f : session_missing)
+          if (f.first == c.client) wanted.push_back(f.second);
+      }
+      for (const std::string& filter : wanted) {
+        const auto key = std::make_pair(c.client, filter);
+        session_missing.erase(std::remove(session_missing.begin(), session_missing.end(), key), session_missing.end());
+        if (c.present) {
+          make_session_consumers(c.client, filter);
+          continue;
+        }
+        const auto it = session_consumers.find(key);
+        if (it != session_consumers.end()) {
+          consumer_count.fetch_sub(it->second.size(), std::memory_order_relaxed);
+          drop_session_consumers(it->second);
+          session_consumers.erase(it);
+        }
+        if (c.unbind) continue;
+        for (const std::string& subject : stream_map.subjects(filter)) {
+          const std::string name = session_consumer_name(c.client, subject);
+          js_DeleteConsumer(js, stream_name.c_str(), name.c_str(), nullptr, nullptr);
+        }
+      }
+    }
+    /// Makes, or binds when it is there already (made by another node, or an earlier run), the
+    /// consumer of each subject of `filter` for `client`'s session. On consumer_thread.
+    void make_session_consumers(const std::string& client, const std::string& filter) {
+      auto key = std::make_pair(client, filter);
+      if (session_consumers.count(key) != 0) return;
+      // Kept as long as the session may come back, within reason (30 days).
+      std::chrono::seconds inactive = opts.consumer_inactive;
+      {
+        std::lock_guard<std::mutex> lk(kept_mutex);
+        if (const auto it = kept.find(client); it != kept.end())
+          inactive = std::max(inactive, std::min<std::chrono::seconds>(std::chrono::seconds(it->second.expiry),
+                                                                       std::chrono::hours(24 * 30)));
+      }
+      // JetStream sends a message again past ack_wait, then every 30 s: a message a session
+      // holds for an offline client comes back seldom, one its lost node held soon.
+      std::int64_t backoff[] = {std::chrono::duration_cast<std::chrono::nanoseconds>(opts.ack_wait).count(),
+                                std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::seconds(30)).count()};
+      std::vector<natsSubscription*> made;
+      for (const std::string& subject : stream_map.subjects(filter)) {
+        const std::string name = session_consumer_name(client, subject);
+        jsSubOptions so;
+        durable_options(so, name);
+        so.Config.BackOff = backoff;
+        so.Config.BackOffLen = 2;
+        // Past the back-off steps JetStream wants a bound (unlimited is refused): at 30 s apart,
+        // about 1,000 years.
+        so.Config.MaxDeliver = std::int64_t{1} << 30;
+        so.Config.MaxAckPending = opts.session_max_pending;
+        so.Config.InactiveThreshold = std::chrono::duration_cast<std::chrono::nanoseconds>(inactive).count();
+        natsSubscription* sub = nullptr;
+        if (js_Subscribe(&sub, js, subject.c_str(), &on_session_message, this, nullptr, &so, nullptr) != NATS_OK) {
+          drop_session_consumers(made);
+          session_missing.push_back(std::move(key));  // another node still bound to it, or JetStream away
+          return;
+        }
+        natsSubscription_SetPendingLimits(sub, opts.max_pending_messages, -1);
+        {
+          std::lock_guard<std::mutex> lk(mutex);
+          session_of.emplace(sub, client);
+          if (natsSubscription_SetOnCompleteCB(sub, &on_subscription_done, this) == NATS_OK) ++live_subscriptions;
+        }
+        made.push_back(sub);
+      }
+      consumer_count.fetch_add(made.size(), std::memory_order_relaxed);
+      session_consumers.emplace(std::move(key), std::move(made));
+    }
+    /// Lets go of `subs` (JetStream keeps their consumers). On consumer_thread.
+    void drop_session_consumers(std::vector<natsSubscription*>& subs) {
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        for (natsSubscription* sub : subs) session_of.erase(sub);
+      }
+      for (natsSubscription* sub : subs) natsSubscription_Destroy(sub);
+      subs.clear();
+    }
+
+    /// A message from a session's consumer (nats.c's delivery thread): to the session, held
+    /// until the session is done with it. A repeat of one it holds is not delivered again.
+    static void on_session_message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
+      static_cast<state*>(closure)->take_fed(sub, msg);
+    }
+    void take_fed(natsSubscription* sub, natsMsg* msg) {
+      std::uint64_t sequence = 0;
+      jsMsgMetaData* meta = nullptr;
+      if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+        sequence = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+      }
+      std::string client;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        const auto it = session_of.find(sub);
+        if (stopped || !started || it == session_of.end()) {
+          natsMsg_Destroy(msg);  // sent again to whoever has the session next
+          return;
+        }
+        client = it->second;
+      }
+      {
+        std::lock_guard<std::mutex> fk(feed_mutex);
+        const auto held = fed_by_sequence.find({client, sequence});
+        if (held != fed_by_sequence.end()) {
+          fed_repeats.fetch_add(1, std::memory_order_relaxed);
+          if (held->second == nullptr) {  // handed over with its session, which has it
+            natsMsg_Ack(msg, nullptr);
+            natsMsg_Destroy(msg);
+            fed_by_sequence.erase(held);
+            return;
+          }
+          fed_message& f = fed.at(held->second);
+          natsMsg_Destroy(f.msg);
+          f.msg = msg;  // acknowledged through its latest delivery
+          return;
+        }
+      }
+      message_ptr m;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (stopped || !started) {
+          natsMsg_Destroy(msg);
+          return;
+        }
+        m = decode(std::string_view(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg))), false);
+        if (m) ++running;
+      }
+      if (!m) {  // never deliverable: not kept for ever
+        natsMsg_Ack(msg, nullptr);
+        natsMsg_Destroy(msg);
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> fk(feed_mutex);
+        // An entry left at this address belonged to a message that is gone: done with.
+        if (const auto old = fed.find(m.get()); old != fed.end()) finish_locked(old, true);
+        fed.emplace(m.get(), fed_message{msg, client, sequence});
+        fed_by_sequence[{client, sequence}] = m.get();
+      }
+      received.fetch_add(1, std::memory_order_relaxed);
+      in.to_session(std::move(client), std::move(m));
+      leave();
+    }
+    /// Done with a fed message: acknowledged to JetStream (`ack`), or let go (sent again to the
+    /// session's next node). feed_mutex held.
+    void finish_locked(std::map<const message*, fed_message>::iterator it, bool ack) {
+      if (ack) {
+        natsMsg_Ack(it->second.msg, nullptr);
+        fed_acknowledged.fetch_add(1, std::memory_order_relaxed);
+      }
+      natsMsg_Destroy(it->second.msg);
+      fed_by_sequence.erase({it->second.client, it->second.sequence});
+      fed.erase(it);
+    }
+    void fed_finished(const message* m, bool ack) {
+      std::lock_guard<std::mutex> fk(feed_mutex);
+      if (const auto it = fed.find(m); it != fed.end()) finish_locked(it, ack);
+    }
+    // The store's calls (nats_sessions), under the engine's lock.
+    void fed_sent(std::string_view client, std::uint16_t packet_id, const message* m) {
+      std::lock_guard<std::mutex> fk(feed_mutex);
+      if (fed.count(m) != 0) fed_in_flight[{std::string(client), packet_id}] = m;
+    }
+    void fed_acknowledged_by_client(std::string_view client, std::uint16_t packet_id) {
+      std::lock_guard<std::mutex> fk(feed_mutex);
+      const auto it = fed_in_flight.find({std::string(client), packet_id});
+      if (it == fed_in_flight.end()) return;
+      if (const auto f = fed.find(it->second); f != fed.end()) finish_locked(f, true);
+      fed_in_flight.erase(it);
+    }
+    /// All that `client`'s session holds: acknowledged (the session ended, or dropped what it
+    /// had), or moving with the session to another node (`moving`).
+    void fed_session_done(std::string_view client, bool moving) {
+      std::lock_guard<std::mutex> fk(feed_mutex);
+      std::map<const message*, std::uint64_t> seqs;
+      for (auto it = fed.begin(); it != fed.end();) {
+        const auto next = std::next(it);
+        if (it->second.client == client) {
+          if (moving) seqs.emplace(it->first, it->second.sequence);
+          finish_locked(it, !moving);
+        }
+        it = next;
+      }
+      for (auto it = fed_in_flight.begin(); it != fed_in_flight.end();)
+        it = it->first.first == client ? fed_in_flight.erase(it) : std::next(it);
+      for (auto it = fed_by_sequence.begin(); it != fed_by_sequence.end();)
+        it = it->first.first == client ? fed_by_sequence.erase(it) : std::next(it);
+      if (moving) {
+        fed_moving[std::string(client)] = std::move(seqs);
+      } else if (const auto m = fed_moving.find(client); m != fed_moving.end()) {
+        fed_moving.erase(m);
+      }
     }
 
     void close_bucket() {
@@ -1041,6 +1335,12 @@ class nats {
             if (was.node == opts.node) return {{}, clean_start ? std::nullopt : restore(was.state)};
             bool answered = false;
             auto session = ask_for_session(std::string(was.node), client_id, clean_start, answered);
+            if (session) {
+              // What the session brings along, JetStream sends here again: not delivered twice.
+              std::lock_guard<std::mutex> fk(feed_mutex);
+              for (const auto& d : session->messages)
+                if (d.stream_sequence != 0) fed_by_sequence[{client_id, d.stream_sequence}] = nullptr;
+            }
             // A node that is gone: what its entry kept of the session, if anything.
             if (!session && !answered && !clean_start) session = restore(was.state);
             return {{}, std::move(session)};
@@ -1283,7 +1583,8 @@ class nats {
       }
       // `done` may run after stop(): it answers only while the connection is there.
       std::weak_ptr<bool> alive = alive_token;
-      in.hand_over(std::move(client_id), discard, [this, alive, reply = std::move(reply)](std::optional<session_handover> h) {
+      const std::string client = client_id;
+      in.hand_over(std::move(client_id), discard, [this, alive, client, reply = std::move(reply)](std::optional<session_handover> h) {
         const auto held = alive.lock();
         if (!held) return;
         {
@@ -1291,12 +1592,24 @@ class nats {
           if (stopped || !started) return;
           ++running;
         }
-        answer_handover(reply, h);
+        answer_handover(reply, client, h);
         leave();
       });
       leave();
     }
-    void answer_handover(const std::string& reply, const std::optional<session_handover>& h) {
+    void answer_handover(const std::string& reply, const std::string& client, std::optional<session_handover>& h) {
+      {
+        // The stream's sequence of each message a consumer of the session brought: the next
+        // node does not deliver it again when JetStream sends it there.
+        std::lock_guard<std::mutex> fk(feed_mutex);
+        if (const auto moving = fed_moving.find(client); moving != fed_moving.end()) {
+          if (h)
+            for (auto& d : h->messages)
+              if (const auto it = moving->second.find(d.msg.get()); d.msg && it != moving->second.end())
+                d.stream_sequence = it->second;
+          fed_moving.erase(moving);
+        }
+      }
       std::string body;
       if (h) cluster::encode_handover(body, *h);
       if (h) sessions_given.fetch_add(1, std::memory_order_relaxed);  // counted before the taker can look
@@ -1524,6 +1837,12 @@ class nats {
       s.sessions_given = sessions_given.load();
       s.handovers_lost = handovers_lost.load();
       s.sessions_restored = sessions_restored.load();
+      s.session_messages_done = fed_acknowledged.load();
+      s.session_messages_repeated = fed_repeats.load();
+      {
+        std::lock_guard<std::mutex> fk(feed_mutex);
+        s.session_messages_held = fed.size();
+      }
       s.session_writes = session_writes.load();
       s.session_writes_failed = session_writes_failed.load();
       {
@@ -1550,14 +1869,21 @@ class nats {
 };
 
 /// The storage policy that goes with cluster::nats (`using storage = cluster::nats_sessions;`):
-/// a persistent session's expiry and subscriptions are written to its client's owners' entry
-/// (nats_options::own_clients), so that a node that takes the client over from a node that is
-/// gone (killed, cut off) resumes the session: Session Present, its subscriptions in place. The
-/// messages the session was owed on that node are not kept: they went with it. attach() it to
-/// the cluster before broker::connect_cluster().
+/// persistent sessions outlive their node. attach() it to the cluster before
+/// broker::connect_cluster().
 ///
-/// Written behind: no acknowledgement waits for the bucket (commit() has nothing to wait for),
-/// so a subscription made a moment before its node is lost may be missing from the session.
+/// - A kept session's expiry and subscriptions are written to its client's owners' entry
+///   (nats_options::own_clients), so that a node that takes the client over from a node that is
+///   gone (killed, cut off) resumes the session: Session Present, its subscriptions in place.
+///   Written behind: no acknowledgement waits for the bucket, so a subscription made a moment
+///   before its node is lost may be missing from the session.
+/// - With JetStream delivery on, its subscriptions with Maximum QoS 1 or 2 (not shared, not No
+///   Local) are fed through JetStream consumers of the session's own, which outlive the node: a
+///   node acknowledges a message to JetStream only once the session is done with it (PUBACK,
+///   PUBREC, dropped by the session's limits, the session ended). What a lost node held for the
+///   session, and what came while no node had it, JetStream sends to the node that resumes it:
+///   at least once at QoS 1 and 2 (a QoS 2 message the lost node had sent but not seen PUBREC
+///   for may come twice).
 class nats_sessions {
  public:
   static constexpr bool durable = true;
@@ -1574,38 +1900,75 @@ class nats_sessions {
     });
   }
   void erase_session(std::string_view client_id) {
+    if (!st_) return;
     change(client_id, true, [](auto& e) {
       e.ended = true;
       e.expiry = 0;
       e.subscriptions.clear();
     });
+    st_->session_consumers_change(client_id, {}, false);
+    st_->fed_session_done(client_id, false);
+  }
+  /// Another node took the session over: it goes on there, with what JetStream still holds for
+  /// it; this node lets go of its consumers and forgets its entry.
+  void session_moved(std::string_view client_id) {
+    if (!st_) return;
+    {
+      std::lock_guard<std::mutex> lk(st_->kept_mutex);
+      if (const auto it = st_->kept.find(client_id); it != st_->kept.end()) st_->kept.erase(it);
+    }
+    st_->session_consumers_change(client_id, {}, false, true);
+    st_->fed_session_done(client_id, true);
   }
   void save_subscription(std::string_view client_id, std::string_view filter, codec::subscribe_options options,
                          std::uint32_t identifier) {
+    if (!st_) return;
+    bool was_fed = false;
     change(client_id, false, [&](auto& e) {
       e.ended = false;
       auto& sub = e.subscriptions[std::string(filter)];
+      was_fed = !sub.filter.empty() && nats::state::fed_filter(filter, sub.options);
       sub.filter.assign(filter);
       sub.options = options;
       sub.identifier = identifier;
     });
+    const bool fed = nats::state::fed_filter(filter, options);
+    if (fed || was_fed) st_->session_consumers_change(client_id, filter, fed);
   }
   void erase_subscription(std::string_view client_id, std::string_view filter) {
+    if (!st_) return;
+    bool was_fed = false;
     change(client_id, false, [&](auto& e) {
-      if (const auto it = e.subscriptions.find(filter); it != e.subscriptions.end()) e.subscriptions.erase(it);
+      if (const auto it = e.subscriptions.find(filter); it != e.subscriptions.end()) {
+        was_fed = nats::state::fed_filter(filter, it->second.options);
+        e.subscriptions.erase(it);
+      }
     });
+    if (was_fed) st_->session_consumers_change(client_id, filter, false);
   }
 
-  // What the cluster keeps elsewhere (retained messages: their bucket) or not at all (the
-  // messages owed, wills).
+  // What becomes of the messages a session's consumers brought.
+  void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, codec::qos) {
+    if (st_) st_->fed_sent(client_id, packet_id, m.get());
+  }
+  void pubrec(std::string_view client_id, std::uint16_t packet_id) {
+    if (st_) st_->fed_acknowledged_by_client(client_id, packet_id);  // received: not sent again
+  }
+  void acknowledge(std::string_view client_id, std::uint16_t packet_id) {
+    if (st_) st_->fed_acknowledged_by_client(client_id, packet_id);
+  }
+  void drop(std::string_view, const message_ptr& m) {
+    if (st_) st_->fed_finished(m.get(), true);
+  }
+  void clear_messages(std::string_view client_id) {
+    if (st_) st_->fed_session_done(client_id, false);
+  }
+
+  // What the cluster keeps elsewhere (retained messages: their bucket) or not at all (wills,
+  // QoS 2 messages received and not yet released).
   void save_retained(const message_ptr&) {}
   void erase_retained(std::string_view) {}
   void enqueue(std::string_view, const message_ptr&, codec::qos) {}
-  void send(std::string_view, std::uint16_t, const message_ptr&, codec::qos) {}
-  void pubrec(std::string_view, std::uint16_t) {}
-  void acknowledge(std::string_view, std::uint16_t) {}
-  void drop(std::string_view, const message_ptr&) {}
-  void clear_messages(std::string_view) {}
   void receive(std::string_view, std::uint16_t, const message_ptr&) {}
   void release(std::string_view, std::uint16_t) {}
   void save_will(std::string_view, const message_ptr&, std::chrono::system_clock::time_point) {}

@@ -21,6 +21,7 @@
 #include <mqttbroker/session/state.hpp>
 #include <mqttbroker/storage/contract.hpp>
 #include <mqttbroker/storage/memory.hpp>
+#include <mqttbroker/topic/match.hpp>
 #include <mqttbroker/topic/shared.hpp>
 #include <mqttbroker/topic/validate.hpp>
 #include <mqttbroker/version.hpp>
@@ -112,6 +113,9 @@ class core {
   /// Whether the cluster owns client identifiers: a CONNECT then waits for its claim (the link
   /// keeps the CONNECT meanwhile, as for an asynchronous authenticate).
   static constexpr bool claims = clustered && ::mqttbroker::cluster::detail::has_claim<cluster_type>::value;
+  /// Whether the cluster may feed kept sessions' QoS 1/2 subscriptions (cluster/contract.hpp).
+  static constexpr bool session_feeds =
+      clustered && ::mqttbroker::cluster::detail::has_session_feed<cluster_type>::value;
   using session_type =
       session_record<locking_type, durable, hooks::needs_client_info_v<hooks_type> || claims, enhanced_auth>;
   /// How a shared subscription's group picks the member for a message (Policies::shared_strategy).
@@ -181,6 +185,38 @@ class core {
     hot_.received[qos_index(m->qos_level())].fetch_add(1);
     deliver_shared(*it->second, m, nullptr, nullptr, now);
     return true;
+  }
+  /// A message the cluster fed to the session of `client_id` (cluster/contract.hpp
+  /// feeds_sessions()): to it alone, through its fed subscriptions that match. False when it has
+  /// none (the session ended, or the subscription went).
+  bool deliver_to_session(std::string_view client_id, message_ptr m, steady_time now) {
+    if constexpr (session_feeds) {
+      std::shared_lock<mutex_type> lk(state_mutex_);
+      const auto it = sessions_.find(client_id);
+      if (it == sessions_.end()) return false;
+      session_type& rec = *it->second;
+      router::delivery d;
+      bool matched = false;
+      for (const auto& sub : rec.state.subscriptions()) {
+        if (topic::is_shared_filter(sub.first) || !fed(rec, sub.second.options) ||
+            !topic::matches(sub.first, m->topic()))
+          continue;
+        // As the router merges overlapping subscriptions [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+        matched = true;
+        if (sub.second.options.max_qos > d.qos_level) d.qos_level = sub.second.options.max_qos;
+        d.retain_as_published = d.retain_as_published || sub.second.options.retain_as_published;
+        if (sub.second.identifier != 0) d.identifiers.push_back(sub.second.identifier);
+      }
+      if (!matched) return false;
+      if (d.identifiers.size() > 1) d.identifiers.sort();
+      // Not taken (refused by authorize_read, dropped by the session's limits): done with.
+      return deliver(&rec, arrived(std::move(m), now), d, nullptr, now);
+    } else {
+      (void)client_id;
+      (void)m;
+      (void)now;
+      return false;
+    }
   }
   /// The cluster's retained message for its topic, as the cluster keeps it for every node (set,
   /// or with an empty payload cleared): into this node's retained store, for the subscriptions
@@ -1014,6 +1050,10 @@ class core {
           return;
         }
         deliver_shared(*static_cast<const group_type*>(s), m, from, reader, now);
+      } else if (session_feeds && s->kind == subscriber_kind::feed) {
+        // QoS 1/2 come through the cluster's feed (deliver_to_session()), this one too.
+        if (m->qos_level() != codec::qos::at_most_once) return;
+        deliver(static_cast<session_type*>(static_cast<const feed_subscriber*>(s)->owner), m, d, reader, now);
       } else {
         deliver(static_cast<session_type*>(const_cast<subscriber*>(s)), m, d, reader, now);
       }
@@ -1100,8 +1140,9 @@ class core {
 
   /// Offers `m` to a client session. state_mutex_ held, shared or exclusive; the session's own
   /// lock serialises publishers that reach the same session from several threads.
-  /// `share_group`: the group it comes through, if any.
-  void deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now,
+  /// `share_group`: the group it comes through, if any. False when the session did not take it
+  /// (not authorised to read it, or dropped by its limits).
+  bool deliver(session_type* rec, const message_ptr& m, const router::delivery& d, link_type* reader, steady_time now,
                std::uint32_t share_group = 0) {
     std::lock_guard<session_mutex_type> session_lock(rec->mutex);
     session::outgoing o;
@@ -1112,13 +1153,13 @@ class core {
     for (std::uint32_t id : d.identifiers) o.subscription_ids.push_back(id);
     link_type* c = rec->conn.get();
     if constexpr (hooks::has_authorize_read_v<hooks_type>) {
-      if (!may_read(*rec, *m)) return;
+      if (!may_read(*rec, *m)) return false;
     }
     // A client that stopped reading loses QoS 0 messages, not everyone's memory.
     if (o.qos_level == codec::qos::at_most_once && c != nullptr && opts_.max_queued_bytes != 0 &&
         c->backlog_bytes() + outbox_bytes(*rec) > opts_.max_queued_bytes) {
       hot_.dropped.fetch_add(1);
-      return;
+      return false;
     }
     admission adm;
     if constexpr (durable) {
@@ -1139,7 +1180,7 @@ class core {
     }
     if (adm == admission::dropped) {
       hot_.dropped.fetch_add(1);
-      return;
+      return false;
     }
     if (adm == admission::send) {
       hot_.sent[qos_index(o.qos_level)].fetch_add(1);
@@ -1150,6 +1191,7 @@ class core {
       // The reader stops after this packet (see on_packet's result) and waits for this client.
       reader->pace_target_ = detail::ref_ptr<session_type>(rec);
     }
+    return true;
   }
 
   /// Offers `m` to the one member of a shared subscription's group that the strategy picks, with
@@ -1195,10 +1237,38 @@ class core {
   /// group, made on first use; the session remembers it either way. True when it is new.
   /// state_mutex_ held exclusively.
   bool add_subscription(session_type& rec, std::string_view filter, const router::subscription& sub) {
-    const bool is_new = topic::is_shared_filter(filter) ? join_group(rec, filter, sub)
-                                                        : route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
+    bool is_new = false;
+    if (topic::is_shared_filter(filter)) {
+      is_new = join_group(rec, filter, sub);
+    } else if constexpr (session_feeds) {
+      // The session's fed subscriptions are the router's under its feed: a replacement that
+      // changes which it is moves it.
+      const bool feed = fed(rec, sub.options);
+      const subscriber* to = feed ? static_cast<const subscriber*>(&feed_of(rec)) : static_cast<const subscriber*>(&rec);
+      const subscriber* other = feed ? static_cast<const subscriber*>(&rec)
+                                     : (rec.extras ? static_cast<const subscriber*>(&rec.extras->feed) : nullptr);
+      const bool moved = other != nullptr && route_unsubscribe(filter, other);
+      is_new = route_subscribe(filter, to, sub) && !moved;
+    } else {
+      is_new = route_subscribe(filter, static_cast<subscriber*>(&rec), sub);
+    }
     rec.state.remember_subscription(filter, {sub.options, sub.identifier});
     return is_new;
+  }
+  /// Whether a subscription of `rec` with `options` (not shared) is fed by the cluster.
+  bool fed(const session_type& rec, const codec::subscribe_options& options) const noexcept {
+    if constexpr (session_feeds) {
+      return options.max_qos != codec::qos::at_most_once && !options.no_local && kept(rec) && cluster_.feeds_sessions();
+    } else {
+      (void)rec;
+      (void)options;
+      return false;
+    }
+  }
+  const feed_subscriber& feed_of(session_type& rec) {
+    feed_subscriber& f = rec.more().feed;
+    f.owner = &rec;
+    return f;
   }
 
   /// Takes `rec`'s subscription to `filter` out of the router, or out of its group, which goes
@@ -1214,7 +1284,10 @@ class core {
         return;
       }
     }
-    route_unsubscribe(filter, static_cast<subscriber*>(&rec));
+    if (route_unsubscribe(filter, static_cast<subscriber*>(&rec))) return;
+    if constexpr (session_feeds) {
+      if (rec.extras) route_unsubscribe(filter, static_cast<subscriber*>(&rec.extras->feed));
+    }
   }
 
   /// The router's subscribe and unsubscribe for a subscriber of this node (a session, an
@@ -1427,7 +1500,14 @@ class core {
   void remove_session(session_type& rec, steady_time now, bool shared_to_others = true) {
     drop_session_subscriptions(rec);
     if (shared_to_others) hand_over_shared(rec, now);
-    record([&](auto& st) { st.erase_session(rec.state.client_id()); });
+    record([&](auto& st) {
+      // Handed to another node (hand_over_to_cluster): it goes on there, and the store that can
+      // tell keeps what it holds for it there.
+      if constexpr (storage::detail::has_session_moved<storage_type>::value) {
+        if (!shared_to_others) return st.session_moved(rec.state.client_id());
+      }
+      st.erase_session(rec.state.client_id());
+    });
     sessions_.erase(rec.state.client_id());
   }
 

@@ -79,7 +79,7 @@ struct client_snapshot {
 
 namespace engine {
 
-enum class subscriber_kind : std::uint8_t { client, local, shared };
+enum class subscriber_kind : std::uint8_t { client, local, shared, feed };
 
 /// What the router stores per subscription: a client's session, an in-process handler, or the
 /// group of a shared subscription.
@@ -115,9 +115,17 @@ struct shared_subscriber : subscriber {
   router::shared_group<Session*, ThreadSafe> group;
 };
 
+/// A session's subscriptions that a cluster feeds (cluster/contract.hpp feeds_sessions()), held
+/// in the router apart from its others: routing gives them QoS 0 messages only.
+struct feed_subscriber : subscriber {
+  feed_subscriber() noexcept { kind = subscriber_kind::feed; }
+  void* owner = nullptr;  // the session
+};
+
 /// What few sessions need, made on first use: an idle session does without it.
 template <class Link>
 struct session_extras {
+  feed_subscriber feed;  // with a cluster that feeds sessions
   detail::fifo<session::outgoing> retained_backlog;  // retained messages paced by flow control
   // 5.0 Will Delay Interval: a will waiting for its delay, the session's end, or a reconnect.
   message_ptr pending_will;

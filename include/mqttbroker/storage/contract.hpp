@@ -81,6 +81,8 @@ struct delivery {
 ///   void routed(std::string_view client_id, std::uint16_t packet_id);  // a received QoS 2 message
 ///       // went to its subscribers: only its identifier is kept from now on (recorded after the
 ///       // routing's own changes, so a commit that holds it holds them)
+///   void session_moved(std::string_view client_id);   // instead of erase_session when another
+///       // node of a cluster took the session over (cluster/contract.hpp claim()): it goes on there
 ///   void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since);
 ///       // a kept session lost its connection: its expiry runs from `since` (save_session, at
 ///       // CONNECT, means it is online again)
@@ -154,6 +156,7 @@ MQTTBROKER_STORAGE_CALL(has_close, close())
 MQTTBROKER_STORAGE_CALL(has_atomic, end_atomic(lvalue<T>().begin_atomic()))
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
+MQTTBROKER_STORAGE_CALL(has_session_moved, session_moved(id()))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
                         on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>()))
 
