@@ -237,6 +237,12 @@ class session_client {
     });
     REQUIRE(next().type == mb::codec::packet_type::suback);
   }
+  void publish(const std::string& topic, const std::string& payload, qos q, std::uint16_t id) {
+    l_.run([&] {
+      c_->publish(topic, payload, q, id);
+      return 0;
+    });
+  }
   void unsubscribe(const std::string& filter) {
     l_.run([&] {
       c_->unsubscribe(2, filter);
@@ -717,4 +723,35 @@ TEST_CASE("cluster::nats_sessions: what a lost node held for a kept session, and
   CHECK(got == std::map<std::string, int>{{"h/1", 1}, {"h/2", 1}, {"h/3", 1}, {"h/4", 1}});
   const auto sc = l.run([&] { return c[2].cluster().statistics(); });
   CHECK(sc.sessions_restored == 1);
+}
+
+TEST_CASE("cluster::nats_sessions: a PUBACK waits for JetStream: a QoS 1 message it did not keep is not acknowledged",
+          "[cluster][nats][MQTT-4.3.2-2]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  auto quick = [](mb::cluster::nats_options& o) { o.ack_wait = std::chrono::milliseconds(1000); };
+  basic_cluster_of_nodes<keeping_node> c(l, server.url(), {"a"}, {}, quick);
+  session_client pub(l, c.listeners[0], "pub");
+  l.run([&] {
+    return c[0].publish("kept/1", "before", qos::at_least_once, false);  // the stream works
+  });
+  pub.publish("kept/2", "kept", qos::at_least_once, 1);
+  const test_rx::rx ack = pub.next();
+  CHECK(ack.type == mb::codec::packet_type::puback);
+  CHECK(ack.id == 1);
+  {
+    // JetStream loses the stream: a publish to it gets an error for an answer.
+    natsConnection* nc = nullptr;
+    jsCtx* js = nullptr;
+    REQUIRE(natsConnection_ConnectTo(&nc, server.url().c_str()) == NATS_OK);
+    REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
+    CHECK(js_DeleteStream(js, "test_messages", nullptr, nullptr) == NATS_OK);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+  }
+  pub.publish("kept/3", "not kept", qos::at_least_once, 2);
+  // 3.1.1 has no reason code for it: the connection closes, and the client sends it again.
+  CHECK(pub.closed_by_node());
+  CHECK(l.run([&] { return c[0].cluster().statistics(); }).stream_failed >= 1);
 }

@@ -197,7 +197,9 @@ class nats {
 
   // ---- the cluster contract
 
-  void publish(const message_ptr& m) { st_->publish(*m); }
+  /// True when the message went to JetStream (QoS 1/2): with a nats_sessions store, its
+  /// publisher's acknowledgement waits until JetStream has it (the store's commits).
+  bool publish(const message_ptr& m) { return st_->publish(*m); }
   void interest(std::string_view filter, bool present) { st_->interest(filter, present); }
   void claim(std::string_view client_id, bool clean_start, claim_reply reply) {
     st_->claim(client_id, clean_start, std::move(reply));
@@ -234,6 +236,12 @@ class nats {
     std::atomic<jsCtx*> streaming{nullptr};  // `js_routes` once started: publish() reads it
     jsPubOptions stream_publish{};           // with the wait for JetStream's answer
     std::atomic<std::int64_t> stream_pending{0};      // published, JetStream's answer not yet in
+    // Commits of a nats_sessions store: ticket N is done once JetStream answered the first N
+    // publishes (it answers in the order they went).
+    std::mutex stream_tickets_mutex;  // what follows
+    std::uint64_t stream_sent = 0, stream_answered_count = 0;
+    std::function<void(std::uint64_t)> committed_handler;
+    std::function<void(std::uint64_t, std::uint64_t, std::error_code)> commit_failed_handler;
     std::thread consumer_thread;
     struct consumer_change {
       std::string filter;
@@ -518,9 +526,9 @@ class nats {
 
     // ---- out
 
-    void publish(const message& m) {
+    bool publish(const message& m) {
       natsConnection* const c = publishing.load(std::memory_order_acquire);
-      if (c == nullptr) return;  // not started: a node alone
+      if (c == nullptr) return false;  // not started: a node alone
       thread_local std::string subject, body;
       subject.clear();
       map.append_subject(subject, m.topic());
@@ -536,7 +544,11 @@ class nats {
         if (stream_pending.fetch_add(1, std::memory_order_relaxed) >= opts.max_pending_messages) {
           s = NATS_INSUFFICIENT_BUFFER;
         } else {
+          // Counted before it goes, under the lock its answer's count takes: the tickets of the
+          // commits (nats_sessions) are these counts, and answers come in the order sent.
+          std::lock_guard<std::mutex> lk(stream_tickets_mutex);
           s = js_PublishAsync(stream, subject.c_str(), body.data(), static_cast<int>(body.size()), &stream_publish);
+          if (s == NATS_OK) ++stream_sent;
         }
         if (s != NATS_OK) stream_pending.fetch_sub(1, std::memory_order_relaxed);
       } else {
@@ -548,6 +560,7 @@ class nats {
         writes.emplace_back(bucket_key(m.topic()), m.payload().empty() ? std::string() : body);
         writes_ready.notify_one();
       }
+      return stream != nullptr && s == NATS_OK;
     }
 
     // ---- retained messages in the bucket
@@ -661,6 +674,35 @@ class nats {
       st->stream_pending.fetch_sub(1, std::memory_order_relaxed);
       if (error != nullptr) st->stream_failed.fetch_add(1, std::memory_order_relaxed);
       natsMsg_Destroy(msg);
+      st->stream_answered(error != nullptr);
+    }
+    /// JetStream answered one more publish: the commits up to it are done (nats_sessions), or
+    /// failed with it. On nats.c's delivery thread.
+    void stream_answered(bool failed) {
+      std::uint64_t ticket = 0;
+      std::function<void(std::uint64_t)> done;
+      std::function<void(std::uint64_t, std::uint64_t, std::error_code)> refused;
+      {
+        std::lock_guard<std::mutex> lk(stream_tickets_mutex);
+        ticket = ++stream_answered_count;
+        done = committed_handler;
+        if (failed) refused = commit_failed_handler;
+      }
+      if (!done && !refused) return;
+      {
+        std::lock_guard<std::mutex> lk(mutex);
+        if (stopped || !started) return;  // stop() waits for the reports under way
+        ++running;
+      }
+      if (refused) refused(ticket, ticket, make_nats_error(NATS_ERR));
+      if (done) done(ticket);
+      leave();
+    }
+    /// The ticket of a commit (nats_sessions::commit()): the publishes JetStream has not answered
+    /// yet, 0 when none is outstanding.
+    std::uint64_t stream_ticket() {
+      std::lock_guard<std::mutex> lk(stream_tickets_mutex);
+      return stream_sent == stream_answered_count ? 0 : stream_sent;
     }
 
     /// From interest() (mutex held): the consumers of `filter` made or deleted, in order.
@@ -1891,6 +1933,9 @@ class nats_sessions {
   void attach(nats& c) {
     st_ = c.st_;
     st_->keeps_sessions.store(true, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lk(st_->stream_tickets_mutex);
+    st_->committed_handler = committed_;
+    st_->commit_failed_handler = failed_;
   }
 
   void save_session(std::string_view client_id, std::uint32_t expiry_seconds) {
@@ -1973,9 +2018,24 @@ class nats_sessions {
   void release(std::string_view, std::uint16_t) {}
   void save_will(std::string_view, const message_ptr&, std::chrono::system_clock::time_point) {}
   void erase_will(std::string_view) {}
-  /// Nothing for an acknowledgement to wait for: ticket 0 is durable from the start.
-  std::uint64_t commit() noexcept { return 0; }
-  void on_commit(std::function<void(std::uint64_t)>) {}
+  /// What an acknowledgement waits for: JetStream's answers to the QoS 1/2 messages this node
+  /// published so far (0: none outstanding). A publisher's PUBACK, or its PUBREC, goes once
+  /// JetStream has the message; one JetStream refused is refused (5.0 0x80; 3.1.1: the
+  /// connection closes).
+  std::uint64_t commit() { return st_ ? st_->stream_ticket() : 0; }
+  /// The broker gives its handlers before attach(): kept here until then.
+  void on_commit(std::function<void(std::uint64_t)> f) {
+    committed_ = std::move(f);
+    if (!st_) return;
+    std::lock_guard<std::mutex> lk(st_->stream_tickets_mutex);
+    st_->committed_handler = committed_;
+  }
+  void on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)> f) {
+    failed_ = std::move(f);
+    if (!st_) return;
+    std::lock_guard<std::mutex> lk(st_->stream_tickets_mutex);
+    st_->commit_failed_handler = failed_;
+  }
   /// Nothing at start: a session comes back when its client connects (claim()).
   template <class Loader>
   void load(Loader&) {}
@@ -1986,6 +2046,8 @@ class nats_sessions {
     if (st_) st_->session_changed(client_id, ends, std::forward<F>(f));
   }
   std::shared_ptr<nats::state> st_;
+  std::function<void(std::uint64_t)> committed_;
+  std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed_;
 };
 
 }  // namespace cluster

@@ -1090,7 +1090,13 @@ class core {
       h(m);
     }
     if constexpr (clustered) {
-      if (!remote && !::mqttbroker::cluster::node_local_topic(m->topic())) cluster_.publish(m);
+      if (!remote && !::mqttbroker::cluster::node_local_topic(m->topic())) {
+        if constexpr (durable && std::is_same_v<decltype(cluster_.publish(m)), bool>) {
+          if (cluster_.publish(m)) cluster_pending_here() = true;
+        } else {
+          cluster_.publish(m);
+        }
+      }
     }
     return n;
   }
@@ -1544,7 +1550,20 @@ class core {
     static thread_local bool recorded = false;
     return recorded;
   }
-  static bool take_recorded() noexcept { return std::exchange(recorded_here(), false); }
+  static bool take_recorded() noexcept {
+    bool recorded = std::exchange(recorded_here(), false);
+    if constexpr (clustered) recorded = take_cluster_pending() || recorded;
+    return recorded;
+  }
+  /// Whether this thread's routing since the flag was last taken gave the cluster a message it
+  /// keeps and reports kept through the storage's commits (a cluster whose publish() says so,
+  /// with a durable storage): its acknowledgement waits for that commit, so that a message
+  /// acknowledged to its publisher is not lost with this node.
+  static bool& cluster_pending_here() noexcept {
+    static thread_local bool pending = false;
+    return pending;
+  }
+  static bool take_cluster_pending() noexcept { return std::exchange(cluster_pending_here(), false); }
 
   /// Sends `a` to `l` now, or holds it until the commit of what was recorded for it (and until
   /// the acknowledgements held before it go) [MQTT-4.6.0-2]. On l's executor.
@@ -1580,18 +1599,26 @@ class core {
           }
           failed = commit_failed(q->front().ticket);
         }
+        if (!failed && q->front().route) {
+          held_ack& f = q->front();
+          // QoS 2 in: routed only now that its identifier and the message are durable.
+          const std::size_t n = route_received(std::exchange(f.route, message_ptr()), l.session(), f.packet_id, now);
+          if (n == 0 && l.version() == codec::protocol_version::v5 && f.reason == reason_code::success)
+            f.reason = reason_code::no_matching_subscribers;
+          if constexpr (clustered) {
+            // The cluster keeps it now: the PUBREC waits for that too (commit_after_publish()).
+            if (take_cluster_pending()) {
+              f.ticket = storage_.commit();
+              continue;
+            }
+          }
+        }
         held_ack a = std::move(q->front());
         q->pop_front();
         if (failed) {
           refuse_ack(l, std::move(a), now);
           if (l.is_closing()) return;  // what it still holds is settled when it closes
           continue;
-        }
-        if (a.route) {
-          // QoS 2 in: routed only now that its identifier and the message are durable.
-          const std::size_t n = route_received(std::move(a.route), l.session(), a.packet_id, now);
-          if (n == 0 && l.version() == codec::protocol_version::v5 && a.reason == reason_code::success)
-            a.reason = reason_code::no_matching_subscribers;
         }
         send_ack(l, a, now);
       }
