@@ -147,6 +147,20 @@ class Cluster(unittest.TestCase):
 
     PROBES = (b"probe", b"probe+")  # published at QoS 0 (core NATS) and QoS 1 (JetStream)
 
+    def wait_stream(self, node, client_id):
+        """A client of `node` whose QoS 1 publish JetStream took (its PUBACK waits for that),
+        tried with a new connection each time until the stream answers."""
+        deadline = time.monotonic() + 3 * h.WAIT
+        while True:
+            c = self.client(node, client_id)
+            info = c.client.publish("stream/probe", b"", 1)
+            info.wait_for_publish(timeout=7)  # JetStream's own wait is 5 s
+            if info.is_published():
+                return c
+            c.close()
+            if time.monotonic() > deadline:
+                raise AssertionError("JetStream took no QoS 1 message on node %d within %.0f s" % (node, 3 * h.WAIT))
+
     def wait_route(self, publisher, subscriber, topic, others=None):
         """Publishes probes on `topic`, at QoS 0 and 1, until `subscriber` got one of each; drains
         the rest. Any other message that comes meanwhile fails, or with `others` is appended to it."""
@@ -534,8 +548,11 @@ class ClusterWithoutDiscovery(Cluster):
         self.wait_route(pub, on_c, "cut/probe")
         self.nats.kill(1)
         self.wait_connected(1, 0)
-        # JetStream's copies on the other two servers elect new leaders where server 1 led: the
-        # stream takes messages again once a probe crosses to node c. (b gets those probes too.)
+        # JetStream's copies on the other two servers elect new leaders where server 1 led: until
+        # the stream takes messages again, a QoS 1 publish is not acknowledged (its publisher is
+        # disconnected once JetStream's answer is overdue). Then a probe crosses to node c (b
+        # gets those probes too).
+        pub = self.wait_stream(0, "cut-pub2")
         self.wait_route(pub, on_c, "cut/probe")
         for i in range(20):
             pub.publish("cut/t", b"%d" % i, 1)
