@@ -7111,7 +7111,9 @@ MQTTBROKER_END_NAMESPACE
 //     A message that entered the broker on this node (from a client, the host or a will), once
 //     it is routed here. Not called for messages the cluster itself brought (route_from_cluster,
 //     deliver_to_group) nor for `$SYS/` topics, which are each node's own. From any of the
-//     broker's threads; it must neither block nor call back into the engine.
+//     broker's threads; it must neither block nor call back into the engine. It may return
+//     bool instead: true when the cluster keeps the message and says when through the (durable)
+//     storage's commits; the acknowledgement to its publisher then waits for the next commit.
 //
 //   void interest(std::string_view filter, bool present);
 //     This node's first subscription to `filter` came (present) or its last went. A shared

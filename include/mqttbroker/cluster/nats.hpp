@@ -28,6 +28,10 @@
 // connection or a restarted NATS server kept from the node comes again (at least once; the
 // repeats that the sequence numbers can tell apart are dropped). The stream keeps a message only
 // while some consumer still needs it, and not past `message_max_age` nor `stream_max_bytes`.
+// With the storage policy cluster::nats_sessions (at the end of this header), persistent
+// sessions outlive their node: their expiry and subscriptions are kept in their owners' entries,
+// their QoS 1/2 subscriptions read through JetStream consumers of the session's own, and a
+// publisher's PUBACK waits until JetStream has the message.
 // I/O runs on the broker's executor (cluster::nats_event_loop); nats.c's own threads are its
 // timers, its connects, one shared message delivery thread (global message delivery), and the
 // reader and flusher of the connection that holds the buckets and the consumers.
