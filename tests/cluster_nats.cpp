@@ -755,3 +755,25 @@ TEST_CASE("cluster::nats_sessions: a PUBACK waits for JetStream: a QoS 1 message
   CHECK(pub.closed_by_node());
   CHECK(l.run([&] { return c[0].cluster().statistics(); }).stream_failed >= 1);
 }
+
+TEST_CASE("cluster::nats_sessions: a session whose client left longer ago than its expiry is not resumed after its node is lost",
+          "[cluster][nats][MQTT-3.1.2-23]") {
+  if (!have_nats_server()) return;
+  nats_server server(nats_server_program());
+  loop l;
+  mb::broker_options o;
+  o.persistent_session_expiry = std::chrono::seconds(1);  // 3.1.1 Clean Session 0 sessions
+  basic_cluster_of_nodes<keeping_node> c(l, server.url(), {"a", "c"}, o);
+  {
+    session_client s(l, c.listeners[0], "brief", false);
+    s.subscribe("b/#", qos::at_least_once);
+  }  // gone: its expiry runs from now
+  REQUIRE_FALSE(c[0].cluster().flush(std::chrono::seconds(5)));
+  c.stop(0);  // before it could end the session itself
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  session_client back(l, c.listeners[1], "brief", false);
+  CHECK_FALSE(back.connack.session_present);  // [MQTT-3.2.2-2] it ended while no node had it
+  const auto sc = l.run([&] { return c[1].cluster().statistics(); });
+  CHECK(sc.sessions_expired == 1);
+  CHECK(sc.sessions_restored == 0);
+}

@@ -165,6 +165,7 @@ struct nats_statistics {
   std::uint64_t sessions_given = 0;   // sessions this node handed to another
   std::uint64_t handovers_lost = 0;   // a previous owner that did not answer in time (or too large)
   std::uint64_t sessions_restored = 0;  // of those, sessions resumed from what their owner's entry kept
+  std::uint64_t sessions_expired = 0;   // not resumed: their client had left longer than their expiry ago
   std::uint64_t session_writes = 0;          // persistent sessions' states written to their owners' entries
   std::uint64_t session_writes_failed = 0;   // not written (JetStream away; another node owned it by then)
   std::size_t sessions_known = 0;  // clients this node owns whose entry it writes (nats_sessions)
@@ -372,6 +373,7 @@ class nats {
       bool queued = false;         // in `dirty`
       bool ended = false;          // erase_session: cleared, then forgotten
       std::uint32_t expiry = 0;
+      std::int64_t offline_since = 0;  // Unix time its client left (0: connected)
       std::map<std::string, session_handover::subscription, std::less<>> subscriptions;
     };
     std::mutex kept_mutex;  // what follows
@@ -381,7 +383,7 @@ class nats {
 
     std::atomic<std::uint64_t> published{0}, publish_failed{0}, stream_failed{0}, received{0}, repeats{0}, malformed{0},
         disconnects{0}, reconnects{0}, retained_stored{0}, retained_failed{0}, retained_loaded{0}, claimed{0},
-        claims_failed{0}, sessions_taken{0}, sessions_given{0}, handovers_lost{0}, sessions_restored{0},
+        claims_failed{0}, sessions_taken{0}, sessions_given{0}, handovers_lost{0}, sessions_restored{0}, sessions_expired{0},
         session_writes{0}, session_writes_failed{0};
 
     ~state() { close(); }
@@ -1378,7 +1380,7 @@ class nats {
             claimed.fetch_add(1, std::memory_order_relaxed);
             if (previous.empty()) return {};
             // This node's earlier run (killed, restarted): no one to ask, what the entry kept.
-            if (was.node == opts.node) return {{}, clean_start ? std::nullopt : restore(was.state)};
+            if (was.node == opts.node) return {{}, clean_start ? std::nullopt : restore(client_id, was)};
             bool answered = false;
             auto session = ask_for_session(std::string(was.node), client_id, clean_start, answered);
             if (session) {
@@ -1388,7 +1390,7 @@ class nats {
                 if (d.stream_sequence != 0) fed_by_sequence[{client_id, d.stream_sequence}] = nullptr;
             }
             // A node that is gone: what its entry kept of the session, if anything.
-            if (!session && !answered && !clean_start) session = restore(was.state);
+            if (!session && !answered && !clean_start) session = restore(client_id, was);
             return {{}, std::move(session)};
           }
           // Another node changed the entry first: looked at again.
@@ -1470,6 +1472,7 @@ class nats {
     struct owner_entry {
       std::string_view node;
       std::uint64_t run = 0;
+      std::uint64_t offline_since = 0;  // its client left at this Unix time (0: connected)
       std::string_view state;  // the session it keeps, encode_handover's bytes; empty: none
     };
     static owner_entry parse_owner(std::string_view v) {
@@ -1479,18 +1482,37 @@ class nats {
       if (nul == std::string_view::npos || v.size() < nul + 17) return e;
       for (const char c : v.substr(nul + 1, 16)) {
         const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (d < 0) return {e.node, 0, {}};
+        if (d < 0) return {e.node, 0, 0, {}};
         e.run = (e.run << 4) | static_cast<std::uint64_t>(d);
       }
       e.state = v.substr(nul + 17);
+      if (e.state.size() >= 17 && e.state[0] == '@') {
+        for (const char c : e.state.substr(1, 16)) {
+          const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+          if (d < 0) return {e.node, e.run, 0, {}};
+          e.offline_since = (e.offline_since << 4) | static_cast<std::uint64_t>(d);
+        }
+        e.state = e.state.substr(17);
+      }
       return e;
     }
     /// The session an entry kept (its subscriptions and expiry; the messages it was owed went
     /// with its node), or nothing.
-    std::optional<session_handover> restore(std::string_view kept_bytes) {
-      if (kept_bytes.empty()) return std::nullopt;
-      auto h = cluster::decode_handover(kept_bytes);
+    std::optional<session_handover> restore(const std::string& client_id, const owner_entry& was) {
+      if (was.state.empty()) return std::nullopt;
+      auto h = cluster::decode_handover(was.state);
       if (!h) return std::nullopt;
+      const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+      if (was.offline_since != 0 && h->expiry_seconds != 0xFFFFFFFF &&
+          now - static_cast<std::int64_t>(was.offline_since) >= static_cast<std::int64_t>(h->expiry_seconds)) {
+        // Its client left longer ago than its Session Expiry Interval: it ended meanwhile, and
+        // its consumers with it.
+        sessions_expired.fetch_add(1, std::memory_order_relaxed);
+        for (const auto& sub : h->subscriptions)
+          if (fed_filter(sub.filter, sub.options)) session_consumers_change(client_id, sub.filter, false);
+        return std::nullopt;
+      }
       sessions_restored.fetch_add(1, std::memory_order_relaxed);
       return h;
     }
@@ -1567,6 +1589,10 @@ class nats {
         revision = e.revision;
         ended = e.ended;
         if (!ended) {
+          if (e.offline_since != 0) {
+            value.push_back('@');
+            value += hex(static_cast<std::uint64_t>(e.offline_since));
+          }
           session_handover h;
           h.expiry_seconds = e.expiry;
           for (const auto& sub : e.subscriptions) h.subscriptions.push_back(sub.second);
@@ -1883,6 +1909,7 @@ class nats {
       s.sessions_given = sessions_given.load();
       s.handovers_lost = handovers_lost.load();
       s.sessions_restored = sessions_restored.load();
+      s.sessions_expired = sessions_expired.load();
       s.session_messages_done = fed_acknowledged.load();
       s.session_messages_repeated = fed_repeats.load();
       {
@@ -1946,6 +1973,14 @@ class nats_sessions {
     change(client_id, false, [&](auto& e) {
       e.ended = false;
       e.expiry = expiry_seconds;
+      e.offline_since = 0;  // at CONNECT: its client is here
+    });
+  }
+  /// Its client left: a node that resumes it later counts its expiry from then.
+  void session_offline(std::string_view client_id, std::chrono::system_clock::time_point since) {
+    change(client_id, false, [&](auto& e) {
+      e.offline_since = std::max<std::int64_t>(
+          1, std::chrono::duration_cast<std::chrono::seconds>(since.time_since_epoch()).count());
     });
   }
   void erase_session(std::string_view client_id) {
