@@ -593,11 +593,12 @@ std::string scrape(Broker& broker) {
     pm::write_family<u64>(out, "mqttbroker_cluster_sessions_moved_total", "counter",
                           "Sessions handed over between nodes: taken from another node, given to one, lost "
                           "(the previous owner did not answer in time), and of the lost ones those resumed from "
-                          "what the cluster's bucket kept of them.",
+                          "what the cluster's bucket kept of them and those that had expired meanwhile.",
                           {{"direction=\"taken\"", c.sessions_taken},
                            {"direction=\"given\"", c.sessions_given},
                            {"direction=\"lost\"", c.handovers_lost},
-                           {"direction=\"restored\"", c.sessions_restored}});
+                           {"direction=\"restored\"", c.sessions_restored},
+                           {"direction=\"expired\"", c.sessions_expired}});
     pm::write_family<u64>(out, "mqttbroker_cluster_session_writes_total", "counter",
                           "Persistent sessions' expiry and subscriptions written to the cluster's bucket, and "
                           "writes that did not go (JetStream away, or another node owned the client by then).",
