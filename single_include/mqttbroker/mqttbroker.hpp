@@ -10207,7 +10207,8 @@ class core {
       }
       a.route = message_ptr();
     }
-    log(log_level::warning, "client '{}': packet {} not acknowledged: the storage is full", l.client_id(), a.packet_id);
+    log(log_level::warning, "client '{}': packet {} not acknowledged: not kept (a full storage, a cluster's stream away)",
+        l.client_id(), a.packet_id);
     if (l.version() == codec::protocol_version::v5 &&
         (a.type == codec::packet_type::puback || a.type == codec::packet_type::pubrec)) {
       a.reason = reason_code::quota_exceeded;
