@@ -1475,23 +1475,25 @@ class nats {
       std::uint64_t offline_since = 0;  // its client left at this Unix time (0: connected)
       std::string_view state;  // the session it keeps, encode_handover's bytes; empty: none
     };
+    /// The number hex() wrote; false for anything else.
+    static bool parse_hex(std::string_view digits, std::uint64_t& out) noexcept {
+      out = 0;
+      for (const char c : digits) {
+        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return false;
+        out = (out << 4) | static_cast<std::uint64_t>(d);
+      }
+      return true;
+    }
     static owner_entry parse_owner(std::string_view v) {
       owner_entry e;
       const std::size_t nul = v.find('\0');
       e.node = v.substr(0, nul);
       if (nul == std::string_view::npos || v.size() < nul + 17) return e;
-      for (const char c : v.substr(nul + 1, 16)) {
-        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (d < 0) return {e.node, 0, 0, {}};
-        e.run = (e.run << 4) | static_cast<std::uint64_t>(d);
-      }
+      if (!parse_hex(v.substr(nul + 1, 16), e.run)) return {e.node, 0, 0, {}};
       e.state = v.substr(nul + 17);
       if (e.state.size() >= 17 && e.state[0] == '@') {
-        for (const char c : e.state.substr(1, 16)) {
-          const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-          if (d < 0) return {e.node, e.run, 0, {}};
-          e.offline_since = (e.offline_since << 4) | static_cast<std::uint64_t>(d);
-        }
+        if (!parse_hex(e.state.substr(1, 16), e.offline_since)) return {e.node, e.run, 0, {}};
         e.state = e.state.substr(17);
       }
       return e;

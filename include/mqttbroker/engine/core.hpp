@@ -201,11 +201,8 @@ class core {
         if (topic::is_shared_filter(sub.first) || !fed(rec, sub.second.options) ||
             !topic::matches(sub.first, m->topic()))
           continue;
-        // As the router merges overlapping subscriptions [MQTT-3.3.4-2], [MQTT-3.3.4-3].
         matched = true;
-        if (sub.second.options.max_qos > d.qos_level) d.qos_level = sub.second.options.max_qos;
-        d.retain_as_published = d.retain_as_published || sub.second.options.retain_as_published;
-        if (sub.second.identifier != 0) d.identifiers.push_back(sub.second.identifier);
+        router::merge_into(d, router::subscription{sub.second.options, sub.second.identifier});
       }
       if (!matched) return false;
       if (d.identifiers.size() > 1) d.identifiers.sort();
@@ -1606,7 +1603,7 @@ class core {
           if (n == 0 && l.version() == codec::protocol_version::v5 && f.reason == reason_code::success)
             f.reason = reason_code::no_matching_subscribers;
           if constexpr (clustered) {
-            // The cluster keeps it now: the PUBREC waits for that too (commit_after_publish()).
+            // The cluster keeps it now: the PUBREC waits for that too (cluster_pending_here()).
             if (take_cluster_pending()) {
               f.ticket = storage_.commit();
               continue;

@@ -102,6 +102,16 @@ struct delivery {
   }
 };
 
+/// Merges one more matching subscription of a subscriber into its delivery; once all are in,
+/// sort `d.identifiers` when there are several.
+inline void merge_into(delivery& d, const subscription& sub) {
+  // [MQTT-3.3.5-1] (3.1.1), [MQTT-3.3.4-2] (5.0): the maximum QoS of all matching subscriptions.
+  if (sub.options.max_qos > d.qos_level) d.qos_level = sub.options.max_qos;
+  d.retain_as_published = d.retain_as_published || sub.options.retain_as_published;
+  // [MQTT-3.3.4-3] every matching subscription's identifier travels with the single copy.
+  if (sub.identifier != 0) d.identifiers.push_back(sub.identifier);
+}
+
 /// The subscriptions of all sessions, and the fan-out of a published Topic Name to them.
 ///
 /// Subscriber is a small copyable handle (a pointer or an integer session id), equality-comparable
@@ -289,17 +299,9 @@ class subscription_router {
     delivery& d = scratch.delivery_;
     d.clear();
     const auto& matches = scratch.matches_;
-    for (std::size_t i = first; i != route_scratch::none; i = matches[i].next) add(d, *matches[i].sub);
+    for (std::size_t i = first; i != route_scratch::none; i = matches[i].next) merge_into(d, *matches[i].sub);
     if (d.identifiers.size() > 1) d.identifiers.sort();
     f(static_cast<const Subscriber&>(matches[first].subscriber), static_cast<const delivery&>(d));
-  }
-
-  static void add(delivery& d, const subscription& sub) {
-    // [MQTT-3.3.5-1] (3.1.1), [MQTT-3.3.4-2] (5.0): the maximum QoS of all matching subscriptions.
-    if (sub.options.max_qos > d.qos_level) d.qos_level = sub.options.max_qos;
-    d.retain_as_published = d.retain_as_published || sub.options.retain_as_published;
-    // [MQTT-3.3.4-3] every matching subscription's identifier travels with the single copy.
-    if (sub.identifier != 0) d.identifiers.push_back(sub.identifier);
   }
 
   topic::subscription_trie<Subscriber, subscription, Hash> trie_;
