@@ -7637,6 +7637,10 @@ struct held_ack {
   reason_code reason;
   message_ptr route;
   std::vector<reason_code> reasons;  // SUBACK
+  // A QoS 1 PUBACK: what made the broker responsible is this message, kept for sessions; once
+  // no session and no store holds it (all took it), nothing is owed and the PUBACK need not
+  // wait for the commit (settled_early).
+  message_ptr settles = {};
 };
 
 /// A link's held acknowledgements, with a durable storage only: an empty base otherwise, so a
@@ -7646,6 +7650,12 @@ template <bool Durable>
 struct held_acks {
   std::unique_ptr<detail::fifo<held_ack>> held;
   std::uint64_t write_gate = 0;  // the commit the queued packets wait for (0: none)
+  // In the core's list of links to tell of the next commit (the core's state_mutex_): once, however
+  // many of its acknowledgements wait, so that a commit posts one event per waiting link.
+  bool awaiting_commit = false;
+  // Likewise in its list of links whose first held acknowledgement may be settled early
+  // (held_ack::settles): told when a session completes a stored delivery.
+  bool awaiting_settle = false;
 };
 template <>
 struct held_acks<false> {};
@@ -9058,11 +9068,34 @@ class core {
         l.write_gate = 0;
         return true;
       }
-      holding_.push_back(l.self());
+      await_commit(l);
       return false;
     } else {
       (void)l;
       return true;
+    }
+  }
+
+  /// `l` is told of the next commit (link_event::committed). state_mutex_ held.
+  void await_commit(link_type& l) {
+    if (l.awaiting_commit) return;
+    l.awaiting_commit = true;
+    holding_.push_back(l.self());
+  }
+
+  /// A session completed a stored delivery (PUBACK, PUBCOMP): the links whose first held PUBACK
+  /// waits for its message to be taken by all look again (settled_early), as that may have been
+  /// the last. Once per waiting link, whatever number of deliveries completes before it looks.
+  void wake_settling() {
+    if constexpr (durable && !clustered) {
+      std::vector<detail::ref_ptr<link_type>> ready;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (settling_.empty()) return;
+        ready.swap(settling_);
+        for (auto& l : ready) l->awaiting_settle = false;
+      }
+      for (auto& l : ready) l->post(link_event::committed);
     }
   }
 
@@ -9075,6 +9108,7 @@ class core {
         std::lock_guard<mutex_type> lk(state_mutex_);
         if (ticket > committed_) committed_ = ticket;
         ready.swap(holding_);
+        for (auto& l : ready) l->awaiting_commit = false;
       }
       for (auto& l : ready) l->post(link_event::committed);
     } else {
@@ -10145,11 +10179,16 @@ class core {
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
           if (!q || q->empty()) return;
-          if (q->front().ticket > committed_) {
-            holding_.push_back(l.self());
+          if (q->front().ticket <= committed_) {
+            failed = commit_failed(q->front().ticket);
+          } else if (!settled_early(q->front())) {
+            await_commit(l);
+            if (q->front().settles && !l.awaiting_settle) {
+              l.awaiting_settle = true;
+              settling_.push_back(l.self());
+            }
             return;
           }
-          failed = commit_failed(q->front().ticket);
         }
         if (!failed && q->front().route) {
           held_ack& f = q->front();
@@ -10178,6 +10217,17 @@ class core {
       (void)l;
       (void)now;
     }
+  }
+
+  /// Whether a QoS 1 PUBACK owes nothing to its commit: the one message it made the broker
+  /// responsible for is held by no session and no store any more (the acknowledgement's own
+  /// reference is the last), as every kept session that took it has completed it. Its records
+  /// may not be durable yet; a crash then delivers it again, which QoS 1 allows.
+  static bool settled_early(const held_ack& a) noexcept {
+    if (!a.settles || a.settles.use_count() != 1) return false;
+    // The last holder let go on another thread: what it recorded happened before.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return true;
   }
 
   /// Whether `ticket` is in a range the storage reported failed. state_mutex_ held.
@@ -10375,6 +10425,7 @@ class core {
   std::unordered_map<std::string, pending_claim> claiming_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
+  std::vector<detail::ref_ptr<link_type>> settling_;  // state_mutex_: and for a delivery's end (wake_settling)
   // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)
   std::vector<std::pair<std::uint64_t, std::uint64_t>> failed_;
   static constexpr std::size_t max_failed_ranges = 256;
@@ -10574,8 +10625,12 @@ class protocol : public core<Policies> {
   /// for that change: it still joins the next batch now, not whenever a later packet takes a
   /// ticket, so that it lands in the batch that adds the entry it deletes and neither is written.
   void commit_delivered() {
-    if constexpr (base::durable)
-      if (base::take_recorded()) this->storage().commit();
+    if constexpr (base::durable) {
+      if (base::take_recorded()) {
+        this->storage().commit();
+        this->wake_settling();
+      }
+    }
   }
 
   /// Packets were decoded from input read at `now`: Keep Alive counts from there.
@@ -11904,6 +11959,9 @@ class protocol : public core<Policies> {
         if (allowed) publish_message(std::move(m), l.session(), now, true, &l);
         return;
       case codec::qos::at_least_once: {
+        // Kept for its PUBACK (held_ack::settles), with a durable storage only.
+        message_ptr settles;
+        if constexpr (base::durable && !base::clustered) settles = m;
         std::size_t n = allowed ? publish_message(std::move(m), l.session(), now, true, &l) : 0;
         codec::puback ack;
         ack.packet_id = p.packet_id;
@@ -11911,8 +11969,9 @@ class protocol : public core<Policies> {
           ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
-        // After the commit of what made the broker responsible (queued for kept sessions).
-        return acknowledge(l, ack, now);
+        // After the commit of what made the broker responsible (queued for kept sessions), or
+        // once those sessions all took the message.
+        return acknowledge(l, ack, now, std::move(settles));
       }
       case codec::qos::exactly_once: {
         session_type* rec = l.session();
@@ -12030,9 +12089,9 @@ class protocol : public core<Policies> {
 
   /// An acknowledgement: sent now, or held until what it acknowledges is durable.
   template <class Ack>
-  void acknowledge(link_type& l, const Ack& a, steady_time now) {
+  void acknowledge(link_type& l, const Ack& a, steady_time now, message_ptr settles = {}) {
     if constexpr (base::durable)
-      base::acknowledge(l, held_ack{0, Ack::type, a.packet_id, a.reason, message_ptr(), {}}, now);
+      base::acknowledge(l, held_ack{0, Ack::type, a.packet_id, a.reason, message_ptr(), {}, std::move(settles)}, now);
     else
       l.send(a, now);
   }

@@ -503,11 +503,34 @@ class core {
         l.write_gate = 0;
         return true;
       }
-      holding_.push_back(l.self());
+      await_commit(l);
       return false;
     } else {
       (void)l;
       return true;
+    }
+  }
+
+  /// `l` is told of the next commit (link_event::committed). state_mutex_ held.
+  void await_commit(link_type& l) {
+    if (l.awaiting_commit) return;
+    l.awaiting_commit = true;
+    holding_.push_back(l.self());
+  }
+
+  /// A session completed a stored delivery (PUBACK, PUBCOMP): the links whose first held PUBACK
+  /// waits for its message to be taken by all look again (settled_early), as that may have been
+  /// the last. Once per waiting link, whatever number of deliveries completes before it looks.
+  void wake_settling() {
+    if constexpr (durable && !clustered) {
+      std::vector<detail::ref_ptr<link_type>> ready;
+      {
+        std::lock_guard<mutex_type> lk(state_mutex_);
+        if (settling_.empty()) return;
+        ready.swap(settling_);
+        for (auto& l : ready) l->awaiting_settle = false;
+      }
+      for (auto& l : ready) l->post(link_event::committed);
     }
   }
 
@@ -520,6 +543,7 @@ class core {
         std::lock_guard<mutex_type> lk(state_mutex_);
         if (ticket > committed_) committed_ = ticket;
         ready.swap(holding_);
+        for (auto& l : ready) l->awaiting_commit = false;
       }
       for (auto& l : ready) l->post(link_event::committed);
     } else {
@@ -1590,11 +1614,16 @@ class core {
         {
           std::lock_guard<mutex_type> lk(state_mutex_);
           if (!q || q->empty()) return;
-          if (q->front().ticket > committed_) {
-            holding_.push_back(l.self());
+          if (q->front().ticket <= committed_) {
+            failed = commit_failed(q->front().ticket);
+          } else if (!settled_early(q->front())) {
+            await_commit(l);
+            if (q->front().settles && !l.awaiting_settle) {
+              l.awaiting_settle = true;
+              settling_.push_back(l.self());
+            }
             return;
           }
-          failed = commit_failed(q->front().ticket);
         }
         if (!failed && q->front().route) {
           held_ack& f = q->front();
@@ -1623,6 +1652,17 @@ class core {
       (void)l;
       (void)now;
     }
+  }
+
+  /// Whether a QoS 1 PUBACK owes nothing to its commit: the one message it made the broker
+  /// responsible for is held by no session and no store any more (the acknowledgement's own
+  /// reference is the last), as every kept session that took it has completed it. Its records
+  /// may not be durable yet; a crash then delivers it again, which QoS 1 allows.
+  static bool settled_early(const held_ack& a) noexcept {
+    if (!a.settles || a.settles.use_count() != 1) return false;
+    // The last holder let go on another thread: what it recorded happened before.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return true;
   }
 
   /// Whether `ticket` is in a range the storage reported failed. state_mutex_ held.
@@ -1820,6 +1860,7 @@ class core {
   std::unordered_map<std::string, pending_claim> claiming_;
   std::uint64_t committed_ = 0;                    // state_mutex_: the latest durable ticket
   std::vector<detail::ref_ptr<link_type>> holding_;  // state_mutex_: links waiting for a commit
+  std::vector<detail::ref_ptr<link_type>> settling_;  // state_mutex_: and for a delivery's end (wake_settling)
   // state_mutex_: tickets the storage could not make durable, as ranges (storage_commit_failed)
   std::vector<std::pair<std::uint64_t, std::uint64_t>> failed_;
   static constexpr std::size_t max_failed_ranges = 256;

@@ -210,6 +210,10 @@ struct held_ack {
   reason_code reason;
   message_ptr route;
   std::vector<reason_code> reasons;  // SUBACK
+  // A QoS 1 PUBACK: what made the broker responsible is this message, kept for sessions; once
+  // no session and no store holds it (all took it), nothing is owed and the PUBACK need not
+  // wait for the commit (settled_early).
+  message_ptr settles = {};
 };
 
 /// A link's held acknowledgements, with a durable storage only: an empty base otherwise, so a
@@ -219,6 +223,12 @@ template <bool Durable>
 struct held_acks {
   std::unique_ptr<detail::fifo<held_ack>> held;
   std::uint64_t write_gate = 0;  // the commit the queued packets wait for (0: none)
+  // In the core's list of links to tell of the next commit (the core's state_mutex_): once, however
+  // many of its acknowledgements wait, so that a commit posts one event per waiting link.
+  bool awaiting_commit = false;
+  // Likewise in its list of links whose first held acknowledgement may be settled early
+  // (held_ack::settles): told when a session completes a stored delivery.
+  bool awaiting_settle = false;
 };
 template <>
 struct held_acks<false> {};

@@ -170,8 +170,12 @@ class protocol : public core<Policies> {
   /// for that change: it still joins the next batch now, not whenever a later packet takes a
   /// ticket, so that it lands in the batch that adds the entry it deletes and neither is written.
   void commit_delivered() {
-    if constexpr (base::durable)
-      if (base::take_recorded()) this->storage().commit();
+    if constexpr (base::durable) {
+      if (base::take_recorded()) {
+        this->storage().commit();
+        this->wake_settling();
+      }
+    }
   }
 
   /// Packets were decoded from input read at `now`: Keep Alive counts from there.
@@ -1500,6 +1504,9 @@ class protocol : public core<Policies> {
         if (allowed) publish_message(std::move(m), l.session(), now, true, &l);
         return;
       case codec::qos::at_least_once: {
+        // Kept for its PUBACK (held_ack::settles), with a durable storage only.
+        message_ptr settles;
+        if constexpr (base::durable && !base::clustered) settles = m;
         std::size_t n = allowed ? publish_message(std::move(m), l.session(), now, true, &l) : 0;
         codec::puback ack;
         ack.packet_id = p.packet_id;
@@ -1507,8 +1514,9 @@ class protocol : public core<Policies> {
           ack.reason = !allowed  ? refusal
                        : n == 0  ? reason_code::no_matching_subscribers
                                  : reason_code::success;
-        // After the commit of what made the broker responsible (queued for kept sessions).
-        return acknowledge(l, ack, now);
+        // After the commit of what made the broker responsible (queued for kept sessions), or
+        // once those sessions all took the message.
+        return acknowledge(l, ack, now, std::move(settles));
       }
       case codec::qos::exactly_once: {
         session_type* rec = l.session();
@@ -1626,9 +1634,9 @@ class protocol : public core<Policies> {
 
   /// An acknowledgement: sent now, or held until what it acknowledges is durable.
   template <class Ack>
-  void acknowledge(link_type& l, const Ack& a, steady_time now) {
+  void acknowledge(link_type& l, const Ack& a, steady_time now, message_ptr settles = {}) {
     if constexpr (base::durable)
-      base::acknowledge(l, held_ack{0, Ack::type, a.packet_id, a.reason, message_ptr(), {}}, now);
+      base::acknowledge(l, held_ack{0, Ack::type, a.packet_id, a.reason, message_ptr(), {}, std::move(settles)}, now);
     else
       l.send(a, now);
   }
