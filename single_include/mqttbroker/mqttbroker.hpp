@@ -7910,6 +7910,7 @@ class link : public detail::list_links,
         l->start_write();
       }
       p.links.clear();
+      if (p.held_storage != nullptr) p.let_go(std::exchange(p.held_storage, nullptr));
     }
   };
 
@@ -7938,6 +7939,9 @@ class link : public detail::list_links,
   struct flush_list {
     int depth = 0;
     std::vector<detail::ref_ptr<link>> links;
+    // A storage this thread holds for the scope (core::hold_storage), let go at its end.
+    void* held_storage = nullptr;
+    void (*let_go)(void*) = nullptr;
   };
   static flush_list& pending() {
     static thread_local flush_list p;
@@ -8468,6 +8472,9 @@ struct delivery {
 ///   std::uint64_t begin_atomic(); void end_atomic(std::uint64_t token);   // what is recorded
 ///       // between them (a routing and its `routed` mark) is made durable in one piece, whatever
 ///       // commit() other threads call meanwhile
+///   bool hold(); void let_go();   // with single-threaded locking: the broker's one thread
+///       // makes every call from hold() to let_go() (a read's or an event's), so the store may
+///       // lock once for them all; hold() says whether it did (else it locks per call)
 ///   void close();   // the broker's destructor calls it, after it let go of the handlers: a store
 ///       // that reports from a thread of its own finishes with it here, before the broker is gone
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
@@ -8533,6 +8540,7 @@ MQTTBROKER_STORAGE_CALL(has_atomic, end_atomic(lvalue<T>().begin_atomic()))
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_session_moved, session_moved(id()))
+MQTTBROKER_STORAGE_CALL(has_hold, hold() && (lvalue<T>().let_go(), true))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
                         on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>()))
 
@@ -10124,11 +10132,26 @@ class core {
   template <class F>
   void record(F&& f, bool acknowledged = true) {
     if constexpr (durable) {
+      hold_storage();
       f(storage_);
       if (acknowledged) recorded_here() = true;
     } else {
       (void)f;
       (void)acknowledged;
+    }
+  }
+  /// With one thread (locking::none) and a store that can be held, the store is locked once per
+  /// flush scope (a read's packets, an event) rather than once per call; the scope lets it go
+  /// after its writes. Outside a scope (a host's own call), or on a second broker's store on the
+  /// same thread, each call locks as before.
+  static constexpr bool holds_storage =
+      durable && !locking_type::thread_safe && ::mqttbroker::storage::detail::has_hold<storage_type>::value;
+  void hold_storage() {
+    if constexpr (holds_storage) {
+      auto& p = link_type::pending();
+      if (p.depth == 0 || p.held_storage != nullptr || !storage_.hold()) return;
+      p.held_storage = &storage_;
+      p.let_go = [](void* s) { static_cast<storage_type*>(s)->let_go(); };
     }
   }
   /// Whether record() was called on this thread since the flag was last taken.

@@ -1559,11 +1559,26 @@ class core {
   template <class F>
   void record(F&& f, bool acknowledged = true) {
     if constexpr (durable) {
+      hold_storage();
       f(storage_);
       if (acknowledged) recorded_here() = true;
     } else {
       (void)f;
       (void)acknowledged;
+    }
+  }
+  /// With one thread (locking::none) and a store that can be held, the store is locked once per
+  /// flush scope (a read's packets, an event) rather than once per call; the scope lets it go
+  /// after its writes. Outside a scope (a host's own call), or on a second broker's store on the
+  /// same thread, each call locks as before.
+  static constexpr bool holds_storage =
+      durable && !locking_type::thread_safe && ::mqttbroker::storage::detail::has_hold<storage_type>::value;
+  void hold_storage() {
+    if constexpr (holds_storage) {
+      auto& p = link_type::pending();
+      if (p.depth == 0 || p.held_storage != nullptr || !storage_.hold()) return;
+      p.held_storage = &storage_;
+      p.let_go = [](void* s) { static_cast<storage_type*>(s)->let_go(); };
     }
   }
   /// Whether record() was called on this thread since the flag was last taken.

@@ -483,6 +483,7 @@ class link : public detail::list_links,
         l->start_write();
       }
       p.links.clear();
+      if (p.held_storage != nullptr) p.let_go(std::exchange(p.held_storage, nullptr));
     }
   };
 
@@ -511,6 +512,9 @@ class link : public detail::list_links,
   struct flush_list {
     int depth = 0;
     std::vector<detail::ref_ptr<link>> links;
+    // A storage this thread holds for the scope (core::hold_storage), let go at its end.
+    void* held_storage = nullptr;
+    void (*let_go)(void*) = nullptr;
   };
   static flush_list& pending() {
     static thread_local flush_list p;

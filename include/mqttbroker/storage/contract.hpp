@@ -92,6 +92,9 @@ struct delivery {
 ///   std::uint64_t begin_atomic(); void end_atomic(std::uint64_t token);   // what is recorded
 ///       // between them (a routing and its `routed` mark) is made durable in one piece, whatever
 ///       // commit() other threads call meanwhile
+///   bool hold(); void let_go();   // with single-threaded locking: the broker's one thread
+///       // makes every call from hold() to let_go() (a read's or an event's), so the store may
+///       // lock once for them all; hold() says whether it did (else it locks per call)
 ///   void close();   // the broker's destructor calls it, after it let go of the handlers: a store
 ///       // that reports from a thread of its own finishes with it here, before the broker is gone
 /// A message reaches the store as the one shared message_ptr that every receiving session refers
@@ -157,6 +160,7 @@ MQTTBROKER_STORAGE_CALL(has_atomic, end_atomic(lvalue<T>().begin_atomic()))
 MQTTBROKER_STORAGE_CALL(has_routed, routed(id(), std::uint16_t()))
 MQTTBROKER_STORAGE_CALL(has_session_offline, session_offline(id(), sys_time()))
 MQTTBROKER_STORAGE_CALL(has_session_moved, session_moved(id()))
+MQTTBROKER_STORAGE_CALL(has_hold, hold() && (lvalue<T>().let_go(), true))
 MQTTBROKER_STORAGE_CALL(has_on_commit_failed,
                         on_commit_failed(std::function<void(std::uint64_t, std::uint64_t, std::error_code)>()))
 

@@ -233,6 +233,10 @@ class sqlite {
   void erase_will(std::string_view client_id) { s_->record(op_kind::erase_will, client_id, [](row_change&) {}); }
 
   std::uint64_t commit() { return s_->commit(); }
+  /// For a broker on one thread: the calls until let_go() are made by this thread alone, and the
+  /// store locks once for them all (false: it does not, and locks per call as before).
+  bool hold() { return s_->hold(); }
+  void let_go() { s_->let_go(); }
   /// The changes recorded from here to end_atomic() go into one transaction, whatever commit()
   /// other threads call meanwhile (a QoS 2 message's routing and its `routed` mark).
   std::uint64_t begin_atomic() { return s_->begin_atomic(); }
@@ -257,11 +261,11 @@ class sqlite {
 
   /// The last error the worker met (storage_errc), for a host that polls.
   std::error_code last_error() const {
-    std::lock_guard<std::mutex> lk(s_->mutex);
+    shared::recording_lock lk(*s_);
     return s_->last_error;
   }
   sqlite_statistics statistics() const {
-    std::lock_guard<std::mutex> lk(s_->mutex);
+    shared::recording_lock lk(*s_);
     return s_->stats;
   }
 
@@ -330,7 +334,7 @@ class sqlite {
     const message* msg = nullptr;         // message_put
     std::int64_t id = 0;      // message_put: its id; outgoing_put, inbound_put: their message's (0: none)
     std::int64_t number = 0;  // message_put: its expiry; outgoing_put: the entry's seq
-    std::unique_ptr<row_change> row;  // a row change
+    row_change* row = nullptr;  // a row change, owned by `row_owners` (or the taken batch's)
   };
 
   static delivery with_qos(codec::qos q) noexcept {
@@ -630,6 +634,7 @@ class sqlite {
     mutable std::mutex mutex;
     std::condition_variable wake;
     std::vector<op> pending;
+    std::deque<std::unique_ptr<row_change>> row_owners;  // the row changes of `pending`, in order
     std::string records;           // the pending journal records' bytes (op::off, op::len)
     std::string kept_bytes;        // the spare buffer they move to when a batch is taken
     std::uint64_t issued = 0;      // the last ticket commit() gave
@@ -665,6 +670,14 @@ class sqlite {
     // ---- under `report_mutex`: one batch at a time, from its write to its report
     std::mutex report_mutex;
     std::vector<op> taken;    // the batch being written
+    std::vector<std::unique_ptr<row_change>> taken_rows;  // its row changes
+    /// Of its journal records written (not undone), in order: what account() needs.
+    struct taken_record {
+      std::uint64_t prev;
+      bool end;
+    };
+    std::vector<taken_record> taken_records;
+    std::size_t taken_live = 0;  // its changes not undone
     std::string taken_bytes;  // its journal records
     std::string ends_blob;    // the tombstones alone, when only they fit (a full disk)
     std::string_view segment_bytes;  // what the batch's segment holds: taken_bytes or ends_blob
@@ -983,6 +996,7 @@ class sqlite {
       last_client = {};
       messages.clear();
       pending.clear();
+      row_owners.clear();
       records.clear();
       segments.clear();
       to_drop.clear();
@@ -990,14 +1004,51 @@ class sqlite {
 
     // ---- recording: the engine's threads, `mutex` held inside
 
+    /// The store this thread holds `mutex` of across a scope of calls (hold()), if any.
+    static const shared*& holder() noexcept {
+      static thread_local const shared* h = nullptr;
+      return h;
+    }
+    /// `mutex` for one call from the engine, unless this thread holds it already (hold()).
+    class recording_lock {
+     public:
+      explicit recording_lock(const shared& s) : lk_(s.mutex, std::defer_lock) {
+        if (holder() != &s) lk_.lock();
+      }
+      void unlock() {
+        if (lk_.owns_lock()) lk_.unlock();
+      }
+
+     private:
+      std::unique_lock<std::mutex> lk_;
+    };
+    /// The engine's one thread takes `mutex` once for all the calls of a read or an event (the
+    /// worker, the only other thread that takes it, waits at most that long): each call then
+    /// costs no lock of its own. Not with a host's executor, whose job could run inline and
+    /// take `mutex` again.
+    bool hold() {
+      if (opts.executor || holder() != nullptr) return false;
+      mutex.lock();
+      holder() = this;
+      return true;
+    }
+    void let_go() {
+      holder() = nullptr;
+      mutex.unlock();
+    }
+
     template <class F>
     void record(op_kind k, std::string_view key, F&& fill) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       op& o = push(k, prev_none);
-      o.row = std::make_unique<row_change>();
+      o.row = new_row();
       o.row->key.assign(key);
       fill(*o.row);
     }
+    /// A row change for the op being recorded, owned in the order of the ops (so that a batch
+    /// taken from the front of `pending` takes the front of `row_owners`): ops stay trivially
+    /// destructible, and a batch of thousands of journal records is let go without a pass.
+    row_change* new_row() { return row_owners.emplace_back(std::make_unique<row_change>()).get(); }
     static constexpr std::uint64_t prev_none = 0;
     op& push(op_kind k, std::uint64_t prev) {
       op& o = pending.emplace_back();
@@ -1215,7 +1266,7 @@ class sqlite {
     }
 
     void enqueue(std::string_view client_id, const message_ptr& m, const delivery& d) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       message_row* r = ref(m);
       client_rows& c = *rows_of(client_id, true);
       outgoing_entry& e = c.queued.emplace_back();
@@ -1228,7 +1279,7 @@ class sqlite {
       put_outgoing(*c.key, e);
     }
     void send(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m, const delivery& d) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       client_rows& c = *rows_of(client_id, true);
       // The queued entry of this message moves into flight, keeping its place in the order.
       message_row* const known = c.queued.empty() ? nullptr : row_of(m);
@@ -1259,7 +1310,7 @@ class sqlite {
       put_outgoing(*c.key, e);
     }
     void pubrec(std::string_view client_id, std::uint16_t packet_id) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       auto it = c->inflight.find(packet_id);
@@ -1274,7 +1325,7 @@ class sqlite {
       unref(m);
     }
     void acknowledge(std::string_view client_id, std::uint16_t packet_id) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       auto it = c->inflight.find(packet_id);
@@ -1284,7 +1335,7 @@ class sqlite {
       remove_outgoing(e);
     }
     void drop(std::string_view client_id, const message_ptr& m) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       message_row* const r = row_of(m);
       if (c == nullptr || r == nullptr) return;
@@ -1298,10 +1349,10 @@ class sqlite {
     /// Ends a session's entries, each with its tombstone (or its waiting record undone); with
     /// `erase`, the session's row, subscriptions and will go too.
     void forget_client(std::string_view client_id, bool erase) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       if (erase) {
         op& o = push(op_kind::erase_session, prev_none);
-        o.row = std::make_unique<row_change>();
+        o.row = new_row();
         o.row->key.assign(client_id);
       }
       client_rows* c = rows_of(client_id, false);
@@ -1314,7 +1365,7 @@ class sqlite {
     void clear_messages(std::string_view client_id) { forget_client(client_id, false); }
     void erase_session(std::string_view client_id) { forget_client(client_id, true); }
     void receive(std::string_view client_id, std::uint16_t packet_id, const message_ptr& m) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       message_row* r = ref(m);
       client_rows& c = *rows_of(client_id, true);
       inbound_entry& e = c.inbound[packet_id];
@@ -1323,7 +1374,7 @@ class sqlite {
       unref(old);
     }
     void routed(std::string_view client_id, std::uint16_t packet_id) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       auto it = c->inbound.find(packet_id);
@@ -1333,7 +1384,7 @@ class sqlite {
       unref(m);
     }
     void release(std::string_view client_id, std::uint16_t packet_id) {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       auto it = c->inbound.find(packet_id);
@@ -1343,7 +1394,7 @@ class sqlite {
       remove_inbound(client_id, packet_id, e);
     }
     std::uint64_t commit() {
-      std::unique_lock<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       if (!recorded) return issued;  // nothing new: durable with the tickets before it
       // No clock read here (once per packet): the batch's write stamps its save time.
       ++issued;
@@ -1362,7 +1413,7 @@ class sqlite {
     }
     /// Has the worker (or a job on the host's executor) take what is committable. `lk` holds
     /// `mutex`; it is released.
-    void kick(std::unique_lock<std::mutex>& lk) {
+    void kick(recording_lock& lk) {
       if (!open_ || stopping || !committable()) return;
       if (opts.executor) {
         if (job_posted) return;
@@ -1376,13 +1427,13 @@ class sqlite {
       wake.notify_one();
     }
     std::uint64_t begin_atomic() {
-      std::lock_guard<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       const std::uint64_t first = recorded_count + 1;
       spans.insert(first);
       return first;
     }
     void end_atomic(std::uint64_t first) {
-      std::unique_lock<std::mutex> lk(mutex);
+      recording_lock lk(*this);
       auto it = spans.find(first);
       if (it != spans.end()) spans.erase(it);
       // Another thread's commit() during the span put a ticket boundary inside it: a ticket now
@@ -1488,9 +1539,17 @@ class sqlite {
         batch.resize(taken_count);
         // The taken records' bytes, in order: the deferred ones encoded now, while what they
         // point to is still there; those still waiting keep theirs, moved to a buffer of their own.
+        // One pass over the batch also counts what the write and account() need.
         taken_bytes.clear();
+        taken_records.clear();
+        taken_live = 0;
+        std::size_t rows = 0;
         for (op& o : batch) {
-          if (o.undone || !journaled(o.kind)) continue;
+          if (o.row != nullptr) ++rows;
+          if (o.undone) continue;
+          ++taken_live;
+          if (!journaled(o.kind)) continue;
+          taken_records.push_back({o.prev, ends_entry(o.kind)});
           if (o.deferred) {
             encode(o, taken_bytes);
           } else {
@@ -1498,6 +1557,11 @@ class sqlite {
             taken_bytes.append(records, o.off, o.len);
             o.off = at;
           }
+        }
+        // The row changes of the taken ops are the first of `row_owners` (both in recording order).
+        for (; rows != 0; --rows) {
+          taken_rows.push_back(std::move(row_owners.front()));
+          row_owners.pop_front();
         }
         kept_bytes.clear();
         for (op& o : pending) {
@@ -1510,8 +1574,7 @@ class sqlite {
       }
       if (batch.empty()) return;
       last_batch_size.store(batch.size(), std::memory_order_relaxed);
-      const std::size_t left = static_cast<std::size_t>(
-          std::count_if(batch.begin(), batch.end(), [](const op& o) { return !o.undone; }));
+      const std::size_t left = taken_live;
       const bool nothing_left = left == 0 && to_drop.empty();
       adapt_window(batch.size(), left);
       std::uint64_t first_failed = 0;
@@ -1577,6 +1640,7 @@ class sqlite {
       // Reported: the acknowledgements are on their way to the clients, some sent, some not.
       MQTTBROKER_CRASH_POINT("sqlite.reported");
       batch.clear();
+      taken_rows.clear();
       taken_bytes.clear();
     }
 
@@ -1587,10 +1651,8 @@ class sqlite {
       std::size_t n = 0;
       if (!ends_only) {
         // taken_bytes holds exactly these records, in order (commit_batch).
-        for (const op& o : batch)
-          if (!o.undone && journaled(o.kind)) ++n;
         segment_bytes = taken_bytes;
-        return n;
+        return taken_records.size();
       }
       ends_blob.clear();
       for (const op& o : batch) {
@@ -1627,7 +1689,9 @@ class sqlite {
       // Space first: on a full disk the pages of the segments that go make room for the new one.
       rc = delete_dropped();
       if (rc != SQLITE_OK) return rc;
+      // Row changes are few: a batch of journal records alone skips the pass.
       for (op& o : batch) {
+        if (taken_live == taken_records.size()) break;
         if (o.undone || journaled(o.kind)) continue;
         if (each) exec("SAVEPOINT one");
         rc = apply(o);
@@ -1715,9 +1779,8 @@ class sqlite {
       segment s{last_segment + 1, batch.front().seq, batch.back().seq};
       s.bytes = segment_bytes.size();
       s.puts = journal == journal_write::all;
-      for (const op& o : batch) {
-        if (o.undone || !journaled(o.kind)) continue;
-        const bool end = ends_entry(o.kind);
+      for (const taken_record& o : taken_records) {
+        const bool end = o.end;
         if (!end && !s.puts) continue;
         ++s.records;
         if (end)
