@@ -27,15 +27,16 @@ def nats_server_program():
     return found
 
 
-def wait_for_port(port):
+def wait_for_port(port, proc=None):
+    """True once something listens on `port`; False if `proc` exits first or the wait runs out."""
     deadline = time.monotonic() + h.WAIT
     while True:
         try:
             socket.create_connection((h.HOST, port), timeout=1).close()
-            return
+            return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError("nats-server did not listen on %d within %.0f s" % (port, h.WAIT))
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                return False
             time.sleep(0.05)
 
 
@@ -44,21 +45,29 @@ class NatsCluster:
 
     def __init__(self, n=3, extra=()):
         program = nats_server_program()
-        self.client_ports = [h.free_port() for _ in range(n)]
-        cluster_ports = [h.free_port() for _ in range(n)]
-        self.args = []
         # JetStream (the retained messages' bucket) keeps its files here.
         self.store = tempfile.mkdtemp(prefix="mqttbroker-it-nats-")
-        for i in range(n):
-            routes = ",".join("nats://127.0.0.1:%d" % p for j, p in enumerate(cluster_ports) if j != i)
-            self.args.append([program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
-                              "--cluster_name", "mqttbroker-test", "--cluster", "nats://127.0.0.1:%d" % cluster_ports[i],
-                              "--routes", routes, "-js", "-sd", os.path.join(self.store, str(i)), *extra])
-        self.procs = [None] * n
-        for i in range(n):
-            self.start(i)
-        for port in self.client_ports:
-            wait_for_port(port)
+        # The ports are the kernel's picks of free ones, released again: another process (a test
+        # running beside this one) may take one before nats-server binds it, and that server then
+        # exits. Fresh picks for the whole cluster then, as its routes name every port.
+        for attempt in range(3):
+            self.client_ports = [h.free_port() for _ in range(n)]
+            cluster_ports = [h.free_port() for _ in range(n)]
+            self.args = []
+            for i in range(n):
+                routes = ",".join("nats://127.0.0.1:%d" % p for j, p in enumerate(cluster_ports) if j != i)
+                self.args.append([program, "-a", h.HOST, "-p", str(self.client_ports[i]), "-n", "nats-%d" % i,
+                                  "--cluster_name", "mqttbroker-test", "--cluster",
+                                  "nats://127.0.0.1:%d" % cluster_ports[i], "--routes", routes, "-js", "-sd",
+                                  os.path.join(self.store, "%d-%d" % (attempt, i)), *extra])
+            self.procs = [None] * n
+            for i in range(n):
+                self.start(i)
+            if all(wait_for_port(self.client_ports[i], self.procs[i]) for i in range(n)):
+                return
+            self.stop(keep_store=True)
+        shutil.rmtree(self.store, ignore_errors=True)
+        raise AssertionError("nats-server did not listen within %.0f s, 3 times over with fresh ports" % h.WAIT)
 
     def start(self, i):
         """Starts server i (again: the same ports and JetStream store)."""
@@ -73,7 +82,7 @@ class NatsCluster:
     def url(self, i):
         return "nats://127.0.0.1:%d" % self.client_ports[i]
 
-    def stop(self):
+    def stop(self, keep_store=False):
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
@@ -83,7 +92,8 @@ class NatsCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        shutil.rmtree(self.store, ignore_errors=True)
+        if not keep_store:
+            shutil.rmtree(self.store, ignore_errors=True)
 
 
 class Cluster(unittest.TestCase):
