@@ -9091,6 +9091,13 @@ class core {
     holding_.push_back(l.self());
   }
 
+  /// `l` is told when a session next completes a stored delivery (wake_settling). state_mutex_ held.
+  void await_settle(link_type& l) {
+    if (l.awaiting_settle) return;
+    l.awaiting_settle = true;
+    settling_.push_back(l.self());
+  }
+
   /// A session completed a stored delivery (PUBACK, PUBCOMP): the links whose first held PUBACK
   /// waits for its message to be taken by all look again (settled_early), as that may have been
   /// the last. Once per waiting link, whatever number of deliveries completes before it looks.
@@ -10206,10 +10213,7 @@ class core {
             failed = commit_failed(q->front().ticket);
           } else if (!settled_early(q->front())) {
             await_commit(l);
-            if (q->front().settles && !l.awaiting_settle) {
-              l.awaiting_settle = true;
-              settling_.push_back(l.self());
-            }
+            if (q->front().settles) await_settle(l);
             return;
           }
         }

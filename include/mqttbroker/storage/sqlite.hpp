@@ -667,7 +667,6 @@ class sqlite {
         if (r != nullptr) drop(std::exchange(r, nullptr));
       count_ = 0;
     }
-    std::size_t size() const noexcept { return count_; }
 
    private:
     std::size_t slot(const message* m) const noexcept {
@@ -1121,15 +1120,18 @@ class sqlite {
     template <class F>
     void record(op_kind k, std::string_view key, F&& fill) {
       recording_lock lk(*this);
-      op& o = push(k, prev_none);
-      o.row = new_row();
-      o.row->key.assign(key);
-      fill(*o.row);
+      fill(push_row(k, key));
     }
-    /// A row change for the op being recorded, owned in the order of the ops (so that a batch
-    /// taken from the front of `pending` takes the front of `row_owners`): ops stay trivially
-    /// destructible, and a batch of thousands of journal records is let go without a pass.
-    row_change* new_row() { return row_owners.emplace_back(std::make_unique<row_change>()).get(); }
+    /// Records a row change of `key`. Its fields are owned in the order of the ops (so that a
+    /// batch taken from the front of `pending` takes the front of `row_owners`): ops stay
+    /// trivially destructible, and a batch of thousands of journal records is let go without a
+    /// pass. `mutex` held.
+    row_change& push_row(op_kind k, std::string_view key) {
+      op& o = push(k, prev_none);
+      o.row = row_owners.emplace_back(std::make_unique<row_change>()).get();
+      o.row->key.assign(key);
+      return *o.row;
+    }
     static constexpr std::uint64_t prev_none = 0;
     op& push(op_kind k, std::uint64_t prev) {
       op& o = pending.emplace_back();
@@ -1427,11 +1429,7 @@ class sqlite {
     /// `erase`, the session's row, subscriptions and will go too.
     void forget_client(std::string_view client_id, bool erase) {
       recording_lock lk(*this);
-      if (erase) {
-        op& o = push(op_kind::erase_session, prev_none);
-        o.row = new_row();
-        o.row->key.assign(client_id);
-      }
+      if (erase) push_row(op_kind::erase_session, client_id);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       for (const auto& e : c->queued) remove_outgoing(e);
@@ -1489,7 +1487,8 @@ class sqlite {
              (spans.empty() || pending.front().seq < *spans.begin());
     }
     /// Has the worker (or a job on the host's executor) take what is committable. `lk` holds
-    /// `mutex`; it is released.
+    /// `mutex`; it is released, unless this thread holds it for a scope (hold()): the worker then
+    /// takes the batch once the scope lets it go.
     void kick(recording_lock& lk) {
       if (!open_ || stopping || !committable()) return;
       if (opts.executor) {
