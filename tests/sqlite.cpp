@@ -15,6 +15,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <condition_variable>
@@ -24,7 +25,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -1094,6 +1097,7 @@ struct outgoing_seen {
   std::uint16_t packet_id;
   bool has_message;
   mb::storage::outgoing_state state;
+  mb::message_ptr message;  // one object per message row the load found
 };
 struct capture_loader {
   std::vector<outgoing_seen> outgoing_entries;
@@ -1103,9 +1107,10 @@ struct capture_loader {
   void retained(mb::message_ptr) {}
   void outgoing(std::string_view id, std::uint16_t packet_id, mb::message_ptr m, const mb::storage::delivery&,
                 mb::storage::outgoing_state s) {
-    outgoing_entries.push_back({std::string(id), packet_id, static_cast<bool>(m), s});
+    outgoing_entries.push_back({std::string(id), packet_id, static_cast<bool>(m), s, m});
   }
-  void inbound(std::string_view, std::uint16_t, mb::message_ptr) {}
+  std::vector<std::uint16_t> inbound_ids;
+  void inbound(std::string_view, std::uint16_t packet_id, mb::message_ptr) { inbound_ids.push_back(packet_id); }
   void will(std::string_view, mb::message_ptr, std::chrono::system_clock::time_point) {}
   std::chrono::system_clock::time_point system_now() const { return std::chrono::system_clock::now(); }
   std::uint32_t expiry_second(std::chrono::system_clock::time_point) const { return 0; }
@@ -1140,6 +1145,10 @@ struct held_store {
   void run_batches() {
     jobs.run();
     jobs.restart();
+  }
+  /// Persistent sessions that never expire.
+  void save_sessions(std::initializer_list<const char*> client_ids) {
+    for (const char* id : client_ids) st.save_session(id, 0xFFFFFFFFu);
   }
 };
 
@@ -1178,8 +1187,7 @@ TEST_CASE("sqlite: an entry acknowledged before the worker takes it is not writt
           "[sqlite][MQTT-4.3.2-2]") {
   held_store h;
   auto& st = h.st;
-  st.save_session("a", 0xFFFFFFFFu);
-  st.save_session("b", 0xFFFFFFFFu);
+  h.save_sessions({"a", "b"});
   st.commit();
   h.run_batches();
   const mb::storage::sqlite_statistics before = st.statistics();
@@ -1201,6 +1209,92 @@ TEST_CASE("sqlite: an entry acknowledged before the worker takes it is not writt
   CHECK(crash.outgoing_entries[0].client_id == "b");
   CHECK(crash.outgoing_entries[0].has_message);
   st.close();
+}
+
+TEST_CASE("sqlite: entries whose packet identifiers share a run of the store's table are each found, ended and loaded",
+          "[sqlite][MQTT-4.3.2-2][MQTT-4.3.3-1]") {
+  // The store keeps a session's entries by packet identifier in a table where identifiers that
+  // hash alike lie in a run: a lookup must walk past the others, and ending one must keep those
+  // after it reachable. 600 in flight each way, their identifiers scattered (as after many
+  // acknowledgements out of order), make many such runs; consecutive ones would hash apart.
+  held_store h;
+  auto& st = h.st;
+  h.save_sessions({"c"});
+  std::vector<std::uint16_t> ids;
+  std::vector<bool> taken(65536, false);
+  std::uint32_t x = 12345;
+  while (ids.size() < 600) {
+    x = x * 1103515245u + 12345u;
+    const auto id = static_cast<std::uint16_t>(x >> 16);
+    if (id != 0 && !taken[id]) {
+      taken[id] = true;
+      ids.push_back(id);
+    }
+  }
+  for (std::uint16_t id : ids) {
+    st.send("c", id, mb::message::make("out/" + std::to_string(id), "o", qos::at_least_once, false), qos::at_least_once);
+    st.receive("c", id, mb::message::make("in/" + std::to_string(id), "i", qos::exactly_once, false));
+  }
+  st.commit();
+  h.run_batches();
+  // Every third one ended, in an order that is neither the sending one nor its reverse.
+  std::vector<std::uint16_t> ended, kept;
+  for (std::size_t k = 0; k < ids.size(); ++k) (k % 3 == 1 ? ended : kept).push_back(ids[(k * 7) % ids.size()]);
+  for (std::uint16_t id : ended) {
+    st.acknowledge("c", id);
+    st.release("c", id);
+  }
+  st.commit();
+  h.run_batches();
+
+  capture_loader crash = load_crash_copy(h.path, h.dir.file("crash.db"));
+  std::vector<std::uint16_t> out;
+  for (const auto& e : crash.outgoing_entries) out.push_back(e.packet_id);
+  std::sort(out.begin(), out.end());
+  std::sort(crash.inbound_ids.begin(), crash.inbound_ids.end());
+  std::sort(kept.begin(), kept.end());
+  CHECK(out == kept);
+  CHECK(crash.inbound_ids == kept);
+  st.close();
+}
+
+TEST_CASE("sqlite: a message the store still holds is found again after many others ended around it: one row, "
+          "however many sessions take it",
+          "[sqlite]") {
+  // The store finds a message's row by the message's address, in a table where rows whose
+  // addresses hash alike lie in a run; a row that ends must not cut the run. Were a row lost
+  // to a lookup, the second session's send would write the message again as a row of its own.
+  held_store h;
+  h.save_sessions({"a", "b"});
+  std::vector<mb::message_ptr> sent;
+  for (int i = 0; i < 600; ++i) {
+    sent.push_back(mb::message::make("t/" + std::to_string(i), "x", qos::at_least_once, false));
+    h.st.send("a", static_cast<std::uint16_t>(i + 1), sent.back(), qos::at_least_once);
+  }
+  h.st.commit();
+  h.run_batches();
+  std::vector<std::uint16_t> kept;
+  for (std::size_t k = 0; k < sent.size(); ++k) {
+    const auto i = static_cast<std::uint16_t>((k * 7) % sent.size());
+    if (k % 2 == 0) {
+      h.st.acknowledge("a", static_cast<std::uint16_t>(i + 1));  // its message ends with it
+    } else {
+      kept.push_back(static_cast<std::uint16_t>(i + 1));
+    }
+  }
+  for (std::uint16_t id : kept) h.st.send("b", id, sent[id - 1u], qos::at_least_once);
+  h.st.commit();
+  h.run_batches();
+
+  capture_loader crash = load_crash_copy(h.path, h.dir.file("crash.db"));
+  std::map<std::uint16_t, mb::message_ptr> of_a, of_b;
+  for (const auto& e : crash.outgoing_entries) (e.client_id == "a" ? of_a : of_b)[e.packet_id] = e.message;
+  REQUIRE(of_a.size() == kept.size());
+  REQUIRE(of_b.size() == kept.size());
+  std::size_t shared = 0;
+  for (std::uint16_t id : kept) shared += of_a[id] && of_a[id].get() == of_b[id].get() ? 1u : 0u;
+  CHECK(shared == kept.size());
+  h.st.close();
 }
 
 namespace {

@@ -317,9 +317,24 @@ class sqlite {
   /// takes it: most puts are undone before that (a QoS 1 delivery acknowledged within the batch's
   /// wait), and then they cost no encoding at all.
   struct op {
+    /// An encoded journal record's bytes in its buffer.
+    struct encoded {
+      std::size_t off;
+      std::size_t len;
+    };
+    /// A deferred put's fields. The session's key and the message stay while the op waits: an
+    /// entry that ends undoes its waiting records, and a message that goes settles its own first.
+    struct put_fields {
+      union {
+        const std::string* client;  // outgoing_put, inbound_put: the key in `clients`
+        const message* msg;         // message_put
+      };
+      std::int64_t id;      // message_put: its id; outgoing_put, inbound_put: their message's (0: none)
+      std::int64_t number;  // message_put: its expiry; outgoing_put: the entry's seq
+    };
     op_kind kind;
     bool undone = false;    // a later change made it unneeded before the worker took it: not written
-    bool deferred = false;  // a put not yet encoded: its fields are below
+    bool deferred = false;  // a put not yet encoded: `put` holds its fields, else `at` its bytes
     std::uint8_t flags = 0;         // outgoing_put: qos | state << 2 | retain << 4
     std::uint16_t packet_id = 0;    // outgoing_put, inbound_put
     std::uint64_t ticket;   // the commit() it belongs to
@@ -327,15 +342,14 @@ class sqlite {
     /// A journal record: the entry's record it replaces or ends, already taken by the worker
     /// (0: none). Each entry has one record that counts: its latest.
     std::uint64_t prev = 0;
-    std::size_t off = 0, len = 0;  // an encoded journal record's bytes
-    /// A deferred put's fields. The session's key and the message stay while the op waits: an
-    /// entry that ends undoes its waiting records, and a message that goes settles its own first.
-    const std::string* client = nullptr;  // outgoing_put, inbound_put: the key in `clients`
-    const message* msg = nullptr;         // message_put
-    std::int64_t id = 0;      // message_put: its id; outgoing_put, inbound_put: their message's (0: none)
-    std::int64_t number = 0;  // message_put: its expiry; outgoing_put: the entry's seq
-    row_change* row = nullptr;  // a row change, owned by `row_owners` (or the taken batch's)
+    // One of these, by kind: 56 bytes an op rather than 88, as tens of thousands wait per batch.
+    union {
+      encoded at;        // a journal record, encoded
+      put_fields put;    // a journal record, deferred
+      row_change* row;   // a row change, owned by `row_owners` (or the taken batch's)
+    };
   };
+  static_assert(std::is_trivially_destructible_v<op>);
 
   static delivery with_qos(codec::qos q) noexcept {
     delivery d;
@@ -597,27 +611,106 @@ class sqlite {
     message_row* message = nullptr;  // the unrouted message (nullptr: routed)
     std::uint64_t last_op = 0;
   };
+  /// A session's entries by packet identifier, in no order (a load orders by entry seq): open
+  /// addressing on a power-of-two table, the entries in the slots, with Robin Hood insertion
+  /// (along a run, entries lie in the order of their homes). Identifiers come in sequence and
+  /// are their own hash: a window of them takes consecutive slots, each at its home, so a lookup,
+  /// an insertion and an erase each touch a slot or two, in order. One entry comes and goes per
+  /// message in flight; a node-based map cost a division and a node per entry. Entries move on
+  /// insertion and erase: no pointer to one is kept across calls.
+  template <class Entry>
+  class packet_table {
+   public:
+    Entry* find(std::uint16_t id) noexcept {
+      if (count_ == 0) return nullptr;
+      for (std::size_t i = id & mask_, d = 0;; i = (i + 1) & mask_, ++d) {
+        slot& s = slots_[i];
+        // Past an entry nearer its home than `id` would be, `id` is not in the run.
+        if (!s.used || distance(i) < d) return nullptr;
+        if (s.id == id) return &s.entry;
+      }
+    }
+    /// Adds the entry of `id`, which the table does not hold.
+    Entry& emplace(std::uint16_t id, Entry&& e) {
+      if ((count_ + 1) * 2 > slots_.size()) resize(std::max<std::size_t>(slots_.size() * 2, 8));
+      ++count_;
+      return place(id, std::move(e));
+    }
+    /// The entry of `id`, added empty if the table does not hold it.
+    Entry& operator[](std::uint16_t id) {
+      if (Entry* e = find(id)) return *e;
+      return emplace(id, Entry{});
+    }
+    /// Removes the entry of `id`, which the table holds: the entries after it in its run move
+    /// back one slot, up to one at its home.
+    void erase(std::uint16_t id) noexcept {
+      std::size_t i = id & mask_;
+      while (slots_[i].id != id || !slots_[i].used) i = (i + 1) & mask_;
+      for (std::size_t j = (i + 1) & mask_; slots_[j].used && distance(j) != 0; j = (j + 1) & mask_) {
+        slots_[i] = std::move(slots_[j]);
+        i = j;
+      }
+      slots_[i] = slot{};
+      --count_;
+    }
+    template <class F>
+    void for_each(F&& f) {
+      for (slot& s : slots_)
+        if (s.used) f(s.id, s.entry);
+    }
+
+   private:
+    struct slot {
+      std::uint16_t id = 0;
+      bool used = false;
+      Entry entry{};
+    };
+    /// How far slot i's entry lies from its home.
+    std::size_t distance(std::size_t i) const noexcept { return (i - (slots_[i].id & mask_)) & mask_; }
+    /// Robin Hood: an entry further from its home takes the slot of one nearer to its own, which
+    /// moves on. Returns where `id`'s entry went.
+    Entry& place(std::uint16_t id, Entry&& e) {
+      slot moving;
+      moving.id = id;
+      moving.used = true;
+      moving.entry = std::move(e);
+      Entry* placed = nullptr;
+      for (std::size_t i = id & mask_, d = 0;; i = (i + 1) & mask_, ++d) {
+        slot& s = slots_[i];
+        if (!s.used) {
+          s = std::move(moving);
+          return placed != nullptr ? *placed : s.entry;
+        }
+        if (const std::size_t there = distance(i); there < d) {
+          std::swap(s, moving);
+          if (placed == nullptr) placed = &s.entry;
+          d = there;
+        }
+      }
+    }
+    void resize(std::size_t n) {
+      std::vector<slot> old(n);
+      old.swap(slots_);
+      mask_ = n - 1;
+      for (slot& s : old)
+        if (s.used) place(s.id, std::move(s.entry));
+    }
+    std::vector<slot> slots_;
+    std::size_t count_ = 0;
+    std::size_t mask_ = 0;
+  };
   struct client_rows {
     const std::string* key = nullptr;  // its client identifier, the map's key: deferred records name it
     std::deque<outgoing_entry> queued;
-    // By packet identifier, in no order (a load orders by entry seq); nodes from the store's
-    // node_cache: one comes and goes per message in flight.
-    template <class Entry>
-    using by_packet_id = std::unordered_map<std::uint16_t, Entry, std::hash<std::uint16_t>, std::equal_to<>,
-                                            cached_allocator<std::pair<const std::uint16_t, Entry>>>;
-    by_packet_id<outgoing_entry> inflight;
-    by_packet_id<inbound_entry> inbound;
-    explicit client_rows(node_cache* nodes)
-        : inflight(8, std::hash<std::uint16_t>(), std::equal_to<>(),
-                   cached_allocator<std::pair<const std::uint16_t, outgoing_entry>>(nodes)),
-          inbound(8, std::hash<std::uint16_t>(), std::equal_to<>(),
-                  cached_allocator<std::pair<const std::uint16_t, inbound_entry>>(nodes)) {}
+    packet_table<outgoing_entry> inflight;
+    packet_table<inbound_entry> inbound;
   };
 
   /// The message rows by the message's address: open addressing on a power-of-two table with
   /// linear probing. A row's address stays while it is in the table (entries point to it); the
   /// rows come from the store's node_cache. A node-based hash map cost a division and a walk of
-  /// its bucket per lookup and per erase, a tenth of a recorded delivery's time.
+  /// its bucket per lookup and per erase, a tenth of a recorded delivery's time. Each slot holds
+  /// its row's key as well: a probe or an erase's shift reads no row.
   class message_table {
    public:
     explicit message_table(node_cache* nodes) : nodes_(nodes) {}
@@ -628,71 +721,74 @@ class sqlite {
     message_row* find(const message* m) const noexcept {
       if (count_ == 0) return nullptr;
       for (std::size_t i = slot(m);; i = (i + 1) & mask_) {
-        message_row* r = slots_[i];
-        if (r == nullptr) return nullptr;
-        if (r->keep.get() == m) return r;
+        const entry& e = slots_[i];
+        if (e.row == nullptr || e.key == m) return e.row;
       }
     }
     /// Adds the row of a message not in the table.
     message_row& insert(message_row&& row) {
       if ((count_ + 1) * 2 > slots_.size()) resize(std::max<std::size_t>(slots_.size() * 2, 64));
       auto* r = ::new (nodes_->take(sizeof(message_row))) message_row(std::move(row));
-      place(r);
+      place({r->keep.get(), r});
       ++count_;
       return *r;
     }
     /// Removes `r`, a row in the table (backward shift: no tombstones, probes stay short).
     void erase(message_row* r) noexcept {
       std::size_t i = slot(r->keep.get());
-      while (slots_[i] != r) i = (i + 1) & mask_;
-      for (std::size_t j = (i + 1) & mask_; slots_[j] != nullptr; j = (j + 1) & mask_) {
+      while (slots_[i].row != r) i = (i + 1) & mask_;
+      for (std::size_t j = (i + 1) & mask_; slots_[j].row != nullptr; j = (j + 1) & mask_) {
         // slots_[j] may move back to the hole at i unless its home lies cyclically in (i, j].
-        const std::size_t home = slot(slots_[j]->keep.get());
+        const std::size_t home = slot(slots_[j].key);
         if (((j - home) & mask_) >= ((j - i) & mask_)) {
           slots_[i] = slots_[j];
           i = j;
         }
       }
-      slots_[i] = nullptr;
+      slots_[i] = entry{};
       --count_;
       drop(r);
     }
     template <class F>
     void for_each(F&& f) {
-      for (message_row* r : slots_)
-        if (r != nullptr) f(*r);
+      for (const entry& e : slots_)
+        if (e.row != nullptr) f(*e.row);
     }
     void clear() noexcept {
-      for (message_row*& r : slots_)
-        if (r != nullptr) drop(std::exchange(r, nullptr));
+      for (entry& e : slots_)
+        if (e.row != nullptr) drop(std::exchange(e, entry{}).row);
       count_ = 0;
     }
 
    private:
+    struct entry {
+      const message* key = nullptr;
+      message_row* row = nullptr;  // nullptr: the slot is free
+    };
     std::size_t slot(const message* m) const noexcept {
       // Fibonacci hashing of the address: its low bits are the allocator's alignment.
       return static_cast<std::size_t>((reinterpret_cast<std::uintptr_t>(m) * 0x9E3779B97F4A7C15ull) >> shift_) & mask_;
     }
-    void place(message_row* r) noexcept {
-      std::size_t i = slot(r->keep.get());
-      while (slots_[i] != nullptr) i = (i + 1) & mask_;
-      slots_[i] = r;
+    void place(entry e) noexcept {
+      std::size_t i = slot(e.key);
+      while (slots_[i].row != nullptr) i = (i + 1) & mask_;
+      slots_[i] = e;
     }
     void resize(std::size_t n) {
-      std::vector<message_row*> old(n, nullptr);
+      std::vector<entry> old(n);
       old.swap(slots_);
       mask_ = n - 1;
       shift_ = 64;
       for (std::size_t k = n; k > 1; k >>= 1) --shift_;
-      for (message_row* r : old)
-        if (r != nullptr) place(r);
+      for (const entry& e : old)
+        if (e.row != nullptr) place(e);
     }
     void drop(message_row* r) noexcept {
       r->~message_row();
       nodes_->give(r, sizeof(message_row));
     }
     node_cache* nodes_;
-    std::vector<message_row*> slots_;
+    std::vector<entry> slots_;
     std::size_t count_ = 0;
     std::size_t mask_ = 0;
     unsigned shift_ = 64;
@@ -1146,18 +1242,18 @@ class sqlite {
     template <class F>
     std::uint64_t push_record(op_kind k, std::uint64_t prev, F&& fields) {
       op& o = push(k, prev);
-      o.off = records.size();
+      const std::size_t off = records.size();
       records.push_back(static_cast<char>(k));
       put_varint(records, o.seq);
       fields(records);
-      o.len = records.size() - o.off;
+      o.at = {off, records.size() - off};
       return o.seq;
     }
 
     /// A session's entries (nullptr: none, unless `make`). `mutex` held.
     client_rows* rows_of(std::string_view client_id, bool make) {
       if (last_client.id != nullptr && *last_client.id == client_id) return last_client.rows;
-      auto it = make ? clients.try_emplace(std::string(client_id), &nodes).first : clients.find(std::string(client_id));
+      auto it = make ? clients.try_emplace(std::string(client_id)).first : clients.find(std::string(client_id));
       if (it == clients.end()) return nullptr;
       it->second.key = &it->first;
       last_client = {&it->first, &it->second};
@@ -1208,9 +1304,9 @@ class sqlite {
     void put_message(message_row& r) {
       op& o = push(op_kind::message_put, supersede(r.last_op));
       o.deferred = true;
-      o.msg = r.keep.get();
-      o.id = r.id;
-      o.number = r.expires;
+      o.put.msg = r.keep.get();
+      o.put.id = r.id;
+      o.put.number = r.expires;
       r.last_op = o.seq;
     }
     void put_outgoing(const std::string& client_id, outgoing_entry& e) {
@@ -1227,9 +1323,9 @@ class sqlite {
       }
       op& o = push(op_kind::outgoing_put, prev);
       o.deferred = true;
-      o.client = &client_id;
-      o.number = e.seq;
-      o.id = message_id;
+      o.put.client = &client_id;
+      o.put.number = e.seq;
+      o.put.id = message_id;
       o.flags = flags;
       o.packet_id = e.packet_id;
       e.last_op = o.seq;
@@ -1237,9 +1333,9 @@ class sqlite {
     void put_inbound(const std::string& client_id, std::uint16_t packet_id, inbound_entry& e) {
       op& o = push(op_kind::inbound_put, supersede(e.last_op));
       o.deferred = true;
-      o.client = &client_id;
+      o.put.client = &client_id;
       o.packet_id = packet_id;
-      o.id = e.message != nullptr ? e.message->id : 0;
+      o.put.id = e.message != nullptr ? e.message->id : 0;
       e.last_op = o.seq;
     }
     /// An outgoing_put's fields after its kind and seq; at most outgoing_room() bytes.
@@ -1258,15 +1354,17 @@ class sqlite {
     }
     /// A deferred put's record, appended to `b`; it is encoded from then on.
     static void encode(op& o, std::string& b) {
-      o.off = b.size();
+      // `at` takes the place of `put` only once the record is written.
+      const op::put_fields f = o.put;
+      const std::size_t off = b.size();
       std::size_t room = 1 + max_varint;  // kind, seq
       switch (o.kind) {
         case op_kind::message_put:
-          room += 6 * max_varint + 1 + o.msg->topic().size() + o.msg->payload().size() +
-                  o.msg->properties().bytes().size();
+          room += 6 * max_varint + 1 + f.msg->topic().size() + f.msg->payload().size() +
+                  f.msg->properties().bytes().size();
           break;
-        case op_kind::outgoing_put: room += outgoing_room(*o.client, {}); break;
-        case op_kind::inbound_put: room += 3 * max_varint + o.client->size(); break;
+        case op_kind::outgoing_put: room += outgoing_room(*f.client, {}); break;
+        case op_kind::inbound_put: room += 3 * max_varint + f.client->size(); break;
         default: break;
       }
       append_fields(b, room, [&](field_writer& w) {
@@ -1274,25 +1372,25 @@ class sqlite {
         w.varint(o.seq);
         switch (o.kind) {
           case op_kind::message_put: {
-            const message& m = *o.msg;
-            w.varint(static_cast<std::uint64_t>(o.id));
+            const message& m = *f.msg;
+            w.varint(static_cast<std::uint64_t>(f.id));
             w.byte(static_cast<std::uint8_t>(static_cast<unsigned>(m.qos_level()) | (m.retain() ? 4u : 0u)));
-            w.varint(static_cast<std::uint64_t>(o.number));
+            w.varint(static_cast<std::uint64_t>(f.number));
             w.bytes(m.topic());
             w.bytes(m.payload());
             w.bytes(m.properties().bytes());
             break;
           }
-          case op_kind::outgoing_put: write_outgoing(w, *o.client, o.number, o.id, o.flags, o.packet_id, {}); break;
+          case op_kind::outgoing_put: write_outgoing(w, *f.client, f.number, f.id, o.flags, o.packet_id, {}); break;
           case op_kind::inbound_put:
-            w.bytes(*o.client);
+            w.bytes(*f.client);
             w.varint(o.packet_id);
-            w.varint(static_cast<std::uint64_t>(o.id));
+            w.varint(static_cast<std::uint64_t>(f.id));
             break;
           default: break;
         }
       });
-      o.len = b.size() - o.off;
+      o.at = {off, b.size() - off};
       o.deferred = false;
     }
     /// Encodes the deferred records among an entry's waiting ones, from its latest back, before
@@ -1376,12 +1474,12 @@ class sqlite {
         moved.retain = d.retain;
         moved.ids = identifiers_text(d);
       }
-      if (auto old = c.inflight.find(packet_id); old != c.inflight.end()) {  // not expected: replaced
-        const outgoing_entry gone = std::move(old->second);
-        c.inflight.erase(old);
+      if (outgoing_entry* old = c.inflight.find(packet_id)) {  // not expected: replaced
+        const outgoing_entry gone = std::move(*old);
+        c.inflight.erase(packet_id);
         remove_outgoing(gone);
       }
-      outgoing_entry& e = c.inflight.emplace(packet_id, std::move(moved)).first->second;
+      outgoing_entry& e = c.inflight.emplace(packet_id, std::move(moved));
       // A queued entry keeps the RETAIN flag and identifiers it was queued with: the same delivery.
       e.packet_id = packet_id;
       e.qos = static_cast<std::uint8_t>(d.qos_level);
@@ -1392,9 +1490,9 @@ class sqlite {
       recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
-      auto it = c->inflight.find(packet_id);
-      if (it == c->inflight.end()) return;
-      outgoing_entry& e = it->second;
+      outgoing_entry* const found = c->inflight.find(packet_id);
+      if (found == nullptr) return;
+      outgoing_entry& e = *found;
       // Delivered: only the identifier is owed (PUBREL), so the message may go.
       message_row* const m = std::exchange(e.message, nullptr);
       e.qos = static_cast<std::uint8_t>(codec::qos::exactly_once);
@@ -1407,10 +1505,10 @@ class sqlite {
       recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
-      auto it = c->inflight.find(packet_id);
-      if (it == c->inflight.end()) return;
-      const outgoing_entry e = std::move(it->second);
-      c->inflight.erase(it);
+      outgoing_entry* const found = c->inflight.find(packet_id);
+      if (found == nullptr) return;
+      const outgoing_entry e = std::move(*found);
+      c->inflight.erase(packet_id);
       remove_outgoing(e);
     }
     void drop(std::string_view client_id, const message_ptr& m) {
@@ -1433,8 +1531,8 @@ class sqlite {
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
       for (const auto& e : c->queued) remove_outgoing(e);
-      for (const auto& e : c->inflight) remove_outgoing(e.second);
-      for (const auto& e : c->inbound) remove_inbound(client_id, e.first, e.second);
+      c->inflight.for_each([&](std::uint16_t, const outgoing_entry& e) { remove_outgoing(e); });
+      c->inbound.for_each([&](std::uint16_t id, const inbound_entry& e) { remove_inbound(client_id, id, e); });
       forget_rows(client_id);
     }
     void clear_messages(std::string_view client_id) { forget_client(client_id, false); }
@@ -1452,20 +1550,20 @@ class sqlite {
       recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
-      auto it = c->inbound.find(packet_id);
-      if (it == c->inbound.end() || it->second.message == nullptr) return;
-      message_row* const m = std::exchange(it->second.message, nullptr);
-      put_inbound(*c->key, packet_id, it->second);
+      inbound_entry* const found = c->inbound.find(packet_id);
+      if (found == nullptr || found->message == nullptr) return;
+      message_row* const m = std::exchange(found->message, nullptr);
+      put_inbound(*c->key, packet_id, *found);
       unref(m);
     }
     void release(std::string_view client_id, std::uint16_t packet_id) {
       recording_lock lk(*this);
       client_rows* c = rows_of(client_id, false);
       if (c == nullptr) return;
-      auto it = c->inbound.find(packet_id);
-      if (it == c->inbound.end()) return;
-      const inbound_entry e = it->second;
-      c->inbound.erase(it);
+      inbound_entry* const found = c->inbound.find(packet_id);
+      if (found == nullptr) return;
+      const inbound_entry e = *found;
+      c->inbound.erase(packet_id);
       remove_inbound(client_id, packet_id, e);
     }
     std::uint64_t commit() {
@@ -1621,7 +1719,7 @@ class sqlite {
         taken_live = 0;
         std::size_t rows = 0;
         for (op& o : batch) {
-          if (o.row != nullptr) ++rows;
+          if (!journaled(o.kind)) ++rows;
           if (o.undone) continue;
           ++taken_live;
           if (!journaled(o.kind)) continue;
@@ -1630,8 +1728,8 @@ class sqlite {
             encode(o, taken_bytes);
           } else {
             const std::size_t at = taken_bytes.size();
-            taken_bytes.append(records, o.off, o.len);
-            o.off = at;
+            taken_bytes.append(records, o.at.off, o.at.len);
+            o.at.off = at;
           }
         }
         // The row changes of the taken ops are the first of `row_owners` (both in recording order).
@@ -1643,8 +1741,8 @@ class sqlite {
         for (op& o : pending) {
           if (o.undone || o.deferred || !journaled(o.kind)) continue;
           const std::size_t at = kept_bytes.size();
-          kept_bytes.append(records, o.off, o.len);
-          o.off = at;
+          kept_bytes.append(records, o.at.off, o.at.len);
+          o.at.off = at;
         }
         records.swap(kept_bytes);
       }
@@ -1733,7 +1831,7 @@ class sqlite {
       ends_blob.clear();
       for (const op& o : batch) {
         if (o.undone || !ends_entry(o.kind)) continue;
-        ends_blob.append(taken_bytes, o.off, o.len);
+        ends_blob.append(taken_bytes, o.at.off, o.at.len);
         ++n;
       }
       segment_bytes = ends_blob;
@@ -1926,10 +2024,12 @@ class sqlite {
       for (auto& [id, c] : clients) {
         for (auto& e : c.queued)
           if (old(e.last_op)) put_outgoing(id, e);
-        for (auto& e : c.inflight)
-          if (old(e.second.last_op)) put_outgoing(id, e.second);
-        for (auto& e : c.inbound)
-          if (old(e.second.last_op)) put_inbound(id, e.first, e.second);
+        c.inflight.for_each([&](std::uint16_t, outgoing_entry& e) {
+          if (old(e.last_op)) put_outgoing(id, e);
+        });
+        c.inbound.for_each([&](std::uint16_t packet_id, inbound_entry& e) {
+          if (old(e.last_op)) put_inbound(id, packet_id, e);
+        });
       }
       if (recorded_count == before) return;
       copying_until = recorded_count;
@@ -2069,7 +2169,7 @@ class sqlite {
         const std::int64_t since = sqlite3_column_type(st, 2) == SQLITE_NULL ? saved : sqlite3_column_int64(st, 2);
         std::int64_t left = expiry;
         if (expiry != 0xFFFFFFFFu) left = std::int64_t{expiry} - std::max<std::int64_t>(effective - since, 0) / 1000;
-        clients.try_emplace(std::string(text(st, 0)), &nodes);
+        clients.try_emplace(std::string(text(st, 0)));
         l.session(text(st, 0), expiry, std::chrono::seconds(std::max<std::int64_t>(left, 0)));
       });
       rows("SELECT client_id, filter, options, identifier FROM subscriptions", [&](sqlite3_stmt* st) {
@@ -2240,7 +2340,7 @@ class sqlite {
         const std::uint16_t packet_id = e.packet_id;
         if (state == outgoing_state::queued)
           c->second.queued.push_back(std::move(e));
-        else
+        else if (c->second.inflight.find(packet_id) == nullptr)  // one entry per identifier, as written
           c->second.inflight.emplace(packet_id, std::move(e));
         l.outgoing(c->first, packet_id, std::move(m), d, state);
       }
@@ -2248,7 +2348,7 @@ class sqlite {
         auto c = clients.find(std::string(key.first));
         if (c == clients.end()) continue;
         message_row* const row = message_of(in.message);
-        c->second.inbound.emplace(key.second, inbound_entry{row, in.seq});
+        c->second.inbound[key.second] = inbound_entry{row, in.seq};
         ++segments[in.segment].live;
         l.inbound(c->first, key.second, row != nullptr ? row->keep : message_ptr());
       }
