@@ -859,6 +859,7 @@ class sqlite {
     std::string_view segment_bytes;  // what the batch's segment holds: taken_bytes or ends_blob
     double last_written_share = 0;  // adapt_window: the last large batch's share written
     bool window_grew = false;       // and whether the window grew after it
+    std::uint32_t grow_pause = 0;   // large batches to go before the window may grow again
     // ---- under `db_mutex`: the connection and the journal's segments
     std::mutex db_mutex;
     sqlite3* db = nullptr;
@@ -1655,8 +1656,12 @@ class sqlite {
       std::uint32_t w = loaded_window_us.load(std::memory_order_relaxed);
       if (share > 0.25) {
         if (window_grew && share > last_written_share * 0.9) {
+          // Waiting longer bought nothing: back, and no new try for a while.
           w = std::max<std::uint32_t>(w - 1000, min_loaded_window_us);
           window_grew = false;
+          grow_pause = grow_pause_batches;
+        } else if (grow_pause != 0) {
+          --grow_pause;
         } else {
           window_grew = w < max_loaded_window_us;
           w = std::min<std::uint32_t>(w + 1000, max_loaded_window_us);
@@ -1669,7 +1674,8 @@ class sqlite {
       loaded_window_us.store(w, std::memory_order_relaxed);
     }
     static constexpr std::size_t loaded_batch = 1024;
-    static constexpr std::uint32_t min_loaded_window_us = 1000;
+    static constexpr std::uint32_t min_loaded_window_us = 250;
+    static constexpr std::uint32_t grow_pause_batches = 16;
     static constexpr std::uint32_t max_loaded_window_us = 8000;
 
     void run_job() {
