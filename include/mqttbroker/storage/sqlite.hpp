@@ -512,10 +512,9 @@ class sqlite {
     ~statement() { sqlite3_finalize(st); }
   };
 
-  /// Freed nodes of the store's maps, kept for the next ones: a message in flight takes and gives
-  /// back a node of two maps, which from the heap cost more than the rest of its recording. It
-  /// holds at most what the maps held at their peak, until the store goes; used under `mutex`,
-  /// as the maps are.
+  /// Freed message rows, kept for the next ones: a message in flight takes and gives back one,
+  /// which from the heap cost more than the rest of its recording. It holds at most what the
+  /// message table held at its peak, until the store goes; used under `mutex`, as the table is.
   class node_cache {
    public:
     node_cache() = default;
@@ -561,32 +560,6 @@ class sqlite {
     static void poison(void* p, std::size_t n) noexcept { ::mqttbroker::detail::poison_memory(p, n); }
     static void unpoison(void* p, std::size_t n) noexcept { ::mqttbroker::detail::unpoison_memory(p, n); }
   };
-  /// An allocator of single nodes from a node_cache (arrays, as hash buckets, from the heap).
-  template <class T>
-  struct cached_allocator {
-    using value_type = T;
-    node_cache* cache = nullptr;
-    explicit cached_allocator(node_cache* c) noexcept : cache(c) {}
-    template <class U>
-    cached_allocator(const cached_allocator<U>& o) noexcept : cache(o.cache) {}
-    T* allocate(std::size_t n) {
-      if (n == 1) return static_cast<T*>(cache->take(sizeof(T)));
-      return static_cast<T*>(::operator new(n * sizeof(T)));
-    }
-    void deallocate(T* p, std::size_t n) noexcept {
-      if (n == 1) return cache->give(p, sizeof(T));
-      ::operator delete(p);
-    }
-    template <class U>
-    friend bool operator==(const cached_allocator& a, const cached_allocator<U>& b) noexcept {
-      return a.cache == b.cache;
-    }
-    template <class U>
-    friend bool operator!=(const cached_allocator& a, const cached_allocator<U>& b) noexcept {
-      return a.cache != b.cache;
-    }
-  };
-
   /// A message, one per message however many sessions refer to it.
   struct message_row {
     std::int64_t id;
@@ -825,7 +798,7 @@ class sqlite {
     sqlite_statistics stats;
     std::function<void(std::uint64_t)> committed_handler;
     std::function<void(std::uint64_t, std::uint64_t, std::error_code)> failed_handler;
-    node_cache nodes;  // before the maps that use it, so that it goes after them
+    node_cache nodes;  // before the message table that uses it, so that it goes after it
     std::unordered_map<std::string, client_rows> clients;
     /// The session looked up last: a stream of deliveries to one session finds it without hashing.
     struct client_cache {
