@@ -142,12 +142,13 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMQTTBROKER_WERROR=ON \
   -DMQTTBROKER_BUILD_TESTS=ON -DMQTTBROKER_BUILD_EXAMPLES=ON -DMQTTBROKER_BUILD_BENCH=OFF \
   -DMQTTBROKER_INSTALL=OFF -DMQTTBROKER_BUILD_FUZZ=OFF
 cmake --build build/asan -j "$JOBS"
-# The package and compile_fail tests only configure and build; build/ci ran them. The sanitizer
+# The package, compile_fail and readme tests only configure and build (the README's snippets are
+# compiled, not run): build/ci ran them, and sanitizers find nothing in a build. The sanitizer
 # options reach the server and the examples through the harness, which also fails a test whose
 # program printed a sanitizer report.
 (
   export "${ASAN_ENV[@]}"
-  run_ctest --test-dir build/asan -j "$JOBS" -LE "package|integration|compile_fail"
+  run_ctest --test-dir build/asan -j "$JOBS" -LE "package|integration|compile_fail|readme"
   # The server on one thread: the modules on two threads (<module>_mt) run in build/ci and under
   # ThreadSanitizer (step 6), and here they would double this step's time for the same code.
   run_with_integration build/asan -j "$JOBS" -L integration -E '_mt$'
